@@ -1,0 +1,56 @@
+# zsad — two commands: `make demo` runs the system on its built-in default, `make test` runs the tests.
+# Both bootstrap what they need (apt packages when root, then a pinned .venv) and are quick once set up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.zsad-installed
+SYSTEM_STAMP := .zsad-system-ok
+export ZSAD_DATA_ROOT ?= $(abspath ../shared/data)
+
+APT_PACKAGES := python3-venv python3-dev gcc pkg-config \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 \
+	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev mosquitto
+
+.PHONY: setup system demo test test-slow test-reliability lint typecheck format clean
+
+setup: $(STAMP)
+
+system: $(SYSTEM_STAMP)
+
+$(SYSTEM_STAMP): scripts/install_system.sh
+	@bash scripts/install_system.sh $(APT_PACKAGES)
+	@touch $@
+
+$(STAMP): $(SYSTEM_STAMP) requirements/edge.txt requirements/train.txt requirements/dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements/edge.txt -r requirements/train.txt -r requirements/dev.txt
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+	@echo "zsad: environment ready in $(VENV)"
+
+demo: setup
+	$(VENV)/bin/zsad demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q --runslow
+
+test-reliability: setup
+	$(PY) -m pytest -q --runslow tests/reliability
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check engines pipeline plugins training tests build_engines.py
+	$(VENV)/bin/mypy engines pipeline
+
+format: setup
+	$(VENV)/bin/ruff format engines pipeline plugins training tests build_engines.py
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(SYSTEM_STAMP) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Config, graphs, scheduling, alerts and the command line."""

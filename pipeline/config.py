@@ -1,0 +1,454 @@
+"""The one typed configuration of zsad.
+
+Every YAML file the project reads (the site config that ``zsad run`` takes, the training configs under
+``configs/train``) is validated against :class:`ZsadConfig`. Unknown keys are refused (``extra="forbid"``),
+every number is bounded, and an error names the file, the line and the dotted field path.
+
+Per-camera settings override the ``defaults`` block field by field; :meth:`ZsadConfig.camera_settings`
+returns the merged view that the pipeline uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AlertPolicy",
+    "CameraConfig",
+    "CameraSettings",
+    "ConfigError",
+    "ZsadConfig",
+    "load_config",
+    "parse_config",
+]
+
+_CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used. ``str()`` names the file, line and field of each problem."""
+
+    def __init__(self, path: str, problems: Sequence[tuple[int | None, str, str]]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        lines = []
+        for line, field, message in self.problems:
+            where = f"{path}:{line}" if line is not None else path
+            lines.append(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model and preprocessing
+# --------------------------------------------------------------------------------------------------
+
+
+class BackboneConfig(_Strict):
+    """TimeSformer backbone (divided space-time attention)."""
+
+    pretrained: str | None = Field(
+        None,
+        description="Local folder or HF cache id of pretrained TimeSformer weights; none: from scratch.",
+    )
+    image_height: int = Field(128, ge=16, le=1024, description="Input height in pixels.")
+    image_width: int = Field(192, ge=16, le=1024, description="Input width in pixels.")
+    patch_size: int = Field(16, ge=2, le=64, description="Square patch size in pixels.")
+    hidden_size: int = Field(96, ge=8, le=2048, description="Token width.")
+    num_layers: int = Field(2, ge=1, le=24, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, le=32, description="Attention heads.")
+    mlp_ratio: float = Field(2.0, ge=1.0, le=8.0, description="MLP hidden width over token width.")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> BackboneConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        for name in ("image_height", "image_width"):
+            if getattr(self, name) % self.patch_size:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} is not a multiple of patch_size {self.patch_size}"
+                )
+        return self
+
+
+class DPCConfig(_Strict):
+    """Dense predictive coding head over a sequence of clip feature grids."""
+
+    context_clips: int = Field(3, ge=1, le=8, description="Past clips the ConvGRU aggregates.")
+    pred_steps: int = Field(2, ge=1, le=4, description="Future clips predicted (copying fails beyond 1).")
+    hidden_size: int = Field(96, ge=8, le=1024, description="ConvGRU state width.")
+    decode_pixels: bool = Field(
+        True, description="Also decode the predicted grid to the next frame's pixels (future-frame target)."
+    )
+
+
+class SemanticConfig(_Strict):
+    """CLIP semantic stream: a projection head into CLIP text space plus precomputed prompt embeddings."""
+
+    clip_text_model: str | None = Field(
+        None, description="Local directory (HF format) of a CLIP model for the text encoder; none disables."
+    )
+    embed_dim: int = Field(512, ge=8, le=2048, description="CLIP text embedding width.")
+    projection_layers: int = Field(2, ge=1, le=6, description="Residual blocks in the projection head.")
+
+
+class GateConfig(_Strict):
+    context_dim: int = Field(64, ge=4, le=1024, description="Context vector width.")
+    context_source: Literal["global", "scene"] = Field(
+        "global",
+        description="global: pooled video features; scene: a user-provided scene-classifier feature.",
+    )
+
+
+class PreprocessConfig(_Strict):
+    clip_len: int = Field(4, ge=2, le=32, description="Frames per clip (T).")
+    frame_stride: int = Field(2, ge=1, le=16, description="Source frames between consecutive clip frames.")
+    clip_hop: int = Field(4, ge=1, le=64, description="Source frames between consecutive clip starts.")
+    mean: tuple[float, float, float] = Field((0.45, 0.45, 0.45), description="Per-channel RGB mean (0..1).")
+    std: tuple[float, float, float] = Field((0.225, 0.225, 0.225), description="Per-channel RGB std (0..1).")
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("every std value must be > 0")
+        return v
+
+
+class ModelConfig(_Strict):
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)  # type: ignore[arg-type]
+    dpc: DPCConfig = Field(default_factory=DPCConfig)  # type: ignore[arg-type]
+    semantic: SemanticConfig = Field(default_factory=SemanticConfig)  # type: ignore[arg-type]
+    gate: GateConfig = Field(default_factory=GateConfig)  # type: ignore[arg-type]
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# Training and data
+# --------------------------------------------------------------------------------------------------
+
+
+class DatasetConfig(_Strict):
+    kind: Literal["ucsd", "avenue", "shanghaitech", "video_folder", "synthetic"] = Field(
+        ..., description="On-disk layout of the dataset."
+    )
+    root: str = Field(
+        ..., min_length=1, description="Dataset folder; a relative path resolves under $ZSAD_DATA_ROOT."
+    )
+    captions: str | None = Field(None, description="Optional caption manifest for InfoNCE.")
+
+
+class TrainConfig(_Strict):
+    dataset: DatasetConfig
+    epochs: int = Field(10, ge=1, le=10_000)
+    max_minutes: float | None = Field(None, gt=0, le=10_000, description="Wall-clock budget; stops early.")
+    batch_size: int = Field(8, ge=1, le=1024)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.05, ge=0, le=1.0)
+    warmup_steps: int = Field(50, ge=0, le=100_000)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Loss weight: alpha*InfoNCE + (1-alpha)*CPC.")
+    pixel_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the future-frame pixel loss.")
+    temperature: float = Field(0.1, gt=0.0, le=10.0, description="InfoNCE / CPC temperature.")
+    seed: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    output_dir: str = Field("runs/train", min_length=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cameras, alerts and the run-time pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+class SamplingConfig(_Strict):
+    fps: float = Field(10.0, gt=0, le=120, description="Frames per second taken from the camera.")
+
+
+class AlertPolicy(_Strict):
+    """When a fused, calibrated score becomes an alert."""
+
+    on_threshold: float = Field(3.0, ge=-100, le=1000, description="Calibrated score that opens an alert.")
+    off_threshold: float = Field(2.0, ge=-100, le=1000, description="Score below which an open alert closes.")
+    min_duration_s: float = Field(
+        0.5, ge=0, le=3600, description="Score must stay above on_threshold this long."
+    )
+    cooldown_s: float = Field(5.0, ge=0, le=86_400, description="Quiet time after an alert closes.")
+    smoothing: int = Field(3, ge=1, le=101, description="Moving-median window over clip scores.")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertPolicy:
+        if self.off_threshold > self.on_threshold:
+            raise ValueError(
+                f"off_threshold {self.off_threshold} must not exceed on_threshold {self.on_threshold}"
+            )
+        return self
+
+
+class RtspOptions(_Strict):
+    tcp: bool = Field(True, description="RTSP over TCP (interleaved) instead of UDP.")
+    latency_ms: int = Field(200, ge=0, le=10_000)
+    reconnect_initial_s: float = Field(1.0, gt=0, le=60)
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+
+
+class CameraDefaults(_Strict):
+    context: str = Field("generic", min_length=1, max_length=64, description="Scene/context name.")
+    prompts: str | None = Field(None, description="Prompt set name (configs/prompts/<name>.yaml).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)  # type: ignore[arg-type]
+    alerts: AlertPolicy = Field(default_factory=AlertPolicy)  # type: ignore[arg-type]
+    rtsp: RtspOptions = Field(default_factory=RtspOptions)  # type: ignore[arg-type]
+
+
+class CameraConfig(_Strict):
+    """One camera. Unset fields take the value from ``defaults``."""
+
+    id: str = Field(..., description="Unique camera id: letters, digits, '_', '.', '-'.")
+    uri: str = Field(
+        ..., min_length=1, description="file://, rtsp://, http(s)://, v4l2:///dev/videoN or loop://"
+    )
+    enabled: bool = True
+    context: str | None = Field(None, min_length=1, max_length=64)
+    prompts: str | None = None
+    sampling: SamplingConfig | None = None
+    alerts: AlertPolicy | None = None
+    rtsp: RtspOptions | None = None
+    calibration: str | None = Field(None, description="Calibration file from `zsad calibrate`.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_pattern(cls, v: str) -> str:
+        if not _CAMERA_ID.match(v):
+            raise ValueError(f"camera id {v!r} must match {_CAMERA_ID.pattern}")
+        return v
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_scheme(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme not in {"file", "rtsp", "rtsps", "http", "https", "v4l2", "loop"}:
+            raise ValueError(
+                f"unsupported URI scheme {scheme or '(none)'!r}: use file, rtsp, http(s), v4l2 or loop"
+            )
+        return v
+
+
+class CameraSettings(BaseModel):
+    """The merged, fully resolved settings of one camera (defaults plus its overrides)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    uri: str
+    context: str
+    prompts: str | None
+    sampling: SamplingConfig
+    alerts: AlertPolicy
+    rtsp: RtspOptions
+    calibration: str | None
+
+
+class JsonlSink(_Strict):
+    kind: Literal["jsonl"] = "jsonl"
+    path: str = Field("alerts.jsonl", min_length=1, description="Relative paths resolve under output_dir.")
+
+
+class MqttSink(_Strict):
+    kind: Literal["mqtt"] = "mqtt"
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(1883, ge=1, le=65_535)
+    topic: str = Field("zsad/alerts", min_length=1)
+    qos: Literal[0, 1, 2] = 1
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    client_id: str = Field("zsad", min_length=1, max_length=128)
+
+
+class WebhookSink(_Strict):
+    kind: Literal["webhook"] = "webhook"
+    url: str = Field(..., pattern=r"^https?://", description="http(s) URL that receives each alert as JSON.")
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    max_retries: int = Field(5, ge=0, le=100)
+    verify_tls: bool = Field(True, description="Verify HTTPS certificates (on by default).")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+SinkConfig = Annotated[JsonlSink | MqttSink | WebhookSink, Field(discriminator="kind")]
+
+
+class MediaConfig(_Strict):
+    snapshots: bool = True
+    clips: bool = True
+    pre_s: float = Field(3.0, ge=0, le=120, description="Seconds of video kept before an alert.")
+    post_s: float = Field(3.0, ge=0, le=120, description="Seconds of video kept after an alert.")
+    max_events_per_camera: int = Field(
+        200, ge=1, le=1_000_000, description="Retention: oldest deleted first."
+    )
+
+
+class SchedulerConfig(_Strict):
+    max_batch: int = Field(8, ge=1, le=256, description="Most clips in one backbone call.")
+    max_wait_ms: float = Field(50.0, ge=0, le=10_000, description="Longest a clip waits for a batch to fill.")
+    queue_size: int = Field(32, ge=1, le=10_000, description="Per-camera bounded queue; oldest dropped.")
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="Bind address; loopback by default.")
+    port: int = Field(9464, ge=0, le=65_535)
+
+
+class EnginesConfig(_Strict):
+    dir: str = Field("models/demo", min_length=1, description="Folder with ONNX/engines and their manifests.")
+    backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
+    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = runtime default.")
+    checkpoint: str | None = Field(None, description="Checkpoint the engines are built from.")
+
+
+class ZsadConfig(_Strict):
+    """Root of every zsad YAML file."""
+
+    version: Literal[1] = 1
+    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
+    train: TrainConfig | None = None
+    engines: EnginesConfig = Field(default_factory=EnginesConfig)  # type: ignore[arg-type]
+    defaults: CameraDefaults = Field(default_factory=CameraDefaults)  # type: ignore[arg-type]
+    cameras: list[CameraConfig] = Field(default_factory=list, max_length=256)
+    sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSink()])  # type: ignore[arg-type]
+    media: MediaConfig = Field(default_factory=MediaConfig)  # type: ignore[arg-type]
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)  # type: ignore[arg-type]
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
+    graph: Literal["cpu", "deepstream"] = "cpu"
+    output_dir: str = Field("out/run", min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> ZsadConfig:
+        seen: set[str] = set()
+        for cam in self.cameras:
+            if cam.id in seen:
+                raise ValueError(f"camera id {cam.id!r} appears more than once")
+            seen.add(cam.id)
+        return self
+
+    def camera_settings(self, camera_id: str) -> CameraSettings:
+        """Return the merged settings of one camera: its overrides on top of ``defaults``."""
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                d = self.defaults
+                return CameraSettings(
+                    id=cam.id,
+                    uri=cam.uri,
+                    context=cam.context or d.context,
+                    prompts=cam.prompts if cam.prompts is not None else d.prompts,
+                    sampling=cam.sampling or d.sampling,
+                    alerts=cam.alerts or d.alerts,
+                    rtsp=cam.rtsp or d.rtsp,
+                    calibration=cam.calibration,
+                )
+        raise KeyError(f"no camera with id {camera_id!r}")
+
+    def enabled_cameras(self) -> list[CameraSettings]:
+        return [self.camera_settings(c.id) for c in self.cameras if c.enabled]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading with file / line / field errors
+# --------------------------------------------------------------------------------------------------
+
+
+def _node_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """Follow a pydantic error location through the YAML node tree; return the 1-based line."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k_node, v_node in node.value:
+                if k_node.value == key:
+                    # An unknown key points at the key itself; a bad value at its value.
+                    nxt = v_node
+                    line = k_node.start_mark.line + 1
+                    break
+            if nxt is None:
+                return line
+            node = nxt
+            if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+                line = node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if key >= len(node.value):
+                return line
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            # A discriminated-union tag ('jsonl', ...) or a model-level location: stay where we are.
+            continue
+    return line
+
+
+def _field_path(loc: Sequence[int | str]) -> str:
+    parts: list[str] = []
+    for key in loc:
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        elif key in {"jsonl", "mqtt", "webhook"}:
+            continue
+        else:
+            parts.append(("." if parts else "") + str(key))
+    return "".join(parts)
+
+
+def parse_config(text: str, path: str = "<string>") -> ZsadConfig:
+    """Parse and validate YAML text. Raises :class:`ConfigError` naming file, line and field."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(path, [(line, "", f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [(1, "", f"top level must be a mapping, got {type(data).__name__}")])
+    try:
+        return ZsadConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = err["loc"]
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (not allowed here)"
+            problems.append((_node_line(root, loc), _field_path(loc), msg))
+        raise ConfigError(path, problems) from exc
+
+
+def load_config(path: str | Path) -> ZsadConfig:
+    """Load a YAML config file. Raises :class:`ConfigError` (file, line, field) on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), [(None, "", f"cannot read: {exc.strerror or exc}")]) from exc
+    return parse_config(text, str(p))
+
+
+def resolve_data_path(path: str) -> Path:
+    """Resolve a dataset path: absolute as is, relative under ``$ZSAD_DATA_ROOT`` (default ``./data``)."""
+    import os
+
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p

@@ -1,0 +1,1 @@
+"""What attaches to the graph: probes, meta adapters and custom elements."""

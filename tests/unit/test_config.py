@@ -1,0 +1,117 @@
+"""The config schema: strictness, bounds, per-camera overrides, and file/line/field errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_config, parse_config
+from tests.conftest import REPO
+
+BASE = """\
+version: 1
+cameras:
+  - id: cam-a
+    uri: rtsp://user:secret@10.0.0.5/stream
+    context: parking
+  - id: cam-b
+    uri: file:///videos/b.mp4
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "site.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_default_config_is_valid() -> None:
+    cfg = load_config(REPO / "configs" / "default.yaml")
+    assert len(cfg.enabled_cameras()) == 4
+    assert {c.context for c in cfg.enabled_cameras()} >= {"campus", "parking"}
+
+
+def test_per_camera_override_wins_over_defaults() -> None:
+    cfg = parse_config(BASE + "    alerts: {on_threshold: 9.0, off_threshold: 1.0}\n")
+    a, b = cfg.camera_settings("cam-a"), cfg.camera_settings("cam-b")
+    assert a.context == "parking"
+    assert b.context == cfg.defaults.context
+    assert b.alerts.on_threshold == 9.0
+    assert a.alerts.on_threshold == cfg.defaults.alerts.on_threshold
+
+
+@pytest.mark.parametrize(
+    ("snippet", "line", "field", "needle"),
+    [
+        # unknown key, nested under a camera
+        ("    colour: red\n", 8, "cameras[1].colour", "unknown key"),
+        # wrong type
+        ("    sampling: {fps: fast}\n", 8, "cameras[1].sampling.fps", "number"),
+        # out of range
+        ("    sampling: {fps: 1000}\n", 8, "cameras[1].sampling.fps", "less than or equal"),
+    ],
+)
+def test_bad_values_name_file_line_field(
+    tmp_path: Path, snippet: str, line: int, field: str, needle: str
+) -> None:
+    path = _write(tmp_path, BASE + snippet)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert f"{path}:{line}: {field}:" in msg, msg
+    assert needle in msg
+
+
+def test_unknown_top_level_key_points_at_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "version: 1\noutput_dir: out\nbogus: 3\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: bogus: unknown key"):
+        load_config(path)
+
+
+def test_hysteresis_and_duplicates_are_refused() -> None:
+    with pytest.raises(ConfigError, match="off_threshold"):
+        parse_config("defaults:\n  alerts: {on_threshold: 1.0, off_threshold: 2.0}\n")
+    with pytest.raises(ConfigError, match="more than once"):
+        parse_config("cameras:\n  - {id: a, uri: 'file:///x'}\n  - {id: a, uri: 'file:///y'}\n")
+
+
+def test_bad_uri_scheme_and_camera_id() -> None:
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.uri"):
+        parse_config("cameras:\n  - {id: a, uri: 'ftp://x'}\n")
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.id"):
+        parse_config("cameras:\n  - {id: '../etc', uri: 'file:///x'}\n")
+
+
+def test_invalid_yaml_reports_line() -> None:
+    with pytest.raises(ConfigError, match=r"x.yaml:2: invalid YAML"):
+        parse_config("a: 1\n b: [\n", "x.yaml")
+
+
+def test_sink_union_is_discriminated() -> None:
+    cfg = parse_config("sinks:\n  - {kind: mqtt, port: 1884}\n  - {kind: webhook, url: 'https://h/x'}\n")
+    assert [s.kind for s in cfg.sinks] == ["mqtt", "webhook"]
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.port"):
+        parse_config("sinks:\n  - {kind: mqtt, port: 70000}\n")
+
+
+def _validate(path: Path | str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_validate_command_exit_codes(tmp_path: Path) -> None:
+    ok = _validate(REPO / "configs" / "default.yaml")
+    assert ok.returncode == 0, ok.stderr
+    bad = _validate(_write(tmp_path, BASE + "    sampling: {fps: -1}\n"))
+    assert bad.returncode == 2
+    assert "site.yaml:8: cameras[1].sampling.fps" in bad.stderr
+    missing = _validate(tmp_path / "nope.yaml")
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stderr

@@ -1,0 +1,1 @@
+"""Datasets, losses, training and evaluation. Never imported on the edge path."""
