@@ -1,0 +1,237 @@
+"""The alert state machine of one camera: hysteresis, minimum duration, cooldown and peak tracking.
+
+Pure: time is passed in explicitly (stream seconds, float, non-decreasing), nothing here reads a clock or
+does I/O. It never imports ``pipeline``; the pipeline maps its ``AlertPolicy`` onto :class:`AlertParams`.
+
+States::
+
+    idle --score>=on--> pending --held min_duration_s--> open --score<off--> cooldown --cooldown_s--> idle
+    pending --score<on--> idle
+
+* An alert opens once the score has stayed at or above ``on_threshold`` for ``min_duration_s`` (measured
+  from the first sample at or above it); with ``min_duration_s == 0`` the first such sample opens it.
+* An open alert closes at the first sample strictly below ``off_threshold`` (``off <= on``: hysteresis).
+* For ``cooldown_s`` after a close no alert opens; the minimum duration is counted from the end of it.
+* Non-finite scores carry no information: they are ignored (no state change).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+__all__ = [
+    "ActiveAlert",
+    "AlertMachine",
+    "AlertParams",
+    "AlertParamsError",
+    "AlertTimeError",
+    "AlertTransition",
+    "Peak",
+]
+
+MachineState = Literal["idle", "pending", "open", "cooldown"]
+
+
+class AlertParamsError(ValueError):
+    """Alert parameters that make no sense (off above on, negative durations, non-finite values)."""
+
+
+class AlertTimeError(ValueError):
+    """Time passed to the machine went backwards."""
+
+
+@dataclass(frozen=True)
+class AlertParams:
+    """Thresholds apply to the fused, calibrated, smoothed score; durations are in seconds."""
+
+    on_threshold: float
+    off_threshold: float
+    min_duration_s: float = 0.0
+    cooldown_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        values = (self.on_threshold, self.off_threshold, self.min_duration_s, self.cooldown_s)
+        if not all(math.isfinite(v) for v in values):
+            raise AlertParamsError(f"alert parameters must be finite, got {self}")
+        if self.off_threshold > self.on_threshold:
+            raise AlertParamsError(
+                f"off_threshold {self.off_threshold} must not exceed on_threshold {self.on_threshold}"
+            )
+        if self.min_duration_s < 0 or self.cooldown_s < 0:
+            raise AlertParamsError(
+                f"min_duration_s and cooldown_s must be >= 0, got {self.min_duration_s}, {self.cooldown_s}"
+            )
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The highest-scoring sample of an alert. ``frame_ref`` is whatever the caller passed (opaque)."""
+
+    time: float
+    score: float
+    contributions: dict[str, float]
+    prompt: str | None = None
+    frame_ref: Any = None
+
+
+@dataclass(frozen=True)
+class ActiveAlert:
+    """An alert as of a transition. ``start``: first sample at/above ``on_threshold`` of the run that
+    opened it; ``opened_at``: when it opened (``start + min_duration_s`` or later); ``end``: set when closed.
+    ``seq`` counts this machine's alerts from ``first_seq``."""
+
+    alert_id: str
+    seq: int
+    start: float
+    opened_at: float
+    peak: Peak
+    end: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertTransition:
+    """``kind`` "opened" or "closed" at stream time ``t``; ``alert`` is the alert's state at that moment."""
+
+    kind: Literal["opened", "closed"]
+    t: float
+    alert: ActiveAlert
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class _Candidate:
+    since: float
+    peak: Peak
+
+
+@dataclass
+class AlertMachine:
+    """Per-camera alert state machine. Call :meth:`update` once per fused score, in time order."""
+
+    params: AlertParams
+    first_seq: int = 1
+    id_factory: Callable[[], str] = _new_id
+    _next_seq: int = field(init=False)
+    _last_t: float | None = field(init=False, default=None)
+    _candidate: _Candidate | None = field(init=False, default=None)
+    _active: ActiveAlert | None = field(init=False, default=None)
+    _cooldown_until: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._next_seq = self.first_seq
+
+    @property
+    def state(self) -> MachineState:
+        if self._active is not None:
+            return "open"
+        if self._candidate is not None:
+            return "pending"
+        if (
+            self._cooldown_until is not None
+            and self._last_t is not None
+            and self._last_t < self._cooldown_until
+        ):
+            return "cooldown"
+        return "idle"
+
+    @property
+    def is_open(self) -> bool:
+        return self._active is not None
+
+    @property
+    def active(self) -> ActiveAlert | None:
+        """The open alert with its peak so far, or None."""
+        return self._active
+
+    def _check_time(self, t: float) -> None:
+        if not math.isfinite(t):
+            raise AlertTimeError(f"time must be finite, got {t}")
+        if self._last_t is not None and t < self._last_t:
+            raise AlertTimeError(f"time went backwards: {t} after {self._last_t}")
+        self._last_t = t
+
+    def update(
+        self,
+        t: float,
+        score: float,
+        contributions: Mapping[str, float] | None = None,
+        prompt: str | None = None,
+        frame_ref: Any = None,
+    ) -> list[AlertTransition]:
+        """Feed the score at stream time ``t`` seconds; return the transitions it caused (0 or 1).
+
+        ``prompt`` is the best-matching anomalous prompt for this sample, ``frame_ref`` an opaque reference
+        to its frame; both are kept with the peak. Raises :class:`AlertTimeError` if ``t`` goes backwards.
+        """
+        self._check_time(t)
+        if not math.isfinite(score):
+            return []
+        sample = Peak(
+            time=t,
+            score=float(score),
+            contributions=dict(contributions or {}),
+            prompt=prompt,
+            frame_ref=frame_ref,
+        )
+        p = self.params
+        if self._active is not None:
+            if score < p.off_threshold:
+                return [self._close(t, "threshold")]
+            if score > self._active.peak.score:
+                self._active = replace(self._active, peak=sample)
+            return []
+        if self._cooldown_until is not None:
+            if t < self._cooldown_until:
+                return []
+            self._cooldown_until = None
+        if score < p.on_threshold:
+            self._candidate = None
+            return []
+        if self._candidate is None:
+            self._candidate = _Candidate(since=t, peak=sample)
+        elif score > self._candidate.peak.score:
+            self._candidate.peak = sample
+        if t - self._candidate.since >= p.min_duration_s:
+            return [self._open(t)]
+        return []
+
+    def _open(self, t: float) -> AlertTransition:
+        cand = self._candidate
+        if cand is None:  # pragma: no cover - guarded by update()
+            raise RuntimeError("no candidate to open")
+        self._active = ActiveAlert(
+            alert_id=self.id_factory(), seq=self._next_seq, start=cand.since, opened_at=t, peak=cand.peak
+        )
+        self._next_seq += 1
+        self._candidate = None
+        return AlertTransition("opened", t, self._active)
+
+    def _close(self, t: float, reason: str) -> AlertTransition:
+        active = self._active
+        if active is None:  # pragma: no cover - guarded by callers
+            raise RuntimeError("no alert to close")
+        closed = replace(active, end=max(t, active.start), reason=reason)
+        self._active = None
+        self._cooldown_until = t + self.params.cooldown_s if self.params.cooldown_s > 0 else None
+        return AlertTransition("closed", t, closed)
+
+    def force_close(self, t: float, reason: str = "shutdown") -> list[AlertTransition]:
+        """Close the open alert now (shutdown, stream end); return its "closed" transition, or [] if none.
+
+        A pending run that had not yet opened is dropped. ``t`` earlier than the last update is clamped.
+        """
+        if self._last_t is not None and t < self._last_t:
+            t = self._last_t
+        self._last_t = t
+        self._candidate = None
+        if self._active is None:
+            return []
+        return [self._close(t, reason)]
