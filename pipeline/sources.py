@@ -1,0 +1,477 @@
+"""Camera sources of the CPU graph: URI parsing and one GStreamer pipeline per camera.
+
+Each camera gets its own ``Gst.Pipeline`` (so an error, EOS or disconnect on one camera never touches the
+others)::
+
+    source ─► decode ─► videorate ─► caps(framerate<=fps) ─► [tee ─►] queue ─► videoscale ─► videoconvert
+                                                                      ─► caps(RGB, W×H) ─► appsink
+
+``source`` is ``filesrc`` (file://, loop://), ``rtspsrc`` (rtsp://, rtsps://), ``uridecodebin`` (http(s)://)
+or ``v4l2src`` (v4l2:///dev/videoN); ``decode`` is ``decodebin``. ``videorate`` only drops frames (never
+duplicates) down to the camera's ``sampling.fps``; scaling runs before the RGB conversion so that only
+``W×H`` pixels are converted. When a display size is asked for, a ``tee`` feeds a second identical branch at
+that size (for event snapshots and clips) and both branches see the same sampled frames.
+
+Gst is imported lazily: importing this module does not need GStreamer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote
+
+import numpy as np
+
+from pipeline.redact import redact_text as redact
+
+__all__ = [
+    "DEBIAN_PACKAGES",
+    "CameraPipeline",
+    "ElementMissingError",
+    "FrameSize",
+    "LinkError",
+    "SourceError",
+    "SourceKind",
+    "SourceSpec",
+    "UnsupportedUriError",
+    "frame_from_sample",
+    "gst",
+    "parse_source_uri",
+    "redact",
+]
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["file", "loop", "rtsp", "http", "v4l2"]
+
+# Debian package that ships each element we create (named in ElementMissingError).
+DEBIAN_PACKAGES: dict[str, str] = {
+    "filesrc": "libgstreamer1.0-0",
+    "capsfilter": "libgstreamer1.0-0",
+    "queue": "libgstreamer1.0-0",
+    "tee": "libgstreamer1.0-0",
+    "fakesink": "libgstreamer1.0-0",
+    "decodebin": "gstreamer1.0-plugins-base",
+    "uridecodebin": "gstreamer1.0-plugins-base",
+    "videorate": "gstreamer1.0-plugins-base",
+    "videoconvert": "gstreamer1.0-plugins-base",
+    "videoscale": "gstreamer1.0-plugins-base",
+    "appsink": "gstreamer1.0-plugins-base",
+    "rtspsrc": "gstreamer1.0-plugins-good",
+    "v4l2src": "gstreamer1.0-plugins-good",
+    "souphttpsrc": "gstreamer1.0-plugins-good",
+}
+
+
+class SourceError(RuntimeError):
+    """A camera pipeline that cannot be built."""
+
+
+class ElementMissingError(SourceError):
+    """A GStreamer element factory is not installed. Names the element and the Debian package."""
+
+    def __init__(self, element: str) -> None:
+        self.element = element
+        self.package = DEBIAN_PACKAGES.get(element, "a GStreamer plugins package")
+        super().__init__(
+            f"GStreamer element {element!r} is missing: install the Debian package {self.package} "
+            f"(apt-get install {self.package})"
+            if element in DEBIAN_PACKAGES
+            else f"GStreamer element {element!r} is missing (install the GStreamer plugins that provide it)"
+        )
+
+
+class LinkError(SourceError):
+    """Two elements could not be linked (incompatible caps)."""
+
+
+class UnsupportedUriError(SourceError, ValueError):
+    """A camera URI the CPU graph cannot open."""
+
+
+# --------------------------------------------------------------------------------------------------
+# URIs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a camera URI points at.
+
+    ``location``: absolute file path (file, loop), device path (v4l2) or the network URI (rtsp, http).
+    """
+
+    kind: SourceKind
+    location: str
+    uri: str
+
+    @property
+    def network(self) -> bool:
+        return self.kind in ("rtsp", "http")
+
+    @property
+    def reconnects(self) -> bool:
+        """Sources that are rebuilt with backoff after an error, EOS or stall (never 'failed')."""
+        return self.kind in ("rtsp", "http", "v4l2")
+
+    @property
+    def safe_uri(self) -> str:
+        return redact(self.uri)
+
+
+def _path_from(rest: str, cwd: Path) -> Path:
+    """``/abs/x.mp4`` stays absolute; ``out/demo/x.mp4`` is relative to ``cwd``. Percent-escapes decoded."""
+    path = Path(unquote(rest))
+    return path if path.is_absolute() else (cwd / path)
+
+
+def parse_source_uri(uri: str, cwd: Path | None = None) -> SourceSpec:
+    """Parse a camera URI.
+
+    ``file:///abs/x.mp4`` (absolute), ``file://out/x.mp4`` (relative to ``cwd``, default: the current
+    directory), ``loop://<path>`` (same path rules, played forever), ``rtsp://``, ``rtsps://``,
+    ``http(s)://`` and ``v4l2:///dev/videoN``. Raises :class:`UnsupportedUriError`.
+    """
+    if "://" not in uri:
+        raise UnsupportedUriError(f"camera URI {redact(uri)!r} has no scheme (file://, rtsp://, ...)")
+    scheme, rest = uri.split("://", 1)
+    scheme = scheme.lower()
+    base = cwd if cwd is not None else Path.cwd()
+    if scheme in ("file", "loop"):
+        if not rest:
+            raise UnsupportedUriError(f"{scheme}:// URI {redact(uri)!r} has no path")
+        return SourceSpec("file" if scheme == "file" else "loop", str(_path_from(rest, base)), uri)
+    if scheme in ("rtsp", "rtsps"):
+        if not rest.strip("/"):
+            raise UnsupportedUriError(f"RTSP URI {redact(uri)!r} has no host")
+        return SourceSpec("rtsp", uri, uri)
+    if scheme in ("http", "https"):
+        if not rest.strip("/"):
+            raise UnsupportedUriError(f"HTTP URI {redact(uri)!r} has no host")
+        return SourceSpec("http", uri, uri)
+    if scheme == "v4l2":
+        if not rest.startswith("/dev/"):
+            raise UnsupportedUriError(f"v4l2 URI {uri!r} must look like v4l2:///dev/videoN")
+        return SourceSpec("v4l2", rest, uri)
+    raise UnsupportedUriError(
+        f"unsupported camera URI scheme {scheme!r} in {redact(uri)!r}: use file, loop, rtsp(s), http(s), v4l2"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# GStreamer helpers
+# --------------------------------------------------------------------------------------------------
+
+_GST: Any = None
+_GST_LOCK = threading.Lock()
+
+
+def gst() -> Any:
+    """Import and initialise GStreamer once; return the ``Gst`` module."""
+    global _GST
+    with _GST_LOCK:
+        if _GST is None:
+            import gi
+
+            gi.require_version("Gst", "1.0")
+            from gi.repository import Gst
+
+            Gst.init(None)
+            _GST = Gst
+        return _GST
+
+
+@dataclass(frozen=True)
+class FrameSize:
+    """A frame size in pixels: ``width`` then ``height`` (GStreamer order)."""
+
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 16384:
+                raise ValueError(f"frame {name} must be an int in 1..16384, got {value!r}")
+
+    @classmethod
+    def of(cls, size: FrameSize | tuple[int, int]) -> FrameSize:
+        """Accept a FrameSize or a ``(width, height)`` tuple."""
+        return size if isinstance(size, FrameSize) else cls(int(size[0]), int(size[1]))
+
+
+def _make(factory: str, name: str | None = None, **props: Any) -> Any:
+    Gst = gst()
+    element = Gst.ElementFactory.make(factory, name)
+    if element is None:
+        raise ElementMissingError(factory)
+    for key, value in props.items():
+        element.set_property(key.replace("_", "-"), value)
+    return element
+
+
+def _link(a: Any, b: Any) -> None:
+    if not a.link(b):
+        raise LinkError(f"cannot link {a.get_name()} -> {b.get_name()}")
+
+
+def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
+    """Copy an RGB frame out of a ``Gst.Sample``.
+
+    Returns ``(pts_s, frame)``: the buffer PTS in seconds (None when unset) and a fresh C-contiguous
+    ``(H, W, 3) uint8`` RGB array. Row padding is removed: GStreamer pads each RGB row to a multiple of 4
+    bytes, so ``stride != W*3`` whenever ``W*3 % 4 != 0``.
+    """
+    Gst = gst()
+    caps = sample.get_caps()
+    st = caps.get_structure(0) if caps is not None and caps.get_size() else None
+    if st is None or st.get_string("format") != "RGB":
+        raise SourceError(f"expected RGB frames, got {caps.to_string() if caps is not None else None}")
+    ok_w, width = st.get_int("width")
+    ok_h, height = st.get_int("height")
+    if not (ok_w and ok_h) or width < 1 or height < 1:
+        raise SourceError(f"video caps without a size: {caps.to_string()}")
+    buf = sample.get_buffer()
+    # GStreamer's default RGB layout: rows padded to 4 bytes. (appsink does not accept GstVideoMeta, so
+    # producers cannot pick another layout; a buffer whose size says otherwise gets its own stride.)
+    # GstVideo.VideoInfo is avoided on purpose: from_caps crashed when called from several streaming threads.
+    stride = (width * 3 + 3) & ~3
+    size = buf.get_size()
+    if size != stride * height and size % height == 0 and size // height >= width * 3:
+        stride = size // height
+    offset = 0
+    ok, mapinfo = buf.map(Gst.MapFlags.READ)
+    if not ok:
+        raise SourceError("cannot map a video buffer for reading")
+    try:
+        need = offset + stride * (height - 1) + width * 3
+        if mapinfo.size < need:
+            raise SourceError(
+                f"video buffer of {mapinfo.size} bytes is smaller than {need} ({width}x{height})"
+            )
+        raw = np.frombuffer(mapinfo.data, dtype=np.uint8, count=need - offset, offset=offset)
+        rows = np.lib.stride_tricks.as_strided(raw, shape=(height, width * 3), strides=(stride, 1))
+        frame = np.array(rows, dtype=np.uint8, copy=True).reshape(height, width, 3)
+    finally:
+        buf.unmap(mapinfo)
+    pts = None if buf.pts == Gst.CLOCK_TIME_NONE else buf.pts / Gst.SECOND
+    return pts, frame
+
+
+def _fps_fraction(fps: float) -> tuple[int, int]:
+    """Return ``fps`` as a fraction, exact for integers and halves, else to 1/1000."""
+    for den in (1, 2, 1000):
+        num = round(fps * den)
+        if abs(num / den - fps) < 1e-9 or den == 1000:
+            return max(num, 1), den
+    return max(round(fps), 1), 1  # pragma: no cover - the loop always returns
+
+
+# --------------------------------------------------------------------------------------------------
+# One camera's pipeline
+# --------------------------------------------------------------------------------------------------
+
+SampleFn = Callable[[str, float | None, np.ndarray], None]
+"""``on_sample(branch, pts_s, frame)``: branch is "model" or "display"; called from a streaming thread."""
+
+
+class CameraPipeline:
+    """The ``Gst.Pipeline`` of one camera, built but not started.
+
+    Args:
+        camera_id: used in element names and errors.
+        spec: the parsed URI.
+        fps: sampling rate; frames are dropped (never duplicated) down to it.
+        frame_size: model input size (the ``model`` branch).
+        on_sample: receives every frame of both branches (see :data:`SampleFn`).
+        realtime: play files at their native rate (``appsink sync=true``) instead of as fast as possible.
+        display_size: when set, a second branch delivers frames at this size as branch ``display``.
+        rtsp_tcp, rtsp_latency_ms: RTSP transport options.
+        connect_timeout_s: RTSP TCP timeout, so a dead server fails fast instead of after rtspsrc's 20 s.
+    """
+
+    def __init__(
+        self,
+        camera_id: str,
+        spec: SourceSpec,
+        fps: float,
+        frame_size: FrameSize,
+        on_sample: SampleFn,
+        *,
+        realtime: bool = False,
+        display_size: FrameSize | None = None,
+        rtsp_tcp: bool = True,
+        rtsp_latency_ms: int = 200,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        Gst = gst()
+        self.camera_id = camera_id
+        self.spec = spec
+        self._on_sample = on_sample
+        self._video_linked = False
+        self.pipeline = Gst.Pipeline.new(f"cam-{camera_id}")
+        p = self.pipeline
+        sync = bool(realtime) and spec.kind in ("file", "loop")
+
+        # Sampling first, so frames we drop are never converted or scaled.
+        self.rate = _make("videorate", "rate", drop_only=True)
+        num, den = _fps_fraction(fps)
+        rate_caps = _make(
+            "capsfilter",
+            "ratecaps",
+            caps=Gst.Caps.from_string(f"video/x-raw(ANY),framerate=[0/1,{num}/{den}]"),
+        )
+        p.add(self.rate)
+        p.add(rate_caps)
+        _link(self.rate, rate_caps)
+        branches = [("model", frame_size)]
+        if display_size is not None:
+            branches.append(("display", display_size))
+        if len(branches) == 1:
+            _link(rate_caps, self._add_branch("model", frame_size, sync, queue=False))
+        else:
+            tee = _make("tee", "tee")
+            p.add(tee)
+            _link(rate_caps, tee)
+            for branch, size in branches:
+                _link(tee, self._add_branch(branch, size, sync, queue=True))
+
+        self._decode_sink = self.rate.get_static_pad("sink")
+        if spec.kind in ("file", "loop"):
+            src = _make("filesrc", "src", location=spec.location)
+            dec = _make("decodebin", "decode")
+            p.add(src)
+            p.add(dec)
+            _link(src, dec)
+            dec.connect("pad-added", self._on_decoded_pad)
+        elif spec.kind == "rtsp":
+            src = _make(
+                "rtspsrc",
+                "src",
+                location=spec.location,
+                latency=int(rtsp_latency_ms),
+                tcp_timeout=int(connect_timeout_s * 1_000_000),
+            )
+            if rtsp_tcp:
+                src.set_property("protocols", "tcp")
+            dec = _make("decodebin", "decode")
+            p.add(src)
+            p.add(dec)
+            self._depay_sink = dec.get_static_pad("sink")
+            src.connect("pad-added", self._on_rtsp_pad)
+            dec.connect("pad-added", self._on_decoded_pad)
+        elif spec.kind == "http":
+            dec = _make("uridecodebin", "decode", uri=spec.location)
+            p.add(dec)
+            dec.connect("pad-added", self._on_decoded_pad)
+        elif spec.kind == "v4l2":
+            src = _make("v4l2src", "src", device=spec.location)
+            dec = _make("decodebin", "decode")
+            p.add(src)
+            p.add(dec)
+            _link(src, dec)
+            dec.connect("pad-added", self._on_decoded_pad)
+        else:  # pragma: no cover - SourceSpec.kind is a closed set
+            raise UnsupportedUriError(f"unknown source kind {spec.kind}")
+
+    def _add_branch(self, branch: str, size: FrameSize, sync: bool, *, queue: bool) -> Any:
+        """Add ``[queue ->] videoscale -> videoconvert -> caps -> appsink``; return its first element."""
+        Gst = gst()
+        elements = []
+        if queue:
+            # Live sources: leaky, so a slow consumer of one branch never stalls the other. Files: lossless
+            # (back-pressure slows the file down instead, so every sampled frame reaches both branches).
+            leaky = 0 if self.spec.kind in ("file", "loop") else 2
+            elements.append(
+                _make(
+                    "queue",
+                    f"{branch}-queue",
+                    max_size_buffers=2,
+                    max_size_bytes=0,
+                    max_size_time=0,
+                    leaky=leaky,
+                )
+            )
+        elements.append(_make("videoscale", f"{branch}-scale", add_borders=False))
+        elements.append(_make("videoconvert", f"{branch}-convert"))
+        elements.append(
+            _make(
+                "capsfilter",
+                f"{branch}-caps",
+                caps=Gst.Caps.from_string(f"video/x-raw,format=RGB,width={size.width},height={size.height}"),
+            )
+        )
+        sink = _make("appsink", f"{branch}-sink", emit_signals=True, max_buffers=2, drop=True, sync=sync)
+        sink.connect("new-sample", self._on_new_sample, branch)
+        elements.append(sink)
+        for element in elements:
+            self.pipeline.add(element)
+        for a, b in itertools.pairwise(elements):
+            _link(a, b)
+        return elements[0]
+
+    # Streaming-thread callbacks ---------------------------------------------------------------
+
+    def _on_rtsp_pad(self, _src: Any, pad: Any) -> None:
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        media = caps.get_structure(0).get_string("media") if caps and caps.get_size() else None
+        if media == "video" and not self._depay_sink.is_linked():
+            if pad.link(self._depay_sink) != gst().PadLinkReturn.OK:
+                log.error("camera %s: cannot link the RTSP video stream to the decoder", self.camera_id)
+            return
+        self._link_to_fakesink(pad)
+
+    def _on_decoded_pad(self, _dec: Any, pad: Any) -> None:
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        name = caps.get_structure(0).get_name() if caps and caps.get_size() else ""
+        if name.startswith("video/") and not self._decode_sink.is_linked():
+            result = pad.link(self._decode_sink)
+            if result == gst().PadLinkReturn.OK:
+                self._video_linked = True
+            else:
+                log.error("camera %s: cannot link decoded video (%s)", self.camera_id, result)
+            return
+        # Audio or a second video stream: consumed and ignored so it cannot stall the demuxer.
+        self._link_to_fakesink(pad)
+
+    def _link_to_fakesink(self, pad: Any) -> None:
+        Gst = gst()
+        sink = Gst.ElementFactory.make("fakesink", None)
+        if sink is None:
+            log.warning("camera %s: fakesink missing; an extra stream stays unlinked", self.camera_id)
+            return
+        sink.set_property("sync", False)
+        sink.set_property("async", False)
+        self.pipeline.add(sink)
+        sink.sync_state_with_parent()
+        pad.link(sink.get_static_pad("sink"))
+
+    def _on_new_sample(self, sink: Any, branch: str) -> Any:
+        Gst = gst()
+        sample = sink.emit("pull-sample")
+        if sample is None:
+            return Gst.FlowReturn.EOS
+        try:
+            pts, frame = frame_from_sample(sample)
+            self._on_sample(branch, pts, frame)
+        except Exception:  # never let a consumer bug kill the streaming thread with a Python error
+            log.exception("camera %s: frame callback failed", self.camera_id)
+        return Gst.FlowReturn.OK
+
+    # Control ----------------------------------------------------------------------------------
+
+    @property
+    def video_linked(self) -> bool:
+        return self._video_linked
+
+    def rate_counters(self) -> tuple[int, int]:
+        """``(frames into videorate, frames out of it)`` for this pipeline instance."""
+        return int(self.rate.get_property("in")), int(self.rate.get_property("out"))

@@ -1,0 +1,364 @@
+"""The CPU camera graph on real GStreamer: file, loop, http cameras, failures, sampling, runtime changes."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+gi = pytest.importorskip("gi")
+
+from pipeline.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
+from pipeline.graph import CameraGraph, DuplicateCameraError, GraphStateError  # noqa: E402
+from pipeline.sources import (  # noqa: E402
+    ElementMissingError,
+    FrameSize,
+    UnsupportedUriError,
+    frame_from_sample,
+    gst,
+    parse_source_uri,
+)
+from pipeline.sources import _make as make_element  # noqa: E402
+
+
+def make_video(
+    path: Path,
+    frames: int,
+    *,
+    pattern: str = "ball",
+    width: int = 160,
+    height: int = 120,
+    faststart: bool = False,
+) -> Path:
+    """Encode a small H.264 MP4 with videotestsrc (25 fps)."""
+    Gst = gst()
+    mux = "mp4mux faststart=true" if faststart else "mp4mux"
+    pipe = Gst.parse_launch(
+        f"videotestsrc num-buffers={frames} pattern={pattern} ! "
+        f"video/x-raw,width={width},height={height},framerate=25/1 ! x264enc ! {mux} ! "
+        f"filesink location={path}"
+    )
+    pipe.set_state(Gst.State.PLAYING)
+    msg = pipe.get_bus().timed_pop_filtered(20 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    pipe.set_state(Gst.State.NULL)
+    assert msg is not None, "test video encoding timed out"
+    assert msg.type == Gst.MessageType.EOS, "test video encoding failed"
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("videos")
+    corrupt = d / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    return {
+        "v50": make_video(d / "v50.mp4", 50),
+        "v25": make_video(d / "v25.mp4", 25),
+        "smpte": make_video(d / "smpte.mp4", 10, pattern="smpte"),
+        "fast": make_video(d / "fast.mp4", 50, faststart=True),
+        "corrupt": corrupt,
+    }
+
+
+def camera(cid: str, uri: str, fps: float = 25.0, **extra: Any) -> CameraSettings:
+    cfg = ZsadConfig(
+        defaults=CameraDefaults.model_validate({"sampling": {"fps": fps}, **extra}),
+        cameras=[CameraConfig(id=cid, uri=uri)],
+    )
+    return cfg.camera_settings(cid)
+
+
+class Collector:
+    """Thread-safe record of frames and state changes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.frames: dict[str, list[tuple[float, tuple[int, ...]]]] = {}
+        self.last: dict[str, np.ndarray] = {}
+        self.states: list[tuple[str, str, str]] = []
+
+    def on_frame(self, cid: str, pts: float, frame: np.ndarray) -> None:
+        with self.lock:
+            self.frames.setdefault(cid, []).append((pts, frame.shape))
+            self.last[cid] = frame
+
+    def on_state(self, cid: str, state: str, detail: str) -> None:
+        with self.lock:
+            self.states.append((cid, state, detail))
+
+    def count(self, cid: str) -> int:
+        with self.lock:
+            return len(self.frames.get(cid, []))
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def collector() -> Collector:
+    return Collector()
+
+
+@pytest.fixture
+def graphs() -> Iterator[list[CameraGraph]]:
+    made: list[CameraGraph] = []
+    yield made
+    for g in made:
+        g.stop()
+
+
+def test_three_file_cameras_deliver_every_frame_at_the_model_size(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    cams = [camera(f"cam{i}", f"file://{videos['v50']}") for i in range(3)]
+    g = CameraGraph((96, 64), collector.on_frame, collector.on_state, cameras=cams)
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: all(s == "eos" for s in g.states().values()))
+    stats = g.stats()
+    for i in range(3):
+        cid = f"cam{i}"
+        frames = collector.frames[cid]
+        assert len(frames) == 50
+        assert {shape for _, shape in frames} == {(64, 96, 3)}
+        pts = [p for p, _ in frames]
+        assert pts == sorted(pts)
+        assert pts[-1] - pts[0] == pytest.approx(49 / 25, abs=1e-3)
+        assert stats[cid].frames_delivered == 50
+        assert stats[cid].frames_in == 50
+        assert (cid, "live", "") in collector.states
+
+
+def test_missing_and_corrupt_files_fail_while_good_cameras_deliver(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph], caplog: pytest.LogCaptureFixture
+) -> None:
+    cams = [
+        camera("good1", f"file://{videos['v50']}"),
+        camera("missing", f"file://{videos['v50'].parent}/does-not-exist.mp4"),
+        camera("corrupt", f"file://{videos['corrupt']}"),
+        camera("good2", f"file://{videos['v50']}"),
+    ]
+    g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=cams)
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: g.states() == {"good1": "eos", "good2": "eos", "missing": "failed", "corrupt": "failed"})
+    assert collector.count("good1") == 50
+    assert collector.count("good2") == 50
+    assert collector.count("missing") == 0
+    assert collector.count("corrupt") == 0
+    details = {cid: detail for cid, state, detail in collector.states if state == "failed"}
+    assert "file not found" in details["missing"]
+    assert "does-not-exist.mp4" in details["missing"]
+    assert "type of stream" in details["corrupt"]
+    assert "corrupt" in caplog.text
+    assert "failed" in caplog.text
+
+
+def test_loop_keeps_delivering_past_the_end_with_increasing_pts(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    g = CameraGraph(
+        (160, 120), collector.on_frame, collector.on_state, cameras=[camera("lp", f"loop://{videos['v25']}")]
+    )
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: collector.count("lp") >= 90)
+    assert g.states()["lp"] == "live"
+    stats = g.stats()["lp"]
+    assert stats.loops >= 3
+    assert stats.frames_in >= 75  # counted across restarts
+    with collector.lock:
+        pts = [p for p, _ in collector.frames["lp"]]
+    assert all(b > a for a, b in itertools.pairwise(pts))
+    assert pts[-1] > 3 * 24 / 25  # media time runs on past the file's one second
+
+
+def test_sampling_fps_keeps_about_one_frame_in_five(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    g = CameraGraph(
+        (160, 120),
+        collector.on_frame,
+        cameras=[camera("s5", f"file://{videos['v50']}", fps=5), camera("s25", f"file://{videos['v50']}")],
+    )
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: set(g.states().values()) == {"eos"})
+    assert collector.count("s25") == 50
+    assert 9 <= collector.count("s5") <= 11
+    pts = [p for p, _ in collector.frames["s5"]]
+    assert np.median(np.diff(pts)) == pytest.approx(0.2, abs=0.01)
+    stats = g.stats()["s5"]
+    assert stats.frames_in == 50
+    assert stats.frames_sampled == collector.count("s5")
+
+
+def test_add_and_remove_cameras_at_runtime(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    g = CameraGraph(
+        (160, 120), collector.on_frame, collector.on_state, cameras=[camera("a", f"loop://{videos['v25']}")]
+    )
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: collector.count("a") > 10)
+    g.add_camera(camera("b", f"loop://{videos['v25']}"))
+    with pytest.raises(DuplicateCameraError):
+        g.add_camera(camera("b", f"loop://{videos['v25']}"))
+    wait_for(lambda: collector.count("b") > 10)
+    g.remove_camera("a")
+    stopped_at = collector.count("a")
+    b_then = collector.count("b")
+    wait_for(lambda: collector.count("b") > b_then + 50)
+    assert collector.count("a") == stopped_at  # no frame after remove_camera returned
+    assert set(g.states()) == {"b"}
+    assert g.states()["b"] == "live"
+    with pytest.raises(KeyError):
+        g.remove_camera("a")
+
+
+def test_odd_width_frames_have_their_row_padding_removed(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    # 162*3 = 486 bytes is not a multiple of 4: GStreamer pads each row to 488.
+    g = CameraGraph((162, 90), collector.on_frame, cameras=[camera("odd", f"file://{videos['smpte']}")])
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: g.states()["odd"] == "eos")
+    frame = collector.last["odd"]
+    assert frame.shape == (90, 162, 3)
+    assert frame.flags.c_contiguous
+    # SMPTE bars are vertical in the top 2/3: a column barely changes down the rows unless rows are sheared.
+    top = frame[5:50].astype(np.int16)
+    assert float(np.abs(top - top[0]).mean()) < 4.0
+    assert float(top[0].std()) > 30  # and the bars are really there
+
+
+def test_frame_from_sample_strips_stride_padding() -> None:
+    Gst = gst()
+    caps = Gst.Caps.from_string("video/x-raw,format=RGB,width=5,height=2,framerate=25/1")
+    data = bytes(range(32))  # 2 rows of stride 16: 15 pixel bytes + 1 padding byte each
+    buf = Gst.Buffer.new_wrapped(data)
+    buf.pts = 3 * Gst.SECOND // 2
+    pts, frame = frame_from_sample(Gst.Sample.new(buf, caps, None, None))
+    assert pts == pytest.approx(1.5)
+    assert frame.shape == (2, 5, 3)
+    assert frame[0].ravel().tolist() == list(range(15))
+    assert frame[1].ravel().tolist() == list(range(16, 31))
+    assert frame.flags.writeable
+
+
+def test_display_branch_gives_a_larger_frame_with_the_same_pts(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    display: list[tuple[float, tuple[int, ...]]] = []
+    g = CameraGraph(
+        (64, 48),
+        collector.on_frame,
+        cameras=[camera("d", f"file://{videos['v25']}", fps=10)],
+        display_size=(320, 240),
+        on_display_frame=lambda cid, pts, frame: display.append((pts, frame.shape)),
+    )
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: g.states()["d"] == "eos")
+    model = collector.frames["d"]
+    assert {s for _, s in model} == {(48, 64, 3)}
+    assert {s for _, s in display} == {(240, 320, 3)}
+    assert [p for p, _ in display] == pytest.approx([p for p, _ in model])
+    assert g.stats()["d"].display_frames == len(display) == len(model)
+
+
+def test_realtime_plays_a_file_at_its_native_rate(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    g = CameraGraph(
+        (80, 60), collector.on_frame, cameras=[camera("rt", f"file://{videos['v25']}")], realtime=True
+    )
+    graphs.append(g)
+    t0 = time.monotonic()
+    g.start()
+    wait_for(lambda: g.states()["rt"] == "eos")
+    assert time.monotonic() - t0 >= 0.8  # 25 frames at 25 fps; as-fast-as-possible takes ~0.05 s
+    assert collector.count("rt") == 25
+
+
+def test_http_camera_delivers_frames(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(videos["fast"].parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{videos['fast'].name}"
+        g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=[camera("web", url)])
+        graphs.append(g)
+        g.start()
+        wait_for(lambda: collector.count("web") >= 50)
+        assert {s for _, s in collector.frames["web"]} == {(120, 160, 3)}
+        # A network source that ends is reconnected, not failed.
+        wait_for(lambda: any(s == "reconnecting" for c, s, _ in collector.states if c == "web"))
+        assert "failed" not in [s for c, s, _ in collector.states if c == "web"]
+        g.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_graph_lifecycle_errors(videos: dict[str, Path], collector: Collector) -> None:
+    g = CameraGraph((32, 32), collector.on_frame, cameras=[camera("x", f"file://{videos['v25']}")])
+    with pytest.raises(UnsupportedUriError):
+        g.add_camera(camera("y", "file://"))
+    g.start()
+    with pytest.raises(GraphStateError):
+        g.start()
+    g.stop()
+    g.stop()  # idempotent
+    with pytest.raises(GraphStateError):
+        g.add_camera(camera("z", f"file://{videos['v25']}"))
+    with pytest.raises(ValueError, match="display_size"):
+        CameraGraph((32, 32), collector.on_frame, display_size=(64, 64))
+    with pytest.raises(ValueError, match="width"):
+        FrameSize(0, 10)
+
+
+def test_parse_source_uri(tmp_path: Path) -> None:
+    assert parse_source_uri("file:///abs/x.mp4").location == "/abs/x.mp4"
+    rel = parse_source_uri("file://out/demo/x.mp4", cwd=tmp_path)
+    assert (rel.kind, rel.location) == ("file", str(tmp_path / "out/demo/x.mp4"))
+    lp = parse_source_uri("loop://clips/a%20b.mp4", cwd=tmp_path)
+    assert (lp.kind, lp.location) == ("loop", str(tmp_path / "clips/a b.mp4"))
+    rtsp = parse_source_uri("rtsps://admin:hunter2@10.0.0.5:322/stream")
+    assert rtsp.kind == "rtsp"
+    assert rtsp.reconnects
+    assert rtsp.network
+    assert "hunter2" not in rtsp.safe_uri
+    assert "10.0.0.5" in rtsp.safe_uri
+    assert parse_source_uri("https://cam.example/live.mp4").kind == "http"
+    v4l2 = parse_source_uri("v4l2:///dev/video2")
+    assert (v4l2.kind, v4l2.location) == ("v4l2", "/dev/video2")
+    for bad in ("ftp://x/y", "v4l2://video0", "rtsp://", "nothing"):
+        with pytest.raises(UnsupportedUriError):
+            parse_source_uri(bad)
+
+
+def test_missing_element_names_the_debian_package() -> None:
+    with pytest.raises(ElementMissingError, match="no-such-element"):
+        make_element("no-such-element")
+    err = ElementMissingError("rtspsrc")
+    assert err.package == "gstreamer1.0-plugins-good"
+    assert "apt-get install gstreamer1.0-plugins-good" in str(err)
