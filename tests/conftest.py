@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+# libgstreamer links libunwind: once any test has run Gst.init(), a C++ exception in a module loaded later
+# (matplotlib's ft2font on import) aborts the whole run unless libgcc_s's unwinder was loaded globally first.
+with contextlib.suppress(OSError):
+    ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -692,12 +692,7 @@ def decode_video_file(
     name = clip if clip is not None else path.stem
     if not path.is_file():
         raise DatasetError(f"video file {path} does not exist", name)
-    import gi
-
-    gi.require_version("Gst", "1.0")
-    from gi.repository import Gst
-
-    Gst.init(None)
+    Gst = _init_gstreamer()
     caps = "video/x-raw,format=RGB,pixel-aspect-ratio=1/1"
     if size_hw is not None:
         caps += f",width={int(size_hw[1])},height={int(size_hw[0])}"
@@ -732,6 +727,25 @@ def decode_video_file(
     if not frames:
         raise DatasetError(f"video file {path} decoded to no frames", name)
     return np.stack(frames)
+
+
+def _init_gstreamer() -> Any:
+    """Import and initialise GStreamer (lazily: only video-file datasets need it); returns ``Gst``."""
+    import ctypes
+
+    # libgstreamer links libunwind; unless libgcc_s's unwinder is loaded globally before Gst.init(), a C++
+    # exception in a module loaded later (matplotlib's ft2font) aborts the process.
+    try:
+        ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        log.debug("libgcc_s.so.1 not found; not a glibc system, nothing to preload")
+    import gi
+
+    gi.require_version("Gst", "1.0")
+    from gi.repository import Gst
+
+    Gst.init(None)
+    return Gst
 
 
 def _sample_to_rgb(sample: Any) -> np.ndarray:
