@@ -76,6 +76,7 @@ class Peak:
     contributions: dict[str, float]
     prompt: str | None = None
     frame_ref: Any = None
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,13 @@ class AlertMachine:
         contributions: Mapping[str, float] | None = None,
         prompt: str | None = None,
         frame_ref: Any = None,
+        weights: Mapping[str, float] | None = None,
     ) -> list[AlertTransition]:
         """Feed the score at stream time ``t`` seconds; return the transitions it caused (0 or 1).
 
         ``prompt`` is the best-matching anomalous prompt for this sample, ``frame_ref`` an opaque reference
-        to its frame; both are kept with the peak. Raises :class:`AlertTimeError` if ``t`` goes backwards.
+        to its frame, ``weights`` the gate weights behind ``contributions``; all are kept with the peak.
+        Raises :class:`AlertTimeError` if ``t`` goes backwards.
         """
         self._check_time(t)
         if not math.isfinite(score):
@@ -180,6 +183,7 @@ class AlertMachine:
             contributions=dict(contributions or {}),
             prompt=prompt,
             frame_ref=frame_ref,
+            weights=dict(weights or {}),
         )
         p = self.params
         if self._active is not None:

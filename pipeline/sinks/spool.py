@@ -1,0 +1,248 @@
+"""A crash-safe, append-only FIFO of JSON records in a directory: the write-ahead log of one sink.
+
+Layout (one directory per sink)::
+
+    <dir>/0000000000000042.json    one record per file, named by a increasing sequence number
+    <dir>/dead/<ns>-<seq>.json     records a receiver refused permanently, with the reason
+    <dir>/corrupt/<name>           unreadable files found at start (never silently deleted)
+
+A record is written to a hidden temp file, flushed, fsync'd, renamed into place and the directory fsync'd:
+after :meth:`Spool.append` returns, the record survives a crash or power loss; a crash mid-write leaves only
+a temp file, removed at the next start. :meth:`Spool.ack` deletes the file once the sink delivered it.
+Records found at start (left by a previous process) are flagged ``recovered``: they may have been delivered
+already, so the sink marks them ``redelivered``.
+
+If the disk refuses a write (full, read-only), the record is kept in memory instead (delivered in order,
+but lost on a crash), an error is logged once per failure streak and :attr:`Spool.write_errors` counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Spool", "SpoolEntry", "SpoolError"]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^(\d{16})\.json$")
+
+
+class SpoolError(OSError):
+    """The spool directory cannot be used at all (cannot be created or listed)."""
+
+
+@dataclass
+class SpoolEntry:
+    """The oldest record waiting. ``recovered``: it was in the spool when this process opened it.
+    ``attempted``: a delivery attempt may have reached the receiver (so the next one is a possible duplicate).
+    """
+
+    seq: int
+    record: dict[str, Any]
+    recovered: bool = False
+    attempted: bool = False
+
+    @property
+    def possibly_delivered(self) -> bool:
+        return self.recovered or self.attempted
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """FIFO of JSON-serialisable dicts in ``directory``; thread-safe."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.write_errors = 0
+        self._lock = threading.Condition()
+        # seq -> record (None: on disk, not loaded yet); insertion order == seq order.
+        self._items: dict[int, dict[str, Any] | None] = {}
+        self._on_disk: set[int] = set()
+        self._recovered: set[int] = set()
+        self._attempted: set[int] = set()
+        self._failing = False
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            names = sorted(p.name for p in self.directory.iterdir())
+        except OSError as exc:
+            raise SpoolError(
+                exc.errno, f"cannot use spool directory {self.directory}: {exc.strerror}"
+            ) from exc
+        for name in names:
+            m = _NAME.match(name)
+            if m:
+                seq = int(m.group(1))
+                self._items[seq] = None
+                self._on_disk.add(seq)
+                self._recovered.add(seq)
+            elif name.startswith(".") and name.endswith(".tmp"):
+                # A write that never completed: the record was never acknowledged to the caller.
+                (self.directory / name).unlink(missing_ok=True)
+        self._next_seq = max(self._items, default=0) + 1
+        if self._items:
+            log.info("spool %s: %d record(s) left by a previous run", self.directory, len(self._items))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def _path(self, seq: int) -> Path:
+        return self.directory / f"{seq:016d}.json"
+
+    def append(self, record: Mapping[str, Any]) -> int:
+        """Persist one record; return its sequence number. Never raises for disk errors (see module doc);
+        raises ``TypeError``/``ValueError`` if the record is not JSON-serialisable."""
+        data = json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            try:
+                self._write(seq, data)
+            except OSError as exc:
+                self.write_errors += 1
+                if not self._failing:
+                    log.error(
+                        "spool %s: cannot write record %d (%s); keeping it in memory until delivered",
+                        self.directory,
+                        seq,
+                        exc.strerror or exc,
+                    )
+                self._failing = True
+            else:
+                self._on_disk.add(seq)
+                if self._failing:
+                    log.info("spool %s: writing to disk again", self.directory)
+                self._failing = False
+            self._items[seq] = dict(record)
+            self._lock.notify_all()
+            return seq
+
+    def _write(self, seq: int, data: bytes) -> None:
+        tmp = self.directory / f".{seq:016d}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(self._path(seq))
+            _fsync_dir(self.directory)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def peek(self) -> SpoolEntry | None:
+        """The oldest record, or None. An unreadable file is moved to ``corrupt/`` and skipped."""
+        with self._lock:
+            while self._items:
+                seq = next(iter(self._items))
+                record = self._items[seq]
+                if record is None:
+                    record = self._load(seq)
+                    if record is None:
+                        continue
+                    self._items[seq] = record
+                return SpoolEntry(
+                    seq=seq,
+                    record=record,
+                    recovered=seq in self._recovered,
+                    attempted=seq in self._attempted,
+                )
+            return None
+
+    def _load(self, seq: int) -> dict[str, Any] | None:
+        path = self._path(seq)
+        try:
+            data = json.loads(path.read_bytes())
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+            return data
+        except (OSError, ValueError) as exc:
+            log.error(
+                "spool %s: unreadable record %s (%s); moved to corrupt/", self.directory, path.name, exc
+            )
+            self._forget(seq)
+            try:
+                target = self.directory / "corrupt"
+                target.mkdir(exist_ok=True)
+                path.replace(target / path.name)
+            except OSError as move_exc:
+                log.error("spool %s: cannot move %s aside: %s", self.directory, path.name, move_exc)
+            return None
+
+    def _forget(self, seq: int) -> None:
+        self._items.pop(seq, None)
+        self._on_disk.discard(seq)
+        self._recovered.discard(seq)
+        self._attempted.discard(seq)
+
+    def mark_attempted(self, seq: int) -> None:
+        """Remember that a delivery of ``seq`` may have reached the receiver."""
+        with self._lock:
+            if seq in self._items:
+                self._attempted.add(seq)
+
+    def ack(self, seq: int) -> None:
+        """Delivered: delete the record. Unknown sequence numbers are ignored."""
+        with self._lock:
+            on_disk = seq in self._on_disk
+            self._forget(seq)
+        if on_disk:
+            try:
+                self._path(seq).unlink(missing_ok=True)
+                _fsync_dir(self.directory)
+            except OSError as exc:
+                # A record that cannot be deleted would be redelivered (marked) after a restart: not lost.
+                log.error("spool %s: cannot delete delivered record %d: %s", self.directory, seq, exc)
+
+    def dead_letter(self, seq: int, reason: str) -> Path | None:
+        """Refused permanently: move the record to ``dead/`` with ``reason``; return its new path."""
+        with self._lock:
+            record = self._items.get(seq)
+            if record is None and seq in self._items:
+                record = self._load(seq)
+            self._forget(seq)
+        if record is None:
+            return None
+        path = self.directory / "dead" / f"{time.time_ns()}-{seq:016d}.json"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps({"reason": reason, "record": record}, indent=1), encoding="utf-8")
+            self._path(seq).unlink(missing_ok=True)
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            log.error("spool %s: cannot write dead letter for record %d: %s", self.directory, seq, exc)
+            return None
+        return path
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the spool holds a record or ``timeout`` seconds pass; True if it holds one."""
+        with self._lock:
+            if not self._items:
+                self._lock.wait(timeout)
+            return bool(self._items)
+
+    def notify(self) -> None:
+        """Wake any :meth:`wait` (used when closing)."""
+        with self._lock:
+            self._lock.notify_all()
