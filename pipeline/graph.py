@@ -240,7 +240,8 @@ class CameraGraph:
             if w.is_alive():
                 log.error("a camera pipeline did not reach NULL within %.1f s (%s)", timeout_s, w.name)
         self._loop.quit()
-        self._thread.join(max(0.1, deadline - time.monotonic()))
+        if not self._in_loop():  # stop() from an on_state callback cannot join its own thread
+            self._thread.join(max(0.1, deadline - time.monotonic()))
 
     def add_camera(self, settings: CameraSettings) -> None:
         """Add and (if running) start a camera without disturbing the others.
@@ -251,7 +252,7 @@ class CameraGraph:
             raise GraphStateError("CameraGraph.add_camera after stop")
         cam = self._register(settings)
         if self._running:
-            self._call(lambda: self._build(cam))
+            self._call(lambda: self._build_guarded(cam))
 
     def remove_camera(self, camera_id: str) -> None:
         """Stop and forget one camera. From any thread but the loop's, no ``on_frame`` call for it follows."""
@@ -391,7 +392,7 @@ class CameraGraph:
         with self._lock:
             cams = list(self._cams.values())
         for cam in cams:
-            self._build(cam)
+            self._build_guarded(cam)
         self._watchdog = GLib.Timeout(_WATCHDOG_MS)
         self._watchdog.set_callback(self._check_stalls)
         self._watchdog.attach(self._ctx)
@@ -417,6 +418,14 @@ class CameraGraph:
                 self._on_state(cam.id, state, detail)
             except Exception:
                 log.exception("on_state callback failed for camera %s", cam.id)
+
+    def _build_guarded(self, cam: _Camera) -> None:
+        """:meth:`_build` from a loop callback: an unexpected error fails this camera, never the loop."""
+        try:
+            self._build(cam)
+        except Exception as exc:
+            log.exception("camera %s: pipeline build failed", cam.id)
+            self._set_state(cam, "failed", f"pipeline build failed: {exc}")
 
     def _build(self, cam: _Camera) -> None:
         """Create and start the camera's pipeline (loop thread)."""
@@ -556,7 +565,7 @@ class CameraGraph:
             if present and not self._stopped:
                 with cam.lock:
                     cam.reconnects += 1
-                self._build(cam)
+                self._build_guarded(cam)
             return False
 
         src = GLib.Timeout(max(1, int(delay * 1000)))

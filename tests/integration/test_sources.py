@@ -362,3 +362,27 @@ def test_missing_element_names_the_debian_package() -> None:
     err = ElementMissingError("rtspsrc")
     assert err.package == "gstreamer1.0-plugins-good"
     assert "apt-get install gstreamer1.0-plugins-good" in str(err)
+
+
+def test_absent_v4l2_device_keeps_retrying_without_disturbing_others(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    if gst().ElementFactory.find("v4l2src") is None:
+        pytest.skip("v4l2src not installed")
+    cams = [
+        camera(
+            "usb", "v4l2:///dev/video-zsad-absent", rtsp={"reconnect_initial_s": 0.2, "reconnect_max_s": 0.4}
+        ),
+        camera("file", f"file://{videos['v50']}"),
+    ]
+    g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=cams)
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: g.states()["file"] == "eos" and g.stats()["usb"].reconnects >= 2)
+    assert collector.count("file") == 50
+    assert g.states()["usb"] in ("reconnecting", "starting")
+    assert "failed" not in [s for c, s, _ in collector.states if c == "usb"]
+    # Backoff doubles up to reconnect_max_s: retry delays 0.2 then 0.4, 0.4, ...
+    delays = [d for c, s, d in collector.states if c == "usb" and s == "reconnecting"]
+    assert "retry in 0.2 s" in delays[0]
+    assert all("retry in 0.4 s" in d for d in delays[1:])

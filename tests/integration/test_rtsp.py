@@ -1,0 +1,230 @@
+"""RTSP camera against a real gst-rtsp-server in a subprocess: disconnect, reconnect, stall.
+
+The server runs as a child process (the most realistic outage: killing it closes the TCP connection, and
+SIGSTOP freezes it with the connection open, which only the stall watchdog can detect). A loop:// camera
+runs next to it in real time and must keep its frame rate throughout.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gi = pytest.importorskip("gi")
+
+from pipeline.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
+from pipeline.graph import CameraGraph  # noqa: E402
+from pipeline.sources import gst  # noqa: E402
+
+SERVER = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address("127.0.0.1")
+server.set_service(sys.argv[1])
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch(
+    "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=160,height=120,framerate=10/1 ! "
+    "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )"
+)
+factory.set_shared(True)
+server.get_mount_points().add_factory("/cam", factory)
+if server.attach(None) == 0:
+    print("attach failed", flush=True)
+    sys.exit(1)
+print("ready", flush=True)
+GLib.MainLoop().run()
+"""
+
+
+def _rtsp_server_available() -> bool:
+    try:
+        gi.require_version("GstRtspServer", "1.0")
+    except ValueError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _rtsp_server_available(), reason="gst-rtsp-server gir not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RtspServer:
+    """gst-rtsp-server as a child process on 127.0.0.1:port, mount /cam."""
+
+    def __init__(self, script: Path, port: int) -> None:
+        self.script = script
+        self.port = port
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(self.script), str(self.port)], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        assert line == "ready", f"RTSP server did not start: {line!r}"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen process cannot die of SIGKILL any slower
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+
+def make_loop_video(path: Path) -> Path:
+    Gst = gst()
+    pipe = Gst.parse_launch(
+        "videotestsrc num-buffers=50 pattern=ball ! video/x-raw,width=160,height=120,framerate=25/1 ! "
+        f"x264enc ! mp4mux ! filesink location={path}"
+    )
+    pipe.set_state(Gst.State.PLAYING)
+    msg = pipe.get_bus().timed_pop_filtered(20 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    pipe.set_state(Gst.State.NULL)
+    assert msg is not None
+    assert msg.type == Gst.MessageType.EOS
+    return path
+
+
+def camera(cid: str, uri: str) -> CameraSettings:
+    defaults = CameraDefaults.model_validate(
+        {
+            "sampling": {"fps": 10},
+            "rtsp": {"reconnect_initial_s": 0.5, "reconnect_max_s": 2.0, "latency_ms": 100},
+        }
+    )
+    return ZsadConfig(defaults=defaults, cameras=[CameraConfig(id=cid, uri=uri)]).camera_settings(cid)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.times: dict[str, list[float]] = {}
+        self.shapes: set[tuple[int, ...]] = set()
+        self.states: list[tuple[float, str, str, str]] = []
+
+    def on_frame(self, cid: str, pts: float, frame: np.ndarray) -> None:
+        with self.lock:
+            self.times.setdefault(cid, []).append(time.monotonic())
+            self.shapes.add(frame.shape)
+
+    def on_state(self, cid: str, state: str, detail: str) -> None:
+        with self.lock:
+            self.states.append((time.monotonic(), cid, state, detail))
+
+    def frames_between(self, cid: str, t0: float, t1: float) -> int:
+        with self.lock:
+            return sum(1 for t in self.times.get(cid, []) if t0 <= t < t1)
+
+    def count(self, cid: str) -> int:
+        with self.lock:
+            return len(self.times.get(cid, []))
+
+    def states_of(self, cid: str) -> list[tuple[float, str, str]]:
+        with self.lock:
+            return [(t, s, d) for t, c, s, d in self.states if c == cid]
+
+
+def wait_for(cond: Callable[[], bool], timeout: float) -> float:
+    """Wait until ``cond()``; return the time it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    raise AssertionError(f"condition not reached within {timeout} s")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RtspServer]:
+    script = tmp_path / "rtsp_server.py"
+    script.write_text(SERVER)
+    srv = RtspServer(script, free_port())
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+def test_rtsp_camera_reconnects_after_an_outage_and_a_stall(
+    server: RtspServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    rec = Recorder()
+    loop_file = make_loop_video(tmp_path / "loop.mp4")
+    g = CameraGraph(
+        (160, 120),
+        rec.on_frame,
+        rec.on_state,
+        cameras=[
+            camera("rtsp", f"rtsp://viewer:s3cret@127.0.0.1:{server.port}/cam"),
+            camera("file", f"loop://{loop_file}"),
+        ],
+        realtime=True,
+        stall_timeout_s=2.0,
+    )
+    g.start()
+    try:
+        wait_for(lambda: g.states() == {"rtsp": "live", "file": "live"}, timeout=10)
+        wait_for(lambda: rec.count("rtsp") >= 10, timeout=5)
+
+        # 1. The server dies: the RTSP camera reconnects with backoff, the file camera keeps 10 fps.
+        server.kill()
+        wait_for(lambda: g.states()["rtsp"] == "reconnecting", timeout=5)
+        t0 = time.monotonic()
+        time.sleep(3.0)
+        t1 = time.monotonic()
+        assert g.states()["rtsp"] == "reconnecting"
+        assert g.states()["file"] == "live"
+        assert rec.frames_between("file", t0, t1) >= 0.7 * 10 * (t1 - t0)
+        assert rec.frames_between("rtsp", t0 + 0.5, t1) == 0
+
+        # 2. The server comes back on the same port: live again and delivering within 10 s.
+        before = rec.count("rtsp")
+        server.start()
+        restarted = time.monotonic()
+        wait_for(lambda: g.states()["rtsp"] == "live" and rec.count("rtsp") > before + 5, timeout=10)
+        assert time.monotonic() - restarted < 10
+        assert g.stats()["rtsp"].reconnects >= 1
+
+        # 3. The server freezes with the TCP connection open: only the stall watchdog can tell.
+        server.signal(signal.SIGSTOP)
+        wait_for(lambda: g.states()["rtsp"] == "reconnecting", timeout=6)
+        stall_detail = [d for _, s, d in rec.states_of("rtsp") if s == "reconnecting"][-1]
+        assert "stalled" in stall_detail
+        t0 = time.monotonic()
+        time.sleep(1.5)
+        assert rec.frames_between("file", t0, time.monotonic()) >= 0.7 * 10 * 1.5
+        before = rec.count("rtsp")
+        server.signal(signal.SIGCONT)
+        wait_for(lambda: g.states()["rtsp"] == "live" and rec.count("rtsp") > before + 5, timeout=10)
+    finally:
+        g.stop()
+    assert rec.shapes == {(120, 160, 3)}
+    assert "s3cret" not in caplog.text
+    assert "viewer" not in caplog.text
+    assert "rtsp://***@127.0.0.1" in caplog.text
+    assert all(detail.find("s3cret") == -1 for _, _, _, detail in rec.states)
