@@ -1,0 +1,172 @@
+"""Event media with real GStreamer and Pillow: a decodable MP4 of the right length, the peak JPEG,
+retention, path sanitising, and failures that never raise."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import MediaConfig
+from pipeline.media import EventRecorder, safe_component
+from pipeline.metrics import ZsadMetrics
+
+gi = pytest.importorskip("gi")
+
+
+def _decode(path: Path) -> tuple[int, int, int]:
+    """Decode an MP4 with GStreamer; return (frames, width, height)."""
+    gi.require_version("Gst", "1.0")
+    from gi.repository import Gst
+
+    Gst.init(None)
+    pipeline = Gst.parse_launch(
+        f'filesrc location="{path}" ! qtdemux ! h264parse ! avdec_h264 ! videoconvert ! '
+        "video/x-raw,format=RGB ! appsink name=sink sync=false"
+    )
+    sink = pipeline.get_by_name("sink")
+    pipeline.set_state(Gst.State.PLAYING)
+    frames, width, height = 0, 0, 0
+    try:
+        while True:
+            sample = sink.emit("try-pull-sample", 10 * Gst.SECOND)
+            if sample is None:
+                break
+            s = sample.get_caps().get_structure(0)
+            width, height = s.get_value("width"), s.get_value("height")
+            frames += 1
+        msg = pipeline.get_bus().pop_filtered(Gst.MessageType.ERROR)
+        assert msg is None, msg.parse_error() if msg else None
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+    return frames, width, height
+
+
+def _frame(i: int, h: int = 96, w: int = 131) -> np.ndarray:
+    """A flat frame whose colour encodes its index (odd width on purpose: clips crop to even)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = (i * 4) % 256
+    img[..., 1] = 255 - (i * 4) % 256
+    img[..., 2] = 80
+    return img
+
+
+def test_clip_and_snapshot_of_an_alert(tmp_path: Path) -> None:
+    metrics = ZsadMetrics()
+    rec = EventRecorder("cam-1", tmp_path, MediaConfig(pre_s=1.0, post_s=1.0), fps=10.0, metrics=metrics)
+    media = None
+    for i in range(60):
+        pts = i / 10.0
+        rec.add_frame(_frame(i), pts)
+        if i == 20:  # alert opens at 2.0 s
+            media = rec.open_event("a1b2", start_pts=2.0, peak_pts=2.0)
+        if i == 30:  # peak at 2.5 s (frame 25), closes at 3.0 s
+            rec.update_peak("a1b2", peak_pts=2.5)
+            end = rec.close_event("a1b2", end_pts=3.0)
+            assert end == media
+    assert media is not None
+    assert media.snapshot == "events/cam-1/a1b2.jpg"
+    assert media.clip == "events/cam-1/a1b2.mp4"
+    assert rec.wait_idle(30)
+    rec.close()
+    clip = tmp_path / media.clip
+    assert clip.is_file()
+    frames, width, height = _decode(clip)
+    # [start - pre_s, end + post_s] = [1.0, 4.0] s at 10 fps: 31 frames.
+    assert abs(frames - 31) <= 2
+    assert (width, height) == (130, 96)  # 131 cropped to even for 4:2:0
+    jpg = Image.open(tmp_path / media.snapshot)
+    assert jpg.size == (131, 96)
+    pixel = np.asarray(jpg)[48, 65].astype(int)
+    expected = _frame(25)[0, 0].astype(int)
+    assert np.abs(pixel - expected).max() <= 6, (pixel, expected)
+    assert not list((tmp_path / "events" / "cam-1").glob(".*"))  # no leftover temp files
+    assert metrics.media_errors.value(camera="cam-1") == 0
+
+
+def test_close_finishes_open_clip_and_retention_deletes_oldest(tmp_path: Path) -> None:
+    cfg = MediaConfig(pre_s=0.2, post_s=0.2, max_events_per_camera=2)
+    rec = EventRecorder("cam", tmp_path, cfg, fps=10.0)
+    pts = 0.0
+    for k in range(3):
+        for _ in range(3):
+            rec.add_frame(_frame(k, 32, 32), pts)
+            pts += 0.1
+        rec.open_event(f"ev{k}", start_pts=pts - 0.1)
+        for _ in range(3):
+            rec.add_frame(_frame(k, 32, 32), pts)
+            pts += 0.1
+        rec.close_event(f"ev{k}", end_pts=pts - 0.1)
+        for _ in range(4):  # post-roll ends: the clip is finalised
+            rec.add_frame(_frame(k, 32, 32), pts)
+            pts += 0.1
+        assert rec.wait_idle(30)
+    rec.open_event("ev3", start_pts=pts)  # still open at shutdown: finished by close()
+    rec.add_frame(_frame(9, 32, 32), pts + 0.1)
+    rec.close(30)
+    names = sorted(p.name for p in (tmp_path / "events" / "cam").iterdir())
+    # Newest two kept (ev2 and ev3); ev0 and ev1 deleted when ev2 and ev3 opened.
+    assert names == ["ev2.jpg", "ev2.mp4", "ev3.jpg", "ev3.mp4"]
+    frames, _, _ = _decode(tmp_path / "events" / "cam" / "ev3.mp4")
+    assert frames >= 1
+
+
+@pytest.mark.parametrize(
+    ("camera", "alert_id"),
+    [("../../etc", "../../passwd"), ("..", ".."), ("a/b", "/abs/x"), ("cam", "..\\..\\win")],
+)
+def test_event_paths_never_escape_the_output_folder(tmp_path: Path, camera: str, alert_id: str) -> None:
+    out = tmp_path / "out"
+    rec = EventRecorder(camera, out, MediaConfig(clips=False), fps=5.0)
+    rec.add_frame(_frame(1, 16, 16), 0.0)
+    media = rec.open_event(alert_id, 0.0)
+    assert rec.wait_idle(10)
+    rec.close()
+    assert media.snapshot is not None
+    assert ".." not in media.snapshot.split("/")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == 1
+    assert out.resolve() in written[0].resolve().parents
+
+
+def test_safe_component() -> None:
+    assert safe_component("../x") == "___x"
+    assert safe_component("..") == "__"
+    assert safe_component("") == "_"
+    assert safe_component("cam-1.a_b") == "cam-1.a_b"
+    assert safe_component(".hidden") == "_hidden"
+
+
+def test_unwritable_output_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output folder should be")  # mkdir fails even as root
+    metrics = ZsadMetrics()
+    rec = EventRecorder("cam-x", blocker / "out", MediaConfig(), fps=10.0, metrics=metrics)
+    with caplog.at_level(logging.ERROR, logger="pipeline.media"):
+        for i in range(5):
+            rec.add_frame(_frame(i, 16, 16), i / 10)
+        m1 = rec.open_event("e1", 0.2)
+        m2 = rec.open_event("e2", 0.3)
+        rec.close_event("e1", 0.4)
+        rec.wait_idle(5)
+        rec.close()
+    assert (m1.snapshot, m1.clip, m2.clip) == (None, None, None)
+    assert metrics.media_errors.value(camera="cam-x") == 2
+    assert sum("cam-x" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_failed_snapshot_write_is_counted(tmp_path: Path) -> None:
+    metrics = ZsadMetrics()
+    rec = EventRecorder("cam-y", tmp_path, MediaConfig(clips=False), fps=10.0, metrics=metrics)
+    rec.add_frame(_frame(0, 16, 16), 0.0)
+    # The snapshot's final name is taken by a folder: the rename fails on the I/O thread.
+    (tmp_path / "events" / "cam-y" / "e.jpg").mkdir(parents=True)
+    media = rec.open_event("e", 0.0)
+    assert rec.wait_idle(10)
+    rec.close()
+    assert media.snapshot == "events/cam-y/e.jpg"
+    assert metrics.media_errors.value(camera="cam-y") == 1
+    assert not list((tmp_path / "events" / "cam-y").glob(".*"))
