@@ -459,6 +459,9 @@ class CameraGraph:
                 rtsp_tcp=s.rtsp.tcp,
                 rtsp_latency_ms=s.rtsp.latency_ms,
                 connect_timeout_s=self.stall_timeout_s,
+                on_no_video=lambda: self._post(
+                    lambda: self._on_failure(cam, gen, "no video stream in the source", recoverable=False)
+                ),
             )
         except SourceError as exc:
             self._set_state(cam, "failed", str(exc))

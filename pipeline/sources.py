@@ -294,6 +294,8 @@ class CameraPipeline:
         display_size: when set, a second branch delivers frames at this size as branch ``display``.
         rtsp_tcp, rtsp_latency_ms: RTSP transport options.
         connect_timeout_s: RTSP TCP timeout, so a dead server fails fast instead of after rtspsrc's 20 s.
+        on_no_video: called (from a streaming thread) when the decoder has exposed all its streams and
+            none is video (e.g. an audio-only file).
     """
 
     def __init__(
@@ -309,6 +311,7 @@ class CameraPipeline:
         rtsp_tcp: bool = True,
         rtsp_latency_ms: int = 200,
         connect_timeout_s: float = 5.0,
+        on_no_video: Callable[[], None] | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
@@ -316,6 +319,7 @@ class CameraPipeline:
         self.camera_id = camera_id
         self.spec = spec
         self._on_sample = on_sample
+        self._on_no_video = on_no_video
         self._video_linked = False
         self.pipeline = Gst.Pipeline.new(f"cam-{camera_id}")
         p = self.pipeline
@@ -352,6 +356,7 @@ class CameraPipeline:
             p.add(dec)
             _link(src, dec)
             dec.connect("pad-added", self._on_decoded_pad)
+            dec.connect("no-more-pads", self._on_no_more_pads)
         elif spec.kind == "rtsp":
             src = _make(
                 "rtspsrc",
@@ -368,10 +373,12 @@ class CameraPipeline:
             self._depay_sink = dec.get_static_pad("sink")
             src.connect("pad-added", self._on_rtsp_pad)
             dec.connect("pad-added", self._on_decoded_pad)
+            dec.connect("no-more-pads", self._on_no_more_pads)
         elif spec.kind == "http":
             dec = _make("uridecodebin", "decode", uri=spec.location)
             p.add(dec)
             dec.connect("pad-added", self._on_decoded_pad)
+            dec.connect("no-more-pads", self._on_no_more_pads)
         elif spec.kind == "v4l2":
             src = _make("v4l2src", "src", device=spec.location)
             dec = _make("decodebin", "decode")
@@ -379,6 +386,7 @@ class CameraPipeline:
             p.add(dec)
             _link(src, dec)
             dec.connect("pad-added", self._on_decoded_pad)
+            dec.connect("no-more-pads", self._on_no_more_pads)
         else:  # pragma: no cover - SourceSpec.kind is a closed set
             raise UnsupportedUriError(f"unknown source kind {spec.kind}")
 
@@ -441,6 +449,10 @@ class CameraPipeline:
             return
         # Audio or a second video stream: consumed and ignored so it cannot stall the demuxer.
         self._link_to_fakesink(pad)
+
+    def _on_no_more_pads(self, _dec: Any) -> None:
+        if not self._video_linked and self._on_no_video is not None:
+            self._on_no_video()
 
     def _link_to_fakesink(self, pad: Any) -> None:
         Gst = gst()

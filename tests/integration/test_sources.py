@@ -54,18 +54,38 @@ def make_video(
     return path
 
 
+def run_launch(launch: str) -> None:
+    """Run a gst-launch style pipeline to EOS."""
+    Gst = gst()
+    pipe = Gst.parse_launch(launch)
+    pipe.set_state(Gst.State.PLAYING)
+    msg = pipe.get_bus().timed_pop_filtered(20 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    pipe.set_state(Gst.State.NULL)
+    assert msg is not None, "test media encoding timed out"
+    assert msg.type == Gst.MessageType.EOS, "test media encoding failed"
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("videos")
     corrupt = d / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
-    return {
+    out = {
         "v50": make_video(d / "v50.mp4", 50),
         "v25": make_video(d / "v25.mp4", 25),
         "smpte": make_video(d / "smpte.mp4", 10, pattern="smpte"),
         "fast": make_video(d / "fast.mp4", 50, faststart=True),
         "corrupt": corrupt,
     }
+    run_launch(f"audiotestsrc num-buffers=20 ! audioconvert ! wavenc ! filesink location={d / 'audio.wav'}")
+    run_launch(
+        f"matroskamux name=m ! filesink location={d / 'av.mkv'} "
+        "videotestsrc num-buffers=50 ! video/x-raw,width=160,height=120,framerate=25/1 ! x264enc ! m. "
+        "audiotestsrc num-buffers=50 ! audioconvert ! audio/x-raw,format=S16LE,rate=44100,channels=1 ! m."
+    )
+    out["audio"] = d / "audio.wav"
+    out["av"] = d / "av.mkv"
+    return out
 
 
 def camera(cid: str, uri: str, fps: float = 25.0, **extra: Any) -> CameraSettings:
@@ -386,3 +406,36 @@ def test_absent_v4l2_device_keeps_retrying_without_disturbing_others(
     delays = [d for c, s, d in collector.states if c == "usb" and s == "reconnecting"]
     assert "retry in 0.2 s" in delays[0]
     assert all("retry in 0.4 s" in d for d in delays[1:])
+
+
+def test_audio_only_file_fails_and_audio_next_to_video_is_ignored(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    cams = [camera("wav", f"file://{videos['audio']}"), camera("av", f"file://{videos['av']}")]
+    g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=cams)
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: g.states() == {"wav": "failed", "av": "eos"})
+    assert collector.count("av") == 50
+    assert collector.count("wav") == 0
+    assert ("wav", "failed", "no video stream in the source") in collector.states
+
+
+def test_a_failing_frame_callback_is_logged_and_streaming_goes_on(
+    videos: dict[str, Path], graphs: list[CameraGraph], caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    def on_frame(cid: str, pts: float, frame: np.ndarray) -> None:
+        seen.append(cid)
+        if cid == "bad":
+            raise RuntimeError("consumer bug")
+
+    cams = [camera("bad", f"file://{videos['v25']}"), camera("ok", f"file://{videos['v25']}")]
+    g = CameraGraph((64, 48), on_frame, cameras=cams)
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: set(g.states().values()) == {"eos"})
+    assert seen.count("bad") == 25
+    assert seen.count("ok") == 25
+    assert "frame callback failed" in caplog.text
