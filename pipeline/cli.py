@@ -56,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="write frames/labels/masks only, no MP4")
     p.set_defaults(handler=_lazy("pipeline.synth.cli:run_synth"))
 
+    p = sub.add_parser("train", help="train the model on normal video (torchrun for several processes)")
+    p.add_argument("config", help="YAML config with a 'train' section")
+    p.add_argument("--resume", help="checkpoint to resume from")
+    p.add_argument("--max-minutes", type=float, help="override train.max_minutes")
+    p.add_argument("--output-dir", help="override train.output_dir")
+    p.set_defaults(handler=_lazy("training.trainer:run_train"))
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a labelled test split")
+    p.add_argument("config", help="YAML config with a 'train' section naming the dataset")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="output folder for metrics.json and plots")
+    p.add_argument("--smooth-sigma", type=float, default=3.0, help="Gaussian smoothing in frames")
+    p.set_defaults(handler=_lazy("training.evaluate:run_eval"))
+
     return parser
 
 

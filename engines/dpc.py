@@ -1,0 +1,139 @@
+"""Dense predictive coding (DPC) head: the second engine.
+
+After Han, Xie and Zisserman, "Video Representation Learning by Dense Predictive Coding" (ICCVW 2019):
+a ConvGRU aggregates the feature grids of past clips and a prediction network forecasts the grids of
+the next ``pred_steps`` clips. Two changes address what made a first attempt collapse to a near-copy:
+
+* the ConvGRU uses 3x3 kernels, so a position can see where its neighbours are moving;
+* a pixel decoder turns the step-1 prediction, together with the last frame's tokens, into a residual
+  on the last frame: the predicted next frame. Its error, pooled per patch and maxed over patches, is
+  the FFP-style anomaly signal; the feature error is the DPC signal. Both stay spatial.
+
+The inference forward computes error maps directly, so the edge only keeps a ring of past clip tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["ConvGRUCell", "DPCHead"]
+
+
+class ConvGRUCell(nn.Module):
+    """A convolutional GRU cell on ``(N, C, h, w)`` grids."""
+
+    def __init__(self, in_channels: int, hidden: int, kernel: int = 3) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.hidden = hidden
+        self.gates = nn.Conv2d(in_channels + hidden, 2 * hidden, kernel, padding=pad)
+        self.cand = nn.Conv2d(in_channels + hidden, hidden, kernel, padding=pad)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        z, r = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
+        c = torch.tanh(self.cand(torch.cat([x, r * h], dim=1)))
+        return (1 - z) * h + z * c
+
+
+class DPCHead(nn.Module):
+    """Forecasts future clip feature grids and the next frame; scores the current clip.
+
+    Shapes: ``C`` past clips, ``T`` frames a clip, ``D`` backbone width, ``h x w`` patch grid,
+    ``H x W`` pixels (``H = h * patch``), ``K`` prediction steps.
+
+    Inference inputs (the engine's I/O contract):
+        history: ``(N, C, T, D, h, w)`` float32 backbone tokens of the past clips, oldest first.
+        current: ``(N, T, D, h, w)`` float32 backbone tokens of the clip being scored.
+        last_frame: ``(N, 3, H, W)`` float32 normalised RGB, the last frame of the newest past clip.
+        current_frame: ``(N, 3, H, W)`` float32 normalised RGB, the first frame of the current clip.
+
+    Inference outputs:
+        feature_error: ``(N, h, w)`` 1 - cosine(predicted, actual) of the step-1 clip grid.
+        pixel_error: ``(N, h, w)`` mean squared error of the predicted frame per patch.
+        motion: ``(N, h, w)`` mean absolute frame difference per patch (the cheap motion stream).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        hidden: int = 96,
+        context_clips: int = 3,
+        pred_steps: int = 2,
+        patch_size: int = 16,
+        decode_pixels: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_dim, self.hidden = in_dim, hidden
+        self.context_clips, self.pred_steps, self.patch_size = context_clips, pred_steps, patch_size
+        self.decode_pixels = decode_pixels
+        # Clip-grid features: the temporal mean and the temporal difference of the tokens.
+        self.encode = nn.Sequential(nn.Conv2d(2 * in_dim, hidden, 1), nn.GroupNorm(1, hidden))
+        self.gru = ConvGRUCell(hidden, hidden, kernel=3)
+        self.predict_net = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=False), nn.Conv2d(hidden, hidden, 1)
+        )
+        if decode_pixels:
+            self.decoder = nn.Sequential(
+                nn.Conv2d(hidden + in_dim, 2 * hidden, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(2 * hidden, 3 * patch_size * patch_size, 1),
+            )
+            last: nn.Conv2d = self.decoder[-1]  # type: ignore[assignment]
+            nn.init.zeros_(last.weight)  # start as "copy the last frame": the motion floor
+            nn.init.zeros_(last.bias)
+
+    # -- building blocks used by training and inference ---------------------------------------------
+
+    def clip_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(N, T, D, h, w)`` tokens -> ``(N, F, h, w)`` clip grid feature."""
+        mean = tokens.mean(dim=1)
+        diff = tokens[:, -1] - tokens[:, 0]
+        return self.encode(torch.cat([mean, diff], dim=1))
+
+    def forecast(self, history_feats: torch.Tensor) -> torch.Tensor:
+        """``(N, C, F, h, w)`` past clip features -> ``(N, K, F, h, w)`` predicted future features."""
+        n, c, _, h, w = history_feats.shape
+        state = history_feats.new_zeros(n, self.hidden, h, w)
+        for i in range(c):
+            state = self.gru(history_feats[:, i], state)
+        preds = []
+        for _ in range(self.pred_steps):
+            p = self.predict_net(state)
+            preds.append(p)
+            state = self.gru(F.relu(p), state)
+        return torch.stack(preds, dim=1)
+
+    def decode_frame(
+        self, pred1: torch.Tensor, last_tokens: torch.Tensor, last_frame: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict the next frame ``(N, 3, H, W)`` as a residual on ``last_frame``."""
+        if not self.decode_pixels:
+            return last_frame
+        delta = self.decoder(torch.cat([pred1, last_tokens], dim=1))  # (N, 3*p*p, h, w)
+        return last_frame + F.pixel_shuffle(delta, self.patch_size)
+
+    def patch_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, h, w)``: channel and patch mean."""
+        return F.avg_pool2d(x.mean(dim=1, keepdim=True), self.patch_size).squeeze(1)
+
+    # -- the engine ------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        history: torch.Tensor,
+        current: torch.Tensor,
+        last_frame: torch.Tensor,
+        current_frame: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, c = history.shape[0], history.shape[1]
+        hist_feats = self.clip_features(history.flatten(0, 1)).unflatten(0, (n, c))
+        pred1 = self.forecast(hist_feats)[:, 0]
+        actual = self.clip_features(current)
+        feature_error = 1.0 - F.cosine_similarity(pred1, actual, dim=1)
+        predicted = self.decode_frame(pred1, history[:, -1, -1], last_frame)
+        pixel_error = self.patch_mean((predicted - current_frame) ** 2)
+        motion = self.patch_mean((current_frame - last_frame).abs())
+        return feature_error, pixel_error, motion

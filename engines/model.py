@@ -1,0 +1,143 @@
+"""The bundle of exportable modules that one checkpoint holds, and how a checkpoint is saved and loaded.
+
+``ZsadModel`` only groups the engines (backbone, DPC head, semantic head, gates); losses and the training
+loop live in ``training/``. A checkpoint is a safetensors file of weights plus a JSON sidecar with the
+model spec, so loading never unpickles code (``torch.load`` is not used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from engines.backbone import TimeSformerEncoder
+from engines.dpc import DPCHead
+from engines.semantic import ContextGate, ProjectionHead, StreamGate
+
+__all__ = ["STREAMS", "CheckpointError", "ZsadModel", "load_checkpoint", "save_checkpoint"]
+
+STREAMS = ("predictive", "pixel", "motion", "semantic")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or does not match its spec."""
+
+
+class ZsadModel(nn.Module):
+    """Backbone + DPC head + semantic projection + context gates, built from a model spec.
+
+    ``spec`` is the ``model`` section of the config as a plain dict (see ``pipeline.config.ModelConfig``).
+    """
+
+    def __init__(self, spec: Mapping[str, Any]):
+        super().__init__()
+        self.spec = json.loads(json.dumps(dict(spec)))  # a plain, JSON-able copy
+        bb, dpc, sem, gate, pre = (
+            self.spec[k] for k in ("backbone", "dpc", "semantic", "gate", "preprocess")
+        )
+        self.backbone = TimeSformerEncoder(
+            height=bb["image_height"],
+            width=bb["image_width"],
+            num_frames=pre["clip_len"],
+            patch_size=bb["patch_size"],
+            hidden_size=bb["hidden_size"],
+            num_layers=bb["num_layers"],
+            num_heads=bb["num_heads"],
+            mlp_ratio=bb["mlp_ratio"],
+            pretrained=bb.get("pretrained"),
+        )
+        d = self.backbone.hidden_size
+        self.dpc = DPCHead(
+            in_dim=d,
+            hidden=dpc["hidden_size"],
+            context_clips=dpc["context_clips"],
+            pred_steps=dpc["pred_steps"],
+            patch_size=bb["patch_size"],
+            decode_pixels=dpc["decode_pixels"],
+        )
+        self.context = nn.Linear(d, gate["context_dim"])
+        self.projection = ProjectionHead(d, sem["embed_dim"], layers=sem["projection_layers"])
+        self.context_gate = ContextGate(gate["context_dim"], sem["embed_dim"])
+        self.stream_gate = StreamGate(gate["context_dim"], STREAMS)
+
+    @property
+    def clip_len(self) -> int:
+        return int(self.spec["preprocess"]["clip_len"])
+
+    @property
+    def frame_stride(self) -> int:
+        return int(self.spec["preprocess"]["frame_stride"])
+
+    @property
+    def context_clips(self) -> int:
+        return int(self.spec["dpc"]["context_clips"])
+
+    @property
+    def clip_span(self) -> int:
+        """Source frames between the starts of consecutive clips in the DPC history (``T * stride``)."""
+        return self.clip_len * self.frame_stride
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: ZsadModel, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``<path>`` (safetensors weights) and ``<path>.json`` (spec, extra metadata, weights hash)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    meta = {"spec": model.spec, "sha256": _sha256(path), **(dict(extra) if extra else {})}
+    meta_path = path.with_suffix(path.suffix + ".json")
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[ZsadModel, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`; verify its hash and spec."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_path = path.with_suffix(path.suffix + ".json")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not meta_path.is_file():
+        raise CheckpointError(f"checkpoint metadata {meta_path} does not exist")
+    try:
+        meta = json.loads(meta_path.read_text())
+        spec = meta["spec"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint metadata {meta_path} is malformed: {exc}") from exc
+    digest = _sha256(path)
+    if meta.get("sha256") and meta["sha256"] != digest:
+        raise CheckpointError(
+            f"checkpoint {path} hash {digest[:12]} differs from its metadata {meta['sha256'][:12]}"
+        )
+    try:
+        state = load_file(str(path), device=map_location)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+    # The weights are in the checkpoint: never reload the pretrained source they started from.
+    spec = {**spec, "backbone": {**spec["backbone"], "pretrained": None}}
+    model = ZsadModel(spec)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit its spec: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model, meta

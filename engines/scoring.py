@@ -1,0 +1,131 @@
+"""Streaming clip scoring shared by offline evaluation and the edge pipeline.
+
+The backbone engine turns each clip into tokens; :class:`ClipScorer` keeps every camera's ring of past
+clip tokens and calls the DPC-head engine, batched across cameras, to get spatial error maps; each map
+is reduced to one raw score per stream. The runners are plain callables (named numpy arrays in, named
+numpy arrays out), so the same code drives ONNX Runtime, TensorRT or PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "DPC_INPUTS",
+    "DPC_OUTPUTS",
+    "ClipScorer",
+    "ClipTokens",
+    "Runner",
+    "StreamScores",
+    "normalise_frames",
+    "reduce_map",
+]
+
+Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+BACKBONE_INPUTS = ("clip",)
+BACKBONE_OUTPUTS = ("tokens", "embedding")
+DPC_INPUTS = ("history", "current", "last_frame", "current_frame")
+DPC_OUTPUTS = ("feature_error", "pixel_error", "motion")
+# DPC output name -> stream name used by fusion.
+MAP_STREAMS = {"feature_error": "predictive", "pixel_error": "pixel", "motion": "motion"}
+
+
+def normalise_frames(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(..., H, W, 3)`` uint8 RGB -> ``(..., 3, H, W)`` float32, ``(x / 255 - mean) / std``."""
+    x = frames.astype(np.float32) / np.float32(255.0)
+    y = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(y, -1, -3), dtype=np.float32)
+
+
+def reduce_map(error_map: np.ndarray) -> float:
+    """One score from an ``(h, w)`` error map: the max over positions, so a small object still counts."""
+    return float(error_map.max())
+
+
+@dataclass
+class ClipTokens:
+    """One encoded clip of one camera.
+
+    tokens: ``(T, D, h, w)`` float32 backbone tokens. embedding: ``(D,)`` float32 CLS feature.
+    first_frame / last_frame: ``(3, H, W)`` float32 normalised frames of the clip.
+    """
+
+    camera: str
+    index: int
+    tokens: np.ndarray
+    embedding: np.ndarray
+    first_frame: np.ndarray
+    last_frame: np.ndarray
+
+
+@dataclass
+class StreamScores:
+    """Raw (uncalibrated) per-stream scores of one clip, plus the spatial maps they came from."""
+
+    camera: str
+    index: int
+    scores: dict[str, float]
+    maps: dict[str, np.ndarray] = field(repr=False)
+    embedding: np.ndarray = field(repr=False)
+
+
+class ClipScorer:
+    """Per-camera DPC history and batched scoring.
+
+    Args:
+        dpc: runner of the DPC-head engine (inputs :data:`DPC_INPUTS`, outputs :data:`DPC_OUTPUTS`).
+        context_clips: ``C``, past clips the DPC head aggregates.
+        history_step: how many emitted clips apart the history clips are. The head was trained on
+            clips ``T * stride`` source frames apart; a camera emitting a clip every ``hop`` frames
+            uses ``history_step = T * stride / hop``.
+    """
+
+    def __init__(self, dpc: Runner, *, context_clips: int, history_step: int = 1):
+        if history_step < 1:
+            raise ValueError(f"history_step must be >= 1, got {history_step}")
+        self.dpc = dpc
+        self.context_clips = context_clips
+        self.history_step = history_step
+        self._rings: dict[str, deque[ClipTokens]] = {}
+
+    @property
+    def ring_len(self) -> int:
+        return self.context_clips * self.history_step
+
+    def reset(self, camera: str) -> None:
+        """Forget a camera's history (after a reconnect, a seek or a resolution change)."""
+        self._rings.pop(camera, None)
+
+    def score(self, clips: Sequence[ClipTokens]) -> list[StreamScores | None]:
+        """Score clips (any cameras, each camera's clips in order). ``None`` while history fills."""
+        ready: list[tuple[int, ClipTokens, list[ClipTokens]]] = []
+        results: list[StreamScores | None] = [None] * len(clips)
+        for i, clip in enumerate(clips):
+            ring = self._rings.setdefault(clip.camera, deque(maxlen=self.ring_len))
+            if len(ring) == self.ring_len:
+                hist = list(ring)[:: self.history_step]
+                ready.append((i, clip, hist))
+            ring.append(clip)
+        if ready:
+            feeds = {
+                "history": np.stack([np.stack([h.tokens for h in hist]) for _, _, hist in ready]),
+                "current": np.stack([c.tokens for _, c, _ in ready]),
+                "last_frame": np.stack([hist[-1].last_frame for _, _, hist in ready]),
+                "current_frame": np.stack([c.first_frame for _, c, _ in ready]),
+            }
+            out = self.dpc(feeds)
+            for j, (i, clip, _) in enumerate(ready):
+                maps = {MAP_STREAMS[name]: out[name][j] for name in DPC_OUTPUTS}
+                results[i] = StreamScores(
+                    camera=clip.camera,
+                    index=clip.index,
+                    scores={s: reduce_map(m) for s, m in maps.items()},
+                    maps=maps,
+                    embedding=clip.embedding,
+                )
+        return results

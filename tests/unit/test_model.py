@@ -1,0 +1,198 @@
+"""Tiny-config model tests: shapes, non-square inputs, pretrained loading, gradients, learning,
+checkpoints, the streaming scorer, and the semantic stream with a tiny local CLIP."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines.backbone import BackboneLoadError, TimeSformerEncoder
+from engines.model import CheckpointError, ZsadModel, load_checkpoint, save_checkpoint
+from engines.scoring import ClipScorer, ClipTokens
+from pipeline.config import ModelConfig
+from tests.fixtures.tiny_data import moving_square_video
+from training.trainer import TrainStep, WindowSampler
+
+TINY = {
+    "backbone": {
+        "image_height": 32,
+        "image_width": 48,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+    },
+    "dpc": {"context_clips": 2, "pred_steps": 2, "hidden_size": 32},
+    "preprocess": {"clip_len": 2, "frame_stride": 1, "clip_hop": 2},
+}
+
+
+def tiny_spec(**overrides: object) -> dict:
+    spec = ModelConfig.model_validate(TINY).model_dump()
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def model() -> ZsadModel:
+    torch.manual_seed(0)
+    return ZsadModel(tiny_spec())
+
+
+def test_backbone_shapes_non_square(model: ZsadModel) -> None:
+    clip = torch.randn(3, 2, 3, 32, 48)
+    tokens, emb = model.backbone(clip)
+    assert tokens.shape == (3, 2, 32, 4, 6)  # (N, T, D, h, w)
+    assert emb.shape == (3, 32)
+    # Tokens are per position: changing one corner patch of one frame changes mostly that position.
+    clip2 = clip.clone()
+    clip2[0, 1, :, :8, :8] += 5.0
+    t2, _ = model.backbone(clip2)
+    delta = (t2 - tokens)[0, 1].abs().mean(dim=0)  # (h, w)
+    assert delta[0, 0] == delta.max()
+
+
+def test_dpc_head_outputs_are_spatial_maps(model: ZsadModel) -> None:
+    n = 2
+    hist = torch.randn(n, 2, 2, 32, 4, 6)
+    cur = torch.randn(n, 2, 32, 4, 6)
+    last = torch.randn(n, 3, 32, 48)
+    fe, pe, mo = model.dpc(hist, cur, last, last.clone())
+    assert fe.shape == pe.shape == mo.shape == (n, 4, 6)
+    assert torch.all(mo == 0)  # identical frames: no motion
+    # The decoder starts as "copy the last frame", so the pixel error equals the motion energy squared-ish.
+    _, pe2, mo2 = model.dpc(hist, cur, last, last + 1.0)
+    assert torch.allclose(pe2, torch.ones_like(pe2), atol=1e-5)
+    assert torch.allclose(mo2, torch.ones_like(mo2), atol=1e-5)
+
+
+def test_pretrained_square_weights_load_into_non_square_input(tmp_path: Path) -> None:
+    from transformers import TimesformerConfig, TimesformerModel
+
+    cfg = TimesformerConfig(
+        image_size=32,
+        patch_size=8,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    TimesformerModel(cfg).save_pretrained(tmp_path / "tsf")
+    enc = TimeSformerEncoder(
+        height=24, width=40, num_frames=2, patch_size=8, pretrained=str(tmp_path / "tsf")
+    )
+    tokens, _ = enc(torch.randn(1, 2, 3, 24, 40))
+    assert tokens.shape == (1, 2, 32, 3, 5)
+    assert enc.model.embeddings.position_embeddings.shape == (1, 1 + 3 * 5, 32)
+    with pytest.raises(BackboneLoadError, match="never downloads"):
+        TimeSformerEncoder(
+            height=32, width=32, num_frames=2, patch_size=8, pretrained=str(tmp_path / "missing")
+        )
+
+
+def _sampler(n_clips: int = 4) -> WindowSampler:
+    videos = {f"v{i}": moving_square_video(40, seed=i) for i in range(2)}
+    return WindowSampler(
+        videos, n_clips=n_clips, clip_len=2, stride=1, mean=(0.45,) * 3, std=(0.225,) * 3, seed=0
+    )
+
+
+def test_gradients_reach_backbone_and_head(model: ZsadModel) -> None:
+    step = TrainStep(model, alpha=0.5, pixel_weight=1.0, temperature=0.1)
+    windows, _ = _sampler().sample(2)
+    terms = step(windows)
+    terms.total.backward()
+    for name in (
+        "backbone.model.embeddings.patch_embeddings.projection.weight",
+        "dpc.gru.gates.weight",
+        "dpc.decoder.2.weight",
+    ):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None, name
+        assert grad.abs().sum() > 0, name
+
+
+def test_loss_decreases_on_a_few_clips(model: ZsadModel) -> None:
+    torch.manual_seed(0)
+    step = TrainStep(model, alpha=0.5, pixel_weight=1.0, temperature=0.1)
+    sampler = _sampler()
+    fixed, _ = sampler.sample(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = float(step(fixed).total.detach())
+    for _ in range(40):
+        opt.zero_grad()
+        step(fixed).total.backward()
+        opt.step()
+    last = float(step(fixed).total.detach())
+    assert last < 0.7 * first, (first, last)
+
+
+def test_checkpoint_round_trip_and_tamper(model: ZsadModel, tmp_path: Path) -> None:
+    path = save_checkpoint(model, tmp_path / "m.safetensors", extra={"step": 7})
+    loaded, meta = load_checkpoint(path)
+    assert meta["step"] == 7
+    x = torch.randn(1, 2, 3, 32, 48)
+    model.eval()
+    loaded.eval()
+    assert torch.equal(model.backbone(x)[0], loaded.backbone(x)[0])
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="hash"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_scorer_history_spacing() -> None:
+    """With history_step 2, clip k is scored against clips k-2*C .. k-2 (every second one)."""
+    seen: list[np.ndarray] = []
+
+    def dpc(feeds: dict) -> dict:
+        seen.append(feeds["history"][:, :, 0, 0, 0, 0].copy())
+        n = feeds["current"].shape[0]
+        return {k: np.zeros((n, 1, 1), np.float32) for k in ("feature_error", "pixel_error", "motion")}
+
+    scorer = ClipScorer(dpc, context_clips=2, history_step=2)
+    frame = np.zeros((3, 2, 2), np.float32)
+    results = []
+    for k in range(6):
+        tokens = np.full((1, 1, 1, 1), float(k), np.float32)
+        results += scorer.score([ClipTokens("cam", k, tokens, np.zeros(1, np.float32), frame, frame)])
+    assert [r is None for r in results] == [True] * 4 + [False] * 2
+    assert seen[0].tolist() == [[0.0, 2.0]]
+    assert seen[1].tolist() == [[1.0, 3.0]]
+
+
+def test_semantic_stream_with_tiny_local_clip(tmp_path: Path, model: ZsadModel) -> None:
+    from engines.semantic import TextEncoder
+    from tests.fixtures.tiny_models import make_tiny_clip
+
+    clip_dir = make_tiny_clip(tmp_path / "clip", projection_dim=512)
+    enc = TextEncoder(str(clip_dir))
+    bank = enc.encode(["people walking", "a person running", "a car on the path"])
+    assert bank.shape == (3, 512)
+    step = TrainStep(model, alpha=0.5, pixel_weight=1.0, temperature=0.1)
+    step.text_bank = bank
+    windows, _ = _sampler().sample(2)
+    terms = step(windows, torch.tensor([0, 0]))
+    assert float(terms.infonce) > 0
+    terms.total.backward()
+    assert model.projection.out[0].weight.grad is not None
+
+
+def test_missing_clip_weights_are_reported_once(caplog: pytest.LogCaptureFixture, model: ZsadModel) -> None:
+    from pipeline.config import parse_config
+    from training.trainer import _attach_text_bank
+
+    cfg = parse_config("model:\n  semantic:\n    clip_text_model: /nonexistent/clip\n")
+    step = TrainStep(model, alpha=0.5, pixel_weight=1.0, temperature=0.1)
+    with caplog.at_level(logging.WARNING):
+        _attach_text_bank(step, cfg, {"v": "generic"})
+    assert step.text_bank is None
+    assert sum("semantic stream" in r.message for r in caplog.records) == 1

@@ -1,0 +1,335 @@
+"""``zsad train CONFIG``: train the model on normal video only.
+
+One training sample is a window of ``C + K`` consecutive clips (``C`` context clips, ``K`` future clips)
+of ``T`` frames each at the configured frame stride. The backbone encodes all of them; the DPC head
+forecasts the ``K`` future clip features from the ``C`` past ones and decodes the first future frame.
+
+Runs on CPU, on CUDA with AMP, and under ``torchrun`` with DistributedDataParallel (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.model import ZsadModel, load_checkpoint, save_checkpoint
+from engines.scoring import normalise_frames
+from training.losses import LossTerms, dense_cpc_loss, frame_loss, regression_loss, video_text_infonce
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainStep", "WindowSampler", "train"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue."""
+
+
+class WindowSampler:
+    """Random windows of ``n_clips`` clips x ``T`` frames from videos held in memory.
+
+    ``videos``: ``{name: (N, H, W, 3) uint8 RGB}``. A window starting at source frame ``s`` holds frames
+    ``s + j * stride`` for ``j < n_clips * T``; windows never cross a video boundary.
+    """
+
+    def __init__(
+        self,
+        videos: Mapping[str, np.ndarray],
+        *,
+        n_clips: int,
+        clip_len: int,
+        stride: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        contexts: Mapping[str, str] | None = None,
+        seed: int = 0,
+    ):
+        self.n_clips, self.clip_len, self.stride = n_clips, clip_len, stride
+        self.mean, self.std = mean, std
+        self.span = n_clips * clip_len * stride
+        self.videos = {k: v for k, v in videos.items() if len(v) >= self.span}
+        if not self.videos:
+            raise TrainingError(f"no training video has the {self.span} frames one window needs")
+        self.names = sorted(self.videos)
+        self.contexts = dict(contexts or {})
+        self.starts = np.array([len(self.videos[n]) - self.span + 1 for n in self.names], dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return max(1, int(sum(len(v) for v in self.videos.values()) // self.span))
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, list[str]]:
+        """Return ``(B, n_clips, T, 3, H, W)`` float32 normalised clips and each window's video name."""
+        p = self.starts / self.starts.sum()
+        vids = self.rng.choice(len(self.names), size=batch, p=p)
+        out, names = [], []
+        for v in vids:
+            name = self.names[v]
+            s = int(self.rng.integers(0, self.starts[v]))
+            idx = s + self.stride * np.arange(self.n_clips * self.clip_len)
+            frames = self.videos[name][idx]
+            if self.rng.random() < 0.5:  # mirror: walking left or right is equally normal
+                frames = frames[:, :, ::-1]
+            out.append(normalise_frames(frames, self.mean, self.std))
+            names.append(name)
+        x = torch.from_numpy(np.stack(out))
+        return x.unflatten(1, (self.n_clips, self.clip_len)), names
+
+
+class TrainStep(nn.Module):
+    """Computes the training losses in ``forward`` so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: ZsadModel, *, alpha: float, pixel_weight: float, temperature: float):
+        super().__init__()
+        self.model = model
+        self.alpha, self.pixel_weight, self.temperature = alpha, pixel_weight, temperature
+        self.text_bank: torch.Tensor | None = None  # (P, d) when CLIP prompts are available
+        self.context_offsets: dict[str, int] = {}  # context -> index of its first normal prompt
+
+    def forward(self, windows: torch.Tensor, text_labels: torch.Tensor | None = None) -> LossTerms:
+        m = self.model
+        n, nc = windows.shape[:2]
+        c = m.context_clips
+        tokens, emb = m.backbone(windows.flatten(0, 1))  # (n*nc, T, D, h, w), (n*nc, D)
+        feats = m.dpc.clip_features(tokens).unflatten(0, (n, nc))
+        preds = m.dpc.forecast(feats[:, :c])
+        target, context = feats[:, c:], feats[:, :c]
+        cpc, top1 = dense_cpc_loss(preds, target, context, self.temperature)
+        reg = regression_loss(preds, target)
+        tokens = tokens.unflatten(0, (n, nc))
+        predicted = m.dpc.decode_frame(preds[:, 0], tokens[:, c - 1, -1], windows[:, c - 1, -1])
+        pixel = frame_loss(predicted, windows[:, c, 0])
+        nce = windows.new_zeros(())
+        if self.text_bank is not None and text_labels is not None and self.alpha > 0:
+            ctx = m.context(emb.unflatten(0, (n, nc))[:, c - 1])
+            video = m.projection(emb.unflatten(0, (n, nc))[:, c - 1])
+            text = m.context_gate(self.text_bank, ctx)
+            nce = video_text_infonce(video, text, text_labels, self.temperature)
+            total = self.alpha * nce + (1 - self.alpha) * (cpc + reg) + self.pixel_weight * pixel
+        else:
+            total = cpc + reg + self.pixel_weight * pixel
+        return LossTerms(total=total, cpc=cpc, regression=reg, pixel=pixel, infonce=nce, cpc_top1=top1)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def _lr_at(step: int, progress: float, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5 % over ``progress`` in [0, 1]."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
+    """Train from a validated :class:`pipeline.config.ZsadConfig`; return the final checkpoint path."""
+    from tqdm import tqdm
+
+    from training.datasets import make_dataset
+
+    if cfg.train is None:
+        raise TrainingError("the config has no 'train' section")
+    tc = cfg.train
+    rank, world = _distributed()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if tc.device == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    torch.manual_seed(tc.seed + rank)
+    device = _device(tc.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+
+    spec = cfg.model.model_dump()
+    bb, pre = cfg.model.backbone, cfg.model.preprocess
+    ds = make_dataset(
+        tc.dataset.kind, _data_path(tc.dataset.root), "train", (bb.image_height, bb.image_width)
+    )
+    videos = ds.load_all()
+    contexts = {c.name: c.context or "generic" for c in ds.clips}
+    n_clips = cfg.model.dpc.context_clips + cfg.model.dpc.pred_steps
+    sampler = WindowSampler(
+        videos,
+        n_clips=n_clips,
+        clip_len=pre.clip_len,
+        stride=pre.frame_stride,
+        mean=pre.mean,
+        std=pre.std,
+        contexts=contexts,
+        seed=tc.seed * 1000 + rank,
+    )
+
+    out_dir = Path(tc.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "model.safetensors"
+    step = 0
+    if resume:
+        model, meta = load_checkpoint(resume)
+        step = int(meta.get("step", 0))
+        log.info("resumed from %s at step %d", resume, step)
+    else:
+        model = ZsadModel(spec)
+    model.to(device)
+    step_module = TrainStep(model, alpha=tc.alpha, pixel_weight=tc.pixel_weight, temperature=tc.temperature)
+    _attach_text_bank(step_module, cfg, contexts)
+    runner: nn.Module = step_module
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt_path = out_dir / "optimizer.pt"
+    if resume and Path(resume).with_name("optimizer.pt").is_file():
+        opt.load_state_dict(torch.load(Path(resume).with_name("optimizer.pt"), weights_only=True))
+
+    per_rank_batch = max(1, tc.batch_size // world)
+    steps_per_epoch = max(1, sampler.windows_per_epoch // tc.batch_size)
+    total_steps = tc.epochs * steps_per_epoch
+    budget_s = tc.max_minutes * 60 if tc.max_minutes else None
+    use_amp = tc.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start = time.monotonic()
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=total_steps, initial=step, disable=quiet or rank != 0, desc="train", unit="step")
+    model.train()
+    while step < total_steps:
+        elapsed = time.monotonic() - start
+        if budget_s is not None and elapsed >= budget_s:
+            log.info("time budget of %.1f min reached at step %d", tc.max_minutes, step)
+            break
+        progress = max(step / total_steps, elapsed / budget_s if budget_s else 0.0)
+        lr = _lr_at(step, progress, tc.lr, tc.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        windows, names = sampler.sample(per_rank_batch)
+        windows = windows.to(device, non_blocking=True)
+        labels = _text_labels(step_module, names, contexts, device)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+        with autocast:
+            terms: LossTerms = runner(windows, labels)
+        if not torch.isfinite(terms.total):
+            raise TrainingError(f"loss became {float(terms.total)} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(terms.total).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        step += 1
+        logs = {**terms.as_floats(), "lr": lr}
+        history.append({"step": step, **logs})
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "cpc", "pix", "top1")})
+        if rank == 0 and step % 500 == 0:
+            _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start)
+    bar.close()
+    if rank == 0:
+        _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start)
+        log.info("trained %d steps in %.1f min -> %s", step, (time.monotonic() - start) / 60, ckpt_path)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return ckpt_path
+
+
+def _data_path(root: str) -> Path:
+    p = Path(root)
+    if p.is_absolute():
+        return p
+    return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p
+
+
+def _save(
+    model: ZsadModel,
+    path: Path,
+    opt: torch.optim.Optimizer,
+    opt_path: Path,
+    cfg: Any,
+    step: int,
+    history: list[dict[str, float]],
+    seconds: float,
+) -> None:
+    save_checkpoint(
+        model,
+        path,
+        extra={"step": step, "train_seconds": round(seconds, 1), "config": cfg.model_dump(mode="json")},
+    )
+    torch.save(opt.state_dict(), opt_path)
+    with (path.parent / "history.jsonl").open("w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+
+
+def _attach_text_bank(step_module: TrainStep, cfg: Any, contexts: Mapping[str, str]) -> None:
+    """Encode every context's prompts once when CLIP weights exist; otherwise say so once."""
+    from engines.prompts import load_prompt_sets
+    from engines.semantic import TextEncoder, clip_available
+
+    name = cfg.model.semantic.clip_text_model
+    if not clip_available(name):
+        log.warning(
+            "no CLIP text weights configured or found (%s): semantic stream and InfoNCE are off", name
+        )
+        return
+    sets = load_prompt_sets(sorted(set(contexts.values())))
+    encoder = TextEncoder(str(name))
+    prompts = [p for s in sets.values() for p in (*s.normal, *s.anomalous)]
+    step_module.text_bank = encoder.encode(prompts)
+    # Positive of a sample: the first normal prompt of its context.
+    offsets, i = {}, 0
+    for ctx, s in sets.items():
+        offsets[ctx] = i
+        i += len(s.normal) + len(s.anomalous)
+    step_module.context_offsets = offsets
+
+
+def _text_labels(
+    step_module: TrainStep, names: list[str], contexts: Mapping[str, str], device: torch.device
+) -> torch.Tensor | None:
+    if step_module.text_bank is None:
+        return None
+    return torch.tensor([step_module.context_offsets[contexts[n]] for n in names], device=device)
+
+
+def run_train(args: Any) -> int:
+    """CLI handler for ``zsad train``."""
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"invalid config:\n{exc}")
+        return 2
+    if args.max_minutes is not None and cfg.train is not None:
+        cfg.train.max_minutes = args.max_minutes
+    if args.output_dir and cfg.train is not None:
+        cfg.train.output_dir = args.output_dir
+    try:
+        path = train(cfg, resume=args.resume)
+    except TrainingError as exc:
+        print(f"training failed: {exc}")
+        return 1
+    print(f"checkpoint: {path}")
+    return 0
