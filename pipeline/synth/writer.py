@@ -6,6 +6,8 @@ filesink``); ``gi`` is imported only when a video is written.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import json
 import logging
@@ -77,6 +79,10 @@ def _gst() -> Any:
     """The initialised ``Gst`` module (imported lazily: only video writing needs it)."""
     global _GST
     if _GST is None:
+        # libgstreamer links libunwind: unless libgcc_s's unwinder is loaded globally before Gst.init(),
+        # a C++ exception in a module imported later (matplotlib's ft2font) aborts the process.
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
         try:
             import gi
 
