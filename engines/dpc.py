@@ -83,7 +83,7 @@ class DPCHead(nn.Module):
             )
             last: nn.Conv2d = self.decoder[-1]  # type: ignore[assignment]
             nn.init.zeros_(last.weight)  # start as "copy the last frame": the motion floor
-            nn.init.zeros_(last.bias)
+            nn.init.zeros_(last.bias)  # type: ignore[arg-type]
 
     # -- building blocks used by training and inference ---------------------------------------------
 
