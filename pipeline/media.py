@@ -384,6 +384,11 @@ class EventRecorder:
                 else:
                     ev.writer.push(image, pts)
 
+    def frame_at(self, pts: float | None = None) -> np.ndarray | None:
+        """The buffered frame nearest ``pts`` (the newest when None), or None if nothing is buffered.
+        Pass it as the alert machine's ``frame_ref`` so the peak's own frame is kept for the snapshot."""
+        return self._frame_near(pts)
+
     def _frame_near(self, t: float | None) -> np.ndarray | None:
         with self._lock:
             if not self._ring:

@@ -144,6 +144,11 @@ class AlertMachine:
         return "idle"
 
     @property
+    def next_seq(self) -> int:
+        """The ``seq`` the next alert will get (to continue numbering in a new machine)."""
+        return self._next_seq
+
+    @property
     def is_open(self) -> bool:
         return self._active is not None
 
