@@ -112,7 +112,7 @@ class GateConfig(_Strict):
 class PreprocessConfig(_Strict):
     clip_len: int = Field(4, ge=2, le=32, description="Frames per clip (T).")
     frame_stride: int = Field(2, ge=1, le=16, description="Source frames between consecutive clip frames.")
-    clip_hop: int = Field(4, ge=1, le=64, description="Source frames between consecutive clip starts.")
+    clip_hop: int = Field(8, ge=1, le=64, description="Sampled frames between consecutive clip starts.")
     mean: tuple[float, float, float] = Field((0.45, 0.45, 0.45), description="Per-channel RGB mean (0..1).")
     std: tuple[float, float, float] = Field((0.225, 0.225, 0.225), description="Per-channel RGB std (0..1).")
 
@@ -122,6 +122,14 @@ class PreprocessConfig(_Strict):
         if min(v) <= 0:
             raise ValueError("every std value must be > 0")
         return v
+
+    @model_validator(mode="after")
+    def _hop_divides_span(self) -> PreprocessConfig:
+        # The DPC history is T*stride frames apart; a camera's clips must land on that grid.
+        span = self.clip_len * self.frame_stride
+        if span % self.clip_hop:
+            raise ValueError(f"clip_hop {self.clip_hop} must divide clip_len*frame_stride = {span}")
+        return self
 
 
 class ModelConfig(_Strict):

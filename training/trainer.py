@@ -255,8 +255,10 @@ def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
 
 
 def _data_path(root: str) -> Path:
+    """Absolute as is; relative to the working directory when it exists there (generated data such as
+    ``out/synth``), otherwise under ``$ZSAD_DATA_ROOT`` (benchmark data such as ``ucsd_ped2``)."""
     p = Path(root)
-    if p.is_absolute():
+    if p.is_absolute() or p.exists():
         return p
     return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p
 
