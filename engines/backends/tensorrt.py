@@ -1,0 +1,227 @@
+"""TensorRT 10 backend (Jetson / dGPU): deserialised plan, pinned host buffers, one CUDA stream, and an
+optional CUDA graph of copy-in, enqueue and copy-out.
+
+``tensorrt`` and ``cuda`` (cuda-python) are imported only here and only when a backend is created.
+cuda-python moved its runtime module: ``cuda.bindings.runtime`` (12.8+ / 13) and the older
+``cuda.cudart`` (up to 12.6; deprecated later) are both accepted.
+Runtime calls follow TensorRT 10's API (``set_input_shape``, ``set_tensor_address``,
+``execute_async_v3``) as in NVIDIA's ``samples/python/common_runtime.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from engines.backends.base import Backend, BackendError, BackendUnavailable, InputMismatch, tensorrt_hint
+from engines.manifest import Manifest, ManifestError, ManifestMismatch, verify_files
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CudaRuntime", "TensorRTBackend", "cuda_device_info"]
+
+
+def import_cudart() -> Any:
+    """The cuda-python runtime module, whichever way this cuda-python version spells it."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"cuda-python: pip install cuda-python (12.6.x on JetPack 6.1); {tensorrt_hint()} ({exc})"
+            ) from exc
+    return cudart
+
+
+class CudaRuntime:
+    """Checked calls into the cuda-python runtime: a failing call raises :class:`BackendError`."""
+
+    def __init__(self, cudart: Any | None = None) -> None:
+        self.rt = cudart if cudart is not None else import_cudart()
+
+    def call(self, fn: str, *args: Any) -> Any:
+        try:
+            result = getattr(self.rt, fn)(*args)
+        except RuntimeError as exc:  # e.g. "Failed to dlopen libcuda.so.1" on a machine without a driver
+            raise BackendError(f"CUDA {fn} failed: {exc}") from exc
+        err, values = result[0], result[1:]
+        if int(err) != 0:
+            raise BackendError(f"CUDA {fn} failed: {err}")
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else values
+
+
+def cuda_device_info(device_id: int = 0) -> tuple[str, str]:
+    """``(GPU name, compute capability "M.m")`` of a CUDA device."""
+    cuda = CudaRuntime()
+    props = cuda.call("cudaGetDeviceProperties", device_id)
+    name = props.name
+    if isinstance(name, bytes | bytearray):
+        name = name.split(b"\0", 1)[0].decode(errors="replace")
+    return str(name).strip(), f"{props.major}.{props.minor}"
+
+
+class _Buffer:
+    """A pinned host array and its device twin, both sized for the profile's max batch."""
+
+    def __init__(self, cuda: CudaRuntime, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.cuda = cuda
+        self.row_bytes = int(math.prod(shape[1:])) * dtype.itemsize
+        self.nbytes = self.row_bytes * shape[0]
+        self.host_ptr = int(cuda.call("cudaMallocHost", self.nbytes))
+        self.device_ptr = int(cuda.call("cudaMalloc", self.nbytes))
+        raw = (ctypes.c_byte * self.nbytes).from_address(self.host_ptr)
+        self.host = np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape)
+
+    def free(self) -> None:
+        self.cuda.call("cudaFree", self.device_ptr)
+        self.cuda.call("cudaFreeHost", self.host_ptr)
+
+
+class TensorRTBackend(Backend):
+    """Runs the manifest's TensorRT engine.
+
+    Args:
+        manifest: a manifest with a ``tensorrt`` block; TensorRT version, GPU and file hash must match.
+        threads: unused (kept for the common backend signature).
+        cuda_graph: capture copy-in + enqueue + copy-out as a CUDA graph after a warm-up run, and
+            re-capture whenever the input batch changes.
+        device_id: CUDA device.
+    """
+
+    name = "tensorrt"
+
+    def __init__(
+        self, manifest: Manifest, threads: int = 0, *, cuda_graph: bool = False, device_id: int = 0
+    ) -> None:
+        super().__init__(manifest)
+        from engines.tensorrt_build import import_tensorrt
+
+        trt = import_tensorrt()
+        self._trt = trt
+        self._cuda = CudaRuntime()
+        info = manifest.tensorrt
+        if info is None:
+            raise ManifestError(
+                f"{manifest.path}: tensorrt: no engine recorded; build with --backend tensorrt"
+            )
+        if info.tensorrt_version != trt.__version__:
+            raise ManifestMismatch(
+                f"{manifest.path}: tensorrt.tensorrt_version: engine built with TensorRT "
+                f"{info.tensorrt_version}, this device has {trt.__version__}"
+            )
+        self._cuda.call("cudaSetDevice", device_id)
+        gpu, cc = cuda_device_info(device_id)
+        if (info.gpu_name, info.compute_capability) != (gpu, cc):
+            raise ManifestMismatch(
+                f"{manifest.path}: tensorrt.gpu_name: engine built on {info.gpu_name} "
+                f"(sm {info.compute_capability}), this device is {gpu} (sm {cc})"
+            )
+        verify_files(manifest, ("tensorrt",))
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        plan = manifest.resolve(info.path).read_bytes()
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise BackendError(f"TensorRT could not deserialise {manifest.resolve(info.path)}")
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        engine_inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if sorted(engine_inputs) != sorted(self.input_names) or sorted(names) != sorted(
+            self.input_names + self.output_names
+        ):
+            raise BackendError(f"{manifest.path}: engine tensors {names} differ from the manifest's I/O")
+        self.max_batch = info.max_batch
+        self.min_batch = info.min_batch
+        self._stream = self._cuda.call("cudaStreamCreate")
+        self._buffers: dict[str, _Buffer] = {}
+        for spec in (*manifest.inputs, *manifest.outputs):
+            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(spec.name)))
+            buf = _Buffer(self._cuda, spec.with_batch(self.max_batch), dtype)
+            self._buffers[spec.name] = buf
+            self._context.set_tensor_address(spec.name, buf.device_ptr)
+        self._cuda_graph = cuda_graph
+        self._batch: int | None = None
+        self._graph: Any = None
+        self._graph_exec: Any = None
+
+    # -- one pass: copies in, enqueue, copies out (all on the stream) -----------------------------------
+
+    def _enqueue(self, n: int) -> None:
+        rt = self._cuda.rt
+        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name in self.input_names:
+            b = self._buffers[name]
+            self._cuda.call("cudaMemcpyAsync", b.device_ptr, b.host_ptr, n * b.row_bytes, h2d, self._stream)
+        if not self._context.execute_async_v3(stream_handle=int(self._stream)):
+            raise BackendError(f"{self.manifest.component}: TensorRT execute_async_v3 failed")
+        for name in self.output_names:
+            b = self._buffers[name]
+            self._cuda.call("cudaMemcpyAsync", b.host_ptr, b.device_ptr, n * b.row_bytes, d2h, self._stream)
+
+    def _drop_graph(self) -> None:
+        if self._graph_exec is not None:
+            self._cuda.call("cudaGraphExecDestroy", self._graph_exec)
+        if self._graph is not None:
+            self._cuda.call("cudaGraphDestroy", self._graph)
+        self._graph = self._graph_exec = None
+
+    def _capture(self, n: int) -> None:
+        rt = self._cuda.rt
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        self._cuda.call("cudaStreamBeginCapture", self._stream, mode)
+        try:
+            self._enqueue(n)
+        finally:
+            graph = self._cuda.call("cudaStreamEndCapture", self._stream)
+        self._graph = graph
+        self._graph_exec = self._cuda.call("cudaGraphInstantiate", graph, 0)
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = next(iter(feeds.values())).shape[0]
+        if not self.min_batch <= n <= self.max_batch:
+            raise InputMismatch(
+                f"{self.manifest.component}: batch {n} is outside the engine profile "
+                f"{self.min_batch}..{self.max_batch}; rebuild with a larger --max-batch"
+            )
+        for name in self.input_names:
+            self._buffers[name].host[:n] = feeds[name]
+        if n != self._batch:
+            # New shapes: TensorRT needs a plain run before a capture, and an old graph is invalid.
+            self._drop_graph()
+            for name in self.input_names:
+                self._context.set_input_shape(name, self._buffers[name].host[:n].shape)
+            self._batch = n
+            self._enqueue(n)
+            self._cuda.call("cudaStreamSynchronize", self._stream)
+            out = {name: self._buffers[name].host[:n].copy() for name in self.output_names}
+            if self._cuda_graph:
+                self._capture(n)
+            return out
+        if self._graph_exec is not None:
+            self._cuda.call("cudaGraphLaunch", self._graph_exec, self._stream)
+        else:
+            self._enqueue(n)
+        self._cuda.call("cudaStreamSynchronize", self._stream)
+        return {name: self._buffers[name].host[:n].copy() for name in self.output_names}
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        try:
+            self._drop_graph()
+            for buf in self._buffers.values():
+                buf.free()
+            self._cuda.call("cudaStreamDestroy", self._stream)
+        finally:
+            self._buffers = {}
+            self._context = self._engine = None
+            super().close()

@@ -1,0 +1,92 @@
+"""PyTorch backend: the reference. Rebuilds the model from the checkpoint the manifest names and runs the
+component's submodule on the CPU (or CUDA when asked)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.backends.base import Backend, BackendError, BackendUnavailable
+from engines.manifest import Manifest, ManifestMismatch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TorchBackend"]
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"torch: pip install torch (the build/training extra: pip install zsad[train]) ({exc})"
+        ) from exc
+    return torch
+
+
+def _checkpoint_path(manifest: Manifest) -> Path:
+    """The manifest's checkpoint path, or a file of the same name next to the manifest (a copied folder)."""
+    recorded = Path(manifest.checkpoint)
+    for candidate in (recorded, manifest.directory / recorded.name):
+        if candidate.is_file():
+            return candidate
+    raise BackendError(
+        f"{manifest.path}: checkpoint {recorded} not found (also looked in {manifest.directory})"
+    )
+
+
+class TorchBackend(Backend):
+    """Runs a :class:`~engines.model.ZsadModel` submodule. ``threads > 0`` sets torch's threads
+    (process-wide)."""
+
+    name = "torch"
+
+    def __init__(
+        self, manifest: Manifest, threads: int = 0, *, device: str = "cpu", model: Any = None
+    ) -> None:
+        super().__init__(manifest)
+        torch = _import_torch()
+        from engines.export import component_module
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if model is None:
+            from engines.model import load_checkpoint
+
+            path = _checkpoint_path(manifest)
+            model, meta = load_checkpoint(path)
+            digest = meta.get("sha256")
+            if digest and digest != manifest.weights_sha256:
+                raise ManifestMismatch(
+                    f"{manifest.path}: weights_sha256: checkpoint {path} has sha256 {digest[:12]}, "
+                    f"the engines were built from {manifest.weights_sha256[:12]}"
+                )
+        if manifest.component not in ("backbone", "dpc_head", "semantic_head"):
+            raise BackendError(f"{manifest.path}: component {manifest.component} has no torch module")
+        self._torch = torch
+        self._device = torch.device(device)
+        self._module = (
+            component_module(model, manifest.component, manifest.input_layout).to(self._device).eval()
+        )
+
+    @classmethod
+    def from_model(cls, manifest: Manifest, model: Any) -> TorchBackend:
+        """Wrap an already loaded :class:`~engines.model.ZsadModel` (build-time parity checks)."""
+        return cls(manifest, model=model)
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        args = [torch.from_numpy(feeds[n]).to(self._device) for n in self.input_names]
+        with torch.no_grad():
+            out = self._module(*args)
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        return {n: t.detach().cpu().numpy() for n, t in zip(self.output_names, out, strict=True)}
+
+    def close(self) -> None:
+        self._module = None
+        super().close()

@@ -1,0 +1,922 @@
+"""``zsad build-engines``: checkpoint -> ONNX -> (TensorRT) engines, text embeddings, stream gate, manifests.
+
+Per ONNX component (``backbone``, ``dpc_head``, ``semantic_head``):
+
+1. export ONNX (dynamic batch, static T/H/W) and check it (:mod:`engines.export`);
+2. parity PyTorch vs ONNX Runtime on fresh random inputs, several batch sizes;
+3. when TensorRT is wanted and importable: a FP16 engine (LayerNorm/softmax/reductions in FP32) and
+   parity ONNX Runtime vs TensorRT (:mod:`engines.tensorrt_build`);
+4. the manifest (:mod:`engines.manifest`).
+
+``semantic_head`` also gets ``text_<context>.npy`` per context (gated, L2-normalised prompt embeddings)
+and only exists when ``model.semantic.clip_text_model`` is a local CLIP folder. ``stream_gate.npz``
+holds the stream gate composed with the context projection, applied in numpy on the backbone embedding.
+
+Every stage has a build key (a hash of everything it depends on). A stage whose key matches the
+existing manifest and whose files still have their recorded hashes is skipped: a re-run with unchanged
+inputs rewrites nothing and reports "up to date". New files are made in ``<out>/.staging`` and moved
+into place only after their parity check passes, so a failed build never replaces a good engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.backends.base import BackendError, BackendUnavailable
+from engines.export import EXPORT_OPSET, EXPORTER, ExportError, ParityError, check_parity, export_onnx
+from engines.manifest import (
+    LAYOUTS,
+    FileArtifact,
+    Manifest,
+    ManifestError,
+    OnnxArtifact,
+    ParityRecord,
+    TensorRTArtifact,
+    TextEmbeddings,
+    component_io,
+    file_sha256,
+    load_manifest,
+    manifest_path,
+    preprocessing_from_spec,
+    save_manifest,
+    spec_diff,
+    spec_sha256,
+    utc_now,
+    zsad_version,
+)
+from engines.prompts import PROMPT_DIR, PromptError, PromptSet, load_prompt_set
+from engines.tensorrt_build import (
+    BatchProfile,
+    ProfileError,
+    TensorRTBuildError,
+    engine_filename,
+    timing_cache_filename,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BuildError",
+    "BuildInputError",
+    "BuildOptions",
+    "BuildReport",
+    "StepResult",
+    "build_engines",
+    "camera_contexts",
+    "run_build",
+]
+
+BACKEND_CHOICES = ("onnxruntime", "tensorrt", "all")
+_CONTEXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STAGING = ".staging"
+
+
+class BuildError(RuntimeError):
+    """A build step failed (exit code 1)."""
+
+
+class BuildInputError(BuildError):
+    """Unusable build inputs: checkpoint, spec, options, prompts, a missing runtime (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build. ``backend``: ``onnxruntime`` (ONNX only), ``tensorrt`` (ONNX + engines; TensorRT must
+    import) or ``all`` (engines where TensorRT imports, ONNX only elsewhere)."""
+
+    backend: str = "onnxruntime"
+    profile: BatchProfile = field(default_factory=BatchProfile)
+    workspace_mb: int = 2048
+    input_layout: str = "NTCHW"
+    force: bool = False
+    opset: int = EXPORT_OPSET
+    precision: str = "fp16"
+    parity_batches: tuple[int, ...] = (1, 3)
+    onnx_tolerance: float = 1e-3
+    trt_tolerance: float = 2e-2
+    seed: int = 0
+    components: tuple[str, ...] | None = None  # None: all that apply
+
+    def validate(self) -> None:
+        if self.backend not in BACKEND_CHOICES:
+            raise BuildInputError(f"--backend must be one of {BACKEND_CHOICES}, got {self.backend!r}")
+        if self.input_layout not in LAYOUTS:
+            raise BuildInputError(f"--input-layout must be one of {LAYOUTS}, got {self.input_layout!r}")
+        if not 64 <= self.workspace_mb <= 1 << 20:
+            raise BuildInputError(f"--workspace-mb must be within 64..1048576, got {self.workspace_mb}")
+        if self.precision not in ("fp16", "fp32"):
+            raise BuildInputError(f"precision must be fp16 or fp32, got {self.precision!r}")
+        if not self.parity_batches or min(self.parity_batches) < 1:
+            raise BuildInputError(f"parity batch sizes must be >= 1, got {self.parity_batches}")
+
+
+@dataclass
+class StepResult:
+    component: str
+    step: str
+    status: str  # "built", "up to date", "skipped", "removed"
+    seconds: float = 0.0
+    path: Path | None = None
+    size: int = 0
+    detail: str = ""
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    steps: list[StepResult] = field(default_factory=list)
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when no step had to build anything."""
+        return all(s.status in ("up to date", "skipped") for s in self.steps)
+
+    def table(self) -> str:
+        rows = [("component", "step", "status", "seconds", "size", "file / detail")]
+        for s in self.steps:
+            size = _human_size(s.size)
+            where = s.path.name if s.path else ""
+            rows.append(
+                (
+                    s.component,
+                    s.step,
+                    s.status,
+                    f"{s.seconds:.1f}",
+                    size,
+                    " ".join(x for x in (where, s.detail) if x),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        verdict = "up to date" if self.up_to_date else "built"
+        return "\n".join([*lines, f"{self.out_dir}: {verdict}"])
+
+
+def camera_contexts(cameras: Iterable[tuple[str, str | None]]) -> dict[str, str]:
+    """``{context: prompt set}`` from ``(context, prompts or None)`` pairs; a context's prompt set defaults
+    to its own name. Refuses one context with two prompt sets and names unusable as file names."""
+    out: dict[str, str] = {}
+    for context, prompts in cameras:
+        chosen = prompts or context
+        if not _CONTEXT_NAME.match(context):
+            raise BuildInputError(
+                f"context name {context!r} must match {_CONTEXT_NAME.pattern} (it names a file)"
+            )
+        if out.get(context, chosen) != chosen:
+            raise BuildInputError(
+                f"context {context!r} is used with two prompt sets: {out[context]!r} and {chosen!r}"
+            )
+        out[context] = chosen
+    return out
+
+
+def _human_size(size: int) -> str:
+    if not size:
+        return ""
+    return f"{size / 1e6:.2f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+
+
+def _key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_ok(path: Path, digest: str) -> bool:
+    return path.is_file() and file_sha256(path) == digest
+
+
+def _size_ok(path: Path, what: str) -> int:
+    size = path.stat().st_size if path.is_file() else 0
+    if size == 0:
+        raise BuildError(f"{what}: {path} is missing or empty")
+    return size
+
+
+@dataclass
+class _TensorRTEnv:
+    trt: Any
+    version: str
+    gpu_name: str
+    compute_capability: str
+
+
+class _Builder:
+    """One build run; see :func:`build_engines`."""
+
+    def __init__(
+        self,
+        spec: Mapping[str, Any],
+        checkpoint: Path,
+        out_dir: Path,
+        contexts: Mapping[str, str],
+        options: BuildOptions,
+        prompt_dir: Path,
+    ) -> None:
+        self.spec = json.loads(json.dumps(dict(spec)))
+        self.spec_sha = spec_sha256(self.spec)
+        self.checkpoint = checkpoint
+        self.out = out_dir
+        self.staging = out_dir / STAGING
+        self.contexts = dict(contexts)
+        self.options = options
+        self.prompt_dir = prompt_dir
+        self.report = BuildReport(out_dir=out_dir)
+        self._model: Any = None
+        self.meta: dict[str, Any] = {}
+        self.weights_sha = ""
+        self._text_encoder: Any = None
+
+    # -- inputs ------------------------------------------------------------------------------------------
+
+    def load_meta(self) -> None:
+        """Read the checkpoint's sidecar (spec, sha256) and check it against the file and the config.
+
+        The weights themselves load only when a stage has to build (:attr:`model`), so an up-to-date
+        run stays fast.
+        """
+        meta_path = self.checkpoint.with_suffix(self.checkpoint.suffix + ".json")
+        if not self.checkpoint.is_file():
+            raise BuildInputError(f"checkpoint {self.checkpoint} does not exist")
+        try:
+            meta = json.loads(meta_path.read_text())
+            ckpt_spec = meta["spec"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BuildInputError(f"checkpoint metadata {meta_path} is missing or malformed: {exc}") from exc
+        digest = file_sha256(self.checkpoint)
+        if meta.get("sha256") and meta["sha256"] != digest:
+            raise BuildInputError(
+                f"checkpoint {self.checkpoint} has sha256 {digest[:12]}, "
+                f"its metadata says {meta['sha256'][:12]}"
+            )
+        diffs = spec_diff(ckpt_spec, self.spec)
+        if diffs:
+            where = "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8])
+            raise BuildInputError(
+                f"the config's model section does not match checkpoint {self.checkpoint}: {where}"
+            )
+        self.meta = meta
+        self.weights_sha = digest
+
+    @property
+    def model(self) -> Any:
+        """The checkpoint's :class:`~engines.model.ZsadModel` in eval mode, loaded on first use."""
+        if self._model is None:
+            from engines.model import CheckpointError, load_checkpoint
+
+            started = time.monotonic()
+            try:
+                model, _ = load_checkpoint(self.checkpoint)
+            except CheckpointError as exc:
+                raise BuildInputError(str(exc)) from exc
+            self._model = model.eval()
+            log.info(
+                "checkpoint %s loaded in %.1f s (sha256 %s)",
+                self.checkpoint,
+                time.monotonic() - started,
+                self.weights_sha[:12],
+            )
+        return self._model
+
+    def tensorrt_env(self) -> _TensorRTEnv | None:
+        if self.options.backend == "onnxruntime":
+            return None
+        from engines.tensorrt_build import import_tensorrt
+
+        try:
+            trt = import_tensorrt()
+            from engines.backends.tensorrt import cuda_device_info
+
+            gpu, cc = cuda_device_info()
+        except (BackendUnavailable, BackendError) as exc:
+            if self.options.backend == "tensorrt":
+                raise BuildInputError(f"--backend tensorrt: {exc}") from exc
+            log.warning("TensorRT engines skipped (ONNX only): %s", exc)
+            return None
+        log.info("TensorRT %s on %s (sm %s)", trt.__version__, gpu, cc)
+        return _TensorRTEnv(trt=trt, version=str(trt.__version__), gpu_name=gpu, compute_capability=cc)
+
+    def semantic_enabled(self) -> bool:
+        from engines.semantic import clip_available
+
+        source = self.spec["semantic"].get("clip_text_model")
+        if clip_available(source):
+            return True
+        if source:
+            log.warning("semantic stream off: CLIP text model %r is not a local folder", source)
+        else:
+            log.info("semantic stream off: model.semantic.clip_text_model is not set")
+        return False
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def step(self, result: StepResult) -> None:
+        self.report.steps.append(result)
+        size = f", {_human_size(result.size)}" if result.size else ""
+        where = f" -> {result.path}" if result.path and result.status == "built" else ""
+        detail = f" ({result.detail})" if result.detail else ""
+        log.info(
+            "%s: %s %s in %.1f s%s%s%s",
+            result.component,
+            result.step,
+            result.status,
+            result.seconds,
+            size,
+            where,
+            detail,
+        )
+
+    def existing(self, component: str) -> Manifest | None:
+        path = manifest_path(self.out, component)
+        if not path.is_file():
+            return None
+        try:
+            return load_manifest(path)
+        except ManifestError as exc:
+            log.warning("%s; rebuilding %s", exc, component)
+            return None
+
+    def base_manifest(self, component: str) -> Manifest:
+        inputs, outputs = component_io(component, self.spec, self.options.input_layout)
+        options: dict[str, Any] = {
+            "input_layout": self.options.input_layout if component == "backbone" else "NTCHW"
+        }
+        return Manifest(
+            component=component,  # type: ignore[arg-type]
+            zsad_version=zsad_version(),
+            created=utc_now(),
+            inputs=inputs,
+            outputs=outputs,
+            preprocessing=preprocessing_from_spec(self.spec),
+            model_spec=self.spec,
+            model_spec_sha256=self.spec_sha,
+            weights_sha256=self.weights_sha,
+            checkpoint=str(self.checkpoint.resolve()),
+            options=options,
+        ).bind(self.out)
+
+    def write(self, manifest: Manifest, previous: Manifest | None) -> None:
+        """Write the manifest unless it equals the previous one apart from its creation time."""
+        if previous is not None:
+            same = manifest.model_dump(exclude={"created"}) == previous.model_dump(exclude={"created"})
+            if same:
+                return
+        save_manifest(manifest, self.out)
+
+    # -- stages ------------------------------------------------------------------------------------------
+
+    def onnx_stage(self, component: str, manifest: Manifest, previous: Manifest | None) -> Manifest:
+        import torch
+
+        from engines.backends.onnxruntime import OnnxRuntimeBackend
+        from engines.backends.torch import TorchBackend
+        from engines.export import component_module
+
+        key = _key(
+            stage="onnx",
+            component=component,
+            weights=self.weights_sha,
+            spec=self.spec_sha,
+            layout=manifest.input_layout,
+            opset=self.options.opset,
+            exporter=EXPORTER,
+            torch=torch.__version__,
+            tolerance=self.options.onnx_tolerance,
+        )
+        old = previous.onnx if previous is not None else None
+        if (
+            not self.options.force
+            and old is not None
+            and old.build_key == key
+            and _file_ok(self.out / old.path, old.sha256)
+        ):
+            self.step(StepResult(component, "onnx", "up to date", path=self.out / old.path, size=old.size))
+            parity = [p for p in previous.parity if p.target == "onnxruntime"] if previous else []
+            return manifest.model_copy(update={"onnx": old, "parity": parity}).bind(self.out)
+        name = f"{component}.onnx"
+        staged = self.staging / name
+        started = time.monotonic()
+        export_onnx(
+            component_module(self.model, component, manifest.input_layout),
+            manifest.inputs,
+            manifest.outputs,
+            staged,
+            opset=self.options.opset,
+            metadata={
+                "component": component,
+                "weights_sha256": self.weights_sha,
+                "model_spec_sha256": self.spec_sha,
+                "input_layout": manifest.input_layout,
+                "zsad_version": manifest.zsad_version,
+            },
+        )
+        size = _size_ok(staged, f"{component} export")
+        self.step(
+            StepResult(
+                component,
+                "export",
+                "built",
+                time.monotonic() - started,
+                staged,
+                size,
+                f"opset {self.options.opset}",
+            )
+        )
+        artifact = OnnxArtifact(
+            path=name,
+            sha256=file_sha256(staged),
+            size=size,
+            opset=self.options.opset,
+            exporter=EXPORTER,
+            build_key=key,
+        )
+        candidate = manifest.model_copy(update={"onnx": artifact, "tensorrt": None}).bind(self.staging)
+        started = time.monotonic()
+        with TorchBackend.from_model(candidate, self.model) as ref, OnnxRuntimeBackend(candidate) as ort:
+            errors = check_parity(
+                ref,
+                ort,
+                candidate.inputs,
+                candidate.outputs,
+                batch_sizes=self.options.parity_batches,
+                tolerance=self.options.onnx_tolerance,
+                label=f"{component}: torch vs onnxruntime",
+                seed=self.options.seed,
+            )
+        detail = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
+        self.step(
+            StepResult(
+                component, "parity torch/onnxruntime", "built", time.monotonic() - started, detail=detail
+            )
+        )
+        staged.replace(self.out / name)
+        record = ParityRecord(
+            reference="torch",
+            target="onnxruntime",
+            batch_sizes=self.options.parity_batches,
+            max_rel_error=errors,
+            tolerance=self.options.onnx_tolerance,
+        )
+        return manifest.model_copy(update={"onnx": artifact, "parity": [record]}).bind(self.out)
+
+    def tensorrt_stage(
+        self, component: str, manifest: Manifest, previous: Manifest | None, env: _TensorRTEnv
+    ) -> Manifest:
+        from engines.backends.onnxruntime import OnnxRuntimeBackend
+        from engines.backends.tensorrt import TensorRTBackend
+        from engines.tensorrt_build import build_engine
+
+        if manifest.onnx is None:
+            raise BuildError(f"{component}: no ONNX model to build an engine from")
+        opts = self.options
+        key = _key(
+            stage="tensorrt",
+            component=component,
+            onnx=manifest.onnx.sha256,
+            profile=[opts.profile.min, opts.profile.opt, opts.profile.max],
+            workspace_mb=opts.workspace_mb,
+            precision=opts.precision,
+            tensorrt=env.version,
+            gpu=env.gpu_name,
+            sm=env.compute_capability,
+            tolerance=opts.trt_tolerance,
+        )
+        old = previous.tensorrt if previous is not None else None
+        if (
+            not opts.force
+            and old is not None
+            and old.build_key == key
+            and _file_ok(self.out / old.path, old.sha256)
+        ):
+            self.step(
+                StepResult(component, "tensorrt", "up to date", path=self.out / old.path, size=old.size)
+            )
+            parity = (
+                [*manifest.parity, *(p for p in previous.parity if p.target == "tensorrt")]
+                if previous
+                else []
+            )
+            return manifest.model_copy(update={"tensorrt": old, "parity": parity}).bind(self.out)
+        name = engine_filename(component, opts.precision, env.gpu_name, env.compute_capability, env.version)
+        cache = timing_cache_filename(env.gpu_name, env.compute_capability, env.version)
+        staged = self.staging / name
+        built = build_engine(
+            self.out / manifest.onnx.path,
+            staged,
+            inputs=manifest.inputs,
+            profile=opts.profile,
+            workspace_mb=opts.workspace_mb,
+            fp16=opts.precision == "fp16",
+            timing_cache=self.out / cache,
+            trt=env.trt,
+        )
+        size = _size_ok(staged, f"{component} engine")
+        self.step(
+            StepResult(
+                component,
+                "tensorrt",
+                "built",
+                built.seconds,
+                staged,
+                size,
+                f"{len(built.fp32_layers)} layers pinned FP32",
+            )
+        )
+        artifact = TensorRTArtifact(
+            path=name,
+            sha256=file_sha256(staged),
+            size=size,
+            tensorrt_version=env.version,
+            gpu_name=env.gpu_name,
+            compute_capability=env.compute_capability,
+            precision=opts.precision,  # type: ignore[arg-type]
+            min_batch=opts.profile.min,
+            opt_batch=opts.profile.opt,
+            max_batch=opts.profile.max,
+            workspace_mb=opts.workspace_mb,
+            fp32_layers=built.fp32_layers,
+            timing_cache=cache,
+            build_key=key,
+        )
+        candidate = manifest.model_copy(update={"tensorrt": artifact}).bind(self.staging)
+        batches = sorted({min(max(b, opts.profile.min), opts.profile.max) for b in opts.parity_batches})
+        started = time.monotonic()
+        with OnnxRuntimeBackend(manifest) as ort, TensorRTBackend(candidate) as engine:
+            errors = check_parity(
+                ort,
+                engine,
+                manifest.inputs,
+                manifest.outputs,
+                batch_sizes=batches,
+                tolerance=opts.trt_tolerance,
+                label=f"{component}: onnxruntime vs tensorrt {opts.precision}",
+                seed=opts.seed,
+            )
+        detail = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
+        self.step(
+            StepResult(
+                component, "parity onnxruntime/tensorrt", "built", time.monotonic() - started, detail=detail
+            )
+        )
+        staged.replace(self.out / name)
+        record = ParityRecord(
+            reference="onnxruntime",
+            target="tensorrt",
+            batch_sizes=tuple(batches),
+            max_rel_error=errors,
+            tolerance=opts.trt_tolerance,
+        )
+        if old is not None and old.path != name:
+            (self.out / old.path).unlink(missing_ok=True)
+        return manifest.model_copy(update={"tensorrt": artifact, "parity": [*manifest.parity, record]}).bind(
+            self.out
+        )
+
+    def keep_tensorrt(self, component: str, manifest: Manifest, previous: Manifest | None) -> Manifest:
+        """Without TensorRT here, keep an engine built earlier from the same ONNX (the device checks it at
+        run time); drop an engine whose ONNX has changed."""
+        old = previous.tensorrt if previous is not None else None
+        if old is None or previous is None or manifest.onnx is None:
+            return manifest
+        same_onnx = previous.onnx is not None and previous.onnx.sha256 == manifest.onnx.sha256
+        if same_onnx and _file_ok(self.out / old.path, old.sha256):
+            parity = [*manifest.parity, *(p for p in previous.parity if p.target == "tensorrt")]
+            return manifest.model_copy(update={"tensorrt": old, "parity": parity}).bind(self.out)
+        (self.out / old.path).unlink(missing_ok=True)
+        self.step(
+            StepResult(
+                component,
+                "tensorrt",
+                "removed",
+                path=self.out / old.path,
+                detail="its ONNX changed; rebuild on the device",
+            )
+        )
+        return manifest
+
+    def text_stage(self, manifest: Manifest, previous: Manifest | None) -> Manifest:
+        clip_source = str(self.spec["semantic"]["clip_text_model"])
+        clip_id = _clip_identity(Path(clip_source).expanduser())
+        context_embs = self.meta.get("context_embeddings") or {}
+        old = {t.context: t for t in previous.text_embeddings} if previous is not None else {}
+        entries = []
+        for context, set_name in sorted(self.contexts.items()):
+            prompt_set = self.prompt_set(set_name)
+            source = "checkpoint" if context in context_embs else "zero-embedding"
+            key = _key(
+                stage="text",
+                weights=self.weights_sha,
+                spec=self.spec_sha,
+                prompts=prompt_set.sha256,
+                prompt_set=prompt_set.context,
+                clip=clip_id,
+                source=source,
+            )
+            prev = old.get(context)
+            if (
+                not self.options.force
+                and prev is not None
+                and prev.build_key == key
+                and _file_ok(self.out / prev.path, prev.sha256)
+            ):
+                self.step(
+                    StepResult(
+                        "semantic_head",
+                        f"text[{context}]",
+                        "up to date",
+                        path=self.out / prev.path,
+                        size=(self.out / prev.path).stat().st_size,
+                    )
+                )
+                entries.append(prev)
+                continue
+            started = time.monotonic()
+            emb = self.gated_text(prompt_set, context_embs.get(context))
+            name = f"text_{context}.npy"
+            path = self.out / name
+            _save_npy(path, emb)
+            size = _size_ok(path, f"text embeddings of {context}")
+            self.step(
+                StepResult(
+                    "semantic_head",
+                    f"text[{context}]",
+                    "built",
+                    time.monotonic() - started,
+                    path,
+                    size,
+                    f"{len(prompt_set.normal)}+{len(prompt_set.anomalous)} prompts, {source}",
+                )
+            )
+            entries.append(
+                TextEmbeddings(
+                    context=context,
+                    prompt_set=prompt_set.context,
+                    prompt_file=str(prompt_set.path),
+                    prompt_sha256=prompt_set.sha256,
+                    normal=len(prompt_set.normal),
+                    anomalous=len(prompt_set.anomalous),
+                    path=name,
+                    sha256=file_sha256(path),
+                    shape=(int(emb.shape[0]), int(emb.shape[1])),
+                    context_source=source,  # type: ignore[arg-type]
+                    clip_model=clip_source,
+                    build_key=key,
+                )
+            )
+        kept = {e.path for e in entries}
+        for stale in old.values():
+            if stale.path not in kept:
+                (self.out / stale.path).unlink(missing_ok=True)
+        return manifest.model_copy(update={"text_embeddings": entries}).bind(self.out)
+
+    def prompt_set(self, name: str) -> PromptSet:
+        path = self.prompt_dir / f"{name}.yaml"
+        if not path.is_file():
+            log.info("no prompt file %s; using generic prompts", path)
+            path = self.prompt_dir / "generic.yaml"
+        try:
+            return load_prompt_set(path)
+        except PromptError as exc:
+            raise BuildInputError(str(exc)) from exc
+
+    def gated_text(self, prompt_set: PromptSet, context_embedding: Sequence[float] | None) -> np.ndarray:
+        """``(P, d)`` float32, L2-normalised prompt embeddings gated by the context's mean context vector.
+
+        The context vector is ``model.context`` of the context's mean backbone embedding when the checkpoint
+        records one (``context_embeddings`` in its metadata), else of a zero embedding (the bias alone).
+        """
+        import torch
+
+        from engines.semantic import TextEncoder, TextEncoderError
+
+        if self._text_encoder is None:
+            try:
+                self._text_encoder = TextEncoder(str(self.spec["semantic"]["clip_text_model"]))
+            except TextEncoderError as exc:
+                raise BuildInputError(str(exc)) from exc
+            want = int(self.spec["semantic"]["embed_dim"])
+            if self._text_encoder.embed_dim != want:
+                raise BuildInputError(
+                    f"CLIP text model embeds to {self._text_encoder.embed_dim} dims, "
+                    f"model.semantic.embed_dim is {want}"
+                )
+        d = self.model.backbone.hidden_size
+        emb = (
+            torch.zeros(1, d)
+            if context_embedding is None
+            else torch.tensor([list(context_embedding)], dtype=torch.float32)
+        )
+        if emb.shape != (1, d):
+            raise BuildInputError(
+                f"checkpoint context embedding has shape {tuple(emb.shape)}, expected (1, {d})"
+            )
+        with torch.no_grad():
+            text = self._text_encoder.encode(list(prompt_set.prompts))
+            gated = self.model.context_gate(text, self.model.context(emb))[0]
+        out = gated.numpy().astype(np.float32)
+        if not np.isfinite(out).all():
+            raise BuildError(f"text embeddings of {prompt_set.context} are not finite")
+        return out
+
+    def gate_stage(self) -> None:
+        from engines.model import STREAMS
+
+        previous = self.existing("stream_gate")
+        manifest = self.base_manifest("stream_gate")
+        key = _key(stage="gate", weights=self.weights_sha, spec=self.spec_sha, streams=list(STREAMS))
+        old = previous.files[0] if previous is not None and previous.files else None
+        if (
+            not self.options.force
+            and old is not None
+            and old.build_key == key
+            and _file_ok(self.out / old.path, old.sha256)
+        ):
+            self.step(StepResult("stream_gate", "npz", "up to date", path=self.out / old.path, size=old.size))
+            self.write(manifest.model_copy(update={"files": [old]}).bind(self.out), previous)
+            return
+        started = time.monotonic()
+        W, b = compose_stream_gate(self.model)
+        path = self.out / "stream_gate.npz"
+        tmp = self.out / "stream_gate.tmp.npz"
+        np.savez(tmp, W=W, b=b, streams=np.array(STREAMS, dtype=str))
+        tmp.replace(path)
+        size = _size_ok(path, "stream gate")
+        self.step(
+            StepResult(
+                "stream_gate",
+                "npz",
+                "built",
+                time.monotonic() - started,
+                path,
+                size,
+                f"W {W.shape[0]}x{W.shape[1]}",
+            )
+        )
+        artifact = FileArtifact(
+            kind="stream_gate", path=path.name, sha256=file_sha256(path), size=size, build_key=key
+        )
+        self.write(manifest.model_copy(update={"files": [artifact]}).bind(self.out), previous)
+
+    def remove_stale(self, component: str) -> None:
+        previous = self.existing(component)
+        path = manifest_path(self.out, component)
+        if previous is None and not path.exists():
+            return
+        if previous is not None:
+            for _, rel, _ in previous.artifacts():
+                (self.out / rel).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        self.step(StepResult(component, "cleanup", "removed", detail="stream is off in this config"))
+
+    # -- the run -----------------------------------------------------------------------------------------
+
+    def run(self) -> BuildReport:
+        self.options.validate()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.load_meta()
+        env = self.tensorrt_env()
+        semantic = self.semantic_enabled()
+        wanted = self.options.components
+        plan = [
+            c
+            for c in ("backbone", "dpc_head", "semantic_head", "stream_gate")
+            if wanted is None or c in wanted
+        ]
+        if not semantic and "semantic_head" in plan:
+            plan.remove("semantic_head")
+            if wanted is None:
+                self.remove_stale("semantic_head")
+        for i, component in enumerate(plan, 1):
+            log.info("[%d/%d] %s", i, len(plan), component)
+            if component == "stream_gate":
+                self.gate_stage()
+                continue
+            previous = self.existing(component)
+            manifest = self.onnx_stage(component, self.base_manifest(component), previous)
+            if env is not None:
+                manifest = self.tensorrt_stage(component, manifest, previous, env)
+            else:
+                manifest = self.keep_tensorrt(component, manifest, previous)
+            if component == "semantic_head":
+                manifest = self.text_stage(manifest, previous)
+            self.write(manifest, previous)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self.report
+
+
+def compose_stream_gate(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The stream gate applied to the backbone embedding in one step: ``W = Wg @ Wc`` ``(S, D)``,
+    ``b = Wg @ bc + bg`` ``(S,)``, where ``Wc, bc`` is ``model.context`` and ``Wg, bg`` the gate's linear."""
+    wc = model.context.weight.detach().double().numpy()
+    bc = model.context.bias.detach().double().numpy()
+    wg = model.stream_gate.linear.weight.detach().double().numpy()
+    bg = model.stream_gate.linear.bias.detach().double().numpy()
+    return (wg @ wc).astype(np.float32), (wg @ bc + bg).astype(np.float32)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.save(f, np.ascontiguousarray(array, dtype=np.float32))
+    tmp.replace(path)
+
+
+def _clip_identity(folder: Path) -> str:
+    """Hash of a CLIP folder's config and weight files (what decides the text embeddings)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and (p.suffix in (".safetensors", ".bin", ".json", ".txt")):
+            h.update(p.name.encode())
+            h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def build_engines(
+    spec: Mapping[str, Any],
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    contexts: Mapping[str, str] | None = None,
+    options: BuildOptions | None = None,
+    prompt_dir: str | Path = PROMPT_DIR,
+) -> BuildReport:
+    """Build every engine of ``checkpoint`` into ``out_dir``; skip what is up to date.
+
+    Args:
+        spec: the config's ``model`` section (must match the checkpoint's spec apart from local paths).
+        checkpoint: safetensors checkpoint written by :func:`engines.model.save_checkpoint`.
+        out_dir: engine folder (ONNX, engines, ``.npy``/``.npz`` and manifests).
+        contexts: ``{context: prompt set}`` of the cameras (see :func:`camera_contexts`); default generic.
+        options: see :class:`BuildOptions`.
+        prompt_dir: folder of ``<prompt set>.yaml`` files.
+
+    Raises:
+        BuildInputError: bad checkpoint/spec/options/prompts or a missing TensorRT when required.
+        ParityError: a runtime disagrees with its reference beyond the tolerance.
+        BuildError, ExportError, TensorRTBuildError: a step failed.
+    """
+    builder = _Builder(
+        spec,
+        Path(checkpoint),
+        Path(out_dir),
+        contexts or {"generic": "generic"},
+        options or BuildOptions(),
+        Path(prompt_dir),
+    )
+    return builder.run()
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """CLI handler of ``zsad build-engines`` (and ``python build_engines.py``). Exit 0 ok, 1 failure
+    (parity, export, TensorRT), 2 bad input (config, checkpoint, options)."""
+    # The config schema lives in pipeline/config.py; only this CLI edge reads it, build_engines() takes
+    # plain data, so the engines package itself does not depend on pipeline/.
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    checkpoint = args.checkpoint or cfg.engines.checkpoint
+    if not checkpoint:
+        print(
+            "error: no checkpoint: pass --checkpoint or set engines.checkpoint in the config", file=sys.stderr
+        )
+        return 2
+    out_dir = Path(args.out or cfg.engines.dir)
+    try:
+        cameras = [(c.context, c.prompts) for c in (cfg.camera_settings(cam.id) for cam in cfg.cameras)]
+        contexts = camera_contexts(cameras or [(cfg.defaults.context, cfg.defaults.prompts)])
+        options = BuildOptions(
+            backend=args.backend,
+            profile=BatchProfile(args.min_batch, args.opt_batch, args.max_batch),
+            workspace_mb=args.workspace_mb,
+            input_layout=args.input_layout,
+            force=args.force,
+        )
+        report = build_engines(
+            cfg.model.model_dump(mode="json"), checkpoint, out_dir, contexts=contexts, options=options
+        )
+    except (BuildInputError, ProfileError, BackendUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ParityError as exc:
+        print(f"parity failure: {exc}", file=sys.stderr)
+        return 1
+    except (BuildError, ExportError, TensorRTBuildError, ManifestError, BackendError) as exc:
+        print(f"build failed: {exc}", file=sys.stderr)
+        return 1
+    print(report.table())
+    return 0

@@ -1,0 +1,520 @@
+"""Backends (ONNX Runtime vs the PyTorch reference, input validation, lifecycle, missing runtimes) and the
+TensorRT build logic, the latter driven through a test double of the ``tensorrt`` module."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from engines.backends import BACKENDS, Backend, BackendError, BackendUnavailable, InputMismatch, load_backend
+from engines.backends import backend_class as get_backend_class
+from engines.backends.tensorrt import CudaRuntime, import_cudart
+from engines.build import BuildOptions, build_engines
+from engines.export import max_rel_error, random_feeds
+from engines.manifest import Manifest, ManifestMismatch, component_io, load_manifest
+from engines.model import ZsadModel, save_checkpoint
+from engines.scoring import ClipScorer, ClipTokens
+from engines.tensorrt_build import (
+    BatchProfile,
+    LayerInfo,
+    ProfileError,
+    TensorRTBuildError,
+    build_engine,
+    engine_filename,
+    gpu_slug,
+    plan_precision,
+    profile_shapes,
+    short_version,
+    timing_cache_filename,
+)
+from pipeline.config import ModelConfig
+
+TINY = ModelConfig.model_validate(
+    {
+        "backbone": {
+            "image_height": 32,
+            "image_width": 48,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "num_heads": 2,
+        },
+        "dpc": {"context_clips": 2, "hidden_size": 16},
+        "preprocess": {"clip_len": 2, "frame_stride": 1, "clip_hop": 2},
+        "semantic": {"embed_dim": 16},
+        "gate": {"context_dim": 8},
+    }
+).model_dump(mode="json")
+
+
+@pytest.fixture(scope="module")
+def engines_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint's backbone and DPC head, exported to ONNX by the real build."""
+    root = tmp_path_factory.mktemp("engines")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(ZsadModel(TINY).eval(), root / "tiny.safetensors")
+    out = root / "out"
+    build_engines(TINY, ckpt, out, options=BuildOptions(components=("backbone", "dpc_head")))
+    return out
+
+
+# -- the interface -------------------------------------------------------------------------------------------
+
+
+def test_every_backend_subclasses_the_base() -> None:
+    assert set(BACKENDS) == {"onnxruntime", "torch", "tensorrt"}
+    for name in BACKENDS:
+        cls = get_backend_class(name)
+        assert isinstance(cls, type)
+        assert issubclass(cls, Backend)
+        assert cls.name == name
+
+
+def test_unknown_backend_is_refused(engines_dir: Path) -> None:
+    with pytest.raises(BackendError, match="unknown backend 'openvino'"):
+        load_backend(engines_dir / "backbone.manifest.json", "openvino")
+
+
+class EchoBackend(Backend):
+    """A minimal concrete backend to exercise the base class's template method."""
+
+    name = "echo"
+
+    def __init__(self, manifest: Manifest, drop: str | None = None) -> None:
+        super().__init__(manifest)
+        self.drop = drop
+        self.calls = 0
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        n = next(iter(feeds.values())).shape[0]
+        out = {s.name: np.zeros(s.with_batch(n), np.float32) for s in self.manifest.outputs}
+        if self.drop:
+            out.pop(self.drop)
+        return out
+
+
+def test_base_class_lifecycle_and_output_check(engines_dir: Path) -> None:
+    manifest = load_manifest(engines_dir / "backbone.manifest.json")
+    with EchoBackend(manifest) as echo:
+        feeds = random_feeds(manifest.inputs, 2, np.random.default_rng(0))
+        out = echo(feeds)
+        assert list(out) == ["tokens", "embedding"]
+        assert out["tokens"].shape == (2, 2, 32, 4, 6)
+    with pytest.raises(BackendError, match="echo backend is closed"):
+        echo.infer(feeds)
+    with pytest.raises(BackendError, match=r"echo returned no \['embedding'\]"):
+        EchoBackend(manifest, drop="embedding").infer(feeds)
+
+
+# -- ONNX Runtime vs the PyTorch reference -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("component", ["backbone", "dpc_head"])
+def test_onnxruntime_matches_torch(engines_dir: Path, component: str) -> None:
+    path = engines_dir / f"{component}.manifest.json"
+    with load_backend(path, "onnxruntime", threads=1) as ort, load_backend(path, "torch") as ref:
+        assert ort.input_names == ref.input_names
+        for n in (1, 4):
+            feeds = random_feeds(ort.manifest.inputs, n, np.random.default_rng(n))
+            a, b = ref(feeds), ort(feeds)
+            for name in ort.output_names:
+                assert a[name].shape == b[name].shape
+                assert a[name].shape[0] == n
+                assert max_rel_error(a[name], b[name]) < 1e-4, name
+
+
+def test_wrong_inputs_are_refused_with_the_reason(engines_dir: Path) -> None:
+    with load_backend(engines_dir / "dpc_head.manifest.json", "onnxruntime") as ort:
+        good = random_feeds(ort.manifest.inputs, 2, np.random.default_rng(0))
+        with pytest.raises(InputMismatch, match=r"missing \['current_frame'\], unknown \['frame'\]"):
+            ort({**{k: v for k, v in good.items() if k != "current_frame"}, "frame": good["current_frame"]})
+        with pytest.raises(
+            InputMismatch, match=r"input history must have shape \[-1, 2, 2, 32, 4, 6\] \(NSTCHW\)"
+        ):
+            ort({**good, "history": good["history"][:, :1]})
+        with pytest.raises(InputMismatch, match="input last_frame must be float32, got float64"):
+            ort({**good, "last_frame": good["last_frame"].astype(np.float64)})
+        with pytest.raises(InputMismatch, match="input current has batch 1, other inputs 2"):
+            ort({**good, "current": good["current"][:1]})
+        with pytest.raises(InputMismatch, match="empty batch"):
+            ort({k: v[:0] for k, v in good.items()})
+        assert set(ort(good)) == {"feature_error", "pixel_error", "motion"}
+
+
+def test_changed_onnx_is_refused_on_load(engines_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(engines_dir, copy)
+    onnx = copy / "backbone.onnx"
+    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
+    with pytest.raises(
+        ManifestMismatch, match=r"onnx\.sha256: file .*backbone\.onnx changed since the build"
+    ):
+        load_backend(copy / "backbone.manifest.json", "onnxruntime")
+
+
+def test_backends_are_scoring_runners(engines_dir: Path) -> None:
+    """The DPC backend drives ClipScorer directly; the backbone backend makes its clip tokens."""
+    rng = np.random.default_rng(0)
+    with (
+        load_backend(engines_dir / "backbone.manifest.json", "onnxruntime") as backbone,
+        load_backend(engines_dir / "dpc_head.manifest.json", "onnxruntime") as dpc,
+    ):
+        scorer = ClipScorer(dpc, context_clips=2)
+        results = []
+        for i in range(3):
+            clip = rng.standard_normal((1, 2, 3, 32, 48)).astype(np.float32)
+            out = backbone({"clip": clip})
+            tokens = ClipTokens("cam", i, out["tokens"][0], out["embedding"][0], clip[0, 0], clip[0, -1])
+            results.extend(scorer.score([tokens]))
+    assert results[:2] == [None, None]
+    scores = results[2]
+    assert scores is not None
+    assert set(scores.scores) == {"predictive", "pixel", "motion"}
+    assert all(np.isfinite(v) for v in scores.scores.values())
+
+
+# -- missing runtimes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_backend_without_tensorrt_is_unavailable(engines_dir: Path) -> None:
+    import engines.backends.tensorrt as module  # the module itself imports without TensorRT
+
+    assert module.TensorRTBackend.name == "tensorrt"
+    with pytest.raises(BackendUnavailable) as info:
+        load_backend(engines_dir / "backbone.manifest.json", "tensorrt")
+    message = str(info.value)
+    assert message.startswith("tensorrt:")
+    assert "JetPack 6.1" in message
+    assert "tensorrt-cu12==10.3" in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cuda") is not None, reason="cuda-python is installed here")
+def test_cuda_python_missing_is_unavailable() -> None:
+    with pytest.raises(BackendUnavailable, match="cuda-python"):
+        import_cudart()
+
+
+class FakeCudart:
+    """Test double for cuda-python's runtime module: returns ``(error, value...)`` tuples like it does."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+
+    def __getattr__(self, fn: str) -> Any:
+        def call(*args: Any) -> tuple:
+            if fn == self.fail:
+                return (2,)  # cudaErrorMemoryAllocation
+            if fn == "cudaMalloc":
+                return (0, 0xDEAD)
+            if fn == "cudaRaise":
+                raise RuntimeError("Failed to dlopen libcuda.so.1")
+            return (0,)
+
+        return call
+
+
+def test_cuda_runtime_wrapper_checks_every_call() -> None:
+    assert CudaRuntime(FakeCudart()).call("cudaMalloc", 64) == 0xDEAD
+    assert CudaRuntime(FakeCudart()).call("cudaStreamSynchronize", 1) is None
+    with pytest.raises(BackendError, match="CUDA cudaMalloc failed: 2"):
+        CudaRuntime(FakeCudart(fail="cudaMalloc")).call("cudaMalloc", 64)
+    with pytest.raises(BackendError, match="libcuda"):
+        CudaRuntime(FakeCudart()).call("cudaRaise")
+
+
+# -- TensorRT build logic (pure) ----------------------------------------------------------------------------
+
+
+def test_precision_plan_pins_norms_softmax_and_reductions() -> None:
+    layers = [
+        LayerInfo("/encoder/layer.0/layernorm_before/LayerNormalization", "NORMALIZATION"),
+        LayerInfo("/encoder/layer.0/attention/MatMul", "MATRIX_MULTIPLY"),
+        LayerInfo("/encoder/layer.0/attention/Softmax", "SOFTMAX"),
+        LayerInfo("node_mean", "REDUCE"),
+        LayerInfo("node_shape_reduce", "REDUCE", float_output=False),
+        LayerInfo("/blocks.0/norm1/LayerNorm_pow", "ELEMENTWISE"),
+        LayerInfo("node_add", "ELEMENTWISE"),
+        LayerInfo("/dpc/encode/InstanceNormalization", "NORMALIZATION"),
+    ]
+    assert plan_precision(layers) == [
+        "/encoder/layer.0/layernorm_before/LayerNormalization",
+        "/encoder/layer.0/attention/Softmax",
+        "node_mean",
+        "/blocks.0/norm1/LayerNorm_pow",
+        "/dpc/encode/InstanceNormalization",
+    ]
+    assert plan_precision([]) == []
+
+
+def test_profile_shapes_vary_only_the_batch() -> None:
+    inputs, _ = component_io("dpc_head", TINY)
+    shapes = profile_shapes(inputs, BatchProfile(1, 8, 32))
+    assert list(shapes) == ["history", "current", "last_frame", "current_frame"]
+    assert shapes["history"] == ((1, 2, 2, 32, 4, 6), (8, 2, 2, 32, 4, 6), (32, 2, 2, 32, 4, 6))
+    assert shapes["last_frame"][2] == (32, 3, 32, 48)
+    for bad in [(0, 1, 1), (2, 1, 4), (1, 8, 4)]:
+        with pytest.raises(ProfileError, match="1 <= min <= opt <= max"):
+            BatchProfile(*bad)
+
+
+def test_engine_names_carry_component_precision_gpu_and_version() -> None:
+    assert (
+        engine_filename("backbone", "fp16", "Orin", "8.7", "10.3.0.30")
+        == "backbone.fp16.sm87-orin.trt10.3.0.engine"
+    )
+    assert gpu_slug("NVIDIA H200", "9.0") == "sm90-h200"
+    assert gpu_slug("NVIDIA GeForce RTX 4090", "8.9") == "sm89-geforce-rtx-4090"
+    assert short_version("10.3.0.30") == "10.3.0"
+    assert timing_cache_filename("Orin", "8.7", "10.3.0.30") == "timing.sm87-orin.trt10.3.0.cache"
+
+
+# -- TensorRT build flow through a test double --------------------------------------------------------------
+
+
+class _Enum:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"LayerType.{self.name}"
+
+
+class FakeTensorRT:
+    """TEST DOUBLE of the ``tensorrt`` module (no TensorRT here): records what ``build_engine`` asks for.
+
+    ``layers``: ``(name, type name, output dtype)``; ``parse_ok`` / ``plan`` steer the parser and builder.
+    """
+
+    __version__ = "10.3.0.30"
+    float32, float16, int32 = "float32", "float16", "int32"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    class BuilderFlag:
+        FP16 = "FP16"
+        OBEY_PRECISION_CONSTRAINTS = "OBEY_PRECISION_CONSTRAINTS"
+
+    class MemoryPoolType:
+        WORKSPACE = "WORKSPACE"
+
+    def __init__(
+        self,
+        layers: list[tuple[str, str, str]],
+        *,
+        parse_ok: bool = True,
+        plan: bytes | None = b"PLAN",
+        builder_error: Exception | None = None,
+    ) -> None:
+        self.layers = [FakeLayer(n, t, d) for n, t, d in layers]
+        self.parse_ok, self.plan, self.builder_error = parse_ok, plan, builder_error
+        self.parsed: list[str] = []
+        self.config = FakeConfig()
+        self.profile = FakeProfile()
+
+    def Builder(self, logger: Any) -> FakeBuilder:
+        if self.builder_error is not None:
+            raise self.builder_error
+        return FakeBuilder(self)
+
+    def OnnxParser(self, network: Any, logger: Any) -> FakeParser:
+        return FakeParser(self)
+
+
+class FakeTensor:
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+
+
+class FakeLayer:
+    def __init__(self, name: str, kind: str, dtype: str) -> None:
+        self.name, self.type = name, _Enum(kind)
+        self.num_outputs = 1
+        self._out = FakeTensor(dtype)
+        self.precision: str | None = None
+        self.output_types: dict[int, str] = {}
+
+    def get_output(self, i: int) -> FakeTensor:
+        return self._out
+
+    def set_output_type(self, i: int, dtype: str) -> None:
+        self.output_types[i] = dtype
+
+
+class FakeNetwork:
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.trt = trt
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.trt.layers)
+
+    def get_layer(self, i: int) -> FakeLayer:
+        return self.trt.layers[i]
+
+
+class FakeParser:
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.trt = trt
+        self.num_errors = 0 if trt.parse_ok else 1
+
+    def parse_from_file(self, path: str) -> bool:
+        self.trt.parsed.append(path)
+        return self.trt.parse_ok
+
+    def get_error(self, i: int) -> str:
+        return "In node 7 (Einsum): UNSUPPORTED_NODE"
+
+
+class FakeProfile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple] = {}
+
+    def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
+        self.shapes[name] = (lo, opt, hi)
+
+
+class FakeCache:
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def serialize(self) -> bytes:
+        return self.blob + b"+"
+
+
+class FakeConfig:
+    def __init__(self) -> None:
+        self.flags: set[str] = set()
+        self.pools: dict[str, int] = {}
+        self.profiles: list[FakeProfile] = []
+        self.cache_in: bytes | None = None
+        self._cache: FakeCache | None = None
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.add(flag)
+
+    def set_memory_pool_limit(self, pool: str, size: int) -> None:
+        self.pools[pool] = size
+
+    def add_optimization_profile(self, profile: FakeProfile) -> int:
+        self.profiles.append(profile)
+        return 0
+
+    def create_timing_cache(self, blob: bytes) -> FakeCache:
+        self.cache_in = blob
+        return FakeCache(blob)
+
+    def set_timing_cache(self, cache: FakeCache, ignore_mismatch: bool) -> None:
+        self._cache = cache
+
+    def get_timing_cache(self) -> FakeCache:
+        assert self._cache is not None
+        return self._cache
+
+
+class FakeBuilder:
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.trt = trt
+
+    def create_network(self, flags: int) -> FakeNetwork:
+        assert flags == 0  # TensorRT 10: explicit batch is implicit
+        return FakeNetwork(self.trt)
+
+    def create_builder_config(self) -> FakeConfig:
+        return self.trt.config
+
+    def create_optimization_profile(self) -> FakeProfile:
+        return self.trt.profile
+
+    def build_serialized_network(self, network: FakeNetwork, config: FakeConfig) -> bytes | None:
+        return self.trt.plan
+
+
+LAYERS = [
+    ("/layer.0/layernorm_before/LayerNormalization", "NORMALIZATION", "float32"),
+    ("/layer.0/attention/MatMul", "MATRIX_MULTIPLY", "float32"),
+    ("/layer.0/attention/Softmax", "SOFTMAX", "float32"),
+    ("node_Shape_0_reduce", "REDUCE", "int32"),
+    ("node_mean", "REDUCE", "float32"),
+]
+
+
+def test_build_engine_pins_fp32_layers_and_sets_the_profile(tmp_path: Path) -> None:
+    trt = FakeTensorRT(LAYERS)
+    inputs, _ = component_io("backbone", TINY)
+    onnx = tmp_path / "backbone.onnx"
+    onnx.write_bytes(b"onnx")
+    cache = tmp_path / "timing.cache"
+    built = build_engine(
+        onnx,
+        tmp_path / "backbone.fp16.engine",
+        inputs=inputs,
+        profile=BatchProfile(1, 4, 16),
+        workspace_mb=512,
+        timing_cache=cache,
+        trt=trt,
+    )
+    assert trt.parsed == [str(onnx)]
+    assert built.fp32_layers == [
+        "/layer.0/layernorm_before/LayerNormalization",
+        "/layer.0/attention/Softmax",
+        "node_mean",
+    ]
+    pinned = {layer.name: (layer.precision, layer.output_types) for layer in trt.layers}
+    assert pinned["node_mean"] == ("float32", {0: "float32"})
+    assert pinned["/layer.0/attention/MatMul"] == (None, {})
+    assert pinned["node_Shape_0_reduce"] == (None, {})  # integer shape math keeps its type
+    assert trt.config.flags == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
+    assert trt.config.pools == {"WORKSPACE": 512 << 20}
+    assert trt.profile.shapes == {"clip": ((1, 2, 3, 32, 48), (4, 2, 3, 32, 48), (16, 2, 3, 32, 48))}
+    assert (tmp_path / "backbone.fp16.engine").read_bytes() == b"PLAN"
+    assert built.size == 4
+    assert trt.config.cache_in == b""
+    assert cache.read_bytes() == b"+"
+    # A second build starts from the saved timing cache.
+    trt2 = FakeTensorRT(LAYERS)
+    build_engine(
+        onnx, tmp_path / "again.engine", inputs=inputs, profile=BatchProfile(), timing_cache=cache, trt=trt2
+    )
+    assert trt2.config.cache_in == b"+"
+
+
+def test_build_engine_fp32_pins_nothing(tmp_path: Path) -> None:
+    trt = FakeTensorRT(LAYERS)
+    inputs, _ = component_io("semantic_head", TINY)
+    built = build_engine(
+        tmp_path / "m.onnx", tmp_path / "m.engine", inputs=inputs, profile=BatchProfile(), fp16=False, trt=trt
+    )
+    assert built.fp32_layers == []
+    assert trt.config.flags == set()
+
+
+def test_build_engine_failures_are_named(tmp_path: Path) -> None:
+    inputs, _ = component_io("backbone", TINY)
+    kw: dict[str, Any] = {"inputs": inputs, "profile": BatchProfile()}
+    with pytest.raises(TensorRTBuildError, match=r"ONNX parser rejected m\.onnx: .*Einsum"):
+        build_engine(
+            tmp_path / "m.onnx", tmp_path / "m.engine", trt=FakeTensorRT(LAYERS, parse_ok=False), **kw
+        )
+    with pytest.raises(TensorRTBuildError, match=r"could not build m\.engine"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=FakeTensorRT(LAYERS, plan=None), **kw)
+    with pytest.raises(TensorRTBuildError, match="empty plan"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=FakeTensorRT(LAYERS, plan=b""), **kw)
+    no_gpu = FakeTensorRT(
+        LAYERS, builder_error=TypeError("pybind11::init(): factory function returned nullptr")
+    )
+    with pytest.raises(TensorRTBuildError, match="builder could not start"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=no_gpu, **kw)
+    assert not (tmp_path / "m.engine").exists()
