@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-sigma", type=float, default=3.0, help="Gaussian smoothing in frames")
     p.set_defaults(handler=_lazy("training.evaluate:run_eval"))
 
+    p = sub.add_parser("build-engines", help="export ONNX, build TensorRT engines, write manifests")
+    p.add_argument("--config", required=True, help="YAML config (model section and cameras' contexts)")
+    p.add_argument("--checkpoint", help="checkpoint to build from (default: engines.checkpoint)")
+    p.add_argument("--out", help="engine folder (default: engines.dir)")
+    p.add_argument("--backend", choices=("onnxruntime", "tensorrt", "all"), default="onnxruntime")
+    p.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch")
+    p.add_argument("--opt-batch", type=int, default=8, help="TensorRT profile: batch tuned for")
+    p.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
+    p.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT builder workspace limit")
+    p.add_argument("--input-layout", choices=("NTCHW", "NCTHW"), default="NTCHW", help="backbone input")
+    p.add_argument("--force", action="store_true", help="rebuild even what is up to date")
+    p.set_defaults(handler=_lazy("engines.build:run_build"))
+
     return parser
 
 
