@@ -783,9 +783,9 @@ class _Builder:
 
     def run(self) -> BuildReport:
         self.options.validate()
-        self.out.mkdir(parents=True, exist_ok=True)
         self.load_meta()
         env = self.tensorrt_env()
+        self.out.mkdir(parents=True, exist_ok=True)
         semantic = self.semantic_enabled()
         wanted = self.options.components
         plan = [

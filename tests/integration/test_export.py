@@ -1,0 +1,392 @@
+"""The real engine build on the CPU: ONNX export + ONNX Runtime parity of every component at a tiny size and
+at the size of configs/default.yaml, text embeddings from a tiny local CLIP, the stream gate, idempotency,
+rebuilds after damage, the NCTHW variant, parity failures and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+from engines import build as build_module
+from engines.backends import load_backend
+from engines.build import BuildOptions, BuildReport, build_engines
+from engines.export import ParityError, random_feeds
+from engines.manifest import Expectation, ManifestError, ManifestMismatch, check_manifest, load_manifest
+from engines.model import STREAMS, ZsadModel, load_checkpoint, save_checkpoint
+from engines.prompts import PROMPT_DIR, load_prompt_set
+from pipeline.cli import main as cli_main
+from pipeline.config import ModelConfig, load_config
+from plugins.fusion import StreamGate
+from tests.conftest import REPO
+from tests.fixtures.tiny_models import make_tiny_clip
+
+# ONNX operators TensorRT 10's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10.x:
+# "operators in the inclusive range of opset 9 to opset 20"; LayerNormalization is parsed since 8.6).
+# Only ones our engines could plausibly contain (Einsum left out: restricted before TensorRT 10);
+# anything else in a graph fails the test.
+TENSORRT10_OPS = frozenset(
+    """
+    Abs Add And ArgMax ArgMin AveragePool BatchNormalization Cast Ceil Clip Concat Constant
+    ConstantOfShape Conv ConvTranspose Cos CumSum DepthToSpace Div Dropout Elu Equal Erf Exp
+    Expand Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalMaxPool
+    Greater GreaterOrEqual GroupNormalization HardSigmoid HardSwish Identity InstanceNormalization
+    LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax LpNormalization MatMul Max MaxPool Mean
+    Min Mod Mul Neg Not Or Pad Pow PRelu Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp
+    ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize Round Shape
+    Sigmoid Sign Sin Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tanh
+    Tile TopK Transpose Trilu Unsqueeze Where Xor
+    """.split()  # noqa: SIM905 - a table, easier to read and diff as words
+)
+
+TINY = {
+    "backbone": {
+        "image_height": 32,
+        "image_width": 48,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+    },
+    "dpc": {"context_clips": 2, "hidden_size": 16},
+    "preprocess": {"clip_len": 2, "frame_stride": 1, "clip_hop": 2},
+    "semantic": {"embed_dim": 16},
+    "gate": {"context_dim": 8},
+}
+CONTEXTS = {"campus": "campus", "parking": "parking", "harbour": "harbour"}  # harbour: no file -> generic
+
+
+@dataclass
+class Built:
+    root: Path
+    out: Path
+    checkpoint: Path
+    spec: dict[str, Any]
+    report: BuildReport
+    config: Path
+
+
+def _spec(model: dict[str, Any], clip_dir: Path | None) -> dict[str, Any]:
+    model = copy.deepcopy(model)
+    if clip_dir is not None:
+        model.setdefault("semantic", {})["clip_text_model"] = str(clip_dir)
+    return ModelConfig.model_validate(model).model_dump(mode="json")
+
+
+def _write_config(path: Path, spec: dict[str, Any], out: Path, checkpoint: Path) -> Path:
+    cameras = [
+        {"id": f"cam-{i}", "uri": f"file:///videos/{ctx}.mp4", "context": ctx}
+        for i, ctx in enumerate(sorted(CONTEXTS))
+    ]
+    cfg = {
+        "version": 1,
+        "model": spec,
+        "engines": {"dir": str(out), "checkpoint": str(checkpoint)},
+        "cameras": cameras,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    root = tmp_path_factory.mktemp("tiny")
+    clip_dir = make_tiny_clip(root / "clip", projection_dim=16)
+    spec = _spec(TINY, clip_dir)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(ZsadModel(spec).eval(), root / "tiny.safetensors")
+    out = root / "engines"
+    report = build_engines(spec, ckpt, out, contexts=CONTEXTS)
+    return Built(root, out, ckpt, spec, report, _write_config(root / "tiny.yaml", spec, out, ckpt))
+
+
+def _copy(built: Built, dest: Path) -> Path:
+    shutil.copytree(built.out, dest)
+    return dest
+
+
+def _statuses(report: BuildReport) -> dict[tuple[str, str], str]:
+    return {(s.component, s.step): s.status for s in report.steps}
+
+
+def _check_onnx(path: Path, component: str, weights_sha: str) -> None:
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    ops = {n.op_type for n in model.graph.node}
+    assert ops <= TENSORRT10_OPS, f"{path.name}: ops TensorRT 10 cannot parse: {sorted(ops - TENSORRT10_OPS)}"
+    assert not any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        assert dims[0] == "batch", (value.name, dims)
+        assert all(isinstance(d, int) and d > 0 for d in dims[1:]), (value.name, dims)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["component"] == component
+    assert props["weights_sha256"] == weights_sha
+
+
+# -- the tiny build -----------------------------------------------------------------------------------------
+
+
+def test_tiny_build_exports_every_component(tiny: Built) -> None:
+    assert not (tiny.out / ".staging").exists()
+    statuses = _statuses(tiny.report)
+    for component in ("backbone", "dpc_head", "semantic_head"):
+        assert statuses[(component, "export")] == "built"
+        assert statuses[(component, "parity torch/onnxruntime")] == "built"
+        m = load_manifest(tiny.out / f"{component}.manifest.json")
+        assert m.onnx is not None
+        assert m.tensorrt is None
+        _check_onnx(tiny.out / m.onnx.path, component, m.weights_sha256)
+        assert [p.target for p in m.parity] == ["onnxruntime"]
+        assert all(v <= 1e-3 for v in m.parity[0].max_rel_error.values())
+        assert set(m.parity[0].max_rel_error) == {o.name for o in m.outputs}
+        assert m.preprocessing.clip_len == 2
+        assert m.preprocessing.color == "RGB"
+        assert m.zsad_version
+        check_manifest(m, Expectation(model_spec=tiny.spec, backend="onnxruntime"))
+    assert statuses[("stream_gate", "npz")] == "built"
+
+
+def test_text_embeddings_are_gated_normalised_prompts(tiny: Built) -> None:
+    from engines.semantic import TextEncoder
+
+    m = load_manifest(tiny.out / "semantic_head.manifest.json")
+    entries = {t.context: t for t in m.text_embeddings}
+    assert set(entries) == set(CONTEXTS)
+    assert entries["harbour"].prompt_set == "generic"
+    model, _ = load_checkpoint(tiny.checkpoint)
+    model.eval()
+    encoder = TextEncoder(tiny.spec["semantic"]["clip_text_model"])
+    for context, entry in entries.items():
+        prompts = load_prompt_set(PROMPT_DIR / f"{entry.prompt_set}.yaml")
+        emb = np.load(tiny.out / entry.path)
+        assert emb.dtype == np.float32
+        assert emb.shape == (len(prompts.normal) + len(prompts.anomalous), 16)
+        assert (entry.normal, entry.anomalous) == (len(prompts.normal), len(prompts.anomalous))
+        assert entry.prompt_sha256 == prompts.sha256
+        assert entry.context_source == "zero-embedding"
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+        with torch.no_grad():  # rows: normal prompts then anomalous, gated by the zero-embedding context
+            want = model.context_gate(
+                encoder.encode(list(prompts.prompts)), model.context(torch.zeros(1, 32))
+            )[0]
+        np.testing.assert_allclose(emb, want.numpy(), atol=1e-5)
+        assert f"text_{context}.npy" == entry.path
+    check_manifest(m, Expectation(prompt_sha256={c: entries[c].prompt_sha256 for c in CONTEXTS}))
+
+
+def test_stream_gate_composes_context_and_gate(tiny: Built) -> None:
+    gate = StreamGate.load(tiny.out / "stream_gate.npz")
+    assert gate.streams == STREAMS
+    assert gate.W.shape == (4, 32)
+    model, _ = load_checkpoint(tiny.checkpoint)
+    torch.nn.init.normal_(model.stream_gate.linear.weight)  # the trained gate is zero-initialised
+    from engines.build import compose_stream_gate
+
+    W, b = compose_stream_gate(model)
+    e = torch.randn(5, 32)
+    with torch.no_grad():
+        want = model.stream_gate.linear(model.context(e)).numpy()
+    np.testing.assert_allclose(e.numpy() @ W.T + b, want, rtol=1e-4, atol=1e-5)
+
+
+def test_rerun_is_up_to_date_and_rewrites_nothing(tiny: Built) -> None:
+    before = {p: p.stat().st_mtime_ns for p in tiny.out.iterdir()}
+    report = build_engines(tiny.spec, tiny.checkpoint, tiny.out, contexts=CONTEXTS)
+    assert report.up_to_date
+    assert set(_statuses(report).values()) == {"up to date"}
+    assert report.table().endswith(": up to date")
+    assert {p: p.stat().st_mtime_ns for p in tiny.out.iterdir()} == before
+
+
+def test_changed_prompt_file_rebuilds_only_its_embeddings(tiny: Built, tmp_path: Path) -> None:
+    prompts = shutil.copytree(PROMPT_DIR, tmp_path / "prompts")
+    out = _copy(tiny, tmp_path / "engines")
+    campus = prompts / "campus.yaml"
+    data = yaml.safe_load(campus.read_text())
+    data["anomalous"].append("a person climbing over a fence")
+    campus.write_text(yaml.safe_dump(data))
+    report = build_engines(tiny.spec, tiny.checkpoint, out, contexts=CONTEXTS, prompt_dir=prompts)
+    built = {k for k, v in _statuses(report).items() if v != "up to date"}
+    assert built == {("semantic_head", "text[campus]")}
+    m = load_manifest(out / "semantic_head.manifest.json")
+    entry = next(t for t in m.text_embeddings if t.context == "campus")
+    assert entry.anomalous == len(data["anomalous"])
+    assert np.load(out / entry.path).shape[0] == entry.normal + entry.anomalous
+
+
+def test_damaged_files_are_refused_then_rebuilt(tiny: Built, tmp_path: Path) -> None:
+    out = _copy(tiny, tmp_path / "engines")
+    onnx_path = out / "backbone.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:1000])  # a truncated copy
+    (out / "dpc_head.manifest.json").write_text('{"component": "dpc_head", ')
+    with pytest.raises(ManifestMismatch, match=r"backbone\.manifest\.json: onnx\.sha256: file .* changed"):
+        check_manifest(load_manifest(out / "backbone.manifest.json"), Expectation(backend="onnxruntime"))
+    with pytest.raises(ManifestError, match=r"dpc_head\.manifest\.json is not valid JSON"):
+        load_manifest(out / "dpc_head.manifest.json")
+    report = build_engines(tiny.spec, tiny.checkpoint, out, contexts=CONTEXTS)
+    rebuilt = {k[0] for k, v in _statuses(report).items() if v == "built"}
+    assert rebuilt == {"backbone", "dpc_head"}
+    for component in ("backbone", "dpc_head"):
+        check_manifest(load_manifest(out / f"{component}.manifest.json"), Expectation(model_spec=tiny.spec))
+
+
+def test_ncthw_backbone_matches_ntchw(tiny: Built, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    build_engines(
+        tiny.spec,
+        tiny.checkpoint,
+        out,
+        contexts=CONTEXTS,
+        options=BuildOptions(input_layout="NCTHW", components=("backbone",)),
+    )
+    m = load_manifest(out / "backbone.manifest.json")
+    assert m.input_layout == "NCTHW"
+    assert m.inputs[0].shape == (-1, 3, 2, 32, 48)
+    assert m.inputs[0].layout == "NCTHW"
+    check_manifest(m, Expectation(model_spec=tiny.spec, input_layout="NCTHW"))
+    with pytest.raises(ManifestMismatch, match=r"options\.input_layout"):
+        check_manifest(m, Expectation(input_layout="NTCHW"))
+    clip = random_feeds(
+        load_manifest(tiny.out / "backbone.manifest.json").inputs, 2, np.random.default_rng(0)
+    )["clip"]
+    with (
+        load_backend(m, "onnxruntime") as ncthw,
+        load_backend(tiny.out / "backbone.manifest.json", "onnxruntime") as ref,
+    ):
+        a = ref({"clip": clip})
+        b = ncthw({"clip": np.ascontiguousarray(clip.transpose(0, 2, 1, 3, 4))})
+    for name in ("tokens", "embedding"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5)
+
+
+def test_semantic_off_without_clip_removes_stale_semantic_files(tiny: Built, tmp_path: Path) -> None:
+    out = _copy(tiny, tmp_path / "engines")
+    spec = copy.deepcopy(tiny.spec)
+    spec["semantic"]["clip_text_model"] = None
+    report = build_engines(spec, tiny.checkpoint, out, contexts=CONTEXTS)
+    assert _statuses(report)[("semantic_head", "cleanup")] == "removed"
+    assert not (out / "semantic_head.manifest.json").exists()
+    assert not list(out.glob("text_*.npy"))
+    assert not (out / "semantic_head.onnx").exists()
+    assert (out / "backbone.onnx").exists()
+
+
+# -- the default size --------------------------------------------------------------------------------------
+
+
+def test_default_config_size_exports_with_parity(tmp_path: Path) -> None:
+    model_section = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["model"]
+    clip_dir = make_tiny_clip(
+        tmp_path / "clip", projection_dim=ModelConfig.model_validate(model_section).semantic.embed_dim
+    )
+    spec = _spec(model_section, clip_dir)
+    torch.manual_seed(1)
+    ckpt = save_checkpoint(ZsadModel(spec).eval(), tmp_path / "default.safetensors")
+    out = tmp_path / "engines"
+    report = build_engines(spec, ckpt, out, contexts={"campus": "campus"})
+    assert not report.up_to_date
+    for component in ("backbone", "dpc_head", "semantic_head"):
+        m = load_manifest(out / f"{component}.manifest.json")
+        assert m.onnx is not None
+        _check_onnx(out / m.onnx.path, component, m.weights_sha256)
+        check_manifest(m, Expectation(model_spec=spec, backend="onnxruntime"))
+        assert max(m.parity[0].max_rel_error.values()) <= 1e-3
+        assert m.parity[0].batch_sizes == (1, 3)
+    bb = load_manifest(out / "backbone.manifest.json")
+    pre = model_section["preprocess"]
+    assert bb.inputs[0].shape == (
+        -1,
+        pre["clip_len"],
+        3,
+        model_section["backbone"]["image_height"],
+        model_section["backbone"]["image_width"],
+    )
+
+
+# -- failures and the CLI ------------------------------------------------------------------------------------
+
+
+def test_parity_failure_exits_1_and_keeps_the_folder_clean(
+    tiny: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "strict"
+    with pytest.raises(
+        ParityError, match=r"backbone: torch vs onnxruntime: max relative error above 1e-12: tokens"
+    ):
+        build_engines(
+            tiny.spec,
+            tiny.checkpoint,
+            out,
+            options=BuildOptions(onnx_tolerance=1e-12, components=("backbone",)),
+        )
+    assert not (out / "backbone.onnx").exists()
+    assert not (out / "backbone.manifest.json").exists()
+    # The CLI maps it to exit code 1 (a real build with an impossible tolerance).
+    monkeypatch.setattr(build_module, "BuildOptions", functools.partial(BuildOptions, onnx_tolerance=1e-12))
+    config = _write_config(tmp_path / "strict.yaml", tiny.spec, out, tiny.checkpoint)
+    assert cli_main(["build-engines", "--config", str(config)]) == 1
+    assert "parity failure" in capsys.readouterr().err
+
+
+def test_cli_exit_codes(tiny: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _copy(tiny, tmp_path / "engines")
+    config = _write_config(tmp_path / "ok.yaml", tiny.spec, out, tiny.checkpoint)
+    assert load_config(config).engines.dir == str(out)
+    assert cli_main(["build-engines", "--config", str(config), "--backend", "all", "--out", str(out)]) == 0
+    assert f"{out}: up to date" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nmodel:\n  backbone:\n    hidden_sise: 3\n")
+    assert cli_main(["build-engines", "--config", str(bad), "--checkpoint", str(tiny.checkpoint)]) == 2
+    assert "hidden_sise" in capsys.readouterr().err
+
+    args = ["build-engines", "--config", str(config), "--out", str(tmp_path / "x")]
+    assert cli_main([*args, "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors does not exist" in capsys.readouterr().err
+
+    other = copy.deepcopy(tiny.spec)
+    other["backbone"]["num_layers"] = 2
+    mismatch = _write_config(tmp_path / "other.yaml", other, tmp_path / "x", tiny.checkpoint)
+    assert cli_main(["build-engines", "--config", str(mismatch)]) == 2
+    assert "model.backbone.num_layers: checkpoint 1, config 2" in capsys.readouterr().err
+
+    assert cli_main([*args, "--min-batch", "4", "--opt-batch", "2"]) == 2
+    assert "1 <= min <= opt <= max" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_cli_tensorrt_without_tensorrt_is_bad_input(
+    tiny: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _copy(tiny, tmp_path / "engines")
+    config = _write_config(tmp_path / "ok.yaml", tiny.spec, out, tiny.checkpoint)
+    assert cli_main(["build-engines", "--config", str(config), "--backend", "tensorrt"]) == 2
+    assert "--backend tensorrt: tensorrt:" in capsys.readouterr().err
+
+
+def test_build_engines_script_is_the_same_command() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "build_engines.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    for flag in ("--checkpoint", "--backend", "--max-batch", "--workspace-mb", "--input-layout", "--force"):
+        assert flag in result.stdout
