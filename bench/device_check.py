@@ -270,12 +270,7 @@ def _build_tensorrt(report: Report, name: str, spec: dict[str, Any], work: Path)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     ckpt = save_checkpoint(ZsadModel(spec).eval(), work / "model.safetensors")
-    built = build_engines(
-        spec,
-        ckpt,
-        work / "engines",
-        options=BuildOptions(backend="tensorrt", components=("backbone", "dpc_head")),
-    )
+    built = build_engines(spec, ckpt, work / "engines", options=BuildOptions(backend="tensorrt"))
     (work / "build_report.txt").write_text(built.table())
     out: dict[str, Any] = {"tensorrt": tensorrt.__version__, "parity": {}}
     for component in ("backbone", "dpc_head"):
