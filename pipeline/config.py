@@ -23,6 +23,7 @@ __all__ = [
     "CameraConfig",
     "CameraSettings",
     "ConfigError",
+    "UiConfig",
     "ZsadConfig",
     "load_config",
     "parse_config",
@@ -317,6 +318,31 @@ class MetricsConfig(_Strict):
     port: int = Field(9464, ge=0, le=65_535)
 
 
+class UiConfig(_Strict):
+    """The local review web page (docs/ui.md)."""
+
+    enabled: bool = Field(True, description="Serve the review page while the run is up.")
+    host: str = Field("127.0.0.1", min_length=1, description="Bind address; loopback by default.")
+    port: int = Field(8080, ge=0, le=65_535, description="TCP port; 0 picks a free one.")
+    username: str | None = Field(
+        None, min_length=1, max_length=128, description="Basic-auth user; set together with password."
+    )
+    password: str | None = Field(None, min_length=1, max_length=1024, description="Basic-auth password.")
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, v: str | None) -> str | None:
+        if v is not None and ":" in v:
+            raise ValueError("username must not contain ':' (HTTP basic auth separates on it)")
+        return v
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> UiConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both username and password for basic auth, or neither")
+        return self
+
+
 class EnginesConfig(_Strict):
     dir: str = Field("models/demo", min_length=1, description="Folder with ONNX/engines and their manifests.")
     backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
@@ -337,6 +363,7 @@ class ZsadConfig(_Strict):
     media: MediaConfig = Field(default_factory=MediaConfig)  # type: ignore[arg-type]
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
+    ui: UiConfig = Field(default_factory=UiConfig)  # type: ignore[arg-type]
     graph: Literal["cpu", "deepstream"] = "cpu"
     output_dir: str = Field("out/run", min_length=1)
 

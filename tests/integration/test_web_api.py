@@ -1,0 +1,534 @@
+"""ReviewServer over real HTTP on 127.0.0.1: every endpoint, filters, labels, media Range, traversal, auth.
+
+The media are real: a JPEG written with Pillow and an H.264 MP4 encoded by GStreamer. The helpers here
+(``build_demo_run``) also feed the browser test.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import math
+import re
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from pipeline.alert_schema import example_record, iso_utc, validate_alert
+from pipeline.state import RunState
+from pipeline.web import ReviewServer, ReviewServerError
+
+XSS_PROMPT = "<img src=x onerror=alert(1)>"
+
+# --------------------------------------------------------------------------------------------------
+# Fixture data: a small run with four cameras, score history and alerts with real media
+# --------------------------------------------------------------------------------------------------
+
+
+def make_jpeg(path: Path, seed: int = 0, size: tuple[int, int] = (320, 240)) -> None:
+    """A scene-like JPEG: sky, ground, a path, and a highlighted figure (the 'anomaly')."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    img = Image.new("RGB", size, (40, 48, 58))
+    draw = ImageDraw.Draw(img)
+    for y in range(h // 2):
+        shade = 70 + y // 3
+        draw.line([(0, y), (w, y)], fill=(shade - 20, shade, shade + 25))
+    draw.rectangle([0, h // 2, w, h], fill=(58, 66, 52))
+    draw.polygon([(w * 0.42, h), (w * 0.58, h), (w * 0.52, h // 2), (w * 0.48, h // 2)], fill=(96, 92, 86))
+    for i in range(5):
+        x = 20 + i * 62
+        draw.rectangle([x, h // 2 - 40, x + 36, h // 2], fill=(30 + 8 * i, 34, 40))
+    fx = 60 + (seed * 53) % (w - 120)
+    draw.ellipse([fx + 8, h // 2 + 6, fx + 22, h // 2 + 20], fill=(220, 190, 160))
+    draw.rectangle([fx + 6, h // 2 + 20, fx + 24, h // 2 + 52], fill=(200, 60, 50))
+    draw.rectangle([fx - 4, h // 2 + 2, fx + 34, h // 2 + 58], outline=(255, 80, 80), width=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="JPEG", quality=85)
+
+
+def encode_mp4(path: Path, frames: int = 30, size: tuple[int, int] = (320, 240), fps: int = 10) -> None:
+    """A real H.264 MP4 (yuv420p, moov first) from GStreamer's videotestsrc."""
+    from pipeline.gst import init_gstreamer
+
+    gst = init_gstreamer()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pipeline = gst.parse_launch(
+        f"videotestsrc pattern=ball num-buffers={frames} ! "
+        f"video/x-raw,width={size[0]},height={size[1]},framerate={fps}/1 ! videoconvert ! "
+        "video/x-raw,format=I420 ! x264enc speed-preset=ultrafast key-int-max=10 ! h264parse ! "
+        f"mp4mux faststart=true ! filesink location={path}"
+    )
+    pipeline.set_state(gst.State.PLAYING)
+    msg = pipeline.get_bus().timed_pop_filtered(30 * gst.SECOND, gst.MessageType.EOS | gst.MessageType.ERROR)
+    pipeline.set_state(gst.State.NULL)
+    assert msg is not None, "MP4 encoding timed out"
+    assert msg.type == gst.MessageType.EOS, msg.parse_error()
+    assert path.stat().st_size > 1000
+
+
+@dataclass
+class DemoRun:
+    out: Path
+    state: RunState
+    alerts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> record
+    now: float = 0.0
+
+
+def alert_record(
+    camera: str,
+    context: str,
+    seq: int,
+    start_epoch: float,
+    duration_s: float | None,
+    peak: float,
+    contributions: dict[str, float],
+    prompt: str | None,
+) -> dict[str, Any]:
+    rec = example_record()
+    alert_id = str(uuid.uuid4())
+    start_pts = 1000.0 + start_epoch % 1000
+    rec.update(
+        alert_id=alert_id,
+        camera=camera,
+        context=context,
+        seq=seq,
+        start=iso_utc(start_epoch),
+        start_pts=start_pts,
+        peak_score=peak,
+        peak_time=start_pts + (duration_s or 1.0) / 2,
+        threshold=3.0,
+        contributions=contributions,
+        prompt=prompt,
+        snapshot=f"events/{camera}/{alert_id}.jpg",
+        clip=f"events/{camera}/{alert_id}.mp4",
+    )
+    if duration_s is None:
+        rec.update(status="open", end=None, end_pts=None, reason=None)
+    else:
+        rec.update(end=iso_utc(start_epoch + duration_s), end_pts=start_pts + duration_s)
+    validate_alert(rec)
+    return rec
+
+
+def score_at(i: int, camera_index: int) -> tuple[float, dict[str, float]]:
+    """A plausible fused score and its contributions for clip ``i`` of a camera (one spike near the end)."""
+    base = 0.6 + 0.5 * math.sin(i / 6.0 + camera_index) + 0.2 * math.sin(i / 1.7)
+    spike = 4.5 * math.exp(-(((i - 150) / 6.0) ** 2)) if camera_index == 1 else 0.0
+    contributions = {
+        "predictive": round(0.35 * base + 0.3 * spike, 4),
+        "pixel": round(0.25 * base + 0.1 * spike, 4),
+        "motion": round(0.15 * base + 0.1 * spike, 4),
+        "semantic": round(0.25 * base + 0.5 * spike, 4),
+    }
+    return round(sum(contributions.values()), 4), contributions
+
+
+CAMERAS = [
+    ("gate-east", "campus", "rtsp://***@192.0.2.10/stream1", "live", ""),
+    ("parking-north", "parking", "rtsp://***@192.0.2.11/stream1", "live", ""),
+    ("lobby", "indoor", "rtsp://***@192.0.2.12/h264", "reconnecting", "connection refused; retry in 4 s"),
+    ("dock-2", "loading_dock", "file:///srv/video/dock2.mp4", "failed", "no video stream in file"),
+]
+
+
+def build_demo_run(out: Path, mp4_source: Path, *, points: int = 170) -> DemoRun:
+    """A RunState on ``out`` with 4 cameras, ``points`` scores each, 4 alerts (one open, one with an
+    XSS prompt) whose snapshot and clip files exist under ``out/events``."""
+    state = RunState(out, history_s=300.0)
+    now = time.time()
+    run = DemoRun(out=out, state=state, now=now)
+    mono = time.monotonic()
+    for ci, (cam, context, uri, cam_state, detail) in enumerate(CAMERAS):
+        state.add_camera(cam, context, uri, threshold=3.0)
+        state.set_camera_state(cam, cam_state, detail)
+        if cam_state == "live":
+            for k in range(20):
+                state.frame_in(cam, mono - 2.0 + k * 0.1)
+        n = points if cam_state == "live" else points // 2
+        for i in range(n):
+            score, contributions = score_at(i, ci)
+            streams = {k: round(v * 3.1 + 0.2, 5) for k, v in contributions.items()}
+            state.add_score(cam, 1000.0 + i * 1.6, score, contributions, streams)
+    specs = [
+        ("old", "gate-east", "campus", 1, now - 3 * 3600, 6.2, 3.6, None),
+        ("xss", "lobby", "indoor", 1, now - 1800, 9.4, 4.1, XSS_PROMPT),
+        ("closed", "parking-north", "parking", 2, now - 240, 12.0, 7.3, "a person climbing over a fence"),
+        ("open", "parking-north", "parking", 3, now - 20, None, 5.1, "a car driving on the sidewalk"),
+    ]
+    for i, (name, cam, context, seq, start, duration, peak, prompt) in enumerate(specs):
+        contributions = {
+            "predictive": 1.1 + 0.3 * i,
+            "pixel": 0.6,
+            "motion": 0.4,
+            "semantic": peak - 2.1 - 0.3 * i,
+        }
+        if name == "old":
+            contributions = {"predictive": 2.4, "pixel": 1.2, "motion": 0.6}
+        rec = alert_record(cam, context, seq, start, duration, peak, contributions, prompt)
+        make_jpeg(out / rec["snapshot"], seed=i)
+        if name != "open":  # an open alert's clip is still being recorded
+            shutil.copyfile(mp4_source, out / rec["clip"])
+        state.add_alert(rec)
+        run.alerts[name] = rec
+    (out / "alerts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.alerts.values()))
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP helpers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    base: str, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> Reply:
+    """Send ``path`` exactly as given (no client-side normalisation of ``..`` or percent escapes)."""
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        res = conn.getresponse()
+        return Reply(res.status, res.headers, res.read())
+    finally:
+        conn.close()
+
+
+def get_json(base: str, path: str) -> Any:
+    reply = request(base, "GET", path)
+    assert reply.status == 200, (path, reply.status, reply.body[:200])
+    assert reply.headers["Content-Type"] == "application/json"
+    return reply.json()
+
+
+def post_label(base: str, alert_id: str, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    return request(
+        base, "POST", f"/api/alerts/{alert_id}/label", headers=hdrs, body=json.dumps(payload).encode()
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mp4_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    encode_mp4(path)
+    return path
+
+
+@pytest.fixture
+def demo(tmp_path: Path, mp4_file: Path) -> DemoRun:
+    return build_demo_run(tmp_path / "out", mp4_file)
+
+
+@pytest.fixture
+def server(demo: DemoRun) -> Iterator[str]:
+    srv = ReviewServer(demo.state, demo.out).start()
+    try:
+        yield srv.url
+    finally:
+        srv.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------------------------------
+
+
+def test_healthz_and_page(server: str, demo: DemoRun) -> None:
+    health = get_json(server, "/healthz")
+    assert health["status"] == "ok"
+    assert health["cameras"] == 4
+    page = request(server, "GET", "/")
+    assert page.status == 200
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    html = page.body.decode()
+    assert '<script src="/static/app.js"' in html
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing from the network
+    # The server-rendered summary escapes the alert prompt instead of emitting markup.
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<img src=x" not in html
+    for name, ctype in [
+        ("app.js", "text/javascript"),
+        ("style.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ]:
+        reply = request(server, "GET", f"/static/{name}")
+        assert reply.status == 200
+        assert reply.headers["Content-Type"].startswith(ctype)
+    script = request(server, "GET", "/static/app.js").body.decode()
+    assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write", script)
+    for bad in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/nope.js", "/static/", "/nope"):
+        assert request(server, "GET", bad).status == 404, bad
+    assert request(server, "HEAD", "/").body == b""
+
+
+def test_cameras_endpoint(server: str) -> None:
+    cams = {c["id"]: c for c in get_json(server, "/api/cameras")["cameras"]}
+    assert list(cams) == [c[0] for c in CAMERAS]
+    gate = cams["gate-east"]
+    assert (gate["state"], gate["context"], gate["threshold"]) == ("live", "campus", 3.0)
+    assert gate["fps"] == pytest.approx(10.0, rel=0.05)
+    assert gate["score"] == pytest.approx(score_at(169, 0)[0])
+    assert set(gate["contributions"]) == {"predictive", "pixel", "motion", "semantic"}
+    assert cams["lobby"]["state"] == "reconnecting"
+    assert cams["lobby"]["detail"] == "connection refused; retry in 4 s"
+    assert cams["dock-2"]["fps"] == 0.0
+    assert cams["parking-north"]["open_alert"] is not None
+
+
+def test_scores_endpoint(server: str) -> None:
+    data = get_json(server, "/api/scores?camera=gate-east")
+    assert (data["camera"], data["threshold"], data["history_s"]) == ("gate-east", 3.0, 300.0)
+    ts = [p["t"] for p in data["points"]]
+    assert ts == sorted(ts)
+    assert ts[-1] - ts[0] <= 300.0  # bounded to history_s of stream time
+    assert set(data["points"][0]) == {"t", "wall", "score", "contributions", "streams"}
+    since = ts[-5]
+    later = get_json(server, f"/api/scores?camera=gate-east&since={since}")
+    assert [p["t"] for p in later["points"]] == ts[-4:]
+    assert request(server, "GET", "/api/scores").status == 400
+    assert request(server, "GET", "/api/scores?camera=nope").status == 404
+    assert request(server, "GET", "/api/scores?camera=gate-east&since=abc").status == 400
+
+
+def test_alerts_endpoint_and_filters(server: str, demo: DemoRun) -> None:
+    ids = {name: rec["alert_id"] for name, rec in demo.alerts.items()}
+    data = get_json(server, "/api/alerts")
+    assert [a["alert_id"] for a in data["alerts"]] == [ids["open"], ids["closed"], ids["xss"], ids["old"]]
+    assert data["count"] == 4
+    by_camera = get_json(server, "/api/alerts?camera=parking-north")
+    assert [a["alert_id"] for a in by_camera["alerts"]] == [ids["open"], ids["closed"]]
+    since = iso_utc(demo.now - 2 * 3600)
+    until = iso_utc(demo.now - 60)
+    window = get_json(server, f"/api/alerts?since={since}&until={until}")
+    assert [a["alert_id"] for a in window["alerts"]] == [ids["closed"], ids["xss"]]
+    epoch = get_json(server, f"/api/alerts?since={demo.now - 2 * 3600:.3f}&until={demo.now - 60:.3f}")
+    assert epoch["alerts"] == window["alerts"]
+    assert [a["alert_id"] for a in get_json(server, "/api/alerts?limit=1")["alerts"]] == [ids["open"]]
+    for bad in ("limit=0", "limit=x", "since=yesterday", f"since={until}&until={since}", "label=maybe"):
+        reply = request(server, "GET", f"/api/alerts?{bad}")
+        assert reply.status == 400, bad
+        assert "error" in reply.json()
+
+    one = get_json(server, f"/api/alerts/{ids['closed']}")["alert"]
+    assert one["status"] == "closed"
+    assert one["driver"] == "semantic"
+    assert one["duration_s"] == pytest.approx(12.0, abs=0.01)
+    assert one["media"] == {"snapshot": "/media/" + one["snapshot"], "clip": "/media/" + one["clip"]}
+    assert one["review"] is None
+    open_alert = get_json(server, f"/api/alerts/{ids['open']}")["alert"]
+    assert open_alert["media"]["clip"] is None  # still recording: the file does not exist yet
+    assert open_alert["media"]["snapshot"] is not None
+    assert get_json(server, f"/api/alerts/{ids['old']}")["alert"]["driver"] == "predictive"
+    assert request(server, "GET", f"/api/alerts/{uuid.uuid4()}").status == 404
+    assert request(server, "GET", "/api/nothing").status == 404
+
+
+def test_labels_persist_and_are_validated(server: str, demo: DemoRun) -> None:
+    alert_id = demo.alerts["closed"]["alert_id"]
+    reply = post_label(server, alert_id, {"label": "ack", "note": "gardener, expected"})
+    assert reply.status == 200, reply.body
+    assert reply.json()["review"]["label"] == "ack"
+    assert get_json(server, f"/api/alerts/{alert_id}")["alert"]["review"]["note"] == "gardener, expected"
+    assert [a["alert_id"] for a in get_json(server, "/api/alerts?label=ack")["alerts"]] == [alert_id]
+    # A new store on the same folder (a restarted run) sees the label.
+    again = RunState(demo.out)
+    assert again.load_existing() == 4
+    assert again.alert(alert_id)["review"]["label"] == "ack"
+
+    other = demo.alerts["xss"]["alert_id"]
+    assert post_label(server, other, {"label": "false_alarm"}).json()["review"]["label"] == "false_alarm"
+    assert post_label(server, other, {"label": None}).json()["review"] is None
+    assert other not in RunState(demo.out).labels()
+
+    assert post_label(server, alert_id, {"label": "maybe"}).status == 400
+    assert post_label(server, alert_id, {"note": "no label key"}).status == 400
+    assert post_label(server, alert_id, {"label": "ack", "extra": 1}).status == 400
+    assert post_label(server, alert_id, ["ack"]).status == 400
+    assert post_label(server, str(uuid.uuid4()), {"label": "ack"}).status == 404
+    wrong_type = request(
+        server, "POST", f"/api/alerts/{alert_id}/label", headers={"Content-Type": "text/plain"}, body=b"{}"
+    )
+    assert wrong_type.status == 415
+    cross = post_label(server, alert_id, {"label": None}, headers={"Origin": "http://evil.example"})
+    assert cross.status == 403
+    assert RunState(demo.out).labels()[alert_id]["label"] == "ack"  # the refused requests changed nothing
+    huge = request(
+        server,
+        "POST",
+        f"/api/alerts/{alert_id}/label",
+        headers={"Content-Type": "application/json"},
+        body=b"{" + b" " * 20000 + b"}",
+    )
+    assert huge.status == 413
+
+
+def test_media_types_and_range_requests(server: str, demo: DemoRun, mp4_file: Path) -> None:
+    rec = demo.alerts["closed"]
+    jpeg = request(server, "GET", "/media/" + rec["snapshot"])
+    assert jpeg.status == 200
+    assert jpeg.headers["Content-Type"] == "image/jpeg"
+    assert jpeg.body == (demo.out / rec["snapshot"]).read_bytes()
+    assert jpeg.body[:2] == b"\xff\xd8"
+
+    data = mp4_file.read_bytes()
+    size = len(data)
+    clip_path = "/media/" + rec["clip"]
+    full = request(server, "GET", clip_path)
+    assert (full.status, full.headers["Content-Type"], full.headers["Accept-Ranges"]) == (
+        200,
+        "video/mp4",
+        "bytes",
+    )
+    assert full.body == data
+    first = request(server, "GET", clip_path, headers={"Range": "bytes=0-99"})
+    assert first.status == 206
+    assert first.headers["Content-Range"] == f"bytes 0-99/{size}"
+    assert first.body == data[:100]
+    assert first.body[4:8] == b"ftyp"
+    tail = request(server, "GET", clip_path, headers={"Range": "bytes=-50"})
+    assert (tail.status, tail.headers["Content-Range"], tail.body) == (
+        206,
+        f"bytes {size - 50}-{size - 1}/{size}",
+        data[-50:],
+    )
+    rest = request(server, "GET", clip_path, headers={"Range": f"bytes={size - 10}-"})
+    assert (rest.status, rest.body) == (206, data[-10:])
+    past_end = request(server, "GET", clip_path, headers={"Range": f"bytes=100-{size + 1000}"})
+    assert (past_end.status, past_end.headers["Content-Range"]) == (206, f"bytes 100-{size - 1}/{size}")
+    unsatisfiable = request(server, "GET", clip_path, headers={"Range": f"bytes={size}-"})
+    assert (unsatisfiable.status, unsatisfiable.headers["Content-Range"]) == (416, f"bytes */{size}")
+    ignored = request(server, "GET", clip_path, headers={"Range": "bytes=0-1,5-9"})  # multi-range: whole file
+    assert (ignored.status, len(ignored.body)) == (200, size)
+    head = request(server, "HEAD", clip_path, headers={"Range": "bytes=0-9"})
+    assert (head.status, head.headers["Content-Length"], head.body) == (206, "10", b"")
+    assert request(server, "GET", "/media/events/gate-east/missing.mp4").status == 404
+
+
+def test_media_paths_cannot_escape_the_events_folder(server: str, demo: DemoRun, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8 top secret")
+    (demo.out / "alerts.jsonl").write_text("private alert log\n")
+    cam_dir = demo.out / "events" / "gate-east"
+    (cam_dir / "link-out.jpg").symlink_to(secret)
+    (cam_dir / ".hidden.mp4.part").write_bytes(b"partial")
+    (cam_dir / "notes.txt").write_text("not media")
+    attempts = [
+        "/media/../alerts.jsonl",
+        "/media/events/../alerts.jsonl",
+        "/media/events/../../secret.jpg",
+        "/media/%2e%2e/alerts.jsonl",
+        "/media/events/%2e%2e/%2e%2e/secret.jpg",
+        "/media/events/gate-east/..%2f..%2f..%2fsecret.jpg",
+        "/media/%2fetc%2fpasswd",
+        "//media/events/../../secret.jpg",
+        "/media//etc/passwd",
+        "/media/events%5c..%5c..%5csecret.jpg",
+        "/media/events/gate-east/x%00.jpg",
+        "/media/alerts.jsonl",
+        "/media/events/gate-east/link-out.jpg",
+        "/media/events/gate-east/.hidden.mp4.part",
+        "/media/events/gate-east/notes.txt",
+        "/media/events/%252e%252e/alerts.jsonl",
+        "/media/events/gate-east",
+        "/media/events",
+        "/media/%ff%fe.jpg",
+    ]
+    for path in attempts:
+        reply = request(server, "GET", path)
+        assert reply.status in (400, 403, 404), (path, reply.status)
+        assert b"secret" not in reply.body, path
+        assert b"private" not in reply.body, path
+    assert request(server, "GET", "/media/../alerts.jsonl").status == 403
+    assert request(server, "GET", "/media/events/gate-east/link-out.jpg").status == 403
+
+
+def test_basic_auth(demo: DemoRun) -> None:
+    srv = ReviewServer(demo.state, demo.out, username="operator", password="s3cret pass").start()
+    try:
+        url = srv.url
+        alert_id = demo.alerts["closed"]["alert_id"]
+        snapshot = "/media/" + demo.alerts["closed"]["snapshot"]
+        good = "Basic " + base64.b64encode(b"operator:s3cret pass").decode()
+        wrong = "Basic " + base64.b64encode(b"operator:nope").decode()
+        for path in ("/", "/api/cameras", "/api/alerts", snapshot, "/static/app.js"):
+            denied = request(url, "GET", path)
+            assert denied.status == 401, path
+            assert denied.headers["WWW-Authenticate"].startswith('Basic realm="zsad review"')
+            assert request(url, "GET", path, headers={"Authorization": wrong}).status == 401
+            assert request(url, "GET", path, headers={"Authorization": "Basic !!!"}).status == 401
+            assert request(url, "GET", path, headers={"Authorization": good}).status == 200, path
+        assert post_label(url, alert_id, {"label": "ack"}).status == 401
+        assert post_label(url, alert_id, {"label": "ack"}, headers={"Authorization": good}).status == 200
+        assert request(url, "GET", "/healthz").status == 200  # probes need no credentials
+    finally:
+        srv.stop()
+
+
+def test_server_configuration_errors(demo: DemoRun) -> None:
+    with pytest.raises(ReviewServerError, match="both a username and a password"):
+        ReviewServer(demo.state, demo.out, username="operator")
+    with pytest.raises(ReviewServerError, match="':'"):
+        ReviewServer(demo.state, demo.out, username="a:b", password="x")
+    with pytest.raises(ReviewServerError, match="outside"):
+        ReviewServer(demo.state, demo.out, port=70000)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(ReviewServerError, match=f"127.0.0.1:{port}"):
+            ReviewServer(demo.state, demo.out, port=port).start()
+    srv = ReviewServer(demo.state, demo.out).start()
+    srv.stop()
+    srv.stop()  # twice is fine
+    with pytest.raises(ReviewServerError, match="not started"):
+        _ = srv.url
+
+
+def test_ui_config_section() -> None:
+    from pipeline.config import ConfigError, parse_config
+
+    cfg = parse_config("version: 1\n")
+    assert (cfg.ui.enabled, cfg.ui.host, cfg.ui.port, cfg.ui.username) == (True, "127.0.0.1", 8080, None)
+    cfg = parse_config("ui:\n  port: 0\n  username: operator\n  password: pw\n")
+    assert (cfg.ui.port, cfg.ui.username, cfg.ui.password) == (0, "operator", "pw")
+    for bad in (
+        "ui: {port: 70000}",
+        "ui: {username: operator}",
+        "ui: {username: 'a:b', password: x}",
+        "ui: {x: 1}",
+    ):
+        with pytest.raises(ConfigError):
+            parse_config(bad)
