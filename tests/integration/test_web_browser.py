@@ -116,6 +116,7 @@ def no_js_dialog(driver: Any) -> bool:
 def test_cameras_view_shows_cameras_and_live_sparklines(
     driver: Any, base_url: str, run: DemoRun, screenshot_dir: Path
 ) -> None:
+    driver.set_window_size(1440, 530)
     driver.get(base_url + "#cameras")
     wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == 4, "four camera cards")
     cards = {c.get_attribute("data-camera"): c for c in driver.find_elements(By.CSS_SELECTOR, ".card")}
@@ -169,7 +170,7 @@ def test_cameras_view_shows_cameras_and_live_sparklines(
 def test_alerts_view_media_labels_and_escaping(
     driver: Any, base_url: str, run: DemoRun, screenshot_dir: Path
 ) -> None:
-    driver.set_window_size(1440, 1240)
+    driver.set_window_size(1440, 1420)
     driver.get(base_url + "#alerts")
     wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".alert")) == 4, "four alerts")
     ids = [e.get_attribute("data-alert-id") for e in driver.find_elements(By.CSS_SELECTOR, ".alert")]
@@ -210,7 +211,6 @@ def test_alerts_view_media_labels_and_escaping(
     assert prompt == XSS_PROMPT
     assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length;") == 0
     assert no_js_dialog(driver)
-    driver.save_screenshot(str(screenshot_dir / "alerts.png"))
 
     # Acknowledge persists: in the store, on disk, and in the page after a reload.
     label = f"{card} .review-label"
@@ -236,6 +236,7 @@ def test_alerts_view_media_labels_and_escaping(
         driver.find_element(By.CSS_SELECTOR, f"{card} .note").get_attribute("value") == "gardener on the lawn"
     )
     assert driver.find_element(By.CSS_SELECTOR, f"{card} button.ack").get_attribute("aria-pressed") == "true"
+    driver.save_screenshot(str(screenshot_dir / "alerts.png"))
 
     # Filters: one camera only.
     driver.execute_script(

@@ -137,7 +137,7 @@
     };
     const threshold = fact("threshold");
     const fps = fact("fps");
-    const updated = fact("last clip");
+    const updated = fact("updated");
     stats.append(score, facts);
 
     const spark = svg("svg", { class: "spark", height: SPARK_H, role: "img", "aria-label": `score of ${info.id}` });
@@ -210,6 +210,9 @@
     if (typeof thr === "number") {
       spark.append(svg("rect", { class: "spark-over", x: 0, y: 0, width: w, height: Math.max(0, y(thr)) }));
       spark.append(svg("line", { class: "spark-threshold", x1: 0, x2: w, y1: y(thr), y2: y(thr) }));
+      const label = svg("text", { class: "spark-label", x: 4, y: Math.max(10, y(thr) - 3) });
+      label.textContent = `threshold ${fmt(thr, 1)}`;
+      spark.append(label);
     }
     for (const name of streamNames(Object.fromEntries([...streams].map((s) => [s, 1])))) {
       const coords = pts
