@@ -75,6 +75,7 @@ __all__ = [
     "BuildReport",
     "StepResult",
     "build_engines",
+    "build_from_config",
     "camera_contexts",
     "run_build",
 ]
@@ -877,6 +878,29 @@ def build_engines(
     return builder.run()
 
 
+def build_from_config(
+    cfg: Any,
+    checkpoint: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    options: BuildOptions | None = None,
+) -> BuildReport:
+    """:func:`build_engines` for a loaded :class:`pipeline.config.ZsadConfig` (taken as an object, so this
+    package does not import pipeline/): its ``model`` section, its cameras' contexts and prompt sets, and
+    ``engines.checkpoint`` / ``engines.dir`` unless ``checkpoint`` / ``out_dir`` are given."""
+    checkpoint = checkpoint or cfg.engines.checkpoint
+    if not checkpoint:
+        raise BuildInputError("no checkpoint: pass --checkpoint or set engines.checkpoint in the config")
+    cameras = [(c.context, c.prompts) for c in (cfg.camera_settings(cam.id) for cam in cfg.cameras)]
+    contexts = camera_contexts(cameras or [(cfg.defaults.context, cfg.defaults.prompts)])
+    return build_engines(
+        cfg.model.model_dump(mode="json"),
+        checkpoint,
+        out_dir or cfg.engines.dir,
+        contexts=contexts,
+        options=options,
+    )
+
+
 def run_build(args: argparse.Namespace) -> int:
     """CLI handler of ``zsad build-engines`` (and ``python build_engines.py``). Exit 0 ok, 1 failure
     (parity, export, TensorRT), 2 bad input (config, checkpoint, options)."""
@@ -889,16 +913,7 @@ def run_build(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    checkpoint = args.checkpoint or cfg.engines.checkpoint
-    if not checkpoint:
-        print(
-            "error: no checkpoint: pass --checkpoint or set engines.checkpoint in the config", file=sys.stderr
-        )
-        return 2
-    out_dir = Path(args.out or cfg.engines.dir)
     try:
-        cameras = [(c.context, c.prompts) for c in (cfg.camera_settings(cam.id) for cam in cfg.cameras)]
-        contexts = camera_contexts(cameras or [(cfg.defaults.context, cfg.defaults.prompts)])
         options = BuildOptions(
             backend=args.backend,
             profile=BatchProfile(args.min_batch, args.opt_batch, args.max_batch),
@@ -906,9 +921,7 @@ def run_build(args: argparse.Namespace) -> int:
             input_layout=args.input_layout,
             force=args.force,
         )
-        report = build_engines(
-            cfg.model.model_dump(mode="json"), checkpoint, out_dir, contexts=contexts, options=options
-        )
+        report = build_from_config(cfg, args.checkpoint, args.out, options)
     except (BuildInputError, ProfileError, BackendUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
