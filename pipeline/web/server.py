@@ -179,6 +179,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = unquote(urlsplit(self.path).path)
+        # Read the body before any early answer, so that a kept-alive connection stays in step.
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.close_connection = True
+            self._send_error(411, "Content-Length required", api=True)
+            return
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send_error(413, f"body larger than {MAX_BODY_BYTES} bytes", api=True)
+            return
+        body = self.rfile.read(length)
         if not path.startswith("/api/"):
             self._send_error(405, "method not allowed", api=False)
             return
@@ -193,16 +205,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.headers.get("Content-Type", "").lower().startswith("application/json"):
             self._send_error(415, "Content-Type must be application/json", api=True)
             return
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._send_error(411, "Content-Length required", api=True)
-            return
-        if not 0 <= length <= MAX_BODY_BYTES:
-            self.close_connection = True
-            self._send_error(413, f"body larger than {MAX_BODY_BYTES} bytes", api=True)
-            return
-        body = self.rfile.read(length)
         try:
             payload = self.server.owner.api.post(path, body)
         except ApiError as exc:

@@ -395,6 +395,29 @@ def test_labels_persist_and_are_validated(server: str, demo: DemoRun) -> None:
     assert huge.status == 413
 
 
+def test_kept_alive_connection_survives_refused_requests(server: str, demo: DemoRun) -> None:
+    """Keep-alive: a refused POST's body is consumed, so the next request on the socket parses."""
+    parts = urlsplit(server)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        alert_id = demo.alerts["closed"]["alert_id"]
+        conn.request(
+            "POST",
+            f"/api/alerts/{alert_id}/label",
+            body=b'{"label": "ack"}',
+            headers={"Content-Type": "text/plain"},
+        )
+        refused = conn.getresponse()
+        refused.read()
+        assert refused.status == 415
+        conn.request("GET", "/api/cameras")
+        again = conn.getresponse()
+        assert again.status == 200
+        assert len(json.loads(again.read())["cameras"]) == 4
+    finally:
+        conn.close()
+
+
 def test_media_types_and_range_requests(server: str, demo: DemoRun, mp4_file: Path) -> None:
     rec = demo.alerts["closed"]
     jpeg = request(server, "GET", "/media/" + rec["snapshot"])
