@@ -23,6 +23,8 @@ __all__ = [
     "CameraConfig",
     "CameraSettings",
     "ConfigError",
+    "DeepStreamConfig",
+    "DeepStreamOutput",
     "UiConfig",
     "ZsadConfig",
     "load_config",
@@ -350,6 +352,76 @@ class EnginesConfig(_Strict):
     checkpoint: str | None = Field(None, description="Checkpoint the engines are built from.")
 
 
+class DeepStreamOutput(_Strict):
+    """What the DeepStream graph does with the annotated video (the scores and alerts go to ``sinks``)."""
+
+    kind: Literal["fakesink", "file", "rtsp"] = Field(
+        "fakesink", description="fakesink: no video out; file: tiled MP4; rtsp: tiled H.264 served over RTSP."
+    )
+    path: str = Field(
+        "deepstream.mp4",
+        min_length=1,
+        description="MP4 file (kind file); relative paths resolve under output_dir.",
+    )
+    width: int = Field(1280, ge=64, le=7680, description="Width of the tiled output video.")
+    height: int = Field(720, ge=64, le=4320, description="Height of the tiled output video.")
+    encoder: Literal["hardware", "software"] = Field(
+        "hardware",
+        description="hardware: nvv4l2h264enc (NVENC); software: x264enc (Orin Nano has no NVENC).",
+    )
+    bitrate_kbps: int = Field(4000, ge=100, le=100_000, description="H.264 bitrate in kbit/s.")
+    rtsp_port: int = Field(8554, ge=1, le=65_535, description="RTSP server port (kind rtsp).")
+    rtsp_path: str = Field("/zsad", pattern=r"^/[A-Za-z0-9_./-]{1,64}$", description="RTSP mount path.")
+    udp_port: int = Field(
+        5400, ge=1, le=65_535, description="Loopback UDP port between encoder and RTSP server."
+    )
+
+
+class DeepStreamConfig(_Strict):
+    """The DeepStream graph (``graph: deepstream``, Jetson / dGPU). Config files for nvstreammux,
+    nvdspreprocess and nvinfer are generated from this section and the engine manifests."""
+
+    mux: Literal["legacy", "new"] = Field(
+        "legacy",
+        description="legacy nvstreammux (scales to mux_width x mux_height, fixed batch) or the new one "
+        "(USE_NEW_NVSTREAMMUX=yes, native resolution, config file).",
+    )
+    mux_width: int = Field(1280, ge=64, le=7680, description="Legacy mux output width.")
+    mux_height: int = Field(720, ge=64, le=4320, description="Legacy mux output height.")
+    batched_push_timeout_us: int = Field(
+        40_000, ge=1_000, le=10_000_000, description="Legacy mux: push a partial batch after this many µs."
+    )
+    mux_min_fps: int = Field(5, ge=1, le=120, description="New mux: overall-min-fps (the push deadline).")
+    mux_max_fps: int = Field(120, ge=1, le=240, description="New mux: overall-max-fps.")
+    live_source: bool | None = Field(
+        None, description="Mux live-source; null: on when any camera is rtsp, http or v4l2."
+    )
+    gpu_id: int = Field(0, ge=0, le=15, description="CUDA device of every DeepStream element.")
+    osd: bool = Field(True, description="Draw each camera's score on the tiled output (nvdsosd).")
+    output: DeepStreamOutput = Field(default_factory=DeepStreamOutput)  # type: ignore[arg-type]
+    rtsp_reconnect_interval_s: int = Field(
+        10, ge=1, le=3600, description="nvurisrcbin: seconds without data before an RTSP camera reconnects."
+    )
+    rtsp_reconnect_attempts: int = Field(
+        -1, ge=-1, le=1_000_000, description="nvurisrcbin: reconnect attempts; -1 retries forever."
+    )
+    drop_frame_interval: int = Field(
+        0,
+        ge=0,
+        le=30,
+        description="Decoder keeps every Nth frame (nvurisrcbin drop-frame-interval); set it to camera fps / "
+        "sampling fps so clips span the same time as on the CPU graph. 0 keeps every frame.",
+    )
+    tensor_pool_size: int = Field(
+        4, ge=1, le=32, description="nvdspreprocess tensor buffers (each N x 3 x T x H x W float32)."
+    )
+    preprocess_lib: str | None = Field(
+        None,
+        description="Custom nvdspreprocess library producing the backbone manifest's input layout; null: "
+        "DeepStream's stock sequence library, which produces NCTHW only.",
+    )
+
+
 class ZsadConfig(_Strict):
     """Root of every zsad YAML file."""
 
@@ -365,6 +437,7 @@ class ZsadConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
     ui: UiConfig = Field(default_factory=UiConfig)  # type: ignore[arg-type]
     graph: Literal["cpu", "deepstream"] = "cpu"
+    deepstream: DeepStreamConfig = Field(default_factory=DeepStreamConfig)  # type: ignore[arg-type]
     output_dir: str = Field("out/run", min_length=1)
 
     @model_validator(mode="after")
