@@ -20,7 +20,7 @@ setup: $(STAMP)
 
 system: $(SYSTEM_STAMP)
 
-$(SYSTEM_STAMP): scripts/install_system.sh
+$(SYSTEM_STAMP): scripts/install_system.sh Makefile
 	@bash scripts/install_system.sh $(APT_PACKAGES)
 	@touch $@
 

@@ -70,6 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-sigma", type=float, default=3.0, help="Gaussian smoothing in frames")
     p.set_defaults(handler=_lazy("training.evaluate:run_eval"))
 
+    p = sub.add_parser("run", help="run the cameras of a config and raise alerts")
+    p.add_argument("config", help="YAML site config")
+    p.add_argument("--graph", choices=["cpu", "deepstream"], help="override the config's graph")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--fast", action="store_true", help="play files as fast as possible, not in real time")
+    p.set_defaults(handler=_lazy("pipeline.run:run_run"))
+
+    p = sub.add_parser("demo", help="run the built-in default: synthetic cameras, demo model, alerts")
+    p.add_argument("--config", default="configs/default.yaml")
+    p.add_argument("--duration", type=float, help="seconds to run (default: the scene length + 10 s)")
+    p.add_argument("--fast", action="store_true", help="play the scenes as fast as possible")
+    p.set_defaults(handler=_lazy("pipeline.demo:run_demo"))
+
+    p = sub.add_parser("calibrate", help="fit a camera's score statistics from its normal footage")
+    p.add_argument("config", help="YAML site config")
+    p.add_argument("--camera", required=True, help="camera id in the config")
+    p.add_argument("--footage", action="append", required=True, help="URI of normal footage (repeatable)")
+    p.add_argument("--out", required=True, help="calibration file to write (JSON)")
+    p.set_defaults(handler=_lazy("pipeline.calibrate:run_calibrate"))
+
     p = sub.add_parser("build-engines", help="export ONNX, build TensorRT engines, write manifests")
     p.add_argument("--config", required=True, help="YAML config (model section and cameras' contexts)")
     p.add_argument("--checkpoint", help="checkpoint to build from (default: engines.checkpoint)")

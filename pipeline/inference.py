@@ -1,0 +1,163 @@
+"""The engines a run needs, checked against the config, and the clip inference the scheduler calls.
+
+``load_engines`` refuses to start on a missing engine or a manifest that does not match the config.
+``ClipInference`` is the ONNX Runtime / TensorRT path of the CPU graph: backbone, then the shared
+``engines.scoring.ClipScorer`` (the DPC head, batched across cameras), then the semantic stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.scoring import ClipScorer, ClipTokens, StreamScores
+from pipeline.clips import Clip, to_model_input
+from pipeline.config import ZsadConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ClipInference", "ClipResult", "EngineError", "EngineSet", "load_engines"]
+
+
+class EngineError(RuntimeError):
+    """The engines of a run are missing or do not match its config; the message says which and why."""
+
+
+@dataclass
+class EngineSet:
+    """Opened backends plus what the fusion needs (gate, prompt embeddings), all checked."""
+
+    backbone: Any
+    dpc: Any
+    frame_size: tuple[int, int]  # (width, height) the backbone takes
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    model_id: str
+    gate_path: Path | None = None
+    semantic: Any = None
+    texts: dict[str, tuple[np.ndarray, int, list[str]]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for backend in (self.backbone, self.dpc, self.semantic):
+            if backend is not None:
+                backend.close()
+
+
+def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
+    """Open the backbone and DPC-head engines of ``cfg.engines.dir`` after checking their manifests."""
+    from engines.backends import load_backend
+    from engines.backends.base import BackendError
+    from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
+
+    directory = Path(cfg.engines.dir)
+    spec = cfg.model.model_dump(mode="json")
+    opened: dict[str, Any] = {}
+    try:
+        for component in ("backbone", "dpc_head"):
+            path = manifest_path(directory, component)
+            if not path.is_file():
+                raise EngineError(
+                    f"engine manifest {path} is missing: build the engines first "
+                    f"(zsad build-engines --config CONFIG --checkpoint CKPT --out {directory})"
+                )
+            manifest = load_manifest(path)
+            check_manifest(manifest, Expectation(model_spec=spec, backend=cfg.engines.backend))
+            opened[component] = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads)
+        semantic = None
+        sem_path = manifest_path(directory, "semantic_head")
+        if sem_path.is_file():
+            manifest = load_manifest(sem_path)
+            check_manifest(manifest, Expectation(model_spec=spec, backend=cfg.engines.backend))
+            semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads)
+    except (ManifestError, BackendError) as exc:
+        for backend in opened.values():
+            backend.close()
+        raise EngineError(str(exc)) from exc
+
+    bb = opened["backbone"].manifest
+    pre = bb.preprocessing
+    gate = directory / "stream_gate.npz"
+    engines = EngineSet(
+        backbone=opened["backbone"],
+        dpc=opened["dpc_head"],
+        frame_size=(pre.image_width, pre.image_height),
+        mean=tuple(pre.mean),  # type: ignore[arg-type]
+        std=tuple(pre.std),  # type: ignore[arg-type]
+        model_id=f"zsad:{bb.model_spec_sha256[:12]}:{bb.weights_sha256[:12]}",
+        gate_path=gate if gate.is_file() else None,
+        semantic=semantic,
+    )
+    if semantic is not None:
+        engines.texts = _load_texts(semantic.manifest)
+    else:
+        log.warning(
+            "no semantic_head engine in %s: the CLIP semantic stream is off and weighted out", directory
+        )
+    return engines
+
+
+def _load_texts(manifest: Any) -> dict[str, tuple[np.ndarray, int, list[str]]]:
+    """Per-context prompt embeddings: ``{context: ((P, d) float32, n_normal, prompts)}``."""
+    from engines.prompts import load_prompt_set
+
+    out = {}
+    for text in manifest.text_embeddings:
+        emb = np.load(manifest.resolve(text.path))
+        prompts = load_prompt_set(text.prompt_file).prompts
+        out[text.context] = (emb.astype(np.float32), int(text.normal), list(prompts))
+    return out
+
+
+@dataclass
+class ClipResult:
+    """What one clip produced: raw stream scores (``None`` while the DPC history fills) and the best
+    matching anomalous prompt when the semantic stream runs."""
+
+    scores: StreamScores | None
+    prompt: str | None = None
+
+
+class ClipInference:
+    """The scheduler's ``infer``: ``list[Clip]`` in, one :class:`ClipResult` per clip out (same order).
+
+    Each camera's clips must arrive in order (the scheduler guarantees it); the DPC history lives here.
+    """
+
+    def __init__(
+        self, engines: EngineSet, *, context_clips: int, history_step: int, contexts: dict[str, str]
+    ):
+        self.engines = engines
+        self.contexts = contexts
+        self.scorer = ClipScorer(engines.dpc, context_clips=context_clips, history_step=history_step)
+
+    def reset(self, camera: str) -> None:
+        self.scorer.reset(camera)
+
+    def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
+        batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
+        out = self.engines.backbone({"clip": batch})
+        tokens, embedding = out["tokens"], out["embedding"]
+        items = [
+            ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1])
+            for i, c in enumerate(clips)
+        ]
+        scored = self.scorer.score(items)
+        prompts: list[str | None] = [None] * len(clips)
+        if self.engines.semantic is not None:
+            video = self.engines.semantic({"embedding": embedding})["video"]
+            for i, c in enumerate(clips):
+                s = scored[i]
+                entry = self.engines.texts.get(self.contexts.get(c.camera_id, "generic"))
+                if s is None or entry is None:
+                    continue
+                text, n_normal, names = entry
+                sims = text @ video[i]
+                best = int(np.argmax(sims[n_normal:])) + n_normal
+                s.scores["semantic"] = float(sims[n_normal:].max() - sims[:n_normal].max())
+                prompts[i] = names[best]
+        return [ClipResult(s, p) for s, p in zip(scored, prompts, strict=True)]

@@ -1,0 +1,188 @@
+"""`zsad run` end to end with real GStreamer, real ONNX Runtime engines and a JSONL sink.
+
+The model is tiny and untrained: these tests check the plumbing (cameras, engines, scheduler, fusion,
+alerts, media, shutdown), not detection quality (tests/integration/test_demo.py does that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+MODEL = {
+    "backbone": {
+        "image_height": 48,
+        "image_width": 64,
+        "patch_size": 16,
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+    },
+    "dpc": {"context_clips": 2, "pred_steps": 1, "hidden_size": 32},
+    "preprocess": {"clip_len": 2, "frame_stride": 2, "clip_hop": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Scenes, a tiny checkpoint and its ONNX Runtime engines, shared by the tests of this module."""
+    from engines.build import BuildOptions, build_from_config
+    from engines.model import ZsadModel, save_checkpoint
+    from pipeline.config import ZsadConfig
+    from pipeline.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("run")
+    scenes = root / "scenes"
+    generate_dataset(
+        scenes,
+        contexts=("campus", "parking"),
+        train_per_context=1,
+        test_per_context=1,
+        frames=80,
+        width=160,
+        height=120,
+        fps=10,
+        seed=3,
+    )
+    cfg = ZsadConfig.model_validate({"model": MODEL})
+    ckpt = save_checkpoint(ZsadModel(cfg.model.model_dump()), root / "model.safetensors")
+    build_from_config(
+        cfg, checkpoint=ckpt, out_dir=root / "engines", options=BuildOptions(backend="onnxruntime")
+    )
+    corrupt = root / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(4096))
+    return {"root": root, "scenes": scenes, "engines": root / "engines", "corrupt": corrupt}
+
+
+def _site(world: dict[str, Path], out: Path, cameras: list[dict], alerts: dict | None = None) -> Path:
+    cfg = {
+        "model": MODEL,
+        "engines": {"dir": str(world["engines"]), "threads": 1},
+        "defaults": {
+            "sampling": {"fps": 10},
+            "alerts": alerts or {"on_threshold": 3.0, "off_threshold": 2.0},
+        },
+        "cameras": cameras,
+        "metrics": {"port": 0},
+        "ui": {"port": 0},
+        "output_dir": str(out),
+    }
+    path = out.parent / f"{out.name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+def _zsad(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=180,
+    )
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+
+
+def test_bad_cameras_are_reported_and_the_others_go_on(world: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.alert_schema import validate_alert
+
+    videos = world["scenes"] / "testing" / "videos"
+    out = tmp_path / "out"
+    site = _site(
+        world,
+        out,
+        [
+            {"id": "campus", "uri": f"file://{videos / 'campus_000.mp4'}", "context": "campus"},
+            {"id": "parking", "uri": f"file://{videos / 'parking_000.mp4'}", "context": "parking"},
+            {"id": "missing", "uri": f"file://{tmp_path / 'nope.mp4'}"},
+            {"id": "corrupt", "uri": f"file://{world['corrupt']}"},
+        ],
+        alerts={"on_threshold": -50.0, "off_threshold": -60.0, "min_duration_s": 0.0, "cooldown_s": 0.0},
+    )
+    r = _zsad("-v", "run", str(site), "--fast", "--duration", "60")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "camera missing" in r.stderr and "failed" in r.stderr
+    assert "camera corrupt" in r.stderr
+    scores = _jsonl(out / "scores.jsonl")
+    per_camera = {s["camera"] for s in scores}
+    assert per_camera == {"campus", "parking"}
+    # 80 frames at 10 fps, a clip every 4 frames, 2 clips of history: ~18 scored clips per camera.
+    assert sum(s["camera"] == "campus" for s in scores) >= 15
+    assert set(scores[0]["streams"]) >= {"predictive", "pixel", "motion"}
+    # An always-on threshold opens one alert per good camera; the end of the run closes it (reason shutdown)
+    # and the JSONL sink has both the open and the closed record, each valid against the schema.
+    records = _jsonl(out / "alerts.jsonl")
+    for rec in records:
+        validate_alert(rec)
+    closed = {rec["camera"]: rec for rec in records if rec["status"] == "closed"}
+    assert set(closed) == {"campus", "parking"}
+    assert all(rec["reason"] == "shutdown" for rec in closed.values())
+    snap = out / closed["campus"]["snapshot"]
+    assert snap.is_file() and snap.stat().st_size > 0
+
+
+def test_missing_engines_refuse_to_start(world: dict[str, Path], tmp_path: Path) -> None:
+    site = _site(world, tmp_path / "out", [{"id": "a", "uri": "file:///x.mp4"}])
+    cfg = json.loads(site.read_text())
+    cfg["engines"]["dir"] = str(tmp_path / "no-engines")
+    site.write_text(json.dumps(cfg))
+    r = _zsad("run", str(site))
+    assert r.returncode == 2
+    assert "backbone.manifest.json is missing" in r.stdout
+    # A config whose model differs from what the engines were built for is refused, naming the field.
+    cfg["engines"]["dir"] = str(world["engines"])
+    cfg["model"]["backbone"]["hidden_size"] = 64
+    site.write_text(json.dumps(cfg))
+    r = _zsad("run", str(site))
+    assert r.returncode == 2
+    assert "backbone.manifest.json: outputs[0].shape" in r.stdout
+
+
+def test_sigterm_closes_the_open_alert_and_exits_cleanly(world: dict[str, Path], tmp_path: Path) -> None:
+    videos = world["scenes"] / "testing" / "videos"
+    out = tmp_path / "out"
+    site = _site(
+        world,
+        out,
+        [{"id": "loop", "uri": f"loop://{videos / 'campus_000.mp4'}"}],
+        alerts={"on_threshold": -50.0, "off_threshold": -60.0, "min_duration_s": 0.0, "cooldown_s": 0.0},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(site)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            r["status"] == "open" for r in _jsonl(out / "alerts.jsonl")
+        ):
+            time.sleep(0.5)
+        assert any(r["status"] == "open" for r in _jsonl(out / "alerts.jsonl")), "no alert opened"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
+    closed = [r for r in _jsonl(out / "alerts.jsonl") if r["status"] == "closed"]
+    assert len(closed) == 1
+    assert closed[0]["reason"] == "shutdown"
