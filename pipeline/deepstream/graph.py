@@ -1,0 +1,643 @@
+"""The DeepStream pipeline: a plan computed from the config (pure data), then built with checked element
+creation and linking, probes attached, and run on a GLib main loop with an explicit bus policy.
+
+Graph (N enabled cameras, source ``i`` is ``cfg.enabled_cameras()[i]``)::
+
+    source-bin-00 (nvurisrcbin) --\\
+    ...                             nvstreammux (batch N) -> nvdspreprocess (T-frame clips, NCTHW)
+    source-bin-NN (nvurisrcbin) --/   -> nvinfer (backbone; tokens + embedding as tensor meta) -> tee
+      tee -> queue -> nvvideoconvert -> RGBA H x W -> fakesink         [score probe on its sink pad]
+      tee -> queue -> nvmultistreamtiler -> nvvideoconvert -> nvdsosd -> sink   [OSD probe on the tiler]
+
+The display branch exists only when there is something to show (``deepstream.osd`` or a file/RTSP
+output); the sink is ``fakesink``, an MP4 file (encoder -> h264parse -> mp4mux -> filesink) or RTSP
+(encoder -> h264parse -> rtph264pay -> udpsink -> a local RTSP server).
+
+Bus policy (:class:`BusPolicy`): any ERROR makes the exit code nonzero. An ERROR inside a camera's
+source bin does not stop the others: an RTSP/HTTP camera is left to nvurisrcbin's reconnect logic, any
+other camera's mux pad gets an EOS so the batch no longer waits for it. An ERROR anywhere else stops the
+pipeline. EOS (every camera finished) stops it with the exit code so far.
+
+``gi``/``Gst`` are imported only when a pipeline is built (:func:`gst`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import platform
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.config import CameraSettings, ZsadConfig
+from pipeline.deepstream import DEEPSTREAM_ELEMENTS
+from pipeline.deepstream.render import RenderedConfigs
+from pipeline.redact import redact_text, redact_uri
+from pipeline.sources import DEBIAN_PACKAGES, parse_source_uri
+
+__all__ = [
+    "BusAction",
+    "BusPolicy",
+    "DeepStreamGraph",
+    "DeepStreamGraphError",
+    "ElementMissingError",
+    "ElementSpec",
+    "GraphPlan",
+    "LinkError",
+    "PropertyError",
+    "SourcePlan",
+    "checked_make",
+    "element_provider",
+    "is_jetson",
+    "plan_graph",
+    "tiler_grid",
+]
+
+log = logging.getLogger(__name__)
+
+#: element -> the package that provides it (beyond DeepStream's own and the Debian GStreamer plugins).
+_PROVIDERS = {
+    **DEEPSTREAM_ELEMENTS,
+    "nvv4l2h264enc": "JetPack / DeepStream 7.1 multimedia API (no NVENC on Orin Nano: set "
+    "deepstream.output.encoder to software)",
+    "tee": "libgstreamer1.0-0 (GStreamer core)",
+    "queue": "libgstreamer1.0-0 (GStreamer core)",
+    "capsfilter": "libgstreamer1.0-0 (GStreamer core)",
+    "fakesink": "libgstreamer1.0-0 (GStreamer core)",
+    "filesink": "libgstreamer1.0-0 (GStreamer core)",
+    "h264parse": "gstreamer1.0-plugins-bad",
+    "mp4mux": "gstreamer1.0-plugins-good",
+    "rtph264pay": "gstreamer1.0-plugins-good",
+    "udpsink": "gstreamer1.0-plugins-good",
+    "x264enc": "gstreamer1.0-plugins-ugly",
+}
+SCORE_SINK = "score-sink"
+TILER = "tiler"
+MUX = "mux"
+_SOURCE_BIN = re.compile(r"source-bin-(\d+)")
+
+
+class DeepStreamGraphError(RuntimeError):
+    """The DeepStream pipeline cannot be built or linked."""
+
+
+class ElementMissingError(DeepStreamGraphError):
+    """A GStreamer element factory is not installed; names the element and the package that provides it."""
+
+    def __init__(self, element: str) -> None:
+        self.element = element
+        self.package = element_provider(element)
+        super().__init__(f"GStreamer element {element!r} is missing: it is provided by {self.package}")
+
+
+class PropertyError(DeepStreamGraphError):
+    """An element lacks a property the graph needs (a different DeepStream version?)."""
+
+
+class LinkError(DeepStreamGraphError):
+    """Two elements or pads could not be linked."""
+
+
+def element_provider(element: str) -> str:
+    """The package that provides ``element`` (DeepStream, JetPack or a Debian GStreamer package)."""
+    return _PROVIDERS.get(element) or DEBIAN_PACKAGES.get(element) or "a GStreamer plugins package"
+
+
+def gst() -> Any:
+    """The initialised ``Gst`` module."""
+    from pipeline.gst import init_gstreamer
+
+    return init_gstreamer()
+
+
+def checked_make(factory: str, name: str) -> Any:
+    """``Gst.ElementFactory.make`` that raises :class:`ElementMissingError` instead of returning None."""
+    element = gst().ElementFactory.make(factory, name)
+    if element is None:
+        raise ElementMissingError(factory)
+    return element
+
+
+def is_jetson() -> bool:
+    """True on a Jetson (L4T): integrated GPU, surface-array buffers that must be unmapped after reading."""
+    return Path("/etc/nv_tegra_release").is_file() or platform.machine() == "aarch64"
+
+
+def tiler_grid(n: int) -> tuple[int, int]:
+    """``(rows, columns)`` of the smallest near-square grid holding ``n`` tiles."""
+    if n < 1:
+        raise ValueError(f"need at least one tile, got {n}")
+    columns = math.ceil(math.sqrt(n))
+    return math.ceil(n / columns), columns
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan (pure data)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ElementSpec:
+    """One element: factory, unique name, properties that must exist, properties set only if they exist."""
+
+    factory: str
+    name: str
+    props: Mapping[str, Any] = field(default_factory=dict)
+    optional: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """Camera ``index`` (its mux pad ``sink_<index>``): an ``nvurisrcbin`` inside ``source-bin-<index>``."""
+
+    camera: str
+    index: int
+    element: ElementSpec
+    reconnects: bool
+
+    @property
+    def bin_name(self) -> str:
+        return f"source-bin-{self.index:02d}"
+
+
+@dataclass(frozen=True)
+class RtspServerPlan:
+    port: int
+    path: str
+    udp_port: int
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """Everything :class:`DeepStreamGraph` builds: sources, the trunk (mux ... nvinfer), the score branch
+    and the optional display branch (both after a tee when both exist)."""
+
+    sources: tuple[SourcePlan, ...]
+    trunk: tuple[ElementSpec, ...]
+    score_branch: tuple[ElementSpec, ...]
+    display_branch: tuple[ElementSpec, ...]
+    live: bool
+    rtsp: RtspServerPlan | None = None
+
+    def elements(self) -> list[ElementSpec]:
+        return [*self.trunk, *self.score_branch, *self.display_branch]
+
+    def element(self, name: str) -> ElementSpec:
+        for spec in self.elements():
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def _source(cam: CameraSettings, index: int, cfg: ZsadConfig) -> SourcePlan:
+    ds = cfg.deepstream
+    spec = parse_source_uri(cam.uri)
+    props: dict[str, Any] = {}
+    optional: dict[str, Any] = {"gpu-id": ds.gpu_id}
+    if spec.kind in ("file", "loop"):
+        props["uri"] = Path(spec.location).as_uri()
+        if spec.kind == "loop":
+            props["file-loop"] = True
+    elif spec.kind == "v4l2":
+        props["uri"] = f"v4l2://{spec.location}"
+    else:
+        props["uri"] = spec.uri
+    if spec.kind == "rtsp":
+        props["rtsp-reconnect-interval"] = ds.rtsp_reconnect_interval_s
+        props["rtsp-reconnect-attempts"] = ds.rtsp_reconnect_attempts
+        props["latency"] = cam.rtsp.latency_ms
+        # select-rtp-protocol 4 = TCP only (interleaved); 0 lets rtspsrc try UDP first.
+        props["select-rtp-protocol"] = 4 if cam.rtsp.tcp else 0
+        optional["drop-on-latency"] = True
+    if ds.drop_frame_interval:
+        props["drop-frame-interval"] = ds.drop_frame_interval
+    element = ElementSpec("nvurisrcbin", f"uri-{index:02d}", props, optional)
+    return SourcePlan(cam.id, index, element, reconnects=spec.reconnects)
+
+
+def _encoder(cfg: ZsadConfig) -> list[ElementSpec]:
+    out = cfg.deepstream.output
+    if out.encoder == "hardware":
+        caps = "video/x-raw(memory:NVMM),format=I420"
+        encoder = ElementSpec("nvv4l2h264enc", "encoder", {"bitrate": out.bitrate_kbps * 1000})
+    else:
+        caps = "video/x-raw,format=I420"
+        # tune 0x4 = zerolatency, speed-preset 1 = ultrafast: the CPU is busy with everything else.
+        encoder = ElementSpec(
+            "x264enc", "encoder", {"bitrate": out.bitrate_kbps, "tune": 4, "speed-preset": 1}
+        )
+    return [
+        ElementSpec("nvvideoconvert", "encode-convert", {"gpu-id": cfg.deepstream.gpu_id}),
+        ElementSpec("capsfilter", "encode-caps", {"caps": caps}),
+        encoder,
+        ElementSpec("h264parse", "h264parse"),
+    ]
+
+
+def _display_branch(cfg: ZsadConfig, n: int) -> list[ElementSpec]:
+    ds = cfg.deepstream
+    out = ds.output
+    if not ds.osd and out.kind == "fakesink":
+        return []
+    rows, columns = tiler_grid(n)
+    branch = [
+        ElementSpec("queue", "display-queue"),
+        ElementSpec(
+            "nvmultistreamtiler",
+            TILER,
+            {"rows": rows, "columns": columns, "width": out.width, "height": out.height, "gpu-id": ds.gpu_id},
+        ),
+        ElementSpec("nvvideoconvert", "display-convert", {"gpu-id": ds.gpu_id}),
+    ]
+    if ds.osd:
+        branch.append(ElementSpec("nvdsosd", "osd", {"gpu-id": ds.gpu_id}))
+    if out.kind == "fakesink":
+        branch.append(ElementSpec("fakesink", "display-sink", {"sync": False, "async": False}))
+    elif out.kind == "file":
+        path = Path(out.path)
+        location = path if path.is_absolute() else Path(cfg.output_dir) / path
+        branch += [
+            *_encoder(cfg),
+            ElementSpec("mp4mux", "mp4mux"),
+            ElementSpec("filesink", "file-sink", {"location": str(location), "sync": False, "async": False}),
+        ]
+    else:
+        branch += [
+            *_encoder(cfg),
+            ElementSpec("rtph264pay", "rtppay", {"config-interval": 1, "pt": 96}),
+            ElementSpec(
+                "udpsink",
+                "rtsp-udp-sink",
+                {"host": "127.0.0.1", "port": out.udp_port, "sync": False, "async": False},
+            ),
+        ]
+    return branch
+
+
+def plan_graph(
+    cfg: ZsadConfig, rendered: RenderedConfigs, frame_size: tuple[int, int], *, jetson: bool | None = None
+) -> GraphPlan:
+    """The element plan of ``cfg``'s DeepStream graph.
+
+    Args:
+        cfg: the run config (``deepstream`` section, enabled cameras).
+        rendered: the config files written by :func:`pipeline.deepstream.render.render_all`.
+        frame_size: ``(width, height)`` the backbone takes: the score branch's RGBA frames.
+        jetson: platform override (default: detect).
+    """
+    ds = cfg.deepstream
+    cameras = cfg.enabled_cameras()
+    if len(cameras) != rendered.batch:
+        raise DeepStreamGraphError(
+            f"the configs in {rendered.directory} were rendered for {rendered.batch} cameras, the config has "
+            f"{len(cameras)}"
+        )
+    jetson = is_jetson() if jetson is None else jetson
+    sources = tuple(_source(cam, i, cfg) for i, cam in enumerate(cameras))
+    live = ds.live_source if ds.live_source is not None else any(s.reconnects for s in sources)
+    n = len(cameras)
+    if ds.mux == "legacy":
+        mux = ElementSpec(
+            "nvstreammux",
+            MUX,
+            {
+                "batch-size": n,
+                "width": ds.mux_width,
+                "height": ds.mux_height,
+                "live-source": live,
+                "batched-push-timeout": ds.batched_push_timeout_us,
+                "gpu-id": ds.gpu_id,
+            },
+        )
+    else:
+        if rendered.mux is None:
+            raise DeepStreamGraphError("deepstream.mux is 'new' but no mux config file was rendered")
+        mux = ElementSpec("nvstreammux", MUX, {"batch-size": n, "config-file-path": str(rendered.mux)})
+    trunk = [
+        mux,
+        ElementSpec(
+            "nvdspreprocess", "preprocess", {"config-file": str(rendered.preprocess), "gpu-id": ds.gpu_id}
+        ),
+        ElementSpec(
+            "nvinfer",
+            "backbone",
+            {"config-file-path": str(rendered.nvinfer), "input-tensor-meta": True, "gpu-id": ds.gpu_id},
+        ),
+    ]
+    width, height = frame_size
+    convert_props: dict[str, Any] = {"gpu-id": ds.gpu_id}
+    if not jetson:
+        # dGPU: CUDA unified memory, so pyds.get_nvds_buf_surface can map the frames on the host.
+        convert_props["nvbuf-memory-type"] = 3
+    score = [
+        ElementSpec("queue", "score-queue"),
+        ElementSpec("nvvideoconvert", "score-convert", convert_props),
+        ElementSpec(
+            "capsfilter",
+            "score-caps",
+            {"caps": f"video/x-raw(memory:NVMM),format=RGBA,width={width},height={height}"},
+        ),
+        ElementSpec("fakesink", SCORE_SINK, {"sync": False, "async": False, "enable-last-sample": False}),
+    ]
+    display = _display_branch(cfg, n)
+    if display:
+        trunk.append(ElementSpec("tee", "tee"))
+    out = ds.output
+    rtsp = RtspServerPlan(out.rtsp_port, out.rtsp_path, out.udp_port) if out.kind == "rtsp" else None
+    return GraphPlan(tuple(sources), tuple(trunk), tuple(score), tuple(display), live, rtsp)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bus policy (pure)
+# --------------------------------------------------------------------------------------------------
+
+BusAction = Literal["continue", "eos-source", "stop"]
+
+
+class BusPolicy:
+    """What a bus message does to the run. Pure: no GStreamer here, so every rule is unit-tested.
+
+    Args:
+        sources: the camera plans (index, camera id, whether the source reconnects by itself).
+    """
+
+    def __init__(self, sources: Iterable[SourcePlan]) -> None:
+        self.sources = {s.index: s for s in sources}
+        self.exit_code = 0
+        self.failed: set[str] = set()
+        self.finished: set[str] = set()
+
+    def source_index(self, path: str) -> int | None:
+        """The camera index of an element path like ``/GstPipeline:zsad/GstBin:source-bin-03/...``."""
+        match = _SOURCE_BIN.search(path)
+        if match is None:
+            return None
+        index = int(match.group(1))
+        return index if index in self.sources else None
+
+    def on_error(self, path: str, message: str) -> tuple[BusAction, int | None]:
+        """An ERROR from the element at ``path``: ``(action, camera index or None)``."""
+        self.exit_code = 1
+        index = self.source_index(path)
+        if index is None:
+            log.error("pipeline error from %s: %s", path, redact_text(message))
+            return "stop", None
+        source = self.sources[index]
+        self.failed.add(source.camera)
+        log.error("camera %s: source error: %s", source.camera, redact_text(message))
+        if source.reconnects:
+            return "continue", index
+        return "eos-source", index
+
+    def on_stream_eos(self, index: int) -> str | None:
+        """A camera's stream ended (nvstreammux ``stream-eos``); returns its id."""
+        source = self.sources.get(index)
+        if source is None:
+            return None
+        self.finished.add(source.camera)
+        return source.camera
+
+    def on_eos(self) -> BusAction:
+        return "stop"
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and running
+# --------------------------------------------------------------------------------------------------
+
+Make = Callable[[str, str], Any]
+Probe = Callable[..., Any]
+StateFn = Callable[[str, str, str], None]
+
+
+def _set_props(element: Any, spec: ElementSpec) -> None:
+    Gst = gst()
+    for key, value in spec.props.items():
+        if element.find_property(key) is None:
+            raise PropertyError(f"{spec.factory} ({spec.name}) has no property {key!r}")
+        element.set_property(key, Gst.Caps.from_string(value) if key == "caps" else value)
+    for key, value in spec.optional.items():
+        if element.find_property(key) is None:
+            log.debug("%s (%s): no property %r; left at its default", spec.factory, spec.name, key)
+            continue
+        element.set_property(key, value)
+
+
+def _link(a: Any, b: Any) -> None:
+    if not a.link(b):
+        raise LinkError(f"cannot link {a.get_name()} -> {b.get_name()}")
+
+
+class DeepStreamGraph:
+    """Build the plan's pipeline, attach probes, run until EOS, an error or :meth:`request_stop`.
+
+    Args:
+        plan: from :func:`plan_graph`.
+        make: element factory (default :func:`checked_make`); must raise rather than return None.
+        score_probe: the probe on the score sink's sink pad
+            (:class:`plugins.deepstream_probe.ClipScoringProbe`).
+        osd_probe: the probe on the tiler's sink pad (:class:`plugins.deepstream_probe.OsdScoreBoard`).
+        on_state: ``on_state(camera, state, detail)`` for camera errors and ends.
+    """
+
+    def __init__(
+        self,
+        plan: GraphPlan,
+        *,
+        make: Make = checked_make,
+        score_probe: Probe | None = None,
+        osd_probe: Probe | None = None,
+        on_state: StateFn | None = None,
+    ) -> None:
+        self.plan = plan
+        self.policy = BusPolicy(plan.sources)
+        self.on_state = on_state
+        self._stop = threading.Event()
+        self._eos_sent_at: float | None = None
+        self._loop: Any = None
+        self._rtsp_server: Any = None
+        Gst = gst()
+        self.pipeline = Gst.Pipeline.new("zsad-deepstream")
+        self.elements: dict[str, Any] = {}
+        for spec in plan.elements():
+            element = make(spec.factory, spec.name)
+            _set_props(element, spec)
+            self.pipeline.add(element)
+            self.elements[spec.name] = element
+        for chain in (plan.trunk, plan.score_branch, plan.display_branch):
+            for a, b in itertools.pairwise(chain):
+                _link(self.elements[a.name], self.elements[b.name])
+        last = plan.trunk[-1].name
+        if plan.display_branch:
+            _link(self.elements[last], self.elements[plan.score_branch[0].name])
+            _link(self.elements[last], self.elements[plan.display_branch[0].name])
+        else:
+            _link(self.elements[last], self.elements[plan.score_branch[0].name])
+        self.mux_pads: dict[int, Any] = {}
+        for source in plan.sources:
+            self._add_source(source, make)
+        if score_probe is not None:
+            self._probe(SCORE_SINK, score_probe)
+        if osd_probe is not None and TILER in self.elements:
+            self._probe(TILER, osd_probe)
+
+    def _probe(self, element: str, probe: Probe) -> None:
+        Gst = gst()
+        pad = self.elements[element].get_static_pad("sink")
+        if pad is None:
+            raise LinkError(f"{element} has no sink pad to probe")
+        pad.add_probe(Gst.PadProbeType.BUFFER, probe)
+
+    def _add_source(self, source: SourcePlan, make: Make) -> None:
+        Gst = gst()
+        bin_ = Gst.Bin.new(source.bin_name)
+        uri_bin = make(source.element.factory, source.element.name)
+        _set_props(uri_bin, source.element)
+        bin_.add(uri_bin)
+        ghost = Gst.GhostPad.new_no_target("src", Gst.PadDirection.SRC)
+        if not bin_.add_pad(ghost):
+            raise LinkError(f"{source.bin_name}: cannot add its ghost pad")
+        uri_bin.connect("pad-added", self._on_pad_added, ghost, source.camera)
+        self.pipeline.add(bin_)
+        mux = self.elements[MUX]
+        pad = mux.request_pad_simple(f"sink_{source.index}")
+        if pad is None:
+            raise LinkError(
+                f"{mux.get_name()}: no request pad sink_{source.index} for camera {source.camera}"
+            )
+        result = ghost.link(pad)
+        if result != Gst.PadLinkReturn.OK:
+            raise LinkError(f"camera {source.camera}: cannot link {source.bin_name} to the mux: {result}")
+        self.mux_pads[source.index] = pad
+
+    @staticmethod
+    def _on_pad_added(_src: Any, pad: Any, ghost: Any, camera: str) -> None:
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        if caps is None or caps.get_size() == 0 or not caps.get_structure(0).get_name().startswith("video"):
+            return  # audio and data pads stay unlinked
+        if ghost.get_target() is not None:
+            return
+        features = caps.get_features(0)
+        if features is None or not features.contains("memory:NVMM"):
+            log.warning("camera %s: decoder output is not in NVMM memory (no NVIDIA decoder?)", camera)
+        if not ghost.set_target(pad):
+            log.error("camera %s: cannot target the source bin's ghost pad at %s", camera, pad.get_name())
+
+    # -- running --------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish: EOS is sent so files are finalised, then the pipeline stops."""
+        self._stop.set()
+
+    def _on_message(self, _bus: Any, message: Any) -> bool:
+        Gst = gst()
+        kind = message.type
+        if kind == Gst.MessageType.ERROR:
+            err, debug = message.parse_error()
+            path = message.src.get_path_string() if message.src is not None else "?"
+            action, index = self.policy.on_error(path, f"{err.message} ({debug})" if debug else err.message)
+            if index is not None and self.on_state is not None:
+                self.on_state(self.plan.sources[index].camera, "failed", redact_text(err.message))
+            if action == "stop":
+                self._quit()
+            elif action == "eos-source" and index is not None:
+                # Without this the mux (and so EOS) would wait for a camera that will never send again.
+                self.mux_pads[index].send_event(Gst.Event.new_eos())
+        elif kind == Gst.MessageType.EOS:
+            self.policy.on_eos()
+            self._quit()
+        elif kind == Gst.MessageType.WARNING:
+            err, _debug = message.parse_warning()
+            log.warning("%s: %s", message.src.get_name() if message.src else "?", redact_text(err.message))
+        elif kind == Gst.MessageType.ELEMENT:
+            structure = message.get_structure()
+            if structure is not None and structure.get_name() == "stream-eos":
+                ok, index = structure.get_uint("stream-id")
+                camera = self.policy.on_stream_eos(int(index)) if ok else None
+                if camera is not None and self.on_state is not None:
+                    self.on_state(camera, "eos", "")
+        return True
+
+    def _quit(self) -> None:
+        if self._loop is not None:
+            self._loop.quit()
+
+    def _tick(self, deadline: float | None, eos_timeout_s: float) -> bool:
+        now = time.monotonic()
+        if self._eos_sent_at is None and (self._stop.is_set() or (deadline is not None and now >= deadline)):
+            log.info("stopping: sending EOS so outputs are finalised")
+            self._eos_sent_at = now
+            self.pipeline.send_event(gst().Event.new_eos())
+        elif self._eos_sent_at is not None and now - self._eos_sent_at > eos_timeout_s:
+            log.warning("no EOS after %.0f s; stopping anyway", eos_timeout_s)
+            self._quit()
+        return True
+
+    def _start_rtsp(self) -> None:
+        plan = self.plan.rtsp
+        if plan is None:
+            return
+        import gi
+
+        gi.require_version("GstRtspServer", "1.0")
+        from gi.repository import GstRtspServer
+
+        server = GstRtspServer.RTSPServer.new()
+        server.props.service = str(plan.port)
+        factory = GstRtspServer.RTSPMediaFactory.new()
+        factory.set_launch(
+            f"( udpsrc name=pay0 port={plan.udp_port} buffer-size=524288 "
+            'caps="application/x-rtp, media=video, clock-rate=90000, '
+            'encoding-name=(string)H264, payload=96" )'
+        )
+        factory.set_shared(True)
+        server.get_mount_points().add_factory(plan.path, factory)
+        if server.attach(None) == 0:
+            raise DeepStreamGraphError(f"cannot serve RTSP on port {plan.port} (in use?)")
+        self._rtsp_server = server
+        log.info("annotated video at rtsp://<this host>:%d%s", plan.port, plan.path)
+
+    def run(self, duration_s: float | None = None, *, eos_timeout_s: float = 10.0) -> int:
+        """Play until every camera ends, a fatal error, ``duration_s`` or :meth:`request_stop`.
+
+        Returns 0, or 1 if any ERROR was posted (see :class:`BusPolicy`).
+        """
+        from gi.repository import GLib
+
+        Gst = gst()
+        self._loop = GLib.MainLoop()
+        bus = self.pipeline.get_bus()
+        bus.add_signal_watch()
+        handler = bus.connect("message", self._on_message)
+        deadline = time.monotonic() + duration_s if duration_s else None
+        timer = GLib.timeout_add(200, self._tick, deadline, eos_timeout_s)
+        try:
+            self._start_rtsp()
+            for source in self.plan.sources:
+                log.info("camera %s: %s", source.camera, redact_uri(str(source.element.props["uri"])))
+            if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+                self.policy.exit_code = 1
+                log.error("the DeepStream pipeline refused to start (see the errors above)")
+                self._drain_errors(bus)
+                return 1
+            self._loop.run()
+        finally:
+            GLib.source_remove(timer)
+            bus.disconnect(handler)
+            bus.remove_signal_watch()
+            self.pipeline.set_state(Gst.State.NULL)
+        return self.policy.exit_code
+
+    def _drain_errors(self, bus: Any) -> None:
+        Gst = gst()
+        while True:
+            message = bus.pop_filtered(Gst.MessageType.ERROR)
+            if message is None:
+                return
+            self._on_message(bus, message)

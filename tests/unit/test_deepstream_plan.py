@@ -1,0 +1,170 @@
+"""The DeepStream graph plan (pure data from the config) and the bus policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.deepstream.graph import (
+    BusPolicy,
+    DeepStreamGraphError,
+    GraphPlan,
+    element_provider,
+    plan_graph,
+    tiler_grid,
+)
+from pipeline.deepstream.render import render_all
+from tests.fixtures.deepstream_fixtures import backbone_manifest, site_config
+
+FRAME = (192, 128)
+
+
+def plan_for(tmp_path: Path, n: int, **deepstream: object) -> GraphPlan:
+    cfg = site_config(n, deepstream=dict(deepstream))
+    rendered = render_all(cfg, backbone_manifest(cfg), tmp_path / "ds")
+    return plan_graph(cfg, rendered, FRAME, jetson=False)
+
+
+def test_sources_mux_and_trunk(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, 4, batched_push_timeout_us=33_000, gpu_id=1)
+    assert [s.camera for s in plan.sources] == ["cam-00", "cam-01", "cam-02", "cam-03"]
+    rtsp, file_, loop = plan.sources[0], plan.sources[1], plan.sources[2]
+    assert rtsp.element.factory == "nvurisrcbin"
+    assert rtsp.element.props["uri"] == "rtsp://user:secret@10.0.0.10:554/stream1"
+    assert rtsp.element.props["select-rtp-protocol"] == 4  # TCP
+    assert rtsp.element.props["rtsp-reconnect-interval"] == 10
+    assert rtsp.element.props["rtsp-reconnect-attempts"] == -1
+    assert rtsp.element.props["latency"] == 200
+    assert rtsp.reconnects
+    assert file_.element.props == {"uri": "file:///data/videos/lobby.mp4"}
+    assert not file_.reconnects
+    assert loop.element.props["file-loop"] is True
+    assert [e.factory for e in plan.trunk] == ["nvstreammux", "nvdspreprocess", "nvinfer", "tee"]
+    mux = plan.element("mux")
+    assert mux.props["batch-size"] == 4
+    assert mux.props["live-source"] is True  # an RTSP camera makes the batch live
+    assert mux.props["batched-push-timeout"] == 33_000
+    assert (mux.props["width"], mux.props["height"]) == (1280, 720)
+    assert mux.props["gpu-id"] == 1
+    infer = plan.element("backbone")
+    assert infer.props["input-tensor-meta"] is True
+    assert infer.props["config-file-path"].endswith("config_infer_backbone.txt")
+    assert plan.element("preprocess").props["config-file"].endswith("config_preprocess.txt")
+
+
+def test_score_branch_gives_rgba_frames_at_model_size(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, 1)
+    assert [e.factory for e in plan.score_branch] == ["queue", "nvvideoconvert", "capsfilter", "fakesink"]
+    assert (
+        plan.element("score-caps").props["caps"]
+        == "video/x-raw(memory:NVMM),format=RGBA,width=192,height=128"
+    )
+    assert plan.element("score-convert").props["nvbuf-memory-type"] == 3  # dGPU: CUDA unified
+    cfg = site_config(1)
+    jetson = plan_graph(cfg, render_all(cfg, backbone_manifest(cfg), tmp_path / "j"), FRAME, jetson=True)
+    assert "nvbuf-memory-type" not in jetson.element("score-convert").props
+
+
+def test_new_mux_takes_the_config_file(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, 2, mux="new")
+    mux = plan.element("mux")
+    assert set(mux.props) == {"batch-size", "config-file-path"}  # no width/height/batched-push-timeout
+    assert mux.props["config-file-path"].endswith("config_mux.txt")
+
+
+def test_display_branch_variants(tmp_path: Path) -> None:
+    headless = plan_for(tmp_path / "a", 2, osd=False)
+    assert headless.display_branch == ()
+    assert headless.trunk[-1].factory == "nvinfer"  # no tee without a second branch
+    osd = plan_for(tmp_path / "b", 5)
+    assert [e.factory for e in osd.display_branch] == [
+        "queue",
+        "nvmultistreamtiler",
+        "nvvideoconvert",
+        "nvdsosd",
+        "fakesink",
+    ]
+    tiler = osd.element("tiler")
+    assert (tiler.props["rows"], tiler.props["columns"]) == (2, 3)
+    mp4 = plan_for(tmp_path / "c", 2, output={"kind": "file", "path": "out.mp4"})
+    assert [e.factory for e in mp4.display_branch][-6:] == [
+        "nvvideoconvert",
+        "capsfilter",
+        "nvv4l2h264enc",
+        "h264parse",
+        "mp4mux",
+        "filesink",
+    ]
+    assert mp4.element("file-sink").props["location"] == "/var/lib/zsad/run/out.mp4"
+    assert mp4.element("encoder").props["bitrate"] == 4_000_000
+    soft = plan_for(tmp_path / "d", 2, output={"kind": "rtsp", "encoder": "software", "udp_port": 5600})
+    assert [e.factory for e in soft.display_branch][-5:] == [
+        "capsfilter",
+        "x264enc",
+        "h264parse",
+        "rtph264pay",
+        "udpsink",
+    ]
+    assert soft.element("encode-caps").props["caps"] == "video/x-raw,format=I420"
+    assert soft.element("rtsp-udp-sink").props["port"] == 5600
+    assert soft.rtsp is not None
+    assert (soft.rtsp.port, soft.rtsp.path, soft.rtsp.udp_port) == (8554, "/zsad", 5600)
+
+
+def test_element_names_are_unique(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, 16, output={"kind": "file"})
+    names = [e.name for e in plan.elements()] + [s.element.name for s in plan.sources]
+    assert len(names) == len(set(names))
+
+
+def test_live_source_override(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, 4, live_source=False)
+    assert plan.element("mux").props["live-source"] is False
+
+
+def test_rendered_for_other_camera_count_is_refused(tmp_path: Path) -> None:
+    cfg = site_config(2)
+    rendered = render_all(cfg, backbone_manifest(cfg), tmp_path)
+    with pytest.raises(DeepStreamGraphError, match="rendered for 2 cameras"):
+        plan_graph(site_config(3), rendered, FRAME)
+
+
+def test_tiler_grid() -> None:
+    assert [tiler_grid(n) for n in (1, 2, 4, 5, 9, 16)] == [(1, 1), (1, 2), (2, 2), (2, 3), (3, 3), (4, 4)]
+    with pytest.raises(ValueError, match="at least one tile"):
+        tiler_grid(0)
+
+
+def test_element_provider_names_the_package() -> None:
+    assert "DeepStream 7.1" in element_provider("nvstreammux")
+    assert element_provider("h264parse") == "gstreamer1.0-plugins-bad"
+    assert "software" in element_provider("nvv4l2h264enc")
+
+
+def test_bus_policy(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, 4)
+    policy = BusPolicy(plan.sources)
+    assert policy.exit_code == 0
+    # An RTSP camera's error: nvurisrcbin reconnects, the others go on.
+    action, index = policy.on_error(
+        "/GstPipeline:zsad/GstBin:source-bin-00/GstURIDecodeBin:uri-00", "timeout"
+    )
+    assert (action, index) == ("continue", 0)
+    # A file camera's error: its mux pad gets EOS so the batch stops waiting for it.
+    assert policy.on_error("/GstPipeline:zsad/GstBin:source-bin-01/x", "corrupt") == ("eos-source", 1)
+    assert policy.failed == {"cam-00", "cam-01"}
+    assert policy.exit_code == 1
+    # Anything else stops the pipeline.
+    assert policy.on_error("/GstPipeline:zsad/GstNvInfer:backbone", "engine") == ("stop", None)
+    assert policy.on_error("/GstPipeline:zsad/GstBin:source-bin-42/x", "?") == ("stop", None)
+    assert policy.on_stream_eos(3) == "cam-03"
+    assert policy.on_stream_eos(9) is None
+    assert policy.on_eos() == "stop"
+
+
+def test_error_messages_are_redacted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    policy = BusPolicy(plan_for(tmp_path, 1).sources)
+    policy.on_error("/GstBin:source-bin-00/src", "cannot open rtsp://admin:hunter2@10.0.0.1/live")
+    assert "hunter2" not in caplog.text
+    assert "10.0.0.1" in caplog.text
