@@ -196,3 +196,16 @@ def test_missing_clip_weights_are_reported_once(caplog: pytest.LogCaptureFixture
         _attach_text_bank(step, cfg, {"v": "generic"})
     assert step.text_bank is None
     assert sum("semantic stream" in r.message for r in caplog.records) == 1
+
+
+def test_reflected_history_scores_every_frame_from_the_first(model: ZsadModel) -> None:
+    from training.evaluate import score_video
+
+    model.eval()
+    frames = moving_square_video(30)
+    targets, scores, emb = score_video(model, frames, hop=1, reflect_history=True)
+    assert targets[0] == 0
+    assert targets[-1] == len(frames) - 2  # the last clip (T=2) starts one frame before the end
+    assert len(targets) == len(scores["pixel"]) == len(emb)
+    plain, _, _ = score_video(model, frames, hop=1)
+    assert plain[0] == 2 * 2  # C=2 clips of T*stride=2 frames of history
