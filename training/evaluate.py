@@ -136,6 +136,7 @@ def evaluate(
     from plugins.fusion import fit_calibration
     from training.baselines import frame_difference_scores
     from training.datasets import make_dataset
+    from training.gate import fit_model_gate, gate_weights
     from training.metrics import gaussian_smooth, score_report
     from training.plots import plot_roc_curves, plot_score_timelines
     from training.trainer import _data_path
@@ -158,13 +159,21 @@ def evaluate(
 
     # Calibration on normal training footage, at the edge's clip spacing.
     cal_samples: dict[str, list[np.ndarray]] = {}
+    cal_embs: list[np.ndarray] = []
+    cal_groups: list[str] = []
     for clip in tqdm(train.clips, desc="calibrate", unit="video"):
-        _, sc, _ = score_video(model, train.frames(clip.name), hop=model.clip_span, name=clip.name)
+        _, sc, emb = score_video(model, train.frames(clip.name), hop=model.clip_span, name=clip.name)
         for k, v in sc.items():
             cal_samples.setdefault(k, []).append(v)
-    cal = fit_calibration({k: np.concatenate(v) for k, v in cal_samples.items()}, threshold_quantile=0.99)
+        cal_embs.append(emb)
+        cal_groups += [clip.context or "generic"] * len(emb)
+    cal_raw = {k: np.concatenate(v) for k, v in cal_samples.items()}
+    cal = fit_calibration(cal_raw, threshold_quantile=0.99)
+    gate_info = fit_model_gate(model, cal_raw, np.concatenate(cal_embs), cal_groups, cal)
 
     frame_scores: dict[str, dict[str, np.ndarray]] = {s: {} for s in STREAMS if s in cal.streams}
+    present = list(frame_scores)
+    frame_weights: dict[str, np.ndarray] = {}
     floor_native: dict[str, np.ndarray] = {}
     floor_model: dict[str, np.ndarray] = {}
     native = make_dataset(ds_cfg.kind, root, "test", None, cache=False)
@@ -173,9 +182,13 @@ def evaluate(
         n = len(frames)
         if clip.labels is not None and len(clip.labels) != n:
             raise ValueError(f"clip {clip.name!r}: {len(clip.labels)} labels for {n} frames")
-        targets, sc, _ = score_video(model, frames, hop=hop, name=clip.name, reflect_history=True)
+        targets, sc, emb = score_video(model, frames, hop=hop, name=clip.name, reflect_history=True)
         for k in frame_scores:
             frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
+        w = gate_weights(model, emb, present)  # (M, S)
+        frame_weights[clip.name] = np.stack(
+            [to_frames(targets, w[:, i], n) for i in range(len(present))], axis=1
+        )
         floor_native[clip.name] = frame_difference_scores(native.frames(clip.name)).astype(np.float64)
         floor_model[clip.name] = frame_difference_scores(frames).astype(np.float64)
 
@@ -195,16 +208,27 @@ def evaluate(
             v: _fuse_frames({s: frame_scores[s][v] for s in streams}, cal, streams) for v in labels
         }
 
+    variants["fused: all streams (calibrated, context gate)"] = {
+        v: np.sum(
+            frame_weights[v]
+            * np.stack(
+                [(frame_scores[s][v] - cal.streams[s].location) / cal.streams[s].scale for s in present], 1
+            ),
+            axis=1,
+        )
+        for v in labels
+    }
+
     results: dict[str, Any] = {}
     for name, scores in variants.items():
-        threshold = cal.threshold if name.startswith("fused: all") else None
+        threshold = cal.threshold if name == "fused: all streams (calibrated)" else None
         results[name] = score_report(scores, labels, fps=fps, threshold=threshold)
         smoothed = {v: gaussian_smooth(s, smooth_sigma) for v, s in scores.items()}
         results[name + f" + gaussian smoothing (sigma={smooth_sigma:g})"] = score_report(
             smoothed, labels, fps=fps, threshold=threshold
         )
 
-    primary = f"fused: all streams (calibrated) + gaussian smoothing (sigma={smooth_sigma:g})"
+    primary = f"fused: all streams (calibrated, context gate) + gaussian smoothing (sigma={smooth_sigma:g})"
     summary = {
         name: {
             "micro_auc": r["micro_auc"],
@@ -232,6 +256,7 @@ def evaluate(
         "primary": primary,
         "summary": summary,
         "calibration": cal.to_dict(),
+        "stream_gate": gate_info,
         "details": results,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "eval_seconds": round(time.monotonic() - started, 1),
@@ -245,17 +270,17 @@ def evaluate(
             "stream: pixel (raw)",
             "stream: predictive (raw)",
             "fused: all streams (calibrated)",
+            "fused: all streams (calibrated, context gate)",
         )
         if name in variants
     }
     plot_roc_curves(curves, out / "roc.png", title=f"{ds_cfg.kind}: frame-level ROC")
-    fused = variants["fused: all streams (calibrated)"]
+    fused = variants["fused: all streams (calibrated, context gate)"]
     plot_score_timelines(
         {v: gaussian_smooth(s, smooth_sigma) for v, s in fused.items()},
         out / "timelines.png",
         labels=labels,
-        threshold=cal.threshold,
-        title="fused calibrated score per frame (smoothed); shaded: ground-truth anomalies",
+        title="fused calibrated, gated score per frame (smoothed); shaded: ground-truth anomalies",
     )
     return metrics
 

@@ -246,12 +246,38 @@ def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
             _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start)
     bar.close()
     if rank == 0:
-        _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start)
+        train_seconds = time.monotonic() - start
+        _fit_gate(model, videos, contexts)
+        _save(model, ckpt_path, opt, opt_path, cfg, step, history, train_seconds)
         log.info("trained %d steps in %.1f min -> %s", step, (time.monotonic() - start) / 60, ckpt_path)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return ckpt_path
+
+
+def _fit_gate(model: ZsadModel, videos: Mapping[str, np.ndarray], contexts: Mapping[str, str]) -> None:
+    """Fit the stream gate on the (normal) training videos, at the edge's clip spacing."""
+    from plugins.fusion import fit_calibration
+    from training.evaluate import score_video
+    from training.gate import GateFitError, fit_model_gate
+
+    model.eval()
+    raw: dict[str, list[np.ndarray]] = {}
+    embs, groups = [], []
+    for name, frames in videos.items():
+        _, sc, emb = score_video(model, frames, hop=model.clip_span, name=name)
+        for k, v in sc.items():
+            raw.setdefault(k, []).append(v)
+        embs.append(emb)
+        groups += [contexts.get(name, "generic")] * len(emb)
+    scores = {k: np.concatenate(v) for k, v in raw.items()}
+    try:
+        info = fit_model_gate(model, scores, np.concatenate(embs), groups, fit_calibration(scores))
+    except GateFitError as exc:
+        log.warning("stream gate not fitted (it stays uniform): %s", exc)
+        return
+    log.info("stream gate fitted on %d normal clips: %s", len(groups), info["targets"])
 
 
 def _data_path(root: str) -> Path:
