@@ -44,6 +44,7 @@ class Application:
 
         self.cfg = cfg
         self.engines = engines
+        self.realtime = realtime
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics = ZsadMetrics()
@@ -104,7 +105,7 @@ class Application:
         self.metrics.frames_in.inc(camera=camera)
         self.run_state.frame_in(camera)
         clip = self.assembler.push(camera, pts, frame)
-        if clip is not None and not self.scheduler.submit(clip):
+        if clip is not None and not self.scheduler.submit(clip, block=not self.realtime):
             self.metrics.frames_dropped.inc(camera=camera)
 
     def _on_display_frame(self, camera: str, pts: float, frame: Any) -> None:

@@ -190,10 +190,12 @@ class BatchScheduler:
 
     # ------------------------------------------------------------------ producers
 
-    def submit(self, clip: Clip) -> bool:
+    def submit(self, clip: Clip, *, block: bool = False) -> bool:
         """Queue a clip (thread-safe). Returns False when the scheduler is not accepting clips.
 
-        When the camera's queue is full its oldest clip is dropped (counted in ``dropped``).
+        When the camera's queue is full its oldest clip is dropped (counted in ``dropped``), unless
+        ``block`` is set: then the caller waits for room. Blocking is for offline runs over files, where
+        back-pressure on the decoder is right; a live camera must never block.
         """
         now = time.monotonic()
         with self._cond:
@@ -205,6 +207,10 @@ class BatchScheduler:
                 q = self._queues[cid] = deque()
                 self._order.append(cid)
                 self._counts[cid] = CameraQueueStats()
+            while block and self._accepting and len(q) >= self.queue_size:
+                self._cond.wait(0.1)
+            if not self._accepting:
+                return False
             counts = self._counts[cid]
             counts.submitted += 1
             if len(q) >= self.queue_size:
@@ -286,6 +292,7 @@ class BatchScheduler:
                 q = self._queues[cid]
                 if q and taken[cid] < self.max_per_camera:
                     batch.append(q.popleft())
+                    self._cond.notify_all()  # a blocked submit() may have room now
                     taken[cid] += 1
                     last = pos
                     progressed = True

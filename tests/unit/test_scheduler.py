@@ -278,3 +278,31 @@ def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     rec = Recorder()
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         BatchScheduler(rec.infer, rec.on_result, **kwargs)  # type: ignore[arg-type]
+
+
+def test_blocking_submit_applies_back_pressure_instead_of_dropping() -> None:
+    """Offline runs over files block the producer when a queue is full: nothing is dropped."""
+    import threading
+
+    from pipeline.scheduler import BatchScheduler
+
+    release = threading.Event()
+    seen: list[int] = []
+
+    def infer(batch: list) -> list:
+        release.wait(5)
+        return [None] * len(batch)
+
+    sched = BatchScheduler(
+        infer, lambda clip, _r: seen.append(clip.index), max_batch=1, max_wait_ms=0, queue_size=2
+    )
+    sched.start()
+    producer = threading.Thread(target=lambda: [sched.submit(_clip("cam", i), block=True) for i in range(10)])
+    producer.start()
+    producer.join(0.5)
+    assert producer.is_alive()  # blocked on the full queue
+    release.set()
+    producer.join(10)
+    sched.stop(drain=True)
+    assert seen == list(range(10))
+    assert sched.stats().cameras["cam"].dropped == 0
