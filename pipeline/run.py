@@ -37,9 +37,9 @@ class Application:
         from pipeline.media import EventRecorder
         from pipeline.metrics import ZsadMetrics
         from pipeline.redact import redact_uri
-        from pipeline.state import RunState
         from pipeline.scheduler import BatchScheduler
         from pipeline.sinks import SinkFanout, build_sinks
+        from pipeline.state import RunState
         from plugins.fusion import CameraFusion, StreamGate, load_calibration
 
         self.cfg = cfg
