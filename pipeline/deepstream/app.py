@@ -89,7 +89,9 @@ class DeepStreamApp:
         from pipeline.events import CameraAlerts
         from pipeline.media import EventRecorder
         from pipeline.metrics import ZsadMetrics
+        from pipeline.redact import redact_uri
         from pipeline.sinks import SinkFanout, build_sinks
+        from pipeline.state import RunState
         from plugins.deepstream_probe import ClipScoringProbe, OsdScoreBoard
         from plugins.fusion import CameraFusion, StreamGate, load_calibration
 
@@ -142,6 +144,14 @@ class DeepStreamApp:
             unique_id=BACKBONE_UNIQUE_ID,
             unmap_surfaces=jetson,
         )
+        # What the review page shows, fed exactly as pipeline.run.Application feeds it.
+        self.run_state = RunState(self.out)
+        self.run_state.load_existing()
+        for cam in self.cameras:
+            self.run_state.add_camera(
+                cam.id, cam.context, redact_uri(cam.uri), threshold=cam.alerts.on_threshold
+            )
+        self.review_server: Any = None
         self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
         self._scores_lock = threading.Lock()
 
@@ -149,12 +159,16 @@ class DeepStreamApp:
 
     def on_frame(self, camera: str, pts: float, rgb: np.ndarray) -> None:
         self.metrics.frames_in.inc(camera=camera)
+        self.run_state.frame_in(camera)
         self.alerts[camera].add_frame(rgb, pts)
 
     def on_scores(self, camera: str, t: float, scores: Any, prompt: str | None) -> float | None:
         """A scored clip: fuse, alert, record. Returns the fused score for the OSD."""
         self.metrics.frames_processed.inc(self.clip_len, camera=camera)
         fused, records = self.alerts[camera].update(scores.scores, scores.embedding, t, prompt=prompt)
+        self.run_state.add_score(camera, t, fused.score, fused.contributions, scores.scores)
+        for record in records:
+            self.run_state.add_alert(record)
         row = {
             "camera": camera,
             "t": round(t, 3),
@@ -171,6 +185,7 @@ class DeepStreamApp:
 
     def on_state(self, camera: str, state: str, detail: str) -> None:
         self.metrics.set_camera_state(camera, state)
+        self.run_state.set_camera_state(camera, state, detail)
         log.info("camera %s: %s %s", camera, state, detail)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -183,9 +198,18 @@ class DeepStreamApp:
                 self.metrics, self.cfg.metrics.host, self.cfg.metrics.port
             )
             log.info("metrics on %s", self.metrics_server.url)
+        if self.cfg.ui.enabled:
+            from pipeline.web import ReviewServer
+
+            ui = self.cfg.ui
+            self.review_server = ReviewServer(
+                self.run_state, self.out, ui.host, ui.port, ui.username, ui.password
+            )
+            self.review_server.start()
+            log.info("review page at %s", self.review_server.url)
         self.sinks.start()
         for cam in self.cameras:
-            self.metrics.set_camera_state(cam.id, "starting")
+            self.on_state(cam.id, "starting", "")
 
     def shutdown(self) -> dict[str, int]:
         for alerts in self.alerts.values():
@@ -193,6 +217,8 @@ class DeepStreamApp:
         for recorder in self.recorders.values():
             recorder.close()
         left = self.sinks.close()
+        if self.review_server is not None:
+            self.review_server.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         with self._scores_lock:

@@ -1,0 +1,132 @@
+"""``run_deepstream`` and its app on a CPU machine: real engines (a tiny untrained model exported with the
+NCTHW backbone layout, ONNX Runtime), real sinks, alerts and run state; only pyds is a TEST DOUBLE and the
+DeepStream elements are absent (so the run stops, cleanly, where the graph would be built)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import pipeline.deepstream as deepstream
+from pipeline.config import ZsadConfig
+from pipeline.deepstream.app import DeepStreamApp, run_deepstream
+from pipeline.inference import load_engines
+from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba
+from tests.fixtures.run_world import ALWAYS_ON, MODEL, read_jsonl
+
+pytest.importorskip("torch")
+T, D, H, W = 2, 32, 48, 64
+
+
+@pytest.fixture(scope="module")
+def engines_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint's engines with the backbone exported for DeepStream (NCTHW input)."""
+    import torch
+
+    from engines.build import BuildOptions, build_from_config
+    from engines.model import ZsadModel, save_checkpoint
+
+    root = tmp_path_factory.mktemp("ds-world")
+    cfg = ZsadConfig.model_validate({"model": MODEL})
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(ZsadModel(cfg.model.model_dump()), root / "model.safetensors")
+    options = BuildOptions(backend="onnxruntime", input_layout="NCTHW")
+    build_from_config(cfg, checkpoint=ckpt, out_dir=root / "engines", options=options)
+    return root / "engines"
+
+
+def config(engines: Path, out: Path, **extra: Any) -> ZsadConfig:
+    return ZsadConfig.model_validate(
+        {
+            "model": MODEL,
+            "graph": "deepstream",
+            "engines": {"dir": str(engines), "threads": 1},
+            "defaults": {"alerts": ALWAYS_ON},
+            "cameras": [
+                {"id": "gate", "uri": "rtsp://user:pw@10.0.0.5/live"},
+                {"id": "lobby", "uri": "file:///data/lobby.mp4"},
+            ],
+            "metrics": {"enabled": False},
+            "ui": {"enabled": False},
+            "output_dir": str(out),
+            **extra,
+        }
+    )
+
+
+def test_run_deepstream_checks_renders_and_stops_at_the_missing_elements(
+    engines_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(deepstream, "deepstream_unavailable_reason", lambda: None)
+    monkeypatch.setitem(sys.modules, "pyds", PydsTestDouble())
+    monkeypatch.setenv("USE_NEW_NVSTREAMMUX", "yes")
+    cfg = config(engines_dir, tmp_path / "run")
+    assert run_deepstream(cfg) == 1
+    out = capsys.readouterr().out
+    assert "cannot build the DeepStream graph: GStreamer element 'nvstreammux' is missing" in out
+    rendered = tmp_path / "run" / "deepstream"
+    infer = (rendered / "config_infer_backbone.txt").read_text()
+    assert "batch-size=2\n" in infer
+    manifest = json.loads((engines_dir / "backbone.manifest.json").read_text())
+    assert f"onnx-file={engines_dir / manifest['onnx']['path']}\n" in infer
+    assert "network-input-shape=2;3;2;48;64\n" in (rendered / "config_preprocess.txt").read_text()
+    assert os.environ["USE_NEW_NVSTREAMMUX"] == "no"  # deepstream.mux: legacy wins
+
+
+def test_run_deepstream_refuses_engines_that_do_not_fit(
+    engines_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(deepstream, "deepstream_unavailable_reason", lambda: None)
+    cfg = config(
+        engines_dir, tmp_path / "run", model={**MODEL, "preprocess": {**MODEL["preprocess"], "clip_hop": 2}}
+    )
+    assert run_deepstream(cfg) == 2
+    assert "refusing to start" in capsys.readouterr().out
+    cfg = config(tmp_path / "no-engines", tmp_path / "run")
+    assert run_deepstream(cfg) == 2
+    assert "build the engines first" in capsys.readouterr().out
+
+
+def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_path: Path) -> None:
+    cfg = config(engines_dir, tmp_path / "run")
+    pyds = PydsTestDouble()
+    app = DeepStreamApp(cfg, load_engines(cfg), pyds, jetson=False)
+    app.start()
+    rng = np.random.default_rng(0)
+    pre = cfg.model.preprocess
+    span = (pre.clip_len - 1) * pre.frame_stride
+    hop = pre.clip_hop
+    for n in range(40):
+        frames = [
+            FrameSpec(s, n, n * 100_000_000, rgba(rng.integers(0, 255, (H, W, 3), np.uint8))) for s in (0, 1)
+        ]
+        clips = []
+        if n >= span and (n - span) % hop == 0:
+            for s in (0, 1):
+                tensors = {
+                    "tokens": rng.standard_normal((T, D, H // 16, W // 16)).astype(np.float32),
+                    "embedding": rng.standard_normal(D).astype(np.float32),
+                }
+                clips.append((s, tensors))
+        buffer = pyds.attach(object(), build_batch(frames, clips))
+        app.probe.process(buffer)
+    board = app.board
+    assert board is not None
+    assert board.text("gate").startswith("gate  ")
+    assert "--" not in board.text("gate")  # a fused score arrived
+    left = app.shutdown()
+    assert not any(left.values())
+    scores = read_jsonl(tmp_path / "run" / "scores.jsonl")
+    assert {r["camera"] for r in scores} == {"gate", "lobby"}
+    assert all(set(r["streams"]) >= {"predictive", "pixel", "motion"} for r in scores)
+    alerts = read_jsonl(tmp_path / "run" / "alerts.jsonl")
+    events = {(a["camera"], a["status"]) for a in alerts}
+    assert ("gate", "open") in events
+    assert ("gate", "closed") in events  # closed at shutdown
+    assert app.metrics.frames_in.value(camera="gate") == 40
