@@ -113,7 +113,8 @@ def calibrate_camera(
         frames = min_clips * pre.clip_hop + cfg.model.dpc.context_clips * pre.clip_len * pre.frame_stride
         raise CalibrationFootageError(
             f"camera {camera_id}: only {n} scored clips in the footage, at least {min_clips} are needed "
-            f"(give at least {frames / camera.sampling.fps:.0f} s of normal footage at {camera.sampling.fps:g} fps)"
+            f"(give at least {frames / camera.sampling.fps:.0f} s of normal footage "
+            f"at {camera.sampling.fps:g} fps)"
         )
     cal = fit_calibration(samples, threshold_quantile=0.995, camera=camera_id)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -174,7 +174,8 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
         for ev in cam["events"]:
             lines.append(
                 f"| {cid} | {cam['context']} | {ev['kind']} | {ev['start_s']:.1f}-{ev['end_s']:.1f} | "
-                f"{'yes' if ev['detected'] else '**missed**'} | {ev['delay_s'] if ev['delay_s'] is not None else '-'} |"
+                f"{'yes' if ev['detected'] else '**missed**'} | "
+                f"{ev['delay_s'] if ev['delay_s'] is not None else '-'} |"
             )
     if summary["missed"]:
         lines += ["", "Missed: " + "; ".join(summary["missed"])]
@@ -257,7 +258,8 @@ def run_demo(args: Any) -> int:
     def progress(states: dict[str, str], stats: Any) -> None:
         live = sum(s == "live" for s in states.values())
         sys.stdout.write(
-            f"\r      cameras live {live}/{len(states)}  clips scored {sum(c.processed for c in stats.cameras.values())}   "
+            f"\r      cameras live {live}/{len(states)}  "
+            f"clips scored {sum(c.processed for c in stats.cameras.values())}   "
         )
         sys.stdout.flush()
 
@@ -268,5 +270,7 @@ def run_demo(args: Any) -> int:
     print("[5/5] summary", flush=True)
     summary = summarise_run(cfg, manifest, out)
     print((out / "summary.md").read_text())
+    if summary["missed"]:
+        print(f"missed: {'; '.join(summary['missed'])}")
     print(f"outputs: {out.resolve()}  (alerts.jsonl, events/, timelines/, summary.md)")
     return 0
