@@ -144,7 +144,8 @@ def tiler_grid(n: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ElementSpec:
-    """One element: factory, unique name, properties that must exist, properties set only if they exist."""
+    """One element: factory, unique name, properties that must exist, properties set only if they exist
+    (``gpu-id``, which the config files also carry, and version-dependent extras)."""
 
     factory: str
     name: str
@@ -233,7 +234,7 @@ def _encoder(cfg: ZsadConfig) -> list[ElementSpec]:
             "x264enc", "encoder", {"bitrate": out.bitrate_kbps, "tune": 4, "speed-preset": 1}
         )
     return [
-        ElementSpec("nvvideoconvert", "encode-convert", {"gpu-id": cfg.deepstream.gpu_id}),
+        ElementSpec("nvvideoconvert", "encode-convert", optional={"gpu-id": cfg.deepstream.gpu_id}),
         ElementSpec("capsfilter", "encode-caps", {"caps": caps}),
         encoder,
         ElementSpec("h264parse", "h264parse"),
@@ -251,12 +252,13 @@ def _display_branch(cfg: ZsadConfig, n: int) -> list[ElementSpec]:
         ElementSpec(
             "nvmultistreamtiler",
             TILER,
-            {"rows": rows, "columns": columns, "width": out.width, "height": out.height, "gpu-id": ds.gpu_id},
+            {"rows": rows, "columns": columns, "width": out.width, "height": out.height},
+            {"gpu-id": ds.gpu_id},
         ),
-        ElementSpec("nvvideoconvert", "display-convert", {"gpu-id": ds.gpu_id}),
+        ElementSpec("nvvideoconvert", "display-convert", optional={"gpu-id": ds.gpu_id}),
     ]
     if ds.osd:
-        branch.append(ElementSpec("nvdsosd", "osd", {"gpu-id": ds.gpu_id}))
+        branch.append(ElementSpec("nvdsosd", "osd", optional={"gpu-id": ds.gpu_id}))
     if out.kind == "fakesink":
         branch.append(ElementSpec("fakesink", "display-sink", {"sync": False, "async": False}))
     elif out.kind == "file":
@@ -312,8 +314,8 @@ def plan_graph(
                 "height": ds.mux_height,
                 "live-source": live,
                 "batched-push-timeout": ds.batched_push_timeout_us,
-                "gpu-id": ds.gpu_id,
             },
+            {"gpu-id": ds.gpu_id},
         )
     else:
         if rendered.mux is None:
@@ -322,22 +324,23 @@ def plan_graph(
     trunk = [
         mux,
         ElementSpec(
-            "nvdspreprocess", "preprocess", {"config-file": str(rendered.preprocess), "gpu-id": ds.gpu_id}
+            "nvdspreprocess", "preprocess", {"config-file": str(rendered.preprocess)}, {"gpu-id": ds.gpu_id}
         ),
         ElementSpec(
             "nvinfer",
             "backbone",
-            {"config-file-path": str(rendered.nvinfer), "input-tensor-meta": True, "gpu-id": ds.gpu_id},
+            {"config-file-path": str(rendered.nvinfer), "input-tensor-meta": True},
+            {"gpu-id": ds.gpu_id},
         ),
     ]
     width, height = frame_size
-    convert_props: dict[str, Any] = {"gpu-id": ds.gpu_id}
+    convert_props: dict[str, Any] = {}
     if not jetson:
         # dGPU: CUDA unified memory, so pyds.get_nvds_buf_surface can map the frames on the host.
         convert_props["nvbuf-memory-type"] = 3
     score = [
         ElementSpec("queue", "score-queue"),
-        ElementSpec("nvvideoconvert", "score-convert", convert_props),
+        ElementSpec("nvvideoconvert", "score-convert", convert_props, {"gpu-id": ds.gpu_id}),
         ElementSpec(
             "capsfilter",
             "score-caps",

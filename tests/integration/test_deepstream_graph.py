@@ -25,6 +25,7 @@ from pipeline.deepstream.graph import (
     ElementMissingError,
     ElementSpec,
     GraphPlan,
+    PropertyError,
     checked_make,
     plan_graph,
 )
@@ -275,3 +276,14 @@ def test_cli_deepstream_without_deepstream_exits_2(tmp_path: Path) -> None:
         assert "cannot run the DeepStream graph" in result.stdout
         assert "pyds 1.2.0" in result.stdout
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_missing_required_property_is_named(tmp_path: Path, videos: dict[str, Path]) -> None:
+    plan = stand_in_plan(tmp_path, [f"file://{videos['short']}"], osd=False)
+    infer = plan.trunk[2]
+    assert infer.name == "backbone"
+    # An element without the property the plan needs (as an older or newer DeepStream might be).
+    wrong = dataclasses.replace(infer, props={"input-tensor-meta": True})
+    plan = dataclasses.replace(plan, trunk=(*plan.trunk[:2], wrong, *plan.trunk[3:]))
+    with pytest.raises(PropertyError, match=r"identity \(backbone\) has no property 'input-tensor-meta'"):
+        DeepStreamGraph(plan)

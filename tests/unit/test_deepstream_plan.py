@@ -46,7 +46,7 @@ def test_sources_mux_and_trunk(tmp_path: Path) -> None:
     assert mux.props["live-source"] is True  # an RTSP camera makes the batch live
     assert mux.props["batched-push-timeout"] == 33_000
     assert (mux.props["width"], mux.props["height"]) == (1280, 720)
-    assert mux.props["gpu-id"] == 1
+    assert mux.optional["gpu-id"] == 1
     infer = plan.element("backbone")
     assert infer.props["input-tensor-meta"] is True
     assert infer.props["config-file-path"].endswith("config_infer_backbone.txt")
