@@ -18,10 +18,27 @@ from pipeline.config import ZsadConfig
 from pipeline.deepstream.app import DeepStreamApp, run_deepstream
 from pipeline.inference import load_engines
 from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba
-from tests.fixtures.run_world import ALWAYS_ON, MODEL, read_jsonl
 
 pytest.importorskip("torch")
 T, D, H, W = 2, 32, 48, 64
+MODEL: dict[str, Any] = {
+    "backbone": {
+        "image_height": H,
+        "image_width": W,
+        "patch_size": 16,
+        "hidden_size": D,
+        "num_layers": 1,
+        "num_heads": 2,
+    },
+    "dpc": {"context_clips": 2, "pred_steps": 1, "hidden_size": 32},
+    "preprocess": {"clip_len": T, "frame_stride": 2, "clip_hop": 4},
+}
+# Opens an alert at the first score and keeps it open until shutdown.
+ALWAYS_ON = {"on_threshold": -50.0, "off_threshold": -60.0, "min_duration_s": 0.0, "cooldown_s": 0.0}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
