@@ -2,10 +2,16 @@
 
 load config -> check engine manifests -> build graph and attach the fusion -> run -> shut down cleanly
 (SIGTERM/SIGINT: stop the sources, drain the scheduler, close open alerts, flush sinks and media).
+
+SIGHUP re-reads the config file and applies its camera list without stopping the other cameras: new
+cameras are added, removed (or disabled) ones stopped (an open alert closes with reason "shutdown"), and a
+camera whose settings changed is restarted alone. Other sections (model, engines, sinks, scheduler, ...)
+need a restart; a change there is logged and ignored. An invalid file is logged and nothing changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -13,34 +19,66 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.clips import Clip, ClipAssembler
-from pipeline.config import ConfigError, ZsadConfig, load_config
+from pipeline.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline.inference import ClipInference, ClipResult, EngineError, EngineSet, load_engines
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Application", "run_config"]
+__all__ = ["Application", "CameraChangeError", "ReloadResult", "run_config"]
 
 DISPLAY_SIZE = (320, 240)  # event media resolution (width, height)
 FINISHED_STATES = {"eos", "failed", "stopped"}
 
 
+# Sections a SIGHUP reload cannot change in a running process.
+_RESTART_SECTIONS = (
+    "model",
+    "engines",
+    "sinks",
+    "media",
+    "scheduler",
+    "metrics",
+    "ui",
+    "graph",
+    "output_dir",
+)
+
+
+class CameraChangeError(RuntimeError):
+    """A camera that cannot be added or removed at run time; the message names it and says why."""
+
+
+@dataclass
+class ReloadResult:
+    """What a config reload did: camera ids added, removed, restarted (settings changed) and refused (with
+    the reason), and top-level sections whose change needs a process restart (ignored)."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    needs_restart: list[str] = field(default_factory=list)
+
+
 class Application:
-    """One running system: the camera graph, the scheduler, and per-camera fusion, alerts and media."""
+    """One running system: the camera graph, the scheduler, and per-camera fusion, alerts and media.
+
+    Cameras can be added and removed while it runs (:meth:`add_camera`, :meth:`remove_camera`,
+    :meth:`reload`) without touching the others' pipelines.
+    """
 
     def __init__(self, cfg: ZsadConfig, engines: EngineSet, *, realtime: bool = True):
-        from pipeline.events import CameraAlerts
         from pipeline.graph import CameraGraph
-        from pipeline.media import EventRecorder
         from pipeline.metrics import ZsadMetrics
-        from pipeline.redact import redact_uri
         from pipeline.scheduler import BatchScheduler
         from pipeline.sinks import SinkFanout, build_sinks
         from pipeline.state import RunState
-        from plugins.fusion import CameraFusion, StreamGate, load_calibration
+        from plugins.fusion import StreamGate
 
         self.cfg = cfg
         self.engines = engines
@@ -60,24 +98,15 @@ class Application:
             contexts={c.id: c.context for c in self.cameras.values()},
         )
         self.sinks = SinkFanout(build_sinks(cfg.sinks, self.out, metrics=self.metrics))
-        gate = StreamGate.load(engines.gate_path) if engines.gate_path else StreamGate.uniform()
+        self.gate = StreamGate.load(engines.gate_path) if engines.gate_path else StreamGate.uniform()
         self.alerts: dict[str, Any] = {}
         self.recorders: dict[str, Any] = {}
+        # Serialises a camera's alert updates (scheduler thread) with its removal (reload, main thread).
+        self._cameras_lock = threading.RLock()
+        self._reload_requested = threading.Event()
+        self._wake = threading.Event()
         for cam in self.cameras.values():
-            calibration = load_calibration(cam.calibration) if cam.calibration else None
-            fusion = CameraFusion(cam.id, calibration=calibration, gate=gate, smoothing=cam.alerts.smoothing)
-            recorder = EventRecorder(cam.id, self.out, cfg.media, fps=cam.sampling.fps, metrics=self.metrics)
-            self.recorders[cam.id] = recorder
-            self.alerts[cam.id] = CameraAlerts(
-                cam.id,
-                cam.context,
-                cam.alerts,
-                fusion,
-                self.sinks,
-                recorder=recorder,
-                metrics=self.metrics,
-                model=engines.model_id,
-            )
+            self._attach_camera(cam)
         self.assembler = ClipAssembler.from_config(pre)
         self.scheduler = BatchScheduler.from_config(cfg.scheduler, self.inference, self._on_result)
         self.graph = CameraGraph(
@@ -92,12 +121,151 @@ class Application:
         self.run_state = RunState(self.out)
         self.run_state.load_existing()
         for cam in self.cameras.values():
-            self.run_state.add_camera(
-                cam.id, cam.context, redact_uri(cam.uri), threshold=cam.alerts.on_threshold
-            )
+            self._register_state(cam)
         self.review_server: Any = None
         self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
         self._scores_lock = threading.Lock()
+
+    # -- per-camera parts ---------------------------------------------------------------------------------
+
+    def _attach_camera(self, cam: CameraSettings) -> None:
+        """Create the camera's fusion, event recorder and alert glue (raises for a bad calibration file)."""
+        from pipeline.events import CameraAlerts
+        from pipeline.media import EventRecorder
+        from plugins.fusion import CameraFusion, load_calibration
+
+        calibration = load_calibration(cam.calibration) if cam.calibration else None
+        fusion = CameraFusion(cam.id, calibration=calibration, gate=self.gate, smoothing=cam.alerts.smoothing)
+        recorder = EventRecorder(cam.id, self.out, self.cfg.media, fps=cam.sampling.fps, metrics=self.metrics)
+        alerts = CameraAlerts(
+            cam.id,
+            cam.context,
+            cam.alerts,
+            fusion,
+            self.sinks,
+            recorder=recorder,
+            metrics=self.metrics,
+            model=self.engines.model_id,
+        )
+        with self._cameras_lock:
+            self.recorders[cam.id] = recorder
+            self.alerts[cam.id] = alerts
+            self.inference.contexts[cam.id] = cam.context
+
+    def _register_state(self, cam: CameraSettings) -> None:
+        from pipeline.redact import redact_uri
+
+        self.run_state.add_camera(cam.id, cam.context, redact_uri(cam.uri), threshold=cam.alerts.on_threshold)
+
+    def add_camera(self, cam: CameraSettings) -> None:
+        """Start one more camera while running; the others are not touched. Raises
+        :class:`CameraChangeError` (duplicate id, unsupported URI, missing element, bad calibration)."""
+        from pipeline.sources import SourceError
+
+        with self._cameras_lock:
+            if cam.id in self.cameras:
+                raise CameraChangeError(f"camera {cam.id!r} is already running")
+        try:
+            self._attach_camera(cam)
+        except Exception as exc:  # a calibration file of any kind of wrongness: refuse this camera only
+            raise CameraChangeError(f"camera {cam.id!r}: {exc}") from exc
+        with self._cameras_lock:
+            self.cameras[cam.id] = cam
+        self._register_state(cam)
+        try:
+            self.graph.add_camera(cam)
+        except (SourceError, ValueError, RuntimeError) as exc:
+            self._detach_camera(cam.id)
+            raise CameraChangeError(f"camera {cam.id!r}: {exc}") from exc
+        log.info("camera %s added", cam.id)
+
+    def remove_camera(self, camera_id: str) -> list[dict[str, Any]]:
+        """Stop one camera while running: its pipeline stops, queued clips are discarded, an open alert is
+        closed (reason "shutdown") and published, its media finished. Returns the records published.
+        Raises :class:`CameraChangeError` for an unknown id."""
+        with self._cameras_lock:
+            if camera_id not in self.cameras:
+                raise CameraChangeError(f"no camera {camera_id!r} is running")
+        with contextlib.suppress(KeyError):  # KeyError: it never reached the graph
+            self.graph.remove_camera(camera_id)
+        records = self._detach_camera(camera_id)
+        log.info("camera %s removed", camera_id)
+        return records
+
+    def _detach_camera(self, camera_id: str) -> list[dict[str, Any]]:
+        self.scheduler.remove_camera(camera_id)
+        self.assembler.remove(camera_id)
+        with self._cameras_lock:
+            self.cameras.pop(camera_id, None)
+            alerts = self.alerts.pop(camera_id, None)
+            recorder = self.recorders.pop(camera_id, None)
+            self.inference.contexts.pop(camera_id, None)
+            self.inference.reset(camera_id)
+            records = alerts.shutdown() if alerts is not None else []
+        for record in records:
+            self.run_state.add_alert(record)
+        if recorder is not None:
+            recorder.close()
+        self.run_state.remove_camera(camera_id)
+        return records
+
+    def reload(self, cfg: ZsadConfig) -> ReloadResult:
+        """Apply the camera list of ``cfg`` (a re-read config): add new enabled cameras, remove gone or
+        disabled ones, restart those whose settings changed. Everything else in ``cfg`` is compared and a
+        difference reported in ``needs_restart`` (not applied)."""
+        result = ReloadResult()
+        for section in _RESTART_SECTIONS:
+            if getattr(cfg, section) != getattr(self.cfg, section):
+                result.needs_restart.append(section)
+        if result.needs_restart:
+            log.warning(
+                "config reload: changes to %s need a restart; only cameras are reloaded",
+                ", ".join(result.needs_restart),
+            )
+        wanted = {c.id: c for c in cfg.enabled_cameras()}
+        with self._cameras_lock:
+            running = dict(self.cameras)
+        for cid, cam in running.items():
+            if cid not in wanted:
+                self.remove_camera(cid)
+                result.removed.append(cid)
+            elif wanted[cid] != cam:
+                self.remove_camera(cid)
+                result.restarted.append(cid)
+        for cid, cam in wanted.items():
+            if cid in running and cid not in result.restarted:
+                continue
+            try:
+                self.add_camera(cam)
+            except CameraChangeError as exc:
+                log.error("config reload: %s", exc)
+                result.refused[cid] = str(exc)
+                continue
+            if cid not in result.restarted:
+                result.added.append(cid)
+        self.cfg = self.cfg.model_copy(update={"cameras": cfg.cameras, "defaults": cfg.defaults})
+        log.info(
+            "config reloaded: added %s, removed %s, restarted %s, refused %s",
+            result.added,
+            result.removed,
+            result.restarted,
+            sorted(result.refused),
+        )
+        return result
+
+    def reload_file(self, path: str | Path) -> ReloadResult | None:
+        """Re-read ``path`` and :meth:`reload` it; an invalid file is logged and changes nothing (None)."""
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            log.error("config reload refused, the running cameras are unchanged:\n%s", exc)
+            return None
+        return self.reload(cfg)
+
+    def request_reload(self) -> None:
+        """Ask :meth:`wait` to re-read the config file (safe from a signal handler)."""
+        self._reload_requested.set()
+        self._wake.set()
 
     # -- callbacks (GStreamer and scheduler threads) ----------------------------------------------------
 
@@ -109,7 +277,9 @@ class Application:
             self.metrics.frames_dropped.inc(camera=camera)
 
     def _on_display_frame(self, camera: str, pts: float, frame: Any) -> None:
-        self.alerts[camera].add_frame(frame, pts)
+        alerts = self.alerts.get(camera)
+        if alerts is not None:  # None: removed while this frame was in flight
+            alerts.add_frame(frame, pts)
 
     def _on_state(self, camera: str, state: str, detail: str) -> None:
         self.metrics.set_camera_state(camera, state)
@@ -124,9 +294,13 @@ class Application:
         self.metrics.frames_processed.inc(len(clip.frames), camera=cam)
         if result.scores is None:
             return
-        fused, records = self.alerts[cam].update(
-            result.scores.scores, result.scores.embedding, clip.end_pts, prompt=result.prompt
-        )
+        with self._cameras_lock:
+            alerts = self.alerts.get(cam)
+            if alerts is None:  # removed while its clip was being scored
+                return
+            fused, records = alerts.update(
+                result.scores.scores, result.scores.embedding, clip.end_pts, prompt=result.prompt
+            )
         self.metrics.score.set(fused.score, camera=cam)
         self.run_state.add_score(cam, clip.end_pts, fused.score, fused.contributions, result.scores.scores)
         for record in records:
@@ -168,10 +342,23 @@ class Application:
         self.scheduler.start()
         self.graph.start()
 
-    def wait(self, duration_s: float | None = None, progress: Any = None) -> None:
-        """Run until stopped, ``duration_s`` elapses, or every camera has finished (files at EOS)."""
+    def wait(
+        self, duration_s: float | None = None, progress: Any = None, config_path: str | Path | None = None
+    ) -> None:
+        """Run until stopped, ``duration_s`` elapses, or every camera has finished (files at EOS).
+        A :meth:`request_reload` (SIGHUP) re-reads ``config_path`` here, on the calling thread."""
         deadline = time.monotonic() + duration_s if duration_s else None
-        while not self.stop_event.wait(1.0):
+        while True:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if self.stop_event.is_set():
+                return
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                if config_path is None:
+                    log.warning("reload requested but the run has no config file to re-read")
+                else:
+                    self.reload_file(config_path)
             states = self.graph.states()
             if progress is not None:
                 progress(states, self.scheduler.stats())
@@ -183,6 +370,7 @@ class Application:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
 
     def shutdown(self) -> dict[str, int]:
         """Stop in dependency order; nothing accepted is lost (open alerts close with reason 'shutdown')."""
@@ -204,14 +392,20 @@ class Application:
 
 
 @contextmanager
-def stop_on_signals(stop: Any) -> Iterator[None]:
-    """SIGTERM/SIGINT request a clean stop instead of killing the process mid-alert."""
+def stop_on_signals(stop: Any, reload: Any = None) -> Iterator[None]:
+    """SIGTERM/SIGINT request a clean stop instead of killing the process mid-alert; SIGHUP calls
+    ``reload`` when given (it must only set a flag: the work happens on the main loop)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    wanted = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if reload is not None else [])
+    previous = {s: signal.getsignal(s) for s in wanted}
 
     def handler(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP and reload is not None:
+            log.warning("signal %d: re-reading the config", signum)
+            reload()
+            return
         log.warning("signal %d: shutting down cleanly", signum)
         stop()
 
@@ -225,9 +419,15 @@ def stop_on_signals(stop: Any) -> Iterator[None]:
 
 
 def run_config(
-    cfg: ZsadConfig, *, duration_s: float | None = None, realtime: bool = True, progress: Any = None
+    cfg: ZsadConfig,
+    *,
+    duration_s: float | None = None,
+    realtime: bool = True,
+    progress: Any = None,
+    config_path: str | Path | None = None,
 ) -> int:
-    """Check engines, build the graph, run, shut down. Returns an exit code."""
+    """Check engines, build the graph, run, shut down. Returns an exit code. With ``config_path``, SIGHUP
+    re-reads it and applies its cameras (:meth:`Application.reload`)."""
     try:
         engines = load_engines(cfg)
     except EngineError as exc:
@@ -235,9 +435,9 @@ def run_config(
         print(f"refusing to start: {exc}")
         return 2
     app = Application(cfg, engines, realtime=realtime)
-    with stop_on_signals(app.request_stop):
+    with stop_on_signals(app.request_stop, app.request_reload if config_path is not None else None):
         app.start()
-        app.wait(duration_s, progress)
+        app.wait(duration_s, progress, config_path=config_path)
     left = app.shutdown()
     if any(left.values()):
         log.warning("alerts still spooled for later delivery: %s", left)
@@ -262,4 +462,4 @@ def run_run(args: Any) -> int:
         from pipeline.deepstream import run_deepstream
 
         return run_deepstream(cfg, duration_s=args.duration)
-    return run_config(cfg, duration_s=args.duration, realtime=not args.fast)
+    return run_config(cfg, duration_s=args.duration, realtime=not args.fast, config_path=args.config)

@@ -7,7 +7,6 @@ alerts, media, shutdown), not detection quality (tests/integration/test_demo.py 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,69 +16,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-
-MODEL = {
-    "backbone": {
-        "image_height": 48,
-        "image_width": 64,
-        "patch_size": 16,
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-    },
-    "dpc": {"context_clips": 2, "pred_steps": 1, "hidden_size": 32},
-    "preprocess": {"clip_len": 2, "frame_stride": 2, "clip_hop": 4},
-}
+from tests.fixtures.run_world import build_world, read_jsonl, write_site
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Scenes, a tiny checkpoint and its ONNX Runtime engines, shared by the tests of this module."""
-    from engines.build import BuildOptions, build_from_config
-    from engines.model import ZsadModel, save_checkpoint
-    from pipeline.config import ZsadConfig
-    from pipeline.synth import generate_dataset
-
-    root = tmp_path_factory.mktemp("run")
-    scenes = root / "scenes"
-    generate_dataset(
-        scenes,
-        contexts=("campus", "parking"),
-        train_per_context=1,
-        test_per_context=1,
-        frames=80,
-        width=160,
-        height=120,
-        fps=10,
-        seed=3,
-    )
-    cfg = ZsadConfig.model_validate({"model": MODEL})
-    ckpt = save_checkpoint(ZsadModel(cfg.model.model_dump()), root / "model.safetensors")
-    build_from_config(
-        cfg, checkpoint=ckpt, out_dir=root / "engines", options=BuildOptions(backend="onnxruntime")
-    )
-    corrupt = root / "corrupt.mp4"
-    corrupt.write_bytes(os.urandom(4096))
-    return {"root": root, "scenes": scenes, "engines": root / "engines", "corrupt": corrupt}
-
-
-def _site(world: dict[str, Path], out: Path, cameras: list[dict], alerts: dict | None = None) -> Path:
-    cfg = {
-        "model": MODEL,
-        "engines": {"dir": str(world["engines"]), "threads": 1},
-        "defaults": {
-            "sampling": {"fps": 10},
-            "alerts": alerts or {"on_threshold": 3.0, "off_threshold": 2.0},
-        },
-        "cameras": cameras,
-        "metrics": {"port": 0},
-        "ui": {"port": 0},
-        "output_dir": str(out),
-    }
-    path = out.parent / f"{out.name}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg))  # JSON is YAML
-    return path
+    return build_world(tmp_path_factory.mktemp("run"))
 
 
 def _zsad(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,18 +36,12 @@ def _zsad(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    )
-
-
 def test_bad_cameras_are_reported_and_the_others_go_on(world: dict[str, Path], tmp_path: Path) -> None:
     from pipeline.alert_schema import validate_alert
 
     videos = world["scenes"] / "testing" / "videos"
     out = tmp_path / "out"
-    site = _site(
+    site = write_site(
         world,
         out,
         [
@@ -117,9 +54,10 @@ def test_bad_cameras_are_reported_and_the_others_go_on(world: dict[str, Path], t
     )
     r = _zsad("-v", "run", str(site), "--fast", "--duration", "60")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "camera missing" in r.stderr and "failed" in r.stderr
+    assert "camera missing" in r.stderr
+    assert "failed" in r.stderr
     assert "camera corrupt" in r.stderr
-    scores = _jsonl(out / "scores.jsonl")
+    scores = read_jsonl(out / "scores.jsonl")
     per_camera = {s["camera"] for s in scores}
     assert per_camera == {"campus", "parking"}
     # 80 frames at 10 fps, a clip every 4 frames, 2 clips of history: ~18 scored clips per camera.
@@ -127,18 +65,19 @@ def test_bad_cameras_are_reported_and_the_others_go_on(world: dict[str, Path], t
     assert set(scores[0]["streams"]) >= {"predictive", "pixel", "motion"}
     # An always-on threshold opens one alert per good camera; the end of the run closes it (reason shutdown)
     # and the JSONL sink has both the open and the closed record, each valid against the schema.
-    records = _jsonl(out / "alerts.jsonl")
+    records = read_jsonl(out / "alerts.jsonl")
     for rec in records:
         validate_alert(rec)
     closed = {rec["camera"]: rec for rec in records if rec["status"] == "closed"}
     assert set(closed) == {"campus", "parking"}
     assert all(rec["reason"] == "shutdown" for rec in closed.values())
     snap = out / closed["campus"]["snapshot"]
-    assert snap.is_file() and snap.stat().st_size > 0
+    assert snap.is_file()
+    assert snap.stat().st_size > 0
 
 
 def test_missing_engines_refuse_to_start(world: dict[str, Path], tmp_path: Path) -> None:
-    site = _site(world, tmp_path / "out", [{"id": "a", "uri": "file:///x.mp4"}])
+    site = write_site(world, tmp_path / "out", [{"id": "a", "uri": "file:///x.mp4"}])
     cfg = json.loads(site.read_text())
     cfg["engines"]["dir"] = str(tmp_path / "no-engines")
     site.write_text(json.dumps(cfg))
@@ -157,7 +96,7 @@ def test_missing_engines_refuse_to_start(world: dict[str, Path], tmp_path: Path)
 def test_sigterm_closes_the_open_alert_and_exits_cleanly(world: dict[str, Path], tmp_path: Path) -> None:
     videos = world["scenes"] / "testing" / "videos"
     out = tmp_path / "out"
-    site = _site(
+    site = write_site(
         world,
         out,
         [{"id": "loop", "uri": f"loop://{videos / 'campus_000.mp4'}"}],
@@ -173,16 +112,16 @@ def test_sigterm_closes_the_open_alert_and_exits_cleanly(world: dict[str, Path],
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(
-            r["status"] == "open" for r in _jsonl(out / "alerts.jsonl")
+            r["status"] == "open" for r in read_jsonl(out / "alerts.jsonl")
         ):
             time.sleep(0.5)
-        assert any(r["status"] == "open" for r in _jsonl(out / "alerts.jsonl")), "no alert opened"
+        assert any(r["status"] == "open" for r in read_jsonl(out / "alerts.jsonl")), "no alert opened"
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert code == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
-    closed = [r for r in _jsonl(out / "alerts.jsonl") if r["status"] == "closed"]
+    closed = [r for r in read_jsonl(out / "alerts.jsonl") if r["status"] == "closed"]
     assert len(closed) == 1
     assert closed[0]["reason"] == "shutdown"
