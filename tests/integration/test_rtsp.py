@@ -8,12 +8,9 @@ runs next to it in real time and must keep its frame rate throughout.
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,91 +20,14 @@ gi = pytest.importorskip("gi")
 
 from pipeline.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
 from pipeline.graph import CameraGraph  # noqa: E402
-from pipeline.sources import gst  # noqa: E402
-
-SERVER = """
-import sys
-import gi
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer
-
-Gst.init(None)
-server = GstRtspServer.RTSPServer()
-server.set_address("127.0.0.1")
-server.set_service(sys.argv[1])
-factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch(
-    "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=160,height=120,framerate=10/1 ! "
-    "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )"
+from tests.fixtures.rtsp_server import (  # noqa: E402
+    RtspServer,
+    make_loop_video,
+    rtsp_server_available,
+    wait_for,
 )
-factory.set_shared(True)
-server.get_mount_points().add_factory("/cam", factory)
-if server.attach(None) == 0:
-    print("attach failed", flush=True)
-    sys.exit(1)
-print("ready", flush=True)
-GLib.MainLoop().run()
-"""
 
-
-def _rtsp_server_available() -> bool:
-    try:
-        gi.require_version("GstRtspServer", "1.0")
-    except ValueError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _rtsp_server_available(), reason="gst-rtsp-server gir not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RtspServer:
-    """gst-rtsp-server as a child process on 127.0.0.1:port, mount /cam."""
-
-    def __init__(self, script: Path, port: int) -> None:
-        self.script = script
-        self.port = port
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(self.script), str(self.port)], stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        assert line == "ready", f"RTSP server did not start: {line!r}"
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a frozen process cannot die of SIGKILL any slower
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-
-def make_loop_video(path: Path) -> Path:
-    Gst = gst()
-    pipe = Gst.parse_launch(
-        "videotestsrc num-buffers=50 pattern=ball ! video/x-raw,width=160,height=120,framerate=25/1 ! "
-        f"x264enc ! mp4mux ! filesink location={path}"
-    )
-    pipe.set_state(Gst.State.PLAYING)
-    msg = pipe.get_bus().timed_pop_filtered(20 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
-    pipe.set_state(Gst.State.NULL)
-    assert msg is not None
-    assert msg.type == Gst.MessageType.EOS
-    return path
+pytestmark = pytest.mark.skipif(not rtsp_server_available(), reason="gst-rtsp-server gir not installed")
 
 
 def camera(cid: str, uri: str) -> CameraSettings:
@@ -149,21 +69,9 @@ class Recorder:
             return [(t, s, d) for t, c, s, d in self.states if c == cid]
 
 
-def wait_for(cond: Callable[[], bool], timeout: float) -> float:
-    """Wait until ``cond()``; return the time it took."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.02)
-    raise AssertionError(f"condition not reached within {timeout} s")
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RtspServer]:
-    script = tmp_path / "rtsp_server.py"
-    script.write_text(SERVER)
-    srv = RtspServer(script, free_port())
+    srv = RtspServer.in_folder(tmp_path)
     srv.start()
     yield srv
     srv.kill()

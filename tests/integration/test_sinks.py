@@ -7,9 +7,6 @@ spooled, and a webhook that fails with 503 before it accepts.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -18,76 +15,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from pipeline.config import MqttSink, WebhookSink
 from pipeline.sinks import HttpWebhookSink, MqttBrokerSink, SinkFanout, build_sinks
+from tests.fixtures.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Broker, Subscriber, free_port, wait_until
 
-MOSQUITTO = Path("/usr/sbin/mosquitto")
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.3}
 
 pytestmark = pytest.mark.skipif(not MOSQUITTO.exists(), reason="mosquitto is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-class Broker:
-    """A mosquitto subprocess on 127.0.0.1:<port> with on-disk persistence (sessions survive a restart)."""
-
-    def __init__(self, workdir: Path, password_file: Path | None = None) -> None:
-        self.port = _free_port()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "persistence true",
-            f"persistence_location {workdir}/",
-            f"log_dest file {workdir}/mosquitto.log",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # otherwise it drops to 'mosquitto', who cannot write the tmp folder
-        if password_file is None:
-            lines.append("allow_anonymous true")
-        else:
-            lines += ["allow_anonymous false", f"password_file {password_file}"]
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([str(MOSQUITTO), "-c", str(self.conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    log = (self.workdir / "mosquitto.log").read_text(errors="replace")
-                    raise RuntimeError(f"mosquitto exited: {log}") from None
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
-            self.proc.wait(10)
-        self.proc = None
 
 
 @pytest.fixture
@@ -96,41 +32,6 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
-
-
-class Subscriber:
-    """A paho subscriber with a persistent session (clean_session=False, QoS 1)."""
-
-    def __init__(self, port: int, topic: str, username: str | None = None, password: str | None = None):
-        self.messages: list[dict[str, Any]] = []
-        self.connected = threading.Event()
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sub-{port}", clean_session=False
-        )
-        if username:
-            self.client.username_pw_set(username, password)
-        self.client.reconnect_delay_set(0.05, 0.2)
-        self.topic = topic
-
-        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-            if not rc.is_failure:
-                c.subscribe(topic, qos=1)
-                self.connected.set()
-
-        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            self.messages.append(json.loads(msg.payload))
-
-        self.client.on_connect = on_connect
-        self.client.on_message = on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not self.connected.wait(5):
-            raise RuntimeError("subscriber did not connect")
-        time.sleep(0.1)  # let the SUBACK land
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _alert(i: int) -> dict[str, Any]:
@@ -164,15 +65,17 @@ def test_mqtt_broker_outage_zero_loss_order_kept(tmp_path: Path, broker: Broker)
     try:
         for i in range(5):
             sink.publish(_alert(i))
-        _wait(lambda: len(sub.messages) >= 5, what="first 5 alerts")
+        wait_until(lambda: len(sub.messages) >= 5, what="first 5 alerts")
         broker.stop()
         for i in range(5, 25):  # a burst while the broker is down
             sink.publish(_alert(i))
         time.sleep(0.5)
         assert sink.pending == 20
         broker.start()  # same port, same persistence: the subscriber's session is back
-        _wait(lambda: sink.pending == 0, what="spool to drain")
-        _wait(lambda: len({m["alert_id"] for m in sub.messages}) >= 25, what="all alerts at the subscriber")
+        wait_until(lambda: sink.pending == 0, what="spool to drain")
+        wait_until(
+            lambda: len({m["alert_id"] for m in sub.messages}) >= 25, what="all alerts at the subscriber"
+        )
         _check_zero_loss_in_order(sub.messages, 25)
     finally:
         assert sink.close(2.0) == 0
@@ -192,7 +95,7 @@ def test_mqtt_process_restart_redelivers_marked(tmp_path: Path, broker: Broker) 
     second = MqttBrokerSink("m", spool, **kwargs).start()
     second.publish(_alert(4))
     try:
-        _wait(lambda: len(sub.messages) >= 5, what="5 alerts after restart")
+        wait_until(lambda: len(sub.messages) >= 5, what="5 alerts after restart")
         assert [m["alert_id"] for m in sub.messages] == [f"id-{i:03d}" for i in range(5)]
         assert [m["redelivered"] for m in sub.messages] == [True, True, True, True, False]
     finally:
@@ -220,8 +123,8 @@ def test_mqtt_username_password(tmp_path: Path, caplog: pytest.LogCaptureFixture
         )
         fan = SinkFanout([good, bad]).start()
         fan.publish(_alert(0))
-        _wait(lambda: len(sub.messages) == 1, what="authenticated delivery")
-        _wait(lambda: bad._failures >= 2, what="refused connection retried")
+        wait_until(lambda: len(sub.messages) == 1, what="authenticated delivery")
+        wait_until(lambda: bad._failures >= 2, what="refused connection retried")
         assert bad.pending == 1  # refused credentials: kept, not dead-lettered
         left = fan.close(0.5)
         assert left == {good.name: 0, bad.name: 1}
@@ -289,7 +192,7 @@ def test_webhook_retries_503_then_delivers_all_in_order(tmp_path: Path) -> None:
         sink.start()
         for i in range(10):
             sink.publish(_alert(i))
-        _wait(lambda: len(hook.accepted()) >= 10, what="10 accepted posts")
+        wait_until(lambda: len(hook.accepted()) >= 10, what="10 accepted posts")
         assert sink.close(2.0) == 0
         _check_zero_loss_in_order(hook.accepted(), 10)
         # The first alert was answered 503 four times: the server had it, so the retry is marked.
@@ -307,7 +210,7 @@ def test_webhook_4xx_dead_letters_and_moves_on(tmp_path: Path) -> None:
         sink = HttpWebhookSink("w", tmp_path / "spool", url=hook.url, **FAST).start()
         for i in range(3):
             sink.publish(_alert(i))
-        _wait(lambda: len(hook.accepted()) >= 2, what="2 accepted posts")
+        wait_until(lambda: len(hook.accepted()) >= 2, what="2 accepted posts")
         assert [a["alert_id"] for a in hook.accepted()] == ["id-000", "id-002"]
         dead = list((tmp_path / "spool" / "dead").iterdir())
         assert len(dead) == 1
@@ -318,10 +221,10 @@ def test_webhook_4xx_dead_letters_and_moves_on(tmp_path: Path) -> None:
 
 
 def test_webhook_down_then_up_and_https_verification_on(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens here yet
+    port = free_port()  # nothing listens here yet
     sink = HttpWebhookSink("w", tmp_path / "spool", url=f"http://127.0.0.1:{port}/hook", **FAST).start()
     sink.publish(_alert(0))
-    _wait(lambda: sink._failures >= 2, what="refused connections")
+    wait_until(lambda: sink._failures >= 2, what="refused connections")
     assert sink.pending == 1
     assert sink.close(0.2) == 1
     # HTTPS to a plain-HTTP server fails the TLS handshake: retried, never sent unverified.
@@ -331,13 +234,13 @@ def test_webhook_down_then_up_and_https_verification_on(tmp_path: Path) -> None:
             "t", tmp_path / "spool2", url=hook.url.replace("http:", "https:"), **FAST
         ).start()
         tls.publish(_alert(1))
-        _wait(lambda: tls._failures >= 1, what="TLS failure")
+        wait_until(lambda: tls._failures >= 1, what="TLS failure")
         assert tls.pending == 1
         assert hook.accepted() == []
         tls.close(0.2)
         # The restarted sink (plain HTTP now reachable) delivers what was left, marked.
         again = HttpWebhookSink("w", tmp_path / "spool", url=hook.url, **FAST).start()
-        _wait(lambda: len(hook.accepted()) == 1, what="redelivery after restart")
+        wait_until(lambda: len(hook.accepted()) == 1, what="redelivery after restart")
         assert hook.accepted()[0] == {**_alert(0), "redelivered": True}
         assert again.close(1.0) == 0
     finally:
