@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,36 @@ def _load_texts(manifest: Any) -> dict[str, tuple[np.ndarray, int, list[str]]]:
     return out
 
 
+SemanticFn = Callable[[Sequence[str], np.ndarray], list[tuple[float, str] | None]]
+
+
+def semantic_hook(engines: EngineSet, contexts: dict[str, str]) -> SemanticFn | None:
+    """The semantic stream, or None without a semantic head (shared by the CPU and DeepStream graphs).
+
+    For a batch of ``(N, D)`` clip embeddings and their cameras: project into CLIP text space, then per
+    camera ``max(anomalous sims) - max(normal sims)`` against its context's prompts, and the best
+    anomalous prompt. ``None`` for a camera whose context has no prompt embeddings.
+    """
+    if engines.semantic is None:
+        return None
+
+    def semantic(cameras: Sequence[str], embeddings: np.ndarray) -> list[tuple[float, str] | None]:
+        video = engines.semantic({"embedding": embeddings})["video"]
+        out: list[tuple[float, str] | None] = []
+        for i, camera in enumerate(cameras):
+            entry = engines.texts.get(contexts.get(camera, "generic"))
+            if entry is None:
+                out.append(None)
+                continue
+            text, n_normal, names = entry
+            sims = text @ video[i]
+            best = int(np.argmax(sims[n_normal:])) + n_normal
+            out.append((float(sims[n_normal:].max() - sims[:n_normal].max()), names[best]))
+        return out
+
+    return semantic
+
+
 @dataclass
 class ClipResult:
     """What one clip produced: raw stream scores (``None`` while the DPC history fills) and the best
@@ -134,6 +164,7 @@ class ClipInference:
         self.engines = engines
         self.contexts = contexts
         self.scorer = ClipScorer(engines.dpc, context_clips=context_clips, history_step=history_step)
+        self.semantic = semantic_hook(engines, contexts)
 
     def reset(self, camera: str) -> None:
         self.scorer.reset(camera)
@@ -148,16 +179,9 @@ class ClipInference:
         ]
         scored = self.scorer.score(items)
         prompts: list[str | None] = [None] * len(clips)
-        if self.engines.semantic is not None:
-            video = self.engines.semantic({"embedding": embedding})["video"]
-            for i, c in enumerate(clips):
+        if self.semantic is not None:
+            for i, sem in enumerate(self.semantic([c.camera_id for c in clips], embedding)):
                 s = scored[i]
-                entry = self.engines.texts.get(self.contexts.get(c.camera_id, "generic"))
-                if s is None or entry is None:
-                    continue
-                text, n_normal, names = entry
-                sims = text @ video[i]
-                best = int(np.argmax(sims[n_normal:])) + n_normal
-                s.scores["semantic"] = float(sims[n_normal:].max() - sims[:n_normal].max())
-                prompts[i] = names[best]
+                if s is not None and sem is not None:
+                    s.scores["semantic"], prompts[i] = sem
         return [ClipResult(s, p) for s, p in zip(scored, prompts, strict=True)]

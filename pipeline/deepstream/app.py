@@ -15,10 +15,8 @@ nvdspreprocess instead of :class:`pipeline.clips.ClipAssembler`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ import numpy as np
 from pipeline.clips import Clip, to_model_input
 from pipeline.config import ZsadConfig
 
-__all__ = ["DeepStreamApp", "frame_normaliser", "run_deepstream", "semantic_hook"]
+__all__ = ["DeepStreamApp", "frame_normaliser", "run_deepstream"]
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +42,9 @@ def frame_normaliser(mean: Sequence[float], std: Sequence[float]) -> Callable[[n
     return normalise
 
 
-def semantic_hook(
-    engines: Any, contexts: dict[str, str]
-) -> Callable[[Sequence[str], np.ndarray], list[tuple[float, str] | None]] | None:
-    """The semantic stream for the probe, or None without a semantic head.
-
-    Same computation as the semantic block of :class:`pipeline.inference.ClipInference`: project the
-    batch's embeddings, then per camera ``max(anomalous sims) - max(normal sims)`` and the best anomalous
-    prompt of the camera's context.
-    """
-    if engines.semantic is None:
-        return None
-
-    def semantic(cameras: Sequence[str], embeddings: np.ndarray) -> list[tuple[float, str] | None]:
-        video = engines.semantic({"embedding": embeddings})["video"]
-        out: list[tuple[float, str] | None] = []
-        for i, camera in enumerate(cameras):
-            entry = engines.texts.get(contexts.get(camera, "generic"))
-            if entry is None:
-                out.append(None)
-                continue
-            text, n_normal, names = entry
-            sims = text @ video[i]
-            best = int(np.argmax(sims[n_normal:])) + n_normal
-            out.append((float(sims[n_normal:].max() - sims[:n_normal].max()), names[best]))
-        return out
-
-    return semantic
-
-
 class DeepStreamApp:
-    """Per-camera fusion, alerts, media, sinks and metrics, plus the probes the graph calls.
+    """The probes the DeepStream graph calls, ending in the same :class:`pipeline.outputs.RunOutputs`
+    (fusion, alerts, media, sinks, metrics, review page) as the CPU graph.
 
     Args:
         cfg: the run config.
@@ -86,42 +56,15 @@ class DeepStreamApp:
     def __init__(self, cfg: ZsadConfig, engines: Any, pyds: Any, *, jetson: bool) -> None:
         from engines.scoring import ClipScorer
         from pipeline.deepstream.render import BACKBONE_UNIQUE_ID
-        from pipeline.events import CameraAlerts
-        from pipeline.media import EventRecorder
-        from pipeline.metrics import ZsadMetrics
-        from pipeline.redact import redact_uri
-        from pipeline.sinks import SinkFanout, build_sinks
-        from pipeline.state import RunState
+        from pipeline.inference import semantic_hook
+        from pipeline.outputs import RunOutputs
         from plugins.deepstream_probe import ClipScoringProbe, OsdScoreBoard
-        from plugins.fusion import CameraFusion, StreamGate, load_calibration
 
         self.cfg = cfg
         self.engines = engines
-        self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.metrics = ZsadMetrics()
-        self.metrics_server: Any = None
         self.cameras = cfg.enabled_cameras()
         ids = [c.id for c in self.cameras]
-        self.sinks = SinkFanout(build_sinks(cfg.sinks, self.out, metrics=self.metrics))
-        gate = StreamGate.load(engines.gate_path) if engines.gate_path else StreamGate.uniform()
-        self.alerts: dict[str, Any] = {}
-        self.recorders: dict[str, Any] = {}
-        for cam in self.cameras:
-            calibration = load_calibration(cam.calibration) if cam.calibration else None
-            fusion = CameraFusion(cam.id, calibration=calibration, gate=gate, smoothing=cam.alerts.smoothing)
-            recorder = EventRecorder(cam.id, self.out, cfg.media, fps=cam.sampling.fps, metrics=self.metrics)
-            self.recorders[cam.id] = recorder
-            self.alerts[cam.id] = CameraAlerts(
-                cam.id,
-                cam.context,
-                cam.alerts,
-                fusion,
-                self.sinks,
-                recorder=recorder,
-                metrics=self.metrics,
-                model=engines.model_id,
-            )
+        self.outputs = RunOutputs(cfg, model_id=engines.model_id, gate_path=engines.gate_path)
         pre = cfg.model.preprocess
         self.clip_len = pre.clip_len
         self.scorer = ClipScorer(
@@ -144,85 +87,29 @@ class DeepStreamApp:
             unique_id=BACKBONE_UNIQUE_ID,
             unmap_surfaces=jetson,
         )
-        # What the review page shows, fed exactly as pipeline.run.Application feeds it.
-        self.run_state = RunState(self.out)
-        self.run_state.load_existing()
-        for cam in self.cameras:
-            self.run_state.add_camera(
-                cam.id, cam.context, redact_uri(cam.uri), threshold=cam.alerts.on_threshold
-            )
-        self.review_server: Any = None
-        self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
-        self._scores_lock = threading.Lock()
 
     # -- callbacks (the score branch's streaming thread, the bus) --------------------------------------
 
     def on_frame(self, camera: str, pts: float, rgb: np.ndarray) -> None:
-        self.metrics.frames_in.inc(camera=camera)
-        self.run_state.frame_in(camera)
-        self.alerts[camera].add_frame(rgb, pts)
+        self.outputs.frame_in(camera)
+        self.outputs.display_frame(camera, rgb, pts)
 
     def on_scores(self, camera: str, t: float, scores: Any, prompt: str | None) -> float | None:
         """A scored clip: fuse, alert, record. Returns the fused score for the OSD."""
-        self.metrics.frames_processed.inc(self.clip_len, camera=camera)
-        fused, records = self.alerts[camera].update(scores.scores, scores.embedding, t, prompt=prompt)
-        self.run_state.add_score(camera, t, fused.score, fused.contributions, scores.scores)
-        for record in records:
-            self.run_state.add_alert(record)
-        row = {
-            "camera": camera,
-            "t": round(t, 3),
-            "clip": scores.index,
-            "score": round(fused.score, 4),
-            "raw_fused": round(fused.raw_fused, 4),
-            "streams": {k: round(v, 5) for k, v in scores.scores.items()},
-            "contributions": {k: round(v, 4) for k, v in fused.contributions.items()},
-            "alerts": [r["alert_id"] for r in records],
-        }
-        with self._scores_lock:
-            self._scores.write(json.dumps(row) + "\n")
-        return float(fused.score)
+        return self.outputs.clip_scored(camera, t, scores, prompt, frames=self.clip_len)
 
     def on_state(self, camera: str, state: str, detail: str) -> None:
-        self.metrics.set_camera_state(camera, state)
-        self.run_state.set_camera_state(camera, state, detail)
-        log.info("camera %s: %s %s", camera, state, detail)
+        self.outputs.camera_state(camera, state, detail)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from pipeline.metrics import start_metrics_server
-
-        if self.cfg.metrics.enabled:
-            self.metrics_server = start_metrics_server(
-                self.metrics, self.cfg.metrics.host, self.cfg.metrics.port
-            )
-            log.info("metrics on %s", self.metrics_server.url)
-        if self.cfg.ui.enabled:
-            from pipeline.web import ReviewServer
-
-            ui = self.cfg.ui
-            self.review_server = ReviewServer(
-                self.run_state, self.out, ui.host, ui.port, ui.username, ui.password
-            )
-            self.review_server.start()
-            log.info("review page at %s", self.review_server.url)
-        self.sinks.start()
+        self.outputs.start()
         for cam in self.cameras:
             self.on_state(cam.id, "starting", "")
 
     def shutdown(self) -> dict[str, int]:
-        for alerts in self.alerts.values():
-            alerts.shutdown()
-        for recorder in self.recorders.values():
-            recorder.close()
-        left = self.sinks.close()
-        if self.review_server is not None:
-            self.review_server.stop()
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
-        with self._scores_lock:
-            self._scores.close()
+        left = self.outputs.shutdown()
         self.engines.close()
         log.info(
             "score probe: %d batches, %d clips, %d dropped batches",

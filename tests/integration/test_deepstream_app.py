@@ -146,4 +146,4 @@ def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_p
     events = {(a["camera"], a["status"]) for a in alerts}
     assert ("gate", "open") in events
     assert ("gate", "closed") in events  # closed at shutdown
-    assert app.metrics.frames_in.value(camera="gate") == 40
+    assert app.outputs.metrics.frames_in.value(camera="gate") == 40

@@ -15,9 +15,9 @@ import pytest
 from engines.scoring import DPC_INPUTS, DPC_OUTPUTS, ClipScorer, StreamScores
 from pipeline.clips import ClipAssembler
 from pipeline.config import ModelConfig
-from pipeline.deepstream.app import frame_normaliser, semantic_hook
+from pipeline.deepstream.app import frame_normaliser
 from pipeline.deepstream.render import sequence_params
-from pipeline.inference import ClipInference, EngineSet
+from pipeline.inference import ClipInference, EngineSet, semantic_hook
 from plugins.deepstream_meta import (
     MetaError,
     add_display_text,
