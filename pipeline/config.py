@@ -525,6 +525,8 @@ def parse_config(text: str, path: str = "<string>") -> ZsadConfig:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(path, [(line, "", f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from exc
+    except RecursionError as exc:  # the YAML parser recurses once per nesting level
+        raise ConfigError(path, [(None, "", "invalid YAML: nested too deeply")]) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -549,6 +551,8 @@ def load_config(path: str | Path) -> ZsadConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(p), [(None, "", f"cannot read: {exc.strerror or exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), [(None, "", f"not UTF-8 text (byte {exc.start}): {exc.reason}")]) from exc
     return parse_config(text, str(p))
 
 

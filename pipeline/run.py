@@ -105,6 +105,7 @@ class Application:
         self._cameras_lock = threading.RLock()
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
+        self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
         for cam in self.cameras.values():
             self._attach_camera(cam)
         self.assembler = ClipAssembler.from_config(pre)
@@ -193,7 +194,9 @@ class Application:
         return records
 
     def _detach_camera(self, camera_id: str) -> list[dict[str, Any]]:
+        self.sync_metrics()
         self.scheduler.remove_camera(camera_id)
+        self._dropped_seen.pop(camera_id, None)
         self.assembler.remove(camera_id)
         with self._cameras_lock:
             self.cameras.pop(camera_id, None)
@@ -318,6 +321,17 @@ class Application:
         with self._scores_lock:
             self._scores.write(json.dumps(row) + "\n")
 
+    def sync_metrics(self) -> None:
+        """Copy the scheduler's queue depths and drop-oldest counts into the metrics: each dropped clip adds
+        ``clip_len`` to ``zsad_frames_dropped_total`` (called every second by :meth:`wait`)."""
+        clip_len = self.cfg.model.preprocess.clip_len
+        for cid, q in self.scheduler.stats().cameras.items():
+            self.metrics.queue_depth.set(q.depth, camera=cid)
+            new = q.dropped - self._dropped_seen.get(cid, 0)
+            if new > 0:
+                self.metrics.frames_dropped.inc(new * clip_len, camera=cid)
+            self._dropped_seen[cid] = q.dropped
+
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -359,6 +373,7 @@ class Application:
                     log.warning("reload requested but the run has no config file to re-read")
                 else:
                     self.reload_file(config_path)
+            self.sync_metrics()
             states = self.graph.states()
             if progress is not None:
                 progress(states, self.scheduler.stats())
@@ -376,6 +391,7 @@ class Application:
         """Stop in dependency order; nothing accepted is lost (open alerts close with reason 'shutdown')."""
         self.graph.stop()
         self.scheduler.stop(drain=True)
+        self.sync_metrics()
         for alerts in self.alerts.values():
             alerts.shutdown()
         for recorder in self.recorders.values():
