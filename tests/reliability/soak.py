@@ -69,14 +69,6 @@ class SoakResult:
         return asdict(self)
 
 
-# Thresholds inside each scene's score range under the seeded, untrained tiny model (run_world.build_world),
-# so alerts open and close every loop of the 8 s scene and event media (snapshots, clips, retention) runs too.
-_POLICIES: dict[str, dict[str, float]] = {
-    "campus_000": {"on_threshold": 0.54, "off_threshold": 0.50, "min_duration_s": 0.0, "cooldown_s": 1.0},
-    "parking_000": {"on_threshold": 0.474, "off_threshold": 0.465, "min_duration_s": 0.0, "cooldown_s": 1.0},
-}
-
-
 def sample_process(t_s: float) -> ProcessSample:
     """RSS (MB), open fds (``/proc/self/fd``) and OS threads (``/proc/self/task``) of this process."""
     import psutil
@@ -148,7 +140,7 @@ def run_soak(
     from pipeline.config import parse_config
     from pipeline.inference import load_engines
     from pipeline.run import Application
-    from tests.fixtures.run_world import site_config
+    from tests.fixtures.run_world import CYCLING, site_config
 
     if world is None:
         world = _build_world_in_child(work_dir / "world")
@@ -157,8 +149,8 @@ def run_soak(
     for i in range(cameras):
         video = videos[i % len(videos)]
         cam: dict[str, Any] = {"id": f"soak-{i:02d}", "uri": f"loop://{video}", "context": "campus"}
-        if video.stem in _POLICIES:
-            cam["alerts"] = _POLICIES[video.stem]
+        if video.stem in CYCLING:
+            cam["alerts"] = CYCLING[video.stem]
         cams.append(cam)
     out = work_dir / "out"
     cfg_dict = site_config(world, out, cams, media={"pre_s": 1.0, "post_s": 1.0, "max_events_per_camera": 5})
