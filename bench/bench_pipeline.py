@@ -1,0 +1,947 @@
+"""Pipeline benchmark: the real ``zsad run`` path (pipeline.run.Application: CPU GStreamer graph -> clip
+assembly -> cross-camera batch scheduler -> ONNX Runtime backbone + DPC head -> fusion -> alert machine ->
+event media buffers -> JSONL sink) on 1..16 synthetic cameras, next to its floor and baselines, in one run.
+
+    python bench/bench_pipeline.py [--cameras 1,2,4,8,16] [--threads 1,2] [--rt-threads 2]
+
+Cases, each in a fresh child process (clean RSS, no threads left over from the previous case):
+
+* ``pure``: ClipInference alone (to_model_input + backbone + DPC head: the scheduler's ``infer``) on
+  ready-made clips at batch 1, 4, ``max_batch`` and 16: pure inference throughput. Once before and once
+  after the fast sweep, at each thread count.
+* ``decode``: the same CameraGraph (model and display branches, as fast as possible) with no-op
+  consumers: the decode floor.
+* ``fast``: the whole Application on loop:// cameras played as fast as possible. Offline runs over files
+  back-pressure the decoder (the scheduler's submit waits for room), so nothing is dropped and scored
+  clips/s is the sustained capacity. Latency here is mostly queueing and means little.
+* ``naive``: bench_naive.py (OpenCV + PyTorch eager, batch 1, one camera at a time, same threads), one
+  slot right before each fast case so that both see the same drift (A B A B ...).
+* ``realtime``: the Application with loop:// cameras at their native 25 fps (``appsink sync``): does it
+  keep up with N x 25 frames/s? Then the largest N between the last pass and the first failure is searched.
+  Keeps up = no clip dropped, >= 95 % of the expected frames delivered, p95 latency <= ``--max-latency``,
+  and at most one clip per camera still unscored when the run stops.
+
+Throughput is counted between ``warmup`` seconds after the start and the stop. Camera-frames/s = scored
+clips/s x ``clip_hop`` (each clip advances its camera by ``clip_hop`` sampled frames). Latency: per clip,
+from the moment the graph delivered the clip's last frame (``Clip.created_s``, stamped when the frame is
+pushed) to the moment its fused score has gone through the alert machine and any alert record has been
+handed to the sinks (``Application._on_result`` returned). Alert records, when any fire, are timed alike.
+
+Writes bench/results/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from bench.common import (
+    DEFAULT_CONFIG,
+    DEFAULT_WORK,
+    RESULTS_DIR,
+    Assets,
+    BenchError,
+    format_table,
+    latency_stats,
+    load_average,
+    parse_int_list,
+    prepare_assets,
+    site_config,
+    write_result,
+)
+
+log = logging.getLogger("bench.pipeline")
+
+__all__ = [
+    "CaseSpec",
+    "main",
+    "memory_per_camera",
+    "pipeline_tables",
+    "pure_at",
+    "run_case",
+    "run_case_in_child",
+    "run_pipeline_bench",
+    "time_clip_inference",
+]
+
+RESULT_PREFIX = "BENCH-RESULT "
+MODES = ("pure", "decode", "fast", "realtime", "naive")
+
+
+@dataclass
+class CaseSpec:
+    """One measured case. ``mode`` is one of :data:`MODES`; see the module docstring."""
+
+    mode: str
+    cameras: int = 1
+    duration_s: float = 8.0
+    warmup_s: float = 2.0
+    threads: int | None = None  # None: the config's engines.threads
+    max_batch: int | None = None  # None: the config's scheduler.max_batch
+    fps: float = 25.0
+    batches: list[int] = field(default_factory=lambda: [1, 4, 8, 16])  # pure
+    min_time_s: float = 1.0  # pure: seconds per batch size
+    first_camera: int = 0  # naive: first camera index
+    sample_interval_s: float = 0.5
+    keep_samples: bool = False
+    max_latency_s: float = 1.0  # realtime: p95 bound for "keeps up"
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise BenchError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.cameras < 1:
+            raise BenchError(f"cameras must be >= 1, got {self.cameras}")
+        if self.duration_s <= 0 or not 0 <= self.warmup_s < self.duration_s:
+            raise BenchError(f"need 0 <= warmup < duration, got {self.warmup_s} and {self.duration_s}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Process sampling
+# --------------------------------------------------------------------------------------------------
+
+
+class ProcessSampler:
+    """Samples this process every ``interval_s`` on a daemon thread: ``(t, rss_mb, cpu_s, extra)`` where
+    ``cpu_s`` is user+system CPU seconds so far and ``extra`` is what ``probe()`` returns."""
+
+    def __init__(self, interval_s: float, probe: Any = None) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval_s = interval_s
+        self.probe = probe
+        self.samples: list[tuple[float, float, float, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def sample(self) -> tuple[float, float, float, dict[str, Any]]:
+        cpu = self._proc.cpu_times()
+        rss = self._proc.memory_info().rss / 2**20
+        extra = self.probe() if self.probe is not None else {}
+        s = (time.monotonic(), rss, cpu.user + cpu.system, extra)
+        self.samples.append(s)
+        return s
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self.sample()
+
+    def at(self, t: float) -> tuple[float, float, float, dict[str, Any]]:
+        """The first sample at or after ``t`` (the last one if none)."""
+        for s in self.samples:
+            if s[0] >= t:
+                return s
+        return self.samples[-1]
+
+    def window(self, t0: float, t1: float) -> list[tuple[float, float, float, dict[str, Any]]]:
+        return [s for s in self.samples if t0 <= s[0] <= t1]
+
+
+def _rss_summary(sampler: ProcessSampler, t0: float, t1: float) -> dict[str, float]:
+    rss = [s[1] for s in sampler.window(t0, t1)] or [sampler.samples[-1][1]]
+    return {
+        "rss_median_mb": round(float(np.median(rss)), 1),
+        "rss_max_mb": round(float(max(rss)), 1),
+        "rss_end_mb": round(float(sampler.samples[-1][1]), 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Cases (run in the child process)
+# --------------------------------------------------------------------------------------------------
+
+
+class _Counters:
+    """Frame and clip counters kept by the camera threads (one key per camera: a camera's callbacks are
+    serialised, so no lock is needed) and clip timings kept by the scheduler thread, in flat float arrays
+    so that a long soak does not grow memory by itself (16 bytes a clip)."""
+
+    def __init__(self) -> None:
+        from array import array
+
+        self.frames: dict[str, int] = {}
+        self.clips: dict[str, int] = {}
+        self.created = array("d")  # Clip.created_s of each processed clip, in processing order
+        self.done = array("d")  # monotonic time its result went through the alert machine
+        self.scored = 0
+        self.alert_latency = array("d")  # per published "open" alert record
+        self.alert_records = 0
+
+    def frame(self, camera: str) -> None:
+        self.frames[camera] = self.frames.get(camera, 0) + 1
+
+    def clip(self, camera: str) -> None:
+        self.clips[camera] = self.clips.get(camera, 0) + 1
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "t": time.monotonic(),
+            "frames": sum(self.frames.values()),
+            "clips": sum(self.clips.values()),
+            "processed": len(self.done),
+        }
+
+
+def _timed_application(cfg: Any, engines: Any, realtime: bool, counters: _Counters) -> Any:
+    """The product's Application with counters and timestamps taken around its own callbacks."""
+    from pipeline.run import Application
+
+    class TimedApplication(Application):
+        def __init__(self) -> None:
+            super().__init__(cfg, engines, realtime=realtime)
+            self._current: Any = None
+            publish = self.sinks.publish
+
+            def timed_publish(record: Mapping[str, Any]) -> None:
+                publish(record)
+                clip = self._current
+                if clip is not None:
+                    counters.alert_records += 1
+                    if record.get("status") == "open":
+                        counters.alert_latency.append(time.monotonic() - clip.created_s)
+
+            # CameraAlerts holds this same SinkFanout object, so its publish calls come through here.
+            self.sinks.publish = timed_publish  # type: ignore[method-assign]
+            submit = self.scheduler.submit
+
+            def counted_submit(clip: Any, *args: Any, **kwargs: Any) -> bool:
+                counters.clip(clip.camera_id)
+                return bool(submit(clip, *args, **kwargs))
+
+            self.scheduler.submit = counted_submit  # type: ignore[method-assign]
+
+        def _on_frame(self, camera: str, pts: float, frame: Any) -> None:
+            counters.frame(camera)
+            super()._on_frame(camera, pts, frame)
+
+        def _on_result(self, clip: Any, result: Any) -> None:
+            self._current = clip
+            try:
+                super()._on_result(clip, result)
+            finally:
+                self._current = None
+            counters.created.append(clip.created_s)
+            counters.done.append(time.monotonic())
+            counters.scored += result.scores is not None
+
+    return TimedApplication()
+
+
+def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
+    from pipeline.inference import EngineError, load_engines
+
+    realtime = spec.mode == "realtime"
+    cfg = site_config(
+        assets,
+        spec.cameras,
+        out,
+        uri_scheme="loop",
+        fps=spec.fps,
+        threads=spec.threads,
+        max_batch=spec.max_batch,
+    )
+    try:
+        engines = load_engines(cfg)
+    except EngineError as exc:
+        raise BenchError(str(exc)) from exc
+    counters = _Counters()
+    app = _timed_application(cfg, engines, realtime, counters)
+
+    def probe() -> dict[str, Any]:
+        st = app.scheduler.stats()
+        return {
+            "dropped": sum(c.dropped for c in st.cameras.values()),
+            "depth": sum(c.depth for c in st.cameras.values()),
+            "processed": len(counters.done),
+        }
+
+    sampler = ProcessSampler(spec.sample_interval_s, probe)
+    started = time.monotonic()
+    sampler.start()
+    app.start()
+    time.sleep(max(0.0, started + spec.warmup_s - time.monotonic()))
+    first, first_s = counters.snapshot(), sampler.sample()
+    time.sleep(max(0.0, started + spec.duration_s - time.monotonic()))
+    last, last_s = counters.snapshot(), sampler.sample()
+    sched = app.scheduler.stats()
+    states = app.graph.states()
+    sampler.stop()
+    # Discard what is still queued (counted as pending below) before the product's shutdown: draining full
+    # queues of 16 cameras would take longer than the case itself, and a refused submit unblocks a decoder
+    # that waits for room. Application.shutdown() then stops the graph and the rest.
+    app.scheduler.stop(drain=False)
+    app.shutdown()
+
+    w0, w1 = first["t"], last["t"]
+    window = w1 - w0
+    hop = cfg.model.preprocess.clip_hop
+    frames = last["frames"] - first["frames"]
+    assembled = last["clips"] - first["clips"]
+    processed = last["processed"] - first["processed"]
+    n_done = int(last["processed"])
+    created = np.frombuffer(counters.created, dtype=np.float64)[:n_done]
+    done = np.frombuffer(counters.done, dtype=np.float64)[:n_done]
+    in_window = (created >= w0) & (created <= w1)
+    latencies = (done - created)[in_window]
+    pending = assembled - int(in_window.sum())  # assembled in the window, not scored by the stop
+    dropped = last_s[3]["dropped"] - first_s[3]["dropped"]
+    clips_per_s = processed / window
+    out_doc: dict[str, Any] = {
+        "window_s": round(window, 3),
+        "frames_delivered": int(frames),
+        "frames_per_s": round(frames / window, 2),
+        "clips_assembled": int(assembled),
+        "clips_processed": int(processed),
+        "clips_scored_total": counters.scored,
+        "clips_per_s": round(clips_per_s, 3),
+        "camera_frames_per_s": round(clips_per_s * hop, 2),
+        "clips_dropped": int(dropped),
+        "clips_dropped_total": sum(c.dropped for c in sched.cameras.values()),
+        "clips_pending_at_stop": int(pending),
+        "latency": latency_stats(latencies.tolist()),
+        "alerts": {
+            "records": counters.alert_records,
+            "opened": len(counters.alert_latency),
+            "latency": latency_stats(counters.alert_latency),
+        },
+        "mean_batch": round(sched.mean_batch_size, 2),
+        "batch_sizes": {str(k): v for k, v in sorted(sched.batch_sizes.items())},
+        "infer_latency_p50_ms": round(sched.infer_latency_p50_s * 1e3, 2),
+        "infer_latency_p95_ms": round(sched.infer_latency_p95_s * 1e3, 2),
+        "cpu_percent": round(100.0 * (last_s[2] - first_s[2]) / window, 1),
+        "camera_states": states,
+        "threads": cfg.engines.threads,
+        "max_batch": cfg.scheduler.max_batch,
+        "queue_size": cfg.scheduler.queue_size,
+        "clip_hop": hop,
+        **_rss_summary(sampler, w0, w1),
+    }
+    if realtime:
+        expected = spec.cameras * spec.fps * window
+        delivered_ratio = frames / expected if expected else 0.0
+        processed_ratio = processed / assembled if assembled else 0.0
+        p95 = float(np.percentile(latencies, 95)) if latencies.size else math.inf
+        out_doc["expected_frames"] = round(expected)
+        out_doc["delivered_ratio"] = round(delivered_ratio, 4)
+        out_doc["processed_ratio"] = round(processed_ratio, 4)
+        out_doc["keeps_up"] = bool(
+            dropped == 0 and delivered_ratio >= 0.95 and p95 <= spec.max_latency_s and pending <= spec.cameras
+        )
+    if spec.keep_samples:
+        out_doc["samples"] = [
+            {"t_s": round(s[0] - started, 2), "rss_mb": round(s[1], 1), "cpu_s": round(s[2], 2), **s[3]}
+            for s in sampler.samples
+        ]
+    return out_doc
+
+
+def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
+    from pipeline.graph import CameraGraph
+    from pipeline.run import DISPLAY_SIZE
+
+    cfg = site_config(assets, spec.cameras, out, uri_scheme="loop", fps=spec.fps)
+    counters = _Counters()
+
+    def on_frame(camera: str, _pts: float, _frame: np.ndarray) -> None:
+        counters.frame(camera)
+
+    def on_display(camera: str, _pts: float, _frame: np.ndarray) -> None:
+        counters.clip(camera)  # display-branch frames, counted apart
+
+    frame_size = (cfg.model.backbone.image_width, cfg.model.backbone.image_height)
+    graph = CameraGraph(
+        frame_size,
+        on_frame,
+        cameras=cfg.enabled_cameras(),
+        realtime=False,
+        display_size=DISPLAY_SIZE,
+        on_display_frame=on_display,
+    )
+    sampler = ProcessSampler(spec.sample_interval_s)
+    started = time.monotonic()
+    sampler.start()
+    graph.start()
+    time.sleep(max(0.0, started + spec.warmup_s - time.monotonic()))
+    first, first_s = counters.snapshot(), sampler.sample()
+    time.sleep(max(0.0, started + spec.duration_s - time.monotonic()))
+    last, last_s = counters.snapshot(), sampler.sample()
+    states = graph.states()
+    sampler.stop()
+    graph.stop()
+    window = last["t"] - first["t"]
+    frames = last["frames"] - first["frames"]
+    return {
+        "window_s": round(window, 3),
+        "frames_delivered": int(frames),
+        "frames_per_s": round(frames / window, 2),
+        "display_frames": int(last["clips"] - first["clips"]),
+        "cpu_percent": round(100.0 * (last_s[2] - first_s[2]) / window, 1),
+        "camera_states": states,
+        **_rss_summary(sampler, first["t"], last["t"]),
+    }
+
+
+def time_clip_inference(
+    inference: Any, batch: int, frame_shape: tuple[int, int, int, int], min_time_s: float, hop: int
+) -> dict[str, Any]:
+    """Time ``inference`` (a :class:`~pipeline.inference.ClipInference`) on batches of ``batch`` clips, one
+    per camera, after filling every camera's DPC history so that each timed clip runs the whole path.
+
+    ``frame_shape``: ``(T, H, W, 3)`` of a clip's uint8 RGB frames (fixed random pixels: speed does not
+    depend on them). Returns clips/s, camera-frames/s (``clips/s * hop``) and per-batch latency.
+    """
+    from pipeline.clips import Clip
+
+    rng = np.random.default_rng(batch)
+    stacks = [rng.integers(0, 256, frame_shape, dtype=np.uint8) for _ in range(batch)]
+    t_len = frame_shape[0]
+
+    def call(i: int) -> int:
+        clips = [Clip(f"b{j}", i, s, np.arange(t_len, dtype=np.float64) + i, i) for j, s in enumerate(stacks)]
+        return sum(r.scores is not None for r in inference(clips))
+
+    warm = inference.scorer.ring_len + 1
+    for i in range(warm):
+        call(i)
+    times: list[float] = []
+    scored = 0
+    started = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - started < min_time_s:
+        t0 = time.perf_counter()
+        scored += call(warm + len(times))
+        times.append(time.perf_counter() - t0)
+    clips_s = batch * len(times) / sum(times)
+    return {
+        "batch": batch,
+        "calls": len(times),
+        "clips_per_s": round(clips_s, 2),
+        "camera_frames_per_s": round(clips_s * hop, 1),
+        "scored_fraction": round(scored / (batch * len(times)), 3),
+        "latency": latency_stats(times),
+    }
+
+
+def _pure_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
+    from pipeline.inference import ClipInference, EngineError, load_engines
+
+    cfg = site_config(assets, 1, out, threads=spec.threads, max_batch=spec.max_batch)
+    try:
+        engines = load_engines(cfg)
+    except EngineError as exc:
+        raise BenchError(str(exc)) from exc
+    pre = cfg.model.preprocess
+    w, h = engines.frame_size
+    results = []
+    try:
+        for batch in spec.batches:
+            inference = ClipInference(
+                engines,
+                context_clips=cfg.model.dpc.context_clips,
+                history_step=pre.clip_len * pre.frame_stride // pre.clip_hop,
+                contexts={},
+            )
+            shape = (pre.clip_len, h, w, 3)
+            results.append(time_clip_inference(inference, batch, shape, spec.min_time_s, pre.clip_hop))
+    finally:
+        engines.close()
+    return {"threads": cfg.engines.threads, "clip_hop": pre.clip_hop, "batches": results}
+
+
+def _naive_case(spec: CaseSpec, assets: Assets, _out: Path) -> dict[str, Any]:
+    from bench.bench_naive import run_naive
+    from pipeline.config import load_config
+
+    threads = spec.threads or load_config(assets.config_path).engines.threads or (os.cpu_count() or 1)
+    cameras = [spec.first_camera + k for k in range(spec.cameras)]
+    return run_naive(assets, cameras, threads=threads, budget_s=spec.duration_s, fps=spec.fps)
+
+
+def run_case(spec: CaseSpec, assets: Assets) -> dict[str, Any]:
+    """Run one case in this process; returns its measurements (plus the spec)."""
+    spec.validate()
+    out = Path(tempfile.mkdtemp(prefix=f"zsad-bench-{spec.mode}-"))
+    runners = {
+        "pure": _pure_case,
+        "decode": _decode_case,
+        "fast": _pipeline_case,
+        "realtime": _pipeline_case,
+        "naive": _naive_case,
+    }
+    try:
+        result = runners[spec.mode](spec, assets, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"case": asdict(spec), **result}
+
+
+def run_case_in_child(spec: CaseSpec, assets: Assets, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run one case in a fresh Python process (this file with ``--case``); returns its result."""
+    payload = json.dumps({"spec": asdict(spec), "assets": assets.to_json()})
+    limit = timeout_s or spec.duration_s + 120.0
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--case", payload],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=limit,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{spec.mode} case with {spec.cameras} camera(s) ran past {limit:.0f} s") from exc
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        raise BenchError(
+            f"{spec.mode} case with {spec.cameras} camera(s) failed (exit {proc.returncode}):\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    result["child_seconds"] = round(time.monotonic() - started, 2)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweep (parent process)
+# --------------------------------------------------------------------------------------------------
+
+
+def memory_per_camera(points: Sequence[tuple[int, float]]) -> dict[str, float] | None:
+    """Least-squares ``rss = base + per_camera * N`` over ``(N, rss_mb)`` points (None with < 2 Ns)."""
+    if len({n for n, _ in points}) < 2:
+        return None
+    n = np.array([p[0] for p in points], dtype=np.float64)
+    rss = np.array([p[1] for p in points], dtype=np.float64)
+    slope, base = np.polyfit(n, rss, 1)
+    return {"per_camera_mb": round(float(slope), 2), "base_mb": round(float(base), 1)}
+
+
+def pure_at(pure: Sequence[Mapping[str, Any]], threads: int, batch: float) -> float | None:
+    """Pure-inference clips/s at ``threads`` and the measured batch size nearest to ``batch``, averaged over
+    the pure runs (before and after the sweep)."""
+    runs = [r for r in pure if r["threads"] == threads]
+    sizes = sorted({b["batch"] for r in runs for b in r["batches"]})
+    if not sizes:
+        return None
+    nearest = min(sizes, key=lambda s: (abs(s - batch), s))
+    values = [b["clips_per_s"] for r in runs for b in r["batches"] if b["batch"] == nearest]
+    return float(np.mean(values))
+
+
+def run_pipeline_bench(
+    assets: Assets,
+    cameras: Sequence[int],
+    *,
+    threads: Sequence[int] | None = None,
+    rt_threads: int | None = None,
+    max_batch: int | None = None,
+    fps: float = 25.0,
+    decode_s: float = 4.0,
+    fast_s: float = 7.0,
+    naive_s: float = 5.0,
+    rt_s: float = 10.0,
+    pure_s: float = 1.0,
+    search: bool = True,
+    max_latency_s: float = 1.0,
+    progress: Any = print,
+) -> dict[str, Any]:
+    """The whole sweep; see the module docstring. ``progress(line)`` gets one line per finished case.
+
+    ``threads``: thread counts of the pure, fast and naive cases (default 1 and the config's);
+    ``rt_threads``: thread count of the real-time cases (default the config's, what ``zsad run`` uses).
+    """
+    from pipeline.config import load_config
+
+    base = load_config(assets.config_path)
+    batch = max_batch or base.scheduler.max_batch
+    configured = base.engines.threads or (os.cpu_count() or 1)
+    thread_counts = list(threads) if threads else sorted({1, configured})
+    rt_thread_count = rt_threads or configured
+    pure_batches = sorted({1, 4, batch, 16})
+    rt_warmup = min(3.0, rt_s / 3)
+
+    def case(**kw: Any) -> dict[str, Any]:
+        spec = CaseSpec(max_batch=batch, fps=fps, max_latency_s=max_latency_s, **kw)
+        result = run_case_in_child(spec, assets)
+        progress(_progress_line(result))
+        return result
+
+    def pure_round() -> list[dict[str, Any]]:
+        return [
+            case(
+                mode="pure", threads=t, batches=pure_batches, min_time_s=pure_s, duration_s=1.0, warmup_s=0.0
+            )
+            for t in thread_counts
+        ]
+
+    def realtime(n: int) -> dict[str, Any]:
+        return case(mode="realtime", cameras=n, threads=rt_thread_count, duration_s=rt_s, warmup_s=rt_warmup)
+
+    doc: dict[str, Any] = {
+        "assets": assets.describe(),
+        "settings": {
+            "cameras": list(cameras),
+            "threads": thread_counts,
+            "rt_threads": rt_thread_count,
+            "max_batch": batch,
+            "fps": fps,
+            "decode_s": decode_s,
+            "fast_s": fast_s,
+            "naive_s": naive_s,
+            "rt_s": rt_s,
+            "max_latency_s": max_latency_s,
+        },
+    }
+    pure = pure_round()
+    decode = [case(mode="decode", cameras=n, duration_s=decode_s, warmup_s=1.0) for n in cameras]
+    fast, naive = [], []
+    for i, n in enumerate(cameras):
+        for t in thread_counts:  # A B A B: a naive slot right before each pipeline case
+            naive.append(
+                case(
+                    mode="naive",
+                    cameras=len(assets.videos),
+                    first_camera=i,
+                    threads=t,
+                    duration_s=naive_s,
+                    warmup_s=0.0,
+                )
+            )
+            fast.append(
+                case(mode="fast", cameras=n, threads=t, duration_s=fast_s, warmup_s=min(2.0, fast_s / 4))
+            )
+    pure += pure_round()
+    rt_runs = [realtime(n) for n in cameras]
+    if search:
+        rt_runs += _search_capacity(rt_runs, realtime)
+    doc.update(pure=pure, decode=decode, fast=fast, naive=naive, realtime=rt_runs)
+    doc["summary"] = summarise(doc)
+    return doc
+
+
+def _search_capacity(runs: list[dict[str, Any]], run: Any, max_extra: int = 2) -> list[dict[str, Any]]:
+    """Bisect between the largest N that kept up and the smallest that did not (at most ``max_extra``)."""
+    extra: list[dict[str, Any]] = []
+    for _ in range(max_extra):
+        allruns = runs + extra
+        ok = [r["case"]["cameras"] for r in allruns if r["keeps_up"]]
+        bad = [r["case"]["cameras"] for r in allruns if not r["keeps_up"]]
+        lo = max(ok) if ok else 0
+        above = [n for n in bad if n > lo]
+        if not above:
+            break
+        hi = min(above)
+        if hi - lo <= 1:
+            break
+        extra.append(run((lo + hi) // 2))
+    return extra
+
+
+def _progress_line(r: Mapping[str, Any]) -> str:
+    spec = r["case"]
+    mode, n, t = spec["mode"], spec["cameras"], spec["threads"]
+    if mode == "pure":
+        return f"pure       t{t}: " + ", ".join(
+            f"b{b['batch']} {b['clips_per_s']:.1f} clips/s" for b in r["batches"]
+        )
+    if mode == "decode":
+        return f"decode     {n:2d} cams: {r['frames_per_s']:.0f} frames/s"
+    if mode == "naive":
+        return (
+            f"naive      t{t} from camera {spec['first_camera']}: "
+            f"{r['frames_per_s']:.0f} frames/s ({r['frames']} frames)"
+        )
+    line = (
+        f"{mode:10s} t{t} {n:2d} cams: {r['clips_per_s']:.1f} clips/s, "
+        f"{r['camera_frames_per_s']:.0f} cam-frames/s, batch {r['mean_batch']}, "
+        f"dropped {r['clips_dropped']}, p95 {r['latency']['p95_ms']:.0f} ms, "
+        f"cpu {r['cpu_percent']:.0f}%, rss {r['rss_median_mb']:.0f} MB"
+    )
+    if mode == "realtime":
+        line += f", delivered {r['delivered_ratio']:.2f}, keeps up: {r['keeps_up']}"
+    return line
+
+
+def summarise(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Rows joining the cases, the ratios the goals ask for, and memory per camera."""
+    naive_by_threads: dict[int, float] = {}  # pooled over the slots of each thread count
+    for t in sorted({r["threads"] for r in doc["naive"]}):
+        runs = [r for r in doc["naive"] if r["threads"] == t]
+        seconds = sum(r["seconds"] for r in runs)
+        if seconds > 0:
+            naive_by_threads[t] = round(sum(r["frames"] for r in runs) / seconds, 2)
+    naive_best = max(naive_by_threads.values()) if naive_by_threads else None
+    decode = {r["case"]["cameras"]: r["frames_per_s"] for r in doc["decode"]}
+    # CPU time one decoded frame costs (both branches), from the decode-only cases.
+    decode_cost = {
+        r["case"]["cameras"]: round(10.0 * r["cpu_percent"] / r["frames_per_s"], 3)
+        for r in doc["decode"]
+        if r["frames_per_s"] > 0
+    }
+    fast_rows = []
+    for r in doc["fast"]:
+        n, t = r["case"]["cameras"], r["case"]["threads"]
+        pure_same = pure_at(doc["pure"], t, r["mean_batch"])
+        naive_same = naive_by_threads.get(t)
+        fast_rows.append(
+            {
+                "cameras": n,
+                "threads": t,
+                "decode_frames_per_s": decode.get(n),
+                "decode_cpu_ms_per_frame": decode_cost.get(n),
+                "camera_frames_per_s": r["camera_frames_per_s"],
+                "clips_per_s": r["clips_per_s"],
+                "mean_batch": r["mean_batch"],
+                "clips_dropped": r["clips_dropped"],
+                "cpu_percent": r["cpu_percent"],
+                "pure_clips_per_s_same_batch": round(pure_same, 2) if pure_same else None,
+                "pipeline_over_pure": round(r["clips_per_s"] / pure_same, 3) if pure_same else None,
+                "naive_frames_per_s_same_threads": naive_same,
+                "pipeline_over_naive_same_threads": (
+                    round(r["camera_frames_per_s"] / naive_same, 2) if naive_same else None
+                ),
+                "pipeline_over_naive_best": (
+                    round(r["camera_frames_per_s"] / naive_best, 2) if naive_best else None
+                ),
+            }
+        )
+    passing = [r["case"]["cameras"] for r in doc["realtime"] if r["keeps_up"]]
+    failing = [r["case"]["cameras"] for r in doc["realtime"] if not r["keeps_up"]]
+    capacity = max(passing) if passing else 0
+    best = max(fast_rows, key=lambda r: r["camera_frames_per_s"])
+    largest = max(doc["settings"]["cameras"])
+    return {
+        "fast_rows": fast_rows,
+        "naive_frames_per_s_by_threads": {str(k): v for k, v in naive_by_threads.items()},
+        "naive_best_frames_per_s": naive_best,
+        "best_fast": best,
+        "pipeline_over_pure_at_largest": {
+            str(r["threads"]): r["pipeline_over_pure"] for r in fast_rows if r["cameras"] == largest
+        },
+        "realtime_cameras": capacity,
+        "realtime_first_failure": min((n for n in failing if n > capacity), default=None),
+        "realtime_tested": sorted({r["case"]["cameras"] for r in doc["realtime"]}),
+        "memory": memory_per_camera([(r["case"]["cameras"], r["rss_median_mb"]) for r in doc["realtime"]]),
+        "decode_memory": memory_per_camera(
+            [(r["case"]["cameras"], r["rss_median_mb"]) for r in doc["decode"]]
+        ),
+    }
+
+
+def pipeline_tables(doc: Mapping[str, Any], *, markdown: bool = False) -> str:
+    """The fast sweep, the pure runs and the real-time sweep as text (or markdown) tables."""
+    s = doc["summary"]
+
+    def ratio(v: float | None) -> str | None:
+        return f"{v:.2f}x" if v is not None else None
+
+    fast = format_table(
+        [
+            "cameras",
+            "threads",
+            "decode-only frames/s",
+            "decode CPU ms/frame",
+            "pipeline cam-frames/s",
+            "clips/s",
+            "mean batch",
+            "CPU %",
+            "pure clips/s (same batch)",
+            "pipeline/pure",
+            "naive frames/s (same threads)",
+            "pipeline/naive (same threads)",
+            "pipeline/naive (best naive)",
+        ],
+        [
+            [
+                r["cameras"],
+                r["threads"],
+                r["decode_frames_per_s"],
+                r["decode_cpu_ms_per_frame"],
+                r["camera_frames_per_s"],
+                r["clips_per_s"],
+                r["mean_batch"],
+                r["cpu_percent"],
+                r["pure_clips_per_s_same_batch"],
+                ratio(r["pipeline_over_pure"]),
+                r["naive_frames_per_s_same_threads"],
+                ratio(r["pipeline_over_naive_same_threads"]),
+                ratio(r["pipeline_over_naive_best"]),
+            ]
+            for r in s["fast_rows"]
+        ],
+        markdown=markdown,
+    )
+    pure_rows = []
+    for i, run in enumerate(doc["pure"]):
+        when = "before" if i < len(doc["pure"]) // 2 else "after"
+        for b in run["batches"]:
+            pure_rows.append(
+                [
+                    when,
+                    run["threads"],
+                    b["batch"],
+                    b["clips_per_s"],
+                    b["camera_frames_per_s"],
+                    b["latency"]["p50_ms"],
+                    b["latency"]["p95_ms"],
+                ]
+            )
+    pure = format_table(
+        ["run", "threads", "batch", "clips/s", "cam-frames/s", "p50 ms/batch", "p95 ms/batch"],
+        pure_rows,
+        markdown=markdown,
+    )
+    rt = format_table(
+        [
+            "cameras",
+            "keeps up",
+            "frames/s",
+            "delivered",
+            "dropped",
+            "pending at stop",
+            "latency p50 ms",
+            "latency p95 ms",
+            "mean batch",
+            "CPU %",
+            "RSS MB",
+            "alerts",
+        ],
+        [
+            [
+                r["case"]["cameras"],
+                "yes" if r["keeps_up"] else "no",
+                r["frames_per_s"],
+                r["delivered_ratio"],
+                r["clips_dropped"],
+                r["clips_pending_at_stop"],
+                r["latency"]["p50_ms"],
+                r["latency"]["p95_ms"],
+                r["mean_batch"],
+                r["cpu_percent"],
+                r["rss_median_mb"],
+                r["alerts"]["opened"],
+            ]
+            for r in sorted(doc["realtime"], key=lambda r: r["case"]["cameras"])
+        ],
+        markdown=markdown,
+    )
+    mem = s["memory"]
+    mem_line = (
+        f"memory (real-time runs, least squares): {mem['base_mb']} MB + {mem['per_camera_mb']} MB per camera"
+        if mem
+        else "memory: fewer than two camera counts"
+    )
+    naive = ", ".join(f"{t} thread(s) {v} frames/s" for t, v in s["naive_frames_per_s_by_threads"].items())
+    st = doc["settings"]
+    return (
+        f"As fast as possible (loop:// files, back-pressure), max_batch {st['max_batch']}:\n{fast}\n"
+        f"naive baseline (OpenCV + PyTorch eager, batch 1, one camera at a time): {naive}\n\n"
+        f"Pure inference (ClipInference on ready clips, before and after the sweep):\n{pure}\n\n"
+        f"Real time ({st['fps']:g} fps per camera, {st['rt_threads']} thread(s)):\n{rt}\n\n"
+        f"real time on {s['realtime_cameras']} camera(s) "
+        f"(first failure: {s['realtime_first_failure']}); {mem_line}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="base config (model, alerts, scheduler)"
+    )
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")
+    p.add_argument("--cameras", default="1,2,4,8,16", help="camera counts")
+    p.add_argument("--threads", default=None, help="thread counts of pure/fast/naive (default: 1,<config>)")
+    p.add_argument("--rt-threads", type=int, default=None, help="threads of the real-time cases (config)")
+    p.add_argument("--max-batch", type=int, default=None, help="scheduler max_batch (default: config)")
+    p.add_argument("--fps", type=float, default=25.0, help="sampling rate per camera (videos are 25 fps)")
+    p.add_argument("--decode-seconds", type=float, default=4.0, help="length of each decode-only case")
+    p.add_argument("--fast-seconds", type=float, default=7.0, help="length of each as-fast-as-possible case")
+    p.add_argument("--naive-seconds", type=float, default=5.0, help="budget of each naive slot")
+    p.add_argument("--rt-seconds", type=float, default=10.0, help="length of each real-time case")
+    p.add_argument("--pure-seconds", type=float, default=1.0, help="seconds per batch size in pure cases")
+    p.add_argument("--max-latency", type=float, default=1.0, help="real time: p95 latency bound (s)")
+    p.add_argument("--no-search", action="store_true", help="do not bisect the real-time camera count")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder for pipeline.json")
+    p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case (child)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _child(payload: str) -> int:
+    data = json.loads(payload)
+    spec = CaseSpec(**data["spec"])
+    assets = Assets.from_json(data["assets"])
+    try:
+        result = run_case(spec, assets)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.case is not None:
+        return _child(args.case)
+    try:
+        cameras = parse_int_list(args.cameras)
+        load_before = load_average()
+        assets = prepare_assets(args.work, args.config, args.checkpoint)
+        doc = run_pipeline_bench(
+            assets,
+            cameras,
+            threads=parse_int_list(args.threads) if args.threads else None,
+            rt_threads=args.rt_threads,
+            max_batch=args.max_batch,
+            fps=args.fps,
+            decode_s=args.decode_seconds,
+            fast_s=args.fast_seconds,
+            naive_s=args.naive_seconds,
+            rt_s=args.rt_seconds,
+            pure_s=args.pure_seconds,
+            search=not args.no_search,
+            max_latency_s=args.max_latency,
+        )
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    doc["load_average_before"] = load_before
+    doc["load_average_after"] = load_average()
+    path = write_result("pipeline", doc, args.results)
+    print()
+    print(pipeline_tables(doc))
+    print(f"\nload average before {load_before}, after {doc['load_average_after']}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

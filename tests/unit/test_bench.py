@@ -1,0 +1,258 @@
+"""Smoke tests of the benchmark code (bench/) at minimal sizes, so that the scripts cannot rot.
+
+One tiny model, its ONNX Runtime engines and one 40-frame synthetic video are built once for the module;
+every measured path then runs for a fraction of a second: the inference comparison, pure clip inference,
+the naive OpenCV + PyTorch loop, the decode-only graph, the whole Application as fast as possible and in
+real time, the summaries, the goals and the plot. The numbers themselves are not checked (this machine's
+speed is not a test); what they count is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.bench_all import evaluate_goals, goals_table, plot_cameras, summary_markdown
+from bench.bench_inference import count_flops, inference_table, run_inference_bench
+from bench.bench_pipeline import (
+    CaseSpec,
+    _search_capacity,
+    memory_per_camera,
+    pipeline_tables,
+    pure_at,
+    run_case,
+    summarise,
+)
+from bench.bench_soak import fit_rss_slope
+from bench.common import (
+    Assets,
+    BenchError,
+    format_table,
+    latency_stats,
+    machine_info,
+    parse_int_list,
+    prepare_assets,
+    write_result,
+)
+
+TINY = {
+    "backbone": {
+        "image_height": 48,
+        "image_width": 64,
+        "patch_size": 16,
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+    },
+    "dpc": {"context_clips": 2, "pred_steps": 1, "hidden_size": 32},
+    "preprocess": {"clip_len": 2, "frame_stride": 2, "clip_hop": 4},
+}
+FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
+    root = tmp_path_factory.mktemp("bench")
+    config = root / "tiny.yaml"
+    config.write_text(json.dumps({"model": TINY, "engines": {"threads": 1}}))  # JSON is YAML
+    return prepare_assets(root / "work", config, videos=1, frames=FRAMES)
+
+
+def test_helpers_parse_and_summarise() -> None:
+    assert parse_int_list("1, 2,16") == [1, 2, 16]
+    for bad in ("", "0,1", "a"):
+        with pytest.raises(BenchError):
+            parse_int_list(bad)
+    stats = latency_stats([0.001, 0.002, 0.003, 0.004])
+    assert stats["n"] == 4
+    assert stats["max_ms"] == 4.0
+    assert 2.0 < stats["p50_ms"] < 3.0
+    assert math.isnan(latency_stats([])["p50_ms"])
+    md = format_table(["a", "b"], [[1, 2.5], [None, math.nan]], markdown=True).splitlines()
+    assert md[0] == "| a | b |"
+    assert md[2] == "| 1 | 2.5 |"
+    assert md[3] == "| - | - |"
+    fit = memory_per_camera([(1, 110.0), (2, 120.0), (4, 140.0)])
+    assert fit == {"per_camera_mb": 10.0, "base_mb": 100.0}
+    assert memory_per_camera([(4, 1.0), (4, 2.0)]) is None
+    samples = [
+        {"t_s": t, "rss_mb": 500.0 + (50.0 if t < 30 else 0.0) + 0.5 * t / 60} for t in range(0, 300, 5)
+    ]
+    assert fit_rss_slope(samples, warmup_s=30)["rss_slope_mb_per_min"] == pytest.approx(0.5)
+    with pytest.raises(BenchError):
+        fit_rss_slope(samples[:2], warmup_s=0)
+    pure = [{"threads": 1, "batches": [{"batch": 1, "clips_per_s": 10.0}, {"batch": 8, "clips_per_s": 40.0}]}]
+    assert pure_at(pure, 1, 7.4) == 40.0
+    assert pure_at(pure, 1, 2.0) == 10.0
+    assert pure_at(pure, 2, 8) is None
+
+
+def test_capacity_search_bisects_between_pass_and_fail() -> None:
+    keeps = {1: True, 2: True, 4: True, 6: True, 7: False, 8: False, 16: False}
+    runs = [{"case": {"cameras": n}, "keeps_up": keeps[n]} for n in (1, 2, 4, 8, 16)]
+    tried: list[int] = []
+
+    def run(n: int) -> dict[str, Any]:
+        tried.append(n)
+        return {"case": {"cameras": n}, "keeps_up": keeps[n]}
+
+    extra = _search_capacity(runs, run)
+    assert tried == [6, 7]
+    assert [r["keeps_up"] for r in extra] == [True, False]
+
+
+def test_results_carry_command_and_machine(tmp_path: Path) -> None:
+    info = machine_info(gstreamer=False)
+    assert info["nproc"] >= 1
+    assert info["ram_gib"] > 0
+    assert len(info["load_average"]) == 3
+    path = write_result("unit", {"value": 1}, tmp_path)
+    doc = json.loads(path.read_text())
+    assert doc["value"] == 1
+    assert doc["command"]
+    assert doc["machine"]["cpu_model"]
+    assert doc["date_utc"]
+
+
+@pytest.fixture(scope="module")
+def inference(assets: Assets) -> dict[str, Any]:
+    return run_inference_bench(
+        assets, [1], [1, 2], repeats=2, min_time_s=0.0, min_calls=1, peak_sizes=(128,), peak_time_s=0.0
+    )
+
+
+def test_inference_bench_compares_both_runtimes(assets: Assets, inference: dict[str, Any]) -> None:
+    from engines.manifest import load_manifest, manifest_path
+    from engines.model import load_checkpoint
+
+    model, _ = load_checkpoint(assets.checkpoint)
+    manifest = load_manifest(manifest_path(assets.engines_dir, "backbone"))
+    flops = count_flops(model.eval(), "backbone", manifest)
+    assert flops["flops"] > 0
+    assert any("mm" in op for op in flops["by_op"])
+    result = inference
+    cells = result["cells"]
+    assert {(c["component"], c["batch"], c["runtime"]) for c in cells} == {
+        (comp, b, rt) for comp in ("backbone", "dpc_head") for b in (1, 2) for rt in ("onnxruntime", "torch")
+    }
+    assert all(c["clips_per_s"] > 0 and len(c["clips_per_s_repeats"]) == 2 for c in cells)
+    assert all(c["latency"]["n"] >= 2 and c["fraction_of_peak"] > 0 for c in cells)
+    assert len(result["speedups"]) == 4
+    assert result["matmul_peak"]["1"]["gflops"] > 0
+    assert "ORT/torch" in inference_table(result)
+
+
+@pytest.fixture(scope="module")
+def pipeline_doc(assets: Assets) -> dict[str, Any]:
+    """One short case of each kind, in this process, assembled like run_pipeline_bench does."""
+    base = {"threads": 1, "max_batch": 4, "sample_interval_s": 0.2}
+    pure = run_case(
+        CaseSpec(mode="pure", batches=[1, 4], min_time_s=0.0, duration_s=1.0, warmup_s=0.0, **base), assets
+    )
+    decode = run_case(CaseSpec(mode="decode", duration_s=1.2, warmup_s=0.4, **base), assets)
+    # OpenCV comes with the dev requirements; without it only the naive baseline is left out.
+    naive = (
+        run_case(CaseSpec(mode="naive", duration_s=5.0, warmup_s=0.0, **base), assets)
+        if importlib.util.find_spec("cv2")
+        else None
+    )
+    fast = run_case(CaseSpec(mode="fast", duration_s=2.0, warmup_s=0.5, **base), assets)
+    realtime = run_case(CaseSpec(mode="realtime", duration_s=2.5, warmup_s=0.5, **base), assets)
+    return {
+        "settings": {"cameras": [1], "threads": [1], "rt_threads": 1, "max_batch": 4, "fps": 25.0},
+        "pure": [pure],
+        "decode": [decode],
+        "fast": [fast],
+        "naive": [naive] if naive else [],
+        "realtime": [realtime],
+    }
+
+
+def test_pure_inference_runs_the_whole_clip_path(pipeline_doc: dict[str, Any]) -> None:
+    (pure,) = pipeline_doc["pure"]
+    assert [b["batch"] for b in pure["batches"]] == [1, 4]
+    # The DPC history is filled before timing, so every timed clip is scored.
+    assert all(b["scored_fraction"] == 1.0 and b["clips_per_s"] > 0 for b in pure["batches"])
+
+
+def test_naive_scores_the_same_clip_grid(pipeline_doc: dict[str, Any]) -> None:
+    if not pipeline_doc["naive"]:
+        pytest.skip("opencv-python-headless is not installed (requirements/dev.txt)")
+    (naive,) = pipeline_doc["naive"]
+    (cam,) = naive["per_camera"]
+    span, hop, ring = 3, 4, 2  # (T - 1) * stride + 1; clip_hop; context_clips * history_step
+    assert cam["frames"] == FRAMES
+    assert cam["clips"] == (FRAMES - span) // hop + 1
+    assert cam["scored"] == cam["clips"] - ring
+    assert naive["frames_per_s"] > 0
+
+
+def test_graph_cases_count_frames_and_clips(pipeline_doc: dict[str, Any]) -> None:
+    (decode,) = pipeline_doc["decode"]
+    assert decode["frames_delivered"] > 0
+    assert decode["display_frames"] > 0
+    (fast,) = pipeline_doc["fast"]
+    assert fast["clips_processed"] > 0
+    assert fast["clips_dropped"] == 0
+    assert fast["camera_frames_per_s"] == pytest.approx(fast["clips_per_s"] * 4, rel=1e-3)
+    assert fast["camera_states"] == {"cam00": "live"}
+    (rt,) = pipeline_doc["realtime"]
+    # 25 fps for ~2 s: about 50 frames and a clip every 4 frames, each timed from its last frame.
+    assert 0.8 < rt["delivered_ratio"] < 1.2
+    assert rt["clips_processed"] >= 8
+    assert rt["latency"]["n"] >= 8
+    assert 0 < rt["latency"]["p50_ms"] < 2000
+    assert rt["rss_median_mb"] > 0
+    assert isinstance(rt["keeps_up"], bool)
+
+
+def test_summary_goals_markdown_and_plot(
+    pipeline_doc: dict[str, Any], inference: dict[str, Any], tmp_path: Path
+) -> None:
+    pipeline_doc["summary"] = summarise(pipeline_doc)
+    s = pipeline_doc["summary"]
+    (row,) = s["fast_rows"]
+    assert row["pipeline_over_pure"] is not None
+    assert (row["pipeline_over_naive_same_threads"] is not None) == bool(pipeline_doc["naive"])
+    assert s["realtime_tested"] == [1]
+    assert "Real time" in pipeline_tables(pipeline_doc)
+    soak = {
+        "minutes": 0.1,
+        "cameras": 1,
+        "rss_slope_mb_per_min": 0.2,
+        "rss_after_warmup_mb": 100.0,
+        "rss_end_mb": 100.1,
+        "flat": True,
+    }
+    goals = evaluate_goals(inference, pipeline_doc, soak)
+    assert [g["goal"].split(" (")[0] for g in goals] == [
+        "ONNX Runtime >= 2x PyTorch eager",
+        "pipeline >= 0.9x pure inference, same batch",
+        ">= 3x the naive baseline",
+        "real time on as many 25 fps cameras as possible",
+        "memory flat over a 10-minute run",
+    ]
+    assert "not 10" in goals[-1]["value"]
+    assert goals[-1]["met"] is True
+    assert "verdict" in goals_table(goals)
+    doc = {
+        "command": "python bench/bench_all.py",
+        "date_utc": "2026-01-01T00:00:00+00:00",
+        "machine": machine_info(gstreamer=False),
+        "uptime_before": "load average: 1.0",
+        "uptime_after": "load average: 1.0",
+        "seconds": 60.0,
+        "goals": goals,
+        "soak": None,
+    }
+    md = summary_markdown(doc, inference, pipeline_doc)
+    assert "### Goals" in md
+    assert "| goal | measured | verdict |" in md
+    plot = plot_cameras(pipeline_doc, tmp_path / "cameras.png")
+    assert plot is not None
+    assert plot.stat().st_size > 1000
