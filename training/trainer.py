@@ -159,7 +159,8 @@ def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
         torch.distributed.init_process_group(backend=backend)
     torch.manual_seed(tc.seed + rank)
     device = _device(tc.device)
-    if device.type == "cpu":
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores between DDP processes; an explicit OMP_NUM_THREADS wins.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
     spec = cfg.model.model_dump()
