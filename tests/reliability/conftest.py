@@ -14,3 +14,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Scenes (campus_000.mp4, parking_000.mp4: 80 frames, 160x120, 10 fps), a seeded untrained tiny
     checkpoint and its ONNX Runtime engines."""
     return build_world(tmp_path_factory.mktemp("world"))
+
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of this folder ``reliability`` (select them with ``-m reliability``)."""
+    for item in items:
+        if _HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.reliability)

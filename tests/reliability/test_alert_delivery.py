@@ -50,7 +50,9 @@ def _check_complete_in_order(expected: list[dict[str, Any]], received: list[dict
     return repeats
 
 
-def test_broker_outage_during_an_alert_burst_loses_nothing(world: dict[str, Path], tmp_path: Path) -> None:
+def test_broker_outage_during_an_alert_burst_loses_nothing(
+    world: dict[str, Path], tmp_path: Path, record_property: Any
+) -> None:
     broker = Broker(tmp_path / "broker")
     broker.start()
     sub = Subscriber(broker.port, TOPIC)
@@ -69,6 +71,7 @@ def test_broker_outage_during_an_alert_burst_loses_nothing(world: dict[str, Path
         broker.stop()
         published_before = len(read_jsonl(out / "alerts.jsonl"))
         wait_until(lambda: mqtt.pending >= 4, timeout=30, what="alerts spooled during the outage")
+        record_property("spooled_during_outage", mqtt.pending)
         broker.start()  # same port, same persistence
         wait_until(lambda: mqtt.pending == 0, timeout=60, what="the spool to drain")
         time.sleep(3.0)  # a few more alerts after the recovery
@@ -80,7 +83,9 @@ def test_broker_outage_during_an_alert_burst_loses_nothing(world: dict[str, Path
     wait_until(lambda: len({_key(m) for m in sub.received()}) >= len(expected), timeout=20, what="subscriber")
     sub.close()
     broker.stop()
-    _check_complete_in_order(expected, sub.received())
+    repeats = _check_complete_in_order(expected, sub.received())
+    record_property("records", len(expected))
+    record_property("marked_repeats", repeats)
     assert {r["status"] for r in expected} == {"open", "closed"}
 
 

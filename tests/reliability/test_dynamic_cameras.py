@@ -98,7 +98,7 @@ def test_sighup_adds_removes_and_restarts_cameras_alone(
         app.start()
         driver.start()
         try:
-            app.wait(duration_s=90, config_path=site)
+            app.wait(duration_s=300, config_path=site)  # the driver stops it long before
         finally:
             driver.join(10)
             app.shutdown()

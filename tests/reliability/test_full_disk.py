@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,11 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_full_media_disk_never_stops_alerting(
-    world: dict[str, Path], tiny_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    world: dict[str, Path],
+    tiny_disk: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    record_property: Any,
 ) -> None:
     caplog.set_level(logging.INFO)
     videos = world["videos"]
@@ -59,6 +64,8 @@ def test_full_media_disk_never_stops_alerting(
     assert per_camera == {c["id"]: [("open", None), ("closed", "shutdown")] for c in cameras}
     # The disk filled up: failures counted per camera and logged (once per camera and failure streak).
     errors = {c["id"]: app.metrics.media_errors.value(camera=c["id"]) for c in cameras}
+    record_property("media_errors", errors)
+    record_property("alert_records", len(records))
     assert sum(errors.values()) >= 1, errors
     media_errors = [r for r in caplog.records if r.name == "pipeline.media" and r.levelno == logging.ERROR]
     assert media_errors

@@ -40,7 +40,7 @@ class SlowBackbone:
 
 
 def test_slow_inference_drops_oldest_with_bounded_queues_and_memory(
-    world: dict[str, Path], tmp_path: Path
+    world: dict[str, Path], tmp_path: Path, record_property: Any
 ) -> None:
     videos = world["videos"]
     cameras = [
@@ -82,6 +82,13 @@ def test_slow_inference_drops_oldest_with_bounded_queues_and_memory(
         sampler.join(2)
         app.shutdown()
 
+    settled = [mb for t, mb in rss if t >= 10.0]
+    record_property("max_queue_depth", max(depths))
+    record_property("clips_submitted", sum(q.submitted for q in stats.cameras.values()))
+    record_property("clips_dropped", sum(q.dropped for q in stats.cameras.values()))
+    record_property("clips_processed", sum(q.processed for q in stats.cameras.values()))
+    record_property("rss_settled_mb", (round(min(settled), 1), round(max(settled), 1)))
+    record_property("frames_per_camera", sorted(g.frames_delivered for g in graph.values()))
     assert max(depths) <= QUEUE
     for cid, q in stats.cameras.items():
         assert q.dropped > 0, (cid, q)
@@ -100,5 +107,4 @@ def test_slow_inference_drops_oldest_with_bounded_queues_and_memory(
         assert g.state == "live"
         assert g.frames_delivered >= 0.7 * 10 * 20, (cid, g.frames_delivered)
     # Memory stays flat once the queues are full (after 10 s): no more than 40 MB of drift.
-    settled = [mb for t, mb in rss if t >= 10.0]
     assert max(settled) - min(settled) < 40.0, (min(settled), max(settled))

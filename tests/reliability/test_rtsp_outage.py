@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,9 @@ pytestmark = [
 OTHERS = ("loop-a", "loop-b", "loop-c")
 
 
-def test_rtsp_outage_and_stall_leave_the_others_at_full_rate(world: dict[str, Path], tmp_path: Path) -> None:
+def test_rtsp_outage_and_stall_leave_the_others_at_full_rate(
+    world: dict[str, Path], tmp_path: Path, record_property: Any
+) -> None:
     server = RtspServer.in_folder(tmp_path)
     server.start()
     videos = world["videos"]
@@ -62,13 +65,18 @@ def test_rtsp_outage_and_stall_leave_the_others_at_full_rate(world: dict[str, Pa
         server.kill()
         wait_for(lambda: app.graph.states()["rtsp"] == "reconnecting", timeout=10)
         during = rate(4.0)
+        record_property("fps_before", baseline)
+        record_property("fps_during_outage", during)
         assert app.graph.states()["rtsp"] == "reconnecting"
         for cid in OTHERS:
             assert during[cid] >= 0.7 * baseline[cid], (during, baseline)
         # 2. Back on the same port: live again, and its scores resume (the DPC history refills).
         before = scores()
         server.start()
-        wait_for(lambda: app.graph.states()["rtsp"] == "live", timeout=15)
+        record_property(
+            "live_again_after_restart_s",
+            round(wait_for(lambda: app.graph.states()["rtsp"] == "live", timeout=15), 2),
+        )
         wait_for(lambda: scores() > before + 2, timeout=20)
         assert app.graph.stats()["rtsp"].reconnects >= 1
 
@@ -77,11 +85,15 @@ def test_rtsp_outage_and_stall_leave_the_others_at_full_rate(world: dict[str, Pa
         wait_for(lambda: app.graph.states()["rtsp"] == "reconnecting", timeout=12)
         assert "stalled" in app.graph.stats()["rtsp"].detail
         during = rate(3.0)
+        record_property("fps_during_stall", during)
         for cid in OTHERS:
             assert during[cid] >= 0.7 * baseline[cid], (during, baseline)
         before = scores()
         server.signal(signal.SIGCONT)
-        wait_for(lambda: app.graph.states()["rtsp"] == "live", timeout=20)
+        record_property(
+            "live_again_after_stall_s",
+            round(wait_for(lambda: app.graph.states()["rtsp"] == "live", timeout=20), 2),
+        )
         wait_for(lambda: scores() > before + 2, timeout=20)
         states = app.graph.states()
         after = {cid: app.graph.stats()[cid] for cid in OTHERS}
