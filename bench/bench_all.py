@@ -35,18 +35,17 @@ from bench.common import (
     REPO,
     RESULTS_DIR,
     BenchError,
-    command_line,
     format_table,
     load_average,
-    machine_info,
     parse_int_list,
     prepare_assets,
+    read_result,
     write_result,
 )
 
 log = logging.getLogger("bench.all")
 
-__all__ = ["evaluate_goals", "goals_table", "main", "plot_cameras"]
+__all__ = ["evaluate_goals", "goals_table", "main", "plot_cameras", "render_report", "summary_markdown"]
 
 PLOT_PATH = REPO / "docs" / "benchmarks_cameras.png"
 
@@ -240,6 +239,16 @@ def summary_markdown(
     return "\n".join(lines)
 
 
+def render_report(results: Path = RESULTS_DIR, plot: Path = PLOT_PATH) -> tuple[Path, Path | None]:
+    """Write ``<results>/summary.md`` and the plot from the JSON results of an earlier run."""
+    inference = read_result("inference", results)
+    pipeline = read_result("pipeline", results)
+    summary = read_result("summary", results)  # carries the run's command, machine and date
+    md_path = results / "summary.md"
+    md_path.write_text(summary_markdown(summary, inference, pipeline))
+    return md_path, plot_cameras(pipeline, plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config")
@@ -250,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soak-minutes", type=float, default=1.5, help="memory soak length (0: skip)")
     p.add_argument("--soak-cameras", type=int, default=4, help="cameras of the memory soak")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1,2 cameras, short cases, no soak")
+    p.add_argument(
+        "--report-only", action="store_true", help="measure nothing: redo summary.md and the plot from JSON"
+    )
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder for the JSON results")
     p.add_argument("--plot", type=Path, default=PLOT_PATH, help="PNG of cost against cameras")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -259,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.report_only:
+        try:
+            md_path, plot_path = render_report(args.results, args.plot)
+        except BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {md_path}" + (f", {plot_path}" if plot_path else ""))
+        return 0
     started = time.monotonic()
     uptime_before, load_before = _uptime(), load_average()
     print(f"uptime before: {uptime_before}", flush=True)
@@ -307,9 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "soak": {k: v for k, v in soak.items() if k != "samples"} if soak else None,
     }
     path = write_result("summary", summary, args.results)
-    doc = {**summary, "command": command_line(), "machine": machine_info(), "date_utc": _now()}
-    (args.results / "summary.md").write_text(summary_markdown(doc, inference, pipeline))
-    plot = plot_cameras(pipeline, args.plot)
+    _, plot = render_report(args.results, args.plot)
     print()
     print(pipeline_tables(pipeline))
     print()
@@ -324,12 +342,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _progress(line: str) -> None:
     print(line, flush=True)
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _default_threads(config: Path) -> list[int]:

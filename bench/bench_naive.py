@@ -189,6 +189,7 @@ def run_naive(
     seconds = sum(r["seconds"] for r in per_camera)
     return {
         "threads": threads,
+        "opencv": _import_cv2().__version__,
         "fps": fps,
         "budget_s": budget_s,
         "cameras_started": len(per_camera),

@@ -860,10 +860,10 @@ def pipeline_tables(doc: Mapping[str, Any], *, markdown: bool = False) -> str:
     naive = ", ".join(f"{t} thread(s) {v} frames/s" for t, v in s["naive_frames_per_s_by_threads"].items())
     st = doc["settings"]
     return (
-        f"As fast as possible (loop:// files, back-pressure), max_batch {st['max_batch']}:\n{fast}\n"
+        f"As fast as possible (loop:// files, back-pressure), max_batch {st['max_batch']}:\n\n{fast}\n\n"
         f"naive baseline (OpenCV + PyTorch eager, batch 1, one camera at a time): {naive}\n\n"
-        f"Pure inference (ClipInference on ready clips, before and after the sweep):\n{pure}\n\n"
-        f"Real time ({st['fps']:g} fps per camera, {st['rt_threads']} thread(s)):\n{rt}\n\n"
+        f"Pure inference (ClipInference on ready clips, before and after the sweep):\n\n{pure}\n\n"
+        f"Real time ({st['fps']:g} fps per camera, {st['rt_threads']} thread(s)):\n\n{rt}\n\n"
         f"real time on {s['realtime_cameras']} camera(s) "
         f"(first failure: {s['realtime_first_failure']}); {mem_line}"
     )

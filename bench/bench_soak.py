@@ -8,8 +8,9 @@ GStreamer buffer pools, clip rings and event-media buffers fill during the first
 a quarter of the run, at most 60 s). The run counts as flat when the fitted growth is below
 ``--flat-mb-per-min`` (default 1 MB/min, i.e. < 10 MB over 10 minutes).
 
-Writes bench/results/soak.json. (tests/reliability/soak.py is the reliability suite's own soak, which
-also watches file descriptors and threads; this one is the benchmark's memory figure.)
+Writes bench/results/soak.json (``--name`` picks another name). tests/reliability/soak.py is the
+reliability suite's own soak, which also watches file descriptors and threads; this one is the
+benchmark's memory figure.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=None, help="seconds left out of the fit")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: config)")
     p.add_argument("--flat-mb-per-min", type=float, default=1.0, help="slope below which memory is flat")
-    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder for soak.json")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of the result file")
+    p.add_argument("--name", default="soak", help="result file name: <results>/<name>.json")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["assets"] = assets.describe()
     result["load_average_before"] = load_before
     result["load_average_after"] = load_average()
-    path = write_result("soak", result, args.results)
+    path = write_result(args.name, result, args.results)
     print(soak_line(result))
     print(f"load average before {load_before}, after {result['load_average_after']}; wrote {path}")
     return 0

@@ -86,15 +86,14 @@ def _cpu_features() -> list[str]:
     return []
 
 
-def _version(module: str) -> str | None:
-    """The version of an importable module, or None when it is not installed (never imports torch twice)."""
-    import importlib
+def _version(distribution: str) -> str | None:
+    """The installed version of a distribution (without importing it), or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
-        mod = importlib.import_module(module)
-    except ImportError:
+        return version(distribution)
+    except PackageNotFoundError:
         return None
-    return str(getattr(mod, "__version__", "unknown"))
 
 
 def _gstreamer_version() -> str | None:
@@ -135,8 +134,8 @@ def machine_info(*, gstreamer: bool = True) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "onnxruntime": _version("onnxruntime"),
-        "torch": _version("torch") if "torch" in sys.modules else None,
-        "opencv": _version("cv2") if "cv2" in sys.modules else None,
+        "torch": _version("torch"),
+        "opencv": _version("opencv-python-headless") or _version("opencv-python"),
         "gstreamer": _gstreamer_version() if gstreamer else None,
         "git_commit": _git_commit(),
         "load_average": load_average(),
