@@ -294,12 +294,13 @@ class Application:
 
     def _on_result(self, clip: Clip, result: ClipResult) -> None:
         cam = clip.camera_id
-        self.metrics.frames_processed.inc(len(clip.frames), camera=cam)
-        if result.scores is None:
-            return
         with self._cameras_lock:
             alerts = self.alerts.get(cam)
-            if alerts is None:  # removed while its clip was being scored
+            if alerts is None:  # removed while its clip was being scored: forget the history it left
+                self.inference.reset(cam)
+                return
+            self.metrics.frames_processed.inc(len(clip.frames), camera=cam)
+            if result.scores is None:
                 return
             fused, records = alerts.update(
                 result.scores.scores, result.scores.embedding, clip.end_pts, prompt=result.prompt
