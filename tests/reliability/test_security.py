@@ -262,6 +262,12 @@ def test_webhook_verifies_https_by_default(
 # ------------------------------------------------------------------------------------ binds and secrets
 
 
+def _connections(proc: Any) -> list[Any]:
+    """The process's inet sockets (psutil >= 6 renamed ``connections`` to ``net_connections``)."""
+    get = getattr(proc, "net_connections", None) or proc.connections
+    return list(get(kind="inet"))
+
+
 def test_servers_bind_loopback_and_secrets_never_leak(
     world: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -285,7 +291,7 @@ def test_servers_bind_loopback_and_secrets_never_leak(
         ports = {app.metrics_server.port, app.review_server.port}
         listening = {
             c.laddr.port: c.laddr.ip
-            for c in psutil.Process().net_connections(kind="inet")
+            for c in _connections(psutil.Process())
             if c.status == psutil.CONN_LISTEN and c.laddr.port in ports
         }
         assert listening == dict.fromkeys(ports, "127.0.0.1")
