@@ -153,13 +153,6 @@ class ProcessSampler:
         self._thread.join(5.0)
         self.sample()
 
-    def at(self, t: float) -> tuple[float, float, float, dict[str, Any]]:
-        """The first sample at or after ``t`` (the last one if none)."""
-        for s in self.samples:
-            if s[0] >= t:
-                return s
-        return self.samples[-1]
-
     def window(self, t0: float, t1: float) -> list[tuple[float, float, float, dict[str, Any]]]:
         return [s for s in self.samples if t0 <= s[0] <= t1]
 
@@ -280,6 +273,8 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
             "dropped": sum(c.dropped for c in st.cameras.values()),
             "depth": sum(c.depth for c in st.cameras.values()),
             "processed": len(counters.done),
+            # ONNX Runtime's arena grows to the largest batch seen: it explains steps in RSS.
+            "max_batch_seen": max(st.batch_sizes, default=0),
         }
 
     sampler = ProcessSampler(spec.sample_interval_s, probe)

@@ -102,6 +102,8 @@ def run_soak(
         "clips_dropped": case["clips_dropped"],
         "latency": case["latency"],
         "cpu_percent": case["cpu_percent"],
+        "batch_sizes": case["batch_sizes"],
+        "alerts": case["alerts"],
         "samples": case["samples"],
     }
 
