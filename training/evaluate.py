@@ -239,7 +239,21 @@ def evaluate(
         }
         for name, r in results.items()
     }
+    primary_scores = variants["fused: all streams (calibrated, context gate)"]
+    contexts = {c.name: c.context for c in test.clips}
+    events = {c.name: c.events for c in test.clips if c.events}
+    smoothed_primary = {v: gaussian_smooth(s, smooth_sigma) for v, s in primary_scores.items()}
     metrics = {
+        "breakdown": {
+            "variant": primary,
+            **breakdown(smoothed_primary, labels, contexts, events),
+            "floor_model_resolution": breakdown(
+                {v: gaussian_smooth(s, smooth_sigma) for v, s in floor_model.items()},
+                labels,
+                contexts,
+                events,
+            ),
+        },
         "dataset": {"kind": ds_cfg.kind, "root": str(ds_cfg.root), "test_videos": len(labels), "fps": fps},
         "protocol": (
             "frame-level; every frame of every test video scored, the first ones with a DPC history made by "
@@ -285,6 +299,43 @@ def evaluate(
     return metrics
 
 
+def breakdown(
+    scores: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    contexts: Mapping[str, str | None],
+    events: Mapping[str, Any],
+) -> dict[str, dict[str, float | None]]:
+    """Micro AUC per context (its videos only) and per anomaly kind (that kind's event frames against
+    every normal frame of the test set). Kinds come from each clip's ``events`` (synthetic scenes)."""
+    from training.metrics import MetricError, roc_auc
+
+    def auc(y: np.ndarray, s: np.ndarray) -> float | None:
+        try:
+            return round(roc_auc(y, s), 4)
+        except MetricError:
+            return None
+
+    per_context: dict[str, float | None] = {}
+    for ctx in sorted({c for c in contexts.values() if c}):
+        names = [v for v in labels if contexts.get(v) == ctx]
+        per_context[ctx] = auc(
+            np.concatenate([labels[v] for v in names]), np.concatenate([scores[v] for v in names])
+        )
+    normal = np.concatenate([scores[v][labels[v] == 0] for v in labels])
+    kinds: dict[str, list[np.ndarray]] = {}
+    for v, evs in events.items():
+        for ev in evs or []:
+            if isinstance(ev, dict) and v in scores:
+                kinds.setdefault(str(ev["kind"]), []).append(scores[v][int(ev["start"]) : int(ev["end"]) + 1])
+    per_kind: dict[str, float | None] = {}
+    for kind, parts in sorted(kinds.items()):
+        pos = np.concatenate(parts)
+        per_kind[kind] = auc(
+            np.concatenate([np.ones(len(pos)), np.zeros(len(normal))]), np.concatenate([pos, normal])
+        )
+    return {"per_context": per_context, "per_kind": per_kind}
+
+
 def _dataset_fps(root: Path) -> float:
     manifest = root / "manifest.json"
     if manifest.is_file():
@@ -320,5 +371,12 @@ def run_eval(args: Any) -> int:
         print(
             f"{name:<{width}}  {row['micro_auc']:9.4f}  {row['macro_auc']:9.4f}  {row['ap']:5.3f}  {r5_text}"
         )
+    b = metrics["breakdown"]
+    for what in ("per_context", "per_kind"):
+        if b[what]:
+            model_aucs = ", ".join(f"{k} {v}" for k, v in b[what].items())
+            floor_aucs = ", ".join(f"{k} {v}" for k, v in b["floor_model_resolution"][what].items())
+            print(f"AUC {what.replace('_', ' ')} (model): {model_aucs}")
+            print(f"AUC {what.replace('_', ' ')} (floor): {floor_aucs}")
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     return 0
