@@ -51,7 +51,9 @@ class RunOutputs:
         self.run_state = RunState(self.out)
         self.run_state.load_existing()
         self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the score log
+        # Serialises a camera's alert updates (scheduler or probe thread) with its removal (main thread).
+        self._cameras_lock = threading.RLock()
         for cam in cfg.enabled_cameras():
             self.add_camera(cam)
 
@@ -67,30 +69,34 @@ class RunOutputs:
         calibration = load_calibration(cam.calibration) if cam.calibration else None
         fusion = CameraFusion(cam.id, calibration=calibration, gate=self.gate, smoothing=cam.alerts.smoothing)
         recorder = EventRecorder(cam.id, self.out, self.cfg.media, fps=cam.sampling.fps, metrics=self.metrics)
-        with self._lock:
+        alerts = CameraAlerts(
+            cam.id,
+            cam.context,
+            cam.alerts,
+            fusion,
+            self.sinks,
+            recorder=recorder,
+            metrics=self.metrics,
+            model=self.model_id,
+        )
+        with self._cameras_lock:
             self.recorders[cam.id] = recorder
-            self.alerts[cam.id] = CameraAlerts(
-                cam.id,
-                cam.context,
-                cam.alerts,
-                fusion,
-                self.sinks,
-                recorder=recorder,
-                metrics=self.metrics,
-                model=self.model_id,
-            )
+            self.alerts[cam.id] = alerts
         self.run_state.add_camera(cam.id, cam.context, redact_uri(cam.uri), threshold=cam.alerts.on_threshold)
 
-    def remove_camera(self, camera: str) -> None:
-        """Close a camera's open alert (reason shutdown) and media, and forget it."""
-        with self._lock:
+    def remove_camera(self, camera: str) -> list[dict[str, Any]]:
+        """Close a camera's open alert (reason "shutdown", published), finish its media and forget it.
+        Returns the alert records published."""
+        with self._cameras_lock:
             alerts = self.alerts.pop(camera, None)
             recorder = self.recorders.pop(camera, None)
-        if alerts is not None:
-            alerts.shutdown()
+            records = alerts.shutdown() if alerts is not None else []
+        for record in records:
+            self.run_state.add_alert(record)
         if recorder is not None:
             recorder.close()
         self.run_state.remove_camera(camera)
+        return list(records)
 
     # -- what the graphs call ------------------------------------------------------------------------
 
@@ -101,7 +107,7 @@ class RunOutputs:
     def display_frame(self, camera: str, frame: np.ndarray, pts: float) -> None:
         """A frame for event media: ``(H, W, 3)`` uint8 RGB at stream time ``pts`` seconds."""
         alerts = self.alerts.get(camera)
-        if alerts is not None:
+        if alerts is not None:  # None: removed while this frame was in flight
             alerts.add_frame(frame, pts)
 
     def camera_state(self, camera: str, state: str, detail: str) -> None:
@@ -116,11 +122,14 @@ class RunOutputs:
 
         Returns the fused, smoothed score (for an on-screen display), or None for an unknown camera.
         """
-        alerts = self.alerts.get(camera)
-        if alerts is None:
-            return None
-        self.metrics.frames_processed.inc(frames, camera=camera)
-        fused, records = alerts.update(scores.scores, scores.embedding, t, prompt=prompt)
+        with self._cameras_lock:
+            alerts = self.alerts.get(camera)
+            if alerts is None:  # removed while its clip was being scored
+                return None
+            self.metrics.frames_processed.inc(frames, camera=camera)
+            if scores is None:  # the DPC history is still filling
+                return None
+            fused, records = alerts.update(scores.scores, scores.embedding, t, prompt=prompt)
         self.metrics.score.set(fused.score, camera=camera)
         self.run_state.add_score(camera, t, fused.score, fused.contributions, scores.scores)
         for record in records:
@@ -165,8 +174,10 @@ class RunOutputs:
 
     def shutdown(self) -> dict[str, int]:
         """Close open alerts (reason shutdown), finish media, flush the sinks; return what stays spooled."""
-        for alerts in list(self.alerts.values()):
-            alerts.shutdown()
+        with self._cameras_lock:
+            for alerts in list(self.alerts.values()):
+                for record in alerts.shutdown():
+                    self.run_state.add_alert(record)
         for recorder in list(self.recorders.values()):
             recorder.close()
         left = self.sinks.close()

@@ -12,7 +12,6 @@ need a restart; a change there is logged and ignored. An invalid file is logged 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import threading
@@ -74,19 +73,18 @@ class Application:
 
     def __init__(self, cfg: ZsadConfig, engines: EngineSet, *, realtime: bool = True):
         from pipeline.graph import CameraGraph
-        from pipeline.metrics import ZsadMetrics
+        from pipeline.outputs import RunOutputs
         from pipeline.scheduler import BatchScheduler
-        from pipeline.sinks import SinkFanout, build_sinks
-        from pipeline.state import RunState
-        from plugins.fusion import StreamGate
 
         self.cfg = cfg
         self.engines = engines
         self.realtime = realtime
         self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.metrics = ZsadMetrics()
-        self.metrics_server: Any = None
+        # Fusion, alerts, media, sinks, metrics and the review page: shared with the DeepStream graph.
+        self.outputs = RunOutputs(cfg, model_id=engines.model_id, gate_path=engines.gate_path)
+        self.metrics = self.outputs.metrics
+        self.run_state = self.outputs.run_state
+        self.sinks = self.outputs.sinks
         self.stop_event = threading.Event()
         self.cameras = {c.id: c for c in cfg.enabled_cameras()}
         pre = cfg.model.preprocess
@@ -97,17 +95,10 @@ class Application:
             history_step=span // pre.clip_hop,
             contexts={c.id: c.context for c in self.cameras.values()},
         )
-        self.sinks = SinkFanout(build_sinks(cfg.sinks, self.out, metrics=self.metrics))
-        self.gate = StreamGate.load(engines.gate_path) if engines.gate_path else StreamGate.uniform()
-        self.alerts: dict[str, Any] = {}
-        self.recorders: dict[str, Any] = {}
-        # Serialises a camera's alert updates (scheduler thread) with its removal (reload, main thread).
-        self._cameras_lock = threading.RLock()
+        self._cameras_lock = threading.RLock()  # the camera table (reload on the main thread)
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
         self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
-        for cam in self.cameras.values():
-            self._attach_camera(cam)
         self.assembler = ClipAssembler.from_config(pre)
         self.scheduler = BatchScheduler.from_config(cfg.scheduler, self.inference, self._on_result)
         self.graph = CameraGraph(
@@ -119,44 +110,16 @@ class Application:
             display_size=DISPLAY_SIZE,
             on_display_frame=self._on_display_frame,
         )
-        self.run_state = RunState(self.out)
-        self.run_state.load_existing()
-        for cam in self.cameras.values():
-            self._register_state(cam)
-        self.review_server: Any = None
-        self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
-        self._scores_lock = threading.Lock()
 
     # -- per-camera parts ---------------------------------------------------------------------------------
 
-    def _attach_camera(self, cam: CameraSettings) -> None:
-        """Create the camera's fusion, event recorder and alert glue (raises for a bad calibration file)."""
-        from pipeline.events import CameraAlerts
-        from pipeline.media import EventRecorder
-        from plugins.fusion import CameraFusion, load_calibration
+    @property
+    def review_server(self) -> Any:
+        return self.outputs.review_server
 
-        calibration = load_calibration(cam.calibration) if cam.calibration else None
-        fusion = CameraFusion(cam.id, calibration=calibration, gate=self.gate, smoothing=cam.alerts.smoothing)
-        recorder = EventRecorder(cam.id, self.out, self.cfg.media, fps=cam.sampling.fps, metrics=self.metrics)
-        alerts = CameraAlerts(
-            cam.id,
-            cam.context,
-            cam.alerts,
-            fusion,
-            self.sinks,
-            recorder=recorder,
-            metrics=self.metrics,
-            model=self.engines.model_id,
-        )
-        with self._cameras_lock:
-            self.recorders[cam.id] = recorder
-            self.alerts[cam.id] = alerts
-            self.inference.contexts[cam.id] = cam.context
-
-    def _register_state(self, cam: CameraSettings) -> None:
-        from pipeline.redact import redact_uri
-
-        self.run_state.add_camera(cam.id, cam.context, redact_uri(cam.uri), threshold=cam.alerts.on_threshold)
+    @property
+    def metrics_server(self) -> Any:
+        return self.outputs.metrics_server
 
     def add_camera(self, cam: CameraSettings) -> None:
         """Start one more camera while running; the others are not touched. Raises
@@ -167,12 +130,12 @@ class Application:
             if cam.id in self.cameras:
                 raise CameraChangeError(f"camera {cam.id!r} is already running")
         try:
-            self._attach_camera(cam)
+            self.outputs.add_camera(cam)
         except Exception as exc:  # a calibration file of any kind of wrongness: refuse this camera only
             raise CameraChangeError(f"camera {cam.id!r}: {exc}") from exc
         with self._cameras_lock:
             self.cameras[cam.id] = cam
-        self._register_state(cam)
+            self.inference.contexts[cam.id] = cam.context
         try:
             self.graph.add_camera(cam)
         except (SourceError, ValueError, RuntimeError) as exc:
@@ -200,17 +163,9 @@ class Application:
         self.assembler.remove(camera_id)
         with self._cameras_lock:
             self.cameras.pop(camera_id, None)
-            alerts = self.alerts.pop(camera_id, None)
-            recorder = self.recorders.pop(camera_id, None)
             self.inference.contexts.pop(camera_id, None)
             self.inference.reset(camera_id)
-            records = alerts.shutdown() if alerts is not None else []
-        for record in records:
-            self.run_state.add_alert(record)
-        if recorder is not None:
-            recorder.close()
-        self.run_state.remove_camera(camera_id)
-        return records
+        return self.outputs.remove_camera(camera_id)
 
     def reload(self, cfg: ZsadConfig) -> ReloadResult:
         """Apply the camera list of ``cfg`` (a re-read config): add new enabled cameras, remove gone or
@@ -273,21 +228,16 @@ class Application:
     # -- callbacks (GStreamer and scheduler threads) ----------------------------------------------------
 
     def _on_frame(self, camera: str, pts: float, frame: Any) -> None:
-        self.metrics.frames_in.inc(camera=camera)
-        self.run_state.frame_in(camera)
+        self.outputs.frame_in(camera)
         clip = self.assembler.push(camera, pts, frame)
         if clip is not None and not self.scheduler.submit(clip, block=not self.realtime):
             self.metrics.frames_dropped.inc(camera=camera)
 
     def _on_display_frame(self, camera: str, pts: float, frame: Any) -> None:
-        alerts = self.alerts.get(camera)
-        if alerts is not None:  # None: removed while this frame was in flight
-            alerts.add_frame(frame, pts)
+        self.outputs.display_frame(camera, frame, pts)
 
     def _on_state(self, camera: str, state: str, detail: str) -> None:
-        self.metrics.set_camera_state(camera, state)
-        self.run_state.set_camera_state(camera, state, detail)
-        log.info("camera %s: %s %s", camera, state, detail)
+        self.outputs.camera_state(camera, state, detail)
         if state == "reconnecting":
             self.assembler.reset(camera)
             self.inference.reset(camera)
@@ -295,32 +245,10 @@ class Application:
     def _on_result(self, clip: Clip, result: ClipResult) -> None:
         cam = clip.camera_id
         with self._cameras_lock:
-            alerts = self.alerts.get(cam)
-            if alerts is None:  # removed while its clip was being scored: forget the history it left
+            if cam not in self.cameras:  # removed while its clip was being scored: forget its history
                 self.inference.reset(cam)
                 return
-            self.metrics.frames_processed.inc(len(clip.frames), camera=cam)
-            if result.scores is None:
-                return
-            fused, records = alerts.update(
-                result.scores.scores, result.scores.embedding, clip.end_pts, prompt=result.prompt
-            )
-        self.metrics.score.set(fused.score, camera=cam)
-        self.run_state.add_score(cam, clip.end_pts, fused.score, fused.contributions, result.scores.scores)
-        for record in records:
-            self.run_state.add_alert(record)
-        row = {
-            "camera": cam,
-            "t": round(clip.end_pts, 3),
-            "clip": clip.index,
-            "score": round(fused.score, 4),
-            "raw_fused": round(fused.raw_fused, 4),
-            "streams": {k: round(v, 5) for k, v in result.scores.scores.items()},
-            "contributions": {k: round(v, 4) for k, v in fused.contributions.items()},
-            "alerts": [r["alert_id"] for r in records],
-        }
-        with self._scores_lock:
-            self._scores.write(json.dumps(row) + "\n")
+        self.outputs.clip_scored(cam, clip.end_pts, result.scores, result.prompt, frames=len(clip.frames))
 
     def sync_metrics(self) -> None:
         """Copy the scheduler's queue depths and drop-oldest counts into the metrics: each dropped clip adds
@@ -336,24 +264,7 @@ class Application:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from pipeline.metrics import start_metrics_server
-
-        if self.cfg.metrics.enabled:
-            self.metrics_server = start_metrics_server(
-                self.metrics, self.cfg.metrics.host, self.cfg.metrics.port
-            )
-            log.info("metrics on %s", self.metrics_server.url)
-        if self.cfg.ui.enabled:
-            from pipeline.web import ReviewServer
-
-            ui = self.cfg.ui
-            self.review_server = ReviewServer(
-                self.run_state, self.out, ui.host, ui.port, ui.username, ui.password
-            )
-            self.review_server.start()
-            log.info("review page at %s", self.review_server.url)
-            print(f"review page: {self.review_server.url}", flush=True)
-        self.sinks.start()
+        self.outputs.start()
         self.scheduler.start()
         self.graph.start()
 
@@ -393,17 +304,7 @@ class Application:
         self.graph.stop()
         self.scheduler.stop(drain=True)
         self.sync_metrics()
-        for alerts in self.alerts.values():
-            alerts.shutdown()
-        for recorder in self.recorders.values():
-            recorder.close()
-        left = self.sinks.close()
-        if self.review_server is not None:
-            self.review_server.stop()
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
-        with self._scores_lock:
-            self._scores.close()
+        left = self.outputs.shutdown()
         self.engines.close()
         return left
 
