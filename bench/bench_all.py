@@ -4,9 +4,9 @@ short memory soak; then the goals of the benchmark issue, checked.
 
     python bench/bench_all.py
 
-Writes bench/results/{inference,pipeline,soak,summary}.json, bench/results/summary.md (the tables and the
-goals in markdown, for docs/benchmarks.md) and docs/benchmarks_cameras.png (cost against cameras). The
-defaults take about 9 minutes on 2 cores; ``--soak-minutes 10`` gives the full soak.
+Writes bench/results/{inference,pipeline,memory_soak,summary}.json, bench/results/summary.md (the tables
+and the goals in markdown, for docs/benchmarks.md) and docs/benchmarks_cameras.png (cost against cameras).
+The defaults take about 8 minutes on 2 cores; ``--soak-minutes 10`` gives the full soak.
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_result("inference", {**inference, **shared}, args.results)
     write_result("pipeline", {**pipeline, **shared}, args.results)
     if soak is not None:
-        write_result("soak", {**soak, "assets": assets.describe(), **shared}, args.results)
+        write_result("memory_soak", {**soak, "assets": assets.describe(), **shared}, args.results)
     goals = evaluate_goals(inference, pipeline, soak)
     summary = {
         "uptime_before": uptime_before,

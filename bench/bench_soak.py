@@ -8,9 +8,9 @@ GStreamer buffer pools, clip rings and event-media buffers fill during the first
 a quarter of the run, at most 60 s). The run counts as flat when the fitted growth is below
 ``--flat-mb-per-min`` (default 1 MB/min, i.e. < 10 MB over 10 minutes).
 
-Writes bench/results/soak.json (``--name`` picks another name). tests/reliability/soak.py is the
-reliability suite's own soak, which also watches file descriptors and threads; this one is the
-benchmark's memory figure.
+Writes bench/results/memory_soak.json (``--name`` picks another name). bench/results/soak.json belongs to
+tests/reliability/soak.py, the reliability suite's own soak, which also watches file descriptors and
+threads; this one is the benchmark's memory figure.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: config)")
     p.add_argument("--flat-mb-per-min", type=float, default=1.0, help="slope below which memory is flat")
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of the result file")
-    p.add_argument("--name", default="soak", help="result file name: <results>/<name>.json")
+    p.add_argument("--name", default="memory_soak", help="result file name: <results>/<name>.json")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
