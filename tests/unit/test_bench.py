@@ -59,7 +59,11 @@ FRAMES = 40
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     root = tmp_path_factory.mktemp("bench")
     config = root / "tiny.yaml"
-    config.write_text(json.dumps({"model": TINY, "engines": {"threads": 1}}))  # JSON is YAML
+    # An always-on alert policy, so that the alert-record timing path runs too: one alert per camera opens
+    # on the first scored clip and stays open.
+    alerts = {"on_threshold": -100.0, "off_threshold": -100.0, "min_duration_s": 0.0, "cooldown_s": 0.0}
+    cfg = {"model": TINY, "engines": {"threads": 1}, "defaults": {"alerts": alerts}}
+    config.write_text(json.dumps(cfg))  # JSON is YAML
     return prepare_assets(root / "work", config, videos=1, frames=FRAMES)
 
 
@@ -209,6 +213,9 @@ def test_graph_cases_count_frames_and_clips(pipeline_doc: dict[str, Any]) -> Non
     assert 0 < rt["latency"]["p50_ms"] < 2000
     assert rt["rss_median_mb"] > 0
     assert isinstance(rt["keeps_up"], bool)
+    assert rt["alerts"]["opened"] == 1
+    assert rt["alerts"]["latency"]["n"] == 1
+    assert 0 < rt["alerts"]["latency"]["p50_ms"] < 2000
 
 
 def test_summary_goals_markdown_and_plot(
