@@ -91,11 +91,17 @@ def summarise_run(
     cfg: ZsadConfig, scenes_manifest: dict[str, Any], out: Path, slack_s: float = 2.0
 ) -> dict[str, Any]:
     """Match alerts to injected anomalies; write summary.json, summary.md and one timeline PNG per camera."""
-    alerts = (
-        [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines() if line.strip()]
-        if (out / "alerts.jsonl").is_file()
-        else []
-    )
+    # alerts.jsonl holds an "open" and a "closed" record per alert: keep the latest of each.
+    latest: dict[str, dict[str, Any]] = {}
+    if (out / "alerts.jsonl").is_file():
+        for line in (out / "alerts.jsonl").read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                latest[record["alert_id"]] = record
+    alerts = [
+        {**a, "end_pts": a["end_pts"] if a.get("end_pts") is not None else a["start_pts"]}
+        for a in latest.values()
+    ]
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines() if line.strip()]
     fps = float(scenes_manifest.get("fps", SCENE_FPS))
     cameras: dict[str, Any] = {}
