@@ -33,7 +33,11 @@ def test_demo_detects_injected_anomalies(tmp_path: Path) -> None:
     site.write_text(yaml.safe_dump(cfg))
     r = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "demo", "--config", str(site), "--fast"],
-        capture_output=True, text=True, check=False, cwd=REPO, timeout=900,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=900,
     )
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert f"outputs: {out.resolve()}" in r.stdout
