@@ -1,0 +1,143 @@
+"""The review page in headless Chromium against a live run of the demo: the shipped model, 4 synthetic
+cameras in real time, the real review server of ``zsad run``.
+
+Checks what an operator sees: the demo cameras listed and their sparklines moving; an alert with its
+snapshot and a playable clip; an acknowledgement that survives a reload. With
+``ZSAD_UPDATE_SCREENSHOTS=1`` the screenshots in docs/screenshots/ are rewritten from this run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+CHECKPOINT = REPO / "models" / "demo" / "model.safetensors"
+pytestmark = pytest.mark.skipif(
+    not CHECKPOINT.is_file(), reason="the shipped demo model is not in this checkout"
+)
+
+pytest.importorskip("selenium", reason="selenium is not installed (make setup installs dev deps)")
+from selenium.webdriver.common.by import By  # noqa: E402
+
+from tests.integration.test_web_browser import driver, wait_for  # noqa: E402, F401  (the Chromium fixture)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[str]]]:
+    """Scenes, engines and calibration as ``zsad demo`` makes them, then ``zsad run`` in real time."""
+    import yaml
+
+    from pipeline.config import load_config
+    from pipeline.demo import prepare_calibration, prepare_engines, prepare_scenes
+
+    tmp = tmp_path_factory.mktemp("demo-ui")
+    cfg_data = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    out = tmp / "demo"
+    port = _free_port()
+    cfg_data.update(output_dir=str(out), metrics={"port": 0}, ui={"port": port})
+    cfg_data["engines"].update(dir=str(tmp / "engines"), checkpoint=str(CHECKPOINT))
+    for cam in cfg_data["cameras"]:
+        cam["uri"] = cam["uri"].replace("file://out/demo/", f"file://{out}/")
+    site = tmp / "site.yaml"
+    site.write_text(yaml.safe_dump(cfg_data))
+    cfg = load_config(site)
+    prepare_scenes(cfg, out / "scenes")
+    prepare_engines(cfg, site)
+    cfg = prepare_calibration(cfg, out / "scenes", out / "calibration")
+    site.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(site)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/", out, [c["id"] for c in cfg_data["cameras"]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _shots() -> Path | None:
+    return REPO / "docs" / "screenshots" if os.environ.get("ZSAD_UPDATE_SCREENSHOTS") == "1" else None
+
+
+def test_review_page_on_the_live_demo(driver: Any, demo_run: tuple[str, Path, list[str]]) -> None:  # noqa: F811
+    url, out, cameras = demo_run
+    driver.set_window_size(1440, 530)
+    deadline = time.monotonic() + 30
+    while True:  # the server starts a few seconds after the process
+        try:
+            driver.get(url + "#cameras")
+            break
+        except Exception:  # noqa: BLE001 - connection refused until the server listens
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    wait_for(
+        driver,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == len(cameras),
+        "the demo cameras",
+        timeout=30,
+    )
+    shown = [c.get_attribute("data-camera") for c in driver.find_elements(By.CSS_SELECTOR, ".card")]
+    assert sorted(shown) == sorted(cameras)
+    line = f"[data-camera='{cameras[0]}'] .spark-score"
+    get_points = f"const l = document.querySelector(\"{line}\"); return l && l.getAttribute('points');"
+    first = wait_for(driver, lambda d: d.execute_script(get_points), "a sparkline", timeout=30)
+    wait_for(driver, lambda d: d.execute_script(get_points) != first, "the sparkline to move", timeout=20)
+    if _shots():
+        time.sleep(8)
+        driver.save_screenshot(str(_shots() / "cameras.png"))
+
+    # The vehicle on campus-2 (from about 17 s) and the cyclist on campus-1 (about 20 s) raise alerts;
+    # wait for a closed one whose clip has been written.
+    driver.set_window_size(1440, 1300)
+    driver.get(url + "#alerts")
+    script = (
+        "const v = [...document.querySelectorAll('.alert video.clip')].find(v => v.readyState >= 1);"
+        "return v ? v.closest('.alert').dataset.alertId : null;"
+    )
+    alert_id = wait_for(
+        driver, lambda d: d.execute_script(script), "an alert with a playable clip", timeout=90
+    )
+    card = f"[data-alert-id='{alert_id}']"
+    assert driver.execute_script(f'return document.querySelector("{card} img.snapshot").naturalWidth;') > 0
+    assert driver.execute_script(f'return document.querySelector("{card} video.clip").duration;') > 0
+    assert (out / "events").is_dir()
+    driver.find_element(By.CSS_SELECTOR, f"{card} button.ack").click()
+    label = f"{card} .review-label"
+    wait_for(
+        driver, lambda d: d.find_element(By.CSS_SELECTOR, label).text.lower() == "acknowledged", "the ack"
+    )
+    driver.refresh()
+    wait_for(
+        driver,
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, label)
+            and d.find_element(By.CSS_SELECTOR, label).text.lower() == "acknowledged"
+        ),
+        "the ack after a reload",
+    )
+    if _shots():
+        driver.save_screenshot(str(_shots() / "alerts.png"))
