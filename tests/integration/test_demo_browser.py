@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 pytest.importorskip("selenium", reason="selenium is not installed (make setup installs dev deps)")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 from tests.integration.test_web_browser import driver, wait_for  # noqa: E402, F401  (the Chromium fixture)
@@ -90,7 +91,7 @@ def test_review_page_on_the_live_demo(driver: Any, demo_run: tuple[str, Path, li
         try:
             driver.get(url + "#cameras")
             break
-        except Exception:  # noqa: BLE001 - connection refused until the server listens
+        except WebDriverException:  # connection refused until the server listens
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
