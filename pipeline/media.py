@@ -16,7 +16,6 @@ in ``zsad_media_errors_total``; alerting goes on.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import logging
 import math
@@ -91,26 +90,11 @@ def safe_component(name: str, max_len: int = 100) -> str:
 # GStreamer clip writer
 # --------------------------------------------------------------------------------------------------
 
-_GST: Any = None
-_GST_LOCK = threading.Lock()
-
 
 def _gst() -> Any:
-    global _GST
-    with _GST_LOCK:
-        if _GST is None:
-            # libgstreamer links libunwind: load libgcc_s's unwinder globally first, or a C++ exception in a
-            # module imported later can abort the process.
-            with contextlib.suppress(OSError):
-                ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
-            import gi
+    from pipeline.gst import init_gstreamer
 
-            gi.require_version("Gst", "1.0")
-            from gi.repository import Gst
-
-            Gst.init(None)
-            _GST = Gst
-        return _GST
+    return init_gstreamer()
 
 
 class _ClipWriter:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,23 +167,12 @@ def parse_source_uri(uri: str, cwd: Path | None = None) -> SourceSpec:
 # GStreamer helpers
 # --------------------------------------------------------------------------------------------------
 
-_GST: Any = None
-_GST_LOCK = threading.Lock()
-
 
 def gst() -> Any:
     """Import and initialise GStreamer once; return the ``Gst`` module."""
-    global _GST
-    with _GST_LOCK:
-        if _GST is None:
-            import gi
+    from pipeline.gst import init_gstreamer
 
-            gi.require_version("Gst", "1.0")
-            from gi.repository import Gst
-
-            Gst.init(None)
-            _GST = Gst
-        return _GST
+    return init_gstreamer()
 
 
 @dataclass(frozen=True)

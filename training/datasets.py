@@ -731,21 +731,9 @@ def decode_video_file(
 
 def _init_gstreamer() -> Any:
     """Import and initialise GStreamer (lazily: only video-file datasets need it); returns ``Gst``."""
-    import ctypes
+    from pipeline.gst import init_gstreamer
 
-    # libgstreamer links libunwind; unless libgcc_s's unwinder is loaded globally before Gst.init(), a C++
-    # exception in a module loaded later (matplotlib's ft2font) aborts the process.
-    try:
-        ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
-    except OSError:
-        log.debug("libgcc_s.so.1 not found; not a glibc system, nothing to preload")
-    import gi
-
-    gi.require_version("Gst", "1.0")
-    from gi.repository import Gst
-
-    Gst.init(None)
-    return Gst
+    return init_gstreamer()
 
 
 def _sample_to_rgb(sample: Any) -> np.ndarray:

@@ -6,8 +6,6 @@ filesink``); ``gi`` is imported only when a video is written.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import json
 import logging
@@ -72,30 +70,14 @@ def write_json(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
-_GST: Any = None
-
-
 def _gst() -> Any:
     """The initialised ``Gst`` module (imported lazily: only video writing needs it)."""
-    global _GST
-    if _GST is None:
-        # libgstreamer links libunwind: unless libgcc_s's unwinder is loaded globally before Gst.init(),
-        # a C++ exception in a module imported later (matplotlib's ft2font) aborts the process.
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
-        try:
-            import gi
+    from pipeline.gst import GstUnavailable, init_gstreamer
 
-            gi.require_version("Gst", "1.0")
-            from gi.repository import Gst
-        except (ImportError, ValueError) as exc:
-            raise VideoEncodeError(
-                f"GStreamer Python bindings unavailable ({exc}); install PyGObject and "
-                "gir1.2-gstreamer-1.0, or pass --no-video"
-            ) from exc
-        Gst.init(None)
-        _GST = Gst
-    return _GST
+    try:
+        return init_gstreamer()
+    except GstUnavailable as exc:
+        raise VideoEncodeError(f"{exc}; or pass --no-video") from exc
 
 
 class Mp4Writer:
