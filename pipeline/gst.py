@@ -11,7 +11,37 @@ import ctypes
 import threading
 from typing import Any
 
-__all__ = ["GstUnavailable", "init_gstreamer"]
+__all__ = ["DEBIAN_PACKAGES", "GstUnavailable", "init_gstreamer", "package_for"]
+
+# The Debian/Ubuntu package that ships each stock element zsad creates (named in missing-element errors).
+DEBIAN_PACKAGES: dict[str, str] = {
+    "filesrc": "libgstreamer1.0-0",
+    "filesink": "libgstreamer1.0-0",
+    "capsfilter": "libgstreamer1.0-0",
+    "queue": "libgstreamer1.0-0",
+    "tee": "libgstreamer1.0-0",
+    "fakesink": "libgstreamer1.0-0",
+    "appsrc": "gstreamer1.0-plugins-base",
+    "appsink": "gstreamer1.0-plugins-base",
+    "decodebin": "gstreamer1.0-plugins-base",
+    "uridecodebin": "gstreamer1.0-plugins-base",
+    "videorate": "gstreamer1.0-plugins-base",
+    "videoconvert": "gstreamer1.0-plugins-base",
+    "videoscale": "gstreamer1.0-plugins-base",
+    "rtspsrc": "gstreamer1.0-plugins-good",
+    "v4l2src": "gstreamer1.0-plugins-good",
+    "souphttpsrc": "gstreamer1.0-plugins-good",
+    "mp4mux": "gstreamer1.0-plugins-good",
+    "qtdemux": "gstreamer1.0-plugins-good",
+    "h264parse": "gstreamer1.0-plugins-bad",
+    "x264enc": "gstreamer1.0-plugins-ugly",
+    "avdec_h264": "gstreamer1.0-libav",
+}
+
+
+def package_for(element: str) -> str:
+    """The package that provides a stock GStreamer element, or a generic hint."""
+    return DEBIAN_PACKAGES.get(element, "a GStreamer plugins package")
 
 _lock = threading.Lock()
 _gst: Any = None

@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from pipeline.gst import DEBIAN_PACKAGES, package_for
 from pipeline.redact import redact_text as redact
 
 __all__ = [
@@ -49,23 +50,6 @@ log = logging.getLogger(__name__)
 
 SourceKind = Literal["file", "loop", "rtsp", "http", "v4l2"]
 
-# Debian package that ships each element we create (named in ElementMissingError).
-DEBIAN_PACKAGES: dict[str, str] = {
-    "filesrc": "libgstreamer1.0-0",
-    "capsfilter": "libgstreamer1.0-0",
-    "queue": "libgstreamer1.0-0",
-    "tee": "libgstreamer1.0-0",
-    "fakesink": "libgstreamer1.0-0",
-    "decodebin": "gstreamer1.0-plugins-base",
-    "uridecodebin": "gstreamer1.0-plugins-base",
-    "videorate": "gstreamer1.0-plugins-base",
-    "videoconvert": "gstreamer1.0-plugins-base",
-    "videoscale": "gstreamer1.0-plugins-base",
-    "appsink": "gstreamer1.0-plugins-base",
-    "rtspsrc": "gstreamer1.0-plugins-good",
-    "v4l2src": "gstreamer1.0-plugins-good",
-    "souphttpsrc": "gstreamer1.0-plugins-good",
-}
 
 
 class SourceError(RuntimeError):
@@ -77,7 +61,7 @@ class ElementMissingError(SourceError):
 
     def __init__(self, element: str) -> None:
         self.element = element
-        self.package = DEBIAN_PACKAGES.get(element, "a GStreamer plugins package")
+        self.package = package_for(element)
         super().__init__(
             f"GStreamer element {element!r} is missing: install the Debian package {self.package} "
             f"(apt-get install {self.package})"

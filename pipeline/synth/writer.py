@@ -16,22 +16,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.gst import package_for
 from pipeline.synth.scene import SynthError
 
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
 
-#: Which Debian/Ubuntu package provides each element we create.
-ELEMENT_PACKAGES: dict[str, str] = {
-    "appsrc": "gstreamer1.0-plugins-base",
-    "videoconvert": "gstreamer1.0-plugins-base",
-    "capsfilter": "libgstreamer1.0-0 (core)",
-    "x264enc": "gstreamer1.0-plugins-ugly",
-    "h264parse": "gstreamer1.0-plugins-bad",
-    "mp4mux": "gstreamer1.0-plugins-good",
-    "filesink": "libgstreamer1.0-0 (core)",
-}
 
 
 class VideoEncodeError(SynthError):
@@ -43,7 +34,7 @@ class GstElementMissingError(VideoEncodeError):
 
     def __init__(self, element: str) -> None:
         self.element = element
-        self.package = ELEMENT_PACKAGES.get(element, "a GStreamer plugin package")
+        self.package = package_for(element)
         super().__init__(f"GStreamer element {element!r} is missing; install {self.package}")
 
 
