@@ -43,6 +43,7 @@ def package_for(element: str) -> str:
     """The package that provides a stock GStreamer element, or a generic hint."""
     return DEBIAN_PACKAGES.get(element, "a GStreamer plugins package")
 
+
 _lock = threading.Lock()
 _gst: Any = None
 

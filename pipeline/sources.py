@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 SourceKind = Literal["file", "loop", "rtsp", "http", "v4l2"]
 
 
-
 class SourceError(RuntimeError):
     """A camera pipeline that cannot be built."""
 

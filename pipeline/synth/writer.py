@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 JPEG_QUALITY = 90
 
 
-
 class VideoEncodeError(SynthError):
     """GStreamer could not be loaded, or the encoding pipeline failed."""
 
