@@ -65,11 +65,13 @@ class DPCHead(nn.Module):
         pred_steps: int = 2,
         patch_size: int = 16,
         decode_pixels: bool = True,
+        decoder: str = "residual",
     ) -> None:
         super().__init__()
         self.in_dim, self.hidden = in_dim, hidden
         self.context_clips, self.pred_steps, self.patch_size = context_clips, pred_steps, patch_size
         self.decode_pixels = decode_pixels
+        self.warp = False
         # Clip-grid features: the temporal mean and the temporal difference of the tokens.
         self.encode = nn.Sequential(nn.Conv2d(2 * in_dim, hidden, 1), nn.GroupNorm(1, hidden))
         self.gru = ConvGRUCell(hidden, hidden, kernel=3)
@@ -82,6 +84,19 @@ class DPCHead(nn.Module):
                 nn.GELU(),
                 nn.Conv2d(2 * hidden, 3 * patch_size * patch_size, 1),
             )
+            if decoder not in ("residual", "warp"):
+                raise ValueError(f"decoder must be 'residual' or 'warp', got {decoder!r}")
+            self.warp = decoder == "warp"
+            if self.warp:
+                # A displacement field in pixels per patch, upsampled: how the last frame moves.
+                self.flow = nn.Sequential(
+                    nn.Conv2d(hidden + in_dim, 2 * hidden, 3, padding=1),
+                    nn.GELU(),
+                    nn.Conv2d(2 * hidden, 2, 1),
+                )
+                flow_out: nn.Conv2d = self.flow[-1]  # type: ignore[assignment]
+                nn.init.zeros_(flow_out.weight)
+                nn.init.zeros_(flow_out.bias)  # type: ignore[arg-type]
             last: nn.Conv2d = self.decoder[-1]  # type: ignore[assignment]
             nn.init.zeros_(last.weight)  # start as "copy the last frame": the motion floor
             nn.init.zeros_(last.bias)  # type: ignore[arg-type]
@@ -113,8 +128,24 @@ class DPCHead(nn.Module):
         """Predict the next frame ``(N, 3, H, W)`` as a residual on ``last_frame``."""
         if not self.decode_pixels:
             return last_frame
-        delta = self.decoder(torch.cat([pred1, last_tokens], dim=1))  # (N, 3*p*p, h, w)
-        return last_frame + F.pixel_shuffle(delta, self.patch_size)
+        x = torch.cat([pred1, last_tokens], dim=1)
+        base = last_frame
+        if self.warp:
+            base = self.warp_frame(last_frame, self.flow(x))
+        delta = self.decoder(x)  # (N, 3*p*p, h, w)
+        return base + F.pixel_shuffle(delta, self.patch_size)
+
+    def warp_frame(self, frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """Move ``frame`` ``(N, 3, H, W)`` along ``flow`` ``(N, 2, h, w)`` (x, y displacement in pixels,
+        per patch; bilinearly upsampled): ``out(p) = frame(p - flow(p))``."""
+        height, width = frame.shape[-2:]
+        flow = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+        ys = torch.linspace(-1.0 + 1.0 / height, 1.0 - 1.0 / height, height, device=frame.device)
+        xs = torch.linspace(-1.0 + 1.0 / width, 1.0 - 1.0 / width, width, device=frame.device)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1).unsqueeze(0)  # (1, H, W, 2), normalised (x, y)
+        shift = torch.stack([flow[:, 0] * (2.0 / width), flow[:, 1] * (2.0 / height)], dim=-1)
+        return F.grid_sample(frame, grid - shift, mode="bilinear", padding_mode="border", align_corners=False)
 
     def patch_mean(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, h, w)``: channel and patch mean."""

@@ -59,6 +59,7 @@ class ZsadModel(nn.Module):
             pred_steps=dpc["pred_steps"],
             patch_size=bb["patch_size"],
             decode_pixels=dpc["decode_pixels"],
+            decoder=dpc.get("decoder", "residual"),
         )
         self.context = nn.Linear(d, gate["context_dim"])
         self.projection = ProjectionHead(d, sem["embed_dim"], layers=sem["projection_layers"])

@@ -92,6 +92,11 @@ class DPCConfig(_Strict):
     decode_pixels: bool = Field(
         True, description="Also decode the predicted grid to the next frame's pixels (future-frame target)."
     )
+    decoder: Literal["residual", "warp"] = Field(
+        "residual",
+        description="residual: add a per-patch correction to the last frame; warp: also move the last "
+        "frame along a predicted displacement field (grid_sample) before the correction.",
+    )
 
 
 class SemanticConfig(_Strict):

@@ -209,3 +209,24 @@ def test_reflected_history_scores_every_frame_from_the_first(model: ZsadModel) -
     assert len(targets) == len(scores["pixel"]) == len(emb)
     plain, _, _ = score_video(model, frames, hop=1)
     assert plain[0] == 2 * 2  # C=2 clips of T*stride=2 frames of history
+
+
+def test_warp_decoder_starts_as_copy_and_moves_pixels() -> None:
+    from engines.dpc import DPCHead
+
+    torch.manual_seed(0)
+    head = DPCHead(in_dim=32, hidden=16, context_clips=2, pred_steps=1, patch_size=8, decoder="warp")
+    last = torch.randn(2, 3, 32, 48)
+    pred1, tokens = torch.randn(2, 16, 4, 6), torch.randn(2, 32, 4, 6)
+    assert torch.allclose(head.decode_frame(pred1, tokens, last), last, atol=1e-5)  # zero flow, zero residual
+    flow = torch.zeros(2, 2, 4, 6)
+    flow[:, 0] = 1.0  # one pixel to the right
+    moved = head.warp_frame(last, flow)
+    assert torch.allclose(moved[..., 1:-1], last[..., :-2], atol=1e-4)
+    # The displacement head learns: its output layer gets a gradient through grid_sample.
+    head.flow[-1].bias.data.fill_(0.1)
+    head.decode_frame(pred1, tokens, last).pow(2).mean().backward()
+    assert head.flow[-1].weight.grad is not None
+    assert head.flow[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="decoder"):
+        DPCHead(in_dim=32, hidden=16, decoder="nope")
