@@ -252,7 +252,9 @@ class _Builder:
             raise BuildInputError(f"checkpoint {self.checkpoint} does not exist")
         try:
             meta = json.loads(meta_path.read_text())
-            ckpt_spec = meta["spec"]
+            from engines.model import upgrade_spec
+
+            ckpt_spec = upgrade_spec(meta["spec"])
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise BuildInputError(f"checkpoint metadata {meta_path} is missing or malformed: {exc}") from exc
         digest = file_sha256(self.checkpoint)

@@ -19,7 +19,7 @@ from engines.backbone import TimeSformerEncoder
 from engines.dpc import DPCHead
 from engines.semantic import ContextGate, ProjectionHead, StreamGate
 
-__all__ = ["STREAMS", "CheckpointError", "ZsadModel", "load_checkpoint", "save_checkpoint"]
+__all__ = ["STREAMS", "CheckpointError", "ZsadModel", "load_checkpoint", "save_checkpoint", "upgrade_spec"]
 
 STREAMS = ("predictive", "pixel", "motion", "semantic")
 
@@ -82,6 +82,21 @@ class ZsadModel(nn.Module):
     def clip_span(self) -> int:
         """Source frames between the starts of consecutive clips in the DPC history (``T * stride``)."""
         return self.clip_len * self.frame_stride
+
+
+# Spec fields added after checkpoints were first written, with the value those checkpoints implicitly had.
+_SPEC_DEFAULTS_SINCE_V1 = {"dpc": {"decoder": "residual"}}
+
+
+def upgrade_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's spec with fields added later filled in as the checkpoint implicitly had them,
+    so an older checkpoint still matches a config that spells those fields out."""
+    out = json.loads(json.dumps(dict(spec)))
+    for section, fields in _SPEC_DEFAULTS_SINCE_V1.items():
+        if isinstance(out.get(section), dict):
+            for key, value in fields.items():
+                out[section].setdefault(key, value)
+    return out
 
 
 def _sha256(path: Path) -> str:
