@@ -119,9 +119,12 @@ def test_rtsp_camera_reconnects_after_an_outage_and_a_stall(
         assert g.stats()["rtsp"].reconnects >= 1
 
         # 3. The server freezes with the TCP connection open: only the stall watchdog can tell.
+        # The graph's state changes before its on_state callback returns, so wait on what the callback
+        # recorded, counting only states recorded after the freeze.
+        seen = len(rec.states_of("rtsp"))
         server.signal(signal.SIGSTOP)
-        wait_for(lambda: g.states()["rtsp"] == "reconnecting", timeout=6)
-        stall_detail = [d for _, s, d in rec.states_of("rtsp") if s == "reconnecting"][-1]
+        wait_for(lambda: any(s == "reconnecting" for _, s, _ in rec.states_of("rtsp")[seen:]), timeout=6)
+        stall_detail = next(d for _, s, d in rec.states_of("rtsp")[seen:] if s == "reconnecting")
         assert "stalled" in stall_detail
         t0 = time.monotonic()
         time.sleep(1.5)
