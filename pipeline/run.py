@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import heap
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline.inference import ClipInference, ClipResult, EngineError, EngineSet, load_engines
@@ -98,6 +99,7 @@ class Application:
         self._cameras_lock = threading.RLock()  # the camera table (reload on the main thread)
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
+        self._heap = heap.HeapKeeper()
         self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
         self.assembler = ClipAssembler.from_config(pre)
         self.scheduler = BatchScheduler.from_config(cfg.scheduler, self.inference, self._on_result)
@@ -264,6 +266,8 @@ class Application:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        heap.limit_arenas()
+        self.inference.warm_up(self.cfg.scheduler.max_batch)
         self.outputs.start()
         self.scheduler.start()
         self.graph.start()
@@ -277,6 +281,7 @@ class Application:
         while True:
             self._wake.wait(1.0)
             self._wake.clear()
+            self._heap.tick()
             if self.stop_event.is_set():
                 return
             if self._reload_requested.is_set():

@@ -8,6 +8,7 @@ way. A backend is a runner in the sense of :mod:`engines.scoring` (``backend(fee
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Mapping
 from types import TracebackType
 
@@ -120,6 +121,20 @@ class Backend(abc.ABC):
         return {n: results[n] for n in self.output_names}
 
     __call__ = infer
+
+    def warm_up(self, batch: int) -> float:
+        """Run the engine once on zeros at ``batch``; return the seconds it took.
+
+        Runtimes size their arenas and pick kernels on the first call at a new shape, so calling this at
+        start-up with the largest batch the scheduler will form keeps that growth out of the run (memory
+        stays flat after start) and out of the first alert's latency.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        feeds = {s.name: np.zeros(s.with_batch(batch), dtype=np.dtype(s.dtype)) for s in self.manifest.inputs}
+        t0 = time.perf_counter()
+        self.infer(feeds)
+        return time.perf_counter() - t0
 
     @abc.abstractmethod
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

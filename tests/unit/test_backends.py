@@ -129,6 +129,27 @@ def test_onnxruntime_matches_torch(engines_dir: Path, component: str) -> None:
                 assert max_rel_error(a[name], b[name]) < 1e-4, name
 
 
+@pytest.mark.parametrize("component", ["backbone", "dpc_head"])
+def test_warm_up_runs_the_engine_at_the_given_batch(engines_dir: Path, component: str) -> None:
+    manifest = load_manifest(engines_dir / f"{component}.manifest.json")
+    seen: list[dict[str, tuple[int, ...]]] = []
+
+    class Recording(EchoBackend):
+        def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            seen.append({k: v.shape for k, v in feeds.items()})
+            return super()._infer(feeds)
+
+    with Recording(manifest) as rec:
+        assert rec.warm_up(5) >= 0.0
+        with pytest.raises(ValueError, match="batch must be >= 1"):
+            rec.warm_up(0)
+    assert seen == [{s.name: s.with_batch(5) for s in manifest.inputs}]
+    with load_backend(engines_dir / f"{component}.manifest.json", "onnxruntime", threads=1) as ort:
+        assert ort.warm_up(3) > 0.0
+        feeds = random_feeds(ort.manifest.inputs, 3, np.random.default_rng(0))
+        assert all(v.shape[0] == 3 for v in ort(feeds).values())
+
+
 def test_wrong_inputs_are_refused_with_the_reason(engines_dir: Path) -> None:
     with load_backend(engines_dir / "dpc_head.manifest.json", "onnxruntime") as ort:
         good = random_feeds(ort.manifest.inputs, 2, np.random.default_rng(0))
