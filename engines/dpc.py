@@ -6,8 +6,14 @@ the next ``pred_steps`` clips. Two changes address what made a first attempt col
 
 * the ConvGRU uses 3x3 kernels, so a position can see where its neighbours are moving;
 * a pixel decoder turns the step-1 prediction, together with the last frame's tokens, into a residual
-  on the last frame: the predicted next frame. Its error, pooled per patch and maxed over patches, is
+  on a base frame: the predicted next frame. Its error, pooled per patch and maxed over patches, is
   the FFP-style anomaly signal; the feature error is the DPC signal. Both stay spatial.
+
+The base frame is the decoder's prior. ``residual`` copies the last frame (its error is plain motion
+energy, capped so the model never scores above copying). ``extrapolate`` continues the last two frames
+at constant velocity, ``2 * last - prev``: the error of that prior is the second temporal difference,
+small for slow, smooth motion (a walker a pixel or two a frame, within an edge's width) and large for
+fast or jerky motion (the moved object leaves two ghosts), so it scores speed and not just change.
 
 The inference forward computes error maps directly, so the edge only keeps a ring of past clip tokens.
 """
@@ -18,7 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ConvGRUCell", "DPCHead"]
+__all__ = ["DECODERS", "ConvGRUCell", "DPCHead"]
+
+DECODERS = ("residual", "warp", "extrapolate")
 
 
 class ConvGRUCell(nn.Module):
@@ -48,11 +56,14 @@ class DPCHead(nn.Module):
         current: ``(N, T, D, h, w)`` float32 backbone tokens of the clip being scored.
         last_frame: ``(N, 3, H, W)`` float32 normalised RGB, the last frame of the newest past clip.
         current_frame: ``(N, 3, H, W)`` float32 normalised RGB, the first frame of the current clip.
+        prev_frame: ``(N, 3, H, W)`` float32 normalised RGB, the frame before ``last_frame`` (one clip
+            frame, ``frame_stride`` source frames, earlier); an input only of the ``extrapolate`` decoder.
 
     Inference outputs:
         feature_error: ``(N, h, w)`` 1 - cosine(predicted, actual) of the step-1 clip grid.
-        pixel_error: ``(N, h, w)`` unexplained change per patch: the mean absolute error of the predicted
-            frame, capped by that of copying the last frame.
+        pixel_error: ``(N, h, w)`` mean absolute error of the predicted frame per patch; with the
+            ``residual`` and ``warp`` decoders capped by that of copying the last frame ("unexplained
+            change").
         motion: ``(N, h, w)`` mean absolute frame difference per patch (the cheap motion stream).
     """
 
@@ -72,6 +83,7 @@ class DPCHead(nn.Module):
         self.context_clips, self.pred_steps, self.patch_size = context_clips, pred_steps, patch_size
         self.decode_pixels = decode_pixels
         self.warp = False
+        self.extrapolate = False
         # Clip-grid features: the temporal mean and the temporal difference of the tokens.
         self.encode = nn.Sequential(nn.Conv2d(2 * in_dim, hidden, 1), nn.GroupNorm(1, hidden))
         self.gru = ConvGRUCell(hidden, hidden, kernel=3)
@@ -84,9 +96,10 @@ class DPCHead(nn.Module):
                 nn.GELU(),
                 nn.Conv2d(2 * hidden, 3 * patch_size * patch_size, 1),
             )
-            if decoder not in ("residual", "warp"):
-                raise ValueError(f"decoder must be 'residual' or 'warp', got {decoder!r}")
+            if decoder not in DECODERS:
+                raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
             self.warp = decoder == "warp"
+            self.extrapolate = decoder == "extrapolate"
             if self.warp:
                 # A displacement field in pixels per patch, upsampled: how the last frame moves.
                 self.flow = nn.Sequential(
@@ -123,14 +136,22 @@ class DPCHead(nn.Module):
         return torch.stack(preds, dim=1)
 
     def decode_frame(
-        self, pred1: torch.Tensor, last_tokens: torch.Tensor, last_frame: torch.Tensor
+        self,
+        pred1: torch.Tensor,
+        last_tokens: torch.Tensor,
+        last_frame: torch.Tensor,
+        prev_frame: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict the next frame ``(N, 3, H, W)`` as a residual on ``last_frame``."""
+        """Predict the next frame ``(N, 3, H, W)`` as a residual on the decoder's base frame."""
         if not self.decode_pixels:
             return last_frame
         x = torch.cat([pred1, last_tokens], dim=1)
         base = last_frame
-        if self.warp:
+        if self.extrapolate:
+            if prev_frame is None:
+                raise ValueError("the extrapolate decoder needs prev_frame")
+            base = 2.0 * last_frame - prev_frame
+        elif self.warp:
             base = self.warp_frame(last_frame, self.flow(x))
         delta = self.decoder(x)  # (N, 3*p*p, h, w)
         return base + F.pixel_shuffle(delta, self.patch_size)
@@ -159,15 +180,18 @@ class DPCHead(nn.Module):
         current: torch.Tensor,
         last_frame: torch.Tensor,
         current_frame: torch.Tensor,
+        prev_frame: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, c = history.shape[0], history.shape[1]
         hist_feats = self.clip_features(history.flatten(0, 1)).unflatten(0, (n, c))
         pred1 = self.forecast(hist_feats)[:, 0]
         actual = self.clip_features(current)
         feature_error = 1.0 - F.cosine_similarity(pred1, actual, dim=1)
-        predicted = self.decode_frame(pred1, history[:, -1, -1], last_frame)
+        predicted = self.decode_frame(pred1, history[:, -1, -1], last_frame, prev_frame)
         motion = self.patch_mean((current_frame - last_frame).abs())
-        # Unexplained change: the model's error where it beats "copy the last frame", the copy's error
-        # elsewhere, so decoder artefacts on normal frames never push a patch above the motion floor.
-        pixel_error = torch.minimum(self.patch_mean((predicted - current_frame).abs()), motion)
+        pixel_error = self.patch_mean((predicted - current_frame).abs())
+        if not self.extrapolate:
+            # Unexplained change: the model's error where it beats "copy the last frame", the copy's
+            # error elsewhere, so decoder artefacts on normal frames never push a patch above the floor.
+            pixel_error = torch.minimum(pixel_error, motion)
         return feature_error, pixel_error, motion

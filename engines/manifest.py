@@ -319,12 +319,14 @@ def component_io(
         )
     if component == "dpc_head":
         s = spec["dpc"]["context_clips"]
+        frames = ["last_frame", "current_frame"]
+        if spec["dpc"].get("decoder") == "extrapolate":
+            frames.append("prev_frame")
         return (
             [
                 TensorSpec(name="history", shape=(-1, s, t, d, gh, gw), layout="NSTCHW"),
                 TensorSpec(name="current", shape=(-1, t, d, gh, gw), layout="NTCHW"),
-                TensorSpec(name="last_frame", shape=(-1, 3, height, width), layout="NCHW"),
-                TensorSpec(name="current_frame", shape=(-1, 3, height, width), layout="NCHW"),
+                *(TensorSpec(name=f, shape=(-1, 3, height, width), layout="NCHW") for f in frames),
             ],
             [
                 TensorSpec(name=n, shape=(-1, gh, gw), layout="NHW")

@@ -53,6 +53,8 @@ class ClipTokens:
 
     tokens: ``(T, D, h, w)`` float32 backbone tokens. embedding: ``(D,)`` float32 CLS feature.
     first_frame / last_frame: ``(3, H, W)`` float32 normalised frames of the clip.
+    prev_last_frame: ``(3, H, W)``, the clip frame before ``last_frame``; needed only by a DPC head
+    whose decoder extrapolates (``ClipScorer(prev_frame=True)``).
     """
 
     camera: str
@@ -61,6 +63,7 @@ class ClipTokens:
     embedding: np.ndarray
     first_frame: np.ndarray
     last_frame: np.ndarray
+    prev_last_frame: np.ndarray | None = None
 
 
 @dataclass
@@ -83,12 +86,15 @@ class ClipScorer:
         history_step: how many emitted clips apart the history clips are. The head was trained on
             clips ``T * stride`` source frames apart; a camera emitting a clip every ``hop`` frames
             uses ``history_step = T * stride / hop``.
+        prev_frame: the engine takes ``prev_frame`` (its decoder extrapolates); every clip must then
+            carry ``prev_last_frame``.
     """
 
-    def __init__(self, dpc: Runner, *, context_clips: int, history_step: int = 1):
+    def __init__(self, dpc: Runner, *, context_clips: int, history_step: int = 1, prev_frame: bool = False):
         if history_step < 1:
             raise ValueError(f"history_step must be >= 1, got {history_step}")
         self.dpc = dpc
+        self.prev_frame = prev_frame
         self.context_clips = context_clips
         self.history_step = history_step
         self._rings: dict[str, deque[ClipTokens]] = {}
@@ -118,6 +124,8 @@ class ClipScorer:
                 "last_frame": np.stack([hist[-1].last_frame for _, _, hist in ready]),
                 "current_frame": np.stack([c.first_frame for _, c, _ in ready]),
             }
+            if self.prev_frame:
+                feeds["prev_frame"] = np.stack([_prev_of(hist[-1]) for _, _, hist in ready])
             out = self.dpc(feeds)
             for j, (i, clip, _) in enumerate(ready):
                 maps = {MAP_STREAMS[name]: out[name][j] for name in DPC_OUTPUTS}
@@ -129,3 +137,11 @@ class ClipScorer:
                     embedding=clip.embedding,
                 )
         return results
+
+
+def _prev_of(clip: ClipTokens) -> np.ndarray:
+    if clip.prev_last_frame is None:
+        raise ValueError(
+            f"camera {clip.camera}: clip {clip.index} has no prev_last_frame, which this DPC head needs"
+        )
+    return clip.prev_last_frame

@@ -92,10 +92,12 @@ class DPCConfig(_Strict):
     decode_pixels: bool = Field(
         True, description="Also decode the predicted grid to the next frame's pixels (future-frame target)."
     )
-    decoder: Literal["residual", "warp"] = Field(
+    decoder: Literal["residual", "warp", "extrapolate"] = Field(
         "residual",
         description="residual: add a per-patch correction to the last frame; warp: also move the last "
-        "frame along a predicted displacement field (grid_sample) before the correction.",
+        "frame along a predicted displacement field (grid_sample) before the correction; extrapolate: "
+        "add the correction to the last two frames continued at constant velocity (2*last - prev), "
+        "which makes the pixel stream score speed (the DPC engine then also takes prev_frame).",
     )
 
 

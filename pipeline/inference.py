@@ -163,7 +163,12 @@ class ClipInference:
     ):
         self.engines = engines
         self.contexts = contexts
-        self.scorer = ClipScorer(engines.dpc, context_clips=context_clips, history_step=history_step)
+        self.scorer = ClipScorer(
+            engines.dpc,
+            context_clips=context_clips,
+            history_step=history_step,
+            prev_frame="prev_frame" in getattr(engines.dpc, "input_names", ()),
+        )
         self.semantic = semantic_hook(engines, contexts)
 
     def reset(self, camera: str) -> None:
@@ -181,7 +186,7 @@ class ClipInference:
         out = self.engines.backbone({"clip": batch})
         tokens, embedding = out["tokens"], out["embedding"]
         items = [
-            ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1])
+            ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1], batch[i, -2])
             for i, c in enumerate(clips)
         ]
         scored = self.scorer.score(items)

@@ -171,6 +171,7 @@ class ClipScoringProbe:
         self.scorer = scorer
         self.cameras = list(cameras)
         self.first_offset = (clip_len - 1) * frame_stride
+        self.frame_stride = frame_stride
         self.history = FrameHistory(self.first_offset + 1)
         self.normalise = normalise
         self.on_scores = on_scores
@@ -251,6 +252,16 @@ class ClipScoringProbe:
             out.append(s)
         return out
 
+    def _prev_last(self, source_id: int, frame_num: int) -> np.ndarray | None:
+        """The clip frame before the last one, when the DPC head extrapolates (else not needed)."""
+        if not self.scorer.prev_frame:
+            return None
+        want = frame_num - self.frame_stride
+        prev = self.history.get(source_id, want)
+        if prev is None:  # first and last were found, and the history holds the span between them
+            raise MetaError(f"frame {want} of source {source_id} is not in the history")
+        return self.normalise(prev)
+
     def _time(self, pts_s: float) -> float:
         return pts_s if math.isfinite(pts_s) else self._clock()
 
@@ -282,6 +293,7 @@ class ClipScoringProbe:
                     embedding=_squeeze_to(ft.tensors["embedding"], 1, "embedding"),
                     first_frame=self.normalise(first),
                     last_frame=self.normalise(last),
+                    prev_last_frame=self._prev_last(ft.source_id, ft.frame_num),
                 )
             )
             times.append(self._time(ft.pts_s))

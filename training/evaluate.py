@@ -37,7 +37,8 @@ def dpc_runner(model: ZsadModel) -> Runner:
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [
             torch.from_numpy(np.ascontiguousarray(feeds[k]))
-            for k in ("history", "current", "last_frame", "current_frame")
+            for k in ("history", "current", "last_frame", "current_frame", "prev_frame")
+            if k in feeds
         ]
         fe, pe, mo = model.dpc(*args)
         return {"feature_error": fe.numpy(), "pixel_error": pe.numpy(), "motion": mo.numpy()}
@@ -80,7 +81,12 @@ def score_video(
         frames = np.concatenate([frames[pad:0:-1], frames])
     norm = normalise_frames(frames, pre["mean"], pre["std"])  # (N, 3, H, W)
     starts = list(range(0, len(frames) - (t - 1) * stride, hop))
-    scorer = ClipScorer(dpc_runner(model), context_clips=model.context_clips, history_step=span // hop)
+    scorer = ClipScorer(
+        dpc_runner(model),
+        context_clips=model.context_clips,
+        history_step=span // hop,
+        prev_frame=model.dpc.extrapolate,
+    )
     targets: list[int] = []
     out: dict[str, list[float]] = {}
     embs: list[np.ndarray] = []
@@ -90,7 +96,7 @@ def score_video(
         tokens, emb = model.backbone(torch.from_numpy(clips))
         tokens_np, emb_np = tokens.numpy(), emb.numpy()
         items = [
-            ClipTokens(name, s, tokens_np[j], emb_np[j], clips[j, 0], clips[j, -1])
+            ClipTokens(name, s, tokens_np[j], emb_np[j], clips[j, 0], clips[j, -1], clips[j, -2])
             for j, s in enumerate(chunk)
         ]
         for s, res in zip(chunk, scorer.score(items), strict=True):

@@ -109,7 +109,9 @@ class TrainStep(nn.Module):
         cpc, top1 = dense_cpc_loss(preds, target, context, self.temperature)
         reg = regression_loss(preds, target)
         tokens = tokens.unflatten(0, (n, nc))
-        predicted = m.dpc.decode_frame(preds[:, 0], tokens[:, c - 1, -1], windows[:, c - 1, -1])
+        predicted = m.dpc.decode_frame(
+            preds[:, 0], tokens[:, c - 1, -1], windows[:, c - 1, -1], windows[:, c - 1, -2]
+        )
         pixel = frame_loss(predicted, windows[:, c, 0])
         nce = windows.new_zeros(())
         if self.text_bank is not None and text_labels is not None and self.alpha > 0:

@@ -150,6 +150,26 @@ def test_warm_up_runs_the_engine_at_the_given_batch(engines_dir: Path, component
         assert all(v.shape[0] == 3 for v in ort(feeds).values())
 
 
+def test_extrapolating_dpc_head_exports_with_prev_frame(tmp_path: Path) -> None:
+    spec = {**TINY, "dpc": {**TINY["dpc"], "decoder": "extrapolate"}}
+    torch.manual_seed(0)
+    model = ZsadModel(spec).eval()
+    torch.nn.init.normal_(model.dpc.decoder[-1].weight, std=0.05)  # a trained-looking residual
+    ckpt = save_checkpoint(model, tmp_path / "x.safetensors")
+    build_engines(spec, ckpt, tmp_path / "out", options=BuildOptions(components=("dpc_head",)))
+    path = tmp_path / "out" / "dpc_head.manifest.json"
+    with load_backend(path, "onnxruntime", threads=1) as ort, load_backend(path, "torch") as ref:
+        assert ort.input_names == ["history", "current", "last_frame", "current_frame", "prev_frame"]
+        feeds = random_feeds(ort.manifest.inputs, 3, np.random.default_rng(3))
+        a, b = ref(feeds), ort(feeds)
+        for name in ort.output_names:
+            assert max_rel_error(a[name], b[name]) < 1e-4, name
+        # The prev_frame input is live in the graph: changing it changes the pixel error.
+        moved = ort({**feeds, "prev_frame": feeds["prev_frame"] + 1.0})
+        assert not np.allclose(moved["pixel_error"], b["pixel_error"])
+        assert np.allclose(moved["motion"], b["motion"])
+
+
 def test_wrong_inputs_are_refused_with_the_reason(engines_dir: Path) -> None:
     with load_backend(engines_dir / "dpc_head.manifest.json", "onnxruntime") as ort:
         good = random_feeds(ort.manifest.inputs, 2, np.random.default_rng(0))

@@ -103,6 +103,9 @@ def test_component_io_follows_the_spec_and_layout() -> None:
     assert ins[0].layout == "NCTHW"
     ins, outs = component_io("dpc_head", SPEC)
     assert [i.name for i in ins] == ["history", "current", "last_frame", "current_frame"]
+    ins, _ = component_io("dpc_head", {**SPEC, "dpc": {**SPEC["dpc"], "decoder": "extrapolate"}})
+    assert [i.name for i in ins][-1] == "prev_frame"
+    assert ins[-1].shape == (-1, 3, 32, 48)
     assert ins[0].shape == (-1, 2, 2, 32, 4, 6)
     assert [o.shape for o in outs] == [(-1, 4, 6)] * 3
     ins, outs = component_io("semantic_head", SPEC)

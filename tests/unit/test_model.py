@@ -230,3 +230,49 @@ def test_warp_decoder_starts_as_copy_and_moves_pixels() -> None:
     assert head.flow[-1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="decoder"):
         DPCHead(in_dim=32, hidden=16, decoder="nope")
+
+
+def test_extrapolate_decoder_scores_speed_changes_not_steady_motion() -> None:
+    from engines.dpc import DPCHead
+
+    torch.manual_seed(0)
+    head = DPCHead(in_dim=32, hidden=16, context_clips=2, pred_steps=1, patch_size=8, decoder="extrapolate")
+    history, current = torch.randn(1, 2, 2, 32, 4, 6), torch.randn(1, 2, 32, 4, 6)
+    x = torch.arange(48, dtype=torch.float32) / 48
+
+    def ramp(shift: float) -> torch.Tensor:  # a brightness ramp moved ``shift`` pixels to the right
+        return (x - shift / 48).expand(1, 3, 32, 48).contiguous()
+
+    # Steady motion (one pixel a frame): the constant-velocity prior predicts it exactly.
+    _, steady, motion = head(history, current, ramp(2), ramp(3), ramp(1))
+    assert motion.min() > 0.015  # it does move: copying the last frame would be wrong everywhere
+    assert steady.abs().max() < 1e-5
+    # The same object suddenly four times as fast: the prediction misses by the change of speed.
+    _, sped_up, _ = head(history, current, ramp(2), ramp(6), ramp(1))
+    assert sped_up.min() > 2.5 / 48
+    # At initialisation the predicted frame is exactly the extrapolation; the residual then learns.
+    pred1 = torch.randn(1, 16, 4, 6)
+    assert torch.equal(head.decode_frame(pred1, current[:, -1], ramp(2), ramp(1)), 2 * ramp(2) - ramp(1))
+    with pytest.raises(ValueError, match="needs prev_frame"):
+        head.decode_frame(pred1, current[:, -1], ramp(2))
+
+
+def test_scorer_feeds_prev_frame_to_an_extrapolating_head() -> None:
+    seen: list[set[str]] = []
+
+    def dpc(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(set(feeds))
+        assert np.array_equal(feeds["prev_frame"][0], np.full((3, 4, 4), 7.0, np.float32))
+        n = len(feeds["history"])
+        return {k: np.zeros((n, 1, 1), np.float32) for k in ("feature_error", "pixel_error", "motion")}
+
+    scorer = ClipScorer(dpc, context_clips=1, prev_frame=True)
+    tok, emb = np.zeros((2, 1, 1, 1), np.float32), np.zeros(1, np.float32)
+    frame = np.zeros((3, 4, 4), np.float32)
+    prev = np.full((3, 4, 4), 7.0, np.float32)
+    assert scorer.score([ClipTokens("cam", 0, tok, emb, frame, frame, prev)]) == [None]
+    assert scorer.score([ClipTokens("cam", 1, tok, emb, frame, frame, prev)])[0] is not None
+    assert seen == [{"history", "current", "last_frame", "current_frame", "prev_frame"}]
+    scorer.score([ClipTokens("gate", 0, tok, emb, frame, frame)])
+    with pytest.raises(ValueError, match="camera gate: clip 0 has no prev_last_frame"):
+        scorer.score([ClipTokens("gate", 1, tok, emb, frame, frame)])
