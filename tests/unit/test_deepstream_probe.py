@@ -212,8 +212,33 @@ class BackboneStandIn:
         pass
 
 
-def test_probe_scores_match_the_cpu_path_exactly(runners: tuple[Any, Any]) -> None:
+class NamedRunner:
+    """A runner that, like a backend, says which inputs it takes (ClipInference reads ``input_names``)."""
+
+    def __init__(self, run: Any, input_names: tuple[str, ...]) -> None:
+        self.run, self.input_names = run, list(input_names)
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert sorted(feeds) == sorted(self.input_names)
+        return self.run(feeds)
+
+
+def extrapolating_dpc() -> NamedRunner:
+    from engines.model import ZsadModel
+
+    torch.manual_seed(1)
+    model = ZsadModel({**SPEC, "dpc": {**SPEC["dpc"], "decoder": "extrapolate"}}).eval()
+    torch.nn.init.normal_(model.dpc.decoder[-1].weight, std=0.05)
+    inputs = (*DPC_INPUTS, "prev_frame")
+    return NamedRunner(torch_runner(model.dpc, inputs, DPC_OUTPUTS), inputs)
+
+
+@pytest.mark.parametrize("decoder", ["residual", "extrapolate"])
+def test_probe_scores_match_the_cpu_path_exactly(runners: tuple[Any, Any], decoder: str) -> None:
     dpc, semantic_runner = runners
+    extrapolate = decoder == "extrapolate"
+    if extrapolate:
+        dpc = extrapolating_dpc()
     rng = np.random.default_rng(7)
     cameras = ["cam-a", "cam-b", "cam-c"]
     start_tick = {"cam-a": 0, "cam-b": 0, "cam-c": 1}  # cam-c starts a frame late: mixed batches
@@ -295,7 +320,7 @@ def test_probe_scores_match_the_cpu_path_exactly(runners: tuple[Any, Any]) -> No
 
     probe = ClipScoringProbe(
         pyds,
-        ClipScorer(dpc, context_clips=2, history_step=history_step),
+        ClipScorer(dpc, context_clips=2, history_step=history_step, prev_frame=extrapolate),
         cameras,
         clip_len=pre["clip_len"],
         frame_stride=pre["frame_stride"],
