@@ -16,7 +16,12 @@ import numpy as np
 
 from training.metrics import score_report
 
-__all__ = ["FrameDifferenceError", "evaluate_frame_difference", "frame_difference_scores"]
+__all__ = [
+    "FrameDifferenceError",
+    "evaluate_frame_difference",
+    "extrapolation_scores",
+    "frame_difference_scores",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,22 @@ def frame_difference_scores(frames: np.ndarray, patch: int = 16) -> np.ndarray:
     left out); the score is the maximum over blocks. Frame 0 has no predecessor and copies frame 1's
     score; a single frame scores 0.
     """
+    return _patch_max_scores(frames, patch, order=1)
+
+
+def extrapolation_scores(frames: np.ndarray, patch: int = 16) -> np.ndarray:
+    """Constant-velocity extrapolation error of every frame: ``(N,) float32``.
+
+    Like :func:`frame_difference_scores`, but each frame is compared with ``2 * previous - the one
+    before`` (the last two frames continued at constant velocity), i.e. the block-mean absolute second
+    temporal difference. It is the untrained prior of the DPC head's ``extrapolate`` decoder, reported
+    beside the model so that what training added can be told apart. The first two frames copy frame 2's
+    score; fewer than three frames score 0.
+    """
+    return _patch_max_scores(frames, patch, order=2)
+
+
+def _patch_max_scores(frames: np.ndarray, patch: int, order: int) -> np.ndarray:
     arr = np.asarray(frames)
     if arr.ndim == 4 and arr.shape[-1] == 3:
         gray_of = _gray_rgb
@@ -55,15 +76,16 @@ def frame_difference_scores(frames: np.ndarray, patch: int = 16) -> np.ndarray:
     ph, pw = min(patch, h), min(patch, w)
     gh, gw = h // ph, w // pw
     out = np.zeros(n, dtype=np.float32)
-    if n == 1:
+    if n <= order:
         return out
-    prev = gray_of(arr[0])
-    for t in range(1, n):
-        cur = gray_of(arr[t])
-        diff = np.abs(cur[: gh * ph, : gw * pw] - prev[: gh * ph, : gw * pw])
+    past = [gray_of(arr[t])[: gh * ph, : gw * pw] for t in range(order)]
+    for t in range(order, n):
+        cur = gray_of(arr[t])[: gh * ph, : gw * pw]
+        predicted = past[-1] if order == 1 else 2.0 * past[-1] - past[-2]
+        diff = np.abs(cur - predicted)
         out[t] = diff.reshape(gh, ph, gw, pw).mean(axis=(1, 3)).max()
-        prev = cur
-    out[0] = out[1]
+        past = [*past[1:], cur]
+    out[:order] = out[order]
     return out
 
 

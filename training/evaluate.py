@@ -140,7 +140,7 @@ def evaluate(
     from tqdm import tqdm
 
     from plugins.fusion import fit_calibration
-    from training.baselines import frame_difference_scores
+    from training.baselines import extrapolation_scores, frame_difference_scores
     from training.datasets import make_dataset
     from training.gate import fit_model_gate, gate_weights
     from training.metrics import gaussian_smooth, score_report
@@ -182,6 +182,7 @@ def evaluate(
     frame_weights: dict[str, np.ndarray] = {}
     floor_native: dict[str, np.ndarray] = {}
     floor_model: dict[str, np.ndarray] = {}
+    prior_model: dict[str, np.ndarray] = {}
     native = make_dataset(ds_cfg.kind, root, "test", None, cache=False)
     for clip in tqdm(test.clips, desc="score", unit="video"):
         frames = test.frames(clip.name)
@@ -197,11 +198,14 @@ def evaluate(
         )
         floor_native[clip.name] = frame_difference_scores(native.frames(clip.name)).astype(np.float64)
         floor_model[clip.name] = frame_difference_scores(frames).astype(np.float64)
+        prior_model[clip.name] = extrapolation_scores(frames).astype(np.float64)
 
     learned = [s for s in ("predictive", "pixel") if s in frame_scores]
     variants: dict[str, dict[str, np.ndarray]] = {
         "floor: frame difference, native resolution": floor_native,
         "floor: frame difference, model resolution": floor_model,
+        # Not a learned score: the extrapolate decoder's untrained prior, so its gain can be told apart.
+        "reference: constant-velocity extrapolation, model resolution": prior_model,
     }
     for s in frame_scores:
         variants[f"stream: {s} (raw)"] = frame_scores[s]

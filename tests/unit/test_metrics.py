@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.baselines import FrameDifferenceError, frame_difference_scores
+from training.baselines import FrameDifferenceError, extrapolation_scores, frame_difference_scores
 from training.metrics import (
     MetricError,
     alarm_events,
@@ -281,6 +281,21 @@ def test_frame_difference_first_frame_copies_second_and_any_resolution_works() -
     assert frame_difference_scores(frames[:1]).tolist() == [0.0]
     with pytest.raises(FrameDifferenceError, match="shape"):
         frame_difference_scores(np.zeros((3, 8, 8, 4), dtype=np.uint8))
+
+
+def test_extrapolation_scores_are_zero_for_steady_motion_and_see_a_speed_change() -> None:
+    x = np.arange(48, dtype=np.float64)
+
+    def at(shift: float) -> np.ndarray:  # a brightness ramp moved ``shift`` pixels right
+        return np.broadcast_to(3.0 * (x - shift), (32, 48))
+
+    steady = np.stack([at(s) for s in (0, 1, 2, 3, 4)])
+    np.testing.assert_allclose(extrapolation_scores(steady), 0.0, atol=1e-4)
+    assert frame_difference_scores(steady)[2:].min() == pytest.approx(3.0, rel=1e-5)  # it does move
+    faster = np.stack([at(s) for s in (0, 1, 2, 6, 10)])  # speeds up from 1 to 4 pixels a frame
+    s = extrapolation_scores(faster)
+    np.testing.assert_allclose(s, [0.0, 0.0, 0.0, 9.0, 0.0], atol=1e-4)
+    assert extrapolation_scores(steady[:2]).tolist() == [0.0, 0.0]
 
 
 # ---- plots ---------------------------------------------------------------------------------------------
