@@ -104,7 +104,8 @@ def score_camera(
     src_fps = cap.get(cv2.CAP_PROP_FPS) or fps
     frames: deque[np.ndarray] = deque(maxlen=naive.span)
     ring_len = naive.context_clips * naive.history_step
-    history: deque[tuple[Any, Any]] = deque(maxlen=ring_len)  # (tokens (1,T,D,h,w), last frame (1,3,H,W))
+    # (tokens (1,T,D,h,w), last frame (1,3,H,W), the frame before it (1,3,H,W))
+    history: deque[tuple[Any, Any, Any]] = deque(maxlen=ring_len)
     scores: list[dict[str, float]] = []
     sampled = clips = 0
     source_index = -1
@@ -133,16 +134,17 @@ def score_camera(
                 tokens, _embedding = naive.model.backbone(x)
                 if len(history) == ring_len:
                     past = list(history)[:: naive.history_step]
-                    out = naive.model.dpc(
-                        torch.stack([t for t, _ in past], dim=1), tokens, past[-1][1], x[:, 0]
-                    )
+                    frames_in = [past[-1][1], x[:, 0]]
+                    if naive.model.dpc.extrapolate:
+                        frames_in.append(past[-1][2])
+                    out = naive.model.dpc(torch.stack([t for t, _, _ in past], dim=1), tokens, *frames_in)
                     scores.append(
                         {
                             stream: float(t[0].max())
                             for stream, t in zip(MAP_STREAMS.values(), out, strict=True)
                         }
                     )
-            history.append((tokens, x[:, -1]))
+            history.append((tokens, x[:, -1], x[:, -2]))
     finally:
         cap.release()
     return {

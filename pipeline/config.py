@@ -100,6 +100,12 @@ class DPCConfig(_Strict):
         "which makes the pixel stream score speed (the DPC engine then also takes prev_frame).",
     )
 
+    @model_validator(mode="after")
+    def _decoder_needs_pixels(self) -> DPCConfig:
+        if self.decoder != "residual" and not self.decode_pixels:
+            raise ValueError(f"decoder {self.decoder} needs decode_pixels: true")
+        return self
+
 
 class SemanticConfig(_Strict):
     """CLIP semantic stream: a projection head into CLIP text space plus precomputed prompt embeddings."""

@@ -177,9 +177,13 @@ class ClipInference:
     def warm_up(self, max_batch: int) -> None:
         """Run each engine once at the largest batch the scheduler forms (see :meth:`Backend.warm_up`),
         so the runtimes' arenas reach their final size before the first camera frame."""
-        for backend in (self.engines.backbone, self.engines.dpc):
-            seconds = backend.warm_up(max_batch)
-            log.info("%s warmed up at batch %d in %.2f s", backend.manifest.component, max_batch, seconds)
+        for backend in (self.engines.backbone, self.engines.dpc, self.engines.semantic):
+            if backend is None:
+                continue
+            # A TensorRT engine runs at most its optimisation profile's largest batch.
+            batch = min(max_batch, getattr(backend, "max_batch", None) or max_batch)
+            seconds = backend.warm_up(batch)
+            log.info("%s warmed up at batch %d in %.2f s", backend.manifest.component, batch, seconds)
 
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
         batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)

@@ -351,6 +351,7 @@ def run_config(
 ) -> int:
     """Check engines, build the graph, run, shut down. Returns an exit code. With ``config_path``, SIGHUP
     re-reads it and applies its cameras (:meth:`Application.reload`)."""
+    heap.limit_arenas()  # before the runtimes start their threads
     try:
         engines = load_engines(cfg)
     except EngineError as exc:

@@ -252,16 +252,6 @@ class ClipScoringProbe:
             out.append(s)
         return out
 
-    def _prev_last(self, source_id: int, frame_num: int) -> np.ndarray | None:
-        """The clip frame before the last one, when the DPC head extrapolates (else not needed)."""
-        if not self.scorer.prev_frame:
-            return None
-        want = frame_num - self.frame_stride
-        prev = self.history.get(source_id, want)
-        if prev is None:  # first and last were found, and the history holds the span between them
-            raise MetaError(f"frame {want} of source {source_id} is not in the history")
-        return self.normalise(prev)
-
     def _time(self, pts_s: float) -> float:
         return pts_s if math.isfinite(pts_s) else self._clock()
 
@@ -270,19 +260,23 @@ class ClipScoringProbe:
         times: list[float] = []
         for ft in found:
             camera = self.camera(ft.source_id)
-            last = self.history.get(ft.source_id, ft.frame_num)
-            first = self.history.get(ft.source_id, ft.frame_num - self.first_offset)
-            if first is None or last is None:
+            wanted = [ft.frame_num - self.first_offset, ft.frame_num]
+            if self.scorer.prev_frame:  # an extrapolating DPC head also needs the frame before the last
+                wanted.append(ft.frame_num - self.frame_stride)
+            found_frames = [self.history.get(ft.source_id, n) for n in wanted]
+            got = [g for g in found_frames if g is not None]
+            if len(got) < len(wanted):
                 # The history holds exactly one clip span, so this only happens right after a reset.
                 self.missing_frames += 1
                 log.warning(
-                    "camera %s: clip ending at frame %d has no frames %d/%d in the history; skipped",
+                    "camera %s: clip ending at frame %d lacks frames %s in the history; skipped",
                     camera,
                     ft.frame_num,
-                    ft.frame_num - self.first_offset,
-                    ft.frame_num,
+                    [n for n, g in zip(wanted, found_frames, strict=True) if g is None],
                 )
                 continue
+            first, last = got[0], got[1]
+            prev = self.normalise(got[2]) if len(got) > 2 else None
             index = self._next_index.get(camera, 0)
             self._next_index[camera] = index + 1
             clips.append(
@@ -293,7 +287,7 @@ class ClipScoringProbe:
                     embedding=_squeeze_to(ft.tensors["embedding"], 1, "embedding"),
                     first_frame=self.normalise(first),
                     last_frame=self.normalise(last),
-                    prev_last_frame=self._prev_last(ft.source_id, ft.frame_num),
+                    prev_last_frame=prev,
                 )
             )
             times.append(self._time(ft.pts_s))

@@ -87,6 +87,12 @@ def score_video(
         history_step=span // hop,
         prev_frame=model.dpc.extrapolate,
     )
+
+    def reversed_prior(target: int) -> bool:
+        # An extrapolating head whose prev frame lies before the reflection point sees the motion turn
+        # round (prev == current), an error no real camera produces: leave that target to interpolation.
+        return bool(pad) and model.dpc.extrapolate and stride <= target < 2 * stride
+
     targets: list[int] = []
     out: dict[str, list[float]] = {}
     embs: list[np.ndarray] = []
@@ -101,6 +107,8 @@ def score_video(
         ]
         for s, res in zip(chunk, scorer.score(items), strict=True):
             if res is None:
+                continue
+            if reversed_prior(s - pad):
                 continue
             targets.append(s - pad)
             embs.append(res.embedding)
@@ -205,7 +213,7 @@ def evaluate(
         "floor: frame difference, native resolution": floor_native,
         "floor: frame difference, model resolution": floor_model,
         # Not a learned score: the extrapolate decoder's untrained prior, so its gain can be told apart.
-        "reference: constant-velocity extrapolation, model resolution": prior_model,
+        "reference: constant-velocity extrapolation of consecutive frames, model resolution": prior_model,
     }
     for s in frame_scores:
         variants[f"stream: {s} (raw)"] = frame_scores[s]

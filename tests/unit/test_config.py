@@ -78,6 +78,14 @@ def test_hysteresis_and_duplicates_are_refused() -> None:
         parse_config("cameras:\n  - {id: a, uri: 'file:///x'}\n  - {id: a, uri: 'file:///y'}\n")
 
 
+def test_a_decoder_prior_needs_the_pixel_decoder(tmp_path: Path) -> None:
+    text = "version: 1\nmodel:\n  dpc:\n    decode_pixels: false\n    decoder: extrapolate\n"
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"{path}:3: model.dpc: .*decoder extrapolate needs decode_pixels"):
+        load_config(path)
+    assert parse_config(text.replace("extrapolate", "residual")).model.dpc.decode_pixels is False
+
+
 def test_bad_uri_scheme_and_camera_id() -> None:
     with pytest.raises(ConfigError, match=r"cameras\[0\]\.uri"):
         parse_config("cameras:\n  - {id: a, uri: 'ftp://x'}\n")

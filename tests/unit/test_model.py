@@ -276,3 +276,21 @@ def test_scorer_feeds_prev_frame_to_an_extrapolating_head() -> None:
     scorer.score([ClipTokens("gate", 0, tok, emb, frame, frame)])
     with pytest.raises(ValueError, match="camera gate: clip 0 has no prev_last_frame"):
         scorer.score([ClipTokens("gate", 1, tok, emb, frame, frame)])
+
+
+def test_reflected_history_never_shows_an_extrapolating_head_a_turnaround() -> None:
+    from training.evaluate import score_video
+
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    spec["dpc"]["decoder"] = "extrapolate"
+    model = ZsadModel(spec).eval()
+    x = np.arange(48)
+    wave = [128 + 60 * np.sin(2 * np.pi * (x - 1.5 * t) / 24) for t in range(30)]  # steady, 1.5 px/frame
+    frames = np.stack([np.broadcast_to(w[None, :, None], (32, 48, 3)) for w in wave]).astype(np.uint8)
+    targets, scores, _ = score_video(model, frames, hop=1, reflect_history=True)
+    assert 0 in targets
+    assert 2 in targets
+    assert 1 not in targets  # its prev frame is mirrored: the motion would seem to reverse
+    pixel = scores["pixel"]
+    assert pixel.max() < 1.5 * np.median(pixel)  # steady motion scores steadily, no spike at the start
