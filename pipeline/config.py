@@ -223,6 +223,13 @@ class RtspOptions(_Strict):
     latency_ms: int = Field(200, ge=0, le=10_000)
     reconnect_initial_s: float = Field(1.0, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+    stall_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=600,
+        description="A live camera without a frame for this long is reconnected (the stall watchdog; also "
+        "the connect timeout). Unset: the graph's default, 5 s.",
+    )
 
 
 class CameraDefaults(_Strict):

@@ -154,7 +154,8 @@ class CameraGraph:
         on_state: optional ``on_state(camera_id, state, detail)``; see :data:`StateFn`.
         cameras: cameras to run from :meth:`start` on.
         realtime: play file and loop cameras at their native rate (for demos); default as fast as possible.
-        stall_timeout_s: a network or v4l2 camera without a frame for this long is treated as disconnected.
+        stall_timeout_s: a network or v4l2 camera without a frame for this long is treated as disconnected
+            (a camera whose config sets ``rtsp.stall_timeout_s`` uses its own).
         display_size: optional second, larger size ``(width, height)`` for event media, delivered to
             ``on_display_frame`` with the same ``pts_s`` as the model-size frame.
         on_display_frame: receives display-size frames; required when ``display_size`` is set.
@@ -458,7 +459,7 @@ class CameraGraph:
                 display_size=self.display_size,
                 rtsp_tcp=s.rtsp.tcp,
                 rtsp_latency_ms=s.rtsp.latency_ms,
-                connect_timeout_s=self.stall_timeout_s,
+                connect_timeout_s=self._stall_timeout(cam),
                 on_no_video=lambda: self._post(
                     lambda: self._on_failure(cam, gen, "no video stream in the source", recoverable=False)
                 ),
@@ -628,6 +629,11 @@ class CameraGraph:
             return
         self._on_failure(cam, gen, "end of stream", recoverable=True)
 
+    def _stall_timeout(self, cam: _Camera) -> float:
+        """The camera's own stall timeout when its config sets one, else the graph's."""
+        own = cam.settings.rtsp.stall_timeout_s
+        return own if own is not None else self.stall_timeout_s
+
     def _check_stalls(self, *_: Any) -> bool:
         now = time.monotonic()
         with self._lock:
@@ -640,7 +646,7 @@ class CameraGraph:
                     continue
                 ref = cam.last_frame_at if cam.got_frame and cam.last_frame_at is not None else cam.built_at
                 gen = cam.generation
-            if now - ref > self.stall_timeout_s:
+            if now - ref > self._stall_timeout(cam):
                 self._on_failure(cam, gen, f"no frame for {now - ref:.1f} s (stalled)", recoverable=True)
         return True
 

@@ -34,7 +34,12 @@ def camera(cid: str, uri: str) -> CameraSettings:
     defaults = CameraDefaults.model_validate(
         {
             "sampling": {"fps": 10},
-            "rtsp": {"reconnect_initial_s": 0.5, "reconnect_max_s": 2.0, "latency_ms": 100},
+            "rtsp": {
+                "reconnect_initial_s": 0.5,
+                "reconnect_max_s": 2.0,
+                "latency_ms": 100,
+                "stall_timeout_s": 2.0,  # the camera's own, shorter than the graph's 5 s default
+            },
         }
     )
     return ZsadConfig(defaults=defaults, cameras=[CameraConfig(id=cid, uri=uri)]).camera_settings(cid)
@@ -92,7 +97,6 @@ def test_rtsp_camera_reconnects_after_an_outage_and_a_stall(
             camera("file", f"loop://{loop_file}"),
         ],
         realtime=True,
-        stall_timeout_s=2.0,
     )
     g.start()
     try:
@@ -123,7 +127,9 @@ def test_rtsp_camera_reconnects_after_an_outage_and_a_stall(
         # recorded, counting only states recorded after the freeze.
         seen = len(rec.states_of("rtsp"))
         server.signal(signal.SIGSTOP)
+        frozen = time.monotonic()
         wait_for(lambda: any(s == "reconnecting" for _, s, _ in rec.states_of("rtsp")[seen:]), timeout=6)
+        assert time.monotonic() - frozen < 4.5  # the camera's 2 s timeout, not the graph's 5 s
         stall_detail = next(d for _, s, d in rec.states_of("rtsp")[seen:] if s == "reconnecting")
         assert "stalled" in stall_detail
         t0 = time.monotonic()
