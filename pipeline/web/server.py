@@ -19,6 +19,7 @@ import base64
 import binascii
 import hmac
 import html
+import ipaddress
 import json
 import logging
 import os
@@ -87,6 +88,9 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 class _ReviewHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -143,6 +147,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_bytes(status, (message + "\n").encode("utf-8"), "text/plain; charset=utf-8", head=head)
 
+    def _host_allowed(self) -> bool:
+        """On a loopback bind, only loopback names may appear in ``Host``: a web page whose DNS name was
+        rebound to 127.0.0.1 (DNS rebinding) then cannot read or label this run's alerts."""
+        if not self.server.owner.loopback_only:
+            return True
+        host = urlsplit("//" + self.headers.get("Host", "")).hostname or ""
+        return host in _LOOPBACK_NAMES
+
     def _authorised(self) -> bool:
         owner = self.server.owner
         if owner.username is None or owner.password is None:
@@ -191,6 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(413, f"body larger than {MAX_BODY_BYTES} bytes", api=True)
             return
         body = self.rfile.read(length)
+        if not self._host_allowed():
+            self._send_error(421, "unknown Host for a loopback-only server", api=True)
+            return
         if not path.startswith("/api/"):
             self._send_error(405, "method not allowed", api=False)
             return
@@ -213,6 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, payload)
 
     def _serve_read(self, *, head: bool) -> None:
+        if not self._host_allowed():
+            self._send_error(421, "unknown Host for a loopback-only server", api=False, head=head)
+            return
         split = urlsplit(self.path)
         raw_path = split.path
         if raw_path == "/healthz":
@@ -372,6 +390,7 @@ class ReviewServer:
         self.state = state
         self.output_dir = Path(output_dir)
         self.host = host
+        self.loopback_only = _is_loopback(host)
         self.username = username
         self.password = password
         self.api = ReviewApi(state, self.output_dir)
@@ -428,3 +447,10 @@ class ReviewServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

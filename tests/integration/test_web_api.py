@@ -207,7 +207,7 @@ def request(
     parts = urlsplit(base)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_accept_encoding=True, skip_host="Host" in (headers or {}))
         for k, v in (headers or {}).items():
             conn.putheader(k, v)
         if body is not None:
@@ -416,6 +416,22 @@ def test_kept_alive_connection_survives_refused_requests(server: str, demo: Demo
         assert len(json.loads(again.read())["cameras"]) == 4
     finally:
         conn.close()
+
+
+def test_loopback_server_refuses_foreign_host_names(server: str, demo: DemoRun) -> None:
+    port = urlsplit(server).port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        assert request(server, "GET", "/api/cameras", headers={"Host": host}).status == 200, host
+    # DNS rebinding: a page on attacker.example whose name now resolves to 127.0.0.1.
+    for host in (f"attacker.example:{port}", "attacker.example", ""):
+        reply = request(server, "GET", "/api/cameras", headers={"Host": host})
+        assert reply.status == 421, host
+        assert b"Host" in reply.body
+    reply = post_label(
+        server, demo.alerts["open"]["alert_id"], {"label": "ack"}, headers={"Host": "attacker.example"}
+    )
+    assert reply.status == 421
+    assert get_json(server, f"/api/alerts/{demo.alerts['open']['alert_id']}")["alert"].get("review") is None
 
 
 def test_media_types_and_range_requests(server: str, demo: DemoRun, mp4_file: Path) -> None:
