@@ -96,6 +96,7 @@ class CaseSpec:
     warmup_s: float = 2.0
     threads: int | None = None  # None: the config's engines.threads
     max_batch: int | None = None  # None: the config's scheduler.max_batch
+    queue_size: int | None = None  # None: the config's scheduler.queue_size
     fps: float = 25.0
     batches: list[int] = field(default_factory=lambda: [1, 4, 8, 16])  # pure
     min_time_s: float = 1.0  # pure: seconds per batch size
@@ -259,6 +260,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         fps=spec.fps,
         threads=spec.threads,
         max_batch=spec.max_batch,
+        queue_size=spec.queue_size,
     )
     try:
         engines = load_engines(cfg)

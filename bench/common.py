@@ -404,12 +404,14 @@ def site_config(
     fps: float = 25.0,
     threads: int | None = None,
     max_batch: int | None = None,
+    queue_size: int | None = None,
 ) -> Any:
     """A validated :class:`pipeline.config.ZsadConfig` for ``cameras`` synthetic cameras.
 
     Camera ``i`` plays video ``i % len(videos)`` (``loop://`` restarts it at its end, ``file://`` ends).
     Everything else (model, alert policy, media, scheduler) is the base config's, except: no review page,
-    no metrics server, one JSONL sink under ``out_dir``, and ``threads`` / ``max_batch`` when given.
+    no metrics server, one JSONL sink under ``out_dir``, and ``threads`` / ``max_batch`` / ``queue_size``
+    when given.
     """
     from pipeline.config import load_config
 
@@ -429,6 +431,8 @@ def site_config(
         data["engines"]["threads"] = threads
     if max_batch is not None:
         data["scheduler"]["max_batch"] = max_batch
+    if queue_size is not None:
+        data["scheduler"]["queue_size"] = queue_size
     data["sinks"] = [{"kind": "jsonl", "path": "alerts.jsonl"}]
     data["metrics"]["enabled"] = False
     data["ui"]["enabled"] = False

@@ -331,7 +331,14 @@ class MediaConfig(_Strict):
 class SchedulerConfig(_Strict):
     max_batch: int = Field(8, ge=1, le=256, description="Most clips in one backbone call.")
     max_wait_ms: float = Field(50.0, ge=0, le=10_000, description="Longest a clip waits for a batch to fill.")
-    queue_size: int = Field(32, ge=1, le=10_000, description="Per-camera bounded queue; oldest dropped.")
+    queue_size: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="Per-camera bounded queue of clips; the oldest is dropped. A few clips are enough: "
+        "a deeper backlog only delays live alerts, and at 16 cameras 32 cost a third of the throughput "
+        "(docs/benchmarks.md).",
+    )
 
 
 class MetricsConfig(_Strict):

@@ -106,7 +106,7 @@ class BatchScheduler:
         *,
         max_batch: int = 8,
         max_wait_ms: float = 50.0,
-        queue_size: int = 32,
+        queue_size: int = 8,
         max_per_camera: int | None = None,
     ) -> None:
         if max_batch < 1:
