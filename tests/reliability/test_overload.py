@@ -35,6 +35,10 @@ class SlowBackbone:
         time.sleep(self.delay_s)
         return self.inner(feeds)
 
+    def warm_up(self, batch: int) -> float:
+        time.sleep(self.delay_s)
+        return self.delay_s + float(self.inner.warm_up(batch))
+
     def close(self) -> None:
         self.inner.close()
 

@@ -6,6 +6,7 @@ The 30-minute version is ``python -m tests.reliability.soak --minutes 30 --camer
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
@@ -34,10 +35,13 @@ def test_two_minute_soak_is_flat(world: dict[str, Path], tmp_path: Path) -> None
     assert result.clips_dropped == 0
     # A leak of one display frame per sampled frame would be ~1 GB/min; allocator noise is a few MB/min.
     assert result.rss_slope_mb_per_min < RSS_SLOPE_MAX_MB_PER_MIN, result.samples
-    # Clip writers come and go (a thread and a few fds each), so counts move; the idle floor must not.
+    # Clip writers come and go (a thread and a few fds each), so counts move up and down for a moment;
+    # what is typical must not rise from the first half of the run to the second (a leak would).
     after = [s for s in result.samples if s.t_s >= result.warmup_s]
     half = len(after) // 2
-    assert min(s.fds for s in after[half:]) <= min(s.fds for s in after[:half])
-    assert min(s.threads for s in after[half:]) <= min(s.threads for s in after[:half])
+    for what in ("fds", "threads"):
+        first = statistics.median(getattr(s, what) for s in after[:half])
+        second = statistics.median(getattr(s, what) for s in after[half:])
+        assert second <= first + 2, (what, [(round(s.t_s), getattr(s, what)) for s in after])
     assert max(s.fds for s in after) - min(s.fds for s in after) <= 60
     assert max(s.threads for s in after) - min(s.threads for s in after) <= 30
