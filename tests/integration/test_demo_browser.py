@@ -31,7 +31,11 @@ pytest.importorskip("selenium", reason="selenium is not installed (make setup in
 from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-from tests.integration.test_web_browser import driver, wait_for  # noqa: E402, F401  (the Chromium fixture)
+from tests.integration.test_web_browser import (  # noqa: E402  (the Chromium fixture)
+    driver,  # noqa: F401
+    wait_for,
+    wait_for_text,
+)
 
 
 def _free_port() -> int:
@@ -128,17 +132,8 @@ def test_review_page_on_the_live_demo(driver: Any, demo_run: tuple[str, Path, li
     assert (out / "events").is_dir()
     driver.find_element(By.CSS_SELECTOR, f"{card} button.ack").click()
     label = f"{card} .review-label"
-    wait_for(
-        driver, lambda d: d.find_element(By.CSS_SELECTOR, label).text.lower() == "acknowledged", "the ack"
-    )
+    wait_for_text(driver, label, "acknowledged", "the ack")
     driver.refresh()
-    wait_for(
-        driver,
-        lambda d: (
-            d.find_elements(By.CSS_SELECTOR, label)
-            and d.find_element(By.CSS_SELECTOR, label).text.lower() == "acknowledged"
-        ),
-        "the ack after a reload",
-    )
+    wait_for_text(driver, label, "acknowledged", "the ack after a reload")
     if _shots():
         driver.save_screenshot(str(_shots() / "alerts.png"))

@@ -105,6 +105,16 @@ def wait_for(driver: Any, condition: Callable[[Any], Any], what: str, timeout: f
         raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
 
 
+def wait_for_text(driver: Any, selector: str, text: str, what: str) -> None:
+    """Wait until the first element matching ``selector`` exists and shows ``text`` (any case)."""
+
+    def shown(d: Any) -> bool:
+        found = d.find_elements(By.CSS_SELECTOR, selector)
+        return bool(found) and found[0].text.lower() == text
+
+    wait_for(driver, shown, what)
+
+
 def no_js_dialog(driver: Any) -> bool:
     try:
         driver.switch_to.alert  # noqa: B018 - raises when there is none
@@ -217,21 +227,10 @@ def test_alerts_view_media_labels_and_escaping(
     assert driver.find_element(By.CSS_SELECTOR, label).text.lower() == "unreviewed"
     driver.find_element(By.CSS_SELECTOR, f"{card} .note").send_keys("gardener on the lawn")
     driver.find_element(By.CSS_SELECTOR, f"{card} button.ack").click()
-    wait_for(
-        driver,
-        lambda d: d.find_element(By.CSS_SELECTOR, label).text.lower() == "acknowledged",
-        "the ack label",
-    )
+    wait_for_text(driver, label, "acknowledged", "the ack label")
     assert RunState(run.out).labels()[closed_id]["note"] == "gardener on the lawn"
     driver.refresh()
-    wait_for(
-        driver,
-        lambda d: (
-            d.find_elements(By.CSS_SELECTOR, label)
-            and d.find_element(By.CSS_SELECTOR, label).text.lower() == "acknowledged"
-        ),
-        "the ack label after a reload",
-    )
+    wait_for_text(driver, label, "acknowledged", "the ack label after a reload")
     assert (
         driver.find_element(By.CSS_SELECTOR, f"{card} .note").get_attribute("value") == "gardener on the lawn"
     )
