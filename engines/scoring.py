@@ -87,13 +87,18 @@ class ClipScorer:
             clips ``T * stride`` source frames apart; a camera emitting a clip every ``hop`` frames
             uses ``history_step = T * stride / hop``.
         prev_frame: the engine takes ``prev_frame`` (its decoder extrapolates); every clip must then
-            carry ``prev_last_frame``.
+            carry ``prev_last_frame``. ``None``: read it from the runner's ``input_names`` (a backend
+            has them), else ``False``.
     """
 
-    def __init__(self, dpc: Runner, *, context_clips: int, history_step: int = 1, prev_frame: bool = False):
+    def __init__(
+        self, dpc: Runner, *, context_clips: int, history_step: int = 1, prev_frame: bool | None = None
+    ):
         if history_step < 1:
             raise ValueError(f"history_step must be >= 1, got {history_step}")
         self.dpc = dpc
+        if prev_frame is None:
+            prev_frame = "prev_frame" in getattr(dpc, "input_names", ())
         self.prev_frame = prev_frame
         self.context_clips = context_clips
         self.history_step = history_step

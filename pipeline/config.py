@@ -336,7 +336,7 @@ class SchedulerConfig(_Strict):
         ge=1,
         le=10_000,
         description="Per-camera bounded queue of clips; the oldest is dropped. A few clips are enough: "
-        "a deeper backlog only delays live alerts, and at 16 cameras 32 cost a third of the throughput "
+        "a deeper backlog only delays live alerts, and at 16 cameras 32 cost a quarter of the throughput "
         "(docs/benchmarks.md).",
     )
 

@@ -163,12 +163,7 @@ class ClipInference:
     ):
         self.engines = engines
         self.contexts = contexts
-        self.scorer = ClipScorer(
-            engines.dpc,
-            context_clips=context_clips,
-            history_step=history_step,
-            prev_frame="prev_frame" in getattr(engines.dpc, "input_names", ()),
-        )
+        self.scorer = ClipScorer(engines.dpc, context_clips=context_clips, history_step=history_step)
         self.semantic = semantic_hook(engines, contexts)
 
     def reset(self, camera: str) -> None:

@@ -263,20 +263,20 @@ class ClipScoringProbe:
             wanted = [ft.frame_num - self.first_offset, ft.frame_num]
             if self.scorer.prev_frame:  # an extrapolating DPC head also needs the frame before the last
                 wanted.append(ft.frame_num - self.frame_stride)
-            found_frames = [self.history.get(ft.source_id, n) for n in wanted]
-            got = [g for g in found_frames if g is not None]
-            if len(got) < len(wanted):
+            frames = [self.history.get(ft.source_id, n) for n in wanted]
+            missing = [n for n, f in zip(wanted, frames, strict=True) if f is None]
+            if missing:
                 # The history holds exactly one clip span, so this only happens right after a reset.
                 self.missing_frames += 1
                 log.warning(
                     "camera %s: clip ending at frame %d lacks frames %s in the history; skipped",
                     camera,
                     ft.frame_num,
-                    [n for n, g in zip(wanted, found_frames, strict=True) if g is None],
+                    missing,
                 )
                 continue
-            first, last = got[0], got[1]
-            prev = self.normalise(got[2]) if len(got) > 2 else None
+            first, last, *before_last = [f for f in frames if f is not None]
+            prev = self.normalise(before_last[0]) if before_last else None
             index = self._next_index.get(camera, 0)
             self._next_index[camera] = index + 1
             clips.append(

@@ -71,7 +71,6 @@ class DeepStreamApp:
             engines.dpc,
             context_clips=cfg.model.dpc.context_clips,
             history_step=(pre.clip_len * pre.frame_stride) // pre.clip_hop,
-            prev_frame="prev_frame" in getattr(engines.dpc, "input_names", ()),
         )
         self.board = OsdScoreBoard(pyds, ids) if cfg.deepstream.osd else None
         self.probe = ClipScoringProbe(
