@@ -49,6 +49,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Raw frames queued between a clip writer and its encoder (a few frames at surveillance sizes).
+_APPSRC_QUEUE_BYTES = 4 * 1024 * 1024
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -125,6 +128,8 @@ class _ClipWriter:
         self._finished = False
         self._last_pts = -math.inf
         self.thread = threading.Thread(target=self._run, name=f"zsad-clip-{final_path.stem[:8]}", daemon=True)
+
+    def start(self) -> None:
         self.thread.start()
 
     def push(self, frame: np.ndarray, pts: float) -> None:
@@ -191,6 +196,7 @@ class _ClipWriter:
             while item is not None:
                 frame, pts = item
                 if frame.shape[0] >= h and frame.shape[1] >= w and frame.ndim == 3 and frame.shape[2] == 3:
+                    self._wait_for_room(gst, src, bus, frame_bytes=h * w * 3)
                     data = np.ascontiguousarray(frame[:h, :w], dtype=np.uint8).tobytes()
                     buf = gst.Buffer.new_wrapped(data)
                     buf.pts = round((pts - first_pts) * 1e9)
@@ -201,10 +207,7 @@ class _ClipWriter:
                     self.frames_written += 1
                 else:
                     self.frames_dropped += 1
-                msg = bus.pop_filtered(gst.MessageType.ERROR)
-                if msg is not None:
-                    err, dbg = msg.parse_error()
-                    raise ClipEncodeError(f"clip {self.final_path.name}: {err.message} ({dbg})")
+                self._raise_on_error(gst, bus, 0)
                 item = self._queue.get()
             src.emit("end-of-stream")
             msg = bus.timed_pop_filtered(
@@ -218,6 +221,22 @@ class _ClipWriter:
         finally:
             pipeline.set_state(gst.State.NULL)
         self.part_path.replace(self.final_path)
+
+    def _raise_on_error(self, gst: Any, bus: Any, wait_ns: int) -> None:
+        msg = bus.timed_pop_filtered(wait_ns, gst.MessageType.ERROR)
+        if msg is not None:
+            err, dbg = msg.parse_error()
+            raise ClipEncodeError(f"clip {self.final_path.name}: {err.message} ({dbg})")
+
+    def _wait_for_room(self, gst: Any, src: Any, bus: Any, frame_bytes: int) -> None:
+        """Backpressure without a blocking appsrc: a blocking push never returns once the streaming
+        thread has stopped on an error (a full disk), so wait here, watching the bus, up to the timeout."""
+        limit = max(_APPSRC_QUEUE_BYTES, 2 * frame_bytes)
+        deadline = time.monotonic() + self._timeout_s
+        while int(src.get_property("current-level-bytes")) >= limit:
+            if time.monotonic() > deadline:
+                raise ClipEncodeError(f"clip {self.final_path.name}: encoder stalled for {self._timeout_s}s")
+            self._raise_on_error(gst, bus, 20_000_000)
 
     def _build(self, gst: Any, width: int, height: int) -> tuple[Any, Any]:
         pipeline = gst.Pipeline.new(f"clip-{self.final_path.stem[:8]}")
@@ -240,7 +259,8 @@ class _ClipWriter:
         )
         src.set_property("format", gst.Format.TIME)
         src.set_property("is-live", False)
-        src.set_property("block", True)
+        src.set_property("block", False)  # see _wait_for_room
+        src.set_property("max-bytes", 0)  # unbounded inside appsrc; _wait_for_room bounds it
         # 4:2:0 so every H.264 decoder plays it; from RGB, x264 would otherwise choose 4:4:4.
         caps_filter.set_property("caps", gst.Caps.from_string("video/x-raw,format=I420"))
         gst.util_set_object_arg(encoder, "speed-preset", "ultrafast")
@@ -311,6 +331,7 @@ class EventRecorder:
         self._failing = False
         self.errors = 0
         self._closed = False
+        self._remove_stale_parts()
 
     # ---------------------------------------------------------------- errors
 
@@ -327,6 +348,19 @@ class EventRecorder:
             )
         else:
             log.debug("camera %s: %s failed: %s", self.camera, what, exc)
+
+    def _remove_stale_parts(self) -> None:
+        """Half-written files (``.<name>.part``) left by a run that was killed; retention skips hidden
+        files, so without this they would stay forever."""
+        try:
+            stale = list(self.events_dir.glob(".*.part")) if self.events_dir.is_dir() else []
+            for path in stale:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._report("removing half-written files", exc)
+            return
+        if stale:
+            log.info("camera %s: removed %d half-written file(s) of an earlier run", self.camera, len(stale))
 
     def _ok(self) -> None:
         with self._lock:
@@ -412,10 +446,11 @@ class EventRecorder:
                 timeout_s=self._clip_timeout_s,
             )
             with self._lock:
-                self._writers.add(writer)
+                self._writers.add(writer)  # before start, so a writer that fails at once is still discarded
                 for t, image in self._ring:
                     if t >= start_pts - self.config.pre_s - 1e-9:
                         writer.push(image, t)
+                writer.start()
         ev = _Event(alert_id=alert_id, stem=stem, snapshot=snapshot, writer=writer, start_pts=start_pts)
         with self._lock:
             self._events[alert_id] = ev
@@ -580,6 +615,9 @@ class EventRecorder:
         end = time.monotonic() + timeout
         for w in writers:
             w.thread.join(max(0.0, end - time.monotonic()))
+        stuck = [w.final_path.name for w in writers if w.thread.is_alive()]
+        if stuck:
+            log.warning("camera %s: clip(s) %s not finished within %.0fs", self.camera, stuck, timeout)
         self._io.shutdown(wait=True)
         with self._lock:
             self._ring.clear()

@@ -114,6 +114,17 @@ def test_close_finishes_open_clip_and_retention_deletes_oldest(tmp_path: Path) -
     assert frames >= 1
 
 
+def test_half_written_files_of_a_killed_run_are_removed_at_start(tmp_path: Path) -> None:
+    events = tmp_path / "events" / "cam"
+    events.mkdir(parents=True)
+    (events / ".dead.mp4.part").write_bytes(b"x" * 100)
+    (events / ".dead.jpg.part").write_bytes(b"x")
+    (events / "kept.jpg").write_bytes(b"x")
+    rec = EventRecorder("cam", tmp_path, MediaConfig(), fps=10.0)
+    rec.close(5)
+    assert sorted(p.name for p in events.iterdir()) == ["kept.jpg"]
+
+
 @pytest.mark.parametrize(
     ("camera", "alert_id"),
     [("../../etc", "../../passwd"), ("..", ".."), ("a/b", "/abs/x"), ("cam", "..\\..\\win")],

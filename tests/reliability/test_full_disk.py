@@ -73,3 +73,27 @@ def test_full_media_disk_never_stops_alerting(
     assert "zsad_media_errors_total{camera=" in app.metrics.render()
     # Nothing half-written is left behind on the full disk.
     assert not [p for p in tiny_disk.rglob(".*.part")]
+
+
+def test_clip_that_fills_the_disk_fails_fast_and_leaves_nothing(tiny_disk: Path, tmp_path: Path) -> None:
+    """Noise frames fill 64 KiB within a few frames. The encoder stops on the write error; the writer
+    must notice (a blocking push would wait forever on a stopped encoder), count it and delete its part."""
+    import time
+
+    import numpy as np
+
+    from pipeline.config import MediaConfig
+    from pipeline.media import EventRecorder
+
+    rng = np.random.default_rng(0)
+    for k in range(5):  # the hang depended on timing (about 2 in 3): five clips catch it
+        rec = EventRecorder(f"cam{k}", tmp_path / "out", MediaConfig(snapshots=False), fps=10.0)
+        rec.open_event(f"a{k}", start_pts=0.0)
+        for i in range(60):
+            rec.add_frame(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), i / 10)  # as fast as it goes
+        t0 = time.monotonic()
+        rec.close(timeout=20.0)
+        assert time.monotonic() - t0 < 10.0, f"clip {k} did not finish"
+        assert rec.errors >= 1
+        assert not list(tiny_disk.rglob(".*.part"))
+        assert not list(tiny_disk.rglob("*.mp4"))
