@@ -339,6 +339,14 @@ class SchedulerConfig(_Strict):
         "a deeper backlog only delays live alerts, and at 16 cameras 32 cost a quarter of the throughput "
         "(docs/benchmarks.md).",
     )
+    decode_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Nice value of the cameras' decoding threads (Linux, CPU graph), so that when the CPU "
+        "is short, inference runs first and decoding takes what is left; 0 turns this off "
+        "(docs/benchmarks.md).",
+    )
 
 
 class MetricsConfig(_Strict):

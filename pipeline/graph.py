@@ -159,6 +159,8 @@ class CameraGraph:
         display_size: optional second, larger size ``(width, height)`` for event media, delivered to
             ``on_display_frame`` with the same ``pts_s`` as the model-size frame.
         on_display_frame: receives display-size frames; required when ``display_size`` is set.
+        decode_nice: nice value of every camera's streaming threads (decode, scaling, the frame
+            callbacks); 0 leaves them at the process's priority. See ``scheduler.decode_nice``.
         cwd: folder that relative ``file://`` and ``loop://`` paths resolve against (default: current).
     """
 
@@ -173,10 +175,14 @@ class CameraGraph:
         stall_timeout_s: float = 5.0,
         display_size: FrameSize | tuple[int, int] | None = None,
         on_display_frame: FrameFn | None = None,
+        decode_nice: int = 0,
         cwd: Path | None = None,
     ) -> None:
         if stall_timeout_s <= 0:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
+        if not 0 <= decode_nice <= 19:
+            raise ValueError(f"decode_nice must be 0..19, got {decode_nice}")
+        self.decode_nice = decode_nice
         if (display_size is None) != (on_display_frame is None):
             raise ValueError("display_size and on_display_frame go together")
         self.frame_size = FrameSize.of(frame_size)
@@ -460,6 +466,7 @@ class CameraGraph:
                 rtsp_tcp=s.rtsp.tcp,
                 rtsp_latency_ms=s.rtsp.latency_ms,
                 connect_timeout_s=self._stall_timeout(cam),
+                thread_nice=self.decode_nice,
                 on_no_video=lambda: self._post(
                     lambda: self._on_failure(cam, gen, "no video stream in the source", recoverable=False)
                 ),

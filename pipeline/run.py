@@ -111,6 +111,7 @@ class Application:
             realtime=realtime,
             display_size=DISPLAY_SIZE,
             on_display_frame=self._on_display_frame,
+            decode_nice=cfg.scheduler.decode_nice,
         )
 
     # -- per-camera parts ---------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +238,24 @@ def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
     return pts, frame
 
 
+def lower_thread_priority(nice: int) -> bool:
+    """Raise the calling thread's nice value to ``nice`` (never lowers it); True if it is now >= ``nice``.
+
+    Linux keeps a nice value per thread, and a thread inherits its creator's. Raising it needs no
+    privilege. Elsewhere this is a no-op that returns False.
+    """
+    if not sys.platform.startswith("linux"):  # elsewhere nice is per process
+        return False
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return os.getpriority(os.PRIO_PROCESS, tid) >= nice
+    except OSError as exc:
+        log.debug("cannot set nice %d on thread %d: %s", nice, tid, exc)
+        return False
+
+
 def _fps_fraction(fps: float) -> tuple[int, int]:
     """Return ``fps`` as a fraction, exact for integers and halves, else to 1/1000."""
     for den in (1, 2, 1000):
@@ -267,6 +288,9 @@ class CameraPipeline:
         connect_timeout_s: RTSP TCP timeout, so a dead server fails fast instead of after rtspsrc's 20 s.
         on_no_video: called (from a streaming thread) when the decoder has exposed all its streams and
             none is video (e.g. an audio-only file).
+        thread_nice: nice value (0..19) each of this pipeline's streaming threads gives itself when it
+            starts (threads they create, such as libav's decoder threads, inherit it); 0 leaves them alone.
+            Decoding then yields the CPU to inference, whose threads keep the process's priority.
     """
 
     def __init__(
@@ -283,9 +307,12 @@ class CameraPipeline:
         rtsp_latency_ms: int = 200,
         connect_timeout_s: float = 5.0,
         on_no_video: Callable[[], None] | None = None,
+        thread_nice: int = 0,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
+        if not 0 <= thread_nice <= 19:
+            raise ValueError(f"thread_nice must be 0..19, got {thread_nice}")
         Gst = gst()
         self.camera_id = camera_id
         self.spec = spec
@@ -294,6 +321,13 @@ class CameraPipeline:
         self._video_linked = False
         self.pipeline = Gst.Pipeline.new(f"cam-{camera_id}")
         p = self.pipeline
+        self._thread_nice = thread_nice
+        if thread_nice:
+            # STREAM_STATUS ENTER is posted synchronously from inside each new streaming thread: the
+            # documented place to set a thread's priority.
+            bus = p.get_bus()
+            bus.enable_sync_message_emission()
+            bus.connect("sync-message::stream-status", self._on_stream_status)
         sync = bool(realtime) and spec.kind in ("file", "loop")
 
         # Sampling first, so frames we drop are never converted or scaled.
@@ -436,6 +470,11 @@ class CameraPipeline:
         self.pipeline.add(sink)
         sink.sync_state_with_parent()
         pad.link(sink.get_static_pad("sink"))
+
+    def _on_stream_status(self, _bus: Any, msg: Any) -> None:
+        kind, _owner = msg.parse_stream_status()
+        if kind == gst().StreamStatusType.ENTER:
+            lower_thread_priority(self._thread_nice)
 
     def _on_new_sample(self, sink: Any, branch: str) -> Any:
         Gst = gst()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import itertools
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -301,6 +303,43 @@ def test_display_branch_gives_a_larger_frame_with_the_same_pts(
     assert {s for _, s in display} == {(240, 320, 3)}
     assert [p for p, _ in display] == pytest.approx([p for p, _ in model])
     assert g.stats()["d"].display_frames == len(display) == len(model)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux")
+def test_decode_nice_lowers_every_streaming_thread_but_not_the_caller(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    seen: dict[str, set[int]] = {"model": set(), "display": set()}
+
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def on_frame(branch: str) -> Callable[[str, float, np.ndarray], None]:
+        def record(cid: str, pts: float, frame: np.ndarray) -> None:
+            seen[branch].add(nice_of_this_thread())
+            if branch == "model":
+                collector.on_frame(cid, pts, frame)
+
+        return record
+
+    before = nice_of_this_thread()
+    g = CameraGraph(
+        (64, 48),
+        on_frame("model"),
+        cameras=[camera("n", f"file://{videos['v50']}")],
+        display_size=(160, 120),
+        on_display_frame=on_frame("display"),
+        decode_nice=before + 7,
+    )
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: g.states()["n"] == "eos")
+    assert collector.count("n") == 50
+    # The frame callbacks run on the streaming threads of both branches: all lowered.
+    assert seen == {"model": {before + 7}, "display": {before + 7}}
+    assert nice_of_this_thread() == before  # the thread that built and started the graph is untouched
+    with pytest.raises(ValueError, match="decode_nice"):
+        CameraGraph((64, 48), collector.on_frame, decode_nice=20)
 
 
 def test_realtime_plays_a_file_at_its_native_rate(
