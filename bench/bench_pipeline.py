@@ -280,9 +280,9 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         }
 
     sampler = ProcessSampler(spec.sample_interval_s, probe)
-    started = time.monotonic()
     sampler.start()
     app.start()
+    started = time.monotonic()  # after the engines' warm-up and the graph's start: the cameras' clock
     time.sleep(max(0.0, started + spec.warmup_s - time.monotonic()))
     first, first_s = counters.snapshot(), sampler.sample()
     time.sleep(max(0.0, started + spec.duration_s - time.monotonic()))

@@ -69,8 +69,9 @@ def test_mqtt_broker_outage_zero_loss_order_kept(tmp_path: Path, broker: Broker)
         broker.stop()
         for i in range(5, 25):  # a burst while the broker is down
             sink.publish(_alert(i))
-        time.sleep(0.5)
-        assert sink.pending == 20
+        wait_until(lambda: sink.pending == 20, what="the burst to be spooled")
+        time.sleep(0.3)
+        assert sink.pending == 20  # and nothing of it was delivered to the stopped broker
         broker.start()  # same port, same persistence: the subscriber's session is back
         wait_until(lambda: sink.pending == 0, what="spool to drain")
         wait_until(

@@ -111,7 +111,7 @@ def test_sighup_adds_removes_and_restarts_cameras_alone(
     assert after.state == "live"
     assert after.reconnects == 0
     assert before.frames_delivered < mid.frames_delivered < after.frames_delivered
-    assert seen["window_frames"] >= 0.7 * 10 * seen["window_s"]
+    assert seen["window_frames"] >= 0.5 * 10 * seen["window_s"]  # half of 10 fps: room for a loaded CI box
     assert seen["after_invalid"] == {"keep": "live", "new": "live"}
     assert seen["cameras"] == {"keep", "new"}
     # The removed camera's open alert was closed (reason "shutdown") and delivered.

@@ -206,10 +206,11 @@ def test_graph_cases_count_frames_and_clips(pipeline_doc: dict[str, Any]) -> Non
     assert fast["camera_frames_per_s"] == pytest.approx(fast["clips_per_s"] * 4, rel=1e-3)
     assert fast["camera_states"] == {"cam00": "live"}
     (rt,) = pipeline_doc["realtime"]
-    # 25 fps for ~2 s: about 50 frames and a clip every 4 frames, each timed from its last frame.
-    assert 0.8 < rt["delivered_ratio"] < 1.2
-    assert rt["clips_processed"] >= 8
-    assert rt["latency"]["n"] >= 8
+    # 25 fps for ~2 s: about 50 frames and a clip every 4 frames, each timed from its last frame
+    # (bounds leave room for a loaded CI machine).
+    assert 0.6 < rt["delivered_ratio"] < 1.2
+    assert rt["clips_processed"] >= 6
+    assert rt["latency"]["n"] >= 6
     assert 0 < rt["latency"]["p50_ms"] < 2000
     assert rt["rss_median_mb"] > 0
     assert isinstance(rt["keeps_up"], bool)

@@ -65,8 +65,8 @@ def test_full_batch_goes_out_without_waiting_for_the_timeout() -> None:
         t0 = time.monotonic()
         for i in range(4):
             sched.submit(_clip(f"c{i}", 0))
-        _wait_for(lambda: len(rec.results) == 4, timeout=2.0)
-        assert time.monotonic() - t0 < 1.0
+        _wait_for(lambda: len(rec.results) == 4, timeout=4.0)
+        assert time.monotonic() - t0 < 3.0  # far below the 5 s max_wait, with room for a loaded machine
         assert [len(b) for b in rec.batches] == [4]
         assert all(r == f"{cid}:{idx}" for cid, idx, r in rec.results)
     finally:
@@ -81,9 +81,9 @@ def test_partial_batch_goes_out_after_max_wait() -> None:
         t0 = time.monotonic()
         sched.submit(_clip("a", 0))
         sched.submit(_clip("b", 0))
-        _wait_for(lambda: len(rec.results) == 2, timeout=3.0)
+        _wait_for(lambda: len(rec.results) == 2, timeout=4.0)
         waited = time.monotonic() - t0
-        assert 0.12 <= waited < 1.0
+        assert 0.12 <= waited < 3.0
         assert rec.batches == [[("a", 0), ("b", 0)]]
         stats = sched.stats()
         assert stats.batch_sizes == {2: 1}
