@@ -232,9 +232,8 @@ def to_model_input(
     # x/255 - m)/s == x * (1/(255 s)) - m/s: one multiply-add per value, per channel.
     scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float64))).astype(np.float32)
     shift = (np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(np.float32)
-    # Two whole-batch operations rather than two per clip: each numpy call on a large array releases and
-    # re-takes the GIL, and every re-take waits behind the cameras' frame callbacks.
-    frames = np.stack([clip.frames for clip in clips]) if n > 1 else clips[0].frames[None]
-    np.multiply(frames.transpose(0, 1, 4, 2, 3), scale[:, None, None], out=out)  # (N, T, 3, H, W) view
-    out -= shift[:, None, None]
+    for i, clip in enumerate(clips):
+        chw = clip.frames.transpose(0, 3, 1, 2)  # (T, 3, H, W) view
+        np.multiply(chw, scale[None, :, None, None], out=out[i])
+        out[i] -= shift[None, :, None, None]
     return out

@@ -450,7 +450,12 @@ class EventRecorder:
                 for t, image in self._ring:
                     if t >= start_pts - self.config.pre_s - 1e-9:
                         writer.push(image, t)
-                writer.start()
+                try:
+                    writer.start()
+                except RuntimeError as exc:  # e.g. the thread limit: no clip, alerting goes on
+                    self._writers.discard(writer)
+                    writer = None
+                    self._report(f"clip thread for alert {alert_id}", exc)
         ev = _Event(alert_id=alert_id, stem=stem, snapshot=snapshot, writer=writer, start_pts=start_pts)
         with self._lock:
             self._events[alert_id] = ev

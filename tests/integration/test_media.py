@@ -114,6 +114,27 @@ def test_close_finishes_open_clip_and_retention_deletes_oldest(tmp_path: Path) -
     assert frames >= 1
 
 
+def test_a_clip_thread_that_cannot_start_costs_only_the_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import media
+
+    def refuse(_self: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(media._ClipWriter, "start", refuse)
+    metrics = ZsadMetrics()
+    rec = EventRecorder("cam", tmp_path, MediaConfig(), fps=10.0, metrics=metrics)
+    rec.add_frame(_frame(0, 32, 32), 0.0)
+    got = rec.open_event("ev", start_pts=0.0)
+    assert got.clip is None
+    assert got.snapshot == "events/cam/ev.jpg"
+    assert metrics.media_errors.value(camera="cam") == 1
+    rec.close_event("ev", end_pts=0.1)
+    rec.close(5)  # nothing half-started to join
+    assert (tmp_path / "events" / "cam" / "ev.jpg").is_file()
+
+
 def test_half_written_files_of_a_killed_run_are_removed_at_start(tmp_path: Path) -> None:
     events = tmp_path / "events" / "cam"
     events.mkdir(parents=True)

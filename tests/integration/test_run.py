@@ -136,4 +136,5 @@ def test_scheduler_decode_nice_reaches_the_camera_graph(world: dict[str, Path], 
     off = make_app(site_config(world, tmp_path / "b", cams, scheduler={"decode_nice": 0}), realtime=False)
     assert off.graph.decode_nice == 0
     for app in (default, off):
-        app.engines.close()
+        left = app.shutdown()  # never started: nothing spooled; sinks and files closed
+        assert set(left.values()) <= {0}

@@ -335,8 +335,11 @@ def test_decode_nice_lowers_every_streaming_thread_but_not_the_caller(
     g.start()
     wait_for(lambda: g.states()["n"] == "eos")
     assert collector.count("n") == 50
-    # The frame callbacks run on the streaming threads of both branches: all lowered.
-    assert seen == {"model": {before + 7}, "display": {before + 7}}
+    # The frame callbacks run on the streaming threads of both branches: all lowered. (GStreamer reuses
+    # pooled threads, and a thread lowered further by an earlier graph in this process stays lower.)
+    assert seen["model"]
+    assert seen["display"]
+    assert min(seen["model"] | seen["display"]) >= before + 7
     assert nice_of_this_thread() == before  # the thread that built and started the graph is untouched
     with pytest.raises(ValueError, match="decode_nice"):
         CameraGraph((64, 48), collector.on_frame, decode_nice=20)
