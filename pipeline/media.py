@@ -350,17 +350,32 @@ class EventRecorder:
             log.debug("camera %s: %s failed: %s", self.camera, what, exc)
 
     def _remove_stale_parts(self) -> None:
-        """Half-written files (``.<name>.part``) left by a run that was killed; retention skips hidden
-        files, so without this they would stay forever."""
+        """Delete half-written files (``.<name>.part``) that are not this recorder's and have not been
+        written for longer than a clip writer may stay silent: left by a run that was killed. Retention
+        skips hidden files, so without this they would stay forever. Recent ones are left alone: they
+        may belong to the recorder this one replaces (a camera restarted by a reload), still finishing."""
+        idle_s = self._clip_timeout_s + 5.0
+        with self._lock:
+            own = {w.part_path.name for w in self._writers}
+        now = time.time()
+        removed = 0
         try:
-            stale = list(self.events_dir.glob(".*.part")) if self.events_dir.is_dir() else []
-            for path in stale:
+            parts = list(self.events_dir.glob(".*.part")) if self.events_dir.is_dir() else []
+            for path in parts:
+                if path.name in own:
+                    continue
+                try:
+                    if now - path.stat().st_mtime < idle_s:
+                        continue
+                except FileNotFoundError:
+                    continue
                 path.unlink(missing_ok=True)
+                removed += 1
         except OSError as exc:
             self._report("removing half-written files", exc)
             return
-        if stale:
-            log.info("camera %s: removed %d half-written file(s) of an earlier run", self.camera, len(stale))
+        if removed:
+            log.info("camera %s: removed %d half-written file(s) of an earlier run", self.camera, removed)
 
     def _ok(self) -> None:
         with self._lock:
@@ -562,7 +577,9 @@ class EventRecorder:
             self._ok()
 
     def _enforce_retention(self) -> None:
-        """Delete the oldest events beyond ``max_events_per_camera`` (never one still being written)."""
+        """Delete the oldest events beyond ``max_events_per_camera`` (never one still being written), and
+        stale half-written files."""
+        self._remove_stale_parts()
         keep = self.config.max_events_per_camera
         try:
             files = [p for p in self.events_dir.iterdir() if not p.name.startswith(".")]

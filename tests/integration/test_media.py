@@ -4,6 +4,8 @@ retention, path sanitising, and failures that never raise."""
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,15 +137,26 @@ def test_a_clip_thread_that_cannot_start_costs_only_the_clip(
     assert (tmp_path / "events" / "cam" / "ev.jpg").is_file()
 
 
-def test_half_written_files_of_a_killed_run_are_removed_at_start(tmp_path: Path) -> None:
+def test_half_written_files_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     events = tmp_path / "events" / "cam"
     events.mkdir(parents=True)
     (events / ".dead.mp4.part").write_bytes(b"x" * 100)
     (events / ".dead.jpg.part").write_bytes(b"x")
     (events / "kept.jpg").write_bytes(b"x")
-    rec = EventRecorder("cam", tmp_path, MediaConfig(), fps=10.0)
-    rec.close(5)
-    assert sorted(p.name for p in events.iterdir()) == ["kept.jpg"]
+    long_ago = time.time() - 3600
+    for name in (".dead.mp4.part", ".dead.jpg.part"):
+        os.utime(events / name, (long_ago, long_ago))
+    (events / ".recent.mp4.part").write_bytes(b"x")  # maybe a replaced recorder's writer, still finishing
+    rec = EventRecorder("cam", tmp_path, MediaConfig(), fps=10.0, clip_timeout_s=1.0)
+    assert sorted(p.name for p in events.iterdir()) == [".recent.mp4.part", "kept.jpg"]
+    # Once it has been silent past the clip timeout, the next event's retention pass removes it.
+    os.utime(events / ".recent.mp4.part", (long_ago, long_ago))
+    rec.add_frame(_frame(0, 32, 32), 0.0)
+    rec.open_event("ev", start_pts=0.0)
+    assert rec.wait_idle(10)
+    assert not (events / ".recent.mp4.part").exists()
+    rec.close(10)
+    assert "kept.jpg" in {p.name for p in events.iterdir()}
 
 
 @pytest.mark.parametrize(
