@@ -11,17 +11,23 @@ scheduler worker instrumented: wall and thread-CPU time inside ONNX Runtime's ``
   (``scheduler.decode_nice``; 10 is the default, 0 is how every run before it worked).
 * ``pinned``: nice 0, the worker thread on CPU 0 and every other thread of the process on CPU 1
   (needs 2 CPUs).
+* ``model_half`` (nice 10): a pad probe drops every other frame of the model branch before scaling and
+  conversion, and clips are assembled with stride 1 and half the hop, so the model sees the same clips
+  from half the frame callbacks. What keeping unused frames out of Python would buy.
+* ``display_1in25`` (nice 10): the display (event-media) branch keeps 1 frame in 25. What thinning it
+  would buy.
 
 Then a hardware check: ONNX Runtime alone (backbone + DPC head, batch 8, 1 thread) pinned to CPU 0, with
 CPU 1 idle or running an H.264 decode loop of the same videos (``gst-launch-1.0``), interleaved.
 
-Writes ``bench/results/worker_time.json`` and prints both tables. Instrumentation only: no product code is
-changed by any variant except through thread affinity and nice values.
+Writes ``bench/results/worker_time.json`` and prints both tables. The first four variants change only thread
+affinity and nice values; the last two are experiments on what reaches Python, not product settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -50,7 +56,7 @@ from bench.common import (
     write_result,
 )
 
-VARIANTS = ("nice0", "nice10", "nice19", "pinned")
+VARIANTS = ("nice0", "nice10", "nice19", "pinned", "model_half", "display_1in25")
 RESULT_PREFIX = "WORKER_RESULT "
 
 
@@ -65,6 +71,36 @@ def _timed(store: list[tuple[float, float]], fn: Callable[..., Any]) -> Callable
     return wrapper
 
 
+def _thin_branch(branch: str, keep_every: int) -> None:
+    """Keep 1 frame in ``keep_every`` of ``branch``, dropped before scaling and conversion (see the module
+    docstring); for the model branch, assemble the same clips from the kept frames."""
+    import pipeline.clips
+    import pipeline.sources
+
+    gst = pipeline.sources.gst()
+    original_init = pipeline.sources.CameraPipeline.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        counter = itertools.count()
+
+        def probe(_pad: Any, _info: Any) -> Any:
+            return gst.PadProbeReturn.OK if next(counter) % keep_every == 0 else gst.PadProbeReturn.DROP
+
+        scale = self.pipeline.get_by_name(f"{branch}-scale")
+        scale.get_static_pad("sink").add_probe(gst.PadProbeType.BUFFER, probe)
+
+    pipeline.sources.CameraPipeline.__init__ = init  # type: ignore[method-assign]
+    if branch == "model":
+
+        def from_config(cls: Any, cfg: Any) -> Any:
+            if cfg.frame_stride != keep_every or cfg.clip_hop % keep_every:
+                raise BenchError(f"model_half needs frame_stride {keep_every} and an even clip_hop")
+            return cls(cfg.clip_len, 1, cfg.clip_hop // keep_every)
+
+        pipeline.clips.ClipAssembler.from_config = classmethod(from_config)  # type: ignore[method-assign,assignment]
+
+
 def _child(variant: str, cameras: int, seconds: float, assets: Assets) -> dict[str, Any]:
     import engines.backends.onnxruntime as ort_backend
     import pipeline.graph
@@ -75,6 +111,12 @@ def _child(variant: str, cameras: int, seconds: float, assets: Assets) -> dict[s
     original_run = BatchScheduler._run
     original_graph_init = pipeline.graph.CameraGraph.__init__
     nice = int(variant[4:]) if variant.startswith("nice") else 0
+    if variant in ("model_half", "display_1in25"):
+        nice = 10
+        if variant == "model_half":
+            _thin_branch("model", 2)
+        else:
+            _thin_branch("display", 25)
 
     def run(self: Any) -> None:
         if variant == "pinned":
