@@ -17,6 +17,15 @@ with contextlib.suppress(OSError):
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Property tests check what is generated, not how fast: on a loaded CI machine neither a per-example
+# deadline nor the "generation too slow" health check may fail a run. Loaded before the test modules, so
+# their own @settings inherit it.
+if importlib.util.find_spec("hypothesis") is not None:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("zsad", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("zsad")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
