@@ -216,17 +216,19 @@ class _ClipWriter:
             if msg is None:
                 raise ClipEncodeError(f"clip {self.final_path.name}: no end-of-stream in {self._timeout_s}s")
             if msg.type == gst.MessageType.ERROR:
-                err, dbg = msg.parse_error()
-                raise ClipEncodeError(f"clip {self.final_path.name}: {err.message} ({dbg})")
+                raise self._encode_error(msg)
         finally:
             pipeline.set_state(gst.State.NULL)
         self.part_path.replace(self.final_path)
 
+    def _encode_error(self, msg: Any) -> ClipEncodeError:
+        err, dbg = msg.parse_error()
+        return ClipEncodeError(f"clip {self.final_path.name}: {err.message} ({dbg})")
+
     def _raise_on_error(self, gst: Any, bus: Any, wait_ns: int) -> None:
         msg = bus.timed_pop_filtered(wait_ns, gst.MessageType.ERROR)
         if msg is not None:
-            err, dbg = msg.parse_error()
-            raise ClipEncodeError(f"clip {self.final_path.name}: {err.message} ({dbg})")
+            raise self._encode_error(msg)
 
     def _wait_for_room(self, gst: Any, src: Any, bus: Any, frame_bytes: int) -> None:
         """Backpressure without a blocking appsrc: a blocking push never returns once the streaming

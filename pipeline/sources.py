@@ -238,22 +238,20 @@ def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
     return pts, frame
 
 
-def lower_thread_priority(nice: int) -> bool:
-    """Raise the calling thread's nice value to ``nice`` (never lowers it); True if it is now >= ``nice``.
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value to ``nice`` (never lowers it).
 
     Linux keeps a nice value per thread, and a thread inherits its creator's. Raising it needs no
-    privilege. Elsewhere this is a no-op that returns False.
+    privilege. Elsewhere this does nothing.
     """
     if not sys.platform.startswith("linux"):  # elsewhere nice is per process
-        return False
+        return
     tid = threading.get_native_id()
     try:
         if os.getpriority(os.PRIO_PROCESS, tid) < nice:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
-        return os.getpriority(os.PRIO_PROCESS, tid) >= nice
     except OSError as exc:
         log.debug("cannot set nice %d on thread %d: %s", nice, tid, exc)
-        return False
 
 
 def _fps_fraction(fps: float) -> tuple[int, int]:
