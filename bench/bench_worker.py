@@ -43,7 +43,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 
 from bench.bench_pipeline import CaseSpec, run_case
 from bench.common import (
@@ -178,22 +177,15 @@ def _run_child(variant: str, cameras: int, seconds: float, assets: Assets) -> di
 
 def _ort_alone(engines_dir: Path, video: Path, seconds: float, repeats: int) -> list[dict[str, Any]]:
     """ORT (backbone + DPC head, batch 8, 1 thread) on CPU 0; CPU 1 idle or decoding H.264 in a loop."""
-    import onnxruntime as ort
+    from bench.bench_inference import COMPONENTS, component_feeds
+    from engines.backends import load_backend
+    from engines.manifest import load_manifest, manifest_path
 
     os.sched_setaffinity(0, {0})
-    sessions = []
-    for name in ("backbone", "dpc_head"):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-        sess = ort.InferenceSession(
-            str(engines_dir / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"]
-        )
-        rng = np.random.default_rng(0)
-        feeds = {
-            i.name: rng.random([d if isinstance(d, int) else 8 for d in i.shape], dtype=np.float32)
-            for i in sess.get_inputs()
-        }
-        sessions.append((sess, feeds))
+    engines = []
+    for component in COMPONENTS:
+        manifest = load_manifest(manifest_path(engines_dir, component))
+        engines.append((load_backend(manifest, "onnxruntime", threads=1), component_feeds(manifest, 8)))
     gst = shutil.which("gst-launch-1.0")
     decode = (
         f"while true; do {gst} -q filesrc location={video} ! qtdemux ! h264parse ! avdec_h264 max-threads=1 "
@@ -209,12 +201,12 @@ def _ort_alone(engines_dir: Path, video: Path, seconds: float, repeats: int) -> 
                 proc = subprocess.Popen(["taskset", "-c", "1", "bash", "-c", decode], start_new_session=True)
                 time.sleep(1.0)
             try:
-                for sess, feeds in sessions:
-                    sess.run(None, feeds)
+                for backend, feeds in engines:
+                    backend.infer(feeds)
                 calls, started = 0, time.perf_counter()
                 while time.perf_counter() - started < seconds:
-                    for sess, feeds in sessions:
-                        sess.run(None, feeds)
+                    for backend, feeds in engines:
+                        backend.infer(feeds)
                     calls += 1
                 clips_s = 8 * calls / (time.perf_counter() - started)
             finally:
@@ -222,6 +214,8 @@ def _ort_alone(engines_dir: Path, video: Path, seconds: float, repeats: int) -> 
                     os.killpg(proc.pid, 9)
                     proc.wait()
             rows.append({"repeat": rep, "cpu1": load, "clips_per_s": round(clips_s, 1)})
+    for backend, _ in engines:
+        backend.close()
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     return rows
 
