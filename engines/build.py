@@ -194,6 +194,21 @@ def _key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# The source files whose code becomes a component's ONNX graph: a change there re-exports it.
+_GRAPH_SOURCES = {
+    "backbone": ("backbone.py", "export.py"),
+    "dpc_head": ("dpc.py", "export.py"),
+    "semantic_head": ("semantic.py", "export.py"),
+}
+
+
+def _graph_source_sha(component: str) -> str:
+    h = hashlib.sha256()
+    for name in _GRAPH_SOURCES.get(component, ("export.py",)):
+        h.update((Path(__file__).with_name(name)).read_bytes())
+    return h.hexdigest()
+
+
 def _file_ok(path: Path, digest: str) -> bool:
     return path.is_file() and file_sha256(path) == digest
 
@@ -392,6 +407,7 @@ class _Builder:
             weights=self.weights_sha,
             spec=self.spec_sha,
             layout=manifest.input_layout,
+            graph=_graph_source_sha(component),
             opset=self.options.opset,
             exporter=EXPORTER,
             torch=torch.__version__,

@@ -44,6 +44,15 @@ class ConvGRUCell(nn.Module):
         c = torch.tanh(self.cand(torch.cat([x, r * h], dim=1)))
         return (1 - z) * h + z * c
 
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x, 0)`` without convolving the zero state: only the input half of each kernel runs,
+        half the first step's multiply-adds."""
+        c_in = x.shape[1]
+        pad = self.gates.padding
+        z = torch.sigmoid(F.conv2d(x, self.gates.weight[:, :c_in], self.gates.bias, padding=pad))
+        c = torch.tanh(F.conv2d(x, self.cand.weight[:, :c_in], self.cand.bias, padding=pad))
+        return z[:, : self.hidden] * c
+
 
 class DPCHead(nn.Module):
     """Forecasts future clip feature grids and the next frame; scores the current clip.
@@ -122,17 +131,23 @@ class DPCHead(nn.Module):
         diff = tokens[:, -1] - tokens[:, 0]
         return self.encode(torch.cat([mean, diff], dim=1))
 
-    def forecast(self, history_feats: torch.Tensor) -> torch.Tensor:
-        """``(N, C, F, h, w)`` past clip features -> ``(N, K, F, h, w)`` predicted future features."""
-        n, c, _, h, w = history_feats.shape
-        state = history_feats.new_zeros(n, self.hidden, h, w)
-        for i in range(c):
+    def forecast(self, history_feats: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """``(N, C, F, h, w)`` past clip features -> ``(N, K, F, h, w)`` predicted future features.
+
+        ``steps`` (default ``pred_steps``) is ``K``; the state is only rolled forward for steps still to
+        come, so scoring (``steps=1``) never runs the GRU past the first prediction."""
+        steps = self.pred_steps if steps is None else steps
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        state = self.gru.first(history_feats[:, 0])
+        for i in range(1, history_feats.shape[1]):
             state = self.gru(history_feats[:, i], state)
         preds = []
-        for _ in range(self.pred_steps):
+        for k in range(steps):
             p = self.predict_net(state)
             preds.append(p)
-            state = self.gru(F.relu(p), state)
+            if k + 1 < steps:
+                state = self.gru(F.relu(p), state)
         return torch.stack(preds, dim=1)
 
     def decode_frame(
@@ -184,7 +199,7 @@ class DPCHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, c = history.shape[0], history.shape[1]
         hist_feats = self.clip_features(history.flatten(0, 1)).unflatten(0, (n, c))
-        pred1 = self.forecast(hist_feats)[:, 0]
+        pred1 = self.forecast(hist_feats, steps=1)[:, 0]
         actual = self.clip_features(current)
         feature_error = 1.0 - F.cosine_similarity(pred1, actual, dim=1)
         predicted = self.decode_frame(pred1, history[:, -1, -1], last_frame, prev_frame)

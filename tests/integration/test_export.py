@@ -226,6 +226,24 @@ def test_changed_prompt_file_rebuilds_only_its_embeddings(tiny: Built, tmp_path:
     assert np.load(out / entry.path).shape[0] == entry.normal + entry.anomalous
 
 
+def test_changed_engine_code_re_exports_only_that_component(
+    tiny: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ONNX build key covers the source of the module that becomes the graph, so an upgrade that
+    changes the DPC head's forward re-exports the DPC head and leaves the backbone alone."""
+    import engines.build as build
+
+    out = _copy(tiny, tmp_path / "engines")
+    real = build._graph_source_sha
+    monkeypatch.setattr(
+        build, "_graph_source_sha", lambda c: real(c) + ("-changed" if c == "dpc_head" else "")
+    )
+    report = build_engines(tiny.spec, tiny.checkpoint, out, contexts=CONTEXTS)
+    statuses = _statuses(report)
+    assert statuses[("dpc_head", "export")] == "built"
+    assert statuses[("backbone", "onnx")] == "up to date"
+
+
 def test_damaged_files_are_refused_then_rebuilt(tiny: Built, tmp_path: Path) -> None:
     out = _copy(tiny, tmp_path / "engines")
     onnx_path = out / "backbone.onnx"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from engines.backbone import BackboneLoadError, TimeSformerEncoder
+from engines.dpc import DPCHead
 from engines.model import CheckpointError, ZsadModel, load_checkpoint, save_checkpoint
 from engines.scoring import ClipScorer, ClipTokens
 from pipeline.config import ModelConfig
@@ -294,3 +295,36 @@ def test_reflected_history_never_shows_an_extrapolating_head_a_turnaround() -> N
     assert 1 not in targets  # its prev frame is mirrored: the motion would seem to reverse
     pixel = scores["pixel"]
     assert pixel.max() < 1.5 * np.median(pixel)  # steady motion scores steadily, no spike at the start
+
+
+def _reference_forecast(head: DPCHead, feats: torch.Tensor) -> torch.Tensor:
+    """The plain DPC recurrence: a zero state through every context clip, then every prediction step."""
+    n, c, _, h, w = feats.shape
+    state = feats.new_zeros(n, head.hidden, h, w)
+    for i in range(c):
+        state = head.gru(feats[:, i], state)
+    preds = []
+    for _ in range(head.pred_steps):
+        p = head.predict_net(state)
+        preds.append(p)
+        state = head.gru(torch.relu(p), state)
+    return torch.stack(preds, dim=1)
+
+
+@pytest.mark.parametrize("pred_steps", [1, 3])
+def test_forecast_shortcuts_match_the_plain_recurrence(pred_steps: int) -> None:
+    """The zero-state first step and the stop after the last needed prediction change no number."""
+    torch.manual_seed(0)
+    head = DPCHead(in_dim=8, hidden=8, context_clips=3, pred_steps=pred_steps, patch_size=4).eval()
+    for p in head.parameters():  # non-zero everywhere, so a dropped kernel half would show
+        torch.nn.init.normal_(p, std=0.3)
+    feats = torch.randn(2, 3, 8, 3, 5)
+    with torch.no_grad():
+        ref = _reference_forecast(head, feats)
+        full = head.forecast(feats)
+        first = head.forecast(feats, steps=1)
+    assert full.shape == ref.shape
+    torch.testing.assert_close(full, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first[:, 0], ref[:, 0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="steps"):
+        head.forecast(feats, steps=0)
