@@ -12,7 +12,7 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 \
-	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev mosquitto chromium chromium-driver
+	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev mosquitto chromium chromium-driver shellcheck
 
 .PHONY: setup system demo test test-slow test-reliability lint typecheck format clean
 
