@@ -194,7 +194,8 @@ def _key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-# The source files whose code becomes a component's ONNX graph: a change there re-exports it.
+# The source files whose code becomes a component's ONNX graph: a change there re-exports it. The
+# backbone's forward also runs Hugging Face code, so its transformers version counts too.
 _GRAPH_SOURCES = {
     "backbone": ("backbone.py", "export.py"),
     "dpc_head": ("dpc.py", "export.py"),
@@ -204,8 +205,12 @@ _GRAPH_SOURCES = {
 
 def _graph_source_sha(component: str) -> str:
     h = hashlib.sha256()
-    for name in _GRAPH_SOURCES.get(component, ("export.py",)):
-        h.update((Path(__file__).with_name(name)).read_bytes())
+    for name in _GRAPH_SOURCES[component]:
+        h.update(Path(__file__).with_name(name).read_bytes())
+    if component == "backbone":
+        import transformers
+
+        h.update(transformers.__version__.encode())
     return h.hexdigest()
 
 

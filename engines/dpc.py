@@ -45,13 +45,14 @@ class ConvGRUCell(nn.Module):
         return (1 - z) * h + z * c
 
     def first(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward(x, 0)`` without convolving the zero state: only the input half of each kernel runs,
-        half the first step's multiply-adds."""
-        c_in = x.shape[1]
+        """``forward(x, 0)`` without the zero state: the reset gate is unused and only the input half of
+        each kernel runs."""
+        c_in, k = x.shape[1], self.hidden
         pad = self.gates.padding
-        z = torch.sigmoid(F.conv2d(x, self.gates.weight[:, :c_in], self.gates.bias, padding=pad))
+        gates_bias = None if self.gates.bias is None else self.gates.bias[:k]
+        z = torch.sigmoid(F.conv2d(x, self.gates.weight[:k, :c_in], gates_bias, padding=pad))
         c = torch.tanh(F.conv2d(x, self.cand.weight[:, :c_in], self.cand.bias, padding=pad))
-        return z[:, : self.hidden] * c
+        return z * c
 
 
 class DPCHead(nn.Module):
