@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.alert_schema import AlertSchemaError, build_alert_record
 from pipeline.config import AlertPolicy
-from pipeline.media import EventMedia, EventRecorder
+from pipeline.media import EventMedia, EventRecorder, Frame
 from pipeline.metrics import ZsadMetrics
 from plugins.alerting import AlertMachine, AlertParams, AlertTransition
 from plugins.fusion import CameraFusion, FusedScore
@@ -82,8 +82,9 @@ class CameraAlerts:
         self._peak_time: float | None = None
         self._last_t: float | None = None
 
-    def add_frame(self, frame: np.ndarray, pts: float) -> None:
-        """One sampled frame ``(H, W, 3)`` uint8 RGB at stream time ``pts`` (for snapshots and clips)."""
+    def add_frame(self, frame: Frame, pts: float) -> None:
+        """One sampled frame ``(H, W, 3)`` uint8 RGB (an array, or a
+        :class:`~pipeline.media.LazyFrame`) at stream time ``pts`` (for snapshots and clips)."""
         if self.recorder is not None:
             self.recorder.add_frame(frame, pts)
 

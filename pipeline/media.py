@@ -1,11 +1,13 @@
 """Event media: a JPEG of each alert's peak frame and an MP4 clip around it, with per-camera retention.
 
 One :class:`EventRecorder` per camera. Feed it every sampled frame (:meth:`EventRecorder.add_frame`); it
-keeps a ring buffer covering ``media.pre_s`` seconds. On alert open (:meth:`EventRecorder.open_event`) it
-starts a clip writer with the buffered pre-roll and keeps feeding it live frames until ``post_s`` seconds
-after the close (:meth:`EventRecorder.close_event`). Files land in ``<output_dir>/events/<camera>/`` as
-``<alert_id>.jpg`` and ``<alert_id>.mp4`` (the clip is written as a hidden ``.part`` and renamed when
-complete). Only the newest ``max_events_per_camera`` events are kept.
+keeps a ring buffer covering ``media.pre_s`` seconds. A frame is a numpy array (copied on entry) or a
+:class:`LazyFrame` whose pixels are read only when a snapshot or clip needs them, on the thread that writes
+it (the CPU graph hands over GStreamer samples this way, so most frames are never copied at all). On alert
+open (:meth:`EventRecorder.open_event`) it starts a clip writer with the buffered pre-roll and keeps feeding
+it live frames until ``post_s`` seconds after the close (:meth:`EventRecorder.close_event`). Files land in
+``<output_dir>/events/<camera>/`` as ``<alert_id>.jpg`` and ``<alert_id>.mp4`` (the clip is written as a
+hidden ``.part`` and renamed when complete). Only the newest ``max_events_per_camera`` events are kept.
 
 Encoding runs in background threads (GStreamer ``appsrc ! videoconvert ! I420 ! x264enc ! h264parse !
 mp4mux ! filesink``); snapshots and retention run on one small worker thread. Nothing here raises into the
@@ -28,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -41,7 +43,9 @@ __all__ = [
     "ClipEncodeError",
     "EventMedia",
     "EventRecorder",
+    "Frame",
     "GstElementMissingError",
+    "LazyFrame",
     "MediaError",
     "MediaPathError",
     "safe_component",
@@ -82,6 +86,34 @@ class EventMedia:
     clip: str | None
 
 
+class LazyFrame(Protocol):
+    """A frame that is read on demand: ``shape`` is ``(H, W, 3)``; :meth:`rgb` returns a fresh
+    ``(H, W, 3)`` uint8 RGB array (and may raise ``RuntimeError`` when the pixels cannot be read).
+
+    It may also have ``raw_video() -> (Gst.Buffer, caps)``, a buffer in a raw format the clip encoder
+    takes as it is (``caps`` a string such as ``video/x-raw,format=I420,width=320,height=240``): clips
+    are then written without reading the pixels into Python at all.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def rgb(self) -> np.ndarray: ...
+
+
+Frame = np.ndarray | LazyFrame
+"""An event-media frame: ``(H, W, 3)`` uint8 RGB, as an array or read on demand."""
+
+
+def _pixels(frame: Frame) -> np.ndarray:
+    return frame if isinstance(frame, np.ndarray) else frame.rgb()
+
+
+def _raw_video(frame: Frame) -> tuple[Any, str] | None:
+    raw_video = getattr(frame, "raw_video", None)
+    return raw_video() if raw_video is not None else None
+
+
 def safe_component(name: str, max_len: int = 100) -> str:
     """A file-name component made of ``[A-Za-z0-9_.-]`` that is never ``.``/``..`` nor hidden."""
     cleaned = _UNSAFE.sub("_", name)[:max_len]
@@ -103,9 +135,9 @@ def _gst() -> Any:
 class _ClipWriter:
     """Encodes frames ``(H, W, 3)`` uint8 RGB with stream times into one MP4, on its own thread.
 
-    Frames are handed over through a bounded queue; when the encoder falls behind, frames are dropped
-    (counted) rather than blocking the caller. The first frame fixes the size (cropped to even, as 4:2:0
-    needs); frames of another size are dropped.
+    Frames are handed over through a bounded queue (a :class:`LazyFrame` is read on the encoder thread);
+    when the encoder falls behind, frames are dropped (counted) rather than blocking the caller. The first
+    frame fixes the size (cropped to even, as 4:2:0 needs); frames of another size are dropped.
     """
 
     def __init__(
@@ -124,7 +156,7 @@ class _ClipWriter:
         self.frames_dropped = 0
         self._on_done = on_done
         self._timeout_s = timeout_s
-        self._queue: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(maxsize=max(8, queue_frames))
+        self._queue: queue.Queue[tuple[Frame, float] | None] = queue.Queue(maxsize=max(8, queue_frames))
         self._finished = False
         self._last_pts = -math.inf
         self.thread = threading.Thread(target=self._run, name=f"zsad-clip-{final_path.stem[:8]}", daemon=True)
@@ -132,7 +164,7 @@ class _ClipWriter:
     def start(self) -> None:
         self.thread.start()
 
-    def push(self, frame: np.ndarray, pts: float) -> None:
+    def push(self, frame: Frame, pts: float) -> None:
         if self._finished or pts <= self._last_pts:
             return
         self._last_pts = pts
@@ -186,8 +218,12 @@ class _ClipWriter:
         h, w = (frame.shape[0] // 2) * 2, (frame.shape[1] // 2) * 2
         if h < 2 or w < 2:
             raise ClipEncodeError(f"frame too small for H.264: {frame.shape}")
+        # Frames that carry an encoder-ready raw buffer of even size go in as they are (no copy, no
+        # conversion); anything else is read as RGB and cropped to even.
+        raw = _raw_video(frame)
+        raw_caps = raw[1] if raw is not None and (h, w) == tuple(frame.shape[:2]) else None
         gst = _gst()
-        pipeline, src = self._build(gst, w, h)
+        pipeline, src = self._build(gst, w, h, raw_caps)
         duration = int(1e9 / self.fps)
         bus = pipeline.get_bus()
         try:
@@ -195,10 +231,13 @@ class _ClipWriter:
                 raise ClipEncodeError(f"clip {self.final_path.name}: pipeline refused to start")
             while item is not None:
                 frame, pts = item
-                if frame.shape[0] >= h and frame.shape[1] >= w and frame.ndim == 3 and frame.shape[2] == 3:
-                    self._wait_for_room(gst, src, bus, frame_bytes=h * w * 3)
-                    data = np.ascontiguousarray(frame[:h, :w], dtype=np.uint8).tobytes()
-                    buf = gst.Buffer.new_wrapped(data)
+                try:
+                    buf = self._buffer_of(gst, frame, w, h, raw_caps)
+                except RuntimeError as exc:  # a frame that cannot be read: the clip goes on without it
+                    log.debug("clip %s: frame dropped: %s", self.final_path.name, exc)
+                    buf = None
+                if buf is not None:
+                    self._wait_for_room(gst, src, bus, frame_bytes=buf.get_size())
                     buf.pts = round((pts - first_pts) * 1e9)
                     buf.duration = duration
                     ret = src.emit("push-buffer", buf)
@@ -221,6 +260,19 @@ class _ClipWriter:
             pipeline.set_state(gst.State.NULL)
         self.part_path.replace(self.final_path)
 
+    @staticmethod
+    def _buffer_of(gst: Any, frame: Frame, w: int, h: int, raw_caps: str | None) -> Any:
+        """The ``Gst.Buffer`` to push for ``frame``, or None for a frame that does not fit this clip."""
+        if raw_caps is not None:
+            raw = _raw_video(frame)
+            # A shallow copy: the pixels stay shared, the timestamps set on it are the clip's own.
+            return raw[0].copy() if raw is not None and raw[1] == raw_caps else None
+        shape = frame.shape
+        if not (len(shape) == 3 and shape[0] >= h and shape[1] >= w and shape[2] == 3):
+            return None
+        pixels = _pixels(frame)
+        return gst.Buffer.new_wrapped(np.ascontiguousarray(pixels[:h, :w], dtype=np.uint8).tobytes())
+
     def _encode_error(self, msg: Any) -> ClipEncodeError:
         err, dbg = msg.parse_error()
         return ClipEncodeError(f"clip {self.final_path.name}: {err.message} ({dbg})")
@@ -240,7 +292,7 @@ class _ClipWriter:
                 raise ClipEncodeError(f"clip {self.final_path.name}: encoder stalled for {self._timeout_s}s")
             self._raise_on_error(gst, bus, 20_000_000)
 
-    def _build(self, gst: Any, width: int, height: int) -> tuple[Any, Any]:
+    def _build(self, gst: Any, width: int, height: int, raw_caps: str | None) -> tuple[Any, Any]:
         pipeline = gst.Pipeline.new(f"clip-{self.final_path.stem[:8]}")
         factories = ("appsrc", "videoconvert", "capsfilter", "x264enc", "h264parse", "mp4mux", "filesink")
         elements = []
@@ -252,12 +304,9 @@ class _ClipWriter:
             elements.append(element)
         src, _, caps_filter, encoder, _, _, sink = elements
         rate = Fraction(self.fps).limit_denominator(1001)
+        caps = raw_caps or f"video/x-raw,format=RGB,width={width},height={height}"
         src.set_property(
-            "caps",
-            gst.Caps.from_string(
-                f"video/x-raw,format=RGB,width={width},height={height},"
-                f"framerate={rate.numerator}/{rate.denominator}"
-            ),
+            "caps", gst.Caps.from_string(f"{caps},framerate={rate.numerator}/{rate.denominator}")
         )
         src.set_property("format", gst.Format.TIME)
         src.set_property("is-live", False)
@@ -324,7 +373,7 @@ class EventRecorder:
         self._clip_timeout_s = clip_timeout_s
         # A little more than pre_s, since frames arrive on a grid; the cap bounds memory at odd frame rates.
         self._max_frames = math.ceil((config.pre_s + 1.0) * fps) + 2
-        self._ring: deque[tuple[float, np.ndarray]] = deque(maxlen=self._max_frames)
+        self._ring: deque[tuple[float, Frame]] = deque(maxlen=self._max_frames)
         self._events: dict[str, _Event] = {}
         self._writers: set[_ClipWriter] = set()
         self._lock = threading.RLock()
@@ -400,13 +449,15 @@ class EventRecorder:
 
     # ---------------------------------------------------------------- frames
 
-    def add_frame(self, frame: np.ndarray, pts: float) -> None:
-        """Feed one frame ``(H, W, 3)`` uint8 RGB at stream time ``pts`` seconds (non-decreasing)."""
+    def add_frame(self, frame: Frame, pts: float) -> None:
+        """Feed one frame ``(H, W, 3)`` uint8 RGB at stream time ``pts`` seconds (non-decreasing). An array is
+        copied; a :class:`LazyFrame` is kept as it is and read only if a snapshot or clip uses it."""
         if self._closed:
             return
-        if frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got shape {frame.shape}")
-        image = np.array(frame, dtype=np.uint8, copy=True)
+        shape = tuple(frame.shape)
+        if len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got shape {shape}")
+        image: Frame = np.array(frame, dtype=np.uint8, copy=True) if isinstance(frame, np.ndarray) else frame
         with self._lock:
             self._ring.append((pts, image))
             while self._ring and pts - self._ring[0][0] > self.config.pre_s + 1e-9 and len(self._ring) > 1:
@@ -419,12 +470,12 @@ class EventRecorder:
                 else:
                     ev.writer.push(image, pts)
 
-    def frame_at(self, pts: float | None = None) -> np.ndarray | None:
+    def frame_at(self, pts: float | None = None) -> Frame | None:
         """The buffered frame nearest ``pts`` (the newest when None), or None if nothing is buffered.
         Pass it as the alert machine's ``frame_ref`` so the peak's own frame is kept for the snapshot."""
         return self._frame_near(pts)
 
-    def _frame_near(self, t: float | None) -> np.ndarray | None:
+    def _frame_near(self, t: float | None) -> Frame | None:
         with self._lock:
             if not self._ring:
                 return None
@@ -439,7 +490,7 @@ class EventRecorder:
         alert_id: str,
         start_pts: float,
         peak_pts: float | None = None,
-        peak_frame: np.ndarray | None = None,
+        peak_frame: Frame | None = None,
     ) -> EventMedia:
         """An alert opened: start its clip (with the buffered pre-roll from ``start_pts - pre_s``) and write
         the snapshot of ``peak_frame`` (or the buffered frame nearest ``peak_pts``, else the newest).
@@ -485,7 +536,7 @@ class EventRecorder:
         )
 
     def update_peak(
-        self, alert_id: str, peak_pts: float | None = None, peak_frame: np.ndarray | None = None
+        self, alert_id: str, peak_pts: float | None = None, peak_frame: Frame | None = None
     ) -> None:
         """The alert's peak rose: rewrite its snapshot."""
         with self._lock:
@@ -498,7 +549,7 @@ class EventRecorder:
         alert_id: str,
         end_pts: float,
         peak_pts: float | None = None,
-        peak_frame: np.ndarray | None = None,
+        peak_frame: Frame | None = None,
     ) -> EventMedia:
         """An alert closed at ``end_pts``: the clip continues for ``post_s`` more seconds of frames; the
         snapshot is rewritten when a peak frame or time is given. Returns the same paths as at open."""
@@ -554,24 +605,24 @@ class EventRecorder:
         with self._lock:
             self._pending.discard(fut)
 
-    def _snapshot(self, ev: _Event, peak_pts: float | None, peak_frame: np.ndarray | None) -> None:
-        frame = (
-            np.array(peak_frame, dtype=np.uint8, copy=True)
-            if peak_frame is not None
-            else self._frame_near(peak_pts)
-        )
+    def _snapshot(self, ev: _Event, peak_pts: float | None, peak_frame: Frame | None) -> None:
+        frame: Frame | None
+        if isinstance(peak_frame, np.ndarray):
+            frame = np.array(peak_frame, dtype=np.uint8, copy=True)
+        else:
+            frame = peak_frame if peak_frame is not None else self._frame_near(peak_pts)
         if frame is None or ev.snapshot is None:
             return
         self._submit(self._write_jpeg, ev.snapshot, frame)
 
-    def _write_jpeg(self, path: Path, frame: np.ndarray) -> None:
+    def _write_jpeg(self, path: Path, frame: Frame) -> None:
         from PIL import Image
 
         tmp = path.with_name(f".{path.name}.part")
         try:
-            Image.fromarray(frame).save(tmp, format="JPEG", quality=self.jpeg_quality)
+            Image.fromarray(_pixels(frame)).save(tmp, format="JPEG", quality=self.jpeg_quality)
             tmp.replace(path)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             self._report(f"snapshot {path.name}", exc)

@@ -11,11 +11,12 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import CameraSettings, ZsadConfig
+
+if TYPE_CHECKING:
+    from pipeline.media import Frame
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,10 @@ class RunOutputs:
         self.metrics.frames_in.inc(camera=camera)
         self.run_state.frame_in(camera)
 
-    def display_frame(self, camera: str, frame: np.ndarray, pts: float) -> None:
-        """A frame for event media: ``(H, W, 3)`` uint8 RGB at stream time ``pts`` seconds."""
+    def display_frame(self, camera: str, frame: Frame, pts: float) -> None:
+        """A frame for event media: ``(H, W, 3)`` uint8 RGB at stream time ``pts`` seconds, as an array
+        (the DeepStream graph) or a :class:`~pipeline.media.LazyFrame` read only if it is used (the CPU
+        graph's GStreamer samples)."""
         alerts = self.alerts.get(camera)
         if alerts is not None:  # None: removed while this frame was in flight
             alerts.add_frame(frame, pts)

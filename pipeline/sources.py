@@ -4,13 +4,22 @@ Each camera gets its own ``Gst.Pipeline`` (so an error, EOS or disconnect on one
 others)::
 
     source ─► decode ─► videorate ─► caps(framerate<=fps) ─► [tee ─►] queue ─► videoscale ─► videoconvert
-                                                                      ─► caps(RGB, W×H) ─► appsink
+                                                                      ─► caps(RGB | I420, W×H) ─► appsink
 
 ``source`` is ``filesrc`` (file://, loop://), ``rtspsrc`` (rtsp://, rtsps://), ``uridecodebin`` (http(s)://)
 or ``v4l2src`` (v4l2:///dev/videoN); ``decode`` is ``decodebin``. ``videorate`` only drops frames (never
 duplicates) down to the camera's ``sampling.fps``; scaling runs before the RGB conversion so that only
 ``W×H`` pixels are converted. When a display size is asked for, a ``tee`` feeds a second identical branch at
 that size (for event snapshots and clips) and both branches see the same sampled frames.
+
+The model branch delivers RGB; the display branch keeps the decoder's I420. The two branches reach Python
+differently. Every model frame is needed at once, so the model appsink calls back on its streaming thread
+and the frame is copied into numpy there. Display frames are almost never
+looked at: only the few seconds around an alert become a snapshot or a clip. So the display appsink emits
+no signal; its owner drains it now and then with :meth:`CameraPipeline.pull_display` and keeps each frame
+as a :class:`SampleFrame`, still in its GStreamer buffer, copied out only when it is used. At 16 cameras, a
+Python callback and copy per display frame cost about as much CPU as the rest of decoding
+(docs/benchmarks.md).
 
 Gst is imported lazily: importing this module does not need GStreamer.
 """
@@ -35,10 +44,12 @@ from pipeline.redact import redact_text as redact
 
 __all__ = [
     "DEBIAN_PACKAGES",
+    "DISPLAY_QUEUE",
     "CameraPipeline",
     "ElementMissingError",
     "FrameSize",
     "LinkError",
+    "SampleFrame",
     "SourceError",
     "SourceKind",
     "SourceSpec",
@@ -195,23 +206,101 @@ def _link(a: Any, b: Any) -> None:
         raise LinkError(f"cannot link {a.get_name()} -> {b.get_name()}")
 
 
-def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
-    """Copy an RGB frame out of a ``Gst.Sample``.
-
-    Returns ``(pts_s, frame)``: the buffer PTS in seconds (None when unset) and a fresh C-contiguous
-    ``(H, W, 3) uint8`` RGB array. Row padding is removed: GStreamer pads each RGB row to a multiple of 4
-    bytes, so ``stride != W*3`` whenever ``W*3 % 4 != 0``.
-    """
-    Gst = gst()
+def _video_caps(sample: Any, formats: tuple[str, ...] = ("RGB",)) -> tuple[str, int, int, str | None]:
+    """``(format, width, height, colorimetry)`` of a sample's raw video caps; SourceError when the format
+    is not one of ``formats`` or the size is missing."""
     caps = sample.get_caps()
     st = caps.get_structure(0) if caps is not None and caps.get_size() else None
-    if st is None or st.get_string("format") != "RGB":
-        raise SourceError(f"expected RGB frames, got {caps.to_string() if caps is not None else None}")
+    fmt = st.get_string("format") if st is not None else None
+    if st is None or fmt not in formats:
+        want = " or ".join(formats)
+        raise SourceError(f"expected {want} frames, got {caps.to_string() if caps is not None else None}")
     ok_w, width = st.get_int("width")
     ok_h, height = st.get_int("height")
     if not (ok_w and ok_h) or width < 1 or height < 1:
         raise SourceError(f"video caps without a size: {caps.to_string()}")
-    buf = sample.get_buffer()
+    return fmt, width, height, st.get_string("colorimetry")
+
+
+def _rgb_size(sample: Any) -> tuple[int, int]:
+    """``(width, height)`` of a sample's RGB caps; SourceError for other caps."""
+    _, width, height, _ = _video_caps(sample)
+    return width, height
+
+
+def _round4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+# (Kr, Kb) of the YCbCr matrices GStreamer names, by its colorimetry matrix code (GstVideoColorMatrix).
+_YUV_MATRICES = {
+    2: (0.30, 0.11),
+    3: (0.2126, 0.0722),
+    4: (0.299, 0.114),
+    5: (0.212, 0.087),
+    6: (0.2627, 0.0593),
+}
+
+
+def _yuv_matrix(colorimetry: str | None, height: int) -> tuple[bool, tuple[float, float]]:
+    """``(full_range, (Kr, Kb))`` for a caps ``colorimetry`` string: a name (``bt601``, ``bt709``,
+    ``bt2020``, ``smpte240m``, ``sRGB``) or GStreamer's ``range:matrix:transfer:primaries`` codes. Unset:
+    limited range, BT.709 from 720 lines up and BT.601 below (what GStreamer assumes)."""
+    text = (colorimetry or "").lower()
+    parts = text.split(":")
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        full = parts[0] == "1"
+        return full, _YUV_MATRICES.get(int(parts[1]), _YUV_MATRICES[4 if height < 720 else 3])
+    if "srgb" in text:
+        return True, _YUV_MATRICES[3]
+    for key, code in (("709", 3), ("601", 4), ("2020", 6), ("2100", 6), ("240m", 5)):
+        if key in text:
+            return False, _YUV_MATRICES[code]
+    return False, _YUV_MATRICES[4 if height < 720 else 3]
+
+
+def _i420_to_rgb(buf: Any, width: int, height: int, colorimetry: str | None) -> np.ndarray:
+    """A fresh ``(H, W, 3)`` uint8 RGB image from an I420 ``Gst.Buffer`` in GStreamer's default layout
+    (luma rows padded to 4 bytes, chroma at half size rounded up, each plane's rows padded to 4)."""
+    Gst = gst()
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    y_stride, c_stride = _round4(width), _round4(cw)
+    u_off = y_stride * (height + (height & 1))
+    v_off = u_off + c_stride * ch
+    size = v_off + c_stride * ch
+    ok, mapinfo = buf.map(Gst.MapFlags.READ)
+    if not ok:
+        raise SourceError("cannot map a video buffer for reading")
+    try:
+        if mapinfo.size < size:
+            raise SourceError(
+                f"I420 buffer of {mapinfo.size} bytes is smaller than {size} ({width}x{height})"
+            )
+        data = np.frombuffer(mapinfo.data, dtype=np.uint8, count=size)
+    finally:
+        buf.unmap(mapinfo)
+    y = data[: y_stride * height].reshape(height, y_stride)[:, :width].astype(np.float32)
+    u = data[u_off:v_off].reshape(ch, c_stride)[:, :cw].astype(np.float32)
+    v = data[v_off:size].reshape(ch, c_stride)[:, :cw].astype(np.float32)
+    # 4:2:0 chroma: each sample covers 2x2 pixels.
+    u = np.repeat(np.repeat(u, 2, axis=0), 2, axis=1)[:height, :width] - 128.0
+    v = np.repeat(np.repeat(v, 2, axis=0), 2, axis=1)[:height, :width] - 128.0
+    full, (kr, kb) = _yuv_matrix(colorimetry, height)
+    if not full:
+        y = (y - 16.0) * (255.0 / 219.0)
+        u *= 255.0 / 224.0
+        v *= 255.0 / 224.0
+    kg = 1.0 - kr - kb
+    rgb = np.empty((height, width, 3), np.float32)
+    rgb[..., 0] = y + 2.0 * (1.0 - kr) * v
+    rgb[..., 1] = y - (2.0 * kb * (1.0 - kb) / kg) * u - (2.0 * kr * (1.0 - kr) / kg) * v
+    rgb[..., 2] = y + 2.0 * (1.0 - kb) * u
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def _copy_rgb(buf: Any, width: int, height: int) -> np.ndarray:
+    """A fresh C-contiguous ``(H, W, 3)`` uint8 copy of an RGB ``Gst.Buffer``, row padding removed."""
+    Gst = gst()
     # GStreamer's default RGB layout: rows padded to 4 bytes. (appsink does not accept GstVideoMeta, so
     # producers cannot pick another layout; a buffer whose size says otherwise gets its own stride.)
     # GstVideo.VideoInfo is avoided on purpose: from_caps crashed when called from several streaming threads.
@@ -219,23 +308,83 @@ def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
     size = buf.get_size()
     if size != stride * height and size % height == 0 and size // height >= width * 3:
         stride = size // height
-    offset = 0
     ok, mapinfo = buf.map(Gst.MapFlags.READ)
     if not ok:
         raise SourceError("cannot map a video buffer for reading")
     try:
-        need = offset + stride * (height - 1) + width * 3
+        need = stride * (height - 1) + width * 3
         if mapinfo.size < need:
             raise SourceError(
                 f"video buffer of {mapinfo.size} bytes is smaller than {need} ({width}x{height})"
             )
-        raw = np.frombuffer(mapinfo.data, dtype=np.uint8, count=need - offset, offset=offset)
+        raw = np.frombuffer(mapinfo.data, dtype=np.uint8, count=need)
         rows = np.lib.stride_tricks.as_strided(raw, shape=(height, width * 3), strides=(stride, 1))
-        frame = np.array(rows, dtype=np.uint8, copy=True).reshape(height, width, 3)
+        return np.array(rows, dtype=np.uint8, copy=True).reshape(height, width, 3)
     finally:
         buf.unmap(mapinfo)
-    pts = None if buf.pts == Gst.CLOCK_TIME_NONE else buf.pts / Gst.SECOND
-    return pts, frame
+
+
+def _pts_s(buf: Any) -> float | None:
+    Gst = gst()
+    return None if buf.pts == Gst.CLOCK_TIME_NONE else buf.pts / Gst.SECOND
+
+
+def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
+    """Copy an RGB frame out of a ``Gst.Sample``.
+
+    Returns ``(pts_s, frame)``: the buffer PTS in seconds (None when unset) and a fresh C-contiguous
+    ``(H, W, 3) uint8`` RGB array. Row padding is removed: GStreamer pads each RGB row to a multiple of 4
+    bytes, so ``stride != W*3`` whenever ``W*3 % 4 != 0``.
+    """
+    width, height = _rgb_size(sample)
+    buf = sample.get_buffer()
+    return _pts_s(buf), _copy_rgb(buf, width, height)
+
+
+class SampleFrame:
+    """A ``(H, W, 3)`` frame still in its ``Gst.Buffer`` (RGB or I420): :meth:`rgb` reads it out as RGB.
+
+    Holding one keeps only a reference to GStreamer's buffer (no copy); the pixels are read when something
+    needs them, on whatever thread asks (the snapshot writer). :meth:`raw_video` hands the buffer to a
+    clip encoder as it is. ``shape`` is known without reading the pixels. Only the buffer is kept, never
+    the ``Gst.Sample``: appsink reuses its last sample object and cannot update it while someone holds it.
+    The buffer must be in GStreamer's default layout for its format (what an appsink is given).
+    """
+
+    __slots__ = ("_buffer", "_caps", "colorimetry", "format", "shape")
+
+    FORMATS = ("RGB", "I420")
+
+    def __init__(
+        self, buffer: Any, width: int, height: int, fmt: str = "RGB", colorimetry: str | None = None
+    ) -> None:
+        if width < 1 or height < 1:
+            raise SourceError(f"frame size must be positive, got {width}x{height}")
+        if fmt not in self.FORMATS:
+            raise SourceError(f"frame format must be one of {self.FORMATS}, got {fmt!r}")
+        self._buffer = buffer
+        self.shape = (height, width, 3)
+        self.format = fmt
+        self.colorimetry = colorimetry
+        caps = f"video/x-raw,format={fmt},width={width},height={height}"
+        self._caps = f"{caps},colorimetry={colorimetry}" if colorimetry else caps
+
+    @classmethod
+    def from_sample(cls, sample: Any) -> SampleFrame:
+        """The sample's buffer, described by its caps; SourceError for caps that are not RGB or I420."""
+        fmt, width, height, colorimetry = _video_caps(sample, cls.FORMATS)
+        return cls(sample.get_buffer(), width, height, fmt, colorimetry)
+
+    def rgb(self) -> np.ndarray:
+        """A fresh C-contiguous ``(H, W, 3)`` uint8 RGB copy; SourceError if the buffer cannot be read."""
+        height, width = self.shape[0], self.shape[1]
+        if self.format == "I420":
+            return _i420_to_rgb(self._buffer, width, height, self.colorimetry)
+        return _copy_rgb(self._buffer, width, height)
+
+    def raw_video(self) -> tuple[Any, str]:
+        """``(buffer, caps)``: the frame as GStreamer holds it, for an encoder's ``appsrc``."""
+        return self._buffer, self._caps
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -268,7 +417,12 @@ def _fps_fraction(fps: float) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 
 SampleFn = Callable[[str, float | None, np.ndarray], None]
-"""``on_sample(branch, pts_s, frame)``: branch is "model" or "display"; called from a streaming thread."""
+"""``on_sample(branch, pts_s, frame)``: branch is "model"; called from a streaming thread. (Display frames
+are pulled: :meth:`CameraPipeline.pull_display`.)"""
+
+# Display frames an appsink holds for its owner to pull: a file camera decoding as fast as it can waits
+# when this is full, a live one drops its oldest frame.
+DISPLAY_QUEUE = 32
 
 
 class CameraPipeline:
@@ -279,9 +433,9 @@ class CameraPipeline:
         spec: the parsed URI.
         fps: sampling rate; frames are dropped (never duplicated) down to it.
         frame_size: model input size (the ``model`` branch).
-        on_sample: receives every frame of both branches (see :data:`SampleFn`).
+        on_sample: receives every model-branch frame (see :data:`SampleFn`).
         realtime: play files at their native rate (``appsink sync=true``) instead of as fast as possible.
-        display_size: when set, a second branch delivers frames at this size as branch ``display``.
+        display_size: when set, a second branch keeps frames at this size for :meth:`pull_display`.
         rtsp_tcp, rtsp_latency_ms: RTSP transport options.
         connect_timeout_s: RTSP TCP timeout, so a dead server fails fast instead of after rtspsrc's 20 s.
         on_no_video: called (from a streaming thread) when the decoder has exposed all its streams and
@@ -317,6 +471,7 @@ class CameraPipeline:
         self._on_sample = on_sample
         self._on_no_video = on_no_video
         self._video_linked = False
+        self._display_sink: Any = None
         self.pipeline = Gst.Pipeline.new(f"cam-{camera_id}")
         p = self.pipeline
         self._thread_nice = thread_nice
@@ -413,15 +568,33 @@ class CameraPipeline:
             )
         elements.append(_make("videoscale", f"{branch}-scale", add_borders=False))
         elements.append(_make("videoconvert", f"{branch}-convert"))
+        # Display frames stay I420, the decoders' own format: converting is skipped for every frame, the
+        # event ring holds half the bytes, and clips go to the encoder as they are (pipeline/media.py).
+        fmt = "I420" if branch == "display" else "RGB"
         elements.append(
             _make(
                 "capsfilter",
                 f"{branch}-caps",
-                caps=Gst.Caps.from_string(f"video/x-raw,format=RGB,width={size.width},height={size.height}"),
+                caps=Gst.Caps.from_string(
+                    f"video/x-raw,format={fmt},width={size.width},height={size.height}"
+                ),
             )
         )
-        sink = _make("appsink", f"{branch}-sink", emit_signals=True, max_buffers=2, drop=True, sync=sync)
-        sink.connect("new-sample", self._on_new_sample, branch)
+        if branch == "display":
+            # Pulled by the owner (pull_display), not signalled: no Python on the streaming thread. Live
+            # sources drop the oldest frame when nobody pulls; files wait (no frame is lost).
+            sink = _make(
+                "appsink",
+                f"{branch}-sink",
+                emit_signals=False,
+                max_buffers=DISPLAY_QUEUE,
+                drop=self.spec.kind not in ("file", "loop"),
+                sync=sync,
+            )
+            self._display_sink = sink
+        else:
+            sink = _make("appsink", f"{branch}-sink", emit_signals=True, max_buffers=2, drop=True, sync=sync)
+            sink.connect("new-sample", self._on_new_sample, branch)
         elements.append(sink)
         for element in elements:
             self.pipeline.add(element)
@@ -487,6 +660,30 @@ class CameraPipeline:
         return Gst.FlowReturn.OK
 
     # Control ----------------------------------------------------------------------------------
+
+    def pull_display(self, limit: int = DISPLAY_QUEUE) -> list[tuple[float | None, SampleFrame]]:
+        """Take up to ``limit`` display frames waiting in the display appsink, oldest first, without
+        blocking: ``(pts_s, frame)`` with pts None when unset; each an I420 :class:`SampleFrame`.
+        Empty without a display branch. Frames with other caps are skipped (logged)."""
+        sink = self._display_sink
+        if sink is None:
+            return []
+        out: list[tuple[float | None, SampleFrame]] = []
+        while len(out) < limit:
+            sample = sink.emit("try-pull-sample", 0)
+            if sample is None:
+                break
+            try:
+                frame = SampleFrame.from_sample(sample)
+                pts = _pts_s(sample.get_buffer())
+            except SourceError as exc:
+                log.warning("camera %s: display frame skipped: %s", self.camera_id, exc)
+                continue
+            finally:
+                # appsink reuses its last sample object and cannot update its caps while we hold it.
+                del sample
+            out.append((pts, frame))
+        return out
 
     @property
     def video_linked(self) -> bool:

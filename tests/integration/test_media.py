@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 from pipeline.config import MediaConfig
 from pipeline.media import EventRecorder, safe_component
 from pipeline.metrics import ZsadMetrics
+from pipeline.sources import SampleFrame, SourceError, gst
 
 gi = pytest.importorskip("gi")
 
@@ -215,3 +217,125 @@ def test_failed_snapshot_write_is_counted(tmp_path: Path) -> None:
     assert media.snapshot == "events/cam-y/e.jpg"
     assert metrics.media_errors.value(camera="cam-y") == 1
     assert not list((tmp_path / "events" / "cam-y").glob(".*"))
+
+
+class _CountingSampleFrame(SampleFrame):
+    """A real :class:`SampleFrame` (a ``Gst.Buffer`` of raw video) that counts how it is read."""
+
+    __slots__ = ("raw_reads", "rgb_reads")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.rgb_reads = 0
+        self.raw_reads = 0
+
+    def rgb(self) -> np.ndarray:
+        self.rgb_reads += 1
+        return super().rgb()
+
+    def raw_video(self) -> tuple[Any, str]:
+        self.raw_reads += 1
+        return super().raw_video()
+
+
+def _i420_frames(images: list[np.ndarray], colorimetry: str = "bt601") -> list[_CountingSampleFrame]:
+    """``images`` converted to I420 by GStreamer's videoconvert, as the display branch delivers them."""
+    Gst = gst()
+    h, w = images[0].shape[:2]
+    pipeline = Gst.parse_launch(
+        f"appsrc name=src format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate=10/1,"
+        f"colorimetry=sRGB ! videoconvert ! video/x-raw,format=I420,colorimetry={colorimetry} ! "
+        f"appsink name=sink sync=false max-buffers={len(images) + 1}"
+    )
+    src, sink = pipeline.get_by_name("src"), pipeline.get_by_name("sink")
+    pipeline.set_state(Gst.State.PLAYING)
+    stride = (w * 3 + 3) & ~3
+    try:
+        for i, image in enumerate(images):
+            rows = np.zeros((h, stride), np.uint8)
+            rows[:, : w * 3] = image.reshape(h, w * 3)
+            buf = Gst.Buffer.new_wrapped(rows.tobytes())
+            buf.pts = i * Gst.SECOND // 10
+            src.emit("push-buffer", buf)
+        src.emit("end-of-stream")
+        frames = []
+        for _ in images:
+            sample = sink.emit("try-pull-sample", 5 * Gst.SECOND)
+            assert sample is not None
+            frames.append(_CountingSampleFrame.from_sample(sample))
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+    return frames
+
+
+def test_i420_frames_are_read_back_as_the_rgb_they_came_from() -> None:
+    # Flat colours and a ramp, at an odd size (chroma planes rounded up, rows padded) and an even one.
+    for h, w in ((97, 131), (96, 130)):
+        ramp = np.zeros((h, w, 3), np.uint8)
+        ramp[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None, :]
+        ramp[..., 1] = 120
+        ramp[..., 2] = np.linspace(255, 0, h, dtype=np.uint8)[:, None]
+        images = [_frame(3, h, w), _frame(40, h, w), ramp]
+        for colorimetry in ("bt601", "bt709"):
+            frames = _i420_frames(images, colorimetry)
+            for image, frame in zip(images, frames, strict=True):
+                assert frame.format == "I420"
+                assert frame.shape == (h, w, 3)
+                rgb = frame.rgb()
+                assert rgb.shape == (h, w, 3)
+                assert rgb.dtype == np.uint8
+                error = np.abs(rgb.astype(int) - image.astype(int))
+                assert error.mean() < 3, (h, w, colorimetry, error.mean())
+
+
+def test_lazy_frames_are_read_only_for_the_media_that_uses_them(tmp_path: Path) -> None:
+    rec = EventRecorder("cam-lazy", tmp_path, MediaConfig(pre_s=1.0, post_s=1.0), fps=10.0)
+    frames = _i420_frames([_frame(i, 96, 130) for i in range(80)])
+    media = None
+    for i, frame in enumerate(frames):
+        rec.add_frame(frame, i / 10.0)
+        if i == 50:  # alert opens at 5.0 s, peak at 5.0 s
+            media = rec.open_event("lazy1", start_pts=5.0, peak_pts=5.0)
+        if i == 55:
+            rec.close_event("lazy1", end_pts=5.5)
+    assert media is not None
+    assert media.clip is not None
+    assert media.snapshot is not None
+    assert rec.wait_idle(30)
+    rec.close()
+    # The clip [4.0, 6.5] s (frames 40..65) takes the I420 buffers as they are; only the snapshot (frame
+    # 50) is converted to RGB; no other frame is ever read.
+    assert [i for i, f in enumerate(frames) if f.raw_reads] == list(range(40, 66))
+    assert [i for i, f in enumerate(frames) if f.rgb_reads] == [50]
+    n, width, height = _decode(tmp_path / media.clip)
+    assert (n, width, height) == (26, 130, 96)
+    jpeg = np.asarray(Image.open(tmp_path / media.snapshot))
+    assert np.abs(jpeg.astype(int) - _frame(50, 96, 130).astype(int)).mean() < 6
+
+
+class _UnreadableFrame:
+    """A frame whose pixels are gone (what :class:`SampleFrame` raises for a buffer it cannot map)."""
+
+    shape = (96, 130, 3)
+
+    def rgb(self) -> np.ndarray:
+        raise SourceError("cannot map a video buffer for reading")
+
+
+def test_an_unreadable_frame_costs_only_that_frame_of_the_clip(tmp_path: Path) -> None:
+    metrics = ZsadMetrics()
+    rec = EventRecorder("cam-bad", tmp_path, MediaConfig(pre_s=0.5, post_s=0.5), fps=10.0, metrics=metrics)
+    media = None
+    for i in range(30):
+        rec.add_frame(_UnreadableFrame() if i == 12 else _frame(i, 96, 130), i / 10.0)
+        if i == 10:
+            media = rec.open_event("bad1", start_pts=1.0, peak_pts=1.0)
+        if i == 15:
+            rec.close_event("bad1", end_pts=1.5)
+    assert media is not None
+    assert media.clip is not None
+    assert rec.wait_idle(30)
+    rec.close()
+    # [0.5, 2.0] s is 16 frames; the unreadable one is left out and the clip is still complete.
+    assert _decode(tmp_path / media.clip)[0] == 15
+    assert rec.errors == 0

@@ -23,6 +23,7 @@ from pipeline.graph import CameraGraph, DuplicateCameraError, GraphStateError  #
 from pipeline.sources import (  # noqa: E402
     ElementMissingError,
     FrameSize,
+    SampleFrame,
     UnsupportedUriError,
     frame_from_sample,
     gst,
@@ -287,22 +288,33 @@ def test_frame_from_sample_strips_stride_padding() -> None:
 def test_display_branch_gives_a_larger_frame_with_the_same_pts(
     videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
 ) -> None:
-    display: list[tuple[float, tuple[int, ...]]] = []
+    display: list[tuple[float, SampleFrame, str]] = []
     g = CameraGraph(
         (64, 48),
         collector.on_frame,
         cameras=[camera("d", f"file://{videos['v25']}", fps=10)],
         display_size=(320, 240),
-        on_display_frame=lambda cid, pts, frame: display.append((pts, frame.shape)),
+        on_display_frame=lambda _cid, pts, frame: display.append(
+            (pts, frame, threading.current_thread().name)
+        ),
     )
     graphs.append(g)
     g.start()
     wait_for(lambda: g.states()["d"] == "eos")
     model = collector.frames["d"]
     assert {s for _, s in model} == {(48, 64, 3)}
-    assert {s for _, s in display} == {(240, 320, 3)}
-    assert [p for p, _ in display] == pytest.approx([p for p, _ in model])
+    assert {f.shape for _, f, _ in display} == {(240, 320, 3)}
+    assert [p for p, _, _ in display] == pytest.approx([p for p, _ in model])
     assert g.stats()["d"].display_frames == len(display) == len(model)
+    # Display frames come from the one poller thread, still in GStreamer buffers until read.
+    assert {name for _, _, name in display} == {"zsad-display"}
+    assert all(isinstance(f, SampleFrame) for _, f, _ in display)
+    big = display[-1][1].rgb()
+    assert big.shape == (240, 320, 3)
+    assert big.dtype == np.uint8
+    assert big.flags.c_contiguous
+    small = collector.last["d"]  # the same last picture at the model size: the colours agree
+    assert np.abs(big.reshape(-1, 3).mean(0) - small.reshape(-1, 3).mean(0)).max() < 8
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux")
