@@ -384,6 +384,11 @@ class EnginesConfig(_Strict):
     dir: str = Field("models/demo", min_length=1, description="Folder with ONNX/engines and their manifests.")
     backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = runtime default.")
+    spin: bool = Field(
+        False,
+        description="Let ONNX Runtime's worker threads spin-wait for the next run (its own default). Off, "
+        "they sleep and leave the cores to the camera decoders (docs/benchmarks.md).",
+    )
     checkpoint: str | None = Field(None, description="Checkpoint the engines are built from.")
 
 

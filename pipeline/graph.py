@@ -71,8 +71,11 @@ StateFn = Callable[[str, str, str], None]
 """``on_state(camera_id, state, detail)``, called from the loop thread; detail has credentials redacted."""
 
 DisplayFn = Callable[[str, float, SampleFrame], None]
-"""``on_display_frame(camera_id, pts_s, frame)``; frame a :class:`~pipeline.sources.SampleFrame` (RGB at the
-display size, copied out by ``frame.rgb()``), called from the ``zsad-display`` thread."""
+"""``on_display_frame(camera_id, pts_s, frame)``; frame a :class:`~pipeline.sources.SampleFrame` (I420 at the
+display size, read as RGB by ``frame.rgb()``). Called from the ``zsad-display`` thread, and from the loop
+thread for the last frames of a pipeline being taken down; calls for one camera are serialised. It must be
+quick (one thread serves every camera) and must not call back into the graph (``remove_camera``,
+``stop``): those wait for the drain that is calling it."""
 
 _WATCHDOG_MS = 250
 _DISPLAY_POLL_S = 0.04  # longest wait between two drains of the display appsinks
@@ -636,6 +639,9 @@ class CameraGraph:
     def _on_eos(self, cam: _Camera, gen: int) -> None:
         Gst = gst()
         if cam.spec.kind == "loop":
+            # appsink posts EOS once its last display frame is pulled, which can be before the poller has
+            # given that frame its pts: finish that first, or an old frame would take the new pass's rebase.
+            self._drain_display(cam)
             with cam.lock:
                 cam.rebase = True
                 cam.loops += 1
@@ -739,7 +745,12 @@ class CameraGraph:
             # The wait adapts to the fastest camera: halved while an appsink is found half full (a file
             # decoding as fast as it can would otherwise wait on a full one), doubled back when passes find
             # little. Live cameras at 25 fps leave it at _DISPLAY_POLL_S: one wake-up serves them all.
-            backlog = max((self._drain_display(cam) for cam in cams), default=0)
+            backlog = 0
+            for cam in cams:
+                try:
+                    backlog = max(backlog, self._drain_display(cam))
+                except Exception:  # the poller must outlive any one camera: file cameras wait on it
+                    log.exception("camera %s: display frames failed", cam.id)
             if backlog >= DISPLAY_QUEUE // 2:
                 interval = max(_DISPLAY_POLL_MIN_S, interval / 2)
             elif backlog < DISPLAY_QUEUE // 8:

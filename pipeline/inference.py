@@ -56,6 +56,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
 
     directory = Path(cfg.engines.dir)
     spec = cfg.model.model_dump(mode="json")
+    options: dict[str, Any] = {"spin": cfg.engines.spin} if cfg.engines.backend == "onnxruntime" else {}
     opened: dict[str, Any] = {}
     try:
         for component in ("backbone", "dpc_head"):
@@ -67,13 +68,15 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
                 )
             manifest = load_manifest(path)
             check_manifest(manifest, Expectation(model_spec=spec, backend=cfg.engines.backend))
-            opened[component] = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads)
+            opened[component] = load_backend(
+                manifest, cfg.engines.backend, threads=cfg.engines.threads, **options
+            )
         semantic = None
         sem_path = manifest_path(directory, "semantic_head")
         if sem_path.is_file():
             manifest = load_manifest(sem_path)
             check_manifest(manifest, Expectation(model_spec=spec, backend=cfg.engines.backend))
-            semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads)
+            semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
     except (ManifestError, BackendError) as exc:
         for backend in opened.values():
             backend.close()

@@ -265,8 +265,15 @@ class _ClipWriter:
         """The ``Gst.Buffer`` to push for ``frame``, or None for a frame that does not fit this clip."""
         if raw_caps is not None:
             raw = _raw_video(frame)
-            # A shallow copy: the pixels stay shared, the timestamps set on it are the clip's own.
-            return raw[0].copy() if raw is not None and raw[1] == raw_caps else None
+            if raw is None or raw[1] != raw_caps:
+                return None
+            # A new buffer on the same memory: the clip's timestamps go on it, never on the ring's buffer,
+            # which other clips of overlapping alerts push too. (PyGObject's Buffer.copy() is the same
+            # object with one more reference.)
+            flags = gst.BufferCopyFlags
+            original = raw[0]
+            copy = flags.FLAGS | flags.TIMESTAMPS | flags.META | flags.MEMORY
+            return original.copy_region(copy, 0, original.get_size())
         shape = frame.shape
         if not (len(shape) == 3 and shape[0] >= h and shape[1] >= w and shape[2] == 3):
             return None

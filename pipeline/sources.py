@@ -245,18 +245,20 @@ _YUV_MATRICES = {
 def _yuv_matrix(colorimetry: str | None, height: int) -> tuple[bool, tuple[float, float]]:
     """``(full_range, (Kr, Kb))`` for a caps ``colorimetry`` string: a name (``bt601``, ``bt709``,
     ``bt2020``, ``smpte240m``, ``sRGB``) or GStreamer's ``range:matrix:transfer:primaries`` codes. Unset:
-    limited range, BT.709 from 720 lines up and BT.601 below (what GStreamer assumes)."""
+    limited range and GStreamer's default matrix for the height (BT.601 up to 576 lines, BT.709 above,
+    BT.2020 from 2160)."""
+    default = _YUV_MATRICES[4 if height <= 576 else 3 if height < 2160 else 6]
     text = (colorimetry or "").lower()
     parts = text.split(":")
     if len(parts) == 4 and all(p.isdigit() for p in parts):
         full = parts[0] == "1"
-        return full, _YUV_MATRICES.get(int(parts[1]), _YUV_MATRICES[4 if height < 720 else 3])
+        return full, _YUV_MATRICES.get(int(parts[1]), default)
     if "srgb" in text:
         return True, _YUV_MATRICES[3]
     for key, code in (("709", 3), ("601", 4), ("2020", 6), ("2100", 6), ("240m", 5)):
         if key in text:
             return False, _YUV_MATRICES[code]
-    return False, _YUV_MATRICES[4 if height < 720 else 3]
+    return False, default
 
 
 def _i420_to_rgb(buf: Any, width: int, height: int, colorimetry: str | None) -> np.ndarray:
@@ -271,17 +273,18 @@ def _i420_to_rgb(buf: Any, width: int, height: int, colorimetry: str | None) -> 
     ok, mapinfo = buf.map(Gst.MapFlags.READ)
     if not ok:
         raise SourceError("cannot map a video buffer for reading")
-    try:
+    try:  # read the planes while mapped: with gst-python's overrides, data is a view that unmap releases
         if mapinfo.size < size:
             raise SourceError(
                 f"I420 buffer of {mapinfo.size} bytes is smaller than {size} ({width}x{height})"
             )
         data = np.frombuffer(mapinfo.data, dtype=np.uint8, count=size)
+        y = data[: y_stride * height].reshape(height, y_stride)[:, :width].astype(np.float32)
+        u = data[u_off:v_off].reshape(ch, c_stride)[:, :cw].astype(np.float32)
+        v = data[v_off:size].reshape(ch, c_stride)[:, :cw].astype(np.float32)
+        del data
     finally:
         buf.unmap(mapinfo)
-    y = data[: y_stride * height].reshape(height, y_stride)[:, :width].astype(np.float32)
-    u = data[u_off:v_off].reshape(ch, c_stride)[:, :cw].astype(np.float32)
-    v = data[v_off:size].reshape(ch, c_stride)[:, :cw].astype(np.float32)
     # 4:2:0 chroma: each sample covers 2x2 pixels.
     u = np.repeat(np.repeat(u, 2, axis=0), 2, axis=1)[:height, :width] - 128.0
     v = np.repeat(np.repeat(v, 2, axis=0), 2, axis=1)[:height, :width] - 128.0

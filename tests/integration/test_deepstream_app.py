@@ -147,3 +147,21 @@ def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_p
     assert ("gate", "open") in events
     assert ("gate", "closed") in events  # closed at shutdown
     assert app.outputs.metrics.frames_in.value(camera="gate") == 40
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_load_engines_gives_onnx_runtime_the_configured_spin(
+    engines_dir: Path, tmp_path: Path, spin: bool
+) -> None:
+    cfg = config(engines_dir, tmp_path / "run")
+    cfg = cfg.model_copy(update={"engines": cfg.engines.model_copy(update={"spin": spin, "threads": 2})})
+    engines = load_engines(cfg)
+    try:
+        sessions = [engines.backbone._session, engines.dpc._session]
+        entries = {
+            s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+            for s in sessions
+        }
+        assert entries == {"1" if spin else "0"}
+    finally:
+        engines.close()

@@ -339,3 +339,31 @@ def test_an_unreadable_frame_costs_only_that_frame_of_the_clip(tmp_path: Path) -
     # [0.5, 2.0] s is 16 frames; the unreadable one is left out and the clip is still complete.
     assert _decode(tmp_path / media.clip)[0] == 15
     assert rec.errors == 0
+
+
+def test_overlapping_clips_share_frames_without_touching_their_timestamps(tmp_path: Path) -> None:
+    # The second alert opens during the first clip's post-roll, so frames 35..50 go into both clips.
+    rec = EventRecorder("cam-overlap", tmp_path, MediaConfig(pre_s=1.0, post_s=1.0), fps=10.0)
+    frames = _i420_frames([_frame(i, 96, 130) for i in range(80)])
+    before = [f.raw_video()[0].pts for f in frames]
+    first = second = None
+    for i, frame in enumerate(frames):
+        rec.add_frame(frame, i / 10.0)
+        if i == 30:
+            first = rec.open_event("first", start_pts=3.0, peak_pts=3.0)
+        if i == 40:
+            rec.close_event("first", end_pts=4.0)
+        if i == 45:
+            second = rec.open_event("second", start_pts=4.5, peak_pts=4.5)
+        if i == 55:
+            rec.close_event("second", end_pts=5.5)
+    assert first is not None
+    assert first.clip is not None
+    assert second is not None
+    assert second.clip is not None
+    assert rec.wait_idle(30)
+    rec.close()
+    # Each clip set its own timestamps on buffers of its own; the ring's buffers kept theirs.
+    assert [f.raw_video()[0].pts for f in frames] == before
+    assert _decode(tmp_path / first.clip)[0] == 31  # [2.0, 5.0] s
+    assert _decode(tmp_path / second.clip)[0] == 31  # [3.5, 6.5] s

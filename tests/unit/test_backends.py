@@ -559,3 +559,14 @@ def test_build_engine_failures_are_named(tmp_path: Path) -> None:
     with pytest.raises(TensorRTBuildError, match="builder could not start"):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=no_gpu, **kw)
     assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_onnxruntime_worker_threads_spin_only_when_asked(engines_dir: Path, spin: bool) -> None:
+    path = engines_dir / "dpc_head.manifest.json"
+    with load_backend(path, "onnxruntime", threads=2, spin=spin) as ort:
+        options = ort._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+        feeds = random_feeds(ort.manifest.inputs, 2, np.random.default_rng(0))
+        out = ort(feeds)
+        assert all(value.shape[0] == 2 for value in out.values())
