@@ -10,7 +10,7 @@ Threads:
 * ``zsad-display`` (only with a display size): drains every camera's display appsink every
   ``_DISPLAY_POLL_S`` and calls ``on_display_frame`` with frames not yet copied out of GStreamer
   (:class:`~pipeline.sources.SampleFrame`). One thread instead of a Python callback per frame on each
-  camera's streaming thread: at 16 cameras that saves about 0.6 ms of CPU a frame (docs/benchmarks.md).
+  camera's streaming thread: at 16 cameras that saves 0.5 to 0.75 ms of CPU a frame (docs/benchmarks.md).
 * ``zsad-teardown-<id>``: short-lived, sets a dead pipeline to NULL so that a hung RTSP teardown never
   blocks the loop (and thus the other cameras).
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import MediaConfig
-from pipeline.media import EventRecorder, safe_component
+from pipeline.media import EventMedia, EventRecorder, safe_component
 from pipeline.metrics import ZsadMetrics
 from pipeline.sources import SampleFrame, SourceError, gst
 
@@ -288,21 +288,32 @@ def test_i420_frames_are_read_back_as_the_rgb_they_came_from() -> None:
                 assert error.mean() < 3, (h, w, colorimetry, error.mean())
 
 
+def _record(
+    rec: EventRecorder, frames: list[Any], opens: dict[int, str], closes: dict[int, str]
+) -> dict[str, EventMedia]:
+    """Feed ``frames`` at 10 fps; open alert ``opens[i]`` (peak at its start) and close ``closes[i]`` at frame
+    ``i``; wait for the files and close the recorder. Returns each alert's media, clip and snapshot set."""
+    media: dict[str, EventMedia] = {}
+    for i, frame in enumerate(frames):
+        rec.add_frame(frame, i / 10.0)
+        if i in opens:
+            media[opens[i]] = rec.open_event(opens[i], start_pts=i / 10.0, peak_pts=i / 10.0)
+        if i in closes:
+            rec.close_event(closes[i], end_pts=i / 10.0)
+    assert rec.wait_idle(30)
+    rec.close()
+    for alert_id, m in media.items():
+        assert m.clip is not None, alert_id
+        assert m.snapshot is not None, alert_id
+    return media
+
+
 def test_lazy_frames_are_read_only_for_the_media_that_uses_them(tmp_path: Path) -> None:
     rec = EventRecorder("cam-lazy", tmp_path, MediaConfig(pre_s=1.0, post_s=1.0), fps=10.0)
     frames = _i420_frames([_frame(i, 96, 130) for i in range(80)])
-    media = None
-    for i, frame in enumerate(frames):
-        rec.add_frame(frame, i / 10.0)
-        if i == 50:  # alert opens at 5.0 s, peak at 5.0 s
-            media = rec.open_event("lazy1", start_pts=5.0, peak_pts=5.0)
-        if i == 55:
-            rec.close_event("lazy1", end_pts=5.5)
-    assert media is not None
+    media = _record(rec, frames, opens={50: "lazy1"}, closes={55: "lazy1"})["lazy1"]
     assert media.clip is not None
     assert media.snapshot is not None
-    assert rec.wait_idle(30)
-    rec.close()
     # The clip [4.0, 6.5] s (frames 40..65) takes the I420 buffers as they are; only the snapshot (frame
     # 50) is converted to RGB; no other frame is ever read.
     assert [i for i, f in enumerate(frames) if f.raw_reads] == list(range(40, 66))
@@ -323,19 +334,10 @@ class _UnreadableFrame:
 
 
 def test_an_unreadable_frame_costs_only_that_frame_of_the_clip(tmp_path: Path) -> None:
-    metrics = ZsadMetrics()
-    rec = EventRecorder("cam-bad", tmp_path, MediaConfig(pre_s=0.5, post_s=0.5), fps=10.0, metrics=metrics)
-    media = None
-    for i in range(30):
-        rec.add_frame(_UnreadableFrame() if i == 12 else _frame(i, 96, 130), i / 10.0)
-        if i == 10:
-            media = rec.open_event("bad1", start_pts=1.0, peak_pts=1.0)
-        if i == 15:
-            rec.close_event("bad1", end_pts=1.5)
-    assert media is not None
+    rec = EventRecorder("cam-bad", tmp_path, MediaConfig(pre_s=0.5, post_s=0.5), fps=10.0)
+    frames = [_UnreadableFrame() if i == 12 else _frame(i, 96, 130) for i in range(30)]
+    media = _record(rec, frames, opens={10: "bad1"}, closes={15: "bad1"})["bad1"]
     assert media.clip is not None
-    assert rec.wait_idle(30)
-    rec.close()
     # [0.5, 2.0] s is 16 frames; the unreadable one is left out and the clip is still complete.
     assert _decode(tmp_path / media.clip)[0] == 15
     assert rec.errors == 0
@@ -346,24 +348,11 @@ def test_overlapping_clips_share_frames_without_touching_their_timestamps(tmp_pa
     rec = EventRecorder("cam-overlap", tmp_path, MediaConfig(pre_s=1.0, post_s=1.0), fps=10.0)
     frames = _i420_frames([_frame(i, 96, 130) for i in range(80)])
     before = [f.raw_video()[0].pts for f in frames]
-    first = second = None
-    for i, frame in enumerate(frames):
-        rec.add_frame(frame, i / 10.0)
-        if i == 30:
-            first = rec.open_event("first", start_pts=3.0, peak_pts=3.0)
-        if i == 40:
-            rec.close_event("first", end_pts=4.0)
-        if i == 45:
-            second = rec.open_event("second", start_pts=4.5, peak_pts=4.5)
-        if i == 55:
-            rec.close_event("second", end_pts=5.5)
+    media = _record(rec, frames, opens={30: "first", 45: "second"}, closes={40: "first", 55: "second"})
+    first, second = media["first"].clip, media["second"].clip
     assert first is not None
-    assert first.clip is not None
     assert second is not None
-    assert second.clip is not None
-    assert rec.wait_idle(30)
-    rec.close()
     # Each clip set its own timestamps on buffers of its own; the ring's buffers kept theirs.
     assert [f.raw_video()[0].pts for f in frames] == before
-    assert _decode(tmp_path / first.clip)[0] == 31  # [2.0, 5.0] s
-    assert _decode(tmp_path / second.clip)[0] == 31  # [3.5, 6.5] s
+    assert _decode(tmp_path / first)[0] == 31  # [2.0, 5.0] s
+    assert _decode(tmp_path / second)[0] == 31  # [3.5, 6.5] s
