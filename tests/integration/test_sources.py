@@ -25,6 +25,7 @@ from pipeline.sources import (  # noqa: E402
     FrameSize,
     SampleFrame,
     UnsupportedUriError,
+    _yuv_matrix,
     frame_from_sample,
     gst,
     parse_source_uri,
@@ -283,6 +284,52 @@ def test_frame_from_sample_strips_stride_padding() -> None:
     assert frame[0].ravel().tolist() == list(range(15))
     assert frame[1].ravel().tolist() == list(range(16, 31))
     assert frame.flags.writeable
+
+
+@pytest.mark.parametrize(
+    ("colorimetry", "height", "full", "matrix"),
+    [
+        ("bt601", 240, False, (0.299, 0.114)),
+        ("bt709", 240, False, (0.2126, 0.0722)),
+        ("bt2020", 240, False, (0.2627, 0.0593)),
+        ("2:4:5:4", 1080, False, (0.299, 0.114)),  # codes win over the height
+        ("1:4:0:0", 240, True, (0.299, 0.114)),  # full-range BT.601, as JPEG uses
+        ("1:3:5:1", 240, True, (0.2126, 0.0722)),
+        ("sRGB", 240, True, (0.2126, 0.0722)),
+        (None, 576, False, (0.299, 0.114)),  # unset: GStreamer's default by height
+        (None, 720, False, (0.2126, 0.0722)),
+        (None, 2160, False, (0.2627, 0.0593)),
+    ],
+)
+def test_yuv_matrix_follows_the_caps_colorimetry(
+    colorimetry: str | None, height: int, full: bool, matrix: tuple[float, float]
+) -> None:
+    assert _yuv_matrix(colorimetry, height) == (full, matrix)
+
+
+def test_a_full_range_i420_frame_reads_back_as_its_rgb() -> None:
+    Gst = gst()
+    h, w = 48, 64
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, : w // 2] = (250, 10, 10)  # near the ends of the range, where limited vs full range shows
+    image[:, w // 2 :] = (5, 240, 200)
+    pipeline = Gst.parse_launch(
+        f"appsrc name=src format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate=10/1,"
+        "colorimetry=sRGB ! videoconvert ! video/x-raw,format=I420,colorimetry=1:4:0:0 ! appsink name=sink"
+    )
+    pipeline.set_state(Gst.State.PLAYING)
+    try:
+        pipeline.get_by_name("src").emit("push-buffer", Gst.Buffer.new_wrapped(image.tobytes()))
+        sample = pipeline.get_by_name("sink").emit("try-pull-sample", 5 * Gst.SECOND)
+        assert sample is not None
+        frame = SampleFrame.from_sample(sample)
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+    assert frame.colorimetry == "1:4:0:0"
+    # Away from the colour edge (4:2:0 chroma blurs it), every pixel is within a few levels.
+    error = np.abs(frame.rgb().astype(int) - image.astype(int))
+    assert error[:, 4 : w // 2 - 4].max() <= 4
+    assert error[:, w // 2 + 4 : -4].max() <= 4
 
 
 def test_display_branch_gives_a_larger_frame_with_the_same_pts(
