@@ -175,7 +175,9 @@ class CameraGraph:
         stall_timeout_s: a network or v4l2 camera without a frame for this long is treated as disconnected
             (a camera whose config sets ``rtsp.stall_timeout_s`` uses its own).
         display_size: optional second, larger size ``(width, height)`` for event media, delivered to
-            ``on_display_frame`` with the same ``pts_s`` as the model-size frame.
+            ``on_display_frame`` with the same ``pts_s`` as the model-size frame (for a source whose
+            buffers carry no timestamps, both are arrival times, and the display frame's is when it was
+            pulled, up to ``_DISPLAY_POLL_S`` later).
         on_display_frame: receives display-size frames (see :data:`DisplayFn`); required when
             ``display_size`` is set.
         decode_nice: nice value of every camera's streaming threads (decode, scaling, the frame
