@@ -491,7 +491,7 @@ class CameraGraph:
                 cam.spec,
                 s.sampling.fps,
                 self.frame_size,
-                lambda branch, pts, frame: self._on_sample(cam, gen, branch, pts, frame),
+                lambda pts, frame: self._on_sample(cam, gen, pts, frame),
                 realtime=self.realtime,
                 display_size=self.display_size,
                 rtsp_tcp=s.rtsp.tcp,
@@ -717,7 +717,7 @@ class CameraGraph:
             cam.rebase = False
         return cam.pts_offset + (raw - cam.pts_base)
 
-    def _on_sample(self, cam: _Camera, gen: int, branch: str, raw: float | None, frame: np.ndarray) -> None:
+    def _on_sample(self, cam: _Camera, gen: int, raw: float | None, frame: np.ndarray) -> None:
         now = time.monotonic()
         with cam.lock:
             if gen != cam.generation:

@@ -206,8 +206,8 @@ def _link(a: Any, b: Any) -> None:
         raise LinkError(f"cannot link {a.get_name()} -> {b.get_name()}")
 
 
-def _video_caps(sample: Any, formats: tuple[str, ...] = ("RGB",)) -> tuple[str, int, int, str | None]:
-    """``(format, width, height, colorimetry)`` of a sample's raw video caps; SourceError when the format
+def _video_caps(sample: Any, formats: tuple[str, ...] = ("RGB",)) -> tuple[str, int, int, Any]:
+    """``(format, width, height, structure)`` of a sample's raw video caps; SourceError when the format
     is not one of ``formats`` or the size is missing."""
     caps = sample.get_caps()
     st = caps.get_structure(0) if caps is not None and caps.get_size() else None
@@ -219,13 +219,7 @@ def _video_caps(sample: Any, formats: tuple[str, ...] = ("RGB",)) -> tuple[str, 
     ok_h, height = st.get_int("height")
     if not (ok_w and ok_h) or width < 1 or height < 1:
         raise SourceError(f"video caps without a size: {caps.to_string()}")
-    return fmt, width, height, st.get_string("colorimetry")
-
-
-def _rgb_size(sample: Any) -> tuple[int, int]:
-    """``(width, height)`` of a sample's RGB caps; SourceError for other caps."""
-    _, width, height, _ = _video_caps(sample)
-    return width, height
+    return fmt, width, height, st
 
 
 def _round4(n: int) -> int:
@@ -339,7 +333,7 @@ def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
     ``(H, W, 3) uint8`` RGB array. Row padding is removed: GStreamer pads each RGB row to a multiple of 4
     bytes, so ``stride != W*3`` whenever ``W*3 % 4 != 0``.
     """
-    width, height = _rgb_size(sample)
+    _, width, height, _ = _video_caps(sample)
     buf = sample.get_buffer()
     return _pts_s(buf), _copy_rgb(buf, width, height)
 
@@ -354,7 +348,7 @@ class SampleFrame:
     The buffer must be in GStreamer's default layout for its format (what an appsink is given).
     """
 
-    __slots__ = ("_buffer", "_caps", "colorimetry", "format", "shape")
+    __slots__ = ("_buffer", "colorimetry", "format", "shape")
 
     FORMATS = ("RGB", "I420")
 
@@ -369,14 +363,12 @@ class SampleFrame:
         self.shape = (height, width, 3)
         self.format = fmt
         self.colorimetry = colorimetry
-        caps = f"video/x-raw,format={fmt},width={width},height={height}"
-        self._caps = f"{caps},colorimetry={colorimetry}" if colorimetry else caps
 
     @classmethod
     def from_sample(cls, sample: Any) -> SampleFrame:
         """The sample's buffer, described by its caps; SourceError for caps that are not RGB or I420."""
-        fmt, width, height, colorimetry = _video_caps(sample, cls.FORMATS)
-        return cls(sample.get_buffer(), width, height, fmt, colorimetry)
+        fmt, width, height, st = _video_caps(sample, cls.FORMATS)
+        return cls(sample.get_buffer(), width, height, fmt, st.get_string("colorimetry"))
 
     def rgb(self) -> np.ndarray:
         """A fresh C-contiguous ``(H, W, 3)`` uint8 RGB copy; SourceError if the buffer cannot be read."""
@@ -386,8 +378,11 @@ class SampleFrame:
         return _copy_rgb(self._buffer, width, height)
 
     def raw_video(self) -> tuple[Any, str]:
-        """``(buffer, caps)``: the frame as GStreamer holds it, for an encoder's ``appsrc``."""
-        return self._buffer, self._caps
+        """``(buffer, caps)``: the frame as GStreamer holds it, for an encoder's ``appsrc``. (Built here,
+        not per frame: only the frames of a clip are asked.)"""
+        height, width = self.shape[0], self.shape[1]
+        caps = f"video/x-raw,format={self.format},width={width},height={height}"
+        return self._buffer, f"{caps},colorimetry={self.colorimetry}" if self.colorimetry else caps
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -419,8 +414,8 @@ def _fps_fraction(fps: float) -> tuple[int, int]:
 # One camera's pipeline
 # --------------------------------------------------------------------------------------------------
 
-SampleFn = Callable[[str, float | None, np.ndarray], None]
-"""``on_sample(branch, pts_s, frame)``: branch is "model"; called from a streaming thread. (Display frames
+SampleFn = Callable[[float | None, np.ndarray], None]
+"""``on_sample(pts_s, frame)`` for each model-branch frame; called from a streaming thread. (Display frames
 are pulled: :meth:`CameraPipeline.pull_display`.)"""
 
 # Display frames an appsink holds for its owner to pull: a file camera decoding as fast as it can waits
@@ -597,7 +592,7 @@ class CameraPipeline:
             self._display_sink = sink
         else:
             sink = _make("appsink", f"{branch}-sink", emit_signals=True, max_buffers=2, drop=True, sync=sync)
-            sink.connect("new-sample", self._on_new_sample, branch)
+            sink.connect("new-sample", self._on_new_sample)
         elements.append(sink)
         for element in elements:
             self.pipeline.add(element)
@@ -650,14 +645,14 @@ class CameraPipeline:
         if kind == gst().StreamStatusType.ENTER:
             lower_thread_priority(self._thread_nice)
 
-    def _on_new_sample(self, sink: Any, branch: str) -> Any:
+    def _on_new_sample(self, sink: Any) -> Any:
         Gst = gst()
         sample = sink.emit("pull-sample")
         if sample is None:
             return Gst.FlowReturn.EOS
         try:
             pts, frame = frame_from_sample(sample)
-            self._on_sample(branch, pts, frame)
+            self._on_sample(pts, frame)
         except Exception:  # never let a consumer bug kill the streaming thread with a Python error
             log.exception("camera %s: frame callback failed", self.camera_id)
         return Gst.FlowReturn.OK
