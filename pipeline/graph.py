@@ -81,6 +81,10 @@ _WATCHDOG_MS = 250
 _DISPLAY_POLL_S = 0.04  # longest wait between two drains of the display appsinks
 _DISPLAY_POLL_MIN_S = 0.002
 _CALL_TIMEOUT_S = 30.0
+# A file pipeline can, rarely, stop before its first frame without posting an error (GStreamer 1.22:
+# qtdemux and typefind left with paused tasks on a truncated MP4, 4 runs in 34 of test_file_faults).
+# It is rebuilt this many times before the camera fails.
+_START_RETRIES = 2
 
 
 class GraphStateError(RuntimeError):
@@ -151,6 +155,7 @@ class _Camera:
         self.in_total = 0
         self.sampled_total = 0
         self.reconnects = 0
+        self.start_retries = 0  # file/loop rebuilds after a start that never produced a frame
         self.loops = 0
         # Monotonic pts across loop restarts and reconnects: out = offset + (raw - base).
         self.rebase = True
@@ -174,6 +179,8 @@ class CameraGraph:
         realtime: play file and loop cameras at their native rate (for demos); default as fast as possible.
         stall_timeout_s: a network or v4l2 camera without a frame for this long is treated as disconnected
             (a camera whose config sets ``rtsp.stall_timeout_s`` uses its own).
+        start_timeout_s: a file or loop camera with neither a frame nor an error this long after its
+            pipeline was built is rebuilt (twice), then failed. Once playing, files are never timed out.
         display_size: optional second, larger size ``(width, height)`` for event media, delivered to
             ``on_display_frame`` with the same ``pts_s`` as the model-size frame (for a source whose
             buffers carry no timestamps, both are arrival times, and the display frame's is when it was
@@ -194,6 +201,7 @@ class CameraGraph:
         cameras: Iterable[CameraSettings] = (),
         realtime: bool = False,
         stall_timeout_s: float = 5.0,
+        start_timeout_s: float = 10.0,
         display_size: FrameSize | tuple[int, int] | None = None,
         on_display_frame: DisplayFn | None = None,
         decode_nice: int = 0,
@@ -201,6 +209,9 @@ class CameraGraph:
     ) -> None:
         if stall_timeout_s <= 0:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
+        if start_timeout_s <= 0:
+            raise ValueError(f"start_timeout_s must be > 0, got {start_timeout_s}")
+        self.start_timeout_s = start_timeout_s
         if not 0 <= decode_nice <= 19:
             raise ValueError(f"decode_nice must be 0..19, got {decode_nice}")
         self.decode_nice = decode_nice
@@ -682,22 +693,48 @@ class CameraGraph:
         with self._lock:
             cams = list(self._cams.values())
         for cam in cams:
-            if not cam.spec.reconnects:
-                continue
             with cam.lock:
                 if cam.pipeline is None:
                     continue
+                started = cam.got_frame
                 ref = cam.last_frame_at if cam.got_frame and cam.last_frame_at is not None else cam.built_at
                 gen = cam.generation
-            if now - ref > self._stall_timeout(cam):
-                self._on_failure(cam, gen, f"no frame for {now - ref:.1f} s (stalled)", recoverable=True)
+            if cam.spec.reconnects:
+                if now - ref > self._stall_timeout(cam):
+                    self._on_failure(cam, gen, f"no frame for {now - ref:.1f} s (stalled)", recoverable=True)
+            elif not started and now - ref > self.start_timeout_s:
+                # Files are never stall-checked once playing: back-pressure from inference pauses them.
+                self._on_start_timeout(cam, gen)
         return True
+
+    def _on_start_timeout(self, cam: _Camera, gen: int) -> None:
+        """A file or loop camera with neither a frame nor an error since it was built: rebuild, then fail."""
+        with cam.lock:
+            if gen != cam.generation:
+                return
+        detail = f"no frame and no error within {self.start_timeout_s:.1f} s of starting"
+        if cam.start_retries >= _START_RETRIES:
+            self._on_failure(cam, gen, f"{detail} ({cam.start_retries + 1} tries)", recoverable=False)
+            return
+        cam.start_retries += 1
+        log.warning(
+            "camera %s: %s; rebuilding its pipeline (retry %d of %d)",
+            cam.id,
+            detail,
+            cam.start_retries,
+            _START_RETRIES,
+        )
+        cp = self._take_pipeline(cam)
+        if cp is not None:
+            self._teardown_async(cam, cp)
+        self._build_guarded(cam)
 
     def _mark_live(self, cam: _Camera, gen: int) -> None:
         with cam.lock:
             if gen != cam.generation:
                 return
         cam.backoff_s = cam.settings.rtsp.reconnect_initial_s
+        cam.start_retries = 0
         self._set_state(cam, "live")
 
     # ------------------------------------------------------------------ streaming threads

@@ -11,16 +11,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
 gi = pytest.importorskip("gi")
 
+import pipeline.graph as graph_module  # noqa: E402
 from pipeline.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
 from pipeline.graph import CameraGraph, DuplicateCameraError, GraphStateError  # noqa: E402
 from pipeline.sources import (  # noqa: E402
+    CameraPipeline,
     ElementMissingError,
     FrameSize,
     SampleFrame,
@@ -190,6 +192,80 @@ def test_missing_and_corrupt_files_fail_while_good_cameras_deliver(
     assert "type of stream" in details["corrupt"]
     assert "corrupt" in caplog.text
     assert "failed" in caplog.text
+
+
+class StuckDecoderPipeline(CameraPipeline):
+    """A real camera pipeline whose decoded output (buffers and EOS) a pad probe swallows, for the first
+    ``stuck[camera_id]`` builds of a camera: it never prerolls and never errors, as a demuxer looks from
+    outside when it pauses silently before its first frame."""
+
+    stuck: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, camera_id: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(camera_id, *args, **kwargs)
+        left = self.stuck.get(camera_id, 0)
+        if left > 0:
+            self.stuck[camera_id] = left - 1
+            Gst = gst()
+
+            def swallow(_pad: Any, info: Any) -> Any:
+                is_event = info.type & Gst.PadProbeType.EVENT_DOWNSTREAM
+                if is_event and info.get_event().type != Gst.EventType.EOS:
+                    return Gst.PadProbeReturn.OK
+                return Gst.PadProbeReturn.DROP
+
+            kinds = Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST | Gst.PadProbeType.EVENT_DOWNSTREAM
+            self._decode_sink.add_probe(kinds, swallow)
+
+
+def test_a_file_that_starts_silently_stuck_is_rebuilt_and_then_plays_in_full(
+    videos: dict[str, Path],
+    collector: Collector,
+    graphs: list[CameraGraph],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(graph_module, "CameraPipeline", StuckDecoderPipeline)
+    monkeypatch.setattr(StuckDecoderPipeline, "stuck", {"once": 1, "always": 99})
+    cams = [camera(cid, f"file://{videos['v50']}") for cid in ("once", "always", "good")]
+    g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=cams, start_timeout_s=0.5)
+    graphs.append(g)
+    t0 = time.monotonic()
+    g.start()
+    wait_for(lambda: g.states() == {"once": "eos", "always": "failed", "good": "eos"})
+    # One rebuild, then every frame of the file, once: the stuck first pipeline delivered nothing.
+    assert collector.count("once") == 50
+    assert collector.count("good") == 50
+    assert collector.count("always") == 0
+    assert g.stats()["once"].frames_delivered == 50
+    details = {cid: detail for cid, state, detail in collector.states if state == "failed"}
+    assert set(details) == {"always"}
+    assert "no frame and no error within 0.5 s of starting (3 tries)" in details["always"]
+    # Built three times, each given the full timeout before the next.
+    assert time.monotonic() - t0 >= 1.5
+    retries = [r.getMessage() for r in caplog.records if "rebuilding its pipeline" in r.getMessage()]
+    assert sum("camera once:" in m for m in retries) == 1
+    assert sum("camera always:" in m for m in retries) == 2
+    assert not any("camera good:" in m for m in retries)
+
+
+def test_a_slow_file_is_never_timed_out_once_it_has_started(
+    videos: dict[str, Path], graphs: list[CameraGraph]
+) -> None:
+    # Back-pressure from the consumer holds the file still far longer than the start timeout.
+    seen: list[float] = []
+
+    def slow(cid: str, pts: float, frame: np.ndarray) -> None:
+        seen.append(pts)
+        if len(seen) == 5:
+            time.sleep(1.5)
+
+    cams = [camera("slow", f"file://{videos['v25']}")]
+    g = CameraGraph((160, 120), slow, cameras=cams, start_timeout_s=0.3)
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: g.states() == {"slow": "eos"})
+    assert len(seen) == 25
 
 
 def test_loop_keeps_delivering_past_the_end_with_increasing_pts(
