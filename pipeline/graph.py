@@ -575,6 +575,12 @@ class CameraGraph:
                 cam.sampled_total += sampled
         return cp
 
+    def _discard_pipeline(self, cam: _Camera) -> None:
+        """Detach the camera's pipeline (if any) and set it to NULL off the loop thread."""
+        cp = self._take_pipeline(cam)
+        if cp is not None:
+            self._teardown_async(cam, cp)
+
     def _set_null(self, cam: _Camera, cp: CameraPipeline) -> None:
         cp.pipeline.set_state(gst().State.NULL)
 
@@ -598,9 +604,7 @@ class CameraGraph:
         with cam.lock:
             if gen != cam.generation:
                 return
-        cp = self._take_pipeline(cam)
-        if cp is not None:
-            self._teardown_async(cam, cp)
+        self._discard_pipeline(cam)
         if not (recoverable and cam.spec.reconnects) or self._stopped:
             self._set_state(cam, "failed", detail)
             return
@@ -670,15 +674,11 @@ class CameraGraph:
             ):
                 return
             # Not seekable after all: rebuild from scratch.
-            old = self._take_pipeline(cam)
-            if old is not None:
-                self._teardown_async(cam, old)
+            self._discard_pipeline(cam)
             self._build(cam)
             return
         if cam.spec.kind == "file":
-            cp = self._take_pipeline(cam)
-            if cp is not None:
-                self._teardown_async(cam, cp)
+            self._discard_pipeline(cam)
             self._set_state(cam, "eos", "end of file")
             return
         self._on_failure(cam, gen, "end of stream", recoverable=True)
@@ -724,9 +724,7 @@ class CameraGraph:
             cam.start_retries,
             _START_RETRIES,
         )
-        cp = self._take_pipeline(cam)
-        if cp is not None:
-            self._teardown_async(cam, cp)
+        self._discard_pipeline(cam)
         self._build_guarded(cam)
 
     def _mark_live(self, cam: _Camera, gen: int) -> None:
