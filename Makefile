@@ -45,11 +45,11 @@ test-reliability: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check engines pipeline plugins training tests build_engines.py
+	$(VENV)/bin/ruff format --check core engines plugins synth training pipeline bench tests build_engines.py
 	$(VENV)/bin/mypy engines pipeline
 
 format: setup
-	$(VENV)/bin/ruff format engines pipeline plugins training tests build_engines.py
+	$(VENV)/bin/ruff format core engines plugins synth training pipeline bench tests build_engines.py
 	$(VENV)/bin/ruff check --fix .
 
 clean:

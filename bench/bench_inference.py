@@ -291,7 +291,7 @@ def default_threads(config_path: Path) -> list[int]:
     """1 and the config's ``engines.threads`` (0 means one per core), without repeats."""
     import os
 
-    from pipeline.config import load_config
+    from core.config import load_config
 
     configured = load_config(config_path).engines.threads or (os.cpu_count() or 1)
     return sorted({1, configured})

@@ -66,8 +66,8 @@ class NaiveModel:
     def __init__(self, assets: Assets, threads: int) -> None:
         import torch
 
+        from core.config import load_config
         from engines.model import load_checkpoint
-        from pipeline.config import load_config
 
         if threads < 1:
             raise BenchError(f"threads must be >= 1, got {threads}")
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
-    from pipeline.config import load_config
+    from core.config import load_config
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

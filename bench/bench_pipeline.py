@@ -360,7 +360,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
 
 
 def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
-    from pipeline.graph import CameraGraph
+    from pipeline.cpu.graph import CameraGraph
     from pipeline.run import DISPLAY_SIZE
 
     cfg = site_config(assets, spec.cameras, out, uri_scheme="loop", fps=spec.fps)
@@ -473,7 +473,7 @@ def _pure_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
 
 def _naive_case(spec: CaseSpec, assets: Assets, _out: Path) -> dict[str, Any]:
     from bench.bench_naive import run_naive
-    from pipeline.config import load_config
+    from core.config import load_config
 
     threads = spec.threads or load_config(assets.config_path).engines.threads or (os.cpu_count() or 1)
     cameras = [spec.first_camera + k for k in range(spec.cameras)]
@@ -573,7 +573,7 @@ def run_pipeline_bench(
     ``threads``: thread counts of the pure, fast and naive cases (default 1 and the config's);
     ``rt_threads``: thread count of the real-time cases (default the config's, what ``zsad run`` uses).
     """
-    from pipeline.config import load_config
+    from core.config import load_config
 
     base = load_config(assets.config_path)
     batch = max_batch or base.scheduler.max_batch

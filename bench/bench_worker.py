@@ -74,10 +74,10 @@ def _thin_branch(branch: str, keep_every: int) -> None:
     """Keep 1 frame in ``keep_every`` of ``branch``, dropped before scaling and conversion (see the module
     docstring); for the model branch, assemble the same clips from the kept frames."""
     import pipeline.clips
-    import pipeline.sources
+    import pipeline.cpu.sources
 
-    gst = pipeline.sources.gst()
-    original_init = pipeline.sources.CameraPipeline.__init__
+    gst = pipeline.cpu.sources.gst()
+    original_init = pipeline.cpu.sources.CameraPipeline.__init__
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
@@ -89,7 +89,7 @@ def _thin_branch(branch: str, keep_every: int) -> None:
         scale = self.pipeline.get_by_name(f"{branch}-scale")
         scale.get_static_pad("sink").add_probe(gst.PadProbeType.BUFFER, probe)
 
-    pipeline.sources.CameraPipeline.__init__ = init  # type: ignore[method-assign]
+    pipeline.cpu.sources.CameraPipeline.__init__ = init  # type: ignore[method-assign]
     if branch == "model":
 
         def from_config(cls: Any, cfg: Any) -> Any:
@@ -102,13 +102,13 @@ def _thin_branch(branch: str, keep_every: int) -> None:
 
 def _child(variant: str, cameras: int, seconds: float, assets: Assets) -> dict[str, Any]:
     import engines.backends.onnxruntime as ort_backend
-    import pipeline.graph
-    from pipeline.scheduler import BatchScheduler
+    import pipeline.cpu.graph
+    from pipeline.cpu.scheduler import BatchScheduler
 
     infer_t: list[tuple[float, float]] = []
     ort_t: list[tuple[float, float]] = []
     original_run = BatchScheduler._run
-    original_graph_init = pipeline.graph.CameraGraph.__init__
+    original_graph_init = pipeline.cpu.graph.CameraGraph.__init__
     nice = int(variant[4:]) if variant.startswith("nice") else 0
     if variant in ("model_half", "display_1in25"):
         nice = 10
@@ -128,7 +128,7 @@ def _child(variant: str, cameras: int, seconds: float, assets: Assets) -> dict[s
         original_graph_init(self, *args, **kwargs)
 
     BatchScheduler._run = run  # type: ignore[method-assign]
-    pipeline.graph.CameraGraph.__init__ = graph_init  # type: ignore[method-assign]
+    pipeline.cpu.graph.CameraGraph.__init__ = graph_init  # type: ignore[method-assign]
     ort_backend.OnnxRuntimeBackend._infer = _timed(ort_t, ort_backend.OnnxRuntimeBackend._infer)  # type: ignore[method-assign]
     if variant == "pinned":
         os.sched_setaffinity(0, {1})

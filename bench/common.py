@@ -97,7 +97,7 @@ def _version(distribution: str) -> str | None:
 
 
 def _gstreamer_version() -> str | None:
-    from pipeline.gst import GstUnavailable, init_gstreamer
+    from core.gst import GstUnavailable, init_gstreamer
 
     try:
         return ".".join(str(v) for v in init_gstreamer().version())
@@ -310,9 +310,9 @@ def prepare_assets(
     (the shipped demo model), else a randomly initialised model of the config's ``model`` section saved
     to ``work/random/model.safetensors`` (seeded, so re-runs reuse the same file and engines).
     """
+    from core.config import ConfigError, load_config
     from engines.build import BuildError, BuildOptions, build_from_config
-    from pipeline.config import ConfigError, load_config
-    from pipeline.synth import DEFAULT_CONTEXTS, SynthError, generate_dataset
+    from synth import DEFAULT_CONTEXTS, SynthError, generate_dataset
 
     if videos < 1 or frames < 40:
         raise BenchError(f"need >= 1 video of >= 40 frames, got {videos} x {frames}")
@@ -406,14 +406,14 @@ def site_config(
     max_batch: int | None = None,
     queue_size: int | None = None,
 ) -> Any:
-    """A validated :class:`pipeline.config.ZsadConfig` for ``cameras`` synthetic cameras.
+    """A validated :class:`core.config.ZsadConfig` for ``cameras`` synthetic cameras.
 
     Camera ``i`` plays video ``i % len(videos)`` (``loop://`` restarts it at its end, ``file://`` ends).
     Everything else (model, alert policy, media, scheduler) is the base config's, except: no review page,
     no metrics server, one JSONL sink under ``out_dir``, and ``threads`` / ``max_batch`` / ``queue_size``
     when given.
     """
-    from pipeline.config import load_config
+    from core.config import load_config
 
     if uri_scheme not in ("loop", "file"):
         raise BenchError(f"uri_scheme must be loop or file, got {uri_scheme!r}")
@@ -438,6 +438,6 @@ def site_config(
     data["ui"]["enabled"] = False
     data["output_dir"] = str(out_dir)
     data.pop("train", None)
-    from pipeline.config import ZsadConfig
+    from core.config import ZsadConfig
 
     return ZsadConfig.model_validate(data)

@@ -95,7 +95,7 @@ class SkipSection(Exception):
 def _spec(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     import yaml
 
-    from pipeline.config import ModelConfig
+    from core.config import ModelConfig
 
     repo = Path(__file__).resolve().parents[1]
     model = yaml.safe_load((repo / "configs" / "default.yaml").read_text())["model"]

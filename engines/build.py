@@ -907,7 +907,7 @@ def build_from_config(
     out_dir: str | Path | None = None,
     options: BuildOptions | None = None,
 ) -> BuildReport:
-    """:func:`build_engines` for a loaded :class:`pipeline.config.ZsadConfig` (taken as an object, so this
+    """:func:`build_engines` for a loaded :class:`core.config.ZsadConfig` (taken as an object, so this
     package does not import pipeline/): its ``model`` section, its cameras' contexts and prompt sets, and
     ``engines.checkpoint`` / ``engines.dir`` unless ``checkpoint`` / ``out_dir`` are given."""
     checkpoint = checkpoint or cfg.engines.checkpoint
@@ -927,9 +927,9 @@ def build_from_config(
 def run_build(args: argparse.Namespace) -> int:
     """CLI handler of ``zsad build-engines`` (and ``python build_engines.py``). Exit 0 ok, 1 failure
     (parity, export, TensorRT), 2 bad input (config, checkpoint, options)."""
-    # The config schema lives in pipeline/config.py; only this CLI edge reads it, build_engines() takes
+    # The config schema lives in core/config.py; only this CLI edge reads it, build_engines() takes
     # plain data, so the engines package itself does not depend on pipeline/.
-    from pipeline.config import ConfigError, load_config
+    from core.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)

@@ -31,7 +31,7 @@ class CheckpointError(RuntimeError):
 class ZsadModel(nn.Module):
     """Backbone + DPC head + semantic projection + context gates, built from a model spec.
 
-    ``spec`` is the ``model`` section of the config as a plain dict (see ``pipeline.config.ModelConfig``).
+    ``spec`` is the ``model`` section of the config as a plain dict (see ``core.config.ModelConfig``).
     """
 
     def __init__(self, spec: Mapping[str, Any]):

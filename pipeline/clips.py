@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.config import PreprocessConfig
+from core.config import PreprocessConfig
 
 __all__ = [
     "Clip",

@@ -2,7 +2,7 @@
 
 ``load_engines`` refuses to start on a missing engine or a manifest that does not match the config.
 ``ClipInference`` is the ONNX Runtime / TensorRT path of the CPU graph: backbone, then the shared
-``engines.scoring.ClipScorer`` (the DPC head, batched across cameras), then the semantic stream.
+``plugins.scorer.ClipScorer`` (the DPC head, batched across cameras), then the semantic stream.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.scoring import ClipScorer, ClipTokens, StreamScores
+from core.config import ZsadConfig
 from pipeline.clips import Clip, to_model_input
-from pipeline.config import ZsadConfig
+from plugins.scorer import ClipScorer, ClipTokens, StreamScores
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline import heap
 from pipeline.clips import Clip, ClipAssembler
-from pipeline.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline.inference import ClipInference, ClipResult, EngineError, EngineSet, load_engines
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,9 @@ class Application:
     """
 
     def __init__(self, cfg: ZsadConfig, engines: EngineSet, *, realtime: bool = True):
-        from pipeline.graph import CameraGraph
-        from pipeline.outputs import RunOutputs
-        from pipeline.scheduler import BatchScheduler
+        from pipeline.cpu.graph import CameraGraph
+        from pipeline.cpu.scheduler import BatchScheduler
+        from pipeline.outputs.hub import RunOutputs
 
         self.cfg = cfg
         self.engines = engines
@@ -127,7 +127,7 @@ class Application:
     def add_camera(self, cam: CameraSettings) -> None:
         """Start one more camera while running; the others are not touched. Raises
         :class:`CameraChangeError` (duplicate id, unsupported URI, missing element, bad calibration)."""
-        from pipeline.sources import SourceError
+        from pipeline.cpu.sources import SourceError
 
         with self._cameras_lock:
             if cam.id in self.cameras:

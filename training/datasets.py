@@ -8,7 +8,7 @@ clips are cached in memory, so a training loop pays for JPEG decoding once, not 
 
 Layouts accepted (``<s>`` is ``training`` or ``testing``; the split may be given as ``train``/``test``):
 
-``ucsd`` (UCSD Ped1/Ped2, the converted frame-folder copy) and ``synthetic`` (pipeline/synth output)
+``ucsd`` (UCSD Ped1/Ped2, the converted frame-folder copy) and ``synthetic`` (synth output)
     frames  ``<root>/<s>/frames/<clip>/<number>.<jpg|png|...>``
     labels  ``<root>/<s>/labels/*frame_labels.json``  ``{"<clip>": [0, 0, 1, ...]}``
     masks   ``<root>/<s>/masks/<clip>/<number>.png`` (pixel masks, optional)
@@ -731,7 +731,7 @@ def decode_video_file(
 
 def _init_gstreamer() -> Any:
     """Import and initialise GStreamer (lazily: only video-file datasets need it); returns ``Gst``."""
-    from pipeline.gst import init_gstreamer
+    from core.gst import init_gstreamer
 
     return init_gstreamer()
 

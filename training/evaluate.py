@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engines.model import STREAMS, ZsadModel, load_checkpoint
-from engines.scoring import ClipScorer, ClipTokens, Runner, normalise_frames
+from plugins.scorer import ClipScorer, ClipTokens, Runner, normalise_frames
 
 log = logging.getLogger(__name__)
 
@@ -365,8 +365,8 @@ def _dataset_fps(root: Path) -> float:
 
 def run_eval(args: Any) -> int:
     """CLI handler for ``zsad eval``."""
+    from core.config import ConfigError, load_config
     from engines.model import CheckpointError
-    from pipeline.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)

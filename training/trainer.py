@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
-from engines.scoring import normalise_frames
+from plugins.scorer import normalise_frames
 from training.losses import LossTerms, dense_cpc_loss, frame_loss, regression_loss, video_text_infonce
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
-    """Train from a validated :class:`pipeline.config.ZsadConfig`; return the final checkpoint path."""
+    """Train from a validated :class:`core.config.ZsadConfig`; return the final checkpoint path."""
     from tqdm import tqdm
 
     from training.datasets import make_dataset
@@ -346,7 +346,7 @@ def _text_labels(
 
 def run_train(args: Any) -> int:
     """CLI handler for ``zsad train``."""
-    from pipeline.config import ConfigError, load_config
+    from core.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)

@@ -2,7 +2,7 @@
 
 Subclasses implement ``_infer`` (and ``close`` when they hold resources); :meth:`Backend.infer` checks
 input names, dtypes and shapes against the manifest first, so every runtime refuses bad input the same
-way. A backend is a runner in the sense of :mod:`engines.scoring` (``backend(feeds) -> outputs``).
+way. A backend is a runner in the sense of :mod:`plugins.scorer` (``backend(feeds) -> outputs``).
 """
 
 from __future__ import annotations

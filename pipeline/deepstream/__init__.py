@@ -5,7 +5,7 @@
 * :mod:`pipeline.deepstream.graph`: the element plan, checked element creation and linking, the bus policy
   and the main loop.
 * :mod:`pipeline.deepstream.app`: ``zsad run --graph deepstream``: engines, per-camera alerts, the score
-  probe (:mod:`plugins.deepstream_probe`) and the graph.
+  probe (:mod:`pipeline.deepstream.probe`) and the graph.
 
 This package imports on any machine: ``gi``/``Gst`` and ``pyds`` are imported only when a graph is built.
 """
@@ -16,7 +16,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.config import ZsadConfig
+    from core.config import ZsadConfig
 
 __all__ = ["DEEPSTREAM_ELEMENTS", "deepstream_unavailable_reason", "run_deepstream"]
 
@@ -40,7 +40,7 @@ def deepstream_unavailable_reason() -> str | None:
             "wheels from NVIDIA's deepstream_python_apps releases (the PyPI package 'pyds' is unrelated). "
             "Use --graph cpu on this machine, or deploy/jetson on a Jetson or dGPU box."
         )
-    from pipeline.gst import init_gstreamer
+    from core.gst import init_gstreamer
 
     gst = init_gstreamer()
     missing = [name for name in DEEPSTREAM_ELEMENTS if gst.ElementFactory.find(name) is None]

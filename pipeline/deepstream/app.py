@@ -5,10 +5,11 @@ load config -> open engines (``pipeline.inference.load_engines``: manifests chec
 the device) -> render the DeepStream config files -> build the graph with the score probe -> run -> shut
 down (EOS, close open alerts, flush sinks and media).
 
-What is shared with the CPU graph: the DPC-head runner and :class:`engines.scoring.ClipScorer` (through
-:class:`plugins.deepstream_probe.ClipScoringProbe`), the frame normalisation
+What is shared with the CPU graph: the DPC-head runner and :class:`plugins.scorer.ClipScorer` (through
+:class:`pipeline.deepstream.probe.ClipScoringProbe`), the frame normalisation
 (:func:`pipeline.clips.to_model_input`), :class:`plugins.fusion.CameraFusion`,
-:class:`pipeline.events.CameraAlerts`, the sinks, event media and metrics. What differs: the backbone runs
+:class:`pipeline.outputs.events.CameraAlerts`, the sinks, event media and metrics. What differs:
+the backbone runs
 in nvinfer (its Python backend is closed right after the manifest checks), and clips are assembled by
 nvdspreprocess instead of :class:`pipeline.clips.ClipAssembler`.
 """
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from core.config import ZsadConfig
 from pipeline.clips import Clip, to_model_input
-from pipeline.config import ZsadConfig
 
 __all__ = ["DeepStreamApp", "frame_normaliser", "run_deepstream"]
 
@@ -43,7 +44,7 @@ def frame_normaliser(mean: Sequence[float], std: Sequence[float]) -> Callable[[n
 
 
 class DeepStreamApp:
-    """The probes the DeepStream graph calls, ending in the same :class:`pipeline.outputs.RunOutputs`
+    """The probes the DeepStream graph calls, ending in the same :class:`pipeline.outputs.hub.RunOutputs`
     (fusion, alerts, media, sinks, metrics, review page) as the CPU graph.
 
     Args:
@@ -54,11 +55,11 @@ class DeepStreamApp:
     """
 
     def __init__(self, cfg: ZsadConfig, engines: Any, pyds: Any, *, jetson: bool) -> None:
-        from engines.scoring import ClipScorer
+        from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard
         from pipeline.deepstream.render import BACKBONE_UNIQUE_ID
         from pipeline.inference import semantic_hook
-        from pipeline.outputs import RunOutputs
-        from plugins.deepstream_probe import ClipScoringProbe, OsdScoreBoard
+        from pipeline.outputs.hub import RunOutputs
+        from plugins.scorer import ClipScorer
 
         self.cfg = cfg
         self.engines = engines

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import ConfigError, ZsadConfig, load_config
+from core.config import ConfigError, ZsadConfig, load_config
 
 __all__ = ["DeviceIdentity", "build_args", "engines_current", "main", "this_device"]
 

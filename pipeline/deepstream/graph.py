@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import CameraSettings, ZsadConfig
+from core.config import CameraSettings, ZsadConfig
+from core.redact import redact_text, redact_uri
+from pipeline.cpu.sources import DEBIAN_PACKAGES, parse_source_uri
 from pipeline.deepstream import DEEPSTREAM_ELEMENTS
 from pipeline.deepstream.render import RenderedConfigs
-from pipeline.redact import redact_text, redact_uri
-from pipeline.sources import DEBIAN_PACKAGES, parse_source_uri
 
 __all__ = [
     "BusAction",
@@ -111,7 +111,7 @@ def element_provider(element: str) -> str:
 
 def gst() -> Any:
     """The initialised ``Gst`` module."""
-    from pipeline.gst import init_gstreamer
+    from core.gst import init_gstreamer
 
     return init_gstreamer()
 
@@ -444,8 +444,8 @@ class DeepStreamGraph:
         plan: from :func:`plan_graph`.
         make: element factory (default :func:`checked_make`); must raise rather than return None.
         score_probe: the probe on the score sink's sink pad
-            (:class:`plugins.deepstream_probe.ClipScoringProbe`).
-        osd_probe: the probe on the tiler's sink pad (:class:`plugins.deepstream_probe.OsdScoreBoard`).
+            (:class:`pipeline.deepstream.probe.ClipScoringProbe`).
+        osd_probe: the probe on the tiler's sink pad (:class:`pipeline.deepstream.probe.OsdScoreBoard`).
         on_state: ``on_state(camera, state, detail)`` for camera errors and ends.
     """
 

@@ -34,8 +34,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import ZsadConfig
 from engines.manifest import Manifest
-from pipeline.config import ZsadConfig
 
 __all__ = [
     "BACKBONE_UNIQUE_ID",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import pipeline.deepstream as deepstream
-from pipeline.config import ZsadConfig
+from core.config import ZsadConfig
 from pipeline.deepstream.app import DeepStreamApp, run_deepstream
 from pipeline.inference import load_engines
 from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from gi.repository import GLib
 
+from core.gst import init_gstreamer
 from pipeline.deepstream.graph import (
     DeepStreamGraph,
     ElementMissingError,
@@ -29,9 +30,8 @@ from pipeline.deepstream.graph import (
     checked_make,
     plan_graph,
 )
+from pipeline.deepstream.probe import ClipScoringProbe
 from pipeline.deepstream.render import render_all
-from pipeline.gst import init_gstreamer
-from plugins.deepstream_probe import ClipScoringProbe
 from tests.conftest import REPO
 from tests.fixtures.deepstream_fixtures import backbone_manifest, site_config
 from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba
@@ -266,7 +266,7 @@ def test_cli_deepstream_without_deepstream_exits_2(tmp_path: Path) -> None:
     by_flag.write_text("graph: cpu\n" + cameras)
     for args in (["run", str(by_config)], ["run", str(by_flag), "--graph", "deepstream"]):
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", *args],
+            [sys.executable, "-m", "pipeline.cli.main", *args],
             cwd=REPO,
             capture_output=True,
             text=True,

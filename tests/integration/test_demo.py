@@ -32,7 +32,7 @@ def test_demo_detects_injected_anomalies(tmp_path: Path) -> None:
     site = tmp_path / "demo.yaml"
     site.write_text(yaml.safe_dump(cfg))
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "demo", "--config", str(site), "--fast"],
+        [sys.executable, "-m", "pipeline.cli.main", "demo", "--config", str(site), "--fast"],
         capture_output=True,
         text=True,
         check=False,

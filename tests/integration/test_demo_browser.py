@@ -49,8 +49,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     """Scenes, engines and calibration as ``zsad demo`` makes them, then ``zsad run`` in real time."""
     import yaml
 
-    from pipeline.config import load_config
-    from pipeline.demo import prepare_calibration, prepare_engines, prepare_scenes
+    from core.config import load_config
+    from pipeline.cli.demo import prepare_calibration, prepare_engines, prepare_scenes
 
     tmp = tmp_path_factory.mktemp("demo-ui")
     cfg_data = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
@@ -69,7 +69,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     cfg = prepare_calibration(cfg, out / "scenes", out / "calibration")
     site.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(site)],
+        [sys.executable, "-m", "pipeline.cli.main", "run", str(site)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

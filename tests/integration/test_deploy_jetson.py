@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_config
+from core.config import load_config
 from pipeline.deepstream.engine_cache import DeviceIdentity, build_args, engines_current, main
 from tests.conftest import REPO
 from tests.fixtures.deepstream_fixtures import engine_manifest, site_config

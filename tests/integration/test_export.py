@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from core.config import ModelConfig, load_config
 from engines import build as build_module
 from engines.backends import load_backend
 from engines.build import BuildOptions, BuildReport, build_engines
@@ -25,8 +26,7 @@ from engines.export import ParityError, random_feeds
 from engines.manifest import Expectation, ManifestError, ManifestMismatch, check_manifest, load_manifest
 from engines.model import STREAMS, ZsadModel, load_checkpoint, save_checkpoint
 from engines.prompts import PROMPT_DIR, load_prompt_set
-from pipeline.cli import main as cli_main
-from pipeline.config import ModelConfig, load_config
+from pipeline.cli.main import main as cli_main
 from plugins.fusion import StreamGate
 from tests.conftest import REPO
 from tests.fixtures.tiny_models import make_tiny_clip

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import MediaConfig
-from pipeline.media import EventMedia, EventRecorder, safe_component
-from pipeline.metrics import ZsadMetrics
-from pipeline.sources import SampleFrame, SourceError, gst
+from core.config import MediaConfig
+from pipeline.cpu.sources import SampleFrame, SourceError, gst
+from pipeline.outputs.media import EventMedia, EventRecorder, safe_component
+from pipeline.outputs.metrics import ZsadMetrics
 
 gi = pytest.importorskip("gi")
 
@@ -121,7 +121,7 @@ def test_close_finishes_open_clip_and_retention_deletes_oldest(tmp_path: Path) -
 def test_a_clip_thread_that_cannot_start_costs_only_the_clip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline import media
+    from pipeline.outputs import media
 
     def refuse(_self: object) -> None:
         raise RuntimeError("can't start new thread")
@@ -192,7 +192,7 @@ def test_unwritable_output_never_raises(tmp_path: Path, caplog: pytest.LogCaptur
     blocker.write_text("a file where the output folder should be")  # mkdir fails even as root
     metrics = ZsadMetrics()
     rec = EventRecorder("cam-x", blocker / "out", MediaConfig(), fps=10.0, metrics=metrics)
-    with caplog.at_level(logging.ERROR, logger="pipeline.media"):
+    with caplog.at_level(logging.ERROR, logger="pipeline.outputs.media"):
         for i in range(5):
             rec.add_frame(_frame(i, 16, 16), i / 10)
         m1 = rec.open_event("e1", 0.2)

@@ -19,8 +19,8 @@ import pytest
 
 gi = pytest.importorskip("gi")
 
-from pipeline.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
-from pipeline.graph import CameraGraph  # noqa: E402
+from core.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
+from pipeline.cpu.graph import CameraGraph  # noqa: E402
 from tests.fixtures.rtsp_server import (  # noqa: E402
     RtspServer,
     make_loop_video,

@@ -27,7 +27,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _zsad(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "pipeline.cli.main", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -37,7 +37,7 @@ def _zsad(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bad_cameras_are_reported_and_the_others_go_on(world: dict[str, Path], tmp_path: Path) -> None:
-    from pipeline.alert_schema import validate_alert
+    from pipeline.outputs.alert_schema import validate_alert
 
     videos = world["scenes"] / "testing" / "videos"
     out = tmp_path / "out"
@@ -103,7 +103,7 @@ def test_sigterm_closes_the_open_alert_and_exits_cleanly(world: dict[str, Path],
         alerts={"on_threshold": -50.0, "off_threshold": -60.0, "min_duration_s": 0.0, "cooldown_s": 0.0},
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(site)],
+        [sys.executable, "-m", "pipeline.cli.main", "run", str(site)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

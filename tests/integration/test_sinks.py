@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import MqttSink, WebhookSink
-from pipeline.sinks import HttpWebhookSink, MqttBrokerSink, SinkFanout, build_sinks
+from core.config import MqttSink, WebhookSink
+from pipeline.outputs.sinks import HttpWebhookSink, MqttBrokerSink, SinkFanout, build_sinks
 from tests.fixtures.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Broker, Subscriber, free_port, wait_until
 
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.3}

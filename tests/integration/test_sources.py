@@ -18,10 +18,10 @@ import pytest
 
 gi = pytest.importorskip("gi")
 
-import pipeline.graph as graph_module  # noqa: E402
-from pipeline.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
-from pipeline.graph import CameraGraph, DuplicateCameraError, GraphStateError  # noqa: E402
-from pipeline.sources import (  # noqa: E402
+import pipeline.cpu.graph as graph_module  # noqa: E402
+from core.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
+from pipeline.cpu.graph import CameraGraph, DuplicateCameraError, GraphStateError  # noqa: E402
+from pipeline.cpu.sources import (  # noqa: E402
     CameraPipeline,
     ElementMissingError,
     FrameSize,
@@ -32,7 +32,7 @@ from pipeline.sources import (  # noqa: E402
     gst,
     parse_source_uri,
 )
-from pipeline.sources import _make as make_element  # noqa: E402
+from pipeline.cpu.sources import _make as make_element  # noqa: E402
 
 
 def make_video(

@@ -21,7 +21,7 @@ FRAMES, WIDTH, HEIGHT = 60, 160, 120
 
 def gst() -> Any:
     pytest.importorskip("gi")
-    from pipeline.synth.writer import _gst
+    from synth.writer import _gst
 
     g = _gst()
     for element in ("x264enc", "mp4mux", "qtdemux", "h264parse", "avdec_h264"):
@@ -66,7 +66,7 @@ def decode_mp4(path: Path) -> tuple[list[np.ndarray], str]:
 
 
 def run_cli(out: Path, seed: int) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "pipeline.cli", "synth", "--out", str(out), "--seed", str(seed)]
+    argv = [sys.executable, "-m", "pipeline.cli.main", "synth", "--out", str(out), "--seed", str(seed)]
     argv += ["--train-per-context", "1", "--test-per-context", "1", "--frames", str(FRAMES)]
     argv += ["--width", str(WIDTH), "--height", str(HEIGHT), "--fps", "25"]
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
@@ -137,7 +137,7 @@ def test_same_seed_gives_identical_labels_and_frames(synth_runs: tuple[Path, Pat
 
 def test_mp4_writer_rejects_wrong_frames(tmp_path: Path) -> None:
     gst()
-    from pipeline.synth.writer import Mp4Writer, VideoEncodeError
+    from synth.writer import Mp4Writer, VideoEncodeError
 
     with pytest.raises(VideoEncodeError, match="even frame size"):
         Mp4Writer(tmp_path / "odd.mp4", 161, 120, 25)

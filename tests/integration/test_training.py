@@ -31,7 +31,7 @@ train:
 
 
 def _zsad(
-    *args: str, env: dict[str, str] | None = None, module: str = "pipeline.cli"
+    *args: str, env: dict[str, str] | None = None, module: str = "pipeline.cli.main"
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -109,7 +109,7 @@ def test_ddp_two_gloo_processes(tmp_path: Path, dataset: Path) -> None:
         f"--master_port={_free_port()}",
         "--master_addr=127.0.0.1",
         "-m",
-        "pipeline.cli",
+        "pipeline.cli.main",
         "train",
         str(cfg),
         module="torch.distributed.run",

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pipeline.alert_schema import example_record, iso_utc, validate_alert
-from pipeline.state import RunState
-from pipeline.web import ReviewServer, ReviewServerError
+from pipeline.outputs.alert_schema import example_record, iso_utc, validate_alert
+from pipeline.outputs.state import RunState
+from pipeline.outputs.web import ReviewServer, ReviewServerError
 
 XSS_PROMPT = "<img src=x onerror=alert(1)>"
 
@@ -59,7 +59,7 @@ def make_jpeg(path: Path, seed: int = 0, size: tuple[int, int] = (320, 240)) -> 
 
 def encode_mp4(path: Path, frames: int = 30, size: tuple[int, int] = (320, 240), fps: int = 10) -> None:
     """A real H.264 MP4 (yuv420p, moov first) from GStreamer's videotestsrc."""
-    from pipeline.gst import init_gstreamer
+    from core.gst import init_gstreamer
 
     gst = init_gstreamer()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -557,7 +557,7 @@ def test_server_configuration_errors(demo: DemoRun) -> None:
 
 
 def test_ui_config_section() -> None:
-    from pipeline.config import ConfigError, parse_config
+    from core.config import ConfigError, parse_config
 
     cfg = parse_config("version: 1\n")
     assert (cfg.ui.enabled, cfg.ui.host, cfg.ui.port, cfg.ui.username) == (True, "127.0.0.1", 8080, None)

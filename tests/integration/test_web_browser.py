@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.state import RunState
-from pipeline.web import ReviewServer
+from pipeline.outputs.state import RunState
+from pipeline.outputs.web import ReviewServer
 from tests.conftest import REPO
 from tests.integration.test_web_api import XSS_PROMPT, DemoRun, build_demo_run, encode_mp4, score_at
 

@@ -25,7 +25,7 @@ def corrupt_header_copy(src: Path, dst: Path, n: int = 256) -> Path:
 def remux_faststart(src: Path, dst: Path) -> Path:
     """Remux an H.264 MP4 with its index (moov) first, as streaming recorders write it: a truncated copy
     then still has playable frames up to the cut."""
-    from pipeline.sources import gst
+    from pipeline.cpu.sources import gst
 
     Gst = gst()
     pipe = Gst.parse_launch(

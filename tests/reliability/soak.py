@@ -137,7 +137,7 @@ def run_soak(
 ) -> SoakResult:
     """Build the tiny world under ``work_dir`` (unless given), run ``cameras`` loop:// cameras in real time
     for ``minutes`` through :class:`pipeline.run.Application`, sampling every ``interval_s`` seconds."""
-    from pipeline.config import parse_config
+    from core.config import parse_config
     from pipeline.inference import load_engines
     from pipeline.run import Application
     from tests.fixtures.run_world import CYCLING, site_config

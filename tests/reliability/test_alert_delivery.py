@@ -98,7 +98,7 @@ def test_sigterm_mid_alert_with_the_broker_down_delivers_on_the_next_run(
     cam = {"id": "door", "uri": f"loop://{world['videos'] / 'campus_000.mp4'}"}
     site = write_site(world, out, [cam], ALWAYS_ON, sinks=[sink])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "-v", "run", str(site)],
+        [sys.executable, "-m", "pipeline.cli.main", "-v", "run", str(site)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -135,7 +135,7 @@ def test_sigterm_mid_alert_with_the_broker_down_delivers_on_the_next_run(
     try:
         site2 = write_site(world, out, [], sinks=[sink])
         r = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "run", str(site2), "--duration", "6"],
+            [sys.executable, "-m", "pipeline.cli.main", "run", str(site2), "--duration", "6"],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -19,8 +19,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.alert_schema import AlertSchemaError, alert_problems, example_record, validate_alert
-from pipeline.config import ConfigError, ZsadConfig, load_config, parse_config
+from core.config import ConfigError, ZsadConfig, load_config, parse_config
+from pipeline.outputs.alert_schema import AlertSchemaError, alert_problems, example_record, validate_alert
 from tests.conftest import REPO
 from tests.fixtures.run_world import write_site
 
@@ -160,7 +160,7 @@ def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
         load_config(tmp_path)  # a folder
     # And through the CLI: exit 2 with the message, no traceback.
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "validate", str(binary)],
+        [sys.executable, "-m", "pipeline.cli.main", "validate", str(binary)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -218,7 +218,7 @@ def test_non_finite_scores_are_invalid() -> None:
 
 def _zsad_run(site: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(site), "--duration", "1"],
+        [sys.executable, "-m", "pipeline.cli.main", "run", str(site), "--duration", "1"],
         capture_output=True,
         text=True,
         cwd=REPO,

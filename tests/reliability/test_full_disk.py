@@ -67,7 +67,9 @@ def test_full_media_disk_never_stops_alerting(
     record_property("media_errors", errors)
     record_property("alert_records", len(records))
     assert sum(errors.values()) >= 1, errors
-    media_errors = [r for r in caplog.records if r.name == "pipeline.media" and r.levelno == logging.ERROR]
+    media_errors = [
+        r for r in caplog.records if r.name == "pipeline.outputs.media" and r.levelno == logging.ERROR
+    ]
     assert media_errors
     assert any("No space left" in r.getMessage() for r in media_errors)
     assert "zsad_media_errors_total{camera=" in app.metrics.render()
@@ -82,8 +84,8 @@ def test_clip_that_fills_the_disk_fails_fast_and_leaves_nothing(tiny_disk: Path,
 
     import numpy as np
 
-    from pipeline.config import MediaConfig
-    from pipeline.media import EventRecorder
+    from core.config import MediaConfig
+    from pipeline.outputs.media import EventRecorder
 
     rng = np.random.default_rng(0)
     for k in range(5):  # the hang depended on timing (about 2 in 3): five clips catch it

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.config import MediaConfig, MetricsConfig, UiConfig
-from pipeline.media import EventRecorder
-from pipeline.metrics import ZsadMetrics
-from pipeline.sinks import HttpWebhookSink, MqttBrokerSink
+from core.config import MediaConfig, MetricsConfig, UiConfig
+from pipeline.outputs.media import EventRecorder
+from pipeline.outputs.metrics import ZsadMetrics
+from pipeline.outputs.sinks import HttpWebhookSink, MqttBrokerSink
 from tests.conftest import REPO
 from tests.fixtures.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Broker, Subscriber, wait_until
 from tests.fixtures.run_world import make_app, site_config
@@ -37,8 +37,8 @@ FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.3}
 
 def test_checkpoints_load_without_any_unpickling(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
+    from core.config import ZsadConfig
     from engines.model import ZsadModel, load_checkpoint, save_checkpoint
-    from pipeline.config import ZsadConfig
     from tests.fixtures.run_world import MODEL
 
     path = save_checkpoint(
@@ -101,8 +101,8 @@ class _Payload:
 
 def test_a_malicious_optimizer_state_is_refused_on_resume(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
+    from core.config import parse_config
     from engines.model import ZsadModel, save_checkpoint
-    from pipeline.config import parse_config
     from tests.fixtures.tiny_data import write_ucsd_layout
     from training.trainer import train
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.alert_schema import (
+from pipeline.outputs.alert_schema import (
     ALERT_SCHEMA,
     AlertSchemaError,
     alert_problems,
@@ -27,7 +27,7 @@ from tests.conftest import REPO
 def test_docs_schema_file_is_the_code_schema() -> None:
     path = REPO / "docs" / "alert.schema.json"
     assert path.read_text() == schema_json(), (
-        "regenerate: python -m pipeline.alert_schema > docs/alert.schema.json"
+        "regenerate: python -m pipeline.outputs.alert_schema > docs/alert.schema.json"
     )
     assert json.loads(path.read_text())["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 

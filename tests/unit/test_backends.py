@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import ModelConfig
 from engines.backends import BACKENDS, Backend, BackendError, BackendUnavailable, InputMismatch, load_backend
 from engines.backends import backend_class as get_backend_class
 from engines.backends.tensorrt import CudaRuntime, import_cudart
@@ -19,7 +20,6 @@ from engines.build import BuildOptions, build_engines
 from engines.export import max_rel_error, random_feeds
 from engines.manifest import Manifest, ManifestMismatch, component_io, load_manifest
 from engines.model import ZsadModel, save_checkpoint
-from engines.scoring import ClipScorer, ClipTokens
 from engines.tensorrt_build import (
     BatchProfile,
     LayerInfo,
@@ -33,7 +33,7 @@ from engines.tensorrt_build import (
     short_version,
     timing_cache_filename,
 )
-from pipeline.config import ModelConfig
+from plugins.scorer import ClipScorer, ClipTokens
 
 TINY = ModelConfig.model_validate(
     {

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
+from core.config import PreprocessConfig
 from pipeline.clips import Clip, ClipAssembler, ClipRing, FrameShapeError, to_model_input
-from pipeline.config import PreprocessConfig
 
 
 def _frame(n: int, h: int = 4, w: int = 6) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config, parse_config
+from core.config import ConfigError, load_config, parse_config
 from tests.conftest import REPO
 
 BASE = """\
@@ -107,7 +107,7 @@ def test_sink_union_is_discriminated() -> None:
 
 def _validate(path: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "validate", str(path)],
+        [sys.executable, "-m", "pipeline.cli.main", "validate", str(path)],
         capture_output=True,
         text=True,
         check=False,

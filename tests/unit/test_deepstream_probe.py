@@ -12,13 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engines.scoring import DPC_INPUTS, DPC_OUTPUTS, ClipScorer, StreamScores
+from core.config import ModelConfig
 from pipeline.clips import ClipAssembler
-from pipeline.config import ModelConfig
 from pipeline.deepstream.app import frame_normaliser
-from pipeline.deepstream.render import sequence_params
-from pipeline.inference import ClipInference, EngineSet, semantic_hook
-from plugins.deepstream_meta import (
+from pipeline.deepstream.meta import (
     MetaError,
     add_display_text,
     frame_refs,
@@ -27,8 +24,11 @@ from plugins.deepstream_meta import (
     iter_meta_list,
     layer_array,
 )
-from plugins.deepstream_probe import ClipScoringProbe, FrameHistory, OsdScoreBoard, format_osd_text
+from pipeline.deepstream.probe import ClipScoringProbe, FrameHistory, OsdScoreBoard, format_osd_text
+from pipeline.deepstream.render import sequence_params
+from pipeline.inference import ClipInference, EngineSet, semantic_hook
 from plugins.fusion import CameraFusion, StreamGate
+from plugins.scorer import DPC_INPUTS, DPC_OUTPUTS, ClipScorer, StreamScores
 from tests.fixtures.pyds_test_double import (
     FrameSpec,
     PydsTestDouble,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, ZsadConfig, parse_config
+from core.config import ConfigError, ZsadConfig, parse_config
 from pipeline.deepstream.render import (
     BACKBONE_UNIQUE_ID,
     SEQUENCE_PREPROCESS_LIB,

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.alert_schema import validate_alert
-from pipeline.config import AlertPolicy, JsonlSink, MediaConfig
-from pipeline.events import CameraAlerts, alert_params
-from pipeline.media import EventRecorder
-from pipeline.metrics import ZsadMetrics
-from pipeline.sinks import SinkFanout, build_sinks
+from core.config import AlertPolicy, JsonlSink, MediaConfig
+from pipeline.outputs.alert_schema import validate_alert
+from pipeline.outputs.events import CameraAlerts, alert_params
+from pipeline.outputs.media import EventRecorder
+from pipeline.outputs.metrics import ZsadMetrics
+from pipeline.outputs.sinks import SinkFanout, build_sinks
 from plugins.fusion import Calibration, CameraFusion, StreamStats
 
 

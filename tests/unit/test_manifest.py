@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from core.config import ModelConfig
 from engines.manifest import (
     Expectation,
     Manifest,
@@ -25,7 +26,6 @@ from engines.manifest import (
     spec_diff,
     spec_sha256,
 )
-from pipeline.config import ModelConfig
 
 SPEC = ModelConfig.model_validate(
     {

@@ -8,7 +8,13 @@ import urllib.request
 
 import pytest
 
-from pipeline.metrics import MetricsError, MetricsRegistry, MetricsServer, ZsadMetrics, start_metrics_server
+from pipeline.outputs.metrics import (
+    MetricsError,
+    MetricsRegistry,
+    MetricsServer,
+    ZsadMetrics,
+    start_metrics_server,
+)
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')

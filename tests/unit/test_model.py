@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import ModelConfig
 from engines.backbone import BackboneLoadError, TimeSformerEncoder
 from engines.dpc import DPCHead
 from engines.model import CheckpointError, ZsadModel, load_checkpoint, save_checkpoint
-from engines.scoring import ClipScorer, ClipTokens
-from pipeline.config import ModelConfig
+from plugins.scorer import ClipScorer, ClipTokens
 from tests.fixtures.tiny_data import moving_square_video
 from training.trainer import TrainStep, WindowSampler
 
@@ -188,7 +188,7 @@ def test_semantic_stream_with_tiny_local_clip(tmp_path: Path, model: ZsadModel) 
 
 
 def test_missing_clip_weights_are_reported_once(caplog: pytest.LogCaptureFixture, model: ZsadModel) -> None:
-    from pipeline.config import parse_config
+    from core.config import parse_config
     from training.trainer import _attach_text_bank
 
     cfg = parse_config("model:\n  semantic:\n    clip_text_model: /nonexistent/clip\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.redact import redact_text, redact_uri
+from core.redact import redact_text, redact_uri
 
 
 @pytest.mark.parametrize(

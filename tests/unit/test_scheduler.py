@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.config import SchedulerConfig
 from pipeline.clips import Clip
-from pipeline.config import SchedulerConfig
-from pipeline.scheduler import BatchScheduler, SchedulerStateError
+from pipeline.cpu.scheduler import BatchScheduler, SchedulerStateError
 
 _FRAMES = np.zeros((2, 2, 2, 3), dtype=np.uint8)
 
@@ -284,7 +284,7 @@ def test_blocking_submit_applies_back_pressure_instead_of_dropping() -> None:
     """Offline runs over files block the producer when a queue is full: nothing is dropped."""
     import threading
 
-    from pipeline.scheduler import BatchScheduler
+    from pipeline.cpu.scheduler import BatchScheduler
 
     release = threading.Event()
     seen: list[int] = []

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import JsonlSink, MqttSink, WebhookSink
-from pipeline.metrics import ZsadMetrics
-from pipeline.sinks import (
+from core.config import JsonlSink, MqttSink, WebhookSink
+from pipeline.outputs.metrics import ZsadMetrics
+from pipeline.outputs.sinks import (
     DeliveryError,
     JsonlFileSink,
     PermanentDeliveryError,
@@ -124,7 +124,7 @@ def test_spool_survives_sigkill_mid_append(tmp_path: Path) -> None:
     """Every record whose append() returned is intact after the process is killed at an arbitrary point."""
     d = tmp_path / "s"
     code = (
-        "import sys; from pipeline.sinks.spool import Spool\n"
+        "import sys; from pipeline.outputs.sinks.spool import Spool\n"
         f"sp = Spool({str(d)!r})\n"
         "i = 0\n"
         "while True:\n"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.alert_schema import example_record, validate_alert
-from pipeline.state import (
+from pipeline.outputs.alert_schema import example_record, validate_alert
+from pipeline.outputs.state import (
     LabelError,
     RunState,
     StateError,
@@ -52,7 +52,7 @@ def record(
 
 
 def _iso(epoch: float) -> str:
-    from pipeline.alert_schema import iso_utc
+    from pipeline.outputs.alert_schema import iso_utc
 
     return iso_utc(epoch)
 
@@ -237,7 +237,7 @@ def test_labels_persist_atomically_across_instances(tmp_path: Path) -> None:
 
 def test_corrupt_labels_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "review_labels.json").write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="pipeline.state"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.outputs.state"):
         state = RunState(tmp_path)
     assert state.labels() == {}
     assert "cannot read review labels" in caplog.text
@@ -263,7 +263,7 @@ def test_load_existing_skips_malformed_lines_with_a_warning(
     ]
     (tmp_path / "alerts.jsonl").write_text("\n".join(lines) + "\n")
     state = RunState(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="pipeline.state"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.outputs.state"):
         taken = state.load_existing()
     assert taken == 3
     assert [a["alert_id"] for a in state.alerts()] == [other["alert_id"], good_open["alert_id"]]

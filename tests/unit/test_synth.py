@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import build_parser
-from pipeline.synth import (
+from pipeline.cli.main import build_parser
+from pipeline.cli.synth import run_synth
+from synth import (
     ANOMALY_KINDS,
     CONTEXTS,
     DEFAULT_CONTEXTS,
@@ -26,12 +27,11 @@ from pipeline.synth import (
     render_clip,
     render_scene,
 )
-from pipeline.synth.actors import simulate_pedestrians
-from pipeline.synth.background import build_stage
-from pipeline.synth.cli import run_synth
-from pipeline.synth.dataset import event_window
-from pipeline.synth.scene import build_layout, perspective
-from pipeline.synth.writer import GstElementMissingError, frame_name
+from synth.actors import simulate_pedestrians
+from synth.background import build_stage
+from synth.dataset import event_window
+from synth.scene import build_layout, perspective
+from synth.writer import GstElementMissingError, frame_name
 
 W, H, N = 160, 120, 70
 

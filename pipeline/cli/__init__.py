@@ -1,0 +1,1 @@
+"""The command line: every `zsad` sub-command's handler, and every print."""

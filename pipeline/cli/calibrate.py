@@ -1,0 +1,152 @@
+"""``zsad calibrate``: fit a camera's score statistics and threshold from its normal footage.
+
+No gradient step: the footage runs through the same graph, preprocessing and engines as a live run,
+each stream's raw clip scores are collected, and ``plugins.fusion.fit_calibration`` turns them into
+robust statistics plus a default threshold (a high quantile of the fused normal score).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
+from pipeline.clips import Clip, ClipAssembler
+from pipeline.inference import ClipInference, EngineError, EngineSet, load_engines
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CalibrationFootageError", "calibrate_camera", "collect_scores"]
+
+
+class CalibrationFootageError(RuntimeError):
+    """The footage could not be read or gave too few clips to calibrate on."""
+
+
+def collect_scores(
+    cfg: ZsadConfig,
+    engines: EngineSet,
+    camera: CameraSettings,
+    footage: Sequence[str],
+    *,
+    timeout_s: float = 1800,
+) -> dict[str, np.ndarray]:
+    """Run footage URIs (files play as fast as possible) and return ``{stream: (M,) raw clip scores}``."""
+    from pipeline.cpu.graph import CameraGraph
+
+    pre = cfg.model.preprocess
+    assembler = ClipAssembler.from_config(pre)
+    inference = ClipInference(
+        engines,
+        context_clips=cfg.model.dpc.context_clips,
+        history_step=pre.clip_len * pre.frame_stride // pre.clip_hop,
+        contexts={},
+    )
+    clips: queue.Queue[Clip] = queue.Queue(maxsize=64)
+    settings = [
+        camera.model_copy(update={"id": f"{camera.id}.{i}", "uri": uri}) for i, uri in enumerate(footage)
+    ]
+    for s in settings:
+        inference.contexts[s.id] = camera.context
+
+    def on_frame(cam: str, pts: float, frame: np.ndarray) -> None:
+        clip = assembler.push(cam, pts, frame)
+        if clip is not None:
+            clips.put(clip)  # blocks the decoder: calibration must not drop clips
+
+    graph = CameraGraph(engines.frame_size, on_frame, cameras=settings, realtime=False)
+    samples: dict[str, list[float]] = {}
+    failed: list[str] = []
+    graph.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                batch = [clips.get(timeout=0.5)]
+            except queue.Empty:
+                states = graph.states()
+                if all(st in {"eos", "failed", "stopped"} for st in states.values()):
+                    failed = [c for c, st in states.items() if st == "failed"]
+                    break
+                continue
+            while len(batch) < cfg.scheduler.max_batch and not clips.empty():
+                batch.append(clips.get_nowait())
+            for res in inference(_in_camera_order(batch)):
+                if res.scores is not None:
+                    for k, v in res.scores.scores.items():
+                        samples.setdefault(k, []).append(v)
+    finally:
+        graph.stop()
+    if failed:
+        raise CalibrationFootageError(f"camera {camera.id}: footage could not be read: {', '.join(failed)}")
+    return {k: np.asarray(v) for k, v in samples.items()}
+
+
+def _in_camera_order(batch: list[Clip]) -> list[Clip]:
+    return sorted(batch, key=lambda c: (c.camera_id, c.index))
+
+
+def calibrate_camera(
+    cfg: ZsadConfig,
+    engines: EngineSet,
+    camera_id: str,
+    footage: Sequence[str],
+    out: Path,
+    *,
+    min_clips: int = 20,
+) -> Path:
+    """Fit and save one camera's calibration; return the file written."""
+    from plugins.fusion import fit_calibration, save_calibration
+
+    camera = cfg.camera_settings(camera_id)
+    samples = collect_scores(cfg, engines, camera, footage)
+    n = min((len(v) for v in samples.values()), default=0)
+    if n < min_clips:
+        pre = cfg.model.preprocess
+        # Each scored clip needs the DPC history before it: C clips of T*stride frames.
+        frames = min_clips * pre.clip_hop + cfg.model.dpc.context_clips * pre.clip_len * pre.frame_stride
+        raise CalibrationFootageError(
+            f"camera {camera_id}: only {n} scored clips in the footage, at least {min_clips} are needed "
+            f"(give at least {frames / camera.sampling.fps:.0f} s of normal footage "
+            f"at {camera.sampling.fps:g} fps)"
+        )
+    cal = fit_calibration(samples, threshold_quantile=0.995, camera=camera_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_calibration(cal, out)
+    log.info(
+        "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0
+    )
+    return out
+
+
+def run_calibrate(args: Any) -> int:
+    """CLI handler: ``zsad calibrate CONFIG --camera ID --footage URI [--footage URI ...] --out FILE``."""
+    try:
+        cfg = load_config(args.config)
+        cfg.camera_settings(args.camera)
+    except ConfigError as exc:
+        print(f"invalid config:\n{exc}")
+        return 2
+    except KeyError as exc:
+        print(f"{args.config}: {exc.args[0]}")
+        return 2
+    try:
+        engines = load_engines(cfg)
+    except EngineError as exc:
+        print(f"refusing to start: {exc}")
+        return 2
+    try:
+        path = calibrate_camera(cfg, engines, args.camera, args.footage, Path(args.out))
+    except CalibrationFootageError as exc:
+        print(f"calibration failed: {exc}")
+        return 1
+    finally:
+        engines.close()
+    print(f"calibration: {path}")
+    return 0

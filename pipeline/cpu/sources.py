@@ -1,0 +1,693 @@
+"""Camera sources of the CPU graph: URI parsing and one GStreamer pipeline per camera.
+
+Each camera gets its own ``Gst.Pipeline`` (so an error, EOS or disconnect on one camera never touches the
+others)::
+
+    source ─► decode ─► videorate ─► caps(framerate<=fps) ─► [tee ─►] queue ─► videoscale ─► videoconvert
+                                                                      ─► caps(RGB | I420, W×H) ─► appsink
+
+``source`` is ``filesrc`` (file://, loop://), ``rtspsrc`` (rtsp://, rtsps://), ``uridecodebin`` (http(s)://)
+or ``v4l2src`` (v4l2:///dev/videoN); ``decode`` is ``decodebin``. ``videorate`` only drops frames (never
+duplicates) down to the camera's ``sampling.fps``; scaling runs before the RGB conversion so that only
+``W×H`` pixels are converted. When a display size is asked for, a ``tee`` feeds a second identical branch at
+that size (for event snapshots and clips) and both branches see the same sampled frames.
+
+The model branch delivers RGB; the display branch keeps the decoder's I420. The two branches reach Python
+differently. Every model frame is needed at once, so the model appsink calls back on its streaming thread
+and the frame is copied into numpy there. Display frames are almost never
+looked at: only the few seconds around an alert become a snapshot or a clip. So the display appsink emits
+no signal; its owner drains it now and then with :meth:`CameraPipeline.pull_display` and keeps each frame
+as a :class:`SampleFrame`, still in its GStreamer buffer, copied out only when it is used. At 16 cameras, a
+Python callback and copy per display frame cost about as much CPU as the rest of decoding
+(docs/benchmarks.md).
+
+Gst is imported lazily: importing this module does not need GStreamer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote
+
+import numpy as np
+
+from core.gst import DEBIAN_PACKAGES, package_for
+from core.redact import redact_text as redact
+
+__all__ = [
+    "DEBIAN_PACKAGES",
+    "DISPLAY_QUEUE",
+    "CameraPipeline",
+    "ElementMissingError",
+    "FrameSize",
+    "LinkError",
+    "SampleFrame",
+    "SourceError",
+    "SourceKind",
+    "SourceSpec",
+    "UnsupportedUriError",
+    "frame_from_sample",
+    "gst",
+    "parse_source_uri",
+    "redact",
+]
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["file", "loop", "rtsp", "http", "v4l2"]
+
+
+class SourceError(RuntimeError):
+    """A camera pipeline that cannot be built."""
+
+
+class ElementMissingError(SourceError):
+    """A GStreamer element factory is not installed. Names the element and the Debian package."""
+
+    def __init__(self, element: str) -> None:
+        self.element = element
+        self.package = package_for(element)
+        super().__init__(
+            f"GStreamer element {element!r} is missing: install the Debian package {self.package} "
+            f"(apt-get install {self.package})"
+            if element in DEBIAN_PACKAGES
+            else f"GStreamer element {element!r} is missing (install the GStreamer plugins that provide it)"
+        )
+
+
+class LinkError(SourceError):
+    """Two elements could not be linked (incompatible caps)."""
+
+
+class UnsupportedUriError(SourceError, ValueError):
+    """A camera URI the CPU graph cannot open."""
+
+
+# --------------------------------------------------------------------------------------------------
+# URIs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a camera URI points at.
+
+    ``location``: absolute file path (file, loop), device path (v4l2) or the network URI (rtsp, http).
+    """
+
+    kind: SourceKind
+    location: str
+    uri: str
+
+    @property
+    def network(self) -> bool:
+        return self.kind in ("rtsp", "http")
+
+    @property
+    def reconnects(self) -> bool:
+        """Sources that are rebuilt with backoff after an error, EOS or stall (never 'failed')."""
+        return self.kind in ("rtsp", "http", "v4l2")
+
+    @property
+    def safe_uri(self) -> str:
+        return redact(self.uri)
+
+
+def _path_from(rest: str, cwd: Path) -> Path:
+    """``/abs/x.mp4`` stays absolute; ``out/demo/x.mp4`` is relative to ``cwd``. Percent-escapes decoded."""
+    path = Path(unquote(rest))
+    return path if path.is_absolute() else (cwd / path)
+
+
+def parse_source_uri(uri: str, cwd: Path | None = None) -> SourceSpec:
+    """Parse a camera URI.
+
+    ``file:///abs/x.mp4`` (absolute), ``file://out/x.mp4`` (relative to ``cwd``, default: the current
+    directory), ``loop://<path>`` (same path rules, played forever), ``rtsp://``, ``rtsps://``,
+    ``http(s)://`` and ``v4l2:///dev/videoN``. Raises :class:`UnsupportedUriError`.
+    """
+    if "://" not in uri:
+        raise UnsupportedUriError(f"camera URI {redact(uri)!r} has no scheme (file://, rtsp://, ...)")
+    scheme, rest = uri.split("://", 1)
+    scheme = scheme.lower()
+    base = cwd if cwd is not None else Path.cwd()
+    if scheme in ("file", "loop"):
+        if not rest:
+            raise UnsupportedUriError(f"{scheme}:// URI {redact(uri)!r} has no path")
+        return SourceSpec("file" if scheme == "file" else "loop", str(_path_from(rest, base)), uri)
+    if scheme in ("rtsp", "rtsps"):
+        if not rest.strip("/"):
+            raise UnsupportedUriError(f"RTSP URI {redact(uri)!r} has no host")
+        return SourceSpec("rtsp", uri, uri)
+    if scheme in ("http", "https"):
+        if not rest.strip("/"):
+            raise UnsupportedUriError(f"HTTP URI {redact(uri)!r} has no host")
+        return SourceSpec("http", uri, uri)
+    if scheme == "v4l2":
+        if not rest.startswith("/dev/"):
+            raise UnsupportedUriError(f"v4l2 URI {uri!r} must look like v4l2:///dev/videoN")
+        return SourceSpec("v4l2", rest, uri)
+    raise UnsupportedUriError(
+        f"unsupported camera URI scheme {scheme!r} in {redact(uri)!r}: use file, loop, rtsp(s), http(s), v4l2"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# GStreamer helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def gst() -> Any:
+    """Import and initialise GStreamer once; return the ``Gst`` module."""
+    from core.gst import init_gstreamer
+
+    return init_gstreamer()
+
+
+@dataclass(frozen=True)
+class FrameSize:
+    """A frame size in pixels: ``width`` then ``height`` (GStreamer order)."""
+
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 16384:
+                raise ValueError(f"frame {name} must be an int in 1..16384, got {value!r}")
+
+    @classmethod
+    def of(cls, size: FrameSize | tuple[int, int]) -> FrameSize:
+        """Accept a FrameSize or a ``(width, height)`` tuple."""
+        return size if isinstance(size, FrameSize) else cls(int(size[0]), int(size[1]))
+
+
+def _make(factory: str, name: str | None = None, **props: Any) -> Any:
+    Gst = gst()
+    element = Gst.ElementFactory.make(factory, name)
+    if element is None:
+        raise ElementMissingError(factory)
+    for key, value in props.items():
+        element.set_property(key.replace("_", "-"), value)
+    return element
+
+
+def _link(a: Any, b: Any) -> None:
+    if not a.link(b):
+        raise LinkError(f"cannot link {a.get_name()} -> {b.get_name()}")
+
+
+def _video_caps(sample: Any, formats: tuple[str, ...] = ("RGB",)) -> tuple[str, int, int, Any]:
+    """``(format, width, height, structure)`` of a sample's raw video caps; SourceError when the format
+    is not one of ``formats`` or the size is missing."""
+    caps = sample.get_caps()
+    st = caps.get_structure(0) if caps is not None and caps.get_size() else None
+    fmt = st.get_string("format") if st is not None else None
+    if st is None or fmt not in formats:
+        want = " or ".join(formats)
+        raise SourceError(f"expected {want} frames, got {caps.to_string() if caps is not None else None}")
+    ok_w, width = st.get_int("width")
+    ok_h, height = st.get_int("height")
+    if not (ok_w and ok_h) or width < 1 or height < 1:
+        raise SourceError(f"video caps without a size: {caps.to_string()}")
+    return fmt, width, height, st
+
+
+def _round4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+# (Kr, Kb) of the YCbCr matrices GStreamer names, by its colorimetry matrix code (GstVideoColorMatrix).
+_YUV_MATRICES = {
+    2: (0.30, 0.11),
+    3: (0.2126, 0.0722),
+    4: (0.299, 0.114),
+    5: (0.212, 0.087),
+    6: (0.2627, 0.0593),
+}
+
+
+def _yuv_matrix(colorimetry: str | None, height: int) -> tuple[bool, tuple[float, float]]:
+    """``(full_range, (Kr, Kb))`` for a caps ``colorimetry`` string: a name (``bt601``, ``bt709``,
+    ``bt2020``, ``smpte240m``, ``sRGB``) or GStreamer's ``range:matrix:transfer:primaries`` codes. Unset:
+    limited range and GStreamer's default matrix for the height (BT.601 up to 576 lines, BT.709 above,
+    BT.2020 from 2160)."""
+    default = _YUV_MATRICES[4 if height <= 576 else 3 if height < 2160 else 6]
+    text = (colorimetry or "").lower()
+    parts = text.split(":")
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        full = parts[0] == "1"
+        return full, _YUV_MATRICES.get(int(parts[1]), default)
+    if "srgb" in text:
+        return True, _YUV_MATRICES[3]
+    for key, code in (("709", 3), ("601", 4), ("2020", 6), ("2100", 6), ("240m", 5)):
+        if key in text:
+            return False, _YUV_MATRICES[code]
+    return False, default
+
+
+def _i420_to_rgb(buf: Any, width: int, height: int, colorimetry: str | None) -> np.ndarray:
+    """A fresh ``(H, W, 3)`` uint8 RGB image from an I420 ``Gst.Buffer`` in GStreamer's default layout
+    (luma rows padded to 4 bytes, chroma at half size rounded up, each plane's rows padded to 4)."""
+    Gst = gst()
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    y_stride, c_stride = _round4(width), _round4(cw)
+    u_off = y_stride * (height + (height & 1))
+    v_off = u_off + c_stride * ch
+    size = v_off + c_stride * ch
+    ok, mapinfo = buf.map(Gst.MapFlags.READ)
+    if not ok:
+        raise SourceError("cannot map a video buffer for reading")
+    try:  # read the planes while mapped: with gst-python's overrides, data is a view that unmap releases
+        if mapinfo.size < size:
+            raise SourceError(
+                f"I420 buffer of {mapinfo.size} bytes is smaller than {size} ({width}x{height})"
+            )
+        data = np.frombuffer(mapinfo.data, dtype=np.uint8, count=size)
+        y = data[: y_stride * height].reshape(height, y_stride)[:, :width].astype(np.float32)
+        u = data[u_off:v_off].reshape(ch, c_stride)[:, :cw].astype(np.float32)
+        v = data[v_off:size].reshape(ch, c_stride)[:, :cw].astype(np.float32)
+        del data
+    finally:
+        buf.unmap(mapinfo)
+    # 4:2:0 chroma: each sample covers 2x2 pixels.
+    u = np.repeat(np.repeat(u, 2, axis=0), 2, axis=1)[:height, :width] - 128.0
+    v = np.repeat(np.repeat(v, 2, axis=0), 2, axis=1)[:height, :width] - 128.0
+    full, (kr, kb) = _yuv_matrix(colorimetry, height)
+    if not full:
+        y = (y - 16.0) * (255.0 / 219.0)
+        u *= 255.0 / 224.0
+        v *= 255.0 / 224.0
+    kg = 1.0 - kr - kb
+    rgb = np.empty((height, width, 3), np.float32)
+    rgb[..., 0] = y + 2.0 * (1.0 - kr) * v
+    rgb[..., 1] = y - (2.0 * kb * (1.0 - kb) / kg) * u - (2.0 * kr * (1.0 - kr) / kg) * v
+    rgb[..., 2] = y + 2.0 * (1.0 - kb) * u
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def _copy_rgb(buf: Any, width: int, height: int) -> np.ndarray:
+    """A fresh C-contiguous ``(H, W, 3)`` uint8 copy of an RGB ``Gst.Buffer``, row padding removed."""
+    Gst = gst()
+    # GStreamer's default RGB layout: rows padded to 4 bytes. (appsink does not accept GstVideoMeta, so
+    # producers cannot pick another layout; a buffer whose size says otherwise gets its own stride.)
+    # GstVideo.VideoInfo is avoided on purpose: from_caps crashed when called from several streaming threads.
+    stride = (width * 3 + 3) & ~3
+    size = buf.get_size()
+    if size != stride * height and size % height == 0 and size // height >= width * 3:
+        stride = size // height
+    ok, mapinfo = buf.map(Gst.MapFlags.READ)
+    if not ok:
+        raise SourceError("cannot map a video buffer for reading")
+    try:
+        need = stride * (height - 1) + width * 3
+        if mapinfo.size < need:
+            raise SourceError(
+                f"video buffer of {mapinfo.size} bytes is smaller than {need} ({width}x{height})"
+            )
+        raw = np.frombuffer(mapinfo.data, dtype=np.uint8, count=need)
+        rows = np.lib.stride_tricks.as_strided(raw, shape=(height, width * 3), strides=(stride, 1))
+        return np.array(rows, dtype=np.uint8, copy=True).reshape(height, width, 3)
+    finally:
+        buf.unmap(mapinfo)
+
+
+def _pts_s(buf: Any) -> float | None:
+    Gst = gst()
+    return None if buf.pts == Gst.CLOCK_TIME_NONE else buf.pts / Gst.SECOND
+
+
+def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
+    """Copy an RGB frame out of a ``Gst.Sample``.
+
+    Returns ``(pts_s, frame)``: the buffer PTS in seconds (None when unset) and a fresh C-contiguous
+    ``(H, W, 3) uint8`` RGB array. Row padding is removed: GStreamer pads each RGB row to a multiple of 4
+    bytes, so ``stride != W*3`` whenever ``W*3 % 4 != 0``.
+    """
+    _, width, height, _ = _video_caps(sample)
+    buf = sample.get_buffer()
+    return _pts_s(buf), _copy_rgb(buf, width, height)
+
+
+class SampleFrame:
+    """A ``(H, W, 3)`` frame still in its ``Gst.Buffer`` (RGB or I420): :meth:`rgb` reads it out as RGB.
+
+    Holding one keeps only a reference to GStreamer's buffer (no copy); the pixels are read when something
+    needs them, on whatever thread asks (the snapshot writer). :meth:`raw_video` hands the buffer to a
+    clip encoder as it is. ``shape`` is known without reading the pixels. Only the buffer is kept, never
+    the ``Gst.Sample``: appsink reuses its last sample object and cannot update it while someone holds it.
+    The buffer must be in GStreamer's default layout for its format (what an appsink is given).
+    """
+
+    __slots__ = ("_buffer", "colorimetry", "format", "shape")
+
+    FORMATS = ("RGB", "I420")
+
+    def __init__(
+        self, buffer: Any, width: int, height: int, fmt: str = "RGB", colorimetry: str | None = None
+    ) -> None:
+        if width < 1 or height < 1:
+            raise SourceError(f"frame size must be positive, got {width}x{height}")
+        if fmt not in self.FORMATS:
+            raise SourceError(f"frame format must be one of {self.FORMATS}, got {fmt!r}")
+        self._buffer = buffer
+        self.shape = (height, width, 3)
+        self.format = fmt
+        self.colorimetry = colorimetry
+
+    @classmethod
+    def from_sample(cls, sample: Any) -> SampleFrame:
+        """The sample's buffer, described by its caps; SourceError for caps that are not RGB or I420."""
+        fmt, width, height, st = _video_caps(sample, cls.FORMATS)
+        return cls(sample.get_buffer(), width, height, fmt, st.get_string("colorimetry"))
+
+    def rgb(self) -> np.ndarray:
+        """A fresh C-contiguous ``(H, W, 3)`` uint8 RGB copy; SourceError if the buffer cannot be read."""
+        height, width = self.shape[0], self.shape[1]
+        if self.format == "I420":
+            return _i420_to_rgb(self._buffer, width, height, self.colorimetry)
+        return _copy_rgb(self._buffer, width, height)
+
+    def raw_video(self) -> tuple[Any, str]:
+        """``(buffer, caps)``: the frame as GStreamer holds it, for an encoder's ``appsrc``. (Built here,
+        not per frame: only the frames of a clip are asked.)"""
+        height, width = self.shape[0], self.shape[1]
+        caps = f"video/x-raw,format={self.format},width={width},height={height}"
+        return self._buffer, f"{caps},colorimetry={self.colorimetry}" if self.colorimetry else caps
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value to ``nice`` (never lowers it).
+
+    Linux keeps a nice value per thread, and a thread inherits its creator's. Raising it needs no
+    privilege. Elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):  # elsewhere nice is per process
+        return
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError as exc:
+        log.debug("cannot set nice %d on thread %d: %s", nice, tid, exc)
+
+
+def _fps_fraction(fps: float) -> tuple[int, int]:
+    """Return ``fps`` as a fraction, exact for integers and halves, else to 1/1000."""
+    for den in (1, 2, 1000):
+        num = round(fps * den)
+        if abs(num / den - fps) < 1e-9 or den == 1000:
+            return max(num, 1), den
+    return max(round(fps), 1), 1  # pragma: no cover - the loop always returns
+
+
+# --------------------------------------------------------------------------------------------------
+# One camera's pipeline
+# --------------------------------------------------------------------------------------------------
+
+SampleFn = Callable[[float | None, np.ndarray], None]
+"""``on_sample(pts_s, frame)`` for each model-branch frame; called from a streaming thread. (Display frames
+are pulled: :meth:`CameraPipeline.pull_display`.)"""
+
+# Display frames an appsink holds for its owner to pull: a file camera decoding as fast as it can waits
+# when this is full, a live one drops its oldest frame.
+DISPLAY_QUEUE = 32
+
+
+class CameraPipeline:
+    """The ``Gst.Pipeline`` of one camera, built but not started.
+
+    Args:
+        camera_id: used in element names and errors.
+        spec: the parsed URI.
+        fps: sampling rate; frames are dropped (never duplicated) down to it.
+        frame_size: model input size (the ``model`` branch).
+        on_sample: receives every model-branch frame (see :data:`SampleFn`).
+        realtime: play files at their native rate (``appsink sync=true``) instead of as fast as possible.
+        display_size: when set, a second branch keeps frames at this size for :meth:`pull_display`.
+        rtsp_tcp, rtsp_latency_ms: RTSP transport options.
+        connect_timeout_s: RTSP TCP timeout, so a dead server fails fast instead of after rtspsrc's 20 s.
+        on_no_video: called (from a streaming thread) when the decoder has exposed all its streams and
+            none is video (e.g. an audio-only file).
+        thread_nice: nice value (0..19) each of this pipeline's streaming threads gives itself when it
+            starts (threads they create, such as libav's decoder threads, inherit it); 0 leaves them alone.
+            Decoding then yields the CPU to inference, whose threads keep the process's priority.
+    """
+
+    def __init__(
+        self,
+        camera_id: str,
+        spec: SourceSpec,
+        fps: float,
+        frame_size: FrameSize,
+        on_sample: SampleFn,
+        *,
+        realtime: bool = False,
+        display_size: FrameSize | None = None,
+        rtsp_tcp: bool = True,
+        rtsp_latency_ms: int = 200,
+        connect_timeout_s: float = 5.0,
+        on_no_video: Callable[[], None] | None = None,
+        thread_nice: int = 0,
+    ) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if not 0 <= thread_nice <= 19:
+            raise ValueError(f"thread_nice must be 0..19, got {thread_nice}")
+        Gst = gst()
+        self.camera_id = camera_id
+        self.spec = spec
+        self._on_sample = on_sample
+        self._on_no_video = on_no_video
+        self._video_linked = False
+        self._display_sink: Any = None
+        self.pipeline = Gst.Pipeline.new(f"cam-{camera_id}")
+        p = self.pipeline
+        self._thread_nice = thread_nice
+        if thread_nice:
+            # STREAM_STATUS ENTER is posted synchronously from inside each new streaming thread: the
+            # documented place to set a thread's priority.
+            bus = p.get_bus()
+            bus.enable_sync_message_emission()
+            bus.connect("sync-message::stream-status", self._on_stream_status)
+        sync = bool(realtime) and spec.kind in ("file", "loop")
+
+        # Sampling first, so frames we drop are never converted or scaled.
+        self.rate = _make("videorate", "rate", drop_only=True)
+        num, den = _fps_fraction(fps)
+        rate_caps = _make(
+            "capsfilter",
+            "ratecaps",
+            caps=Gst.Caps.from_string(f"video/x-raw(ANY),framerate=[0/1,{num}/{den}]"),
+        )
+        p.add(self.rate)
+        p.add(rate_caps)
+        _link(self.rate, rate_caps)
+        branches = [("model", frame_size)]
+        if display_size is not None:
+            branches.append(("display", display_size))
+        if len(branches) == 1:
+            _link(rate_caps, self._add_branch("model", frame_size, sync, queue=False))
+        else:
+            tee = _make("tee", "tee")
+            p.add(tee)
+            _link(rate_caps, tee)
+            for branch, size in branches:
+                _link(tee, self._add_branch(branch, size, sync, queue=True))
+
+        self._decode_sink = self.rate.get_static_pad("sink")
+        if spec.kind in ("file", "loop"):
+            src = _make("filesrc", "src", location=spec.location)
+            dec = _make("decodebin", "decode")
+            p.add(src)
+            p.add(dec)
+            _link(src, dec)
+            dec.connect("pad-added", self._on_decoded_pad)
+            dec.connect("no-more-pads", self._on_no_more_pads)
+        elif spec.kind == "rtsp":
+            src = _make(
+                "rtspsrc",
+                "src",
+                location=spec.location,
+                latency=int(rtsp_latency_ms),
+                tcp_timeout=int(connect_timeout_s * 1_000_000),
+            )
+            if rtsp_tcp:
+                src.set_property("protocols", "tcp")
+            dec = _make("decodebin", "decode")
+            p.add(src)
+            p.add(dec)
+            self._depay_sink = dec.get_static_pad("sink")
+            src.connect("pad-added", self._on_rtsp_pad)
+            dec.connect("pad-added", self._on_decoded_pad)
+            dec.connect("no-more-pads", self._on_no_more_pads)
+        elif spec.kind == "http":
+            dec = _make("uridecodebin", "decode", uri=spec.location)
+            p.add(dec)
+            dec.connect("pad-added", self._on_decoded_pad)
+            dec.connect("no-more-pads", self._on_no_more_pads)
+        elif spec.kind == "v4l2":
+            src = _make("v4l2src", "src", device=spec.location)
+            dec = _make("decodebin", "decode")
+            p.add(src)
+            p.add(dec)
+            _link(src, dec)
+            dec.connect("pad-added", self._on_decoded_pad)
+            dec.connect("no-more-pads", self._on_no_more_pads)
+        else:  # pragma: no cover - SourceSpec.kind is a closed set
+            raise UnsupportedUriError(f"unknown source kind {spec.kind}")
+
+    def _add_branch(self, branch: str, size: FrameSize, sync: bool, *, queue: bool) -> Any:
+        """Add ``[queue ->] videoscale -> videoconvert -> caps -> appsink``; return its first element."""
+        Gst = gst()
+        elements = []
+        if queue:
+            # Live sources: leaky, so a slow consumer of one branch never stalls the other. Files: lossless
+            # (back-pressure slows the file down instead, so every sampled frame reaches both branches).
+            leaky = 0 if self.spec.kind in ("file", "loop") else 2
+            elements.append(
+                _make(
+                    "queue",
+                    f"{branch}-queue",
+                    max_size_buffers=2,
+                    max_size_bytes=0,
+                    max_size_time=0,
+                    leaky=leaky,
+                )
+            )
+        elements.append(_make("videoscale", f"{branch}-scale", add_borders=False))
+        elements.append(_make("videoconvert", f"{branch}-convert"))
+        # Display frames stay I420, the decoders' own format: converting is skipped for every frame, the
+        # event ring holds half the bytes, and clips go to the encoder as they are
+        # (pipeline/outputs/media.py).
+        fmt = "I420" if branch == "display" else "RGB"
+        elements.append(
+            _make(
+                "capsfilter",
+                f"{branch}-caps",
+                caps=Gst.Caps.from_string(
+                    f"video/x-raw,format={fmt},width={size.width},height={size.height}"
+                ),
+            )
+        )
+        if branch == "display":
+            # Pulled by the owner (pull_display), not signalled: no Python on the streaming thread. Live
+            # sources drop the oldest frame when nobody pulls; files wait (no frame is lost).
+            sink = _make(
+                "appsink",
+                f"{branch}-sink",
+                emit_signals=False,
+                max_buffers=DISPLAY_QUEUE,
+                drop=self.spec.kind not in ("file", "loop"),
+                sync=sync,
+            )
+            self._display_sink = sink
+        else:
+            sink = _make("appsink", f"{branch}-sink", emit_signals=True, max_buffers=2, drop=True, sync=sync)
+            sink.connect("new-sample", self._on_new_sample)
+        elements.append(sink)
+        for element in elements:
+            self.pipeline.add(element)
+        for a, b in itertools.pairwise(elements):
+            _link(a, b)
+        return elements[0]
+
+    # Streaming-thread callbacks ---------------------------------------------------------------
+
+    def _on_rtsp_pad(self, _src: Any, pad: Any) -> None:
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        media = caps.get_structure(0).get_string("media") if caps and caps.get_size() else None
+        if media == "video" and not self._depay_sink.is_linked():
+            if pad.link(self._depay_sink) != gst().PadLinkReturn.OK:
+                log.error("camera %s: cannot link the RTSP video stream to the decoder", self.camera_id)
+            return
+        self._link_to_fakesink(pad)
+
+    def _on_decoded_pad(self, _dec: Any, pad: Any) -> None:
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        name = caps.get_structure(0).get_name() if caps and caps.get_size() else ""
+        if name.startswith("video/") and not self._decode_sink.is_linked():
+            result = pad.link(self._decode_sink)
+            if result == gst().PadLinkReturn.OK:
+                self._video_linked = True
+            else:
+                log.error("camera %s: cannot link decoded video (%s)", self.camera_id, result)
+            return
+        # Audio or a second video stream: consumed and ignored so it cannot stall the demuxer.
+        self._link_to_fakesink(pad)
+
+    def _on_no_more_pads(self, _dec: Any) -> None:
+        if not self._video_linked and self._on_no_video is not None:
+            self._on_no_video()
+
+    def _link_to_fakesink(self, pad: Any) -> None:
+        Gst = gst()
+        sink = Gst.ElementFactory.make("fakesink", None)
+        if sink is None:
+            log.warning("camera %s: fakesink missing; an extra stream stays unlinked", self.camera_id)
+            return
+        sink.set_property("sync", False)
+        sink.set_property("async", False)
+        self.pipeline.add(sink)
+        sink.sync_state_with_parent()
+        pad.link(sink.get_static_pad("sink"))
+
+    def _on_stream_status(self, _bus: Any, msg: Any) -> None:
+        kind, _owner = msg.parse_stream_status()
+        if kind == gst().StreamStatusType.ENTER:
+            lower_thread_priority(self._thread_nice)
+
+    def _on_new_sample(self, sink: Any) -> Any:
+        Gst = gst()
+        sample = sink.emit("pull-sample")
+        if sample is None:
+            return Gst.FlowReturn.EOS
+        try:
+            pts, frame = frame_from_sample(sample)
+            self._on_sample(pts, frame)
+        except Exception:  # never let a consumer bug kill the streaming thread with a Python error
+            log.exception("camera %s: frame callback failed", self.camera_id)
+        return Gst.FlowReturn.OK
+
+    # Control ----------------------------------------------------------------------------------
+
+    def pull_display(self, limit: int = DISPLAY_QUEUE) -> list[tuple[float | None, SampleFrame]]:
+        """Take up to ``limit`` display frames waiting in the display appsink, oldest first, without
+        blocking: ``(pts_s, frame)`` with pts None when unset; each an I420 :class:`SampleFrame`.
+        Empty without a display branch. Frames with other caps are skipped (logged)."""
+        sink = self._display_sink
+        if sink is None:
+            return []
+        out: list[tuple[float | None, SampleFrame]] = []
+        while len(out) < limit:
+            sample = sink.emit("try-pull-sample", 0)
+            if sample is None:
+                break
+            try:
+                frame = SampleFrame.from_sample(sample)
+                pts = _pts_s(sample.get_buffer())
+            except SourceError as exc:
+                log.warning("camera %s: display frame skipped: %s", self.camera_id, exc)
+                continue
+            finally:
+                # appsink reuses its last sample object and cannot update its caps while we hold it.
+                del sample
+            out.append((pts, frame))
+        return out
+
+    @property
+    def video_linked(self) -> bool:
+        return self._video_linked
+
+    def rate_counters(self) -> tuple[int, int]:
+        """``(frames into videorate, frames out of it)`` for this pipeline instance."""
+        return int(self.rate.get_property("in")), int(self.rate.get_property("out"))

@@ -1,0 +1,1 @@
+"""What a run does with scored clips: events, media, sinks, state, metrics and the review page."""

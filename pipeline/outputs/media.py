@@ -1,0 +1,705 @@
+"""Event media: a JPEG of each alert's peak frame and an MP4 clip around it, with per-camera retention.
+
+One :class:`EventRecorder` per camera. Feed it every sampled frame (:meth:`EventRecorder.add_frame`); it
+keeps a ring buffer covering ``media.pre_s`` seconds. A frame is a numpy array (copied on entry) or a
+:class:`LazyFrame` whose pixels are read only when a snapshot or clip needs them, on the thread that writes
+it (the CPU graph hands over GStreamer samples this way, so most frames are never copied at all). On alert
+open (:meth:`EventRecorder.open_event`) it starts a clip writer with the buffered pre-roll and keeps feeding
+it live frames until ``post_s`` seconds after the close (:meth:`EventRecorder.close_event`). Files land in
+``<output_dir>/events/<camera>/`` as ``<alert_id>.jpg`` and ``<alert_id>.mp4`` (the clip is written as a
+hidden ``.part`` and renamed when complete). Only the newest ``max_events_per_camera`` events are kept.
+
+Encoding runs in background threads (GStreamer ``appsrc ! videoconvert ! I420 ! x264enc ! h264parse !
+mp4mux ! filesink``); snapshots and retention run on one small worker thread. Nothing here raises into the
+caller for I/O or encoder trouble: a failure is logged once per camera (until the next success) and counted
+in ``zsad_media_errors_total``; alerting goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import queue
+import re
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from core.config import MediaConfig
+
+if TYPE_CHECKING:
+    from pipeline.outputs.metrics import ZsadMetrics
+
+__all__ = [
+    "ClipEncodeError",
+    "EventMedia",
+    "EventRecorder",
+    "Frame",
+    "GstElementMissingError",
+    "LazyFrame",
+    "MediaError",
+    "MediaPathError",
+    "safe_component",
+]
+
+log = logging.getLogger(__name__)
+
+# Raw frames queued between a clip writer and its encoder (a few frames at surveillance sizes).
+_APPSRC_QUEUE_BYTES = 4 * 1024 * 1024
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class MediaError(RuntimeError):
+    """Event media could not be written."""
+
+
+class GstElementMissingError(MediaError):
+    def __init__(self, factory: str) -> None:
+        super().__init__(f"GStreamer element {factory!r} is not installed (gst-inspect-1.0 {factory})")
+        self.factory = factory
+
+
+class ClipEncodeError(MediaError):
+    """The clip pipeline failed (link, state change, encoder or muxer error)."""
+
+
+class MediaPathError(MediaError):
+    """A media path would leave the output folder."""
+
+
+@dataclass(frozen=True)
+class EventMedia:
+    """Where an event's files are (or will be), relative to the output folder, POSIX separators; None
+    when that kind of media is off or could not be set up."""
+
+    snapshot: str | None
+    clip: str | None
+
+
+class LazyFrame(Protocol):
+    """A frame that is read on demand: ``shape`` is ``(H, W, 3)``; :meth:`rgb` returns a fresh
+    ``(H, W, 3)`` uint8 RGB array (and may raise ``RuntimeError`` when the pixels cannot be read).
+
+    It may also have ``raw_video() -> (Gst.Buffer, caps)``, a buffer in a raw format the clip encoder
+    takes as it is (``caps`` a string such as ``video/x-raw,format=I420,width=320,height=240``): clips
+    are then written without reading the pixels into Python at all.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def rgb(self) -> np.ndarray: ...
+
+
+Frame = np.ndarray | LazyFrame
+"""An event-media frame: ``(H, W, 3)`` uint8 RGB, as an array or read on demand."""
+
+
+def _pixels(frame: Frame) -> np.ndarray:
+    return frame if isinstance(frame, np.ndarray) else frame.rgb()
+
+
+def _raw_video(frame: Frame) -> tuple[Any, str] | None:
+    raw_video = getattr(frame, "raw_video", None)
+    return raw_video() if raw_video is not None else None
+
+
+def safe_component(name: str, max_len: int = 100) -> str:
+    """A file-name component made of ``[A-Za-z0-9_.-]`` that is never ``.``/``..`` nor hidden."""
+    cleaned = _UNSAFE.sub("_", name)[:max_len]
+    cleaned = re.sub(r"^\.+", lambda m: "_" * len(m.group(0)), cleaned)
+    return cleaned or "_"
+
+
+# --------------------------------------------------------------------------------------------------
+# GStreamer clip writer
+# --------------------------------------------------------------------------------------------------
+
+
+def _gst() -> Any:
+    from core.gst import init_gstreamer
+
+    return init_gstreamer()
+
+
+class _ClipWriter:
+    """Encodes frames ``(H, W, 3)`` uint8 RGB with stream times into one MP4, on its own thread.
+
+    Frames are handed over through a bounded queue (a :class:`LazyFrame` is read on the encoder thread);
+    when the encoder falls behind, frames are dropped (counted) rather than blocking the caller. The first
+    frame fixes the size (cropped to even, as 4:2:0 needs); frames of another size are dropped.
+    """
+
+    def __init__(
+        self,
+        final_path: Path,
+        fps: float,
+        on_done: Any,
+        queue_frames: int,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.final_path = final_path
+        self.part_path = final_path.with_name(f".{final_path.name}.part")
+        self.fps = fps
+        self.end_pts: float | None = None
+        self.frames_written = 0
+        self.frames_dropped = 0
+        self._on_done = on_done
+        self._timeout_s = timeout_s
+        self._queue: queue.Queue[tuple[Frame, float] | None] = queue.Queue(maxsize=max(8, queue_frames))
+        self._finished = False
+        self._last_pts = -math.inf
+        self.thread = threading.Thread(target=self._run, name=f"zsad-clip-{final_path.stem[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def push(self, frame: Frame, pts: float) -> None:
+        if self._finished or pts <= self._last_pts:
+            return
+        self._last_pts = pts
+        try:
+            self._queue.put_nowait((frame, pts))
+        except queue.Full:
+            self.frames_dropped += 1
+
+    def finish(self) -> None:
+        """Mark the end of the clip; never blocks (drops the newest queued frames if the queue is full)."""
+        if self._finished:
+            return
+        self._finished = True
+        while True:
+            try:
+                self._queue.put_nowait(None)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+                    self.frames_dropped += 1
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            self._encode()
+        except (MediaError, OSError) as exc:
+            error = exc
+        except Exception as exc:  # a GLib/GStreamer surprise must not kill alerting; reported below
+            log.exception("clip %s: unexpected encoder failure", self.final_path.name)
+            error = exc
+        if error is not None:
+            with contextlib.suppress(OSError):
+                self.part_path.unlink(missing_ok=True)
+            # Drain so finish() can never block on a full queue.
+            while True:
+                try:
+                    if self._queue.get_nowait() is None:
+                        break
+                except queue.Empty:
+                    if self._finished:
+                        break
+                    threading.Event().wait(0.05)
+        self._on_done(self, error)
+
+    def _encode(self) -> None:
+        item = self._queue.get()
+        if item is None:
+            raise ClipEncodeError("no frames to write")
+        frame, first_pts = item
+        h, w = (frame.shape[0] // 2) * 2, (frame.shape[1] // 2) * 2
+        if h < 2 or w < 2:
+            raise ClipEncodeError(f"frame too small for H.264: {frame.shape}")
+        # Frames that carry an encoder-ready raw buffer of even size go in as they are (no copy, no
+        # conversion); anything else is read as RGB and cropped to even.
+        raw = _raw_video(frame)
+        raw_caps = raw[1] if raw is not None and (h, w) == tuple(frame.shape[:2]) else None
+        gst = _gst()
+        pipeline, src = self._build(gst, w, h, raw_caps)
+        duration = int(1e9 / self.fps)
+        bus = pipeline.get_bus()
+        try:
+            if pipeline.set_state(gst.State.PLAYING) == gst.StateChangeReturn.FAILURE:
+                raise ClipEncodeError(f"clip {self.final_path.name}: pipeline refused to start")
+            while item is not None:
+                frame, pts = item
+                try:
+                    buf = self._buffer_of(gst, frame, w, h, raw_caps)
+                except RuntimeError as exc:  # a frame that cannot be read: the clip goes on without it
+                    log.debug("clip %s: frame dropped: %s", self.final_path.name, exc)
+                    buf = None
+                if buf is not None:
+                    self._wait_for_room(gst, src, bus, frame_bytes=buf.get_size())
+                    buf.pts = round((pts - first_pts) * 1e9)
+                    buf.duration = duration
+                    ret = src.emit("push-buffer", buf)
+                    if ret != gst.FlowReturn.OK:
+                        raise ClipEncodeError(f"clip {self.final_path.name}: push-buffer returned {ret}")
+                    self.frames_written += 1
+                else:
+                    self.frames_dropped += 1
+                self._raise_on_error(gst, bus, 0)
+                item = self._queue.get()
+            src.emit("end-of-stream")
+            msg = bus.timed_pop_filtered(
+                int(self._timeout_s * 1e9), gst.MessageType.EOS | gst.MessageType.ERROR
+            )
+            if msg is None:
+                raise ClipEncodeError(f"clip {self.final_path.name}: no end-of-stream in {self._timeout_s}s")
+            if msg.type == gst.MessageType.ERROR:
+                raise self._encode_error(msg)
+        finally:
+            pipeline.set_state(gst.State.NULL)
+        self.part_path.replace(self.final_path)
+
+    @staticmethod
+    def _buffer_of(gst: Any, frame: Frame, w: int, h: int, raw_caps: str | None) -> Any:
+        """The ``Gst.Buffer`` to push for ``frame``, or None for a frame that does not fit this clip."""
+        if raw_caps is not None:
+            raw = _raw_video(frame)
+            if raw is None or raw[1] != raw_caps:
+                return None
+            # A new buffer on the same memory: the clip's timestamps go on it, never on the ring's buffer,
+            # which other clips of overlapping alerts push too. (PyGObject's Buffer.copy() is the same
+            # object with one more reference.)
+            flags = gst.BufferCopyFlags
+            original = raw[0]
+            copy = flags.FLAGS | flags.TIMESTAMPS | flags.META | flags.MEMORY
+            return original.copy_region(copy, 0, original.get_size())
+        shape = frame.shape
+        if not (len(shape) == 3 and shape[0] >= h and shape[1] >= w and shape[2] == 3):
+            return None
+        pixels = _pixels(frame)
+        return gst.Buffer.new_wrapped(np.ascontiguousarray(pixels[:h, :w], dtype=np.uint8).tobytes())
+
+    def _encode_error(self, msg: Any) -> ClipEncodeError:
+        err, dbg = msg.parse_error()
+        return ClipEncodeError(f"clip {self.final_path.name}: {err.message} ({dbg})")
+
+    def _raise_on_error(self, gst: Any, bus: Any, wait_ns: int) -> None:
+        msg = bus.timed_pop_filtered(wait_ns, gst.MessageType.ERROR)
+        if msg is not None:
+            raise self._encode_error(msg)
+
+    def _wait_for_room(self, gst: Any, src: Any, bus: Any, frame_bytes: int) -> None:
+        """Backpressure without a blocking appsrc: a blocking push never returns once the streaming
+        thread has stopped on an error (a full disk), so wait here, watching the bus, up to the timeout."""
+        limit = max(_APPSRC_QUEUE_BYTES, 2 * frame_bytes)
+        deadline = time.monotonic() + self._timeout_s
+        while int(src.get_property("current-level-bytes")) >= limit:
+            if time.monotonic() > deadline:
+                raise ClipEncodeError(f"clip {self.final_path.name}: encoder stalled for {self._timeout_s}s")
+            self._raise_on_error(gst, bus, 20_000_000)
+
+    def _build(self, gst: Any, width: int, height: int, raw_caps: str | None) -> tuple[Any, Any]:
+        pipeline = gst.Pipeline.new(f"clip-{self.final_path.stem[:8]}")
+        factories = ("appsrc", "videoconvert", "capsfilter", "x264enc", "h264parse", "mp4mux", "filesink")
+        elements = []
+        for factory in factories:
+            element = gst.ElementFactory.make(factory, None)
+            if element is None:
+                raise GstElementMissingError(factory)
+            pipeline.add(element)
+            elements.append(element)
+        src, _, caps_filter, encoder, _, _, sink = elements
+        rate = Fraction(self.fps).limit_denominator(1001)
+        caps = raw_caps or f"video/x-raw,format=RGB,width={width},height={height}"
+        src.set_property(
+            "caps", gst.Caps.from_string(f"{caps},framerate={rate.numerator}/{rate.denominator}")
+        )
+        src.set_property("format", gst.Format.TIME)
+        src.set_property("is-live", False)
+        src.set_property("block", False)  # see _wait_for_room
+        src.set_property("max-bytes", 0)  # unbounded inside appsrc; _wait_for_room bounds it
+        # 4:2:0 so every H.264 decoder plays it; from RGB, x264 would otherwise choose 4:4:4.
+        caps_filter.set_property("caps", gst.Caps.from_string("video/x-raw,format=I420"))
+        gst.util_set_object_arg(encoder, "speed-preset", "ultrafast")
+        encoder.set_property("key-int-max", max(1, round(self.fps * 2)))
+        encoder.set_property("threads", 1)
+        sink.set_property("location", str(self.part_path))
+        for up, down in itertools.pairwise(elements):
+            if not up.link(down):
+                raise ClipEncodeError(
+                    f"cannot link {up.get_factory().get_name()} to {down.get_factory().get_name()}"
+                )
+        return pipeline, src
+
+
+# --------------------------------------------------------------------------------------------------
+# Recorder
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Event:
+    alert_id: str
+    stem: str
+    snapshot: Path | None
+    writer: _ClipWriter | None
+    start_pts: float
+    end_pts: float | None = None
+
+
+class EventRecorder:
+    """Event media of one camera.
+
+    ``fps``: the rate frames are fed at (the camera's sampling rate), used for the clip's nominal frame
+    rate and the ring buffer's size. ``jpeg_quality``: 1..95. Frames are copied on entry, so the caller may
+    reuse its buffers.
+    """
+
+    def __init__(
+        self,
+        camera: str,
+        output_dir: str | Path,
+        config: MediaConfig,
+        *,
+        fps: float = 10.0,
+        metrics: ZsadMetrics | None = None,
+        jpeg_quality: int = 85,
+        clip_timeout_s: float = 60.0,
+    ) -> None:
+        if not (fps > 0 and math.isfinite(fps)):
+            raise ValueError(f"fps must be a positive number, got {fps}")
+        self.camera = camera
+        self.config = config
+        self.fps = fps
+        self.metrics = metrics
+        self.jpeg_quality = int(min(95, max(1, jpeg_quality)))
+        self.output_dir = Path(output_dir)
+        self._camera_dir = safe_component(camera)
+        self.events_dir = self.output_dir / "events" / self._camera_dir
+        self._clip_timeout_s = clip_timeout_s
+        # A little more than pre_s, since frames arrive on a grid; the cap bounds memory at odd frame rates.
+        self._max_frames = math.ceil((config.pre_s + 1.0) * fps) + 2
+        self._ring: deque[tuple[float, Frame]] = deque(maxlen=self._max_frames)
+        self._events: dict[str, _Event] = {}
+        self._writers: set[_ClipWriter] = set()
+        self._lock = threading.RLock()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"zsad-media-{self._camera_dir[:16]}")
+        self._pending: set[Future[None]] = set()
+        self._failing = False
+        self.errors = 0
+        self._closed = False
+        self._remove_stale_parts()
+
+    # ---------------------------------------------------------------- errors
+
+    def _report(self, what: str, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            first = not self._failing
+            self._failing = True
+        if self.metrics is not None:
+            self.metrics.media_errors.inc(camera=self.camera)
+        if first:
+            log.error(
+                "camera %s: %s failed: %s (further media errors counted, not logged)", self.camera, what, exc
+            )
+        else:
+            log.debug("camera %s: %s failed: %s", self.camera, what, exc)
+
+    def _remove_stale_parts(self) -> None:
+        """Delete half-written files (``.<name>.part``) that are not this recorder's and have not been
+        written for longer than a clip writer may stay silent: left by a run that was killed. Retention
+        skips hidden files, so without this they would stay forever. Recent ones are left alone: they
+        may belong to the recorder this one replaces (a camera restarted by a reload), still finishing."""
+        idle_s = self._clip_timeout_s + 5.0
+        with self._lock:
+            own = {w.part_path.name for w in self._writers}
+        now = time.time()
+        removed = 0
+        try:
+            parts = list(self.events_dir.glob(".*.part")) if self.events_dir.is_dir() else []
+            for path in parts:
+                if path.name in own:
+                    continue
+                try:
+                    if now - path.stat().st_mtime < idle_s:
+                        continue
+                except FileNotFoundError:
+                    continue
+                path.unlink(missing_ok=True)
+                removed += 1
+        except OSError as exc:
+            self._report("removing half-written files", exc)
+            return
+        if removed:
+            log.info("camera %s: removed %d half-written file(s) of an earlier run", self.camera, removed)
+
+    def _ok(self) -> None:
+        with self._lock:
+            if self._failing:
+                log.info("camera %s: event media written again", self.camera)
+            self._failing = False
+
+    # ---------------------------------------------------------------- paths
+
+    def _paths(self, alert_id: str) -> tuple[str, Path]:
+        stem = safe_component(alert_id)
+        root = self.output_dir.resolve()
+        target = (self.events_dir / f"{stem}.jpg").resolve()
+        if root not in target.parents:
+            raise MediaPathError(f"event path {target} is outside {root}")
+        return stem, self.events_dir
+
+    def _relative(self, stem: str, ext: str) -> str:
+        return f"events/{self._camera_dir}/{stem}.{ext}"
+
+    # ---------------------------------------------------------------- frames
+
+    def add_frame(self, frame: Frame, pts: float) -> None:
+        """Feed one frame ``(H, W, 3)`` uint8 RGB at stream time ``pts`` seconds (non-decreasing). An array is
+        copied; a :class:`LazyFrame` is kept as it is and read only if a snapshot or clip uses it."""
+        if self._closed:
+            return
+        shape = tuple(frame.shape)
+        if len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got shape {shape}")
+        image: Frame = np.array(frame, dtype=np.uint8, copy=True) if isinstance(frame, np.ndarray) else frame
+        with self._lock:
+            self._ring.append((pts, image))
+            while self._ring and pts - self._ring[0][0] > self.config.pre_s + 1e-9 and len(self._ring) > 1:
+                self._ring.popleft()
+            for ev in list(self._events.values()):
+                if ev.writer is None:
+                    continue
+                if ev.end_pts is not None and pts > ev.end_pts + self.config.post_s + 1e-9:
+                    self._finish(ev)
+                else:
+                    ev.writer.push(image, pts)
+
+    def frame_at(self, pts: float | None = None) -> Frame | None:
+        """The buffered frame nearest ``pts`` (the newest when None), or None if nothing is buffered.
+        Pass it as the alert machine's ``frame_ref`` so the peak's own frame is kept for the snapshot."""
+        return self._frame_near(pts)
+
+    def _frame_near(self, t: float | None) -> Frame | None:
+        with self._lock:
+            if not self._ring:
+                return None
+            if t is None:
+                return self._ring[-1][1]
+            return min(self._ring, key=lambda item: abs(item[0] - t))[1]
+
+    # ---------------------------------------------------------------- events
+
+    def open_event(
+        self,
+        alert_id: str,
+        start_pts: float,
+        peak_pts: float | None = None,
+        peak_frame: Frame | None = None,
+    ) -> EventMedia:
+        """An alert opened: start its clip (with the buffered pre-roll from ``start_pts - pre_s``) and write
+        the snapshot of ``peak_frame`` (or the buffered frame nearest ``peak_pts``, else the newest).
+        Returns the relative paths to put in the alert record. Never raises for I/O trouble."""
+        if self._closed:
+            return EventMedia(None, None)
+        try:
+            stem, folder = self._paths(alert_id)
+            folder.mkdir(parents=True, exist_ok=True)
+        except (OSError, MediaPathError) as exc:
+            self._report(f"event folder for alert {alert_id}", exc)
+            return EventMedia(None, None)
+        snapshot = folder / f"{stem}.jpg" if self.config.snapshots else None
+        writer = None
+        if self.config.clips:
+            writer = _ClipWriter(
+                folder / f"{stem}.mp4",
+                self.fps,
+                self._clip_done,
+                queue_frames=int(self._max_frames + 4 * self.fps),
+                timeout_s=self._clip_timeout_s,
+            )
+            with self._lock:
+                self._writers.add(writer)  # before start, so a writer that fails at once is still discarded
+                for t, image in self._ring:
+                    if t >= start_pts - self.config.pre_s - 1e-9:
+                        writer.push(image, t)
+                try:
+                    writer.start()
+                except RuntimeError as exc:  # e.g. the thread limit: no clip, alerting goes on
+                    self._writers.discard(writer)
+                    writer = None
+                    self._report(f"clip thread for alert {alert_id}", exc)
+        ev = _Event(alert_id=alert_id, stem=stem, snapshot=snapshot, writer=writer, start_pts=start_pts)
+        with self._lock:
+            self._events[alert_id] = ev
+        self._submit(self._enforce_retention)
+        if snapshot is not None:
+            self._snapshot(ev, peak_pts, peak_frame)
+        return EventMedia(
+            snapshot=self._relative(stem, "jpg") if snapshot is not None else None,
+            clip=self._relative(stem, "mp4") if writer is not None else None,
+        )
+
+    def update_peak(
+        self, alert_id: str, peak_pts: float | None = None, peak_frame: Frame | None = None
+    ) -> None:
+        """The alert's peak rose: rewrite its snapshot."""
+        with self._lock:
+            ev = self._events.get(alert_id)
+        if ev is not None and ev.snapshot is not None:
+            self._snapshot(ev, peak_pts, peak_frame)
+
+    def close_event(
+        self,
+        alert_id: str,
+        end_pts: float,
+        peak_pts: float | None = None,
+        peak_frame: Frame | None = None,
+    ) -> EventMedia:
+        """An alert closed at ``end_pts``: the clip continues for ``post_s`` more seconds of frames; the
+        snapshot is rewritten when a peak frame or time is given. Returns the same paths as at open."""
+        with self._lock:
+            ev = self._events.get(alert_id)
+            if ev is None:
+                return EventMedia(None, None)
+            ev.end_pts = end_pts
+            last = self._ring[-1][0] if self._ring else -math.inf
+            if ev.writer is not None and last >= end_pts + self.config.post_s - 1e-9:
+                self._finish(ev)
+            elif ev.writer is None:
+                self._events.pop(alert_id, None)
+        if ev.snapshot is not None and (peak_frame is not None or peak_pts is not None):
+            self._snapshot(ev, peak_pts, peak_frame)
+        return EventMedia(
+            snapshot=self._relative(ev.stem, "jpg") if ev.snapshot is not None else None,
+            clip=self._relative(ev.stem, "mp4") if ev.writer is not None else None,
+        )
+
+    def _finish(self, ev: _Event) -> None:
+        self._events.pop(ev.alert_id, None)
+        if ev.writer is not None:
+            ev.writer.finish()
+
+    def _clip_done(self, writer: _ClipWriter, error: BaseException | None) -> None:
+        with self._lock:
+            self._writers.discard(writer)
+        if error is not None:
+            self._report(f"clip {writer.final_path.name}", error)
+            return
+        if writer.frames_dropped:
+            log.warning(
+                "camera %s: clip %s dropped %d frame(s) (encoder too slow or size changed)",
+                self.camera,
+                writer.final_path.name,
+                writer.frames_dropped,
+            )
+        self._ok()
+
+    # ---------------------------------------------------------------- snapshot and retention (I/O thread)
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        try:
+            fut = self._io.submit(fn, *args)
+        except RuntimeError:  # executor shut down
+            return
+        with self._lock:
+            self._pending.add(fut)
+        fut.add_done_callback(self._pending_done)
+
+    def _pending_done(self, fut: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(fut)
+
+    def _snapshot(self, ev: _Event, peak_pts: float | None, peak_frame: Frame | None) -> None:
+        frame: Frame | None
+        if isinstance(peak_frame, np.ndarray):
+            frame = np.array(peak_frame, dtype=np.uint8, copy=True)
+        else:
+            frame = peak_frame if peak_frame is not None else self._frame_near(peak_pts)
+        if frame is None or ev.snapshot is None:
+            return
+        self._submit(self._write_jpeg, ev.snapshot, frame)
+
+    def _write_jpeg(self, path: Path, frame: Frame) -> None:
+        from PIL import Image
+
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            Image.fromarray(_pixels(frame)).save(tmp, format="JPEG", quality=self.jpeg_quality)
+            tmp.replace(path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            self._report(f"snapshot {path.name}", exc)
+        else:
+            self._ok()
+
+    def _enforce_retention(self) -> None:
+        """Delete the oldest events beyond ``max_events_per_camera`` (never one still being written), and
+        stale half-written files."""
+        self._remove_stale_parts()
+        keep = self.config.max_events_per_camera
+        try:
+            files = [p for p in self.events_dir.iterdir() if not p.name.startswith(".")]
+        except OSError as exc:
+            self._report("retention scan", exc)
+            return
+        with self._lock:
+            active = {ev.stem for ev in self._events.values()}
+            active |= {w.final_path.stem for w in self._writers}
+        newest: dict[str, float] = {}
+        for p in files:
+            if p.suffix not in (".jpg", ".mp4"):
+                continue
+            try:
+                mtime = p.stat().st_mtime
+            except OSError:
+                continue
+            newest[p.stem] = max(newest.get(p.stem, 0.0), mtime)
+        stems = set(newest) | active
+        excess = len(stems) - keep
+        if excess <= 0:
+            return
+        for stem in sorted((s for s in newest if s not in active), key=lambda s: newest[s])[:excess]:
+            for ext in (".jpg", ".mp4"):
+                try:
+                    (self.events_dir / f"{stem}{ext}").unlink(missing_ok=True)
+                except OSError as exc:
+                    self._report(f"retention delete {stem}{ext}", exc)
+            log.debug("camera %s: retention deleted event %s", self.camera, stem)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until pending snapshots and finished clips are written; True if all done in time.
+        Clips of events still open (or in post-roll) are not waited for."""
+        pause = threading.Event()
+        end = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+                writers = [w for w in self._writers if w._finished]
+            if not pending and not writers:
+                return True
+            if time.monotonic() > end:
+                return False
+            pause.wait(0.02)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish every clip with the frames received so far and wait up to ``timeout`` for the files."""
+        with self._lock:
+            self._closed = True
+            for ev in list(self._events.values()):
+                self._finish(ev)
+            writers = list(self._writers)
+        end = time.monotonic() + timeout
+        for w in writers:
+            w.thread.join(max(0.0, end - time.monotonic()))
+        stuck = [w.final_path.name for w in writers if w.thread.is_alive()]
+        if stuck:
+            log.warning("camera %s: clip(s) %s not finished within %.0fs", self.camera, stuck, timeout)
+        self._io.shutdown(wait=True)
+        with self._lock:
+            self._ring.clear()

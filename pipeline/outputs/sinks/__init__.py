@@ -1,0 +1,166 @@
+"""Alert sinks: JSON Lines file, MQTT and HTTP webhook, each behind its own write-ahead disk spool.
+
+Typical use by ``zsad run``::
+
+    sinks = SinkFanout(build_sinks(cfg.sinks, Path(cfg.output_dir), metrics=metrics)).start()
+    sinks.publish(record)          # for every alert record (pipeline.outputs.alert_schema)
+    ...
+    sinks.close(timeout=10.0)      # on shutdown; undelivered records stay spooled for the next start
+
+Spools live in ``<output_dir>/spool/<sink name>/``. A sink's name is its kind plus a short hash of where it
+delivers (file path, broker and topic, URL), so it stays the same across restarts as long as the
+destination does, and a restarted process finds and delivers (marked ``redelivered``) what was left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.config import JsonlSink, MqttSink, WebhookSink
+from pipeline.outputs.sinks.base import DeliveryError, PermanentDeliveryError, Sink
+from pipeline.outputs.sinks.jsonl import JsonlFileSink
+from pipeline.outputs.sinks.mqtt import MqttBrokerSink
+from pipeline.outputs.sinks.spool import Spool, SpoolEntry, SpoolError
+from pipeline.outputs.sinks.webhook import HttpWebhookSink
+
+if TYPE_CHECKING:
+    from pipeline.outputs.metrics import ZsadMetrics
+
+__all__ = [
+    "DeliveryError",
+    "HttpWebhookSink",
+    "JsonlFileSink",
+    "MqttBrokerSink",
+    "PermanentDeliveryError",
+    "Sink",
+    "SinkFanout",
+    "Spool",
+    "SpoolEntry",
+    "SpoolError",
+    "build_sink",
+    "build_sinks",
+    "sink_name",
+]
+
+log = logging.getLogger(__name__)
+
+SinkConfigModel = JsonlSink | MqttSink | WebhookSink
+
+
+def _resolve(path: str, output_dir: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else output_dir / p
+
+
+def sink_name(config: SinkConfigModel, output_dir: Path) -> str:
+    """Stable name of a sink: ``<kind>-<10 hex digits of its destination>`` (no secrets in it)."""
+    if isinstance(config, JsonlSink):
+        identity = str(_resolve(config.path, output_dir).resolve())
+    elif isinstance(config, MqttSink):
+        identity = f"{config.host}:{config.port}/{config.topic}"
+    else:
+        identity = config.url
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:10]
+    return f"{config.kind}-{digest}"
+
+
+def build_sink(
+    config: SinkConfigModel, output_dir: Path, *, metrics: ZsadMetrics | None = None, **kwargs: Any
+) -> Sink:
+    """One sink from its config model; ``kwargs`` go to :class:`Sink` (e.g. ``backoff_max_s``)."""
+    name = sink_name(config, output_dir)
+    spool_dir = output_dir / "spool" / name
+    if isinstance(config, JsonlSink):
+        return JsonlFileSink(name, spool_dir, _resolve(config.path, output_dir), metrics=metrics, **kwargs)
+    if isinstance(config, MqttSink):
+        return MqttBrokerSink(
+            name,
+            spool_dir,
+            host=config.host,
+            port=config.port,
+            topic=config.topic,
+            qos=config.qos,
+            username=config.username,
+            password=config.password,
+            tls=config.tls,
+            ca_file=config.ca_file,
+            client_id=config.client_id,
+            metrics=metrics,
+            **kwargs,
+        )
+    if isinstance(config, WebhookSink):
+        kwargs.setdefault("escalate_after", max(1, config.max_retries))
+        return HttpWebhookSink(
+            name,
+            spool_dir,
+            url=config.url,
+            timeout_s=config.timeout_s,
+            verify_tls=config.verify_tls,
+            headers=config.headers,
+            metrics=metrics,
+            **kwargs,
+        )
+    raise TypeError(f"unknown sink config {type(config).__name__}")
+
+
+def build_sinks(
+    sink_configs: Sequence[SinkConfigModel],
+    output_dir: Path,
+    *,
+    metrics: ZsadMetrics | None = None,
+    **kwargs: Any,
+) -> list[Sink]:
+    """Sinks for ``ZsadConfig.sinks`` (not started). Two configs with the same destination are refused."""
+    sinks: list[Sink] = []
+    seen: set[str] = set()
+    for config in sink_configs:
+        sink = build_sink(config, Path(output_dir), metrics=metrics, **kwargs)
+        if sink.name in seen:
+            raise ValueError(f"two sinks deliver to the same destination ({config.kind}); remove one")
+        seen.add(sink.name)
+        sinks.append(sink)
+        log.info("sink %r ready (%d record(s) spooled from earlier runs)", sink, sink.pending)
+    return sinks
+
+
+class SinkFanout:
+    """Publishes every record to every sink; one sink's trouble never affects the others."""
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    def start(self) -> SinkFanout:
+        for sink in self.sinks:
+            sink.start()
+        return self
+
+    def publish(self, record: Mapping[str, Any]) -> None:
+        """Spool ``record`` in every sink (fsync'd); delivery is asynchronous. Never raises for sink or disk
+        trouble; a record that is not JSON-serialisable raises ``TypeError``/``ValueError`` (a bug)."""
+        for sink in self.sinks:
+            sink.publish(record)
+
+    def close(self, timeout: float = 10.0) -> dict[str, int]:
+        """Flush and stop every sink, sharing ``timeout`` (they drain in parallel). Returns, per sink name,
+        the number of records left in its spool."""
+        import threading
+
+        left: dict[str, int] = {}
+
+        def close_one(sink: Sink) -> None:
+            left[sink.name] = sink.close(timeout)
+
+        threads = [threading.Thread(target=close_one, args=(s,), daemon=True) for s in self.sinks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 10.0)
+        return left
+
+    @property
+    def pending(self) -> dict[str, int]:
+        return {s.name: s.pending for s in self.sinks}

@@ -1,0 +1,190 @@
+"""The review page's JSON API and media lookup, independent of the HTTP plumbing in ``server.py``.
+
+Every handler takes the decoded path and query and returns a JSON-ready dict, or raises :class:`ApiError`
+with the HTTP status and a message (sent as ``{"error": message}``). docs/api.md documents each endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pipeline.outputs.state import LABELS, LabelError, RunState, StateError, UnknownAlertError, parse_time
+
+__all__ = ["MEDIA_TYPES", "ApiError", "ReviewApi"]
+
+MEDIA_DIR = "events"
+MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".mp4": "video/mp4"}
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+_ALERT_PATH = re.compile(r"^/api/alerts/([A-Za-z0-9_.-]{1,128})$")
+_LABEL_PATH = re.compile(r"^/api/alerts/([A-Za-z0-9_.-]{1,128})/label$")
+
+
+class ApiError(Exception):
+    """A request the API answers with an error status; ``message`` is safe to show to the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"{status}: {message}")
+
+
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    """The single value of a query parameter; an empty value counts as absent."""
+    values = [v for v in query.get(name, []) if v != ""]
+    if len(values) > 1:
+        raise ApiError(400, f"parameter {name!r} given {len(values)} times")
+    return values[0] if values else None
+
+
+def _time_param(query: dict[str, list[str]], name: str) -> float | None:
+    value = _one(query, name)
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except StateError as exc:
+        raise ApiError(400, f"parameter {name!r}: {exc}") from exc
+
+
+class ReviewApi:
+    """Answers ``/api/*`` from a :class:`RunState` and resolves ``/media/*`` under ``output_dir/events``."""
+
+    def __init__(self, state: RunState, output_dir: Path) -> None:
+        self.state = state
+        self.output_dir = Path(output_dir)
+        self.media_root = self.output_dir / MEDIA_DIR
+
+    # -- GET --------------------------------------------------------------------------------------------
+
+    def get(self, path: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        """Route a GET under ``/api/``. Raises :class:`ApiError` (404 unknown route, 400 bad parameter)."""
+        if path == "/api/cameras":
+            return {"cameras": self.state.cameras()}
+        if path == "/api/alerts":
+            return self._alerts(query)
+        if path == "/api/scores":
+            return self._scores(query)
+        m = _ALERT_PATH.match(path)
+        if m:
+            try:
+                return {"alert": self._decorate(self.state.alert(m.group(1)))}
+            except UnknownAlertError as exc:
+                raise ApiError(404, f"no alert {m.group(1)}") from exc
+        raise ApiError(404, f"no API endpoint {path}")
+
+    def _alerts(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        camera = _one(query, "camera")
+        since = _time_param(query, "since")
+        until = _time_param(query, "until")
+        if since is not None and until is not None and until < since:
+            raise ApiError(400, "'until' is before 'since'")
+        label = _one(query, "label")
+        if label is not None and label not in (*LABELS, "none"):
+            raise ApiError(400, f"parameter 'label' must be one of {', '.join(LABELS)}, none")
+        raw_limit = _one(query, "limit")
+        try:
+            limit = int(raw_limit) if raw_limit is not None else DEFAULT_LIMIT
+        except ValueError as exc:
+            raise ApiError(400, f"parameter 'limit' must be an integer, got {raw_limit!r}") from exc
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ApiError(400, f"parameter 'limit' must be in 1..{MAX_LIMIT}, got {limit}")
+        alerts = self.state.alerts(camera=camera, since=since, until=until, limit=limit, label=label)
+        return {"alerts": [self._decorate(a) for a in alerts], "count": len(alerts), "limit": limit}
+
+    def _scores(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        camera = _one(query, "camera")
+        if camera is None:
+            raise ApiError(400, "parameter 'camera' is required")
+        raw_since = _one(query, "since")
+        try:
+            since = float(raw_since) if raw_since is not None else None
+        except ValueError as exc:
+            raise ApiError(400, f"parameter 'since' must be stream seconds, got {raw_since!r}") from exc
+        try:
+            points = self.state.scores(camera, since)
+            threshold = self.state.threshold(camera)
+        except KeyError as exc:
+            raise ApiError(404, f"no camera {camera}") from exc
+        return {
+            "camera": camera,
+            "threshold": threshold,
+            "history_s": self.state.history_s,
+            "points": points,
+        }
+
+    def _decorate(self, alert: dict[str, Any]) -> dict[str, Any]:
+        """Add ``media`` URLs for files that exist now and the ``driver`` stream (largest contribution)."""
+        media: dict[str, str | None] = {}
+        for kind in ("snapshot", "clip"):
+            rel = alert.get(kind)
+            media[kind] = None
+            if isinstance(rel, str) and rel:
+                try:
+                    self.media_path(rel)
+                except ApiError:
+                    continue
+                media[kind] = "/media/" + quote(rel)
+        alert["media"] = media
+        contributions = alert.get("contributions") or {}
+        numeric = {k: v for k, v in contributions.items() if isinstance(v, int | float)}
+        alert["driver"] = max(numeric, key=lambda k: numeric[k]) if numeric else None
+        return alert
+
+    # -- POST -------------------------------------------------------------------------------------------
+
+    def post(self, path: str, body: bytes) -> dict[str, Any]:
+        """Route a POST under ``/api/``: only ``/api/alerts/<id>/label`` with a JSON object body."""
+        m = _LABEL_PATH.match(path)
+        if not m:
+            raise ApiError(404, f"no API endpoint {path}")
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError(400, f"body is not JSON: {exc}") from exc
+        if not isinstance(payload, dict) or "label" not in payload:
+            raise ApiError(400, 'body must be an object like {"label": "ack", "note": "..."}')
+        unknown = set(payload) - {"label", "note"}
+        if unknown:
+            raise ApiError(400, f"unknown keys {sorted(unknown)}")
+        try:
+            review = self.state.set_label(m.group(1), payload["label"], payload.get("note"))
+        except UnknownAlertError as exc:
+            raise ApiError(404, f"no alert {m.group(1)}") from exc
+        except LabelError as exc:
+            raise ApiError(400, str(exc)) from exc
+        except OSError as exc:
+            raise ApiError(500, f"cannot save the label: {exc.strerror}") from exc
+        return {"alert_id": m.group(1), "review": review}
+
+    # -- media ------------------------------------------------------------------------------------------
+
+    def media_path(self, rel: str) -> Path:
+        """The file for ``/media/<rel>`` (``rel`` already percent-decoded), only under ``output_dir/events``.
+
+        Raises :class:`ApiError` 403 for anything that tries to leave the folder (``..``, absolute paths,
+        backslashes, NUL, symlinks pointing out) and 404 for hidden, unknown-type or missing files.
+        """
+        if "\x00" in rel or "\\" in rel or rel.startswith("/"):
+            raise ApiError(403, "path not allowed")
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise ApiError(403, "path not allowed")
+        if parts[0] != MEDIA_DIR or len(parts) < 2:
+            raise ApiError(403, f"only {MEDIA_DIR}/ is served")
+        if any(p.startswith(".") for p in parts):
+            raise ApiError(404, "not found")
+        if Path(parts[-1]).suffix.lower() not in MEDIA_TYPES:
+            raise ApiError(404, "not found")
+        # resolve() follows every symlink, so a link inside events/ that points elsewhere is caught here.
+        root = self.media_root.resolve()
+        real = self.output_dir.joinpath(*parts).resolve()
+        if real == root or not real.is_relative_to(root):
+            raise ApiError(403, "path not allowed")
+        if not real.is_file():
+            raise ApiError(404, "not found")
+        return real
