@@ -2,7 +2,7 @@
 the pipeline sweep (decode floor, pure inference, as-fast-as-possible, naive baseline, real time), and a
 short memory soak; then the goals of the benchmark issue, checked.
 
-    python bench/bench_all.py
+    python -m bench.bench_all
 
 Writes bench/results/{inference,pipeline,memory_soak,summary}.json, bench/results/summary.md (the tables
 and the goals in markdown, for docs/benchmarks.md) and docs/benchmarks_cameras.png (cost against cameras).
@@ -20,9 +20,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -250,7 +247,7 @@ def render_report(results: Path = RESULTS_DIR, plot: Path = PLOT_PATH) -> tuple[
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")

@@ -1,7 +1,7 @@
 """Inference benchmark: PyTorch eager vs ONNX Runtime on the backbone and the DPC head, same weights, same
 inputs, same threads, in one process, interleaved.
 
-    python bench/bench_inference.py [--threads 1,2] [--batches 1,4,16] [--repeats 3] [--min-time 0.4]
+    python -m bench.bench_inference [--threads 1,2] [--batches 1,4,16] [--repeats 3] [--min-time 0.4]
 
 For each thread count, component and batch size the two runtimes are timed in alternating order
 (ORT, torch, then torch, ORT, ...) so that drift of a shared machine falls on both. A block calls the engine
@@ -25,9 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -298,7 +295,7 @@ def default_threads(config_path: Path) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_inference", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config (its model section)")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")

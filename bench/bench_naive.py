@@ -1,6 +1,6 @@
 """The naive baseline: how a user of a research repository would run the model on camera files.
 
-    python bench/bench_naive.py [--cameras 4] [--threads 2] [--budget 60]
+    python -m bench.bench_naive [--cameras 4] [--threads 2] [--budget 60]
 
 OpenCV decodes (``cv2.VideoCapture``, resize, BGR->RGB), then every clip goes through the PyTorch model in
 eager mode (``torch.no_grad``), batch 1, one camera after the other, nothing overlapped: decode a frame,
@@ -25,9 +25,6 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -205,7 +202,7 @@ def run_naive(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_naive", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config (its model section)")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")

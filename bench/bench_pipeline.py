@@ -2,7 +2,7 @@
 assembly -> cross-camera batch scheduler -> ONNX Runtime backbone + DPC head -> fusion -> alert machine ->
 event media buffers -> JSONL sink) on 1..16 synthetic cameras, next to its floor and baselines, in one run.
 
-    python bench/bench_pipeline.py [--cameras 1,2,4,8,16] [--threads 1,2] [--rt-threads 2]
+    python -m bench.bench_pipeline [--cameras 1,2,4,8,16] [--threads 1,2] [--rt-threads 2]
 
 Cases, each in a fresh child process (clean RSS, no threads left over from the previous case):
 
@@ -48,20 +48,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
 from bench.common import (
     DEFAULT_CONFIG,
     DEFAULT_WORK,
+    REPO,
     RESULTS_DIR,
     Assets,
     BenchError,
     format_table,
     latency_stats,
     load_average,
+    module_command,
     parse_int_list,
     prepare_assets,
     site_config,
@@ -499,13 +498,14 @@ def run_case(spec: CaseSpec, assets: Assets) -> dict[str, Any]:
 
 
 def run_case_in_child(spec: CaseSpec, assets: Assets, timeout_s: float | None = None) -> dict[str, Any]:
-    """Run one case in a fresh Python process (this file with ``--case``); returns its result."""
+    """Run one case in a fresh process (``python -m bench.bench_pipeline --case``); returns its result."""
     payload = json.dumps({"spec": asdict(spec), "assets": assets.to_json()})
     limit = timeout_s or spec.duration_s + 120.0
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--case", payload],
+            module_command("bench.bench_pipeline", "--case", payload),
+            cwd=REPO,
             capture_output=True,
             text=True,
             check=False,
@@ -867,7 +867,7 @@ def pipeline_tables(doc: Mapping[str, Any], *, markdown: bool = False) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="base config (model, alerts, scheduler)"
     )

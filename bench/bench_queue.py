@@ -1,8 +1,8 @@
 """Scheduler queue depth vs throughput: the as-fast-as-possible pipeline case at several
 ``scheduler.queue_size`` values, interleaved and repeated, in one run.
 
-    .venv/bin/python bench/bench_queue.py                     # 16 cameras, queues 4, 8, 32, 2 repeats
-    .venv/bin/python bench/bench_queue.py --cameras 1,16 --queues 8,32
+    .venv/bin/python -m bench.bench_queue                     # 16 cameras, queues 4, 8, 32, 2 repeats
+    .venv/bin/python -m bench.bench_queue --cameras 1,16 --queues 8,32
 
 Writes ``bench/results/queue_depth.json`` and prints a table.
 """
@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_pipeline import CaseSpec, run_case_in_child
 from bench.common import DEFAULT_WORK, RESULTS_DIR, prepare_assets, write_result
@@ -25,7 +21,7 @@ KEYS = ("clips_per_s", "camera_frames_per_s", "infer_latency_p50_ms", "cpu_perce
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_queue", description=__doc__.splitlines()[0])
     p.add_argument("--cameras", default="16", help="camera counts")
     p.add_argument("--queues", default="4,8,32", help="scheduler.queue_size values")
     p.add_argument("--repeats", type=int, default=2)

@@ -1,7 +1,7 @@
 """Memory soak: the whole ``zsad run`` Application on N looping synthetic cameras in real time for M
 minutes, RSS sampled every few seconds; is memory flat?
 
-    python bench/bench_soak.py --minutes 10 [--cameras 4] [--interval 5]
+    python -m bench.bench_soak --minutes 10 [--cameras 4] [--interval 5]
 
 The RSS slope (MB/min) is a least-squares fit over the samples after the warm-up (ONNX Runtime arenas,
 GStreamer buffer pools, clip rings and event-media buffers fill during the first minute; default warm-up:
@@ -21,9 +21,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -120,7 +117,7 @@ def soak_line(result: Mapping[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")

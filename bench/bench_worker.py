@@ -1,7 +1,7 @@
 """Where the inference worker's time goes in the as-fast-as-possible pipeline, and two ways to give it a core.
 
-    .venv/bin/python bench/bench_worker.py                  # 16 cameras, 1 thread, 3 variants x 2 repeats
-    .venv/bin/python bench/bench_worker.py --cameras 8 --repeats 3
+    .venv/bin/python -m bench.bench_worker                  # 16 cameras, 1 thread, 3 variants x 2 repeats
+    .venv/bin/python -m bench.bench_worker --cameras 8 --repeats 3
 
 For each variant the 16-camera ``fast`` case of bench_pipeline runs in a fresh child process, with the
 scheduler worker instrumented: wall and thread-CPU time inside ONNX Runtime's ``run`` and in the rest of
@@ -33,24 +33,21 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
 from bench.bench_pipeline import CaseSpec, run_case
 from bench.common import (
     DEFAULT_WORK,
+    REPO,
     RESULTS_DIR,
     Assets,
     BenchError,
     format_table,
+    module_command,
     prepare_assets,
     write_result,
 )
@@ -162,7 +159,8 @@ def _run_child(variant: str, cameras: int, seconds: float, assets: Assets) -> di
         {"variant": variant, "cameras": cameras, "seconds": seconds, "assets": assets.to_json()}
     )
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", payload],
+        module_command("bench.bench_worker", "--child", payload),
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
@@ -221,7 +219,7 @@ def _ort_alone(engines_dir: Path, video: Path, seconds: float, repeats: int) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_worker", description=__doc__.splitlines()[0])
     p.add_argument("--cameras", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0, help="length of each pipeline case")

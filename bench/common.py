@@ -38,6 +38,7 @@ __all__ = [
     "latency_stats",
     "load_average",
     "machine_info",
+    "module_command",
     "parse_int_list",
     "prepare_assets",
     "read_result",
@@ -148,6 +149,13 @@ def command_line() -> str:
     """The exact command line of this process, shell-quoted."""
     argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
     return shlex.join(argv)
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """The argv that runs ``module`` (``bench.<script>``) as ``python -m`` in a child process, with this
+    interpreter. Run it with ``cwd=REPO``: ``-m`` finds the ``bench`` package from the working directory,
+    so no script has to edit ``sys.path``."""
+    return [sys.executable, "-m", module, *args]
 
 
 def write_result(name: str, payload: Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Path:

@@ -1,4 +1,5 @@
-"""Device checks for a lent GPU machine (run by bench/device_check.sh; installs nothing, needs no network).
+"""Device checks for a lent GPU machine (bench/device_check.sh runs ``python -m bench.device_check``; installs
+nothing, needs no network).
 
 Sections, each on its own so one failure does not hide the rest:
 
@@ -313,7 +314,9 @@ def _tensorrt_throughput(report: Report, name: str, manifest_path: Path) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.device_check", description=__doc__.split("\n", 1)[0]
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--sections",

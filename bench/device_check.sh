@@ -2,7 +2,7 @@
 # Device checks for a lent GPU machine (no network; installs nothing). Run from anywhere:
 #   OUT=/path/to/results bash bench/device_check.sh [--trt-base] [--sections env,fp16_blocks,...]
 # Picks a Python that sees CUDA (PYTHON, then .venv/bin/python, then python3), runs
-# bench/device_check.py, and leaves device_check.json, device_check.log, nvidia-smi.txt and any
+# `python -m bench.device_check` from the repository root, and leaves device_check.json, device_check.log, nvidia-smi.txt and any
 # <section>.error.txt under $OUT. Exit 0 when no section failed; sections that cannot run here
 # (no CUDA, no TensorRT) are skipped, not failed.
 set -uo pipefail
@@ -45,7 +45,9 @@ else
     echo "device_check: nvidia-smi not found: probably no NVIDIA driver here" | tee "$OUT/nvidia-smi.txt"
 fi
 
+# -m finds bench/ from the working directory ($REPO, above); PYTHONPATH keeps the repository importable
+# even where PYTHONSAFEPATH leaves the working directory off sys.path.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
-"$PY" "$REPO/bench/device_check.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/device_check.log"
+"$PY" -m bench.device_check --out "$OUT" "$@" 2>&1 | tee "$OUT/device_check.log"
 exit "${PIPESTATUS[0]}"
