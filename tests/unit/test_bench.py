@@ -9,9 +9,12 @@ speed is not a test); what they count is.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +29,18 @@ from bench.bench_pipeline import (
     pipeline_tables,
     pure_at,
     run_case,
+    run_case_in_child,
     summarise,
 )
 from bench.bench_soak import fit_rss_slope
 from bench.common import (
+    REPO,
     Assets,
     BenchError,
     format_table,
     latency_stats,
     machine_info,
+    module_command,
     parse_int_list,
     prepare_assets,
     write_result,
@@ -53,6 +59,8 @@ TINY = {
     "preprocess": {"clip_len": 2, "frame_stride": 2, "clip_hop": 4},
 }
 FRAMES = 40
+# Every runnable script of bench/: each runs as ``python -m bench.<name>`` from the repository root.
+SCRIPTS = sorted(p.stem for p in (REPO / "bench").glob("*.py") if p.stem not in ("__init__", "common"))
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +131,38 @@ def test_results_carry_command_and_machine(tmp_path: Path) -> None:
     assert doc["date_utc"]
 
 
+def test_no_bench_script_edits_sys_path() -> None:
+    # Scripts run as modules from the repository root, so a sys.path edit would only hide a wrong invocation.
+    offenders = []
+    for path in sorted((REPO / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_runs_as_a_module(script: str) -> None:
+    # Without PYTHONPATH: the repository root as working directory is all ``-m`` needs.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        module_command(f"bench.{script}", "--help"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: python -m bench.{script}")
+
+
 @pytest.fixture(scope="module")
 def inference(assets: Assets) -> dict[str, Any]:
     return run_inference_bench(
@@ -175,6 +215,15 @@ def pipeline_doc(assets: Assets) -> dict[str, Any]:
         "naive": [naive] if naive else [],
         "realtime": [realtime],
     }
+
+
+def test_a_case_runs_in_a_child_process(assets: Assets) -> None:
+    # The sweep's path: ``python -m bench.bench_pipeline --case`` in a fresh process, its result read back.
+    spec = CaseSpec(mode="pure", batches=[1], min_time_s=0.0, duration_s=0.5, warmup_s=0.0, threads=1)
+    result = run_case_in_child(spec, assets, timeout_s=300.0)
+    assert result["case"]["mode"] == "pure"
+    assert [b["batch"] for b in result["batches"]] == [1]
+    assert result["child_seconds"] > 0
 
 
 def test_pure_inference_runs_the_whole_clip_path(pipeline_doc: dict[str, Any]) -> None:
@@ -249,7 +298,7 @@ def test_summary_goals_markdown_and_plot(
     assert goals[-1]["met"] is True
     assert "verdict" in goals_table(goals)
     doc = {
-        "command": "python bench/bench_all.py",
+        "command": "python -m bench.bench_all",
         "date_utc": "2026-01-01T00:00:00+00:00",
         "machine": machine_info(gstreamer=False),
         "uptime_before": "load average: 1.0",
