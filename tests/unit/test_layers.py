@@ -605,10 +605,12 @@ def test_allow_lists_are_used(repo_scan: Scan) -> None:
 
 def test_scan_reads_the_whole_repo(repo_scan: Scan) -> None:
     files = {imp.path for imp in repo_scan.imports}
-    for expected in ("core/config.py", "pipeline/cli/main.py", "build_engines.py", "bench/common.py"):
+    for expected in ("core/config.py", "pipeline/cli/main.py", "build_engines.py"):
         assert expected in files
-    by_name = {imp.target for imp in repo_scan.imports if imp.by_name and imp.path == "pipeline/cli/main.py"}
-    assert "training.trainer" in by_name, "the CLI's lazy handlers are read as imports"
+    for folder in SCANNED:
+        assert any(f == folder or f.startswith(f"{folder}/") for f in files), f"nothing read in {folder}"
+    named = [imp for imp in repo_scan.imports if imp.by_name and imp.path == "pipeline/cli/main.py"]
+    assert named, "the CLI's lazy handlers are read as imports"
 
 
 # -- the test of the test: a small tree with one broken rule each ------------------------------------------
@@ -782,7 +784,8 @@ def main(argv: list[str]) -> int:
             "# One line per finding: rule, file::function, imported module. See docs/architecture.md.",
         ]
         for rule in RULES:
-            keys = sorted({f.key for f in findings[rule]})
+            # A missing or stale pyproject entry is fixed in pyproject.toml, never listed.
+            keys = sorted({f.key for f in findings[rule] if not f.key.endswith((" missing", " stale"))})
             if keys:
                 lines += ["", f"# {rule}: {len(keys)}", *keys]
         BASELINE.write_text("\n".join(lines) + "\n", encoding="utf-8")
