@@ -204,3 +204,15 @@ def test_engine_cache_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     bad = tmp_path / "bad.yaml"
     bad.write_text("deepstream: {mux: nope}\n")
     assert main([str(bad)]) == 2
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_copy_every_edge_package(dockerfile: Path) -> None:
+    """The images `pip install .` from copied folders: every package the install names, apart from the
+    training code the edge never imports, must be copied, or the image builds without it."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    include = re.search(r"include = \[(.*?)\]", pyproject)
+    assert include is not None
+    packages = {name.strip().strip('"').rstrip("*") for name in include.group(1).split(",")}
+    copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile.read_text(), flags=re.MULTILINE))
+    assert packages - {"training"} <= copied, sorted(packages - {"training"} - copied)
