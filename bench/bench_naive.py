@@ -39,12 +39,11 @@ from bench.common import (
     prepare_assets,
     write_result,
 )
+from plugins.streams import MAP_STREAMS
 
 log = logging.getLogger("bench.naive")
 
 __all__ = ["NaiveModel", "main", "run_naive", "score_camera"]
-
-MAP_STREAMS = {"feature_error": "predictive", "pixel_error": "pixel", "motion": "motion"}
 
 
 def _import_cv2() -> Any:

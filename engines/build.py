@@ -65,6 +65,8 @@ from engines.tensorrt_build import (
     engine_filename,
     timing_cache_filename,
 )
+from plugins.fusion import GateError, StreamGate
+from plugins.streams import STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -754,8 +756,6 @@ class _Builder:
         return out
 
     def gate_stage(self) -> None:
-        from engines.model import STREAMS
-
         previous = self.existing("stream_gate")
         manifest = self.base_manifest("stream_gate")
         key = _key(stage="gate", weights=self.weights_sha, spec=self.spec_sha, streams=list(STREAMS))
@@ -773,7 +773,10 @@ class _Builder:
         W, b = compose_stream_gate(self.model)
         path = self.out / "stream_gate.npz"
         tmp = self.out / "stream_gate.tmp.npz"
-        np.savez(tmp, W=W, b=b, streams=np.array(STREAMS, dtype=str))
+        try:
+            StreamGate(W, b, STREAMS).save(tmp)  # the runtime gate writes the file it reads
+        except GateError as exc:
+            raise BuildError(f"stream gate: {exc}") from exc
         tmp.replace(path)
         size = _size_ok(path, "stream gate")
         self.step(

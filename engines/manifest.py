@@ -21,6 +21,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from plugins.preprocess import LAYOUTS
+from plugins.streams import STREAMS
+
 __all__ = [
     "COMPONENTS",
     "LAYOUTS",
@@ -53,7 +56,6 @@ __all__ = [
 SCHEMA_VERSION = 1
 ONNX_COMPONENTS = ("backbone", "dpc_head", "semantic_head")
 COMPONENTS = (*ONNX_COMPONENTS, "stream_gate")
-LAYOUTS = ("NTCHW", "NCTHW")
 # Spec fields that are machine-local paths, not architecture: a Jetson may keep CLIP elsewhere, and a
 # checkpoint already contains the pretrained weights it started from.
 _LOCAL_SPEC_FIELDS = (("backbone", "pretrained"), ("semantic", "clip_text_model"))
@@ -343,7 +345,7 @@ def component_io(
         # Applied in numpy (plugins.fusion.StreamGate): W (S, D) @ embedding + b -> softmax weights.
         return (
             [TensorSpec(name="embedding", shape=(-1, d), layout="ND")],
-            [TensorSpec(name="weights", shape=(-1, 4), layout="NS")],
+            [TensorSpec(name="weights", shape=(-1, len(STREAMS)), layout="NS")],
         )
     raise ValueError(f"unknown component {component!r}; expected one of {COMPONENTS}")
 

@@ -17,11 +17,10 @@ from torch import nn
 
 from engines.backbone import TimeSformerEncoder
 from engines.dpc import DPCHead
-from engines.semantic import ContextGate, ProjectionHead, StreamGate
+from engines.semantic import ContextGate, ProjectionHead, StreamGateHead
+from plugins.streams import STREAMS
 
-__all__ = ["STREAMS", "CheckpointError", "ZsadModel", "load_checkpoint", "save_checkpoint", "upgrade_spec"]
-
-STREAMS = ("predictive", "pixel", "motion", "semantic")
+__all__ = ["CheckpointError", "ZsadModel", "load_checkpoint", "save_checkpoint", "upgrade_spec"]
 
 
 class CheckpointError(RuntimeError):
@@ -64,7 +63,7 @@ class ZsadModel(nn.Module):
         self.context = nn.Linear(d, gate["context_dim"])
         self.projection = ProjectionHead(d, sem["embed_dim"], layers=sem["projection_layers"])
         self.context_gate = ContextGate(gate["context_dim"], sem["embed_dim"])
-        self.stream_gate = StreamGate(gate["context_dim"], STREAMS)
+        self.stream_gate = StreamGateHead(gate["context_dim"], STREAMS)
 
     @property
     def clip_len(self) -> int:

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContextGate", "ProjectionHead", "StreamGate", "TextEncoder", "TextEncoderError"]
+__all__ = ["ContextGate", "ProjectionHead", "StreamGateHead", "TextEncoder", "TextEncoderError"]
 
 
 class TextEncoderError(RuntimeError):
@@ -79,11 +79,12 @@ class ContextGate(nn.Module):
         return F.normalize(gated, dim=-1)
 
 
-class StreamGate(nn.Module):
-    """The second, small gate: weighs the streams' calibrated scores from a context vector.
+class StreamGateHead(nn.Module):
+    """The second, small gate, as trained: weighs the streams' calibrated scores from a context vector.
 
-    ``weights = softmax(W c + b)`` over the streams present. Its ``W`` and ``b`` are exported as an
-    ``.npz`` so the pipeline probe can apply it in numpy (``plugins.fusion``).
+    ``weights = softmax(W c + b)`` over the streams present. Its ``W`` and ``b`` (composed with the
+    context projection) are exported as ``stream_gate.npz``, which the graphs apply in numpy with the
+    runtime gate :class:`plugins.fusion.StreamGate`.
 
     Input ``context``: ``(N, c)``; optional ``present``: ``(S,)`` bool. Output: ``(N, S)`` weights.
     """

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.config import PreprocessConfig
+from plugins.preprocess import Normaliser
 
 __all__ = [
     "Clip",
@@ -200,7 +201,7 @@ class ClipAssembler:
 def to_model_input(
     clips: Sequence[Clip], mean: Sequence[float], std: Sequence[float], out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Stack clips into the model's input tensor.
+    """Stack clips into the model's input tensor with the one normalisation, :mod:`plugins.preprocess`.
 
     Args:
         clips: N clips of equal shape, each ``frames`` ``(T, H, W, 3) uint8`` RGB.
@@ -208,14 +209,12 @@ def to_model_input(
         out: optional preallocated ``(N, T, 3, H, W) float32`` array to fill.
 
     Returns:
-        ``(N, T, 3, H, W) float32``, C-contiguous: ``(frame / 255 - mean) / std`` per RGB channel.
+        ``(N, T, 3, H, W) float32``, C-contiguous: ``(frame / 255 - mean) / std`` per RGB channel, the
+        bits :class:`plugins.preprocess.Normaliser` gives everywhere else.
     """
     if not clips:
         raise ValueError("to_model_input needs at least one clip")
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values (RGB), got {len(mean)} and {len(std)}")
-    if min(std) <= 0:
-        raise ValueError(f"every std value must be > 0, got {tuple(std)}")
+    normaliser = Normaliser(mean, std)
     shape = clips[0].frames.shape
     for clip in clips:
         if clip.frames.shape != shape or clip.frames.dtype != np.uint8:
@@ -229,11 +228,6 @@ def to_model_input(
         out = np.empty((n, t, 3, h, w), dtype=np.float32)
     elif out.shape != (n, t, 3, h, w) or out.dtype != np.float32:
         raise ValueError(f"out must be {(n, t, 3, h, w)} float32, got {out.shape} {out.dtype}")
-    # x/255 - m)/s == x * (1/(255 s)) - m/s: one multiply-add per value, per channel.
-    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float64))).astype(np.float32)
-    shift = (np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(np.float32)
     for i, clip in enumerate(clips):
-        chw = clip.frames.transpose(0, 3, 1, 2)  # (T, 3, H, W) view
-        np.multiply(chw, scale[None, :, None, None], out=out[i])
-        out[i] -= shift[None, :, None, None]
+        normaliser(clip.frames, out=out[i])
     return out

@@ -1,14 +1,15 @@
 """The engines a run needs, checked against the config, and the clip inference the scheduler calls.
 
 ``load_engines`` refuses to start on a missing engine or a manifest that does not match the config.
-``ClipInference`` is the ONNX Runtime / TensorRT path of the CPU graph: backbone, then the shared
-``plugins.scorer.ClipScorer`` (the DPC head, batched across cameras), then the semantic stream.
+``ClipInference`` is the ONNX Runtime / TensorRT path of the CPU graph: the shared normalisation
+(``plugins.preprocess``), the backbone, then the shared ``plugins.scorer.ClipScorer`` (the DPC head,
+batched across cameras) and ``plugins.semantic.SemanticScorer`` (the semantic stream).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,14 @@ import numpy as np
 
 from core.config import ZsadConfig
 from pipeline.clips import Clip, to_model_input
+from plugins.preprocess import to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
+from plugins.semantic import PromptBank, SemanticError, SemanticScorer
+from plugins.streams import SEMANTIC
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClipInference", "ClipResult", "EngineError", "EngineSet", "load_engines"]
+__all__ = ["ClipInference", "ClipResult", "EngineError", "EngineSet", "load_engines", "semantic_scorer"]
 
 
 class EngineError(RuntimeError):
@@ -40,7 +44,8 @@ class EngineSet:
     model_id: str
     gate_path: Path | None = None
     semantic: Any = None
-    texts: dict[str, tuple[np.ndarray, int, list[str]]] = field(default_factory=dict)
+    texts: dict[str, PromptBank] = field(default_factory=dict)
+    input_layout: str = "NTCHW"  # the backbone's clip layout (plugins.preprocess.LAYOUTS)
 
     def close(self) -> None:
         for backend in (self.backbone, self.dpc, self.semantic):
@@ -94,9 +99,14 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
         model_id=f"zsad:{bb.model_spec_sha256[:12]}:{bb.weights_sha256[:12]}",
         gate_path=gate if gate.is_file() else None,
         semantic=semantic,
+        input_layout=opened["backbone"].manifest.input_layout,
     )
     if semantic is not None:
-        engines.texts = _load_texts(semantic.manifest)
+        try:
+            engines.texts = _load_texts(semantic.manifest)
+        except EngineError:
+            engines.close()
+            raise
     else:
         log.warning(
             "no semantic_head engine in %s: the CLIP semantic stream is off and weighted out", directory
@@ -104,46 +114,27 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     return engines
 
 
-def _load_texts(manifest: Any) -> dict[str, tuple[np.ndarray, int, list[str]]]:
-    """Per-context prompt embeddings: ``{context: ((P, d) float32, n_normal, prompts)}``."""
+def _load_texts(manifest: Any) -> dict[str, PromptBank]:
+    """Per-context prompt embeddings of the semantic head's manifest."""
     from engines.prompts import load_prompt_set
 
     out = {}
     for text in manifest.text_embeddings:
         emb = np.load(manifest.resolve(text.path))
         prompts = load_prompt_set(text.prompt_file).prompts
-        out[text.context] = (emb.astype(np.float32), int(text.normal), list(prompts))
+        try:
+            out[text.context] = PromptBank(emb, int(text.normal), tuple(prompts))
+        except SemanticError as exc:
+            raise EngineError(f"{manifest.resolve(text.path)}: context {text.context}: {exc}") from exc
     return out
 
 
-SemanticFn = Callable[[Sequence[str], np.ndarray], list[tuple[float, str] | None]]
-
-
-def semantic_hook(engines: EngineSet, contexts: dict[str, str]) -> SemanticFn | None:
-    """The semantic stream, or None without a semantic head (shared by the CPU and DeepStream graphs).
-
-    For a batch of ``(N, D)`` clip embeddings and their cameras: project into CLIP text space, then per
-    camera ``max(anomalous sims) - max(normal sims)`` against its context's prompts, and the best
-    anomalous prompt. ``None`` for a camera whose context has no prompt embeddings.
-    """
+def semantic_scorer(engines: EngineSet, contexts: dict[str, str]) -> SemanticScorer | None:
+    """The semantic stream of a run (shared by the CPU and DeepStream graphs), or None without a
+    semantic head. ``contexts``: each camera's context, which picks its prompts."""
     if engines.semantic is None:
         return None
-
-    def semantic(cameras: Sequence[str], embeddings: np.ndarray) -> list[tuple[float, str] | None]:
-        video = engines.semantic({"embedding": embeddings})["video"]
-        out: list[tuple[float, str] | None] = []
-        for i, camera in enumerate(cameras):
-            entry = engines.texts.get(contexts.get(camera, "generic"))
-            if entry is None:
-                out.append(None)
-                continue
-            text, n_normal, names = entry
-            sims = text @ video[i]
-            best = int(np.argmax(sims[n_normal:])) + n_normal
-            out.append((float(sims[n_normal:].max() - sims[:n_normal].max()), names[best]))
-        return out
-
-    return semantic
+    return SemanticScorer(engines.semantic, engines.texts, contexts)
 
 
 @dataclass
@@ -167,7 +158,7 @@ class ClipInference:
         self.engines = engines
         self.contexts = contexts
         self.scorer = ClipScorer(engines.dpc, context_clips=context_clips, history_step=history_step)
-        self.semantic = semantic_hook(engines, contexts)
+        self.semantic = semantic_scorer(engines, contexts)
 
     def reset(self, camera: str) -> None:
         self.scorer.reset(camera)
@@ -185,7 +176,7 @@ class ClipInference:
 
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
         batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
-        out = self.engines.backbone({"clip": batch})
+        out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
         tokens, embedding = out["tokens"], out["embedding"]
         items = [
             ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1], batch[i, -2])
@@ -197,5 +188,5 @@ class ClipInference:
             for i, sem in enumerate(self.semantic([c.camera_id for c in clips], embedding)):
                 s = scored[i]
                 if s is not None and sem is not None:
-                    s.scores["semantic"], prompts[i] = sem
+                    s.scores[SEMANTIC], prompts[i] = sem
         return [ClipResult(s, p) for s, p in zip(scored, prompts, strict=True)]

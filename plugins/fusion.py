@@ -1,17 +1,12 @@
-"""Score fusion: per-camera calibration, the context gate, weighted fusion and temporal smoothing.
+"""Score fusion: per-camera calibration, the runtime stream gate, weighted fusion and temporal smoothing.
 
 Pure numpy, shared by the CPU graph and the DeepStream probe; it never imports ``pipeline``.
 
-Each clip yields raw scores per *stream* (higher = more anomalous):
-
-* ``predictive`` — DPC feature-prediction error, spatial max;
-* ``pixel`` — future-frame patch-max reconstruction error;
-* ``semantic`` — CLIP alignment with anomalous versus normal prompts;
-* ``motion`` — cheap patch-max frame-difference energy.
-
-A stream may be absent (no CLIP weights: no ``semantic``); absent or non-finite streams are weighted out.
-Raw scores have unrelated scales, so each is turned into a robust z-score with statistics fitted per camera
-on normal footage (:class:`Calibration`). The gate (:class:`StreamGate`) weighs the z-scores from a context
+Each clip yields raw scores per *stream* (:mod:`plugins.streams`). A stream may be absent (no CLIP
+weights: no ``semantic``); absent or non-finite streams are weighted out. Raw scores have unrelated scales,
+so each is turned into a robust z-score with statistics fitted per camera on normal footage
+(:class:`Calibration`). The gate (:class:`StreamGate`, the numpy twin of the trained
+``engines.semantic.StreamGateHead``, read from ``stream_gate.npz``) weighs the z-scores from a context
 vector; :func:`fuse` sums ``w_s * z_s``; :class:`TemporalSmoother` takes a moving median over clips.
 """
 
@@ -30,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from plugins.streams import STREAMS
+
 __all__ = [
-    "STREAMS",
     "Calibration",
     "CalibrationError",
     "CameraFusion",
@@ -49,8 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-STREAMS: tuple[str, ...] = ("predictive", "pixel", "semantic", "motion")
 
 #: 1.4826 * MAD estimates the standard deviation of a normal distribution.
 MAD_TO_SIGMA = 1.4826

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from plugins.streams import MAP_STREAMS
+
 __all__ = [
+    "BACKBONE_INPUTS",
+    "BACKBONE_OUTPUTS",
     "DPC_INPUTS",
     "DPC_OUTPUTS",
     "ClipScorer",
     "ClipTokens",
     "Runner",
     "StreamScores",
-    "normalise_frames",
     "reduce_map",
 ]
 
@@ -30,16 +33,7 @@ Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 BACKBONE_INPUTS = ("clip",)
 BACKBONE_OUTPUTS = ("tokens", "embedding")
 DPC_INPUTS = ("history", "current", "last_frame", "current_frame")
-DPC_OUTPUTS = ("feature_error", "pixel_error", "motion")
-# DPC output name -> stream name used by fusion.
-MAP_STREAMS = {"feature_error": "predictive", "pixel_error": "pixel", "motion": "motion"}
-
-
-def normalise_frames(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(..., H, W, 3)`` uint8 RGB -> ``(..., 3, H, W)`` float32, ``(x / 255 - mean) / std``."""
-    x = frames.astype(np.float32) / np.float32(255.0)
-    y = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(np.moveaxis(y, -1, -3), dtype=np.float32)
+DPC_OUTPUTS = ("feature_error", "pixel_error", "motion")  # the engine's output order
 
 
 def reduce_map(error_map: np.ndarray) -> float:
@@ -52,7 +46,8 @@ class ClipTokens:
     """One encoded clip of one camera.
 
     tokens: ``(T, D, h, w)`` float32 backbone tokens. embedding: ``(D,)`` float32 CLS feature.
-    first_frame / last_frame: ``(3, H, W)`` float32 normalised frames of the clip.
+    first_frame / last_frame: ``(3, H, W)`` float32 frames of the clip, normalised by
+    :class:`plugins.preprocess.Normaliser`.
     prev_last_frame: ``(3, H, W)``, the clip frame before ``last_frame``; needed only by a DPC head
     whose decoder extrapolates (``ClipScorer(prev_frame=True)``).
     """

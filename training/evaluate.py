@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.model import STREAMS, ZsadModel, load_checkpoint
-from plugins.scorer import ClipScorer, ClipTokens, Runner, normalise_frames
+from engines.model import ZsadModel, load_checkpoint
+from plugins.preprocess import normalise_frames
+from plugins.scorer import ClipScorer, ClipTokens, Runner
+from plugins.streams import STREAMS
 
 log = logging.getLogger(__name__)
 

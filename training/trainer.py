@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
-from plugins.scorer import normalise_frames
+from plugins.preprocess import normalise_frames
 from training.losses import LossTerms, dense_cpc_loss, frame_loss, regression_loss, video_text_infonce
 
 log = logging.getLogger(__name__)

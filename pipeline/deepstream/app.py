@@ -7,40 +7,27 @@ down (EOS, close open alerts, flush sinks and media).
 
 What is shared with the CPU graph: the DPC-head runner and :class:`plugins.scorer.ClipScorer` (through
 :class:`pipeline.deepstream.probe.ClipScoringProbe`), the frame normalisation
-(:func:`pipeline.clips.to_model_input`), :class:`plugins.fusion.CameraFusion`,
-:class:`pipeline.outputs.events.CameraAlerts`, the sinks, event media and metrics. What differs:
-the backbone runs
-in nvinfer (its Python backend is closed right after the manifest checks), and clips are assembled by
-nvdspreprocess instead of :class:`pipeline.clips.ClipAssembler`.
+(:class:`plugins.preprocess.Normaliser`), the semantic stream (:class:`plugins.semantic.SemanticScorer`),
+:class:`plugins.fusion.CameraFusion`, :class:`pipeline.outputs.events.CameraAlerts`, the sinks, event media
+and metrics. What differs: the backbone runs in nvinfer (its Python backend is closed right after the
+manifest checks), and clips are assembled by nvdspreprocess instead of :class:`pipeline.clips.ClipAssembler`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.config import ZsadConfig
-from pipeline.clips import Clip, to_model_input
+from plugins.preprocess import Normaliser
 
-__all__ = ["DeepStreamApp", "frame_normaliser", "run_deepstream"]
+__all__ = ["DeepStreamApp", "run_deepstream"]
 
 log = logging.getLogger(__name__)
-
-
-def frame_normaliser(mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
-    """``(H, W, 3) uint8`` RGB -> ``(3, H, W) float32``, computed by the CPU graph's own
-    :func:`pipeline.clips.to_model_input`, so both graphs feed the DPC head bit-identical frames."""
-
-    def normalise(rgb: np.ndarray) -> np.ndarray:
-        clip = Clip("frame", 0, np.ascontiguousarray(rgb)[None], np.zeros(1), 0)
-        return to_model_input([clip], mean, std)[0, 0]
-
-    return normalise
 
 
 class DeepStreamApp:
@@ -57,7 +44,7 @@ class DeepStreamApp:
     def __init__(self, cfg: ZsadConfig, engines: Any, pyds: Any, *, jetson: bool) -> None:
         from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard
         from pipeline.deepstream.render import BACKBONE_UNIQUE_ID
-        from pipeline.inference import semantic_hook
+        from pipeline.inference import semantic_scorer
         from pipeline.outputs.hub import RunOutputs
         from plugins.scorer import ClipScorer
 
@@ -80,11 +67,11 @@ class DeepStreamApp:
             ids,
             clip_len=pre.clip_len,
             frame_stride=pre.frame_stride,
-            normalise=frame_normaliser(engines.mean, engines.std),
+            normalise=Normaliser(engines.mean, engines.std),
             on_scores=self.on_scores,
             osd_text=self.board.set_text if self.board is not None else None,
             on_frame=self.on_frame,
-            semantic=semantic_hook(engines, {c.id: c.context for c in self.cameras}),
+            semantic=semantic_scorer(engines, {c.id: c.context for c in self.cameras}),
             unique_id=BACKBONE_UNIQUE_ID,
             unmap_surfaces=jetson,
         )

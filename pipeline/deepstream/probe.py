@@ -8,9 +8,10 @@
 2. reads the backbone's ``tokens`` ``(T, D, h, w)`` and ``embedding`` ``(D,)`` that nvinfer attached for
    each clip that completed on this batch (:func:`pipeline.deepstream.meta.frame_tensors`);
 3. takes the clip's first frame (``(T - 1) * frame_stride`` frames before its last) and last frame from the
-   history, normalises both exactly like the CPU graph, and builds :class:`plugins.scorer.ClipTokens`;
+   history, normalises both with the CPU graph's :class:`plugins.preprocess.Normaliser`, and builds
+   :class:`plugins.scorer.ClipTokens`;
 4. runs the shared :class:`plugins.scorer.ClipScorer` (per-camera DPC history, the DPC-head runner batched
-   across cameras: TensorRT on a device) and the optional semantic stream;
+   across cameras: TensorRT on a device) and the optional :class:`plugins.semantic.SemanticScorer`;
 5. hands each :class:`plugins.scorer.StreamScores` to ``on_scores(camera, t, scores, prompt)`` (injected by
    the pipeline: fusion, alerts, sinks) and sets the camera's OSD text from the fused score it returns.
 
@@ -44,31 +45,27 @@ from pipeline.deepstream.meta import (
     frame_rgb,
     frame_tensors,
 )
-from plugins.scorer import ClipScorer, ClipTokens, StreamScores
+from plugins.scorer import BACKBONE_OUTPUTS, ClipScorer, ClipTokens, StreamScores
+from plugins.semantic import SemanticFn, SemanticMatch
+from plugins.streams import SEMANTIC
 
 __all__ = [
-    "BACKBONE_OUTPUTS",
     "ClipScoringProbe",
     "FrameHistory",
     "OsdScoreBoard",
     "ScoresCallback",
-    "SemanticFn",
     "format_osd_text",
     "pad_probe_ok",
 ]
 
 log = logging.getLogger(__name__)
 
-BACKBONE_OUTPUTS = ("tokens", "embedding")
-
 ScoresCallback = Callable[[str, float, StreamScores, str | None], float | None]
 """``on_scores(camera, t, scores, prompt) -> fused score or None``; ``t``: the clip's last frame time (s)."""
 
-SemanticFn = Callable[[Sequence[str], np.ndarray], Sequence[tuple[float, str] | None]]
-"""``semantic(cameras, embeddings (N, D) float32) -> [(score, best anomalous prompt) or None]``."""
-
-Normaliser = Callable[[np.ndarray], np.ndarray]
-"""``(H, W, 3) uint8`` RGB -> ``(3, H, W) float32`` normalised, as the backbone saw it."""
+FrameNormaliser = Callable[[np.ndarray], np.ndarray]
+"""``(H, W, 3) uint8`` RGB -> ``(3, H, W) float32`` normalised, as the backbone saw it: in the app, the
+CPU graph's :class:`plugins.preprocess.Normaliser`."""
 
 
 def pad_probe_ok() -> Any:
@@ -134,11 +131,13 @@ class ClipScoringProbe:
         clip_len: ``T`` frames per clip.
         frame_stride: source frames between consecutive clip frames (the sequence library's
             ``subsample + 1``).
-        normalise: ``(H, W, 3) uint8 -> (3, H, W) float32``, the CPU graph's normalisation.
+        normalise: ``(H, W, 3) uint8 -> (3, H, W) float32``, the CPU graph's
+            :class:`plugins.preprocess.Normaliser`.
         on_scores: receives every scored clip; returns the fused score for the OSD (or None).
         osd_text: ``osd_text(camera, text)``, e.g. :meth:`OsdScoreBoard.set_text`.
         on_frame: ``on_frame(camera, pts_s, rgb)`` for every frame (event media).
-        semantic: the optional semantic stream (adds ``scores["semantic"]`` and the prompt).
+        semantic: the optional semantic stream, e.g. :class:`plugins.semantic.SemanticScorer` (adds
+            ``scores["semantic"]`` and the prompt).
         unique_id: ``gie-unique-id`` of the backbone's nvinfer.
         unmap_surfaces: unmap each RGBA surface after copying it (Jetson).
         ok: the value the probe returns (default ``Gst.PadProbeReturn.OK``).
@@ -153,7 +152,7 @@ class ClipScoringProbe:
         *,
         clip_len: int,
         frame_stride: int,
-        normalise: Normaliser,
+        normalise: FrameNormaliser,
         on_scores: ScoresCallback,
         osd_text: Callable[[str, str], None] | None = None,
         on_frame: Callable[[str, float, np.ndarray], None] | None = None,
@@ -236,7 +235,7 @@ class ClipScoringProbe:
             return []
         scored = self.scorer.score(clips)
         # Like the CPU graph, the semantic head sees the whole batch (also clips whose DPC history fills).
-        semantic: Sequence[tuple[float, str] | None] = [None] * len(clips)
+        semantic: Sequence[SemanticMatch | None] = [None] * len(clips)
         if self.semantic is not None:
             semantic = self.semantic([c.camera for c in clips], np.stack([c.embedding for c in clips]))
         out = []
@@ -245,7 +244,7 @@ class ClipScoringProbe:
                 continue
             prompt = None
             if extra is not None:
-                s.scores["semantic"], prompt = extra
+                s.scores[SEMANTIC], prompt = extra
             fused = self.on_scores(clip.camera, t, s, prompt)
             if self.osd_text is not None:
                 self.osd_text(clip.camera, format_osd_text(clip.camera, fused, prompt))

@@ -24,10 +24,11 @@ from engines.backends import load_backend
 from engines.build import BuildOptions, BuildReport, build_engines
 from engines.export import ParityError, random_feeds
 from engines.manifest import Expectation, ManifestError, ManifestMismatch, check_manifest, load_manifest
-from engines.model import STREAMS, ZsadModel, load_checkpoint, save_checkpoint
+from engines.model import ZsadModel, load_checkpoint, save_checkpoint
 from engines.prompts import PROMPT_DIR, load_prompt_set
 from pipeline.cli.main import main as cli_main
 from plugins.fusion import StreamGate
+from plugins.streams import STREAMS
 from tests.conftest import REPO
 from tests.fixtures.tiny_models import make_tiny_clip
 

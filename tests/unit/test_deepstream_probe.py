@@ -14,7 +14,6 @@ import pytest
 
 from core.config import ModelConfig
 from pipeline.clips import ClipAssembler
-from pipeline.deepstream.app import frame_normaliser
 from pipeline.deepstream.meta import (
     MetaError,
     add_display_text,
@@ -26,9 +25,11 @@ from pipeline.deepstream.meta import (
 )
 from pipeline.deepstream.probe import ClipScoringProbe, FrameHistory, OsdScoreBoard, format_osd_text
 from pipeline.deepstream.render import sequence_params
-from pipeline.inference import ClipInference, EngineSet, semantic_hook
+from pipeline.inference import ClipInference, EngineSet, semantic_scorer
 from plugins.fusion import CameraFusion, StreamGate
+from plugins.preprocess import Normaliser
 from plugins.scorer import DPC_INPUTS, DPC_OUTPUTS, ClipScorer, StreamScores
+from plugins.semantic import PromptBank
 from tests.fixtures.pyds_test_double import (
     FrameSpec,
     PydsTestDouble,
@@ -267,7 +268,7 @@ def test_probe_scores_match_the_cpu_path_exactly(runners: tuple[Any, Any], decod
             std=STD,
             model_id="test",
             semantic=semantic_runner,
-            texts={"generic": (texts, 2, prompt_names)},
+            texts={"generic": PromptBank(texts, 2, tuple(prompt_names))},
         )
 
     contexts = dict.fromkeys(cameras, "generic")
@@ -324,10 +325,10 @@ def test_probe_scores_match_the_cpu_path_exactly(runners: tuple[Any, Any], decod
         cameras,
         clip_len=pre["clip_len"],
         frame_stride=pre["frame_stride"],
-        normalise=frame_normaliser(MEAN, STD),
+        normalise=Normaliser(MEAN, STD),
         on_scores=on_scores,
         osd_text=osd.__setitem__,
-        semantic=semantic_hook(ds_engines, contexts),
+        semantic=semantic_scorer(ds_engines, contexts),
         ok=OK,
     )
     next_ready = dict.fromkeys(cameras, span)
@@ -370,7 +371,7 @@ def test_probe_resets_a_camera_whose_frame_numbers_restart(runners: tuple[Any, A
         ["cam-a"],
         clip_len=2,
         frame_stride=2,
-        normalise=frame_normaliser(MEAN, STD),
+        normalise=Normaliser(MEAN, STD),
         on_scores=lambda *_: None,
         ok=OK,
     )
@@ -400,7 +401,7 @@ def test_probe_boundary_logs_and_returns_ok(
         ["cam-a"],
         clip_len=2,
         frame_stride=2,
-        normalise=frame_normaliser(MEAN, STD),
+        normalise=Normaliser(MEAN, STD),
         on_scores=lambda *a: None,
         ok=OK,
     )

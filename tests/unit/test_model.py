@@ -14,7 +14,9 @@ from core.config import ModelConfig
 from engines.backbone import BackboneLoadError, TimeSformerEncoder
 from engines.dpc import DPCHead
 from engines.model import CheckpointError, ZsadModel, load_checkpoint, save_checkpoint
+from engines.semantic import StreamGateHead
 from plugins.scorer import ClipScorer, ClipTokens
+from plugins.streams import STREAMS
 from tests.fixtures.tiny_data import moving_square_video
 from training.trainer import TrainStep, WindowSampler
 
@@ -55,6 +57,14 @@ def test_backbone_shapes_non_square(model: ZsadModel) -> None:
     t2, _ = model.backbone(clip2)
     delta = (t2 - tokens)[0, 1].abs().mean(dim=0)  # (h, w)
     assert delta[0, 0] == delta.max()
+
+
+def test_stream_gate_head_rows_follow_the_shared_stream_names(model: ZsadModel) -> None:
+    assert isinstance(model.stream_gate, StreamGateHead)
+    assert model.stream_gate.streams == list(STREAMS)
+    weights = model.stream_gate(torch.zeros(2, 64), torch.tensor([True, True, True, False]))
+    assert weights.shape == (2, len(STREAMS))
+    torch.testing.assert_close(weights[:, 3], torch.zeros(2))  # an absent stream gets no weight
 
 
 def test_dpc_head_outputs_are_spatial_maps(model: ZsadModel) -> None:
