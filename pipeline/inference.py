@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from core.config import ZsadConfig
+from engines.backends.base import Backend
+from engines.manifest import Manifest
 from pipeline.clips import Clip, to_model_input
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
 
@@ -32,14 +34,14 @@ class EngineError(RuntimeError):
 class EngineSet:
     """Opened backends plus what the fusion needs (gate, prompt embeddings), all checked."""
 
-    backbone: Any
-    dpc: Any
+    backbone: Backend
+    dpc: Backend
     frame_size: tuple[int, int]  # (width, height) the backbone takes
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     model_id: str
     gate_path: Path | None = None
-    semantic: Any = None
+    semantic: Backend | None = None
     texts: dict[str, tuple[np.ndarray, int, list[str]]] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -55,9 +57,8 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
 
     directory = Path(cfg.engines.dir)
-    spec = cfg.model.model_dump(mode="json")
     options: dict[str, Any] = {"spin": cfg.engines.spin} if cfg.engines.backend == "onnxruntime" else {}
-    opened: dict[str, Any] = {}
+    opened: dict[str, Backend] = {}
     try:
         for component in ("backbone", "dpc_head"):
             path = manifest_path(directory, component)
@@ -67,7 +68,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
                     f"(zsad build-engines --config CONFIG --checkpoint CKPT --out {directory})"
                 )
             manifest = load_manifest(path)
-            check_manifest(manifest, Expectation(model_spec=spec, backend=cfg.engines.backend))
+            check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
             opened[component] = load_backend(
                 manifest, cfg.engines.backend, threads=cfg.engines.threads, **options
             )
@@ -75,7 +76,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
         sem_path = manifest_path(directory, "semantic_head")
         if sem_path.is_file():
             manifest = load_manifest(sem_path)
-            check_manifest(manifest, Expectation(model_spec=spec, backend=cfg.engines.backend))
+            check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
             semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
     except (ManifestError, BackendError) as exc:
         for backend in opened.values():
@@ -104,7 +105,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     return engines
 
 
-def _load_texts(manifest: Any) -> dict[str, tuple[np.ndarray, int, list[str]]]:
+def _load_texts(manifest: Manifest) -> dict[str, tuple[np.ndarray, int, list[str]]]:
     """Per-context prompt embeddings: ``{context: ((P, d) float32, n_normal, prompts)}``."""
     from engines.prompts import load_prompt_set
 
@@ -126,11 +127,12 @@ def semantic_hook(engines: EngineSet, contexts: dict[str, str]) -> SemanticFn | 
     camera ``max(anomalous sims) - max(normal sims)`` against its context's prompts, and the best
     anomalous prompt. ``None`` for a camera whose context has no prompt embeddings.
     """
-    if engines.semantic is None:
+    backend = engines.semantic
+    if backend is None:
         return None
 
     def semantic(cameras: Sequence[str], embeddings: np.ndarray) -> list[tuple[float, str] | None]:
-        video = engines.semantic({"embedding": embeddings})["video"]
+        video = backend({"embedding": embeddings})["video"]
         out: list[tuple[float, str] | None] = []
         for i, camera in enumerate(cameras):
             entry = engines.texts.get(contexts.get(camera, "generic"))
