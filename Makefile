@@ -46,7 +46,7 @@ test-reliability: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check core engines plugins synth training pipeline bench tests build_engines.py
-	$(VENV)/bin/mypy engines pipeline
+	$(VENV)/bin/mypy core engines plugins synth training pipeline bench
 
 format: setup
 	$(VENV)/bin/ruff format core engines plugins synth training pipeline bench tests build_engines.py

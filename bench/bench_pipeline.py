@@ -368,7 +368,7 @@ def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     def on_frame(camera: str, _pts: float, _frame: np.ndarray) -> None:
         counters.frame(camera)
 
-    def on_display(camera: str, _pts: float, _frame: np.ndarray) -> None:
+    def on_display(camera: str, _pts: float, _frame: object) -> None:
         counters.clip(camera)  # display-branch frames, counted apart
 
     frame_size = (cfg.model.backbone.image_width, cfg.model.backbone.image_height)

@@ -20,9 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +339,7 @@ def prepare_assets(
         checkpoint = work / "random" / "model.safetensors"
         random_init = True
         if not checkpoint.is_file():
-            _save_random_checkpoint(cfg.model.model_dump(mode="json"), checkpoint)
+            _save_random_checkpoint(cfg.model, checkpoint)
     if not Path(checkpoint).is_file():
         raise BenchError(f"checkpoint {checkpoint} does not exist")
     engines_dir = work / ("engines-random" if random_init else "engines")
@@ -393,7 +396,7 @@ def prepare_assets(
     )
 
 
-def _save_random_checkpoint(spec: Mapping[str, Any], path: Path) -> None:
+def _save_random_checkpoint(spec: ModelConfig, path: Path) -> None:
     import torch
 
     from engines.model import ZsadModel, save_checkpoint

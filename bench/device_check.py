@@ -29,11 +29,14 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 log = logging.getLogger("device_check")
 
-BASE = {  # TimeSformer-B 8x224 (the paper's backbone size)
+BASE: dict[str, dict[str, Any]] = {  # TimeSformer-B 8x224 (the paper's backbone size)
     "backbone": {
         "image_height": 224,
         "image_width": 224,
@@ -93,7 +96,7 @@ class SkipSection(Exception):
     """A section that cannot run here (no CUDA, no TensorRT); not a failure."""
 
 
-def _spec(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def _spec(overrides: dict[str, Any] | None = None) -> ModelConfig:
     import yaml
 
     from core.config import ModelConfig
@@ -102,7 +105,7 @@ def _spec(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     model = yaml.safe_load((repo / "configs" / "default.yaml").read_text())["model"]
     for section, values in (overrides or {}).items():
         model.setdefault(section, {}).update(values)
-    return ModelConfig.model_validate(model).model_dump(mode="json")
+    return ModelConfig.model_validate(model)
 
 
 def _need_cuda() -> Any:
@@ -113,19 +116,19 @@ def _need_cuda() -> Any:
     return torch
 
 
-def _backbone(spec: dict[str, Any]) -> Any:
+def _backbone(spec: ModelConfig) -> Any:
     from engines.backbone import TimeSformerEncoder
 
-    bb, pre = spec["backbone"], spec["preprocess"]
+    bb, pre = spec.backbone, spec.preprocess
     return TimeSformerEncoder(
-        height=bb["image_height"],
-        width=bb["image_width"],
-        num_frames=pre["clip_len"],
-        patch_size=bb["patch_size"],
-        hidden_size=bb["hidden_size"],
-        num_layers=bb["num_layers"],
-        num_heads=bb["num_heads"],
-        mlp_ratio=bb["mlp_ratio"],
+        height=bb.image_height,
+        width=bb.image_width,
+        num_frames=pre.clip_len,
+        patch_size=bb.patch_size,
+        hidden_size=bb.hidden_size,
+        num_layers=bb.num_layers,
+        num_heads=bb.num_heads,
+        mlp_ratio=bb.mlp_ratio,
     ).eval()
 
 
@@ -200,12 +203,12 @@ def _block_outputs(torch: Any, model: Any, x: Any, autocast: bool = False) -> li
     return outputs
 
 
-def section_fp16_blocks(report: Report, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def section_fp16_blocks(report: Report, name: str, spec: ModelConfig) -> dict[str, Any]:
     torch = _need_cuda()
     torch.manual_seed(0)
     model = _backbone(spec).to(DEVICE)
-    pre, bb = spec["preprocess"], spec["backbone"]
-    x = torch.randn(2, pre["clip_len"], 3, bb["image_height"], bb["image_width"], device=DEVICE)
+    pre, bb = spec.preprocess, spec.backbone
+    x = torch.randn(2, pre.clip_len, 3, bb.image_height, bb.image_width, device=DEVICE)
     reference = _block_outputs(torch, model, x)
     runs = {
         "half": _block_outputs(torch, copy.deepcopy(model).half(), x.half()),
@@ -235,17 +238,17 @@ def _clips_per_s(torch: Any, model: Any, x: Any, min_seconds: float = 1.0) -> fl
     return x.shape[0] * n / (time.perf_counter() - started)
 
 
-def section_throughput(report: Report, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def section_throughput(report: Report, name: str, spec: ModelConfig) -> dict[str, Any]:
     torch = _need_cuda()
     torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32
     model = _backbone(spec).to(DEVICE)
-    pre, bb = spec["preprocess"], spec["backbone"]
+    pre, bb = spec.preprocess, spec.backbone
     out: dict[str, Any] = {}
     for precision in ("fp32", "fp16"):
         m = model if precision == "fp32" else copy.deepcopy(model).half()
         for batch in BATCHES:
             key = f"{precision} b{batch}"
-            x = torch.randn(batch, pre["clip_len"], 3, bb["image_height"], bb["image_width"], device=DEVICE)
+            x = torch.randn(batch, pre.clip_len, 3, bb.image_height, bb.image_width, device=DEVICE)
             try:
                 out[key] = round(_clips_per_s(torch, m, x.half() if precision == "fp16" else x), 1)
             except torch.cuda.OutOfMemoryError:
@@ -256,7 +259,7 @@ def section_throughput(report: Report, name: str, spec: dict[str, Any]) -> dict[
     return out
 
 
-def _build_tensorrt(report: Report, name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+def _build_tensorrt(report: Report, name: str, spec: ModelConfig, work: Path) -> dict[str, Any]:
     torch = _need_cuda()
     if DEVICE != "cuda":
         raise SkipSection("TensorRT needs --device cuda")
@@ -313,6 +316,21 @@ def _tensorrt_throughput(report: Report, name: str, manifest_path: Path) -> dict
     return out
 
 
+def _sized(
+    section: Callable[[Report, str, ModelConfig], dict[str, Any]],
+    report: Report,
+    size: str,
+    overrides: dict[str, Any] | None,
+) -> Callable[[], dict[str, Any]]:
+    """``section`` for one backbone size, its spec read when the section runs (so a bad spec is that
+    section's error, not the script's)."""
+
+    def run() -> dict[str, Any]:
+        return section(report, size, _spec(overrides))
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.device_check", description=__doc__.split("\n", 1)[0]
@@ -339,18 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.out)
     if "env" in wanted:
         report.run("env", lambda: section_env(report))
-    sizes = {"default": None, "base": BASE}
+    sizes: dict[str, dict[str, Any] | None] = {"default": None, "base": BASE}
     for size, overrides in sizes.items():
         if size not in args.sizes.split(","):
             continue
         if "fp16_blocks" in wanted:
-            report.run(
-                f"fp16_blocks_{size}", lambda s=size, o=overrides: section_fp16_blocks(report, s, _spec(o))
-            )
+            report.run(f"fp16_blocks_{size}", _sized(section_fp16_blocks, report, size, overrides))
         if "throughput" in wanted:
-            report.run(
-                f"throughput_{size}", lambda s=size, o=overrides: section_throughput(report, s, _spec(o))
-            )
+            report.run(f"throughput_{size}", _sized(section_throughput, report, size, overrides))
     if "tensorrt" in wanted:
         report.run(
             "tensorrt_default", lambda: _build_tensorrt(report, "default", _spec(), args.out / "trt_default")

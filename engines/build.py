@@ -31,10 +31,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.config import ModelConfig, ZsadConfig
 from engines.backends.base import BackendError, BackendUnavailable
 from engines.export import EXPORT_OPSET, EXPORTER, ExportError, ParityError, check_parity, export_onnx
 from engines.manifest import (
@@ -67,6 +68,10 @@ from engines.tensorrt_build import (
 )
 from plugins.fusion import GateError, StreamGate
 from plugins.streams import STREAMS
+
+if TYPE_CHECKING:  # torch is heavy: these load only when a stage has to build
+    from engines.model import ZsadModel
+    from engines.semantic import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +245,14 @@ class _Builder:
 
     def __init__(
         self,
-        spec: Mapping[str, Any],
+        spec: ModelConfig,
         checkpoint: Path,
         out_dir: Path,
         contexts: Mapping[str, str],
         options: BuildOptions,
         prompt_dir: Path,
     ) -> None:
-        self.spec = json.loads(json.dumps(dict(spec)))
+        self.spec = spec.model_copy(deep=True)
         self.spec_sha = spec_sha256(self.spec)
         self.checkpoint = checkpoint
         self.out = out_dir
@@ -256,10 +261,10 @@ class _Builder:
         self.options = options
         self.prompt_dir = prompt_dir
         self.report = BuildReport(out_dir=out_dir)
-        self._model: Any = None
+        self._model: ZsadModel | None = None
         self.meta: dict[str, Any] = {}
         self.weights_sha = ""
-        self._text_encoder: Any = None
+        self._text_encoder: TextEncoder | None = None
 
     # -- inputs ------------------------------------------------------------------------------------------
 
@@ -272,12 +277,12 @@ class _Builder:
         meta_path = self.checkpoint.with_suffix(self.checkpoint.suffix + ".json")
         if not self.checkpoint.is_file():
             raise BuildInputError(f"checkpoint {self.checkpoint} does not exist")
+        from engines.model import CheckpointError, parse_spec
+
         try:
             meta = json.loads(meta_path.read_text())
-            from engines.model import upgrade_spec
-
-            ckpt_spec = upgrade_spec(meta["spec"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            ckpt_spec = parse_spec(meta["spec"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, CheckpointError) as exc:
             raise BuildInputError(f"checkpoint metadata {meta_path} is missing or malformed: {exc}") from exc
         digest = file_sha256(self.checkpoint)
         if meta.get("sha256") and meta["sha256"] != digest:
@@ -295,7 +300,7 @@ class _Builder:
         self.weights_sha = digest
 
     @property
-    def model(self) -> Any:
+    def model(self) -> ZsadModel:
         """The checkpoint's :class:`~engines.model.ZsadModel` in eval mode, loaded on first use."""
         if self._model is None:
             from engines.model import CheckpointError, load_checkpoint
@@ -335,7 +340,7 @@ class _Builder:
     def semantic_enabled(self) -> bool:
         from engines.semantic import clip_available
 
-        source = self.spec["semantic"].get("clip_text_model")
+        source = self.spec.semantic.clip_text_model
         if clip_available(source):
             return True
         if source:
@@ -384,7 +389,7 @@ class _Builder:
             inputs=inputs,
             outputs=outputs,
             preprocessing=preprocessing_from_spec(self.spec),
-            model_spec=self.spec,
+            model_spec=self.spec.model_dump(mode="json"),
             model_spec_sha256=self.spec_sha,
             weights_sha256=self.weights_sha,
             checkpoint=str(self.checkpoint.resolve()),
@@ -632,7 +637,7 @@ class _Builder:
         return manifest
 
     def text_stage(self, manifest: Manifest, previous: Manifest | None) -> Manifest:
-        clip_source = str(self.spec["semantic"]["clip_text_model"])
+        clip_source = str(self.spec.semantic.clip_text_model)
         clip_id = _clip_identity(Path(clip_source).expanduser())
         context_embs = self.meta.get("context_embeddings") or {}
         old = {t.context: t for t in previous.text_embeddings} if previous is not None else {}
@@ -728,10 +733,10 @@ class _Builder:
 
         if self._text_encoder is None:
             try:
-                self._text_encoder = TextEncoder(str(self.spec["semantic"]["clip_text_model"]))
+                self._text_encoder = TextEncoder(str(self.spec.semantic.clip_text_model))
             except TextEncoderError as exc:
                 raise BuildInputError(str(exc)) from exc
-            want = int(self.spec["semantic"]["embed_dim"])
+            want = self.spec.semantic.embed_dim
             if self._text_encoder.embed_dim != want:
                 raise BuildInputError(
                     f"CLIP text model embeds to {self._text_encoder.embed_dim} dims, "
@@ -842,7 +847,7 @@ class _Builder:
         return self.report
 
 
-def compose_stream_gate(model: Any) -> tuple[np.ndarray, np.ndarray]:
+def compose_stream_gate(model: ZsadModel) -> tuple[np.ndarray, np.ndarray]:
     """The stream gate applied to the backbone embedding in one step: ``W = Wg @ Wc`` ``(S, D)``,
     ``b = Wg @ bc + bg`` ``(S,)``, where ``Wc, bc`` is ``model.context`` and ``Wg, bg`` the gate's linear."""
     wc = model.context.weight.detach().double().numpy()
@@ -870,7 +875,7 @@ def _clip_identity(folder: Path) -> str:
 
 
 def build_engines(
-    spec: Mapping[str, Any],
+    spec: ModelConfig,
     checkpoint: str | Path,
     out_dir: str | Path,
     *,
@@ -905,21 +910,21 @@ def build_engines(
 
 
 def build_from_config(
-    cfg: Any,
+    cfg: ZsadConfig,
     checkpoint: str | Path | None = None,
     out_dir: str | Path | None = None,
     options: BuildOptions | None = None,
 ) -> BuildReport:
-    """:func:`build_engines` for a loaded :class:`core.config.ZsadConfig` (taken as an object, so this
-    package does not import pipeline/): its ``model`` section, its cameras' contexts and prompt sets, and
-    ``engines.checkpoint`` / ``engines.dir`` unless ``checkpoint`` / ``out_dir`` are given."""
+    """:func:`build_engines` for a loaded :class:`core.config.ZsadConfig`: its ``model`` section, its
+    cameras' contexts and prompt sets, and ``engines.checkpoint`` / ``engines.dir`` unless ``checkpoint`` /
+    ``out_dir`` are given."""
     checkpoint = checkpoint or cfg.engines.checkpoint
     if not checkpoint:
         raise BuildInputError("no checkpoint: pass --checkpoint or set engines.checkpoint in the config")
     cameras = [(c.context, c.prompts) for c in (cfg.camera_settings(cam.id) for cam in cfg.cameras)]
     contexts = camera_contexts(cameras or [(cfg.defaults.context, cfg.defaults.prompts)])
     return build_engines(
-        cfg.model.model_dump(mode="json"),
+        cfg.model,
         checkpoint,
         out_dir or cfg.engines.dir,
         contexts=contexts,

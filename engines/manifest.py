@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from core.config import ModelConfig
 from plugins.preprocess import LAYOUTS
 from plugins.streams import STREAMS
 
@@ -254,25 +255,32 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _arch_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+def _arch_spec(spec: ModelConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The spec without machine-local paths, as plain JSON types."""
-    plain: dict[str, Any] = json.loads(json.dumps(dict(spec)))
+    plain: dict[str, Any] = (
+        spec.model_dump(mode="json") if isinstance(spec, ModelConfig) else json.loads(json.dumps(dict(spec)))
+    )
     for section, key in _LOCAL_SPEC_FIELDS:
         if isinstance(plain.get(section), dict):
             plain[section].pop(key, None)
     return plain
 
 
-def spec_sha256(spec: Mapping[str, Any]) -> str:
-    """Hash of the architecture/preprocessing spec (the config's ``model`` section minus local paths)."""
+def spec_sha256(spec: ModelConfig) -> str:
+    """Hash of the architecture/preprocessing spec (the config's ``model`` section minus local paths):
+    the SHA-256 of its canonical JSON (sorted keys, no spaces), so it is stable across runs and machines."""
     text = json.dumps(_arch_spec(spec), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def spec_diff(
-    a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "model"
+    a: ModelConfig | Mapping[str, Any], b: ModelConfig | Mapping[str, Any], prefix: str = "model"
 ) -> list[tuple[str, Any, Any]]:
-    """Dotted fields where two specs differ (local paths ignored): ``[(field, a_value, b_value)]``."""
+    """Dotted fields where two specs differ (local paths ignored): ``[(field, a_value, b_value)]``.
+
+    Either side may be the JSON a manifest stores (``Manifest.model_spec``), which can predate fields
+    the schema has today; such a field shows as ``None`` on that side.
+    """
 
     def walk(x: Any, y: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
         if isinstance(x, dict) and isinstance(y, dict):
@@ -284,21 +292,21 @@ def spec_diff(
     return list(walk(_arch_spec(a), _arch_spec(b), prefix))
 
 
-def preprocessing_from_spec(spec: Mapping[str, Any]) -> Preprocessing:
-    pre, bb = spec["preprocess"], spec["backbone"]
+def preprocessing_from_spec(spec: ModelConfig) -> Preprocessing:
+    pre, bb = spec.preprocess, spec.backbone
     return Preprocessing(
-        mean=tuple(pre["mean"]),
-        std=tuple(pre["std"]),
-        clip_len=pre["clip_len"],
-        frame_stride=pre["frame_stride"],
-        clip_hop=pre["clip_hop"],
-        image_height=bb["image_height"],
-        image_width=bb["image_width"],
+        mean=pre.mean,
+        std=pre.std,
+        clip_len=pre.clip_len,
+        frame_stride=pre.frame_stride,
+        clip_hop=pre.clip_hop,
+        image_height=bb.image_height,
+        image_width=bb.image_width,
     )
 
 
 def component_io(
-    component: str, spec: Mapping[str, Any], input_layout: str = "NTCHW"
+    component: str, spec: ModelConfig, input_layout: str = "NTCHW"
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The I/O contract of a component for a model spec: ``(inputs, outputs)``.
 
@@ -307,9 +315,9 @@ def component_io(
     """
     if input_layout not in LAYOUTS:
         raise ValueError(f"input layout {input_layout!r} is not one of {LAYOUTS}")
-    bb, pre = spec["backbone"], spec["preprocess"]
-    t, height, width, p = pre["clip_len"], bb["image_height"], bb["image_width"], bb["patch_size"]
-    d, gh, gw = bb["hidden_size"], height // p, width // p
+    bb, pre = spec.backbone, spec.preprocess
+    t, height, width, p = pre.clip_len, bb.image_height, bb.image_width, bb.patch_size
+    d, gh, gw = bb.hidden_size, height // p, width // p
     if component == "backbone":
         clip_shape = (-1, t, 3, height, width) if input_layout == "NTCHW" else (-1, 3, t, height, width)
         return (
@@ -320,9 +328,9 @@ def component_io(
             ],
         )
     if component == "dpc_head":
-        s = spec["dpc"]["context_clips"]
+        s = spec.dpc.context_clips
         frames = ["last_frame", "current_frame"]
-        if spec["dpc"].get("decoder") == "extrapolate":
+        if spec.dpc.decoder == "extrapolate":
             frames.append("prev_frame")
         return (
             [
@@ -336,7 +344,7 @@ def component_io(
             ],
         )
     if component == "semantic_head":
-        e = spec["semantic"]["embed_dim"]
+        e = spec.semantic.embed_dim
         return (
             [TensorSpec(name="embedding", shape=(-1, d), layout="ND")],
             [TensorSpec(name="video", shape=(-1, e), layout="ND")],
@@ -398,7 +406,7 @@ class Expectation:
         verify_files: hash every file the manifest names (catches a changed or truncated file).
     """
 
-    model_spec: Mapping[str, Any] | None = None
+    model_spec: ModelConfig | None = None
     input_layout: str | None = None
     backend: str | None = None
     tensorrt_version: str | None = None

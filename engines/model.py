@@ -13,14 +13,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from core.config import ModelConfig
 from engines.backbone import TimeSformerEncoder
 from engines.dpc import DPCHead
 from engines.semantic import ContextGate, ProjectionHead, StreamGateHead
 from plugins.streams import STREAMS
 
-__all__ = ["CheckpointError", "ZsadModel", "load_checkpoint", "save_checkpoint", "upgrade_spec"]
+__all__ = [
+    "CheckpointError",
+    "ZsadModel",
+    "load_checkpoint",
+    "parse_spec",
+    "save_checkpoint",
+    "upgrade_spec",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -30,52 +39,51 @@ class CheckpointError(RuntimeError):
 class ZsadModel(nn.Module):
     """Backbone + DPC head + semantic projection + context gates, built from a model spec.
 
-    ``spec`` is the ``model`` section of the config as a plain dict (see ``core.config.ModelConfig``).
+    ``spec`` is the ``model`` section of the config (:class:`core.config.ModelConfig`).
     """
 
-    def __init__(self, spec: Mapping[str, Any]):
+    def __init__(self, spec: ModelConfig):
         super().__init__()
-        self.spec = json.loads(json.dumps(dict(spec)))  # a plain, JSON-able copy
-        bb, dpc, sem, gate, pre = (
-            self.spec[k] for k in ("backbone", "dpc", "semantic", "gate", "preprocess")
-        )
+        # The model's own copy: a config edited afterwards must not change what the model says it is.
+        self.spec = spec.model_copy(deep=True)
+        bb, dpc, sem, gate, pre = spec.backbone, spec.dpc, spec.semantic, spec.gate, spec.preprocess
         self.backbone = TimeSformerEncoder(
-            height=bb["image_height"],
-            width=bb["image_width"],
-            num_frames=pre["clip_len"],
-            patch_size=bb["patch_size"],
-            hidden_size=bb["hidden_size"],
-            num_layers=bb["num_layers"],
-            num_heads=bb["num_heads"],
-            mlp_ratio=bb["mlp_ratio"],
-            pretrained=bb.get("pretrained"),
+            height=bb.image_height,
+            width=bb.image_width,
+            num_frames=pre.clip_len,
+            patch_size=bb.patch_size,
+            hidden_size=bb.hidden_size,
+            num_layers=bb.num_layers,
+            num_heads=bb.num_heads,
+            mlp_ratio=bb.mlp_ratio,
+            pretrained=bb.pretrained,
         )
         d = self.backbone.hidden_size
         self.dpc = DPCHead(
             in_dim=d,
-            hidden=dpc["hidden_size"],
-            context_clips=dpc["context_clips"],
-            pred_steps=dpc["pred_steps"],
-            patch_size=bb["patch_size"],
-            decode_pixels=dpc["decode_pixels"],
-            decoder=dpc.get("decoder", "residual"),
+            hidden=dpc.hidden_size,
+            context_clips=dpc.context_clips,
+            pred_steps=dpc.pred_steps,
+            patch_size=bb.patch_size,
+            decode_pixels=dpc.decode_pixels,
+            decoder=dpc.decoder,
         )
-        self.context = nn.Linear(d, gate["context_dim"])
-        self.projection = ProjectionHead(d, sem["embed_dim"], layers=sem["projection_layers"])
-        self.context_gate = ContextGate(gate["context_dim"], sem["embed_dim"])
-        self.stream_gate = StreamGateHead(gate["context_dim"], STREAMS)
+        self.context = nn.Linear(d, gate.context_dim)
+        self.projection = ProjectionHead(d, sem.embed_dim, layers=sem.projection_layers)
+        self.context_gate = ContextGate(gate.context_dim, sem.embed_dim)
+        self.stream_gate = StreamGateHead(gate.context_dim, STREAMS)
 
     @property
     def clip_len(self) -> int:
-        return int(self.spec["preprocess"]["clip_len"])
+        return self.spec.preprocess.clip_len
 
     @property
     def frame_stride(self) -> int:
-        return int(self.spec["preprocess"]["frame_stride"])
+        return self.spec.preprocess.frame_stride
 
     @property
     def context_clips(self) -> int:
-        return int(self.spec["dpc"]["context_clips"])
+        return self.spec.dpc.context_clips
 
     @property
     def clip_span(self) -> int:
@@ -98,6 +106,41 @@ def upgrade_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _missing_fields(data: Mapping[str, Any], schema: type[BaseModel], prefix: str) -> list[str]:
+    """Dotted schema fields that ``data`` leaves out (recursing into nested sections)."""
+    missing = []
+    for name, info in schema.model_fields.items():
+        if name not in data:
+            missing.append(f"{prefix}{name}")
+            continue
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(data[name], Mapping):
+            missing += _missing_fields(data[name], sub, f"{prefix}{name}.")
+    return missing
+
+
+def parse_spec(spec: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of a spec stored as JSON (a checkpoint's sidecar), after :func:`upgrade_spec`.
+
+    Every field must be present: a field missing from an old checkpoint that :func:`upgrade_spec` does not
+    know would otherwise silently take today's default, which need not be what the checkpoint was trained
+    with. Raises :class:`CheckpointError` naming the fields.
+    """
+    if not isinstance(spec, Mapping):
+        raise CheckpointError(f"the model spec must be a JSON object, got {type(spec).__name__}")
+    data = upgrade_spec(spec)
+    missing = _missing_fields(data, ModelConfig, "")
+    if missing:
+        raise CheckpointError(f"the model spec lacks {', '.join(missing[:8])}")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise CheckpointError(f"the model spec is invalid: {problems}") from exc
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -116,7 +159,11 @@ def save_checkpoint(model: ZsadModel, path: str | Path, extra: Mapping[str, Any]
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
-    meta = {"spec": model.spec, "sha256": _sha256(path), **(dict(extra) if extra else {})}
+    meta = {
+        "spec": model.spec.model_dump(mode="json"),
+        "sha256": _sha256(path),
+        **(dict(extra) if extra else {}),
+    }
     meta_path = path.with_suffix(path.suffix + ".json")
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return path
@@ -135,9 +182,13 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[ZsadMo
         raise CheckpointError(f"checkpoint metadata {meta_path} does not exist")
     try:
         meta = json.loads(meta_path.read_text())
-        spec = meta["spec"]
+        stored = meta["spec"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint metadata {meta_path} is malformed: {exc}") from exc
+    try:
+        spec = parse_spec(stored)
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint metadata {meta_path}: {exc}") from exc
     digest = _sha256(path)
     if meta.get("sha256") and meta["sha256"] != digest:
         raise CheckpointError(
@@ -148,7 +199,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[ZsadMo
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
     # The weights are in the checkpoint: never reload the pretrained source they started from.
-    spec = {**spec, "backbone": {**spec["backbone"], "pretrained": None}}
+    spec = spec.model_copy(update={"backbone": spec.backbone.model_copy(update={"pretrained": None})})
     model = ZsadModel(spec)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

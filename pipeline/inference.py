@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from core.config import ZsadConfig
+from engines.backends.base import Backend
+from engines.manifest import Manifest
 from pipeline.clips import Clip, to_model_input
 from plugins.preprocess import to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
@@ -36,14 +38,14 @@ class EngineError(RuntimeError):
 class EngineSet:
     """Opened backends plus what the fusion needs (gate, prompt embeddings), all checked."""
 
-    backbone: Any
-    dpc: Any
+    backbone: Backend
+    dpc: Backend
     frame_size: tuple[int, int]  # (width, height) the backbone takes
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     model_id: str
     gate_path: Path | None = None
-    semantic: Any = None
+    semantic: Backend | None = None
     texts: dict[str, PromptBank] = field(default_factory=dict)
     input_layout: str = "NTCHW"  # the backbone's clip layout (plugins.preprocess.LAYOUTS)
 
@@ -60,9 +62,8 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
 
     directory = Path(cfg.engines.dir)
-    spec = cfg.model.model_dump(mode="json")
     options: dict[str, Any] = {"spin": cfg.engines.spin} if cfg.engines.backend == "onnxruntime" else {}
-    opened: dict[str, Any] = {}
+    opened: dict[str, Backend] = {}
     try:
         for component in ("backbone", "dpc_head"):
             path = manifest_path(directory, component)
@@ -72,7 +73,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
                     f"(zsad build-engines --config CONFIG --checkpoint CKPT --out {directory})"
                 )
             manifest = load_manifest(path)
-            check_manifest(manifest, Expectation(model_spec=spec, backend=cfg.engines.backend))
+            check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
             opened[component] = load_backend(
                 manifest, cfg.engines.backend, threads=cfg.engines.threads, **options
             )
@@ -80,7 +81,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
         sem_path = manifest_path(directory, "semantic_head")
         if sem_path.is_file():
             manifest = load_manifest(sem_path)
-            check_manifest(manifest, Expectation(model_spec=spec, backend=cfg.engines.backend))
+            check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
             semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
     except (ManifestError, BackendError) as exc:
         for backend in opened.values():
@@ -114,7 +115,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     return engines
 
 
-def _load_texts(manifest: Any) -> dict[str, PromptBank]:
+def _load_texts(manifest: Manifest) -> dict[str, PromptBank]:
     """Per-context prompt embeddings of the semantic head's manifest."""
     from engines.prompts import load_prompt_set
 

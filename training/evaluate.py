@@ -22,14 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.config import ZsadConfig
 from engines.model import ZsadModel, load_checkpoint
+from plugins.fusion import Calibration, fit_calibration
 from plugins.preprocess import normalise_frames
 from plugins.scorer import ClipScorer, ClipTokens, Runner
 from plugins.streams import STREAMS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["dpc_runner", "evaluate", "score_video"]
+__all__ = ["EvaluationError", "dpc_runner", "evaluate", "score_video"]
+
+
+class EvaluationError(ValueError):
+    """The config cannot be evaluated (it names no dataset)."""
 
 
 def dpc_runner(model: ZsadModel) -> Runner:
@@ -72,7 +78,7 @@ def score_video(
         ``targets`` ``(M,)`` the frame each scored clip predicts (its first frame), ``scores``
         ``{stream: (M,)}`` raw, and ``embeddings`` ``(M, D)``.
     """
-    pre = model.spec["preprocess"]
+    pre = model.spec.preprocess
     t, stride, span = model.clip_len, model.frame_stride, model.clip_span
     if span % hop:
         raise ValueError(f"hop {hop} must divide the clip span T*stride = {span}")
@@ -81,7 +87,7 @@ def score_video(
         if len(frames) <= pad:
             raise ValueError(f"clip {name!r}: {len(frames)} frames, reflection needs more than {pad}")
         frames = np.concatenate([frames[pad:0:-1], frames])
-    norm = normalise_frames(frames, pre["mean"], pre["std"])  # (N, 3, H, W)
+    norm = normalise_frames(frames, pre.mean, pre.std)  # (N, 3, H, W)
     starts = list(range(0, len(frames) - (t - 1) * stride, hop))
     scorer = ClipScorer(
         dpc_runner(model),
@@ -132,14 +138,16 @@ def to_frames(targets: np.ndarray, values: np.ndarray, n_frames: int) -> np.ndar
     return np.interp(np.arange(n_frames), targets, values)
 
 
-def _fuse_frames(per_stream: Mapping[str, np.ndarray], cal: Any, streams: Sequence[str]) -> np.ndarray:
+def _fuse_frames(
+    per_stream: Mapping[str, np.ndarray], cal: Calibration, streams: Sequence[str]
+) -> np.ndarray:
     """Uniformly weighted mean of calibrated z-scores over ``streams`` (frame arrays)."""
     z = [(per_stream[s] - cal.streams[s].location) / cal.streams[s].scale for s in streams]
     return np.mean(z, axis=0)
 
 
 def evaluate(
-    cfg: Any,
+    cfg: ZsadConfig,
     checkpoint: str | Path,
     out_dir: str | Path,
     *,
@@ -149,7 +157,6 @@ def evaluate(
     """Evaluate ``checkpoint`` on the test split of ``cfg.train.dataset``; write metrics and plots."""
     from tqdm import tqdm
 
-    from plugins.fusion import fit_calibration
     from training.baselines import extrapolation_scores, frame_difference_scores
     from training.datasets import make_dataset
     from training.gate import fit_model_gate, gate_weights
@@ -161,6 +168,8 @@ def evaluate(
     started = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.train is None:
+        raise EvaluationError("the config has no 'train' section naming the dataset")
     model, meta = load_checkpoint(checkpoint)
     model.eval()
     ds_cfg = cfg.train.dataset
@@ -210,7 +219,7 @@ def evaluate(
         floor_model[clip.name] = frame_difference_scores(frames).astype(np.float64)
         prior_model[clip.name] = extrapolation_scores(frames).astype(np.float64)
 
-    learned = [s for s in ("predictive", "pixel") if s in frame_scores]
+    learned: list[str] = [s for s in ("predictive", "pixel") if s in frame_scores]
     variants: dict[str, dict[str, np.ndarray]] = {
         "floor: frame difference, native resolution": floor_native,
         "floor: frame difference, model resolution": floor_model,
@@ -219,7 +228,7 @@ def evaluate(
     }
     for s in frame_scores:
         variants[f"stream: {s} (raw)"] = frame_scores[s]
-    fused_sets = {
+    fused_sets: dict[str, list[str]] = {
         "fused: predictive + pixel (calibrated)": learned,
         "fused: all streams (calibrated)": list(frame_scores),
     }
@@ -297,7 +306,7 @@ def evaluate(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
     y = np.concatenate([labels[v] for v in labels])
-    curves = {
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {
         name: (y, np.concatenate([variants[name][v] for v in labels]))
         for name in (
             "floor: frame difference, native resolution",

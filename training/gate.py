@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from engines.model import ZsadModel
+from plugins.fusion import Calibration
+
 __all__ = ["GateFitError", "fit_stream_gate", "target_weights"]
 
 
@@ -75,37 +78,37 @@ def fit_stream_gate(
 
 
 def fit_model_gate(
-    model: torch.nn.Module,
+    model: ZsadModel,
     scores: dict[str, np.ndarray],
     embeddings: np.ndarray,
     groups: Sequence[str],
-    calibration: object,
+    calibration: Calibration,
 ) -> dict[str, object]:
     """Fit the gate on normal clips and store it in ``model.stream_gate`` (streams absent here keep a
     neutral weight). ``scores`` ``{stream: (M,)}`` raw, ``embeddings`` ``(M, D)`` backbone CLS features,
     ``calibration`` a ``plugins.fusion.Calibration`` fitted on the same clips."""
-    streams = [s for s in model.stream_gate.streams if s in scores]  # type: ignore[union-attr]
-    stats = calibration.streams  # type: ignore[attr-defined]
+    streams = [s for s in model.stream_gate.streams if s in scores]
+    stats = calibration.streams
     z = np.stack([(scores[s] - stats[s].location) / stats[s].scale for s in streams], axis=1)
     with torch.no_grad():
-        ctx = model.context(torch.from_numpy(embeddings.astype(np.float32))).numpy()  # type: ignore[operator]
+        ctx = model.context(torch.from_numpy(embeddings.astype(np.float32))).numpy()
     w, b, targets = fit_stream_gate(ctx, z, groups)
-    lin = model.stream_gate.linear  # type: ignore[union-attr]
+    lin = model.stream_gate.linear
     with torch.no_grad():
         lin.weight.zero_()
         lin.bias.fill_(float(b.mean()))
         for i, s in enumerate(streams):
-            j = model.stream_gate.streams.index(s)  # type: ignore[union-attr]
+            j = model.stream_gate.streams.index(s)
             lin.weight[j] = torch.from_numpy(w[i])
             lin.bias[j] = float(b[i])
     return {"streams": streams, "targets": targets}
 
 
-def gate_weights(model: torch.nn.Module, embeddings: np.ndarray, present: Sequence[str]) -> np.ndarray:
+def gate_weights(model: ZsadModel, embeddings: np.ndarray, present: Sequence[str]) -> np.ndarray:
     """``(M, len(present))`` stream weights of the model's gate for clips with these embeddings."""
     with torch.no_grad():
-        ctx = model.context(torch.from_numpy(embeddings.astype(np.float32)))  # type: ignore[operator]
-        names = model.stream_gate.streams  # type: ignore[union-attr]
+        ctx = model.context(torch.from_numpy(embeddings.astype(np.float32)))
+        names = model.stream_gate.streams
         mask = torch.tensor([n in present for n in names])
-        w = model.stream_gate(ctx, mask).numpy()  # type: ignore[operator]
+        w = model.stream_gate(ctx, mask).numpy()
     return w[:, [names.index(p) for p in present]]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.config import ZsadConfig
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
 from plugins.preprocess import normalise_frames
 from training.losses import LossTerms, dense_cpc_loss, frame_loss, regression_loss, video_text_infonce
@@ -146,7 +147,7 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
-def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
+def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) -> Path:
     """Train from a validated :class:`core.config.ZsadConfig`; return the final checkpoint path."""
     from tqdm import tqdm
 
@@ -165,7 +166,6 @@ def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
         # Share the cores between DDP processes; an explicit OMP_NUM_THREADS wins.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
-    spec = cfg.model.model_dump()
     bb, pre = cfg.model.backbone, cfg.model.preprocess
     ds = make_dataset(
         tc.dataset.kind, _data_path(tc.dataset.root), "train", (bb.image_height, bb.image_width)
@@ -193,7 +193,7 @@ def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
         step = int(meta.get("step", 0))
         log.info("resumed from %s at step %d", resume, step)
     else:
-        model = ZsadModel(spec)
+        model = ZsadModel(cfg.model)
     model.to(device)
     step_module = TrainStep(model, alpha=tc.alpha, pixel_weight=tc.pixel_weight, temperature=tc.temperature)
     _attach_text_bank(step_module, cfg, contexts)
@@ -297,7 +297,7 @@ def _save(
     path: Path,
     opt: torch.optim.Optimizer,
     opt_path: Path,
-    cfg: Any,
+    cfg: ZsadConfig,
     step: int,
     history: list[dict[str, float]],
     seconds: float,
@@ -313,7 +313,7 @@ def _save(
             f.write(json.dumps(row) + "\n")
 
 
-def _attach_text_bank(step_module: TrainStep, cfg: Any, contexts: Mapping[str, str]) -> None:
+def _attach_text_bank(step_module: TrainStep, cfg: ZsadConfig, contexts: Mapping[str, str]) -> None:
     """Encode every context's prompts once when CLIP weights exist; otherwise say so once."""
     from engines.prompts import load_prompt_sets
     from engines.semantic import TextEncoder, clip_available

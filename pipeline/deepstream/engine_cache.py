@@ -59,7 +59,6 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
     from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
 
     directory = Path(cfg.engines.dir)
-    spec = cfg.model.model_dump(mode="json")
     for component in (*COMPONENTS, *OPTIONAL_COMPONENTS):
         path = manifest_path(directory, component)
         if not path.is_file():
@@ -67,7 +66,7 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
                 continue
             return f"{path} is missing"
         expected = Expectation(
-            model_spec=spec,
+            model_spec=cfg.model,
             input_layout=required_layout(cfg) if component == "backbone" else None,
             backend="tensorrt",
             tensorrt_version=device.tensorrt_version,

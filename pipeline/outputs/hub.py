@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from core.config import CameraSettings, ZsadConfig
 
 if TYPE_CHECKING:
-    from pipeline.outputs.media import Frame
+    from pipeline.outputs.events import CameraAlerts
+    from pipeline.outputs.media import EventRecorder, Frame
+    from plugins.scorer import StreamScores
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,8 @@ class RunOutputs:
         self.review_server: Any = None
         self.sinks = SinkFanout(build_sinks(cfg.sinks, self.out, metrics=self.metrics))
         self.gate = StreamGate.load(gate_path) if gate_path else StreamGate.uniform()
-        self.alerts: dict[str, Any] = {}
-        self.recorders: dict[str, Any] = {}
+        self.alerts: dict[str, CameraAlerts] = {}
+        self.recorders: dict[str, EventRecorder] = {}
         self.run_state = RunState(self.out)
         self.run_state.load_existing()
         self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
@@ -120,9 +122,9 @@ class RunOutputs:
         log.info("camera %s: %s %s", camera, state, detail)
 
     def clip_scored(
-        self, camera: str, t: float, scores: Any, prompt: str | None, *, frames: int
+        self, camera: str, t: float, scores: StreamScores | None, prompt: str | None, *, frames: int
     ) -> float | None:
-        """One scored clip (``plugins.scorer.StreamScores``) at stream time ``t``: fuse, alert, record.
+        """One scored clip at stream time ``t`` (None while its DPC history fills): fuse, alert, record.
 
         Returns the fused, smoothed score (for an on-screen display), or None for an unknown camera.
         """

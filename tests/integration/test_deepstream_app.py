@@ -18,21 +18,12 @@ from core.config import ZsadConfig
 from pipeline.deepstream.app import DeepStreamApp, run_deepstream
 from pipeline.inference import load_engines
 from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba
+from tests.fixtures.tiny_models import world_model_dict
 
 pytest.importorskip("torch")
-T, D, H, W = 2, 32, 48, 64
-MODEL: dict[str, Any] = {
-    "backbone": {
-        "image_height": H,
-        "image_width": W,
-        "patch_size": 16,
-        "hidden_size": D,
-        "num_layers": 1,
-        "num_heads": 2,
-    },
-    "dpc": {"context_clips": 2, "pred_steps": 1, "hidden_size": 32},
-    "preprocess": {"clip_len": T, "frame_stride": 2, "clip_hop": 4},
-}
+MODEL = world_model_dict()
+T, D = MODEL["preprocess"]["clip_len"], MODEL["backbone"]["hidden_size"]
+H, W = MODEL["backbone"]["image_height"], MODEL["backbone"]["image_width"]
 # Opens an alert at the first score and keeps it open until shutdown.
 ALWAYS_ON = {"on_threshold": -50.0, "off_threshold": -60.0, "min_duration_s": 0.0, "cooldown_s": 0.0}
 
@@ -52,7 +43,7 @@ def engines_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ds-world")
     cfg = ZsadConfig.model_validate({"model": MODEL})
     torch.manual_seed(0)
-    ckpt = save_checkpoint(ZsadModel(cfg.model.model_dump()), root / "model.safetensors")
+    ckpt = save_checkpoint(ZsadModel(cfg.model), root / "model.safetensors")
     options = BuildOptions(backend="onnxruntime", input_layout="NCTHW")
     build_from_config(cfg, checkpoint=ckpt, out_dir=root / "engines", options=options)
     return root / "engines"
@@ -100,9 +91,7 @@ def test_run_deepstream_refuses_engines_that_do_not_fit(
     engines_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(deepstream, "deepstream_unavailable_reason", lambda: None)
-    cfg = config(
-        engines_dir, tmp_path / "run", model={**MODEL, "preprocess": {**MODEL["preprocess"], "clip_hop": 2}}
-    )
+    cfg = config(engines_dir, tmp_path / "run", model=world_model_dict(preprocess={"clip_hop": 2}))
     assert run_deepstream(cfg) == 2
     assert "refusing to start" in capsys.readouterr().out
     cfg = config(tmp_path / "no-engines", tmp_path / "run")

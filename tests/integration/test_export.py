@@ -30,7 +30,7 @@ from pipeline.cli.main import main as cli_main
 from plugins.fusion import StreamGate
 from plugins.streams import STREAMS
 from tests.conftest import REPO
-from tests.fixtures.tiny_models import make_tiny_clip
+from tests.fixtures.tiny_models import make_tiny_clip, tiny_model_dict
 
 # ONNX operators TensorRT 10's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10.x:
 # "operators in the inclusive range of opset 9 to opset 20"; LayerNormalization is parsed since 8.6).
@@ -50,20 +50,6 @@ TENSORRT10_OPS = frozenset(
     """.split()  # noqa: SIM905 - a table, easier to read and diff as words
 )
 
-TINY = {
-    "backbone": {
-        "image_height": 32,
-        "image_width": 48,
-        "patch_size": 8,
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-    },
-    "dpc": {"context_clips": 2, "hidden_size": 16},
-    "preprocess": {"clip_len": 2, "frame_stride": 1, "clip_hop": 2},
-    "semantic": {"embed_dim": 16},
-    "gate": {"context_dim": 8},
-}
 CONTEXTS = {"campus": "campus", "parking": "parking", "harbour": "harbour"}  # harbour: no file -> generic
 
 
@@ -72,26 +58,33 @@ class Built:
     root: Path
     out: Path
     checkpoint: Path
-    spec: dict[str, Any]
+    spec: ModelConfig
     report: BuildReport
     config: Path
 
 
-def _spec(model: dict[str, Any], clip_dir: Path | None) -> dict[str, Any]:
+def _spec(model: dict[str, Any], clip_dir: Path | None) -> ModelConfig:
     model = copy.deepcopy(model)
     if clip_dir is not None:
         model.setdefault("semantic", {})["clip_text_model"] = str(clip_dir)
-    return ModelConfig.model_validate(model).model_dump(mode="json")
+    return ModelConfig.model_validate(model)
 
 
-def _write_config(path: Path, spec: dict[str, Any], out: Path, checkpoint: Path) -> Path:
+def _with(spec: ModelConfig, section: str, **fields: Any) -> ModelConfig:
+    """A copy of ``spec`` with some fields of one section changed."""
+    changed = spec.model_dump(mode="json")
+    changed[section].update(fields)
+    return ModelConfig.model_validate(changed)
+
+
+def _write_config(path: Path, spec: ModelConfig, out: Path, checkpoint: Path) -> Path:
     cameras = [
         {"id": f"cam-{i}", "uri": f"file:///videos/{ctx}.mp4", "context": ctx}
         for i, ctx in enumerate(sorted(CONTEXTS))
     ]
     cfg = {
         "version": 1,
-        "model": spec,
+        "model": spec.model_dump(mode="json"),
         "engines": {"dir": str(out), "checkpoint": str(checkpoint)},
         "cameras": cameras,
     }
@@ -103,7 +96,7 @@ def _write_config(path: Path, spec: dict[str, Any], out: Path, checkpoint: Path)
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Built:
     root = tmp_path_factory.mktemp("tiny")
     clip_dir = make_tiny_clip(root / "clip", projection_dim=16)
-    spec = _spec(TINY, clip_dir)
+    spec = _spec(tiny_model_dict(), clip_dir)
     torch.manual_seed(0)
     ckpt = save_checkpoint(ZsadModel(spec).eval(), root / "tiny.safetensors")
     out = root / "engines"
@@ -168,7 +161,7 @@ def test_text_embeddings_are_gated_normalised_prompts(tiny: Built) -> None:
     assert entries["harbour"].prompt_set == "generic"
     model, _ = load_checkpoint(tiny.checkpoint)
     model.eval()
-    encoder = TextEncoder(tiny.spec["semantic"]["clip_text_model"])
+    encoder = TextEncoder(str(tiny.spec.semantic.clip_text_model))
     for context, entry in entries.items():
         prompts = load_prompt_set(PROMPT_DIR / f"{entry.prompt_set}.yaml")
         emb = np.load(tiny.out / entry.path)
@@ -292,8 +285,7 @@ def test_ncthw_backbone_matches_ntchw(tiny: Built, tmp_path: Path) -> None:
 
 def test_semantic_off_without_clip_removes_stale_semantic_files(tiny: Built, tmp_path: Path) -> None:
     out = _copy(tiny, tmp_path / "engines")
-    spec = copy.deepcopy(tiny.spec)
-    spec["semantic"]["clip_text_model"] = None
+    spec = _with(tiny.spec, "semantic", clip_text_model=None)
     report = build_engines(spec, tiny.checkpoint, out, contexts=CONTEXTS)
     assert _statuses(report)[("semantic_head", "cleanup")] == "removed"
     assert not (out / "semantic_head.manifest.json").exists()
@@ -375,8 +367,7 @@ def test_cli_exit_codes(tiny: Built, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli_main([*args, "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors does not exist" in capsys.readouterr().err
 
-    other = copy.deepcopy(tiny.spec)
-    other["backbone"]["num_layers"] = 2
+    other = _with(tiny.spec, "backbone", num_layers=2)
     mismatch = _write_config(tmp_path / "other.yaml", other, tmp_path / "x", tiny.checkpoint)
     assert cli_main(["build-engines", "--config", str(mismatch)]) == 2
     assert "model.backbone.num_layers: checkpoint 1, config 2" in capsys.readouterr().err

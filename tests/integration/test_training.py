@@ -11,23 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 from tests.fixtures.tiny_data import write_ucsd_layout
+from tests.fixtures.tiny_models import tiny_model_dict
 
-CONFIG = """\
-version: 1
-model:
-  backbone: {{image_height: 32, image_width: 48, patch_size: 8, hidden_size: 32, num_layers: 1, num_heads: 2}}
-  dpc: {{context_clips: 2, pred_steps: 1, hidden_size: 32}}
-  preprocess: {{clip_len: 2, frame_stride: 1, clip_hop: 2}}
-train:
-  dataset: {{kind: ucsd, root: {root}}}
-  epochs: {epochs}
-  batch_size: 2
-  warmup_steps: 2
-  output_dir: {out}
-"""
+# One future clip: a 40-frame video holds more training windows.
+MODEL = tiny_model_dict(dpc={"pred_steps": 1, "hidden_size": 32})
 
 
 def _zsad(
@@ -51,7 +42,14 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(tmp: Path, dataset: Path, out: Path, epochs: int = 2) -> Path:
     cfg = tmp / "train.yaml"
-    cfg.write_text(CONFIG.format(root=dataset, out=out, epochs=epochs))
+    train = {
+        "dataset": {"kind": "ucsd", "root": str(dataset)},
+        "epochs": epochs,
+        "batch_size": 2,
+        "warmup_steps": 2,
+        "output_dir": str(out),
+    }
+    cfg.write_text(yaml.safe_dump({"version": 1, "model": MODEL, "train": train}, sort_keys=False))
     return cfg
 
 

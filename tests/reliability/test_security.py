@@ -37,13 +37,10 @@ FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.3}
 
 def test_checkpoints_load_without_any_unpickling(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from core.config import ZsadConfig
     from engines.model import ZsadModel, load_checkpoint, save_checkpoint
-    from tests.fixtures.run_world import MODEL
+    from tests.fixtures.tiny_models import WORLD_MODEL, world_model
 
-    path = save_checkpoint(
-        ZsadModel(ZsadConfig.model_validate({"model": MODEL}).model.model_dump()), tmp_path / "m.safetensors"
-    )
+    path = save_checkpoint(ZsadModel(world_model()), tmp_path / "m.safetensors")
 
     def refuse(*_a: Any, **_k: Any) -> Any:
         raise AssertionError("a checkpoint load unpickled something")
@@ -53,7 +50,8 @@ def test_checkpoints_load_without_any_unpickling(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     model, meta = load_checkpoint(path)
-    assert meta["spec"]["backbone"]["hidden_size"] == MODEL["backbone"]["hidden_size"]
+    assert meta["spec"]["backbone"]["hidden_size"] == WORLD_MODEL["backbone"]["hidden_size"]
+    assert model.spec == world_model()
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -104,24 +102,14 @@ def test_a_malicious_optimizer_state_is_refused_on_resume(tmp_path: Path) -> Non
     from core.config import parse_config
     from engines.model import ZsadModel, save_checkpoint
     from tests.fixtures.tiny_data import write_ucsd_layout
+    from tests.fixtures.tiny_models import tiny_model_dict
     from training.trainer import train
 
     data = write_ucsd_layout(tmp_path / "ucsd", n_train=1, n_test=1, frames=16)
     cfg = parse_config(
         json.dumps(
             {
-                "model": {
-                    "backbone": {
-                        "image_height": 32,
-                        "image_width": 48,
-                        "patch_size": 8,
-                        "hidden_size": 16,
-                        "num_layers": 1,
-                        "num_heads": 2,
-                    },
-                    "dpc": {"context_clips": 2, "pred_steps": 1, "hidden_size": 16},
-                    "preprocess": {"clip_len": 2, "frame_stride": 1, "clip_hop": 2},
-                },
+                "model": tiny_model_dict(dpc={"pred_steps": 1}),
                 "train": {
                     "dataset": {"kind": "ucsd", "root": str(data)},
                     "epochs": 1,
@@ -132,7 +120,7 @@ def test_a_malicious_optimizer_state_is_refused_on_resume(tmp_path: Path) -> Non
             }
         )
     )
-    ckpt = save_checkpoint(ZsadModel(cfg.model.model_dump()), tmp_path / "resume" / "model.safetensors")
+    ckpt = save_checkpoint(ZsadModel(cfg.model), tmp_path / "resume" / "model.safetensors")
     marker = tmp_path / "pwned"
     torch.save(_Payload(marker), ckpt.with_name("optimizer.pt"))
     # The file really is hostile: an ordinary unpickling would run the payload.

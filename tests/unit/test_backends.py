@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import ModelConfig
 from engines.backends import BACKENDS, Backend, BackendError, BackendUnavailable, InputMismatch, load_backend
 from engines.backends import backend_class as get_backend_class
 from engines.backends.tensorrt import CudaRuntime, import_cudart
@@ -34,22 +33,9 @@ from engines.tensorrt_build import (
     timing_cache_filename,
 )
 from plugins.scorer import ClipScorer, ClipTokens
+from tests.fixtures.tiny_models import tiny_model
 
-TINY = ModelConfig.model_validate(
-    {
-        "backbone": {
-            "image_height": 32,
-            "image_width": 48,
-            "patch_size": 8,
-            "hidden_size": 32,
-            "num_heads": 2,
-        },
-        "dpc": {"context_clips": 2, "hidden_size": 16},
-        "preprocess": {"clip_len": 2, "frame_stride": 1, "clip_hop": 2},
-        "semantic": {"embed_dim": 16},
-        "gate": {"context_dim": 8},
-    }
-).model_dump(mode="json")
+TINY = tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +137,7 @@ def test_warm_up_runs_the_engine_at_the_given_batch(engines_dir: Path, component
 
 
 def test_extrapolating_dpc_head_exports_with_prev_frame(tmp_path: Path) -> None:
-    spec = {**TINY, "dpc": {**TINY["dpc"], "decoder": "extrapolate"}}
+    spec = tiny_model(dpc={"decoder": "extrapolate"})
     torch.manual_seed(0)
     model = ZsadModel(spec).eval()
     torch.nn.init.normal_(model.dpc.decoder[-1].weight, std=0.05)  # a trained-looking residual

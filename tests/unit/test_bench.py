@@ -45,19 +45,8 @@ from bench.common import (
     prepare_assets,
     write_result,
 )
+from tests.fixtures.tiny_models import world_model_dict
 
-TINY = {
-    "backbone": {
-        "image_height": 48,
-        "image_width": 64,
-        "patch_size": 16,
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-    },
-    "dpc": {"context_clips": 2, "pred_steps": 1, "hidden_size": 32},
-    "preprocess": {"clip_len": 2, "frame_stride": 2, "clip_hop": 4},
-}
 FRAMES = 40
 # Every runnable script of bench/: each runs as ``python -m bench.<name>`` from the repository root.
 SCRIPTS = sorted(p.stem for p in (REPO / "bench").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -70,7 +59,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     # An always-on alert policy, so that the alert-record timing path runs too: one alert per camera opens
     # on the first scored clip and stays open.
     alerts = {"on_threshold": -100.0, "off_threshold": -100.0, "min_duration_s": 0.0, "cooldown_s": 0.0}
-    cfg = {"model": TINY, "engines": {"threads": 1}, "defaults": {"alerts": alerts}}
+    cfg = {"model": world_model_dict(), "engines": {"threads": 1}, "defaults": {"alerts": alerts}}
     config.write_text(json.dumps(cfg))  # JSON is YAML
     return prepare_assets(root / "work", config, videos=1, frames=FRAMES)
 

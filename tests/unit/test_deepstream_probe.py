@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.config import ModelConfig
 from pipeline.clips import ClipAssembler
 from pipeline.deepstream.meta import (
     MetaError,
@@ -40,25 +39,12 @@ from tests.fixtures.pyds_test_double import (
     rgba,
     tensor_user_meta,
 )
+from tests.fixtures.tiny_models import tiny_model
 
 torch = pytest.importorskip("torch")
 
 OK = "probe-ok"
-SPEC = ModelConfig.model_validate(
-    {
-        "backbone": {
-            "image_height": 32,
-            "image_width": 48,
-            "patch_size": 8,
-            "hidden_size": 32,
-            "num_heads": 2,
-        },
-        "dpc": {"context_clips": 2, "hidden_size": 16},
-        "preprocess": {"clip_len": 2, "frame_stride": 2, "clip_hop": 2},
-        "semantic": {"embed_dim": 16},
-        "gate": {"context_dim": 8},
-    }
-).model_dump(mode="json")
+SPEC = tiny_model(preprocess={"frame_stride": 2})
 T, D, H, W, P = 2, 32, 32, 48, 8
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 
@@ -228,7 +214,7 @@ def extrapolating_dpc() -> NamedRunner:
     from engines.model import ZsadModel
 
     torch.manual_seed(1)
-    model = ZsadModel({**SPEC, "dpc": {**SPEC["dpc"], "decoder": "extrapolate"}}).eval()
+    model = ZsadModel(tiny_model(preprocess={"frame_stride": 2}, dpc={"decoder": "extrapolate"})).eval()
     torch.nn.init.normal_(model.dpc.decoder[-1].weight, std=0.05)
     inputs = (*DPC_INPUTS, "prev_frame")
     return NamedRunner(torch_runner(model.dpc, inputs, DPC_OUTPUTS), inputs)
@@ -243,9 +229,9 @@ def test_probe_scores_match_the_cpu_path_exactly(runners: tuple[Any, Any], decod
     rng = np.random.default_rng(7)
     cameras = ["cam-a", "cam-b", "cam-c"]
     start_tick = {"cam-a": 0, "cam-b": 0, "cam-c": 1}  # cam-c starts a frame late: mixed batches
-    pre = SPEC["preprocess"]
-    span = (pre["clip_len"] - 1) * pre["frame_stride"]
-    stride, subsample = sequence_params(pre["frame_stride"], pre["clip_hop"])
+    pre = SPEC.preprocess
+    span = (pre.clip_len - 1) * pre.frame_stride
+    stride, subsample = sequence_params(pre.frame_stride, pre.clip_hop)
     ticks = 26
     frames = {c: rng.integers(0, 256, (ticks, H, W, 3), dtype=np.uint8) for c in cameras}
     outputs: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -272,12 +258,12 @@ def test_probe_scores_match_the_cpu_path_exactly(runners: tuple[Any, Any], decod
         )
 
     contexts = dict.fromkeys(cameras, "generic")
-    history_step = pre["clip_len"] * pre["frame_stride"] // pre["clip_hop"]
+    history_step = pre.clip_len * pre.frame_stride // pre.clip_hop
 
     # CPU graph: ClipAssembler -> ClipInference (backbone = the stand-in) -> CameraFusion.
     cpu_engines = engines()
     inference = ClipInference(cpu_engines, context_clips=2, history_step=history_step, contexts=contexts)
-    assembler = ClipAssembler(pre["clip_len"], pre["frame_stride"], pre["clip_hop"])
+    assembler = ClipAssembler(pre.clip_len, pre.frame_stride, pre.clip_hop)
     cpu_fusion = {c: CameraFusion(c, gate=StreamGate.uniform(), smoothing=3) for c in cameras}
     cpu: dict[tuple[str, int], tuple[dict[str, float], str | None, float, float]] = {}
     for tick in range(ticks):
@@ -323,8 +309,8 @@ def test_probe_scores_match_the_cpu_path_exactly(runners: tuple[Any, Any], decod
         pyds,
         ClipScorer(dpc, context_clips=2, history_step=history_step, prev_frame=extrapolate),
         cameras,
-        clip_len=pre["clip_len"],
-        frame_stride=pre["frame_stride"],
+        clip_len=pre.clip_len,
+        frame_stride=pre.frame_stride,
         normalise=Normaliser(MEAN, STD),
         on_scores=on_scores,
         osd_text=osd.__setitem__,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from core.config import ModelConfig
 from engines.manifest import (
     Expectation,
     Manifest,
@@ -26,21 +25,10 @@ from engines.manifest import (
     spec_diff,
     spec_sha256,
 )
+from tests.fixtures.tiny_models import tiny_model
 
-SPEC = ModelConfig.model_validate(
-    {
-        "backbone": {
-            "image_height": 32,
-            "image_width": 48,
-            "patch_size": 8,
-            "hidden_size": 32,
-            "num_heads": 2,
-        },
-        "preprocess": {"clip_len": 2, "frame_stride": 1, "clip_hop": 2},
-        "dpc": {"context_clips": 2},
-        "semantic": {"embed_dim": 16},
-    }
-).model_dump(mode="json")
+SPEC = tiny_model()
+PINNED_TINY_SPEC_SHA256 = "1de0169de10d060966626516e0145c19e57abf0044b9a77c5280d4e5395dc81e"
 
 
 def _manifest(tmp_path: Path, component: str = "backbone", **update: object) -> Manifest:
@@ -57,7 +45,7 @@ def _manifest(tmp_path: Path, component: str = "backbone", **update: object) -> 
         inputs=inputs,
         outputs=outputs,
         preprocessing=preprocessing_from_spec(SPEC),
-        model_spec=SPEC,
+        model_spec=SPEC.model_dump(mode="json"),
         model_spec_sha256=spec_sha256(SPEC),
         weights_sha256="ab" * 32,
         checkpoint="/nowhere/model.safetensors",
@@ -85,13 +73,6 @@ def _manifest(tmp_path: Path, component: str = "backbone", **update: object) -> 
     return load_manifest(tmp_path / f"{component}.manifest.json")
 
 
-def _spec(**changes: dict[str, object]) -> dict:
-    spec = copy.deepcopy(SPEC)
-    for section, values in changes.items():
-        spec[section].update(values)
-    return spec
-
-
 def test_component_io_follows_the_spec_and_layout() -> None:
     ins, outs = component_io("backbone", SPEC)
     assert ins[0].name == "clip"
@@ -103,7 +84,7 @@ def test_component_io_follows_the_spec_and_layout() -> None:
     assert ins[0].layout == "NCTHW"
     ins, outs = component_io("dpc_head", SPEC)
     assert [i.name for i in ins] == ["history", "current", "last_frame", "current_frame"]
-    ins, _ = component_io("dpc_head", {**SPEC, "dpc": {**SPEC["dpc"], "decoder": "extrapolate"}})
+    ins, _ = component_io("dpc_head", tiny_model(dpc={"decoder": "extrapolate"}))
     assert [i.name for i in ins][-1] == "prev_frame"
     assert ins[-1].shape == (-1, 3, 32, 48)
     assert ins[0].shape == (-1, 2, 2, 32, 4, 6)
@@ -136,10 +117,32 @@ def test_round_trip_and_matching_manifest_passes(tmp_path: Path) -> None:
 
 
 def test_spec_hash_ignores_machine_local_paths() -> None:
-    moved = _spec(backbone={"pretrained": "/models/timesformer"}, semantic={"clip_text_model": "/opt/clip"})
+    moved = tiny_model(
+        backbone={"pretrained": "/models/timesformer"}, semantic={"clip_text_model": "/opt/clip"}
+    )
     assert spec_sha256(moved) == spec_sha256(SPEC)
     assert spec_diff(SPEC, moved) == []
-    assert spec_sha256(_spec(backbone={"num_layers": 3})) != spec_sha256(SPEC)
+    assert spec_sha256(tiny_model(backbone={"num_layers": 3})) != spec_sha256(SPEC)
+
+
+def test_spec_hash_is_stable() -> None:
+    """The hash is part of every build key and manifest on disk: it is the SHA-256 of the spec's canonical
+    JSON (sorted keys, no spaces, local paths left out) and must not change with how the spec is held in
+    memory. The pinned value is what the dict-based code computed before the spec was typed."""
+    plain = SPEC.model_dump(mode="json")
+    for section, key in (("backbone", "pretrained"), ("semantic", "clip_text_model")):
+        del plain[section][key]
+    canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    assert spec_sha256(SPEC) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert spec_sha256(SPEC) == PINNED_TINY_SPEC_SHA256
+
+
+def test_spec_diff_against_a_stored_spec_names_fields_it_predates() -> None:
+    """A manifest stores its spec as JSON; one written before a field existed shows that field as None."""
+    stored = SPEC.model_dump(mode="json")
+    del stored["dpc"]["decoder"]
+    assert spec_diff(stored, SPEC) == [("model.dpc.decoder", None, "residual")]
+    assert spec_diff(SPEC.model_dump(mode="json"), SPEC) == []
 
 
 def test_shape_mismatch_names_the_field(tmp_path: Path) -> None:
@@ -147,19 +150,19 @@ def test_shape_mismatch_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(
         ManifestMismatch, match=r"backbone\.manifest\.json: inputs\[0\]\.shape: clip has shape"
     ):
-        check_manifest(m, Expectation(model_spec=_spec(backbone={"image_width": 64})))
+        check_manifest(m, Expectation(model_spec=tiny_model(backbone={"image_width": 64})))
 
 
 def test_preprocessing_mismatch_names_the_field(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
     with pytest.raises(ManifestMismatch, match=r"preprocessing\.mean"):
-        check_manifest(m, Expectation(model_spec=_spec(preprocess={"mean": [0.5, 0.5, 0.5]})))
+        check_manifest(m, Expectation(model_spec=tiny_model(preprocess={"mean": [0.5, 0.5, 0.5]})))
 
 
 def test_spec_mismatch_outside_shapes_names_the_spec_field(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
     with pytest.raises(ManifestMismatch, match=r"model_spec_sha256: .*model\.backbone\.num_layers"):
-        check_manifest(m, Expectation(model_spec=_spec(backbone={"num_layers": 4})))
+        check_manifest(m, Expectation(model_spec=tiny_model(backbone={"num_layers": 4})))
 
 
 def test_changed_and_missing_files_are_refused(tmp_path: Path) -> None:

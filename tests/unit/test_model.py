@@ -3,6 +3,7 @@ checkpoints, the streaming scorer, and the semantic stream with a tiny local CLI
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,31 +14,22 @@ import torch
 from core.config import ModelConfig
 from engines.backbone import BackboneLoadError, TimeSformerEncoder
 from engines.dpc import DPCHead
-from engines.model import CheckpointError, ZsadModel, load_checkpoint, save_checkpoint
+from engines.model import CheckpointError, ZsadModel, load_checkpoint, parse_spec, save_checkpoint
 from engines.semantic import StreamGateHead
 from plugins.scorer import ClipScorer, ClipTokens
 from plugins.streams import STREAMS
+from tests.conftest import REPO
 from tests.fixtures.tiny_data import moving_square_video
+from tests.fixtures.tiny_models import tiny_model
 from training.trainer import TrainStep, WindowSampler
 
-TINY = {
-    "backbone": {
-        "image_height": 32,
-        "image_width": 48,
-        "patch_size": 8,
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-    },
-    "dpc": {"context_clips": 2, "pred_steps": 2, "hidden_size": 32},
-    "preprocess": {"clip_len": 2, "frame_stride": 1, "clip_hop": 2},
-}
+# The shared tiny model with a DPC state as wide as its tokens, and the semantic width (512) of the tiny
+# CLIP that test_semantic_stream_with_tiny_local_clip makes.
+SECTIONS: dict[str, dict[str, object]] = {"dpc": {"hidden_size": 32}, "semantic": {"embed_dim": 512}}
 
 
-def tiny_spec(**overrides: object) -> dict:
-    spec = ModelConfig.model_validate(TINY).model_dump()
-    spec.update(overrides)
-    return spec
+def tiny_spec(**decoder: str) -> ModelConfig:
+    return tiny_model(dpc={**SECTIONS["dpc"], **decoder}, semantic=SECTIONS["semantic"])
 
 
 @pytest.fixture
@@ -62,7 +54,7 @@ def test_backbone_shapes_non_square(model: ZsadModel) -> None:
 def test_stream_gate_head_rows_follow_the_shared_stream_names(model: ZsadModel) -> None:
     assert isinstance(model.stream_gate, StreamGateHead)
     assert model.stream_gate.streams == list(STREAMS)
-    weights = model.stream_gate(torch.zeros(2, 64), torch.tensor([True, True, True, False]))
+    weights = model.stream_gate(torch.zeros(2, model.spec.gate.context_dim), torch.tensor([True, True, True, False]))
     assert weights.shape == (2, len(STREAMS))
     torch.testing.assert_close(weights[:, 3], torch.zeros(2))  # an absent stream gets no weight
 
@@ -158,6 +150,52 @@ def test_checkpoint_round_trip_and_tamper(model: ZsadModel, tmp_path: Path) -> N
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_checkpoint_keeps_the_spec_as_json_and_loads_it_typed(model: ZsadModel, tmp_path: Path) -> None:
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    stored = json.loads(path.with_suffix(".safetensors.json").read_text())["spec"]
+    assert stored == tiny_spec().model_dump(mode="json")
+    loaded, meta = load_checkpoint(path)
+    assert isinstance(loaded.spec, ModelConfig)
+    assert loaded.spec == tiny_spec()
+    assert meta["spec"] == stored
+    # The model holds its own copy: editing the config afterwards changes nothing in it.
+    spec = tiny_spec()
+    again = ZsadModel(spec)
+    spec.preprocess.clip_len = 8
+    assert again.clip_len == 2
+
+
+def test_old_checkpoint_without_later_fields_still_loads(model: ZsadModel, tmp_path: Path) -> None:
+    """A checkpoint written before ``dpc.decoder`` existed loads with the residual decoder it was trained
+    with (the shipped demo checkpoint is one)."""
+    path = save_checkpoint(model, tmp_path / "old.safetensors")
+    meta_path = path.with_suffix(".safetensors.json")
+    meta = json.loads(meta_path.read_text())
+    del meta["spec"]["dpc"]["decoder"]
+    meta_path.write_text(json.dumps(meta))
+    loaded, _ = load_checkpoint(path)
+    assert loaded.spec.dpc.decoder == "residual"
+    assert loaded.spec == tiny_spec()
+    demo = json.loads((REPO / "models" / "demo" / "model.safetensors.json").read_text())["spec"]
+    assert "decoder" not in demo["dpc"]
+    demo_model, _ = load_checkpoint(REPO / "models" / "demo" / "model.safetensors")
+    assert demo_model.spec.dpc.decoder == "residual"
+    assert demo_model.spec.backbone.image_height == demo["backbone"]["image_height"]
+
+
+def test_a_spec_missing_a_field_nobody_knows_the_old_value_of_is_refused() -> None:
+    stored = tiny_spec().model_dump(mode="json")
+    del stored["dpc"]["pred_steps"]
+    with pytest.raises(CheckpointError, match=r"lacks dpc\.pred_steps"):
+        parse_spec(stored)
+    stored = tiny_spec().model_dump(mode="json")
+    stored["dpc"]["layers"] = 3
+    with pytest.raises(CheckpointError, match=r"dpc\.layers: Extra inputs are not permitted"):
+        parse_spec(stored)
+    with pytest.raises(CheckpointError, match="JSON object"):
+        parse_spec(["not", "a", "spec"])
 
 
 def test_scorer_history_spacing() -> None:
@@ -293,9 +331,7 @@ def test_reflected_history_never_shows_an_extrapolating_head_a_turnaround() -> N
     from training.evaluate import score_video
 
     torch.manual_seed(0)
-    spec = tiny_spec()
-    spec["dpc"]["decoder"] = "extrapolate"
-    model = ZsadModel(spec).eval()
+    model = ZsadModel(tiny_spec(decoder="extrapolate")).eval()
     x = np.arange(48)
     wave = [128 + 60 * np.sin(2 * np.pi * (x - 1.5 * t) / 24) for t in range(30)]  # steady, 1.5 px/frame
     frames = np.stack([np.broadcast_to(w[None, :, None], (32, 48, 3)) for w in wave]).astype(np.uint8)
