@@ -70,10 +70,11 @@ def _timed(store: list[tuple[float, float]], fn: Callable[..., Any]) -> Callable
 def _thin_branch(branch: str, keep_every: int) -> None:
     """Keep 1 frame in ``keep_every`` of ``branch``, dropped before scaling and conversion (see the module
     docstring); for the model branch, assemble the same clips from the kept frames."""
+    import core.gst
     import pipeline.clips
     import pipeline.cpu.sources
 
-    gst = pipeline.cpu.sources.gst()
+    gst = core.gst.init_gstreamer()
     original_init = pipeline.cpu.sources.CameraPipeline.__init__
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:

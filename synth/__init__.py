@@ -25,7 +25,7 @@ from synth.scene import (
     SynthError,
     SynthInputError,
 )
-from synth.writer import GstElementMissingError, Mp4Writer, VideoEncodeError
+from synth.writer import VideoEncodeError, open_video
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -35,8 +35,6 @@ __all__ = [
     "ClipRenderer",
     "ContextSpec",
     "Event",
-    "GstElementMissingError",
-    "Mp4Writer",
     "PlannedEvent",
     "SceneRender",
     "SynthError",
@@ -44,6 +42,7 @@ __all__ = [
     "VideoEncodeError",
     "clip_seed",
     "generate_dataset",
+    "open_video",
     "plan_dataset_events",
     "plan_events",
     "render_clip",

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from core.gst.mp4 import Mp4Writer
 from synth.actors import PlannedEvent
 from synth.render import ClipRenderer
 from synth.scene import ANOMALY_KINDS, DEFAULT_CONTEXTS, SynthInputError, context_spec
-from synth.writer import Mp4Writer, frame_name, write_jpeg, write_json, write_mask
+from synth.writer import frame_name, open_video, video_errors, write_jpeg, write_json, write_mask
 
 log = logging.getLogger(__name__)
 
@@ -203,22 +204,24 @@ def generate_dataset(
         if split == "testing":
             mask_dir.mkdir(parents=True)
         video: Mp4Writer | None = None
+        video_path = out / split / "videos" / f"{clip}.mp4"
         if write_video:
-            (out / split / "videos").mkdir(parents=True, exist_ok=True)
-            video = Mp4Writer(out / split / "videos" / f"{clip}.mp4", width, height, fps)
-        try:
-            for t, (frame, mask) in enumerate(renderer):
-                write_jpeg(frame_dir / frame_name(t, frames, ".jpg"), frame)
-                if split == "testing":
-                    write_mask(mask_dir / frame_name(t, frames, ".png"), mask)
+            video_path.parent.mkdir(parents=True, exist_ok=True)
+            video = open_video(video_path, width, height, fps)
+        with video_errors(video_path):
+            try:
+                for t, (frame, mask) in enumerate(renderer):
+                    write_jpeg(frame_dir / frame_name(t, frames, ".jpg"), frame)
+                    if split == "testing":
+                        write_mask(mask_dir / frame_name(t, frames, ".png"), mask)
+                    if video is not None:
+                        video.write(frame)
+            except BaseException:
                 if video is not None:
-                    video.write(frame)
-        except BaseException:
+                    video.abort()
+                raise
             if video is not None:
-                video.abort()
-            raise
-        if video is not None:
-            video.close()
+                video.close()
         counts[split][clip] = frames
         clip_contexts[clip] = name
         if split == "testing":

@@ -65,6 +65,9 @@ from typing import Any
 
 import numpy as np
 
+from core.gst import init_gstreamer
+from core.gst.frames import FrameError, sample_to_rgb
+
 __all__ = [
     "DATASET_KINDS",
     "IMAGE_SUFFIXES",
@@ -692,7 +695,7 @@ def decode_video_file(
     name = clip if clip is not None else path.stem
     if not path.is_file():
         raise DatasetError(f"video file {path} does not exist", name)
-    Gst = _init_gstreamer()
+    Gst = init_gstreamer()
     caps = "video/x-raw,format=RGB,pixel-aspect-ratio=1/1"
     if size_hw is not None:
         caps += f",width={int(size_hw[1])},height={int(size_hw[0])}"
@@ -710,7 +713,7 @@ def decode_video_file(
         while True:
             sample = sink.emit("try-pull-sample", int(0.25 * Gst.SECOND))
             if sample is not None:
-                frames.append(_sample_to_rgb(sample))
+                frames.append(_sample_to_rgb(sample, path, name))
                 idle = 0.0
                 continue
             err = bus.pop_filtered(Gst.MessageType.ERROR)
@@ -729,32 +732,12 @@ def decode_video_file(
     return np.stack(frames)
 
 
-def _init_gstreamer() -> Any:
-    """Import and initialise GStreamer (lazily: only video-file datasets need it); returns ``Gst``."""
-    from core.gst import init_gstreamer
-
-    return init_gstreamer()
-
-
-def _sample_to_rgb(sample: Any) -> np.ndarray:
-    """One appsink RGB sample as ``(H, W, 3) uint8``; rows may be padded to a 4-byte stride."""
-    from gi.repository import Gst
-
-    s = sample.get_caps().get_structure(0)
-    w, h = int(s.get_value("width")), int(s.get_value("height"))
-    buf = sample.get_buffer()
-    ok, info = buf.map(Gst.MapFlags.READ)
-    if not ok:
-        raise DatasetError("cannot map a decoded video buffer")
+def _sample_to_rgb(sample: Any, path: Path, clip: str) -> np.ndarray:
+    """One appsink RGB sample as ``(H, W, 3) uint8`` (:func:`core.gst.frames.sample_to_rgb`)."""
     try:
-        data = np.frombuffer(info.data, dtype=np.uint8)
-        stride = (w * 3 + 3) // 4 * 4  # GStreamer's default stride for packed RGB
-        if data.size < stride * (h - 1) + w * 3:
-            stride = w * 3
-        rows = np.lib.stride_tricks.as_strided(data, shape=(h, w * 3), strides=(stride, 1))
-        return rows.reshape(h, w, 3).copy()
-    finally:
-        buf.unmap(info)
+        return sample_to_rgb(sample)
+    except FrameError as exc:
+        raise DatasetError(f"cannot read a decoded frame of {path}: {exc}", clip) from exc
 
 
 # --------------------------------------------------------------------------------------------------

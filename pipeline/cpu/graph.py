@@ -34,15 +34,14 @@ from typing import Any, Literal
 import numpy as np
 
 from core.config import CameraSettings
+from core.gst import ElementMissingError, GstError, init_gstreamer, load_typelib, missing_elements
 from pipeline.cpu.sources import (
     DISPLAY_QUEUE,
     CameraPipeline,
-    ElementMissingError,
     FrameSize,
     SampleFrame,
     SourceError,
     SourceSpec,
-    gst,
     lower_thread_priority,
     parse_source_uri,
     redact,
@@ -110,10 +109,9 @@ def required_elements(kind: str) -> list[str]:
 
 
 def _check_elements(kind: str) -> None:
-    Gst = gst()
-    for name in required_elements(kind):
-        if Gst.ElementFactory.find(name) is None:
-            raise ElementMissingError(name)
+    missing = missing_elements(required_elements(kind))
+    if missing:
+        raise ElementMissingError(missing[0])
 
 
 @dataclass
@@ -246,9 +244,7 @@ class CameraGraph:
         """Start the loop thread and every registered camera. Raises ElementMissingError up front."""
         if self._thread is not None or self._stopped:
             raise GraphStateError("CameraGraph.start: already started (or stopped)")
-        from gi.repository import GLib
-
-        gst()
+        GLib = load_typelib("GLib")  # initialises GStreamer too
         self._ctx = GLib.MainContext.new()
         self._loop = GLib.MainLoop.new(self._ctx, False)
         ready = threading.Event()
@@ -370,7 +366,7 @@ class CameraGraph:
     def _run_loop(self, ready: threading.Event) -> None:
         self._ctx.push_thread_default()  # bus watches added from this thread attach to our context
         try:
-            from gi.repository import GLib
+            GLib = load_typelib("GLib")
 
             src = GLib.Idle()
 
@@ -389,7 +385,7 @@ class CameraGraph:
 
     def _post(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the loop thread soon (fire and forget)."""
-        from gi.repository import GLib
+        GLib = load_typelib("GLib")
 
         def run(*_: Any) -> bool:
             try:
@@ -437,7 +433,7 @@ class CameraGraph:
         return cam
 
     def _start_all(self) -> None:
-        from gi.repository import GLib
+        GLib = load_typelib("GLib")
 
         with self._lock:
             cams = list(self._cams.values())
@@ -479,8 +475,8 @@ class CameraGraph:
 
     def _build(self, cam: _Camera) -> None:
         """Create and start the camera's pipeline (loop thread)."""
-        Gst = gst()
-        from gi.repository import GLib
+        Gst = init_gstreamer()
+        GLib = load_typelib("GLib")
 
         cam.retry_source = None
         if cam.spec.kind in ("file", "loop"):
@@ -514,7 +510,7 @@ class CameraGraph:
                     lambda: self._on_failure(cam, gen, "no video stream in the source", recoverable=False)
                 ),
             )
-        except SourceError as exc:
+        except (SourceError, GstError) as exc:
             self._set_state(cam, "failed", str(exc))
             return
         bus = cp.pipeline.get_bus()
@@ -583,7 +579,7 @@ class CameraGraph:
             self._teardown_async(cam, cp)
 
     def _set_null(self, cam: _Camera, cp: CameraPipeline) -> None:
-        cp.pipeline.set_state(gst().State.NULL)
+        cp.pipeline.set_state(init_gstreamer().State.NULL)
 
     def _teardown_async(self, cam: _Camera, cp: CameraPipeline) -> None:
         """Set a pipeline to NULL on a helper thread (a hung RTSP TEARDOWN must not block the loop)."""
@@ -612,7 +608,7 @@ class CameraGraph:
         self._schedule_reconnect(cam, detail)
 
     def _schedule_reconnect(self, cam: _Camera, detail: str) -> None:
-        from gi.repository import GLib
+        GLib = load_typelib("GLib")
 
         delay = cam.backoff_s
         cam.backoff_s = min(cam.backoff_s * 2.0, cam.settings.rtsp.reconnect_max_s)
@@ -634,7 +630,7 @@ class CameraGraph:
         cam.retry_source = src
 
     def _on_bus(self, _bus: Any, msg: Any, cam: _Camera, gen: int) -> bool:
-        Gst = gst()
+        Gst = init_gstreamer()
         with cam.lock:
             if gen != cam.generation:
                 return False  # a stale watch: remove it
@@ -655,7 +651,7 @@ class CameraGraph:
         return True
 
     def _on_eos(self, cam: _Camera, gen: int) -> None:
-        Gst = gst()
+        Gst = init_gstreamer()
         if cam.spec.kind == "loop":
             # appsink posts EOS once its last display frame is pulled, which can be before the poller has
             # given that frame its pts: finish that first, or an old frame would take the new pass's rebase.

@@ -21,12 +21,11 @@ as a :class:`SampleFrame`, still in its GStreamer buffer, copied out only when i
 Python callback and copy per display frame cost about as much CPU as the rest of decoding
 (docs/benchmarks.md).
 
-Gst is imported lazily: importing this module does not need GStreamer.
+GStreamer comes from the toolkit (:mod:`core.gst`), imported lazily: importing this module does not need it.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import sys
@@ -39,23 +38,20 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from core.gst import DEBIAN_PACKAGES, package_for
+from core.gst import GstError, LinkError, init_gstreamer, link, link_pads, make
+from core.gst.frames import FrameError, copy_rgb, i420_to_rgb, pts_seconds, sample_to_rgb, video_caps
 from core.redact import redact_text as redact
 
 __all__ = [
-    "DEBIAN_PACKAGES",
     "DISPLAY_QUEUE",
     "CameraPipeline",
-    "ElementMissingError",
     "FrameSize",
-    "LinkError",
     "SampleFrame",
     "SourceError",
     "SourceKind",
     "SourceSpec",
     "UnsupportedUriError",
     "frame_from_sample",
-    "gst",
     "parse_source_uri",
     "redact",
 ]
@@ -67,24 +63,6 @@ SourceKind = Literal["file", "loop", "rtsp", "http", "v4l2"]
 
 class SourceError(RuntimeError):
     """A camera pipeline that cannot be built."""
-
-
-class ElementMissingError(SourceError):
-    """A GStreamer element factory is not installed. Names the element and the Debian package."""
-
-    def __init__(self, element: str) -> None:
-        self.element = element
-        self.package = package_for(element)
-        super().__init__(
-            f"GStreamer element {element!r} is missing: install the Debian package {self.package} "
-            f"(apt-get install {self.package})"
-            if element in DEBIAN_PACKAGES
-            else f"GStreamer element {element!r} is missing (install the GStreamer plugins that provide it)"
-        )
-
-
-class LinkError(SourceError):
-    """Two elements could not be linked (incompatible caps)."""
 
 
 class UnsupportedUriError(SourceError, ValueError):
@@ -165,13 +143,6 @@ def parse_source_uri(uri: str, cwd: Path | None = None) -> SourceSpec:
 # --------------------------------------------------------------------------------------------------
 
 
-def gst() -> Any:
-    """Import and initialise GStreamer once; return the ``Gst`` module."""
-    from core.gst import init_gstreamer
-
-    return init_gstreamer()
-
-
 @dataclass(frozen=True)
 class FrameSize:
     """A frame size in pixels: ``width`` then ``height`` (GStreamer order)."""
@@ -191,151 +162,14 @@ class FrameSize:
         return size if isinstance(size, FrameSize) else cls(int(size[0]), int(size[1]))
 
 
-def _make(factory: str, name: str | None = None, **props: Any) -> Any:
-    Gst = gst()
-    element = Gst.ElementFactory.make(factory, name)
-    if element is None:
-        raise ElementMissingError(factory)
-    for key, value in props.items():
-        element.set_property(key.replace("_", "-"), value)
-    return element
-
-
-def _link(a: Any, b: Any) -> None:
-    if not a.link(b):
-        raise LinkError(f"cannot link {a.get_name()} -> {b.get_name()}")
-
-
-def _video_caps(sample: Any, formats: tuple[str, ...] = ("RGB",)) -> tuple[str, int, int, Any]:
-    """``(format, width, height, structure)`` of a sample's raw video caps; SourceError when the format
-    is not one of ``formats`` or the size is missing."""
-    caps = sample.get_caps()
-    st = caps.get_structure(0) if caps is not None and caps.get_size() else None
-    fmt = st.get_string("format") if st is not None else None
-    if st is None or fmt not in formats:
-        want = " or ".join(formats)
-        raise SourceError(f"expected {want} frames, got {caps.to_string() if caps is not None else None}")
-    ok_w, width = st.get_int("width")
-    ok_h, height = st.get_int("height")
-    if not (ok_w and ok_h) or width < 1 or height < 1:
-        raise SourceError(f"video caps without a size: {caps.to_string()}")
-    return fmt, width, height, st
-
-
-def _round4(n: int) -> int:
-    return (n + 3) & ~3
-
-
-# (Kr, Kb) of the YCbCr matrices GStreamer names, by its colorimetry matrix code (GstVideoColorMatrix).
-_YUV_MATRICES = {
-    2: (0.30, 0.11),
-    3: (0.2126, 0.0722),
-    4: (0.299, 0.114),
-    5: (0.212, 0.087),
-    6: (0.2627, 0.0593),
-}
-
-
-def _yuv_matrix(colorimetry: str | None, height: int) -> tuple[bool, tuple[float, float]]:
-    """``(full_range, (Kr, Kb))`` for a caps ``colorimetry`` string: a name (``bt601``, ``bt709``,
-    ``bt2020``, ``smpte240m``, ``sRGB``) or GStreamer's ``range:matrix:transfer:primaries`` codes. Unset:
-    limited range and GStreamer's default matrix for the height (BT.601 up to 576 lines, BT.709 above,
-    BT.2020 from 2160)."""
-    default = _YUV_MATRICES[4 if height <= 576 else 3 if height < 2160 else 6]
-    text = (colorimetry or "").lower()
-    parts = text.split(":")
-    if len(parts) == 4 and all(p.isdigit() for p in parts):
-        full = parts[0] == "1"
-        return full, _YUV_MATRICES.get(int(parts[1]), default)
-    if "srgb" in text:
-        return True, _YUV_MATRICES[3]
-    for key, code in (("709", 3), ("601", 4), ("2020", 6), ("2100", 6), ("240m", 5)):
-        if key in text:
-            return False, _YUV_MATRICES[code]
-    return False, default
-
-
-def _i420_to_rgb(buf: Any, width: int, height: int, colorimetry: str | None) -> np.ndarray:
-    """A fresh ``(H, W, 3)`` uint8 RGB image from an I420 ``Gst.Buffer`` in GStreamer's default layout
-    (luma rows padded to 4 bytes, chroma at half size rounded up, each plane's rows padded to 4)."""
-    Gst = gst()
-    cw, ch = (width + 1) // 2, (height + 1) // 2
-    y_stride, c_stride = _round4(width), _round4(cw)
-    u_off = y_stride * (height + (height & 1))
-    v_off = u_off + c_stride * ch
-    size = v_off + c_stride * ch
-    ok, mapinfo = buf.map(Gst.MapFlags.READ)
-    if not ok:
-        raise SourceError("cannot map a video buffer for reading")
-    try:  # read the planes while mapped: with gst-python's overrides, data is a view that unmap releases
-        if mapinfo.size < size:
-            raise SourceError(
-                f"I420 buffer of {mapinfo.size} bytes is smaller than {size} ({width}x{height})"
-            )
-        data = np.frombuffer(mapinfo.data, dtype=np.uint8, count=size)
-        y = data[: y_stride * height].reshape(height, y_stride)[:, :width].astype(np.float32)
-        u = data[u_off:v_off].reshape(ch, c_stride)[:, :cw].astype(np.float32)
-        v = data[v_off:size].reshape(ch, c_stride)[:, :cw].astype(np.float32)
-        del data
-    finally:
-        buf.unmap(mapinfo)
-    # 4:2:0 chroma: each sample covers 2x2 pixels.
-    u = np.repeat(np.repeat(u, 2, axis=0), 2, axis=1)[:height, :width] - 128.0
-    v = np.repeat(np.repeat(v, 2, axis=0), 2, axis=1)[:height, :width] - 128.0
-    full, (kr, kb) = _yuv_matrix(colorimetry, height)
-    if not full:
-        y = (y - 16.0) * (255.0 / 219.0)
-        u *= 255.0 / 224.0
-        v *= 255.0 / 224.0
-    kg = 1.0 - kr - kb
-    rgb = np.empty((height, width, 3), np.float32)
-    rgb[..., 0] = y + 2.0 * (1.0 - kr) * v
-    rgb[..., 1] = y - (2.0 * kb * (1.0 - kb) / kg) * u - (2.0 * kr * (1.0 - kr) / kg) * v
-    rgb[..., 2] = y + 2.0 * (1.0 - kb) * u
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-
-
-def _copy_rgb(buf: Any, width: int, height: int) -> np.ndarray:
-    """A fresh C-contiguous ``(H, W, 3)`` uint8 copy of an RGB ``Gst.Buffer``, row padding removed."""
-    Gst = gst()
-    # GStreamer's default RGB layout: rows padded to 4 bytes. (appsink does not accept GstVideoMeta, so
-    # producers cannot pick another layout; a buffer whose size says otherwise gets its own stride.)
-    # GstVideo.VideoInfo is avoided on purpose: from_caps crashed when called from several streaming threads.
-    stride = (width * 3 + 3) & ~3
-    size = buf.get_size()
-    if size != stride * height and size % height == 0 and size // height >= width * 3:
-        stride = size // height
-    ok, mapinfo = buf.map(Gst.MapFlags.READ)
-    if not ok:
-        raise SourceError("cannot map a video buffer for reading")
-    try:
-        need = stride * (height - 1) + width * 3
-        if mapinfo.size < need:
-            raise SourceError(
-                f"video buffer of {mapinfo.size} bytes is smaller than {need} ({width}x{height})"
-            )
-        raw = np.frombuffer(mapinfo.data, dtype=np.uint8, count=need)
-        rows = np.lib.stride_tricks.as_strided(raw, shape=(height, width * 3), strides=(stride, 1))
-        return np.array(rows, dtype=np.uint8, copy=True).reshape(height, width, 3)
-    finally:
-        buf.unmap(mapinfo)
-
-
-def _pts_s(buf: Any) -> float | None:
-    Gst = gst()
-    return None if buf.pts == Gst.CLOCK_TIME_NONE else buf.pts / Gst.SECOND
-
-
 def frame_from_sample(sample: Any) -> tuple[float | None, np.ndarray]:
     """Copy an RGB frame out of a ``Gst.Sample``.
 
     Returns ``(pts_s, frame)``: the buffer PTS in seconds (None when unset) and a fresh C-contiguous
     ``(H, W, 3) uint8`` RGB array. Row padding is removed: GStreamer pads each RGB row to a multiple of 4
-    bytes, so ``stride != W*3`` whenever ``W*3 % 4 != 0``.
+    bytes, so ``stride != W*3`` whenever ``W*3 % 4 != 0`` (:func:`core.gst.frames.rgb_stride`).
     """
-    _, width, height, _ = _video_caps(sample)
-    buf = sample.get_buffer()
-    return _pts_s(buf), _copy_rgb(buf, width, height)
+    return pts_seconds(sample.get_buffer()), sample_to_rgb(sample)
 
 
 class SampleFrame:
@@ -366,16 +200,16 @@ class SampleFrame:
 
     @classmethod
     def from_sample(cls, sample: Any) -> SampleFrame:
-        """The sample's buffer, described by its caps; SourceError for caps that are not RGB or I420."""
-        fmt, width, height, st = _video_caps(sample, cls.FORMATS)
-        return cls(sample.get_buffer(), width, height, fmt, st.get_string("colorimetry"))
+        """The sample's buffer, described by its caps; FrameError for caps that are not RGB or I420."""
+        caps = video_caps(sample, cls.FORMATS)
+        return cls(sample.get_buffer(), caps.width, caps.height, caps.format, caps.colorimetry)
 
     def rgb(self) -> np.ndarray:
-        """A fresh C-contiguous ``(H, W, 3)`` uint8 RGB copy; SourceError if the buffer cannot be read."""
+        """A fresh C-contiguous ``(H, W, 3)`` uint8 RGB copy; FrameError if the buffer cannot be read."""
         height, width = self.shape[0], self.shape[1]
         if self.format == "I420":
-            return _i420_to_rgb(self._buffer, width, height, self.colorimetry)
-        return _copy_rgb(self._buffer, width, height)
+            return i420_to_rgb(self._buffer, width, height, self.colorimetry)
+        return copy_rgb(self._buffer, width, height)
 
     def raw_video(self) -> tuple[Any, str]:
         """``(buffer, caps)``: the frame as GStreamer holds it, for an encoder's ``appsrc``. (Built here,
@@ -463,7 +297,7 @@ class CameraPipeline:
             raise ValueError(f"fps must be > 0, got {fps}")
         if not 0 <= thread_nice <= 19:
             raise ValueError(f"thread_nice must be 0..19, got {thread_nice}")
-        Gst = gst()
+        Gst = init_gstreamer()
         self.camera_id = camera_id
         self.spec = spec
         self._on_sample = on_sample
@@ -482,39 +316,39 @@ class CameraPipeline:
         sync = bool(realtime) and spec.kind in ("file", "loop")
 
         # Sampling first, so frames we drop are never converted or scaled.
-        self.rate = _make("videorate", "rate", drop_only=True)
+        self.rate = make("videorate", "rate", drop_only=True)
         num, den = _fps_fraction(fps)
-        rate_caps = _make(
+        rate_caps = make(
             "capsfilter",
             "ratecaps",
             caps=Gst.Caps.from_string(f"video/x-raw(ANY),framerate=[0/1,{num}/{den}]"),
         )
         p.add(self.rate)
         p.add(rate_caps)
-        _link(self.rate, rate_caps)
+        link(self.rate, rate_caps)
         branches = [("model", frame_size)]
         if display_size is not None:
             branches.append(("display", display_size))
         if len(branches) == 1:
-            _link(rate_caps, self._add_branch("model", frame_size, sync, queue=False))
+            link(rate_caps, self._add_branch("model", frame_size, sync, queue=False))
         else:
-            tee = _make("tee", "tee")
+            tee = make("tee", "tee")
             p.add(tee)
-            _link(rate_caps, tee)
+            link(rate_caps, tee)
             for branch, size in branches:
-                _link(tee, self._add_branch(branch, size, sync, queue=True))
+                link(tee, self._add_branch(branch, size, sync, queue=True))
 
         self._decode_sink = self.rate.get_static_pad("sink")
         if spec.kind in ("file", "loop"):
-            src = _make("filesrc", "src", location=spec.location)
-            dec = _make("decodebin", "decode")
+            src = make("filesrc", "src", location=spec.location)
+            dec = make("decodebin", "decode")
             p.add(src)
             p.add(dec)
-            _link(src, dec)
+            link(src, dec)
             dec.connect("pad-added", self._on_decoded_pad)
             dec.connect("no-more-pads", self._on_no_more_pads)
         elif spec.kind == "rtsp":
-            src = _make(
+            src = make(
                 "rtspsrc",
                 "src",
                 location=spec.location,
@@ -523,7 +357,7 @@ class CameraPipeline:
             )
             if rtsp_tcp:
                 src.set_property("protocols", "tcp")
-            dec = _make("decodebin", "decode")
+            dec = make("decodebin", "decode")
             p.add(src)
             p.add(dec)
             self._depay_sink = dec.get_static_pad("sink")
@@ -531,16 +365,16 @@ class CameraPipeline:
             dec.connect("pad-added", self._on_decoded_pad)
             dec.connect("no-more-pads", self._on_no_more_pads)
         elif spec.kind == "http":
-            dec = _make("uridecodebin", "decode", uri=spec.location)
+            dec = make("uridecodebin", "decode", uri=spec.location)
             p.add(dec)
             dec.connect("pad-added", self._on_decoded_pad)
             dec.connect("no-more-pads", self._on_no_more_pads)
         elif spec.kind == "v4l2":
-            src = _make("v4l2src", "src", device=spec.location)
-            dec = _make("decodebin", "decode")
+            src = make("v4l2src", "src", device=spec.location)
+            dec = make("decodebin", "decode")
             p.add(src)
             p.add(dec)
-            _link(src, dec)
+            link(src, dec)
             dec.connect("pad-added", self._on_decoded_pad)
             dec.connect("no-more-pads", self._on_no_more_pads)
         else:  # pragma: no cover - SourceSpec.kind is a closed set
@@ -548,14 +382,14 @@ class CameraPipeline:
 
     def _add_branch(self, branch: str, size: FrameSize, sync: bool, *, queue: bool) -> Any:
         """Add ``[queue ->] videoscale -> videoconvert -> caps -> appsink``; return its first element."""
-        Gst = gst()
+        Gst = init_gstreamer()
         elements = []
         if queue:
             # Live sources: leaky, so a slow consumer of one branch never stalls the other. Files: lossless
             # (back-pressure slows the file down instead, so every sampled frame reaches both branches).
             leaky = 0 if self.spec.kind in ("file", "loop") else 2
             elements.append(
-                _make(
+                make(
                     "queue",
                     f"{branch}-queue",
                     max_size_buffers=2,
@@ -564,14 +398,14 @@ class CameraPipeline:
                     leaky=leaky,
                 )
             )
-        elements.append(_make("videoscale", f"{branch}-scale", add_borders=False))
-        elements.append(_make("videoconvert", f"{branch}-convert"))
+        elements.append(make("videoscale", f"{branch}-scale", add_borders=False))
+        elements.append(make("videoconvert", f"{branch}-convert"))
         # Display frames stay I420, the decoders' own format: converting is skipped for every frame, the
         # event ring holds half the bytes, and clips go to the encoder as they are
         # (pipeline/outputs/media.py).
         fmt = "I420" if branch == "display" else "RGB"
         elements.append(
-            _make(
+            make(
                 "capsfilter",
                 f"{branch}-caps",
                 caps=Gst.Caps.from_string(
@@ -582,7 +416,7 @@ class CameraPipeline:
         if branch == "display":
             # Pulled by the owner (pull_display), not signalled: no Python on the streaming thread. Live
             # sources drop the oldest frame when nobody pulls; files wait (no frame is lost).
-            sink = _make(
+            sink = make(
                 "appsink",
                 f"{branch}-sink",
                 emit_signals=False,
@@ -592,13 +426,12 @@ class CameraPipeline:
             )
             self._display_sink = sink
         else:
-            sink = _make("appsink", f"{branch}-sink", emit_signals=True, max_buffers=2, drop=True, sync=sync)
+            sink = make("appsink", f"{branch}-sink", emit_signals=True, max_buffers=2, drop=True, sync=sync)
             sink.connect("new-sample", self._on_new_sample)
         elements.append(sink)
         for element in elements:
             self.pipeline.add(element)
-        for a, b in itertools.pairwise(elements):
-            _link(a, b)
+        link(*elements)
         return elements[0]
 
     # Streaming-thread callbacks ---------------------------------------------------------------
@@ -607,8 +440,12 @@ class CameraPipeline:
         caps = pad.get_current_caps() or pad.query_caps(None)
         media = caps.get_structure(0).get_string("media") if caps and caps.get_size() else None
         if media == "video" and not self._depay_sink.is_linked():
-            if pad.link(self._depay_sink) != gst().PadLinkReturn.OK:
-                log.error("camera %s: cannot link the RTSP video stream to the decoder", self.camera_id)
+            try:
+                link_pads(pad, self._depay_sink)
+            except LinkError as exc:  # on a streaming thread: logged, never raised
+                log.error(
+                    "camera %s: cannot link the RTSP video stream to the decoder: %s", self.camera_id, exc
+                )
             return
         self._link_to_fakesink(pad)
 
@@ -616,11 +453,12 @@ class CameraPipeline:
         caps = pad.get_current_caps() or pad.query_caps(None)
         name = caps.get_structure(0).get_name() if caps and caps.get_size() else ""
         if name.startswith("video/") and not self._decode_sink.is_linked():
-            result = pad.link(self._decode_sink)
-            if result == gst().PadLinkReturn.OK:
-                self._video_linked = True
+            try:
+                link_pads(pad, self._decode_sink)
+            except LinkError as exc:  # on a streaming thread: logged, never raised
+                log.error("camera %s: cannot link decoded video: %s", self.camera_id, exc)
             else:
-                log.error("camera %s: cannot link decoded video (%s)", self.camera_id, result)
+                self._video_linked = True
             return
         # Audio or a second video stream: consumed and ignored so it cannot stall the demuxer.
         self._link_to_fakesink(pad)
@@ -630,24 +468,23 @@ class CameraPipeline:
             self._on_no_video()
 
     def _link_to_fakesink(self, pad: Any) -> None:
-        Gst = gst()
-        sink = Gst.ElementFactory.make("fakesink", None)
-        if sink is None:
-            log.warning("camera %s: fakesink missing; an extra stream stays unlinked", self.camera_id)
-            return
-        sink.set_property("sync", False)
-        sink.set_property("async", False)
-        self.pipeline.add(sink)
-        sink.sync_state_with_parent()
-        pad.link(sink.get_static_pad("sink"))
+        # On a streaming thread, for a stream nobody wants: failing here only costs that stream.
+        try:
+            sink = make("fakesink", None, sync=False)
+            sink.set_property("async", False)
+            self.pipeline.add(sink)
+            sink.sync_state_with_parent()
+            link_pads(pad, sink.get_static_pad("sink"))
+        except GstError as exc:
+            log.warning("camera %s: an extra stream stays unlinked: %s", self.camera_id, exc)
 
     def _on_stream_status(self, _bus: Any, msg: Any) -> None:
         kind, _owner = msg.parse_stream_status()
-        if kind == gst().StreamStatusType.ENTER:
+        if kind == init_gstreamer().StreamStatusType.ENTER:
             lower_thread_priority(self._thread_nice)
 
     def _on_new_sample(self, sink: Any) -> Any:
-        Gst = gst()
+        Gst = init_gstreamer()
         sample = sink.emit("pull-sample")
         if sample is None:
             return Gst.FlowReturn.EOS
@@ -674,8 +511,8 @@ class CameraPipeline:
                 break
             try:
                 frame = SampleFrame.from_sample(sample)
-                pts = _pts_s(sample.get_buffer())
-            except SourceError as exc:
+                pts = pts_seconds(sample.get_buffer())
+            except (SourceError, FrameError) as exc:
                 log.warning("camera %s: display frame skipped: %s", self.camera_id, exc)
                 continue
             finally:

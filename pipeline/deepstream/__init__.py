@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from core.gst import missing_elements
+
 if TYPE_CHECKING:
     from core.config import ZsadConfig
 
@@ -40,10 +42,7 @@ def deepstream_unavailable_reason() -> str | None:
             "wheels from NVIDIA's deepstream_python_apps releases (the PyPI package 'pyds' is unrelated). "
             "Use --graph cpu on this machine, or deploy/jetson on a Jetson or dGPU box."
         )
-    from core.gst import init_gstreamer
-
-    gst = init_gstreamer()
-    missing = [name for name in DEEPSTREAM_ELEMENTS if gst.ElementFactory.find(name) is None]
+    missing = missing_elements(DEEPSTREAM_ELEMENTS)
     if missing:
         provider = DEEPSTREAM_ELEMENTS[missing[0]]
         return f"GStreamer elements missing: {', '.join(missing)} (provided by {provider})"

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from core.config import ZsadConfig
+from core.gst import GstError
 from plugins.preprocess import Normaliser
 
 __all__ = ["DeepStreamApp", "run_deepstream"]
@@ -157,7 +158,7 @@ def run_deepstream(cfg: ZsadConfig, *, duration_s: float | None = None) -> int:
     try:
         plan = plan_graph(cfg, rendered, engines.frame_size, jetson=jetson)
         graph = DeepStreamGraph(plan, score_probe=app.probe, osd_probe=app.board, on_state=app.on_state)
-    except DeepStreamGraphError as exc:
+    except (DeepStreamGraphError, GstError) as exc:  # a plan error, a missing element, a failed link
         app.shutdown()
         print(f"cannot build the DeepStream graph: {exc}")
         return 1

@@ -18,12 +18,13 @@ source bin does not stop the others: an RTSP/HTTP camera is left to nvurisrcbin'
 other camera's mux pad gets an EOS so the batch no longer waits for it. An ERROR anywhere else stops the
 pipeline. EOS (every camera finished) stops it with the exit code so far.
 
-``gi``/``Gst`` are imported only when a pipeline is built (:func:`gst`).
+``Gst``, ``GLib`` and ``GstRtspServer`` come from the GStreamer toolkit (:mod:`core.gst`), imported only when
+a pipeline is built. Elements are made and linked with its checked helpers, which raise
+:class:`~core.gst.ElementMissingError` and :class:`~core.gst.LinkError`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import platform
@@ -36,8 +37,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.config import CameraSettings, ZsadConfig
+from core.gst import DEBIAN_PACKAGES, LinkError, init_gstreamer, link, link_pads, load_typelib, make
 from core.redact import redact_text, redact_uri
-from pipeline.cpu.sources import DEBIAN_PACKAGES, parse_source_uri
+from pipeline.cpu.sources import parse_source_uri
 from pipeline.deepstream import DEEPSTREAM_ELEMENTS
 from pipeline.deepstream.render import RenderedConfigs
 
@@ -46,10 +48,8 @@ __all__ = [
     "BusPolicy",
     "DeepStreamGraph",
     "DeepStreamGraphError",
-    "ElementMissingError",
     "ElementSpec",
     "GraphPlan",
-    "LinkError",
     "PropertyError",
     "SourcePlan",
     "checked_make",
@@ -84,24 +84,12 @@ _SOURCE_BIN = re.compile(r"source-bin-(\d+)")
 
 
 class DeepStreamGraphError(RuntimeError):
-    """The DeepStream pipeline cannot be built or linked."""
-
-
-class ElementMissingError(DeepStreamGraphError):
-    """A GStreamer element factory is not installed; names the element and the package that provides it."""
-
-    def __init__(self, element: str) -> None:
-        self.element = element
-        self.package = element_provider(element)
-        super().__init__(f"GStreamer element {element!r} is missing: it is provided by {self.package}")
+    """The DeepStream pipeline cannot be planned or built (a missing element or a failed link raises the
+    toolkit's :class:`~core.gst.ElementMissingError` or :class:`~core.gst.LinkError` instead)."""
 
 
 class PropertyError(DeepStreamGraphError):
     """An element lacks a property the graph needs (a different DeepStream version?)."""
-
-
-class LinkError(DeepStreamGraphError):
-    """Two elements or pads could not be linked."""
 
 
 def element_provider(element: str) -> str:
@@ -109,19 +97,10 @@ def element_provider(element: str) -> str:
     return _PROVIDERS.get(element) or DEBIAN_PACKAGES.get(element) or "a GStreamer plugins package"
 
 
-def gst() -> Any:
-    """The initialised ``Gst`` module."""
-    from core.gst import init_gstreamer
-
-    return init_gstreamer()
-
-
 def checked_make(factory: str, name: str) -> Any:
-    """``Gst.ElementFactory.make`` that raises :class:`ElementMissingError` instead of returning None."""
-    element = gst().ElementFactory.make(factory, name)
-    if element is None:
-        raise ElementMissingError(factory)
-    return element
+    """:func:`core.gst.make` whose :class:`~core.gst.ElementMissingError` names the DeepStream, JetPack or
+    Debian package that provides ``factory`` (:func:`element_provider`)."""
+    return make(factory, name, package=element_provider(factory))
 
 
 def is_jetson() -> bool:
@@ -420,7 +399,7 @@ StateFn = Callable[[str, str, str], None]
 
 
 def _set_props(element: Any, spec: ElementSpec) -> None:
-    Gst = gst()
+    Gst = init_gstreamer()
     for key, value in spec.props.items():
         if element.find_property(key) is None:
             raise PropertyError(f"{spec.factory} ({spec.name}) has no property {key!r}")
@@ -430,11 +409,6 @@ def _set_props(element: Any, spec: ElementSpec) -> None:
             log.debug("%s (%s): no property %r; left at its default", spec.factory, spec.name, key)
             continue
         element.set_property(key, value)
-
-
-def _link(a: Any, b: Any) -> None:
-    if not a.link(b):
-        raise LinkError(f"cannot link {a.get_name()} -> {b.get_name()}")
 
 
 class DeepStreamGraph:
@@ -465,7 +439,7 @@ class DeepStreamGraph:
         self._eos_sent_at: float | None = None
         self._loop: Any = None
         self._rtsp_server: Any = None
-        Gst = gst()
+        Gst = init_gstreamer()
         self.pipeline = Gst.Pipeline.new("zsad-deepstream")
         self.elements: dict[str, Any] = {}
         for spec in plan.elements():
@@ -474,14 +448,11 @@ class DeepStreamGraph:
             self.pipeline.add(element)
             self.elements[spec.name] = element
         for chain in (plan.trunk, plan.score_branch, plan.display_branch):
-            for a, b in itertools.pairwise(chain):
-                _link(self.elements[a.name], self.elements[b.name])
+            link(*(self.elements[spec.name] for spec in chain))
         last = plan.trunk[-1].name
+        link(self.elements[last], self.elements[plan.score_branch[0].name])
         if plan.display_branch:
-            _link(self.elements[last], self.elements[plan.score_branch[0].name])
-            _link(self.elements[last], self.elements[plan.display_branch[0].name])
-        else:
-            _link(self.elements[last], self.elements[plan.score_branch[0].name])
+            link(self.elements[last], self.elements[plan.display_branch[0].name])
         self.mux_pads: dict[int, Any] = {}
         for source in plan.sources:
             self._add_source(source, make)
@@ -491,14 +462,14 @@ class DeepStreamGraph:
             self._probe(TILER, osd_probe)
 
     def _probe(self, element: str, probe: Probe) -> None:
-        Gst = gst()
+        Gst = init_gstreamer()
         pad = self.elements[element].get_static_pad("sink")
         if pad is None:
             raise LinkError(f"{element} has no sink pad to probe")
         pad.add_probe(Gst.PadProbeType.BUFFER, probe)
 
     def _add_source(self, source: SourcePlan, make: Make) -> None:
-        Gst = gst()
+        Gst = init_gstreamer()
         bin_ = Gst.Bin.new(source.bin_name)
         uri_bin = make(source.element.factory, source.element.name)
         _set_props(uri_bin, source.element)
@@ -514,9 +485,10 @@ class DeepStreamGraph:
             raise LinkError(
                 f"{mux.get_name()}: no request pad sink_{source.index} for camera {source.camera}"
             )
-        result = ghost.link(pad)
-        if result != Gst.PadLinkReturn.OK:
-            raise LinkError(f"camera {source.camera}: cannot link {source.bin_name} to the mux: {result}")
+        try:
+            link_pads(ghost, pad)
+        except LinkError as exc:
+            raise LinkError(f"camera {source.camera}: {exc}") from exc
         self.mux_pads[source.index] = pad
 
     @staticmethod
@@ -539,7 +511,7 @@ class DeepStreamGraph:
         self._stop.set()
 
     def _on_message(self, _bus: Any, message: Any) -> bool:
-        Gst = gst()
+        Gst = init_gstreamer()
         kind = message.type
         if kind == Gst.MessageType.ERROR:
             err, debug = message.parse_error()
@@ -576,7 +548,7 @@ class DeepStreamGraph:
         if self._eos_sent_at is None and (self._stop.is_set() or (deadline is not None and now >= deadline)):
             log.info("stopping: sending EOS so outputs are finalised")
             self._eos_sent_at = now
-            self.pipeline.send_event(gst().Event.new_eos())
+            self.pipeline.send_event(init_gstreamer().Event.new_eos())
         elif self._eos_sent_at is not None and now - self._eos_sent_at > eos_timeout_s:
             log.warning("no EOS after %.0f s; stopping anyway", eos_timeout_s)
             self._quit()
@@ -586,10 +558,7 @@ class DeepStreamGraph:
         plan = self.plan.rtsp
         if plan is None:
             return
-        import gi
-
-        gi.require_version("GstRtspServer", "1.0")
-        from gi.repository import GstRtspServer
+        GstRtspServer = load_typelib("GstRtspServer")
 
         server = GstRtspServer.RTSPServer.new()
         server.props.service = str(plan.port)
@@ -611,9 +580,8 @@ class DeepStreamGraph:
 
         Returns 0, or 1 if any ERROR was posted (see :class:`BusPolicy`).
         """
-        from gi.repository import GLib
-
-        Gst = gst()
+        GLib = load_typelib("GLib")
+        Gst = init_gstreamer()
         self._loop = GLib.MainLoop()
         bus = self.pipeline.get_bus()
         bus.add_signal_watch()
@@ -638,7 +606,7 @@ class DeepStreamGraph:
         return self.policy.exit_code
 
     def _drain_errors(self, bus: Any) -> None:
-        Gst = gst()
+        Gst = init_gstreamer()
         while True:
             message = bus.pop_filtered(Gst.MessageType.ERROR)
             if message is None:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from core.gst import init_gstreamer
 from pipeline.deepstream.meta import (
     FrameTensors,
     MetaError,
@@ -69,13 +70,8 @@ CPU graph's :class:`plugins.preprocess.Normaliser`."""
 
 
 def pad_probe_ok() -> Any:
-    """``Gst.PadProbeReturn.OK`` (imports GStreamer's bindings on first use)."""
-    import gi
-
-    gi.require_version("Gst", "1.0")
-    from gi.repository import Gst
-
-    return Gst.PadProbeReturn.OK
+    """``Gst.PadProbeReturn.OK`` (imports and initialises GStreamer on first use)."""
+    return init_gstreamer().PadProbeReturn.OK
 
 
 def format_osd_text(camera: str, fused: float | None, prompt: str | None = None) -> str:

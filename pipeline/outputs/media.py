@@ -9,16 +9,15 @@ it live frames until ``post_s`` seconds after the close (:meth:`EventRecorder.cl
 ``<output_dir>/events/<camera>/`` as ``<alert_id>.jpg`` and ``<alert_id>.mp4`` (the clip is written as a
 hidden ``.part`` and renamed when complete). Only the newest ``max_events_per_camera`` events are kept.
 
-Encoding runs in background threads (GStreamer ``appsrc ! videoconvert ! I420 ! x264enc ! h264parse !
-mp4mux ! filesink``); snapshots and retention run on one small worker thread. Nothing here raises into the
-caller for I/O or encoder trouble: a failure is logged once per camera (until the next success) and counted
-in ``zsad_media_errors_total``; alerting goes on.
+Encoding runs in background threads, one :class:`core.gst.mp4.Mp4Writer` each; snapshots and retention run
+on one small worker thread. Nothing here raises into the caller for I/O or encoder trouble: a failure is
+logged once per camera (until the next success) and counted in ``zsad_media_errors_total``; alerting goes
+on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import queue
@@ -28,13 +27,14 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from core.config import MediaConfig
+from core.gst import GstError
+from core.gst.mp4 import Mp4Error, Mp4Writer
 
 if TYPE_CHECKING:
     from pipeline.outputs.metrics import ZsadMetrics
@@ -44,7 +44,6 @@ __all__ = [
     "EventMedia",
     "EventRecorder",
     "Frame",
-    "GstElementMissingError",
     "LazyFrame",
     "MediaError",
     "MediaPathError",
@@ -53,9 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Raw frames queued between a clip writer and its encoder (a few frames at surveillance sizes).
-_APPSRC_QUEUE_BYTES = 4 * 1024 * 1024
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -63,14 +59,9 @@ class MediaError(RuntimeError):
     """Event media could not be written."""
 
 
-class GstElementMissingError(MediaError):
-    def __init__(self, factory: str) -> None:
-        super().__init__(f"GStreamer element {factory!r} is not installed (gst-inspect-1.0 {factory})")
-        self.factory = factory
-
-
 class ClipEncodeError(MediaError):
-    """The clip pipeline failed (link, state change, encoder or muxer error)."""
+    """The clip could not be encoded (no frames, or the encoder failed: state change, encoder or muxer
+    error, a stall); a toolkit :class:`~core.gst.mp4.Mp4Error` is kept as its cause."""
 
 
 class MediaPathError(MediaError):
@@ -124,12 +115,6 @@ def safe_component(name: str, max_len: int = 100) -> str:
 # --------------------------------------------------------------------------------------------------
 # GStreamer clip writer
 # --------------------------------------------------------------------------------------------------
-
-
-def _gst() -> Any:
-    from core.gst import init_gstreamer
-
-    return init_gstreamer()
 
 
 class _ClipWriter:
@@ -191,7 +176,7 @@ class _ClipWriter:
         error: BaseException | None = None
         try:
             self._encode()
-        except (MediaError, OSError) as exc:
+        except (MediaError, GstError, OSError) as exc:
             error = exc
         except Exception as exc:  # a GLib/GStreamer surprise must not kill alerting; reported below
             log.exception("clip %s: unexpected encoder failure", self.final_path.name)
@@ -222,115 +207,47 @@ class _ClipWriter:
         # conversion); anything else is read as RGB and cropped to even.
         raw = _raw_video(frame)
         raw_caps = raw[1] if raw is not None and (h, w) == tuple(frame.shape[:2]) else None
-        gst = _gst()
-        pipeline, src = self._build(gst, w, h, raw_caps)
-        duration = int(1e9 / self.fps)
-        bus = pipeline.get_bus()
         try:
-            if pipeline.set_state(gst.State.PLAYING) == gst.StateChangeReturn.FAILURE:
-                raise ClipEncodeError(f"clip {self.final_path.name}: pipeline refused to start")
-            while item is not None:
-                frame, pts = item
-                try:
-                    buf = self._buffer_of(gst, frame, w, h, raw_caps)
-                except RuntimeError as exc:  # a frame that cannot be read: the clip goes on without it
-                    log.debug("clip %s: frame dropped: %s", self.final_path.name, exc)
-                    buf = None
-                if buf is not None:
-                    self._wait_for_room(gst, src, bus, frame_bytes=buf.get_size())
-                    buf.pts = round((pts - first_pts) * 1e9)
-                    buf.duration = duration
-                    ret = src.emit("push-buffer", buf)
-                    if ret != gst.FlowReturn.OK:
-                        raise ClipEncodeError(f"clip {self.final_path.name}: push-buffer returned {ret}")
-                    self.frames_written += 1
-                else:
-                    self.frames_dropped += 1
-                self._raise_on_error(gst, bus, 0)
-                item = self._queue.get()
-            src.emit("end-of-stream")
-            msg = bus.timed_pop_filtered(
-                int(self._timeout_s * 1e9), gst.MessageType.EOS | gst.MessageType.ERROR
-            )
-            if msg is None:
-                raise ClipEncodeError(f"clip {self.final_path.name}: no end-of-stream in {self._timeout_s}s")
-            if msg.type == gst.MessageType.ERROR:
-                raise self._encode_error(msg)
-        finally:
-            pipeline.set_state(gst.State.NULL)
+            with Mp4Writer(
+                self.part_path,
+                w,
+                h,
+                self.fps,
+                input_caps=raw_caps,
+                keyframe_interval=round(self.fps * 2),
+                timeout_s=self._timeout_s,
+            ) as writer:
+                while item is not None:
+                    frame, pts = item
+                    if self._write(writer, frame, pts - first_pts):
+                        self.frames_written += 1
+                    else:
+                        self.frames_dropped += 1
+                    item = self._queue.get()
+        except Mp4Error as exc:
+            raise ClipEncodeError(f"clip {self.final_path.name}: {exc}") from exc
         self.part_path.replace(self.final_path)
 
     @staticmethod
-    def _buffer_of(gst: Any, frame: Frame, w: int, h: int, raw_caps: str | None) -> Any:
-        """The ``Gst.Buffer`` to push for ``frame``, or None for a frame that does not fit this clip."""
-        if raw_caps is not None:
+    def _write(writer: Mp4Writer, frame: Frame, pts: float) -> bool:
+        """Write ``frame`` at ``pts`` seconds into the clip; False for a frame that does not fit it (another
+        size or format) or cannot be read, which the clip goes on without."""
+        if writer.input_caps is not None:
             raw = _raw_video(frame)
-            if raw is None or raw[1] != raw_caps:
-                return None
-            # A new buffer on the same memory: the clip's timestamps go on it, never on the ring's buffer,
-            # which other clips of overlapping alerts push too. (PyGObject's Buffer.copy() is the same
-            # object with one more reference.)
-            flags = gst.BufferCopyFlags
-            original = raw[0]
-            copy = flags.FLAGS | flags.TIMESTAMPS | flags.META | flags.MEMORY
-            return original.copy_region(copy, 0, original.get_size())
+            if raw is None or raw[1] != writer.input_caps:
+                return False
+            writer.write_buffer(raw[0], pts)
+            return True
         shape = frame.shape
-        if not (len(shape) == 3 and shape[0] >= h and shape[1] >= w and shape[2] == 3):
-            return None
-        pixels = _pixels(frame)
-        return gst.Buffer.new_wrapped(np.ascontiguousarray(pixels[:h, :w], dtype=np.uint8).tobytes())
-
-    def _encode_error(self, msg: Any) -> ClipEncodeError:
-        err, dbg = msg.parse_error()
-        return ClipEncodeError(f"clip {self.final_path.name}: {err.message} ({dbg})")
-
-    def _raise_on_error(self, gst: Any, bus: Any, wait_ns: int) -> None:
-        msg = bus.timed_pop_filtered(wait_ns, gst.MessageType.ERROR)
-        if msg is not None:
-            raise self._encode_error(msg)
-
-    def _wait_for_room(self, gst: Any, src: Any, bus: Any, frame_bytes: int) -> None:
-        """Backpressure without a blocking appsrc: a blocking push never returns once the streaming
-        thread has stopped on an error (a full disk), so wait here, watching the bus, up to the timeout."""
-        limit = max(_APPSRC_QUEUE_BYTES, 2 * frame_bytes)
-        deadline = time.monotonic() + self._timeout_s
-        while int(src.get_property("current-level-bytes")) >= limit:
-            if time.monotonic() > deadline:
-                raise ClipEncodeError(f"clip {self.final_path.name}: encoder stalled for {self._timeout_s}s")
-            self._raise_on_error(gst, bus, 20_000_000)
-
-    def _build(self, gst: Any, width: int, height: int, raw_caps: str | None) -> tuple[Any, Any]:
-        pipeline = gst.Pipeline.new(f"clip-{self.final_path.stem[:8]}")
-        factories = ("appsrc", "videoconvert", "capsfilter", "x264enc", "h264parse", "mp4mux", "filesink")
-        elements = []
-        for factory in factories:
-            element = gst.ElementFactory.make(factory, None)
-            if element is None:
-                raise GstElementMissingError(factory)
-            pipeline.add(element)
-            elements.append(element)
-        src, _, caps_filter, encoder, _, _, sink = elements
-        rate = Fraction(self.fps).limit_denominator(1001)
-        caps = raw_caps or f"video/x-raw,format=RGB,width={width},height={height}"
-        src.set_property(
-            "caps", gst.Caps.from_string(f"{caps},framerate={rate.numerator}/{rate.denominator}")
-        )
-        src.set_property("format", gst.Format.TIME)
-        src.set_property("is-live", False)
-        src.set_property("block", False)  # see _wait_for_room
-        src.set_property("max-bytes", 0)  # unbounded inside appsrc; _wait_for_room bounds it
-        # 4:2:0 so every H.264 decoder plays it; from RGB, x264 would otherwise choose 4:4:4.
-        caps_filter.set_property("caps", gst.Caps.from_string("video/x-raw,format=I420"))
-        gst.util_set_object_arg(encoder, "speed-preset", "ultrafast")
-        encoder.set_property("key-int-max", max(1, round(self.fps * 2)))
-        encoder.set_property("threads", 1)
-        sink.set_property("location", str(self.part_path))
-        for up, down in itertools.pairwise(elements):
-            if not up.link(down):
-                raise ClipEncodeError(
-                    f"cannot link {up.get_factory().get_name()} to {down.get_factory().get_name()}"
-                )
-        return pipeline, src
+        if not (len(shape) == 3 and shape[0] >= writer.height and shape[1] >= writer.width and shape[2] == 3):
+            return False
+        try:
+            pixels = _pixels(frame)
+        except RuntimeError as exc:  # a frame whose pixels are gone
+            log.debug("clip %s: frame dropped: %s", writer.path.name, exc)
+            return False
+        writer.write(np.asarray(pixels[: writer.height, : writer.width], dtype=np.uint8), pts)
+        return True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 from gi.repository import GLib
 
-from core.gst import init_gstreamer
+from core.gst import ElementMissingError, init_gstreamer
 from pipeline.deepstream.graph import (
     DeepStreamGraph,
-    ElementMissingError,
     ElementSpec,
     GraphPlan,
     PropertyError,

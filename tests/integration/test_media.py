@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from core.config import MediaConfig
-from pipeline.cpu.sources import SampleFrame, SourceError, gst
+from core.gst import init_gstreamer
+from core.gst.frames import FrameError
+from pipeline.cpu.sources import SampleFrame
 from pipeline.outputs.media import EventMedia, EventRecorder, safe_component
 from pipeline.outputs.metrics import ZsadMetrics
 
@@ -240,7 +242,7 @@ class _CountingSampleFrame(SampleFrame):
 
 def _i420_frames(images: list[np.ndarray], colorimetry: str = "bt601") -> list[_CountingSampleFrame]:
     """``images`` converted to I420 by GStreamer's videoconvert, as the display branch delivers them."""
-    Gst = gst()
+    Gst = init_gstreamer()
     h, w = images[0].shape[:2]
     pipeline = Gst.parse_launch(
         f"appsrc name=src format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate=10/1,"
@@ -330,7 +332,7 @@ class _UnreadableFrame:
     shape = (96, 130, 3)
 
     def rgb(self) -> np.ndarray:
-        raise SourceError("cannot map a video buffer for reading")
+        raise FrameError("cannot map a video buffer for reading")
 
 
 def test_an_unreadable_frame_costs_only_that_frame_of_the_clip(tmp_path: Path) -> None:

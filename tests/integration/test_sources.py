@@ -20,19 +20,17 @@ gi = pytest.importorskip("gi")
 
 import pipeline.cpu.graph as graph_module  # noqa: E402
 from core.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
+from core.gst import ElementMissingError, init_gstreamer, make  # noqa: E402
+from core.gst.frames import yuv_matrix  # noqa: E402
 from pipeline.cpu.graph import CameraGraph, DuplicateCameraError, GraphStateError  # noqa: E402
 from pipeline.cpu.sources import (  # noqa: E402
     CameraPipeline,
-    ElementMissingError,
     FrameSize,
     SampleFrame,
     UnsupportedUriError,
-    _yuv_matrix,
     frame_from_sample,
-    gst,
     parse_source_uri,
 )
-from pipeline.cpu.sources import _make as make_element  # noqa: E402
 
 
 def make_video(
@@ -45,7 +43,7 @@ def make_video(
     faststart: bool = False,
 ) -> Path:
     """Encode a small H.264 MP4 with videotestsrc (25 fps)."""
-    Gst = gst()
+    Gst = init_gstreamer()
     mux = "mp4mux faststart=true" if faststart else "mp4mux"
     pipe = Gst.parse_launch(
         f"videotestsrc num-buffers={frames} pattern={pattern} ! "
@@ -62,7 +60,7 @@ def make_video(
 
 def run_launch(launch: str) -> None:
     """Run a gst-launch style pipeline to EOS."""
-    Gst = gst()
+    Gst = init_gstreamer()
     pipe = Gst.parse_launch(launch)
     pipe.set_state(Gst.State.PLAYING)
     msg = pipe.get_bus().timed_pop_filtered(20 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
@@ -206,7 +204,7 @@ class StuckDecoderPipeline(CameraPipeline):
         left = self.stuck.get(camera_id, 0)
         if left > 0:
             self.stuck[camera_id] = left - 1
-            Gst = gst()
+            Gst = init_gstreamer()
 
             def swallow(_pad: Any, info: Any) -> Any:
                 is_event = info.type & Gst.PadProbeType.EVENT_DOWNSTREAM
@@ -349,7 +347,7 @@ def test_odd_width_frames_have_their_row_padding_removed(
 
 
 def test_frame_from_sample_strips_stride_padding() -> None:
-    Gst = gst()
+    Gst = init_gstreamer()
     caps = Gst.Caps.from_string("video/x-raw,format=RGB,width=5,height=2,framerate=25/1")
     data = bytes(range(32))  # 2 rows of stride 16: 15 pixel bytes + 1 padding byte each
     buf = Gst.Buffer.new_wrapped(data)
@@ -380,11 +378,11 @@ def test_frame_from_sample_strips_stride_padding() -> None:
 def test_yuv_matrix_follows_the_caps_colorimetry(
     colorimetry: str | None, height: int, full: bool, matrix: tuple[float, float]
 ) -> None:
-    assert _yuv_matrix(colorimetry, height) == (full, matrix)
+    assert yuv_matrix(colorimetry, height) == (full, matrix)
 
 
 def test_a_full_range_i420_frame_reads_back_as_its_rgb() -> None:
-    Gst = gst()
+    Gst = init_gstreamer()
     h, w = 48, 64
     image = np.zeros((h, w, 3), np.uint8)
     image[:, : w // 2] = (250, 10, 10)  # near the ends of the range, where limited vs full range shows
@@ -555,7 +553,7 @@ def test_parse_source_uri(tmp_path: Path) -> None:
 
 def test_missing_element_names_the_debian_package() -> None:
     with pytest.raises(ElementMissingError, match="no-such-element"):
-        make_element("no-such-element")
+        make("no-such-element")
     err = ElementMissingError("rtspsrc")
     assert err.package == "gstreamer1.0-plugins-good"
     assert "apt-get install gstreamer1.0-plugins-good" in str(err)
@@ -564,7 +562,7 @@ def test_missing_element_names_the_debian_package() -> None:
 def test_absent_v4l2_device_keeps_retrying_without_disturbing_others(
     videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
 ) -> None:
-    if gst().ElementFactory.find("v4l2src") is None:
+    if init_gstreamer().ElementFactory.find("v4l2src") is None:
         pytest.skip("v4l2src not installed")
     cams = [
         camera(

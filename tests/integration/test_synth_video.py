@@ -21,13 +21,12 @@ FRAMES, WIDTH, HEIGHT = 60, 160, 120
 
 def gst() -> Any:
     pytest.importorskip("gi")
-    from synth.writer import _gst
+    from core.gst import init_gstreamer, missing_elements
 
-    g = _gst()
-    for element in ("x264enc", "mp4mux", "qtdemux", "h264parse", "avdec_h264"):
-        if g.ElementFactory.find(element) is None:
-            pytest.skip(f"needs GStreamer {element}")
-    return g
+    missing = missing_elements(("x264enc", "mp4mux", "qtdemux", "h264parse", "avdec_h264"))
+    if missing:
+        pytest.skip(f"needs GStreamer {missing[0]}")
+    return init_gstreamer()
 
 
 def decode_mp4(path: Path) -> tuple[list[np.ndarray], str]:
@@ -137,14 +136,14 @@ def test_same_seed_gives_identical_labels_and_frames(synth_runs: tuple[Path, Pat
 
 def test_mp4_writer_rejects_wrong_frames(tmp_path: Path) -> None:
     gst()
-    from synth.writer import Mp4Writer, VideoEncodeError
+    from synth.writer import VideoEncodeError, open_video, video_errors
 
     with pytest.raises(VideoEncodeError, match="even frame size"):
-        Mp4Writer(tmp_path / "odd.mp4", 161, 120, 25)
+        open_video(tmp_path / "odd.mp4", 161, 120, 25)
     path = tmp_path / "partial.mp4"
 
     def write_bad_clip() -> None:
-        with Mp4Writer(path, 64, 48, 25) as writer:
+        with video_errors(path), open_video(path, 64, 48, 25) as writer:
             writer.write(np.zeros((48, 64, 3), dtype=np.uint8))
             writer.write(np.zeros((10, 10, 3), dtype=np.uint8))
 

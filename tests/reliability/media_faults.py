@@ -25,9 +25,9 @@ def corrupt_header_copy(src: Path, dst: Path, n: int = 256) -> Path:
 def remux_faststart(src: Path, dst: Path) -> Path:
     """Remux an H.264 MP4 with its index (moov) first, as streaming recorders write it: a truncated copy
     then still has playable frames up to the cut."""
-    from pipeline.cpu.sources import gst
+    from core.gst import init_gstreamer
 
-    Gst = gst()
+    Gst = init_gstreamer()
     pipe = Gst.parse_launch(
         f'filesrc location="{src}" ! qtdemux ! h264parse ! mp4mux faststart=true ! filesink location="{dst}"'
     )

@@ -248,9 +248,9 @@ def test_shanghaitech_layout(tmp_path: Path) -> None:
 def encode_test_mp4(path: Path, frames: int = 20) -> None:
     """SMPTE colour bars, 64x48, H.264 in MP4, encoded with GStreamer."""
     pytest.importorskip("gi")
-    from training.datasets import _init_gstreamer
+    from core.gst import init_gstreamer
 
-    Gst = _init_gstreamer()
+    Gst = init_gstreamer()
     if Gst.ElementFactory.find("x264enc") is None or Gst.ElementFactory.find("mp4mux") is None:
         pytest.skip("needs GStreamer x264enc and mp4mux")
     pipeline = Gst.parse_launch(

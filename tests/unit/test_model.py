@@ -54,7 +54,8 @@ def test_backbone_shapes_non_square(model: ZsadModel) -> None:
 def test_stream_gate_head_rows_follow_the_shared_stream_names(model: ZsadModel) -> None:
     assert isinstance(model.stream_gate, StreamGateHead)
     assert model.stream_gate.streams == list(STREAMS)
-    weights = model.stream_gate(torch.zeros(2, model.spec.gate.context_dim), torch.tensor([True, True, True, False]))
+    context = torch.zeros(2, model.spec.gate.context_dim)
+    weights = model.stream_gate(context, torch.tensor([True, True, True, False]))
     assert weights.shape == (2, len(STREAMS))
     torch.testing.assert_close(weights[:, 3], torch.zeros(2))  # an absent stream gets no weight
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.gst import ElementMissingError
 from pipeline.cli.main import build_parser
 from pipeline.cli.synth import run_synth
 from synth import (
@@ -31,7 +32,7 @@ from synth.actors import simulate_pedestrians
 from synth.background import build_stage
 from synth.dataset import event_window
 from synth.scene import build_layout, perspective
-from synth.writer import GstElementMissingError, frame_name
+from synth.writer import VideoEncodeError, frame_name, video_errors
 
 W, H, N = 160, 120, 70
 
@@ -216,10 +217,12 @@ def test_bad_inputs_raise_named_errors() -> None:
     with pytest.raises(SynthInputError, match="frame size"):
         render_clip("campus", 10, 20, 10, 0)
     assert issubclass(SynthInputError, SynthError)
-    err = GstElementMissingError("x264enc")
-    assert err.package == "gstreamer1.0-plugins-ugly"
-    assert "x264enc" in str(err)
-    assert GstElementMissingError("mp4mux").package == "gstreamer1.0-plugins-good"
+    # A GStreamer failure while writing a video reaches the CLI as a SynthError naming what to install.
+    missing = pytest.raises(VideoEncodeError, match=r"'x264enc'.*gstreamer1\.0-plugins-ugly")
+    with missing as info, video_errors(Path("clip.mp4")):
+        raise ElementMissingError("x264enc")
+    assert isinstance(info.value.__cause__, ElementMissingError)
+    assert issubclass(VideoEncodeError, SynthError)
 
 
 def test_frame_names_follow_ped2() -> None:
