@@ -367,24 +367,3 @@ def run_config(
     if any(left.values()):
         log.warning("alerts still spooled for later delivery: %s", left)
     return 0
-
-
-def run_run(args: Any) -> int:
-    """CLI handler for ``zsad run``."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
-        return 2
-    graph = args.graph or cfg.graph
-    if graph == "deepstream":
-        from pipeline.deepstream import deepstream_unavailable_reason
-
-        reason = deepstream_unavailable_reason()
-        if reason:
-            print(f"cannot run the DeepStream graph: {reason}")
-            return 2
-        from pipeline.deepstream import run_deepstream
-
-        return run_deepstream(cfg, duration_s=args.duration)
-    return run_config(cfg, duration_s=args.duration, realtime=not args.fast, config_path=args.config)

@@ -342,25 +342,3 @@ def _text_labels(
     if step_module.text_bank is None:
         return None
     return torch.tensor([step_module.context_offsets[contexts[n]] for n in names], device=device)
-
-
-def run_train(args: Any) -> int:
-    """CLI handler for ``zsad train``."""
-    from core.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
-        return 2
-    if args.max_minutes is not None and cfg.train is not None:
-        cfg.train.max_minutes = args.max_minutes
-    if args.output_dir and cfg.train is not None:
-        cfg.train.output_dir = args.output_dir
-    try:
-        path = train(cfg, resume=args.resume)
-    except TrainingError as exc:
-        print(f"training failed: {exc}")
-        return 1
-    print(f"checkpoint: {path}")
-    return 0
