@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.config import resolve_data_path
 from engines.model import STREAMS, ZsadModel, load_checkpoint
 from plugins.scorer import ClipScorer, ClipTokens, Runner, normalise_frames
 
@@ -153,7 +154,6 @@ def evaluate(
     from training.gate import fit_model_gate, gate_weights
     from training.metrics import gaussian_smooth, score_report
     from training.plots import plot_roc_curves, plot_score_timelines
-    from training.trainer import _data_path
 
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.monotonic()
@@ -162,7 +162,7 @@ def evaluate(
     model, meta = load_checkpoint(checkpoint)
     model.eval()
     ds_cfg = cfg.train.dataset
-    root = _data_path(ds_cfg.root)
+    root = resolve_data_path(ds_cfg.root)
     size = (model.backbone.height, model.backbone.width)
     hop = model.frame_stride
     fps = _dataset_fps(root)

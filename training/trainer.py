@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.config import resolve_data_path
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
 from plugins.scorer import normalise_frames
 from training.losses import LossTerms, dense_cpc_loss, frame_loss, regression_loss, video_text_infonce
@@ -168,7 +169,7 @@ def train(cfg: Any, *, resume: str | None = None, quiet: bool = False) -> Path:
     spec = cfg.model.model_dump()
     bb, pre = cfg.model.backbone, cfg.model.preprocess
     ds = make_dataset(
-        tc.dataset.kind, _data_path(tc.dataset.root), "train", (bb.image_height, bb.image_width)
+        tc.dataset.kind, resolve_data_path(tc.dataset.root), "train", (bb.image_height, bb.image_width)
     )
     videos = ds.load_all()
     contexts = {c.name: c.context or "generic" for c in ds.clips}
@@ -281,15 +282,6 @@ def _fit_gate(model: ZsadModel, videos: Mapping[str, np.ndarray], contexts: Mapp
         log.warning("stream gate not fitted (it stays uniform): %s", exc)
         return
     log.info("stream gate fitted on %d normal clips: %s", len(groups), info["targets"])
-
-
-def _data_path(root: str) -> Path:
-    """Absolute as is; relative to the working directory when it exists there (generated data such as
-    ``out/synth``), otherwise under ``$ZSAD_DATA_ROOT`` (benchmark data such as ``ucsd_ped2``)."""
-    p = Path(root)
-    if p.is_absolute() or p.exists():
-        return p
-    return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p
 
 
 def _save(
