@@ -10,6 +10,7 @@ returns the merged view that the pipeline uses.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,7 +167,9 @@ class DatasetConfig(_Strict):
         ..., description="On-disk layout of the dataset."
     )
     root: str = Field(
-        ..., min_length=1, description="Dataset folder; a relative path resolves under $ZSAD_DATA_ROOT."
+        ...,
+        min_length=1,
+        description="Dataset folder; relative: from the working directory if there, else $ZSAD_DATA_ROOT.",
     )
     captions: str | None = Field(None, description="Optional caption manifest for InfoNCE.")
 
@@ -598,10 +601,10 @@ def load_config(path: str | Path) -> ZsadConfig:
 
 
 def resolve_data_path(path: str) -> Path:
-    """Resolve a dataset path: absolute as is, relative under ``$ZSAD_DATA_ROOT`` (default ``./data``)."""
-    import os
-
+    """Resolve a dataset folder (``train.dataset.root``): absolute as is; relative to the working directory
+    when it exists there (generated data such as ``out/synth``), otherwise under ``$ZSAD_DATA_ROOT``
+    (default ``./data``; benchmark data such as ``ucsd_ped2``)."""
     p = Path(path)
-    if p.is_absolute():
+    if p.is_absolute() or p.exists():
         return p
     return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p

@@ -20,13 +20,11 @@ into place only after their parity check passes, so a failed build never replace
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ import numpy as np
 
 from core.config import ModelConfig, ZsadConfig
 from engines.backends.base import BackendError, BackendUnavailable
-from engines.export import EXPORT_OPSET, EXPORTER, ExportError, ParityError, check_parity, export_onnx
+from engines.export import EXPORT_OPSET, EXPORTER, check_parity, export_onnx
 from engines.manifest import (
     LAYOUTS,
     FileArtifact,
@@ -61,8 +59,6 @@ from engines.manifest import (
 from engines.prompts import PROMPT_DIR, PromptError, PromptSet, load_prompt_set
 from engines.tensorrt_build import (
     BatchProfile,
-    ProfileError,
-    TensorRTBuildError,
     engine_filename,
     timing_cache_filename,
 )
@@ -84,7 +80,6 @@ __all__ = [
     "build_engines",
     "build_from_config",
     "camera_contexts",
-    "run_build",
 ]
 
 BACKEND_CHOICES = ("onnxruntime", "tensorrt", "all")
@@ -930,37 +925,3 @@ def build_from_config(
         contexts=contexts,
         options=options,
     )
-
-
-def run_build(args: argparse.Namespace) -> int:
-    """CLI handler of ``zsad build-engines`` (and ``python build_engines.py``). Exit 0 ok, 1 failure
-    (parity, export, TensorRT), 2 bad input (config, checkpoint, options)."""
-    # The config schema lives in core/config.py; only this CLI edge reads it, build_engines() takes
-    # plain data, so the engines package itself does not depend on pipeline/.
-    from core.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        options = BuildOptions(
-            backend=args.backend,
-            profile=BatchProfile(args.min_batch, args.opt_batch, args.max_batch),
-            workspace_mb=args.workspace_mb,
-            input_layout=args.input_layout,
-            force=args.force,
-        )
-        report = build_from_config(cfg, args.checkpoint, args.out, options)
-    except (BuildInputError, ProfileError, BackendUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ParityError as exc:
-        print(f"parity failure: {exc}", file=sys.stderr)
-        return 1
-    except (BuildError, ExportError, TensorRTBuildError, ManifestError, BackendError) as exc:
-        print(f"build failed: {exc}", file=sys.stderr)
-        return 1
-    print(report.table())
-    return 0

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from core.config import ModelConfig
+from core.datafile import read_json
 from plugins.preprocess import LAYOUTS
 from plugins.streams import STREAMS
 
@@ -373,14 +374,7 @@ def save_manifest(manifest: Manifest, directory: str | Path | None = None) -> Pa
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest. Raises :class:`ManifestError` naming the file (and field)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(f"manifest {p} cannot be read: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"manifest {p} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+    data = read_json(p, ManifestError, label=f"manifest {p}")
     if not isinstance(data, dict):
         raise ManifestError(f"manifest {p}: top level must be an object, got {type(data).__name__}")
     try:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from core.datafile import parse_yaml, read_bytes
 
 __all__ = ["PROMPT_DIR", "PromptError", "PromptSet", "load_prompt_set", "load_prompt_sets"]
 
@@ -47,14 +47,8 @@ def load_prompt_set(name_or_path: str | Path, prompt_dir: Path = PROMPT_DIR) -> 
     path = Path(name_or_path)
     if path.suffix not in {".yaml", ".yml"}:
         path = prompt_dir / f"{name_or_path}.yaml"
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PromptError(f"prompt file {path} cannot be read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise PromptError(f"prompt file {path} is not valid YAML: {exc}") from exc
+    raw = read_bytes(path, PromptError, label=f"prompt file {path}")
+    data = parse_yaml(raw, PromptError, label=f"prompt file {path}")
     if not isinstance(data, dict) or set(data) != {"context", "normal", "anomalous"}:
         raise PromptError(f"prompt file {path} must have exactly the keys context, normal, anomalous")
     for key in ("normal", "anomalous"):

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline import heap
 from pipeline.clips import Clip, ClipAssembler
-from pipeline.inference import ClipInference, ClipResult, EngineError, EngineSet, load_engines
+from pipeline.inference import ClipInference, ClipResult, EngineSet, load_engines
+from pipeline.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from pipeline.outputs.hub import RunOutputs
 
 log = logging.getLogger(__name__)
 
@@ -315,33 +317,6 @@ class Application:
         return left
 
 
-@contextmanager
-def stop_on_signals(stop: Any, reload: Any = None) -> Iterator[None]:
-    """SIGTERM/SIGINT request a clean stop instead of killing the process mid-alert; SIGHUP calls
-    ``reload`` when given (it must only set a flag: the work happens on the main loop)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    wanted = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if reload is not None else [])
-    previous = {s: signal.getsignal(s) for s in wanted}
-
-    def handler(signum: int, _frame: Any) -> None:
-        if signum == signal.SIGHUP and reload is not None:
-            log.warning("signal %d: re-reading the config", signum)
-            reload()
-            return
-        log.warning("signal %d: shutting down cleanly", signum)
-        stop()
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def run_config(
     cfg: ZsadConfig,
     *,
@@ -349,42 +324,23 @@ def run_config(
     realtime: bool = True,
     progress: Any = None,
     config_path: str | Path | None = None,
+    on_start: Callable[[RunOutputs], None] | None = None,
 ) -> int:
     """Check engines, build the graph, run, shut down. Returns an exit code. With ``config_path``, SIGHUP
-    re-reads it and applies its cameras (:meth:`Application.reload`)."""
+    re-reads it and applies its cameras (:meth:`Application.reload`). ``on_start`` is called once
+    everything runs (the command line prints the review page's address there).
+
+    Raises :class:`pipeline.inference.EngineError` when the engines are missing or do not fit ``cfg``
+    (nothing has started then)."""
     heap.limit_arenas()  # before the runtimes start their threads
-    try:
-        engines = load_engines(cfg)
-    except EngineError as exc:
-        log.error("refusing to start: %s", exc)
-        print(f"refusing to start: {exc}")
-        return 2
+    engines = load_engines(cfg)
     app = Application(cfg, engines, realtime=realtime)
     with stop_on_signals(app.request_stop, app.request_reload if config_path is not None else None):
         app.start()
+        if on_start is not None:
+            on_start(app.outputs)
         app.wait(duration_s, progress, config_path=config_path)
     left = app.shutdown()
     if any(left.values()):
         log.warning("alerts still spooled for later delivery: %s", left)
     return 0
-
-
-def run_run(args: Any) -> int:
-    """CLI handler for ``zsad run``."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
-        return 2
-    graph = args.graph or cfg.graph
-    if graph == "deepstream":
-        from pipeline.deepstream import deepstream_unavailable_reason
-
-        reason = deepstream_unavailable_reason()
-        if reason:
-            print(f"cannot run the DeepStream graph: {reason}")
-            return 2
-        from pipeline.deepstream import run_deepstream
-
-        return run_deepstream(cfg, duration_s=args.duration)
-    return run_config(cfg, duration_s=args.duration, realtime=not args.fast, config_path=args.config)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from core.datafile import read_json
 from plugins.streams import STREAMS
 
 __all__ = [
@@ -287,14 +288,7 @@ def save_calibration(cal: Calibration, path: str | Path) -> None:
 def load_calibration(path: str | Path) -> Calibration:
     """Read a calibration file. Raises :class:`CalibrationError` naming the file on any problem."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CalibrationError(f"{p}: cannot read calibration: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CalibrationError(f"{p}: not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+    data = read_json(p, CalibrationError, label=f"calibration file {p}")
     return Calibration.from_dict(data, source=str(p))
 
 

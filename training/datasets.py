@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from core.datafile import read_json
 from core.gst import init_gstreamer
 from core.gst.frames import FrameError, sample_to_rgb
 
@@ -506,7 +507,7 @@ def _read_labels(
     if len(mappings) > 1:
         raise DatasetError(f"more than one *frame_labels.json in {label_dir}: {[m.name for m in mappings]}")
     if mappings:
-        data = _read_json(mappings[0])
+        data = read_json(mappings[0], DatasetError)
         if not isinstance(data, dict):
             raise DatasetError(f"{mappings[0]} must map clip names to label lists")
         raw = data
@@ -534,7 +535,7 @@ def _read_labels(
             except (OSError, ValueError) as exc:
                 raise DatasetError(f"cannot read labels {path}: {exc}", name) from exc
         else:
-            values = _read_json(path)
+            values = read_json(path, DatasetError)
         labels = _as_labels(name, path, values)
         if isinstance(entry, tuple) and len(labels) != len(entry):
             raise DatasetError(f"{len(labels)} labels in {path} for {len(entry)} frames", name)
@@ -556,18 +557,11 @@ def _as_labels(clip: str, path: Path, values: Any) -> np.ndarray:
     return arr.astype(np.int8)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read {path}: {exc}") from exc
-
-
 def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / "manifest.json"
     if not path.is_file():
         return {}
-    data = _read_json(path)
+    data = read_json(path, DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path} must be a JSON object")
     return data
@@ -770,7 +764,7 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
                 raise DatasetError(f"{path}:{i}: not JSON: {exc}") from exc
             _add_caption_record(out, record, f"{path}:{i}")
         return out
-    data = _read_json(path)
+    data = read_json(path, DatasetError)
     if isinstance(data, dict):
         for clip, caps in data.items():
             out.setdefault(str(clip), []).extend(_caption_list(caps, f"{path}: {clip}"))

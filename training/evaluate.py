@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import ZsadConfig
+from core.config import ZsadConfig, resolve_data_path
 from engines.model import ZsadModel, load_checkpoint
 from plugins.fusion import Calibration, fit_calibration
 from plugins.preprocess import normalise_frames
@@ -162,7 +162,6 @@ def evaluate(
     from training.gate import fit_model_gate, gate_weights
     from training.metrics import gaussian_smooth, score_report
     from training.plots import plot_roc_curves, plot_score_timelines
-    from training.trainer import _data_path
 
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.monotonic()
@@ -173,7 +172,7 @@ def evaluate(
     model, meta = load_checkpoint(checkpoint)
     model.eval()
     ds_cfg = cfg.train.dataset
-    root = _data_path(ds_cfg.root)
+    root = resolve_data_path(ds_cfg.root)
     size = (model.backbone.height, model.backbone.width)
     hop = model.frame_stride
     fps = _dataset_fps(root)
@@ -372,40 +371,3 @@ def _dataset_fps(root: Path) -> float:
         if isinstance(fps, int | float) and fps > 0:
             return float(fps)
     return 10.0  # UCSD Ped1/Ped2 were recorded at 10 fps
-
-
-def run_eval(args: Any) -> int:
-    """CLI handler for ``zsad eval``."""
-    from core.config import ConfigError, load_config
-    from engines.model import CheckpointError
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
-        return 2
-    if cfg.train is None:
-        print(f"{args.config}: the config has no 'train' section naming the dataset")
-        return 2
-    try:
-        metrics = evaluate(cfg, args.checkpoint, args.out, smooth_sigma=args.smooth_sigma)
-    except CheckpointError as exc:
-        print(f"bad checkpoint: {exc}")
-        return 2
-    width = max(len(k) for k in metrics["summary"])
-    print(f"{'variant':<{width}}  micro AUC  macro AUC     AP  R@5%FPR")
-    for name, row in metrics["summary"].items():
-        r5 = row["recall_at_5pct_fpr"]
-        r5_text = "n/a" if r5 is None else f"{r5:.3f}"
-        print(
-            f"{name:<{width}}  {row['micro_auc']:9.4f}  {row['macro_auc']:9.4f}  {row['ap']:5.3f}  {r5_text}"
-        )
-    b = metrics["breakdown"]
-    for what in ("per_context", "per_kind"):
-        if b[what]:
-            model_aucs = ", ".join(f"{k} {v}" for k, v in b[what].items())
-            floor_aucs = ", ".join(f"{k} {v}" for k, v in b["floor_model_resolution"][what].items())
-            print(f"AUC {what.replace('_', ' ')} (model): {model_aucs}")
-            print(f"AUC {what.replace('_', ' ')} (floor): {floor_aucs}")
-    print(f"metrics: {Path(args.out) / 'metrics.json'}")
-    return 0

@@ -17,13 +17,12 @@ import time
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from core.config import ZsadConfig
+from core.config import ZsadConfig, resolve_data_path
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
 from plugins.preprocess import normalise_frames
 from training.losses import LossTerms, dense_cpc_loss, frame_loss, regression_loss, video_text_infonce
@@ -168,7 +167,7 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
 
     bb, pre = cfg.model.backbone, cfg.model.preprocess
     ds = make_dataset(
-        tc.dataset.kind, _data_path(tc.dataset.root), "train", (bb.image_height, bb.image_width)
+        tc.dataset.kind, resolve_data_path(tc.dataset.root), "train", (bb.image_height, bb.image_width)
     )
     videos = ds.load_all()
     contexts = {c.name: c.context or "generic" for c in ds.clips}
@@ -283,15 +282,6 @@ def _fit_gate(model: ZsadModel, videos: Mapping[str, np.ndarray], contexts: Mapp
     log.info("stream gate fitted on %d normal clips: %s", len(groups), info["targets"])
 
 
-def _data_path(root: str) -> Path:
-    """Absolute as is; relative to the working directory when it exists there (generated data such as
-    ``out/synth``), otherwise under ``$ZSAD_DATA_ROOT`` (benchmark data such as ``ucsd_ped2``)."""
-    p = Path(root)
-    if p.is_absolute() or p.exists():
-        return p
-    return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p
-
-
 def _save(
     model: ZsadModel,
     path: Path,
@@ -342,25 +332,3 @@ def _text_labels(
     if step_module.text_bank is None:
         return None
     return torch.tensor([step_module.context_offsets[contexts[n]] for n in names], device=device)
-
-
-def run_train(args: Any) -> int:
-    """CLI handler for ``zsad train``."""
-    from core.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
-        return 2
-    if args.max_minutes is not None and cfg.train is not None:
-        cfg.train.max_minutes = args.max_minutes
-    if args.output_dir and cfg.train is not None:
-        cfg.train.output_dir = args.output_dir
-    try:
-        path = train(cfg, resume=args.resume)
-    except TrainingError as exc:
-        print(f"training failed: {exc}")
-        return 1
-    print(f"checkpoint: {path}")
-    return 0

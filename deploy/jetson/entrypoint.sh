@@ -2,7 +2,7 @@
 # Container entry point. Makes sure this device's TensorRT engines exist, then runs zsad.
 # Engines are built at the first start on a device and cached in the engines volume; their file names and
 # manifests carry the TensorRT version and the GPU, so a new device or a TensorRT upgrade rebuilds them and
-# every other start skips the build (pipeline.deepstream.engine_cache decides).
+# every other start skips the build (pipeline.cli.engine_cache decides).
 #
 #   entrypoint.sh run              check/build engines, then `zsad run $ZSAD_CONFIG --graph deepstream`
 #   entrypoint.sh build-engines    check/build engines only
@@ -34,13 +34,13 @@ check_tensorrt() {
 
 ensure_engines() {
     local status=0 flags
-    python3 -m pipeline.deepstream.engine_cache "$config" || status=$?
+    python3 -m pipeline.cli.engine_cache "$config" || status=$?
     case "$status" in
         0) return 0 ;;
         1) ;;
         *) exit "$status" ;;
     esac
-    flags="$(python3 -m pipeline.deepstream.engine_cache "$config" --build-args)"
+    flags="$(python3 -m pipeline.cli.engine_cache "$config" --build-args)"
     local -a args
     read -r -a args <<<"$flags"
     log "building TensorRT engines for this device (first start: this takes minutes)"

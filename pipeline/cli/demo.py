@@ -236,6 +236,7 @@ def _plot_timeline(
 
 def run_demo(args: Any) -> int:
     """CLI handler for ``zsad demo``."""
+    from pipeline.cli.run import announce
     from pipeline.inference import EngineError
     from pipeline.run import run_config
 
@@ -269,7 +270,13 @@ def run_demo(args: Any) -> int:
         )
         sys.stdout.flush()
 
-    code = run_config(cfg, duration_s=duration, realtime=not args.fast, progress=progress)
+    try:
+        code = run_config(
+            cfg, duration_s=duration, realtime=not args.fast, progress=progress, on_start=announce
+        )
+    except EngineError as exc:
+        print(f"refusing to start: {exc}")
+        return 2
     print()
     if code:
         return code

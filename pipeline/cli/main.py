@@ -61,21 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="checkpoint to resume from")
     p.add_argument("--max-minutes", type=float, help="override train.max_minutes")
     p.add_argument("--output-dir", help="override train.output_dir")
-    p.set_defaults(handler=_lazy("training.trainer:run_train"))
+    p.set_defaults(handler=_lazy("pipeline.cli.train:run_train"))
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a labelled test split")
     p.add_argument("config", help="YAML config with a 'train' section naming the dataset")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="output folder for metrics.json and plots")
     p.add_argument("--smooth-sigma", type=float, default=3.0, help="Gaussian smoothing in frames")
-    p.set_defaults(handler=_lazy("training.evaluate:run_eval"))
+    p.set_defaults(handler=_lazy("pipeline.cli.evaluate:run_eval"))
 
     p = sub.add_parser("run", help="run the cameras of a config and raise alerts")
     p.add_argument("config", help="YAML site config")
     p.add_argument("--graph", choices=["cpu", "deepstream"], help="override the config's graph")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--fast", action="store_true", help="play files as fast as possible, not in real time")
-    p.set_defaults(handler=_lazy("pipeline.run:run_run"))
+    p.set_defaults(handler=_lazy("pipeline.cli.run:run_run"))
 
     p = sub.add_parser("demo", help="run the built-in default: synthetic cameras, demo model, alerts")
     p.add_argument("--config", default="configs/default.yaml")
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT builder workspace limit")
     p.add_argument("--input-layout", choices=("NTCHW", "NCTHW"), default="NTCHW", help="backbone input")
     p.add_argument("--force", action="store_true", help="rebuild even what is up to date")
-    p.set_defaults(handler=_lazy("engines.build:run_build"))
+    p.set_defaults(handler=_lazy("pipeline.cli.build:run_build"))
 
     return parser
 

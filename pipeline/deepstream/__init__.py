@@ -20,7 +20,7 @@ from core.gst import missing_elements
 if TYPE_CHECKING:
     from core.config import ZsadConfig
 
-__all__ = ["DEEPSTREAM_ELEMENTS", "deepstream_unavailable_reason", "run_deepstream"]
+__all__ = ["DEEPSTREAM_ELEMENTS", "DeepStreamUnavailable", "deepstream_unavailable_reason", "run_deepstream"]
 
 # element -> what provides it
 DEEPSTREAM_ELEMENTS = {
@@ -32,6 +32,11 @@ DEEPSTREAM_ELEMENTS = {
     "nvvideoconvert": "DeepStream 7.1",
     "nvmultistreamtiler": "DeepStream 7.1",
 }
+
+
+class DeepStreamUnavailable(RuntimeError):
+    """This machine cannot run the DeepStream graph (no pyds, or DeepStream elements missing); the message
+    says what is missing."""
 
 
 def deepstream_unavailable_reason() -> str | None:
@@ -50,7 +55,8 @@ def deepstream_unavailable_reason() -> str | None:
 
 
 def run_deepstream(cfg: ZsadConfig, *, duration_s: float | None = None, **kwargs: Any) -> int:
-    """Run ``cfg``'s cameras through the DeepStream graph (:func:`pipeline.deepstream.app.run_deepstream`)."""
+    """Run ``cfg``'s cameras through the DeepStream graph (:func:`pipeline.deepstream.app.run_deepstream`,
+    which raises :class:`DeepStreamUnavailable` on a machine without it)."""
     from pipeline.deepstream.app import run_deepstream as run
 
     return run(cfg, duration_s=duration_s, **kwargs)

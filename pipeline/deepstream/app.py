@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.config import ZsadConfig
 from core.gst import GstError
 from plugins.preprocess import Normaliser
+
+if TYPE_CHECKING:
+    from pipeline.outputs.hub import RunOutputs
 
 __all__ = ["DeepStreamApp", "run_deepstream"]
 
@@ -121,35 +125,40 @@ def _select_mux(kind: str) -> None:
     os.environ["USE_NEW_NVSTREAMMUX"] = want
 
 
-def run_deepstream(cfg: ZsadConfig, *, duration_s: float | None = None) -> int:
-    """Check, render, build, run, shut down. Returns 0, 1 (a pipeline error) or 2 (unusable input)."""
-    from pipeline.deepstream import deepstream_unavailable_reason
+def run_deepstream(
+    cfg: ZsadConfig,
+    *,
+    duration_s: float | None = None,
+    on_start: Callable[[RunOutputs], None] | None = None,
+) -> int:
+    """Check, render, build, run, shut down. Returns the graph's exit code (0, or 1 on a pipeline error);
+    ``on_start`` is called once the graph is built and the outputs run.
+
+    Raises (nothing is left running then): :class:`pipeline.deepstream.DeepStreamUnavailable` (no pyds or
+    DeepStream elements on this machine), :class:`pipeline.inference.EngineError` (engines missing or not
+    fitting ``cfg``), :class:`pipeline.deepstream.render.RenderError` (the config cannot be rendered) and
+    :class:`pipeline.deepstream.graph.DeepStreamGraphError` (the graph cannot be built)."""
+    from pipeline import deepstream
     from pipeline.deepstream.graph import DeepStreamGraph, DeepStreamGraphError, is_jetson, plan_graph
     from pipeline.deepstream.render import RenderError, render_all
-    from pipeline.inference import EngineError, load_engines
-    from pipeline.run import stop_on_signals
+    from pipeline.inference import load_engines
+    from pipeline.signals import stop_on_signals
 
-    reason = deepstream_unavailable_reason()
+    # The one availability check of a DeepStream run (looked up on the package so tests can stand in).
+    reason = deepstream.deepstream_unavailable_reason()
     if reason:
-        print(f"cannot run the DeepStream graph: {reason}")
-        return 2
+        raise deepstream.DeepStreamUnavailable(reason)
     _select_mux(cfg.deepstream.mux)
-    try:
-        engines = load_engines(cfg)
-    except EngineError as exc:
-        log.error("refusing to start: %s", exc)
-        print(f"refusing to start: {exc}")
-        return 2
+    engines = load_engines(cfg)
     # nvinfer runs the backbone; its Python backend was opened only for the manifest and device checks.
     backbone = engines.backbone.manifest
     engines.backbone.close()
     run_dir = Path(cfg.output_dir) / "deepstream"
     try:
         rendered = render_all(cfg, backbone, run_dir)
-    except RenderError as exc:
+    except RenderError:
         engines.close()
-        print(f"refusing to start: {exc}")
-        return 2
+        raise
     log.info("DeepStream configs in %s", run_dir)
     import pyds
 
@@ -158,11 +167,12 @@ def run_deepstream(cfg: ZsadConfig, *, duration_s: float | None = None) -> int:
     try:
         plan = plan_graph(cfg, rendered, engines.frame_size, jetson=jetson)
         graph = DeepStreamGraph(plan, score_probe=app.probe, osd_probe=app.board, on_state=app.on_state)
-    except (DeepStreamGraphError, GstError) as exc:  # a plan error, a missing element, a failed link
+    except (DeepStreamGraphError, GstError):  # a plan error, a missing element, a failed link
         app.shutdown()
-        print(f"cannot build the DeepStream graph: {exc}")
-        return 1
+        raise
     app.start()
+    if on_start is not None:
+        on_start(app.outputs)
     with stop_on_signals(graph.request_stop):
         code = graph.run(duration_s)
     left = app.shutdown()

@@ -5,22 +5,18 @@ is checked against this device: every component's manifest must have a TensorRT 
 version, GPU name and compute capability, fit the config's model section, take the layout the
 DeepStream graph feeds (NCTHW with the stock preprocess library), and its files must be intact.
 
-    python3 -m pipeline.deepstream.engine_cache CONFIG               # exit 0 current, 1 build, 2 bad input
-    python3 -m pipeline.deepstream.engine_cache CONFIG --build-args  # the build-engines flags for CONFIG
+Its command line is :mod:`pipeline.cli.engine_cache`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import ConfigError, ZsadConfig, load_config
+from core.config import ZsadConfig
 
-__all__ = ["DeviceIdentity", "build_args", "engines_current", "main", "this_device"]
+__all__ = ["DeviceIdentity", "build_args", "engines_current", "required_layout", "this_device"]
 
 log = logging.getLogger(__name__)
 
@@ -87,35 +83,3 @@ def build_args(cfg: ZsadConfig) -> list[str]:
     args = ["--backend", "tensorrt", "--input-layout", required_layout(cfg) or "NTCHW"]
     args += ["--min-batch", "1", "--opt-batch", str(cameras), "--max-batch", str(max(cameras, 8))]
     return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m pipeline.deepstream.engine_cache", description=__doc__)
-    parser.add_argument("config", help="YAML site config")
-    parser.add_argument("--build-args", action="store_true", help="print the build-engines flags and exit")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
-        return 2
-    if args.build_args:
-        print(" ".join(build_args(cfg)))
-        return 0
-    from engines.backends.base import BackendError
-
-    try:
-        device = this_device(cfg.deepstream.gpu_id)
-    except BackendError as exc:
-        print(f"cannot identify this device: {exc}", file=sys.stderr)
-        return 2
-    reason = engines_current(cfg, device)
-    if reason is not None:
-        print(f"engines must be built for TensorRT {device.tensorrt_version} on {device.gpu_name}: {reason}")
-        return 1
-    print(f"engines are current for TensorRT {device.tensorrt_version} on {device.gpu_name}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -175,7 +175,6 @@ class RunOutputs:
             )
             self.review_server.start()
             log.info("review page at %s", self.review_server.url)
-            print(f"review page: {self.review_server.url}", flush=True)
         self.sinks.start()
 
     def shutdown(self) -> dict[str, int]:

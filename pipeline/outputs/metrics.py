@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
+from pipeline.outputs.httpserver import ServingThread
+
 __all__ = [
     "Counter",
     "Gauge",
@@ -283,14 +285,13 @@ class MetricsServer:
         self.registry = registry
         self._host = host
         self._requested_port = port
-        self._httpd: _MetricsHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServingThread | None = None
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
+        if self._serving is None:
             raise MetricsError("metrics server is not started")
-        return int(self._httpd.server_address[1])
+        return self._serving.port
 
     @property
     def url(self) -> str:
@@ -299,26 +300,20 @@ class MetricsServer:
     def start(self) -> MetricsServer:
         """Bind and serve. Raises ``OSError`` (port in use, bad address) naming host and port."""
         try:
-            self._httpd = _MetricsHTTPServer((self._host, self._requested_port), self.registry)
+            httpd = _MetricsHTTPServer((self._host, self._requested_port), self.registry)
         except OSError as exc:
             raise OSError(
                 exc.errno, f"cannot serve metrics on {self._host}:{self._requested_port}: {exc.strerror}"
             ) from exc
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="zsad-metrics", daemon=True
-        )
-        self._thread.start()
+        self._serving = ServingThread(httpd, "zsad-metrics")
         log.info("metrics at %s", self.url)
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        """Stop serving and release the port; safe to call twice."""
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
 
 
 def start_metrics_server(

@@ -15,8 +15,11 @@ import pytest
 
 import pipeline.deepstream as deepstream
 from core.config import ZsadConfig
+from pipeline.cli.run import run_deepstream_graph
+from pipeline.deepstream import DeepStreamUnavailable
 from pipeline.deepstream.app import DeepStreamApp, run_deepstream
-from pipeline.inference import load_engines
+from pipeline.deepstream.graph import DeepStreamGraphError
+from pipeline.inference import EngineError, load_engines
 from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba
 from tests.fixtures.tiny_models import world_model_dict
 
@@ -75,7 +78,10 @@ def test_run_deepstream_checks_renders_and_stops_at_the_missing_elements(
     monkeypatch.setitem(sys.modules, "pyds", PydsTestDouble())
     monkeypatch.setenv("USE_NEW_NVSTREAMMUX", "yes")
     cfg = config(engines_dir, tmp_path / "run")
-    assert run_deepstream(cfg) == 1
+    with pytest.raises(DeepStreamGraphError, match="GStreamer element 'nvstreammux' is missing"):
+        run_deepstream(cfg)
+    # The command line says so and exits 1.
+    assert run_deepstream_graph(cfg) == 1
     out = capsys.readouterr().out
     assert "cannot build the DeepStream graph: GStreamer element 'nvstreammux' is missing" in out
     rendered = tmp_path / "run" / "deepstream"
@@ -92,11 +98,33 @@ def test_run_deepstream_refuses_engines_that_do_not_fit(
 ) -> None:
     monkeypatch.setattr(deepstream, "deepstream_unavailable_reason", lambda: None)
     cfg = config(engines_dir, tmp_path / "run", model=world_model_dict(preprocess={"clip_hop": 2}))
-    assert run_deepstream(cfg) == 2
+    with pytest.raises(EngineError):
+        run_deepstream(cfg)
+    assert run_deepstream_graph(cfg) == 2
     assert "refusing to start" in capsys.readouterr().out
     cfg = config(tmp_path / "no-engines", tmp_path / "run")
-    assert run_deepstream(cfg) == 2
+    with pytest.raises(EngineError, match="build the engines first"):
+        run_deepstream(cfg)
+    assert run_deepstream_graph(cfg) == 2
     assert "build the engines first" in capsys.readouterr().out
+
+
+def test_run_deepstream_checks_availability_once_and_the_cli_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[None] = []
+
+    def unavailable() -> str:
+        calls.append(None)
+        return "no pyds here"
+
+    monkeypatch.setattr(deepstream, "deepstream_unavailable_reason", unavailable)
+    cfg = config(tmp_path / "no-engines", tmp_path / "run")
+    with pytest.raises(DeepStreamUnavailable, match="no pyds here"):
+        run_deepstream(cfg)
+    assert run_deepstream_graph(cfg) == 2
+    assert "cannot run the DeepStream graph: no pyds here" in capsys.readouterr().out
+    assert len(calls) == 2  # once per run, not once more by the command line
 
 
 def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from core.config import load_config
-from pipeline.deepstream.engine_cache import DeviceIdentity, build_args, engines_current, main
+from pipeline.cli.engine_cache import main
+from pipeline.deepstream.engine_cache import DeviceIdentity, build_args, engines_current
 from tests.conftest import REPO
 from tests.fixtures.deepstream_fixtures import engine_manifest, site_config
 

@@ -19,13 +19,13 @@ import torch
 import yaml
 
 from core.config import ModelConfig, load_config
-from engines import build as build_module
 from engines.backends import load_backend
 from engines.build import BuildOptions, BuildReport, build_engines
 from engines.export import ParityError, random_feeds
 from engines.manifest import Expectation, ManifestError, ManifestMismatch, check_manifest, load_manifest
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
 from engines.prompts import PROMPT_DIR, load_prompt_set
+from pipeline.cli import build as build_cli
 from pipeline.cli.main import main as cli_main
 from plugins.fusion import StreamGate
 from plugins.streams import STREAMS
@@ -345,7 +345,7 @@ def test_parity_failure_exits_1_and_keeps_the_folder_clean(
     assert not (out / "backbone.onnx").exists()
     assert not (out / "backbone.manifest.json").exists()
     # The CLI maps it to exit code 1 (a real build with an impossible tolerance).
-    monkeypatch.setattr(build_module, "BuildOptions", functools.partial(BuildOptions, onnx_tolerance=1e-12))
+    monkeypatch.setattr(build_cli, "BuildOptions", functools.partial(BuildOptions, onnx_tolerance=1e-12))
     config = _write_config(tmp_path / "strict.yaml", tiny.spec, out, tiny.checkpoint)
     assert cli_main(["build-engines", "--config", str(config)]) == 1
     assert "parity failure" in capsys.readouterr().err

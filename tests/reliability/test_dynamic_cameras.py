@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.run import stop_on_signals
+from pipeline.signals import stop_on_signals
 from tests.fixtures.run_world import ALWAYS_ON, make_app, read_jsonl, site_config
 
 pytest.importorskip("gi")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, load_config, parse_config
+from core.config import ConfigError, load_config, parse_config, resolve_data_path
 from tests.conftest import REPO
 
 BASE = """\
@@ -123,3 +123,12 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
     missing = _validate(tmp_path / "nope.yaml")
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr
+
+
+def test_resolve_data_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZSAD_DATA_ROOT", str(tmp_path / "shared"))
+    (tmp_path / "out" / "synth").mkdir(parents=True)
+    assert resolve_data_path("out/synth") == Path("out/synth")  # generated here: the working directory
+    assert resolve_data_path("ucsd_ped2") == tmp_path / "shared" / "ucsd_ped2"  # benchmark data
+    assert resolve_data_path("/abs/data") == Path("/abs/data")

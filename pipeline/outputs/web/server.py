@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from pipeline.outputs.httpserver import ServingThread
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web.api import MEDIA_TYPES, ApiError, ReviewApi
 
@@ -398,8 +398,7 @@ class ReviewServer:
             p.name for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in STATIC_TYPES
         )
         self._requested_port = port
-        self._httpd: _ReviewHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServingThread | None = None
         self._started = time.monotonic()
 
     @property
@@ -408,9 +407,9 @@ class ReviewServer:
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
+        if self._serving is None:
             raise ReviewServerError("review server is not started")
-        return int(self._httpd.server_address[1])
+        return self._serving.port
 
     @property
     def url(self) -> str:
@@ -425,28 +424,21 @@ class ReviewServer:
         """Bind and serve. Raises :class:`ReviewServerError` naming host and port when binding fails."""
         cls = _ReviewHTTPServer6 if ":" in self.host else _ReviewHTTPServer
         try:
-            self._httpd = cls((self.host, self._requested_port), self)
+            httpd = cls((self.host, self._requested_port), self)
         except OSError as exc:
             raise ReviewServerError(
                 f"cannot serve the review page on {self.host}:{self._requested_port}: {exc.strerror or exc}"
             ) from exc
         self._started = time.monotonic()
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="zsad-review", daemon=True
-        )
-        self._thread.start()
+        self._serving = ServingThread(httpd, "zsad-review")
         log.info("review page at %s%s", self.url, " (basic auth)" if self.username else "")
         return self
 
     def stop(self) -> None:
         """Stop serving and release the port; safe to call twice."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
 
 
 def _is_loopback(host: str) -> bool:

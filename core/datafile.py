@@ -1,0 +1,48 @@
+"""Reading a small data file (manifest, calibration, labels: JSON; prompt sets: YAML) with a named error.
+
+Every reader in the project reports the same problems the same way, in the caller's own exception class,
+so a command line can print them without a traceback: the file cannot be read, it is not UTF-8 text, or
+it does not parse. ``label`` says what the file is (``"manifest path/x.json"``); it defaults to the path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["parse_yaml", "read_bytes", "read_json"]
+
+
+def read_bytes(path: str | Path, error: type[Exception], *, label: str | None = None) -> bytes:
+    """The file's bytes. Raises ``error`` when it cannot be read (missing, a folder, no permission)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"{label or path} cannot be read: {exc.strerror or exc}") from exc
+
+
+def read_json(path: str | Path, error: type[Exception], *, label: str | None = None) -> Any:
+    """The parsed JSON document. Raises ``error`` when the file cannot be read, is not UTF-8 or is not
+    valid JSON (with its line)."""
+    what = label or str(path)
+    raw = read_bytes(path, error, label=what)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not UTF-8 text (byte {exc.start}): {exc.reason}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+
+
+def parse_yaml(raw: bytes, error: type[Exception], *, label: str) -> Any:
+    """A YAML document read with :func:`read_bytes` (safe loader; the caller may also hash ``raw``).
+    Raises ``error`` when it is not valid YAML."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise error(f"{label} is not valid YAML: {exc}") from exc

@@ -1,0 +1,47 @@
+"""``zsad eval CONFIG --checkpoint CKPT --out DIR``: the command line edge of :mod:`training.evaluate`
+(imported, with torch, only when ``zsad eval`` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.config import ConfigError, load_config
+from engines.model import CheckpointError
+from training.evaluate import evaluate
+
+__all__ = ["run_eval"]
+
+
+def run_eval(args: Any) -> int:
+    """CLI handler for ``zsad eval``."""
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"invalid config:\n{exc}")
+        return 2
+    if cfg.train is None:
+        print(f"{args.config}: the config has no 'train' section naming the dataset")
+        return 2
+    try:
+        metrics = evaluate(cfg, args.checkpoint, args.out, smooth_sigma=args.smooth_sigma)
+    except CheckpointError as exc:
+        print(f"bad checkpoint: {exc}")
+        return 2
+    width = max(len(k) for k in metrics["summary"])
+    print(f"{'variant':<{width}}  micro AUC  macro AUC     AP  R@5%FPR")
+    for name, row in metrics["summary"].items():
+        r5 = row["recall_at_5pct_fpr"]
+        r5_text = "n/a" if r5 is None else f"{r5:.3f}"
+        print(
+            f"{name:<{width}}  {row['micro_auc']:9.4f}  {row['macro_auc']:9.4f}  {row['ap']:5.3f}  {r5_text}"
+        )
+    b = metrics["breakdown"]
+    for what in ("per_context", "per_kind"):
+        if b[what]:
+            model_aucs = ", ".join(f"{k} {v}" for k, v in b[what].items())
+            floor_aucs = ", ".join(f"{k} {v}" for k, v in b["floor_model_resolution"][what].items())
+            print(f"AUC {what.replace('_', ' ')} (model): {model_aucs}")
+            print(f"AUC {what.replace('_', ' ')} (floor): {floor_aucs}")
+    print(f"metrics: {Path(args.out) / 'metrics.json'}")
+    return 0
