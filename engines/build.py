@@ -35,7 +35,10 @@ import numpy as np
 
 from core.config import ModelConfig, ZsadConfig
 from engines.backends.base import BackendError, BackendUnavailable
-from engines.export import EXPORT_OPSET, EXPORTER, check_parity, export_onnx
+from engines.backends.onnxruntime import OnnxRuntimeBackend
+from engines.backends.tensorrt import TensorRTBackend, cuda_device_info
+from engines.backends.torch import TorchBackend
+from engines.export import EXPORT_OPSET, EXPORTER, check_parity, component_module, export_onnx
 from engines.manifest import (
     LAYOUTS,
     FileArtifact,
@@ -59,7 +62,9 @@ from engines.manifest import (
 from engines.prompts import PROMPT_DIR, PromptError, PromptSet, load_prompt_set
 from engines.tensorrt_build import (
     BatchProfile,
+    build_engine,
     engine_filename,
+    import_tensorrt,
     timing_cache_filename,
 )
 from plugins.fusion import GateError, StreamGate
@@ -317,12 +322,8 @@ class _Builder:
     def tensorrt_env(self) -> _TensorRTEnv | None:
         if self.options.backend == "onnxruntime":
             return None
-        from engines.tensorrt_build import import_tensorrt
-
         try:
             trt = import_tensorrt()
-            from engines.backends.tensorrt import cuda_device_info
-
             gpu, cc = cuda_device_info()
         except (BackendUnavailable, BackendError) as exc:
             if self.options.backend == "tensorrt":
@@ -403,10 +404,6 @@ class _Builder:
 
     def onnx_stage(self, component: str, manifest: Manifest, previous: Manifest | None) -> Manifest:
         import torch
-
-        from engines.backends.onnxruntime import OnnxRuntimeBackend
-        from engines.backends.torch import TorchBackend
-        from engines.export import component_module
 
         key = _key(
             stage="onnx",
@@ -499,10 +496,6 @@ class _Builder:
     def tensorrt_stage(
         self, component: str, manifest: Manifest, previous: Manifest | None, env: _TensorRTEnv
     ) -> Manifest:
-        from engines.backends.onnxruntime import OnnxRuntimeBackend
-        from engines.backends.tensorrt import TensorRTBackend
-        from engines.tensorrt_build import build_engine
-
         if manifest.onnx is None:
             raise BuildError(f"{component}: no ONNX model to build an engine from")
         opts = self.options

@@ -18,16 +18,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline import heap
 from pipeline.clips import Clip, ClipAssembler
+from pipeline.cpu.graph import CameraGraph
+from pipeline.cpu.scheduler import BatchScheduler
+from pipeline.cpu.sources import SourceError
 from pipeline.inference import ClipInference, ClipResult, EngineSet, load_engines
+from pipeline.outputs.hub import RunOutputs
 from pipeline.signals import stop_on_signals
-
-if TYPE_CHECKING:
-    from pipeline.outputs.hub import RunOutputs
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,6 @@ class Application:
     """
 
     def __init__(self, cfg: ZsadConfig, engines: EngineSet, *, realtime: bool = True):
-        from pipeline.cpu.graph import CameraGraph
-        from pipeline.cpu.scheduler import BatchScheduler
-        from pipeline.outputs.hub import RunOutputs
-
         self.cfg = cfg
         self.engines = engines
         self.realtime = realtime
@@ -129,8 +126,6 @@ class Application:
     def add_camera(self, cam: CameraSettings) -> None:
         """Start one more camera while running; the others are not touched. Raises
         :class:`CameraChangeError` (duplicate id, unsupported URI, missing element, bad calibration)."""
-        from pipeline.cpu.sources import SourceError
-
         with self._cameras_lock:
             if cam.id in self.cameras:
                 raise CameraChangeError(f"camera {cam.id!r} is already running")

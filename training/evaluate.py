@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core.config import ZsadConfig, resolve_data_path
 from engines.model import ZsadModel, load_checkpoint
@@ -28,6 +29,11 @@ from plugins.fusion import Calibration, fit_calibration
 from plugins.preprocess import normalise_frames
 from plugins.scorer import ClipScorer, ClipTokens, Runner
 from plugins.streams import STREAMS
+from training.baselines import extrapolation_scores, frame_difference_scores
+from training.datasets import make_dataset
+from training.gate import fit_model_gate, gate_weights
+from training.metrics import MetricError, gaussian_smooth, roc_auc, score_report
+from training.plots import plot_roc_curves, plot_score_timelines
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +161,6 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the test split of ``cfg.train.dataset``; write metrics and plots."""
-    from tqdm import tqdm
-
-    from training.baselines import extrapolation_scores, frame_difference_scores
-    from training.datasets import make_dataset
-    from training.gate import fit_model_gate, gate_weights
-    from training.metrics import gaussian_smooth, score_report
-    from training.plots import plot_roc_curves, plot_score_timelines
-
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.monotonic()
     out = Path(out_dir)
@@ -335,7 +333,6 @@ def breakdown(
 ) -> dict[str, dict[str, float | None]]:
     """Micro AUC per context (its videos only) and per anomaly kind (that kind's event frames against
     every normal frame of the test set). Kinds come from each clip's ``events`` (synthetic scenes)."""
-    from training.metrics import MetricError, roc_auc
 
     def auc(y: np.ndarray, s: np.ndarray) -> float | None:
         try:

@@ -21,10 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from core.config import ZsadConfig, resolve_data_path
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
+from engines.prompts import load_prompt_sets
+from engines.semantic import TextEncoder, clip_available
+from plugins.fusion import fit_calibration
 from plugins.preprocess import normalise_frames
+from training.datasets import make_dataset
+from training.evaluate import score_video
+from training.gate import GateFitError, fit_model_gate
 from training.losses import LossTerms, dense_cpc_loss, frame_loss, regression_loss, video_text_infonce
 
 log = logging.getLogger(__name__)
@@ -148,10 +155,6 @@ def _distributed() -> tuple[int, int]:
 
 def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) -> Path:
     """Train from a validated :class:`core.config.ZsadConfig`; return the final checkpoint path."""
-    from tqdm import tqdm
-
-    from training.datasets import make_dataset
-
     if cfg.train is None:
         raise TrainingError("the config has no 'train' section")
     tc = cfg.train
@@ -260,10 +263,6 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
 
 def _fit_gate(model: ZsadModel, videos: Mapping[str, np.ndarray], contexts: Mapping[str, str]) -> None:
     """Fit the stream gate on the (normal) training videos, at the edge's clip spacing."""
-    from plugins.fusion import fit_calibration
-    from training.evaluate import score_video
-    from training.gate import GateFitError, fit_model_gate
-
     model.eval()
     raw: dict[str, list[np.ndarray]] = {}
     embs, groups = [], []
@@ -305,9 +304,6 @@ def _save(
 
 def _attach_text_bank(step_module: TrainStep, cfg: ZsadConfig, contexts: Mapping[str, str]) -> None:
     """Encode every context's prompts once when CLIP weights exist; otherwise say so once."""
-    from engines.prompts import load_prompt_sets
-    from engines.semantic import TextEncoder, clip_available
-
     name = cfg.model.semantic.clip_text_model
     if not clip_available(name):
         log.warning(

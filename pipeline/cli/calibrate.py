@@ -18,7 +18,9 @@ import numpy as np
 
 from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline.clips import Clip, ClipAssembler
+from pipeline.cpu.graph import CameraGraph
 from pipeline.inference import ClipInference, EngineError, EngineSet, load_engines
+from plugins.fusion import fit_calibration, save_calibration
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ def collect_scores(
     timeout_s: float = 1800,
 ) -> dict[str, np.ndarray]:
     """Run footage URIs (files play as fast as possible) and return ``{stream: (M,) raw clip scores}``."""
-    from pipeline.cpu.graph import CameraGraph
-
     pre = cfg.model.preprocess
     assembler = ClipAssembler.from_config(pre)
     inference = ClipInference(
@@ -102,8 +102,6 @@ def calibrate_camera(
     min_clips: int = 20,
 ) -> Path:
     """Fit and save one camera's calibration; return the file written."""
-    from plugins.fusion import fit_calibration, save_calibration
-
     camera = cfg.camera_settings(camera_id)
     samples = collect_scores(cfg, engines, camera, footage)
     n = min((len(v) for v in samples.values()), default=0)

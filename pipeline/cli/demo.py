@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, ZsadConfig, load_config
+from engines.build import BuildOptions, build_from_config
+from pipeline.cli.calibrate import calibrate_camera
+from pipeline.cli.run import announce
+from pipeline.inference import EngineError, load_engines
+from pipeline.run import run_config
+from synth import generate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +39,6 @@ def _scene_path(uri: str) -> Path:
 
 def prepare_scenes(cfg: ZsadConfig, scenes: Path) -> dict[str, Any]:
     """Generate (or reuse) the demo scenes; return their manifest."""
-    from synth import generate_dataset
-
     contexts = sorted({c.context for c in cfg.enabled_cameras()})
     per_context = max(sum(1 for c in cfg.enabled_cameras() if c.context == ctx) for ctx in contexts)
     return generate_dataset(
@@ -51,8 +55,6 @@ def prepare_scenes(cfg: ZsadConfig, scenes: Path) -> dict[str, Any]:
 
 def prepare_engines(cfg: ZsadConfig, config_path: Path) -> None:
     """Build the engines of the shipped checkpoint if needed (idempotent: says 'up to date')."""
-    from engines.build import BuildOptions, build_from_config
-
     if not cfg.engines.checkpoint:
         raise ConfigError(
             str(config_path), [(None, "engines.checkpoint", "the demo needs a checkpoint to build from")]
@@ -62,9 +64,6 @@ def prepare_engines(cfg: ZsadConfig, config_path: Path) -> None:
 
 def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
     """Calibrate every camera on the normal (training) footage of its context; return the updated config."""
-    from pipeline.cli.calibrate import calibrate_camera
-    from pipeline.inference import load_engines
-
     engines = load_engines(cfg)
     cameras = []
     try:
@@ -236,10 +235,6 @@ def _plot_timeline(
 
 def run_demo(args: Any) -> int:
     """CLI handler for ``zsad demo``."""
-    from pipeline.cli.run import announce
-    from pipeline.inference import EngineError
-    from pipeline.run import run_config
-
     config_path = Path(args.config)
     try:
         cfg = load_config(config_path)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.config import ConfigError, ZsadConfig, load_config
-from pipeline.deepstream import DeepStreamUnavailable, run_deepstream
+from pipeline.deepstream.app import run_deepstream
+from pipeline.deepstream.availability import DeepStreamUnavailable
 from pipeline.deepstream.graph import DeepStreamGraphError
 from pipeline.deepstream.render import RenderError
 from pipeline.inference import EngineError

@@ -19,16 +19,21 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from core.config import ZsadConfig
 from core.gst import GstError
+from pipeline.deepstream import availability
+from pipeline.deepstream.graph import DeepStreamGraph, DeepStreamGraphError, is_jetson, plan_graph
+from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard
+from pipeline.deepstream.render import BACKBONE_UNIQUE_ID, RenderError, render_all
+from pipeline.inference import load_engines, semantic_scorer
+from pipeline.outputs.hub import RunOutputs
+from pipeline.signals import stop_on_signals
 from plugins.preprocess import Normaliser
-
-if TYPE_CHECKING:
-    from pipeline.outputs.hub import RunOutputs
+from plugins.scorer import ClipScorer
 
 __all__ = ["DeepStreamApp", "run_deepstream"]
 
@@ -47,12 +52,6 @@ class DeepStreamApp:
     """
 
     def __init__(self, cfg: ZsadConfig, engines: Any, pyds: Any, *, jetson: bool) -> None:
-        from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard
-        from pipeline.deepstream.render import BACKBONE_UNIQUE_ID
-        from pipeline.inference import semantic_scorer
-        from pipeline.outputs.hub import RunOutputs
-        from plugins.scorer import ClipScorer
-
         self.cfg = cfg
         self.engines = engines
         self.cameras = cfg.enabled_cameras()
@@ -134,20 +133,15 @@ def run_deepstream(
     """Check, render, build, run, shut down. Returns the graph's exit code (0, or 1 on a pipeline error);
     ``on_start`` is called once the graph is built and the outputs run.
 
-    Raises (nothing is left running then): :class:`pipeline.deepstream.DeepStreamUnavailable` (no pyds or
+    Raises (nothing is left running then):
+    :class:`pipeline.deepstream.availability.DeepStreamUnavailable` (no pyds or
     DeepStream elements on this machine), :class:`pipeline.inference.EngineError` (engines missing or not
     fitting ``cfg``), :class:`pipeline.deepstream.render.RenderError` (the config cannot be rendered) and
     :class:`pipeline.deepstream.graph.DeepStreamGraphError` (the graph cannot be built)."""
-    from pipeline import deepstream
-    from pipeline.deepstream.graph import DeepStreamGraph, DeepStreamGraphError, is_jetson, plan_graph
-    from pipeline.deepstream.render import RenderError, render_all
-    from pipeline.inference import load_engines
-    from pipeline.signals import stop_on_signals
-
-    # The one availability check of a DeepStream run (looked up on the package so tests can stand in).
-    reason = deepstream.deepstream_unavailable_reason()
+    # The one availability check of a DeepStream run (looked up on its module so tests can stand in).
+    reason = availability.deepstream_unavailable_reason()
     if reason:
-        raise deepstream.DeepStreamUnavailable(reason)
+        raise availability.DeepStreamUnavailable(reason)
     _select_mux(cfg.deepstream.mux)
     engines = load_engines(cfg)
     # nvinfer runs the backbone; its Python backend was opened only for the manifest and device checks.
@@ -167,9 +161,12 @@ def run_deepstream(
     try:
         plan = plan_graph(cfg, rendered, engines.frame_size, jetson=jetson)
         graph = DeepStreamGraph(plan, score_probe=app.probe, osd_probe=app.board, on_state=app.on_state)
-    except (DeepStreamGraphError, GstError):  # a plan error, a missing element, a failed link
+    except DeepStreamGraphError:  # a plan error
         app.shutdown()
         raise
+    except GstError as exc:  # a missing element or a failed link: one error type for the caller
+        app.shutdown()
+        raise DeepStreamGraphError(str(exc)) from exc
     app.start()
     if on_start is not None:
         on_start(app.outputs)

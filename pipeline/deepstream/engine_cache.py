@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import ZsadConfig
+from engines.backends.tensorrt import cuda_device_info
+from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
+from engines.tensorrt_build import import_tensorrt
+from pipeline.deepstream.render import STOCK_LIB_LAYOUT
 
 __all__ = ["DeviceIdentity", "build_args", "engines_current", "required_layout", "this_device"]
 
@@ -35,9 +39,6 @@ class DeviceIdentity:
 
 def this_device(device_id: int = 0) -> DeviceIdentity:
     """This machine's TensorRT version and GPU; ``BackendUnavailable``/``BackendError`` without them."""
-    from engines.backends.tensorrt import cuda_device_info
-    from engines.tensorrt_build import import_tensorrt
-
     trt = import_tensorrt()
     gpu, cc = cuda_device_info(device_id)
     return DeviceIdentity(str(trt.__version__), gpu, cc)
@@ -45,15 +46,11 @@ def this_device(device_id: int = 0) -> DeviceIdentity:
 
 def required_layout(cfg: ZsadConfig) -> str | None:
     """The backbone input layout the DeepStream graph needs (None: whatever the custom library writes)."""
-    from pipeline.deepstream.render import STOCK_LIB_LAYOUT
-
     return STOCK_LIB_LAYOUT if cfg.deepstream.preprocess_lib is None else None
 
 
 def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
     """None when every engine of ``cfg.engines.dir`` fits ``cfg`` and ``device``, else the first reason."""
-    from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
-
     directory = Path(cfg.engines.dir)
     for component in (*COMPONENTS, *OPTIONAL_COMPONENTS):
         path = manifest_path(directory, component)

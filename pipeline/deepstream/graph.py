@@ -40,7 +40,7 @@ from core.config import CameraSettings, ZsadConfig
 from core.gst import DEBIAN_PACKAGES, LinkError, init_gstreamer, link, link_pads, load_typelib, make
 from core.redact import redact_text, redact_uri
 from pipeline.cpu.sources import parse_source_uri
-from pipeline.deepstream import DEEPSTREAM_ELEMENTS
+from pipeline.deepstream.availability import DEEPSTREAM_ELEMENTS
 from pipeline.deepstream.render import RenderedConfigs
 
 __all__ = [

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import pipeline.deepstream as deepstream
+import pipeline.deepstream.availability as deepstream
 from core.config import ZsadConfig
 from pipeline.cli.run import run_deepstream_graph
-from pipeline.deepstream import DeepStreamUnavailable
 from pipeline.deepstream.app import DeepStreamApp, run_deepstream
+from pipeline.deepstream.availability import DeepStreamUnavailable
 from pipeline.deepstream.graph import DeepStreamGraphError
 from pipeline.inference import EngineError, load_engines
 from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba
