@@ -10,6 +10,7 @@ returns the merged view that the pipeline uses.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -599,8 +600,6 @@ def load_config(path: str | Path) -> ZsadConfig:
 
 def resolve_data_path(path: str) -> Path:
     """Resolve a dataset path: absolute as is, relative under ``$ZSAD_DATA_ROOT`` (default ``./data``)."""
-    import os
-
     p = Path(path)
     if p.is_absolute():
         return p
