@@ -104,6 +104,11 @@ LAZY_OURS_ALLOWED: dict[tuple[str, str], str] = {
     ("engines/build.py", "engines.model"): "loads torch; an up-to-date build (each demo start) never does",
     ("engines/build.py", "engines.semantic"): "loads torch and transformers, only when CLIP is configured",
     ("engines/backends/torch.py", "engines.model"): "loads torch; without it the backend says so, by name",
+    ("bench/bench_inference.py", "engines.model"): "loads torch, only for the PyTorch reference timings",
+    ("bench/bench_naive.py", "engines.model"): "loads torch, only in the naive case's own child process",
+    ("bench/common.py", "engines.model"): "loads torch; pipeline cases' RSS must not include it",
+    ("bench/device_check.py", "engines.backbone"): "loads torch; the env section runs without it",
+    ("bench/device_check.py", "engines.model"): "loads torch, only in the TensorRT section",
 }
 
 # Files that import our modules by name ("package.module:function", through importlib) -> reason.
