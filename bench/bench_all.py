@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_inference import inference_table, peak_table, run_inference_bench
+from bench.bench_inference import default_threads, inference_table, peak_table, run_inference_bench
 from bench.bench_pipeline import pipeline_tables, run_pipeline_bench
 from bench.bench_soak import run_soak, soak_line
 from bench.common import (
@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("== inference (ONNX Runtime vs PyTorch eager)", flush=True)
         inference = run_inference_bench(
             assets,
-            threads or _default_threads(args.config),
+            threads or default_threads(args.config),
             [1, 4] if args.quick else [1, 4, 16],
             repeats=2 if args.quick else 3,
             min_time_s=0.1 if args.quick else 0.3,
@@ -339,12 +339,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _progress(line: str) -> None:
     print(line, flush=True)
-
-
-def _default_threads(config: Path) -> list[int]:
-    from bench.bench_inference import default_threads
-
-    return default_threads(config)
 
 
 if __name__ == "__main__":

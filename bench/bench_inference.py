@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,10 @@ from bench.common import (
     prepare_assets,
     write_result,
 )
+from core.config import load_config
+from engines.backends import load_backend
+from engines.export import component_module
+from engines.manifest import load_manifest, manifest_path
 
 log = logging.getLogger("bench.inference")
 
@@ -85,8 +90,6 @@ def count_flops(model: Any, component: str, manifest: Any) -> dict[str, Any]:
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    from engines.export import component_module
 
     module = component_module(model, component, manifest.input_layout).eval()
     feeds = component_feeds(manifest, 1)
@@ -134,8 +137,6 @@ def run_inference_bench(
     """
     import torch
 
-    from engines.backends import load_backend
-    from engines.manifest import load_manifest, manifest_path
     from engines.model import load_checkpoint
 
     if repeats < 1:
@@ -286,10 +287,6 @@ def peak_table(result: Mapping[str, Any], *, markdown: bool = False) -> str:
 
 def default_threads(config_path: Path) -> list[int]:
     """1 and the config's ``engines.threads`` (0 means one per core), without repeats."""
-    import os
-
-    from core.config import load_config
-
     configured = load_config(config_path).engines.threads or (os.cpu_count() or 1)
     return sorted({1, configured})
 

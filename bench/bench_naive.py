@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from bench.common import (
     prepare_assets,
     write_result,
 )
+from core.config import load_config
 from plugins.streams import MAP_STREAMS
 
 log = logging.getLogger("bench.naive")
@@ -62,7 +64,6 @@ class NaiveModel:
     def __init__(self, assets: Assets, threads: int) -> None:
         import torch
 
-        from core.config import load_config
         from engines.model import load_checkpoint
 
         if threads < 1:
@@ -215,10 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
-
-    from core.config import load_config
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:

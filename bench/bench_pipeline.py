@@ -43,13 +43,16 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
+from bench.bench_naive import run_naive
 from bench.common import (
     DEFAULT_CONFIG,
     DEFAULT_WORK,
@@ -66,6 +69,11 @@ from bench.common import (
     site_config,
     write_result,
 )
+from core.config import load_config
+from pipeline.clips import Clip
+from pipeline.cpu.graph import CameraGraph
+from pipeline.inference import ClipInference, EngineError, load_engines
+from pipeline.run import DISPLAY_SIZE, Application
 
 log = logging.getLogger("bench.pipeline")
 
@@ -123,8 +131,6 @@ class ProcessSampler:
     ``cpu_s`` is user+system CPU seconds so far and ``extra`` is what ``probe()`` returns."""
 
     def __init__(self, interval_s: float, probe: Any = None) -> None:
-        import psutil
-
         self._proc = psutil.Process()
         self.interval_s = interval_s
         self.probe = probe
@@ -177,8 +183,6 @@ class _Counters:
     so that a long soak does not grow memory by itself (16 bytes a clip)."""
 
     def __init__(self) -> None:
-        from array import array
-
         self.frames: dict[str, int] = {}
         self.clips: dict[str, int] = {}
         self.created = array("d")  # Clip.created_s of each processed clip, in processing order
@@ -204,7 +208,6 @@ class _Counters:
 
 def _timed_application(cfg: Any, engines: Any, realtime: bool, counters: _Counters) -> Any:
     """The product's Application with counters and timestamps taken around its own callbacks."""
-    from pipeline.run import Application
 
     class TimedApplication(Application):
         def __init__(self) -> None:
@@ -248,8 +251,6 @@ def _timed_application(cfg: Any, engines: Any, realtime: bool, counters: _Counte
 
 
 def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
-    from pipeline.inference import EngineError, load_engines
-
     realtime = spec.mode == "realtime"
     cfg = site_config(
         assets,
@@ -359,9 +360,6 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
 
 
 def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
-    from pipeline.cpu.graph import CameraGraph
-    from pipeline.run import DISPLAY_SIZE
-
     cfg = site_config(assets, spec.cameras, out, uri_scheme="loop", fps=spec.fps)
     counters = _Counters()
 
@@ -413,8 +411,6 @@ def time_clip_inference(
     ``frame_shape``: ``(T, H, W, 3)`` of a clip's uint8 RGB frames (fixed random pixels: speed does not
     depend on them). Returns clips/s, camera-frames/s (``clips/s * hop``) and per-batch latency.
     """
-    from pipeline.clips import Clip
-
     rng = np.random.default_rng(batch)
     stacks = [rng.integers(0, 256, frame_shape, dtype=np.uint8) for _ in range(batch)]
     t_len = frame_shape[0]
@@ -445,8 +441,6 @@ def time_clip_inference(
 
 
 def _pure_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
-    from pipeline.inference import ClipInference, EngineError, load_engines
-
     cfg = site_config(assets, 1, out, threads=spec.threads, max_batch=spec.max_batch)
     try:
         engines = load_engines(cfg)
@@ -471,9 +465,6 @@ def _pure_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
 
 
 def _naive_case(spec: CaseSpec, assets: Assets, _out: Path) -> dict[str, Any]:
-    from bench.bench_naive import run_naive
-    from core.config import load_config
-
     threads = spec.threads or load_config(assets.config_path).engines.threads or (os.cpu_count() or 1)
     cameras = [spec.first_camera + k for k in range(spec.cameras)]
     return run_naive(assets, cameras, threads=threads, budget_s=spec.duration_s, fps=spec.fps)
@@ -573,8 +564,6 @@ def run_pipeline_bench(
     ``threads``: thread counts of the pure, fast and naive cases (default 1 and the config's);
     ``rt_threads``: thread count of the real-time cases (default the config's, what ``zsad run`` uses).
     """
-    from core.config import load_config
-
     base = load_config(assets.config_path)
     batch = max_batch or base.scheduler.max_batch
     configured = base.engines.threads or (os.cpu_count() or 1)

@@ -39,6 +39,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.bench_inference import COMPONENTS, component_feeds
 from bench.bench_pipeline import CaseSpec, run_case
 from bench.common import (
     DEFAULT_WORK,
@@ -51,6 +52,14 @@ from bench.common import (
     prepare_assets,
     write_result,
 )
+from core.gst import init_gstreamer
+from engines.backends import load_backend
+from engines.backends.onnxruntime import OnnxRuntimeBackend
+from engines.manifest import load_manifest, manifest_path
+from pipeline.clips import ClipAssembler
+from pipeline.cpu.graph import CameraGraph
+from pipeline.cpu.scheduler import BatchScheduler
+from pipeline.cpu.sources import CameraPipeline
 
 VARIANTS = ("nice0", "nice10", "nice19", "pinned", "model_half", "display_1in25")
 RESULT_PREFIX = "WORKER_RESULT "
@@ -70,12 +79,8 @@ def _timed(store: list[tuple[float, float]], fn: Callable[..., Any]) -> Callable
 def _thin_branch(branch: str, keep_every: int) -> None:
     """Keep 1 frame in ``keep_every`` of ``branch``, dropped before scaling and conversion (see the module
     docstring); for the model branch, assemble the same clips from the kept frames."""
-    import core.gst
-    import pipeline.clips
-    import pipeline.cpu.sources
-
-    gst = core.gst.init_gstreamer()
-    original_init = pipeline.cpu.sources.CameraPipeline.__init__
+    gst = init_gstreamer()
+    original_init = CameraPipeline.__init__
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
@@ -87,7 +92,7 @@ def _thin_branch(branch: str, keep_every: int) -> None:
         scale = self.pipeline.get_by_name(f"{branch}-scale")
         scale.get_static_pad("sink").add_probe(gst.PadProbeType.BUFFER, probe)
 
-    pipeline.cpu.sources.CameraPipeline.__init__ = init  # type: ignore[method-assign]
+    CameraPipeline.__init__ = init  # type: ignore[method-assign]
     if branch == "model":
 
         def from_config(cls: Any, cfg: Any) -> Any:
@@ -95,18 +100,14 @@ def _thin_branch(branch: str, keep_every: int) -> None:
                 raise BenchError(f"model_half needs frame_stride {keep_every} and an even clip_hop")
             return cls(cfg.clip_len, 1, cfg.clip_hop // keep_every)
 
-        pipeline.clips.ClipAssembler.from_config = classmethod(from_config)  # type: ignore[method-assign,assignment]
+        ClipAssembler.from_config = classmethod(from_config)  # type: ignore[method-assign,assignment]
 
 
 def _child(variant: str, cameras: int, seconds: float, assets: Assets) -> dict[str, Any]:
-    import engines.backends.onnxruntime as ort_backend
-    import pipeline.cpu.graph
-    from pipeline.cpu.scheduler import BatchScheduler
-
     infer_t: list[tuple[float, float]] = []
     ort_t: list[tuple[float, float]] = []
     original_run = BatchScheduler._run
-    original_graph_init = pipeline.cpu.graph.CameraGraph.__init__
+    original_graph_init = CameraGraph.__init__
     nice = int(variant[4:]) if variant.startswith("nice") else 0
     if variant in ("model_half", "display_1in25"):
         nice = 10
@@ -126,8 +127,8 @@ def _child(variant: str, cameras: int, seconds: float, assets: Assets) -> dict[s
         original_graph_init(self, *args, **kwargs)
 
     BatchScheduler._run = run  # type: ignore[method-assign]
-    pipeline.cpu.graph.CameraGraph.__init__ = graph_init  # type: ignore[method-assign]
-    ort_backend.OnnxRuntimeBackend._infer = _timed(ort_t, ort_backend.OnnxRuntimeBackend._infer)  # type: ignore[method-assign]
+    CameraGraph.__init__ = graph_init  # type: ignore[method-assign]
+    OnnxRuntimeBackend._infer = _timed(ort_t, OnnxRuntimeBackend._infer)  # type: ignore[method-assign]
     if variant == "pinned":
         os.sched_setaffinity(0, {1})
     spec = CaseSpec(mode="fast", cameras=cameras, duration_s=seconds, warmup_s=2.0, threads=1, max_batch=8)
@@ -176,10 +177,6 @@ def _run_child(variant: str, cameras: int, seconds: float, assets: Assets) -> di
 
 def _ort_alone(engines_dir: Path, video: Path, seconds: float, repeats: int) -> list[dict[str, Any]]:
     """ORT (backbone + DPC head, batch 8, 1 thread) on CPU 0; CPU 1 idle or decoding H.264 in a loop."""
-    from bench.bench_inference import COMPONENTS, component_feeds
-    from engines.backends import load_backend
-    from engines.manifest import load_manifest, manifest_path
-
     os.sched_setaffinity(0, {0})
     engines = []
     for component in COMPONENTS:

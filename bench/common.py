@@ -19,13 +19,17 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import psutil
 
-if TYPE_CHECKING:
-    from core.config import ModelConfig
+from core.config import ConfigError, ModelConfig, ZsadConfig, load_config
+from core.gst import GstUnavailable, init_gstreamer
+from engines.build import BuildError, BuildOptions, build_from_config
+from synth import DEFAULT_CONTEXTS, SynthError, generate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +96,13 @@ def _cpu_features() -> list[str]:
 
 def _version(distribution: str) -> str | None:
     """The installed version of a distribution (without importing it), or None when it is not installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version(distribution)
-    except PackageNotFoundError:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
         return None
 
 
 def _gstreamer_version() -> str | None:
-    from core.gst import GstUnavailable, init_gstreamer
-
     try:
         return ".".join(str(v) for v in init_gstreamer().version())
     except GstUnavailable:
@@ -126,8 +126,6 @@ def load_average() -> list[float]:
 
 def machine_info(*, gstreamer: bool = True) -> dict[str, Any]:
     """CPU model, core count, RAM, library versions, load average and the date (UTC)."""
-    import psutil
-
     info: dict[str, Any] = {
         "cpu_model": _cpu_model(),
         "cpu_features": _cpu_features(),
@@ -321,10 +319,6 @@ def prepare_assets(
     (the shipped demo model), else a randomly initialised model of the config's ``model`` section saved
     to ``work/random/model.safetensors`` (seeded, so re-runs reuse the same file and engines).
     """
-    from core.config import ConfigError, load_config
-    from engines.build import BuildError, BuildOptions, build_from_config
-    from synth import DEFAULT_CONTEXTS, SynthError, generate_dataset
-
     if videos < 1 or frames < 40:
         raise BenchError(f"need >= 1 video of >= 40 frames, got {videos} x {frames}")
     try:
@@ -416,7 +410,7 @@ def site_config(
     threads: int | None = None,
     max_batch: int | None = None,
     queue_size: int | None = None,
-) -> Any:
+) -> ZsadConfig:
     """A validated :class:`core.config.ZsadConfig` for ``cameras`` synthetic cameras.
 
     Camera ``i`` plays video ``i % len(videos)`` (``loop://`` restarts it at its end, ``file://`` ends).
@@ -424,8 +418,6 @@ def site_config(
     no metrics server, one JSONL sink under ``out_dir``, and ``threads`` / ``max_batch`` / ``queue_size``
     when given.
     """
-    from core.config import load_config
-
     if uri_scheme not in ("loop", "file"):
         raise BenchError(f"uri_scheme must be loop or file, got {uri_scheme!r}")
     base = load_config(assets.config_path)
@@ -449,6 +441,4 @@ def site_config(
     data["ui"]["enabled"] = False
     data["output_dir"] = str(out_dir)
     data.pop("train", None)
-    from core.config import ZsadConfig
-
     return ZsadConfig.model_validate(data)

@@ -29,10 +29,17 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from core.config import ModelConfig
+import numpy as np
+import yaml
+
+from core.config import ModelConfig
+from engines.backends import BackendUnavailable, load_backend
+from engines.backends.tensorrt import import_cudart
+from engines.build import BuildOptions, build_engines
+from engines.export import random_feeds
+from engines.manifest import load_manifest
 
 log = logging.getLogger("device_check")
 
@@ -97,10 +104,6 @@ class SkipSection(Exception):
 
 
 def _spec(overrides: dict[str, Any] | None = None) -> ModelConfig:
-    import yaml
-
-    from core.config import ModelConfig
-
     repo = Path(__file__).resolve().parents[1]
     model = yaml.safe_load((repo / "configs" / "default.yaml").read_text())["model"]
     for section, values in (overrides or {}).items():
@@ -166,9 +169,6 @@ def section_env(report: Report) -> dict[str, Any]:
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
     except ImportError:
         pass
-    from engines.backends import BackendUnavailable
-    from engines.backends.tensorrt import import_cudart
-
     try:
         import_cudart()
         info["cuda_python"] = "ok"
@@ -267,8 +267,6 @@ def _build_tensorrt(report: Report, name: str, spec: ModelConfig, work: Path) ->
         import tensorrt
     except (ImportError, OSError) as exc:
         raise SkipSection(f"tensorrt does not import: {exc}") from exc
-    from engines.build import BuildOptions, build_engines
-    from engines.manifest import load_manifest
     from engines.model import ZsadModel, save_checkpoint
 
     work.mkdir(parents=True, exist_ok=True)
@@ -292,11 +290,6 @@ def _build_tensorrt(report: Report, name: str, spec: ModelConfig, work: Path) ->
 
 
 def _tensorrt_throughput(report: Report, name: str, manifest_path: Path) -> dict[str, Any]:
-    import numpy as np
-
-    from engines.backends import load_backend
-    from engines.export import random_feeds
-
     out: dict[str, Any] = {}
     for graph in (False, True):
         with load_backend(manifest_path, "tensorrt", cuda_graph=graph) as engine:

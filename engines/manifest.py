@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -240,11 +241,9 @@ def utc_now() -> str:
 
 
 def zsad_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("zsad")
-    except PackageNotFoundError:
+        return metadata.version("zsad")
+    except metadata.PackageNotFoundError:
         return "0+unknown"
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from engines.backends.base import BackendUnavailable, tensorrt_hint
 from engines.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,6 @@ def timing_cache_filename(gpu_name: str, compute_capability: str, trt_version: s
 
 def import_tensorrt() -> ModuleType:
     """``import tensorrt``, or :class:`~engines.backends.base.BackendUnavailable` saying where to get it."""
-    from engines.backends.base import BackendUnavailable, tensorrt_hint
-
     try:
         import tensorrt
     except ImportError as exc:
@@ -143,8 +142,6 @@ def import_tensorrt() -> ModuleType:
 
 
 def tensorrt_available() -> bool:
-    from engines.backends.base import BackendUnavailable
-
     try:
         import_tensorrt()
     except BackendUnavailable:

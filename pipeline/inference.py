@@ -17,8 +17,17 @@ from typing import Any
 import numpy as np
 
 from core.config import ZsadConfig
-from engines.backends.base import Backend
-from engines.manifest import Manifest
+from engines.backends import load_backend
+from engines.backends.base import Backend, BackendError
+from engines.manifest import (
+    Expectation,
+    Manifest,
+    ManifestError,
+    check_manifest,
+    load_manifest,
+    manifest_path,
+)
+from engines.prompts import load_prompt_set
 from pipeline.clips import Clip, to_model_input
 from plugins.preprocess import to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
@@ -57,10 +66,6 @@ class EngineSet:
 
 def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     """Open the backbone and DPC-head engines of ``cfg.engines.dir`` after checking their manifests."""
-    from engines.backends import load_backend
-    from engines.backends.base import BackendError
-    from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
-
     directory = Path(cfg.engines.dir)
     options: dict[str, Any] = {"spin": cfg.engines.spin} if cfg.engines.backend == "onnxruntime" else {}
     opened: dict[str, Backend] = {}
@@ -117,8 +122,6 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
 
 def _load_texts(manifest: Manifest) -> dict[str, PromptBank]:
     """Per-context prompt embeddings of the semantic head's manifest."""
-    from engines.prompts import load_prompt_set
-
     out = {}
     for text in manifest.text_embeddings:
         emb = np.load(manifest.resolve(text.path))

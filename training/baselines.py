@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from training.datasets import DatasetError, make_dataset
 from training.metrics import score_report
 
 __all__ = [
@@ -110,8 +111,6 @@ def evaluate_frame_difference(
 
     ``scores`` and ``labels`` are ``{video: (N_v,)}``; frames are read at ``size_hw`` (``None``: native).
     """
-    from training.datasets import DatasetError, make_dataset
-
     ds = make_dataset(kind, root, "test", size_hw, workers=workers, cache=False)
     if not ds.has_labels:
         raise DatasetError(f"{root}: the test split has no frame labels; the floor cannot be scored")

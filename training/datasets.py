@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from core.datafile import read_json
 from core.gst import init_gstreamer
@@ -249,8 +250,6 @@ class VideoClipSource:
                 raise DatasetError(f"cannot read masks {clip.mask_path}: {exc}", name) from exc
             if raw.ndim != 3:
                 raise DatasetError(f"masks {clip.mask_path} must be (N, H, W), got {raw.shape}", name)
-            from PIL import Image
-
             masks = np.stack(
                 [_resize_mask(Image.fromarray((m != 0).astype(np.uint8) * 255), self.size_hw) for m in raw]
             )
@@ -642,8 +641,6 @@ def _decode_images(
 
 
 def _read_image(clip: str, path: Path, size_hw: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
@@ -654,17 +651,13 @@ def _read_image(clip: str, path: Path, size_hw: tuple[int, int] | None) -> np.nd
         raise DatasetError(f"cannot read frame {path}: {exc}", clip) from exc
 
 
-def _resize_mask(im: Any, size_hw: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
+def _resize_mask(im: Image.Image, size_hw: tuple[int, int] | None) -> np.ndarray:
     if size_hw is not None and (im.height, im.width) != size_hw:
         im = im.resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST)
     return np.asarray(im) != 0
 
 
 def _read_mask(clip: str, path: Path, size_hw: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return _resize_mask(im.convert("L"), size_hw)

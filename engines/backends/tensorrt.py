@@ -20,6 +20,7 @@ import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable, InputMismatch, tensorrt_hint
 from engines.manifest import Manifest, ManifestError, ManifestMismatch, verify_files
+from engines.tensorrt_build import import_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ class TensorRTBackend(Backend):
         self, manifest: Manifest, threads: int = 0, *, cuda_graph: bool = False, device_id: int = 0
     ) -> None:
         super().__init__(manifest)
-        from engines.tensorrt_build import import_tensorrt
-
         trt = import_tensorrt()
         self._trt = trt
         self._cuda = CudaRuntime()

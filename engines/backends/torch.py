@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable
+from engines.export import component_module
 from engines.manifest import Manifest, ManifestMismatch
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ class TorchBackend(Backend):
     ) -> None:
         super().__init__(manifest)
         torch = _import_torch()
-        from engines.export import component_module
-
         if threads > 0:
             torch.set_num_threads(threads)
         if model is None:

@@ -14,10 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import CameraSettings, ZsadConfig
+from core.redact import redact_uri
+from pipeline.outputs.events import CameraAlerts
+from pipeline.outputs.media import EventRecorder, Frame
+from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
+from pipeline.outputs.sinks import SinkFanout, build_sinks
+from pipeline.outputs.state import RunState
+from pipeline.outputs.web import ReviewServer
+from plugins.fusion import CameraFusion, StreamGate, load_calibration
 
 if TYPE_CHECKING:
-    from pipeline.outputs.events import CameraAlerts
-    from pipeline.outputs.media import EventRecorder, Frame
     from plugins.scorer import StreamScores
 
 log = logging.getLogger(__name__)
@@ -35,11 +41,6 @@ class RunOutputs:
     """
 
     def __init__(self, cfg: ZsadConfig, *, model_id: str, gate_path: Path | None) -> None:
-        from pipeline.outputs.metrics import ZsadMetrics
-        from pipeline.outputs.sinks import SinkFanout, build_sinks
-        from pipeline.outputs.state import RunState
-        from plugins.fusion import StreamGate
-
         self.cfg = cfg
         self.model_id = model_id
         self.out = Path(cfg.output_dir)
@@ -64,11 +65,6 @@ class RunOutputs:
 
     def add_camera(self, cam: CameraSettings) -> None:
         """Create a camera's fusion, alert machine, media recorder and review entry."""
-        from core.redact import redact_uri
-        from pipeline.outputs.events import CameraAlerts
-        from pipeline.outputs.media import EventRecorder
-        from plugins.fusion import CameraFusion, load_calibration
-
         calibration = load_calibration(cam.calibration) if cam.calibration else None
         fusion = CameraFusion(cam.id, calibration=calibration, gate=self.gate, smoothing=cam.alerts.smoothing)
         recorder = EventRecorder(cam.id, self.out, self.cfg.media, fps=cam.sampling.fps, metrics=self.metrics)
@@ -159,16 +155,12 @@ class RunOutputs:
 
     def start(self) -> None:
         """Start the metrics endpoint, the review page and the sinks."""
-        from pipeline.outputs.metrics import start_metrics_server
-
         if self.cfg.metrics.enabled:
             self.metrics_server = start_metrics_server(
                 self.metrics, self.cfg.metrics.host, self.cfg.metrics.port
             )
             log.info("metrics on %s", self.metrics_server.url)
         if self.cfg.ui.enabled:
-            from pipeline.outputs.web import ReviewServer
-
             ui = self.cfg.ui
             self.review_server = ReviewServer(
                 self.run_state, self.out, ui.host, ui.port, ui.username, ui.password

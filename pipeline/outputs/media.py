@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from core.config import MediaConfig
 from core.gst import GstError
@@ -540,8 +541,6 @@ class EventRecorder:
         self._submit(self._write_jpeg, ev.snapshot, frame)
 
     def _write_jpeg(self, path: Path, frame: Frame) -> None:
-        from PIL import Image
-
         tmp = path.with_name(f".{path.name}.part")
         try:
             Image.fromarray(_pixels(frame)).save(tmp, format="JPEG", quality=self.jpeg_quality)

@@ -5,10 +5,8 @@ An AST scan (nothing is imported) of the folders in ``SCANNED``. Every failure n
 and the import. The rules are the tables below; ``docs/architecture.md`` shows the same tables and the
 picture they come from.
 
-Known offenders from before the rules existed are listed in ``tests/unit/layer_baseline.txt``. A finding
-not in that file fails, and so does an entry that no longer offends: the baseline can only shrink. To see
-the report, or to rewrite the baseline after a merge moved lines around (then review the diff, it must
-only lose lines): ``python tests/unit/test_layers.py [--write-baseline]``.
+Every rule holds with no exceptions beyond the commented allow-lists below. For the whole report, with
+the circles that function-level imports would hide: ``python tests/unit/test_layers.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ else:  # pragma: no cover - Python 3.10
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-BASELINE = Path(__file__).with_name("layer_baseline.txt")
 
 # ---------------------------------------------------------------------------------------------------------
 # The rules. A layer is a package (or sub-package) of ours; the most specific name wins, so pipeline.cli
@@ -104,6 +101,11 @@ LAZY_OURS_ALLOWED: dict[tuple[str, str], str] = {
     ("engines/build.py", "engines.model"): "loads torch; an up-to-date build (each demo start) never does",
     ("engines/build.py", "engines.semantic"): "loads torch and transformers, only when CLIP is configured",
     ("engines/backends/torch.py", "engines.model"): "loads torch; without it the backend says so, by name",
+    ("bench/bench_inference.py", "engines.model"): "loads torch, only for the PyTorch reference timings",
+    ("bench/bench_naive.py", "engines.model"): "loads torch, only in the naive case's own child process",
+    ("bench/common.py", "engines.model"): "loads torch; pipeline cases' RSS must not include it",
+    ("bench/device_check.py", "engines.backbone"): "loads torch; the env section runs without it",
+    ("bench/device_check.py", "engines.model"): "loads torch, only in the TensorRT section",
 }
 
 # Files that import our modules by name ("package.module:function", through importlib) -> reason.
@@ -154,7 +156,7 @@ class Import:
 
 @dataclass(frozen=True)
 class Finding:
-    """A broken rule: ``str()`` is the message a failing test prints, ``key`` its line in the baseline."""
+    """A broken rule: ``str()`` is what a failing test prints; ``key`` names it (rule, file::function, module)."""
 
     rule: str
     key: str
@@ -545,23 +547,6 @@ CHECKS = {
 }
 
 
-def read_baseline(path: Path = BASELINE) -> dict[str, set[str]]:
-    """rule -> baseline keys (one per line, ``#`` starts a comment)."""
-    out: dict[str, set[str]] = {rule: set() for rule in RULES}
-    if path.is_file():
-        for raw in path.read_text(encoding="utf-8").splitlines():
-            line = raw.split("#", 1)[0].strip()
-            if line:
-                out.setdefault(line.split()[0], set()).add(line)
-    return out
-
-
-def compare(findings: list[Finding], baseline: set[str]) -> tuple[list[Finding], list[str]]:
-    """(findings not in the baseline, baseline entries that no longer offend)."""
-    keys = {f.key for f in findings}
-    return [f for f in findings if f.key not in baseline], sorted(baseline - keys)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The tests
 # ---------------------------------------------------------------------------------------------------------
@@ -574,15 +559,9 @@ def repo_scan() -> Scan:
 
 @pytest.mark.parametrize("rule", RULES)
 def test_repo_follows_rule(rule: str, repo_scan: Scan) -> None:
-    new, fixed = compare(CHECKS[rule](repo_scan), read_baseline()[rule])
-    problems = [str(f) for f in new]
-    problems += [f"{BASELINE.name}: no longer offends, delete the line: {key}" for key in fixed]
+    problems = [str(f) for f in CHECKS[rule](repo_scan)]
     if problems:
         pytest.fail(f"{len(problems)} broken '{rule}' rule(s):\n" + "\n".join(problems), pytrace=False)
-
-
-def test_baseline_names_known_rules() -> None:
-    assert set(read_baseline()) == set(RULES)
 
 
 def test_rule_tables_are_consistent() -> None:
@@ -595,7 +574,7 @@ def test_rule_tables_are_consistent() -> None:
 
 
 def test_allow_lists_are_used(repo_scan: Scan) -> None:
-    """An exception nobody needs any more is deleted, like a baseline line."""
+    """An exception nobody needs any more is deleted."""
     lazy = {(imp.path, imp.target) for imp in repo_scan.imports if _lazy(imp)}
     named = {imp.path for imp in repo_scan.imports if imp.by_name}
     unused = [f"LAZY_OURS_ALLOWED {key}" for key in LAZY_OURS_ALLOWED if key not in lazy]
@@ -747,25 +726,12 @@ def test_scanner_reports_function_level_imports(tmp_path: Path) -> None:
     assert stale.startswith('pyproject.toml: "plugins/alerting.py" ignores PLC0415')
 
 
-def test_baseline_can_only_shrink(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {"pipeline/run.py": "", "engines/build.py": "from pipeline import run\n"})
-    findings = check_layers(scan_tree(root))
-    key = "layers engines/build.py::<module> pipeline.run"
-    assert compare(findings, {key}) == ([], [])
-    assert compare(findings, set()) == (findings, [])
-    gone = "layers engines/old.py::<module> pipeline.run"
-    assert compare(findings, {key, gone}) == ([], [gone])
-    baseline = tmp_path / "baseline.txt"
-    baseline.write_text(f"# a comment\n{key}  # why\n\n")
-    assert read_baseline(baseline)["layers"] == {key}
-
-
 # ---------------------------------------------------------------------------------------------------------
-# The report: `python tests/unit/test_layers.py [--write-baseline]`
+# The report: `python tests/unit/test_layers.py`
 # ---------------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str]) -> int:
+def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     scan = scan_tree(REPO)
     findings = {rule: CHECKS[rule](scan) for rule in RULES}
@@ -773,25 +739,13 @@ def main(argv: list[str]) -> int:
         log.info("== %s: %d", rule, len(found))
         for finding in found:
             log.info("   %s", finding)
-    # Not a rule (function-level imports are, and the baseline lists them), but what the lead must break.
+    # Not a rule (the lazy-ours rule forbids the imports that could hide one), but worth seeing.
     hidden = check_cycles(Scan(scan.root, scan.modules, [replace(i, scope="") for i in scan.imports]))
     log.info("== circles hidden by function-level imports: %d", len(hidden))
     for finding in hidden:
         log.info("   %s", finding)
-    if "--write-baseline" in argv:
-        lines = [
-            "# Known offenders of tests/unit/test_layers.py from before its rules: the list can only shrink.",
-            "# One line per finding: rule, file::function, imported module. See docs/architecture.md.",
-        ]
-        for rule in RULES:
-            # A missing or stale pyproject entry is fixed in pyproject.toml, never listed.
-            keys = sorted({f.key for f in findings[rule] if not f.key.endswith((" missing", " stale"))})
-            if keys:
-                lines += ["", f"# {rule}: {len(keys)}", *keys]
-        BASELINE.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        log.info("wrote %s", BASELINE)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,8 +148,6 @@ class SinkFanout:
     def close(self, timeout: float = 10.0) -> dict[str, int]:
         """Flush and stop every sink, sharing ``timeout`` (they drain in parallel). Returns, per sink name,
         the number of records left in its spool."""
-        import threading
-
         left: dict[str, int] = {}
 
         def close_one(sink: Sink) -> None:
