@@ -156,7 +156,7 @@ class Import:
 
 @dataclass(frozen=True)
 class Finding:
-    """A broken rule: ``str()`` is what a failing test prints; ``key`` names it (rule, file::function, module)."""
+    """A broken rule: ``str()`` is what a failing test prints; ``key`` names it (rule, file, module)."""
 
     rule: str
     key: str
