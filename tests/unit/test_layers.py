@@ -67,7 +67,8 @@ LAYERS: dict[str, frozenset[str]] = {
 }
 
 # Third-party modules with native libraries that exist only on some machines: the only files (a path) or
-# folders (ending in "/") that may import them. "{gst}" is the GStreamer toolkit, core/gst.py or core/gst/.
+# folders (ending in "/") that may import them. "{gst}" is the GStreamer toolkit, core/gst/
+# (core/gst.py in the small trees the tests of the test build).
 EDGES: dict[str, tuple[str, ...]] = {
     "gi": ("{gst}", "pipeline/deepstream/"),
     "pyds": ("pipeline/deepstream/",),
