@@ -194,7 +194,8 @@ def draw() -> Figure:
             1.2,
             "plugins/scorer.py  (both graphs)",
             "ClipScorer: DPC-head engine on the clip history -> StreamScores\n"
-            "(predictive, pixel, motion); pipeline/inference.py's semantic_scorer\nadds CLIP's semantic score",
+            "(predictive, pixel, motion); plugins/semantic.py's SemanticScorer\n"
+            "adds CLIP's semantic score",
             "plugins",
         ),
         Box(
