@@ -5,11 +5,14 @@ example site config validates, and the engine cache check decides build vs skip 
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -298,3 +301,92 @@ def test_images_copy_every_edge_package(dockerfile: Path) -> None:
     packages = {name.strip().strip('"').rstrip("*") for name in include.group(1).split(",")}
     copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile.read_text(), flags=re.MULTILINE))
     assert packages - {"training"} <= copied, sorted(packages - {"training"} - copied)
+
+
+# --------------------------------------------------------------------------------------------------
+# The first-contact script (deploy/jetson/first_contact.sh and .py)
+# --------------------------------------------------------------------------------------------------
+
+
+def first_contact() -> types.ModuleType:
+    """deploy/jetson/first_contact.py (a script, not a package module) loaded from its path."""
+    spec = importlib.util.spec_from_file_location("first_contact", DEPLOY / "first_contact.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(Path("/opt/nvidia/deepstream/deepstream").exists(), reason="DeepStream is installed here")
+def test_first_contact_stops_at_its_first_check_here() -> None:
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "first_contact.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("FAIL  deepstream: no DeepStream here (no /opt/nvidia/deepstream/deepstream")
+    assert "Traceback" not in result.stderr
+
+
+def test_pyds_names_come_from_the_code(tmp_path: Path) -> None:
+    fc = first_contact()
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "def f(pyds, buf, frame):\n"
+        "    meta = pyds.gst_buffer_get_nvds_batch_meta(hash(buf))\n"
+        "    kind = getattr(pyds.NvDsMetaType, 'NVDSINFER_TENSOR_OUTPUT_META', None)\n"
+        "    frames = pyds.NvDsFrameMeta.cast(meta)\n"
+        "    optional = getattr(pyds, 'unmap_nvds_buf_surface', None)\n"
+        "    name = getattr(pyds, frame)\n"  # not a constant: cannot be checked ahead of time
+        "class App:\n"
+        "    def g(self, x):\n"
+        "        return self.pyds.get_nvds_buf_surface(x, 0), self._pyds.NvDsUserMeta.cast(x), x.pyds_like\n"
+    )
+    assert fc.pyds_names([source]) == [
+        "NvDsFrameMeta.cast",
+        "NvDsMetaType.NVDSINFER_TENSOR_OUTPUT_META",
+        "NvDsUserMeta.cast",
+        "get_nvds_buf_surface",
+        "gst_buffer_get_nvds_batch_meta",
+        "unmap_nvds_buf_surface",
+    ]
+    stand_in = types.SimpleNamespace(
+        NvDsFrameMeta=types.SimpleNamespace(cast=None), gst_buffer_get_nvds_batch_meta=None
+    )
+    assert fc.missing_names(
+        stand_in, ["NvDsFrameMeta.cast", "NvDsMetaType.X", "gst_buffer_get_nvds_batch_meta"]
+    ) == ["NvDsMetaType.X"]
+    # The DeepStream wing as it is: the list is read from it, not kept by hand.
+    wing = fc.pyds_names(sorted((REPO / "pipeline" / "deepstream").glob("*.py")))
+    assert "gst_buffer_get_nvds_batch_meta" in wing
+    assert all(not name.startswith(("pyds", "_")) for name in wing), wing
+
+
+def test_elements_and_properties_come_from_the_graph_plan(tmp_path: Path) -> None:
+    """The element check plans the first-contact config with the graph's own planner and asks the real
+    gst-inspect-1.0: here every DeepStream element is missing and every stock one has its properties."""
+    if shutil.which("gst-inspect-1.0") is None:
+        pytest.skip("gst-inspect-1.0 is not installed")
+    fc = first_contact()
+    config = fc.write_config(tmp_path / "fc")
+    cfg = load_config(config)
+    assert cfg.graph == "deepstream"
+    assert cfg.engines.backend == "tensorrt"
+    assert len(cfg.enabled_cameras()) == 4
+    wanted = fc.planned_properties(fc.graph_plan(cfg, jetson=False))
+    assert "batch-size" in wanted["nvstreammux"]
+    assert "uri" in wanted["nvurisrcbin"]
+    queue = subprocess.run(["gst-inspect-1.0", "queue"], capture_output=True, text=True, check=True).stdout
+    assert {"max-size-buffers", "leaky"} <= fc.inspected_properties(queue)
+    with pytest.raises(fc.CheckFailed) as failed:
+        fc.check_elements(config)
+    problems = str(failed.value).split("; ")
+    assert "no element nvstreammux" in problems
+    assert not [p for p in problems if "lacks" in p], problems  # fakesink, capsfilter, queue: all found
