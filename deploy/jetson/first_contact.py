@@ -214,7 +214,8 @@ def _dotted(node: ast.expr) -> list[str] | None:
 
 def pyds_names(files: Iterable[Path]) -> list[str]:
     """Every dotted pyds name the code in ``files`` reads: ``pyds.X``, ``pyds.X.Y``, ``self.pyds.X`` and
-    ``getattr(pyds.X, "Y")`` with a constant name (how optional members are looked up)."""
+    ``getattr(pyds.X, "Y")`` with a constant name. ``getattr`` with a default is the code tolerating a
+    missing member, so that name is not required."""
     names: set[str] = set()
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -227,7 +228,7 @@ def pyds_names(files: Iterable[Path]) -> list[str]:
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Name)
                 and node.func.id == "getattr"
-                and len(node.args) >= 2
+                and len(node.args) == 2
                 and isinstance(node.args[1], ast.Constant)
                 and isinstance(node.args[1].value, str)
             ):
