@@ -1,48 +1,76 @@
-"""Device checks for a lent GPU machine (bench/device_check.sh runs ``python -m bench.device_check``; installs
-nothing, needs no network).
+"""The GPU part of the first-contact check: one ``PASS``/``FAIL`` line per check, never a skip.
 
-Sections, each on its own so one failure does not hide the rest:
+``bash bench/device_check.sh`` runs ``python -m bench.device_check``; it installs nothing, needs no network.
 
-* ``env``: Python, torch/CUDA, GPU, TensorRT, ONNX Runtime providers, cuda-python.
-* ``fp16_blocks``: PyTorch CUDA FP32 vs FP16 per TimeSformer block (forward hooks on every
-  ``TimesformerLayer``), pure ``.half()`` and ``torch.autocast``; max relative error per block, to catch
-  the FP16 LayerNorm drift (github.com/zmy1116/timesfromer_trtfp16_error).
-* ``throughput``: backbone clips/s at batch 1, 8, 32, FP32 and FP16, default and base size.
-* ``tensorrt`` (when ``import tensorrt`` works): the full build-engines run with ``--backend tensorrt``
-  (ORT-vs-TRT parity included), then TensorRT throughput with and without a CUDA graph.
-* ``tensorrt_base`` (``--trt-base``): the same engine build for the base-size backbone.
+The order puts first what a GPU box without TensorRT can run, and reports all of it (each check on its own,
+a missing Python package is a FAIL line naming it, not a traceback):
 
-Writes ``<out>/device_check.json`` (and ``<section>.error.txt`` on failures); prints a table last.
-Randomly initialised weights: activations are smaller than a trained model's, so FP16 errors here are a
-lower bound.
+1. the Python packages the later checks import (one line each);
+2. ``nvidia-smi``; cuda-python (import, version, driver and runtime CUDA versions);
+   ``cudaGetDeviceProperties(0)`` (name, integrated, compute capability); a device malloc + H2D + D2H round
+   trip through cuda-python whose bytes must come back equal; ``torch.cuda``;
+3. the ONNX export of every engine of a randomly initialised model (the backbone in NTCHW, the layout the
+   DeepStream graph feeds it now that its probe assembles the clips) with PyTorch <-> ONNX Runtime (CPU)
+   parity at batch 1 and 3;
+4. measurements, where torch sees CUDA: FP32-vs-FP16 error per TimeSformer block (pure ``.half()`` and
+   autocast) and backbone clips/s, at the default and the base size (TimeSformer-B, 8x224x224);
+
+then ``import tensorrt``: a FAIL, and the run stops there when it is missing; then the FP16 TensorRT
+builds with ONNX Runtime <-> TensorRT parity at batch 1 and N, the engines deserialising on a second run
+without a rebuild, and TensorRT throughput; then pyds and the DeepStream elements.
+
+Our own modules load pydantic, PyYAML and torch, so they are imported inside the checks that need them,
+after the package check (tests/unit/test_layers.py allows exactly these).
+
+Exit 0 when every check passed, 1 otherwise. ``<out>/device_check.json`` holds every result. Randomly
+initialised weights: activations are smaller than a trained model's, so FP16 errors are a lower bound.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import platform
+import shutil
+import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
-from core.config import ModelConfig
-from engines.backends import BackendUnavailable, load_backend
-from engines.backends.tensorrt import import_cudart
-from engines.build import BuildOptions, build_engines
-from engines.export import random_feeds
-from engines.manifest import load_manifest
+from engines.cuda_device import CudaUnavailable, cuda_runtime, device_properties
+from pipeline.deepstream.availability import DEEPSTREAM_ELEMENTS, deepstream_unavailable_reason
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 log = logging.getLogger("device_check")
 
+REPO = Path(__file__).resolve().parents[1]
+
+# module to import -> (distribution names to read the version from, what needs it)
+PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "numpy": (("numpy",), "everything"),
+    "pydantic": (("pydantic",), "the config and the engine manifests"),
+    "yaml": (("PyYAML",), "the config"),
+    "torch": (("torch",), "the export, the FP16 and throughput measurements"),
+    "onnx": (("onnx",), "the export"),
+    "onnxscript": (("onnxscript",), "the export (torch.onnx.export(dynamo=True))"),
+    "onnxruntime": (("onnxruntime", "onnxruntime-gpu"), "the parity references"),
+    "transformers": (("transformers",), "the backbone (Hugging Face TimesformerModel)"),
+    "safetensors": (("safetensors",), "the checkpoint"),
+    "cuda.bindings": (("cuda-bindings", "cuda-python"), "the CUDA checks and the TensorRT backend"),
+}
 BASE: dict[str, dict[str, Any]] = {  # TimeSformer-B 8x224 (the paper's backbone size)
     "backbone": {
         "image_height": 224,
@@ -56,66 +84,268 @@ BASE: dict[str, dict[str, Any]] = {  # TimeSformer-B 8x224 (the paper's backbone
     "preprocess": {"clip_len": 8},
 }
 BATCHES = (1, 8, 32)
-# "cuda" on the device; "cpu" only to smoke-test this script on a machine without a GPU (no measurement).
-DEVICE = "cuda"
+ROUND_TRIP_BYTES = 64 << 20
 
 
+class CheckFailed(Exception):
+    """A check's own verdict: the message is the FAIL line's detail."""
+
+
+class StopChecks(Exception):
+    """A check whose failure ends the run (TensorRT missing: nothing after it can run)."""
+
+
+@dataclass
 class Report:
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.results: dict[str, Any] = {}
-        self.rows: list[tuple[str, str, str]] = []
+    """Runs checks, prints one PASS/FAIL line each, keeps the results (and the measurements' numbers) in
+    ``device_check.json``."""
 
-    def run(self, name: str, fn: Callable[[], Any]) -> None:
-        log.info("== %s", name)
-        started = time.monotonic()
-        try:
-            value = fn()
-            self.results[name] = {
-                "status": "ok",
-                "seconds": round(time.monotonic() - started, 1),
-                "result": value,
-            }
-        except SkipSection as skip:
-            log.info("%s skipped: %s", name, skip)
-            self.results[name] = {"status": "skipped", "reason": str(skip)}
-            self.rows.append((name, "skipped", str(skip)))
-        except Exception as exc:  # each section reports its own failure and the next one still runs
-            log.exception("%s failed", name)
-            (self.out / f"{name}.error.txt").write_text(traceback.format_exc())
-            self.results[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-            self.rows.append((name, "ERROR", f"{type(exc).__name__}: {str(exc)[:120]}"))
-        self.save()
-
-    def row(self, section: str, item: str, value: str) -> None:
-        self.rows.append((section, item, value))
+    out: Path
+    results: dict[str, Any] = field(default_factory=dict)
+    measurements: dict[str, Any] = field(default_factory=dict)
 
     def save(self) -> None:
-        (self.out / "device_check.json").write_text(json.dumps(self.results, indent=2, default=str))
+        data = {"checks": self.results, "measurements": self.measurements}
+        (self.out / "device_check.json").write_text(json.dumps(data, indent=2, default=str))
 
-    def table(self) -> str:
-        rows = [("section", "item", "value"), *self.rows]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    def check(self, name: str, fn: Callable[[], str], *, stop_on_fail: bool = False) -> bool:
+        started = time.monotonic()
+        try:
+            detail = fn()
+            ok = True
+        except CheckFailed as exc:
+            ok, detail = False, str(exc)
+        except Exception as exc:  # any error is this check's FAIL line; the next check still runs
+            log.debug("%s failed", name, exc_info=True)
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+            (self.out / f"{_slug(name)}.error.txt").write_text(traceback.format_exc())
+        seconds = round(time.monotonic() - started, 1)
+        self.results[name] = {"status": "PASS" if ok else "FAIL", "detail": detail, "seconds": seconds}
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
+        self.save()
+        if not ok and stop_on_fail:
+            raise StopChecks(name)
+        return ok
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, v in self.results.items() if v["status"] == "FAIL"]
 
 
-class SkipSection(Exception):
-    """A section that cannot run here (no CUDA, no TensorRT); not a failure."""
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def _spec(overrides: dict[str, Any] | None = None) -> ModelConfig:
-    repo = Path(__file__).resolve().parents[1]
-    model = yaml.safe_load((repo / "configs" / "default.yaml").read_text())["model"]
-    for section, values in (overrides or {}).items():
-        model.setdefault(section, {}).update(values)
-    return ModelConfig.model_validate(model)
+# -- packages --------------------------------------------------------------------------------------------
 
 
-def _need_cuda() -> Any:
+def package_version(module: str) -> str | None:
+    """The installed version of ``module``'s distribution, ``"?"`` when unknown, None when not importable."""
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return None
+    for dist in PACKAGES.get(module, ((module,), ""))[0]:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "?"
+
+
+def needs(*modules: str) -> None:
+    """Fail the calling check, naming every missing package it needs."""
+    missing = [m for m in modules if package_version(m) is None]
+    if missing:
+        raise CheckFailed(f"needs Python package(s) {', '.join(missing)} (missing here)")
+
+
+def check_package(module: str) -> Callable[[], str]:
+    def run() -> str:
+        version = package_version(module)
+        if version is None:
+            raise CheckFailed(f"missing (needed by {PACKAGES[module][1]})")
+        return version
+
+    return run
+
+
+# -- CUDA without TensorRT -------------------------------------------------------------------------------
+
+
+def check_nvidia_smi() -> str:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        raise CheckFailed("nvidia-smi is not on PATH: no NVIDIA driver here")
+    query = "--query-gpu=name,driver_version,memory.total,compute_cap"
+    result = subprocess.run(
+        [exe, query, "--format=csv,noheader"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        raise CheckFailed(f"exit {result.returncode}: {(result.stderr or result.stdout).strip()[:200]}")
+    return "; ".join(line.strip() for line in result.stdout.splitlines() if line.strip())
+
+
+def _cuda_version(value: int) -> str:
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def _call(rt: Any, fn: str, *args: Any) -> Any:
+    try:
+        result = getattr(rt, fn)(*args)
+    except RuntimeError as exc:
+        raise CheckFailed(f"{fn}: {exc}") from exc
+    if int(result[0]) != 0:
+        raise CheckFailed(f"{fn}: {result[0]}")
+    return result[1] if len(result) == 2 else result[1:]
+
+
+def check_cuda_python() -> str:
+    try:
+        rt = cuda_runtime()
+    except CudaUnavailable as exc:
+        raise CheckFailed(str(exc)) from exc
+    driver = _call(rt, "cudaDriverGetVersion")
+    runtime = _call(rt, "cudaRuntimeGetVersion")
+    version = package_version("cuda.bindings")
+    return (
+        f"{rt.__name__} (cuda-python {version}); driver supports CUDA {_cuda_version(driver)}, "
+        f"runtime CUDA {_cuda_version(runtime)}"
+    )
+
+
+def check_device_properties() -> str:
+    try:
+        props = device_properties(0)
+    except CudaUnavailable as exc:
+        raise CheckFailed(str(exc)) from exc
+    kind = "integrated (a Jetson)" if props.integrated else "discrete (not a Jetson)"
+    return (
+        f"{props.name}, sm {props.compute_capability}, {props.total_memory / 2**30:.1f} GiB, "
+        f"integrated={props.integrated}: {kind}"
+    )
+
+
+def check_round_trip(nbytes: int = ROUND_TRIP_BYTES) -> str:
+    """cudaMalloc, H2D and D2H of ``nbytes`` random bytes through cuda-python: they must come back equal."""
+    try:
+        rt = cuda_runtime()
+    except CudaUnavailable as exc:
+        raise CheckFailed(str(exc)) from exc
+    sent = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
+    back = np.zeros_like(sent)
+    kinds = rt.cudaMemcpyKind
+    ptr = int(_call(rt, "cudaMalloc", nbytes))
+    try:
+        started = time.perf_counter()
+        _call(rt, "cudaMemcpy", ptr, sent.ctypes.data, nbytes, kinds.cudaMemcpyHostToDevice)
+        _call(rt, "cudaMemcpy", back.ctypes.data, ptr, nbytes, kinds.cudaMemcpyDeviceToHost)
+        seconds = time.perf_counter() - started
+        # A device-side memset between the copies proves the bytes came from the device, not a host alias.
+        _call(rt, "cudaMemset", ptr, 0, nbytes)
+        zeros = np.ones(16, dtype=np.uint8)
+        _call(rt, "cudaMemcpy", zeros.ctypes.data, ptr, 16, kinds.cudaMemcpyDeviceToHost)
+    finally:
+        _call(rt, "cudaFree", ptr)
+    if not np.array_equal(sent, back):
+        bad = int(np.count_nonzero(sent != back))
+        raise CheckFailed(f"{bad} of {nbytes} bytes differ after H2D + D2H")
+    if zeros.any():
+        raise CheckFailed("cudaMemset(0) on the device did not read back as zeros")
+    return f"{nbytes >> 20} MiB H2D + D2H equal ({2 * nbytes / seconds / 1e9:.1f} GB/s pageable), memset ok"
+
+
+def check_torch_cuda() -> str:
+    needs("torch")
     import torch
 
-    if DEVICE == "cuda" and not torch.cuda.is_available():
-        raise SkipSection(f"no CUDA device visible to torch {torch.__version__}")
+    if not torch.cuda.is_available():
+        raise CheckFailed(
+            f"torch {torch.__version__} sees no CUDA device (built for CUDA {torch.version.cuda})"
+        )
+    a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    on_gpu = (a.cuda() @ a.cuda()).cpu()
+    err = float((on_gpu - a @ a).abs().max() / (a @ a).abs().max())
+    if not err < 1e-3:
+        raise CheckFailed(f"a 256x256 matmul differs from the CPU's by {err:.2e}")
+    name = torch.cuda.get_device_name(0)
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) on {name}; matmul vs CPU {err:.1e}"
+
+
+# -- models ----------------------------------------------------------------------------------------------
+
+
+def load_spec(size: str) -> ModelConfig:
+    """The model spec of a size: ``default`` (configs/default.yaml), ``base`` (TimeSformer-B 8x224) or
+    ``tiny`` (the test suite's, for a smoke run of this script on a CPU)."""
+    from core.config import ModelConfig, load_config
+
+    if size == "tiny":
+        from tests.fixtures.tiny_models import tiny_model
+
+        return tiny_model()
+    model = load_config(REPO / "configs" / "default.yaml").model
+    if size == "base":
+        data = model.model_dump(mode="json")
+        for section, values in BASE.items():
+            data[section].update(values)
+        return ModelConfig.model_validate(data)
+    return model
+
+
+def _random_checkpoint(spec: ModelConfig, work: Path) -> Path:
+    import torch
+
+    from engines.model import ZsadModel, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(ZsadModel(spec).eval(), work / "model.safetensors")
+
+
+def _parity_detail(directory: Path, target: str) -> tuple[str, dict[str, Any]]:
+    from engines.manifest import load_manifest, manifest_path
+
+    parts, record = [], {}
+    for component in ("backbone", "dpc_head"):
+        m = load_manifest(manifest_path(directory, component))
+        for p in m.parity:
+            if p.target == target:
+                worst = max(p.max_rel_error.values())
+                record[component] = {"batches": list(p.batch_sizes), "max_rel_error": p.max_rel_error}
+                parts.append(f"{component} {worst:.1e} at batch {'/'.join(map(str, p.batch_sizes))}")
+    return ", ".join(parts), record
+
+
+def check_onnx_parity(spec_size: str, work: Path) -> str:
+    needs("torch", "onnx", "onnxscript", "onnxruntime", "transformers", "safetensors", "pydantic", "yaml")
+    from engines.build import BuildOptions, build_engines
+    from engines.manifest import load_manifest, manifest_path
+
+    spec = load_spec(spec_size)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = _random_checkpoint(spec, work)
+    out = work / "engines"
+    options = BuildOptions(backend="onnxruntime", parity_batches=(1, 3))
+    build_engines(spec, ckpt, out, options=options)
+    backbone = load_manifest(manifest_path(out, "backbone"))
+    clip = backbone.inputs[0]
+    if backbone.input_layout != "NTCHW" or clip.layout != "NTCHW":
+        raise CheckFailed(f"the backbone takes {clip.layout}, the DeepStream graph feeds NTCHW")
+    again = build_engines(spec, ckpt, out, options=options)
+    if not again.up_to_date:
+        raise CheckFailed(f"a second build with the same inputs rebuilt something:\n{again.table()}")
+    detail, _ = _parity_detail(out, "onnxruntime")
+    exported = backbone.onnx.exported_with if backbone.onnx is not None else {}
+    return f"{spec_size} size, clip {clip.shape} NTCHW; torch vs ORT {detail}; exported with {exported}"
+
+
+def _cuda_torch() -> Any:
+    needs("torch", "transformers", "pydantic", "yaml")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CheckFailed("torch sees no CUDA device")
     return torch
 
 
@@ -140,52 +370,6 @@ def _rel(a: Any, b: Any) -> float:
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-6))
 
 
-# -- sections ----------------------------------------------------------------------------------------------
-
-
-def section_env(report: Report) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.cuda.is_available()
-        if info["cuda"]:
-            props = torch.cuda.get_device_properties(0)
-            info["gpu"] = props.name
-            info["compute_capability"] = f"{props.major}.{props.minor}"
-            info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-    except ImportError as exc:
-        info["torch"] = f"missing ({exc})"
-    for module in ("tensorrt", "onnxruntime", "onnx", "transformers"):
-        try:
-            mod = __import__(module)
-            info[module] = getattr(mod, "__version__", "?")
-        except (ImportError, OSError) as exc:
-            info[module] = f"missing ({exc})"
-    try:
-        import onnxruntime
-
-        info["onnxruntime_providers"] = onnxruntime.get_available_providers()
-    except ImportError:
-        pass
-    try:
-        import_cudart()
-        info["cuda_python"] = "ok"
-    except BackendUnavailable as exc:
-        info["cuda_python"] = f"missing ({exc})"
-    for key in ("torch", "cuda", "gpu", "compute_capability", "tensorrt", "onnxruntime", "cuda_python"):
-        report.row("env", key, str(info.get(key, "-")))
-    if not info.get("cuda"):
-        report.row("env", "note", "no CUDA: GPU sections are skipped")
-    return info
-
-
-def _sync(torch: Any) -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def _block_outputs(torch: Any, model: Any, x: Any, autocast: bool = False) -> list[Any]:
     """The output of every TimesformerLayer of ``model`` on ``x`` (forward hooks, removed afterwards)."""
     outputs: list[Any] = []
@@ -195,7 +379,7 @@ def _block_outputs(torch: Any, model: Any, x: Any, autocast: bool = False) -> li
 
     handles = [layer.register_forward_hook(keep) for layer in model.model.encoder.layer]
     try:
-        with torch.inference_mode(), torch.autocast(DEVICE, dtype=torch.float16, enabled=autocast):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
             model(x)
     finally:
         for h in handles:
@@ -203,99 +387,136 @@ def _block_outputs(torch: Any, model: Any, x: Any, autocast: bool = False) -> li
     return outputs
 
 
-def section_fp16_blocks(report: Report, name: str, spec: ModelConfig) -> dict[str, Any]:
-    torch = _need_cuda()
+def measure_fp16_blocks(size: str, results: dict[str, Any]) -> str:
+    torch = _cuda_torch()
+    spec = load_spec(size)
     torch.manual_seed(0)
-    model = _backbone(spec).to(DEVICE)
+    model = _backbone(spec).cuda()
     pre, bb = spec.preprocess, spec.backbone
-    x = torch.randn(2, pre.clip_len, 3, bb.image_height, bb.image_width, device=DEVICE)
+    x = torch.randn(2, pre.clip_len, 3, bb.image_height, bb.image_width, device="cuda")
     reference = _block_outputs(torch, model, x)
     runs = {
         "half": _block_outputs(torch, copy.deepcopy(model).half(), x.half()),
         "autocast": _block_outputs(torch, model, x, autocast=True),
     }
-    result = {mode: [_rel(a, b) for a, b in zip(reference, outs, strict=True)] for mode, outs in runs.items()}
-    for mode, errs in result.items():
+    errors = {mode: [_rel(a, b) for a, b in zip(reference, outs, strict=True)] for mode, outs in runs.items()}
+    results[f"fp16 blocks {size}"] = errors
+    parts = []
+    for mode, errs in errors.items():
         worst = max(range(len(errs)), key=errs.__getitem__)
-        report.row(
-            f"fp16_blocks[{name}]",
-            mode,
-            f"max rel err {errs[worst]:.2e} at block {worst}; last {errs[-1]:.2e}",
-        )
-    return result
+        parts.append(f"{mode}: max rel err {errs[worst]:.2e} at block {worst}, last {errs[-1]:.2e}")
+    return "; ".join(parts)
 
 
 def _clips_per_s(torch: Any, model: Any, x: Any, min_seconds: float = 1.0) -> float:
     with torch.inference_mode():
         for _ in range(3):
             model(x)
-        _sync(torch)
+        torch.cuda.synchronize()
         n, started = 0, time.perf_counter()
         while n < 5 or time.perf_counter() - started < min_seconds:
             model(x)
             n += 1
-        _sync(torch)
+        torch.cuda.synchronize()
     return x.shape[0] * n / (time.perf_counter() - started)
 
 
-def section_throughput(report: Report, name: str, spec: ModelConfig) -> dict[str, Any]:
-    torch = _need_cuda()
+def measure_throughput(size: str, results: dict[str, Any]) -> str:
+    torch = _cuda_torch()
     torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32
-    model = _backbone(spec).to(DEVICE)
+    spec = load_spec(size)
+    model = _backbone(spec).cuda()
     pre, bb = spec.preprocess, spec.backbone
     out: dict[str, Any] = {}
     for precision in ("fp32", "fp16"):
         m = model if precision == "fp32" else copy.deepcopy(model).half()
         for batch in BATCHES:
-            key = f"{precision} b{batch}"
-            x = torch.randn(batch, pre.clip_len, 3, bb.image_height, bb.image_width, device=DEVICE)
+            x = torch.randn(batch, pre.clip_len, 3, bb.image_height, bb.image_width, device="cuda")
             try:
-                out[key] = round(_clips_per_s(torch, m, x.half() if precision == "fp16" else x), 1)
+                out[f"{precision} b{batch}"] = round(
+                    _clips_per_s(torch, m, x.half() if precision == "fp16" else x), 1
+                )
             except torch.cuda.OutOfMemoryError:
-                out[key] = "out of memory"
+                out[f"{precision} b{batch}"] = "out of memory"
                 torch.cuda.empty_cache()
-            report.row(f"throughput[{name}]", key, f"{out[key]} clips/s")
         del m
-    return out
+    results[f"throughput {size}"] = out
+    return "clips/s " + ", ".join(f"{k} {v}" for k, v in out.items())
 
 
-def _build_tensorrt(report: Report, name: str, spec: ModelConfig, work: Path) -> dict[str, Any]:
-    torch = _need_cuda()
-    if DEVICE != "cuda":
-        raise SkipSection("TensorRT needs --device cuda")
+# -- TensorRT --------------------------------------------------------------------------------------------
+
+
+def check_tensorrt_import() -> str:
     try:
         import tensorrt
     except (ImportError, OSError) as exc:
-        raise SkipSection(f"tensorrt does not import: {exc}") from exc
-    from engines.model import ZsadModel, save_checkpoint
+        raise CheckFailed(
+            f"TensorRT's Python bindings do not import ({exc}); nothing after this can run here "
+            "(DeepStream 7.1 needs TensorRT 10.3)"
+        ) from exc
+    version = str(tensorrt.__version__)
+    if not version.startswith("10."):
+        raise CheckFailed(
+            f"TensorRT {version}: the engines are written for TensorRT 10 (10.3 on DeepStream 7.1)"
+        )
+    return f"tensorrt {version}"
 
+
+def check_tensorrt_build(spec_size: str, work: Path, max_batch: int) -> str:
+    from engines.build import BuildOptions, build_engines
+    from engines.tensorrt_build import BatchProfile
+
+    spec = load_spec(spec_size)
     work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(ZsadModel(spec).eval(), work / "model.safetensors")
-    built = build_engines(spec, ckpt, work / "engines", options=BuildOptions(backend="tensorrt"))
-    (work / "build_report.txt").write_text(built.table())
-    out: dict[str, Any] = {"tensorrt": tensorrt.__version__, "parity": {}}
+    ckpt = _random_checkpoint(spec, work)
+    options = BuildOptions(
+        backend="tensorrt", profile=BatchProfile(1, max_batch, max_batch), parity_batches=(1, max_batch)
+    )
+    report = build_engines(spec, ckpt, work / "engines", options=options)
+    (work / "build_report.txt").write_text(report.table())
+    detail, _ = _parity_detail(work / "engines", "tensorrt")
+    return f"{spec_size} size, FP16, batch 1..{max_batch}; ORT vs TensorRT {detail}"
+
+
+def check_tensorrt_reload(spec_size: str, work: Path, max_batch: int) -> str:
+    """A second build is up to date (no rebuild), and each engine deserialises and runs at batch 1 and N."""
+    from engines.backends import load_backend
+    from engines.build import BuildOptions, build_engines
+    from engines.export import random_feeds
+    from engines.manifest import manifest_path
+    from engines.tensorrt_build import BatchProfile
+
+    spec = load_spec(spec_size)
+    options = BuildOptions(
+        backend="tensorrt", profile=BatchProfile(1, max_batch, max_batch), parity_batches=(1, max_batch)
+    )
+    again = build_engines(spec, work / "model.safetensors", work / "engines", options=options)
+    if not again.up_to_date:
+        raise CheckFailed(f"the second run rebuilt something:\n{again.table()}")
+    shapes = []
     for component in ("backbone", "dpc_head"):
-        m = load_manifest(work / "engines" / f"{component}.manifest.json")
-        for p in m.parity:
-            out["parity"][f"{component} {p.reference}->{p.target}"] = p.max_rel_error
-            worst = max(p.max_rel_error.values())
-            report.row(
-                f"tensorrt[{name}]", f"{component} {p.reference}->{p.target}", f"max rel err {worst:.2e}"
-            )
-        if m.tensorrt is not None:
-            report.row(f"tensorrt[{name}]", f"{component} fp32 layers", str(len(m.tensorrt.fp32_layers)))
-    out["throughput"] = _tensorrt_throughput(report, name, work / "engines" / "backbone.manifest.json")
-    return out
+        with load_backend(manifest_path(work / "engines", component), "tensorrt") as engine:
+            for batch in (1, max_batch):
+                outputs = engine(random_feeds(engine.manifest.inputs, batch, np.random.default_rng(batch)))
+                if not all(np.isfinite(v).all() for v in outputs.values()):
+                    raise CheckFailed(f"{component} at batch {batch}: non-finite outputs")
+            shapes.append(f"{component} ok")
+    return "second build up to date; " + ", ".join(shapes) + f" at batch 1 and {max_batch}"
 
 
-def _tensorrt_throughput(report: Report, name: str, manifest_path: Path) -> dict[str, Any]:
+def measure_tensorrt_throughput(work: Path, results: dict[str, Any]) -> str:
+    from engines.backends import load_backend
+    from engines.export import random_feeds
+    from engines.manifest import manifest_path
+
     out: dict[str, Any] = {}
     for graph in (False, True):
-        with load_backend(manifest_path, "tensorrt", cuda_graph=graph) as engine:
-            for batch in BATCHES:
-                if batch > engine.manifest.tensorrt.max_batch:  # type: ignore[union-attr]
-                    continue
+        with load_backend(
+            manifest_path(work / "engines", "backbone"), "tensorrt", cuda_graph=graph
+        ) as engine:
+            max_batch = engine.manifest.tensorrt.max_batch if engine.manifest.tensorrt else 1
+            for batch in sorted({1, max_batch}):
                 feeds = random_feeds(engine.manifest.inputs, batch, np.random.default_rng(batch))
                 for _ in range(3):
                     engine(feeds)
@@ -303,74 +524,97 @@ def _tensorrt_throughput(report: Report, name: str, manifest_path: Path) -> dict
                 while n < 5 or time.perf_counter() - started < 1.0:
                     engine(feeds)
                     n += 1
-                key = f"b{batch}{' graph' if graph else ''}"
-                out[key] = round(batch * n / (time.perf_counter() - started), 1)
-                report.row(f"tensorrt[{name}]", f"throughput {key}", f"{out[key]} clips/s (incl. copies)")
-    return out
+                out[f"b{batch}{' graph' if graph else ''}"] = round(
+                    batch * n / (time.perf_counter() - started), 1
+                )
+    results["tensorrt throughput"] = out
+    return "backbone clips/s (incl. copies) " + ", ".join(f"{k} {v}" for k, v in out.items())
 
 
-def _sized(
-    section: Callable[[Report, str, ModelConfig], dict[str, Any]],
-    report: Report,
-    size: str,
-    overrides: dict[str, Any] | None,
-) -> Callable[[], dict[str, Any]]:
-    """``section`` for one backbone size, its spec read when the section runs (so a bad spec is that
-    section's error, not the script's)."""
+# -- DeepStream ------------------------------------------------------------------------------------------
 
-    def run() -> dict[str, Any]:
-        return section(report, size, _spec(overrides))
 
-    return run
+def check_deepstream() -> str:
+    """pyds and every DeepStream element the graph uses (the run's own availability check; the first-contact
+    script, deploy/jetson/first_contact.sh, goes on from here on a DeepStream box)."""
+    needs("gi")
+    reason = deepstream_unavailable_reason()
+    if reason:
+        raise CheckFailed(reason)
+    return f"pyds {package_version('pyds')}, {len(DEEPSTREAM_ELEMENTS)} DeepStream elements found"
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+def run_checks(report: Report, args: argparse.Namespace) -> None:
+    """Every check in order; :class:`StopChecks` when TensorRT is missing."""
+    work = args.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    for module in PACKAGES:
+        report.check(f"package {module}", check_package(module))
+    report.check("nvidia-smi", check_nvidia_smi)
+    report.check("cuda-python", check_cuda_python)
+    report.check("cudaGetDeviceProperties(0)", check_device_properties)
+    report.check("cuda malloc + H2D + D2H", check_round_trip)
+    report.check("torch.cuda", check_torch_cuda)
+    report.check("export + onnxruntime parity", lambda: check_onnx_parity(args.spec, work / "onnx"))
+    if args.measure:
+        for size in ("default", "base"):
+            report.check(
+                f"fp16 blocks [{size}]", functools.partial(measure_fp16_blocks, size, report.measurements)
+            )
+            report.check(
+                f"torch throughput [{size}]", functools.partial(measure_throughput, size, report.measurements)
+            )
+    report.check("tensorrt import", check_tensorrt_import, stop_on_fail=True)
+    trt_work = work / "tensorrt"
+    built = report.check(
+        "tensorrt build + parity", lambda: check_tensorrt_build(args.spec, trt_work, args.max_batch)
+    )
+    if built:
+        report.check(
+            "tensorrt deserialise", lambda: check_tensorrt_reload(args.spec, trt_work, args.max_batch)
+        )
+        if args.measure:
+            report.check(
+                "tensorrt throughput", lambda: measure_tensorrt_throughput(trt_work, report.measurements)
+            )
+    report.check("pyds + deepstream elements", check_deepstream)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.device_check", description=__doc__.split("\n", 1)[0]
     )
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "device_check")
     parser.add_argument(
-        "--sections",
-        default="env,fp16_blocks,throughput,tensorrt",
-        help="comma-separated: env, fp16_blocks, throughput, tensorrt, tensorrt_base",
+        "--spec",
+        choices=("default", "base", "tiny"),
+        default="default",
+        help="model size of the engine checks",
     )
-    parser.add_argument("--trt-base", action="store_true", help="also build and time the base-size engines")
-    parser.add_argument("--sizes", default="default,base", help="backbone sizes for fp16_blocks/throughput")
+    parser.add_argument("--max-batch", type=int, default=8, help="N of the TensorRT profile and parity")
     parser.add_argument(
-        "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: smoke-test the script"
+        "--no-measure",
+        dest="measure",
+        action="store_false",
+        help="leave out the FP16 and throughput measurements",
     )
     args = parser.parse_args(argv)
-    global DEVICE
-    DEVICE = args.device
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.max_batch < 2:
+        parser.error("--max-batch must be at least 2 (parity runs at batch 1 and N)")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.sections.split(","))
-    if args.trt_base:
-        wanted.add("tensorrt_base")
+    print(f"device_check: python {platform.python_version()} on {platform.platform()}; results in {args.out}")
     report = Report(args.out)
-    if "env" in wanted:
-        report.run("env", lambda: section_env(report))
-    sizes: dict[str, dict[str, Any] | None] = {"default": None, "base": BASE}
-    for size, overrides in sizes.items():
-        if size not in args.sizes.split(","):
-            continue
-        if "fp16_blocks" in wanted:
-            report.run(f"fp16_blocks_{size}", _sized(section_fp16_blocks, report, size, overrides))
-        if "throughput" in wanted:
-            report.run(f"throughput_{size}", _sized(section_throughput, report, size, overrides))
-    if "tensorrt" in wanted:
-        report.run(
-            "tensorrt_default", lambda: _build_tensorrt(report, "default", _spec(), args.out / "trt_default")
-        )
-    if "tensorrt_base" in wanted:
-        report.run(
-            "tensorrt_base", lambda: _build_tensorrt(report, "base", _spec(BASE), args.out / "trt_base")
-        )
-    print()
-    print(report.table())
-    failed = [k for k, v in report.results.items() if v["status"] == "error"]
-    names = ": " + ", ".join(failed) if failed else ""
-    print(f"\n{len(failed)} section(s) failed{names}; details in {args.out}")
+    try:
+        run_checks(report, args)
+    except StopChecks as stop:
+        print(f"device_check: stopped at '{stop}': every check after it needs it", flush=True)
+    failed = report.failed
+    passed = len(report.results) - len(failed)
+    print(f"device_check: {passed} passed, {len(failed)} failed; details in {args.out}")
     return 1 if failed else 0
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Device checks for a lent GPU machine (no network; installs nothing). Run from anywhere:
-#   OUT=/path/to/results bash bench/device_check.sh [--trt-base] [--sections env,fp16_blocks,...]
+# The GPU part of the first-contact check (no network; installs nothing). Run from anywhere:
+#   bash bench/device_check.sh [--spec default|base|tiny] [--max-batch N] [--no-measure] [--out DIR]
 # Picks a Python that sees CUDA (PYTHON, then .venv/bin/python, then python3), runs
-# `python -m bench.device_check` from the repository root, and leaves device_check.json, device_check.log, nvidia-smi.txt and any
-# <section>.error.txt under $OUT. Exit 0 when no section failed; sections that cannot run here
-# (no CUDA, no TensorRT) are skipped, not failed.
+# `python -m bench.device_check` from the repository root: one PASS/FAIL line per check, never a skip.
+# What a GPU box without TensorRT can run comes first and is all reported; a missing TensorRT is a FAIL
+# that ends the run. Results: $OUT/device_check.json and device_check.log (OUT defaults to
+# out/device_check). Exit 0 only when every check passed.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,15 +35,14 @@ pick_python() {
 }
 
 if ! PY="$(pick_python)"; then
-    echo "device_check: no Python interpreter found" >&2
-    exit 2
+    echo "FAIL  python: no Python interpreter found"
+    exit 1
 fi
-echo "device_check: python $PY ($("$PY" --version 2>&1)); results in $OUT"
-
-if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "device_check: nvidia-smi failed (see $OUT/nvidia-smi.txt)"
-else
-    echo "device_check: nvidia-smi not found: probably no NVIDIA driver here" | tee "$OUT/nvidia-smi.txt"
+echo "device_check: $PY ($("$PY" --version 2>&1))"
+if ! "$PY" -c 'import numpy' >/dev/null 2>&1; then
+    # bench.device_check itself needs numpy: say so as a FAIL line rather than a traceback.
+    echo "FAIL  package numpy: missing (every check needs it; pip install numpy)"
+    exit 1
 fi
 
 # -m finds bench/ from the working directory ($REPO, above); PYTHONPATH keeps the repository importable

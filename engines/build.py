@@ -21,6 +21,7 @@ into place only after their parity check passes, so a failed build never replace
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import re
@@ -85,6 +86,8 @@ __all__ = [
     "build_engines",
     "build_from_config",
     "camera_contexts",
+    "exporting_versions",
+    "onnx_build_key",
 ]
 
 BACKEND_CHOICES = ("onnxruntime", "tensorrt", "all")
@@ -201,8 +204,10 @@ def _key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-# The source files whose code becomes a component's ONNX graph: a change there re-exports it. The
-# backbone's forward also runs Hugging Face code, so its transformers version counts too.
+# The source files whose code becomes a component's ONNX graph: a change there re-exports it. The versions
+# of torch and transformers that ran the export are not part of the key: ONNX exported on the development
+# machine stays "up to date" on a device whose torch differs (JetPack 6.1's 2.5.0a0), so the device only
+# compiles TensorRT engines from it; they are recorded in the manifest (OnnxArtifact.exported_with).
 _GRAPH_SOURCES = {
     "backbone": ("backbone.py", "export.py"),
     "dpc_head": ("dpc.py", "export.py"),
@@ -214,11 +219,38 @@ def _graph_source_sha(component: str) -> str:
     h = hashlib.sha256()
     for name in _GRAPH_SOURCES[component]:
         h.update(Path(__file__).with_name(name).read_bytes())
-    if component == "backbone":
-        import transformers
-
-        h.update(transformers.__version__.encode())
     return h.hexdigest()
+
+
+def onnx_build_key(
+    component: str, weights_sha: str, spec_sha: str, layout: str, opset: int, tolerance: float
+) -> str:
+    """The ONNX stage's build key: weights, model spec, input layout, opset, exporter, the graph's source
+    files and the parity tolerance; not the versions of the exporting torch and transformers."""
+    return _key(
+        stage="onnx",
+        component=component,
+        weights=weights_sha,
+        spec=spec_sha,
+        layout=layout,
+        graph=_graph_source_sha(component),
+        opset=opset,
+        exporter=EXPORTER,
+        tolerance=tolerance,
+    )
+
+
+def exporting_versions() -> dict[str, str]:
+    """The versions that ran an export (information in the manifest, not a rebuild reason)."""
+    import torch
+
+    versions = {"torch": str(torch.__version__)}
+    for package in ("transformers", "onnx", "onnxscript"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "missing"
+    return versions
 
 
 def _file_ok(path: Path, digest: str) -> bool:
@@ -403,19 +435,13 @@ class _Builder:
     # -- stages ------------------------------------------------------------------------------------------
 
     def onnx_stage(self, component: str, manifest: Manifest, previous: Manifest | None) -> Manifest:
-        import torch
-
-        key = _key(
-            stage="onnx",
-            component=component,
-            weights=self.weights_sha,
-            spec=self.spec_sha,
-            layout=manifest.input_layout,
-            graph=_graph_source_sha(component),
-            opset=self.options.opset,
-            exporter=EXPORTER,
-            torch=torch.__version__,
-            tolerance=self.options.onnx_tolerance,
+        key = onnx_build_key(
+            component,
+            self.weights_sha,
+            self.spec_sha,
+            manifest.input_layout,
+            self.options.opset,
+            self.options.onnx_tolerance,
         )
         old = previous.onnx if previous is not None else None
         if (
@@ -429,6 +455,13 @@ class _Builder:
             return manifest.model_copy(update={"onnx": old, "parity": parity}).bind(self.out)
         name = f"{component}.onnx"
         staged = self.staging / name
+        if old is not None and not self.options.force:
+            log.info("%s: the ONNX on disk is stale or damaged; exporting it here", component)
+        elif old is None:
+            log.info(
+                "%s: no ONNX built from this checkpoint here; exporting it (needs torch + onnxscript)",
+                component,
+            )
         started = time.monotonic()
         export_onnx(
             component_module(self.model, component, manifest.input_layout),
@@ -463,6 +496,7 @@ class _Builder:
             opset=self.options.opset,
             exporter=EXPORTER,
             build_key=key,
+            exported_with=exporting_versions(),
         )
         candidate = manifest.model_copy(update={"onnx": artifact, "tensorrt": None}).bind(self.staging)
         started = time.monotonic()

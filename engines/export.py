@@ -13,6 +13,7 @@ range (opsets 9-20, onnx-tensorrt ``docs/operators.md``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -34,6 +35,7 @@ __all__ = [
     "check_parity",
     "component_module",
     "export_onnx",
+    "exporter_options",
     "max_rel_error",
     "random_feeds",
 ]
@@ -86,6 +88,21 @@ def _ncthw_backbone(backbone: Any) -> Any:
             return self.backbone(clip.permute(0, 2, 1, 3, 4))
 
     return NCTHWBackbone(backbone)
+
+
+def exporter_options(export: Callable[..., Any]) -> dict[str, bool]:
+    """``{"optimize": True}`` when ``export`` (``torch.onnx.export``) takes ``optimize``, else ``{}``.
+
+    ``optimize`` (the ONNX Script graph optimiser run inside the export) appeared in torch 2.6; the torch
+    of JetPack 6.1 (2.5.0a0+nv24.08) refuses the keyword, so it is passed only where the signature has it
+    (``inspect.signature`` follows ``functools.wraps``) and :func:`export_onnx` optimises the returned
+    program itself otherwise.
+    """
+    try:
+        params = inspect.signature(export).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: pass nothing optional
+        return {}
+    return {"optimize": True} if "optimize" in params else {}
 
 
 def random_feeds(specs: Sequence[TensorSpec], batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -143,9 +160,12 @@ def export_onnx(
     args = tuple(torch.randn(s.with_batch(example_batch), generator=gen) for s in inputs)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = tuple({0: batch} for _ in inputs)
+    # Typed loosely: the keywords differ between torch versions (optimize is 2.6+, see exporter_options).
+    export: Callable[..., Any] = torch.onnx.export
+    optimize_here = exporter_options(export)
     try:
         with _quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(
+            program = export(
                 module,
                 args,
                 None,
@@ -154,14 +174,21 @@ def export_onnx(
                 opset_version=opset,
                 dynamo=True,
                 dynamic_shapes=dynamic,
-                optimize=True,
                 verbose=False,
+                **optimize_here,
             )
+            if program is not None and not optimize_here and callable(getattr(program, "optimize", None)):
+                program.optimize()  # what optimize=True does inside export from torch 2.6 on
     except Exception as exc:  # the exporter raises many types; callers get one
         raise ExportError(f"torch.onnx.export failed for {path.name}: {type(exc).__name__}: {exc}") from exc
     if program is None:
         raise ExportError(f"torch.onnx.export returned no program for {path.name}")
-    model = program.model_proto
+    model = getattr(program, "model_proto", None)
+    if model is None:
+        raise ExportError(
+            f"torch {torch.__version__}: the exporter's program has no model_proto; "
+            "export on the development machine and ship the ONNX (docs/engines.md)"
+        )
     got_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if got_opset != opset:
         raise ExportError(f"{path.name}: exporter produced opset {got_opset}, asked for {opset}")

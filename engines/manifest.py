@@ -122,6 +122,11 @@ class OnnxArtifact(_Frozen):
     opset: int = Field(..., ge=1)
     exporter: str
     build_key: str
+    exported_with: dict[str, str] = Field(
+        default_factory=dict,
+        description="Versions that ran the export (torch, transformers, onnx, onnxscript): information "
+        "only, not part of build_key, so ONNX exported elsewhere stays up to date on a device.",
+    )
 
 
 class TensorRTArtifact(_Frozen):

@@ -30,6 +30,7 @@ __all__ = [
     "GstError",
     "GstUnavailable",
     "LinkError",
+    "TypelibMissingError",
     "init_gstreamer",
     "link",
     "link_pads",
@@ -87,6 +88,20 @@ class GstUnavailable(GstError):
     """GStreamer or its Python bindings are missing."""
 
 
+class TypelibMissingError(GstUnavailable):
+    """A GObject typelib (``gi.repository.<namespace>``) is not installed. ``namespace``, ``version`` and
+    ``package`` (the Debian/Ubuntu package that ships it) name what is missing."""
+
+    def __init__(self, namespace: str, version: str, package: str, reason: str = "") -> None:
+        self.namespace = namespace
+        self.version = version
+        self.package = package
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"the GObject typelib {namespace} {version} is missing: apt-get install {package}{detail}"
+        )
+
+
 class ElementMissingError(GstError):
     """A GStreamer element factory is not installed. ``element`` names it, ``package`` what provides it."""
 
@@ -135,7 +150,9 @@ def init_gstreamer() -> Any:
 def load_typelib(namespace: str) -> Any:
     """``gi.repository.<namespace>`` at the version zsad is written for (``GLib``, ``GstApp``,
     ``GstVideo``, ``GstRtspServer``; ``Gst`` is :func:`init_gstreamer`). GStreamer is initialised first,
-    so a ``Gst*`` library is ready to use. Raises :class:`GstUnavailable` naming the package to install."""
+    so a ``Gst*`` library is ready to use. Raises :class:`TypelibMissingError` (a :class:`GstUnavailable`)
+    naming the package to install, e.g. ``gir1.2-gst-rtsp-server-1.0`` for ``GstRtspServer``, which the
+    DeepStream images lack."""
     if namespace not in _TYPELIBS:
         raise ValueError(f"unknown GObject namespace {namespace!r}; known: {sorted(_TYPELIBS)}")
     if namespace == "Gst":
@@ -152,9 +169,7 @@ def load_typelib(namespace: str) -> Any:
             gi.require_version(namespace, version)
             module = importlib.import_module(f"gi.repository.{namespace}")
         except (ImportError, ValueError) as exc:
-            raise GstUnavailable(
-                f"the {namespace} {version} bindings are missing: install {package}"
-            ) from exc
+            raise TypelibMissingError(namespace, version, package, str(exc)) from exc
         _typelibs[namespace] = module
     return module
 

@@ -5,10 +5,14 @@ example site config validates, and the engine cache check decides build vs skip 
 from __future__ import annotations
 
 import configparser
+import importlib.util
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -97,7 +101,7 @@ def test_compose_services() -> None:
     assert x86["profiles"] == ["x86"]
     assert x86["build"]["dockerfile"] == "deploy/jetson/Dockerfile.x86"
     (device,) = x86["deploy"]["resources"]["reservations"]["devices"]
-    assert set(device["capabilities"]) == {"gpu", "video"}
+    assert device["driver"] == "nvidia"
     for service in (jetson, x86):
         assert "engines:/var/lib/zsad/engines" in service["volumes"]
         assert service["network_mode"] == "host"
@@ -105,6 +109,86 @@ def test_compose_services() -> None:
             re.findall(r"^ARG (\w+)", (REPO / service["build"]["dockerfile"]).read_text(), re.M)
         )
         assert dockerfile_args <= set(service["build"]["args"]) <= set(versions())
+
+
+# What the container needs of the driver: libcuda (compute), nvidia-smi (utility), NVDEC/NVENC (video).
+# Docker sets NVIDIA_DRIVER_CAPABILITIES from a device request's capabilities, replacing the image's.
+DRIVER_CAPABILITIES = {"compute", "utility", "video"}
+
+
+def gpu_services(compose: dict) -> dict[str, set[str]]:
+    """service -> the driver capabilities it gets: those of its NVIDIA device request, or, under the NVIDIA
+    runtime (Jetson), the image's NVIDIA_DRIVER_CAPABILITIES ("all" in DeepStream's Jetson images) unless
+    the service overrides it."""
+    out = {}
+    for name, service in compose["services"].items():
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        nvidia = [d for d in devices if d.get("driver") == "nvidia"]
+        if nvidia:
+            out[name] = set().union(*(set(d.get("capabilities", [])) for d in nvidia))
+        elif service.get("runtime") == "nvidia":
+            env = service.get("environment") or {}
+            if isinstance(env, list):
+                env = dict(item.split("=", 1) for item in env)
+            caps = str(env.get("NVIDIA_DRIVER_CAPABILITIES", "all"))
+            out[name] = DRIVER_CAPABILITIES | {"gpu"} if caps == "all" else set(caps.split(",")) | {"gpu"}
+    return out
+
+
+def check_gpu_capabilities(compose: dict) -> None:
+    services = gpu_services(compose)
+    assert set(services) == set(compose["services"]), "every zsad service runs on the GPU"
+    for name, caps in services.items():
+        missing = ({"gpu"} | DRIVER_CAPABILITIES) - caps
+        assert not missing, f"service {name}: capabilities {sorted(caps)} lack {sorted(missing)}"
+
+
+def test_compose_gives_every_gpu_service_compute_utility_and_video() -> None:
+    """`capabilities: [gpu, video]` would make Docker set NVIDIA_DRIVER_CAPABILITIES=video, overriding the
+    image's compute,utility,video: a container without libcuda."""
+    check_gpu_capabilities(yaml.safe_load((DEPLOY / "compose.yaml").read_text()))
+    broken = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    broken["services"]["zsad-x86"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] = [
+        "gpu",
+        "video",
+    ]
+    with pytest.raises(AssertionError, match=r"zsad-x86: .* lack \['compute', 'utility'\]"):
+        check_gpu_capabilities(broken)
+
+
+def _docker_compose() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, check=False)
+    return [docker, "compose"] if probe.returncode == 0 else None
+
+
+@pytest.mark.parametrize("profile", ["jetson", "x86"])
+def test_compose_config_renders(profile: str) -> None:
+    """`docker compose config` (interpolation, merge keys, profiles) where the compose plugin exists."""
+    compose = _docker_compose()
+    if compose is None:
+        pytest.skip("docker compose is not installed (the YAML-level test above still checks the file)")
+    result = subprocess.run(
+        [
+            *compose,
+            "--env-file",
+            str(DEPLOY / "versions.env"),
+            "-f",
+            str(DEPLOY / "compose.yaml"),
+            "--profile",
+            profile,
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    check_gpu_capabilities(json.loads(result.stdout))
 
 
 def unit(name: str) -> configparser.ConfigParser:
@@ -217,3 +301,93 @@ def test_images_copy_every_edge_package(dockerfile: Path) -> None:
     packages = {name.strip().strip('"').rstrip("*") for name in include.group(1).split(",")}
     copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile.read_text(), flags=re.MULTILINE))
     assert packages - {"training"} <= copied, sorted(packages - {"training"} - copied)
+
+
+# --------------------------------------------------------------------------------------------------
+# The first-contact script (deploy/jetson/first_contact.sh and .py)
+# --------------------------------------------------------------------------------------------------
+
+
+def first_contact() -> types.ModuleType:
+    """deploy/jetson/first_contact.py (a script, not a package module) loaded from its path."""
+    spec = importlib.util.spec_from_file_location("first_contact", DEPLOY / "first_contact.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(Path("/opt/nvidia/deepstream/deepstream").exists(), reason="DeepStream is installed here")
+def test_first_contact_stops_at_its_first_check_here() -> None:
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "first_contact.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("FAIL  deepstream: no DeepStream here (no /opt/nvidia/deepstream/deepstream")
+    assert "Traceback" not in result.stderr
+
+
+def test_pyds_names_come_from_the_code(tmp_path: Path) -> None:
+    fc = first_contact()
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "def f(pyds, buf, frame):\n"
+        "    meta = pyds.gst_buffer_get_nvds_batch_meta(hash(buf))\n"
+        "    kind = getattr(pyds.NvDsMetaType, 'NVDSINFER_TENSOR_OUTPUT_META', None)\n"
+        "    frames = pyds.NvDsFrameMeta.cast(meta)\n"
+        "    optional = getattr(pyds, 'alloc_custom_struct', None)\n"  # tolerated when missing
+        "    required = getattr(pyds, 'unmap_nvds_buf_surface')\n"
+        "    name = getattr(pyds, frame)\n"  # not a constant: cannot be checked ahead of time
+        "class App:\n"
+        "    def g(self, x):\n"
+        "        return self.pyds.get_nvds_buf_surface(x, 0), self._pyds.NvDsUserMeta.cast(x), x.pyds_like\n"
+    )
+    assert fc.pyds_names([source]) == [
+        "NvDsFrameMeta.cast",
+        "NvDsMetaType",
+        "NvDsUserMeta.cast",
+        "get_nvds_buf_surface",
+        "gst_buffer_get_nvds_batch_meta",
+        "unmap_nvds_buf_surface",
+    ]
+    stand_in = types.SimpleNamespace(
+        NvDsFrameMeta=types.SimpleNamespace(cast=None), gst_buffer_get_nvds_batch_meta=None
+    )
+    assert fc.missing_names(
+        stand_in, ["NvDsFrameMeta.cast", "NvDsMetaType.X", "gst_buffer_get_nvds_batch_meta"]
+    ) == ["NvDsMetaType.X"]
+    # The DeepStream wing as it is: the list is read from it, not kept by hand.
+    wing = fc.pyds_names(sorted((REPO / "pipeline" / "deepstream").glob("*.py")))
+    assert "gst_buffer_get_nvds_batch_meta" in wing
+    assert all(not name.startswith(("pyds", "_")) for name in wing), wing
+
+
+def test_elements_and_properties_come_from_the_graph_plan(tmp_path: Path) -> None:
+    """The element check plans the first-contact config with the graph's own planner and asks the real
+    gst-inspect-1.0: here every DeepStream element is missing and every stock one has its properties."""
+    if shutil.which("gst-inspect-1.0") is None:
+        pytest.skip("gst-inspect-1.0 is not installed")
+    fc = first_contact()
+    config = fc.write_config(tmp_path / "fc")
+    cfg = load_config(config)
+    assert cfg.graph == "deepstream"
+    assert cfg.engines.backend == "tensorrt"
+    assert len(cfg.enabled_cameras()) == 4
+    wanted = fc.planned_properties(fc.graph_plan(cfg, jetson=False))
+    assert "batch-size" in wanted["nvstreammux"]
+    assert "uri" in wanted["nvurisrcbin"]
+    queue = subprocess.run(["gst-inspect-1.0", "queue"], capture_output=True, text=True, check=True).stdout
+    assert {"max-size-buffers", "leaky"} <= fc.inspected_properties(queue)
+    with pytest.raises(fc.CheckFailed) as failed:
+        fc.check_elements(config)
+    problems = str(failed.value).split("; ")
+    assert "no element nvstreammux" in problems
+    assert not [p for p in problems if "lacks" in p], problems  # fakesink, capsfilter, queue: all found

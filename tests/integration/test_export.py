@@ -21,8 +21,15 @@ import yaml
 from core.config import ModelConfig, load_config
 from engines.backends import load_backend
 from engines.build import BuildOptions, BuildReport, build_engines
-from engines.export import ParityError, random_feeds
-from engines.manifest import Expectation, ManifestError, ManifestMismatch, check_manifest, load_manifest
+from engines.export import ParityError, export_onnx, exporter_options, random_feeds
+from engines.manifest import (
+    Expectation,
+    ManifestError,
+    ManifestMismatch,
+    TensorSpec,
+    check_manifest,
+    load_manifest,
+)
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
 from engines.prompts import PROMPT_DIR, load_prompt_set
 from pipeline.cli import build as build_cli
@@ -236,6 +243,95 @@ def test_changed_engine_code_re_exports_only_that_component(
     statuses = _statuses(report)
     assert statuses[("dpc_head", "export")] == "built"
     assert statuses[("backbone", "onnx")] == "up to date"
+
+
+def test_onnx_exported_under_another_torch_is_up_to_date(
+    tiny: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX shipped from the development machine stays "up to date" on a device whose torch and
+    transformers differ (JetPack 6.1: torch 2.5.0a0+nv24.08), so the device only compiles TensorRT from it;
+    the exporting versions are recorded in the manifest as information."""
+    import transformers
+
+    out = _copy(tiny, tmp_path / "engines")
+    recorded = {c: load_manifest(out / f"{c}.manifest.json").onnx for c in ("backbone", "dpc_head")}
+    for artifact in recorded.values():
+        assert artifact is not None
+        assert artifact.exported_with["torch"] == str(torch.__version__)
+        assert artifact.exported_with["onnxscript"] != "missing"
+    monkeypatch.setattr(torch, "__version__", "2.5.0a0+872d972e41.nv24.08")
+    monkeypatch.setattr(transformers, "__version__", "4.46.3")
+    report = build_engines(tiny.spec, tiny.checkpoint, out, contexts=CONTEXTS)
+    assert report.up_to_date, report.table()
+    for component, artifact in recorded.items():
+        assert load_manifest(out / f"{component}.manifest.json").onnx == artifact
+
+
+def test_exporter_options_follow_the_torch_signature() -> None:
+    def torch_2_5(model: Any, args: Any = (), f: Any = None, *, dynamo: bool = False) -> None: ...
+
+    def torch_2_6(
+        model: Any, args: Any = (), f: Any = None, *, dynamo: bool = False, optimize: bool = False
+    ) -> None: ...
+
+    @functools.wraps(torch_2_6)
+    def wrapped(*args: Any, **kwargs: Any) -> None: ...
+
+    assert exporter_options(torch_2_5) == {}
+    assert exporter_options(torch_2_6) == {"optimize": True}
+    assert exporter_options(wrapped) == {"optimize": True}
+    assert exporter_options(torch.onnx.export) == {"optimize": True}  # torch 2.13 here
+
+
+def test_export_under_a_torch_without_optimize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch before 2.6 refuses ``optimize=``: the export leaves it out and optimises the program after."""
+    real_export, real_optimize = torch.onnx.export, torch.onnx.ONNXProgram.optimize
+    seen: dict[str, Any] = {"optimized": 0}
+
+    def export_like_2_5(
+        model: Any,
+        args: Any = (),
+        f: Any = None,
+        *,
+        input_names: Any = None,
+        output_names: Any = None,
+        opset_version: Any = None,
+        dynamo: bool = False,
+        dynamic_shapes: Any = None,
+        verbose: Any = None,
+    ) -> Any:
+        seen["dynamo"] = dynamo
+        return real_export(
+            model,
+            args,
+            f,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset_version,
+            dynamo=dynamo,
+            dynamic_shapes=dynamic_shapes,
+            verbose=verbose,
+            optimize=False,
+        )
+
+    def counting_optimize(self: Any) -> None:
+        seen["optimized"] += 1
+        real_optimize(self)
+
+    monkeypatch.setattr(torch.onnx, "export", export_like_2_5)
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "optimize", counting_optimize)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    x, y = TensorSpec(name="x", shape=(-1, 4), layout="ND"), TensorSpec(name="y", shape=(-1, 3), layout="ND")
+    path = export_onnx(module, [x], [y], tmp_path / "small.onnx")
+    assert seen == {"dynamo": True, "optimized": 1}
+    feeds = random_feeds([x], 3, np.random.default_rng(0))
+    import onnxruntime
+
+    got = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    with torch.no_grad():
+        want = module(torch.from_numpy(feeds["x"])).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_damaged_files_are_refused_then_rebuilt(tiny: Built, tmp_path: Path) -> None:

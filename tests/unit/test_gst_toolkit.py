@@ -8,10 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+import core.gst as gst
 from core.gst import (
     ElementMissingError,
     GstError,
+    GstUnavailable,
     LinkError,
+    TypelibMissingError,
     init_gstreamer,
     link,
     link_pads,
@@ -77,6 +80,17 @@ def test_typelibs_load_once_and_unknown_ones_are_refused() -> None:
     assert load_typelib("Gst") is _gst()
     with pytest.raises(ValueError, match="unknown GObject namespace"):
         load_typelib("Gtk")
+
+
+def test_a_missing_typelib_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the DeepStream images without gir1.2-gst-rtsp-server-1.0 see: a named error with the apt line
+    (a namespace no machine has stands in for it, through the real gi)."""
+    monkeypatch.setitem(gst._TYPELIBS, "GstZsadAbsent", ("1.0", "gir1.2-gst-zsad-absent-1.0"))
+    with pytest.raises(TypelibMissingError, match=r"apt-get install gir1\.2-gst-zsad-absent-1\.0") as err:
+        load_typelib("GstZsadAbsent")
+    assert isinstance(err.value, GstUnavailable)
+    assert (err.value.namespace, err.value.package) == ("GstZsadAbsent", "gir1.2-gst-zsad-absent-1.0")
+    assert "GstZsadAbsent" not in gst._typelibs
 
 
 # ---- frames -------------------------------------------------------------------------------------------
