@@ -3,7 +3,7 @@ creation and linking, probes attached, and run on a GLib main loop with an expli
 
 Graph (N enabled cameras, source ``i`` is ``cfg.enabled_cameras()[i]``)::
 
-    source-bin-00 (nvurisrcbin) --\
+    source-bin-00 (nvurisrcbin) --\\
     ...                             nvstreammux (batch N) -> tee
     source-bin-NN (nvurisrcbin) --/
       tee -> queue -> nvvideoconvert -> RGBA W x H (model size) -> fakesink    [score probe on its sink pad]
@@ -564,7 +564,11 @@ class DeepStreamGraph:
 
     def _tick(self, deadline: float | None, eos_timeout_s: float) -> bool:
         if self._on_tick is not None:
-            self._on_tick()
+            # A GLib timeout that raises is removed, and with it the stop deadline: log and keep ticking.
+            try:
+                self._on_tick()
+            except Exception:
+                log.exception("the graph's tick callback failed")
         now = time.monotonic()
         if self._eos_sent_at is None and (self._stop.is_set() or (deadline is not None and now >= deadline)):
             log.info("stopping: sending EOS so outputs are finalised")
