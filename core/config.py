@@ -422,8 +422,8 @@ class DeepStreamOutput(_Strict):
 
 
 class DeepStreamConfig(_Strict):
-    """The DeepStream graph (``graph: deepstream``, Jetson / dGPU). Config files for nvstreammux,
-    nvdspreprocess and nvinfer are generated from this section and the engine manifests."""
+    """The DeepStream graph (``graph: deepstream``, Jetson / dGPU): DeepStream decodes, batches and converts
+    the frames; clips are assembled and scored by the same code as on the CPU graph (docs/deepstream.md)."""
 
     mux: Literal["legacy", "new"] = Field(
         "legacy",
@@ -455,14 +455,6 @@ class DeepStreamConfig(_Strict):
         le=30,
         description="Decoder keeps every Nth frame (nvurisrcbin drop-frame-interval); set it to camera fps / "
         "sampling fps so clips span the same time as on the CPU graph. 0 keeps every frame.",
-    )
-    tensor_pool_size: int = Field(
-        4, ge=1, le=32, description="nvdspreprocess tensor buffers (each N x 3 x T x H x W float32)."
-    )
-    preprocess_lib: str | None = Field(
-        None,
-        description="Custom nvdspreprocess library producing the backbone manifest's input layout; null: "
-        "DeepStream's stock sequence library, which produces NCTHW only.",
     )
 
 

@@ -59,8 +59,9 @@ class ParityError(RuntimeError):
 def component_module(model: Any, component: str, input_layout: str = "NTCHW") -> Any:
     """The ``nn.Module`` whose forward is the engine of ``component`` (a :class:`ZsadModel` submodule).
 
-    ``input_layout="NCTHW"`` wraps the backbone so the ONNX input is ``(N, 3, T, H, W)``, the layout
-    DeepStream's nvdspreprocess sequence library produces; the wrapper permutes it to ``(N, T, 3, H, W)``.
+    ``input_layout="NCTHW"`` wraps the backbone so the ONNX input is ``(N, 3, T, H, W)`` (the layout
+    DeepStream's nvdspreprocess sequence library writes, for a graph that feeds it so; ours no longer does);
+    the wrapper permutes it to ``(N, T, 3, H, W)``.
     """
     if component == "backbone":
         if input_layout == "NTCHW":

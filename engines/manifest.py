@@ -397,7 +397,7 @@ class Expectation:
 
     Attributes:
         model_spec: the run config's ``model`` section (shapes, preprocessing and the spec hash).
-        input_layout: ``NTCHW`` (CPU graph) or ``NCTHW`` (DeepStream nvdspreprocess).
+        input_layout: ``NTCHW`` (native) or ``NCTHW`` (the permuting wrapper); both graphs feed either.
         backend: ``onnxruntime``, ``torch`` or ``tensorrt``; ``tensorrt`` also checks version and GPU.
         tensorrt_version, gpu_name, compute_capability: of this device (TensorRT engines only).
         prompt_sha256: context -> sha256 of the prompt file in use (semantic head only).

@@ -99,7 +99,6 @@ class Application:
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
         self._heap = heap.HeapKeeper()
-        self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
         self.assembler = ClipAssembler.from_config(pre)
         self.scheduler = BatchScheduler.from_config(cfg.scheduler, self.inference, self._on_result)
         self.graph = CameraGraph(
@@ -159,7 +158,6 @@ class Application:
     def _detach_camera(self, camera_id: str) -> list[dict[str, Any]]:
         self.sync_metrics()
         self.scheduler.remove_camera(camera_id)
-        self._dropped_seen.pop(camera_id, None)
         self.assembler.remove(camera_id)
         with self._cameras_lock:
             self.cameras.pop(camera_id, None)
@@ -251,15 +249,9 @@ class Application:
         self.outputs.clip_scored(cam, clip.end_pts, result.scores, result.prompt, frames=len(clip.frames))
 
     def sync_metrics(self) -> None:
-        """Copy the scheduler's queue depths and drop-oldest counts into the metrics: each dropped clip adds
-        ``clip_len`` to ``zsad_frames_dropped_total`` (called every second by :meth:`wait`)."""
-        clip_len = self.cfg.model.preprocess.clip_len
-        for cid, q in self.scheduler.stats().cameras.items():
-            self.metrics.queue_depth.set(q.depth, camera=cid)
-            new = q.dropped - self._dropped_seen.get(cid, 0)
-            if new > 0:
-                self.metrics.frames_dropped.inc(new * clip_len, camera=cid)
-            self._dropped_seen[cid] = q.dropped
+        """Copy the scheduler's queue depths and drop-oldest counts into the metrics
+        (:meth:`RunOutputs.record_queues`; called every second by :meth:`wait`)."""
+        self.outputs.record_queues(self.scheduler.stats(), clip_len=self.cfg.model.preprocess.clip_len)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 

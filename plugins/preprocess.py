@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["LAYOUTS", "Normaliser", "PreprocessError", "normalise_frames", "to_layout"]
 
 #: Clip batch layouts a backbone engine takes: ``NTCHW`` (native) or ``NCTHW`` (what DeepStream's
-#: nvdspreprocess 3D sequence library writes).
+#: nvdspreprocess 3D sequence library writes; both of our graphs feed either, through ``to_layout``).
 LAYOUTS = ("NTCHW", "NCTHW")
 
 _MAX_U8 = np.float32(255.0)

@@ -280,8 +280,6 @@ def graph_plan(cfg: Any, jetson: bool) -> Any:
     rendered = RenderedConfigs(
         directory=directory,
         batch=len(cfg.enabled_cameras()),
-        preprocess=directory / "preprocess.txt",
-        nvinfer=directory / "nvinfer.txt",
         mux=directory / "mux.txt" if cfg.deepstream.mux == "new" else None,
     )
     bb = cfg.model.backbone

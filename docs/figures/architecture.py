@@ -165,24 +165,30 @@ def draw() -> Figure:
         ),
         Box(
             ds_x,
-            11.55,
+            12.05,
             w,
-            1.95,
+            1.25,
             "pipeline/deepstream/graph.py",
-            "nvstreammux (one batch = all cameras)\n-> nvdspreprocess (builds the clips)\n"
-            "-> nvinfer (the backbone's TensorRT engine)\n-> tensor meta on the batch\n"
-            "(key files from render.py, engines\nchecked by engine_cache.py)",
+            "nvstreammux (one batch = all cameras) -> tee\n-> nvvideoconvert: RGBA at the model's W x H\n"
+            "(and a display branch: tiler, nvdsosd, sink)",
             "pipeline/deepstream",
         ),
         Box(
             ds_x,
-            8.25,
+            10.55,
             w,
-            1.75,
+            1.0,
             "pipeline/deepstream/probe.py",
-            "ClipScoringProbe on the score branch:\nmeta.py reads the tensor meta and the\n"
-            "RGBA frames through pyds -> ClipTokens;\nits scores go on through app.py's\n"
-            "DeepStreamApp.on_scores",
+            "ClipScoringProbe: meta.py maps each frame\nthrough pyds, copies RGB out, unmaps",
+            "pipeline/deepstream",
+        ),
+        Box(
+            ds_x,
+            9.15,
+            w,
+            1.0,
+            "pipeline/deepstream/clip_path.py",
+            "ClipPath.push -> the same ClipAssembler;\na restarted stream resets its clips and history",
             "pipeline/deepstream",
         ),
     ]
@@ -254,13 +260,15 @@ def draw() -> Figure:
     labels = ["", "frame", "frame", "Clip", "batch of clips"]
     for a, b, label in zip(cpu, cpu[1:], labels, strict=False):
         arrow(ax, a.bottom, b.top, label)
-    for a, b, label in zip(ds, ds[1:], ["", "batch + tensor meta"], strict=False):
+    for a, b, label in zip(ds, ds[1:], ["", "RGBA batch", "frame"], strict=False):
         arrow(ax, a.bottom, b.top, label)
+    # From the clips on, the DeepStream graph runs the CPU graph's scheduler and inference.
+    scheduler = cpu[4]
+    arrow(ax, ds[-1].bottom, (scheduler.x + w / 2, scheduler.y), "Clip")
     scorer, hub, events = shared
-    arrow(ax, cpu[-1].bottom, (scorer.x - 1.6, scorer.y + scorer.h / 2), "ClipTokens")
-    arrow(ax, ds[-1].bottom, (scorer.x + 1.6, scorer.y + scorer.h / 2), "ClipTokens")
+    arrow(ax, cpu[-1].bottom, scorer.top, "ClipTokens")
     arrow(
-        ax, scorer.bottom, hub.top, "StreamScores (CPU: run.py's _on_result;  DeepStream: app.py's on_scores)"
+        ax, scorer.bottom, hub.top, "StreamScores (CPU: run.py's _on_result;  DeepStream: app.py's on_result)"
     )
     arrow(ax, (events.x, hub.y - hub.h / 2), events.top)
     sinks, media, state, metrics = outs

@@ -1,16 +1,16 @@
-"""``zsad run --graph deepstream``: the DeepStream graph wired to the same scoring, fusion and alerting as the
-CPU graph.
+"""``zsad run --graph deepstream``: the DeepStream graph wired to the same clip scoring, fusion and alerting
+as the CPU graph.
 
 load config -> open engines (``pipeline.inference.load_engines``: manifests checked against the config and
-the device) -> render the DeepStream config files -> build the graph with the score probe -> run -> shut
-down (EOS, close open alerts, flush sinks and media).
+the device) -> render the mux config -> build the graph with the score probe -> run -> shut down (EOS, score
+the queued clips, close open alerts, flush sinks and media).
 
-What is shared with the CPU graph: the DPC-head runner and :class:`plugins.scorer.ClipScorer` (through
-:class:`pipeline.deepstream.probe.ClipScoringProbe`), the frame normalisation
-(:class:`plugins.preprocess.Normaliser`), the semantic stream (:class:`plugins.semantic.SemanticScorer`),
-:class:`plugins.fusion.CameraFusion`, :class:`pipeline.outputs.events.CameraAlerts`, the sinks, event media
-and metrics. What differs: the backbone runs in nvinfer (its Python backend is closed right after the
-manifest checks), and clips are assembled by nvdspreprocess instead of :class:`pipeline.clips.ClipAssembler`.
+DeepStream decodes, batches and scales the cameras' frames; everything after the score probe is the CPU
+graph's code: :class:`pipeline.clips.ClipAssembler`, :class:`pipeline.cpu.scheduler.BatchScheduler`,
+:class:`pipeline.inference.ClipInference` (backbone, DPC head with its per-camera history, semantic head,
+through the configured engines backend: TensorRT on a device), and :class:`pipeline.outputs.hub.RunOutputs`
+(fusion, alerts, sinks, media, metrics, review page). The wiring is
+:class:`pipeline.deepstream.clip_path.ClipPath`.
 """
 
 from __future__ import annotations
@@ -25,33 +25,45 @@ import numpy as np
 
 from core.config import ZsadConfig
 from core.gst import GstError
+from pipeline import heap
+from pipeline.clips import Clip, ClipAssembler
 from pipeline.deepstream import availability
-from pipeline.deepstream.graph import DeepStreamGraph, DeepStreamGraphError, is_jetson, plan_graph
-from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard
-from pipeline.deepstream.render import BACKBONE_UNIQUE_ID, RenderError, render_all
-from pipeline.inference import load_engines, semantic_scorer
+from pipeline.deepstream.clip_path import ClipPath
+from pipeline.deepstream.graph import DeepStreamGraph, DeepStreamGraphError, is_jetson, is_live, plan_graph
+from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard, format_osd_text
+from pipeline.deepstream.render import RenderError, render_all
+from pipeline.inference import ClipInference, ClipResult, EngineSet, load_engines
 from pipeline.outputs.hub import RunOutputs
 from pipeline.signals import stop_on_signals
-from plugins.preprocess import Normaliser
-from plugins.scorer import ClipScorer
 
 __all__ = ["DeepStreamApp", "run_deepstream"]
 
 log = logging.getLogger(__name__)
 
 
+def engine_batch_limit(engines: EngineSet) -> int | None:
+    """The largest batch every engine takes (a TensorRT profile's ``max_batch``), or None without a limit."""
+    limits = [
+        int(limit)
+        for backend in (engines.backbone, engines.dpc, engines.semantic)
+        if backend is not None and (limit := getattr(backend, "max_batch", None))
+    ]
+    return min(limits) if limits else None
+
+
 class DeepStreamApp:
-    """The probes the DeepStream graph calls, ending in the same :class:`pipeline.outputs.hub.RunOutputs`
-    (fusion, alerts, media, sinks, metrics, review page) as the CPU graph.
+    """The probes the DeepStream graph calls, the clip path behind them, and the same
+    :class:`pipeline.outputs.hub.RunOutputs` (fusion, alerts, media, sinks, metrics, review page) as the CPU
+    graph.
 
     Args:
         cfg: the run config.
-        engines: from :func:`pipeline.inference.load_engines` (the DPC head, semantic head, gate).
+        engines: from :func:`pipeline.inference.load_engines` (backbone, DPC head, semantic head, gate).
         pyds: the ``pyds`` module.
         jetson: unmap RGBA surfaces after reading them (Jetson).
     """
 
-    def __init__(self, cfg: ZsadConfig, engines: Any, pyds: Any, *, jetson: bool) -> None:
+    def __init__(self, cfg: ZsadConfig, engines: EngineSet, pyds: Any, *, jetson: bool) -> None:
         self.cfg = cfg
         self.engines = engines
         self.cameras = cfg.enabled_cameras()
@@ -59,55 +71,110 @@ class DeepStreamApp:
         self.outputs = RunOutputs(cfg, model_id=engines.model_id, gate_path=engines.gate_path)
         pre = cfg.model.preprocess
         self.clip_len = pre.clip_len
-        self.scorer = ClipScorer(
-            engines.dpc,
+        self.inference = ClipInference(
+            engines,
             context_clips=cfg.model.dpc.context_clips,
             history_step=(pre.clip_len * pre.frame_stride) // pre.clip_hop,
+            contexts={c.id: c.context for c in self.cameras},
+        )
+        self.clips = ClipPath(
+            self.inference,
+            ClipAssembler.from_config(pre),
+            self.on_result,
+            scheduler=cfg.scheduler,
+            # Files wait for the clip path (no clip lost); live cameras drop their oldest queued clip.
+            block=not is_live(cfg),
+            max_batch=engine_batch_limit(engines),
         )
         self.board = OsdScoreBoard(pyds, ids) if cfg.deepstream.osd else None
         self.probe = ClipScoringProbe(
             pyds,
-            self.scorer,
             ids,
-            clip_len=pre.clip_len,
-            frame_stride=pre.frame_stride,
-            normalise=Normaliser(engines.mean, engines.std),
-            on_scores=self.on_scores,
-            osd_text=self.board.set_text if self.board is not None else None,
             on_frame=self.on_frame,
-            semantic=semantic_scorer(engines, {c.id: c.context for c in self.cameras}),
-            unique_id=BACKBONE_UNIQUE_ID,
+            on_restart=self.clips.restart,
+            frame_size=engines.frame_size,
             unmap_surfaces=jetson,
         )
+        self._heap = heap.HeapKeeper()
 
-    # -- callbacks (the score branch's streaming thread, the bus) --------------------------------------
+    # -- callbacks -------------------------------------------------------------------------------------------
 
-    def on_frame(self, camera: str, pts: float, rgb: np.ndarray) -> None:
+    def on_frame(self, camera: str, t: float, rgb: np.ndarray) -> None:
+        """A frame from the score probe (the score branch's streaming thread)."""
         self.outputs.frame_in(camera)
-        self.outputs.display_frame(camera, rgb, pts)
+        self.outputs.display_frame(camera, rgb, t)
+        if not self.clips.push(camera, t, rgb):
+            self.outputs.metrics.frames_dropped.inc(self.clip_len, camera=camera)
 
-    def on_scores(self, camera: str, t: float, scores: Any, prompt: str | None) -> float | None:
-        """A scored clip: fuse, alert, record. Returns the fused score for the OSD."""
-        return self.outputs.clip_scored(camera, t, scores, prompt, frames=self.clip_len)
+    def on_result(self, clip: Clip, result: ClipResult) -> None:
+        """A scored clip (the scheduler's thread): fuse, alert, record, and show the fused score."""
+        camera = clip.camera_id
+        fused = self.outputs.clip_scored(
+            camera, clip.end_pts, result.scores, result.prompt, frames=len(clip.frames)
+        )
+        if self.board is not None:
+            self.board.set_text(camera, format_osd_text(camera, fused, result.prompt))
 
     def on_state(self, camera: str, state: str, detail: str) -> None:
+        """A camera's state from the bus: its end of stream or error ends its stream (a later frame of it
+        starts a new one, see :meth:`ClipScoringProbe.restart`)."""
         self.outputs.camera_state(camera, state, detail)
+        if state in ("eos", "failed"):
+            self.probe.restart(camera)
+
+    def on_tick(self) -> None:
+        """Every 200 ms on the graph's main loop: queue counters into the metrics, heap trimming."""
+        self.outputs.record_queues(self.clips.stats(), clip_len=self.clip_len)
+        self._heap.tick()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.inference.warm_up(self.clips.max_batch)
         self.outputs.start()
+        self.clips.start()
         for cam in self.cameras:
-            self.on_state(cam.id, "starting", "")
+            self.outputs.camera_state(cam.id, "starting", "")
+
+    def run(
+        self,
+        graph: DeepStreamGraph,
+        duration_s: float | None = None,
+        on_start: Callable[[RunOutputs], None] | None = None,
+    ) -> int:
+        """Start, run ``graph`` (built with this app's probes) until it ends, shut down; the graph's exit
+        code."""
+        self.start()
+        if on_start is not None:
+            on_start(self.outputs)
+        with stop_on_signals(graph.request_stop):
+            code = graph.run(duration_s, on_tick=self.on_tick)
+        left = self.shutdown()
+        if any(left.values()):
+            log.warning("alerts still spooled for later delivery: %s", left)
+        return code
 
     def shutdown(self) -> dict[str, int]:
+        """Score the queued clips, close open alerts, flush the outputs, close the engines; return what
+        stays spooled."""
+        self.clips.stop(drain=True)
+        stats = self.clips.stats()
+        self.outputs.record_queues(stats, clip_len=self.clip_len)
         left = self.outputs.shutdown()
         self.engines.close()
+        processed = sum(q.processed for q in stats.cameras.values())
+        dropped = sum(q.dropped for q in stats.cameras.values())
+        failed = sum(q.failed for q in stats.cameras.values())
         log.info(
-            "score probe: %d batches, %d clips, %d dropped batches",
+            "score probe: %d batches, %d frames, %d restarts, %d dropped batches; clips: %d scored, "
+            "%d dropped, %d failed",
             self.probe.batches,
-            self.probe.clips,
+            self.probe.frames,
+            self.probe.restarts,
             self.probe.dropped_batches,
+            processed,
+            dropped,
+            failed,
         )
         return left
 
@@ -143,17 +210,14 @@ def run_deepstream(
     if reason:
         raise availability.DeepStreamUnavailable(reason)
     _select_mux(cfg.deepstream.mux)
+    heap.limit_arenas()  # before the runtimes start their threads
     engines = load_engines(cfg)
-    # nvinfer runs the backbone; its Python backend was opened only for the manifest and device checks.
-    backbone = engines.backbone.manifest
-    engines.backbone.close()
     run_dir = Path(cfg.output_dir) / "deepstream"
     try:
-        rendered = render_all(cfg, backbone, run_dir)
+        rendered = render_all(cfg, run_dir)
     except RenderError:
         engines.close()
         raise
-    log.info("DeepStream configs in %s", run_dir)
     import pyds
 
     jetson = is_jetson()
@@ -167,12 +231,4 @@ def run_deepstream(
     except GstError as exc:  # a missing element or a failed link: one error type for the caller
         app.shutdown()
         raise DeepStreamGraphError(str(exc)) from exc
-    app.start()
-    if on_start is not None:
-        on_start(app.outputs)
-    with stop_on_signals(graph.request_stop):
-        code = graph.run(duration_s)
-    left = app.shutdown()
-    if any(left.values()):
-        log.warning("alerts still spooled for later delivery: %s", left)
-    return code
+    return app.run(graph, duration_s, on_start)

@@ -12,8 +12,6 @@ __all__ = ["DEEPSTREAM_ELEMENTS", "DeepStreamUnavailable", "deepstream_unavailab
 # element -> what provides it
 DEEPSTREAM_ELEMENTS = {
     "nvstreammux": "DeepStream 7.1 (deepstream-7.1 package or the nvcr.io/nvidia/deepstream image)",
-    "nvdspreprocess": "DeepStream 7.1",
-    "nvinfer": "DeepStream 7.1",
     "nvurisrcbin": "DeepStream 7.1",
     "nvdsosd": "DeepStream 7.1",
     "nvvideoconvert": "DeepStream 7.1",

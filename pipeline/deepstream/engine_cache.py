@@ -2,8 +2,9 @@
 
 Engines only load on the TensorRT version and GPU they were built with, so the engine folder (a volume)
 is checked against this device: every component's manifest must have a TensorRT block for this TensorRT
-version, GPU name and compute capability, fit the config's model section, take the layout the
-DeepStream graph feeds (NCTHW with the stock preprocess library), and its files must be intact.
+version, GPU name and compute capability, fit the config's model section, and its files must be intact.
+Any backbone input layout will do: the DeepStream graph runs the backbone through the same clip inference as
+the CPU graph, which feeds the layout the manifest records.
 
 Its command line is :mod:`pipeline.cli.engine_cache`.
 """
@@ -18,9 +19,8 @@ from core.config import ZsadConfig
 from engines.backends.tensorrt import cuda_device_info
 from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
 from engines.tensorrt_build import import_tensorrt
-from pipeline.deepstream.render import STOCK_LIB_LAYOUT
 
-__all__ = ["DeviceIdentity", "build_args", "engines_current", "required_layout", "this_device"]
+__all__ = ["DeviceIdentity", "build_args", "engines_current", "this_device"]
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ def this_device(device_id: int = 0) -> DeviceIdentity:
     return DeviceIdentity(str(trt.__version__), gpu, cc)
 
 
-def required_layout(cfg: ZsadConfig) -> str | None:
-    """The backbone input layout the DeepStream graph needs (None: whatever the custom library writes)."""
-    return STOCK_LIB_LAYOUT if cfg.deepstream.preprocess_lib is None else None
-
-
 def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
     """None when every engine of ``cfg.engines.dir`` fits ``cfg`` and ``device``, else the first reason."""
     directory = Path(cfg.engines.dir)
@@ -60,7 +55,6 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
             return f"{path} is missing"
         expected = Expectation(
             model_spec=cfg.model,
-            input_layout=required_layout(cfg) if component == "backbone" else None,
             backend="tensorrt",
             tensorrt_version=device.tensorrt_version,
             gpu_name=device.gpu_name,
@@ -74,9 +68,12 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
 
 
 def build_args(cfg: ZsadConfig) -> list[str]:
-    """``zsad build-engines`` flags that make engines this config's DeepStream graph can use: TensorRT, the
-    graph's input layout, and a batch profile from 1 (partial batches) to at least the camera count."""
-    cameras = max(1, len(cfg.enabled_cameras()))
-    args = ["--backend", "tensorrt", "--input-layout", required_layout(cfg) or "NTCHW"]
-    args += ["--min-batch", "1", "--opt-batch", str(cameras), "--max-batch", str(max(cameras, 8))]
-    return args
+    """``zsad build-engines`` flags that make engines this config's DeepStream graph can use: TensorRT, and a
+    batch profile from 1 (a partial batch) to the scheduler's largest batch (``scheduler.max_batch``), with
+    the camera count as the batch TensorRT tunes for."""
+    largest = cfg.scheduler.max_batch
+    cameras = min(max(1, len(cfg.enabled_cameras())), largest)
+    return [
+        "--backend", "tensorrt",
+        "--min-batch", "1", "--opt-batch", str(cameras), "--max-batch", str(largest),
+    ]  # fmt: skip

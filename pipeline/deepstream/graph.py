@@ -4,14 +4,16 @@ creation and linking, probes attached, and run on a GLib main loop with an expli
 Graph (N enabled cameras, source ``i`` is ``cfg.enabled_cameras()[i]``)::
 
     source-bin-00 (nvurisrcbin) --\\
-    ...                             nvstreammux (batch N) -> nvdspreprocess (T-frame clips, NCTHW)
-    source-bin-NN (nvurisrcbin) --/   -> nvinfer (backbone; tokens + embedding as tensor meta) -> tee
-      tee -> queue -> nvvideoconvert -> RGBA H x W -> fakesink         [score probe on its sink pad]
-      tee -> queue -> nvmultistreamtiler -> nvvideoconvert -> nvdsosd -> sink   [OSD probe on the tiler]
+    ...                             nvstreammux (batch N) -> tee
+    source-bin-NN (nvurisrcbin) --/
+      tee -> queue -> nvvideoconvert -> RGBA W x H (model size) -> fakesink    [score probe on its sink pad]
+      tee -> queue -> nvmultistreamtiler -> nvvideoconvert -> nvdsosd -> sink  [OSD probe on the tiler]
 
-The display branch exists only when there is something to show (``deepstream.osd`` or a file/RTSP
-output); the sink is ``fakesink``, an MP4 file (encoder -> h264parse -> mp4mux -> filesink) or RTSP
-(encoder -> h264parse -> rtph264pay -> udpsink -> a local RTSP server).
+The score probe maps each RGBA frame, and the clips are assembled and scored by the CPU graph's code
+(:mod:`pipeline.deepstream.clip_path`); DeepStream decodes, batches and scales. The display branch exists only
+when there is something to show (``deepstream.osd`` or a file/RTSP output); without it there is no tee. The
+sink is ``fakesink``, an MP4 file (encoder -> h264parse -> mp4mux -> filesink) or RTSP (encoder -> h264parse
+-> rtph264pay -> udpsink -> a local RTSP server).
 
 Bus policy (:class:`BusPolicy`): any ERROR makes the exit code nonzero. An ERROR inside a camera's
 source bin does not stop the others: an RTSP/HTTP camera is left to nvurisrcbin's reconnect logic, any
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import re
 import threading
 import time
@@ -39,6 +40,7 @@ from typing import Any, Literal
 from core.config import CameraSettings, ZsadConfig
 from core.gst import DEBIAN_PACKAGES, LinkError, init_gstreamer, link, link_pads, load_typelib, make
 from core.redact import redact_text, redact_uri
+from engines.cuda_device import device_is_integrated
 from pipeline.cpu.sources import parse_source_uri
 from pipeline.deepstream.availability import DEEPSTREAM_ELEMENTS
 from pipeline.deepstream.render import RenderedConfigs
@@ -55,6 +57,7 @@ __all__ = [
     "checked_make",
     "element_provider",
     "is_jetson",
+    "is_live",
     "plan_graph",
     "tiler_grid",
 ]
@@ -78,6 +81,7 @@ _PROVIDERS = {
     "x264enc": "gstreamer1.0-plugins-ugly",
 }
 SCORE_SINK = "score-sink"
+SCORE_CAPS = "score-caps"
 TILER = "tiler"
 MUX = "mux"
 _SOURCE_BIN = re.compile(r"source-bin-(\d+)")
@@ -103,9 +107,19 @@ def checked_make(factory: str, name: str) -> Any:
     return make(factory, name, package=element_provider(factory))
 
 
+#: ``NvBufSurfaceMemType`` values (nvbufsurface.h; ``pyds.NVBUF_MEM_*``, bindnvbufsurface.cpp at pyds v1.2.0).
+NVBUF_MEM_CUDA_DEVICE = 2
+NVBUF_MEM_CUDA_UNIFIED = 3
+NVBUF_MEM_SURFACE_ARRAY = 4
+
+
 def is_jetson() -> bool:
-    """True on a Jetson (L4T): integrated GPU, surface-array buffers that must be unmapped after reading."""
-    return Path("/etc/nv_tegra_release").is_file() or platform.machine() == "aarch64"
+    """True on a Jetson (L4T): integrated GPU, surface-array buffers that must be unmapped after reading.
+
+    CUDA's answer, as NVIDIA's apps ask it (``cudaGetDeviceProperties(0).integrated``), so an aarch64
+    server with a discrete GPU (SBSA) is not a Jetson; ``/etc/nv_tegra_release`` only where CUDA cannot
+    be asked."""
+    return device_is_integrated()
 
 
 def tiler_grid(n: int) -> tuple[int, int]:
@@ -155,8 +169,8 @@ class RtspServerPlan:
 
 @dataclass(frozen=True)
 class GraphPlan:
-    """Everything :class:`DeepStreamGraph` builds: sources, the trunk (mux ... nvinfer), the score branch
-    and the optional display branch (both after a tee when both exist)."""
+    """Everything :class:`DeepStreamGraph` builds: sources, the trunk (the mux, and a tee when there is a
+    display branch), the score branch and the optional display branch."""
 
     sources: tuple[SourcePlan, ...]
     trunk: tuple[ElementSpec, ...]
@@ -183,7 +197,10 @@ def _source(cam: CameraSettings, index: int, cfg: ZsadConfig) -> SourcePlan:
     if spec.kind in ("file", "loop"):
         props["uri"] = Path(spec.location).as_uri()
         if spec.kind == "loop":
+            # As NVIDIA's deepstream_test_3.py (v1.2.0) loops a file: nvurisrcbin's file-loop with the
+            # decoder writing CUDA device memory (cudadec-memtype 0); the mux's memory type goes with it.
             props["file-loop"] = True
+            props["cudadec-memtype"] = 0
     elif spec.kind == "v4l2":
         props["uri"] = f"v4l2://{spec.location}"
     else:
@@ -261,6 +278,14 @@ def _display_branch(cfg: ZsadConfig, n: int) -> list[ElementSpec]:
     return branch
 
 
+def is_live(cfg: ZsadConfig) -> bool:
+    """Whether the cameras are live: ``deepstream.live_source``, or by default any camera that reconnects
+    (rtsp, http, v4l2). A live graph never holds a camera back; a graph of files waits for the clip path."""
+    if cfg.deepstream.live_source is not None:
+        return cfg.deepstream.live_source
+    return any(parse_source_uri(cam.uri).reconnects for cam in cfg.enabled_cameras())
+
+
 def plan_graph(
     cfg: ZsadConfig, rendered: RenderedConfigs, frame_size: tuple[int, int], *, jetson: bool | None = None
 ) -> GraphPlan:
@@ -281,8 +306,13 @@ def plan_graph(
         )
     jetson = is_jetson() if jetson is None else jetson
     sources = tuple(_source(cam, i, cfg) for i, cam in enumerate(cameras))
-    live = ds.live_source if ds.live_source is not None else any(s.reconnects for s in sources)
+    live = is_live(cfg)
     n = len(cameras)
+    mux_memory: dict[str, Any] = {}
+    if any(s.element.props.get("file-loop") for s in sources):
+        # deepstream_test_3.py (v1.2.0) with --file-loop: surface arrays on Jetson, CUDA device memory on
+        # dGPU.
+        mux_memory["nvbuf-memory-type"] = NVBUF_MEM_SURFACE_ARRAY if jetson else NVBUF_MEM_CUDA_DEVICE
     if ds.mux == "legacy":
         mux = ElementSpec(
             "nvstreammux",
@@ -293,36 +323,28 @@ def plan_graph(
                 "height": ds.mux_height,
                 "live-source": live,
                 "batched-push-timeout": ds.batched_push_timeout_us,
+                **mux_memory,
             },
             {"gpu-id": ds.gpu_id},
         )
     else:
         if rendered.mux is None:
             raise DeepStreamGraphError("deepstream.mux is 'new' but no mux config file was rendered")
-        mux = ElementSpec("nvstreammux", MUX, {"batch-size": n, "config-file-path": str(rendered.mux)})
-    trunk = [
-        mux,
-        ElementSpec(
-            "nvdspreprocess", "preprocess", {"config-file": str(rendered.preprocess)}, {"gpu-id": ds.gpu_id}
-        ),
-        ElementSpec(
-            "nvinfer",
-            "backbone",
-            {"config-file-path": str(rendered.nvinfer), "input-tensor-meta": True},
-            {"gpu-id": ds.gpu_id},
-        ),
-    ]
+        # The new mux allocates no frames of its own: the memory type is set only if it has the property.
+        mux = ElementSpec(
+            "nvstreammux", MUX, {"batch-size": n, "config-file-path": str(rendered.mux)}, mux_memory
+        )
+    trunk = [mux]
     width, height = frame_size
-    convert_props: dict[str, Any] = {}
-    if not jetson:
-        # dGPU: CUDA unified memory, so pyds.get_nvds_buf_surface can map the frames on the host.
-        convert_props["nvbuf-memory-type"] = 3
+    # get_nvds_buf_surface (bindfunctions.cpp, pyds v1.2.0) reads dataPtr on dGPU, so the frames must be in
+    # CUDA unified memory there; on Jetson it maps surface arrays (NvBufSurfaceMap) and we unmap them.
+    convert_props = {"nvbuf-memory-type": NVBUF_MEM_SURFACE_ARRAY if jetson else NVBUF_MEM_CUDA_UNIFIED}
     score = [
         ElementSpec("queue", "score-queue"),
         ElementSpec("nvvideoconvert", "score-convert", convert_props, {"gpu-id": ds.gpu_id}),
         ElementSpec(
             "capsfilter",
-            "score-caps",
+            SCORE_CAPS,
             {"caps": f"video/x-raw(memory:NVMM),format=RGBA,width={width},height={height}"},
         ),
         ElementSpec("fakesink", SCORE_SINK, {"sync": False, "async": False, "enable-last-sample": False}),
@@ -439,7 +461,10 @@ class DeepStreamGraph:
         self._eos_sent_at: float | None = None
         self._loop: Any = None
         self._rtsp_server: Any = None
+        self._on_tick: Callable[[], None] | None = None
         Gst = init_gstreamer()
+        # Loaded now, not when the graph runs, so that a missing typelib is a build error the caller handles.
+        self._rtsp_typelib: Any = load_typelib("GstRtspServer") if plan.rtsp is not None else None
         self.pipeline = Gst.Pipeline.new("zsad-deepstream")
         self.elements: dict[str, Any] = {}
         for spec in plan.elements():
@@ -544,6 +569,12 @@ class DeepStreamGraph:
             self._loop.quit()
 
     def _tick(self, deadline: float | None, eos_timeout_s: float) -> bool:
+        if self._on_tick is not None:
+            # A GLib timeout that raises is removed, and with it the stop deadline: log and keep ticking.
+            try:
+                self._on_tick()
+            except Exception:
+                log.exception("the graph's tick callback failed")
         now = time.monotonic()
         if self._eos_sent_at is None and (self._stop.is_set() or (deadline is not None and now >= deadline)):
             log.info("stopping: sending EOS so outputs are finalised")
@@ -558,7 +589,7 @@ class DeepStreamGraph:
         plan = self.plan.rtsp
         if plan is None:
             return
-        GstRtspServer = load_typelib("GstRtspServer")
+        GstRtspServer = self._rtsp_typelib
 
         server = GstRtspServer.RTSPServer.new()
         server.props.service = str(plan.port)
@@ -575,11 +606,20 @@ class DeepStreamGraph:
         self._rtsp_server = server
         log.info("annotated video at rtsp://<this host>:%d%s", plan.port, plan.path)
 
-    def run(self, duration_s: float | None = None, *, eos_timeout_s: float = 10.0) -> int:
+    def run(
+        self,
+        duration_s: float | None = None,
+        *,
+        eos_timeout_s: float = 10.0,
+        on_tick: Callable[[], None] | None = None,
+    ) -> int:
         """Play until every camera ends, a fatal error, ``duration_s`` or :meth:`request_stop`.
+        ``on_tick`` is called on the main loop every 200 ms (the app copies its queue counters to the
+        metrics).
 
         Returns 0, or 1 if any ERROR was posted (see :class:`BusPolicy`).
         """
+        self._on_tick = on_tick
         GLib = load_typelib("GLib")
         Gst = init_gstreamer()
         self._loop = GLib.MainLoop()

@@ -1,22 +1,22 @@
-"""A thin adapter from DeepStream's batch metadata (pyds 1.2.0) to plain numpy dataclasses.
+"""A thin adapter from DeepStream's batch metadata (pyds 1.2.0) to plain Python values.
 
 Nothing here imports ``pyds``: every function takes the ``pyds`` module as an argument, so the same code
-runs against the real bindings on a Jetson and against a test double on a CPU machine.
+runs against the real bindings on a Jetson and against a test double on a CPU machine. It uses only names
+that pyds 1.2.0 binds (NVIDIA-AI-IOT/deepstream_python_apps at tag v1.2.0, ``bindings/src``):
+``gst_buffer_get_nvds_batch_meta``, ``NvDsBatchMeta.frame_meta_list``, ``NvDsFrameMeta.cast`` and its
+``source_id``, ``batch_id``, ``frame_num``, ``buf_pts``; ``get_nvds_buf_surface`` and
+``unmap_nvds_buf_surface``; ``nvds_acquire_display_meta_from_pool``, ``nvds_add_display_meta_to_frame`` and
+``NvDsDisplayMeta.text_params``.
 
-Where the backbone's tensors are. nvinfer fed by nvdspreprocess (``input-tensor-from-meta=1``) attaches
-one ``NvDsInferTensorMeta`` per preprocessed ROI, under
-``batch_meta.batch_user_meta_list -> NVDS_PREPROCESS_BATCH_META -> roi_vector[i].roi_user_meta_list``;
-each ROI's ``frame_meta`` is the frame that completed the clip. A full-frame nvinfer without
-nvdspreprocess attaches it to ``frame_meta.frame_user_meta_list`` instead. :func:`frame_tensors` reads both.
-
-Memory. Output layers are host buffers from nvinfer's pool (``output-tensor-meta=1`` copies them to the
-host); they are reused as soon as the buffer moves on, so every array returned here is a copy.
+Frames. ``get_nvds_buf_surface`` returns an ``(H, W, 4)`` uint8 view of the RGBA surface, rows ``pitch``
+bytes apart (bindfunctions.cpp): on dGPU over ``dataPtr`` (CUDA unified memory), on Jetson over the surface
+it maps, which must be unmapped again. :func:`frame_rgb` copies the RGB channels out before unmapping, so
+nothing downstream ever holds a view of DeepStream's pool.
 """
 
 from __future__ import annotations
 
-import ctypes
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,16 +24,12 @@ import numpy as np
 
 __all__ = [
     "FrameRef",
-    "FrameTensors",
     "MetaError",
     "add_display_text",
     "batch_meta_of",
     "frame_refs",
     "frame_rgb",
-    "frame_tensors",
     "iter_meta_list",
-    "layer_array",
-    "tensor_meta_arrays",
 ]
 
 NS_PER_S = 1_000_000_000
@@ -42,7 +38,7 @@ CLOCK_TIME_NONE = (1 << 64) - 1
 
 
 class MetaError(RuntimeError):
-    """Metadata that cannot be read as expected (unknown data type, bad dims, a layer missing)."""
+    """Metadata or a frame that cannot be read as expected (a frame that is not RGBA, an unknown source)."""
 
 
 @dataclass(frozen=True)
@@ -54,20 +50,6 @@ class FrameRef:
     frame_num: int
     pts_s: float
     meta: Any = field(repr=False, compare=False)
-
-
-@dataclass
-class FrameTensors:
-    """The output tensors nvinfer attached for one frame (or one preprocessed ROI of it).
-
-    ``tensors``: layer name -> array shaped as the layer's dims (no batch dimension), owned copies.
-    ``pts_s``: the frame's buffer PTS in seconds (NaN when the buffer had none).
-    """
-
-    source_id: int
-    frame_num: int
-    pts_s: float
-    tensors: dict[str, np.ndarray]
 
 
 def iter_meta_list(node: Any, cast: Callable[[Any], Any] | None = None) -> Iterator[Any]:
@@ -84,16 +66,6 @@ def iter_meta_list(node: Any, cast: Callable[[Any], Any] | None = None) -> Itera
 def batch_meta_of(pyds: Any, gst_buffer: Any) -> Any | None:
     """The ``NvDsBatchMeta`` of a ``Gst.Buffer``, or None when it carries none."""
     return pyds.gst_buffer_get_nvds_batch_meta(hash(gst_buffer))
-
-
-def _meta_type(pyds: Any, name: str) -> Any:
-    """A ``NvDsMetaType`` member: pyds exposes it on the enum and, for some members, on the module."""
-    value = getattr(pyds.NvDsMetaType, name, None)
-    if value is None:
-        value = getattr(pyds, name, None)
-    if value is None:
-        raise MetaError(f"pyds has no meta type {name}")
-    return value
 
 
 def _pts_s(buf_pts: int) -> float:
@@ -115,115 +87,12 @@ def frame_refs(pyds: Any, batch_meta: Any) -> list[FrameRef]:
     return [_frame_ref(f) for f in iter_meta_list(batch_meta.frame_meta_list, pyds.NvDsFrameMeta.cast)]
 
 
-_CTYPES: dict[str, tuple[Any, Any]] = {
-    "FLOAT": (ctypes.c_float, np.float32),
-    "INT32": (ctypes.c_int32, np.int32),
-    "INT8": (ctypes.c_int8, np.int8),
-    "HALF": (ctypes.c_uint16, np.float16),  # no ctypes half: read the bits, reinterpret
-}
-
-
-def _dtype_name(pyds: Any, data_type: Any) -> str:
-    for name in _CTYPES:
-        if data_type == getattr(pyds.NvDsInferDataType, name, object()):
-            return name
-    raise MetaError(f"unsupported NvDsInferDataType {data_type!r}")
-
-
-def _dims(layer: Any) -> tuple[int, ...]:
-    dims = getattr(layer, "inferDims", None) or layer.dims
-    n = int(dims.numDims)
-    shape = tuple(int(d) for d in list(dims.d)[:n])
-    if n < 1 or any(d < 1 for d in shape):
-        raise MetaError(f"layer {layer.layerName}: bad dims {shape}")
-    return shape
-
-
-def layer_array(pyds: Any, layer: Any) -> np.ndarray:
-    """A copy of one ``NvDsInferLayerInfo``'s host buffer, shaped by its dims (float16 becomes float32)."""
-    shape = _dims(layer)
-    ctype, dtype = _CTYPES[_dtype_name(pyds, layer.dataType)]
-    address = pyds.get_ptr(layer.buffer)
-    if not address:
-        raise MetaError(f"layer {layer.layerName}: null host buffer (is output-tensor-meta=1 set?)")
-    view = np.ctypeslib.as_array(ctypes.cast(address, ctypes.POINTER(ctype)), shape=shape)
-    if dtype is np.float16:
-        return view.view(np.float16).astype(np.float32)
-    return np.array(view, dtype=dtype, copy=True)
-
-
-def tensor_meta_arrays(
-    pyds: Any, tensor_meta: Any, names: Sequence[str] | None = None
-) -> dict[str, np.ndarray]:
-    """Output layers of one ``NvDsInferTensorMeta`` by name (all, or only ``names``), as owned copies."""
-    out: dict[str, np.ndarray] = {}
-    for i in range(int(tensor_meta.num_output_layers)):
-        layer = pyds.get_nvds_LayerInfo(tensor_meta, i)
-        name = str(layer.layerName)
-        if names is None or name in names:
-            out[name] = layer_array(pyds, layer)
-    if names is not None:
-        missing = [n for n in names if n not in out]
-        if missing:
-            raise MetaError(
-                f"tensor meta of gie {tensor_meta.unique_id} lacks layers {missing}; has {sorted(out)}"
-            )
-    return out
-
-
-def _tensor_metas(pyds: Any, user_meta_list: Any, unique_id: int | None) -> Iterator[Any]:
-    kind = _meta_type(pyds, "NVDSINFER_TENSOR_OUTPUT_META")
-    for user_meta in iter_meta_list(user_meta_list, pyds.NvDsUserMeta.cast):
-        if user_meta.base_meta.meta_type != kind:
-            continue
-        tensor_meta = pyds.NvDsInferTensorMeta.cast(user_meta.user_meta_data)
-        if unique_id is None or int(tensor_meta.unique_id) == unique_id:
-            yield tensor_meta
-
-
-def frame_tensors(
-    pyds: Any, batch_meta: Any, *, unique_id: int | None = None, names: Sequence[str] | None = None
-) -> list[FrameTensors]:
-    """The output tensors of nvinfer ``unique_id`` (``gie-unique-id``; None: any) in this batch.
-
-    Reads the preprocess ROI metas (``input-tensor-from-meta``) first, then the frames' own user metas
-    (full-frame nvinfer); one :class:`FrameTensors` per tensor meta found.
-    """
-    found: list[FrameTensors] = []
-    preprocess = _meta_type(pyds, "NVDS_PREPROCESS_BATCH_META")
-    for user_meta in iter_meta_list(batch_meta.batch_user_meta_list, pyds.NvDsUserMeta.cast):
-        if user_meta.base_meta.meta_type != preprocess:
-            continue
-        batch = pyds.GstNvDsPreProcessBatchMeta.cast(user_meta.user_meta_data)
-        for roi_meta in batch.roi_vector:
-            frame = _frame_ref(roi_meta.frame_meta)
-            for tensor_meta in _tensor_metas(pyds, roi_meta.roi_user_meta_list, unique_id):
-                found.append(
-                    FrameTensors(
-                        frame.source_id,
-                        frame.frame_num,
-                        frame.pts_s,
-                        tensor_meta_arrays(pyds, tensor_meta, names),
-                    )
-                )
-    for frame in frame_refs(pyds, batch_meta):
-        for tensor_meta in _tensor_metas(pyds, frame.meta.frame_user_meta_list, unique_id):
-            found.append(
-                FrameTensors(
-                    frame.source_id,
-                    frame.frame_num,
-                    frame.pts_s,
-                    tensor_meta_arrays(pyds, tensor_meta, names),
-                )
-            )
-    return found
-
-
 def frame_rgb(pyds: Any, gst_buffer: Any, batch_id: int, *, unmap: bool = False) -> np.ndarray:
-    """A copy of one frame of an RGBA batch as ``(H, W, 3) uint8`` RGB.
+    """A copy of one frame of an RGBA batch as ``(H, W, 3) uint8`` RGB, C-contiguous, owned by the caller.
 
     Needs ``video/x-raw(memory:NVMM),format=RGBA`` upstream and, on dGPU, CUDA unified memory
-    (``nvbuf-memory-type=3``). On Jetson the surface stays mapped until ``unmap`` (pass True there).
+    (``nvbuf-memory-type`` 3). On Jetson ``get_nvds_buf_surface`` maps the surface, which stays mapped until
+    ``unmap_nvds_buf_surface``: pass ``unmap=True`` there; the copy is made before the unmap.
     """
     surface = pyds.get_nvds_buf_surface(hash(gst_buffer), batch_id)
     try:
@@ -232,7 +101,8 @@ def frame_rgb(pyds: Any, gst_buffer: Any, batch_id: int, *, unmap: bool = False)
             raise MetaError(
                 f"frame {batch_id}: expected an (H, W, 4) uint8 RGBA surface, got {rgba.shape} {rgba.dtype}"
             )
-        return np.ascontiguousarray(rgba[:, :, :3])
+        # The view's rows are `pitch` bytes apart and its memory is the pool's: copy the RGB planes out.
+        return np.array(rgba[:, :, :3], dtype=np.uint8, order="C", copy=True)
     finally:
         if unmap:
             pyds.unmap_nvds_buf_surface(hash(gst_buffer), batch_id)

@@ -1,27 +1,24 @@
-"""The DeepStream pad probes: clip scoring and the on-screen score text.
+"""The DeepStream pad probes: frames into the clip path, and the on-screen score text.
 
-:class:`ClipScoringProbe` sits on the score branch of the graph (after nvinfer, a tee and an
-``nvvideoconvert`` to ``RGBA`` at the backbone's H x W). For every batch it
+:class:`ClipScoringProbe` sits on the score branch of the graph (after the mux, a tee and an
+``nvvideoconvert`` to ``RGBA`` at the backbone's W x H). For every frame of every batch it
 
-1. copies each camera's frame (``(H, W, 3) uint8`` RGB) into a short per-camera history and hands it to
-   ``on_frame`` (event snapshots and clips);
-2. reads the backbone's ``tokens`` ``(T, D, h, w)`` and ``embedding`` ``(D,)`` that nvinfer attached for
-   each clip that completed on this batch (:func:`pipeline.deepstream.meta.frame_tensors`);
-3. takes the clip's first frame (``(T - 1) * frame_stride`` frames before its last) and last frame from the
-   history, normalises both with the CPU graph's :class:`plugins.preprocess.Normaliser`, and builds
-   :class:`plugins.scorer.ClipTokens`;
-4. runs the shared :class:`plugins.scorer.ClipScorer` (per-camera DPC history, the DPC-head runner batched
-   across cameras: TensorRT on a device) and the optional :class:`plugins.semantic.SemanticScorer`;
-5. hands each :class:`plugins.scorer.StreamScores` to ``on_scores(camera, t, scores, prompt)`` (injected by
-   the pipeline: fusion, alerts, sinks) and sets the camera's OSD text from the fused score it returns.
+1. reads the frame's source, number and PTS from the batch meta and notices a restarted stream (its frame
+   number or PTS going backwards, or an end of stream reported on the bus: :meth:`ClipScoringProbe.restart`);
+   the camera's stream time stays increasing across restarts (:class:`StreamClock`);
+2. maps the RGBA surface with ``pyds.get_nvds_buf_surface``, copies the RGB planes out and unmaps it
+   (Jetson), checks it has the backbone's size;
+3. hands ``(camera, t, rgb)`` to ``on_frame``: in the app the metrics, the event media and
+   :meth:`pipeline.deepstream.clip_path.ClipPath.push`, where the CPU graph's clip assembly, batching,
+   inference, fusion and alerts take over (a restart goes to ``on_restart`` first).
 
 The probe always returns ``Gst.PadProbeReturn.OK``. It has one exception boundary: a batch that fails is
-logged and dropped (its clips are lost; the next batch is processed normally).
+logged and counted, and the next batch is processed normally.
 
 :class:`OsdScoreBoard` sits before the tiler on the display branch and attaches each camera's latest text
 to its frames for ``nvdsosd`` to draw.
 
-This module never imports ``pyds`` or ``pipeline``: the pyds module and the callbacks are passed in.
+This module never imports ``pyds``: the pyds module and the callbacks are passed in.
 """
 
 from __future__ import annotations
@@ -30,43 +27,31 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from core.gst import init_gstreamer
-from pipeline.deepstream.meta import (
-    FrameTensors,
-    MetaError,
-    add_display_text,
-    batch_meta_of,
-    frame_refs,
-    frame_rgb,
-    frame_tensors,
-)
-from plugins.scorer import BACKBONE_OUTPUTS, ClipScorer, ClipTokens, StreamScores
-from plugins.semantic import SemanticFn, SemanticMatch
-from plugins.streams import SEMANTIC
+from pipeline.deepstream.meta import MetaError, add_display_text, batch_meta_of, frame_refs, frame_rgb
 
 __all__ = [
     "ClipScoringProbe",
-    "FrameHistory",
+    "FrameFn",
     "OsdScoreBoard",
-    "ScoresCallback",
+    "StreamClock",
     "format_osd_text",
     "pad_probe_ok",
 ]
 
 log = logging.getLogger(__name__)
 
-ScoresCallback = Callable[[str, float, StreamScores, str | None], float | None]
-"""``on_scores(camera, t, scores, prompt) -> fused score or None``; ``t``: the clip's last frame time (s)."""
+FrameFn = Callable[[str, float, np.ndarray], None]
+"""``on_frame(camera, t, rgb)``: ``t`` the camera's stream time (s), ``rgb`` ``(H, W, 3) uint8``, owned."""
 
-FrameNormaliser = Callable[[np.ndarray], np.ndarray]
-"""``(H, W, 3) uint8`` RGB -> ``(3, H, W) float32`` normalised, as the backbone saw it: in the app, the
-CPU graph's :class:`plugins.preprocess.Normaliser`."""
+#: Stream time added after the last frame when a restarted stream had no frame interval yet (s).
+_FIRST_STEP_S = 0.1
 
 
 def pad_probe_ok() -> Any:
@@ -81,39 +66,55 @@ def format_osd_text(camera: str, fused: float | None, prompt: str | None = None)
     return f"{text}  {prompt}" if prompt else text
 
 
-class FrameHistory:
-    """The last ``span`` frames of each source, keyed by the mux's per-source ``frame_num``."""
-
-    def __init__(self, span: int) -> None:
-        if span < 1:
-            raise ValueError(f"span must be >= 1, got {span}")
-        self.span = span
-        self._frames: dict[int, deque[tuple[int, np.ndarray]]] = {}
-
-    def push(self, source: int, frame_num: int, frame: np.ndarray) -> None:
-        self._frames.setdefault(source, deque(maxlen=self.span)).append((frame_num, frame))
-
-    def get(self, source: int, frame_num: int) -> np.ndarray | None:
-        for num, frame in self._frames.get(source, ()):
-            if num == frame_num:
-                return frame
-        return None
-
-    def last_frame_num(self, source: int) -> int | None:
-        ring = self._frames.get(source)
-        return ring[-1][0] if ring else None
-
-    def reset(self, source: int) -> None:
-        self._frames.pop(source, None)
+@dataclass
+class _Stream:
+    frame_num: int
+    raw: float  # the last frame's PTS (or clock reading) in seconds
+    t: float  # the last stream time handed out
+    offset: float  # t = raw + offset within one run of the stream
+    step: float  # the last frame interval seen
 
 
-def _squeeze_to(array: np.ndarray, ndim: int, name: str) -> np.ndarray:
-    """Drop a leading batch dim of 1 if nvinfer left one; refuse any other rank."""
-    if array.ndim == ndim + 1 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != ndim:
-        raise MetaError(f"backbone output {name} has shape {array.shape}, expected {ndim} dims")
-    return np.ascontiguousarray(array, dtype=np.float32)
+class StreamClock:
+    """Per source: notices a restarted stream and maps buffer PTS to a stream time that keeps increasing.
+
+    A stream restarts when its frame number or its PTS goes backwards (a file loop, a reconnect whose
+    counters start again), or when :meth:`restart` marked it (the mux reported the source's end of stream).
+    Within one run of a stream, time is the buffer PTS; a restarted stream continues one frame interval
+    after the last time handed out, as the CPU graph's cameras do. Frames without a PTS use ``clock``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._streams: dict[int, _Stream] = {}
+        self._marked: set[int] = set()
+        self._lock = threading.Lock()
+
+    def restart(self, source: int) -> None:
+        """The source's next frame starts a new stream (called from any thread)."""
+        with self._lock:
+            self._marked.add(source)
+
+    def observe(self, source: int, frame_num: int, pts_s: float) -> tuple[float, bool]:
+        """``(stream time, restarted)`` of the source's next frame."""
+        raw = pts_s if math.isfinite(pts_s) else self._clock()
+        with self._lock:
+            marked = source in self._marked
+            self._marked.discard(source)
+        stream = self._streams.get(source)
+        if stream is None:
+            self._streams[source] = _Stream(frame_num, raw, raw, 0.0, 0.0)
+            return raw, False
+        restarted = marked or frame_num <= stream.frame_num or raw < stream.raw
+        if restarted:
+            stream.offset = stream.t + (stream.step or _FIRST_STEP_S) - raw
+        elif raw > stream.raw:
+            stream.step = raw - stream.raw
+        t = raw + stream.offset
+        if t <= stream.t:
+            t = stream.t + 1e-6
+        stream.frame_num, stream.raw, stream.t = frame_num, raw, t
+        return t, restarted
 
 
 class ClipScoringProbe:
@@ -122,66 +123,43 @@ class ClipScoringProbe:
 
     Args:
         pyds: the ``pyds`` module (or a test double of it).
-        scorer: the shared :class:`ClipScorer`, built with the DPC-head runner.
         cameras: camera ids by mux source id (source ``i`` is ``cameras[i]``).
-        clip_len: ``T`` frames per clip.
-        frame_stride: source frames between consecutive clip frames (the sequence library's
-            ``subsample + 1``).
-        normalise: ``(H, W, 3) uint8 -> (3, H, W) float32``, the CPU graph's
-            :class:`plugins.preprocess.Normaliser`.
-        on_scores: receives every scored clip; returns the fused score for the OSD (or None).
-        osd_text: ``osd_text(camera, text)``, e.g. :meth:`OsdScoreBoard.set_text`.
-        on_frame: ``on_frame(camera, pts_s, rgb)`` for every frame (event media).
-        semantic: the optional semantic stream, e.g. :class:`plugins.semantic.SemanticScorer` (adds
-            ``scores["semantic"]`` and the prompt).
-        unique_id: ``gie-unique-id`` of the backbone's nvinfer.
+        on_frame: ``on_frame(camera, t, rgb)`` for every frame, in each camera's order.
+        on_restart: ``on_restart(camera)`` before the first frame of a restarted stream (the app resets the
+            camera's clip assembly and DPC history).
+        frame_size: ``(width, height)`` the backbone takes; a frame of another size is refused.
         unmap_surfaces: unmap each RGBA surface after copying it (Jetson).
         ok: the value the probe returns (default ``Gst.PadProbeReturn.OK``).
-        clock: fallback time source for frames without a PTS.
+        clock: time source for frames without a PTS.
     """
 
     def __init__(
         self,
         pyds: Any,
-        scorer: ClipScorer,
         cameras: Sequence[str],
         *,
-        clip_len: int,
-        frame_stride: int,
-        normalise: FrameNormaliser,
-        on_scores: ScoresCallback,
-        osd_text: Callable[[str, str], None] | None = None,
-        on_frame: Callable[[str, float, np.ndarray], None] | None = None,
-        semantic: SemanticFn | None = None,
-        unique_id: int = 1,
+        on_frame: FrameFn,
+        on_restart: Callable[[str], None] | None = None,
+        frame_size: tuple[int, int] | None = None,
         unmap_surfaces: bool = False,
         ok: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if clip_len < 1 or frame_stride < 1:
-            raise ValueError(f"clip_len and frame_stride must be >= 1, got {clip_len} and {frame_stride}")
         if not cameras:
             raise ValueError("the probe needs at least one camera")
         self.pyds = pyds
-        self.scorer = scorer
         self.cameras = list(cameras)
-        self.first_offset = (clip_len - 1) * frame_stride
-        self.frame_stride = frame_stride
-        self.history = FrameHistory(self.first_offset + 1)
-        self.normalise = normalise
-        self.on_scores = on_scores
-        self.osd_text = osd_text
+        self._sources = {camera: i for i, camera in enumerate(self.cameras)}
         self.on_frame = on_frame
-        self.semantic = semantic
-        self.unique_id = unique_id
+        self.on_restart = on_restart
+        self.frame_size = frame_size
         self.unmap_surfaces = unmap_surfaces
+        self.clock = StreamClock(clock)
         self._ok = ok if ok is not None else pad_probe_ok()
-        self._clock = clock
-        self._next_index: dict[str, int] = {}
         self.batches = 0
+        self.frames = 0
+        self.restarts = 0
         self.dropped_batches = 0
-        self.clips = 0
-        self.missing_frames = 0
 
     # -- the pad probe ------------------------------------------------------------------------------------
 
@@ -204,90 +182,38 @@ class ClipScoringProbe:
             raise MetaError(f"source id {source_id} has no camera (the graph has {len(self.cameras)})")
         return self.cameras[source_id]
 
-    def process(self, gst_buffer: Any) -> list[StreamScores]:
-        """Handle one batch; return the clips it scored (after ``on_scores`` saw them)."""
+    def restart(self, camera: str) -> None:
+        """Mark a camera's stream as restarted (its end of stream or error, from the bus thread)."""
+        source = self._sources.get(camera)
+        if source is not None:
+            self.clock.restart(source)
+
+    def process(self, gst_buffer: Any) -> int:
+        """Hand on every frame of one batch; return how many."""
         batch_meta = batch_meta_of(self.pyds, gst_buffer)
         if batch_meta is None:
-            return []
+            return 0
         self.batches += 1
+        handed = 0
         for frame in frame_refs(self.pyds, batch_meta):
             camera = self.camera(frame.source_id)
-            last = self.history.last_frame_num(frame.source_id)
-            if last is not None and frame.frame_num <= last:
-                # The source restarted (file loop, reconnect): no clip may span the gap.
-                log.info(
-                    "camera %s: frame number went from %d to %d; history reset", camera, last, frame.frame_num
-                )
-                self.history.reset(frame.source_id)
-                self.scorer.reset(camera)
+            t, restarted = self.clock.observe(frame.source_id, frame.frame_num, frame.pts_s)
             rgb = frame_rgb(self.pyds, gst_buffer, frame.batch_id, unmap=self.unmap_surfaces)
-            self.history.push(frame.source_id, frame.frame_num, rgb)
-            if self.on_frame is not None:
-                self.on_frame(camera, self._time(frame.pts_s), rgb)
-        clips, times = self._clips(
-            frame_tensors(self.pyds, batch_meta, unique_id=self.unique_id, names=BACKBONE_OUTPUTS)
-        )
-        if not clips:
-            return []
-        scored = self.scorer.score(clips)
-        # Like the CPU graph, the semantic head sees the whole batch (also clips whose DPC history fills).
-        semantic: Sequence[SemanticMatch | None] = [None] * len(clips)
-        if self.semantic is not None:
-            semantic = self.semantic([c.camera for c in clips], np.stack([c.embedding for c in clips]))
-        out = []
-        for clip, s, t, extra in zip(clips, scored, times, semantic, strict=True):
-            if s is None:
-                continue
-            prompt = None
-            if extra is not None:
-                s.scores[SEMANTIC], prompt = extra
-            fused = self.on_scores(clip.camera, t, s, prompt)
-            if self.osd_text is not None:
-                self.osd_text(clip.camera, format_osd_text(clip.camera, fused, prompt))
-            out.append(s)
-        return out
-
-    def _time(self, pts_s: float) -> float:
-        return pts_s if math.isfinite(pts_s) else self._clock()
-
-    def _clips(self, found: Sequence[FrameTensors]) -> tuple[list[ClipTokens], list[float]]:
-        clips: list[ClipTokens] = []
-        times: list[float] = []
-        for ft in found:
-            camera = self.camera(ft.source_id)
-            wanted = [ft.frame_num - self.first_offset, ft.frame_num]
-            if self.scorer.prev_frame:  # an extrapolating DPC head also needs the frame before the last
-                wanted.append(ft.frame_num - self.frame_stride)
-            frames = [self.history.get(ft.source_id, n) for n in wanted]
-            missing = [n for n, f in zip(wanted, frames, strict=True) if f is None]
-            if missing:
-                # The history holds exactly one clip span, so this only happens right after a reset.
-                self.missing_frames += 1
-                log.warning(
-                    "camera %s: clip ending at frame %d lacks frames %s in the history; skipped",
-                    camera,
-                    ft.frame_num,
-                    missing,
+            if self.frame_size is not None and (rgb.shape[1], rgb.shape[0]) != self.frame_size:
+                width, height = self.frame_size
+                raise MetaError(
+                    f"camera {camera}: frame is {rgb.shape[1]}x{rgb.shape[0]}, the backbone takes "
+                    f"{width}x{height} (the score branch's capsfilter sets the size)"
                 )
-                continue
-            first, last, *before_last = [f for f in frames if f is not None]
-            prev = self.normalise(before_last[0]) if before_last else None
-            index = self._next_index.get(camera, 0)
-            self._next_index[camera] = index + 1
-            clips.append(
-                ClipTokens(
-                    camera=camera,
-                    index=index,
-                    tokens=_squeeze_to(ft.tensors["tokens"], 4, "tokens"),
-                    embedding=_squeeze_to(ft.tensors["embedding"], 1, "embedding"),
-                    first_frame=self.normalise(first),
-                    last_frame=self.normalise(last),
-                    prev_last_frame=prev,
-                )
-            )
-            times.append(self._time(ft.pts_s))
-        self.clips += len(clips)
-        return clips, times
+            if restarted:
+                self.restarts += 1
+                log.info("camera %s: stream restarted at frame %d", camera, frame.frame_num)
+                if self.on_restart is not None:
+                    self.on_restart(camera)
+            self.on_frame(camera, t, rgb)
+            handed += 1
+        self.frames += handed
+        return handed
 
 
 class OsdScoreBoard:

@@ -24,6 +24,7 @@ from pipeline.outputs.web import ReviewServer
 from plugins.fusion import CameraFusion, StreamGate, load_calibration
 
 if TYPE_CHECKING:
+    from pipeline.cpu.scheduler import SchedulerStats
     from plugins.scorer import StreamScores
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class RunOutputs:
         self._lock = threading.Lock()  # the score log
         # Serialises a camera's alert updates (scheduler or probe thread) with its removal (main thread).
         self._cameras_lock = threading.RLock()
+        self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
         for cam in cfg.enabled_cameras():
             self.add_camera(cam)
 
@@ -95,6 +97,7 @@ class RunOutputs:
         if recorder is not None:
             recorder.close()
         self.run_state.remove_camera(camera)
+        self._dropped_seen.pop(camera, None)
         return list(records)
 
     # -- what the graphs call ------------------------------------------------------------------------
@@ -150,6 +153,17 @@ class RunOutputs:
             if not self._scores.closed:
                 self._scores.write(json.dumps(row) + "\n")
         return float(fused.score)
+
+    def record_queues(self, stats: SchedulerStats, *, clip_len: int) -> None:
+        """Copy the clip scheduler's queue depths and drop-oldest counts into the metrics: each clip dropped
+        since the last call adds ``clip_len`` to ``zsad_frames_dropped_total`` (both graphs call this
+        regularly)."""
+        for camera, queue in stats.cameras.items():
+            self.metrics.queue_depth.set(queue.depth, camera=camera)
+            new = queue.dropped - self._dropped_seen.get(camera, 0)
+            if new > 0:
+                self.metrics.frames_dropped.inc(new * clip_len, camera=camera)
+            self._dropped_seen[camera] = queue.dropped
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""``run_deepstream`` and its app on a CPU machine: real engines (a tiny untrained model exported with the
-NCTHW backbone layout, ONNX Runtime), real sinks, alerts and run state; only pyds is a TEST DOUBLE and the
-DeepStream elements are absent (so the run stops, cleanly, where the graph would be built)."""
+"""``run_deepstream`` and its app on a CPU machine: real engines (a tiny untrained model, ONNX Runtime), real
+sinks, alerts and run state; only pyds is a TEST DOUBLE and the DeepStream elements are absent (so the run
+stops, cleanly, where the graph would be built). The whole graph with stand-in elements is in
+test_deepstream_graph.py."""
 
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ from pipeline.deepstream.app import DeepStreamApp, run_deepstream
 from pipeline.deepstream.availability import DeepStreamUnavailable
 from pipeline.deepstream.graph import DeepStreamGraphError
 from pipeline.inference import EngineError, load_engines
-from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba
+from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, pitched, rgba
 from tests.fixtures.tiny_models import world_model_dict
 
 pytest.importorskip("torch")
 MODEL = world_model_dict()
-T, D = MODEL["preprocess"]["clip_len"], MODEL["backbone"]["hidden_size"]
 H, W = MODEL["backbone"]["image_height"], MODEL["backbone"]["image_width"]
 # Opens an alert at the first score and keeps it open until shutdown.
 ALWAYS_ON = {"on_threshold": -50.0, "off_threshold": -60.0, "min_duration_s": 0.0, "cooldown_s": 0.0}
@@ -37,7 +37,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def engines_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny checkpoint's engines with the backbone exported for DeepStream (NCTHW input)."""
+    """A tiny checkpoint's engines (the backbone in NCTHW, to show any layout works: ClipInference feeds the
+    layout the manifest records)."""
     import torch
 
     from engines.build import BuildOptions, build_from_config
@@ -84,12 +85,8 @@ def test_run_deepstream_checks_renders_and_stops_at_the_missing_elements(
     assert run_deepstream_graph(cfg) == 1
     out = capsys.readouterr().out
     assert "cannot build the DeepStream graph: GStreamer element 'nvstreammux' is missing" in out
-    rendered = tmp_path / "run" / "deepstream"
-    infer = (rendered / "config_infer_backbone.txt").read_text()
-    assert "batch-size=2\n" in infer
-    manifest = json.loads((engines_dir / "backbone.manifest.json").read_text())
-    assert f"onnx-file={engines_dir / manifest['onnx']['path']}\n" in infer
-    assert "network-input-shape=2;3;2;48;64\n" in (rendered / "config_preprocess.txt").read_text()
+    # Only the new mux reads a config file; nvdspreprocess and nvinfer are not in the graph any more.
+    assert list((tmp_path / "run" / "deepstream").iterdir()) == []
     assert os.environ["USE_NEW_NVSTREAMMUX"] == "no"  # deepstream.mux: legacy wins
 
 
@@ -128,34 +125,27 @@ def test_run_deepstream_checks_availability_once_and_the_cli_exits_2(
 
 
 def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_path: Path) -> None:
-    cfg = config(engines_dir, tmp_path / "run")
+    # A queue longer than the test's clips: a live graph drops its oldest clip only when the queue is full.
+    cfg = config(engines_dir, tmp_path / "run", scheduler={"queue_size": 64})
     pyds = PydsTestDouble()
-    app = DeepStreamApp(cfg, load_engines(cfg), pyds, jetson=False)
+    app = DeepStreamApp(cfg, load_engines(cfg), pyds, jetson=True)
+    assert app.clips.block is False  # an RTSP camera: the graph is live, a full queue drops its oldest clip
     app.start()
     rng = np.random.default_rng(0)
-    pre = cfg.model.preprocess
-    span = (pre.clip_len - 1) * pre.frame_stride
-    hop = pre.clip_hop
     for n in range(40):
         frames = [
-            FrameSpec(s, n, n * 100_000_000, rgba(rng.integers(0, 255, (H, W, 3), np.uint8))) for s in (0, 1)
+            FrameSpec(s, n, n * 100_000_000, pitched(rgba(rng.integers(0, 255, (H, W, 3), np.uint8))))
+            for s in (0, 1)
         ]
-        clips = []
-        if n >= span and (n - span) % hop == 0:
-            for s in (0, 1):
-                tensors = {
-                    "tokens": rng.standard_normal((T, D, H // 16, W // 16)).astype(np.float32),
-                    "embedding": rng.standard_normal(D).astype(np.float32),
-                }
-                clips.append((s, tensors))
-        buffer = pyds.attach(object(), build_batch(frames, clips))
-        app.probe.process(buffer)
+        buffer = pyds.attach(object(), build_batch(frames))
+        assert app.probe.process(buffer) == 2
+    assert len(pyds.unmapped) == 80  # Jetson: every surface unmapped after its copy
+    left = app.shutdown()  # scores the queued clips first
+    assert not any(left.values())
     board = app.board
     assert board is not None
     assert board.text("gate").startswith("gate  ")
     assert "--" not in board.text("gate")  # a fused score arrived
-    left = app.shutdown()
-    assert not any(left.values())
     scores = read_jsonl(tmp_path / "run" / "scores.jsonl")
     assert {r["camera"] for r in scores} == {"gate", "lobby"}
     assert all(set(r["streams"]) >= {"predictive", "pixel", "motion"} for r in scores)
@@ -164,6 +154,7 @@ def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_p
     assert ("gate", "open") in events
     assert ("gate", "closed") in events  # closed at shutdown
     assert app.outputs.metrics.frames_in.value(camera="gate") == 40
+    assert app.outputs.metrics.frames_dropped.value(camera="gate") == 0
 
 
 @pytest.mark.parametrize("spin", [False, True])

@@ -1,9 +1,13 @@
 """The DeepStream graph with real GStreamer on a machine without DeepStream.
 
 * The real element factory reports the missing DeepStream elements by name and package.
-* The plan is built with a substitution map (``nvstreammux`` -> ``funnel``, ``nvinfer`` -> ``identity``,
-  ``nvurisrcbin`` -> ``uridecodebin``, ...: stand-ins made of stock GStreamer elements, not DeepStream), so
-  the building, linking, dynamic source pads, probes, bus policy and shutdown run for real.
+* The plan is built with a substitution map (``nvstreammux`` -> ``funnel``, ``nvvideoconvert`` ->
+  ``videoconvertscale``, ``nvurisrcbin`` -> ``uridecodebin``, ...: stand-ins made of stock GStreamer
+  elements, not DeepStream), so the building, linking, dynamic source pads, probes, bus policy and shutdown
+  run for real.
+* With the pyds TEST DOUBLE fed by :class:`StandInMux` (the batch meta nvstreammux would attach, and the real
+  pixels of each RGBA buffer as the mapped surface), the whole chain scores clips with ONNX Runtime engines
+  and ends in alerts, with the same scores as the CPU graph's code on the same frames.
 * ``zsad run --graph deepstream`` exits 2 with a clear message.
 """
 
@@ -13,6 +17,7 @@ import dataclasses
 import subprocess
 import sys
 import threading
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,12 @@ import numpy as np
 import pytest
 from gi.repository import GLib
 
+from core.config import ZsadConfig
 from core.gst import ElementMissingError, init_gstreamer
+from pipeline.deepstream.app import DeepStreamApp
 from pipeline.deepstream.graph import (
+    MUX,
+    SCORE_CAPS,
     DeepStreamGraph,
     ElementSpec,
     GraphPlan,
@@ -31,9 +40,19 @@ from pipeline.deepstream.graph import (
 )
 from pipeline.deepstream.probe import ClipScoringProbe
 from pipeline.deepstream.render import render_all
+from pipeline.inference import load_engines
+from pipeline.run import Application
 from tests.conftest import REPO
-from tests.fixtures.deepstream_fixtures import backbone_manifest, site_config
-from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, rgba
+from tests.fixtures.deepstream_fixtures import site_config
+from tests.fixtures.pyds_test_double import (
+    BatchMetaDouble,
+    FrameSpec,
+    PydsTestDouble,
+    build_batch,
+    pitched,
+    rgba,
+)
+from tests.fixtures.run_world import ALWAYS_ON, build_world, read_jsonl
 
 Gst = init_gstreamer()
 pytestmark = pytest.mark.skipif(
@@ -42,8 +61,6 @@ pytestmark = pytest.mark.skipif(
 
 STAND_INS = {
     "nvstreammux": "funnel",
-    "nvdspreprocess": "identity",
-    "nvinfer": "identity",
     "nvmultistreamtiler": "identity",
     "nvdsosd": "identity",
     "nvvideoconvert": "videoconvertscale",
@@ -99,7 +116,7 @@ def stand_in_plan(tmp_path: Path, uris: list[str], **deepstream: Any) -> GraphPl
     cfg = cfg.model_copy(
         update={"cameras": [c.model_copy(update={"uri": u}) for c, u in zip(cfg.cameras, uris, strict=True)]}
     )
-    rendered = render_all(cfg, backbone_manifest(cfg), tmp_path / "ds")
+    rendered = render_all(cfg, tmp_path / "ds")
     return with_stand_ins(plan_graph(cfg, rendered, (48, 32), jetson=False))
 
 
@@ -147,7 +164,7 @@ def test_missing_deepstream_element_is_named() -> None:
 
 def test_building_the_real_plan_stops_at_the_first_missing_element(tmp_path: Path) -> None:
     cfg = site_config(2)
-    plan = plan_graph(cfg, render_all(cfg, backbone_manifest(cfg), tmp_path), (48, 32), jetson=False)
+    plan = plan_graph(cfg, render_all(cfg, tmp_path), (48, 32), jetson=False)
     with pytest.raises(ElementMissingError) as info:
         DeepStreamGraph(plan)
     assert info.value.element == "nvstreammux"
@@ -173,19 +190,13 @@ def test_probe_exception_boundary_in_a_real_pipeline(tmp_path: Path, videos: dic
     frame = rgba(np.zeros((32, 48, 3), np.uint8))
     pyds.queue(build_batch([FrameSpec(0, 0, 0, frame)]))
     pyds.queue(build_batch([FrameSpec(7, 1, 0, frame)]))  # unknown source: raises inside the probe
-    probe = ClipScoringProbe(
-        pyds,
-        scorer=None,  # type: ignore[arg-type]  # never reached: no clip completes
-        cameras=["cam-00"],
-        clip_len=2,
-        frame_stride=1,
-        normalise=lambda x: x,
-        on_scores=lambda *a: None,
-    )
+    handed: list[str] = []
+    probe = ClipScoringProbe(pyds, ["cam-00"], on_frame=lambda camera, t, rgb: handed.append(camera))
     graph = DeepStreamGraph(plan, score_probe=probe)
     assert graph.run(duration_s=30) == 0
     assert probe.batches == 2  # the two queued batches; later buffers carry no batch meta
     assert probe.dropped_batches == 1
+    assert handed == ["cam-00"]
 
 
 def test_source_error_does_not_stop_the_other_cameras(tmp_path: Path, videos: dict[str, Path]) -> None:
@@ -279,10 +290,204 @@ def test_cli_deepstream_without_deepstream_exits_2(tmp_path: Path) -> None:
 
 def test_missing_required_property_is_named(tmp_path: Path, videos: dict[str, Path]) -> None:
     plan = stand_in_plan(tmp_path, [f"file://{videos['short']}"], osd=False)
-    infer = plan.trunk[2]
-    assert infer.name == "backbone"
+    convert = plan.score_branch[1]
+    assert convert.name == "score-convert"
     # An element without the property the plan needs (as an older or newer DeepStream might be).
-    wrong = dataclasses.replace(infer, props={"input-tensor-meta": True})
-    plan = dataclasses.replace(plan, trunk=(*plan.trunk[:2], wrong, *plan.trunk[3:]))
-    with pytest.raises(PropertyError, match=r"identity \(backbone\) has no property 'input-tensor-meta'"):
+    wrong = dataclasses.replace(convert, props={"nvbuf-memory-type": 3})
+    plan = dataclasses.replace(plan, score_branch=(plan.score_branch[0], wrong, *plan.score_branch[2:]))
+    with pytest.raises(
+        PropertyError, match=r"videoconvertscale \(score-convert\) has no property 'nvbuf-memory-type'"
+    ):
         DeepStreamGraph(plan)
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole chain: frames -> score probe -> clips -> ONNX Runtime engines -> fusion -> alerts
+# --------------------------------------------------------------------------------------------------
+
+
+class StandInMux:
+    """Plays nvstreammux's metadata part on the stand-in graph, through the pyds TEST DOUBLE.
+
+    ``funnel`` batches nothing and attaches no meta, so for each buffer it passes, this records what
+    nvstreammux would put in the frame meta: the source (the funnel sink pad the buffer came in on, seen on
+    the same streaming thread), a per-source frame number and the PTS. The buffer leaving the score branch's
+    capsfilter (the same buffers in the same order, converted to RGBA) gets that batch meta with the
+    buffer's real pixels as its surface, rows padded to a pitch as pyds maps them; the buffer going to the
+    display branch gets one without pixels (the OSD probe only attaches text to it).
+    """
+
+    def __init__(self, graph: DeepStreamGraph, pyds: PydsTestDouble) -> None:
+        self.pyds = pyds
+        # Keyed by thread id: a foreign (GStreamer) thread gets a new Python thread state for each callback,
+        # so threading.local would forget the source between the two probes.
+        self._source: dict[int, int] = {}
+        self._pending: deque[tuple[int, int, int]] = deque()
+        self._lock = threading.Lock()
+        self._frame_num: dict[int, int] = defaultdict(int)
+        self.display_batches: list[BatchMetaDouble] = []
+        self.score_frames = 0
+        for index, pad in graph.mux_pads.items():
+            pad.add_probe(Gst.PadProbeType.BUFFER, self._on_mux_sink, index)
+        graph.elements[MUX].get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._on_mux_src)
+        graph.elements[SCORE_CAPS].get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._on_score)
+
+    def _on_mux_sink(self, _pad: Any, _info: Any, index: int) -> Any:
+        self._source[threading.get_ident()] = index
+        return Gst.PadProbeReturn.OK
+
+    def _on_mux_src(self, _pad: Any, info: Any) -> Any:
+        buffer = info.get_buffer()
+        source = self._source[threading.get_ident()]
+        with self._lock:
+            frame_num = self._frame_num[source]
+            self._frame_num[source] += 1
+            self._pending.append((source, frame_num, buffer.pts))
+            batch = build_batch([FrameSpec(source, frame_num, buffer.pts, np.zeros((1, 1, 4), np.uint8))])
+            self.display_batches.append(batch)
+        self.pyds.attach(buffer, batch)
+        return Gst.PadProbeReturn.OK
+
+    def _on_score(self, pad: Any, info: Any) -> Any:
+        buffer = info.get_buffer()
+        st = pad.get_current_caps().get_structure(0)
+        width, height = st.get_int("width")[1], st.get_int("height")[1]
+        ok, mapped = buffer.map(Gst.MapFlags.READ)
+        assert ok
+        try:  # RGBA rows are width * 4 bytes: GStreamer's default layout has no padding for them
+            pixels = np.frombuffer(mapped.data, np.uint8, count=height * width * 4).reshape(height, width, 4)
+            surface = pitched(pixels.copy())
+        finally:
+            buffer.unmap(mapped)
+        with self._lock:
+            source, frame_num, pts = self._pending.popleft()
+        self.pyds.attach(buffer, build_batch([FrameSpec(source, frame_num, pts, surface)]))
+        self.score_frames += 1
+        return Gst.PadProbeReturn.OK
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Synthetic scenes (160x120, 10 fps, 40 frames), a tiny checkpoint and its ONNX Runtime engines."""
+    return build_world(tmp_path_factory.mktemp("ds-world"), frames=40)
+
+
+def decode_rgb(path: Path, width: int, height: int) -> list[np.ndarray]:
+    """Every frame of a file through the stand-in score branch's elements, as ``(H, W, 3)`` RGB."""
+    pipeline = Gst.parse_launch(
+        f"uridecodebin uri={path.as_uri()} ! videoconvertscale ! "
+        f"video/x-raw,format=RGBA,width={width},height={height} ! appsink name=out sync=false"
+    )
+    sink = pipeline.get_by_name("out")
+    pipeline.set_state(Gst.State.PLAYING)
+    frames = []
+    while True:
+        sample = sink.emit("try-pull-sample", 10 * Gst.SECOND)
+        if sample is None:
+            break
+        buffer = sample.get_buffer()
+        ok, mapped = buffer.map(Gst.MapFlags.READ)
+        assert ok
+        try:
+            rgba = np.frombuffer(mapped.data, np.uint8, count=height * width * 4).reshape(height, width, 4)
+            frames.append(rgba[:, :, :3].copy())
+        finally:
+            buffer.unmap(mapped)
+    pipeline.set_state(Gst.State.NULL)
+    return frames
+
+
+def world_config(world: dict[str, Path], out: Path, graph: str) -> ZsadConfig:
+    from tests.fixtures.run_world import site_config as world_site
+
+    videos = world["videos"]
+    cameras = [
+        {"id": "campus", "uri": f"file://{videos / 'campus_000.mp4'}", "context": "campus"},
+        {"id": "parking", "uri": f"file://{videos / 'parking_000.mp4'}", "context": "parking"},
+    ]
+    data = world_site(world, out, cameras, ALWAYS_ON, graph=graph, metrics={"enabled": False})
+    data["ui"] = {"enabled": False}
+    return ZsadConfig.model_validate(data)
+
+
+def test_stand_in_graph_scores_clips_like_the_cpu_graph(world: dict[str, Path], tmp_path: Path) -> None:
+    """Real GStreamer (stand-in elements), the pyds test double, ONNX Runtime engines: frames mapped from the
+    graph's buffers become clips, scores and alerts, and the CPU graph's code gives the same scores for the
+    same frames."""
+    cfg = world_config(world, tmp_path / "ds", "deepstream")
+    pyds = PydsTestDouble()
+    engines = load_engines(cfg)
+    app = DeepStreamApp(cfg, engines, pyds, jetson=False)
+    assert app.clips.block  # files only: the score branch waits for the clip path, no clip is dropped
+    plan = with_stand_ins(
+        plan_graph(cfg, render_all(cfg, tmp_path / "ds" / "deepstream"), engines.frame_size)
+    )
+    graph = DeepStreamGraph(plan, score_probe=app.probe, osd_probe=app.board, on_state=app.on_state)
+    mux = StandInMux(graph, pyds)
+    frames: list[tuple[str, float, np.ndarray]] = []
+    hand_on = app.probe.on_frame
+
+    def record(camera: str, t: float, rgb: np.ndarray) -> None:
+        frames.append((camera, t, rgb.copy()))
+        hand_on(camera, t, rgb)
+
+    app.probe.on_frame = record
+    assert app.run(graph, duration_s=120) == 0
+
+    # Every frame of both 40-frame files went through the probe, at the backbone's size.
+    assert mux.score_frames == 80
+    assert (app.probe.frames, app.probe.dropped_batches, app.probe.restarts) == (80, 0, 0)
+    # Each camera's frames are its own file's pixels, in order (the mux stand-in kept the sources apart).
+    for camera in ("campus", "parking"):
+        mine = [rgb for c, _, rgb in frames if c == camera]
+        decoded = decode_rgb(world["videos"] / f"{camera}_000.mp4", 64, 48)
+        assert len(mine) == len(decoded) == 40
+        for got, want in zip(mine, decoded, strict=True):
+            np.testing.assert_array_equal(got, want)
+    stats = app.clips.stats()
+    assert {c: (q.processed, q.dropped, q.failed) for c, q in stats.cameras.items()} == {
+        "campus": (10, 0, 0),
+        "parking": (10, 0, 0),
+    }  # clips end at frames 2, 6, ..., 38 of each camera
+    ds_scores = read_jsonl(tmp_path / "ds" / "scores.jsonl")
+    assert {(r["camera"], r["clip"]) for r in ds_scores} == {
+        (c, i) for c in ("campus", "parking") for i in range(2, 10)
+    }
+    alerts = read_jsonl(tmp_path / "ds" / "alerts.jsonl")
+    assert {(a["camera"], a["status"]) for a in alerts} == {
+        (c, s) for c in ("campus", "parking") for s in ("open", "closed")
+    }
+    # The OSD probe drew each camera's fused score on the display branch.
+    texts = [
+        dm.text_params[0].display_text
+        for batch in mux.display_batches
+        for fm in [batch.frame_meta_list.data]
+        for dm in fm.display_metas
+    ]
+    assert len(texts) == 80
+    assert all(t.startswith(("campus  ", "parking  ")) for t in texts)
+    # Scores reach the board from the scheduler's thread while the display branch draws on its own, so
+    # which frames carry a score depends on timing; after the run, each camera's line holds its last one.
+    for camera in ("campus", "parking"):
+        assert "--" not in app.board.text(camera), app.board.text(camera)
+
+    # The CPU graph's code on the same frames: its frame callback (what CameraGraph calls), scheduler,
+    # ClipInference and outputs.
+    cpu_cfg = world_config(world, tmp_path / "cpu", "cpu")
+    cpu = Application(cpu_cfg, load_engines(cpu_cfg), realtime=False)
+    cpu.outputs.start()
+    cpu.scheduler.start()
+    for camera, t, rgb in frames:
+        cpu._on_frame(camera, t, rgb)
+    cpu.scheduler.stop(drain=True)
+    cpu.outputs.shutdown()
+    cpu.engines.close()
+    cpu_scores = {(r["camera"], r["clip"]): r for r in read_jsonl(tmp_path / "cpu" / "scores.jsonl")}
+    assert {(r["camera"], r["clip"]) for r in ds_scores} == set(cpu_scores)
+    for row in ds_scores:
+        expected = cpu_scores[row["camera"], row["clip"]]
+        assert row["t"] == expected["t"]
+        assert row["streams"].keys() == expected["streams"].keys()
+        for stream, value in row["streams"].items():
+            assert value == pytest.approx(expected["streams"][stream], abs=2e-5), (row["camera"], stream)
+        assert row["score"] == pytest.approx(expected["score"], abs=2e-4)

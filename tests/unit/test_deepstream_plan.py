@@ -11,19 +11,20 @@ from pipeline.deepstream.graph import (
     DeepStreamGraphError,
     GraphPlan,
     element_provider,
+    is_live,
     plan_graph,
     tiler_grid,
 )
 from pipeline.deepstream.render import render_all
-from tests.fixtures.deepstream_fixtures import backbone_manifest, site_config
+from tests.fixtures.deepstream_fixtures import site_config
 
 FRAME = (192, 128)
 
 
-def plan_for(tmp_path: Path, n: int, **deepstream: object) -> GraphPlan:
+def plan_for(tmp_path: Path, n: int, *, jetson: bool = False, **deepstream: object) -> GraphPlan:
     cfg = site_config(n, deepstream=dict(deepstream))
-    rendered = render_all(cfg, backbone_manifest(cfg), tmp_path / "ds")
-    return plan_graph(cfg, rendered, FRAME, jetson=False)
+    rendered = render_all(cfg, tmp_path / "ds")
+    return plan_graph(cfg, rendered, FRAME, jetson=jetson)
 
 
 def test_sources_mux_and_trunk(tmp_path: Path) -> None:
@@ -39,18 +40,31 @@ def test_sources_mux_and_trunk(tmp_path: Path) -> None:
     assert rtsp.reconnects
     assert file_.element.props == {"uri": "file:///data/videos/lobby.mp4"}
     assert not file_.reconnects
+    # A looping file as NVIDIA's deepstream_test_3.py (v1.2.0) loops one: file-loop, decoder in CUDA device
+    # memory, and the mux's memory type (below).
     assert loop.element.props["file-loop"] is True
-    assert [e.factory for e in plan.trunk] == ["nvstreammux", "nvdspreprocess", "nvinfer", "tee"]
+    assert loop.element.props["cudadec-memtype"] == 0
+    assert "cudadec-memtype" not in file_.element.props
+    # No nvdspreprocess, no nvinfer: the mux feeds the score branch (and the display branch through a tee).
+    assert [e.factory for e in plan.trunk] == ["nvstreammux", "tee"]
     mux = plan.element("mux")
     assert mux.props["batch-size"] == 4
     assert mux.props["live-source"] is True  # an RTSP camera makes the batch live
     assert mux.props["batched-push-timeout"] == 33_000
     assert (mux.props["width"], mux.props["height"]) == (1280, 720)
     assert mux.optional["gpu-id"] == 1
-    infer = plan.element("backbone")
-    assert infer.props["input-tensor-meta"] is True
-    assert infer.props["config-file-path"].endswith("config_infer_backbone.txt")
-    assert plan.element("preprocess").props["config-file"].endswith("config_preprocess.txt")
+    assert mux.props["nvbuf-memory-type"] == 2  # dGPU with a looping file: CUDA device memory
+    jetson = plan_for(tmp_path / "j", 4, jetson=True).element("mux")
+    assert jetson.props["nvbuf-memory-type"] == 4  # Jetson: surface arrays
+
+
+def test_mux_memory_type_only_with_a_looping_file(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, 2)  # two RTSP cameras
+    assert "nvbuf-memory-type" not in plan.element("mux").props
+    new = plan_for(tmp_path / "new", 4, mux="new").element("mux")
+    # The new mux allocates no frames: the memory type is set only if it has the property.
+    assert new.optional["nvbuf-memory-type"] == 2
+    assert "nvbuf-memory-type" not in new.props
 
 
 def test_score_branch_gives_rgba_frames_at_model_size(tmp_path: Path) -> None:
@@ -60,10 +74,10 @@ def test_score_branch_gives_rgba_frames_at_model_size(tmp_path: Path) -> None:
         plan.element("score-caps").props["caps"]
         == "video/x-raw(memory:NVMM),format=RGBA,width=192,height=128"
     )
-    assert plan.element("score-convert").props["nvbuf-memory-type"] == 3  # dGPU: CUDA unified
-    cfg = site_config(1)
-    jetson = plan_graph(cfg, render_all(cfg, backbone_manifest(cfg), tmp_path / "j"), FRAME, jetson=True)
-    assert "nvbuf-memory-type" not in jetson.element("score-convert").props
+    # get_nvds_buf_surface reads CUDA unified memory on dGPU and maps surface arrays on Jetson.
+    assert plan.element("score-convert").props["nvbuf-memory-type"] == 3
+    jetson = plan_for(tmp_path / "j", 1, jetson=True)
+    assert jetson.element("score-convert").props["nvbuf-memory-type"] == 4
 
 
 def test_new_mux_takes_the_config_file(tmp_path: Path) -> None:
@@ -76,7 +90,7 @@ def test_new_mux_takes_the_config_file(tmp_path: Path) -> None:
 def test_display_branch_variants(tmp_path: Path) -> None:
     headless = plan_for(tmp_path / "a", 2, osd=False)
     assert headless.display_branch == ()
-    assert headless.trunk[-1].factory == "nvinfer"  # no tee without a second branch
+    assert [e.factory for e in headless.trunk] == ["nvstreammux"]  # no tee without a second branch
     osd = plan_for(tmp_path / "b", 5)
     assert [e.factory for e in osd.display_branch] == [
         "queue",
@@ -121,11 +135,21 @@ def test_element_names_are_unique(tmp_path: Path) -> None:
 def test_live_source_override(tmp_path: Path) -> None:
     plan = plan_for(tmp_path, 4, live_source=False)
     assert plan.element("mux").props["live-source"] is False
+    assert not plan.live
+
+
+def test_files_alone_are_not_live() -> None:
+    cfg = site_config(1)
+    files = cfg.model_copy(
+        update={"cameras": [cfg.cameras[0].model_copy(update={"uri": "file:///data/a.mp4"})]}
+    )
+    assert is_live(cfg)  # an RTSP camera
+    assert not is_live(files)  # the clip path may hold a file back instead of dropping clips
 
 
 def test_rendered_for_other_camera_count_is_refused(tmp_path: Path) -> None:
     cfg = site_config(2)
-    rendered = render_all(cfg, backbone_manifest(cfg), tmp_path)
+    rendered = render_all(cfg, tmp_path)
     with pytest.raises(DeepStreamGraphError, match="rendered for 2 cameras"):
         plan_graph(site_config(3), rendered, FRAME)
 
@@ -156,7 +180,7 @@ def test_bus_policy(tmp_path: Path) -> None:
     assert policy.failed == {"cam-00", "cam-01"}
     assert policy.exit_code == 1
     # Anything else stops the pipeline.
-    assert policy.on_error("/GstPipeline:zsad/GstNvInfer:backbone", "engine") == ("stop", None)
+    assert policy.on_error("/GstPipeline:zsad/GstNvStreamMux:mux", "batch") == ("stop", None)
     assert policy.on_error("/GstPipeline:zsad/GstBin:source-bin-42/x", "?") == ("stop", None)
     assert policy.on_stream_eos(3) == "cam-03"
     assert policy.on_stream_eos(9) is None

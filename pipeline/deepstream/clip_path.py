@@ -1,0 +1,153 @@
+"""The DeepStream graph's clip path: frames in, scored clips out, through the CPU graph's own code.
+
+The score probe (:class:`pipeline.deepstream.probe.ClipScoringProbe`) hands every camera's frames to
+:meth:`ClipPath.push` on the score branch's streaming thread. From there on it is the CPU graph's code, not a
+copy of it: :class:`pipeline.clips.ClipAssembler` makes the clips,
+:class:`pipeline.cpu.scheduler.BatchScheduler` batches them across cameras on its own worker thread, and
+:class:`pipeline.inference.ClipInference` runs the backbone, the DPC head (the per-camera history of
+:class:`plugins.scorer.ClipScorer`) and the semantic head through the configured engines backend (TensorRT on
+a device). ``on_result(clip, result)`` receives each
+scored clip, in each camera's order, on the scheduler's thread.
+
+Why the scheduler and not inference in the probe: a probe runs on the streaming thread, so inference there
+would stall the whole batch of cameras for as long as the engines take, and it could not batch clips that
+complete on different mux batches. The frames the probe hands over are copies (see
+:func:`pipeline.deepstream.meta.frame_rgb`), so the surfaces are unmapped before inference starts.
+
+Restarts. When a camera's stream restarts (a file loop, a reconnect), :meth:`ClipPath.restart` drops its
+buffered frames at once, so no clip spans the gap, and resets its DPC history *in clip order*: clips of the
+old stream still queued in the scheduler are scored with the old history, the first clip of the new stream
+with an empty one (a batch holding both is split at that clip).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from core.config import SchedulerConfig
+from pipeline.clips import Clip, ClipAssembler
+from pipeline.cpu.scheduler import BatchScheduler, ResultFn, SchedulerStats
+from pipeline.inference import ClipInference, ClipResult
+
+__all__ = ["ClipPath"]
+
+log = logging.getLogger(__name__)
+
+
+class ClipPath:
+    """Clip assembly, cross-camera batching and inference for frames that arrive on a streaming thread.
+
+    Args:
+        inference: the CPU graph's clip inference (backbone, DPC head, semantic head); it keeps the DPC
+            history.
+        assembler: the CPU graph's clip assembler.
+        on_result: ``on_result(clip, result)`` for every scored clip (the scheduler's thread).
+        scheduler: the run's ``scheduler`` section (batch size, wait, per-camera queue bound).
+        block: when a camera's queue is full, wait for room (files: back-pressure, no clip lost) instead of
+            dropping its oldest clip (live cameras: never hold the stream back).
+        max_batch: the engines' largest batch, if smaller than ``scheduler.max_batch``.
+    """
+
+    def __init__(
+        self,
+        inference: ClipInference,
+        assembler: ClipAssembler,
+        on_result: ResultFn,
+        *,
+        scheduler: SchedulerConfig,
+        block: bool,
+        max_batch: int | None = None,
+    ) -> None:
+        self.inference = inference
+        self.assembler = assembler
+        self.block = block
+        self.max_batch = min(scheduler.max_batch, max_batch) if max_batch else scheduler.max_batch
+        if self.max_batch < scheduler.max_batch:
+            log.info(
+                "batches of at most %d clips: the engines' profile stops there (scheduler.max_batch is %d)",
+                self.max_batch,
+                scheduler.max_batch,
+            )
+        self.scheduler = BatchScheduler(
+            self._infer,
+            on_result,
+            max_batch=self.max_batch,
+            max_wait_ms=scheduler.max_wait_ms,
+            queue_size=scheduler.queue_size,
+        )
+        self._lock = threading.Lock()
+        self._last_index: dict[str, int] = {}  # the newest clip assembled per camera (the pushing thread)
+        self._resets: dict[str, deque[int]] = {}  # per camera: the first clip index of each new stream
+        self.refused = 0
+
+    # -- the pushing thread (the score probe) -----------------------------------------------------------
+
+    def push(self, camera: str, t: float, frame: np.ndarray) -> bool:
+        """Add a camera's frame ``(H, W, 3) uint8`` RGB at stream time ``t``; a completed clip goes to the
+        scheduler. Returns False only when a clip completed and the scheduler refused it (stopping)."""
+        clip = self.assembler.push(camera, t, frame)
+        if clip is None:
+            return True
+        self._last_index[camera] = clip.index
+        if self.scheduler.submit(clip, block=self.block):
+            return True
+        self.refused += 1
+        return False
+
+    def restart(self, camera: str) -> None:
+        """The camera's stream restarted: no clip may span the gap, and its DPC history starts again with
+        its next clip. Call it from the thread that pushes the camera's frames, before the new stream's
+        first frame."""
+        self.assembler.reset(camera)
+        first = self._last_index.get(camera, -1) + 1
+        with self._lock:
+            self._resets.setdefault(camera, deque()).append(first)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self, *, drain: bool = True) -> None:
+        """Stop taking clips; with ``drain`` every queued clip is scored first."""
+        self.scheduler.stop(drain=drain)
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()
+
+    # -- the scheduler's thread ---------------------------------------------------------------------------
+
+    def _reset_due(self, clip: Clip) -> bool:
+        with self._lock:
+            pending = self._resets.get(clip.camera_id)
+            if not pending:
+                return False
+            due = False
+            while pending and pending[0] <= clip.index:
+                pending.popleft()
+                due = True
+            if not pending:
+                del self._resets[clip.camera_id]
+            return due
+
+    def _infer(self, clips: Sequence[Clip]) -> list[ClipResult]:
+        """The scheduler's ``infer``: :class:`ClipInference` over the batch, split where a camera's history
+        must be reset between two of its clips."""
+        results: list[ClipResult] = []
+        start = 0
+        for i, clip in enumerate(clips):
+            if not self._reset_due(clip):
+                continue
+            if i > start:
+                results.extend(self.inference(clips[start:i]))
+                start = i
+            log.info("camera %s: stream restarted; DPC history reset at clip %d", clip.camera_id, clip.index)
+            self.inference.reset(clip.camera_id)
+        if start < len(clips):
+            results.extend(self.inference(clips[start:]))
+        return results
