@@ -25,7 +25,7 @@ from engines.manifest import ManifestError
 from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.cli.run import announce
 from pipeline.inference import EngineError, load_engines
-from pipeline.outputs.hub import RunOutputsError, check_ports
+from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
 from synth import generate_dataset
 
@@ -246,7 +246,7 @@ def run_demo(args: Any) -> int:
         print(f"invalid config:\n{exc}")
         return 2
     try:
-        check_ports(cfg)  # before minutes of scenes, engines and calibration
+        check_outputs(cfg)  # before minutes of scenes, engines and calibration
         if not cfg.engines.checkpoint:
             raise ConfigError(
                 str(config_path), [(None, "engines.checkpoint", "the demo needs a checkpoint to build from")]

@@ -18,7 +18,7 @@ from pipeline.deepstream.availability import DeepStreamUnavailable
 from pipeline.deepstream.graph import DeepStreamGraphError
 from pipeline.deepstream.render import RenderError
 from pipeline.inference import EngineBuildError, EngineError, build_missing_engines
-from pipeline.outputs.hub import RunOutputs, RunOutputsError, check_ports
+from pipeline.outputs.hub import RunOutputs, RunOutputsError, check_outputs
 from pipeline.run import run_config
 
 __all__ = ["announce", "first_run_engines", "run_deepstream_graph", "run_run"]
@@ -76,7 +76,7 @@ def run_run(args: Any) -> int:
     if (args.graph or cfg.graph) == "deepstream":
         return run_deepstream_graph(cfg, args.duration)
     try:
-        check_ports(cfg)  # before a first run spends a minute building engines
+        check_outputs(cfg)  # before a first run spends a minute building engines
         first_run_engines(cfg)
         return run_config(
             cfg, duration_s=args.duration, realtime=not args.fast, config_path=args.config, on_start=announce
@@ -94,7 +94,7 @@ def run_deepstream_graph(cfg: ZsadConfig, duration_s: float | None = None) -> in
     the engines, the config, a port) or 1 (the graph cannot be built). Its TensorRT engines are never built
     here: ``zsad build-engines --backend tensorrt`` builds them on the device."""
     try:
-        check_ports(cfg)
+        check_outputs(cfg)
         return run_deepstream(cfg, duration_s=duration_s, on_start=announce)
     except DeepStreamUnavailable as exc:
         print(f"cannot run the DeepStream graph: {exc}")

@@ -20,7 +20,7 @@ from core.redact import redact_uri
 from pipeline.outputs.events import CameraAlerts
 from pipeline.outputs.media import EventRecorder, Frame
 from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
-from pipeline.outputs.sinks import SinkFanout, build_sinks
+from pipeline.outputs.sinks import SinkFanout, build_sinks, sink_name
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web import ReviewServer, ReviewServerError
 from plugins.fusion import Calibration, CalibrationError, CameraFusion, StreamGate, load_calibration
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunOutputs", "RunOutputsError", "check_ports"]
+__all__ = ["RunOutputs", "RunOutputsError", "check_outputs", "uncalibrated_notice"]
 
 
 class RunOutputsError(RuntimeError):
@@ -47,9 +47,29 @@ def _port_error(section: str, host: str, port: int, exc: OSError) -> RunOutputsE
     )
 
 
-def check_ports(cfg: ZsadConfig) -> None:
-    """Fail early, before minutes of set-up, when the metrics or review port cannot be bound (the real
-    bind in :meth:`RunOutputs.start` still decides). Raises :class:`RunOutputsError`."""
+def _output_dir_error(out: Path, exc: OSError) -> RunOutputsError:
+    return RunOutputsError(
+        f"output_dir {out} cannot be written: {exc.strerror or exc}: point output_dir at a writable folder"
+    )
+
+
+def check_outputs(cfg: ZsadConfig) -> None:
+    """Fail early, before engines are built or loaded, on what would stop :class:`RunOutputs`: an output
+    folder that cannot be made, two sinks with one destination, a metrics or review port that cannot be
+    bound (the real bind in :meth:`RunOutputs.start` still decides). Raises :class:`RunOutputsError`."""
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_dir_error(out, exc) from exc
+    seen: set[str] = set()
+    for sink in cfg.sinks:
+        name = sink_name(sink, out)
+        if name in seen:  # the same check as build_sinks, before any engine is built
+            raise RunOutputsError(
+                f"sinks: two sinks deliver to the same destination ({sink.kind}): remove one"
+            )
+        seen.add(name)
     for section, enabled, host, port in (
         ("metrics", cfg.metrics.enabled, cfg.metrics.host, cfg.metrics.port),
         ("ui", cfg.ui.enabled, cfg.ui.host, cfg.ui.port),
@@ -96,10 +116,7 @@ class RunOutputs:
             self.out.mkdir(parents=True, exist_ok=True)
             self.sinks = SinkFanout(build_sinks(cfg.sinks, self.out, metrics=self.metrics))
         except OSError as exc:
-            raise RunOutputsError(
-                f"output_dir {self.out} cannot be written: {exc.strerror or exc}: point output_dir at a "
-                f"writable folder"
-            ) from exc
+            raise _output_dir_error(self.out, exc) from exc
         except ValueError as exc:  # two sinks with one destination
             raise RunOutputsError(f"sinks: {exc}") from exc
         self.gate = StreamGate.load(gate_path) if gate_path else StreamGate.uniform()
