@@ -141,14 +141,15 @@ class Application:
         return self.outputs.metrics_server
 
     def add_camera(self, cam: CameraSettings) -> None:
-        """Start one more camera while running; the others are not touched. Raises
-        :class:`CameraChangeError` (duplicate id, unsupported URI, missing element, bad calibration)."""
+        """Start one more camera while running; the others are not touched. A calibration file that cannot
+        be read starts it uncalibrated, with a warning. Raises :class:`CameraChangeError` (duplicate id,
+        unsupported URI, missing element, an output that cannot be created)."""
         with self._cameras_lock:
             if cam.id in self.cameras:
                 raise CameraChangeError(f"camera {cam.id!r} is already running")
         try:
             self.outputs.add_camera(cam)
-        except Exception as exc:  # a calibration file of any kind of wrongness: refuse this camera only
+        except Exception as exc:  # whatever stops this camera's outputs (media folder, ...): refuse it alone
             raise CameraChangeError(f"camera {cam.id!r}: {exc}") from exc
         with self._cameras_lock:
             self.cameras[cam.id] = cam

@@ -3,6 +3,7 @@ when ``zsad train`` runs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, load_config
@@ -30,6 +31,9 @@ def run_train(args: Any) -> int:
         cfg.train.max_minutes = args.max_minutes
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
+    if Path(cfg.train.output_dir).is_file():
+        print(f"train.output_dir {cfg.train.output_dir} is a file: name a folder for the checkpoints")
+        return 2
     try:
         path = train(cfg, resume=args.resume)
     except DatasetError as exc:

@@ -17,10 +17,11 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.cli.main import build_parser
 from tests.conftest import REPO
@@ -180,23 +181,24 @@ class Ctx:
 
 @dataclass(frozen=True)
 class Case:
+    """``zsad COMMAND ARGV`` exits ``code`` without a traceback and its output holds each of ``says``."""
+
     command: str
     name: str
     argv: Callable[[Ctx], list[str]]
     says: tuple[str, ...] = ()
     code: int = 2
-    marks: tuple[pytest.MarkDecorator, ...] = field(default=())
+    marks: tuple[pytest.MarkDecorator, ...] = ()
 
 
 def _synthetic_with(tmp: Path, **changes: object) -> Path:
-    """configs/train/synthetic.yaml with ``train.dataset.root`` and model fields changed."""
-    import yaml
-
+    """configs/train/synthetic.yaml with its dataset root (default: a missing folder) and model fields
+    (``section__field=value``) changed."""
     cfg = yaml.safe_load((REPO / "configs" / "train" / "synthetic.yaml").read_text())
     cfg["train"]["dataset"]["root"] = str(changes.pop("root", tmp / "no-dataset"))
     for dotted, value in changes.items():
-        section, field = dotted.split("__")
-        cfg["model"][section][field] = value
+        section, name = dotted.split("__")
+        cfg["model"][section][name] = value
     path = tmp / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -235,6 +237,12 @@ CASES = [
         "zero-minutes",
         lambda c: [str(_synthetic_with(c.tmp)), "--max-minutes", "0"],
         ("--max-minutes must be > 0",),
+    ),
+    Case(
+        "train",
+        "output-dir-is-a-file",
+        lambda c: [str(_synthetic_with(c.tmp)), "--output-dir", str(c.afile())],
+        ("is a file",),
     ),
     # eval
     Case(
@@ -287,6 +295,7 @@ CASES = [
         marks=(pytest.mark.slow,),  # loads the checkpoint first: torch, ~10 s
     ),
     # run
+    Case("run", "deepstream-without-engines", lambda c: [str(c.site("ds")), "--graph", "deepstream"]),
     Case("run", "negative-duration", lambda c: [str(c.site("d")), "--duration", "-1"], ("--duration",)),
     Case(
         "run",
