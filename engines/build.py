@@ -27,7 +27,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,7 @@ __all__ = [
     "BuildError",
     "BuildInputError",
     "BuildOptions",
+    "BuildProgress",
     "BuildReport",
     "StepResult",
     "build_engines",
@@ -93,6 +94,10 @@ __all__ = [
 BACKEND_CHOICES = ("onnxruntime", "tensorrt", "all")
 _CONTEXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STAGING = ".staging"
+
+BuildProgress = Callable[[int, int, str], None]
+"""``progress(done, total, component)``: called before each component is built (``done`` of ``total``
+finished, ``component`` next) and once at the end with ``done == total`` and component ``"done"``."""
 
 
 class BuildError(RuntimeError):
@@ -283,6 +288,7 @@ class _Builder:
         contexts: Mapping[str, str],
         options: BuildOptions,
         prompt_dir: Path,
+        progress: BuildProgress | None = None,
     ) -> None:
         self.spec = spec.model_copy(deep=True)
         self.spec_sha = spec_sha256(self.spec)
@@ -297,6 +303,7 @@ class _Builder:
         self.meta: dict[str, Any] = {}
         self.weights_sha = ""
         self._text_encoder: TextEncoder | None = None
+        self.progress = progress
 
     # -- inputs ------------------------------------------------------------------------------------------
 
@@ -853,6 +860,8 @@ class _Builder:
                 self.remove_stale("semantic_head")
         for i, component in enumerate(plan, 1):
             log.info("[%d/%d] %s", i, len(plan), component)
+            if self.progress is not None:
+                self.progress(i - 1, len(plan), component)
             if component == "stream_gate":
                 self.gate_stage()
                 continue
@@ -866,6 +875,8 @@ class _Builder:
                 manifest = self.text_stage(manifest, previous)
             self.write(manifest, previous)
         shutil.rmtree(self.staging, ignore_errors=True)
+        if self.progress is not None:
+            self.progress(len(plan), len(plan), "done")
         return self.report
 
 
@@ -904,6 +915,7 @@ def build_engines(
     contexts: Mapping[str, str] | None = None,
     options: BuildOptions | None = None,
     prompt_dir: str | Path = PROMPT_DIR,
+    progress: BuildProgress | None = None,
 ) -> BuildReport:
     """Build every engine of ``checkpoint`` into ``out_dir``; skip what is up to date.
 
@@ -914,6 +926,7 @@ def build_engines(
         contexts: ``{context: prompt set}`` of the cameras (see :func:`camera_contexts`); default generic.
         options: see :class:`BuildOptions`.
         prompt_dir: folder of ``<prompt set>.yaml`` files.
+        progress: called as each component starts and at the end (see :data:`BuildProgress`).
 
     Raises:
         BuildInputError: bad checkpoint/spec/options/prompts or a missing TensorRT when required.
@@ -927,6 +940,7 @@ def build_engines(
         contexts or {"generic": "generic"},
         options or BuildOptions(),
         Path(prompt_dir),
+        progress,
     )
     return builder.run()
 
@@ -936,6 +950,7 @@ def build_from_config(
     checkpoint: str | Path | None = None,
     out_dir: str | Path | None = None,
     options: BuildOptions | None = None,
+    progress: BuildProgress | None = None,
 ) -> BuildReport:
     """:func:`build_engines` for a loaded :class:`core.config.ZsadConfig`: its ``model`` section, its
     cameras' contexts and prompt sets, and ``engines.checkpoint`` / ``engines.dir`` unless ``checkpoint`` /
@@ -951,4 +966,5 @@ def build_from_config(
         out_dir or cfg.engines.dir,
         contexts=contexts,
         options=options,
+        progress=progress,
     )

@@ -1,6 +1,8 @@
 """The engines a run needs, checked against the config, and the clip inference the scheduler calls.
 
-``load_engines`` refuses to start on a missing engine or a manifest that does not match the config.
+``build_missing_engines`` builds the CPU (ONNX Runtime) engines of a first run from ``engines.checkpoint``
+when the engine folder holds none yet; ``load_engines`` refuses to start on a missing engine or a manifest
+that does not match the config.
 ``ClipInference`` is the ONNX Runtime / TensorRT path of the CPU graph: the shared normalisation
 (``plugins.preprocess``), the backbone, then the shared ``plugins.scorer.ClipScorer`` (the DPC head,
 batched across cameras) and ``plugins.semantic.SemanticScorer`` (the semantic stream).
@@ -8,6 +10,7 @@ batched across cameras) and ``plugins.semantic.SemanticScorer`` (the semantic st
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +21,16 @@ import numpy as np
 
 from core.config import ZsadConfig
 from engines.backends import load_backend
-from engines.backends.base import Backend, BackendError
+from engines.backends.base import Backend, BackendError, BackendUnavailable
+from engines.build import (
+    BuildError,
+    BuildInputError,
+    BuildOptions,
+    BuildProgress,
+    BuildReport,
+    build_from_config,
+)
+from engines.export import ExportError, ParityError
 from engines.manifest import (
     Expectation,
     Manifest,
@@ -36,11 +48,80 @@ from plugins.streams import SEMANTIC
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClipInference", "ClipResult", "EngineError", "EngineSet", "load_engines", "semantic_scorer"]
+__all__ = [
+    "ClipInference",
+    "ClipResult",
+    "EngineBuildError",
+    "EngineError",
+    "EngineSet",
+    "build_missing_engines",
+    "load_engines",
+    "semantic_scorer",
+]
+
+REQUIRED_COMPONENTS = ("backbone", "dpc_head")
 
 
 class EngineError(RuntimeError):
     """The engines of a run are missing or do not match its config; the message says which and why."""
+
+
+class EngineBuildError(RuntimeError):
+    """Building the missing engines of a first run failed (export, parity); the message says where."""
+
+
+def build_missing_engines(cfg: ZsadConfig, *, progress: BuildProgress | None = None) -> BuildReport | None:
+    """On a first run, build the CPU engines of ``cfg`` (ONNX Runtime; the ``torch`` backend reads the
+    same manifests) from ``engines.checkpoint`` into ``engines.dir``. Returns None when the required
+    manifests are there (then :func:`load_engines` checks them), the build report when it built.
+
+    It only ever builds into a folder that holds no engine yet: engines that are there but damaged,
+    incomplete or built for another model are never rebuilt silently (they are refused with what to run).
+    TensorRT engines are not built here: they are built on the device that runs them.
+
+    Raises:
+        EngineError: the engines cannot be built here (no checkpoint, TensorRT, no PyTorch, an
+            incomplete folder, a checkpoint that does not fit the config); the message says what to do.
+        EngineBuildError: the build itself failed (export, parity).
+    """
+    directory = Path(cfg.engines.dir)
+    missing = [c for c in REQUIRED_COMPONENTS if not manifest_path(directory, c).is_file()]
+    if not missing:
+        return None
+    first = manifest_path(directory, missing[0])
+    if directory.exists() and not directory.is_dir():
+        raise EngineError(f"engines.dir {directory} is a file, not a folder: point engines.dir at a folder")
+    build = f"zsad build-engines --config CONFIG --checkpoint CKPT --out {directory}"
+    if cfg.engines.backend == "tensorrt":
+        raise EngineError(
+            f"engine manifest {first} is missing: TensorRT engines are never built by zsad run; build them "
+            f"on the device that runs them: zsad build-engines --config CONFIG --backend tensorrt "
+            f"--out {directory}"
+        )
+    if len(missing) < len(REQUIRED_COMPONENTS):
+        raise EngineError(
+            f"engine manifest {first} is missing but {directory} holds other engines (an interrupted or "
+            f"partial build): complete it with {build} (it keeps what is up to date)"
+        )
+    checkpoint = cfg.engines.checkpoint
+    if not checkpoint:
+        raise EngineError(
+            f"engine manifest {first} is missing: set engines.checkpoint in the config so that the first "
+            f"run builds the engines, or build them first ({build})"
+        )
+    if importlib.util.find_spec("torch") is None:
+        raise EngineError(
+            f"engine manifest {first} is missing and this machine cannot build engines (PyTorch is not "
+            f"installed: pip install -r requirements/train.txt); or build them elsewhere ({build}) and copy "
+            f"{directory} here"
+        )
+    log.info("no engines in %s yet: building them from %s (first run)", directory, checkpoint)
+    try:
+        return build_from_config(cfg, options=BuildOptions(backend="onnxruntime"), progress=progress)
+    except (BuildInputError, BackendUnavailable) as exc:
+        raise EngineError(f"cannot build the engines in {directory} from {checkpoint}: {exc}") from exc
+    except (BuildError, ExportError, ParityError, ManifestError, BackendError, OSError) as exc:
+        raise EngineBuildError(f"building the engines in {directory} from {checkpoint}: {exc}") from exc
 
 
 @dataclass
@@ -91,7 +172,12 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     except (ManifestError, BackendError) as exc:
         for backend in opened.values():
             backend.close()
-        raise EngineError(str(exc)) from exc
+        # Never rebuilt here: a damaged engine or one built for another model needs a person's decision.
+        raise EngineError(
+            f"{exc} (the engines in {directory} are damaged or do not fit this config: rebuild them with "
+            f"zsad build-engines --config CONFIG --out {directory}, or fix the config's model section if "
+            f"that is what changed)"
+        ) from exc
 
     bb = opened["backbone"].manifest
     pre = bb.preprocessing

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,12 @@ from pipeline.cpu.graph import CameraGraph
 from pipeline.cpu.scheduler import BatchScheduler
 from pipeline.cpu.sources import SourceError
 from pipeline.inference import ClipInference, ClipResult, EngineSet, load_engines
-from pipeline.outputs.hub import RunOutputs
+from pipeline.outputs.hub import RunOutputs, RunOutputsError
 from pipeline.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Application", "CameraChangeError", "ReloadResult", "run_config"]
+__all__ = ["Application", "CameraChangeError", "ReloadResult", "run_config", "warn_idle_contexts"]
 
 DISPLAY_SIZE = (320, 240)  # event media resolution (width, height)
 FINISHED_STATES = {"eos", "failed", "stopped"}
@@ -50,6 +50,23 @@ _RESTART_SECTIONS = (
     "graph",
     "output_dir",
 )
+
+
+def warn_idle_contexts(cameras: Iterable[CameraSettings], engines: EngineSet, engine_dir: str) -> None:
+    """A camera's ``context:`` (and ``prompts:``) picks the semantic stream's prompts and nothing else:
+    with that stream off they change nothing but the alert's context label. Say so once per camera."""
+    if engines.semantic is not None:
+        return
+    for cam in cameras:
+        if cam.context != "generic" or cam.prompts not in (None, "generic"):
+            log.warning(
+                "camera %s: context %r only picks the semantic stream's prompts, and the semantic stream is "
+                "off (no semantic_head engine in %s): on this run it only labels the camera's alerts; set "
+                "model.semantic.clip_text_model to a local CLIP folder and rebuild the engines to use it",
+                cam.id,
+                cam.context,
+                engine_dir,
+            )
 
 
 class CameraChangeError(RuntimeError):
@@ -123,14 +140,15 @@ class Application:
         return self.outputs.metrics_server
 
     def add_camera(self, cam: CameraSettings) -> None:
-        """Start one more camera while running; the others are not touched. Raises
-        :class:`CameraChangeError` (duplicate id, unsupported URI, missing element, bad calibration)."""
+        """Start one more camera while running; the others are not touched. A calibration file that cannot
+        be read starts it uncalibrated, with a warning. Raises :class:`CameraChangeError` (duplicate id,
+        unsupported URI, missing element, an output that cannot be created)."""
         with self._cameras_lock:
             if cam.id in self.cameras:
                 raise CameraChangeError(f"camera {cam.id!r} is already running")
         try:
             self.outputs.add_camera(cam)
-        except Exception as exc:  # a calibration file of any kind of wrongness: refuse this camera only
+        except Exception as exc:  # whatever stops this camera's outputs (media folder, ...): refuse it alone
             raise CameraChangeError(f"camera {cam.id!r}: {exc}") from exc
         with self._cameras_lock:
             self.cameras[cam.id] = cam
@@ -256,9 +274,16 @@ class Application:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start everything. Raises :class:`RunOutputsError` (a port in use) with the outputs and the
+        engines closed again, so the caller can just report it."""
         heap.limit_arenas()
         self.inference.warm_up(self.cfg.scheduler.max_batch)
-        self.outputs.start()
+        try:
+            self.outputs.start()
+        except RunOutputsError:
+            self.outputs.shutdown()
+            self.engines.close()
+            raise
         self.scheduler.start()
         self.graph.start()
 
@@ -317,11 +342,17 @@ def run_config(
     re-reads it and applies its cameras (:meth:`Application.reload`). ``on_start`` is called once
     everything runs (the command line prints the review page's address there).
 
-    Raises :class:`pipeline.inference.EngineError` when the engines are missing or do not fit ``cfg``
-    (nothing has started then)."""
+    Raises :class:`pipeline.inference.EngineError` when the engines are missing or do not fit ``cfg``, and
+    :class:`pipeline.outputs.hub.RunOutputsError` when an output cannot start (an unwritable folder, a port
+    in use); nothing is left running then."""
     heap.limit_arenas()  # before the runtimes start their threads
     engines = load_engines(cfg)
-    app = Application(cfg, engines, realtime=realtime)
+    try:
+        app = Application(cfg, engines, realtime=realtime)
+    except RunOutputsError:
+        engines.close()
+        raise
+    warn_idle_contexts(app.cameras.values(), engines, cfg.engines.dir)
     with stop_on_signals(app.request_stop, app.request_reload if config_path is not None else None):
         app.start()
         if on_start is not None:

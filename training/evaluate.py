@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import ZsadConfig, resolve_data_path
+from engines.manifest import spec_diff
 from engines.model import ZsadModel, load_checkpoint
 from plugins.fusion import Calibration, fit_calibration
 from plugins.preprocess import normalise_frames
@@ -41,7 +42,7 @@ __all__ = ["EvaluationError", "dpc_runner", "evaluate", "score_video"]
 
 
 class EvaluationError(ValueError):
-    """The config cannot be evaluated (it names no dataset)."""
+    """The config cannot be evaluated (it names no dataset, or a model other than the checkpoint's)."""
 
 
 def dpc_runner(model: ZsadModel) -> Runner:
@@ -161,13 +162,24 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the test split of ``cfg.train.dataset``; write metrics and plots."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Every core by default; an explicit OMP_NUM_THREADS (a shared machine, a benchmark) wins.
+        torch.set_num_threads(os.cpu_count() or 1)
     started = time.monotonic()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.train is None:
         raise EvaluationError("the config has no 'train' section naming the dataset")
     model, meta = load_checkpoint(checkpoint)
+    # The checkpoint carries its own spec; a config that states a different model would be silently
+    # ignored, so it is refused, as build-engines refuses it. A config without a model section is fine.
+    diffs = spec_diff(model.spec, cfg.model) if "model" in cfg.model_fields_set else []
+    if diffs:
+        where = "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8])
+        raise EvaluationError(
+            f"the config's model section does not match checkpoint {checkpoint}: {where} (evaluate with the "
+            f"config the checkpoint was trained with, or remove the model section)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     model.eval()
     ds_cfg = cfg.train.dataset
     root = resolve_data_path(ds_cfg.root)
@@ -298,7 +310,12 @@ def evaluate(
         "calibration": cal.to_dict(),
         "stream_gate": gate_info,
         "details": results,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "eval_seconds": round(time.monotonic() - started, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))

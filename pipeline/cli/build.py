@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from core.config import ConfigError, load_config
 from engines.backends.base import BackendError, BackendUnavailable
@@ -23,6 +24,10 @@ def run_build(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    out = args.out or cfg.engines.dir
+    if Path(out).exists() and not Path(out).is_dir():
+        print(f"error: --out {out} is a file: name the engine folder to write", file=sys.stderr)
+        return 2
     try:
         options = BuildOptions(
             backend=args.backend,
@@ -40,6 +45,9 @@ def run_build(args: argparse.Namespace) -> int:
         return 1
     except (BuildError, ExportError, TensorRTBuildError, ManifestError, BackendError) as exc:
         print(f"build failed: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"build failed: {exc.filename or out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     print(report.table())
     return 0

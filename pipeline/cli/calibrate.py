@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
+from pipeline.cli.run import first_run_engines
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
-from pipeline.inference import ClipInference, EngineError, EngineSet, load_engines
+from pipeline.inference import ClipInference, EngineBuildError, EngineError, EngineSet, load_engines
 from plugins.fusion import fit_calibration, save_calibration
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,16 @@ def calibrate_camera(
     return out
 
 
+def _footage_problem(uri: str) -> str | None:
+    """Why a footage URI cannot be read, when that is knowable before starting (a local file), else None."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return f"footage {uri!r} is not a URI: write file:///path/to/normal.mp4 (or rtsp://...)"
+    if scheme.lower() in {"file", "loop"} and not Path(rest).is_file():
+        return f"footage {uri}: no such file {rest}"
+    return None
+
+
 def run_calibrate(args: Any) -> int:
     """CLI handler: ``zsad calibrate CONFIG --camera ID --footage URI [--footage URI ...] --out FILE``."""
     try:
@@ -134,15 +145,31 @@ def run_calibrate(args: Any) -> int:
     except KeyError as exc:
         print(f"{args.config}: {exc.args[0]}")
         return 2
+    problems = [p for p in (_footage_problem(uri) for uri in args.footage) if p]
+    out = Path(args.out)
+    if out.is_dir():
+        problems.append(
+            f"--out {out} is a folder: name the file to write, e.g. {out / (args.camera + '.json')}"
+        )
+    if problems:
+        print("\n".join(problems))
+        return 2
     try:
+        first_run_engines(cfg)
         engines = load_engines(cfg)
     except EngineError as exc:
         print(f"refusing to start: {exc}")
         return 2
+    except EngineBuildError as exc:
+        print(f"cannot build the engines: {exc}")
+        return 1
     try:
-        path = calibrate_camera(cfg, engines, args.camera, args.footage, Path(args.out))
+        path = calibrate_camera(cfg, engines, args.camera, args.footage, out)
     except CalibrationFootageError as exc:
         print(f"calibration failed: {exc}")
+        return 1
+    except OSError as exc:
+        print(f"calibration failed: cannot write {out}: {exc.strerror or exc}")
         return 1
     finally:
         engines.close()

@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, ZsadConfig, load_config
-from engines.build import BuildOptions, build_from_config
-from pipeline.cli.calibrate import calibrate_camera
+from engines.backends.base import BackendError, BackendUnavailable
+from engines.build import BuildError, BuildInputError, BuildOptions, build_from_config
+from engines.export import ExportError, ParityError
+from engines.manifest import ManifestError
+from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.cli.run import announce
 from pipeline.inference import EngineError, load_engines
+from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
 from synth import generate_dataset
 
@@ -241,18 +245,37 @@ def run_demo(args: Any) -> int:
     except ConfigError as exc:
         print(f"invalid config:\n{exc}")
         return 2
+    try:
+        check_outputs(cfg)  # before minutes of scenes, engines and calibration
+        if not cfg.engines.checkpoint:
+            raise ConfigError(
+                str(config_path), [(None, "engines.checkpoint", "the demo needs a checkpoint to build from")]
+            )
+    except (RunOutputsError, ConfigError) as exc:
+        print(f"refusing to start: {exc}")
+        return 2
     out = Path(cfg.output_dir)
     scenes = out / "scenes"
     print(f"[1/5] synthetic scenes -> {scenes}", flush=True)
     manifest = prepare_scenes(cfg, scenes)
     print(f"[2/5] engines ({cfg.engines.backend}) -> {cfg.engines.dir}", flush=True)
-    prepare_engines(cfg, config_path)
+    try:
+        prepare_engines(cfg, config_path)
+    except (BuildInputError, BackendUnavailable) as exc:
+        print(f"refusing to start: {exc}")
+        return 2
+    except (BuildError, ExportError, ParityError, ManifestError, BackendError) as exc:
+        print(f"cannot build the engines: {exc}")
+        return 1
     print(f"[3/5] calibration on each camera's normal footage -> {out / 'calibration'}", flush=True)
     try:
         cfg = prepare_calibration(cfg, scenes, out / "calibration")
     except EngineError as exc:
         print(f"refusing to start: {exc}")
         return 2
+    except CalibrationFootageError as exc:
+        print(f"calibration failed: {exc}")
+        return 1
     _clear_previous_run(out)
     duration = args.duration if args.duration else SCENE_FRAMES / SCENE_FPS + 10
     print(f"[4/5] running {len(cfg.enabled_cameras())} cameras for up to {duration:.0f} s", flush=True)
@@ -269,8 +292,8 @@ def run_demo(args: Any) -> int:
         code = run_config(
             cfg, duration_s=duration, realtime=not args.fast, progress=progress, on_start=announce
         )
-    except EngineError as exc:
-        print(f"refusing to start: {exc}")
+    except (EngineError, RunOutputsError) as exc:
+        print(f"\nrefusing to start: {exc}")
         return 2
     print()
     if code:

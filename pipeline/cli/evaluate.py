@@ -8,7 +8,8 @@ from typing import Any
 
 from core.config import ConfigError, load_config
 from engines.model import CheckpointError
-from training.evaluate import evaluate
+from training.datasets import DatasetError
+from training.evaluate import EvaluationError, evaluate
 
 __all__ = ["run_eval"]
 
@@ -23,11 +24,24 @@ def run_eval(args: Any) -> int:
     if cfg.train is None:
         print(f"{args.config}: the config has no 'train' section naming the dataset")
         return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"--out {out} is a file: name a folder for metrics.json and the plots")
+        return 2
     try:
-        metrics = evaluate(cfg, args.checkpoint, args.out, smooth_sigma=args.smooth_sigma)
+        metrics = evaluate(cfg, args.checkpoint, out, smooth_sigma=args.smooth_sigma)
     except CheckpointError as exc:
         print(f"bad checkpoint: {exc}")
         return 2
+    except EvaluationError as exc:
+        print(f"{args.config}: {exc}")
+        return 2
+    except DatasetError as exc:
+        print(f"{args.config}: train.dataset: {exc} (make one with zsad synth, or set train.dataset.root)")
+        return 2
+    except OSError as exc:
+        print(f"evaluation failed: {exc.filename or out}: {exc.strerror or exc}")
+        return 1
     width = max(len(k) for k in metrics["summary"])
     print(f"{'variant':<{width}}  micro AUC  macro AUC     AP  R@5%FPR")
     for name, row in metrics["summary"].items():

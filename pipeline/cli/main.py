@@ -2,7 +2,9 @@
 
 Each sub-command is declared here and runs a function imported lazily, so ``zsad validate`` never
 imports torch or GStreamer. Exit codes: 0 success, 1 runtime failure, 2 bad input (config, arguments,
-manifests).
+manifests, files, ports). Each handler turns the errors it expects into one line that names the thing and
+what to do; :func:`main` turns anything else into one line too (the traceback only with ``-vv``), so no
+traceback reaches a person (tests/integration/test_cli_errors.py walks every command).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
+log = logging.getLogger("zsad")
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -29,6 +33,17 @@ def _lazy(target: str) -> Handler:
         return func(args)
 
     return handler
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of ``--duration``: seconds > 0 (argparse exits 2 with the reason otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,13 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the cameras of a config and raise alerts")
     p.add_argument("config", help="YAML site config")
     p.add_argument("--graph", choices=["cpu", "deepstream"], help="override the config's graph")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--duration", type=positive_seconds, help="stop after this many seconds")
     p.add_argument("--fast", action="store_true", help="play files as fast as possible, not in real time")
     p.set_defaults(handler=_lazy("pipeline.cli.run:run_run"))
 
     p = sub.add_parser("demo", help="run the built-in default: synthetic cameras, demo model, alerts")
     p.add_argument("--config", default="configs/default.yaml")
-    p.add_argument("--duration", type=float, help="seconds to run (default: the scene length + 10 s)")
+    p.add_argument(
+        "--duration", type=positive_seconds, help="seconds to run (default: the scene length + 10 s)"
+    )
     p.add_argument("--fast", action="store_true", help="play the scenes as fast as possible")
     p.set_defaults(handler=_lazy("pipeline.cli.demo:run_demo"))
 
@@ -124,6 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last resort: a person gets one line, never a traceback
+        log.debug("zsad %s failed", args.command, exc_info=True)
+        print(
+            f"zsad {args.command}: unexpected {type(exc).__name__}: {exc} (this is a bug: run it again with "
+            f"-vv for the traceback and report both)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

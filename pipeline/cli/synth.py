@@ -22,6 +22,10 @@ def run_synth(args: argparse.Namespace) -> int:
     contexts = [c.strip() for c in str(args.contexts).split(",") if c.strip()]
     # The command shows per-clip progress even without -v.
     logging.getLogger("synth").setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"zsad synth: --out {out} is a file: name a folder to write the scenes into", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         manifest = generate_dataset(
             Path(args.out),

@@ -3,9 +3,12 @@ when ``zsad train`` runs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, load_config
+from engines.model import CheckpointError
+from training.datasets import DatasetError
 from training.trainer import TrainingError, train
 
 __all__ = ["run_train"]
@@ -18,14 +21,32 @@ def run_train(args: Any) -> int:
     except ConfigError as exc:
         print(f"invalid config:\n{exc}")
         return 2
-    if args.max_minutes is not None and cfg.train is not None:
+    if cfg.train is None:
+        print(f"{args.config}: the config has no 'train' section (see configs/train/*.yaml)")
+        return 2
+    if args.max_minutes is not None:
+        if not args.max_minutes > 0:
+            print(f"--max-minutes must be > 0, got {args.max_minutes:g}")
+            return 2
         cfg.train.max_minutes = args.max_minutes
-    if args.output_dir and cfg.train is not None:
+    if args.output_dir:
         cfg.train.output_dir = args.output_dir
+    if Path(cfg.train.output_dir).is_file():
+        print(f"train.output_dir {cfg.train.output_dir} is a file: name a folder for the checkpoints")
+        return 2
     try:
         path = train(cfg, resume=args.resume)
+    except DatasetError as exc:
+        print(f"{args.config}: train.dataset: {exc} (make one with zsad synth, or set train.dataset.root)")
+        return 2
+    except CheckpointError as exc:
+        print(f"--resume: {exc}")
+        return 2
     except TrainingError as exc:
         print(f"training failed: {exc}")
+        return 1
+    except OSError as exc:
+        print(f"training failed: {exc.filename or cfg.train.output_dir}: {exc.strerror or exc}")
         return 1
     print(f"checkpoint: {path}")
     return 0

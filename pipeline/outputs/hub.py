@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +20,10 @@ from core.redact import redact_uri
 from pipeline.outputs.events import CameraAlerts
 from pipeline.outputs.media import EventRecorder, Frame
 from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
-from pipeline.outputs.sinks import SinkFanout, build_sinks
+from pipeline.outputs.sinks import SinkFanout, build_sinks, sink_name
 from pipeline.outputs.state import RunState
-from pipeline.outputs.web import ReviewServer
-from plugins.fusion import CameraFusion, StreamGate, load_calibration
+from pipeline.outputs.web import ReviewServer, ReviewServerError
+from plugins.fusion import Calibration, CalibrationError, CameraFusion, StreamGate, load_calibration
 
 if TYPE_CHECKING:
     from pipeline.cpu.scheduler import SchedulerStats
@@ -29,7 +31,70 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunOutputs"]
+__all__ = ["RunOutputs", "RunOutputsError", "check_outputs", "uncalibrated_notice"]
+
+
+class RunOutputsError(RuntimeError):
+    """The outputs of a run cannot start: an output folder that cannot be written, two sinks with one
+    destination, a port in use. The message names it and what to change (a user error: exit 2)."""
+
+
+def _port_error(section: str, host: str, port: int, exc: OSError) -> RunOutputsError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return RunOutputsError(
+        f"{section}.port {port} on {host} cannot be used: {reason} (is another zsad run using it?): stop "
+        f"that process, or set {section}.port in the config to a free port (0 picks one), or "
+        f"{section}.enabled: false"
+    )
+
+
+def _output_dir_error(out: Path, exc: OSError) -> RunOutputsError:
+    return RunOutputsError(
+        f"output_dir {out} cannot be written: {exc.strerror or exc}: point output_dir at a writable folder"
+    )
+
+
+def check_outputs(cfg: ZsadConfig) -> None:
+    """Fail early, before engines are built or loaded, on what would stop :class:`RunOutputs`: an output
+    folder that cannot be made, two sinks with one destination, a metrics or review port that cannot be
+    bound (the real bind in :meth:`RunOutputs.start` still decides). Raises :class:`RunOutputsError`."""
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_dir_error(out, exc) from exc
+    seen: set[str] = set()
+    for sink in cfg.sinks:
+        name = sink_name(sink, out)
+        if name in seen:  # the same check as build_sinks, before any engine is built
+            raise RunOutputsError(
+                f"sinks: two sinks deliver to the same destination ({sink.kind}): remove one"
+            )
+        seen.add(name)
+    for section, enabled, host, port in (
+        ("metrics", cfg.metrics.enabled, cfg.metrics.host, cfg.metrics.port),
+        ("ui", cfg.ui.enabled, cfg.ui.host, cfg.ui.port),
+    ):
+        if not enabled or port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # The same option the HTTP servers set, so a port in TIME_WAIT is not reported as busy.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            raise _port_error(section, host, port, exc) from exc
+
+
+def uncalibrated_notice(camera: str, on_threshold: float) -> str:
+    """What an uncalibrated camera can and cannot do, and how to calibrate it (log and review page)."""
+    return (
+        f"camera {camera} is uncalibrated: it is scored and recorded, but its unnormalised fused score "
+        f"(about 1 on normal footage) will rarely if ever reach alerts.on_threshold {on_threshold:g}, so "
+        f"expect no alerts from it until it is calibrated: zsad calibrate CONFIG --camera {camera} "
+        f"--footage URI_OF_NORMAL_FOOTAGE --out calib/{camera}.json, then set its calibration: to that file"
+    )
 
 
 class RunOutputs:
@@ -45,17 +110,25 @@ class RunOutputs:
         self.cfg = cfg
         self.model_id = model_id
         self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.metrics = ZsadMetrics()
         self.metrics_server: Any = None
         self.review_server: Any = None
-        self.sinks = SinkFanout(build_sinks(cfg.sinks, self.out, metrics=self.metrics))
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.sinks = SinkFanout(build_sinks(cfg.sinks, self.out, metrics=self.metrics))
+        except OSError as exc:
+            raise _output_dir_error(self.out, exc) from exc
+        except ValueError as exc:  # two sinks with one destination
+            raise RunOutputsError(f"sinks: {exc}") from exc
         self.gate = StreamGate.load(gate_path) if gate_path else StreamGate.uniform()
         self.alerts: dict[str, CameraAlerts] = {}
         self.recorders: dict[str, EventRecorder] = {}
         self.run_state = RunState(self.out)
         self.run_state.load_existing()
-        self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
+        try:
+            self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
+        except OSError as exc:
+            raise RunOutputsError(f"{exc.filename} cannot be written: {exc.strerror or exc}") from exc
         self._lock = threading.Lock()  # the score log
         # Serialises a camera's alert updates (scheduler or probe thread) with its removal (main thread).
         self._cameras_lock = threading.RLock()
@@ -66,9 +139,15 @@ class RunOutputs:
     # -- cameras ----------------------------------------------------------------------------------------
 
     def add_camera(self, cam: CameraSettings) -> None:
-        """Create a camera's fusion, alert machine, media recorder and review entry."""
-        calibration = load_calibration(cam.calibration) if cam.calibration else None
-        fusion = CameraFusion(cam.id, calibration=calibration, gate=self.gate, smoothing=cam.alerts.smoothing)
+        """Create a camera's fusion, alert machine, media recorder and review entry. A calibration file that
+        cannot be read leaves the camera uncalibrated, with a warning; it never stops the run."""
+        calibration = self._read_calibration(cam)
+        fusion = CameraFusion(
+            cam.id,
+            calibration=calibration or Calibration.identity_for(cam.id),
+            gate=self.gate,
+            smoothing=cam.alerts.smoothing,
+        )
         recorder = EventRecorder(cam.id, self.out, self.cfg.media, fps=cam.sampling.fps, metrics=self.metrics)
         alerts = CameraAlerts(
             cam.id,
@@ -83,7 +162,24 @@ class RunOutputs:
         with self._cameras_lock:
             self.recorders[cam.id] = recorder
             self.alerts[cam.id] = alerts
-        self.run_state.add_camera(cam.id, cam.context, redact_uri(cam.uri), threshold=cam.alerts.on_threshold)
+        self.run_state.add_camera(
+            cam.id,
+            cam.context,
+            redact_uri(cam.uri),
+            threshold=cam.alerts.on_threshold,
+            calibrated=calibration is not None,
+        )
+
+    @staticmethod
+    def _read_calibration(cam: CameraSettings) -> Calibration | None:
+        """The camera's calibration, or None (uncalibrated) with a warning that says what that means."""
+        if cam.calibration:
+            try:
+                return load_calibration(cam.calibration)
+            except CalibrationError as exc:
+                log.warning("camera %s: %s; it starts uncalibrated", cam.id, exc)
+        log.warning("%s", uncalibrated_notice(cam.id, cam.alerts.on_threshold))
+        return None
 
     def remove_camera(self, camera: str) -> list[dict[str, Any]]:
         """Close a camera's open alert (reason "shutdown", published), finish its media and forget it.
@@ -168,18 +264,27 @@ class RunOutputs:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the metrics endpoint, the review page and the sinks."""
-        if self.cfg.metrics.enabled:
-            self.metrics_server = start_metrics_server(
-                self.metrics, self.cfg.metrics.host, self.cfg.metrics.port
-            )
+        """Start the metrics endpoint, the review page and the sinks. Raises :class:`RunOutputsError` when
+        a port cannot be bound (nothing is left running then)."""
+        m, ui = self.cfg.metrics, self.cfg.ui
+        if m.enabled:
+            try:
+                self.metrics_server = start_metrics_server(self.metrics, m.host, m.port)
+            except OSError as exc:
+                raise _port_error("metrics", m.host, m.port, exc) from exc
             log.info("metrics on %s", self.metrics_server.url)
-        if self.cfg.ui.enabled:
-            ui = self.cfg.ui
-            self.review_server = ReviewServer(
-                self.run_state, self.out, ui.host, ui.port, ui.username, ui.password
-            )
-            self.review_server.start()
+        if ui.enabled:
+            try:
+                server = ReviewServer(self.run_state, self.out, ui.host, ui.port, ui.username, ui.password)
+                self.review_server = server.start()
+            except ReviewServerError as exc:
+                if self.metrics_server is not None:
+                    self.metrics_server.stop()
+                    self.metrics_server = None
+                cause = exc.__cause__
+                if isinstance(cause, OSError):
+                    raise _port_error("ui", ui.host, ui.port, cause) from exc
+                raise RunOutputsError(f"ui: {exc}") from exc
             log.info("review page at %s", self.review_server.url)
         self.sinks.start()
 

@@ -44,6 +44,8 @@ LABELS_FILE = "review_labels.json"
 ALERTS_FILE = "alerts.jsonl"
 FPS_WINDOW_S = 5.0  # frame rate = frames in the last few seconds, so a stalled camera drops to 0 quickly
 MAX_NOTE_CHARS = 1000
+# Shown in an uncalibrated camera's ``detail`` (the review page's camera card) after its state's own detail.
+UNCALIBRATED_DETAIL = "uncalibrated: expect no alerts until `zsad calibrate`"
 _LABELS_VERSION = 1
 
 
@@ -131,6 +133,7 @@ class _Camera:
     context: str
     uri: str
     threshold: float | None
+    calibrated: bool = True
     state: str = "starting"
     detail: str = ""
     state_since: float = field(default_factory=time.time)
@@ -173,16 +176,24 @@ class RunState:
     # -- cameras ----------------------------------------------------------------------------------------
 
     def add_camera(
-        self, camera_id: str, context: str, uri_redacted: str, *, threshold: float | None = None
+        self,
+        camera_id: str,
+        context: str,
+        uri_redacted: str,
+        *,
+        threshold: float | None = None,
+        calibrated: bool = True,
     ) -> None:
         """Register (or re-register, keeping nothing) a camera. ``uri_redacted`` must already be redacted
-        (``core.redact.redact_uri``); ``threshold`` is its ``on_threshold``, drawn on the sparkline."""
+        (``core.redact.redact_uri``); ``threshold`` is its ``on_threshold``, drawn on the sparkline;
+        ``calibrated`` False marks a camera running without a calibration (its detail says so)."""
         with self._lock:
             self._cameras[camera_id] = _Camera(
                 camera_id,
                 str(context),
                 str(uri_redacted),
                 _finite(threshold) if threshold is not None else None,
+                bool(calibrated),
             )
 
     def remove_camera(self, camera_id: str) -> None:
@@ -262,13 +273,17 @@ class RunState:
                     else 0.0
                 )
                 last = cam.scores[-1] if cam.scores else None
+                detail = cam.detail
+                if not cam.calibrated:
+                    detail = f"{detail} · {UNCALIBRATED_DETAIL}" if detail else UNCALIBRATED_DETAIL
                 out.append(
                     {
                         "id": cam.id,
                         "context": cam.context,
                         "uri": cam.uri,
                         "state": cam.state,
-                        "detail": cam.detail,
+                        "detail": detail,
+                        "calibrated": cam.calibrated,
                         "state_since": _iso(cam.state_since),
                         "fps": round(fps, 2),
                         "frames": cam.frames,

@@ -138,3 +138,83 @@ def test_scheduler_decode_nice_reaches_the_camera_graph(world: dict[str, Path], 
     for app in (default, off):
         left = app.shutdown()  # never started: nothing spooled; sinks and files closed
         assert set(left.values()) <= {0}
+
+
+def test_first_run_builds_missing_engines_and_never_rebuilds_damaged_ones(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """engines.checkpoint set, engines.dir empty: `zsad run` builds the CPU engines, then runs. A damaged
+    engine afterwards, or a half-built folder, is refused with what to run, and left as it is."""
+    videos = world["videos"]
+    engines = tmp_path / "engines"
+    site = write_site(
+        world,
+        tmp_path / "out",
+        [{"id": "campus", "uri": f"file://{videos / 'campus_000.mp4'}"}],
+        engines={"dir": str(engines), "checkpoint": str(world["checkpoint"]), "threads": 1},
+    )
+    r = _zsad("run", str(site), "--fast", "--duration", "60")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"engines: built in {engines}" in r.stdout
+    assert "[1/3] backbone" in r.stderr  # the logged progress when stderr is not a terminal
+    assert (engines / "backbone.manifest.json").is_file()
+    assert read_jsonl(tmp_path / "out" / "scores.jsonl")
+
+    manifest = json.loads((engines / "backbone.manifest.json").read_text())
+    onnx = engines / manifest["onnx"]["path"]
+    damaged = onnx.read_bytes()[:1000]
+    onnx.write_bytes(damaged)
+    r = _zsad("run", str(site), "--fast", "--duration", "60")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "refusing to start" in r.stdout
+    assert f"zsad build-engines --config CONFIG --out {engines}" in r.stdout
+    assert onnx.read_bytes() == damaged, "a damaged engine was rebuilt without being asked"
+
+    (engines / "dpc_head.manifest.json").unlink()
+    r = _zsad("run", str(site), "--fast", "--duration", "60")
+    assert r.returncode == 2
+    assert "dpc_head.manifest.json is missing but" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_camera_whose_calibration_cannot_be_read_starts_uncalibrated(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """A calibration that is a folder, one that is not JSON and one that is missing: each camera starts
+    uncalibrated with a warning naming its file and saying what to run, and all three are scored. The run
+    also says what it cannot use (a context without the semantic stream), creates alerts.jsonl before the
+    first alert, and names its sinks readably."""
+    videos = world["videos"]
+    not_json = tmp_path / "broken.json"
+    not_json.write_text("{not json")
+    out = tmp_path / "out"
+    site = write_site(
+        world,
+        out,
+        [
+            {"id": "folder", "uri": f"file://{videos / 'campus_000.mp4'}", "calibration": str(tmp_path)},
+            {"id": "broken", "uri": f"file://{videos / 'parking_000.mp4'}", "calibration": str(not_json)},
+            {
+                "id": "gone",
+                "uri": f"file://{videos / 'campus_000.mp4'}",
+                "calibration": str(tmp_path / "x.json"),
+                "context": "parking",
+            },
+        ],
+    )
+    r = _zsad("run", str(site), "--fast", "--duration", "60")
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    assert "Traceback" not in log
+    assert f"camera folder: calibration file {tmp_path} cannot be read" in log
+    assert f"camera broken: calibration file {not_json}" in log
+    assert f"camera gone: calibration file {tmp_path / 'x.json'} cannot be read: No such file" in log
+    assert "camera gone is uncalibrated" in log
+    assert "zsad calibrate CONFIG --camera gone" in log
+    assert {row["camera"] for row in read_jsonl(out / "scores.jsonl")} == {"folder", "broken", "gone"}
+    # Once per camera whose context differs from the default, while the semantic stream is off.
+    assert log.count("context 'parking' only picks the semantic stream's prompts") == 1
+    assert "camera gone: context 'parking'" in log
+    assert (out / "alerts.jsonl").is_file()  # created at start, empty: nothing alerted
+    assert "JsonlFileSink('jsonl-" in log
+    assert "object at 0x" not in log

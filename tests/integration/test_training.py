@@ -75,6 +75,7 @@ def test_train_resume_and_eval(tmp_path: Path, dataset: Path) -> None:
     floor = metrics["summary"]["floor: frame difference, native resolution"]["micro_auc"]
     assert 0.0 <= floor <= 1.0
     assert metrics["primary"] in metrics["summary"]
+    assert metrics["machine"]["threads"] == 1  # OMP_NUM_THREADS=1 (see _zsad) wins over the core count
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "timelines.png").stat().st_size > 1000
 
@@ -91,6 +92,18 @@ def test_bad_config_and_missing_checkpoint(tmp_path: Path, dataset: Path) -> Non
     )
     assert r.returncode == 2
     assert "does not exist" in r.stdout
+    # A config whose model section differs from the checkpoint's is refused, naming the field (the run
+    # would otherwise silently evaluate the checkpoint's own model).
+    run = tmp_path / "run"
+    assert _zsad("train", str(cfg)).returncode == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(cfg.read_text().replace("hidden_size: 32", "hidden_size: 48", 1))
+    r = _zsad(
+        "eval", str(other), "--checkpoint", str(run / "model.safetensors"), "--out", str(tmp_path / "e")
+    )
+    assert r.returncode == 2, r.stdout + r.stderr[-2000:]
+    assert "hidden_size: checkpoint 32, config 48" in r.stdout
+    assert not (tmp_path / "e").exists()
 
 
 def _free_port() -> int:

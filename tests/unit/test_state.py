@@ -98,6 +98,51 @@ def test_camera_lifecycle_and_states(tmp_path: Path) -> None:
         state.scores("cam-b")
 
 
+def test_an_uncalibrated_camera_says_so_in_its_detail(tmp_path: Path) -> None:
+    """The review page shows ``detail`` on each camera card: an uncalibrated camera's says it cannot be
+    expected to alert, after whatever its state says."""
+    state = RunState(tmp_path)
+    state.add_camera("cal", "campus", "file:///a.mp4")
+    state.add_camera("raw", "campus", "file:///b.mp4", calibrated=False)
+    cal, raw = state.cameras()
+    assert (cal["calibrated"], cal["detail"]) == (True, "")
+    assert raw["calibrated"] is False
+    assert raw["detail"] == "uncalibrated: expect no alerts until `zsad calibrate`"
+    state.set_camera_state("raw", "eos", "end of file")
+    assert (
+        state.cameras()[1]["detail"] == "end of file · uncalibrated: expect no alerts until `zsad calibrate`"
+    )
+
+
+def test_run_outputs_mark_cameras_without_a_readable_calibration(tmp_path: Path) -> None:
+    from core.config import parse_config
+    from pipeline.outputs.hub import RunOutputs
+    from plugins.fusion import Calibration, save_calibration
+
+    save_calibration(Calibration.identity_for("good"), tmp_path / "good.json")
+    cfg = parse_config(
+        json.dumps(
+            {
+                "cameras": [
+                    {"id": "good", "uri": "file:///a.mp4", "calibration": str(tmp_path / "good.json")},
+                    {"id": "none", "uri": "file:///b.mp4"},
+                    {"id": "gone", "uri": "file:///c.mp4", "calibration": str(tmp_path / "gone.json")},
+                ],
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    outputs = RunOutputs(cfg, model_id="test", gate_path=None)
+    try:
+        assert {c["id"]: c["calibrated"] for c in outputs.run_state.cameras()} == {
+            "good": True,
+            "none": False,
+            "gone": False,
+        }
+    finally:
+        outputs.shutdown()
+
+
 def test_fps_is_measured_over_a_sliding_window(tmp_path: Path) -> None:
     state = RunState(tmp_path)
     state.add_camera("cam", "generic", "loop://")

@@ -85,6 +85,10 @@ class Sink(abc.ABC):
         self._failures = 0
         self._update_gauge()
 
+    def __repr__(self) -> str:
+        # What the logs show ("sink JsonlFileSink('jsonl-…', out/alerts.jsonl) ready"); never a secret.
+        return f"{type(self).__name__}({self.name!r})"
+
     # ---------------------------------------------------------------- contract for subclasses
 
     @abc.abstractmethod

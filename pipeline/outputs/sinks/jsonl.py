@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import IO, Any
 from pipeline.outputs.sinks.base import DeliveryError, Sink
 
 __all__ = ["JsonlFileSink"]
+
+log = logging.getLogger(__name__)
 
 
 class JsonlFileSink(Sink):
@@ -27,6 +30,23 @@ class JsonlFileSink(Sink):
         super().__init__(name, spool_dir, **kwargs)
         self.path = Path(path)
         self._file: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"JsonlFileSink({self.name!r}, {self.path})"
+
+    def start(self) -> JsonlFileSink:
+        """Create the file (empty) before the first alert, so that whoever tails it finds it; then start."""
+        try:
+            self._open()
+        except OSError as exc:
+            log.warning(
+                "sink %r: cannot create %s: %s; alerts stay in the spool until it can be written",
+                self,
+                self.path,
+                exc.strerror or exc,
+            )
+        super().start()
+        return self
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
