@@ -837,9 +837,12 @@ def validate_zone_settings(
         raise ConfigError(path, _problems(exc, root)) from exc
 
 
-def load_zone_overrides(path: str | Path, base: ZoneSettings | None = None) -> ZoneSettings | None:
-    """Read a camera's overrides file and merge it over ``base`` (the site config's zones). None when the
-    file does not exist. Raises :class:`ConfigError` naming the file, line and field of each problem."""
+def load_zone_overrides(
+    path: str | Path, base: ZoneSettings | None = None
+) -> tuple[ZoneSettings, list[str]] | None:
+    """Read a camera's overrides file and merge it over ``base`` (the site config's zones): the merged
+    settings and the keys the file sets. None when the file does not exist. Raises :class:`ConfigError`
+    naming the file, line and field of each problem."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -850,7 +853,8 @@ def load_zone_overrides(path: str | Path, base: ZoneSettings | None = None) -> Z
     except UnicodeDecodeError as exc:
         raise ConfigError(str(p), [(None, "", f"not UTF-8 text (byte {exc.start}): {exc.reason}")]) from exc
     root, data = _compose(text, str(p))
-    return validate_zone_settings(data, base, str(p), root)
+    merged = validate_zone_settings(data, base, str(p), root)
+    return merged, [k for k in ZoneSettings.model_fields if k in data]
 
 
 def write_zone_overrides(path: str | Path, data: Mapping[str, Any], camera: str) -> None:

@@ -162,17 +162,14 @@ class RunOutputs:
             records = alerts.shutdown() if alerts is not None else []
         with self._zones_lock:
             self.filters.remove(camera)
-            for table in (
-                self._zoning,
-                self._overridden,
-                self._view_zones,
-                self._levels,
-                self._grids,
-                self._floors,
-            ):
-                table.pop(camera, None)  # type: ignore[attr-defined]
-            self._stores.pop(camera, None)
             self._settings.pop(camera, None)
+            self._zoning.pop(camera, None)
+            self._overridden.pop(camera, None)
+            self._view_zones.pop(camera, None)
+            self._levels.pop(camera, None)
+            self._floors.pop(camera, None)
+            self._stores.pop(camera, None)
+            self._grids.pop(camera, None)
         for record in records:
             self.run_state.add_alert(record)
         if recorder is not None:
@@ -191,16 +188,16 @@ class RunOutputs:
         invalid file is ignored with a warning naming it and its fields."""
         path = self.overrides_path(camera)
         try:
-            merged = load_zone_overrides(path, base)
+            loaded = load_zone_overrides(path, base)
         except ConfigError as exc:
             log.warning(
                 "camera %s: zone overrides ignored, the site config's zones are used:\n%s", camera, exc
             )
             return base, []
-        if merged is None:
+        if loaded is None:
             return base, []
-        keys = [k for k in ZoneSettings.model_fields if getattr(merged, k) != getattr(base, k)]
-        log.info("camera %s: zones from %s (%s)", camera, path, ", ".join(keys) or "same as the config")
+        merged, keys = loaded
+        log.info("camera %s: %s from %s", camera, ", ".join(keys) or "nothing", path)
         return merged, keys
 
     def _apply_zoning(self, camera: str, zoning: ZoneSettings, overridden: list[str]) -> bool:

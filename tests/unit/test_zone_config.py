@@ -125,8 +125,10 @@ def test_missing_overrides_file_means_none(tmp_path: Path) -> None:
 def test_keys_in_the_overrides_replace_the_configs(tmp_path: Path) -> None:
     path = tmp_path / "yard.yaml"
     path.write_text("# edited on the page\nmask:\n  - [[0, 0], [0.5, 0], [0.5, 0.5]]\nalert_zones: null\n")
-    merged = load_zone_overrides(path, _base())
-    assert merged is not None
+    loaded = load_zone_overrides(path, _base())
+    assert loaded is not None
+    merged, keys = loaded
+    assert keys == ["mask", "alert_zones"]
     assert [z.name for z in merged.zones] == ["road", "tv"]  # not in the file: the config's
     assert merged.mask == [[(0.0, 0.0), (0.5, 0.0), (0.5, 0.5)]]
     assert merged.alert_zones is None  # present (null) in the file: replaces the config's restriction
@@ -177,7 +179,7 @@ def test_written_overrides_read_back_and_the_site_yaml_is_untouched(tmp_path: Pa
     text = path.read_text()
     assert text.startswith("# Zones and mask of camera yard")
     assert yaml.safe_load(text) == {"mask": [[[0.0, 0.0], [0.3, 0.0], [0.3, 0.3]]]}
-    assert load_zone_overrides(path, cfg.camera_settings("yard").zoning) == new
+    assert load_zone_overrides(path, cfg.camera_settings("yard").zoning) == (new, ["mask"])
     assert site.read_text() == SITE  # comments and all
     assert [p.name for p in path.parent.iterdir()] == ["yard.yaml"]  # no temporary file left
     with pytest.raises(ValueError, match="not zone settings"):
