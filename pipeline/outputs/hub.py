@@ -98,9 +98,8 @@ class RunOutputs:
         self._overridden: dict[str, list[str]] = {}  # keys the overrides file sets
         self._view_zones: dict[str, ViewZones] = {}
         self._levels: dict[str, dict[str, np.ndarray] | None] = {}
-        self._floors: dict[
-            str, dict[str, float]
-        ] = {}  # the calibration locations learned cells are capped at
+        # Per camera and stream, the calibration location that cells known to be normal are capped at.
+        self._floors: dict[str, dict[str, float]] = {}
         self._stores: dict[str, LearnedStore | None] = {}
         self._grids: dict[str, tuple[int, int]] = {}
         self._zones_lock = threading.RLock()  # zone changes (web server, main thread)
