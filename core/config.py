@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AlertPolicy",
@@ -27,9 +37,15 @@ __all__ = [
     "DeepStreamConfig",
     "DeepStreamOutput",
     "UiConfig",
+    "ZoneConfig",
+    "ZoneSettings",
     "ZsadConfig",
     "load_config",
+    "load_zone_overrides",
     "parse_config",
+    "validate_zone_settings",
+    "write_zone_overrides",
+    "zone_overrides_path",
 ]
 
 _CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -235,6 +251,131 @@ class RtspOptions(_Strict):
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# Zones and masks (normalised image coordinates)
+# --------------------------------------------------------------------------------------------------
+
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Zone names that cannot be used: "none" is what an alert outside every zone carries in an MQTT topic.
+RESERVED_ZONE_NAMES = frozenset({"none"})
+MAX_POLYGON_POINTS = 256
+MAX_POLYGONS = 64
+#: Smallest polygon area, as a fraction of the frame: below it a polygon is a line or a point.
+MIN_POLYGON_AREA = 1e-6
+
+
+def _cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def _segments_cross(
+    p1: tuple[float, float], p2: tuple[float, float], q1: tuple[float, float], q2: tuple[float, float]
+) -> bool:
+    """Proper crossing of two segments (touching at an end point does not count)."""
+    d1, d2 = _cross(q1, q2, p1), _cross(q1, q2, p2)
+    d3, d4 = _cross(p1, p2, q1), _cross(p1, p2, q2)
+    return ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4))
+
+
+def _check_polygon(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """A polygon must not cross itself (a bow tie has no clear inside) and must enclose an area."""
+    n = len(points)
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:
+                continue  # the closing edge shares the first point
+            if _segments_cross(points[i], points[(i + 1) % n], points[j], points[(j + 1) % n]):
+                raise ValueError(f"polygon edges {i} and {j} cross: list the points in order around the area")
+    twice_area = sum(
+        points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1] for i in range(n)
+    )
+    if abs(twice_area) / 2 < MIN_POLYGON_AREA:
+        raise ValueError("polygon encloses no area: its points are on a line or repeat")
+    return points
+
+
+Coordinate = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Polygon = Annotated[
+    list[tuple[Coordinate, Coordinate]],
+    Field(
+        min_length=3,
+        max_length=MAX_POLYGON_POINTS,
+        description="[x, y] points in normalised image coordinates: 0..1 from the left and top edges.",
+    ),
+    AfterValidator(_check_polygon),
+]
+
+
+class ZoneConfig(_Strict):
+    """A named area of a camera's view: alerts say which zone their peak is in."""
+
+    name: str = Field(..., description="Zone name: letters, digits, '_', '.', '-'; unique per camera.")
+    points: Polygon
+    alert: bool = Field(True, description="false: a peak inside only such zones raises no alert.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_pattern(cls, v: str) -> str:
+        if not _ZONE_NAME.match(v):
+            raise ValueError(f"zone name {v!r} must match {_ZONE_NAME.pattern}")
+        if v.lower() in RESERVED_ZONE_NAMES:
+            raise ValueError(f"zone name {v!r} is reserved (an alert outside every zone is tagged 'none')")
+        return v
+
+
+def _unique_zone_names(zones: list[ZoneConfig]) -> list[ZoneConfig]:
+    seen: set[str] = set()
+    for zone in zones:
+        if zone.name in seen:
+            raise ValueError(f"zone name {zone.name!r} appears more than once")
+        seen.add(zone.name)
+    return zones
+
+
+def _check_alert_zones(alert_zones: list[str] | None, zones: Sequence[ZoneConfig] | None) -> list[str] | None:
+    if alert_zones is None:
+        return None
+    known = {z.name: z for z in zones or ()}
+    if len(set(alert_zones)) != len(alert_zones):
+        raise ValueError("alert_zones lists a zone more than once")
+    for name in alert_zones:
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "none are defined"
+            raise ValueError(f"alert_zones names unknown zone {name!r} (zones: {listed})")
+        if not known[name].alert:
+            raise ValueError(f"alert_zones names zone {name!r}, which has alert: false")
+    return alert_zones
+
+
+ZoneList = Annotated[list[ZoneConfig], AfterValidator(_unique_zone_names)]
+
+
+class ZoneSettings(_Strict):
+    """A camera's zones, ignore mask and alert restriction: the ``zones``/``mask``/``alert_zones`` keys of a
+    camera, the per-camera overrides file, and the body of ``PUT /api/cameras/<id>/zones``."""
+
+    zones: ZoneList = Field(default_factory=list, max_length=MAX_POLYGONS)
+    mask: list[Polygon] = Field(
+        default_factory=list,
+        max_length=MAX_POLYGONS,
+        description="Polygons to ignore: their cells are removed from every error map before scoring.",
+    )
+    alert_zones: list[str] | None = Field(
+        None, description="Alert only when the peak is in one of these zones; null: anywhere."
+    )
+
+    @field_validator("alert_zones")
+    @classmethod
+    def _known_alert_zones(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if "zones" not in info.data:  # the zones themselves are invalid; that error is reported already
+            return v
+        return _check_alert_zones(v, info.data["zones"])
+
+    @property
+    def empty(self) -> bool:
+        return not self.zones and not self.mask and self.alert_zones is None
+
+
 class CameraDefaults(_Strict):
     context: str = Field("generic", min_length=1, max_length=64, description="Scene/context name.")
     prompts: str | None = Field(None, description="Prompt set name (configs/prompts/<name>.yaml).")
@@ -257,6 +398,20 @@ class CameraConfig(_Strict):
     alerts: AlertPolicy | None = None
     rtsp: RtspOptions | None = None
     calibration: str | None = Field(None, description="Calibration file from `zsad calibrate`.")
+    zones: ZoneList | None = Field(
+        None, max_length=MAX_POLYGONS, description="Named areas of the view (docs/alerts.md, zones)."
+    )
+    mask: list[Polygon] | None = Field(
+        None, max_length=MAX_POLYGONS, description="Areas of the view to ignore (never scored)."
+    )
+    alert_zones: list[str] | None = Field(None, description="Alert only when the peak is in these zones.")
+
+    @field_validator("alert_zones")
+    @classmethod
+    def _known_alert_zones(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if "zones" not in info.data:  # the zones themselves are invalid; that error is reported already
+            return v
+        return _check_alert_zones(v, info.data["zones"])
 
     @field_validator("id")
     @classmethod
@@ -289,6 +444,7 @@ class CameraSettings(BaseModel):
     alerts: AlertPolicy
     rtsp: RtspOptions
     calibration: str | None
+    zoning: ZoneSettings = Field(default_factory=ZoneSettings)  # type: ignore[arg-type]
 
 
 class JsonlSink(_Strict):
@@ -300,13 +456,29 @@ class MqttSink(_Strict):
     kind: Literal["mqtt"] = "mqtt"
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(1883, ge=1, le=65_535)
-    topic: str = Field("zsad/alerts", min_length=1)
+    topic: str = Field(
+        "zsad/alerts",
+        min_length=1,
+        max_length=512,
+        description="Topic of every record; may hold {camera} and {zone} (the peak's zone, 'none' outside "
+        "every zone), e.g. zsad/{camera}/{zone}/alert.",
+    )
     qos: Literal[0, 1, 2] = 1
     username: str | None = None
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
     client_id: str = Field("zsad", min_length=1, max_length=128)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_template(cls, v: str) -> str:
+        if "+" in v or "#" in v or "\x00" in v:
+            raise ValueError("a publish topic must not contain the wildcards '+' or '#' (or NUL)")
+        rest = v.replace("{camera}", "").replace("{zone}", "")
+        if "{" in rest or "}" in rest:
+            raise ValueError("the only placeholders a topic may hold are {camera} and {zone}")
+        return v
 
 
 class WebhookSink(_Strict):
@@ -499,6 +671,13 @@ class ZsadConfig(_Strict):
                     alerts=cam.alerts or d.alerts,
                     rtsp=cam.rtsp or d.rtsp,
                     calibration=cam.calibration,
+                    zoning=ZoneSettings.model_validate(
+                        {
+                            "zones": [z.model_dump() for z in cam.zones or ()],
+                            "mask": cam.mask or [],
+                            "alert_zones": cam.alert_zones,
+                        }
+                    ),
                 )
         raise KeyError(f"no camera with id {camera_id!r}")
 
@@ -552,8 +731,8 @@ def _field_path(loc: Sequence[int | str]) -> str:
     return "".join(parts)
 
 
-def parse_config(text: str, path: str = "<string>") -> ZsadConfig:
-    """Parse and validate YAML text. Raises :class:`ConfigError` naming file, line and field."""
+def _compose(text: str, path: str) -> tuple[yaml.Node | None, Any]:
+    """The YAML node tree (for line numbers) and the data of ``text``; raises :class:`ConfigError`."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data: Any = yaml.safe_load(text)
@@ -567,17 +746,27 @@ def parse_config(text: str, path: str = "<string>") -> ZsadConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(path, [(1, "", f"top level must be a mapping, got {type(data).__name__}")])
+    return root, data
+
+
+def _problems(exc: ValidationError, root: yaml.Node | None) -> list[tuple[int | None, str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here)"
+        problems.append((_node_line(root, loc), _field_path(loc), msg))
+    return problems
+
+
+def parse_config(text: str, path: str = "<string>") -> ZsadConfig:
+    """Parse and validate YAML text. Raises :class:`ConfigError` naming file, line and field."""
+    root, data = _compose(text, path)
     try:
         return ZsadConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = err["loc"]
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (not allowed here)"
-            problems.append((_node_line(root, loc), _field_path(loc), msg))
-        raise ConfigError(path, problems) from exc
+        raise ConfigError(path, _problems(exc, root)) from exc
 
 
 def load_config(path: str | Path) -> ZsadConfig:
@@ -600,3 +789,88 @@ def resolve_data_path(path: str) -> Path:
     if p.is_absolute() or p.exists():
         return p
     return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-camera zone overrides (written by the review page; never the user's YAML)
+# --------------------------------------------------------------------------------------------------
+
+OVERRIDES_DIR = "overrides"
+_OVERRIDES_HEADER = (
+    "# Zones and mask of camera {camera}, written by the zsad review page\n"
+    "# (PUT /api/cameras/{camera}/zones).\n"
+    "# Keys here replace the same keys of the camera in the site config; that file is never rewritten.\n"
+    "# Delete this file to go back to the site config's zones.\n"
+)
+
+
+def zone_overrides_path(output_dir: str | Path, camera: str) -> Path:
+    """``<output_dir>/overrides/<camera>.yaml``: where the review page keeps a camera's edited zones."""
+    if not _CAMERA_ID.match(camera):
+        raise ValueError(f"camera id {camera!r} must match {_CAMERA_ID.pattern}")
+    return Path(output_dir) / OVERRIDES_DIR / f"{camera}.yaml"
+
+
+def validate_zone_settings(
+    data: Any, base: ZoneSettings | None = None, path: str = "<zones>", root: yaml.Node | None = None
+) -> ZoneSettings:
+    """Validate a zones object (``zones``, ``mask``, ``alert_zones``; each optional) merged over ``base``:
+    a key that is present replaces the one of ``base``. Raises :class:`ConfigError` naming ``path`` and, when
+    ``root`` is the YAML node tree of ``data``, the line of each problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            path, [(1, "", f"must be a mapping of zones, mask, alert_zones, got {type(data).__name__}")]
+        )
+    merged: dict[str, Any] = base.model_dump(mode="json") if base is not None else {}
+    merged.update(data)
+    try:
+        return ZoneSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(path, _problems(exc, root)) from exc
+
+
+def load_zone_overrides(
+    path: str | Path, base: ZoneSettings | None = None
+) -> tuple[ZoneSettings, list[str]] | None:
+    """Read a camera's overrides file and merge it over ``base`` (the site config's zones): the merged
+    settings and the keys the file sets. None when the file does not exist. Raises :class:`ConfigError`
+    naming the file, line and field of each problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(str(p), [(None, "", f"cannot read: {exc.strerror or exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), [(None, "", f"not UTF-8 text (byte {exc.start}): {exc.reason}")]) from exc
+    root, data = _compose(text, str(p))
+    merged = validate_zone_settings(data, base, str(p), root)
+    return merged, [k for k in ZoneSettings.model_fields if k in data]
+
+
+def write_zone_overrides(path: str | Path, data: Mapping[str, Any], camera: str) -> None:
+    """Write ``data`` (any of the keys ``zones``, ``mask``, ``alert_zones``, as JSON-ready values) as the
+    overrides file ``path``, atomically (temporary file, fsync, rename, fsync of the folder), so a reader
+    sees the old file or the new one, never half of one."""
+    unknown = set(data) - set(ZoneSettings.model_fields)
+    if unknown:
+        raise ValueError(f"not zone settings: {sorted(unknown)}")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None, width=100)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(_OVERRIDES_HEADER.format(camera=camera) + body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(p.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

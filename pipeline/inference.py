@@ -45,6 +45,7 @@ from plugins.preprocess import to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
 from plugins.semantic import PromptBank, SemanticError, SemanticScorer
 from plugins.streams import SEMANTIC
+from plugins.zones import CellFilters
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +241,23 @@ class ClipInference:
     """The scheduler's ``infer``: ``list[Clip]`` in, one :class:`ClipResult` per clip out (same order).
 
     Each camera's clips must arrive in order (the scheduler guarantees it); the DPC history lives here.
+    ``filters``: the cameras' masks and learned levels (``RunOutputs.filters``), applied before reduction.
     """
 
     def __init__(
-        self, engines: EngineSet, *, context_clips: int, history_step: int, contexts: dict[str, str]
+        self,
+        engines: EngineSet,
+        *,
+        context_clips: int,
+        history_step: int,
+        contexts: dict[str, str],
+        filters: CellFilters | None = None,
     ):
         self.engines = engines
         self.contexts = contexts
-        self.scorer = ClipScorer(engines.dpc, context_clips=context_clips, history_step=history_step)
+        self.scorer = ClipScorer(
+            engines.dpc, context_clips=context_clips, history_step=history_step, filters=filters
+        )
         self.semantic = semantic_scorer(engines, contexts)
 
     def reset(self, camera: str) -> None:

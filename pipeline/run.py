@@ -5,8 +5,11 @@ load config -> check engine manifests -> build graph and attach the fusion -> ru
 
 SIGHUP re-reads the config file and applies its camera list without stopping the other cameras: new
 cameras are added, removed (or disabled) ones stopped (an open alert closes with reason "shutdown"), and a
-camera whose settings changed is restarted alone. Other sections (model, engines, sinks, scheduler, ...)
-need a restart; a change there is logged and ignored. An invalid file is logged and nothing changes.
+camera whose settings changed is restarted alone. A camera whose only change is its zones, mask or alert
+zones keeps running: the new zones apply from its next clip. Every running camera's zone overrides file
+(``<output_dir>/overrides/<camera>.yaml``) is read again too. Other sections (model, engines, sinks,
+scheduler, ...) need a restart; a change there is logged and ignored. An invalid file is logged and nothing
+changes.
 """
 
 from __future__ import annotations
@@ -75,12 +78,14 @@ class CameraChangeError(RuntimeError):
 
 @dataclass
 class ReloadResult:
-    """What a config reload did: camera ids added, removed, restarted (settings changed) and refused (with
-    the reason), and top-level sections whose change needs a process restart (ignored)."""
+    """What a config reload did: camera ids added, removed, restarted (settings changed), rezoned (zones
+    changed, kept running) and refused (with the reason), and top-level sections whose change needs a process
+    restart (ignored)."""
 
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
+    rezoned: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     needs_restart: list[str] = field(default_factory=list)
 
@@ -111,6 +116,7 @@ class Application:
             context_clips=cfg.model.dpc.context_clips,
             history_step=span // pre.clip_hop,
             contexts={c.id: c.context for c in self.cameras.values()},
+            filters=self.outputs.filters,
         )
         self._cameras_lock = threading.RLock()  # the camera table (reload on the main thread)
         self._reload_requested = threading.Event()
@@ -203,9 +209,15 @@ class Application:
             if cid not in wanted:
                 self.remove_camera(cid)
                 result.removed.append(cid)
-            elif wanted[cid] != cam:
+            elif wanted[cid].model_copy(update={"zoning": cam.zoning}) != cam:
                 self.remove_camera(cid)
                 result.restarted.append(cid)
+            else:
+                # Zones alone never restart a camera; its overrides file is read again as well.
+                if self.outputs.refresh_zones(cid, wanted[cid].zoning):
+                    result.rezoned.append(cid)
+                with self._cameras_lock:
+                    self.cameras[cid] = wanted[cid]
         for cid, cam in wanted.items():
             if cid in running and cid not in result.restarted:
                 continue
@@ -219,10 +231,11 @@ class Application:
                 result.added.append(cid)
         self.cfg = self.cfg.model_copy(update={"cameras": cfg.cameras, "defaults": cfg.defaults})
         log.info(
-            "config reloaded: added %s, removed %s, restarted %s, refused %s",
+            "config reloaded: added %s, removed %s, restarted %s, rezoned %s, refused %s",
             result.added,
             result.removed,
             result.restarted,
+            result.rezoned,
             sorted(result.refused),
         )
         return result

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from plugins.zones import PeakLocation
+
 __all__ = [
     "ActiveAlert",
     "AlertMachine",
@@ -69,7 +71,8 @@ class AlertParams:
 
 @dataclass(frozen=True)
 class Peak:
-    """The highest-scoring sample of an alert. ``frame_ref`` is whatever the caller passed (opaque)."""
+    """The highest-scoring sample of an alert. ``frame_ref`` is whatever the caller passed (opaque);
+    ``location`` where in the view that sample's evidence peaked (None when unknown)."""
 
     time: float
     score: float
@@ -77,6 +80,7 @@ class Peak:
     prompt: str | None = None
     frame_ref: Any = None
     weights: dict[str, float] = field(default_factory=dict)
+    location: PeakLocation | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,13 @@ class AlertMachine:
         """The open alert with its peak so far, or None."""
         return self._active
 
+    @property
+    def current_peak(self) -> Peak | None:
+        """The peak so far of the open alert, or of the run above ``on_threshold`` that may open one."""
+        if self._active is not None:
+            return self._active.peak
+        return self._candidate.peak if self._candidate is not None else None
+
     def _check_time(self, t: float) -> None:
         if not math.isfinite(t):
             raise AlertTimeError(f"time must be finite, got {t}")
@@ -172,11 +183,13 @@ class AlertMachine:
         prompt: str | None = None,
         frame_ref: Any = None,
         weights: Mapping[str, float] | None = None,
+        location: PeakLocation | None = None,
     ) -> list[AlertTransition]:
         """Feed the score at stream time ``t`` seconds; return the transitions it caused (0 or 1).
 
         ``prompt`` is the best-matching anomalous prompt for this sample, ``frame_ref`` an opaque reference
-        to its frame, ``weights`` the gate weights behind ``contributions``; all are kept with the peak.
+        to its frame, ``weights`` the gate weights behind ``contributions``, ``location`` where its evidence
+        peaks in the view; all are kept with the peak.
         Raises :class:`AlertTimeError` if ``t`` goes backwards.
         """
         self._check_time(t)
@@ -189,6 +202,7 @@ class AlertMachine:
             prompt=prompt,
             frame_ref=frame_ref,
             weights=dict(weights or {}),
+            location=location,
         )
         p = self.params
         if self._active is not None:

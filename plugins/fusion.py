@@ -488,6 +488,13 @@ class CameraFusion:
             weights=fused.weights,
         )
 
+    def cell_stats(self) -> dict[str, tuple[float, float]] | None:
+        """Each stream's ``(location, scale)``, to z-score its error map cell by cell
+        (:func:`plugins.zones.evidence_map`); None for an uncalibrated camera (z is the raw value)."""
+        if self.calibration.identity:
+            return None
+        return {name: (s.location, s.scale) for name, s in self.calibration.streams.items()}
+
     @property
     def default_threshold(self) -> float | None:
         """The calibrated quantile threshold, if the calibration has one."""

@@ -4,6 +4,11 @@ The backbone engine turns each clip into tokens; :class:`ClipScorer` keeps every
 clip tokens and calls the DPC-head engine, batched across cameras, to get spatial error maps; each map
 is reduced to one raw score per stream. The runners are plain callables (named numpy arrays in, named
 numpy arrays out), so the same code drives ONNX Runtime, TensorRT or PyTorch.
+
+Before a map is reduced, the camera's :class:`plugins.zones.CellFilter` (its ignore mask and its learned
+normal levels, set by the pipeline in a :class:`plugins.zones.CellFilters`) removes the cells that must not
+count: they become NaN and :func:`reduce_map` skips them. A camera without a mask and without learned
+levels is scored exactly as before.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from plugins.streams import MAP_STREAMS
+from plugins.zones import CellFilter, CellFilters
 
 __all__ = [
     "BACKBONE_INPUTS",
@@ -25,6 +31,7 @@ __all__ = [
     "ClipTokens",
     "Runner",
     "StreamScores",
+    "filter_scores",
     "reduce_map",
 ]
 
@@ -37,8 +44,17 @@ DPC_OUTPUTS = ("feature_error", "pixel_error", "motion")  # the engine's output 
 
 
 def reduce_map(error_map: np.ndarray) -> float:
-    """One score from an ``(h, w)`` error map: the max over positions, so a small object still counts."""
-    return float(error_map.max())
+    """One score from an ``(h, w)`` error map: the max over positions, so a small object still counts.
+
+    NaN cells (masked, or at or below a learned normal level) do not count; a map without any counted cell
+    gives NaN, and fusion then leaves that stream out of the clip's score."""
+    m = np.asarray(error_map)
+    nan = np.isnan(m)
+    if not nan.any():
+        return float(m.max())
+    if nan.all():
+        return float("nan")
+    return float(np.nanmax(m))
 
 
 @dataclass
@@ -63,13 +79,38 @@ class ClipTokens:
 
 @dataclass
 class StreamScores:
-    """Raw (uncalibrated) per-stream scores of one clip, plus the spatial maps they came from."""
+    """Raw (uncalibrated) per-stream scores of one clip, plus the spatial maps they came from.
+
+    ``maps``: each map stream's ``(h, w)`` error map as the engine gave it. ``counted``: the same maps with
+    NaN where a cell did not count (the camera's :class:`plugins.zones.CellFilter`), or None when every cell
+    counted; the map streams' ``scores`` are reduced from these. ``filter_version``: the version of the
+    filter applied (0: none), so a later stage can tell whether the scores are up to date.
+    """
 
     camera: str
     index: int
     scores: dict[str, float]
     maps: dict[str, np.ndarray] = field(repr=False)
     embedding: np.ndarray = field(repr=False)
+    counted: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    filter_version: int = 0
+
+    @property
+    def scored_maps(self) -> dict[str, np.ndarray]:
+        """The maps the scores were reduced from (``counted``, else ``maps``)."""
+        return self.counted if self.counted is not None else self.maps
+
+
+def filter_scores(scores: StreamScores, cell_filter: CellFilter | None) -> StreamScores:
+    """Apply ``cell_filter`` (None: none) to ``scores.maps`` and reduce each map stream's score again, in
+    place; other streams (semantic) are left alone. Returns ``scores``. The one place where maps become
+    scores, for the scorer and for a stage that finds the scores reduced under an older filter."""
+    counted = cell_filter.apply(scores.maps) if cell_filter is not None else None
+    for stream, error_map in (counted if counted is not None else scores.maps).items():
+        scores.scores[stream] = reduce_map(error_map)
+    scores.counted = counted
+    scores.filter_version = cell_filter.version if cell_filter is not None else 0
+    return scores
 
 
 class ClipScorer:
@@ -84,10 +125,17 @@ class ClipScorer:
         prev_frame: the engine takes ``prev_frame`` (its decoder extrapolates); every clip must then
             carry ``prev_last_frame``. ``None``: read it from the runner's ``input_names`` (a backend
             has them), else ``False``.
+        filters: the cameras' masks and learned levels, applied before each map is reduced; None: none.
     """
 
     def __init__(
-        self, dpc: Runner, *, context_clips: int, history_step: int = 1, prev_frame: bool | None = None
+        self,
+        dpc: Runner,
+        *,
+        context_clips: int,
+        history_step: int = 1,
+        prev_frame: bool | None = None,
+        filters: CellFilters | None = None,
     ):
         if history_step < 1:
             raise ValueError(f"history_step must be >= 1, got {history_step}")
@@ -97,6 +145,7 @@ class ClipScorer:
         self.prev_frame = prev_frame
         self.context_clips = context_clips
         self.history_step = history_step
+        self.filters = filters
         self._rings: dict[str, deque[ClipTokens]] = {}
 
     @property
@@ -129,13 +178,11 @@ class ClipScorer:
             out = self.dpc(feeds)
             for j, (i, clip, _) in enumerate(ready):
                 maps = {MAP_STREAMS[name]: out[name][j] for name in DPC_OUTPUTS}
-                results[i] = StreamScores(
-                    camera=clip.camera,
-                    index=clip.index,
-                    scores={s: reduce_map(m) for s, m in maps.items()},
-                    maps=maps,
-                    embedding=clip.embedding,
+                scored = StreamScores(
+                    camera=clip.camera, index=clip.index, scores={}, maps=maps, embedding=clip.embedding
                 )
+                cell_filter = self.filters.get(clip.camera) if self.filters is not None else None
+                results[i] = filter_scores(scored, cell_filter)
         return results
 
 

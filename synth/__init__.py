@@ -6,6 +6,8 @@ Public API:
 - :func:`render_clip`: one clip in memory, ``(frames (N, H, W, 3) uint8 RGB, masks (N, H, W) bool)``.
 - :func:`render_scene`: the same plus labels and the measured event spans.
 - :func:`generate_dataset`: a whole dataset on disk in the UCSD Ped2 layout; returns the manifest.
+- :class:`WavingFlag`, :class:`PassingTraffic`: recurring, normal-but-unusual props (``props=`` of
+  :class:`ClipRenderer` and :func:`render_scene`), for masks and feedback.
 """
 
 from synth.actors import PlannedEvent
@@ -16,6 +18,7 @@ from synth.dataset import (
     plan_dataset_events,
     plan_events,
 )
+from synth.props import PassingTraffic, Prop, WavingFlag
 from synth.render import ClipRenderer, Event, SceneRender, render_clip, render_scene
 from synth.scene import (
     ANOMALY_KINDS,
@@ -35,11 +38,14 @@ __all__ = [
     "ClipRenderer",
     "ContextSpec",
     "Event",
+    "PassingTraffic",
     "PlannedEvent",
+    "Prop",
     "SceneRender",
     "SynthError",
     "SynthInputError",
     "VideoEncodeError",
+    "WavingFlag",
     "clip_seed",
     "generate_dataset",
     "open_video",

@@ -20,6 +20,7 @@ from synth.actors import (
     simulate_pedestrians,
 )
 from synth.background import build_stage
+from synth.props import Prop
 from synth.scene import SynthInputError, context_spec
 
 MIN_SIZE = (48, 64)  # (H, W)
@@ -208,7 +209,8 @@ class ClipRenderer:
 
     frame: ``(H, W, 3)`` uint8 RGB; mask: ``(H, W)`` bool. After a full iteration, ``labels``
     (``(N,)`` uint8, 1 = abnormal frame, exactly the frames whose mask is non-empty) and ``events``
-    (spans measured from the drawn masks, in the order planned) are set.
+    (spans measured from the drawn masks, in the order planned) are set. ``props``
+    (:mod:`synth.props`): normal but unusual things drawn on the backdrop, never labelled.
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class ClipRenderer:
         height: int,
         seed: int,
         events: Sequence[PlannedEvent] = (),
+        props: Sequence[Prop] = (),
     ) -> None:
         context_spec(context)
         if n_frames < 1:
@@ -234,6 +237,7 @@ class ClipRenderer:
         self.width = width
         self.height = height
         self.planned = list(events)
+        self.props = list(props)
         self.stage = build_stage(context, width, height)
         motion_seq, light_seq = np.random.SeedSequence(seed).spawn(2)
         motion = np.random.default_rng(motion_seq)
@@ -279,6 +283,8 @@ class ClipRenderer:
         canvas = np.empty((h, w, 3), dtype=np.float32)
         for t in range(self.n_frames):
             np.copyto(canvas, base)
+            for prop in self.props:
+                prop.draw(canvas, t)
             present = [(a.poses[t], a) for a in self.actors if a.poses[t] is not None]
             for pose, actor in present:
                 if pose is not None:
@@ -330,9 +336,10 @@ def render_scene(
     height: int,
     seed: int,
     events: Sequence[PlannedEvent] = (),
+    props: Sequence[Prop] = (),
 ) -> SceneRender:
     """Render a whole clip in memory (see :class:`ClipRenderer` for a streaming version)."""
-    renderer = ClipRenderer(context, n_frames, width, height, seed, events)
+    renderer = ClipRenderer(context, n_frames, width, height, seed, events, props)
     frames = np.empty((n_frames, height, width, 3), dtype=np.uint8)
     masks = np.empty((n_frames, height, width), dtype=bool)
     for t, (frame, mask) in enumerate(renderer):

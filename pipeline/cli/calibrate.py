@@ -22,6 +22,7 @@ from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
 from pipeline.inference import ClipInference, EngineBuildError, EngineError, EngineSet, load_engines
 from plugins.fusion import fit_calibration, save_calibration
+from plugins.zones import CellFilters, ViewZones
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +41,28 @@ def collect_scores(
     *,
     timeout_s: float = 1800,
 ) -> dict[str, np.ndarray]:
-    """Run footage URIs (files play as fast as possible) and return ``{stream: (M,) raw clip scores}``."""
+    """Run footage URIs (files play as fast as possible) and return ``{stream: (M,) raw clip scores}``.
+
+    The camera's mask (its config's ``mask``) applies as it will at run time, so the statistics describe the
+    cells that can alert; the review page's overrides are not read here."""
     pre = cfg.model.preprocess
     assembler = ClipAssembler.from_config(pre)
+    filters = CellFilters()
     inference = ClipInference(
         engines,
         context_clips=cfg.model.dpc.context_clips,
         history_step=pre.clip_len * pre.frame_stride // pre.clip_hop,
         contexts={},
+        filters=filters,
     )
     clips: queue.Queue[Clip] = queue.Queue(maxsize=64)
     settings = [
         camera.model_copy(update={"id": f"{camera.id}.{i}", "uri": uri}) for i, uri in enumerate(footage)
     ]
+    zones = ViewZones.from_settings(camera.zoning)
     for s in settings:
         inference.contexts[s.id] = camera.context
+        filters.set(s.id, zones, None)
 
     def on_frame(cam: str, pts: float, frame: np.ndarray) -> None:
         clip = assembler.push(cam, pts, frame)

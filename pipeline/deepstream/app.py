@@ -76,6 +76,7 @@ class DeepStreamApp:
             context_clips=cfg.model.dpc.context_clips,
             history_step=(pre.clip_len * pre.frame_stride) // pre.clip_hop,
             contexts={c.id: c.context for c in self.cameras},
+            filters=self.outputs.filters,  # masks and learned levels, as on the CPU graph
         )
         self.clips = ClipPath(
             self.inference,

@@ -34,10 +34,12 @@ __all__ = [
     "validate_alert",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _NUM = {"type": "number"}
 _REL_PATH = r"^(?![/\\])(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.\-/]{1,512}$"
 _CAMERA = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ZONE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_PIXEL = {"type": "integer", "minimum": 0}
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -64,6 +66,8 @@ ALERT_SCHEMA: dict[str, Any] = {
         "contributions",
         "weights",
         "prompt",
+        "zone",
+        "peak_box",
         "snapshot",
         "clip",
         "reason",
@@ -92,6 +96,26 @@ ALERT_SCHEMA: dict[str, Any] = {
         },
         "weights": {"type": "object", "additionalProperties": _NUM, "description": "Gate weights at peak."},
         "prompt": {"type": ["string", "null"], "description": "Best-matching anomalous prompt."},
+        "zone": {
+            "type": ["string", "null"],
+            "pattern": _ZONE,
+            "description": "The camera zone the peak's evidence is in; null outside every zone.",
+        },
+        "peak_box": {
+            "type": ["object", "null"],
+            "required": ["x0", "y0", "x1", "y1", "width", "height"],
+            "additionalProperties": False,
+            "properties": {
+                "x0": _PIXEL,
+                "y0": _PIXEL,
+                "x1": _PIXEL,
+                "y1": _PIXEL,
+                "width": {"type": "integer", "minimum": 1},
+                "height": {"type": "integer", "minimum": 1},
+            },
+            "description": "Where the peak's evidence is, in pixels of the snapshot frame (width x height); "
+            "x1, y1 exclusive. null when unknown.",
+        },
         "snapshot": {"type": ["string", "null"], "pattern": _REL_PATH, "description": "JPEG, relative."},
         "clip": {"type": ["string", "null"], "pattern": _REL_PATH, "description": "MP4, relative."},
         "reason": {"enum": ["threshold", "shutdown", None], "description": "Why it closed."},
@@ -253,6 +277,11 @@ def alert_problems(record: Any) -> list[str]:
             problems.append(f"peak_time {record['peak_time']} is outside [start_pts, end_pts]")
     elif record["peak_time"] < record["start_pts"]:
         problems.append(f"peak_time {record['peak_time']} is before start_pts {record['start_pts']}")
+    box = record["peak_box"]
+    if box is not None and not (
+        0 <= box["x0"] < box["x1"] <= box["width"] and 0 <= box["y0"] < box["y1"] <= box["height"]
+    ):
+        problems.append(f"peak_box {box} is empty or outside its {box['width']}x{box['height']} frame")
     return problems
 
 
@@ -288,8 +317,12 @@ def build_alert_record(
     snapshot: str | None = None,
     clip: str | None = None,
     model: str | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The record of one transition from :class:`plugins.alerting.AlertMachine`, validated.
+
+    ``zone`` and ``peak_box`` come from the peak's :class:`plugins.zones.PeakLocation`; the box is in pixels
+    of a ``frame_size`` ``(width, height)`` frame (the snapshot's), null without one.
 
     ``epoch_offset_s`` maps stream time to wall time (``epoch = pts + epoch_offset_s``; a live camera uses
     ``time.time() - pts`` taken at its first frame). ``snapshot`` / ``clip`` are paths relative to the output
@@ -301,6 +334,12 @@ def build_alert_record(
     closed = transition.kind == "closed"
     peak = alert.peak
     end_pts = alert.end if closed else None
+    location = peak.location
+    peak_box = None
+    if location is not None and frame_size is not None:
+        width, height = int(frame_size[0]), int(frame_size[1])
+        x0, y0, x1, y1 = location.pixel_box(width, height)
+        peak_box = {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "width": width, "height": height}
     record: dict[str, Any] = {
         "version": SCHEMA_VERSION,
         "alert_id": alert.alert_id,
@@ -318,6 +357,8 @@ def build_alert_record(
         "contributions": _floats(peak.contributions),
         "weights": _floats(peak.weights),
         "prompt": peak.prompt,
+        "zone": location.zone if location is not None else None,
+        "peak_box": peak_box,
         "snapshot": snapshot,
         "clip": clip,
         "reason": alert.reason if closed else None,
@@ -347,6 +388,8 @@ def example_record() -> dict[str, Any]:
         "contributions": {"predictive": 2.1, "pixel": 1.6, "semantic": 2.2, "motion": 0.5},
         "weights": {"predictive": 0.3, "pixel": 0.25, "semantic": 0.3, "motion": 0.15},
         "prompt": "a person climbing over a fence",
+        "zone": "fence",
+        "peak_box": {"x0": 160, "y0": 60, "x1": 240, "y1": 140, "width": 320, "height": 240},
         "snapshot": "events/parking-north/6f1c1a52-8d0e-4f57-9d1b-3f0f2b8f4c11.jpg",
         "clip": "events/parking-north/6f1c1a52-8d0e-4f57-9d1b-3f0f2b8f4c11.mp4",
         "reason": "threshold",

@@ -1,8 +1,24 @@
 """Everything a run does with scored clips, shared by the CPU graph and the DeepStream graph.
 
-Per camera: fusion and the alert machine (``pipeline.outputs.events.CameraAlerts``), event media; for the run:
-the sinks, Prometheus metrics, the review page's state and server, and the ``scores.jsonl`` log. Each
-graph only turns frames into :class:`plugins.scorer.StreamScores` and calls :meth:`RunOutputs.clip_scored`.
+Per camera: fusion and the alert machine (``pipeline.outputs.events.CameraAlerts``), event media, zones and
+masks, learned normal levels; for the run: the sinks, Prometheus metrics, the review page's state and
+server, and the ``scores.jsonl`` log. Each graph only turns frames into :class:`plugins.scorer.StreamScores`
+and calls :meth:`RunOutputs.clip_scored`.
+
+Zones. A camera's zones, mask and alert zones are its site-config keys with its overrides file
+(``<output_dir>/overrides/<camera>.yaml``, written by ``PUT /api/cameras/<id>/zones``) merged over them:
+a key present in the file replaces the config's. The file is read when the camera is added and again on a
+SIGHUP reload; an invalid file is ignored with a warning naming it and the field (the camera runs with its
+config's zones). A change takes effect at the camera's next clip, without restarting its pipeline: the
+mask and learned levels reach the scorer through :attr:`RunOutputs.filters` (a
+:class:`plugins.zones.CellFilters` the CPU graph's ``ClipScorer`` reads), and :meth:`RunOutputs.clip_scored`
+re-reduces any clip scored under an older filter (a scorer that was not given ``filters``, such as the
+DeepStream graph's, or a clip in flight during the change), so both graphs end up on the same code.
+
+Feedback. When an alert's label becomes ``false_alarm``, its evidence (``events/<camera>/<alert_id>.npz``)
+is learned into the camera's :class:`plugins.learned.LearnedStore` (beside its calibration file:
+``<calibration stem>.learned/``, or ``<output_dir>/learned/<camera>/`` for an uncalibrated camera); when
+the label is taken back, it is forgotten. Either way a new version is written and applied at once.
 """
 
 from __future__ import annotations
@@ -12,26 +28,42 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.config import CameraSettings, ZsadConfig
+import numpy as np
+
+from core.config import (
+    CameraSettings,
+    ConfigError,
+    ZoneSettings,
+    ZsadConfig,
+    load_zone_overrides,
+    validate_zone_settings,
+    write_zone_overrides,
+    zone_overrides_path,
+)
 from core.redact import redact_uri
 from pipeline.outputs.events import CameraAlerts
-from pipeline.outputs.media import EventRecorder, Frame
+from pipeline.outputs.media import EventRecorder, Frame, safe_component
 from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
 from pipeline.outputs.sinks import SinkFanout, build_sinks, sink_name
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web import ReviewServer, ReviewServerError
 from plugins.fusion import Calibration, CalibrationError, CameraFusion, StreamGate, load_calibration
+from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
+from plugins.scorer import StreamScores, filter_scores
+from plugins.zones import CellFilters, ViewZones
 
 if TYPE_CHECKING:
     from pipeline.cpu.scheduler import SchedulerStats
-    from plugins.scorer import StreamScores
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunOutputs", "RunOutputsError", "check_outputs", "uncalibrated_notice"]
+__all__ = ["RunOutputs", "RunOutputsError", "check_outputs", "learned_dir", "uncalibrated_notice"]
+
+FALSE_ALARM = "false_alarm"
 
 
 class RunOutputsError(RuntimeError):
@@ -97,6 +129,15 @@ def uncalibrated_notice(camera: str, on_threshold: float) -> str:
     )
 
 
+def learned_dir(cam: CameraSettings, output_dir: Path) -> Path:
+    """Where a camera's learned levels live: beside its calibration file (``calib/gate-1.json`` ->
+    ``calib/gate-1.learned/``), or ``<output_dir>/learned/<camera>/`` when it has none."""
+    if cam.calibration:
+        cal = Path(cam.calibration)
+        return cal.with_name(f"{cal.stem}.learned")
+    return Path(output_dir) / "learned" / cam.id
+
+
 class RunOutputs:
     """Fusion, alerts, media, sinks, metrics and the review page of one run.
 
@@ -123,8 +164,22 @@ class RunOutputs:
         self.gate = StreamGate.load(gate_path) if gate_path else StreamGate.uniform()
         self.alerts: dict[str, CameraAlerts] = {}
         self.recorders: dict[str, EventRecorder] = {}
+        #: The cameras' masks and learned levels; give it to the ``ClipScorer`` (``filters=``).
+        self.filters = CellFilters()
+        self._settings: dict[str, CameraSettings] = {}
+        self._zoning: dict[str, ZoneSettings] = {}  # in force: the config's with the overrides file merged
+        self._overridden: dict[str, list[str]] = {}  # keys the overrides file sets
+        self._view_zones: dict[str, ViewZones] = {}
+        self._levels: dict[str, dict[str, np.ndarray] | None] = {}
+        # Per camera and stream, the calibration location that cells known to be normal are capped at.
+        self._floors: dict[str, dict[str, float]] = {}
+        self._stores: dict[str, LearnedStore | None] = {}
+        self._grids: dict[str, tuple[int, int]] = {}
+        self._zones_lock = threading.RLock()  # zone changes (web server, main thread)
+        self._learn_lock = threading.Lock()  # label learning (web server threads)
         self.run_state = RunState(self.out)
         self.run_state.load_existing()
+        self.run_state.add_label_listener(self._label_changed)
         try:
             self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
         except OSError as exc:
@@ -139,8 +194,9 @@ class RunOutputs:
     # -- cameras ----------------------------------------------------------------------------------------
 
     def add_camera(self, cam: CameraSettings) -> None:
-        """Create a camera's fusion, alert machine, media recorder and review entry. A calibration file that
-        cannot be read leaves the camera uncalibrated, with a warning; it never stops the run."""
+        """Create a camera's fusion, alert machine, media recorder, zones, learned levels and review entry. A
+        calibration file that cannot be read leaves the camera uncalibrated, with a warning; it never stops
+        the run."""
         calibration = self._read_calibration(cam)
         fusion = CameraFusion(
             cam.id,
@@ -148,6 +204,9 @@ class RunOutputs:
             gate=self.gate,
             smoothing=cam.alerts.smoothing,
         )
+        zoning, overridden = self._read_zoning(cam.id, cam.zoning)
+        zones = ViewZones.from_settings(zoning)
+        store, levels = self._open_store(cam)
         recorder = EventRecorder(cam.id, self.out, self.cfg.media, fps=cam.sampling.fps, metrics=self.metrics)
         alerts = CameraAlerts(
             cam.id,
@@ -158,7 +217,18 @@ class RunOutputs:
             recorder=recorder,
             metrics=self.metrics,
             model=self.model_id,
+            zones=zones,
+            evidence_dir=recorder.events_dir,
         )
+        with self._zones_lock:
+            self._settings[cam.id] = cam
+            self._zoning[cam.id] = zoning
+            self._overridden[cam.id] = overridden
+            self._view_zones[cam.id] = zones
+            self._stores[cam.id] = store
+            self._levels[cam.id] = levels
+            self._floors[cam.id] = {s: loc for s, (loc, _) in (fusion.cell_stats() or {}).items()}
+            self.filters.set(cam.id, zones, levels, self._floors[cam.id])
         with self._cameras_lock:
             self.recorders[cam.id] = recorder
             self.alerts[cam.id] = alerts
@@ -169,6 +239,8 @@ class RunOutputs:
             threshold=cam.alerts.on_threshold,
             calibrated=calibration is not None,
         )
+        self._publish_zones(cam.id, zoning)
+        self.run_state.set_camera_learning(cam.id, self._learning_summary(cam.id))
 
     @staticmethod
     def _read_calibration(cam: CameraSettings) -> Calibration | None:
@@ -188,6 +260,16 @@ class RunOutputs:
             alerts = self.alerts.pop(camera, None)
             recorder = self.recorders.pop(camera, None)
             records = alerts.shutdown() if alerts is not None else []
+        with self._zones_lock:
+            self.filters.remove(camera)
+            self._settings.pop(camera, None)
+            self._zoning.pop(camera, None)
+            self._overridden.pop(camera, None)
+            self._view_zones.pop(camera, None)
+            self._levels.pop(camera, None)
+            self._floors.pop(camera, None)
+            self._stores.pop(camera, None)
+            self._grids.pop(camera, None)
         for record in records:
             self.run_state.add_alert(record)
         if recorder is not None:
@@ -195,6 +277,234 @@ class RunOutputs:
         self.run_state.remove_camera(camera)
         self._dropped_seen.pop(camera, None)
         return list(records)
+
+    # -- zones -------------------------------------------------------------------------------------------
+
+    def overrides_path(self, camera: str) -> Path:
+        """The camera's zone overrides file (it may not exist)."""
+        return zone_overrides_path(self.out, camera)
+
+    def _read_zoning(self, camera: str, base: ZoneSettings) -> tuple[ZoneSettings, list[str]]:
+        """The config's zones with the overrides file merged over them, and the keys the file sets. An
+        invalid file is ignored with a warning naming it and its fields."""
+        path = self.overrides_path(camera)
+        try:
+            loaded = load_zone_overrides(path, base)
+        except ConfigError as exc:
+            log.warning(
+                "camera %s: zone overrides ignored, the site config's zones are used:\n%s", camera, exc
+            )
+            return base, []
+        if loaded is None:
+            return base, []
+        merged, keys = loaded
+        log.info("camera %s: %s from %s", camera, ", ".join(keys) or "nothing", path)
+        return merged, keys
+
+    def _apply_zoning(self, camera: str, zoning: ZoneSettings, overridden: list[str]) -> bool:
+        """Put new zones in force for a running camera (from its next clip on); False for an unknown one."""
+        with self._zones_lock:
+            if camera not in self._settings:
+                return False
+            zones = ViewZones.from_settings(zoning)
+            self._zoning[camera] = zoning
+            self._overridden[camera] = overridden
+            self._view_zones[camera] = zones
+            self.filters.set(camera, zones, self._levels.get(camera), self._floors.get(camera))
+            alerts = self.alerts.get(camera)
+            if alerts is not None:
+                alerts.set_zones(zones)
+        self._publish_zones(camera, zoning)
+        log.info(
+            "camera %s: zones now %d zone(s), %d mask polygon(s), alert zones %s",
+            camera,
+            len(zoning.zones),
+            len(zoning.mask),
+            zoning.alert_zones,
+        )
+        return True
+
+    def _publish_zones(self, camera: str, zoning: ZoneSettings) -> None:
+        self.run_state.set_camera_zones(
+            camera, [z.name for z in zoning.zones], zoning.alert_zones, len(zoning.mask)
+        )
+
+    def refresh_zones(self, camera: str, base: ZoneSettings | None = None) -> bool:
+        """Re-read the camera's overrides file (a SIGHUP reload), over ``base`` (new config zones) or the
+        config zones it has; apply the result if it changed. True when the zones in force changed."""
+        with self._zones_lock:
+            cam = self._settings.get(camera)
+            if cam is None:
+                return False
+            if base is not None:
+                cam = cam.model_copy(update={"zoning": base})
+                self._settings[camera] = cam
+            zoning, overridden = self._read_zoning(camera, cam.zoning)
+            if zoning == self._zoning.get(camera):
+                return False
+            return self._apply_zoning(camera, zoning, overridden)
+
+    def camera_zones(self, camera: str) -> dict[str, Any]:
+        """A camera's zones in force, the config's, where the overrides are, and (once a clip was scored) the
+        grid cells each covers. Raises KeyError for an unknown camera."""
+        with self._zones_lock:
+            cam = self._settings.get(camera)
+            if cam is None:
+                raise KeyError(camera)
+            zoning = self._zoning[camera]
+            zones = self._view_zones[camera]
+            grid = self._grids.get(camera)
+            overridden = list(self._overridden.get(camera, []))
+        path = self.overrides_path(camera)
+        out: dict[str, Any] = {"camera": camera, **zoning.model_dump(mode="json")}
+        out["config"] = cam.zoning.model_dump(mode="json")
+        out["overrides"] = {
+            "path": str(path.relative_to(self.out)),
+            "exists": path.is_file(),
+            "keys": overridden,
+        }
+        out["grid"] = None
+        if grid is not None:
+            out["grid"] = {
+                "rows": grid[0],
+                "cols": grid[1],
+                "mask": zones.mask_cells(grid).astype(int).tolist(),
+                "zones": {name: cells.astype(int).tolist() for name, cells in zones.zone_cells(grid).items()},
+            }
+        return out
+
+    def put_camera_zones(self, camera: str, body: Any) -> dict[str, Any]:
+        """Validate ``body`` (any of ``zones``, ``mask``, ``alert_zones``) over the camera's config zones,
+        write it as the camera's overrides file (atomically) and put it in force at once. Raises KeyError
+        (unknown camera), :class:`core.config.ConfigError` (invalid body) or OSError (cannot write)."""
+        with self._zones_lock:
+            cam = self._settings.get(camera)
+            if cam is None:
+                raise KeyError(camera)
+            zoning = validate_zone_settings(body, cam.zoning, "request body")
+            data = zoning.model_dump(mode="json")
+            write_zone_overrides(self.overrides_path(camera), {k: data[k] for k in body}, camera)
+            self._apply_zoning(camera, zoning, [k for k in ZoneSettings.model_fields if k in body])
+        return self.camera_zones(camera)
+
+    def delete_camera_zones(self, camera: str) -> dict[str, Any]:
+        """Remove the camera's overrides file and go back to its config zones. Raises KeyError, OSError."""
+        with self._zones_lock:
+            cam = self._settings.get(camera)
+            if cam is None:
+                raise KeyError(camera)
+            self.overrides_path(camera).unlink(missing_ok=True)
+            self._apply_zoning(camera, cam.zoning, [])
+        return self.camera_zones(camera)
+
+    def camera_frame_jpeg(self, camera: str) -> bytes | None:
+        """The camera's newest frame as JPEG (to draw zones on); None before its first frame. Raises
+        KeyError for an unknown camera."""
+        recorder = self.recorders.get(camera)
+        if recorder is None:
+            raise KeyError(camera)
+        return recorder.latest_jpeg()
+
+    # -- feedback ----------------------------------------------------------------------------------------
+
+    def _open_store(self, cam: CameraSettings) -> tuple[LearnedStore | None, dict[str, np.ndarray] | None]:
+        """The camera's learned store and its current levels; (store, None) when nothing is learned yet, and
+        (None, None) with a warning when the store cannot be read (the camera runs without them)."""
+        store = LearnedStore(learned_dir(cam, self.out), cam.id)
+        try:
+            state = store.state()
+        except LearnedError as exc:
+            log.warning("camera %s: learned normal levels ignored, it starts without them: %s", cam.id, exc)
+            return None, None
+        if state.version:
+            log.info(
+                "camera %s: learned normal levels version %d from %d false alarm(s)",
+                cam.id,
+                state.version,
+                len(state.alerts),
+            )
+        self.metrics.learned_labels.set(len(state.alerts), camera=cam.id)
+        return store, state.levels
+
+    def _learning_summary(self, camera: str) -> dict[str, Any] | None:
+        store = self._stores.get(camera)
+        if store is None:
+            return None
+        try:
+            summary = store.state().summary()
+        except LearnedError as exc:
+            log.warning("camera %s: %s", camera, exc)
+            return None
+        return {**summary, "dir": str(store.directory)}
+
+    def camera_learning(self, camera: str) -> dict[str, Any]:
+        """What a camera learned from false alarms: labels, version, when, and every version. Raises
+        KeyError for an unknown camera."""
+        with self._zones_lock:
+            if camera not in self._settings:
+                raise KeyError(camera)
+            store = self._stores.get(camera)
+        if store is None:
+            return {"camera": camera, "enabled": False, "labels": 0, "version": 0, "updated": None,
+                    "alerts": [], "versions": []}  # fmt: skip
+        summary = self._learning_summary(camera) or {}
+        try:
+            versions = store.history()
+        except LearnedError:
+            versions = []
+        return {"camera": camera, "enabled": True, **summary, "versions": versions}
+
+    def _label_changed(self, record: dict[str, Any], before: str | None, after: str | None) -> None:
+        if FALSE_ALARM not in (before, after):
+            return
+        self.reconcile_label(str(record["camera"]), str(record["alert_id"]))
+
+    def reconcile_label(self, camera: str, alert_id: str) -> None:
+        """Make the camera's learned levels agree with the alert's current label: learn it when it is a
+        false alarm and not learned, forget it when it is learned and no longer a false alarm."""
+        with self._learn_lock:
+            store = self._stores.get(camera)
+            if store is None:
+                log.warning(
+                    "alert %s: camera %s is not running or cannot learn; the label is stored only",
+                    alert_id,
+                    camera,
+                )
+                return
+            review = self.run_state.labels().get(alert_id)
+            is_false_alarm = review is not None and review.get("label") == FALSE_ALARM
+            try:
+                state = store.state()
+                if is_false_alarm and alert_id not in state.alerts:
+                    path = self.out / "events" / safe_component(camera) / f"{safe_component(alert_id)}.npz"
+                    if not path.is_file():
+                        log.warning(
+                            "alert %s: no evidence saved (%s); camera %s cannot learn from it",
+                            alert_id,
+                            path,
+                            camera,
+                        )
+                        return
+                    state = store.learn(alert_id, levels_from_evidence(EventEvidence.load(path)))
+                    self.metrics.feedback_labels.inc(camera=camera, action="learn")
+                elif not is_false_alarm and alert_id in state.alerts:
+                    forgotten = store.forget(alert_id)
+                    if forgotten is None:
+                        return
+                    state = forgotten
+                    self.metrics.feedback_labels.inc(camera=camera, action="forget")
+                else:
+                    return
+            except (LearnedError, OSError) as exc:
+                log.error("camera %s: cannot learn from alert %s: %s", camera, alert_id, exc)
+                return
+            with self._zones_lock:
+                self._levels[camera] = state.levels
+                zones = self._view_zones.get(camera)
+                if camera in self._settings:
+                    self.filters.set(camera, zones, state.levels, self._floors.get(camera))
+            self.metrics.learned_labels.set(len(state.alerts), camera=camera)
+        self.run_state.set_camera_learning(camera, self._learning_summary(camera))
 
     # -- what the graphs call ------------------------------------------------------------------------
 
@@ -230,7 +540,19 @@ class RunOutputs:
             self.metrics.frames_processed.inc(frames, camera=camera)
             if scores is None:  # the DPC history is still filling
                 return None
-            fused, records = alerts.update(scores.scores, scores.embedding, t, prompt=prompt)
+            cell_filter = self.filters.get(camera)
+            if scores.filter_version != (cell_filter.version if cell_filter is not None else 0):
+                filter_scores(scores, cell_filter)  # scored without this camera's current mask and levels
+            self._note_grid(camera, scores.maps)
+            fused, records = alerts.update(
+                scores.scores,
+                scores.embedding,
+                t,
+                prompt=prompt,
+                maps=scores.maps,
+                counted=scores.counted,
+            )
+            location = alerts.last_location
         self.metrics.score.set(fused.score, camera=camera)
         self.run_state.add_score(camera, t, fused.score, fused.contributions, scores.scores)
         for record in records:
@@ -243,6 +565,8 @@ class RunOutputs:
             "raw_fused": round(fused.raw_fused, 4),
             "streams": {k: round(v, 5) for k, v in scores.scores.items()},
             "contributions": {k: round(v, 4) for k, v in fused.contributions.items()},
+            "peak_cell": list(location.cell) if location is not None else None,
+            "zone": location.zone if location is not None else None,
             "alerts": [r["alert_id"] for r in records],
         }
         with self._lock:
@@ -261,6 +585,12 @@ class RunOutputs:
                 self.metrics.frames_dropped.inc(new * clip_len, camera=camera)
             self._dropped_seen[camera] = queue.dropped
 
+    def _note_grid(self, camera: str, maps: Mapping[str, np.ndarray]) -> None:
+        for m in maps.values():
+            if np.ndim(m) == 2:
+                self._grids[camera] = (int(np.shape(m)[0]), int(np.shape(m)[1]))
+                return
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -275,7 +605,9 @@ class RunOutputs:
             log.info("metrics on %s", self.metrics_server.url)
         if ui.enabled:
             try:
-                server = ReviewServer(self.run_state, self.out, ui.host, ui.port, ui.username, ui.password)
+                server = ReviewServer(
+                    self.run_state, self.out, ui.host, ui.port, ui.username, ui.password, control=self
+                )
                 self.review_server = server.start()
             except ReviewServerError as exc:
                 if self.metrics_server is not None:

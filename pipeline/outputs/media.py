@@ -7,7 +7,8 @@ it (the CPU graph hands over GStreamer samples this way, so most frames are neve
 open (:meth:`EventRecorder.open_event`) it starts a clip writer with the buffered pre-roll and keeps feeding
 it live frames until ``post_s`` seconds after the close (:meth:`EventRecorder.close_event`). Files land in
 ``<output_dir>/events/<camera>/`` as ``<alert_id>.jpg`` and ``<alert_id>.mp4`` (the clip is written as a
-hidden ``.part`` and renamed when complete). Only the newest ``max_events_per_camera`` events are kept.
+hidden ``.part`` and renamed when complete), beside the alert's evidence ``<alert_id>.npz`` (written by
+``pipeline.outputs.events``). Only the newest ``max_events_per_camera`` events are kept.
 
 Encoding runs in background threads, one :class:`core.gst.mp4.Mp4Writer` each; snapshots and retention run
 on one small worker thread. Nothing here raises into the caller for I/O or encoder trouble: a failure is
@@ -18,6 +19,7 @@ on.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import queue
@@ -395,6 +397,16 @@ class EventRecorder:
                 else:
                     ev.writer.push(image, pts)
 
+    def latest_jpeg(self, quality: int | None = None) -> bytes | None:
+        """The newest buffered frame as JPEG bytes (the review page's live view), or None before the first
+        frame."""
+        frame = self._frame_near(None)
+        if frame is None:
+            return None
+        buf = io.BytesIO()
+        Image.fromarray(_pixels(frame)).save(buf, format="JPEG", quality=quality or self.jpeg_quality)
+        return buf.getvalue()
+
     def frame_at(self, pts: float | None = None) -> Frame | None:
         """The buffered frame nearest ``pts`` (the newest when None), or None if nothing is buffered.
         Pass it as the alert machine's ``frame_ref`` so the peak's own frame is kept for the snapshot."""
@@ -567,7 +579,7 @@ class EventRecorder:
             active |= {w.final_path.stem for w in self._writers}
         newest: dict[str, float] = {}
         for p in files:
-            if p.suffix not in (".jpg", ".mp4"):
+            if p.suffix not in (".jpg", ".mp4", ".npz"):  # .npz: the alert's evidence (feedback learning)
                 continue
             try:
                 mtime = p.stat().st_mtime
@@ -579,7 +591,7 @@ class EventRecorder:
         if excess <= 0:
             return
         for stem in sorted((s for s in newest if s not in active), key=lambda s: newest[s])[:excess]:
-            for ext in (".jpg", ".mp4"):
+            for ext in (".jpg", ".mp4", ".npz"):
                 try:
                     (self.events_dir / f"{stem}{ext}").unlink(missing_ok=True)
                 except OSError as exc:

@@ -205,8 +205,10 @@ class ZsadMetrics(MetricsRegistry):
     Per camera (label ``camera``): frames_in, frames_processed, frames_dropped (counters), queue_depth,
     score (gauges), inference_latency (:class:`Latency`), alerts (counter), media_errors (counter);
     camera_state (gauge labelled ``camera``, ``state``: 1 for the current state, 0 for the others, see
-    :meth:`set_camera_state`). Per sink (label ``sink``): sink_spooled (gauge: records waiting in the spool),
-    sink_delivered, sink_dead_letters (counters).
+    :meth:`set_camera_state`); learned_labels (gauge: false alarms the camera's learned levels come from),
+    feedback_labels (counter labelled ``camera``, ``action``: ``learn`` or ``forget``, one per false-alarm
+    label learned or taken back). Per sink (label ``sink``): sink_spooled (gauge: records waiting in the
+    spool), sink_delivered, sink_dead_letters (counters).
     """
 
     def __init__(self) -> None:
@@ -227,6 +229,14 @@ class ZsadMetrics(MetricsRegistry):
         self.alerts = self.counter("zsad_alerts_total", "Alerts opened.", cam)
         self.camera_state = self.gauge(
             "zsad_camera_state", "1 for the camera's current state, 0 otherwise.", ("camera", "state")
+        )
+        self.learned_labels = self.gauge(
+            "zsad_learned_labels", "False-alarm labels the camera's learned normal levels come from.", cam
+        )
+        self.feedback_labels = self.counter(
+            "zsad_feedback_labels_total",
+            "False-alarm labels learned (action=learn) or taken back (action=forget).",
+            ("camera", "action"),
         )
         self.media_errors = self.counter(
             "zsad_media_errors_total", "Snapshot/clip write failures (disk full, encoder errors).", cam

@@ -6,7 +6,9 @@ by ``alert_id``) and the operator's review labels. It is written from GStreamer 
 by the web server's threads, so every method takes one lock and returns copies (plain JSON-ready dicts).
 
 Review labels (``ack`` / ``false_alarm`` plus a note) persist to ``OUTPUT/review_labels.json``, written
-atomically (temporary file, fsync, rename), so they survive a restart and can feed later calibration.
+atomically (temporary file, fsync, rename), so they survive a restart. Label listeners
+(:meth:`RunState.add_label_listener`) hear every change; the run uses that to teach a camera from its false
+alarms (``pipeline.outputs.hub``).
 :meth:`RunState.load_existing` reads ``OUTPUT/alerts.jsonl`` (the JSON Lines sink) so a restarted run shows
 earlier alerts; malformed lines are skipped with a warning.
 """
@@ -20,7 +22,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "CAMERA_STATES",
     "LABELS",
     "LabelError",
+    "LabelListener",
     "RunState",
     "StateError",
     "UnknownAlertError",
@@ -47,6 +50,10 @@ MAX_NOTE_CHARS = 1000
 # Shown in an uncalibrated camera's ``detail`` (the review page's camera card) after its state's own detail.
 UNCALIBRATED_DETAIL = "uncalibrated: expect no alerts until `zsad calibrate`"
 _LABELS_VERSION = 1
+
+
+#: Called after a label change is stored: ``(alert record, label before, label after)``.
+LabelListener = Callable[[dict[str, Any], "str | None", "str | None"], None]
 
 
 class StateError(ValueError):
@@ -140,6 +147,8 @@ class _Camera:
     frames: int = 0
     frame_times: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     scores: deque[_Score] = field(default_factory=deque)
+    zones: dict[str, Any] = field(default_factory=dict)
+    learned: dict[str, Any] | None = None
 
 
 class RunState:
@@ -171,6 +180,7 @@ class RunState:
         self._cameras: dict[str, _Camera] = {}
         self._alerts: dict[str, dict[str, Any]] = {}
         self._labels: dict[str, dict[str, Any]] = self._read_labels()
+        self._label_listeners: list[LabelListener] = []
         self.started = time.time()
 
     # -- cameras ----------------------------------------------------------------------------------------
@@ -195,6 +205,24 @@ class RunState:
                 _finite(threshold) if threshold is not None else None,
                 bool(calibrated),
             )
+
+    def set_camera_zones(
+        self, camera_id: str, zones: list[str], alert_zones: list[str] | None, masks: int
+    ) -> None:
+        """What ``/api/cameras`` says about a camera's zones: their names, the alert zones, how many mask
+        polygons it has."""
+        with self._lock:
+            cam = self._cameras.get(camera_id)
+            if cam is not None:
+                cam.zones = {"names": list(zones), "alert_zones": alert_zones, "masks": int(masks)}
+
+    def set_camera_learning(self, camera_id: str, summary: Mapping[str, Any] | None) -> None:
+        """What ``/api/cameras`` says about what a camera learned from false alarms (labels, version,
+        updated), or None when it cannot learn."""
+        with self._lock:
+            cam = self._cameras.get(camera_id)
+            if cam is not None:
+                cam.learned = dict(summary) if summary is not None else None
 
     def remove_camera(self, camera_id: str) -> None:
         """Forget a camera and its score history; its alerts stay."""
@@ -295,6 +323,8 @@ class RunState:
                         "streams": dict(last.streams) if last else {},
                         "open_alert": open_by_camera.get(cam.id),
                         "last_alert_start": last_by_camera.get(cam.id),
+                        "zones": dict(cam.zones) or {"names": [], "alert_zones": None, "masks": 0},
+                        "learned": dict(cam.learned) if cam.learned is not None else None,
                     }
                 )
             return out
@@ -376,16 +406,20 @@ class RunState:
         until: float | None = None,
         limit: int = 100,
         label: str | None = None,
+        zone: str | None = None,
     ) -> list[dict[str, Any]]:
         """Alerts newest onset first, each with its ``review`` (label, note, at) or None.
 
         ``since``/``until`` are epoch seconds: an alert is kept when it overlaps ``[since, until]`` (an open
-        alert lasts until now). ``label`` keeps only ``ack``, ``false_alarm`` or ``none`` (unreviewed)."""
+        alert lasts until now). ``label`` keeps only ``ack``, ``false_alarm`` or ``none`` (unreviewed).
+        ``zone`` keeps only alerts whose peak is in that zone; ``"none"``: outside every zone."""
         now = time.time()
         with self._lock:
             picked = []
             for rec in self._alerts.values():
                 if camera is not None and rec["camera"] != camera:
+                    continue
+                if zone is not None and (rec.get("zone") or "none") != zone:
                     continue
                 end = rec["_end_epoch"] if rec["_end_epoch"] is not None else now
                 if since is not None and end < since:
@@ -428,6 +462,7 @@ class RunState:
                 if alert_id not in self._alerts:
                     raise UnknownAlertError(alert_id)
                 before = self._labels.get(alert_id)
+                record = {k: v for k, v in self._alerts[alert_id].items() if not k.startswith("_")}
                 review: dict[str, Any] | None = None
                 if label is not None or note:
                     review = {"label": label, "note": note, "at": _iso(time.time())}
@@ -444,7 +479,19 @@ class RunState:
                     else:
                         self._labels[alert_id] = before
                 raise
+            listeners = list(self._label_listeners)
+        old = before["label"] if before else None
+        new = review["label"] if review else None
+        if old != new:
+            for listener in listeners:
+                listener(record, old, new)
         return dict(review) if review else None
+
+    def add_label_listener(self, listener: LabelListener) -> None:
+        """Call ``listener(record, label_before, label_after)`` after each stored change of an alert's label
+        (on the thread that set it; a note-only change is not a label change)."""
+        with self._lock:
+            self._label_listeners.append(listener)
 
     def labels(self) -> dict[str, dict[str, Any]]:
         """Every stored review by alert_id (for calibration and export)."""

@@ -48,6 +48,34 @@ def _check_zero_loss_in_order(messages: list[dict[str, Any]], n: int) -> None:
     assert first_seen == [f"id-{i:03d}" for i in range(n)]
 
 
+def test_mqtt_topic_carries_camera_and_zone(tmp_path: Path, broker: Broker) -> None:
+    sub = Subscriber(broker.port, "zsad/+/+/alert")
+    sink = MqttBrokerSink(
+        "mqtt-zones",
+        tmp_path / "spool",
+        host="127.0.0.1",
+        port=broker.port,
+        topic="zsad/{camera}/{zone}/alert",
+        connect_timeout_s=1.0,
+        **FAST,
+    )
+    sink.start()
+    try:
+        sink.publish({**_alert(0), "camera": "yard", "zone": "road"})
+        sink.publish({**_alert(1), "camera": "yard", "zone": None})
+        sink.publish({**_alert(2), "camera": "odd cam/+", "zone": "east"})  # hand-made: sanitised level
+        wait_until(lambda: len(sub.received()) >= 3, what="three zone-tagged alerts")
+        assert [t for t, _ in sub.received_with_topics()] == [
+            "zsad/yard/road/alert",
+            "zsad/yard/none/alert",
+            "zsad/odd_cam__/east/alert",
+        ]
+        assert [m["zone"] for m in sub.received()] == ["road", None, "east"]
+    finally:
+        sink.close(5.0)
+        sub.close()
+
+
 def test_mqtt_broker_outage_zero_loss_order_kept(tmp_path: Path, broker: Broker) -> None:
     sub = Subscriber(broker.port, "zsad/test")
     sink = MqttBrokerSink(

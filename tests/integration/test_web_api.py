@@ -395,6 +395,34 @@ def test_labels_persist_and_are_validated(server: str, demo: DemoRun) -> None:
     assert huge.status == 413
 
 
+def test_zone_filter_and_camera_writes_without_running_cameras(server: str, demo: DemoRun) -> None:
+    # The demo's records carry example_record()'s zone "fence".
+    assert get_json(server, "/api/alerts?zone=fence")["count"] == 4
+    assert get_json(server, "/api/alerts?zone=none")["count"] == 0
+    assert request(server, "GET", "/api/alerts?zone=../x").status == 400
+    # A server without running cameras (the store alone) has no zones to read or change.
+    assert request(server, "GET", "/api/cameras/gate-east/zones").status == 404
+    assert request(server, "GET", "/api/cameras/gate-east/frame.jpg").status == 404
+    json_type = {"Content-Type": "application/json"}
+    put = request(server, "PUT", "/api/cameras/gate-east/zones", headers=json_type, body=b"{}")
+    assert put.status == 404
+    assert "no running cameras" in put.json()["error"]
+    assert request(server, "DELETE", "/api/cameras/gate-east/zones").status == 404
+    # The same guards as for labels: JSON only, same origin, bounded bodies.
+    assert request(server, "PUT", "/api/cameras/gate-east/zones", body=b"{}").status == 415
+    cross = request(
+        server,
+        "PUT",
+        "/api/cameras/gate-east/zones",
+        headers={**json_type, "Origin": "http://evil"},
+        body=b"{}",
+    )
+    assert cross.status == 403
+    huge = request(server, "PUT", "/api/cameras/gate-east/zones", headers=json_type, body=b" " * 600_000)
+    assert huge.status == 413
+    assert request(server, "PUT", "/api/alerts", headers=json_type, body=b"{}").status == 404
+
+
 def test_kept_alive_connection_survives_refused_requests(server: str, demo: DemoRun) -> None:
     """Keep-alive: a refused POST's body is consumed, so the next request on the socket parses."""
     parts = urlsplit(server)

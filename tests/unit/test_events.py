@@ -17,6 +17,8 @@ from pipeline.outputs.media import EventRecorder
 from pipeline.outputs.metrics import ZsadMetrics
 from pipeline.outputs.sinks import SinkFanout, build_sinks
 from plugins.fusion import Calibration, CameraFusion, StreamStats
+from plugins.learned import EventEvidence
+from plugins.zones import ViewZones, Zone
 
 
 class ListPublisher:
@@ -103,3 +105,76 @@ def test_time_going_back_closes_and_restarts() -> None:
     for r in pub.records:
         validate_alert(r)
         assert r["snapshot"] is None
+
+
+# -- zones, peak box and evidence ------------------------------------------------------------------------
+
+
+def _hot_maps(cell: tuple[int, int], value: float, shape: tuple[int, int] = (3, 4)) -> dict[str, np.ndarray]:
+    """Maps at the normal level 0 with one hot cell."""
+    m = np.zeros(shape, np.float32)
+    m[cell] = value
+    return {"pixel": m, "motion": m.copy()}
+
+
+def _zones(alert_zones: list[str] | None = None) -> ViewZones:
+    return ViewZones(
+        zones=[
+            Zone("left", ((0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0))),
+            Zone("right", ((0.5, 0.0), (1.0, 0.0), (1.0, 1.0), (0.5, 1.0))),
+        ],
+        alert_zones=alert_zones,
+    )
+
+
+def test_records_carry_the_peak_zone_and_box_and_save_evidence(tmp_path: Path) -> None:
+    recorder = EventRecorder("cam-1", tmp_path, MediaConfig(clips=False), fps=10.0)
+    pub = ListPublisher()
+    policy = AlertPolicy(on_threshold=3.0, off_threshold=2.0, min_duration_s=0.0, cooldown_s=0.0, smoothing=1)
+    cam = CameraAlerts(
+        "cam-1", "parking", policy, _fusion(), pub, recorder=recorder, zones=_zones(),
+        evidence_dir=recorder.events_dir,
+    )  # fmt: skip
+    for i, value in enumerate([0.0, 5.0, 7.0, 6.0, 0.0]):
+        t = i * 0.1
+        cam.add_frame(np.zeros((240, 320, 3), np.uint8), t)
+        maps = _hot_maps((1, 3), value)
+        cam.update({"pixel": value, "motion": value}, None, t, maps=maps)
+    _opened, closed = pub.records
+    for r in pub.records:
+        validate_alert(r)
+        assert r["zone"] == "right"
+    # Cell (1, 3) of a 3 x 4 grid: x 240..320, y 80..160 of the 320 x 240 snapshot frame.
+    assert closed["peak_box"] == {"x0": 240, "y0": 80, "x1": 320, "y1": 160, "width": 320, "height": 240}
+    evidence = EventEvidence.load(recorder.events_dir / f"{closed['alert_id']}.npz")
+    assert evidence.peak_time == pytest.approx(0.2)
+    assert evidence.maxima["motion"][1, 3] == 7.0
+    assert evidence.peak["motion"][1, 3] == 7.0
+    assert evidence.stats == {"pixel": (0.0, 1.0), "motion": (0.0, 1.0)}
+    recorder.close()
+
+
+def test_alert_zones_keep_alerts_to_the_peaks_inside_them() -> None:
+    pub = ListPublisher()
+    policy = AlertPolicy(on_threshold=3.0, off_threshold=2.0, min_duration_s=0.0, cooldown_s=0.0, smoothing=1)
+    cam = CameraAlerts("cam-1", "parking", policy, _fusion(), pub, zones=_zones(alert_zones=["left"]))
+    # Strong on the right: no alert; the same on the left: an alert; moving back right closes it.
+    for i, (cell, value) in enumerate(
+        [((1, 3), 9.0), ((1, 3), 9.0), ((1, 0), 9.0), ((1, 0), 8.0), ((1, 3), 9.0)]
+    ):
+        fused, _ = cam.update({"pixel": value, "motion": value}, None, i * 0.1, maps=_hot_maps(cell, value))
+        assert fused.score == value  # the score itself is not changed; only what may alert
+    assert [(r["status"], r["zone"], r["start_pts"]) for r in pub.records] == [
+        ("open", "left", pytest.approx(0.2)),
+        ("closed", "left", pytest.approx(0.2)),
+    ]
+    assert pub.records[1]["end_pts"] == pytest.approx(0.4)
+    # Without maps a restricted camera cannot place the peak: it does not alert.
+    quiet = ListPublisher()
+    blind = CameraAlerts("cam-2", "parking", policy, _fusion(), quiet, zones=_zones(alert_zones=["left"]))
+    blind.update({"pixel": 9.0, "motion": 9.0}, None, 0.0)
+    assert quiet.records == []
+    # set_zones lifts the restriction from the next clip on.
+    blind.set_zones(None)
+    blind.update({"pixel": 9.0, "motion": 9.0}, None, 0.1)
+    assert [(r["status"], r["zone"], r["peak_box"]) for r in quiet.records] == [("open", None, None)]

@@ -388,3 +388,37 @@ def test_concurrent_writers_and_readers(tmp_path: Path) -> None:
         assert len(state.scores(cam["id"])) == 2000
     assert len(state.alerts(limit=1000)) == 40
     assert len(RunState(tmp_path).labels()) == 40
+
+
+def test_alerts_filter_by_zone_and_cameras_show_zones_and_learning(tmp_path: Path) -> None:
+    state = RunState(tmp_path)
+    road, outside = record("cam-a", 0.0, 1.0), record("cam-a", 10.0, 1.0)
+    road["zone"], outside["zone"] = "road", None
+    for rec in (road, outside):
+        state.add_alert(rec)
+    assert [a["alert_id"] for a in state.alerts(zone="road")] == [road["alert_id"]]
+    assert [a["alert_id"] for a in state.alerts(zone="none")] == [outside["alert_id"]]
+    assert state.alerts(zone="gate") == []
+    state.add_camera("cam-a", "campus", "loop://")
+    assert state.cameras()[0]["zones"] == {"names": [], "alert_zones": None, "masks": 0}
+    assert state.cameras()[0]["learned"] is None
+    state.set_camera_zones("cam-a", ["road", "lawn"], ["road"], 2)
+    state.set_camera_learning("cam-a", {"labels": 1, "version": 3, "updated": "2024-05-01T12:00:00.000Z"})
+    cam = state.cameras()[0]
+    assert cam["zones"] == {"names": ["road", "lawn"], "alert_zones": ["road"], "masks": 2}
+    assert cam["learned"]["labels"] == 1
+    state.set_camera_zones("nobody", [], None, 0)  # an unknown camera is ignored
+
+
+def test_label_listeners_hear_label_changes_only(tmp_path: Path) -> None:
+    state = RunState(tmp_path)
+    rec = record()
+    state.add_alert(rec)
+    heard: list[tuple[str, str | None, str | None]] = []
+    state.add_label_listener(lambda r, before, after: heard.append((r["alert_id"], before, after)))
+    state.set_label(rec["alert_id"], "false_alarm")
+    state.set_label(rec["alert_id"], "false_alarm", "a flag")  # a note only: no label change
+    state.set_label(rec["alert_id"], None)
+    state.set_label(rec["alert_id"], "ack")
+    aid = rec["alert_id"]
+    assert heard == [(aid, None, "false_alarm"), (aid, "false_alarm", None), (aid, None, "ack")]

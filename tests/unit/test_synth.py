@@ -19,9 +19,11 @@ from synth import (
     ANOMALY_KINDS,
     CONTEXTS,
     DEFAULT_CONTEXTS,
+    PassingTraffic,
     PlannedEvent,
     SynthError,
     SynthInputError,
+    WavingFlag,
     clip_seed,
     generate_dataset,
     plan_dataset_events,
@@ -337,3 +339,36 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert run_synth(synth_args(*argv)) == 0
     assert "1 test clips (44 frames" in capsys.readouterr().out
     assert (tmp_path / "d" / "testing" / "labels" / "frame_labels.json").is_file()
+
+
+def test_props_recur_in_place_and_change_nothing_else() -> None:
+    flag = WavingFlag(box=(0.06, 0.62, 0.22, 0.80), period=20, duration=6, first=4, count=2)
+    road = PassingTraffic(lane=(0.02, 0.22), period=25, crossing=10, first=2, count=2)
+    assert flag.spells(N) == [(4, 9), (24, 29)]
+    assert [flag.waving(t) for t in (3, 4, 9, 10, 24, 44)] == [False, True, True, False, True, False]
+    assert road.passes(N) == [(2, 11), (27, 36)]
+    plain = render_scene("campus", N, W, H, seed=4, events=[PlannedEvent("cyclist", 40)])
+    both = render_scene("campus", N, W, H, seed=4, events=[PlannedEvent("cyclist", 40)], props=[flag, road])
+    # Props are normal: the labels and masks are those of the clip without them.
+    assert np.array_equal(plain.masks, both.masks)
+    assert plain.events == both.events
+    changed = np.any(plain.frames != both.frames, axis=(0, 3))  # pixels any prop ever touched
+    rows, cols = np.nonzero(changed)
+    in_flag = (cols < 0.25 * W) & (rows >= 0.62 * H - 1)
+    in_road = rows <= 0.22 * H + 1
+    assert np.all(in_flag | in_road)
+    # Every spell of the flag looks the same (counted from its own start); still, it never moves.
+    y0, y1, x0, x1 = int(0.62 * H), int(0.80 * H), int(0.06 * W) + 1, int(0.22 * W)
+    cloth = both.frames[:, y0:y1, x0:x1].astype(np.int16)
+    assert np.abs(cloth[5] - cloth[25]).mean() < 6  # the same phase of each spell (sensor noise only)
+    assert np.abs(cloth[5] - cloth[6]).mean() > 20  # flapping
+    assert np.abs(cloth[15] - cloth[16]).mean() < 6  # hanging still between spells
+    # Deterministic.
+    again = render_scene("campus", N, W, H, seed=4, events=[PlannedEvent("cyclist", 40)], props=[flag, road])
+    assert np.array_equal(again.frames, both.frames)
+    with pytest.raises(SynthInputError, match="flag box"):
+        WavingFlag(box=(0.5, 0.5, 0.4, 0.6), period=10, duration=5)
+    with pytest.raises(SynthInputError, match="duration <= period"):
+        WavingFlag(box=(0.1, 0.1, 0.2, 0.2), period=5, duration=6)
+    with pytest.raises(SynthInputError, match="lane"):
+        PassingTraffic(lane=(0.5, 0.4), period=10, crossing=5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import ssl
 import threading
 import time
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class MqttBrokerSink(Sink):
-    """Publishes records as JSON to ``topic`` on ``host:port``.
+    """Publishes records as JSON to ``topic`` on ``host:port``. ``{camera}`` and ``{zone}`` in ``topic`` take
+    the record's camera id and zone (``none`` for an alert outside every zone); both are restricted to
+    ``[A-Za-z0-9_.-]``, so they are always one plain topic level.
 
     ``tls``: connect with TLS, verifying the broker against ``ca_file`` (or the system CAs when None).
     ``connect_timeout_s`` bounds a connection attempt; ``ack_timeout_s`` bounds the wait for the broker's
@@ -80,6 +83,15 @@ class MqttBrokerSink(Sink):
         user = f"{self.username}:***@" if self.username else ""
         where = f"mqtt://{user}{self.host}:{self.port}/{self.topic}"
         return f"MqttBrokerSink({self.name!r}, {where}, qos={self.qos})"
+
+    def topic_for(self, record: dict[str, Any]) -> str:
+        """The topic of one record: ``topic`` with ``{camera}`` and ``{zone}`` filled in."""
+        topic = self.topic
+        if "{" not in topic:
+            return topic
+        camera = str(record.get("camera") or "unknown")
+        zone = str(record.get("zone") or "none")
+        return topic.replace("{camera}", _level(camera)).replace("{zone}", _level(zone))
 
     # ---------------------------------------------------------------- connection
 
@@ -153,7 +165,7 @@ class MqttBrokerSink(Sink):
             self._client = self._connect(stop)
         client = self._client
         payload = json.dumps(record, separators=(",", ":"), allow_nan=False)
-        info = client.publish(self.topic, payload, qos=self.qos)
+        info = client.publish(self.topic_for(record), payload, qos=self.qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._drop(client)
             raise DeliveryError(f"publish failed: {mqtt.error_string(info.rc)}", maybe_delivered=False)
@@ -177,3 +189,9 @@ class MqttBrokerSink(Sink):
     def shutdown(self) -> None:
         if self._client is not None:
             self._drop(self._client)
+
+
+def _level(value: str) -> str:
+    """One topic level from a name: camera ids and zone names already match this; anything else (a
+    hand-made record) loses the characters MQTT gives a meaning to."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", value) or "_"

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
+from core.config import ConfigError
 from pipeline.outputs.state import LABELS, LabelError, RunState, StateError, UnknownAlertError, parse_time
 
-__all__ = ["MEDIA_TYPES", "ApiError", "ReviewApi"]
+__all__ = ["MEDIA_TYPES", "ApiError", "CameraControl", "ReviewApi"]
 
 MEDIA_DIR = "events"
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".mp4": "video/mp4"}
@@ -22,15 +23,34 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 _ALERT_PATH = re.compile(r"^/api/alerts/([A-Za-z0-9_.-]{1,128})$")
 _LABEL_PATH = re.compile(r"^/api/alerts/([A-Za-z0-9_.-]{1,128})/label$")
+_CAMERA_PATH = re.compile(r"^/api/cameras/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(zones|learned|frame\.jpg)$")
+_ZONE_PARAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ApiError(Exception):
-    """A request the API answers with an error status; ``message`` is safe to show to the client."""
+    """A request the API answers with an error status; ``message`` is safe to show to the client.
+    ``problems``: for an invalid body, one ``{"field", "message"}`` per problem."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, problems: list[dict[str, str]] | None = None) -> None:
         self.status = status
         self.message = message
+        self.problems = problems
         super().__init__(f"{status}: {message}")
+
+
+class CameraControl(Protocol):
+    """What the API may change in a running camera (``pipeline.outputs.hub.RunOutputs``). Each raises
+    KeyError for an unknown camera."""
+
+    def camera_zones(self, camera: str) -> dict[str, Any]: ...
+
+    def put_camera_zones(self, camera: str, body: Any) -> dict[str, Any]: ...
+
+    def delete_camera_zones(self, camera: str) -> dict[str, Any]: ...
+
+    def camera_learning(self, camera: str) -> dict[str, Any]: ...
+
+    def camera_frame_jpeg(self, camera: str) -> bytes | None: ...
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:
@@ -39,6 +59,13 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
     if len(values) > 1:
         raise ApiError(400, f"parameter {name!r} given {len(values)} times")
     return values[0] if values else None
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"body is not JSON: {exc}") from exc
 
 
 def _time_param(query: dict[str, list[str]], name: str) -> float | None:
@@ -52,12 +79,19 @@ def _time_param(query: dict[str, list[str]], name: str) -> float | None:
 
 
 class ReviewApi:
-    """Answers ``/api/*`` from a :class:`RunState` and resolves ``/media/*`` under ``output_dir/events``."""
+    """Answers ``/api/*`` from a :class:`RunState` and resolves ``/media/*`` under ``output_dir/events``.
+    ``control``: the running cameras' zones and learning (None: those endpoints answer 404)."""
 
-    def __init__(self, state: RunState, output_dir: Path) -> None:
+    def __init__(self, state: RunState, output_dir: Path, control: CameraControl | None = None) -> None:
         self.state = state
         self.output_dir = Path(output_dir)
         self.media_root = self.output_dir / MEDIA_DIR
+        self.control = control
+
+    def _control(self) -> CameraControl:
+        if self.control is None:
+            raise ApiError(404, "this server has no running cameras to change")
+        return self.control
 
     # -- GET --------------------------------------------------------------------------------------------
 
@@ -75,7 +109,29 @@ class ReviewApi:
                 return {"alert": self._decorate(self.state.alert(m.group(1)))}
             except UnknownAlertError as exc:
                 raise ApiError(404, f"no alert {m.group(1)}") from exc
+        m = _CAMERA_PATH.match(path)
+        if m and m.group(2) != "frame.jpg":
+            camera, what = m.group(1), m.group(2)
+            control = self._control()
+            try:
+                return control.camera_zones(camera) if what == "zones" else control.camera_learning(camera)
+            except KeyError as exc:
+                raise ApiError(404, f"no running camera {camera}") from exc
         raise ApiError(404, f"no API endpoint {path}")
+
+    def frame_jpeg(self, path: str) -> bytes | None:
+        """``GET /api/cameras/<id>/frame.jpg``: the camera's newest frame; None when ``path`` is another
+        route. Raises :class:`ApiError` 404 for an unknown camera or before its first frame."""
+        m = _CAMERA_PATH.match(path)
+        if not m or m.group(2) != "frame.jpg":
+            return None
+        try:
+            jpeg = self._control().camera_frame_jpeg(m.group(1))
+        except KeyError as exc:
+            raise ApiError(404, f"no running camera {m.group(1)}") from exc
+        if jpeg is None:
+            raise ApiError(404, f"camera {m.group(1)} has no frame yet")
+        return jpeg
 
     def _alerts(self, query: dict[str, list[str]]) -> dict[str, Any]:
         camera = _one(query, "camera")
@@ -86,6 +142,9 @@ class ReviewApi:
         label = _one(query, "label")
         if label is not None and label not in (*LABELS, "none"):
             raise ApiError(400, f"parameter 'label' must be one of {', '.join(LABELS)}, none")
+        zone = _one(query, "zone")
+        if zone is not None and not _ZONE_PARAM.match(zone):
+            raise ApiError(400, f"parameter 'zone' must be a zone name or none, got {zone!r}")
         raw_limit = _one(query, "limit")
         try:
             limit = int(raw_limit) if raw_limit is not None else DEFAULT_LIMIT
@@ -93,7 +152,9 @@ class ReviewApi:
             raise ApiError(400, f"parameter 'limit' must be an integer, got {raw_limit!r}") from exc
         if not 1 <= limit <= MAX_LIMIT:
             raise ApiError(400, f"parameter 'limit' must be in 1..{MAX_LIMIT}, got {limit}")
-        alerts = self.state.alerts(camera=camera, since=since, until=until, limit=limit, label=label)
+        alerts = self.state.alerts(
+            camera=camera, since=since, until=until, limit=limit, label=label, zone=zone
+        )
         return {"alerts": [self._decorate(a) for a in alerts], "count": len(alerts), "limit": limit}
 
     def _scores(self, query: dict[str, list[str]]) -> dict[str, Any]:
@@ -142,10 +203,7 @@ class ReviewApi:
         m = _LABEL_PATH.match(path)
         if not m:
             raise ApiError(404, f"no API endpoint {path}")
-        try:
-            payload = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"body is not JSON: {exc}") from exc
+        payload = _json_body(body)
         if not isinstance(payload, dict) or "label" not in payload:
             raise ApiError(400, 'body must be an object like {"label": "ack", "note": "..."}')
         unknown = set(payload) - {"label", "note"}
@@ -159,7 +217,51 @@ class ReviewApi:
             raise ApiError(400, str(exc)) from exc
         except OSError as exc:
             raise ApiError(500, f"cannot save the label: {exc.strerror}") from exc
-        return {"alert_id": m.group(1), "review": review}
+        reply: dict[str, Any] = {"alert_id": m.group(1), "review": review}
+        if self.control is not None:
+            camera = str(self.state.alert(m.group(1)).get("camera", ""))
+            try:
+                reply["learning"] = self.control.camera_learning(camera)
+            except KeyError:
+                reply["learning"] = None  # the camera is not running: the label is stored only
+        return reply
+
+    # -- PUT / DELETE -------------------------------------------------------------------------------------
+
+    def put(self, path: str, body: bytes) -> dict[str, Any]:
+        """``PUT /api/cameras/<id>/zones`` with a JSON object of ``zones``, ``mask``, ``alert_zones``."""
+        camera = self._zones_camera(path)
+        payload = _json_body(body)
+        if not isinstance(payload, dict):
+            raise ApiError(
+                400, 'body must be an object like {"zones": [...], "mask": [...], "alert_zones": null}'
+            )
+        try:
+            return self._control().put_camera_zones(camera, payload)
+        except KeyError as exc:
+            raise ApiError(404, f"no running camera {camera}") from exc
+        except ConfigError as exc:
+            problems = [{"field": field, "message": message} for _, field, message in exc.problems]
+            summary = "; ".join(f"{p['field'] or '(body)'}: {p['message']}" for p in problems)
+            raise ApiError(400, f"invalid zones: {summary}", problems) from exc
+        except OSError as exc:
+            raise ApiError(500, f"cannot save the zones: {exc.strerror or exc}") from exc
+
+    def delete(self, path: str) -> dict[str, Any]:
+        """``DELETE /api/cameras/<id>/zones``: drop the overrides, back to the site config's zones."""
+        camera = self._zones_camera(path)
+        try:
+            return self._control().delete_camera_zones(camera)
+        except KeyError as exc:
+            raise ApiError(404, f"no running camera {camera}") from exc
+        except OSError as exc:
+            raise ApiError(500, f"cannot remove the zones file: {exc.strerror or exc}") from exc
+
+    def _zones_camera(self, path: str) -> str:
+        m = _CAMERA_PATH.match(path)
+        if not m or m.group(2) != "zones":
+            raise ApiError(404, f"no API endpoint {path}")
+        return m.group(1)
 
     # -- media ------------------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ A :class:`http.server.ThreadingHTTPServer` in a daemon thread serves:
 
 * ``GET /`` the page (``static/index.html`` with a server-rendered, escaped ``<noscript>`` summary),
   ``GET /static/<file>`` its script and style sheet (nothing is fetched from the network),
-* ``GET /api/...`` and ``POST /api/alerts/<id>/label`` (see :mod:`pipeline.outputs.web.api`, docs/api.md),
+* ``GET /api/...``, ``POST /api/alerts/<id>/label`` and ``PUT``/``DELETE /api/cameras/<id>/zones`` (see
+  :mod:`pipeline.outputs.web.api`, docs/api.md), ``GET /api/cameras/<id>/frame.jpg`` (the newest frame),
 * ``GET /media/events/...`` snapshots and clips with HTTP Range support (``206 Partial Content``; browsers
   need it to seek in an MP4), confined to ``OUTPUT/events``,
 * ``GET /healthz`` (never behind auth, for probes).
@@ -34,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pipeline.outputs.httpserver import ServingThread
 from pipeline.outputs.state import RunState
-from pipeline.outputs.web.api import MEDIA_TYPES, ApiError, ReviewApi
+from pipeline.outputs.web.api import MEDIA_TYPES, ApiError, CameraControl, ReviewApi
 
 __all__ = ["ReviewServer", "ReviewServerError"]
 
@@ -49,6 +50,7 @@ STATIC_TYPES = {
     ".png": "image/png",
 }
 MAX_BODY_BYTES = 16 * 1024
+MAX_ZONES_BODY_BYTES = 512 * 1024  # up to 64 polygons of 256 points each, as JSON
 CHUNK_BYTES = 256 * 1024
 SUMMARY_MARK = "<!--server-summary-->"
 CSP = (
@@ -141,9 +143,20 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode("utf-8")
         self._send_bytes(status, body, "application/json", head=head)
 
-    def _send_error(self, status: int, message: str, *, api: bool, head: bool = False) -> None:
+    def _send_error(
+        self,
+        status: int,
+        message: str,
+        *,
+        api: bool,
+        head: bool = False,
+        problems: list[dict[str, str]] | None = None,
+    ) -> None:
         if api:
-            self._send_json(status, {"error": message}, head=head)
+            payload: dict[str, Any] = {"error": message}
+            if problems is not None:
+                payload["problems"] = problems
+            self._send_json(status, payload, head=head)
         else:
             self._send_bytes(status, (message + "\n").encode("utf-8"), "text/plain; charset=utf-8", head=head)
 
@@ -190,17 +203,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve_read(head=True)
 
     def do_POST(self) -> None:
+        self._serve_write("POST")
+
+    def do_PUT(self) -> None:
+        self._serve_write("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve_write("DELETE")
+
+    def _serve_write(self, method: str) -> None:
         path = unquote(urlsplit(self.path).path)
+        limit = MAX_ZONES_BODY_BYTES if method == "PUT" else MAX_BODY_BYTES
         # Read the body before any early answer, so that a kept-alive connection stays in step.
+        header = self.headers.get("Content-Length")
+        if header is None and method == "DELETE":
+            header = "0"
         try:
-            length = int(self.headers.get("Content-Length", ""))
+            length = int(header or "")
         except ValueError:
             self.close_connection = True
             self._send_error(411, "Content-Length required", api=True)
             return
-        if not 0 <= length <= MAX_BODY_BYTES:
+        if not 0 <= length <= limit:
             self.close_connection = True
-            self._send_error(413, f"body larger than {MAX_BODY_BYTES} bytes", api=True)
+            self._send_error(413, f"body larger than {limit} bytes", api=True)
             return
         body = self.rfile.read(length)
         if not self._host_allowed():
@@ -214,16 +240,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         origin = self.headers.get("Origin")
         if origin and urlsplit(origin).netloc != self.headers.get("Host", ""):
-            # A page on another site cannot label alerts through the operator's browser.
+            # A page on another site cannot label alerts or change zones through the operator's browser.
             self._send_error(403, "cross-origin request refused", api=True)
             return
-        if not self.headers.get("Content-Type", "").lower().startswith("application/json"):
+        if method != "DELETE" and not self.headers.get("Content-Type", "").lower().startswith(
+            "application/json"
+        ):
             self._send_error(415, "Content-Type must be application/json", api=True)
             return
+        api = self.server.owner.api
         try:
-            payload = self.server.owner.api.post(path, body)
+            if method == "POST":
+                payload = api.post(path, body)
+            elif method == "PUT":
+                payload = api.put(path, body)
+            else:
+                payload = api.delete(path)
         except ApiError as exc:
-            self._send_error(exc.status, exc.message, api=True)
+            self._send_error(exc.status, exc.message, api=True, problems=exc.problems)
             return
         self._send_json(200, payload)
 
@@ -254,8 +288,13 @@ class _Handler(BaseHTTPRequestHandler):
             elif raw_path.startswith("/static/"):
                 self._send_static(unquote(raw_path[len("/static/") :]), head)
             elif raw_path.startswith("/api/"):
+                api = self.server.owner.api
+                jpeg = api.frame_jpeg(unquote(raw_path))
+                if jpeg is not None:
+                    self._send_bytes(200, jpeg, "image/jpeg", head=head)
+                    return
                 query = parse_qs(split.query, keep_blank_values=True)
-                self._send_json(200, self.server.owner.api.get(unquote(raw_path), query), head=head)
+                self._send_json(200, api.get(unquote(raw_path), query), head=head)
             elif raw_path.startswith("/media/"):
                 # Decode exactly once: %2e%2e becomes '..' and is refused; %252e stays a literal name.
                 rel = unquote(raw_path[len("/media/") :], errors="strict")
@@ -366,8 +405,9 @@ def _fmt(value: Any) -> str:
 class ReviewServer:
     """The review page and API for one run, on ``host:port`` (port 0: an ephemeral port; see ``url``).
 
-    ``username`` and ``password`` turn on HTTP basic auth (both or neither). ``start()`` binds and serves from
-    a daemon thread; ``stop()`` shuts down and joins. Raises :class:`ReviewServerError`.
+    ``username`` and ``password`` turn on HTTP basic auth (both or neither). ``control``: the running cameras
+    (zones, learning, live frame; ``pipeline.outputs.hub.RunOutputs``), None without. ``start()`` binds and
+    serves from a daemon thread; ``stop()`` shuts down and joins. Raises :class:`ReviewServerError`.
     """
 
     def __init__(
@@ -378,6 +418,7 @@ class ReviewServer:
         port: int = 0,
         username: str | None = None,
         password: str | None = None,
+        control: CameraControl | None = None,
     ) -> None:
         if (username is None) != (password is None):
             raise ReviewServerError("basic auth needs both a username and a password, or neither")
@@ -393,7 +434,7 @@ class ReviewServer:
         self.loopback_only = _is_loopback(host)
         self.username = username
         self.password = password
-        self.api = ReviewApi(state, self.output_dir)
+        self.api = ReviewApi(state, self.output_dir, control)
         self.static_files = frozenset(
             p.name for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in STATIC_TYPES
         )
