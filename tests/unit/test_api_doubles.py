@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.fixtures import cudart_parity
 from tests.fixtures import cudart_test_double as cudart_module
 from tests.fixtures import pyds_test_double as pyds_module
 from tests.fixtures import tensorrt_test_double as trt_module
@@ -337,10 +338,15 @@ def test_cudart_double_streams_captures_and_copies() -> None:
     # Out of bounds: refused as CUDA would.
     (err,) = rt.cudaMemcpyAsync(dev, host, 16, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
     assert err == rt.cudaError_t.cudaErrorInvalidValue
-    # Capture: work is recorded, synchronising the capturing stream is an error, the graph replays.
-    assert rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)[0] == 0
+    # Capture: synchronising the capturing stream is an error and spoils the capture...
+    mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+    assert rt.cudaStreamBeginCapture(stream, mode)[0] == 0
     rt.cudaMemcpyAsync(host, dev, 8, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
     assert rt.cudaStreamSynchronize(stream) == (rt.cudaError_t.cudaErrorStreamCaptureUnsupported,)
+    assert rt.cudaStreamEndCapture(stream)[0] == rt.cudaError_t.cudaErrorStreamCaptureInvalidated
+    # ...a clean one records the work, which runs only when the graph is launched.
+    assert rt.cudaStreamBeginCapture(stream, mode)[0] == 0
+    rt.cudaMemcpyAsync(host, dev, 8, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
     err, graph = rt.cudaStreamEndCapture(stream)
     assert err == 0
     err, graph_exec = rt.cudaGraphInstantiate(graph, 0)
@@ -349,7 +355,7 @@ def test_cudart_double_streams_captures_and_copies() -> None:
     rt.cudaGraphLaunch(graph_exec, stream)
     rt.cudaStreamSynchronize(stream)
     assert view.tolist() == list(range(8))
-    with pytest.raises(TypeError, match="Argument 'mode' has incorrect type"):
+    with pytest.raises(AttributeError, match="has no attribute 'value'"):  # as cuda-python 12.6.2 does
         rt.cudaStreamBeginCapture(stream, 0)
     with pytest.raises(TypeError):
         rt.cudaGraphLaunch(graph_exec)
@@ -363,6 +369,43 @@ def test_cudart_double_streams_captures_and_copies() -> None:
         assert getattr(rt, fn)(arg) == (rt.cudaError_t.cudaSuccess,), fn
     assert rt.cudaFree(dev) == (rt.cudaError_t.cudaErrorInvalidValue,)  # twice
     assert rt._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_cudart_double_refuses_what_cuda_python_12_6_2_refuses() -> None:
+    """The 12.6.2.post1 wheel's reactions to malformed calls (recorded without a GPU) are the double's."""
+    wheel = load_api("cudart_12_6_2_wheel_refusals.json")
+    rt = CudartTestDouble()
+    assert cudart_parity.refusals(rt) == wheel["refusals"]
+    assert cudart_parity.signatures(rt, sorted(wheel["signatures"])) == wheel["signatures"]
+
+
+# Where the H200 record (cuda-bindings 13.3.1, the device image's) differs from 12.6 by design: 13 returns
+# None beside an error where 12.6 returns a zeroed object, and 13 takes plain ints for enum arguments.
+CUDA_13_DIFFERENCES = {
+    "cudaStreamEndCapture after a sync": "None beside the error",
+    "cudaStreamEndCapture not capturing": "None beside the error",
+    "cudaMalloc while capturing": "None beside the error",
+    "cudaStreamEndCapture after a malloc": "None beside the error",
+    "cudaMemcpyAsync kind as int": "13 takes an int kind",
+    "cudaStreamBeginCapture mode as int": "13 takes an int mode",
+}
+
+
+def test_cudart_double_behaves_as_a_real_gpu_did() -> None:
+    """The same call sequence on an H200 and on the double: same errors, same result types, bytes that make
+    the round trip, capture spoilt by a synchronise or an allocation, graphs that replay."""
+    real = load_api("cudart_gpu_run.json")["steps"]
+    double = cudart_parity.run(CudartTestDouble())
+    assert double.keys() == real.keys()
+    differ = {k for k in real if real[k] != double[k]}
+    assert differ == set(CUDA_13_DIFFERENCES)
+    for k in differ:
+        if CUDA_13_DIFFERENCES[k] == "None beside the error":
+            assert real[k]["error"] == double[k]["error"], k
+            assert real[k]["values"] == ["NoneType"], k
+        else:
+            assert real[k] == {"error": "cudaSuccess", "values": []}, k
+            assert double[k] == {"raises": "AttributeError"}, k  # as the 12.6.2 wheel does
 
 
 def test_doubles_are_named_as_doubles() -> None:
