@@ -1,9 +1,10 @@
 """TensorRT 10 backend (Jetson / dGPU): deserialised plan, pinned host buffers, one CUDA stream, and an
 optional CUDA graph of copy-in, enqueue and copy-out.
 
-``tensorrt`` and ``cuda`` (cuda-python) are imported only here and only when a backend is created.
-cuda-python moved its runtime module: ``cuda.bindings.runtime`` (12.8+ / 13) and the older
-``cuda.cudart`` (up to 12.6; deprecated later) are both accepted.
+``tensorrt`` and ``cuda`` (cuda-python) are imported only when a backend is created: TensorRT through
+:func:`engines.tensorrt_build.import_tensorrt`, cuda-python's runtime module through
+:func:`engines.cuda_device.cuda_runtime` (which accepts both of its spellings, ``cuda.bindings.runtime`` and
+the older ``cuda.cudart``).
 Runtime calls follow TensorRT 10's API (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``) as in NVIDIA's ``samples/python/common_runtime.py``.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable, InputMismatch, tensorrt_hint
+from engines.cuda_device import CudaUnavailable, cuda_runtime
 from engines.manifest import Manifest, ManifestError, ManifestMismatch, verify_files
 from engines.tensorrt_build import import_tensorrt
 
@@ -28,17 +30,12 @@ __all__ = ["CudaRuntime", "TensorRTBackend", "cuda_device_info"]
 
 
 def import_cudart() -> Any:
-    """The cuda-python runtime module, whichever way this cuda-python version spells it."""
+    """The cuda-python runtime module (:func:`engines.cuda_device.cuda_runtime`); a missing cuda-python is
+    :class:`BackendUnavailable`, like a missing TensorRT, so the backend's callers handle one error."""
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"cuda-python: pip install cuda-python (12.6.x on JetPack 6.1); {tensorrt_hint()} ({exc})"
-            ) from exc
-    return cudart
+        return cuda_runtime()
+    except CudaUnavailable as exc:
+        raise BackendUnavailable(f"{exc}; {tensorrt_hint()}") from exc
 
 
 class CudaRuntime:

@@ -318,6 +318,30 @@ def test_cudart_double_conformance_and_values() -> None:
         rt.cudaMallocManaged(64, 1)
 
 
+def _cuda_functions_named_in(path: Path) -> set[str]:
+    """Every ``"cudaX"`` string handed to a call in ``path`` (how our code names the runtime functions it
+    calls: ``cuda.call("cudaMalloc", n)``, ``_checked(rt, "cudaGetDeviceProperties", d)``)."""
+    return {
+        arg.value
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        for arg in node.args
+        if isinstance(arg, ast.Constant)
+        and isinstance(arg.value, str)
+        and re.fullmatch(r"cuda[A-Z]\w+", arg.value)
+    }
+
+
+def test_the_cudart_file_covers_every_runtime_function_our_code_calls() -> None:
+    """The signatures file records what the TensorRT backend called at extraction time: a function the
+    backend (or engines/cuda_device.py, whose ``cuda_runtime`` the backend imports through) calls now must be
+    in it, or the file must be extracted again (tests/fixtures/api_names/README.md)."""
+    recorded = set(load_api("cudart_12_6_signatures.json")["functions"])
+    backend = _cuda_functions_named_in(REPO / "engines" / "backends" / "tensorrt.py")
+    assert backend == recorded
+    assert _cuda_functions_named_in(REPO / "engines" / "cuda_device.py") <= recorded
+
+
 def test_cudart_double_streams_captures_and_copies() -> None:
     rt = CudartTestDouble()
     err, stream = rt.cudaStreamCreate()
