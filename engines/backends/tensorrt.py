@@ -1,9 +1,10 @@
 """TensorRT 10 backend (Jetson / dGPU): deserialised plan, pinned host buffers, one CUDA stream, and an
 optional CUDA graph of copy-in, enqueue and copy-out.
 
-``tensorrt`` and ``cuda`` (cuda-python) are imported only here and only when a backend is created.
-cuda-python moved its runtime module: ``cuda.bindings.runtime`` (12.8+ / 13) and the older
-``cuda.cudart`` (up to 12.6; deprecated later) are both accepted.
+``tensorrt`` and ``cuda`` (cuda-python) are imported only when a backend is created: TensorRT through
+:func:`engines.tensorrt_build.import_tensorrt`, cuda-python's runtime module through
+:func:`engines.cuda_device.cuda_runtime` (which accepts both of its spellings, ``cuda.bindings.runtime`` and
+the older ``cuda.cudart``).
 Runtime calls follow TensorRT 10's API (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``) as in NVIDIA's ``samples/python/common_runtime.py``.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable, InputMismatch, tensorrt_hint
+from engines.cuda_device import CudaUnavailable, cuda_runtime
 from engines.manifest import Manifest, ManifestError, ManifestMismatch, verify_files
 from engines.tensorrt_build import import_tensorrt
 
@@ -28,17 +30,12 @@ __all__ = ["CudaRuntime", "TensorRTBackend", "cuda_device_info"]
 
 
 def import_cudart() -> Any:
-    """The cuda-python runtime module, whichever way this cuda-python version spells it."""
+    """The cuda-python runtime module (:func:`engines.cuda_device.cuda_runtime`); a missing cuda-python is
+    :class:`BackendUnavailable`, like a missing TensorRT, so the backend's callers handle one error."""
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"cuda-python: pip install cuda-python (12.6.x on JetPack 6.1); {tensorrt_hint()} ({exc})"
-            ) from exc
-    return cudart
+        return cuda_runtime()
+    except CudaUnavailable as exc:
+        raise BackendUnavailable(f"{exc}; {tensorrt_hint()}") from exc
 
 
 class CudaRuntime:
@@ -54,7 +51,8 @@ class CudaRuntime:
             raise BackendError(f"CUDA {fn} failed: {exc}") from exc
         err, values = result[0], result[1:]
         if int(err) != 0:
-            raise BackendError(f"CUDA {fn} failed: {err}")
+            # cudaError_t is an IntEnum: from Python 3.11 its str() is the bare number, so name it.
+            raise BackendError(f"CUDA {fn} failed: {getattr(err, 'name', err)} ({int(err)})")
         if not values:
             return None
         return values[0] if len(values) == 1 else values
@@ -78,7 +76,11 @@ class _Buffer:
         self.row_bytes = int(math.prod(shape[1:])) * dtype.itemsize
         self.nbytes = self.row_bytes * shape[0]
         self.host_ptr = int(cuda.call("cudaMallocHost", self.nbytes))
-        self.device_ptr = int(cuda.call("cudaMalloc", self.nbytes))
+        try:
+            self.device_ptr = int(cuda.call("cudaMalloc", self.nbytes))
+        except BackendError:
+            cuda.call("cudaFreeHost", self.host_ptr)  # the pinned half must not leak
+            raise
         raw = (ctypes.c_byte * self.nbytes).from_address(self.host_ptr)
         self.host = np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape)
 
@@ -132,25 +134,54 @@ class TensorRTBackend(Backend):
         if self._engine is None:
             raise BackendError(f"TensorRT could not deserialise {manifest.resolve(info.path)}")
         self._context = self._engine.create_execution_context()
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        engine_inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if sorted(engine_inputs) != sorted(self.input_names) or sorted(names) != sorted(
-            self.input_names + self.output_names
-        ):
-            raise BackendError(f"{manifest.path}: engine tensors {names} differ from the manifest's I/O")
+        self._check_engine_io(trt, info)
         self.max_batch = info.max_batch
         self.min_batch = info.min_batch
-        self._stream = self._cuda.call("cudaStreamCreate")
-        self._buffers: dict[str, _Buffer] = {}
-        for spec in (*manifest.inputs, *manifest.outputs):
-            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(spec.name)))
-            buf = _Buffer(self._cuda, spec.with_batch(self.max_batch), dtype)
-            self._buffers[spec.name] = buf
-            self._context.set_tensor_address(spec.name, buf.device_ptr)
         self._cuda_graph = cuda_graph
         self._batch: int | None = None
         self._graph: Any = None
         self._graph_exec: Any = None
+        self._stream: Any = None
+        self._buffers: dict[str, _Buffer] = {}
+        allocated = False
+        try:
+            self._stream = self._cuda.call("cudaStreamCreate")
+            for spec in (*manifest.inputs, *manifest.outputs):
+                dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(spec.name)))
+                buf = _Buffer(self._cuda, spec.with_batch(self.max_batch), dtype)
+                self._buffers[spec.name] = buf
+                if not self._context.set_tensor_address(spec.name, buf.device_ptr):
+                    raise BackendError(f"{manifest.path}: TensorRT refused the address of {spec.name}")
+            allocated = True
+        finally:
+            if not allocated:
+                # Whatever was allocated before the failure goes back; close() knows what exists.
+                self.close()
+
+    def _check_engine_io(self, trt: Any, info: Any) -> None:
+        """Refuse an engine whose tensors (names, modes, non-batch dims) or batch profile differ from the
+        manifest: TensorRT would only say so later, as a failed ``set_input_shape`` or enqueue."""
+        engine, path = self._engine, self.manifest.path
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        engine_inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if sorted(engine_inputs) != sorted(self.input_names) or sorted(names) != sorted(
+            self.input_names + self.output_names
+        ):
+            raise BackendError(f"{path}: engine tensors {names} differ from the manifest's I/O")
+        for spec in (*self.manifest.inputs, *self.manifest.outputs):
+            shape = tuple(engine.get_tensor_shape(spec.name))
+            if len(shape) != len(spec.shape) or shape[1:] != tuple(spec.shape[1:]):
+                raise BackendError(
+                    f"{path}: engine tensor {spec.name} has shape {list(shape)}, the manifest "
+                    f"{list(spec.shape)} ({spec.layout})"
+                )
+        for spec in self.manifest.inputs:
+            lo, _, hi = (int(d[0]) for d in engine.get_tensor_profile_shape(spec.name, 0))
+            if not lo <= info.min_batch <= info.max_batch <= hi:
+                raise BackendError(
+                    f"{path}: the manifest's batch {info.min_batch}..{info.max_batch} is outside the "
+                    f"engine profile {lo}..{hi} of {spec.name}; rebuild the engine"
+                )
 
     # -- one pass: copies in, enqueue, copies out (all on the stream) -----------------------------------
 
@@ -180,9 +211,9 @@ class TensorRTBackend(Backend):
         try:
             self._enqueue(n)
         finally:
-            graph = self._cuda.call("cudaStreamEndCapture", self._stream)
-        self._graph = graph
-        self._graph_exec = self._cuda.call("cudaGraphInstantiate", graph, 0)
+            # Kept even when the enqueue failed, so that _drop_graph destroys it.
+            self._graph = self._cuda.call("cudaStreamEndCapture", self._stream)
+        self._graph_exec = self._cuda.call("cudaGraphInstantiate", self._graph, 0)
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = next(iter(feeds.values())).shape[0]
@@ -197,7 +228,11 @@ class TensorRTBackend(Backend):
             # New shapes: TensorRT needs a plain run before a capture, and an old graph is invalid.
             self._drop_graph()
             for name in self.input_names:
-                self._context.set_input_shape(name, self._buffers[name].host[:n].shape)
+                if not self._context.set_input_shape(name, self._buffers[name].host[:n].shape):
+                    raise InputMismatch(
+                        f"{self.manifest.component}: TensorRT refused input {name} at batch {n} "
+                        "(outside the engine profile?)"
+                    )
             self._batch = n
             self._enqueue(n)
             self._cuda.call("cudaStreamSynchronize", self._stream)
@@ -219,8 +254,10 @@ class TensorRTBackend(Backend):
             self._drop_graph()
             for buf in self._buffers.values():
                 buf.free()
-            self._cuda.call("cudaStreamDestroy", self._stream)
+            if self._stream is not None:
+                self._cuda.call("cudaStreamDestroy", self._stream)
         finally:
+            self._stream = None
             self._buffers = {}
             self._context = self._engine = None
             super().close()

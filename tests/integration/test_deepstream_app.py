@@ -21,7 +21,15 @@ from pipeline.deepstream.app import DeepStreamApp, run_deepstream
 from pipeline.deepstream.availability import DeepStreamUnavailable
 from pipeline.deepstream.graph import DeepStreamGraphError
 from pipeline.inference import EngineError, load_engines
-from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, pitched, rgba
+from tests.fixtures.pyds_test_double import (
+    FrameSpec,
+    PydsTestDouble,
+    attach,
+    build_batch,
+    pitched,
+    rgba,
+    unmapped,
+)
 from tests.fixtures.tiny_models import world_model_dict
 
 pytest.importorskip("torch")
@@ -137,9 +145,9 @@ def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_p
             FrameSpec(s, n, n * 100_000_000, pitched(rgba(rng.integers(0, 255, (H, W, 3), np.uint8))))
             for s in (0, 1)
         ]
-        buffer = pyds.attach(object(), build_batch(frames))
+        buffer = attach(pyds, object(), build_batch(frames))
         assert app.probe.process(buffer) == 2
-    assert len(pyds.unmapped) == 80  # Jetson: every surface unmapped after its copy
+    assert len(unmapped(pyds)) == 80  # Jetson: every surface unmapped after its copy
     left = app.shutdown()  # scores the queued clips first
     assert not any(left.values())
     board = app.board

@@ -45,11 +45,15 @@ from pipeline.run import Application
 from tests.conftest import REPO
 from tests.fixtures.deepstream_fixtures import site_config
 from tests.fixtures.pyds_test_double import (
-    BatchMetaDouble,
+    BatchFixture,
     FrameSpec,
     PydsTestDouble,
+    attach,
     build_batch,
+    display_metas,
     pitched,
+    pointee,
+    queue,
     rgba,
 )
 from tests.fixtures.run_world import ALWAYS_ON, build_world, read_jsonl
@@ -188,8 +192,8 @@ def test_probe_exception_boundary_in_a_real_pipeline(tmp_path: Path, videos: dic
     plan = stand_in_plan(tmp_path, [f"file://{videos['short']}"], osd=False)
     pyds = PydsTestDouble()
     frame = rgba(np.zeros((32, 48, 3), np.uint8))
-    pyds.queue(build_batch([FrameSpec(0, 0, 0, frame)]))
-    pyds.queue(build_batch([FrameSpec(7, 1, 0, frame)]))  # unknown source: raises inside the probe
+    queue(pyds, build_batch([FrameSpec(0, 0, 0, frame)]))
+    queue(pyds, build_batch([FrameSpec(7, 1, 0, frame)]))  # unknown source: raises inside the probe
     handed: list[str] = []
     probe = ClipScoringProbe(pyds, ["cam-00"], on_frame=lambda camera, t, rgb: handed.append(camera))
     graph = DeepStreamGraph(plan, score_probe=probe)
@@ -325,7 +329,7 @@ class StandInMux:
         self._pending: deque[tuple[int, int, int]] = deque()
         self._lock = threading.Lock()
         self._frame_num: dict[int, int] = defaultdict(int)
-        self.display_batches: list[BatchMetaDouble] = []
+        self.display_batches: list[BatchFixture] = []
         self.score_frames = 0
         for index, pad in graph.mux_pads.items():
             pad.add_probe(Gst.PadProbeType.BUFFER, self._on_mux_sink, index)
@@ -345,7 +349,7 @@ class StandInMux:
             self._pending.append((source, frame_num, buffer.pts))
             batch = build_batch([FrameSpec(source, frame_num, buffer.pts, np.zeros((1, 1, 4), np.uint8))])
             self.display_batches.append(batch)
-        self.pyds.attach(buffer, batch)
+        attach(self.pyds, buffer, batch)
         return Gst.PadProbeReturn.OK
 
     def _on_score(self, pad: Any, info: Any) -> Any:
@@ -361,7 +365,7 @@ class StandInMux:
             buffer.unmap(mapped)
         with self._lock:
             source, frame_num, pts = self._pending.popleft()
-        self.pyds.attach(buffer, build_batch([FrameSpec(source, frame_num, pts, surface)]))
+        attach(self.pyds, buffer, build_batch([FrameSpec(source, frame_num, pts, surface)]))
         self.score_frames += 1
         return Gst.PadProbeReturn.OK
 
@@ -461,8 +465,8 @@ def test_stand_in_graph_scores_clips_like_the_cpu_graph(world: dict[str, Path], 
     texts = [
         dm.text_params[0].display_text
         for batch in mux.display_batches
-        for fm in [batch.frame_meta_list.data]
-        for dm in fm.display_metas
+        for fm in [pointee(batch.meta.frame_meta_list.data)]
+        for dm in display_metas(fm)
     ]
     assert len(texts) == 80
     assert all(t.startswith(("campus  ", "parking  ")) for t in texts)

@@ -1,5 +1,6 @@
 """Backends (ONNX Runtime vs the PyTorch reference, input validation, lifecycle, missing runtimes) and the
-TensorRT build logic, the latter driven through a test double of the ``tensorrt`` module."""
+TensorRT build logic, the latter driven through the strict TensorRT 10.3 test double
+(tests/fixtures/tensorrt_test_double.py). The TensorRT backend's run path is in test_tensorrt_backend.py."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ from engines.tensorrt_build import (
     timing_cache_filename,
 )
 from plugins.scorer import ClipScorer, ClipTokens
+from tests.fixtures.cudart_test_double import CudartTestDouble
+from tests.fixtures.tensorrt_test_double import (
+    IBuilderConfig,
+    INetworkDefinition,
+    IOptimizationProfile,
+    TensorRTTestDouble,
+    created,
+    parsed,
+)
 from tests.fixtures.tiny_models import tiny_model
 
 TINY = tiny_model()
@@ -230,32 +240,25 @@ def test_cuda_python_missing_is_unavailable() -> None:
         import_cudart()
 
 
-class FakeCudart:
-    """Test double for cuda-python's runtime module: returns ``(error, value...)`` tuples like it does."""
-
-    def __init__(self, fail: str | None = None) -> None:
-        self.fail = fail
-
-    def __getattr__(self, fn: str) -> Any:
-        def call(*args: Any) -> tuple:
-            if fn == self.fail:
-                return (2,)  # cudaErrorMemoryAllocation
-            if fn == "cudaMalloc":
-                return (0, 0xDEAD)
-            if fn == "cudaRaise":
-                raise RuntimeError("Failed to dlopen libcuda.so.1")
-            return (0,)
-
-        return call
-
-
 def test_cuda_runtime_wrapper_checks_every_call() -> None:
-    assert CudaRuntime(FakeCudart()).call("cudaMalloc", 64) == 0xDEAD
-    assert CudaRuntime(FakeCudart()).call("cudaStreamSynchronize", 1) is None
-    with pytest.raises(BackendError, match="CUDA cudaMalloc failed: 2"):
-        CudaRuntime(FakeCudart(fail="cudaMalloc")).call("cudaMalloc", 64)
-    with pytest.raises(BackendError, match="libcuda"):
-        CudaRuntime(FakeCudart()).call("cudaRaise")
+    """CudaRuntime against the strict cuda-python 12.6 double: values unpacked from ``(err, value)``, errors
+    and loader failures become BackendError, unknown names and wrong argument counts are refused."""
+    cuda = CudaRuntime(CudartTestDouble())
+    ptr = cuda.call("cudaMalloc", 64)
+    assert isinstance(ptr, int)
+    assert ptr != 0
+    stream = cuda.call("cudaStreamCreate")
+    assert cuda.call("cudaStreamSynchronize", stream) is None  # (err,) alone gives None
+    with pytest.raises(BackendError, match=r"CUDA cudaMalloc failed: cudaErrorMemoryAllocation \(2\)"):
+        CudaRuntime(CudartTestDouble(fail={"cudaMalloc": "cudaErrorMemoryAllocation"})).call("cudaMalloc", 64)
+    with pytest.raises(BackendError, match=r"Failed to dlopen libcuda\.so\.1"):
+        CudaRuntime(CudartTestDouble(missing_library="libcuda.so.1")).call("cudaMalloc", 64)
+    with pytest.raises(AttributeError, match=r"cuda-python 12\.6"):
+        cuda.call("cudaMallocPitchy", 64)
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        cuda.call("cudaMalloc", 64, 0)
+    with pytest.raises(AttributeError, match="has no attribute 'value'"):
+        cuda.call("cudaMemcpyAsync", ptr, ptr, 8, 1, stream)  # 12.6 reads kind.value: an int has none
 
 
 # -- TensorRT build logic (pure) ----------------------------------------------------------------------------
@@ -304,182 +307,24 @@ def test_engine_names_carry_component_precision_gpu_and_version() -> None:
     assert timing_cache_filename("Orin", "8.7", "10.3.0.30") == "timing.sm87-orin.trt10.3.0.cache"
 
 
-# -- TensorRT build flow through a test double --------------------------------------------------------------
-
-
-class _Enum:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"LayerType.{self.name}"
-
-
-class FakeTensorRT:
-    """TEST DOUBLE of the ``tensorrt`` module (no TensorRT here): records what ``build_engine`` asks for.
-
-    ``layers``: ``(name, type name, output dtype)``; ``parse_ok`` / ``plan`` steer the parser and builder.
-    """
-
-    __version__ = "10.3.0.30"
-    float32, float16, int32 = "float32", "float16", "int32"
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level: int) -> None:
-            self.level = level
-
-    class BuilderFlag:
-        FP16 = "FP16"
-        OBEY_PRECISION_CONSTRAINTS = "OBEY_PRECISION_CONSTRAINTS"
-
-    class MemoryPoolType:
-        WORKSPACE = "WORKSPACE"
-
-    def __init__(
-        self,
-        layers: list[tuple[str, str, str]],
-        *,
-        parse_ok: bool = True,
-        plan: bytes | None = b"PLAN",
-        builder_error: Exception | None = None,
-    ) -> None:
-        self.layers = [FakeLayer(n, t, d) for n, t, d in layers]
-        self.parse_ok, self.plan, self.builder_error = parse_ok, plan, builder_error
-        self.parsed: list[str] = []
-        self.config = FakeConfig()
-        self.profile = FakeProfile()
-
-    def Builder(self, logger: Any) -> FakeBuilder:
-        if self.builder_error is not None:
-            raise self.builder_error
-        return FakeBuilder(self)
-
-    def OnnxParser(self, network: Any, logger: Any) -> FakeParser:
-        return FakeParser(self)
-
-
-class FakeTensor:
-    def __init__(self, dtype: str) -> None:
-        self.dtype = dtype
-
-
-class FakeLayer:
-    def __init__(self, name: str, kind: str, dtype: str) -> None:
-        self.name, self.type = name, _Enum(kind)
-        self.num_outputs = 1
-        self._out = FakeTensor(dtype)
-        self.precision: str | None = None
-        self.output_types: dict[int, str] = {}
-
-    def get_output(self, i: int) -> FakeTensor:
-        return self._out
-
-    def set_output_type(self, i: int, dtype: str) -> None:
-        self.output_types[i] = dtype
-
-
-class FakeNetwork:
-    def __init__(self, trt: FakeTensorRT) -> None:
-        self.trt = trt
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.trt.layers)
-
-    def get_layer(self, i: int) -> FakeLayer:
-        return self.trt.layers[i]
-
-
-class FakeParser:
-    def __init__(self, trt: FakeTensorRT) -> None:
-        self.trt = trt
-        self.num_errors = 0 if trt.parse_ok else 1
-
-    def parse_from_file(self, path: str) -> bool:
-        self.trt.parsed.append(path)
-        return self.trt.parse_ok
-
-    def get_error(self, i: int) -> str:
-        return "In node 7 (Einsum): UNSUPPORTED_NODE"
-
-
-class FakeProfile:
-    def __init__(self) -> None:
-        self.shapes: dict[str, tuple] = {}
-
-    def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
-        self.shapes[name] = (lo, opt, hi)
-
-
-class FakeCache:
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
-
-    def serialize(self) -> bytes:
-        return self.blob + b"+"
-
-
-class FakeConfig:
-    def __init__(self) -> None:
-        self.flags: set[str] = set()
-        self.pools: dict[str, int] = {}
-        self.profiles: list[FakeProfile] = []
-        self.cache_in: bytes | None = None
-        self._cache: FakeCache | None = None
-
-    def set_flag(self, flag: str) -> None:
-        self.flags.add(flag)
-
-    def set_memory_pool_limit(self, pool: str, size: int) -> None:
-        self.pools[pool] = size
-
-    def add_optimization_profile(self, profile: FakeProfile) -> int:
-        self.profiles.append(profile)
-        return 0
-
-    def create_timing_cache(self, blob: bytes) -> FakeCache:
-        self.cache_in = blob
-        return FakeCache(blob)
-
-    def set_timing_cache(self, cache: FakeCache, ignore_mismatch: bool) -> None:
-        self._cache = cache
-
-    def get_timing_cache(self) -> FakeCache:
-        assert self._cache is not None
-        return self._cache
-
-
-class FakeBuilder:
-    def __init__(self, trt: FakeTensorRT) -> None:
-        self.trt = trt
-
-    def create_network(self, flags: int) -> FakeNetwork:
-        assert flags == 0  # TensorRT 10: explicit batch is implicit
-        return FakeNetwork(self.trt)
-
-    def create_builder_config(self) -> FakeConfig:
-        return self.trt.config
-
-    def create_optimization_profile(self) -> FakeProfile:
-        return self.trt.profile
-
-    def build_serialized_network(self, network: FakeNetwork, config: FakeConfig) -> bytes | None:
-        return self.trt.plan
+# -- TensorRT build flow through the strict TensorRT 10.3 double --------------------------------------------
 
 
 LAYERS = [
-    ("/layer.0/layernorm_before/LayerNormalization", "NORMALIZATION", "float32"),
-    ("/layer.0/attention/MatMul", "MATRIX_MULTIPLY", "float32"),
-    ("/layer.0/attention/Softmax", "SOFTMAX", "float32"),
-    ("node_Shape_0_reduce", "REDUCE", "int32"),
-    ("node_mean", "REDUCE", "float32"),
+    ("/layer.0/layernorm_before/LayerNormalization", "NORMALIZATION", "FLOAT"),
+    ("/layer.0/attention/MatMul", "MATRIX_MULTIPLY", "FLOAT"),
+    ("/layer.0/attention/Softmax", "SOFTMAX", "FLOAT"),
+    ("node_Shape_0_reduce", "REDUCE", "INT32"),
+    ("node_mean", "REDUCE", "FLOAT"),
 ]
 
 
+def _flags(trt: TensorRTTestDouble, config: Any) -> set[str]:
+    return {name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag)}
+
+
 def test_build_engine_pins_fp32_layers_and_sets_the_profile(tmp_path: Path) -> None:
-    trt = FakeTensorRT(LAYERS)
+    trt = TensorRTTestDouble(layers=LAYERS)
     inputs, _ = component_io("backbone", TINY)
     onnx = tmp_path / "backbone.onnx"
     onnx.write_bytes(b"onnx")
@@ -493,54 +338,71 @@ def test_build_engine_pins_fp32_layers_and_sets_the_profile(tmp_path: Path) -> N
         timing_cache=cache,
         trt=trt,
     )
-    assert trt.parsed == [str(onnx)]
+    assert parsed(trt) == [str(onnx)]
     assert built.fp32_layers == [
         "/layer.0/layernorm_before/LayerNormalization",
         "/layer.0/attention/Softmax",
         "node_mean",
     ]
-    pinned = {layer.name: (layer.precision, layer.output_types) for layer in trt.layers}
-    assert pinned["node_mean"] == ("float32", {0: "float32"})
-    assert pinned["/layer.0/attention/MatMul"] == (None, {})
-    assert pinned["node_Shape_0_reduce"] == (None, {})  # integer shape math keeps its type
-    assert trt.config.flags == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
-    assert trt.config.pools == {"WORKSPACE": 512 << 20}
-    assert trt.profile.shapes == {"clip": ((1, 2, 3, 32, 48), (4, 2, 3, 32, 48), (16, 2, 3, 32, 48))}
+    (network,) = created(trt, INetworkDefinition)
+    layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
+    assert layers["node_mean"].precision == trt.float32
+    assert layers["node_mean"].get_output_type(0) == trt.float32
+    assert layers["node_mean"].output_type_is_set(0)
+    assert not layers["/layer.0/attention/MatMul"].precision_is_set
+    assert not layers["/layer.0/attention/MatMul"].output_type_is_set(0)
+    assert not layers["node_Shape_0_reduce"].precision_is_set  # integer shape math keeps its type
+    (config,) = created(trt, IBuilderConfig)
+    assert _flags(trt, config) == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
+    assert config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) == 512 << 20
+    (profile,) = created(trt, IOptimizationProfile)
+    assert [tuple(d) for d in profile.get_shape("clip")] == [
+        (1, 2, 3, 32, 48),
+        (4, 2, 3, 32, 48),
+        (16, 2, 3, 32, 48),
+    ]
     assert (tmp_path / "backbone.fp16.engine").read_bytes() == b"PLAN"
     assert built.size == 4
-    assert trt.config.cache_in == b""
-    assert cache.read_bytes() == b"+"
+    assert cache.read_bytes() == b"+"  # the double's cache grows a byte a build, from the empty start
     # A second build starts from the saved timing cache.
-    trt2 = FakeTensorRT(LAYERS)
     build_engine(
-        onnx, tmp_path / "again.engine", inputs=inputs, profile=BatchProfile(), timing_cache=cache, trt=trt2
+        onnx,
+        tmp_path / "again.engine",
+        inputs=inputs,
+        profile=BatchProfile(),
+        timing_cache=cache,
+        trt=TensorRTTestDouble(layers=LAYERS),
     )
-    assert trt2.config.cache_in == b"+"
+    assert cache.read_bytes() == b"++"
 
 
 def test_build_engine_fp32_pins_nothing(tmp_path: Path) -> None:
-    trt = FakeTensorRT(LAYERS)
+    trt = TensorRTTestDouble(layers=LAYERS)
     inputs, _ = component_io("semantic_head", TINY)
     built = build_engine(
         tmp_path / "m.onnx", tmp_path / "m.engine", inputs=inputs, profile=BatchProfile(), fp16=False, trt=trt
     )
     assert built.fp32_layers == []
-    assert trt.config.flags == set()
+    (config,) = created(trt, IBuilderConfig)
+    assert _flags(trt, config) == set()
 
 
 def test_build_engine_failures_are_named(tmp_path: Path) -> None:
     inputs, _ = component_io("backbone", TINY)
     kw: dict[str, Any] = {"inputs": inputs, "profile": BatchProfile()}
+    bad_onnx = TensorRTTestDouble(layers=LAYERS, parse_error="In node 7 (Einsum): UNSUPPORTED_NODE")
     with pytest.raises(TensorRTBuildError, match=r"ONNX parser rejected m\.onnx: .*Einsum"):
-        build_engine(
-            tmp_path / "m.onnx", tmp_path / "m.engine", trt=FakeTensorRT(LAYERS, parse_ok=False), **kw
-        )
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=bad_onnx, **kw)
     with pytest.raises(TensorRTBuildError, match=r"could not build m\.engine"):
-        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=FakeTensorRT(LAYERS, plan=None), **kw)
+        build_engine(
+            tmp_path / "m.onnx", tmp_path / "m.engine", trt=TensorRTTestDouble(layers=LAYERS, plan=None), **kw
+        )
     with pytest.raises(TensorRTBuildError, match="empty plan"):
-        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=FakeTensorRT(LAYERS, plan=b""), **kw)
-    no_gpu = FakeTensorRT(
-        LAYERS, builder_error=TypeError("pybind11::init(): factory function returned nullptr")
+        build_engine(
+            tmp_path / "m.onnx", tmp_path / "m.engine", trt=TensorRTTestDouble(layers=LAYERS, plan=b""), **kw
+        )
+    no_gpu = TensorRTTestDouble(
+        layers=LAYERS, builder_error=TypeError("pybind11::init(): factory function returned nullptr")
     )
     with pytest.raises(TensorRTBuildError, match="builder could not start"):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=no_gpu, **kw)

@@ -25,7 +25,19 @@ from pipeline.inference import ClipInference, ClipResult, EngineSet
 from plugins.fusion import CameraFusion, StreamGate
 from plugins.scorer import BACKBONE_INPUTS, BACKBONE_OUTPUTS, DPC_INPUTS, DPC_OUTPUTS
 from plugins.semantic import PromptBank
-from tests.fixtures.pyds_test_double import FrameSpec, PydsTestDouble, build_batch, glist, pitched, rgba
+from tests.fixtures.pyds_test_double import (
+    PITCH_PADDING_BYTE,
+    FrameSpec,
+    PydsTestDouble,
+    attach,
+    build_batch,
+    display_metas,
+    glist,
+    pitched,
+    pointee,
+    rgba,
+    unmapped,
+)
 from tests.fixtures.tiny_models import tiny_model
 
 torch = pytest.importorskip("torch")
@@ -98,7 +110,7 @@ def assembler() -> ClipAssembler:
 def batch_of(pyds: PydsTestDouble, frames: Sequence[FrameSpec]) -> Any:
     """A stand-in buffer carrying a batch of ``frames``, their surfaces with a row pitch as pyds maps them."""
     specs = [FrameSpec(f.source_id, f.frame_num, f.pts_ns, pitched(f.rgba)) for f in frames]
-    return pyds.attach(object(), build_batch(specs))
+    return attach(pyds, object(), build_batch(specs))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,9 +119,28 @@ def batch_of(pyds: PydsTestDouble, frames: Sequence[FrameSpec]) -> Any:
 
 
 def test_iter_meta_list_walks_every_node() -> None:
-    assert list(iter_meta_list(glist([1, 2, 3]))) == [1, 2, 3]
-    assert list(iter_meta_list(glist([1, 2]), lambda x: x * 10)) == [10, 20]
+    assert list(iter_meta_list(glist([1, 2, 3]), pointee)) == [1, 2, 3]
+    assert list(iter_meta_list(glist([1, 2]), lambda p: pointee(p) * 10)) == [10, 20]
     assert list(iter_meta_list(None)) == []
+
+
+def test_the_pitched_surface_is_laid_out_as_pyds_maps_one() -> None:
+    """Harness check: rows really are ``pitch`` bytes apart in one buffer (strides ``(pitch, 4, 1)``, as
+    bindfunctions.cpp builds the array), the padding is not zeros, and the view owns nothing."""
+    frame = rgba(np.random.default_rng(2).integers(0, 255, (3, 5, 3), dtype=np.uint8))
+    surface = pitched(frame, pitch=32)
+    assert (surface.shape, surface.strides, surface.dtype) == ((3, 5, 4), (32, 4, 1), np.uint8)
+    assert not surface.flags.owndata
+    np.testing.assert_array_equal(surface, frame)
+    rows = np.lib.stride_tricks.as_strided(surface, shape=(3, 32), strides=(32, 1))
+    assert (rows[:, 20:] == PITCH_PADDING_BYTE).all()  # what a reader ignoring the pitch would get
+    assert pitched(frame).strides[0] > 5 * 4  # the default always pads
+    with pytest.raises(ValueError, match="row size 20"):
+        pitched(frame, pitch=16)
+    with pytest.raises(ValueError, match=r"\(H, W, 4\)"):
+        pitched(frame[:, :, :3].copy())
+    with pytest.raises(TypeError, match="uint8"):
+        pitched(frame.astype(np.float32))
 
 
 def test_frame_refs_and_rgb_copy_of_a_pitched_surface() -> None:
@@ -117,9 +148,10 @@ def test_frame_refs_and_rgb_copy_of_a_pitched_surface() -> None:
     rgb = np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8)
     surface = pitched(rgba(rgb))
     assert not surface.flags.c_contiguous  # rows are further apart than W * 4 bytes
+    assert surface.strides[0] > W * 4
     batch = build_batch([FrameSpec(2, 5, (1 << 64) - 1, surface)])
-    buffer = pyds.attach(object(), batch)
-    (ref,) = frame_refs(pyds, batch)
+    buffer = attach(pyds, object(), batch)
+    (ref,) = frame_refs(pyds, batch.meta)
     assert (ref.source_id, ref.batch_id, ref.frame_num) == (2, 0, 5)
     assert np.isnan(ref.pts_s)  # GST_CLOCK_TIME_NONE
     got = frame_rgb(pyds, buffer, 0, unmap=True)
@@ -128,23 +160,26 @@ def test_frame_refs_and_rgb_copy_of_a_pitched_surface() -> None:
     assert got.flags.owndata
     surface[...] = 0  # the pool reuses the surface once it is unmapped: the copy must not change
     np.testing.assert_array_equal(got, rgb)
-    assert pyds.unmapped == [(hash(buffer), 0)]
+    assert unmapped(pyds) == [(hash(buffer), 0)]
     batch.surfaces[0] = np.zeros((H, W, 3), np.uint8)
     with pytest.raises(MetaError, match="RGBA"):
         frame_rgb(pyds, buffer, 0)
-    assert pyds.unmapped == [(hash(buffer), 0)]  # unmap only where asked (Jetson)
+    assert unmapped(pyds) == [(hash(buffer), 0)]  # unmap only where asked (Jetson)
 
 
 def test_add_display_text() -> None:
     pyds = PydsTestDouble()
-    batch = build_batch([FrameSpec(0, 0, 0, rgba(np.zeros((4, 4, 3), np.uint8)))])
+    batch = build_batch([FrameSpec(0, 0, 0, rgba(np.zeros((4, 4, 3), np.uint8)))]).meta
     (ref,) = frame_refs(pyds, batch)
     add_display_text(pyds, batch, ref.meta, "cam-1  2.50")
-    (display,) = ref.meta.display_metas
+    (display,) = display_metas(ref.meta)
     assert display.num_labels == 1
-    assert display.text_params[0].display_text == "cam-1  2.50"
-    assert display.text_params[0].set_bg_clr == 1
-    assert batch.pool_acquired == 1
+    params = display.text_params[0]
+    assert params.display_text == "cam-1  2.50"
+    assert params.set_bg_clr == 1
+    assert (params.text_bg_clr.red, params.text_bg_clr.alpha) == (0.0, 0.6)
+    assert (params.font_params.font_name, params.font_params.font_size) == ("Serif", 14)
+    assert batch.display_meta_pool.num_full_elements == 1
 
 
 def test_format_osd_text() -> None:
@@ -396,8 +431,8 @@ def test_probe_boundary_logs_and_returns_ok(caplog: pytest.LogCaptureFixture) ->
         pyds, ["cam-a"], on_frame=lambda camera, t, rgb: handed.append(camera), frame_size=(W, H), ok=OK
     )
     frame = rgba(np.zeros((H, W, 3), np.uint8))
-    bad = pyds.attach(object(), build_batch([FrameSpec(5, 0, 0, frame)]))  # no camera has source id 5
-    small = pyds.attach(object(), build_batch([FrameSpec(0, 0, 0, rgba(np.zeros((8, 8, 3), np.uint8)))]))
+    bad = attach(pyds, object(), build_batch([FrameSpec(5, 0, 0, frame)]))  # no camera has source id 5
+    small = attach(pyds, object(), build_batch([FrameSpec(0, 0, 0, rgba(np.zeros((8, 8, 3), np.uint8)))]))
 
     class Info:
         def __init__(self, buffer: Any) -> None:
@@ -422,10 +457,10 @@ def test_osd_scoreboard_draws_each_cameras_text() -> None:
     board.set_text("cam-b", "cam-b  3.10")
     frame = rgba(np.zeros((4, 4, 3), np.uint8))
     batch = build_batch([FrameSpec(0, 0, 0, frame), FrameSpec(1, 0, 0, frame)])
-    buffer = pyds.attach(object(), batch)
+    buffer = attach(pyds, object(), batch)
     assert board.process(buffer) == 2
-    a, b = frame_refs(pyds, batch)
-    assert a.meta.display_metas[0].text_params[0].display_text == "cam-a  --"
-    assert b.meta.display_metas[0].text_params[0].display_text == "cam-b  3.10"
+    a, b = frame_refs(pyds, batch.meta)
+    assert display_metas(a.meta)[0].text_params[0].display_text == "cam-a  --"
+    assert display_metas(b.meta)[0].text_params[0].display_text == "cam-b  3.10"
     unknown = object()
     assert board.process(unknown) == 0  # a buffer without batch meta

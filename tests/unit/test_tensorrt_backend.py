@@ -1,0 +1,268 @@
+"""The TensorRT backend's whole run path (load, ``__call__``/``infer``, CUDA graphs, close) against the strict
+TensorRT 10.3 and cuda-python 12.6 TEST DOUBLES (no GPU here): tests/fixtures/tensorrt_test_double.py and
+tests/fixtures/cudart_test_double.py, installed as the ``tensorrt`` and ``cuda.bindings.runtime`` modules so
+that the backend's own imports find them.
+
+The test engine computes real numpy functions of its inputs on the simulated GPU (``y = x * 2 + 1``,
+``m = mean(z, axis=2) - 0.5``, ``w = (x + z) * 3``), reading and writing the device memory the backend's
+copies fill, and only when the backend synchronises its stream; so every output checked here went host ->
+device -> kernel -> device -> host through the calls TensorRT 10.3 and cuda-python 12.6 really have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engines.backends import BackendError, InputMismatch, load_backend
+from engines.backends.tensorrt import TensorRTBackend
+from engines.manifest import Manifest, ManifestMismatch
+from tests.fixtures.cudart_test_double import CudartTestDouble
+from tests.fixtures.tensorrt_test_double import PlanOp, TensorRTTestDouble, engine_plan
+
+X_SHAPE = (-1, 2, 3)
+M_SHAPE = (-1, 2)
+
+
+def expected(x: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+    return {"y": x * 2 + 1, "m": z.mean(axis=2) - 0.5, "w": (x + z) * 3}
+
+
+def plan(*, profile: tuple[int, int, int] = (1, 4, 8), x_shape: tuple[int, ...] = X_SHAPE) -> bytes:
+    return engine_plan(
+        {"x": x_shape, "z": X_SHAPE},
+        {
+            "y": (x_shape, PlanOp("y", "affine", ("x",), scale=2.0, shift=1.0)),
+            "m": (M_SHAPE, PlanOp("m", "mean", ("z",), shift=-0.5, axes=(2,))),
+            "w": (X_SHAPE, PlanOp("w", "add", ("x", "z"), scale=3.0)),
+        },
+        profile=profile,
+    )
+
+
+def write_manifest(
+    directory: Path,
+    trt: TensorRTTestDouble,
+    plan_bytes: bytes,
+    *,
+    batches: tuple[int, int, int] = (1, 4, 8),
+    gpu: tuple[str, str] = ("Orin", "8.7"),
+    version: str | None = None,
+) -> Manifest:
+    engine = directory / "dpc_head.engine"
+    engine.write_bytes(plan_bytes)
+    doc: dict[str, Any] = {
+        "component": "dpc_head",
+        "zsad_version": "test",
+        "created": "2025-01-01T00:00:00+00:00",
+        "inputs": [
+            {"name": "x", "shape": list(X_SHAPE), "layout": "NCW"},
+            {"name": "z", "shape": list(X_SHAPE), "layout": "NCW"},
+        ],
+        "outputs": [
+            {"name": "y", "shape": list(X_SHAPE), "layout": "NCW"},
+            {"name": "m", "shape": list(M_SHAPE), "layout": "NC"},
+            {"name": "w", "shape": list(X_SHAPE), "layout": "NCW"},
+        ],
+        "preprocessing": {
+            "mean": [0.45, 0.45, 0.45],
+            "std": [0.225, 0.225, 0.225],
+            "clip_len": 2,
+            "frame_stride": 1,
+            "clip_hop": 1,
+            "image_height": 32,
+            "image_width": 48,
+        },
+        "model_spec": {},
+        "model_spec_sha256": "0" * 64,
+        "weights_sha256": "0" * 64,
+        "checkpoint": "test.safetensors",
+        "tensorrt": {
+            "path": engine.name,
+            "sha256": hashlib.sha256(plan_bytes).hexdigest(),
+            "size": len(plan_bytes),
+            "tensorrt_version": version or trt.__version__,
+            "gpu_name": gpu[0],
+            "compute_capability": gpu[1],
+            "precision": "fp32",
+            "min_batch": batches[0],
+            "opt_batch": batches[1],
+            "max_batch": batches[2],
+            "workspace_mb": 64,
+            "build_key": "test",
+        },
+    }
+    manifest = Manifest.model_validate(doc).bind(directory)
+    manifest.path.write_text(manifest.model_dump_json())
+    return manifest
+
+
+@pytest.fixture
+def cudart(monkeypatch: pytest.MonkeyPatch) -> CudartTestDouble:
+    """The cuda-python double, importable as ``cuda.bindings.runtime`` (and TensorRT's double as
+    ``tensorrt``, over the same simulated GPU)."""
+    runtime = CudartTestDouble(device_name="Orin", compute_capability=(8, 7))
+    cuda = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = runtime  # type: ignore[attr-defined]
+    cuda.bindings = bindings  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    monkeypatch.setitem(sys.modules, "tensorrt", TensorRTTestDouble(runtime))
+    return runtime
+
+
+@pytest.fixture
+def trt(cudart: CudartTestDouble) -> TensorRTTestDouble:
+    module = sys.modules["tensorrt"]
+    assert isinstance(module, TensorRTTestDouble)
+    return module
+
+
+def feeds(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal((n, 2, 3)).astype(np.float32) for k in ("x", "z")}
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_infer_end_to_end_at_batch_1_and_n(
+    tmp_path: Path, cudart: CudartTestDouble, trt: TensorRTTestDouble, cuda_graph: bool
+) -> None:
+    manifest = write_manifest(tmp_path, trt, plan())
+    gpu = cudart._double_gpu
+    with load_backend(manifest.path, "tensorrt", cuda_graph=cuda_graph) as backend:
+        assert isinstance(backend, TensorRTBackend)
+        # Batch 1, then N, then N again (the same shapes: a graph replay when enabled), then 1 again.
+        for i, n in enumerate((1, 5, 5, 5, 8, 1)):
+            f = feeds(n, seed=i)
+            synced = gpu.synchronized
+            out = backend(f)
+            assert gpu.synchronized > synced  # every call waits for its stream
+            assert list(out) == ["y", "m", "w"]
+            for name, want in expected(f["x"], f["z"]).items():
+                assert out[name].shape == want.shape, name
+                assert out[name].dtype == np.float32
+                np.testing.assert_allclose(out[name], want, rtol=1e-6, atol=1e-6, err_msg=name)
+            # The shapes TensorRT was given are this call's (set whenever the batch changes).
+            assert tuple(backend._context.get_tensor_shape("x")) == (n, 2, 3)
+            assert tuple(backend._context.get_tensor_shape("m")) == (n, 2)
+        if cuda_graph:
+            assert len(gpu.execs) == 1  # the graph of the last batch, instantiated once
+        # Outputs are copies: a later call does not change an earlier result.
+        first = backend(feeds(2, seed=10))
+        kept = {k: v.copy() for k, v in first.items()}
+        backend(feeds(2, seed=11))
+        for name in kept:
+            np.testing.assert_array_equal(first[name], kept[name])
+    assert gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_warm_up_and_load_through_the_backend_registry(
+    tmp_path: Path, cudart: CudartTestDouble, trt: TensorRTTestDouble
+) -> None:
+    manifest = write_manifest(tmp_path, trt, plan())
+    backend = load_backend(manifest, "tensorrt")
+    try:
+        assert backend.warm_up(8) >= 0.0
+        out = backend(feeds(3, seed=1))
+        np.testing.assert_allclose(out["y"], feeds(3, seed=1)["x"] * 2 + 1, rtol=1e-6)
+    finally:
+        backend.close()
+    with pytest.raises(BackendError, match="closed"):
+        backend(feeds(1, seed=0))
+
+
+def test_bad_input_gets_named_errors(
+    tmp_path: Path, cudart: CudartTestDouble, trt: TensorRTTestDouble
+) -> None:
+    manifest = write_manifest(tmp_path, trt, plan())
+    with load_backend(manifest, "tensorrt") as backend:
+        good = feeds(2, seed=0)
+        with pytest.raises(InputMismatch, match=r"batch 9 is outside the engine profile 1\.\.8"):
+            backend(feeds(9, seed=0))
+        with pytest.raises(InputMismatch, match="input x must be float32, got float64"):
+            backend({"x": good["x"].astype(np.float64), "z": good["z"]})
+        with pytest.raises(InputMismatch, match=r"input z must have shape \[-1, 2, 3\]"):
+            backend({"x": good["x"], "z": good["z"][:, :, :2]})
+        with pytest.raises(InputMismatch, match=r"missing \['z'\]"):
+            backend({"x": good["x"]})
+        with pytest.raises(InputMismatch, match="input z has batch 3, other inputs 2"):
+            backend({"x": good["x"], "z": feeds(3, seed=0)["z"]})
+        # The backend still works after refusing bad input.
+        out = backend(good)
+        np.testing.assert_allclose(out["w"], (good["x"] + good["z"]) * 3, rtol=1e-6)
+
+
+def test_engine_that_does_not_fit_the_manifest_is_refused(
+    tmp_path: Path, cudart: CudartTestDouble, trt: TensorRTTestDouble
+) -> None:
+    gpu = cudart._double_gpu
+    with pytest.raises(BackendError, match=r"engine tensor x has shape \[-1, 3, 2\]"):
+        TensorRTBackend(write_manifest(tmp_path, trt, plan(x_shape=(-1, 3, 2))))
+    with pytest.raises(BackendError, match=r"batch 1\.\.16 is outside the engine profile 1\.\.8"):
+        TensorRTBackend(write_manifest(tmp_path, trt, plan(), batches=(1, 4, 16)))
+    with pytest.raises(
+        ManifestMismatch, match=r"engine built with TensorRT 10\.2\.0\.19, this device has 10\.3\.0\.30"
+    ):
+        TensorRTBackend(write_manifest(tmp_path, trt, plan(), version="10.2.0.19"))
+    with pytest.raises(
+        ManifestMismatch, match=r"engine built on NVIDIA H200 \(sm 9\.0\), this device is Orin"
+    ):
+        TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA H200", "9.0")))
+    with pytest.raises(BackendError, match="could not deserialise"):
+        TensorRTBackend(write_manifest(tmp_path, trt, b"not a plan"))
+    assert gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_a_failed_allocation_releases_what_was_allocated(tmp_path: Path, trt: TensorRTTestDouble) -> None:
+    failing = CudartTestDouble(fail={"cudaMalloc": "cudaErrorMemoryAllocation"})
+    sys.modules["cuda.bindings.runtime"] = failing  # the fixture's monkeypatch restores it
+    sys.modules["cuda.bindings"].runtime = failing  # type: ignore[attr-defined]
+    manifest = write_manifest(tmp_path, trt, plan())
+    with pytest.raises(BackendError, match=r"CUDA cudaMalloc failed: cudaErrorMemoryAllocation \(2\)"):
+        TensorRTBackend(manifest)
+    assert failing._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_the_doubles_catch_what_the_backend_must_get_right(
+    tmp_path: Path, cudart: CudartTestDouble, trt: TensorRTTestDouble
+) -> None:
+    """The strictness the backend is tested against: work runs only at a synchronise, shapes outside the
+    profile are refused, unset addresses fail the enqueue, and TensorRT 8's binding API is gone."""
+    manifest = write_manifest(tmp_path, trt, plan())
+    with load_backend(manifest, "tensorrt") as backend:
+        assert isinstance(backend, TensorRTBackend)
+        context, stream = backend._context, backend._stream
+        f = feeds(2, seed=3)
+        backend(f)  # sets shapes for batch 2
+        for name in ("x", "z"):
+            backend._buffers[name].host[:2] = f[name] + 100
+        backend._enqueue(2)  # copies and kernel queued, not run
+        np.testing.assert_allclose(backend._buffers["y"].host[:2], f["x"] * 2 + 1, rtol=1e-6)  # stale
+        cudart.cudaStreamSynchronize(stream)
+        np.testing.assert_allclose(backend._buffers["y"].host[:2], (f["x"] + 100) * 2 + 1, rtol=1e-6)
+        assert context.set_input_shape("x", (9, 2, 3)) is False  # outside the profile
+        assert context.set_input_shape("y", (2, 2, 3)) is False  # not an input
+        with pytest.raises(AttributeError, match=r"tensorrt 10\.3"):
+            context.set_binding_shape(0, (2, 2, 3))  # TensorRT 8 API, removed in 10
+        with pytest.raises(AttributeError, match="no attribute 'execute_async_v2'"):
+            context.execute_async_v2([], int(stream))
+        with pytest.raises(TypeError, match="execute_async_v3"):
+            context.execute_async_v3(int(stream), 0)
+        with pytest.raises(TypeError, match="execute_async_v3"):
+            context.execute_async_v3(stream=int(stream))  # the keyword is stream_handle
+    fresh = backend_engine_context(trt)
+    assert fresh.execute_async_v3(0) is False  # no shapes, no addresses
+
+
+def backend_engine_context(trt: TensorRTTestDouble) -> Any:
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan())
+    return engine.create_execution_context()
