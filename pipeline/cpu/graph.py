@@ -83,7 +83,8 @@ _DISPLAY_POLL_MIN_S = 0.002
 _CALL_TIMEOUT_S = 30.0
 # A file pipeline can, rarely, stop before its first frame without posting an error (GStreamer 1.22:
 # qtdemux and typefind left with paused tasks on a truncated MP4, 4 runs in 34 of test_file_faults).
-# It is rebuilt this many times before the camera fails.
+# The start watchdog rebuilds it this many times before the camera fails: a last resort that warns as
+# one. (Many cameras stuck at once was another thing, found and fixed in core.gst: a PyGObject race.)
 _START_RETRIES = 2
 
 
@@ -710,14 +711,23 @@ class CameraGraph:
             if gen != cam.generation:
                 return
         detail = f"no frame and no error within {self.start_timeout_s:.1f} s of starting"
+        cp = cam.pipeline
+        # Frames that reached the sampler but never on_frame point past the decoder (the frame callback).
+        decoded = cp.rate_counters()[1] if cp is not None else 0
+        undelivered = f"; {decoded} sampled frame(s) never reached on_frame" if decoded else ""
         if cam.start_retries >= _START_RETRIES:
-            self._on_failure(cam, gen, f"{detail} ({cam.start_retries + 1} tries)", recoverable=False)
+            self._on_failure(
+                cam, gen, f"{detail} ({cam.start_retries + 1} tries){undelivered}", recoverable=False
+            )
             return
         cam.start_retries += 1
         log.warning(
-            "camera %s: %s; rebuilding its pipeline (retry %d of %d)",
+            "camera %s: start watchdog: %s%s; rebuilding its pipeline (retry %d of %d). This is a "
+            "last-resort workaround for a pipeline GStreamer left stuck, not a fix: please report it with "
+            "this log (GST_DEBUG=3 adds GStreamer's view)",
             cam.id,
             detail,
+            undelivered,
             cam.start_retries,
             _START_RETRIES,
         )

@@ -33,6 +33,7 @@ from bench.bench_pipeline import (
     summarise,
 )
 from bench.bench_soak import fit_rss_slope
+from bench.bench_start import StartSpec, run_start_bench, start_table, summary_line
 from bench.common import (
     REPO,
     Assets,
@@ -213,6 +214,29 @@ def test_a_case_runs_in_a_child_process(assets: Assets) -> None:
     assert result["case"]["mode"] == "pure"
     assert [b["batch"] for b in result["batches"]] == [1]
     assert result["child_seconds"] > 0
+
+
+def test_start_bench_times_every_camera_of_each_fresh_start(assets: Assets) -> None:
+    # Two starts of two cameras, each in a child process, as ``python -m bench.bench_start`` runs them.
+    spec = StartSpec(cameras=2, threads=1, deadline_s=60.0, hold_s=0.5, limit_s=60.0)
+    lines: list[str] = []
+    doc = run_start_bench(assets, spec, runs=2, progress=lines.append)
+    assert [r["run"] for r in doc["runs"]] == [1, 2]
+    for run in doc["runs"]:
+        assert run["all_live"], run
+        assert run["ok"], run
+        assert set(run["first_frame_s"]) == set(run["live_s"]) == {"cam00", "cam01"}
+        assert run["not_live"] == {}
+        assert all(n > 0 for n in run["frames_during_hold"].values())
+        assert run["error_records"] == 0
+        assert run["watchdog_rebuilds"] == 0
+    summary = doc["summary"]
+    assert (summary["runs"], summary["runs_ok"], summary["cameras_never_live"]) == (2, 2, 0)
+    assert 0 < summary["first_frame"]["p50_s"] <= summary["first_frame"]["max_s"]
+    assert len(lines) == 2
+    assert all(line.endswith(": ok") for line in lines)
+    assert start_table(doc, markdown=True).splitlines()[0].startswith("| run | live |")
+    assert summary_line(doc).startswith("2/2 runs with every one of 2 cameras live within 60 s")
 
 
 def test_pure_inference_runs_the_whole_clip_path(pipeline_doc: dict[str, Any]) -> None:
