@@ -1,4 +1,4 @@
-// zsad review page: live camera cards and the alert review list.
+// zsad review page: live camera cards, the alert review list and the per-camera zone editor.
 // Plain DOM, no framework, no network beyond this server. Every piece of data reaches the page through
 // textContent or a DOM attribute, never through innerHTML, so text from the run is never parsed as HTML.
 "use strict";
@@ -10,12 +10,15 @@
   const LABEL_TEXT = { ack: "acknowledged", false_alarm: "false alarm" };
   const SVG_NS = "http://www.w3.org/2000/svg";
   const SPARK_H = 96;
+  const FRAME_POLL_MS = 2000;
+  const ZONE_COLOURS = 6; // .zc-0 .. .zc-5 in style.css
 
   const $ = (id) => document.getElementById(id);
   const cameras = new Map(); // id -> {node, parts, points, lastT, info}
   const alertNodes = new Map(); // alert_id -> {node, parts, alert}
   let historyS = 300;
   let knownCameraIds = new Set();
+  const knownZones = new Set();
   let cameraTimer = null;
   let alertTimer = null;
 
@@ -96,15 +99,23 @@
   // -- views -----------------------------------------------------------------------------------------
 
   function currentView() {
-    return location.hash === "#alerts" ? "alerts" : "cameras";
+    if (location.hash === "#alerts") return "alerts";
+    if (location.hash === "#zones" || location.hash.startsWith("#zones/")) return "zones";
+    return "cameras";
   }
 
   function showView() {
     const view = currentView();
-    $("view-cameras").hidden = view !== "cameras";
-    $("view-alerts").hidden = view !== "alerts";
-    $("tab-cameras").classList.toggle("active", view === "cameras");
-    $("tab-alerts").classList.toggle("active", view === "alerts");
+    for (const name of ["cameras", "alerts", "zones"]) {
+      $(`view-${name}`).hidden = view !== name;
+      $(`tab-${name}`).classList.toggle("active", view === name);
+    }
+    if (view === "zones") {
+      const wanted = location.hash.startsWith("#zones/") ? decodeURIComponent(location.hash.slice(7)) : null;
+      openEditor(wanted || editor.camera);
+    } else {
+      stopFrames();
+    }
     pollCameras();
     pollAlerts();
   }
@@ -146,10 +157,17 @@
     const axisRight = el("span", null, "now");
     axis.append(axisLeft, axisRight);
     const legend = el("div", "legend");
-    node.append(head, detail, stats, spark, axis, legend);
+    const foot = el("div", "card-foot");
+    const zoneInfo = el("span", "zone-info muted");
+    const learned = el("span", "learned muted");
+    const edit = el("a", "btn small edit-zones", "Edit zones");
+    edit.href = `#zones/${encodeURIComponent(info.id)}`;
+    edit.setAttribute("aria-label", `edit the masks and zones of ${info.id}`);
+    foot.append(zoneInfo, learned, edit);
+    node.append(head, detail, stats, spark, axis, legend, foot);
     return {
       node,
-      parts: { badge, detail, scoreValue, threshold, fps, updated, spark, legend, alarm, axisLeft },
+      parts: { badge, detail, scoreValue, threshold, fps, updated, spark, legend, alarm, axisLeft, zoneInfo, learned },
       points: [],
       lastT: null,
       info,
@@ -177,6 +195,8 @@
     p.updated.textContent =
       typeof info.score_age_s === "number" ? `${Math.round(info.score_age_s)} s ago` : "none yet";
     p.alarm.hidden = !info.open_alert;
+    p.zoneInfo.textContent = zoneSummary(info.zones);
+    p.learned.textContent = learnedText(info.learned);
     cam.node.classList.toggle("alarming", Boolean(info.open_alert));
     cam.node.classList.toggle("down", ["failed", "eos", "stopped"].includes(info.state));
   }
@@ -249,6 +269,26 @@
     }
   }
 
+  function zoneSummary(zones) {
+    if (!zones) return "";
+    const parts = [];
+    const names = zones.names || [];
+    parts.push(names.length ? `zones: ${names.join(", ")}` : "no zones");
+    if (zones.masks) parts.push(`${zones.masks} mask${zones.masks === 1 ? "" : "s"}`);
+    if (zones.alert_zones) parts.push(`alerts only in ${zones.alert_zones.join(", ")}`);
+    return parts.join(" · ");
+  }
+
+  // "learned from N false alarms (last: <time>)": what the operator's verdicts changed on this camera.
+  function learnedText(learned) {
+    if (!learned) return "";
+    if (learned.enabled === false) return "cannot learn from false alarms";
+    const n = learned.labels || 0;
+    if (!n) return "learned from no false alarms yet";
+    const last = learned.updated ? ` (last: ${fmtWhen(learned.updated)})` : "";
+    return `learned from ${n} false alarm${n === 1 ? "" : "s"}${last}`;
+  }
+
   async function pollCameras() {
     clearTimeout(cameraTimer);
     try {
@@ -287,8 +327,12 @@
     const open = list.filter((c) => c.open_alert).length;
     $("count-cameras").textContent = String(list.length);
     $("summary").textContent = `${live}/${list.length} live · ${open} open alert${open === 1 ? "" : "s"}`;
-    for (const c of list) knownCameraIds.add(c.id);
+    for (const c of list) {
+      knownCameraIds.add(c.id);
+      for (const z of (c.zones && c.zones.names) || []) knownZones.add(z);
+    }
     refreshCameraFilter();
+    refreshEditorCameras();
   }
 
   async function pollScores(cam) {
@@ -318,6 +362,11 @@
     for (const id of [...knownCameraIds].sort()) {
       if (!have.has(id)) select.append(new Option(id, id));
     }
+    const zoneSelect = $("f-zone");
+    const haveZones = new Set([...zoneSelect.options].map((o) => o.value));
+    for (const name of [...knownZones].sort()) {
+      if (!haveZones.has(name)) zoneSelect.append(new Option(name, name));
+    }
   }
 
   function alertQuery() {
@@ -333,6 +382,8 @@
     }
     const label = $("f-label").value;
     if (label) q.set("label", label);
+    const zone = $("f-zone").value;
+    if (zone) q.set("zone", zone);
     q.set("limit", "200");
     return q.toString();
   }
@@ -342,11 +393,15 @@
     node.dataset.alertId = a.alert_id;
     const media = el("div", "alert-media");
     const snapBox = el("figure", "media-box");
+    const snapWrap = el("div", "snap-wrap");
     const snapshot = el("img", "snapshot");
     snapshot.alt = `snapshot of ${a.camera} at the peak`;
     snapshot.loading = "lazy";
+    // The peak box in the snapshot's own pixels; "meet" letterboxes like the image's object-fit: contain.
+    const peak = svg("svg", { class: "peak-overlay", preserveAspectRatio: "xMidYMid meet", "aria-hidden": "true" });
+    snapWrap.append(snapshot, peak);
     const noSnap = el("div", "placeholder", "no snapshot");
-    snapBox.append(snapshot, noSnap, el("figcaption", null, "peak frame"));
+    snapBox.append(snapWrap, noSnap, el("figcaption", null, "peak frame"));
     const clipBox = el("figure", "media-box");
     const video = el("video", "clip");
     video.controls = true;
@@ -362,8 +417,9 @@
     const cam = el("span", "alert-camera", a.camera);
     const ctx = el("span", "chip ctx", a.context);
     const seq = el("span", "muted", `#${a.seq}`);
+    const zone = el("span", "chip zone");
     const status = el("span", "badge");
-    title.append(cam, ctx, seq, status);
+    title.append(cam, ctx, seq, zone, status);
     const when = el("div", "alert-when");
     const score = el("div", "alert-score");
     const driver = el("div", "alert-driver");
@@ -380,14 +436,19 @@
     const fa = el("button", "btn false-alarm", "False alarm");
     fa.type = "button";
     const error = el("span", "error");
-    review.append(label, note, ack, fa, error);
+    const learning = el("div", "learning");
+    learning.setAttribute("aria-live", "polite");
+    review.append(label, note, ack, fa, error, learning);
     info.append(title, when, score, driver, bars, prompt, review);
     node.append(media, info);
 
     const entry = {
       node,
       alert: a,
-      parts: { snapshot, noSnap, video, noClip, status, when, score, driver, bars, prompt, label, note, ack, fa, error },
+      parts: {
+        snapshot, snapWrap, peak, noSnap, video, noClip, status, zone, when, score, driver, bars, prompt,
+        label, note, ack, fa, error, learning,
+      },
     };
     ack.addEventListener("click", () => sendLabel(entry, "ack"));
     fa.addEventListener("click", () => sendLabel(entry, "false_alarm"));
@@ -399,8 +460,13 @@
     const p = entry.parts;
     const snap = a.media && a.media.snapshot;
     if (snap && p.snapshot.getAttribute("src") !== snap) p.snapshot.src = snap;
-    p.snapshot.hidden = !snap;
+    p.snapWrap.hidden = !snap;
     p.noSnap.hidden = Boolean(snap);
+    drawPeakBox(p.peak, a.peak_box);
+    p.zone.textContent = a.zone ? `zone ${a.zone}` : "";
+    p.zone.title = a.zone ? "the zone the alert's peak is in" : "";
+    p.zone.hidden = !a.zone;
+    if (a.zone) knownZones.add(a.zone);
     const clip = a.media && a.media.clip;
     if (clip && p.video.getAttribute("src") !== clip) p.video.src = clip; // set once: never restart playback
     p.video.hidden = !clip;
@@ -437,6 +503,35 @@
     showReview(entry, a.review);
   }
 
+  function drawPeakBox(overlay, box) {
+    while (overlay.firstChild) overlay.removeChild(overlay.firstChild);
+    const ok = box && [box.x0, box.y0, box.x1, box.y1, box.width, box.height].every((v) => typeof v === "number");
+    overlay.hidden = !ok;
+    if (!ok) return;
+    overlay.setAttribute("viewBox", `0 0 ${box.width} ${box.height}`);
+    overlay.append(svg("rect", {
+      class: "peak-box", x: box.x0, y: box.y0,
+      width: Math.max(1, box.x1 - box.x0), height: Math.max(1, box.y1 - box.y0),
+    }));
+  }
+
+  // What a verdict does to the camera, from the label reply's `learning` (or, on load, from /api/cameras).
+  function learningNote(camera, alertId, label, learning) {
+    if (learning === null) return label === "false_alarm" ? `${camera} is not running: the verdict is stored only` : "";
+    if (!learning) return "";
+    if (learning.enabled === false) return label === "false_alarm" ? `${camera} cannot learn from false alarms` : "";
+    const learnedIt = (learning.alerts || []).includes(alertId);
+    const total = `${learnedText(learning)}`;
+    if (label === "false_alarm" && learnedIt) {
+      return `${camera} will learn from this: the same scene there stops alarming · ${total}`;
+    }
+    if (label !== "false_alarm" && learnedIt === false && entryWasLearned.has(alertId)) {
+      return `${camera} forgot this false alarm · ${total}`;
+    }
+    return "";
+  }
+  const entryWasLearned = new Set(); // alerts this page saw learned, so un-marking can say it was forgotten
+
   function showReview(entry, review) {
     const p = entry.parts;
     const label = review && review.label;
@@ -448,6 +543,14 @@
     p.fa.setAttribute("aria-pressed", String(label === "false_alarm"));
     if (document.activeElement !== p.note) p.note.value = (review && review.note) || "";
     entry.node.classList.toggle("reviewed", Boolean(label));
+    if (!entry.learningFromReply) {
+      const cam = cameras.get(entry.alert.camera);
+      const learned = cam && cam.info.learned;
+      const note = label === "false_alarm" && learned && (learned.alerts || []).includes(entry.alert.alert_id)
+        ? `${entry.alert.camera} learned from this false alarm` : "";
+      if (note) entryWasLearned.add(entry.alert.alert_id);
+      p.learning.textContent = note;
+    }
   }
 
   async function sendLabel(entry, label) {
@@ -465,6 +568,13 @@
       const data = await res.json();
       if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
       entry.alert.review = data.review;
+      if ("learning" in data) {
+        const id = entry.alert.alert_id;
+        p.learning.textContent = learningNote(entry.alert.camera, id, next, data.learning);
+        entry.learningFromReply = true; // keep this reply's words until the page reloads
+        if (data.learning && (data.learning.alerts || []).includes(id)) entryWasLearned.add(id);
+        else entryWasLearned.delete(id);
+      }
       showReview(entry, data.review);
     } catch (err) {
       p.error.textContent = `not saved: ${err.message}`;
@@ -512,10 +622,341 @@
     refreshCameraFilter();
   }
 
+
+  // -- zone editor -----------------------------------------------------------------------------------
+  // Polygons are kept in normalised [x, y] (0..1 from the top-left corner), as the API stores them. The
+  // overlay's viewBox is the frame's pixel size, so circles and labels are not stretched.
+
+  const editor = {
+    camera: null,
+    data: null, // the last GET/PUT/DELETE reply: what is in force, the config's and the overrides file
+    zones: [],
+    mask: [],
+    alertZones: null,
+    drawing: [],
+    dirty: false,
+    frameTimer: null,
+    size: [320, 240],
+  };
+
+  function refreshEditorCameras() {
+    const select = $("z-camera");
+    const have = new Set([...select.options].map((o) => o.value));
+    for (const id of [...knownCameraIds].sort()) {
+      if (!have.has(id)) select.append(new Option(id, id));
+    }
+    if (currentView() === "zones" && !editor.camera && select.options.length) openEditor(select.options[0].value);
+  }
+
+  function setZoneStatus(text, bad) {
+    $("z-status").textContent = text;
+    $("z-status").className = bad ? "error" : "muted";
+  }
+
+  function showProblems(problems) {
+    const list = $("z-problems");
+    while (list.firstChild) list.removeChild(list.firstChild);
+    for (const pr of problems || []) {
+      const li = el("li", "problem");
+      li.dataset.field = pr.field || "";
+      li.append(el("code", null, pr.field || "(body)"), el("span", null, `: ${pr.message}`));
+      list.append(li);
+    }
+  }
+
+  async function openEditor(camera) {
+    if (!camera) {
+      refreshEditorCameras();
+      return;
+    }
+    const changed = camera !== editor.camera;
+    editor.camera = camera;
+    if ($("z-camera").value !== camera) {
+      if (![...$("z-camera").options].some((o) => o.value === camera)) $("z-camera").append(new Option(camera, camera));
+      $("z-camera").value = camera;
+    }
+    startFrames();
+    if (changed || !editor.data) {
+      editor.data = null;
+      editor.drawing = [];
+      showProblems([]);
+      setZoneStatus("loading…");
+      try {
+        loadZones(await getJSON(`/api/cameras/${encodeURIComponent(camera)}/zones`));
+        setZoneStatus(overridesText(editor.data));
+      } catch (err) {
+        setZoneStatus(`cannot load the zones of ${camera}: ${err.message}`, true);
+      }
+    }
+  }
+
+  function overridesText(data) {
+    const o = data && data.overrides;
+    if (!o || !o.exists) return "In force: the site config's zones (no overrides file).";
+    return `In force: the site config with ${o.path} over it (${(o.keys || []).join(", ") || "nothing valid"}).`;
+  }
+
+  function loadZones(data) {
+    editor.data = data;
+    editor.zones = (data.zones || []).map((z) => ({ name: z.name, points: z.points.map((q) => q.slice()), alert: z.alert !== false }));
+    editor.mask = (data.mask || []).map((poly) => poly.map((q) => q.slice()));
+    editor.alertZones = data.alert_zones ? data.alert_zones.slice() : null;
+    editor.drawing = [];
+    editor.dirty = false;
+    for (const z of editor.zones) knownZones.add(z.name);
+    refreshCameraFilter();
+    renderEditor();
+  }
+
+  function startFrames() {
+    if (editor.frameTimer === null) loadFrame();
+  }
+
+  function stopFrames() {
+    clearTimeout(editor.frameTimer);
+    editor.frameTimer = null;
+  }
+
+  // The next frame is asked for only once the last one loaded or failed: requests never pile up.
+  function loadFrame() {
+    if (!editor.camera || currentView() !== "zones") { editor.frameTimer = null; return; }
+    const img = $("z-frame");
+    img.src = `/api/cameras/${encodeURIComponent(editor.camera)}/frame.jpg?t=${Date.now()}`;
+    editor.frameTimer = -1;
+  }
+
+  function frameLoaded(ok) {
+    const img = $("z-frame");
+    if (ok) {
+      const size = [img.naturalWidth || 320, img.naturalHeight || 240];
+      const resized = size[0] !== editor.size[0] || size[1] !== editor.size[1];
+      editor.size = size;
+      $("z-frame-note").textContent = `live frame ${size[0]} × ${size[1]}, ${new Date().toLocaleTimeString()}`;
+      if (resized) renderEditor();
+    } else {
+      $("z-frame-note").textContent = "no frame yet: the camera has not delivered one";
+    }
+    $("z-stage").classList.toggle("no-frame", !ok);
+    $("z-noframe").hidden = ok;
+    if (editor.frameTimer !== null) editor.frameTimer = setTimeout(loadFrame, FRAME_POLL_MS);
+  }
+
+  function polyPoints(points) {
+    const [w, h] = editor.size;
+    return points.map(([x, y]) => `${(x * w).toFixed(1)},${(y * h).toFixed(1)}`).join(" ");
+  }
+
+  function centroid(points) {
+    const n = points.length || 1;
+    return [points.reduce((s, q) => s + q[0], 0) / n, points.reduce((s, q) => s + q[1], 0) / n];
+  }
+
+  function renderEditor() {
+    const overlay = $("z-overlay");
+    const [w, h] = editor.size;
+    overlay.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    while (overlay.firstChild) overlay.removeChild(overlay.firstChild);
+    const fontSize = Math.max(8, w / 34);
+    // Mask labels sit at the centre, zone labels in the top-left corner: a mask over a zone keeps both legible.
+    const label = (text, points, cls, corner) => {
+      const [cx, cy] = corner
+        ? [Math.min(...points.map((q) => q[0])) * w + fontSize * 0.4, Math.min(...points.map((q) => q[1])) * h + fontSize * 0.9]
+        : [centroid(points)[0] * w, centroid(points)[1] * h];
+      const t = svg("text", { class: `z-label ${cls}${corner ? " z-label-corner" : ""}`, x: cx, y: cy, "font-size": fontSize });
+      t.textContent = text;
+      overlay.append(t);
+    };
+    editor.mask.forEach((poly, i) => {
+      overlay.append(svg("polygon", { class: "z-mask", "data-kind": "mask", "data-index": i, points: polyPoints(poly) }));
+      label(`mask ${i + 1}`, poly, "z-label-mask", false);
+    });
+    editor.zones.forEach((z, i) => {
+      const cls = `z-zone zc-${i % ZONE_COLOURS}${z.alert ? "" : " no-alert"}`;
+      overlay.append(svg("polygon", { class: cls, "data-kind": "zone", "data-index": i, points: polyPoints(z.points) }));
+      label(z.alert ? z.name : `${z.name} (no alerts)`, z.points, `zc-${i % ZONE_COLOURS}`, true);
+    });
+    if (editor.drawing.length) {
+      overlay.append(svg("polyline", { class: "z-drawing", points: polyPoints(editor.drawing) }));
+      for (const [x, y] of editor.drawing) {
+        overlay.append(svg("circle", { class: "z-vertex", cx: x * w, cy: y * h, r: Math.max(2, w / 110) }));
+      }
+    }
+    const n = editor.drawing.length;
+    $("z-drawing").textContent = n
+      ? `${n} point${n === 1 ? "" : "s"}${n < 3 ? `: ${3 - n} more to close` : ": double-click or Close polygon"}`
+      : "Click on the frame to start a polygon.";
+    $("z-close").disabled = n < 3;
+    $("z-undo").disabled = n === 0;
+    $("z-cancel").disabled = n === 0;
+    renderZoneList();
+  }
+
+  function renderZoneList() {
+    const list = $("z-list");
+    while (list.firstChild) list.removeChild(list.firstChild);
+    const row = (kind, i, name, colour) => {
+      const li = el("li", "zone-item");
+      li.dataset.kind = kind;
+      li.dataset.index = String(i);
+      li.append(el("i", `swatch-box ${colour}`), el("span", "zone-name", name));
+      const del = el("button", "btn small ghost delete", "Delete");
+      del.type = "button";
+      del.setAttribute("aria-label", `delete ${name}`);
+      del.addEventListener("click", () => {
+        if (kind === "mask") editor.mask.splice(i, 1);
+        else editor.zones.splice(i, 1);
+        markDirty();
+      });
+      const hl = (on) => {
+        const poly = $("z-overlay").querySelector(`polygon[data-kind="${kind}"][data-index="${i}"]`);
+        if (poly) poly.classList.toggle("hl", on);
+      };
+      li.addEventListener("mouseenter", () => hl(true));
+      li.addEventListener("mouseleave", () => hl(false));
+      li.addEventListener("focusin", () => hl(true));
+      li.addEventListener("focusout", () => hl(false));
+      return [li, del];
+    };
+    editor.mask.forEach((poly, i) => {
+      const [li, del] = row("mask", i, `mask ${i + 1}`, "z-mask-swatch");
+      li.append(el("span", "muted", `${poly.length} points`), del);
+      list.append(li);
+    });
+    editor.zones.forEach((z, i) => {
+      const [li, del] = row("zone", i, `zone ${z.name}`, `zc-${i % ZONE_COLOURS}`);
+      const box = el("label", "inline");
+      const check = el("input");
+      check.type = "checkbox";
+      check.checked = z.alert;
+      check.setAttribute("aria-label", `alerts in ${z.name}`);
+      check.addEventListener("change", () => { z.alert = check.checked; markDirty(); });
+      box.append(check, document.createTextNode(" alerts here"));
+      li.append(box, del);
+      list.append(li);
+    });
+    if (!list.firstChild) list.append(el("li", "muted", "No masks or zones: the whole view is scored."));
+    $("z-alert-zones").textContent = editor.alertZones
+      ? `Alerts only when the peak is in: ${editor.alertZones.join(", ")}`
+      : "Alerts anywhere outside the masks (no alert_zones).";
+  }
+
+  function markDirty() {
+    editor.dirty = true;
+    setZoneStatus("Unsaved changes: Save writes them to the camera's overrides file.");
+    renderEditor();
+  }
+
+  function stagePoint(ev) {
+    const rect = $("z-overlay").getBoundingClientRect();
+    const clamp = (v) => Math.min(1, Math.max(0, v));
+    const round = (v) => Math.round(v * 10000) / 10000;
+    return [round(clamp((ev.clientX - rect.left) / rect.width)), round(clamp((ev.clientY - rect.top) / rect.height))];
+  }
+
+  function closePolygon() {
+    const points = editor.drawing;
+    if (points.length < 3) {
+      setZoneStatus("A polygon needs at least 3 points.", true);
+      return;
+    }
+    if ($("z-kind-zone").checked) {
+      const name = $("z-name").value.trim();
+      if (!name) {
+        setZoneStatus("Name the zone first (letters, digits, '_', '.', '-').", true);
+        $("z-name").focus();
+        return;
+      }
+      editor.zones.push({ name, points: points.slice(), alert: $("z-alert").checked });
+      $("z-name").value = "";
+    } else {
+      editor.mask.push(points.slice());
+    }
+    editor.drawing = [];
+    markDirty();
+  }
+
+  // Only the keys that differ from the site config (or are overridden already) are sent, so the overrides
+  // file holds what the operator changed and later edits of the config's other keys still apply.
+  function zonesBody() {
+    const data = editor.data || {};
+    const config = data.config || {};
+    const overridden = new Set((data.overrides && data.overrides.keys) || []);
+    const normZones = (zs) => JSON.stringify((zs || []).map((z) => [z.name, z.points, z.alert !== false]));
+    const body = {};
+    if (overridden.has("zones") || normZones(editor.zones) !== normZones(config.zones)) body.zones = editor.zones;
+    if (overridden.has("mask") || JSON.stringify(editor.mask) !== JSON.stringify(config.mask || [])) body.mask = editor.mask;
+    if (overridden.has("alert_zones") || JSON.stringify(editor.alertZones) !== JSON.stringify(config.alert_zones || null)) {
+      body.alert_zones = editor.alertZones;
+    }
+    return body;
+  }
+
+  async function writeZones(method) {
+    if (!editor.camera) return;
+    const body = method === "PUT" ? zonesBody() : null;
+    if (body && !Object.keys(body).length) {
+      setZoneStatus("Nothing to save: this is what the site config says.");
+      return;
+    }
+    showProblems([]);
+    setZoneStatus(method === "PUT" ? "saving…" : "reverting…");
+    try {
+      const init = { method, credentials: "same-origin" };
+      if (body) {
+        init.headers = { "Content-Type": "application/json" };
+        init.body = JSON.stringify(body);
+      }
+      const res = await fetch(`/api/cameras/${encodeURIComponent(editor.camera)}/zones`, init);
+      const data = await res.json();
+      if (!res.ok) {
+        showProblems(data.problems || []);
+        setZoneStatus(data.problems ? `Not saved: ${data.problems.length} problem${data.problems.length === 1 ? "" : "s"}:` : `Not saved: ${data.error}`, true);
+        return;
+      }
+      loadZones(data);
+      setZoneStatus(method === "PUT"
+        ? `Saved to ${data.overrides.path}: in force from the camera's next clip.`
+        : "Reverted: the site config's zones are in force.");
+    } catch (err) {
+      setZoneStatus(`Not saved: ${err.message}`, true);
+    }
+  }
+
+  function startEditor() {
+    const overlay = $("z-overlay");
+    overlay.addEventListener("click", (ev) => {
+      if (ev.detail > 1) return; // the clicks of a double-click close the polygon, they add no points
+      editor.drawing.push(stagePoint(ev));
+      renderEditor();
+    });
+    // A double-click would also select the text nearby; drawing is not selecting.
+    overlay.addEventListener("mousedown", (ev) => { if (ev.detail > 1) ev.preventDefault(); });
+    overlay.addEventListener("dblclick", (ev) => { ev.preventDefault(); closePolygon(); });
+    $("z-frame").addEventListener("load", () => frameLoaded(true));
+    $("z-frame").addEventListener("error", () => frameLoaded(false));
+    $("z-close").addEventListener("click", closePolygon);
+    $("z-undo").addEventListener("click", () => { editor.drawing.pop(); renderEditor(); });
+    $("z-cancel").addEventListener("click", () => { editor.drawing = []; renderEditor(); });
+    $("z-save").addEventListener("click", () => writeZones("PUT"));
+    $("z-revert").addEventListener("click", () => writeZones("DELETE"));
+    $("z-name").addEventListener("focus", () => { $("z-kind-zone").checked = true; });
+    $("z-form").addEventListener("submit", (ev) => ev.preventDefault());
+    $("z-camera").addEventListener("change", () => { location.hash = `#zones/${encodeURIComponent($("z-camera").value)}`; });
+    document.addEventListener("keydown", (ev) => {
+      if (currentView() !== "zones" || ev.target.tagName === "INPUT") return;
+      if (ev.key === "Escape") { editor.drawing = []; renderEditor(); }
+      if (ev.key === "Enter" && editor.drawing.length >= 3) closePolygon();
+    });
+    renderEditor();
+  }
+
   // -- start -----------------------------------------------------------------------------------------
 
   function start() {
-    for (const id of ["f-camera", "f-since", "f-until", "f-label"]) $(id).addEventListener("change", pollAlerts);
+    for (const id of ["f-camera", "f-since", "f-until", "f-label", "f-zone"]) {
+      $(id).addEventListener("change", pollAlerts);
+    }
+    startEditor();
     $("f-clear").addEventListener("click", () => {
       $("filters").reset();
       pollAlerts();
