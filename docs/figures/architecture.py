@@ -199,9 +199,9 @@ def draw() -> Figure:
             7.6,
             1.2,
             "plugins/scorer.py  (both graphs)",
-            "ClipScorer: DPC-head engine on the clip history -> StreamScores\n"
-            "(predictive, pixel, motion); plugins/semantic.py's SemanticScorer\n"
-            "adds CLIP's semantic score",
+            "ClipScorer: DPC-head engine on the clip history -> error maps;\n"
+            "masks and learned levels (plugins/zones.py) -> StreamScores\n"
+            "(predictive, pixel, motion); plugins/semantic.py adds CLIP's score",
             "plugins",
         ),
         Box(
@@ -220,7 +220,7 @@ def draw() -> Figure:
             1.3,
             "pipeline/outputs/events.py  (per camera)",
             "CameraAlerts.update: plugins/fusion.py (calibrate,\ngate, fuse, smooth) -> plugins/alerting.py\n"
-            "(AlertMachine: open, peak, close) -> alert record",
+            "(open, peak, close; peak box and zone) -> alert record",
             "pipeline/outputs",
         ),
     ]
