@@ -10,6 +10,7 @@ batched across cameras) and ``plugins.semantic.SemanticScorer`` (the semantic st
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 from collections.abc import Sequence
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 REQUIRED_COMPONENTS = ("backbone", "dpc_head")
+# Held while a first run builds the engines, so that two runs on one engines.dir never build at once.
+BUILD_LOCK = ".build.lock"
 
 
 class EngineError(RuntimeError):
@@ -116,13 +119,29 @@ def build_missing_engines(cfg: ZsadConfig, *, progress: BuildProgress | None = N
             f"installed: pip install -r requirements/train.txt); or build them elsewhere ({build}) and copy "
             f"{directory} here"
         )
-    log.info("no engines in %s yet: building them from %s (first run)", directory, checkpoint)
     try:
-        return build_from_config(cfg, options=BuildOptions(backend="onnxruntime"), progress=progress)
-    except (BuildInputError, BackendUnavailable) as exc:
-        raise EngineError(f"cannot build the engines in {directory} from {checkpoint}: {exc}") from exc
-    except (BuildError, ExportError, ParityError, ManifestError, BackendError, OSError) as exc:
-        raise EngineBuildError(f"building the engines in {directory} from {checkpoint}: {exc}") from exc
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = (directory / BUILD_LOCK).open("a")
+    except OSError as exc:
+        raise EngineError(f"engines.dir {directory} cannot be written: {exc.strerror or exc}") from exc
+    with lock:
+        # Two first runs on one folder (a service restart and a manual run) would share the build's staging
+        # folder and could pair a manifest with the other's ONNX; the second waits, then finds them built.
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another run is building the engines in %s: waiting for it", directory)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(manifest_path(directory, c).is_file() for c in REQUIRED_COMPONENTS):
+            log.info("engines in %s were built by another run while this one waited", directory)
+            return None
+        log.info("no engines in %s yet: building them from %s (first run)", directory, checkpoint)
+        try:
+            return build_from_config(cfg, options=BuildOptions(backend="onnxruntime"), progress=progress)
+        except (BuildInputError, BackendUnavailable) as exc:
+            raise EngineError(f"cannot build the engines in {directory} from {checkpoint}: {exc}") from exc
+        except (BuildError, ExportError, ParityError, ManifestError, BackendError, OSError) as exc:
+            raise EngineBuildError(f"building the engines in {directory} from {checkpoint}: {exc}") from exc
 
 
 @dataclass

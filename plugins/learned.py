@@ -223,7 +223,9 @@ def combine_levels(contributions: Sequence[Mapping[str, np.ndarray]]) -> dict[st
     if not contributions:
         return None
     out: dict[str, np.ndarray] = {}
-    for contribution in contributions:
+    # Newest first: the newest contribution fixes each stream's grid, so after an engine change the new
+    # labels count and the old grid's are the ones left out.
+    for contribution in reversed(contributions):
         for stream, level in contribution.items():
             current = out.get(stream)
             if current is None:

@@ -145,11 +145,16 @@ class DeepStreamApp:
     ) -> int:
         """Start, run ``graph`` (built with this app's probes) until it ends, shut down; the graph's exit
         code."""
-        self.start()
-        if on_start is not None:
-            on_start(self.outputs)
-        with stop_on_signals(graph.request_stop):
-            code = graph.run(duration_s, on_tick=self.on_tick)
+        try:
+            self.start()
+            if on_start is not None:
+                on_start(self.outputs)
+            with stop_on_signals(graph.request_stop):
+                code = graph.run(duration_s, on_tick=self.on_tick)
+        except BaseException:
+            # A port taken at the real bind, an RTSP server that cannot start: nothing may be left running.
+            self.shutdown()
+            raise
         left = self.shutdown()
         if any(left.values()):
             log.warning("alerts still spooled for later delivery: %s", left)

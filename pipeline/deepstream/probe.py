@@ -198,6 +198,13 @@ class ClipScoringProbe:
         for frame in frame_refs(self.pyds, batch_meta):
             camera = self.camera(frame.source_id)
             t, restarted = self.clock.observe(frame.source_id, frame.frame_num, frame.pts_s)
+            # The clock has used up the restart: hand it on before anything below can drop the batch, or
+            # the camera's clips and DPC history would run on across the gap.
+            if restarted:
+                self.restarts += 1
+                log.info("camera %s: stream restarted at frame %d", camera, frame.frame_num)
+                if self.on_restart is not None:
+                    self.on_restart(camera)
             rgb = frame_rgb(self.pyds, gst_buffer, frame.batch_id, unmap=self.unmap_surfaces)
             if self.frame_size is not None and (rgb.shape[1], rgb.shape[0]) != self.frame_size:
                 width, height = self.frame_size
@@ -205,11 +212,6 @@ class ClipScoringProbe:
                     f"camera {camera}: frame is {rgb.shape[1]}x{rgb.shape[0]}, the backbone takes "
                     f"{width}x{height} (the score branch's capsfilter sets the size)"
                 )
-            if restarted:
-                self.restarts += 1
-                log.info("camera %s: stream restarted at frame %d", camera, frame.frame_num)
-                if self.on_restart is not None:
-                    self.on_restart(camera)
             self.on_frame(camera, t, rgb)
             handed += 1
         self.frames += handed

@@ -6,15 +6,21 @@ alerts, media, shutdown), not detection quality (tests/integration/test_demo.py 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from core.config import load_config
+from engines.build import BuildOptions, BuildReport, build_from_config
+from pipeline.inference import BUILD_LOCK, build_missing_engines
 from tests.conftest import REPO
 from tests.fixtures.run_world import build_world, read_jsonl, write_site
 
@@ -175,6 +181,47 @@ def test_first_run_builds_missing_engines_and_never_rebuilds_damaged_ones(
     assert r.returncode == 2
     assert "dpc_head.manifest.json is missing but" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_first_run_waits_for_another_runs_build_and_uses_its_engines(
+    world: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two first runs on one engines.dir (a service restart and a manual run): the one that finds the build
+    lock held waits, then finds the engines the other built and builds nothing itself."""
+    videos = world["videos"]
+    engines = tmp_path / "engines"
+    site = write_site(
+        world,
+        tmp_path / "out",
+        [{"id": "campus", "uri": f"file://{videos / 'campus_000.mp4'}"}],
+        engines={"dir": str(engines), "checkpoint": str(world["checkpoint"]), "threads": 1},
+    )
+    cfg = load_config(site)
+    engines.mkdir()
+    waiting = threading.Event()
+
+    class WaitSeen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for it" in record.getMessage():
+                waiting.set()
+
+    caplog.set_level(logging.INFO, logger="pipeline.inference")
+    seen = WaitSeen()
+    logging.getLogger("pipeline.inference").addHandler(seen)
+    results: list[BuildReport | None] = []
+    try:
+        with (engines / BUILD_LOCK).open("a") as other_run:
+            fcntl.flock(other_run, fcntl.LOCK_EX)  # the other run holds the lock...
+            waiter = threading.Thread(target=lambda: results.append(build_missing_engines(cfg)))
+            waiter.start()
+            assert waiting.wait(120), "the second run did not wait for the lock"
+            build_from_config(cfg, options=BuildOptions(backend="onnxruntime"))  # ...and builds
+        waiter.join(300)  # closing the file released the lock
+    finally:
+        logging.getLogger("pipeline.inference").removeHandler(seen)
+    assert not waiter.is_alive()
+    assert results == [None]  # nothing built by the waiting run
+    assert "were built by another run while this one waited" in caplog.text
 
 
 def test_a_camera_whose_calibration_cannot_be_read_starts_uncalibrated(

@@ -110,8 +110,11 @@ def test_combining_is_a_per_cell_maximum_in_any_order() -> None:
         np.testing.assert_array_equal(ab[name], ba[name])
     assert ab["motion"].tolist() == [[1.0, 2.0]]
     assert combine_levels([]) is None
+    # After an engine change the newest grid counts and the old grid's levels are left out, whichever
+    # grid came first.
     other_grid = {"motion": np.zeros((3, 3), np.float32)}
-    assert combine_levels([a, other_grid])["motion"].shape == (1, 2)  # type: ignore[index]
+    assert combine_levels([a, other_grid])["motion"].shape == (3, 3)  # type: ignore[index]
+    assert combine_levels([other_grid, a])["motion"].shape == (1, 2)  # type: ignore[index]
 
 
 def test_store_versions_every_change_and_forgetting_restores(tmp_path: Path) -> None:
