@@ -385,12 +385,12 @@ def test_labels_persist_and_are_validated(server: str, demo: DemoRun) -> None:
     cross = post_label(server, alert_id, {"label": None}, headers={"Origin": "http://evil.example"})
     assert cross.status == 403
     assert RunState(demo.out).labels()[alert_id]["label"] == "ack"  # the refused requests changed nothing
+    # Only the headers, for the reason given in the zones test below.
     huge = request(
         server,
         "POST",
         f"/api/alerts/{alert_id}/label",
-        headers={"Content-Type": "application/json"},
-        body=b"{" + b" " * 20000 + b"}",
+        headers={"Content-Type": "application/json", "Content-Length": "20002"},
     )
     assert huge.status == 413
 
