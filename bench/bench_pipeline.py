@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,16 +55,15 @@ from bench.bench_naive import run_naive
 from bench.common import (
     DEFAULT_CONFIG,
     DEFAULT_WORK,
-    REPO,
     RESULTS_DIR,
     Assets,
     BenchError,
     format_table,
     latency_stats,
     load_average,
-    module_command,
     parse_int_list,
     prepare_assets,
+    run_child,
     site_config,
     write_result,
 )
@@ -493,24 +491,13 @@ def run_case_in_child(spec: CaseSpec, assets: Assets, timeout_s: float | None = 
     payload = json.dumps({"spec": asdict(spec), "assets": assets.to_json()})
     limit = timeout_s or spec.duration_s + 120.0
     started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            module_command("bench.bench_pipeline", "--case", payload),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=limit,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"{spec.mode} case with {spec.cameras} camera(s) ran past {limit:.0f} s") from exc
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        raise BenchError(
-            f"{spec.mode} case with {spec.cameras} camera(s) failed (exit {proc.returncode}):\n"
-            f"{proc.stderr[-3000:]}"
-        )
-    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    result = run_child(
+        "bench.bench_pipeline",
+        ["--case", payload],
+        prefix=RESULT_PREFIX,
+        limit_s=limit,
+        what=f"{spec.mode} case with {spec.cameras} camera(s)",
+    )
     result["child_seconds"] = round(time.monotonic() - started, 2)
     return result
 

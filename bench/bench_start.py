@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,14 +41,13 @@ import numpy as np
 from bench.common import (
     DEFAULT_CONFIG,
     DEFAULT_WORK,
-    REPO,
     RESULTS_DIR,
     Assets,
     BenchError,
     format_table,
     load_average,
-    module_command,
     prepare_assets,
+    run_child,
     site_config,
     write_result,
 )
@@ -270,24 +268,13 @@ def _child(payload: str) -> int:
 def _start_in_child(spec: StartSpec, assets: Assets) -> dict[str, Any]:
     payload = json.dumps({"spec": asdict(spec), "assets": assets.to_json()})
     limit = spec.deadline_s + spec.hold_s + 180.0
-    try:
-        proc = subprocess.run(
-            module_command("bench.bench_start", "--child", payload),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=limit,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"a start of {spec.cameras} camera(s) ran past {limit:.0f} s") from exc
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        raise BenchError(
-            f"a start of {spec.cameras} camera(s) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    return result
+    return run_child(
+        "bench.bench_start",
+        ["--child", payload],
+        prefix=RESULT_PREFIX,
+        limit_s=limit,
+        what=f"a start of {spec.cameras} camera(s)",
+    )
 
 
 def summarise(runs: Sequence[Mapping[str, Any]], spec: StartSpec) -> dict[str, Any]:

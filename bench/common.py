@@ -49,6 +49,7 @@ __all__ = [
     "parse_int_list",
     "prepare_assets",
     "read_result",
+    "run_child",
     "site_config",
     "write_result",
 ]
@@ -157,6 +158,28 @@ def module_command(module: str, *args: str) -> list[str]:
     interpreter. Run it with ``cwd=REPO``: ``-m`` finds the ``bench`` package from the working directory,
     so no script has to edit ``sys.path``."""
     return [sys.executable, "-m", module, *args]
+
+
+def run_child(module: str, args: Sequence[str], *, prefix: str, limit_s: float, what: str) -> dict[str, Any]:
+    """Run ``python -m module *args`` in a fresh process from the repository root and return the JSON of
+    the last stdout line that starts with ``prefix``. :class:`BenchError` names ``what`` when it runs past
+    ``limit_s``, fails, or prints no result."""
+    try:
+        proc = subprocess.run(
+            module_command(module, *args),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=limit_s,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{what} ran past {limit_s:.0f} s") from exc
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(prefix)]
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len(prefix) :])
+    return result
 
 
 def write_result(name: str, payload: Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Path:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.config import ConfigError, load_config
 from engines.model import CheckpointError
+from pipeline.cli.train import DATASET_HINT, load_train_config
 from training.datasets import DatasetError
 from training.evaluate import EvaluationError, evaluate
 
@@ -16,13 +16,8 @@ __all__ = ["run_eval"]
 
 def run_eval(args: Any) -> int:
     """CLI handler for ``zsad eval``."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
-        return 2
-    if cfg.train is None:
-        print(f"{args.config}: the config has no 'train' section naming the dataset")
+    cfg = load_train_config(args.config, "naming the dataset")
+    if cfg is None:
         return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -37,7 +32,7 @@ def run_eval(args: Any) -> int:
         print(f"{args.config}: {exc}")
         return 2
     except DatasetError as exc:
-        print(f"{args.config}: train.dataset: {exc} (make one with zsad synth, or set train.dataset.root)")
+        print(f"{args.config}: train.dataset: {exc} ({DATASET_HINT})")
         return 2
     except OSError as exc:
         print(f"evaluation failed: {exc.filename or out}: {exc.strerror or exc}")

@@ -6,23 +6,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.config import ConfigError, load_config
+from core.config import ConfigError, ZsadConfig, load_config
 from engines.model import CheckpointError
 from training.datasets import DatasetError
 from training.trainer import TrainingError, train
 
-__all__ = ["run_train"]
+__all__ = ["DATASET_HINT", "load_train_config", "run_train"]
+
+
+DATASET_HINT = "make one with zsad synth, or set train.dataset.root"
+
+
+def load_train_config(path: str, missing: str) -> ZsadConfig | None:
+    """The config at ``path`` if it loads and has a ``train`` section; otherwise print why (``missing``
+    says what the section is for) and return None, for the command to exit 2."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"invalid config:\n{exc}")
+        return None
+    if cfg.train is None:
+        print(f"{path}: the config has no 'train' section {missing}")
+        return None
+    return cfg
 
 
 def run_train(args: Any) -> int:
     """CLI handler for ``zsad train``."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
-        return 2
-    if cfg.train is None:
-        print(f"{args.config}: the config has no 'train' section (see configs/train/*.yaml)")
+    cfg = load_train_config(args.config, "(see configs/train/*.yaml)")
+    if cfg is None or cfg.train is None:
         return 2
     if args.max_minutes is not None:
         if not args.max_minutes > 0:
@@ -37,7 +49,7 @@ def run_train(args: Any) -> int:
     try:
         path = train(cfg, resume=args.resume)
     except DatasetError as exc:
-        print(f"{args.config}: train.dataset: {exc} (make one with zsad synth, or set train.dataset.root)")
+        print(f"{args.config}: train.dataset: {exc} ({DATASET_HINT})")
         return 2
     except CheckpointError as exc:
         print(f"--resume: {exc}")
