@@ -350,19 +350,10 @@ def _cuda_torch() -> Any:
 
 
 def _backbone(spec: ModelConfig) -> Any:
-    from engines.backbone import TimeSformerEncoder
+    from engines.model import backbone_from_spec
 
-    bb, pre = spec.backbone, spec.preprocess
-    return TimeSformerEncoder(
-        height=bb.image_height,
-        width=bb.image_width,
-        num_frames=pre.clip_len,
-        patch_size=bb.patch_size,
-        hidden_size=bb.hidden_size,
-        num_layers=bb.num_layers,
-        num_heads=bb.num_heads,
-        mlp_ratio=bb.mlp_ratio,
-    ).eval()
+    # The measurements need the architecture only: no pretrained weights to find on the device.
+    return backbone_from_spec(spec, pretrained=False).eval()
 
 
 def _rel(a: Any, b: Any) -> float:

@@ -25,6 +25,7 @@ from plugins.streams import STREAMS
 __all__ = [
     "CheckpointError",
     "ZsadModel",
+    "backbone_from_spec",
     "load_checkpoint",
     "parse_spec",
     "save_checkpoint",
@@ -34,6 +35,22 @@ __all__ = [
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or does not match its spec."""
+
+
+def backbone_from_spec(spec: ModelConfig, *, pretrained: bool = True) -> TimeSformerEncoder:
+    """The backbone the spec describes; with ``pretrained=False``, randomly initialised."""
+    bb, pre = spec.backbone, spec.preprocess
+    return TimeSformerEncoder(
+        height=bb.image_height,
+        width=bb.image_width,
+        num_frames=pre.clip_len,
+        patch_size=bb.patch_size,
+        hidden_size=bb.hidden_size,
+        num_layers=bb.num_layers,
+        num_heads=bb.num_heads,
+        mlp_ratio=bb.mlp_ratio,
+        pretrained=bb.pretrained if pretrained else None,
+    )
 
 
 class ZsadModel(nn.Module):
@@ -46,18 +63,8 @@ class ZsadModel(nn.Module):
         super().__init__()
         # The model's own copy: a config edited afterwards must not change what the model says it is.
         self.spec = spec.model_copy(deep=True)
-        bb, dpc, sem, gate, pre = spec.backbone, spec.dpc, spec.semantic, spec.gate, spec.preprocess
-        self.backbone = TimeSformerEncoder(
-            height=bb.image_height,
-            width=bb.image_width,
-            num_frames=pre.clip_len,
-            patch_size=bb.patch_size,
-            hidden_size=bb.hidden_size,
-            num_layers=bb.num_layers,
-            num_heads=bb.num_heads,
-            mlp_ratio=bb.mlp_ratio,
-            pretrained=bb.pretrained,
-        )
+        bb, dpc, sem, gate = spec.backbone, spec.dpc, spec.semantic, spec.gate
+        self.backbone = backbone_from_spec(spec)
         d = self.backbone.hidden_size
         self.dpc = DPCHead(
             in_dim=d,

@@ -110,7 +110,6 @@ LAZY_OURS_ALLOWED: dict[tuple[str, str], str] = {
         "traceback (bench/device_check.py)"
         for module in (
             "core.config",
-            "engines.backbone",
             "engines.backends",
             "engines.build",
             "engines.export",
