@@ -66,6 +66,32 @@ def format_osd_text(camera: str, fused: float | None, prompt: str | None = None)
     return f"{text}  {prompt}" if prompt else text
 
 
+class BatchProbe:
+    """A pad probe that hands each buffer to :meth:`process` behind the one exception boundary of a branch:
+    a batch that raises is logged and dropped (counted), since a probe that raises would take the
+    streaming thread, and so every camera, down with it."""
+
+    #: How the log names this probe.
+    name = "probe"
+
+    def __init__(self, ok: Any = None) -> None:
+        self._ok = ok if ok is not None else pad_probe_ok()
+        self.dropped_batches = 0
+
+    def process(self, gst_buffer: Any) -> int:
+        raise NotImplementedError
+
+    def __call__(self, _pad: Any, info: Any, *_user: Any) -> Any:
+        try:
+            buffer = info.get_buffer()
+            if buffer is not None:
+                self.process(buffer)
+        except Exception:
+            self.dropped_batches += 1
+            log.exception("%s: batch dropped (%d so far)", self.name, self.dropped_batches)
+        return self._ok
+
+
 @dataclass
 class _Stream:
     frame_num: int
@@ -117,7 +143,7 @@ class StreamClock:
         return t, restarted
 
 
-class ClipScoringProbe:
+class ClipScoringProbe(BatchProbe):
     """The score-branch pad probe. Call it as a probe (``pad.add_probe(BUFFER, probe)``) or call
     :meth:`process` with a ``Gst.Buffer``.
 
@@ -132,6 +158,8 @@ class ClipScoringProbe:
         ok: the value the probe returns (default ``Gst.PadProbeReturn.OK``).
         clock: time source for frames without a PTS.
     """
+
+    name = "score probe"
 
     def __init__(
         self,
@@ -155,25 +183,10 @@ class ClipScoringProbe:
         self.frame_size = frame_size
         self.unmap_surfaces = unmap_surfaces
         self.clock = StreamClock(clock)
-        self._ok = ok if ok is not None else pad_probe_ok()
+        super().__init__(ok)
         self.batches = 0
         self.frames = 0
         self.restarts = 0
-        self.dropped_batches = 0
-
-    # -- the pad probe ------------------------------------------------------------------------------------
-
-    def __call__(self, _pad: Any, info: Any, *_user: Any) -> Any:
-        try:
-            buffer = info.get_buffer()
-            if buffer is not None:
-                self.process(buffer)
-        # The one exception boundary of the score branch: policy is log and drop the batch. A probe that
-        # raises would take the streaming thread (and so every camera) down with it.
-        except Exception:
-            self.dropped_batches += 1
-            log.exception("score probe: batch dropped (%d so far)", self.dropped_batches)
-        return self._ok
 
     # -- the work -----------------------------------------------------------------------------------------
 
@@ -218,17 +231,19 @@ class ClipScoringProbe:
         return handed
 
 
-class OsdScoreBoard:
+class OsdScoreBoard(BatchProbe):
     """Each camera's latest OSD line, drawn on its frames. :meth:`set_text` may be called from any thread;
     the instance is the pad probe of the display branch (before the tiler)."""
+
+    name = "OSD probe"
 
     def __init__(self, pyds: Any, cameras: Sequence[str], *, ok: Any = None) -> None:
         self.pyds = pyds
         self.cameras = list(cameras)
         self._texts = {c: format_osd_text(c, None) for c in self.cameras}
         self._lock = threading.Lock()
-        self._ok = ok if ok is not None else pad_probe_ok()
-        self.dropped_batches = 0
+        # A frame without its overlay is not worth stopping the video: same boundary as the score probe.
+        super().__init__(ok)
 
     def set_text(self, camera: str, text: str) -> None:
         with self._lock:
@@ -249,14 +264,3 @@ class OsdScoreBoard:
                 add_display_text(self.pyds, batch_meta, frame.meta, self.text(self.cameras[frame.source_id]))
                 added += 1
         return added
-
-    def __call__(self, _pad: Any, info: Any, *_user: Any) -> Any:
-        try:
-            buffer = info.get_buffer()
-            if buffer is not None:
-                self.process(buffer)
-        # Same policy as the score probe: a frame without its overlay is not worth stopping the video.
-        except Exception:
-            self.dropped_batches += 1
-            log.exception("OSD probe: batch dropped (%d so far)", self.dropped_batches)
-        return self._ok
