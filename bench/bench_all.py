@@ -27,11 +27,10 @@ from bench.bench_inference import default_threads, inference_table, peak_table, 
 from bench.bench_pipeline import pipeline_tables, run_pipeline_bench
 from bench.bench_soak import run_soak, soak_line
 from bench.common import (
-    DEFAULT_CONFIG,
-    DEFAULT_WORK,
     REPO,
     RESULTS_DIR,
     BenchError,
+    add_asset_arguments,
     format_table,
     load_average,
     parse_int_list,
@@ -248,9 +247,7 @@ def render_report(results: Path = RESULTS_DIR, plot: Path = PLOT_PATH) -> tuple[
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_all", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")
+    add_asset_arguments(p)
     p.add_argument("--cameras", default="1,2,4,8,16", help="camera counts of the pipeline sweep")
     p.add_argument("--threads", default=None, help="thread counts (default: 1,<config engines.threads>)")
     p.add_argument("--soak-minutes", type=float, default=1.5, help="memory soak length (0: skip)")

@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
-    DEFAULT_CONFIG,
-    DEFAULT_WORK,
     RESULTS_DIR,
     Assets,
     BenchError,
+    add_asset_arguments,
     format_table,
     latency_stats,
     load_average,
@@ -293,9 +292,7 @@ def default_threads(config_path: Path) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_inference", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config (its model section)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")
+    add_asset_arguments(p, "base config (its model section)")
     p.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1,<config>)")
     p.add_argument("--batches", default="1,4,16", help="comma-separated batch sizes")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats per runtime")

@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
-    DEFAULT_CONFIG,
-    DEFAULT_WORK,
     RESULTS_DIR,
     Assets,
     BenchError,
+    add_asset_arguments,
     format_table,
     load_average,
     prepare_assets,
@@ -203,9 +202,7 @@ def run_naive(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_naive", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config (its model section)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")
+    add_asset_arguments(p, "base config (its model section)")
     p.add_argument("--cameras", type=int, default=4, help="cameras to score one after the other")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
     p.add_argument("--fps", type=float, default=25.0, help="sampling rate (the videos are 25 fps)")

@@ -53,11 +53,10 @@ import psutil
 
 from bench.bench_naive import run_naive
 from bench.common import (
-    DEFAULT_CONFIG,
-    DEFAULT_WORK,
     RESULTS_DIR,
     Assets,
     BenchError,
+    add_asset_arguments,
     format_table,
     latency_stats,
     load_average,
@@ -844,11 +843,7 @@ def pipeline_tables(doc: Mapping[str, Any], *, markdown: bool = False) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_pipeline", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG, help="base config (model, alerts, scheduler)"
-    )
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")
+    add_asset_arguments(p, "base config (model, alerts, scheduler)")
     p.add_argument("--cameras", default="1,2,4,8,16", help="camera counts")
     p.add_argument("--threads", default=None, help="thread counts of pure/fast/naive (default: 1,<config>)")
     p.add_argument("--rt-threads", type=int, default=None, help="threads of the real-time cases (config)")

@@ -26,11 +26,10 @@ import numpy as np
 
 from bench.bench_pipeline import CaseSpec, run_case_in_child
 from bench.common import (
-    DEFAULT_CONFIG,
-    DEFAULT_WORK,
     RESULTS_DIR,
     Assets,
     BenchError,
+    add_asset_arguments,
     load_average,
     prepare_assets,
     write_result,
@@ -118,9 +117,7 @@ def soak_line(result: Mapping[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_soak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")
+    add_asset_arguments(p)
     p.add_argument("--minutes", type=float, default=10.0, help="length of the run")
     p.add_argument("--cameras", type=int, default=4, help="looping synthetic cameras at 25 fps")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between RSS samples")

@@ -39,11 +39,10 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
-    DEFAULT_CONFIG,
-    DEFAULT_WORK,
     RESULTS_DIR,
     Assets,
     BenchError,
+    add_asset_arguments,
     format_table,
     load_average,
     prepare_assets,
@@ -375,9 +374,7 @@ def summary_line(doc: Mapping[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_start", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the demo model, else random init")
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")
+    add_asset_arguments(p)
     p.add_argument("--cameras", type=int, default=16, help="loop:// synthetic cameras at 25 fps")
     p.add_argument("--runs", type=int, default=20, help="starts in a row, each in a fresh process")
     p.add_argument(

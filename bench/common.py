@@ -7,6 +7,7 @@ engine build is idempotent and the scene generator keeps a complete earlier outp
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ __all__ = [
     "RESULTS_DIR",
     "Assets",
     "BenchError",
+    "add_asset_arguments",
     "command_line",
     "format_table",
     "latency_stats",
@@ -151,6 +153,16 @@ def command_line() -> str:
     """The exact command line of this process, shell-quoted."""
     argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
     return shlex.join(argv)
+
+
+def add_asset_arguments(parser: argparse.ArgumentParser, config_help: str = "base config") -> None:
+    """``--config``, ``--checkpoint`` and ``--work``: what every benchmark builds its engines and scenes
+    from (:func:`prepare_assets`)."""
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=config_help)
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="default: the demo model, else random init"
+    )
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for engines and scenes")
 
 
 def module_command(module: str, *args: str) -> list[str]:
