@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.fixtures.mosquitto import Broker, Subscriber, wait_until
-from tests.fixtures.zones_world import ALERTS, VIDEO_S, zones_site
+from tests.fixtures.zones_world import VIDEO_S
 from tests.integration.test_web_browser import (  # noqa: F401 - driver and screenshot_dir are fixtures
     driver,
     screenshot_dir,
@@ -36,6 +36,7 @@ from tests.integration.test_zones import (  # noqa: F401 - world and broker are 
     _wait_stream,
     _zones_of,
     broker,
+    traffic_site,
     world,
 )
 
@@ -58,16 +59,7 @@ def run(world: dict[str, Path], tmp_path: Path, broker: Broker) -> Iterator[tupl
 
     sub = Subscriber(broker.port, "zsad/+/+/alert")
     out = tmp_path / "out"
-    cfg = zones_site(
-        world,
-        out,
-        _camera(world, tmp_path, "traffic"),
-        ALERTS,
-        sinks=[
-            {"kind": "jsonl", "path": "alerts.jsonl"},
-            {"kind": "mqtt", "host": "127.0.0.1", "port": broker.port, "topic": "zsad/{camera}/{zone}/alert"},
-        ],
-    )
+    cfg = traffic_site(world, tmp_path, out, broker)
     app = make_app(cfg, realtime=False)
     app.start()
     try:

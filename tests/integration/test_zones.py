@@ -119,12 +119,9 @@ def _until_alert(app: Any, test: Callable[[dict[str, Any]], bool], what: str) ->
     return sorted(found, key=lambda a: a["start_pts"])[0]
 
 
-def test_mask_over_the_road_stops_its_alerts_and_the_cyclist_still_alerts_with_its_zone(
-    world: dict[str, Path], tmp_path: Path, broker: Broker
-) -> None:
-    sub = Subscriber(broker.port, "zsad/+/+/alert")
-    out = tmp_path / "out"
-    cfg = zones_site(
+def traffic_site(world: dict[str, Path], tmp_path: Path, out: Path, broker: Broker) -> dict[str, Any]:
+    """The traffic camera's site, its alerts to JSONL and to MQTT with the zone in the topic."""
+    return zones_site(
         world,
         out,
         _camera(world, tmp_path, "traffic"),
@@ -134,6 +131,14 @@ def test_mask_over_the_road_stops_its_alerts_and_the_cyclist_still_alerts_with_i
             {"kind": "mqtt", "host": "127.0.0.1", "port": broker.port, "topic": "zsad/{camera}/{zone}/alert"},
         ],
     )
+
+
+def test_mask_over_the_road_stops_its_alerts_and_the_cyclist_still_alerts_with_its_zone(
+    world: dict[str, Path], tmp_path: Path, broker: Broker
+) -> None:
+    sub = Subscriber(broker.port, "zsad/+/+/alert")
+    out = tmp_path / "out"
+    cfg = traffic_site(world, tmp_path, out, broker)
     site = write_site(tmp_path / "site.yaml", cfg)
     site_text = site.read_text()
     app = make_app(cfg, realtime=False)
