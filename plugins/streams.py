@@ -5,14 +5,16 @@ A clip yields one raw score per stream (higher = more anomalous):
 * ``predictive`` — DPC feature-prediction error, spatial max;
 * ``pixel`` — future-frame patch reconstruction error, spatial max;
 * ``motion`` — cheap patch frame-difference energy, spatial max;
-* ``semantic`` — CLIP alignment with anomalous versus normal prompts (only with a semantic head).
+* ``semantic`` — CLIP alignment with anomalous versus normal prompts (only with a semantic head);
+* ``appearance`` — distance of the frame's pretrained image features from the camera's own normal memory,
+  spatial max (only with an appearance engine and a memory fitted by ``zsad calibrate``).
 """
 
 from __future__ import annotations
 
-__all__ = ["MAP_STREAMS", "SEMANTIC", "STREAMS"]
+__all__ = ["APPEARANCE", "MAP_STREAMS", "MEMORY_STREAMS", "SEMANTIC", "STREAMS"]
 
-#: Every stream, in the order of the stream gate's rows. That order is saved with the names in
+#: The streams of the trained model, in the order of the stream gate's rows. That order is saved with the names in
 #: ``stream_gate.npz``, so a reader matches rows by name; changing it only changes freshly built gates.
 STREAMS: tuple[str, ...] = ("predictive", "pixel", "motion", "semantic")
 
@@ -21,3 +23,10 @@ MAP_STREAMS: dict[str, str] = {"feature_error": "predictive", "pixel_error": "pi
 
 #: The stream the semantic head scores.
 SEMANTIC = "semantic"
+
+#: The stream scored against a per-camera normal memory of a frozen image encoder's features.
+APPEARANCE = "appearance"
+
+#: Streams scored against per-camera memories fitted without a gradient step (``zsad calibrate``), not
+#: outputs of the trained model: the trained gate has no row for them (fusion gives them a neutral factor).
+MEMORY_STREAMS: tuple[str, ...] = (APPEARANCE,)
