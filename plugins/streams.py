@@ -14,8 +14,9 @@ from __future__ import annotations
 
 __all__ = ["APPEARANCE", "MAP_STREAMS", "MEMORY_STREAMS", "SEMANTIC", "STREAMS"]
 
-#: The streams of the trained model, in the order of the stream gate's rows. That order is saved with the names in
-#: ``stream_gate.npz``, so a reader matches rows by name; changing it only changes freshly built gates.
+#: The streams of the trained model, in the order of the stream gate's rows. That order is saved with the
+#: names in ``stream_gate.npz``, so a reader matches rows by name; changing it only changes freshly built
+#: gates.
 STREAMS: tuple[str, ...] = ("predictive", "pixel", "motion", "semantic")
 
 #: DPC-head output name (an ``(h, w)`` error map) -> the stream its spatial max scores.
