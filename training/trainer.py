@@ -263,6 +263,8 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
 
 def _fit_gate(model: ZsadModel, videos: Mapping[str, np.ndarray], contexts: Mapping[str, str]) -> None:
     """Fit the stream gate on the (normal) training videos, at the edge's clip spacing."""
+    # score_video feeds CPU tensors: a model trained on CUDA moves back first (and is saved from there).
+    model.cpu()
     model.eval()
     raw: dict[str, list[np.ndarray]] = {}
     embs, groups = [], []
