@@ -290,6 +290,21 @@ def test_appearance_needs_frames_in_multiples_of_16() -> None:
     assert not parse_config(odd + "appearance: {enabled: false}\n").appearance.enabled
 
 
+def test_validate_warns_when_the_weights_are_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.cli.validate import config_warnings
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    missing = parse_config(f"appearance: {{weights: {tmp_path / 'absent.pth'}}}\n")
+    (warning,) = config_warnings(missing)
+    assert warning.startswith("appearance: building its engine (zsad build-engines, a first run) will fail: ")
+    assert "absent.pth" in warning
+    assert "appearance.enabled: false" in warning
+    off = parse_config(f"appearance: {{enabled: false, weights: {tmp_path / 'absent.pth'}}}\n")
+    assert config_warnings(off) == []
+
+
 def test_the_model_spec_does_not_hold_the_appearance_section() -> None:
     """Turning the encoder on or off never changes the trained model's spec (nor its hash)."""
     assert "appearance" not in ZsadConfig().model.model_dump()
