@@ -14,6 +14,7 @@ difference, largest output magnitude), plus whether the state-dict keys agree.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -26,7 +27,12 @@ from engines.appearance import AppearanceEncoder
 from engines.encoders import find_mobilenet_weights
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m bench.check_appearance_torchvision",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     # torchvision's __init__ registers meta kernels for its compiled ops, which do not load under our torch.
     sys.modules.setdefault(
         "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
