@@ -82,8 +82,10 @@ def build_missing_engines(cfg: ZsadConfig, *, progress: BuildProgress | None = N
     same manifests) from ``engines.checkpoint`` into ``engines.dir``. Returns None when the required
     manifests are there (then :func:`load_engines` checks them), the build report when it built.
 
-    It only ever builds into a folder that holds no engine yet: engines that are there but damaged,
-    incomplete or built for another model are never rebuilt silently (they are refused with what to run).
+    The build includes the appearance engine when ``appearance.enabled`` (from the encoder's weights file,
+    whose absence is refused with how to install it or turn the stream off). It only ever builds into a
+    folder that holds no engine yet: engines that are there but damaged, incomplete or built for another
+    model are never rebuilt silently (they are refused with what to run).
     TensorRT engines are not built here: they are built on the device that runs them.
 
     Raises:
