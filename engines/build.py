@@ -1,6 +1,7 @@
 """``zsad build-engines``: checkpoint -> ONNX -> (TensorRT) engines, text embeddings, stream gate, manifests.
 
-Per ONNX component (``backbone``, ``dpc_head``, ``semantic_head``):
+Per ONNX component (``backbone``, ``dpc_head``, ``semantic_head``, and ``appearance`` when the config's
+``appearance.enabled``):
 
 1. export ONNX (dynamic batch, static T/H/W) and check it (:mod:`engines.export`);
 2. parity PyTorch vs ONNX Runtime on fresh random inputs, several batch sizes;
@@ -11,6 +12,9 @@ Per ONNX component (``backbone``, ``dpc_head``, ``semantic_head``):
 ``semantic_head`` also gets ``text_<context>.npy`` per context (gated, L2-normalised prompt embeddings)
 and only exists when ``model.semantic.clip_text_model`` is a local CLIP folder. ``stream_gate.npz``
 holds the stream gate composed with the context projection, applied in numpy on the backbone embedding.
+``appearance`` is the frozen pretrained image encoder of the appearance stream (:mod:`engines.appearance`):
+built from its weights file (:func:`engines.encoders.find_encoder_weights`), not from the checkpoint, at the
+backbone's frame size.
 
 Every stage has a build key (a hash of everything it depends on). A stage whose key matches the
 existing manifest and whose files still have their recorded hashes is skipped: a re-run with unchanged
@@ -34,11 +38,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.config import ModelConfig, ZsadConfig
+from core.config import AppearanceConfig, ModelConfig, ZsadConfig
 from engines.backends.base import BackendError, BackendUnavailable
 from engines.backends.onnxruntime import OnnxRuntimeBackend
 from engines.backends.tensorrt import TensorRTBackend, cuda_device_info
 from engines.backends.torch import TorchBackend
+from engines.encoders import (
+    APPEARANCE_COMPONENT,
+    EncoderWeightsError,
+    appearance_spec,
+    appearance_spec_sha256,
+    find_encoder_weights,
+)
 from engines.export import EXPORT_OPSET, EXPORTER, check_parity, component_module, export_onnx
 from engines.manifest import (
     LAYOUTS,
@@ -49,6 +60,8 @@ from engines.manifest import (
     ParityRecord,
     TensorRTArtifact,
     TextEmbeddings,
+    appearance_io,
+    appearance_preprocessing,
     component_io,
     file_sha256,
     load_manifest,
@@ -72,6 +85,7 @@ from plugins.fusion import GateError, StreamGate
 from plugins.streams import STREAMS
 
 if TYPE_CHECKING:  # torch is heavy: these load only when a stage has to build
+    from engines.appearance import AppearanceEncoder
     from engines.model import ZsadModel
     from engines.semantic import TextEncoder
 
@@ -217,6 +231,7 @@ _GRAPH_SOURCES = {
     "backbone": ("backbone.py", "export.py"),
     "dpc_head": ("dpc.py", "export.py"),
     "semantic_head": ("semantic.py", "export.py"),
+    APPEARANCE_COMPONENT: ("appearance.py", "encoders.py", "export.py"),
 }
 
 
@@ -277,6 +292,15 @@ class _TensorRTEnv:
     compute_capability: str
 
 
+@dataclass(frozen=True)
+class _AppearanceSource:
+    """The appearance encoder a build exports: its name and its weights file with that file's sha256."""
+
+    encoder: str
+    weights: Path
+    sha256: str
+
+
 class _Builder:
     """One build run; see :func:`build_engines`."""
 
@@ -289,6 +313,7 @@ class _Builder:
         options: BuildOptions,
         prompt_dir: Path,
         progress: BuildProgress | None = None,
+        appearance: AppearanceConfig | None = None,
     ) -> None:
         self.spec = spec.model_copy(deep=True)
         self.spec_sha = spec_sha256(self.spec)
@@ -304,6 +329,9 @@ class _Builder:
         self.weights_sha = ""
         self._text_encoder: TextEncoder | None = None
         self.progress = progress
+        self.appearance = appearance
+        self._appearance_source: _AppearanceSource | None = None
+        self._encoder: AppearanceEncoder | None = None
 
     # -- inputs ------------------------------------------------------------------------------------------
 
@@ -357,6 +385,35 @@ class _Builder:
                 self.weights_sha[:12],
             )
         return self._model
+
+    def find_appearance_weights(self, appearance: AppearanceConfig) -> None:
+        """Locate and hash the appearance encoder's weights (before anything is built, so that a missing
+        file fails the build at once, with how to install it or turn the stream off)."""
+        try:
+            path = find_encoder_weights(appearance.encoder, appearance.weights)
+        except EncoderWeightsError as exc:
+            raise BuildInputError(f"appearance engine: {exc}") from exc
+        self._appearance_source = _AppearanceSource(appearance.encoder, path, file_sha256(path))
+
+    @property
+    def appearance_source(self) -> _AppearanceSource:
+        if self._appearance_source is None:
+            raise BuildError("appearance engine: its weights were not located before its stages ran")
+        return self._appearance_source
+
+    @property
+    def encoder(self) -> AppearanceEncoder:
+        """The appearance encoder with its pretrained weights, loaded on first use (only to export)."""
+        if self._encoder is None:
+            from engines.appearance import AppearanceEncoder
+
+            source = self.appearance_source
+            try:
+                self._encoder = AppearanceEncoder.from_weights(source.weights, source.sha256, source.encoder)
+            except EncoderWeightsError as exc:
+                raise BuildInputError(f"appearance engine: {exc}") from exc
+            log.info("appearance weights %s loaded (sha256 %s)", source.weights, source.sha256[:12])
+        return self._encoder
 
     def tensorrt_env(self) -> _TensorRTEnv | None:
         if self.options.backend == "onnxruntime":
@@ -413,6 +470,8 @@ class _Builder:
             return None
 
     def base_manifest(self, component: str) -> Manifest:
+        if component == APPEARANCE_COMPONENT:
+            return self.appearance_manifest()
         inputs, outputs = component_io(component, self.spec, self.options.input_layout)
         options: dict[str, Any] = {
             "input_layout": self.options.input_layout if component == "backbone" else "NTCHW"
@@ -431,6 +490,33 @@ class _Builder:
             options=options,
         ).bind(self.out)
 
+    def appearance_manifest(self) -> Manifest:
+        """The appearance engine's manifest before its stages: its own spec (encoder, taps, frame size) and
+        weights, not the checkpoint's."""
+        source = self.appearance_source
+        encoder = source.encoder
+        height, width = self.spec.backbone.image_height, self.spec.backbone.image_width
+        inputs, outputs = appearance_io(encoder, height, width)
+        spec = appearance_spec(encoder, height, width)
+        return Manifest(
+            component=APPEARANCE_COMPONENT,
+            zsad_version=zsad_version(),
+            created=utc_now(),
+            inputs=inputs,
+            outputs=outputs,
+            preprocessing=appearance_preprocessing(encoder, height, width),
+            model_spec=spec,
+            model_spec_sha256=appearance_spec_sha256(spec),
+            weights_sha256=source.sha256,
+            checkpoint=str(source.weights.resolve()),
+            options={"input_layout": "NCHW", "encoder": encoder},
+        ).bind(self.out)
+
+    def source_model(self, component: str) -> Any:
+        """What :func:`engines.export.component_module` takes for ``component``: the encoder for the
+        appearance engine, the checkpoint's model for the others."""
+        return self.encoder if component == APPEARANCE_COMPONENT else self.model
+
     def write(self, manifest: Manifest, previous: Manifest | None) -> None:
         """Write the manifest unless it equals the previous one apart from its creation time."""
         if previous is not None:
@@ -444,8 +530,8 @@ class _Builder:
     def onnx_stage(self, component: str, manifest: Manifest, previous: Manifest | None) -> Manifest:
         key = onnx_build_key(
             component,
-            self.weights_sha,
-            self.spec_sha,
+            manifest.weights_sha256,
+            manifest.model_spec_sha256,
             manifest.input_layout,
             self.options.opset,
             self.options.onnx_tolerance,
@@ -466,20 +552,22 @@ class _Builder:
             log.info("%s: the ONNX on disk is stale or damaged; exporting it here", component)
         elif old is None:
             log.info(
-                "%s: no ONNX built from this checkpoint here; exporting it (needs torch + onnxscript)",
+                "%s: no ONNX built from this %s here; exporting it (needs torch + onnxscript)",
                 component,
+                "weights file" if component == APPEARANCE_COMPONENT else "checkpoint",
             )
         started = time.monotonic()
+        model = self.source_model(component)
         export_onnx(
-            component_module(self.model, component, manifest.input_layout),
+            component_module(model, component, manifest.input_layout),
             manifest.inputs,
             manifest.outputs,
             staged,
             opset=self.options.opset,
             metadata={
                 "component": component,
-                "weights_sha256": self.weights_sha,
-                "model_spec_sha256": self.spec_sha,
+                "weights_sha256": manifest.weights_sha256,
+                "model_spec_sha256": manifest.model_spec_sha256,
                 "input_layout": manifest.input_layout,
                 "zsad_version": manifest.zsad_version,
             },
@@ -507,7 +595,7 @@ class _Builder:
         )
         candidate = manifest.model_copy(update={"onnx": artifact, "tensorrt": None}).bind(self.staging)
         started = time.monotonic()
-        with TorchBackend.from_model(candidate, self.model) as ref, OnnxRuntimeBackend(candidate) as ort:
+        with TorchBackend.from_model(candidate, model) as ref, OnnxRuntimeBackend(candidate) as ort:
             errors = check_parity(
                 ref,
                 ort,
@@ -851,13 +939,21 @@ class _Builder:
         wanted = self.options.components
         plan = [
             c
-            for c in ("backbone", "dpc_head", "semantic_head", "stream_gate")
+            for c in ("backbone", "dpc_head", "semantic_head", "stream_gate", APPEARANCE_COMPONENT)
             if wanted is None or c in wanted
         ]
         if not semantic and "semantic_head" in plan:
             plan.remove("semantic_head")
             if wanted is None:
                 self.remove_stale("semantic_head")
+        # None: this build is not about the appearance engine (one there is left alone); a config with
+        # appearance.enabled: false removes it, as the semantic head is removed when CLIP is off.
+        if APPEARANCE_COMPONENT in plan and (self.appearance is None or not self.appearance.enabled):
+            plan.remove(APPEARANCE_COMPONENT)
+            if wanted is None and self.appearance is not None:
+                self.remove_stale(APPEARANCE_COMPONENT)
+        if APPEARANCE_COMPONENT in plan and self.appearance is not None:
+            self.find_appearance_weights(self.appearance)
         for i, component in enumerate(plan, 1):
             log.info("[%d/%d] %s", i, len(plan), component)
             if self.progress is not None:
@@ -916,6 +1012,7 @@ def build_engines(
     options: BuildOptions | None = None,
     prompt_dir: str | Path = PROMPT_DIR,
     progress: BuildProgress | None = None,
+    appearance: AppearanceConfig | None = None,
 ) -> BuildReport:
     """Build every engine of ``checkpoint`` into ``out_dir``; skip what is up to date.
 
@@ -927,9 +1024,13 @@ def build_engines(
         options: see :class:`BuildOptions`.
         prompt_dir: folder of ``<prompt set>.yaml`` files.
         progress: called as each component starts and at the end (see :data:`BuildProgress`).
+        appearance: the config's ``appearance`` section: when enabled, the appearance engine is built too
+            (at the backbone's frame size, from the encoder's weights); when disabled, one left in
+            ``out_dir`` is removed; None leaves the appearance engine alone.
 
     Raises:
-        BuildInputError: bad checkpoint/spec/options/prompts or a missing TensorRT when required.
+        BuildInputError: bad checkpoint/spec/options/prompts, a missing TensorRT when required, or (with
+            ``appearance`` enabled) appearance weights that cannot be found or read.
         ParityError: a runtime disagrees with its reference beyond the tolerance.
         BuildError, ExportError, TensorRTBuildError: a step failed.
     """
@@ -941,6 +1042,7 @@ def build_engines(
         options or BuildOptions(),
         Path(prompt_dir),
         progress,
+        appearance,
     )
     return builder.run()
 
@@ -953,8 +1055,8 @@ def build_from_config(
     progress: BuildProgress | None = None,
 ) -> BuildReport:
     """:func:`build_engines` for a loaded :class:`core.config.ZsadConfig`: its ``model`` section, its
-    cameras' contexts and prompt sets, and ``engines.checkpoint`` / ``engines.dir`` unless ``checkpoint`` /
-    ``out_dir`` are given."""
+    cameras' contexts and prompt sets, its ``appearance`` section, and ``engines.checkpoint`` /
+    ``engines.dir`` unless ``checkpoint`` / ``out_dir`` are given."""
     checkpoint = checkpoint or cfg.engines.checkpoint
     if not checkpoint:
         raise BuildInputError("no checkpoint: pass --checkpoint or set engines.checkpoint in the config")
@@ -967,4 +1069,5 @@ def build_from_config(
         contexts=contexts,
         options=options,
         progress=progress,
+        appearance=cfg.appearance,
     )

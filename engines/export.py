@@ -57,7 +57,8 @@ class ParityError(RuntimeError):
 
 
 def component_module(model: Any, component: str, input_layout: str = "NTCHW") -> Any:
-    """The ``nn.Module`` whose forward is the engine of ``component`` (a :class:`ZsadModel` submodule).
+    """The ``nn.Module`` whose forward is the engine of ``component`` (a :class:`ZsadModel` submodule; for
+    ``appearance``, ``model`` is the :class:`~engines.appearance.AppearanceEncoder` and is returned as is).
 
     ``input_layout="NCTHW"`` wraps the backbone so the ONNX input is ``(N, 3, T, H, W)`` (the layout
     DeepStream's nvdspreprocess sequence library writes, for a graph that feeds it so; ours no longer does);
@@ -73,6 +74,8 @@ def component_module(model: Any, component: str, input_layout: str = "NTCHW") ->
         return model.dpc
     if component == "semantic_head":
         return model.projection
+    if component == "appearance":  # the model is the encoder itself (engines.appearance.AppearanceEncoder)
+        return model
     raise ExportError(f"component {component!r} has no ONNX module")
 
 

@@ -24,6 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from core.config import ModelConfig
 from core.datafile import read_json
+from engines.encoders import (
+    APPEARANCE_COMPONENT,
+    ENCODERS,
+    appearance_spec,
+    appearance_spec_sha256,
+)
 from plugins.preprocess import LAYOUTS
 from plugins.streams import STREAMS
 
@@ -43,6 +49,8 @@ __all__ = [
     "TensorRTArtifact",
     "TensorSpec",
     "TextEmbeddings",
+    "appearance_io",
+    "appearance_preprocessing",
     "check_manifest",
     "component_io",
     "file_sha256",
@@ -57,7 +65,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-ONNX_COMPONENTS = ("backbone", "dpc_head", "semantic_head")
+ONNX_COMPONENTS = ("backbone", "dpc_head", "semantic_head", APPEARANCE_COMPONENT)
 COMPONENTS = (*ONNX_COMPONENTS, "stream_gate")
 # Spec fields that are machine-local paths, not architecture: a Jetson may keep CLIP elsewhere, and a
 # checkpoint already contains the pretrained weights it started from.
@@ -185,7 +193,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    component: Literal["backbone", "dpc_head", "semantic_head", "stream_gate"]
+    component: Literal["backbone", "dpc_head", "semantic_head", "stream_gate", "appearance"]
     zsad_version: str
     created: str
     inputs: list[TensorSpec]
@@ -310,14 +318,43 @@ def preprocessing_from_spec(spec: ModelConfig) -> Preprocessing:
     )
 
 
+def appearance_io(encoder: str, height: int, width: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The appearance engine's I/O: ``frames`` ``(N, 3, H, W)`` in, ``features`` ``(N, C, h, w)`` out (``C``
+    and the grid's stride from :data:`engines.encoders.ENCODERS`)."""
+    info = ENCODERS[encoder]
+    gh, gw = info.grid(height, width)
+    return (
+        [TensorSpec(name="frames", shape=(-1, 3, height, width), layout="NCHW")],
+        [TensorSpec(name="features", shape=(-1, info.channels, gh, gw), layout="NCHW")],
+    )
+
+
+def appearance_preprocessing(encoder: str, height: int, width: int) -> Preprocessing:
+    """The appearance engine's input normalisation: the encoder's own mean and std (ImageNet's), single
+    frames (``clip_len``, ``frame_stride`` and ``clip_hop`` are 1), at the backbone's frame size."""
+    info = ENCODERS[encoder]
+    return Preprocessing(
+        mean=info.mean,
+        std=info.std,
+        clip_len=1,
+        frame_stride=1,
+        clip_hop=1,
+        image_height=height,
+        image_width=width,
+    )
+
+
 def component_io(
-    component: str, spec: ModelConfig, input_layout: str = "NTCHW"
+    component: str, spec: ModelConfig, input_layout: str = "NTCHW", *, encoder: str = "mobilenet_v2"
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The I/O contract of a component for a model spec: ``(inputs, outputs)``.
 
     Layout letters: N batch, T frames, C channels (3 for pixels, D for tokens), H/W pixels or patch
-    grid, S past clips, D feature width.
+    grid, S past clips, D feature width. ``encoder`` is the appearance engine's (``appearance.encoder``),
+    which runs on the backbone's frame size and takes no clip layout.
     """
+    if component == APPEARANCE_COMPONENT:
+        return appearance_io(encoder, spec.backbone.image_height, spec.backbone.image_width)
     if input_layout not in LAYOUTS:
         raise ValueError(f"input layout {input_layout!r} is not one of {LAYOUTS}")
     bb, pre = spec.backbone, spec.preprocess
@@ -401,6 +438,8 @@ class Expectation:
         backend: ``onnxruntime``, ``torch`` or ``tensorrt``; ``tensorrt`` also checks version and GPU.
         tensorrt_version, gpu_name, compute_capability: of this device (TensorRT engines only).
         prompt_sha256: context -> sha256 of the prompt file in use (semantic head only).
+        appearance_encoder: the config's ``appearance.encoder`` (appearance engine only; its frame size is
+            checked against ``model_spec``'s backbone).
         verify_files: hash every file the manifest names (catches a changed or truncated file).
     """
 
@@ -411,6 +450,7 @@ class Expectation:
     gpu_name: str | None = None
     compute_capability: str | None = None
     prompt_sha256: Mapping[str, str] | None = None
+    appearance_encoder: str | None = None
     verify_files: bool = True
 
 
@@ -455,12 +495,53 @@ def verify_files(manifest: Manifest, fields: Sequence[str] | None = None) -> Non
             )
 
 
+def _check_appearance(manifest: Manifest, expected: Expectation) -> None:
+    """The appearance engine's part of :func:`check_manifest`: its encoder and frame size, I/O,
+    preprocessing and spec hash against the config's ``appearance.encoder`` and backbone frame size."""
+    built = str(manifest.options.get("encoder", ""))
+    if built not in ENCODERS:
+        raise _mismatch(manifest, "options.encoder", f"unknown encoder {built!r}; rebuild the engines")
+    if expected.appearance_encoder is not None and built != expected.appearance_encoder:
+        raise _mismatch(
+            manifest,
+            "options.encoder",
+            f"engine built with encoder {built}, "
+            f"the config's appearance.encoder is {expected.appearance_encoder}",
+        )
+    if expected.model_spec is None:
+        return
+    bb = expected.model_spec.backbone
+    pre = manifest.preprocessing
+    if (pre.image_height, pre.image_width) != (bb.image_height, bb.image_width):
+        raise _mismatch(
+            manifest,
+            "preprocessing.image_height/image_width",
+            f"engine built for {pre.image_width}x{pre.image_height} frames (width x height), the config's "
+            f"model.backbone is {bb.image_width}x{bb.image_height}: rebuild the engines",
+        )
+    want_in, want_out = appearance_io(built, bb.image_height, bb.image_width)
+    _check_tensors(manifest, "inputs", manifest.inputs, want_in)
+    _check_tensors(manifest, "outputs", manifest.outputs, want_out)
+    want_pre = appearance_preprocessing(built, bb.image_height, bb.image_width)
+    for name in Preprocessing.model_fields:
+        a, e = getattr(pre, name), getattr(want_pre, name)
+        if a != e:
+            raise _mismatch(manifest, f"preprocessing.{name}", f"engine built for {a}, the encoder needs {e}")
+    want_spec = appearance_spec(built, bb.image_height, bb.image_width)
+    if manifest.model_spec_sha256 != appearance_spec_sha256(want_spec):
+        diffs = spec_diff(manifest.model_spec, want_spec, prefix="model_spec")
+        where = ", ".join(f"{f} (engine {a!r}, expected {b!r})" for f, a, b in diffs[:5]) or "its hash"
+        raise _mismatch(manifest, "model_spec_sha256", f"appearance spec differs at {where}: rebuild")
+
+
 def check_manifest(manifest: Manifest, expected: Expectation) -> None:
     """Refuse a manifest that does not fit the run; the :class:`ManifestMismatch` says which field and why.
 
     Missing files raise :class:`ManifestError`.
     """
-    if expected.model_spec is not None:
+    if manifest.component == APPEARANCE_COMPONENT:
+        _check_appearance(manifest, expected)
+    elif expected.model_spec is not None:
         spec = expected.model_spec
         layout = expected.input_layout or manifest.input_layout
         want_in, want_out = component_io(manifest.component, spec, layout)

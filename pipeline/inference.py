@@ -6,6 +6,8 @@ that does not match the config.
 ``ClipInference`` is the ONNX Runtime / TensorRT path of the CPU graph: the shared normalisation
 (``plugins.preprocess``), the backbone, then the shared ``plugins.scorer.ClipScorer`` (the DPC head,
 batched across cameras) and ``plugins.semantic.SemanticScorer`` (the semantic stream).
+With ``appearance.enabled`` the engine set also holds the appearance encoder (``EngineSet.appearance``), the
+frozen image encoder whose features the appearance stream scores against each camera's normal memory.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from engines.build import (
     BuildReport,
     build_from_config,
 )
+from engines.encoders import APPEARANCE_COMPONENT, WEIGHTS_INSTALL
 from engines.export import ExportError, ParityError
 from engines.manifest import (
     Expectation,
@@ -79,8 +82,10 @@ def build_missing_engines(cfg: ZsadConfig, *, progress: BuildProgress | None = N
     same manifests) from ``engines.checkpoint`` into ``engines.dir``. Returns None when the required
     manifests are there (then :func:`load_engines` checks them), the build report when it built.
 
-    It only ever builds into a folder that holds no engine yet: engines that are there but damaged,
-    incomplete or built for another model are never rebuilt silently (they are refused with what to run).
+    The build includes the appearance engine when ``appearance.enabled`` (from the encoder's weights file,
+    whose absence is refused with how to install it or turn the stream off). It only ever builds into a
+    folder that holds no engine yet: engines that are there but damaged, incomplete or built for another
+    model are never rebuilt silently (they are refused with what to run).
     TensorRT engines are not built here: they are built on the device that runs them.
 
     Raises:
@@ -158,15 +163,26 @@ class EngineSet:
     semantic: Backend | None = None
     texts: dict[str, PromptBank] = field(default_factory=dict)
     input_layout: str = "NTCHW"  # the backbone's clip layout (plugins.preprocess.LAYOUTS)
+    # The appearance encoder (appearance.enabled): frames (N, 3, H, W) at frame_size, normalised with its own
+    # mean/std (ImageNet's, not the backbone's), -> features (N, C, h, w) on the grid appearance_grid (h, w).
+    appearance: Backend | None = None
+    appearance_mean: tuple[float, float, float] | None = None
+    appearance_std: tuple[float, float, float] | None = None
+    appearance_grid: tuple[int, int] | None = None
+
+    @property
+    def backends(self) -> list[Backend]:
+        """Every opened engine: backbone, DPC head, then the optional semantic head and appearance encoder."""
+        return [b for b in (self.backbone, self.dpc, self.semantic, self.appearance) if b is not None]
 
     def close(self) -> None:
-        for backend in (self.backbone, self.dpc, self.semantic):
-            if backend is not None:
-                backend.close()
+        for backend in self.backends:
+            backend.close()
 
 
 def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
-    """Open the backbone and DPC-head engines of ``cfg.engines.dir`` after checking their manifests."""
+    """Open the engines of ``cfg.engines.dir`` after checking their manifests: the backbone and the DPC
+    head, the semantic head when there is one, and the appearance encoder when ``appearance.enabled``."""
     directory = Path(cfg.engines.dir)
     options: dict[str, Any] = {"spin": cfg.engines.spin} if cfg.engines.backend == "onnxruntime" else {}
     opened: dict[str, Backend] = {}
@@ -189,6 +205,12 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
             manifest = load_manifest(sem_path)
             check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
             semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
+            opened["semantic_head"] = semantic
+        appearance = _open_appearance(cfg, directory, options) if cfg.appearance.enabled else None
+    except EngineError:
+        for backend in opened.values():
+            backend.close()
+        raise
     except (ManifestError, BackendError) as exc:
         for backend in opened.values():
             backend.close()
@@ -213,6 +235,14 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
         semantic=semantic,
         input_layout=opened["backbone"].manifest.input_layout,
     )
+    if appearance is not None:
+        ap = appearance.manifest
+        engines.appearance = appearance
+        engines.appearance_mean = tuple(ap.preprocessing.mean)  # type: ignore[assignment]
+        engines.appearance_std = tuple(ap.preprocessing.std)  # type: ignore[assignment]
+        engines.appearance_grid = (int(ap.outputs[0].shape[2]), int(ap.outputs[0].shape[3]))
+    elif (directory / f"{APPEARANCE_COMPONENT}.manifest.json").is_file():
+        log.info("appearance.enabled is false: the appearance engine in %s is not opened", directory)
     if semantic is not None:
         try:
             engines.texts = _load_texts(semantic.manifest)
@@ -224,6 +254,27 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
             "no semantic_head engine in %s: the CLIP semantic stream is off and weighted out", directory
         )
     return engines
+
+
+def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) -> Backend:
+    """The appearance engine of ``directory``, checked against the config's encoder and frame size. Its
+    manifest missing from an engine folder that otherwise has everything is refused with what to run."""
+    path = manifest_path(directory, APPEARANCE_COMPONENT)
+    if not path.is_file():
+        raise EngineError(
+            f"engine manifest {path} is missing: the appearance stream is on (appearance.enabled) but "
+            f"{directory} has no appearance engine (built before it existed?). Build it with "
+            f"zsad build-engines --config CONFIG --out {directory} (what is there stays up to date; it needs "
+            f"the encoder's weights: {WEIGHTS_INSTALL}), or set appearance.enabled: false"
+        )
+    manifest = load_manifest(path)
+    check_manifest(
+        manifest,
+        Expectation(
+            model_spec=cfg.model, appearance_encoder=cfg.appearance.encoder, backend=cfg.engines.backend
+        ),
+    )
+    return load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
 
 
 def _load_texts(manifest: Manifest) -> dict[str, PromptBank]:
@@ -285,9 +336,7 @@ class ClipInference:
     def warm_up(self, max_batch: int) -> None:
         """Run each engine once at the largest batch the scheduler forms (see :meth:`Backend.warm_up`),
         so the runtimes' arenas reach their final size before the first camera frame."""
-        for backend in (self.engines.backbone, self.engines.dpc, self.engines.semantic):
-            if backend is None:
-                continue
+        for backend in self.engines.backends:
             # A TensorRT engine runs at most its optimisation profile's largest batch.
             batch = min(max_batch, getattr(backend, "max_batch", None) or max_batch)
             seconds = backend.warm_up(batch)

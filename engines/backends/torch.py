@@ -1,5 +1,6 @@
 """PyTorch backend: the reference. Rebuilds the model from the checkpoint the manifest names and runs the
-component's submodule on the CPU (or CUDA when asked)."""
+component's submodule on the CPU (or CUDA when asked); the appearance engine's encoder is rebuilt from the
+weights file its manifest names."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable
+from engines.encoders import APPEARANCE_COMPONENT
 from engines.export import component_module
-from engines.manifest import Manifest, ManifestMismatch
+from engines.manifest import ONNX_COMPONENTS, Manifest, ManifestMismatch, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,24 @@ def _checkpoint_path(manifest: Manifest) -> Path:
     )
 
 
+def _load_encoder(manifest: Manifest) -> Any:
+    """The appearance encoder with the weights file the manifest names (or one of that name next to it),
+    refused when the file is not the one the engine was built from."""
+    from engines.appearance import AppearanceEncoder, EncoderWeightsError
+
+    path = _checkpoint_path(manifest)
+    digest = file_sha256(path)
+    if digest != manifest.weights_sha256:
+        raise ManifestMismatch(
+            f"{manifest.path}: weights_sha256: {path} has sha256 {digest[:12]}, "
+            f"the engine was built from {manifest.weights_sha256[:12]}"
+        )
+    try:
+        return AppearanceEncoder.from_weights(path, digest, str(manifest.options.get("encoder", "")))
+    except (EncoderWeightsError, ValueError) as exc:
+        raise BackendError(f"{manifest.path}: {exc}") from exc
+
+
 class TorchBackend(Backend):
     """Runs a :class:`~engines.model.ZsadModel` submodule. ``threads > 0`` sets torch's threads
     (process-wide)."""
@@ -53,7 +73,9 @@ class TorchBackend(Backend):
         torch = _import_torch()
         if threads > 0:
             torch.set_num_threads(threads)
-        if model is None:
+        if model is None and manifest.component == APPEARANCE_COMPONENT:
+            model = _load_encoder(manifest)
+        elif model is None:
             from engines.model import load_checkpoint
 
             path = _checkpoint_path(manifest)
@@ -64,7 +86,7 @@ class TorchBackend(Backend):
                     f"{manifest.path}: weights_sha256: checkpoint {path} has sha256 {digest[:12]}, "
                     f"the engines were built from {manifest.weights_sha256[:12]}"
                 )
-        if manifest.component not in ("backbone", "dpc_head", "semantic_head"):
+        if manifest.component not in ONNX_COMPONENTS:
             raise BackendError(f"{manifest.path}: component {manifest.component} has no torch module")
         self._torch = torch
         self._device = torch.device(device)
@@ -74,7 +96,8 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_model(cls, manifest: Manifest, model: Any) -> TorchBackend:
-        """Wrap an already loaded :class:`~engines.model.ZsadModel` (build-time parity checks)."""
+        """Wrap an already loaded :class:`~engines.model.ZsadModel`, or for the appearance engine an
+        :class:`~engines.appearance.AppearanceEncoder` (build-time parity checks)."""
         return cls(manifest, model=model)
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
 """``zsad validate CONFIG``: check a config file without starting anything.
 
 The schema decides validity (exit 2 with file:line: field: reason). What the schema cannot see but a run
-will meet (a calibration file that is missing or unreadable, a camera file that is not there) is printed as
-a warning: the config stays valid, and ``zsad run`` starts such a camera uncalibrated, or reports it failed.
+will meet (a calibration file that is missing or unreadable, a camera file that is not there, the appearance
+encoder's weights not found) is printed as a warning: the config stays valid, and ``zsad run`` starts such a
+camera uncalibrated, or reports it failed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from core.config import ConfigError, ZsadConfig, load_config
+from engines.encoders import EncoderWeightsError, find_encoder_weights
 from plugins.fusion import CalibrationError, load_calibration
 
 
@@ -30,6 +32,14 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
         scheme, _, rest = cam.uri.partition("://")
         if scheme.lower() in {"file", "loop"} and not Path(rest).is_file():
             warnings.append(f"camera {cam.id}: no such file {rest}: the camera will fail at start")
+    if cfg.appearance.enabled:
+        try:
+            find_encoder_weights(cfg.appearance.encoder, cfg.appearance.weights)
+        except EncoderWeightsError as exc:
+            # Only a build needs the weights: an appearance engine built elsewhere still runs here.
+            warnings.append(
+                f"appearance: building its engine (zsad build-engines, a first run) will fail: {exc}"
+            )
     return warnings
 
 

@@ -3,6 +3,8 @@
 Engines only load on the TensorRT version and GPU they were built with, so the engine folder (a volume)
 is checked against this device: every component's manifest must have a TensorRT block for this TensorRT
 version, GPU name and compute capability, fit the config's model section, and its files must be intact.
+The appearance engine is one of them while ``appearance.enabled`` (``load_engines`` refuses to start
+without it), checked against the config's encoder and frame size.
 Any backbone input layout will do: the DeepStream graph runs the backbone through the same clip inference as
 the CPU graph, which feeds the layout the manifest records.
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from core.config import ZsadConfig
 from engines.backends.tensorrt import cuda_device_info
+from engines.encoders import APPEARANCE_COMPONENT
 from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
 from engines.tensorrt_build import import_tensorrt
 
@@ -47,7 +50,8 @@ def this_device(device_id: int = 0) -> DeviceIdentity:
 def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
     """None when every engine of ``cfg.engines.dir`` fits ``cfg`` and ``device``, else the first reason."""
     directory = Path(cfg.engines.dir)
-    for component in (*COMPONENTS, *OPTIONAL_COMPONENTS):
+    required = (*COMPONENTS, APPEARANCE_COMPONENT) if cfg.appearance.enabled else COMPONENTS
+    for component in (*required, *OPTIONAL_COMPONENTS):
         path = manifest_path(directory, component)
         if not path.is_file():
             if component in OPTIONAL_COMPONENTS:
@@ -59,6 +63,7 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
             tensorrt_version=device.tensorrt_version,
             gpu_name=device.gpu_name,
             compute_capability=device.compute_capability,
+            appearance_encoder=cfg.appearance.encoder,
         )
         try:
             check_manifest(load_manifest(path), expected)

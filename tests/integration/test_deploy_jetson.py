@@ -230,7 +230,7 @@ def test_example_site_config_validates() -> None:
 def built(tmp_path: Path, n_cameras: int = 2, **kwargs: object) -> tuple[Path, object]:
     engines = tmp_path / "engines"
     cfg = site_config(n_cameras, engines={"dir": str(engines), "backend": "tensorrt"})
-    for component in ("backbone", "dpc_head"):
+    for component in ("backbone", "dpc_head", "appearance"):
         engine_manifest(cfg, component, directory=engines, write_files=True, **kwargs)  # type: ignore[arg-type]
     return engines, cfg
 
@@ -261,6 +261,16 @@ def test_missing_or_changed_engine_needs_a_build(tmp_path: Path) -> None:
     reason = engines_current(cfg, ORIN)  # type: ignore[arg-type]
     assert reason is not None
     assert "dpc_head.manifest.json is missing" in reason
+
+
+def test_the_appearance_engine_is_needed_while_the_stream_is_on(tmp_path: Path) -> None:
+    engines, cfg = built(tmp_path)
+    (engines / "appearance.manifest.json").unlink()
+    reason = engines_current(cfg, ORIN)  # type: ignore[arg-type]
+    assert reason is not None
+    assert "appearance.manifest.json is missing" in reason
+    off = cfg.model_copy(update={"appearance": cfg.appearance.model_copy(update={"enabled": False})})  # type: ignore[attr-defined]
+    assert engines_current(off, ORIN) is None  # type: ignore[arg-type]
 
 
 def test_any_backbone_layout_is_current(tmp_path: Path) -> None:

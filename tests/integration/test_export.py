@@ -93,6 +93,8 @@ def _write_config(path: Path, spec: ModelConfig, out: Path, checkpoint: Path) ->
         "version": 1,
         "model": spec.model_dump(mode="json"),
         "engines": {"dir": str(out), "checkpoint": str(checkpoint)},
+        # The checkpoint's engines only: the appearance engine has its own tests (test_appearance_engine.py).
+        "appearance": {"enabled": False},
         "cameras": cameras,
     }
     path.write_text(yaml.safe_dump(cfg))

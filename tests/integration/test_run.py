@@ -162,7 +162,9 @@ def test_first_run_builds_missing_engines_and_never_rebuilds_damaged_ones(
     r = _zsad("run", str(site), "--fast", "--duration", "60")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert f"engines: built in {engines}" in r.stdout
-    assert "[1/3] backbone" in r.stderr  # the logged progress when stderr is not a terminal
+    assert "[1/4] backbone" in r.stderr  # the logged progress when stderr is not a terminal
+    assert "[4/4] appearance" in r.stderr  # appearance.enabled (the default): its engine is built too
+    assert (engines / "appearance.manifest.json").is_file()
     assert (engines / "backbone.manifest.json").is_file()
     assert read_jsonl(tmp_path / "out" / "scores.jsonl")
 

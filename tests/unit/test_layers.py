@@ -101,7 +101,9 @@ HEAVY = frozenset(
 LAZY_OURS_ALLOWED: dict[tuple[str, str], str] = {
     ("engines/build.py", "engines.model"): "loads torch; an up-to-date build (each demo start) never does",
     ("engines/build.py", "engines.semantic"): "loads torch and transformers, only when CLIP is configured",
+    ("engines/build.py", "engines.appearance"): "loads torch, only when the appearance engine is exported",
     ("engines/backends/torch.py", "engines.model"): "loads torch; without it the backend says so, by name",
+    ("engines/backends/torch.py", "engines.appearance"): "loads torch, only for an appearance engine",
     ("bench/bench_inference.py", "engines.model"): "loads torch, only for the PyTorch reference timings",
     ("bench/bench_naive.py", "engines.model"): "loads torch, only in the naive case's own child process",
     ("bench/common.py", "engines.model"): "loads torch; pipeline cases' RSS must not include it",

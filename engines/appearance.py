@@ -1,0 +1,227 @@
+"""The appearance encoder: a frozen ImageNet MobileNetV2 trunk whose stride-8 features feed the appearance
+stream (a per-camera normal memory, fitted by ``zsad calibrate``). It is its own engine, ``appearance``.
+
+Our own implementation of MobileNetV2's ``features`` (Sandler et al., "MobileNetV2: Inverted Residuals and
+Linear Bottlenecks", CVPR 2018), cut after block 13. Module and parameter names follow torchvision's
+``mobilenet_v2`` state dict (``features.0.0.weight``, ``features.0.1.running_mean``, ``features.N.conv...``),
+so torchvision's ImageNet checkpoint ``mobilenet_v2-b0353104.pth`` loads with every key we use checked by
+name and shape. torchvision itself is not a dependency (its wheels for torch 2.13 are not installable here).
+
+Layouts:
+
+* input ``frames``: ``(N, 3, H, W)`` float32 RGB, ``(x / 255 - mean) / std`` with ImageNet's mean
+  ``(0.485, 0.456, 0.406)`` and std ``(0.229, 0.224, 0.225)``; ``H`` and ``W`` multiples of 16;
+* output ``features``: ``(N, 128, H / 8, W / 8)`` float32: channels 0..31 are block 6's output (stride 8),
+  channels 32..127 block 13's (stride 16), upsampled bilinearly (``align_corners=False``) to the stride-8
+  grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engines.encoders import (
+    ENCODERS,
+    MOBILENET_V2_SHA256,
+    EncoderWeightsError,
+    EncoderWeightsMissing,
+    find_mobilenet_weights,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BLOCKS",
+    "AppearanceEncoder",
+    "EncoderWeightsError",
+    "EncoderWeightsMissing",
+    "FrameSizeError",
+    "find_mobilenet_weights",
+    "load_state",
+    "mobilenet_v2_blocks",
+]
+
+#: MobileNetV2's inverted-residual stages as (expansion t, output channels c, repeats n, first stride s),
+#: the paper's Table 2, up to the stage that ends in block 13; the stem before them is a stride-2 3x3 conv
+#: to 32 channels (block 0).
+BLOCKS: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+)
+_STEM_CHANNELS = 32
+_MOBILENET = ENCODERS["mobilenet_v2"]
+# The checkpoint's keys we do not use: the blocks after 13, the last 1x1 conv and the classifier.
+_UNUSED_PREFIXES = (*(f"features.{i}." for i in range(14, 19)), "classifier.")
+
+
+class FrameSizeError(ValueError):
+    """Frames whose shape the encoder cannot take (not ``(N, 3, H, W)``, or sides not multiples of 16)."""
+
+
+class _ConvBNReLU6(nn.Sequential):
+    """Conv (no bias), BatchNorm, ReLU6: children ``0``, ``1``, ``2`` as torchvision names them."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=False),
+        )
+
+
+class _InvertedResidual(nn.Module):
+    """Expand (1x1, skipped when t == 1), depthwise 3x3 with the stride, linear 1x1 projection; the input is
+    added back when the block keeps both resolution and width. All under ``conv``, as in the checkpoint."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        wide = cin * expansion
+        layers: list[nn.Module] = [] if expansion == 1 else [_ConvBNReLU6(cin, wide, 1)]
+        layers += [
+            _ConvBNReLU6(wide, wide, 3, stride, groups=wide),
+            nn.Conv2d(wide, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.conv(x)
+        return x + y if self.residual else y
+
+
+def mobilenet_v2_blocks() -> list[nn.Module]:
+    """MobileNetV2's ``features`` blocks 0..13: the stem, then the inverted residuals of :data:`BLOCKS`."""
+    blocks: list[nn.Module] = [_ConvBNReLU6(3, _STEM_CHANNELS, 3, stride=2)]
+    cin = _STEM_CHANNELS
+    for expansion, cout, repeats, first_stride in BLOCKS:
+        for i in range(repeats):
+            blocks.append(_InvertedResidual(cin, cout, first_stride if i == 0 else 1, expansion))
+            cin = cout
+    return blocks
+
+
+class AppearanceEncoder(nn.Module):
+    """The frozen appearance encoder: ``frames`` ``(N, 3, H, W)`` -> ``features`` ``(N, 128, H/8, W/8)``.
+
+    ``frames`` are RGB, normalised with ImageNet's mean and std (``(x / 255 - mean) / std``); ``H`` and ``W``
+    must be multiples of 16. ``features`` are float32: 32 channels of block 6 (stride 8), then 96 of block 13
+    (stride 16) upsampled bilinearly (``align_corners=False``) to the stride-8 grid.
+
+    The module is always in eval mode (BatchNorm uses its running statistics) and its parameters never take
+    gradients: ``train()`` is a no-op. A fresh instance has random weights; :meth:`from_weights` loads
+    torchvision's checkpoint.
+    """
+
+    def __init__(self, encoder: str = "mobilenet_v2") -> None:
+        super().__init__()
+        if encoder != _MOBILENET.name:
+            raise ValueError(f"unknown appearance encoder {encoder!r}; expected {_MOBILENET.name!r}")
+        self.info = _MOBILENET
+        # Named "features" so that our state dict's keys are the checkpoint's.
+        self.features = nn.Sequential(*mobilenet_v2_blocks())
+        fine, coarse = (int(name.rsplit(".", 1)[1]) for name in self.info.taps)
+        if coarse != len(self.features) - 1:
+            raise ValueError(
+                f"{self.info.name}: the deepest tap must be the last block, got {self.info.taps}"
+            )
+        self._fine_tap = fine
+        self.weights_sha256 = ""
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> AppearanceEncoder:
+        """Frozen: stays in eval mode whatever ``mode`` is."""
+        return super().train(False)
+
+    def load_pretrained(self, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
+        """Load a torchvision MobileNetV2 state dict. Every key of :meth:`state_dict` must be there with its
+        shape; keys of the blocks after 13 and of the classifier are ignored; any other key is refused.
+
+        Raises:
+            EncoderWeightsError: naming ``source`` and the first keys that are missing, misshapen or unknown.
+        """
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        misshapen = [
+            f"{k} {tuple(state[k].shape)} (needs {tuple(v.shape)})"
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ]
+        unknown = [k for k in state if k not in own and not k.startswith(_UNUSED_PREFIXES)]
+        problems = [
+            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+            for what, keys in (("missing", missing), ("wrong shape", misshapen), ("unknown", unknown))
+            if keys
+        ]
+        if problems:
+            raise EncoderWeightsError(
+                f"{source} is not a torchvision MobileNetV2 state dict: {'; '.join(problems)}"
+            )
+        self.load_state_dict({k: state[k] for k in own}, strict=True)
+
+    @classmethod
+    def from_weights(
+        cls, path: str | Path, sha256: str = "", encoder: str = "mobilenet_v2"
+    ) -> AppearanceEncoder:
+        """An encoder with the weights of ``path`` (see :func:`load_state`); ``sha256``, when given, is
+        recorded as :attr:`weights_sha256` (the caller hashed the file)."""
+        model = cls(encoder)
+        model.load_pretrained(load_state(path), source=str(path))
+        model.weights_sha256 = sha256
+        if sha256 and sha256 != MOBILENET_V2_SHA256:
+            log.warning(
+                "appearance weights %s (sha256 %s) are not torchvision's mobilenet_v2-b0353104.pth; "
+                "they fit its layout and are used as given",
+                path,
+                sha256[:12],
+            )
+        return model
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise FrameSizeError(f"frames must be (N, 3, H, W), got {tuple(frames.shape)}")
+        height, width = int(frames.shape[2]), int(frames.shape[3])
+        m = self.info.frame_multiple
+        if height % m or width % m:
+            raise FrameSizeError(f"frame height and width must be multiples of {m}, got {height}x{width}")
+        x = frames
+        fine = x
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i == self._fine_tap:
+                fine = x
+        grid = self.info.grid(height, width)
+        up = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+        return torch.cat([fine, up], dim=1)
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.pth`` state dict with ``torch.load(weights_only=True)`` (tensors and plain containers only:
+    no code in the file runs) onto the CPU.
+
+    Raises:
+        EncoderWeightsMissing: ``path`` does not exist.
+        EncoderWeightsError: the file cannot be read as a state dict; the message names it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise EncoderWeightsMissing(f"appearance weights {p} do not exist")
+    try:
+        state = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch.load raises pickle, zip and runtime errors alike
+        raise EncoderWeightsError(
+            f"appearance weights {p} cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EncoderWeightsError(f"appearance weights {p} hold a {type(state).__name__}, not a state dict")
+    return dict(state)

