@@ -51,7 +51,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -282,6 +281,27 @@ class MemoryFitter:
         total += v.sum(axis=1)
         outer += np.matmul(v.transpose(0, 2, 1), v)  # one BLAS product per position
         self.n_frames += n
+
+    def merged(self, other: MemoryFitter) -> MemoryFitter:
+        """A new fitter holding the frames of both (each time fold's sums give the whole footage's)."""
+        out = MemoryFitter()
+        for part in (self, other):
+            if part._sums is None:
+                continue
+            if out._sums is None:
+                out._sums = (part._sums[0].copy(), part._sums[1].copy())
+                out._grid = part._grid
+            elif part._grid != out._grid or part._sums[0].shape != out._sums[0].shape:
+                raise AppearanceError(
+                    f"cannot merge fitters of {out._sums[0].shape[1]} x {_grid(out._grid or ())} and "
+                    f"{part._sums[0].shape[1]} x {_grid(part._grid or ())} features"
+                )
+            else:
+                total, outer = out._sums
+                total += part._sums[0]
+                outer += part._sums[1]
+            out.n_frames += part.n_frames
+        return out
 
     def finalize(
         self,
@@ -551,14 +571,10 @@ def load_memory(path: str | Path, expect: MemoryExpectation | None = None) -> Ap
     return memory
 
 
-def describe(memory: AppearanceMemory) -> dict[str, Any]:
-    """A memory's header, for logs and the review page."""
-    return {
-        "camera": memory.camera,
-        "encoder": memory.encoder,
-        "grid": list(memory.grid),
-        "channels": memory.channels,
-        "n_frames": memory.n_frames,
-        "fitted": memory.fitted,
-        "ram_mib": round(memory.nbytes / 2**20, 1),
-    }
+def describe(memory: AppearanceMemory) -> str:
+    """A memory in one line, for logs: its encoder, grid, channels, frames, fit date and RAM."""
+    return (
+        f"encoder {memory.encoder}, {_grid(memory.grid)} x {memory.channels} features, fitted on "
+        f"{memory.n_frames} frames of camera {memory.camera or '?'} on {memory.fitted or '?'}, "
+        f"{memory.nbytes / 2**20:.1f} MiB"
+    )

@@ -110,6 +110,25 @@ def test_the_fit_is_the_regularised_sample_covariance_and_streaming_equals_one_s
     np.testing.assert_allclose(one.inv_cov[8], np.linalg.inv(cov), rtol=1e-3, atol=1e-3)
 
 
+def test_two_folds_merged_give_the_memory_of_all_frames() -> None:
+    feats = normal_features(60)
+    halves = [MemoryFitter(), MemoryFitter()]
+    halves[0].add(feats[:25])
+    halves[1].add(feats[25:])
+    merged = halves[0].merged(halves[1])
+    assert (merged.n_frames, halves[0].n_frames) == (60, 25)  # the folds are left as they were
+    both = merged.finalize(encoder="e", weights_sha256=SHA)
+    one = fit_memory(feats, encoder="e", weights_sha256=SHA)
+    np.testing.assert_allclose(both.mean, one.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(both.inv_cov, one.inv_cov, rtol=1e-4, atol=1e-4)
+    fold = halves[0].finalize(encoder="e", weights_sha256=SHA)
+    np.testing.assert_allclose(fold.mean, feats[:25].mean(axis=0).reshape(16, 24).T, rtol=1e-6)
+    other = MemoryFitter()
+    other.add(normal_features(3, grid=(2, 3)))
+    with pytest.raises(AppearanceError, match=r"cannot merge fitters of 16 x 4x6 and 16 x 2x3 features"):
+        halves[0].merged(other)
+
+
 def test_shrinkage_pulls_each_covariance_toward_the_pooled_one() -> None:
     feats = normal_features(50)
     memory = fit_memory(feats, encoder="e", weights_sha256=SHA, shrinkage=0.5, eps=0.1)
