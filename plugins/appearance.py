@@ -20,14 +20,14 @@ version, the camera, the encoder's name and its engine's ``weights_sha256``, the
 the channels, ``eps`` and ``shrinkage``, the frames fitted, the fit date, and the sha256 of the arrays.
 The inverse covariance is stored as float16, which halves the file (the scoring memory is float32 again;
 the round trip moves a distance by well under 1 %, see tests/unit/test_appearance.py). Measured with 128
-channels (docs/benchmarks.md, ``bench/appearance_memory.py``):
+channels (docs/benchmarks.md, ``python -m bench.bench_appearance``):
 
-========  ==========  =====================  ==========================
-grid      positions   file (float16 inverse)  RAM per camera (float32)
-========  ==========  =====================  ==========================
-18 x 24   432         13.8 MiB               27.2 MiB
-30 x 40   1200        38.4 MiB               75.6 MiB
-========  ==========  =====================  ==========================
+========  =========  ======================  ========================
+grid      positions  file (float16 inverse)  RAM per camera (float32)
+========  =========  ======================  ========================
+18 x 24   432        13.7 MiB                27.2 MiB
+30 x 40   1200       38.1 MiB                75.6 MiB
+========  =========  ======================  ========================
 
 :func:`load_memory` refuses, with an :class:`AppearanceMemoryError` that names the file and what does not
 match, a file whose version is unknown, whose arrays are truncated, corrupt or do not hash to the recorded
@@ -221,10 +221,11 @@ class AppearanceMemory:
                 f"(this memory's), got {x.shape}"
             )
         n = x.shape[0]
-        d = x.reshape(n, self.channels, h * w).transpose(0, 2, 1).astype(np.float32)  # (N, P, C)
+        # (N, P, C), C-contiguous: einsum on the transposed view is several times slower.
+        d = np.ascontiguousarray(x.reshape(n, self.channels, h * w).transpose(0, 2, 1), dtype=np.float32)
         d -= self.mean
         # One image: the plain einsum is a single pass over inv_cov; several: the optimised contraction
-        # (a BLAS product per position) is faster (bench/appearance_memory.py measured both).
+        # (a BLAS product per position) is faster per map (python -m bench.bench_appearance).
         y = np.einsum("pcd,npd->npc", self.inv_cov, d, optimize=n > 1)
         q = np.einsum("npc,npc->np", y, d)
         # Rounding can make a near-zero quadratic form slightly negative.
