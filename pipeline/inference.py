@@ -3,11 +3,12 @@
 ``build_missing_engines`` builds the CPU (ONNX Runtime) engines of a first run from ``engines.checkpoint``
 when the engine folder holds none yet; ``load_engines`` refuses to start on a missing engine or a manifest
 that does not match the config.
-``ClipInference`` is the ONNX Runtime / TensorRT path of the CPU graph: the shared normalisation
-(``plugins.preprocess``), the backbone, then the shared ``plugins.scorer.ClipScorer`` (the DPC head,
-batched across cameras) and ``plugins.semantic.SemanticScorer`` (the semantic stream).
-With ``appearance.enabled`` the engine set also holds the appearance encoder (``EngineSet.appearance``), the
-frozen image encoder whose features the appearance stream scores against each camera's normal memory.
+``ClipInference`` is the ONNX Runtime / TensorRT path of the CPU graph and of the DeepStream graph: the
+shared normalisation (``plugins.preprocess``), the backbone, then the shared ``plugins.scorer.ClipScorer``
+(the DPC head, batched across cameras), ``plugins.semantic.SemanticScorer`` (the semantic stream) and, for the
+cameras with a normal memory, the appearance stream (``plugins.appearance``: the appearance engine on each
+scored clip's last frame, batched across the call's clips, scored against the camera's memory).
+With ``appearance.enabled`` the engine set also holds the appearance encoder (``EngineSet.appearance``).
 """
 
 from __future__ import annotations
@@ -45,26 +46,39 @@ from engines.manifest import (
 )
 from engines.prompts import load_prompt_set
 from pipeline.clips import Clip, to_model_input
-from plugins.preprocess import to_layout
+from plugins.appearance import (
+    AppearanceError,
+    AppearanceMemories,
+    MemoryExpectation,
+    appearance_map,
+    pool_factor,
+)
+from plugins.preprocess import Normaliser, to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
 from plugins.semantic import PromptBank, SemanticError, SemanticScorer
-from plugins.streams import SEMANTIC
+from plugins.streams import APPEARANCE, SEMANTIC
 from plugins.zones import CellFilters
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "APPEARANCE_INPUT",
+    "APPEARANCE_OUTPUT",
     "ClipInference",
     "ClipResult",
     "EngineBuildError",
     "EngineError",
     "EngineSet",
+    "appearance_expectation",
     "build_missing_engines",
     "load_engines",
     "semantic_scorer",
 ]
 
 REQUIRED_COMPONENTS = ("backbone", "dpc_head")
+# The appearance engine's input, (N, 3, H, W) normalised frames, and output, (N, C, H/8, W/8) features.
+APPEARANCE_INPUT = "frames"
+APPEARANCE_OUTPUT = "features"
 # Held while a first run builds the engines, so that two runs on one engines.dir never build at once.
 BUILD_LOCK = ".build.lock"
 
@@ -298,6 +312,29 @@ def semantic_scorer(engines: EngineSet, contexts: dict[str, str]) -> SemanticSco
     return SemanticScorer(engines.semantic, engines.texts, contexts)
 
 
+def appearance_expectation(engines: EngineSet) -> MemoryExpectation | None:
+    """What a camera's appearance memory must have been fitted on to be used with these engines (the
+    appearance engine's encoder, weights, feature grid and channels), or None without an appearance engine.
+    Raises :class:`EngineError` when the engine's manifest has no ``(N, C, h, w)`` features output."""
+    backend = engines.appearance
+    if backend is None:
+        return None
+    manifest = backend.manifest
+    spec = next((s for s in manifest.outputs if s.name == APPEARANCE_OUTPUT), None)
+    if spec is None or len(spec.shape) != 4:
+        raise EngineError(
+            f"the {manifest.component} engine's manifest has no (N, C, h, w) {APPEARANCE_OUTPUT!r} output "
+            f"(outputs: {[s.name for s in manifest.outputs]}): rebuild the engines with zsad build-engines"
+        )
+    encoder = manifest.options.get("encoder") or manifest.model_spec.get("encoder") or manifest.component
+    return MemoryExpectation(
+        encoder=str(encoder),
+        weights_sha256=manifest.weights_sha256,
+        grid=(int(spec.shape[2]), int(spec.shape[3])),
+        channels=int(spec.shape[1]),
+    )
+
+
 @dataclass
 class ClipResult:
     """What one clip produced: raw stream scores (``None`` while the DPC history fills) and the best
@@ -312,6 +349,13 @@ class ClipInference:
 
     Each camera's clips must arrive in order (the scheduler guarantees it); the DPC history lives here.
     ``filters``: the cameras' masks and learned levels (``RunOutputs.filters``), applied before reduction.
+    ``memories``: the cameras' appearance memories (``RunOutputs.memories``); with an appearance engine, a
+    scored clip of a camera that has one gets the ``appearance`` map (its last frame's distance from the
+    memory, pooled onto the DPC maps' grid), filtered and reduced like the other maps. The appearance engine
+    runs once per scored clip of such a camera, never for the others.
+
+    Raises :class:`EngineError` when the appearance engine does not take the backbone's frame size or its
+    feature grid does not pool onto the DPC maps' grid.
     """
 
     def __init__(
@@ -322,13 +366,17 @@ class ClipInference:
         history_step: int,
         contexts: dict[str, str],
         filters: CellFilters | None = None,
+        memories: AppearanceMemories | None = None,
     ):
         self.engines = engines
         self.contexts = contexts
+        self.memories = memories
         self.scorer = ClipScorer(
             engines.dpc, context_clips=context_clips, history_step=history_step, filters=filters
         )
         self.semantic = semantic_scorer(engines, contexts)
+        self._appearance_norm = _appearance_normaliser(engines)
+        self._appearance_warned: set[str] = set()
 
     def reset(self, camera: str) -> None:
         self.scorer.reset(camera)
@@ -342,6 +390,48 @@ class ClipInference:
             seconds = backend.warm_up(batch)
             log.info("%s warmed up at batch %d in %.2f s", backend.manifest.component, batch, seconds)
 
+    def encode_last_frames(self, clips: Sequence[Clip]) -> np.ndarray:
+        """The appearance engine's ``(N, C, h, w)`` float32 features of each clip's last frame, in one batch
+        (the uint8 frame normalised with the appearance engine's own mean and std). ``zsad calibrate`` fits
+        the memories on these; :meth:`__call__` scores them."""
+        backend, normaliser = self.engines.appearance, self._appearance_norm
+        if backend is None or normaliser is None:
+            raise EngineError("encode_last_frames needs an appearance engine, and these engines have none")
+        frames = normaliser(np.stack([c.frames[-1] for c in clips]))  # (N, 3, H, W)
+        return np.asarray(backend({APPEARANCE_INPUT: frames})[APPEARANCE_OUTPUT], dtype=np.float32)
+
+    def _appearance_maps(
+        self, clips: Sequence[Clip], indices: Sequence[int], grid: tuple[int, int]
+    ) -> list[dict[str, np.ndarray]]:
+        """``ClipScorer.score``'s ``extra_maps``: the appearance map of each scored clip whose camera has a
+        memory (read once per clip here: a memory replaced meanwhile applies from the next call)."""
+        out: list[dict[str, np.ndarray]] = [{} for _ in indices]
+        if self.memories is None or self._appearance_norm is None:
+            return out
+        picked = []
+        for k, i in enumerate(indices):
+            memory = self.memories.get(clips[i].camera_id)
+            if memory is not None:
+                picked.append((k, clips[i], memory))
+        if not picked:
+            return out
+        features = self.encode_last_frames([clip for _, clip, _ in picked])
+        for (k, clip, memory), f in zip(picked, features, strict=True):
+            try:
+                out[k][APPEARANCE] = appearance_map(memory, f, grid)
+            except AppearanceError as exc:
+                # Memories are checked against the engine when loaded, so this is a memory set by hand;
+                # the camera goes on without the stream rather than failing every clip of the batch.
+                if clip.camera_id not in self._appearance_warned:
+                    self._appearance_warned.add(clip.camera_id)
+                    log.error(
+                        "camera %s: its appearance memory does not fit the engine's features (%s); it goes "
+                        "on without the appearance stream",
+                        clip.camera_id,
+                        exc,
+                    )
+        return out
+
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
         batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
         out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
@@ -350,7 +440,13 @@ class ClipInference:
             ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1], batch[i, -2])
             for i, c in enumerate(clips)
         ]
-        scored = self.scorer.score(items)
+        extra = None
+        if self._appearance_norm is not None and self.memories is not None and len(self.memories):
+
+            def extra(indices: Sequence[int], grid: tuple[int, int]) -> list[dict[str, np.ndarray]]:
+                return self._appearance_maps(clips, indices, grid)
+
+        scored = self.scorer.score(items, extra_maps=extra)
         prompts: list[str | None] = [None] * len(clips)
         if self.semantic is not None:
             for i, sem in enumerate(self.semantic([c.camera_id for c in clips], embedding)):
@@ -358,3 +454,30 @@ class ClipInference:
                 if s is not None and sem is not None:
                     s.scores[SEMANTIC], prompts[i] = sem
         return [ClipResult(s, p) for s, p in zip(scored, prompts, strict=True)]
+
+
+def _appearance_normaliser(engines: EngineSet) -> Normaliser | None:
+    """The appearance engine's normalisation, after checking that it takes the frames the clips hold (the
+    backbone's size) and that its feature grid pools onto the DPC maps' grid; None without the engine."""
+    backend = engines.appearance
+    if backend is None:
+        return None
+    manifest = backend.manifest
+    pre = manifest.preprocessing
+    if (pre.image_width, pre.image_height) != tuple(engines.frame_size):
+        raise EngineError(
+            f"the {manifest.component} engine takes {pre.image_width}x{pre.image_height} frames but the "
+            f"clips hold the backbone's {engines.frame_size[0]}x{engines.frame_size[1]}: build it at the "
+            f"backbone's size (zsad build-engines)"
+        )
+    expect = appearance_expectation(engines)
+    dpc_manifest = getattr(engines.dpc, "manifest", None)  # a plain runner (a test's) has none
+    dpc_maps = [s for s in dpc_manifest.outputs if s.name == "feature_error"] if dpc_manifest else []
+    if expect is not None and dpc_maps:
+        try:
+            pool_factor(expect.grid, dpc_maps[0].shape[-2:])
+        except AppearanceError as exc:
+            raise EngineError(
+                f"the {manifest.component} engine's features do not fit the DPC maps: {exc}"
+            ) from exc
+    return Normaliser(pre.mean, pre.std)

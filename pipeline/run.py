@@ -29,7 +29,7 @@ from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
 from pipeline.cpu.scheduler import BatchScheduler
 from pipeline.cpu.sources import SourceError
-from pipeline.inference import ClipInference, ClipResult, EngineSet, load_engines
+from pipeline.inference import ClipInference, ClipResult, EngineSet, appearance_expectation, load_engines
 from pipeline.outputs.hub import RunOutputs, RunOutputsError
 from pipeline.signals import stop_on_signals
 
@@ -103,7 +103,12 @@ class Application:
         self.realtime = realtime
         self.out = Path(cfg.output_dir)
         # Fusion, alerts, media, sinks, metrics and the review page: shared with the DeepStream graph.
-        self.outputs = RunOutputs(cfg, model_id=engines.model_id, gate_path=engines.gate_path)
+        self.outputs = RunOutputs(
+            cfg,
+            model_id=engines.model_id,
+            gate_path=engines.gate_path,
+            appearance=appearance_expectation(engines),
+        )
         self.metrics = self.outputs.metrics
         self.run_state = self.outputs.run_state
         self.sinks = self.outputs.sinks
@@ -117,6 +122,7 @@ class Application:
             history_step=span // pre.clip_hop,
             contexts={c.id: c.context for c in self.cameras.values()},
             filters=self.outputs.filters,
+            memories=self.outputs.memories,
         )
         self._cameras_lock = threading.RLock()  # the camera table (reload on the main thread)
         self._reload_requested = threading.Event()

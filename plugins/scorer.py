@@ -5,6 +5,10 @@ clip tokens and calls the DPC-head engine, batched across cameras, to get spatia
 is reduced to one raw score per stream. The runners are plain callables (named numpy arrays in, named
 numpy arrays out), so the same code drives ONNX Runtime, TensorRT or PyTorch.
 
+Maps that do not come from the DPC head (the appearance stream's, :mod:`plugins.appearance`) join a clip's
+maps through ``ClipScorer.score(..., extra_maps=...)``, on the DPC maps' grid and before the filter below, so
+that masks and learned levels apply to them as to every other map.
+
 Before a map is reduced, the camera's :class:`plugins.zones.CellFilter` (its ignore mask and its learned
 normal levels, set by the pipeline in a :class:`plugins.zones.CellFilters`) removes the cells that must not
 count: they become NaN and :func:`reduce_map` skips them. A camera without a mask and without learned
@@ -29,6 +33,7 @@ __all__ = [
     "DPC_OUTPUTS",
     "ClipScorer",
     "ClipTokens",
+    "ExtraMaps",
     "Runner",
     "StreamScores",
     "filter_scores",
@@ -36,6 +41,9 @@ __all__ = [
 ]
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+#: ``extra_maps(indices, grid)``: for the clips at ``indices`` (positions in the list given to
+#: :meth:`ClipScorer.score`) that got DPC maps, one ``{stream: (h, w) map on grid}`` each (empty: none).
+ExtraMaps = Callable[[Sequence[int], tuple[int, int]], Sequence[Mapping[str, np.ndarray]]]
 
 BACKBONE_INPUTS = ("clip",)
 BACKBONE_OUTPUTS = ("tokens", "embedding")
@@ -156,8 +164,13 @@ class ClipScorer:
         """Forget a camera's history (after a reconnect, a seek or a resolution change)."""
         self._rings.pop(camera, None)
 
-    def score(self, clips: Sequence[ClipTokens]) -> list[StreamScores | None]:
-        """Score clips (any cameras, each camera's clips in order). ``None`` while history fills."""
+    def score(
+        self, clips: Sequence[ClipTokens], *, extra_maps: ExtraMaps | None = None
+    ) -> list[StreamScores | None]:
+        """Score clips (any cameras, each camera's clips in order). ``None`` while history fills.
+
+        ``extra_maps``: called once, with the clips that got DPC maps, for more streams' maps on the DPC
+        maps' grid; they are filtered and reduced with the DPC maps."""
         ready: list[tuple[int, ClipTokens, list[ClipTokens]]] = []
         results: list[StreamScores | None] = [None] * len(clips)
         for i, clip in enumerate(clips):
@@ -176,8 +189,14 @@ class ClipScorer:
             if self.prev_frame:
                 feeds["prev_frame"] = np.stack([_prev_of(hist[-1]) for _, _, hist in ready])
             out = self.dpc(feeds)
+            grid = out[DPC_OUTPUTS[0]].shape[-2:]
+            extras = extra_maps([i for i, _, _ in ready], (grid[0], grid[1])) if extra_maps else None
+            if extras is not None and len(extras) != len(ready):
+                raise ValueError(f"extra_maps gave {len(extras)} map sets for {len(ready)} scored clips")
             for j, (i, clip, _) in enumerate(ready):
                 maps = {MAP_STREAMS[name]: out[name][j] for name in DPC_OUTPUTS}
+                if extras is not None:
+                    maps.update(extras[j])
                 scored = StreamScores(
                     camera=clip.camera, index=clip.index, scores={}, maps=maps, embedding=clip.embedding
                 )

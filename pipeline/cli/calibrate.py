@@ -3,14 +3,23 @@
 No gradient step: the footage runs through the same graph, preprocessing and engines as a live run,
 each stream's raw clip scores are collected, and ``plugins.fusion.fit_calibration`` turns them into
 robust statistics plus a default threshold (a high quantile of the fused normal score).
+
+With an appearance engine, the last frame of every clip is encoded too (kept as float16), and the camera's
+appearance memory (``plugins.appearance``) is fitted on them. The clips of each footage are split in two
+time folds (its first and second half); the appearance stream's calibration samples are scored against the
+memory fitted on the *other* fold, because a memory's distances of the frames it was fitted on are biased
+low. The memory saved beside the calibration file (:func:`plugins.appearance.memory_path`) is fitted on
+every frame. Each clip's fold is returned with the samples (:class:`CalibrationSamples`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +29,60 @@ from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline.cli.run import first_run_engines
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
-from pipeline.inference import ClipInference, EngineBuildError, EngineError, EngineSet, load_engines
+from pipeline.inference import (
+    ClipInference,
+    EngineBuildError,
+    EngineError,
+    EngineSet,
+    appearance_expectation,
+    load_engines,
+)
+from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map, memory_path, save_memory
 from plugins.fusion import fit_calibration, save_calibration
+from plugins.scorer import reduce_map
+from plugins.streams import APPEARANCE
 from plugins.zones import CellFilters, ViewZones
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationFootageError", "calibrate_camera", "collect_scores"]
+__all__ = ["CalibrationFootageError", "CalibrationSamples", "calibrate_camera", "collect_scores"]
+
+#: Time folds of the footage (its first and second half): the appearance memory of one scores the other.
+FOLDS = 2
 
 
 class CalibrationFootageError(RuntimeError):
     """The footage could not be read or gave too few clips to calibrate on."""
+
+
+@dataclass
+class CalibrationSamples:
+    """What a camera's normal footage gave.
+
+    ``samples``: ``{stream: (M,) raw scores}``, one per scored clip, aligned clip by clip (NaN where a clip
+    has no value for a stream). ``folds``: ``(M,)`` int8, each scored clip's time fold (0: the first half of
+    its footage's clips, 1: the second); the appearance samples of fold ``f`` are held out, scored against
+    the memory fitted on the other fold. ``memory``: the appearance memory fitted on every clip's last frame
+    (None without an appearance engine).
+    """
+
+    samples: dict[str, np.ndarray]
+    folds: np.ndarray
+    memory: AppearanceMemory | None = None
+
+    @property
+    def clips(self) -> int:
+        return int(self.folds.shape[0])
+
+
+@dataclass
+class _Scored:
+    """One scored clip: its camera (footage), clip index, raw scores and the DPC maps' grid."""
+
+    camera: str
+    index: int
+    scores: dict[str, float]
+    grid: tuple[int, int]
 
 
 def collect_scores(
@@ -40,8 +92,9 @@ def collect_scores(
     footage: Sequence[str],
     *,
     timeout_s: float = 1800,
-) -> dict[str, np.ndarray]:
-    """Run footage URIs (files play as fast as possible) and return ``{stream: (M,) raw clip scores}``.
+) -> CalibrationSamples:
+    """Run footage URIs (files play as fast as possible); return every scored clip's raw stream scores and
+    time fold, and, with an appearance engine, the appearance memory (see :class:`CalibrationSamples`).
 
     The camera's mask (its config's ``mask``) applies as it will at run time, so the statistics describe the
     cells that can alert; the review page's overrides are not read here."""
@@ -70,7 +123,10 @@ def collect_scores(
             clips.put(clip)  # blocks the decoder: calibration must not drop clips
 
     graph = CameraGraph(engines.frame_size, on_frame, cameras=settings, realtime=False)
-    samples: dict[str, list[float]] = {}
+    scored: list[_Scored] = []
+    emitted: dict[str, int] = {}  # clips per footage
+    features: dict[tuple[str, int], np.ndarray] = {}  # (footage, clip index) -> float16 last-frame features
+    appearance = engines.appearance is not None
     failed: list[str] = []
     graph.start()
     deadline = time.monotonic() + timeout_s
@@ -86,15 +142,86 @@ def collect_scores(
                 continue
             while len(batch) < cfg.scheduler.max_batch and not clips.empty():
                 batch.append(clips.get_nowait())
-            for res in inference(_in_camera_order(batch)):
+            batch = _in_camera_order(batch)
+            for clip in batch:
+                emitted[clip.camera_id] = emitted.get(clip.camera_id, 0) + 1
+            if appearance:
+                # float16 halves what minutes of footage hold (the fit accumulates in float64 anyway).
+                for clip, f in zip(batch, inference.encode_last_frames(batch), strict=True):
+                    features[(clip.camera_id, clip.index)] = f.astype(np.float16)
+            for clip, res in zip(batch, inference(batch), strict=True):
                 if res.scores is not None:
-                    for k, v in res.scores.scores.items():
-                        samples.setdefault(k, []).append(v)
+                    grid = next(iter(res.scores.maps.values())).shape
+                    scored.append(
+                        _Scored(clip.camera_id, clip.index, dict(res.scores.scores), (grid[0], grid[1]))
+                    )
     finally:
         graph.stop()
     if failed:
         raise CalibrationFootageError(f"camera {camera.id}: footage could not be read: {', '.join(failed)}")
-    return {k: np.asarray(v) for k, v in samples.items()}
+    folds = np.array([_fold(s.index, emitted[s.camera]) for s in scored], dtype=np.int8)
+    memory = None
+    if appearance and features:
+        memory = _fit_appearance(engines, camera.id, features, emitted, scored, folds, filters)
+    streams = sorted({k for s in scored for k in s.scores})
+    samples = {k: np.array([s.scores.get(k, math.nan) for s in scored], dtype=np.float64) for k in streams}
+    return CalibrationSamples(samples=samples, folds=folds, memory=memory)
+
+
+def _fold(index: int, clips: int) -> int:
+    """The time fold of a footage's clip ``index`` of ``clips``: 0 for its first half, 1 for the rest."""
+    return 0 if index * FOLDS < clips else 1
+
+
+def _fit_appearance(
+    engines: EngineSet,
+    camera: str,
+    features: dict[tuple[str, int], np.ndarray],
+    emitted: dict[str, int],
+    scored: list[_Scored],
+    folds: np.ndarray,
+    filters: CellFilters,
+) -> AppearanceMemory | None:
+    """Fit one memory per time fold and the memory of every frame; add each scored clip's appearance score
+    against the memory of the other fold to its scores. None (and no appearance samples) when a fold has
+    fewer than 2 frames."""
+    expect = appearance_expectation(engines)
+    if expect is None:
+        return None
+    fitters = [MemoryFitter() for _ in range(FOLDS)]
+    keys = sorted(features)
+    by_fold: list[list[tuple[str, int]]] = [[] for _ in range(FOLDS)]
+    for key in keys:
+        by_fold[_fold(key[1], emitted[key[0]])].append(key)
+    if min(len(k) for k in by_fold) < 2:
+        log.warning("camera %s: too few clips (%d) to fit the appearance memory's folds", camera, len(keys))
+        return None
+    mib = sum(f.nbytes for f in features.values()) / 2**20
+    log.info("camera %s: %d last-frame feature maps collected (%.1f MB as float16)", camera, len(keys), mib)
+    t0 = time.perf_counter()
+    for fold, fitter in enumerate(fitters):
+        for start in range(0, len(by_fold[fold]), 64):
+            fitter.add(np.stack([features[k] for k in by_fold[fold][start : start + 64]]))
+
+    def finalize(fitter: MemoryFitter) -> AppearanceMemory:
+        return fitter.finalize(encoder=expect.encoder, weights_sha256=expect.weights_sha256, camera=camera)
+
+    held = [finalize(fitters[1 - fold]) for fold in range(FOLDS)]  # fold f is scored by held[f]
+    for s, fold in zip(scored, folds, strict=True):
+        error_map = appearance_map(held[int(fold)], features[(s.camera, s.index)], s.grid)
+        cell_filter = filters.get(s.camera)
+        counted = cell_filter.apply({APPEARANCE: error_map}) if cell_filter is not None else None
+        s.scores[APPEARANCE] = reduce_map(counted[APPEARANCE] if counted is not None else error_map)
+    memory = finalize(fitters[0].merged(fitters[1]))
+    log.info(
+        "camera %s: appearance memory fitted on %d frames (folds %d + %d) in %.1f s",
+        camera,
+        memory.n_frames,
+        len(by_fold[0]),
+        len(by_fold[1]),
+        time.perf_counter() - t0,
+    )
+    return memory
 
 
 def _in_camera_order(batch: list[Clip]) -> list[Clip]:
@@ -110,10 +237,12 @@ def calibrate_camera(
     *,
     min_clips: int = 20,
 ) -> Path:
-    """Fit and save one camera's calibration; return the file written."""
+    """Fit and save one camera's calibration; return the file written. With an appearance engine, its
+    appearance memory is saved beside it (:func:`plugins.appearance.memory_path`); without one, a memory
+    left there by an earlier calibration is removed, since the new calibration has no statistics for it."""
     camera = cfg.camera_settings(camera_id)
-    samples = collect_scores(cfg, engines, camera, footage)
-    n = min((len(v) for v in samples.values()), default=0)
+    collected = collect_scores(cfg, engines, camera, footage)
+    n = collected.clips
     if n < min_clips:
         pre = cfg.model.preprocess
         # Each scored clip needs the DPC history before it: C clips of T*stride frames.
@@ -123,8 +252,27 @@ def calibrate_camera(
             f"(give at least {frames / camera.sampling.fps:.0f} s of normal footage "
             f"at {camera.sampling.fps:g} fps)"
         )
-    cal = fit_calibration(samples, threshold_quantile=0.995, camera=camera_id)
+    cal = fit_calibration(collected.samples, threshold_quantile=0.995, camera=camera_id)
     out.parent.mkdir(parents=True, exist_ok=True)
+    memory_file = memory_path(out)
+    if collected.memory is not None:
+        # Before the calibration: a calibration names the appearance stream only once its memory is there.
+        size = save_memory(collected.memory, memory_file)
+        log.info(
+            "camera %s: appearance memory -> %s (%.1f MiB on disk, %.1f MiB in memory)",
+            camera_id,
+            memory_file,
+            size / 2**20,
+            collected.memory.nbytes / 2**20,
+        )
+    elif memory_file.exists():
+        memory_file.unlink()
+        log.warning(
+            "camera %s: removed %s, the appearance memory of an earlier calibration (this one has no "
+            "appearance stream)",
+            camera_id,
+            memory_file,
+        )
     save_calibration(cal, out)
     log.info(
         "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0
@@ -182,4 +330,7 @@ def run_calibrate(args: Any) -> int:
     finally:
         engines.close()
     print(f"calibration: {path}")
+    memory_file = memory_path(path)
+    if memory_file.is_file():
+        print(f"appearance memory: {memory_file} ({memory_file.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -24,9 +24,10 @@ from engines.export import ExportError, ParityError
 from engines.manifest import ManifestError
 from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.cli.run import announce
-from pipeline.inference import EngineError, load_engines
+from pipeline.inference import EngineError, appearance_expectation, load_engines
 from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
+from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
 from synth import generate_dataset
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,15 @@ def prepare_engines(cfg: ZsadConfig, config_path: Path) -> None:
 
 
 def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
-    """Calibrate every camera on the normal (training) footage of its context; return the updated config."""
+    """Calibrate every camera on the normal (training) footage of its context; return the updated config.
+    A calibration from an earlier demo is kept unless the appearance engine needs a memory it lacks."""
     engines = load_engines(cfg)
     cameras = []
     try:
+        expect = appearance_expectation(engines)
         for cam in cfg.cameras:
             path = out / f"{cam.id}.json"
-            if not path.is_file():
+            if not path.is_file() or not _memory_fits(path, expect):
                 context = cfg.camera_settings(cam.id).context
                 footage = sorted((scenes / "training" / "videos").glob(f"{context}_*.mp4"))
                 calibrate_camera(cfg, engines, cam.id, [f"file://{p.resolve()}" for p in footage], path)
@@ -81,6 +84,18 @@ def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
     finally:
         engines.close()
     return cfg.model_copy(update={"cameras": cameras})
+
+
+def _memory_fits(calibration: Path, expect: MemoryExpectation | None) -> bool:
+    """Whether the appearance memory beside ``calibration`` is usable with the engine (True without one)."""
+    if expect is None:
+        return True
+    try:
+        load_memory(memory_path(calibration), expect)
+    except AppearanceMemoryError as exc:
+        log.info("calibrating again: %s", exc)
+        return False
+    return True
 
 
 def _clear_previous_run(out: Path) -> None:

@@ -32,7 +32,7 @@ from pipeline.deepstream.clip_path import ClipPath
 from pipeline.deepstream.graph import DeepStreamGraph, DeepStreamGraphError, is_jetson, is_live, plan_graph
 from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard, format_osd_text
 from pipeline.deepstream.render import RenderError, render_all
-from pipeline.inference import ClipInference, ClipResult, EngineSet, load_engines
+from pipeline.inference import ClipInference, ClipResult, EngineSet, appearance_expectation, load_engines
 from pipeline.outputs.hub import RunOutputs
 from pipeline.signals import stop_on_signals
 
@@ -45,7 +45,7 @@ def engine_batch_limit(engines: EngineSet) -> int | None:
     """The largest batch every engine takes (a TensorRT profile's ``max_batch``), or None without a limit."""
     limits = [
         int(limit)
-        for backend in (engines.backbone, engines.dpc, engines.semantic)
+        for backend in (engines.backbone, engines.dpc, engines.semantic, engines.appearance)
         if backend is not None and (limit := getattr(backend, "max_batch", None))
     ]
     return min(limits) if limits else None
@@ -68,7 +68,12 @@ class DeepStreamApp:
         self.engines = engines
         self.cameras = cfg.enabled_cameras()
         ids = [c.id for c in self.cameras]
-        self.outputs = RunOutputs(cfg, model_id=engines.model_id, gate_path=engines.gate_path)
+        self.outputs = RunOutputs(
+            cfg,
+            model_id=engines.model_id,
+            gate_path=engines.gate_path,
+            appearance=appearance_expectation(engines),
+        )
         pre = cfg.model.preprocess
         self.clip_len = pre.clip_len
         self.inference = ClipInference(
@@ -77,6 +82,7 @@ class DeepStreamApp:
             history_step=(pre.clip_len * pre.frame_stride) // pre.clip_hop,
             contexts={c.id: c.context for c in self.cameras},
             filters=self.outputs.filters,  # masks and learned levels, as on the CPU graph
+            memories=self.outputs.memories,  # appearance memories, as on the CPU graph
         )
         self.clips = ClipPath(
             self.inference,

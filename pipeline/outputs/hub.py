@@ -15,6 +15,14 @@ mask and learned levels reach the scorer through :attr:`RunOutputs.filters` (a
 re-reduces any clip scored under an older filter (a scorer that was not given ``filters``, such as the
 DeepStream graph's, or a clip in flight during the change), so both graphs end up on the same code.
 
+Appearance memories. With an appearance engine (``appearance``: the :class:`MemoryExpectation` of
+:func:`pipeline.inference.appearance_expectation`), a calibrated camera's normal memory is read from beside
+its calibration file (:func:`plugins.appearance.memory_path`) into :attr:`RunOutputs.memories`, which the
+clip inference of either graph reads. A memory that cannot be used (damaged, fitted for another engine) is
+logged as an error naming the file and what to do, and that camera alone runs without the appearance stream,
+the policy of an unreadable calibration. No memory file (calibrated without the appearance engine): no
+stream, as before.
+
 Feedback. When an alert's label becomes ``false_alarm``, its evidence (``events/<camera>/<alert_id>.npz``)
 is learned into the camera's :class:`plugins.learned.LearnedStore` (beside its calibration file:
 ``<calibration stem>.learned/``, or ``<output_dir>/learned/<camera>/`` for an uncalibrated camera); when
@@ -51,9 +59,18 @@ from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
 from pipeline.outputs.sinks import SinkFanout, build_sinks, sink_name
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web import ReviewServer, ReviewServerError
+from plugins.appearance import (
+    AppearanceMemories,
+    AppearanceMemoryError,
+    MemoryExpectation,
+    describe,
+    load_memory,
+    memory_path,
+)
 from plugins.fusion import Calibration, CalibrationError, CameraFusion, StreamGate, load_calibration
 from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
 from plugins.scorer import StreamScores, filter_scores
+from plugins.streams import APPEARANCE
 from plugins.zones import CellFilters, ViewZones
 
 if TYPE_CHECKING:
@@ -145,11 +162,23 @@ class RunOutputs:
         cfg: the run config.
         model_id: the engines' identity, written into every alert.
         gate_path: the exported stream gate (``stream_gate.npz``), or None for equal weights.
+        appearance: what the run's appearance engine gives (a memory must match it), or None without one:
+            then no camera loads a memory.
     """
 
-    def __init__(self, cfg: ZsadConfig, *, model_id: str, gate_path: Path | None) -> None:
+    def __init__(
+        self,
+        cfg: ZsadConfig,
+        *,
+        model_id: str,
+        gate_path: Path | None,
+        appearance: MemoryExpectation | None = None,
+    ) -> None:
         self.cfg = cfg
         self.model_id = model_id
+        self.appearance = appearance
+        #: The cameras' appearance memories; give it to the ``ClipInference`` (``memories=``).
+        self.memories = AppearanceMemories()
         self.out = Path(cfg.output_dir)
         self.metrics = ZsadMetrics()
         self.metrics_server: Any = None
@@ -198,6 +227,7 @@ class RunOutputs:
         calibration file that cannot be read leaves the camera uncalibrated, with a warning; it never stops
         the run."""
         calibration = self._read_calibration(cam)
+        self._read_memory(cam, calibration)
         fusion = CameraFusion(
             cam.id,
             calibration=calibration or Calibration.identity_for(cam.id),
@@ -253,6 +283,42 @@ class RunOutputs:
         log.warning("%s", uncalibrated_notice(cam.id, cam.alerts.on_threshold))
         return None
 
+    def _read_memory(self, cam: CameraSettings, calibration: Calibration | None) -> None:
+        """Put the camera's appearance memory in force, or leave it out with a log line saying why."""
+        self.memories.remove(cam.id)
+        if self.appearance is None or not cam.calibration:
+            return
+        path = memory_path(cam.calibration)
+        if not path.exists():
+            log.info(
+                "camera %s: no appearance memory at %s (calibrated without the appearance engine): it runs "
+                "without the appearance stream; zsad calibrate writes one",
+                cam.id,
+                path,
+            )
+            return
+        if calibration is None:
+            log.error(
+                "camera %s: appearance memory %s is not used: its calibration cannot be read", cam.id, path
+            )
+            return
+        if APPEARANCE not in calibration.streams:
+            log.error(
+                "camera %s: appearance memory %s is not used: its calibration %s has no appearance "
+                "statistics (re-run zsad calibrate for this camera)",
+                cam.id,
+                path,
+                cam.calibration,
+            )
+            return
+        try:
+            memory = load_memory(path, self.appearance)
+        except AppearanceMemoryError as exc:
+            log.error("camera %s: %s; it runs without the appearance stream", cam.id, exc)
+            return
+        self.memories.set(cam.id, memory)
+        log.info("camera %s: appearance memory %s: %s", cam.id, path, describe(memory))
+
     def remove_camera(self, camera: str) -> list[dict[str, Any]]:
         """Close a camera's open alert (reason "shutdown", published), finish its media and forget it.
         Returns the alert records published."""
@@ -260,6 +326,7 @@ class RunOutputs:
             alerts = self.alerts.pop(camera, None)
             recorder = self.recorders.pop(camera, None)
             records = alerts.shutdown() if alerts is not None else []
+        self.memories.remove(camera)
         with self._zones_lock:
             self.filters.remove(camera)
             self._settings.pop(camera, None)

@@ -1,0 +1,305 @@
+"""The appearance stream wired into scoring, calibration and the run: real GStreamer, real ONNX Runtime
+engines of a tiny untrained model (``tests/fixtures/run_world.py``), and a stand-in for the appearance engine
+(``tests/fixtures/appearance_standin.py``: the real encoder engine is added by another change)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import ZsadConfig, parse_config
+from pipeline.cli.calibrate import calibrate_camera, collect_scores
+from pipeline.clips import Clip
+from pipeline.inference import ClipInference, EngineError, EngineSet, appearance_expectation, load_engines
+from pipeline.run import Application
+from plugins.appearance import (
+    AppearanceMemories,
+    appearance_map,
+    fit_memory,
+    load_memory,
+    memory_path,
+    save_memory,
+)
+from plugins.fusion import load_calibration
+from plugins.preprocess import Normaliser
+from plugins.zones import CellFilters, ViewZones
+from tests.fixtures.appearance_standin import StandInAppearanceEngine
+from tests.fixtures.run_world import build_world, read_jsonl, site_config
+
+DPC_GRID = (3, 4)  # the world model: 48 x 64 frames in 16-pixel patches
+FEATURE_GRID = (6, 8)  # the stand-in engine: stride 8
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_world(tmp_path_factory.mktemp("appearance"))
+
+
+def _config(world: dict[str, Path], out: Path, cameras: list[dict[str, object]]) -> ZsadConfig:
+    return parse_config(json.dumps(site_config(world, out, cameras)), "<test>")
+
+
+def _engines(cfg: ZsadConfig, **standin: object) -> EngineSet:
+    """The world's real engines plus the stand-in appearance engine at the backbone's frame size."""
+    engines = load_engines(cfg)
+    engines.appearance = StandInAppearanceEngine(engines.frame_size, **standin)  # type: ignore[arg-type]
+    return engines
+
+
+def _uri(world: dict[str, Path], split: str, name: str) -> str:
+    return f"file://{world['scenes'] / split / 'videos' / name}"
+
+
+def _clip(camera: str, index: int, frames: np.ndarray) -> Clip:
+    return Clip(camera, index, frames, np.arange(frames.shape[0], dtype=np.float64), index * frames.shape[0])
+
+
+# -- ClipInference ---------------------------------------------------------------------------------------
+
+
+def test_clip_inference_adds_the_appearance_map_on_the_dpc_grid_once_per_scored_clip(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = _config(world, tmp_path / "out", [])
+    engines = _engines(cfg)
+    standin = engines.appearance
+    assert isinstance(standin, StandInAppearanceEngine)
+    rng = np.random.default_rng(0)
+    normal = rng.integers(0, 120, (40, 48, 64, 3), dtype=np.uint8)
+    norm = Normaliser(standin.manifest.preprocessing.mean, standin.manifest.preprocessing.std)
+    expect = appearance_expectation(engines)
+    assert expect is not None
+    assert (expect.grid, expect.channels, expect.encoder) == (FEATURE_GRID, 16, "stand-in-encoder")
+    memory = fit_memory(
+        standin({"frames": norm(normal)})["features"],
+        encoder=expect.encoder,
+        weights_sha256=expect.weights_sha256,
+    )
+    memories = AppearanceMemories()
+    memories.set("cam", memory)
+    filters = CellFilters()
+    filters.set("cam", ViewZones(mask=[[(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)]]), None)  # left half
+    inference = ClipInference(
+        engines, context_clips=2, history_step=1, contexts={}, filters=filters, memories=memories
+    )
+    standin.calls.clear()
+    clips = {
+        cam: [rng.integers(0, 120, (2, 48, 64, 3), dtype=np.uint8) for _ in range(4)]
+        for cam in ("cam", "other")
+    }
+    clips["cam"][3][-1, 8:16, 40:48] = 255  # something white in the last frame, right half: block (1, 5)
+    results = []
+    for k in range(4):
+        results.append(inference([_clip("cam", k, clips["cam"][k]), _clip("other", k, clips["other"][k])]))
+    # The first two clips of each camera fill the DPC history: no score, no encoder call.
+    assert all(r.scores is None for batch in results[:2] for r in batch)
+    assert standin.calls == [1, 1]  # then one call a batch, for the one scored clip whose camera has a memory
+    for k in (2, 3):
+        scored, other = results[k][0].scores, results[k][1].scores
+        assert scored is not None
+        assert other is not None
+        assert "appearance" not in other.maps
+        assert "appearance" not in other.scores
+        m = scored.maps["appearance"]
+        assert m.shape == scored.maps["predictive"].shape == DPC_GRID
+        want = appearance_map(
+            memory, standin({"frames": norm(clips["cam"][k][-1:])})["features"][0], DPC_GRID
+        )
+        np.testing.assert_allclose(m, want, rtol=1e-6)
+        counted = scored.counted
+        assert counted is not None
+        assert np.isnan(counted["appearance"][:, :2]).all()  # the mask applies to the new stream too
+        assert scored.scores["appearance"] == pytest.approx(float(np.nanmax(counted["appearance"])))
+    # The planted white block lands on its DPC cell, far above that cell's level in the clip before.
+    last, before = results[3][0].scores, results[2][0].scores
+    assert last is not None
+    assert before is not None
+    assert np.unravel_index(int(np.nanargmax(last.counted["appearance"])), DPC_GRID) == (0, 2)  # type: ignore[index]
+    assert last.scores["appearance"] > 2 * before.scores["appearance"]
+    engines.close()
+
+
+def test_an_appearance_engine_that_does_not_fit_the_backbone_is_refused(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = _config(world, tmp_path / "out", [])
+    engines = load_engines(cfg)
+    try:
+        engines.appearance = StandInAppearanceEngine((32, 48))  # type: ignore[assignment]
+        with pytest.raises(EngineError, match=r"takes 32x48 frames but the clips hold the backbone's 64x48"):
+            ClipInference(engines, context_clips=2, history_step=1, contexts={})
+        engines.appearance = StandInAppearanceEngine((56, 48))  # type: ignore[assignment]
+        engines.frame_size = (56, 48)
+        with pytest.raises(
+            EngineError, match=r"features do not fit the DPC maps: an 6x7 map cannot be max-pooled"
+        ):
+            ClipInference(engines, context_clips=2, history_step=1, contexts={})
+    finally:
+        engines.close()
+
+
+# -- zsad calibrate --------------------------------------------------------------------------------------
+
+
+def test_calibrate_writes_the_memory_and_held_out_appearance_samples(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    camera = {"id": "campus", "uri": _uri(world, "training", "campus_000.mp4"), "context": "campus"}
+    cfg = _config(world, tmp_path / "out", [camera])
+    engines = _engines(cfg)
+    try:
+        collected = collect_scores(cfg, engines, cfg.camera_settings("campus"), [camera["uri"]])
+        out = calibrate_camera(
+            cfg, engines, "campus", [camera["uri"]], tmp_path / "calib" / "campus.json", min_clips=8
+        )
+        expect = appearance_expectation(engines)
+    finally:
+        engines.close()
+    assert expect is not None
+    m = collected.clips
+    assert m >= 8
+    assert set(collected.samples) == {"predictive", "pixel", "motion", "appearance"}
+    assert all(v.shape == (m,) for v in collected.samples.values())
+    assert collected.folds.shape == (m,)
+    assert set(collected.folds.tolist()) == {0, 1}
+    assert np.all(np.diff(collected.folds) >= 0)  # one footage: its first half, then its second
+    memory = collected.memory
+    assert memory is not None
+    assert memory.n_frames > m  # every clip's last frame, the DPC history's clips too
+    held_out = collected.samples["appearance"]
+    assert np.isfinite(held_out).all()
+    # The memory saved is fitted on every frame; the calibration has the appearance stream's statistics.
+    assert out == tmp_path / "calib" / "campus.json"
+    saved = load_memory(memory_path(out), expect)
+    assert saved.n_frames == memory.n_frames
+    assert (saved.grid, saved.channels, saved.camera) == (FEATURE_GRID, 16, "campus")
+    cal = load_calibration(out)
+    assert set(cal.streams) == {"predictive", "pixel", "motion", "appearance"}
+    assert cal.streams["appearance"].n == m
+    assert cal.streams["appearance"].location == pytest.approx(float(np.median(held_out)))
+    # Held out: the run scores the same footage's clips against the memory fitted on all of them (in sample),
+    # and those distances are lower than the calibration's, each scored against the other half's memory.
+    run_out = tmp_path / "run"
+    cfg = _config(world, run_out, [{**camera, "calibration": str(out)}])
+    app = Application(cfg, _engines(cfg), realtime=False)
+    app.start()
+    try:
+        app.wait(duration_s=120)
+    finally:
+        app.shutdown()
+    in_sample = np.array([r["streams"]["appearance"] for r in read_jsonl(run_out / "scores.jsonl")])
+    assert in_sample.shape == (m,)  # the same clips
+    assert float(np.median(in_sample)) < float(np.median(held_out))
+    assert float(np.mean(in_sample < held_out)) > 0.8
+
+
+def test_calibrating_without_the_appearance_engine_removes_an_old_memory(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    camera = {"id": "parking", "uri": _uri(world, "training", "parking_000.mp4"), "context": "parking"}
+    cfg = _config(world, tmp_path / "out", [camera])
+    out = tmp_path / "calib" / "parking.json"
+    stale = memory_path(out)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an old memory")
+    engines = load_engines(cfg)
+    try:
+        calibrate_camera(cfg, engines, "parking", [camera["uri"]], out, min_clips=8)
+    finally:
+        engines.close()
+    assert not stale.exists()
+    assert "appearance" not in load_calibration(out).streams
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+def test_a_camera_whose_memory_cannot_be_used_runs_without_the_stream(
+    world: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three cameras calibrated with the appearance engine: one memory intact, one truncated, one fitted by
+    another engine. The first gets the appearance stream; the other two run on without it, each with an
+    error naming its file and what to do; the encoder runs only for the first camera's scored clips."""
+    calib = tmp_path / "calib"
+    train = {
+        "campus": _uri(world, "training", "campus_000.mp4"),
+        "parking": _uri(world, "training", "parking_000.mp4"),
+    }
+    cfg0 = _config(world, tmp_path / "cal", [{"id": c, "uri": u} for c, u in train.items()])
+    engines = _engines(cfg0)
+    try:
+        for cam, uri in train.items():
+            calibrate_camera(cfg0, engines, cam, [uri], calib / f"{cam}.json", min_clips=8)
+    finally:
+        engines.close()
+    # "truncated": parking's memory, cut short. "other-engine": campus's calibration with a memory whose
+    # encoder weights differ from the running engine's.
+    truncated = memory_path(calib / "parking.json")
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    (calib / "other-engine.json").write_bytes((calib / "campus.json").read_bytes())
+    foreign = load_memory(memory_path(calib / "campus.json"))
+    foreign.weights_sha256 = "f" * 64
+    save_memory(foreign, memory_path(calib / "other-engine.json"))
+
+    videos = world["videos"]
+    out = tmp_path / "out"
+    cfg = _config(
+        world,
+        out,
+        [
+            {
+                "id": "good",
+                "uri": f"file://{videos / 'campus_000.mp4'}",
+                "calibration": str(calib / "campus.json"),
+            },
+            {
+                "id": "truncated",
+                "uri": f"file://{videos / 'parking_000.mp4'}",
+                "calibration": str(calib / "parking.json"),
+            },
+            {
+                "id": "other-engine",
+                "uri": f"file://{videos / 'campus_000.mp4'}",
+                "calibration": str(calib / "other-engine.json"),
+            },
+        ],
+    )
+    engines = _engines(cfg)
+    standin = engines.appearance
+    assert isinstance(standin, StandInAppearanceEngine)
+    caplog.set_level(logging.INFO)
+    app = Application(cfg, engines, realtime=False)
+    assert app.outputs.memories.cameras() == ["good"]
+    standin.calls.clear()
+    app.start()
+    try:
+        app.wait(duration_s=120)
+    finally:
+        app.shutdown()
+    rows = read_jsonl(out / "scores.jsonl")
+    by_camera = {
+        cam: [r for r in rows if r["camera"] == cam] for cam in ("good", "truncated", "other-engine")
+    }
+    assert all(by_camera.values()), {c: len(r) for c, r in by_camera.items()}
+    assert all("appearance" in r["streams"] for r in by_camera["good"])
+    for cam in ("truncated", "other-engine"):
+        assert not any("appearance" in r["streams"] for r in by_camera[cam])
+    assert sum(standin.calls) == len(by_camera["good"])  # once per scored clip, only where there is a memory
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(
+        e.startswith(f"camera truncated: appearance memory {truncated}: cannot be read (truncated or corrupt")
+        and e.endswith("re-run zsad calibrate for this camera; it runs without the appearance stream")
+        for e in errors
+    ), errors
+    assert any(
+        e.startswith(
+            f"camera other-engine: appearance memory {memory_path(calib / 'other-engine.json')}: fitted"
+        )
+        and "(the engine changed)" in e
+        and "re-run zsad calibrate for this camera" in e
+        for e in errors
+    ), errors

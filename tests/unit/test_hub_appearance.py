@@ -1,0 +1,97 @@
+"""RunOutputs and the cameras' appearance memories, without a camera graph (pipeline/outputs/hub.py): which
+memory a camera gets, and that any memory it cannot use leaves it running without the stream, with a log
+line saying why (tests/integration/test_appearance_stream.py runs the whole graph)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import parse_config
+from pipeline.outputs.hub import RunOutputs
+from plugins.appearance import MemoryExpectation, fit_memory, memory_path, save_memory
+from plugins.fusion import fit_calibration, save_calibration
+
+SHA = "5e" * 32
+EXPECT = MemoryExpectation(encoder="stand-in", weights_sha256=SHA, grid=(2, 3), channels=4)
+
+
+def _calibrate(path: Path, streams: tuple[str, ...], *, memory: bool) -> Path:
+    """A calibration of ``streams`` at ``path``, and beside it a memory fitted for :data:`EXPECT`."""
+    rng = np.random.default_rng(0)
+    save_calibration(fit_calibration({s: rng.random(50) for s in streams}, camera=path.stem), path)
+    if memory:
+        features = rng.random((20, 4, 2, 3)).astype(np.float32)
+        save_memory(
+            fit_memory(features, encoder="stand-in", weights_sha256=SHA, camera=path.stem), memory_path(path)
+        )
+    return path
+
+
+def _outputs(tmp_path: Path, cameras: dict[str, Path | None], expect: MemoryExpectation | None) -> RunOutputs:
+    cfg = {
+        "cameras": [
+            {"id": cam, "uri": f"file:///{cam}.mp4", **({"calibration": str(cal)} if cal else {})}
+            for cam, cal in cameras.items()
+        ],
+        "metrics": {"enabled": False},
+        "ui": {"enabled": False},
+        "output_dir": str(tmp_path / "out"),
+    }
+    return RunOutputs(parse_config(json.dumps(cfg)), model_id="m", gate_path=None, appearance=expect)
+
+
+def test_each_camera_gets_its_memory_only_when_it_can_use_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    with_stream = ("pixel", "motion", "appearance")
+    cameras: dict[str, Path | None] = {
+        "good": _calibrate(calib / "good.json", with_stream, memory=True),
+        "no-memory": _calibrate(calib / "no-memory.json", ("pixel", "motion"), memory=False),
+        "no-stats": _calibrate(calib / "no-stats.json", ("pixel", "motion"), memory=True),
+        "uncalibrated": None,
+        "unreadable": calib / "unreadable.json",
+    }
+    (calib / "unreadable.json").write_text("{not json")
+    save_memory(
+        fit_memory(np.random.default_rng(1).random((5, 4, 2, 3)), encoder="stand-in", weights_sha256=SHA),
+        memory_path(calib / "unreadable.json"),
+    )
+    caplog.set_level(logging.INFO, logger="pipeline.outputs.hub")
+    outputs = _outputs(tmp_path, cameras, EXPECT)
+    try:
+        assert outputs.memories.cameras() == ["good"]
+        log = caplog.text
+        assert (
+            f"camera good: appearance memory {memory_path(cameras['good'])}: encoder stand-in, 2x3 x 4" in log
+        )
+        assert f"camera no-memory: no appearance memory at {memory_path(calib / 'no-memory.json')}" in log
+        assert (
+            f"camera no-stats: appearance memory {memory_path(calib / 'no-stats.json')} is not used: its "
+            f"calibration {calib / 'no-stats.json'} has no appearance statistics (re-run zsad calibrate"
+            in log
+        )
+        assert (
+            f"camera unreadable: appearance memory {memory_path(calib / 'unreadable.json')} is not used: its "
+            "calibration cannot be read" in log
+        )
+        # Removing a camera forgets its memory.
+        outputs.remove_camera("good")
+        assert outputs.memories.get("good") is None
+    finally:
+        outputs.shutdown()
+
+
+def test_without_an_appearance_engine_no_memory_is_read(tmp_path: Path) -> None:
+    cal = _calibrate(tmp_path / "cam.json", ("pixel", "appearance"), memory=True)
+    outputs = _outputs(tmp_path, {"cam": cal}, None)
+    try:
+        assert outputs.memories.cameras() == []
+    finally:
+        outputs.shutdown()
