@@ -2,7 +2,9 @@
 
 No gradient step: the footage runs through the same graph, preprocessing and engines as a live run,
 each stream's raw clip scores are collected, and ``plugins.fusion.fit_calibration`` turns them into
-robust statistics plus a default threshold (a high quantile of the fused normal score).
+robust statistics, each stream's reliability weight from held-out time folds of the footage, and a default
+threshold (a high quantile of the fused normal score). The command prints which streams the camera trusts
+and why (``plugins.fusion.describe_trust``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,21 @@ from pipeline.cli.run import first_run_engines
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
 from pipeline.inference import ClipInference, EngineBuildError, EngineError, EngineSet, load_engines
-from plugins.fusion import fit_calibration, save_calibration
+from plugins.fusion import (
+    Calibration,
+    CalibrationError,
+    describe_trust,
+    fit_calibration,
+    format_trust,
+    load_calibration,
+    save_calibration,
+    time_folds,
+)
 from plugins.zones import CellFilters, ViewZones
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationFootageError", "calibrate_camera", "collect_scores"]
+__all__ = ["CalibrationFootageError", "calibrate_camera", "collect_scores", "trust_report"]
 
 
 class CalibrationFootageError(RuntimeError):
@@ -123,13 +134,25 @@ def calibrate_camera(
             f"(give at least {frames / camera.sampling.fps:.0f} s of normal footage "
             f"at {camera.sampling.fps:g} fps)"
         )
-    cal = fit_calibration(samples, threshold_quantile=0.995, camera=camera_id)
+    # Held-out folds for the reliability weights: the clips in the order they were scored, in two halves.
+    folds = time_folds(n) if len({len(v) for v in samples.values()}) == 1 else None
+    cal = fit_calibration(samples, folds, threshold_quantile=0.995, camera=camera_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_calibration(cal, out)
     log.info(
         "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0
     )
     return out
+
+
+def trust_report(cal: Calibration) -> str:
+    """What ``zsad calibrate`` prints after fitting: the threshold and which streams the camera trusts."""
+    threshold = "none" if cal.threshold is None else f"{cal.threshold:.3f}"
+    head = (
+        f"camera {cal.camera}: {cal.n_samples} clips, fusion rule {cal.rule}, "
+        f"default threshold {threshold} (the {cal.threshold_quantile:g} quantile of the fused normal score)"
+    )
+    return f"{head}\n{format_trust(describe_trust(cal))}"
 
 
 def _footage_problem(uri: str) -> str | None:
@@ -181,5 +204,10 @@ def run_calibrate(args: Any) -> int:
         return 1
     finally:
         engines.close()
+    try:
+        print(trust_report(load_calibration(path)))
+    except CalibrationError as exc:  # written a moment ago; unreadable now means the disk changed under us
+        print(f"calibration failed: {exc}")
+        return 1
     print(f"calibration: {path}")
     return 0
