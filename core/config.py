@@ -38,6 +38,7 @@ __all__ = [
     "ConfigError",
     "DeepStreamConfig",
     "DeepStreamOutput",
+    "FusionPolicy",
     "UiConfig",
     "ZoneConfig",
     "ZoneSettings",
@@ -239,6 +240,20 @@ class AlertPolicy(_Strict):
         return self
 
 
+class FusionPolicy(_Strict):
+    """How a camera fuses its calibrated stream scores (plugins/fusion.py; docs/alerts.md, Fusion)."""
+
+    rule: Literal["auto", "max", "mean"] = Field(
+        "auto",
+        description=(
+            "auto: the camera's calibration's rule (max for calibrations from `zsad calibrate` since "
+            "version 2, mean for older ones and for an uncalibrated camera); max: the largest weighted "
+            "z-score, which a strong stream cannot lose to weak ones; mean: the gate-weighted mean. A rule "
+            "other than the calibration's keeps its threshold, which was computed for the calibration's rule."
+        ),
+    )
+
+
 class RtspOptions(_Strict):
     tcp: bool = Field(True, description="RTSP over TCP (interleaved) instead of UDP.")
     latency_ms: int = Field(200, ge=0, le=10_000)
@@ -383,6 +398,7 @@ class CameraDefaults(_Strict):
     prompts: str | None = Field(None, description="Prompt set name (configs/prompts/<name>.yaml).")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)  # type: ignore[arg-type]
     alerts: AlertPolicy = Field(default_factory=AlertPolicy)  # type: ignore[arg-type]
+    fusion: FusionPolicy = Field(default_factory=FusionPolicy)  # type: ignore[arg-type]
     rtsp: RtspOptions = Field(default_factory=RtspOptions)  # type: ignore[arg-type]
 
 
@@ -398,6 +414,7 @@ class CameraConfig(_Strict):
     prompts: str | None = None
     sampling: SamplingConfig | None = None
     alerts: AlertPolicy | None = None
+    fusion: FusionPolicy | None = None
     rtsp: RtspOptions | None = None
     calibration: str | None = Field(None, description="Calibration file from `zsad calibrate`.")
     zones: ZoneList | None = Field(
@@ -446,6 +463,7 @@ class CameraSettings(BaseModel):
     alerts: AlertPolicy
     rtsp: RtspOptions
     calibration: str | None
+    fusion: FusionPolicy = Field(default_factory=FusionPolicy)  # type: ignore[arg-type]
     zoning: ZoneSettings = Field(default_factory=ZoneSettings)  # type: ignore[arg-type]
 
 
@@ -717,6 +735,7 @@ class ZsadConfig(_Strict):
                     alerts=cam.alerts or d.alerts,
                     rtsp=cam.rtsp or d.rtsp,
                     calibration=cam.calibration,
+                    fusion=cam.fusion or d.fusion,
                     zoning=ZoneSettings.model_validate(
                         {
                             "zones": [z.model_dump() for z in cam.zones or ()],

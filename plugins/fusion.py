@@ -1,13 +1,28 @@
-"""Score fusion: per-camera calibration, the runtime stream gate, weighted fusion and temporal smoothing.
+"""Score fusion: per-camera calibration with reliability weights, the runtime stream gate, the fusion rules
+and temporal smoothing.
 
 Pure numpy, shared by the CPU graph and the DeepStream probe; it never imports ``pipeline``.
 
 Each clip yields raw scores per *stream* (:mod:`plugins.streams`). A stream may be absent (no CLIP
-weights: no ``semantic``); absent or non-finite streams are weighted out. Raw scores have unrelated scales,
+weights: no ``semantic``); absent or non-finite streams are left out. Raw scores have unrelated scales,
 so each is turned into a robust z-score with statistics fitted per camera on normal footage
-(:class:`Calibration`). The gate (:class:`StreamGate`, the numpy twin of the trained
-``engines.semantic.StreamGateHead``, read from ``stream_gate.npz``) weighs the z-scores from a context
-vector; :func:`fuse` sums ``w_s * z_s``; :class:`TemporalSmoother` takes a moving median over clips.
+(:class:`Calibration`). The same footage, split into time folds, says how far each stream can be trusted on
+this camera: a stream whose z-scores on *held-out* normal footage have a heavier tail than a Gaussian's, or
+whose level drifts between folds, gets a reliability weight below 1 (:func:`assess_stream`). The gate
+(:class:`StreamGate`, the numpy twin of the trained ``engines.semantic.StreamGateHead``, read from
+``stream_gate.npz``) weighs the streams it knows from a context vector. A stream's *multiplier* is its
+reliability weight times its gate factor (``S * g_s`` over the ``S`` present streams the gate knows, so a
+uniform gate is 1; 1 for a stream the gate has no row for, such as the memory streams).
+
+:func:`fuse` combines the z-scores by a *rule* (:data:`FUSION_RULES`):
+
+* ``max`` (the default of new calibrations): ``max_s m_s z_s``. A strong stream can never be averaged away
+  by weak ones; a down-weighted stream needs a larger excursion to lead.
+* ``mean``: ``sum_s m_s z_s / sum_s m_s``, the gate-weighted mean of the z-scores (version 1 calibrations
+  keep it, so their thresholds keep their meaning).
+
+:class:`TemporalSmoother` then takes a moving median over clips. The calibration's default threshold is a
+quantile of the fused normal score computed with the same rule and reliability weights. See docs/alerts.md.
 """
 
 from __future__ import annotations
@@ -18,17 +33,26 @@ import math
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from core.datafile import read_json
-from plugins.streams import STREAMS
+from plugins.streams import MEMORY_STREAMS, STREAMS
 
 __all__ = [
+    "CALIBRATION_VERSION",
+    "DEFAULT_RULE",
+    "FUSION_RULES",
+    "HELDOUT_QUANTILE",
+    "LEGACY_RULE",
+    "MIN_FOLD_CLIPS",
+    "MIN_WEIGHT",
+    "TRUSTED_WEIGHT",
     "Calibration",
     "CalibrationError",
     "CameraFusion",
@@ -38,11 +62,19 @@ __all__ = [
     "StreamGate",
     "StreamStats",
     "TemporalSmoother",
+    "TrustRow",
+    "assess_stream",
     "calibrate",
+    "check_rule",
+    "describe_trust",
     "fit_calibration",
+    "fit_stream",
+    "format_trust",
     "fuse",
+    "fuse_arrays",
     "load_calibration",
     "save_calibration",
+    "time_folds",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,7 +85,33 @@ MAD_TO_SIGMA = 1.4826
 SCALE_EPS = 1e-6
 #: Relative floor of a stream's scale, as a fraction of |median|.
 SCALE_REL_FLOOR = 1e-3
-CALIBRATION_VERSION = 1
+#: Version 2 adds the fusion rule and each stream's reliability weight; version 1 files still load.
+CALIBRATION_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+#: The fusion rules, see the module docstring.
+FUSION_RULES: tuple[str, ...] = ("mean", "max")
+#: The rule a new calibration selects.
+DEFAULT_RULE = "max"
+#: The rule of version 1 calibrations and of uncalibrated cameras: today's gate-weighted mean.
+LEGACY_RULE = "mean"
+
+#: The quantile of the held-out z-scores compared with the standard normal's (the false-alarm tail).
+HELDOUT_QUANTILE = 0.99
+#: A fold with fewer finite clips of a stream cannot be held out for it.
+MIN_FOLD_CLIPS = 10
+#: The lowest reliability weight: a stream is weighed down, never silenced (its evidence stays visible).
+MIN_WEIGHT = 0.05
+#: A weight at or above this is "trusted"; below it "weighed down" (:func:`describe_trust`).
+TRUSTED_WEIGHT = 0.8
+#: 1.2533 * sigma / sqrt(n) is the standard error of a Gaussian sample's median.
+_MEDIAN_SE = 1.2533
+#: 1.167 / sqrt(n) is the relative standard error of 1.4826 * MAD as an estimate of a Gaussian's sigma.
+_MAD_REL_SE = 1.167
+#: The reason of a stream whose calibration had no folds to hold out.
+NO_FOLDS_REASON = "no held-out folds"
+#: The reason of every stream of a version 1 calibration.
+V1_REASON = "version 1 calibration: no reliability weights (recalibrate to get them)"
 
 # Warnings that would otherwise repeat on every clip are logged once per key.
 _warned: set[tuple[str, ...]] = set()
@@ -77,6 +135,13 @@ class GateError(FusionError):
     """A gate file or context vector that does not fit."""
 
 
+def check_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`FUSION_RULES`, else a :class:`FusionError` naming them."""
+    if rule not in FUSION_RULES:
+        raise FusionError(f"unknown fusion rule {rule!r}: use one of {', '.join(FUSION_RULES)}")
+    return rule
+
+
 # --------------------------------------------------------------------------------------------------
 # Calibration
 # --------------------------------------------------------------------------------------------------
@@ -84,11 +149,22 @@ class GateError(FusionError):
 
 @dataclass(frozen=True)
 class StreamStats:
-    """Robust statistics of one stream on normal footage: z = (x - location) / scale."""
+    """One stream on a camera's normal footage: ``z = (x - location) / scale`` from robust statistics, and
+    how far the stream can be trusted there.
+
+    ``weight`` in ``[MIN_WEIGHT, 1]`` multiplies the stream's z-score in the fused score; ``heldout_q`` is
+    the calibration's ``heldout_quantile`` quantile of the stream's z-scores on held-out folds and ``drift``
+    the largest ``|median|`` of one fold's held-out z-scores (both None when no fold could be held out);
+    ``reason`` says why the weight is what it is, in words (:func:`assess_stream`).
+    """
 
     location: float
     scale: float
     n: int
+    weight: float = 1.0
+    heldout_q: float | None = None
+    drift: float | None = None
+    reason: str = NO_FOLDS_REASON
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.location) and math.isfinite(self.scale)) or self.scale <= 0:
@@ -98,15 +174,34 @@ class StreamStats:
             )
         if self.n < 0:
             raise CalibrationError(f"sample count must be >= 0, got {self.n}")
+        if not (math.isfinite(self.weight) and 0.0 < self.weight <= 1.0):
+            raise CalibrationError(f"reliability weight must be in (0, 1], got {self.weight}")
+        for name, v in (("heldout_q", self.heldout_q), ("drift", self.drift)):
+            if v is not None and not math.isfinite(v):
+                raise CalibrationError(f"{name} must be finite or null, got {v}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "location": self.location,
+            "scale": self.scale,
+            "n": self.n,
+            "weight": self.weight,
+            "heldout_q": self.heldout_q,
+            "drift": self.drift,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Per-camera calibration of the raw streams.
 
-    ``streams`` maps a stream name to its statistics; ``identity`` passes every raw score through unchanged
-    (an uncalibrated camera). ``threshold`` is the ``threshold_quantile`` quantile of the fused (uniformly
-    weighted, unsmoothed) calibrated score on the normal footage: a data-driven default for ``on_threshold``.
+    ``streams`` maps a stream name to its statistics and reliability; ``identity`` passes every raw score
+    through unchanged (an uncalibrated camera). ``rule`` is the fusion rule the calibration was fitted for
+    (:data:`FUSION_RULES`; a camera's config may override it). ``threshold`` is the ``threshold_quantile``
+    quantile of the fused (by ``rule``, with the reliability weights and a uniform gate, unsmoothed)
+    calibrated score on the normal footage: a data-driven default for ``on_threshold``.
+    ``heldout_quantile`` is the quantile behind each stream's ``heldout_q`` (None: nothing was held out).
     """
 
     streams: Mapping[str, StreamStats] = field(default_factory=dict)
@@ -115,47 +210,79 @@ class Calibration:
     threshold: float | None = None
     identity: bool = False
     camera: str | None = None
+    rule: str = LEGACY_RULE
+    heldout_quantile: float | None = None
+
+    def __post_init__(self) -> None:
+        check_rule(self.rule)
 
     @classmethod
     def identity_for(cls, camera: str | None = None) -> Calibration:
-        """The calibration of an uncalibrated camera: raw scores are used as they are."""
+        """The calibration of an uncalibrated camera: raw scores are used as they are, fused by the mean."""
         return cls(identity=True, camera=camera)
+
+    def weight(self, stream: str) -> float:
+        """The stream's reliability weight: 1 for a stream the calibration does not weigh."""
+        stats = self.streams.get(stream)
+        return stats.weight if stats is not None else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": CALIBRATION_VERSION,
             "camera": self.camera,
             "identity": self.identity,
+            "rule": self.rule,
             "n_samples": self.n_samples,
             "threshold_quantile": self.threshold_quantile,
             "threshold": self.threshold,
-            "streams": {
-                name: {"location": s.location, "scale": s.scale, "n": s.n} for name, s in self.streams.items()
-            },
+            "heldout_quantile": self.heldout_quantile,
+            "streams": {name: s.to_dict() for name, s in self.streams.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> Calibration:
-        """Build from :meth:`to_dict` output. Raises :class:`CalibrationError` naming ``source``."""
+        """Build from :meth:`to_dict` output (version 2) or a version 1 file, whose streams get weight 1 and
+        whose rule is ``mean``, as it was. Raises :class:`CalibrationError` naming ``source``."""
 
         def bad(msg: str) -> CalibrationError:
             return CalibrationError(f"{source}: {msg}")
 
         if not isinstance(data, dict):
             raise bad(f"top level must be an object, got {type(data).__name__}")
-        if data.get("version") != CALIBRATION_VERSION:
-            raise bad(f"unsupported calibration version {data.get('version')!r} (expected 1)")
+        version = data.get("version")
+        if isinstance(version, bool) or version not in _READABLE_VERSIONS:
+            raise bad(
+                f"unsupported calibration version {version!r} "
+                f"(expected one of {', '.join(map(str, _READABLE_VERSIONS))})"
+            )
         streams_raw = data.get("streams")
         if not isinstance(streams_raw, dict):
-            raise bad("'streams' must be an object of stream name -> {location, scale, n}")
+            raise bad("'streams' must be an object of stream name -> {location, scale, n, ...}")
         streams: dict[str, StreamStats] = {}
         for name, s in streams_raw.items():
             if not isinstance(s, dict):
                 raise bad(f"streams.{name} must be an object")
             try:
-                streams[str(name)] = StreamStats(
-                    location=_number(s.get("location")), scale=_number(s.get("scale")), n=int(s.get("n", 0))
-                )
+                if version == 1:
+                    streams[str(name)] = StreamStats(
+                        location=_number(s.get("location")),
+                        scale=_number(s.get("scale")),
+                        n=int(s.get("n", 0)),
+                        reason=V1_REASON,
+                    )
+                else:
+                    reason = s.get("reason", "")
+                    if not isinstance(reason, str):
+                        raise TypeError(f"'reason' must be a string, got {reason!r}")
+                    streams[str(name)] = StreamStats(
+                        location=_number(s.get("location")),
+                        scale=_number(s.get("scale")),
+                        n=int(s.get("n", 0)),
+                        weight=_number(s.get("weight", 1.0)),
+                        heldout_q=_optional_number(s.get("heldout_q")),
+                        drift=_optional_number(s.get("drift")),
+                        reason=reason,
+                    )
             except (TypeError, ValueError) as exc:
                 raise bad(f"streams.{name}: {exc}") from exc
         threshold = data.get("threshold")
@@ -163,17 +290,23 @@ class Calibration:
         try:
             q = _number(quantile)
             thr = None if threshold is None else _number(threshold)
+            heldout_quantile = _optional_number(data.get("heldout_quantile"))
             n_samples = int(data.get("n_samples", 0))
         except (TypeError, ValueError) as exc:
             raise bad(str(exc)) from exc
         if not 0.0 < q <= 1.0:
             raise bad(f"threshold_quantile must be in (0, 1], got {q}")
+        if heldout_quantile is not None and not 0.5 < heldout_quantile < 1.0:
+            raise bad(f"heldout_quantile must be in (0.5, 1), got {heldout_quantile}")
         camera = data.get("camera")
         if camera is not None and not isinstance(camera, str):
             raise bad("'camera' must be a string or null")
         identity = data.get("identity", False)
         if not isinstance(identity, bool):
             raise bad("'identity' must be a boolean")
+        rule = LEGACY_RULE if version == 1 else data.get("rule", DEFAULT_RULE)
+        if rule not in FUSION_RULES:
+            raise bad(f"'rule' must be one of {', '.join(FUSION_RULES)}, got {rule!r}")
         return cls(
             streams=streams,
             n_samples=n_samples,
@@ -181,6 +314,8 @@ class Calibration:
             threshold=thr,
             identity=identity,
             camera=camera,
+            rule=rule,
+            heldout_quantile=heldout_quantile,
         )
 
 
@@ -193,8 +328,13 @@ def _number(v: Any) -> float:
     return f
 
 
+def _optional_number(v: Any) -> float | None:
+    return None if v is None else _number(v)
+
+
 def fit_stream(values: np.ndarray) -> StreamStats:
-    """Median / 1.4826*MAD of one stream's raw scores ``(N,)``; non-finite values are ignored."""
+    """Median / 1.4826*MAD of one stream's raw scores ``(N,)``; non-finite values are ignored. The weight
+    is 1: reliability needs folds (:func:`assess_stream`)."""
     x = np.asarray(values, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -205,42 +345,186 @@ def fit_stream(values: np.ndarray) -> StreamStats:
     return StreamStats(location=med, scale=scale, n=int(x.size))
 
 
+def time_folds(n: int, k: int = 2) -> np.ndarray:
+    """Fold ids ``(n,)`` int64 of ``n`` clips in time order: ``k`` contiguous blocks of (nearly) equal size.
+    Contiguous, not interleaved: neighbouring clips are nearly the same, so only a block held out is unseen
+    footage."""
+    if n < 0 or k < 1:
+        raise CalibrationError(f"time_folds needs n >= 0 and k >= 1, got n={n} k={k}")
+    return (np.arange(n, dtype=np.int64) * k) // max(n, 1)
+
+
+def _z_ref(quantile: float) -> float:
+    """The standard normal's ``quantile`` quantile: the held-out tail a Gaussian stream would have."""
+    return NormalDist().inv_cdf(quantile)
+
+
+def _verdict(weight: float, assessed: bool) -> str:
+    if not assessed:
+        return "not assessed"
+    return "trusted" if weight >= TRUSTED_WEIGHT else "weighed down"
+
+
+def _pct(quantile: float) -> str:
+    return f"{quantile * 100:g}th pct"
+
+
+def assess_stream(
+    values: np.ndarray,
+    folds: np.ndarray,
+    *,
+    quantile: float = HELDOUT_QUANTILE,
+    min_fold_clips: int = MIN_FOLD_CLIPS,
+) -> tuple[float, float | None, float | None, str]:
+    """How far one stream can be trusted on a camera, from its raw normal scores ``(N,)`` and the clips'
+    fold ids ``(N,)`` int: ``(weight, heldout_q, drift, reason)``.
+
+    Each fold ``k`` with at least ``min_fold_clips`` finite clips is held out in turn: location and scale
+    are fitted on the other clips (:func:`fit_stream`) and fold ``k`` is z-scored with them. From the
+    pooled held-out z-scores, ``heldout_q`` is their ``quantile`` quantile and ``drift`` the largest
+    ``|median|`` of one fold's. The weight::
+
+        w = clip( min(1, Z_REF / excess_q) / (1 + excess_drift / Z_REF),  MIN_WEIGHT, 1 )
+
+    where ``Z_REF`` is the standard normal's ``quantile`` quantile (2.33 at 0.99). Both terms discount
+    sampling noise, so that a Gaussian stream calibrated on a few minutes is not weighed down by chance:
+    ``excess_q = max(Z_REF, heldout_q - 2 se_q)``, with ``se_q`` the standard error a Gaussian stream's
+    held-out quantile would have (from the MAD scale fitted on ``n_rest`` clips, relative error
+    ``1.167 / sqrt(n_rest)``, and the empirical quantile of ``n`` pooled clips,
+    ``sqrt(q (1 - q) / n) / phi(Z_REF)``); ``excess_drift`` is the part of a fold's ``|median|`` beyond two
+    standard errors of a difference of medians (``2 * 1.2533 * sqrt(1/n_k + 1/n_rest)``).
+
+    The first factor scales a heavy-tailed stream so that its held-out false-alarm tail sits where a
+    Gaussian's would: every stream then reaches a given fused score on unseen normal footage about equally
+    rarely (a lighter tail earns no more than 1: a short calibration cannot prove a stream better than
+    Gaussian). The second weighs down a stream whose normal level moved between the folds: the next stretch
+    of footage may move it again, by more than the pooled tail shows. Fewer than two usable folds: weight 1.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    f = np.asarray(folds).ravel()
+    if f.shape != x.shape:
+        raise CalibrationError(f"{f.size} fold ids for {x.size} samples")
+    finite = np.isfinite(x)
+    labels, counts = np.unique(f[finite], return_counts=True)
+    usable = [int(k) for k, c in zip(labels, counts, strict=True) if c >= min_fold_clips]
+    if len(usable) < 2:
+        return (
+            1.0,
+            None,
+            None,
+            f"too few clips to hold out (need {min_fold_clips} in each of 2 folds, "
+            f"have {sorted(int(c) for c in counts)})",
+        )
+    z_ref = _z_ref(quantile)
+    held: list[np.ndarray] = []
+    drift = 0.0
+    excess = 0.0
+    for k in usable:
+        test = finite & (f == k)
+        rest = finite & (f != k)
+        stats = fit_stream(x[rest])
+        z = (x[test] - stats.location) / stats.scale
+        held.append(z)
+        shift = abs(float(np.median(z)))
+        noise = 2.0 * _MEDIAN_SE * math.sqrt(1.0 / int(test.sum()) + 1.0 / int(rest.sum()))
+        drift = max(drift, shift)
+        excess = max(excess, shift - noise)
+    pooled = np.concatenate(held)
+    q = float(np.quantile(pooled, quantile))
+    n_rest = min(int((finite & (f != k)).sum()) for k in usable)
+    se_q = math.sqrt(
+        (z_ref * _MAD_REL_SE) ** 2 / n_rest
+        + quantile * (1.0 - quantile) / (pooled.size * NormalDist().pdf(z_ref) ** 2)
+    )
+    tail_factor = z_ref / max(z_ref, q - 2.0 * se_q)
+    drift_factor = 1.0 / (1.0 + max(0.0, excess) / z_ref)
+    weight = float(min(1.0, max(MIN_WEIGHT, tail_factor * drift_factor)))
+    verdict = _verdict(weight, assessed=True)
+    causes = []
+    if tail_factor < 1.0:
+        causes.append("tail heavier than Gaussian")
+    if drift_factor < 1.0:
+        causes.append("level drifts between folds")
+    why = f"{verdict} ({', '.join(causes)})" if verdict == "weighed down" and causes else verdict
+    reason = f"held-out {_pct(quantile)} z {q:.1f} (expected {z_ref:.1f}), drift {drift:.1f}: {why}"
+    return weight, q, drift, reason
+
+
 def fit_calibration(
     samples: Mapping[str, np.ndarray],
+    folds: np.ndarray | Sequence[int] | None = None,
+    *,
     threshold_quantile: float = 0.99,
     camera: str | None = None,
+    rule: str = DEFAULT_RULE,
+    heldout_quantile: float = HELDOUT_QUANTILE,
+    min_fold_clips: int = MIN_FOLD_CLIPS,
 ) -> Calibration:
     """Fit a camera's calibration on raw scores of normal footage.
 
-    ``samples`` maps a stream name to its raw scores ``(N,)`` float, one per clip. When every stream has the
-    same ``N`` (aligned clips), the default threshold is the ``threshold_quantile`` quantile of the uniformly
-    fused z-score over those clips; otherwise ``threshold`` is None.
+    ``samples`` maps a stream name to its raw scores ``(N,)`` float, one per clip. Location and scale of
+    each stream come from all its clips. ``folds``: ``(N,)`` int, each clip's fold (for example
+    :func:`time_folds`: blocks of time), aligned with every stream; with at least two folds of
+    ``min_fold_clips`` clips, each stream gets a reliability weight from held-out folds
+    (:func:`assess_stream`), otherwise weight 1 and the reason says why. When every stream has the same
+    ``N`` (aligned clips), the default threshold is the ``threshold_quantile`` quantile of the fused z-score
+    over those clips, by ``rule`` with the reliability weights and a uniform gate (:func:`fuse_arrays`);
+    otherwise ``threshold`` is None.
     """
     if not samples:
         raise CalibrationError("no streams to calibrate")
     if not 0.0 < threshold_quantile <= 1.0:
         raise CalibrationError(f"threshold_quantile must be in (0, 1], got {threshold_quantile}")
-    stats: dict[str, StreamStats] = {}
-    for name, values in samples.items():
-        try:
-            stats[name] = fit_stream(values)
-        except CalibrationError as exc:
-            raise CalibrationError(f"stream {name!r}: {exc}") from exc
+    if not 0.5 < heldout_quantile < 1.0:
+        raise CalibrationError(f"heldout_quantile must be in (0.5, 1), got {heldout_quantile}")
+    if min_fold_clips < 2:
+        raise CalibrationError(f"min_fold_clips must be >= 2, got {min_fold_clips}")
+    try:
+        check_rule(rule)
+    except FusionError as exc:
+        raise CalibrationError(str(exc)) from exc
     arrays = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in samples.items()}
     lengths = {a.size for a in arrays.values()}
+    fold_ids: np.ndarray | None = None
+    if folds is not None:
+        fold_ids = np.asarray(folds).ravel()
+        if fold_ids.size and not np.issubdtype(fold_ids.dtype, np.integer):
+            raise CalibrationError(f"fold ids must be integers, got dtype {fold_ids.dtype}")
+        if len(lengths) != 1 or fold_ids.size != next(iter(lengths)):
+            raise CalibrationError(
+                f"fold ids need one id per clip of every stream: {fold_ids.size} ids, "
+                f"streams of {sorted(lengths)} clips"
+            )
+    stats: dict[str, StreamStats] = {}
+    for name, values in arrays.items():
+        try:
+            base = fit_stream(values)
+        except CalibrationError as exc:
+            raise CalibrationError(f"stream {name!r}: {exc}") from exc
+        if fold_ids is None:
+            stats[name] = base
+            continue
+        weight, q, drift, reason = assess_stream(
+            values, fold_ids, quantile=heldout_quantile, min_fold_clips=min_fold_clips
+        )
+        stats[name] = StreamStats(base.location, base.scale, base.n, weight, q, drift, reason)
     threshold: float | None = None
     n = max(lengths)
     if len(lengths) == 1:
-        z = np.stack([(arrays[k] - stats[k].location) / stats[k].scale for k in arrays])  # (S, N)
-        finite = np.isfinite(z)
-        # Uniform weights over the streams present (finite) in each clip.
-        counts = finite.sum(axis=0)
-        fused = np.where(finite, z, 0.0).sum(axis=0) / np.maximum(counts, 1)
-        fused = fused[counts > 0]
+        z = {k: (arrays[k] - stats[k].location) / stats[k].scale for k in arrays}
+        fused = fuse_arrays(z, {k: stats[k].weight for k in arrays}, rule)
+        fused = fused[np.isfinite(fused)]
         if fused.size:
             threshold = float(np.quantile(fused, threshold_quantile))
+    assessed = any(s.heldout_q is not None for s in stats.values())
     return Calibration(
-        streams=stats, n_samples=n, threshold_quantile=threshold_quantile, threshold=threshold, camera=camera
+        streams=stats,
+        n_samples=n,
+        threshold_quantile=threshold_quantile,
+        threshold=threshold,
+        camera=camera,
+        rule=rule,
+        heldout_quantile=heldout_quantile if assessed else None,
     )
 
 
@@ -293,6 +577,90 @@ def load_calibration(path: str | Path) -> Calibration:
 
 
 # --------------------------------------------------------------------------------------------------
+# Which streams a camera trusts, and why
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustRow:
+    """One stream of a camera: its reliability ``weight``, ``heldout_q`` and ``drift`` (None when not
+    assessed), a ``verdict`` (``trusted``, ``weighed down``, ``not assessed`` or ``not calibrated``) and the
+    ``reason`` in words."""
+
+    stream: str
+    weight: float | None
+    heldout_q: float | None
+    drift: float | None
+    verdict: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "weight": self.weight,
+            "heldout_q": self.heldout_q,
+            "drift": self.drift,
+            "verdict": self.verdict,
+            "reason": self.reason,
+        }
+
+
+def describe_trust(cal: Calibration, streams: Iterable[str] = ()) -> list[TrustRow]:
+    """Per stream, how far the camera's calibration trusts it and why: the calibrated streams in order,
+    then any of ``streams`` (those the engines produce) the calibration lacks, as ``not calibrated`` (they
+    are left out of the fused score). An uncalibrated camera (identity) lists ``streams`` as ``not
+    calibrated``."""
+    rows: list[TrustRow] = []
+    if not cal.identity:
+        for name, s in cal.streams.items():
+            rows.append(
+                TrustRow(
+                    stream=name,
+                    weight=s.weight,
+                    heldout_q=s.heldout_q,
+                    drift=s.drift,
+                    verdict=_verdict(s.weight, assessed=s.heldout_q is not None),
+                    reason=s.reason,
+                )
+            )
+    known = {r.stream for r in rows}
+    for name in streams:
+        if name in known:
+            continue
+        known.add(name)
+        why = (
+            "camera uncalibrated: raw score used as it is"
+            if cal.identity
+            else "not in the calibration: left out of the fused score (rerun zsad calibrate)"
+        )
+        rows.append(TrustRow(name, None, None, None, "not calibrated", why))
+    return rows
+
+
+def format_trust(rows: Sequence[TrustRow], rule: str | None = None) -> str:
+    """A plain-text table of :func:`describe_trust` rows (for ``zsad calibrate`` and the docs)."""
+
+    def num(v: float | None, digits: int) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    header = ("stream", "weight", "held-out q", "drift", "verdict", "reason")
+    body = [
+        (r.stream, num(r.weight, 2), num(r.heldout_q, 2), num(r.drift, 2), r.verdict, r.reason) for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header) - 1)]
+    right = {1, 2, 3}
+    lines = []
+    if rule is not None:
+        lines.append(f"fusion rule: {rule}")
+    for row in [header, *body]:
+        cells = [
+            row[i].rjust(widths[i]) if i in right else row[i].ljust(widths[i]) for i in range(len(widths))
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
 # Gate and fusion
 # --------------------------------------------------------------------------------------------------
 
@@ -302,13 +670,17 @@ class FusedScore:
     """One clip's fused score.
 
     ``score``: the value alerting uses (smoothed in :meth:`CameraFusion.update`); ``raw_fused``: this clip's
-    unsmoothed ``sum_s w_s * z_s``; ``contributions``: ``w_s * z_s`` per stream; ``weights``: ``w_s``.
+    unsmoothed fused score; ``rule``: how it was fused (:data:`FUSION_RULES`); ``weights``: each stream's
+    weight ``w_s`` in it; ``contributions``: ``w_s * z_s`` per stream. Under ``mean`` the weights sum to 1
+    and the contributions sum to ``raw_fused``; under ``max`` the weights are the multipliers (reliability
+    times gate factor) and ``raw_fused`` is the largest contribution.
     """
 
     score: float
     contributions: dict[str, float]
     raw_fused: float = 0.0
     weights: dict[str, float] = field(default_factory=dict)
+    rule: str = LEGACY_RULE
 
 
 class StreamGate:
@@ -370,6 +742,22 @@ class StreamGate:
         """Write the ``.npz`` that :meth:`load` reads."""
         np.savez(Path(path), W=self.W, b=self.b, streams=np.array(self.streams, dtype=str))
 
+    def _known_weights(self, context_vec: np.ndarray | None, known: list[str]) -> dict[str, float]:
+        """The softmax over ``known`` (non-empty, all gate rows), summing to 1."""
+        if context_vec is None or self.context_dim == 0:
+            return {s: 1.0 / len(known) for s in known}
+        c = np.asarray(context_vec, dtype=np.float32).ravel()
+        if c.shape[0] != self.context_dim:
+            raise GateError(f"context vector has {c.shape[0]} values, the gate expects {self.context_dim}")
+        if not np.isfinite(c).all():
+            _warn_once(("gate-nonfinite",), "non-finite context vector: using equal weights")
+            return {s: 1.0 / len(known) for s in known}
+        rows = [self._index[s] for s in known]
+        logits = self.W[rows].astype(np.float64) @ c.astype(np.float64) + self.b[rows]
+        e = np.exp(logits - logits.max())
+        p = e / e.sum()
+        return {s: float(v) for s, v in zip(known, p, strict=True)}
+
     def weights(self, context_vec: np.ndarray | None, present: Iterable[str]) -> dict[str, float]:
         """Weights over ``present`` streams, summing to 1.
 
@@ -385,39 +773,66 @@ class StreamGate:
                 _warn_once(("gate-unknown", s), "gate has no weight for stream %r; it is weighted out", s)
         if not known:
             return {s: 1.0 / len(present) for s in present}
-        if context_vec is None or self.context_dim == 0:
-            w = {s: 1.0 / len(known) for s in known}
-        else:
-            c = np.asarray(context_vec, dtype=np.float32).ravel()
-            if c.shape[0] != self.context_dim:
-                raise GateError(
-                    f"context vector has {c.shape[0]} values, the gate expects {self.context_dim}"
-                )
-            if not np.isfinite(c).all():
-                _warn_once(("gate-nonfinite",), "non-finite context vector: using equal weights")
-                w = {s: 1.0 / len(known) for s in known}
-            else:
-                rows = [self._index[s] for s in known]
-                logits = self.W[rows].astype(np.float64) @ c.astype(np.float64) + self.b[rows]
-                e = np.exp(logits - logits.max())
-                p = e / e.sum()
-                w = {s: float(v) for s, v in zip(known, p, strict=True)}
+        w = self._known_weights(context_vec, known)
         return {s: w.get(s, 0.0) for s in present}
 
+    def factors(self, context_vec: np.ndarray | None, present: Iterable[str]) -> dict[str, float]:
+        """The gate's factor on each of ``present``: ``S * g_s`` over the ``S`` present streams it knows
+        (``g`` their softmax weights), so a uniform gate gives 1 and the factors average 1; 1 for a stream
+        it has no row for (a memory stream, :data:`plugins.streams.MEMORY_STREAMS`, or one added after the
+        gate was trained), which the gate can then neither favour nor silence."""
+        present = list(present)
+        known = [s for s in present if s in self._index]
+        for s in present:
+            if s not in self._index and s not in MEMORY_STREAMS:
+                _warn_once(
+                    ("gate-neutral", s), "gate has no row for stream %r; it gets a neutral factor 1", s
+                )
+        g = self._known_weights(context_vec, known) if known else {}
+        return {s: len(known) * g[s] if s in g else 1.0 for s in present}
 
-def fuse(z: Mapping[str, float], weights: Mapping[str, float]) -> FusedScore:
-    """Weighted sum of z-scores over streams present in both maps, weights renormalised to sum 1.
 
-    No usable stream gives score 0.0 (the median of normal footage) and empty contributions.
+def fuse(z: Mapping[str, float], weights: Mapping[str, float], rule: str = LEGACY_RULE) -> FusedScore:
+    """Fuse z-scores over the streams present in both maps with a positive weight, by ``rule``.
+
+    ``mean``: the weights are renormalised to sum 1 and the score is ``sum_s w_s z_s``. ``max``: the
+    weights are used as they are (multipliers) and the score is ``max_s w_s z_s``. No usable stream gives
+    score 0.0 (the median of normal footage) and empty contributions.
     """
+    check_rule(rule)
     names = [s for s in z if s in weights and math.isfinite(z[s]) and weights[s] > 0]
     total = sum(weights[s] for s in names)
-    if not names or total <= 0:
-        return FusedScore(score=0.0, contributions={}, raw_fused=0.0, weights={})
-    w = {s: weights[s] / total for s in names}
+    if not names or total <= 0 or not math.isfinite(total):
+        return FusedScore(score=0.0, contributions={}, raw_fused=0.0, weights={}, rule=rule)
+    w = {s: weights[s] / total for s in names} if rule == "mean" else {s: float(weights[s]) for s in names}
     contributions = {s: w[s] * float(z[s]) for s in names}
-    score = float(sum(contributions.values()))
-    return FusedScore(score=score, contributions=contributions, raw_fused=score, weights=w)
+    values = contributions.values()
+    score = float(sum(values)) if rule == "mean" else float(max(values))
+    return FusedScore(score=score, contributions=contributions, raw_fused=score, weights=w, rule=rule)
+
+
+def fuse_arrays(
+    z: Mapping[str, np.ndarray], weights: Mapping[str, float | np.ndarray], rule: str = LEGACY_RULE
+) -> np.ndarray:
+    """:func:`fuse` over many clips at once: ``z`` maps a stream to its z-scores ``(N,)``, ``weights`` a
+    stream to a scalar or per-clip ``(N,)`` weight (streams without a weight are left out). Per clip, the
+    streams with a finite z-score and a positive weight count; a clip where none does is NaN. Used by
+    :func:`fit_calibration` for the threshold and by the offline evaluation, so both fuse as the run does."""
+    check_rule(rule)
+    names = [s for s in z if s in weights]
+    if not names:
+        lengths = {np.asarray(v).size for v in z.values()}
+        return np.full(max(lengths, default=0), np.nan)
+    zs = np.stack([np.asarray(z[s], dtype=np.float64).ravel() for s in names])  # (S, N)
+    ws = np.stack([np.broadcast_to(np.asarray(weights[s], dtype=np.float64), zs.shape[1:]) for s in names])
+    ok = np.isfinite(zs) & np.isfinite(ws) & (ws > 0)
+    any_ok = ok.any(axis=0)
+    if rule == "mean":
+        wsum = np.where(ok, ws, 0.0).sum(axis=0)
+        total = np.where(ok, ws * zs, 0.0).sum(axis=0)
+        return np.where(any_ok, total / np.where(any_ok, wsum, 1.0), np.nan)
+    best = np.where(ok, ws * zs, -np.inf).max(axis=0)
+    return np.where(any_ok, best, np.nan)
 
 
 class TemporalSmoother:
@@ -442,10 +857,11 @@ class TemporalSmoother:
 
 
 class CameraFusion:
-    """Calibration + gate + smoother of one camera.
+    """Calibration + gate + fusion rule + smoother of one camera.
 
     ``calibration`` None means uncalibrated: raw scores are used as they are, with a warning once.
-    ``gate`` None means equal weights over the present streams.
+    ``gate`` None means equal weights over the present streams. ``rule``: one of :data:`FUSION_RULES`, or
+    None / ``"auto"`` for the calibration's own rule (the camera config's ``fusion.rule``).
     """
 
     def __init__(
@@ -454,6 +870,7 @@ class CameraFusion:
         calibration: Calibration | None = None,
         gate: StreamGate | None = None,
         smoothing: int = 3,
+        rule: str | None = None,
     ) -> None:
         self.camera = camera
         if calibration is None:
@@ -464,9 +881,26 @@ class CameraFusion:
             )
             calibration = Calibration.identity_for(camera)
         self.calibration = calibration
+        self.rule = check_rule(calibration.rule if rule in (None, "auto") else str(rule))
+        if self.rule != calibration.rule and calibration.threshold is not None:
+            # The calibration's threshold is a quantile of its own rule's fused score.
+            log.info(
+                "camera %s: fusion rule %s overrides the calibration's %s; its threshold %.3f was computed "
+                "for %s",
+                camera,
+                self.rule,
+                calibration.rule,
+                calibration.threshold,
+                calibration.rule,
+            )
         self.gate = gate if gate is not None else StreamGate.uniform()
         self.smoother = TemporalSmoother(smoothing)
         self._last_t: float | None = None
+
+    def multipliers(self, context_vec: np.ndarray | None, present: Iterable[str]) -> dict[str, float]:
+        """Each present stream's reliability weight times its gate factor (:meth:`StreamGate.factors`)."""
+        factors = self.gate.factors(context_vec, present)
+        return {s: self.calibration.weight(s) * f for s, f in factors.items()}
 
     def update(self, raw: Mapping[str, float], context_vec: np.ndarray | None, t: float) -> FusedScore:
         """Fuse one clip's raw stream scores at stream time ``t`` seconds.
@@ -478,14 +912,14 @@ class CameraFusion:
             self.smoother.reset()
         self._last_t = t
         z = calibrate(raw, self.calibration)
-        weights = self.gate.weights(context_vec, z.keys())
-        fused = fuse(z, weights)
+        fused = fuse(z, self.multipliers(context_vec, z.keys()), self.rule)
         smoothed = self.smoother.update(fused.raw_fused)
         return FusedScore(
             score=smoothed,
             contributions=fused.contributions,
             raw_fused=fused.raw_fused,
             weights=fused.weights,
+            rule=fused.rule,
         )
 
     def cell_stats(self) -> dict[str, tuple[float, float]] | None:
@@ -494,6 +928,10 @@ class CameraFusion:
         if self.calibration.identity:
             return None
         return {name: (s.location, s.scale) for name, s in self.calibration.streams.items()}
+
+    def trust(self, streams: Iterable[str] = ()) -> list[TrustRow]:
+        """:func:`describe_trust` of this camera's calibration."""
+        return describe_trust(self.calibration, streams)
 
     @property
     def default_threshold(self) -> float | None:

@@ -5,8 +5,8 @@ Pure numpy plus small files, shared by both graphs (the levels are applied by
 
 **An alert's evidence** (:class:`EventEvidence`, saved with the alert as ``<alert_id>.npz``): each map
 stream's raw error map at the alert's peak clip (``peak``), the per-cell maximum of each stream over every
-clip from the alert's onset to its close (``maxima``), both with masked cells NaN; the gate weights at the
-peak and the camera's calibration statistics (to rebuild the evidence map of
+clip from the alert's onset to its close (``maxima``), both with masked cells NaN; the fused score's stream
+weights at the peak, its fusion rule and the camera's calibration statistics (to rebuild the evidence map of
 :func:`plugins.zones.evidence_map`).
 
 **Learning one alert** (:func:`levels_from_evidence`). Its footprint is the set of cells whose evidence in the
@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from plugins.fusion import FUSION_RULES
 from plugins.zones import dilate, evidence_map, half_level
 
 __all__ = [
@@ -130,6 +131,8 @@ class EventEvidence:
     weights: dict[str, float] = field(default_factory=dict)
     stats: dict[str, tuple[float, float]] | None = None
     clips: int = 0
+    #: How ``weights`` combine the streams (``plugins.fusion.FUSION_RULES``); files without it are "mean".
+    rule: str = "mean"
 
     def save(self, path: str | Path) -> None:
         """Write ``path`` (``.npz``) atomically."""
@@ -141,6 +144,7 @@ class EventEvidence:
             "weights": self.weights,
             "stats": {k: list(v) for k, v in self.stats.items()} if self.stats is not None else None,
             "clips": self.clips,
+            "rule": self.rule,
         }
         arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
         for name, m in self.peak.items():
@@ -164,6 +168,9 @@ class EventEvidence:
                 if stats_raw is not None
                 else None
             )
+            rule = meta.get("rule", "mean")
+            if rule not in FUSION_RULES:
+                raise LearnedError(f"{p}: unknown fusion rule {rule!r} (expected one of {FUSION_RULES})")
             peak = {k[5:]: v for k, v in arrays.items() if k.startswith("peak.")}
             maxima = {k[4:]: v for k, v in arrays.items() if k.startswith("max.")}
             return cls(
@@ -175,6 +182,7 @@ class EventEvidence:
                 weights={str(k): float(v) for k, v in meta.get("weights", {}).items()},
                 stats=stats,
                 clips=int(meta.get("clips", 0)),
+                rule=str(rule),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LearnedError(f"{p}: malformed evidence: {exc}") from exc
@@ -184,7 +192,7 @@ def footprint(evidence: EventEvidence, grow: int = FOOTPRINT_GROW) -> np.ndarray
     """The cells an alert covered: its ``maxima`` evidence (:func:`plugins.zones.evidence_map`, the part
     above normal) at or above the half level, grown by ``grow`` cells, never a cell that was masked. None
     when no cell was above normal."""
-    e = evidence_map(evidence.maxima, evidence.weights, evidence.stats)
+    e = evidence_map(evidence.maxima, evidence.weights, evidence.stats, rule=evidence.rule)
     if e is None:
         return None
     finite = np.isfinite(e)

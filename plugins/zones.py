@@ -17,18 +17,22 @@ or a thin sliver between centres) still covers the one cell it overlaps most, so
 
 The evidence map and the peak (:func:`evidence_map`, :func:`locate_peak`). Each stream's map is z-scored
 with the camera's calibration of that stream, only its part above the stream's normal level is kept, and
-it is weighted by the gate weight the clip's fused score used and summed over the map streams::
+it is weighted by the weight the clip's fused score gave the stream (``FusedScore.weights``) and combined
+over the map streams by the same rule as the fused score (``plugins.fusion``)::
 
-    E(cell) = sum_s  w_s * max(0, (m_s(cell) - location_s) / scale_s)
+    mean:  E(cell) = sum_s  w_s * max(0, (m_s(cell) - location_s) / scale_s)
+    max:   E(cell) = max_s  w_s * max(0, (m_s(cell) - location_s) / scale_s)
 
-Only the excess counts because a stream's score is the maximum over its map: a cell far below one stream's
-normal maximum is no evidence against what another stream found there. A cell where a stream's value is
-NaN (masked) gets nothing from that stream; a cell where no stream counts has no evidence (NaN). The
-semantic stream has no map: it would add the same constant to every cell, so it is left out (the peak does
-not move). The peak is the cell of the largest ``E``; among equal cells (most often: no cell above normal)
-the one with the largest sum of the plain weighted z-scores. Its box is the connected (4-neighbour) set of
-cells around it whose evidence is at least halfway from the map's median to the peak (:func:`half_level`);
-its zones are the zones that contain the peak cell.
+so under ``max`` the peak is where the stream that leads the fused score peaks, and the heatmap shows each
+cell's strongest weighted evidence, not a sum that a quiet stream would dilute. Only the excess counts
+because a stream's score is the maximum over its map: a cell far below one stream's normal maximum is no
+evidence against what another stream found there. A cell where a stream's value is NaN (masked) gets
+nothing from that stream; a cell where no stream counts has no evidence (NaN). The semantic stream has no
+map: it would add the same constant to every cell, so it is left out (the peak does not move). The peak is
+the cell of the largest ``E``; among equal cells (most often: no cell above normal) the one with the
+largest plain weighted z-score combination (the same rule, below normal too). Its box is the connected
+(4-neighbour) set of cells around it whose evidence is at least halfway from the map's median to the peak
+(:func:`half_level`); its zones are the zones that contain the peak cell.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from plugins.fusion import FUSION_RULES
 
 if TYPE_CHECKING:
     from core.config import ZoneSettings
@@ -404,11 +410,15 @@ def evidence_map(
     stats: Mapping[str, tuple[float, float]] | None,
     *,
     positive: bool = True,
+    rule: str = "mean",
 ) -> np.ndarray | None:
-    """``E(cell) = sum_s w_s max(0, (m_s(cell) - location_s) / scale_s)`` over the map streams that have a
-    weight and statistics (``stats`` None: an uncalibrated camera, ``z = m``); ``positive=False`` keeps the
-    whole z-score, below normal too. ``(h, w)`` float64 with NaN where no stream counts; None when no
-    stream does."""
+    """``E(cell) = sum_s w_s max(0, (m_s(cell) - location_s) / scale_s)`` (``rule="mean"``) or the ``max_s``
+    of the same terms (``rule="max"``) over the map streams that have a weight and statistics (``stats``
+    None: an uncalibrated camera, ``z = m``); ``positive=False`` keeps the whole z-score, below normal too.
+    ``(h, w)`` float64 with NaN where no stream counts; None when no stream does. ``weights`` and ``rule``
+    are the clip's ``FusedScore.weights`` and ``FusedScore.rule``."""
+    if rule not in FUSION_RULES:
+        raise ValueError(f"unknown fusion rule {rule!r}: use one of {', '.join(FUSION_RULES)}")
     terms: list[np.ndarray] = []
     shape: tuple[int, ...] | None = None
     for stream, error_map in maps.items():
@@ -431,8 +441,11 @@ def evidence_map(
         return None
     stack = np.stack(terms)
     finite = np.isfinite(stack)
-    total = np.where(finite, stack, 0.0).sum(axis=0)
-    return np.where(finite.any(axis=0), total, np.nan)
+    if rule == "max":
+        combined = np.where(finite, stack, -np.inf).max(axis=0)
+    else:
+        combined = np.where(finite, stack, 0.0).sum(axis=0)
+    return np.where(finite.any(axis=0), combined, np.nan)
 
 
 def half_level(evidence: np.ndarray) -> float:

@@ -2,8 +2,11 @@
 
 The model scores every test video as the edge would, clip by clip with the DPC history (but densely:
 a clip starts every ``frame_stride`` frames). Each stream is calibrated on the *training* split (normal
-footage; test labels are used for scoring only), fused with the same ``plugins.fusion`` code the
-pipeline runs, and reported beside the frame-difference floor computed in the same run.
+footage; test labels are used for scoring only), its reliability weight fitted on two folds of the training
+videos (:func:`video_folds`), fused with the same ``plugins.fusion`` code the pipeline runs, and reported
+beside the frame-difference floor computed in the same run. The fusion ablation (:func:`fusion_ablation`)
+reports every rule with and without the reliability weights and the context gate; the primary variant is
+the product's own fusion (the calibration's rule, reliability weights, context gate).
 
 Writes ``metrics.json``, ``roc.png`` and ``timelines.png`` into the output folder.
 """
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from core.config import ZsadConfig, resolve_data_path
 from engines.manifest import spec_diff
 from engines.model import ZsadModel, load_checkpoint
-from plugins.fusion import Calibration, fit_calibration
+from plugins.fusion import FUSION_RULES, Calibration, fit_calibration, fuse_arrays, time_folds
 from plugins.preprocess import normalise_frames
 from plugins.scorer import ClipScorer, ClipTokens, Runner
 from plugins.streams import STREAMS
@@ -38,7 +41,16 @@ from training.plots import plot_roc_curves, plot_score_timelines
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluationError", "dpc_runner", "evaluate", "score_video"]
+__all__ = [
+    "EvaluationError",
+    "dpc_runner",
+    "evaluate",
+    "fusion_ablation",
+    "fusion_variant",
+    "gate_factors",
+    "score_video",
+    "video_folds",
+]
 
 
 class EvaluationError(ValueError):
@@ -145,6 +157,70 @@ def to_frames(targets: np.ndarray, values: np.ndarray, n_frames: int) -> np.ndar
     return np.interp(np.arange(n_frames), targets, values)
 
 
+def video_folds(lengths: Sequence[int], k: int = 2) -> np.ndarray:
+    """Fold ids ``(sum(lengths),)`` for clips concatenated video by video: the videos split into ``k``
+    contiguous groups in their order (neighbouring videos of a recording are alike, so a held-out group is
+    as unseen as a camera's next stretch of footage); a single video is split by time instead."""
+    if len(lengths) >= k:
+        return np.concatenate(
+            [np.full(int(n), (i * k) // len(lengths), np.int64) for i, n in enumerate(lengths)]
+        )
+    return time_folds(int(sum(lengths)), k)
+
+
+def gate_factors(weights: np.ndarray, gated: Sequence[str], streams: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-frame gate factors, as ``plugins.fusion.StreamGate.factors`` gives them at run time: ``weights``
+    ``(n, K)`` the gate's softmax over the ``gated`` streams (those it has a row for); each gets
+    ``K * w``, every other stream of ``streams`` (a memory stream) a neutral 1."""
+    n = weights.shape[0]
+    out = {s: np.ones(n) for s in streams}
+    for i, s in enumerate(gated):
+        out[s] = len(gated) * np.asarray(weights[:, i], dtype=np.float64)
+    return out
+
+
+def fusion_variant(rule: str, reliability: bool, gate: bool) -> str:
+    """The metrics' name of one fusion ablation variant over all streams."""
+    extra = (", reliability weights" if reliability else "") + (", context gate" if gate else "")
+    return f"fused: all streams ({rule} rule{extra})"
+
+
+def fusion_ablation(
+    z: Mapping[str, Mapping[str, np.ndarray]],
+    reliability: Mapping[str, float],
+    factors: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    rules: Sequence[str] = FUSION_RULES,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every fusion rule with and without reliability weights and the context gate, by the run's own
+    ``plugins.fusion.fuse_arrays``.
+
+    Args:
+        z: stream -> video -> ``(n,)`` calibrated z-scores per frame.
+        reliability: stream -> reliability weight (``Calibration.weight``).
+        factors: video -> stream -> ``(n,)`` gate factors (:func:`gate_factors`); None: no gate variants.
+
+    Returns:
+        :func:`fusion_variant` name -> video -> ``(n,)`` fused score.
+    """
+    streams = list(z)
+    videos = list(next(iter(z.values()))) if z else []
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for rule in rules:
+        for use_reliability in (False, True):
+            for use_gate in (False, True) if factors is not None else (False,):
+                fused: dict[str, np.ndarray] = {}
+                for v in videos:
+                    weights: dict[str, float | np.ndarray] = {}
+                    for s in streams:
+                        w: float | np.ndarray = float(reliability.get(s, 1.0)) if use_reliability else 1.0
+                        if use_gate and factors is not None:
+                            w = w * factors[v][s]
+                        weights[s] = w
+                    fused[v] = fuse_arrays({s: z[s][v] for s in streams}, weights, rule)
+                out[fusion_variant(rule, use_reliability, use_gate)] = fused
+    return out
+
+
 def _fuse_frames(
     per_stream: Mapping[str, np.ndarray], cal: Calibration, streams: Sequence[str]
 ) -> np.ndarray:
@@ -195,18 +271,22 @@ def evaluate(
     cal_samples: dict[str, list[np.ndarray]] = {}
     cal_embs: list[np.ndarray] = []
     cal_groups: list[str] = []
+    cal_lengths: list[int] = []
     for clip in tqdm(train.clips, desc="calibrate", unit="video"):
         _, sc, emb = score_video(model, train.frames(clip.name), hop=model.clip_span, name=clip.name)
         for k, v in sc.items():
             cal_samples.setdefault(k, []).append(v)
         cal_embs.append(emb)
         cal_groups += [clip.context or "generic"] * len(emb)
+        cal_lengths.append(len(emb))
     cal_raw = {k: np.concatenate(v) for k, v in cal_samples.items()}
-    cal = fit_calibration(cal_raw, threshold_quantile=0.99)
+    # Reliability weights from two held-out groups of training videos, as `zsad calibrate` holds out time.
+    cal = fit_calibration(cal_raw, video_folds(cal_lengths), threshold_quantile=0.99)
     gate_info = fit_model_gate(model, cal_raw, np.concatenate(cal_embs), cal_groups, cal)
 
     frame_scores: dict[str, dict[str, np.ndarray]] = {s: {} for s in STREAMS if s in cal.streams}
     present = list(frame_scores)
+    gated = [s for s in present if s in model.stream_gate.streams]  # memory streams have no gate row
     frame_weights: dict[str, np.ndarray] = {}
     floor_native: dict[str, np.ndarray] = {}
     floor_model: dict[str, np.ndarray] = {}
@@ -220,9 +300,9 @@ def evaluate(
         targets, sc, emb = score_video(model, frames, hop=hop, name=clip.name, reflect_history=True)
         for k in frame_scores:
             frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
-        w = gate_weights(model, emb, present)  # (M, S)
+        w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
         frame_weights[clip.name] = np.stack(
-            [to_frames(targets, w[:, i], n) for i in range(len(present))], axis=1
+            [to_frames(targets, w[:, i], n) for i in range(len(gated))], axis=1
         )
         floor_native[clip.name] = frame_difference_scores(native.frames(clip.name)).astype(np.float64)
         floor_model[clip.name] = frame_difference_scores(frames).astype(np.float64)
@@ -246,27 +326,29 @@ def evaluate(
             v: _fuse_frames({s: frame_scores[s][v] for s in streams}, cal, streams) for v in labels
         }
 
-    variants["fused: all streams (calibrated, context gate)"] = {
-        v: np.sum(
-            frame_weights[v]
-            * np.stack(
-                [(frame_scores[s][v] - cal.streams[s].location) / cal.streams[s].scale for s in present], 1
-            ),
-            axis=1,
-        )
-        for v in labels
+    z = {
+        s: {v: (frame_scores[s][v] - cal.streams[s].location) / cal.streams[s].scale for v in labels}
+        for s in present
     }
+    factors = {v: gate_factors(frame_weights[v], gated, present) for v in labels}
+    ablation = fusion_ablation(z, {s: cal.weight(s) for s in present}, factors)
+    # The names earlier results use: the uniform and the gate-weighted mean, without reliability weights.
+    variants["fused: all streams (calibrated, context gate)"] = ablation[fusion_variant("mean", False, True)]
+    variants.update(ablation)
+    product = fusion_variant(cal.rule, True, True)
+    # The calibration's threshold is a quantile of its own rule's fused score with a uniform gate.
+    thresholded = fusion_variant(cal.rule, True, False)
 
     results: dict[str, Any] = {}
     for name, scores in variants.items():
-        threshold = cal.threshold if name == "fused: all streams (calibrated)" else None
+        threshold = cal.threshold if name == thresholded else None
         results[name] = score_report(scores, labels, fps=fps, threshold=threshold)
         smoothed = {v: gaussian_smooth(s, smooth_sigma) for v, s in scores.items()}
         results[name + f" + gaussian smoothing (sigma={smooth_sigma:g})"] = score_report(
             smoothed, labels, fps=fps, threshold=threshold
         )
 
-    primary = f"fused: all streams (calibrated, context gate) + gaussian smoothing (sigma={smooth_sigma:g})"
+    primary = f"{product} + gaussian smoothing (sigma={smooth_sigma:g})"
     summary = {
         name: {
             "micro_auc": r["micro_auc"],
@@ -277,7 +359,7 @@ def evaluate(
         }
         for name, r in results.items()
     }
-    primary_scores = variants["fused: all streams (calibrated, context gate)"]
+    primary_scores = variants[product]
     contexts = {c.name: c.context for c in test.clips}
     events = {c.name: c.events for c in test.clips if c.events}
     smoothed_primary = {v: gaussian_smooth(s, smooth_sigma) for v, s in primary_scores.items()}
@@ -308,6 +390,7 @@ def evaluate(
         "primary": primary,
         "summary": summary,
         "calibration": cal.to_dict(),
+        "fusion_ablation": list(ablation),
         "stream_gate": gate_info,
         "details": results,
         "machine": {
@@ -328,16 +411,17 @@ def evaluate(
             "stream: predictive (raw)",
             "fused: all streams (calibrated)",
             "fused: all streams (calibrated, context gate)",
+            product,
         )
         if name in variants
     }
     plot_roc_curves(curves, out / "roc.png", title=f"{ds_cfg.kind}: frame-level ROC")
-    fused = variants["fused: all streams (calibrated, context gate)"]
+    fused = variants[product]
     plot_score_timelines(
         {v: gaussian_smooth(s, smooth_sigma) for v, s in fused.items()},
         out / "timelines.png",
         labels=labels,
-        title="fused calibrated, gated score per frame (smoothed); shaded: ground-truth anomalies",
+        title=f"{product} per frame (smoothed); shaded: ground-truth anomalies",
     )
     return metrics
 

@@ -2,7 +2,9 @@
 
 No gradient step: the footage runs through the same graph, preprocessing and engines as a live run,
 each stream's raw clip scores are collected, and ``plugins.fusion.fit_calibration`` turns them into
-robust statistics plus a default threshold (a high quantile of the fused normal score).
+robust statistics, each stream's reliability weight from held-out time folds of the footage, and a default
+threshold (a high quantile of the fused normal score). The command prints which streams the camera trusts
+and why (``plugins.fusion.describe_trust``).
 
 With an appearance engine, the last frame of every clip is encoded too (kept as float16), and the camera's
 appearance memory (``plugins.appearance``) is fitted on them. The clips of each footage are split in two
@@ -38,14 +40,28 @@ from pipeline.inference import (
     load_engines,
 )
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map, memory_path, save_memory
-from plugins.fusion import fit_calibration, save_calibration
+from plugins.fusion import (
+    Calibration,
+    CalibrationError,
+    describe_trust,
+    fit_calibration,
+    format_trust,
+    load_calibration,
+    save_calibration,
+)
 from plugins.scorer import reduce_map
 from plugins.streams import APPEARANCE
 from plugins.zones import CellFilters, ViewZones
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationFootageError", "CalibrationSamples", "calibrate_camera", "collect_scores"]
+__all__ = [
+    "CalibrationFootageError",
+    "CalibrationSamples",
+    "calibrate_camera",
+    "collect_scores",
+    "trust_report",
+]
 
 #: Time folds of the footage (its first and second half): the appearance memory of one scores the other.
 FOLDS = 2
@@ -252,7 +268,9 @@ def calibrate_camera(
             f"(give at least {frames / camera.sampling.fps:.0f} s of normal footage "
             f"at {camera.sampling.fps:g} fps)"
         )
-    cal = fit_calibration(collected.samples, threshold_quantile=0.995, camera=camera_id)
+    # The clips' time folds (held out from each other) give the reliability weights, as they gave the
+    # appearance stream's held-out samples.
+    cal = fit_calibration(collected.samples, collected.folds, threshold_quantile=0.995, camera=camera_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     memory_file = memory_path(out)
     if collected.memory is not None:
@@ -278,6 +296,16 @@ def calibrate_camera(
         "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0
     )
     return out
+
+
+def trust_report(cal: Calibration) -> str:
+    """What ``zsad calibrate`` prints after fitting: the threshold and which streams the camera trusts."""
+    threshold = "none" if cal.threshold is None else f"{cal.threshold:.3f}"
+    head = (
+        f"camera {cal.camera}: {cal.n_samples} clips, fusion rule {cal.rule}, "
+        f"default threshold {threshold} (the {cal.threshold_quantile:g} quantile of the fused normal score)"
+    )
+    return f"{head}\n{format_trust(describe_trust(cal))}"
 
 
 def _footage_problem(uri: str) -> str | None:
@@ -329,6 +357,11 @@ def run_calibrate(args: Any) -> int:
         return 1
     finally:
         engines.close()
+    try:
+        print(trust_report(load_calibration(path)))
+    except CalibrationError as exc:  # written a moment ago; unreadable now means the disk changed under us
+        print(f"calibration failed: {exc}")
+        return 1
     print(f"calibration: {path}")
     memory_file = memory_path(path)
     if memory_file.is_file():

@@ -92,9 +92,19 @@ ALERT_SCHEMA: dict[str, Any] = {
         "contributions": {
             "type": "object",
             "additionalProperties": _NUM,
-            "description": "Per stream w*z at the peak; they sum to the peak's unsmoothed fused score.",
+            "description": (
+                "Per stream w*z at the peak: under the camera's fusion rule 'mean' they sum to the peak's "
+                "unsmoothed fused score, under 'max' the largest is that score."
+            ),
         },
-        "weights": {"type": "object", "additionalProperties": _NUM, "description": "Gate weights at peak."},
+        "weights": {
+            "type": "object",
+            "additionalProperties": _NUM,
+            "description": (
+                "Each stream's weight w in the fused score at the peak: under 'mean' gate weights summing to "
+                "1, under 'max' its reliability weight times its gate factor."
+            ),
+        },
         "prompt": {"type": ["string", "null"], "description": "Best-matching anomalous prompt."},
         "zone": {
             "type": ["string", "null"],

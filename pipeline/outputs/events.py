@@ -181,9 +181,9 @@ class CameraAlerts:
         if maps is not None:
             scored = counted if counted is not None else maps
             stats = self.fusion.cell_stats()
-            evidence = evidence_map(scored, fused.weights, stats)
+            evidence = evidence_map(scored, fused.weights, stats, rule=fused.rule)
             if evidence is not None:
-                tiebreak = evidence_map(scored, fused.weights, stats, positive=False)
+                tiebreak = evidence_map(scored, fused.weights, stats, positive=False, rule=fused.rule)
                 location = locate_peak(evidence, zones, tiebreak)
         self.last_location = location
         score = fused.score
@@ -257,6 +257,7 @@ class CameraAlerts:
             weights=acc.weights,
             stats=self.fusion.cell_stats(),
             clips=acc.clips,
+            rule=self.fusion.rule,
         )
         try:
             evidence.save(path)

@@ -67,7 +67,14 @@ from plugins.appearance import (
     load_memory,
     memory_path,
 )
-from plugins.fusion import Calibration, CalibrationError, CameraFusion, StreamGate, load_calibration
+from plugins.fusion import (
+    Calibration,
+    CalibrationError,
+    CameraFusion,
+    FusionError,
+    StreamGate,
+    load_calibration,
+)
 from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
 from plugins.scorer import StreamScores, filter_scores
 from plugins.streams import APPEARANCE
@@ -228,12 +235,16 @@ class RunOutputs:
         the run."""
         calibration = self._read_calibration(cam)
         self._read_memory(cam, calibration)
-        fusion = CameraFusion(
-            cam.id,
-            calibration=calibration or Calibration.identity_for(cam.id),
-            gate=self.gate,
-            smoothing=cam.alerts.smoothing,
-        )
+        try:
+            fusion = CameraFusion(
+                cam.id,
+                calibration=calibration or Calibration.identity_for(cam.id),
+                gate=self.gate,
+                smoothing=cam.alerts.smoothing,
+                rule=cam.fusion.rule,
+            )
+        except FusionError as exc:  # the config's rule is validated; this is a defect, say whose
+            raise RunOutputsError(f"camera {cam.id}: {exc}") from exc
         zoning, overridden = self._read_zoning(cam.id, cam.zoning)
         zones = ViewZones.from_settings(zoning)
         store, levels = self._open_store(cam)
@@ -271,6 +282,10 @@ class RunOutputs:
         )
         self._publish_zones(cam.id, zoning)
         self.run_state.set_camera_learning(cam.id, self._learning_summary(cam.id))
+        trust = fusion.trust()
+        self.run_state.set_camera_trust(cam.id, fusion.rule, [row.to_dict() for row in trust])
+        weights = {row.stream: row.weight for row in trust if row.weight is not None}
+        self.metrics.set_stream_weights(cam.id, weights)
 
     @staticmethod
     def _read_calibration(cam: CameraSettings) -> Calibration | None:
@@ -342,6 +357,7 @@ class RunOutputs:
         if recorder is not None:
             recorder.close()
         self.run_state.remove_camera(camera)
+        self.metrics.set_stream_weights(camera, {})
         self._dropped_seen.pop(camera, None)
         return list(records)
 

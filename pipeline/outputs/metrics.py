@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
@@ -207,8 +207,10 @@ class ZsadMetrics(MetricsRegistry):
     camera_state (gauge labelled ``camera``, ``state``: 1 for the current state, 0 for the others, see
     :meth:`set_camera_state`); learned_labels (gauge: false alarms the camera's learned levels come from),
     feedback_labels (counter labelled ``camera``, ``action``: ``learn`` or ``forget``, one per false-alarm
-    label learned or taken back). Per sink (label ``sink``): sink_spooled (gauge: records waiting in the
-    spool), sink_delivered, sink_dead_letters (counters).
+    label learned or taken back), stream_weight (gauge labelled ``camera``, ``stream``: the stream's
+    reliability weight from the camera's calibration, :meth:`set_stream_weights`). Per sink (label
+    ``sink``): sink_spooled (gauge: records waiting in the spool), sink_delivered, sink_dead_letters
+    (counters).
     """
 
     def __init__(self) -> None:
@@ -250,8 +252,26 @@ class ZsadMetrics(MetricsRegistry):
             "Alert records refused permanently (moved to dead letters).",
             ("sink",),
         )
+        self.stream_weight = self.gauge(
+            "zsad_stream_weight",
+            "Reliability weight of a stream on the camera, from its calibration's held-out normal footage "
+            "(1: trusted as calibrated; lower: weighed down in the fused score).",
+            ("camera", "stream"),
+        )
         self._states: dict[str, set[str]] = {}
+        self._weighted: dict[str, set[str]] = {}
         self._state_lock = threading.Lock()
+
+    def set_stream_weights(self, camera: str, weights: Mapping[str, float]) -> None:
+        """Publish the camera's stream reliability weights, replacing (and removing) what it had before;
+        an empty mapping removes them all (the camera is gone)."""
+        with self._state_lock:
+            for stream in self._weighted.pop(camera, set()) - set(weights):
+                self.stream_weight.remove(camera=camera, stream=stream)
+            for stream, w in weights.items():
+                self.stream_weight.set(float(w), camera=camera, stream=stream)
+            if weights:
+                self._weighted[camera] = set(weights)
 
     def set_camera_state(self, camera: str, state: str) -> None:
         """Mark ``state`` as the camera's current state (1) and every state it was in before as 0."""

@@ -98,6 +98,12 @@ def parse_time(value: str | float) -> float:
     return dt.timestamp()
 
 
+def _copy_trust(trust: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if trust is None:
+        return None
+    return {"rule": trust["rule"], "streams": [dict(row) for row in trust["streams"]]}
+
+
 def _finite(value: Any) -> float | None:
     """A float for JSON: NaN and infinities become None (browsers' JSON.parse rejects them)."""
     try:
@@ -149,6 +155,7 @@ class _Camera:
     scores: deque[_Score] = field(default_factory=deque)
     zones: dict[str, Any] = field(default_factory=dict)
     learned: dict[str, Any] | None = None
+    trust: dict[str, Any] | None = None
 
 
 class RunState:
@@ -223,6 +230,25 @@ class RunState:
             cam = self._cameras.get(camera_id)
             if cam is not None:
                 cam.learned = dict(summary) if summary is not None else None
+
+    def set_camera_trust(self, camera_id: str, rule: str, streams: list[Mapping[str, Any]]) -> None:
+        """What ``/api/cameras`` says about how a camera fuses its streams: the fusion ``rule`` in force and,
+        per stream, its reliability weight and why (``plugins.fusion.TrustRow.to_dict()`` rows)."""
+        rows = [
+            {
+                "stream": str(r["stream"]),
+                "weight": _finite(r.get("weight")),
+                "heldout_q": _finite(r.get("heldout_q")),
+                "drift": _finite(r.get("drift")),
+                "verdict": str(r["verdict"]),
+                "reason": str(r["reason"]),
+            }
+            for r in streams
+        ]
+        with self._lock:
+            cam = self._cameras.get(camera_id)
+            if cam is not None:
+                cam.trust = {"rule": str(rule), "streams": rows}
 
     def remove_camera(self, camera_id: str) -> None:
         """Forget a camera and its score history; its alerts stay."""
@@ -325,6 +351,7 @@ class RunState:
                         "last_alert_start": last_by_camera.get(cam.id),
                         "zones": dict(cam.zones) or {"names": [], "alert_zones": None, "masks": 0},
                         "learned": dict(cam.learned) if cam.learned is not None else None,
+                        "trust": _copy_trust(cam.trust),
                     }
                 )
             return out

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
 from pipeline.outputs.alert_schema import example_record, iso_utc, validate_alert
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web import ReviewServer, ReviewServerError
+from plugins.fusion import Calibration, describe_trust, fit_calibration, time_folds
 
 XSS_PROMPT = "<img src=x onerror=alert(1)>"
 
@@ -142,6 +144,19 @@ CAMERAS = [
 ]
 
 
+def demo_calibration(camera: str, seed: int = 0) -> Calibration:
+    """A camera calibrated on two time folds of normal scores: motion Gaussian (trusted), pixel with a heavy
+    tail (weighed down), predictive whose level moved between the folds (weighed down)."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    samples = {
+        "motion": rng.normal(0.2, 0.02, n),
+        "pixel": 0.1 + 0.01 * rng.standard_t(1.5, n),
+        "predictive": np.concatenate([rng.normal(1.0, 0.1, n // 2), rng.normal(1.4, 0.1, n // 2)]),
+    }
+    return fit_calibration(samples, time_folds(n), camera=camera)
+
+
 def build_demo_run(out: Path, mp4_source: Path, *, points: int = 170) -> DemoRun:
     """A RunState on ``out`` with 4 cameras, ``points`` scores each, 4 alerts (one open, one with an
     XSS prompt) whose snapshot and clip files exist under ``out/events``."""
@@ -152,6 +167,9 @@ def build_demo_run(out: Path, mp4_source: Path, *, points: int = 170) -> DemoRun
     for ci, (cam, context, uri, cam_state, detail) in enumerate(CAMERAS):
         state.add_camera(cam, context, uri, threshold=3.0)
         state.set_camera_state(cam, cam_state, detail)
+        if cam_state == "live":
+            cal = demo_calibration(cam, seed=ci)
+            state.set_camera_trust(cam, cal.rule, [row.to_dict() for row in describe_trust(cal)])
         if cam_state == "live":
             for k in range(20):
                 state.frame_in(cam, mono - 2.0 + k * 0.1)
@@ -306,6 +324,18 @@ def test_cameras_endpoint(server: str) -> None:
     assert cams["lobby"]["detail"] == "connection refused; retry in 4 s"
     assert cams["dock-2"]["fps"] == 0.0
     assert cams["parking-north"]["open_alert"] is not None
+    # Which streams the camera trusts and why, from its calibration's held-out normal footage.
+    trust = gate["trust"]
+    assert trust["rule"] == "max"
+    rows = {r["stream"]: r for r in trust["streams"]}
+    assert set(rows["motion"]) == {"stream", "weight", "heldout_q", "drift", "verdict", "reason"}
+    assert rows["motion"]["verdict"] == "trusted"
+    assert rows["motion"]["weight"] > 0.9
+    assert rows["pixel"]["verdict"] == "weighed down"
+    assert rows["pixel"]["weight"] < 0.8
+    assert "tail heavier than Gaussian" in rows["pixel"]["reason"]
+    assert "level drifts between folds" in rows["predictive"]["reason"]
+    assert cams["lobby"]["trust"] is None  # nothing told about it
 
 
 def test_scores_endpoint(server: str) -> None:

@@ -141,6 +141,12 @@ def test_cameras_view_shows_cameras_and_live_sparklines(
         "dock-2": "failed",
     }
     assert "connection refused" in cards["lobby"].find_element(By.CSS_SELECTOR, ".detail").text
+    # Which streams the camera trusts: one line on the card, each stream's reason on hover.
+    trust = cards["gate-east"].find_element(By.CSS_SELECTOR, ".trust")
+    assert trust.text == "fusion max · weighed down: pixel, predictive"
+    assert "pixel: weight 0." in (trust.get_attribute("title") or "")
+    assert "tail heavier than Gaussian" in (trust.get_attribute("title") or "")
+    assert cards["lobby"].find_element(By.CSS_SELECTOR, ".trust").text == ""
     assert cards["parking-north"].find_element(By.CSS_SELECTOR, ".chip.alarm").is_displayed()
 
     score_line = "[data-camera='gate-east'] .spark-score"

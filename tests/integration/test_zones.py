@@ -339,3 +339,33 @@ def test_zones_api_validates_and_overrides_reload_without_restart(
         assert body["overrides"] == {"path": f"overrides/{CAMERA}.yaml", "exists": False, "keys": []}
     finally:
         app.shutdown()
+
+
+def test_zsad_calibrate_prints_which_streams_the_camera_trusts(
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zsad calibrate` on the flag view's normal footage writes a version 2 calibration with a reliability
+    weight and a reason per stream, and prints the same as a table."""
+    from pipeline.cli.main import main
+    from plugins.fusion import load_calibration
+
+    footage = f"file://{world['root'] / 'flag-normal.mp4'}"
+    camera = {"id": "flagpole", "uri": footage}
+    site = write_site(tmp_path / "site.yaml", zones_site(world, tmp_path / "run", camera, {}))
+    out = tmp_path / "calib" / "flagpole.json"
+    code = main(["calibrate", str(site), "--camera", "flagpole", "--footage", footage, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    cal = load_calibration(out)
+    assert cal.rule == "max"
+    lines = printed.splitlines()
+    assert lines[0].startswith(f"camera flagpole: {cal.n_samples} clips, fusion rule max, default threshold ")
+    assert lines[1].split()[:2] == ["stream", "weight"]
+    for name, stats in cal.streams.items():
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert f"{stats.weight:.2f}" in row
+        assert stats.reason in row
+        # Enough clips for two folds of 10: every stream was assessed on held-out footage.
+        assert stats.heldout_q is not None
+        assert stats.reason.startswith("held-out 99th pct z ")
+    assert lines[-1] == f"calibration: {out}"

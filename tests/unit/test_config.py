@@ -43,6 +43,22 @@ def test_per_camera_override_wins_over_defaults() -> None:
     assert a.alerts.on_threshold == cfg.defaults.alerts.on_threshold
 
 
+def test_fusion_rule_per_camera_with_a_default(tmp_path: Path) -> None:
+    cfg = parse_config(
+        "defaults:\n  fusion: {rule: mean}\n" + BASE[len("version: 1\n") :] + "    fusion: {rule: max}\n"
+    )
+    assert cfg.camera_settings("cam-a").fusion.rule == "mean"
+    assert cfg.camera_settings("cam-b").fusion.rule == "max"
+    assert parse_config(BASE).camera_settings("cam-a").fusion.rule == "auto"
+    path = _write(tmp_path, BASE + "    fusion: {rule: sum}\n")
+    with pytest.raises(
+        ConfigError, match=rf"{path}:8: cameras\[1\]\.fusion\.rule: .*'auto', 'max' or 'mean'"
+    ):
+        load_config(path)
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config(BASE + "    fusion: {rule: max, temperature: 2}\n")
+
+
 @pytest.mark.parametrize(
     ("snippet", "line", "field", "needle"),
     [

@@ -178,3 +178,34 @@ def test_alert_zones_keep_alerts_to_the_peaks_inside_them() -> None:
     blind.set_zones(None)
     blind.update({"pixel": 9.0, "motion": 9.0}, None, 0.1)
     assert [(r["status"], r["zone"], r["peak_box"]) for r in quiet.records] == [("open", None, None)]
+
+
+def test_the_peak_follows_the_fused_rule(tmp_path: Path) -> None:
+    """Pixel is very hot on the left; on the right, pixel and motion are both warm. The mean adds the streams
+    and puts the peak on the right (4.5 against 5); the max rule, which scores the clip by its strongest
+    stream (9), puts the alert where that stream is: on the left. The saved evidence keeps the rule."""
+    pixel = np.zeros((3, 4), np.float32)
+    motion = np.zeros((3, 4), np.float32)
+    pixel[1, 0], pixel[1, 3], motion[1, 3] = 9.0, 4.0, 6.0
+    maps = {"pixel": pixel, "motion": motion}
+    raw = {"pixel": 9.0, "motion": 6.0}
+    policy = AlertPolicy(on_threshold=3.0, off_threshold=2.0, min_duration_s=0.0, cooldown_s=0.0, smoothing=1)
+    zones: dict[str, str] = {}
+    for rule in ("mean", "max"):
+        recorder = EventRecorder(f"cam-{rule}", tmp_path, MediaConfig(clips=False), fps=10.0)
+        pub = ListPublisher()
+        fusion = CameraFusion(f"cam-{rule}", _fusion().calibration, None, smoothing=1, rule=rule)
+        cam = CameraAlerts(
+            f"cam-{rule}", "parking", policy, fusion, pub, recorder=recorder, zones=_zones(),
+            evidence_dir=recorder.events_dir,
+        )  # fmt: skip
+        fused, _ = cam.update(raw, None, 0.0, maps=maps)
+        assert fused.score == (7.5 if rule == "mean" else 9.0)
+        cam.update({"pixel": 0.0, "motion": 0.0}, None, 0.1, maps=_hot_maps((0, 0), 0.0))
+        _opened, closed = pub.records
+        validate_alert(closed)
+        zones[rule] = closed["zone"]
+        evidence = EventEvidence.load(recorder.events_dir / f"{closed['alert_id']}.npz")
+        assert evidence.rule == rule
+        recorder.close()
+    assert zones == {"mean": "right", "max": "left"}

@@ -1,28 +1,39 @@
-"""Score fusion: robust calibration, the gate's masked softmax, weighted fusion, smoothing, file I/O."""
+"""Score fusion: robust calibration, reliability weights from held-out folds, the gate's masked softmax and
+its neutral factor, the mean and max rules, smoothing, file I/O (versions 1 and 2), the trust table."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
 
 from plugins.fusion import (
+    MIN_WEIGHT,
     Calibration,
     CalibrationError,
     CameraFusion,
+    FusionError,
     GateError,
     StreamGate,
     StreamStats,
     TemporalSmoother,
+    TrustRow,
+    assess_stream,
     calibrate,
+    describe_trust,
     fit_calibration,
+    format_trust,
     fuse,
+    fuse_arrays,
     load_calibration,
     save_calibration,
+    time_folds,
 )
+from plugins.streams import APPEARANCE
 
 
 def _normal_samples(n: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
@@ -35,14 +46,30 @@ def _normal_samples(n: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def test_fit_calibration_recovers_median_and_sigma() -> None:
-    cal = fit_calibration(_normal_samples(), threshold_quantile=0.99)
+    cal = fit_calibration(_normal_samples(), threshold_quantile=0.99, rule="mean")
     assert cal.streams["predictive"].location == pytest.approx(5.0, abs=0.15)
     assert cal.streams["predictive"].scale == pytest.approx(2.0, rel=0.1)
     assert cal.streams["pixel"].scale == pytest.approx(0.002, rel=0.1)
     assert cal.streams["motion"].n == 2000
     assert cal.n_samples == 2000
+    assert cal.rule == "mean"
     # Uniform fusion of three unit normals has std 1/sqrt(3); its 99% quantile is ~2.33/sqrt(3).
     assert cal.threshold == pytest.approx(2.326 / np.sqrt(3), rel=0.15)
+
+
+def test_threshold_is_the_quantile_of_the_same_rule() -> None:
+    """A new calibration fuses by max, and its threshold is the quantile of the max of the streams: for three
+    independent unit normals P(max < t) = Phi(t)^3, so t = Phi^-1(0.99^(1/3)) ~ 2.71, not 2.33/sqrt(3)."""
+    samples = _normal_samples()
+    cal = fit_calibration(samples, threshold_quantile=0.99)
+    assert cal.rule == "max"
+    assert cal.threshold == pytest.approx(NormalDist().inv_cdf(0.99 ** (1 / 3)), rel=0.08)
+    # The same numbers through the run's own fusion give the same quantile.
+    cf = CameraFusion("cam", cal, None, smoothing=1)
+    fused = [
+        cf.update({k: float(v[i]) for k, v in samples.items()}, None, float(i)).raw_fused for i in range(2000)
+    ]
+    assert cal.threshold == pytest.approx(float(np.quantile(fused, 0.99)))
 
 
 def test_robust_to_outliers_in_normal_footage() -> None:
@@ -103,7 +130,11 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
     [
         ("{not json", "not valid JSON"),
         ("[]", "top level must be an object"),
-        ('{"version": 2, "streams": {}}', "unsupported calibration version"),
+        ('{"version": 3, "streams": {}}', "unsupported calibration version"),
+        ('{"version": true, "streams": {}}', "unsupported calibration version"),
+        ('{"version": 2, "rule": "median", "streams": {}}', "'rule' must be one of mean, max"),
+        ('{"version": 2, "streams": {"pixel": {"location": 0, "scale": 1, "weight": 0}}}', "weight must be"),
+        ('{"version": 2, "streams": {"pixel": {"location": 0, "scale": 1, "reason": 3}}}', "'reason'"),
         ('{"version": 1, "streams": {"pixel": {"location": 0, "scale": 0}}}', "scale > 0"),
         ('{"version": 1, "streams": {"pixel": {"location": "x", "scale": 1}}}', "expected a number"),
         ('{"version": 1}', "'streams' must be an object"),
@@ -219,3 +250,324 @@ def test_camera_fusion_with_gate_and_context() -> None:
     assert out.weights["pixel"] > 0.99
     assert out.score == pytest.approx(1.0)
     assert sum(out.weights.values()) == pytest.approx(1.0)
+
+
+# -- reliability weights from held-out folds -----------------------------------------------------------------
+
+
+def _two_folds(n: int = 400) -> np.ndarray:
+    return time_folds(n, 2)
+
+
+def test_time_folds_are_contiguous_blocks() -> None:
+    assert time_folds(6, 2).tolist() == [0, 0, 0, 1, 1, 1]
+    assert time_folds(5, 2).tolist() == [0, 0, 0, 1, 1]
+    assert time_folds(0, 2).size == 0
+    with pytest.raises(CalibrationError):
+        time_folds(4, 0)
+
+
+def test_gaussian_stream_is_trusted() -> None:
+    x = np.random.default_rng(3).normal(10.0, 2.0, 400)
+    weight, q, drift, reason = assess_stream(x, _two_folds())
+    assert weight == 1.0
+    assert q is not None
+    assert q == pytest.approx(2.33, abs=0.5)
+    assert drift is not None
+    assert drift < 0.3
+    assert reason.startswith("held-out 99th pct z ")
+    assert reason.endswith("trusted")
+
+
+def test_heavy_tailed_stream_is_weighed_down_and_the_reason_says_so() -> None:
+    """A stream whose normal clips now and then jump far (a flickering screen, headlights) has a MAD scale
+    that says nothing of its tail; on held-out normal footage its 99th percentile is far above 2.33."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_t(1.5, 400)  # heavy tails, both folds alike: no drift
+    weight, q, _, reason = assess_stream(x, _two_folds())
+    assert q is not None
+    assert q > 5.0
+    assert weight == pytest.approx(NormalDist().inv_cdf(0.99) / q, rel=0.15)
+    assert weight < 0.5
+    assert "weighed down (tail heavier than Gaussian" in reason
+    assert f"z {q:.1f} (expected 2.3)" in reason
+
+
+def test_drifting_stream_is_weighed_down_and_the_reason_says_so() -> None:
+    """The level moves between the first and the second half of the footage (the sun comes out): each fold
+    held out sits far from the other's median."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0.0, 1.0, 200), rng.normal(3.0, 1.0, 200)])
+    weight, _, drift, reason = assess_stream(x, _two_folds())
+    assert drift is not None
+    assert drift > 2.0
+    assert weight < 0.4
+    assert "level drifts between folds" in reason
+    # The same values shuffled in time drift no more than noise: the drift term is about time, not values.
+    shuffled = rng.permutation(x)
+    _, _, drift2, reason2 = assess_stream(shuffled, _two_folds())
+    assert drift2 is not None
+    assert drift2 < 0.5
+    assert "drifts" not in reason2
+
+
+def test_weight_never_below_the_floor() -> None:
+    x = np.concatenate([np.zeros(200), np.full(200, 50.0)])  # constant, then a jump: z of 1e7
+    weight, _, _, _ = assess_stream(x, _two_folds())
+    assert weight == MIN_WEIGHT
+
+
+def test_too_few_clips_per_fold_gives_weight_one_and_says_why() -> None:
+    weight, q, drift, reason = assess_stream(np.arange(15.0), time_folds(15, 2), min_fold_clips=10)
+    assert (weight, q, drift) == (1.0, None, None)
+    assert "too few clips to hold out" in reason
+    assert "[7, 8]" in reason
+
+
+def test_fit_calibration_with_folds_weighs_each_stream() -> None:
+    rng = np.random.default_rng(6)
+    n = 400
+    samples = {
+        "motion": rng.normal(5.0, 1.0, n),
+        "pixel": rng.standard_t(1.5, n),
+        "predictive": np.concatenate([rng.normal(0.0, 1.0, n // 2), rng.normal(4.0, 1.0, n // 2)]),
+    }
+    cal = fit_calibration(samples, _two_folds(n))
+    assert cal.heldout_quantile == 0.99
+    assert cal.streams["motion"].weight == 1.0
+    assert cal.streams["pixel"].weight < 0.5
+    assert cal.streams["predictive"].weight < 0.4
+    # Location and scale still come from all the clips.
+    assert cal.streams["motion"].location == pytest.approx(5.0, abs=0.2)
+    # The threshold uses the weights: the max of the weighted z-scores, recomputed here by hand.
+    z = {k: (v - cal.streams[k].location) / cal.streams[k].scale for k, v in samples.items()}
+    by_hand = np.max([cal.streams[k].weight * z[k] for k in samples], axis=0)
+    assert cal.threshold == pytest.approx(float(np.quantile(by_hand, 0.99)))
+
+
+def test_fit_calibration_without_folds_weighs_nothing() -> None:
+    cal = fit_calibration(_normal_samples(100))
+    assert {s.weight for s in cal.streams.values()} == {1.0}
+    assert {s.reason for s in cal.streams.values()} == {"no held-out folds"}
+    assert cal.heldout_quantile is None
+
+
+def test_fit_calibration_rejects_bad_folds_and_rules() -> None:
+    with pytest.raises(CalibrationError, match="one id per clip"):
+        fit_calibration({"a": np.arange(10.0)}, np.zeros(9, np.int64))
+    with pytest.raises(CalibrationError, match="one id per clip"):
+        fit_calibration({"a": np.arange(10.0), "b": np.arange(12.0)}, np.zeros(10, np.int64))
+    with pytest.raises(CalibrationError, match="integers"):
+        fit_calibration({"a": np.arange(10.0)}, np.zeros(10))
+    with pytest.raises(CalibrationError, match="unknown fusion rule 'sum'"):
+        fit_calibration({"a": np.arange(10.0)}, rule="sum")
+
+
+# -- file versions -------------------------------------------------------------------------------------------
+
+
+def test_version_2_round_trip_keeps_weights_and_rule(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    cal = fit_calibration(
+        {"motion": rng.normal(0, 1, 300), "pixel": rng.standard_t(1.5, 300)}, time_folds(300), camera="c"
+    )
+    path = tmp_path / "c.json"
+    save_calibration(cal, path)
+    data = json.loads(path.read_text())
+    assert data["version"] == 2
+    assert data["rule"] == "max"
+    assert set(data["streams"]["pixel"]) == {
+        "location",
+        "scale",
+        "n",
+        "weight",
+        "heldout_q",
+        "drift",
+        "reason",
+    }
+    back = load_calibration(path)
+    assert back == cal
+    assert back.streams["pixel"].weight < 1.0
+
+
+def test_version_1_file_loads_with_the_mean_rule_and_weight_one(tmp_path: Path) -> None:
+    """A calibration written before reliability weights keeps today's fusion, so its threshold (a quantile
+    of the uniformly weighted mean) still means what it meant."""
+    path = tmp_path / "old.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "camera": "old",
+                "identity": False,
+                "n_samples": 100,
+                "threshold_quantile": 0.995,
+                "threshold": 1.7,
+                "streams": {
+                    "pixel": {"location": 1.0, "scale": 2.0, "n": 100},
+                    "motion": {"location": 0.0, "scale": 1.0, "n": 100},
+                },
+            }
+        )
+    )
+    cal = load_calibration(path)
+    assert cal.rule == "mean"
+    assert cal.threshold == 1.7
+    assert {s.weight for s in cal.streams.values()} == {1.0}
+    assert "version 1" in cal.streams["pixel"].reason
+    cf = CameraFusion("old", cal, None, smoothing=1)
+    out = cf.update({"pixel": 9.0, "motion": 0.0}, None, 0.0)
+    assert out.rule == "mean"
+    assert out.score == pytest.approx(2.0)  # (4 + 0) / 2, as before
+    assert [r.verdict for r in describe_trust(cal)] == ["not assessed", "not assessed"]
+
+
+# -- the max rule: a strong stream is never diluted ----------------------------------------------------------
+
+
+def test_max_rule_a_strong_stream_is_not_diluted_by_weak_ones() -> None:
+    z = {"appearance": 9.0, "pixel": 0.1, "motion": -0.2, "predictive": 0.0}
+    ones = dict.fromkeys(z, 1.0)
+    mean = fuse(z, ones, "mean")
+    top = fuse(z, ones, "max")
+    assert mean.score == pytest.approx(8.9 / 4)  # under a threshold of 3: the car on the footpath is missed
+    assert top.score == pytest.approx(9.0)
+    assert top.rule == "max"
+    assert top.weights == ones  # multipliers, not renormalised
+    assert top.contributions == pytest.approx(z)
+    # Adding more quiet streams never lowers the max.
+    more = fuse({**z, "semantic": -1.0}, {**ones, "semantic": 1.0}, "max")
+    assert more.score == top.score
+
+
+def test_max_rule_uses_the_multipliers() -> None:
+    f = fuse({"pixel": 8.0, "motion": 3.0}, {"pixel": 0.25, "motion": 1.0}, "max")
+    assert f.score == pytest.approx(3.0)
+    assert f.contributions == pytest.approx({"pixel": 2.0, "motion": 3.0})
+    assert fuse({}, {"pixel": 1.0}, "max").score == 0.0
+    with pytest.raises(FusionError, match="unknown fusion rule"):
+        fuse({"pixel": 1.0}, {"pixel": 1.0}, "median")
+
+
+def test_fuse_arrays_matches_fuse_clip_by_clip() -> None:
+    rng = np.random.default_rng(8)
+    z = {"a": rng.normal(size=50), "b": rng.normal(size=50), "c": rng.normal(size=50)}
+    z["b"][3] = np.nan
+    z["a"][7] = z["b"][7] = z["c"][7] = np.nan
+    w = {"a": 0.5, "b": rng.uniform(0.1, 2.0, 50), "c": 1.0}
+    for rule in ("mean", "max"):
+        fused = fuse_arrays(z, w, rule)
+        for i in range(50):
+            one = fuse(
+                {k: float(v[i]) for k, v in z.items()},
+                {k: float(np.broadcast_to(v, 50)[i]) for k, v in w.items()},
+                rule,
+            )
+            if i == 7:
+                assert np.isnan(fused[i])
+            else:
+                assert fused[i] == pytest.approx(one.raw_fused)
+
+
+def test_camera_fusion_max_rule_with_reliability_and_gate() -> None:
+    cal = Calibration(
+        streams={
+            "pixel": StreamStats(0.0, 1.0, 100, weight=0.25),
+            "motion": StreamStats(0.0, 1.0, 100),
+            APPEARANCE: StreamStats(0.0, 1.0, 100, weight=0.5),
+        },
+        rule="max",
+    )
+    gate = StreamGate(np.array([[4.0], [-4.0]], np.float32), np.zeros(2, np.float32), ["pixel", "motion"])
+    cf = CameraFusion("cam", cal, gate, smoothing=1)
+    c = np.array([1.0], np.float32)
+    out = cf.update({"pixel": 8.0, "motion": 8.0, APPEARANCE: 10.0}, c, 0.0)
+    g = gate.weights(c, ["pixel", "motion"])
+    assert out.weights == pytest.approx(
+        {"pixel": 0.25 * 2 * g["pixel"], "motion": 2 * g["motion"], APPEARANCE: 0.5}
+    )
+    # pixel: 8 * 0.25 * 2 * g ~ 4.0; motion: 8 * 2 * (1 - g) ~ 0.0; appearance: 10 * 0.5 = 5.0.
+    assert out.score == pytest.approx(5.0)
+    assert max(out.contributions, key=out.contributions.__getitem__) == APPEARANCE
+
+
+def test_gate_factor_is_neutral_for_memory_streams(caplog: pytest.LogCaptureFixture) -> None:
+    """The trained gate has no row for a memory stream: it neither silences it (as weights() would) nor
+    favours it; the streams it knows keep factors averaging 1, so a uniform gate is 1 everywhere."""
+    uniform = StreamGate.uniform()
+    with caplog.at_level(logging.WARNING):
+        assert uniform.factors(None, ["pixel", "motion", APPEARANCE]) == {
+            "pixel": 1.0,
+            "motion": 1.0,
+            APPEARANCE: 1.0,
+        }
+    assert not [r for r in caplog.records if APPEARANCE in r.getMessage()]
+    gate = StreamGate(np.array([[2.0], [0.0]], np.float32), np.zeros(2, np.float32), ["pixel", "motion"])
+    f = gate.factors(np.array([1.0], np.float32), ["pixel", "motion", APPEARANCE])
+    assert f[APPEARANCE] == 1.0
+    assert f["pixel"] + f["motion"] == pytest.approx(2.0)
+    assert f["pixel"] > 1.0 > f["motion"]
+    assert gate.factors(None, [APPEARANCE]) == {APPEARANCE: 1.0}
+    with caplog.at_level(logging.WARNING):
+        gate.factors(None, ["pixel", "brand-new"])
+    assert any("'brand-new'" in r.getMessage() and "neutral" in r.getMessage() for r in caplog.records)
+
+
+def test_mean_rule_gives_memory_streams_a_neutral_share() -> None:
+    cal = Calibration(streams={s: StreamStats(0.0, 1.0, 10) for s in ("pixel", "motion", APPEARANCE)})
+    out = CameraFusion("cam", cal, None, smoothing=1).update(
+        {"pixel": 3.0, "motion": 0.0, APPEARANCE: 6.0}, None, 0.0
+    )
+    assert out.weights == pytest.approx({"pixel": 1 / 3, "motion": 1 / 3, APPEARANCE: 1 / 3})
+    assert out.score == pytest.approx(3.0)
+
+
+def test_config_rule_overrides_the_calibration_and_auto_keeps_it() -> None:
+    cal = Calibration(streams={s: StreamStats(0.0, 1.0, 10) for s in ("pixel", "motion")}, rule="max")
+    raw = {"pixel": 6.0, "motion": 0.0}
+    assert CameraFusion("c", cal, None, 1).update(raw, None, 0.0).score == 6.0
+    assert CameraFusion("c", cal, None, 1, rule="auto").update(raw, None, 0.0).score == 6.0
+    assert CameraFusion("c", cal, None, 1, rule="mean").update(raw, None, 0.0).score == 3.0
+    assert CameraFusion("c", None, None, 1).rule == "mean"  # uncalibrated: today's behaviour
+    with pytest.raises(FusionError, match="unknown fusion rule"):
+        CameraFusion("c", cal, None, 1, rule="sum")
+
+
+# -- which streams a camera trusts ---------------------------------------------------------------------------
+
+
+def test_describe_trust_rows_and_table() -> None:
+    cal = Calibration(
+        streams={
+            "motion": StreamStats(
+                0.0, 1.0, 300, 1.0, 2.41, 0.12, "held-out 99th pct z 2.4 (expected 2.3), drift 0.1: trusted"
+            ),
+            "pixel": StreamStats(
+                0.0,
+                1.0,
+                300,
+                0.22,
+                7.9,
+                1.2,
+                "held-out 99th pct z 7.9 (expected 2.3), drift 1.2: weighed down",
+            ),
+        },
+        rule="max",
+    )
+    rows = describe_trust(cal, ["motion", "pixel", APPEARANCE])
+    assert [(r.stream, r.verdict) for r in rows] == [
+        ("motion", "trusted"),
+        ("pixel", "weighed down"),
+        (APPEARANCE, "not calibrated"),
+    ]
+    assert rows[1] == TrustRow("pixel", 0.22, 7.9, 1.2, "weighed down", cal.streams["pixel"].reason)
+    assert rows[2].weight is None
+    assert "left out of the fused score" in rows[2].reason
+    assert rows[0].to_dict()["heldout_q"] == 2.41
+    table = format_trust(rows, "max").splitlines()
+    assert table[0] == "fusion rule: max"
+    assert table[1].split()[:5] == ["stream", "weight", "held-out", "q", "drift"]
+    assert table[3].split()[:6] == ["pixel", "0.22", "7.90", "1.20", "weighed", "down"]
+    assert table[4].split()[:6] == [APPEARANCE, "-", "-", "-", "not", "calibrated"]
+    assert [r.verdict for r in describe_trust(Calibration.identity_for("x"), ["pixel"])] == ["not calibrated"]
+    assert describe_trust(Calibration.identity_for("x")) == []

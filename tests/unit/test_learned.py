@@ -51,9 +51,13 @@ def test_evidence_round_trips_through_npz(tmp_path: Path) -> None:
     assert back.stats == STATS
     np.testing.assert_array_equal(back.maxima["motion"], ev.maxima["motion"])
     np.testing.assert_array_equal(back.peak["pixel"], ev.peak["pixel"])
+    assert back.rule == "mean"
     uncal = EventEvidence("cam", "a2", 0.0, {}, {"motion": np.ones((2, 2), np.float32)}, stats=None)
     uncal.save(tmp_path / "a2.npz")
     assert EventEvidence.load(tmp_path / "a2.npz").stats is None
+    ev.rule = "max"
+    ev.save(tmp_path / "a3.npz")
+    assert EventEvidence.load(tmp_path / "a3.npz").rule == "max"
 
 
 def test_unreadable_evidence_names_the_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pipeline.outputs.alert_schema import example_record, validate_alert
@@ -422,3 +423,56 @@ def test_label_listeners_hear_label_changes_only(tmp_path: Path) -> None:
     state.set_label(rec["alert_id"], "ack")
     aid = rec["alert_id"]
     assert heard == [(aid, None, "false_alarm"), (aid, "false_alarm", None), (aid, None, "ack")]
+
+
+def test_run_outputs_show_which_streams_each_camera_trusts(tmp_path: Path) -> None:
+    """/api/cameras and the metrics say, per camera, the fusion rule in force and each stream's reliability
+    weight with its reason, from the camera's calibration file; a camera's config can change the rule."""
+    from core.config import parse_config
+    from pipeline.outputs.hub import RunOutputs
+    from plugins.fusion import fit_calibration, save_calibration, time_folds
+
+    rng = np.random.default_rng(0)
+    n = 300
+    samples = {"motion": rng.normal(0.2, 0.02, n), "pixel": 0.1 + 0.01 * rng.standard_t(1.5, n)}
+    save_calibration(fit_calibration(samples, time_folds(n), camera="a"), tmp_path / "a.json")
+    cfg = parse_config(
+        json.dumps(
+            {
+                "cameras": [
+                    {"id": "a", "uri": "file:///a.mp4", "calibration": str(tmp_path / "a.json")},
+                    {
+                        "id": "b",
+                        "uri": "file:///b.mp4",
+                        "calibration": str(tmp_path / "a.json"),
+                        "fusion": {"rule": "mean"},
+                    },
+                    {"id": "raw", "uri": "file:///c.mp4"},
+                ],
+                "metrics": {"enabled": False},
+                "ui": {"enabled": False},
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    outputs = RunOutputs(cfg, model_id="test", gate_path=None)
+    try:
+        cams = {c["id"]: c for c in outputs.run_state.cameras()}
+        assert cams["a"]["trust"]["rule"] == "max"
+        assert cams["b"]["trust"]["rule"] == "mean"
+        rows = {r["stream"]: r for r in cams["a"]["trust"]["streams"]}
+        assert rows["motion"]["verdict"] == "trusted"
+        assert rows["pixel"]["verdict"] == "weighed down"
+        assert rows["pixel"]["reason"].startswith("held-out 99th pct z ")
+        assert cams["raw"]["trust"] == {"rule": "mean", "streams": []}
+        assert outputs.metrics.stream_weight.value(camera="a", stream="pixel") == pytest.approx(
+            rows["pixel"]["weight"]
+        )
+        assert "zsad_stream_weight{" in outputs.metrics.render()
+        outputs.remove_camera("a")
+        assert {key for _, key, _ in outputs.metrics.stream_weight.samples()} == {
+            ("b", "motion"),
+            ("b", "pixel"),
+        }
+    finally:
+        outputs.shutdown()

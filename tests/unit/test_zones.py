@@ -288,6 +288,42 @@ def test_evidence_counts_only_what_is_above_normal() -> None:
     assert np.isnan(nan[0, 0])
 
 
+def test_evidence_max_rule_follows_the_fused_score() -> None:
+    """Under the max rule a cell's evidence is its strongest weighted stream, as the fused score is the
+    strongest weighted stream: a stream that is quiet everywhere cannot pull the peak, and one that is hot in
+    one cell is not halved by the others."""
+    stats = {"pixel": (0.0, 1.0), "motion": (0.0, 1.0), "predictive": (0.0, 1.0)}
+    maps = {
+        "pixel": np.array([[9.0, 0.0, 0.0]], np.float32),  # a strong stream, hot on the left
+        "motion": np.array([[0.0, 2.0, 1.0]], np.float32),
+        "predictive": np.array([[0.0, 2.0, 1.0]], np.float32),
+    }
+    ones = {"pixel": 1.0, "motion": 1.0, "predictive": 1.0}
+    e = evidence_map(maps, ones, stats, rule="max")
+    assert e is not None
+    np.testing.assert_allclose(e, [[9.0, 2.0, 1.0]])
+    peak = locate_peak(e)
+    assert peak is not None
+    assert peak.cell == (0, 0)
+    assert peak.evidence == 9.0  # the fused max score of this clip, at its place
+    # A weighed-down stream needs a larger excursion to lead: pixel at 0.1 no longer wins the cell.
+    down = evidence_map(maps, {**ones, "pixel": 0.1}, stats, rule="max")
+    assert down is not None
+    np.testing.assert_allclose(down, [[0.9, 2.0, 1.0]])
+    # The mean (weights summing to 1) adds the streams instead: 3, 4/3, 2/3.
+    mean = evidence_map(maps, {k: 1 / 3 for k in ones}, stats)
+    assert mean is not None
+    np.testing.assert_allclose(mean, [[3.0, 4 / 3, 2 / 3]])
+    whole = evidence_map(maps, ones, stats, positive=False, rule="max")
+    assert whole is not None
+    np.testing.assert_allclose(whole, [[9.0, 2.0, 1.0]])
+    nan = evidence_map({"pixel": np.array([[np.nan, 2.0]], np.float32)}, {"pixel": 1.0}, None, rule="max")
+    assert nan is not None
+    assert np.isnan(nan[0, 0])
+    with pytest.raises(ValueError, match="unknown fusion rule"):
+        evidence_map(maps, ones, stats, rule="sum")
+
+
 def test_peak_box_and_zone() -> None:
     e = np.zeros((4, 4))
     e[1, 2], e[1, 3], e[2, 2] = 8.0, 5.0, 4.5  # a region of three cells around the peak at (1, 2)

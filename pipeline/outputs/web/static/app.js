@@ -160,14 +160,15 @@
     const foot = el("div", "card-foot");
     const zoneInfo = el("span", "zone-info muted");
     const learned = el("span", "learned muted");
+    const trust = el("span", "trust muted");
     const edit = el("a", "btn small edit-zones", "Edit zones");
     edit.href = `#zones/${encodeURIComponent(info.id)}`;
     edit.setAttribute("aria-label", `edit the masks and zones of ${info.id}`);
-    foot.append(zoneInfo, learned, edit);
+    foot.append(zoneInfo, learned, trust, edit);
     node.append(head, detail, stats, spark, axis, legend, foot);
     return {
       node,
-      parts: { badge, detail, scoreValue, threshold, fps, updated, spark, legend, alarm, axisLeft, zoneInfo, learned },
+      parts: { badge, detail, scoreValue, threshold, fps, updated, spark, legend, alarm, axisLeft, zoneInfo, learned, trust },
       points: [],
       lastT: null,
       info,
@@ -197,6 +198,8 @@
     p.alarm.hidden = !info.open_alert;
     p.zoneInfo.textContent = zoneSummary(info.zones);
     p.learned.textContent = learnedText(info.learned);
+    p.trust.textContent = trustText(info.trust);
+    p.trust.title = trustTitle(info.trust);
     cam.node.classList.toggle("alarming", Boolean(info.open_alert));
     cam.node.classList.toggle("down", ["failed", "eos", "stopped"].includes(info.state));
   }
@@ -287,6 +290,23 @@
     if (!n) return "learned from no false alarms yet";
     const last = learned.updated ? ` (last: ${fmtWhen(learned.updated)})` : "";
     return `learned from ${n} false alarm${n === 1 ? "" : "s"}${last}`;
+  }
+
+  // Which streams the camera's calibration trusts (/api/cameras "trust"): a short line, the reasons on hover.
+  function trustText(trust) {
+    if (!trust) return "";
+    const rows = trust.streams || [];
+    const down = rows.filter((r) => r.verdict === "weighed down").map((r) => r.stream);
+    if (down.length) return `fusion ${trust.rule} · weighed down: ${down.join(", ")}`;
+    if (rows.some((r) => r.verdict === "trusted")) return `fusion ${trust.rule} · all streams trusted`;
+    return `fusion ${trust.rule}`;
+  }
+
+  function trustTitle(trust) {
+    if (!trust) return "";
+    return (trust.streams || [])
+      .map((r) => `${r.stream}: weight ${fmt(r.weight, 2)}, ${r.verdict} (${r.reason})`)
+      .join("\n");
   }
 
   async function pollCameras() {

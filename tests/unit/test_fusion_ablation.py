@@ -1,0 +1,129 @@
+"""The offline evaluation fuses as the run does: folds by video, gate factors, and every fusion rule with and
+without reliability weights and the gate (training/evaluate.py), on small synthetic score arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plugins.fusion import Calibration, CameraFusion, StreamGate, StreamStats, fit_calibration, time_folds
+from plugins.streams import APPEARANCE
+from training.evaluate import fusion_ablation, fusion_variant, gate_factors, video_folds
+from training.metrics import roc_auc
+
+
+def test_video_folds_split_videos_in_two_contiguous_groups() -> None:
+    assert video_folds([3, 2, 4, 1]).tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert video_folds([2, 2, 2]).tolist() == [0, 0, 0, 0, 1, 1]
+    # One video: split by time instead.
+    assert video_folds([5]).tolist() == time_folds(5).tolist()
+
+
+def test_gate_factors_are_neutral_for_streams_without_a_gate_row() -> None:
+    w = np.array([[0.75, 0.25], [0.5, 0.5]])
+    f = gate_factors(w, ["pixel", "motion"], ["pixel", "motion", APPEARANCE])
+    np.testing.assert_allclose(f["pixel"], [1.5, 1.0])
+    np.testing.assert_allclose(f["motion"], [0.5, 1.0])
+    np.testing.assert_allclose(f[APPEARANCE], [1.0, 1.0])
+
+
+def _scores(seed: int = 0) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Two test videos of 200 frames. ``strong`` sees the anomaly (frames 80-119 of video a) plainly;
+    ``weak`` and ``flicker`` see nothing, and ``flicker`` has a heavy normal tail."""
+    rng = np.random.default_rng(seed)
+    z: dict[str, dict[str, np.ndarray]] = {"strong": {}, "weak": {}, "flicker": {}}
+    labels: dict[str, np.ndarray] = {}
+    for v in ("a", "b"):
+        y = np.zeros(200)
+        if v == "a":
+            y[80:120] = 1
+        labels[v] = y
+        z["strong"][v] = rng.normal(0, 1, 200) + 4.0 * y
+        z["weak"][v] = rng.normal(0, 1, 200)
+        z["flicker"][v] = 0.5 * rng.standard_t(1.2, 200)
+    return z, labels
+
+
+def _auc(fused: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> float:
+    return roc_auc(np.concatenate([labels[v] for v in labels]), np.concatenate([fused[v] for v in labels]))
+
+
+def test_ablation_names_and_the_max_rule_is_not_diluted() -> None:
+    z, labels = _scores()
+    factors = {v: {s: np.ones(200) for s in z} for v in labels}
+    out = fusion_ablation(z, {"strong": 1.0, "weak": 1.0, "flicker": 0.1}, factors)
+    assert set(out) == {
+        fusion_variant(rule, rel, gate)
+        for rule in ("mean", "max")
+        for rel in (False, True)
+        for gate in (False, True)
+    }
+    assert (
+        fusion_variant("max", True, True)
+        == "fused: all streams (max rule, reliability weights, context gate)"
+    )
+    plain_mean = out[fusion_variant("mean", False, False)]
+    np.testing.assert_allclose(plain_mean["a"], (z["strong"]["a"] + z["weak"]["a"] + z["flicker"]["a"]) / 3)
+    auc = {name: _auc(fused, labels) for name, fused in out.items()}
+    # The weak streams dilute the mean; the max keeps the strong stream's evidence; the reliability weight
+    # keeps the flickering stream's tail from leading the max.
+    assert auc[fusion_variant("max", True, False)] > auc[fusion_variant("mean", False, False)]
+    assert auc[fusion_variant("max", True, False)] > auc[fusion_variant("max", False, False)]
+    assert auc[fusion_variant("max", True, False)] > 0.95
+    # A uniform gate changes nothing.
+    np.testing.assert_allclose(
+        out[fusion_variant("max", True, True)]["a"], out[fusion_variant("max", True, False)]["a"]
+    )
+    assert set(fusion_ablation(z, {}, None)) == {
+        fusion_variant(r, rel, False) for r in ("mean", "max") for rel in (False, True)
+    }
+
+
+def test_ablation_fuses_frame_by_frame_as_the_run_does() -> None:
+    """The product variant (max rule, reliability weights, context gate) equals CameraFusion's raw fused
+    score clip by clip, with a trained gate and a memory stream it has no row for."""
+    rng = np.random.default_rng(1)
+    n = 50
+    streams = ("pixel", "motion", APPEARANCE)
+    raw = {s: {"v": rng.normal(1.0, 0.3, n)} for s in streams}
+    cal = Calibration(
+        streams={
+            "pixel": StreamStats(1.0, 0.3, 100, weight=0.4),
+            "motion": StreamStats(1.0, 0.3, 100),
+            APPEARANCE: StreamStats(1.0, 0.3, 100, weight=0.7),
+        },
+        rule="max",
+    )
+    gate = StreamGate(np.array([[1.0], [-1.0]], np.float32), np.zeros(2, np.float32), ["pixel", "motion"])
+    contexts = rng.normal(size=(n, 1)).astype(np.float32)
+    gated = ["pixel", "motion"]
+    w = np.array([[gate.weights(c, gated)[s] for s in gated] for c in contexts])
+    z = {s: {"v": (raw[s]["v"] - cal.streams[s].location) / cal.streams[s].scale} for s in streams}
+    out = fusion_ablation(
+        z, {s: cal.weight(s) for s in streams}, {"v": gate_factors(w, gated, list(streams))}
+    )
+    fusion = CameraFusion("cam", cal, gate, smoothing=1)
+    run = [
+        fusion.update({s: float(raw[s]["v"][i]) for s in streams}, contexts[i], float(i)).raw_fused
+        for i in range(n)
+    ]
+    np.testing.assert_allclose(out[fusion_variant("max", True, True)]["v"], run, rtol=1e-6)
+    mean_run = CameraFusion("cam", cal, gate, smoothing=1, rule="mean")
+    mean = [
+        mean_run.update({s: float(raw[s]["v"][i]) for s in streams}, contexts[i], float(i)).raw_fused
+        for i in range(n)
+    ]
+    np.testing.assert_allclose(out[fusion_variant("mean", True, True)]["v"], mean, rtol=1e-6)
+
+
+def test_reliability_weights_from_video_folds() -> None:
+    """Training videos whose second half is brighter: the stream that follows the brightness drifts between
+    the two groups of videos and is weighed down; the stable one is trusted."""
+    rng = np.random.default_rng(2)
+    lengths = [60, 60, 60, 60]
+    n = sum(lengths)
+    drift = np.concatenate([rng.normal(0.0, 1.0, n // 2), rng.normal(3.0, 1.0, n // 2)])
+    cal = fit_calibration({"stable": rng.normal(0.0, 1.0, n), "brightness": drift}, video_folds(lengths))
+    assert cal.streams["stable"].weight > 0.9
+    assert cal.streams["brightness"].weight < 0.5
+    assert cal.streams["brightness"].drift == pytest.approx(3.0, abs=0.8)
