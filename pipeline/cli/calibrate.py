@@ -362,8 +362,8 @@ def run_calibrate(args: Any) -> int:
     except CalibrationError as exc:  # written a moment ago; unreadable now means the disk changed under us
         print(f"calibration failed: {exc}")
         return 1
-    print(f"calibration: {path}")
     memory_file = memory_path(path)
     if memory_file.is_file():
         print(f"appearance memory: {memory_file} ({memory_file.stat().st_size / 2**20:.1f} MiB)")
+    print(f"calibration: {path}")  # last: the file to put in the camera's config
     return 0

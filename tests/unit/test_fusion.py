@@ -301,8 +301,10 @@ def test_drifting_stream_is_weighed_down_and_the_reason_says_so() -> None:
     weight, _, drift, reason = assess_stream(x, _two_folds())
     assert drift is not None
     assert drift > 2.0
-    assert weight < 0.4
-    assert "level drifts between folds" in reason
+    # Weighed down through the held-out tail (each fold sits ~3 sigma off the other's median); the drift
+    # itself is named but not charged twice.
+    assert weight < 0.6
+    assert "weighed down (tail heavier than Gaussian, level drifts between folds)" in reason
     # The same values shuffled in time drift no more than noise: the drift term is about time, not values.
     shuffled = rng.permutation(x)
     _, _, drift2, reason2 = assess_stream(shuffled, _two_folds())
@@ -336,7 +338,7 @@ def test_fit_calibration_with_folds_weighs_each_stream() -> None:
     assert cal.heldout_quantile == 0.99
     assert cal.streams["motion"].weight == 1.0
     assert cal.streams["pixel"].weight < 0.5
-    assert cal.streams["predictive"].weight < 0.4
+    assert cal.streams["predictive"].weight < 0.6  # drifting: weighed down through its held-out tail
     # Location and scale still come from all the clips.
     assert cal.streams["motion"].location == pytest.approx(5.0, abs=0.2)
     # The threshold uses the weights: the max of the weighted z-scores, recomputed here by hand.
