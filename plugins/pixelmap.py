@@ -59,22 +59,36 @@ class PixelMapError(ValueError):
     """A map or frame that cannot be upsampled or blended (wrong rank, empty, mismatched sizes)."""
 
 
+def _taps(cells: int, pixels: int, at: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two cells pixel ``at`` (indices along an axis of ``pixels``) mixes, and the right one's
+    weight: its centre ``(x + 0.5) / pixels`` between cell centres ``(k + 0.5) / cells``; edges clamp."""
+    pos = np.clip((at.astype(np.float64) + 0.5) * cells / pixels - 0.5, 0.0, cells - 1)
+    left = np.floor(pos).astype(np.int64)
+    return left, np.minimum(left + 1, cells - 1), pos - left
+
+
 def interpolation_matrix(cells: int, pixels: int) -> np.ndarray:
-    """``(pixels, cells)`` bilinear weights along one axis: row ``x`` samples the cells at pixel centre
-    ``(x + 0.5) / pixels`` of the axis, with cell centres at ``(k + 0.5) / cells``; edges clamp. Each row
-    sums to 1."""
+    """``(pixels, cells)`` bilinear weights along one axis (what :func:`upsample` applies, as a matrix):
+    row ``x`` samples the cells at pixel centre ``(x + 0.5) / pixels`` of the axis, with cell centres at
+    ``(k + 0.5) / cells``; edges clamp. Each row sums to 1."""
     if cells < 1 or pixels < 1:
         raise PixelMapError(f"cells and pixels must be >= 1, got {cells} and {pixels}")
-    pos = (np.arange(pixels, dtype=np.float64) + 0.5) * cells / pixels - 0.5
-    pos = np.clip(pos, 0.0, cells - 1)
-    left = np.floor(pos).astype(np.int64)
-    right = np.minimum(left + 1, cells - 1)
-    frac = pos - left
+    left, right, frac = _taps(cells, pixels, np.arange(pixels))
     out = np.zeros((pixels, cells), dtype=np.float64)
     rows = np.arange(pixels)
     out[rows, left] += 1.0 - frac
     out[rows, right] += frac
     return out
+
+
+def _bilinear(
+    values: np.ndarray, taps_y: tuple[np.ndarray, ...], taps_x: tuple[np.ndarray, ...]
+) -> np.ndarray:
+    """Two taps per axis, gathered: no matrix product, so no BLAS thread pool on the media thread."""
+    top, bottom, fy = taps_y
+    left, right, fx = taps_x
+    rows = values[..., top, :] * (1.0 - fy)[:, None] + values[..., bottom, :] * fy[:, None]
+    return rows[..., left] * (1.0 - fx) + rows[..., right] * fx
 
 
 def upsample(
@@ -97,13 +111,12 @@ def upsample(
     h, w = e.shape[-2:]
     ys = np.arange(height) if rows is None else np.asarray(rows, dtype=np.int64)
     xs = np.arange(width) if cols is None else np.asarray(cols, dtype=np.int64)
-    ry = interpolation_matrix(h, height)[ys]
-    rx = interpolation_matrix(w, width)[xs]
+    taps_y, taps_x = _taps(h, height, ys), _taps(w, width, xs)
     finite = np.isfinite(e)
-    values = ry @ np.where(finite, e, 0.0) @ rx.T
+    values = _bilinear(np.where(finite, e, 0.0), taps_y, taps_x)
     if finite.all():
-        return values  # every row of ry and rx sums to 1: plain bilinear
-    support = ry @ finite.astype(np.float64) @ rx.T
+        return values  # the weights of every pixel sum to 1: plain bilinear
+    support = _bilinear(finite.astype(np.float64), taps_y, taps_x)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = values / support
     # The cell each pixel centre lies in (plugins.zones' geometry): NaN there means NaN here.
@@ -160,14 +173,33 @@ def blend(frame: np.ndarray, evidence: np.ndarray) -> tuple[np.ndarray, float, f
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise PixelMapError(f"frame must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
     e = np.asarray(evidence, dtype=np.float64)
-    if e.ndim != 2:
+    if e.ndim != 2 or min(e.shape) < 1:
         raise PixelMapError(f"evidence must be (h, w), got {e.shape}")
-    height, width = img.shape[:2]
-    levels, low, high = overlay_levels(e, upsample(e, height, width))
+    out = img.copy()
+    finite = np.isfinite(e)
+    if not finite.any():
+        return out, math.nan, math.nan
+    high, low = float(e[finite].max()), half_level(e)
+    if not high > low:
+        return out, low, high
+    # A bilinear sample mixes a cell with its neighbours only, so pixels at or above the half level lie
+    # within one cell of a cell at or above it: only that window is upsampled (the peak is usually small,
+    # and a 1280 x 720 frame would otherwise cost a full-frame pass for nothing).
+    (h, w), (height, width) = e.shape, img.shape[:2]
+    hot = np.argwhere(finite & (e >= low))
+    r0, c0 = np.maximum(hot.min(axis=0) - 1, 0)
+    r1, c1 = np.minimum(hot.max(axis=0) + 2, (h, w))
+    y0, y1 = int(r0 * height // h), int(-(-r1 * height // h))
+    x0, x1 = int(c0 * width // w), int(-(-c1 * width // w))
+    window = upsample(e, height, width, rows=np.arange(y0, y1), cols=np.arange(x0, x1))
+    levels, _, _ = overlay_levels(e, window)
     shown = np.isfinite(levels)
     if not shown.any():
-        return img.copy(), low, high
+        return out, low, high
     a_low, a_high = ALPHA_RANGE
-    alpha = np.where(shown, a_low + (a_high - a_low) * np.nan_to_num(levels), 0.0)[..., None]
-    mixed = (1.0 - alpha) * img.astype(np.float64) + alpha * colourise(levels).astype(np.float64)
-    return np.rint(mixed).astype(np.uint8), low, high
+    lv = levels[shown]
+    alpha = (a_low + (a_high - a_low) * lv)[:, None]
+    region = out[y0:y1, x0:x1]  # a view: written in place
+    mixed = (1.0 - alpha) * region[shown].astype(np.float64) + alpha * colourise(lv).astype(np.float64)
+    region[shown] = np.rint(mixed).astype(np.uint8)
+    return out, low, high

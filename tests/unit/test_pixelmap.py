@@ -124,3 +124,30 @@ def test_blend_colours_only_the_peak_region_and_leaves_the_rest() -> None:
         blend(frame[..., 0], e)
     with pytest.raises(PixelMapError):
         blend(frame, e[None])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blend_windowed_equals_the_whole_frame_formula(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(1, 9)), int(rng.integers(1, 12))
+    height, width = int(rng.integers(5, 70)), int(rng.integers(5, 90))
+    e = np.maximum(rng.normal(0.0, 1.0, (h, w)), 0.0)
+    e[rng.random((h, w)) < 0.15] = np.nan
+    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out, low, high = blend(frame, e)
+    # The reference: every pixel upsampled, levelled and blended.
+    levels, ref_low, ref_high = overlay_levels(e, upsample(e, height, width))
+    shown = np.isfinite(levels)[..., None]
+    alpha = ALPHA_RANGE[0] + (ALPHA_RANGE[1] - ALPHA_RANGE[0]) * np.nan_to_num(levels)[..., None]
+    mixed = (1 - alpha) * frame + alpha * colourise(levels)
+    expected = np.where(shown, np.rint(mixed), frame).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_equal((low, high), (ref_low, ref_high))  # NaN equals NaN here
+
+
+def test_upsample_applies_the_interpolation_matrices() -> None:
+    rng = np.random.default_rng(3)
+    e = rng.random((2, 5, 7))
+    up = upsample(e, 23, 31)
+    expected = interpolation_matrix(5, 23) @ e @ interpolation_matrix(7, 31).T
+    np.testing.assert_allclose(up, expected, rtol=1e-12, atol=1e-12)
