@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.common import DEFAULT_CONFIG, DEFAULT_WORK, REPO, format_table, write_result
+from bench.common import DEFAULT_CONFIG, DEFAULT_WORK, REPO, RESULTS_DIR, format_table, write_result
 from core.config import ZsadConfig, load_config
 from engines.build import BuildOptions, build_from_config
 from pipeline.clips import ClipAssembler
@@ -183,7 +183,7 @@ def measure_render(repeats: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.bench_heatmap", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config with the model section")
     parser.add_argument("--checkpoint", type=Path, default=REPO / "models" / "demo" / "model.safetensors")
@@ -191,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--frames", type=int, default=100, help="frames per scene (10 fps)")
     parser.add_argument("--repeats", type=int, default=20, help="renders per size for the cost")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder for heatmap.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     base = load_config(args.config)
@@ -216,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "alignment": alignment,
             "render": render,
         },
+        results_dir=args.results,
     )
     rows = [
         [scope, which, v["clips"], v["box_hits"], v["rate"]]
