@@ -56,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Pixels scored at most by :func:`pixel_auc` before it subsamples (about 0.5 GB of working memory).
+#: Pixels scored at most by :func:`pixel_auc` before it subsamples (about 1 GB of working memory).
 DEFAULT_MAX_PIXELS = 20_000_000
 #: Outline colour of the ground-truth mask in the example PNGs.
 MASK_COLOUR = (0, 255, 255)
