@@ -283,7 +283,9 @@ class Application:
             if cam not in self.cameras:  # removed while its clip was being scored: forget its history
                 self.inference.reset(cam)
                 return
-        self.outputs.clip_scored(cam, clip.end_pts, result.scores, result.prompt, frames=len(clip.frames))
+        self.outputs.clip_scored(
+            cam, clip.end_pts, result.scores, result.prompt, frames=len(clip.frames), frame_t=clip.start_pts
+        )
 
     def sync_metrics(self) -> None:
         """Copy the scheduler's queue depths and drop-oldest counts into the metrics

@@ -8,7 +8,9 @@ beside the frame-difference floor computed in the same run. The fusion ablation 
 reports every rule with and without the reliability weights and the context gate; the primary variant is
 the product's own fusion (the calibration's rule, reliability weights, context gate).
 
-Writes ``metrics.json``, ``roc.png`` and ``timelines.png`` into the output folder.
+Writes ``metrics.json``, ``roc.png`` and ``timelines.png`` into the output folder. When the test videos
+have pixel masks, ``metrics.json`` also gets a ``localisation`` block (``training.localisation``: pixel-level
+AUC and peak hits of the gated evidence maps) and ``localisation/`` a few example PNGs.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from plugins.preprocess import normalise_frames
 from plugins.scorer import ClipScorer, ClipTokens, Runner
 from plugins.streams import STREAMS
 from training.baselines import extrapolation_scores, frame_difference_scores
-from training.datasets import make_dataset
+from training.datasets import DatasetError, make_dataset
 from training.gate import fit_model_gate, gate_weights
+from training.localisation import LocalisationError, evaluation_localisation
 from training.metrics import MetricError, gaussian_smooth, roc_auc, score_report
 from training.plots import plot_roc_curves, plot_score_timelines
 
@@ -82,6 +85,7 @@ def score_video(
     batch: int = 16,
     name: str = "video",
     reflect_history: bool = False,
+    maps_out: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Score one video clip by clip.
 
@@ -92,6 +96,7 @@ def score_video(
             that the first frames get a real DPC history (time-reversed walking is still walking at a
             normal speed) instead of no score. Offline evaluation only; a live camera simply starts
             scoring once its history is full.
+        maps_out: when given, each scored clip's error maps are appended to it, aligned with ``targets``.
 
     Returns:
         ``targets`` ``(M,)`` the frame each scored clip predicts (its first frame), ``scores``
@@ -139,6 +144,8 @@ def score_video(
                 continue
             targets.append(s - pad)
             embs.append(res.embedding)
+            if maps_out is not None:
+                maps_out.append(res.maps)
             for k, v in res.scores.items():
                 out.setdefault(k, []).append(v)
     d = model.backbone.hidden_size
@@ -292,15 +299,22 @@ def evaluate(
     floor_model: dict[str, np.ndarray] = {}
     prior_model: dict[str, np.ndarray] = {}
     native = make_dataset(ds_cfg.kind, root, "test", None, cache=False)
+    # Localisation: each masked video's error maps at its scored frames, with their gate weights.
+    located: dict[str, tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray]] = {}
     for clip in tqdm(test.clips, desc="score", unit="video"):
         frames = test.frames(clip.name)
         n = len(frames)
         if clip.labels is not None and len(clip.labels) != n:
             raise ValueError(f"clip {clip.name!r}: {len(clip.labels)} labels for {n} frames")
-        targets, sc, emb = score_video(model, frames, hop=hop, name=clip.name, reflect_history=True)
+        clip_maps: list[dict[str, np.ndarray]] | None = [] if clip.mask_path is not None else None
+        targets, sc, emb = score_video(
+            model, frames, hop=hop, name=clip.name, reflect_history=True, maps_out=clip_maps
+        )
         for k in frame_scores:
             frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
+        if clip_maps is not None:
+            located[clip.name] = (targets, clip_maps, w)
         frame_weights[clip.name] = np.stack(
             [to_frames(targets, w[:, i], n) for i in range(len(gated))], axis=1
         )
@@ -401,6 +415,8 @@ def evaluate(
         },
         "eval_seconds": round(time.monotonic() - started, 1),
     }
+    if located:
+        metrics["localisation"] = _localisation(located, gated, cal, native, out / "localisation")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
     y = np.concatenate([labels[v] for v in labels])
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {
@@ -460,6 +476,25 @@ def breakdown(
             np.concatenate([np.ones(len(pos)), np.zeros(len(normal))]), np.concatenate([pos, normal])
         )
     return {"per_context": per_context, "per_kind": per_kind}
+
+
+def _localisation(
+    located: Mapping[str, tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray]],
+    streams: Sequence[str],
+    cal: Calibration,
+    native: Any,
+    examples_dir: Path,
+) -> dict[str, Any]:
+    """The ``localisation`` block: the gated evidence maps (the alerts' heatmaps) against the native
+    pixel masks; a mask problem costs only this block."""
+    stats = {s: (cal.streams[s].location, cal.streams[s].scale) for s in streams}
+    try:
+        return evaluation_localisation(
+            located, streams, stats, native.masks, frames_of=native.frames, examples_dir=examples_dir
+        )
+    except (LocalisationError, DatasetError) as exc:
+        log.warning("localisation not measured: %s", exc)
+        return {"error": str(exc)}
 
 
 def _dataset_fps(root: Path) -> float:

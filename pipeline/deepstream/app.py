@@ -117,7 +117,12 @@ class DeepStreamApp:
         """A scored clip (the scheduler's thread): fuse, alert, record, and show the fused score."""
         camera = clip.camera_id
         fused = self.outputs.clip_scored(
-            camera, clip.end_pts, result.scores, result.prompt, frames=len(clip.frames)
+            camera,
+            clip.end_pts,
+            result.scores,
+            result.prompt,
+            frames=len(clip.frames),
+            frame_t=clip.start_pts,
         )
         if self.board is not None:
             self.board.set_text(camera, format_osd_text(camera, fused, result.prompt))

@@ -8,7 +8,7 @@ every field.
 :func:`alert_problems` checks a dict against the schema with a small interpreter of the JSON Schema
 keywords the schema uses (type, enum, const, required, properties, additionalProperties, minimum,
 minLength, maxLength, pattern, format, allOf, if/then/else), then the cross-field rules the schema cannot
-state (``end >= start``, the peak inside the alert).
+state (``end >= start``, the peak inside the alert, no heatmap without a snapshot).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ __all__ = [
     "validate_alert",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _NUM = {"type": "number"}
 _REL_PATH = r"^(?![/\\])(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.\-/]{1,512}$"
 _CAMERA = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -69,6 +69,7 @@ ALERT_SCHEMA: dict[str, Any] = {
         "zone",
         "peak_box",
         "snapshot",
+        "heatmap",
         "clip",
         "reason",
         "model",
@@ -127,6 +128,12 @@ ALERT_SCHEMA: dict[str, Any] = {
             "x1, y1 exclusive. null when unknown.",
         },
         "snapshot": {"type": ["string", "null"], "pattern": _REL_PATH, "description": "JPEG, relative."},
+        "heatmap": {
+            "type": ["string", "null"],
+            "pattern": _REL_PATH,
+            "description": "JPEG of the snapshot with the peak's evidence heatmap and peak box, relative; "
+            "null without snapshots or without an evidence map at the peak.",
+        },
         "clip": {"type": ["string", "null"], "pattern": _REL_PATH, "description": "MP4, relative."},
         "reason": {"enum": ["threshold", "shutdown", None], "description": "Why it closed."},
         "model": {"type": ["string", "null"], "description": "Engine manifest id or hash."},
@@ -292,6 +299,8 @@ def alert_problems(record: Any) -> list[str]:
         0 <= box["x0"] < box["x1"] <= box["width"] and 0 <= box["y0"] < box["y1"] <= box["height"]
     ):
         problems.append(f"peak_box {box} is empty or outside its {box['width']}x{box['height']} frame")
+    if record["heatmap"] is not None and record["snapshot"] is None:
+        problems.append("heatmap is set but snapshot is null (a heatmap is drawn over the snapshot)")
     return problems
 
 
@@ -328,6 +337,7 @@ def build_alert_record(
     clip: str | None = None,
     model: str | None = None,
     frame_size: tuple[int, int] | None = None,
+    heatmap: str | None = None,
 ) -> dict[str, Any]:
     """The record of one transition from :class:`plugins.alerting.AlertMachine`, validated.
 
@@ -335,8 +345,9 @@ def build_alert_record(
     of a ``frame_size`` ``(width, height)`` frame (the snapshot's), null without one.
 
     ``epoch_offset_s`` maps stream time to wall time (``epoch = pts + epoch_offset_s``; a live camera uses
-    ``time.time() - pts`` taken at its first frame). ``snapshot`` / ``clip`` are paths relative to the output
-    folder (see ``pipeline.outputs.media.EventRecorder``). Weights and contributions are those at the peak.
+    ``time.time() - pts`` taken at its first frame). ``snapshot`` / ``clip`` / ``heatmap`` are paths
+    relative to the output folder (see ``pipeline.outputs.media.EventRecorder``). Weights and contributions
+    are those at the peak.
     Raises :class:`AlertSchemaError` if the result would not validate (a bad camera id, a close reason
     other than "threshold"/"shutdown").
     """
@@ -370,6 +381,7 @@ def build_alert_record(
         "zone": location.zone if location is not None else None,
         "peak_box": peak_box,
         "snapshot": snapshot,
+        "heatmap": heatmap,
         "clip": clip,
         "reason": alert.reason if closed else None,
         "model": model,
@@ -401,6 +413,7 @@ def example_record() -> dict[str, Any]:
         "zone": "fence",
         "peak_box": {"x0": 160, "y0": 60, "x1": 240, "y1": 140, "width": 320, "height": 240},
         "snapshot": "events/parking-north/6f1c1a52-8d0e-4f57-9d1b-3f0f2b8f4c11.jpg",
+        "heatmap": "events/parking-north/6f1c1a52-8d0e-4f57-9d1b-3f0f2b8f4c11.heatmap.jpg",
         "clip": "events/parking-north/6f1c1a52-8d0e-4f57-9d1b-3f0f2b8f4c11.mp4",
         "reason": "threshold",
         "model": "zsad-demo-0.1.0-3fa2c9e1",

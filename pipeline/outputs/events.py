@@ -11,7 +11,9 @@ the record, the sinks and the metrics, in the order ``zsad run`` needs them.
 With the clip's error maps, each update also finds where the evidence peaks (``plugins.zones``): the alert
 record carries the peak's zone and box, a camera with alert zones opens alerts only while the peak is in one
 of them, and each alert's evidence (the maps at its peak and their per-cell maxima over the alert) is saved
-as ``<evidence_dir>/<alert_id>.npz`` for feedback learning (``plugins.learned``).
+as ``<evidence_dir>/<alert_id>.npz`` for feedback learning (``plugins.learned``). The evidence map of the
+alert's peak clip, the one its peak box comes from, goes to the event media with the peak frame, which
+renders it as the alert's heatmap (``pipeline.outputs.heatmap``) beside the snapshot.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import numpy as np
 
 from core.config import AlertPolicy
 from pipeline.outputs.alert_schema import AlertSchemaError, build_alert_record
+from pipeline.outputs.heatmap import PeakEvidence
 from pipeline.outputs.media import EventMedia, EventRecorder, Frame
 from pipeline.outputs.metrics import ZsadMetrics
-from plugins.alerting import AlertMachine, AlertParams, AlertTransition
+from plugins.alerting import AlertMachine, AlertParams, AlertTransition, Peak
 from plugins.fusion import CameraFusion, FusedScore
 from plugins.learned import EventEvidence, LearnedError
 from plugins.zones import PeakLocation, ViewZones, evidence_map, locate_peak
@@ -125,6 +128,9 @@ class CameraAlerts:
         self.evidence_dir = evidence_dir
         self._evidence: _EvidenceAccumulator | None = None
         self.last_location: PeakLocation | None = None
+        #: The latest clip's evidence map and peak (None without maps, or when no cell counted).
+        self.last_evidence: PeakEvidence | None = None
+        self._peak_evidence: PeakEvidence | None = None
 
     def set_zones(self, zones: ViewZones | None) -> None:
         """Replace the camera's zones from the next clip on (an atomic swap of one immutable object)."""
@@ -151,6 +157,7 @@ class CameraAlerts:
         *,
         maps: Mapping[str, np.ndarray] | None = None,
         counted: Mapping[str, np.ndarray] | None = None,
+        frame_t: float | None = None,
     ) -> tuple[FusedScore, list[dict[str, Any]]]:
         """Fuse one clip's raw stream scores (clip end at stream time ``t``), run the alert machine, and
         publish a record for each transition. Returns the fused score and the records published.
@@ -160,6 +167,11 @@ class CameraAlerts:
         location is found and kept with the alert. A camera with alert zones (or zones marked
         ``alert: false``) feeds the machine a score below ``off_threshold`` while the peak is where it may
         not alert: no alert opens, and an open one closes.
+
+        ``frame_t``: stream time of the frame the maps describe, whose buffered frame becomes the peak's
+        snapshot and heatmap (None: ``t``). The DPC head compares a clip's first frame with the history,
+        so the graphs pass the clip's first frame; its last frame (``t``) shows a fast object a clip's
+        span further on, beside its evidence.
 
         If ``t`` goes backwards (a looping file, a reconnect), an open alert is closed ("shutdown"), and
         the machine restarts.
@@ -178,6 +190,7 @@ class CameraAlerts:
             self.metrics.score.set(fused.score, camera=self.camera)
         zones = self.zones
         location = None
+        evidence = None
         if maps is not None:
             scored = counted if counted is not None else maps
             stats = self.fusion.cell_stats()
@@ -186,11 +199,17 @@ class CameraAlerts:
                 tiebreak = evidence_map(scored, fused.weights, stats, positive=False, rule=fused.rule)
                 location = locate_peak(evidence, zones, tiebreak)
         self.last_location = location
+        current = (
+            PeakEvidence(t, evidence, location) if evidence is not None and location is not None else None
+        )
+        self.last_evidence = current
         score = fused.score
         if math.isfinite(score) and not self._may_alert(zones, location):
             # Below off_threshold: no alert opens here, and an open one closes.
             score = min(score, self.policy.off_threshold - 1e-6)
-        frame = self.recorder.frame_at(t) if self.recorder is not None else None
+        frame = (
+            self.recorder.frame_at(t if frame_t is None else frame_t) if self.recorder is not None else None
+        )
         transitions = self.machine.update(
             t,
             score,
@@ -200,6 +219,7 @@ class CameraAlerts:
             weights=fused.weights,
             location=location,
         )
+        self._keep_peak_evidence(t, current, transitions)
         if maps is not None:
             self._collect_evidence(maps, zones, t, transitions)
         records += self._handle(transitions)
@@ -207,8 +227,29 @@ class CameraAlerts:
         if active is not None and self.recorder is not None and active.peak.time != self._peak_time:
             self._peak_time = active.peak.time
             if not transitions:  # the peak rose while open
-                self.recorder.update_peak(active.alert_id, active.peak.time, active.peak.frame_ref)
+                self.recorder.update_peak(
+                    active.alert_id, active.peak.time, active.peak.frame_ref, self._evidence_of(active.peak)
+                )
         return fused, records
+
+    def _keep_peak_evidence(
+        self, t: float, current: PeakEvidence | None, transitions: list[AlertTransition]
+    ) -> None:
+        """Keep this clip's evidence while its sample is the peak of the pending or open alert: the alert's
+        heatmap is made from it, the same map its peak box came from."""
+        peak = self.machine.current_peak
+        if peak is not None and peak.time == t:
+            if current is not None and peak.location is current.location:
+                self._peak_evidence = current
+        elif peak is None and not transitions:
+            self._peak_evidence = None  # no alert pending or open: nothing to keep
+
+    def _evidence_of(self, peak: Peak) -> PeakEvidence | None:
+        """The evidence of ``peak``'s clip, None when it had no evidence map (no maps, nothing counted)."""
+        kept = self._peak_evidence
+        if kept is None or peak.location is None or kept.location is not peak.location:
+            return None
+        return kept
 
     def _may_alert(self, zones: ViewZones, location: PeakLocation | None) -> bool:
         if zones.alert_zones is None and all(z.alert for z in zones.zones):
@@ -278,7 +319,11 @@ class CameraAlerts:
                 media = EventMedia(None, None)
                 if self.recorder is not None:
                     media = self.recorder.open_event(
-                        alert.alert_id, alert.start, alert.peak.time, alert.peak.frame_ref
+                        alert.alert_id,
+                        alert.start,
+                        alert.peak.time,
+                        alert.peak.frame_ref,
+                        self._evidence_of(alert.peak),
                     )
                 self._media[alert.alert_id] = media
                 if self.metrics is not None:
@@ -300,6 +345,7 @@ class CameraAlerts:
                     epoch_offset_s=self.epoch_offset_s or 0.0,
                     snapshot=media.snapshot,
                     clip=media.clip,
+                    heatmap=media.heatmap if self._evidence_of(alert.peak) is not None else None,
                     model=self.model,
                     frame_size=_frame_size(alert.peak.frame_ref),
                 )

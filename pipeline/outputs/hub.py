@@ -610,9 +610,18 @@ class RunOutputs:
         log.info("camera %s: %s %s", camera, state, detail)
 
     def clip_scored(
-        self, camera: str, t: float, scores: StreamScores | None, prompt: str | None, *, frames: int
+        self,
+        camera: str,
+        t: float,
+        scores: StreamScores | None,
+        prompt: str | None,
+        *,
+        frames: int,
+        frame_t: float | None = None,
     ) -> float | None:
         """One scored clip at stream time ``t`` (None while its DPC history fills): fuse, alert, record.
+        ``frame_t``: the stream time of the frame its maps describe, the clip's first (for the snapshot and
+        heatmap; see :meth:`pipeline.outputs.events.CameraAlerts.update`).
 
         Returns the fused, smoothed score (for an on-screen display), or None for an unknown camera.
         """
@@ -634,6 +643,7 @@ class RunOutputs:
                 prompt=prompt,
                 maps=scores.maps,
                 counted=scores.counted,
+                frame_t=frame_t,
             )
             location = alerts.last_location
         self.metrics.score.set(fused.score, camera=camera)

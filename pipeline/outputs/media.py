@@ -8,7 +8,9 @@ open (:meth:`EventRecorder.open_event`) it starts a clip writer with the buffere
 it live frames until ``post_s`` seconds after the close (:meth:`EventRecorder.close_event`). Files land in
 ``<output_dir>/events/<camera>/`` as ``<alert_id>.jpg`` and ``<alert_id>.mp4`` (the clip is written as a
 hidden ``.part`` and renamed when complete), beside the alert's evidence ``<alert_id>.npz`` (written by
-``pipeline.outputs.events``). Only the newest ``max_events_per_camera`` events are kept.
+``pipeline.outputs.events``). With snapshots on, an alert whose peak has an evidence map also gets
+``<alert_id>.heatmap.jpg`` (``pipeline.outputs.heatmap``), rendered from the same pixels as its snapshot.
+Only the newest ``max_events_per_camera`` events are kept.
 
 Encoding runs in background threads, one :class:`core.gst.mp4.Mp4Writer` each; snapshots and retention run
 on one small worker thread. Nothing here raises into the caller for I/O or encoder trouble: a failure is
@@ -38,6 +40,7 @@ from PIL import Image
 from core.config import MediaConfig
 from core.gst import GstError
 from core.gst.mp4 import Mp4Error, Mp4Writer
+from pipeline.outputs.heatmap import HEATMAP_SUFFIX, PeakEvidence, heatmap_jpeg
 
 if TYPE_CHECKING:
     from pipeline.outputs.metrics import ZsadMetrics
@@ -74,10 +77,12 @@ class MediaPathError(MediaError):
 @dataclass(frozen=True)
 class EventMedia:
     """Where an event's files are (or will be), relative to the output folder, POSIX separators; None
-    when that kind of media is off or could not be set up."""
+    when that kind of media is off or could not be set up. ``heatmap``: where the heatmap is written
+    whenever the snapshot is written with a :class:`~pipeline.outputs.heatmap.PeakEvidence` (snapshots on)."""
 
     snapshot: str | None
     clip: str | None
+    heatmap: str | None = None
 
 
 class LazyFrame(Protocol):
@@ -258,6 +263,19 @@ class _ClipWriter:
 # --------------------------------------------------------------------------------------------------
 
 
+#: The endings of one event's files after its stem (retention keeps and deletes them together); the
+#: heatmap's first, since it also ends in ``.jpg``.
+EVENT_SUFFIXES = (HEATMAP_SUFFIX, ".jpg", ".mp4", ".npz")  # .npz: the alert's evidence (feedback learning)
+
+
+def _event_stem(name: str) -> str | None:
+    """The event stem of an event file name (``<stem><suffix>``), None for any other file."""
+    for suffix in EVENT_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 @dataclass
 class _Event:
     alert_id: str
@@ -266,6 +284,10 @@ class _Event:
     writer: _ClipWriter | None
     start_pts: float
     end_pts: float | None = None
+
+    @property
+    def heatmap(self) -> Path | None:
+        return self.snapshot.with_name(self.stem + HEATMAP_SUFFIX) if self.snapshot is not None else None
 
 
 class EventRecorder:
@@ -428,9 +450,11 @@ class EventRecorder:
         start_pts: float,
         peak_pts: float | None = None,
         peak_frame: Frame | None = None,
+        peak_evidence: PeakEvidence | None = None,
     ) -> EventMedia:
         """An alert opened: start its clip (with the buffered pre-roll from ``start_pts - pre_s``) and write
-        the snapshot of ``peak_frame`` (or the buffered frame nearest ``peak_pts``, else the newest).
+        the snapshot of ``peak_frame`` (or the buffered frame nearest ``peak_pts``, else the newest), and
+        with ``peak_evidence`` (the evidence of the alert's peak clip) its heatmap from the same pixels.
         Returns the relative paths to put in the alert record. Never raises for I/O trouble."""
         if self._closed:
             return EventMedia(None, None)
@@ -466,20 +490,29 @@ class EventRecorder:
             self._events[alert_id] = ev
         self._submit(self._enforce_retention)
         if snapshot is not None:
-            self._snapshot(ev, peak_pts, peak_frame)
+            self._snapshot(ev, peak_pts, peak_frame, peak_evidence)
+        return self._media(ev)
+
+    def _media(self, ev: _Event) -> EventMedia:
         return EventMedia(
-            snapshot=self._relative(stem, "jpg") if snapshot is not None else None,
-            clip=self._relative(stem, "mp4") if writer is not None else None,
+            snapshot=self._relative(ev.stem, "jpg") if ev.snapshot is not None else None,
+            clip=self._relative(ev.stem, "mp4") if ev.writer is not None else None,
+            heatmap=self._relative(ev.stem, HEATMAP_SUFFIX[1:]) if ev.snapshot is not None else None,
         )
 
     def update_peak(
-        self, alert_id: str, peak_pts: float | None = None, peak_frame: Frame | None = None
+        self,
+        alert_id: str,
+        peak_pts: float | None = None,
+        peak_frame: Frame | None = None,
+        peak_evidence: PeakEvidence | None = None,
     ) -> None:
-        """The alert's peak rose: rewrite its snapshot."""
+        """The alert's peak rose: rewrite its snapshot, and its heatmap from ``peak_evidence`` (None: the
+        new peak has no evidence map, so an earlier heatmap, which no longer shows the peak, is deleted)."""
         with self._lock:
             ev = self._events.get(alert_id)
         if ev is not None and ev.snapshot is not None:
-            self._snapshot(ev, peak_pts, peak_frame)
+            self._snapshot(ev, peak_pts, peak_frame, peak_evidence)
 
     def close_event(
         self,
@@ -487,9 +520,11 @@ class EventRecorder:
         end_pts: float,
         peak_pts: float | None = None,
         peak_frame: Frame | None = None,
+        peak_evidence: PeakEvidence | None = None,
     ) -> EventMedia:
         """An alert closed at ``end_pts``: the clip continues for ``post_s`` more seconds of frames; the
-        snapshot is rewritten when a peak frame or time is given. Returns the same paths as at open."""
+        snapshot (and heatmap, as in :meth:`update_peak`) is rewritten when a peak frame or time is given.
+        Returns the same paths as at open."""
         with self._lock:
             ev = self._events.get(alert_id)
             if ev is None:
@@ -501,11 +536,8 @@ class EventRecorder:
             elif ev.writer is None:
                 self._events.pop(alert_id, None)
         if ev.snapshot is not None and (peak_frame is not None or peak_pts is not None):
-            self._snapshot(ev, peak_pts, peak_frame)
-        return EventMedia(
-            snapshot=self._relative(ev.stem, "jpg") if ev.snapshot is not None else None,
-            clip=self._relative(ev.stem, "mp4") if ev.writer is not None else None,
-        )
+            self._snapshot(ev, peak_pts, peak_frame, peak_evidence)
+        return self._media(ev)
 
     def _finish(self, ev: _Event) -> None:
         self._events.pop(ev.alert_id, None)
@@ -542,7 +574,9 @@ class EventRecorder:
         with self._lock:
             self._pending.discard(fut)
 
-    def _snapshot(self, ev: _Event, peak_pts: float | None, peak_frame: Frame | None) -> None:
+    def _snapshot(
+        self, ev: _Event, peak_pts: float | None, peak_frame: Frame | None, evidence: PeakEvidence | None
+    ) -> None:
         frame: Frame | None
         if isinstance(peak_frame, np.ndarray):
             frame = np.array(peak_frame, dtype=np.uint8, copy=True)
@@ -550,19 +584,51 @@ class EventRecorder:
             frame = peak_frame if peak_frame is not None else self._frame_near(peak_pts)
         if frame is None or ev.snapshot is None:
             return
-        self._submit(self._write_jpeg, ev.snapshot, frame)
+        self._submit(self._write_jpeg, ev.snapshot, frame, ev.heatmap, evidence)
 
-    def _write_jpeg(self, path: Path, frame: Frame) -> None:
+    def _write_jpeg(
+        self, path: Path, frame: Frame, heatmap: Path | None = None, evidence: PeakEvidence | None = None
+    ) -> None:
+        """The snapshot at ``path`` and, with ``evidence``, the heatmap at ``heatmap`` from the same pixels
+        (read once); without evidence an earlier heatmap is deleted (it showed an older peak)."""
+        try:
+            pixels = _pixels(frame)
+        except RuntimeError as exc:  # a frame whose pixels are gone
+            self._report(f"snapshot {path.name}", exc)
+            return
+        if self._write_atomic(
+            "snapshot",
+            path,
+            lambda fh: Image.fromarray(pixels).save(fh, format="JPEG", quality=self.jpeg_quality),
+        ):
+            self._ok()
+        if heatmap is None:
+            return
+        if evidence is None:
+            try:
+                heatmap.unlink(missing_ok=True)
+            except OSError as exc:
+                self._report(f"removing heatmap {heatmap.name}", exc)
+            return
+        if self._write_atomic(
+            "heatmap", heatmap, lambda fh: fh.write(heatmap_jpeg(pixels, evidence, self.jpeg_quality))
+        ):
+            self._ok()
+
+    def _write_atomic(self, what: str, path: Path, write: Any) -> bool:
+        """Write ``path`` through ``write(binary file)`` into a hidden ``.part`` file, then rename; True on
+        success, else the failure is reported as ``what``'s."""
         tmp = path.with_name(f".{path.name}.part")
         try:
-            Image.fromarray(_pixels(frame)).save(tmp, format="JPEG", quality=self.jpeg_quality)
+            with tmp.open("wb") as fh:
+                write(fh)
             tmp.replace(path)
         except (OSError, ValueError, RuntimeError) as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            self._report(f"snapshot {path.name}", exc)
-        else:
-            self._ok()
+            self._report(f"{what} {path.name}", exc)
+            return False
+        return True
 
     def _enforce_retention(self) -> None:
         """Delete the oldest events beyond ``max_events_per_camera`` (never one still being written), and
@@ -579,19 +645,20 @@ class EventRecorder:
             active |= {w.final_path.stem for w in self._writers}
         newest: dict[str, float] = {}
         for p in files:
-            if p.suffix not in (".jpg", ".mp4", ".npz"):  # .npz: the alert's evidence (feedback learning)
+            stem = _event_stem(p.name)
+            if stem is None:
                 continue
             try:
                 mtime = p.stat().st_mtime
             except OSError:
                 continue
-            newest[p.stem] = max(newest.get(p.stem, 0.0), mtime)
+            newest[stem] = max(newest.get(stem, 0.0), mtime)
         stems = set(newest) | active
         excess = len(stems) - keep
         if excess <= 0:
             return
         for stem in sorted((s for s in newest if s not in active), key=lambda s: newest[s])[:excess]:
-            for ext in (".jpg", ".mp4", ".npz"):
+            for ext in EVENT_SUFFIXES:
                 try:
                     (self.events_dir / f"{stem}{ext}").unlink(missing_ok=True)
                 except OSError as exc:

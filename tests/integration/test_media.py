@@ -17,8 +17,10 @@ from core.config import MediaConfig
 from core.gst import init_gstreamer
 from core.gst.frames import FrameError
 from pipeline.cpu.sources import SampleFrame
+from pipeline.outputs.heatmap import PeakEvidence
 from pipeline.outputs.media import EventMedia, EventRecorder, safe_component
 from pipeline.outputs.metrics import ZsadMetrics
+from plugins.zones import locate_peak
 
 gi = pytest.importorskip("gi")
 
@@ -118,6 +120,37 @@ def test_close_finishes_open_clip_and_retention_deletes_oldest(tmp_path: Path) -
     assert names == ["ev2.jpg", "ev2.mp4", "ev3.jpg", "ev3.mp4"]
     frames, _, _ = _decode(tmp_path / "events" / "cam" / "ev3.mp4")
     assert frames >= 1
+
+
+def _peak_evidence(t: float) -> PeakEvidence:
+    e = np.zeros((3, 4))
+    e[1, 2] = 4.0
+    location = locate_peak(e)
+    assert location is not None
+    return PeakEvidence(t, e, location)
+
+
+def test_heatmaps_are_written_beside_snapshots_and_retained_with_them(tmp_path: Path) -> None:
+    rec = EventRecorder("cam", tmp_path, MediaConfig(clips=False, max_events_per_camera=2), fps=10.0)
+    folder = tmp_path / "events" / "cam"
+    for k in range(3):
+        rec.add_frame(_frame(k, 48, 64), k * 1.0)
+        media = rec.open_event(f"ev{k}", start_pts=k * 1.0, peak_evidence=_peak_evidence(k * 1.0))
+        assert media == EventMedia(f"events/cam/ev{k}.jpg", None, f"events/cam/ev{k}.heatmap.jpg")
+        assert rec.wait_idle(30)  # retention counts the events at open, this one included
+        rec.close_event(f"ev{k}", end_pts=k * 1.0 + 0.5)
+        with Image.open(folder / f"ev{k}.heatmap.jpg") as img:
+            assert img.size == (64, 48)
+    # Each opening deleted the oldest event with its heatmap: an event is its stem's files, dots and all.
+    rec.add_frame(_frame(3, 48, 64), 4.0)
+    rec.open_event("ev3", start_pts=4.0)  # no evidence: a snapshot only
+    assert rec.wait_idle(30)
+    rec.close(30)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ev2.heatmap.jpg",
+        "ev2.jpg",
+        "ev3.jpg",
+    ]
 
 
 def test_a_clip_thread_that_cannot_start_costs_only_the_clip(

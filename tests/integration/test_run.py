@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from core.config import load_config
 from engines.build import BuildOptions, BuildReport, build_from_config
@@ -80,6 +81,12 @@ def test_bad_cameras_are_reported_and_the_others_go_on(world: dict[str, Path], t
     snap = out / closed["campus"]["snapshot"]
     assert snap.is_file()
     assert snap.stat().st_size > 0
+    # The heatmap of the peak's evidence, beside the snapshot and the same size.
+    heatmap = out / closed["campus"]["heatmap"]
+    assert heatmap.name == f"{closed['campus']['alert_id']}.heatmap.jpg"
+    assert heatmap.parent == snap.parent
+    with Image.open(heatmap) as img, Image.open(snap) as plain:
+        assert img.size == plain.size
 
 
 def test_missing_engines_refuse_to_start(world: dict[str, Path], tmp_path: Path) -> None:

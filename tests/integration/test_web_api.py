@@ -23,17 +23,25 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.outputs.alert_schema import example_record, iso_utc, validate_alert
+from pipeline.outputs.heatmap import PeakEvidence, heatmap_jpeg
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web import ReviewServer, ReviewServerError
 from plugins.fusion import Calibration, describe_trust, fit_calibration, time_folds
+from plugins.zones import locate_peak
 
 XSS_PROMPT = "<img src=x onerror=alert(1)>"
 
 # --------------------------------------------------------------------------------------------------
 # Fixture data: a small run with four cameras, score history and alerts with real media
 # --------------------------------------------------------------------------------------------------
+
+
+def figure_x(seed: int, width: int = 320) -> int:
+    """The left edge of :func:`make_jpeg`'s figure."""
+    return 60 + (seed * 53) % (width - 120)
 
 
 def make_jpeg(path: Path, seed: int = 0, size: tuple[int, int] = (320, 240)) -> None:
@@ -51,7 +59,7 @@ def make_jpeg(path: Path, seed: int = 0, size: tuple[int, int] = (320, 240)) -> 
     for i in range(5):
         x = 20 + i * 62
         draw.rectangle([x, h // 2 - 40, x + 36, h // 2], fill=(30 + 8 * i, 34, 40))
-    fx = 60 + (seed * 53) % (w - 120)
+    fx = figure_x(seed, w)
     draw.ellipse([fx + 8, h // 2 + 6, fx + 22, h // 2 + 20], fill=(220, 190, 160))
     draw.rectangle([fx + 6, h // 2 + 20, fx + 24, h // 2 + 52], fill=(200, 60, 50))
     draw.rectangle([fx - 4, h // 2 + 2, fx + 34, h // 2 + 58], outline=(255, 80, 80), width=2)
@@ -77,6 +85,23 @@ def encode_mp4(path: Path, frames: int = 30, size: tuple[int, int] = (320, 240),
     assert msg is not None, "MP4 encoding timed out"
     assert msg.type == gst.MessageType.EOS, msg.parse_error()
     assert path.stat().st_size > 1000
+
+
+def make_heatmap(snapshot: Path, seed: int) -> dict[str, int]:
+    """The heatmap of :func:`make_jpeg`'s figure beside ``snapshot`` (``<stem>.heatmap.jpg``), rendered as
+    an alert's is, from a 15 x 20 evidence map peaking on the figure; returns its peak box for the record."""
+    with Image.open(snapshot) as img:
+        frame = np.asarray(img.convert("RGB"))
+    h, w = frame.shape[:2]
+    rows, cols = np.mgrid[0:15, 0:20]
+    cy, cx = 150 / 16 - 0.5, (figure_x(seed, w) + 15) / 16 - 0.5  # the figure's centre, in cells
+    evidence = 5.0 * np.exp(-((rows - cy) ** 2 + ((cols - cx) / 0.8) ** 2) / 5.0)
+    location = locate_peak(evidence)
+    assert location is not None
+    heatmap = snapshot.with_name(snapshot.stem + ".heatmap.jpg")
+    heatmap.write_bytes(heatmap_jpeg(frame, PeakEvidence(0.0, evidence, location)))
+    x0, y0, x1, y1 = location.pixel_box(w, h)
+    return {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "width": w, "height": h}
 
 
 @dataclass
@@ -113,6 +138,7 @@ def alert_record(
         contributions=contributions,
         prompt=prompt,
         snapshot=f"events/{camera}/{alert_id}.jpg",
+        heatmap=f"events/{camera}/{alert_id}.heatmap.jpg",
         clip=f"events/{camera}/{alert_id}.mp4",
     )
     if duration_s is None:
@@ -195,6 +221,11 @@ def build_demo_run(out: Path, mp4_source: Path, *, points: int = 170) -> DemoRun
             contributions = {"predictive": 2.4, "pixel": 1.2, "motion": 0.6}
         rec = alert_record(cam, context, seq, start, duration, peak, contributions, prompt)
         make_jpeg(out / rec["snapshot"], seed=i)
+        if name in ("closed", "open"):
+            rec["peak_box"] = make_heatmap(out / rec["snapshot"], seed=i)
+        else:  # alerts whose peak had no evidence map: a snapshot only
+            rec["heatmap"] = None
+        validate_alert(rec)
         if name != "open":  # an open alert's clip is still being recorded
             shutil.copyfile(mp4_source, out / rec["clip"])
         state.add_alert(rec)
@@ -376,12 +407,20 @@ def test_alerts_endpoint_and_filters(server: str, demo: DemoRun) -> None:
     assert one["status"] == "closed"
     assert one["driver"] == "semantic"
     assert one["duration_s"] == pytest.approx(12.0, abs=0.01)
-    assert one["media"] == {"snapshot": "/media/" + one["snapshot"], "clip": "/media/" + one["clip"]}
+    assert one["media"] == {
+        "snapshot": "/media/" + one["snapshot"],
+        "heatmap": "/media/" + one["heatmap"],
+        "clip": "/media/" + one["clip"],
+    }
     assert one["review"] is None
     open_alert = get_json(server, f"/api/alerts/{ids['open']}")["alert"]
     assert open_alert["media"]["clip"] is None  # still recording: the file does not exist yet
     assert open_alert["media"]["snapshot"] is not None
-    assert get_json(server, f"/api/alerts/{ids['old']}")["alert"]["driver"] == "predictive"
+    assert open_alert["media"]["heatmap"] is not None
+    old = get_json(server, f"/api/alerts/{ids['old']}")["alert"]
+    assert old["driver"] == "predictive"
+    assert old["heatmap"] is None
+    assert old["media"]["heatmap"] is None
     assert request(server, "GET", f"/api/alerts/{uuid.uuid4()}").status == 404
     assert request(server, "GET", "/api/nothing").status == 404
 

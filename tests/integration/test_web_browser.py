@@ -255,3 +255,59 @@ def test_alerts_view_media_labels_and_escaping(
     )
     wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".alert")) == 1, "the camera filter")
     assert driver.find_element(By.CSS_SELECTOR, ".alert").get_attribute("data-alert-id") == xss_id
+
+
+def test_alert_shows_its_heatmap_and_toggles_to_the_plain_snapshot(
+    driver: Any, base_url: str, run: DemoRun
+) -> None:
+    driver.set_window_size(1440, 1420)
+    driver.get(base_url + "#alerts")
+    driver.refresh()  # a fresh page: no filter left from an earlier test
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".alert")) == 4, "four alerts")
+    closed = run.alerts["closed"]
+    card = f"[data-alert-id='{closed['alert_id']}']"
+
+    def shown(d: Any) -> dict[str, Any]:
+        return d.execute_script(
+            f'const img = document.querySelector("{card} img.snapshot");'
+            f'const wrap = document.querySelector("{card} .snap-wrap");'
+            f'const button = document.querySelector("{card} button.view-toggle");'
+            "return {src: img.getAttribute('src'), loaded: img.complete && img.naturalWidth,"
+            " view: wrap.dataset.view, pressed: button.getAttribute('aria-pressed'),"
+            " toggle: !button.hidden && button.offsetParent !== null, alt: img.alt};"
+        )
+
+    # The heatmap by default, loaded, with the peak box drawn over it and a pressed "Heatmap" button.
+    state = wait_for(driver, lambda d: (s := shown(d))["loaded"] and s, "the heatmap to load")
+    assert state["src"] == "/media/" + closed["heatmap"]
+    assert (state["view"], state["pressed"], state["toggle"]) == ("heatmap", "true", True)
+    assert state["alt"].startswith("evidence heatmap of parking-north")
+    assert "heatmap" in driver.find_element(By.CSS_SELECTOR, f"{card} .snap-caption").text.lower()
+    rect = driver.find_element(By.CSS_SELECTOR, f"{card} .peak-overlay rect.peak-box")
+    box = closed["peak_box"]
+    assert [float(rect.get_attribute(k)) for k in ("x", "y")] == [box["x0"], box["y0"]]
+
+    # The button switches to the plain snapshot and back.
+    driver.find_element(By.CSS_SELECTOR, f"{card} button.view-toggle").click()
+    state = wait_for(
+        driver, lambda d: (s := shown(d))["view"] == "snapshot" and s["loaded"] and s, "the plain snapshot"
+    )
+    assert state["src"] == "/media/" + closed["snapshot"]
+    assert state["pressed"] == "false"
+    assert driver.find_elements(By.CSS_SELECTOR, f"{card} .peak-overlay rect.peak-box")
+    driver.find_element(By.CSS_SELECTOR, f"{card} button.view-toggle").click()
+    state = wait_for(driver, lambda d: (s := shown(d))["view"] == "heatmap" and s, "the heatmap again")
+    assert state["src"] == "/media/" + closed["heatmap"]
+
+    # The choice holds when the next poll redraws the alert (a label set elsewhere shows it redrew).
+    driver.find_element(By.CSS_SELECTOR, f"{card} button.view-toggle").click()
+    wait_for(driver, lambda d: shown(d)["view"] == "snapshot", "the snapshot view")
+    run.state.set_label(closed["alert_id"], "false_alarm", None)
+    wait_for_text(driver, f"{card} .review-label", "false alarm", "the poll's redraw")
+    assert shown(driver)["view"] == "snapshot"
+
+    # An alert without a heatmap shows its snapshot and no button.
+    old = f"[data-alert-id='{run.alerts['old']['alert_id']}']"
+    src = driver.execute_script(f'return document.querySelector("{old} img.snapshot").getAttribute("src");')
+    assert src == "/media/" + run.alerts["old"]["snapshot"]
+    assert not driver.find_element(By.CSS_SELECTOR, f"{old} button.view-toggle").is_displayed()

@@ -194,6 +194,9 @@ def test_mask_over_the_road_stops_its_alerts_and_the_cyclist_still_alerts_with_i
         mqtt = [(t, m) for t, m in sub.received_with_topics() if m["alert_id"] == cyclist["alert_id"]]
         assert {t for t, _ in mqtt} == {f"zsad/{CAMERA}/east/alert"}
         assert {m["zone"] for _, m in mqtt} == {"east"}
+        # The MQTT payload names the heatmap as it names the snapshot, and the file exists.
+        assert {m["heatmap"] for _, m in mqtt} == {cyclist["heatmap"]}
+        assert (out / cyclist["heatmap"]).is_file()
         assert any(t == f"zsad/{CAMERA}/road/alert" for t, _ in sub.received_with_topics())  # before
         # The review page's API filters by zone.
         status, listed = api.request("GET", f"/api/alerts?camera={CAMERA}&zone=road&limit=1000")

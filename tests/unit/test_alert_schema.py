@@ -89,6 +89,13 @@ def test_invalid_records_are_named(record: Any, fragment: str) -> None:
         validate_alert(record)
 
 
+def test_a_heatmap_needs_a_snapshot() -> None:
+    assert alert_problems(_with(snapshot=None)) == [
+        "heatmap is set but snapshot is null (a heatmap is drawn over the snapshot)"
+    ]
+    validate_alert(_with(snapshot=None, heatmap=None))
+
+
 def test_missing_field_is_named() -> None:
     rec = example_record()
     del rec["model"]

@@ -83,6 +83,9 @@ def test_scores_to_records_with_snapshot_and_jsonl(tmp_path: Path) -> None:
     # The snapshot is the peak's own frame (index 4: value 40), rewritten when the peak rose after opening.
     snap = np.asarray(Image.open(tmp_path / first["snapshot"]))
     assert abs(int(snap.mean()) - 40) <= 2
+    # Without error maps there is no evidence to show: no heatmap.
+    assert [r["heatmap"] for r in records] == [None] * 4
+    assert not list((tmp_path / "events" / "cam-1").glob("*.heatmap.jpg"))
     assert fan.close(5.0) == {fan.sinks[0].name: 0}
     lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert [x["alert_id"] for x in lines] == [r["alert_id"] for r in records]
@@ -209,3 +212,62 @@ def test_the_peak_follows_the_fused_rule(tmp_path: Path) -> None:
         assert evidence.rule == rule
         recorder.close()
     assert zones == {"mean": "right", "max": "left"}
+
+
+def test_each_alert_has_a_heatmap_of_its_peak_evidence_on_the_frame_the_maps_describe(tmp_path: Path) -> None:
+    recorder = EventRecorder("cam-1", tmp_path, MediaConfig(clips=False), fps=10.0)
+    pub = ListPublisher()
+    policy = AlertPolicy(on_threshold=3.0, off_threshold=2.0, min_duration_s=0.0, cooldown_s=0.0, smoothing=1)
+    cam = CameraAlerts("cam-1", "parking", policy, _fusion(), pub, recorder=recorder)
+    for i, value in enumerate([0.0, 5.0, 7.0, 6.0, 0.0]):
+        t = i * 0.1
+        cam.add_frame(np.full((240, 320, 3), 20 + 40 * i, np.uint8), t)
+        maps = _hot_maps((1, 3), value)
+        # Each clip's maps describe the frame before its end (a clip's first frame).
+        cam.update({"pixel": value, "motion": value}, None, t, maps=maps, frame_t=max(0.0, t - 0.1))
+        if value:
+            assert cam.last_evidence is not None
+            assert cam.last_evidence.location.cell == (1, 3)
+    opened, closed = pub.records
+    assert recorder.wait_idle(10)
+    recorder.close()
+    alert_id = closed["alert_id"]
+    for r in (opened, closed):
+        validate_alert(r)
+        assert r["heatmap"] == f"events/cam-1/{alert_id}.heatmap.jpg"
+        assert r["snapshot"] == f"events/cam-1/{alert_id}.jpg"
+    # The peak (t 0.2) describes frame 1 (value 60): the snapshot and the heatmap are that frame.
+    snap = np.asarray(Image.open(tmp_path / closed["snapshot"]).convert("RGB")).astype(int)
+    heat = np.asarray(Image.open(tmp_path / closed["heatmap"]).convert("RGB")).astype(int)
+    assert heat.shape == snap.shape == (240, 320, 3)
+    assert abs(snap.mean() - 60) <= 2
+    # Coloured on the peak cell (x 240..320, y 80..160: the record's peak box), the frame elsewhere.
+    assert closed["peak_box"] == {"x0": 240, "y0": 80, "x1": 320, "y1": 160, "width": 320, "height": 240}
+    assert np.abs(heat[110:130, 270:300] - snap[110:130, 270:300]).mean() > 40
+    assert np.abs(heat[:60, :150] - snap[:60, :150]).max() <= 8  # JPEG noise only
+    # The outline of the peak box is drawn where the record puts it (the left edge, x 240).
+    assert heat[120, 240].min() > 200
+
+
+def test_a_later_peak_without_evidence_takes_the_heatmap_back(tmp_path: Path) -> None:
+    recorder = EventRecorder("cam-1", tmp_path, MediaConfig(clips=False), fps=10.0)
+    pub = ListPublisher()
+    policy = AlertPolicy(on_threshold=3.0, off_threshold=2.0, min_duration_s=0.0, cooldown_s=0.0, smoothing=1)
+    cam = CameraAlerts("cam-1", "parking", policy, _fusion(), pub, recorder=recorder)
+    # Opens with maps, then its peak rises on a clip that came without maps, then it closes.
+    for i, (value, with_maps) in enumerate([(5.0, True), (8.0, False), (0.0, True)]):
+        t = i * 0.1
+        cam.add_frame(np.full((48, 64, 3), 50, np.uint8), t)
+        maps = _hot_maps((1, 3), value) if with_maps else None
+        cam.update({"pixel": value, "motion": value}, None, t, maps=maps)
+        assert recorder.wait_idle(10)
+        if i == 0:
+            heatmap = tmp_path / pub.records[0]["heatmap"]
+            assert heatmap.is_file()
+    opened, closed = pub.records
+    recorder.close()
+    assert opened["heatmap"] is not None
+    assert closed["heatmap"] is None
+    assert closed["peak_box"] is None
+    assert not heatmap.exists()  # it showed an older peak than the record's
+    assert (tmp_path / closed["snapshot"]).is_file()

@@ -181,7 +181,7 @@ class ReviewApi:
     def _decorate(self, alert: dict[str, Any]) -> dict[str, Any]:
         """Add ``media`` URLs for files that exist now and the ``driver`` stream (largest contribution)."""
         media: dict[str, str | None] = {}
-        for kind in ("snapshot", "clip"):
+        for kind in ("snapshot", "heatmap", "clip"):
             rel = alert.get(kind)
             media[kind] = None
             if isinstance(rel, str) and rel:

@@ -421,7 +421,14 @@
     const peak = svg("svg", { class: "peak-overlay", preserveAspectRatio: "xMidYMid meet", "aria-hidden": "true" });
     snapWrap.append(snapshot, peak);
     const noSnap = el("div", "placeholder", "no snapshot");
-    snapBox.append(snapWrap, noSnap, el("figcaption", null, "peak frame"));
+    // Heatmap or plain snapshot: the heatmap by default when the alert has one.
+    const snapCaption = el("figcaption", "snap-caption");
+    const snapLabel = el("span", null, "peak frame");
+    const viewToggle = el("button", "btn small view-toggle", "Heatmap");
+    viewToggle.type = "button";
+    viewToggle.title = "show the peak's evidence heatmap over the snapshot, or the plain snapshot";
+    snapCaption.append(snapLabel, viewToggle);
+    snapBox.append(snapWrap, noSnap, snapCaption);
     const clipBox = el("figure", "media-box");
     const video = el("video", "clip");
     video.controls = true;
@@ -465,11 +472,16 @@
     const entry = {
       node,
       alert: a,
+      view: null, // the operator's choice, "heatmap" or "snapshot"; null: the default
       parts: {
-        snapshot, snapWrap, peak, noSnap, video, noClip, status, zone, when, score, driver, bars, prompt,
-        label, note, ack, fa, error, learning,
+        snapshot, snapWrap, peak, noSnap, snapLabel, viewToggle, video, noClip, status, zone, when, score,
+        driver, bars, prompt, label, note, ack, fa, error, learning,
       },
     };
+    viewToggle.addEventListener("click", () => {
+      entry.view = viewToggle.getAttribute("aria-pressed") === "true" ? "snapshot" : "heatmap";
+      showSnapshot(entry, entry.alert);
+    });
     ack.addEventListener("click", () => sendLabel(entry, "ack"));
     fa.addEventListener("click", () => sendLabel(entry, "false_alarm"));
     return entry;
@@ -478,11 +490,7 @@
   function updateAlertNode(entry, a) {
     entry.alert = a;
     const p = entry.parts;
-    const snap = a.media && a.media.snapshot;
-    if (snap && p.snapshot.getAttribute("src") !== snap) p.snapshot.src = snap;
-    p.snapWrap.hidden = !snap;
-    p.noSnap.hidden = Boolean(snap);
-    drawPeakBox(p.peak, a.peak_box);
+    showSnapshot(entry, a);
     p.zone.textContent = a.zone ? `zone ${a.zone}` : "";
     p.zone.title = a.zone ? "the zone the alert's peak is in" : "";
     p.zone.hidden = !a.zone;
@@ -521,6 +529,25 @@
     p.prompt.textContent = a.prompt ? a.prompt : "";
     p.prompt.hidden = !a.prompt;
     showReview(entry, a.review);
+  }
+
+  // The snapshot or its heatmap (default when there is one); the peak box is drawn over either.
+  function showSnapshot(entry, a) {
+    const p = entry.parts;
+    const snap = a.media && a.media.snapshot;
+    const heat = a.media && a.media.heatmap;
+    const showHeat = Boolean(heat) && entry.view !== "snapshot";
+    const src = showHeat ? heat : snap;
+    if (src && p.snapshot.getAttribute("src") !== src) p.snapshot.src = src;
+    p.snapshot.alt = showHeat ? `evidence heatmap of ${a.camera} at the peak` : `snapshot of ${a.camera} at the peak`;
+    p.snapWrap.hidden = !src;
+    p.snapWrap.classList.toggle("heatmap", showHeat);
+    p.snapWrap.dataset.view = showHeat ? "heatmap" : "snapshot";
+    p.noSnap.hidden = Boolean(src);
+    p.snapLabel.textContent = showHeat ? "peak frame · heatmap" : "peak frame";
+    p.viewToggle.hidden = !(heat && snap);
+    p.viewToggle.setAttribute("aria-pressed", String(showHeat));
+    drawPeakBox(p.peak, a.peak_box);
   }
 
   function drawPeakBox(overlay, box) {
