@@ -400,6 +400,22 @@ class ClipInference:
         frames = normaliser(np.stack([c.frames[-1] for c in clips]))  # (N, 3, H, W)
         return np.asarray(backend({APPEARANCE_INPUT: frames})[APPEARANCE_OUTPUT], dtype=np.float32)
 
+    def encode_clip_frames(self, clips: Sequence[Clip]) -> np.ndarray:
+        """The appearance engine's features of every frame of each clip: ``(N, T, C, h, w)`` float32, in
+        batches of at most 64 frames. ``zsad calibrate`` fits the memories on these."""
+        backend, normaliser = self.engines.appearance, self._appearance_norm
+        if backend is None or normaliser is None:
+            raise EngineError("encode_clip_frames needs an appearance engine, and these engines have none")
+        frames = np.concatenate([np.asarray(c.frames) for c in clips])  # (N*T, H, W, 3) uint8
+        out = [
+            np.asarray(
+                backend({APPEARANCE_INPUT: normaliser(frames[i : i + 64])})[APPEARANCE_OUTPUT], np.float32
+            )
+            for i in range(0, len(frames), 64)
+        ]
+        features = np.concatenate(out)
+        return features.reshape(len(clips), -1, *features.shape[1:])
+
     def _appearance_maps(
         self, clips: Sequence[Clip], indices: Sequence[int], grid: tuple[int, int]
     ) -> list[dict[str, np.ndarray]]:

@@ -141,7 +141,8 @@ def collect_scores(
     graph = CameraGraph(engines.frame_size, on_frame, cameras=settings, realtime=False)
     scored: list[_Scored] = []
     emitted: dict[str, int] = {}  # clips per footage
-    features: dict[tuple[str, int], np.ndarray] = {}  # (footage, clip index) -> float16 last-frame features
+    # (footage, clip index) -> float16 features (T, C, h, w) of the clip's frames; the last one is scored
+    features: dict[tuple[str, int], np.ndarray] = {}
     appearance = engines.appearance is not None
     failed: list[str] = []
     graph.start()
@@ -163,7 +164,9 @@ def collect_scores(
                 emitted[clip.camera_id] = emitted.get(clip.camera_id, 0) + 1
             if appearance:
                 # float16 halves what minutes of footage hold (the fit accumulates in float64 anyway).
-                for clip, f in zip(batch, inference.encode_last_frames(batch), strict=True):
+                # Every frame of every clip, not only the last: a per-position covariance of 128 channels
+                # needs hundreds of frames, and a minute of footage gives only ~70 clips (docs/results.md).
+                for clip, f in zip(batch, inference.encode_clip_frames(batch), strict=True):
                     features[(clip.camera_id, clip.index)] = f.astype(np.float16)
             for clip, res in zip(batch, inference(batch), strict=True):
                 if res.scores is not None:
@@ -213,18 +216,18 @@ def _fit_appearance(
         log.warning("camera %s: too few clips (%d) to fit the appearance memory's folds", camera, len(keys))
         return None
     mib = sum(f.nbytes for f in features.values()) / 2**20
-    log.info("camera %s: %d last-frame feature maps collected (%.1f MB as float16)", camera, len(keys), mib)
+    log.info("camera %s: feature maps of %d clips collected (%.1f MB as float16)", camera, len(keys), mib)
     t0 = time.perf_counter()
     for fold, fitter in enumerate(fitters):
         for start in range(0, len(by_fold[fold]), 64):
-            fitter.add(np.stack([features[k] for k in by_fold[fold][start : start + 64]]))
+            fitter.add(np.concatenate([features[k] for k in by_fold[fold][start : start + 64]]))
 
     def finalize(fitter: MemoryFitter) -> AppearanceMemory:
         return fitter.finalize(encoder=expect.encoder, weights_sha256=expect.weights_sha256, camera=camera)
 
     held = [finalize(fitters[1 - fold]) for fold in range(FOLDS)]  # fold f is scored by held[f]
     for s, fold in zip(scored, folds, strict=True):
-        error_map = appearance_map(held[int(fold)], features[(s.camera, s.index)], s.grid)
+        error_map = appearance_map(held[int(fold)], features[(s.camera, s.index)][-1], s.grid)
         cell_filter = filters.get(s.camera)
         counted = cell_filter.apply({APPEARANCE: error_map}) if cell_filter is not None else None
         s.scores[APPEARANCE] = reduce_map(counted[APPEARANCE] if counted is not None else error_map)

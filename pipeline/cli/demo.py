@@ -49,7 +49,7 @@ def prepare_scenes(cfg: ZsadConfig, scenes: Path) -> dict[str, Any]:
     return generate_dataset(
         scenes,
         contexts=tuple(contexts),
-        train_per_context=1,
+        train_per_context=3,  # 3 min of normal footage per context: the memory needs hundreds of frames
         test_per_context=per_context,
         frames=SCENE_FRAMES,
         fps=SCENE_FPS,
