@@ -125,5 +125,5 @@ def test_reliability_weights_from_video_folds() -> None:
     drift = np.concatenate([rng.normal(0.0, 1.0, n // 2), rng.normal(3.0, 1.0, n // 2)])
     cal = fit_calibration({"stable": rng.normal(0.0, 1.0, n), "brightness": drift}, video_folds(lengths))
     assert cal.streams["stable"].weight > 0.9
-    assert cal.streams["brightness"].weight < 0.5
+    assert cal.streams["brightness"].weight < 0.6  # through its held-out tail (drift is not charged twice)
     assert cal.streams["brightness"].drift == pytest.approx(3.0, abs=0.8)

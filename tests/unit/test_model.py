@@ -170,7 +170,7 @@ def test_checkpoint_keeps_the_spec_as_json_and_loads_it_typed(model: ZsadModel, 
 
 def test_old_checkpoint_without_later_fields_still_loads(model: ZsadModel, tmp_path: Path) -> None:
     """A checkpoint written before ``dpc.decoder`` existed loads with the residual decoder it was trained
-    with (the shipped demo checkpoint is one)."""
+    with (the demo checkpoint shipped until 2026-12-04 was one; the current one names its decoder)."""
     path = save_checkpoint(model, tmp_path / "old.safetensors")
     meta_path = path.with_suffix(".safetensors.json")
     meta = json.loads(meta_path.read_text())
@@ -180,9 +180,8 @@ def test_old_checkpoint_without_later_fields_still_loads(model: ZsadModel, tmp_p
     assert loaded.spec.dpc.decoder == "residual"
     assert loaded.spec == tiny_spec()
     demo = json.loads((REPO / "models" / "demo" / "model.safetensors.json").read_text())["spec"]
-    assert "decoder" not in demo["dpc"]
     demo_model, _ = load_checkpoint(REPO / "models" / "demo" / "model.safetensors")
-    assert demo_model.spec.dpc.decoder == "residual"
+    assert demo_model.spec.dpc.decoder == demo["dpc"]["decoder"] == "extrapolate"
     assert demo_model.spec.backbone.image_height == demo["backbone"]["image_height"]
 
 
