@@ -34,7 +34,8 @@ from engines.model import ZsadModel, load_checkpoint
 from plugins.fusion import FUSION_RULES, Calibration, fit_calibration, fuse_arrays, time_folds
 from plugins.preprocess import normalise_frames
 from plugins.scorer import ClipScorer, ClipTokens, Runner
-from plugins.streams import STREAMS
+from plugins.streams import APPEARANCE, MEMORY_STREAMS, STREAMS
+from training.appearance_eval import AppearanceEvaluator, context_folds
 from training.baselines import extrapolation_scores, frame_difference_scores
 from training.datasets import DatasetError, make_dataset
 from training.gate import fit_model_gate, gate_weights
@@ -279,19 +280,43 @@ def evaluate(
     cal_embs: list[np.ndarray] = []
     cal_groups: list[str] = []
     cal_lengths: list[int] = []
+    patch = model.spec.backbone.patch_size
+    appearance = AppearanceEvaluator.from_config(cfg.appearance, (size[0] // patch, size[1] // patch))
+    train_contexts = {c.name: c.context or "generic" for c in train.clips}
+    vfolds = context_folds([c.name for c in train.clips], train_contexts)
+    cal_targets: list[np.ndarray] = []
     for clip in tqdm(train.clips, desc="calibrate", unit="video"):
-        _, sc, emb = score_video(model, train.frames(clip.name), hop=model.clip_span, name=clip.name)
+        frames = train.frames(clip.name)
+        targets_tr, sc, emb = score_video(model, frames, hop=model.clip_span, name=clip.name)
         for k, v in sc.items():
             cal_samples.setdefault(k, []).append(v)
         cal_embs.append(emb)
         cal_groups += [clip.context or "generic"] * len(emb)
         cal_lengths.append(len(emb))
+        cal_targets.append(targets_tr)
+        if appearance is not None:
+            appearance.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
+    if appearance is not None:
+        span = (model.clip_len - 1) * model.frame_stride  # a clip's last frame, which the run scores
+        cal_samples[APPEARANCE] = [
+            appearance.held_out_clip_scores(c.name, np.minimum(t + span, len(train.frames(c.name)) - 1))
+            for c, t in zip(train.clips, cal_targets, strict=True)
+        ]
     cal_raw = {k: np.concatenate(v) for k, v in cal_samples.items()}
-    # Reliability weights from two held-out groups of training videos, as `zsad calibrate` holds out time.
-    cal = fit_calibration(cal_raw, video_folds(cal_lengths), threshold_quantile=0.99)
+    # Reliability weights from two held-out folds of each context's training videos (a single video: its
+    # two time halves), the folds the appearance memory was held out by, as `zsad calibrate` holds out time.
+    folds = np.concatenate(
+        [
+            np.full(n, vfolds[c.name], np.int64) if vfolds[c.name] >= 0 else time_folds(n)
+            for c, n in zip(train.clips, cal_lengths, strict=True)
+        ]
+    )
+    cal = fit_calibration(cal_raw, folds, threshold_quantile=0.99)
     gate_info = fit_model_gate(model, cal_raw, np.concatenate(cal_embs), cal_groups, cal)
 
-    frame_scores: dict[str, dict[str, np.ndarray]] = {s: {} for s in STREAMS if s in cal.streams}
+    frame_scores: dict[str, dict[str, np.ndarray]] = {
+        s: {} for s in (*STREAMS, *MEMORY_STREAMS) if s in cal.streams
+    }
     present = list(frame_scores)
     gated = [s for s in present if s in model.stream_gate.streams]  # memory streams have no gate row
     frame_weights: dict[str, np.ndarray] = {}
@@ -311,7 +336,11 @@ def evaluate(
             model, frames, hop=hop, name=clip.name, reflect_history=True, maps_out=clip_maps
         )
         for k in frame_scores:
-            frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
+            if k == APPEARANCE and appearance is not None:
+                # Every test frame is scored as the last frame of a clip would be (not interpolated).
+                frame_scores[k][clip.name] = appearance.test_frame_scores(frames, clip.context or "generic")
+            else:
+                frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
         if clip_maps is not None:
             located[clip.name] = (targets, clip_maps, w)

@@ -1,0 +1,154 @@
+"""The appearance stream in offline evaluation (``zsad eval``), as ``zsad calibrate`` and the run score it.
+
+Each context of a dataset is one camera: its memory (:mod:`plugins.appearance`) is fitted on the training
+videos of that context, from the frozen encoder's features (:mod:`engines.appearance`, the same weights the
+engine is exported from). The calibration samples are **held out**: the context's training videos are
+split in two folds (:func:`context_folds`; one video is split by time), each fold's clips are scored against
+the memory of the other, because a memory's distances of the frames it was fitted on are biased low. Test
+frames are scored against the memory of every training frame of their context. A clip's appearance score is
+its last frame's, as at run time; the test split is scored frame by frame (every frame is some clip's last).
+Maps are pooled onto the DPC maps' grid and reduced by their max, as :class:`plugins.scorer.ClipScorer` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.config import AppearanceConfig
+from engines.appearance import AppearanceEncoder
+from engines.encoders import ENCODERS, EncoderWeightsError, find_encoder_weights
+from engines.manifest import file_sha256
+from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AppearanceEvaluator", "context_folds"]
+
+#: Every ``FIT_STEP``-th training frame is fitted: a few hundred frames are enough (docs/results.md), and
+#: neighbouring frames are nearly the same.
+FIT_STEP = 2
+BATCH = 32
+
+
+def context_folds(names: Sequence[str], contexts: Mapping[str, str | None], k: int = 2) -> dict[str, int]:
+    """Each training video's fold: within its context, the videos in their order split into ``k`` groups.
+    A context with fewer than ``k`` videos gets fold -1 (its single video is split by time instead)."""
+    by_context: dict[str, list[str]] = {}
+    for name in names:
+        by_context.setdefault(contexts.get(name) or "generic", []).append(name)
+    folds: dict[str, int] = {}
+    for members in by_context.values():
+        for i, name in enumerate(members):
+            folds[name] = (i * k) // len(members) if len(members) >= k else -1
+    return folds
+
+
+@dataclass
+class _Video:
+    context: str
+    features: np.ndarray  # (N, C, h, w) float16, every frame
+    fold: int
+
+
+class AppearanceEvaluator:
+    """Encodes videos, fits a memory per context and scores clips or frames against it.
+
+    ``grid``: the DPC maps' grid the appearance maps are pooled onto.
+    """
+
+    def __init__(
+        self, encoder: AppearanceEncoder, mean: Sequence[float], std: Sequence[float], grid: tuple[int, int]
+    ):
+        self.encoder = encoder.eval()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.grid = grid
+        self.weights_sha256 = encoder.weights_sha256
+        self._train: dict[str, _Video] = {}
+        self._full_memories: dict[str, AppearanceMemory] = {}  # context -> memory of all its training
+
+    @classmethod
+    def from_config(cls, settings: AppearanceConfig, grid: tuple[int, int]) -> AppearanceEvaluator | None:
+        """The evaluator of ``settings`` (the config's ``appearance`` section), or None when the stream is
+        off or its weights are not installed (logged: the evaluation then has no appearance stream)."""
+        if not settings.enabled:
+            return None
+        try:
+            path = find_encoder_weights(settings.encoder, settings.weights)
+            encoder = AppearanceEncoder.from_weights(path, file_sha256(path), settings.encoder)
+        except EncoderWeightsError as exc:
+            log.warning("no appearance stream in this evaluation: %s", exc)
+            return None
+        info = ENCODERS[settings.encoder]
+        return cls(encoder, info.mean, info.std, grid)
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 -> ``(N, C, h, w)`` float16 features."""
+        out = []
+        for i in range(0, len(frames), BATCH):
+            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + BATCH])).permute(0, 3, 1, 2).float()
+            out.append(self.encoder((x / 255.0 - self.mean) / self.std).numpy().astype(np.float16))
+        return np.concatenate(out)
+
+    def add_training_video(self, name: str, frames: np.ndarray, context: str, fold: int) -> None:
+        self._train[name] = _Video(context, self.encode(frames), fold)
+
+    def _memory(self, context: str, fold: int | None, half: int | None = None) -> AppearanceMemory:
+        """The memory of ``context``'s training videos outside ``fold`` (None: all of them); a single-video
+        context (fold -1) uses the other time half (``half``) of its video instead."""
+        fitter = MemoryFitter()
+        for video in self._train.values():
+            if video.context != context:
+                continue
+            feats = video.features
+            if fold is not None and video.fold >= 0:
+                if video.fold == fold:
+                    continue
+            elif fold is not None and half is not None:
+                mid = len(feats) // 2
+                feats = feats[mid:] if half == 0 else feats[:mid]
+            for i in range(0, len(feats), FIT_STEP * 64):
+                fitter.add(feats[i : i + FIT_STEP * 64 : FIT_STEP].astype(np.float32))
+        return fitter.finalize(
+            encoder=self.encoder.info.name, weights_sha256=self.weights_sha256, camera=context
+        )
+
+    def held_out_clip_scores(self, name: str, last_frames: np.ndarray) -> np.ndarray:
+        """The appearance score ``(M,)`` of a training video's clips (``last_frames``: each clip's last frame
+        index), each against the memory of the context's other fold."""
+        video = self._train[name]
+        if video.fold >= 0:
+            memory = self._memory(video.context, video.fold)
+            return self._scores(memory, video.features[last_frames])
+        mid = len(video.features) // 2
+        out = np.empty(len(last_frames), np.float64)
+        for half in (0, 1):
+            pick = (last_frames < mid) if half == 0 else (last_frames >= mid)
+            if pick.any():
+                out[pick] = self._scores(
+                    self._memory(video.context, -1, half), video.features[last_frames[pick]]
+                )
+        return out
+
+    def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:
+        """Every test frame's appearance score ``(N,)``, against the memory of all of its context's frames."""
+        return self._scores(self._full(context), self.encode(frames))
+
+    def _full(self, context: str) -> AppearanceMemory:
+        """The memory of every training frame of ``context`` (fitted once)."""
+        if context not in self._full_memories:
+            self._full_memories[context] = self._memory(context, None)
+        return self._full_memories[context]
+
+    def _scores(self, memory: AppearanceMemory, features: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(features), 64):
+            maps = appearance_map(memory, features[i : i + 64].astype(np.float32), self.grid)
+            out.append(maps.reshape(len(maps), -1).max(axis=1))
+        return np.concatenate(out).astype(np.float64)
