@@ -92,7 +92,8 @@ class AppearanceEvaluator:
         """``(N, H, W, 3)`` uint8 -> ``(N, C, h, w)`` float16 features."""
         out = []
         for i in range(0, len(frames), BATCH):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + BATCH])).permute(0, 3, 1, 2).float()
+            batch = np.array(frames[i : i + BATCH])  # a writable copy: the dataset's frames are read-only
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
             out.append(self.encoder((x / 255.0 - self.mean) / self.std).numpy().astype(np.float16))
         return np.concatenate(out)
 
