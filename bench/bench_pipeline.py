@@ -21,6 +21,15 @@ Cases, each in a fresh child process (clean RSS, no threads left over from the p
   Keeps up = no clip dropped, >= 95 % of the expected frames delivered, p95 latency <= ``--max-latency``,
   and at most one clip per camera still unscored when the run stops.
 
+The appearance stream (``--appearance``, the default) runs only for a camera with an appearance memory,
+which ``zsad calibrate`` fits and saves beside the camera's calibration file. So before the cases, each
+synthetic video that a camera plays is calibrated once with the product's own code
+(:func:`pipeline.cli.calibrate.calibrate_camera`, on that video played as a file), and every camera of a
+case gets its own copy of its video's calibration (its memory linked beside it): each camera loads its own
+memory, as on a site, so RSS per camera includes one memory. ``pure`` cases give every batch slot a memory
+too. ``--no-appearance`` leaves the cameras uncalibrated, as before: the appearance engine is loaded but
+never runs. Each pipeline case counts the clips scored with the appearance stream.
+
 Throughput is counted between ``warmup`` seconds after the start and the stop. Camera-frames/s = scored
 clips/s x ``clip_hop`` (each clip advances its camera by ``clip_hop`` sampled frames). Latency: per clip,
 from the moment the graph delivered the clip's last frame (``Clip.created_s``, stamped when the frame is
@@ -67,16 +76,23 @@ from bench.common import (
     write_result,
 )
 from core.config import load_config
+from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.clips import Clip
 from pipeline.cpu.graph import CameraGraph
-from pipeline.inference import ClipInference, EngineError, load_engines
+from pipeline.inference import ClipInference, EngineError, appearance_expectation, load_engines
 from pipeline.run import DISPLAY_SIZE, Application
+from plugins.appearance import AppearanceError, AppearanceMemories, load_memory, memory_path
+from plugins.fusion import CalibrationError
+from plugins.streams import APPEARANCE
 
 log = logging.getLogger("bench.pipeline")
 
 __all__ = [
     "CaseSpec",
+    "calibrate_videos",
+    "camera_calibrations",
     "main",
+    "memory_from_one_camera",
     "memory_per_camera",
     "pipeline_tables",
     "pure_at",
@@ -87,6 +103,9 @@ __all__ = [
 ]
 
 RESULT_PREFIX = "BENCH-RESULT "
+#: Calibration footage per video: the video is played this many frames' worth (whole repeats, at least one),
+#: so that a short video still gives ``zsad calibrate`` its minimum of scored clips.
+CALIBRATION_MIN_FRAMES = 200
 MODES = ("pure", "decode", "fast", "realtime", "naive")
 
 
@@ -108,6 +127,9 @@ class CaseSpec:
     sample_interval_s: float = 0.5
     keep_samples: bool = False
     max_latency_s: float = 1.0  # realtime: p95 bound for "keeps up"
+    # One calibration file per video (calibrate_videos): camera i gets a copy of video i % len's. Empty:
+    # uncalibrated cameras, without appearance memories, so the appearance stream never runs.
+    calibrations: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -185,6 +207,7 @@ class _Counters:
         self.created = array("d")  # Clip.created_s of each processed clip, in processing order
         self.done = array("d")  # monotonic time its result went through the alert machine
         self.scored = 0
+        self.appearance = 0  # scored clips whose scores include the appearance stream
         self.alert_latency = array("d")  # per published "open" alert record
         self.alert_records = 0
 
@@ -243,12 +266,42 @@ def _timed_application(cfg: Any, engines: Any, realtime: bool, counters: _Counte
             counters.created.append(clip.created_s)
             counters.done.append(time.monotonic())
             counters.scored += result.scores is not None
+            counters.appearance += result.scores is not None and APPEARANCE in result.scores.scores
 
     return TimedApplication()
 
 
+def camera_calibrations(
+    calibrations: Sequence[str | Path], videos: int, cameras: int, out: Path
+) -> list[Path]:
+    """Per camera ``i``, a copy under ``out/calib/`` of the calibration of the video it plays
+    (``calibrations[i % videos]``), with that calibration's appearance memory linked beside the copy.
+
+    A copy per camera, not one shared file: the product keeps state per calibration file (the learned levels
+    beside it), and each camera loads the memory it finds beside its own calibration."""
+    if not calibrations:
+        raise BenchError("no calibration files to give the cameras")
+    folder = out / "calib"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(cameras):
+        source = Path(calibrations[(i % videos) % len(calibrations)])
+        target = folder / f"cam{i:02d}.json"
+        shutil.copyfile(source, target)
+        memory = memory_path(source)
+        if memory.is_file():
+            memory_path(target).symlink_to(memory.resolve())
+        paths.append(target)
+    return paths
+
+
 def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     realtime = spec.mode == "realtime"
+    calibrations = (
+        camera_calibrations(spec.calibrations, len(assets.videos), spec.cameras, out)
+        if spec.calibrations
+        else None
+    )
     cfg = site_config(
         assets,
         spec.cameras,
@@ -258,6 +311,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         threads=spec.threads,
         max_batch=spec.max_batch,
         queue_size=spec.queue_size,
+        calibrations=calibrations,
     )
     try:
         engines = load_engines(cfg)
@@ -286,6 +340,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     last, last_s = counters.snapshot(), sampler.sample()
     sched = app.scheduler.stats()
     states = app.graph.states()
+    memories = len(app.outputs.memories)
     sampler.stop()
     # Discard what is still queued (counted as pending below) before the product's shutdown: draining full
     # queues of 16 cameras would take longer than the case itself, and a refused submit unblocks a decoder
@@ -314,6 +369,8 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         "clips_assembled": int(assembled),
         "clips_processed": int(processed),
         "clips_scored_total": counters.scored,
+        "clips_with_appearance_total": counters.appearance,
+        "cameras_with_memory": memories,
         "clips_per_s": round(clips_per_s, 3),
         "camera_frames_per_s": round(clips_per_s * hop, 2),
         "clips_dropped": int(dropped),
@@ -447,18 +504,44 @@ def _pure_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     w, h = engines.frame_size
     results = []
     try:
+        memories = _pure_memories(spec, engines, max(spec.batches))
         for batch in spec.batches:
             inference = ClipInference(
                 engines,
                 context_clips=cfg.model.dpc.context_clips,
                 history_step=pre.clip_len * pre.frame_stride // pre.clip_hop,
                 contexts={},
+                memories=memories,
             )
             shape = (pre.clip_len, h, w, 3)
             results.append(time_clip_inference(inference, batch, shape, spec.min_time_s, pre.clip_hop))
     finally:
         engines.close()
-    return {"threads": cfg.engines.threads, "clip_hop": pre.clip_hop, "batches": results}
+    return {
+        "threads": cfg.engines.threads,
+        "clip_hop": pre.clip_hop,
+        "appearance": memories is not None,
+        "batches": results,
+    }
+
+
+def _pure_memories(spec: CaseSpec, engines: Any, slots: int) -> AppearanceMemories | None:
+    """With calibrations, the first one's memory for every batch slot (``b0`` ... as
+    :func:`time_clip_inference` names them): speed does not depend on which memory a slot has."""
+    if not spec.calibrations:
+        return None
+    expect = appearance_expectation(engines)
+    if expect is None:
+        raise BenchError("calibrations were given but the engines have no appearance engine")
+    path = memory_path(spec.calibrations[0])
+    try:
+        memory = load_memory(path, expect)
+    except AppearanceError as exc:
+        raise BenchError(str(exc)) from exc
+    memories = AppearanceMemories()
+    for j in range(slots):
+        memories.set(f"b{j}", memory)
+    return memories
 
 
 def _naive_case(spec: CaseSpec, assets: Assets, _out: Path) -> dict[str, Any]:
@@ -516,6 +599,72 @@ def memory_per_camera(points: Sequence[tuple[int, float]]) -> dict[str, float] |
     return {"per_camera_mb": round(float(slope), 2), "base_mb": round(float(base), 1)}
 
 
+def memory_from_one_camera(points: Sequence[tuple[int, float]]) -> dict[str, float] | None:
+    """``(rss(N) - rss(1)) / (N - 1)`` for the largest N, with the median RSS of each N's runs (None
+    without a 1-camera run and a larger one): what each camera beyond the first adds."""
+    by_n: dict[int, list[float]] = {}
+    for n, rss in points:
+        by_n.setdefault(n, []).append(rss)
+    largest = max(by_n, default=1)
+    if 1 not in by_n or largest <= 1:
+        return None
+    one, many = float(np.median(by_n[1])), float(np.median(by_n[largest]))
+    return {"cameras": largest, "per_camera_mb": round((many - one) / (largest - 1), 2), "one_camera_mb": one}
+
+
+def calibrate_videos(assets: Assets, videos: int, folder: Path, fps: float = 25.0) -> list[dict[str, Any]]:
+    """Calibrate one camera per video (the first ``videos`` of ``assets``) with the product's own code
+    (:func:`pipeline.cli.calibrate.calibrate_camera`, which fits and saves the appearance memory beside the
+    calibration), on that video played as a file. Returns, per video, the calibration file, its memory file
+    and the memory's size on disk and in memory, and the seconds it took.
+
+    Raises :class:`BenchError` when the engines have no appearance engine (``appearance.enabled: false``
+    in the config, or its weights missing when the engines were built) or a calibration fails."""
+    count = min(videos, len(assets.videos))
+    cfg = site_config(assets, count, folder / "run", uri_scheme="file", fps=fps)
+    try:
+        engines = load_engines(cfg)
+    except EngineError as exc:
+        raise BenchError(str(exc)) from exc
+    out: list[dict[str, Any]] = []
+    try:
+        expect = appearance_expectation(engines)
+        if expect is None:
+            raise BenchError(
+                f"no appearance engine in {assets.engines_dir}: the appearance stream cannot run (the "
+                "config has appearance.enabled: false, or its weights were missing at the build); use "
+                "--no-appearance"
+            )
+        repeats = max(1, math.ceil(CALIBRATION_MIN_FRAMES / assets.video_frames))
+        for i in range(count):
+            video, _context = assets.videos[i]
+            target = folder / f"video{i}.json"
+            started = time.monotonic()
+            try:
+                calibrate_camera(cfg, engines, f"cam{i:02d}", [video.as_uri()] * repeats, target)
+                memory = load_memory(memory_path(target), expect)
+            except (CalibrationFootageError, CalibrationError, AppearanceError, EngineError) as exc:
+                raise BenchError(f"calibrating on {video}: {exc}") from exc
+            seconds = time.monotonic() - started
+            mem_file = memory_path(target)
+            out.append(
+                {
+                    "video": str(video),
+                    "footage_repeats": repeats,
+                    "calibration": str(target),
+                    "memory_file": str(mem_file),
+                    "memory_file_mb": round(mem_file.stat().st_size / 2**20, 2),
+                    "memory_in_memory_mb": round(memory.nbytes / 2**20, 2),
+                    "memory_frames": memory.n_frames,
+                    "seconds": round(seconds, 1),
+                }
+            )
+            log.info("calibrated %s in %.1f s: %s", video.name, seconds, mem_file)
+    finally:
+        engines.close()
+    return out
+
+
 def pure_at(pure: Sequence[Mapping[str, Any]], threads: int, batch: float) -> float | None:
     """Pure-inference clips/s at ``threads`` and the measured batch size nearest to ``batch``, averaged over
     the pure runs (before and after the sweep)."""
@@ -543,12 +692,15 @@ def run_pipeline_bench(
     pure_s: float = 1.0,
     search: bool = True,
     max_latency_s: float = 1.0,
+    appearance: bool = True,
     progress: Any = print,
 ) -> dict[str, Any]:
     """The whole sweep; see the module docstring. ``progress(line)`` gets one line per finished case.
 
     ``threads``: thread counts of the pure, fast and naive cases (default 1 and the config's);
     ``rt_threads``: thread count of the real-time cases (default the config's, what ``zsad run`` uses).
+    ``appearance``: calibrate the videos first (:func:`calibrate_videos`) so that every camera of the pure,
+    fast and real-time cases scores the appearance stream; False leaves the cameras uncalibrated.
     """
     base = load_config(assets.config_path)
     batch = max_batch or base.scheduler.max_batch
@@ -557,8 +709,19 @@ def run_pipeline_bench(
     rt_thread_count = rt_threads or configured
     pure_batches = sorted({1, 4, batch, 16})
     rt_warmup = min(3.0, rt_s / 3)
+    calibrated: list[dict[str, Any]] = []
+    if appearance:
+        calibrated = calibrate_videos(assets, max(cameras), assets.work / "calibration", fps)
+        first = calibrated[0]
+        progress(
+            f"calibrated {len(calibrated)} video(s): appearance memory "
+            f"{first['memory_file_mb']} MB on disk, {first['memory_in_memory_mb']} MB in memory"
+        )
+    calibrations = [c["calibration"] for c in calibrated]
 
     def case(**kw: Any) -> dict[str, Any]:
+        if kw["mode"] in ("pure", "fast", "realtime"):
+            kw["calibrations"] = calibrations
         spec = CaseSpec(max_batch=batch, fps=fps, max_latency_s=max_latency_s, **kw)
         result = run_case_in_child(spec, assets)
         progress(_progress_line(result))
@@ -588,7 +751,9 @@ def run_pipeline_bench(
             "naive_s": naive_s,
             "rt_s": rt_s,
             "max_latency_s": max_latency_s,
+            "appearance": appearance,
         },
+        "appearance": {"enabled": appearance, "calibrations": calibrated},
     }
     pure = pure_round()
     decode = [case(mode="decode", cameras=n, duration_s=decode_s, warmup_s=1.0) for n in cameras]
@@ -655,6 +820,8 @@ def _progress_line(r: Mapping[str, Any]) -> str:
         f"dropped {r['clips_dropped']}, p95 {r['latency']['p95_ms']:.0f} ms, "
         f"cpu {r['cpu_percent']:.0f}%, rss {r['rss_median_mb']:.0f} MB"
     )
+    if r.get("cameras_with_memory"):
+        line += f", appearance on {r['clips_with_appearance_total']}/{r['clips_scored_total']} clips"
     if mode == "realtime":
         line += f", delivered {r['delivered_ratio']:.2f}, keeps up: {r['keeps_up']}"
     return line
@@ -720,6 +887,10 @@ def summarise(doc: Mapping[str, Any]) -> dict[str, Any]:
         "realtime_first_failure": min((n for n in failing if n > capacity), default=None),
         "realtime_tested": sorted({r["case"]["cameras"] for r in doc["realtime"]}),
         "memory": memory_per_camera([(r["case"]["cameras"], r["rss_median_mb"]) for r in doc["realtime"]]),
+        "memory_from_one_camera": memory_from_one_camera(
+            [(r["case"]["cameras"], r["rss_median_mb"]) for r in doc["realtime"]]
+        ),
+        "appearance": doc.get("settings", {}).get("appearance", False),
         "decode_memory": memory_per_camera(
             [(r["case"]["cameras"], r["rss_median_mb"]) for r in doc["decode"]]
         ),
@@ -829,6 +1000,10 @@ def pipeline_tables(doc: Mapping[str, Any], *, markdown: bool = False) -> str:
         if mem
         else "memory: fewer than two camera counts"
     )
+    one = s.get("memory_from_one_camera")
+    if one:
+        mem_line += f"; (RSS({one['cameras']}) - RSS(1)) / {one['cameras'] - 1}: {one['per_camera_mb']} MB"
+    mem_line += "; appearance stream " + ("on" if s.get("appearance") else "off")
     naive = ", ".join(f"{t} thread(s) {v} frames/s" for t, v in s["naive_frames_per_s_by_threads"].items())
     st = doc["settings"]
     return (
@@ -856,6 +1031,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pure-seconds", type=float, default=1.0, help="seconds per batch size in pure cases")
     p.add_argument("--max-latency", type=float, default=1.0, help="real time: p95 latency bound (s)")
     p.add_argument("--no-search", action="store_true", help="do not bisect the real-time camera count")
+    p.add_argument(
+        "--appearance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="calibrate the videos first so that every camera scores the appearance stream (default on; "
+        "--no-appearance: uncalibrated cameras, as before)",
+    )
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder for pipeline.json")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case (child)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -898,6 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pure_s=args.pure_seconds,
             search=not args.no_search,
             max_latency_s=args.max_latency,
+            appearance=args.appearance,
         )
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -445,22 +445,29 @@ def site_config(
     threads: int | None = None,
     max_batch: int | None = None,
     queue_size: int | None = None,
+    calibrations: Sequence[Path] | None = None,
 ) -> ZsadConfig:
     """A validated :class:`core.config.ZsadConfig` for ``cameras`` synthetic cameras.
 
     Camera ``i`` plays video ``i % len(videos)`` (``loop://`` restarts it at its end, ``file://`` ends).
     Everything else (model, alert policy, media, scheduler) is the base config's, except: no review page,
     no metrics server, one JSONL sink under ``out_dir``, and ``threads`` / ``max_batch`` / ``queue_size``
-    when given.
+    when given. ``calibrations``: one calibration file per camera (camera ``i`` gets ``calibrations[i]``);
+    None leaves every camera uncalibrated, hence without an appearance memory.
     """
     if uri_scheme not in ("loop", "file"):
         raise BenchError(f"uri_scheme must be loop or file, got {uri_scheme!r}")
+    if calibrations is not None and len(calibrations) != cameras:
+        raise BenchError(f"need one calibration file per camera: {len(calibrations)} for {cameras} cameras")
     base = load_config(assets.config_path)
     data = base.model_dump(mode="json")
     cams = []
     for i in range(cameras):
         path, context = assets.videos[i % len(assets.videos)]
-        cams.append({"id": f"cam{i:02d}", "uri": f"{uri_scheme}://{path}", "context": context})
+        cam: dict[str, Any] = {"id": f"cam{i:02d}", "uri": f"{uri_scheme}://{path}", "context": context}
+        if calibrations is not None:
+            cam["calibration"] = str(calibrations[i])
+        cams.append(cam)
     data["cameras"] = cams
     data["defaults"]["sampling"] = {"fps": fps}
     data["engines"]["dir"] = str(assets.engines_dir)

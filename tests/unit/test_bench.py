@@ -25,6 +25,9 @@ from bench.bench_inference import count_flops, inference_table, run_inference_be
 from bench.bench_pipeline import (
     CaseSpec,
     _search_capacity,
+    build_parser,
+    calibrate_videos,
+    memory_from_one_camera,
     memory_per_camera,
     pipeline_tables,
     pure_at,
@@ -82,6 +85,13 @@ def test_helpers_parse_and_summarise() -> None:
     fit = memory_per_camera([(1, 110.0), (2, 120.0), (4, 140.0)])
     assert fit == {"per_camera_mb": 10.0, "base_mb": 100.0}
     assert memory_per_camera([(4, 1.0), (4, 2.0)]) is None
+    # Medians per N; the largest N against one camera.
+    one = memory_from_one_camera([(1, 100.0), (1, 104.0), (4, 140.0), (2, 130.0)])
+    assert one == {"cameras": 4, "per_camera_mb": 12.67, "one_camera_mb": 102.0}
+    assert memory_from_one_camera([(2, 1.0), (4, 2.0)]) is None
+    assert memory_from_one_camera([(1, 1.0)]) is None
+    assert build_parser().parse_args([]).appearance is True
+    assert build_parser().parse_args(["--no-appearance"]).appearance is False
     samples = [
         {"t_s": t, "rss_mb": 500.0 + (50.0 if t < 30 else 0.0) + 0.5 * t / 60} for t in range(0, 300, 5)
     ]
@@ -264,6 +274,9 @@ def test_graph_cases_count_frames_and_clips(pipeline_doc: dict[str, Any]) -> Non
     assert decode["display_frames"] > 0
     (fast,) = pipeline_doc["fast"]
     assert fast["clips_processed"] > 0
+    # Uncalibrated cameras (no calibrations in the spec): no memory, so no appearance stream.
+    assert fast["cameras_with_memory"] == 0
+    assert fast["clips_with_appearance_total"] == 0
     assert fast["clips_dropped"] == 0
     assert fast["camera_frames_per_s"] == pytest.approx(fast["clips_per_s"] * 4, rel=1e-3)
     assert fast["camera_states"] == {"cam00": "live"}
@@ -279,6 +292,31 @@ def test_graph_cases_count_frames_and_clips(pipeline_doc: dict[str, Any]) -> Non
     assert rt["alerts"]["opened"] == 1
     assert rt["alerts"]["latency"]["n"] == 1
     assert 0 < rt["alerts"]["latency"]["p50_ms"] < 2000
+
+
+def test_appearance_option_calibrates_and_every_camera_scores_the_stream(
+    assets: Assets, tmp_path: Path
+) -> None:
+    # What --appearance does before the cases: calibrate each video with the product's own code (one video
+    # here, played 5 times over: 40 frames are too few clips for zsad calibrate), memory saved beside it.
+    (cal,) = calibrate_videos(assets, 2, tmp_path / "calibration")
+    assert cal["footage_repeats"] == 5
+    assert Path(cal["calibration"]).is_file()
+    assert Path(cal["memory_file"]).is_file()
+    assert cal["memory_file_mb"] > 0
+    assert cal["memory_in_memory_mb"] > 0
+    base = {"threads": 1, "max_batch": 4, "sample_interval_s": 0.2, "calibrations": [cal["calibration"]]}
+    # Two cameras play the one video: each gets its own copy of the calibration and loads its own memory,
+    # and every clip scored carries the appearance stream.
+    fast = run_case(CaseSpec(mode="fast", cameras=2, duration_s=2.0, warmup_s=0.5, **base), assets)
+    assert fast["cameras_with_memory"] == 2
+    assert fast["clips_scored_total"] > 0
+    assert fast["clips_with_appearance_total"] == fast["clips_scored_total"]
+    pure = run_case(
+        CaseSpec(mode="pure", batches=[1, 2], min_time_s=0.0, duration_s=1.0, warmup_s=0.0, **base), assets
+    )
+    assert pure["appearance"] is True
+    assert all(b["scored_fraction"] == 1.0 for b in pure["batches"])
 
 
 def test_summary_goals_markdown_and_plot(
