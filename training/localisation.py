@@ -147,15 +147,17 @@ class FrameHit:
     box: tuple[int, int, int, int] | None = None
 
 
-def frame_hit(evidence: Any, mask: Any, *, grow: int = 0) -> FrameHit:
+def frame_hit(evidence: Any, mask: Any, *, grow: int = 0, tiebreak: np.ndarray | None = None) -> FrameHit:
     """:class:`FrameHit` of one ``(h, w)`` map against one ``(H, W)`` bool mask; ``grow`` widens the mask
-    by that many pixels in every direction first (e.g. one map cell, for a test at the map's resolution)."""
+    by that many pixels in every direction first (e.g. one map cell, for a test at the map's resolution).
+    ``tiebreak``: :func:`plugins.zones.locate_peak`'s, to place the peak among equal cells as an alert does
+    (the evidence with ``positive=False``)."""
     e, m = _check(np.asarray(evidence)[None], np.asarray(mask)[None])
     ev, target = e[0], m[0]
     if grow > 0:
         target = dilate(target, grow)
     height, width = target.shape
-    location = locate_peak(ev)
+    location = locate_peak(ev, None, tiebreak)
     if location is None:
         return FrameHit(located=False, box_hit=False, cell_hit=False, half_mass=0.0)
     x0, y0, x1, y1 = location.pixel_box(width, height)
