@@ -6,12 +6,15 @@
 1. **Which frame the evidence describes.** Synthetic scenes with one injected anomaly each (every kind of
    ``synth``, in the campus, parking and station views, 320 x 240 at 10 fps) are scored by the product's
    path: the model's ONNX Runtime engines, ``ClipInference``, the camera's calibration fitted on a quiet
-   scene of the same view, ``CameraFusion`` and the evidence map of ``plugins.zones``. For every scored clip
-   whose frames show the anomaly, the peak box (``training.localisation.frame_hit``) is checked against the
-   anomaly's mask in the clip's **first** frame (the one the DPC head compares with the history, and the
-   frame the snapshot and heatmap now show) and in its **last** frame (the stream time the clip is scored
-   at, which the snapshot showed before). Counted over all such clips and over those whose fused score
-   reaches the default ``on_threshold`` of 3 (the clips that can raise or hold an alert).
+   scene of the same view (30 s by default) as ``zsad calibrate`` fits it (at least 20 clips; reliability
+   weights from its two time halves held out from each other), ``CameraFusion``, and the evidence map and
+   peak of ``plugins.zones`` as an alert finds them (the calibration's fusion rule, the clip's weights, the
+   same tie-break). For every scored clip whose frames show the anomaly, the peak box
+   (``training.localisation.frame_hit``) is checked against the anomaly's mask in the clip's **first** frame
+   (the one the DPC head compares with the history, and the frame the snapshot and heatmap now show) and in
+   its **last** frame (the stream time the clip is scored at, which the snapshot showed before). Counted
+   over all such clips and over those whose fused score reaches the default ``on_threshold`` of 3 (the clips
+   that can raise or hold an alert).
 2. **Render cost** on the media thread, at 320 x 240 and 1280 x 720: the snapshot's own JPEG encoding,
    the heatmap's rendering (``render_heatmap``: upsampling, colours, box, colour scale) and the heatmap JPEG
    (``heatmap_jpeg``: rendering and encoding).
@@ -38,7 +41,14 @@ from engines.build import BuildOptions, build_from_config
 from pipeline.clips import ClipAssembler
 from pipeline.inference import ClipInference, EngineSet, load_engines
 from pipeline.outputs.heatmap import PeakEvidence, heatmap_jpeg, render_heatmap
-from plugins.fusion import Calibration, CameraFusion, fit_calibration
+from plugins.fusion import (
+    DEFAULT_RULE,
+    Calibration,
+    CalibrationError,
+    CameraFusion,
+    fit_calibration,
+    time_folds,
+)
 from plugins.zones import evidence_map, locate_peak
 from synth import ANOMALY_KINDS, ClipRenderer, PlannedEvent
 from training.localisation import frame_hit
@@ -50,6 +60,8 @@ CONTEXTS = ("campus", "parking", "station")
 EVENT_START = 20
 QUIET_SEED = 1000  # calibration scenes: a seed no test scene uses
 ON_THRESHOLD = 3.0
+#: The fewest quiet clips a calibration is fitted on, as ``zsad calibrate`` requires (two folds of 10).
+MIN_CALIBRATION_CLIPS = 20
 #: A clip shows the anomaly when at least this many pixels of its first frame are on the mask (a bag left
 #: on the ground is about 5 x 5 pixels at 320 x 240).
 VISIBLE_PX = 20
@@ -88,7 +100,15 @@ def _calibration(cfg: ZsadConfig, engines: EngineSet, context: str, frames: int)
     for _, scores in _scored(cfg, engines, f"quiet-{context}", quiet):
         for stream, value in scores.scores.items():
             raw.setdefault(stream, []).append(value)
-    return fit_calibration({k: np.asarray(v) for k, v in raw.items()})
+    # Held-out time folds, as `zsad calibrate` holds out the halves of a camera's footage: without them
+    # every stream keeps weight 1, and under the max rule a heavy-tailed stream leads the score and the peak.
+    n = len(next(iter(raw.values()), []))
+    if n < MIN_CALIBRATION_CLIPS:
+        raise CalibrationError(
+            f"{context}: {frames} quiet frames gave {n} scored clips, `zsad calibrate` needs at least "
+            f"{MIN_CALIBRATION_CLIPS}: raise --calibration-frames"
+        )
+    return fit_calibration({k: np.asarray(v) for k, v in raw.items()}, time_folds(n), rule=DEFAULT_RULE)
 
 
 def _tally(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -98,11 +118,13 @@ def _tally(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 def measure_alignment(
-    cfg: ZsadConfig, engines: EngineSet, seeds: Sequence[int], frames: int
+    cfg: ZsadConfig, engines: EngineSet, seeds: Sequence[int], frames: int, calibration_frames: int
 ) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
+    reliability: dict[str, dict[str, float]] = {}
     for context in CONTEXTS:
-        cal = _calibration(cfg, engines, context, frames)
+        cal = _calibration(cfg, engines, context, calibration_frames)
+        reliability[context] = {name: round(s.weight, 3) for name, s in cal.streams.items()}
         for kind in ANOMALY_KINDS:
             for seed in seeds:
                 video, masks = _render(context, seed, frames, [PlannedEvent(kind, EVENT_START)])
@@ -113,16 +135,19 @@ def measure_alignment(
                     first, last = round(clip.start_pts * FPS), round(clip.end_pts * FPS)
                     if masks[first].sum() < VISIBLE_PX:
                         continue
-                    evidence = evidence_map(scores.scored_maps, fused.weights, stats)
+                    evidence = evidence_map(scores.scored_maps, fused.weights, stats, rule=fused.rule)
                     if evidence is None:
                         continue
+                    tb = evidence_map(
+                        scores.scored_maps, fused.weights, stats, positive=False, rule=fused.rule
+                    )
                     rows.append(
                         {
                             "context": context,
                             "kind": kind,
                             "seed": seed,
-                            "first_hit": frame_hit(evidence, masks[first]).box_hit,
-                            "last_hit": frame_hit(evidence, masks[last]).box_hit,
+                            "first_hit": frame_hit(evidence, masks[first], tiebreak=tb).box_hit,
+                            "last_hit": frame_hit(evidence, masks[last], tiebreak=tb).box_hit,
                             "alerting": bool(fused.score >= ON_THRESHOLD),
                         }
                     )
@@ -142,6 +167,8 @@ def measure_alignment(
             "last_frame": _tally(alerting, "last_hit"),
         },
         "per_kind": per_kind,
+        "rule": DEFAULT_RULE,
+        "reliability_weights": reliability,
     }
 
 
@@ -190,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "heatmap", help="folder for the engines")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--frames", type=int, default=100, help="frames per scene (10 fps)")
+    parser.add_argument(
+        "--calibration-frames", type=int, default=300, help="frames of each view's quiet calibration scene"
+    )
     parser.add_argument("--repeats", type=int, default=20, help="renders per size for the cost")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder for heatmap.json")
     args = parser.parse_args(argv)
@@ -204,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     engines = load_engines(cfg)
     try:
-        alignment = measure_alignment(cfg, engines, args.seeds, args.frames)
+        alignment = measure_alignment(cfg, engines, args.seeds, args.frames, args.calibration_frames)
     finally:
         engines.close()
     render = measure_render(args.repeats)
@@ -214,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checkpoint": str(args.checkpoint),
             "seeds": args.seeds,
             "frames": args.frames,
+            "calibration_frames": args.calibration_frames,
             "alignment": alignment,
             "render": render,
         },

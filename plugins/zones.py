@@ -24,13 +24,16 @@ over the map streams by the same rule as the fused score (``plugins.fusion``)::
     max:   E(cell) = max_s  w_s * max(0, (m_s(cell) - location_s) / scale_s)
 
 so under ``max`` the peak is where the stream that leads the fused score peaks, and the heatmap shows each
-cell's strongest weighted evidence, not a sum that a quiet stream would dilute. Only the excess counts
-because a stream's score is the maximum over its map: a cell far below one stream's normal maximum is no
-evidence against what another stream found there. A cell where a stream's value is NaN (masked) gets
-nothing from that stream; a cell where no stream counts has no evidence (NaN). The semantic stream has no
-map: it would add the same constant to every cell, so it is left out (the peak does not move). The peak is
-the cell of the largest ``E``; among equal cells (most often: no cell above normal) the one with the
-largest plain weighted z-score combination (the same rule, below normal too). Its box is the connected
+cell's strongest weighted evidence, not a sum that a quiet stream would dilute. Since a map stream's score
+is the maximum of its map, that is exact: the peak cell is the cell that set the clip's fused score and its
+``E`` is the unsmoothed fused score (when a map stream leads). Which stream leads, and so where the peak is,
+is decided by the weights alone (the calibration's reliability weights from held-out folds, the gate).
+Only the excess counts because a stream's score is the maximum over its map: a cell far below one stream's
+normal maximum is no evidence against what another stream found there. A cell where a stream's value is NaN
+(masked) gets nothing from that stream; a cell where no stream counts has no evidence (NaN). The semantic
+stream has no map: it would add the same constant to every cell, so it is left out (the peak does not move).
+The peak is the cell of the largest ``E``; among equal cells (most often: no cell above normal) the one with
+the largest plain weighted z-score combination (the same rule, below normal too). Its box is the connected
 (4-neighbour) set of cells around it whose evidence is at least halfway from the map's median to the peak
 (:func:`half_level`); its zones are the zones that contain the peak cell.
 """

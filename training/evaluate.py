@@ -10,7 +10,8 @@ the product's own fusion (the calibration's rule, reliability weights, context g
 
 Writes ``metrics.json``, ``roc.png`` and ``timelines.png`` into the output folder. When the test videos
 have pixel masks, ``metrics.json`` also gets a ``localisation`` block (``training.localisation``: pixel-level
-AUC and peak hits of the gated evidence maps) and ``localisation/`` a few example PNGs.
+AUC and peak hits of the evidence maps an alert would show: the calibration's rule, each clip's reliability
+times gate weights, :func:`alert_weights`) and ``localisation/`` a few example PNGs.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EvaluationError",
+    "alert_weights",
     "dpc_runner",
     "evaluate",
     "fusion_ablation",
@@ -445,7 +447,7 @@ def evaluate(
         "eval_seconds": round(time.monotonic() - started, 1),
     }
     if located:
-        metrics["localisation"] = _localisation(located, gated, cal, native, out / "localisation")
+        metrics["localisation"] = _localisation(located, gated, present, cal, native, out / "localisation")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
     y = np.concatenate([labels[v] for v in labels])
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {
@@ -507,19 +509,49 @@ def breakdown(
     return {"per_context": per_context, "per_kind": per_kind}
 
 
+def alert_weights(
+    gate: np.ndarray, gated: Sequence[str], streams: Sequence[str], cal: Calibration
+) -> np.ndarray:
+    """``(M, len(streams))``: each clip's stream weights as ``plugins.fusion.fuse`` gives them to an alert
+    (``FusedScore.weights``) from the gate's softmax ``gate`` ``(M, K)`` over ``gated``: the reliability
+    weight times the gate factor (:func:`gate_factors`), normalised to sum 1 over ``streams`` under the
+    calibration's ``mean`` rule, as they are under ``max``."""
+    factors = gate_factors(gate, gated, streams)
+    w = (
+        np.stack([cal.weight(s) * factors[s] for s in streams], axis=1)
+        if streams
+        else np.zeros((len(gate), 0))
+    )
+    if cal.rule == "mean" and w.size:
+        w = w / w.sum(axis=1, keepdims=True)
+    return w
+
+
 def _localisation(
     located: Mapping[str, tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray]],
+    gated: Sequence[str],
     streams: Sequence[str],
     cal: Calibration,
     native: Any,
     examples_dir: Path,
 ) -> dict[str, Any]:
-    """The ``localisation`` block: the gated evidence maps (the alerts' heatmaps) against the native
-    pixel masks; a mask problem costs only this block."""
+    """The ``localisation`` block: the evidence maps an alert's heatmap and peak box would show (the
+    calibration's rule, each clip's reliability times gate weights over ``streams``; ``located`` holds the
+    gate's softmax over ``gated``) against the native pixel masks; a mask problem costs only this block."""
     stats = {s: (cal.streams[s].location, cal.streams[s].scale) for s in streams}
+    weighted = {
+        name: (targets, maps, alert_weights(gate, gated, streams, cal))
+        for name, (targets, maps, gate) in located.items()
+    }
     try:
         return evaluation_localisation(
-            located, streams, stats, native.masks, frames_of=native.frames, examples_dir=examples_dir
+            weighted,
+            streams,
+            stats,
+            native.masks,
+            frames_of=native.frames,
+            examples_dir=examples_dir,
+            rule=cal.rule,
         )
     except (LocalisationError, DatasetError) as exc:
         log.warning("localisation not measured: %s", exc)

@@ -147,15 +147,17 @@ class FrameHit:
     box: tuple[int, int, int, int] | None = None
 
 
-def frame_hit(evidence: Any, mask: Any, *, grow: int = 0) -> FrameHit:
+def frame_hit(evidence: Any, mask: Any, *, grow: int = 0, tiebreak: np.ndarray | None = None) -> FrameHit:
     """:class:`FrameHit` of one ``(h, w)`` map against one ``(H, W)`` bool mask; ``grow`` widens the mask
-    by that many pixels in every direction first (e.g. one map cell, for a test at the map's resolution)."""
+    by that many pixels in every direction first (e.g. one map cell, for a test at the map's resolution).
+    ``tiebreak``: :func:`plugins.zones.locate_peak`'s, to place the peak among equal cells as an alert does
+    (the evidence with ``positive=False``)."""
     e, m = _check(np.asarray(evidence)[None], np.asarray(mask)[None])
     ev, target = e[0], m[0]
     if grow > 0:
         target = dilate(target, grow)
     height, width = target.shape
-    location = locate_peak(ev)
+    location = locate_peak(ev, None, tiebreak)
     if location is None:
         return FrameHit(located=False, box_hit=False, cell_hit=False, half_mass=0.0)
     x0, y0, x1, y1 = location.pixel_box(width, height)
@@ -299,16 +301,19 @@ def frame_evidence(
     streams: Sequence[str],
     stats: Mapping[str, tuple[float, float]] | None,
     n_frames: int,
+    *,
+    rule: str = "mean",
 ) -> np.ndarray:
     """Per-frame evidence ``(n_frames, h, w)`` of one video from its scored clips: clip ``k`` predicts
-    frame ``targets[k]`` (the frame its maps describe), with error ``maps[k]`` and gate ``weights[k]``
-    (``(M, S)`` over ``streams``); each frame takes the evidence of the nearest scored frame."""
+    frame ``targets[k]`` (the frame its maps describe), with error ``maps[k]`` and stream weights
+    ``weights[k]`` (``(M, S)`` over ``streams``: the ``FusedScore.weights`` of fusion ``rule``); each frame
+    takes the evidence of the nearest scored frame."""
     if len(targets) == 0 or len(targets) != len(maps) or len(maps) != len(weights):
         raise LocalisationError(f"{len(targets)} targets, {len(maps)} maps and {len(weights)} weight rows")
     per_clip = []
     for k, clip_maps in enumerate(maps):
         w = {s: float(weights[k][i]) for i, s in enumerate(streams)}
-        ev = evidence_map(clip_maps, w, stats)
+        ev = evidence_map(clip_maps, w, stats, rule=rule)
         if ev is None:
             shape = next(iter(clip_maps.values())).shape
             ev = np.full(shape, np.nan)
@@ -335,9 +340,11 @@ def evaluation_localisation(
     examples_dir: Path | None = None,
     examples: int = 6,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    rule: str = "mean",
 ) -> dict[str, Any]:
     """``zsad eval``'s ``localisation`` block: ``clips`` maps a test video to ``(targets, maps, weights)``
-    of its scored clips (see :func:`frame_evidence`), ``masks_of(video)`` gives its ``(N, H, W)`` masks.
+    of its scored clips (see :func:`frame_evidence`, fused by ``rule``), ``masks_of(video)`` gives its
+    ``(N, H, W)`` masks.
     With ``frames_of`` (the video's ``(N, H, W, 3)`` frames at the masks' size) and ``examples_dir``,
     ``examples`` abnormal frames spread over the set are saved as PNGs there."""
     evidence: list[np.ndarray] = []
@@ -345,7 +352,7 @@ def evaluation_localisation(
     where: list[tuple[str, int]] = []
     for name, (targets, maps, weights) in clips.items():
         mask = np.asarray(masks_of(name), dtype=bool)
-        evidence.append(frame_evidence(targets, maps, weights, streams, stats, len(mask)))
+        evidence.append(frame_evidence(targets, maps, weights, streams, stats, len(mask), rule=rule))
         masks.append(mask)
         where += [(name, k) for k in range(len(mask))]
     if not masks:
@@ -356,6 +363,7 @@ def evaluation_localisation(
         raise LocalisationError(f"the test videos differ in mask size {sizes} or map grid {grids}")
     all_e, all_m = np.concatenate(evidence), np.concatenate(masks)
     report = localisation_report(all_e, all_m, max_pixels=max_pixels)
+    report["rule"] = rule
     if frames_of is not None and examples_dir is not None and examples > 0:
         abnormal = np.flatnonzero(all_m.any(axis=(1, 2)))
         picks = abnormal[np.linspace(0, len(abnormal) - 1, min(examples, len(abnormal))).round().astype(int)]

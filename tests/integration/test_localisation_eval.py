@@ -1,5 +1,6 @@
-"""``zsad eval``'s localisation block on a tiny masked dataset: the gated evidence of a seeded, untrained
-model against the fast square's pixel masks (the motion stream finds it without training)."""
+"""``zsad eval``'s localisation block on a tiny masked dataset: the evidence an alert would show (the
+calibration's rule, reliability times gate weights) of a seeded, untrained model against the fast square's
+pixel masks (the motion stream finds it without training)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def test_eval_reports_localisation_when_the_test_videos_have_masks(tmp_path: Pat
     out = tmp_path / "eval"
     metrics = evaluate(cfg, ckpt, out)
     loc = metrics["localisation"]
+    assert loc["rule"] == metrics["calibration"]["rule"]
     assert loc["frames"] == 80
     assert loc["abnormal_frames"] == 40  # the second half of each test video
     assert loc["pixel_auc"]["stride"] == 1

@@ -8,7 +8,7 @@ import pytest
 
 from plugins.fusion import Calibration, CameraFusion, StreamGate, StreamStats, fit_calibration, time_folds
 from plugins.streams import APPEARANCE
-from training.evaluate import fusion_ablation, fusion_variant, gate_factors, video_folds
+from training.evaluate import alert_weights, fusion_ablation, fusion_variant, gate_factors, video_folds
 from training.metrics import roc_auc
 
 
@@ -25,6 +25,31 @@ def test_gate_factors_are_neutral_for_streams_without_a_gate_row() -> None:
     np.testing.assert_allclose(f["pixel"], [1.5, 1.0])
     np.testing.assert_allclose(f["motion"], [0.5, 1.0])
     np.testing.assert_allclose(f[APPEARANCE], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("rule", ["max", "mean"])
+def test_alert_weights_are_the_weights_an_alert_fuses_with(rule: str) -> None:
+    """The localisation block's evidence is weighted as the run weights an alert's evidence map: the
+    reliability weight times the gate factor (normalised under mean), memory streams at factor 1."""
+    streams = ["pixel", "motion", APPEARANCE]
+    cal = Calibration(
+        streams={
+            "pixel": StreamStats(0.0, 1.0, 40, 0.5),
+            "motion": StreamStats(0.0, 1.0, 40, 1.0),
+            APPEARANCE: StreamStats(0.0, 1.0, 40, 0.25),
+        },
+        rule=rule,
+    )
+    gate = StreamGate(np.array([[1.0], [-1.0]], np.float32), np.zeros(2, np.float32), ["pixel", "motion"])
+    context = np.array([0.7], np.float32)
+    fused = CameraFusion("cam", cal, gate, smoothing=1).update(
+        {"pixel": 2.0, "motion": 1.0, APPEARANCE: 3.0}, context, 0.0
+    )
+    factors = gate.factors(context, streams)
+    softmax = np.array([[factors["pixel"] / 2, factors["motion"] / 2]])  # what the model's gate gives
+    w = alert_weights(softmax, ["pixel", "motion"], streams, cal)
+    assert w.shape == (1, 3)
+    np.testing.assert_allclose(w[0], [fused.weights[s] for s in streams], rtol=1e-6)
 
 
 def _scores(seed: int = 0) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:

@@ -143,6 +143,13 @@ def test_eval_hook_spreads_clip_maps_to_frames_and_reports(tmp_path: Path) -> No
     assert per_frame[0, 1, 4] == pytest.approx(3.0)  # 0.5 * 3 + 0.5 * 3
     assert per_frame[1, 1, 4] == pytest.approx(3.0)
     assert per_frame[2, 1, 4] == pytest.approx(0.0)
+    # Under the max rule (weights as multipliers) a cell takes its strongest weighted stream.
+    warm = {"motion": hot, "pixel": hot * 0.5}
+    ones = np.ones((1, 2))
+    (by_max,) = frame_evidence(np.array([0]), [warm], ones, ["motion", "pixel"], stats, 1, rule="max")
+    (by_mean,) = frame_evidence(np.array([0]), [warm], ones / 2, ["motion", "pixel"], stats, 1)
+    assert by_max[1, 4] == pytest.approx(3.0)
+    assert by_mean[1, 4] == pytest.approx(2.25)
     frames = np.full((3, 40, 60, 3), 90, np.uint8)
     report = evaluation_localisation(
         {"v01": (targets, maps, weights)},

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from core.config import ZoneSettings
+from plugins.fusion import Calibration, CameraFusion, StreamStats
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores, filter_scores, reduce_map
 from plugins.zones import (
     CellFilter,
@@ -322,6 +323,43 @@ def test_evidence_max_rule_follows_the_fused_score() -> None:
     assert np.isnan(nan[0, 0])
     with pytest.raises(ValueError, match="unknown fusion rule"):
         evidence_map(maps, ones, stats, rule="sum")
+
+
+def test_max_rule_peak_is_where_the_fused_score_comes_from() -> None:
+    """Every map stream's score is its map's maximum, so under the max rule the evidence map's peak is the
+    cell that set the clip's fused score: its evidence equals ``raw_fused`` and it is the leading stream's
+    own peak cell. Hence nothing done to the other streams' cells (a margin to the winner, weights by their
+    share of the score, the winner's map alone) can move the peak: only which stream leads, that is the
+    reliability weights and the gate, decides where it is."""
+    rng = np.random.default_rng(3)
+    located = 0
+    for trial in range(50):
+        names = ("predictive", "pixel", "motion")
+        maps = {s: rng.gamma(2.0, 1.0, (6, 8)).astype(np.float32) for s in names}
+        maps["pixel"][rng.integers(6), rng.integers(8)] = np.nan  # a masked cell
+        cal = Calibration(
+            streams={
+                s: StreamStats(
+                    float(rng.uniform(1, 4)), float(rng.uniform(0.2, 2)), 40, float(rng.uniform(0.05, 1))
+                )
+                for s in names
+            },
+            rule="max",
+        )
+        fusion = CameraFusion(f"cam-{trial}", cal, None, smoothing=1)
+        raw = {s: reduce_map(m) for s, m in maps.items()}
+        fused = fusion.update(raw, None, float(trial))
+        e = evidence_map(maps, fused.weights, fusion.cell_stats(), rule=fused.rule)
+        assert e is not None
+        peak = locate_peak(e)
+        assert peak is not None
+        if fused.raw_fused <= 0:
+            continue  # nothing above normal: the tie-break places the peak
+        leader = max(fused.contributions, key=fused.contributions.__getitem__)
+        assert peak.evidence == pytest.approx(fused.raw_fused)
+        assert peak.cell == np.unravel_index(np.nanargmax(maps[leader]), maps[leader].shape)
+        located += 1
+    assert located > 25  # most trials have a stream above normal
 
 
 def test_peak_box_and_zone() -> None:
