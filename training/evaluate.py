@@ -200,6 +200,7 @@ def fusion_ablation(
     reliability: Mapping[str, float],
     factors: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     rules: Sequence[str] = FUSION_RULES,
+    per_video: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Every fusion rule with and without reliability weights and the context gate, by the run's own
     ``plugins.fusion.fuse_arrays``.
@@ -208,6 +209,8 @@ def fusion_ablation(
         z: stream -> video -> ``(n,)`` calibrated z-scores per frame.
         reliability: stream -> reliability weight (``Calibration.weight``).
         factors: video -> stream -> ``(n,)`` gate factors (:func:`gate_factors`); None: no gate variants.
+        per_video: video -> stream -> reliability weight, when each video's camera has its own calibration
+            (it replaces ``reliability`` for the videos it names).
 
     Returns:
         :func:`fusion_variant` name -> video -> ``(n,)`` fused score.
@@ -222,7 +225,8 @@ def fusion_ablation(
                 for v in videos:
                     weights: dict[str, float | np.ndarray] = {}
                     for s in streams:
-                        w: float | np.ndarray = float(reliability.get(s, 1.0)) if use_reliability else 1.0
+                        own = per_video.get(v, reliability) if per_video is not None else reliability
+                        w: float | np.ndarray = float(own.get(s, 1.0)) if use_reliability else 1.0
                         if use_gate and factors is not None:
                             w = w * factors[v][s]
                         weights[s] = w
@@ -314,6 +318,21 @@ def evaluate(
         ]
     )
     cal = fit_calibration(cal_raw, folds, threshold_quantile=0.99)
+    clip_contexts = np.concatenate(
+        [
+            np.full(n, train_contexts[c.name], dtype=object)
+            for c, n in zip(train.clips, cal_lengths, strict=True)
+        ]
+    )
+    context_cals = {
+        ctx: fit_calibration(
+            {k: v[clip_contexts == ctx] for k, v in cal_raw.items()},
+            folds[clip_contexts == ctx],
+            threshold_quantile=0.99,
+            camera=ctx,
+        )
+        for ctx in sorted(set(train_contexts.values()))
+    }
     gate_info = fit_model_gate(model, cal_raw, np.concatenate(cal_embs), cal_groups, cal)
 
     frame_scores: dict[str, dict[str, np.ndarray]] = {
@@ -371,12 +390,21 @@ def evaluate(
             v: _fuse_frames({s: frame_scores[s][v] for s in streams}, cal, streams) for v in labels
         }
 
+    # The run calibrates each camera on its own footage; here each context is a camera, so the fusion
+    # variants z-score and weigh each test video with its context's calibration (one context: the same).
+    test_contexts = {c.name: c.context or "generic" for c in test.clips}
+    own = {v: context_cals.get(test_contexts[v], cal) for v in labels}
     z = {
-        s: {v: (frame_scores[s][v] - cal.streams[s].location) / cal.streams[s].scale for v in labels}
+        s: {v: (frame_scores[s][v] - own[v].streams[s].location) / own[v].streams[s].scale for v in labels}
         for s in present
     }
     factors = {v: gate_factors(frame_weights[v], gated, present) for v in labels}
-    ablation = fusion_ablation(z, {s: cal.weight(s) for s in present}, factors)
+    ablation = fusion_ablation(
+        z,
+        {s: cal.weight(s) for s in present},
+        factors,
+        per_video={v: {s: own[v].weight(s) for s in present} for v in labels},
+    )
     # The names earlier results use: the uniform and the gate-weighted mean, without reliability weights.
     variants["fused: all streams (calibrated, context gate)"] = ablation[fusion_variant("mean", False, True)]
     variants.update(ablation)
@@ -386,7 +414,8 @@ def evaluate(
 
     results: dict[str, Any] = {}
     for name, scores in variants.items():
-        threshold = cal.threshold if name == thresholded else None
+        # The threshold is one calibration's: with a calibration per context it fits no single one.
+        threshold = cal.threshold if name == thresholded and len(context_cals) == 1 else None
         results[name] = score_report(scores, labels, fps=fps, threshold=threshold)
         smoothed = {v: gaussian_smooth(s, smooth_sigma) for v, s in scores.items()}
         results[name + f" + gaussian smoothing (sigma={smooth_sigma:g})"] = score_report(
@@ -435,6 +464,7 @@ def evaluate(
         "primary": primary,
         "summary": summary,
         "calibration": cal.to_dict(),
+        "calibration_per_context": {ctx: c.to_dict() for ctx, c in context_cals.items()},
         "fusion_ablation": list(ablation),
         "stream_gate": gate_info,
         "details": results,

@@ -152,3 +152,18 @@ def test_reliability_weights_from_video_folds() -> None:
     assert cal.streams["stable"].weight > 0.9
     assert cal.streams["brightness"].weight < 0.6  # through its held-out tail (drift is not charged twice)
     assert cal.streams["brightness"].drift == pytest.approx(3.0, abs=0.8)
+
+
+def test_each_video_can_be_weighed_by_its_own_cameras_calibration() -> None:
+    """With a calibration per context, a stream one camera distrusts is weighed down in that camera's
+    videos only."""
+    z, labels = _scores()
+    videos = list(labels)
+    weights = {"strong": 1.0, "weak": 1.0, "flicker": 1.0}
+    own = {videos[0]: {"strong": 1.0, "weak": 1.0, "flicker": 0.1}}
+    out = fusion_ablation(z, weights, None, per_video=own)[fusion_variant("max", True, False)]
+    plain = fusion_ablation(z, weights, None)[fusion_variant("max", True, False)]
+    first, second = videos[0], videos[1]
+    np.testing.assert_allclose(out[second], plain[second])
+    expected = np.maximum.reduce([z["strong"][first], z["weak"][first], 0.1 * z["flicker"][first]])
+    np.testing.assert_allclose(out[first], expected)
