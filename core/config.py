@@ -609,6 +609,14 @@ class AppearanceConfig(_Strict):
         description="mobilenet_v2: torchvision's ImageNet MobileNetV2 (BSD-3), stride-8 features of 128 "
         "channels (features[6] and features[13], the latter upsampled).",
     )
+    every_clips: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Encode a camera's frame for the appearance stream every N-th clip; the clips between "
+        "keep its last map. 1: every clip. What a scene holds changes slowly next to a clip hop (0.32 s at "
+        "25 fps), and the encoder is the stream's main cost (docs/benchmarks.md).",
+    )
     weights: str | None = Field(
         None,
         description="The encoder's weights file (torchvision's mobilenet_v2-b0353104.pth). Unset: "

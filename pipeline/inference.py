@@ -367,10 +367,17 @@ class ClipInference:
         contexts: dict[str, str],
         filters: CellFilters | None = None,
         memories: AppearanceMemories | None = None,
+        appearance_every: int = 1,
     ):
+        if appearance_every < 1:
+            raise ValueError(f"appearance_every must be >= 1, got {appearance_every}")
         self.engines = engines
         self.contexts = contexts
         self.memories = memories
+        self.appearance_every = appearance_every
+        # Per camera: clips seen by the appearance stream, and its last map (reused between encodings).
+        self._appearance_seen: dict[str, int] = {}
+        self._appearance_last: dict[str, np.ndarray] = {}
         self.scorer = ClipScorer(
             engines.dpc, context_clips=context_clips, history_step=history_step, filters=filters
         )
@@ -380,6 +387,8 @@ class ClipInference:
 
     def reset(self, camera: str) -> None:
         self.scorer.reset(camera)
+        self._appearance_seen.pop(camera, None)
+        self._appearance_last.pop(camera, None)
 
     def warm_up(self, max_batch: int) -> None:
         """Run each engine once at the largest batch the scheduler forms (see :meth:`Backend.warm_up`),
@@ -426,15 +435,26 @@ class ClipInference:
             return out
         picked = []
         for k, i in enumerate(indices):
-            memory = self.memories.get(clips[i].camera_id)
-            if memory is not None:
-                picked.append((k, clips[i], memory))
+            camera = clips[i].camera_id
+            memory = self.memories.get(camera)
+            if memory is None:
+                continue
+            seen = self._appearance_seen.get(camera, 0)
+            self._appearance_seen[camera] = seen + 1
+            last = self._appearance_last.get(camera)
+            if seen % self.appearance_every and last is not None and last.shape == grid:
+                # What a scene holds changes slowly next to a clip hop: between encodings a camera's
+                # clips keep its last appearance map (appearance.every_clips; docs/benchmarks.md).
+                out[k][APPEARANCE] = last.copy()
+                continue
+            picked.append((k, clips[i], memory))
         if not picked:
             return out
         features = self.encode_last_frames([clip for _, clip, _ in picked])
         for (k, clip, memory), f in zip(picked, features, strict=True):
             try:
                 out[k][APPEARANCE] = appearance_map(memory, f, grid)
+                self._appearance_last[clip.camera_id] = out[k][APPEARANCE]
             except AppearanceError as exc:
                 # Memories are checked against the engine when loaded, so this is a memory set by hand;
                 # the camera goes on without the stream rather than failing every clip of the batch.

@@ -123,6 +123,7 @@ class Application:
             contexts={c.id: c.context for c in self.cameras.values()},
             filters=self.outputs.filters,
             memories=self.outputs.memories,
+            appearance_every=cfg.appearance.every_clips,
         )
         self._cameras_lock = threading.RLock()  # the camera table (reload on the main thread)
         self._reload_requested = threading.Event()

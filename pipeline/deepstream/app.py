@@ -83,6 +83,7 @@ class DeepStreamApp:
             contexts={c.id: c.context for c in self.cameras},
             filters=self.outputs.filters,  # masks and learned levels, as on the CPU graph
             memories=self.outputs.memories,  # appearance memories, as on the CPU graph
+            appearance_every=cfg.appearance.every_clips,
         )
         self.clips = ClipPath(
             self.inference,

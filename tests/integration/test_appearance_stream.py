@@ -273,6 +273,8 @@ def test_a_camera_whose_memory_cannot_be_used_runs_without_the_stream(
             },
         ],
     )
+    # Every clip encoded, to count encoder calls per scored clip (every_clips is tested above).
+    cfg = cfg.model_copy(update={"appearance": cfg.appearance.model_copy(update={"every_clips": 1})})
     engines = _engines(cfg)
     standin = engines.appearance
     assert isinstance(standin, StandInAppearanceEngine)
@@ -308,3 +310,41 @@ def test_a_camera_whose_memory_cannot_be_used_runs_without_the_stream(
         and "re-run zsad calibrate for this camera" in e
         for e in errors
     ), errors
+
+
+def test_appearance_every_second_clip_reuses_the_cameras_last_map_between_encodings(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = _config(world, tmp_path / "out", [])
+    engines = _engines(cfg)
+    standin = engines.appearance
+    assert isinstance(standin, StandInAppearanceEngine)
+    rng = np.random.default_rng(1)
+    norm = Normaliser(standin.manifest.preprocessing.mean, standin.manifest.preprocessing.std)
+    expect = appearance_expectation(engines)
+    assert expect is not None
+    normal = rng.integers(0, 120, (40, 48, 64, 3), dtype=np.uint8)
+    memory = fit_memory(
+        standin({"frames": norm(normal)})["features"],
+        encoder=expect.encoder,
+        weights_sha256=expect.weights_sha256,
+    )
+    memories = AppearanceMemories()
+    memories.set("cam", memory)
+    inference = ClipInference(
+        engines, context_clips=2, history_step=1, contexts={}, memories=memories, appearance_every=2
+    )
+    standin.calls.clear()
+    maps = []
+    for k in range(8):
+        if k == 6:
+            inference.reset("cam")  # a reconnect: the history refills, and the next scored clip encodes
+        res = inference([_clip("cam", k, rng.integers(0, 120, (2, 48, 64, 3), dtype=np.uint8))])[0]
+        maps.append(None if res.scores is None else res.scores.maps["appearance"])
+    # Scored clips 2..5 encode at 2 and 4 and reuse at 3 and 5; after the reset, clips 6 and 7 refill.
+    assert standin.calls == [1, 1]
+    assert [i for i, m in enumerate(maps) if m is None] == [0, 1, 6, 7]
+    np.testing.assert_array_equal(maps[3], maps[2])
+    np.testing.assert_array_equal(maps[5], maps[4])
+    assert not np.array_equal(maps[4], maps[2])
+    engines.close()
