@@ -18,6 +18,7 @@ from pipeline.inference import ClipInference, EngineError, EngineSet, appearance
 from pipeline.run import Application
 from plugins.appearance import (
     AppearanceMemories,
+    AppearanceMemory,
     appearance_map,
     fit_memory,
     load_memory,
@@ -58,27 +59,35 @@ def _clip(camera: str, index: int, frames: np.ndarray) -> Clip:
     return Clip(camera, index, frames, np.arange(frames.shape[0], dtype=np.float64), index * frames.shape[0])
 
 
+def _standin_with_memory(
+    world: dict[str, Path], tmp_path: Path, rng: np.random.Generator
+) -> tuple[EngineSet, StandInAppearanceEngine, Normaliser, AppearanceMemory]:
+    """The world's engines with the stand-in encoder, its normaliser, and a memory fitted on 40 random
+    normal frames."""
+    engines = _engines(_config(world, tmp_path / "out", []))
+    standin = engines.appearance
+    assert isinstance(standin, StandInAppearanceEngine)
+    norm = Normaliser(standin.manifest.preprocessing.mean, standin.manifest.preprocessing.std)
+    expect = appearance_expectation(engines)
+    assert expect is not None
+    assert (expect.grid, expect.channels, expect.encoder) == (FEATURE_GRID, 16, "stand-in-encoder")
+    normal = rng.integers(0, 120, (40, 48, 64, 3), dtype=np.uint8)
+    memory = fit_memory(
+        standin({"frames": norm(normal)})["features"],
+        encoder=expect.encoder,
+        weights_sha256=expect.weights_sha256,
+    )
+    return engines, standin, norm, memory
+
+
 # -- ClipInference ---------------------------------------------------------------------------------------
 
 
 def test_clip_inference_adds_the_appearance_map_on_the_dpc_grid_once_per_scored_clip(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
-    cfg = _config(world, tmp_path / "out", [])
-    engines = _engines(cfg)
-    standin = engines.appearance
-    assert isinstance(standin, StandInAppearanceEngine)
+    engines, standin, norm, memory = _standin_with_memory(world, tmp_path, np.random.default_rng(0))
     rng = np.random.default_rng(0)
-    normal = rng.integers(0, 120, (40, 48, 64, 3), dtype=np.uint8)
-    norm = Normaliser(standin.manifest.preprocessing.mean, standin.manifest.preprocessing.std)
-    expect = appearance_expectation(engines)
-    assert expect is not None
-    assert (expect.grid, expect.channels, expect.encoder) == (FEATURE_GRID, 16, "stand-in-encoder")
-    memory = fit_memory(
-        standin({"frames": norm(normal)})["features"],
-        encoder=expect.encoder,
-        weights_sha256=expect.weights_sha256,
-    )
     memories = AppearanceMemories()
     memories.set("cam", memory)
     filters = CellFilters()
@@ -315,20 +324,8 @@ def test_a_camera_whose_memory_cannot_be_used_runs_without_the_stream(
 def test_appearance_every_second_clip_reuses_the_cameras_last_map_between_encodings(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
-    cfg = _config(world, tmp_path / "out", [])
-    engines = _engines(cfg)
-    standin = engines.appearance
-    assert isinstance(standin, StandInAppearanceEngine)
+    engines, standin, _, memory = _standin_with_memory(world, tmp_path, np.random.default_rng(1))
     rng = np.random.default_rng(1)
-    norm = Normaliser(standin.manifest.preprocessing.mean, standin.manifest.preprocessing.std)
-    expect = appearance_expectation(engines)
-    assert expect is not None
-    normal = rng.integers(0, 120, (40, 48, 64, 3), dtype=np.uint8)
-    memory = fit_memory(
-        standin({"frames": norm(normal)})["features"],
-        encoder=expect.encoder,
-        weights_sha256=expect.weights_sha256,
-    )
     memories = AppearanceMemories()
     memories.set("cam", memory)
     inference = ClipInference(
