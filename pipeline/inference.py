@@ -400,30 +400,28 @@ class ClipInference:
             log.info("%s warmed up at batch %d in %.2f s", backend.manifest.component, batch, seconds)
 
     def encode_last_frames(self, clips: Sequence[Clip]) -> np.ndarray:
-        """The appearance engine's ``(N, C, h, w)`` float32 features of each clip's last frame, in one batch
-        (the uint8 frame normalised with the appearance engine's own mean and std). ``zsad calibrate`` fits
-        the memories on these; :meth:`__call__` scores them."""
-        backend, normaliser = self.engines.appearance, self._appearance_norm
-        if backend is None or normaliser is None:
-            raise EngineError("encode_last_frames needs an appearance engine, and these engines have none")
-        frames = normaliser(np.stack([c.frames[-1] for c in clips]))  # (N, 3, H, W)
-        return np.asarray(backend({APPEARANCE_INPUT: frames})[APPEARANCE_OUTPUT], dtype=np.float32)
+        """The appearance engine's ``(N, C, h, w)`` float32 features of each clip's last frame (the uint8
+        frame normalised with the appearance engine's own mean and std). :meth:`__call__` scores them."""
+        return self._encode(np.stack([c.frames[-1] for c in clips]))
 
     def encode_clip_frames(self, clips: Sequence[Clip]) -> np.ndarray:
-        """The appearance engine's features of every frame of each clip: ``(N, T, C, h, w)`` float32, in
-        batches of at most 64 frames. ``zsad calibrate`` fits the memories on these."""
+        """The appearance engine's features of every frame of each clip: ``(N, T, C, h, w)`` float32.
+        ``zsad calibrate`` fits the memories on these."""
+        features = self._encode(np.concatenate([np.asarray(c.frames) for c in clips]))
+        return features.reshape(len(clips), -1, *features.shape[1:])
+
+    def _encode(self, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+        """``(M, H, W, 3)`` uint8 frames -> ``(M, C, h, w)`` float32 features, at most ``batch`` a call."""
         backend, normaliser = self.engines.appearance, self._appearance_norm
         if backend is None or normaliser is None:
-            raise EngineError("encode_clip_frames needs an appearance engine, and these engines have none")
-        frames = np.concatenate([np.asarray(c.frames) for c in clips])  # (N*T, H, W, 3) uint8
+            raise EngineError("encoding frames needs an appearance engine, and these engines have none")
         out = [
             np.asarray(
-                backend({APPEARANCE_INPUT: normaliser(frames[i : i + 64])})[APPEARANCE_OUTPUT], np.float32
+                backend({APPEARANCE_INPUT: normaliser(frames[i : i + batch])})[APPEARANCE_OUTPUT], np.float32
             )
-            for i in range(0, len(frames), 64)
+            for i in range(0, len(frames), batch)
         ]
-        features = np.concatenate(out)
-        return features.reshape(len(clips), -1, *features.shape[1:])
+        return np.concatenate(out)
 
     def _appearance_maps(
         self, clips: Sequence[Clip], indices: Sequence[int], grid: tuple[int, int]
