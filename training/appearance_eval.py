@@ -24,6 +24,7 @@ from engines.appearance import AppearanceEncoder
 from engines.encoders import ENCODERS, EncoderWeightsError, find_encoder_weights
 from engines.manifest import file_sha256
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map
+from plugins.preprocess import Normaliser
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,12 @@ class AppearanceEvaluator:
         self, encoder: AppearanceEncoder, mean: Sequence[float], std: Sequence[float], grid: tuple[int, int]
     ):
         self.encoder = encoder.eval()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.normaliser = Normaliser(mean, std)  # the run's one normalisation (plugins.preprocess)
         self.grid = grid
         self.weights_sha256 = encoder.weights_sha256
         self._train: dict[str, _Video] = {}
-        self._full_memories: dict[str, AppearanceMemory] = {}  # context -> memory of all its training
+        # (context, held-out fold or None for all, time half or None) -> memory, each fitted once.
+        self._memories: dict[tuple[str, int | None, int | None], AppearanceMemory] = {}
 
     @classmethod
     def from_config(cls, settings: AppearanceConfig, grid: tuple[int, int]) -> AppearanceEvaluator | None:
@@ -92,9 +93,8 @@ class AppearanceEvaluator:
         """``(N, H, W, 3)`` uint8 -> ``(N, C, h, w)`` float16 features."""
         out = []
         for i in range(0, len(frames), BATCH):
-            batch = np.array(frames[i : i + BATCH])  # a writable copy: the dataset's frames are read-only
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
-            out.append(self.encoder((x / 255.0 - self.mean) / self.std).numpy().astype(np.float16))
+            x = torch.from_numpy(self.normaliser(frames[i : i + BATCH]))  # (n, 3, H, W) float32, a new array
+            out.append(self.encoder(x).numpy().astype(np.float16))
         return np.concatenate(out)
 
     def add_training_video(self, name: str, frames: np.ndarray, context: str, fold: int) -> None:
@@ -102,7 +102,10 @@ class AppearanceEvaluator:
 
     def _memory(self, context: str, fold: int | None, half: int | None = None) -> AppearanceMemory:
         """The memory of ``context``'s training videos outside ``fold`` (None: all of them); a single-video
-        context (fold -1) uses the other time half (``half``) of its video instead."""
+        context (fold -1) uses the other time half (``half``) of its video instead. Fitted once, then kept."""
+        key = (context, fold, half)
+        if key in self._memories:
+            return self._memories[key]
         fitter = MemoryFitter()
         for video in self._train.values():
             if video.context != context:
@@ -116,9 +119,11 @@ class AppearanceEvaluator:
                 feats = feats[mid:] if half == 0 else feats[:mid]
             for i in range(0, len(feats), FIT_STEP * 64):
                 fitter.add(feats[i : i + FIT_STEP * 64 : FIT_STEP].astype(np.float32))
-        return fitter.finalize(
+        memory = fitter.finalize(
             encoder=self.encoder.info.name, weights_sha256=self.weights_sha256, camera=context
         )
+        self._memories[key] = memory
+        return memory
 
     def held_out_clip_scores(self, name: str, last_frames: np.ndarray) -> np.ndarray:
         """The appearance score ``(M,)`` of a training video's clips (``last_frames``: each clip's last frame
@@ -139,13 +144,7 @@ class AppearanceEvaluator:
 
     def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:
         """Every test frame's appearance score ``(N,)``, against the memory of all of its context's frames."""
-        return self._scores(self._full(context), self.encode(frames))
-
-    def _full(self, context: str) -> AppearanceMemory:
-        """The memory of every training frame of ``context`` (fitted once)."""
-        if context not in self._full_memories:
-            self._full_memories[context] = self._memory(context, None)
-        return self._full_memories[context]
+        return self._scores(self._memory(context, None), self.encode(frames))
 
     def _scores(self, memory: AppearanceMemory, features: np.ndarray) -> np.ndarray:
         out = []
