@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from core.datafile import write_atomic
 
 __all__ = [
     "APPEARANCE_FRAME_MULTIPLE",
@@ -930,18 +931,9 @@ def write_zone_overrides(path: str | Path, data: Mapping[str, Any], camera: str)
     if unknown:
         raise ValueError(f"not zone settings: {sorted(unknown)}")
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     body = yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None, width=100)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(_OVERRIDES_HEADER.format(camera=camera) + body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = (_OVERRIDES_HEADER.format(camera=camera) + body).encode("utf-8")
+    write_atomic(p, lambda fh: fh.write(text))
     dir_fd = os.open(p.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -8,12 +8,15 @@ it does not parse. ``label`` says what the file is (``"manifest path/x.json"``);
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
-__all__ = ["parse_yaml", "read_bytes", "read_json"]
+__all__ = ["parse_yaml", "read_bytes", "read_json", "write_atomic"]
 
 
 def read_bytes(path: str | Path, error: type[Exception], *, label: str | None = None) -> bytes:
@@ -46,3 +49,21 @@ def parse_yaml(raw: bytes, error: type[Exception], *, label: str) -> Any:
         return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise error(f"{label} is not valid YAML: {exc}") from exc
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` through ``write(binary file)`` atomically: into a temporary ``.<name>.*.part`` file
+    beside it, flushed and fsynced, then renamed over it, so a reader sees the old file or the new one,
+    never half of one. The folder is created if needed; on any failure the temporary file is removed."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

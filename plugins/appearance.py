@@ -43,8 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import threading
 import zipfile
 from collections.abc import Sequence
@@ -53,6 +51,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from core.datafile import write_atomic
 
 __all__ = [
     "DEFAULT_EPS",
@@ -470,7 +470,6 @@ def save_memory(memory: AppearanceMemory, path: str | Path) -> int:
     """Write ``memory`` to ``path`` atomically (temp file, fsync, rename: a reader sees the old file or the
     new one, never half of one). The inverse covariance is stored as float16. Returns the file's size."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     with np.errstate(over="ignore"):  # checked just below, with a message that says what to change
         inv16 = memory.inv_cov.astype(np.float16)
     if not np.isfinite(inv16).all():
@@ -491,16 +490,8 @@ def save_memory(memory: AppearanceMemory, path: str | Path) -> int:
         "fitted": memory.fitted,
         "arrays_sha256": _arrays_sha256(memory.mean, inv16),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta, sort_keys=True)), mean=memory.mean, inv_cov=inv16)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    header = np.array(json.dumps(meta, sort_keys=True))
+    write_atomic(p, lambda f: np.savez(f, meta=header, mean=memory.mean, inv_cov=inv16))
     return p.stat().st_size
 
 

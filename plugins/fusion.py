@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from core.datafile import read_json
+from core.datafile import read_json, write_atomic
 from plugins.streams import MEMORY_STREAMS, STREAMS
 
 __all__ = [
@@ -556,19 +554,8 @@ def calibrate(raw: Mapping[str, float], cal: Calibration) -> dict[str, float]:
 
 def save_calibration(cal: Calibration, path: str | Path) -> None:
     """Write a calibration as JSON, atomically (temp file, fsync, rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(cal.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    body = (json.dumps(cal.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+    write_atomic(path, lambda f: f.write(body))
 
 
 def load_calibration(path: str | Path) -> Calibration:

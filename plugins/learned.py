@@ -37,9 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import threading
 import time
 import zipfile
@@ -51,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from core.datafile import write_atomic
 from plugins.fusion import FUSION_RULES
 from plugins.zones import dilate, evidence_map, half_level
 
@@ -86,24 +85,9 @@ def _iso(epoch_s: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(binary file)`` into a temporary file beside ``path``, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     payload: dict[str, Any] = dict(arrays)  # Any: savez's own keywords are typed, the arrays' names are not
-    _atomic_write(path, lambda fh: np.savez(fh, **payload))
+    write_atomic(path, lambda fh: np.savez(fh, **payload))
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -375,7 +359,7 @@ class LearnedStore:
         index["current"] = version
         index["camera"] = self.camera
         body = json.dumps(index, indent=1, sort_keys=True).encode("utf-8") + b"\n"
-        _atomic_write(self.index_path, lambda fh: fh.write(body))
+        write_atomic(self.index_path, lambda fh: fh.write(body))
         log.info(
             "camera %s: learned levels version %d (%s alert %s; %d alert(s) learned)",
             self.camera,
