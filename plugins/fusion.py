@@ -32,7 +32,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -71,6 +71,8 @@ __all__ = [
     "fuse",
     "fuse_arrays",
     "load_calibration",
+    "probe_recall",
+    "probe_sensitivity",
     "save_calibration",
     "time_folds",
 ]
@@ -108,6 +110,11 @@ _MEDIAN_SE = 1.2533
 _MAD_REL_SE = 1.167
 #: The reason of a stream whose calibration had no folds to hold out.
 NO_FOLDS_REASON = "no held-out folds"
+#: A stream's recall of pasted pseudo-anomalies needs at least this many pasted clips of a kind.
+MIN_PROBE_CLIPS = 10
+#: When no stream catches more than this share of any kind of pasted event, the probe says nothing about
+#: this camera (its events drowned in the footage): the weights are left to the held-out folds alone.
+MIN_PROBE_RECALL = 0.2
 #: The reason of every stream of a version 1 calibration.
 V1_REASON = "version 1 calibration: no reliability weights (recalibrate to get them)"
 
@@ -153,7 +160,9 @@ class StreamStats:
     ``weight`` in ``[MIN_WEIGHT, 1]`` multiplies the stream's z-score in the fused score; ``heldout_q`` is
     the calibration's ``heldout_quantile`` quantile of the stream's z-scores on held-out folds and ``drift``
     the largest ``|median|`` of one fold's held-out z-scores (both None when no fold could be held out);
-    ``reason`` says why the weight is what it is, in words (:func:`assess_stream`).
+    ``reason`` says why the weight is what it is, in words (:func:`assess_stream`). ``sensitivity`` is the
+    factor the pasted pseudo-anomalies gave (:func:`probe_sensitivity`; None: not probed) and
+    ``probe_recall`` the share of each kind of pasted event the stream caught.
     """
 
     location: float
@@ -163,6 +172,8 @@ class StreamStats:
     heldout_q: float | None = None
     drift: float | None = None
     reason: str = NO_FOLDS_REASON
+    sensitivity: float | None = None
+    probe_recall: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.location) and math.isfinite(self.scale)) or self.scale <= 0:
@@ -177,6 +188,13 @@ class StreamStats:
         for name, v in (("heldout_q", self.heldout_q), ("drift", self.drift)):
             if v is not None and not math.isfinite(v):
                 raise CalibrationError(f"{name} must be finite or null, got {v}")
+        if self.sensitivity is not None and not (
+            math.isfinite(self.sensitivity) and 0.0 < self.sensitivity <= 1.0
+        ):
+            raise CalibrationError(f"sensitivity must be in (0, 1] or null, got {self.sensitivity}")
+        for kind, r in (self.probe_recall or {}).items():
+            if not (math.isfinite(r) and 0.0 <= r <= 1.0):
+                raise CalibrationError(f"probe_recall.{kind} must be in [0, 1], got {r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,6 +205,8 @@ class StreamStats:
             "heldout_q": self.heldout_q,
             "drift": self.drift,
             "reason": self.reason,
+            "sensitivity": self.sensitivity,
+            "probe_recall": dict(self.probe_recall) if self.probe_recall is not None else None,
         }
 
 
@@ -280,6 +300,8 @@ class Calibration:
                         heldout_q=_optional_number(s.get("heldout_q")),
                         drift=_optional_number(s.get("drift")),
                         reason=reason,
+                        sensitivity=_optional_number(s.get("sensitivity")),
+                        probe_recall=_recalls(s.get("probe_recall")),
                     )
             except (TypeError, ValueError) as exc:
                 raise bad(f"streams.{name}: {exc}") from exc
@@ -328,6 +350,14 @@ def _number(v: Any) -> float:
 
 def _optional_number(v: Any) -> float | None:
     return None if v is None else _number(v)
+
+
+def _recalls(v: Any) -> dict[str, float] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise TypeError(f"'probe_recall' must be an object of kind -> share, got {v!r}")
+    return {str(k): _number(x) for k, x in v.items()}
 
 
 def fit_stream(values: np.ndarray) -> StreamStats:
@@ -450,6 +480,57 @@ def assess_stream(
     return weight, q, drift, reason
 
 
+def probe_recall(
+    normal: np.ndarray, probed: np.ndarray, *, quantile: float = HELDOUT_QUANTILE
+) -> float | None:
+    """The share of pasted-event clips ``probed`` ``(P,)`` whose raw score exceeds the ``quantile`` quantile
+    of the stream's normal scores ``normal`` ``(N,)``: how much of that kind of event the stream would
+    catch at its normal false-alarm tail. None with fewer than :data:`MIN_FOLD_CLIPS` finite normal or
+    :data:`MIN_PROBE_CLIPS` finite pasted clips. The normal scores must be held out where the stream has a
+    memory of the footage (the appearance stream's are), or its threshold is biased low."""
+    x = np.asarray(normal, dtype=np.float64).ravel()
+    p = np.asarray(probed, dtype=np.float64).ravel()
+    x, p = x[np.isfinite(x)], p[np.isfinite(p)]
+    if x.size < MIN_FOLD_CLIPS or p.size < MIN_PROBE_CLIPS:
+        return None
+    return float(np.mean(p > np.quantile(x, quantile)))
+
+
+def probe_sensitivity(
+    recalls: Mapping[str, Mapping[str, float | None]],
+) -> dict[str, tuple[float | None, str]]:
+    """Each stream's sensitivity factor from its recall of each kind of pasted event (stream -> kind ->
+    :func:`probe_recall`): ``(factor, reason)``, the factor None where it cannot be judged.
+
+    A stream is judged by the kind it catches best, against the best stream::
+
+        factor_s = clip( max_k r_sk / max_j max_k r_jk,  MIN_WEIGHT, 1 )
+
+    so every stream that is the best at catching some kind keeps its full weight (motion for movers,
+    appearance for things that stay) and a stream that catches nothing another stream does not catch far
+    better, such as an untrained learned stream, is weighed down. Relative, not absolute, because how
+    visible a pasted event is depends on the camera, not on the stream. When no stream catches more than
+    :data:`MIN_PROBE_RECALL` of any kind, the probe says nothing about this camera and every factor is
+    None."""
+    best: dict[str, float] = {}
+    for stream, by_kind in recalls.items():
+        got = [r for r in by_kind.values() if r is not None]
+        if got:
+            best[stream] = max(got)
+    top = max(best.values(), default=0.0)
+    out: dict[str, tuple[float | None, str]] = {}
+    for stream, by_kind in recalls.items():
+        caught = ", ".join(f"{k} {r:.0%}" for k, r in by_kind.items() if r is not None)
+        if stream not in best:
+            out[stream] = (None, "too few pasted events to judge")
+        elif top < MIN_PROBE_RECALL:
+            out[stream] = (None, f"pasted events caught by no stream ({caught}): not used")
+        else:
+            factor = min(1.0, max(MIN_WEIGHT, best[stream] / top))
+            out[stream] = (factor, f"catches pasted {caught}")
+    return out
+
+
 def fit_calibration(
     samples: Mapping[str, np.ndarray],
     folds: np.ndarray | Sequence[int] | None = None,
@@ -459,6 +540,7 @@ def fit_calibration(
     rule: str = DEFAULT_RULE,
     heldout_quantile: float = HELDOUT_QUANTILE,
     min_fold_clips: int = MIN_FOLD_CLIPS,
+    probes: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Calibration:
     """Fit a camera's calibration on raw scores of normal footage.
 
@@ -470,6 +552,11 @@ def fit_calibration(
     ``N`` (aligned clips), the default threshold is the ``threshold_quantile`` quantile of the fused z-score
     over those clips, by ``rule`` with the reliability weights and a uniform gate (:func:`fuse_arrays`);
     otherwise ``threshold`` is None.
+
+    ``probes``: kind -> stream -> raw scores of clips of the same footage with pseudo-anomalies pasted in
+    (:mod:`plugins.pseudo_anomaly`). Each stream's recall of each kind at its ``heldout_quantile`` normal
+    tail (:func:`probe_recall`) gives a sensitivity factor (:func:`probe_sensitivity`) that multiplies the
+    held-out weight: normal footage says how calm a stream is, the pasted events whether it sees anything.
     """
     if not samples:
         raise CalibrationError("no streams to calibrate")
@@ -508,6 +595,8 @@ def fit_calibration(
             values, fold_ids, quantile=heldout_quantile, min_fold_clips=min_fold_clips
         )
         stats[name] = StreamStats(base.location, base.scale, base.n, weight, q, drift, reason)
+    if probes:
+        stats = _weigh_by_probes(stats, arrays, probes, heldout_quantile)
     threshold: float | None = None
     n = max(lengths)
     if len(lengths) == 1:
@@ -526,6 +615,41 @@ def fit_calibration(
         rule=rule,
         heldout_quantile=heldout_quantile if assessed else None,
     )
+
+
+def _weigh_by_probes(
+    stats: dict[str, StreamStats],
+    normal: Mapping[str, np.ndarray],
+    probes: Mapping[str, Mapping[str, np.ndarray]],
+    quantile: float,
+) -> dict[str, StreamStats]:
+    """``stats`` with each stream's weight multiplied by its :func:`probe_sensitivity` factor."""
+    recalls = {
+        name: {
+            kind: probe_recall(normal[name], by_stream[name], quantile=quantile)
+            for kind, by_stream in probes.items()
+            if name in by_stream
+        }
+        for name in stats
+    }
+    out: dict[str, StreamStats] = {}
+    for name, (factor, why) in probe_sensitivity(recalls).items():
+        st = stats[name]
+        caught = {k: r for k, r in recalls[name].items() if r is not None}
+        if factor is None:
+            out[name] = replace(st, reason=f"{st.reason}; {why}", probe_recall=caught or None)
+            continue
+        weight = float(min(1.0, max(MIN_WEIGHT, st.weight * factor)))
+        verdict = _verdict(weight, assessed=True)
+        blind = " (weighed down: sees little that another stream does not see better)" if factor < 1 else ""
+        out[name] = replace(
+            st,
+            weight=weight,
+            sensitivity=factor,
+            probe_recall=caught,
+            reason=f"{st.reason}; {why}: factor {factor:.2f}{blind}; weight {weight:.2f}, {verdict}",
+        )
+    return out
 
 
 def calibrate(raw: Mapping[str, float], cal: Calibration) -> dict[str, float]:

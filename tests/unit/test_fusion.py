@@ -386,6 +386,8 @@ def test_version_2_round_trip_keeps_weights_and_rule(tmp_path: Path) -> None:
         "heldout_q",
         "drift",
         "reason",
+        "sensitivity",
+        "probe_recall",
     }
     back = load_calibration(path)
     assert back == cal

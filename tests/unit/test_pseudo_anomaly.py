@@ -1,0 +1,173 @@
+"""Pseudo-anomalies pasted into a camera's own footage, and the sensitivity factor they give each stream:
+the injector's schedule and pixels, its determinism and errors; recall at the normal tail; a blind stream
+weighed down, every stream that is best at some kind kept, an uninformative probe ignored; the factor in
+the calibration file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plugins.fusion import (
+    MIN_WEIGHT,
+    fit_calibration,
+    load_calibration,
+    probe_recall,
+    probe_sensitivity,
+    save_calibration,
+    time_folds,
+)
+from plugins.pseudo_anomaly import (
+    PSEUDO_KINDS,
+    PseudoAnomalyError,
+    PseudoAnomalyInjector,
+    PseudoAnomalySettings,
+    paste_pseudo_anomalies,
+)
+
+
+def _walker_video(n: int = 200, h: int = 60, w: int = 80) -> np.ndarray:
+    """Grey background with a bright 12x6 'walker' moving one pixel a frame: the only moving content."""
+    v = np.full((n, h, w, 3), 90, np.uint8)
+    for t in range(n):
+        x = 5 + (t % (w - 12))
+        v[t, 30:42, x : x + 6] = 220
+    return v
+
+
+def test_events_follow_the_schedule_and_alternate_kinds() -> None:
+    s = PseudoAnomalySettings(length=10, period=30)
+    video = _walker_video(120)
+    pasted, kinds = paste_pseudo_anomalies(video, s, seed=1)
+    expected = [None] * 120
+    for k, start in enumerate(range(15, 120, 30)):
+        for t in range(start, min(start + 10, 120)):
+            expected[t] = PSEUDO_KINDS[k % 2]
+    assert list(kinds) == expected
+    untouched = np.array([k is None for k in kinds])
+    # Frames without an event are the footage as it was; frames with one differ from it.
+    assert np.array_equal(pasted[untouched], video[untouched])
+    assert all(not np.array_equal(pasted[t], video[t]) for t in np.flatnonzero(~untouched))
+
+
+def _pasted_box(orig: np.ndarray, pasted: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero(np.any(orig != pasted, axis=2))
+    return int(ys.min()), int(xs.min())
+
+
+def test_a_mover_moves_and_a_still_stays_and_carries_the_moving_content() -> None:
+    s = PseudoAnomalySettings(length=10, period=30, speed=0.5)
+    video = _walker_video(80)
+    pasted, kinds = paste_pseudo_anomalies(video, s, seed=3)
+    movers = [t for t in range(80) if kinds[t] == "mover"]
+    stills = [t for t in range(80) if kinds[t] == "still"]
+    mover_pos = {_pasted_box(video[t], pasted[t]) for t in movers}
+    assert len(mover_pos) > len(movers) // 2  # a new place on most frames
+    # A still event pastes one patch at one place: the pasted pixels are identical from frame to frame
+    # (the background and the walker underneath may change, the patch does not).
+    h = round(s.size * video.shape[1])
+    w = round(s.aspect * h)
+    boxes = []
+    for t in stills:
+        diff = np.any(video[t] != pasted[t], axis=2)
+        ys, xs = np.nonzero(diff)
+        boxes.append((ys.min(), xs.min()))
+    y0, x0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    patches = [pasted[t, y0 : y0 + h, x0 : x0 + w] for t in stills]
+    assert all(np.array_equal(p, patches[0]) for p in patches)
+    # The patch is cut where the footage moves (the bright walker), so it is not plain background.
+    assert patches[0].max() == 220
+
+
+def test_same_seed_same_events_and_the_callers_frame_is_not_changed() -> None:
+    video = _walker_video(100)
+    keep = video.copy()
+    a, ka = paste_pseudo_anomalies(video, seed=5)
+    b, kb = paste_pseudo_anomalies(video, seed=5)
+    c, _ = paste_pseudo_anomalies(video, seed=6)
+    assert np.array_equal(a, b)
+    assert list(ka) == list(kb)
+    assert not np.array_equal(a, c)
+    assert np.array_equal(video, keep)
+    # Frame by frame is the same as the whole video at once.
+    inj = PseudoAnomalyInjector(seed=5)
+    assert all(np.array_equal(inj.apply(f)[0], a[i]) for i, f in enumerate(video))
+
+
+def test_bad_settings_and_frames_are_refused_with_the_field_named() -> None:
+    with pytest.raises(PseudoAnomalyError, match="length < period"):
+        PseudoAnomalySettings(length=30, period=30)
+    with pytest.raises(PseudoAnomalyError, match="size"):
+        PseudoAnomalySettings(size=0.9)
+    with pytest.raises(PseudoAnomalyError, match=r"\(H, W, 3\) uint8"):
+        PseudoAnomalyInjector().apply(np.zeros((10, 10), np.uint8))
+    with pytest.raises(PseudoAnomalyError, match=r"\(N, H, W, 3\)"):
+        paste_pseudo_anomalies(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_recall_is_the_share_above_the_normal_tail() -> None:
+    normal = np.arange(100.0)  # the 0.9 quantile is 89.1
+    assert probe_recall(normal, np.array([95.0] * 5 + [10.0] * 15), quantile=0.9) == pytest.approx(0.25)
+    assert probe_recall(normal, np.array([95.0] * 5)) is None  # too few pasted clips
+    assert probe_recall(normal[:5], np.full(20, 1e3)) is None  # too few normal clips
+
+
+def test_sensitivity_keeps_the_best_stream_per_kind_and_weighs_down_a_blind_one() -> None:
+    got = probe_sensitivity(
+        {
+            "motion": {"mover": 0.9, "still": 0.05},
+            "appearance": {"mover": 0.4, "still": 0.8},
+            "predictive": {"mover": 0.03, "still": 0.02},
+        }
+    )
+    assert got["motion"][0] == 1.0
+    assert got["appearance"][0] == pytest.approx(0.8 / 0.9)
+    assert got["predictive"][0] == pytest.approx(max(MIN_WEIGHT, 0.03 / 0.9))
+    assert "mover 90%" in got["motion"][1]
+    # Nothing caught by anyone: the probe says nothing about this camera.
+    quiet = probe_sensitivity({"motion": {"mover": 0.1}, "pixel": {"mover": 0.05}})
+    assert quiet["motion"][0] is None
+    assert "not used" in quiet["motion"][1]
+    unjudged = probe_sensitivity({"motion": {"mover": None}})["motion"]
+    assert unjudged == (None, "too few pasted events to judge")
+
+
+def test_calibration_weighs_a_calm_but_blind_stream_down_and_saves_why(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    normal = {"pixel": rng.normal(0, 1, n), "predictive": rng.normal(5, 1, n)}
+    probes = {
+        "mover": {"pixel": rng.normal(4, 1, 60), "predictive": rng.normal(5, 1, 60)},
+        "still": {"pixel": rng.normal(0, 1, 60), "predictive": rng.normal(5, 1, 60)},
+    }
+    plain = fit_calibration(normal, time_folds(n))
+    probed = fit_calibration(normal, time_folds(n), probes=probes)
+    # Both streams are equally calm on normal footage, so the folds alone trust both...
+    assert plain.weight("pixel") == plain.weight("predictive") == 1.0
+    # ...and only the pasted events tell the blind one apart.
+    assert probed.weight("pixel") == 1.0
+    assert probed.weight("predictive") < 0.15
+    assert probed.streams["predictive"].sensitivity == pytest.approx(probed.weight("predictive"))
+    assert "weighed down" in probed.streams["predictive"].reason
+    assert probed.streams["pixel"].probe_recall is not None
+    assert probed.streams["pixel"].probe_recall["mover"] > 0.8
+    path = tmp_path / "cam.json"
+    save_calibration(probed, path)
+    assert json.loads(path.read_text())["streams"]["predictive"]["sensitivity"] < 0.15
+    assert load_calibration(path) == probed
+
+
+def test_a_version_2_file_without_probe_fields_still_loads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    cal = fit_calibration({"pixel": rng.normal(0, 1, 100)}, time_folds(100))
+    data = cal.to_dict()
+    for s in data["streams"].values():
+        del s["sensitivity"], s["probe_recall"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    back = load_calibration(path)
+    assert back.streams["pixel"].sensitivity is None
+    assert back.weight("pixel") == cal.weight("pixel")
