@@ -1,0 +1,397 @@
+"""The stationary stream: where something has stopped that the camera's normal footage does not leave there.
+
+Motion streams miss an abandoned bag or a person lying still: both stop moving. This stream is the classic
+dual-background test, without a trained detector. Per camera:
+
+* a **long-term background** ``(H, W, 3)``: the per-pixel median of the camera's normal calibration footage
+  (``zsad calibrate``), so a bag left after calibration stays foreground for as long as it lies there;
+* a **short-term background** (:class:`StationaryState`): the per-pixel median of the last ``window``
+  frames the stream was given. Passers-by leave a temporal median; what stays for about half the window
+  enters it.
+
+Their difference (:func:`difference_map`: the largest channel's absolute difference, after a per-channel
+gain that matches the long-term background's median level to the short-term one's, so a global light change
+is not foreground) is the stationary foreground. Each cell of the DPC grid ``(h, w)`` takes its
+``min_pixels``-th largest difference (:func:`cell_values`): a small object counts, a single noisy pixel does
+not. :class:`StationaryModel` z-scores a cell against that cell's normal distribution on held-out normal
+footage (mean and standard deviation, each max-filtered over the 3 x 3 neighbouring cells, plus ``floor``
+grey levels), so people who wait on a platform, where people often stand, score low and a bag on a walkway,
+where nothing ever stays, scores high.
+
+Measured on the seed-1 synthetic scenes (bench/results/issue14_2026-12-04/study_stationary.md): abandoned
+objects and falls, the kinds that motion and the appearance memory miss, are found by this stream.
+
+The file: ``zsad calibrate`` writes a camera's model beside its calibration file (:func:`model_path`:
+``calib/gate-1.json`` -> ``calib/gate-1.stationary.npz``): version, camera, frame size, grid, window,
+``min_pixels``, ``floor``, the frames fitted, the fit date, and the sha256 of the arrays.
+:func:`load_model` refuses, with a :class:`StationaryModelError` naming the file, a file that is missing,
+damaged, of another version, or whose frame size or grid differ from the running camera's.
+
+Pure numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zipfile
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from core.datafile import write_atomic
+
+__all__ = [
+    "DEFAULT_FLOOR",
+    "DEFAULT_MIN_PIXELS",
+    "DEFAULT_WINDOW",
+    "MODEL_SUFFIX",
+    "MODEL_VERSION",
+    "StationaryError",
+    "StationaryModel",
+    "StationaryModelError",
+    "StationaryState",
+    "cell_values",
+    "difference_map",
+    "fit_model",
+    "load_model",
+    "model_path",
+    "save_model",
+]
+
+MODEL_VERSION = 1
+#: Frames in the short-term median. The study fed every 3rd frame at 10 fps: a 3 s window.
+DEFAULT_WINDOW = 10
+#: A cell's value is its ``min_pixels``-th largest difference: an object needs that many pixels to count.
+DEFAULT_MIN_PIXELS = 4
+#: Grey levels added to a cell's normal standard deviation: a cell where nothing ever stays is not
+#: infinitely surprised by sensor noise.
+DEFAULT_FLOOR = 10.0
+#: ``<calibration file without .json>`` + this suffix is where a camera's model lives.
+MODEL_SUFFIX = ".stationary.npz"
+#: The long-term background is the median of at most this many calibration frames, evenly spaced.
+_BACKGROUND_FRAMES = 200
+_RECALIBRATE = "re-run zsad calibrate for this camera"
+
+
+class StationaryError(ValueError):
+    """Bad input to the stationary stream: a frame of the wrong shape or type, an invalid setting."""
+
+
+class StationaryModelError(StationaryError):
+    """A model file that cannot be used: missing, damaged, of another version, or fitted for another frame
+    size or grid. The message names the file and what to do."""
+
+
+def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(frames)
+    if x.dtype != np.uint8 or x.ndim < 3 or x.shape[-1] != 3 or min(x.shape) < 1:
+        raise StationaryError(f"{what} must be uint8 (..., H, W, 3) RGB, got {x.dtype} {x.shape}")
+    return x
+
+
+def _cell_factor(shape: Sequence[int], grid: Sequence[int]) -> tuple[int, int]:
+    h, w = int(shape[0]), int(shape[1])
+    gh, gw = int(grid[0]), int(grid[1])
+    if gh < 1 or gw < 1 or h % gh or w % gw:
+        raise StationaryError(f"an {h}x{w} frame cannot be split into a {gh}x{gw} grid of whole cells")
+    return h // gh, w // gw
+
+
+def difference_map(short: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32: the largest channel's ``|short - g * background|``, ``g`` per channel the ratio of
+    their medians (a global light change between the two is not foreground). Both ``(H, W, 3)``."""
+    s = np.asarray(short, dtype=np.float32)
+    b = np.asarray(background, dtype=np.float32)
+    if s.ndim != 3 or s.shape[-1] != 3 or s.shape != b.shape:
+        raise StationaryError(f"short and background must both be (H, W, 3), got {s.shape} and {b.shape}")
+    gain = np.median(s.reshape(-1, 3), axis=0) / np.maximum(np.median(b.reshape(-1, 3), axis=0), 1.0)
+    return np.abs(s - gain * b).max(axis=-1)
+
+
+def cell_values(diff: np.ndarray, grid: Sequence[int], min_pixels: int = DEFAULT_MIN_PIXELS) -> np.ndarray:
+    """``(h, w)`` float32: each cell's ``min_pixels``-th largest value of the ``(H, W)`` difference map."""
+    d = np.asarray(diff, dtype=np.float32)
+    if d.ndim != 2:
+        raise StationaryError(f"difference map must be (H, W), got {d.shape}")
+    fy, fx = _cell_factor(d.shape, grid)
+    if not 1 <= min_pixels <= fy * fx:
+        raise StationaryError(f"min_pixels must be in [1, {fy * fx}] (a cell's pixels), got {min_pixels}")
+    gh, gw = d.shape[0] // fy, d.shape[1] // fx
+    blocks = d.reshape(gh, fy, gw, fx).transpose(0, 2, 1, 3).reshape(gh, gw, fy * fx)
+    k = fy * fx - min_pixels
+    return np.partition(blocks, k, axis=-1)[..., k]
+
+
+def _max3x3(a: np.ndarray) -> np.ndarray:
+    """Max over each cell's 3 x 3 neighbourhood (edges repeat): a cell inherits its neighbours' normal
+    spread, since a few minutes of footage leave many cells with too few samples."""
+    p = np.pad(a, 1, mode="edge")
+    h, w = a.shape
+    return np.max([p[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
+
+
+class StationaryState:
+    """One camera's short-term background: the per-pixel median of the last ``window`` frames given."""
+
+    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+        if window < 2:
+            raise StationaryError(f"window must be >= 2 frames, got {window}")
+        self.window = int(window)
+        self._frames: deque[np.ndarray] = deque(maxlen=self.window)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the window is full: before that, whoever stood still at the start looks stationary."""
+        return len(self._frames) == self.window
+
+    def push(self, frame: np.ndarray) -> None:
+        """Add an ``(H, W, 3)`` uint8 RGB frame (the same size as the earlier ones)."""
+        f = _check_frames(frame, "frame")
+        if f.ndim != 3:
+            raise StationaryError(f"frame must be one (H, W, 3) image, got {f.shape}")
+        if self._frames and self._frames[0].shape != f.shape:
+            raise StationaryError(f"frame is {f.shape}, earlier frames were {self._frames[0].shape}")
+        self._frames.append(f.copy())
+
+    def short_background(self) -> np.ndarray:
+        """``(H, W, 3)`` float32 per-pixel median of the window's frames."""
+        if not self._frames:
+            raise StationaryError("no frame pushed yet")
+        return np.median(np.stack(self._frames), axis=0).astype(np.float32)
+
+    def reset(self) -> None:
+        self._frames.clear()
+
+
+class StationaryModel:
+    """One camera's long-term background and per-cell normal statistics of the stationary foreground.
+
+    Args:
+        background: ``(H, W, 3)`` uint8 long-term background.
+        mean, std: ``(h, w)`` per-cell normal mean and standard deviation of :func:`cell_values`.
+        window, min_pixels, floor: the settings it was fitted with (scoring must use the same).
+    """
+
+    def __init__(
+        self,
+        background: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        *,
+        window: int = DEFAULT_WINDOW,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        floor: float = DEFAULT_FLOOR,
+        camera: str = "",
+        n_frames: int = 0,
+        fitted: str = "",
+    ) -> None:
+        bg = _check_frames(background, "background")
+        if bg.ndim != 3:
+            raise StationaryError(f"background must be one (H, W, 3) image, got {bg.shape}")
+        m = np.ascontiguousarray(mean, dtype=np.float32)
+        s = np.ascontiguousarray(std, dtype=np.float32)
+        if m.ndim != 2 or s.shape != m.shape:
+            raise StationaryError(f"mean and std must be the same (h, w), got {m.shape} and {s.shape}")
+        _cell_factor(bg.shape, m.shape)
+        if not (np.isfinite(m).all() and np.isfinite(s).all() and (s >= 0).all()):
+            raise StationaryError("mean and std must be finite, std >= 0")
+        if not (math.isfinite(floor) and floor > 0):
+            raise StationaryError(f"floor must be > 0, got {floor}")
+        if window < 2:
+            raise StationaryError(f"window must be >= 2 frames, got {window}")
+        self.background = np.ascontiguousarray(bg)
+        self.mean = m
+        self.std = s
+        self.window = int(window)
+        self.min_pixels = int(min_pixels)
+        self.floor = float(floor)
+        self.camera = str(camera)
+        self.n_frames = int(n_frames)
+        self.fitted = str(fitted)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (int(self.mean.shape[0]), int(self.mean.shape[1]))
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return (int(self.background.shape[0]), int(self.background.shape[1]))
+
+    def __repr__(self) -> str:
+        (h, w), (fh, fw) = self.grid, self.frame_size
+        return (
+            f"StationaryModel(camera={self.camera!r}, frame={fh}x{fw}, grid={h}x{w}, window={self.window}, "
+            f"n_frames={self.n_frames})"
+        )
+
+    def new_state(self) -> StationaryState:
+        return StationaryState(self.window)
+
+    def score_map(self, state: StationaryState) -> np.ndarray:
+        """``(h, w)`` float32 z-map of the stationary foreground in ``state`` (zeros until it is ready)."""
+        if not state.ready:
+            return np.zeros(self.grid, np.float32)
+        short = state.short_background()
+        if short.shape != self.background.shape:
+            raise StationaryError(
+                f"frames are {short.shape}, this model's background is {self.background.shape}"
+            )
+        values = cell_values(difference_map(short, self.background), self.grid, self.min_pixels)
+        return ((values - self.mean) / (self.std + self.floor)).astype(np.float32)
+
+
+def _background(frames: np.ndarray) -> np.ndarray:
+    step = max(1, len(frames) // _BACKGROUND_FRAMES)
+    return np.median(frames[::step], axis=0).round().astype(np.uint8)
+
+
+def _values(frames: np.ndarray, background: np.ndarray, grid: Sequence[int], window: int, k: int) -> list:
+    state = StationaryState(window)
+    out = []
+    for f in frames:
+        state.push(f)
+        if state.ready:
+            out.append(cell_values(difference_map(state.short_background(), background), grid, k))
+    return out
+
+
+def fit_model(
+    frames: np.ndarray,
+    grid: Sequence[int],
+    *,
+    window: int = DEFAULT_WINDOW,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    floor: float = DEFAULT_FLOOR,
+    camera: str = "",
+) -> StationaryModel:
+    """Fit a camera's model on ``(N, H, W, 3)`` uint8 normal frames, in time order, spaced as the stream
+    will see them. The background is their median; the normal statistics are held out: each time half's
+    cell values are measured against the other half's background (a background made from the frames it
+    scores would hide what stood still in them)."""
+    x = _check_frames(frames, "frames")
+    if x.ndim != 4:
+        raise StationaryError(f"frames must be (N, H, W, 3), got {x.shape}")
+    _cell_factor(x.shape[1:3], grid)
+    if len(x) < 2 * window + 2:
+        raise StationaryError(f"fitting needs at least {2 * window + 2} frames (two windows), got {len(x)}")
+    mid = len(x) // 2
+    halves = (x[:mid], x[mid:])
+    values = []
+    for i in (0, 1):
+        values += _values(halves[i], _background(halves[1 - i]), grid, window, min_pixels)
+    v = np.stack(values)
+    return StationaryModel(
+        _background(x),
+        _max3x3(v.mean(axis=0)),
+        _max3x3(v.std(axis=0)),
+        window=window,
+        min_pixels=min_pixels,
+        floor=floor,
+        camera=camera,
+        n_frames=len(x),
+        fitted=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The file
+# --------------------------------------------------------------------------------------------------
+
+
+def model_path(calibration: str | Path) -> Path:
+    """``calib/gate-1.json`` -> ``calib/gate-1.stationary.npz``."""
+    p = Path(calibration)
+    name = p.name[: -len(".json")] if p.name.lower().endswith(".json") else p.name
+    return p.with_name(name + MODEL_SUFFIX)
+
+
+def _arrays_sha256(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.dtype.str).encode())
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def save_model(model: StationaryModel, path: str | Path) -> int:
+    """Write ``model`` to ``path`` atomically. Returns the file's size in bytes."""
+    p = Path(path)
+    meta = {
+        "version": MODEL_VERSION,
+        "camera": model.camera,
+        "window": model.window,
+        "min_pixels": model.min_pixels,
+        "floor": model.floor,
+        "n_frames": model.n_frames,
+        "fitted": model.fitted,
+        "arrays_sha256": _arrays_sha256(model.background, model.mean, model.std),
+    }
+    header = np.array(json.dumps(meta, sort_keys=True))
+    write_atomic(
+        p, lambda f: np.savez(f, meta=header, background=model.background, mean=model.mean, std=model.std)
+    )
+    return p.stat().st_size
+
+
+def load_model(
+    path: str | Path, *, frame_size: Sequence[int] | None = None, grid: Sequence[int] | None = None
+) -> StationaryModel:
+    """Read a model file; with ``frame_size`` ``(H, W)`` and ``grid`` ``(h, w)``, refuse one fitted for
+    another. Raises :class:`StationaryModelError` naming the file and the problem."""
+    p = Path(path)
+
+    def bad(msg: str) -> StationaryModelError:
+        return StationaryModelError(f"stationary model {p}: {msg}")
+
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            missing = {"meta", "background", "mean", "std"} - set(data.files)
+            if missing:
+                raise bad(f"lacks {sorted(missing)}: not a stationary model, or damaged; {_RECALIBRATE}")
+            meta_raw = str(data["meta"][()])
+            bg, mean, std = data["background"], data["mean"], data["std"]
+    except StationaryModelError:
+        raise
+    except FileNotFoundError as exc:
+        raise bad("no such file") from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise bad(f"cannot be read (truncated or corrupt: {exc}); {_RECALIBRATE}") from exc
+    try:
+        meta = json.loads(meta_raw)
+    except json.JSONDecodeError as exc:
+        raise bad(f"its header is not JSON ({exc}); {_RECALIBRATE}") from exc
+    if not isinstance(meta, dict) or meta.get("version") != MODEL_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise bad(
+            f"unsupported version {version!r} (this zsad reads version {MODEL_VERSION}); {_RECALIBRATE}"
+        )
+    if meta.get("arrays_sha256") != _arrays_sha256(bg, mean, std):
+        raise bad(f"its arrays do not match their recorded sha256 (the file is corrupt); {_RECALIBRATE}")
+    try:
+        model = StationaryModel(
+            bg,
+            mean,
+            std,
+            window=int(meta["window"]),
+            min_pixels=int(meta["min_pixels"]),
+            floor=float(meta["floor"]),
+            camera=str(meta.get("camera", "")),
+            n_frames=int(meta.get("n_frames", 0)),
+            fitted=str(meta.get("fitted", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise bad(f"its header or arrays are invalid ({exc}); {_RECALIBRATE}") from exc
+    problems = []
+    if frame_size is not None and model.frame_size != tuple(int(s) for s in frame_size):
+        problems.append(f"frame size {model.frame_size}, the camera gives {tuple(frame_size)}")
+    if grid is not None and model.grid != tuple(int(g) for g in grid):
+        problems.append(f"grid {model.grid}, the engines use {tuple(grid)}")
+    if problems:
+        raise bad(f"fitted for {'; '.join(problems)}; {_RECALIBRATE}")
+    return model

@@ -1,0 +1,165 @@
+"""The stationary stream (plugins/stationary.py) on tiny synthetic scenes: an object that appears and stays is
+found at its cell, one that passes is not, a global light change is not foreground, the model file round
+trips and a damaged or mismatched one is refused by name, and bad input gets a named error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plugins.stationary import (
+    StationaryError,
+    StationaryModel,
+    StationaryModelError,
+    StationaryState,
+    cell_values,
+    difference_map,
+    fit_model,
+    load_model,
+    model_path,
+    save_model,
+)
+
+H, W = 32, 48
+GRID = (4, 6)  # 8 x 8 pixel cells
+WINDOW = 6
+
+
+def scene(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` frames of one textured empty scene, with sensor noise drawn from ``seed``."""
+    base = np.random.default_rng(0).integers(60, 120, size=(H, W, 3))
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-3, 4, size=(n, H, W, 3))
+    return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
+
+
+def with_box(frame: np.ndarray, y: int, x: int, size: int = 4, value: int = 250) -> np.ndarray:
+    out = frame.copy()
+    out[y : y + size, x : x + size] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def model() -> StationaryModel:
+    return fit_model(scene(60), GRID, window=WINDOW, min_pixels=4, floor=10.0, camera="cam")
+
+
+def final_map(model: StationaryModel, frames: list[np.ndarray]) -> np.ndarray:
+    state = model.new_state()
+    for f in frames:
+        state.push(f)
+    return model.score_map(state)
+
+
+def test_an_object_that_appears_and_stays_is_found_at_its_cell(model: StationaryModel) -> None:
+    frames = scene(3 * WINDOW, seed=1)
+    # Dropped at frame WINDOW, in cell (2, 3) (rows 16-23, columns 24-31), and left there.
+    seq = [with_box(f, 18, 26) if i >= WINDOW else f for i, f in enumerate(frames)]
+    z = final_map(model, seq)
+    assert z.shape == GRID
+    assert np.unravel_index(int(z.argmax()), z.shape) == (2, 3)
+    assert z[2, 3] > 5.0
+    others = np.delete(z.ravel(), 2 * GRID[1] + 3)
+    assert others.max() < 2.0
+
+
+def test_an_object_that_passes_is_not_stationary(model: StationaryModel) -> None:
+    frames = scene(2 * WINDOW, seed=2)
+    # One frame in each position along a row: no pixel is covered in more than one frame of the window.
+    seq = [with_box(f, 10, 4 * i % (W - 4)) for i, f in enumerate(frames)]
+    assert final_map(model, seq).max() < 2.0
+
+
+def test_a_global_light_change_is_not_foreground(model: StationaryModel) -> None:
+    brighter = np.clip(scene(2 * WINDOW, seed=3).astype(np.float32) * 1.3, 0, 255).astype(np.uint8)
+    assert final_map(model, list(brighter)).max() < 2.0
+
+
+def test_nothing_is_scored_before_the_window_is_full(model: StationaryModel) -> None:
+    state = model.new_state()
+    for f in [with_box(f, 18, 26) for f in scene(WINDOW - 1, seed=4)]:
+        state.push(f)
+    assert not state.ready
+    assert not model.score_map(state).any()
+
+
+def test_cell_values_take_the_kth_largest_pixel_per_cell() -> None:
+    d = np.zeros((4, 6), np.float32)
+    d[0, 0], d[0, 1], d[1, 0] = 9.0, 8.0, 7.0  # three pixels of cell (0, 0)
+    v = cell_values(d, (2, 3), min_pixels=3)
+    assert v.shape == (2, 3)
+    assert v[0, 0] == 7.0
+    assert cell_values(d, (2, 3), min_pixels=4)[0, 0] == 0.0
+
+
+def test_difference_map_is_zero_for_a_scaled_copy() -> None:
+    bg = scene(1)[0]
+    assert difference_map(bg.astype(np.float32) * 0.8, bg).max() < 1.0
+
+
+def test_the_model_file_round_trips(model: StationaryModel, tmp_path: Path) -> None:
+    path = model_path(tmp_path / "gate-1.json")
+    assert path.name == "gate-1.stationary.npz"
+    save_model(model, path)
+    back = load_model(path, frame_size=(H, W), grid=GRID)
+    assert (back.camera, back.window, back.min_pixels) == ("cam", WINDOW, 4)
+    np.testing.assert_array_equal(back.background, model.background)
+    np.testing.assert_array_equal(back.std, model.std)
+
+
+def test_a_model_for_another_grid_or_frame_size_is_refused(model: StationaryModel, tmp_path: Path) -> None:
+    path = tmp_path / "cam.stationary.npz"
+    save_model(model, path)
+    with pytest.raises(StationaryModelError, match=r"cam\.stationary\.npz.*grid"):
+        load_model(path, grid=(2, 3))
+    with pytest.raises(StationaryModelError, match="frame size"):
+        load_model(path, frame_size=(64, 96))
+
+
+def test_a_damaged_or_missing_file_is_refused(model: StationaryModel, tmp_path: Path) -> None:
+    path = tmp_path / "cam.stationary.npz"
+    save_model(model, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(StationaryModelError, match="truncated or corrupt"):
+        load_model(path)
+    with pytest.raises(StationaryModelError, match="no such file"):
+        load_model(tmp_path / "none.stationary.npz")
+
+
+def test_a_model_whose_arrays_were_changed_is_refused(model: StationaryModel, tmp_path: Path) -> None:
+    path = tmp_path / "cam.stationary.npz"
+    save_model(model, path)
+    with np.load(path) as data:
+        parts = {k: data[k] for k in data.files}
+    parts["mean"] = parts["mean"] + 1.0
+    np.savez(path, **parts)
+    with pytest.raises(StationaryModelError, match="sha256"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: StationaryState(window=1), "window"),
+        (lambda: StationaryState().push(np.zeros((8, 8, 3), np.float32)), "uint8"),
+        (lambda: StationaryState().push(np.zeros((8, 8), np.uint8)), "uint8"),
+        (lambda: StationaryState().short_background(), "no frame"),
+        (lambda: cell_values(np.zeros((10, 10)), (3, 3)), "whole cells"),
+        (lambda: cell_values(np.zeros((9, 9)), (3, 3), min_pixels=10), "min_pixels"),
+        (lambda: fit_model(scene(5), GRID, window=WINDOW), "at least"),
+        (lambda: fit_model(scene(40), (5, 6), window=WINDOW), "whole cells"),
+        (lambda: difference_map(np.zeros((4, 4, 3)), np.zeros((4, 5, 3))), "both"),
+    ],
+)
+def test_bad_input_gets_a_named_error(call, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(StationaryError, match=message):
+        call()
+
+
+def test_frames_of_another_size_than_the_window_are_refused() -> None:
+    state = StationaryState(window=3)
+    state.push(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(StationaryError, match="earlier frames"):
+        state.push(np.zeros((8, 16, 3), np.uint8))
