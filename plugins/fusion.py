@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from core.datafile import read_json, write_atomic
-from plugins.streams import MEMORY_STREAMS, STREAMS
+from plugins.streams import MEMORY_STREAMS, SEMANTIC, STREAMS
 
 __all__ = [
     "CALIBRATION_VERSION",
@@ -157,9 +157,11 @@ class StreamStats:
     """One stream on a camera's normal footage: ``z = (x - location) / scale`` from robust statistics, and
     how far the stream can be trusted there.
 
-    ``weight`` in ``[MIN_WEIGHT, 1]`` multiplies the stream's z-score in the fused score; ``heldout_q`` is
-    the calibration's ``heldout_quantile`` quantile of the stream's z-scores on held-out folds and ``drift``
-    the largest ``|median|`` of one fold's held-out z-scores (both None when no fold could be held out);
+    ``weight`` in ``[MIN_WEIGHT, 1]`` multiplies the stream's z-score in the fused score (0: left out of it,
+    because the camera's pseudo-anomalies are caught as well without it, :func:`fit_calibration`);
+    ``heldout_q`` is the calibration's ``heldout_quantile`` quantile of the stream's z-scores on held-out
+    folds and ``drift`` the largest ``|median|`` of one fold's held-out z-scores (both None when no fold
+    could be held out);
     ``reason`` says why the weight is what it is, in words (:func:`assess_stream`). ``sensitivity`` is the
     factor the pasted pseudo-anomalies gave (:func:`probe_sensitivity`; None: not probed) and
     ``probe_recall`` the share of each kind of pasted event the stream caught.
@@ -183,8 +185,8 @@ class StreamStats:
             )
         if self.n < 0:
             raise CalibrationError(f"sample count must be >= 0, got {self.n}")
-        if not (math.isfinite(self.weight) and 0.0 < self.weight <= 1.0):
-            raise CalibrationError(f"reliability weight must be in (0, 1], got {self.weight}")
+        if not (math.isfinite(self.weight) and 0.0 <= self.weight <= 1.0):
+            raise CalibrationError(f"reliability weight must be in [0, 1], got {self.weight}")
         for name, v in (("heldout_q", self.heldout_q), ("drift", self.drift)):
             if v is not None and not math.isfinite(v):
                 raise CalibrationError(f"{name} must be finite or null, got {v}")
@@ -388,6 +390,8 @@ def _z_ref(quantile: float) -> float:
 
 
 def _verdict(weight: float, assessed: bool) -> str:
+    if weight == 0.0:
+        return "left out"
     if not assessed:
         return "not assessed"
     return "trusted" if weight >= TRUSTED_WEIGHT else "weighed down"
@@ -624,6 +628,7 @@ def _weigh_by_probes(
     quantile: float,
 ) -> dict[str, StreamStats]:
     """``stats`` with each stream's weight multiplied by its :func:`probe_sensitivity` factor."""
+    # The semantic stream is not judged: a pasted patch means nothing to its prompts.
     recalls = {
         name: {
             kind: probe_recall(normal[name], by_stream[name], quantile=quantile)
@@ -631,8 +636,9 @@ def _weigh_by_probes(
             if name in by_stream
         }
         for name in stats
+        if name != SEMANTIC
     }
-    out: dict[str, StreamStats] = {}
+    out: dict[str, StreamStats] = dict(stats)
     for name, (factor, why) in probe_sensitivity(recalls).items():
         st = stats[name]
         caught = {k: r for k, r in recalls[name].items() if r is not None}
@@ -648,6 +654,108 @@ def _weigh_by_probes(
             sensitivity=factor,
             probe_recall=caught,
             reason=f"{st.reason}; {why}: factor {factor:.2f}{blind}; weight {weight:.2f}, {verdict}",
+        )
+    return _leave_out_redundant(out, normal, probes, quantile)
+
+
+def _fused_recall(
+    stats: Mapping[str, StreamStats],
+    keep: Sequence[str],
+    normal: Mapping[str, np.ndarray],
+    probes: Mapping[str, Mapping[str, np.ndarray]],
+    quantile: float,
+) -> float:
+    """The mean over kinds of the share of pasted-event clips whose fused score (max rule, the streams
+    ``keep`` with their weights) exceeds the ``quantile`` quantile of the normal clips' fused score."""
+    weights = {s: stats[s].weight for s in keep}
+
+    def z(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {s: (np.asarray(raw[s], np.float64) - stats[s].location) / stats[s].scale for s in keep}
+
+    clean = fuse_arrays(z(normal), weights, "max")
+    clean = clean[np.isfinite(clean)]
+    if clean.size < MIN_FOLD_CLIPS:
+        return 0.0
+    threshold = float(np.quantile(clean, quantile))
+    shares = []
+    for by_stream in probes.values():
+        fused = fuse_arrays(z(by_stream), weights, "max")
+        shares.append(float(np.mean(np.where(np.isfinite(fused), fused, -np.inf) > threshold)))
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def _probe_margin(
+    st: StreamStats,
+    normal: np.ndarray,
+    probes: Mapping[str, Mapping[str, np.ndarray]],
+    stream: str,
+    quantile: float,
+) -> float:
+    """How far above its normal ``quantile`` tail a stream puts the typical pasted event of the kind it sees
+    best: ``weight * max_kind (median z of the pasted clips - quantile of the normal z)``. Two streams that
+    catch the same share of the events (pixel and motion on movers) differ here: continuous, it breaks
+    the tie by how clearly each sees them rather than by a clip or two."""
+    clean = (np.asarray(normal, np.float64) - st.location) / st.scale
+    clean = clean[np.isfinite(clean)]
+    if clean.size == 0:
+        return -math.inf
+    tail = float(np.quantile(clean, quantile))
+    best = -math.inf
+    for by_stream in probes.values():
+        z = (np.asarray(by_stream[stream], np.float64) - st.location) / st.scale
+        z = z[np.isfinite(z)]
+        if z.size:
+            best = max(best, float(np.median(z)) - tail)
+    return st.weight * best
+
+
+def _leave_out_redundant(
+    stats: dict[str, StreamStats],
+    normal: Mapping[str, np.ndarray],
+    probes: Mapping[str, Mapping[str, np.ndarray]],
+    quantile: float,
+) -> dict[str, StreamStats]:
+    """Backward elimination on the pasted events: while some stream can be left out of the fused score
+    without it catching fewer of them (within one pasted clip of each kind, or 0.02), leave out the one
+    whose removal helps most (ties: the one with the smaller :func:`_probe_margin`, then the lighter one)
+    and set its
+    weight to 0. Under the max rule every stream adds its own false alarms, so one that only repeats what
+    another catches (motion next to the pixel stream) or catches nothing (an untrained learned stream) costs
+    detections at a given false-alarm rate. Only streams with pasted-event scores take part; the semantic
+    stream never does (a pasted patch carries no meaning for its prompts)."""
+    judged = [
+        s
+        for s in stats
+        if s != SEMANTIC
+        and stats[s].weight > 0
+        and stats[s].probe_recall
+        and all(s in by_stream for by_stream in probes.values())
+    ]
+    if len(judged) < 2:
+        return stats
+    sizes = [np.isfinite(np.asarray(p[s], np.float64)).sum() for p in probes.values() for s in judged]
+    tolerance = max(0.02, 1.0 / max(1, min(sizes)))
+    keep = list(judged)
+    out = dict(stats)
+    margin = {s: _probe_margin(out[s], normal[s], probes, s, quantile) for s in judged}
+    while len(keep) > 1:
+        base = _fused_recall(out, keep, normal, probes, quantile)
+        trials = []
+        for s in keep:
+            without = _fused_recall(out, [t for t in keep if t != s], normal, probes, quantile)
+            trials.append((without, -margin[s], -out[s].weight, s))
+        without, _, _, drop = max(trials)
+        if without < base - tolerance:
+            break
+        keep.remove(drop)
+        st = out[drop]
+        out[drop] = replace(
+            st,
+            weight=0.0,
+            reason=(
+                f"{st.reason}; left out of the fused score: without it the others catch "
+                f"{without:.0%} of the pasted events, with it {base:.0%}"
+            ),
         )
     return out
 
@@ -698,7 +806,8 @@ def load_calibration(path: str | Path) -> Calibration:
 class TrustRow:
     """One stream of a camera: its reliability ``weight``, ``heldout_q`` and ``drift`` (None when not
     assessed), a ``verdict`` (``trusted``, ``weighed down``, ``not assessed`` or ``not calibrated``) and the
-    ``reason`` in words."""
+    ``reason`` in words; ``sensitivity`` the factor pasted pseudo-anomalies gave it and ``probe_recall`` the
+    share of each kind it caught (None: not probed)."""
 
     stream: str
     weight: float | None
@@ -706,6 +815,8 @@ class TrustRow:
     drift: float | None
     verdict: str
     reason: str
+    sensitivity: float | None = None
+    probe_recall: Mapping[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -715,6 +826,8 @@ class TrustRow:
             "drift": self.drift,
             "verdict": self.verdict,
             "reason": self.reason,
+            "sensitivity": self.sensitivity,
+            "probe_recall": dict(self.probe_recall) if self.probe_recall is not None else None,
         }
 
 
@@ -734,6 +847,8 @@ def describe_trust(cal: Calibration, streams: Iterable[str] = ()) -> list[TrustR
                     drift=s.drift,
                     verdict=_verdict(s.weight, assessed=s.heldout_q is not None),
                     reason=s.reason,
+                    sensitivity=s.sensitivity,
+                    probe_recall=s.probe_recall,
                 )
             )
     known = {r.stream for r in rows}
@@ -756,12 +871,21 @@ def format_trust(rows: Sequence[TrustRow], rule: str | None = None) -> str:
     def num(v: float | None, digits: int) -> str:
         return "-" if v is None else f"{v:.{digits}f}"
 
-    header = ("stream", "weight", "held-out q", "drift", "verdict", "reason")
+    header = ("stream", "weight", "held-out q", "drift", "sees", "verdict", "reason")
     body = [
-        (r.stream, num(r.weight, 2), num(r.heldout_q, 2), num(r.drift, 2), r.verdict, r.reason) for r in rows
+        (
+            r.stream,
+            num(r.weight, 2),
+            num(r.heldout_q, 2),
+            num(r.drift, 2),
+            num(r.sensitivity, 2),
+            r.verdict,
+            r.reason,
+        )
+        for r in rows
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header) - 1)]
-    right = {1, 2, 3}
+    right = {1, 2, 3, 4}
     lines = []
     if rule is not None:
         lines.append(f"fusion rule: {rule}")

@@ -142,6 +142,22 @@ class AppearanceEvaluator:
                 )
         return out
 
+    def held_out_frame_scores(self, name: str, frames: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """The appearance score ``(M,)`` of ``frames`` ``(M, H, W, 3)`` uint8 that stand in for training
+        video ``name``'s frames ``at`` ``(M,)`` (the same footage with pseudo-anomalies pasted in), each
+        against the memory its own frame's held-out score uses, so the two are comparable."""
+        video = self._train[name]
+        features = self.encode(frames)
+        if video.fold >= 0:
+            return self._scores(self._memory(video.context, video.fold), features)
+        mid = len(video.features) // 2
+        out = np.empty(len(at), np.float64)
+        for half in (0, 1):
+            pick = (at < mid) if half == 0 else (at >= mid)
+            if pick.any():
+                out[pick] = self._scores(self._memory(video.context, -1, half), features[pick])
+        return out
+
     def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:
         """Every test frame's appearance score ``(N,)``, against the memory of all of its context's frames."""
         return self._scores(self._memory(context, None), self.encode(frames))

@@ -34,6 +34,7 @@ from engines.manifest import spec_diff
 from engines.model import ZsadModel, load_checkpoint
 from plugins.fusion import FUSION_RULES, Calibration, fit_calibration, fuse_arrays, time_folds
 from plugins.preprocess import normalise_frames
+from plugins.pseudo_anomaly import paste_pseudo_anomalies
 from plugins.scorer import ClipScorer, ClipTokens, Runner
 from plugins.streams import APPEARANCE, MEMORY_STREAMS, STREAMS
 from training.appearance_eval import AppearanceEvaluator, context_folds
@@ -157,6 +158,35 @@ def score_video(
         {k: np.asarray(v, dtype=np.float64) for k, v in out.items()},
         np.stack(embs) if embs else np.zeros((0, d), np.float32),
     )
+
+
+def _probe_video(
+    model: ZsadModel,
+    frames: np.ndarray,
+    name: str,
+    seed: int,
+    appearance: AppearanceEvaluator | None,
+    into: dict[str, dict[str, list[np.ndarray]]],
+) -> None:
+    """Score training video ``name`` again with pseudo-anomalies pasted in (``plugins.pseudo_anomaly``, as
+    ``zsad calibrate`` does) and append, per kind and stream, the raw scores of the clips that hold a pasted
+    event into ``into`` (kind -> stream -> arrays). A clip holds an event when any frame it reads does; the
+    appearance score is its last frame's against the memory its clean frame is held out by."""
+    pasted, kinds = paste_pseudo_anomalies(frames, seed=seed)
+    targets, sc, _ = score_video(model, pasted, hop=model.clip_span, name=name)
+    span = (model.clip_len - 1) * model.frame_stride
+    last = np.minimum(targets + span, len(frames) - 1)
+    hit = [next((k for k in kinds[t : t + span + 1] if k is not None), None) for t in targets]
+    if appearance is not None:
+        picked = np.array([h is not None for h in hit])
+        app = np.full(len(targets), np.nan)
+        if picked.any():
+            app[picked] = appearance.held_out_frame_scores(name, pasted[last[picked]], last[picked])
+        sc = {**sc, APPEARANCE: app}
+    for kind in {h for h in hit if h is not None}:
+        rows = np.array([h == kind for h in hit])
+        for stream, values in sc.items():
+            into.setdefault(kind, {}).setdefault(stream, []).append(np.asarray(values)[rows])
 
 
 def to_frames(targets: np.ndarray, values: np.ndarray, n_frames: int) -> np.ndarray:
@@ -291,6 +321,8 @@ def evaluate(
     train_contexts = {c.name: c.context or "generic" for c in train.clips}
     vfolds = context_folds([c.name for c in train.clips], train_contexts)
     cal_targets: list[np.ndarray] = []
+    # Clips of the training videos with pseudo-anomalies pasted in: context -> kind -> stream -> scores.
+    probes: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {}
     for clip in tqdm(train.clips, desc="calibrate", unit="video"):
         frames = train.frames(clip.name)
         targets_tr, sc, emb = score_video(model, frames, hop=model.clip_span, name=clip.name)
@@ -302,6 +334,15 @@ def evaluate(
         cal_targets.append(targets_tr)
         if appearance is not None:
             appearance.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
+    for i, clip in enumerate(tqdm(train.clips, desc="pseudo-anomalies", unit="video")):
+        _probe_video(
+            model,
+            train.frames(clip.name),
+            clip.name,
+            i,
+            appearance,
+            probes.setdefault(train_contexts[clip.name], {}),
+        )
     if appearance is not None:
         span = (model.clip_len - 1) * model.frame_stride  # a clip's last frame, which the run scores
         cal_samples[APPEARANCE] = [
@@ -317,7 +358,14 @@ def evaluate(
             for c, n in zip(train.clips, cal_lengths, strict=True)
         ]
     )
-    cal = fit_calibration(cal_raw, folds, threshold_quantile=0.99)
+    pooled_probes = {
+        kind: {
+            stream: np.concatenate([a for ctx in probes.values() for a in ctx.get(kind, {}).get(stream, [])])
+            for stream in {s for ctx in probes.values() for s in ctx.get(kind, {})}
+        }
+        for kind in {k for ctx in probes.values() for k in ctx}
+    }
+    cal = fit_calibration(cal_raw, folds, threshold_quantile=0.99, probes=pooled_probes)
     clip_contexts = np.concatenate(
         [
             np.full(n, train_contexts[c.name], dtype=object)
@@ -330,6 +378,10 @@ def evaluate(
             folds[clip_contexts == ctx],
             threshold_quantile=0.99,
             camera=ctx,
+            probes={
+                kind: {stream: np.concatenate(v) for stream, v in by_stream.items()}
+                for kind, by_stream in probes.get(ctx, {}).items()
+            },
         )
         for ctx in sorted(set(train_contexts.values()))
     }

@@ -12,6 +12,13 @@ time folds (its first and second half); the appearance stream's calibration samp
 memory fitted on the *other* fold, because a memory's distances of the frames it was fitted on are biased
 low. The memory saved beside the calibration file (:func:`plugins.appearance.memory_path`) is fitted on
 every frame. Each clip's fold is returned with the samples (:class:`CalibrationSamples`).
+
+Every footage is also played a second time, as a twin camera, with pseudo-anomalies pasted into its frames
+(:mod:`plugins.pseudo_anomaly`: a patch of its own moving content racing across the view, or left standing
+upside down). The twin's clips that hold a pasted event are scored like any clip (an appearance score
+against the held-out fold's memory, as the clean clip's is) and never enter the statistics or the memory;
+``fit_calibration`` weighs each stream by how much of them it catches at its normal false-alarm tail, so a
+stream that is calm but blind on this camera is weighed down (docs/alerts.md).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import math
 import queue
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +56,7 @@ from plugins.fusion import (
     load_calibration,
     save_calibration,
 )
+from plugins.pseudo_anomaly import PseudoAnomalyInjector
 from plugins.scorer import reduce_map
 from plugins.streams import APPEARANCE
 from plugins.zones import CellFilters, ViewZones
@@ -65,6 +73,8 @@ __all__ = [
 
 #: Time folds of the footage (its first and second half): the appearance memory of one scores the other.
 FOLDS = 2
+#: The twin camera of a footage, played with pseudo-anomalies pasted in, is named ``<id>.<i><suffix>``.
+PROBE_SUFFIX = ".pseudo"
 
 
 class CalibrationFootageError(RuntimeError):
@@ -85,6 +95,8 @@ class CalibrationSamples:
     samples: dict[str, np.ndarray]
     folds: np.ndarray
     memory: AppearanceMemory | None = None
+    #: kind -> stream -> raw scores of the twin footage's clips that hold a pasted event of that kind.
+    probes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def clips(self) -> int:
@@ -99,6 +111,8 @@ class _Scored:
     index: int
     scores: dict[str, float]
     grid: tuple[int, int]
+    #: The pseudo-anomaly a twin footage's clip holds (None: a clean clip).
+    pasted: str | None = None
 
 
 def collect_scores(
@@ -126,23 +140,40 @@ def collect_scores(
     )
     clips: queue.Queue[Clip] = queue.Queue(maxsize=64)
     settings = [
-        camera.model_copy(update={"id": f"{camera.id}.{i}", "uri": uri}) for i, uri in enumerate(footage)
+        camera.model_copy(update={"id": f"{camera.id}.{i}{twin}", "uri": uri})
+        for twin in ("", PROBE_SUFFIX)
+        for i, uri in enumerate(footage)
     ]
     zones = ViewZones.from_settings(camera.zoning)
     for s in settings:
         inference.contexts[s.id] = camera.context
         filters.set(s.id, zones, None)
+    injectors = {
+        s.id: PseudoAnomalyInjector(seed=i) for i, s in enumerate(settings) if s.id.endswith(PROBE_SUFFIX)
+    }
+    pasted: dict[str, dict[float, str]] = {cam: {} for cam in injectors}  # twin -> frame pts -> kind
 
     def on_frame(cam: str, pts: float, frame: np.ndarray) -> None:
+        injector = injectors.get(cam)
+        if injector is not None:
+            frame, kind = injector.apply(frame)
+            if kind is not None:
+                pasted[cam][pts] = kind
         clip = assembler.push(cam, pts, frame)
         if clip is not None:
             clips.put(clip)  # blocks the decoder: calibration must not drop clips
+
+    def pasted_kind(clip: Clip) -> str | None:
+        kinds = pasted.get(clip.camera_id, {})
+        return next((kinds[p] for p in clip.pts.tolist() if p in kinds), None)
 
     graph = CameraGraph(engines.frame_size, on_frame, cameras=settings, realtime=False)
     scored: list[_Scored] = []
     emitted: dict[str, int] = {}  # clips per footage
     # (footage, clip index) -> float16 features (T, C, h, w) of the clip's frames; the last one is scored
     features: dict[tuple[str, int], np.ndarray] = {}
+    # (twin footage, clip index) -> float16 features (C, h, w) of the last frame of a clip with an event
+    probe_features: dict[tuple[str, int], np.ndarray] = {}
     appearance = engines.appearance is not None
     failed: list[str] = []
     graph.start()
@@ -162,17 +193,25 @@ def collect_scores(
             batch = _in_camera_order(batch)
             for clip in batch:
                 emitted[clip.camera_id] = emitted.get(clip.camera_id, 0) + 1
+            kinds = [pasted_kind(clip) for clip in batch]
             if appearance:
                 # float16 halves what minutes of footage hold (the fit accumulates in float64 anyway).
                 # Every frame of every clip, not only the last: a per-position covariance of 128 channels
                 # needs hundreds of frames, and a minute of footage gives only ~70 clips (docs/results.md).
-                for clip, f in zip(batch, inference.encode_clip_frames(batch), strict=True):
-                    features[(clip.camera_id, clip.index)] = f.astype(np.float16)
-            for clip, res in zip(batch, inference(batch), strict=True):
-                if res.scores is not None:
+                clean = [c for c in batch if c.camera_id not in injectors]
+                if clean:
+                    for clip, f in zip(clean, inference.encode_clip_frames(clean), strict=True):
+                        features[(clip.camera_id, clip.index)] = f.astype(np.float16)
+                # A twin's pasted frames never enter the memory; only clips with an event are scored.
+                probed = [c for c, k in zip(batch, kinds, strict=True) if k is not None]
+                if probed:
+                    for clip, f in zip(probed, inference.encode_last_frames(probed), strict=True):
+                        probe_features[(clip.camera_id, clip.index)] = f.astype(np.float16)
+            for clip, kind, res in zip(batch, kinds, inference(batch), strict=True):
+                if res.scores is not None and (kind is not None or clip.camera_id not in injectors):
                     grid = next(iter(res.scores.maps.values())).shape
                     scored.append(
-                        _Scored(clip.camera_id, clip.index, dict(res.scores.scores), (grid[0], grid[1]))
+                        _Scored(clip.camera_id, clip.index, dict(res.scores.scores), (grid[0], grid[1]), kind)
                     )
     finally:
         graph.stop()
@@ -181,10 +220,18 @@ def collect_scores(
     folds = np.array([_fold(s.index, emitted[s.camera]) for s in scored], dtype=np.int8)
     memory = None
     if appearance and features:
-        memory = _fit_appearance(engines, camera.id, features, emitted, scored, folds, filters)
-    streams = sorted({k for s in scored for k in s.scores})
-    samples = {k: np.array([s.scores.get(k, math.nan) for s in scored], dtype=np.float64) for k in streams}
-    return CalibrationSamples(samples=samples, folds=folds, memory=memory)
+        memory = _fit_appearance(
+            engines, camera.id, features, probe_features, emitted, scored, folds, filters
+        )
+    unpasted = [s for s in scored if s.pasted is None]
+    streams = sorted({k for s in unpasted for k in s.scores})
+    samples = {k: np.array([s.scores.get(k, math.nan) for s in unpasted], np.float64) for k in streams}
+    clean_folds = np.array([f for s, f in zip(scored, folds, strict=True) if s.pasted is None], np.int8)
+    probes: dict[str, dict[str, np.ndarray]] = {}
+    for kind in sorted({s.pasted for s in scored if s.pasted is not None}):
+        hit = [s for s in scored if s.pasted == kind]
+        probes[kind] = {k: np.array([s.scores.get(k, math.nan) for s in hit], np.float64) for k in streams}
+    return CalibrationSamples(samples=samples, folds=clean_folds, memory=memory, probes=probes)
 
 
 def _fold(index: int, clips: int) -> int:
@@ -196,14 +243,16 @@ def _fit_appearance(
     engines: EngineSet,
     camera: str,
     features: dict[tuple[str, int], np.ndarray],
+    probe_features: dict[tuple[str, int], np.ndarray],
     emitted: dict[str, int],
     scored: list[_Scored],
     folds: np.ndarray,
     filters: CellFilters,
 ) -> AppearanceMemory | None:
-    """Fit one memory per time fold and the memory of every frame; add each scored clip's appearance score
-    against the memory of the other fold to its scores. None (and no appearance samples) when a fold has
-    fewer than 2 frames."""
+    """Fit one memory per time fold (from the clean footage's ``features``) and the memory of every frame;
+    add each scored clip's appearance score against the memory of the other fold to its scores (a twin
+    footage's clip with a pasted event: its last frame's ``probe_features``). None (and no appearance
+    samples) when a fold has fewer than 2 frames."""
     expect = appearance_expectation(engines)
     if expect is None:
         return None
@@ -227,7 +276,9 @@ def _fit_appearance(
 
     held = [finalize(fitters[1 - fold]) for fold in range(FOLDS)]  # fold f is scored by held[f]
     for s, fold in zip(scored, folds, strict=True):
-        error_map = appearance_map(held[int(fold)], features[(s.camera, s.index)][-1], s.grid)
+        key = (s.camera, s.index)
+        last = probe_features[key] if s.pasted is not None else features[key][-1]
+        error_map = appearance_map(held[int(fold)], last, s.grid)
         cell_filter = filters.get(s.camera)
         counted = cell_filter.apply({APPEARANCE: error_map}) if cell_filter is not None else None
         s.scores[APPEARANCE] = reduce_map(counted[APPEARANCE] if counted is not None else error_map)
@@ -273,7 +324,14 @@ def calibrate_camera(
         )
     # The clips' time folds (held out from each other) give the reliability weights, as they gave the
     # appearance stream's held-out samples.
-    cal = fit_calibration(collected.samples, collected.folds, threshold_quantile=0.995, camera=camera_id)
+    # The pasted events say which of those calm streams would see anything on this camera.
+    cal = fit_calibration(
+        collected.samples,
+        collected.folds,
+        threshold_quantile=0.995,
+        camera=camera_id,
+        probes=collected.probes,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     memory_file = memory_path(out)
     if collected.memory is not None:

@@ -181,6 +181,15 @@ def test_calibrate_writes_the_memory_and_held_out_appearance_samples(
     assert memory.n_frames > m  # every clip's last frame, the DPC history's clips too
     held_out = collected.samples["appearance"]
     assert np.isfinite(held_out).all()
+    # The twin footage's clips with pasted events are scored by every stream, apart from the statistics:
+    # a patch racing across the view moves more than the footage's normal clips do.
+    assert "mover" in collected.probes  # the first event; this footage is too short for the second
+    for by_stream in collected.probes.values():
+        assert set(by_stream) == set(collected.samples)
+        assert by_stream["appearance"].size > 0
+        assert np.isfinite(by_stream["appearance"]).all()
+    motion = collected.samples["motion"]
+    assert float(np.median(collected.probes["mover"]["motion"])) > float(np.quantile(motion, 0.75))
     # The memory saved is fitted on every frame; the calibration has the appearance stream's statistics.
     assert out == tmp_path / "calib" / "campus.json"
     saved = load_memory(memory_path(out), expect)

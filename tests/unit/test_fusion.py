@@ -133,7 +133,10 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
         ('{"version": 3, "streams": {}}', "unsupported calibration version"),
         ('{"version": true, "streams": {}}', "unsupported calibration version"),
         ('{"version": 2, "rule": "median", "streams": {}}', "'rule' must be one of mean, max"),
-        ('{"version": 2, "streams": {"pixel": {"location": 0, "scale": 1, "weight": 0}}}', "weight must be"),
+        (
+            '{"version": 2, "streams": {"pixel": {"location": 0, "scale": 1, "weight": -0.5}}}',
+            "weight must be",
+        ),
         ('{"version": 2, "streams": {"pixel": {"location": 0, "scale": 1, "reason": 3}}}', "'reason'"),
         ('{"version": 1, "streams": {"pixel": {"location": 0, "scale": 0}}}', "scale > 0"),
         ('{"version": 1, "streams": {"pixel": {"location": "x", "scale": 1}}}', "expected a number"),
@@ -570,8 +573,8 @@ def test_describe_trust_rows_and_table() -> None:
     assert rows[0].to_dict()["heldout_q"] == 2.41
     table = format_trust(rows, "max").splitlines()
     assert table[0] == "fusion rule: max"
-    assert table[1].split()[:5] == ["stream", "weight", "held-out", "q", "drift"]
-    assert table[3].split()[:6] == ["pixel", "0.22", "7.90", "1.20", "weighed", "down"]
-    assert table[4].split()[:6] == [APPEARANCE, "-", "-", "-", "not", "calibrated"]
+    assert table[1].split()[:6] == ["stream", "weight", "held-out", "q", "drift", "sees"]
+    assert table[3].split()[:7] == ["pixel", "0.22", "7.90", "1.20", "-", "weighed", "down"]
+    assert table[4].split()[:7] == [APPEARANCE, "-", "-", "-", "-", "not", "calibrated"]
     assert [r.verdict for r in describe_trust(Calibration.identity_for("x"), ["pixel"])] == ["not calibrated"]
     assert describe_trust(Calibration.identity_for("x")) == []

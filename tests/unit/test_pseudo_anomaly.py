@@ -13,7 +13,9 @@ import pytest
 
 from plugins.fusion import (
     MIN_WEIGHT,
+    describe_trust,
     fit_calibration,
+    fuse_arrays,
     load_calibration,
     probe_recall,
     probe_sensitivity,
@@ -149,9 +151,11 @@ def test_calibration_weighs_a_calm_but_blind_stream_down_and_saves_why(tmp_path:
     assert plain.weight("pixel") == plain.weight("predictive") == 1.0
     # ...and only the pasted events tell the blind one apart.
     assert probed.weight("pixel") == 1.0
-    assert probed.weight("predictive") < 0.15
-    assert probed.streams["predictive"].sensitivity == pytest.approx(probed.weight("predictive"))
-    assert "weighed down" in probed.streams["predictive"].reason
+    assert probed.streams["predictive"].sensitivity < 0.15
+    # It adds only false alarms to the max: left out of the fused score, and the file says why.
+    assert probed.weight("predictive") == 0.0
+    assert "left out of the fused score" in probed.streams["predictive"].reason
+    assert [r.verdict for r in describe_trust(probed)] == ["trusted", "left out"]
     assert probed.streams["pixel"].probe_recall is not None
     assert probed.streams["pixel"].probe_recall["mover"] > 0.8
     path = tmp_path / "cam.json"
@@ -171,3 +175,44 @@ def test_a_version_2_file_without_probe_fields_still_loads(tmp_path: Path) -> No
     back = load_calibration(path)
     assert back.streams["pixel"].sensitivity is None
     assert back.weight("pixel") == cal.weight("pixel")
+
+
+def test_a_stream_that_repeats_another_is_left_out_and_one_that_alone_sees_a_kind_is_kept() -> None:
+    rng = np.random.default_rng(2)
+    n, p = 500, 80
+    base = rng.normal(0, 1, n)
+    mover_base = rng.normal(5, 1, p)
+    normal = {
+        "pixel": base + rng.normal(0, 0.3, n),
+        "motion": base + rng.normal(0, 0.3, n),  # the same signal as pixel, its own noise
+        "appearance": rng.normal(0, 1, n),
+        "semantic": rng.normal(0, 1, n),  # blind to pasted patches, as CLIP prompts are
+    }
+    probes = {
+        "mover": {
+            "pixel": mover_base + rng.normal(0, 0.3, p),
+            "motion": mover_base + rng.normal(0, 0.3, p),
+            "appearance": rng.normal(0, 1, p),
+            "semantic": rng.normal(0, 1, p),
+        },
+        "still": {
+            "pixel": rng.normal(0, 1, p),
+            "motion": rng.normal(0, 1, p),
+            "appearance": rng.normal(5, 1, p),
+            "semantic": rng.normal(0, 1, p),
+        },
+    }
+    cal = fit_calibration(normal, time_folds(n), probes=probes)
+    left = sorted(s for s, st in cal.streams.items() if st.weight == 0.0)
+    assert len(left) == 1
+    assert left[0] in {"pixel", "motion"}
+    assert cal.weight("appearance") > 0.8  # the only stream that sees what stays
+    assert cal.streams["semantic"].sensitivity is None  # never judged by pasted patches
+    assert cal.weight("semantic") > 0.8
+    # What was kept catches the pasted events at the normal tail as well as everything together.
+    z = {s: (normal[s] - st.location) / st.scale for s, st in cal.streams.items() if s != "semantic"}
+    kept = {s: cal.weight(s) for s in z}
+    threshold = np.quantile(fuse_arrays(z, kept, "max"), 0.99)
+    for by_stream in probes.values():
+        zp = {s: (by_stream[s] - cal.streams[s].location) / cal.streams[s].scale for s in z}
+        assert np.mean(fuse_arrays(zp, kept, "max") > threshold) > 0.9

@@ -296,8 +296,13 @@
   function trustText(trust) {
     if (!trust) return "";
     const rows = trust.streams || [];
-    const down = rows.filter((r) => r.verdict === "weighed down").map((r) => r.stream);
-    if (down.length) return `fusion ${trust.rule} · weighed down: ${down.join(", ")}`;
+    const named = (verdict) => rows.filter((r) => r.verdict === verdict).map((r) => r.stream);
+    const parts = [];
+    const out = named("left out");
+    const down = named("weighed down");
+    if (out.length) parts.push(`left out: ${out.join(", ")}`);
+    if (down.length) parts.push(`weighed down: ${down.join(", ")}`);
+    if (parts.length) return `fusion ${trust.rule} · ${parts.join(" · ")}`;
     if (rows.some((r) => r.verdict === "trusted")) return `fusion ${trust.rule} · all streams trusted`;
     return `fusion ${trust.rule}`;
   }
