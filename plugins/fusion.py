@@ -647,7 +647,7 @@ def _weigh_by_probes(
             continue
         weight = float(min(1.0, max(MIN_WEIGHT, st.weight * factor)))
         verdict = _verdict(weight, assessed=True)
-        blind = " (weighed down: sees little that another stream does not see better)" if factor < 1 else ""
+        blind = " (sees little that another stream does not see better)" if factor < TRUSTED_WEIGHT else ""
         out[name] = replace(
             st,
             weight=weight,
@@ -716,9 +716,8 @@ def _leave_out_redundant(
     quantile: float,
 ) -> dict[str, StreamStats]:
     """Backward elimination on the pasted events: while some stream can be left out of the fused score
-    without it catching fewer of them (within one pasted clip of each kind, or 0.02), leave out the one
-    whose removal helps most (ties: the one with the smaller :func:`_probe_margin`, then the lighter one)
-    and set its
+    without it catching fewer of them (within one pasted clip of each kind, or 0.02), leave out, of those,
+    the one with the smallest :func:`_probe_margin` (then the lighter one) and set its
     weight to 0. Under the max rule every stream adds its own false alarms, so one that only repeats what
     another catches (motion next to the pixel stream) or catches nothing (an untrained learned stream) costs
     detections at a given false-alarm rate. Only streams with pasted-event scores take part; the semantic
@@ -740,13 +739,16 @@ def _leave_out_redundant(
     margin = {s: _probe_margin(out[s], normal[s], probes, s, quantile) for s in judged}
     while len(keep) > 1:
         base = _fused_recall(out, keep, normal, probes, quantile)
-        trials = []
+        # Every stream the others can do without (within the tolerance) may go; of those, the one that sees
+        # the events least clearly goes first (comparing the recalls themselves would split ties on a clip).
+        spare = []
         for s in keep:
             without = _fused_recall(out, [t for t in keep if t != s], normal, probes, quantile)
-            trials.append((without, -margin[s], -out[s].weight, s))
-        without, _, _, drop = max(trials)
-        if without < base - tolerance:
+            if without >= base - tolerance:
+                spare.append((margin[s], out[s].weight, s, without))
+        if not spare:
             break
+        _, _, drop, without = min(spare)
         keep.remove(drop)
         st = out[drop]
         out[drop] = replace(
