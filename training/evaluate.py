@@ -35,7 +35,8 @@ from engines.model import ZsadModel, load_checkpoint
 from plugins.fusion import FUSION_RULES, Calibration, fit_calibration, fuse_arrays, time_folds
 from plugins.preprocess import normalise_frames
 from plugins.scorer import ClipScorer, ClipTokens, Runner
-from plugins.streams import APPEARANCE, MEMORY_STREAMS, STREAMS
+from plugins.stationary import frame_step
+from plugins.streams import APPEARANCE, MEMORY_STREAMS, STATIONARY, STREAMS
 from training.appearance_eval import AppearanceEvaluator, context_folds
 from training.baselines import extrapolation_scores, frame_difference_scores
 from training.datasets import DatasetError, make_dataset
@@ -43,6 +44,7 @@ from training.gate import fit_model_gate, gate_weights
 from training.localisation import LocalisationError, evaluation_localisation
 from training.metrics import MetricError, gaussian_smooth, roc_auc, score_report
 from training.plots import plot_roc_curves, plot_score_timelines
+from training.stationary_eval import StationaryEvaluator
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +290,7 @@ def evaluate(
     cal_lengths: list[int] = []
     patch = model.spec.backbone.patch_size
     appearance = AppearanceEvaluator.from_config(cfg.appearance, (size[0] // patch, size[1] // patch))
+    stationary = _stationary_evaluator(cfg, model, (size[0] // patch, size[1] // patch), fps)
     train_contexts = {c.name: c.context or "generic" for c in train.clips}
     vfolds = context_folds([c.name for c in train.clips], train_contexts)
     cal_targets: list[np.ndarray] = []
@@ -302,12 +305,16 @@ def evaluate(
         cal_targets.append(targets_tr)
         if appearance is not None:
             appearance.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
+        if stationary is not None:
+            stationary.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
     if appearance is not None:
         span = (model.clip_len - 1) * model.frame_stride  # a clip's last frame, which the run scores
         cal_samples[APPEARANCE] = [
             appearance.held_out_clip_scores(c.name, np.minimum(t + span, len(train.frames(c.name)) - 1))
             for c, t in zip(train.clips, cal_targets, strict=True)
         ]
+    if stationary is not None:
+        cal_samples[STATIONARY] = _stationary_samples(stationary, model, train, cal_targets)
     cal_raw = {k: np.concatenate(v) for k, v in cal_samples.items()}
     # Reliability weights from two held-out folds of each context's training videos (a single video: its
     # two time halves), the folds the appearance memory was held out by, as `zsad calibrate` holds out time.
@@ -360,6 +367,8 @@ def evaluate(
             if k == APPEARANCE and appearance is not None:
                 # Every test frame is scored as the last frame of a clip would be (not interpolated).
                 frame_scores[k][clip.name] = appearance.test_frame_scores(frames, clip.context or "generic")
+            elif k == STATIONARY and stationary is not None:
+                frame_scores[k][clip.name] = stationary.test_frame_scores(frames, clip.context or "generic")
             else:
                 frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
@@ -586,6 +595,38 @@ def _localisation(
     except (LocalisationError, DatasetError) as exc:
         log.warning("localisation not measured: %s", exc)
         return {"error": str(exc)}
+
+
+def _stationary_evaluator(
+    cfg: ZsadConfig, model: ZsadModel, grid: tuple[int, int], fps: float
+) -> StationaryEvaluator | None:
+    """The stationary stream's evaluator (None when ``stationary.enabled`` is false), feeding frames at the
+    step the run's window takes them from this dataset's frame rate and the model's clip layout."""
+    pre = model.spec.preprocess
+    step = frame_step(cfg.stationary.spacing_s, fps, pre.clip_len, pre.frame_stride, pre.clip_hop)
+    evaluator = StationaryEvaluator.from_config(cfg.stationary, grid, step)
+    if evaluator is not None:
+        log.info(
+            "stationary stream: window %d frames, every %d-th (%.2f s apart at %g fps)",
+            cfg.stationary.window,
+            step,
+            step / fps,
+            fps,
+        )
+    return evaluator
+
+
+def _stationary_samples(
+    stationary: StationaryEvaluator, model: ZsadModel, train: Any, targets: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """Each training video's held-out stationary clip scores, at each scored clip's last frame (the frame
+    the run's window has just taken), aligned with ``targets`` (each clip's first frame)."""
+    span = (model.clip_len - 1) * model.frame_stride
+    out = []
+    for clip, t in zip(train.clips, targets, strict=True):
+        n = len(train.frames(clip.name))
+        out.append(stationary.held_out_clip_scores(clip.name, np.minimum(t + span, n - 1)))
+    return out
 
 
 def _dataset_fps(root: Path) -> float:
