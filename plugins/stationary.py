@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import zipfile
 from collections import deque
 from collections.abc import Sequence
@@ -55,8 +56,10 @@ __all__ = [
     "StationaryError",
     "StationaryModel",
     "StationaryModelError",
+    "StationaryModels",
     "StationaryState",
     "cell_values",
+    "describe",
     "difference_map",
     "fit_model",
     "frame_step",
@@ -294,6 +297,43 @@ class StationaryModel:
             )
         values = cell_values(difference_map(short, self.background), self.grid, self.min_pixels)
         return ((values - self.mean) / (self.std + self.floor)).astype(np.float32)
+
+
+class StationaryModels:
+    """Every camera's model, replaced whole while the scorer runs (like
+    :class:`plugins.appearance.AppearanceMemories`): set from the main thread when a camera is added, read
+    from the scoring thread."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, StationaryModel] = {}
+        self._lock = threading.Lock()
+
+    def set(self, camera: str, model: StationaryModel) -> None:
+        with self._lock:
+            self._models[camera] = model
+
+    def get(self, camera: str) -> StationaryModel | None:
+        return self._models.get(camera)
+
+    def remove(self, camera: str) -> None:
+        with self._lock:
+            self._models.pop(camera, None)
+
+    def cameras(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def describe(model: StationaryModel) -> str:
+    """One line for the logs: what a loaded model was fitted on."""
+    (fh, fw), (h, w) = model.frame_size, model.grid
+    return (
+        f"{model.n_frames} frames {model.spacing_s:g} s apart, window {model.window}, {fw}x{fh} frames on a "
+        f"{w}x{h} grid, fitted {model.fitted or 'at an unknown time'}"
+    )
 
 
 def _background(frames: np.ndarray) -> np.ndarray:
