@@ -502,16 +502,13 @@ class ClipInference:
                 state = self._stationary_states[camera] = model.new_state()
                 self._stationary_last.pop(camera, None)
             spacer = self._stationary_spacers.setdefault(camera, FrameSpacer(self.stationary_spacing_s))
-            pts = np.asarray(clip.pts, dtype=np.float64)
-            gap = float(np.median(np.diff(pts))) if len(pts) > 1 else 0.0
-            for frame, t in zip(clip.frames, pts, strict=True):
-                if spacer.take(float(t), gap):
-                    try:
-                        state.push(frame)
-                    except StationaryError:  # a camera whose frame size changed: start a new window
-                        state.reset()
-                        state.push(frame)
-                    self._stationary_last.pop(camera, None)
+            for i in spacer.select(clip.pts):
+                try:
+                    state.push(clip.frames[i])
+                except StationaryError:  # a camera whose frame size changed: start a new window
+                    state.reset()
+                    state.push(clip.frames[i])
+                self._stationary_last.pop(camera, None)
 
     def _stationary_map(self, camera: str, grid: tuple[int, int]) -> np.ndarray | None:
         """The camera's stationary map, or None without a model or before its window is full."""

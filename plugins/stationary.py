@@ -194,6 +194,14 @@ class FrameSpacer:
         self._last = float(pts)
         return True
 
+    def select(self, pts: Sequence[float] | np.ndarray) -> list[int]:
+        """The positions in one clip's frame times ``pts`` (seconds, ascending) that are taken, the gap
+        between the frames that arrive read from the clip itself (the run and ``zsad calibrate`` both feed
+        their windows with this)."""
+        t = np.asarray(pts, dtype=np.float64).ravel()
+        gap = float(np.median(np.diff(t))) if t.size > 1 else 0.0
+        return [i for i, x in enumerate(t) if self.take(float(x), gap)]
+
     def reset(self) -> None:
         self._last = None
 

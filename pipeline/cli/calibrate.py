@@ -12,6 +12,12 @@ time folds (its first and second half); the appearance stream's calibration samp
 memory fitted on the *other* fold, because a memory's distances of the frames it was fitted on are biased
 low. The memory saved beside the calibration file (:func:`plugins.appearance.memory_path`) is fitted on
 every frame. Each clip's fold is returned with the samples (:class:`CalibrationSamples`).
+
+With ``stationary.enabled``, the frames the run's stationary window would take (``stationary.spacing_s``
+apart, :class:`plugins.stationary.FrameSpacer`) are kept, and the camera's stationary model is fitted on them
+(:class:`_StationaryFrames`), held out by the same time folds: a clip's stationary sample is its window
+scored against the model of the other fold's frames (no sample until its window is full, as in a run). The
+model of every frame is saved beside the calibration file (:func:`plugins.stationary.model_path`).
 """
 
 from __future__ import annotations
@@ -50,7 +56,16 @@ from plugins.fusion import (
     save_calibration,
 )
 from plugins.scorer import reduce_map
-from plugins.streams import APPEARANCE
+from plugins.stationary import (
+    FrameSpacer,
+    StationaryError,
+    StationaryModel,
+    StationaryState,
+    fit_model,
+    model_path,
+    save_model,
+)
+from plugins.streams import APPEARANCE, STATIONARY
 from plugins.zones import CellFilters, ViewZones
 
 log = logging.getLogger(__name__)
@@ -85,6 +100,8 @@ class CalibrationSamples:
     samples: dict[str, np.ndarray]
     folds: np.ndarray
     memory: AppearanceMemory | None = None
+    #: The stationary model fitted on every frame its window took (None with stationary.enabled false).
+    stationary: StationaryModel | None = None
 
     @property
     def clips(self) -> int:
@@ -144,6 +161,7 @@ def collect_scores(
     # (footage, clip index) -> float16 features (T, C, h, w) of the clip's frames; the last one is scored
     features: dict[tuple[str, int], np.ndarray] = {}
     appearance = engines.appearance is not None
+    stationary = _StationaryFrames(cfg.stationary.spacing_s) if cfg.stationary.enabled else None
     failed: list[str] = []
     graph.start()
     deadline = time.monotonic() + timeout_s
@@ -162,6 +180,8 @@ def collect_scores(
             batch = _in_camera_order(batch)
             for clip in batch:
                 emitted[clip.camera_id] = emitted.get(clip.camera_id, 0) + 1
+                if stationary is not None:
+                    stationary.add(clip)
             if appearance:
                 # float16 halves what minutes of footage hold (the fit accumulates in float64 anyway).
                 # Every frame of every clip, not only the last: a per-position covariance of 128 channels
@@ -182,9 +202,12 @@ def collect_scores(
     memory = None
     if appearance and features:
         memory = _fit_appearance(engines, camera.id, features, emitted, scored, folds, filters)
+    model = None
+    if stationary is not None:
+        model = stationary.fit(cfg, camera.id, emitted, scored, folds, filters)
     streams = sorted({k for s in scored for k in s.scores})
     samples = {k: np.array([s.scores.get(k, math.nan) for s in scored], dtype=np.float64) for k in streams}
-    return CalibrationSamples(samples=samples, folds=folds, memory=memory)
+    return CalibrationSamples(samples=samples, folds=folds, memory=memory, stationary=model)
 
 
 def _fold(index: int, clips: int) -> int:
@@ -243,6 +266,92 @@ def _fit_appearance(
     return memory
 
 
+class _StationaryFrames:
+    """The frames each footage's stationary window takes, and how many it had taken at each clip."""
+
+    def __init__(self, spacing_s: float) -> None:
+        self.spacing_s = spacing_s
+        self.frames: dict[str, list[np.ndarray]] = {}  # footage -> frames taken, in time order
+        self.folds: dict[str, list[int]] = {}  # footage -> the clip index that gave each frame taken
+        self.taken_at: dict[tuple[str, int], int] = {}  # (footage, clip index) -> frames taken by its end
+        self._spacers: dict[str, FrameSpacer] = {}
+
+    def add(self, clip: Clip) -> None:
+        spacer = self._spacers.setdefault(clip.camera_id, FrameSpacer(self.spacing_s))
+        frames = self.frames.setdefault(clip.camera_id, [])
+        for i in spacer.select(clip.pts):
+            frames.append(np.array(clip.frames[i]))
+            self.folds.setdefault(clip.camera_id, []).append(clip.index)
+        self.taken_at[(clip.camera_id, clip.index)] = len(frames)
+
+    def fit(
+        self,
+        cfg: ZsadConfig,
+        camera: str,
+        emitted: dict[str, int],
+        scored: list[_Scored],
+        folds: np.ndarray,
+        filters: CellFilters,
+    ) -> StationaryModel | None:
+        """Fit one model per time fold and the model of every frame; add each scored clip's stationary
+        score against the model of the other fold to its scores (none while its window is not full). None
+        (and no stationary samples) when a fold has too few frames for a model."""
+        s = cfg.stationary
+        bb = cfg.model.backbone
+        grid = (bb.image_height // bb.patch_size, bb.image_width // bb.patch_size)
+        by_fold: list[list[np.ndarray]] = [[] for _ in range(FOLDS)]
+        for footage, frames in self.frames.items():
+            for frame, index in zip(frames, self.folds[footage], strict=True):
+                by_fold[_fold(index, emitted[footage])].append(frame)
+        t0 = time.perf_counter()
+
+        def fitted(frames: list[np.ndarray]) -> StationaryModel:
+            return fit_model(
+                np.stack(frames),
+                grid,
+                window=s.window,
+                min_pixels=s.min_pixels,
+                floor=s.floor,
+                camera=camera,
+                spacing_s=s.spacing_s,
+            )
+
+        try:
+            held = [fitted(by_fold[1 - fold]) for fold in range(FOLDS)]  # fold f is scored by held[f]
+            model = fitted([f for frames in self.frames.values() for f in frames])
+        except (StationaryError, ValueError) as exc:
+            log.warning(
+                "camera %s: no stationary model (%d + %d frames %.2g s apart: %s); give longer footage",
+                camera,
+                len(by_fold[0]),
+                len(by_fold[1]),
+                s.spacing_s,
+                exc,
+            )
+            return None
+        for sc, fold in zip(scored, folds, strict=True):
+            n = self.taken_at.get((sc.camera, sc.index), 0)
+            if n < model.window or model.grid != sc.grid:
+                continue
+            state = StationaryState(model.window)
+            for frame in self.frames[sc.camera][n - model.window : n]:
+                state.push(frame)
+            error_map = held[int(fold)].score_map(state)
+            cell_filter = filters.get(sc.camera)
+            counted = cell_filter.apply({STATIONARY: error_map}) if cell_filter is not None else None
+            sc.scores[STATIONARY] = reduce_map(counted[STATIONARY] if counted is not None else error_map)
+        log.info(
+            "camera %s: stationary model fitted on %d frames %.2g s apart (folds %d + %d) in %.1f s",
+            camera,
+            model.n_frames,
+            s.spacing_s,
+            len(by_fold[0]),
+            len(by_fold[1]),
+            time.perf_counter() - t0,
+        )
+        return model
+
+
 def _in_camera_order(batch: list[Clip]) -> list[Clip]:
     return sorted(batch, key=lambda c: (c.camera_id, c.index))
 
@@ -294,11 +403,32 @@ def calibrate_camera(
             camera_id,
             memory_file,
         )
+    # A model whose stream got no sample (every window too short) would be refused by the run: not saved.
+    model = collected.stationary if STATIONARY in cal.streams else None
+    _save_stationary(camera_id, model, out)
     save_calibration(cal, out)
     log.info(
         "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0
     )
     return out
+
+
+def _save_stationary(camera_id: str, model: StationaryModel | None, calibration: Path) -> None:
+    """Save the camera's stationary model beside ``calibration`` (before it: a calibration names the stream
+    only once its model is there), or remove an earlier calibration's model that this one has no statistics
+    for."""
+    path = model_path(calibration)
+    if model is not None:
+        size = save_model(model, path)
+        log.info("camera %s: stationary model -> %s (%.1f KiB)", camera_id, path, size / 2**10)
+    elif path.exists():
+        path.unlink()
+        log.warning(
+            "camera %s: removed %s, the stationary model of an earlier calibration (this one has no "
+            "stationary stream)",
+            camera_id,
+            path,
+        )
 
 
 def trust_report(cal: Calibration) -> str:
@@ -368,5 +498,8 @@ def run_calibrate(args: Any) -> int:
     memory_file = memory_path(path)
     if memory_file.is_file():
         print(f"appearance memory: {memory_file} ({memory_file.stat().st_size / 2**20:.1f} MiB)")
+    stationary_file = model_path(path)
+    if stationary_file.is_file():
+        print(f"stationary model: {stationary_file} ({stationary_file.stat().st_size / 2**10:.0f} KiB)")
     print(f"calibration: {path}")  # last: the file to put in the camera's config
     return 0
