@@ -652,7 +652,8 @@ class StationaryConfig(_Strict):
         ge=2,
         le=64,
         description="Frames in the short-term median: window x spacing_s (about 3 s) is how long something "
-        "must stay to count. Used by zsad calibrate; a run uses its model's.",
+        "must stay to count (10 made the stream alone better on the seed-1 synthetic scenes but not the "
+        "fused product, docs/results.md). Used by zsad calibrate; a run uses its model's.",
     )
     min_pixels: int = Field(
         4,
