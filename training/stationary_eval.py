@@ -112,10 +112,17 @@ class StationaryEvaluator:
         self._models[key] = model
         return model
 
-    def held_out_clip_scores(self, name: str, last_frames: np.ndarray) -> np.ndarray:
+    def held_out_clip_scores(
+        self, name: str, last_frames: np.ndarray, frames: np.ndarray | None = None
+    ) -> np.ndarray:
         """The stationary score ``(M,)`` of a training video's clips (``last_frames``: each clip's last frame
-        index), each against the model of the context's other fold; NaN where the window is not full."""
+        index), each against the model of the context's other fold; NaN where the window is not full.
+        ``frames``: the windows' frames instead of the video's own (an altered copy of it, such as one with
+        pseudo-anomalies pasted in, scored against the models its clean frames are held out by)."""
         video = self._train[name]
+        source = video.frames if frames is None else np.asarray(frames, dtype=np.uint8)
+        if source.shape != video.frames.shape:
+            raise StationaryError(f"{name}: frames {source.shape} for a video of {video.frames.shape}")
         out = np.full(len(last_frames), np.nan)
         mid = len(video.frames) // 2
         for i, last in enumerate(np.asarray(last_frames, dtype=np.int64)):
@@ -125,7 +132,7 @@ class StationaryEvaluator:
                 model = self._model(video.context, -1, 0 if last < mid else 1)
             idx = window_indices(int(last), self.window, self.step)
             if model is not None and idx is not None:
-                out[i] = self._score(model, video.frames, idx)
+                out[i] = self._score(model, source, idx)
         return out
 
     def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:

@@ -26,7 +26,7 @@ import logging
 import math
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,15 +292,20 @@ class _StationaryFrames:
         scored: list[_Scored],
         folds: np.ndarray,
         filters: CellFilters,
+        exclude: Container[str] = (),
     ) -> StationaryModel | None:
         """Fit one model per time fold and the model of every frame; add each scored clip's stationary
         score against the model of the other fold to its scores (none while its window is not full). None
-        (and no stationary samples) when a fold has too few frames for a model."""
+        (and no stationary samples) when a fold has too few frames for a model. The frames of the footage
+        named in ``exclude`` (altered copies, such as footage with pseudo-anomalies pasted in) never enter a
+        model; their clips are scored like the others, against the model of their clip's fold."""
         s = cfg.stationary
         bb = cfg.model.backbone
         grid = (bb.image_height // bb.patch_size, bb.image_width // bb.patch_size)
         by_fold: list[list[np.ndarray]] = [[] for _ in range(FOLDS)]
         for footage, frames in self.frames.items():
+            if footage in exclude:
+                continue
             for frame, index in zip(frames, self.folds[footage], strict=True):
                 by_fold[_fold(index, emitted[footage])].append(frame)
         t0 = time.perf_counter()
@@ -318,7 +323,7 @@ class _StationaryFrames:
 
         try:
             held = [fitted(by_fold[1 - fold]) for fold in range(FOLDS)]  # fold f is scored by held[f]
-            model = fitted([f for frames in self.frames.values() for f in frames])
+            model = fitted([f for c, frames in self.frames.items() if c not in exclude for f in frames])
         except (StationaryError, ValueError) as exc:
             log.warning(
                 "camera %s: no stationary model (%d + %d frames %.2g s apart: %s); give longer footage",

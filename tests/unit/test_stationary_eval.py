@@ -71,3 +71,15 @@ def test_the_config_section_is_strict() -> None:
         ZsadConfig.model_validate({"stationary": {"spacing": 0.4}})
     with pytest.raises(ValueError, match="window"):
         ZsadConfig.model_validate({"stationary": {"window": 1}})
+
+
+def test_an_altered_copy_of_a_training_video_is_scored_against_its_held_out_model() -> None:
+    ev = evaluator(step=2)
+    altered = scene(40, seed=1)  # v0's frames
+    altered[10:, 18:22, 26:30] = 250  # something left in cell (2, 3) from frame 10
+    clean = ev.held_out_clip_scores("v0", np.array([30, 39]))
+    pasted = ev.held_out_clip_scores("v0", np.array([30, 39]), frames=altered)
+    assert (clean < 3.0).all()
+    assert (pasted > 5.0).all()
+    with pytest.raises(ValueError, match="frames"):
+        ev.held_out_clip_scores("v0", np.array([30]), frames=altered[:20])
