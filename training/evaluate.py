@@ -314,7 +314,9 @@ def evaluate(
             for c, t in zip(train.clips, cal_targets, strict=True)
         ]
     if stationary is not None:
-        cal_samples[STATIONARY] = _stationary_samples(stationary, model, train, cal_targets)
+        held = _stationary_samples(stationary, model, train, cal_targets, train_contexts)
+        if held is not None:
+            cal_samples[STATIONARY] = held
     cal_raw = {k: np.concatenate(v) for k, v in cal_samples.items()}
     # Reliability weights from two held-out folds of each context's training videos (a single video: its
     # two time halves), the folds the appearance memory was held out by, as `zsad calibrate` holds out time.
@@ -617,15 +619,35 @@ def _stationary_evaluator(
 
 
 def _stationary_samples(
-    stationary: StationaryEvaluator, model: ZsadModel, train: Any, targets: Sequence[np.ndarray]
-) -> list[np.ndarray]:
+    stationary: StationaryEvaluator,
+    model: ZsadModel,
+    train: Any,
+    targets: Sequence[np.ndarray],
+    contexts: Mapping[str, str],
+) -> list[np.ndarray] | None:
     """Each training video's held-out stationary clip scores, at each scored clip's last frame (the frame
-    the run's window has just taken), aligned with ``targets`` (each clip's first frame)."""
+    the run's window has just taken), aligned with ``targets`` (each clip's first frame). None (logged:
+    the evaluation then has no stationary stream) when a context's videos give no score at all (too short
+    for a model per fold and a full window), since every context is calibrated on its own."""
     span = (model.clip_len - 1) * model.frame_stride
     out = []
+    scored: dict[str, bool] = {}
     for clip, t in zip(train.clips, targets, strict=True):
         n = len(train.frames(clip.name))
-        out.append(stationary.held_out_clip_scores(clip.name, np.minimum(t + span, n - 1)))
+        values = stationary.held_out_clip_scores(clip.name, np.minimum(t + span, n - 1))
+        out.append(values)
+        ctx = contexts[clip.name]
+        scored[ctx] = scored.get(ctx, False) or bool(np.isfinite(values).any())
+    empty = sorted(ctx for ctx, ok in scored.items() if not ok)
+    if empty:
+        log.warning(
+            "no stationary stream in this evaluation: the training videos of %s are too short for a model "
+            "per fold and a full window (%d frames, every %d-th)",
+            ", ".join(empty),
+            stationary.window,
+            stationary.step,
+        )
+        return None
     return out
 
 
