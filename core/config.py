@@ -40,6 +40,7 @@ __all__ = [
     "DeepStreamConfig",
     "DeepStreamOutput",
     "FusionPolicy",
+    "StationaryConfig",
     "UiConfig",
     "ZoneConfig",
     "ZoneSettings",
@@ -626,6 +627,50 @@ class AppearanceConfig(_Strict):
     )
 
 
+class StationaryConfig(_Strict):
+    """The stationary stream (``plugins.stationary``): a camera's short-term background (the per-pixel median
+    of its last ``window`` frames, ``spacing_s`` apart) against its long-term background and per-cell normal
+    statistics, fitted by ``zsad calibrate`` from the camera's normal footage and saved beside its calibration
+    (``<calibration>.stationary.npz``). It finds what stops where nothing normally stays (an abandoned bag, a
+    person lying still), which the motion streams miss. No engine: pure numpy on the backbone's frames.
+    """
+
+    enabled: bool = Field(
+        True,
+        description="Fit the stationary model in zsad calibrate; score the stream in zsad run and zsad eval.",
+    )
+    spacing_s: float = Field(
+        0.4,
+        gt=0,
+        le=10,
+        description="Seconds between the frames the short-term window takes (the first frame of a clip at "
+        "least this long after the last one taken; the clips' frames are frame_stride apart, so the spacing "
+        "is rounded up to what they hold). A model fitted at another spacing is refused.",
+    )
+    window: int = Field(
+        8,
+        ge=2,
+        le=64,
+        description="Frames in the short-term median: window x spacing_s (about 3 s) is how long something "
+        "must stay to count (10 made the stream alone better on the seed-1 synthetic scenes but not the "
+        "fused product, docs/results.md). Used by zsad calibrate; a run uses its model's.",
+    )
+    min_pixels: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="A DPC cell's value is its min_pixels-th largest difference: an object needs that many "
+        "pixels to count. Used by zsad calibrate; a run uses its model's.",
+    )
+    floor: float = Field(
+        10.0,
+        gt=0,
+        le=255,
+        description="Grey levels added to a cell's normal standard deviation (a cell where nothing ever "
+        "stays is not infinitely surprised by sensor noise). Used by zsad calibrate; a run uses its model's.",
+    )
+
+
 class DeepStreamOutput(_Strict):
     """What the DeepStream graph does with the annotated video (the scores and alerts go to ``sinks``)."""
 
@@ -696,6 +741,7 @@ class ZsadConfig(_Strict):
     train: TrainConfig | None = None
     engines: EnginesConfig = Field(default_factory=EnginesConfig)  # type: ignore[arg-type]
     appearance: AppearanceConfig = Field(default_factory=AppearanceConfig)  # type: ignore[arg-type]
+    stationary: StationaryConfig = Field(default_factory=StationaryConfig)  # type: ignore[arg-type]
     defaults: CameraDefaults = Field(default_factory=CameraDefaults)  # type: ignore[arg-type]
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=256)
     sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSink()])  # type: ignore[arg-type]

@@ -7,7 +7,9 @@ that does not match the config.
 shared normalisation (``plugins.preprocess``), the backbone, then the shared ``plugins.scorer.ClipScorer``
 (the DPC head, batched across cameras), ``plugins.semantic.SemanticScorer`` (the semantic stream) and, for the
 cameras with a normal memory, the appearance stream (``plugins.appearance``: the appearance engine on each
-scored clip's last frame, batched across the call's clips, scored against the camera's memory).
+scored clip's last frame, batched across the call's clips, scored against the camera's memory), and, for the
+cameras with a stationary model, the stationary stream (``plugins.stationary``: no engine; each camera's
+short-term window takes its clips' frames ``stationary.spacing_s`` apart).
 With ``appearance.enabled`` the engine set also holds the appearance encoder (``EngineSet.appearance``).
 """
 
@@ -56,7 +58,8 @@ from plugins.appearance import (
 from plugins.preprocess import Normaliser, to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
 from plugins.semantic import PromptBank, SemanticError, SemanticScorer
-from plugins.streams import APPEARANCE, SEMANTIC
+from plugins.stationary import FrameSpacer, StationaryError, StationaryModels, StationaryState
+from plugins.streams import APPEARANCE, SEMANTIC, STATIONARY
 from plugins.zones import CellFilters
 
 log = logging.getLogger(__name__)
@@ -353,6 +356,10 @@ class ClipInference:
     scored clip of a camera that has one gets the ``appearance`` map (its last frame's distance from the
     memory, pooled onto the DPC maps' grid), filtered and reduced like the other maps. The appearance engine
     runs once per scored clip of such a camera, never for the others.
+    ``stationary``: the cameras' stationary models (``RunOutputs.stationary``); each such camera keeps a
+    short-term window that takes every clip's frames ``stationary_spacing_s`` apart
+    (:class:`plugins.stationary.FrameSpacer`), and once the window is full its scored clips get the
+    ``stationary`` map. :meth:`reset` empties a camera's window.
 
     Raises :class:`EngineError` when the appearance engine does not take the backbone's frame size or its
     feature grid does not pool onto the DPC maps' grid.
@@ -368,9 +375,20 @@ class ClipInference:
         filters: CellFilters | None = None,
         memories: AppearanceMemories | None = None,
         appearance_every: int = 1,
+        stationary: StationaryModels | None = None,
+        stationary_spacing_s: float = 0.4,
     ):
         if appearance_every < 1:
             raise ValueError(f"appearance_every must be >= 1, got {appearance_every}")
+        if not stationary_spacing_s > 0:
+            raise ValueError(f"stationary_spacing_s must be > 0, got {stationary_spacing_s}")
+        self.stationary = stationary
+        self.stationary_spacing_s = float(stationary_spacing_s)
+        # Per camera: the short-term window, which frames it takes, and its map since the last frame taken.
+        self._stationary_states: dict[str, StationaryState] = {}
+        self._stationary_spacers: dict[str, FrameSpacer] = {}
+        self._stationary_last: dict[str, np.ndarray] = {}
+        self._stationary_warned: set[str] = set()
         self.engines = engines
         self.contexts = contexts
         self.memories = memories
@@ -389,6 +407,9 @@ class ClipInference:
         self.scorer.reset(camera)
         self._appearance_seen.pop(camera, None)
         self._appearance_last.pop(camera, None)
+        self._stationary_states.pop(camera, None)
+        self._stationary_spacers.pop(camera, None)
+        self._stationary_last.pop(camera, None)
 
     def warm_up(self, max_batch: int) -> None:
         """Run each engine once at the largest batch the scheduler forms (see :meth:`Backend.warm_up`),
@@ -466,6 +487,57 @@ class ClipInference:
                     )
         return out
 
+    def _feed_stationary(self, clips: Sequence[Clip]) -> None:
+        """Give each camera's short-term window the frames of its clips that its spacing takes (every clip,
+        scored or not: the window must span the time before a camera's first scored clip too)."""
+        if self.stationary is None:
+            return
+        for clip in clips:
+            camera = clip.camera_id
+            model = self.stationary.get(camera)
+            if model is None:
+                continue
+            state = self._stationary_states.get(camera)
+            if state is None or state.window != model.window:  # a model replaced by one of another window
+                state = self._stationary_states[camera] = model.new_state()
+                self._stationary_last.pop(camera, None)
+            spacer = self._stationary_spacers.setdefault(camera, FrameSpacer(self.stationary_spacing_s))
+            for i in spacer.select(clip.pts):
+                try:
+                    state.push(clip.frames[i])
+                except StationaryError:  # a camera whose frame size changed: start a new window
+                    state.reset()
+                    state.push(clip.frames[i])
+                self._stationary_last.pop(camera, None)
+
+    def _stationary_map(self, camera: str, grid: tuple[int, int]) -> np.ndarray | None:
+        """The camera's stationary map, or None without a model or before its window is full."""
+        if self.stationary is None:
+            return None
+        model = self.stationary.get(camera)
+        state = self._stationary_states.get(camera)
+        if model is None or state is None or not state.ready:
+            return None
+        last = self._stationary_last.get(camera)
+        if last is None:
+            try:
+                if model.grid != tuple(grid):
+                    raise StationaryError(f"model grid {model.grid}, the DPC maps are {tuple(grid)}")
+                last = model.score_map(state)
+            except StationaryError as exc:
+                # Models are checked when loaded, so this is one set by hand: the camera goes on without it.
+                if camera not in self._stationary_warned:
+                    self._stationary_warned.add(camera)
+                    log.error(
+                        "camera %s: its stationary model does not fit its frames (%s); it goes on without "
+                        "the stationary stream",
+                        camera,
+                        exc,
+                    )
+                return None
+            self._stationary_last[camera] = last
+        return last.copy()
+
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
         batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
         out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
@@ -474,11 +546,20 @@ class ClipInference:
             ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1], batch[i, -2])
             for i, c in enumerate(clips)
         ]
+        self._feed_stationary(clips)
         extra = None
-        if self._appearance_norm is not None and self.memories is not None and len(self.memories):
+        appearance = self._appearance_norm is not None and self.memories is not None and len(self.memories)
+        stationary = self.stationary is not None and len(self.stationary) > 0
+        if appearance or stationary:
 
             def extra(indices: Sequence[int], grid: tuple[int, int]) -> list[dict[str, np.ndarray]]:
-                return self._appearance_maps(clips, indices, grid)
+                out = self._appearance_maps(clips, indices, grid) if appearance else [{} for _ in indices]
+                if stationary:
+                    for k, i in enumerate(indices):
+                        m = self._stationary_map(clips[i].camera_id, grid)
+                        if m is not None:
+                            out[k][STATIONARY] = m
+                return out
 
         scored = self.scorer.score(items, extra_maps=extra)
         prompts: list[str | None] = [None] * len(clips)

@@ -124,6 +124,8 @@ class Application:
             filters=self.outputs.filters,
             memories=self.outputs.memories,
             appearance_every=cfg.appearance.every_clips,
+            stationary=self.outputs.stationary,
+            stationary_spacing_s=cfg.stationary.spacing_s,
         )
         self._cameras_lock = threading.RLock()  # the camera table (reload on the main thread)
         self._reload_requested = threading.Event()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import zipfile
 from collections import deque
 from collections.abc import Sequence
@@ -51,13 +52,17 @@ __all__ = [
     "DEFAULT_WINDOW",
     "MODEL_SUFFIX",
     "MODEL_VERSION",
+    "FrameSpacer",
     "StationaryError",
     "StationaryModel",
     "StationaryModelError",
+    "StationaryModels",
     "StationaryState",
     "cell_values",
+    "describe",
     "difference_map",
     "fit_model",
+    "frame_step",
     "load_model",
     "model_path",
     "save_model",
@@ -168,6 +173,58 @@ class StationaryState:
         self._frames.clear()
 
 
+class FrameSpacer:
+    """Which of a camera's frames the short-term window takes: the first frame at least ``spacing_s`` after
+    the last one taken, less a tolerance of 0.45 of the gap between the frames that arrive (at most a
+    quarter of the spacing) for timestamp jitter. So frames that arrive exactly ``spacing_s`` apart are all
+    taken, and a spacing that falls between arriving frames rounds up to the next one."""
+
+    def __init__(self, spacing_s: float) -> None:
+        if not (math.isfinite(spacing_s) and spacing_s > 0):
+            raise StationaryError(f"spacing_s must be > 0, got {spacing_s}")
+        self.spacing_s = float(spacing_s)
+        self._last: float | None = None
+
+    def take(self, pts: float, gap: float = 0.0) -> bool:
+        """Whether the frame at ``pts`` seconds is taken (it then becomes the last one taken). ``gap``: the
+        seconds between the frames that arrive (0: unknown, no tolerance but rounding)."""
+        tolerance = min(0.45 * max(gap, 0.0), 0.25 * self.spacing_s) + 1e-6
+        if self._last is not None and pts < self._last + self.spacing_s - tolerance:
+            return False
+        self._last = float(pts)
+        return True
+
+    def select(self, pts: Sequence[float] | np.ndarray) -> list[int]:
+        """The positions in one clip's frame times ``pts`` (seconds, ascending) that are taken, the gap
+        between the frames that arrive read from the clip itself (the run and ``zsad calibrate`` both feed
+        their windows with this)."""
+        t = np.asarray(pts, dtype=np.float64).ravel()
+        gap = float(np.median(np.diff(t))) if t.size > 1 else 0.0
+        return [i for i, x in enumerate(t) if self.take(float(x), gap)]
+
+    def reset(self) -> None:
+        self._last = None
+
+
+def frame_step(spacing_s: float, fps: float, clip_len: int, frame_stride: int, clip_hop: int) -> int:
+    """The frames between those a run's window takes (:class:`FrameSpacer`) from a camera at ``fps`` whose
+    clips hold ``clip_len`` frames ``frame_stride`` apart and start every ``clip_hop`` frames: the offline
+    evaluation feeds its videos at this step, so it measures the spacing the run gets."""
+    if not (fps > 0 and clip_len >= 1 and frame_stride >= 1 and clip_hop >= 1):
+        raise StationaryError(
+            f"fps, clip_len, frame_stride and clip_hop must be positive, got {fps}, {clip_len}, "
+            f"{frame_stride}, {clip_hop}"
+        )
+    spacer = FrameSpacer(spacing_s)
+    horizon = math.ceil(spacing_s * fps) * 8 + clip_hop * 8 + clip_len * frame_stride
+    frames = sorted({s + j * frame_stride for s in range(0, horizon, clip_hop) for j in range(clip_len)})
+    gap = math.gcd(frame_stride, clip_hop) / fps if clip_len > 1 else clip_hop / fps
+    taken = [f for f in frames if f < horizon and spacer.take(f / fps, gap)]
+    steps = np.diff(taken)
+    values, counts = np.unique(steps, return_counts=True)
+    return int(values[np.argmax(counts)]) if len(values) else 1
+
+
 class StationaryModel:
     """One camera's long-term background and per-cell normal statistics of the stationary foreground.
 
@@ -189,6 +246,7 @@ class StationaryModel:
         camera: str = "",
         n_frames: int = 0,
         fitted: str = "",
+        spacing_s: float = 0.0,
     ) -> None:
         bg = _check_frames(background, "background")
         if bg.ndim != 3:
@@ -204,6 +262,8 @@ class StationaryModel:
             raise StationaryError(f"floor must be > 0, got {floor}")
         if window < 2:
             raise StationaryError(f"window must be >= 2 frames, got {window}")
+        if not (math.isfinite(spacing_s) and spacing_s >= 0):
+            raise StationaryError(f"spacing_s must be >= 0 (0: not recorded), got {spacing_s}")
         self.background = np.ascontiguousarray(bg)
         self.mean = m
         self.std = s
@@ -213,6 +273,8 @@ class StationaryModel:
         self.camera = str(camera)
         self.n_frames = int(n_frames)
         self.fitted = str(fitted)
+        #: Seconds between the frames the window was fitted on (0: not recorded).
+        self.spacing_s = float(spacing_s)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -245,6 +307,43 @@ class StationaryModel:
         return ((values - self.mean) / (self.std + self.floor)).astype(np.float32)
 
 
+class StationaryModels:
+    """Every camera's model, replaced whole while the scorer runs (like
+    :class:`plugins.appearance.AppearanceMemories`): set from the main thread when a camera is added, read
+    from the scoring thread."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, StationaryModel] = {}
+        self._lock = threading.Lock()
+
+    def set(self, camera: str, model: StationaryModel) -> None:
+        with self._lock:
+            self._models[camera] = model
+
+    def get(self, camera: str) -> StationaryModel | None:
+        return self._models.get(camera)
+
+    def remove(self, camera: str) -> None:
+        with self._lock:
+            self._models.pop(camera, None)
+
+    def cameras(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def describe(model: StationaryModel) -> str:
+    """One line for the logs: what a loaded model was fitted on."""
+    (fh, fw), (h, w) = model.frame_size, model.grid
+    return (
+        f"{model.n_frames} frames {model.spacing_s:g} s apart, window {model.window}, {fw}x{fh} frames on a "
+        f"{w}x{h} grid, fitted {model.fitted or 'at an unknown time'}"
+    )
+
+
 def _background(frames: np.ndarray) -> np.ndarray:
     step = max(1, len(frames) // _BACKGROUND_FRAMES)
     return np.median(frames[::step], axis=0).round().astype(np.uint8)
@@ -268,11 +367,13 @@ def fit_model(
     min_pixels: int = DEFAULT_MIN_PIXELS,
     floor: float = DEFAULT_FLOOR,
     camera: str = "",
+    spacing_s: float = 0.0,
 ) -> StationaryModel:
     """Fit a camera's model on ``(N, H, W, 3)`` uint8 normal frames, in time order, spaced as the stream
     will see them. The background is their median; the normal statistics are held out: each time half's
     cell values are measured against the other half's background (a background made from the frames it
-    scores would hide what stood still in them)."""
+    scores would hide what stood still in them). ``spacing_s``: the seconds between them, recorded (0:
+    not recorded)."""
     x = _check_frames(frames, "frames")
     if x.ndim != 4:
         raise StationaryError(f"frames must be (N, H, W, 3), got {x.shape}")
@@ -295,6 +396,7 @@ def fit_model(
         camera=camera,
         n_frames=len(x),
         fitted=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        spacing_s=spacing_s,
     )
 
 
@@ -330,6 +432,7 @@ def save_model(model: StationaryModel, path: str | Path) -> int:
         "floor": model.floor,
         "n_frames": model.n_frames,
         "fitted": model.fitted,
+        "spacing_s": model.spacing_s,
         "arrays_sha256": _arrays_sha256(model.background, model.mean, model.std),
     }
     header = np.array(json.dumps(meta, sort_keys=True))
@@ -340,10 +443,15 @@ def save_model(model: StationaryModel, path: str | Path) -> int:
 
 
 def load_model(
-    path: str | Path, *, frame_size: Sequence[int] | None = None, grid: Sequence[int] | None = None
+    path: str | Path,
+    *,
+    frame_size: Sequence[int] | None = None,
+    grid: Sequence[int] | None = None,
+    spacing_s: float | None = None,
 ) -> StationaryModel:
-    """Read a model file; with ``frame_size`` ``(H, W)`` and ``grid`` ``(h, w)``, refuse one fitted for
-    another. Raises :class:`StationaryModelError` naming the file and the problem."""
+    """Read a model file; with ``frame_size`` ``(H, W)``, ``grid`` ``(h, w)`` and ``spacing_s``, refuse one
+    fitted for another (a file that recorded no spacing is not checked for it). Raises
+    :class:`StationaryModelError` naming the file and the problem."""
     p = Path(path)
 
     def bad(msg: str) -> StationaryModelError:
@@ -384,6 +492,7 @@ def load_model(
             camera=str(meta.get("camera", "")),
             n_frames=int(meta.get("n_frames", 0)),
             fitted=str(meta.get("fitted", "")),
+            spacing_s=float(meta.get("spacing_s", 0.0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise bad(f"its header or arrays are invalid ({exc}); {_RECALIBRATE}") from exc
@@ -392,6 +501,14 @@ def load_model(
         problems.append(f"frame size {model.frame_size}, the camera gives {tuple(frame_size)}")
     if grid is not None and model.grid != tuple(int(g) for g in grid):
         problems.append(f"grid {model.grid}, the engines use {tuple(grid)}")
+    if (
+        spacing_s is not None
+        and model.spacing_s
+        and not math.isclose(model.spacing_s, spacing_s, rel_tol=1e-6)
+    ):
+        problems.append(
+            f"frames {model.spacing_s:g} s apart, the config's stationary.spacing_s is {spacing_s:g}"
+        )
     if problems:
         raise bad(f"fitted for {'; '.join(problems)}; {_RECALIBRATE}")
     return model

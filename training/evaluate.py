@@ -36,7 +36,8 @@ from plugins.fusion import FUSION_RULES, Calibration, fit_calibration, fuse_arra
 from plugins.preprocess import normalise_frames
 from plugins.pseudo_anomaly import paste_pseudo_anomalies
 from plugins.scorer import ClipScorer, ClipTokens, Runner
-from plugins.streams import APPEARANCE, MEMORY_STREAMS, STREAMS
+from plugins.stationary import frame_step
+from plugins.streams import APPEARANCE, MEMORY_STREAMS, STATIONARY, STREAMS
 from training.appearance_eval import AppearanceEvaluator, context_folds
 from training.baselines import extrapolation_scores, frame_difference_scores
 from training.datasets import DatasetError, make_dataset
@@ -44,6 +45,7 @@ from training.gate import fit_model_gate, gate_weights
 from training.localisation import LocalisationError, evaluation_localisation
 from training.metrics import MetricError, gaussian_smooth, roc_auc, score_report
 from training.plots import plot_roc_curves, plot_score_timelines
+from training.stationary_eval import StationaryEvaluator
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +168,13 @@ def _probe_video(
     name: str,
     seed: int,
     appearance: AppearanceEvaluator | None,
+    stationary: StationaryEvaluator | None,
     into: dict[str, dict[str, list[np.ndarray]]],
 ) -> None:
     """Score training video ``name`` again with pseudo-anomalies pasted in (``plugins.pseudo_anomaly``, as
     ``zsad calibrate`` does) and append, per kind and stream, the raw scores of the clips that hold a pasted
     event into ``into`` (kind -> stream -> arrays). A clip holds an event when any frame it reads does; the
-    appearance score is its last frame's against the memory its clean frame is held out by."""
+    memory streams' scores are against the memory (model) its clean frames are held out by."""
     pasted, kinds = paste_pseudo_anomalies(frames, seed=seed)
     targets, sc, _ = score_video(model, pasted, hop=model.clip_span, name=name)
     span = (model.clip_len - 1) * model.frame_stride
@@ -183,6 +186,12 @@ def _probe_video(
         if picked.any():
             app[picked] = appearance.held_out_frame_scores(name, pasted[last[picked]], last[picked])
         sc = {**sc, APPEARANCE: app}
+    if stationary is not None:
+        still = np.full(len(targets), np.nan)
+        picked = np.array([h is not None for h in hit])
+        if picked.any():
+            still[picked] = stationary.held_out_clip_scores(name, last[picked], frames=pasted)
+        sc = {**sc, STATIONARY: still}
     for kind in {h for h in hit if h is not None}:
         rows = np.array([h == kind for h in hit])
         for stream, values in sc.items():
@@ -318,6 +327,7 @@ def evaluate(
     cal_lengths: list[int] = []
     patch = model.spec.backbone.patch_size
     appearance = AppearanceEvaluator.from_config(cfg.appearance, (size[0] // patch, size[1] // patch))
+    stationary = _stationary_evaluator(cfg, model, (size[0] // patch, size[1] // patch), fps)
     train_contexts = {c.name: c.context or "generic" for c in train.clips}
     vfolds = context_folds([c.name for c in train.clips], train_contexts)
     cal_targets: list[np.ndarray] = []
@@ -334,6 +344,19 @@ def evaluate(
         cal_targets.append(targets_tr)
         if appearance is not None:
             appearance.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
+        if stationary is not None:
+            stationary.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
+    if appearance is not None:
+        span = (model.clip_len - 1) * model.frame_stride  # a clip's last frame, which the run scores
+        cal_samples[APPEARANCE] = [
+            appearance.held_out_clip_scores(c.name, np.minimum(t + span, len(train.frames(c.name)) - 1))
+            for c, t in zip(train.clips, cal_targets, strict=True)
+        ]
+    if stationary is not None:
+        held = _stationary_samples(stationary, model, train, cal_targets, train_contexts)
+        if held is not None:
+            cal_samples[STATIONARY] = held
+    # After every training video is in the memories: the pasted copies are scored against them.
     for i, clip in enumerate(tqdm(train.clips, desc="pseudo-anomalies", unit="video")):
         _probe_video(
             model,
@@ -341,14 +364,9 @@ def evaluate(
             clip.name,
             i,
             appearance,
+            stationary,
             probes.setdefault(train_contexts[clip.name], {}),
         )
-    if appearance is not None:
-        span = (model.clip_len - 1) * model.frame_stride  # a clip's last frame, which the run scores
-        cal_samples[APPEARANCE] = [
-            appearance.held_out_clip_scores(c.name, np.minimum(t + span, len(train.frames(c.name)) - 1))
-            for c, t in zip(train.clips, cal_targets, strict=True)
-        ]
     cal_raw = {k: np.concatenate(v) for k, v in cal_samples.items()}
     # Reliability weights from two held-out folds of each context's training videos (a single video: its
     # two time halves), the folds the appearance memory was held out by, as `zsad calibrate` holds out time.
@@ -412,6 +430,8 @@ def evaluate(
             if k == APPEARANCE and appearance is not None:
                 # Every test frame is scored as the last frame of a clip would be (not interpolated).
                 frame_scores[k][clip.name] = appearance.test_frame_scores(frames, clip.context or "generic")
+            elif k == STATIONARY and stationary is not None:
+                frame_scores[k][clip.name] = stationary.test_frame_scores(frames, clip.context or "generic")
             else:
                 frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
@@ -638,6 +658,58 @@ def _localisation(
     except (LocalisationError, DatasetError) as exc:
         log.warning("localisation not measured: %s", exc)
         return {"error": str(exc)}
+
+
+def _stationary_evaluator(
+    cfg: ZsadConfig, model: ZsadModel, grid: tuple[int, int], fps: float
+) -> StationaryEvaluator | None:
+    """The stationary stream's evaluator (None when ``stationary.enabled`` is false), feeding frames at the
+    step the run's window takes them from this dataset's frame rate and the model's clip layout."""
+    pre = model.spec.preprocess
+    step = frame_step(cfg.stationary.spacing_s, fps, pre.clip_len, pre.frame_stride, pre.clip_hop)
+    evaluator = StationaryEvaluator.from_config(cfg.stationary, grid, step)
+    if evaluator is not None:
+        log.info(
+            "stationary stream: window %d frames, every %d-th (%.2f s apart at %g fps)",
+            cfg.stationary.window,
+            step,
+            step / fps,
+            fps,
+        )
+    return evaluator
+
+
+def _stationary_samples(
+    stationary: StationaryEvaluator,
+    model: ZsadModel,
+    train: Any,
+    targets: Sequence[np.ndarray],
+    contexts: Mapping[str, str],
+) -> list[np.ndarray] | None:
+    """Each training video's held-out stationary clip scores, at each scored clip's last frame (the frame
+    the run's window has just taken), aligned with ``targets`` (each clip's first frame). None (logged:
+    the evaluation then has no stationary stream) when a context's videos give no score at all (too short
+    for a model per fold and a full window), since every context is calibrated on its own."""
+    span = (model.clip_len - 1) * model.frame_stride
+    out = []
+    scored: dict[str, bool] = {}
+    for clip, t in zip(train.clips, targets, strict=True):
+        n = len(train.frames(clip.name))
+        values = stationary.held_out_clip_scores(clip.name, np.minimum(t + span, n - 1))
+        out.append(values)
+        ctx = contexts[clip.name]
+        scored[ctx] = scored.get(ctx, False) or bool(np.isfinite(values).any())
+    empty = sorted(ctx for ctx, ok in scored.items() if not ok)
+    if empty:
+        log.warning(
+            "no stationary stream in this evaluation: the training videos of %s are too short for a model "
+            "per fold and a full window (%d frames, every %d-th)",
+            ", ".join(empty),
+            stationary.window,
+            stationary.step,
+        )
+        return None
+    return out
 
 
 def _dataset_fps(root: Path) -> float:

@@ -13,6 +13,12 @@ memory fitted on the *other* fold, because a memory's distances of the frames it
 low. The memory saved beside the calibration file (:func:`plugins.appearance.memory_path`) is fitted on
 every frame. Each clip's fold is returned with the samples (:class:`CalibrationSamples`).
 
+With ``stationary.enabled``, the frames the run's stationary window would take (``stationary.spacing_s``
+apart, :class:`plugins.stationary.FrameSpacer`) are kept, and the camera's stationary model is fitted on them
+(:class:`_StationaryFrames`), held out by the same time folds: a clip's stationary sample is its window
+scored against the model of the other fold's frames (no sample until its window is full, as in a run). The
+model of every frame is saved beside the calibration file (:func:`plugins.stationary.model_path`).
+
 Every footage is also played a second time, as a twin camera, with pseudo-anomalies pasted into its frames
 (:mod:`plugins.pseudo_anomaly`: a patch of its own moving content racing across the view, or left standing
 upside down). The twin's clips that hold a pasted event are scored like any clip (an appearance score
@@ -27,7 +33,7 @@ import logging
 import math
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +64,16 @@ from plugins.fusion import (
 )
 from plugins.pseudo_anomaly import PseudoAnomalyInjector
 from plugins.scorer import reduce_map
-from plugins.streams import APPEARANCE
+from plugins.stationary import (
+    FrameSpacer,
+    StationaryError,
+    StationaryModel,
+    StationaryState,
+    fit_model,
+    model_path,
+    save_model,
+)
+from plugins.streams import APPEARANCE, STATIONARY
 from plugins.zones import CellFilters, ViewZones
 
 log = logging.getLogger(__name__)
@@ -97,6 +112,8 @@ class CalibrationSamples:
     memory: AppearanceMemory | None = None
     #: kind -> stream -> raw scores of the twin footage's clips that hold a pasted event of that kind.
     probes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: The stationary model fitted on every frame its window took (None with stationary.enabled false).
+    stationary: StationaryModel | None = None
 
     @property
     def clips(self) -> int:
@@ -175,6 +192,7 @@ def collect_scores(
     # (twin footage, clip index) -> float16 features (C, h, w) of the last frame of a clip with an event
     probe_features: dict[tuple[str, int], np.ndarray] = {}
     appearance = engines.appearance is not None
+    stationary = _StationaryFrames(cfg.stationary.spacing_s) if cfg.stationary.enabled else None
     failed: list[str] = []
     graph.start()
     deadline = time.monotonic() + timeout_s
@@ -193,6 +211,8 @@ def collect_scores(
             batch = _in_camera_order(batch)
             for clip in batch:
                 emitted[clip.camera_id] = emitted.get(clip.camera_id, 0) + 1
+                if stationary is not None:
+                    stationary.add(clip)
             kinds = [pasted_kind(clip) for clip in batch]
             if appearance:
                 # float16 halves what minutes of footage hold (the fit accumulates in float64 anyway).
@@ -223,6 +243,10 @@ def collect_scores(
         memory = _fit_appearance(
             engines, camera.id, features, probe_features, emitted, scored, folds, filters
         )
+    model = None
+    if stationary is not None:
+        # The twins' pasted frames never enter a model; their clips with an event still get a held-out score.
+        model = stationary.fit(cfg, camera.id, emitted, scored, folds, filters, exclude=injectors)
     unpasted = [s for s in scored if s.pasted is None]
     streams = sorted({k for s in unpasted for k in s.scores})
     samples = {k: np.array([s.scores.get(k, math.nan) for s in unpasted], np.float64) for k in streams}
@@ -231,7 +255,9 @@ def collect_scores(
     for kind in sorted({s.pasted for s in scored if s.pasted is not None}):
         hit = [s for s in scored if s.pasted == kind]
         probes[kind] = {k: np.array([s.scores.get(k, math.nan) for s in hit], np.float64) for k in streams}
-    return CalibrationSamples(samples=samples, folds=clean_folds, memory=memory, probes=probes)
+    return CalibrationSamples(
+        samples=samples, folds=clean_folds, memory=memory, probes=probes, stationary=model
+    )
 
 
 def _fold(index: int, clips: int) -> int:
@@ -294,6 +320,97 @@ def _fit_appearance(
     return memory
 
 
+class _StationaryFrames:
+    """The frames each footage's stationary window takes, and how many it had taken at each clip."""
+
+    def __init__(self, spacing_s: float) -> None:
+        self.spacing_s = spacing_s
+        self.frames: dict[str, list[np.ndarray]] = {}  # footage -> frames taken, in time order
+        self.folds: dict[str, list[int]] = {}  # footage -> the clip index that gave each frame taken
+        self.taken_at: dict[tuple[str, int], int] = {}  # (footage, clip index) -> frames taken by its end
+        self._spacers: dict[str, FrameSpacer] = {}
+
+    def add(self, clip: Clip) -> None:
+        spacer = self._spacers.setdefault(clip.camera_id, FrameSpacer(self.spacing_s))
+        frames = self.frames.setdefault(clip.camera_id, [])
+        for i in spacer.select(clip.pts):
+            frames.append(np.array(clip.frames[i]))
+            self.folds.setdefault(clip.camera_id, []).append(clip.index)
+        self.taken_at[(clip.camera_id, clip.index)] = len(frames)
+
+    def fit(
+        self,
+        cfg: ZsadConfig,
+        camera: str,
+        emitted: dict[str, int],
+        scored: list[_Scored],
+        folds: np.ndarray,
+        filters: CellFilters,
+        exclude: Container[str] = (),
+    ) -> StationaryModel | None:
+        """Fit one model per time fold and the model of every frame; add each scored clip's stationary
+        score against the model of the other fold to its scores (none while its window is not full). None
+        (and no stationary samples) when a fold has too few frames for a model. The frames of the footage
+        named in ``exclude`` (altered copies, such as footage with pseudo-anomalies pasted in) never enter a
+        model; their clips are scored like the others, against the model of their clip's fold."""
+        s = cfg.stationary
+        bb = cfg.model.backbone
+        grid = (bb.image_height // bb.patch_size, bb.image_width // bb.patch_size)
+        by_fold: list[list[np.ndarray]] = [[] for _ in range(FOLDS)]
+        for footage, frames in self.frames.items():
+            if footage in exclude:
+                continue
+            for frame, index in zip(frames, self.folds[footage], strict=True):
+                by_fold[_fold(index, emitted[footage])].append(frame)
+        t0 = time.perf_counter()
+
+        def fitted(frames: list[np.ndarray]) -> StationaryModel:
+            return fit_model(
+                np.stack(frames),
+                grid,
+                window=s.window,
+                min_pixels=s.min_pixels,
+                floor=s.floor,
+                camera=camera,
+                spacing_s=s.spacing_s,
+            )
+
+        try:
+            held = [fitted(by_fold[1 - fold]) for fold in range(FOLDS)]  # fold f is scored by held[f]
+            model = fitted([f for c, frames in self.frames.items() if c not in exclude for f in frames])
+        except (StationaryError, ValueError) as exc:
+            log.warning(
+                "camera %s: no stationary model (%d + %d frames %.2g s apart: %s); give longer footage",
+                camera,
+                len(by_fold[0]),
+                len(by_fold[1]),
+                s.spacing_s,
+                exc,
+            )
+            return None
+        for sc, fold in zip(scored, folds, strict=True):
+            n = self.taken_at.get((sc.camera, sc.index), 0)
+            if n < model.window or model.grid != sc.grid:
+                continue
+            state = StationaryState(model.window)
+            for frame in self.frames[sc.camera][n - model.window : n]:
+                state.push(frame)
+            error_map = held[int(fold)].score_map(state)
+            cell_filter = filters.get(sc.camera)
+            counted = cell_filter.apply({STATIONARY: error_map}) if cell_filter is not None else None
+            sc.scores[STATIONARY] = reduce_map(counted[STATIONARY] if counted is not None else error_map)
+        log.info(
+            "camera %s: stationary model fitted on %d frames %.2g s apart (folds %d + %d) in %.1f s",
+            camera,
+            model.n_frames,
+            s.spacing_s,
+            len(by_fold[0]),
+            len(by_fold[1]),
+            time.perf_counter() - t0,
+        )
+        return model
+
+
 def _in_camera_order(batch: list[Clip]) -> list[Clip]:
     return sorted(batch, key=lambda c: (c.camera_id, c.index))
 
@@ -352,11 +469,32 @@ def calibrate_camera(
             camera_id,
             memory_file,
         )
+    # A model whose stream got no sample (every window too short) would be refused by the run: not saved.
+    model = collected.stationary if STATIONARY in cal.streams else None
+    _save_stationary(camera_id, model, out)
     save_calibration(cal, out)
     log.info(
         "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0
     )
     return out
+
+
+def _save_stationary(camera_id: str, model: StationaryModel | None, calibration: Path) -> None:
+    """Save the camera's stationary model beside ``calibration`` (before it: a calibration names the stream
+    only once its model is there), or remove an earlier calibration's model that this one has no statistics
+    for."""
+    path = model_path(calibration)
+    if model is not None:
+        size = save_model(model, path)
+        log.info("camera %s: stationary model -> %s (%.1f KiB)", camera_id, path, size / 2**10)
+    elif path.exists():
+        path.unlink()
+        log.warning(
+            "camera %s: removed %s, the stationary model of an earlier calibration (this one has no "
+            "stationary stream)",
+            camera_id,
+            path,
+        )
 
 
 def trust_report(cal: Calibration) -> str:
@@ -426,5 +564,8 @@ def run_calibrate(args: Any) -> int:
     memory_file = memory_path(path)
     if memory_file.is_file():
         print(f"appearance memory: {memory_file} ({memory_file.stat().st_size / 2**20:.1f} MiB)")
+    stationary_file = model_path(path)
+    if stationary_file.is_file():
+        print(f"stationary model: {stationary_file} ({stationary_file.stat().st_size / 2**10:.0f} KiB)")
     print(f"calibration: {path}")  # last: the file to put in the camera's config
     return 0

@@ -84,6 +84,8 @@ class DeepStreamApp:
             filters=self.outputs.filters,  # masks and learned levels, as on the CPU graph
             memories=self.outputs.memories,  # appearance memories, as on the CPU graph
             appearance_every=cfg.appearance.every_clips,
+            stationary=self.outputs.stationary,
+            stationary_spacing_s=cfg.stationary.spacing_s,
         )
         self.clips = ClipPath(
             self.inference,

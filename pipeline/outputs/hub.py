@@ -23,6 +23,11 @@ logged as an error naming the file and what to do, and that camera alone runs wi
 the policy of an unreadable calibration. No memory file (calibrated without the appearance engine): no
 stream, as before.
 
+Stationary models. With ``stationary.enabled``, a calibrated camera's stationary model is read the same way
+from beside its calibration file (:func:`plugins.stationary.model_path`) into :attr:`RunOutputs.stationary`,
+checked against the backbone's frame size, the DPC grid and ``stationary.spacing_s``; a model that cannot be
+used is logged as an error naming the file and what to do, and that camera alone runs without the stream.
+
 Feedback. When an alert's label becomes ``false_alarm``, its evidence (``events/<camera>/<alert_id>.npz``)
 is learned into the camera's :class:`plugins.learned.LearnedStore` (beside its calibration file:
 ``<calibration stem>.learned/``, or ``<output_dir>/learned/<camera>/`` for an uncalibrated camera); when
@@ -77,7 +82,9 @@ from plugins.fusion import (
 )
 from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
 from plugins.scorer import StreamScores, filter_scores
-from plugins.streams import APPEARANCE
+from plugins.stationary import StationaryModelError, StationaryModels, load_model, model_path
+from plugins.stationary import describe as describe_stationary
+from plugins.streams import APPEARANCE, STATIONARY
 from plugins.zones import CellFilters, ViewZones
 
 if TYPE_CHECKING:
@@ -186,6 +193,8 @@ class RunOutputs:
         self.appearance = appearance
         #: The cameras' appearance memories; give it to the ``ClipInference`` (``memories=``).
         self.memories = AppearanceMemories()
+        #: The cameras' stationary models; give it to the ``ClipInference`` (``stationary=``).
+        self.stationary = StationaryModels()
         self.out = Path(cfg.output_dir)
         self.metrics = ZsadMetrics()
         self.metrics_server: Any = None
@@ -235,6 +244,7 @@ class RunOutputs:
         the run."""
         calibration = self._read_calibration(cam)
         self._read_memory(cam, calibration)
+        self._read_stationary(cam, calibration)
         try:
             fusion = CameraFusion(
                 cam.id,
@@ -334,6 +344,48 @@ class RunOutputs:
         self.memories.set(cam.id, memory)
         log.info("camera %s: appearance memory %s: %s", cam.id, path, describe(memory))
 
+    def _read_stationary(self, cam: CameraSettings, calibration: Calibration | None) -> None:
+        """Put the camera's stationary model in force, or leave it out with a log line saying why."""
+        self.stationary.remove(cam.id)
+        if not self.cfg.stationary.enabled or not cam.calibration:
+            return
+        path = model_path(cam.calibration)
+        if not path.exists():
+            log.info(
+                "camera %s: no stationary model at %s (calibrated with stationary.enabled false, or before "
+                "the stream existed): it runs without the stationary stream; zsad calibrate writes one",
+                cam.id,
+                path,
+            )
+            return
+        if calibration is None:
+            log.error(
+                "camera %s: stationary model %s is not used: its calibration cannot be read", cam.id, path
+            )
+            return
+        if STATIONARY not in calibration.streams:
+            log.error(
+                "camera %s: stationary model %s is not used: its calibration %s has no stationary statistics "
+                "(re-run zsad calibrate for this camera)",
+                cam.id,
+                path,
+                cam.calibration,
+            )
+            return
+        bb = self.cfg.model.backbone
+        try:
+            model = load_model(
+                path,
+                frame_size=(bb.image_height, bb.image_width),
+                grid=(bb.image_height // bb.patch_size, bb.image_width // bb.patch_size),
+                spacing_s=self.cfg.stationary.spacing_s,
+            )
+        except StationaryModelError as exc:
+            log.error("camera %s: %s; it runs without the stationary stream", cam.id, exc)
+            return
+        self.stationary.set(cam.id, model)
+        log.info("camera %s: stationary model %s: %s", cam.id, path, describe_stationary(model))
+
     def remove_camera(self, camera: str) -> list[dict[str, Any]]:
         """Close a camera's open alert (reason "shutdown", published), finish its media and forget it.
         Returns the alert records published."""
@@ -342,6 +394,7 @@ class RunOutputs:
             recorder = self.recorders.pop(camera, None)
             records = alerts.shutdown() if alerts is not None else []
         self.memories.remove(camera)
+        self.stationary.remove(camera)
         with self._zones_lock:
             self.filters.remove(camera)
             self._settings.pop(camera, None)

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 
 from plugins.stationary import (
+    FrameSpacer,
     StationaryError,
     StationaryModel,
     StationaryModelError,
+    StationaryModels,
     StationaryState,
     cell_values,
     difference_map,
     fit_model,
+    frame_step,
     load_model,
     model_path,
     save_model,
@@ -163,3 +166,64 @@ def test_frames_of_another_size_than_the_window_are_refused() -> None:
     state.push(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(StationaryError, match="earlier frames"):
         state.push(np.zeros((8, 16, 3), np.uint8))
+
+
+# -- the spacing a run's window takes its frames at ----------------------------------------------------
+
+
+def test_the_spacer_takes_frames_that_arrive_exactly_the_spacing_apart() -> None:
+    spacer = FrameSpacer(0.4)
+    times = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
+    assert [t for t in times if spacer.take(t, gap=0.2)] == [0.0, 0.4, 0.8, 1.2]
+
+
+def test_the_spacer_rounds_a_spacing_between_frames_up_and_forgives_jitter() -> None:
+    spacer = FrameSpacer(0.3)
+    assert [t for t in (0.0, 0.2, 0.4, 0.6, 0.8) if spacer.take(t, gap=0.2)] == [0.0, 0.4, 0.8]
+    jittery = FrameSpacer(0.4)
+    assert [t for t in (0.0, 0.39, 0.81, 1.19) if jittery.take(t, gap=0.2)] == [0.0, 0.39, 0.81, 1.19]
+
+
+def test_the_spacer_selects_within_clips_across_their_boundaries_and_resets() -> None:
+    spacer = FrameSpacer(0.4)
+    # Clips of 4 frames 0.2 s apart, one every 0.8 s: every second frame is taken, across the clips.
+    assert spacer.select([0.0, 0.2, 0.4, 0.6]) == [0, 2]
+    assert spacer.select([0.8, 1.0, 1.2, 1.4]) == [0, 2]
+    assert spacer.select([5.0, 5.2]) == [0]  # after a gap: the first frame again
+    spacer.reset()
+    assert spacer.select([0.0, 0.2]) == [0]
+
+
+@pytest.mark.parametrize(
+    ("spacing", "fps", "layout", "step"),
+    [
+        (0.4, 10, (4, 2, 8), 4),  # the synthetic demo: clips hold every 2nd frame, 0.4 s = 4 frames
+        (0.3, 10, (4, 2, 8), 4),  # 3 frames is not in any clip: rounded up
+        (0.3, 10, (4, 1, 4), 3),
+        (0.4, 25, (4, 2, 8), 10),
+        (0.3, 25, (4, 2, 8), 8),
+    ],
+)
+def test_frame_step_is_the_step_the_run_gets(spacing: float, fps: float, layout: tuple, step: int) -> None:
+    assert frame_step(spacing, fps, *layout) == step
+
+
+def test_the_spacing_is_recorded_and_a_model_fitted_at_another_is_refused(tmp_path: Path) -> None:
+    fitted = fit_model(scene(40), GRID, window=WINDOW, camera="cam", spacing_s=0.4)
+    path = tmp_path / "cam.stationary.npz"
+    save_model(fitted, path)
+    assert load_model(path, spacing_s=0.4).spacing_s == pytest.approx(0.4)
+    with pytest.raises(StationaryModelError, match=r"0\.4 s apart.*spacing_s is 0\.3"):
+        load_model(path, spacing_s=0.3)
+
+
+def test_the_models_of_a_run_are_set_read_and_removed_by_camera(model: StationaryModel) -> None:
+    models = StationaryModels()
+    models.set("b", model)
+    models.set("a", model)
+    assert models.cameras() == ["a", "b"]
+    assert len(models) == 2
+    assert models.get("a") is model
+    assert models.get("c") is None
+    models.remove("a")
+    assert models.cameras() == ["b"]

@@ -1,0 +1,194 @@
+"""The stationary stream wired into calibration and the run: real GStreamer decoding of real synthetic scene
+videos, real ONNX Runtime engines of a tiny untrained model (``tests/fixtures/run_world.py``); the stream
+itself needs no engine."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.config import ZsadConfig, parse_config
+from pipeline.cli.calibrate import calibrate_camera, collect_scores
+from pipeline.clips import Clip
+from pipeline.inference import ClipInference, load_engines
+from pipeline.run import Application
+from plugins.fusion import load_calibration
+from plugins.stationary import StationaryModels, fit_model, load_model, model_path, save_model
+from tests.fixtures.run_world import build_world, read_jsonl, site_config
+
+DPC_GRID = (3, 4)  # the world model: 48 x 64 frames in 16-pixel patches
+# The world's clips hold 2 frames 2 apart and start every 4 frames at 10 fps: every 2nd frame arrives, so a
+# 0.2 s spacing takes each of them; a window of 4 is full after 4 of them (the third clip).
+STATIONARY = {"spacing_s": 0.2, "window": 4}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_world(tmp_path_factory.mktemp("stationary"))
+
+
+def _config(
+    world: dict[str, Path], out: Path, cameras: list[dict[str, Any]], **stationary: object
+) -> ZsadConfig:
+    raw = site_config(
+        world, out, cameras, appearance={"enabled": False}, stationary={**STATIONARY, **stationary}
+    )
+    return parse_config(json.dumps(raw), "<test>")
+
+
+def _uri(world: dict[str, Path], split: str, name: str) -> str:
+    return f"file://{world['scenes'] / split / 'videos' / name}"
+
+
+def test_calibrate_writes_the_model_and_held_out_samples_once_the_window_is_full(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    camera = {"id": "campus", "uri": _uri(world, "training", "campus_000.mp4"), "context": "campus"}
+    cfg = _config(world, tmp_path / "out", [camera])
+    engines = load_engines(cfg)
+    try:
+        collected = collect_scores(cfg, engines, cfg.camera_settings("campus"), [camera["uri"]])
+        out = calibrate_camera(
+            cfg, engines, "campus", [camera["uri"]], tmp_path / "calib" / "campus.json", min_clips=8
+        )
+    finally:
+        engines.close()
+    m = collected.clips
+    assert m >= 8
+    assert set(collected.samples) == {"predictive", "pixel", "motion", "stationary"}
+    held_out = collected.samples["stationary"]
+    assert held_out.shape == (m,)
+    assert np.isfinite(held_out).sum() >= m - 2  # the DPC history fills in 2 clips, the window in 3
+    model = collected.stationary
+    assert model is not None
+    assert (model.grid, model.frame_size, model.window) == (DPC_GRID, (48, 64), 4)
+    # 80 frames at 10 fps, every 2nd one taken (0.2 s apart).
+    assert model.n_frames == pytest.approx(40, abs=2)
+    saved = load_model(model_path(out), frame_size=(48, 64), grid=DPC_GRID, spacing_s=0.2)
+    assert saved.camera == "campus"
+    np.testing.assert_array_equal(saved.background, model.background)
+    cal = load_calibration(out)
+    assert "stationary" in cal.streams
+    assert cal.streams["stationary"].n == int(np.isfinite(held_out).sum())
+
+
+def test_calibrating_with_the_stream_off_removes_an_old_model(world: dict[str, Path], tmp_path: Path) -> None:
+    camera = {"id": "parking", "uri": _uri(world, "training", "parking_000.mp4"), "context": "parking"}
+    cfg = _config(world, tmp_path / "out", [camera], enabled=False)
+    out = tmp_path / "calib" / "parking.json"
+    stale = model_path(out)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an old model")
+    engines = load_engines(cfg)
+    try:
+        calibrate_camera(cfg, engines, "parking", [camera["uri"]], out, min_clips=8)
+    finally:
+        engines.close()
+    assert not stale.exists()
+    assert "stationary" not in load_calibration(out).streams
+
+
+def test_the_run_scores_the_stream_and_a_camera_whose_model_does_not_fit_runs_without_it(
+    world: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calib = tmp_path / "calib"
+    uri = _uri(world, "training", "campus_000.mp4")
+    cfg0 = _config(world, tmp_path / "cal", [{"id": "campus", "uri": uri}])
+    engines = load_engines(cfg0)
+    try:
+        calibrate_camera(cfg0, engines, "campus", [uri], calib / "campus.json", min_clips=8)
+    finally:
+        engines.close()
+    # "other-spacing": campus's calibration with a model fitted on frames 0.4 s apart.
+    (calib / "other-spacing.json").write_bytes((calib / "campus.json").read_bytes())
+    good = load_model(model_path(calib / "campus.json"))
+    frames = np.repeat(good.background[None], 12, axis=0)
+    save_model(fit_model(frames, DPC_GRID, window=4, spacing_s=0.4), model_path(calib / "other-spacing.json"))
+
+    video = f"file://{world['videos'] / 'campus_000.mp4'}"
+    out = tmp_path / "out"
+    cfg = _config(
+        world,
+        out,
+        [
+            {"id": "good", "uri": video, "calibration": str(calib / "campus.json")},
+            {"id": "other-spacing", "uri": video, "calibration": str(calib / "other-spacing.json")},
+        ],
+    )
+    caplog.set_level(logging.INFO)
+    app = Application(cfg, load_engines(cfg), realtime=False)
+    assert app.outputs.stationary.cameras() == ["good"]
+    app.start()
+    try:
+        app.wait(duration_s=120)
+    finally:
+        app.shutdown()
+    rows = read_jsonl(out / "scores.jsonl")
+    good_rows = [r for r in rows if r["camera"] == "good"]
+    other_rows = [r for r in rows if r["camera"] == "other-spacing"]
+    assert good_rows
+    assert other_rows
+    with_stream = ["stationary" in r["streams"] for r in good_rows]
+    # Scored once the window is full, then on every clip.
+    assert any(with_stream)
+    first = with_stream.index(True)
+    assert all(with_stream[first:])
+    assert first <= 2
+    assert not any("stationary" in r["streams"] for r in other_rows)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(
+        e.startswith(f"camera other-spacing: stationary model {model_path(calib / 'other-spacing.json')}:")
+        and "0.4 s apart, the config's stationary.spacing_s is 0.2" in e
+        and e.endswith("re-run zsad calibrate for this camera; it runs without the stationary stream")
+        for e in errors
+    ), errors
+
+
+def _clip(camera: str, index: int, frames: np.ndarray, t0: float) -> Clip:
+    # 2 frames 0.2 s apart, clips 0.4 s apart: the world's layout at 10 fps.
+    return Clip(camera, index, frames, t0 + 0.2 * np.arange(frames.shape[0]), index * 4)
+
+
+def test_clip_inference_adds_the_map_once_the_window_is_full_and_reset_empties_it(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = _config(world, tmp_path / "out", [])
+    engines = load_engines(cfg)
+    rng = np.random.default_rng(0)
+    background = rng.integers(40, 120, (48, 64, 3), dtype=np.uint8)
+    normal = np.repeat(background[None], 12, axis=0)
+    models = StationaryModels()
+    models.set("cam", fit_model(normal, DPC_GRID, window=4, spacing_s=0.2))
+    inference = ClipInference(
+        engines, context_clips=2, history_step=1, contexts={}, stationary=models, stationary_spacing_s=0.2
+    )
+    scene = np.repeat(background[None], 2, axis=0).copy()
+    scene[:, 20:30, 40:50] = 255  # something that stays, in DPC cell (1, 2)
+
+    def run(index: int) -> dict[str, np.ndarray] | None:
+        res = inference([_clip("cam", index, scene, 0.4 * index), _clip("other", index, scene, 0.4 * index)])
+        assert res[1].scores is None or "stationary" not in res[1].scores.maps  # no model, no stream
+        return None if res[0].scores is None else res[0].scores.maps
+
+    try:
+        maps = [run(k) for k in range(4)]
+        # The DPC history fills in 2 clips; the window takes every frame (0.2 s apart) and is full at clip 1.
+        assert maps[0] is None
+        assert maps[1] is None
+        for m in maps[2:]:
+            assert m is not None
+            assert m["stationary"].shape == DPC_GRID
+            assert np.unravel_index(int(m["stationary"].argmax()), DPC_GRID) == (1, 2)
+        inference.reset("cam")
+        after = [run(k) for k in range(4, 8)]
+        assert after[0] is None  # the DPC history and the window refill
+        assert after[1] is None
+        assert after[2] is not None
+        assert "stationary" in after[2]
+    finally:
+        engines.close()

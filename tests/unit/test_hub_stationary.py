@@ -1,0 +1,89 @@
+"""RunOutputs and the cameras' stationary models, without a camera graph (pipeline/outputs/hub.py): which
+model a camera gets, and that a model it cannot use leaves it running without the stream, with a log line
+saying why (tests/integration/test_stationary_stream.py runs the whole graph)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import parse_config
+from pipeline.outputs.hub import RunOutputs
+from plugins.fusion import fit_calibration, save_calibration
+from plugins.stationary import fit_model, model_path, save_model
+
+# The default model: 128 x 192 frames in 16-pixel patches.
+FRAME = (128, 192)
+GRID = (8, 12)
+
+
+def _calibrate(path: Path, streams: tuple[str, ...], *, spacing_s: float | None = 0.4) -> Path:
+    """A calibration of ``streams`` at ``path``, and beside it (unless ``spacing_s`` is None) a stationary
+    model of the default frame size fitted at ``spacing_s``."""
+    rng = np.random.default_rng(0)
+    save_calibration(fit_calibration({s: rng.random(50) for s in streams}, camera=path.stem), path)
+    if spacing_s is not None:
+        frames = rng.integers(60, 70, (20, *FRAME, 3), dtype=np.uint8)
+        save_model(fit_model(frames, GRID, window=4, spacing_s=spacing_s, camera=path.stem), model_path(path))
+    return path
+
+
+def _outputs(tmp_path: Path, cameras: dict[str, Path | None], **stationary: object) -> RunOutputs:
+    cfg = {
+        "cameras": [
+            {"id": cam, "uri": f"file:///{cam}.mp4", **({"calibration": str(cal)} if cal else {})}
+            for cam, cal in cameras.items()
+        ],
+        "appearance": {"enabled": False},
+        "stationary": stationary,
+        "metrics": {"enabled": False},
+        "ui": {"enabled": False},
+        "output_dir": str(tmp_path / "out"),
+    }
+    return RunOutputs(parse_config(json.dumps(cfg)), model_id="m", gate_path=None)
+
+
+def test_each_camera_gets_its_model_only_when_it_can_use_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    with_stream = ("pixel", "motion", "stationary")
+    cameras: dict[str, Path | None] = {
+        "good": _calibrate(calib / "good.json", with_stream),
+        "no-model": _calibrate(calib / "no-model.json", ("pixel", "motion"), spacing_s=None),
+        "no-stats": _calibrate(calib / "no-stats.json", ("pixel", "motion")),
+        "other-spacing": _calibrate(calib / "other-spacing.json", with_stream, spacing_s=0.3),
+        "uncalibrated": None,
+    }
+    caplog.set_level(logging.INFO, logger="pipeline.outputs.hub")
+    outputs = _outputs(tmp_path, cameras)
+    try:
+        assert outputs.stationary.cameras() == ["good"]
+        log = caplog.text
+        good = model_path(calib / "good.json")
+        assert f"camera good: stationary model {good}: 20 frames 0.4 s apart" in log
+        assert f"camera no-model: no stationary model at {model_path(calib / 'no-model.json')}" in log
+        assert (
+            f"camera no-stats: stationary model {model_path(calib / 'no-stats.json')} is not used: its "
+            f"calibration {calib / 'no-stats.json'} has no stationary statistics (re-run zsad calibrate"
+            in log
+        )
+        assert "0.3 s apart, the config's stationary.spacing_s is 0.4" in log
+        outputs.remove_camera("good")
+        assert outputs.stationary.cameras() == []
+    finally:
+        outputs.shutdown()
+
+
+def test_no_camera_gets_a_model_with_the_stream_off(tmp_path: Path) -> None:
+    cal = _calibrate(tmp_path / "good.json", ("pixel", "motion", "stationary"))
+    outputs = _outputs(tmp_path, {"good": cal}, enabled=False)
+    try:
+        assert outputs.stationary.cameras() == []
+    finally:
+        outputs.shutdown()

@@ -1,0 +1,85 @@
+"""The stationary stream in offline evaluation (training/stationary_eval.py) on tiny synthetic scenes: windows
+at the run's step, held-out calibration samples (none until a window is full), and test frames scored with
+time-reflected windows, where an object that stays is found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.config import StationaryConfig, ZsadConfig
+from training.stationary_eval import StationaryEvaluator, window_indices
+
+H, W = 32, 48
+GRID = (4, 6)
+SETTINGS = StationaryConfig(window=4, min_pixels=4, floor=10.0)
+
+
+def scene(n: int, seed: int) -> np.ndarray:
+    base = np.random.default_rng(0).integers(60, 120, size=(H, W, 3))
+    noise = np.random.default_rng(seed).integers(-3, 4, size=(n, H, W, 3))
+    return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
+
+
+def evaluator(step: int = 2) -> StationaryEvaluator:
+    ev = StationaryEvaluator(SETTINGS, GRID, step)
+    for i in range(4):  # two folds of two videos
+        ev.add_training_video(f"v{i}", scene(40, seed=i + 1), "ctx", i // 2)
+    return ev
+
+
+def test_window_indices_reach_back_step_apart_or_reflect() -> None:
+    assert window_indices(10, 4, 3) == [1, 4, 7, 10]
+    assert window_indices(5, 4, 3) is None
+    assert window_indices(5, 4, 3, reflect=True) == [4, 1, 2, 5]
+
+
+def test_held_out_samples_have_no_score_until_the_window_is_full() -> None:
+    ev = evaluator(step=2)
+    scores = ev.held_out_clip_scores("v0", np.array([0, 5, 6, 20, 39]))
+    assert np.isnan(scores[:2]).all()  # frames 0 and 5: the window (3 frames 2 apart before) starts < 0
+    assert np.isfinite(scores[2:]).all()
+    assert (np.abs(scores[2:]) < 3.0).all()  # normal footage against the other fold's model is calm
+
+
+def test_a_single_video_context_is_held_out_by_time_halves() -> None:
+    ev = StationaryEvaluator(SETTINGS, GRID, 1)
+    ev.add_training_video("only", scene(60, seed=9), "solo", -1)
+    scores = ev.held_out_clip_scores("only", np.array([10, 50]))
+    assert np.isfinite(scores).all()
+    assert set(k[2] for k in ev._models) == {0, 1}  # one model per half, each scoring the other
+
+
+def test_test_frames_are_scored_and_an_object_that_stays_stands_out() -> None:
+    ev = evaluator(step=2)
+    frames = scene(40, seed=7)
+    frames[20:, 18:22, 26:30] = 250  # left at frame 20, in cell (2, 3)
+    scores = ev.test_frame_scores(frames, "ctx")
+    assert scores.shape == (40,)
+    assert np.isfinite(scores).all()
+    assert scores[:18].max() < 3.0  # before it (the first frames' windows reflected, not unscored)
+    assert scores[30:].min() > 5.0  # once it fills most of the window
+
+
+def test_the_evaluator_is_off_when_the_config_says_so() -> None:
+    assert StationaryEvaluator.from_config(StationaryConfig(enabled=False), GRID, 2) is None
+    assert ZsadConfig().stationary.enabled
+
+
+def test_the_config_section_is_strict() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        ZsadConfig.model_validate({"stationary": {"spacing": 0.4}})
+    with pytest.raises(ValueError, match="window"):
+        ZsadConfig.model_validate({"stationary": {"window": 1}})
+
+
+def test_an_altered_copy_of_a_training_video_is_scored_against_its_held_out_model() -> None:
+    ev = evaluator(step=2)
+    altered = scene(40, seed=1)  # v0's frames
+    altered[10:, 18:22, 26:30] = 250  # something left in cell (2, 3) from frame 10
+    clean = ev.held_out_clip_scores("v0", np.array([30, 39]))
+    pasted = ev.held_out_clip_scores("v0", np.array([30, 39]), frames=altered)
+    assert (clean < 3.0).all()
+    assert (pasted > 5.0).all()
+    with pytest.raises(ValueError, match="frames"):
+        ev.held_out_clip_scores("v0", np.array([30]), frames=altered[:20])

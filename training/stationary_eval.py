@@ -1,0 +1,154 @@
+"""The stationary stream in offline evaluation (``zsad eval``), as ``zsad calibrate`` and the run score it.
+
+Each context of a dataset is one camera: its model (:mod:`plugins.stationary`) is fitted on the training
+videos of that context, fed every ``step``-th frame, where ``step`` is the frames apart the run's window takes
+them (:func:`plugins.stationary.frame_step` of the config's ``stationary.spacing_s`` and the clip layout), so
+the evaluation measures the spacing the run gets. The calibration samples are **held out**, by the folds
+the appearance stream uses (:func:`training.appearance_eval.context_folds`): each training video's clips
+are scored against the model of its context's other fold (a single-video context: of the other time half
+of its video). A clip's score is its last frame's window (that frame and the ``window - 1`` before it,
+``step`` apart); a clip whose window would reach before its video's start has no score (NaN), as a run
+scores nothing until its window is full. Test frames are scored frame by frame against the model of every
+training frame of their context; a frame near a video's start gets its window by reflecting the video in
+time (frames ``|t - k step|``), as the DPC streams get their history in ``training.evaluate.score_video``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.config import StationaryConfig
+from plugins.stationary import StationaryError, StationaryModel, fit_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StationaryEvaluator", "window_indices"]
+
+
+def window_indices(last: int, window: int, step: int, *, reflect: bool = False) -> list[int] | None:
+    """The frames of ``last``'s window, oldest first: ``last - k * step`` for ``k < window``. A window that
+    reaches before frame 0 is None, or with ``reflect`` takes ``|last - k * step|`` instead."""
+    idx = [last - k * step for k in range(window - 1, -1, -1)]
+    if idx[0] < 0:
+        if not reflect:
+            return None
+        idx = [abs(i) for i in idx]
+    return idx
+
+
+@dataclass
+class _Video:
+    context: str
+    frames: np.ndarray  # (N, H, W, 3) uint8, every frame
+    fold: int
+
+
+class StationaryEvaluator:
+    """Fits a stationary model per context and scores clips or frames against it.
+
+    ``grid``: the DPC maps' grid; ``step``: frames between those the window takes.
+    """
+
+    def __init__(self, settings: StationaryConfig, grid: tuple[int, int], step: int) -> None:
+        if step < 1:
+            raise StationaryError(f"step must be >= 1 frame, got {step}")
+        self.settings = settings
+        self.grid = grid
+        self.step = int(step)
+        self._train: dict[str, _Video] = {}
+        # (context, held-out fold or None for all, time half or None) -> model, each fitted once.
+        self._models: dict[tuple[str, int | None, int | None], StationaryModel | None] = {}
+
+    @classmethod
+    def from_config(
+        cls, settings: StationaryConfig, grid: tuple[int, int], step: int
+    ) -> StationaryEvaluator | None:
+        """The evaluator of ``settings`` (the config's ``stationary`` section), or None when it is off."""
+        return cls(settings, grid, step) if settings.enabled else None
+
+    @property
+    def window(self) -> int:
+        return self.settings.window
+
+    def add_training_video(self, name: str, frames: np.ndarray, context: str, fold: int) -> None:
+        self._train[name] = _Video(context, np.asarray(frames, dtype=np.uint8), fold)
+
+    def _model(self, context: str, fold: int | None, half: int | None = None) -> StationaryModel | None:
+        """The model of ``context``'s training videos outside ``fold`` (None: all of them); a single-video
+        context (fold -1) uses the other time half (``half``) of its video. None (logged) when there are
+        too few frames to fit one. Fitted once, then kept."""
+        key = (context, fold, half)
+        if key in self._models:
+            return self._models[key]
+        parts = []
+        for video in self._train.values():
+            if video.context != context:
+                continue
+            frames = video.frames
+            if fold is not None and video.fold >= 0:
+                if video.fold == fold:
+                    continue
+            elif fold is not None and half is not None:
+                mid = len(frames) // 2
+                frames = frames[mid:] if half == 0 else frames[:mid]
+            parts.append(frames[:: self.step])
+        model = None
+        try:
+            s = self.settings
+            model = fit_model(
+                np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8),
+                self.grid,
+                window=s.window,
+                min_pixels=s.min_pixels,
+                floor=s.floor,
+                camera=context,
+            )
+        except StationaryError as exc:
+            log.warning("context %s: no stationary model (fold %s, half %s): %s", context, fold, half, exc)
+        self._models[key] = model
+        return model
+
+    def held_out_clip_scores(
+        self, name: str, last_frames: np.ndarray, frames: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The stationary score ``(M,)`` of a training video's clips (``last_frames``: each clip's last frame
+        index), each against the model of the context's other fold; NaN where the window is not full.
+        ``frames``: the windows' frames instead of the video's own (an altered copy of it, such as one with
+        pseudo-anomalies pasted in, scored against the models its clean frames are held out by)."""
+        video = self._train[name]
+        source = video.frames if frames is None else np.asarray(frames, dtype=np.uint8)
+        if source.shape != video.frames.shape:
+            raise StationaryError(f"{name}: frames {source.shape} for a video of {video.frames.shape}")
+        out = np.full(len(last_frames), np.nan)
+        mid = len(video.frames) // 2
+        for i, last in enumerate(np.asarray(last_frames, dtype=np.int64)):
+            if video.fold >= 0:
+                model = self._model(video.context, video.fold)
+            else:
+                model = self._model(video.context, -1, 0 if last < mid else 1)
+            idx = window_indices(int(last), self.window, self.step)
+            if model is not None and idx is not None:
+                out[i] = self._score(model, source, idx)
+        return out
+
+    def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:
+        """Every test frame's stationary score ``(N,)`` against the model of all of its context's frames
+        (zeros, logged, when the context has too few training frames for a model)."""
+        model = self._model(context, None)
+        if model is None:
+            return np.zeros(len(frames))
+        out = np.empty(len(frames))
+        for t in range(len(frames)):
+            idx = window_indices(t, self.window, self.step, reflect=True)
+            out[t] = self._score(model, frames, [min(i, len(frames) - 1) for i in idx or [t]])
+        return out
+
+    def _score(self, model: StationaryModel, frames: np.ndarray, indices: Sequence[int]) -> float:
+        state = model.new_state()
+        for i in indices:
+            state.push(frames[i])
+        return float(model.score_map(state).max())
