@@ -715,13 +715,16 @@ def _leave_out_redundant(
     probes: Mapping[str, Mapping[str, np.ndarray]],
     quantile: float,
 ) -> dict[str, StreamStats]:
-    """Backward elimination on the pasted events: while some stream can be left out of the fused score
-    without it catching fewer of them (within one pasted clip of each kind, or 0.02), leave out, of those,
-    the one with the smallest :func:`_probe_margin` (then the lighter one) and set its
-    weight to 0. Under the max rule every stream adds its own false alarms, so one that only repeats what
-    another catches (motion next to the pixel stream) or catches nothing (an untrained learned stream) costs
-    detections at a given false-alarm rate. Only streams with pasted-event scores take part; the semantic
-    stream never does (a pasted patch carries no meaning for its prompts)."""
+    """Backward elimination on the pasted events: while some stream that sees little of them (sensitivity
+    factor below :data:`TRUSTED_WEIGHT`) can be left out of the fused score without it catching fewer
+    (within one pasted clip of each kind, or 0.02), leave out, of those, the one with the smallest
+    :func:`_probe_margin` (then the lighter one) and set its weight to 0. Under the max rule every stream
+    adds its own false alarms, so one that catches nothing the others do not (an untrained learned stream)
+    costs detections at a given false-alarm rate even weighed down to 0.05. A stream that sees the events
+    well is never left out, even when another sees the same: pasted boxes cannot tell which of two such
+    streams sees the real anomalies better (on the demo, leaving motion out for the pixel stream lost the
+    cyclist). Only streams with pasted-event scores take part; the semantic stream never does (a pasted
+    patch carries no meaning for its prompts)."""
     judged = [
         s
         for s in stats
@@ -743,6 +746,8 @@ def _leave_out_redundant(
         # the events least clearly goes first (comparing the recalls themselves would split ties on a clip).
         spare = []
         for s in keep:
+            if (out[s].sensitivity or 0.0) >= TRUSTED_WEIGHT:
+                continue  # it sees the events: only streams that see little may go
             without = _fused_recall(out, [t for t in keep if t != s], normal, probes, quantile)
             if without >= base - tolerance:
                 spare.append((margin[s], out[s].weight, s, without))
