@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from core.datafile import write_atomic
+from plugins.registry import CameraTable
 
 __all__ = [
     "DEFAULT_EPS",
@@ -417,31 +417,8 @@ def appearance_map(memory: AppearanceMemory, features: np.ndarray, grid: Sequenc
 # --------------------------------------------------------------------------------------------------
 
 
-class AppearanceMemories:
-    """Every camera's memory, replaced whole while the scorer runs (like :class:`plugins.zones.CellFilters`):
-    set from the main thread when a camera is added, read from the scoring thread."""
-
-    def __init__(self) -> None:
-        self._memories: dict[str, AppearanceMemory] = {}
-        self._lock = threading.Lock()
-
-    def set(self, camera: str, memory: AppearanceMemory) -> None:
-        with self._lock:
-            self._memories[camera] = memory
-
-    def get(self, camera: str) -> AppearanceMemory | None:
-        return self._memories.get(camera)
-
-    def remove(self, camera: str) -> None:
-        with self._lock:
-            self._memories.pop(camera, None)
-
-    def cameras(self) -> list[str]:
-        with self._lock:
-            return sorted(self._memories)
-
-    def __len__(self) -> int:
-        return len(self._memories)
+class AppearanceMemories(CameraTable[AppearanceMemory]):
+    """Every camera's memory, replaced whole while the scorer runs (:class:`plugins.registry.CameraTable`)."""
 
 
 # --------------------------------------------------------------------------------------------------

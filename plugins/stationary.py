@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 import zipfile
 from collections import deque
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from core.datafile import write_atomic
+from plugins.registry import CameraTable
 
 __all__ = [
     "DEFAULT_FLOOR",
@@ -307,32 +307,8 @@ class StationaryModel:
         return ((values - self.mean) / (self.std + self.floor)).astype(np.float32)
 
 
-class StationaryModels:
-    """Every camera's model, replaced whole while the scorer runs (like
-    :class:`plugins.appearance.AppearanceMemories`): set from the main thread when a camera is added, read
-    from the scoring thread."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, StationaryModel] = {}
-        self._lock = threading.Lock()
-
-    def set(self, camera: str, model: StationaryModel) -> None:
-        with self._lock:
-            self._models[camera] = model
-
-    def get(self, camera: str) -> StationaryModel | None:
-        return self._models.get(camera)
-
-    def remove(self, camera: str) -> None:
-        with self._lock:
-            self._models.pop(camera, None)
-
-    def cameras(self) -> list[str]:
-        with self._lock:
-            return sorted(self._models)
-
-    def __len__(self) -> int:
-        return len(self._models)
+class StationaryModels(CameraTable[StationaryModel]):
+    """Every camera's model, replaced whole while the scorer runs (:class:`plugins.registry.CameraTable`)."""
 
 
 def describe(model: StationaryModel) -> str:
