@@ -32,7 +32,14 @@ from tqdm import tqdm
 from core.config import ZsadConfig, resolve_data_path
 from engines.manifest import spec_diff
 from engines.model import ZsadModel, load_checkpoint
-from plugins.fusion import FUSION_RULES, Calibration, fit_calibration, fuse_arrays, time_folds
+from plugins.fusion import (
+    FUSION_RULES,
+    Calibration,
+    fit_calibration,
+    fuse_arrays,
+    gate_multiplier,
+    time_folds,
+)
 from plugins.preprocess import normalise_frames
 from plugins.pseudo_anomaly import paste_pseudo_anomalies
 from plugins.scorer import ClipScorer, ClipTokens, Runner
@@ -267,7 +274,7 @@ def fusion_ablation(
                         own = per_video.get(v, reliability) if per_video is not None else reliability
                         w: float | np.ndarray = float(own.get(s, 1.0)) if use_reliability else 1.0
                         if use_gate and factors is not None:
-                            w = w * factors[v][s]
+                            w = w * gate_multiplier(factors[v][s], rule)
                         weights[s] = w
                     fused[v] = fuse_arrays({s: z[s][v] for s in streams}, weights, rule)
                 out[fusion_variant(rule, use_reliability, use_gate)] = fused
@@ -620,7 +627,7 @@ def alert_weights(
     calibration's ``mean`` rule, as they are under ``max``."""
     factors = gate_factors(gate, gated, streams)
     w = (
-        np.stack([cal.weight(s) * factors[s] for s in streams], axis=1)
+        np.stack([cal.weight(s) * gate_multiplier(factors[s], cal.rule) for s in streams], axis=1)
         if streams
         else np.zeros((len(gate), 0))
     )

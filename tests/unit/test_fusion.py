@@ -490,12 +490,20 @@ def test_camera_fusion_max_rule_with_reliability_and_gate() -> None:
     c = np.array([1.0], np.float32)
     out = cf.update({"pixel": 8.0, "motion": 8.0, APPEARANCE: 10.0}, c, 0.0)
     g = gate.weights(c, ["pixel", "motion"])
+    # Under max a gate factor is capped at 1: it can weigh a stream down, never lift its tail above the
+    # others' (pixel's factor 2 * g ~ 2 counts as 1, motion's ~ 0 stays ~ 0).
     assert out.weights == pytest.approx(
-        {"pixel": 0.25 * 2 * g["pixel"], "motion": 2 * g["motion"], APPEARANCE: 0.5}
+        {"pixel": 0.25 * min(1.0, 2 * g["pixel"]), "motion": 2 * g["motion"], APPEARANCE: 0.5}
     )
-    # pixel: 8 * 0.25 * 2 * g ~ 4.0; motion: 8 * 2 * (1 - g) ~ 0.0; appearance: 10 * 0.5 = 5.0.
+    # pixel: 8 * 0.25 * 1 = 2.0; motion: 8 * 2 * (1 - g) ~ 0.0; appearance: 10 * 0.5 = 5.0.
     assert out.score == pytest.approx(5.0)
+    assert out.contributions["pixel"] == pytest.approx(2.0)
     assert max(out.contributions, key=out.contributions.__getitem__) == APPEARANCE
+    # Under mean the factor shares the average out as it is.
+    mean = CameraFusion("cam", cal, gate, smoothing=1, rule="mean").update(
+        {"pixel": 8.0, "motion": 8.0}, c, 0.0
+    )
+    assert mean.weights["pixel"] / mean.weights["motion"] == pytest.approx(0.25 * g["pixel"] / g["motion"])
 
 
 def test_gate_factor_is_neutral_for_memory_streams(caplog: pytest.LogCaptureFixture) -> None:
