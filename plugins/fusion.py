@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_RULE",
     "FUSION_RULES",
     "HELDOUT_QUANTILE",
+    "LEAVE_OUT_SENSITIVITY",
     "LEGACY_RULE",
     "MIN_FOLD_CLIPS",
     "MIN_WEIGHT",
@@ -113,6 +114,11 @@ _MAD_REL_SE = 1.167
 NO_FOLDS_REASON = "no held-out folds"
 #: A stream's recall of pasted pseudo-anomalies needs at least this many pasted clips of a kind.
 MIN_PROBE_CLIPS = 10
+#: A stream whose sensitivity factor is below this (it catches less than half of what the best stream
+#: catches of any kind of pasted event) is weighed by it and may be left out of the fused score
+#: (:func:`fit_calibration`); at or above it the factor is recorded, not applied. Not higher: on the demo's
+#: campus camera the DPC stream, at 0.74, was still needed for a real cyclist.
+LEAVE_OUT_SENSITIVITY = 0.5
 #: When no stream catches more than this share of any kind of pasted event, the probe says nothing about
 #: this camera (its events drowned in the footage): the weights are left to the held-out folds alone.
 MIN_PROBE_RECALL = 0.2
@@ -560,8 +566,9 @@ def fit_calibration(
 
     ``probes``: kind -> stream -> raw scores of clips of the same footage with pseudo-anomalies pasted in
     (:mod:`plugins.pseudo_anomaly`). Each stream's recall of each kind at its ``heldout_quantile`` normal
-    tail (:func:`probe_recall`) gives a sensitivity factor (:func:`probe_sensitivity`) that multiplies the
-    held-out weight: normal footage says how calm a stream is, the pasted events whether it sees anything.
+    tail (:func:`probe_recall`) gives a sensitivity factor (:func:`probe_sensitivity`); below
+    :data:`LEAVE_OUT_SENSITIVITY` it multiplies the held-out weight and the stream may be left out: normal
+    footage says how calm a stream is, the pasted events whether it sees anything at all.
     """
     if not samples:
         raise CalibrationError("no streams to calibrate")
@@ -646,15 +653,24 @@ def _weigh_by_probes(
         if factor is None:
             out[name] = replace(st, reason=f"{st.reason}; {why}", probe_recall=caught or None)
             continue
+        if factor >= LEAVE_OUT_SENSITIVITY:
+            # It sees the pasted events; how much better another stream sees them says nothing about real
+            # anomalies (on the demo, weighing the DPC stream down by 0.74 lost a real cyclist).
+            out[name] = replace(
+                st, sensitivity=factor, probe_recall=caught, reason=f"{st.reason}; {why}: factor {factor:.2f}"
+            )
+            continue
         weight = float(min(1.0, max(MIN_WEIGHT, st.weight * factor)))
         verdict = _verdict(weight, assessed=True)
-        blind = " (sees little that another stream does not see better)" if factor < TRUSTED_WEIGHT else ""
         out[name] = replace(
             st,
             weight=weight,
             sensitivity=factor,
             probe_recall=caught,
-            reason=f"{st.reason}; {why}: factor {factor:.2f}{blind}; weight {weight:.2f}, {verdict}",
+            reason=(
+                f"{st.reason}; {why}: factor {factor:.2f} (sees less than half of what the best stream "
+                f"sees); weight {weight:.2f}, {verdict}"
+            ),
         )
     return _leave_out_redundant(out, normal, probes, quantile)
 
@@ -717,15 +733,15 @@ def _leave_out_redundant(
     quantile: float,
 ) -> dict[str, StreamStats]:
     """Backward elimination on the pasted events: while some stream that sees little of them (sensitivity
-    factor below :data:`TRUSTED_WEIGHT`) can be left out of the fused score without it catching fewer
+    factor below :data:`LEAVE_OUT_SENSITIVITY`) can be left out of the fused score without it catching fewer
     (within one pasted clip of each kind, or 0.02), leave out, of those, the one with the smallest
     :func:`_probe_margin` (then the lighter one) and set its weight to 0. Under the max rule every stream
     adds its own false alarms, so one that catches nothing the others do not (an untrained learned stream)
     costs detections at a given false-alarm rate even weighed down to 0.05. A stream that sees the events
     well is never left out, even when another sees the same: pasted boxes cannot tell which of two such
     streams sees the real anomalies better (on the demo, leaving motion out for the pixel stream lost the
-    cyclist). Only streams with pasted-event scores take part; the semantic stream never does (a pasted
-    patch carries no meaning for its prompts)."""
+    cyclist, and so did leaving out the DPC stream at sensitivity 0.74). Only streams with pasted-event
+    scores take part; the semantic stream never does (a pasted patch carries no meaning for its prompts)."""
     judged = [
         s
         for s in stats
@@ -747,7 +763,7 @@ def _leave_out_redundant(
         # the events least clearly goes first (comparing the recalls themselves would split ties on a clip).
         spare = []
         for s in keep:
-            if (out[s].sensitivity or 0.0) >= TRUSTED_WEIGHT:
+            if (out[s].sensitivity or 0.0) >= LEAVE_OUT_SENSITIVITY:
                 continue  # it sees the events: only streams that see little may go
             without = _fused_recall(out, [t for t in keep if t != s], normal, probes, quantile)
             if without >= base - tolerance:
