@@ -83,6 +83,7 @@ from pipeline.inference import ClipInference, EngineError, appearance_expectatio
 from pipeline.run import DISPLAY_SIZE, Application
 from plugins.appearance import AppearanceError, AppearanceMemories, load_memory, memory_path
 from plugins.fusion import CalibrationError
+from plugins.stationary import model_path as stationary_model_path
 from plugins.streams import APPEARANCE
 
 log = logging.getLogger("bench.pipeline")
@@ -104,8 +105,10 @@ __all__ = [
 
 RESULT_PREFIX = "BENCH-RESULT "
 #: Calibration footage per video: the video is played this many frames' worth (whole repeats, at least one),
-#: so that a short video still gives ``zsad calibrate`` its minimum of scored clips.
-CALIBRATION_MIN_FRAMES = 200
+#: so that a short video still gives ``zsad calibrate`` its minimum of scored clips, and the stationary
+#: stream two full windows per time fold (18 frames 0.4 s apart in each half: 200 frames gave it none, so
+#: the cameras ran without it).
+CALIBRATION_MIN_FRAMES = 600
 MODES = ("pure", "decode", "fast", "realtime", "naive")
 
 
@@ -275,7 +278,8 @@ def camera_calibrations(
     calibrations: Sequence[str | Path], videos: int, cameras: int, out: Path
 ) -> list[Path]:
     """Per camera ``i``, a copy under ``out/calib/`` of the calibration of the video it plays
-    (``calibrations[i % videos]``), with that calibration's appearance memory linked beside the copy.
+    (``calibrations[i % videos]``), with that calibration's appearance memory and stationary model linked
+    beside the copy.
 
     A copy per camera, not one shared file: the product keeps state per calibration file (the learned levels
     beside it), and each camera loads the memory it finds beside its own calibration."""
@@ -288,9 +292,12 @@ def camera_calibrations(
         source = Path(calibrations[(i % videos) % len(calibrations)])
         target = folder / f"cam{i:02d}.json"
         shutil.copyfile(source, target)
-        memory = memory_path(source)
-        if memory.is_file():
-            memory_path(target).symlink_to(memory.resolve())
+        # The per-camera artefacts zsad calibrate writes beside a calibration: the appearance memory and the
+        # stationary model (without the latter linked the cameras ran without the stationary stream).
+        for beside in (memory_path, stationary_model_path):
+            made = beside(source)
+            if made.is_file():
+                beside(target).symlink_to(made.resolve())
         paths.append(target)
     return paths
 
