@@ -41,9 +41,10 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -81,6 +82,7 @@ from plugins.fusion import (
     load_calibration,
 )
 from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
+from plugins.registry import CameraTable
 from plugins.scorer import StreamScores, filter_scores
 from plugins.stationary import StationaryModelError, StationaryModels, load_model, model_path
 from plugins.stationary import describe as describe_stationary
@@ -95,6 +97,8 @@ log = logging.getLogger(__name__)
 __all__ = ["RunOutputs", "RunOutputsError", "check_outputs", "learned_dir", "uncalibrated_notice"]
 
 FALSE_ALARM = "false_alarm"
+
+T = TypeVar("T")  # what a camera's file beside its calibration holds: a memory, a model
 
 
 class RunOutputsError(RuntimeError):
@@ -310,81 +314,96 @@ class RunOutputs:
 
     def _read_memory(self, cam: CameraSettings, calibration: Calibration | None) -> None:
         """Put the camera's appearance memory in force, or leave it out with a log line saying why."""
-        self.memories.remove(cam.id)
-        if self.appearance is None or not cam.calibration:
-            return
-        path = memory_path(cam.calibration)
-        if not path.exists():
-            log.info(
-                "camera %s: no appearance memory at %s (calibrated without the appearance engine): it runs "
-                "without the appearance stream; zsad calibrate writes one",
-                cam.id,
-                path,
-            )
-            return
-        if calibration is None:
-            log.error(
-                "camera %s: appearance memory %s is not used: its calibration cannot be read", cam.id, path
-            )
-            return
-        if APPEARANCE not in calibration.streams:
-            log.error(
-                "camera %s: appearance memory %s is not used: its calibration %s has no appearance "
-                "statistics (re-run zsad calibrate for this camera)",
-                cam.id,
-                path,
-                cam.calibration,
-            )
-            return
-        try:
-            memory = load_memory(path, self.appearance)
-        except AppearanceMemoryError as exc:
-            log.error("camera %s: %s; it runs without the appearance stream", cam.id, exc)
-            return
-        self.memories.set(cam.id, memory)
-        log.info("camera %s: appearance memory %s: %s", cam.id, path, describe(memory))
+        self._read_beside(
+            cam,
+            calibration,
+            self.memories,
+            enabled=self.appearance is not None,
+            stream=APPEARANCE,
+            what="appearance memory",
+            why_absent="calibrated without the appearance engine",
+            path_of=memory_path,
+            load=partial(load_memory, expect=self.appearance),
+            error=AppearanceMemoryError,
+            summary=describe,
+        )
 
     def _read_stationary(self, cam: CameraSettings, calibration: Calibration | None) -> None:
         """Put the camera's stationary model in force, or leave it out with a log line saying why."""
-        self.stationary.remove(cam.id)
-        if not self.cfg.stationary.enabled or not cam.calibration:
-            return
-        path = model_path(cam.calibration)
-        if not path.exists():
-            log.info(
-                "camera %s: no stationary model at %s (calibrated with stationary.enabled false, or before "
-                "the stream existed): it runs without the stationary stream; zsad calibrate writes one",
-                cam.id,
-                path,
-            )
-            return
-        if calibration is None:
-            log.error(
-                "camera %s: stationary model %s is not used: its calibration cannot be read", cam.id, path
-            )
-            return
-        if STATIONARY not in calibration.streams:
-            log.error(
-                "camera %s: stationary model %s is not used: its calibration %s has no stationary statistics "
-                "(re-run zsad calibrate for this camera)",
-                cam.id,
-                path,
-                cam.calibration,
-            )
-            return
         bb = self.cfg.model.backbone
-        try:
-            model = load_model(
-                path,
+        self._read_beside(
+            cam,
+            calibration,
+            self.stationary,
+            enabled=self.cfg.stationary.enabled,
+            stream=STATIONARY,
+            what="stationary model",
+            why_absent="calibrated with stationary.enabled false, or before the stream existed",
+            path_of=model_path,
+            load=partial(
+                load_model,
                 frame_size=(bb.image_height, bb.image_width),
                 grid=(bb.image_height // bb.patch_size, bb.image_width // bb.patch_size),
                 spacing_s=self.cfg.stationary.spacing_s,
-            )
-        except StationaryModelError as exc:
-            log.error("camera %s: %s; it runs without the stationary stream", cam.id, exc)
+            ),
+            error=StationaryModelError,
+            summary=describe_stationary,
+        )
+
+    @staticmethod
+    def _read_beside(
+        cam: CameraSettings,
+        calibration: Calibration | None,
+        table: CameraTable[T],
+        *,
+        enabled: bool,
+        stream: str,
+        what: str,
+        why_absent: str,
+        path_of: Callable[[str], Path],
+        load: Callable[[Path], T],
+        error: type[Exception],
+        summary: Callable[[T], str],
+    ) -> None:
+        """Put in ``table`` the camera's ``what`` (a file beside its calibration, at ``path_of(calibration)``,
+        read by ``load``), or leave it out with a log line saying why. It is used only when the calibration
+        holds ``stream``'s statistics, which the stream's scores are placed on. A file that ``load`` refuses
+        (``error``) is logged and the camera runs without ``stream``; any other exception propagates."""
+        table.remove(cam.id)
+        if not enabled or not cam.calibration:
             return
-        self.stationary.set(cam.id, model)
-        log.info("camera %s: stationary model %s: %s", cam.id, path, describe_stationary(model))
+        path = path_of(cam.calibration)
+        if not path.exists():
+            log.info(
+                "camera %s: no %s at %s (%s): it runs without the %s stream; zsad calibrate writes one",
+                cam.id,
+                what,
+                path,
+                why_absent,
+                stream,
+            )
+            return
+        if calibration is None:
+            log.error("camera %s: %s %s is not used: its calibration cannot be read", cam.id, what, path)
+            return
+        if stream not in calibration.streams:
+            log.error(
+                "camera %s: %s %s is not used: its calibration %s has no %s statistics "
+                "(re-run zsad calibrate for this camera)",
+                cam.id,
+                what,
+                path,
+                cam.calibration,
+                stream,
+            )
+            return
+        try:
+            value = load(path)
+        except error as exc:
+            log.error("camera %s: %s; it runs without the %s stream", cam.id, exc, stream)
+            return
+        table.set(cam.id, value)
+        log.info("camera %s: %s %s: %s", cam.id, what, path, summary(value))
 
     def remove_camera(self, camera: str) -> list[dict[str, Any]]:
         """Close a camera's open alert (reason "shutdown", published), finish its media and forget it.
