@@ -4,17 +4,15 @@ line saying why (tests/integration/test_appearance_stream.py runs the whole grap
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.config import parse_config
-from pipeline.outputs.hub import RunOutputs
 from plugins.appearance import MemoryExpectation, fit_memory, memory_path, save_memory
 from plugins.fusion import fit_calibration, save_calibration
+from tests.unit.conftest import HubOutputs
 
 SHA = "5e" * 32
 EXPECT = MemoryExpectation(encoder="stand-in", weights_sha256=SHA, grid=(2, 3), channels=4)
@@ -32,21 +30,8 @@ def _calibrate(path: Path, streams: tuple[str, ...], *, memory: bool) -> Path:
     return path
 
 
-def _outputs(tmp_path: Path, cameras: dict[str, Path | None], expect: MemoryExpectation | None) -> RunOutputs:
-    cfg = {
-        "cameras": [
-            {"id": cam, "uri": f"file:///{cam}.mp4", **({"calibration": str(cal)} if cal else {})}
-            for cam, cal in cameras.items()
-        ],
-        "metrics": {"enabled": False},
-        "ui": {"enabled": False},
-        "output_dir": str(tmp_path / "out"),
-    }
-    return RunOutputs(parse_config(json.dumps(cfg)), model_id="m", gate_path=None, appearance=expect)
-
-
 def test_each_camera_gets_its_memory_only_when_it_can_use_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs
 ) -> None:
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -64,7 +49,7 @@ def test_each_camera_gets_its_memory_only_when_it_can_use_it(
         memory_path(calib / "unreadable.json"),
     )
     caplog.set_level(logging.INFO, logger="pipeline.outputs.hub")
-    outputs = _outputs(tmp_path, cameras, EXPECT)
+    outputs = hub_outputs(cameras, EXPECT)
     try:
         assert outputs.memories.cameras() == ["good"]
         log = caplog.text
@@ -88,9 +73,9 @@ def test_each_camera_gets_its_memory_only_when_it_can_use_it(
         outputs.shutdown()
 
 
-def test_without_an_appearance_engine_no_memory_is_read(tmp_path: Path) -> None:
+def test_without_an_appearance_engine_no_memory_is_read(tmp_path: Path, hub_outputs: HubOutputs) -> None:
     cal = _calibrate(tmp_path / "cam.json", ("pixel", "appearance"), memory=True)
-    outputs = _outputs(tmp_path, {"cam": cal}, None)
+    outputs = hub_outputs({"cam": cal}, None)
     try:
         assert outputs.memories.cameras() == []
     finally:

@@ -4,17 +4,15 @@ saying why (tests/integration/test_stationary_stream.py runs the whole graph).""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.config import parse_config
-from pipeline.outputs.hub import RunOutputs
 from plugins.fusion import fit_calibration, save_calibration
 from plugins.stationary import fit_model, model_path, save_model
+from tests.unit.conftest import HubOutputs
 
 # The default model: 128 x 192 frames in 16-pixel patches.
 FRAME = (128, 192)
@@ -32,23 +30,8 @@ def _calibrate(path: Path, streams: tuple[str, ...], *, spacing_s: float | None 
     return path
 
 
-def _outputs(tmp_path: Path, cameras: dict[str, Path | None], **stationary: object) -> RunOutputs:
-    cfg = {
-        "cameras": [
-            {"id": cam, "uri": f"file:///{cam}.mp4", **({"calibration": str(cal)} if cal else {})}
-            for cam, cal in cameras.items()
-        ],
-        "appearance": {"enabled": False},
-        "stationary": stationary,
-        "metrics": {"enabled": False},
-        "ui": {"enabled": False},
-        "output_dir": str(tmp_path / "out"),
-    }
-    return RunOutputs(parse_config(json.dumps(cfg)), model_id="m", gate_path=None)
-
-
 def test_each_camera_gets_its_model_only_when_it_can_use_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs
 ) -> None:
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -61,7 +44,7 @@ def test_each_camera_gets_its_model_only_when_it_can_use_it(
         "uncalibrated": None,
     }
     caplog.set_level(logging.INFO, logger="pipeline.outputs.hub")
-    outputs = _outputs(tmp_path, cameras)
+    outputs = hub_outputs(cameras, appearance={"enabled": False}, stationary={})
     try:
         assert outputs.stationary.cameras() == ["good"]
         log = caplog.text
@@ -80,9 +63,9 @@ def test_each_camera_gets_its_model_only_when_it_can_use_it(
         outputs.shutdown()
 
 
-def test_no_camera_gets_a_model_with_the_stream_off(tmp_path: Path) -> None:
+def test_no_camera_gets_a_model_with_the_stream_off(tmp_path: Path, hub_outputs: HubOutputs) -> None:
     cal = _calibrate(tmp_path / "good.json", ("pixel", "motion", "stationary"))
-    outputs = _outputs(tmp_path, {"good": cal}, enabled=False)
+    outputs = hub_outputs({"good": cal}, appearance={"enabled": False}, stationary={"enabled": False})
     try:
         assert outputs.stationary.cameras() == []
     finally:
