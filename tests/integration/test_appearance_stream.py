@@ -29,15 +29,10 @@ from plugins.fusion import load_calibration
 from plugins.preprocess import Normaliser
 from plugins.zones import CellFilters, ViewZones
 from tests.fixtures.appearance_standin import StandInAppearanceEngine
-from tests.fixtures.run_world import build_world, read_jsonl, site_config
+from tests.fixtures.run_world import calibrate_cameras, run_through, scene_uri, site_config
 
 DPC_GRID = (3, 4)  # the world model: 48 x 64 frames in 16-pixel patches
 FEATURE_GRID = (6, 8)  # the stand-in engine: stride 8
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_world(tmp_path_factory.mktemp("appearance"))
 
 
 def _config(world: dict[str, Path], out: Path, cameras: list[dict[str, object]]) -> ZsadConfig:
@@ -49,10 +44,6 @@ def _engines(cfg: ZsadConfig, **standin: object) -> EngineSet:
     engines = load_engines(cfg)
     engines.appearance = StandInAppearanceEngine(engines.frame_size, **standin)  # type: ignore[arg-type]
     return engines
-
-
-def _uri(world: dict[str, Path], split: str, name: str) -> str:
-    return f"file://{world['scenes'] / split / 'videos' / name}"
 
 
 def _clip(camera: str, index: int, frames: np.ndarray) -> Clip:
@@ -157,7 +148,7 @@ def test_an_appearance_engine_that_does_not_fit_the_backbone_is_refused(
 def test_calibrate_writes_the_memory_and_held_out_appearance_samples(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
-    camera = {"id": "campus", "uri": _uri(world, "training", "campus_000.mp4"), "context": "campus"}
+    camera = {"id": "campus", "uri": scene_uri(world, "training", "campus_000.mp4"), "context": "campus"}
     cfg = _config(world, tmp_path / "out", [camera])
     engines = _engines(cfg)
     try:
@@ -203,13 +194,8 @@ def test_calibrate_writes_the_memory_and_held_out_appearance_samples(
     # and those distances are lower than the calibration's, each scored against the other half's memory.
     run_out = tmp_path / "run"
     cfg = _config(world, run_out, [{**camera, "calibration": str(out)}])
-    app = Application(cfg, _engines(cfg), realtime=False)
-    app.start()
-    try:
-        app.wait(duration_s=120)
-    finally:
-        app.shutdown()
-    in_sample = np.array([r["streams"]["appearance"] for r in read_jsonl(run_out / "scores.jsonl")])
+    rows = run_through(Application(cfg, _engines(cfg), realtime=False), run_out)
+    in_sample = np.array([r["streams"]["appearance"] for r in rows])
     assert in_sample.shape == (m,)  # the same clips
     assert float(np.median(in_sample)) < float(np.median(held_out))
     assert float(np.mean(in_sample < held_out)) > 0.8
@@ -218,7 +204,7 @@ def test_calibrate_writes_the_memory_and_held_out_appearance_samples(
 def test_calibrating_without_the_appearance_engine_removes_an_old_memory(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
-    camera = {"id": "parking", "uri": _uri(world, "training", "parking_000.mp4"), "context": "parking"}
+    camera = {"id": "parking", "uri": scene_uri(world, "training", "parking_000.mp4"), "context": "parking"}
     cfg = _config(world, tmp_path / "out", [camera])
     out = tmp_path / "calib" / "parking.json"
     stale = memory_path(out)
@@ -230,10 +216,7 @@ def test_calibrating_without_the_appearance_engine_removes_an_old_memory(
     if engines.appearance is not None:  # the world's folder holds one: this camera is calibrated without it
         engines.appearance.close()
         engines.appearance = None
-    try:
-        calibrate_camera(cfg, engines, "parking", [camera["uri"]], out, min_clips=8)
-    finally:
-        engines.close()
+    calibrate_cameras(cfg, engines, {"parking": camera["uri"]}, out.parent)
     assert not stale.exists()
     assert "appearance" not in load_calibration(out).streams
 
@@ -249,16 +232,11 @@ def test_a_camera_whose_memory_cannot_be_used_runs_without_the_stream(
     error naming its file and what to do; the encoder runs only for the first camera's scored clips."""
     calib = tmp_path / "calib"
     train = {
-        "campus": _uri(world, "training", "campus_000.mp4"),
-        "parking": _uri(world, "training", "parking_000.mp4"),
+        "campus": scene_uri(world, "training", "campus_000.mp4"),
+        "parking": scene_uri(world, "training", "parking_000.mp4"),
     }
     cfg0 = _config(world, tmp_path / "cal", [{"id": c, "uri": u} for c, u in train.items()])
-    engines = _engines(cfg0)
-    try:
-        for cam, uri in train.items():
-            calibrate_camera(cfg0, engines, cam, [uri], calib / f"{cam}.json", min_clips=8)
-    finally:
-        engines.close()
+    calibrate_cameras(cfg0, _engines(cfg0), train, calib)
     # "truncated": parking's memory, cut short. "other-engine": campus's calibration with a memory whose
     # encoder weights differ from the running engine's.
     truncated = memory_path(calib / "parking.json")
@@ -300,12 +278,7 @@ def test_a_camera_whose_memory_cannot_be_used_runs_without_the_stream(
     app = Application(cfg, engines, realtime=False)
     assert app.outputs.memories.cameras() == ["good"]
     standin.calls.clear()
-    app.start()
-    try:
-        app.wait(duration_s=120)
-    finally:
-        app.shutdown()
-    rows = read_jsonl(out / "scores.jsonl")
+    rows = run_through(app, out)
     by_camera = {
         cam: [r for r in rows if r["camera"] == cam] for cam in ("good", "truncated", "other-engine")
     }

@@ -19,17 +19,12 @@ from pipeline.inference import ClipInference, load_engines
 from pipeline.run import Application
 from plugins.fusion import load_calibration
 from plugins.stationary import StationaryModels, fit_model, load_model, model_path, save_model
-from tests.fixtures.run_world import build_world, read_jsonl, site_config
+from tests.fixtures.run_world import calibrate_cameras, run_through, scene_uri, site_config
 
 DPC_GRID = (3, 4)  # the world model: 48 x 64 frames in 16-pixel patches
 # The world's clips hold 2 frames 2 apart and start every 4 frames at 10 fps: every 2nd frame arrives, so a
 # 0.2 s spacing takes each of them; a window of 4 is full after 4 of them (the third clip).
 STATIONARY = {"spacing_s": 0.2, "window": 4}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_world(tmp_path_factory.mktemp("stationary"))
 
 
 def _config(
@@ -41,14 +36,10 @@ def _config(
     return parse_config(json.dumps(raw), "<test>")
 
 
-def _uri(world: dict[str, Path], split: str, name: str) -> str:
-    return f"file://{world['scenes'] / split / 'videos' / name}"
-
-
 def test_calibrate_writes_the_model_and_held_out_samples_once_the_window_is_full(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
-    camera = {"id": "campus", "uri": _uri(world, "training", "campus_000.mp4"), "context": "campus"}
+    camera = {"id": "campus", "uri": scene_uri(world, "training", "campus_000.mp4"), "context": "campus"}
     cfg = _config(world, tmp_path / "out", [camera])
     engines = load_engines(cfg)
     try:
@@ -78,17 +69,13 @@ def test_calibrate_writes_the_model_and_held_out_samples_once_the_window_is_full
 
 
 def test_calibrating_with_the_stream_off_removes_an_old_model(world: dict[str, Path], tmp_path: Path) -> None:
-    camera = {"id": "parking", "uri": _uri(world, "training", "parking_000.mp4"), "context": "parking"}
+    camera = {"id": "parking", "uri": scene_uri(world, "training", "parking_000.mp4"), "context": "parking"}
     cfg = _config(world, tmp_path / "out", [camera], enabled=False)
     out = tmp_path / "calib" / "parking.json"
     stale = model_path(out)
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an old model")
-    engines = load_engines(cfg)
-    try:
-        calibrate_camera(cfg, engines, "parking", [camera["uri"]], out, min_clips=8)
-    finally:
-        engines.close()
+    calibrate_cameras(cfg, load_engines(cfg), {"parking": camera["uri"]}, out.parent)
     assert not stale.exists()
     assert "stationary" not in load_calibration(out).streams
 
@@ -97,13 +84,9 @@ def test_the_run_scores_the_stream_and_a_camera_whose_model_does_not_fit_runs_wi
     world: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     calib = tmp_path / "calib"
-    uri = _uri(world, "training", "campus_000.mp4")
+    uri = scene_uri(world, "training", "campus_000.mp4")
     cfg0 = _config(world, tmp_path / "cal", [{"id": "campus", "uri": uri}])
-    engines = load_engines(cfg0)
-    try:
-        calibrate_camera(cfg0, engines, "campus", [uri], calib / "campus.json", min_clips=8)
-    finally:
-        engines.close()
+    calibrate_cameras(cfg0, load_engines(cfg0), {"campus": uri}, calib)
     # "other-spacing": campus's calibration with a model fitted on frames 0.4 s apart.
     (calib / "other-spacing.json").write_bytes((calib / "campus.json").read_bytes())
     good = load_model(model_path(calib / "campus.json"))
@@ -123,12 +106,7 @@ def test_the_run_scores_the_stream_and_a_camera_whose_model_does_not_fit_runs_wi
     caplog.set_level(logging.INFO)
     app = Application(cfg, load_engines(cfg), realtime=False)
     assert app.outputs.stationary.cameras() == ["good"]
-    app.start()
-    try:
-        app.wait(duration_s=120)
-    finally:
-        app.shutdown()
-    rows = read_jsonl(out / "scores.jsonl")
+    rows = run_through(app, out)
     good_rows = [r for r in rows if r["camera"] == "good"]
     other_rows = [r for r in rows if r["camera"] == "other-spacing"]
     assert good_rows
