@@ -36,9 +36,9 @@ import hashlib
 import json
 import math
 import zipfile
-from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +114,25 @@ def difference_map(short: np.ndarray, background: np.ndarray) -> np.ndarray:
     b = np.asarray(background, dtype=np.float32)
     if s.ndim != 3 or s.shape[-1] != 3 or s.shape != b.shape:
         raise StationaryError(f"short and background must both be (H, W, 3), got {s.shape} and {b.shape}")
-    gain = np.median(s.reshape(-1, 3), axis=0) / np.maximum(np.median(b.reshape(-1, 3), axis=0), 1.0)
-    return np.abs(s - gain * b).max(axis=-1)
+    return _difference(s, np.median(s.reshape(-1, 3), axis=0), b, _gain_denominator(b))
+
+
+def _gain_denominator(background: np.ndarray) -> np.ndarray:
+    """The long-term background's per-channel median, at least 1 (float32 ``(3,)``): fixed per model."""
+    return np.maximum(np.median(background.reshape(-1, 3), axis=0), np.float32(1.0))
+
+
+def _difference(s: np.ndarray, s_median: np.ndarray, b: np.ndarray, b_denominator: np.ndarray) -> np.ndarray:
+    """:func:`difference_map` of float32 ``s`` and ``b`` given their per-channel medians (``b``'s through
+    :func:`_gain_denominator`). The same float32 operations in the same order, so the same values; the
+    channel maximum is two elementwise maxima of channel views, since ``max(axis=-1)`` over a length-3 axis
+    cost 30 times more (bench/results/stationary_cost_2026-12-04)."""
+    gain = s_median.astype(np.float32) / b_denominator
+    d = np.multiply(gain, b)
+    np.subtract(s, d, out=d)
+    np.abs(d, out=d)
+    out = np.maximum(d[..., 0], d[..., 1])
+    return np.maximum(out, d[..., 2], out=out)
 
 
 def cell_values(diff: np.ndarray, grid: Sequence[int], min_pixels: int = DEFAULT_MIN_PIXELS) -> np.ndarray:
@@ -140,37 +157,131 @@ def _max3x3(a: np.ndarray) -> np.ndarray:
     return np.max([p[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
 
 
+@cache
+def _median_network(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The compare-exchange steps that bring the middle order statistics of ``n`` values, ``(n - 1) // 2``
+    and ``n // 2``, to those positions: Batcher's odd-even merge sort on the next power of two (positions
+    from ``n`` on hold +inf, so their comparators never move anything and are dropped), then only the
+    steps those two outputs depend on. Each step ``(i, j, low, high)``: position ``i`` takes the minimum
+    (if ``low``) and ``j`` the maximum (if ``high``) of the two. For 8 frames: 17 steps, where
+    ``np.median`` of the stacked frames partitions every pixel's values and costs about 30 times more."""
+    size = 1
+    while size < n:
+        size *= 2
+    steps = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(k):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        steps.append((a, b))
+            k //= 2
+        p *= 2
+    needed = {(n - 1) // 2, n // 2}
+    kept: list[tuple[int, int, bool, bool]] = []
+    for a, b in reversed(steps):
+        low, high = a in needed, b in needed
+        if low or high:
+            kept.append((a, b, low, high))
+            needed |= {a, b}
+    return tuple(reversed(kept))
+
+
+def _channel_medians(doubled: np.ndarray, channels: int = 3) -> np.ndarray:
+    """The per-channel median (float32 ``(channels,)``) of an image given as twice its values, a flat
+    channel-last uint16 array: counted, not sorted, since the values are whole numbers below 511. Equal to
+    ``np.median`` of the image's float32 values: those are multiples of 1/2 and the mean of the middle two
+    a multiple of 1/4, all exact in float32."""
+    per_channel = doubled.size // channels
+    lo, hi = (per_channel - 1) // 2, per_channel // 2
+    out = np.empty(channels, np.float32)
+    for c in range(channels):
+        cum = np.cumsum(np.bincount(doubled[c::channels], minlength=511))
+        a, b = np.searchsorted(cum, [lo, hi], side="right")
+        out[c] = (int(a) + int(b)) / 4.0
+    return out
+
+
 class StationaryState:
-    """One camera's short-term background: the per-pixel median of the last ``window`` frames given."""
+    """One camera's short-term background: the per-pixel median of the last ``window`` frames given.
+
+    The frames live in a preallocated ring of ``window`` uint8 rows (a push copies one frame into it); the
+    median is computed from them by a selection network of elementwise minima and maxima
+    (:func:`_median_network`), once per push: it is kept until the next push or :meth:`reset`."""
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         if window < 2:
             raise StationaryError(f"window must be >= 2 frames, got {window}")
         self.window = int(window)
-        self._frames: deque[np.ndarray] = deque(maxlen=self.window)
+        self._ring: np.ndarray | None = None  # (window, H * W * 3) uint8, slots [0, count) hold frames
+        self._shape: tuple[int, ...] | None = None
+        self._count = 0
+        self._next = 0
+        self._doubled: np.ndarray | None = None  # 2 x the median, flat uint16, until the next push
+        self._short: np.ndarray | None = None
 
     @property
     def ready(self) -> bool:
         """Whether the window is full: before that, whoever stood still at the start looks stationary."""
-        return len(self._frames) == self.window
+        return self._count == self.window
+
+    @property
+    def frame_shape(self) -> tuple[int, ...] | None:
+        """``(H, W, 3)`` of the frames in the window (None before the first push)."""
+        return self._shape if self._count else None
 
     def push(self, frame: np.ndarray) -> None:
         """Add an ``(H, W, 3)`` uint8 RGB frame (the same size as the earlier ones)."""
         f = _check_frames(frame, "frame")
         if f.ndim != 3:
             raise StationaryError(f"frame must be one (H, W, 3) image, got {f.shape}")
-        if self._frames and self._frames[0].shape != f.shape:
-            raise StationaryError(f"frame is {f.shape}, earlier frames were {self._frames[0].shape}")
-        self._frames.append(f.copy())
+        if self._count and self._shape != f.shape:
+            raise StationaryError(f"frame is {f.shape}, earlier frames were {self._shape}")
+        if self._ring is None or self._shape != f.shape:
+            self._ring = np.empty((self.window, f.size), np.uint8)
+            self._shape = f.shape
+        self._ring[self._next] = f.reshape(-1)
+        self._next = (self._next + 1) % self.window
+        self._count = min(self._count + 1, self.window)
+        self._doubled = self._short = None
+
+    def _doubled_median(self) -> np.ndarray:
+        """Twice the per-pixel median of the frames in the window, flat uint16 (whole numbers: the median
+        of an even number of values is the mean of the middle two)."""
+        if self._doubled is None:
+            if self._ring is None or not self._count:
+                raise StationaryError("no frame pushed yet")
+            n = self._count
+            rows = list(self._ring[:n].copy())  # the network works in place; the ring keeps the frames
+            spare = np.empty_like(rows[0])
+            for i, j, low, high in _median_network(n):
+                if low and high:
+                    np.minimum(rows[i], rows[j], out=spare)
+                    np.maximum(rows[i], rows[j], out=rows[j])
+                    rows[i], spare = spare, rows[i]
+                elif low:
+                    np.minimum(rows[i], rows[j], out=rows[i])
+                else:
+                    np.maximum(rows[i], rows[j], out=rows[j])
+            self._doubled = np.add(rows[(n - 1) // 2], rows[n // 2], dtype=np.uint16)
+        return self._doubled
 
     def short_background(self) -> np.ndarray:
-        """``(H, W, 3)`` float32 per-pixel median of the window's frames."""
-        if not self._frames:
-            raise StationaryError("no frame pushed yet")
-        return np.median(np.stack(self._frames), axis=0).astype(np.float32)
+        """``(H, W, 3)`` float32 per-pixel median of the window's frames (read-only: it is kept until the
+        next push)."""
+        if self._short is None:
+            doubled = self._doubled_median()
+            short = np.multiply(doubled, np.float32(0.5), dtype=np.float32).reshape(self._shape or ())
+            short.flags.writeable = False
+            self._short = short
+        return self._short
 
     def reset(self) -> None:
-        self._frames.clear()
+        self._count = self._next = 0
+        self._doubled = self._short = None
 
 
 class FrameSpacer:
@@ -265,6 +376,9 @@ class StationaryModel:
         if not (math.isfinite(spacing_s) and spacing_s >= 0):
             raise StationaryError(f"spacing_s must be >= 0 (0: not recorded), got {spacing_s}")
         self.background = np.ascontiguousarray(bg)
+        # What scoring needs of the background, computed once (set background only through a new model).
+        self._background_f32 = self.background.astype(np.float32)
+        self._gain_denominator = _gain_denominator(self._background_f32)
         self.mean = m
         self.std = s
         self.window = int(window)
@@ -298,12 +412,12 @@ class StationaryModel:
         """``(h, w)`` float32 z-map of the stationary foreground in ``state`` (zeros until it is ready)."""
         if not state.ready:
             return np.zeros(self.grid, np.float32)
-        short = state.short_background()
-        if short.shape != self.background.shape:
+        if state.frame_shape != self.background.shape:
             raise StationaryError(
-                f"frames are {short.shape}, this model's background is {self.background.shape}"
+                f"frames are {state.frame_shape}, this model's background is {self.background.shape}"
             )
-        values = cell_values(difference_map(short, self.background), self.grid, self.min_pixels)
+        diff = _state_difference(state, self._background_f32, self._gain_denominator)
+        values = cell_values(diff, self.grid, self.min_pixels)
         return ((values - self.mean) / (self.std + self.floor)).astype(np.float32)
 
 
@@ -325,13 +439,23 @@ def _background(frames: np.ndarray) -> np.ndarray:
     return np.median(frames[::step], axis=0).round().astype(np.uint8)
 
 
+def _state_difference(state: StationaryState, background: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """:func:`difference_map` of ``state``'s short-term background and the float32 ``background`` (whose
+    :func:`_gain_denominator` is ``denominator``), the short-term one's channel medians counted from the
+    state's whole-number doubled median."""
+    medians = _channel_medians(state._doubled_median())
+    return _difference(state.short_background(), medians, background, denominator)
+
+
 def _values(frames: np.ndarray, background: np.ndarray, grid: Sequence[int], window: int, k: int) -> list:
+    b = background.astype(np.float32)
+    denominator = _gain_denominator(b)
     state = StationaryState(window)
     out = []
     for f in frames:
         state.push(f)
         if state.ready:
-            out.append(cell_values(difference_map(state.short_background(), background), grid, k))
+            out.append(cell_values(_state_difference(state, b, denominator), grid, k))
     return out
 
 

@@ -227,3 +227,104 @@ def test_the_models_of_a_run_are_set_read_and_removed_by_camera(model: Stationar
     assert models.get("c") is None
     models.remove("a")
     assert models.cameras() == ["b"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The fast path (ring buffer, selection network, counted channel medians) gives the formula's values
+# --------------------------------------------------------------------------------------------------
+
+
+def reference_difference(short: np.ndarray, background: np.ndarray) -> np.ndarray:
+    s, b = short.astype(np.float32), background.astype(np.float32)
+    gain = np.median(s.reshape(-1, 3), axis=0) / np.maximum(np.median(b.reshape(-1, 3), axis=0), 1.0)
+    return np.abs(s - gain * b).max(axis=-1)
+
+
+def reference_score_map(model: StationaryModel, window_frames: np.ndarray) -> np.ndarray:
+    """The stream's formula as first written (commit 3d57c90), with nothing cached or counted: the float64
+    median of the stacked frames, the channels' medians by ``np.median``, the maximum over the channel
+    axis."""
+    s = np.median(window_frames, axis=0).astype(np.float32)
+    values = cell_values(reference_difference(s, model.background), model.grid, model.min_pixels)
+    return ((values - model.mean) / (model.std + model.floor)).astype(np.float32)
+
+
+@pytest.mark.parametrize("window", [2, 3, 4, 5, 7, 8, 9, 10, 16, 17, 33])
+def test_the_short_background_is_the_median_of_the_last_window_frames(window: int) -> None:
+    rng = np.random.default_rng(window)
+    frames = rng.integers(0, 256, size=(2 * window + 3, 5, 7, 3), dtype=np.uint8)
+    state = StationaryState(window)
+    for t, f in enumerate(frames):
+        state.push(f)
+        expected = np.median(frames[max(0, t + 1 - window) : t + 1], axis=0).astype(np.float32)
+        got = state.short_background()
+        assert got.dtype == np.float32
+        assert got.shape == f.shape
+        assert np.array_equal(got, expected), t  # bit for bit, a partial window too
+
+
+@pytest.mark.parametrize("window", range(2, 15))
+def test_the_median_is_right_for_every_order_of_zeros_and_ones(window: int) -> None:
+    # A network of minima and maxima that selects right on every 0/1 input selects right on every input
+    # (the 0-1 principle): each pixel of this frame stack is one of the 2**window 0/1 sequences.
+    codes = np.arange(2**window)
+    bits = ((codes[None, :] >> np.arange(window)[:, None]) & 1).astype(np.uint8) * 255
+    frames = np.repeat(bits[:, None, :, None], 3, axis=3)  # (window, 1, 2**window, 3)
+    state = StationaryState(window)
+    for f in frames:
+        state.push(f)
+    assert np.array_equal(state.short_background(), np.median(frames, axis=0).astype(np.float32))
+
+
+@pytest.mark.parametrize(("window", "size"), [(8, (36, 48)), (6, (30, 48)), (5, (18, 30)), (10, (12, 12))])
+def test_the_score_map_equals_the_formula_bit_for_bit(window: int, size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(7)
+    h, w = size
+    base = rng.integers(0, 256, size=(h, w, 3))
+    frames = np.clip(base + rng.integers(-60, 60, size=(3 * window, h, w, 3)), 0, 255).astype(np.uint8)
+    frames[window:, 2:9, 3:10] = 250  # something that stays
+    grid = (h // 6, w // 6)
+    model = StationaryModel(
+        rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8),
+        rng.random(grid),
+        rng.random(grid),
+        window=window,
+        min_pixels=3,
+    )
+    state = model.new_state()
+    for t, f in enumerate(frames):
+        state.push(f)
+        if state.ready:
+            expected = reference_score_map(model, frames[t + 1 - window : t + 1])
+            assert np.array_equal(model.score_map(state), expected), t
+            short = state.short_background()
+            assert np.array_equal(
+                difference_map(short, model.background), reference_difference(short, model.background)
+            )
+
+
+def test_the_short_background_is_kept_until_a_push_and_a_reset_empties_the_window() -> None:
+    frames = scene(8, seed=4)
+    state = StationaryState(3)
+    for f in frames[:3]:
+        state.push(f)
+    first = state.short_background()
+    assert state.short_background() is first  # computed once per push
+    assert not first.flags.writeable  # so no caller can spoil the kept copy
+    state.push(with_box(frames[3], 0, 0, size=8))
+    state.push(with_box(frames[4], 0, 0, size=8))
+    second = state.short_background()
+    assert second is not first
+    assert (second[:8, :8] == 250).all()
+    assert not (first[:8, :8] == 250).any()
+    state.reset()
+    assert not state.ready
+    assert state.frame_shape is None
+    with pytest.raises(StationaryError, match="no frame"):
+        state.short_background()
+    # After a reset the window starts again, at any frame size.
+    small = np.full((4, 6, 3), 9, np.uint8)
+    for _ in range(3):
+        state.push(small)
+    assert state.ready
+    assert np.array_equal(state.short_background(), small.astype(np.float32))
