@@ -348,6 +348,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     sched = app.scheduler.stats()
     states = app.graph.states()
     memories = len(app.outputs.memories)
+    stationary = len(app.outputs.stationary)
     sampler.stop()
     # Discard what is still queued (counted as pending below) before the product's shutdown: draining full
     # queues of 16 cameras would take longer than the case itself, and a refused submit unblocks a decoder
@@ -378,6 +379,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         "clips_scored_total": counters.scored,
         "clips_with_appearance_total": counters.appearance,
         "cameras_with_memory": memories,
+        "cameras_with_stationary_model": stationary,
         "clips_per_s": round(clips_per_s, 3),
         "camera_frames_per_s": round(clips_per_s * hop, 2),
         "clips_dropped": int(dropped),
@@ -830,6 +832,8 @@ def _progress_line(r: Mapping[str, Any]) -> str:
     )
     if r.get("cameras_with_memory"):
         line += f", appearance on {r['clips_with_appearance_total']}/{r['clips_scored_total']} clips"
+    if r.get("cameras_with_stationary_model"):
+        line += f", stationary model on {r['cameras_with_stationary_model']} cameras"
     if mode == "realtime":
         line += f", delivered {r['delivered_ratio']:.2f}, keeps up: {r['keeps_up']}"
     return line

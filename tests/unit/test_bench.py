@@ -64,7 +64,14 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     # An always-on alert policy, so that the alert-record timing path runs too: one alert per camera opens
     # on the first scored clip and stays open.
     alerts = {"on_threshold": -100.0, "off_threshold": -100.0, "min_duration_s": 0.0, "cooldown_s": 0.0}
-    cfg = {"model": world_model_dict(), "engines": {"threads": 1}, "defaults": {"alerts": alerts}}
+    # A short stationary window: each repeat of the short video is its own footage and gives the window only
+    # about 4 frames 0.4 s apart, so the default 8 would leave the calibration without stationary statistics.
+    cfg = {
+        "model": world_model_dict(),
+        "engines": {"threads": 1},
+        "defaults": {"alerts": alerts},
+        "stationary": {"window": 3},
+    }
     config.write_text(json.dumps(cfg))  # JSON is YAML
     return prepare_assets(root / "work", config, videos=1, frames=FRAMES)
 
@@ -277,6 +284,7 @@ def test_graph_cases_count_frames_and_clips(pipeline_doc: dict[str, Any]) -> Non
     assert fast["clips_processed"] > 0
     # Uncalibrated cameras (no calibrations in the spec): no memory, so no appearance stream.
     assert fast["cameras_with_memory"] == 0
+    assert fast["cameras_with_stationary_model"] == 0
     assert fast["clips_with_appearance_total"] == 0
     assert fast["clips_dropped"] == 0
     assert fast["camera_frames_per_s"] == pytest.approx(fast["clips_per_s"] * 4, rel=1e-3)
@@ -312,6 +320,8 @@ def test_appearance_option_calibrates_and_every_camera_scores_the_stream(
     # and every clip scored carries the appearance stream.
     fast = run_case(CaseSpec(mode="fast", cameras=2, duration_s=2.0, warmup_s=0.5, **base), assets)
     assert fast["cameras_with_memory"] == 2
+    # ... and its stationary model, linked beside its copy: the stationary stream runs on both.
+    assert fast["cameras_with_stationary_model"] == 2
     assert fast["clips_scored_total"] > 0
     assert fast["clips_with_appearance_total"] == fast["clips_scored_total"]
     pure = run_case(
