@@ -210,7 +210,8 @@ class StationaryState:
 
     The frames live in a preallocated ring of ``window`` uint8 rows (a push copies one frame into it); the
     median is computed from them by a selection network of elementwise minima and maxima
-    (:func:`_median_network`), once per push: it is kept until the next push or :meth:`reset`."""
+    (:func:`_median_network`), once per push: it is kept until the next push or :meth:`reset`. Reading it
+    fills that cache, so a state belongs to one thread (the run's scoring thread, or calibration's)."""
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         if window < 2:
@@ -375,8 +376,11 @@ class StationaryModel:
             raise StationaryError(f"window must be >= 2 frames, got {window}")
         if not (math.isfinite(spacing_s) and spacing_s >= 0):
             raise StationaryError(f"spacing_s must be >= 0 (0: not recorded), got {spacing_s}")
-        self.background = np.ascontiguousarray(bg)
-        # What scoring needs of the background, computed once (set background only through a new model).
+        # A private read-only copy: scoring uses values derived from it once (below), so a caller changing the
+        # array afterwards must not leave the model scoring against a background it no longer shows.
+        self.background = np.array(bg, copy=True, order="C")
+        self.background.flags.writeable = False
+        # What scoring needs of the background, computed once.
         self._background_f32 = self.background.astype(np.float32)
         self._gain_denominator = _gain_denominator(self._background_f32)
         self.mean = m

@@ -303,6 +303,24 @@ def test_the_score_map_equals_the_formula_bit_for_bit(window: int, size: tuple[i
             )
 
 
+def test_the_model_keeps_its_own_read_only_background() -> None:
+    # Scoring uses values derived from the background once; a caller changing its array afterwards must not
+    # leave the model scoring against a background it no longer shows.
+    rng = np.random.default_rng(3)
+    bg = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+    model = StationaryModel(bg, rng.random((2, 2)), rng.random((2, 2)), window=3, min_pixels=2)
+    frames = rng.integers(0, 256, size=(3, 12, 12, 3), dtype=np.uint8)
+    state = model.new_state()
+    for f in frames:
+        state.push(f)
+    before = model.score_map(state)
+    bg[:] = 0
+    assert not np.shares_memory(model.background, bg)
+    assert np.array_equal(model.score_map(state), before)
+    with pytest.raises(ValueError):
+        model.background[0, 0, 0] = 1
+
+
 def test_the_short_background_is_kept_until_a_push_and_a_reset_empties_the_window() -> None:
     frames = scene(8, seed=4)
     state = StationaryState(3)
