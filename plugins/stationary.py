@@ -223,6 +223,7 @@ class StationaryState:
         self._next = 0
         self._doubled: np.ndarray | None = None  # 2 x the median, flat uint16, until the next push
         self._short: np.ndarray | None = None
+        self._medians: np.ndarray | None = None  # the short background's per-channel medians, likewise
 
     @property
     def ready(self) -> bool:
@@ -247,7 +248,7 @@ class StationaryState:
         self._ring[self._next] = f.reshape(-1)
         self._next = (self._next + 1) % self.window
         self._count = min(self._count + 1, self.window)
-        self._doubled = self._short = None
+        self._doubled = self._short = self._medians = None
 
     def _doubled_median(self) -> np.ndarray:
         """Twice the per-pixel median of the frames in the window, flat uint16 (whole numbers: the median
@@ -280,9 +281,16 @@ class StationaryState:
             self._short = short
         return self._short
 
+    def channel_medians(self) -> np.ndarray:
+        """float32 ``(3,)`` per-channel median of :meth:`short_background`, equal to ``np.median`` of it
+        (counted from the whole-number doubled median; kept until the next push)."""
+        if self._medians is None:
+            self._medians = _channel_medians(self._doubled_median())
+        return self._medians
+
     def reset(self) -> None:
         self._count = self._next = 0
-        self._doubled = self._short = None
+        self._doubled = self._short = self._medians = None
 
 
 class FrameSpacer:
@@ -445,10 +453,8 @@ def _background(frames: np.ndarray) -> np.ndarray:
 
 def _state_difference(state: StationaryState, background: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """:func:`difference_map` of ``state``'s short-term background and the float32 ``background`` (whose
-    :func:`_gain_denominator` is ``denominator``), the short-term one's channel medians counted from the
-    state's whole-number doubled median."""
-    medians = _channel_medians(state._doubled_median())
-    return _difference(state.short_background(), medians, background, denominator)
+    :func:`_gain_denominator` is ``denominator``)."""
+    return _difference(state.short_background(), state.channel_medians(), background, denominator)
 
 
 def _values(frames: np.ndarray, background: np.ndarray, grid: Sequence[int], window: int, k: int) -> list:

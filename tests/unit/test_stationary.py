@@ -261,6 +261,8 @@ def test_the_short_background_is_the_median_of_the_last_window_frames(window: in
         assert got.dtype == np.float32
         assert got.shape == f.shape
         assert np.array_equal(got, expected), t  # bit for bit, a partial window too
+        medians = np.median(expected.reshape(-1, 3), axis=0)
+        assert np.array_equal(state.channel_medians(), medians), t
 
 
 @pytest.mark.parametrize("window", range(2, 15))
@@ -333,6 +335,7 @@ def test_the_short_background_is_kept_until_a_push_and_a_reset_empties_the_windo
     state.push(with_box(frames[4], 0, 0, size=8))
     second = state.short_background()
     assert second is not first
+    assert np.array_equal(state.channel_medians(), np.median(second.reshape(-1, 3), axis=0))
     assert (second[:8, :8] == 250).all()
     assert not (first[:8, :8] == 250).any()
     state.reset()
@@ -346,3 +349,4 @@ def test_the_short_background_is_kept_until_a_push_and_a_reset_empties_the_windo
         state.push(small)
     assert state.ready
     assert np.array_equal(state.short_background(), small.astype(np.float32))
+    assert np.array_equal(state.channel_medians(), np.full(3, 9, np.float32))
