@@ -671,6 +671,50 @@ class StationaryConfig(_Strict):
     )
 
 
+class ObjectsConfig(_Strict):
+    """The objects stream (``plugins.objects``): foreground blobs against the camera's fixed background (the
+    per-pixel median of its normal footage), tracked from frame to frame, each blob's speed (the median dense
+    optical flow over its pixels, DIS), shape (width over height) and time standing still measured against the
+    camera's normal tails of the same, fitted by ``zsad calibrate`` and saved beside its calibration
+    (``<calibration>.objects.npz``). Object-level evidence without a trained detector: a vehicle, a cyclist, a
+    person lying down. No engine: OpenCV on the backbone's frames.
+    """
+
+    enabled: bool = Field(
+        False,
+        description="Fit the objects model in zsad calibrate; score the stream in zsad run and zsad eval.",
+    )
+    spacing_s: float = Field(
+        0.2,
+        gt=0,
+        le=2,
+        description="Seconds between the frames the stream takes (as stationary.spacing_s: rounded up to "
+        "what the clips hold). Speeds are measured between them. A model fitted at another spacing is "
+        "refused.",
+    )
+    k: float = Field(
+        4.0,
+        gt=0,
+        le=50,
+        description="A pixel is foreground where it departs from the background by more than k times its "
+        "normal noise (robust, per pixel). Used by zsad calibrate; a run uses its model's.",
+    )
+    floor: float = Field(
+        15.0,
+        gt=0,
+        le=255,
+        description="Grey levels a pixel must at least depart from the background to be foreground. Used by "
+        "zsad calibrate; a run uses its model's.",
+    )
+    min_area: float = Field(
+        40.0,
+        gt=0,
+        le=10_000,
+        description="Smallest blob, in pixels of a 240-row frame (scaled with the frame height squared). "
+        "Used by zsad calibrate; a run uses its model's.",
+    )
+
+
 class DeepStreamOutput(_Strict):
     """What the DeepStream graph does with the annotated video (the scores and alerts go to ``sinks``)."""
 
@@ -742,6 +786,7 @@ class ZsadConfig(_Strict):
     engines: EnginesConfig = Field(default_factory=EnginesConfig)  # type: ignore[arg-type]
     appearance: AppearanceConfig = Field(default_factory=AppearanceConfig)  # type: ignore[arg-type]
     stationary: StationaryConfig = Field(default_factory=StationaryConfig)  # type: ignore[arg-type]
+    objects: ObjectsConfig = Field(default_factory=ObjectsConfig)  # type: ignore[arg-type]
     defaults: CameraDefaults = Field(default_factory=CameraDefaults)  # type: ignore[arg-type]
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=256)
     sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSink()])  # type: ignore[arg-type]

@@ -32,7 +32,6 @@ Pure numpy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zipfile
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from core.datafile import write_atomic
+from plugins.modelfile import arrays_sha256, beside
 from plugins.registry import CameraTable
 
 __all__ = [
@@ -517,18 +517,7 @@ def fit_model(
 
 def model_path(calibration: str | Path) -> Path:
     """``calib/gate-1.json`` -> ``calib/gate-1.stationary.npz``."""
-    p = Path(calibration)
-    name = p.name[: -len(".json")] if p.name.lower().endswith(".json") else p.name
-    return p.with_name(name + MODEL_SUFFIX)
-
-
-def _arrays_sha256(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(str(a.dtype.str).encode())
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+    return beside(calibration, MODEL_SUFFIX)
 
 
 def save_model(model: StationaryModel, path: str | Path) -> int:
@@ -543,7 +532,7 @@ def save_model(model: StationaryModel, path: str | Path) -> int:
         "n_frames": model.n_frames,
         "fitted": model.fitted,
         "spacing_s": model.spacing_s,
-        "arrays_sha256": _arrays_sha256(model.background, model.mean, model.std),
+        "arrays_sha256": arrays_sha256(model.background, model.mean, model.std),
     }
     header = np.array(json.dumps(meta, sort_keys=True))
     write_atomic(
@@ -589,7 +578,7 @@ def load_model(
         raise bad(
             f"unsupported version {version!r} (this zsad reads version {MODEL_VERSION}); {_RECALIBRATE}"
         )
-    if meta.get("arrays_sha256") != _arrays_sha256(bg, mean, std):
+    if meta.get("arrays_sha256") != arrays_sha256(bg, mean, std):
         raise bad(f"its arrays do not match their recorded sha256 (the file is corrupt); {_RECALIBRATE}")
     try:
         model = StationaryModel(

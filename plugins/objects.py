@@ -1,0 +1,596 @@
+"""The objects stream: foreground blobs whose speed, shape or stillness the camera's normal footage lacks.
+
+Object-level evidence without a trained detector (issue #14, item 6; the study in docs/results.md, "Object-
+level evidence"). Per camera:
+
+* a **fixed background**: the per-pixel median of the camera's normal grey frames (``zsad calibrate``), and
+  each pixel's normal noise (1.4826 x the median absolute departure from it, after each frame's global level
+  shift is taken out). A pixel is foreground where it departs by more than ``max(k x noise, floor)``; an
+  opening then a closing clean the mask, and its 8-connected components of at least ``min_area`` pixels are
+  the **blobs** (:func:`find_blobs`);
+* **tracks**: each blob takes the nearest blob of the previous frame within three quarters of the larger
+  height (plus a margin), when their areas are within a factor of 3 (:class:`ObjectsState`);
+* per blob three **features** (:data:`FEATURES`): ``speed``, ``log(1 + px/s)`` where px/s is the median
+  dense optical-flow magnitude (OpenCV DIS, preset FAST) over the blob's own pixels, averaged over the track's
+  last 3 frames (a merge or split moves a centroid, not the pixels, so flow is steadier than centroids);
+  ``aspect``, ``log(width / height)`` (a car, a cyclist or a person lying down is wide); ``still``, the
+  seconds the track has moved less than a quarter of its height a second;
+* the **normal tails** (:class:`ObjectsModel`): each feature's median and 99th percentile over the blobs of
+  the camera's normal footage. A blob's **excess** is the largest of ``(x - median) / (p99 - median)`` over
+  its features (1: at the normal 99th percentile); a feature it lacks (the speed of a blob on the first
+  frame) counts :data:`EMPTY`.
+
+The stream's map (:meth:`ObjectsModel.score_frame`) is spatial: each cell of the DPC grid takes the largest
+excess of the blobs whose box covers it, :data:`EMPTY` where no blob is.
+
+Measured first in a study (bench/results/blobs_2026-12-05/): speed in the blob's own heights per second was
+refuted, and a position feature cost Ped2 0.18, so neither is here.
+
+The file: ``zsad calibrate`` writes the model beside the camera's calibration (:func:`model_path`:
+``calib/gate-1.json`` -> ``calib/gate-1.objects.npz``) with its settings, frame size, grid, spacing, the fit
+date and the sha256 of its arrays; :func:`load_model` refuses, with an :class:`ObjectsModelError` naming the
+file, one that is missing, damaged, of another version, or fitted for another frame size, grid or spacing.
+
+numpy, and OpenCV (imported when a state first scores a frame or a model is fitted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.datafile import write_atomic
+from plugins.modelfile import arrays_sha256, beside
+from plugins.registry import CameraTable
+
+__all__ = [
+    "EMPTY",
+    "FEATURES",
+    "MODEL_SUFFIX",
+    "MODEL_VERSION",
+    "Blob",
+    "ObjectsError",
+    "ObjectsModel",
+    "ObjectsModelError",
+    "ObjectsModels",
+    "ObjectsState",
+    "describe",
+    "find_blobs",
+    "fit_model",
+    "load_model",
+    "model_path",
+    "save_model",
+]
+
+MODEL_VERSION = 1
+MODEL_SUFFIX = ".objects.npz"
+#: The value of a cell no blob covers, and of a feature a blob lacks.
+EMPTY = -5.0
+#: The features, in the order of the model's ``tails`` rows.
+FEATURES: tuple[str, ...] = ("speed", "aspect", "still")
+#: Heights per second under which a track counts as standing still.
+_STILL_SPEED = 0.25
+#: Frames of a track its speed is averaged over.
+_TRACK_FRAMES = 3
+#: The frame height the pixel settings (``min_area``, the morphology, the tracking margin) are given for.
+_REFERENCE_ROWS = 240
+#: The background is the median of at most this many normal frames, evenly spaced.
+_BACKGROUND_FRAMES = 200
+#: Fewest blob observations whose features a model's tails are measured on.
+_MIN_OBSERVATIONS = 30
+_RECALIBRATE = "re-run zsad calibrate for this camera"
+
+
+class ObjectsError(ValueError):
+    """Bad input to the objects stream: a frame of the wrong shape or type, an invalid setting, or normal
+    footage that shows too few objects to fit a model on."""
+
+
+class ObjectsModelError(ObjectsError):
+    """A model file that cannot be used: missing, damaged, of another version, or fitted for another frame
+    size, grid or spacing. The message names the file and what to do."""
+
+
+def _cv2() -> Any:
+    import cv2  # OpenCV is heavy: `zsad validate`, and runs without the objects stream, never load it
+
+    return cv2
+
+
+def _grey(frame: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> ``(H, W)`` uint8 luma (ITU-R 601 weights, integer arithmetic)."""
+    f = np.asarray(frame)
+    if f.dtype != np.uint8 or f.ndim != 3 or f.shape[-1] != 3 or min(f.shape) < 1:
+        raise ObjectsError(f"a frame must be uint8 (H, W, 3) RGB, got {f.dtype} {f.shape}")
+    r, g, b = (f[..., i].astype(np.uint16) for i in range(3))
+    return ((77 * r + 150 * g + 29 * b + 128) >> 8).astype(np.uint8)
+
+
+def _odd(x: float) -> int:
+    return max(3, round(x) // 2 * 2 + 1)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The pixel settings at one frame height, scaled from the 240-row ones."""
+
+    min_area: float
+    open_size: int
+    close_size: int
+    margin: float
+
+    @classmethod
+    def at(cls, rows: int, min_area: float) -> _Geometry:
+        s = rows / _REFERENCE_ROWS
+        return cls(min_area * s * s, _odd(3 * s), _odd(7 * s), 4.0 * s)
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One foreground blob of a frame: its box ``(x, y, w, h)`` in frame pixels, its area in pixels, its
+    track, its speed in pixels a second (``nan`` on a track's first frame), ``aspect`` ``log(w / h)`` and
+    ``still`` the seconds its track has stood still."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int
+    track: int
+    speed: float
+    aspect: float
+    still: float
+
+    def features(self) -> np.ndarray:
+        """``(len(FEATURES),)``: ``log(1 + speed)``, ``aspect``, ``still`` (speeds are skewed: log scale)."""
+        return np.array([math.log1p(self.speed), self.aspect, self.still], np.float64)
+
+
+def find_blobs(
+    grey: np.ndarray, background: np.ndarray, threshold: np.ndarray, geometry: _Geometry
+) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground components of ``grey`` against ``background`` (both ``(H, W)`` uint8), ``threshold`` the
+    per-pixel grey levels a departure must exceed. Returns the label image ``(H, W)`` int32 and one row
+    ``x, y, w, h, area, label`` (int64) per component of at least ``geometry.min_area`` pixels."""
+    cv2 = _cv2()
+    d = grey.astype(np.float32) - background.astype(np.float32)
+    # A global light change moves every pixel alike: take the frame's typical departure out first.
+    d -= np.float32(np.median(d[::4, ::4]))
+    fg = (np.abs(d) > threshold).astype(np.uint8)
+    fg = cv2.morphologyEx(
+        fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (geometry.open_size,) * 2)
+    )
+    fg = cv2.morphologyEx(
+        fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (geometry.close_size,) * 2)
+    )
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    rows = [(*(int(v) for v in stats[i, :5]), i) for i in range(1, n) if stats[i, 4] >= geometry.min_area]
+    return labels, np.asarray(rows, np.int64).reshape(-1, 6)
+
+
+@dataclass
+class _Track:
+    ident: int
+    cx: float
+    cy: float
+    area: float
+    h: float
+    speeds: deque[float]
+    heights: deque[float]
+    still: float = 0.0
+
+
+class ObjectsState:
+    """One camera's tracks and previous frame. It belongs to one thread (the scorer's). ``spacing_s``: the
+    seconds between the frames it is given (speeds are measured over them)."""
+
+    def __init__(self, spacing_s: float) -> None:
+        if not (math.isfinite(spacing_s) and spacing_s > 0):
+            raise ObjectsError(f"spacing_s must be > 0, got {spacing_s}")
+        self.spacing_s = float(spacing_s)
+        self._flow: Any = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the tracks and the previous frame (a camera that reconnects starts afresh)."""
+        self._prev: np.ndarray | None = None
+        self._tracks: list[_Track] = []
+        self._next_id = 0
+
+    @property
+    def frame_shape(self) -> tuple[int, int] | None:
+        return None if self._prev is None else (int(self._prev.shape[0]), int(self._prev.shape[1]))
+
+    def _speeds(self, grey: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Each blob's median flow magnitude in pixels a second (nan without a previous frame)."""
+        out = np.full(len(rows), np.nan)
+        if self._prev is None or self._prev.shape != grey.shape or not len(rows):
+            return out
+        cv2 = _cv2()
+        if self._flow is None:
+            self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        flow = self._flow.calc(self._prev, grey, None)
+        magnitude = np.hypot(flow[..., 0], flow[..., 1])
+        for j, (x, y, w, h, _, label) in enumerate(rows):
+            box = (slice(y, y + h), slice(x, x + w))
+            out[j] = float(np.median(magnitude[box][labels[box] == label])) / self.spacing_s
+        return out
+
+    def update(
+        self, grey: np.ndarray, labels: np.ndarray, rows: np.ndarray, geometry: _Geometry
+    ) -> list[Blob]:
+        """Match this frame's blobs to the tracks, update the tracks, and return the blobs with features."""
+        if self._prev is not None and self._prev.shape != grey.shape:
+            self.reset()  # a camera whose frame size changed: tracks across sizes mean nothing
+        speeds = self._speeds(grey, labels, rows)
+        centres = [(x + w / 2.0, y + h / 2.0) for x, y, w, h, _, _ in rows]
+        pairs = []
+        for j, ((cx, cy), (_, _, _, h, a, _)) in enumerate(zip(centres, rows, strict=True)):
+            for k, t in enumerate(self._tracks):
+                dist = math.hypot(cx - t.cx, cy - t.cy)
+                if dist < 0.75 * max(h, t.h) + geometry.margin and 1 / 3 < a / t.area < 3:
+                    pairs.append((dist, j, k))
+        pairs.sort()
+        taken_j: set[int] = set()
+        taken_k: set[int] = set()
+        match: dict[int, _Track] = {}
+        for _, j, k in pairs:
+            if j not in taken_j and k not in taken_k:
+                taken_j.add(j)
+                taken_k.add(k)
+                match[j] = self._tracks[k]
+        tracks, blobs = [], []
+        for j, (x, y, w, h, a, _) in enumerate(rows):
+            track = match.get(j)
+            if track is None:
+                track = _Track(
+                    self._next_id,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    deque(maxlen=_TRACK_FRAMES),
+                    deque(maxlen=_TRACK_FRAMES),
+                )
+                self._next_id += 1
+            track.cx, track.cy = centres[j]
+            track.area, track.h = float(a), float(h)
+            track.heights.append(float(h))
+            if math.isfinite(speeds[j]):
+                track.speeds.append(float(speeds[j]))
+            speed = float(np.mean(track.speeds)) if track.speeds else math.nan
+            if math.isfinite(speed):
+                moving = speed / float(np.mean(track.heights)) >= _STILL_SPEED
+                track.still = 0.0 if moving else track.still + self.spacing_s
+            tracks.append(track)
+            blobs.append(
+                Blob(int(x), int(y), int(w), int(h), int(a), track.ident, speed, math.log(w / h), track.still)
+            )
+        self._tracks = tracks
+        self._prev = grey
+        return blobs
+
+
+def _cells(shape: Sequence[int], grid: Sequence[int]) -> tuple[int, int]:
+    h, w = int(shape[0]), int(shape[1])
+    gh, gw = int(grid[0]), int(grid[1])
+    if gh < 1 or gw < 1 or h % gh or w % gw:
+        raise ObjectsError(f"an {h}x{w} frame cannot be split into a {gh}x{gw} grid of whole cells")
+    return h // gh, w // gw
+
+
+def _settings(k: float, floor: float, min_area: float, spacing_s: float) -> None:
+    for name, v in (("k", k), ("floor", floor), ("min_area", min_area), ("spacing_s", spacing_s)):
+        if not (math.isfinite(v) and v > 0):
+            raise ObjectsError(f"{name} must be > 0, got {v}")
+
+
+class ObjectsModel:
+    """One camera's fixed background, its pixels' thresholds and the normal tails of its blobs' features.
+
+    Args:
+        background: ``(H, W)`` uint8 grey background.
+        threshold: ``(H, W)`` float32 grey levels a pixel must depart by to be foreground.
+        tails: ``(len(FEATURES), 2)`` float64: each feature's normal median and ``p99 - median`` (> 0).
+        grid: the DPC maps' ``(h, w)``; each cell covers whole pixels.
+        spacing_s, k, floor, min_area: the settings it was fitted with (scoring uses the same).
+    """
+
+    def __init__(
+        self,
+        background: np.ndarray,
+        threshold: np.ndarray,
+        tails: np.ndarray,
+        grid: Sequence[int],
+        *,
+        spacing_s: float,
+        k: float,
+        floor: float,
+        min_area: float,
+        camera: str = "",
+        n_frames: int = 0,
+        n_blobs: int = 0,
+        fitted: str = "",
+    ) -> None:
+        bg = np.asarray(background)
+        if bg.dtype != np.uint8 or bg.ndim != 2 or min(bg.shape) < 1:
+            raise ObjectsError(f"background must be uint8 (H, W), got {bg.dtype} {bg.shape}")
+        thr = np.asarray(threshold, dtype=np.float32)
+        if thr.shape != bg.shape or not (np.isfinite(thr).all() and (thr > 0).all()):
+            raise ObjectsError(f"threshold must be a positive finite {bg.shape} array, got {thr.shape}")
+        t = np.asarray(tails, dtype=np.float64)
+        if t.shape != (len(FEATURES), 2) or not np.isfinite(t).all() or (t[:, 1] <= 0).any():
+            raise ObjectsError(
+                f"tails must be finite ({len(FEATURES)}, 2) with positive scales, got {t.shape}"
+            )
+        _cells(bg.shape, grid)
+        _settings(k, floor, min_area, spacing_s)
+        # Private read-only copies: a caller changing its arrays later must not change what is scored.
+        self.background = np.array(bg, copy=True, order="C")
+        self.threshold = np.array(thr, copy=True, order="C")
+        self.tails = np.array(t, copy=True)
+        for a in (self.background, self.threshold, self.tails):
+            a.flags.writeable = False
+        self._grid = (int(grid[0]), int(grid[1]))
+        self.spacing_s = float(spacing_s)
+        self.k = float(k)
+        self.floor = float(floor)
+        self.min_area = float(min_area)
+        self.camera = str(camera)
+        self.n_frames = int(n_frames)
+        self.n_blobs = int(n_blobs)
+        self.fitted = str(fitted)
+        self._geometry = _Geometry.at(bg.shape[0], self.min_area)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self._grid
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return (int(self.background.shape[0]), int(self.background.shape[1]))
+
+    def __repr__(self) -> str:
+        (h, w), (fh, fw) = self.grid, self.frame_size
+        return (
+            f"ObjectsModel(camera={self.camera!r}, frame={fh}x{fw}, grid={h}x{w}, "
+            f"spacing_s={self.spacing_s:g}, n_blobs={self.n_blobs})"
+        )
+
+    def new_state(self) -> ObjectsState:
+        return ObjectsState(self.spacing_s)
+
+    def blobs(self, state: ObjectsState, frame: np.ndarray) -> list[Blob]:
+        """Give ``state`` the camera's next ``(H, W, 3)`` uint8 RGB frame; its blobs with their features."""
+        grey = _grey(frame)
+        if grey.shape != self.background.shape:
+            raise ObjectsError(f"frames are {grey.shape}, this model's background is {self.background.shape}")
+        labels, rows = find_blobs(grey, self.background, self.threshold, self._geometry)
+        return state.update(grey, labels, rows, self._geometry)
+
+    def excess(self, blobs: Sequence[Blob]) -> np.ndarray:
+        """``(n,)`` each blob's largest excess over its features' normal tails (:data:`EMPTY` at least)."""
+        if not blobs:
+            return np.zeros(0)
+        f = np.stack([b.features() for b in blobs])
+        z = (f - self.tails[:, 0]) / self.tails[:, 1]
+        return np.nan_to_num(z, nan=EMPTY).clip(min=EMPTY).max(axis=1)
+
+    def score_frame(self, state: ObjectsState, frame: np.ndarray) -> np.ndarray:
+        """``(h, w)`` float32 map of the camera's next frame: each cell the largest excess of the blobs whose
+        box covers it, :data:`EMPTY` elsewhere. ``state`` takes the frame (tracks, previous frame)."""
+        blobs = self.blobs(state, frame)
+        return self.blob_map(blobs, self.excess(blobs))
+
+    def blob_map(self, blobs: Sequence[Blob], excess: np.ndarray) -> np.ndarray:
+        """The map of :meth:`score_frame` for given blobs and their excess."""
+        ch, cw = _cells(self.frame_size, self.grid)
+        out = np.full(self.grid, EMPTY, np.float32)
+        for b, e in zip(blobs, excess, strict=True):
+            cells = out[b.y // ch : (b.y + b.h - 1) // ch + 1, b.x // cw : (b.x + b.w - 1) // cw + 1]
+            np.maximum(cells, np.float32(e), out=cells)
+        return out
+
+
+class ObjectsModels(CameraTable[ObjectsModel]):
+    """Every camera's model, replaced whole while the scorer runs (:class:`plugins.registry.CameraTable`)."""
+
+
+def describe(model: ObjectsModel) -> str:
+    """One line for the logs: what a loaded model was fitted on."""
+    (fh, fw), (h, w) = model.frame_size, model.grid
+    return (
+        f"{model.n_blobs} blobs in {model.n_frames} frames {model.spacing_s:g} s apart, {fw}x{fh} frames "
+        f"on a {w}x{h} grid, fitted {model.fitted or 'at an unknown time'}"
+    )
+
+
+def _background(greys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The median background of ``(N, H, W)`` uint8 frames and each pixel's robust noise (float32)."""
+    step = max(1, len(greys) // _BACKGROUND_FRAMES)
+    sample = greys[::step]
+    bg = np.median(sample, axis=0).astype(np.float32)
+    dev = np.empty(sample.shape, np.float32)
+    for i in range(0, len(sample), 64):  # in slices: a float copy of every frame at once is large
+        d = sample[i : i + 64].astype(np.float32) - bg
+        d -= np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
+        dev[i : i + 64] = np.abs(d)
+    return bg.round().astype(np.uint8), (1.4826 * np.median(dev, axis=0)).astype(np.float32)
+
+
+def fit_model(
+    videos: Iterable[np.ndarray],
+    grid: Sequence[int],
+    *,
+    spacing_s: float,
+    k: float = 4.0,
+    floor: float = 15.0,
+    min_area: float = 40.0,
+    camera: str = "",
+) -> ObjectsModel:
+    """Fit a camera's model on its normal footage: ``videos`` each ``(N, H, W, 3)`` uint8 RGB, in time order,
+    ``spacing_s`` seconds apart (each video's tracks start afresh). The background and noise come from all
+    their frames; the tails from the features of every blob the stream then finds in them. Raises
+    :class:`ObjectsError` when the footage shows fewer than 30 blob observations of a feature."""
+    _settings(k, floor, min_area, spacing_s)
+    greys = [np.stack([_grey(f) for f in np.asarray(v)]) for v in videos if len(v)]
+    if not greys:
+        raise ObjectsError("fitting needs normal frames, got none")
+    shapes = {g.shape[1:] for g in greys}
+    if len(shapes) != 1:
+        raise ObjectsError(f"every video must have the same frame size, got {sorted(shapes)}")
+    _cells(greys[0].shape[1:], grid)
+    background, noise = _background(np.concatenate(greys))
+    threshold = np.maximum(k * noise, np.float32(floor))
+    geometry = _Geometry.at(background.shape[0], min_area)
+    observed = []
+    for g in greys:
+        state = ObjectsState(spacing_s)
+        for frame in g:
+            labels, rows = find_blobs(frame, background, threshold, geometry)
+            observed += [b.features() for b in state.update(frame, labels, rows, geometry)]
+    f = np.stack(observed) if observed else np.zeros((0, len(FEATURES)))
+    tails = np.zeros((len(FEATURES), 2))
+    for i, name in enumerate(FEATURES):
+        v = f[np.isfinite(f[:, i]), i]
+        if len(v) < _MIN_OBSERVATIONS:
+            raise ObjectsError(
+                f"the normal footage shows {len(v)} blob observations with a {name} (at least "
+                f"{_MIN_OBSERVATIONS} are needed to know what is normal); give longer footage with people in "
+                "it"
+            )
+        p50, p99 = np.percentile(v, [50, 99])
+        tails[i] = (p50, max(p99 - p50, 1e-3))
+    return ObjectsModel(
+        background,
+        threshold,
+        tails,
+        grid,
+        spacing_s=spacing_s,
+        k=k,
+        floor=floor,
+        min_area=min_area,
+        camera=camera,
+        n_frames=sum(len(g) for g in greys),
+        n_blobs=len(f),
+        fitted=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The file
+# --------------------------------------------------------------------------------------------------
+
+
+def model_path(calibration: str | Path) -> Path:
+    """``calib/gate-1.json`` -> ``calib/gate-1.objects.npz``."""
+    return beside(calibration, MODEL_SUFFIX)
+
+
+def save_model(model: ObjectsModel, path: str | Path) -> int:
+    """Write ``model`` to ``path`` atomically. Returns the file's size in bytes."""
+    p = Path(path)
+    meta = {
+        "version": MODEL_VERSION,
+        "camera": model.camera,
+        "grid": list(model.grid),
+        "spacing_s": model.spacing_s,
+        "k": model.k,
+        "floor": model.floor,
+        "min_area": model.min_area,
+        "features": list(FEATURES),
+        "n_frames": model.n_frames,
+        "n_blobs": model.n_blobs,
+        "fitted": model.fitted,
+        "arrays_sha256": arrays_sha256(model.background, model.threshold, model.tails),
+    }
+    header = np.array(json.dumps(meta, sort_keys=True))
+    write_atomic(
+        p,
+        lambda f: np.savez(
+            f, meta=header, background=model.background, threshold=model.threshold, tails=model.tails
+        ),
+    )
+    return p.stat().st_size
+
+
+def load_model(
+    path: str | Path,
+    *,
+    frame_size: Sequence[int] | None = None,
+    grid: Sequence[int] | None = None,
+    spacing_s: float | None = None,
+) -> ObjectsModel:
+    """Read a model file; with ``frame_size`` ``(H, W)``, ``grid`` ``(h, w)`` and ``spacing_s``, refuse one
+    fitted for another. Raises :class:`ObjectsModelError` naming the file and the problem."""
+    p = Path(path)
+
+    def bad(msg: str) -> ObjectsModelError:
+        return ObjectsModelError(f"objects model {p}: {msg}")
+
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            missing = {"meta", "background", "threshold", "tails"} - set(data.files)
+            if missing:
+                raise bad(f"lacks {sorted(missing)}: not an objects model, or damaged; {_RECALIBRATE}")
+            meta_raw = str(data["meta"][()])
+            bg, thr, tails = data["background"], data["threshold"], data["tails"]
+    except ObjectsModelError:
+        raise
+    except FileNotFoundError as exc:
+        raise bad("no such file") from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise bad(f"cannot be read (truncated or corrupt: {exc}); {_RECALIBRATE}") from exc
+    try:
+        meta = json.loads(meta_raw)
+    except json.JSONDecodeError as exc:
+        raise bad(f"its header is not JSON ({exc}); {_RECALIBRATE}") from exc
+    if not isinstance(meta, dict) or meta.get("version") != MODEL_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise bad(
+            f"unsupported version {version!r} (this zsad reads version {MODEL_VERSION}); {_RECALIBRATE}"
+        )
+    if meta.get("features") != list(FEATURES):
+        raise bad(
+            f"its features are {meta.get('features')}, this zsad scores {list(FEATURES)}; {_RECALIBRATE}"
+        )
+    if meta.get("arrays_sha256") != arrays_sha256(bg, thr, tails):
+        raise bad(f"its arrays do not match their recorded sha256 (the file is corrupt); {_RECALIBRATE}")
+    try:
+        model = ObjectsModel(
+            bg,
+            thr,
+            tails,
+            [int(g) for g in meta["grid"]],
+            spacing_s=float(meta["spacing_s"]),
+            k=float(meta["k"]),
+            floor=float(meta["floor"]),
+            min_area=float(meta["min_area"]),
+            camera=str(meta.get("camera", "")),
+            n_frames=int(meta.get("n_frames", 0)),
+            n_blobs=int(meta.get("n_blobs", 0)),
+            fitted=str(meta.get("fitted", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise bad(f"its header or arrays are invalid ({exc}); {_RECALIBRATE}") from exc
+    problems = []
+    if frame_size is not None and model.frame_size != tuple(int(s) for s in frame_size):
+        problems.append(f"frame size {model.frame_size}, the camera gives {tuple(frame_size)}")
+    if grid is not None and model.grid != tuple(int(g) for g in grid):
+        problems.append(f"grid {model.grid}, the engines use {tuple(grid)}")
+    if spacing_s is not None and not math.isclose(model.spacing_s, spacing_s, rel_tol=1e-6):
+        problems.append(
+            f"frames {model.spacing_s:g} s apart, the config's objects.spacing_s is {spacing_s:g}"
+        )
+    if problems:
+        raise bad(f"fitted for {'; '.join(problems)}; {_RECALIBRATE}")
+    return model
