@@ -85,6 +85,11 @@ _TRACK_FRAMES = 3
 _REFERENCE_ROWS = 240
 #: The background is the median of at most this many normal frames, evenly spaced.
 _BACKGROUND_FRAMES = 200
+#: The smallest tail scale (p99 - median) of each feature: footage where every blob is alike (all walkers the
+#: same shape, nobody ever standing) would otherwise make a hair's difference an alarm. Below what every set
+#: measured so far gave (speed 0.5-1.2, aspect 0.9-1.0, still 12-21 s: docs/results.md), so only such
+#: degenerate footage meets them.
+_MIN_SCALE = np.array([0.25, 0.25, 2.0])
 #: Fewest blob observations whose features a model's tails are measured on.
 _MIN_OBSERVATIONS = 30
 _RECALIBRATE = "re-run zsad calibrate for this camera"
@@ -469,7 +474,7 @@ def fit_model(
                 "it"
             )
         p50, p99 = np.percentile(v, [50, 99])
-        tails[i] = (p50, max(p99 - p50, 1e-3))
+        tails[i] = (p50, max(p99 - p50, _MIN_SCALE[i]))
     return ObjectsModel(
         background,
         threshold,

@@ -1,0 +1,208 @@
+"""The objects stream (plugins/objects.py) on tiny synthetic scenes: normal footage of upright figures walking
+gives the tails; a figure that runs, a wide object, and a figure that stops stand out at their own cells while
+a walker does not; a global light change makes no blob; the model file round trips and a damaged or
+mismatched one is refused by name; bad input gets a named error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plugins.objects import (
+    EMPTY,
+    FEATURES,
+    ObjectsError,
+    ObjectsModel,
+    ObjectsModelError,
+    fit_model,
+    load_model,
+    model_path,
+    save_model,
+)
+
+H, W = 96, 128
+GRID = (6, 8)  # 16 x 16 pixel cells
+SPACING = 0.2
+BACKGROUND = np.random.default_rng(0).integers(40, 90, size=(H, W, 3)).astype(np.uint8)
+PATTERN = np.random.default_rng(1).integers(170, 250, size=(40, 40, 3)).astype(np.uint8)
+
+
+def frame(objects: list[tuple[float, float, int, int]], seed: int) -> np.ndarray:
+    """The background with sensor noise and textured objects ``(x, y, w, h)`` (top-left corner)."""
+    rng = np.random.default_rng(seed)
+    out = np.clip(BACKGROUND.astype(np.int16) + rng.integers(-3, 4, size=BACKGROUND.shape), 0, 255)
+    out = out.astype(np.uint8)
+    for x, y, w, h in objects:
+        xi, yi = round(x), round(y)
+        out[yi : yi + h, xi : xi + w] = PATTERN[:h, :w]
+    return out
+
+
+def walk(n: int, *, x0: float, y: int, speed: float, w: int = 6, h: int = 16, seed: int = 0) -> np.ndarray:
+    """``n`` frames of one object moving right at ``speed`` pixels a frame (it stands still at 0)."""
+    return np.stack([frame([(x0 + speed * t, y, w, h)], seed + t) for t in range(n)])
+
+
+def normal_footage() -> list[np.ndarray]:
+    """Upright figures walking 1.5-2.5 pixels a frame across different rows, and some empty frames."""
+    videos = []
+    for i, (y, speed) in enumerate([(10, 1.5), (40, 2.0), (70, 2.5), (25, 2.0), (55, 1.5)]):
+        videos.append(walk(40, x0=5 + 3 * i, y=y, speed=speed, seed=100 * i))
+    return videos
+
+
+@pytest.fixture(scope="module")
+def model() -> ObjectsModel:
+    return fit_model(normal_footage(), GRID, spacing_s=SPACING, camera="cam")
+
+
+def final_blob(model: ObjectsModel, frames: np.ndarray) -> tuple[np.ndarray, float]:
+    """The last frame's map and its blob's excess (the stream fed every frame in order)."""
+    state = model.new_state()
+    for f in frames[:-1]:
+        model.score_frame(state, f)
+    blobs = model.blobs(state, frames[-1])
+    assert len(blobs) == 1
+    excess = model.excess(blobs)
+    return model.blob_map(blobs, excess), float(excess[0])
+
+
+def test_tails_come_from_the_normal_walkers(model: ObjectsModel) -> None:
+    speed, aspect, still = (model.tails[FEATURES.index(n)] for n in ("speed", "aspect", "still"))
+    # DIS underestimates the speed of a small patch on a tiny frame; what matters is the order of magnitude
+    # and that the runner below is far above it.
+    assert 0.3 * 2.0 / SPACING < np.expm1(speed[0]) < 1.5 * 2.5 / SPACING
+    assert aspect[0] == pytest.approx(np.log(6 / 16), abs=0.2)  # upright figures
+    assert still[0] == 0.0  # walkers never stand still
+    # Every walker alike: the scales are the floors that keep a hair's difference from being an alarm.
+    assert aspect[1] == 0.25
+    assert still[1] == 2.0
+    assert model.n_blobs >= 150
+
+
+def test_a_walker_stays_under_the_normal_tail(model: ObjectsModel) -> None:
+    _, e = final_blob(model, walk(8, x0=20, y=30, speed=2.0, seed=7))
+    assert e < 1.0
+
+
+def test_a_runner_stands_out_at_its_own_cells(model: ObjectsModel) -> None:
+    frames = walk(6, x0=10, y=40, speed=9.0, seed=9)
+    m, e = final_blob(model, frames)
+    assert e > 2.0
+    x_last = round(10 + 9.0 * 5)
+    rows, cols = np.nonzero(m > EMPTY)
+    assert set(rows) <= {2, 3}  # pixels 40..55
+    assert set(cols) <= set(range(x_last // 16, (x_last + 5) // 16 + 1))
+    assert m.max() == pytest.approx(e)
+    assert (m[m != np.float32(e)] == EMPTY).all()
+
+
+def test_a_wide_object_stands_out_by_its_shape(model: ObjectsModel) -> None:
+    _, e = final_blob(model, walk(6, x0=10, y=50, speed=2.0, w=36, h=12, seed=11))
+    assert e > 2.0
+
+
+def test_a_figure_that_stops_stands_out_once_it_has_stood_still(model: ObjectsModel) -> None:
+    moving = walk(5, x0=10, y=40, speed=2.0, seed=13)
+    stopped = walk(25, x0=18, y=40, speed=0.0, seed=20)
+    _, early = final_blob(model, np.concatenate([moving, stopped[:2]]))
+    _, late = final_blob(model, np.concatenate([moving, stopped]))
+    assert early < 1.0 < late
+
+
+def test_a_global_light_change_makes_no_blob(model: ObjectsModel) -> None:
+    brighter = np.clip(frame([], 3).astype(np.int16) + 30, 0, 255).astype(np.uint8)
+    state = model.new_state()
+    assert model.blobs(state, brighter) == []
+    assert (model.score_frame(state, brighter) == EMPTY).all()
+
+
+def test_footage_without_objects_is_refused_by_name() -> None:
+    empty = [np.stack([frame([], s) for s in range(30)])]
+    with pytest.raises(ObjectsError, match="blob observations"):
+        fit_model(empty, GRID, spacing_s=SPACING)
+
+
+@pytest.mark.parametrize(
+    ("frames", "match"),
+    [
+        (np.zeros((H, W, 3), np.float32), "uint8"),
+        (np.zeros((H, W), np.uint8), r"\(H, W, 3\)"),
+        (np.zeros((H // 2, W, 3), np.uint8), "background"),
+    ],
+)
+def test_a_bad_frame_gets_a_named_error(model: ObjectsModel, frames: np.ndarray, match: str) -> None:
+    with pytest.raises(ObjectsError, match=match):
+        model.score_frame(model.new_state(), frames)
+
+
+def test_settings_and_grid_are_checked() -> None:
+    with pytest.raises(ObjectsError, match="spacing_s"):
+        fit_model(normal_footage(), GRID, spacing_s=0.0)
+    with pytest.raises(ObjectsError, match="grid of whole cells"):
+        fit_model(normal_footage(), (5, 8), spacing_s=SPACING)
+
+
+def test_the_model_keeps_private_read_only_arrays(model: ObjectsModel) -> None:
+    bg = model.background.copy()
+    copy = ObjectsModel(bg, model.threshold, model.tails, GRID, spacing_s=SPACING, k=4, floor=15, min_area=40)
+    bg[:] = 0
+    assert (copy.background == model.background).all()
+    with pytest.raises(ValueError, match="read-only"):
+        copy.background[0, 0] = 1
+
+
+def test_the_file_round_trips(model: ObjectsModel, tmp_path: Path) -> None:
+    path = model_path(tmp_path / "cam.json")
+    assert path.name == "cam.objects.npz"
+    assert save_model(model, path) == path.stat().st_size
+    loaded = load_model(path, frame_size=(H, W), grid=GRID, spacing_s=SPACING)
+    frames = walk(6, x0=10, y=40, speed=9.0, seed=9)
+    s1, s2 = model.new_state(), loaded.new_state()
+    for f in frames:
+        np.testing.assert_array_equal(model.score_frame(s1, f), loaded.score_frame(s2, f))
+    assert (loaded.camera, loaded.n_blobs, loaded.fitted) == (model.camera, model.n_blobs, model.fitted)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"frame_size": (H, W + 16)}, "frame size"),
+        ({"grid": (3, 4)}, "grid"),
+        ({"spacing_s": 0.4}, r"objects\.spacing_s"),
+    ],
+)
+def test_a_model_fitted_for_another_camera_setup_is_refused(
+    model: ObjectsModel, tmp_path: Path, kwargs: dict, match: str
+) -> None:
+    path = tmp_path / "cam.objects.npz"
+    save_model(model, path)
+    with pytest.raises(ObjectsModelError, match=f"{path}.*{match}.*zsad calibrate"):
+        load_model(path, **kwargs)
+
+
+def test_a_missing_or_damaged_file_is_refused_by_name(model: ObjectsModel, tmp_path: Path) -> None:
+    missing = tmp_path / "none.objects.npz"
+    with pytest.raises(ObjectsModelError, match=f"{missing}: no such file"):
+        load_model(missing)
+    path = tmp_path / "cam.objects.npz"
+    save_model(model, path)
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ObjectsModelError, match="truncated or corrupt"):
+        load_model(path)
+    save_model(model, path)
+    with np.load(path) as d:
+        arrays = {k: d[k] for k in d.files}
+    tampered = tmp_path / "tampered.objects.npz"
+    np.savez(tampered, **{**arrays, "threshold": arrays["threshold"] + 1})
+    with pytest.raises(ObjectsModelError, match="sha256"):
+        load_model(tampered)
+    meta = json.loads(str(arrays["meta"][()]))
+    other = tmp_path / "other.objects.npz"
+    np.savez(other, **{**arrays, "meta": np.array(json.dumps({**meta, "version": 99}))})
+    with pytest.raises(ObjectsModelError, match="unsupported version 99"):
+        load_model(other)
