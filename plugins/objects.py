@@ -11,7 +11,7 @@ level evidence"). Per camera:
 * **tracks**: each blob takes the nearest blob of the previous frame within three quarters of the larger
   height (plus a margin), when their areas are within a factor of 3 (:class:`ObjectsState`);
 * per blob three **features** (:data:`FEATURES`): ``speed``, ``log(1 + px/s)`` where px/s is the median
-  dense optical-flow magnitude (OpenCV DIS, preset FAST) over the blob's own pixels, averaged over the track's
+  dense optical-flow magnitude (OpenCV DIS, preset FAST down to half resolution) over the blob's own pixels, averaged over the track's
   last 3 frames (a merge or split moves a centroid, not the pixels, so flow is steadier than centroids);
   ``aspect``, ``log(width / height)`` (a car, a cyclist or a person lying down is wide); ``still``, the
   seconds the track has moved less than a quarter of its height a second;
@@ -223,6 +223,10 @@ class ObjectsState:
         cv2 = _cv2()
         if self._flow is None:
             self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+            # The preset stops at a quarter of the frame's resolution; at the backbone's small frames that
+            # blurs a walker into its background (speeds read half of what they are, and runners and
+            # cyclists no longer stand out). Half resolution costs 2x and reads them (docs/results.md).
+            self._flow.setFinestScale(1)
         flow = self._flow.calc(self._prev, grey, None)
         magnitude = np.hypot(flow[..., 0], flow[..., 1])
         for j, (x, y, w, h, _, label) in enumerate(rows):
