@@ -25,6 +25,7 @@ from engines.encoders import ENCODERS, EncoderWeightsError, find_encoder_weights
 from engines.manifest import file_sha256
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map
 from plugins.preprocess import Normaliser
+from training.heldout_models import held_out_parts
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +108,8 @@ class AppearanceEvaluator:
         if key in self._memories:
             return self._memories[key]
         fitter = MemoryFitter()
-        for video in self._train.values():
-            if video.context != context:
-                continue
-            feats = video.features
-            if fold is not None and video.fold >= 0:
-                if video.fold == fold:
-                    continue
-            elif fold is not None and half is not None:
-                mid = len(feats) // 2
-                feats = feats[mid:] if half == 0 else feats[:mid]
+        videos = ((v.context, v.features, v.fold) for v in self._train.values())
+        for feats in held_out_parts(videos, context, fold, half):
             for i in range(0, len(feats), FIT_STEP * 64):
                 fitter.add(feats[i : i + FIT_STEP * 64 : FIT_STEP].astype(np.float32))
         memory = fitter.finalize(

@@ -40,17 +40,19 @@ from plugins.fusion import (
     gate_multiplier,
     time_folds,
 )
+from plugins.objects import EMPTY as OBJECTS_EMPTY
 from plugins.preprocess import normalise_frames
 from plugins.pseudo_anomaly import paste_pseudo_anomalies
 from plugins.scorer import ClipScorer, ClipTokens, Runner
 from plugins.stationary import frame_step
-from plugins.streams import APPEARANCE, MEMORY_STREAMS, STATIONARY, STREAMS
+from plugins.streams import APPEARANCE, MEMORY_STREAMS, OBJECTS, STATIONARY, STREAMS
 from training.appearance_eval import AppearanceEvaluator, context_folds
 from training.baselines import extrapolation_scores, frame_difference_scores
 from training.datasets import DatasetError, make_dataset
 from training.gate import fit_model_gate, gate_weights
 from training.localisation import LocalisationError, evaluation_localisation
 from training.metrics import MetricError, gaussian_smooth, roc_auc, score_report
+from training.objects_eval import ObjectsEvaluator
 from training.plots import plot_roc_curves, plot_score_timelines
 from training.stationary_eval import StationaryEvaluator
 
@@ -176,6 +178,7 @@ def _probe_video(
     seed: int,
     appearance: AppearanceEvaluator | None,
     stationary: StationaryEvaluator | None,
+    objects: ObjectsEvaluator | None,
     into: dict[str, dict[str, list[np.ndarray]]],
 ) -> None:
     """Score training video ``name`` again with pseudo-anomalies pasted in (``plugins.pseudo_anomaly``, as
@@ -187,18 +190,21 @@ def _probe_video(
     span = (model.clip_len - 1) * model.frame_stride
     last = np.minimum(targets + span, len(frames) - 1)
     hit = [next((k for k in kinds[t : t + span + 1] if k is not None), None) for t in targets]
-    if appearance is not None:
-        picked = np.array([h is not None for h in hit])
-        app = np.full(len(targets), np.nan)
-        if picked.any():
-            app[picked] = appearance.held_out_frame_scores(name, pasted[last[picked]], last[picked])
-        sc = {**sc, APPEARANCE: app}
-    if stationary is not None:
-        still = np.full(len(targets), np.nan)
-        picked = np.array([h is not None for h in hit])
-        if picked.any():
-            still[picked] = stationary.held_out_clip_scores(name, last[picked], frames=pasted)
-        sc = {**sc, STATIONARY: still}
+    picked = np.array([h is not None for h in hit], dtype=bool)
+    held_out: dict[str, np.ndarray] = {}
+    if picked.any():
+        if appearance is not None:
+            held_out[APPEARANCE] = appearance.held_out_frame_scores(name, pasted[last[picked]], last[picked])
+        if stationary is not None:
+            held_out[STATIONARY] = stationary.held_out_clip_scores(name, last[picked], frames=pasted)
+        if objects is not None:
+            held_out[OBJECTS] = objects.held_out_clip_scores(
+                name, targets[picked], last[picked], frames=pasted
+            )
+    for stream, values in held_out.items():
+        full = np.full(len(targets), np.nan)
+        full[picked] = values
+        sc = {**sc, stream: full}
     for kind in {h for h in hit if h is not None}:
         rows = np.array([h == kind for h in hit])
         for stream, values in sc.items():
@@ -333,11 +339,14 @@ def evaluate(
     cal_groups: list[str] = []
     cal_lengths: list[int] = []
     patch = model.spec.backbone.patch_size
-    appearance = AppearanceEvaluator.from_config(cfg.appearance, (size[0] // patch, size[1] // patch))
-    stationary = _stationary_evaluator(cfg, model, (size[0] // patch, size[1] // patch), fps)
+    grid = (size[0] // patch, size[1] // patch)
+    appearance = AppearanceEvaluator.from_config(cfg.appearance, grid)
+    stationary = _stationary_evaluator(cfg, model, grid, fps)
+    objects = _objects_evaluator(cfg, model, grid, fps)
     train_contexts = {c.name: c.context or "generic" for c in train.clips}
     vfolds = context_folds([c.name for c in train.clips], train_contexts)
     cal_targets: list[np.ndarray] = []
+    n_frames: dict[str, int] = {}
     # Clips of the training videos with pseudo-anomalies pasted in: context -> kind -> stream -> scores.
     probes: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {}
     for clip in tqdm(train.clips, desc="calibrate", unit="video"):
@@ -349,20 +358,31 @@ def evaluate(
         cal_groups += [clip.context or "generic"] * len(emb)
         cal_lengths.append(len(emb))
         cal_targets.append(targets_tr)
+        n_frames[clip.name] = len(frames)
         if appearance is not None:
             appearance.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
         if stationary is not None:
             stationary.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
+        if objects is not None:
+            objects.add_training_video(clip.name, frames, train_contexts[clip.name], vfolds[clip.name])
+    span = (model.clip_len - 1) * model.frame_stride  # a clip's last frame, which the run scores
+    cal_last = [
+        np.minimum(t + span, n_frames[c.name] - 1) for c, t in zip(train.clips, cal_targets, strict=True)
+    ]
     if appearance is not None:
-        span = (model.clip_len - 1) * model.frame_stride  # a clip's last frame, which the run scores
         cal_samples[APPEARANCE] = [
-            appearance.held_out_clip_scores(c.name, np.minimum(t + span, len(train.frames(c.name)) - 1))
-            for c, t in zip(train.clips, cal_targets, strict=True)
+            appearance.held_out_clip_scores(c.name, last)
+            for c, last in zip(train.clips, cal_last, strict=True)
         ]
     if stationary is not None:
-        held = _stationary_samples(stationary, model, train, cal_targets, train_contexts)
+        held = _stationary_samples(stationary, train, cal_last, train_contexts)
         if held is not None:
             cal_samples[STATIONARY] = held
+    if objects is not None:
+        cal_samples[OBJECTS] = [
+            objects.held_out_clip_scores(c.name, t, last)
+            for c, t, last in zip(train.clips, cal_targets, cal_last, strict=True)
+        ]
     # After every training video is in the memories: the pasted copies are scored against them.
     for i, clip in enumerate(tqdm(train.clips, desc="pseudo-anomalies", unit="video")):
         _probe_video(
@@ -372,9 +392,10 @@ def evaluate(
             i,
             appearance,
             stationary,
+            objects,
             probes.setdefault(train_contexts[clip.name], {}),
         )
-    cal_raw = {k: np.concatenate(v) for k, v in cal_samples.items()}
+    cal_raw = _scored_streams({k: np.concatenate(v) for k, v in cal_samples.items()}, "the training videos")
     # Reliability weights from two held-out folds of each context's training videos (a single video: its
     # two time halves), the folds the appearance memory was held out by, as `zsad calibrate` holds out time.
     folds = np.concatenate(
@@ -399,7 +420,7 @@ def evaluate(
     )
     context_cals = {
         ctx: fit_calibration(
-            {k: v[clip_contexts == ctx] for k, v in cal_raw.items()},
+            _scored_streams({k: v[clip_contexts == ctx] for k, v in cal_raw.items()}, f"context {ctx}"),
             folds[clip_contexts == ctx],
             threshold_quantile=0.99,
             camera=ctx,
@@ -439,6 +460,16 @@ def evaluate(
                 frame_scores[k][clip.name] = appearance.test_frame_scores(frames, clip.context or "generic")
             elif k == STATIONARY and stationary is not None:
                 frame_scores[k][clip.name] = stationary.test_frame_scores(frames, clip.context or "generic")
+            elif k == OBJECTS and objects is not None:
+                # The clips the DPC streams score, by the run's rule, spread over the frames as theirs are.
+                blobs = objects.test_clip_scores(
+                    frames, clip.context or "generic", targets, np.minimum(targets + span, n - 1)
+                )
+                # A camera without a model has no stream (its calibration none, so fusion leaves it out);
+                # alone, the stream then sees nothing there.
+                frame_scores[k][clip.name] = (
+                    np.full(n, OBJECTS_EMPTY, np.float64) if blobs is None else to_frames(targets, blobs, n)
+                )
             else:
                 frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
@@ -473,10 +504,7 @@ def evaluate(
     # variants z-score and weigh each test video with its context's calibration (one context: the same).
     test_contexts = {c.name: c.context or "generic" for c in test.clips}
     own = {v: context_cals.get(test_contexts[v], cal) for v in labels}
-    z = {
-        s: {v: (frame_scores[s][v] - own[v].streams[s].location) / own[v].streams[s].scale for v in labels}
-        for s in present
-    }
+    z = {s: {v: _calibrated(frame_scores[s][v], own[v], s) for v in labels} for s in present}
     factors = {v: gate_factors(frame_weights[v], gated, present) for v in labels}
     ablation = fusion_ablation(
         z,
@@ -672,8 +700,7 @@ def _stationary_evaluator(
 ) -> StationaryEvaluator | None:
     """The stationary stream's evaluator (None when ``stationary.enabled`` is false), feeding frames at the
     step the run's window takes them from this dataset's frame rate and the model's clip layout."""
-    pre = model.spec.preprocess
-    step = frame_step(cfg.stationary.spacing_s, fps, pre.clip_len, pre.frame_stride, pre.clip_hop)
+    step = _memory_step(cfg.stationary.spacing_s, model, fps)
     evaluator = StationaryEvaluator.from_config(cfg.stationary, grid, step)
     if evaluator is not None:
         log.info(
@@ -688,21 +715,18 @@ def _stationary_evaluator(
 
 def _stationary_samples(
     stationary: StationaryEvaluator,
-    model: ZsadModel,
     train: Any,
-    targets: Sequence[np.ndarray],
+    last_frames: Sequence[np.ndarray],
     contexts: Mapping[str, str],
 ) -> list[np.ndarray] | None:
-    """Each training video's held-out stationary clip scores, at each scored clip's last frame (the frame
-    the run's window has just taken), aligned with ``targets`` (each clip's first frame). None (logged:
+    """Each training video's held-out stationary clip scores, at each scored clip's last frame
+    (``last_frames``: the frame the run's window has just taken). None (logged:
     the evaluation then has no stationary stream) when a context's videos give no score at all (too short
     for a model per fold and a full window), since every context is calibrated on its own."""
-    span = (model.clip_len - 1) * model.frame_stride
     out = []
     scored: dict[str, bool] = {}
-    for clip, t in zip(train.clips, targets, strict=True):
-        n = len(train.frames(clip.name))
-        values = stationary.held_out_clip_scores(clip.name, np.minimum(t + span, n - 1))
+    for clip, last in zip(train.clips, last_frames, strict=True):
+        values = stationary.held_out_clip_scores(clip.name, last)
         out.append(values)
         ctx = contexts[clip.name]
         scored[ctx] = scored.get(ctx, False) or bool(np.isfinite(values).any())
@@ -717,6 +741,42 @@ def _stationary_samples(
         )
         return None
     return out
+
+
+def _objects_evaluator(
+    cfg: ZsadConfig, model: ZsadModel, grid: tuple[int, int], fps: float
+) -> ObjectsEvaluator | None:
+    """The objects stream's evaluator (None when ``objects.enabled`` is false), feeding frames at the step
+    the run takes them from this dataset's frame rate and the model's clip layout."""
+    step = _memory_step(cfg.objects.spacing_s, model, fps)
+    evaluator = ObjectsEvaluator.from_config(cfg.objects, grid, step)
+    if evaluator is not None:
+        log.info("objects stream: every %d-th frame (%.2f s apart at %g fps)", step, step / fps, fps)
+    return evaluator
+
+
+def _memory_step(spacing_s: float, model: ZsadModel, fps: float) -> int:
+    """The frames between those a frame-based memory stream takes at ``spacing_s`` seconds apart."""
+    pre = model.spec.preprocess
+    return frame_step(spacing_s, fps, pre.clip_len, pre.frame_stride, pre.clip_hop)
+
+
+def _scored_streams(samples: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """``samples`` without the streams that have no finite score in them (logged): a memory stream whose
+    model could not be fitted there (too few objects in the footage) is left out, not calibrated."""
+    out = {k: v for k, v in samples.items() if np.isfinite(v).any()}
+    for k in sorted(set(samples) - set(out)):
+        log.warning("no %s stream for %s: no held-out score (no model could be fitted)", k, where)
+    return out
+
+
+def _calibrated(values: np.ndarray, cal: Calibration, stream: str) -> np.ndarray:
+    """``values`` z-scored by ``cal``'s statistics of ``stream``; NaN, which fusion leaves out, where the
+    calibration has no such stream (its camera has none)."""
+    stats = cal.streams.get(stream)
+    if stats is None:
+        return np.full(np.shape(values), np.nan)
+    return (np.asarray(values, dtype=np.float64) - stats.location) / stats.scale
 
 
 def _dataset_fps(root: Path) -> float:

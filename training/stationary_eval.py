@@ -15,16 +15,13 @@ time (frames ``|t - k step|``), as the DPC streams get their history in ``traini
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from core.config import StationaryConfig
 from plugins.stationary import StationaryError, StationaryModel, fit_model
-
-log = logging.getLogger(__name__)
+from training.heldout_models import HeldOutModels
 
 __all__ = ["StationaryEvaluator", "window_indices"]
 
@@ -40,77 +37,29 @@ def window_indices(last: int, window: int, step: int, *, reflect: bool = False) 
     return idx
 
 
-@dataclass
-class _Video:
-    context: str
-    frames: np.ndarray  # (N, H, W, 3) uint8, every frame
-    fold: int
-
-
-class StationaryEvaluator:
+class StationaryEvaluator(HeldOutModels[StationaryModel, StationaryConfig]):
     """Fits a stationary model per context and scores clips or frames against it.
 
     ``grid``: the DPC maps' grid; ``step``: frames between those the window takes.
     """
 
-    def __init__(self, settings: StationaryConfig, grid: tuple[int, int], step: int) -> None:
-        if step < 1:
-            raise StationaryError(f"step must be >= 1 frame, got {step}")
-        self.settings = settings
-        self.grid = grid
-        self.step = int(step)
-        self._train: dict[str, _Video] = {}
-        # (context, held-out fold or None for all, time half or None) -> model, each fitted once.
-        self._models: dict[tuple[str, int | None, int | None], StationaryModel | None] = {}
-
-    @classmethod
-    def from_config(
-        cls, settings: StationaryConfig, grid: tuple[int, int], step: int
-    ) -> StationaryEvaluator | None:
-        """The evaluator of ``settings`` (the config's ``stationary`` section), or None when it is off."""
-        return cls(settings, grid, step) if settings.enabled else None
+    stream = "stationary"
+    fit_errors = (StationaryError,)
 
     @property
     def window(self) -> int:
         return self.settings.window
 
-    def add_training_video(self, name: str, frames: np.ndarray, context: str, fold: int) -> None:
-        self._train[name] = _Video(context, np.asarray(frames, dtype=np.uint8), fold)
-
-    def _model(self, context: str, fold: int | None, half: int | None = None) -> StationaryModel | None:
-        """The model of ``context``'s training videos outside ``fold`` (None: all of them); a single-video
-        context (fold -1) uses the other time half (``half``) of its video. None (logged) when there are
-        too few frames to fit one. Fitted once, then kept."""
-        key = (context, fold, half)
-        if key in self._models:
-            return self._models[key]
-        parts = []
-        for video in self._train.values():
-            if video.context != context:
-                continue
-            frames = video.frames
-            if fold is not None and video.fold >= 0:
-                if video.fold == fold:
-                    continue
-            elif fold is not None and half is not None:
-                mid = len(frames) // 2
-                frames = frames[mid:] if half == 0 else frames[:mid]
-            parts.append(frames[:: self.step])
-        model = None
-        try:
-            s = self.settings
-            model = fit_model(
-                np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8),
-                self.grid,
-                window=s.window,
-                min_pixels=s.min_pixels,
-                floor=s.floor,
-                camera=context,
-            )
-        except StationaryError as exc:
-            log.warning("context %s: no stationary model (fold %s, half %s): %s", context, fold, half, exc)
-        self._models[key] = model
-        return model
+    def _fit(self, parts: list[np.ndarray], context: str) -> StationaryModel:
+        s = self.settings
+        return fit_model(
+            np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8),
+            self.grid,
+            window=s.window,
+            min_pixels=s.min_pixels,
+            floor=s.floor,
+            camera=context,
+        )
 
     def held_out_clip_scores(
         self, name: str, last_frames: np.ndarray, frames: np.ndarray | None = None
@@ -119,17 +68,10 @@ class StationaryEvaluator:
         index), each against the model of the context's other fold; NaN where the window is not full.
         ``frames``: the windows' frames instead of the video's own (an altered copy of it, such as one with
         pseudo-anomalies pasted in, scored against the models its clean frames are held out by)."""
-        video = self._train[name]
-        source = video.frames if frames is None else np.asarray(frames, dtype=np.uint8)
-        if source.shape != video.frames.shape:
-            raise StationaryError(f"{name}: frames {source.shape} for a video of {video.frames.shape}")
+        source = self._source(name, frames)
         out = np.full(len(last_frames), np.nan)
-        mid = len(video.frames) // 2
         for i, last in enumerate(np.asarray(last_frames, dtype=np.int64)):
-            if video.fold >= 0:
-                model = self._model(video.context, video.fold)
-            else:
-                model = self._model(video.context, -1, 0 if last < mid else 1)
+            model = self._held_out_model(name, int(last))
             idx = window_indices(int(last), self.window, self.step)
             if model is not None and idx is not None:
                 out[i] = self._score(model, source, idx)

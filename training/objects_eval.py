@@ -1,0 +1,112 @@
+"""The objects stream in offline evaluation (``zsad eval``), scored by the rule the run scores it by.
+
+Each context of a dataset is one camera: its model (:mod:`plugins.objects`) is fitted on the training videos
+of that context, fed every ``step``-th frame, where ``step`` is the frames apart the run takes them
+(:func:`plugins.stationary.frame_step` of the config's ``objects.spacing_s`` and the clip layout), so the
+evaluation measures the spacing the run gets. A context whose footage shows too few objects for a model
+(:class:`plugins.objects.ObjectsError`) has no stream, logged.
+
+**The scoring rule.** A camera's state is fed its frames ``step`` apart in time order from the video's start
+(each video a fresh state); each fed frame gives a map (:meth:`plugins.objects.ObjectsModel.score_frame`). A
+clip's map is the elementwise max of the maps of the fed frames within its frames (first to last,
+inclusive); a clip that holds no fed frame takes the last map before it (:data:`plugins.objects.EMPTY`
+everywhere when there is none yet) (:func:`clip_maps`). A clip's score is its map's spatial max.
+
+**Held out.** The calibration samples are scored by the folds the stationary stream uses
+(:class:`training.heldout_models.HeldOutModels`): a training video's fed frames against the model of its
+context's other fold, or for a context's only video, each fed frame against the model of the other time half
+of it (each model's state is fed the whole video, since its tracks need the frames before), so no clip is
+scored by a model fitted on its own frames. Test videos are scored against the model of every training frame
+of their context, clip by clip at the clips the DPC streams score, so that the frame curves are made from the
+same clips (``training.evaluate.to_frames``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.config import ObjectsConfig
+from plugins.objects import EMPTY, ObjectsError, ObjectsModel, fit_model
+from training.heldout_models import HeldOutModels
+
+__all__ = ["ObjectsEvaluator", "clip_maps"]
+
+
+def clip_maps(fed: np.ndarray, maps: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Each clip's objects map ``(M, h, w)``: the elementwise max of ``maps`` ``(K, h, w)`` (those of the fed
+    frames ``fed`` ``(K,)``, ascending) whose frame lies in ``first[i]..last[i]`` (inclusive); a clip that
+    holds no fed frame takes the map of the last fed frame before it, :data:`EMPTY` everywhere when none."""
+    fed = np.asarray(fed, dtype=np.int64)
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3 or len(maps) != len(fed):
+        raise ObjectsError(f"one (h, w) map per fed frame is needed, got {maps.shape} for {len(fed)} frames")
+    if len(fed) > 1 and (np.diff(fed) <= 0).any():
+        raise ObjectsError("the fed frames must be in time order")
+    first = np.asarray(first, dtype=np.int64)
+    last = np.asarray(last, dtype=np.int64)
+    if first.shape != last.shape or (last < first).any():
+        raise ObjectsError("each clip needs a first and a last frame, the last not before the first")
+    lo = np.searchsorted(fed, first, side="left")
+    hi = np.searchsorted(fed, last, side="right")
+    out = np.full((len(first), *maps.shape[1:]), EMPTY, np.float32)
+    for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+        if b > a:
+            out[i] = maps[a:b].max(axis=0)
+        elif a > 0:
+            out[i] = maps[a - 1]
+    return out
+
+
+class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
+    """Fits an objects model per context and scores clips against it.
+
+    ``grid``: the DPC maps' grid; ``step``: frames between those the stream takes.
+    """
+
+    stream = "objects"
+    fit_errors = (ObjectsError,)
+
+    def _fit(self, parts: list[np.ndarray], context: str) -> ObjectsModel:
+        s = self.settings
+        return fit_model(
+            parts, self.grid, spacing_s=s.spacing_s, k=s.k, floor=s.floor, min_area=s.min_area, camera=context
+        )
+
+    def fed_frames(self, n: int) -> np.ndarray:
+        """The frames of an ``n``-frame video the stream takes: ``0, step, 2 step, ...``."""
+        return np.arange(0, n, self.step, dtype=np.int64)
+
+    def fed_maps(self, model: ObjectsModel, frames: np.ndarray) -> np.ndarray:
+        """``(K, h, w)``: the maps of :meth:`fed_frames` of ``frames``, fed in order to a fresh state."""
+        state = model.new_state()
+        return np.stack([model.score_frame(state, frames[i]) for i in self.fed_frames(len(frames))])
+
+    def held_out_clip_scores(
+        self, name: str, first_frames: np.ndarray, last_frames: np.ndarray, frames: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The objects score ``(M,)`` of a training video's clips (each from ``first_frames[i]`` to
+        ``last_frames[i]``), each fed frame's map from the model that holds it out; NaN without a model.
+        ``frames``: an altered copy of the video (pseudo-anomalies pasted in) scored in its place, against the
+        models its clean frames are held out by."""
+        source = self._source(name, frames)
+        fed = self.fed_frames(len(source))
+        models = [m for m in (self._held_out_model(name, int(i)) for i in fed) if m is not None]
+        if not fed.size or len(models) < len(fed):
+            return np.full(len(first_frames), np.nan)
+        maps = np.empty((len(fed), *self.grid), np.float32)
+        for model in {id(m): m for m in models}.values():  # one, or one per time half
+            rows = np.array([m is model for m in models])
+            maps[rows] = self.fed_maps(model, source)[rows]
+        return clip_maps(fed, maps, first_frames, last_frames).max(axis=(1, 2)).astype(np.float64)
+
+    def test_clip_scores(
+        self, frames: np.ndarray, context: str, first_frames: np.ndarray, last_frames: np.ndarray
+    ) -> np.ndarray | None:
+        """The objects score ``(M,)`` of a test video's clips against the model of all of its context's
+        training frames; None when the context has no model (logged when it was fitted)."""
+        model = self._model(context, None)
+        if model is None:
+            return None
+        maps = self.fed_maps(model, np.asarray(frames, dtype=np.uint8))
+        fed = self.fed_frames(len(frames))
+        return clip_maps(fed, maps, first_frames, last_frames).max(axis=(1, 2)).astype(np.float64)
