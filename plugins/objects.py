@@ -11,8 +11,9 @@ level evidence"). Per camera:
 * **tracks**: each blob takes the nearest blob of the previous frame within three quarters of the larger
   height (plus a margin), when their areas are within a factor of 3 (:class:`ObjectsState`);
 * per blob three **features** (:data:`FEATURES`): ``speed``, ``log(1 + px/s)`` where px/s is the median
-  dense optical-flow magnitude (OpenCV DIS, preset FAST down to half resolution) over the blob's own pixels, averaged over the track's
-  last 3 frames (a merge or split moves a centroid, not the pixels, so flow is steadier than centroids);
+  dense optical-flow magnitude (OpenCV DIS, preset FAST down to half resolution) over the blob's own
+  pixels, averaged over the track's last 3 frames (a merge or split moves a centroid, not the pixels, so
+  flow is steadier than centroids);
   ``aspect``, ``log(width / height)`` (a car, a cyclist or a person lying down is wide); ``still``, the
   seconds the track has moved less than a quarter of its height a second;
 * the **normal tails** (:class:`ObjectsModel`): each feature's median and 99th percentile over the blobs of
