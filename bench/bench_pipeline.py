@@ -80,10 +80,10 @@ from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.clips import Clip
 from pipeline.cpu.graph import CameraGraph
 from pipeline.inference import ClipInference, EngineError, appearance_expectation, load_engines
+from pipeline.memory_streams import MODEL_FILES
 from pipeline.run import DISPLAY_SIZE, Application
 from plugins.appearance import AppearanceError, AppearanceMemories, load_memory, memory_path
 from plugins.fusion import CalibrationError
-from plugins.stationary import model_path as stationary_model_path
 from plugins.streams import APPEARANCE
 
 log = logging.getLogger("bench.pipeline")
@@ -278,8 +278,8 @@ def camera_calibrations(
     calibrations: Sequence[str | Path], videos: int, cameras: int, out: Path
 ) -> list[Path]:
     """Per camera ``i``, a copy under ``out/calib/`` of the calibration of the video it plays
-    (``calibrations[i % videos]``), with that calibration's appearance memory and stationary model linked
-    beside the copy.
+    (``calibrations[i % videos]``), with that calibration's appearance memory, stationary model and objects
+    model linked beside the copy.
 
     A copy per camera, not one shared file: the product keeps state per calibration file (the learned levels
     beside it), and each camera loads the memory it finds beside its own calibration."""
@@ -293,8 +293,8 @@ def camera_calibrations(
         target = folder / f"cam{i:02d}.json"
         shutil.copyfile(source, target)
         # The per-camera artefacts zsad calibrate writes beside a calibration: the appearance memory and the
-        # stationary model (without the latter linked the cameras ran without the stationary stream).
-        for beside in (memory_path, stationary_model_path):
+        # memory streams' models (without the stationary model linked the cameras ran without that stream).
+        for beside in (memory_path, *(file.path_of for file in MODEL_FILES)):
             made = beside(source)
             if made.is_file():
                 beside(target).symlink_to(made.resolve())
@@ -349,6 +349,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     states = app.graph.states()
     memories = len(app.outputs.memories)
     stationary = len(app.outputs.stationary)
+    objects = len(app.outputs.objects)
     sampler.stop()
     # Discard what is still queued (counted as pending below) before the product's shutdown: draining full
     # queues of 16 cameras would take longer than the case itself, and a refused submit unblocks a decoder
@@ -380,6 +381,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         "clips_with_appearance_total": counters.appearance,
         "cameras_with_memory": memories,
         "cameras_with_stationary_model": stationary,
+        "cameras_with_objects_model": objects,
         "clips_per_s": round(clips_per_s, 3),
         "camera_frames_per_s": round(clips_per_s * hop, 2),
         "clips_dropped": int(dropped),
@@ -834,6 +836,8 @@ def _progress_line(r: Mapping[str, Any]) -> str:
         line += f", appearance on {r['clips_with_appearance_total']}/{r['clips_scored_total']} clips"
     if r.get("cameras_with_stationary_model"):
         line += f", stationary model on {r['cameras_with_stationary_model']} cameras"
+    if r.get("cameras_with_objects_model"):
+        line += f", objects model on {r['cameras_with_objects_model']} cameras"
     if mode == "realtime":
         line += f", delivered {r['delivered_ratio']:.2f}, keeps up: {r['keeps_up']}"
     return line

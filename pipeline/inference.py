@@ -9,7 +9,9 @@ shared normalisation (``plugins.preprocess``), the backbone, then the shared ``p
 cameras with a normal memory, the appearance stream (``plugins.appearance``: the appearance engine on each
 scored clip's last frame, batched across the call's clips, scored against the camera's memory), and, for the
 cameras with a stationary model, the stationary stream (``plugins.stationary``: no engine; each camera's
-short-term window takes its clips' frames ``stationary.spacing_s`` apart).
+short-term window takes its clips' frames ``stationary.spacing_s`` apart), and, for the cameras with an
+objects model, the objects stream (``plugins.objects``: no engine; each camera's blobs and tracks take its
+clips' frames ``objects.spacing_s`` apart). Both memory streams are fed by ``pipeline.memory_streams``.
 With ``appearance.enabled`` the engine set also holds the appearance encoder (``EngineSet.appearance``).
 """
 
@@ -48,6 +50,7 @@ from engines.manifest import (
 )
 from engines.prompts import load_prompt_set
 from pipeline.clips import Clip, to_model_input
+from pipeline.memory_streams import ObjectsFeed, StationaryFeed
 from plugins.appearance import (
     AppearanceError,
     AppearanceMemories,
@@ -55,11 +58,12 @@ from plugins.appearance import (
     appearance_map,
     pool_factor,
 )
+from plugins.objects import ObjectsModels
 from plugins.preprocess import Normaliser, to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
 from plugins.semantic import PromptBank, SemanticError, SemanticScorer
-from plugins.stationary import FrameSpacer, StationaryError, StationaryModels, StationaryState
-from plugins.streams import APPEARANCE, SEMANTIC, STATIONARY
+from plugins.stationary import StationaryModels
+from plugins.streams import APPEARANCE, SEMANTIC
 from plugins.zones import CellFilters
 
 log = logging.getLogger(__name__)
@@ -359,7 +363,13 @@ class ClipInference:
     ``stationary``: the cameras' stationary models (``RunOutputs.stationary``); each such camera keeps a
     short-term window that takes every clip's frames ``stationary_spacing_s`` apart
     (:class:`plugins.stationary.FrameSpacer`), and once the window is full its scored clips get the
-    ``stationary`` map. :meth:`reset` empties a camera's window.
+    ``stationary`` map. ``objects``: the cameras' objects models (``RunOutputs.objects``); each such camera
+    keeps its tracks (:class:`plugins.objects.ObjectsState`), which take every clip's frames
+    ``objects_spacing_s`` apart; a scored clip's ``objects`` map is the elementwise max of the maps of the
+    frames it fed, or the map of the camera's last frame fed when it fed none
+    (:class:`pipeline.memory_streams.ObjectsClips`). A memory stream's model that does not fit a camera's
+    frames or the DPC grid is logged once; that camera goes on without the stream. :meth:`reset` empties a
+    camera's window and tracks.
 
     Raises :class:`EngineError` when the appearance engine does not take the backbone's frame size or its
     feature grid does not pool onto the DPC maps' grid.
@@ -377,18 +387,18 @@ class ClipInference:
         appearance_every: int = 1,
         stationary: StationaryModels | None = None,
         stationary_spacing_s: float = 0.4,
+        objects: ObjectsModels | None = None,
+        objects_spacing_s: float = 0.2,
     ):
         if appearance_every < 1:
             raise ValueError(f"appearance_every must be >= 1, got {appearance_every}")
-        if not stationary_spacing_s > 0:
-            raise ValueError(f"stationary_spacing_s must be > 0, got {stationary_spacing_s}")
         self.stationary = stationary
-        self.stationary_spacing_s = float(stationary_spacing_s)
-        # Per camera: the short-term window, which frames it takes, and its map since the last frame taken.
-        self._stationary_states: dict[str, StationaryState] = {}
-        self._stationary_spacers: dict[str, FrameSpacer] = {}
-        self._stationary_last: dict[str, np.ndarray] = {}
-        self._stationary_warned: set[str] = set()
+        self.objects = objects
+        # The memory streams without an engine, each fed every clip's frames at its own spacing.
+        self._feeds = (
+            StationaryFeed(stationary, stationary_spacing_s),
+            ObjectsFeed(objects, objects_spacing_s),
+        )
         self.engines = engines
         self.contexts = contexts
         self.memories = memories
@@ -407,9 +417,8 @@ class ClipInference:
         self.scorer.reset(camera)
         self._appearance_seen.pop(camera, None)
         self._appearance_last.pop(camera, None)
-        self._stationary_states.pop(camera, None)
-        self._stationary_spacers.pop(camera, None)
-        self._stationary_last.pop(camera, None)
+        for feed in self._feeds:
+            feed.reset(camera)
 
     def warm_up(self, max_batch: int) -> None:
         """Run each engine once at the largest batch the scheduler forms (see :meth:`Backend.warm_up`),
@@ -487,57 +496,6 @@ class ClipInference:
                     )
         return out
 
-    def _feed_stationary(self, clips: Sequence[Clip]) -> None:
-        """Give each camera's short-term window the frames of its clips that its spacing takes (every clip,
-        scored or not: the window must span the time before a camera's first scored clip too)."""
-        if self.stationary is None:
-            return
-        for clip in clips:
-            camera = clip.camera_id
-            model = self.stationary.get(camera)
-            if model is None:
-                continue
-            state = self._stationary_states.get(camera)
-            if state is None or state.window != model.window:  # a model replaced by one of another window
-                state = self._stationary_states[camera] = model.new_state()
-                self._stationary_last.pop(camera, None)
-            spacer = self._stationary_spacers.setdefault(camera, FrameSpacer(self.stationary_spacing_s))
-            for i in spacer.select(clip.pts):
-                try:
-                    state.push(clip.frames[i])
-                except StationaryError:  # a camera whose frame size changed: start a new window
-                    state.reset()
-                    state.push(clip.frames[i])
-                self._stationary_last.pop(camera, None)
-
-    def _stationary_map(self, camera: str, grid: tuple[int, int]) -> np.ndarray | None:
-        """The camera's stationary map, or None without a model or before its window is full."""
-        if self.stationary is None:
-            return None
-        model = self.stationary.get(camera)
-        state = self._stationary_states.get(camera)
-        if model is None or state is None or not state.ready:
-            return None
-        last = self._stationary_last.get(camera)
-        if last is None:
-            try:
-                if model.grid != tuple(grid):
-                    raise StationaryError(f"model grid {model.grid}, the DPC maps are {tuple(grid)}")
-                last = model.score_map(state)
-            except StationaryError as exc:
-                # Models are checked when loaded, so this is one set by hand: the camera goes on without it.
-                if camera not in self._stationary_warned:
-                    self._stationary_warned.add(camera)
-                    log.error(
-                        "camera %s: its stationary model does not fit its frames (%s); it goes on without "
-                        "the stationary stream",
-                        camera,
-                        exc,
-                    )
-                return None
-            self._stationary_last[camera] = last
-        return last.copy()
-
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
         batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
         out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
@@ -546,19 +504,20 @@ class ClipInference:
             ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1], batch[i, -2])
             for i, c in enumerate(clips)
         ]
-        self._feed_stationary(clips)
+        for feed in self._feeds:
+            feed.feed(clips)
         extra = None
         appearance = self._appearance_norm is not None and self.memories is not None and len(self.memories)
-        stationary = self.stationary is not None and len(self.stationary) > 0
-        if appearance or stationary:
+        feeds = [feed for feed in self._feeds if feed.active]
+        if appearance or feeds:
 
             def extra(indices: Sequence[int], grid: tuple[int, int]) -> list[dict[str, np.ndarray]]:
                 out = self._appearance_maps(clips, indices, grid) if appearance else [{} for _ in indices]
-                if stationary:
+                for feed in feeds:
                     for k, i in enumerate(indices):
-                        m = self._stationary_map(clips[i].camera_id, grid)
+                        m = feed.clip_map(i, clips[i].camera_id, grid)
                         if m is not None:
-                            out[k][STATIONARY] = m
+                            out[k][feed.stream] = m
                 return out
 
         scored = self.scorer.score(items, extra_maps=extra)

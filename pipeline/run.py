@@ -126,6 +126,8 @@ class Application:
             appearance_every=cfg.appearance.every_clips,
             stationary=self.outputs.stationary,
             stationary_spacing_s=cfg.stationary.spacing_s,
+            objects=self.outputs.objects,
+            objects_spacing_s=cfg.objects.spacing_s,
         )
         self._cameras_lock = threading.RLock()  # the camera table (reload on the main thread)
         self._reload_requested = threading.Event()

@@ -19,6 +19,15 @@ apart, :class:`plugins.stationary.FrameSpacer`) are kept, and the camera's stati
 scored against the model of the other fold's frames (no sample until its window is full, as in a run). The
 model of every frame is saved beside the calibration file (:func:`plugins.stationary.model_path`).
 
+With ``objects.enabled``, the frames the run's objects stream would take (``objects.spacing_s`` apart) are
+kept likewise (:class:`_ObjectsFrames`), and the camera's objects model (:mod:`plugins.objects`) is fitted on
+each time fold's frames and on every frame. A clip's objects sample is its map under the run's rule
+(:class:`pipeline.memory_streams.ObjectsClips`: the max of the maps of the frames it fed, else the map of the
+last frame fed), the footage's frames played in order through the model of the clip's *other* fold. The
+model of every frame is saved beside the calibration file (:func:`plugins.objects.model_path`). Footage that
+shows too few objects for a model (:class:`plugins.objects.ObjectsError`) is logged, and the camera is
+calibrated without the objects stream.
+
 Every footage is also played a second time, as a twin camera, with pseudo-anomalies pasted into its frames
 (:mod:`plugins.pseudo_anomaly`: a patch of its own moving content racing across the view, or left standing
 upside down). The twin's clips that hold a pasted event are scored like any clip (an appearance score
@@ -36,7 +45,7 @@ import time
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -52,6 +61,14 @@ from pipeline.inference import (
     appearance_expectation,
     load_engines,
 )
+from pipeline.memory_streams import (
+    MODEL_FILES,
+    OBJECTS_FILE,
+    STATIONARY_FILE,
+    ModelFile,
+    ObjectsClips,
+    dpc_geometry,
+)
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map, memory_path, save_memory
 from plugins.fusion import (
     Calibration,
@@ -62,18 +79,12 @@ from plugins.fusion import (
     load_calibration,
     save_calibration,
 )
+from plugins.objects import ObjectsError, ObjectsModel
+from plugins.objects import fit_model as fit_objects_model
 from plugins.pseudo_anomaly import PseudoAnomalyInjector
 from plugins.scorer import reduce_map
-from plugins.stationary import (
-    FrameSpacer,
-    StationaryError,
-    StationaryModel,
-    StationaryState,
-    fit_model,
-    model_path,
-    save_model,
-)
-from plugins.streams import APPEARANCE, STATIONARY
+from plugins.stationary import FrameSpacer, StationaryError, StationaryModel, StationaryState, fit_model
+from plugins.streams import APPEARANCE, OBJECTS, STATIONARY
 from plugins.zones import CellFilters, ViewZones
 
 log = logging.getLogger(__name__)
@@ -90,6 +101,8 @@ __all__ = [
 FOLDS = 2
 #: The twin camera of a footage, played with pseudo-anomalies pasted in, is named ``<id>.<i><suffix>``.
 PROBE_SUFFIX = ".pseudo"
+
+M = TypeVar("M")  # a memory stream's model
 
 
 class CalibrationFootageError(RuntimeError):
@@ -114,6 +127,9 @@ class CalibrationSamples:
     probes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     #: The stationary model fitted on every frame its window took (None with stationary.enabled false).
     stationary: StationaryModel | None = None
+    #: The objects model fitted on every frame the stream took (None with objects.enabled false, or footage
+    #: that showed too few objects).
+    objects: ObjectsModel | None = None
 
     @property
     def clips(self) -> int:
@@ -193,6 +209,8 @@ def collect_scores(
     probe_features: dict[tuple[str, int], np.ndarray] = {}
     appearance = engines.appearance is not None
     stationary = _StationaryFrames(cfg.stationary.spacing_s) if cfg.stationary.enabled else None
+    objects = _ObjectsFrames(cfg.objects.spacing_s) if cfg.objects.enabled else None
+    spaced = [keeper for keeper in (stationary, objects) if keeper is not None]
     failed: list[str] = []
     graph.start()
     deadline = time.monotonic() + timeout_s
@@ -211,8 +229,8 @@ def collect_scores(
             batch = _in_camera_order(batch)
             for clip in batch:
                 emitted[clip.camera_id] = emitted.get(clip.camera_id, 0) + 1
-                if stationary is not None:
-                    stationary.add(clip)
+                for keeper in spaced:
+                    keeper.add(clip)
             kinds = [pasted_kind(clip) for clip in batch]
             if appearance:
                 # float16 halves what minutes of footage hold (the fit accumulates in float64 anyway).
@@ -247,6 +265,9 @@ def collect_scores(
     if stationary is not None:
         # The twins' pasted frames never enter a model; their clips with an event still get a held-out score.
         model = stationary.fit(cfg, camera.id, emitted, scored, folds, filters, exclude=injectors)
+    objects_model = None
+    if objects is not None:
+        objects_model = objects.fit(cfg, camera.id, emitted, scored, folds, filters, exclude=injectors)
     unpasted = [s for s in scored if s.pasted is None]
     streams = sorted({k for s in unpasted for k in s.scores})
     samples = {k: np.array([s.scores.get(k, math.nan) for s in unpasted], np.float64) for k in streams}
@@ -256,7 +277,12 @@ def collect_scores(
         hit = [s for s in scored if s.pasted == kind]
         probes[kind] = {k: np.array([s.scores.get(k, math.nan) for s in hit], np.float64) for k in streams}
     return CalibrationSamples(
-        samples=samples, folds=clean_folds, memory=memory, probes=probes, stationary=model
+        samples=samples,
+        folds=clean_folds,
+        memory=memory,
+        probes=probes,
+        stationary=model,
+        objects=objects_model,
     )
 
 
@@ -304,10 +330,7 @@ def _fit_appearance(
     for s, fold in zip(scored, folds, strict=True):
         key = (s.camera, s.index)
         last = probe_features[key] if s.pasted is not None else features[key][-1]
-        error_map = appearance_map(held[int(fold)], last, s.grid)
-        cell_filter = filters.get(s.camera)
-        counted = cell_filter.apply({APPEARANCE: error_map}) if cell_filter is not None else None
-        s.scores[APPEARANCE] = reduce_map(counted[APPEARANCE] if counted is not None else error_map)
+        _add_held_out(s, APPEARANCE, appearance_map(held[int(fold)], last, s.grid), filters)
     memory = finalize(fitters[0].merged(fitters[1]))
     log.info(
         "camera %s: appearance memory fitted on %d frames (folds %d + %d) in %.1f s",
@@ -320,13 +343,36 @@ def _fit_appearance(
     return memory
 
 
-class _StationaryFrames:
-    """The frames each footage's stationary window takes, and how many it had taken at each clip."""
+def _add_held_out(scored: _Scored, stream: str, error_map: np.ndarray, filters: CellFilters) -> None:
+    """Add a clip's held-out ``stream`` score: its map with the camera's mask applied, reduced as a run
+    does."""
+    cell_filter = filters.get(scored.camera)
+    counted = cell_filter.apply({stream: error_map}) if cell_filter is not None else None
+    scored.scores[stream] = reduce_map(counted[stream] if counted is not None else error_map)
+
+
+class _FittedModel(Protocol):
+    """What calibration reads of a memory stream's model: the frames it was fitted on."""
+
+    n_frames: int
+
+
+F = TypeVar("F", bound=_FittedModel)
+
+
+class _SpacedFrames(Generic[F]):
+    """The frames a memory stream takes of each footage (the run's :class:`FrameSpacer` at ``spacing_s``),
+    the clip each came from and how many it had taken at each clip; :meth:`fit` fits the stream's models on
+    them and adds its held-out samples."""
+
+    stream: str
+    #: What a fit raises when the frames give no model.
+    errors: tuple[type[Exception], ...]
 
     def __init__(self, spacing_s: float) -> None:
         self.spacing_s = spacing_s
         self.frames: dict[str, list[np.ndarray]] = {}  # footage -> frames taken, in time order
-        self.folds: dict[str, list[int]] = {}  # footage -> the clip index that gave each frame taken
+        self.clips: dict[str, list[int]] = {}  # footage -> the clip index that gave each frame taken
         self.taken_at: dict[tuple[str, int], int] = {}  # (footage, clip index) -> frames taken by its end
         self._spacers: dict[str, FrameSpacer] = {}
 
@@ -335,8 +381,25 @@ class _StationaryFrames:
         frames = self.frames.setdefault(clip.camera_id, [])
         for i in spacer.select(clip.pts):
             frames.append(np.array(clip.frames[i]))
-            self.folds.setdefault(clip.camera_id, []).append(clip.index)
+            self.clips.setdefault(clip.camera_id, []).append(clip.index)
         self.taken_at[(clip.camera_id, clip.index)] = len(frames)
+
+    def videos(self, exclude: Container[str] = ()) -> list[np.ndarray]:
+        """Each footage's frames ``(N, H, W, 3)`` but those of the footage named in ``exclude``."""
+        return [np.stack(frames) for c, frames in self.frames.items() if c not in exclude and frames]
+
+    def fold_videos(self, emitted: dict[str, int], exclude: Container[str] = ()) -> list[list[np.ndarray]]:
+        """Per time fold, each footage's frames of that fold's clips (``emitted``: clips per footage)."""
+        out: list[list[np.ndarray]] = [[] for _ in range(FOLDS)]
+        for footage, frames in self.frames.items():
+            if footage in exclude:
+                continue
+            folds = [_fold(index, emitted[footage]) for index in self.clips.get(footage, [])]
+            for fold in range(FOLDS):
+                taken = [frame for frame, f in zip(frames, folds, strict=True) if f == fold]
+                if taken:
+                    out[fold].append(np.stack(taken))
+        return out
 
     def fit(
         self,
@@ -347,68 +410,138 @@ class _StationaryFrames:
         folds: np.ndarray,
         filters: CellFilters,
         exclude: Container[str] = (),
-    ) -> StationaryModel | None:
-        """Fit one model per time fold and the model of every frame; add each scored clip's stationary
-        score against the model of the other fold to its scores (none while its window is not full). None
-        (and no stationary samples) when a fold has too few frames for a model. The frames of the footage
-        named in ``exclude`` (altered copies, such as footage with pseudo-anomalies pasted in) never enter a
-        model; their clips are scored like the others, against the model of their clip's fold."""
-        s = cfg.stationary
-        bb = cfg.model.backbone
-        grid = (bb.image_height // bb.patch_size, bb.image_width // bb.patch_size)
-        by_fold: list[list[np.ndarray]] = [[] for _ in range(FOLDS)]
-        for footage, frames in self.frames.items():
-            if footage in exclude:
-                continue
-            for frame, index in zip(frames, self.folds[footage], strict=True):
-                by_fold[_fold(index, emitted[footage])].append(frame)
+    ) -> F | None:
+        """Fit one model per time fold and the model of every frame; add each scored clip's score of the
+        stream against the model of the other fold to its scores. None (and no samples of the stream) when
+        a fold's frames give no model (logged). The frames of the footage named in ``exclude`` (altered
+        copies, such as footage with pseudo-anomalies pasted in) never enter a model; their clips are scored
+        like the others, against the model of their clip's fold."""
+        videos = self.fold_videos(emitted, exclude)
+        counts = [sum(len(v) for v in fold_videos) for fold_videos in videos]
         t0 = time.perf_counter()
-
-        def fitted(frames: list[np.ndarray]) -> StationaryModel:
-            return fit_model(
-                np.stack(frames),
-                grid,
-                window=s.window,
-                min_pixels=s.min_pixels,
-                floor=s.floor,
-                camera=camera,
-                spacing_s=s.spacing_s,
-            )
-
         try:
-            held = [fitted(by_fold[1 - fold]) for fold in range(FOLDS)]  # fold f is scored by held[f]
-            model = fitted([f for c, frames in self.frames.items() if c not in exclude for f in frames])
-        except (StationaryError, ValueError) as exc:
+            held = [self._fitted(cfg, camera, videos[1 - fold]) for fold in range(FOLDS)]  # held[f] scores f
+            model = self._fitted(cfg, camera, self.videos(exclude))
+        except self.errors as exc:
             log.warning(
-                "camera %s: no stationary model (%d + %d frames %.2g s apart: %s); give longer footage",
+                "camera %s: no %s model (%d + %d frames %.2g s apart: %s); it is calibrated without the %s "
+                "stream",
                 camera,
-                len(by_fold[0]),
-                len(by_fold[1]),
-                s.spacing_s,
+                self.stream,
+                *counts,
+                self.spacing_s,
                 exc,
+                self.stream,
             )
             return None
+        self._score(held, emitted, scored, folds, filters)
+        log.info(
+            "camera %s: %s model fitted on %d frames %.2g s apart (folds %d + %d) in %.1f s",
+            camera,
+            self.stream,
+            model.n_frames,
+            self.spacing_s,
+            *counts,
+            time.perf_counter() - t0,
+        )
+        return model
+
+    def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> F:
+        """The model of ``videos`` (each a footage's frames in time order)."""
+        raise NotImplementedError
+
+    def _score(
+        self,
+        held: list[F],
+        emitted: dict[str, int],
+        scored: list[_Scored],
+        folds: np.ndarray,
+        filters: CellFilters,
+    ) -> None:
+        """Add each scored clip's held-out score (against ``held[its fold]``) to its scores."""
+        raise NotImplementedError
+
+
+class _StationaryFrames(_SpacedFrames[StationaryModel]):
+    """The frames each footage's stationary window takes. A clip's sample is its window (the last ``window``
+    frames taken by its end) scored against the other fold's model; none while the window is not full."""
+
+    stream = STATIONARY
+    # A fold without frames: nothing to concatenate (ValueError).
+    errors = (StationaryError, ValueError)
+
+    def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> StationaryModel:
+        s = cfg.stationary
+        return fit_model(
+            np.concatenate(videos),
+            dpc_geometry(cfg)[1],
+            window=s.window,
+            min_pixels=s.min_pixels,
+            floor=s.floor,
+            camera=camera,
+            spacing_s=s.spacing_s,
+        )
+
+    def _score(
+        self,
+        held: list[StationaryModel],
+        emitted: dict[str, int],
+        scored: list[_Scored],
+        folds: np.ndarray,
+        filters: CellFilters,
+    ) -> None:
         for sc, fold in zip(scored, folds, strict=True):
+            model = held[int(fold)]
             n = self.taken_at.get((sc.camera, sc.index), 0)
             if n < model.window or model.grid != sc.grid:
                 continue
             state = StationaryState(model.window)
             for frame in self.frames[sc.camera][n - model.window : n]:
                 state.push(frame)
-            error_map = held[int(fold)].score_map(state)
-            cell_filter = filters.get(sc.camera)
-            counted = cell_filter.apply({STATIONARY: error_map}) if cell_filter is not None else None
-            sc.scores[STATIONARY] = reduce_map(counted[STATIONARY] if counted is not None else error_map)
-        log.info(
-            "camera %s: stationary model fitted on %d frames %.2g s apart (folds %d + %d) in %.1f s",
-            camera,
-            model.n_frames,
-            s.spacing_s,
-            len(by_fold[0]),
-            len(by_fold[1]),
-            time.perf_counter() - t0,
+            _add_held_out(sc, STATIONARY, model.score_map(state), filters)
+
+
+class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
+    """The frames each footage's objects stream takes. Each time fold's model is fitted on each footage's
+    part of the fold as a video of its own (tracks start afresh). A clip's sample is its map under the run's
+    rule (:class:`ObjectsClips`), the footage's frames played in order through the other fold's model."""
+
+    stream = OBJECTS
+    errors = (ObjectsError,)
+
+    def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> ObjectsModel:
+        o = cfg.objects
+        return fit_objects_model(
+            videos,
+            dpc_geometry(cfg)[1],
+            spacing_s=o.spacing_s,
+            k=o.k,
+            floor=o.floor,
+            min_area=o.min_area,
+            camera=camera,
         )
-        return model
+
+    def _score(
+        self,
+        held: list[ObjectsModel],
+        emitted: dict[str, int],
+        scored: list[_Scored],
+        folds: np.ndarray,
+        filters: CellFilters,
+    ) -> None:
+        wanted = {(sc.camera, sc.index): sc for sc in scored}
+        for footage, frames in self.frames.items():
+            by_clip: dict[int, list[np.ndarray]] = {}
+            for frame, index in zip(frames, self.clips.get(footage, []), strict=True):
+                by_clip.setdefault(index, []).append(frame)
+            mappers = [ObjectsClips(model) for model in held]
+            for index in range(emitted[footage]):
+                fold = _fold(index, emitted[footage])
+                # The folds are in time order: a fold's model plays the footage until its last clip.
+                maps = [mappers[f].clip_map(by_clip.get(index, ())) for f in range(fold, FOLDS)]
+                sc = wanted.get((footage, index))
+                if sc is not None and maps[0] is not None and maps[0].shape == sc.grid:
+                    _add_held_out(sc, OBJECTS, maps[0], filters)
 
 
 def _in_camera_order(batch: list[Clip]) -> list[Clip]:
@@ -470,8 +603,8 @@ def calibrate_camera(
             memory_file,
         )
     # A model whose stream got no sample (every window too short) would be refused by the run: not saved.
-    model = collected.stationary if STATIONARY in cal.streams else None
-    _save_stationary(camera_id, model, out)
+    _save_model(camera_id, STATIONARY_FILE, collected.stationary if STATIONARY in cal.streams else None, out)
+    _save_model(camera_id, OBJECTS_FILE, collected.objects if OBJECTS in cal.streams else None, out)
     save_calibration(cal, out)
     log.info(
         "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0
@@ -479,21 +612,22 @@ def calibrate_camera(
     return out
 
 
-def _save_stationary(camera_id: str, model: StationaryModel | None, calibration: Path) -> None:
-    """Save the camera's stationary model beside ``calibration`` (before it: a calibration names the stream
-    only once its model is there), or remove an earlier calibration's model that this one has no statistics
-    for."""
-    path = model_path(calibration)
+def _save_model(camera_id: str, file: ModelFile[M], model: M | None, calibration: Path) -> None:
+    """Save the camera's model of a memory stream beside ``calibration`` (before it: a calibration names the
+    stream only once its model is there), or remove an earlier calibration's model that this one has no
+    statistics for."""
+    path = file.path_of(calibration)
     if model is not None:
-        size = save_model(model, path)
-        log.info("camera %s: stationary model -> %s (%.1f KiB)", camera_id, path, size / 2**10)
+        size = file.write(model, path)
+        log.info("camera %s: %s model -> %s (%.1f KiB)", camera_id, file.stream, path, size / 2**10)
     elif path.exists():
         path.unlink()
         log.warning(
-            "camera %s: removed %s, the stationary model of an earlier calibration (this one has no "
-            "stationary stream)",
+            "camera %s: removed %s, the %s model of an earlier calibration (this one has no %s stream)",
             camera_id,
             path,
+            file.stream,
+            file.stream,
         )
 
 
@@ -564,8 +698,13 @@ def run_calibrate(args: Any) -> int:
     memory_file = memory_path(path)
     if memory_file.is_file():
         print(f"appearance memory: {memory_file} ({memory_file.stat().st_size / 2**20:.1f} MiB)")
-    stationary_file = model_path(path)
-    if stationary_file.is_file():
-        print(f"stationary model: {stationary_file} ({stationary_file.stat().st_size / 2**10:.0f} KiB)")
+    for file in MODEL_FILES:
+        model_file = file.path_of(path)
+        if model_file.is_file():
+            print(f"{file.stream} model: {model_file} ({model_file.stat().st_size / 2**10:.0f} KiB)")
+        elif file.settings(cfg).enabled:
+            print(
+                f"{file.stream} model: none, the camera runs without the {file.stream} stream (see the log)"
+            )
     print(f"calibration: {path}")  # last: the file to put in the camera's config
     return 0

@@ -25,10 +25,10 @@ from engines.manifest import ManifestError
 from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.cli.run import announce
 from pipeline.inference import EngineError, appearance_expectation, load_engines
+from pipeline.memory_streams import MODEL_FILES
 from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
 from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
-from plugins.stationary import StationaryModelError, load_model, model_path
 from synth import generate_dataset
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,14 @@ def prepare_engines(cfg: ZsadConfig, config_path: Path) -> None:
 def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
     """Calibrate every camera on the normal (training) footage of its context; return the updated config.
     A calibration from an earlier demo is kept unless the appearance engine needs a memory it lacks, or the
-    stationary stream a model it lacks."""
+    stationary or objects stream (when on) a model it lacks."""
     engines = load_engines(cfg)
     cameras = []
     try:
         expect = appearance_expectation(engines)
         for cam in cfg.cameras:
             path = out / f"{cam.id}.json"
-            if not path.is_file() or not _memory_fits(path, expect) or not _stationary_fits(cfg, path):
+            if not path.is_file() or not _memory_fits(path, expect) or not _models_fit(cfg, path):
                 context = cfg.camera_settings(cam.id).context
                 footage = sorted((scenes / "training" / "videos").glob(f"{context}_*.mp4"))
                 calibrate_camera(cfg, engines, cam.id, [f"file://{p.resolve()}" for p in footage], path)
@@ -100,22 +100,17 @@ def _memory_fits(calibration: Path, expect: MemoryExpectation | None) -> bool:
     return True
 
 
-def _stationary_fits(cfg: ZsadConfig, calibration: Path) -> bool:
-    """Whether the stationary model beside ``calibration`` is usable with the config (True with the stream
-    off)."""
-    if not cfg.stationary.enabled:
-        return True
-    bb = cfg.model.backbone
-    try:
-        load_model(
-            model_path(calibration),
-            frame_size=(bb.image_height, bb.image_width),
-            grid=(bb.image_height // bb.patch_size, bb.image_width // bb.patch_size),
-            spacing_s=cfg.stationary.spacing_s,
-        )
-    except StationaryModelError as exc:
-        log.info("calibrating again: %s", exc)
-        return False
+def _models_fit(cfg: ZsadConfig, calibration: Path) -> bool:
+    """Whether the models beside ``calibration`` of the memory streams without an engine that are on
+    (stationary, objects) are usable with the config."""
+    for file in MODEL_FILES:
+        if not file.settings(cfg).enabled:
+            continue
+        try:
+            file.load(cfg, file.path_of(calibration))
+        except file.error as exc:
+            log.info("calibrating again: %s", exc)
+            return False
     return True
 
 

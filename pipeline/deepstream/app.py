@@ -86,6 +86,8 @@ class DeepStreamApp:
             appearance_every=cfg.appearance.every_clips,
             stationary=self.outputs.stationary,
             stationary_spacing_s=cfg.stationary.spacing_s,
+            objects=self.outputs.objects,
+            objects_spacing_s=cfg.objects.spacing_s,
         )
         self.clips = ClipPath(
             self.inference,

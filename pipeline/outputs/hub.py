@@ -23,10 +23,12 @@ logged as an error naming the file and what to do, and that camera alone runs wi
 the policy of an unreadable calibration. No memory file (calibrated without the appearance engine): no
 stream, as before.
 
-Stationary models. With ``stationary.enabled``, a calibrated camera's stationary model is read the same way
-from beside its calibration file (:func:`plugins.stationary.model_path`) into :attr:`RunOutputs.stationary`,
-checked against the backbone's frame size, the DPC grid and ``stationary.spacing_s``; a model that cannot be
-used is logged as an error naming the file and what to do, and that camera alone runs without the stream.
+Stationary and objects models. With ``stationary.enabled`` (``objects.enabled``), a calibrated camera's
+stationary (objects) model is read the same way from beside its calibration file
+(:data:`pipeline.memory_streams.MODEL_FILES`: ``<calibration>.stationary.npz``, ``<calibration>.objects.npz``)
+into :attr:`RunOutputs.stationary` (:attr:`RunOutputs.objects`), checked against the backbone's frame size,
+the DPC grid and the stream's ``spacing_s``; a model that cannot be used is logged as an error naming the
+file and what to do, and that camera alone runs without the stream.
 
 Feedback. When an alert's label becomes ``false_alarm``, its evidence (``events/<camera>/<alert_id>.npz``)
 is learned into the camera's :class:`plugins.learned.LearnedStore` (beside its calibration file:
@@ -59,6 +61,7 @@ from core.config import (
     zone_overrides_path,
 )
 from core.redact import redact_uri
+from pipeline.memory_streams import OBJECTS_FILE, STATIONARY_FILE, ModelFile
 from pipeline.outputs.events import CameraAlerts
 from pipeline.outputs.media import EventRecorder, Frame, safe_component
 from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
@@ -82,11 +85,11 @@ from plugins.fusion import (
     load_calibration,
 )
 from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
+from plugins.objects import ObjectsModels
 from plugins.registry import CameraTable
 from plugins.scorer import StreamScores, filter_scores
-from plugins.stationary import StationaryModelError, StationaryModels, load_model, model_path
-from plugins.stationary import describe as describe_stationary
-from plugins.streams import APPEARANCE, STATIONARY
+from plugins.stationary import StationaryModels
+from plugins.streams import APPEARANCE
 from plugins.zones import CellFilters, ViewZones
 
 if TYPE_CHECKING:
@@ -199,6 +202,8 @@ class RunOutputs:
         self.memories = AppearanceMemories()
         #: The cameras' stationary models; give it to the ``ClipInference`` (``stationary=``).
         self.stationary = StationaryModels()
+        #: The cameras' objects models; give it to the ``ClipInference`` (``objects=``).
+        self.objects = ObjectsModels()
         self.out = Path(cfg.output_dir)
         self.metrics = ZsadMetrics()
         self.metrics_server: Any = None
@@ -248,7 +253,8 @@ class RunOutputs:
         the run."""
         calibration = self._read_calibration(cam)
         self._read_memory(cam, calibration)
-        self._read_stationary(cam, calibration)
+        self._read_model(cam, calibration, STATIONARY_FILE, self.stationary)
+        self._read_model(cam, calibration, OBJECTS_FILE, self.objects)
         try:
             fusion = CameraFusion(
                 cam.id,
@@ -328,26 +334,24 @@ class RunOutputs:
             summary=describe,
         )
 
-    def _read_stationary(self, cam: CameraSettings, calibration: Calibration | None) -> None:
-        """Put the camera's stationary model in force, or leave it out with a log line saying why."""
-        bb = self.cfg.model.backbone
+    def _read_model(
+        self, cam: CameraSettings, calibration: Calibration | None, file: ModelFile[T], table: CameraTable[T]
+    ) -> None:
+        """Put the camera's model of a memory stream without an engine (stationary, objects) in force, or
+        leave it out with a log line saying why."""
+        stream = file.stream
         self._read_beside(
             cam,
             calibration,
-            self.stationary,
-            enabled=self.cfg.stationary.enabled,
-            stream=STATIONARY,
-            what="stationary model",
-            why_absent="calibrated with stationary.enabled false, or before the stream existed",
-            path_of=model_path,
-            load=partial(
-                load_model,
-                frame_size=(bb.image_height, bb.image_width),
-                grid=(bb.image_height // bb.patch_size, bb.image_width // bb.patch_size),
-                spacing_s=self.cfg.stationary.spacing_s,
-            ),
-            error=StationaryModelError,
-            summary=describe_stationary,
+            table,
+            enabled=file.settings(self.cfg).enabled,
+            stream=stream,
+            what=f"{stream} model",
+            why_absent=f"calibrated with {stream}.enabled false, or before the stream existed",
+            path_of=file.path_of,
+            load=partial(file.load, self.cfg),
+            error=file.error,
+            summary=file.describe,
         )
 
     @staticmethod
@@ -414,6 +418,7 @@ class RunOutputs:
             records = alerts.shutdown() if alerts is not None else []
         self.memories.remove(camera)
         self.stationary.remove(camera)
+        self.objects.remove(camera)
         with self._zones_lock:
             self.filters.remove(camera)
             self._settings.pop(camera, None)

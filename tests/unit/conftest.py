@@ -6,13 +6,31 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.config import parse_config
 from pipeline.outputs.hub import RunOutputs
 from plugins.appearance import MemoryExpectation
+from plugins.fusion import fit_calibration, save_calibration
 
 HubOutputs = Callable[..., RunOutputs]
+
+
+def write_calibration(path: Path, streams: tuple[str, ...]) -> np.random.Generator:
+    """Write at ``path`` a calibration of camera ``path.stem`` with statistics of ``streams`` (seeded random
+    samples); return the seeded generator, to draw what goes beside it."""
+    rng = np.random.default_rng(0)
+    save_calibration(fit_calibration({s: rng.random(50) for s in streams}, camera=path.stem), path)
+    return rng
+
+
+@pytest.fixture
+def calib(tmp_path: Path) -> Path:
+    """An empty folder for calibration files and what ``zsad calibrate`` writes beside them."""
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    return folder
 
 
 @pytest.fixture

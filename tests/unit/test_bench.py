@@ -28,6 +28,7 @@ from bench.bench_pipeline import (
     _search_capacity,
     build_parser,
     calibrate_videos,
+    camera_calibrations,
     memory_from_one_camera,
     memory_per_camera,
     pipeline_tables,
@@ -137,6 +138,30 @@ def test_results_carry_command_and_machine(tmp_path: Path) -> None:
     assert doc["command"]
     assert doc["machine"]["cpu_model"]
     assert doc["date_utc"]
+
+
+def test_each_camera_gets_a_copy_of_its_calibration_with_its_files_linked_beside(tmp_path: Path) -> None:
+    # What zsad calibrate wrote for two videos: the second without an appearance memory or objects model.
+    made = tmp_path / "made"
+    made.mkdir()
+    beside = (".appearance.npz", ".stationary.npz", ".objects.npz")
+    for video, suffixes in (("video0", beside), ("video1", beside[1:2])):
+        (made / f"{video}.json").write_text(video)
+        for suffix in suffixes:
+            (made / f"{video}{suffix}").write_text(f"{video}{suffix}")
+    calibrations = [made / "video0.json", made / "video1.json"]
+    paths = camera_calibrations(calibrations, 2, 3, tmp_path / "case")
+    assert [p.name for p in paths] == ["cam00.json", "cam01.json", "cam02.json"]
+    # Camera i plays video i % 2, and gets that video's calibration and the files beside it.
+    for path, video in zip(paths, ("video0", "video1", "video0"), strict=True):
+        assert path.read_text() == video
+        for suffix in beside:
+            linked = path.with_name(path.stem + suffix)
+            made_file = made / f"{video}{suffix}"
+            assert linked.is_file() == made_file.is_file()
+            if made_file.is_file():
+                assert linked.is_symlink()
+                assert linked.read_text() == f"{video}{suffix}"
 
 
 def test_no_bench_script_edits_sys_path() -> None:
@@ -285,6 +310,7 @@ def test_graph_cases_count_frames_and_clips(pipeline_doc: dict[str, Any]) -> Non
     # Uncalibrated cameras (no calibrations in the spec): no memory, so no appearance stream.
     assert fast["cameras_with_memory"] == 0
     assert fast["cameras_with_stationary_model"] == 0
+    assert fast["cameras_with_objects_model"] == 0
     assert fast["clips_with_appearance_total"] == 0
     assert fast["clips_dropped"] == 0
     assert fast["camera_frames_per_s"] == pytest.approx(fast["clips_per_s"] * 4, rel=1e-3)

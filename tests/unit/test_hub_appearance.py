@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from plugins.appearance import MemoryExpectation, fit_memory, memory_path, save_memory
-from plugins.fusion import fit_calibration, save_calibration
-from tests.unit.conftest import HubOutputs
+from tests.unit.conftest import HubOutputs, write_calibration
 
 SHA = "5e" * 32
 EXPECT = MemoryExpectation(encoder="stand-in", weights_sha256=SHA, grid=(2, 3), channels=4)
@@ -20,8 +19,7 @@ EXPECT = MemoryExpectation(encoder="stand-in", weights_sha256=SHA, grid=(2, 3), 
 
 def _calibrate(path: Path, streams: tuple[str, ...], *, memory: bool) -> Path:
     """A calibration of ``streams`` at ``path``, and beside it a memory fitted for :data:`EXPECT`."""
-    rng = np.random.default_rng(0)
-    save_calibration(fit_calibration({s: rng.random(50) for s in streams}, camera=path.stem), path)
+    rng = write_calibration(path, streams)
     if memory:
         features = rng.random((20, 4, 2, 3)).astype(np.float32)
         save_memory(
@@ -31,10 +29,8 @@ def _calibrate(path: Path, streams: tuple[str, ...], *, memory: bool) -> Path:
 
 
 def test_each_camera_gets_its_memory_only_when_it_can_use_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs
+    calib: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs
 ) -> None:
-    calib = tmp_path / "calib"
-    calib.mkdir()
     with_stream = ("pixel", "motion", "appearance")
     cameras: dict[str, Path | None] = {
         "good": _calibrate(calib / "good.json", with_stream, memory=True),

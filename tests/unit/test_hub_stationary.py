@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.fusion import fit_calibration, save_calibration
 from plugins.stationary import fit_model, model_path, save_model
-from tests.unit.conftest import HubOutputs
+from tests.unit.conftest import HubOutputs, write_calibration
 
 # The default model: 128 x 192 frames in 16-pixel patches.
 FRAME = (128, 192)
@@ -22,8 +21,7 @@ GRID = (8, 12)
 def _calibrate(path: Path, streams: tuple[str, ...], *, spacing_s: float | None = 0.4) -> Path:
     """A calibration of ``streams`` at ``path``, and beside it (unless ``spacing_s`` is None) a stationary
     model of the default frame size fitted at ``spacing_s``."""
-    rng = np.random.default_rng(0)
-    save_calibration(fit_calibration({s: rng.random(50) for s in streams}, camera=path.stem), path)
+    rng = write_calibration(path, streams)
     if spacing_s is not None:
         frames = rng.integers(60, 70, (20, *FRAME, 3), dtype=np.uint8)
         save_model(fit_model(frames, GRID, window=4, spacing_s=spacing_s, camera=path.stem), model_path(path))
@@ -31,10 +29,8 @@ def _calibrate(path: Path, streams: tuple[str, ...], *, spacing_s: float | None 
 
 
 def test_each_camera_gets_its_model_only_when_it_can_use_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs
+    calib: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs
 ) -> None:
-    calib = tmp_path / "calib"
-    calib.mkdir()
     with_stream = ("pixel", "motion", "stationary")
     cameras: dict[str, Path | None] = {
         "good": _calibrate(calib / "good.json", with_stream),

@@ -1,0 +1,90 @@
+"""zsad calibrate's objects model (pipeline/cli/calibrate.py, ``_ObjectsFrames``) on clips of a scene drawn
+here (tests/fixtures/objects_scenes.py): the frames the run's stream would take, a model per time fold and
+one of every frame, held-out samples under the run's clip-map rule, footage left out of the fit (an altered
+copy) still scored, and footage with too few objects leaving the camera without the stream."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import parse_config
+from pipeline.cli.calibrate import _fold, _ObjectsFrames, _save_model, _Scored
+from pipeline.memory_streams import OBJECTS_FILE, ObjectsClips
+from plugins.objects import model_path
+from plugins.zones import CellFilters
+from tests.fixtures.objects_scenes import GRID, BoxScene, scene_clips
+
+CFG = parse_config('{"appearance": {"enabled": false}, "objects": {"enabled": true, "spacing_s": 0.2}}')
+
+
+def _collect(footage: dict[str, list]) -> tuple[_ObjectsFrames, dict[str, int], list[_Scored], np.ndarray]:
+    collector = _ObjectsFrames(0.2)
+    emitted = {c: len(v) for c, v in footage.items()}
+    scored = []
+    for cam, cs in footage.items():
+        for clip in cs:
+            collector.add(clip)
+            if clip.index >= 2:  # the DPC history fills in 2 clips
+                scored.append(_Scored(cam, clip.index, {}, GRID))
+    folds = np.array([_fold(s.index, emitted[s.camera]) for s in scored], np.int8)
+    return collector, emitted, scored, folds
+
+
+def test_the_models_and_held_out_samples_leave_excluded_footage_out_but_score_it() -> None:
+    footage = {
+        "cam.0": scene_clips("cam.0", 40, BoxScene(0)),
+        "cam.0.pseudo": scene_clips("cam.0.pseudo", 40, BoxScene(0, vehicle_from=100)),
+    }
+    collector, emitted, scored, folds = _collect(footage)
+    # Every frame of the clips is 0.2 s after the last one taken: 4 of each clip's 4.
+    assert len(collector.frames["cam.0"]) == 160
+    model = collector.fit(CFG, "cam", emitted, scored, folds, CellFilters(), exclude={"cam.0.pseudo"})
+    assert model is not None
+    assert (model.camera, model.grid, model.spacing_s) == ("cam", GRID, 0.2)
+    assert model.n_frames == 160  # the clean footage only
+    clean = {s.index: s.scores["objects"] for s in scored if s.camera == "cam.0"}
+    assert sorted(clean) == list(range(2, 40))
+    assert max(clean.values()) < 3.5
+    # The held-out sample of a clip is its map under the run's rule, played through the other fold's model.
+    other_fold = collector.fold_videos(emitted, exclude={"cam.0.pseudo"})[0]
+    held = collector._fitted(CFG, "cam", other_fold)  # fold 1 (the second half) is scored by fold 0's model
+    mapper = ObjectsClips(held)
+    rule = [mapper.clip_map(list(clip.frames)) for clip in footage["cam.0"]]
+    assert clean[39] == pytest.approx(float(rule[39].max()))
+    # The vehicle, from frame 100 (clip 12) on, in the twin footage that never entered a model.
+    pasted = [s.scores["objects"] for s in scored if s.camera == "cam.0.pseudo" and s.index >= 14]
+    assert len(pasted) == 26
+    assert np.median(pasted) > 2 * max(clean.values())
+
+
+def test_footage_with_too_few_objects_gives_no_model_and_no_samples(caplog: pytest.LogCaptureFixture) -> None:
+    empty = BoxScene(0)
+    empty.walkers = []  # nobody walks past
+    collector, emitted, scored, folds = _collect({"cam.0": scene_clips("cam.0", 12, empty)})
+    caplog.set_level(logging.WARNING, logger="pipeline.cli.calibrate")
+    assert collector.fit(CFG, "cam", emitted, scored, folds, CellFilters()) is None
+    assert not any("objects" in s.scores for s in scored)
+    assert (
+        "camera cam: no objects model (24 + 24 frames 0.2 s apart: the normal footage shows 0 blob"
+        in caplog.text
+    )
+    assert "it is calibrated without the objects stream" in caplog.text
+
+
+def test_a_calibration_without_the_stream_removes_an_earlier_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calibration = tmp_path / "cam.json"
+    stale = model_path(calibration)
+    stale.write_bytes(b"an earlier calibration's model")
+    caplog.set_level(logging.WARNING, logger="pipeline.cli.calibrate")
+    _save_model("cam", OBJECTS_FILE, None, calibration)
+    assert not stale.exists()
+    assert (
+        f"camera cam: removed {stale}, the objects model of an earlier calibration (this one has no objects "
+        "stream)" in caplog.text
+    )
