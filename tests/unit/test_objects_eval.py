@@ -81,8 +81,9 @@ def test_training_clips_are_scored_against_the_other_fold() -> None:
     calm = ev.held_out_clip_scores("v2", first, first + 6)
     assert np.isfinite(fast).all()
     assert np.isfinite(calm).all()
-    assert np.median(fast) > 10.0
-    assert np.median(calm) < 2.0
+    assert np.median(fast) > 1.0  # beyond the normal 99th percentile of the model that never saw them
+    assert np.median(calm) < 1.0
+    assert np.median(fast) > 4 * np.median(calm)
     assert set(ev._models) == {("ctx", 0, None), ("ctx", 1, None)}
 
 
