@@ -149,9 +149,9 @@ def test_a_context_without_objects_has_no_model_and_says_so(caplog: pytest.LogCa
     assert "blob observations" in caplog.text  # the fit's own reason
 
 
-def test_the_evaluator_is_off_unless_the_config_turns_it_on() -> None:
-    assert ObjectsEvaluator.from_config(ObjectsConfig(), GRID, STEP) is None
-    assert not ZsadConfig().objects.enabled
-    assert isinstance(ObjectsEvaluator.from_config(SETTINGS, GRID, STEP), ObjectsEvaluator)
+def test_the_evaluator_follows_the_config_which_turns_it_on_by_default() -> None:
+    assert ZsadConfig().objects.enabled
+    assert ObjectsEvaluator.from_config(ObjectsConfig(enabled=False), GRID, STEP) is None
+    assert isinstance(ObjectsEvaluator.from_config(ObjectsConfig(), GRID, STEP), ObjectsEvaluator)
     with pytest.raises(ObjectsError, match="step"):
         ObjectsEvaluator(SETTINGS, GRID, 0)
