@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.config import StationaryConfig
 from plugins.stationary import (
+    DEFAULT_WINDOW,
     FrameSpacer,
     StationaryError,
     StationaryModel,
@@ -350,3 +352,8 @@ def test_the_short_background_is_kept_until_a_push_and_a_reset_empties_the_windo
     assert state.ready
     assert np.array_equal(state.short_background(), small.astype(np.float32))
     assert np.array_equal(state.channel_medians(), np.full(3, 9, np.float32))
+
+
+def test_the_module_default_window_is_the_configs() -> None:
+    # A caller that leaves the window out (a script, a test) must get what the product runs with.
+    assert StationaryConfig().window == DEFAULT_WINDOW
