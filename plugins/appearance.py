@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from core.datafile import write_atomic
+from plugins.modelfile import read_model_file
 from plugins.registry import CameraTable
 
 __all__ = [
@@ -482,31 +482,15 @@ def load_memory(path: str | Path, expect: MemoryExpectation | None = None) -> Ap
     def bad(msg: str) -> AppearanceMemoryError:
         return AppearanceMemoryError(f"appearance memory {p}: {msg}")
 
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            missing = {"meta", "mean", "inv_cov"} - set(data.files)
-            if missing:
-                raise bad(f"lacks {sorted(missing)}: not an appearance memory, or damaged; {_RECALIBRATE}")
-            meta_raw = str(data["meta"][()])
-            mean = data["mean"]
-            inv16 = data["inv_cov"]
-    except AppearanceMemoryError:
-        raise
-    except FileNotFoundError as exc:
-        raise bad("no such file") from exc
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise bad(f"cannot be read (truncated or corrupt: {exc}); {_RECALIBRATE}") from exc
-    try:
-        meta = json.loads(meta_raw)
-    except json.JSONDecodeError as exc:
-        raise bad(f"its header is not JSON ({exc}); {_RECALIBRATE}") from exc
-    if not isinstance(meta, dict):
-        raise bad(f"its header must be an object; {_RECALIBRATE}")
-    version = meta.get("version")
-    if version != MEMORY_VERSION:
-        raise bad(
-            f"unsupported version {version!r} (this zsad reads version {MEMORY_VERSION}); {_RECALIBRATE}"
-        )
+    meta, arrays = read_model_file(
+        p,
+        name="appearance memory",
+        arrays=("mean", "inv_cov"),
+        version=MEMORY_VERSION,
+        error=AppearanceMemoryError,
+        fix=_RECALIBRATE,
+    )
+    mean, inv16 = arrays["mean"], arrays["inv_cov"]
     if mean.dtype != np.float32 or inv16.dtype != np.float16:
         raise bad(f"arrays are {mean.dtype} and {inv16.dtype}, expected float32 and float16; {_RECALIBRATE}")
     if meta.get("arrays_sha256") != _arrays_sha256(mean, inv16):

@@ -1,16 +1,20 @@
-"""What the per-camera model files beside a calibration share: where they live and how their arrays are
-hashed. ``zsad calibrate`` writes ``calib/gate-1.json`` and, beside it, one file per memory stream
-(``calib/gate-1.stationary.npz``, ``calib/gate-1.objects.npz``); each file records the sha256 of its arrays
-so a damaged file is refused rather than scored with. Pure numpy."""
+"""What the per-camera model files beside a calibration share: where they live, how they are read and how
+their arrays are hashed. ``zsad calibrate`` writes ``calib/gate-1.json`` and, beside it, one file per
+memory stream (``calib/gate-1.appearance.npz``, ``.stationary.npz``, ``.objects.npz``); each file records
+the sha256 of its arrays so a damaged file is refused rather than scored with. Pure numpy."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["arrays_sha256", "beside"]
+__all__ = ["arrays_sha256", "beside", "read_model_file"]
 
 
 def beside(calibration: str | Path, suffix: str) -> Path:
@@ -28,3 +32,47 @@ def arrays_sha256(*arrays: np.ndarray) -> str:
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def read_model_file(
+    path: str | Path,
+    *,
+    name: str,
+    arrays: Sequence[str],
+    version: int,
+    error: type[Exception],
+    fix: str,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON header (``meta``) and the ``arrays`` of a model file (an ``.npz``). ``name`` says what the
+    file is ("stationary model"); ``fix`` what to do about a bad one. Raises ``error``, its message starting
+    with ``name`` and the path, when the file is missing, cannot be read (truncated, corrupt), lacks an
+    array, has a header that is not a JSON object, or is of another ``version``. The caller checks the
+    rest (hashes, shapes, what it was fitted for)."""
+    p = Path(path)
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+
+    def bad(msg: str) -> Exception:
+        return error(f"{name} {p}: {msg}")
+
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            missing = {"meta", *arrays} - set(data.files)
+            if missing:
+                raise bad(f"lacks {sorted(missing)}: not {article} {name}, or damaged; {fix}")
+            meta_raw = str(data["meta"][()])
+            out = {k: data[k] for k in arrays}
+    except error:
+        raise
+    except FileNotFoundError as exc:
+        raise bad("no such file") from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise bad(f"cannot be read (truncated or corrupt: {exc}); {fix}") from exc
+    try:
+        meta = json.loads(meta_raw)
+    except json.JSONDecodeError as exc:
+        raise bad(f"its header is not JSON ({exc}); {fix}") from exc
+    if not isinstance(meta, dict):
+        raise bad(f"its header must be an object; {fix}")
+    if meta.get("version") != version:
+        raise bad(f"unsupported version {meta.get('version')!r} (this zsad reads version {version}); {fix}")
+    return meta, out

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from core.datafile import write_atomic
-from plugins.modelfile import arrays_sha256, beside
+from plugins.modelfile import arrays_sha256, beside, read_model_file
 from plugins.registry import CameraTable
 
 __all__ = [
@@ -550,28 +549,15 @@ def load_model(
     def bad(msg: str) -> ObjectsModelError:
         return ObjectsModelError(f"objects model {p}: {msg}")
 
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            missing = {"meta", "background", "threshold", "tails"} - set(data.files)
-            if missing:
-                raise bad(f"lacks {sorted(missing)}: not an objects model, or damaged; {_RECALIBRATE}")
-            meta_raw = str(data["meta"][()])
-            bg, thr, tails = data["background"], data["threshold"], data["tails"]
-    except ObjectsModelError:
-        raise
-    except FileNotFoundError as exc:
-        raise bad("no such file") from exc
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise bad(f"cannot be read (truncated or corrupt: {exc}); {_RECALIBRATE}") from exc
-    try:
-        meta = json.loads(meta_raw)
-    except json.JSONDecodeError as exc:
-        raise bad(f"its header is not JSON ({exc}); {_RECALIBRATE}") from exc
-    if not isinstance(meta, dict) or meta.get("version") != MODEL_VERSION:
-        version = meta.get("version") if isinstance(meta, dict) else None
-        raise bad(
-            f"unsupported version {version!r} (this zsad reads version {MODEL_VERSION}); {_RECALIBRATE}"
-        )
+    meta, arrays = read_model_file(
+        p,
+        name="objects model",
+        arrays=("background", "threshold", "tails"),
+        version=MODEL_VERSION,
+        error=ObjectsModelError,
+        fix=_RECALIBRATE,
+    )
+    bg, thr, tails = arrays["background"], arrays["threshold"], arrays["tails"]
     if meta.get("features") != list(FEATURES):
         raise bad(
             f"its features are {meta.get('features')}, this zsad scores {list(FEATURES)}; {_RECALIBRATE}"

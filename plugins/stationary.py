@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import cache
@@ -43,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from core.datafile import write_atomic
-from plugins.modelfile import arrays_sha256, beside
+from plugins.modelfile import arrays_sha256, beside, read_model_file
 from plugins.registry import CameraTable
 
 __all__ = [
@@ -557,28 +556,15 @@ def load_model(
     def bad(msg: str) -> StationaryModelError:
         return StationaryModelError(f"stationary model {p}: {msg}")
 
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            missing = {"meta", "background", "mean", "std"} - set(data.files)
-            if missing:
-                raise bad(f"lacks {sorted(missing)}: not a stationary model, or damaged; {_RECALIBRATE}")
-            meta_raw = str(data["meta"][()])
-            bg, mean, std = data["background"], data["mean"], data["std"]
-    except StationaryModelError:
-        raise
-    except FileNotFoundError as exc:
-        raise bad("no such file") from exc
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise bad(f"cannot be read (truncated or corrupt: {exc}); {_RECALIBRATE}") from exc
-    try:
-        meta = json.loads(meta_raw)
-    except json.JSONDecodeError as exc:
-        raise bad(f"its header is not JSON ({exc}); {_RECALIBRATE}") from exc
-    if not isinstance(meta, dict) or meta.get("version") != MODEL_VERSION:
-        version = meta.get("version") if isinstance(meta, dict) else None
-        raise bad(
-            f"unsupported version {version!r} (this zsad reads version {MODEL_VERSION}); {_RECALIBRATE}"
-        )
+    meta, arrays = read_model_file(
+        p,
+        name="stationary model",
+        arrays=("background", "mean", "std"),
+        version=MODEL_VERSION,
+        error=StationaryModelError,
+        fix=_RECALIBRATE,
+    )
+    bg, mean, std = arrays["background"], arrays["mean"], arrays["std"]
     if meta.get("arrays_sha256") != arrays_sha256(bg, mean, std):
         raise bad(f"its arrays do not match their recorded sha256 (the file is corrupt); {_RECALIBRATE}")
     try:

@@ -81,7 +81,7 @@ def test_each_camera_gets_its_model_only_when_it_can_use_it(
 
 def test_no_camera_gets_a_model_with_the_stream_off(tmp_path: Path, hub_outputs: HubOutputs) -> None:
     cal = _calibrate(tmp_path / "good.json", WITH_STREAM, objects_model())
-    outputs = hub_outputs({"good": cal}, appearance={"enabled": False})  # objects.enabled is false by default
+    outputs = hub_outputs({"good": cal}, appearance={"enabled": False}, objects={"enabled": False})
     try:
         assert outputs.objects.cameras() == []
     finally:
