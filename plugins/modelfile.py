@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["arrays_sha256", "beside", "read_model_file"]
+__all__ = ["arrays_sha256", "beside", "read_model_file", "setup_mismatches"]
 
 
 def beside(calibration: str | Path, suffix: str) -> Path:
@@ -76,3 +77,25 @@ def read_model_file(
     if meta.get("version") != version:
         raise bad(f"unsupported version {meta.get('version')!r} (this zsad reads version {version}); {fix}")
     return meta, out
+
+
+def setup_mismatches(
+    fitted: tuple[tuple[int, int], tuple[int, int], float],
+    *,
+    frame_size: Sequence[int] | None,
+    grid: Sequence[int] | None,
+    spacing_s: float | None,
+    section: str,
+) -> list[str]:
+    """What differs between the setup a model was ``fitted`` for (frame size ``(H, W)``, DPC grid ``(h, w)``,
+    seconds between its frames, 0 where not recorded) and the running one (None: not checked); ``section``
+    names the config section whose ``spacing_s`` it is. Empty when they agree."""
+    have_frame, have_grid, have_spacing = fitted
+    problems = []
+    if frame_size is not None and have_frame != tuple(int(s) for s in frame_size):
+        problems.append(f"frame size {have_frame}, the camera gives {tuple(frame_size)}")
+    if grid is not None and have_grid != tuple(int(g) for g in grid):
+        problems.append(f"grid {have_grid}, the engines use {tuple(grid)}")
+    if spacing_s is not None and have_spacing and not math.isclose(have_spacing, spacing_s, rel_tol=1e-6):
+        problems.append(f"frames {have_spacing:g} s apart, the config's {section}.spacing_s is {spacing_s:g}")
+    return problems

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from core.datafile import write_atomic
-from plugins.modelfile import arrays_sha256, beside, read_model_file
+from plugins.modelfile import arrays_sha256, beside, read_model_file, setup_mismatches
 from plugins.registry import CameraTable
 
 __all__ = [
@@ -582,19 +582,13 @@ def load_model(
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise bad(f"its header or arrays are invalid ({exc}); {_RECALIBRATE}") from exc
-    problems = []
-    if frame_size is not None and model.frame_size != tuple(int(s) for s in frame_size):
-        problems.append(f"frame size {model.frame_size}, the camera gives {tuple(frame_size)}")
-    if grid is not None and model.grid != tuple(int(g) for g in grid):
-        problems.append(f"grid {model.grid}, the engines use {tuple(grid)}")
-    if (
-        spacing_s is not None
-        and model.spacing_s
-        and not math.isclose(model.spacing_s, spacing_s, rel_tol=1e-6)
-    ):
-        problems.append(
-            f"frames {model.spacing_s:g} s apart, the config's stationary.spacing_s is {spacing_s:g}"
-        )
+    problems = setup_mismatches(
+        (model.frame_size, model.grid, model.spacing_s),
+        frame_size=frame_size,
+        grid=grid,
+        spacing_s=spacing_s,
+        section="stationary",
+    )
     if problems:
         raise bad(f"fitted for {'; '.join(problems)}; {_RECALIBRATE}")
     return model
