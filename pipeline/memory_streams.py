@@ -18,7 +18,7 @@ benchmark share about them lives here, once:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
@@ -166,9 +166,10 @@ class MemoryFeed(Generic[G]):
             if model is None:
                 continue
             spacer = self._spacers.setdefault(camera, FrameSpacer(self.spacing_s))
-            taken = [clip.frames[i] for i in spacer.select(clip.pts)]
+            picked = spacer.select(clip.pts)
+            taken = [clip.frames[i] for i in picked]
             try:
-                self._take(k, camera, model, taken)
+                self._take(k, camera, model, taken, [float(clip.pts[i]) for i in picked])
             except self.error as exc:
                 self._refuse(camera, model, exc)
 
@@ -187,8 +188,10 @@ class MemoryFeed(Generic[G]):
             return None
 
     def reset(self, camera: str) -> None:
-        """Forget the camera's frames (a reconnect starts afresh)."""
+        """Forget the camera's frames (a reconnect starts afresh) and that its model did not fit (a camera
+        removed and added again is given its model again)."""
         self._spacers.pop(camera, None)
+        self._refused.pop(camera, None)
         self._forget(camera)
 
     def _refuse(self, camera: str, model: G, exc: Exception) -> None:
@@ -203,8 +206,9 @@ class MemoryFeed(Generic[G]):
             self.stream,
         )
 
-    def _take(self, k: int, camera: str, model: G, frames: list[np.ndarray]) -> None:
-        """Keep what the stream needs of the ``frames`` the ``k``-th clip fed (maybe none)."""
+    def _take(self, k: int, camera: str, model: G, frames: list[np.ndarray], pts: list[float]) -> None:
+        """Keep what the stream needs of the ``frames`` the ``k``-th clip fed (maybe none), taken at ``pts``
+        seconds."""
         raise NotImplementedError
 
     def _map(self, k: int, camera: str, model: G) -> np.ndarray | None:
@@ -227,7 +231,9 @@ class StationaryFeed(MemoryFeed[StationaryModel]):
         self._states: dict[str, StationaryState] = {}
         self._last: dict[str, np.ndarray] = {}  # the map since the last frame taken
 
-    def _take(self, k: int, camera: str, model: StationaryModel, frames: list[np.ndarray]) -> None:
+    def _take(
+        self, k: int, camera: str, model: StationaryModel, frames: list[np.ndarray], pts: list[float]
+    ) -> None:
         state = self._states.get(camera)
         if state is None or state.window != model.window:  # a model replaced by one of another window
             state = self._states[camera] = model.new_state()
@@ -268,11 +274,12 @@ class ObjectsClips:
         self.state = model.new_state()
         self._last: np.ndarray | None = None  # the map of the last frame fed
 
-    def clip_map(self, frames: Iterable[np.ndarray]) -> np.ndarray | None:
-        """The map of a clip that fed ``frames`` (in time order, maybe none), or None before the first."""
+    def clip_map(self, frames: Sequence[np.ndarray], pts: Sequence[float] | None = None) -> np.ndarray | None:
+        """The map of a clip that fed ``frames`` (in time order, maybe none) at ``pts`` seconds (None: each
+        one spacing after the last, as in calibration footage), or None before the first."""
         out: np.ndarray | None = None
-        for frame in frames:
-            m = self.model.score_frame(self.state, frame)
+        for i, frame in enumerate(frames):
+            m = self.model.score_frame(self.state, frame, None if pts is None else pts[i])
             out = m.copy() if out is None else np.maximum(out, m, out=out)
             self._last = m
         if out is None and self._last is not None:
@@ -297,11 +304,13 @@ class ObjectsFeed(MemoryFeed[ObjectsModel]):
         self._batch = {}
         super().feed(clips)
 
-    def _take(self, k: int, camera: str, model: ObjectsModel, frames: list[np.ndarray]) -> None:
+    def _take(
+        self, k: int, camera: str, model: ObjectsModel, frames: list[np.ndarray], pts: list[float]
+    ) -> None:
         mapper = self._cameras.get(camera)
         if mapper is None or mapper.model is not model:
             mapper = self._cameras[camera] = ObjectsClips(model)
-        m = mapper.clip_map(frames)
+        m = mapper.clip_map(frames, pts)
         if m is not None:
             self._batch[k] = m
 

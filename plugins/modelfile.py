@@ -56,7 +56,10 @@ def read_model_file(
         return error(f"{name} {p}: {msg}")
 
     try:
-        with np.load(p, allow_pickle=False) as data:
+        loaded = np.load(p, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array: np.load reads it too
+            raise bad(f"is not an .npz archive: not {article} {name}; {fix}")
+        with loaded as data:
             missing = {"meta", *arrays} - set(data.files)
             if missing:
                 raise bad(f"lacks {sorted(missing)}: not {article} {name}, or damaged; {fix}")

@@ -83,6 +83,8 @@ _STILL_SPEED = 0.25
 _TRACK_FRAMES = 3
 #: The frame height the pixel settings (``min_area``, the morphology, the tracking margin) are given for.
 _REFERENCE_ROWS = 240
+#: Frames further apart than this many spacings are not consecutive: the state starts afresh.
+_MAX_GAP = 1.5
 #: The background is the median of at most this many normal frames, evenly spaced.
 _BACKGROUND_FRAMES = 200
 #: The smallest tail scale (p99 - median) of each feature: footage where every blob is alike (all walkers the
@@ -145,8 +147,8 @@ class _Geometry:
 @dataclass(frozen=True)
 class Blob:
     """One foreground blob of a frame: its box ``(x, y, w, h)`` in frame pixels, its area in pixels, its
-    track, its speed in pixels a second (``nan`` on a track's first frame), ``aspect`` ``log(w / h)`` and
-    ``still`` the seconds its track has stood still."""
+    track, its speed in pixels a second (``nan`` on the first frame a state takes), ``aspect``
+    ``log(w / h)`` and ``still`` the seconds its track has stood still."""
 
     x: int
     y: int
@@ -206,13 +208,31 @@ class ObjectsState:
             raise ObjectsError(f"spacing_s must be > 0, got {spacing_s}")
         self.spacing_s = float(spacing_s)
         self._flow: Any = None
+        self._step: float | None = None  # the shortest time between frames given so far (note_time)
         self.reset()
 
     def reset(self) -> None:
         """Forget the tracks and the previous frame (a camera that reconnects starts afresh)."""
         self._prev: np.ndarray | None = None
+        self._pts: float | None = None
         self._tracks: list[_Track] = []
         self._next_id = 0
+
+    def note_time(self, pts: float | None) -> None:
+        """Tell the state the time (seconds) of the frame it is about to take. After a gap of more than 1.5
+        steps (the step: the shortest time between the frames it has been given, at least ``spacing_s``; a
+        gap: clips a loaded scheduler dropped, a stalled camera) or a time that goes back, it starts afresh:
+        a speed measured across the gap would read two or more times too fast, and a still time would run
+        on."""
+        if pts is None:
+            return
+        if self._pts is not None:
+            dt = float(pts) - self._pts
+            if dt > 0:
+                self._step = dt if self._step is None else min(self._step, dt)
+            if not 0 < dt <= _MAX_GAP * max(self.spacing_s, self._step or 0.0):
+                self.reset()
+        self._pts = float(pts)
 
     @property
     def frame_shape(self) -> tuple[int, int] | None:
@@ -381,8 +401,10 @@ class ObjectsModel:
     def new_state(self) -> ObjectsState:
         return ObjectsState(self.spacing_s)
 
-    def blobs(self, state: ObjectsState, frame: np.ndarray) -> list[Blob]:
-        """Give ``state`` the camera's next ``(H, W, 3)`` uint8 RGB frame; its blobs with their features."""
+    def blobs(self, state: ObjectsState, frame: np.ndarray, pts: float | None = None) -> list[Blob]:
+        """Give ``state`` the camera's next ``(H, W, 3)`` uint8 RGB frame; its blobs with their features.
+        ``pts``: the frame's time in seconds (None: it follows the last one by the spacing)."""
+        state.note_time(pts)
         grey = _grey(frame)
         if grey.shape != self.background.shape:
             raise ObjectsError(f"frames are {grey.shape}, this model's background is {self.background.shape}")
@@ -397,10 +419,11 @@ class ObjectsModel:
         z = (f - self.tails[:, 0]) / self.tails[:, 1]
         return np.nan_to_num(z, nan=EMPTY).clip(min=EMPTY).max(axis=1)
 
-    def score_frame(self, state: ObjectsState, frame: np.ndarray) -> np.ndarray:
+    def score_frame(self, state: ObjectsState, frame: np.ndarray, pts: float | None = None) -> np.ndarray:
         """``(h, w)`` float32 map of the camera's next frame: each cell the largest excess of the blobs whose
-        box covers it, :data:`EMPTY` elsewhere. ``state`` takes the frame (tracks, previous frame)."""
-        blobs = self.blobs(state, frame)
+        box covers it, :data:`EMPTY` elsewhere. ``state`` takes the frame (tracks, previous frame); ``pts``
+        as :meth:`blobs`."""
+        blobs = self.blobs(state, frame, pts)
         return self.blob_map(blobs, self.excess(blobs))
 
     def blob_map(self, blobs: Sequence[Blob], excess: np.ndarray) -> np.ndarray:

@@ -752,6 +752,16 @@ def _objects_evaluator(
     evaluator = ObjectsEvaluator.from_config(cfg.objects, grid, step)
     if evaluator is not None:
         log.info("objects stream: every %d-th frame (%.2f s apart at %g fps)", step, step / fps, fps)
+        pre = model.spec.preprocess
+        if pre.clip_hop != pre.clip_len * pre.frame_stride:
+            # The evaluation scores clips a span apart; a run whose clips overlap gives each clip only the
+            # frames it newly feeds, so its objects maps take the max over fewer frames than these.
+            log.warning(
+                "objects stream: clips overlap in the run (clip_hop %d < clip_len x frame_stride %d), so its "
+                "clip maps cover fewer frames than the evaluation's; its numbers here are approximate",
+                pre.clip_hop,
+                pre.clip_len * pre.frame_stride,
+            )
     return evaluator
 
 

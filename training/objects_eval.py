@@ -35,7 +35,10 @@ __all__ = ["ObjectsEvaluator", "clip_maps"]
 def clip_maps(fed: np.ndarray, maps: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
     """Each clip's objects map ``(M, h, w)``: the elementwise max of ``maps`` ``(K, h, w)`` (those of the fed
     frames ``fed`` ``(K,)``, ascending) whose frame lies in ``first[i]..last[i]`` (inclusive); a clip that
-    holds no fed frame takes the map of the last fed frame before it, :data:`EMPTY` everywhere when none."""
+    holds no fed frame takes the map of the last fed frame before it, :data:`EMPTY` everywhere when none.
+    The run's rule (``pipeline.memory_streams.ObjectsClips``) is the same when clips do not overlap (every
+    shipped config: ``clip_hop`` = ``clip_len`` x ``frame_stride``); where they do, a run clip maxes only the
+    frames it newly fed (``training.evaluate`` warns)."""
     fed = np.asarray(fed, dtype=np.int64)
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 3 or len(maps) != len(fed):

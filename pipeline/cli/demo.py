@@ -29,6 +29,7 @@ from pipeline.memory_streams import MODEL_FILES
 from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
 from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
+from plugins.fusion import CalibrationError, load_calibration
 from synth import generate_dataset
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,15 @@ def _memory_fits(calibration: Path, expect: MemoryExpectation | None) -> bool:
 
 def _models_fit(cfg: ZsadConfig, calibration: Path) -> bool:
     """Whether the models beside ``calibration`` of the memory streams without an engine that are on
-    (stationary, objects) are usable with the config."""
+    (stationary, objects) are usable with the config. A stream the calibration has no statistics for needs no
+    model (its footage gave none, which calibrating again would not change)."""
+    try:
+        calibrated = set(load_calibration(calibration).streams)
+    except CalibrationError as exc:
+        log.info("calibrating again: %s", exc)
+        return False
     for file in MODEL_FILES:
-        if not file.settings(cfg).enabled:
+        if not file.settings(cfg).enabled or file.stream not in calibrated:
             continue
         try:
             file.load(cfg, file.path_of(calibration))

@@ -206,3 +206,30 @@ def test_a_missing_or_damaged_file_is_refused_by_name(model: ObjectsModel, tmp_p
     np.savez(other, **{**arrays, "meta": np.array(json.dumps({**meta, "version": 99}))})
     with pytest.raises(ObjectsModelError, match="unsupported version 99"):
         load_model(other)
+
+
+def test_a_gap_in_the_frames_starts_the_tracks_afresh(model: ObjectsModel) -> None:
+    # A walker, then the clips of 2 s dropped (a loaded scheduler): flow across the gap would read a
+    # runner's speed. Given the frames' times, the state starts afresh instead.
+    frames = walk(12, x0=10, y=40, speed=2.0, seed=31)
+    pts = [SPACING * t for t in range(10)] + [SPACING * 9 + 2.0, SPACING * 9 + 2.0 + SPACING]
+    jumped = np.concatenate([frames[:10], walk(2, x0=10 + 2.0 * 20, y=40, speed=2.0, seed=50)])
+    blind, aware = model.new_state(), model.new_state()
+    for f in jumped[:-1]:
+        model.blobs(blind, f)
+    for f, t in zip(jumped[:-2], pts[:-2], strict=True):
+        model.blobs(aware, f, t)
+    (after_gap,) = model.blobs(aware, jumped[-2], pts[-2])
+    assert np.isnan(after_gap.speed)  # the first frame after the gap: no speed, a new track
+    (next_one,) = model.blobs(aware, jumped[-1], pts[-1])
+    (blind_next,) = model.blobs(blind, jumped[-1])
+    assert next_one.speed < blind_next.speed  # measured over one spacing, not averaged with the gap
+    assert model.excess([next_one])[0] < 1.0
+
+
+def test_a_file_that_is_not_an_npz_archive_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "cam.objects.npz"
+    with path.open("wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(ObjectsModelError, match=f"{path}: is not an .npz archive.*zsad calibrate"):
+        load_model(path)
