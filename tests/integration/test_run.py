@@ -23,13 +23,7 @@ from core.config import load_config
 from engines.build import BuildOptions, BuildReport, build_from_config
 from pipeline.inference import BUILD_LOCK, build_missing_engines
 from tests.conftest import REPO
-from tests.fixtures.run_world import build_world, read_jsonl, write_site
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Scenes, a tiny checkpoint and its ONNX Runtime engines, shared by the tests of this module."""
-    return build_world(tmp_path_factory.mktemp("run"))
+from tests.fixtures.run_world import read_jsonl, write_site
 
 
 def _zsad(*args: str) -> subprocess.CompletedProcess[str]:
