@@ -392,8 +392,6 @@ class ClipInference:
     ):
         if appearance_every < 1:
             raise ValueError(f"appearance_every must be >= 1, got {appearance_every}")
-        self.stationary = stationary
-        self.objects = objects
         # The memory streams without an engine, each fed every clip's frames at its own spacing.
         self._feeds = (
             StationaryFeed(stationary, stationary_spacing_s),

@@ -1,7 +1,8 @@
-"""What the per-camera model files beside a calibration share: where they live, how they are read and how
-their arrays are hashed. ``zsad calibrate`` writes ``calib/gate-1.json`` and, beside it, one file per
-memory stream (``calib/gate-1.appearance.npz``, ``.stationary.npz``, ``.objects.npz``); each file records
-the sha256 of its arrays so a damaged file is refused rather than scored with. Pure numpy."""
+"""What the per-camera model files beside a calibration share: where they live, how they are read, how
+their arrays are hashed, and the frame-to-grid geometry they are fitted for. ``zsad calibrate`` writes
+``calib/gate-1.json`` and, beside it, one file per memory stream (``calib/gate-1.appearance.npz``,
+``.stationary.npz``, ``.objects.npz``); each file records the sha256 of its arrays so a damaged file is
+refused rather than scored with. Pure numpy."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["arrays_sha256", "beside", "read_model_file", "setup_mismatches"]
+__all__ = ["arrays_sha256", "beside", "read_model_file", "setup_mismatches", "whole_cells"]
 
 
 def beside(calibration: str | Path, suffix: str) -> Path:
@@ -102,3 +103,13 @@ def setup_mismatches(
     if spacing_s is not None and have_spacing and not math.isclose(have_spacing, spacing_s, rel_tol=1e-6):
         problems.append(f"frames {have_spacing:g} s apart, the config's {section}.spacing_s is {spacing_s:g}")
     return problems
+
+
+def whole_cells(shape: Sequence[int], grid: Sequence[int], error: type[Exception]) -> tuple[int, int]:
+    """The ``(rows, columns)`` pixels of each cell when a frame of ``shape`` ``(H, W, ...)`` is split into
+    ``grid`` ``(h, w)``. Raises ``error`` when the cells would not be whole pixels."""
+    h, w = int(shape[0]), int(shape[1])
+    gh, gw = int(grid[0]), int(grid[1])
+    if gh < 1 or gw < 1 or h % gh or w % gw:
+        raise error(f"an {h}x{w} frame cannot be split into a {gh}x{gw} grid of whole cells")
+    return h // gh, w // gw

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from core.datafile import write_atomic
-from plugins.modelfile import arrays_sha256, beside, read_model_file, setup_mismatches
+from plugins.modelfile import arrays_sha256, beside, read_model_file, setup_mismatches, whole_cells
 from plugins.registry import CameraTable
 
 __all__ = [
@@ -312,14 +312,6 @@ class ObjectsState:
         return blobs
 
 
-def _cells(shape: Sequence[int], grid: Sequence[int]) -> tuple[int, int]:
-    h, w = int(shape[0]), int(shape[1])
-    gh, gw = int(grid[0]), int(grid[1])
-    if gh < 1 or gw < 1 or h % gh or w % gw:
-        raise ObjectsError(f"an {h}x{w} frame cannot be split into a {gh}x{gw} grid of whole cells")
-    return h // gh, w // gw
-
-
 def _settings(k: float, floor: float, min_area: float, spacing_s: float) -> None:
     for name, v in (("k", k), ("floor", floor), ("min_area", min_area), ("spacing_s", spacing_s)):
         if not (math.isfinite(v) and v > 0):
@@ -364,7 +356,7 @@ class ObjectsModel:
             raise ObjectsError(
                 f"tails must be finite ({len(FEATURES)}, 2) with positive scales, got {t.shape}"
             )
-        _cells(bg.shape, grid)
+        whole_cells(bg.shape, grid, ObjectsError)
         _settings(k, floor, min_area, spacing_s)
         # Private read-only copies: a caller changing its arrays later must not change what is scored.
         self.background = np.array(bg, copy=True, order="C")
@@ -428,7 +420,7 @@ class ObjectsModel:
 
     def blob_map(self, blobs: Sequence[Blob], excess: np.ndarray) -> np.ndarray:
         """The map of :meth:`score_frame` for given blobs and their excess."""
-        ch, cw = _cells(self.frame_size, self.grid)
+        ch, cw = whole_cells(self.frame_size, self.grid, ObjectsError)
         out = np.full(self.grid, EMPTY, np.float32)
         for b, e in zip(blobs, excess, strict=True):
             cells = out[b.y // ch : (b.y + b.h - 1) // ch + 1, b.x // cw : (b.x + b.w - 1) // cw + 1]
@@ -483,7 +475,7 @@ def fit_model(
     shapes = {g.shape[1:] for g in greys}
     if len(shapes) != 1:
         raise ObjectsError(f"every video must have the same frame size, got {sorted(shapes)}")
-    _cells(greys[0].shape[1:], grid)
+    whole_cells(greys[0].shape[1:], grid, ObjectsError)
     background, noise = _background(np.concatenate(greys))
     threshold = np.maximum(k * noise, np.float32(floor))
     geometry = _Geometry.at(background.shape[0], min_area)

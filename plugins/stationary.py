@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from core.datafile import write_atomic
-from plugins.modelfile import arrays_sha256, beside, read_model_file, setup_mismatches
+from plugins.modelfile import arrays_sha256, beside, read_model_file, setup_mismatches, whole_cells
 from plugins.registry import CameraTable
 
 __all__ = [
@@ -99,14 +99,6 @@ def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def _cell_factor(shape: Sequence[int], grid: Sequence[int]) -> tuple[int, int]:
-    h, w = int(shape[0]), int(shape[1])
-    gh, gw = int(grid[0]), int(grid[1])
-    if gh < 1 or gw < 1 or h % gh or w % gw:
-        raise StationaryError(f"an {h}x{w} frame cannot be split into a {gh}x{gw} grid of whole cells")
-    return h // gh, w // gw
-
-
 def difference_map(short: np.ndarray, background: np.ndarray) -> np.ndarray:
     """``(H, W)`` float32: the largest channel's ``|short - g * background|``, ``g`` per channel the ratio of
     their medians (a global light change between the two is not foreground). Both ``(H, W, 3)``."""
@@ -140,7 +132,7 @@ def cell_values(diff: np.ndarray, grid: Sequence[int], min_pixels: int = DEFAULT
     d = np.asarray(diff, dtype=np.float32)
     if d.ndim != 2:
         raise StationaryError(f"difference map must be (H, W), got {d.shape}")
-    fy, fx = _cell_factor(d.shape, grid)
+    fy, fx = whole_cells(d.shape, grid, StationaryError)
     if not 1 <= min_pixels <= fy * fx:
         raise StationaryError(f"min_pixels must be in [1, {fy * fx}] (a cell's pixels), got {min_pixels}")
     gh, gw = d.shape[0] // fy, d.shape[1] // fx
@@ -375,7 +367,7 @@ class StationaryModel:
         s = np.ascontiguousarray(std, dtype=np.float32)
         if m.ndim != 2 or s.shape != m.shape:
             raise StationaryError(f"mean and std must be the same (h, w), got {m.shape} and {s.shape}")
-        _cell_factor(bg.shape, m.shape)
+        whole_cells(bg.shape, m.shape, StationaryError)
         if not (np.isfinite(m).all() and np.isfinite(s).all() and (s >= 0).all()):
             raise StationaryError("mean and std must be finite, std >= 0")
         if not (math.isfinite(floor) and floor > 0):
@@ -487,7 +479,7 @@ def fit_model(
     x = _check_frames(frames, "frames")
     if x.ndim != 4:
         raise StationaryError(f"frames must be (N, H, W, 3), got {x.shape}")
-    _cell_factor(x.shape[1:3], grid)
+    whole_cells(x.shape[1:3], grid, StationaryError)
     if len(x) < 2 * window + 2:
         raise StationaryError(f"fitting needs at least {2 * window + 2} frames (two windows), got {len(x)}")
     mid = len(x) // 2
