@@ -43,9 +43,11 @@ from core.datafile import read_json, write_atomic
 from plugins.streams import MEMORY_STREAMS, SEMANTIC, STREAMS
 
 __all__ = [
+    "ASSESSMENT_FOLDS",
     "CALIBRATION_VERSION",
     "DEFAULT_RULE",
     "FUSION_RULES",
+    "HELDOUT_FOLDS",
     "HELDOUT_QUANTILE",
     "LEAVE_OUT_SENSITIVITY",
     "LEGACY_RULE",
@@ -63,6 +65,7 @@ __all__ = [
     "TemporalSmoother",
     "TrustRow",
     "assess_stream",
+    "assessment_folds",
     "calibrate",
     "check_rule",
     "describe_trust",
@@ -102,6 +105,16 @@ LEGACY_RULE = "mean"
 HELDOUT_QUANTILE = 0.99
 #: A fold with fewer finite clips of a stream cannot be held out for it.
 MIN_FOLD_CLIPS = 10
+#: How many contiguous folds a camera's normal footage is split into for the memory streams' held-out scores
+#: (``zsad calibrate``'s time folds, ``zsad eval``'s groups of training videos): each fold is scored by the
+#: models of the other folds. Four, not two: a model of half the footage lacks every rare normal scene of
+#: the other half, so its held-out scores overstated how noisy the model of all the footage, the one a run
+#: uses, is on new footage (the weights then left out streams that caught abandoned objects;
+#: docs/results.md, "Four held-out folds for the memory streams").
+HELDOUT_FOLDS = 4
+#: The reliability weights are judged on two halves (:func:`assessment_folds`): a level that moved between
+#: the halves of the footage shows in full, as it did before the memory streams had four folds.
+ASSESSMENT_FOLDS = 2
 #: The lowest reliability weight: a stream is weighed down, never silenced (its evidence stays visible).
 MIN_WEIGHT = 0.05
 #: A weight at or above this is "trusted"; below it "weighed down" (:func:`describe_trust`).
@@ -380,6 +393,16 @@ def fit_stream(values: np.ndarray) -> StreamStats:
     mad = float(np.median(np.abs(x - med)))
     scale = max(MAD_TO_SIGMA * mad, SCALE_EPS, SCALE_REL_FLOOR * abs(med))
     return StreamStats(location=med, scale=scale, n=int(x.size))
+
+
+def assessment_folds(folds: np.ndarray) -> np.ndarray:
+    """The halves :func:`assess_stream` judges a stream on, from clips' :data:`HELDOUT_FOLDS` fold ids
+    ``(N,)`` int in time order: fold ``f >= 0`` is in half ``f * ASSESSMENT_FOLDS // HELDOUT_FOLDS``; a
+    negative id (no fold) stays as it is."""
+    f = np.asarray(folds)
+    if f.size and not np.issubdtype(f.dtype, np.integer):
+        raise CalibrationError(f"fold ids must be integers, got dtype {f.dtype}")
+    return np.where(f >= 0, (f.astype(np.int64) * ASSESSMENT_FOLDS) // HELDOUT_FOLDS, f.astype(np.int64))
 
 
 def time_folds(n: int, k: int = 2) -> np.ndarray:

@@ -3,8 +3,9 @@
 Each context of a dataset is one camera: its memory (:mod:`plugins.appearance`) is fitted on the training
 videos of that context, from the frozen encoder's features (:mod:`engines.appearance`, the same weights the
 engine is exported from). The calibration samples are **held out**: the context's training videos are
-split in two folds (:func:`context_folds`; one video is split by time), each fold's clips are scored against
-the memory of the other, because a memory's distances of the frames it was fitted on are biased low. Test
+split in folds (:func:`context_folds`, :data:`plugins.fusion.HELDOUT_FOLDS` groups of videos; a context
+with fewer videos is split by time in two), each fold's clips are scored against the memory of the others,
+because a memory's distances of the frames it was fitted on are biased low. Test
 frames are scored against the memory of every training frame of their context. A clip's appearance score is
 its last frame's, as at run time; the test split is scored frame by frame (every frame is some clip's last).
 Maps are pooled onto the DPC maps' grid and reduced by their max, as :class:`plugins.scorer.ClipScorer` does.
@@ -24,6 +25,7 @@ from engines.appearance import AppearanceEncoder
 from engines.encoders import ENCODERS, EncoderWeightsError, find_encoder_weights
 from engines.manifest import file_sha256
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map
+from plugins.fusion import HELDOUT_FOLDS
 from plugins.preprocess import Normaliser
 from training.heldout_models import held_out_parts
 
@@ -37,16 +39,20 @@ FIT_STEP = 2
 BATCH = 32
 
 
-def context_folds(names: Sequence[str], contexts: Mapping[str, str | None], k: int = 2) -> dict[str, int]:
-    """Each training video's fold: within its context, the videos in their order split into ``k`` groups.
-    A context with fewer than ``k`` videos gets fold -1 (its single video is split by time instead)."""
+def context_folds(
+    names: Sequence[str], contexts: Mapping[str, str | None], k: int = HELDOUT_FOLDS
+) -> dict[str, int]:
+    """Each training video's fold: within its context, the videos in their order split into ``k`` contiguous
+    groups, or one group per video when the context has fewer than ``k``. A context of a single video gets
+    fold -1 (its video is split by time instead)."""
     by_context: dict[str, list[str]] = {}
     for name in names:
         by_context.setdefault(contexts.get(name) or "generic", []).append(name)
     folds: dict[str, int] = {}
     for members in by_context.values():
+        groups = min(k, len(members))
         for i, name in enumerate(members):
-            folds[name] = (i * k) // len(members) if len(members) >= k else -1
+            folds[name] = (i * groups) // len(members) if groups >= 2 else -1
     return folds
 
 
@@ -120,7 +126,7 @@ class AppearanceEvaluator:
 
     def held_out_clip_scores(self, name: str, last_frames: np.ndarray) -> np.ndarray:
         """The appearance score ``(M,)`` of a training video's clips (``last_frames``: each clip's last frame
-        index), each against the memory of the context's other fold."""
+        index), each against the memory of the context's other folds."""
         video = self._train[name]
         if video.fold >= 0:
             memory = self._memory(video.context, video.fold)

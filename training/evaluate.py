@@ -1,12 +1,14 @@
 """``zsad eval CONFIG --checkpoint CKPT --out DIR``: frame-level evaluation on a labelled test split.
 
-The model scores every test video as the edge would, clip by clip with the DPC history (but densely:
-a clip starts every ``frame_stride`` frames). Each stream is calibrated on the *training* split (normal
-footage; test labels are used for scoring only), its reliability weight fitted on two folds of the training
-videos (:func:`video_folds`), fused with the same ``plugins.fusion`` code the pipeline runs, and reported
-beside the frame-difference floor computed in the same run. The fusion ablation (:func:`fusion_ablation`)
-reports every rule with and without the reliability weights and the context gate; the primary variant is
-the product's own fusion (the calibration's rule, reliability weights, context gate).
+The model scores every test video as the edge would, clip by clip with the DPC history (but densely: a clip
+starts every ``frame_stride`` frames). Each stream is calibrated on the *training* split (normal footage; test
+labels are used for scoring only), the memory streams' samples held out by folds of each context's training
+videos (:func:`training.appearance_eval.context_folds`: ``plugins.fusion.HELDOUT_FOLDS`` groups, as ``zsad
+calibrate`` splits a camera's footage in time), each stream's reliability weight judged on two halves of them
+(:func:`plugins.fusion.assessment_folds`), fused with the same ``plugins.fusion`` code the pipeline runs,
+and reported beside the frame-difference floor computed in the same run. The fusion ablation
+(:func:`fusion_ablation`) reports every rule with and without the reliability weights and the context gate;
+the primary variant is the product's own fusion (the calibration's rule, reliability weights, context gate).
 
 Writes ``metrics.json``, ``roc.png`` and ``timelines.png`` into the output folder. When the test videos
 have pixel masks, ``metrics.json`` also gets a ``localisation`` block (``training.localisation``: pixel-level
@@ -35,6 +37,7 @@ from engines.model import ZsadModel, load_checkpoint
 from plugins.fusion import (
     FUSION_RULES,
     Calibration,
+    assessment_folds,
     fit_calibration,
     fuse_arrays,
     gate_multiplier,
@@ -396,11 +399,14 @@ def evaluate(
             probes.setdefault(train_contexts[clip.name], {}),
         )
     cal_raw = _scored_streams({k: np.concatenate(v) for k, v in cal_samples.items()}, "the training videos")
-    # Reliability weights from two held-out folds of each context's training videos (a single video: its
-    # two time halves), the folds the appearance memory was held out by, as `zsad calibrate` holds out time.
+    # Reliability weights judged on two halves of each context's training videos (the halves of the
+    # HELDOUT_FOLDS groups the memory streams were held out by; a single-video context: its two time
+    # halves), as `zsad calibrate` judges the halves of a camera's footage.
     folds = np.concatenate(
         [
-            np.full(n, vfolds[c.name], np.int64) if vfolds[c.name] >= 0 else time_folds(n)
+            np.full(n, int(assessment_folds(np.array([vfolds[c.name]]))[0]), np.int64)
+            if vfolds[c.name] >= 0
+            else time_folds(n)
             for c, n in zip(train.clips, cal_lengths, strict=True)
         ]
     )

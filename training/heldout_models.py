@@ -115,7 +115,7 @@ class HeldOutModels(Generic[M, S]):
         return model
 
     def _held_out_model(self, name: str, frame: int) -> M | None:
-        """The model that holds out frame ``frame`` of training video ``name``: its context's other fold,
+        """The model that holds out frame ``frame`` of training video ``name``: its context's other folds,
         or for the context's only video, its other time half."""
         video = self._train[name]
         if video.fold >= 0:

@@ -14,7 +14,7 @@ everywhere when there is none yet) (:func:`clip_maps`). A clip's score is its ma
 
 **Held out.** The calibration samples are scored by the folds the stationary stream uses
 (:class:`training.heldout_models.HeldOutModels`): a training video's fed frames against the model of its
-context's other fold, or for a context's only video, each fed frame against the model of the other time half
+context's other folds, or for a context's only video, each fed frame against the model of the other time half
 of it (each model's state is fed the whole video, since its tracks need the frames before), so no clip is
 scored by a model fitted on its own frames. Test videos are scored against the model of every training frame
 of their context, clip by clip at the clips the DPC streams score, so that the frame curves are made from the

@@ -5,7 +5,7 @@ videos of that context, fed every ``step``-th frame, where ``step`` is the frame
 them (:func:`plugins.stationary.frame_step` of the config's ``stationary.spacing_s`` and the clip layout), so
 the evaluation measures the spacing the run gets. The calibration samples are **held out**, by the folds
 the appearance stream uses (:func:`training.appearance_eval.context_folds`): each training video's clips
-are scored against the model of its context's other fold (a single-video context: of the other time half
+are scored against the model of its context's other folds (a single-video context: of the other time half
 of its video). A clip's score is its last frame's window (that frame and the ``window - 1`` before it,
 ``step`` apart); a clip whose window would reach before its video's start has no score (NaN), as a run
 scores nothing until its window is full. Test frames are scored frame by frame against the model of every
@@ -65,7 +65,7 @@ class StationaryEvaluator(HeldOutModels[StationaryModel, StationaryConfig]):
         self, name: str, last_frames: np.ndarray, frames: np.ndarray | None = None
     ) -> np.ndarray:
         """The stationary score ``(M,)`` of a training video's clips (``last_frames``: each clip's last frame
-        index), each against the model of the context's other fold; NaN where the window is not full.
+        index), each against the model of the context's other folds; NaN where the window is not full.
         ``frames``: the windows' frames instead of the video's own (an altered copy of it, such as one with
         pseudo-anomalies pasted in, scored against the models its clean frames are held out by)."""
         source = self._source(name, frames)

@@ -7,26 +7,26 @@ threshold (a high quantile of the fused normal score). The command prints which 
 and why (``plugins.fusion.describe_trust``).
 
 With an appearance engine, the last frame of every clip is encoded too (kept as float16), and the camera's
-appearance memory (``plugins.appearance``) is fitted on them. The clips of each footage are split in two
-time folds (its first and second half); the appearance stream's calibration samples are scored against the
-memory fitted on the *other* fold, because a memory's distances of the frames it was fitted on are biased
-low. The memory saved beside the calibration file (:func:`plugins.appearance.memory_path`) is fitted on
+appearance memory (``plugins.appearance``) is fitted on them. The clips of each footage are split in time
+folds (contiguous quarters, :data:`FOLDS`); the appearance stream's calibration samples are scored against
+the memory fitted on the *other* folds, because a memory's distances of the frames it was fitted on are
+biased low. The memory saved beside the calibration file (:func:`plugins.appearance.memory_path`) is fitted on
 every frame. Each clip's fold is returned with the samples (:class:`CalibrationSamples`).
 
 With ``stationary.enabled``, the frames the run's stationary window would take (``stationary.spacing_s``
 apart, :class:`plugins.stationary.FrameSpacer`) are kept, and the camera's stationary model is fitted on them
 (:class:`_StationaryFrames`), held out by the same time folds: a clip's stationary sample is its window
-scored against the model of the other fold's frames (no sample until its window is full, as in a run). The
+scored against the model of the other folds' frames (no sample until its window is full, as in a run). The
 model of every frame is saved beside the calibration file (:func:`plugins.stationary.model_path`).
 
 With ``objects.enabled``, the frames the run's objects stream would take (``objects.spacing_s`` apart) are
 kept likewise (:class:`_ObjectsFrames`), and the camera's objects model (:mod:`plugins.objects`) is fitted on
-each time fold's frames and on every frame. A clip's objects sample is its map under the run's rule
-(:class:`pipeline.memory_streams.ObjectsClips`: the max of the maps of the frames it fed, else the map of the
-last frame fed), the footage's frames played in order through the model of the clip's *other* fold. The
-model of every frame is saved beside the calibration file (:func:`plugins.objects.model_path`). Footage that
-shows too few objects for a model (:class:`plugins.objects.ObjectsError`) is logged, and the camera is
-calibrated without the objects stream.
+the frames of every fold but one, for each fold, and on every frame. A clip's objects sample is its map under
+the run's rule (:class:`pipeline.memory_streams.ObjectsClips`: the max of the maps of the frames it fed, else
+the map of the last frame fed), the footage's frames played in order through the model of the clip's *other*
+folds. The model of every frame is saved beside the calibration file (:func:`plugins.objects.model_path`).
+Footage that shows too few objects for a model (:class:`plugins.objects.ObjectsError`) is logged, and the
+camera is calibrated without the objects stream.
 
 Every footage is also played a second time, as a twin camera, with pseudo-anomalies pasted into its frames
 (:mod:`plugins.pseudo_anomaly`: a patch of its own moving content racing across the view, or left standing
@@ -71,8 +71,10 @@ from pipeline.memory_streams import (
 )
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map, memory_path, save_memory
 from plugins.fusion import (
+    HELDOUT_FOLDS,
     Calibration,
     CalibrationError,
+    assessment_folds,
     describe_trust,
     fit_calibration,
     format_trust,
@@ -97,8 +99,9 @@ __all__ = [
     "trust_report",
 ]
 
-#: Time folds of the footage (its first and second half): the appearance memory of one scores the other.
-FOLDS = 2
+#: Time folds of the footage (contiguous blocks): each fold's clips are scored by the memory streams' models
+#: of the other folds.
+FOLDS = HELDOUT_FOLDS
 #: The twin camera of a footage, played with pseudo-anomalies pasted in, is named ``<id>.<i><suffix>``.
 PROBE_SUFFIX = ".pseudo"
 
@@ -114,10 +117,10 @@ class CalibrationSamples:
     """What a camera's normal footage gave.
 
     ``samples``: ``{stream: (M,) raw scores}``, one per scored clip, aligned clip by clip (NaN where a clip
-    has no value for a stream). ``folds``: ``(M,)`` int8, each scored clip's time fold (0: the first half of
-    its footage's clips, 1: the second); the appearance samples of fold ``f`` are held out, scored against
-    the memory fitted on the other fold. ``memory``: the appearance memory fitted on every clip's last frame
-    (None without an appearance engine).
+    has no value for a stream). ``folds``: ``(M,)`` int8, each scored clip's time fold (0: the first quarter
+    of its footage's clips, ... :data:`FOLDS` - 1 the last); the appearance samples of fold ``f`` are held
+    out, scored against the memory fitted on the other folds. ``memory``: the appearance memory fitted on
+    every clip's last frame (None without an appearance engine).
     """
 
     samples: dict[str, np.ndarray]
@@ -287,8 +290,9 @@ def collect_scores(
 
 
 def _fold(index: int, clips: int) -> int:
-    """The time fold of a footage's clip ``index`` of ``clips``: 0 for its first half, 1 for the rest."""
-    return 0 if index * FOLDS < clips else 1
+    """The time fold of a footage's clip ``index`` of ``clips``: ``FOLDS`` contiguous blocks of (nearly)
+    equal size, 0 the first."""
+    return min(FOLDS - 1, (index * FOLDS) // max(clips, 1))
 
 
 def _fit_appearance(
@@ -302,7 +306,7 @@ def _fit_appearance(
     filters: CellFilters,
 ) -> AppearanceMemory | None:
     """Fit one memory per time fold (from the clean footage's ``features``) and the memory of every frame;
-    add each scored clip's appearance score against the memory of the other fold to its scores (a twin
+    add each scored clip's appearance score against the memory of the other folds to its scores (a twin
     footage's clip with a pasted event: its last frame's ``probe_features``). None (and no appearance
     samples) when a fold has fewer than 2 frames."""
     expect = appearance_expectation(engines)
@@ -326,21 +330,28 @@ def _fit_appearance(
     def finalize(fitter: MemoryFitter) -> AppearanceMemory:
         return fitter.finalize(encoder=expect.encoder, weights_sha256=expect.weights_sha256, camera=camera)
 
-    held = [finalize(fitters[1 - fold]) for fold in range(FOLDS)]  # fold f is scored by held[f]
+    held = [finalize(_merged([f for i, f in enumerate(fitters) if i != fold])) for fold in range(FOLDS)]
     for s, fold in zip(scored, folds, strict=True):
         key = (s.camera, s.index)
         last = probe_features[key] if s.pasted is not None else features[key][-1]
         _add_held_out(s, APPEARANCE, appearance_map(held[int(fold)], last, s.grid), filters)
-    memory = finalize(fitters[0].merged(fitters[1]))
+    memory = finalize(_merged(fitters))
     log.info(
-        "camera %s: appearance memory fitted on %d frames (folds %d + %d) in %.1f s",
+        "camera %s: appearance memory fitted on %d frames (folds %s) in %.1f s",
         camera,
         memory.n_frames,
-        len(by_fold[0]),
-        len(by_fold[1]),
+        " + ".join(str(len(k)) for k in by_fold),
         time.perf_counter() - t0,
     )
     return memory
+
+
+def _merged(fitters: Sequence[MemoryFitter]) -> MemoryFitter:
+    """One fitter holding the frames of all of ``fitters`` (each time fold's sums give their union's)."""
+    out = fitters[0]
+    for other in fitters[1:]:
+        out = out.merged(other)
+    return out
 
 
 def _add_held_out(scored: _Scored, stream: str, error_map: np.ndarray, filters: CellFilters) -> None:
@@ -412,7 +423,7 @@ class _SpacedFrames(Generic[F]):
         exclude: Container[str] = (),
     ) -> F | None:
         """Fit one model per time fold and the model of every frame; add each scored clip's score of the
-        stream against the model of the other fold to its scores. None (and no samples of the stream) when
+        stream against the model of the other folds to its scores. None (and no samples of the stream) when
         a fold's frames give no model (logged). The frames of the footage named in ``exclude`` (altered
         copies, such as footage with pseudo-anomalies pasted in) never enter a model; their clips are scored
         like the others, against the model of their clip's fold."""
@@ -420,15 +431,19 @@ class _SpacedFrames(Generic[F]):
         counts = [sum(len(v) for v in fold_videos) for fold_videos in videos]
         t0 = time.perf_counter()
         try:
-            held = [self._fitted(cfg, camera, videos[1 - fold]) for fold in range(FOLDS)]  # held[f] scores f
+            # held[f] is fitted on every fold but f, and scores f.
+            held = [
+                self._fitted(cfg, camera, [v for g in range(FOLDS) if g != fold for v in videos[g]])
+                for fold in range(FOLDS)
+            ]
             model = self._fitted(cfg, camera, self.videos(exclude))
         except self.errors as exc:
             log.warning(
-                "camera %s: no %s model (%d + %d frames %.2g s apart: %s); it is calibrated without the %s "
-                "stream",
+                "camera %s: no %s model (folds of %s frames %.2g s apart: %s); it is calibrated without "
+                "the %s stream",
                 camera,
                 self.stream,
-                *counts,
+                " + ".join(map(str, counts)),
                 self.spacing_s,
                 exc,
                 self.stream,
@@ -436,12 +451,12 @@ class _SpacedFrames(Generic[F]):
             return None
         self._score(held, emitted, scored, folds, filters)
         log.info(
-            "camera %s: %s model fitted on %d frames %.2g s apart (folds %d + %d) in %.1f s",
+            "camera %s: %s model fitted on %d frames %.2g s apart (folds %s) in %.1f s",
             camera,
             self.stream,
             model.n_frames,
             self.spacing_s,
-            *counts,
+            " + ".join(map(str, counts)),
             time.perf_counter() - t0,
         )
         return model
@@ -464,7 +479,7 @@ class _SpacedFrames(Generic[F]):
 
 class _StationaryFrames(_SpacedFrames[StationaryModel]):
     """The frames each footage's stationary window takes. A clip's sample is its window (the last ``window``
-    frames taken by its end) scored against the other fold's model; none while the window is not full."""
+    frames taken by its end) scored against the other folds' model; none while the window is not full."""
 
     stream = STATIONARY
     # A fold without frames: nothing to concatenate (ValueError).
@@ -502,9 +517,10 @@ class _StationaryFrames(_SpacedFrames[StationaryModel]):
 
 
 class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
-    """The frames each footage's objects stream takes. Each time fold's model is fitted on each footage's
-    part of the fold as a video of its own (tracks start afresh). A clip's sample is its map under the run's
-    rule (:class:`ObjectsClips`), the footage's frames played in order through the other fold's model."""
+    """The frames each footage's objects stream takes. Each fold's held-out model is fitted on the other
+    folds' frames, each footage's part of a fold as a video of its own (tracks start afresh). A clip's
+    sample is its map under the run's rule (:class:`ObjectsClips`), the footage's frames played in order
+    through its fold's held-out model."""
 
     stream = OBJECTS
     errors = (ObjectsError,)
@@ -572,12 +588,12 @@ def calibrate_camera(
             f"(give at least {frames / camera.sampling.fps:.0f} s of normal footage "
             f"at {camera.sampling.fps:g} fps)"
         )
-    # The clips' time folds (held out from each other) give the reliability weights, as they gave the
-    # appearance stream's held-out samples.
+    # The reliability weights are judged on the footage's two halves (pairs of the time folds the memory
+    # streams' samples were held out by): a level that moved between them shows in full.
     # The pasted events say which of those calm streams would see anything on this camera.
     cal = fit_calibration(
         collected.samples,
-        collected.folds,
+        assessment_folds(collected.folds),
         threshold_quantile=0.995,
         camera=camera_id,
         probes=collected.probes,

@@ -25,7 +25,7 @@ from plugins.appearance import (
     memory_path,
     save_memory,
 )
-from plugins.fusion import load_calibration
+from plugins.fusion import HELDOUT_FOLDS, load_calibration
 from plugins.preprocess import Normaliser
 from plugins.zones import CellFilters, ViewZones
 from tests.fixtures.appearance_standin import StandInAppearanceEngine
@@ -165,8 +165,8 @@ def test_calibrate_writes_the_memory_and_held_out_appearance_samples(
     assert set(collected.samples) == {"predictive", "pixel", "motion", "appearance"}
     assert all(v.shape == (m,) for v in collected.samples.values())
     assert collected.folds.shape == (m,)
-    assert set(collected.folds.tolist()) == {0, 1}
-    assert np.all(np.diff(collected.folds) >= 0)  # one footage: its first half, then its second
+    assert set(collected.folds.tolist()) == set(range(HELDOUT_FOLDS))
+    assert np.all(np.diff(collected.folds) >= 0)  # one footage: its folds in time order
     memory = collected.memory
     assert memory is not None
     assert memory.n_frames > m  # every clip's last frame, the DPC history's clips too
@@ -191,7 +191,7 @@ def test_calibrate_writes_the_memory_and_held_out_appearance_samples(
     assert cal.streams["appearance"].n == m
     assert cal.streams["appearance"].location == pytest.approx(float(np.median(held_out)))
     # Held out: the run scores the same footage's clips against the memory fitted on all of them (in sample),
-    # and those distances are lower than the calibration's, each scored against the other half's memory.
+    # and those distances are lower than the calibration's, each scored against the other folds' memory.
     run_out = tmp_path / "run"
     cfg = _config(world, run_out, [{**camera, "calibration": str(out)}])
     rows = run_through(Application(cfg, _engines(cfg), realtime=False), run_out)

@@ -8,13 +8,22 @@ import torch
 
 from engines.appearance import AppearanceEncoder
 from engines.encoders import IMAGENET_MEAN, IMAGENET_STD
+from plugins.fusion import HELDOUT_FOLDS
 from training.appearance_eval import AppearanceEvaluator, context_folds
 
 
 def test_context_folds_split_each_context_and_a_lone_video_by_time() -> None:
     names = ["a0", "a1", "a2", "a3", "b0"]
     contexts = {"a0": "a", "a1": "a", "a2": "a", "a3": "a", "b0": "b"}
-    assert context_folds(names, contexts) == {"a0": 0, "a1": 0, "a2": 1, "a3": 1, "b0": -1}
+    assert context_folds(names, contexts, k=2) == {"a0": 0, "a1": 0, "a2": 1, "a3": 1, "b0": -1}
+
+
+def test_context_folds_default_to_the_calibrations_folds_and_a_group_per_video_when_fewer() -> None:
+    names = [f"a{i}" for i in range(8)] + ["b0", "b1", "c0"]
+    contexts = {n: n[0] for n in names}
+    folds = context_folds(names, contexts)
+    assert [folds[f"a{i}"] for i in range(8)] == [i // (8 // HELDOUT_FOLDS) for i in range(8)]
+    assert (folds["b0"], folds["b1"], folds["c0"]) == (0, 1, -1)
 
 
 def _frames(rng: np.random.Generator, n: int) -> np.ndarray:

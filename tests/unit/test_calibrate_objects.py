@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.config import parse_config
-from pipeline.cli.calibrate import _fold, _ObjectsFrames, _save_model, _Scored
+from pipeline.cli.calibrate import FOLDS, _fold, _ObjectsFrames, _save_model, _Scored
 from pipeline.memory_streams import OBJECTS_FILE, ObjectsClips
 from plugins.objects import model_path
 from plugins.zones import CellFilters
@@ -49,9 +49,12 @@ def test_the_models_and_held_out_samples_leave_excluded_footage_out_but_score_it
     clean = {s.index: s.scores["objects"] for s in scored if s.camera == "cam.0"}
     assert sorted(clean) == list(range(2, 40))
     assert max(clean.values()) < 3.5
-    # The held-out sample of a clip is its map under the run's rule, played through the other fold's model.
-    other_fold = collector.fold_videos(emitted, exclude={"cam.0.pseudo"})[0]
-    held = collector._fitted(CFG, "cam", other_fold)  # fold 1 (the second half) is scored by fold 0's model
+    # The held-out sample of a clip is its map under the run's rule, played through the model of the other
+    # folds: the last clip, in the last fold, is scored by the model of every earlier fold's frames.
+    assert _fold(39, emitted["cam.0"]) == FOLDS - 1
+    by_fold = collector.fold_videos(emitted, exclude={"cam.0.pseudo"})
+    assert [sum(len(v) for v in f) for f in by_fold] == [40] * FOLDS  # the clean footage in quarters
+    held = collector._fitted(CFG, "cam", [v for f in by_fold[: FOLDS - 1] for v in f])
     mapper = ObjectsClips(held)
     rule = [mapper.clip_map(list(clip.frames)) for clip in footage["cam.0"]]
     assert clean[39] == pytest.approx(float(rule[39].max()))
@@ -69,8 +72,8 @@ def test_footage_with_too_few_objects_gives_no_model_and_no_samples(caplog: pyte
     assert collector.fit(CFG, "cam", emitted, scored, folds, CellFilters()) is None
     assert not any("objects" in s.scores for s in scored)
     assert (
-        "camera cam: no objects model (24 + 24 frames 0.2 s apart: the normal footage shows 0 blob"
-        in caplog.text
+        "camera cam: no objects model (folds of 12 + 12 + 12 + 12 frames 0.2 s apart: the normal footage "
+        "shows 0 blob" in caplog.text
     )
     assert "it is calibrated without the objects stream" in caplog.text
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from plugins.fusion import (
+    ASSESSMENT_FOLDS,
+    HELDOUT_FOLDS,
     MIN_WEIGHT,
     Calibration,
     CalibrationError,
@@ -23,6 +25,7 @@ from plugins.fusion import (
     TemporalSmoother,
     TrustRow,
     assess_stream,
+    assessment_folds,
     calibrate,
     describe_trust,
     fit_calibration,
@@ -268,6 +271,17 @@ def test_time_folds_are_contiguous_blocks() -> None:
     assert time_folds(0, 2).size == 0
     with pytest.raises(CalibrationError):
         time_folds(4, 0)
+
+
+def test_assessment_folds_pair_the_memory_folds_into_halves_in_time_order() -> None:
+    folds = time_folds(12, HELDOUT_FOLDS)
+    halves = assessment_folds(folds)
+    assert (
+        halves.tolist() == time_folds(12, ASSESSMENT_FOLDS).tolist()
+    )  # the first half of the footage, then the second
+    assert assessment_folds(np.array([-1, -1])).tolist() == [-1, -1]  # no fold stays no fold
+    with pytest.raises(CalibrationError, match="integers"):
+        assessment_folds(np.array([0.0, 1.0]))
 
 
 def test_gaussian_stream_is_trusted() -> None:
