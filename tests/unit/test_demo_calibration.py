@@ -12,8 +12,8 @@ import numpy as np
 from core.config import ZsadConfig, parse_config
 from pipeline.cli.demo import _models_fit
 from plugins import objects, stationary
+from tests.fixtures.calibration_files import write_calibration
 from tests.fixtures.objects_scenes import GRID, SIZE, objects_model
-from tests.unit.conftest import write_calibration
 
 
 def _cfg(objects_on: bool, objects_spacing_s: float = 0.2) -> ZsadConfig:

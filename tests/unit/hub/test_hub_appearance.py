@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from plugins.appearance import MemoryExpectation, fit_memory, memory_path, save_memory
-from tests.unit.conftest import HubOutputs, write_calibration
+from tests.fixtures.calibration_files import write_calibration
+from tests.fixtures.hub_outputs import HubOutputs
 
 SHA = "5e" * 32
 EXPECT = MemoryExpectation(encoder="stand-in", weights_sha256=SHA, grid=(2, 3), channels=4)

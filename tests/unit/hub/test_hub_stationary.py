@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from plugins.stationary import fit_model, model_path, save_model
-from tests.unit.conftest import HubOutputs, write_calibration
+from tests.fixtures.calibration_files import write_calibration
+from tests.fixtures.hub_outputs import HubOutputs
 
 # The default model: 128 x 192 frames in 16-pixel patches.
 FRAME = (128, 192)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from plugins.objects import ObjectsModel, model_path, save_model
+from tests.fixtures.calibration_files import write_calibration
+from tests.fixtures.hub_outputs import HubOutputs
 from tests.fixtures.objects_scenes import objects_model
-from tests.unit.conftest import HubOutputs, write_calibration
 
 WITH_STREAM = ("pixel", "motion", "objects")
 
