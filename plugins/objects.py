@@ -66,6 +66,7 @@ __all__ = [
     "describe",
     "find_blobs",
     "fit_model",
+    "grey_frame",
     "load_model",
     "model_path",
     "save_model",
@@ -116,11 +117,14 @@ def _cv2() -> Any:
     return cv2
 
 
-def _grey(frame: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB -> ``(H, W)`` uint8 luma (ITU-R 601 weights, integer arithmetic)."""
+def grey_frame(frame: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> ``(H, W)`` uint8 luma (ITU-R 601 weights, integer arithmetic); an
+    ``(H, W)`` uint8 frame is taken as luma already (what the stream keeps: a third of the RGB's memory)."""
     f = np.asarray(frame)
+    if f.dtype == np.uint8 and f.ndim == 2 and min(f.shape) >= 1:
+        return f
     if f.dtype != np.uint8 or f.ndim != 3 or f.shape[-1] != 3 or min(f.shape) < 1:
-        raise ObjectsError(f"a frame must be uint8 (H, W, 3) RGB, got {f.dtype} {f.shape}")
+        raise ObjectsError(f"a frame must be uint8 (H, W, 3) RGB or (H, W) grey, got {f.dtype} {f.shape}")
     r, g, b = (f[..., i].astype(np.uint16) for i in range(3))
     return ((77 * r + 150 * g + 29 * b + 128) >> 8).astype(np.uint8)
 
@@ -394,10 +398,11 @@ class ObjectsModel:
         return ObjectsState(self.spacing_s)
 
     def blobs(self, state: ObjectsState, frame: np.ndarray, pts: float | None = None) -> list[Blob]:
-        """Give ``state`` the camera's next ``(H, W, 3)`` uint8 RGB frame; its blobs with their features.
+        """Give ``state`` the camera's next frame (:func:`grey_frame`: RGB or grey); its blobs with their
+        features.
         ``pts``: the frame's time in seconds (None: it follows the last one by the spacing)."""
         state.note_time(pts)
-        grey = _grey(frame)
+        grey = grey_frame(frame)
         if grey.shape != self.background.shape:
             raise ObjectsError(f"frames are {grey.shape}, this model's background is {self.background.shape}")
         labels, rows = find_blobs(grey, self.background, self.threshold, self._geometry)
@@ -464,12 +469,13 @@ def fit_model(
     min_area: float = 40.0,
     camera: str = "",
 ) -> ObjectsModel:
-    """Fit a camera's model on its normal footage: ``videos`` each ``(N, H, W, 3)`` uint8 RGB, in time order,
-    ``spacing_s`` seconds apart (each video's tracks start afresh). The background and noise come from all
+    """Fit a camera's model on its normal footage: ``videos`` each ``(N, H, W, 3)`` uint8 RGB or
+    ``(N, H, W)`` grey (:func:`grey_frame`), in time order, ``spacing_s`` seconds apart (each video's tracks
+    start afresh). The background and noise come from all
     their frames; the tails from the features of every blob the stream then finds in them. Raises
     :class:`ObjectsError` when the footage shows fewer than 30 blob observations of a feature."""
     _settings(k, floor, min_area, spacing_s)
-    greys = [np.stack([_grey(f) for f in np.asarray(v)]) for v in videos if len(v)]
+    greys = [np.stack([grey_frame(f) for f in np.asarray(v)]) for v in videos if len(v)]
     if not greys:
         raise ObjectsError("fitting needs normal frames, got none")
     shapes = {g.shape[1:] for g in greys}

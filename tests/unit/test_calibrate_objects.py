@@ -40,8 +40,9 @@ def test_the_models_and_held_out_samples_leave_excluded_footage_out_but_score_it
         "cam.0.pseudo": scene_clips("cam.0.pseudo", 40, BoxScene(0, vehicle_from=100)),
     }
     collector, emitted, scored, folds = _collect(footage)
-    # Every frame of the clips is 0.2 s after the last one taken: 4 of each clip's 4.
+    # Every frame of the clips is 0.2 s after the last one taken: 4 of each clip's 4, kept as luma.
     assert len(collector.frames["cam.0"]) == 160
+    assert {f.shape for f in collector.frames["cam.0"]} == {footage["cam.0"][0].frames[0].shape[:2]}
     model = collector.fit(CFG, "cam", emitted, scored, folds, CellFilters(), exclude={"cam.0.pseudo"})
     assert model is not None
     assert (model.camera, model.grid, model.spacing_s) == ("cam", GRID, 0.2)

@@ -18,6 +18,7 @@ from plugins.objects import (
     ObjectsModel,
     ObjectsModelError,
     fit_model,
+    grey_frame,
     load_model,
     model_path,
     save_model,
@@ -130,13 +131,28 @@ def test_footage_without_objects_is_refused_by_name() -> None:
     ("frames", "match"),
     [
         (np.zeros((H, W, 3), np.float32), "uint8"),
-        (np.zeros((H, W), np.uint8), r"\(H, W, 3\)"),
+        (np.zeros((H, W, 4), np.uint8), r"\(H, W, 3\) RGB or \(H, W\) grey"),
+        (np.zeros((H // 2, W), np.uint8), "background"),  # grey, of the wrong size
         (np.zeros((H // 2, W, 3), np.uint8), "background"),
     ],
 )
 def test_a_bad_frame_gets_a_named_error(model: ObjectsModel, frames: np.ndarray, match: str) -> None:
     with pytest.raises(ObjectsError, match=match):
         model.score_frame(model.new_state(), frames)
+
+
+def test_a_grey_frame_scores_as_its_rgb_frame(model: ObjectsModel) -> None:
+    rgb = [frame([(40 + 6 * t, 30, 8, 20)], t) for t in range(6)]  # a figure running across
+    a, b = model.new_state(), model.new_state()
+    maps = []
+    for f in rgb:
+        maps.append(model.score_frame(a, f))
+        np.testing.assert_array_equal(maps[-1], model.score_frame(b, grey_frame(f)))
+    assert max(float(m.max()) for m in maps) > EMPTY  # the figure was seen
+    grey = grey_frame(rgb[0])
+    assert grey.shape == (H, W)
+    assert grey.dtype == np.uint8
+    np.testing.assert_array_equal(grey_frame(grey), grey)  # luma stays luma
 
 
 def test_settings_and_grid_are_checked() -> None:
