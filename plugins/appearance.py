@@ -304,6 +304,22 @@ class MemoryFitter:
             out.n_frames += part.n_frames
         return out
 
+    def without(self, part: MemoryFitter) -> MemoryFitter:
+        """A new fitter holding this fitter's frames but those of ``part``, which must be among them (a
+        fold's sums taken from the whole footage's: each held-out memory costs one subtraction, not a merge
+        of every other fold)."""
+        if part._sums is None:
+            return self.merged(MemoryFitter())
+        if self._sums is None or part._grid != self._grid or part._sums[0].shape != self._sums[0].shape:
+            raise AppearanceError("cannot take a fitter's frames from a fitter of other features")
+        if part.n_frames > self.n_frames:
+            raise AppearanceError(f"cannot take {part.n_frames} frames from a fitter of {self.n_frames}")
+        out = MemoryFitter()
+        out._grid = self._grid
+        out._sums = (self._sums[0] - part._sums[0], self._sums[1] - part._sums[1])
+        out.n_frames = self.n_frames - part.n_frames
+        return out
+
     def finalize(
         self,
         *,

@@ -35,9 +35,9 @@ from core.config import ZsadConfig, resolve_data_path
 from engines.manifest import spec_diff
 from engines.model import ZsadModel, load_checkpoint
 from plugins.fusion import (
+    ASSESSMENT_FOLDS,
     FUSION_RULES,
     Calibration,
-    assessment_folds,
     fit_calibration,
     fuse_arrays,
     gate_multiplier,
@@ -64,13 +64,13 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EvaluationError",
     "alert_weights",
+    "assessment_fold_ids",
     "dpc_runner",
     "evaluate",
     "fusion_ablation",
     "fusion_variant",
     "gate_factors",
     "score_video",
-    "video_folds",
 ]
 
 
@@ -222,15 +222,22 @@ def to_frames(targets: np.ndarray, values: np.ndarray, n_frames: int) -> np.ndar
     return np.interp(np.arange(n_frames), targets, values)
 
 
-def video_folds(lengths: Sequence[int], k: int = 2) -> np.ndarray:
-    """Fold ids ``(sum(lengths),)`` for clips concatenated video by video: the videos split into ``k``
-    contiguous groups in their order (neighbouring videos of a recording are alike, so a held-out group is
-    as unseen as a camera's next stretch of footage); a single video is split by time instead."""
-    if len(lengths) >= k:
-        return np.concatenate(
-            [np.full(int(n), (i * k) // len(lengths), np.int64) for i, n in enumerate(lengths)]
-        )
-    return time_folds(int(sum(lengths)), k)
+def assessment_fold_ids(
+    names: Sequence[str], contexts: Mapping[str, str | None], lengths: Sequence[int]
+) -> np.ndarray:
+    """The fold id of every calibration clip ``(sum(lengths),)`` int64 that the reliability weights are
+    judged on, for training videos ``names`` (in order, each of ``lengths`` clips): each context's videos
+    in two contiguous groups (:func:`training.appearance_eval.context_folds` with ``ASSESSMENT_FOLDS``: the
+    halves of the ``HELDOUT_FOLDS`` groups the memory streams are held out by, a group a video when a
+    context has two or three), a context's single video in its two time halves."""
+    halves = context_folds(names, contexts, k=ASSESSMENT_FOLDS)
+    return np.concatenate(
+        [
+            np.full(int(n), halves[name], np.int64) if halves[name] >= 0 else time_folds(int(n))
+            for name, n in zip(names, lengths, strict=True)
+        ]
+        or [np.zeros(0, np.int64)]
+    )
 
 
 def gate_factors(weights: np.ndarray, gated: Sequence[str], streams: Sequence[str]) -> dict[str, np.ndarray]:
@@ -399,17 +406,9 @@ def evaluate(
             probes.setdefault(train_contexts[clip.name], {}),
         )
     cal_raw = _scored_streams({k: np.concatenate(v) for k, v in cal_samples.items()}, "the training videos")
-    # Reliability weights judged on two halves of each context's training videos (the halves of the
-    # HELDOUT_FOLDS groups the memory streams were held out by; a single-video context: its two time
-    # halves), as `zsad calibrate` judges the halves of a camera's footage.
-    folds = np.concatenate(
-        [
-            np.full(n, int(assessment_folds(np.array([vfolds[c.name]]))[0]), np.int64)
-            if vfolds[c.name] >= 0
-            else time_folds(n)
-            for c, n in zip(train.clips, cal_lengths, strict=True)
-        ]
-    )
+    # Reliability weights judged on two halves of each context's training videos, as `zsad calibrate` judges
+    # the halves of a camera's footage.
+    folds = assessment_fold_ids([c.name for c in train.clips], train_contexts, cal_lengths)
     pooled_probes = {
         kind: {
             stream: np.concatenate([a for ctx in probes.values() for a in ctx.get(kind, {}).get(stream, [])])

@@ -330,12 +330,18 @@ def _fit_appearance(
     def finalize(fitter: MemoryFitter) -> AppearanceMemory:
         return fitter.finalize(encoder=expect.encoder, weights_sha256=expect.weights_sha256, camera=camera)
 
-    held = [finalize(_merged([f for i, f in enumerate(fitters) if i != fold])) for fold in range(FOLDS)]
-    for s, fold in zip(scored, folds, strict=True):
-        key = (s.camera, s.index)
-        last = probe_features[key] if s.pasted is not None else features[key][-1]
-        _add_held_out(s, APPEARANCE, appearance_map(held[int(fold)], last, s.grid), filters)
-    memory = finalize(_merged(fitters))
+    whole = _merged(fitters)
+    # One held-out memory at a time (each the whole footage's sums less its fold's): at 240x320 a memory's
+    # sums are 151 MiB, so keeping every fold's memory at once would double calibration's peak.
+    for fold, fitter in enumerate(fitters):
+        held = finalize(whole.without(fitter))  # scores fold `fold`
+        for s, f in zip(scored, folds, strict=True):
+            if int(f) == fold:
+                key = (s.camera, s.index)
+                last = probe_features[key] if s.pasted is not None else features[key][-1]
+                _add_held_out(s, APPEARANCE, appearance_map(held, last, s.grid), filters)
+        del held
+    memory = finalize(whole)
     log.info(
         "camera %s: appearance memory fitted on %d frames (folds %s) in %.1f s",
         camera,
@@ -426,11 +432,11 @@ class _SpacedFrames(Generic[F]):
         filters: CellFilters,
         exclude: Container[str] = (),
     ) -> F | None:
-        """Fit one model per time fold and the model of every frame; add each scored clip's score of the
-        stream against the model of the other folds to its scores. None (and no samples of the stream) when
-        a fold's frames give no model (logged). The frames of the footage named in ``exclude`` (altered
-        copies, such as footage with pseudo-anomalies pasted in) never enter a model; their clips are scored
-        like the others, against the model of their clip's fold."""
+        """Fit, for each time fold, a model of the other folds' frames, and the model of every frame; add
+        each scored clip's score of the stream against its fold's held-out model to its scores. None (and no
+        samples of the stream) when the frames of some fold's held-out model give none (logged). The frames
+        of the footage named in ``exclude`` (altered copies, such as footage with pseudo-anomalies pasted in)
+        never enter a model; their clips are scored like the others, against their fold's held-out model."""
         videos = self.fold_videos(emitted, exclude)
         counts = [sum(len(v) for v in fold_videos) for fold_videos in videos]
         t0 = time.perf_counter()
@@ -486,7 +492,7 @@ class _StationaryFrames(_SpacedFrames[StationaryModel]):
     frames taken by its end) scored against the other folds' model; none while the window is not full."""
 
     stream = STATIONARY
-    # A fold without frames: nothing to concatenate (ValueError).
+    # A held-out model whose other folds have no frames: nothing to concatenate (ValueError).
     errors = (StationaryError, ValueError)
 
     def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> StationaryModel:
@@ -513,6 +519,11 @@ class _StationaryFrames(_SpacedFrames[StationaryModel]):
             model = held[int(fold)]
             n = self.taken_at.get((sc.camera, sc.index), 0)
             if n < model.window or model.grid != sc.grid:
+                continue
+            # A window reaching back into the previous fold holds frames its held-out model was fitted on: no
+            # sample (the first few clips of each fold but the first).
+            window_clips = self.clips[sc.camera][n - model.window : n]
+            if any(_fold(i, emitted[sc.camera]) != int(fold) for i in window_clips):
                 continue
             state = StationaryState(model.window)
             for frame in self.frames[sc.camera][n - model.window : n]:

@@ -129,6 +129,26 @@ def test_two_folds_merged_give_the_memory_of_all_frames() -> None:
         halves[0].merged(other)
 
 
+def test_a_fold_taken_from_the_whole_gives_the_memory_of_the_other_folds() -> None:
+    feats = normal_features(60)
+    folds = [MemoryFitter() for _ in range(3)]
+    for i, fitter in enumerate(folds):
+        fitter.add(feats[20 * i : 20 * (i + 1)])
+    whole = folds[0].merged(folds[1]).merged(folds[2])
+    held = whole.without(folds[1])  # what calibration scores fold 1 with
+    assert (held.n_frames, whole.n_frames) == (40, 60)  # the whole is left as it was
+    got = held.finalize(encoder="e", weights_sha256=SHA)
+    want = fit_memory(np.concatenate([feats[:20], feats[40:]]), encoder="e", weights_sha256=SHA)
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got.inv_cov, want.inv_cov, rtol=1e-4, atol=1e-4)
+    with pytest.raises(AppearanceError, match="cannot take 60 frames from a fitter of 40"):
+        held.without(whole)
+    other = MemoryFitter()
+    other.add(normal_features(3, grid=(2, 3)))
+    with pytest.raises(AppearanceError, match="other features"):
+        whole.without(other)
+
+
 def test_shrinkage_pulls_each_covariance_toward_the_pooled_one() -> None:
     feats = normal_features(50)
     memory = fit_memory(feats, encoder="e", weights_sha256=SHA, shrinkage=0.5, eps=0.1)

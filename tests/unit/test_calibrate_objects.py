@@ -14,7 +14,8 @@ import pytest
 from core.config import parse_config
 from pipeline.cli.calibrate import FOLDS, _fold, _ObjectsFrames, _save_model, _Scored
 from pipeline.memory_streams import OBJECTS_FILE, ObjectsClips
-from plugins.objects import model_path
+from plugins.objects import ObjectsModel, model_path
+from plugins.objects import fit_model as fit_objects_model
 from plugins.zones import CellFilters
 from tests.fixtures.objects_scenes import GRID, BoxScene, scene_clips
 
@@ -51,18 +52,54 @@ def test_the_models_and_held_out_samples_leave_excluded_footage_out_but_score_it
     assert sorted(clean) == list(range(2, 40))
     assert max(clean.values()) < 3.5
     # The held-out sample of a clip is its map under the run's rule, played through the model of the other
-    # folds: the last clip, in the last fold, is scored by the model of every earlier fold's frames.
-    assert _fold(39, emitted["cam.0"]) == FOLDS - 1
+    # folds (which model scores which fold: the next test).
     by_fold = collector.fold_videos(emitted, exclude={"cam.0.pseudo"})
     assert [sum(len(v) for v in f) for f in by_fold] == [40] * FOLDS  # the clean footage in quarters
-    held = collector._fitted(CFG, "cam", [v for f in by_fold[: FOLDS - 1] for v in f])
-    mapper = ObjectsClips(held)
-    rule = [mapper.clip_map(list(clip.frames)) for clip in footage["cam.0"]]
-    assert clean[39] == pytest.approx(float(rule[39].max()))
+    for index in (15, 39):  # a middle fold's clip and the last fold's
+        fold = _fold(index, emitted["cam.0"])
+        held = collector._fitted(CFG, "cam", [v for f in range(FOLDS) if f != fold for v in by_fold[f]])
+        mapper = ObjectsClips(held)
+        rule = [mapper.clip_map(list(clip.frames)) for clip in footage["cam.0"][: index + 1]]
+        assert clean[index] == pytest.approx(float(rule[index].max()))
+    # Not the model of every frame (what the run uses), nor another fold's.
+    whole = ObjectsClips(model)
+    rule = [whole.clip_map(list(clip.frames)) for clip in footage["cam.0"]]
+    assert [clean[i] for i in range(2, 40)] != pytest.approx([float(m.max()) for m in rule[2:]])
     # The vehicle, from frame 100 (clip 12) on, in the twin footage that never entered a model.
     pasted = [s.scores["objects"] for s in scored if s.camera == "cam.0.pseudo" and s.index >= 14]
     assert len(pasted) == 26
     assert np.median(pasted) > 2 * max(clean.values())
+
+
+def test_each_folds_clips_are_scored_by_that_folds_held_out_model() -> None:
+    footage = {"cam.0": scene_clips("cam.0", 40, BoxScene(0))}
+    collector, emitted, scored, folds = _collect(footage)
+    base = fit_objects_model(collector.videos(), GRID, spacing_s=0.2)
+    # Models that tell apart which of them scored a clip: each takes the features' normal tails twice as
+    # wide as the last, so the same blob's excess differs from model to model.
+    held = [
+        ObjectsModel(
+            base.background,
+            base.threshold,
+            base.tails * np.array([1.0, 2.0**f]),
+            GRID,
+            spacing_s=0.2,
+            k=base.k,
+            floor=base.floor,
+            min_area=base.min_area,
+        )
+        for f in range(FOLDS)
+    ]
+    collector._score(held, emitted, scored, folds, CellFilters())
+    got = {s.index: s.scores["objects"] for s in scored}
+    for f, model in enumerate(held):
+        mapper = ObjectsClips(model)
+        want = [mapper.clip_map(list(clip.frames)) for clip in footage["cam.0"]]
+        mine = [i for i in got if _fold(i, emitted["cam.0"]) == f]
+        assert mine, f"no clip in fold {f}"
+        assert [got[i] for i in mine] == pytest.approx([float(want[i].max()) for i in mine])
+        others = [i for i in got if _fold(i, emitted["cam.0"]) != f]
+        assert [got[i] for i in others] != pytest.approx([float(want[i].max()) for i in others])
 
 
 def test_footage_with_too_few_objects_gives_no_model_and_no_samples(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,10 +5,13 @@ and footage left out of the fit (an altered copy) still scored."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from core.config import parse_config
 from pipeline.cli.calibrate import _fold, _Scored, _StationaryFrames
 from pipeline.clips import Clip
+from plugins.scorer import reduce_map
+from plugins.stationary import StationaryState
 from plugins.zones import CellFilters
 
 # The default model (128 x 192, 16-pixel patches), clips of 4 frames 2 apart, one every 8 frames at 10 fps.
@@ -46,8 +49,23 @@ def test_the_model_and_held_out_samples_leave_excluded_footage_out_but_score_it(
     assert model is not None
     assert model.n_frames == 40  # the clean footage only
     assert model.background[44, 104].max() < 200  # the pasted box never entered the background
-    clean = [s.scores["stationary"] for s in scored if s.camera == "cam.0"]
-    pasted = [s.scores["stationary"] for s in scored if s.camera == "cam.0.pseudo" and s.index >= 8]
-    assert len(clean) == 18
-    assert max(clean) < 3.0
+    clean = {s.index: s.scores["stationary"] for s in scored if s.camera == "cam.0" and s.scores}
+    pasted = [
+        s.scores["stationary"] for s in scored if s.camera == "cam.0.pseudo" and s.index >= 8 and s.scores
+    ]
+    # Four folds of 5 clips; a window (2 clips) that reaches back into the previous fold gives no sample.
+    assert sorted(clean) == [i for i in range(2, 20) if i not in (5, 10, 15)]
+    assert max(clean.values()) < 3.0
+    assert len(pasted) == 10
     assert min(pasted) > 5.0
+    # A sample is its window scored by the model of the other folds' frames: clip 12, in fold 2, by the
+    # model of folds 0, 1 and 3.
+    assert _fold(12, emitted["cam.0"]) == 2
+    videos = collector.fold_videos(emitted, exclude={"cam.0.pseudo"})
+    held = collector._fitted(CFG, "cam", [v for f in (0, 1, 3) for v in videos[f]])
+    state = StationaryState(held.window)
+    n = collector.taken_at[("cam.0", 12)]
+    for frame in collector.frames["cam.0"][n - held.window : n]:
+        state.push(frame)
+    assert clean[12] == pytest.approx(reduce_map(held.score_map(state)))
+    assert clean[12] != pytest.approx(reduce_map(model.score_map(state)))  # not the model of every frame

@@ -8,15 +8,25 @@ import pytest
 
 from plugins.fusion import Calibration, CameraFusion, StreamGate, StreamStats, fit_calibration, time_folds
 from plugins.streams import APPEARANCE
-from training.evaluate import alert_weights, fusion_ablation, fusion_variant, gate_factors, video_folds
+from training.evaluate import (
+    alert_weights,
+    assessment_fold_ids,
+    fusion_ablation,
+    fusion_variant,
+    gate_factors,
+)
 from training.metrics import roc_auc
 
 
-def test_video_folds_split_videos_in_two_contiguous_groups() -> None:
-    assert video_folds([3, 2, 4, 1]).tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
-    assert video_folds([2, 2, 2]).tolist() == [0, 0, 0, 0, 1, 1]
-    # One video: split by time instead.
-    assert video_folds([5]).tolist() == time_folds(5).tolist()
+def test_the_weights_are_judged_on_two_groups_of_each_contexts_videos() -> None:
+    names = ["a0", "a1", "a2", "a3", "b0", "b1", "c0", "d0", "d1", "d2"]
+    contexts = {n: n[0] for n in names}
+    lengths = [3, 2, 4, 1, 2, 3, 5, 1, 1, 1]
+    got = assessment_fold_ids(names, contexts, lengths).tolist()
+    assert got[:10] == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]  # four videos: the first two, then the last two
+    assert got[10:15] == [0, 0, 1, 1, 1]  # two videos (two of the four memory folds' groups): one each
+    assert got[15:20] == time_folds(5).tolist()  # one video: split by time instead
+    assert got[20:] == [0, 0, 1]  # three videos: the halves of three groups
 
 
 def test_gate_factors_are_neutral_for_streams_without_a_gate_row() -> None:
@@ -141,14 +151,15 @@ def test_ablation_fuses_frame_by_frame_as_the_run_does() -> None:
     np.testing.assert_allclose(out[fusion_variant("mean", True, True)]["v"], mean, rtol=1e-6)
 
 
-def test_reliability_weights_from_video_folds() -> None:
+def test_reliability_weights_from_two_groups_of_videos() -> None:
     """Training videos whose second half is brighter: the stream that follows the brightness drifts between
     the two groups of videos and is weighed down; the stable one is trusted."""
     rng = np.random.default_rng(2)
     lengths = [60, 60, 60, 60]
     n = sum(lengths)
     drift = np.concatenate([rng.normal(0.0, 1.0, n // 2), rng.normal(3.0, 1.0, n // 2)])
-    cal = fit_calibration({"stable": rng.normal(0.0, 1.0, n), "brightness": drift}, video_folds(lengths))
+    folds = assessment_fold_ids(["v0", "v1", "v2", "v3"], {}, lengths)
+    cal = fit_calibration({"stable": rng.normal(0.0, 1.0, n), "brightness": drift}, folds)
     assert cal.streams["stable"].weight > 0.9
     assert cal.streams["brightness"].weight < 0.6  # through its held-out tail (drift is not charged twice)
     assert cal.streams["brightness"].drift == pytest.approx(3.0, abs=0.8)
