@@ -311,7 +311,10 @@ class MemoryFitter:
         if part._sums is None:
             return self.merged(MemoryFitter())
         if self._sums is None or part._grid != self._grid or part._sums[0].shape != self._sums[0].shape:
-            raise AppearanceError("cannot take a fitter's frames from a fitter of other features")
+            raise AppearanceError(
+                f"cannot take a fitter of {part._sums[0].shape[1]} x {_grid(part._grid or ())} features "
+                f"from one of {self._sums[0].shape[1] if self._sums else 0} x {_grid(self._grid or ())}"
+            )
         if part.n_frames > self.n_frames:
             raise AppearanceError(f"cannot take {part.n_frames} frames from a fitter of {self.n_frames}")
         out = MemoryFitter()

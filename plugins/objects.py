@@ -402,7 +402,11 @@ class ObjectsModel:
         features.
         ``pts``: the frame's time in seconds (None: it follows the last one by the spacing)."""
         state.note_time(pts)
+        # The state keeps the frame (the next frame's optical flow starts from it): a copy, since a grey
+        # frame comes back from grey_frame as the caller's own array, which the caller may reuse.
         grey = grey_frame(frame)
+        if grey is frame:
+            grey = grey.copy()
         if grey.shape != self.background.shape:
             raise ObjectsError(f"frames are {grey.shape}, this model's background is {self.background.shape}")
         labels, rows = find_blobs(grey, self.background, self.threshold, self._geometry)

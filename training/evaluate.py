@@ -5,7 +5,7 @@ starts every ``frame_stride`` frames). Each stream is calibrated on the *trainin
 labels are used for scoring only), the memory streams' samples held out by folds of each context's training
 videos (:func:`training.appearance_eval.context_folds`: ``plugins.fusion.HELDOUT_FOLDS`` groups, as ``zsad
 calibrate`` splits a camera's footage in time), each stream's reliability weight judged on two halves of them
-(:func:`plugins.fusion.assessment_folds`), fused with the same ``plugins.fusion`` code the pipeline runs,
+(:func:`assessment_fold_ids`), fused with the same ``plugins.fusion`` code the pipeline runs,
 and reported beside the frame-difference floor computed in the same run. The fusion ablation
 (:func:`fusion_ablation`) reports every rule with and without the reliability weights and the context gate;
 the primary variant is the product's own fusion (the calibration's rule, reliability weights, context gate).

@@ -331,8 +331,9 @@ def _fit_appearance(
         return fitter.finalize(encoder=expect.encoder, weights_sha256=expect.weights_sha256, camera=camera)
 
     whole = _merged(fitters)
-    # One held-out memory at a time (each the whole footage's sums less its fold's): at 240x320 a memory's
-    # sums are 151 MiB, so keeping every fold's memory at once would double calibration's peak.
+    # One held-out memory at a time (each the whole footage's sums less its fold's), freed before the next:
+    # at 240x320 a fitter's sums are 151 MiB and a memory 76 MiB, so holding every fold's at once would add
+    # about 0.7 GiB to calibration's peak.
     for fold, fitter in enumerate(fitters):
         held = finalize(whole.without(fitter))  # scores fold `fold`
         for s, f in zip(scored, folds, strict=True):
@@ -543,7 +544,8 @@ class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
     def _kept(self, frame: np.ndarray) -> np.ndarray:
         # The stream reads luma only: grey frames hold a third of the RGB's memory (a 3-minute footage's
         # frames 0.2 s apart at 144x192: 25 MB instead of 75, and as much again for its twin).
-        return grey_frame(frame).copy()
+        grey = grey_frame(frame)
+        return grey.copy() if grey is frame else grey
 
     def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> ObjectsModel:
         o = cfg.objects

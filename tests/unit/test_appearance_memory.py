@@ -145,7 +145,7 @@ def test_a_fold_taken_from_the_whole_gives_the_memory_of_the_other_folds() -> No
         held.without(whole)
     other = MemoryFitter()
     other.add(normal_features(3, grid=(2, 3)))
-    with pytest.raises(AppearanceError, match="other features"):
+    with pytest.raises(AppearanceError, match=r"a fitter of 16 x 2x3 features from one of 16 x 4x6"):
         whole.without(other)
 
 

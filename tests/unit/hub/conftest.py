@@ -1,4 +1,4 @@
-"""Fixtures of the hub's unit tests (only these import the outputs hub)."""
+"""Fixtures of the hub's unit tests (the unit tests that import the outputs hub live here)."""
 
 from __future__ import annotations
 
