@@ -119,10 +119,11 @@ def _cv2() -> Any:
 
 def grey_frame(frame: np.ndarray) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB -> ``(H, W)`` uint8 luma (ITU-R 601 weights, integer arithmetic); an
-    ``(H, W)`` uint8 frame is taken as luma already (what the stream keeps: a third of the RGB's memory)."""
+    ``(H, W)`` uint8 frame is taken as luma already (what the stream keeps: a third of the RGB's memory).
+    Always a new array: callers keep it (a state's previous frame) while theirs may be reused."""
     f = np.asarray(frame)
     if f.dtype == np.uint8 and f.ndim == 2 and min(f.shape) >= 1:
-        return f
+        return f.copy()
     if f.dtype != np.uint8 or f.ndim != 3 or f.shape[-1] != 3 or min(f.shape) < 1:
         raise ObjectsError(f"a frame must be uint8 (H, W, 3) RGB or (H, W) grey, got {f.dtype} {f.shape}")
     r, g, b = (f[..., i].astype(np.uint16) for i in range(3))
@@ -402,11 +403,7 @@ class ObjectsModel:
         features.
         ``pts``: the frame's time in seconds (None: it follows the last one by the spacing)."""
         state.note_time(pts)
-        # The state keeps the frame (the next frame's optical flow starts from it): a copy, since a grey
-        # frame comes back from grey_frame as the caller's own array, which the caller may reuse.
         grey = grey_frame(frame)
-        if grey is frame:
-            grey = grey.copy()
         if grey.shape != self.background.shape:
             raise ObjectsError(f"frames are {grey.shape}, this model's background is {self.background.shape}")
         labels, rows = find_blobs(grey, self.background, self.threshold, self._geometry)

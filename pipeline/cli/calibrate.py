@@ -542,8 +542,7 @@ class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
     def _kept(self, frame: np.ndarray) -> np.ndarray:
         # The stream reads luma only: grey frames hold a third of the RGB's memory (a 3-minute footage's
         # frames 0.2 s apart at 144x192: 25 MB instead of 75, and as much again for its twin).
-        grey = grey_frame(frame)
-        return grey.copy() if grey is frame else grey
+        return grey_frame(frame)
 
     def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> ObjectsModel:
         o = cfg.objects

@@ -153,6 +153,7 @@ def test_a_grey_frame_scores_as_its_rgb_frame(model: ObjectsModel) -> None:
     assert grey.shape == (H, W)
     assert grey.dtype == np.uint8
     np.testing.assert_array_equal(grey_frame(grey), grey)  # luma stays luma
+    assert grey_frame(grey) is not grey  # a copy: the stream keeps it while the caller may reuse theirs
 
 
 def test_settings_and_grid_are_checked() -> None:
