@@ -250,7 +250,9 @@ class FusionPolicy(_Strict):
         description=(
             "auto: the camera's calibration's rule (max for calibrations from `zsad calibrate` since "
             "version 2, mean for older ones and for an uncalibrated camera); max: the largest weighted "
-            "z-score, which a strong stream cannot lose to weak ones; mean: the gate-weighted mean. A rule "
+            "z-score, which a strong stream cannot lose to weak ones, or the calibration's agreement term "
+            "(the weighted mean on the max's scale) where the streams rise together; mean: the "
+            "gate-weighted mean. A rule "
             "other than the calibration's keeps its threshold, which was computed for the calibration's rule."
         ),
     )

@@ -17,7 +17,12 @@ uniform gate is 1; 1 for a stream the gate has no row for, such as the memory st
 :func:`fuse` combines the z-scores by a *rule* (:data:`FUSION_RULES`):
 
 * ``max`` (the default of new calibrations): ``max_s m_s z_s``. A strong stream can never be averaged away
-  by weak ones; a down-weighted stream needs a larger excursion to lead.
+  by weak ones; a down-weighted stream needs a larger excursion to lead. A calibration fitted for it also
+  carries an *agreement* term (:class:`Agreement`): the streams' weighted mean, put on the max's scale by
+  matching the two's median and 99th percentile on the camera's normal footage, and the fused score is the
+  larger of the two. Several streams that rise together (a cyclist raises the pixel, motion and objects
+  streams at once, while their normal noise is independent) then count for more than the strongest alone,
+  and the max still keeps a lone strong stream.
 * ``mean``: ``sum_s m_s z_s / sum_s m_s``, the gate-weighted mean of the z-scores (version 1 calibrations
   keep it, so their thresholds keep their meaning).
 
@@ -43,6 +48,7 @@ from core.datafile import read_json, write_atomic
 from plugins.streams import MEMORY_STREAMS, SEMANTIC, STREAMS
 
 __all__ = [
+    "AGREEMENT_QUANTILE",
     "ASSESSMENT_FOLDS",
     "CALIBRATION_VERSION",
     "DEFAULT_RULE",
@@ -54,6 +60,7 @@ __all__ = [
     "MIN_FOLD_CLIPS",
     "MIN_WEIGHT",
     "TRUSTED_WEIGHT",
+    "Agreement",
     "Calibration",
     "CalibrationError",
     "CameraFusion",
@@ -69,6 +76,7 @@ __all__ = [
     "calibrate",
     "check_rule",
     "describe_trust",
+    "fit_agreement",
     "fit_calibration",
     "fit_stream",
     "format_trust",
@@ -103,6 +111,11 @@ LEGACY_RULE = "mean"
 
 #: The quantile of the held-out z-scores compared with the standard normal's (the false-alarm tail).
 HELDOUT_QUANTILE = 0.99
+#: The upper quantile at which the agreement term is matched to the max (:func:`fit_agreement`): the tail
+#: thresholds sit in, the same as the held-out tail the weights are judged at.
+AGREEMENT_QUANTILE = HELDOUT_QUANTILE
+#: Fewer normal clips with every kept stream finite cannot place the agreement term (:func:`fit_agreement`).
+MIN_AGREEMENT_CLIPS = 20
 #: A fold with fewer finite clips of a stream cannot be held out for it.
 MIN_FOLD_CLIPS = 10
 #: How many contiguous folds a camera's normal footage is split into for the memory streams' held-out scores
@@ -233,6 +246,28 @@ class StreamStats:
 
 
 @dataclass(frozen=True)
+class Agreement:
+    """The max rule's agreement term of one camera: ``offset + slope * mean``, ``mean`` the weighted mean of
+    the clip's z-scores (:func:`fuse` under ``mean``, the same weights), on the scale of the max of the
+    weighted z-scores. Fitted on the camera's normal footage (:func:`fit_agreement`) so that the two have
+    the same median and :data:`AGREEMENT_QUANTILE` quantile there: the term rises above the max only where
+    the streams agree more than they do on normal footage."""
+
+    offset: float
+    slope: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.offset) and math.isfinite(self.slope)) or self.slope <= 0:
+            raise CalibrationError(
+                f"agreement needs a finite offset and a finite slope > 0, got offset={self.offset} "
+                f"slope={self.slope}"
+            )
+
+    def to_dict(self) -> dict[str, float]:
+        return {"offset": self.offset, "slope": self.slope}
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Per-camera calibration of the raw streams.
 
@@ -242,6 +277,8 @@ class Calibration:
     quantile of the fused (by ``rule``, with the reliability weights and a uniform gate, unsmoothed)
     calibrated score on the normal footage: a data-driven default for ``on_threshold``.
     ``heldout_quantile`` is the quantile behind each stream's ``heldout_q`` (None: nothing was held out).
+    ``agreement``: the ``max`` rule's agreement term (None: the plain max; calibrations from before it, or
+    footage too short to place it).
     """
 
     streams: Mapping[str, StreamStats] = field(default_factory=dict)
@@ -252,9 +289,12 @@ class Calibration:
     camera: str | None = None
     rule: str = LEGACY_RULE
     heldout_quantile: float | None = None
+    agreement: Agreement | None = None
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
+        if self.agreement is not None and self.rule != "max":
+            raise CalibrationError(f"an agreement term belongs to the max rule, not {self.rule!r}")
 
     @classmethod
     def identity_for(cls, camera: str | None = None) -> Calibration:
@@ -276,6 +316,7 @@ class Calibration:
             "threshold_quantile": self.threshold_quantile,
             "threshold": self.threshold,
             "heldout_quantile": self.heldout_quantile,
+            "agreement": self.agreement.to_dict() if self.agreement is not None else None,
             "streams": {name: s.to_dict() for name, s in self.streams.items()},
         }
 
@@ -349,6 +390,7 @@ class Calibration:
         rule = LEGACY_RULE if version == 1 else data.get("rule", DEFAULT_RULE)
         if rule not in FUSION_RULES:
             raise bad(f"'rule' must be one of {', '.join(FUSION_RULES)}, got {rule!r}")
+        agreement = _agreement(data.get("agreement"), rule, bad)
         return cls(
             streams=streams,
             n_samples=n_samples,
@@ -358,7 +400,22 @@ class Calibration:
             camera=camera,
             rule=rule,
             heldout_quantile=heldout_quantile,
+            agreement=agreement,
         )
+
+
+def _agreement(v: Any, rule: str, bad: Any) -> Agreement | None:
+    """The ``agreement`` entry of a calibration file (absent or null: none)."""
+    if v is None:
+        return None
+    if rule != "max":
+        raise bad(f"'agreement' belongs to the max rule, this calibration's rule is {rule!r}")
+    if not isinstance(v, dict) or set(v) != {"offset", "slope"}:
+        raise bad(f"'agreement' must be an object {{offset, slope}}, got {v!r}")
+    try:
+        return Agreement(_number(v["offset"]), _number(v["slope"]))
+    except (TypeError, ValueError) as exc:
+        raise bad(f"agreement: {exc}") from exc
 
 
 def _number(v: Any) -> float:
@@ -633,10 +690,14 @@ def fit_calibration(
     if probes:
         stats = _weigh_by_probes(stats, arrays, probes, heldout_quantile)
     threshold: float | None = None
+    agreement: Agreement | None = None
     n = max(lengths)
     if len(lengths) == 1:
         z = {k: (arrays[k] - stats[k].location) / stats[k].scale for k in arrays}
-        fused = fuse_arrays(z, {k: stats[k].weight for k in arrays}, rule)
+        weights = {k: stats[k].weight for k in arrays}
+        if rule == "max":
+            agreement = fit_agreement(z, weights)
+        fused = fuse_arrays(z, weights, rule, agreement)
         fused = fused[np.isfinite(fused)]
         if fused.size:
             threshold = float(np.quantile(fused, threshold_quantile))
@@ -649,7 +710,25 @@ def fit_calibration(
         camera=camera,
         rule=rule,
         heldout_quantile=heldout_quantile if assessed else None,
+        agreement=agreement,
     )
+
+
+def fit_agreement(z: Mapping[str, np.ndarray], weights: Mapping[str, float | np.ndarray]) -> Agreement | None:
+    """The max rule's agreement term (:class:`Agreement`) from normal clips' z-scores ``z`` (stream ->
+    ``(N,)``, aligned) and the weights they are fused with: the line that takes the weighted mean's median
+    and :data:`AGREEMENT_QUANTILE` quantile onto the max's. None with fewer than :data:`MIN_AGREEMENT_CLIPS`
+    clips where both are finite, or a mean that does not vary (one constant stream)."""
+    top = fuse_arrays(z, weights, "max")
+    mean = fuse_arrays(z, weights, "mean")
+    ok = np.isfinite(top) & np.isfinite(mean)
+    if int(ok.sum()) < MIN_AGREEMENT_CLIPS:
+        return None
+    (t50, t_hi), (m50, m_hi) = (np.quantile(x[ok], [0.5, AGREEMENT_QUANTILE]) for x in (top, mean))
+    if not m_hi - m50 > SCALE_EPS or not t_hi - t50 > SCALE_EPS:
+        return None
+    slope = float((t_hi - t50) / (m_hi - m50))
+    return Agreement(offset=float(t50 - slope * m50), slope=slope)
 
 
 def _weigh_by_probes(
@@ -957,7 +1036,8 @@ class FusedScore:
     unsmoothed fused score; ``rule``: how it was fused (:data:`FUSION_RULES`); ``weights``: each stream's
     weight ``w_s`` in it; ``contributions``: ``w_s * z_s`` per stream. Under ``mean`` the weights sum to 1
     and the contributions sum to ``raw_fused``; under ``max`` the weights are the multipliers (reliability
-    times gate factor) and ``raw_fused`` is the largest contribution.
+    times gate factor) and ``raw_fused`` is the largest contribution, or ``agreement`` (the calibration's
+    agreement term of this clip, None without one) where that is larger.
     """
 
     score: float
@@ -965,6 +1045,7 @@ class FusedScore:
     raw_fused: float = 0.0
     weights: dict[str, float] = field(default_factory=dict)
     rule: str = LEGACY_RULE
+    agreement: float | None = None
 
 
 class StreamGate:
@@ -1089,14 +1170,27 @@ def gate_multiplier(factor: float | np.ndarray, rule: str) -> float | np.ndarray
     return factor
 
 
-def fuse(z: Mapping[str, float], weights: Mapping[str, float], rule: str = LEGACY_RULE) -> FusedScore:
+def _agreement_for(rule: str, agreement: Agreement | None) -> Agreement | None:
+    if agreement is not None and rule != "max":
+        raise FusionError(f"an agreement term belongs to the max rule, not {rule!r}")
+    return agreement
+
+
+def fuse(
+    z: Mapping[str, float],
+    weights: Mapping[str, float],
+    rule: str = LEGACY_RULE,
+    agreement: Agreement | None = None,
+) -> FusedScore:
     """Fuse z-scores over the streams present in both maps with a positive weight, by ``rule``.
 
     ``mean``: the weights are renormalised to sum 1 and the score is ``sum_s w_s z_s``. ``max``: the
-    weights are used as they are (multipliers) and the score is ``max_s w_s z_s``. No usable stream gives
-    score 0.0 (the median of normal footage) and empty contributions.
+    weights are used as they are (multipliers) and the score is ``max_s w_s z_s``, or with ``agreement``
+    the larger of that and ``agreement.offset + agreement.slope * (the mean's score)``. No usable stream
+    gives score 0.0 (the median of normal footage) and empty contributions.
     """
     check_rule(rule)
+    agreement = _agreement_for(rule, agreement)
     names = [s for s in z if s in weights and math.isfinite(z[s]) and weights[s] > 0]
     total = sum(weights[s] for s in names)
     if not names or total <= 0 or not math.isfinite(total):
@@ -1105,17 +1199,32 @@ def fuse(z: Mapping[str, float], weights: Mapping[str, float], rule: str = LEGAC
     contributions = {s: w[s] * float(z[s]) for s in names}
     values = contributions.values()
     score = float(sum(values)) if rule == "mean" else float(max(values))
-    return FusedScore(score=score, contributions=contributions, raw_fused=score, weights=w, rule=rule)
+    agreed: float | None = None
+    if agreement is not None:
+        mean = sum(weights[s] * float(z[s]) for s in names) / total
+        agreed = agreement.offset + agreement.slope * mean
+        score = max(score, agreed)
+    return FusedScore(
+        score=score, contributions=contributions, raw_fused=score, weights=w, rule=rule, agreement=agreed
+    )
 
 
 def fuse_arrays(
-    z: Mapping[str, np.ndarray], weights: Mapping[str, float | np.ndarray], rule: str = LEGACY_RULE
+    z: Mapping[str, np.ndarray],
+    weights: Mapping[str, float | np.ndarray],
+    rule: str = LEGACY_RULE,
+    agreement: Agreement | None = None,
 ) -> np.ndarray:
     """:func:`fuse` over many clips at once: ``z`` maps a stream to its z-scores ``(N,)``, ``weights`` a
     stream to a scalar or per-clip ``(N,)`` weight (streams without a weight are left out). Per clip, the
     streams with a finite z-score and a positive weight count; a clip where none does is NaN. Used by
     :func:`fit_calibration` for the threshold and by the offline evaluation, so both fuse as the run does."""
     check_rule(rule)
+    term = _agreement_for(rule, agreement)
+    if term is not None:
+        top = fuse_arrays(z, weights, "max")
+        agreed = term.offset + term.slope * fuse_arrays(z, weights, "mean")
+        return np.fmax(top, agreed)
     names = [s for s in z if s in weights]
     if not names:
         lengths = {np.asarray(v).size for v in z.values()}
@@ -1212,15 +1321,14 @@ class CameraFusion:
             self.smoother.reset()
         self._last_t = t
         z = calibrate(raw, self.calibration)
-        fused = fuse(z, self.multipliers(context_vec, z.keys()), self.rule)
+        fused = fuse(z, self.multipliers(context_vec, z.keys()), self.rule, self.agreement)
         smoothed = self.smoother.update(fused.raw_fused)
-        return FusedScore(
-            score=smoothed,
-            contributions=fused.contributions,
-            raw_fused=fused.raw_fused,
-            weights=fused.weights,
-            rule=fused.rule,
-        )
+        return replace(fused, score=smoothed)
+
+    @property
+    def agreement(self) -> Agreement | None:
+        """The calibration's agreement term when the camera fuses by the calibration's own (max) rule."""
+        return self.calibration.agreement if self.rule == self.calibration.rule else None
 
     def cell_stats(self) -> dict[str, tuple[float, float]] | None:
         """Each stream's ``(location, scale)``, to z-score its error map cell by cell

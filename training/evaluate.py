@@ -37,6 +37,7 @@ from engines.model import ZsadModel, load_checkpoint
 from plugins.fusion import (
     ASSESSMENT_FOLDS,
     FUSION_RULES,
+    Agreement,
     Calibration,
     fit_calibration,
     fuse_arrays,
@@ -251,9 +252,11 @@ def gate_factors(weights: np.ndarray, gated: Sequence[str], streams: Sequence[st
     return out
 
 
-def fusion_variant(rule: str, reliability: bool, gate: bool) -> str:
-    """The metrics' name of one fusion ablation variant over all streams."""
+def fusion_variant(rule: str, reliability: bool, gate: bool, agreement: bool = True) -> str:
+    """The metrics' name of one fusion ablation variant over all streams (``agreement`` False: the max rule
+    without its calibration's agreement term, ``plugins.fusion.Agreement``)."""
     extra = (", reliability weights" if reliability else "") + (", context gate" if gate else "")
+    extra += "" if agreement else ", no agreement term"
     return f"fused: all streams ({rule} rule{extra})"
 
 
@@ -263,9 +266,11 @@ def fusion_ablation(
     factors: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     rules: Sequence[str] = FUSION_RULES,
     per_video: Mapping[str, Mapping[str, float]] | None = None,
+    agreement: Mapping[str, Agreement | None] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Every fusion rule with and without reliability weights and the context gate, by the run's own
-    ``plugins.fusion.fuse_arrays``.
+    ``plugins.fusion.fuse_arrays``. The max rule with reliability weights takes each video's calibration's
+    agreement term (fitted with those weights), and is also reported without it.
 
     Args:
         z: stream -> video -> ``(n,)`` calibrated z-scores per frame.
@@ -273,6 +278,7 @@ def fusion_ablation(
         factors: video -> stream -> ``(n,)`` gate factors (:func:`gate_factors`); None: no gate variants.
         per_video: video -> stream -> reliability weight, when each video's camera has its own calibration
             (it replaces ``reliability`` for the videos it names).
+        agreement: video -> its calibration's agreement term (None or absent: the plain max).
 
     Returns:
         :func:`fusion_variant` name -> video -> ``(n,)`` fused score.
@@ -280,20 +286,24 @@ def fusion_ablation(
     streams = list(z)
     videos = list(next(iter(z.values()))) if z else []
     out: dict[str, dict[str, np.ndarray]] = {}
+    terms = {v: t for v, t in (agreement or {}).items() if t is not None}
     for rule in rules:
         for use_reliability in (False, True):
+            agreeing = (True, False) if rule == "max" and use_reliability and terms else (True,)
             for use_gate in (False, True) if factors is not None else (False,):
-                fused: dict[str, np.ndarray] = {}
-                for v in videos:
-                    weights: dict[str, float | np.ndarray] = {}
-                    for s in streams:
-                        own = per_video.get(v, reliability) if per_video is not None else reliability
-                        w: float | np.ndarray = float(own.get(s, 1.0)) if use_reliability else 1.0
-                        if use_gate and factors is not None:
-                            w = w * gate_multiplier(factors[v][s], rule)
-                        weights[s] = w
-                    fused[v] = fuse_arrays({s: z[s][v] for s in streams}, weights, rule)
-                out[fusion_variant(rule, use_reliability, use_gate)] = fused
+                for use_agreement in agreeing:
+                    fused: dict[str, np.ndarray] = {}
+                    for v in videos:
+                        weights: dict[str, float | np.ndarray] = {}
+                        for s in streams:
+                            own = per_video.get(v, reliability) if per_video is not None else reliability
+                            w: float | np.ndarray = float(own.get(s, 1.0)) if use_reliability else 1.0
+                            if use_gate and factors is not None:
+                                w = w * gate_multiplier(factors[v][s], rule)
+                            weights[s] = w
+                        term = terms.get(v) if rule == "max" and use_reliability and use_agreement else None
+                        fused[v] = fuse_arrays({s: z[s][v] for s in streams}, weights, rule, term)
+                    out[fusion_variant(rule, use_reliability, use_gate, use_agreement)] = fused
     return out
 
 
@@ -516,6 +526,7 @@ def evaluate(
         {s: cal.weight(s) for s in present},
         factors,
         per_video={v: {s: own[v].weight(s) for s in present} for v in labels},
+        agreement={v: own[v].agreement for v in labels},
     )
     # The names earlier results use: the uniform and the gate-weighted mean, without reliability weights.
     variants["fused: all streams (calibrated, context gate)"] = ablation[fusion_variant("mean", False, True)]

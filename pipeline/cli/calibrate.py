@@ -673,6 +673,12 @@ def trust_report(cal: Calibration) -> str:
         f"camera {cal.camera}: {cal.n_samples} clips, fusion rule {cal.rule}, "
         f"default threshold {threshold} (the {cal.threshold_quantile:g} quantile of the fused normal score)"
     )
+    if cal.agreement is not None:
+        a = cal.agreement
+        head += (
+            f"\nagreement term: {a.offset:.3f} + {a.slope:.3f} x the weighted mean (the streams rising "
+            "together count where their mean stands above what normal footage shows)"
+        )
     return f"{head}\n{format_trust(describe_trust(cal))}"
 
 

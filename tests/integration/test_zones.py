@@ -363,7 +363,9 @@ def test_zsad_calibrate_prints_which_streams_the_camera_trusts(
     assert cal.rule == "max"
     lines = printed.splitlines()
     assert lines[0].startswith(f"camera flagpole: {cal.n_samples} clips, fusion rule max, default threshold ")
-    assert lines[1].split()[:2] == ["stream", "weight"]
+    assert cal.agreement is not None  # the max rule's term, placed on the camera's normal footage
+    assert lines[1].startswith(f"agreement term: {cal.agreement.offset:.3f} + {cal.agreement.slope:.3f} x ")
+    assert lines[2].split()[:2] == ["stream", "weight"]
     for name, stats in cal.streams.items():
         row = next(line for line in lines if line.startswith(name + " "))
         assert f"{stats.weight:.2f}" in row

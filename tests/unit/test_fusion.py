@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from plugins.fusion import (
+    AGREEMENT_QUANTILE,
     ASSESSMENT_FOLDS,
     HELDOUT_FOLDS,
     MIN_WEIGHT,
+    Agreement,
     Calibration,
     CalibrationError,
     CameraFusion,
@@ -28,6 +30,7 @@ from plugins.fusion import (
     assessment_folds,
     calibrate,
     describe_trust,
+    fit_agreement,
     fit_calibration,
     format_trust,
     fuse,
@@ -145,6 +148,18 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
         ('{"version": 1, "streams": {"pixel": {"location": "x", "scale": 1}}}', "expected a number"),
         ('{"version": 1}', "'streams' must be an object"),
         ('{"version": 1, "streams": {}, "threshold_quantile": 2}', "threshold_quantile"),
+        (
+            '{"version": 2, "rule": "max", "streams": {}, "agreement": [1, 2]}',
+            "'agreement' must be an object",
+        ),
+        (
+            '{"version": 2, "rule": "max", "streams": {}, "agreement": {"offset": 0, "slope": -1}}',
+            "slope > 0",
+        ),
+        (
+            '{"version": 2, "rule": "mean", "streams": {}, "agreement": {"offset": 0, "slope": 1}}',
+            "belongs to the max rule",
+        ),
     ],
 )
 def test_malformed_calibration_names_the_file(tmp_path: Path, content: str, match: str) -> None:
@@ -358,9 +373,14 @@ def test_fit_calibration_with_folds_weighs_each_stream() -> None:
     assert cal.streams["predictive"].weight < 0.6  # drifting: weighed down through its held-out tail
     # Location and scale still come from all the clips.
     assert cal.streams["motion"].location == pytest.approx(5.0, abs=0.2)
-    # The threshold uses the weights: the max of the weighted z-scores, recomputed here by hand.
+    # The threshold uses the weights: the max of the weighted z-scores or the agreement term (the weighted
+    # mean on the max's scale), recomputed here by hand.
     z = {k: (v - cal.streams[k].location) / cal.streams[k].scale for k, v in samples.items()}
-    by_hand = np.max([cal.streams[k].weight * z[k] for k in samples], axis=0)
+    w = {k: cal.streams[k].weight for k in samples}
+    top = np.max([w[k] * z[k] for k in samples], axis=0)
+    mean = np.sum([w[k] * z[k] for k in samples], axis=0) / sum(w.values())
+    assert cal.agreement is not None
+    by_hand = np.maximum(top, cal.agreement.offset + cal.agreement.slope * mean)
     assert cal.threshold == pytest.approx(float(np.quantile(by_hand, 0.99)))
 
 
@@ -406,9 +426,11 @@ def test_version_2_round_trip_keeps_weights_and_rule(tmp_path: Path) -> None:
         "sensitivity",
         "probe_recall",
     }
+    assert set(data["agreement"]) == {"offset", "slope"}
     back = load_calibration(path)
     assert back == cal
     assert back.streams["pixel"].weight < 1.0
+    assert back.agreement == cal.agreement
 
 
 def test_version_1_file_loads_with_the_mean_rule_and_weight_one(tmp_path: Path) -> None:
@@ -488,6 +510,71 @@ def test_fuse_arrays_matches_fuse_clip_by_clip() -> None:
                 assert np.isnan(fused[i])
             else:
                 assert fused[i] == pytest.approx(one.raw_fused)
+
+
+# -- the max rule's agreement term: streams that rise together -------------------------------------------
+
+
+def test_agreement_term_matches_the_max_on_normal_footage() -> None:
+    """The term is placed where the max is on normal clips: the same median and upper quantile."""
+    rng = np.random.default_rng(11)
+    z = {s: rng.normal(size=3000) for s in ("pixel", "motion", "objects")}
+    w = {"pixel": 1.0, "motion": 1.0, "objects": 0.7}
+    term = fit_agreement(z, w)
+    assert term is not None
+    top = fuse_arrays(z, w, "max")
+    agreed = term.offset + term.slope * fuse_arrays(z, w, "mean")
+    for q in (0.5, AGREEMENT_QUANTILE):
+        assert np.quantile(agreed, q) == pytest.approx(np.quantile(top, q))
+    # Independent streams: the mean is narrower than the max, so the term stretches it.
+    assert term.slope > 1.0
+    # Too few clips, or a mean that never moves, place nothing.
+    assert fit_agreement({k: v[:10] for k, v in z.items()}, w) is None
+    assert fit_agreement({"pixel": np.zeros(100)}, {"pixel": 1.0}) is None
+
+
+def test_agreement_catches_streams_that_rise_together_and_keeps_a_lone_strong_one() -> None:
+    """Three independent normal streams: each alone needs z ~ 2.7 to cross the fused 99th percentile, and the
+    plain max misses a clip where all three stand at 2.2; the agreement term catches it. A lone stream at 9
+    still scores 9, and a calm clip stays under the threshold."""
+    samples = {
+        s: np.random.default_rng(i).normal(size=4000) for i, s in enumerate(("pixel", "motion", "objects"))
+    }
+    cal = fit_calibration(samples, time_folds(4000))
+    assert cal.agreement is not None
+    assert cal.threshold is not None
+    cf = CameraFusion("cam", cal, None, smoothing=1)
+    together = cf.update(dict.fromkeys(samples, 2.2), None, 0.0)
+    assert max(together.contributions.values()) < cal.threshold  # the max alone would miss it
+    assert together.agreement is not None
+    assert together.raw_fused == together.agreement > cal.threshold
+    lone = cf.update({"pixel": 9.0, "motion": 0.0, "objects": 0.0}, None, 1.0)
+    assert lone.raw_fused == lone.contributions["pixel"] > 8.5  # the max leads, undiluted
+    calm = cf.update(dict.fromkeys(samples, 0.5), None, 2.0)
+    assert calm.raw_fused < cal.threshold
+    # A camera configured to fuse by the mean does not take the max rule's term.
+    assert CameraFusion("cam", cal, None, smoothing=1, rule="mean").agreement is None
+    with pytest.raises(FusionError, match="belongs to the max rule"):
+        fuse({"pixel": 1.0}, {"pixel": 1.0}, "mean", Agreement(0.0, 1.0))
+    with pytest.raises(CalibrationError, match="belongs to the max rule"):
+        Calibration(rule="mean", agreement=Agreement(0.0, 1.0))
+
+
+def test_fuse_arrays_with_agreement_matches_fuse_clip_by_clip() -> None:
+    rng = np.random.default_rng(9)
+    z = {"a": rng.normal(size=40), "b": rng.normal(size=40)}
+    z["b"][5] = np.nan
+    w = {"a": 0.5, "b": rng.uniform(0.1, 1.0, 40)}
+    term = Agreement(0.4, 1.3)
+    fused = fuse_arrays(z, w, "max", term)
+    for i in range(40):
+        one = fuse(
+            {k: float(v[i]) for k, v in z.items()},
+            {k: float(np.broadcast_to(v, 40)[i]) for k, v in w.items()},
+            "max",
+            term,
+        )
+        assert fused[i] == pytest.approx(one.raw_fused)
 
 
 def test_camera_fusion_max_rule_with_reliability_and_gate() -> None:

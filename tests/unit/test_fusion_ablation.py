@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.fusion import Calibration, CameraFusion, StreamGate, StreamStats, fit_calibration, time_folds
+from plugins.fusion import (
+    Agreement,
+    Calibration,
+    CameraFusion,
+    StreamGate,
+    StreamStats,
+    fit_calibration,
+    time_folds,
+)
 from plugins.streams import APPEARANCE
 from training.evaluate import (
     alert_weights,
@@ -114,9 +122,11 @@ def test_ablation_names_and_the_max_rule_is_not_diluted() -> None:
     }
 
 
-def test_ablation_fuses_frame_by_frame_as_the_run_does() -> None:
-    """The product variant (max rule, reliability weights, context gate) equals CameraFusion's raw fused
-    score clip by clip, with a trained gate and a memory stream it has no row for."""
+@pytest.mark.parametrize("term", [None, Agreement(0.3, 1.4)])
+def test_ablation_fuses_frame_by_frame_as_the_run_does(term: Agreement | None) -> None:
+    """The product variant (max rule, reliability weights, context gate, the calibration's agreement term
+    when it has one) equals CameraFusion's raw fused score clip by clip, with a trained gate and a memory
+    stream it has no row for; the variant without the term is the plain max."""
     rng = np.random.default_rng(1)
     n = 50
     streams = ("pixel", "motion", APPEARANCE)
@@ -128,6 +138,7 @@ def test_ablation_fuses_frame_by_frame_as_the_run_does() -> None:
             APPEARANCE: StreamStats(1.0, 0.3, 100, weight=0.7),
         },
         rule="max",
+        agreement=term,
     )
     gate = StreamGate(np.array([[1.0], [-1.0]], np.float32), np.zeros(2, np.float32), ["pixel", "motion"])
     contexts = rng.normal(size=(n, 1)).astype(np.float32)
@@ -135,7 +146,10 @@ def test_ablation_fuses_frame_by_frame_as_the_run_does() -> None:
     w = np.array([[gate.weights(c, gated)[s] for s in gated] for c in contexts])
     z = {s: {"v": (raw[s]["v"] - cal.streams[s].location) / cal.streams[s].scale} for s in streams}
     out = fusion_ablation(
-        z, {s: cal.weight(s) for s in streams}, {"v": gate_factors(w, gated, list(streams))}
+        z,
+        {s: cal.weight(s) for s in streams},
+        {"v": gate_factors(w, gated, list(streams))},
+        agreement={"v": term},
     )
     fusion = CameraFusion("cam", cal, gate, smoothing=1)
     run = [
@@ -143,6 +157,16 @@ def test_ablation_fuses_frame_by_frame_as_the_run_does() -> None:
         for i in range(n)
     ]
     np.testing.assert_allclose(out[fusion_variant("max", True, True)]["v"], run, rtol=1e-6)
+    if term is not None:
+        plain = out[fusion_variant("max", True, True, agreement=False)]["v"]
+        weighted = [
+            cal.weight(s) * np.minimum(gate_factors(w, gated, list(streams))[s], 1.0) * z[s]["v"]
+            for s in streams
+        ]
+        np.testing.assert_allclose(plain, np.max(weighted, axis=0), rtol=1e-6)
+        assert (np.asarray(run) > plain).any()  # the term leads on some clips
+    else:
+        assert fusion_variant("max", True, True, agreement=False) not in out
     mean_run = CameraFusion("cam", cal, gate, smoothing=1, rule="mean")
     mean = [
         mean_run.update({s: float(raw[s]["v"][i]) for s in streams}, contexts[i], float(i)).raw_fused
