@@ -81,6 +81,8 @@ class Peak:
     frame_ref: Any = None
     weights: dict[str, float] = field(default_factory=dict)
     location: PeakLocation | None = None
+    #: The fusion's agreement term at that sample (``plugins.fusion.FusedScore.agreement``), None without one.
+    agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -184,12 +186,13 @@ class AlertMachine:
         frame_ref: Any = None,
         weights: Mapping[str, float] | None = None,
         location: PeakLocation | None = None,
+        agreement: float | None = None,
     ) -> list[AlertTransition]:
         """Feed the score at stream time ``t`` seconds; return the transitions it caused (0 or 1).
 
         ``prompt`` is the best-matching anomalous prompt for this sample, ``frame_ref`` an opaque reference
         to its frame, ``weights`` the gate weights behind ``contributions``, ``location`` where its evidence
-        peaks in the view; all are kept with the peak.
+        peaks in the view, ``agreement`` the fusion's agreement term; all are kept with the peak.
         Raises :class:`AlertTimeError` if ``t`` goes backwards.
         """
         self._check_time(t)
@@ -203,6 +206,7 @@ class AlertMachine:
             frame_ref=frame_ref,
             weights=dict(weights or {}),
             location=location,
+            agreement=agreement,
         )
         p = self.params
         if self._active is not None:

@@ -57,6 +57,7 @@ __all__ = [
     "HELDOUT_QUANTILE",
     "LEAVE_OUT_SENSITIVITY",
     "LEGACY_RULE",
+    "MIN_AGREEMENT_CLIPS",
     "MIN_FOLD_CLIPS",
     "MIN_WEIGHT",
     "TRUSTED_WEIGHT",
@@ -98,9 +99,11 @@ MAD_TO_SIGMA = 1.4826
 SCALE_EPS = 1e-6
 #: Relative floor of a stream's scale, as a fraction of |median|.
 SCALE_REL_FLOOR = 1e-3
-#: Version 2 adds the fusion rule and each stream's reliability weight; version 1 files still load.
-CALIBRATION_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+#: Version 2 adds the fusion rule and each stream's reliability weight; version 3 the max rule's agreement
+#: term (an older build would drop it and keep a threshold computed with it, so it must refuse the file).
+#: Versions 1 and 2 still load.
+CALIBRATION_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 #: The fusion rules, see the module docstring.
 FUSION_RULES: tuple[str, ...] = ("mean", "max")
@@ -111,10 +114,11 @@ LEGACY_RULE = "mean"
 
 #: The quantile of the held-out z-scores compared with the standard normal's (the false-alarm tail).
 HELDOUT_QUANTILE = 0.99
-#: The upper quantile at which the agreement term is matched to the max (:func:`fit_agreement`): the tail
-#: thresholds sit in, the same as the held-out tail the weights are judged at.
+#: The upper quantile at which the agreement term is matched to the max (:func:`fit_agreement`): the
+#: false-alarm tail, the one the held-out weights are judged at (thresholds sit at 0.99-0.995).
 AGREEMENT_QUANTILE = HELDOUT_QUANTILE
-#: Fewer normal clips with every kept stream finite cannot place the agreement term (:func:`fit_agreement`).
+#: Fewer normal clips with every weighted stream finite cannot place the agreement term
+#: (:func:`fit_agreement`).
 MIN_AGREEMENT_CLIPS = 20
 #: A fold with fewer finite clips of a stream cannot be held out for it.
 MIN_FOLD_CLIPS = 10
@@ -255,6 +259,10 @@ class Agreement:
 
     offset: float
     slope: float
+    #: The streams it was fitted over. The line holds for their mean only: a clip that lacks one of them
+    #: (a memory model the run refused, a NaN score) is fused by the plain max, since the mean of fewer
+    #: streams is wider than the line expects and would read as agreement.
+    streams: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.offset) and math.isfinite(self.slope)) or self.slope <= 0:
@@ -262,9 +270,11 @@ class Agreement:
                 f"agreement needs a finite offset and a finite slope > 0, got offset={self.offset} "
                 f"slope={self.slope}"
             )
+        if len(self.streams) < 2 or len(set(self.streams)) != len(self.streams):
+            raise CalibrationError(f"agreement needs two or more distinct streams, got {list(self.streams)}")
 
-    def to_dict(self) -> dict[str, float]:
-        return {"offset": self.offset, "slope": self.slope}
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset, "slope": self.slope, "streams": list(self.streams)}
 
 
 @dataclass(frozen=True)
@@ -322,7 +332,8 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> Calibration:
-        """Build from :meth:`to_dict` output (version 2) or a version 1 file, whose streams get weight 1 and
+        """Build from :meth:`to_dict` output (version 3), a version 2 file (no agreement term: the plain max)
+        or a version 1 file, whose streams get weight 1 and
         whose rule is ``mean``, as it was. Raises :class:`CalibrationError` naming ``source``."""
 
         def bad(msg: str) -> CalibrationError:
@@ -410,10 +421,13 @@ def _agreement(v: Any, rule: str, bad: Any) -> Agreement | None:
         return None
     if rule != "max":
         raise bad(f"'agreement' belongs to the max rule, this calibration's rule is {rule!r}")
-    if not isinstance(v, dict) or set(v) != {"offset", "slope"}:
-        raise bad(f"'agreement' must be an object {{offset, slope}}, got {v!r}")
+    if not isinstance(v, dict) or set(v) != {"offset", "slope", "streams"}:
+        raise bad(f"'agreement' must be an object {{offset, slope, streams}}, got {v!r}")
+    streams = v["streams"]
+    if not isinstance(streams, list) or not all(isinstance(x, str) for x in streams):
+        raise bad(f"agreement.streams must be a list of stream names, got {streams!r}")
     try:
-        return Agreement(_number(v["offset"]), _number(v["slope"]))
+        return Agreement(_number(v["offset"]), _number(v["slope"]), tuple(streams))
     except (TypeError, ValueError) as exc:
         raise bad(f"agreement: {exc}") from exc
 
@@ -716,19 +730,25 @@ def fit_calibration(
 
 def fit_agreement(z: Mapping[str, np.ndarray], weights: Mapping[str, float | np.ndarray]) -> Agreement | None:
     """The max rule's agreement term (:class:`Agreement`) from normal clips' z-scores ``z`` (stream ->
-    ``(N,)``, aligned) and the weights they are fused with: the line that takes the weighted mean's median
-    and :data:`AGREEMENT_QUANTILE` quantile onto the max's. None with fewer than :data:`MIN_AGREEMENT_CLIPS`
-    clips where both are finite, or a mean that does not vary (one constant stream)."""
-    top = fuse_arrays(z, weights, "max")
-    mean = fuse_arrays(z, weights, "mean")
-    ok = np.isfinite(top) & np.isfinite(mean)
+    ``(N,)``, aligned) and the scalar weights they are fused with: over the streams with a positive weight,
+    the line that takes their weighted mean's median and :data:`AGREEMENT_QUANTILE` quantile onto their
+    max's, on the clips where every one of them is finite. None with fewer than two such streams, fewer than
+    :data:`MIN_AGREEMENT_CLIPS` such clips, or a mean that does not vary."""
+    names = tuple(s for s in z if s in weights and float(np.asarray(weights[s])) > 0)
+    if len(names) < 2:
+        return None
+    kept = {s: np.asarray(z[s], dtype=np.float64).ravel() for s in names}
+    ok = np.logical_and.reduce([np.isfinite(v) for v in kept.values()])
     if int(ok.sum()) < MIN_AGREEMENT_CLIPS:
         return None
-    (t50, t_hi), (m50, m_hi) = (np.quantile(x[ok], [0.5, AGREEMENT_QUANTILE]) for x in (top, mean))
+    clips = {s: v[ok] for s, v in kept.items()}
+    w = {s: weights[s] for s in names}
+    top, mean = fuse_arrays(clips, w, "max"), fuse_arrays(clips, w, "mean")
+    (t50, t_hi), (m50, m_hi) = (np.quantile(x, [0.5, AGREEMENT_QUANTILE]) for x in (top, mean))
     if not m_hi - m50 > SCALE_EPS or not t_hi - t50 > SCALE_EPS:
         return None
     slope = float((t_hi - t50) / (m_hi - m50))
-    return Agreement(offset=float(t50 - slope * m50), slope=slope)
+    return Agreement(offset=float(t50 - slope * m50), slope=slope, streams=names)
 
 
 def _weigh_by_probes(
@@ -785,7 +805,9 @@ def _fused_recall(
     quantile: float,
 ) -> float:
     """The mean over kinds of the share of pasted-event clips whose fused score (max rule, the streams
-    ``keep`` with their weights) exceeds the ``quantile`` quantile of the normal clips' fused score."""
+    ``keep`` with their weights) exceeds the ``quantile`` quantile of the normal clips' fused score. The
+    plain max, without the agreement term: which streams may go is decided first, and the term is fitted
+    on the streams that stay (:func:`fit_calibration`)."""
     weights = {s: stats[s].weight for s in keep}
 
     def z(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -1186,8 +1208,9 @@ def fuse(
 
     ``mean``: the weights are renormalised to sum 1 and the score is ``sum_s w_s z_s``. ``max``: the
     weights are used as they are (multipliers) and the score is ``max_s w_s z_s``, or with ``agreement``
-    the larger of that and ``agreement.offset + agreement.slope * (the mean's score)``. No usable stream
-    gives score 0.0 (the median of normal footage) and empty contributions.
+    the larger of that and ``agreement.offset + agreement.slope * (the weighted mean over agreement's
+    streams)`` when every one of them has a finite z-score and a positive weight. No usable stream gives
+    score 0.0 (the median of normal footage) and empty contributions.
     """
     check_rule(rule)
     agreement = _agreement_for(rule, agreement)
@@ -1200,8 +1223,10 @@ def fuse(
     values = contributions.values()
     score = float(sum(values)) if rule == "mean" else float(max(values))
     agreed: float | None = None
-    if agreement is not None:
-        mean = sum(weights[s] * float(z[s]) for s in names) / total
+    if agreement is not None and all(s in names for s in agreement.streams):
+        # Over the term's own streams: the line was fitted for their mean.
+        held = agreement.streams
+        mean = sum(weights[s] * float(z[s]) for s in held) / sum(weights[s] for s in held)
         agreed = agreement.offset + agreement.slope * mean
         score = max(score, agreed)
     return FusedScore(
@@ -1223,8 +1248,17 @@ def fuse_arrays(
     term = _agreement_for(rule, agreement)
     if term is not None:
         top = fuse_arrays(z, weights, "max")
-        agreed = term.offset + term.slope * fuse_arrays(z, weights, "mean")
-        return np.fmax(top, agreed)
+        if not all(s in z and s in weights for s in term.streams):
+            return top
+        held_z = {s: z[s] for s in term.streams}
+        held_w = {s: weights[s] for s in term.streams}
+        usable = [
+            np.isfinite(np.asarray(held_z[s], np.float64)) & (np.asarray(held_w[s], np.float64) > 0)
+            for s in term.streams
+        ]
+        every = np.broadcast_to(np.logical_and.reduce(usable), top.shape)
+        agreed = term.offset + term.slope * fuse_arrays(held_z, held_w, "mean")
+        return np.where(every, np.fmax(top, agreed), top)
     names = [s for s in z if s in weights]
     if not names:
         lengths = {np.asarray(v).size for v in z.values()}

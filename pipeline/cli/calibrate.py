@@ -676,8 +676,8 @@ def trust_report(cal: Calibration) -> str:
     if cal.agreement is not None:
         a = cal.agreement
         head += (
-            f"\nagreement term: {a.offset:.3f} + {a.slope:.3f} x the weighted mean (the streams rising "
-            "together count where their mean stands above what normal footage shows)"
+            f"\nagreement term: {a.offset:.3f} + {a.slope:.3f} x the weighted mean of {', '.join(a.streams)} "
+            "(streams rising together count where their mean stands above what normal footage shows)"
         )
     return f"{head}\n{format_trust(describe_trust(cal))}"
 

@@ -34,7 +34,7 @@ __all__ = [
     "validate_alert",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _NUM = {"type": "number"}
 _REL_PATH = r"^(?![/\\])(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.\-/]{1,512}$"
 _CAMERA = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -64,6 +64,7 @@ ALERT_SCHEMA: dict[str, Any] = {
         "peak_time",
         "threshold",
         "contributions",
+        "agreement",
         "weights",
         "prompt",
         "zone",
@@ -95,7 +96,15 @@ ALERT_SCHEMA: dict[str, Any] = {
             "additionalProperties": _NUM,
             "description": (
                 "Per stream w*z at the peak: under the camera's fusion rule 'mean' they sum to the peak's "
-                "unsmoothed fused score, under 'max' the largest is that score."
+                "unsmoothed fused score, under 'max' the largest is that score unless 'agreement' is larger."
+            ),
+        },
+        "agreement": {
+            "type": ["number", "null"],
+            "description": (
+                "The max rule's agreement term at the peak (the streams' weighted mean on the max's scale); "
+                "the unsmoothed fused score when it exceeds every contribution (the streams rose together). "
+                "null without one."
             ),
         },
         "weights": {
@@ -376,6 +385,7 @@ def build_alert_record(
         "peak_time": float(peak.time),
         "threshold": float(threshold),
         "contributions": _floats(peak.contributions),
+        "agreement": float(peak.agreement) if peak.agreement is not None else None,
         "weights": _floats(peak.weights),
         "prompt": peak.prompt,
         "zone": location.zone if location is not None else None,
@@ -408,6 +418,7 @@ def example_record() -> dict[str, Any]:
         "peak_time": 125.0,
         "threshold": 3.0,
         "contributions": {"predictive": 2.1, "pixel": 1.6, "semantic": 2.2, "motion": 0.5},
+        "agreement": None,
         "weights": {"predictive": 0.3, "pixel": 0.25, "semantic": 0.3, "motion": 0.15},
         "prompt": "a person climbing over a fence",
         "zone": "fence",

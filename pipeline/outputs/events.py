@@ -218,6 +218,7 @@ class CameraAlerts:
             frame_ref=frame,
             weights=fused.weights,
             location=location,
+            agreement=fused.agreement,
         )
         self._keep_peak_evidence(t, current, transitions)
         if maps is not None:

@@ -735,6 +735,7 @@ class RunOutputs:
             "raw_fused": round(fused.raw_fused, 4),
             "streams": {k: round(v, 5) for k, v in scores.scores.items()},
             "contributions": {k: round(v, 4) for k, v in fused.contributions.items()},
+            "agreement": None if fused.agreement is None else round(fused.agreement, 4),
             "peak_cell": list(location.cell) if location is not None else None,
             "zone": location.zone if location is not None else None,
             "alerts": [r["alert_id"] for r in records],

@@ -220,6 +220,8 @@ def build_demo_run(out: Path, mp4_source: Path, *, points: int = 170) -> DemoRun
         if name == "old":
             contributions = {"predictive": 2.4, "pixel": 1.2, "motion": 0.6}
         rec = alert_record(cam, context, seq, start, duration, peak, contributions, prompt)
+        if name == "xss":  # raised by the fusion's agreement term: no stream crossed alone
+            rec["agreement"] = max(contributions.values()) + 1.0
         make_jpeg(out / rec["snapshot"], seed=i)
         if name in ("closed", "open"):
             rec["peak_box"] = make_heatmap(out / rec["snapshot"], seed=i)
@@ -419,6 +421,7 @@ def test_alerts_endpoint_and_filters(server: str, demo: DemoRun) -> None:
     assert open_alert["media"]["heatmap"] is not None
     old = get_json(server, f"/api/alerts/{ids['old']}")["alert"]
     assert old["driver"] == "predictive"
+    assert get_json(server, f"/api/alerts/{ids['xss']}")["alert"]["driver"] == "agreement"
     assert old["heatmap"] is None
     assert old["media"]["heatmap"] is None
     assert request(server, "GET", f"/api/alerts/{uuid.uuid4()}").status == 404

@@ -71,7 +71,8 @@ def _with(**changes: Any) -> dict[str, Any]:
         (_with(end="2024-05-01T11:00:00.000Z"), "is before start"),
         (_with(peak_time=500.0), "peak_time"),
         (_with(status="open"), "end: must be of type null"),
-        (_with(version=1), "version"),
+        (_with(version=3), "version"),  # version 4 added agreement: a v3 consumer must not take it
+        (_with(agreement="high"), "agreement: must be of type number or null"),
         (_with(zone="../x"), "zone"),
         (_with(zone=3), "zone: must be of type string or null"),
         (_with(peak_box={"x0": 0, "y0": 0, "x1": 10, "y1": 10}), "missing required field 'width'"),
@@ -111,7 +112,12 @@ def test_records_built_from_machine_transitions() -> None:
     m = AlertMachine(AlertParams(3.0, 2.0, 0.5, 0.0))
     m.update(10.0, 4.0, {"pixel": 4.0}, prompt="a fight", weights={"pixel": 1.0})
     opened = m.update(
-        10.5, 5.0, {"pixel": 3.0, "motion": 2.0}, prompt="a fall", weights={"pixel": 0.5, "motion": 0.5}
+        10.5,
+        5.0,
+        {"pixel": 3.0, "motion": 2.0},
+        prompt="a fall",
+        weights={"pixel": 0.5, "motion": 0.5},
+        agreement=5.0,  # the streams rose together: the term, not a stream, is the peak's fused score
     )
     closed = m.force_close(12.0)
     offset = 1_714_564_800.0  # 2024-05-01T12:00:00Z at pts 0
@@ -137,6 +143,7 @@ def test_records_built_from_machine_transitions() -> None:
     assert recs[1]["peak_score"] == 5.0
     assert recs[1]["prompt"] == "a fall"
     assert recs[1]["weights"] == {"pixel": 0.5, "motion": 0.5}
+    assert recs[1]["agreement"] == 5.0
     assert recs[1]["redelivered"] is False
     json.dumps(recs)  # plain JSON types only
 

@@ -136,7 +136,7 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
     [
         ("{not json", "not valid JSON"),
         ("[]", "top level must be an object"),
-        ('{"version": 3, "streams": {}}', "unsupported calibration version"),
+        ('{"version": 4, "streams": {}}', "unsupported calibration version"),
         ('{"version": true, "streams": {}}', "unsupported calibration version"),
         ('{"version": 2, "rule": "median", "streams": {}}', "'rule' must be one of mean, max"),
         (
@@ -149,15 +149,27 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
         ('{"version": 1}', "'streams' must be an object"),
         ('{"version": 1, "streams": {}, "threshold_quantile": 2}', "threshold_quantile"),
         (
-            '{"version": 2, "rule": "max", "streams": {}, "agreement": [1, 2]}',
+            '{"version": 3, "rule": "max", "streams": {}, "agreement": [1, 2]}',
             "'agreement' must be an object",
         ),
         (
-            '{"version": 2, "rule": "max", "streams": {}, "agreement": {"offset": 0, "slope": -1}}',
+            '{"version": 3, "rule": "max", "streams": {}, '
+            '"agreement": {"offset": 0, "slope": -1, "streams": ["a", "b"]}}',
             "slope > 0",
         ),
         (
-            '{"version": 2, "rule": "mean", "streams": {}, "agreement": {"offset": 0, "slope": 1}}',
+            '{"version": 3, "rule": "max", "streams": {}, '
+            '"agreement": {"offset": 0, "slope": 1, "streams": ["a"]}}',
+            "two or more distinct streams",
+        ),
+        (
+            '{"version": 3, "rule": "max", "streams": {}, '
+            '"agreement": {"offset": 0, "slope": 1, "streams": "ab"}}',
+            "list of stream names",
+        ),
+        (
+            '{"version": 3, "rule": "mean", "streams": {}, '
+            '"agreement": {"offset": 0, "slope": 1, "streams": ["a", "b"]}}',
             "belongs to the max rule",
         ),
     ],
@@ -405,7 +417,7 @@ def test_fit_calibration_rejects_bad_folds_and_rules() -> None:
 # -- file versions -------------------------------------------------------------------------------------------
 
 
-def test_version_2_round_trip_keeps_weights_and_rule(tmp_path: Path) -> None:
+def test_round_trip_keeps_weights_rule_and_agreement(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     cal = fit_calibration(
         {"motion": rng.normal(0, 1, 300), "pixel": rng.standard_t(1.5, 300)}, time_folds(300), camera="c"
@@ -413,7 +425,7 @@ def test_version_2_round_trip_keeps_weights_and_rule(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     save_calibration(cal, path)
     data = json.loads(path.read_text())
-    assert data["version"] == 2
+    assert data["version"] == 3
     assert data["rule"] == "max"
     assert set(data["streams"]["pixel"]) == {
         "location",
@@ -426,7 +438,8 @@ def test_version_2_round_trip_keeps_weights_and_rule(tmp_path: Path) -> None:
         "sensitivity",
         "probe_recall",
     }
-    assert set(data["agreement"]) == {"offset", "slope"}
+    assert set(data["agreement"]) == {"offset", "slope", "streams"}
+    assert data["agreement"]["streams"] == ["motion", "pixel"]
     back = load_calibration(path)
     assert back == cal
     assert back.streams["pixel"].weight < 1.0
@@ -555,9 +568,60 @@ def test_agreement_catches_streams_that_rise_together_and_keeps_a_lone_strong_on
     # A camera configured to fuse by the mean does not take the max rule's term.
     assert CameraFusion("cam", cal, None, smoothing=1, rule="mean").agreement is None
     with pytest.raises(FusionError, match="belongs to the max rule"):
-        fuse({"pixel": 1.0}, {"pixel": 1.0}, "mean", Agreement(0.0, 1.0))
+        fuse({"pixel": 1.0}, {"pixel": 1.0}, "mean", Agreement(0.0, 1.0, ("pixel", "motion")))
     with pytest.raises(CalibrationError, match="belongs to the max rule"):
-        Calibration(rule="mean", agreement=Agreement(0.0, 1.0))
+        Calibration(rule="mean", agreement=Agreement(0.0, 1.0, ("pixel", "motion")))
+
+
+def test_a_clip_without_every_stream_of_the_term_is_fused_by_the_plain_max() -> None:
+    """The line was fitted for the mean of all its streams: with one missing (a refused memory model, a NaN
+    score) the mean of the rest is wider and would read as agreement, so the clip takes the plain max."""
+    term = Agreement(1.0, 2.0, ("pixel", "motion", "objects"))
+    ones = {"pixel": 1.0, "motion": 1.0, "objects": 1.0}
+    both = fuse({"pixel": 2.0, "motion": 2.0}, ones, "max", term)
+    assert both.score == 2.0
+    assert both.agreement is None
+    nan = fuse({"pixel": 2.0, "motion": 2.0, "objects": float("nan")}, ones, "max", term)
+    assert nan.score == 2.0
+    every = fuse({"pixel": 2.0, "motion": 2.0, "objects": 2.0}, ones, "max", term)
+    assert every.score == every.agreement == pytest.approx(5.0)
+    # A stream outside the term (here semantic) neither blocks it nor enters its mean.
+    extra = fuse(
+        {"pixel": 2.0, "motion": 2.0, "objects": 2.0, "semantic": -9.0},
+        {**ones, "semantic": 1.0},
+        "max",
+        term,
+    )
+    assert extra.score == pytest.approx(5.0)
+    z = {"pixel": np.array([2.0, 2.0]), "motion": np.array([2.0, 2.0]), "objects": np.array([2.0, np.nan])}
+    np.testing.assert_allclose(fuse_arrays(z, ones, "max", term), [5.0, 2.0])
+    np.testing.assert_allclose(
+        fuse_arrays({k: z[k] for k in ("pixel", "motion")}, ones, "max", term), [2.0, 2.0]
+    )
+
+
+def test_a_version_2_max_calibration_loads_without_a_term_and_fuses_by_the_plain_max(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    streams = {s: {"location": 0.0, "scale": 1.0, "n": 100, "weight": 1.0} for s in ("pixel", "motion")}
+    path.write_text(json.dumps({"version": 2, "rule": "max", "threshold": 2.5, "streams": streams}))
+    cal = load_calibration(path)
+    assert cal.agreement is None
+    cf = CameraFusion("old", cal, None, smoothing=1)
+    assert cf.update({"pixel": 2.0, "motion": 2.0}, None, 0.0).raw_fused == pytest.approx(2.0)
+
+
+def test_fit_agreement_uses_only_clips_with_every_weighted_stream() -> None:
+    rng = np.random.default_rng(3)
+    z = {s: rng.normal(size=500) for s in ("pixel", "motion", "objects")}
+    holed = {s: v.copy() for s, v in z.items()}
+    holed["objects"][::2] = np.nan  # half the clips lack a stream: they say nothing about the three's mean
+    w = {"pixel": 1.0, "motion": 1.0, "objects": 1.0, "left_out": 0.0}
+    term = fit_agreement({**holed, "left_out": rng.normal(size=500)}, w)
+    assert term is not None
+    assert term.streams == ("pixel", "motion", "objects")  # a stream of weight 0 is not one of them
+    every = fit_agreement({s: v[1::2] for s, v in z.items()}, w)
+    assert every is not None
+    assert (term.offset, term.slope) == pytest.approx((every.offset, every.slope))
 
 
 def test_fuse_arrays_with_agreement_matches_fuse_clip_by_clip() -> None:
@@ -565,7 +629,7 @@ def test_fuse_arrays_with_agreement_matches_fuse_clip_by_clip() -> None:
     z = {"a": rng.normal(size=40), "b": rng.normal(size=40)}
     z["b"][5] = np.nan
     w = {"a": 0.5, "b": rng.uniform(0.1, 1.0, 40)}
-    term = Agreement(0.4, 1.3)
+    term = Agreement(0.4, 1.3, ("a", "b"))
     fused = fuse_arrays(z, w, "max", term)
     for i in range(40):
         one = fuse(

@@ -122,7 +122,7 @@ def test_ablation_names_and_the_max_rule_is_not_diluted() -> None:
     }
 
 
-@pytest.mark.parametrize("term", [None, Agreement(0.3, 1.4)])
+@pytest.mark.parametrize("term", [None, Agreement(0.3, 1.4, ("pixel", "motion", APPEARANCE))])
 def test_ablation_fuses_frame_by_frame_as_the_run_does(term: Agreement | None) -> None:
     """The product variant (max rule, reliability weights, context gate, the calibration's agreement term
     when it has one) equals CameraFusion's raw fused score clip by clip, with a trained gate and a memory

@@ -179,7 +179,9 @@ class ReviewApi:
         }
 
     def _decorate(self, alert: dict[str, Any]) -> dict[str, Any]:
-        """Add ``media`` URLs for files that exist now and the ``driver`` stream (largest contribution)."""
+        """Add ``media`` URLs for files that exist now and the ``driver``: the stream of the largest
+        contribution, or ``"agreement"`` when the fusion's agreement term was larger (the streams rose
+        together)."""
         media: dict[str, str | None] = {}
         for kind in ("snapshot", "heatmap", "clip"):
             rel = alert.get(kind)
@@ -194,6 +196,9 @@ class ReviewApi:
         contributions = alert.get("contributions") or {}
         numeric = {k: v for k, v in contributions.items() if isinstance(v, int | float)}
         alert["driver"] = max(numeric, key=lambda k: numeric[k]) if numeric else None
+        agreed = alert.get("agreement")
+        if isinstance(agreed, int | float) and (not numeric or agreed > max(numeric.values())):
+            alert["driver"] = "agreement"
         return alert
 
     # -- POST -------------------------------------------------------------------------------------------

@@ -515,7 +515,10 @@
     p.score.textContent = `peak ${fmt(a.peak_score)} (threshold ${fmt(a.threshold, 1)})` +
       (after !== null ? ` at +${after.toFixed(1)} s` : "");
     const drv = a.driver || driverOf(a.contributions);
-    p.driver.textContent = drv ? `driven by ${drv} (${fmt((a.contributions || {})[drv])})` : "no stream contributions";
+    // "agreement": the fusion's agreement term led, no single stream did (the streams rose together).
+    p.driver.textContent = drv === "agreement"
+      ? `driven by the streams together (agreement ${fmt(a.agreement)})`
+      : drv ? `driven by ${drv} (${fmt((a.contributions || {})[drv])})` : "no stream contributions";
 
     while (p.bars.firstChild) p.bars.removeChild(p.bars.firstChild);
     const contribs = a.contributions || {};
