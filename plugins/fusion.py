@@ -262,7 +262,7 @@ class Agreement:
     #: The streams it was fitted over. The line holds for their mean only: a clip that lacks one of them
     #: (a memory model the run refused, a NaN score) is fused by the plain max, since the mean of fewer
     #: streams is wider than the line expects and would read as agreement.
-    streams: tuple[str, ...] = ()
+    streams: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.offset) and math.isfinite(self.slope)) or self.slope <= 0:
@@ -303,8 +303,15 @@ class Calibration:
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
-        if self.agreement is not None and self.rule != "max":
-            raise CalibrationError(f"an agreement term belongs to the max rule, not {self.rule!r}")
+        if self.agreement is not None:
+            if self.rule != "max":
+                raise CalibrationError(f"an agreement term belongs to the max rule, not {self.rule!r}")
+            # A stream the calibration does not weigh would enter the term's mean uncalibrated.
+            unweighed = [s for s in self.agreement.streams if s not in self.streams or self.weight(s) <= 0]
+            if unweighed:
+                raise CalibrationError(
+                    f"the agreement term's streams {unweighed} are not calibrated streams with a weight"
+                )
 
     @classmethod
     def identity_for(cls, camera: str | None = None) -> Calibration:
@@ -422,7 +429,10 @@ def _agreement(v: Any, rule: str, bad: Any) -> Agreement | None:
     if rule != "max":
         raise bad(f"'agreement' belongs to the max rule, this calibration's rule is {rule!r}")
     if not isinstance(v, dict) or set(v) != {"offset", "slope", "streams"}:
-        raise bad(f"'agreement' must be an object {{offset, slope, streams}}, got {v!r}")
+        raise bad(
+            f"'agreement' must be an object {{offset, slope, streams}}, got {v!r} (a file written before the "
+            "term named its streams: run `zsad calibrate` again)"
+        )
     streams = v["streams"]
     if not isinstance(streams, list) or not all(isinstance(x, str) for x in streams):
         raise bad(f"agreement.streams must be a list of stream names, got {streams!r}")
@@ -728,13 +738,13 @@ def fit_calibration(
     )
 
 
-def fit_agreement(z: Mapping[str, np.ndarray], weights: Mapping[str, float | np.ndarray]) -> Agreement | None:
+def fit_agreement(z: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> Agreement | None:
     """The max rule's agreement term (:class:`Agreement`) from normal clips' z-scores ``z`` (stream ->
     ``(N,)``, aligned) and the scalar weights they are fused with: over the streams with a positive weight,
     the line that takes their weighted mean's median and :data:`AGREEMENT_QUANTILE` quantile onto their
     max's, on the clips where every one of them is finite. None with fewer than two such streams, fewer than
     :data:`MIN_AGREEMENT_CLIPS` such clips, or a mean that does not vary."""
-    names = tuple(s for s in z if s in weights and float(np.asarray(weights[s])) > 0)
+    names = tuple(s for s in z if s in weights and float(weights[s]) > 0)
     if len(names) < 2:
         return None
     kept = {s: np.asarray(z[s], dtype=np.float64).ravel() for s in names}
@@ -1252,10 +1262,10 @@ def fuse_arrays(
             return top
         held_z = {s: z[s] for s in term.streams}
         held_w = {s: weights[s] for s in term.streams}
-        usable = [
-            np.isfinite(np.asarray(held_z[s], np.float64)) & (np.asarray(held_w[s], np.float64) > 0)
-            for s in term.streams
-        ]
+        usable = []
+        for s in term.streams:
+            w = np.asarray(held_w[s], np.float64).ravel()
+            usable.append(np.isfinite(np.asarray(held_z[s], np.float64)).ravel() & np.isfinite(w) & (w > 0))
         every = np.broadcast_to(np.logical_and.reduce(usable), top.shape)
         agreed = term.offset + term.slope * fuse_arrays(held_z, held_w, "mean")
         return np.where(every, np.fmax(top, agreed), top)
@@ -1355,7 +1365,18 @@ class CameraFusion:
             self.smoother.reset()
         self._last_t = t
         z = calibrate(raw, self.calibration)
-        fused = fuse(z, self.multipliers(context_vec, z.keys()), self.rule, self.agreement)
+        term = self.agreement
+        if term is not None:
+            for stream in term.streams:
+                if not math.isfinite(z.get(stream, math.nan)):
+                    _warn_once(
+                        ("agreement-missing", self.camera, stream),
+                        "camera %s: stream %s of the agreement term is missing from a clip (a camera's first "
+                        "clips, a refused model); such clips are fused by the plain max",
+                        self.camera,
+                        stream,
+                    )
+        fused = fuse(z, self.multipliers(context_vec, z.keys()), self.rule, term)
         smoothed = self.smoother.update(fused.raw_fused)
         return replace(fused, score=smoothed)
 

@@ -385,7 +385,9 @@ def build_alert_record(
         "peak_time": float(peak.time),
         "threshold": float(threshold),
         "contributions": _floats(peak.contributions),
-        "agreement": float(peak.agreement) if peak.agreement is not None else None,
+        "agreement": (
+            float(peak.agreement) if peak.agreement is not None and math.isfinite(peak.agreement) else None
+        ),
         "weights": _floats(peak.weights),
         "prompt": peak.prompt,
         "zone": location.zone if location is not None else None,

@@ -144,6 +144,13 @@ def test_records_built_from_machine_transitions() -> None:
     assert recs[1]["prompt"] == "a fall"
     assert recs[1]["weights"] == {"pixel": 0.5, "motion": 0.5}
     assert recs[1]["agreement"] == 5.0
+    # A term that is not a number never costs the record: it is written as null.
+    m2 = AlertMachine(AlertParams(3.0, 2.0, 0.0, 0.0))
+    (nan_open,) = m2.update(1.0, 4.0, {"pixel": 4.0}, agreement=float("nan"))
+    nan_record = build_alert_record(
+        nan_open, camera="cam-1", context="campus", threshold=3.0, epoch_offset_s=0.0, model="m1"
+    )
+    assert nan_record["agreement"] is None
     assert recs[1]["redelivered"] is False
     json.dumps(recs)  # plain JSON types only
 

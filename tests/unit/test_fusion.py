@@ -610,6 +610,29 @@ def test_a_version_2_max_calibration_loads_without_a_term_and_fuses_by_the_plain
     assert cf.update({"pixel": 2.0, "motion": 2.0}, None, 0.0).raw_fused == pytest.approx(2.0)
 
 
+def test_a_term_over_streams_the_calibration_does_not_weigh_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    streams = {"pixel": StreamStats(0.0, 1.0, 100), "motion": StreamStats(0.0, 1.0, 100, weight=0.0)}
+    with pytest.raises(CalibrationError, match=r"\['motion', 'objects'\] are not calibrated streams"):
+        Calibration(
+            streams=streams, rule="max", agreement=Agreement(0.0, 1.0, ("pixel", "motion", "objects"))
+        )
+    # A camera whose clips lack one of the term's streams says so once, and fuses them by the plain max.
+    streams["motion"] = StreamStats(0.0, 1.0, 100)
+    cal = Calibration(streams=streams, rule="max", agreement=Agreement(1.0, 2.0, ("pixel", "motion")))
+    cf = CameraFusion("cam-x", cal, None, smoothing=1)
+    with caplog.at_level(logging.WARNING, logger="plugins.fusion"):
+        first = cf.update({"pixel": 2.0}, None, 0.0)
+        cf.update({"pixel": 2.0}, None, 1.0)
+    assert first.raw_fused == 2.0
+    assert first.agreement is None
+    assert (
+        sum("stream motion of the agreement term is missing" in r.getMessage() for r in caplog.records) == 1
+    )
+    assert cf.update({"pixel": 2.0, "motion": 2.0}, None, 2.0).raw_fused == pytest.approx(5.0)
+
+
 def test_fit_agreement_uses_only_clips_with_every_weighted_stream() -> None:
     rng = np.random.default_rng(3)
     z = {s: rng.normal(size=500) for s in ("pixel", "motion", "objects")}
