@@ -37,7 +37,8 @@ demo: setup
 	$(VENV)/bin/zsad demo
 
 test: setup
-	$(PY) -m pytest -q
+	@# The slowest tests are listed at the end: the suite must stay under its 15-minute budget.
+	$(PY) -m pytest -q --durations=15
 
 test-slow: setup
 	$(PY) -m pytest -q --runslow
