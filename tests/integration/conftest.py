@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.demo_world import CHECKPOINT, DemoArtefacts, prepare_demo
 from tests.fixtures.run_world import build_world
 
 
@@ -15,3 +16,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     that asks for it; a module that needs another world (test_zones, test_deepstream_graph, ...) defines its
     own ``world``, which takes precedence."""
     return build_world(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]))
+
+
+@pytest.fixture(scope="session")
+def demo_artefacts(tmp_path_factory: pytest.TempPathFactory) -> DemoArtefacts:
+    """The demo's scenes, engines and calibrations (:func:`tests.fixtures.demo_world.prepare_demo`, about
+    three minutes), made once for every test that runs the demo."""
+    if not CHECKPOINT.is_file():
+        pytest.skip("the shipped demo model is not in this checkout")
+    return prepare_demo(tmp_path_factory.mktemp("demo-shared"))

@@ -21,17 +21,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-
-CHECKPOINT = REPO / "models" / "demo" / "model.safetensors"
-pytestmark = pytest.mark.skipif(
-    not CHECKPOINT.is_file(), reason="the shipped demo model is not in this checkout"
-)
+from tests.fixtures.demo_world import DemoArtefacts, demo_config
 
 pytest.importorskip("selenium", reason="selenium is not installed (make setup installs dev deps)")
-from selenium.common.exceptions import WebDriverException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.common.by import By
 
-from tests.integration.test_web_browser import (  # noqa: E402  (the Chromium fixture)
+from tests.integration.test_web_browser import (
     driver,  # noqa: F401
     wait_for,
     wait_for_text,
@@ -45,28 +41,29 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[str]]]:
-    """Scenes, engines and calibration as ``zsad demo`` makes them, then ``zsad run`` in real time."""
+def demo_run(
+    tmp_path_factory: pytest.TempPathFactory, demo_artefacts: DemoArtefacts
+) -> Iterator[tuple[str, Path, list[str]]]:
+    """The session's demo scenes, engines and calibrations (``demo_artefacts``), then ``zsad run`` in real
+    time."""
     import yaml
 
     from core.config import load_config
-    from pipeline.cli.demo import prepare_calibration, prepare_engines, prepare_scenes
+    from pipeline.cli.demo import prepare_calibration
 
     tmp = tmp_path_factory.mktemp("demo-ui")
-    cfg_data = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
     out = tmp / "demo"
+    demo_artefacts.copy_into(out)
+    cfg_data = demo_config(out, demo_artefacts.engines)
     port = _free_port()
-    cfg_data.update(output_dir=str(out), metrics={"port": 0}, ui={"port": port})
-    cfg_data["engines"].update(dir=str(tmp / "engines"), checkpoint=str(CHECKPOINT))
+    cfg_data["ui"] = {"port": port}
     for cam in cfg_data["cameras"]:
         # loop://: the run (and its review server) must outlast the test, however slow the machine.
-        cam["uri"] = cam["uri"].replace("file://out/demo/", f"loop://{out}/")
+        cam["uri"] = cam["uri"].replace("file://", "loop://", 1)
     site = tmp / "site.yaml"
     site.write_text(yaml.safe_dump(cfg_data))
-    cfg = load_config(site)
-    prepare_scenes(cfg, out / "scenes")
-    prepare_engines(cfg, site)
-    cfg = prepare_calibration(cfg, out / "scenes", out / "calibration")
+    # The calibrations are up to date: this only points each camera at its file.
+    cfg = prepare_calibration(load_config(site), out / "scenes", out / "calibration")
     site.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli.main", "run", str(site)],
