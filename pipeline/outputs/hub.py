@@ -303,7 +303,13 @@ class RunOutputs:
         self._publish_zones(cam.id, zoning)
         self.run_state.set_camera_learning(cam.id, self._learning_summary(cam.id))
         trust = fusion.trust()
-        self.run_state.set_camera_trust(cam.id, fusion.rule, [row.to_dict() for row in trust])
+        term = fusion.agreement
+        self.run_state.set_camera_trust(
+            cam.id,
+            fusion.rule,
+            [row.to_dict() for row in trust],
+            term.to_dict() if term is not None else None,
+        )
         weights = {row.stream: row.weight for row in trust if row.weight is not None}
         self.metrics.set_stream_weights(cam.id, weights)
 

@@ -101,7 +101,12 @@ def parse_time(value: str | float) -> float:
 def _copy_trust(trust: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if trust is None:
         return None
-    return {"rule": trust["rule"], "streams": [dict(row) for row in trust["streams"]]}
+    agreement = trust.get("agreement")
+    return {
+        "rule": trust["rule"],
+        "streams": [dict(row) for row in trust["streams"]],
+        "agreement": dict(agreement) if agreement is not None else None,
+    }
 
 
 def _finite(value: Any) -> float | None:
@@ -231,7 +236,13 @@ class RunState:
             if cam is not None:
                 cam.learned = dict(summary) if summary is not None else None
 
-    def set_camera_trust(self, camera_id: str, rule: str, streams: list[Mapping[str, Any]]) -> None:
+    def set_camera_trust(
+        self,
+        camera_id: str,
+        rule: str,
+        streams: list[Mapping[str, Any]],
+        agreement: Mapping[str, Any] | None = None,
+    ) -> None:
         """What ``/api/cameras`` says about how a camera fuses its streams: the fusion ``rule`` in force and,
         per stream, its reliability weight and why (``plugins.fusion.TrustRow.to_dict()`` rows)."""
         rows = [
@@ -248,7 +259,12 @@ class RunState:
         with self._lock:
             cam = self._cameras.get(camera_id)
             if cam is not None:
-                cam.trust = {"rule": str(rule), "streams": rows}
+                cam.trust = {
+                    "rule": str(rule),
+                    "streams": rows,
+                    # The max rule's agreement term in force (``plugins.fusion.Agreement.to_dict()``) or None.
+                    "agreement": dict(agreement) if agreement is not None else None,
+                }
 
     def remove_camera(self, camera_id: str) -> None:
         """Forget a camera and its score history; its alerts stay."""

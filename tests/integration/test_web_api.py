@@ -195,7 +195,8 @@ def build_demo_run(out: Path, mp4_source: Path, *, points: int = 170) -> DemoRun
         state.set_camera_state(cam, cam_state, detail)
         if cam_state == "live":
             cal = demo_calibration(cam, seed=ci)
-            state.set_camera_trust(cam, cal.rule, [row.to_dict() for row in describe_trust(cal)])
+            term = cal.agreement.to_dict() if cal.agreement is not None else None
+            state.set_camera_trust(cam, cal.rule, [row.to_dict() for row in describe_trust(cal)], term)
         if cam_state == "live":
             for k in range(20):
                 state.frame_in(cam, mono - 2.0 + k * 0.1)
@@ -368,6 +369,7 @@ def test_cameras_endpoint(server: str) -> None:
     assert rows["pixel"]["weight"] < 0.8
     assert "tail heavier than Gaussian" in rows["pixel"]["reason"]
     assert "level drifts between folds" in rows["predictive"]["reason"]
+    assert trust["agreement"]["streams"]  # the max rule's agreement term, over the weighted streams
     assert cams["lobby"]["trust"] is None  # nothing told about it
 
 

@@ -143,7 +143,8 @@ def test_cameras_view_shows_cameras_and_live_sparklines(
     assert "connection refused" in cards["lobby"].find_element(By.CSS_SELECTOR, ".detail").text
     # Which streams the camera trusts: one line on the card, each stream's reason on hover.
     trust = cards["gate-east"].find_element(By.CSS_SELECTOR, ".trust")
-    assert trust.text == "fusion max · weighed down: pixel, predictive"
+    # ... and the max rule's agreement term, over the streams it was fitted on.
+    assert trust.text == "fusion max · weighed down: pixel, predictive · agreement of 3 streams"
     assert "pixel: weight 0." in (trust.get_attribute("title") or "")
     assert "tail heavier than Gaussian" in (trust.get_attribute("title") or "")
     assert cards["lobby"].find_element(By.CSS_SELECTOR, ".trust").text == ""

@@ -464,7 +464,11 @@ def test_run_outputs_show_which_streams_each_camera_trusts(tmp_path: Path) -> No
         assert rows["motion"]["verdict"] == "trusted"
         assert rows["pixel"]["verdict"] == "weighed down"
         assert rows["pixel"]["reason"].startswith("held-out 99th pct z ")
-        assert cams["raw"]["trust"] == {"rule": "mean", "streams": []}
+        assert cams["raw"]["trust"] == {"rule": "mean", "streams": [], "agreement": None}
+        # The max rule's agreement term in force: a's own; b fuses by the mean, so none.
+        assert cams["a"]["trust"]["agreement"]["streams"] == ["motion", "pixel"]
+        assert cams["a"]["trust"]["agreement"]["slope"] > 0
+        assert cams["b"]["trust"]["agreement"] is None
         assert outputs.metrics.stream_weight.value(camera="a", stream="pixel") == pytest.approx(
             rows["pixel"]["weight"]
         )

@@ -302,9 +302,12 @@
     const down = named("weighed down");
     if (out.length) parts.push(`left out: ${out.join(", ")}`);
     if (down.length) parts.push(`weighed down: ${down.join(", ")}`);
-    if (parts.length) return `fusion ${trust.rule} · ${parts.join(" · ")}`;
-    if (rows.some((r) => r.verdict === "trusted")) return `fusion ${trust.rule} · all streams trusted`;
-    return `fusion ${trust.rule}`;
+    let text = `fusion ${trust.rule}`;
+    if (parts.length) text += ` · ${parts.join(" · ")}`;
+    else if (rows.some((r) => r.verdict === "trusted")) text += " · all streams trusted";
+    // The max rule's agreement term: streams rising together count (docs/alerts.md, Fusion).
+    if (trust.agreement) text += ` · agreement of ${(trust.agreement.streams || []).length} streams`;
+    return text;
   }
 
   function trustTitle(trust) {
