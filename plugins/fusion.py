@@ -408,26 +408,28 @@ class Calibration:
         rule = LEGACY_RULE if version == 1 else data.get("rule", DEFAULT_RULE)
         if rule not in FUSION_RULES:
             raise bad(f"'rule' must be one of {', '.join(FUSION_RULES)}, got {rule!r}")
-        agreement = _agreement(data.get("agreement"), rule, bad)
-        return cls(
-            streams=streams,
-            n_samples=n_samples,
-            threshold_quantile=q,
-            threshold=thr,
-            identity=identity,
-            camera=camera,
-            rule=rule,
-            heldout_quantile=heldout_quantile,
-            agreement=agreement,
-        )
+        agreement = _agreement(data.get("agreement"), bad)
+        try:  # what only the whole can check (an agreement term's rule and streams), named by the file
+            return cls(
+                streams=streams,
+                n_samples=n_samples,
+                threshold_quantile=q,
+                threshold=thr,
+                identity=identity,
+                camera=camera,
+                rule=rule,
+                heldout_quantile=heldout_quantile,
+                agreement=agreement,
+            )
+        except CalibrationError as exc:
+            raise bad(str(exc)) from exc
 
 
-def _agreement(v: Any, rule: str, bad: Any) -> Agreement | None:
-    """The ``agreement`` entry of a calibration file (absent or null: none)."""
+def _agreement(v: Any, bad: Any) -> Agreement | None:
+    """The ``agreement`` entry of a calibration file (absent or null: none). Its rule and streams are
+    checked by :class:`Calibration` against the rest of the file."""
     if v is None:
         return None
-    if rule != "max":
-        raise bad(f"'agreement' belongs to the max rule, this calibration's rule is {rule!r}")
     if not isinstance(v, dict) or set(v) != {"offset", "slope", "streams"}:
         raise bad(
             f"'agreement' must be an object {{offset, slope, streams}}, got {v!r} (a file written before the "
@@ -1235,8 +1237,7 @@ def fuse(
     agreed: float | None = None
     if agreement is not None and all(s in names for s in agreement.streams):
         # Over the term's own streams: the line was fitted for their mean.
-        held = agreement.streams
-        mean = sum(weights[s] * float(z[s]) for s in held) / sum(weights[s] for s in held)
+        mean = fuse({s: z[s] for s in agreement.streams}, weights, "mean").score
         agreed = agreement.offset + agreement.slope * mean
         score = max(score, agreed)
     return FusedScore(

@@ -172,6 +172,11 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
             '"agreement": {"offset": 0, "slope": 1, "streams": ["a", "b"]}}',
             "belongs to the max rule",
         ),
+        (
+            '{"version": 3, "rule": "max", "streams": {"pixel": {"location": 0, "scale": 1}}, '
+            '"agreement": {"offset": 0, "slope": 1, "streams": ["pixel", "objects"]}}',
+            r"\['objects'\] are not calibrated streams",
+        ),
     ],
 )
 def test_malformed_calibration_names_the_file(tmp_path: Path, content: str, match: str) -> None:
