@@ -1,7 +1,8 @@
 """The memory streams' run-side feeds (pipeline/memory_streams.py) on scenes drawn here
 (tests/fixtures/objects_scenes.py): the objects stream's clip-map rule, which the run and zsad calibrate share
 (the max of the maps of the frames a clip fed; a clip that fed none takes the last frame's map), and how a
-feed picks a clip's frames, refuses a model that does not fit and forgets a camera. ClipInference itself, with
+feed picks a clip's frames, refuses a model that does not fit and forgets a camera; and that the offline
+evaluation's batch form of the rule gives the same maps. ClipInference itself, with
 real engines, is in tests/integration/test_objects_stream.py."""
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import logging
 import numpy as np
 import pytest
 
+from core.config import ObjectsConfig
 from pipeline.clips import Clip
 from pipeline.memory_streams import ObjectsClips, ObjectsFeed
 from plugins.objects import EMPTY, ObjectsModel, ObjectsModels, fit_model
+from plugins.stationary import frame_step
 from tests.fixtures.objects_scenes import GRID, BoxScene
+from training.objects_eval import ObjectsEvaluator, clip_maps
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +131,31 @@ def test_a_model_that_does_not_fit_is_refused_once_and_the_other_cameras_go_on(
     models.set("small", model)
     feed.feed([_clip("small", 3, scene, [1.2])])
     assert feed.clip_map(0, "small", GRID) is not None
+
+
+def test_the_run_and_the_offline_evaluation_give_a_camera_the_same_clip_maps(model: ObjectsModel) -> None:
+    """The clip-map rule exists twice: streaming in the run (ObjectsFeed, clip by clip) and in batch in
+    ``zsad eval`` (ObjectsEvaluator.fed_maps + clip_maps, whole video at once). With clips that do not overlap
+    (every shipped config) the two must agree map for map, or the evaluation measures another stream."""
+    fps, clip_len, stride = 10.0, 4, 1  # clips of 0.4 s, each starting where the last ended
+    step = frame_step(0.2, fps, clip_len, stride, clip_len * stride)
+    assert step == 2
+    scene = BoxScene(5, vehicle_from=24)
+    n = 48
+    frames = np.stack([scene.frame(t) for t in range(n)])
+    models = ObjectsModels()
+    models.set("cam", model)
+    feed = ObjectsFeed(models, 0.2)
+    starts = list(range(0, n - clip_len + 1, clip_len))
+    run = []
+    for s in starts:
+        feed.feed([Clip("cam", s, frames[s : s + clip_len], np.arange(s, s + clip_len) / fps, s)])
+        m = feed.clip_map(0, "cam", GRID)
+        assert m is not None
+        run.append(m)
+    evaluator = ObjectsEvaluator(ObjectsConfig(enabled=True), GRID, step)
+    fed = evaluator.fed_frames(n)
+    first = np.array(starts)
+    batch = clip_maps(fed, evaluator.fed_maps(model, frames), first, first + clip_len - 1)
+    np.testing.assert_array_equal(np.stack(run), batch)
+    assert batch[-1].max() > 5.0  # the vehicle is in the later clips: the maps compared are not all empty
