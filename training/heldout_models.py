@@ -122,6 +122,18 @@ class HeldOutModels(Generic[M, S]):
             return self._model(video.context, video.fold)
         return self._model(video.context, -1, 0 if frame < len(video.frames) // 2 else 1)
 
+    def _held_out_together(self, name: str, first: int, last: int) -> bool:
+        """Whether frames ``first``..``last`` of training video ``name`` are all held out by the model
+        :meth:`_held_out_model` gives ``last``: always for a video of a fold; for a context's only video, only
+        when both lie in the same time half (a window reaching back across the middle would be scored by a
+        model fitted on its own older frames; ``zsad calibrate`` gives no sample for a window crossing a
+        fold's edge either)."""
+        video = self._train[name]
+        if video.fold >= 0:
+            return True
+        mid = len(video.frames) // 2
+        return (first < mid) == (last < mid)
+
     def _source(self, name: str, frames: np.ndarray | None) -> np.ndarray:
         """Training video ``name``'s frames, or ``frames`` standing in for them (the same footage altered,
         such as with pseudo-anomalies pasted in), which must have their shape."""

@@ -8,7 +8,9 @@ the appearance stream uses (:func:`training.appearance_eval.context_folds`): eac
 are scored against the model of its context's other folds (a single-video context: of the other time half
 of its video). A clip's score is its last frame's window (that frame and the ``window - 1`` before it,
 ``step`` apart); a clip whose window would reach before its video's start has no score (NaN), as a run
-scores nothing until its window is full. Test frames are scored frame by frame against the model of every
+scores nothing until its window is full, and neither has one whose window crosses the middle of a
+single-video context (the held-out model saw its older frames; ``zsad calibrate`` drops windows crossing a
+fold's edge the same way). Test frames are scored frame by frame against the model of every
 training frame of their context; a frame near a video's start gets its window by reflecting the video in
 time (frames ``|t - k step|``), as the DPC streams get their history in ``training.evaluate.score_video``.
 """
@@ -65,7 +67,9 @@ class StationaryEvaluator(HeldOutModels[StationaryModel, StationaryConfig]):
         self, name: str, last_frames: np.ndarray, frames: np.ndarray | None = None
     ) -> np.ndarray:
         """The stationary score ``(M,)`` of a training video's clips (``last_frames``: each clip's last frame
-        index), each against the model of the context's other folds; NaN where the window is not full.
+        index), each against the model of the context's other folds; NaN where the window is not full, and
+        for a context's only video where the window reaches back across the middle (its model, the other time
+        half's, was fitted on the window's older frames).
         ``frames``: the windows' frames instead of the video's own (an altered copy of it, such as one with
         pseudo-anomalies pasted in, scored against the models its clean frames are held out by)."""
         source = self._source(name, frames)
@@ -73,7 +77,7 @@ class StationaryEvaluator(HeldOutModels[StationaryModel, StationaryConfig]):
         for i, last in enumerate(np.asarray(last_frames, dtype=np.int64)):
             model = self._held_out_model(name, int(last))
             idx = window_indices(int(last), self.window, self.step)
-            if model is not None and idx is not None:
+            if model is not None and idx is not None and self._held_out_together(name, idx[0], int(last)):
                 out[i] = self._score(model, source, idx)
         return out
 

@@ -50,6 +50,20 @@ def test_a_single_video_context_is_held_out_by_time_halves() -> None:
     assert set(k[2] for k in ev._models) == {0, 1}  # one model per half, each scoring the other
 
 
+def test_a_window_across_the_middle_of_a_single_video_context_has_no_held_out_score() -> None:
+    # 60 frames, halves 0..29 and 30..59; a window of 4 frames 2 apart ending at t holds t-6..t. Ending at 31,
+    # 32 or 35 it reaches into the first half, whose frames the second half's held-out model was fitted on.
+    ev = StationaryEvaluator(SETTINGS, GRID, 2)
+    ev.add_training_video("only", scene(60, seed=9), "solo", -1)
+    lasts = np.array([29, 31, 35, 36, 59])
+    scores = ev.held_out_clip_scores("only", lasts)
+    assert np.isfinite(scores[[0, 3, 4]]).all()  # 23..29 in the first half; 30..36 and 53..59 in the second
+    assert np.isnan(scores[[1, 2]]).all()
+    # Videos of a fold are held out whole: a window is never cut by a fold's edge there.
+    folded = evaluator(step=2).held_out_clip_scores("v0", np.array([19, 21, 25]))
+    assert np.isfinite(folded).all()
+
+
 def test_test_frames_are_scored_and_an_object_that_stays_stands_out() -> None:
     ev = evaluator(step=2)
     frames = scene(40, seed=7)
