@@ -9,8 +9,8 @@ Cases, each in a fresh child process (clean RSS, no threads left over from the p
 * ``pure``: ClipInference alone (to_model_input + backbone + DPC head: the scheduler's ``infer``) on
   ready-made clips at batch 1, 4, ``max_batch`` and 16: pure inference throughput. Once before and once
   after the fast sweep, at each thread count.
-* ``decode``: the same CameraGraph (model and display branches, as fast as possible) with no-op
-  consumers: the decode floor.
+* ``decode``: the same CameraGraph (model and display branches, as fast as possible) whose frames only go
+  into the run's clip assembly (which, as in the run, reads only the frames a clip holds): the decode floor.
 * ``fast``: the whole Application on loop:// cameras played as fast as possible. Offline runs over files
   back-pressure the decoder (the scheduler's submit waits for room), so nothing is dropped and scored
   clips/s is the sustained capacity. Latency here is mostly queueing and means little.
@@ -77,7 +77,7 @@ from bench.common import (
 )
 from core.config import load_config
 from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
-from pipeline.clips import Clip
+from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
 from pipeline.inference import ClipInference, EngineError, appearance_expectation, load_engines
 from pipeline.memory_streams import MODEL_FILES
@@ -427,9 +427,12 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
 def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     cfg = site_config(assets, spec.cameras, out, uri_scheme="loop", fps=spec.fps)
     counters = _Counters()
+    # The run's clip assembly, so that the graph reads the frames the run reads (those a clip holds).
+    assembler = ClipAssembler.from_config(cfg.model.preprocess)
 
-    def on_frame(camera: str, _pts: float, _frame: np.ndarray) -> None:
+    def on_frame(camera: str, pts: float, frame: np.ndarray | None) -> None:
         counters.frame(camera)
+        assembler.push(camera, pts, frame)
 
     def on_display(camera: str, _pts: float, _frame: object) -> None:
         counters.clip(camera)  # display-branch frames, counted apart
@@ -442,6 +445,7 @@ def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         realtime=False,
         display_size=DISPLAY_SIZE,
         on_display_frame=on_display,
+        wants_frame=assembler.wants_next,
     )
     sampler = ProcessSampler(spec.sample_interval_s)
     started = time.monotonic()

@@ -5,6 +5,9 @@ With clip length ``T``, ``frame_stride`` ``s`` and ``clip_hop`` ``h`` (both coun
 ``k`` holds frames ``[k*h, k*h + s, ..., k*h + (T-1)*s]`` and is emitted when its last frame arrives.
 
 Memory is bounded: a camera's ring keeps only the ``(T-1)*s + 1`` most recent frames, the span of one clip.
+Frames no clip will hold (with ``s`` > 1, those between a clip's frames) need not be read at all:
+:meth:`ClipRing.wants_next` says whether the next one will be, and ``push(pts, None)`` counts one that was
+not read, so the numbering, and with it every clip, is the same as when every frame is pushed.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class ClipRing:
         self.frame_stride = frame_stride
         self.clip_hop = clip_hop
         self.span = (clip_len - 1) * frame_stride + 1
-        self._frames: deque[np.ndarray] = deque(maxlen=self.span)
+        self._frames: deque[np.ndarray | None] = deque(maxlen=self.span)  # None: a frame not read
         self._pts: deque[float] = deque(maxlen=self.span)
         self._shape: tuple[int, ...] | None = None
         self._frame_no = -1  # sampled-frame number of the newest frame
@@ -112,8 +115,29 @@ class ClipRing:
         self._pts.clear()
         self._segment_start = self._frame_no + 1
 
-    def push(self, pts_s: float, frame: np.ndarray) -> Clip | None:
-        """Add one sampled frame ``(H, W, 3) uint8`` RGB; return the clip it completes, if any."""
+    def _held(self, frame_no: int) -> bool:
+        """Whether a clip of the current segment will hold frame ``frame_no`` (one not before it)."""
+        rel = frame_no - self._segment_start
+        return any(
+            rel >= o and (rel - o) % self.clip_hop == 0 for o in range(0, self.span, self.frame_stride)
+        )
+
+    def wants_next(self) -> bool:
+        """Whether a clip will hold the next sampled frame, so it must be pushed with its pixels; the others
+        may be pushed as None (not read)."""
+        return self._held(self._frame_no + 1)
+
+    def push(self, pts_s: float, frame: np.ndarray | None) -> Clip | None:
+        """Add one sampled frame ``(H, W, 3) uint8`` RGB, or None for one that was not read (see
+        :meth:`wants_next`); return the clip it completes, if any. A frame a clip needed that comes as None
+        (the ring was reset after it was asked about) starts a new segment after it, as a reset does."""
+        if frame is None:
+            self._frame_no += 1
+            self._frames.append(None)
+            self._pts.append(float(pts_s))
+            if self._held(self._frame_no):
+                self._segment_start = self._frame_no + 1
+            return None
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise FrameShapeError(
                 f"camera {self.camera_id}: frame must be (H, W, 3) uint8, got {frame.shape} {frame.dtype}"
@@ -130,9 +154,12 @@ class ClipRing:
         start = self._frame_no - (self.span - 1)
         if start < self._segment_start or (start - self._segment_start) % self.clip_hop:
             return None
-        picked = range(0, self.span, self.frame_stride)
-        frames = np.stack([self._frames[i] for i in picked])
-        pts = np.array([self._pts[i] for i in picked], dtype=np.float64)
+        positions = range(0, self.span, self.frame_stride)
+        picked = [self._frames[i] for i in positions]
+        if any(f is None for f in picked):  # cannot be: a wanted frame pushed as None restarts the segment
+            raise FrameShapeError(f"camera {self.camera_id}: clip {self._next_index} lacks a frame's pixels")
+        frames = np.stack([f for f in picked if f is not None])
+        pts = np.array([self._pts[i] for i in positions], dtype=np.float64)
         clip = Clip(
             camera_id=self.camera_id,
             index=self._next_index,
@@ -171,11 +198,23 @@ class ClipAssembler:
                 self._locks[camera_id] = threading.Lock()
             return ring, self._locks[camera_id]
 
-    def push(self, camera_id: str, pts_s: float, frame: np.ndarray) -> Clip | None:
-        """Add a sampled frame ``(H, W, 3) uint8`` RGB of ``camera_id``; return a completed clip or None."""
+    def push(self, camera_id: str, pts_s: float, frame: np.ndarray | None) -> Clip | None:
+        """Add a sampled frame ``(H, W, 3) uint8`` RGB of ``camera_id`` (None: one not read, see
+        :meth:`wants_next`); return a completed clip or None."""
         ring, lock = self._ring(camera_id)
         with lock:
             return ring.push(pts_s, frame)
+
+    def wants_next(self, camera_id: str) -> bool:
+        """Whether a clip will hold ``camera_id``'s next sampled frame (:meth:`ClipRing.wants_next`). A
+        camera without a ring yet (its first frame, or one removed) is not given one by asking."""
+        with self._lock:
+            ring = self._rings.get(camera_id)
+            lock = self._locks.get(camera_id)
+        if ring is None or lock is None:
+            return True  # a ring's first frame starts its first clip
+        with lock:
+            return ring.wants_next()
 
     def reset(self, camera_id: str) -> None:
         """Drop the buffered frames of one camera (e.g. when it starts reconnecting)."""

@@ -144,6 +144,8 @@ class Application:
             display_size=DISPLAY_SIZE,
             on_display_frame=self._on_display_frame,
             decode_nice=cfg.scheduler.decode_nice,
+            # Frames no clip holds (every other one at frame_stride 2) are counted but never scaled or read.
+            wants_frame=self.assembler.wants_next,
         )
 
     # -- per-camera parts ---------------------------------------------------------------------------------
@@ -268,6 +270,7 @@ class Application:
     # -- callbacks (GStreamer and scheduler threads) ----------------------------------------------------
 
     def _on_frame(self, camera: str, pts: float, frame: Any) -> None:
+        """Every sampled frame of ``camera``; ``frame`` None for one no clip holds (counted, not read)."""
         self.outputs.frame_in(camera)
         clip = self.assembler.push(camera, pts, frame)
         if clip is not None and not self.scheduler.submit(clip, block=not self.realtime):

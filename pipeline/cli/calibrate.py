@@ -189,7 +189,10 @@ def collect_scores(
     }
     pasted: dict[str, dict[float, str]] = {cam: {} for cam in injectors}  # twin -> frame pts -> kind
 
-    def on_frame(cam: str, pts: float, frame: np.ndarray) -> None:
+    def on_frame(cam: str, pts: float, frame: np.ndarray | None) -> None:
+        # Calibration reads every frame: it passes the graph no wants_frame, so none comes as None.
+        if frame is None:
+            raise CalibrationError(f"camera {cam}: a frame came without its pixels")
         injector = injectors.get(cam)
         if injector is not None:
             frame, kind = injector.apply(frame)

@@ -56,6 +56,7 @@ __all__ = [
     "FrameFn",
     "GraphStateError",
     "StateFn",
+    "WantsFn",
     "required_elements",
 ]
 
@@ -63,8 +64,13 @@ log = logging.getLogger(__name__)
 
 CameraState = Literal["starting", "live", "reconnecting", "eos", "failed", "stopped"]
 
-FrameFn = Callable[[str, float, np.ndarray], None]
-"""``on_frame(camera_id, pts_s, frame)``; frame ``(H, W, 3) uint8`` RGB, fresh and owned by the callee."""
+FrameFn = Callable[[str, float, np.ndarray | None], None]
+"""``on_frame(camera_id, pts_s, frame)``; frame ``(H, W, 3) uint8`` RGB, fresh and owned by the callee, or
+None for a frame the graph's ``wants_frame`` declined (it counts as a sampled frame; nobody reads it)."""
+
+WantsFn = Callable[[str], bool]
+"""``wants_frame(camera_id)``: whether the camera's next sampled frame will be read (asked on its streaming
+thread, after the ``on_frame`` call for its frame before has returned)."""
 
 StateFn = Callable[[str, str, str], None]
 """``on_state(camera_id, state, detail)``, called from the loop thread; detail has credentials redacted."""
@@ -190,6 +196,8 @@ class CameraGraph:
         decode_nice: nice value of every camera's streaming threads (decode, scaling, the frame
             callbacks); 0 leaves them at the process's priority. See ``scheduler.decode_nice``.
         cwd: folder that relative ``file://`` and ``loop://`` paths resolve against (default: current).
+        wants_frame: see :data:`WantsFn`; a frame it declines is never scaled, converted or copied, and
+            ``on_frame`` gets None for it (None: every frame is read).
     """
 
     def __init__(
@@ -206,6 +214,7 @@ class CameraGraph:
         on_display_frame: DisplayFn | None = None,
         decode_nice: int = 0,
         cwd: Path | None = None,
+        wants_frame: WantsFn | None = None,
     ) -> None:
         if stall_timeout_s <= 0:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
@@ -222,6 +231,7 @@ class CameraGraph:
         self.realtime = realtime
         self.stall_timeout_s = stall_timeout_s
         self._on_frame = on_frame
+        self._wants_frame = wants_frame
         self._on_state = on_state
         self._on_display = on_display_frame
         self._cwd = cwd
@@ -510,6 +520,7 @@ class CameraGraph:
                 on_no_video=lambda: self._post(
                     lambda: self._on_failure(cam, gen, "no video stream in the source", recoverable=False)
                 ),
+                keep_frame=self._keep_frame_of(cam),
             )
         except (SourceError, GstError) as exc:
             self._set_state(cam, "failed", str(exc))
@@ -759,7 +770,14 @@ class CameraGraph:
             cam.rebase = False
         return cam.pts_offset + (raw - cam.pts_base)
 
-    def _on_sample(self, cam: _Camera, gen: int, raw: float | None, frame: np.ndarray) -> None:
+    def _keep_frame_of(self, cam: _Camera) -> Callable[[], bool] | None:
+        wants = self._wants_frame
+        if wants is None:
+            return None
+        camera_id = cam.id
+        return lambda: wants(camera_id)
+
+    def _on_sample(self, cam: _Camera, gen: int, raw: float | None, frame: np.ndarray | None) -> None:
         now = time.monotonic()
         with cam.lock:
             if gen != cam.generation:

@@ -46,6 +46,7 @@ __all__ = [
     "DISPLAY_QUEUE",
     "CameraPipeline",
     "FrameSize",
+    "KeepFn",
     "SampleFrame",
     "SourceError",
     "SourceKind",
@@ -248,9 +249,14 @@ def _fps_fraction(fps: float) -> tuple[int, int]:
 # One camera's pipeline
 # --------------------------------------------------------------------------------------------------
 
-SampleFn = Callable[[float | None, np.ndarray], None]
-"""``on_sample(pts_s, frame)`` for each model-branch frame; called from a streaming thread. (Display frames
+SampleFn = Callable[[float | None, np.ndarray | None], None]
+"""``on_sample(pts_s, frame)`` for each model-branch frame; called from a streaming thread. ``frame`` is None
+for a frame the pipeline's ``keep_frame`` declined: counted, never scaled, converted or read. (Display frames
 are pulled: :meth:`CameraPipeline.pull_display`.)"""
+
+KeepFn = Callable[[], bool]
+"""``keep_frame()``: asked on the model branch's streaming thread, in order, for each sampled frame before it
+is scaled: whether anything will read it (its ``on_sample`` call for the frame before has returned)."""
 
 # Display frames an appsink holds for its owner to pull: a file camera decoding as fast as it can waits
 # when this is full, a live one drops its oldest frame.
@@ -266,6 +272,10 @@ class CameraPipeline:
         fps: sampling rate; frames are dropped (never duplicated) down to it.
         frame_size: model input size (the ``model`` branch).
         on_sample: receives every model-branch frame (see :data:`SampleFn`).
+        keep_frame: when set, asked for each sampled frame (see :data:`KeepFn`); a frame it declines is
+            dropped before the model branch scales it, and ``on_sample`` gets ``(pts_s, None)`` for it. The
+            clips read only every ``frame_stride``-th frame, and scaling, converting and copying the others
+            cost up to a quarter of the decode path's CPU (docs/benchmarks.md).
         realtime: play files at their native rate (``appsink sync=true``) instead of as fast as possible.
         display_size: when set, a second branch keeps frames at this size for :meth:`pull_display`.
         rtsp_tcp, rtsp_latency_ms: RTSP transport options.
@@ -292,6 +302,7 @@ class CameraPipeline:
         connect_timeout_s: float = 5.0,
         on_no_video: Callable[[], None] | None = None,
         thread_nice: int = 0,
+        keep_frame: KeepFn | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
@@ -301,6 +312,7 @@ class CameraPipeline:
         self.camera_id = camera_id
         self.spec = spec
         self._on_sample = on_sample
+        self._keep_frame = keep_frame
         self._on_no_video = on_no_video
         self._video_linked = False
         self._display_sink: Any = None
@@ -432,6 +444,11 @@ class CameraPipeline:
         for element in elements:
             self.pipeline.add(element)
         link(*elements)
+        if branch == "model" and self._keep_frame is not None:
+            # Before the scale, on the thread that then runs scale, convert and the appsink callback: the
+            # frame before this one has been handed to on_sample when the question is asked.
+            scale = elements[1] if queue else elements[0]
+            scale.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, self._on_model_buffer)
         return elements[0]
 
     # Streaming-thread callbacks ---------------------------------------------------------------
@@ -482,6 +499,21 @@ class CameraPipeline:
         kind, _owner = msg.parse_stream_status()
         if kind == init_gstreamer().StreamStatusType.ENTER:
             lower_thread_priority(self._thread_nice)
+
+    def _on_model_buffer(self, _pad: Any, info: Any) -> Any:
+        Gst = init_gstreamer()
+        keep = self._keep_frame
+        try:
+            if keep is None or keep():
+                return Gst.PadProbeReturn.OK
+        except Exception:  # a consumer bug: the frame goes on as if there were no question
+            log.exception("camera %s: keep_frame failed", self.camera_id)
+            return Gst.PadProbeReturn.OK
+        try:
+            self._on_sample(pts_seconds(info.get_buffer()), None)
+        except Exception:  # never let a consumer bug kill the streaming thread with a Python error
+            log.exception("camera %s: frame callback failed", self.camera_id)
+        return Gst.PadProbeReturn.DROP
 
     def _on_new_sample(self, sink: Any) -> Any:
         Gst = init_gstreamer()

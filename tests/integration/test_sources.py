@@ -22,6 +22,7 @@ import pipeline.cpu.graph as graph_module  # noqa: E402
 from core.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
 from core.gst import ElementMissingError, init_gstreamer, make  # noqa: E402
 from core.gst.frames import yuv_matrix  # noqa: E402
+from pipeline.clips import Clip, ClipAssembler  # noqa: E402
 from pipeline.cpu.graph import CameraGraph, DuplicateCameraError, GraphStateError  # noqa: E402
 from pipeline.cpu.sources import (  # noqa: E402
     CameraPipeline,
@@ -165,6 +166,53 @@ def test_three_file_cameras_deliver_every_frame_at_the_model_size(
         assert stats[cid].frames_delivered == 50
         assert stats[cid].frames_in == 50
         assert (cid, "live", "") in collector.states
+
+
+def test_frames_no_clip_holds_are_counted_but_never_read_and_the_clips_are_the_same(
+    videos: dict[str, Path], graphs: list[CameraGraph]
+) -> None:
+    """With the run's clip assembly asking (clips of 4 frames 2 apart, one every 8), every second frame is
+    dropped before the model branch scales it: on_frame gets None for it, its pts and count go on, and the
+    clips are those of a graph that reads every frame."""
+    runs: dict[str, tuple[list[tuple[float, bool]], list[Clip], CameraGraph]] = {}
+    for name, sparse in (("every", False), ("sparse", True)):
+        assembler = ClipAssembler(4, 2, 8)
+        seen: list[tuple[float, bool]] = []
+        clips: list[Clip] = []
+
+        def on_frame(
+            cid: str,
+            pts: float,
+            frame: np.ndarray | None,
+            seen: Any = seen,
+            clips: Any = clips,
+            a: Any = assembler,
+        ) -> None:
+            seen.append((pts, frame is None))
+            clip = a.push(cid, pts, frame)
+            if clip is not None:
+                clips.append(clip)
+
+        g = CameraGraph(
+            (96, 64),
+            on_frame,
+            cameras=[camera("cam", f"file://{videos['v50']}")],
+            wants_frame=assembler.wants_next if sparse else None,
+        )
+        graphs.append(g)
+        g.start()
+        wait_for(lambda g=g: g.states()["cam"] == "eos")
+        runs[name] = (seen, clips, g)
+    every, sparse_run = runs["every"], runs["sparse"]
+    assert [skipped for _, skipped in every[0]] == [False] * 50
+    assert [skipped for _, skipped in sparse_run[0]] == [n % 2 == 1 for n in range(50)]
+    assert [p for p, _ in sparse_run[0]] == [p for p, _ in every[0]]  # every frame's pts, read or not
+    assert sparse_run[2].stats()["cam"].frames_delivered == 50
+    assert len(every[1]) == 6  # starts 0, 8, ..., 40 (each 7 frames long)
+    assert [c.start_frame for c in sparse_run[1]] == [c.start_frame for c in every[1]]
+    for a, b in zip(every[1], sparse_run[1], strict=True):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.pts, b.pts)
 
 
 def test_missing_and_corrupt_files_fail_while_good_cameras_deliver(

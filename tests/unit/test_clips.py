@@ -160,3 +160,63 @@ def test_model_input_checks() -> None:
     out = np.zeros((1, 2, 3, 3, 3), np.float32)
     assert to_model_input([good], (0.5,) * 3, (0.5,) * 3, out=out) is out
     assert np.all(out == -1.0)
+
+
+@pytest.mark.parametrize(
+    ("t", "stride", "hop"),
+    [(4, 2, 8), (4, 2, 4), (4, 2, 6), (3, 3, 2), (2, 1, 5), (8, 2, 16), (1, 1, 1)],
+)
+def test_frames_no_clip_holds_can_go_unread_and_every_clip_stays_the_same(
+    t: int, stride: int, hop: int
+) -> None:
+    every, sparse = ClipRing("cam", t, stride, hop), ClipRing("cam", t, stride, hop)
+    from_every, from_sparse = [], []
+    read = 0
+    for n in range(90):
+        if n == 41:  # a reconnect: the hop grid restarts at the next frame in both
+            every.reset()
+            sparse.reset()
+        wanted = sparse.wants_next()
+        read += wanted
+        a = every.push(n * 0.1, _frame(n))
+        b = sparse.push(n * 0.1, _frame(n) if wanted else None)
+        from_every += [a] if a is not None else []
+        from_sparse += [b] if b is not None else []
+    assert len(from_every) > 3
+    assert [(c.index, c.start_frame) for c in from_sparse] == [(c.index, c.start_frame) for c in from_every]
+    for a, b in zip(from_every, from_sparse, strict=True):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.pts, b.pts)
+    assert sparse.frames_seen == every.frames_seen == 90
+    # Frames a clip holds are read, and no others.
+    held = {c.start_frame + j * stride for c in from_every for j in range(t)}
+    assert read >= len(held)
+    if (t, stride, hop) == (4, 2, 8):
+        assert read == 21 + 25  # every second frame: 0, 2, ..., 40, then from the reset 41, 43, ..., 89
+
+
+def test_a_wanted_frame_that_comes_unread_starts_a_new_segment_after_it() -> None:
+    # Asked, then the ring was reset by a reconnect before the frame arrived: it comes as None although the
+    # restarted grid needs it. No clip may hold it; the next clip starts after it.
+    ring = ClipRing("cam", 4, 2, 8)
+    clips = []
+    for n in range(30):
+        frame = None if n == 4 else (_frame(n) if ring.wants_next() else None)
+        clip = ring.push(n * 0.1, frame)
+        clips += [clip] if clip is not None else []
+    assert [c.start_frame for c in clips] == [5, 13, 21]
+    assert [int(f[0, 0, 0]) for f in clips[0].frames] == [5, 7, 9, 11]
+
+
+def test_the_assembler_says_which_frames_it_will_read() -> None:
+    asm = ClipAssembler(4, 2, 8)
+    pattern = []
+    for n in range(10):
+        wanted = asm.wants_next("cam")
+        pattern.append(wanted)
+        asm.push("cam", n * 0.1, _frame(n) if wanted else None)
+    assert pattern == [True, False] * 5
+    assert asm.wants_next("other")  # a camera's first frame is always read
+    asm.remove("cam")
+    assert asm.wants_next("cam")
+    assert "cam" not in asm.buffered()  # asking gave a removed camera no ring back
