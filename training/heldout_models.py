@@ -55,6 +55,12 @@ def held_out_parts(
     return parts
 
 
+def _time_half(frame: int, n_frames: int) -> int:
+    """Which time half of an ``n_frames``-frame video frame ``frame`` lies in (0: the first), as
+    :func:`held_out_parts` splits it."""
+    return 0 if frame < n_frames // 2 else 1
+
+
 @dataclass
 class TrainingVideo:
     context: str
@@ -120,7 +126,7 @@ class HeldOutModels(Generic[M, S]):
         video = self._train[name]
         if video.fold >= 0:
             return self._model(video.context, video.fold)
-        return self._model(video.context, -1, 0 if frame < len(video.frames) // 2 else 1)
+        return self._model(video.context, -1, _time_half(frame, len(video.frames)))
 
     def _held_out_together(self, name: str, first: int, last: int) -> bool:
         """Whether frames ``first``..``last`` of training video ``name`` are all held out by the model
@@ -131,8 +137,7 @@ class HeldOutModels(Generic[M, S]):
         video = self._train[name]
         if video.fold >= 0:
             return True
-        mid = len(video.frames) // 2
-        return (first < mid) == (last < mid)
+        return _time_half(first, len(video.frames)) == _time_half(last, len(video.frames))
 
     def _source(self, name: str, frames: np.ndarray | None) -> np.ndarray:
         """Training video ``name``'s frames, or ``frames`` standing in for them (the same footage altered,
