@@ -28,7 +28,7 @@ import numpy as np
 from core.config import ZsadConfig
 from pipeline.clips import Clip
 from plugins import objects, stationary
-from plugins.objects import ObjectsError, ObjectsModel, ObjectsModelError
+from plugins.objects import FlowCache, ObjectsError, ObjectsModel, ObjectsModelError
 from plugins.registry import CameraTable
 from plugins.stationary import (
     FrameSpacer,
@@ -267,11 +267,12 @@ class ObjectsClips:
     replicates: each frame a clip feeds gives a map (:meth:`ObjectsModel.score_frame`, which moves the
     tracks on); the clip's map is the elementwise max of them, so a blob seen in any of its frames counts; a
     clip that fed no frame (all its frames within ``spacing_s`` of the last one taken, as overlapping clips
-    are) takes the map of the last frame fed; before any frame, there is none."""
+    are) takes the map of the last frame fed; before any frame, there is none. ``flows``: a cache shared
+    with other models that play the same footage (calibration's folds; :class:`plugins.objects.FlowCache`)."""
 
-    def __init__(self, model: ObjectsModel) -> None:
+    def __init__(self, model: ObjectsModel, flows: FlowCache | None = None) -> None:
         self.model = model
-        self.state = model.new_state()
+        self.state = model.new_state(flows)
         self._last: np.ndarray | None = None  # the map of the last frame fed
 
     def clip_map(self, frames: Sequence[np.ndarray], pts: Sequence[float] | None = None) -> np.ndarray | None:

@@ -37,10 +37,11 @@ numpy, and OpenCV (imported when a state first scores a frame or a model is fitt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,6 +59,7 @@ __all__ = [
     "MODEL_SUFFIX",
     "MODEL_VERSION",
     "Blob",
+    "FlowCache",
     "ObjectsError",
     "ObjectsModel",
     "ObjectsModelError",
@@ -192,6 +194,54 @@ def find_blobs(
     return labels, np.asarray(rows, np.int64).reshape(-1, 6)
 
 
+class FlowCache:
+    """Dense-flow magnitudes between two frames, kept by the frames' content, so that footage played through
+    several models computes each pair's flow once.
+
+    ``zsad calibrate`` and ``zsad eval`` play a camera's footage through every held-out fold's model and the
+    model of all of it: five times for most frames, and the flow was 35 % of a demo camera's calibration. A
+    model changes which pixels are foreground, never the flow between two frames, and DIS gives the same
+    flow for the same two frames, so every speed is what it would be without the cache. At most
+    ``max_bytes`` of magnitudes are kept; pairs beyond that are computed each time. One thread."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        if max_bytes < 0:
+            raise ObjectsError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._kept: dict[tuple[tuple[int, ...], bytes, bytes], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def magnitude(
+        self,
+        prev: np.ndarray,
+        grey: np.ndarray,
+        compute: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """The flow magnitude from ``prev`` to ``grey`` (``(H, W)`` uint8), ``compute(prev, grey)`` the first
+        time a pair is seen. Read-only: the same array is handed out again."""
+        key = (grey.shape, _digest(prev), _digest(grey))
+        kept = self._kept.get(key)
+        if kept is not None:
+            self.hits += 1
+            return kept
+        self.misses += 1
+        out = compute(prev, grey)
+        if self.bytes + out.nbytes <= self.max_bytes:
+            out.flags.writeable = False
+            self._kept[key] = out
+            self.bytes += out.nbytes
+        return out
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).digest()
+
+
 @dataclass
 class _Track:
     ident: int
@@ -206,12 +256,14 @@ class _Track:
 
 class ObjectsState:
     """One camera's tracks and previous frame. It belongs to one thread (the scorer's). ``spacing_s``: the
-    seconds between the frames it is given (speeds are measured over them)."""
+    seconds between the frames it is given (speeds are measured over them); ``flows``: a cache of flows
+    shared with the other states that play the same footage (:class:`FlowCache`), or None."""
 
-    def __init__(self, spacing_s: float) -> None:
+    def __init__(self, spacing_s: float, flows: FlowCache | None = None) -> None:
         if not (math.isfinite(spacing_s) and spacing_s > 0):
             raise ObjectsError(f"spacing_s must be > 0, got {spacing_s}")
         self.spacing_s = float(spacing_s)
+        self.flows = flows
         self._flow: Any = None
         self._step: float | None = None  # the shortest time between frames given so far (note_time)
         self.reset()
@@ -248,6 +300,17 @@ class ObjectsState:
         out = np.full(len(rows), np.nan)
         if self._prev is None or self._prev.shape != grey.shape or not len(rows):
             return out
+        if self.flows is None:
+            magnitude = self._magnitude(self._prev, grey)
+        else:
+            magnitude = self.flows.magnitude(self._prev, grey, self._magnitude)
+        for j, (x, y, w, h, _, label) in enumerate(rows):
+            box = (slice(y, y + h), slice(x, x + w))
+            out[j] = float(np.median(magnitude[box][labels[box] == label])) / self.spacing_s
+        return out
+
+    def _magnitude(self, prev: np.ndarray, grey: np.ndarray) -> np.ndarray:
+        """``(H, W)`` float32 dense-flow magnitude from ``prev`` to ``grey``, in pixels a frame."""
         cv2 = _cv2()
         if self._flow is None:
             self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
@@ -255,12 +318,8 @@ class ObjectsState:
             # blurs a walker into its background (speeds read half of what they are, and runners and
             # cyclists no longer stand out). Half resolution costs 2x and reads them (docs/results.md).
             self._flow.setFinestScale(1)
-        flow = self._flow.calc(self._prev, grey, None)
-        magnitude = np.hypot(flow[..., 0], flow[..., 1])
-        for j, (x, y, w, h, _, label) in enumerate(rows):
-            box = (slice(y, y + h), slice(x, x + w))
-            out[j] = float(np.median(magnitude[box][labels[box] == label])) / self.spacing_s
-        return out
+        flow = self._flow.calc(prev, grey, None)
+        return np.hypot(flow[..., 0], flow[..., 1])
 
     def update(
         self, grey: np.ndarray, labels: np.ndarray, rows: np.ndarray, geometry: _Geometry
@@ -395,8 +454,9 @@ class ObjectsModel:
             f"spacing_s={self.spacing_s:g}, n_blobs={self.n_blobs})"
         )
 
-    def new_state(self) -> ObjectsState:
-        return ObjectsState(self.spacing_s)
+    def new_state(self, flows: FlowCache | None = None) -> ObjectsState:
+        """A fresh state for this model's camera (``flows``: as :class:`ObjectsState`)."""
+        return ObjectsState(self.spacing_s, flows)
 
     def blobs(self, state: ObjectsState, frame: np.ndarray, pts: float | None = None) -> list[Blob]:
         """Give ``state`` the camera's next frame (:func:`grey_frame`: RGB or grey); its blobs with their
@@ -469,11 +529,13 @@ def fit_model(
     floor: float = 15.0,
     min_area: float = 40.0,
     camera: str = "",
+    flows: FlowCache | None = None,
 ) -> ObjectsModel:
     """Fit a camera's model on its normal footage: ``videos`` each ``(N, H, W, 3)`` uint8 RGB or
     ``(N, H, W)`` grey (:func:`grey_frame`), in time order, ``spacing_s`` seconds apart (each video's tracks
     start afresh). The background and noise come from all
-    their frames; the tails from the features of every blob the stream then finds in them. Raises
+    their frames; the tails from the features of every blob the stream then finds in them (``flows``: a
+    cache shared by fits and scorings of the same footage, :class:`FlowCache`). Raises
     :class:`ObjectsError` when the footage shows fewer than 30 blob observations of a feature."""
     _settings(k, floor, min_area, spacing_s)
     greys = [np.stack([grey_frame(f) for f in np.asarray(v)]) for v in videos if len(v)]
@@ -488,7 +550,7 @@ def fit_model(
     geometry = _Geometry.at(background.shape[0], min_area)
     observed = []
     for g in greys:
-        state = ObjectsState(spacing_s)
+        state = ObjectsState(spacing_s, flows)
         for frame in g:
             labels, rows = find_blobs(frame, background, threshold, geometry)
             observed += [b.features() for b in state.update(frame, labels, rows, geometry)]

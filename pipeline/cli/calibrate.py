@@ -81,7 +81,7 @@ from plugins.fusion import (
     load_calibration,
     save_calibration,
 )
-from plugins.objects import ObjectsError, ObjectsModel, grey_frame
+from plugins.objects import FlowCache, ObjectsError, ObjectsModel, grey_frame
 from plugins.objects import fit_model as fit_objects_model
 from plugins.pseudo_anomaly import PseudoAnomalyInjector
 from plugins.scorer import reduce_map
@@ -542,6 +542,11 @@ class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
     stream = OBJECTS
     errors = (ObjectsError,)
 
+    def __init__(self, spacing_s: float) -> None:
+        super().__init__(spacing_s)
+        # Every fold's model plays the same frames: each pair's flow is computed once.
+        self.flows = FlowCache()
+
     def _kept(self, frame: np.ndarray) -> np.ndarray:
         # The stream reads luma only: grey frames hold a third of the RGB's memory (a 3-minute footage's
         # frames 0.2 s apart at 144x192: 25 MB instead of 75, and as much again for its twin).
@@ -557,6 +562,7 @@ class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
             floor=o.floor,
             min_area=o.min_area,
             camera=camera,
+            flows=self.flows,
         )
 
     def _score(
@@ -572,7 +578,7 @@ class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
             by_clip: dict[int, list[np.ndarray]] = {}
             for frame, index in zip(frames, self.clips.get(footage, []), strict=True):
                 by_clip.setdefault(index, []).append(frame)
-            mappers = [ObjectsClips(model) for model in held]
+            mappers = [ObjectsClips(model, self.flows) for model in held]
             for index in range(emitted[footage]):
                 fold = _fold(index, emitted[footage])
                 # The folds are in time order: a fold's model plays the footage until its last clip.

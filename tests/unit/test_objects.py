@@ -14,6 +14,7 @@ import pytest
 from plugins.objects import (
     EMPTY,
     FEATURES,
+    FlowCache,
     ObjectsError,
     ObjectsModel,
     ObjectsModelError,
@@ -250,3 +251,56 @@ def test_a_file_that_is_not_an_npz_archive_is_refused_by_name(tmp_path: Path) ->
         np.save(f, np.zeros(3))
     with pytest.raises(ObjectsModelError, match=f"{path}: is not an .npz archive.*zsad calibrate"):
         load_model(path)
+
+
+def _scored(model: ObjectsModel, videos: list[np.ndarray], flows: FlowCache | None) -> np.ndarray:
+    out = []
+    for v in videos:
+        state = model.new_state(flows)
+        out += [model.score_frame(state, f) for f in v]
+    return np.stack(out)
+
+
+def test_a_shared_flow_cache_computes_each_pair_once_and_changes_no_score() -> None:
+    """Calibration plays the same footage through several models: with a cache, each pair of frames' flow
+    is computed once, and every fitted tail and score map is what it is without one."""
+    videos = normal_footage()
+    test = [walk(8, x0=10, y=40, speed=9.0, seed=9), walk(8, x0=20, y=30, speed=2.0, seed=7)]
+    plain = fit_model(videos, GRID, spacing_s=SPACING)
+    flows = FlowCache()
+    cached = fit_model(videos, GRID, spacing_s=SPACING, flows=flows)
+    pairs = sum(len(v) - 1 for v in videos)
+    assert flows.misses == pairs
+    assert flows.hits == 0
+    assert len(flows) == pairs
+    np.testing.assert_array_equal(cached.tails, plain.tails)
+    again = fit_model(videos[1:], GRID, spacing_s=SPACING, flows=flows)  # another fold's model
+    assert flows.misses == pairs
+    assert flows.hits == pairs - (len(videos[0]) - 1)
+    np.testing.assert_array_equal(again.tails, fit_model(videos[1:], GRID, spacing_s=SPACING).tails)
+    # Scoring footage the cache has seen, and footage it has not, gives the maps computed without it.
+    for vids in (videos, test):
+        np.testing.assert_array_equal(_scored(cached, vids, flows), _scored(plain, vids, None))
+    assert flows.hits == 2 * pairs - (len(videos[0]) - 1)
+
+
+def test_a_full_flow_cache_keeps_no_more_and_still_gives_every_flow() -> None:
+    videos = normal_footage()[:2]
+    one = H * W * 4  # a float32 magnitude map
+    flows = FlowCache(max_bytes=3 * one)
+    model = fit_model(normal_footage(), GRID, spacing_s=SPACING)
+    np.testing.assert_array_equal(_scored(model, videos, flows), _scored(model, videos, None))
+    assert len(flows) == 3
+    assert flows.bytes == 3 * one
+    assert flows.misses == sum(len(v) - 1 for v in videos)
+    with pytest.raises(ObjectsError, match="max_bytes"):
+        FlowCache(max_bytes=-1)
+
+
+def test_a_cached_flow_cannot_be_changed_by_whoever_receives_it() -> None:
+    flows = FlowCache()
+    a, b = frame([(10, 10, 6, 16)], 1), frame([(12, 10, 6, 16)], 2)
+    first = flows.magnitude(grey_frame(a), grey_frame(b), lambda p, g: np.ones(p.shape, np.float32))
+    assert flows.magnitude(grey_frame(a), grey_frame(b), lambda p, g: np.zeros(p.shape, np.float32)) is first
+    with pytest.raises(ValueError):
+        first[0, 0] = 5.0
