@@ -261,6 +261,8 @@ def collect_scores(
         graph.stop()
     if failed:
         raise CalibrationFootageError(f"camera {camera.id}: footage could not be read: {', '.join(failed)}")
+    # In footage order, not arrival order (it varies from run to run): the same footage calibrates the same.
+    scored.sort(key=lambda s: (s.camera, s.index))
     folds = np.array([_fold(s.index, emitted[s.camera]) for s in scored], dtype=np.int8)
     memory = None
     if appearance and features:
@@ -409,14 +411,22 @@ class _SpacedFrames(Generic[F]):
         """What is kept of a frame taken: a copy (the clip's frames are reused)."""
         return np.array(frame)
 
+    def _footage(self) -> list[tuple[str, list[np.ndarray]]]:
+        # By name, not by arrival: which footage's first clip reaches the scheduler first varies from run to
+        # run, and a model's background is a median of evenly spaced frames of the footage in this order,
+        # so the calibration of the same footage came out one of several ways.
+        return sorted(self.frames.items())
+
     def videos(self, exclude: Container[str] = ()) -> list[np.ndarray]:
-        """Each footage's frames kept (:meth:`_kept`) but those of the footage named in ``exclude``."""
-        return [np.stack(frames) for c, frames in self.frames.items() if c not in exclude and frames]
+        """Each footage's frames kept (:meth:`_kept`) but those of the footage named in ``exclude``, the
+        footage in name order."""
+        return [np.stack(frames) for c, frames in self._footage() if c not in exclude and frames]
 
     def fold_videos(self, emitted: dict[str, int], exclude: Container[str] = ()) -> list[list[np.ndarray]]:
-        """Per time fold, each footage's frames of that fold's clips (``emitted``: clips per footage)."""
+        """Per time fold, each footage's frames of that fold's clips (``emitted``: clips per footage), the
+        footage in name order."""
         out: list[list[np.ndarray]] = [[] for _ in range(FOLDS)]
-        for footage, frames in self.frames.items():
+        for footage, frames in self._footage():
             if footage in exclude:
                 continue
             folds = [_fold(index, emitted[footage]) for index in self.clips.get(footage, [])]

@@ -129,3 +129,31 @@ def test_a_calibration_without_the_stream_removes_an_earlier_model(
         f"camera cam: removed {stale}, the objects model of an earlier calibration (this one has no objects "
         "stream)" in caplog.text
     )
+
+
+def test_the_same_footage_calibrates_the_same_whichever_footage_arrives_first() -> None:
+    """Which footage's clips reach the scheduler first varies from run to run; the models (a background is
+    the median of evenly spaced frames of the footage in turn) and the held-out samples must not."""
+    footage = {  # 200, 220 and 180 frames: 600 in all, so the background takes every 3rd
+        f"cam.{i}": scene_clips(f"cam.{i}", n, BoxScene(i)) for i, n in enumerate((50, 55, 45))
+    }
+    results, videos = [], []
+    for order in (["cam.0", "cam.1", "cam.2"], ["cam.2", "cam.0", "cam.1"]):
+        collector, emitted, scored, folds = _collect({c: footage[c] for c in order})
+        videos.append((collector.videos(), collector.fold_videos(emitted)))
+        model = collector.fit(CFG, "cam", emitted, scored, folds, CellFilters())
+        assert model is not None
+        held_out = {(s.camera, s.index): s.scores["objects"] for s in scored}
+        results.append((model, held_out))
+    # Each model is fitted on the footage in name order, whatever the order it arrived in.
+    (whole, by_fold), (whole_2, by_fold_2) = videos
+    assert [len(v) for v in whole] == [200, 220, 180]
+    for a, b in zip([whole, *by_fold], [whole_2, *by_fold_2], strict=True):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    (first, first_scores), (second, second_scores) = results
+    np.testing.assert_array_equal(first.background, second.background)
+    np.testing.assert_array_equal(first.threshold, second.threshold)
+    np.testing.assert_array_equal(first.tails, second.tails)
+    assert first_scores == second_scores
