@@ -34,7 +34,9 @@ $(STAMP): $(SYSTEM_STAMP) requirements/edge.txt requirements/train.txt requireme
 	@echo "zsad: environment ready in $(VENV)"
 
 demo: setup
-	$(VENV)/bin/zsad demo
+	@# The module, not the .venv/bin/zsad script: a script's first line names the interpreter by the path the
+	@# .venv was made at, so a checkout moved or copied elsewhere could not run it.
+	$(PY) -m pipeline.cli.main demo
 
 test: setup
 	@# The slowest tests are listed at the end: the suite must stay under its 15-minute budget.
