@@ -289,7 +289,9 @@ def fusion_ablation(
     terms = {v: t for v, t in (agreement or {}).items() if t is not None}
     for rule in rules:
         for use_reliability in (False, True):
-            agreeing = (True, False) if rule == "max" and use_reliability and terms else (True,)
+            # The agreement term belongs to the max rule with reliability weights (it is fitted with them).
+            with_term = rule == "max" and use_reliability and bool(terms)
+            agreeing = (True, False) if with_term else (True,)
             for use_gate in (False, True) if factors is not None else (False,):
                 for use_agreement in agreeing:
                     fused: dict[str, np.ndarray] = {}
@@ -301,7 +303,7 @@ def fusion_ablation(
                             if use_gate and factors is not None:
                                 w = w * gate_multiplier(factors[v][s], rule)
                             weights[s] = w
-                        term = terms.get(v) if rule == "max" and use_reliability and use_agreement else None
+                        term = terms.get(v) if with_term and use_agreement else None
                         fused[v] = fuse_arrays({s: z[s][v] for s in streams}, weights, rule, term)
                     out[fusion_variant(rule, use_reliability, use_gate, use_agreement)] = fused
     return out
