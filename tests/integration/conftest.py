@@ -8,6 +8,7 @@ import pytest
 
 from tests.fixtures.demo_world import CHECKPOINT, DemoArtefacts, prepare_demo
 from tests.fixtures.run_world import build_world
+from tests.fixtures.zones_world import build_zones_world
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +26,11 @@ def demo_artefacts(tmp_path_factory: pytest.TempPathFactory) -> DemoArtefacts:
     if not CHECKPOINT.is_file():
         pytest.skip("the shipped demo model is not in this checkout")
     return prepare_demo(tmp_path_factory.mktemp("demo-shared"))
+
+
+@pytest.fixture(scope="session")
+def zones_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The masks-and-zones camera's engines, videos and calibrations (:func:`build_zones_world`, ~20 s),
+    built once for test_zones and the zone editor's browser test. Read only: each test copies the
+    calibration it runs with (learned levels are written beside it)."""
+    return build_zones_world(tmp_path_factory.mktemp("zones"))

@@ -27,7 +27,6 @@ from tests.fixtures.zones_world import (
     ROAD_MASK,
     VIDEO_S,
     ZONES,
-    build_zones_world,
     write_site,
     zones_site,
 )
@@ -37,10 +36,10 @@ PASSES = 2  # passes of the video to watch after a change: each holds every prop
 MARGIN_S = 1.0  # stream seconds after a change in which a clip may still have been in flight
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Engines, videos and calibrations, built once for this module (~20 s)."""
-    return build_zones_world(tmp_path_factory.mktemp("zones"))
+@pytest.fixture
+def world(zones_world: dict[str, Path]) -> dict[str, Path]:
+    """Engines, videos and calibrations, built once for the session (``zones_world``)."""
+    return zones_world
 
 
 @pytest.fixture
