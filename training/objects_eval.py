@@ -72,7 +72,8 @@ class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
     def __init__(self, settings: ObjectsConfig, grid: tuple[int, int], step: int) -> None:
         super().__init__(settings, grid, step)
         # A training video is played by its context's fold models, the model of every fold and its held-out
-        # model: each pair of frames' flow is computed once (1 GiB: Ped2's training pairs take 0.3).
+        # model: each pair of frames' flow is computed once (1 GiB: Ped2's training pairs take 0.3). Test
+        # videos, played once, are not kept.
         self.flows = FlowCache(1 << 30)
 
     def _fit(self, parts: list[np.ndarray], context: str) -> ObjectsModel:
@@ -92,9 +93,10 @@ class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
         """The frames of an ``n``-frame video the stream takes: ``0, step, 2 step, ...``."""
         return np.arange(0, n, self.step, dtype=np.int64)
 
-    def fed_maps(self, model: ObjectsModel, frames: np.ndarray) -> np.ndarray:
-        """``(K, h, w)``: the maps of :meth:`fed_frames` of ``frames``, fed in order to a fresh state."""
-        state = model.new_state(self.flows)
+    def fed_maps(self, model: ObjectsModel, frames: np.ndarray, *, cached: bool = True) -> np.ndarray:
+        """``(K, h, w)``: the maps of :meth:`fed_frames` of ``frames``, fed in order to a fresh state; with
+        ``cached``, each pair's flow is kept for the other models that play these frames."""
+        state = model.new_state(self.flows if cached else None)
         return np.stack([model.score_frame(state, frames[i]) for i in self.fed_frames(len(frames))])
 
     def held_out_clip_scores(
@@ -123,6 +125,7 @@ class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
         model = self._model(context, None)
         if model is None:
             return None
-        maps = self.fed_maps(model, np.asarray(frames, dtype=np.uint8))
+        # A test video is played by one model only: keeping its flows would only take memory.
+        maps = self.fed_maps(model, np.asarray(frames, dtype=np.uint8), cached=False)
         fed = self.fed_frames(len(frames))
         return clip_maps(fed, maps, first_frames, last_frames).max(axis=(1, 2)).astype(np.float64)

@@ -87,6 +87,28 @@ def test_training_clips_are_scored_against_the_other_fold() -> None:
     assert set(ev._models) == {("ctx", 0, None), ("ctx", 1, None)}
 
 
+def test_the_folds_share_each_training_pair_s_flow_and_score_as_without_sharing() -> None:
+    ev = evaluator((FAST, FAST, NORMAL, NORMAL))
+    alone = evaluator((FAST, FAST, NORMAL, NORMAL))
+    alone.flows.max_bytes = 0  # keeps nothing: every model computes every flow, as before the cache
+    first = np.arange(8, 53, 8)
+    for name in ("v0", "v2"):
+        shared = ev.held_out_clip_scores(name, first, first + 6)
+        np.testing.assert_array_equal(shared, alone.held_out_clip_scores(name, first, first + 6))
+    # Each fold's model was fitted on the other fold's frames, which its held-out scoring then played again.
+    assert ev.flows.hits > 0
+    assert alone.flows.hits == 0
+    assert ev.flows.misses < alone.flows.misses
+    # A test video is played once: its flows are not kept.
+    kept = len(ev.flows)
+    test = scene(40, seed=9, fast_from=20)
+    np.testing.assert_array_equal(
+        ev.test_clip_scores(test, "ctx", first[:4], first[:4] + 6),
+        alone.test_clip_scores(test, "ctx", first[:4], first[:4] + 6),
+    )
+    assert len(ev.flows) == kept
+
+
 def test_a_single_video_context_is_held_out_frame_by_frame_by_time_halves() -> None:
     fitted_on: dict[int, set[int]] = {}
 
