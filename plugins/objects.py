@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -67,6 +67,7 @@ __all__ = [
     "ObjectsState",
     "describe",
     "find_blobs",
+    "fit_configured",
     "fit_model",
     "grey_frame",
     "load_model",
@@ -579,6 +580,38 @@ def fit_model(
         n_frames=sum(len(g) for g in greys),
         n_blobs=len(f),
         fitted=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+    )
+
+
+class FitSettings(Protocol):
+    """What a fit reads of the config's ``objects`` section (``core.config.ObjectsConfig``)."""
+
+    spacing_s: float
+    k: float
+    floor: float
+    min_area: float
+
+
+def fit_configured(
+    videos: Iterable[np.ndarray],
+    grid: Sequence[int],
+    settings: FitSettings,
+    *,
+    camera: str = "",
+    flows: FlowCache | None = None,
+) -> ObjectsModel:
+    """:func:`fit_model` with the settings of a config's ``objects`` section (``zsad calibrate`` and
+    ``zsad eval`` fit the same way)."""
+    s = settings
+    return fit_model(
+        videos,
+        grid,
+        spacing_s=s.spacing_s,
+        k=s.k,
+        floor=s.floor,
+        min_area=s.min_area,
+        camera=camera,
+        flows=flows,
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.config import ObjectsConfig
-from plugins.objects import EMPTY, FlowCache, ObjectsError, ObjectsModel, fit_model
+from plugins.objects import EMPTY, FlowCache, ObjectsError, ObjectsModel, fit_configured
 from training.heldout_models import HeldOutModels
 
 __all__ = ["ObjectsEvaluator", "clip_maps"]
@@ -77,17 +77,7 @@ class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
         self.flows = FlowCache(1 << 30)
 
     def _fit(self, parts: list[np.ndarray], context: str) -> ObjectsModel:
-        s = self.settings
-        return fit_model(
-            parts,
-            self.grid,
-            spacing_s=s.spacing_s,
-            k=s.k,
-            floor=s.floor,
-            min_area=s.min_area,
-            camera=context,
-            flows=self.flows,
-        )
+        return fit_configured(parts, self.grid, self.settings, camera=context, flows=self.flows)
 
     def fed_frames(self, n: int) -> np.ndarray:
         """The frames of an ``n``-frame video the stream takes: ``0, step, 2 step, ...``."""

@@ -81,8 +81,7 @@ from plugins.fusion import (
     load_calibration,
     save_calibration,
 )
-from plugins.objects import FlowCache, ObjectsError, ObjectsModel, grey_frame
-from plugins.objects import fit_model as fit_objects_model
+from plugins.objects import FlowCache, ObjectsError, ObjectsModel, fit_configured, grey_frame
 from plugins.pseudo_anomaly import PseudoAnomalyInjector
 from plugins.scorer import reduce_map
 from plugins.stationary import FrameSpacer, StationaryError, StationaryModel, StationaryState, fit_model
@@ -563,17 +562,7 @@ class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
         return grey_frame(frame)
 
     def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> ObjectsModel:
-        o = cfg.objects
-        return fit_objects_model(
-            videos,
-            dpc_geometry(cfg)[1],
-            spacing_s=o.spacing_s,
-            k=o.k,
-            floor=o.floor,
-            min_area=o.min_area,
-            camera=camera,
-            flows=self.flows,
-        )
+        return fit_configured(videos, dpc_geometry(cfg)[1], cfg.objects, camera=camera, flows=self.flows)
 
     def _score(
         self,
