@@ -102,9 +102,13 @@ class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
         if not fed.size or len(models) < len(fed):
             return np.full(len(first_frames), np.nan)
         maps = np.empty((len(fed), *self.grid), np.float32)
-        for model in {id(m): m for m in models}.values():  # one, or one per time half
+        distinct = {id(m): m for m in models}  # one, or one per time half
+        # The clean video's pairs were computed when the models were fitted; a pasted copy's pairs are worth
+        # keeping only when more than one model plays it.
+        cached = frames is None or len(distinct) > 1
+        for model in distinct.values():
             rows = np.array([m is model for m in models])
-            maps[rows] = self.fed_maps(model, source)[rows]
+            maps[rows] = self.fed_maps(model, source, cached=cached)[rows]
         return clip_maps(fed, maps, first_frames, last_frames).max(axis=(1, 2)).astype(np.float64)
 
     def test_clip_scores(

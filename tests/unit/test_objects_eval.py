@@ -99,8 +99,14 @@ def test_the_folds_share_each_training_pair_s_flow_and_score_as_without_sharing(
     assert ev.flows.hits > 0
     assert alone.flows.hits == 0
     assert ev.flows.misses < alone.flows.misses
-    # A test video is played once: its flows are not kept.
+    # A pasted copy played by one held-out model, and a test video, are played once: their flows are not kept.
     kept = len(ev.flows)
+    pasted = scene(60, seed=5, speed=NORMAL, fast_from=30)  # other frames than v0's
+    np.testing.assert_array_equal(
+        ev.held_out_clip_scores("v0", first, first + 6, pasted),
+        alone.held_out_clip_scores("v0", first, first + 6, pasted),
+    )
+    assert len(ev.flows) == kept
     test = scene(40, seed=9, fast_from=20)
     np.testing.assert_array_equal(
         ev.test_clip_scores(test, "ctx", first[:4], first[:4] + 6),
