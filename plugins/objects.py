@@ -602,14 +602,13 @@ def fit_configured(
 ) -> ObjectsModel:
     """:func:`fit_model` with the settings of a config's ``objects`` section (``zsad calibrate`` and
     ``zsad eval`` fit the same way)."""
-    s = settings
     return fit_model(
         videos,
         grid,
-        spacing_s=s.spacing_s,
-        k=s.k,
-        floor=s.floor,
-        min_area=s.min_area,
+        spacing_s=settings.spacing_s,
+        k=settings.k,
+        floor=settings.floor,
+        min_area=settings.min_area,
         camera=camera,
         flows=flows,
     )
