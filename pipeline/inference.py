@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from engines.manifest import (
 )
 from engines.prompts import load_prompt_set
 from pipeline.clips import Clip, to_model_input
-from pipeline.memory_streams import ObjectsFeed, StationaryFeed
+from pipeline.memory_streams import MemoryFeed, ObjectsFeed, StationaryFeed
 from plugins.appearance import (
     AppearanceError,
     AppearanceMemories,
@@ -495,15 +496,20 @@ class ClipInference:
         return out
 
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
-        batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
-        out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
+        # The memory feeds need only the clips' frames, and most of their time is in OpenCV and numpy, which
+        # release the GIL, as ONNX Runtime does: they run beside the backbone, not after it.
+        feeding = _Feeding(self._feeds, clips)
+        try:
+            batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
+            out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
+        finally:
+            feeding.join()  # never leave it running into the next batch, even when the backbone failed
+        feeding.check()
         tokens, embedding = out["tokens"], out["embedding"]
         items = [
             ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1], batch[i, -2])
             for i, c in enumerate(clips)
         ]
-        for feed in self._feeds:
-            feed.feed(clips)
         extra = None
         appearance = self._appearance_norm is not None and self.memories is not None and len(self.memories)
         feeds = [feed for feed in self._feeds if feed.active]
@@ -526,6 +532,35 @@ class ClipInference:
                 if s is not None and sem is not None:
                     s.scores[SEMANTIC], prompts[i] = sem
         return [ClipResult(s, p) for s, p in zip(scored, prompts, strict=True)]
+
+
+class _Feeding:
+    """The memory feeds taking one batch's clips on their own thread (``zsad-feeds``), started at once;
+    :meth:`join` waits for them, :meth:`check` raises what they raised. Without an active feed it does
+    nothing: an inactive feed only skips cameras, so no thread is started for it."""
+
+    def __init__(self, feeds: Sequence[MemoryFeed[Any]], clips: Sequence[Clip]) -> None:
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if any(feed.active for feed in feeds):
+            self._thread = threading.Thread(target=self._run, args=(feeds, clips), name="zsad-feeds")
+            self._thread.start()
+
+    def _run(self, feeds: Sequence[MemoryFeed[Any]], clips: Sequence[Clip]) -> None:
+        try:
+            for feed in feeds:
+                feed.feed(clips)
+        except BaseException as exc:  # noqa: BLE001 - handed to the scheduler's thread by check()
+            self._error = exc
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def check(self) -> None:
+        """After :meth:`join`: raise what a feed raised."""
+        if self._error is not None:
+            raise self._error
 
 
 def _appearance_normaliser(engines: EngineSet) -> Normaliser | None:

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,103 @@ def test_clip_inference_gives_each_scored_clip_the_map_of_the_frames_it_fed(
             np.testing.assert_array_equal(got["objects"], expected[k])
     finally:
         engines.close()
+
+
+class _ObservedModel(ObjectsModel):
+    """A real objects model that notes the thread each frame is scored on and can be told to fail."""
+
+    def __init__(self, *args: Any, fail: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail = fail
+        self.threads: list[str] = []
+        self.scored = threading.Event()
+
+    def score_frame(self, state: Any, frame: np.ndarray, pts: float | None = None) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        self.scored.set()
+        if self.fail:
+            raise RuntimeError("a feed's own bug")
+        return super().score_frame(state, frame, pts)
+
+
+class _BackboneWatch:
+    """The real backbone, called once ``before`` is set (or a minute has passed); ``fail`` raises instead."""
+
+    def __init__(self, backbone: Any, before: threading.Event, fail: bool = False) -> None:
+        self.backbone, self.before, self.fail = backbone, before, fail
+        self.feeds_seen = False
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Waits for the objects feed to score a frame: only a feed that runs beside the backbone can.
+        self.feeds_seen = self.before.wait(timeout=60)
+        if self.fail:
+            raise RuntimeError("the backbone failed")
+        return self.backbone(inputs)
+
+
+def _watched(
+    world: dict[str, Path], tmp_path: Path, *, feed_fails: bool = False, backbone_fails: bool = False
+) -> tuple[ClipInference, _ObservedModel, _BackboneWatch]:
+    """ClipInference on the world's engines, one camera ``cam`` with an observed objects model, its
+    backbone watched."""
+    engines = load_engines(_config(world, tmp_path / "out", []))
+    model = _ObservedModel(
+        np.full(FRAME, 90, np.uint8),
+        np.full(FRAME, 15.0, np.float32),
+        np.array([[3.0, 0.5], [-0.8, 0.3], [0.0, 1.0]]),
+        DPC_GRID,
+        spacing_s=0.2,
+        k=3.0,
+        floor=5.0,
+        min_area=40.0,
+        fail=feed_fails,
+    )
+    models = ObjectsModels()
+    models.set("cam", model)
+    watch = _BackboneWatch(engines.backbone, model.scored, fail=backbone_fails)
+    engines.backbone = watch  # type: ignore[assignment]
+    inference = ClipInference(
+        engines, context_clips=2, history_step=1, contexts={}, objects=models, objects_spacing_s=0.2
+    )
+    return inference, model, watch
+
+
+def _close(inference: ClipInference, watch: _BackboneWatch) -> None:
+    inference.engines.backbone = watch.backbone
+    inference.engines.close()
+
+
+def _feed_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "zsad-feeds"]
+
+
+def test_the_memory_feeds_run_beside_the_backbone(world: dict[str, Path], tmp_path: Path) -> None:
+    inference, model, watch = _watched(world, tmp_path)
+    frames = np.full((2, *FRAME, 3), 90, np.uint8)
+    try:
+        for k in range(3):
+            model.scored.clear()
+            results = inference([_clip("cam", k, frames, [0.4 * k, 0.4 * k + 0.2])])
+            assert len(results) == 1
+            assert watch.feeds_seen, "the objects feed did not score while the backbone waited for it"
+        assert set(model.threads) == {"zsad-feeds"}
+        assert not _feed_threads()  # each batch's feed thread has ended when its results are returned
+    finally:
+        _close(inference, watch)
+
+
+@pytest.mark.parametrize("failing", ["feed", "backbone"])
+def test_a_failure_beside_the_backbone_reaches_the_caller_with_no_feed_left_running(
+    world: dict[str, Path], tmp_path: Path, failing: str
+) -> None:
+    inference, _, watch = _watched(
+        world, tmp_path, feed_fails=failing == "feed", backbone_fails=failing == "backbone"
+    )
+    frames = np.full((2, *FRAME, 3), 90, np.uint8)
+    try:
+        with pytest.raises(RuntimeError, match="feed's own bug" if failing == "feed" else "backbone failed"):
+            inference([_clip("cam", 0, frames, [0.0, 0.2])])
+        assert watch.feeds_seen
+        assert not _feed_threads()
+    finally:
+        _close(inference, watch)
