@@ -498,12 +498,18 @@ class ClipInference:
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
         # The memory feeds need only the clips' frames, and most of their time is in OpenCV and numpy, which
         # release the GIL, as ONNX Runtime does: they run beside the backbone, not after it.
-        feeding = _Feeding(self._feeds, clips)
+        # The feeds with a model now are the ones scored below: a model set meanwhile starts with the next
+        # batch, never with maps this batch did not feed.
+        feeds = [feed for feed in self._feeds if feed.active]
+        feeding = _Feeding(self._feeds, clips, beside=bool(feeds))
         try:
             batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
             out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
-        finally:
+        except BaseException:
             feeding.join()  # never leave it running into the next batch, even when the backbone failed
+            feeding.log_error("the memory feeds failed too")
+            raise
+        feeding.join()
         feeding.check()
         tokens, embedding = out["tokens"], out["embedding"]
         items = [
@@ -512,7 +518,6 @@ class ClipInference:
         ]
         extra = None
         appearance = self._appearance_norm is not None and self.memories is not None and len(self.memories)
-        feeds = [feed for feed in self._feeds if feed.active]
         if appearance or feeds:
 
             def extra(indices: Sequence[int], grid: tuple[int, int]) -> list[dict[str, np.ndarray]]:
@@ -535,16 +540,18 @@ class ClipInference:
 
 
 class _Feeding:
-    """The memory feeds taking one batch's clips on their own thread (``zsad-feeds``), started at once;
-    :meth:`join` waits for them, :meth:`check` raises what they raised. Without an active feed it does
-    nothing: an inactive feed only skips cameras, so no thread is started for it."""
+    """Every memory feed taking one batch's clips: with ``beside``, on their own thread (``zsad-feeds``),
+    started at once; otherwise here and now (a feed without models only forgets its last batch's maps).
+    :meth:`join` waits for them, :meth:`check` then raises what they raised."""
 
-    def __init__(self, feeds: Sequence[MemoryFeed[Any]], clips: Sequence[Clip]) -> None:
+    def __init__(self, feeds: Sequence[MemoryFeed[Any]], clips: Sequence[Clip], *, beside: bool) -> None:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        if any(feed.active for feed in feeds):
+        if beside:
             self._thread = threading.Thread(target=self._run, args=(feeds, clips), name="zsad-feeds")
             self._thread.start()
+        else:
+            self._run(feeds, clips)
 
     def _run(self, feeds: Sequence[MemoryFeed[Any]], clips: Sequence[Clip]) -> None:
         try:
@@ -559,8 +566,18 @@ class _Feeding:
 
     def check(self) -> None:
         """After :meth:`join`: raise what a feed raised."""
-        if self._error is not None:
-            raise self._error
+        error, self._error = self._error, None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error  # the traceback holds this frame: no cycle left for the collector
+
+    def log_error(self, what: str) -> None:
+        """After :meth:`join`, when the caller raises something else: log what a feed raised, not lose it."""
+        error, self._error = self._error, None
+        if error is not None:
+            log.error("%s: %s", what, error, exc_info=error)
 
 
 def _appearance_normaliser(engines: EngineSet) -> Normaliser | None:

@@ -135,7 +135,9 @@ class MemoryFeed(Generic[G]):
     that does not fit the camera's frames or the DPC grid (``error``) is logged once and left out until the
     camera's model is replaced: the camera goes on without the stream.
 
-    A feed belongs to one thread, the scorer's: :meth:`feed` then :meth:`clip_map` for the same clips."""
+    A feed is used by one thread at a time: :meth:`feed` on a batch's ``zsad-feeds`` thread, beside the
+    backbone, then, once :class:`pipeline.inference.ClipInference` has joined it, :meth:`clip_map` for the
+    same clips on the scorer's."""
 
     stream: str
     error: type[Exception]

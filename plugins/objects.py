@@ -117,8 +117,8 @@ class ObjectsModelError(ObjectsError):
 def _cv2() -> Any:
     import cv2  # OpenCV is heavy: `zsad validate`, and runs without the objects stream, never load it
 
-    # One thread a call. OpenCV's own pool (one thread per core) spins: on the 2-core box DIS flow and the
-    # morphology cost 70 % more CPU at 2 threads for 20 % less wall time, the same maps bit for bit, while the
+    # One thread a call. OpenCV's own pool (one thread per core) spins: on the 2-core box the stream's frame
+    # cost about twice the CPU at 2 threads for about the same wall time, the same maps bit for bit, while the
     # cores are already shared by the cameras' decoders and ONNX Runtime (docs/benchmarks.md). The stream is
     # the only OpenCV user in the process.
     if cv2.getNumThreads() != 1:

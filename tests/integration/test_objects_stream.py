@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -191,62 +192,80 @@ def test_clip_inference_gives_each_scored_clip_the_map_of_the_frames_it_fed(
 
 
 class _ObservedModel(ObjectsModel):
-    """A real objects model that notes the thread each frame is scored on and can be told to fail."""
+    """A real objects model that notes the threads it scores frames on, meets the backbone's run (each frame
+    waits, at most a minute, for the backbone to have started), and can be told to fail or to take longer."""
 
-    def __init__(self, *args: Any, fail: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fail: bool = False, linger_s: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fail = fail
-        self.threads: list[str] = []
+        self.fail, self.linger_s = fail, linger_s
+        self.threads: list[threading.Thread] = []
         self.scored = threading.Event()
+        self.backbone_started = threading.Event()
+        self.met_backbone: list[bool] = []
+        self.finished = 0
 
     def score_frame(self, state: Any, frame: np.ndarray, pts: float | None = None) -> np.ndarray:
-        self.threads.append(threading.current_thread().name)
+        self.threads.append(threading.current_thread())
         self.scored.set()
+        self.met_backbone.append(self.backbone_started.wait(timeout=60))
+        time.sleep(self.linger_s)  # a slow feed: it must still have ended when the batch's call returns
+        self.finished += 1
         if self.fail:
             raise RuntimeError("a feed's own bug")
         return super().score_frame(state, frame, pts)
 
 
 class _BackboneWatch:
-    """The real backbone, called once ``before`` is set (or a minute has passed); ``fail`` raises instead."""
+    """The real backbone, run once the objects feed has scored a frame (or a minute has passed); ``fail``
+    raises instead; ``during`` runs first (a change made while the backbone runs)."""
 
-    def __init__(self, backbone: Any, before: threading.Event, fail: bool = False) -> None:
-        self.backbone, self.before, self.fail = backbone, before, fail
-        self.feeds_seen = False
+    def __init__(self, backbone: Any, model: _ObservedModel, fail: bool = False) -> None:
+        self.backbone, self.model, self.fail = backbone, model, fail
+        self.met_feed: list[bool] = []
+        self.during: Any = None
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # Waits for the objects feed to score a frame: only a feed that runs beside the backbone can.
-        self.feeds_seen = self.before.wait(timeout=60)
+        if self.during is not None:
+            self.during()
+            self.met_feed.append(False)
+        else:
+            self.model.backbone_started.set()
+            # Only a feed that runs beside the backbone scores while the backbone waits here.
+            self.met_feed.append(self.model.scored.wait(timeout=60))
         if self.fail:
             raise RuntimeError("the backbone failed")
         return self.backbone(inputs)
 
 
 def _watched(
-    world: dict[str, Path], tmp_path: Path, *, feed_fails: bool = False, backbone_fails: bool = False
-) -> tuple[ClipInference, _ObservedModel, _BackboneWatch]:
-    """ClipInference on the world's engines, one camera ``cam`` with an observed objects model, its
-    backbone watched."""
+    world: dict[str, Path], tmp_path: Path, *, backbone_fails: bool = False, **model_kw: Any
+) -> tuple[ClipInference, ObjectsModels, _ObservedModel, _BackboneWatch]:
+    """ClipInference on the world's engines, camera ``cam`` with an observed objects model, the backbone
+    watched."""
     engines = load_engines(_config(world, tmp_path / "out", []))
-    model = _ObservedModel(
-        np.full(FRAME, 90, np.uint8),
-        np.full(FRAME, 15.0, np.float32),
-        np.array([[3.0, 0.5], [-0.8, 0.3], [0.0, 1.0]]),
-        DPC_GRID,
-        spacing_s=0.2,
-        k=3.0,
-        floor=5.0,
-        min_area=40.0,
-        fail=feed_fails,
-    )
-    models = ObjectsModels()
-    models.set("cam", model)
-    watch = _BackboneWatch(engines.backbone, model.scored, fail=backbone_fails)
-    engines.backbone = watch  # type: ignore[assignment]
-    inference = ClipInference(
-        engines, context_clips=2, history_step=1, contexts={}, objects=models, objects_spacing_s=0.2
-    )
-    return inference, model, watch
+    try:
+        model = _ObservedModel(
+            np.full(FRAME, 90, np.uint8),
+            np.full(FRAME, 15.0, np.float32),
+            np.array([[3.0, 0.5], [-0.8, 0.3], [0.0, 1.0]]),
+            DPC_GRID,
+            spacing_s=0.2,
+            k=3.0,
+            floor=5.0,
+            min_area=40.0,
+            **model_kw,
+        )
+        models = ObjectsModels()
+        models.set("cam", model)
+        watch = _BackboneWatch(engines.backbone, model, fail=backbone_fails)
+        engines.backbone = watch  # type: ignore[assignment]
+        inference = ClipInference(
+            engines, context_clips=2, history_step=1, contexts={}, objects=models, objects_spacing_s=0.2
+        )
+    except BaseException:
+        engines.close()
+        raise
+    return inference, models, model, watch
 
 
 def _close(inference: ClipInference, watch: _BackboneWatch) -> None:
@@ -254,37 +273,80 @@ def _close(inference: ClipInference, watch: _BackboneWatch) -> None:
     inference.engines.close()
 
 
-def _feed_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "zsad-feeds"]
+def _batch(k: int) -> list[Clip]:
+    return [_clip("cam", k, np.full((2, *FRAME, 3), 90, np.uint8), [0.4 * k, 0.4 * k + 0.2])]
+
+
+def _next_batch(model: _ObservedModel) -> None:
+    model.scored.clear()
+    model.backbone_started.clear()
 
 
 def test_the_memory_feeds_run_beside_the_backbone(world: dict[str, Path], tmp_path: Path) -> None:
-    inference, model, watch = _watched(world, tmp_path)
-    frames = np.full((2, *FRAME, 3), 90, np.uint8)
+    inference, _, model, watch = _watched(world, tmp_path)
     try:
         for k in range(3):
-            model.scored.clear()
-            results = inference([_clip("cam", k, frames, [0.4 * k, 0.4 * k + 0.2])])
-            assert len(results) == 1
-            assert watch.feeds_seen, "the objects feed did not score while the backbone waited for it"
-        assert set(model.threads) == {"zsad-feeds"}
-        assert not _feed_threads()  # each batch's feed thread has ended when its results are returned
+            _next_batch(model)
+            assert len(inference(_batch(k))) == 1
+            # Each side saw the other running: the feed scored while the backbone ran, on another thread.
+            assert watch.met_feed[-1]
+            assert all(model.met_backbone)
+            assert model.finished == 2 * (k + 1)  # the batch's frames were all fed before it was scored
+        assert {t.name for t in model.threads} == {"zsad-feeds"}
+        assert not any(t.is_alive() for t in model.threads)
     finally:
         _close(inference, watch)
 
 
-@pytest.mark.parametrize("failing", ["feed", "backbone"])
+@pytest.mark.parametrize("failing", ["feed", "backbone", "both"])
 def test_a_failure_beside_the_backbone_reaches_the_caller_with_no_feed_left_running(
-    world: dict[str, Path], tmp_path: Path, failing: str
+    world: dict[str, Path], tmp_path: Path, failing: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inference, _, watch = _watched(
-        world, tmp_path, feed_fails=failing == "feed", backbone_fails=failing == "backbone"
+    inference, _, model, watch = _watched(
+        world,
+        tmp_path,
+        fail=failing in ("feed", "both"),
+        backbone_fails=failing in ("backbone", "both"),
+        linger_s=0.2,
     )
-    frames = np.full((2, *FRAME, 3), 90, np.uint8)
     try:
+        _next_batch(model)
         with pytest.raises(RuntimeError, match="feed's own bug" if failing == "feed" else "backbone failed"):
-            inference([_clip("cam", 0, frames, [0.0, 0.2])])
-        assert watch.feeds_seen
-        assert not _feed_threads()
+            inference(_batch(0))
+        assert watch.met_feed == [True]
+        # The feed had ended when the call raised: it took both frames (one if it failed on the first).
+        assert model.finished == (1 if failing in ("feed", "both") else 2)
+        assert not any(t.is_alive() for t in model.threads)
+        lost = [r for r in caplog.records if "memory feeds failed too" in r.getMessage()]
+        assert len(lost) == (
+            failing == "both"
+        )  # the feed's own bug is logged, not lost behind the backbone's
+    finally:
+        _close(inference, watch)
+
+
+def test_a_model_set_while_the_backbone_runs_starts_with_the_next_batch(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    inference, models, model, watch = _watched(world, tmp_path)
+    try:
+        for k in range(3):  # the DPC history fills in 2 clips; the third is scored with the stream
+            _next_batch(model)
+            res = inference(_batch(k))
+        assert res[0].scores is not None
+        assert "objects" in res[0].scores.maps
+        models.remove("cam")
+        _next_batch(model)
+        model.backbone_started.set()  # the feed does not run this batch: nothing for it to wait for
+        watch.during = lambda: models.set("cam", model)
+        res = inference(_batch(3))
+        # The batch fed no objects frame (no model when it started): no map, not the last batch's.
+        assert res[0].scores is not None
+        assert "objects" not in res[0].scores.maps
+        watch.during = None
+        _next_batch(model)
+        res = inference(_batch(4))
+        assert res[0].scores is not None
+        assert "objects" in res[0].scores.maps
     finally:
         _close(inference, watch)

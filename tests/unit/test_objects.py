@@ -310,8 +310,12 @@ def test_the_stream_runs_opencv_on_the_calling_thread_alone(model: ObjectsModel)
     """OpenCV's own pool (one thread per core) cost 70 % more CPU for the same flow on the 2-core box
     (bench/results/realtime_sampled10_2026-12-05/): the stream sets it to one thread when it uses OpenCV."""
     cv2 = pytest.importorskip("cv2")
+    before = cv2.getNumThreads()
     cv2.setNumThreads(2)  # as a fresh process on 2 cores has it, or as something else set it
-    state = model.new_state()
-    for f in walk(3, x0=10, y=40, speed=9.0, seed=9):
-        model.score_frame(state, f)
-    assert cv2.getNumThreads() == 1
+    try:
+        state = model.new_state()
+        for f in walk(3, x0=10, y=40, speed=9.0, seed=9):
+            model.score_frame(state, f)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
