@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -140,14 +140,13 @@ def _clip(camera: str, index: int, frames: np.ndarray, times: list[float]) -> Cl
     return Clip(camera, index, frames, np.array(times), index * 4)
 
 
-def test_clip_inference_gives_each_scored_clip_the_map_of_the_frames_it_fed(
-    world: dict[str, Path], tmp_path: Path
-) -> None:
-    cfg = _config(world, tmp_path / "out", [])
-    engines = load_engines(cfg)
-    background = np.full((*FRAME, 3), 90, np.uint8)
-    model = ObjectsModel(
-        background[..., 0],
+M = TypeVar("M", bound=ObjectsModel)
+
+
+def _grey_model(cls: type[M], **kw: Any) -> M:
+    """A model of camera ``cam``: a grey-90 background, 15 grey levels to depart by, walkers' tails."""
+    return cls(
+        np.full(FRAME, 90, np.uint8),
         np.full(FRAME, 15.0, np.float32),
         np.array([[3.0, 0.5], [-0.8, 0.3], [0.0, 1.0]]),
         DPC_GRID,
@@ -155,12 +154,28 @@ def test_clip_inference_gives_each_scored_clip_the_map_of_the_frames_it_fed(
         k=3.0,
         floor=5.0,
         min_area=40.0,
+        **kw,
     )
+
+
+def _inference(engines: Any, model: ObjectsModel) -> tuple[ClipInference, ObjectsModels]:
+    """ClipInference on ``engines`` with ``model`` as camera ``cam``'s objects model, and its model table."""
     models = ObjectsModels()
     models.set("cam", model)
     inference = ClipInference(
         engines, context_clips=2, history_step=1, contexts={}, objects=models, objects_spacing_s=0.2
     )
+    return inference, models
+
+
+def test_clip_inference_gives_each_scored_clip_the_map_of_the_frames_it_fed(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = _config(world, tmp_path / "out", [])
+    engines = load_engines(cfg)
+    background = np.full((*FRAME, 3), 90, np.uint8)
+    model = _grey_model(ObjectsModel)
+    inference, _ = _inference(engines, model)
 
     def frame(t: int) -> np.ndarray:
         f = background.copy()
@@ -244,24 +259,10 @@ def _watched(
     watched."""
     engines = load_engines(_config(world, tmp_path / "out", []))
     try:
-        model = _ObservedModel(
-            np.full(FRAME, 90, np.uint8),
-            np.full(FRAME, 15.0, np.float32),
-            np.array([[3.0, 0.5], [-0.8, 0.3], [0.0, 1.0]]),
-            DPC_GRID,
-            spacing_s=0.2,
-            k=3.0,
-            floor=5.0,
-            min_area=40.0,
-            **model_kw,
-        )
-        models = ObjectsModels()
-        models.set("cam", model)
+        model = _grey_model(_ObservedModel, **model_kw)
         watch = _BackboneWatch(engines.backbone, model, fail=backbone_fails)
         engines.backbone = watch  # type: ignore[assignment]
-        inference = ClipInference(
-            engines, context_clips=2, history_step=1, contexts={}, objects=models, objects_spacing_s=0.2
-        )
+        inference, models = _inference(engines, model)
     except BaseException:
         engines.close()
         raise
