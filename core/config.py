@@ -219,7 +219,14 @@ class TrainConfig(_Strict):
 
 
 class SamplingConfig(_Strict):
-    fps: float = Field(10.0, gt=0, le=120, description="Frames per second taken from the camera.")
+    fps: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="Frames per second taken from the camera (it still decodes all of its own). The model "
+        "reads these: the shipped models are trained, calibrated and measured at 10; calibrate a camera at "
+        "the rate it runs at (docs/benchmarks.md: real time at 10 and at 25).",
+    )
 
 
 class AlertPolicy(_Strict):
