@@ -135,9 +135,11 @@ class MemoryFeed(Generic[G]):
     that does not fit the camera's frames or the DPC grid (``error``) is logged once and left out until the
     camera's model is replaced: the camera goes on without the stream.
 
-    A feed is used by one thread at a time: :meth:`feed` on a batch's ``zsad-feeds`` thread, beside the
-    backbone, then, once :class:`pipeline.inference.ClipInference` has joined it, :meth:`clip_map` for the
-    same clips on the scorer's."""
+    :meth:`feed` runs on a batch's ``zsad-feeds`` thread, beside the backbone, then, once
+    :class:`pipeline.inference.ClipInference` has joined it, :meth:`clip_map` for the same clips on the
+    scorer's. :meth:`reset` is not ordered with them: a reconnect or a removal calls it from the GLib loop or
+    the main thread, so a batch already under way may put back some of what the reset removed (single dict
+    operations: nothing breaks, but the camera's next frames may meet state from before its reconnect)."""
 
     stream: str
     error: type[Exception]
