@@ -319,9 +319,8 @@ def test_a_failure_beside_the_backbone_reaches_the_caller_with_no_feed_left_runn
         assert model.finished == (1 if failing in ("feed", "both") else 2)
         assert not any(t.is_alive() for t in model.threads)
         lost = [r for r in caplog.records if "memory feeds failed too" in r.getMessage()]
-        assert len(lost) == (
-            failing == "both"
-        )  # the feed's own bug is logged, not lost behind the backbone's
+        # The feed's own bug is logged, not lost behind the backbone's.
+        assert len(lost) == (failing == "both")
     finally:
         _close(inference, watch)
 
