@@ -15,9 +15,9 @@ resolution, grey levels and blur:
 * ``still`` — the same kind of patch, upside down, pasted at one place and left there: something new that
   stays (an object left behind, a person lying down).
 
-An event lasts ``length`` frames; one starts every ``period`` frames, the kinds alternating, the first after
-``period // 2`` frames (the DPC history fills first). Pure numpy, no state shared between cameras: one
-:class:`PseudoAnomalyInjector` per footage, fed its frames in order.
+A mover lasts ``length`` frames and a still ``still_length``; one event starts every ``period`` frames, the
+kinds alternating, the first after ``period // 2`` frames (the DPC history fills first). Pure numpy, no
+state shared between cameras: one :class:`PseudoAnomalyInjector` per footage, fed its frames in order.
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ class PseudoAnomalySettings:
 
     ``size``: the patch height as a fraction of the frame height (its width is ``aspect`` times its height:
     an upright person's shape); ``speed``: a mover's step in patch heights per frame (a walker in
-    surveillance footage moves well under 0.1 of its height a frame); ``length`` and ``period`` in frames.
+    surveillance footage moves well under 0.1 of its height a frame); ``length`` (a mover's), ``still_length``
+    and ``period`` in frames. A still lasts three times as long as a mover: the stationary stream sees a still
+    only once it fills half of its short-term window (about 1.6 s at its defaults, 8 frames 0.4 s apart), so a
+    still of a mover's 2.4 s left it the event's last few frames, and the probe weighed down the stream that
+    caught the real abandoned objects (docs/results.md, "A pasted still that stays").
     The default speed, 0.15 (1.5 patch heights a second at 10 fps, a run), not 0.3: at 0.3 a pasted figure
     jumped about three times its own width between the frames the objects stream reads 0.2 s apart, its
     optical flow read a fifth of the speed, and the probe left that stream out of the demo's parking camera
@@ -59,7 +63,8 @@ class PseudoAnomalySettings:
     aspect: float = 0.6
     speed: float = 0.15
     length: int = 24
-    period: int = 72
+    still_length: int = 72
+    period: int = 96
 
     def __post_init__(self) -> None:
         if not 0.0 < self.size <= 0.5:
@@ -68,11 +73,15 @@ class PseudoAnomalySettings:
             raise PseudoAnomalyError(f"aspect must be in (0, 2], got {self.aspect}")
         if not 0.0 < self.speed <= 2.0:
             raise PseudoAnomalyError(f"speed must be in (0, 2], got {self.speed}")
-        if self.length < 1 or self.period <= self.length:
+        if min(self.length, self.still_length) < 1 or self.period <= max(self.length, self.still_length):
             raise PseudoAnomalyError(
-                f"need 1 <= length < period (events must not overlap), got length={self.length} "
-                f"period={self.period}"
+                f"need 1 <= length, still_length < period (events must not overlap), got "
+                f"length={self.length} still_length={self.still_length} period={self.period}"
             )
+
+    def length_of(self, kind: str) -> int:
+        """How many frames an event of ``kind`` lasts."""
+        return self.still_length if kind == "still" else self.length
 
 
 @dataclass
@@ -105,9 +114,10 @@ class PseudoAnomalyInjector:
         if offset < 0:
             return None, False
         k, phase = divmod(offset, s.period)
-        if phase >= s.length:
+        kind = PSEUDO_KINDS[k % len(PSEUDO_KINDS)]
+        if phase >= s.length_of(kind):
             return None, False
-        return PSEUDO_KINDS[k % len(PSEUDO_KINDS)], phase == 0
+        return kind, phase == 0
 
     def apply(self, frame: np.ndarray) -> tuple[np.ndarray, str | None]:
         """One frame ``(H, W, 3)`` uint8 in; the frame to use and the kind of event pasted into it (None:
