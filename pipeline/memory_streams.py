@@ -137,9 +137,9 @@ class MemoryFeed(Generic[G]):
 
     :meth:`feed` runs on a batch's ``zsad-feeds`` thread, beside the backbone, then, once
     :class:`pipeline.inference.ClipInference` has joined it, :meth:`clip_map` for the same clips on the
-    scorer's. :meth:`reset` is not ordered with them: a reconnect or a removal calls it from the GLib loop or
-    the main thread, so a batch already under way may put back some of what the reset removed (single dict
-    operations: nothing breaks, but the camera's next frames may meet state from before its reconnect)."""
+    scorer's. :meth:`reset` is called on the scheduler's thread between two batches
+    (:class:`pipeline.clip_path.ClipPath`: a reconnect in clip order, a removal before the next batch), so
+    never while a batch's feeds run; ``zsad calibrate`` and the tests call it from their only thread."""
 
     stream: str
     error: type[Exception]

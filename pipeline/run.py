@@ -25,9 +25,9 @@ from typing import Any
 
 from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline import heap
+from pipeline.clip_path import ClipPath
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
-from pipeline.cpu.scheduler import BatchScheduler
 from pipeline.cpu.sources import SourceError
 from pipeline.inference import ClipInference, ClipResult, EngineSet, appearance_expectation, load_engines
 from pipeline.outputs.hub import RunOutputs, RunOutputsError
@@ -133,8 +133,17 @@ class Application:
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
         self._heap = heap.HeapKeeper()
-        self.assembler = ClipAssembler.from_config(pre)
-        self.scheduler = BatchScheduler.from_config(cfg.scheduler, self.inference, self._on_result)
+        # Clip assembly, batching and inference, as on the DeepStream graph; offline files wait for the
+        # scheduler (no clip lost), live cameras drop their oldest queued clip.
+        self.clips = ClipPath(
+            self.inference,
+            ClipAssembler.from_config(pre),
+            self._on_result,
+            scheduler=cfg.scheduler,
+            block=not realtime,
+        )
+        self.assembler = self.clips.assembler
+        self.scheduler = self.clips.scheduler
         self.graph = CameraGraph(
             engines.frame_size,
             self._on_frame,
@@ -194,12 +203,10 @@ class Application:
 
     def _detach_camera(self, camera_id: str) -> list[dict[str, Any]]:
         self.sync_metrics()
-        self.scheduler.remove_camera(camera_id)
-        self.assembler.remove(camera_id)
+        self.clips.forget(camera_id)
         with self._cameras_lock:
             self.cameras.pop(camera_id, None)
             self.inference.contexts.pop(camera_id, None)
-            self.inference.reset(camera_id)
         return self.outputs.remove_camera(camera_id)
 
     def reload(self, cfg: ZsadConfig) -> ReloadResult:
@@ -272,8 +279,7 @@ class Application:
     def _on_frame(self, camera: str, pts: float, frame: Any) -> None:
         """Every sampled frame of ``camera``; ``frame`` None for one no clip holds (counted, not read)."""
         self.outputs.frame_in(camera)
-        clip = self.assembler.push(camera, pts, frame)
-        if clip is not None and not self.scheduler.submit(clip, block=not self.realtime):
+        if not self.clips.push(camera, pts, frame):
             self.metrics.frames_dropped.inc(camera=camera)
 
     def _on_display_frame(self, camera: str, pts: float, frame: Any) -> None:
@@ -282,8 +288,9 @@ class Application:
     def _on_state(self, camera: str, state: str, detail: str) -> None:
         self.outputs.camera_state(camera, state, detail)
         if state == "reconnecting":
-            self.assembler.reset(camera)
-            self.inference.reset(camera)
+            # The old pipeline is detached (its late frames are dropped by generation); its clips still
+            # queued keep their history, the new stream's first clip starts a new one (ClipPath.restart).
+            self.clips.restart(camera)
 
     def _on_result(self, clip: Clip, result: ClipResult) -> None:
         cam = clip.camera_id

@@ -129,8 +129,8 @@ def draw() -> Figure:
             9.15,
             w,
             1.0,
-            "pipeline/run.py  +  pipeline/clips.py",
-            "Application._on_frame -> ClipAssembler:\nT frames (stride, hop) -> one Clip",
+            "pipeline/run.py  +  pipeline/clip_path.py",
+            "Application._on_frame -> ClipPath.push ->\nClipAssembler: T frames (stride, hop) -> one Clip",
             "pipeline",
         ),
         Box(
@@ -187,9 +187,9 @@ def draw() -> Figure:
             9.15,
             w,
             1.0,
-            "pipeline/deepstream/clip_path.py",
+            "pipeline/clip_path.py",
             "ClipPath.push -> the same ClipAssembler;\na restarted stream resets its clips and history",
-            "pipeline/deepstream",
+            "pipeline",
         ),
     ]
     shared = [

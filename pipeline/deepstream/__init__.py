@@ -6,7 +6,7 @@
   and the main loop.
 * :mod:`pipeline.deepstream.meta`: the only code that touches pyds structures (frames, surfaces, OSD text).
 * :mod:`pipeline.deepstream.probe`: the score probe (frames out of each batch) and the OSD probe.
-* :mod:`pipeline.deepstream.clip_path`: the frames' way to scored clips, through the CPU graph's clip
+* :mod:`pipeline.clip_path`: the frames' way to scored clips, through the CPU graph's clip
   assembly, batching scheduler and clip inference.
 * :mod:`pipeline.deepstream.app`: ``zsad run --graph deepstream``: engines, outputs, probes and the graph.
 

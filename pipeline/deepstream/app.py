@@ -10,7 +10,7 @@ graph's code: :class:`pipeline.clips.ClipAssembler`, :class:`pipeline.cpu.schedu
 :class:`pipeline.inference.ClipInference` (backbone, DPC head with its per-camera history, semantic head,
 through the configured engines backend: TensorRT on a device), and :class:`pipeline.outputs.hub.RunOutputs`
 (fusion, alerts, sinks, media, metrics, review page). The wiring is
-:class:`pipeline.deepstream.clip_path.ClipPath`.
+:class:`pipeline.clip_path.ClipPath`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy as np
 from core.config import ZsadConfig
 from core.gst import GstError
 from pipeline import heap
+from pipeline.clip_path import ClipPath
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.deepstream import availability
-from pipeline.deepstream.clip_path import ClipPath
 from pipeline.deepstream.graph import DeepStreamGraph, DeepStreamGraphError, is_jetson, is_live, plan_graph
 from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard, format_osd_text
 from pipeline.deepstream.render import RenderError, render_all

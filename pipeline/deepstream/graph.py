@@ -10,7 +10,7 @@ Graph (N enabled cameras, source ``i`` is ``cfg.enabled_cameras()[i]``)::
       tee -> queue -> nvmultistreamtiler -> nvvideoconvert -> nvdsosd -> sink  [OSD probe on the tiler]
 
 The score probe maps each RGBA frame, and the clips are assembled and scored by the CPU graph's code
-(:mod:`pipeline.deepstream.clip_path`); DeepStream decodes, batches and scales. The display branch exists only
+(:mod:`pipeline.clip_path`); DeepStream decodes, batches and scales. The display branch exists only
 when there is something to show (``deepstream.osd`` or a file/RTSP output); without it there is no tee. The
 sink is ``fakesink``, an MP4 file (encoder -> h264parse -> mp4mux -> filesink) or RTSP (encoder -> h264parse
 -> rtph264pay -> udpsink -> a local RTSP server).

@@ -9,7 +9,7 @@
 2. maps the RGBA surface with ``pyds.get_nvds_buf_surface``, copies the RGB planes out and unmaps it
    (Jetson), checks it has the backbone's size;
 3. hands ``(camera, t, rgb)`` to ``on_frame``: in the app the metrics, the event media and
-   :meth:`pipeline.deepstream.clip_path.ClipPath.push`, where the CPU graph's clip assembly, batching,
+   :meth:`pipeline.clip_path.ClipPath.push`, where the CPU graph's clip assembly, batching,
    inference, fusion and alerts take over (a restart goes to ``on_restart`` first).
 
 The probe always returns ``Gst.PadProbeReturn.OK``. It has one exception boundary: a batch that fails is

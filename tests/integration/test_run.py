@@ -15,7 +15,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -145,6 +147,75 @@ def test_scheduler_decode_nice_reaches_the_camera_graph(world: dict[str, Path], 
     for app in (default, off):
         left = app.shutdown()  # never started: nothing spooled; sinks and files closed
         assert set(left.values()) <= {0}
+
+
+class _OrderWatch:
+    """Wraps the run's real clip inference and records, in order, each clip it scores and each camera
+    history it resets, and the threads that asked."""
+
+    def __init__(self, inference: Any) -> None:
+        self.inference = inference
+        self.events: list[tuple[str, Any]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, clips: Any) -> Any:
+        self.threads.add(threading.current_thread().name)
+        self.events += [("clip", (c.camera_id, c.index)) for c in clips]
+        return self.inference(clips)
+
+    def reset(self, camera: str) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.events.append(("reset", camera))
+        self.inference.reset(camera)
+
+    def of(self, camera: str) -> list[tuple[str, Any]]:
+        """The events of ``camera``, in order."""
+        return [e for e in self.events if camera in (e[1], e[1][0])]
+
+
+def test_a_reconnect_and_a_removal_reset_the_history_on_the_scheduler_thread_in_clip_order(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.fixtures.run_world import make_app, site_config
+
+    cams = [{"id": c, "uri": f"file://{world['videos'] / 'campus_000.mp4'}"} for c in ("a", "b")]
+    app = make_app(site_config(world, tmp_path / "out", cams), realtime=False)
+    watch = _OrderWatch(app.clips.inference)
+    app.clips.inference = watch
+    w, h = app.engines.frame_size  # (width, height)
+    frames = np.random.default_rng(0).integers(0, 256, (40, h, w, 3), dtype=np.uint8)
+    app.clips.start()
+    try:
+        for n in range(20):  # the old stream of camera a, frames 0.1 s apart, and camera b
+            app._on_frame("a", n * 0.1, frames[n])
+            app._on_frame("b", n * 0.1, frames[n])
+        # The graph's loop thread reports a lost stream of a (the test thread stands in for it here).
+        app._on_state("a", "reconnecting", "connection lost; retry in 1.0 s")
+        for n in range(20, 40):  # the new stream of a
+            app._on_frame("a", 100.0 + n * 0.1, frames[n])
+        app.remove_camera("b")  # the main thread: b is removed while the scheduler runs
+        for n in range(20):  # frames of b again, as of a camera added again under the same id
+            app._on_frame("b", 200.0 + n * 0.1, frames[n])
+    finally:
+        app.clips.stop(drain=True)
+        app.shutdown()
+    assert watch.threads == {"zsad-scheduler"}
+    a = watch.of("a")
+    first_new = next(i for i, e in enumerate(a) if e[0] == "reset")
+    old, new = a[:first_new], a[first_new + 1 :]
+    assert old
+    assert new
+    assert all(kind == "clip" for kind, _ in new)
+    # Every clip of the old stream is scored before the reset, every clip of the new one after it.
+    assert [i for _, (_, i) in old] == list(range(len(old)))
+    assert [i for _, (_, i) in new] == list(range(len(old), len(old) + len(new)))
+    b = watch.of("b")
+    resets = [i for i, e in enumerate(b) if e[0] == "reset"]
+    # b's history goes before any clip of the camera added again, whose clips count from 0 again.
+    assert resets
+    again = [i for i, e in enumerate(b) if e == ("clip", ("b", 0))]
+    assert len(again) == 2
+    assert again[0] < resets[0] < again[1]
 
 
 def test_first_run_builds_missing_engines_and_never_rebuilds_damaged_ones(

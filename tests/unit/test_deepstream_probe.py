@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from core.config import SchedulerConfig
+from pipeline.clip_path import ClipPath
 from pipeline.clips import Clip, ClipAssembler
-from pipeline.deepstream.clip_path import ClipPath
 from pipeline.deepstream.meta import MetaError, add_display_text, frame_refs, frame_rgb, iter_meta_list
 from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard, StreamClock, format_osd_text
 from pipeline.inference import ClipInference, ClipResult, EngineSet
@@ -225,12 +225,15 @@ class RecordingInference:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.threads: set[str] = set()  # the threads that called it
 
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
+        self.threads.add(threading.current_thread().name)
         self.calls.append(("infer", [(c.camera_id, c.index) for c in clips]))
         return [ClipResult(None) for _ in clips]
 
     def reset(self, camera: str) -> None:
+        self.threads.add(threading.current_thread().name)
         self.calls.append(("reset", camera))
 
 
@@ -259,6 +262,34 @@ def test_clip_path_resets_the_history_between_the_old_and_the_new_streams_clips(
         ("reset", "cam-a"),
         ("infer", [("cam-a", 2)]),
     ]
+    assert inference.threads == {"zsad-scheduler"}
+
+
+def test_clip_path_forgets_a_removed_camera_before_the_next_batch_on_the_scheduler_thread() -> None:
+    inference = RecordingInference()
+    path = ClipPath(
+        inference,  # type: ignore[arg-type]
+        assembler(),
+        lambda clip, result: None,
+        scheduler=SchedulerConfig(max_batch=8, max_wait_ms=10_000, queue_size=8),
+        block=False,
+    )
+    path.start()
+    frame = np.zeros((H, W, 3), np.uint8)
+    for n in range(5):  # cam-a clips 0 and 1, queued
+        path.push("cam-a", n * 0.1, frame)
+    for n in range(3):  # cam-b clip 0
+        path.push("cam-b", n * 0.1, frame)
+    path.push("cam-a", 0.5, frame)  # buffered, no clip yet
+    path.forget("cam-a")  # removed on the main thread (a config reload)
+    # Nothing of it ran on this thread, and its queued clips and buffered frame are gone.
+    assert inference.calls == []
+    assert path.scheduler.depths() == {"cam-b": 1}
+    for n in range(3):  # added again: a new camera, its clips counted from 0
+        path.push("cam-a", 10.0 + n * 0.1, frame)
+    path.stop(drain=True)
+    assert inference.calls == [("reset", "cam-a"), ("infer", [("cam-b", 0), ("cam-a", 0)])]
+    assert inference.threads == {"zsad-scheduler"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,23 +1,29 @@
-"""The DeepStream graph's clip path: frames in, scored clips out, through the CPU graph's own code.
+"""The clip path of both graphs: frames in, scored clips out.
 
-The score probe (:class:`pipeline.deepstream.probe.ClipScoringProbe`) hands every camera's frames to
-:meth:`ClipPath.push` on the score branch's streaming thread. From there on it is the CPU graph's code, not a
-copy of it: :class:`pipeline.clips.ClipAssembler` makes the clips,
-:class:`pipeline.cpu.scheduler.BatchScheduler` batches them across cameras on its own worker thread, and
-:class:`pipeline.inference.ClipInference` runs the backbone, the DPC head (the per-camera history of
-:class:`plugins.scorer.ClipScorer`) and the semantic head through the configured engines backend (TensorRT on
-a device). ``on_result(clip, result)`` receives each
-scored clip, in each camera's order, on the scheduler's thread.
+The CPU graph's frame callback (:class:`pipeline.run.Run`) and the DeepStream graph's score probe
+(:class:`pipeline.deepstream.probe.ClipScoringProbe`, on the score branch's streaming thread) hand every
+camera's frames to :meth:`ClipPath.push`. From there on both graphs run the same code:
+:class:`pipeline.clips.ClipAssembler` makes the clips, :class:`pipeline.cpu.scheduler.BatchScheduler` batches
+them across cameras on its own worker thread, and :class:`pipeline.inference.ClipInference` runs the
+backbone, the DPC head (the per-camera history of :class:`plugins.scorer.ClipScorer`), the memory streams
+and the semantic head through the configured engines backend (TensorRT on a device). ``on_result(clip,
+result)`` receives each scored clip, in each camera's order, on the scheduler's thread.
 
 Why the scheduler and not inference in the probe: a probe runs on the streaming thread, so inference there
 would stall the whole batch of cameras for as long as the engines take, and it could not batch clips that
 complete on different mux batches. The frames the probe hands over are copies (see
 :func:`pipeline.deepstream.meta.frame_rgb`), so the surfaces are unmapped before inference starts.
 
-Restarts. When a camera's stream restarts (a file loop, a reconnect), :meth:`ClipPath.restart` drops its
-buffered frames at once, so no clip spans the gap, and resets its DPC history *in clip order*: clips of the
-old stream still queued in the scheduler are scored with the old history, the first clip of the new stream
-with an empty one (a batch holding both is split at that clip).
+Every change to a camera's history happens on the scheduler's thread, between two inference calls, so never
+while that camera's clips are being scored (the memory streams' states are read on a feeds thread during
+inference, :class:`pipeline.inference.ClipInference`):
+
+* **Restarts.** When a camera's stream restarts (a file loop, a reconnect), :meth:`ClipPath.restart` drops
+  its buffered frames at once, so no clip spans the gap, and resets its history *in clip order*: clips of
+  the old stream still queued in the scheduler are scored with the old history, the first clip of the new
+  stream with an empty one (a batch holding both is split at that clip).
+* **Removal.** :meth:`ClipPath.forget` (a camera removed while running) drops its queued clips and buffered
+  frames at once and its history before the next batch is scored.
 """
 
 from __future__ import annotations
@@ -83,30 +89,43 @@ class ClipPath:
         self._lock = threading.Lock()
         self._last_index: dict[str, int] = {}  # the newest clip assembled per camera (the pushing thread)
         self._resets: dict[str, deque[int]] = {}  # per camera: the first clip index of each new stream
+        self._forgotten: set[str] = set()  # cameras removed since the last batch: their history goes next
         self.refused = 0
 
-    # -- the pushing thread (the score probe) -----------------------------------------------------------
+    # -- the pushing thread (the CPU graph's frame callback, the score probe) ------------------------------
 
-    def push(self, camera: str, t: float, frame: np.ndarray) -> bool:
-        """Add a camera's frame ``(H, W, 3) uint8`` RGB at stream time ``t``; a completed clip goes to the
-        scheduler. Returns False only when a clip completed and the scheduler refused it (stopping)."""
+    def push(self, camera: str, t: float, frame: np.ndarray | None) -> bool:
+        """Add a camera's frame ``(H, W, 3) uint8`` RGB at stream time ``t`` (None: one no clip holds, see
+        :meth:`pipeline.clips.ClipAssembler.wants_next`); a completed clip goes to the scheduler. Returns
+        False only when a clip completed and the scheduler refused it (stopping)."""
         clip = self.assembler.push(camera, t, frame)
         if clip is None:
             return True
-        self._last_index[camera] = clip.index
+        with self._lock:
+            self._last_index[camera] = clip.index
         if self.scheduler.submit(clip, block=self.block):
             return True
         self.refused += 1
         return False
 
     def restart(self, camera: str) -> None:
-        """The camera's stream restarted: no clip may span the gap, and its DPC history starts again with
-        its next clip. Call it from the thread that pushes the camera's frames, before the new stream's
-        first frame."""
+        """The camera's stream restarted: no clip may span the gap, and its history starts again with its
+        next clip. Call it before the new stream's first frame: from the thread that pushes the camera's
+        frames, or from any thread once the old stream's frames have stopped (a reconnect)."""
         self.assembler.reset(camera)
-        first = self._last_index.get(camera, -1) + 1
         with self._lock:
+            first = self._last_index.get(camera, -1) + 1
             self._resets.setdefault(camera, deque()).append(first)
+
+    def forget(self, camera: str) -> None:
+        """The camera was removed (any thread): its queued clips and buffered frames are dropped now, its
+        history before the next batch is scored. Its next frames, if it is added again, start it anew."""
+        self.scheduler.remove_camera(camera)
+        self.assembler.remove(camera)
+        with self._lock:
+            self._last_index.pop(camera, None)
+            self._resets.pop(camera, None)
+            self._forgotten.add(camera)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -137,7 +156,11 @@ class ClipPath:
 
     def _infer(self, clips: Sequence[Clip]) -> list[ClipResult]:
         """The scheduler's ``infer``: :class:`ClipInference` over the batch, split where a camera's history
-        must be reset between two of its clips."""
+        must be reset between two of its clips; removed cameras' histories go first."""
+        with self._lock:
+            forgotten, self._forgotten = self._forgotten, set()
+        for camera in sorted(forgotten):
+            self.inference.reset(camera)
         results: list[ClipResult] = []
         start = 0
         for i, clip in enumerate(clips):
