@@ -237,10 +237,8 @@ class RecordingInference:
         self.calls.append(("reset", camera))
 
 
-def test_clip_path_resets_the_history_between_the_old_and_the_new_streams_clips() -> None:
-    inference = RecordingInference()
-    # A long wait and a big batch: every clip is still queued when the path stops, so one batch holds
-    # clips of both streams.
+def started_path(inference: RecordingInference) -> ClipPath:
+    """A started clip path with a long wait and a big batch: every clip is still queued when it stops."""
     path = ClipPath(
         inference,  # type: ignore[arg-type]
         assembler(),
@@ -249,6 +247,12 @@ def test_clip_path_resets_the_history_between_the_old_and_the_new_streams_clips(
         block=False,
     )
     path.start()
+    return path
+
+
+def test_clip_path_resets_the_history_between_the_old_and_the_new_streams_clips() -> None:
+    inference = RecordingInference()
+    path = started_path(inference)  # one batch holds clips of both streams
     frame = np.zeros((H, W, 3), np.uint8)
     for n in range(5):  # clips 0 and 1 (frames 0..2, 2..4)
         path.push("cam-a", n * 0.1, frame)
@@ -267,14 +271,7 @@ def test_clip_path_resets_the_history_between_the_old_and_the_new_streams_clips(
 
 def test_clip_path_forgets_a_removed_camera_before_the_next_batch_on_the_scheduler_thread() -> None:
     inference = RecordingInference()
-    path = ClipPath(
-        inference,  # type: ignore[arg-type]
-        assembler(),
-        lambda clip, result: None,
-        scheduler=SchedulerConfig(max_batch=8, max_wait_ms=10_000, queue_size=8),
-        block=False,
-    )
-    path.start()
+    path = started_path(inference)
     frame = np.zeros((H, W, 3), np.uint8)
     for n in range(5):  # cam-a clips 0 and 1, queued
         path.push("cam-a", n * 0.1, frame)
