@@ -1,6 +1,6 @@
 """The clip path of both graphs: frames in, scored clips out.
 
-The CPU graph's frame callback (:class:`pipeline.run.Run`) and the DeepStream graph's score probe
+The CPU graph's frame callback (:class:`pipeline.run.Application`) and the DeepStream graph's score probe
 (:class:`pipeline.deepstream.probe.ClipScoringProbe`, on the score branch's streaming thread) hand every
 camera's frames to :meth:`ClipPath.push`. From there on both graphs run the same code:
 :class:`pipeline.clips.ClipAssembler` makes the clips, :class:`pipeline.cpu.scheduler.BatchScheduler` batches
@@ -23,7 +23,9 @@ inference, :class:`pipeline.inference.ClipInference`):
   the old stream still queued in the scheduler are scored with the old history, the first clip of the new
   stream with an empty one (a batch holding both is split at that clip).
 * **Removal.** :meth:`ClipPath.forget` (a camera removed while running) drops its queued clips and buffered
-  frames at once and its history before the next batch is scored.
+  frames at once, and its history before the next batch is scored; should a batch taken just before the
+  removal still hold old clips (they put some history back), the first clip of a camera added again under
+  the same id resets it once more before it is scored.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class ClipPath:
         self._last_index: dict[str, int] = {}  # the newest clip assembled per camera (the pushing thread)
         self._resets: dict[str, deque[int]] = {}  # per camera: the first clip index of each new stream
         self._forgotten: set[str] = set()  # cameras removed since the last batch: their history goes next
+        self._renewed: set[str] = set()  # removed cameras whose next clip (if any) starts a new history
+        self._fresh: dict[int, Clip] = {}  # id -> the first clip of a camera added again: reset before it
         self.refused = 0
 
     # -- the pushing thread (the CPU graph's frame callback, the score probe) ------------------------------
@@ -103,6 +107,9 @@ class ClipPath:
             return True
         with self._lock:
             self._last_index[camera] = clip.index
+            if camera in self._renewed:
+                self._renewed.discard(camera)
+                self._fresh[id(clip)] = clip
         if self.scheduler.submit(clip, block=self.block):
             return True
         self.refused += 1
@@ -115,7 +122,9 @@ class ClipPath:
         self.assembler.reset(camera)
         with self._lock:
             first = self._last_index.get(camera, -1) + 1
-            self._resets.setdefault(camera, deque()).append(first)
+            pending = self._resets.setdefault(camera, deque())
+            if not pending or pending[-1] != first:  # a camera that keeps reconnecting adds one reset
+                pending.append(first)
 
     def forget(self, camera: str) -> None:
         """The camera was removed (any thread): its queued clips and buffered frames are dropped now, its
@@ -126,6 +135,9 @@ class ClipPath:
             self._last_index.pop(camera, None)
             self._resets.pop(camera, None)
             self._forgotten.add(camera)
+            self._renewed.add(camera)
+            # A first clip of an earlier return that was dropped unscored: never scored, so not wanted.
+            self._fresh = {k: c for k, c in self._fresh.items() if c.camera_id != camera}
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -143,6 +155,9 @@ class ClipPath:
 
     def _reset_due(self, clip: Clip) -> bool:
         with self._lock:
+            if self._fresh.get(id(clip)) is clip:
+                del self._fresh[id(clip)]
+                return True
             pending = self._resets.get(clip.camera_id)
             if not pending:
                 return False
@@ -169,7 +184,7 @@ class ClipPath:
             if i > start:
                 results.extend(self.inference(clips[start:i]))
                 start = i
-            log.info("camera %s: stream restarted; DPC history reset at clip %d", clip.camera_id, clip.index)
+            log.info("camera %s: history reset at clip %d (a new stream)", clip.camera_id, clip.index)
             self.inference.reset(clip.camera_id)
         if start < len(clips):
             results.extend(self.inference(clips[start:]))

@@ -137,9 +137,10 @@ class MemoryFeed(Generic[G]):
 
     :meth:`feed` runs on a batch's ``zsad-feeds`` thread, beside the backbone, then, once
     :class:`pipeline.inference.ClipInference` has joined it, :meth:`clip_map` for the same clips on the
-    scorer's. :meth:`reset` is called on the scheduler's thread between two batches
-    (:class:`pipeline.clip_path.ClipPath`: a reconnect in clip order, a removal before the next batch), so
-    never while a batch's feeds run; ``zsad calibrate`` and the tests call it from their only thread."""
+    scorer's. :meth:`reset` is called on the scheduler's thread between two inference calls
+    (:class:`pipeline.clip_path.ClipPath`: a reconnect in clip order, a removal before the next batch and
+    before a returning camera's first clip; the run's result callback for a removed camera's last clips),
+    so never while a batch's feeds run."""
 
     stream: str
     error: type[Exception]

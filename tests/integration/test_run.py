@@ -170,7 +170,7 @@ class _OrderWatch:
 
     def of(self, camera: str) -> list[tuple[str, Any]]:
         """The events of ``camera``, in order."""
-        return [e for e in self.events if camera in (e[1], e[1][0])]
+        return [e for e in self.events if (e[1] if e[0] == "reset" else e[1][0]) == camera]
 
 
 def test_a_reconnect_and_a_removal_reset_the_history_on_the_scheduler_thread_in_clip_order(
@@ -210,12 +210,14 @@ def test_a_reconnect_and_a_removal_reset_the_history_on_the_scheduler_thread_in_
     assert [i for _, (_, i) in old] == list(range(len(old)))
     assert [i for _, (_, i) in new] == list(range(len(old), len(old) + len(new)))
     b = watch.of("b")
-    resets = [i for i, e in enumerate(b) if e[0] == "reset"]
-    # b's history goes before any clip of the camera added again, whose clips count from 0 again.
-    assert resets
-    again = [i for i, e in enumerate(b) if e == ("clip", ("b", 0))]
-    assert len(again) == 2
-    assert again[0] < resets[0] < again[1]
+    # The camera added again under b's id: its clips count from 0 again, and b's history is reset right
+    # before its first one is scored, after every clip of the removed camera that was scored at all.
+    new_b = max(i for i, e in enumerate(b) if e == ("clip", ("b", 0)))
+    assert b[new_b - 1] == ("reset", "b")
+    again = [e[1][1] for e in b[new_b:] if e[0] == "clip"]
+    assert again == list(range(len(again)))
+    old_b = [e[1][1] for e in b[:new_b] if e[0] == "clip"]
+    assert old_b == list(range(len(old_b)))
 
 
 def test_first_run_builds_missing_engines_and_never_rebuilds_damaged_ones(

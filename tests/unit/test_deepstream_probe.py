@@ -285,8 +285,57 @@ def test_clip_path_forgets_a_removed_camera_before_the_next_batch_on_the_schedul
     for n in range(3):  # added again: a new camera, its clips counted from 0
         path.push("cam-a", 10.0 + n * 0.1, frame)
     path.stop(drain=True)
-    assert inference.calls == [("reset", "cam-a"), ("infer", [("cam-b", 0), ("cam-a", 0)])]
+    # The removed camera's history goes before the next batch, and once more before the first clip of the
+    # camera added again (the batch is split there).
+    assert inference.calls == [
+        ("reset", "cam-a"),
+        ("infer", [("cam-b", 0)]),
+        ("reset", "cam-a"),
+        ("infer", [("cam-a", 0)]),
+    ]
     assert inference.threads == {"zsad-scheduler"}
+
+
+def test_a_camera_added_again_starts_anew_though_a_batch_taken_before_removal_held_old_clips() -> None:
+    """The scheduler took a batch with the camera's old clips; the removal lands before the batch is scored
+    (the old clips then put history back): the first clip of the camera added again still starts anew."""
+    inference = RecordingInference()
+    path = ClipPath(
+        inference,  # type: ignore[arg-type]
+        assembler(),
+        lambda clip, result: None,
+        scheduler=SchedulerConfig(max_batch=1, max_wait_ms=0, queue_size=8),
+        block=False,
+    )
+    taken, go = threading.Event(), threading.Event()
+    score = path.scheduler._infer
+
+    def held(batch: Sequence[Clip]) -> list[ClipResult]:
+        if not taken.is_set():
+            taken.set()
+            go.wait(30)  # the scheduler holds the batch it took until the test has removed the camera
+        return list(score(batch))
+
+    path.scheduler._infer = held
+    path.start()
+    try:
+        frame = np.zeros((H, W, 3), np.uint8)
+        for n in range(3):  # old clip 0 of cam-a: taken by the scheduler, held
+            path.push("cam-a", n * 0.1, frame)
+        assert taken.wait(30)
+        path.forget("cam-a")
+        for n in range(3):  # cam-a added again: its clip 0, queued behind the held batch
+            path.push("cam-a", 10.0 + n * 0.1, frame)
+        go.set()
+    finally:
+        go.set()
+        path.stop(drain=True)
+    assert inference.calls == [
+        ("reset", "cam-a"),  # the removal, before the held batch
+        ("infer", [("cam-a", 0)]),  # the old clip: history back
+        ("reset", "cam-a"),  # the camera added again starts anew
+        ("infer", [("cam-a", 0)]),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
