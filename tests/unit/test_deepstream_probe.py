@@ -237,15 +237,20 @@ class RecordingInference:
         self.calls.append(("reset", camera))
 
 
-def started_path(inference: RecordingInference) -> ClipPath:
-    """A started clip path with a long wait and a big batch: every clip is still queued when it stops."""
-    path = ClipPath(
+def recording_path(inference: RecordingInference, scheduler: SchedulerConfig) -> ClipPath:
+    """An unstarted clip path over ``inference`` that drops what it scores."""
+    return ClipPath(
         inference,  # type: ignore[arg-type]
         assembler(),
         lambda clip, result: None,
-        scheduler=SchedulerConfig(max_batch=8, max_wait_ms=10_000, queue_size=8),
+        scheduler=scheduler,
         block=False,
     )
+
+
+def started_path(inference: RecordingInference) -> ClipPath:
+    """A started clip path with a long wait and a big batch: every clip is still queued when it stops."""
+    path = recording_path(inference, SchedulerConfig(max_batch=8, max_wait_ms=10_000, queue_size=8))
     path.start()
     return path
 
@@ -300,13 +305,7 @@ def test_a_camera_added_again_starts_anew_though_a_batch_taken_before_removal_he
     """The scheduler took a batch with the camera's old clips; the removal lands before the batch is scored
     (the old clips then put history back): the first clip of the camera added again still starts anew."""
     inference = RecordingInference()
-    path = ClipPath(
-        inference,  # type: ignore[arg-type]
-        assembler(),
-        lambda clip, result: None,
-        scheduler=SchedulerConfig(max_batch=1, max_wait_ms=0, queue_size=8),
-        block=False,
-    )
+    path = recording_path(inference, SchedulerConfig(max_batch=1, max_wait_ms=0, queue_size=8))
     taken, go = threading.Event(), threading.Event()
     score = path.scheduler._infer
 
