@@ -9,6 +9,7 @@ Runs on CPU, on CUDA with AMP, and under ``torchrun`` with DistributedDataParall
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -256,6 +257,11 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         _save(model, ckpt_path, opt, opt_path, cfg, step, history, train_seconds)
         log.info("trained %d steps in %.1f min -> %s", step, (time.monotonic() - start) / 60, ckpt_path)
     if world > 1:
+        # DDP's reducer holds the process group: drop it first, so that gloo's threads are joined by
+        # destroy_process_group here and not in a destructor during interpreter teardown, where one
+        # CI run saw rank 1 abort ("terminate called without an active exception").
+        runner = step_module
+        gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return ckpt_path
