@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from core.datafile import read_json, write_atomic
-from plugins.streams import MEMORY_STREAMS, SEMANTIC, STREAMS
+from plugins.streams import MEMORY_STREAMS, SEMANTIC, STATIONARY, STREAMS
 
 __all__ = [
     "AGREEMENT_QUANTILE",
@@ -99,6 +99,13 @@ MAD_TO_SIGMA = 1.4826
 SCALE_EPS = 1e-6
 #: Relative floor of a stream's scale, as a fraction of |median|.
 SCALE_REL_FLOOR = 1e-3
+#: Streams whose raw score is already in units of their own normal noise, and the scale a calibration may
+#: not go below. The stationary stream's cells are z-scores with a floor of ``stationary.floor`` grey levels,
+#: and a steady difference is 0 wherever nothing stays, so on quiet footage most clips score the same and
+#: their MAD is a few hundredths of that unit: as scale, it turned the first small steady difference into
+#: a z of 20 to 30 and every synthetic camera's held-out tail into one that left the stream out
+#: (docs/results.md, "The steady difference").
+STREAM_MIN_SCALE: dict[str, float] = {STATIONARY: 1.0}
 #: Version 2 adds the fusion rule and each stream's reliability weight; version 3 the max rule's agreement
 #: term (an older build would drop it and keep a threshold computed with it, so it must refuse the file).
 #: Versions 1 and 2 still load.
@@ -465,16 +472,17 @@ def _recalls(v: Any) -> dict[str, float] | None:
     return {str(k): _number(x) for k, x in v.items()}
 
 
-def fit_stream(values: np.ndarray) -> StreamStats:
-    """Median / 1.4826*MAD of one stream's raw scores ``(N,)``; non-finite values are ignored. The weight
-    is 1: reliability needs folds (:func:`assess_stream`)."""
+def fit_stream(values: np.ndarray, min_scale: float = 0.0) -> StreamStats:
+    """Median / 1.4826*MAD of one stream's raw scores ``(N,)``; non-finite values are ignored. The scale is
+    at least ``min_scale`` (:data:`STREAM_MIN_SCALE`). The weight is 1: reliability needs folds
+    (:func:`assess_stream`)."""
     x = np.asarray(values, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     if x.size == 0:
         raise CalibrationError("no finite samples to fit")
     med = float(np.median(x))
     mad = float(np.median(np.abs(x - med)))
-    scale = max(MAD_TO_SIGMA * mad, SCALE_EPS, SCALE_REL_FLOOR * abs(med))
+    scale = max(MAD_TO_SIGMA * mad, SCALE_EPS, SCALE_REL_FLOOR * abs(med), float(min_scale))
     return StreamStats(location=med, scale=scale, n=int(x.size))
 
 
@@ -520,12 +528,14 @@ def assess_stream(
     *,
     quantile: float = HELDOUT_QUANTILE,
     min_fold_clips: int = MIN_FOLD_CLIPS,
+    min_scale: float = 0.0,
 ) -> tuple[float, float | None, float | None, str]:
     """How far one stream can be trusted on a camera, from its raw normal scores ``(N,)`` and the clips'
     fold ids ``(N,)`` int: ``(weight, heldout_q, drift, reason)``.
 
     Each fold ``k`` with at least ``min_fold_clips`` finite clips is held out in turn: location and scale
-    are fitted on the other clips (:func:`fit_stream`) and fold ``k`` is z-scored with them. From the
+    are fitted on the other clips (:func:`fit_stream`, the scale at least ``min_scale``) and fold ``k`` is
+    z-scored with them. From the
     pooled held-out z-scores, ``heldout_q`` is their ``quantile`` quantile and ``drift`` the largest
     ``|median|`` of one fold's. The weight::
 
@@ -570,7 +580,7 @@ def assess_stream(
     for k in usable:
         test = finite & (f == k)
         rest = finite & (f != k)
-        stats = fit_stream(x[rest])
+        stats = fit_stream(x[rest], min_scale)
         z = (x[test] - stats.location) / stats.scale
         held.append(z)
         shift = abs(float(np.median(z)))
@@ -703,14 +713,18 @@ def fit_calibration(
     stats: dict[str, StreamStats] = {}
     for name, values in arrays.items():
         try:
-            base = fit_stream(values)
+            base = fit_stream(values, STREAM_MIN_SCALE.get(name, 0.0))
         except CalibrationError as exc:
             raise CalibrationError(f"stream {name!r}: {exc}") from exc
         if fold_ids is None:
             stats[name] = base
             continue
         weight, q, drift, reason = assess_stream(
-            values, fold_ids, quantile=heldout_quantile, min_fold_clips=min_fold_clips
+            values,
+            fold_ids,
+            quantile=heldout_quantile,
+            min_fold_clips=min_fold_clips,
+            min_scale=STREAM_MIN_SCALE.get(name, 0.0),
         )
         stats[name] = StreamStats(base.location, base.scale, base.n, weight, q, drift, reason)
     if probes:

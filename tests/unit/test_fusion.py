@@ -16,6 +16,7 @@ from plugins.fusion import (
     ASSESSMENT_FOLDS,
     HELDOUT_FOLDS,
     MIN_WEIGHT,
+    STREAM_MIN_SCALE,
     Agreement,
     Calibration,
     CalibrationError,
@@ -39,7 +40,7 @@ from plugins.fusion import (
     save_calibration,
     time_folds,
 )
-from plugins.streams import APPEARANCE
+from plugins.streams import APPEARANCE, STATIONARY
 
 
 def _normal_samples(n: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
@@ -366,6 +367,23 @@ def test_weight_never_below_the_floor() -> None:
     x = np.concatenate([np.zeros(200), np.full(200, 50.0)])  # constant, then a jump: z of 1e7
     weight, _, _, _ = assess_stream(x, _two_folds())
     assert weight == MIN_WEIGHT
+
+
+def test_a_stream_in_its_own_noise_units_keeps_that_unit_as_its_least_scale() -> None:
+    """The stationary stream's clips score about 0 wherever nothing stays: on quiet footage their MAD is a
+    few hundredths of the stream's own unit, and the first steady difference of one unit became a z of 20.
+    Its scale may not go below 1 (:data:`STREAM_MIN_SCALE`); another stream with the same scores keeps its
+    MAD scale."""
+    rng = np.random.default_rng(11)
+    quiet = rng.normal(0.05, 0.03, 400)
+    quiet[rng.choice(400, 8, replace=False)] = rng.uniform(1.0, 2.0, 8)  # a few steady differences
+    cal = fit_calibration({STATIONARY: quiet, "pixel": quiet}, _two_folds(), threshold_quantile=0.99)
+    assert STREAM_MIN_SCALE[STATIONARY] == 1.0
+    assert cal.streams[STATIONARY].scale == 1.0
+    assert cal.streams["pixel"].scale < 0.1
+    assert cal.streams[STATIONARY].weight == 1.0  # its held-out tail, in its own unit, is light
+    assert cal.streams["pixel"].weight < 0.5  # the same values in MAD units: a heavy tail
+    assert calibrate({STATIONARY: 1.05}, cal)[STATIONARY] == pytest.approx(1.0, abs=0.05)
 
 
 def test_too_few_clips_per_fold_gives_weight_one_and_says_why() -> None:

@@ -242,12 +242,21 @@ def reference_difference(short: np.ndarray, background: np.ndarray) -> np.ndarra
     return np.abs(s - gain * b).max(axis=-1)
 
 
+def reference_inner_range(window_frames: np.ndarray) -> np.ndarray:
+    """The window's inner range by sorting: per pixel and channel, the ``n // 4``-th largest less the
+    ``n // 4``-th smallest of the ``n`` frames, then the largest channel."""
+    n = len(window_frames)
+    srt = np.sort(window_frames.astype(np.float32), axis=0)
+    return (srt[n - 1 - n // 4] - srt[n // 4]).max(axis=-1)
+
+
 def reference_score_map(model: StationaryModel, window_frames: np.ndarray) -> np.ndarray:
     """The stream's formula as first written (commit 3d57c90), with nothing cached or counted: the float64
     median of the stacked frames, the channels' medians by ``np.median``, the maximum over the channel
-    axis."""
+    axis; less the inner range by sorting, at least 0 (the steady difference, model version 2)."""
     s = np.median(window_frames, axis=0).astype(np.float32)
-    values = cell_values(reference_difference(s, model.background), model.grid, model.min_pixels)
+    steady = np.maximum(reference_difference(s, model.background) - reference_inner_range(window_frames), 0)
+    values = cell_values(steady, model.grid, model.min_pixels)
     return ((values - model.mean) / (model.std + model.floor)).astype(np.float32)
 
 
@@ -265,6 +274,8 @@ def test_the_short_background_is_the_median_of_the_last_window_frames(window: in
         assert np.array_equal(got, expected), t  # bit for bit, a partial window too
         medians = np.median(expected.reshape(-1, 3), axis=0)
         assert np.array_equal(state.channel_medians(), medians), t
+        window_frames = frames[max(0, t + 1 - window) : t + 1]
+        assert np.array_equal(state.inner_range(), reference_inner_range(window_frames)), t
 
 
 @pytest.mark.parametrize("window", range(2, 15))
@@ -278,6 +289,35 @@ def test_the_median_is_right_for_every_order_of_zeros_and_ones(window: int) -> N
     for f in frames:
         state.push(f)
     assert np.array_equal(state.short_background(), np.median(frames, axis=0).astype(np.float32))
+    assert np.array_equal(state.inner_range(), reference_inner_range(frames))
+
+
+def test_what_stays_still_keeps_its_difference_and_what_sways_loses_it() -> None:
+    # A bag that lies still and a person who stands on the same spot but sways: in both, the window's median
+    # differs from the background by the same amount. Only the still one is stationary foreground.
+    h, w, window = 24, 32, 8
+    background = np.full((h, w, 3), 100, np.uint8)
+    grid = (2, 2)
+    zeros = np.zeros(grid)
+    model = StationaryModel(background, zeros, zeros, window=window, min_pixels=4, floor=10.0)
+    still, swaying = model.new_state(), model.new_state()
+    swayed = []
+    for t in range(window):
+        f = background.copy()
+        f[2:10, 2:10] = 200  # the bag: top-left cell, the same in every frame
+        still.push(f)
+        g = background.copy()
+        # the person covers these pixels on five frames of eight: the median is the person, the inner range
+        # (ranks 2 and 5) spans person and background
+        g[2:10, 2:10] = 100 if t in (0, 3, 6) else 200
+        swaying.push(g)
+        swayed.append(g)
+    assert np.median(np.stack(swayed), axis=0)[5, 5, 0] == 200
+    z_still, z_sway = model.score_map(still), model.score_map(swaying)
+    assert z_still[0, 0] == pytest.approx(10.0)  # (200 - 100) / floor
+    assert z_sway[0, 0] < 0.5 * z_still[0, 0]
+    assert np.all(z_still[1:, :] == 0)
+    assert np.all(z_still[:, 1:] == 0)
 
 
 @pytest.mark.parametrize(("window", "size"), [(8, (36, 48)), (6, (30, 48)), (5, (18, 30)), (10, (12, 12))])
