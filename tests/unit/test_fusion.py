@@ -14,6 +14,7 @@ import pytest
 from plugins.fusion import (
     AGREEMENT_QUANTILE,
     ASSESSMENT_FOLDS,
+    BUSY_LEVEL,
     HELDOUT_FOLDS,
     MIN_WEIGHT,
     STREAM_MIN_SCALE,
@@ -384,6 +385,30 @@ def test_a_stream_in_its_own_noise_units_keeps_that_unit_as_its_least_scale() ->
     assert cal.streams[STATIONARY].weight == 1.0  # its held-out tail, in its own unit, is light
     assert cal.streams["pixel"].weight < 0.5  # the same values in MAD units: a heavy tail
     assert calibrate({STATIONARY: 1.05}, cal)[STATIONARY] == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_stream_busy_on_the_cameras_normal_footage_is_left_out_and_never_judged_by_the_probe() -> None:
+    """Its normal clips' median is above :data:`BUSY_LEVEL` of its own units: its memory does not explain
+    the footage (a flowing crowd leaves steady foreground in most clips). Left out before the pasted events
+    are judged, so the probe cannot bring it back; a quiet one with the same spread is kept."""
+    rng = np.random.default_rng(12)
+    n = 400
+    busy = rng.normal(BUSY_LEVEL + 0.7, 0.5, n)
+    quiet = busy - (BUSY_LEVEL + 0.6)
+    still = {STATIONARY: np.full(40, 9.0), "pixel": rng.normal(0.0, 1.0, 40)}
+    mover = {STATIONARY: np.full(40, 0.0), "pixel": rng.normal(6.0, 1.0, 40)}
+    for level, values in (("busy", busy), ("quiet", quiet)):
+        samples = {STATIONARY: values, "pixel": rng.normal(0.0, 1.0, n)}
+        cal = fit_calibration(samples, _two_folds(), probes={"still": still, "mover": mover})
+        st = cal.streams[STATIONARY]
+        if level == "busy":
+            assert st.weight == 0.0
+            assert "left out: busy on this camera" in st.reason
+            assert st.sensitivity is None  # not judged by the pasted events
+        else:
+            assert st.weight == 1.0
+            assert "busy" not in st.reason
+        assert cal.streams["pixel"].weight > 0.0
 
 
 def test_too_few_clips_per_fold_gives_weight_one_and_says_why() -> None:
