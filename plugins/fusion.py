@@ -635,31 +635,36 @@ def probe_sensitivity(
     """Each stream's sensitivity factor from its recall of each kind of pasted event (stream -> kind ->
     :func:`probe_recall`): ``(factor, reason)``, the factor None where it cannot be judged.
 
-    A stream is judged by the kind it catches best, against the best stream::
+    A stream is judged, kind by kind, against the best stream at that kind, and keeps its best ratio::
 
-        factor_s = clip( max_k r_sk / max_j max_k r_jk,  MIN_WEIGHT, 1 )
+        factor_s = clip( max_k r_sk / max_j r_jk,  MIN_WEIGHT, 1 )    over the kinds k some stream sees
 
     so every stream that is the best at catching some kind keeps its full weight (motion for movers,
     appearance for things that stay) and a stream that catches nothing another stream does not catch far
     better, such as an untrained learned stream, is weighed down. Relative, not absolute, because how
-    visible a pasted event is depends on the camera, not on the stream. When no stream catches more than
-    :data:`MIN_PROBE_RECALL` of any kind, the probe says nothing about this camera and every factor is
-    None."""
-    best: dict[str, float] = {}
-    for stream, by_kind in recalls.items():
-        got = [r for r in by_kind.values() if r is not None]
-        if got:
-            best[stream] = max(got)
-    top = max(best.values(), default=0.0)
+    visible a pasted event is depends on the camera, and per kind because it depends on the kind too: a
+    still pasted for 7 s is easier to catch than a mover racing past for 2 s, and judged against the
+    stills' best recall (an earlier form of this rule) the streams that see movers were weighed down on the
+    demo's parking camera, which then missed its runner. A kind counts only where some stream catches more
+    than :data:`MIN_PROBE_RECALL` of it; when none does for any kind, the probe says nothing about this
+    camera and every factor is None."""
+    kinds = {k for by_kind in recalls.values() for k in by_kind}
+    best_of = {
+        k: max((r for by_kind in recalls.values() if (r := by_kind.get(k)) is not None), default=0.0)
+        for k in kinds
+    }
+    seen = {k for k, top in best_of.items() if top > MIN_PROBE_RECALL}
     out: dict[str, tuple[float | None, str]] = {}
     for stream, by_kind in recalls.items():
         caught = ", ".join(f"{k} {r:.0%}" for k, r in by_kind.items() if r is not None)
-        if stream not in best:
+        judged = {k: r for k, r in by_kind.items() if r is not None}
+        if not judged:
             out[stream] = (None, "too few pasted events to judge")
-        elif top < MIN_PROBE_RECALL:
+        elif not seen:
             out[stream] = (None, f"pasted events caught by no stream ({caught}): not used")
         else:
-            factor = min(1.0, max(MIN_WEIGHT, best[stream] / top))
+            ratio = max((r / best_of[k] for k, r in judged.items() if k in seen), default=0.0)
+            factor = min(1.0, max(MIN_WEIGHT, ratio))
             out[stream] = (factor, f"catches pasted {caught}")
     return out
 
