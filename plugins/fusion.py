@@ -541,9 +541,8 @@ def assess_stream(
 
     Each fold ``k`` with at least ``min_fold_clips`` finite clips is held out in turn: location and scale
     are fitted on the other clips (:func:`fit_stream`, the scale at least ``min_scale``) and fold ``k`` is
-    z-scored with them. From the
-    pooled held-out z-scores, ``heldout_q`` is their ``quantile`` quantile and ``drift`` the largest
-    ``|median|`` of one fold's. The weight::
+    z-scored with them. From the pooled held-out z-scores, ``heldout_q`` is their ``quantile`` quantile and
+    ``drift`` the largest ``|median|`` of one fold's. The weight::
 
         w = clip( min(1, Z_REF / excess_q),  MIN_WEIGHT, 1 )
 
