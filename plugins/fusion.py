@@ -157,8 +157,8 @@ _MAD_REL_SE = 1.167
 NO_FOLDS_REASON = "no held-out folds"
 #: A stream's recall of pasted pseudo-anomalies needs at least this many pasted clips of a kind.
 MIN_PROBE_CLIPS = 10
-#: A stream whose sensitivity factor is below this (it catches less than half of what the best stream
-#: catches of any kind of pasted event) is weighed by it and may be left out of the fused score
+#: A stream whose sensitivity factor is below this (of every kind of pasted event, it catches less than half
+#: of what the best stream at that kind catches) is weighed by it and may be left out of the fused score
 #: (:func:`fit_calibration`); at or above it the factor is recorded, not applied. Not higher: on the demo's
 #: campus camera the DPC stream, at 0.74, was still needed for a real cyclist.
 LEAVE_OUT_SENSITIVITY = 0.5
@@ -846,8 +846,8 @@ def _weigh_by_probes(
             sensitivity=factor,
             probe_recall=caught,
             reason=(
-                f"{st.reason}; {why}: factor {factor:.2f} (sees less than half of what the best stream "
-                f"sees); weight {weight:.2f}, {verdict}"
+                f"{st.reason}; {why}: factor {factor:.2f} (of every kind, sees less than half of what the "
+                f"best stream at it sees); weight {weight:.2f}, {verdict}"
             ),
         )
     return _leave_out_redundant(out, normal, probes, quantile)
