@@ -722,8 +722,9 @@ def fit_calibration(
             )
     stats: dict[str, StreamStats] = {}
     for name, values in arrays.items():
+        unit = STREAM_MIN_SCALE.get(name, 0.0)
         try:
-            base = fit_stream(values, STREAM_MIN_SCALE.get(name, 0.0))
+            base = fit_stream(values, unit)
         except CalibrationError as exc:
             raise CalibrationError(f"stream {name!r}: {exc}") from exc
         if fold_ids is None:
@@ -734,7 +735,7 @@ def fit_calibration(
             fold_ids,
             quantile=heldout_quantile,
             min_fold_clips=min_fold_clips,
-            min_scale=STREAM_MIN_SCALE.get(name, 0.0),
+            min_scale=unit,
         )
         stats[name] = StreamStats(base.location, base.scale, base.n, weight, q, drift, reason)
     stats = _leave_out_busy(stats)
