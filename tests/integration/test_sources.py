@@ -123,6 +123,14 @@ class Collector:
         with self.lock:
             return len(self.frames.get(cid, []))
 
+    def reported(self, expected: dict[str, str]) -> bool:
+        """Whether each camera's last state change delivered to ``on_state`` is ``expected``'s. The graph
+        sets a camera's state before it calls ``on_state``, so ``CameraGraph.states()`` can show a state whose
+        callback (and detail) has not arrived yet: a test that reads the details waits for this too."""
+        with self.lock:
+            last = {cid: state for cid, state, _ in self.states}
+        return all(last.get(cid) == state for cid, state in expected.items())
+
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -227,7 +235,8 @@ def test_missing_and_corrupt_files_fail_while_good_cameras_deliver(
     g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=cams)
     graphs.append(g)
     g.start()
-    wait_for(lambda: g.states() == {"good1": "eos", "good2": "eos", "missing": "failed", "corrupt": "failed"})
+    expected = {"good1": "eos", "good2": "eos", "missing": "failed", "corrupt": "failed"}
+    wait_for(lambda: g.states() == expected and collector.reported(expected))
     assert collector.count("good1") == 50
     assert collector.count("good2") == 50
     assert collector.count("missing") == 0
@@ -278,7 +287,8 @@ def test_a_file_that_starts_silently_stuck_is_rebuilt_and_then_plays_in_full(
     graphs.append(g)
     t0 = time.monotonic()
     g.start()
-    wait_for(lambda: g.states() == {"once": "eos", "always": "failed", "good": "eos"})
+    expected = {"once": "eos", "always": "failed", "good": "eos"}
+    wait_for(lambda: g.states() == expected and collector.reported(expected))
     # One rebuild, then every frame of the file, once: the stuck first pipeline delivered nothing.
     assert collector.count("once") == 50
     assert collector.count("good") == 50
@@ -638,7 +648,8 @@ def test_audio_only_file_fails_and_audio_next_to_video_is_ignored(
     g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=cams)
     graphs.append(g)
     g.start()
-    wait_for(lambda: g.states() == {"wav": "failed", "av": "eos"})
+    expected = {"wav": "failed", "av": "eos"}
+    wait_for(lambda: g.states() == expected and collector.reported(expected))
     assert collector.count("av") == 50
     assert collector.count("wav") == 0
     assert ("wav", "failed", "no video stream in the source") in collector.states
