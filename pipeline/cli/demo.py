@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from core.config import ConfigError, ZsadConfig, load_config
 from engines.backends.base import BackendError, BackendUnavailable
 from engines.build import BuildError, BuildInputError, BuildOptions, build_from_config
@@ -31,13 +34,16 @@ from pipeline.run import run_config
 from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
 from plugins.fusion import CalibrationError, load_calibration
 from synth import generate_dataset
+from synth.writer import frame_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_demo", "summarise_run"]
+__all__ = ["alert_matches", "run_demo", "summarise_run"]
 
 SCENE_FRAMES = 600  # 60 s at 10 fps
 SCENE_FPS = 10
+MATCH_SLACK_S = 2.0  # an alert may come this long after its event's last frame (clip span, smoother lag)
+MATCH_MARGIN_PX = 16  # the peak box is one or two feature cells: it may sit beside a thin mask
 
 
 def _scene_path(uri: str) -> Path:
@@ -128,10 +134,63 @@ def _clear_previous_run(out: Path) -> None:
         shutil.rmtree(out / name, ignore_errors=True)
 
 
+def _event_region(
+    masks: Path | None, ev: dict[str, Any], t0: float, t1: float, fps: float
+) -> np.ndarray | None:
+    """The union ``(H, W)`` bool of an event's ground-truth masks over its frames in ``[t0, t1]`` seconds
+    (the event's frames nearest that span when none fall in it); None without masks on disk."""
+    if masks is None or not masks.is_dir():
+        return None
+    first, last = int(ev["start"]), int(ev["end"])
+    lo = min(max(round(t0 * fps), first), last)
+    hi = max(min(round(t1 * fps), last), lo)
+    union: np.ndarray | None = None
+    for index in range(lo, hi + 1):
+        path = masks / frame_name(index, int(ev["n_frames"]), ".png")
+        if path.is_file():
+            mask = np.asarray(Image.open(path), dtype=bool)
+            union = mask if union is None else union | mask
+    return union
+
+
+def alert_matches(
+    alert: dict[str, Any],
+    ev: dict[str, Any],
+    masks: Path | None,
+    fps: float,
+    slack_s: float = MATCH_SLACK_S,
+    margin_px: int = MATCH_MARGIN_PX,
+) -> bool:
+    """Whether ``alert`` (an alert record, ``end_pts`` filled in) reports the injected event ``ev``.
+
+    When: the alert is open at some time from the event's first frame to ``slack_s`` after its last. Not
+    before: a clip is scored at its last frame and the smoother is a trailing median, so an alert cannot
+    start ahead of what caused it; the slack is for the clip's span and the smoother's lag after the event.
+    Where: the alert's peak box, grown by ``margin_px``, overlaps the event's mask in the ``slack_s`` up to
+    the peak (an alert on a walker at the other side of the frame is not a detection of a cyclist). An
+    alert without a peak box, or an event without masks on disk, is matched by time alone."""
+    start_s, end_s = ev["start"] / fps, (ev["end"] + 1) / fps
+    if not (alert["start_pts"] <= end_s + slack_s and alert["end_pts"] >= start_s):
+        return False
+    box = alert.get("peak_box")
+    if not box:
+        return True
+    region = _event_region(masks, ev, alert["peak_time"] - slack_s, alert["peak_time"], fps)
+    if region is None:
+        return True
+    sy, sx = region.shape[0] / box["height"], region.shape[1] / box["width"]
+    y0 = max(0, int((box["y0"] - margin_px) * sy))
+    y1 = min(region.shape[0], int(np.ceil((box["y1"] + margin_px) * sy)))
+    x0 = max(0, int((box["x0"] - margin_px) * sx))
+    x1 = min(region.shape[1], int(np.ceil((box["x1"] + margin_px) * sx)))
+    return bool(region[y0:y1, x0:x1].any())
+
+
 def summarise_run(
-    cfg: ZsadConfig, scenes_manifest: dict[str, Any], out: Path, slack_s: float = 2.0
+    cfg: ZsadConfig, scenes_manifest: dict[str, Any], out: Path, slack_s: float = MATCH_SLACK_S
 ) -> dict[str, Any]:
-    """Match alerts to injected anomalies; write summary.json, summary.md and one timeline PNG per camera."""
+    """Match alerts to injected anomalies by time and place (:func:`alert_matches`, against the masks in
+    ``out/scenes/testing/masks``); write summary.json, summary.md and one timeline PNG per camera."""
     # alerts.jsonl holds an "open" and a "closed" record per alert: keep the latest of each.
     latest: dict[str, dict[str, Any]] = {}
     if (out / "alerts.jsonl").is_file():
@@ -148,29 +207,22 @@ def summarise_run(
     cameras: dict[str, Any] = {}
     for cam in cfg.enabled_cameras():
         clip_name = _scene_path(cam.uri).stem
+        masks = out / "scenes" / "testing" / "masks" / clip_name
+        n_frames = int(scenes_manifest.get("counts", {}).get("testing", {}).get(clip_name, SCENE_FRAMES))
+        truth = [{**e, "n_frames": n_frames} for e in scenes_manifest.get("events", {}).get(clip_name, [])]
         events = [
-            {"kind": e["kind"], "start_s": e["start"] / fps, "end_s": (e["end"] + 1) / fps}
-            for e in scenes_manifest.get("events", {}).get(clip_name, [])
+            {"kind": e["kind"], "start_s": e["start"] / fps, "end_s": (e["end"] + 1) / fps} for e in truth
         ]
         mine = [a for a in alerts if a["camera"] == cam.id]
-        for ev in events:
-            hits = [
-                a
-                for a in mine
-                if a["start_pts"] <= ev["end_s"] + slack_s and a["end_pts"] >= ev["start_s"] - slack_s
-            ]
+        for ev, true in zip(events, truth, strict=True):
+            hits = [a for a in mine if alert_matches(a, true, masks, fps, slack_s)]
             ev["detected"] = bool(hits)
             ev["alerts"] = [a["alert_id"] for a in hits]
             ev["delay_s"] = (
                 round(max(0.0, min(a["start_pts"] for a in hits) - ev["start_s"]), 2) if hits else None
             )
         false_alarms = [
-            a["alert_id"]
-            for a in mine
-            if not any(
-                a["start_pts"] <= ev["end_s"] + slack_s and a["end_pts"] >= ev["start_s"] - slack_s
-                for ev in events
-            )
+            a["alert_id"] for a in mine if not any(alert_matches(a, t, masks, fps, slack_s) for t in truth)
         ]
         cameras[cam.id] = {
             "context": cam.context,
@@ -200,6 +252,7 @@ def summarise_run(
         "false_alarms": sum(len(c["false_alarms"]) for c in cameras.values()),
         "alerts": len(alerts),
         "match_slack_s": slack_s,
+        "match_margin_px": MATCH_MARGIN_PX,
         "cameras": cameras,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
