@@ -541,10 +541,8 @@ def assess_stream(
 
     Each fold ``k`` with at least ``min_fold_clips`` finite clips is held out in turn: location and scale
     are fitted on the other clips (:func:`fit_stream`, the scale at least ``min_scale``) and fold ``k`` is
-    z-scored with them. ``drift`` is the largest ``|median|`` of one fold's held-out z-scores (how far a
-    level moved), a fold's spread its held-out ``quantile`` quantile above its own median, and
-    ``heldout_q`` the spread at least two folds show (the second-largest fold's; with two folds the lighter
-    one's) plus ``drift``. The weight::
+    z-scored with them. From the pooled held-out z-scores, ``heldout_q`` is their ``quantile`` quantile and
+    ``drift`` the largest ``|median|`` of one fold's. The weight::
 
         w = clip( min(1, Z_REF / excess_q),  MIN_WEIGHT, 1 )
 
@@ -552,17 +550,9 @@ def assess_stream(
     sampling noise, so that a Gaussian stream calibrated on a few minutes is not weighed down by chance:
     ``excess_q = max(Z_REF, heldout_q - 2 se_q)``, with ``se_q`` the standard error a Gaussian stream's
     held-out quantile would have (from the MAD scale fitted on ``n_rest`` clips, relative error
-    ``1.167 / sqrt(n_rest)``, and the empirical quantile of the fold's ``n`` clips,
+    ``1.167 / sqrt(n_rest)``, and the empirical quantile of ``n`` pooled clips,
     ``sqrt(q (1 - q) / n) / phi(Z_REF)``); ``excess_drift`` is the part of a fold's ``|median|`` beyond two
     standard errors of a difference of medians (``2 * 1.2533 * sqrt(1/n_k + 1/n_rest)``).
-
-    Two folds, not the pooled clips: on a few minutes of footage the 99th percentile is set by two or three
-    clips, so a handful of rare spikes in one half (a blob split once by a shadow, one unusual normal scene)
-    weighed a stream down on the whole camera. On the synthetic seeds 31 and 43 that took the objects or
-    appearance stream to 0.3 where it was the best stream at runners (docs/results.md, "A tail both halves
-    show"). A tail the stream shows in both halves is a property of the stream on this camera; so is a
-    level that moves between them, which is added whole (on pooled clips it was in the tail of the fold
-    whose level rose, so a drifting stream is weighed down as before).
 
     The first factor scales a heavy-tailed stream so that its held-out false-alarm tail sits where a
     Gaussian's would: every stream then reaches a given fused score on unseen normal footage about equally
@@ -589,7 +579,7 @@ def assess_stream(
             f"have {sorted(int(c) for c in counts)})",
         )
     z_ref = _z_ref(quantile)
-    spreads: list[tuple[float, int]] = []  # each fold's held-out quantile above its own median; clip count
+    held: list[np.ndarray] = []
     drift = 0.0
     excess = 0.0
     for k in usable:
@@ -597,21 +587,17 @@ def assess_stream(
         rest = finite & (f != k)
         stats = fit_stream(x[rest], min_scale)
         z = (x[test] - stats.location) / stats.scale
+        held.append(z)
         shift = abs(float(np.median(z)))
-        spreads.append((float(np.quantile(z, quantile) - np.median(z)), z.size))
         noise = 2.0 * _MEDIAN_SE * math.sqrt(1.0 / int(test.sum()) + 1.0 / int(rest.sum()))
         drift = max(drift, shift)
         excess = max(excess, shift - noise)
-    # The spread two folds show (with two folds, the lighter one's) plus the largest move of a level: rare
-    # spikes count only in the fold that has them, a moved level in every fold (the fold held out against
-    # a wider one's scale hardly sees the move, so it is the largest one that counts).
-    spreads.sort(reverse=True)
-    q, n_fold = spreads[1][0] + drift, spreads[1][1]
-    lone = spreads[0][0] + drift
+    pooled = np.concatenate(held)
+    q = float(np.quantile(pooled, quantile))
     n_rest = min(int((finite & (f != k)).sum()) for k in usable)
     se_q = math.sqrt(
         (z_ref * _MAD_REL_SE) ** 2 / n_rest
-        + quantile * (1.0 - quantile) / (n_fold * NormalDist().pdf(z_ref) ** 2)
+        + quantile * (1.0 - quantile) / (pooled.size * NormalDist().pdf(z_ref) ** 2)
     )
     tail_factor = z_ref / max(z_ref, q - 2.0 * se_q)
     weight = float(min(1.0, max(MIN_WEIGHT, tail_factor)))
@@ -623,8 +609,6 @@ def assess_stream(
         causes.append("level drifts between folds")
     why = f"{verdict} ({', '.join(causes)})" if verdict == "weighed down" and causes else verdict
     reason = f"held-out {_pct(quantile)} z {q:.1f} (expected {z_ref:.1f}), drift {drift:.1f}: {why}"
-    if lone > max(q, z_ref) + 1.0:
-        reason += f"; one fold alone reaches {lone:.1f}, not charged"
     return weight, q, drift, reason
 
 
