@@ -166,15 +166,19 @@ def alert_matches(
     When: the alert is open at some time from the event's first frame to ``slack_s`` after its last. Not
     before: a clip is scored at its last frame and the smoother is a trailing median, so an alert cannot
     start ahead of what caused it; the slack is for the clip's span and the smoother's lag after the event.
-    Where: the alert's peak box, grown by ``margin_px``, overlaps the event's mask in the ``slack_s`` up to
-    the peak (an alert on a walker at the other side of the frame is not a detection of a cyclist). An
-    alert without a peak box, or an event without masks on disk, is matched by time alone."""
+    Where: the alert's peak is from the event's first frame on, and its box, grown by ``margin_px``,
+    overlaps the event's mask in the ``slack_s`` up to the peak (an alert on a walker at the other side of
+    the frame, or one that peaked on a walker before a cyclist came in at the same edge, is not a detection
+    of the cyclist: its snapshot shows the walker). An alert without a peak box, or an event without masks
+    on disk, is matched by time alone."""
     start_s, end_s = ev["start"] / fps, (ev["end"] + 1) / fps
     if not (alert["start_pts"] <= end_s + slack_s and alert["end_pts"] >= start_s):
         return False
     box = alert.get("peak_box")
     if not box:
         return True
+    if alert["peak_time"] < start_s:
+        return False
     region = _event_region(masks, ev, alert["peak_time"] - slack_s, alert["peak_time"], fps)
     if region is None:
         return True

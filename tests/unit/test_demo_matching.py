@@ -75,3 +75,11 @@ def test_without_a_peak_box_or_masks_time_alone_decides(tmp_path: Path, masks: P
     assert alert_matches(_alert(4.6, 5.6, 5.0, None), EVENT, masks, FPS)
     assert alert_matches(_alert(4.6, 5.6, 5.0, (0, 0, 20, 20)), EVENT, tmp_path / "absent", FPS)
     assert not alert_matches(_alert(0.5, 1.0, 0.5, None), EVENT, masks, FPS)
+
+
+def test_an_alert_that_peaked_before_the_event_at_its_place_is_not_a_detection(masks: Path) -> None:
+    # a walker at the right edge from 3.0 s, the alert still open when the object comes in there at 4.0 s:
+    # the alert's snapshot and box are of the walker
+    assert not alert_matches(_alert(3.0, 4.4, 3.2, (140, 80, 160, 100)), EVENT, masks, FPS)
+    # the same alert peaking on the object once it is in: a detection
+    assert alert_matches(_alert(3.0, 4.4, 4.2, (140, 80, 160, 100)), EVENT, masks, FPS)
