@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -138,17 +139,20 @@ def _event_region(
     masks: Path | None, ev: dict[str, Any], t0: float, t1: float, fps: float
 ) -> np.ndarray | None:
     """The union ``(H, W)`` bool of an event's ground-truth masks over its frames in ``[t0, t1]`` seconds
-    (the event's frames nearest that span when none fall in it); None without masks on disk."""
+    (the event's frames nearest that span when none fall in it); None without masks on disk. A frame's mask
+    holds every event of the scene at that frame (the generator writes one per frame), so two events that
+    overlap in time and place cannot be told apart here."""
     if masks is None or not masks.is_dir():
         return None
     first, last = int(ev["start"]), int(ev["end"])
-    lo = min(max(round(t0 * fps), first), last)
-    hi = max(min(round(t1 * fps), last), lo)
+    lo = min(max(math.floor(t0 * fps), first), last)
+    hi = max(min(math.floor(t1 * fps), last), lo)
     union: np.ndarray | None = None
     for index in range(lo, hi + 1):
         path = masks / frame_name(index, int(ev["n_frames"]), ".png")
         if path.is_file():
-            mask = np.asarray(Image.open(path), dtype=bool)
+            with Image.open(path) as image:
+                mask = np.asarray(image, dtype=bool)
             union = mask if union is None else union | mask
     return union
 
@@ -161,23 +165,28 @@ def alert_matches(
     slack_s: float = MATCH_SLACK_S,
     margin_px: int = MATCH_MARGIN_PX,
 ) -> bool:
-    """Whether ``alert`` (an alert record, ``end_pts`` filled in) reports the injected event ``ev``.
+    """Whether ``alert`` reports the injected event ``ev``.
 
-    When: the alert is open at some time from the event's first frame to ``slack_s`` after its last. Not
-    before: a clip is scored at its last frame and the smoother is a trailing median, so an alert cannot
-    start ahead of what caused it; the slack is for the clip's span and the smoother's lag after the event.
-    Where: the alert's peak is from the event's first frame on, and its box, grown by ``margin_px``,
-    overlaps the event's mask in the ``slack_s`` up to the peak (an alert on a walker at the other side of
-    the frame, or one that peaked on a walker before a cyclist came in at the same edge, is not a detection
-    of the cyclist: its snapshot shows the walker). An alert without a peak box, or an event without masks
-    on disk, is matched by time alone."""
+    ``alert``: an alert record (pipeline/outputs/alert_schema.py) whose ``end_pts`` is filled in (an alert
+    still open: its latest time); ``ev``: a scenes-manifest event (``start``, ``end``: its first and last
+    frame, 0-based) with ``n_frames``, the frames of its video, added (the masks' file names depend on it);
+    ``masks``: the video's mask folder.
+
+    When: the alert is open at some time from the event's first frame to ``slack_s`` after the end of its
+    last frame. Not before: a clip is scored at its last frame and the smoother is a trailing median, so an
+    alert cannot start ahead of what caused it; the slack is for the clip's span and the smoother's lag.
+    Where: the alert's peak is in that same span, and its box, grown by ``margin_px``, overlaps the event's
+    mask in the ``slack_s`` up to the peak (an alert on a walker at the other side of the frame, or one that
+    peaked on a walker before a cyclist came in at the same edge, is not a detection of the cyclist: its
+    snapshot shows the walker). An alert without a peak box, or an event without masks on disk, is matched
+    by time alone."""
     start_s, end_s = ev["start"] / fps, (ev["end"] + 1) / fps
     if not (alert["start_pts"] <= end_s + slack_s and alert["end_pts"] >= start_s):
         return False
     box = alert.get("peak_box")
     if not box:
         return True
-    if alert["peak_time"] < start_s:
+    if not start_s <= alert["peak_time"] <= end_s + slack_s:
         return False
     region = _event_region(masks, ev, alert["peak_time"] - slack_s, alert["peak_time"], fps)
     if region is None:
@@ -193,8 +202,8 @@ def alert_matches(
 def summarise_run(
     cfg: ZsadConfig, scenes_manifest: dict[str, Any], out: Path, slack_s: float = MATCH_SLACK_S
 ) -> dict[str, Any]:
-    """Match alerts to injected anomalies by time and place (:func:`alert_matches`, against the masks in
-    ``out/scenes/testing/masks``); write summary.json, summary.md and one timeline PNG per camera."""
+    """Match alerts to injected anomalies by time and place (:func:`alert_matches`, against the masks beside
+    each camera's scene video); write summary.json, summary.md and one timeline PNG per camera."""
     # alerts.jsonl holds an "open" and a "closed" record per alert: keep the latest of each.
     latest: dict[str, dict[str, Any]] = {}
     if (out / "alerts.jsonl").is_file():
@@ -202,16 +211,23 @@ def summarise_run(
             if line.strip():
                 record = json.loads(line)
                 latest[record["alert_id"]] = record
+    # An alert still open at the end: open until at least its peak.
     alerts = [
-        {**a, "end_pts": a["end_pts"] if a.get("end_pts") is not None else a["start_pts"]}
+        {
+            **a,
+            "end_pts": a["end_pts"] if a.get("end_pts") is not None else max(a["start_pts"], a["peak_time"]),
+        }
         for a in latest.values()
     ]
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines() if line.strip()]
     fps = float(scenes_manifest.get("fps", SCENE_FPS))
     cameras: dict[str, Any] = {}
     for cam in cfg.enabled_cameras():
-        clip_name = _scene_path(cam.uri).stem
-        masks = out / "scenes" / "testing" / "masks" / clip_name
+        video = _scene_path(cam.uri)
+        clip_name = video.stem
+        masks = video.parent.parent / "masks" / clip_name  # <split>/videos/<clip>.mp4 -> <split>/masks/<clip>
+        if not masks.is_dir():
+            log.warning("no masks for %s at %s: its alerts are matched by time alone", cam.id, masks)
         n_frames = int(scenes_manifest.get("counts", {}).get("testing", {}).get(clip_name, SCENE_FRAMES))
         truth = [{**e, "n_frames": n_frames} for e in scenes_manifest.get("events", {}).get(clip_name, [])]
         events = [

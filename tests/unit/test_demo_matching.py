@@ -83,3 +83,30 @@ def test_an_alert_that_peaked_before_the_event_at_its_place_is_not_a_detection(m
     assert not alert_matches(_alert(3.0, 4.4, 3.2, (140, 80, 160, 100)), EVENT, masks, FPS)
     # the same alert peaking on the object once it is in: a detection
     assert alert_matches(_alert(3.0, 4.4, 4.2, (140, 80, 160, 100)), EVENT, masks, FPS)
+
+
+def test_the_window_is_exact_to_the_frame(tmp_path: Path) -> None:
+    """A mask set in one frame only: a peak in the slack after that frame sees it, a peak whose window
+    ends one frame before it does not (a one-frame slip between frame index and file name would fail)."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    only = 45
+    for index in range(N_FRAMES):
+        mask = np.zeros((H, W), dtype=bool)
+        if index == only:
+            mask[10:20, 10:20] = True
+        write_mask(folder / frame_name(index, N_FRAMES, ".png"), mask)
+    box = (20, 20, 40, 40)  # frame coordinates, twice the masks': the object's own place
+    at = only / FPS
+    assert alert_matches(_alert(at, at + 0.5, at, box), EVENT, folder, FPS, margin_px=0)
+    assert alert_matches(_alert(at, at + 2.5, at + MATCH_SLACK_S, box), EVENT, folder, FPS, margin_px=0)
+    before = (only - 1) / FPS
+    assert not alert_matches(_alert(4.0, before + 0.5, before, box), EVENT, folder, FPS, margin_px=0)
+    after = at + MATCH_SLACK_S + 1 / FPS
+    assert not alert_matches(_alert(at, after + 0.5, after, box), EVENT, folder, FPS, margin_px=0)
+
+
+def test_an_alert_that_peaks_long_after_the_event_is_not_its_detection(masks: Path) -> None:
+    # open during the event, but its peak (and snapshot) 20 s later is of something else
+    late = (END + 1) / FPS + MATCH_SLACK_S + 20.0
+    assert not alert_matches(_alert(5.0, late + 1, late, (100, 80, 120, 100)), EVENT, masks, FPS)
