@@ -115,6 +115,29 @@ def test_a_figure_that_stops_stands_out_once_it_has_stood_still(model: ObjectsMo
     assert early < 1.0 < late
 
 
+def test_a_walker_coming_in_at_the_edge_is_not_an_alarm_while_the_edge_cuts_it(model: ObjectsModel) -> None:
+    """A walker rising into view from the bottom edge: while the edge cuts it, its box is wide and flat and
+    the flow of its pixels coming in has nothing to match, so neither shape nor speed is measured; once it
+    is in, it is a walker like the normal ones."""
+    state = model.new_state()
+    cut, inside = [], []
+    for t in range(14):
+        y = H - 2 - 2 * t  # 2 pixels a frame upward; the 16-pixel figure is whole from t = 8
+        image = frame([], 300 + t)
+        image[y : y + 16, 60:66] = PATTERN[: min(16, H - y), :6]  # the part of the figure in view
+        blobs = model.blobs(state, image)
+        for blob, excess in zip(blobs, model.excess(blobs), strict=True):
+            (cut if blob.y + blob.h >= H else inside).append((blob, float(excess)))
+    assert cut
+    assert inside
+    for blob, excess in cut:
+        assert np.isnan(blob.aspect)
+        assert excess < 1.0, (blob, excess)
+    assert not any(np.isnan(b.aspect) for b, _ in inside)
+    assert all(e < 1.0 for _, e in inside)
+    assert np.isfinite(inside[-1][0].speed)  # measured once the whole figure is in view
+
+
 def test_a_global_light_change_makes_no_blob(model: ObjectsModel) -> None:
     brighter = np.clip(frame([], 3).astype(np.int16) + 30, 0, 255).astype(np.uint8)
     state = model.new_state()
