@@ -14,6 +14,7 @@ import pytest
 from plugins.objects import (
     EMPTY,
     FEATURES,
+    Blob,
     FlowCache,
     ObjectsError,
     ObjectsModel,
@@ -120,7 +121,8 @@ def test_a_walker_coming_in_at_the_edge_is_not_an_alarm_while_the_edge_cuts_it(m
     the flow of its pixels coming in has nothing to match, so neither shape nor speed is measured; once it
     is in, it is a walker like the normal ones."""
     state = model.new_state()
-    cut, inside = [], []
+    cut: list[tuple[Blob, float]] = []
+    inside: list[tuple[Blob, float]] = []
     for t in range(14):
         y = H - 2 - 2 * t  # 2 pixels a frame upward; the 16-pixel figure is whole from t = 8
         image = frame([], 300 + t)
