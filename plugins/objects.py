@@ -10,11 +10,10 @@ level evidence"). Per camera:
   the **blobs** (:func:`find_blobs`);
 * **tracks**: each blob takes the nearest blob of the previous frame within three quarters of the larger
   height (plus a margin), when their areas are within a factor of 3 (:class:`ObjectsState`);
-* per blob three **features** (:data:`FEATURES`); a blob cut by the frame's edge has no speed of its own
-  (its track's from inside the view) and, cut by the top or bottom, no shape: ``speed``,
-  ``log(1 + px/s)`` where px/s is the median dense optical-flow magnitude (OpenCV DIS, preset FAST down
-  to half resolution) over the blob's own pixels, averaged over the track's last 3 frames (a merge or
-  split moves a centroid, not the pixels, so flow is steadier than centroids);
+* per blob three **features** (:data:`FEATURES`): ``speed``, ``log(1 + px/s)`` where px/s is the median
+  dense optical-flow magnitude (OpenCV DIS, preset FAST down to half resolution) over the blob's own
+  pixels, averaged over the track's last 3 frames (a merge or split moves a centroid, not the pixels, so
+  flow is steadier than centroids);
   ``aspect``, ``log(width / height)`` (a car, a cyclist or a person lying down is wide); ``still``, the
   seconds the track has moved less than a quarter of its height a second;
 * the **normal tails** (:class:`ObjectsModel`): each feature's median and 99th percentile over the blobs of
@@ -76,8 +75,7 @@ __all__ = [
     "save_model",
 ]
 
-#: 2: a blob cut by the frame's edge has no speed of its own, nor a shape when cut by the top or bottom.
-MODEL_VERSION = 2
+MODEL_VERSION = 1
 MODEL_SUFFIX = ".objects.npz"
 #: The value of a cell no blob covers, and of a feature a blob lacks.
 EMPTY = -5.0
@@ -354,16 +352,7 @@ class ObjectsState:
                 taken_k.add(k)
                 match[j] = self._tracks[k]
         tracks, blobs = [], []
-        rows_px, cols_px = grey.shape
         for j, (x, y, w, h, a, _) in enumerate(rows):
-            # A blob that touches the frame's edge is partly outside the view: the flow of the pixels coming
-            # in has nothing to match, so its speed is not measured (a walker entering at the bottom read
-            # 35 px/s, five normal tails out, for a frame or two). Its box is cut: by the top or bottom its
-            # height is short and its shape reads wider than it is, so neither is measured; by a side only,
-            # its width is short, and the shape it shows is at most as wide as it is: kept (a vehicle coming
-            # in from the side is wide before it is whole).
-            cut_rows = y <= 0 or y + h >= rows_px
-            cut = cut_rows or x <= 0 or x + w >= cols_px
             track = match.get(j)
             if track is None:
                 track = _Track(
@@ -378,18 +367,16 @@ class ObjectsState:
                 self._next_id += 1
             track.cx, track.cy = centres[j]
             track.area, track.h = float(a), float(h)
-            if not cut_rows:
-                track.heights.append(float(h))
-            if not cut and math.isfinite(speeds[j]):
+            track.heights.append(float(h))
+            if math.isfinite(speeds[j]):
                 track.speeds.append(float(speeds[j]))
             speed = float(np.mean(track.speeds)) if track.speeds else math.nan
             if math.isfinite(speed):
                 moving = speed / float(np.mean(track.heights)) >= _STILL_SPEED
                 track.still = 0.0 if moving else track.still + self.spacing_s
             tracks.append(track)
-            aspect = math.nan if cut_rows else math.log(w / h)
             blobs.append(
-                Blob(int(x), int(y), int(w), int(h), int(a), track.ident, speed, aspect, track.still)
+                Blob(int(x), int(y), int(w), int(h), int(a), track.ident, speed, math.log(w / h), track.still)
             )
         self._tracks = tracks
         self._prev = grey

@@ -14,7 +14,6 @@ import pytest
 from plugins.objects import (
     EMPTY,
     FEATURES,
-    Blob,
     FlowCache,
     ObjectsError,
     ObjectsModel,
@@ -114,59 +113,6 @@ def test_a_figure_that_stops_stands_out_once_it_has_stood_still(model: ObjectsMo
     _, early = final_blob(model, np.concatenate([moving, stopped[:2]]))
     _, late = final_blob(model, np.concatenate([moving, stopped]))
     assert early < 1.0 < late
-
-
-def test_a_walker_coming_in_at_the_edge_is_not_an_alarm_while_the_edge_cuts_it(model: ObjectsModel) -> None:
-    """A walker rising into view from the bottom edge: while the edge cuts it, its box is wide and flat and
-    the flow of its pixels coming in has nothing to match, so neither shape nor speed is measured; once it
-    is in, it is a walker like the normal ones. (Before this rule its cut box read as a wide object.)"""
-    state = model.new_state()
-    cut: list[tuple[Blob, float]] = []
-    inside: list[tuple[Blob, float]] = []
-    for t in range(14):
-        y = H - 2 - 2 * t  # 2 pixels a frame upward; the 16-pixel figure is whole from t = 8
-        image = frame([], 300 + t)
-        image[y : y + 16, 60:66] = PATTERN[: min(16, H - y), :6]  # the part of the figure in view
-        blobs = model.blobs(state, image)
-        for blob, excess in zip(blobs, model.excess(blobs), strict=True):
-            (cut if blob.y + blob.h >= H else inside).append((blob, float(excess)))
-    assert cut
-    assert inside
-    for blob, excess in cut:
-        assert np.isnan(blob.aspect)
-        assert excess < 1.0, (blob, excess)
-    assert not any(np.isnan(b.aspect) for b, _ in inside)
-    assert all(e < 1.0 for _, e in inside)
-    assert np.isfinite(inside[-1][0].speed)  # measured once the whole figure is in view
-
-
-def _coming_in_from_the_left(model: ObjectsModel, w: int, h: int, seed: int) -> list[tuple[Blob, float]]:
-    """The blobs and excesses of a ``w`` x ``h`` object sliding in from the left edge, 3 pixels a frame."""
-    state = model.new_state()
-    out = []
-    for t in range(16):
-        right = 3 * (t + 1)  # the object's right edge; it is whole once right >= w
-        image = frame([], seed + t)
-        shown = min(w, right)
-        image[40 : 40 + h, max(0, right - w) : right] = PATTERN[:h, w - shown : w]
-        blobs = model.blobs(state, image)
-        out += list(zip(blobs, (float(e) for e in model.excess(blobs)), strict=True))
-    return out
-
-
-def test_a_side_cuts_only_the_width_so_a_wide_object_stands_out_before_it_is_whole(
-    model: ObjectsModel,
-) -> None:
-    """Cut by a side, a blob shows at most its own width: a van coming in is wide before it is whole, and a
-    walker coming in looks narrower than a walker, never wider. Neither has a speed of its own yet."""
-    van = [(b, e) for b, e in _coming_in_from_the_left(model, 36, 12, 400) if b.x <= 0]
-    assert van
-    assert all(np.isfinite(b.aspect) for b, _ in van)
-    assert any(e > 2.0 and b.w < 36 for b, e in van)
-    walker = [(b, e) for b, e in _coming_in_from_the_left(model, 6, 16, 500) if b.x <= 0]
-    assert walker
-    assert all(e < 1.0 for _, e in walker), walker
-    assert all(np.isnan(b.speed) for b, _ in walker)  # no speed measured on a track seen only cut
 
 
 def test_a_global_light_change_makes_no_blob(model: ObjectsModel) -> None:
