@@ -287,6 +287,10 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
         f"Injected anomalies: {summary['injected']}; detected: {summary['detected']}; "
         f"false alarms: {summary['false_alarms']}; alerts: {summary['alerts']}.",
         "",
+        "An alert is a detection when it is open from the anomaly's first frame to "
+        f"{summary['match_slack_s']:g} s after its last and its peak box, grown by "
+        f"{summary['match_margin_px']} px, is on the anomaly's mask; any other alert is a false alarm.",
+        "",
         "| camera | context | anomaly | span (s) | detected | delay (s) |",
         "|---|---|---|---|---|---|",
     ]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.cli.demo import MATCH_SLACK_S, alert_matches
+from pipeline.cli.demo import MATCH_MARGIN_PX, MATCH_SLACK_S, _summary_markdown, alert_matches
 from synth.writer import frame_name, write_mask
 
 FPS = 10.0
@@ -110,3 +110,22 @@ def test_an_alert_that_peaks_long_after_the_event_is_not_its_detection(masks: Pa
     # open during the event, but its peak (and snapshot) 20 s later is of something else
     late = (END + 1) / FPS + MATCH_SLACK_S + 20.0
     assert not alert_matches(_alert(5.0, late + 1, late, (100, 80, 120, 100)), EVENT, masks, FPS)
+
+
+def test_the_summary_says_how_alerts_were_counted() -> None:
+    event = {"kind": "cyclist", "start_s": 4.0, "end_s": 6.0, "detected": False, "delay_s": None}
+    text = _summary_markdown(
+        {
+            "injected": 1,
+            "detected": 0,
+            "false_alarms": 1,
+            "alerts": 1,
+            "missed": ["campus-1: cyclist at 4.0-6.0s"],
+            "match_slack_s": MATCH_SLACK_S,
+            "match_margin_px": MATCH_MARGIN_PX,
+            "cameras": {"campus-1": {"context": "campus", "events": [event]}},
+        }
+    )
+    assert f"to {MATCH_SLACK_S:g} s after its last" in text
+    assert f"grown by {MATCH_MARGIN_PX} px, is on the anomaly's mask" in text
+    assert "| campus-1 | campus | cyclist | 4.0-6.0 | **missed** | - |" in text
