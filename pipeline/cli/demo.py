@@ -234,16 +234,16 @@ def summarise_run(
             {"kind": e["kind"], "start_s": e["start"] / fps, "end_s": (e["end"] + 1) / fps} for e in truth
         ]
         mine = [a for a in alerts if a["camera"] == cam.id]
+        matched: set[str] = set()  # each (alert, event) pair is judged once: judging reads mask files
         for ev, true in zip(events, truth, strict=True):
             hits = [a for a in mine if alert_matches(a, true, masks, fps, slack_s)]
+            matched.update(a["alert_id"] for a in hits)
             ev["detected"] = bool(hits)
             ev["alerts"] = [a["alert_id"] for a in hits]
             ev["delay_s"] = (
                 round(max(0.0, min(a["start_pts"] for a in hits) - ev["start_s"]), 2) if hits else None
             )
-        false_alarms = [
-            a["alert_id"] for a in mine if not any(alert_matches(a, t, masks, fps, slack_s) for t in truth)
-        ]
+        false_alarms = [a["alert_id"] for a in mine if a["alert_id"] not in matched]
         cameras[cam.id] = {
             "context": cam.context,
             "scene": clip_name,
