@@ -229,10 +229,24 @@ class SamplingConfig(_Strict):
     )
 
 
+#: ``alerts.on_threshold: calibrated``: a camera opens alerts at its calibration's threshold, the quantile
+#: of its own normal footage's fused score as the alerts see it (``plugins.fusion.Calibration``).
+CALIBRATED_THRESHOLD = "calibrated"
+#: The number ``on_threshold: calibrated`` falls back to on a camera whose calibration has no threshold.
+FALLBACK_ON_THRESHOLD = 3.0
+
+Threshold = Annotated[float, Field(ge=-100, le=1000)]
+
+
 class AlertPolicy(_Strict):
     """When a fused, calibrated score becomes an alert."""
 
-    on_threshold: float = Field(3.0, ge=-100, le=1000, description="Calibrated score that opens an alert.")
+    on_threshold: Threshold | Literal["calibrated"] = Field(
+        3.0,
+        description="Calibrated score that opens an alert, or `calibrated`: the camera's calibration "
+        "threshold (the threshold_quantile quantile of its normal footage's fused score after the alerts' "
+        f"smoothing; {FALLBACK_ON_THRESHOLD:g} on a camera without one, with a warning).",
+    )
     off_threshold: float = Field(2.0, ge=-100, le=1000, description="Score below which an open alert closes.")
     min_duration_s: float = Field(
         0.5, ge=0, le=3600, description="Score must stay above on_threshold this long."
@@ -242,7 +256,8 @@ class AlertPolicy(_Strict):
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlertPolicy:
-        if self.off_threshold > self.on_threshold:
+        # A calibrated threshold is known only at run time, which then closes at min(off, on).
+        if isinstance(self.on_threshold, float) and self.off_threshold > self.on_threshold:
             raise ValueError(
                 f"off_threshold {self.off_threshold} must not exceed on_threshold {self.on_threshold}"
             )

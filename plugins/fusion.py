@@ -89,6 +89,7 @@ __all__ = [
     "probe_sensitivity",
     "save_calibration",
     "time_folds",
+    "trailing_median",
 ]
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,9 @@ class Calibration:
     through unchanged (an uncalibrated camera). ``rule`` is the fusion rule the calibration was fitted for
     (:data:`FUSION_RULES`; a camera's config may override it). ``threshold`` is the ``threshold_quantile``
     quantile of the fused (by ``rule``, with the reliability weights and a uniform gate, unsmoothed)
-    calibrated score on the normal footage: a data-driven default for ``on_threshold``.
+    calibrated score on the normal footage, after the alerts' trailing median of ``threshold_smoothing``
+    clips (:class:`TemporalSmoother`; 1: unsmoothed, as calibrations before it were): what a camera's
+    ``alerts.on_threshold: calibrated`` opens alerts at.
     ``heldout_quantile`` is the quantile behind each stream's ``heldout_q`` (None: nothing was held out).
     ``agreement``: the ``max`` rule's agreement term (None: the plain max; calibrations from before it, or
     footage too short to place it).
@@ -313,9 +316,12 @@ class Calibration:
     rule: str = LEGACY_RULE
     heldout_quantile: float | None = None
     agreement: Agreement | None = None
+    threshold_smoothing: int = 1
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
+        if self.threshold_smoothing < 1:
+            raise CalibrationError(f"threshold_smoothing must be >= 1, got {self.threshold_smoothing}")
         if self.agreement is not None:
             if self.rule != "max":
                 raise CalibrationError(f"an agreement term belongs to the max rule, not {self.rule!r}")
@@ -345,6 +351,7 @@ class Calibration:
             "n_samples": self.n_samples,
             "threshold_quantile": self.threshold_quantile,
             "threshold": self.threshold,
+            "threshold_smoothing": self.threshold_smoothing,
             "heldout_quantile": self.heldout_quantile,
             "agreement": self.agreement.to_dict() if self.agreement is not None else None,
             "streams": {name: s.to_dict() for name, s in self.streams.items()},
@@ -406,6 +413,9 @@ class Calibration:
             thr = None if threshold is None else _number(threshold)
             heldout_quantile = _optional_number(data.get("heldout_quantile"))
             n_samples = int(data.get("n_samples", 0))
+            smoothing = data.get("threshold_smoothing", 1)
+            if isinstance(smoothing, bool) or not isinstance(smoothing, int):
+                raise TypeError(f"'threshold_smoothing' must be an integer, got {smoothing!r}")
         except (TypeError, ValueError) as exc:
             raise bad(str(exc)) from exc
         if not 0.0 < q <= 1.0:
@@ -433,6 +443,7 @@ class Calibration:
                 rule=rule,
                 heldout_quantile=heldout_quantile,
                 agreement=agreement,
+                threshold_smoothing=smoothing,
             )
         except CalibrationError as exc:
             raise bad(str(exc)) from exc
@@ -678,6 +689,8 @@ def fit_calibration(
     heldout_quantile: float = HELDOUT_QUANTILE,
     min_fold_clips: int = MIN_FOLD_CLIPS,
     probes: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    smoothing: int = 1,
+    segments: np.ndarray | Sequence[int] | None = None,
 ) -> Calibration:
     """Fit a camera's calibration on raw scores of normal footage.
 
@@ -687,8 +700,11 @@ def fit_calibration(
     ``min_fold_clips`` clips, each stream gets a reliability weight from held-out folds
     (:func:`assess_stream`), otherwise weight 1 and the reason says why. When every stream has the same
     ``N`` (aligned clips), the default threshold is the ``threshold_quantile`` quantile of the fused z-score
-    over those clips, by ``rule`` with the reliability weights and a uniform gate (:func:`fuse_arrays`);
-    otherwise ``threshold`` is None.
+    over those clips, by ``rule`` with the reliability weights and a uniform gate (:func:`fuse_arrays`),
+    after the alerts' trailing median of ``smoothing`` clips (:func:`trailing_median`) within each of
+    ``segments`` (``(N,)`` ids, one per clip: the footage it came from, in time order; None: one footage);
+    otherwise ``threshold`` is None. The alerts compare the smoothed score with the threshold, so it is the
+    smoothed normal score's quantile that says how often normal footage crosses it.
 
     ``probes``: kind -> stream -> raw scores of clips of the same footage with pseudo-anomalies pasted in
     (:mod:`plugins.pseudo_anomaly`). Each stream's recall of each kind at its ``heldout_quantile`` normal
@@ -704,6 +720,8 @@ def fit_calibration(
         raise CalibrationError(f"heldout_quantile must be in (0.5, 1), got {heldout_quantile}")
     if min_fold_clips < 2:
         raise CalibrationError(f"min_fold_clips must be >= 2, got {min_fold_clips}")
+    if smoothing < 1:
+        raise CalibrationError(f"smoothing must be >= 1, got {smoothing}")
     try:
         check_rule(rule)
     except FusionError as exc:
@@ -750,6 +768,11 @@ def fit_calibration(
         if rule == "max":
             agreement = fit_agreement(z, weights)
         fused = fuse_arrays(z, weights, rule, agreement)
+        if segments is not None and np.asarray(segments).size != fused.size:
+            raise CalibrationError(
+                f"segments need one id per clip: {np.asarray(segments).size} for {fused.size}"
+            )
+        fused = trailing_median(fused, smoothing, segments)
         fused = fused[np.isfinite(fused)]
         if fused.size:
             threshold = float(np.quantile(fused, threshold_quantile))
@@ -763,7 +786,29 @@ def fit_calibration(
         rule=rule,
         heldout_quantile=heldout_quantile if assessed else None,
         agreement=agreement,
+        threshold_smoothing=smoothing,
     )
+
+
+def trailing_median(
+    values: np.ndarray, k: int, segments: np.ndarray | Sequence[int] | None = None
+) -> np.ndarray:
+    """What :class:`TemporalSmoother` gives clip by clip, over a whole series: at each clip the median of
+    the last ``k`` finite values up to it within its segment (``segments``: ``(N,)`` ids, a new smoother
+    wherever the id changes; None: one segment); NaN until a segment's first finite value."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if k < 1:
+        raise FusionError(f"smoothing window must be >= 1, got {k}")
+    if k == 1:
+        return x.copy()  # a window of one is the score itself (a NaN stays NaN)
+    seg = np.zeros(x.size, np.int64) if segments is None else np.asarray(segments).ravel()
+    out = np.full(x.size, np.nan)
+    smoother = TemporalSmoother(k)
+    for i in range(x.size):
+        if i and seg[i] != seg[i - 1]:
+            smoother.reset()
+        out[i] = smoother.update(float(x[i]))
+    return out
 
 
 def fit_agreement(z: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> Agreement | None:

@@ -124,6 +124,8 @@ class CalibrationSamples:
 
     samples: dict[str, np.ndarray]
     folds: np.ndarray
+    #: ``(M,)`` each scored clip's footage (0, 1, ...): a footage's clips are contiguous, in time order.
+    segments: np.ndarray
     memory: AppearanceMemory | None = None
     #: kind -> stream -> raw scores of the twin footage's clips that hold a pasted event of that kind.
     probes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -278,6 +280,9 @@ def collect_scores(
     unpasted = [s for s in scored if s.pasted is None]
     streams = sorted({k for s in unpasted for k in s.scores})
     samples = {k: np.array([s.scores.get(k, math.nan) for s in unpasted], np.float64) for k in streams}
+    # Each clip's footage, in time order within it: the threshold's trailing median restarts at each.
+    footage_ids = {cam: i for i, cam in enumerate(sorted({s.camera for s in unpasted}))}
+    segments = np.array([footage_ids[s.camera] for s in unpasted], np.int64)
     clean_folds = np.array([f for s, f in zip(scored, folds, strict=True) if s.pasted is None], np.int8)
     probes: dict[str, dict[str, np.ndarray]] = {}
     for kind in sorted({s.pasted for s in scored if s.pasted is not None}):
@@ -286,6 +291,7 @@ def collect_scores(
     return CalibrationSamples(
         samples=samples,
         folds=clean_folds,
+        segments=segments,
         memory=memory,
         probes=probes,
         stationary=model,
@@ -624,6 +630,9 @@ def calibrate_camera(
         threshold_quantile=0.995,
         camera=camera_id,
         probes=collected.probes,
+        # The alerts compare the camera's smoothed score with the threshold (on_threshold: calibrated).
+        smoothing=camera.alerts.smoothing,
+        segments=collected.segments,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     memory_file = memory_path(out)
@@ -679,7 +688,9 @@ def trust_report(cal: Calibration) -> str:
     threshold = "none" if cal.threshold is None else f"{cal.threshold:.3f}"
     head = (
         f"camera {cal.camera}: {cal.n_samples} clips, fusion rule {cal.rule}, "
-        f"default threshold {threshold} (the {cal.threshold_quantile:g} quantile of the fused normal score)"
+        f"calibrated threshold {threshold} (the {cal.threshold_quantile:g} quantile of the fused normal score"
+        f"{'' if cal.threshold_smoothing == 1 else f' after a median of {cal.threshold_smoothing} clips'}; "
+        "alerts.on_threshold: calibrated opens alerts there)"
     )
     if cal.agreement is not None:
         a = cal.agreement

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.config import ConfigError, ZsadConfig, load_config
+from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from engines.backends.base import BackendError, BackendUnavailable
 from engines.build import BuildError, BuildInputError, BuildOptions, build_from_config
 from engines.export import ExportError, ParityError
@@ -30,6 +30,7 @@ from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.cli.run import announce
 from pipeline.inference import EngineError, appearance_expectation, load_engines
 from pipeline.memory_streams import MODEL_FILES
+from pipeline.outputs.events import alert_params, resolve_policy
 from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
 from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
@@ -86,7 +87,12 @@ def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
         expect = appearance_expectation(engines)
         for cam in cfg.cameras:
             path = out / f"{cam.id}.json"
-            if not path.is_file() or not _memory_fits(path, expect) or not _models_fit(cfg, path):
+            if (
+                not path.is_file()
+                or not _memory_fits(path, expect)
+                or not _models_fit(cfg, path)
+                or not _threshold_fits(cfg, cam.id, path)
+            ):
                 context = cfg.camera_settings(cam.id).context
                 footage = sorted((scenes / "training" / "videos").glob(f"{context}_*.mp4"))
                 calibrate_camera(cfg, engines, cam.id, [f"file://{p.resolve()}" for p in footage], path)
@@ -126,6 +132,24 @@ def _models_fit(cfg: ZsadConfig, calibration: Path) -> bool:
             log.info("calibrating again: %s", exc)
             return False
     return True
+
+
+def _threshold_fits(cfg: ZsadConfig, camera: str, calibration: Path) -> bool:
+    """Whether the calibration's threshold was computed for the camera's alert smoothing (a calibration from
+    before thresholds were smoothed was computed for none)."""
+    smoothing = cfg.camera_settings(camera).alerts.smoothing
+    try:
+        fits = load_calibration(calibration).threshold_smoothing == smoothing
+    except CalibrationError as exc:
+        log.info("calibrating again: %s", exc)
+        return False
+    if not fits:
+        log.info(
+            "calibrating again: %s has a threshold for another alert smoothing than %d",
+            calibration,
+            smoothing,
+        )
+    return fits
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -250,13 +274,14 @@ def summarise_run(
             "events": events,
             "alerts": len(mine),
             "false_alarms": false_alarms,
+            "on_threshold": round(threshold := _on_threshold(cam), 3),
         }
         _plot_timeline(
             cam.id,
             [s for s in scores if s["camera"] == cam.id],
             mine,
             events,
-            cam.alerts.on_threshold,
+            threshold,
             out / "timelines" / f"{cam.id}.png",
         )
     injected = [ev for c in cameras.values() for ev in c["events"]]
@@ -280,6 +305,17 @@ def summarise_run(
     return summary
 
 
+def _on_threshold(cam: CameraSettings) -> float:
+    """The score that opened the camera's alerts in the run (``calibrated``: its calibration's threshold)."""
+    calibration = None
+    if cam.calibration:
+        try:
+            calibration = load_calibration(cam.calibration)
+        except CalibrationError as exc:
+            log.warning("camera %s: %s", cam.id, exc)
+    return alert_params(resolve_policy(cam.alerts, calibration, cam.id)).on_threshold
+
+
 def _summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# zsad demo summary",
@@ -290,6 +326,10 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
         "An alert is a detection when it is open from the anomaly's first frame to "
         f"{summary['match_slack_s']:g} s after its last and its peak box, grown by "
         f"{summary['match_margin_px']} px, is on the anomaly's mask; any other alert is a false alarm.",
+        "",
+        "Alerts open at "
+        + ", ".join(f"{cid} {cam['on_threshold']:.2f}" for cid, cam in summary["cameras"].items())
+        + " (each camera's `on_threshold`; `calibrated`: its calibration's threshold).",
         "",
         "| camera | context | anomaly | span (s) | detected | delay (s) |",
         "|---|---|---|---|---|---|",

@@ -27,17 +27,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.config import AlertPolicy
+from core.config import CALIBRATED_THRESHOLD, FALLBACK_ON_THRESHOLD, AlertPolicy
 from pipeline.outputs.alert_schema import AlertSchemaError, build_alert_record
 from pipeline.outputs.heatmap import PeakEvidence
 from pipeline.outputs.media import EventMedia, EventRecorder, Frame
 from pipeline.outputs.metrics import ZsadMetrics
 from plugins.alerting import AlertMachine, AlertParams, AlertTransition, Peak
-from plugins.fusion import CameraFusion, FusedScore
+from plugins.fusion import Calibration, CameraFusion, FusedScore
 from plugins.learned import EventEvidence, LearnedError
 from plugins.zones import PeakLocation, ViewZones, evidence_map, locate_peak
 
-__all__ = ["CameraAlerts", "RecordPublisher", "alert_params"]
+__all__ = ["AlertPolicyError", "CameraAlerts", "RecordPublisher", "alert_params", "resolve_policy"]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,60 @@ class RecordPublisher(Protocol):
     def publish(self, record: Mapping[str, Any]) -> Any: ...
 
 
+class AlertPolicyError(ValueError):
+    """An alert policy used before its thresholds were resolved (:func:`resolve_policy`): a defect."""
+
+
+def resolve_policy(policy: AlertPolicy, calibration: Calibration | None, camera: str) -> AlertPolicy:
+    """``policy`` with numeric thresholds: ``on_threshold: calibrated`` becomes the camera's calibration
+    threshold (``off_threshold`` at most that), or :data:`core.config.FALLBACK_ON_THRESHOLD` with a warning
+    when the camera has no calibration or its calibration no threshold. A number is kept as it is."""
+    if policy.on_threshold != CALIBRATED_THRESHOLD:
+        return policy
+    if (
+        calibration is None
+        or calibration.identity
+        or calibration.threshold is None
+        or not math.isfinite(calibration.threshold)
+    ):
+        log.warning(
+            "camera %s: alerts.on_threshold is 'calibrated' but the camera has no calibration threshold "
+            "(uncalibrated, or footage too short to fuse): it opens alerts at %g until it is calibrated",
+            camera,
+            FALLBACK_ON_THRESHOLD,
+        )
+        return _with_threshold(policy, FALLBACK_ON_THRESHOLD)
+    threshold = calibration.threshold
+    if calibration.threshold_smoothing != policy.smoothing:
+        # The threshold is a quantile of the normal score smoothed as the calibration says; another window
+        # crosses it more often (a shorter one) or less (a longer one).
+        log.warning(
+            "camera %s: its calibration threshold %.3f was computed for alerts.smoothing %d, the camera "
+            "smooths %d: recalibrate for the false-alarm rate the threshold stands for",
+            camera,
+            threshold,
+            calibration.threshold_smoothing,
+            policy.smoothing,
+        )
+    log.info(
+        "camera %s: alerts open at its calibration threshold %.3f (the %g quantile of its normal score)",
+        camera,
+        threshold,
+        calibration.threshold_quantile,
+    )
+    return _with_threshold(policy, threshold)
+
+
+def _with_threshold(policy: AlertPolicy, threshold: float) -> AlertPolicy:
+    return policy.model_copy(
+        update={"on_threshold": threshold, "off_threshold": min(policy.off_threshold, threshold)}
+    )
+
+
 def alert_params(policy: AlertPolicy) -> AlertParams:
-    """The alert machine's parameters from the config's per-camera ``AlertPolicy``."""
+    """The alert machine's parameters from a camera's resolved ``AlertPolicy`` (:func:`resolve_policy`)."""
+    if not isinstance(policy.on_threshold, float):
+        raise AlertPolicyError(f"on_threshold {policy.on_threshold!r} was not resolved to a number")
     return AlertParams(
         on_threshold=policy.on_threshold,
         off_threshold=policy.off_threshold,
@@ -87,7 +139,8 @@ class _EvidenceAccumulator:
 class CameraAlerts:
     """Everything between one camera's clip scores and its published alert records.
 
-    ``fusion`` should be built with ``smoothing=policy.smoothing``. ``epoch_offset_s`` maps stream time to
+    ``fusion`` should be built with ``smoothing=policy.smoothing``; ``policy`` is resolved against its
+    calibration (:func:`resolve_policy`, :attr:`on_threshold`). ``epoch_offset_s`` maps stream time to
     wall time (``epoch = pts + offset``); None takes ``clock() - t`` at the first :meth:`update`, right for
     live cameras. ``zones``: the camera's zones, mask and alert restriction (:meth:`set_zones` replaces
     them while it runs). ``evidence_dir``: where each alert's evidence is saved (None: not saved).
@@ -112,9 +165,10 @@ class CameraAlerts:
     ) -> None:
         self.camera = camera
         self.context = context
-        self.policy = policy
+        # From here on ``on_threshold: calibrated`` is the number the camera's calibration gives.
+        self.policy = resolve_policy(policy, fusion.calibration, camera)
         self.fusion = fusion
-        self.machine = AlertMachine(alert_params(policy))
+        self.machine = AlertMachine(alert_params(self.policy))
         self.sinks = sinks
         self.recorder = recorder
         self.metrics = metrics
@@ -131,6 +185,11 @@ class CameraAlerts:
         #: The latest clip's evidence map and peak (None without maps, or when no cell counted).
         self.last_evidence: PeakEvidence | None = None
         self._peak_evidence: PeakEvidence | None = None
+
+    @property
+    def on_threshold(self) -> float:
+        """The score that opens this camera's alerts (a calibrated one resolved to its number)."""
+        return self.machine.params.on_threshold
 
     def set_zones(self, zones: ViewZones | None) -> None:
         """Replace the camera's zones from the next clip on (an atomic swap of one immutable object)."""
@@ -342,7 +401,7 @@ class CameraAlerts:
                     tr,
                     camera=self.camera,
                     context=self.context,
-                    threshold=self.policy.on_threshold,
+                    threshold=self.on_threshold,
                     epoch_offset_s=self.epoch_offset_s or 0.0,
                     snapshot=media.snapshot,
                     clip=media.clip,

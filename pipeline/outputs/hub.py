@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from core.config import (
+    FALLBACK_ON_THRESHOLD,
     CameraSettings,
     ConfigError,
     ZoneSettings,
@@ -297,7 +298,7 @@ class RunOutputs:
             cam.id,
             cam.context,
             redact_uri(cam.uri),
-            threshold=cam.alerts.on_threshold,
+            threshold=alerts.on_threshold,
             calibrated=calibration is not None,
         )
         self._publish_zones(cam.id, zoning)
@@ -321,7 +322,8 @@ class RunOutputs:
                 return load_calibration(cam.calibration)
             except CalibrationError as exc:
                 log.warning("camera %s: %s; it starts uncalibrated", cam.id, exc)
-        log.warning("%s", uncalibrated_notice(cam.id, cam.alerts.on_threshold))
+        on = cam.alerts.on_threshold
+        log.warning("%s", uncalibrated_notice(cam.id, on if isinstance(on, float) else FALLBACK_ON_THRESHOLD))
         return None
 
     def _read_memory(self, cam: CameraSettings, calibration: Calibration | None) -> None:

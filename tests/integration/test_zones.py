@@ -361,7 +361,9 @@ def test_zsad_calibrate_prints_which_streams_the_camera_trusts(
     cal = load_calibration(out)
     assert cal.rule == "max"
     lines = printed.splitlines()
-    assert lines[0].startswith(f"camera flagpole: {cal.n_samples} clips, fusion rule max, default threshold ")
+    assert lines[0].startswith(
+        f"camera flagpole: {cal.n_samples} clips, fusion rule max, calibrated threshold "
+    )
     assert cal.agreement is not None  # the max rule's term, placed on the camera's normal footage
     assert lines[1].startswith(f"agreement term: {cal.agreement.offset:.3f} + {cal.agreement.slope:.3f} x ")
     assert lines[2].split()[:2] == ["stream", "weight"]

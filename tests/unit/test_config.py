@@ -94,6 +94,18 @@ def test_hysteresis_and_duplicates_are_refused() -> None:
         parse_config("cameras:\n  - {id: a, uri: 'file:///x'}\n  - {id: a, uri: 'file:///y'}\n")
 
 
+def test_on_threshold_calibrated_is_the_one_word_it_takes(tmp_path: Path) -> None:
+    cfg = parse_config(BASE + "    alerts: {on_threshold: calibrated, off_threshold: 5.0}\n")
+    # The calibration's number is known at run time, which closes at min(off, on): no hysteresis check here.
+    assert cfg.camera_settings("cam-b").alerts.on_threshold == "calibrated"
+    assert cfg.camera_settings("cam-a").alerts.on_threshold == 3.0
+    path = _write(tmp_path, BASE + "    alerts: {on_threshold: auto}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}:8: cameras[1].alerts.on_threshold" in str(info.value)
+    assert "'calibrated'" in str(info.value)
+
+
 def test_a_decoder_prior_needs_the_pixel_decoder(tmp_path: Path) -> None:
     text = "version: 1\nmodel:\n  dpc:\n    decode_pixels: false\n    decoder: extrapolate\n"
     path = _write(tmp_path, text)

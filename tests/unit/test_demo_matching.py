@@ -123,9 +123,10 @@ def test_the_summary_says_how_alerts_were_counted() -> None:
             "missed": ["campus-1: cyclist at 4.0-6.0s"],
             "match_slack_s": MATCH_SLACK_S,
             "match_margin_px": MATCH_MARGIN_PX,
-            "cameras": {"campus-1": {"context": "campus", "events": [event]}},
+            "cameras": {"campus-1": {"context": "campus", "events": [event], "on_threshold": 4.474}},
         }
     )
+    assert "Alerts open at campus-1 4.47 " in text
     assert f"to {MATCH_SLACK_S:g} s after its last" in text
     assert f"grown by {MATCH_MARGIN_PX} px, is on the anomaly's mask" in text
     assert "| campus-1 | campus | cyclist | 4.0-6.0 | **missed** | - |" in text

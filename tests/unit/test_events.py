@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.config import AlertPolicy, JsonlSink, MediaConfig
+from core.config import FALLBACK_ON_THRESHOLD, AlertPolicy, JsonlSink, MediaConfig
 from pipeline.outputs.alert_schema import validate_alert
-from pipeline.outputs.events import CameraAlerts, alert_params
+from pipeline.outputs.events import AlertPolicyError, CameraAlerts, alert_params, resolve_policy
 from pipeline.outputs.media import EventRecorder
 from pipeline.outputs.metrics import ZsadMetrics
 from pipeline.outputs.sinks import SinkFanout, build_sinks
@@ -271,3 +271,58 @@ def test_a_later_peak_without_evidence_takes_the_heatmap_back(tmp_path: Path) ->
     assert closed["peak_box"] is None
     assert not heatmap.exists()  # it showed an older peak than the record's
     assert (tmp_path / closed["snapshot"]).is_file()
+
+
+def _calibrated_fusion(threshold: float | None, smoothing: int = 1) -> CameraFusion:
+    cal = Calibration(
+        streams={"pixel": StreamStats(0.0, 1.0, 100)}, threshold=threshold, threshold_smoothing=smoothing
+    )
+    return CameraFusion("cam-1", cal, None, smoothing=1)
+
+
+def _opens_at(cam: CameraAlerts, score: float) -> bool:
+    """Whether one clip at ``score`` opens an alert (min_duration 0)."""
+    _, recs = cam.update({"pixel": score}, None, 0.0)
+    return any(r["status"] == "open" for r in recs)
+
+
+def test_calibrated_threshold_opens_at_the_calibrations_number() -> None:
+    policy = AlertPolicy(on_threshold="calibrated", off_threshold=2.0, min_duration_s=0, smoothing=1)
+    below = CameraAlerts("cam-1", "campus", policy, _calibrated_fusion(4.4), ListPublisher())
+    above = CameraAlerts("cam-1", "campus", policy, _calibrated_fusion(4.4), ListPublisher())
+    assert below.on_threshold == pytest.approx(4.4)
+    assert not _opens_at(below, 4.3)
+    assert _opens_at(above, 4.5)
+    # Below the configured off threshold, the calibrated one pulls the off threshold down with it.
+    low = CameraAlerts("cam-1", "campus", policy, _calibrated_fusion(1.5), ListPublisher())
+    assert (low.policy.on_threshold, low.policy.off_threshold) == (1.5, 1.5)
+
+
+def test_calibrated_threshold_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    policy = AlertPolicy(on_threshold="calibrated", smoothing=1)
+    for fusion in (_calibrated_fusion(None), CameraFusion("cam-1", None, None, smoothing=1)):
+        caplog.clear()
+        cam = CameraAlerts("cam-1", "campus", policy, fusion, None)
+        assert cam.on_threshold == FALLBACK_ON_THRESHOLD
+        assert "no calibration threshold" in caplog.text
+
+
+def test_calibrated_threshold_for_another_smoothing_is_used_and_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = AlertPolicy(on_threshold="calibrated", smoothing=3)
+    cam = CameraAlerts("cam-1", "campus", policy, _calibrated_fusion(4.0, smoothing=1), None)
+    assert cam.on_threshold == 4.0
+    assert "computed for alerts.smoothing 1, the camera smooths 3" in caplog.text
+
+
+def test_a_numeric_threshold_ignores_the_calibration() -> None:
+    policy = AlertPolicy(on_threshold=3.0, off_threshold=2.0, smoothing=1)
+    cam = CameraAlerts("cam-1", "campus", policy, _calibrated_fusion(4.4), None)
+    assert cam.on_threshold == 3.0
+    assert resolve_policy(policy, None, "cam-1") is policy
+
+
+def test_an_unresolved_policy_is_refused_by_the_alert_machine() -> None:
+    with pytest.raises(AlertPolicyError, match="not resolved"):
+        alert_params(AlertPolicy(on_threshold="calibrated"))

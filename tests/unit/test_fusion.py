@@ -40,6 +40,7 @@ from plugins.fusion import (
     load_calibration,
     save_calibration,
     time_folds,
+    trailing_median,
 )
 from plugins.streams import APPEARANCE, STATIONARY
 
@@ -78,6 +79,48 @@ def test_threshold_is_the_quantile_of_the_same_rule() -> None:
         cf.update({k: float(v[i]) for k, v in samples.items()}, None, float(i)).raw_fused for i in range(2000)
     ]
     assert cal.threshold == pytest.approx(float(np.quantile(fused, 0.99)))
+
+
+def test_trailing_median_is_the_run_smoother_over_a_series_restarting_per_segment() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=40)
+    x[[5, 23]] = np.nan
+    segments = np.repeat([0, 1], 20)
+    got = trailing_median(x, 3, segments)
+    for seg in (0, 1):
+        smoother = TemporalSmoother(3)
+        want = [smoother.update(float(v)) for v in x[segments == seg]]
+        np.testing.assert_allclose(got[segments == seg], want)
+    assert got[20] == x[20]  # a new footage starts a new window
+    np.testing.assert_array_equal(trailing_median(x, 1), x)
+
+
+def test_the_threshold_is_the_quantile_of_the_smoothed_normal_score() -> None:
+    """With smoothing k, the threshold is the quantile of what the alerts compare with it: the median of the
+    last k fused clips. Single-clip spikes, which a median of 3 never lets through, do not set it."""
+    samples = _normal_samples()
+    spikes = np.zeros(2000)
+    spikes[::50] = 8.0  # isolated clips, 2 % of them: the raw 0.99 quantile sits on them
+    samples = {k: v + spikes for k, v in samples.items()}
+    segments = np.repeat([0, 1], 1000)
+    raw = fit_calibration(samples, threshold_quantile=0.99)
+    smooth = fit_calibration(samples, threshold_quantile=0.99, smoothing=3, segments=segments)
+    assert (raw.threshold_smoothing, smooth.threshold_smoothing) == (1, 3)
+    assert raw.threshold is not None
+    assert raw.threshold > 7.0
+    assert smooth.threshold is not None
+    assert smooth.threshold < 4.0
+    # The same numbers through the run's own fusion and smoother (a new camera for each footage).
+    fused: list[float] = []
+    for seg in (0, 1):
+        cf = CameraFusion("cam", smooth, None, smoothing=3)
+        for i in np.flatnonzero(segments == seg):
+            fused.append(cf.update({k: float(v[i]) for k, v in samples.items()}, None, float(i)).score)
+    assert smooth.threshold == pytest.approx(float(np.quantile(fused, 0.99)))
+    with pytest.raises(CalibrationError, match="one id per clip"):
+        fit_calibration(samples, smoothing=3, segments=segments[:10])
+    with pytest.raises(CalibrationError, match="smoothing must be >= 1"):
+        fit_calibration(samples, smoothing=0)
 
 
 def test_robust_to_outliers_in_normal_footage() -> None:
@@ -179,6 +222,11 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
             '"agreement": {"offset": 0, "slope": 1, "streams": ["pixel", "objects"]}}',
             r"\['objects'\] are not calibrated streams",
         ),
+        (
+            '{"version": 3, "streams": {}, "threshold_smoothing": 2.5}',
+            "'threshold_smoothing' must be an integer",
+        ),
+        ('{"version": 3, "streams": {}, "threshold_smoothing": 0}', "threshold_smoothing must be >= 1"),
     ],
 )
 def test_malformed_calibration_names_the_file(tmp_path: Path, content: str, match: str) -> None:
@@ -468,7 +516,10 @@ def test_fit_calibration_rejects_bad_folds_and_rules() -> None:
 def test_round_trip_keeps_weights_rule_and_agreement(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     cal = fit_calibration(
-        {"motion": rng.normal(0, 1, 300), "pixel": rng.standard_t(1.5, 300)}, time_folds(300), camera="c"
+        {"motion": rng.normal(0, 1, 300), "pixel": rng.standard_t(1.5, 300)},
+        time_folds(300),
+        camera="c",
+        smoothing=3,
     )
     path = tmp_path / "c.json"
     save_calibration(cal, path)
@@ -492,6 +543,11 @@ def test_round_trip_keeps_weights_rule_and_agreement(tmp_path: Path) -> None:
     assert back == cal
     assert back.streams["pixel"].weight < 1.0
     assert back.agreement == cal.agreement
+    assert back.threshold_smoothing == 3
+    # A file from before smoothed thresholds: computed for no smoothing.
+    del data["threshold_smoothing"]
+    path.write_text(json.dumps(data))
+    assert load_calibration(path).threshold_smoothing == 1
 
 
 def test_version_1_file_loads_with_the_mean_rule_and_weight_one(tmp_path: Path) -> None:
