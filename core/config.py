@@ -20,6 +20,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -235,13 +236,24 @@ CALIBRATED_THRESHOLD = "calibrated"
 #: The number ``on_threshold: calibrated`` falls back to on a camera whose calibration has no threshold.
 FALLBACK_ON_THRESHOLD = 3.0
 
-Threshold = Annotated[float, Field(ge=-100, le=1000)]
+
+def _on_threshold(value: Any) -> Any:
+    """A number from -100 to 1000 or the word ``calibrated``, as one error (a plain union would report
+    each of its members' errors under pydantic's internal names)."""
+    if value == CALIBRATED_THRESHOLD:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 1000:
+        raise ValueError(f"must be a number from -100 to 1000 or '{CALIBRATED_THRESHOLD}', got {value!r}")
+    return float(value)
+
+
+OnThreshold = Annotated[float | Literal["calibrated"], BeforeValidator(_on_threshold)]
 
 
 class AlertPolicy(_Strict):
     """When a fused, calibrated score becomes an alert."""
 
-    on_threshold: Threshold | Literal["calibrated"] = Field(
+    on_threshold: OnThreshold = Field(
         3.0,
         description="Calibrated score that opens an alert, or `calibrated`: the camera's calibration "
         "threshold (the threshold_quantile quantile of its normal footage's fused score after the alerts' "

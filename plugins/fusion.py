@@ -772,7 +772,10 @@ def fit_calibration(
             raise CalibrationError(
                 f"segments need one id per clip: {np.asarray(segments).size} for {fused.size}"
             )
-        fused = trailing_median(fused, smoothing, segments)
+        if smoothing > 1:
+            # The run fuses a clip no stream scores as 0.0 (:func:`fuse`), which then enters its smoother's
+            # window; unsmoothed thresholds keep their earlier definition (such clips left out).
+            fused = trailing_median(np.where(np.isnan(fused), 0.0, fused), smoothing, segments)
         fused = fused[np.isfinite(fused)]
         if fused.size:
             threshold = float(np.quantile(fused, threshold_quantile))
@@ -799,6 +802,8 @@ def trailing_median(
     x = np.asarray(values, dtype=np.float64).ravel()
     if k < 1:
         raise FusionError(f"smoothing window must be >= 1, got {k}")
+    if segments is not None and np.asarray(segments).size != x.size:
+        raise FusionError(f"segments need one id per value: {np.asarray(segments).size} for {x.size}")
     if k == 1:
         return x.copy()  # a window of one is the score itself (a NaN stays NaN)
     seg = np.zeros(x.size, np.int64) if segments is None else np.asarray(segments).ravel()

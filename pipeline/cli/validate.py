@@ -12,23 +12,33 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.config import ConfigError, ZsadConfig, load_config
+from core.config import (
+    CALIBRATED_THRESHOLD,
+    FALLBACK_ON_THRESHOLD,
+    CameraSettings,
+    ConfigError,
+    ZsadConfig,
+    load_config,
+)
 from engines.encoders import EncoderWeightsError, find_encoder_weights
-from plugins.fusion import CalibrationError, load_calibration
+from plugins.fusion import Calibration, CalibrationError, load_calibration
 
 
 def config_warnings(cfg: ZsadConfig) -> list[str]:
     """What a run of ``cfg`` will meet that the schema cannot check: one line per problem."""
     warnings = []
     for cam in cfg.enabled_cameras():
+        calibration = None
         if cam.calibration:
             try:
-                load_calibration(cam.calibration)
+                calibration = load_calibration(cam.calibration)
             except CalibrationError as exc:
                 warnings.append(
                     f"camera {cam.id}: {exc}: it will start uncalibrated (no alerts expected); write it with "
                     f"zsad calibrate CONFIG --camera {cam.id} --footage URI --out {cam.calibration}"
                 )
+        if cam.alerts.on_threshold == CALIBRATED_THRESHOLD:
+            warnings += _calibrated_threshold_warnings(cam, calibration)
         scheme, _, rest = cam.uri.partition("://")
         if scheme.lower() in {"file", "loop"} and not Path(rest).is_file():
             warnings.append(f"camera {cam.id}: no such file {rest}: the camera will fail at start")
@@ -41,6 +51,23 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
                 f"appearance: building its engine (zsad build-engines, a first run) will fail: {exc}"
             )
     return warnings
+
+
+def _calibrated_threshold_warnings(cam: CameraSettings, calibration: Calibration | None) -> list[str]:
+    """What ``alerts.on_threshold: calibrated`` will meet on ``cam`` (its calibration, if it was read)."""
+    fallback = f"alerts will open at {FALLBACK_ON_THRESHOLD:g} until it is calibrated"
+    if not cam.calibration:
+        return [f"camera {cam.id}: on_threshold is 'calibrated' but it has no calibration file: {fallback}"]
+    if calibration is None:
+        return []  # unreadable: said above
+    if calibration.identity or calibration.threshold is None:
+        return [f"camera {cam.id}: its calibration {cam.calibration} has no threshold: {fallback}"]
+    if calibration.threshold_smoothing != cam.alerts.smoothing:
+        return [
+            f"camera {cam.id}: its calibration threshold was computed for alerts.smoothing "
+            f"{calibration.threshold_smoothing}, the camera smooths {cam.alerts.smoothing}: recalibrate it"
+        ]
+    return []
 
 
 def run_validate(args: argparse.Namespace) -> int:

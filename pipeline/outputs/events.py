@@ -52,10 +52,14 @@ class AlertPolicyError(ValueError):
     """An alert policy used before its thresholds were resolved (:func:`resolve_policy`): a defect."""
 
 
-def resolve_policy(policy: AlertPolicy, calibration: Calibration | None, camera: str) -> AlertPolicy:
+def resolve_policy(
+    policy: AlertPolicy, calibration: Calibration | None, camera: str, rule: str | None = None
+) -> AlertPolicy:
     """``policy`` with numeric thresholds: ``on_threshold: calibrated`` becomes the camera's calibration
     threshold (``off_threshold`` at most that), or :data:`core.config.FALLBACK_ON_THRESHOLD` with a warning
-    when the camera has no calibration or its calibration no threshold. A number is kept as it is."""
+    when the camera has no calibration or its calibration no threshold. A number is kept as it is.
+    ``rule``: the fusion rule the camera runs (None: its calibration's); another one than the threshold was
+    computed for is warned about."""
     if policy.on_threshold != CALIBRATED_THRESHOLD:
         return policy
     if (
@@ -72,6 +76,15 @@ def resolve_policy(policy: AlertPolicy, calibration: Calibration | None, camera:
         )
         return _with_threshold(policy, FALLBACK_ON_THRESHOLD)
     threshold = calibration.threshold
+    if rule is not None and rule != calibration.rule:
+        log.warning(
+            "camera %s: its calibration threshold %.3f was computed for the fusion rule %s, the camera fuses "
+            "by %s: set a number for alerts.on_threshold, or the rule back to auto",
+            camera,
+            threshold,
+            calibration.rule,
+            rule,
+        )
     if calibration.threshold_smoothing != policy.smoothing:
         # The threshold is a quantile of the normal score smoothed as the calibration says; another window
         # crosses it more often (a shorter one) or less (a longer one).
@@ -166,7 +179,7 @@ class CameraAlerts:
         self.camera = camera
         self.context = context
         # From here on ``on_threshold: calibrated`` is the number the camera's calibration gives.
-        self.policy = resolve_policy(policy, fusion.calibration, camera)
+        self.policy = resolve_policy(policy, fusion.calibration, camera, fusion.rule)
         self.fusion = fusion
         self.machine = AlertMachine(alert_params(self.policy))
         self.sinks = sinks

@@ -99,11 +99,16 @@ def test_on_threshold_calibrated_is_the_one_word_it_takes(tmp_path: Path) -> Non
     # The calibration's number is known at run time, which closes at min(off, on): no hysteresis check here.
     assert cfg.camera_settings("cam-b").alerts.on_threshold == "calibrated"
     assert cfg.camera_settings("cam-a").alerts.on_threshold == 3.0
-    path = _write(tmp_path, BASE + "    alerts: {on_threshold: auto}\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert f"{path}:8: cameras[1].alerts.on_threshold" in str(info.value)
-    assert "'calibrated'" in str(info.value)
+    for bad, shown in (("auto", "'auto'"), ("2000", "2000"), ("'3.5'", "'3.5'")):
+        path = _write(tmp_path, BASE + f"    alerts: {{on_threshold: {bad}}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        # One line, under the field's own name (not one per member of the type's union).
+        errors = [line.strip() for line in str(info.value).splitlines() if "on_threshold" in line]
+        assert errors == [
+            f"{path}:8: cameras[1].alerts.on_threshold: Value error, must be a number from -100 to 1000 or "
+            f"'calibrated', got {shown}"
+        ]
 
 
 def test_a_decoder_prior_needs_the_pixel_decoder(tmp_path: Path) -> None:
@@ -160,3 +165,27 @@ def test_resolve_data_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert resolve_data_path("out/synth") == Path("out/synth")  # generated here: the working directory
     assert resolve_data_path("ucsd_ped2") == tmp_path / "shared" / "ucsd_ped2"  # benchmark data
     assert resolve_data_path("/abs/data") == Path("/abs/data")
+
+
+def test_validate_says_where_a_calibrated_threshold_falls_back(tmp_path: Path) -> None:
+    from pipeline.cli.validate import config_warnings
+    from plugins.fusion import Calibration, StreamStats, save_calibration
+
+    stats = {"pixel": StreamStats(0.0, 1.0, 100)}
+    save_calibration(Calibration(streams=stats, threshold=4.0, threshold_smoothing=3), tmp_path / "ok.json")
+    save_calibration(Calibration(streams=stats, threshold=None), tmp_path / "none.json")
+    save_calibration(Calibration(streams=stats, threshold=4.0, threshold_smoothing=1), tmp_path / "raw.json")
+    cams = "".join(
+        f"  - {{id: {name}, uri: 'rtsp://h/s'{f', calibration: {tmp_path / file}' if file else ''}}}\n"
+        for name, file in (("a", "ok.json"), ("b", "none.json"), ("c", "raw.json"), ("d", ""))
+    )
+    fallback = "alerts will open at 3 until it is calibrated"
+    cfg = parse_config(f"defaults:\n  alerts: {{on_threshold: calibrated, smoothing: 3}}\ncameras:\n{cams}")
+    assert config_warnings(cfg) == [
+        f"camera b: its calibration {tmp_path / 'none.json'} has no threshold: {fallback}",
+        "camera c: its calibration threshold was computed for alerts.smoothing 1, the camera smooths 3: "
+        "recalibrate it",
+        f"camera d: on_threshold is 'calibrated' but it has no calibration file: {fallback}",
+    ]
+    numeric = parse_config(f"defaults:\n  alerts: {{on_threshold: 3.0}}\ncameras:\n{cams}")
+    assert config_warnings(numeric) == []

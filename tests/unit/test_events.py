@@ -326,3 +326,25 @@ def test_a_numeric_threshold_ignores_the_calibration() -> None:
 def test_an_unresolved_policy_is_refused_by_the_alert_machine() -> None:
     with pytest.raises(AlertPolicyError, match="not resolved"):
         alert_params(AlertPolicy(on_threshold="calibrated"))
+
+
+def test_calibrated_threshold_under_another_fusion_rule_is_warned(caplog: pytest.LogCaptureFixture) -> None:
+    cal = Calibration(streams={"pixel": StreamStats(0.0, 1.0, 100)}, threshold=4.0, rule="max")
+    fusion = CameraFusion("cam-1", cal, None, smoothing=1, rule="mean")
+    cam = CameraAlerts("cam-1", "campus", AlertPolicy(on_threshold="calibrated", smoothing=1), fusion, None)
+    assert cam.on_threshold == 4.0
+    assert "computed for the fusion rule max, the camera fuses by mean" in caplog.text
+    caplog.clear()
+    CameraAlerts(
+        "cam-1", "campus", AlertPolicy(on_threshold="calibrated", smoothing=1), _calibrated_fusion(4.0), None
+    )
+    assert "fusion rule" not in caplog.text
+
+
+def test_calibrated_record_carries_the_number_in_force() -> None:
+    pub = ListPublisher()
+    policy = AlertPolicy(on_threshold="calibrated", off_threshold=2.0, min_duration_s=0, smoothing=1)
+    cam = CameraAlerts("cam-1", "campus", policy, _calibrated_fusion(4.4), pub)
+    cam.update({"pixel": 5.0}, None, 0.0)
+    assert pub.records
+    assert {r["threshold"] for r in pub.records} == {4.4}

@@ -119,8 +119,23 @@ def test_the_threshold_is_the_quantile_of_the_smoothed_normal_score() -> None:
     assert smooth.threshold == pytest.approx(float(np.quantile(fused, 0.99)))
     with pytest.raises(CalibrationError, match="one id per clip"):
         fit_calibration(samples, smoothing=3, segments=segments[:10])
+    with pytest.raises(FusionError, match="one id per value"):
+        trailing_median(np.zeros(5), 3, np.zeros(4))
     with pytest.raises(CalibrationError, match="smoothing must be >= 1"):
         fit_calibration(samples, smoothing=0)
+
+
+def test_the_smoothed_threshold_counts_clips_no_stream_scored_as_the_run_does() -> None:
+    """A clip where no stream has a value (every cell masked) fuses to 0.0 in the run and enters the alerts'
+    window; the threshold's replay must do the same, or it sits higher than what the alerts see."""
+    rng = np.random.default_rng(5)
+    samples = {"pixel": rng.normal(3.0, 1.0, 400), "motion": rng.normal(3.0, 1.0, 400)}
+    for v in samples.values():
+        v[::4] = np.nan  # every 4th clip: nothing scored
+    cal = fit_calibration(samples, threshold_quantile=0.5, smoothing=3)
+    cf = CameraFusion("cam", cal, None, smoothing=3)
+    run = [cf.update({k: float(v[i]) for k, v in samples.items()}, None, float(i)).score for i in range(400)]
+    assert cal.threshold == pytest.approx(float(np.quantile(run, 0.5)))
 
 
 def test_robust_to_outliers_in_normal_footage() -> None:
