@@ -51,6 +51,7 @@ __all__ = [
     "AGREEMENT_QUANTILE",
     "ASSESSMENT_FOLDS",
     "CALIBRATION_VERSION",
+    "CAMERA_THRESHOLD_QUANTILE",
     "DEFAULT_RULE",
     "FUSION_RULES",
     "HELDOUT_FOLDS",
@@ -128,6 +129,9 @@ LEGACY_RULE = "mean"
 
 #: The quantile of the held-out z-scores compared with the standard normal's (the false-alarm tail).
 HELDOUT_QUANTILE = 0.99
+#: The quantile of a camera's smoothed fused normal score that ``zsad calibrate`` writes as its threshold
+#: (``alerts.on_threshold: calibrated``); ``zsad eval`` replays its alerts at the same.
+CAMERA_THRESHOLD_QUANTILE = 0.995
 #: The upper quantile at which the agreement term is matched to the max (:func:`fit_agreement`): the
 #: false-alarm tail, the one the held-out weights are judged at (thresholds sit at 0.99-0.995).
 AGREEMENT_QUANTILE = HELDOUT_QUANTILE

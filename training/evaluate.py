@@ -31,11 +31,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.config import ZsadConfig, resolve_data_path
+from core.config import (
+    CALIBRATED_THRESHOLD,
+    FALLBACK_ON_THRESHOLD,
+    AlertPolicy,
+    ZsadConfig,
+    resolve_data_path,
+)
 from engines.manifest import spec_diff
 from engines.model import ZsadModel, load_checkpoint
+from plugins.alerting import AlertParams
 from plugins.fusion import (
     ASSESSMENT_FOLDS,
+    CAMERA_THRESHOLD_QUANTILE,
     FUSION_RULES,
     Agreement,
     Calibration,
@@ -50,6 +58,7 @@ from plugins.pseudo_anomaly import paste_pseudo_anomalies
 from plugins.scorer import ClipScorer, ClipTokens, Runner
 from plugins.stationary import frame_step
 from plugins.streams import APPEARANCE, MEMORY_STREAMS, OBJECTS, STATIONARY, STREAMS
+from training.alert_replay import Event, replay_alerts
 from training.appearance_eval import AppearanceEvaluator, context_folds
 from training.baselines import extrapolation_scores, frame_difference_scores
 from training.datasets import DatasetError, make_dataset
@@ -435,11 +444,17 @@ def evaluate(
             for c, n in zip(train.clips, cal_lengths, strict=True)
         ]
     )
+    # Each clip's training video: the threshold's trailing median restarts at each, as at each footage file.
+    clip_videos = np.concatenate([np.full(n, i) for i, n in enumerate(cal_lengths)])
+    policy = cfg.defaults.alerts
+    # Each context is calibrated as `zsad calibrate` calibrates a camera, its threshold included.
     context_cals = {
         ctx: fit_calibration(
             _scored_streams({k: v[clip_contexts == ctx] for k, v in cal_raw.items()}, f"context {ctx}"),
             folds[clip_contexts == ctx],
-            threshold_quantile=0.99,
+            threshold_quantile=CAMERA_THRESHOLD_QUANTILE,
+            smoothing=policy.smoothing,
+            segments=clip_videos[clip_contexts == ctx],
             camera=ctx,
             probes={
                 kind: {stream: np.concatenate(v) for stream, v in by_stream.items()}
@@ -601,6 +616,15 @@ def evaluate(
         },
         "eval_seconds": round(time.monotonic() - started, 1),
     }
+    metrics["alerts"] = _replayed_alerts(
+        primary_scores,
+        labels,
+        events,
+        {v: own[v] for v in labels},
+        policy,
+        model.spec.preprocess.clip_hop,
+        fps,
+    )
     if located:
         metrics["localisation"] = _localisation(located, gated, present, cal, native, out / "localisation")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
@@ -626,6 +650,48 @@ def evaluate(
         title=f"{product} per frame (smoothed); shaded: ground-truth anomalies",
     )
     return metrics
+
+
+def _replayed_alerts(
+    fused: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    events: Mapping[str, Sequence[Mapping[str, Any]]],
+    cals: Mapping[str, Calibration],
+    policy: AlertPolicy,
+    hop: int,
+    fps: float,
+) -> dict[str, Any]:
+    """The product's alerts on the test videos (:mod:`training.alert_replay`) under the config's default
+    alert policy: each video at its context's calibration threshold when ``on_threshold`` is ``calibrated``
+    (the threshold a camera of that context would get), else the number. Events: the dataset's own where it
+    names them (synthetic scenes), else each run of abnormal frames (UCSD Ped2)."""
+    params: dict[str, AlertParams] = {}
+    for v in fused:
+        on = policy.on_threshold
+        if on == CALIBRATED_THRESHOLD:
+            threshold = cals[v].threshold
+            on = threshold if threshold is not None else FALLBACK_ON_THRESHOLD
+        params[v] = AlertParams(
+            on_threshold=float(on),
+            off_threshold=min(policy.off_threshold, float(on)),
+            min_duration_s=policy.min_duration_s,
+            cooldown_s=policy.cooldown_s,
+        )
+    by_video: dict[str, list[Event]] = {}
+    for v, lab in labels.items():
+        named = events.get(v)
+        if named:
+            by_video[v] = [Event(int(e["start"]), int(e["end"]), str(e["kind"])) for e in named]
+        else:
+            edges = np.flatnonzero(np.diff(np.r_[0, np.asarray(lab, np.int8), 0]))
+            by_video[v] = [Event(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    report = replay_alerts(fused, by_video, params, hop=hop, fps=fps, smoothing=policy.smoothing)
+    return {
+        "on_threshold": policy.on_threshold,
+        "thresholds": {v: round(p.on_threshold, 3) for v, p in params.items()},
+        "hop_frames": hop,
+        **report,
+    }
 
 
 def breakdown(

@@ -71,6 +71,7 @@ from pipeline.memory_streams import (
 )
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map, memory_path, save_memory
 from plugins.fusion import (
+    CAMERA_THRESHOLD_QUANTILE,
     HELDOUT_FOLDS,
     Calibration,
     CalibrationError,
@@ -627,7 +628,7 @@ def calibrate_camera(
     cal = fit_calibration(
         collected.samples,
         assessment_folds(collected.folds),
-        threshold_quantile=0.995,
+        threshold_quantile=CAMERA_THRESHOLD_QUANTILE,
         camera=camera_id,
         probes=collected.probes,
         # The alerts compare the camera's smoothed score with the threshold (on_threshold: calibrated).

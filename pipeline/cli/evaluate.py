@@ -52,5 +52,11 @@ def run_eval(args: Any) -> int:
             floor_aucs = ", ".join(f"{k} {v}" for k, v in b["floor_model_resolution"][what].items())
             print(f"AUC {what.replace('_', ' ')} (model): {model_aucs}")
             print(f"AUC {what.replace('_', ' ')} (floor): {floor_aucs}")
+    a = metrics["alerts"]
+    print(
+        f"alerts of the product (on_threshold {a['on_threshold']}, read every {a['hop_frames']} frames): "
+        f"{a['detected']} of {a['events']} events detected, {a['false_alarms']} false alarms in "
+        f"{a['normal_minutes']:g} normal minutes"
+    )
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     return 0

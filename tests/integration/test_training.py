@@ -76,6 +76,15 @@ def test_train_resume_and_eval(tmp_path: Path, dataset: Path) -> None:
     assert 0.0 <= floor <= 1.0
     assert metrics["primary"] in metrics["summary"]
     assert metrics["machine"]["threads"] == 1  # OMP_NUM_THREADS=1 (see _zsad) wins over the core count
+    # The product's alerts replayed at the schema's default threshold (no alerts section): every test
+    # video's anomaly is an event, each counted detected or missed, and the threshold is the number.
+    alerts = metrics["alerts"]
+    assert alerts["on_threshold"] == 3.0
+    assert set(alerts["thresholds"].values()) == {3.0}
+    assert alerts["events"] >= 1
+    assert 0 <= alerts["detected"] <= alerts["events"]
+    assert alerts["detected"] + len(alerts["missed"]) == alerts["events"]
+    assert "alerts of the product (on_threshold 3.0, read every" in ev.stdout
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "timelines.png").stat().st_size > 1000
 
