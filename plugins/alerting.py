@@ -1,7 +1,9 @@
 """The alert state machine of one camera: hysteresis, minimum duration, cooldown and peak tracking.
 
 Pure: time is passed in explicitly (stream seconds, float, non-decreasing), nothing here reads a clock or
-does I/O. It never imports ``pipeline``; the pipeline maps its ``AlertPolicy`` onto :class:`AlertParams`.
+does I/O. It never imports ``pipeline``. A camera's config ``AlertPolicy`` becomes :class:`AlertParams`
+through :func:`resolve_policy` (``on_threshold: calibrated`` -> its calibration's number) and
+:func:`alert_params`, here so that the run and ``zsad eval``'s alert replay resolve it the same way.
 
 States::
 
@@ -17,12 +19,15 @@ States::
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from core.config import CALIBRATED_THRESHOLD, FALLBACK_ON_THRESHOLD, AlertPolicy
+from plugins.fusion import Calibration
 from plugins.zones import PeakLocation
 
 __all__ = [
@@ -30,10 +35,15 @@ __all__ = [
     "AlertMachine",
     "AlertParams",
     "AlertParamsError",
+    "AlertPolicyError",
     "AlertTimeError",
     "AlertTransition",
     "Peak",
+    "alert_params",
+    "resolve_policy",
 ]
+
+log = logging.getLogger(__name__)
 
 MachineState = Literal["idle", "pending", "open", "cooldown"]
 
@@ -262,3 +272,78 @@ class AlertMachine:
         if self._active is None:
             return []
         return [self._close(t, reason)]
+
+
+class AlertPolicyError(ValueError):
+    """An alert policy used before its thresholds were resolved (:func:`resolve_policy`): a defect."""
+
+
+def resolve_policy(
+    policy: AlertPolicy, calibration: Calibration | None, camera: str, rule: str | None = None
+) -> AlertPolicy:
+    """``policy`` with numeric thresholds: ``on_threshold: calibrated`` becomes the camera's calibration
+    threshold (``off_threshold`` at most that), or :data:`core.config.FALLBACK_ON_THRESHOLD` with a warning
+    when the camera has no calibration or its calibration no threshold. A number is kept as it is.
+    ``rule``: the fusion rule the camera runs (None: its calibration's); another one than the threshold was
+    computed for is warned about."""
+    if policy.on_threshold != CALIBRATED_THRESHOLD:
+        return policy
+    if (
+        calibration is None
+        or calibration.identity
+        or calibration.threshold is None
+        or not math.isfinite(calibration.threshold)
+    ):
+        log.warning(
+            "camera %s: alerts.on_threshold is 'calibrated' but the camera has no calibration threshold "
+            "(uncalibrated, or footage too short to fuse): it opens alerts at %g until it is calibrated",
+            camera,
+            FALLBACK_ON_THRESHOLD,
+        )
+        return _with_threshold(policy, FALLBACK_ON_THRESHOLD)
+    threshold = calibration.threshold
+    if rule is not None and rule != calibration.rule:
+        log.warning(
+            "camera %s: its calibration threshold %.3f was computed for the fusion rule %s, the camera fuses "
+            "by %s: set a number for alerts.on_threshold, or the rule back to auto",
+            camera,
+            threshold,
+            calibration.rule,
+            rule,
+        )
+    if calibration.threshold_smoothing != policy.smoothing:
+        # The threshold is a quantile of the normal score smoothed as the calibration says; another window
+        # crosses it more often (a shorter one) or less (a longer one).
+        log.warning(
+            "camera %s: its calibration threshold %.3f was computed for alerts.smoothing %d, the camera "
+            "smooths %d: recalibrate for the false-alarm rate the threshold stands for",
+            camera,
+            threshold,
+            calibration.threshold_smoothing,
+            policy.smoothing,
+        )
+    log.info(
+        "camera %s: alerts open at its calibration threshold %.3f (the %g quantile of its normal score)",
+        camera,
+        threshold,
+        calibration.threshold_quantile,
+    )
+    return _with_threshold(policy, threshold)
+
+
+def _with_threshold(policy: AlertPolicy, threshold: float) -> AlertPolicy:
+    return policy.model_copy(
+        update={"on_threshold": threshold, "off_threshold": min(policy.off_threshold, threshold)}
+    )
+
+
+def alert_params(policy: AlertPolicy) -> AlertParams:
+    """The alert machine's parameters from a camera's resolved ``AlertPolicy`` (:func:`resolve_policy`)."""
+    if not isinstance(policy.on_threshold, float):
+        raise AlertPolicyError(f"on_threshold {policy.on_threshold!r} was not resolved to a number")
+    return AlertParams(
+        on_threshold=policy.on_threshold,
+        off_threshold=policy.off_threshold,
+        min_duration_s=policy.min_duration_s,
+        cooldown_s=policy.cooldown_s,
+    )

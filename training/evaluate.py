@@ -31,16 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.config import (
-    CALIBRATED_THRESHOLD,
-    FALLBACK_ON_THRESHOLD,
-    AlertPolicy,
-    ZsadConfig,
-    resolve_data_path,
-)
+from core.config import AlertPolicy, ZsadConfig, resolve_data_path
 from engines.manifest import spec_diff
 from engines.model import ZsadModel, load_checkpoint
-from plugins.alerting import AlertParams
+from plugins.alerting import AlertParams, alert_params, resolve_policy
 from plugins.fusion import (
     ASSESSMENT_FOLDS,
     CAMERA_THRESHOLD_QUANTILE,
@@ -64,7 +58,7 @@ from training.baselines import extrapolation_scores, frame_difference_scores
 from training.datasets import DatasetError, make_dataset
 from training.gate import fit_model_gate, gate_weights
 from training.localisation import LocalisationError, evaluation_localisation
-from training.metrics import MetricError, gaussian_smooth, roc_auc, score_report
+from training.metrics import MetricError, alarm_events, gaussian_smooth, roc_auc, score_report
 from training.objects_eval import ObjectsEvaluator
 from training.plots import plot_roc_curves, plot_score_timelines
 from training.stationary_eval import StationaryEvaluator
@@ -665,26 +659,21 @@ def _replayed_alerts(
     alert policy: each video at its context's calibration threshold when ``on_threshold`` is ``calibrated``
     (the threshold a camera of that context would get), else the number. Events: the dataset's own where it
     names them (synthetic scenes), else each run of abnormal frames (UCSD Ped2)."""
+    # One camera per context: its calibration resolves the policy once, as the run resolves a camera's.
+    resolved: dict[str, AlertParams] = {}
     params: dict[str, AlertParams] = {}
     for v in fused:
-        on = policy.on_threshold
-        if on == CALIBRATED_THRESHOLD:
-            threshold = cals[v].threshold
-            on = threshold if threshold is not None else FALLBACK_ON_THRESHOLD
-        params[v] = AlertParams(
-            on_threshold=float(on),
-            off_threshold=min(policy.off_threshold, float(on)),
-            min_duration_s=policy.min_duration_s,
-            cooldown_s=policy.cooldown_s,
-        )
+        name = cals[v].camera or v
+        if name not in resolved:
+            resolved[name] = alert_params(resolve_policy(policy, cals[v], f"context {name}"))
+        params[v] = resolved[name]
     by_video: dict[str, list[Event]] = {}
     for v, lab in labels.items():
         named = events.get(v)
         if named:
             by_video[v] = [Event(int(e["start"]), int(e["end"]), str(e["kind"])) for e in named]
         else:
-            edges = np.flatnonzero(np.diff(np.r_[0, np.asarray(lab, np.int8), 0]))
-            by_video[v] = [Event(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+            by_video[v] = [Event(a, b - 1) for a, b in alarm_events(lab, 1)]
     report = replay_alerts(fused, by_video, params, hop=hop, fps=fps, smoothing=policy.smoothing)
     return {
         "on_threshold": policy.on_threshold,

@@ -30,9 +30,9 @@ from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.cli.run import announce
 from pipeline.inference import EngineError, appearance_expectation, load_engines
 from pipeline.memory_streams import MODEL_FILES
-from pipeline.outputs.events import alert_params, resolve_policy
 from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
+from plugins.alerting import alert_params, resolve_policy
 from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
 from plugins.fusion import CalibrationError, load_calibration
 from synth import generate_dataset

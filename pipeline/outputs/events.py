@@ -27,17 +27,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.config import CALIBRATED_THRESHOLD, FALLBACK_ON_THRESHOLD, AlertPolicy
+from core.config import AlertPolicy
 from pipeline.outputs.alert_schema import AlertSchemaError, build_alert_record
 from pipeline.outputs.heatmap import PeakEvidence
 from pipeline.outputs.media import EventMedia, EventRecorder, Frame
 from pipeline.outputs.metrics import ZsadMetrics
-from plugins.alerting import AlertMachine, AlertParams, AlertTransition, Peak
-from plugins.fusion import Calibration, CameraFusion, FusedScore
+from plugins.alerting import AlertMachine, AlertTransition, Peak, alert_params, resolve_policy
+from plugins.fusion import CameraFusion, FusedScore
 from plugins.learned import EventEvidence, LearnedError
 from plugins.zones import PeakLocation, ViewZones, evidence_map, locate_peak
 
-__all__ = ["AlertPolicyError", "CameraAlerts", "RecordPublisher", "alert_params", "resolve_policy"]
+__all__ = ["CameraAlerts", "RecordPublisher"]
 
 log = logging.getLogger(__name__)
 
@@ -46,81 +46,6 @@ class RecordPublisher(Protocol):
     """Anything with ``publish(record)``: :class:`pipeline.outputs.sinks.SinkFanout`, a single sink."""
 
     def publish(self, record: Mapping[str, Any]) -> Any: ...
-
-
-class AlertPolicyError(ValueError):
-    """An alert policy used before its thresholds were resolved (:func:`resolve_policy`): a defect."""
-
-
-def resolve_policy(
-    policy: AlertPolicy, calibration: Calibration | None, camera: str, rule: str | None = None
-) -> AlertPolicy:
-    """``policy`` with numeric thresholds: ``on_threshold: calibrated`` becomes the camera's calibration
-    threshold (``off_threshold`` at most that), or :data:`core.config.FALLBACK_ON_THRESHOLD` with a warning
-    when the camera has no calibration or its calibration no threshold. A number is kept as it is.
-    ``rule``: the fusion rule the camera runs (None: its calibration's); another one than the threshold was
-    computed for is warned about."""
-    if policy.on_threshold != CALIBRATED_THRESHOLD:
-        return policy
-    if (
-        calibration is None
-        or calibration.identity
-        or calibration.threshold is None
-        or not math.isfinite(calibration.threshold)
-    ):
-        log.warning(
-            "camera %s: alerts.on_threshold is 'calibrated' but the camera has no calibration threshold "
-            "(uncalibrated, or footage too short to fuse): it opens alerts at %g until it is calibrated",
-            camera,
-            FALLBACK_ON_THRESHOLD,
-        )
-        return _with_threshold(policy, FALLBACK_ON_THRESHOLD)
-    threshold = calibration.threshold
-    if rule is not None and rule != calibration.rule:
-        log.warning(
-            "camera %s: its calibration threshold %.3f was computed for the fusion rule %s, the camera fuses "
-            "by %s: set a number for alerts.on_threshold, or the rule back to auto",
-            camera,
-            threshold,
-            calibration.rule,
-            rule,
-        )
-    if calibration.threshold_smoothing != policy.smoothing:
-        # The threshold is a quantile of the normal score smoothed as the calibration says; another window
-        # crosses it more often (a shorter one) or less (a longer one).
-        log.warning(
-            "camera %s: its calibration threshold %.3f was computed for alerts.smoothing %d, the camera "
-            "smooths %d: recalibrate for the false-alarm rate the threshold stands for",
-            camera,
-            threshold,
-            calibration.threshold_smoothing,
-            policy.smoothing,
-        )
-    log.info(
-        "camera %s: alerts open at its calibration threshold %.3f (the %g quantile of its normal score)",
-        camera,
-        threshold,
-        calibration.threshold_quantile,
-    )
-    return _with_threshold(policy, threshold)
-
-
-def _with_threshold(policy: AlertPolicy, threshold: float) -> AlertPolicy:
-    return policy.model_copy(
-        update={"on_threshold": threshold, "off_threshold": min(policy.off_threshold, threshold)}
-    )
-
-
-def alert_params(policy: AlertPolicy) -> AlertParams:
-    """The alert machine's parameters from a camera's resolved ``AlertPolicy`` (:func:`resolve_policy`)."""
-    if not isinstance(policy.on_threshold, float):
-        raise AlertPolicyError(f"on_threshold {policy.on_threshold!r} was not resolved to a number")
-    return AlertParams(
-        on_threshold=policy.on_threshold,
-        off_threshold=policy.off_threshold,
-        min_duration_s=policy.min_duration_s,
-        cooldown_s=policy.cooldown_s,
-    )
 
 
 class _EvidenceAccumulator:

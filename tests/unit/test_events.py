@@ -12,10 +12,11 @@ from PIL import Image
 
 from core.config import FALLBACK_ON_THRESHOLD, AlertPolicy, JsonlSink, MediaConfig
 from pipeline.outputs.alert_schema import validate_alert
-from pipeline.outputs.events import AlertPolicyError, CameraAlerts, alert_params, resolve_policy
+from pipeline.outputs.events import CameraAlerts
 from pipeline.outputs.media import EventRecorder
 from pipeline.outputs.metrics import ZsadMetrics
 from pipeline.outputs.sinks import SinkFanout, build_sinks
+from plugins.alerting import AlertPolicyError, alert_params, resolve_policy
 from plugins.fusion import Calibration, CameraFusion, StreamStats
 from plugins.learned import EventEvidence
 from plugins.zones import ViewZones, Zone
