@@ -200,6 +200,13 @@ class TrainConfig(_Strict):
     dataset: DatasetConfig
     epochs: int = Field(10, ge=1, le=10_000)
     max_minutes: float | None = Field(None, gt=0, le=10_000, description="Wall-clock budget; stops early.")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="Stop after this many optimiser steps (a resumed run's count included); the learning-"
+        "rate schedule then spans them. Unlike max_minutes, the same run on every machine.",
+    )
     batch_size: int = Field(8, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0, le=1.0)
     weight_decay: float = Field(0.05, ge=0, le=1.0)

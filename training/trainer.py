@@ -212,6 +212,9 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
     per_rank_batch = max(1, tc.batch_size // world)
     steps_per_epoch = max(1, sampler.windows_per_epoch // tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
+    if tc.max_steps is not None:
+        # A step count, unlike a time budget, gives the same schedule and the same weights on any machine.
+        total_steps = min(total_steps, tc.max_steps)
     budget_s = tc.max_minutes * 60 if tc.max_minutes else None
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -224,7 +227,9 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         if budget_s is not None and elapsed >= budget_s:
             log.info("time budget of %.1f min reached at step %d", tc.max_minutes, step)
             break
-        progress = max(step / total_steps, elapsed / budget_s if budget_s else 0.0)
+        progress = step / total_steps
+        if budget_s is not None and tc.max_steps is None:
+            progress = max(progress, elapsed / budget_s)
         lr = _lr_at(step, progress, tc.lr, tc.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr

@@ -41,6 +41,11 @@ def run_train(args: Any) -> int:
             print(f"--max-minutes must be > 0, got {args.max_minutes:g}")
             return 2
         cfg.train.max_minutes = args.max_minutes
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            print(f"--max-steps must be >= 1, got {args.max_steps}")
+            return 2
+        cfg.train.max_steps = args.max_steps
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     if Path(cfg.train.output_dir).is_file():

@@ -89,6 +89,29 @@ def test_train_resume_and_eval(tmp_path: Path, dataset: Path) -> None:
     assert (tmp_path / "eval" / "timelines.png").stat().st_size > 1000
 
 
+def test_max_steps_gives_the_same_weights_twice(tmp_path: Path, dataset: Path) -> None:
+    """A step count is a run anyone can repeat: two runs stop at that step with the same weights, whatever
+    the machine's speed (a time budget's step count and learning-rate schedule depend on it)."""
+    from safetensors.numpy import load_file
+
+    weights = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        cfg = _config(tmp_path, dataset, out, epochs=50)
+        r = _zsad("train", str(cfg), "--max-steps", "3", "--output-dir", str(out))
+        assert r.returncode == 0, r.stderr[-2000:]
+        meta = json.loads((out / "model.safetensors.json").read_text())
+        assert meta["step"] == 3
+        assert meta["config"]["train"]["max_steps"] == 3
+        weights.append(load_file(str(out / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        assert (value == weights[1][key]).all(), key
+    bad = _zsad("train", str(cfg), "--max-steps", "0")
+    assert bad.returncode == 2
+    assert "--max-steps must be >= 1" in bad.stdout
+
+
 def test_bad_config_and_missing_checkpoint(tmp_path: Path, dataset: Path) -> None:
     cfg = _config(tmp_path, dataset, tmp_path / "run")
     bad = tmp_path / "bad.yaml"
