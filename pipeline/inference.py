@@ -283,11 +283,16 @@ def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) 
     manifest missing from an engine folder that otherwise has everything is refused with what to run."""
     path = manifest_path(directory, APPEARANCE_COMPONENT)
     if not path.is_file():
+        weights = (
+            "a local CLIP folder in appearance.weights or model.semantic.clip_text_model"
+            if cfg.appearance.encoder == "clip"
+            else WEIGHTS_INSTALL
+        )
         raise EngineError(
             f"engine manifest {path} is missing: the appearance stream is on (appearance.enabled) but "
             f"{directory} has no appearance engine (built before it existed?). Build it with "
             f"zsad build-engines --config CONFIG --out {directory} (what is there stays up to date; it needs "
-            f"the encoder's weights: {WEIGHTS_INSTALL}), or set appearance.enabled: false"
+            f"the encoder's weights: {weights}), or set appearance.enabled: false"
         )
     manifest = load_manifest(path)
     check_manifest(

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from core.config import AppearanceConfig
-from engines.appearance import AppearanceEncoder
+from engines.appearance import AppearanceEncoder, ClipAppearanceEncoder, load_encoder
 from engines.encoders import ENCODERS, EncoderWeightsError, find_encoder_weights
 from engines.manifest import file_sha256
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map
@@ -70,7 +70,11 @@ class AppearanceEvaluator:
     """
 
     def __init__(
-        self, encoder: AppearanceEncoder, mean: Sequence[float], std: Sequence[float], grid: tuple[int, int]
+        self,
+        encoder: AppearanceEncoder | ClipAppearanceEncoder,
+        mean: Sequence[float],
+        std: Sequence[float],
+        grid: tuple[int, int],
     ):
         self.encoder = encoder.eval()
         self.normaliser = Normaliser(mean, std)  # the run's one normalisation (plugins.preprocess)
@@ -81,14 +85,17 @@ class AppearanceEvaluator:
         self._memories: dict[tuple[str, int | None, int | None], AppearanceMemory] = {}
 
     @classmethod
-    def from_config(cls, settings: AppearanceConfig, grid: tuple[int, int]) -> AppearanceEvaluator | None:
+    def from_config(
+        cls, settings: AppearanceConfig, grid: tuple[int, int], semantic: str | None = None
+    ) -> AppearanceEvaluator | None:
         """The evaluator of ``settings`` (the config's ``appearance`` section), or None when the stream is
-        off or its weights are not installed (logged: the evaluation then has no appearance stream)."""
+        off or its weights are not installed (logged: the evaluation then has no appearance stream).
+        ``semantic``: ``model.semantic.clip_text_model``, where a CLIP encoder looks last for its folder."""
         if not settings.enabled:
             return None
         try:
-            path = find_encoder_weights(settings.encoder, settings.weights)
-            encoder = AppearanceEncoder.from_weights(path, file_sha256(path), settings.encoder)
+            path = find_encoder_weights(settings.encoder, settings.weights, semantic)
+            encoder = load_encoder(path, file_sha256(path), settings.encoder)
         except EncoderWeightsError as exc:
             log.warning("no appearance stream in this evaluation: %s", exc)
             return None

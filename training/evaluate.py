@@ -365,7 +365,7 @@ def evaluate(
     cal_lengths: list[int] = []
     patch = model.spec.backbone.patch_size
     grid = (size[0] // patch, size[1] // patch)
-    appearance = AppearanceEvaluator.from_config(cfg.appearance, grid)
+    appearance = AppearanceEvaluator.from_config(cfg.appearance, grid, cfg.model.semantic.clip_text_model)
     stationary = _stationary_evaluator(cfg, model, grid, fps)
     objects = _objects_evaluator(cfg, model, grid, fps)
     train_contexts = {c.name: c.context or "generic" for c in train.clips}

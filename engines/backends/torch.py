@@ -45,7 +45,7 @@ def _checkpoint_path(manifest: Manifest) -> Path:
 def _load_encoder(manifest: Manifest) -> Any:
     """The appearance encoder with the weights file the manifest names (or one of that name next to it),
     refused when the file is not the one the engine was built from."""
-    from engines.appearance import AppearanceEncoder, EncoderWeightsError
+    from engines.appearance import EncoderWeightsError, load_encoder
 
     path = _checkpoint_path(manifest)
     digest = file_sha256(path)
@@ -55,7 +55,7 @@ def _load_encoder(manifest: Manifest) -> Any:
             f"the engine was built from {manifest.weights_sha256[:12]}"
         )
     try:
-        return AppearanceEncoder.from_weights(path, digest, str(manifest.options.get("encoder", "")))
+        return load_encoder(path, digest, str(manifest.options.get("encoder", "")))
     except (EncoderWeightsError, ValueError) as exc:
         raise BackendError(f"{manifest.path}: {exc}") from exc
 

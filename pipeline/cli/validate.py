@@ -44,7 +44,9 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
             warnings.append(f"camera {cam.id}: no such file {rest}: the camera will fail at start")
     if cfg.appearance.enabled:
         try:
-            find_encoder_weights(cfg.appearance.encoder, cfg.appearance.weights)
+            find_encoder_weights(
+                cfg.appearance.encoder, cfg.appearance.weights, cfg.model.semantic.clip_text_model
+            )
         except EncoderWeightsError as exc:
             # Only a build needs the weights: an appearance engine built elsewhere still runs here.
             warnings.append(
