@@ -204,8 +204,9 @@ class TrainConfig(_Strict):
         None,
         ge=1,
         le=100_000_000,
-        description="Stop after this many optimiser steps (a resumed run's count included); the learning-"
-        "rate schedule then spans them. Unlike max_minutes, the same run on every machine.",
+        description="Train for this many optimiser steps (a resumed run's count included) instead of "
+        "epochs; the learning-rate schedule then spans them. Unlike max_minutes, the same steps and "
+        "schedule on every machine (max_minutes still stops a run early).",
     )
     batch_size: int = Field(8, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0, le=1.0)
@@ -866,6 +867,13 @@ class ZsadConfig(_Strict):
                     f"appearance.enabled: the appearance encoder needs a frame size in multiples of {m}, "
                     f"model.backbone is {bb.image_width}x{bb.image_height} (width x height); change it, or "
                     "set appearance.enabled: false"
+                )
+            if self.appearance.encoder == "clip" and bb.patch_size % m:
+                # CLIP's tokens are one per 16x16 cell; the DPC maps' grid must be that grid or coarser.
+                raise ValueError(
+                    f"appearance.encoder clip gives one feature per {m}x{m} cell, which the DPC maps' grid "
+                    f"(model.backbone.patch_size {bb.patch_size}) cannot take: use a patch size in multiples "
+                    f"of {m}, or appearance.encoder: mobilenet_v2"
                 )
         return self
 

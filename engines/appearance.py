@@ -296,9 +296,11 @@ class ClipAppearanceEncoder(nn.Module):
             )
         try:
             # Eager attention: plain matmuls and a softmax, which every exporter and TensorRT take.
-            model = loaders[kind].from_pretrained(
-                str(path), local_files_only=True, attn_implementation="eager"
-            )
+            model = (
+                loaders[kind]
+                .from_pretrained(str(path), local_files_only=True, attn_implementation="eager")
+                .float()
+            )  # a folder saved in float16 loads as float16; the engine takes float32 frames
         except (OSError, ValueError, RuntimeError) as exc:
             raise EncoderWeightsError(f"CLIP weights in {path} cannot be loaded: {exc}") from exc
         # A CLIPModel holds its image tower as vision_model; a CLIPVisionModel is the tower itself.

@@ -48,6 +48,7 @@ from engines.encoders import (
     EncoderWeightsError,
     appearance_spec,
     appearance_spec_sha256,
+    encoder_weights_sha256,
     find_encoder_weights,
 )
 from engines.export import EXPORT_OPSET, EXPORTER, check_parity, component_module, export_onnx
@@ -395,7 +396,8 @@ class _Builder:
             )
         except EncoderWeightsError as exc:
             raise BuildInputError(f"appearance engine: {exc}") from exc
-        self._appearance_source = _AppearanceSource(appearance.encoder, path, file_sha256(path))
+        digest = encoder_weights_sha256(appearance.encoder, path)
+        self._appearance_source = _AppearanceSource(appearance.encoder, path, digest)
 
     @property
     def appearance_source(self) -> _AppearanceSource:
@@ -510,7 +512,9 @@ class _Builder:
             model_spec=spec,
             model_spec_sha256=appearance_spec_sha256(spec),
             weights_sha256=source.sha256,
-            checkpoint=str(source.weights.resolve()),
+            # Absolute, symlinks kept: in a Hugging Face cache a CLIP folder's model.safetensors is a link
+            # into blobs/, and the folder (its config.json) is what the torch reference must reload.
+            checkpoint=str(source.weights.absolute()),
             options={"input_layout": "NCHW", "encoder": encoder},
         ).bind(self.out)
 

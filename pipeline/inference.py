@@ -284,7 +284,8 @@ def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) 
     path = manifest_path(directory, APPEARANCE_COMPONENT)
     if not path.is_file():
         weights = (
-            "a local CLIP folder in appearance.weights or model.semantic.clip_text_model"
+            "a local CLIP folder in appearance.weights, $ZSAD_APPEARANCE_WEIGHTS or "
+            "model.semantic.clip_text_model"
             if cfg.appearance.encoder == "clip"
             else WEIGHTS_INSTALL
         )

@@ -22,8 +22,7 @@ import torch
 
 from core.config import AppearanceConfig
 from engines.appearance import AppearanceEncoder, ClipAppearanceEncoder, load_encoder
-from engines.encoders import ENCODERS, EncoderWeightsError, find_encoder_weights
-from engines.manifest import file_sha256
+from engines.encoders import ENCODERS, EncoderWeightsError, encoder_weights_sha256, find_encoder_weights
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map
 from plugins.fusion import HELDOUT_FOLDS
 from plugins.preprocess import Normaliser
@@ -95,7 +94,7 @@ class AppearanceEvaluator:
             return None
         try:
             path = find_encoder_weights(settings.encoder, settings.weights, semantic)
-            encoder = load_encoder(path, file_sha256(path), settings.encoder)
+            encoder = load_encoder(path, encoder_weights_sha256(settings.encoder, path), settings.encoder)
         except EncoderWeightsError as exc:
             log.warning("no appearance stream in this evaluation: %s", exc)
             return None

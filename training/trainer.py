@@ -213,8 +213,9 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
     steps_per_epoch = max(1, sampler.windows_per_epoch // tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
     if tc.max_steps is not None:
-        # A step count, unlike a time budget, gives the same schedule and the same weights on any machine.
-        total_steps = min(total_steps, tc.max_steps)
+        # A step count, unlike a time budget, gives the same steps and schedule on any machine (and, on one
+        # process and the same kind of device, the same weights); it replaces the epochs' count.
+        total_steps = tc.max_steps
     budget_s = tc.max_minutes * 60 if tc.max_minutes else None
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable
-from engines.encoders import APPEARANCE_COMPONENT
+from engines.encoders import APPEARANCE_COMPONENT, encoder_weights_sha256
 from engines.export import component_module
-from engines.manifest import ONNX_COMPONENTS, Manifest, ManifestMismatch, file_sha256
+from engines.manifest import ONNX_COMPONENTS, Manifest, ManifestMismatch
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,19 @@ def _load_encoder(manifest: Manifest) -> Any:
     refused when the file is not the one the engine was built from."""
     from engines.appearance import EncoderWeightsError, load_encoder
 
+    encoder = str(manifest.options.get("encoder", ""))
     path = _checkpoint_path(manifest)
-    digest = file_sha256(path)
+    try:
+        digest = encoder_weights_sha256(encoder, path)
+    except EncoderWeightsError as exc:
+        raise BackendError(f"{manifest.path}: {exc}") from exc
     if digest != manifest.weights_sha256:
         raise ManifestMismatch(
             f"{manifest.path}: weights_sha256: {path} has sha256 {digest[:12]}, "
             f"the engine was built from {manifest.weights_sha256[:12]}"
         )
     try:
-        return load_encoder(path, digest, str(manifest.options.get("encoder", "")))
+        return load_encoder(path, digest, encoder)
     except (EncoderWeightsError, ValueError) as exc:
         raise BackendError(f"{manifest.path}: {exc}") from exc
 

@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config with a 'train' section")
     p.add_argument("--resume", help="checkpoint to resume from")
     p.add_argument("--max-minutes", type=float, help="override train.max_minutes")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps (the same run on every machine)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        help="override train.max_steps (the same steps and schedule on every machine)",
+    )
     p.add_argument("--output-dir", help="override train.output_dir")
     p.set_defaults(handler=_lazy("pipeline.cli.train:run_train"))
 

@@ -23,12 +23,14 @@ from engines.encoders import (
     WEIGHTS_ENV,
     EncoderWeightsError,
     EncoderWeightsMissing,
+    encoder_weights_sha256,
     find_clip_weights,
     find_encoder_weights,
 )
 from engines.export import random_feeds
-from engines.manifest import Expectation, check_manifest, file_sha256, load_manifest
+from engines.manifest import Expectation, check_manifest, load_manifest
 from pipeline.inference import EngineError, load_engines
+from plugins.appearance import appearance_map, fit_memory
 from tests.fixtures.tiny_models import tiny_model, tiny_model_dict
 from tests.integration.test_export import TENSORRT10_OPS
 
@@ -134,6 +136,30 @@ def test_a_folder_of_the_image_tower_alone_loads_the_same(clip_folder: Path, tmp
         torch.testing.assert_close(a(frames), b(frames), rtol=0, atol=0)
 
 
+def test_the_weights_identity_covers_the_config_and_a_half_precision_folder_loads(tmp_path: Path) -> None:
+    """The config changes the features as much as the weights do, so its edit must change the identity that
+    manifests and memories are checked against; a folder saved in float16 still takes float32 frames."""
+    folder = _save_clip(tmp_path / "clip")
+    weights = folder / "model.safetensors"
+    before = encoder_weights_sha256("clip", weights)
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace('"layer_norm_eps": 1e-05', '"layer_norm_eps": 0.001'))
+    assert encoder_weights_sha256("clip", weights) != before
+    half = tmp_path / "half"
+    CLIPModel.from_pretrained(str(folder), local_files_only=True).half().save_pretrained(half)
+    encoder = load_encoder(half, "", "clip")
+    with torch.no_grad():
+        assert encoder(torch.zeros(1, 3, 32, 48)).dtype == torch.float32
+
+
+def test_a_backbone_patch_finer_than_16_is_refused_with_clip() -> None:
+    with pytest.raises(ConfigError, match=r"appearance\.encoder clip gives one feature per 16x16 cell"):
+        parse_config(
+            "model: {backbone: {image_height: 64, image_width: 96, patch_size: 8}}\n"
+            + "appearance: {encoder: clip}\n"
+        )
+
+
 def test_what_is_not_a_usable_clip_is_refused(tmp_path: Path) -> None:
     narrow = _save_clip(tmp_path / "narrow", width=64)
     with pytest.raises(EncoderWeightsError, match="64 wide; the appearance stream needs at least 128"):
@@ -204,10 +230,13 @@ def test_the_engine_builds_checks_and_runs_like_mobilenets(clip_folder: Path, tm
     from engines.model import ZsadModel, save_checkpoint
 
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(ZsadModel(tiny_model()).eval(), tmp_path / "tiny.safetensors")
+    patch16 = {"patch_size": 16}  # CLIP's one token per 16x16 cell is then the DPC maps' grid
+    checkpoint = save_checkpoint(
+        ZsadModel(tiny_model(backbone=patch16)).eval(), tmp_path / "tiny.safetensors"
+    )
     cfg = ZsadConfig.model_validate(
         {
-            "model": tiny_model_dict(),
+            "model": tiny_model_dict(backbone=patch16),
             "engines": {"dir": str(tmp_path / "engines"), "checkpoint": str(checkpoint), "threads": 1},
             "appearance": {"encoder": "clip", "weights": str(clip_folder)},
         }
@@ -219,8 +248,13 @@ def test_the_engine_builds_checks_and_runs_like_mobilenets(clip_folder: Path, tm
     assert [(t.name, t.shape) for t in m.outputs] == [("features", (-1, 128, 2, 3))]
     assert (m.preprocessing.mean, m.preprocessing.std) == (CLIP_MEAN, CLIP_STD)
     assert m.options == {"encoder": "clip", "input_layout": "NCHW"}
-    assert m.weights_sha256 == file_sha256(clip_folder / "model.safetensors")
-    check_manifest(m, Expectation(model_spec=tiny_model(), appearance_encoder="clip", backend="onnxruntime"))
+    assert m.weights_sha256 == encoder_weights_sha256("clip", clip_folder / "model.safetensors")
+    check_manifest(
+        m,
+        Expectation(
+            model_spec=tiny_model(backbone=patch16), appearance_encoder="clip", backend="onnxruntime"
+        ),
+    )
     engines = load_engines(cfg)
     try:
         assert engines.appearance is not None
@@ -231,8 +265,19 @@ def test_the_engine_builds_checks_and_runs_like_mobilenets(clip_folder: Path, tm
         with load_backend(tmp_path / "engines" / "appearance.manifest.json", "torch") as reference:
             want = reference(feeds)["features"]  # the tower loaded again from the folder the manifest names
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        # The run's path: a memory fitted on the engine's features scores a frame onto the DPC maps' grid.
+        dpc_grid = tuple(engines.dpc.manifest.outputs[0].shape[-2:])
+        assert dpc_grid == (2, 3)
+        frames = random_feeds(engines.appearance.manifest.inputs, 40, np.random.default_rng(1))
+        memory = fit_memory(
+            engines.appearance(frames)["features"], encoder="clip", weights_sha256=m.weights_sha256
+        )
+        error_map = appearance_map(memory, got[0], dpc_grid)
+        assert error_map.shape == dpc_grid
+        assert np.isfinite(error_map).all()
     finally:
         engines.close()
     (tmp_path / "engines" / "appearance.manifest.json").unlink()
-    with pytest.raises(EngineError, match=r"a local CLIP folder in appearance\.weights or model\.semantic"):
+    where = r"a local CLIP folder in appearance\.weights, \$ZSAD_APPEARANCE_WEIGHTS or model\.semantic"
+    with pytest.raises(EngineError, match=where):
         load_engines(cfg)
