@@ -7,6 +7,7 @@ it does not parse. ``label`` says what the file is (``"manifest path/x.json"``);
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -16,7 +17,16 @@ from typing import IO, Any
 
 import yaml
 
-__all__ = ["parse_yaml", "read_bytes", "read_json", "write_atomic"]
+__all__ = ["file_sha256", "parse_yaml", "read_bytes", "read_json", "write_atomic"]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints and weights are large)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_bytes(path: str | Path, error: type[Exception], *, label: str | None = None) -> bytes:

@@ -58,6 +58,7 @@ __all__ = [
     "EncoderWeightsMissing",
     "FrameSizeError",
     "find_mobilenet_weights",
+    "frame_size",
     "load_encoder",
     "load_state",
     "mobilenet_v2_blocks",
@@ -81,6 +82,20 @@ _UNUSED_PREFIXES = (*(f"features.{i}." for i in range(14, 19)), "classifier.")
 
 class FrameSizeError(ValueError):
     """Frames whose shape the encoder cannot take (not ``(N, 3, H, W)``, or sides not multiples of 16)."""
+
+
+def frame_size(frames: torch.Tensor, multiple: int) -> tuple[int, int]:
+    """``(H, W)`` of ``(N, 3, H, W)`` frames whose sides are multiples of ``multiple``.
+
+    Raises:
+        FrameSizeError: another shape, or a side that is not such a multiple.
+    """
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise FrameSizeError(f"frames must be (N, 3, H, W), got {tuple(frames.shape)}")
+    height, width = int(frames.shape[2]), int(frames.shape[3])
+    if height % multiple or width % multiple:
+        raise FrameSizeError(f"frame height and width must be multiples of {multiple}, got {height}x{width}")
+    return height, width
 
 
 class _ConvBNReLU6(nn.Sequential):
@@ -204,12 +219,7 @@ class AppearanceEncoder(nn.Module):
         return model
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.dim() != 4 or frames.shape[1] != 3:
-            raise FrameSizeError(f"frames must be (N, 3, H, W), got {tuple(frames.shape)}")
-        height, width = int(frames.shape[2]), int(frames.shape[3])
-        m = self.info.frame_multiple
-        if height % m or width % m:
-            raise FrameSizeError(f"frame height and width must be multiples of {m}, got {height}x{width}")
+        height, width = frame_size(frames, self.info.frame_multiple)
         x = frames
         fine = x
         for i, block in enumerate(self.features):
@@ -317,12 +327,7 @@ class ClipAppearanceEncoder(nn.Module):
         return torch.cat([table[:1].unsqueeze(0), patches.flatten(2).transpose(1, 2)], dim=1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.dim() != 4 or frames.shape[1] != 3:
-            raise FrameSizeError(f"frames must be (N, 3, H, W), got {tuple(frames.shape)}")
-        height, width = int(frames.shape[2]), int(frames.shape[3])
-        m = self.info.frame_multiple
-        if height % m or width % m:
-            raise FrameSizeError(f"frame height and width must be multiples of {m}, got {height}x{width}")
+        height, width = frame_size(frames, self.info.frame_multiple)
         gh, gw = self.info.grid(height, width)
         size = (gh * self.patch_size, gw * self.patch_size)
         x = frames if size == (height, width) else F.interpolate(frames, size=size, mode="bilinear")

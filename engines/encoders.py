@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.datafile import file_sha256
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -198,26 +200,18 @@ def find_mobilenet_weights(explicit: str | None = None) -> Path:
     return found
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def encoder_weights_sha256(encoder: str, path: str | Path) -> str:
     """What identifies an encoder's weights (a manifest's and a memory's ``weights_sha256``): the SHA-256 of
     the weights file; for ``clip``, of the folder's ``model.safetensors`` and ``config.json`` together, since
     the config (heads, activation, layer-norm epsilon) changes the features as much as the weights do."""
     p = Path(path)
-    digest = _file_sha256(p)
+    digest = file_sha256(p)
     if encoder != "clip":
         return digest
     config = p.parent / "config.json"
     if not config.is_file():
         raise EncoderWeightsMissing(f"{p.parent} has no config.json beside {p.name}")
-    return hashlib.sha256(f"{digest}:{_file_sha256(config)}".encode()).hexdigest()
+    return hashlib.sha256(f"{digest}:{file_sha256(config)}".encode()).hexdigest()
 
 
 def find_clip_weights(explicit: str | None = None, semantic: str | None = None) -> Path:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from core.config import ModelConfig
-from core.datafile import read_json
+from core.datafile import file_sha256, read_json
 from engines.encoders import (
     APPEARANCE_COMPONENT,
     ENCODERS,
@@ -258,14 +258,6 @@ def zsad_version() -> str:
         return metadata.version("zsad")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _arch_spec(spec: ModelConfig | Mapping[str, Any]) -> dict[str, Any]:

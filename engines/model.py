@@ -7,7 +7,6 @@ model spec, so loading never unpickles code (``torch.load`` is not used).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from core.config import ModelConfig
+from core.datafile import file_sha256
 from engines.backbone import TimeSformerEncoder
 from engines.dpc import DPCHead
 from engines.semantic import ContextGate, ProjectionHead, StreamGateHead
@@ -148,14 +148,6 @@ def parse_spec(spec: Any) -> ModelConfig:
         raise CheckpointError(f"the model spec is invalid: {problems}") from exc
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(model: ZsadModel, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``<path>`` (safetensors weights) and ``<path>.json`` (spec, extra metadata, weights hash)."""
     from safetensors.torch import save_file
@@ -168,7 +160,7 @@ def save_checkpoint(model: ZsadModel, path: str | Path, extra: Mapping[str, Any]
     tmp.replace(path)
     meta = {
         "spec": model.spec.model_dump(mode="json"),
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         **(dict(extra) if extra else {}),
     }
     meta_path = path.with_suffix(path.suffix + ".json")
@@ -196,7 +188,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[ZsadMo
         spec = parse_spec(stored)
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint metadata {meta_path}: {exc}") from exc
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if meta.get("sha256") and meta["sha256"] != digest:
         raise CheckpointError(
             f"checkpoint {path} hash {digest[:12]} differs from its metadata {meta['sha256'][:12]}"
