@@ -219,6 +219,12 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
     budget_s = tc.max_minutes * 60 if tc.max_minutes else None
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if resume and step >= total_steps:
+        # Nothing to train: going on would refit the gate and overwrite the run's history with an empty one.
+        raise TrainingError(
+            f"checkpoint {resume} is at step {step}, already at the run's {total_steps} steps "
+            f"(train.max_steps, else the epochs'): raise --max-steps to train on"
+        )
     start = time.monotonic()
     history: list[dict[str, float]] = []
     bar = tqdm(total=total_steps, initial=step, disable=quiet or rank != 0, desc="train", unit="step")

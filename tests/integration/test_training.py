@@ -107,6 +107,13 @@ def test_max_steps_gives_the_same_weights_twice(tmp_path: Path, dataset: Path) -
     assert weights[0].keys() == weights[1].keys()
     for key, value in weights[0].items():
         assert (value == weights[1][key]).all(), key
+    # Resuming a run that already has its steps trains nothing and keeps its record.
+    out = tmp_path / "b"
+    record = (out / "history.jsonl").read_text()
+    again = _zsad("train", str(cfg), "--max-steps", "3", "--resume", str(out / "model.safetensors"))
+    assert again.returncode == 1
+    assert "is at step 3, already at the run's 3 steps" in again.stdout
+    assert (out / "history.jsonl").read_text() == record
     bad = _zsad("train", str(cfg), "--max-steps", "0")
     assert bad.returncode == 2
     assert "--max-steps must be >= 1" in bad.stdout
