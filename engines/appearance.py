@@ -45,7 +45,9 @@ from engines.encoders import (
     MOBILENET_V2_SHA256,
     EncoderWeightsError,
     EncoderWeightsMissing,
+    clip_folder,
     find_mobilenet_weights,
+    is_clip_folder,
 )
 
 log = logging.getLogger(__name__)
@@ -289,7 +291,7 @@ class ClipAppearanceEncoder(nn.Module):
         """
         path = Path(folder)
         config_path = path / "config.json"
-        if not config_path.is_file() or not (path / CLIP_WEIGHTS_FILE).is_file():
+        if not is_clip_folder(path):
             raise EncoderWeightsMissing(
                 f"{path} is not a CLIP folder with config.json and {CLIP_WEIGHTS_FILE}"
             )
@@ -347,8 +349,7 @@ def load_encoder(
     :func:`engines.encoders.find_encoder_weights` found: a ``.pth`` for MobileNetV2, a CLIP folder's
     ``model.safetensors`` for CLIP); ``sha256`` (the caller hashed the file) is kept as ``weights_sha256``."""
     if encoder == _CLIP.name:
-        p = Path(path)
-        return ClipAppearanceEncoder.from_folder(p.parent if p.name == CLIP_WEIGHTS_FILE else p, sha256)
+        return ClipAppearanceEncoder.from_folder(clip_folder(path), sha256)
     return AppearanceEncoder.from_weights(path, sha256, encoder)
 
 

@@ -394,9 +394,9 @@ class _Builder:
             path = find_encoder_weights(
                 appearance.encoder, appearance.weights, self.spec.semantic.clip_text_model
             )
+            digest = encoder_weights_sha256(appearance.encoder, path)
         except EncoderWeightsError as exc:
             raise BuildInputError(f"appearance engine: {exc}") from exc
-        digest = encoder_weights_sha256(appearance.encoder, path)
         self._appearance_source = _AppearanceSource(appearance.encoder, path, digest)
 
     @property

@@ -47,10 +47,12 @@ __all__ = [
     "EncoderWeightsMissing",
     "appearance_spec",
     "appearance_spec_sha256",
+    "clip_folder",
     "encoder_weights_sha256",
     "find_clip_weights",
     "find_encoder_weights",
     "find_mobilenet_weights",
+    "is_clip_folder",
 ]
 
 #: The engine component (``appearance.manifest.json``, ``appearance.onnx``).
@@ -200,6 +202,17 @@ def find_mobilenet_weights(explicit: str | None = None) -> Path:
     return found
 
 
+def clip_folder(path: str | Path) -> Path:
+    """The CLIP folder ``path`` names: the folder itself, or the one holding ``model.safetensors``."""
+    p = Path(path).expanduser()
+    return p.parent if p.name == CLIP_WEIGHTS_FILE else p
+
+
+def is_clip_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds what a CLIP encoder loads: ``config.json`` and ``model.safetensors``."""
+    return (folder / "config.json").is_file() and (folder / CLIP_WEIGHTS_FILE).is_file()
+
+
 def encoder_weights_sha256(encoder: str, path: str | Path) -> str:
     """What identifies an encoder's weights (a manifest's and a memory's ``weights_sha256``): the SHA-256 of
     the weights file; for ``clip``, of the folder's ``model.safetensors`` and ``config.json`` together, since
@@ -233,15 +246,13 @@ def find_clip_weights(explicit: str | None = None, semantic: str | None = None) 
     for source, value in sources:
         if not value:
             continue
-        path = Path(value).expanduser()
-        folder = path.parent if path.name == CLIP_WEIGHTS_FILE else path
-        weights = folder / CLIP_WEIGHTS_FILE
-        if not weights.is_file() or not (folder / "config.json").is_file():
+        folder = clip_folder(value)
+        if not is_clip_folder(folder):
             raise EncoderWeightsMissing(
-                f"appearance.encoder clip: {source} names {path}, which is not a local CLIP folder with "
-                f"config.json and {CLIP_WEIGHTS_FILE} (zsad never downloads weights), {off}"
+                f"appearance.encoder clip: {source} names {Path(value).expanduser()}, which is not a local "
+                f"CLIP folder with config.json and {CLIP_WEIGHTS_FILE} (zsad never downloads weights), {off}"
             )
-        return weights
+        return folder / CLIP_WEIGHTS_FILE
     raise EncoderWeightsMissing(
         "appearance.encoder clip needs a local CLIP folder (config.json and model.safetensors): set "
         f"appearance.weights, ${WEIGHTS_ENV} or model.semantic.clip_text_model, {off}"
