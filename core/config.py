@@ -664,6 +664,13 @@ class AppearanceConfig(_Strict):
         "keep its last map. 1: every clip. What a scene holds changes slowly next to a clip hop (0.32 s at "
         "25 fps), and the encoder is the stream's main cost (docs/benchmarks.md).",
     )
+    semantic: bool = Field(
+        True,
+        description="clip only: when the folder is a full CLIP model (image and text towers), the engine "
+        "also gives each encoded frame's CLIP image embedding, and the semantic stream scores it against the "
+        "cameras' prompts, embedded at build time by the same folder's text tower (the semantic head, if "
+        "any, is then not used). false: the appearance stream alone.",
+    )
     weights: str | None = Field(
         None,
         description="mobilenet_v2: the weights file (torchvision's mobilenet_v2-b0353104.pth); unset: "

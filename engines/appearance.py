@@ -24,7 +24,10 @@ With ``appearance.encoder: clip`` the encoder is instead the image tower of a CL
   post-layernorm, times a fixed orthonormal ``(D, 128)`` projection. One token per 16x16 cell of the frame:
   the frame is resized bilinearly to ``(H / 16 * P, W / 16 * P)`` for a model of patch size ``P`` (no resize
   when ``P`` is 16), and the model's position embeddings are interpolated bicubically to that grid, as
-  Hugging Face's ``interpolate_pos_encoding`` does.
+  Hugging Face's ``interpolate_pos_encoding`` does;
+* with ``embedding=True`` (a full ``CLIPModel`` folder: the semantic stream), a second output ``embedding``:
+  ``(N, E)`` float32, unit L2 norm: the class token after the post-layernorm through ``visual_projection``,
+  what ``CLIPModel.get_image_features`` gives on the same resized frame, normalised.
 """
 
 from __future__ import annotations
@@ -250,7 +253,9 @@ class ClipAppearanceEncoder(nn.Module):
 
     projection: torch.Tensor
 
-    def __init__(self, vision: Any, weights_sha256: str = "") -> None:
+    def __init__(
+        self, vision: Any, weights_sha256: str = "", visual_projection: nn.Linear | None = None
+    ) -> None:
         super().__init__()
         self.info = _CLIP
         emb = vision.embeddings
@@ -264,6 +269,9 @@ class ClipAppearanceEncoder(nn.Module):
         self.pre_layrnorm: nn.LayerNorm = vision.pre_layrnorm
         self.layers: nn.ModuleList = vision.encoder.layers
         self.post_layernorm: nn.LayerNorm = vision.post_layernorm
+        # With it, forward also gives the image embedding (the semantic stream's); without, features alone.
+        self.visual_projection = visual_projection
+        self.embed_dim = int(visual_projection.out_features) if visual_projection is not None else 0
         if width < self.info.channels:
             raise EncoderWeightsError(
                 f"CLIP's image tower is {width} wide; the appearance stream needs at least "
@@ -281,13 +289,17 @@ class ClipAppearanceEncoder(nn.Module):
         return super().train(False)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, weights_sha256: str = "") -> ClipAppearanceEncoder:
+    def from_folder(
+        cls, folder: str | Path, weights_sha256: str = "", *, embedding: bool = False
+    ) -> ClipAppearanceEncoder:
         """Load the image tower of the CLIP model in ``folder`` (a full ``CLIPModel`` or a
-        ``CLIPVisionModel``, by its ``config.json``); local files only.
+        ``CLIPVisionModel``, by its ``config.json``); local files only. ``embedding``: keep the model's
+        ``visual_projection`` too, so that forward also gives the image embedding (a full ``CLIPModel`` only).
 
         Raises:
             EncoderWeightsMissing: no ``config.json`` or weights there.
-            EncoderWeightsError: the folder holds another kind of model, or transformers cannot load it.
+            EncoderWeightsError: the folder holds another kind of model, transformers cannot load it, or an
+                embedding is asked of a folder without the projection.
         """
         path = Path(folder)
         config_path = path / "config.json"
@@ -315,8 +327,15 @@ class ClipAppearanceEncoder(nn.Module):
             )  # a folder saved in float16 loads as float16; the engine takes float32 frames
         except (OSError, ValueError, RuntimeError) as exc:
             raise EncoderWeightsError(f"CLIP weights in {path} cannot be loaded: {exc}") from exc
+        projection = getattr(model, "visual_projection", None) if embedding else None
+        if embedding and projection is None:
+            raise EncoderWeightsError(
+                f"{config_path}: model_type {kind!r} has no visual projection, so no image embedding for the "
+                f"semantic stream (it needs a full CLIPModel folder; set appearance.semantic: false to use "
+                f"this one for the appearance stream alone)"
+            )
         # A CLIPModel holds its image tower as vision_model; a CLIPVisionModel is the tower itself.
-        return cls(getattr(model, "vision_model", model), weights_sha256)
+        return cls(getattr(model, "vision_model", model), weights_sha256, projection)
 
     def _positions(self, grid: tuple[int, int]) -> torch.Tensor:
         """``(1, 1 + gh * gw, D)``: the class position, then the patch positions resized to ``grid``."""
@@ -328,7 +347,7 @@ class ClipAppearanceEncoder(nn.Module):
         patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
         return torch.cat([table[:1].unsqueeze(0), patches.flatten(2).transpose(1, 2)], dim=1)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         height, width = frame_size(frames, self.info.frame_multiple)
         gh, gw = self.info.grid(height, width)
         size = (gh * self.patch_size, gw * self.patch_size)
@@ -338,18 +357,26 @@ class ClipAppearanceEncoder(nn.Module):
         h = self.pre_layrnorm(torch.cat([cls, patches], dim=1) + self._positions((gh, gw)))
         for layer in self.layers:
             h = layer(h, None)
-        tokens = self.post_layernorm(h[:, 1:]) @ self.projection  # (N, gh * gw, 128)
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+        h = self.post_layernorm(h)
+        tokens = h[:, 1:] @ self.projection  # (N, gh * gw, 128)
+        features = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+        if self.visual_projection is None:
+            return features
+        # CLIPModel.get_image_features: the class token after the post-layernorm, projected.
+        return features, F.normalize(self.visual_projection(h[:, 0]), dim=-1)
 
 
 def load_encoder(
-    path: str | Path, sha256: str = "", encoder: str = "mobilenet_v2"
+    path: str | Path, sha256: str = "", encoder: str = "mobilenet_v2", *, embedding: bool = False
 ) -> AppearanceEncoder | ClipAppearanceEncoder:
     """The appearance encoder ``encoder`` with the weights at ``path`` (what
     :func:`engines.encoders.find_encoder_weights` found: a ``.pth`` for MobileNetV2, a CLIP folder's
-    ``model.safetensors`` for CLIP); ``sha256`` (the caller hashed the file) is kept as ``weights_sha256``."""
+    ``model.safetensors`` for CLIP); ``sha256`` (the caller hashed the file) is kept as ``weights_sha256``.
+    ``embedding``: CLIP only, the encoder also gives the image embedding (see the module docstring)."""
     if encoder == _CLIP.name:
-        return ClipAppearanceEncoder.from_folder(clip_folder(path), sha256)
+        return ClipAppearanceEncoder.from_folder(clip_folder(path), sha256, embedding=embedding)
+    if embedding:
+        raise EncoderWeightsError(f"the {encoder} encoder has no image embedding; only clip has one")
     return AppearanceEncoder.from_weights(path, sha256, encoder)
 
 

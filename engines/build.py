@@ -14,7 +14,9 @@ and only exists when ``model.semantic.clip_text_model`` is a local CLIP folder. 
 holds the stream gate composed with the context projection, applied in numpy on the backbone embedding.
 ``appearance`` is the frozen pretrained image encoder of the appearance stream (:mod:`engines.appearance`):
 built from its weights file (:func:`engines.encoders.find_encoder_weights`), not from the checkpoint, at the
-backbone's frame size.
+backbone's frame size. With ``appearance.encoder: clip``, ``appearance.semantic`` and a full CLIP folder with
+its tokenizer, it also outputs CLIP's image embedding and gets ``appearance_text_<context>.npy`` per context
+(the prompts through the same folder's text tower, L2-normalised, not gated): the semantic stream's source.
 
 Every stage has a build key (a hash of everything it depends on). A stage whose key matches the
 existing manifest and whose files still have their recorded hashes is skipped: a re-run with unchanged
@@ -48,8 +50,11 @@ from engines.encoders import (
     EncoderWeightsError,
     appearance_spec,
     appearance_spec_sha256,
+    clip_embed_dim,
+    clip_folder,
     encoder_weights_sha256,
     find_encoder_weights,
+    has_tokenizer,
 )
 from engines.export import EXPORT_OPSET, EXPORTER, check_parity, component_module, export_onnx
 from engines.manifest import (
@@ -295,11 +300,13 @@ class _TensorRTEnv:
 
 @dataclass(frozen=True)
 class _AppearanceSource:
-    """The appearance encoder a build exports: its name and its weights file with that file's sha256."""
+    """The appearance encoder a build exports: its name and its weights file with that file's sha256, and
+    the width of its image embedding (0: no ``embedding`` output, no semantic stream from it)."""
 
     encoder: str
     weights: Path
     sha256: str
+    embed_dim: int = 0
 
 
 class _Builder:
@@ -328,7 +335,7 @@ class _Builder:
         self._model: ZsadModel | None = None
         self.meta: dict[str, Any] = {}
         self.weights_sha = ""
-        self._text_encoder: TextEncoder | None = None
+        self._text_encoders: dict[str, TextEncoder] = {}  # CLIP folder -> its text tower
         self.progress = progress
         self.appearance = appearance
         self._appearance_source: _AppearanceSource | None = None
@@ -395,9 +402,19 @@ class _Builder:
                 appearance.encoder, appearance.weights, self.spec.semantic.clip_text_model
             )
             digest = encoder_weights_sha256(appearance.encoder, path)
+            embed_dim = clip_embed_dim(path) if appearance.encoder == "clip" and appearance.semantic else 0
         except EncoderWeightsError as exc:
             raise BuildInputError(f"appearance engine: {exc}") from exc
-        self._appearance_source = _AppearanceSource(appearance.encoder, path, digest)
+        if appearance.encoder == "clip" and appearance.semantic and not (embed_dim and has_tokenizer(path)):
+            log.warning(
+                "appearance engine: %s %s: it feeds the appearance stream only, not the semantic stream",
+                clip_folder(path),
+                "has no tokenizer to embed the prompts with"
+                if embed_dim
+                else "holds CLIP's image tower alone (no visual projection, no text tower)",
+            )
+            embed_dim = 0
+        self._appearance_source = _AppearanceSource(appearance.encoder, path, digest, embed_dim)
 
     @property
     def appearance_source(self) -> _AppearanceSource:
@@ -413,7 +430,9 @@ class _Builder:
 
             source = self.appearance_source
             try:
-                self._encoder = load_encoder(source.weights, source.sha256, source.encoder)
+                self._encoder = load_encoder(
+                    source.weights, source.sha256, source.encoder, embedding=source.embed_dim > 0
+                )
             except EncoderWeightsError as exc:
                 raise BuildInputError(f"appearance engine: {exc}") from exc
             log.info("appearance weights %s loaded (sha256 %s)", source.weights, source.sha256[:12])
@@ -500,8 +519,8 @@ class _Builder:
         source = self.appearance_source
         encoder = source.encoder
         height, width = self.spec.backbone.image_height, self.spec.backbone.image_width
-        inputs, outputs = appearance_io(encoder, height, width)
-        spec = appearance_spec(encoder, height, width)
+        inputs, outputs = appearance_io(encoder, height, width, source.embed_dim)
+        spec = appearance_spec(encoder, height, width, source.embed_dim)
         return Manifest(
             component=APPEARANCE_COMPONENT,
             zsad_version=zsad_version(),
@@ -760,22 +779,61 @@ class _Builder:
         return manifest
 
     def text_stage(self, manifest: Manifest, previous: Manifest | None) -> Manifest:
-        clip_source = str(self.spec.semantic.clip_text_model)
-        clip_id = _clip_identity(Path(clip_source).expanduser())
+        """The semantic head's prompt embeddings (``text_<context>.npy``), gated by each context's vector."""
         context_embs = self.meta.get("context_embeddings") or {}
+        return self._prompt_stage(
+            manifest,
+            previous,
+            clip_source=str(self.spec.semantic.clip_text_model),
+            identity={"weights": self.weights_sha, "spec": self.spec_sha},
+            prefix="text",
+            source=lambda context: "checkpoint" if context in context_embs else "zero-embedding",
+            embed=lambda prompt_set, context: self.gated_text(prompt_set, context_embs.get(context)),
+        )
+
+    def appearance_text_stage(self, manifest: Manifest, previous: Manifest | None) -> Manifest:
+        """The CLIP appearance engine's prompt embeddings (``appearance_text_<context>.npy``): the same
+        folder's text tower, L2-normalised and ungated, in the space of the engine's image embedding."""
+        source = self.appearance_source
+        folder = clip_folder(source.weights)
+        return self._prompt_stage(
+            manifest,
+            previous,
+            clip_source=str(folder),
+            identity={"weights": source.sha256, "spec": manifest.model_spec_sha256},
+            prefix=f"{APPEARANCE_COMPONENT}_text",
+            source=lambda context: "ungated",
+            embed=lambda prompt_set, context: self.clip_text(folder, prompt_set, source.embed_dim),
+        )
+
+    def _prompt_stage(
+        self,
+        manifest: Manifest,
+        previous: Manifest | None,
+        *,
+        clip_source: str,
+        identity: Mapping[str, str],
+        prefix: str,
+        source: Callable[[str], str],
+        embed: Callable[[PromptSet, str], np.ndarray],
+    ) -> Manifest:
+        """``manifest`` with one ``<prefix>_<context>.npy`` of prompt embeddings per camera context
+        (``embed(prompt_set, context)``), each rebuilt only when its prompts, the CLIP folder or ``identity``
+        changed; files of contexts no camera has any more are removed."""
+        component = manifest.component
+        clip_id = _clip_identity(Path(clip_source).expanduser())
         old = {t.context: t for t in previous.text_embeddings} if previous is not None else {}
         entries = []
         for context, set_name in sorted(self.contexts.items()):
             prompt_set = self.prompt_set(set_name)
-            source = "checkpoint" if context in context_embs else "zero-embedding"
+            kind = source(context)
             key = _key(
                 stage="text",
-                weights=self.weights_sha,
-                spec=self.spec_sha,
+                **identity,
                 prompts=prompt_set.sha256,
                 prompt_set=prompt_set.context,
                 clip=clip_id,
-                source=source,
+                source=kind,
             )
             prev = old.get(context)
             if (
@@ -786,7 +844,7 @@ class _Builder:
             ):
                 self.step(
                     StepResult(
-                        "semantic_head",
+                        component,
                         f"text[{context}]",
                         "up to date",
                         path=self.out / prev.path,
@@ -796,20 +854,20 @@ class _Builder:
                 entries.append(prev)
                 continue
             started = time.monotonic()
-            emb = self.gated_text(prompt_set, context_embs.get(context))
-            name = f"text_{context}.npy"
+            emb = embed(prompt_set, context)
+            name = f"{prefix}_{context}.npy"
             path = self.out / name
             _save_npy(path, emb)
             size = _size_ok(path, f"text embeddings of {context}")
             self.step(
                 StepResult(
-                    "semantic_head",
+                    component,
                     f"text[{context}]",
                     "built",
                     time.monotonic() - started,
                     path,
                     size,
-                    f"{len(prompt_set.normal)}+{len(prompt_set.anomalous)} prompts, {source}",
+                    f"{len(prompt_set.normal)}+{len(prompt_set.anomalous)} prompts, {kind}",
                 )
             )
             entries.append(
@@ -823,7 +881,7 @@ class _Builder:
                     path=name,
                     sha256=file_sha256(path),
                     shape=(int(emb.shape[0]), int(emb.shape[1])),
-                    context_source=source,  # type: ignore[arg-type]
+                    context_source=kind,  # type: ignore[arg-type]
                     clip_model=clip_source,
                     build_key=key,
                 )
@@ -844,6 +902,37 @@ class _Builder:
         except PromptError as exc:
             raise BuildInputError(str(exc)) from exc
 
+    def text_encoder(self, source: str) -> TextEncoder:
+        """The CLIP text tower of the folder ``source``, loaded on first use (one per folder)."""
+        from engines.semantic import TextEncoder, TextEncoderError
+
+        if source not in self._text_encoders:
+            try:
+                self._text_encoders[source] = TextEncoder(source)
+            except TextEncoderError as exc:
+                raise BuildInputError(str(exc)) from exc
+        return self._text_encoders[source]
+
+    def clip_text(self, folder: Path, prompt_set: PromptSet, embed_dim: int) -> np.ndarray:
+        """``(P, embed_dim)`` float32: ``prompt_set``'s prompts through the text tower of the CLIP ``folder``,
+        L2-normalised, not gated (the appearance engine's image embedding is CLIP's own, untrained by us)."""
+        text_encoder = self.text_encoder(str(folder))
+        if text_encoder.embed_dim != embed_dim:
+            raise BuildInputError(
+                f"appearance engine: {folder}'s text tower embeds to {text_encoder.embed_dim} dims, its "
+                f"image embedding to {embed_dim}"
+            )
+        try:
+            out = text_encoder.encode(list(prompt_set.prompts)).numpy().astype(np.float32)
+        except (ValueError, RuntimeError) as exc:  # transformers refuses prompts its tower cannot take
+            raise BuildInputError(
+                f"appearance engine: {folder}'s text tower cannot embed the prompts of "
+                f"{prompt_set.context}: {exc}"
+            ) from exc
+        if not np.isfinite(out).all():
+            raise BuildError(f"appearance engine: text embeddings of {prompt_set.context} are not finite")
+        return out
+
     def gated_text(self, prompt_set: PromptSet, context_embedding: Sequence[float] | None) -> np.ndarray:
         """``(P, d)`` float32, L2-normalised prompt embeddings gated by the context's mean context vector.
 
@@ -852,19 +941,12 @@ class _Builder:
         """
         import torch
 
-        from engines.semantic import TextEncoder, TextEncoderError
-
-        if self._text_encoder is None:
-            try:
-                self._text_encoder = TextEncoder(str(self.spec.semantic.clip_text_model))
-            except TextEncoderError as exc:
-                raise BuildInputError(str(exc)) from exc
-            want = self.spec.semantic.embed_dim
-            if self._text_encoder.embed_dim != want:
-                raise BuildInputError(
-                    f"CLIP text model embeds to {self._text_encoder.embed_dim} dims, "
-                    f"model.semantic.embed_dim is {want}"
-                )
+        text_encoder = self.text_encoder(str(self.spec.semantic.clip_text_model))
+        want = self.spec.semantic.embed_dim
+        if text_encoder.embed_dim != want:
+            raise BuildInputError(
+                f"CLIP text model embeds to {text_encoder.embed_dim} dims, model.semantic.embed_dim is {want}"
+            )
         d = self.model.backbone.hidden_size
         emb = (
             torch.zeros(1, d)
@@ -876,7 +958,7 @@ class _Builder:
                 f"checkpoint context embedding has shape {tuple(emb.shape)}, expected (1, {d})"
             )
         with torch.no_grad():
-            text = self._text_encoder.encode(list(prompt_set.prompts))
+            text = text_encoder.encode(list(prompt_set.prompts))
             gated = self.model.context_gate(text, self.model.context(emb))[0]
         out = gated.numpy().astype(np.float32)
         if not np.isfinite(out).all():
@@ -975,6 +1057,11 @@ class _Builder:
                 manifest = self.keep_tensorrt(component, manifest, previous)
             if component == "semantic_head":
                 manifest = self.text_stage(manifest, previous)
+            elif component == APPEARANCE_COMPONENT and self.appearance_source.embed_dim:
+                manifest = self.appearance_text_stage(manifest, previous)
+            elif component == APPEARANCE_COMPONENT and previous is not None:
+                for stale in previous.text_embeddings:  # built with an embedding that is gone now
+                    (self.out / stale.path).unlink(missing_ok=True)
             self.write(manifest, previous)
         shutil.rmtree(self.staging, ignore_errors=True)
         if self.progress is not None:

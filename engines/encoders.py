@@ -13,7 +13,9 @@ The other is the image tower of a CLIP model the user has (``appearance.encoder:
 patch tokens, projected to the same 128 channels (:class:`engines.appearance.ClipAppearanceEncoder`). Its
 weights are a local Hugging Face folder (``config.json`` and ``model.safetensors``), by default the folder
 that ``model.semantic.clip_text_model`` names, so that one CLIP serves both streams
-(:func:`find_clip_weights`).
+(:func:`find_clip_weights`). A full ``CLIPModel`` folder also gives the engine a second output, the image
+embedding (:data:`APPEARANCE_EMBEDDING`, :func:`clip_embed_dim`), which the semantic stream scores against the
+cameras' prompts, embedded at build time by the same folder's text tower (``appearance.semantic``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "APPEARANCE_COMPONENT",
+    "APPEARANCE_EMBEDDING",
+    "APPEARANCE_FEATURES",
+    "APPEARANCE_FRAMES",
     "CLIP_MEAN",
     "CLIP_STD",
     "CLIP_WEIGHTS_FILE",
@@ -40,6 +45,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MOBILENET_V2_SHA256",
+    "TOKENIZER_FILES",
     "WEIGHTS_ENV",
     "WEIGHTS_INSTALL",
     "EncoderInfo",
@@ -47,16 +53,25 @@ __all__ = [
     "EncoderWeightsMissing",
     "appearance_spec",
     "appearance_spec_sha256",
+    "clip_embed_dim",
     "clip_folder",
     "encoder_weights_sha256",
     "find_clip_weights",
     "find_encoder_weights",
     "find_mobilenet_weights",
+    "has_tokenizer",
     "is_clip_folder",
 ]
 
 #: The engine component (``appearance.manifest.json``, ``appearance.onnx``).
 APPEARANCE_COMPONENT = "appearance"
+#: The engine's input, ``(N, 3, H, W)`` float32 normalised frames.
+APPEARANCE_FRAMES = "frames"
+#: Its feature output, ``(N, C, h, w)`` float32 (the appearance stream's memory scores it).
+APPEARANCE_FEATURES = "features"
+#: Its optional second output, ``(N, E)`` float32 with unit L2 norm: a CLIP image tower's embedding (the
+#: class token through ``visual_projection``), in the space of the same model's text embeddings.
+APPEARANCE_EMBEDDING = "embedding"
 
 #: ImageNet's per-channel RGB mean and std (0..1), what torchvision's classification weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,6 +81,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: The file a CLIP folder must hold (its weights; ``config.json`` beside it says the architecture).
 CLIP_WEIGHTS_FILE = "model.safetensors"
+
+#: What a local CLIP folder must hold for its prompts to be tokenised: either set of files.
+TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (("vocab.json", "merges.txt"), ("tokenizer.json",))
 
 #: Overrides the weights lookup when ``appearance.weights`` is not set.
 WEIGHTS_ENV = "ZSAD_APPEARANCE_WEIGHTS"
@@ -142,11 +160,12 @@ ENCODERS: dict[str, EncoderInfo] = {
 }
 
 
-def appearance_spec(encoder: str, height: int, width: int) -> dict[str, Any]:
+def appearance_spec(encoder: str, height: int, width: int, embed_dim: int = 0) -> dict[str, Any]:
     """What an appearance engine is, as plain JSON (a manifest's ``model_spec``): the encoder, its taps,
-    channels and stride, and the frame size it runs at."""
+    channels and stride, the frame size it runs at and, when it has the :data:`APPEARANCE_EMBEDDING` output,
+    that output's width (absent otherwise, so an engine without it keeps the hash it always had)."""
     info = ENCODERS[encoder]
-    return {
+    spec: dict[str, Any] = {
         "encoder": info.name,
         "taps": list(info.taps),
         "channels": info.channels,
@@ -154,6 +173,9 @@ def appearance_spec(encoder: str, height: int, width: int) -> dict[str, Any]:
         "image_height": height,
         "image_width": width,
     }
+    if embed_dim > 0:
+        spec["embed_dim"] = int(embed_dim)
+    return spec
 
 
 def appearance_spec_sha256(spec: dict[str, Any]) -> str:
@@ -211,6 +233,31 @@ def clip_folder(path: str | Path) -> Path:
 def is_clip_folder(folder: Path) -> bool:
     """Whether ``folder`` holds what a CLIP encoder loads: ``config.json`` and ``model.safetensors``."""
     return (folder / "config.json").is_file() and (folder / CLIP_WEIGHTS_FILE).is_file()
+
+
+def clip_embed_dim(folder: str | Path) -> int:
+    """The width of the image embedding a CLIP folder gives (its ``projection_dim``), or 0 when it has none:
+    a folder of the image tower alone (``clip_vision_model``) has no ``visual_projection`` and no text tower
+    to embed prompts with. Raises :class:`EncoderWeightsError` when ``config.json`` cannot be read."""
+    config = clip_folder(folder) / "config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EncoderWeightsError(f"{config} cannot be read: {exc}") from exc
+    if not isinstance(data, dict) or data.get("model_type") != "clip":
+        return 0
+    # CLIPConfig's own default when the file leaves it out (transformers 4.x: 512).
+    dim = data.get("projection_dim", 512)
+    if not isinstance(dim, int) or dim < 1:
+        raise EncoderWeightsError(f"{config}: projection_dim {dim!r} is not a positive integer")
+    return dim
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether a local CLIP folder holds a tokenizer (:data:`TOKENIZER_FILES`): without one, transformers
+    builds a tokenizer of two special tokens and every prompt embeds the same."""
+    p = clip_folder(folder)
+    return any(all((p / f).is_file() for f in files) for files in TOKENIZER_FILES)
 
 
 def encoder_weights_sha256(encoder: str, path: str | Path) -> str:

@@ -26,6 +26,9 @@ from core.config import ModelConfig
 from core.datafile import file_sha256, read_json
 from engines.encoders import (
     APPEARANCE_COMPONENT,
+    APPEARANCE_EMBEDDING,
+    APPEARANCE_FEATURES,
+    APPEARANCE_FRAMES,
     ENCODERS,
     appearance_spec,
     appearance_spec_sha256,
@@ -155,7 +158,10 @@ class TensorRTArtifact(_Frozen):
 
 
 class TextEmbeddings(_Frozen):
-    """One context's gated prompt embeddings: ``(P, d)`` float32, normal prompts first, then anomalous."""
+    """One context's prompt embeddings: ``(P, d)`` float32, L2-normalised, normal prompts first, then
+    anomalous. The semantic head's are gated by the context vector (``context_source``: the checkpoint's
+    context embedding, or a zero embedding); the CLIP appearance engine's are CLIP's own (``ungated``), in
+    the space of its image embedding."""
 
     context: str
     prompt_set: str
@@ -166,7 +172,7 @@ class TextEmbeddings(_Frozen):
     path: str
     sha256: str
     shape: tuple[int, int]
-    context_source: Literal["checkpoint", "zero-embedding"]
+    context_source: Literal["checkpoint", "zero-embedding", "ungated"]
     clip_model: str
     build_key: str
 
@@ -310,15 +316,18 @@ def preprocessing_from_spec(spec: ModelConfig) -> Preprocessing:
     )
 
 
-def appearance_io(encoder: str, height: int, width: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def appearance_io(
+    encoder: str, height: int, width: int, embed_dim: int = 0
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The appearance engine's I/O: ``frames`` ``(N, 3, H, W)`` in, ``features`` ``(N, C, h, w)`` out (``C``
-    and the grid's stride from :data:`engines.encoders.ENCODERS`)."""
+    and the grid's stride from :data:`engines.encoders.ENCODERS`); with ``embed_dim``, a second output
+    ``embedding`` ``(N, embed_dim)`` (a CLIP image embedding, unit L2 norm)."""
     info = ENCODERS[encoder]
     gh, gw = info.grid(height, width)
-    return (
-        [TensorSpec(name="frames", shape=(-1, 3, height, width), layout="NCHW")],
-        [TensorSpec(name="features", shape=(-1, info.channels, gh, gw), layout="NCHW")],
-    )
+    outputs = [TensorSpec(name=APPEARANCE_FEATURES, shape=(-1, info.channels, gh, gw), layout="NCHW")]
+    if embed_dim > 0:
+        outputs.append(TensorSpec(name=APPEARANCE_EMBEDDING, shape=(-1, embed_dim), layout="NC"))
+    return [TensorSpec(name=APPEARANCE_FRAMES, shape=(-1, 3, height, width), layout="NCHW")], outputs
 
 
 def appearance_preprocessing(encoder: str, height: int, width: int) -> Preprocessing:
@@ -511,7 +520,14 @@ def _check_appearance(manifest: Manifest, expected: Expectation) -> None:
             f"engine built for {pre.image_width}x{pre.image_height} frames (width x height), the config's "
             f"model.backbone is {bb.image_width}x{bb.image_height}: rebuild the engines",
         )
-    want_in, want_out = appearance_io(built, bb.image_height, bb.image_width)
+    # The image embedding's width is the CLIP folder's, not the config's: what the engine says it was built
+    # with is checked for consistency here (its I/O and spec hash), and its prompts at load time.
+    embed_dim = manifest.model_spec.get("embed_dim", 0)
+    if not isinstance(embed_dim, int) or embed_dim < 0:
+        raise _mismatch(
+            manifest, "model_spec.embed_dim", f"{embed_dim!r} is not a width; rebuild the engines"
+        )
+    want_in, want_out = appearance_io(built, bb.image_height, bb.image_width, embed_dim)
     _check_tensors(manifest, "inputs", manifest.inputs, want_in)
     _check_tensors(manifest, "outputs", manifest.outputs, want_out)
     want_pre = appearance_preprocessing(built, bb.image_height, bb.image_width)
@@ -519,7 +535,7 @@ def _check_appearance(manifest: Manifest, expected: Expectation) -> None:
         a, e = getattr(pre, name), getattr(want_pre, name)
         if a != e:
             raise _mismatch(manifest, f"preprocessing.{name}", f"engine built for {a}, the encoder needs {e}")
-    want_spec = appearance_spec(built, bb.image_height, bb.image_width)
+    want_spec = appearance_spec(built, bb.image_height, bb.image_width, embed_dim)
     if manifest.model_spec_sha256 != appearance_spec_sha256(want_spec):
         diffs = spec_diff(manifest.model_spec, want_spec, prefix="model_spec")
         where = ", ".join(f"{f} (engine {a!r}, expected {b!r})" for f, a, b in diffs[:5]) or "its hash"

@@ -39,7 +39,13 @@ from engines.build import (
     BuildReport,
     build_from_config,
 )
-from engines.encoders import APPEARANCE_COMPONENT, WEIGHTS_INSTALL
+from engines.encoders import (
+    APPEARANCE_COMPONENT,
+    APPEARANCE_EMBEDDING,
+    APPEARANCE_FEATURES,
+    APPEARANCE_FRAMES,
+    WEIGHTS_INSTALL,
+)
 from engines.export import ExportError, ParityError
 from engines.manifest import (
     Expectation,
@@ -55,6 +61,7 @@ from pipeline.memory_streams import MemoryFeed, ObjectsFeed, StationaryFeed
 from plugins.appearance import (
     AppearanceError,
     AppearanceMemories,
+    AppearanceMemory,
     MemoryExpectation,
     appearance_map,
     pool_factor,
@@ -62,7 +69,7 @@ from plugins.appearance import (
 from plugins.objects import ObjectsModels
 from plugins.preprocess import Normaliser, to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
-from plugins.semantic import PromptBank, SemanticError, SemanticScorer
+from plugins.semantic import PromptBank, PromptBanks, SemanticError, SemanticMatch, SemanticScorer
 from plugins.stationary import StationaryModels
 from plugins.streams import APPEARANCE, SEMANTIC
 from plugins.zones import CellFilters
@@ -70,8 +77,6 @@ from plugins.zones import CellFilters
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "APPEARANCE_INPUT",
-    "APPEARANCE_OUTPUT",
     "ClipInference",
     "ClipResult",
     "EngineBuildError",
@@ -85,8 +90,6 @@ __all__ = [
 
 REQUIRED_COMPONENTS = ("backbone", "dpc_head")
 # The appearance engine's input, (N, 3, H, W) normalised frames, and output, (N, C, H/8, W/8) features.
-APPEARANCE_INPUT = "frames"
-APPEARANCE_OUTPUT = "features"
 # Held while a first run builds the engines, so that two runs on one engines.dir never build at once.
 BUILD_LOCK = ".build.lock"
 
@@ -191,6 +194,9 @@ class EngineSet:
     appearance_mean: tuple[float, float, float] | None = None
     appearance_std: tuple[float, float, float] | None = None
     appearance_grid: tuple[int, int] | None = None
+    # With a CLIP appearance engine that gives image embeddings: each context's prompts, embedded by the same
+    # CLIP's text tower. The semantic stream then comes from the appearance engine, not a semantic head.
+    appearance_texts: dict[str, PromptBank] = field(default_factory=dict)
 
     @property
     def backends(self) -> list[Backend]:
@@ -221,14 +227,25 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
             opened[component] = load_backend(
                 manifest, cfg.engines.backend, threads=cfg.engines.threads, **options
             )
+        appearance = _open_appearance(cfg, directory, options) if cfg.appearance.enabled else None
+        if appearance is not None:
+            opened[APPEARANCE_COMPONENT] = appearance
+        image_semantic = appearance is not None and _gives_embedding(cfg, appearance.manifest)
         semantic = None
         sem_path = manifest_path(directory, "semantic_head")
-        if sem_path.is_file():
+        if sem_path.is_file() and image_semantic:
+            log.info(
+                "the semantic stream comes from the CLIP appearance engine (appearance.semantic); the "
+                "semantic head in %s is not used",
+                directory,
+            )
+        elif sem_path.is_file():
             manifest = load_manifest(sem_path)
             check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
             semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
             opened["semantic_head"] = semantic
-        appearance = _open_appearance(cfg, directory, options) if cfg.appearance.enabled else None
+        texts = _load_texts(semantic.manifest) if semantic is not None else {}
+        appearance_texts = _load_texts(appearance.manifest) if image_semantic and appearance else {}
     except EngineError:
         for backend in opened.values():
             backend.close()
@@ -263,19 +280,37 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
         engines.appearance_mean = tuple(ap.preprocessing.mean)  # type: ignore[assignment]
         engines.appearance_std = tuple(ap.preprocessing.std)  # type: ignore[assignment]
         engines.appearance_grid = (int(ap.outputs[0].shape[2]), int(ap.outputs[0].shape[3]))
+        engines.appearance_texts = appearance_texts
     elif (directory / f"{APPEARANCE_COMPONENT}.manifest.json").is_file():
         log.info("appearance.enabled is false: the appearance engine in %s is not opened", directory)
-    if semantic is not None:
-        try:
-            engines.texts = _load_texts(semantic.manifest)
-        except EngineError:
-            engines.close()
-            raise
-    else:
+    engines.texts = texts
+    if semantic is None and not appearance_texts:
         log.warning(
-            "no semantic_head engine in %s: the CLIP semantic stream is off and weighted out", directory
+            "no semantic_head engine in %s and no CLIP appearance engine with prompts: the CLIP semantic "
+            "stream is off and weighted out",
+            directory,
         )
     return engines
+
+
+def _gives_embedding(cfg: ZsadConfig, manifest: Manifest) -> bool:
+    """Whether the appearance engine of ``manifest`` feeds the semantic stream: the config asks for it
+    (``appearance.semantic``) and the engine was built with the image embedding and its prompts. An
+    engine built without them (a folder of the image tower alone, or ``semantic: false`` at build time) is
+    said so."""
+    if not cfg.appearance.semantic:
+        return False
+    has = any(o.name == APPEARANCE_EMBEDDING for o in manifest.outputs)
+    if has and manifest.text_embeddings:
+        return True
+    if cfg.appearance.encoder == "clip":
+        log.warning(
+            "appearance.semantic is on but the appearance engine %s has %s: the semantic stream does not "
+            "come from it (rebuild it from a full CLIP folder with its tokenizer: zsad build-engines)",
+            manifest.path,
+            "no prompt embeddings" if has else "no image embedding output",
+        )
+    return False
 
 
 def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) -> Backend:
@@ -306,7 +341,8 @@ def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) 
 
 
 def _load_texts(manifest: Manifest) -> dict[str, PromptBank]:
-    """Per-context prompt embeddings of the semantic head's manifest."""
+    """Per-context prompt embeddings of an engine's manifest (the semantic head's, or the CLIP appearance
+    engine's)."""
     out = {}
     for text in manifest.text_embeddings:
         emb = np.load(manifest.resolve(text.path))
@@ -334,10 +370,10 @@ def appearance_expectation(engines: EngineSet) -> MemoryExpectation | None:
     if backend is None:
         return None
     manifest = backend.manifest
-    spec = next((s for s in manifest.outputs if s.name == APPEARANCE_OUTPUT), None)
+    spec = next((s for s in manifest.outputs if s.name == APPEARANCE_FEATURES), None)
     if spec is None or len(spec.shape) != 4:
         raise EngineError(
-            f"the {manifest.component} engine's manifest has no (N, C, h, w) {APPEARANCE_OUTPUT!r} output "
+            f"the {manifest.component} engine's manifest has no (N, C, h, w) {APPEARANCE_FEATURES!r} output "
             f"(outputs: {[s.name for s in manifest.outputs]}): rebuild the engines with zsad build-engines"
         )
     encoder = manifest.options.get("encoder") or manifest.model_spec.get("encoder") or manifest.component
@@ -365,8 +401,12 @@ class ClipInference:
     ``filters``: the cameras' masks and learned levels (``RunOutputs.filters``), applied before reduction.
     ``memories``: the cameras' appearance memories (``RunOutputs.memories``); with an appearance engine, a
     scored clip of a camera that has one gets the ``appearance`` map (its last frame's distance from the
-    memory, pooled onto the DPC maps' grid), filtered and reduced like the other maps. The appearance engine
-    runs once per scored clip of such a camera, never for the others.
+    memory, pooled onto the DPC maps' grid), filtered and reduced like the other maps. With a CLIP appearance
+    engine that gives image embeddings (``EngineSet.appearance_texts``), the same encoding of the last frame
+    is also the ``semantic`` score of every scored clip of a camera whose context has prompts
+    (:func:`plugins.semantic.match_prompts`), and the semantic head is not used. The appearance engine runs
+    for a scored clip of a camera that has a memory or such prompts, every ``appearance_every``-th one; the
+    clips between keep the camera's last map and semantic score.
     ``stationary``: the cameras' stationary models (``RunOutputs.stationary``); each such camera keeps a
     short-term window that takes every clip's frames ``stationary_spacing_s`` apart
     (:class:`plugins.stationary.FrameSpacer`), and once the window is full its scored clips get the
@@ -408,13 +448,19 @@ class ClipInference:
         self.contexts = contexts
         self.memories = memories
         self.appearance_every = appearance_every
-        # Per camera: clips seen by the appearance stream, and its last map (reused between encodings).
+        # Per camera: clips seen by the appearance engine, and its last map and semantic match (reused
+        # between encodings).
         self._appearance_seen: dict[str, int] = {}
         self._appearance_last: dict[str, np.ndarray] = {}
+        self._semantic_last: dict[str, SemanticMatch] = {}
         self.scorer = ClipScorer(
             engines.dpc, context_clips=context_clips, history_step=history_step, filters=filters
         )
-        self.semantic = semantic_scorer(engines, contexts)
+        # The semantic stream from the CLIP appearance engine's image embedding (None: not from it), or else
+        # from the semantic head.
+        texts = engines.appearance_texts
+        self.image_prompts = PromptBanks(texts, contexts) if texts else None
+        self.semantic = None if self.image_prompts is not None else semantic_scorer(engines, contexts)
         self._appearance_norm = _appearance_normaliser(engines)
         self._appearance_warned: set[str] = set()
 
@@ -422,6 +468,7 @@ class ClipInference:
         self.scorer.reset(camera)
         self._appearance_seen.pop(camera, None)
         self._appearance_last.pop(camera, None)
+        self._semantic_last.pop(camera, None)
         for feed in self._feeds:
             feed.reset(camera)
 
@@ -437,69 +484,107 @@ class ClipInference:
     def encode_last_frames(self, clips: Sequence[Clip]) -> np.ndarray:
         """The appearance engine's ``(N, C, h, w)`` float32 features of each clip's last frame (the uint8
         frame normalised with the appearance engine's own mean and std). :meth:`__call__` scores them."""
-        return self._encode(np.stack([c.frames[-1] for c in clips]))
+        return self._encode(np.stack([c.frames[-1] for c in clips]))[0]
 
     def encode_clip_frames(self, clips: Sequence[Clip]) -> np.ndarray:
         """The appearance engine's features of every frame of each clip: ``(N, T, C, h, w)`` float32.
         ``zsad calibrate`` fits the memories on these."""
-        features = self._encode(np.concatenate([np.asarray(c.frames) for c in clips]))
+        features = self._encode(np.concatenate([np.asarray(c.frames) for c in clips]))[0]
         return features.reshape(len(clips), -1, *features.shape[1:])
 
-    def _encode(self, frames: np.ndarray, batch: int = 64) -> np.ndarray:
-        """``(M, H, W, 3)`` uint8 frames -> ``(M, C, h, w)`` float32 features, at most ``batch`` a call."""
+    def _encode(self, frames: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(M, H, W, 3)`` uint8 frames -> ``(M, C, h, w)`` float32 features, and the ``(M, E)`` image
+        embeddings when the engine gives them (else None); at most ``batch`` frames a call."""
         backend, normaliser = self.engines.appearance, self._appearance_norm
         if backend is None or normaliser is None:
             raise EngineError("encoding frames needs an appearance engine, and these engines have none")
-        out = [
-            np.asarray(
-                backend({APPEARANCE_INPUT: normaliser(frames[i : i + batch])})[APPEARANCE_OUTPUT], np.float32
-            )
-            for i in range(0, len(frames), batch)
-        ]
-        return np.concatenate(out)
+        features, embeddings = [], []
+        for i in range(0, len(frames), batch):
+            out = backend({APPEARANCE_FRAMES: normaliser(frames[i : i + batch])})
+            features.append(np.asarray(out[APPEARANCE_FEATURES], np.float32))
+            if APPEARANCE_EMBEDDING in out:
+                embeddings.append(np.asarray(out[APPEARANCE_EMBEDDING], np.float32))
+        return np.concatenate(features), np.concatenate(embeddings) if embeddings else None
 
-    def _appearance_maps(
-        self, clips: Sequence[Clip], indices: Sequence[int], grid: tuple[int, int]
+    def _appearance_pass(
+        self,
+        clips: Sequence[Clip],
+        indices: Sequence[int],
+        grid: tuple[int, int],
+        matches: dict[int, SemanticMatch],
     ) -> list[dict[str, np.ndarray]]:
         """``ClipScorer.score``'s ``extra_maps``: the appearance map of each scored clip whose camera has a
-        memory (read once per clip here: a memory replaced meanwhile applies from the next call)."""
+        memory (read once per clip here: a memory replaced meanwhile applies from the next call); with
+        :attr:`image_prompts`, each scored clip's semantic match goes into ``matches`` (clip index ->
+        match)."""
         out: list[dict[str, np.ndarray]] = [{} for _ in indices]
-        if self.memories is None or self._appearance_norm is None:
+        if self._appearance_norm is None:
             return out
+        prompts = self.image_prompts
         picked = []
         for k, i in enumerate(indices):
             camera = clips[i].camera_id
-            memory = self.memories.get(camera)
-            if memory is None:
+            memory = self.memories.get(camera) if self.memories is not None else None
+            bank = prompts.bank(camera) if prompts is not None else None
+            if memory is None and bank is None:
                 continue
             seen = self._appearance_seen.get(camera, 0)
             self._appearance_seen[camera] = seen + 1
-            last = self._appearance_last.get(camera)
-            if seen % self.appearance_every and last is not None and last.shape == grid:
+            if seen % self.appearance_every and self._reuse_last(camera, k, i, memory, grid, out, matches):
                 # What a scene holds changes slowly next to a clip hop: between encodings a camera's
-                # clips keep its last appearance map (appearance.every_clips; docs/benchmarks.md).
-                out[k][APPEARANCE] = last.copy()
+                # clips keep its last appearance map and semantic score (appearance.every_clips).
                 continue
-            picked.append((k, clips[i], memory))
+            picked.append((k, i, memory))
         if not picked:
             return out
-        features = self.encode_last_frames([clip for _, clip, _ in picked])
-        for (k, clip, memory), f in zip(picked, features, strict=True):
+        features, embeddings = self._encode(np.stack([clips[i].frames[-1] for _, i, _ in picked]))
+        for j, (k, i, memory) in enumerate(picked):
+            camera = clips[i].camera_id
+            if embeddings is not None and prompts is not None:
+                match = prompts.match(camera, embeddings[j])
+                if match is not None:
+                    matches[i] = self._semantic_last[camera] = match
+            if memory is None:
+                continue
             try:
-                out[k][APPEARANCE] = appearance_map(memory, f, grid)
-                self._appearance_last[clip.camera_id] = out[k][APPEARANCE]
+                out[k][APPEARANCE] = appearance_map(memory, features[j], grid)
+                self._appearance_last[camera] = out[k][APPEARANCE]
             except AppearanceError as exc:
                 # Memories are checked against the engine when loaded, so this is a memory set by hand;
                 # the camera goes on without the stream rather than failing every clip of the batch.
-                if clip.camera_id not in self._appearance_warned:
-                    self._appearance_warned.add(clip.camera_id)
+                if camera not in self._appearance_warned:
+                    self._appearance_warned.add(camera)
                     log.error(
                         "camera %s: its appearance memory does not fit the engine's features (%s); it goes "
                         "on without the appearance stream",
-                        clip.camera_id,
+                        camera,
                         exc,
                     )
         return out
+
+    def _reuse_last(
+        self,
+        camera: str,
+        k: int,
+        i: int,
+        memory: AppearanceMemory | None,
+        grid: tuple[int, int],
+        out: list[dict[str, np.ndarray]],
+        matches: dict[int, SemanticMatch],
+    ) -> bool:
+        """Give clip ``i`` (``k``-th scored) its camera's last map and semantic match; False when what it
+        needs was never computed (or the grid changed), so the clip is encoded."""
+        last = self._appearance_last.get(camera)
+        if memory is not None and (last is None or last.shape != grid):
+            return False
+        match = self._semantic_last.get(camera)
+        if self.image_prompts is not None and self.image_prompts.bank(camera) is not None and match is None:
+            return False
+        if memory is not None and last is not None:
+            out[k][APPEARANCE] = last.copy()
+        if match is not None:
+            matches[i] = match
+        return True
 
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
         # The memory feeds need only the clips' frames, and most of their time is in OpenCV and numpy, which
@@ -523,11 +608,17 @@ class ClipInference:
             for i, c in enumerate(clips)
         ]
         extra = None
-        appearance = self._appearance_norm is not None and self.memories is not None and len(self.memories)
+        encodes = bool(self.memories) or self.image_prompts is not None
+        appearance = self._appearance_norm is not None and encodes
+        matches: dict[int, SemanticMatch] = {}  # clip index -> the image embedding's semantic match
         if appearance or feeds:
 
             def extra(indices: Sequence[int], grid: tuple[int, int]) -> list[dict[str, np.ndarray]]:
-                out = self._appearance_maps(clips, indices, grid) if appearance else [{} for _ in indices]
+                out = (
+                    self._appearance_pass(clips, indices, grid, matches)
+                    if appearance
+                    else [{} for _ in indices]
+                )
                 for feed in feeds:
                     for k, i in enumerate(indices):
                         m = feed.clip_map(i, clips[i].camera_id, grid)
@@ -538,10 +629,15 @@ class ClipInference:
         scored = self.scorer.score(items, extra_maps=extra)
         prompts: list[str | None] = [None] * len(clips)
         if self.semantic is not None:
-            for i, sem in enumerate(self.semantic([c.camera_id for c in clips], embedding)):
-                s = scored[i]
-                if s is not None and sem is not None:
-                    s.scores[SEMANTIC], prompts[i] = sem
+            matches.update(
+                (i, sem)
+                for i, sem in enumerate(self.semantic([c.camera_id for c in clips], embedding))
+                if sem is not None
+            )
+        for i, sem in matches.items():
+            s = scored[i]
+            if s is not None:
+                s.scores[SEMANTIC], prompts[i] = sem
         return [ClipResult(s, p) for s, p in zip(scored, prompts, strict=True)]
 
 

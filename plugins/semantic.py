@@ -1,9 +1,12 @@
 """The semantic stream's score: clip embeddings against a context's normal and anomalous prompts.
 
 The semantic head (an engine, or any runner) projects each clip's ``(D,)`` backbone embedding into CLIP
-text space; the prompts were embedded (and context-gated, L2-normalised) at build time. A clip's score is
-``max(anomalous sims) - max(normal sims)`` against its camera's context, and the best anomalous prompt
-says what it looks like. Pure numpy; the CPU graph and the DeepStream probe share :class:`SemanticScorer`.
+text space; the prompts were embedded (and context-gated, L2-normalised) at build time. With a CLIP
+appearance engine, the clip's embedding is instead CLIP's own image embedding of its last frame, against
+prompts embedded by the same CLIP's text tower (:class:`PromptBanks`, ``pipeline.inference``). A clip's
+score is ``max(anomalous sims) - max(normal sims)`` against its camera's context, and the best anomalous
+prompt says what it looks like. Pure numpy; the CPU graph and the DeepStream probe share
+:class:`SemanticScorer` and :class:`PromptBanks`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "SEMANTIC_INPUT",
     "SEMANTIC_OUTPUT",
     "PromptBank",
+    "PromptBanks",
     "SemanticError",
     "SemanticFn",
     "SemanticMatch",
@@ -87,8 +91,34 @@ def match_prompts(video: np.ndarray, bank: PromptBank) -> SemanticMatch:
     return SemanticMatch(float(sims[n:].max() - sims[:n].max()), bank.prompts[best])
 
 
+class PromptBanks:
+    """Each camera's prompts: the banks per context and each camera's context (a camera not listed has
+    :data:`DEFAULT_CONTEXT`)."""
+
+    def __init__(self, banks: Mapping[str, PromptBank], contexts: Mapping[str, str]) -> None:
+        self.banks = dict(banks)
+        self.contexts = contexts  # not copied: the caller may add cameras later (zsad calibrate does)
+
+    def bank(self, camera: str) -> PromptBank | None:
+        """The prompts ``camera`` is scored against, or None when its context has none."""
+        return self.banks.get(self.contexts.get(camera, DEFAULT_CONTEXT))
+
+    def match(self, camera: str, video: np.ndarray) -> SemanticMatch | None:
+        """:func:`match_prompts` of one ``(d,)`` embedding against ``camera``'s prompts (None: it has none);
+        an embedding of another width than the prompts' is refused."""
+        bank = self.bank(camera)
+        if bank is None:
+            return None
+        if video.shape != bank.embeddings.shape[1:]:
+            raise SemanticError(
+                f"camera {camera}: an embedding of shape {video.shape} against prompts of "
+                f"{bank.embeddings.shape[1]} dims"
+            )
+        return match_prompts(video, bank)
+
+
 class SemanticScorer:
-    """The semantic stream of a batch of clips from any cameras.
+    """The semantic stream of a batch of clips from any cameras, from the semantic head.
 
     Args:
         project: runner of the semantic head: ``{"embedding": (N, D)} -> {"video": (N, d)}``.
@@ -98,12 +128,11 @@ class SemanticScorer:
 
     def __init__(self, project: Runner, banks: Mapping[str, PromptBank], contexts: Mapping[str, str]) -> None:
         self.project = project
-        self.banks = dict(banks)
-        self.contexts = dict(contexts)
+        self.prompts = PromptBanks(banks, contexts)
 
     def bank(self, camera: str) -> PromptBank | None:
         """The prompts ``camera`` is scored against, or None when its context has none."""
-        return self.banks.get(self.contexts.get(camera, DEFAULT_CONTEXT))
+        return self.prompts.bank(camera)
 
     def __call__(self, cameras: Sequence[str], embeddings: np.ndarray) -> list[SemanticMatch | None]:
         """One match per camera of the batch (``embeddings`` ``(N, D)`` in the same order); None for a
@@ -111,8 +140,4 @@ class SemanticScorer:
         video = self.project({SEMANTIC_INPUT: embeddings})[SEMANTIC_OUTPUT]
         if video.ndim != 2 or video.shape[0] != len(cameras):
             raise SemanticError(f"semantic head gave {video.shape} for {len(cameras)} clips, expected (N, d)")
-        out: list[SemanticMatch | None] = []
-        for i, camera in enumerate(cameras):
-            bank = self.bank(camera)
-            out.append(None if bank is None else match_prompts(video[i], bank))
-        return out
+        return [self.prompts.match(camera, video[i]) for i, camera in enumerate(cameras)]

@@ -9,6 +9,11 @@ because a memory's distances of the frames it was fitted on are biased low. Test
 frames are scored against the memory of every training frame of their context. A clip's appearance score is
 its last frame's, as at run time; the test split is scored frame by frame (every frame is some clip's last).
 Maps are pooled onto the DPC maps' grid and reduced by their max, as :class:`plugins.scorer.ClipScorer` does.
+
+With a CLIP encoder from a full CLIP folder (``appearance.semantic``), the same encoding also gives each
+frame's image embedding, scored against its context's prompts as the run scores it
+(:func:`plugins.semantic.match_prompts`): the semantic stream. It has no memory, so its calibration samples
+need no folds.
 """
 
 from __future__ import annotations
@@ -22,10 +27,21 @@ import torch
 
 from core.config import AppearanceConfig
 from engines.appearance import AppearanceEncoder, ClipAppearanceEncoder, load_encoder
-from engines.encoders import ENCODERS, EncoderWeightsError, encoder_weights_sha256, find_encoder_weights
+from engines.encoders import (
+    ENCODERS,
+    EncoderWeightsError,
+    clip_embed_dim,
+    clip_folder,
+    encoder_weights_sha256,
+    find_encoder_weights,
+    has_tokenizer,
+)
+from engines.prompts import PROMPT_DIR, load_prompt_sets
+from engines.semantic import TextEncoder, TextEncoderError
 from plugins.appearance import AppearanceMemory, MemoryFitter, appearance_map
 from plugins.fusion import HELDOUT_FOLDS
 from plugins.preprocess import Normaliser
+from plugins.semantic import PromptBank, match_prompts
 from training.heldout_models import held_out_parts
 
 log = logging.getLogger(__name__)
@@ -60,12 +76,14 @@ class _Video:
     context: str
     features: np.ndarray  # (N, C, h, w) float16, every frame
     fold: int
+    embeddings: np.ndarray | None = None  # (N, E) float32, every frame, with a CLIP image embedding
 
 
 class AppearanceEvaluator:
     """Encodes videos, fits a memory per context and scores clips or frames against it.
 
-    ``grid``: the DPC maps' grid the appearance maps are pooled onto.
+    ``grid``: the DPC maps' grid the appearance maps are pooled onto. ``prompts``: each context's prompt
+    embeddings, for an encoder that gives image embeddings (the semantic stream; :attr:`semantic`).
     """
 
     def __init__(
@@ -74,8 +92,10 @@ class AppearanceEvaluator:
         mean: Sequence[float],
         std: Sequence[float],
         grid: tuple[int, int],
+        prompts: Mapping[str, PromptBank] | None = None,
     ):
         self.encoder = encoder.eval()
+        self.prompts = dict(prompts or {})
         self.normaliser = Normaliser(mean, std)  # the run's one normalisation (plugins.preprocess)
         self.grid = grid
         self.weights_sha256 = encoder.weights_sha256
@@ -85,33 +105,82 @@ class AppearanceEvaluator:
 
     @classmethod
     def from_config(
-        cls, settings: AppearanceConfig, grid: tuple[int, int], semantic: str | None = None
+        cls,
+        settings: AppearanceConfig,
+        grid: tuple[int, int],
+        semantic: str | None = None,
+        contexts: Sequence[str] = (),
     ) -> AppearanceEvaluator | None:
         """The evaluator of ``settings`` (the config's ``appearance`` section), or None when the stream is
         off or its weights are not installed (logged: the evaluation then has no appearance stream).
-        ``semantic``: ``model.semantic.clip_text_model``, where a CLIP encoder looks last for its folder."""
+        ``semantic``: ``model.semantic.clip_text_model``, where a CLIP encoder looks last for its folder.
+        ``contexts``: the dataset's contexts; with ``settings.semantic`` and a full CLIP folder with its
+        tokenizer, each one's prompts (``configs/prompts/<context>.yaml``, else ``generic``) are embedded by
+        the folder's text tower, as ``zsad build-engines`` embeds them, and the semantic stream is scored."""
         if not settings.enabled:
             return None
         try:
             path = find_encoder_weights(settings.encoder, settings.weights, semantic)
-            encoder = load_encoder(path, encoder_weights_sha256(settings.encoder, path), settings.encoder)
+            digest = encoder_weights_sha256(settings.encoder, path)
+            with_semantic = (
+                settings.encoder == "clip"
+                and settings.semantic
+                and clip_embed_dim(path) > 0
+                and has_tokenizer(path)
+            )
+            encoder = load_encoder(path, digest, settings.encoder, embedding=with_semantic)
         except EncoderWeightsError as exc:
             log.warning("no appearance stream in this evaluation: %s", exc)
             return None
+        prompts: dict[str, PromptBank] = {}
+        if with_semantic:
+            try:
+                text = TextEncoder(str(clip_folder(path)))
+            except TextEncoderError as exc:
+                log.warning("no semantic stream in this evaluation: %s", exc)
+            else:
+                for context, prompt_set in load_prompt_sets(sorted(set(contexts)), PROMPT_DIR).items():
+                    emb = text.encode(list(prompt_set.prompts)).numpy().astype(np.float32)
+                    prompts[context] = PromptBank(emb, len(prompt_set.normal), prompt_set.prompts)
         info = ENCODERS[settings.encoder]
-        return cls(encoder, info.mean, info.std, grid)
+        return cls(encoder, info.mean, info.std, grid, prompts)
+
+    @property
+    def semantic(self) -> bool:
+        """Whether the evaluation scores the semantic stream from the encoder's image embeddings."""
+        return bool(self.prompts)
 
     @torch.no_grad()
-    def encode(self, frames: np.ndarray) -> np.ndarray:
-        """``(N, H, W, 3)`` uint8 -> ``(N, C, h, w)`` float16 features."""
-        out = []
+    def encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(N, H, W, 3)`` uint8 -> ``(N, C, h, w)`` float16 features, and the ``(N, E)`` float32 image
+        embeddings when the encoder gives them (else None)."""
+        features, embeddings = [], []
         for i in range(0, len(frames), BATCH):
             x = torch.from_numpy(self.normaliser(frames[i : i + BATCH]))  # (n, 3, H, W) float32, a new array
-            out.append(self.encoder(x).numpy().astype(np.float16))
-        return np.concatenate(out)
+            out = self.encoder(x)
+            if isinstance(out, tuple):
+                out, emb = out
+                embeddings.append(emb.numpy().astype(np.float32))
+            features.append(out.numpy().astype(np.float16))
+        return np.concatenate(features), np.concatenate(embeddings) if embeddings else None
 
     def add_training_video(self, name: str, frames: np.ndarray, context: str, fold: int) -> None:
-        self._train[name] = _Video(context, self.encode(frames), fold)
+        features, embeddings = self.encode(frames)
+        self._train[name] = _Video(context, features, fold, embeddings)
+
+    def semantic_scores(self, embeddings: np.ndarray, context: str) -> np.ndarray:
+        """``(N,)`` float64: each ``(N, E)`` embedding's :func:`plugins.semantic.match_prompts` score against
+        ``context``'s prompts."""
+        bank = self.prompts[context]
+        return np.array([match_prompts(e, bank).score for e in embeddings], np.float64)
+
+    def clip_semantic_scores(self, name: str, last_frames: np.ndarray) -> np.ndarray:
+        """The semantic score ``(M,)`` of a training video's clips (``last_frames``: each clip's last frame
+        index). No memory, so nothing to hold out."""
+        video = self._train[name]
+        if video.embeddings is None:
+            raise ValueError(f"video {name}: the encoder gave no image embeddings")
+        return self.semantic_scores(video.embeddings[last_frames], video.context)
 
     def _memory(self, context: str, fold: int | None, half: int | None = None) -> AppearanceMemory:
         """The memory of ``context``'s training videos outside ``fold`` (None: all of them); a single-video
@@ -152,7 +221,7 @@ class AppearanceEvaluator:
         video ``name``'s frames ``at`` ``(M,)`` (the same footage with pseudo-anomalies pasted in), each
         against the memory its own frame's held-out score uses, so the two are comparable."""
         video = self._train[name]
-        features = self.encode(frames)
+        features, _ = self.encode(frames)
         if video.fold >= 0:
             return self._scores(self._memory(video.context, video.fold), features)
         mid = len(video.features) // 2
@@ -163,9 +232,14 @@ class AppearanceEvaluator:
                 out[pick] = self._scores(self._memory(video.context, -1, half), features[pick])
         return out
 
-    def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:
-        """Every test frame's appearance score ``(N,)``, against the memory of all of its context's frames."""
-        return self._scores(self._memory(context, None), self.encode(frames))
+    def test_frame_scores(self, frames: np.ndarray, context: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every test frame's appearance score ``(N,)``, against the memory of all of its context's frames,
+        and with :attr:`semantic` its semantic score ``(N,)`` (else None), from one encoding."""
+        features, embeddings = self.encode(frames)
+        semantic = None
+        if embeddings is not None and self.semantic:
+            semantic = self.semantic_scores(embeddings, context)
+        return self._scores(self._memory(context, None), features), semantic
 
     def _scores(self, memory: AppearanceMemory, features: np.ndarray) -> np.ndarray:
         out = []

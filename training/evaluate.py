@@ -51,7 +51,7 @@ from plugins.preprocess import normalise_frames
 from plugins.pseudo_anomaly import paste_pseudo_anomalies
 from plugins.scorer import ClipScorer, ClipTokens, Runner
 from plugins.stationary import frame_step
-from plugins.streams import APPEARANCE, MEMORY_STREAMS, OBJECTS, STATIONARY, STREAMS
+from plugins.streams import APPEARANCE, MEMORY_STREAMS, OBJECTS, SEMANTIC, STATIONARY, STREAMS
 from training.alert_replay import Event, replay_alerts
 from training.appearance_eval import AppearanceEvaluator, context_folds
 from training.baselines import extrapolation_scores, frame_difference_scores
@@ -365,7 +365,10 @@ def evaluate(
     cal_lengths: list[int] = []
     patch = model.spec.backbone.patch_size
     grid = (size[0] // patch, size[1] // patch)
-    appearance = AppearanceEvaluator.from_config(cfg.appearance, grid, cfg.model.semantic.clip_text_model)
+    dataset_contexts = sorted({c.context or "generic" for c in (*train.clips, *test.clips)})
+    appearance = AppearanceEvaluator.from_config(
+        cfg.appearance, grid, cfg.model.semantic.clip_text_model, dataset_contexts
+    )
     stationary = _stationary_evaluator(cfg, model, grid, fps)
     objects = _objects_evaluator(cfg, model, grid, fps)
     train_contexts = {c.name: c.context or "generic" for c in train.clips}
@@ -399,6 +402,11 @@ def evaluate(
             appearance.held_out_clip_scores(c.name, last)
             for c, last in zip(train.clips, cal_last, strict=True)
         ]
+        if appearance.semantic:
+            cal_samples[SEMANTIC] = [
+                appearance.clip_semantic_scores(c.name, last)
+                for c, last in zip(train.clips, cal_last, strict=True)
+            ]
     if stationary is not None:
         held = _stationary_samples(stationary, train, cal_last, train_contexts)
         if held is not None:
@@ -480,10 +488,18 @@ def evaluate(
         targets, sc, emb = score_video(
             model, frames, hop=hop, name=clip.name, reflect_history=True, maps_out=clip_maps
         )
+        # Every test frame is scored as the last frame of a clip would be (not interpolated), both streams
+        # from one encoding.
+        seen = (
+            appearance.test_frame_scores(frames, clip.context or "generic")
+            if appearance is not None and APPEARANCE in frame_scores
+            else None
+        )
         for k in frame_scores:
-            if k == APPEARANCE and appearance is not None:
-                # Every test frame is scored as the last frame of a clip would be (not interpolated).
-                frame_scores[k][clip.name] = appearance.test_frame_scores(frames, clip.context or "generic")
+            if k == APPEARANCE and seen is not None:
+                frame_scores[k][clip.name] = seen[0]
+            elif k == SEMANTIC and seen is not None and seen[1] is not None:
+                frame_scores[k][clip.name] = seen[1]
             elif k == STATIONARY and stationary is not None:
                 frame_scores[k][clip.name] = stationary.test_frame_scores(frames, clip.context or "generic")
             elif k == OBJECTS and objects is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable
-from engines.encoders import APPEARANCE_COMPONENT, encoder_weights_sha256
+from engines.encoders import APPEARANCE_COMPONENT, APPEARANCE_EMBEDDING, encoder_weights_sha256
 from engines.export import component_module
 from engines.manifest import ONNX_COMPONENTS, Manifest, ManifestMismatch
 
@@ -58,8 +58,10 @@ def _load_encoder(manifest: Manifest) -> Any:
             f"{manifest.path}: weights_sha256: {path} has sha256 {digest[:12]}, "
             f"the engine was built from {manifest.weights_sha256[:12]}"
         )
+    # An engine built with the image embedding has it as its second output; the reference gives it too.
+    embedding = any(o.name == APPEARANCE_EMBEDDING for o in manifest.outputs)
     try:
-        return load_encoder(path, digest, encoder)
+        return load_encoder(path, digest, encoder, embedding=embedding)
     except (EncoderWeightsError, ValueError) as exc:
         raise BackendError(f"{manifest.path}: {exc}") from exc
 

@@ -46,6 +46,8 @@ def test_an_object_the_memory_never_saw_scores_above_every_normal_frame() -> Non
     assert np.isfinite(lone).all()
     test = _frames(rng, 6)
     test[5, 8:24, 16:32] = (220, 30, 30)  # a red box the training never showed
-    scores = ev.test_frame_scores(test, "scene")
+    scores, semantic = ev.test_frame_scores(test, "scene")
+    assert semantic is None  # MobileNetV2 has no image embedding, so no semantic stream
+    assert not ev.semantic
     assert scores.shape == (6,)
     assert scores[5] > 1.5 * scores[:5].max()

@@ -1,0 +1,299 @@
+"""The semantic stream from the CLIP appearance engine (``appearance.encoder: clip``,
+``appearance.semantic``): one encoding of a camera's frame gives both the appearance stream's patch
+features and CLIP's image embedding, which is scored against the camera's prompts as embedded by the same
+CLIP's text tower. A tiny, seeded, random ``CLIPModel`` with a byte-level tokenizer stands in for real CLIP
+weights (none can be downloaded here): what is checked is the wiring (equal to Hugging Face's own forward
+and text tower, the engine's I/O, manifest, parity and rebuilds, and the run's scores), not what a real
+CLIP would see."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPModel
+
+from core.config import ZsadConfig
+from engines.appearance import ClipAppearanceEncoder, EncoderWeightsError, load_encoder
+from engines.backends import load_backend
+from engines.build import BuildOptions, build_from_config
+from engines.encoders import clip_embed_dim, has_tokenizer
+from engines.export import random_feeds
+from engines.manifest import load_manifest
+from engines.prompts import PROMPT_DIR, load_prompt_set
+from engines.semantic import TextEncoder, TextEncoderError
+from pipeline.clips import Clip
+from pipeline.inference import ClipInference, EngineSet, load_engines
+from plugins.semantic import DEFAULT_CONTEXT, PromptBank, SemanticError, match_prompts
+from plugins.streams import SEMANTIC
+from tests.fixtures.tiny_models import make_tiny_clip, tiny_model, tiny_model_dict
+
+EMBED = 24  # the tiny CLIP's projection_dim
+PATCH16 = {"patch_size": 16}  # the backbone's grid is then CLIP's one token per 16x16 cell: 2 x 3
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full tiny CLIP (image tower 128 wide, patch 32, text tower, tokenizer)."""
+    vision = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "image_size": 64}
+    return make_tiny_clip(
+        tmp_path_factory.mktemp("clip"), projection_dim=EMBED, vision=vision | {"patch_size": 32}
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from engines.model import ZsadModel, save_checkpoint
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ckpt")
+    return save_checkpoint(ZsadModel(tiny_model(backbone=PATCH16)).eval(), folder / "tiny.safetensors")
+
+
+def _config(engines: Path, checkpoint: Path, clip: Path, **appearance: Any) -> ZsadConfig:
+    return ZsadConfig.model_validate(
+        {
+            "model": tiny_model_dict(backbone=PATCH16),
+            "engines": {"dir": str(engines), "checkpoint": str(checkpoint), "threads": 1},
+            "defaults": {"context": "campus"},
+            "appearance": {"encoder": "clip", "weights": str(clip), **appearance},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, clip_dir: Path) -> ZsadConfig:
+    cfg = _config(tmp_path_factory.mktemp("engines"), checkpoint, clip_dir)
+    build_from_config(cfg, options=BuildOptions(backend="onnxruntime"))
+    return cfg
+
+
+def _reference_embedding(folder: Path, frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Hugging Face's own image embedding of the frames resized to ``size`` (positions interpolated)."""
+    model = CLIPModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
+    x = torch.nn.functional.interpolate(frames, size=size, mode="bilinear")
+    with torch.no_grad():
+        pooled = model.vision_model(pixel_values=x, interpolate_pos_encoding=True).pooler_output
+        return torch.nn.functional.normalize(model.visual_projection(pooled), dim=-1)
+
+
+def test_the_encoder_gives_clips_own_image_embedding_beside_the_features(clip_dir: Path) -> None:
+    with_embedding = load_encoder(clip_dir, "x", "clip", embedding=True)
+    features_only = load_encoder(clip_dir, "x", "clip")
+    assert isinstance(with_embedding, ClipAppearanceEncoder)
+    assert (with_embedding.embed_dim, features_only.embed_dim) == (EMBED, 0)  # type: ignore[union-attr]
+    frames = torch.randn(3, 3, 32, 48, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        features, embedding = with_embedding(frames)
+        alone = features_only(frames)
+    assert isinstance(alone, torch.Tensor)
+    torch.testing.assert_close(features, alone, rtol=0, atol=0)  # the embedding changes no feature
+    assert embedding.shape == (3, EMBED)
+    torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(3))
+    # 32 x 48 frames are resized to 64 x 96 for a patch-32 tower (one token per 16x16 cell of the frame).
+    torch.testing.assert_close(
+        embedding, _reference_embedding(clip_dir, frames, (64, 96)), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_what_has_no_embedding_or_no_words_says_so(clip_dir: Path, tmp_path: Path) -> None:
+    """MobileNetV2 and an image tower alone have no embedding; a folder without a tokenizer cannot embed
+    prompts, where transformers would silently build a tokenizer of two special tokens."""
+    with pytest.raises(EncoderWeightsError, match="only clip has one"):
+        load_encoder(tmp_path / "w.pth", "", "mobilenet_v2", embedding=True)
+    model = CLIPModel.from_pretrained(str(clip_dir), local_files_only=True)
+    tower = tmp_path / "tower"
+    from transformers import CLIPVisionModel
+
+    vision = CLIPVisionModel(model.config.vision_config)
+    vision.save_pretrained(str(tower))
+    assert clip_embed_dim(tower) == 0
+    assert clip_embed_dim(clip_dir) == EMBED
+    with pytest.raises(EncoderWeightsError, match="no visual projection"):
+        load_encoder(tower, "", "clip", embedding=True)
+    bare = tmp_path / "bare"
+    model.save_pretrained(str(bare))  # weights and config, no tokenizer files
+    assert has_tokenizer(clip_dir)
+    assert not has_tokenizer(bare)
+    with pytest.raises(TextEncoderError, match="has no tokenizer"):
+        TextEncoder(str(bare))
+
+
+def test_the_engine_has_the_embedding_output_and_the_prompts_of_the_same_clip(
+    built: ZsadConfig, clip_dir: Path
+) -> None:
+    folder = Path(built.engines.dir)
+    m = load_manifest(folder / "appearance.manifest.json")
+    assert [(t.name, t.shape, t.layout) for t in m.outputs] == [
+        ("features", (-1, 128, 2, 3), "NCHW"),
+        ("embedding", (-1, EMBED), "NC"),
+    ]
+    assert m.model_spec["embed_dim"] == EMBED
+    assert set(m.parity[0].max_rel_error) == {"features", "embedding"}
+    [text] = m.text_embeddings
+    assert (text.context, text.context_source, text.path) == (
+        "campus",
+        "ungated",
+        "appearance_text_campus.npy",
+    )
+    assert text.clip_model == str(clip_dir)
+    prompts = load_prompt_set(PROMPT_DIR / "campus.yaml")
+    want = TextEncoder(str(clip_dir)).encode(list(prompts.prompts)).numpy()
+    np.testing.assert_allclose(np.load(folder / text.path), want, rtol=1e-5, atol=1e-6)
+    assert (text.normal, text.anomalous) == (len(prompts.normal), len(prompts.anomalous))
+    # The torch reference, rebuilt from the folder the manifest names, gives both outputs as ONNX Runtime.
+    feeds = random_feeds(m.inputs, 2, np.random.default_rng(0))
+    with load_backend(m, "onnxruntime") as ort, load_backend(m, "torch") as ref:
+        got, ref_out = ort(feeds), ref(feeds)
+    for name in ("features", "embedding"):
+        np.testing.assert_allclose(got[name], ref_out[name], rtol=1e-4, atol=1e-4)
+
+
+def test_turning_the_semantic_stream_off_rebuilds_the_engine_without_it(
+    checkpoint: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    engines = tmp_path / "engines"
+    build_from_config(_config(engines, checkpoint, clip_dir), options=BuildOptions(backend="onnxruntime"))
+    assert (engines / "appearance_text_campus.npy").is_file()
+    report = build_from_config(
+        _config(engines, checkpoint, clip_dir, semantic=False), options=BuildOptions(backend="onnxruntime")
+    )
+    m = load_manifest(engines / "appearance.manifest.json")
+    assert [t.name for t in m.outputs] == ["features"]
+    assert not m.text_embeddings
+    assert "embed_dim" not in m.model_spec
+    assert not (engines / "appearance_text_campus.npy").exists()
+    assert {(s.component, s.step): s.status for s in report.steps}[("appearance", "export")] == "built"
+    cfg = _config(
+        engines, checkpoint, clip_dir
+    )  # the config asks for it; the engine has none: said, not used
+    loaded = load_engines(cfg)
+    try:
+        assert loaded.appearance is not None
+        assert loaded.appearance_texts == {}
+    finally:
+        loaded.close()
+
+
+def test_a_folder_without_a_tokenizer_builds_the_appearance_engine_alone(
+    checkpoint: Path, clip_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bare = tmp_path / "bare"
+    CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).save_pretrained(str(bare))
+    engines = tmp_path / "engines"
+    with caplog.at_level(logging.WARNING, logger="engines.build"):
+        build_from_config(_config(engines, checkpoint, bare), options=BuildOptions(backend="onnxruntime"))
+    assert "has no tokenizer to embed the prompts with" in caplog.text
+    m = load_manifest(engines / "appearance.manifest.json")
+    assert [t.name for t in m.outputs] == ["features"]
+    assert not m.text_embeddings
+
+
+def _clip(camera: str, index: int, frames: np.ndarray) -> Clip:
+    return Clip(camera, index, frames, np.arange(frames.shape[0], dtype=np.float64), index * frames.shape[0])
+
+
+def _expected(engines: EngineSet, frame: np.ndarray, bank: PromptBank) -> tuple[float, str]:
+    """The semantic match of one frame, computed apart from ClipInference: the engine's embedding of the
+    frame normalised with the manifest's mean and std, against the bank."""
+    pre = engines.appearance.manifest.preprocessing  # type: ignore[union-attr]
+    x = (frame.astype(np.float32) / 255.0 - np.array(pre.mean, np.float32)) / np.array(pre.std, np.float32)
+    emb = engines.appearance({"frames": x.transpose(2, 0, 1)[None]})["embedding"][0]  # type: ignore[misc]
+    return match_prompts(emb, bank)
+
+
+def test_the_run_scores_each_clips_last_frame_against_its_cameras_prompts(built: ZsadConfig) -> None:
+    """No appearance memory anywhere: the semantic stream still runs from the appearance engine (the
+    semantic head is not used), every 2nd clip encoded, the clips between keeping the camera's last match;
+    a camera of a context without prompts gets no semantic score."""
+    engines = load_engines(built)
+    try:
+        assert engines.semantic is None
+        assert set(engines.appearance_texts) == {"campus"}
+        bank = engines.appearance_texts["campus"]
+        inference = ClipInference(
+            engines,
+            context_clips=built.model.dpc.context_clips,
+            history_step=1,
+            contexts={"a": "campus", "b": "campus", "c": "parking"},
+            appearance_every=2,
+        )
+        assert inference.semantic is None
+        rng = np.random.default_rng(3)
+        h, w = engines.frame_size[1], engines.frame_size[0]
+        results: dict[str, list[Any]] = {"a": [], "b": [], "c": []}
+        frames: dict[str, list[np.ndarray]] = {"a": [], "b": [], "c": []}
+        for index in range(6):
+            batch = []
+            for camera in ("a", "b", "c"):
+                clip_frames = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+                frames[camera].append(clip_frames[-1])
+                batch.append(_clip(camera, index, clip_frames))
+            for clip, res in zip(batch, inference(batch), strict=True):
+                results[clip.camera_id].append(res)
+        scored = [i for i, r in enumerate(results["a"]) if r.scores is not None]
+        assert len(scored) >= 3
+        for camera in ("a", "b"):
+            for n, i in enumerate(scored):
+                encoded = scored[n - n % 2]  # the last encoded clip: every 2nd scored one
+                score, prompt = _expected(engines, frames[camera][encoded], bank)
+                res = results[camera][i]
+                assert res.scores.scores[SEMANTIC] == pytest.approx(score, abs=1e-5)
+                assert res.prompt == prompt
+            # Random frames differ: the scores of the encoded clips differ, and the kept ones repeat them.
+            values = [results[camera][i].scores.scores[SEMANTIC] for i in scored]
+            assert values[0] == values[1]
+            assert values[0] != values[2]
+        for i in scored:
+            assert SEMANTIC not in results["c"][i].scores.scores
+            assert results["c"][i].prompt is None
+    finally:
+        engines.close()
+
+
+def test_prompts_of_another_width_are_refused_by_name(built: ZsadConfig) -> None:
+    from plugins.semantic import PromptBanks
+
+    bank = PromptBank(np.eye(3, 5, dtype=np.float32), 1, ("a", "b", "c"))
+    banks = PromptBanks({DEFAULT_CONTEXT: bank}, {})
+    with pytest.raises(SemanticError, match="camera cam: an embedding of shape"):
+        banks.match("cam", np.ones(4, np.float32))
+    assert banks.match("cam", np.ones(5, np.float32)) is not None
+    assert PromptBanks({}, {}).match("cam", np.ones(5, np.float32)) is None
+
+
+def test_eval_scores_the_semantic_stream_from_the_clip_encoder(
+    clip_dir: Path, tmp_path: Path, checkpoint: Path
+) -> None:
+    """``zsad eval`` with a full CLIP folder: the semantic stream is scored from the encoder's image
+    embeddings (calibrated like the appearance stream, on the same clips) and reported alone; with
+    ``appearance.semantic: false`` it is not."""
+    from tests.fixtures.tiny_data import write_ucsd_layout
+    from training.evaluate import evaluate
+
+    data = write_ucsd_layout(tmp_path / "ucsd", n_train=2, n_test=1, frames=40)
+
+    def run(semantic: bool, out: str) -> dict[str, Any]:
+        cfg = ZsadConfig.model_validate(
+            {
+                "model": tiny_model_dict(backbone=PATCH16),
+                "train": {"dataset": {"kind": "ucsd", "root": str(data)}},
+                "appearance": {"encoder": "clip", "weights": str(clip_dir), "semantic": semantic},
+                "stationary": {"enabled": False},
+            }
+        )
+        return evaluate(cfg, checkpoint, tmp_path / out)
+
+    on = run(True, "on")
+    streams = on["calibration"]["streams"]
+    assert SEMANTIC in streams
+    assert streams[SEMANTIC]["n"] == streams["appearance"]["n"]  # one score per calibration clip, both
+    alone = next(k for k in on["summary"] if k.startswith(f"stream: {SEMANTIC} (raw)"))
+    assert np.isfinite(on["summary"][alone]["micro_auc"])
+    off = run(False, "off")
+    assert SEMANTIC not in off["calibration"]["streams"]
+    assert not any(k.startswith(f"stream: {SEMANTIC}") for k in off["summary"])
