@@ -47,6 +47,7 @@ from engines.backends.tensorrt import TensorRTBackend, cuda_device_info
 from engines.backends.torch import TorchBackend
 from engines.encoders import (
     APPEARANCE_COMPONENT,
+    TOKENIZER_FILES,
     EncoderWeightsError,
     appearance_spec,
     appearance_spec_sha256,
@@ -903,9 +904,18 @@ class _Builder:
             raise BuildInputError(str(exc)) from exc
 
     def text_encoder(self, source: str) -> TextEncoder:
-        """The CLIP text tower of the folder ``source``, loaded on first use (one per folder)."""
+        """The CLIP text tower of the folder ``source``, loaded on first use (one per folder). A local folder
+        without a tokenizer is refused: transformers would build one of its two special tokens, without a
+        word, and every prompt would embed the same."""
         from engines.semantic import TextEncoder, TextEncoderError
 
+        folder = Path(source).expanduser()
+        if folder.is_dir() and not has_tokenizer(folder):
+            wanted = " or ".join(" + ".join(files) for files in TOKENIZER_FILES)
+            raise BuildInputError(
+                f"CLIP folder {folder} has no tokenizer ({wanted}): its prompts cannot be embedded; save the "
+                "tokenizer beside the model"
+            )
         if source not in self._text_encoders:
             try:
                 self._text_encoders[source] = TextEncoder(source)

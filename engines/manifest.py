@@ -523,9 +523,11 @@ def _check_appearance(manifest: Manifest, expected: Expectation) -> None:
     # The image embedding's width is the CLIP folder's, not the config's: what the engine says it was built
     # with is checked for consistency here (its I/O and spec hash), and its prompts at load time.
     embed_dim = manifest.model_spec.get("embed_dim", 0)
-    if not isinstance(embed_dim, int) or embed_dim < 0:
+    if not isinstance(embed_dim, int) or embed_dim < 0 or (embed_dim and built != "clip"):
         raise _mismatch(
-            manifest, "model_spec.embed_dim", f"{embed_dim!r} is not a width; rebuild the engines"
+            manifest,
+            "model_spec.embed_dim",
+            f"{embed_dim!r} is not an image embedding {built} can have; rebuild",
         )
     want_in, want_out = appearance_io(built, bb.image_height, bb.image_width, embed_dim)
     _check_tensors(manifest, "inputs", manifest.inputs, want_in)

@@ -15,8 +15,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engines.encoders import TOKENIZER_FILES, has_tokenizer
-
 log = logging.getLogger(__name__)
 
 __all__ = ["ContextGate", "ProjectionHead", "StreamGateHead", "TextEncoder", "TextEncoderError"]
@@ -116,15 +114,6 @@ class TextEncoder(nn.Module):
         super().__init__()
         from transformers import CLIPModel, CLIPTokenizer
 
-        folder = Path(name_or_path).expanduser()
-        if folder.is_dir() and not has_tokenizer(folder):
-            # transformers then builds a tokenizer of its two special tokens, without a word: every prompt
-            # would embed the same.
-            wanted = " or ".join(" + ".join(fs) for fs in TOKENIZER_FILES)
-            raise TextEncoderError(
-                f"CLIP folder {folder} has no tokenizer ({wanted}): its prompts cannot be embedded; save the "
-                "tokenizer beside the model"
-            )
         try:
             self.tokenizer = CLIPTokenizer.from_pretrained(name_or_path, local_files_only=True)
             model = CLIPModel.from_pretrained(name_or_path, local_files_only=True)

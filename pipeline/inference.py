@@ -89,7 +89,6 @@ __all__ = [
 ]
 
 REQUIRED_COMPONENTS = ("backbone", "dpc_head")
-# The appearance engine's input, (N, 3, H, W) normalised frames, and output, (N, C, H/8, W/8) features.
 # Held while a first run builds the engines, so that two runs on one engines.dir never build at once.
 BUILD_LOCK = ".build.lock"
 
@@ -197,6 +196,14 @@ class EngineSet:
     # With a CLIP appearance engine that gives image embeddings: each context's prompts, embedded by the same
     # CLIP's text tower. The semantic stream then comes from the appearance engine, not a semantic head.
     appearance_texts: dict[str, PromptBank] = field(default_factory=dict)
+
+    @property
+    def semantic_source(self) -> str | None:
+        """Where this run's semantic stream comes from (``plugins.fusion.SEMANTIC_SOURCES``), None without
+        one: a calibration records it, and a run refuses one fitted on the other source."""
+        if self.appearance_texts:
+            return "appearance"
+        return "head" if self.semantic is not None else None
 
     @property
     def backends(self) -> list[Backend]:
@@ -342,9 +349,18 @@ def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) 
 
 def _load_texts(manifest: Manifest) -> dict[str, PromptBank]:
     """Per-context prompt embeddings of an engine's manifest (the semantic head's, or the CLIP appearance
-    engine's)."""
+    engine's, whose width must be its image embedding's: a mismatch would fail every clip of every camera)."""
+    width = next((o.shape[1] for o in manifest.outputs if o.name == APPEARANCE_EMBEDDING), None)
     out = {}
     for text in manifest.text_embeddings:
+        if manifest.component == APPEARANCE_COMPONENT and (
+            text.shape[1] != width or text.context_source != "ungated"
+        ):
+            raise EngineError(
+                f"{manifest.path}: text_embeddings[{text.context}] are {text.shape[1]}-wide "
+                f"{text.context_source} embeddings, the engine's image embedding is {width}-wide and "
+                f"ungated: rebuild the engines (zsad build-engines)"
+            )
         emb = np.load(manifest.resolve(text.path))
         prompts = load_prompt_set(text.prompt_file).prompts
         try:

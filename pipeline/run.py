@@ -58,7 +58,7 @@ _RESTART_SECTIONS = (
 def warn_idle_contexts(cameras: Iterable[CameraSettings], engines: EngineSet, engine_dir: str) -> None:
     """A camera's ``context:`` (and ``prompts:``) picks the semantic stream's prompts and nothing else:
     with that stream off they change nothing but the alert's context label. Say so once per camera."""
-    if engines.semantic is not None:
+    if engines.semantic_source is not None:
         return
     for cam in cameras:
         if cam.context != "generic" or cam.prompts not in (None, "generic"):
@@ -108,6 +108,7 @@ class Application:
             model_id=engines.model_id,
             gate_path=engines.gate_path,
             appearance=appearance_expectation(engines),
+            semantic_source=engines.semantic_source,
         )
         self.metrics = self.outputs.metrics
         self.run_state = self.outputs.run_state

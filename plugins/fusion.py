@@ -61,6 +61,7 @@ __all__ = [
     "MIN_AGREEMENT_CLIPS",
     "MIN_FOLD_CLIPS",
     "MIN_WEIGHT",
+    "SEMANTIC_SOURCES",
     "TRUSTED_WEIGHT",
     "Agreement",
     "Calibration",
@@ -77,6 +78,7 @@ __all__ = [
     "assessment_folds",
     "calibrate",
     "check_rule",
+    "check_semantic_source",
     "describe_trust",
     "fit_agreement",
     "fit_calibration",
@@ -122,6 +124,9 @@ _READABLE_VERSIONS = (1, 2, 3)
 
 #: The fusion rules, see the module docstring.
 FUSION_RULES: tuple[str, ...] = ("mean", "max")
+#: Where a semantic stream's scores come from: the trained semantic head on the backbone's embedding, or
+#: the CLIP appearance engine's image embedding (``appearance.semantic``).
+SEMANTIC_SOURCES: tuple[str, ...] = ("head", "appearance")
 #: The rule a new calibration selects.
 DEFAULT_RULE = "max"
 #: The rule of version 1 calibrations and of uncalibrated cameras: today's gate-weighted mean.
@@ -308,7 +313,10 @@ class Calibration:
     ``alerts.on_threshold: calibrated`` opens alerts at.
     ``heldout_quantile`` is the quantile behind each stream's ``heldout_q`` (None: nothing was held out).
     ``agreement``: the ``max`` rule's agreement term (None: the plain max; calibrations from before it, or
-    footage too short to place it).
+    footage too short to place it). ``semantic_source``: where the ``semantic`` stream's scores came from
+    (:data:`SEMANTIC_SOURCES`; None: a calibration from before it was recorded, whose semantic scores, if any,
+    came from the semantic head). The two sources score on different scales, so a run refuses a calibration
+    whose source is not its engines' (``pipeline.outputs``).
     """
 
     streams: Mapping[str, StreamStats] = field(default_factory=dict)
@@ -321,9 +329,14 @@ class Calibration:
     heldout_quantile: float | None = None
     agreement: Agreement | None = None
     threshold_smoothing: int = 1
+    semantic_source: str | None = None
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
+        if self.semantic_source is not None and self.semantic_source not in SEMANTIC_SOURCES:
+            raise CalibrationError(
+                f"semantic_source must be one of {', '.join(SEMANTIC_SOURCES)}, got {self.semantic_source!r}"
+            )
         if self.threshold_smoothing < 1:
             raise CalibrationError(f"threshold_smoothing must be >= 1, got {self.threshold_smoothing}")
         if self.agreement is not None:
@@ -359,6 +372,7 @@ class Calibration:
             "heldout_quantile": self.heldout_quantile,
             "agreement": self.agreement.to_dict() if self.agreement is not None else None,
             "streams": {name: s.to_dict() for name, s in self.streams.items()},
+            **({"semantic_source": self.semantic_source} if self.semantic_source is not None else {}),
         }
 
     @classmethod
@@ -436,6 +450,9 @@ class Calibration:
         if rule not in FUSION_RULES:
             raise bad(f"'rule' must be one of {', '.join(FUSION_RULES)}, got {rule!r}")
         agreement = _agreement(data.get("agreement"), bad)
+        semantic_source = data.get("semantic_source")
+        if semantic_source is not None and not isinstance(semantic_source, str):
+            raise bad("'semantic_source' must be a string or absent")
         try:  # what only the whole can check (an agreement term's rule and streams), named by the file
             return cls(
                 streams=streams,
@@ -448,6 +465,7 @@ class Calibration:
                 heldout_quantile=heldout_quantile,
                 agreement=agreement,
                 threshold_smoothing=smoothing,
+                semantic_source=semantic_source,
             )
         except CalibrationError as exc:
             raise bad(str(exc)) from exc
@@ -1017,6 +1035,22 @@ def _leave_out_redundant(
             ),
         )
     return out
+
+
+def check_semantic_source(calibration: Calibration, source: str | None) -> None:
+    """Refuse (:class:`CalibrationError`) a calibration whose ``semantic`` statistics were fitted on another
+    source of the stream than the run's ``source`` (a file without a recorded source had the semantic
+    head): the head's scores and the CLIP appearance engine's zero-shot scores have different scales, so
+    its z-scores, agreement term and threshold would be wrong. Without a semantic stream in the run nothing
+    is checked."""
+    if source is None or SEMANTIC not in calibration.streams:
+        return
+    fitted = calibration.semantic_source or "head"
+    if fitted != source:
+        raise CalibrationError(
+            f"its semantic stream was calibrated on the {fitted} source and this run's comes from the "
+            f"{source} (appearance.semantic, the engines' build): recalibrate the camera (zsad calibrate)"
+        )
 
 
 def calibrate(raw: Mapping[str, float], cal: Calibration) -> dict[str, float]:

@@ -136,12 +136,16 @@ class AppearanceEvaluator:
         if with_semantic:
             try:
                 text = TextEncoder(str(clip_folder(path)))
-            except TextEncoderError as exc:
-                log.warning("no semantic stream in this evaluation: %s", exc)
-            else:
                 for context, prompt_set in load_prompt_sets(sorted(set(contexts)), PROMPT_DIR).items():
                     emb = text.encode(list(prompt_set.prompts)).numpy().astype(np.float32)
                     prompts[context] = PromptBank(emb, len(prompt_set.normal), prompt_set.prompts)
+            except (
+                TextEncoderError,
+                ValueError,
+                RuntimeError,
+            ) as exc:  # transformers refuses what it cannot take
+                log.warning("no semantic stream in this evaluation: %s", exc)
+                prompts = {}
         info = ENCODERS[settings.encoder]
         return cls(encoder, info.mean, info.std, grid, prompts)
 

@@ -492,13 +492,18 @@ def evaluate(
         # from one encoding.
         seen = (
             appearance.test_frame_scores(frames, clip.context or "generic")
-            if appearance is not None and APPEARANCE in frame_scores
+            if appearance is not None and (APPEARANCE in frame_scores or SEMANTIC in frame_scores)
             else None
         )
         for k in frame_scores:
             if k == APPEARANCE and seen is not None:
                 frame_scores[k][clip.name] = seen[0]
-            elif k == SEMANTIC and seen is not None and seen[1] is not None:
+            elif k == SEMANTIC:
+                # Its only source offline is the appearance encoder's image embedding (score_video has none).
+                if seen is None or seen[1] is None:
+                    raise EvaluationError(
+                        "the semantic stream was calibrated but its encoder gave no embedding"
+                    )
                 frame_scores[k][clip.name] = seen[1]
             elif k == STATIONARY and stationary is not None:
                 frame_scores[k][clip.name] = stationary.test_frame_scores(frames, clip.context or "generic")

@@ -43,7 +43,7 @@ import math
 import queue
 import time
 from collections.abc import Container, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -86,7 +86,7 @@ from plugins.objects import FlowCache, ObjectsError, ObjectsModel, fit_configure
 from plugins.pseudo_anomaly import PseudoAnomalyInjector
 from plugins.scorer import reduce_map
 from plugins.stationary import FrameSpacer, StationaryError, StationaryModel, StationaryState, fit_model
-from plugins.streams import APPEARANCE, OBJECTS, STATIONARY
+from plugins.streams import APPEARANCE, OBJECTS, SEMANTIC, STATIONARY
 from plugins.zones import CellFilters, ViewZones
 
 log = logging.getLogger(__name__)
@@ -635,6 +635,9 @@ def calibrate_camera(
         smoothing=camera.alerts.smoothing,
         segments=collected.segments,
     )
+    if SEMANTIC in cal.streams:
+        # The head and the CLIP appearance engine score on different scales: the run checks which it was.
+        cal = replace(cal, semantic_source=engines.semantic_source)
     out.parent.mkdir(parents=True, exist_ok=True)
     memory_file = memory_path(out)
     if collected.memory is not None:

@@ -73,6 +73,7 @@ class DeepStreamApp:
             model_id=engines.model_id,
             gate_path=engines.gate_path,
             appearance=appearance_expectation(engines),
+            semantic_source=engines.semantic_source,
         )
         pre = cfg.model.preprocess
         self.clip_len = pre.clip_len

@@ -83,6 +83,7 @@ from plugins.fusion import (
     CameraFusion,
     FusionError,
     StreamGate,
+    check_semantic_source,
     load_calibration,
 )
 from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
@@ -195,10 +196,13 @@ class RunOutputs:
         model_id: str,
         gate_path: Path | None,
         appearance: MemoryExpectation | None = None,
+        semantic_source: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.model_id = model_id
         self.appearance = appearance
+        #: Where the run's semantic stream comes from (``EngineSet.semantic_source``; None: no such stream).
+        self.semantic_source = semantic_source
         #: The cameras' appearance memories; give it to the ``ClipInference`` (``memories=``).
         self.memories = AppearanceMemories()
         #: The cameras' stationary models; give it to the ``ClipInference`` (``stationary=``).
@@ -314,12 +318,14 @@ class RunOutputs:
         weights = {row.stream: row.weight for row in trust if row.weight is not None}
         self.metrics.set_stream_weights(cam.id, weights)
 
-    @staticmethod
-    def _read_calibration(cam: CameraSettings) -> Calibration | None:
-        """The camera's calibration, or None (uncalibrated) with a warning that says what that means."""
+    def _read_calibration(self, cam: CameraSettings) -> Calibration | None:
+        """The camera's calibration, or None (uncalibrated) with a warning that says what that means; one
+        whose semantic statistics came from another source than this run's semantic stream is refused."""
         if cam.calibration:
             try:
-                return load_calibration(cam.calibration)
+                calibration = load_calibration(cam.calibration)
+                check_semantic_source(calibration, self.semantic_source)
+                return calibration
             except CalibrationError as exc:
                 log.warning("camera %s: %s; it starts uncalibrated", cam.id, exc)
         on = cam.alerts.on_threshold

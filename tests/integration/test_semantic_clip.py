@@ -20,16 +20,18 @@ from transformers import CLIPModel
 from core.config import ZsadConfig
 from engines.appearance import ClipAppearanceEncoder, EncoderWeightsError, load_encoder
 from engines.backends import load_backend
-from engines.build import BuildOptions, build_from_config
+from engines.build import BuildInputError, BuildOptions, build_from_config
 from engines.encoders import clip_embed_dim, has_tokenizer
 from engines.export import random_feeds
 from engines.manifest import load_manifest
 from engines.prompts import PROMPT_DIR, load_prompt_set
-from engines.semantic import TextEncoder, TextEncoderError
+from engines.semantic import TextEncoder
 from pipeline.clips import Clip
-from pipeline.inference import ClipInference, EngineSet, load_engines
-from plugins.semantic import DEFAULT_CONTEXT, PromptBank, SemanticError, match_prompts
-from plugins.streams import SEMANTIC
+from pipeline.inference import ClipInference, EngineSet, appearance_expectation, load_engines
+from plugins.appearance import AppearanceMemories, fit_memory
+from plugins.fusion import Calibration, CalibrationError, StreamStats, check_semantic_source
+from plugins.semantic import DEFAULT_CONTEXT, PromptBank, PromptBanks, SemanticError, match_prompts
+from plugins.streams import APPEARANCE, SEMANTIC
 from tests.fixtures.tiny_models import make_tiny_clip, tiny_model, tiny_model_dict
 
 EMBED = 24  # the tiny CLIP's projection_dim
@@ -119,8 +121,6 @@ def test_what_has_no_embedding_or_no_words_says_so(clip_dir: Path, tmp_path: Pat
     model.save_pretrained(str(bare))  # weights and config, no tokenizer files
     assert has_tokenizer(clip_dir)
     assert not has_tokenizer(bare)
-    with pytest.raises(TextEncoderError, match="has no tokenizer"):
-        TextEncoder(str(bare))
 
 
 def test_the_engine_has_the_embedding_output_and_the_prompts_of_the_same_clip(
@@ -159,6 +159,12 @@ def test_turning_the_semantic_stream_off_rebuilds_the_engine_without_it(
     engines = tmp_path / "engines"
     build_from_config(_config(engines, checkpoint, clip_dir), options=BuildOptions(backend="onnxruntime"))
     assert (engines / "appearance_text_campus.npy").is_file()
+    again = build_from_config(
+        _config(engines, checkpoint, clip_dir), options=BuildOptions(backend="onnxruntime")
+    )
+    steps = {(s.component, s.step): s.status for s in again.steps}
+    assert steps[("appearance", "onnx")] == "up to date"
+    assert steps[("appearance", "text[campus]")] == "up to date"
     report = build_from_config(
         _config(engines, checkpoint, clip_dir, semantic=False), options=BuildOptions(backend="onnxruntime")
     )
@@ -207,29 +213,42 @@ def _expected(engines: EngineSet, frame: np.ndarray, bank: PromptBank) -> tuple[
 
 
 def test_the_run_scores_each_clips_last_frame_against_its_cameras_prompts(built: ZsadConfig) -> None:
-    """No appearance memory anywhere: the semantic stream still runs from the appearance engine (the
-    semantic head is not used), every 2nd clip encoded, the clips between keeping the camera's last match;
-    a camera of a context without prompts gets no semantic score."""
+    """The semantic stream runs from the appearance engine (no semantic head), every 2nd clip encoded, the
+    clips between keeping the camera's last match and map, whether the camera has prompts only (a), a memory
+    and prompts (m) or a memory only (n, a context without prompts); a camera with neither (c) gets neither
+    stream and costs no encoding."""
     engines = load_engines(built)
     try:
-        assert engines.semantic is None
         assert set(engines.appearance_texts) == {"campus"}
+        assert engines.semantic_source == "appearance"
         bank = engines.appearance_texts["campus"]
+        rng = np.random.default_rng(3)
+        h, w = engines.frame_size[1], engines.frame_size[0]
+        expect = appearance_expectation(engines)
+        assert expect is not None
+        normal = rng.integers(0, 256, (40, 3, h, w)).astype(np.float32) / 255.0
+        memory = fit_memory(
+            engines.appearance({"frames": normal})["features"],  # type: ignore[misc]
+            encoder=expect.encoder,
+            weights_sha256=expect.weights_sha256,
+        )
+        memories = AppearanceMemories()
+        memories.set("m", memory)
+        memories.set("n", memory)
+        cameras = {"a": "campus", "m": "campus", "n": "parking", "c": "parking"}
         inference = ClipInference(
             engines,
             context_clips=built.model.dpc.context_clips,
             history_step=1,
-            contexts={"a": "campus", "b": "campus", "c": "parking"},
+            contexts=dict(cameras),
+            memories=memories,
             appearance_every=2,
         )
-        assert inference.semantic is None
-        rng = np.random.default_rng(3)
-        h, w = engines.frame_size[1], engines.frame_size[0]
-        results: dict[str, list[Any]] = {"a": [], "b": [], "c": []}
-        frames: dict[str, list[np.ndarray]] = {"a": [], "b": [], "c": []}
+        results: dict[str, list[Any]] = {c: [] for c in cameras}
+        frames: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
         for index in range(6):
             batch = []
-            for camera in ("a", "b", "c"):
+            for camera in cameras:
                 clip_frames = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
                 frames[camera].append(clip_frames[-1])
                 batch.append(_clip(camera, index, clip_frames))
@@ -237,7 +256,7 @@ def test_the_run_scores_each_clips_last_frame_against_its_cameras_prompts(built:
                 results[clip.camera_id].append(res)
         scored = [i for i, r in enumerate(results["a"]) if r.scores is not None]
         assert len(scored) >= 3
-        for camera in ("a", "b"):
+        for camera in ("a", "m"):
             for n, i in enumerate(scored):
                 encoded = scored[n - n % 2]  # the last encoded clip: every 2nd scored one
                 score, prompt = _expected(engines, frames[camera][encoded], bank)
@@ -248,16 +267,78 @@ def test_the_run_scores_each_clips_last_frame_against_its_cameras_prompts(built:
             values = [results[camera][i].scores.scores[SEMANTIC] for i in scored]
             assert values[0] == values[1]
             assert values[0] != values[2]
+        for camera in ("m", "n"):  # a memory: the appearance map, kept between encodings too
+            maps = [results[camera][i].scores.maps[APPEARANCE] for i in scored]
+            np.testing.assert_array_equal(maps[0], maps[1])
+            assert not np.array_equal(maps[0], maps[2])
+        for camera in ("n", "c"):
+            for i in scored:
+                assert SEMANTIC not in results[camera][i].scores.scores
+                assert results[camera][i].prompt is None
         for i in scored:
-            assert SEMANTIC not in results["c"][i].scores.scores
-            assert results["c"][i].prompt is None
+            assert APPEARANCE not in results["a"][i].scores.maps
+            assert APPEARANCE not in results["c"][i].scores.maps
     finally:
         engines.close()
 
 
-def test_prompts_of_another_width_are_refused_by_name(built: ZsadConfig) -> None:
-    from plugins.semantic import PromptBanks
+def test_a_semantic_head_beside_it_is_not_opened_unless_the_appearance_engine_is_off(
+    checkpoint: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    """One source of the semantic stream: with the CLIP appearance engine's prompts, a semantic head built
+    from model.semantic.clip_text_model is left closed; with appearance.semantic: false it is the source. A
+    text CLIP without a tokenizer fails the build by name instead of embedding every prompt the same."""
+    text_clip = make_tiny_clip(tmp_path / "text_clip", projection_dim=16)  # the tiny model's semantic width
+    engines = tmp_path / "engines"
 
+    def config(semantic: bool, text: Path) -> ZsadConfig:
+        cfg = _config(engines, checkpoint, clip_dir, semantic=semantic)
+        model = tiny_model_dict(backbone=PATCH16, semantic={"clip_text_model": str(text)})
+        return ZsadConfig.model_validate({**cfg.model_dump(mode="json"), "model": model})
+
+    build_from_config(config(True, text_clip), options=BuildOptions(backend="onnxruntime"))
+    assert (engines / "semantic_head.manifest.json").is_file()
+    loaded = load_engines(config(True, text_clip))
+    try:
+        assert loaded.semantic is None
+        assert loaded.semantic_source == "appearance"
+    finally:
+        loaded.close()
+    loaded = load_engines(config(False, text_clip))
+    try:
+        assert loaded.semantic is not None
+        assert loaded.appearance_texts == {}
+        assert loaded.semantic_source == "head"
+    finally:
+        loaded.close()
+    bare = tmp_path / "bare"
+    CLIPModel.from_pretrained(str(text_clip), local_files_only=True).save_pretrained(str(bare))
+    with pytest.raises(BuildInputError, match="has no tokenizer"):
+        build_from_config(
+            config(True, bare), options=BuildOptions(backend="onnxruntime", components=("semantic_head",))
+        )
+
+
+def test_a_calibration_of_the_other_semantic_source_is_refused() -> None:
+    stats = {SEMANTIC: StreamStats(0.0, 1.0, 50), "pixel": StreamStats(0.0, 1.0, 50)}
+    mine = Calibration(streams=stats, rule="max", semantic_source="appearance")
+    again = Calibration.from_dict(mine.to_dict())
+    assert again.semantic_source == "appearance"
+    check_semantic_source(again, "appearance")
+    check_semantic_source(again, None)  # the run has no semantic stream: nothing to refuse
+    with pytest.raises(CalibrationError, match=r"calibrated on the appearance source .* comes from the head"):
+        check_semantic_source(again, "head")
+    older = Calibration(streams=stats, rule="max")  # from before the source was recorded: the head's
+    assert "semantic_source" not in older.to_dict()
+    check_semantic_source(older, "head")
+    with pytest.raises(CalibrationError, match="recalibrate"):
+        check_semantic_source(older, "appearance")
+    check_semantic_source(Calibration(streams={"pixel": StreamStats(0.0, 1.0, 50)}), "appearance")
+    with pytest.raises(CalibrationError, match="semantic_source must be one of"):
+        Calibration(streams=stats, semantic_source="clip")
+
+
+def test_prompts_of_another_width_are_refused_by_name() -> None:
     bank = PromptBank(np.eye(3, 5, dtype=np.float32), 1, ("a", "b", "c"))
     banks = PromptBanks({DEFAULT_CONTEXT: bank}, {})
     with pytest.raises(SemanticError, match="camera cam: an embedding of shape"):
