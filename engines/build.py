@@ -54,6 +54,7 @@ from engines.encoders import (
     clip_embed_dim,
     clip_folder,
     encoder_weights_sha256,
+    encoder_weights_stat,
     find_encoder_weights,
     has_tokenizer,
 )
@@ -308,6 +309,8 @@ class _AppearanceSource:
     weights: Path
     sha256: str
     embed_dim: int = 0
+    #: :func:`engines.encoders.encoder_weights_stat` of the files behind ``sha256``.
+    stat: tuple[tuple[str | int, ...], ...] = ()
 
 
 class _Builder:
@@ -397,12 +400,23 @@ class _Builder:
 
     def find_appearance_weights(self, appearance: AppearanceConfig) -> None:
         """Locate and hash the appearance encoder's weights (before anything is built, so that a missing
-        file fails the build at once, with how to install it or turn the stream off)."""
+        file fails the build at once, with how to install it or turn the stream off). Files of the same path,
+        size and modification time as the previous build's are not read again (a CLIP's are gigabytes, and
+        every run start checks its engines); ``--force`` reads them."""
         try:
             path = find_encoder_weights(
                 appearance.encoder, appearance.weights, self.spec.semantic.clip_text_model
             )
-            digest = encoder_weights_sha256(appearance.encoder, path)
+            stat = encoder_weights_stat(appearance.encoder, path)
+            previous = None if self.options.force else self.existing(APPEARANCE_COMPONENT)
+            if (
+                previous is not None
+                and previous.checkpoint == str(path.absolute())
+                and previous.options.get("weights_stat") == stat
+            ):
+                digest = previous.weights_sha256
+            else:
+                digest = encoder_weights_sha256(appearance.encoder, path)
             embed_dim = clip_embed_dim(path) if appearance.encoder == "clip" and appearance.semantic else 0
         except EncoderWeightsError as exc:
             raise BuildInputError(f"appearance engine: {exc}") from exc
@@ -415,7 +429,9 @@ class _Builder:
                 else "holds CLIP's image tower alone (no visual projection, no text tower)",
             )
             embed_dim = 0
-        self._appearance_source = _AppearanceSource(appearance.encoder, path, digest, embed_dim)
+        self._appearance_source = _AppearanceSource(
+            appearance.encoder, path, digest, embed_dim, tuple(tuple(s) for s in stat)
+        )
 
     @property
     def appearance_source(self) -> _AppearanceSource:
@@ -535,7 +551,11 @@ class _Builder:
             # Absolute, symlinks kept: in a Hugging Face cache a CLIP folder's model.safetensors is a link
             # into blobs/, and the folder (its config.json) is what the torch reference must reload.
             checkpoint=str(source.weights.absolute()),
-            options={"input_layout": "NCHW", "encoder": encoder},
+            options={
+                "input_layout": "NCHW",
+                "encoder": encoder,
+                "weights_stat": [list(s) for s in source.stat],
+            },
         ).bind(self.out)
 
     def source_model(self, component: str) -> Any:

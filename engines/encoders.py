@@ -55,7 +55,9 @@ __all__ = [
     "appearance_spec_sha256",
     "clip_embed_dim",
     "clip_folder",
+    "encoder_weights_files",
     "encoder_weights_sha256",
+    "encoder_weights_stat",
     "find_clip_weights",
     "find_encoder_weights",
     "find_mobilenet_weights",
@@ -260,18 +262,38 @@ def has_tokenizer(folder: str | Path) -> bool:
     return any(all((p / f).is_file() for f in files) for files in TOKENIZER_FILES)
 
 
-def encoder_weights_sha256(encoder: str, path: str | Path) -> str:
-    """What identifies an encoder's weights (a manifest's and a memory's ``weights_sha256``): the SHA-256 of
-    the weights file; for ``clip``, of the folder's ``model.safetensors`` and ``config.json`` together, since
-    the config (heads, activation, layer-norm epsilon) changes the features as much as the weights do."""
+def encoder_weights_files(encoder: str, path: str | Path) -> list[Path]:
+    """The files an encoder's weights identity covers (:func:`encoder_weights_sha256`): the weights file;
+    for ``clip``, the folder's ``model.safetensors`` and ``config.json``, since the config (heads,
+    activation, layer-norm epsilon) changes the features as much as the weights do."""
     p = Path(path)
-    digest = file_sha256(p)
     if encoder != "clip":
-        return digest
+        return [p]
     config = p.parent / "config.json"
     if not config.is_file():
         raise EncoderWeightsMissing(f"{p.parent} has no config.json beside {p.name}")
-    return hashlib.sha256(f"{digest}:{file_sha256(config)}".encode()).hexdigest()
+    return [p, config]
+
+
+def encoder_weights_sha256(encoder: str, path: str | Path) -> str:
+    """What identifies an encoder's weights (a manifest's and a memory's ``weights_sha256``): the SHA-256 of
+    the weights file; for ``clip``, of ``model.safetensors`` and ``config.json`` together
+    (:func:`encoder_weights_files`)."""
+    files = encoder_weights_files(encoder, path)
+    digests = [file_sha256(f) for f in files]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256(":".join(digests).encode()).hexdigest()
+
+
+def encoder_weights_stat(encoder: str, path: str | Path) -> list[list[str | int]]:
+    """``[[name, size, mtime_ns], ...]`` of :func:`encoder_weights_files`: what tells a build, without
+    reading gigabytes of CLIP weights again, that the files are the ones it hashed last time."""
+    out: list[list[str | int]] = []
+    for f in encoder_weights_files(encoder, path):
+        st = f.stat()
+        out.append([f.name, int(st.st_size), int(st.st_mtime_ns)])
+    return out
 
 
 def find_clip_weights(explicit: str | None = None, semantic: str | None = None) -> Path:

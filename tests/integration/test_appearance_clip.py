@@ -247,7 +247,11 @@ def test_the_engine_builds_checks_and_runs_like_mobilenets(clip_folder: Path, tm
     m = load_manifest(tmp_path / "engines" / "appearance.manifest.json")
     assert [(t.name, t.shape) for t in m.outputs] == [("features", (-1, 128, 2, 3))]
     assert (m.preprocessing.mean, m.preprocessing.std) == (CLIP_MEAN, CLIP_STD)
-    assert m.options == {"encoder": "clip", "input_layout": "NCHW"}
+    assert {k: v for k, v in m.options.items() if k != "weights_stat"} == {
+        "encoder": "clip",
+        "input_layout": "NCHW",
+    }
+    assert [name for name, _, _ in m.options["weights_stat"]] == ["model.safetensors", "config.json"]
     assert m.weights_sha256 == encoder_weights_sha256("clip", clip_folder / "model.safetensors")
     check_manifest(
         m,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,12 @@ def test_build_writes_the_appearance_engine_and_its_manifest(world: World) -> No
     pre = m.preprocessing
     assert (pre.mean, pre.std, pre.image_height, pre.image_width) == (IMAGENET_MEAN, IMAGENET_STD, 32, 48)
     assert (pre.clip_len, pre.color, pre.scale) == (1, "RGB", 1 / 255)
-    assert m.options == {"encoder": "mobilenet_v2", "input_layout": "NCHW"}
+    st = world.weights.stat()
+    assert m.options == {
+        "encoder": "mobilenet_v2",
+        "input_layout": "NCHW",
+        "weights_stat": [[world.weights.name, st.st_size, st.st_mtime_ns]],
+    }
     assert m.model_spec["taps"] == ["features.6", "features.13"]
     assert m.weights_sha256 == file_sha256(world.weights)
     assert Path(m.checkpoint) == world.weights.resolve()
@@ -135,6 +141,38 @@ def test_rerun_is_up_to_date_and_rewrites_nothing(world: World) -> None:
     assert report.up_to_date, report.table()
     assert _statuses(report)[("appearance", "onnx")] == "up to date"
     assert {p: p.stat().st_mtime_ns for p in world.out.iterdir()} == before
+
+
+def test_a_rerun_reads_the_weights_again_only_when_their_size_or_time_changed(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLIP's weights are gigabytes and every run start checks its engines: files of the same path, size
+    and modification time as the build's are not hashed again; a touched file, or --force, is."""
+    import engines.build as build_module
+
+    out = world.copy(tmp_path / "engines")
+    weights = tmp_path / "mobilenet.pth"
+    shutil.copy2(world.weights, weights)  # a copy of its own to touch
+    cfg = world.config(out, weights=str(weights))
+    build_from_config(cfg, options=BuildOptions(backend="onnxruntime"))  # records this copy's size and time
+    hashed: list[Path] = []
+    real = build_module.encoder_weights_sha256
+
+    def counting(encoder: str, path: Any) -> str:
+        hashed.append(Path(path))
+        return real(encoder, path)
+
+    monkeypatch.setattr(build_module, "encoder_weights_sha256", counting)
+    report = build_from_config(cfg, options=BuildOptions(backend="onnxruntime"))
+    assert report.up_to_date, report.table()
+    assert hashed == []
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    report = build_from_config(cfg, options=BuildOptions(backend="onnxruntime"))
+    assert hashed == [weights]
+    assert _statuses(report)[("appearance", "onnx")] == "up to date"  # the same bytes: the same engine
+    build_from_config(cfg, options=BuildOptions(backend="onnxruntime", force=True))
+    assert hashed == [weights, weights]
 
 
 def test_other_weights_re_export_only_the_appearance_engine(world: World, tmp_path: Path) -> None:
