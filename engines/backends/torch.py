@@ -32,13 +32,18 @@ def _import_torch() -> Any:
 
 
 def _checkpoint_path(manifest: Manifest) -> Path:
-    """The manifest's checkpoint path, or a file of the same name next to the manifest (a copied folder)."""
+    """The manifest's checkpoint path, or the same next to the manifest (a copied folder): a file of the same
+    name, or for a CLIP encoder, whose weights are a folder (``model.safetensors`` beside its
+    ``config.json``), that file in a folder of the same name."""
     recorded = Path(manifest.checkpoint)
-    for candidate in (recorded, manifest.directory / recorded.name):
+    beside = Path(recorded.name)
+    if manifest.component == APPEARANCE_COMPONENT and manifest.options.get("encoder") == "clip":
+        beside = Path(recorded.parent.name) / recorded.name
+    for candidate in (recorded, manifest.directory / beside):
         if candidate.is_file():
             return candidate
     raise BackendError(
-        f"{manifest.path}: checkpoint {recorded} not found (also looked in {manifest.directory})"
+        f"{manifest.path}: checkpoint {recorded} not found (also looked for {manifest.directory / beside})"
     )
 
 

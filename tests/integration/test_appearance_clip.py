@@ -16,6 +16,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 from core.config import ConfigError, ZsadConfig, parse_config
 from engines.appearance import ClipAppearanceEncoder, FrameSizeError, load_encoder
 from engines.backends import load_backend
+from engines.backends.base import BackendError
 from engines.build import BuildOptions, build_from_config
 from engines.encoders import (
     CLIP_MEAN,
@@ -285,3 +286,33 @@ def test_the_engine_builds_checks_and_runs_like_mobilenets(clip_folder: Path, tm
     where = r"a local CLIP folder in appearance\.weights, \$ZSAD_APPEARANCE_WEIGHTS or model\.semantic"
     with pytest.raises(EngineError, match=where):
         load_engines(cfg)
+
+
+def test_the_torch_reference_finds_a_clip_folder_moved_beside_the_manifest(tmp_path: Path) -> None:
+    """Engines copied to another machine with the CLIP folder beside them: the reference loads the folder of
+    the recorded name next to the manifest (its model.safetensors and config.json together)."""
+    from engines.model import ZsadModel, save_checkpoint
+
+    folder = _save_clip(tmp_path / "my-clip", seed=3)
+    torch.manual_seed(0)
+    patch16 = {"patch_size": 16}
+    checkpoint = save_checkpoint(
+        ZsadModel(tiny_model(backbone=patch16)).eval(), tmp_path / "tiny.safetensors"
+    )
+    engines = tmp_path / "engines"
+    cfg = ZsadConfig.model_validate(
+        {
+            "model": tiny_model_dict(backbone=patch16),
+            "engines": {"dir": str(engines), "checkpoint": str(checkpoint), "threads": 1},
+            "appearance": {"encoder": "clip", "weights": str(folder)},
+        }
+    )
+    build_from_config(cfg, options=BuildOptions(backend="onnxruntime"))
+    folder.rename(engines / "my-clip")  # the recorded folder is gone; one of its name is beside the manifest
+    manifest = engines / "appearance.manifest.json"
+    feeds = random_feeds(load_manifest(manifest).inputs, 2, np.random.default_rng(0))
+    with load_backend(manifest, "onnxruntime") as ort, load_backend(manifest, "torch") as reference:
+        np.testing.assert_allclose(ort(feeds)["features"], reference(feeds)["features"], rtol=1e-4, atol=1e-4)
+    (engines / "my-clip").rename(tmp_path / "elsewhere")
+    with pytest.raises(BackendError, match=r"also looked for .*my-clip/model\.safetensors"):
+        load_backend(manifest, "torch")
