@@ -20,19 +20,28 @@ from core.config import (
     ZsadConfig,
     load_config,
 )
-from engines.encoders import EncoderWeightsError, find_encoder_weights
-from plugins.fusion import Calibration, CalibrationError, load_calibration
+from engines.encoders import (
+    EncoderWeightsError,
+    clip_embed_dim,
+    clip_folder,
+    find_encoder_weights,
+    has_tokenizer,
+)
+from plugins.fusion import Calibration, CalibrationError, check_semantic_source, load_calibration
 
 
 def config_warnings(cfg: ZsadConfig) -> list[str]:
     """What a run of ``cfg`` will meet that the schema cannot check: one line per problem."""
-    warnings = []
+    warnings: list[str] = []
+    semantic_source = _semantic_source(cfg, warnings)
     for cam in cfg.enabled_cameras():
         calibration = None
         if cam.calibration:
             try:
                 calibration = load_calibration(cam.calibration)
+                check_semantic_source(calibration, semantic_source)
             except CalibrationError as exc:
+                calibration = None
                 warnings.append(
                     f"camera {cam.id}: {exc}: it will start uncalibrated (no alerts expected); write it with "
                     f"zsad calibrate CONFIG --camera {cam.id} --footage URI --out {cam.calibration}"
@@ -42,17 +51,42 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
         scheme, _, rest = cam.uri.partition("://")
         if scheme.lower() in {"file", "loop"} and not Path(rest).is_file():
             warnings.append(f"camera {cam.id}: no such file {rest}: the camera will fail at start")
-    if cfg.appearance.enabled:
-        try:
-            find_encoder_weights(
-                cfg.appearance.encoder, cfg.appearance.weights, cfg.model.semantic.clip_text_model
-            )
-        except EncoderWeightsError as exc:
-            # Only a build needs the weights: an appearance engine built elsewhere still runs here.
-            warnings.append(
-                f"appearance: building its engine (zsad build-engines, a first run) will fail: {exc}"
-            )
     return warnings
+
+
+def _semantic_source(cfg: ZsadConfig, warnings: list[str]) -> str | None:
+    """Where a run of ``cfg`` built here would take its semantic stream from (``appearance``: the CLIP
+    appearance engine; ``head``: the semantic head; None: nowhere), adding a warning for appearance weights
+    that cannot be found and for a CLIP folder that cannot feed the semantic stream although asked to."""
+    settings = cfg.appearance
+    text_model = cfg.model.semantic.clip_text_model
+    # The build makes a semantic head when this is a local folder (engines.semantic.clip_available, which
+    # imports torch: validate stays light).
+    head = "head" if text_model and Path(text_model).expanduser().is_dir() else None
+    if not settings.enabled:
+        return head
+    try:
+        path = find_encoder_weights(settings.encoder, settings.weights, cfg.model.semantic.clip_text_model)
+    except EncoderWeightsError as exc:
+        # Only a build needs the weights: an appearance engine built elsewhere still runs here.
+        warnings.append(f"appearance: building its engine (zsad build-engines, a first run) will fail: {exc}")
+        return head
+    if settings.encoder != "clip" or not settings.semantic:
+        return head
+    try:
+        embeds = clip_embed_dim(path) > 0
+    except EncoderWeightsError as exc:
+        warnings.append(f"appearance: {exc}")
+        return head
+    if embeds and has_tokenizer(path):
+        return "appearance"
+    missing = "tokenizer" if embeds else "text tower or visual projection (it holds the image tower alone)"
+    then = "the semantic stream stays the semantic head's" if head else "there is no semantic stream"
+    warnings.append(
+        f"appearance: semantic is on but the CLIP folder {clip_folder(path)} has no {missing}: the "
+        f"appearance engine will feed the appearance stream only, and {then}"
+    )
+    return head
 
 
 def _calibrated_threshold_warnings(cam: CameraSettings, calibration: Calibration | None) -> list[str]:

@@ -378,3 +378,35 @@ def test_eval_scores_the_semantic_stream_from_the_clip_encoder(
     off = run(False, "off")
     assert SEMANTIC not in off["calibration"]["streams"]
     assert not any(k.startswith(f"stream: {SEMANTIC}") for k in off["summary"])
+
+
+def test_validate_says_which_cameras_must_be_recalibrated_and_what_a_folder_lacks(
+    clip_dir: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    from pipeline.cli.validate import config_warnings
+    from plugins.fusion import save_calibration
+
+    stats = {SEMANTIC: StreamStats(0.0, 1.0, 50), "pixel": StreamStats(0.0, 1.0, 50)}
+    old = tmp_path / "old.json"  # the semantic head's (no source recorded)
+    save_calibration(Calibration(streams=stats, rule="max"), old)
+    new = tmp_path / "new.json"
+    save_calibration(Calibration(streams=stats, rule="max", semantic_source="appearance"), new)
+
+    def warnings(clip: Path) -> list[str]:
+        cfg = _config(tmp_path / "engines", checkpoint, clip)
+        cameras = [
+            {"id": "old", "uri": "rtsp://127.0.0.1:8554/a", "calibration": str(old)},
+            {"id": "new", "uri": "rtsp://127.0.0.1:8554/b", "calibration": str(new)},
+        ]
+        return config_warnings(ZsadConfig.model_validate({**cfg.model_dump(mode="json"), "cameras": cameras}))
+
+    (line,) = warnings(clip_dir)
+    assert line.startswith("camera old: ")
+    assert "calibrated on the head source and this run's comes from the appearance" in line
+    bare = tmp_path / "bare"
+    CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).save_pretrained(str(bare))
+    got = warnings(bare)  # no tokenizer: no semantic stream at all, so neither calibration is refused
+    assert got == [
+        f"appearance: semantic is on but the CLIP folder {bare} has no tokenizer: the appearance engine will "
+        "feed the appearance stream only, and there is no semantic stream"
+    ]
