@@ -11,13 +11,16 @@ a missing Python package is a FAIL line naming it, not a traceback):
    trip through cuda-python whose bytes must come back equal; ``torch.cuda``;
 3. the ONNX export of every engine of a randomly initialised model (the backbone in NTCHW, the layout the
    DeepStream graph feeds it now that its probe assembles the clips) with PyTorch <-> ONNX Runtime (CPU)
-   parity at batch 1 and 3;
+   parity at batch 1 and 3; then the same for both appearance encoders with random weights (MobileNetV2,
+   and a CLIP image tower of ViT-B/16's shape with its 512-wide image embedding, the semantic stream's);
 4. measurements, where torch sees CUDA: FP32-vs-FP16 error per TimeSformer block (pure ``.half()`` and
-   autocast) and backbone clips/s, at the default and the base size (TimeSformer-B, 8x224x224);
+   autocast) and backbone clips/s, at the default and the base size (TimeSformer-B, 8x224x224), and the
+   FP16 error of the CLIP appearance encoder of ViT-B/16's shape (its features and image embedding);
 
 then ``import tensorrt``: a FAIL, and the run stops there when it is missing; then the FP16 TensorRT
 builds with ONNX Runtime <-> TensorRT parity at batch 1 and N, the engines deserialising on a second run
-without a rebuild, and TensorRT throughput; then pyds and the DeepStream elements.
+without a rebuild, and TensorRT throughput; the appearance engines' FP16 builds and parity (a 12-layer ViT in
+FP16 is where overflow would show); then pyds and the DeepStream elements.
 
 Our own modules load pydantic, PyYAML and torch, so they are imported inside the checks that need them,
 after the package check (tests/unit/test_layers.py allows exactly these).
@@ -340,6 +343,101 @@ def check_onnx_parity(spec_size: str, work: Path) -> str:
     return f"{spec_size} size, clip {clip.shape} NTCHW; torch vs ORT {detail}; exported with {exported}"
 
 
+#: The CLIP image tower of the appearance check at the default and base sizes: ViT-B/16's shape (random
+#: weights), with CLIP ViT-B's 512-wide image embedding. The tiny size takes the test suite's tiny tower.
+CLIP_VIT_B16: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 16,
+}
+CLIP_TINY: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "image_size": 64,
+    "patch_size": 32,
+}
+
+
+def _appearance_sources(spec_size: str, work: Path) -> dict[str, Path]:
+    """Random weights of each appearance encoder: encoder -> what ``appearance.weights`` names (MobileNetV2's
+    state dict; a CLIP folder with a byte-level tokenizer, so that its engine has the embedding output)."""
+    import torch
+
+    from engines.appearance import AppearanceEncoder
+    from tests.fixtures.tiny_models import make_tiny_clip
+
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    mobilenet = work / "mobilenet_v2.pth"
+    torch.save(AppearanceEncoder("mobilenet_v2").state_dict(), mobilenet)
+    tiny = spec_size == "tiny"
+    clip = make_tiny_clip(
+        work / "clip", projection_dim=24 if tiny else 512, vision=CLIP_TINY if tiny else CLIP_VIT_B16
+    )
+    return {"mobilenet_v2": mobilenet, "clip": clip}
+
+
+def _build_appearance(spec_size: str, work: Path, options: Any) -> list[Any]:
+    """Build the appearance engine of each encoder into ``work/<encoder>``; their manifests."""
+    from core.config import AppearanceConfig
+    from engines.build import build_engines
+    from engines.encoders import APPEARANCE_COMPONENT
+    from engines.manifest import load_manifest, manifest_path
+
+    spec = load_spec(spec_size)
+    sources = _appearance_sources(spec_size, work / "weights")
+    ckpt = _random_checkpoint(spec, work)
+    built = []
+    for encoder, weights in sources.items():
+        out = work / encoder
+        appearance = AppearanceConfig(encoder=encoder, weights=str(weights))  # type: ignore[arg-type]
+        build_engines(spec, ckpt, out, options=options, appearance=appearance)
+        built.append(load_manifest(manifest_path(out, APPEARANCE_COMPONENT)))
+    return built
+
+
+def _appearance_detail(manifests: list[Any], target: str) -> str:
+    parts = []
+    for m in manifests:
+        outputs = ", ".join(f"{o.name} {tuple(o.shape)}" for o in m.outputs)
+        for p in m.parity:
+            if p.target == target:
+                errors = ", ".join(f"{k} {v:.1e}" for k, v in p.max_rel_error.items())
+                batches = "/".join(map(str, p.batch_sizes))
+                parts.append(f"{m.options.get('encoder')} [{outputs}] {errors} at batch {batches}")
+    if len(parts) != len(manifests):
+        raise CheckFailed(f"a {target} parity record is missing: {parts}")
+    return "; ".join(parts)
+
+
+def check_appearance_onnx(spec_size: str, work: Path) -> str:
+    """Both appearance encoders export, with PyTorch <-> ONNX Runtime parity; CLIP's has its embedding."""
+    needs("torch", "onnx", "onnxscript", "onnxruntime", "transformers", "safetensors", "pydantic", "yaml")
+    from engines.build import BuildOptions
+
+    manifests = _build_appearance(spec_size, work, BuildOptions(backend="onnxruntime", parity_batches=(1, 3)))
+    clip = next(m for m in manifests if m.options.get("encoder") == "clip")
+    if [o.name for o in clip.outputs] != ["features", "embedding"]:
+        raise CheckFailed(f"the CLIP appearance engine has outputs {[o.name for o in clip.outputs]}")
+    return f"{spec_size} size; torch vs ORT: " + _appearance_detail(manifests, "onnxruntime")
+
+
+def check_appearance_tensorrt(spec_size: str, work: Path, max_batch: int) -> str:
+    """Both appearance engines as FP16 TensorRT engines, with ONNX Runtime <-> TensorRT parity."""
+    from engines.build import BuildOptions
+    from engines.tensorrt_build import BatchProfile
+
+    options = BuildOptions(
+        backend="tensorrt", profile=BatchProfile(1, max_batch, max_batch), parity_batches=(1, max_batch)
+    )
+    manifests = _build_appearance(spec_size, work, options)
+    return f"{spec_size} size, FP16; ORT vs TensorRT: " + _appearance_detail(manifests, "tensorrt")
+
+
 def _cuda_torch() -> Any:
     needs("torch", "transformers", "pydantic", "yaml")
     import torch
@@ -397,6 +495,37 @@ def measure_fp16_blocks(size: str, results: dict[str, Any]) -> str:
         worst = max(range(len(errs)), key=errs.__getitem__)
         parts.append(f"{mode}: max rel err {errs[worst]:.2e} at block {worst}, last {errs[-1]:.2e}")
     return "; ".join(parts)
+
+
+def measure_clip_fp16(results: dict[str, Any]) -> str:
+    """FP32 against FP16 (``.half()`` and autocast) of the CLIP appearance encoder of ViT-B/16's shape, random
+    weights, with its image embedding, on the default model's frames: the features and the embedding."""
+    torch = _cuda_torch()
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from engines.appearance import ClipAppearanceEncoder
+
+    spec = load_spec("default")
+    torch.manual_seed(0)
+    tower = CLIPVisionModel._from_config(CLIPVisionConfig(**CLIP_VIT_B16), attn_implementation="eager")
+    vision = getattr(tower, "vision_model", tower)
+    encoder = ClipAppearanceEncoder(vision, "", torch.nn.Linear(CLIP_VIT_B16["hidden_size"], 512, bias=False))
+    encoder = encoder.cuda()
+    x = torch.randn(2, 3, spec.backbone.image_height, spec.backbone.image_width, device="cuda")
+    with torch.inference_mode():
+        reference = encoder(x)
+        with torch.autocast("cuda", dtype=torch.float16):
+            autocast = encoder(x)
+        half = copy.deepcopy(encoder).half()(x.half())
+    errors = {
+        mode: {name: _rel(a, b) for name, a, b in zip(("features", "embedding"), reference, out, strict=True)}
+        for mode, out in (("half", half), ("autocast", autocast))
+    }
+    results["fp16 clip appearance ViT-B/16"] = errors
+    return "; ".join(
+        f"{mode}: " + ", ".join(f"{name} max rel err {e:.2e}" for name, e in errs.items())
+        for mode, errs in errors.items()
+    )
 
 
 def _clips_per_s(torch: Any, model: Any, x: Any, min_seconds: float = 1.0) -> float:
@@ -550,6 +679,10 @@ def run_checks(report: Report, args: argparse.Namespace) -> None:
     report.check("cuda malloc + H2D + D2H", check_round_trip)
     report.check("torch.cuda", check_torch_cuda)
     report.check("export + onnxruntime parity", lambda: check_onnx_parity(args.spec, work / "onnx"))
+    report.check(
+        "appearance export + onnxruntime parity",
+        lambda: check_appearance_onnx(args.spec, work / "appearance_onnx"),
+    )
     if args.measure:
         for size in ("default", "base"):
             report.check(
@@ -558,6 +691,9 @@ def run_checks(report: Report, args: argparse.Namespace) -> None:
             report.check(
                 f"torch throughput [{size}]", functools.partial(measure_throughput, size, report.measurements)
             )
+        report.check(
+            "fp16 clip appearance [ViT-B/16]", functools.partial(measure_clip_fp16, report.measurements)
+        )
     report.check("tensorrt import", check_tensorrt_import, stop_on_fail=True)
     trt_work = work / "tensorrt"
     built = report.check(
@@ -571,6 +707,10 @@ def run_checks(report: Report, args: argparse.Namespace) -> None:
             report.check(
                 "tensorrt throughput", lambda: measure_tensorrt_throughput(trt_work, report.measurements)
             )
+    report.check(
+        "tensorrt appearance build + parity",
+        lambda: check_appearance_tensorrt(args.spec, work / "appearance_tensorrt", args.max_batch),
+    )
     report.check("pyds + deepstream elements", check_deepstream)
 
 

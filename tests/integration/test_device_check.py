@@ -42,6 +42,7 @@ def test_device_check_fails_at_tensorrt_and_stops(tmp_path: Path) -> None:
         "cuda malloc + H2D + D2H",
         "torch.cuda",
         "export + onnxruntime parity",
+        "appearance export + onnxruntime parity",
         "tensorrt import",
     ], out
     assert checks[-1].startswith("FAIL  tensorrt import: TensorRT's Python bindings do not import"), out
@@ -51,6 +52,11 @@ def test_device_check_fails_at_tensorrt_and_stops(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "device_check.json").read_text())["checks"]
     assert saved["tensorrt import"]["status"] == "FAIL"
     assert saved["export + onnxruntime parity"]["status"] == "PASS"
+    appearance = saved["appearance export + onnxruntime parity"]
+    assert appearance["status"] == "PASS", appearance
+    # Both encoders, CLIP's with the semantic stream's image embedding beside its features.
+    assert "mobilenet_v2 [features" in appearance["detail"]
+    assert "clip [features (-1, 128, 2, 3), embedding (-1, 24)]" in appearance["detail"]
     assert "Traceback" not in out
 
 
