@@ -239,7 +239,9 @@ _GRAPH_SOURCES = {
     "backbone": ("backbone.py", "export.py"),
     "dpc_head": ("dpc.py", "export.py"),
     "semantic_head": ("semantic.py", "export.py"),
-    APPEARANCE_COMPONENT: ("appearance.py", "encoders.py", "export.py"),
+    # Not encoders.py: what of it shapes the graph (taps, channels, stride) is in the engine's spec hash, and
+    # the rest (weights lookup, hashing) does not touch the graph.
+    APPEARANCE_COMPONENT: ("appearance.py", "export.py"),
 }
 
 

@@ -287,12 +287,23 @@ def encoder_weights_sha256(encoder: str, path: str | Path) -> str:
 
 
 def encoder_weights_stat(encoder: str, path: str | Path) -> list[list[str | int]]:
-    """``[[name, size, mtime_ns], ...]`` of :func:`encoder_weights_files`: what tells a build, without
-    reading gigabytes of CLIP weights again, that the files are the ones it hashed last time."""
+    """``[[name, size, mtime_ns, ctime_ns, device, inode], ...]`` of :func:`encoder_weights_files`: what
+    tells a build, without reading gigabytes of CLIP weights again, that the files are the ones it hashed
+    last time (as git's index does: a copy that keeps the modification time is still a new inode, and a
+    rewrite in place moves the change time, which no tool can set back)."""
     out: list[list[str | int]] = []
     for f in encoder_weights_files(encoder, path):
         st = f.stat()
-        out.append([f.name, int(st.st_size), int(st.st_mtime_ns)])
+        out.append(
+            [
+                f.name,
+                int(st.st_size),
+                int(st.st_mtime_ns),
+                int(st.st_ctime_ns),
+                int(st.st_dev),
+                int(st.st_ino),
+            ]
+        )
     return out
 
 

@@ -84,6 +84,7 @@ __all__ = [
     "EngineSet",
     "appearance_expectation",
     "build_missing_engines",
+    "engines_semantic_source",
     "load_engines",
     "semantic_scorer",
 ]
@@ -300,17 +301,32 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     return engines
 
 
-def _gives_embedding(cfg: ZsadConfig, manifest: Manifest) -> bool:
+def _feeds_semantic(cfg: ZsadConfig, manifest: Manifest) -> bool:
     """Whether the appearance engine of ``manifest`` feeds the semantic stream: the config asks for it
-    (``appearance.semantic``) and the engine was built with the image embedding and its prompts. An
-    engine built without them (a folder of the image tower alone, or ``semantic: false`` at build time) is
-    said so."""
-    if not cfg.appearance.semantic:
-        return False
+    (``appearance.semantic``) and the engine was built with the image embedding and its prompts."""
     has = any(o.name == APPEARANCE_EMBEDDING for o in manifest.outputs)
-    if has and manifest.text_embeddings:
+    return cfg.appearance.semantic and has and bool(manifest.text_embeddings)
+
+
+def engines_semantic_source(cfg: ZsadConfig, directory: Path) -> str | None:
+    """Where :func:`load_engines` will take the semantic stream from with the engines in ``directory``
+    (``plugins.fusion.SEMANTIC_SOURCES``, None: nowhere), read from their manifests alone: the CLIP
+    appearance engine when it feeds it (``appearance.enabled`` and :func:`_feeds_semantic`), else a semantic
+    head. ``zsad validate`` says with it which calibrations a run would refuse. Raises
+    :class:`~engines.manifest.ManifestError` for a manifest that cannot be read."""
+    path = manifest_path(directory, APPEARANCE_COMPONENT)
+    if cfg.appearance.enabled and path.is_file() and _feeds_semantic(cfg, load_manifest(path)):
+        return "appearance"
+    return "head" if manifest_path(directory, "semantic_head").is_file() else None
+
+
+def _gives_embedding(cfg: ZsadConfig, manifest: Manifest) -> bool:
+    """:func:`_feeds_semantic`, and an engine built without what it needs (a folder of the image tower alone,
+    or ``semantic: false`` at build time) while the config asks for it is said so."""
+    if _feeds_semantic(cfg, manifest):
         return True
-    if cfg.appearance.encoder == "clip":
+    has = any(o.name == APPEARANCE_EMBEDDING for o in manifest.outputs)
+    if cfg.appearance.semantic and cfg.appearance.encoder == "clip":
         log.warning(
             "appearance.semantic is on but the appearance engine %s has %s: the semantic stream does not "
             "come from it (rebuild it from a full CLIP folder with its tokenizer: zsad build-engines)",

@@ -36,14 +36,15 @@ def _checkpoint_path(manifest: Manifest) -> Path:
     name, or for a CLIP encoder, whose weights are a folder (``model.safetensors`` beside its
     ``config.json``), that file in a folder of the same name."""
     recorded = Path(manifest.checkpoint)
-    beside = Path(recorded.name)
+    beside = [manifest.directory / recorded.name]
     if manifest.component == APPEARANCE_COMPONENT and manifest.options.get("encoder") == "clip":
-        beside = Path(recorded.parent.name) / recorded.name
-    for candidate in (recorded, manifest.directory / beside):
+        beside.insert(0, manifest.directory / recorded.parent.name / recorded.name)
+    for candidate in (recorded, *beside):
         if candidate.is_file():
             return candidate
     raise BackendError(
-        f"{manifest.path}: checkpoint {recorded} not found (also looked for {manifest.directory / beside})"
+        f"{manifest.path}: checkpoint {recorded} not found (also looked for "
+        f"{' and '.join(str(b) for b in beside)})"
     )
 
 

@@ -27,6 +27,8 @@ from engines.encoders import (
     find_encoder_weights,
     has_tokenizer,
 )
+from engines.manifest import ManifestError, manifest_path
+from pipeline.inference import REQUIRED_COMPONENTS, engines_semantic_source
 from plugins.fusion import Calibration, CalibrationError, check_semantic_source, load_calibration
 
 
@@ -34,6 +36,14 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
     """What a run of ``cfg`` will meet that the schema cannot check: one line per problem."""
     warnings: list[str] = []
     semantic_source = _semantic_source(cfg, warnings)
+    directory = Path(cfg.engines.dir)
+    if all(manifest_path(directory, c).is_file() for c in REQUIRED_COMPONENTS):
+        # A run opens the engines that are there (it builds only a folder without them): their manifests,
+        # not the config, say where its semantic stream comes from.
+        try:
+            semantic_source = engines_semantic_source(cfg, directory)
+        except ManifestError as exc:
+            warnings.append(f"engines: {exc}: a run refuses them; rebuild them (zsad build-engines)")
     for cam in cfg.enabled_cameras():
         calibration = None
         if cam.calibration:
@@ -55,14 +65,21 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
 
 
 def _semantic_source(cfg: ZsadConfig, warnings: list[str]) -> str | None:
-    """Where a run of ``cfg`` built here would take its semantic stream from (``appearance``: the CLIP
-    appearance engine; ``head``: the semantic head; None: nowhere), adding a warning for appearance weights
-    that cannot be found and for a CLIP folder that cannot feed the semantic stream although asked to."""
+    """Where a run of ``cfg`` whose engines are built here would take its semantic stream from
+    (``appearance``: the CLIP appearance engine; ``head``: the semantic head; None: nowhere), adding a warning
+    for appearance weights that cannot be found, for a CLIP folder that cannot feed the semantic stream
+    although asked to, and for a semantic head's CLIP folder without a tokenizer (its build fails)."""
     settings = cfg.appearance
     text_model = cfg.model.semantic.clip_text_model
     # The build makes a semantic head when this is a local folder (engines.semantic.clip_available, which
     # imports torch: validate stays light).
     head = "head" if text_model and Path(text_model).expanduser().is_dir() else None
+    if head and text_model and not has_tokenizer(text_model):
+        warnings.append(
+            f"model.semantic.clip_text_model {text_model} has no tokenizer: building the semantic head (zsad "
+            "build-engines, a first run) will fail"
+        )
+        head = None
     if not settings.enabled:
         return head
     try:

@@ -405,8 +405,93 @@ def test_validate_says_which_cameras_must_be_recalibrated_and_what_a_folder_lack
     assert "calibrated on the head source and this run's comes from the appearance" in line
     bare = tmp_path / "bare"
     CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).save_pretrained(str(bare))
-    got = warnings(bare)  # no tokenizer: no semantic stream at all, so neither calibration is refused
-    assert got == [
+    no_stream = (
         f"appearance: semantic is on but the CLIP folder {bare} has no tokenizer: the appearance engine will "
         "feed the appearance stream only, and there is no semantic stream"
-    ]
+    )
+    assert warnings(bare) == [no_stream]  # no semantic stream at all, so neither calibration is refused
+    # Engines already built: a run opens them and does not rebuild, so they, not the config, decide.
+    build_from_config(
+        _config(tmp_path / "engines", checkpoint, clip_dir), options=BuildOptions(backend="onnxruntime")
+    )
+    got = warnings(bare)
+    assert got[0] == no_stream
+    assert got[1].startswith("camera old: ")
+    assert "calibrated on the head source and this run's comes from the appearance" in got[1]
+    assert len(got) == 2
+
+
+def test_calibrate_records_the_appearance_source_and_a_run_keeps_it(
+    world: dict[str, Path], clip_dir: Path, tmp_path: Path
+) -> None:
+    """``zsad calibrate`` with the CLIP appearance engine: the camera's semantic stream is calibrated from the
+    image embedding and the file says so, so a run of the same engines keeps it."""
+    import shutil
+
+    from pipeline.cli.calibrate import calibrate_camera
+    from plugins.fusion import load_calibration
+    from tests.fixtures.run_world import scene_uri, site_config
+
+    engines_dir = tmp_path / "engines"
+    shutil.copytree(world["engines"], engines_dir)
+    camera = {"id": "campus", "uri": scene_uri(world, "training", "campus_000.mp4"), "context": "campus"}
+    raw = site_config(world, tmp_path / "out", [camera])
+    raw["engines"] = {"dir": str(engines_dir), "checkpoint": str(world["checkpoint"]), "threads": 1}
+    raw["appearance"] = {"encoder": "clip", "weights": str(clip_dir)}
+    cfg = ZsadConfig.model_validate(raw)
+    build_from_config(cfg, options=BuildOptions(backend="onnxruntime"))  # adds the CLIP appearance engine
+    engines = load_engines(cfg)
+    try:
+        assert engines.semantic_source == "appearance"
+        out = calibrate_camera(cfg, engines, "campus", [camera["uri"]], tmp_path / "campus.json", min_clips=8)
+    finally:
+        engines.close()
+    cal = load_calibration(out)
+    assert SEMANTIC in cal.streams
+    assert cal.semantic_source == "appearance"
+    assert np.isfinite(cal.streams[SEMANTIC].location)
+    check_semantic_source(cal, engines.semantic_source)  # what the run checks: kept
+
+
+def test_engines_that_do_not_fit_are_refused_by_name(built: ZsadConfig, tmp_path: Path) -> None:
+    """Prompt embeddings of another width than the engine's image embedding, or an image embedding claimed by
+    an encoder that has none, refuse to start with what to do, instead of failing every clip later."""
+    import json
+    import shutil
+
+    from engines.manifest import Expectation, ManifestMismatch, check_manifest
+    from pipeline.inference import EngineError
+
+    folder = tmp_path / "engines"
+    shutil.copytree(built.engines.dir, folder)
+    path = folder / "appearance.manifest.json"
+    data = json.loads(path.read_text())
+    data["text_embeddings"][0]["shape"] = [data["text_embeddings"][0]["shape"][0], EMBED + 1]
+    path.write_text(json.dumps(data))
+    cfg = built.model_copy(update={"engines": built.engines.model_copy(update={"dir": str(folder)})})
+    with pytest.raises(EngineError, match=rf"text_embeddings\[campus\] are {EMBED + 1}-wide .* rebuild"):
+        load_engines(cfg)
+    m = load_manifest(Path(built.engines.dir) / "appearance.manifest.json")
+    mobilenet = m.model_copy(update={"options": {**m.options, "encoder": "mobilenet_v2"}})
+    with pytest.raises(ManifestMismatch, match=r"model_spec\.embed_dim"):
+        check_manifest(mobilenet, Expectation(model_spec=tiny_model(backbone=PATCH16)))
+
+
+def test_cameras_with_contexts_are_not_told_the_semantic_stream_is_off(
+    built: ZsadConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.run import warn_idle_contexts
+
+    cfg = ZsadConfig.model_validate(
+        {
+            **built.model_dump(mode="json"),
+            "cameras": [{"id": "a", "uri": "rtsp://127.0.0.1/a", "context": "campus"}],
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
+        warn_idle_contexts(cfg.enabled_cameras(), SimpleNamespace(semantic_source="appearance"), "E")  # type: ignore[arg-type]
+        assert "only picks the semantic stream's prompts" not in caplog.text
+        warn_idle_contexts(cfg.enabled_cameras(), SimpleNamespace(semantic_source=None), "E")  # type: ignore[arg-type]
+        assert "camera a: context 'campus' only picks the semantic stream's prompts" in caplog.text
