@@ -252,7 +252,7 @@ def test_the_engine_builds_checks_and_runs_like_mobilenets(clip_folder: Path, tm
         "encoder": "clip",
         "input_layout": "NCHW",
     }
-    assert [name for name, _, _ in m.options["weights_stat"]] == ["model.safetensors", "config.json"]
+    assert [row[0] for row in m.options["weights_stat"]] == ["model.safetensors", "config.json"]
     assert m.weights_sha256 == encoder_weights_sha256("clip", clip_folder / "model.safetensors")
     check_manifest(
         m,

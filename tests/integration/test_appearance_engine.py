@@ -117,7 +117,9 @@ def test_build_writes_the_appearance_engine_and_its_manifest(world: World) -> No
     assert m.options == {
         "encoder": "mobilenet_v2",
         "input_layout": "NCHW",
-        "weights_stat": [[world.weights.name, st.st_size, st.st_mtime_ns]],
+        "weights_stat": [
+            [world.weights.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino]
+        ],
     }
     assert m.model_spec["taps"] == ["features.6", "features.13"]
     assert m.weights_sha256 == file_sha256(world.weights)
@@ -173,6 +175,11 @@ def test_a_rerun_reads_the_weights_again_only_when_their_size_or_time_changed(
     assert _statuses(report)[("appearance", "onnx")] == "up to date"  # the same bytes: the same engine
     build_from_config(cfg, options=BuildOptions(backend="onnxruntime", force=True))
     assert hashed == [weights, weights]
+    # Replaced by a copy that keeps size and modification time (cp -p, rsync -a): a new file all the same.
+    shutil.copy2(weights, tmp_path / "copy.pth")
+    (tmp_path / "copy.pth").replace(weights)
+    build_from_config(cfg, options=BuildOptions(backend="onnxruntime"))
+    assert hashed == [weights, weights, weights]
 
 
 def test_other_weights_re_export_only_the_appearance_engine(world: World, tmp_path: Path) -> None:
