@@ -98,10 +98,10 @@ def _semantic_source(cfg: ZsadConfig, warnings: list[str]) -> str | None:
     if embeds and has_tokenizer(path):
         return "appearance"
     missing = "tokenizer" if embeds else "text tower or visual projection (it holds the image tower alone)"
-    then = "the semantic stream stays the semantic head's" if head else "there is no semantic stream"
+    then = "the semantic head stays the semantic stream" if head else "no semantic stream"
     warnings.append(
-        f"appearance: semantic is on but the CLIP folder {clip_folder(path)} has no {missing}: the "
-        f"appearance engine will feed the appearance stream only, and {then}"
+        f"appearance: semantic is on but the CLIP folder {clip_folder(path)} has no {missing}: an "
+        f"appearance engine built from it feeds the appearance stream only ({then})"
     )
     return head
 

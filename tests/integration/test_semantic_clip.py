@@ -406,8 +406,8 @@ def test_validate_says_which_cameras_must_be_recalibrated_and_what_a_folder_lack
     bare = tmp_path / "bare"
     CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).save_pretrained(str(bare))
     no_stream = (
-        f"appearance: semantic is on but the CLIP folder {bare} has no tokenizer: the appearance engine will "
-        "feed the appearance stream only, and there is no semantic stream"
+        f"appearance: semantic is on but the CLIP folder {bare} has no tokenizer: an appearance engine built "
+        "from it feeds the appearance stream only (no semantic stream)"
     )
     assert warnings(bare) == [no_stream]  # no semantic stream at all, so neither calibration is refused
     # Engines already built: a run opens them and does not rebuild, so they, not the config, decide.
