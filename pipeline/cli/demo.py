@@ -34,13 +34,13 @@ from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
 from plugins.alerting import alert_params, resolve_policy
 from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
-from plugins.fusion import CalibrationError, load_calibration
+from plugins.fusion import CalibrationError, check_semantic_source, load_calibration
 from synth import generate_dataset
 from synth.writer import frame_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["alert_matches", "run_demo", "summarise_run"]
+__all__ = ["alert_matches", "calibration_fits", "run_demo", "summarise_run"]
 
 SCENE_FRAMES = 600  # 60 s at 10 fps
 SCENE_FPS = 10
@@ -79,8 +79,9 @@ def prepare_engines(cfg: ZsadConfig, config_path: Path) -> None:
 
 def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
     """Calibrate every camera on the normal (training) footage of its context; return the updated config.
-    A calibration from an earlier demo is kept unless the appearance engine needs a memory it lacks, or the
-    stationary or objects stream (when on) a model it lacks."""
+    A calibration from an earlier demo is kept unless the appearance engine needs a memory it lacks, the
+    stationary or objects stream (when on) a model it lacks, or it does not fit the camera's alert smoothing
+    or the engines' semantic stream (:func:`calibration_fits`)."""
     engines = load_engines(cfg)
     cameras = []
     try:
@@ -91,7 +92,7 @@ def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
                 not path.is_file()
                 or not _memory_fits(path, expect)
                 or not _models_fit(cfg, path)
-                or not _threshold_fits(cfg, cam.id, path)
+                or not calibration_fits(cfg, cam.id, path, engines.semantic_source)
             ):
                 context = cfg.camera_settings(cam.id).context
                 footage = sorted((scenes / "training" / "videos").glob(f"{context}_*.mp4"))
@@ -134,12 +135,15 @@ def _models_fit(cfg: ZsadConfig, calibration: Path) -> bool:
     return True
 
 
-def _threshold_fits(cfg: ZsadConfig, camera: str, calibration: Path) -> bool:
+def calibration_fits(cfg: ZsadConfig, camera: str, calibration: Path, semantic_source: str | None) -> bool:
     """Whether the calibration's threshold was computed for the camera's alert smoothing (a calibration from
-    before thresholds were smoothed was computed for none)."""
+    before thresholds were smoothed was computed for none), and its semantic statistics, if any, on the
+    engines' ``semantic_source`` (a run refuses it otherwise: ``plugins.fusion.check_semantic_source``)."""
     smoothing = cfg.camera_settings(camera).alerts.smoothing
     try:
-        fits = load_calibration(calibration).threshold_smoothing == smoothing
+        loaded = load_calibration(calibration)
+        check_semantic_source(loaded, semantic_source)
+        fits = loaded.threshold_smoothing == smoothing
     except CalibrationError as exc:
         log.info("calibrating again: %s", exc)
         return False

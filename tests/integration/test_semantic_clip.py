@@ -495,3 +495,23 @@ def test_cameras_with_contexts_are_not_told_the_semantic_stream_is_off(
         assert "only picks the semantic stream's prompts" not in caplog.text
         warn_idle_contexts(cfg.enabled_cameras(), SimpleNamespace(semantic_source=None), "E")  # type: ignore[arg-type]
         assert "camera a: context 'campus' only picks the semantic stream's prompts" in caplog.text
+
+
+def test_the_demo_calibrates_again_a_camera_whose_calibration_the_run_would_refuse(
+    built: ZsadConfig, tmp_path: Path
+) -> None:
+    from pipeline.cli.demo import calibration_fits
+    from plugins.fusion import save_calibration
+
+    stats = {SEMANTIC: StreamStats(0.0, 1.0, 50), "pixel": StreamStats(0.0, 1.0, 50)}
+    cfg = ZsadConfig.model_validate(
+        {**built.model_dump(mode="json"), "cameras": [{"id": "a", "uri": "rtsp://127.0.0.1/a"}]}
+    )
+    smoothing = cfg.camera_settings("a").alerts.smoothing
+    path = tmp_path / "a.json"
+    save_calibration(
+        Calibration(streams=stats, rule="max", threshold_smoothing=smoothing), path
+    )  # the head's
+    assert calibration_fits(cfg, "a", path, "head")
+    assert calibration_fits(cfg, "a", path, None)
+    assert not calibration_fits(cfg, "a", path, "appearance")
