@@ -21,7 +21,7 @@ import fcntl
 import importlib.util
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,7 +438,9 @@ class ClipInference:
     is also the ``semantic`` score of every scored clip of a camera whose context has prompts
     (:func:`plugins.semantic.match_prompts`), and the semantic head is not used. The appearance engine runs
     for a scored clip of a camera that has a memory or such prompts, every ``appearance_every``-th one; the
-    clips between keep the camera's last map and semantic score.
+    clips between keep the camera's last map and semantic score. ``no_semantic``: cameras whose clips the
+    semantic stream does not score (``zsad calibrate``'s pasted-event twins, whose semantic scores nothing
+    uses).
     ``stationary``: the cameras' stationary models (``RunOutputs.stationary``); each such camera keeps a
     short-term window that takes every clip's frames ``stationary_spacing_s`` apart
     (:class:`plugins.stationary.FrameSpacer`), and once the window is full its scored clips get the
@@ -468,6 +470,7 @@ class ClipInference:
         stationary_spacing_s: float = 0.4,
         objects: ObjectsModels | None = None,
         objects_spacing_s: float = 0.2,
+        no_semantic: Container[str] = frozenset(),
     ):
         if appearance_every < 1:
             raise ValueError(f"appearance_every must be >= 1, got {appearance_every}")
@@ -478,6 +481,8 @@ class ClipInference:
         )
         self.engines = engines
         self.contexts = contexts
+        # Cameras whose clips the semantic stream does not score (zsad calibrate's pasted-event twins).
+        self.no_semantic = no_semantic
         self.memories = memories
         self.appearance_every = appearance_every
         # Per camera: clips seen by the appearance engine, and its last map and semantic match (reused
@@ -485,6 +490,9 @@ class ClipInference:
         self._appearance_seen: dict[str, int] = {}
         self._appearance_last: dict[str, np.ndarray] = {}
         self._semantic_last: dict[str, SemanticMatch] = {}
+        # (camera, clip index) -> its last frame's features and embedding, encoded already by
+        # encode_clip_frames for the next call (zsad calibrate): not encoded twice.
+        self._encoded: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = {}
         self.scorer = ClipScorer(
             engines.dpc, context_clips=context_clips, history_step=history_step, filters=filters
         )
@@ -520,9 +528,16 @@ class ClipInference:
 
     def encode_clip_frames(self, clips: Sequence[Clip]) -> np.ndarray:
         """The appearance engine's features of every frame of each clip: ``(N, T, C, h, w)`` float32.
-        ``zsad calibrate`` fits the memories on these."""
-        features = self._encode(np.concatenate([np.asarray(c.frames) for c in clips]))[0]
-        return features.reshape(len(clips), -1, *features.shape[1:])
+        ``zsad calibrate`` fits the memories on these. Each clip's last frame's encoding is kept for the next
+        :meth:`__call__` (the semantic stream's, from the image embedding), which then does not encode it
+        again; what that call does not use is dropped with it."""
+        features, embeddings = self._encode(np.concatenate([np.asarray(c.frames) for c in clips]))
+        per_clip = features.reshape(len(clips), -1, *features.shape[1:])
+        if embeddings is not None and self.image_prompts is not None:
+            last = embeddings.reshape(len(clips), -1, embeddings.shape[-1])[:, -1]
+            for clip, f, e in zip(clips, per_clip, last, strict=True):
+                self._encoded[(clip.camera_id, clip.index)] = (f[-1], e)
+        return per_clip
 
     def _encode(self, frames: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
         """``(M, H, W, 3)`` uint8 frames -> ``(M, C, h, w)`` float32 features, and the ``(M, E)`` image
@@ -557,7 +572,7 @@ class ClipInference:
         for k, i in enumerate(indices):
             camera = clips[i].camera_id
             memory = self.memories.get(camera) if self.memories is not None else None
-            bank = prompts.bank(camera) if prompts is not None else None
+            bank = self._image_bank(camera)
             if memory is None and bank is None:
                 continue
             seen = self._appearance_seen.get(camera, 0)
@@ -569,10 +584,10 @@ class ClipInference:
             picked.append((k, i, memory))
         if not picked:
             return out
-        features, embeddings = self._encode(np.stack([clips[i].frames[-1] for _, i, _ in picked]))
+        features, embeddings = self._picked_encodings(clips, [i for _, i, _ in picked])
         for j, (k, i, memory) in enumerate(picked):
             camera = clips[i].camera_id
-            if embeddings is not None and prompts is not None:
+            if embeddings is not None and prompts is not None and self._image_bank(camera) is not None:
                 match = prompts.match(camera, embeddings[j])
                 if match is not None:
                     matches[i] = self._semantic_last[camera] = match
@@ -594,6 +609,25 @@ class ClipInference:
                     )
         return out
 
+    def _image_bank(self, camera: str) -> PromptBank | None:
+        """The prompts the image embedding of ``camera``'s clips is scored against (None: not scored)."""
+        if self.image_prompts is None or camera in self.no_semantic:
+            return None
+        return self.image_prompts.bank(camera)
+
+    def _picked_encodings(
+        self, clips: Sequence[Clip], indices: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The last frames' features ``(n, C, h, w)`` and embeddings of ``clips[indices]``: those kept by
+        :meth:`encode_clip_frames` for this call, the others encoded now, in one engine call."""
+        kept = [self._encoded.get((clips[i].camera_id, clips[i].index)) for i in indices]
+        if all(k is not None and k[1] is not None for k in kept):
+            return (
+                np.stack([k[0] for k in kept if k is not None]),
+                np.stack([k[1] for k in kept if k is not None and k[1] is not None]),
+            )
+        return self._encode(np.stack([clips[i].frames[-1] for i in indices]))
+
     def _reuse_last(
         self,
         camera: str,
@@ -610,7 +644,7 @@ class ClipInference:
         if memory is not None and (last is None or last.shape != grid):
             return False
         match = self._semantic_last.get(camera)
-        if self.image_prompts is not None and self.image_prompts.bank(camera) is not None and match is None:
+        if self._image_bank(camera) is not None and match is None:
             return False
         if memory is not None and last is not None:
             out[k][APPEARANCE] = last.copy()
@@ -658,13 +692,16 @@ class ClipInference:
                             out[k][feed.stream] = m
                 return out
 
-        scored = self.scorer.score(items, extra_maps=extra)
+        try:
+            scored = self.scorer.score(items, extra_maps=extra)
+        finally:
+            self._encoded.clear()  # kept for this call only
         prompts: list[str | None] = [None] * len(clips)
         if self.semantic is not None:
             matches.update(
                 (i, sem)
                 for i, sem in enumerate(self.semantic([c.camera_id for c in clips], embedding))
-                if sem is not None
+                if sem is not None and clips[i].camera_id not in self.no_semantic
             )
         for i, sem in matches.items():
             s = scored[i]

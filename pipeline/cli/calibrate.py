@@ -169,19 +169,22 @@ def collect_scores(
     pre = cfg.model.preprocess
     assembler = ClipAssembler.from_config(pre)
     filters = CellFilters()
-    inference = ClipInference(
-        engines,
-        context_clips=cfg.model.dpc.context_clips,
-        history_step=pre.clip_len * pre.frame_stride // pre.clip_hop,
-        contexts={},
-        filters=filters,
-    )
     clips: queue.Queue[Clip] = queue.Queue(maxsize=64)
     settings = [
         camera.model_copy(update={"id": f"{camera.id}.{i}{twin}", "uri": uri})
         for twin in ("", PROBE_SUFFIX)
         for i, uri in enumerate(footage)
     ]
+    inference = ClipInference(
+        engines,
+        context_clips=cfg.model.dpc.context_clips,
+        history_step=pre.clip_len * pre.frame_stride // pre.clip_hop,
+        contexts={},
+        filters=filters,
+        # A pasted patch means nothing to prompts: the probe never judges the semantic stream (and a CLIP
+        # appearance engine would encode every twin clip's last frame for it).
+        no_semantic=frozenset(s.id for s in settings if s.id.endswith(PROBE_SUFFIX)),
+    )
     zones = ViewZones.from_settings(camera.zoning)
     for s in settings:
         inference.contexts[s.id] = camera.context

@@ -421,11 +421,26 @@ def test_validate_says_which_cameras_must_be_recalibrated_and_what_a_folder_lack
     assert len(got) == 2
 
 
+class _CountingEngine:
+    """An engine that counts the frames it is given, and is otherwise the engine it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.frames = 0
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.frames += len(feeds["frames"])
+        return self.inner(feeds)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def test_calibrate_records_the_appearance_source_and_a_run_keeps_it(
     world: dict[str, Path], clip_dir: Path, tmp_path: Path
 ) -> None:
     """``zsad calibrate`` with the CLIP appearance engine: the camera's semantic stream is calibrated from the
-    image embedding and the file says so, so a run of the same engines keeps it."""
+    image embedding, at no extra encoding, and the file says so, so a run of the same engines keeps it."""
     import shutil
 
     from pipeline.cli.calibrate import calibrate_camera
@@ -443,9 +458,20 @@ def test_calibrate_records_the_appearance_source_and_a_run_keeps_it(
     engines = load_engines(cfg)
     try:
         assert engines.semantic_source == "appearance"
+        counting = _CountingEngine(engines.appearance)
+        engines.appearance = counting  # type: ignore[assignment]
         out = calibrate_camera(cfg, engines, "campus", [camera["uri"]], tmp_path / "campus.json", min_clips=8)
+        with_semantic = counting.frames
+        # The same calibration without the semantic stream encodes as many frames: the stream reuses the
+        # memory's encodings of the clips' last frames, and the pasted-event twins are not scored by it.
+        texts, engines.appearance_texts = engines.appearance_texts, {}
+        counting.frames = 0
+        calibrate_camera(cfg, engines, "campus", [camera["uri"]], tmp_path / "without.json", min_clips=8)
+        assert counting.frames == with_semantic
+        engines.appearance_texts = texts
     finally:
         engines.close()
+    assert SEMANTIC not in load_calibration(tmp_path / "without.json").streams
     cal = load_calibration(out)
     assert SEMANTIC in cal.streams
     assert cal.semantic_source == "appearance"
