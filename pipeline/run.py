@@ -41,10 +41,15 @@ DISPLAY_SIZE = (320, 240)  # event media resolution (width, height)
 FINISHED_STATES = {"eos", "failed", "stopped"}
 
 
-# Sections a SIGHUP reload cannot change in a running process.
+# Sections a SIGHUP reload cannot change in a running process (the memory streams' are read when the run
+# starts: the appearance schedule and the feeds' spacing are the scorer's).
 _RESTART_SECTIONS = (
     "model",
     "engines",
+    "appearance",
+    "stationary",
+    "objects",
+    "deepstream",
     "sinks",
     "media",
     "scheduler",

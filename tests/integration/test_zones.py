@@ -333,6 +333,14 @@ def test_zones_api_validates_and_overrides_reload_without_restart(
         status, cams = api.request("GET", "/api/cameras")
         assert cams["cameras"][0]["zones"]["names"] == ["road", "flagpole", "east", "bench"]
 
+        # The memory streams' sections are read when the run starts (the scorer's schedule, the feeds'
+        # spacing): a change is reported as needing a restart, not applied, and no camera restarts for it.
+        write_site(site, {**cfg, "appearance": {"every_clips": 3}, "objects": {"spacing_s": 0.4}})
+        result = app.reload_file(site)
+        assert result is not None
+        assert (result.needs_restart, result.restarted) == (["appearance", "objects"], [])
+        write_site(site, cfg)
+
         # DELETE goes back to the site config's zones.
         status, body = api.request("DELETE", f"/api/cameras/{CAMERA}/zones")
         assert status == 200, body
