@@ -47,7 +47,6 @@ from engines.backends.tensorrt import TensorRTBackend, cuda_device_info
 from engines.backends.torch import TorchBackend
 from engines.encoders import (
     APPEARANCE_COMPONENT,
-    TOKENIZER_FILES,
     EncoderWeightsError,
     appearance_spec,
     appearance_spec_sha256,
@@ -57,6 +56,7 @@ from engines.encoders import (
     encoder_weights_stat,
     find_encoder_weights,
     has_tokenizer,
+    tokenizer_missing,
 )
 from engines.export import EXPORT_OPSET, EXPORTER, check_parity, component_module, export_onnx
 from engines.manifest import (
@@ -827,6 +827,8 @@ class _Builder:
             prefix=f"{APPEARANCE_COMPONENT}_text",
             source=lambda context: "ungated",
             embed=lambda prompt_set, context: self.clip_text(folder, prompt_set, source.embed_dim),
+            # The encoder's weights identity covers model.safetensors (and config.json, hashed again here).
+            weights_sha256=source.sha256,
         )
 
     def _prompt_stage(
@@ -839,12 +841,14 @@ class _Builder:
         prefix: str,
         source: Callable[[str], str],
         embed: Callable[[PromptSet, str], np.ndarray],
+        weights_sha256: str | None = None,
     ) -> Manifest:
         """``manifest`` with one ``<prefix>_<context>.npy`` of prompt embeddings per camera context
         (``embed(prompt_set, context)``), each rebuilt only when its prompts, the CLIP folder or ``identity``
-        changed; files of contexts no camera has any more are removed."""
+        changed; files of contexts no camera has any more are removed. ``weights_sha256``: the CLIP folder's
+        weights identity when the build hashed it already (:func:`_clip_identity`)."""
         component = manifest.component
-        clip_id = _clip_identity(Path(clip_source).expanduser())
+        clip_id = _clip_identity(Path(clip_source).expanduser(), weights_sha256)
         old = {t.context: t for t in previous.text_embeddings} if previous is not None else {}
         entries = []
         for context, set_name in sorted(self.contexts.items()):
@@ -931,13 +935,9 @@ class _Builder:
         word, and every prompt would embed the same."""
         from engines.semantic import TextEncoder, TextEncoderError
 
-        folder = Path(source).expanduser()
-        if folder.is_dir() and not has_tokenizer(folder):
-            wanted = " or ".join(" + ".join(files) for files in TOKENIZER_FILES)
-            raise BuildInputError(
-                f"CLIP folder {folder} has no tokenizer ({wanted}): its prompts cannot be embedded; save the "
-                "tokenizer beside the model"
-            )
+        why = tokenizer_missing(source)
+        if why is not None:
+            raise BuildInputError(why)
         if source not in self._text_encoders:
             try:
                 self._text_encoders[source] = TextEncoder(source)
@@ -1118,13 +1118,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _clip_identity(folder: Path) -> str:
-    """Hash of a CLIP folder's config and weight files (what decides the text embeddings)."""
+def _clip_identity(folder: Path, weights_sha256: str | None = None) -> str:
+    """Hash of a CLIP folder's config, tokenizer and weight files (what decides the text embeddings). With
+    ``weights_sha256`` (the weights' identity, hashed already), the weight files are not read again: a
+    CLIP's are gigabytes, and this runs on every build."""
     h = hashlib.sha256()
+    weights = (".safetensors", ".bin")
     for p in sorted(folder.iterdir()):
-        if p.is_file() and (p.suffix in (".safetensors", ".bin", ".json", ".txt")):
-            h.update(p.name.encode())
-            h.update(file_sha256(p).encode())
+        if not p.is_file() or p.suffix not in (*weights, ".json", ".txt"):
+            continue
+        if weights_sha256 is not None and p.suffix in weights:
+            continue
+        h.update(p.name.encode())
+        h.update(file_sha256(p).encode())
+    if weights_sha256 is not None:
+        h.update(f"weights:{weights_sha256}".encode())
     return h.hexdigest()
 
 

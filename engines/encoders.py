@@ -63,6 +63,7 @@ __all__ = [
     "find_mobilenet_weights",
     "has_tokenizer",
     "is_clip_folder",
+    "tokenizer_missing",
 ]
 
 #: The engine component (``appearance.manifest.json``, ``appearance.onnx``).
@@ -260,6 +261,20 @@ def has_tokenizer(folder: str | Path) -> bool:
     builds a tokenizer of two special tokens and every prompt embeds the same."""
     p = clip_folder(folder)
     return any(all((p / f).is_file() for f in files) for files in TOKENIZER_FILES)
+
+
+def tokenizer_missing(folder: str | Path) -> str | None:
+    """Why the prompts cannot be embedded with the local CLIP folder ``folder`` (it has no tokenizer), or
+    None: it has one, or it is no local folder (a name for the Hugging Face cache, which transformers
+    resolves). What the build and ``zsad train`` refuse such a folder with."""
+    p = Path(folder).expanduser()
+    if not p.is_dir() or has_tokenizer(p):
+        return None
+    wanted = " or ".join(" + ".join(files) for files in TOKENIZER_FILES)
+    return (
+        f"CLIP folder {p} has no tokenizer ({wanted}): its prompts cannot be embedded; save the tokenizer "
+        "beside the model"
+    )
 
 
 def encoder_weights_files(encoder: str, path: str | Path) -> list[Path]:

@@ -69,7 +69,14 @@ from plugins.appearance import (
 from plugins.objects import ObjectsModels
 from plugins.preprocess import Normaliser, to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
-from plugins.semantic import PromptBank, PromptBanks, SemanticError, SemanticMatch, SemanticScorer
+from plugins.semantic import (
+    PromptBank,
+    PromptBanks,
+    SemanticError,
+    SemanticMatch,
+    SemanticScorer,
+    match_prompts,
+)
 from plugins.stationary import StationaryModels
 from plugins.streams import APPEARANCE, SEMANTIC
 from plugins.zones import CellFilters
@@ -301,10 +308,15 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     return engines
 
 
+def _embedding_width(manifest: Manifest) -> int | None:
+    """The width of the appearance engine's image embedding output, None when it has none."""
+    return next((o.shape[1] for o in manifest.outputs if o.name == APPEARANCE_EMBEDDING), None)
+
+
 def _feeds_semantic(cfg: ZsadConfig, manifest: Manifest) -> bool:
     """Whether the appearance engine of ``manifest`` feeds the semantic stream: the config asks for it
     (``appearance.semantic``) and the engine was built with the image embedding and its prompts."""
-    has = any(o.name == APPEARANCE_EMBEDDING for o in manifest.outputs)
+    has = _embedding_width(manifest) is not None
     return cfg.appearance.semantic and has and bool(manifest.text_embeddings)
 
 
@@ -325,7 +337,7 @@ def _gives_embedding(cfg: ZsadConfig, manifest: Manifest) -> bool:
     or ``semantic: false`` at build time) while the config asks for it is said so."""
     if _feeds_semantic(cfg, manifest):
         return True
-    has = any(o.name == APPEARANCE_EMBEDDING for o in manifest.outputs)
+    has = _embedding_width(manifest) is not None
     if cfg.appearance.semantic and cfg.appearance.encoder == "clip":
         log.warning(
             "appearance.semantic is on but the appearance engine %s has %s: the semantic stream does not "
@@ -366,7 +378,7 @@ def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) 
 def _load_texts(manifest: Manifest) -> dict[str, PromptBank]:
     """Per-context prompt embeddings of an engine's manifest (the semantic head's, or the CLIP appearance
     engine's, whose width must be its image embedding's: a mismatch would fail every clip of every camera)."""
-    width = next((o.shape[1] for o in manifest.outputs if o.name == APPEARANCE_EMBEDDING), None)
+    width = _embedding_width(manifest)
     out = {}
     for text in manifest.text_embeddings:
         if manifest.component == APPEARANCE_COMPONENT and (
@@ -492,7 +504,7 @@ class ClipInference:
         self._semantic_last: dict[str, SemanticMatch] = {}
         # (camera, clip index) -> its last frame's features and embedding, encoded already by
         # encode_clip_frames for the next call (zsad calibrate): not encoded twice.
-        self._encoded: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._encoded: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self.scorer = ClipScorer(
             engines.dpc, context_clips=context_clips, history_step=history_step, filters=filters
         )
@@ -567,7 +579,6 @@ class ClipInference:
         out: list[dict[str, np.ndarray]] = [{} for _ in indices]
         if self._appearance_norm is None:
             return out
-        prompts = self.image_prompts
         picked = []
         for k, i in enumerate(indices):
             camera = clips[i].camera_id
@@ -581,16 +592,15 @@ class ClipInference:
                 # What a scene holds changes slowly next to a clip hop: between encodings a camera's
                 # clips keep its last appearance map and semantic score (appearance.every_clips).
                 continue
-            picked.append((k, i, memory))
+            picked.append((k, i, memory, bank))
         if not picked:
             return out
-        features, embeddings = self._picked_encodings(clips, [i for _, i, _ in picked])
-        for j, (k, i, memory) in enumerate(picked):
+        features, embeddings = self._picked_encodings(clips, [i for _, i, _, _ in picked])
+        for j, (k, i, memory, bank) in enumerate(picked):
             camera = clips[i].camera_id
-            if embeddings is not None and prompts is not None and self._image_bank(camera) is not None:
-                match = prompts.match(camera, embeddings[j])
-                if match is not None:
-                    matches[i] = self._semantic_last[camera] = match
+            if embeddings is not None and bank is not None:
+                # The prompts' width is the embedding's: load_engines checked it (_load_texts).
+                matches[i] = self._semantic_last[camera] = match_prompts(embeddings[j], bank)
             if memory is None:
                 continue
             try:
@@ -620,12 +630,12 @@ class ClipInference:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The last frames' features ``(n, C, h, w)`` and embeddings of ``clips[indices]``: those kept by
         :meth:`encode_clip_frames` for this call, the others encoded now, in one engine call."""
-        kept = [self._encoded.get((clips[i].camera_id, clips[i].index)) for i in indices]
-        if all(k is not None and k[1] is not None for k in kept):
-            return (
-                np.stack([k[0] for k in kept if k is not None]),
-                np.stack([k[1] for k in kept if k is not None and k[1] is not None]),
-            )
+        kept = [
+            e for i in indices if (e := self._encoded.get((clips[i].camera_id, clips[i].index))) is not None
+        ]
+        if len(kept) == len(indices):
+            features, embeddings = zip(*kept, strict=True)
+            return np.stack(features), np.stack(embeddings)
         return self._encode(np.stack([clips[i].frames[-1] for i in indices]))
 
     def _reuse_last(

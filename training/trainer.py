@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.config import ZsadConfig, resolve_data_path
-from engines.encoders import TOKENIZER_FILES, has_tokenizer
+from engines.encoders import tokenizer_missing
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
 from engines.prompts import load_prompt_sets
 from engines.semantic import TextEncoder, clip_available
@@ -331,13 +331,9 @@ def _attach_text_bank(step_module: TrainStep, cfg: ZsadConfig, contexts: Mapping
             "no CLIP text weights configured or found (%s): semantic stream and InfoNCE are off", name
         )
         return
-    folder = Path(str(name)).expanduser()
-    if folder.is_dir() and not has_tokenizer(folder):
-        # transformers would build a tokenizer of its two special tokens: every prompt the same embedding.
-        raise TrainingError(
-            f"model.semantic.clip_text_model {folder} has no tokenizer "
-            f"({' or '.join(' + '.join(f) for f in TOKENIZER_FILES)}): save it beside the model"
-        )
+    why = tokenizer_missing(str(name))
+    if why is not None:
+        raise TrainingError(f"model.semantic.clip_text_model: {why}")
     sets = load_prompt_sets(sorted(set(contexts.values())))
     encoder = TextEncoder(str(name))
     prompts = [p for s in sets.values() for p in (*s.normal, *s.anomalous)]

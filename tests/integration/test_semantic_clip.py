@@ -154,14 +154,29 @@ def test_the_engine_has_the_embedding_output_and_the_prompts_of_the_same_clip(
 
 
 def test_turning_the_semantic_stream_off_rebuilds_the_engine_without_it(
-    checkpoint: Path, clip_dir: Path, tmp_path: Path
+    checkpoint: Path, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import core.datafile
+
     engines = tmp_path / "engines"
     build_from_config(_config(engines, checkpoint, clip_dir), options=BuildOptions(backend="onnxruntime"))
     assert (engines / "appearance_text_campus.npy").is_file()
+    read: list[str] = []
+    real = core.datafile.file_sha256
+
+    def recording(path: Any, *args: Any, **kwargs: Any) -> str:
+        read.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    for module in ("engines.build", "engines.encoders"):
+        monkeypatch.setattr(f"{module}.file_sha256", recording)
     again = build_from_config(
         _config(engines, checkpoint, clip_dir), options=BuildOptions(backend="onnxruntime")
     )
+    monkeypatch.undo()
+    # Up to date without reading the CLIP weights again (gigabytes for a real CLIP); its small files are read.
+    assert "model.safetensors" not in read
+    assert "vocab.json" in read
     steps = {(s.component, s.step): s.status for s in again.steps}
     assert steps[("appearance", "onnx")] == "up to date"
     assert steps[("appearance", "text[campus]")] == "up to date"
@@ -541,3 +556,15 @@ def test_the_demo_calibrates_again_a_camera_whose_calibration_the_run_would_refu
     assert calibration_fits(cfg, "a", path, "head")
     assert calibration_fits(cfg, "a", path, None)
     assert not calibration_fits(cfg, "a", path, "appearance")
+
+
+def test_training_refuses_a_clip_folder_without_a_tokenizer(clip_dir: Path, tmp_path: Path) -> None:
+    from training.trainer import TrainingError, _attach_text_bank
+
+    bare = tmp_path / "bare"
+    CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).save_pretrained(str(bare))
+    cfg = ZsadConfig.model_validate({"model": tiny_model_dict(semantic={"clip_text_model": str(bare)})})
+    with pytest.raises(
+        TrainingError, match=r"model\.semantic\.clip_text_model: CLIP folder .* has no tokenizer"
+    ):
+        _attach_text_bank(None, cfg, {"v": "generic"})  # type: ignore[arg-type]
