@@ -290,6 +290,18 @@ class _Event:
         return self.snapshot.with_name(self.stem + HEATMAP_SUFFIX) if self.snapshot is not None else None
 
 
+@dataclass(frozen=True)
+class _PendingSnapshot:
+    """A snapshot asked for before any frame near its peak was buffered: written from the first frame at
+    or after ``peak_pts`` (the frame nearest the peak, when frames come in order), or at close from the
+    nearest buffered one."""
+
+    snapshot: Path
+    heatmap: Path | None
+    peak_pts: float | None
+    evidence: PeakEvidence | None
+
+
 class EventRecorder:
     """Event media of one camera.
 
@@ -328,6 +340,10 @@ class EventRecorder:
         self._lock = threading.RLock()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"zsad-media-{self._camera_dir[:16]}")
         self._pending: set[Future[None]] = set()
+        # Snapshots waiting for their frame, by alert id. The event-media frames can reach the recorder
+        # after the model's frames of the same time (the CPU graph drains its display branch on its own
+        # thread), so the first scored clip of a stream may open an alert before its frame is buffered.
+        self._awaiting: dict[str, _PendingSnapshot] = {}
         self._failing = False
         self.errors = 0
         self._closed = False
@@ -418,6 +434,9 @@ class EventRecorder:
                     self._finish(ev)
                 else:
                     ev.writer.push(image, pts)
+            for alert_id, waiting in list(self._awaiting.items()):
+                if waiting.peak_pts is None or pts >= waiting.peak_pts - 1e-9:
+                    self._write_awaiting(alert_id, waiting)
 
     def latest_jpeg(self, quality: int | None = None) -> bytes | None:
         """The newest buffered frame as JPEG bytes (the review page's live view), or None before the first
@@ -577,14 +596,32 @@ class EventRecorder:
     def _snapshot(
         self, ev: _Event, peak_pts: float | None, peak_frame: Frame | None, evidence: PeakEvidence | None
     ) -> None:
-        frame: Frame | None
-        if isinstance(peak_frame, np.ndarray):
-            frame = np.array(peak_frame, dtype=np.uint8, copy=True)
-        else:
-            frame = peak_frame if peak_frame is not None else self._frame_near(peak_pts)
-        if frame is None or ev.snapshot is None:
+        if ev.snapshot is None:
             return
-        self._submit(self._write_jpeg, ev.snapshot, frame, ev.heatmap, evidence)
+        frame: Frame | None
+        with self._lock:
+            if isinstance(peak_frame, np.ndarray):
+                frame = np.array(peak_frame, dtype=np.uint8, copy=True)
+            elif peak_frame is not None:
+                frame = peak_frame
+            elif peak_pts is not None and self._ring and self._ring[-1][0] < peak_pts - 1e-9:
+                frame = None  # the peak's frame has not come yet (see _awaiting)
+            else:
+                frame = self._frame_near(peak_pts)
+            if frame is None:
+                self._awaiting[ev.alert_id] = _PendingSnapshot(ev.snapshot, ev.heatmap, peak_pts, evidence)
+                return
+            # A newer peak's snapshot replaces one still waiting for an older peak's frame.
+            self._awaiting.pop(ev.alert_id, None)
+            self._submit(self._write_jpeg, ev.snapshot, frame, ev.heatmap, evidence)
+
+    def _write_awaiting(self, alert_id: str, waiting: _PendingSnapshot) -> None:
+        """Write a waiting snapshot from the buffered frame nearest its peak (the caller holds the lock
+        and has a frame buffered)."""
+        self._awaiting.pop(alert_id, None)
+        frame = self._frame_near(waiting.peak_pts)
+        if frame is not None:
+            self._submit(self._write_jpeg, waiting.snapshot, frame, waiting.heatmap, waiting.evidence)
 
     def _write_jpeg(
         self, path: Path, frame: Frame, heatmap: Path | None = None, evidence: PeakEvidence | None = None
@@ -689,6 +726,17 @@ class EventRecorder:
             for ev in list(self._events.values()):
                 self._finish(ev)
             writers = list(self._writers)
+            waiting = list(self._awaiting.items())
+            for alert_id, snap in waiting:
+                if self._ring:
+                    self._write_awaiting(alert_id, snap)
+            if self._awaiting:
+                log.warning(
+                    "camera %s: no frame came for the snapshot(s) of alert(s) %s",
+                    self.camera,
+                    sorted(self._awaiting),
+                )
+                self._awaiting.clear()
         end = time.monotonic() + timeout
         for w in writers:
             w.thread.join(max(0.0, end - time.monotonic()))

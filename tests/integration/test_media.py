@@ -174,6 +174,51 @@ def test_a_clip_thread_that_cannot_start_costs_only_the_clip(
     assert (tmp_path / "events" / "cam" / "ev.jpg").is_file()
 
 
+def _colour_of(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)[8, 8].astype(int)
+
+
+def test_a_snapshot_whose_frame_comes_after_the_alert_is_written_from_it(tmp_path: Path) -> None:
+    """The CPU graph delivers event-media frames on their own thread, so the first scored clip can open
+    an alert before any frame of its time is buffered: the snapshot (and heatmap) waits for the peak's
+    frame instead of being promised in the record and never written."""
+    folder = tmp_path / "events" / "cam"
+    rec = EventRecorder("cam", tmp_path, MediaConfig(clips=False), fps=10.0)
+    media = rec.open_event("late", start_pts=0.8, peak_pts=1.0, peak_evidence=_peak_evidence(1.0))
+    assert media == EventMedia("events/cam/late.jpg", None, "events/cam/late.heatmap.jpg")
+    rec.add_frame(_frame(9, 32, 32), 0.9)  # before the peak: still waiting for the peak's own frame
+    assert rec.wait_idle(10)
+    assert not (folder / "late.jpg").exists()
+    rec.add_frame(_frame(10, 32, 32), 1.0)
+    rec.add_frame(_frame(11, 32, 32), 1.1)
+    assert rec.wait_idle(10)
+    assert np.abs(_colour_of(folder / "late.jpg") - _frame(10)[0, 0]).max() <= 6
+    assert (folder / "late.heatmap.jpg").is_file()
+    # A newer peak with no frame yet waits too; when the stream ends first, close() writes the nearest.
+    rec.update_peak("late", peak_pts=1.5)
+    rec.add_frame(_frame(12, 32, 32), 1.2)
+    rec.close_event("late", end_pts=1.5)
+    rec.close(10)
+    assert np.abs(_colour_of(folder / "late.jpg") - _frame(12)[0, 0]).max() <= 6
+    assert not (folder / "late.heatmap.jpg").exists()  # the new peak has no evidence map
+
+
+def test_a_snapshot_no_frame_ever_came_for_is_reported_at_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = EventRecorder("cam-z", tmp_path, MediaConfig(clips=False), fps=10.0)
+    rec.open_event("never", start_pts=0.0, peak_pts=0.0)
+    rec.close_event("never", end_pts=0.5)
+    with caplog.at_level(logging.WARNING, logger="pipeline.outputs.media"):
+        rec.close(10)
+    assert any(
+        "no frame came for the snapshot" in r.getMessage() and "never" in r.getMessage()
+        for r in caplog.records
+    )
+    assert not (tmp_path / "events" / "cam-z" / "never.jpg").exists()
+
+
 def test_half_written_files_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     events = tmp_path / "events" / "cam"
     events.mkdir(parents=True)
