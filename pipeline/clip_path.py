@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -94,6 +95,7 @@ class ClipPath:
         self._forgotten: set[str] = set()  # cameras removed since the last batch: their history goes next
         self._renewed: set[str] = set()  # removed cameras whose next clip (if any) starts a new history
         self._fresh: dict[int, Clip] = {}  # id -> the first clip of a camera added again: reset before it
+        self._forgotten_at: dict[str, float] = {}  # per camera: time.monotonic() of its last removal
         self.refused = 0
 
     # -- the pushing thread (the CPU graph's frame callback, the score probe) ------------------------------
@@ -136,8 +138,17 @@ class ClipPath:
             self._resets.pop(camera, None)
             self._forgotten.add(camera)
             self._renewed.add(camera)
+            self._forgotten_at[camera] = time.monotonic()
             # A first clip of an earlier return that was dropped unscored: never scored, so not wanted.
             self._fresh = {k: c for k, c in self._fresh.items() if c.camera_id != camera}
+
+    def is_stale(self, clip: Clip) -> bool:
+        """Whether ``clip`` was assembled before its camera was last removed (:meth:`forget`): a clip of a
+        batch already being scored when a reload restarted the camera. Its result belongs to the old
+        stream and must not reach the camera added again under the same id (its stream time, its alerts)."""
+        with self._lock:
+            removed = self._forgotten_at.get(clip.camera_id)
+        return removed is not None and clip.created_s <= removed
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

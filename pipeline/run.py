@@ -304,6 +304,8 @@ class Application:
             if cam not in self.cameras:  # removed while its clip was being scored: forget its history
                 self.inference.reset(cam)
                 return
+        if self.clips.is_stale(clip):  # the old stream of a camera restarted by a reload: not the new one's
+            return
         self.outputs.clip_scored(
             cam, clip.end_pts, result.scores, result.prompt, frames=len(clip.frames), frame_t=clip.start_pts
         )

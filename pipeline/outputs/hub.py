@@ -222,6 +222,7 @@ class RunOutputs:
             raise RunOutputsError(f"sinks: {exc}") from exc
         self.gate = StreamGate.load(gate_path) if gate_path else StreamGate.uniform()
         self.alerts: dict[str, CameraAlerts] = {}
+        self._shut = False  # set by shutdown(): no scored clip is taken after it
         self.recorders: dict[str, EventRecorder] = {}
         #: The cameras' masks and learned levels; give it to the ``ClipScorer`` (``filters=``).
         self.filters = CellFilters()
@@ -718,7 +719,7 @@ class RunOutputs:
         """
         with self._cameras_lock:
             alerts = self.alerts.get(camera)
-            if alerts is None:  # removed while its clip was being scored
+            if alerts is None or self._shut:  # removed while its clip was being scored, or shutting down
                 return None
             self.metrics.frames_processed.inc(frames, camera=camera)
             if scores is None:  # the DPC history is still filling
@@ -808,6 +809,9 @@ class RunOutputs:
     def shutdown(self) -> dict[str, int]:
         """Close open alerts (reason shutdown), finish media, flush the sinks; return what stays spooled."""
         with self._cameras_lock:
+            # A clip still being scored (a scheduler that did not stop in time) must not open an alert that
+            # nothing closes, nor write media into recorders that are closing.
+            self._shut = True
             for alerts in list(self.alerts.values()):
                 for record in alerts.shutdown():
                     self.run_state.add_alert(record)

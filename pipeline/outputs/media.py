@@ -10,7 +10,9 @@ it live frames until ``post_s`` seconds after the close (:meth:`EventRecorder.cl
 hidden ``.part`` and renamed when complete), beside the alert's evidence ``<alert_id>.npz`` (written by
 ``pipeline.outputs.events``). With snapshots on, an alert whose peak has an evidence map also gets
 ``<alert_id>.heatmap.jpg`` (``pipeline.outputs.heatmap``), rendered from the same pixels as its snapshot.
-Only the newest ``max_events_per_camera`` events are kept.
+Only the newest ``max_events_per_camera`` events are kept. Event-media frames may come later than the
+scores of their time (the CPU graph hands them over on their own thread): a snapshot of a time not yet
+buffered waits for its frame (:meth:`EventRecorder.frame_at`, :class:`PendingFrame`).
 
 Encoding runs in background threads, one :class:`core.gst.mp4.Mp4Writer` each; snapshots and retention run
 on one small worker thread. Nothing here raises into the caller for I/O or encoder trouble: a failure is
@@ -53,6 +55,7 @@ __all__ = [
     "LazyFrame",
     "MediaError",
     "MediaPathError",
+    "PendingFrame",
     "safe_component",
 ]
 
@@ -291,11 +294,22 @@ class _Event:
 
 
 @dataclass(frozen=True)
+class PendingFrame:
+    """What :meth:`EventRecorder.frame_at` returns for a time whose frame has not been buffered yet: the
+    time itself, and the camera's frame ``shape`` ``(H, W, 3)`` when any frame has come (None before).
+    Passed back as a snapshot's ``peak_frame``, the snapshot waits for that frame."""
+
+    pts: float
+    shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
 class _PendingSnapshot:
-    """A snapshot asked for before any frame near its peak was buffered: written from the first frame at
-    or after ``peak_pts`` (the frame nearest the peak, when frames come in order), or at close from the
+    """A snapshot asked for before a frame at its peak was buffered: written from the first frame at or
+    after ``peak_pts`` (the frame nearest the peak, when frames come in order), or at close from the
     nearest buffered one."""
 
+    stem: str
     snapshot: Path
     heatmap: Path | None
     peak_pts: float | None
@@ -344,6 +358,9 @@ class EventRecorder:
         # after the model's frames of the same time (the CPU graph drains its display branch on its own
         # thread), so the first scored clip of a stream may open an alert before its frame is buffered.
         self._awaiting: dict[str, _PendingSnapshot] = {}
+        self._shape: tuple[int, ...] | None = None  # the newest frame's (H, W, 3)
+        # A frame this close to a time is that time's frame: frames come on the sampling grid.
+        self._frame_tolerance = 0.5 / fps
         self._failing = False
         self.errors = 0
         self._closed = False
@@ -424,6 +441,7 @@ class EventRecorder:
             raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got shape {shape}")
         image: Frame = np.array(frame, dtype=np.uint8, copy=True) if isinstance(frame, np.ndarray) else frame
         with self._lock:
+            self._shape = shape
             self._ring.append((pts, image))
             while self._ring and pts - self._ring[0][0] > self.config.pre_s + 1e-9 and len(self._ring) > 1:
                 self._ring.popleft()
@@ -435,7 +453,7 @@ class EventRecorder:
                 else:
                     ev.writer.push(image, pts)
             for alert_id, waiting in list(self._awaiting.items()):
-                if waiting.peak_pts is None or pts >= waiting.peak_pts - 1e-9:
+                if self._covers(waiting.peak_pts):
                     self._write_awaiting(alert_id, waiting)
 
     def latest_jpeg(self, quality: int | None = None) -> bytes | None:
@@ -448,10 +466,21 @@ class EventRecorder:
         Image.fromarray(_pixels(frame)).save(buf, format="JPEG", quality=quality or self.jpeg_quality)
         return buf.getvalue()
 
-    def frame_at(self, pts: float | None = None) -> Frame | None:
-        """The buffered frame nearest ``pts`` (the newest when None), or None if nothing is buffered.
-        Pass it as the alert machine's ``frame_ref`` so the peak's own frame is kept for the snapshot."""
-        return self._frame_near(pts)
+    def frame_at(self, pts: float | None = None) -> Frame | PendingFrame | None:
+        """The buffered frame nearest ``pts`` (the newest when None; None if nothing is buffered), or a
+        :class:`PendingFrame` when ``pts`` is later than every buffered frame: the CPU graph hands event-media
+        frames over on their own thread, which can lag the scoring. Pass it as the alert machine's
+        ``frame_ref``: the peak's own frame is kept for the snapshot, or the snapshot waits for it."""
+        with self._lock:
+            if pts is not None and not self._covers(pts):
+                return PendingFrame(pts, self._shape)
+            return self._frame_near(pts)
+
+    def _covers(self, t: float | None) -> bool:
+        """Whether the frame of time ``t`` has come (None: any frame); the caller holds the lock."""
+        if not self._ring:
+            return False
+        return t is None or self._ring[-1][0] >= t - self._frame_tolerance
 
     def _frame_near(self, t: float | None) -> Frame | None:
         with self._lock:
@@ -583,7 +612,10 @@ class EventRecorder:
     def _submit(self, fn: Any, *args: Any) -> None:
         try:
             fut = self._io.submit(fn, *args)
-        except RuntimeError:  # executor shut down
+        except RuntimeError:  # executor shut down: the recorder was closed (the run's outputs stop first)
+            log.warning(
+                "camera %s: event media asked for after the recorder closed; not written", self.camera
+            )
             return
         with self._lock:
             self._pending.add(fut)
@@ -600,16 +632,20 @@ class EventRecorder:
             return
         frame: Frame | None
         with self._lock:
+            if isinstance(peak_frame, PendingFrame):  # the frame of its time had not come when it was asked
+                peak_pts, peak_frame = peak_frame.pts, None
             if isinstance(peak_frame, np.ndarray):
                 frame = np.array(peak_frame, dtype=np.uint8, copy=True)
             elif peak_frame is not None:
                 frame = peak_frame
-            elif peak_pts is not None and self._ring and self._ring[-1][0] < peak_pts - 1e-9:
-                frame = None  # the peak's frame has not come yet (see _awaiting)
-            else:
+            elif self._covers(peak_pts):
                 frame = self._frame_near(peak_pts)
+            else:
+                frame = None  # the peak's frame has not come yet: wait for it
             if frame is None:
-                self._awaiting[ev.alert_id] = _PendingSnapshot(ev.snapshot, ev.heatmap, peak_pts, evidence)
+                self._awaiting[ev.alert_id] = _PendingSnapshot(
+                    ev.stem, ev.snapshot, ev.heatmap, peak_pts, evidence
+                )
                 return
             # A newer peak's snapshot replaces one still waiting for an older peak's frame.
             self._awaiting.pop(ev.alert_id, None)
@@ -680,6 +716,7 @@ class EventRecorder:
         with self._lock:
             active = {ev.stem for ev in self._events.values()}
             active |= {w.final_path.stem for w in self._writers}
+            active |= {waiting.stem for waiting in self._awaiting.values()}
         newest: dict[str, float] = {}
         for p in files:
             stem = _event_stem(p.name)
@@ -706,7 +743,8 @@ class EventRecorder:
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until pending snapshots and finished clips are written; True if all done in time.
-        Clips of events still open (or in post-roll) are not waited for."""
+        Clips of events still open (or in post-roll) are not waited for, nor snapshots still waiting for
+        their frame (:meth:`frame_at`)."""
         pause = threading.Event()
         end = time.monotonic() + timeout
         while True:

@@ -220,3 +220,34 @@ def test_the_assembler_says_which_frames_it_will_read() -> None:
     asm.remove("cam")
     assert asm.wants_next("cam")
     assert "cam" not in asm.buffered()  # asking gave a removed camera no ring back
+
+
+def test_clips_assembled_before_a_camera_was_removed_are_stale_for_its_return() -> None:
+    """A reload restarts a camera (removed, then added under the same id) while a batch of its old stream
+    is being scored: those results must not reach the new camera (pipeline.run drops them)."""
+    import time
+    from typing import Any, cast
+
+    from core.config import SchedulerConfig
+    from pipeline.clip_path import ClipPath
+
+    path = ClipPath(
+        cast(Any, None),  # inference: not called here
+        ClipAssembler(2, 1, 1),
+        lambda clip, result: None,
+        scheduler=SchedulerConfig(),
+        block=True,
+    )
+    frames = np.zeros((2, 4, 4, 3), np.uint8)
+    pts = np.array([0.0, 0.1])
+
+    def clip(camera: str) -> Clip:
+        return Clip(camera, 0, frames, pts, 0, created_s=time.monotonic())
+
+    before, other = clip("gate"), clip("lobby")
+    assert not path.is_stale(before)
+    path.forget("gate")
+    after = clip("gate")
+    assert path.is_stale(before)
+    assert not path.is_stale(after)
+    assert not path.is_stale(other)

@@ -1,0 +1,114 @@
+"""RunOutputs when event-media frames and scored clips do not arrive together (pipeline/outputs/hub.py,
+pipeline/outputs/media.py): the CPU graph hands display frames over on their own thread, which can lag the
+scoring, so a clip can open an alert before the frame it describes is buffered; and a clip still being
+scored when the run shuts down must not open an alert that nothing closes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core.config import parse_config
+from pipeline.outputs.hub import RunOutputs
+from plugins.fusion import fit_calibration, save_calibration
+from plugins.scorer import StreamScores
+
+CAMERA = "gate"
+
+
+def _outputs(tmp_path: Path) -> RunOutputs:
+    rng = np.random.default_rng(0)
+    samples = {s: 0.1 + 0.01 * rng.standard_normal(200) for s in ("pixel", "motion")}
+    calibration = tmp_path / "calib" / f"{CAMERA}.json"
+    save_calibration(fit_calibration(samples, camera=CAMERA), calibration)
+    cfg = {
+        "cameras": [{"id": CAMERA, "uri": "file:///gate.mp4", "calibration": str(calibration)}],
+        "defaults": {
+            "alerts": {
+                "on_threshold": 3.0,
+                "off_threshold": 2.0,
+                "min_duration_s": 0,
+                "cooldown_s": 0,
+                "smoothing": 1,
+            }
+        },
+        "media": {"clips": False},
+        "metrics": {"enabled": False},
+        "ui": {"enabled": False},
+        "output_dir": str(tmp_path / "out"),
+    }
+    return RunOutputs(parse_config(json.dumps(cfg)), model_id="m", gate_path=None)
+
+
+def _hot(index: int) -> StreamScores:
+    m = np.full((2, 4), 0.1, np.float32)
+    m[1, 3] = 1.0
+    maps = {"pixel": m, "motion": m.copy()}
+    return StreamScores(
+        CAMERA, index, {k: float(v.max()) for k, v in maps.items()}, maps, np.zeros(4, np.float32)
+    )
+
+
+def _frame(i: int) -> np.ndarray:
+    """A flat 24 x 32 frame whose red level encodes ``i``."""
+    img = np.zeros((24, 32, 3), np.uint8)
+    img[..., 0] = 20 * i
+    return img
+
+
+def _alerts(out: RunOutputs) -> list[dict[str, Any]]:
+    return out.run_state.alerts(camera=CAMERA, limit=100)
+
+
+def test_a_clip_scored_before_its_frame_came_gets_the_snapshot_of_that_frame(tmp_path: Path) -> None:
+    out = _outputs(tmp_path)
+    try:
+        out.display_frame(CAMERA, _frame(0), 0.0)  # the display branch has delivered only the first frame
+        # A clip from 1.2 s to 2.0 s opens an alert; its maps describe its first frame, at 1.2 s.
+        out.clip_scored(CAMERA, 2.0, _hot(0), None, frames=4, frame_t=1.2)
+        (opened,) = _alerts(out)
+        # The box is in the camera's frame size, known from the frame that did come.
+        assert (opened["peak_box"]["width"], opened["peak_box"]["height"]) == (32, 24)
+        snapshot = out.out / opened["snapshot"]
+        for i in range(1, 6):  # the display branch catches up: 0.4, 0.8, ... 2.0 s
+            out.display_frame(CAMERA, _frame(i), 0.4 * i)
+    finally:
+        out.shutdown()
+    # Not the stale frame of 0.0 s that was buffered when the alert opened, nor the clip's end at 2.0 s.
+    with Image.open(snapshot) as img:
+        red = int(np.asarray(img)[12, 16, 0])
+    assert abs(red - int(_frame(3)[0, 0, 0])) <= 6, red
+    assert snapshot.with_name(f"{opened['alert_id']}.heatmap.jpg").is_file()
+
+
+def test_a_clip_scored_after_shutdown_opens_no_alert(tmp_path: Path) -> None:
+    out = _outputs(tmp_path)
+    out.display_frame(CAMERA, _frame(0), 0.0)
+    out.shutdown()
+    # A scheduler that did not stop in time delivers one more clip: no alert, no record, no media.
+    assert out.clip_scored(CAMERA, 0.8, _hot(0), None, frames=4, frame_t=0.0) is None
+    assert _alerts(out) == []
+    assert not (out.out / "events" / CAMERA).exists() or not list((out.out / "events" / CAMERA).glob("*.jpg"))
+
+
+def test_retention_keeps_an_event_whose_snapshot_waits(tmp_path: Path) -> None:
+    from core.config import MediaConfig
+    from pipeline.outputs.media import EventRecorder
+
+    rec = EventRecorder("cam", tmp_path, MediaConfig(clips=False, max_events_per_camera=1), fps=10.0)
+    folder = tmp_path / "events" / "cam"
+    rec.open_event("waiting", start_pts=1.0, peak_pts=1.0)  # nothing buffered yet: the snapshot waits
+    rec.close_event("waiting", end_pts=1.0)
+    (folder / "waiting.npz").write_bytes(b"evidence")  # the hub saves the evidence beside it
+    rec.add_frame(_frame(1), 0.9)
+    rec.open_event("next", start_pts=0.9, peak_pts=0.9)  # retention runs: one event may stay
+    assert rec.wait_idle(10)
+    # The waiting event is still being written: retention took the older-looking files of neither.
+    assert (folder / "waiting.npz").is_file()
+    rec.add_frame(_frame(2), 1.0)
+    rec.close(10)
+    assert (folder / "waiting.jpg").is_file()
