@@ -488,7 +488,13 @@ class EventRecorder:
                 return None
             if t is None:
                 return self._ring[-1][1]
-            return min(self._ring, key=lambda item: abs(item[0] - t))[1]
+            near_t, frame = min(self._ring, key=lambda item: abs(item[0] - t))
+            if abs(near_t - t) > self._frame_tolerance:
+                # Scoring ran more than the ring's span behind the event-media frames (a backlog).
+                log.debug(
+                    "camera %s: the frame of %.2f s is gone; the nearest is of %.2f s", self.camera, t, near_t
+                )
+            return frame
 
     # ---------------------------------------------------------------- events
 
