@@ -5,17 +5,16 @@ scored when the run shuts down must not open an alert that nothing closes."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from core.config import parse_config
 from pipeline.outputs.hub import RunOutputs
 from plugins.fusion import fit_calibration, save_calibration
 from plugins.scorer import StreamScores
+from tests.fixtures.hub_outputs import alerting_outputs
 
 CAMERA = "gate"
 
@@ -25,23 +24,7 @@ def _outputs(tmp_path: Path) -> RunOutputs:
     samples = {s: 0.1 + 0.01 * rng.standard_normal(200) for s in ("pixel", "motion")}
     calibration = tmp_path / "calib" / f"{CAMERA}.json"
     save_calibration(fit_calibration(samples, camera=CAMERA), calibration)
-    cfg = {
-        "cameras": [{"id": CAMERA, "uri": "file:///gate.mp4", "calibration": str(calibration)}],
-        "defaults": {
-            "alerts": {
-                "on_threshold": 3.0,
-                "off_threshold": 2.0,
-                "min_duration_s": 0,
-                "cooldown_s": 0,
-                "smoothing": 1,
-            }
-        },
-        "media": {"clips": False},
-        "metrics": {"enabled": False},
-        "ui": {"enabled": False},
-        "output_dir": str(tmp_path / "out"),
-    }
-    return RunOutputs(parse_config(json.dumps(cfg)), model_id="m", gate_path=None)
+    return alerting_outputs(tmp_path, CAMERA, media={"clips": False}, calibration=str(calibration))
 
 
 def _hot(index: int) -> StreamScores:

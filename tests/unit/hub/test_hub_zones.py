@@ -4,7 +4,6 @@ overrides or learned stores leave the camera running without them (pipeline/outp
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,32 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.config import parse_config
 from pipeline.outputs.hub import RunOutputs, learned_dir
 from plugins.fusion import fit_calibration, save_calibration
 from plugins.scorer import StreamScores
+from tests.fixtures.hub_outputs import alerting_outputs
 
 CAMERA = "dock"
 LEFT_HALF = [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]
 
 
 def _outputs(tmp_path: Path, **camera: Any) -> RunOutputs:
-    cfg = {
-        "cameras": [{"id": CAMERA, "uri": "file:///dock.mp4", **camera}],
-        "defaults": {
-            "alerts": {
-                "on_threshold": 3.0,
-                "off_threshold": 2.0,
-                "min_duration_s": 0,
-                "cooldown_s": 0,
-                "smoothing": 1,
-            }
-        },
-        "metrics": {"enabled": False},
-        "ui": {"enabled": False},
-        "output_dir": str(tmp_path / "out"),
-    }
-    return RunOutputs(parse_config(json.dumps(cfg)), model_id="m", gate_path=None)
+    return alerting_outputs(tmp_path, CAMERA, **camera)
 
 
 @pytest.fixture
