@@ -529,12 +529,32 @@ class MqttSink(_Strict):
         description="Topic of every record; may hold {camera} and {zone} (the peak's zone, 'none' outside "
         "every zone), e.g. zsad/{camera}/{zone}/alert.",
     )
-    qos: Literal[0, 1, 2] = 1
+    qos: int = Field(
+        1,
+        description="1 or 2: the broker acknowledges each record before it leaves the spool. 0 is refused: "
+        "it has no acknowledgement, so records sent into a half-open connection would be lost.",
+    )
     username: str | None = None
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
-    client_id: str = Field("zsad", min_length=1, max_length=128)
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id; default zsad-<12 hex digits of this host and the sink>: unique per host "
+        "and sink, since a broker disconnects a client when another connects with the same id.",
+    )
+
+    @field_validator("qos")
+    @classmethod
+    def _acknowledged_qos(cls, v: int) -> int:
+        if v not in (1, 2):
+            raise ValueError(
+                f"qos must be 1 or 2 (got {v}): alerts leave the spool only when the broker acknowledges "
+                "them, and qos 0 has no acknowledgement"
+            )
+        return v
 
     @field_validator("topic")
     @classmethod

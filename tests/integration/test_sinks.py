@@ -249,6 +249,31 @@ def test_webhook_4xx_dead_letters_and_moves_on(tmp_path: Path) -> None:
         hook.close()
 
 
+@pytest.mark.parametrize("code", [404, 401, 403])
+def test_an_endpoint_that_refuses_every_request_keeps_the_records_until_it_is_back(
+    tmp_path: Path, code: int
+) -> None:
+    """A route gone while its backend restarts (404), a rotated token (401, 403): the endpoint refuses,
+    not the record. Nothing is dead-lettered; every record is delivered, in order, once it accepts again."""
+    refusing = threading.Event()
+    refusing.set()
+    hook = Hook(status_for=lambda body: code if refusing.is_set() else 200)
+    try:
+        sink = HttpWebhookSink("w", tmp_path / "spool", url=hook.url, **FAST).start()
+        for i in range(5):
+            sink.publish(_alert(i))
+        wait_until(lambda: sink._failures >= 3, what="refused requests retried")
+        assert sink.pending == 5
+        assert not (tmp_path / "spool" / "dead").exists()
+        refusing.clear()
+        wait_until(lambda: len(hook.accepted()) >= 5, what="5 accepted posts")
+        assert sink.close(1.0) == 0
+        _check_zero_loss_in_order(hook.accepted(), 5)
+        assert hook.accepted()[0]["redelivered"] is False  # a refused request was not processed
+    finally:
+        hook.close()
+
+
 def test_webhook_down_then_up_and_https_verification_on(tmp_path: Path) -> None:
     port = free_port()  # nothing listens here yet
     sink = HttpWebhookSink("w", tmp_path / "spool", url=f"http://127.0.0.1:{port}/hook", **FAST).start()

@@ -4,6 +4,7 @@ redelivery marking, and the JSON Lines sink (a real file)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -52,6 +53,10 @@ def test_spool_fifo_ack_and_reopen(tmp_path: Path) -> None:
     sp.ack(1)
     sp.ack(2)
     assert len(sp) == 3
+    # One process at a time: a second spool on the same folder is refused, saying why.
+    with pytest.raises(OSError, match="in use by another process"):
+        Spool(tmp_path / "s")
+    sp.close()
     # A new process finds the rest, in order, flagged recovered; numbering continues.
     sp2 = Spool(tmp_path / "s")
     entry2 = sp2.peek()
@@ -64,7 +69,19 @@ def test_spool_fifo_ack_and_reopen(tmp_path: Path) -> None:
         out.append(e.record["i"])
         sp2.ack(e.seq)
     assert out == [2, 3, 4, 5]
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".lock"]
+
+
+def test_spooled_records_are_read_from_disk_not_held_in_memory(tmp_path: Path) -> None:
+    """A receiver down for days costs disk, not RAM: a spooled record is read back when it is delivered."""
+    sp = Spool(tmp_path / "s")
+    seq = sp.append({"i": 1})
+    (tmp_path / "s" / f"{seq:016d}.json").write_text('{"i": 99}')  # what is on disk is what goes out
+    assert sp.memory_only == 0
+    entry = sp.peek()
+    assert entry is not None
+    assert entry.record == {"i": 99}
+    sp.close()
 
 
 def test_spool_removes_torn_writes_and_quarantines_corrupt_files(tmp_path: Path) -> None:
@@ -74,6 +91,7 @@ def test_spool_removes_torn_writes_and_quarantines_corrupt_files(tmp_path: Path)
     (d / ".0000000000000002.tmp").write_text('{"half":')
     (d / "0000000000000003.json").write_text("{garbage")
     sp.append({"ok": 2})  # seq 2 (the torn temp file was never acknowledged)
+    sp.close()
     sp2 = Spool(d)
     assert not (d / ".0000000000000002.tmp").exists()
     got = []
@@ -106,12 +124,44 @@ def test_spool_falls_back_to_memory_when_disk_fails(tmp_path: Path, caplog: pyte
     assert e is not None
     assert e.record == {"i": 1}
     sp.ack(e.seq)
+    assert sp.memory_only == 1
     d.mkdir()
-    sp.append({"i": 3})  # disk back: written again
-    assert [p.name for p in d.iterdir()] == ["0000000000000003.json"]
+    sp.append({"i": 3})  # disk back: written again, and the record held in memory is written out too
+    assert sorted(p.name for p in d.iterdir()) == ["0000000000000002.json", "0000000000000003.json"]
+    assert sp.memory_only == 0
     e = sp.peek()
     assert e is not None
     assert e.record == {"i": 2}
+    sp.close()
+    # A new process has both, in order.
+    again = Spool(d)
+    assert [again.peek().record["i"]] == [2]  # type: ignore[union-attr]
+    assert len(again) == 2
+    again.close()
+
+
+def test_a_sink_closing_writes_out_what_the_disk_refused_or_says_it_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Down(Sink):
+        def deliver(self, record: dict[str, Any], stop: threading.Event) -> None:
+            raise DeliveryError("receiver down")
+
+    d = tmp_path / "spool"
+    sink = Down("down", d, backoff_initial_s=0.01, backoff_max_s=0.02).start()
+    shutil.rmtree(d)
+    sink.publish({"i": 1})  # the disk refuses: held in memory
+    d.mkdir()  # room again, but nothing is published after it
+    assert sink.close(0.1) == 1
+    assert [p.name for p in d.iterdir() if not p.name.startswith(".")] == ["0000000000000001.json"]
+    assert "lost with this process" not in caplog.text
+    # Still refused at close: said loudly, not as "left for the next start".
+    sink2 = Down("down2", tmp_path / "spool2", backoff_initial_s=0.01, backoff_max_s=0.02).start()
+    shutil.rmtree(tmp_path / "spool2")
+    sink2.publish({"i": 2})
+    with caplog.at_level(logging.ERROR, logger="pipeline.outputs.sinks.base"):
+        assert sink2.close(0.1) == 1
+    assert "1 record(s) could not be written to the spool" in caplog.text
 
 
 def test_spool_refuses_unusable_directory(tmp_path: Path) -> None:
@@ -285,6 +335,19 @@ def test_jsonl_sink_appends_lines(tmp_path: Path) -> None:
     assert (out / "spool" / sinks[0].name).is_dir()
 
 
+def test_jsonl_sink_cuts_a_torn_last_line_before_appending(tmp_path: Path) -> None:
+    """A process killed mid-write leaves a last line without its newline; the record is still spooled and is
+    written again whole, not glued onto the torn text."""
+    out = tmp_path / "alerts.jsonl"
+    out.write_bytes(b'{"alert_id":"a0"}\n{"alert_id":"a1","sta')
+    s = JsonlFileSink("j", tmp_path / "spool", out, backoff_initial_s=0.01).start()
+    s.publish({"alert_id": "a1", "status": "open"})
+    _wait(lambda: s.pending == 0)
+    s.close(1.0)
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["alert_id"] for line in lines] == ["a0", "a1"]
+
+
 def test_jsonl_sink_retries_when_file_cannot_be_written(tmp_path: Path) -> None:
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where a folder should be")
@@ -311,3 +374,26 @@ def test_sink_names_are_stable_and_secret_free(tmp_path: Path) -> None:
     assert "pw" not in w
     with pytest.raises(ValueError, match="same destination"):
         build_sinks([JsonlSink(), JsonlSink()], tmp_path)
+
+
+def test_mqtt_sinks_get_their_own_client_ids_and_qos_0_is_refused(tmp_path: Path) -> None:
+    """A broker disconnects a client when another connects with its id: two sinks, or two hosts, with the
+    old shared default "zsad" kept knocking each other off. And qos 0 has no acknowledgement to wait for."""
+    from core.config import ConfigError, parse_config
+    from pipeline.outputs.sinks import mqtt_client_id
+
+    a, b = build_sinks(
+        [MqttSink(host="h", port=1883, topic="zsad/a"), MqttSink(host="h", port=1883, topic="zsad/b")],
+        tmp_path,
+    )
+    try:
+        ids = {a.client_id, b.client_id}  # type: ignore[attr-defined]
+        assert len(ids) == 2
+        assert all(i.startswith("zsad-") and len(i) <= 23 for i in ids)  # what every broker must accept
+        assert mqtt_client_id(a.name, "host-1") != mqtt_client_id(a.name, "host-2")
+        assert mqtt_client_id(a.name, "host-1") == mqtt_client_id(a.name, "host-1")  # stable across restarts
+    finally:
+        a.close(0.1)
+        b.close(0.1)
+    with pytest.raises(ConfigError, match=r"qos.*qos must be 1 or 2 \(got 0\)"):
+        parse_config("sinks:\n  - {kind: mqtt, host: h, topic: t, qos: 0}\n")

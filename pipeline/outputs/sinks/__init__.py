@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import JsonlSink, MqttSink, WebhookSink
 from pipeline.outputs.sinks.base import DeliveryError, PermanentDeliveryError, Sink
 from pipeline.outputs.sinks.jsonl import JsonlFileSink
-from pipeline.outputs.sinks.mqtt import MqttBrokerSink
+from pipeline.outputs.sinks.mqtt import MqttBrokerSink, mqtt_client_id
 from pipeline.outputs.sinks.spool import Spool, SpoolEntry, SpoolError
 from pipeline.outputs.sinks.webhook import HttpWebhookSink
 
@@ -44,6 +44,7 @@ __all__ = [
     "SpoolError",
     "build_sink",
     "build_sinks",
+    "mqtt_client_id",
     "sink_name",
 ]
 
@@ -116,15 +117,22 @@ def build_sinks(
     **kwargs: Any,
 ) -> list[Sink]:
     """Sinks for ``ZsadConfig.sinks`` (not started). Two configs with the same destination are refused."""
-    sinks: list[Sink] = []
     seen: set[str] = set()
-    for config in sink_configs:
-        sink = build_sink(config, Path(output_dir), metrics=metrics, **kwargs)
-        if sink.name in seen:
+    for config in sink_configs:  # before any spool is opened (and locked)
+        name = sink_name(config, Path(output_dir))
+        if name in seen:
             raise ValueError(f"two sinks deliver to the same destination ({config.kind}); remove one")
-        seen.add(sink.name)
-        sinks.append(sink)
-        log.info("sink %r ready (%d record(s) spooled from earlier runs)", sink, sink.pending)
+        seen.add(name)
+    sinks: list[Sink] = []
+    try:
+        for config in sink_configs:
+            sink = build_sink(config, Path(output_dir), metrics=metrics, **kwargs)
+            sinks.append(sink)
+            log.info("sink %r ready (%d record(s) spooled from earlier runs)", sink, sink.pending)
+    except BaseException:
+        for built in sinks:  # release their spools: the caller gets no sink to close
+            built.spool.close()
+        raise
     return sinks
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.outputs.sinks.spool import Spool
+from pipeline.outputs.sinks.spool import Spool, SpoolReadError
 
 if TYPE_CHECKING:
     from pipeline.outputs.metrics import ZsadMetrics
@@ -81,6 +81,7 @@ class Sink(abc.ABC):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closing = threading.Event()
+        self._wake = threading.Event()  # cuts a backoff sleep short (closing: one more try at once)
         self._deadline = float("inf")
         self._failures = 0
         self._update_gauge()
@@ -127,11 +128,13 @@ class Sink(abc.ABC):
         Returns the number of records left in the spool (delivered, marked, on the next start)."""
         self._deadline = time.monotonic() + max(0.0, timeout)
         self._closing.set()
+        self._wake.set()  # a worker backing off tries once more now: the receiver may be back
         self.spool.notify()
         if self._thread is not None:
             self._thread.join(max(0.0, timeout))
             if self._thread.is_alive():
                 self._stop.set()
+                self._wake.set()
                 self.spool.notify()
                 self._thread.join(5.0)
                 if self._thread.is_alive():
@@ -142,9 +145,18 @@ class Sink(abc.ABC):
             self.shutdown()
         except Exception:  # a broken connection must not stop the remaining sinks closing
             log.exception("sink %s: error while shutting down", self.name)
+        lost = self.spool.persist()  # records kept in memory while the disk refused them
+        self.spool.close()
         left = self.pending
-        if left:
-            log.warning("sink %s: %d record(s) left in the spool for the next start", self.name, left)
+        if lost:
+            log.error(
+                "sink %s: %d record(s) could not be written to the spool (the disk refused them) and are "
+                "lost with this process",
+                self.name,
+                lost,
+            )
+        if left - lost:
+            log.warning("sink %s: %d record(s) left in the spool for the next start", self.name, left - lost)
         return left
 
     # ---------------------------------------------------------------- worker
@@ -161,11 +173,16 @@ class Sink(abc.ABC):
     def _sleep(self, seconds: float) -> None:
         if self._closing.is_set():
             seconds = min(seconds, max(0.0, self._deadline - time.monotonic()))
-        self._stop.wait(seconds)
+        self._wake.wait(seconds)
+        self._wake.clear()
 
     def _run(self) -> None:
         while not self._should_exit():
-            entry = self.spool.peek()
+            try:
+                entry = self.spool.peek()
+            except SpoolReadError as exc:
+                self._on_failure(str(exc), None)
+                continue
             if entry is None:
                 self.spool.wait(0.5)
                 continue

@@ -51,8 +51,39 @@ class JsonlFileSink(Sink):
     def _open(self) -> IO[bytes]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._drop_torn_tail()
             self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across deliveries, closed in shutdown
         return self._file
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line without its newline (a process killed mid-write, a rollback whose truncate
+        failed) back to the previous line: its record is still in the spool and is written again whole,
+        where it would otherwise be glued onto the torn text."""
+        try:
+            with open(self.path, "r+b") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size == 0:
+                    return
+                f.seek(size - 1)
+                if f.read(1) == b"\n":
+                    return
+                end = size
+                while end > 0:  # find the last newline, a block at a time
+                    start = max(0, end - 65536)
+                    f.seek(start)
+                    at = f.read(end - start).rfind(b"\n")
+                    if at >= 0:
+                        keep = start + at + 1
+                        break
+                    end = start
+                else:
+                    keep = 0
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+            log.warning("sink %r: cut a torn last line (%d byte(s)) from %s", self, size - keep, self.path)
+        except FileNotFoundError:
+            return
 
     def deliver(self, record: dict[str, Any], stop: threading.Event) -> None:
         line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")

@@ -10,9 +10,11 @@ always marked, never silent. The password is passed to paho only and never logge
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
@@ -21,9 +23,17 @@ from typing import Any
 
 from pipeline.outputs.sinks.base import DeliveryError, Sink
 
-__all__ = ["MqttBrokerSink"]
+__all__ = ["MqttBrokerSink", "mqtt_client_id"]
 
 log = logging.getLogger(__name__)
+
+
+def mqtt_client_id(name: str, host: str | None = None) -> str:
+    """The default MQTT client id of sink ``name`` on ``host`` (None: this machine): ``zsad-`` and 12 hex
+    digits, within the 23 characters every broker must accept. A broker disconnects a client when another
+    connects with its id, so two sinks, or two hosts, with one id would keep knocking each other off."""
+    where = host if host is not None else socket.gethostname()
+    return "zsad-" + hashlib.sha256(f"{where}/{name}".encode()).hexdigest()[:12]
 
 
 class MqttBrokerSink(Sink):
@@ -51,15 +61,15 @@ class MqttBrokerSink(Sink):
         password: str | None = None,
         tls: bool = False,
         ca_file: str | None = None,
-        client_id: str = "zsad",
+        client_id: str | None = None,
         keepalive_s: int = 30,
         connect_timeout_s: float = 5.0,
         ack_timeout_s: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, spool_dir, **kwargs)
-        if qos not in (0, 1, 2):
-            raise ValueError(f"MQTT qos must be 0, 1 or 2, got {qos}")
+        if qos not in (1, 2):  # qos 0 has no acknowledgement: a record could leave the spool unreceived
+            raise ValueError(f"MQTT qos must be 1 or 2, got {qos}")
         if ca_file is not None and not Path(ca_file).is_file():
             raise FileNotFoundError(f"MQTT ca_file {ca_file} does not exist")
         self.host = host
@@ -70,7 +80,7 @@ class MqttBrokerSink(Sink):
         self._password = password
         self.tls = tls
         self.ca_file = ca_file
-        self.client_id = client_id
+        self.client_id = client_id or mqtt_client_id(name)
         self.keepalive_s = keepalive_s
         self.connect_timeout_s = connect_timeout_s
         self.ack_timeout_s = ack_timeout_s

@@ -14,10 +14,19 @@ already, so the sink marks them ``redelivered``.
 
 If the disk refuses a write (full, read-only), the record is kept in memory instead (delivered in order,
 but lost on a crash), an error is logged once per failure streak and :attr:`Spool.write_errors` counts it.
+The next write that succeeds writes those records out too (:meth:`Spool.persist`, also tried when the sink
+closes), so a disk that was full for a while loses nothing once it has room again. Records on disk are not
+kept in memory: a receiver down for days costs disk, not RAM (only the oldest, being delivered, is loaded).
+
+One process at a time: the directory is locked (``flock`` on ``.lock``) while a :class:`Spool` is open, and a
+second one is refused (:class:`SpoolError`): two runs on one output folder would number their records from
+the same point and overwrite each other's.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -27,9 +36,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["Spool", "SpoolEntry", "SpoolError"]
+__all__ = ["Spool", "SpoolEntry", "SpoolError", "SpoolReadError"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,11 @@ _NAME = re.compile(r"^(\d{16})\.json$")
 
 
 class SpoolError(OSError):
-    """The spool directory cannot be used at all (cannot be created or listed)."""
+    """The spool directory cannot be used at all (cannot be created or listed, or another process has it)."""
+
+
+class SpoolReadError(SpoolError):
+    """A spooled record cannot be read just now (an I/O error, too many open files): kept, retried later."""
 
 
 @dataclass
@@ -77,10 +90,22 @@ class Spool:
         self._recovered: set[int] = set()
         self._attempted: set[int] = set()
         self._failing = False
+        self._lock_file: IO[bytes] | None = (
+            None  # closed (and the lock released) by close() or when collected
+        )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self.directory / ".lock", "ab")  # noqa: SIM115 - held while the spool is open
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             names = sorted(p.name for p in self.directory.iterdir())
         except OSError as exc:
+            self.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise SpoolError(
+                    exc.errno,
+                    f"spool directory {self.directory} is in use by another process (another zsad run on the "
+                    "same output_dir?); give each run its own output_dir",
+                ) from exc
             raise SpoolError(
                 exc.errno, f"cannot use spool directory {self.directory}: {exc.strerror}"
             ) from exc
@@ -97,6 +122,12 @@ class Spool:
         self._next_seq = max(self._items, default=0) + 1
         if self._items:
             log.info("spool %s: %d record(s) left by a previous run", self.directory, len(self._items))
+
+    def close(self) -> None:
+        """Release the directory's lock (the records stay). Idempotent."""
+        f, self._lock_file = self._lock_file, None
+        if f is not None:
+            f.close()
 
     def __len__(self) -> int:
         with self._lock:
@@ -128,10 +159,37 @@ class Spool:
                 self._on_disk.add(seq)
                 if self._failing:
                     log.info("spool %s: writing to disk again", self.directory)
-                self._failing = False
-            self._items[seq] = dict(record)
+                    self._failing = False
+                    self._persist_locked()
+            # On disk: read back when it is the oldest (peek), not held here for the whole outage.
+            self._items[seq] = None if seq in self._on_disk else dict(record)
             self._lock.notify_all()
             return seq
+
+    @property
+    def memory_only(self) -> int:
+        """Records held in memory only (written while the disk refused): lost if the process ends."""
+        with self._lock:
+            return len(self._items) - len(self._on_disk)
+
+    def persist(self) -> int:
+        """Write the memory-only records to disk; return how many are still memory-only."""
+        with self._lock:
+            self._persist_locked()
+            return len(self._items) - len(self._on_disk)
+
+    def _persist_locked(self) -> None:
+        for seq, record in list(self._items.items()):
+            if seq in self._on_disk or record is None:
+                continue
+            try:
+                self._write(seq, json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+            except OSError as exc:
+                log.error(
+                    "spool %s: still cannot write record %d: %s", self.directory, seq, exc.strerror or exc
+                )
+                return
+            self._on_disk.add(seq)
 
     def _write(self, seq: int, data: bytes) -> None:
         tmp = self.directory / f".{seq:016d}.tmp"
@@ -152,7 +210,8 @@ class Spool:
             raise
 
     def peek(self) -> SpoolEntry | None:
-        """The oldest record, or None. An unreadable file is moved to ``corrupt/`` and skipped."""
+        """The oldest record, or None. An unreadable file is moved to ``corrupt/`` and skipped; a disk that
+        cannot be read just now raises :class:`SpoolReadError`."""
         with self._lock:
             while self._items:
                 seq = next(iter(self._items))
@@ -171,13 +230,21 @@ class Spool:
             return None
 
     def _load(self, seq: int) -> dict[str, Any] | None:
+        """Read record ``seq`` from disk; None when it is gone or unreadable (moved to ``corrupt/``).
+        Raises :class:`SpoolReadError` when the disk cannot be read just now (the file may be fine)."""
         path = self._path(seq)
         try:
             data = json.loads(path.read_bytes())
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, got {type(data).__name__}")
             return data
-        except (OSError, ValueError) as exc:
+        except FileNotFoundError:
+            log.error("spool %s: record %s is gone from the disk", self.directory, path.name)
+            self._forget(seq)
+            return None
+        except OSError as exc:  # EIO, EMFILE, ...: not the record's fault; the worker retries
+            raise SpoolReadError(exc.errno, f"cannot read {path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
             log.error(
                 "spool %s: unreadable record %s (%s); moved to corrupt/", self.directory, path.name, exc
             )

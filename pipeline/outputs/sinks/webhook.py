@@ -3,9 +3,14 @@
 * 2xx: delivered.
 * 408, 429 (honouring ``Retry-After``), 5xx, timeouts, connection errors: retried with backoff; the record
   stays in the spool. A retry after the request may have been processed is marked ``redelivered``.
-* Any other 4xx, and 3xx (redirects are not followed: a POST must not silently turn into a GET): refused
-  permanently; the record moves to the dead-letter folder and an error is logged, so one bad record cannot
-  block the queue forever.
+* 400, 413, 415, 422: the receiver refused *this record* (its content, size or type): refused permanently;
+  the record moves to the dead-letter folder and an error is logged, so one bad record cannot block the
+  queue forever.
+* Any other 4xx (401, 403, 404, 405, 407, 410, ...) and 3xx (redirects are not followed: a POST must not
+  silently turn into a GET): the *endpoint* refused, whatever the record: a route that is gone while its
+  backend restarts, a rotated token, a site moved to HTTPS. Every record would be refused alike, so none is
+  dead-lettered: they stay in the spool, retried with backoff, and the failure is logged as an error with
+  its code, until the endpoint or the config is fixed.
 * HTTPS certificates are verified unless ``verify_tls=False``; a verification failure is retried (the fix
   is on the server or in the config) and logged as an error.
 """
@@ -32,6 +37,8 @@ __all__ = ["HttpWebhookSink"]
 log = logging.getLogger(__name__)
 
 _RETRY_CODES = {408, 429}
+#: Refusals of the record itself (its content, size or media type); any other 4xx or 3xx is the endpoint's.
+_RECORD_REFUSALS = {400, 413, 415, 422}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -104,7 +111,18 @@ class HttpWebhookSink(Sink):
                     maybe_delivered=True,
                     retry_after_s=_retry_after(exc.headers),
                 ) from exc
-            raise PermanentDeliveryError(f"{where} refused the record: HTTP {code} {exc.reason}") from exc
+            if code in _RECORD_REFUSALS:
+                raise PermanentDeliveryError(f"{where} refused the record: HTTP {code} {exc.reason}") from exc
+            # Not processed (no maybe_delivered): the endpoint refuses every record alike until it is fixed.
+            log.error(
+                "sink %s: %s refused the request: HTTP %d %s (the URL, its credentials or the server's "
+                "route); records stay in the spool and are retried",
+                self.name,
+                where,
+                code,
+                exc.reason,
+            )
+            raise DeliveryError(f"{where} refused the request: HTTP {code} {exc.reason}") from exc
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, ssl.SSLCertVerificationError):
@@ -115,5 +133,5 @@ class HttpWebhookSink(Sink):
         except (TimeoutError, OSError) as exc:
             # Timeouts while reading the answer and resets after sending: the server may have the record.
             raise DeliveryError(f"{where}: {type(exc).__name__}: {exc}", maybe_delivered=True) from exc
-        if not 200 <= status < 300:
-            raise PermanentDeliveryError(f"{where} answered HTTP {status}")
+        if not 200 <= status < 300:  # a 1xx or an unknown class: not an answer to this record
+            raise DeliveryError(f"{where} answered HTTP {status}", maybe_delivered=True)
