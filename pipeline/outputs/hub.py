@@ -66,7 +66,7 @@ from pipeline.memory_streams import OBJECTS_FILE, STATIONARY_FILE, ModelFile
 from pipeline.outputs.events import CameraAlerts
 from pipeline.outputs.media import EventRecorder, Frame, safe_component
 from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
-from pipeline.outputs.sinks import SinkFanout, build_sinks, sink_name
+from pipeline.outputs.sinks import SinkFanout, SpoolError, build_sinks, sink_name
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web import ReviewServer, ReviewServerError
 from plugins.appearance import (
@@ -216,6 +216,8 @@ class RunOutputs:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.sinks = SinkFanout(build_sinks(cfg.sinks, self.out, metrics=self.metrics))
+        except SpoolError as exc:  # e.g. another run has this output_dir's spool
+            raise RunOutputsError(f"sinks: {exc.strerror or exc}") from exc
         except OSError as exc:
             raise _output_dir_error(self.out, exc) from exc
         except ValueError as exc:  # two sinks with one destination

@@ -1,7 +1,8 @@
 """RunOutputs when event-media frames and scored clips do not arrive together (pipeline/outputs/hub.py,
 pipeline/outputs/media.py): the CPU graph hands display frames over on their own thread, which can lag the
 scoring, so a clip can open an alert before the frame it describes is buffered; and a clip still being
-scored when the run shuts down must not open an alert that nothing closes."""
+scored when the run shuts down must not open an alert that nothing closes. Also: a second run on the same
+output folder is refused (its sinks' spools are locked)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.outputs.hub import RunOutputs
@@ -95,3 +97,15 @@ def test_retention_keeps_an_event_whose_snapshot_waits(tmp_path: Path) -> None:
     rec.add_frame(_frame(2), 1.0)
     rec.close(10)
     assert (folder / "waiting.jpg").is_file()
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused_saying_why(tmp_path: Path) -> None:
+    from pipeline.outputs.hub import RunOutputsError
+
+    first = _outputs(tmp_path)
+    try:
+        with pytest.raises(RunOutputsError, match="in use by another process"):
+            _outputs(tmp_path)
+    finally:
+        first.shutdown()
+    _outputs(tmp_path).shutdown()  # once the first has stopped, the folder is free again
