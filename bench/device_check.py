@@ -177,16 +177,27 @@ def check_package(module: str) -> Callable[[], str]:
 # -- CUDA without TensorRT -------------------------------------------------------------------------------
 
 
+#: L4T's release file: there on every Jetson, whose nvidia-smi (JetPack 6) reports most fields N/A, and which
+#: L4T containers may not carry at all.
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+
+
 def check_nvidia_smi() -> str:
     exe = shutil.which("nvidia-smi")
+    jetson = TEGRA_RELEASE.exists()
     if exe is None:
+        if jetson:
+            return "not on PATH (a Jetson: L4T containers may lack it); the CUDA checks below ask the GPU"
         raise CheckFailed("nvidia-smi is not on PATH: no NVIDIA driver here")
     query = "--query-gpu=name,driver_version,memory.total,compute_cap"
     result = subprocess.run(
         [exe, query, "--format=csv,noheader"], capture_output=True, text=True, timeout=60, check=False
     )
     if result.returncode != 0:
-        raise CheckFailed(f"exit {result.returncode}: {(result.stderr or result.stdout).strip()[:200]}")
+        why = f"exit {result.returncode}: {(result.stderr or result.stdout).strip()[:200]}"
+        if jetson:
+            return f"{why} (a Jetson: its nvidia-smi answers few queries); the CUDA checks below ask the GPU"
+        raise CheckFailed(why)
     return "; ".join(line.strip() for line in result.stdout.splitlines() if line.strip())
 
 

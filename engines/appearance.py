@@ -32,6 +32,7 @@ With ``appearance.encoder: clip`` the encoder is instead the image tower of a CL
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Mapping
@@ -268,6 +269,7 @@ class ClipAppearanceEncoder(nn.Module):
         self.position_embedding: nn.Embedding = emb.position_embedding
         self.pre_layrnorm: nn.LayerNorm = vision.pre_layrnorm
         self.layers: nn.ModuleList = vision.encoder.layers
+        self._legacy_layers = bool(len(self.layers)) and takes_causal_mask(self.layers[0])
         self.post_layernorm: nn.LayerNorm = vision.post_layernorm
         # With it, forward also gives the image embedding (the semantic stream's); without, features alone.
         self.visual_projection = visual_projection
@@ -356,7 +358,7 @@ class ClipAppearanceEncoder(nn.Module):
         cls = self.class_embedding.reshape(1, 1, -1).expand(patches.shape[0], 1, -1)
         h = self.pre_layrnorm(torch.cat([cls, patches], dim=1) + self._positions((gh, gw)))
         for layer in self.layers:
-            h = layer(h, None)
+            h = encoder_layer(layer, h, self._legacy_layers)
         h = self.post_layernorm(h)
         tokens = h[:, 1:] @ self.projection  # (N, gh * gw, 128)
         features = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
@@ -364,6 +366,21 @@ class ClipAppearanceEncoder(nn.Module):
             return features
         # CLIPModel.get_image_features: the class token after the post-layernorm, projected.
         return features, F.normalize(self.visual_projection(h[:, 0]), dim=-1)
+
+
+def takes_causal_mask(layer: nn.Module) -> bool:
+    """Whether a CLIP encoder layer is transformers 4.x's (4.46.3, the device images' pin for Python 3.10
+    and torch 2.5): ``forward(hidden_states, attention_mask, causal_attention_mask, ...)`` returning a tuple.
+    5.x's takes ``(hidden_states, attention_mask, **kwargs)`` and returns the tensor. Read once, when the
+    encoder is built, not while it is traced for export."""
+    return "causal_attention_mask" in inspect.signature(layer.forward).parameters
+
+
+def encoder_layer(layer: nn.Module, hidden: torch.Tensor, legacy: bool) -> torch.Tensor:
+    """One CLIP encoder layer over ``hidden`` ``(N, L, D)`` without a mask; ``legacy``:
+    :func:`takes_causal_mask` of the layer."""
+    out = layer(hidden, None, None) if legacy else layer(hidden, None)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def load_encoder(

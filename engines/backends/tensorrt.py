@@ -134,6 +134,11 @@ class TensorRTBackend(Backend):
         if self._engine is None:
             raise BackendError(f"TensorRT could not deserialise {manifest.resolve(info.path)}")
         self._context = self._engine.create_execution_context()
+        if self._context is None:  # TensorRT logs why; usually the device memory its activations need
+            raise BackendError(
+                f"TensorRT could not create an execution context for {manifest.resolve(info.path)} "
+                "(out of GPU memory? other engines and cameras share it)"
+            )
         self._check_engine_io(trt, info)
         self.max_batch = info.max_batch
         self.min_batch = info.min_batch
@@ -206,7 +211,9 @@ class TensorRTBackend(Backend):
 
     def _capture(self, n: int) -> None:
         rt = self._cuda.rt
-        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        # Thread-local: a global capture would make other threads' unsafe CUDA calls (DeepStream's, another
+        # engine's) fail while this stream is being captured.
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         self._cuda.call("cudaStreamBeginCapture", self._stream, mode)
         try:
             self._enqueue(n)

@@ -315,6 +315,19 @@ def test_images_copy_every_edge_package(dockerfile: Path) -> None:
     assert packages - {"training"} <= copied, sorted(packages - {"training"} - copied)
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_install_the_default_configs_weights_and_one_cuda_python(dockerfile: Path) -> None:
+    """The stock config's appearance stream needs MobileNetV2's weights (requirements/appearance.txt) at the
+    first build-engines; and the pinned cuda-python goes in only after the pyds script's unpinned one (and
+    its split packages) is removed, or cuda/bindings is a mix of two releases."""
+    text = dockerfile.read_text()
+    assert re.search(
+        r"^RUN python3 -m pip install --no-deps -r requirements/appearance\.txt$", text, re.MULTILINE
+    )
+    uninstall = text.index("pip uninstall -y cuda-python cuda-bindings cuda-pathfinder")
+    assert uninstall < text.index('"cuda-python==${CUDA_PYTHON_VERSION}"')
+
+
 # --------------------------------------------------------------------------------------------------
 # The first-contact script (deploy/jetson/first_contact.sh and .py)
 # --------------------------------------------------------------------------------------------------

@@ -69,3 +69,25 @@ def test_a_missing_package_is_a_fail_line_naming_it(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(device_check, "package_version", lambda module: None)
     with pytest.raises(CheckFailed, match=r"missing \(needed by the config and the engine manifests\)"):
         check_package("pydantic")()
+
+
+def test_nvidia_smi_missing_or_mute_on_a_jetson_is_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JetPack 6's nvidia-smi reports most fields N/A and L4T containers may not carry it: on a Jetson the
+    CUDA checks that follow ask the GPU, so this one only reports. Elsewhere its absence is a FAIL."""
+    monkeypatch.setattr(device_check.shutil, "which", lambda name: None)
+    monkeypatch.setattr(device_check, "TEGRA_RELEASE", tmp_path / "nv_tegra_release")
+    with pytest.raises(CheckFailed, match="no NVIDIA driver here"):
+        device_check.check_nvidia_smi()
+    (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.0\n")
+    assert "a Jetson" in device_check.check_nvidia_smi()
+    # Present but refusing the query (exit 2 on unknown fields): reported, not failed, on the Jetson.
+    mute = tmp_path / "nvidia-smi"
+    mute.write_text("#!/bin/sh\necho 'Field \"compute_cap\" is not a valid field to query.' >&2\nexit 2\n")
+    mute.chmod(0o755)
+    monkeypatch.setattr(device_check.shutil, "which", lambda name: str(mute))
+    assert "its nvidia-smi answers few queries" in device_check.check_nvidia_smi()
+    (tmp_path / "nv_tegra_release").unlink()
+    with pytest.raises(CheckFailed, match="exit 2"):
+        device_check.check_nvidia_smi()

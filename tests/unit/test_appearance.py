@@ -330,3 +330,41 @@ def test_onnx_export_matches_torch_at_batch_1_and_n(encoder: AppearanceEncoder, 
         reference, ort, inputs, outputs, batch_sizes=(1, 4), tolerance=1e-4, label="appearance"
     )
     assert errors["features"] <= 1e-4
+
+
+def test_clip_encoder_layers_of_transformers_4_and_5_are_both_called_right() -> None:
+    """The device images pin transformers 4.46.3 (Python 3.10, torch 2.5), whose CLIP encoder layer also
+    takes ``causal_attention_mask`` and returns a tuple; 5.x's takes ``(hidden, mask, **kwargs)`` and returns
+    the tensor. Stand-ins with each signature (transformers 4.x cannot be installed beside 5.x here)."""
+    import torch
+    from torch import nn
+
+    from engines.appearance import encoder_layer, takes_causal_mask
+
+    class LayerOf4x(nn.Module):  # the 4.46.3 signature: modeling_clip.CLIPEncoderLayer.forward
+        def forward(
+            self,
+            hidden_states: torch.Tensor,
+            attention_mask: torch.Tensor | None,
+            causal_attention_mask: torch.Tensor | None,
+            output_attentions: bool = False,
+        ) -> tuple[torch.Tensor]:
+            return (hidden_states + 1,)
+
+    class LayerOf5x(nn.Module):  # the 5.x signature
+        def forward(
+            self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: object
+        ) -> torch.Tensor:
+            return hidden_states + 2
+
+    h = torch.zeros(1, 3, 4)
+    old, new = LayerOf4x(), LayerOf5x()
+    assert takes_causal_mask(old)
+    assert not takes_causal_mask(new)
+    assert torch.equal(encoder_layer(old, h, takes_causal_mask(old)), h + 1)
+    assert torch.equal(encoder_layer(new, h, takes_causal_mask(new)), h + 2)
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    assert not takes_causal_mask(
+        CLIPEncoderLayer.__new__(CLIPEncoderLayer)
+    )  # the version installed here: 5.x

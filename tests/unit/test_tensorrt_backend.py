@@ -260,6 +260,59 @@ def test_the_doubles_catch_what_the_backend_must_get_right(
             context.execute_async_v3(stream=int(stream))  # the keyword is stream_handle
     fresh = backend_engine_context(trt)
     assert fresh.execute_async_v3(0) is False  # no shapes, no addresses
+    address = backend._buffers["x"].device_ptr if backend._buffers else cudart._double_gpu.alloc_device(64)
+    assert fresh.set_tensor_address("x", int(address) + 4) is False  # TensorRT wants 256-byte alignment
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan())
+    with pytest.raises(TypeError, match="create_execution_context"):
+        engine.create_execution_context(None)  # the binding's default is STATIC; None is not accepted
+
+
+def test_an_engine_without_an_execution_context_is_refused_by_name(
+    tmp_path: Path, trt: TensorRTTestDouble, cudart: CudartTestDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorRT returns None when it cannot make a context (an 8 GB Orin holding several engines): a
+    BackendError that says so, not an AttributeError later."""
+    from tests.fixtures.tensorrt_test_double import ICudaEngine
+
+    monkeypatch.setattr(ICudaEngine, "_double_context_fails", True)
+    manifest = write_manifest(tmp_path, trt, plan())
+    with pytest.raises(BackendError, match=r"could not create an execution context .*out of GPU memory"):
+        TensorRTBackend(manifest)
+
+
+def test_a_cuda_graph_capture_leaves_other_threads_free_to_allocate(
+    tmp_path: Path, trt: TensorRTTestDouble, cudart: CudartTestDouble
+) -> None:
+    """The capture is thread-local: while one engine's stream is captured, another thread (DeepStream's,
+    another engine's) may still call cudaMalloc; the capturing thread may not."""
+    import threading
+
+    stream = cudart.cudaStreamCreate()[1]
+    mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    assert cudart.cudaStreamBeginCapture(stream, mode)[0] == 0
+    other: list[Any] = []
+    worker = threading.Thread(target=lambda: other.append(cudart.cudaMalloc(64)[0]))
+    worker.start()
+    worker.join()
+    assert other == [cudart.cudaError_t.cudaSuccess]
+    assert cudart.cudaMalloc(64)[0] == cudart.cudaError_t.cudaErrorStreamCaptureUnsupported  # this thread
+    cudart.cudaStreamEndCapture(stream)
+    # A global-mode capture refuses every thread: what the backend's captures used to be.
+    assert (
+        cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)[0]
+        == 0
+    )
+    worker = threading.Thread(target=lambda: other.append(cudart.cudaMalloc(64)[0]))
+    worker.start()
+    worker.join()
+    assert other[-1] == cudart.cudaError_t.cudaErrorStreamCaptureUnsupported
+    cudart.cudaStreamEndCapture(stream)
+    manifest = write_manifest(tmp_path, trt, plan())
+    with load_backend(manifest, "tensorrt", cuda_graph=True) as backend:
+        assert isinstance(backend, TensorRTBackend)
+        f = feeds(2, seed=5)
+        np.testing.assert_allclose(backend(f)["y"], f["x"] * 2 + 1, rtol=1e-6)
+        assert backend._graph_exec is not None
 
 
 def backend_engine_context(trt: TensorRTTestDouble) -> Any:
