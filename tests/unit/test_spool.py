@@ -397,3 +397,27 @@ def test_mqtt_sinks_get_their_own_client_ids_and_qos_0_is_refused(tmp_path: Path
         b.close(0.1)
     with pytest.raises(ConfigError, match=r"qos.*qos must be 1 or 2 \(got 0\)"):
         parse_config("sinks:\n  - {kind: mqtt, host: h, topic: t, qos: 0}\n")
+
+
+def test_a_sink_that_does_not_close_in_time_is_still_counted(tmp_path: Path) -> None:
+    """A receiver that ignores its own timeout: the fan-out's close returns on time and still says how many
+    records that sink leaves spooled (the run logs them), instead of leaving it out."""
+    release = threading.Event()
+
+    class Stuck(Sink):
+        def deliver(self, record: dict[str, Any], stop: threading.Event) -> None:
+            release.wait(30)  # ignores stop
+            raise DeliveryError("gave up")
+
+    stuck = Stuck("stuck", tmp_path / "s")
+    fan = SinkFanout([stuck]).start()
+    fan.publish({"i": 1})
+    _wait(lambda: stuck.spool.peek() is not None)
+    import pipeline.outputs.sinks as sinks_module
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sinks_module, "CLOSE_GRACE_S", 0.1)
+            assert fan.close(timeout=0.0) == {"stuck": 1}
+    finally:
+        release.set()

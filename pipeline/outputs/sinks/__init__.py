@@ -50,6 +50,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Seconds beyond its timeout a sink's close may take (its worker's last attempt, its connection's own
+#: timeout) before the fan-out stops waiting for it.
+CLOSE_GRACE_S = 10.0
+
 SinkConfigModel = JsonlSink | MqttSink | WebhookSink
 
 
@@ -165,7 +169,16 @@ class SinkFanout:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout + 10.0)
+            t.join(timeout + CLOSE_GRACE_S)
+        for sink in self.sinks:
+            if sink.name not in left:  # its close is stuck (a receiver that ignores its own timeout)
+                left[sink.name] = sink.pending
+                log.warning(
+                    "sink %s: did not close within %.0fs; %d record(s) stay in its spool for the next start",
+                    sink.name,
+                    timeout + CLOSE_GRACE_S,
+                    left[sink.name],
+                )
         return left
 
     @property
