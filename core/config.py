@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from core.datafile import write_atomic
+from core.redact import redact_uri
 
 __all__ = [
     "APPEARANCE_FRAME_MULTIPLE",
@@ -55,6 +56,14 @@ __all__ = [
 ]
 
 _CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: A context or prompt-set name: it names files (its prompt embeddings, configs/prompts/<name>.yaml).
+CONTEXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _file_name(v: str | None) -> str | None:
+    if v is not None and not CONTEXT_NAME.match(v):
+        raise ValueError(f"{v!r} must match {CONTEXT_NAME.pattern} (it names a file)")
+    return v
 
 
 class ConfigError(ValueError):
@@ -68,6 +77,27 @@ class ConfigError(ValueError):
             where = f"{path}:{line}" if line is not None else path
             lines.append(f"{where}: {field}: {message}" if field else f"{where}: {message}")
         super().__init__("\n".join(lines))
+
+
+def _at(field: str, message: str) -> ValueError:
+    """The error of a whole-config check that belongs to one field (``cameras[1].id``): pydantic reports a
+    model validator's error at the model, so the field travels in the message and :func:`parse_config`
+    reports it at that field's line."""
+    return ValueError(f"@{field}: {message}")
+
+
+_LOCATED = re.compile(r"^(?:Value error, )?@([A-Za-z0-9_.\[\]]+): (.*)$", re.DOTALL)
+
+
+def _located(loc: tuple[int | str, ...], msg: str) -> tuple[tuple[int | str, ...], str]:
+    """``(loc, msg)`` of a pydantic error, with a field :func:`_at` put in the message moved into ``loc``."""
+    m = _LOCATED.match(msg)
+    if m is None:
+        return loc, msg
+    parts: list[int | str] = []
+    for name, index in re.findall(r"([A-Za-z0-9_]+)|\[(\d+)\]", m.group(1)):
+        parts.append(int(index) if index else name)
+    return (*loc, *parts), m.group(2)
 
 
 class _Strict(BaseModel):
@@ -442,10 +472,35 @@ class ZoneSettings(_Strict):
 class CameraDefaults(_Strict):
     context: str = Field("generic", min_length=1, max_length=64, description="Scene/context name.")
     prompts: str | None = Field(None, description="Prompt set name (configs/prompts/<name>.yaml).")
+
+    _names = field_validator("context", "prompts")(_file_name)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)  # type: ignore[arg-type]
     alerts: AlertPolicy = Field(default_factory=AlertPolicy)  # type: ignore[arg-type]
     fusion: FusionPolicy = Field(default_factory=FusionPolicy)  # type: ignore[arg-type]
     rtsp: RtspOptions = Field(default_factory=RtspOptions)  # type: ignore[arg-type]
+
+
+def camera_uri_problem(uri: str) -> str | None:
+    """What is wrong with the shape of a camera URI (None: nothing), before any source is opened: a scheme
+    zsad reads, and what that scheme needs after ``://``. The graphs parse URIs with the same rules
+    (``pipeline.cpu.sources.parse_source_uri``), so a URI ``zsad validate`` accepts never fails there."""
+    if "://" not in uri:
+        return (
+            f"camera URI {redact_uri(uri)!r} has no scheme: use file://, loop://, rtsp(s)://, http(s):// or "
+            "v4l2://"
+        )
+    scheme, rest = uri.split("://", 1)
+    scheme = scheme.lower()
+    if scheme in ("file", "loop"):
+        return None if rest else f"{scheme}:// URI {redact_uri(uri)!r} has no path"
+    if scheme in ("rtsp", "rtsps", "http", "https"):
+        kind = "RTSP" if scheme.startswith("rtsp") else "HTTP"
+        return None if rest.strip("/") else f"{kind} URI {redact_uri(uri)!r} has no host"
+    if scheme == "v4l2":
+        return None if rest.startswith("/dev/") else f"v4l2 URI {uri!r} must look like v4l2:///dev/videoN"
+    return (
+        f"unsupported URI scheme {scheme!r} in {redact_uri(uri)!r}: use file, loop, rtsp(s), http(s) or v4l2"
+    )
 
 
 class CameraConfig(_Strict):
@@ -459,6 +514,8 @@ class CameraConfig(_Strict):
     context: str | None = Field(None, min_length=1, max_length=64)
     prompts: str | None = None
     sampling: SamplingConfig | None = None
+
+    _names = field_validator("context", "prompts")(_file_name)
     alerts: AlertPolicy | None = None
     fusion: FusionPolicy | None = None
     rtsp: RtspOptions | None = None
@@ -488,11 +545,9 @@ class CameraConfig(_Strict):
     @field_validator("uri")
     @classmethod
     def _uri_scheme(cls, v: str) -> str:
-        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
-        if scheme not in {"file", "rtsp", "rtsps", "http", "https", "v4l2", "loop"}:
-            raise ValueError(
-                f"unsupported URI scheme {scheme or '(none)'!r}: use file, rtsp, http(s), v4l2 or loop"
-            )
+        problem = camera_uri_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
 
@@ -877,10 +932,27 @@ class ZsadConfig(_Strict):
     @model_validator(mode="after")
     def _unique_cameras(self) -> ZsadConfig:
         seen: set[str] = set()
-        for cam in self.cameras:
+        for i, cam in enumerate(self.cameras):
             if cam.id in seen:
-                raise ValueError(f"camera id {cam.id!r} appears more than once")
+                raise _at(f"cameras[{i}].id", f"camera id {cam.id!r} appears more than once")
             seen.add(cam.id)
+        return self
+
+    @model_validator(mode="after")
+    def _one_prompt_set_per_context(self) -> ZsadConfig:
+        # The context's prompt embeddings are built once per context (engines/build.py camera_contexts).
+        chosen: dict[str, tuple[str, int]] = {}
+        for i, cam in enumerate(self.cameras):
+            context = cam.context or self.defaults.context
+            prompts = (cam.prompts if cam.prompts is not None else self.defaults.prompts) or context
+            first = chosen.setdefault(context, (prompts, i))
+            if first[0] != prompts:
+                field = "prompts" if cam.prompts is not None else "context"
+                raise _at(
+                    f"cameras[{i}].{field}",
+                    f"context {context!r} is used with two prompt sets: {first[0]!r} (camera "
+                    f"{self.cameras[first[1]].id!r}) and {prompts!r}; one context has one prompt set",
+                )
         return self
 
     @model_validator(mode="after")
@@ -890,17 +962,19 @@ class ZsadConfig(_Strict):
         if self.appearance.enabled:
             bb, m = self.model.backbone, APPEARANCE_FRAME_MULTIPLE
             if bb.image_height % m or bb.image_width % m:
-                raise ValueError(
+                raise _at(
+                    f"model.backbone.{'image_height' if bb.image_height % m else 'image_width'}",
                     f"appearance.enabled: the appearance encoder needs a frame size in multiples of {m}, "
                     f"model.backbone is {bb.image_width}x{bb.image_height} (width x height); change it, or "
-                    "set appearance.enabled: false"
+                    "set appearance.enabled: false",
                 )
             if self.appearance.encoder == "clip" and bb.patch_size % m:
                 # CLIP's tokens are one per 16x16 cell; the DPC maps' grid must be that grid or coarser.
-                raise ValueError(
+                raise _at(
+                    "model.backbone.patch_size",
                     f"appearance.encoder clip gives one feature per {m}x{m} cell, which the DPC maps' grid "
                     f"(model.backbone.patch_size {bb.patch_size}) cannot take: use a patch size in multiples "
-                    f"of {m}, or appearance.encoder: mobilenet_v2"
+                    f"of {m}, or appearance.encoder: mobilenet_v2",
                 )
         return self
 
@@ -994,14 +1068,41 @@ def _compose(text: str, path: str) -> tuple[yaml.Node | None, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(path, [(1, "", f"top level must be a mapping, got {type(data).__name__}")])
+    duplicates = _duplicate_keys(root, ())
+    if duplicates:
+        raise ConfigError(path, duplicates)
     return root, data
+
+
+def _duplicate_keys(node: yaml.Node | None, loc: tuple[int | str, ...]) -> list[tuple[int | None, str, str]]:
+    """Every key given twice in one mapping (YAML keeps the last silently; a config that says ``fps`` twice
+    is a mistake either way), at the line of its second occurrence."""
+    problems: list[tuple[int | None, str, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for k_node, v_node in node.value:
+            key = k_node.value
+            if isinstance(k_node, yaml.ScalarNode) and key in first:
+                problems.append(
+                    (
+                        k_node.start_mark.line + 1,
+                        _field_path((*loc, key)),
+                        f"given twice (first at line {first[key]}); YAML would silently keep the last",
+                    )
+                )
+            elif isinstance(k_node, yaml.ScalarNode):
+                first[key] = k_node.start_mark.line + 1
+            problems += _duplicate_keys(v_node, (*loc, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, (*loc, i))
+    return problems
 
 
 def _problems(exc: ValidationError, root: yaml.Node | None) -> list[tuple[int | None, str, str]]:
     problems = []
     for err in exc.errors():
-        loc = err["loc"]
-        msg = err["msg"]
+        loc, msg = _located(tuple(err["loc"]), err["msg"])
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here)"
         problems.append((_node_line(root, loc), _field_path(loc), msg))

@@ -30,7 +30,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.config import AppearanceConfig, ModelConfig, ZsadConfig
+from core.config import CONTEXT_NAME, AppearanceConfig, ModelConfig, ZsadConfig
 from engines.backends.base import BackendError, BackendUnavailable
 from engines.backends.onnxruntime import OnnxRuntimeBackend
 from engines.backends.tensorrt import TensorRTBackend, cuda_device_info
@@ -114,7 +113,6 @@ __all__ = [
 ]
 
 BACKEND_CHOICES = ("onnxruntime", "tensorrt", "all")
-_CONTEXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STAGING = ".staging"
 
 BuildProgress = Callable[[int, int, str], None]
@@ -209,9 +207,9 @@ def camera_contexts(cameras: Iterable[tuple[str, str | None]]) -> dict[str, str]
     out: dict[str, str] = {}
     for context, prompts in cameras:
         chosen = prompts or context
-        if not _CONTEXT_NAME.match(context):
+        if not CONTEXT_NAME.match(context):  # the config refuses such names first; other callers
             raise BuildInputError(
-                f"context name {context!r} must match {_CONTEXT_NAME.pattern} (it names a file)"
+                f"context name {context!r} must match {CONTEXT_NAME.pattern} (it names a file)"
             )
         if out.get(context, chosen) != chosen:
             raise BuildInputError(

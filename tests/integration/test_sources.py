@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 gi = pytest.importorskip("gi")
 
@@ -574,8 +575,10 @@ def test_http_camera_delivers_frames(
 
 def test_graph_lifecycle_errors(videos: dict[str, Path], collector: Collector) -> None:
     g = CameraGraph((32, 32), collector.on_frame, cameras=[camera("x", f"file://{videos['v25']}")])
-    with pytest.raises(UnsupportedUriError):
-        g.add_camera(camera("y", "file://"))
+    with pytest.raises(ValidationError, match="has no path"):  # the config refuses it first...
+        camera("y", "file://")
+    with pytest.raises(UnsupportedUriError, match="has no path"):  # ...and the graph, given one unchecked
+        g.add_camera(camera("y", f"file://{videos['v25']}").model_copy(update={"uri": "file://"}))
     g.start()
     with pytest.raises(GraphStateError):
         g.start()

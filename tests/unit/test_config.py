@@ -90,8 +90,41 @@ def test_unknown_top_level_key_points_at_its_line(tmp_path: Path) -> None:
 def test_hysteresis_and_duplicates_are_refused() -> None:
     with pytest.raises(ConfigError, match="off_threshold"):
         parse_config("defaults:\n  alerts: {on_threshold: 1.0, off_threshold: 2.0}\n")
-    with pytest.raises(ConfigError, match="more than once"):
-        parse_config("cameras:\n  - {id: a, uri: 'file:///x'}\n  - {id: a, uri: 'file:///y'}\n")
+    # At the second camera's id, not at line 1 with no field (a whole-config check).
+    with pytest.raises(
+        ConfigError, match=r"^x.yaml:3: cameras\[1\]\.id: camera id 'a' appears more than once$"
+    ):
+        parse_config("cameras:\n  - {id: a, uri: 'file:///x'}\n  - {id: a, uri: 'file:///y'}\n", "x.yaml")
+
+
+def test_a_key_given_twice_is_refused_at_its_second_line() -> None:
+    """YAML keeps the last of two equal keys without a word; a config that gives fps twice is a mistake."""
+    text = "output_dir: a\ncameras:\n  - id: a\n    uri: file:///x\n    uri: file:///y\noutput_dir: b\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "x.yaml")
+    assert str(info.value).splitlines() == [
+        "x.yaml:5: cameras[0].uri: given twice (first at line 4); YAML would silently keep the last",
+        "x.yaml:6: output_dir: given twice (first at line 1); YAML would silently keep the last",
+    ]
+
+
+def test_context_names_and_their_prompt_sets_are_checked_where_they_are_written() -> None:
+    """A context names files (its prompt embeddings) and has one prompt set: refused by validate at the
+    field, not later by the engine build without a line."""
+    with pytest.raises(ConfigError, match=r"x.yaml:2: defaults\.context: .*'parking lot' must match"):
+        parse_config("defaults:\n  context: parking lot\n", "x.yaml")
+    two_sets = (
+        "cameras:\n  - {id: a, uri: 'file:///x', context: lot}\n"
+        "  - {id: b, uri: 'file:///y', context: lot, prompts: other}\n"
+    )
+    with pytest.raises(ConfigError, match=r"x.yaml:3: cameras\[1\]\.prompts: context 'lot' is used with two"):
+        parse_config(two_sets, "x.yaml")
+    parse_config(two_sets.replace("context: lot, prompts: other", "context: lot, prompts: lot"))
+
+
+def test_an_appearance_frame_size_error_names_the_size_field() -> None:
+    with pytest.raises(ConfigError, match=r"x.yaml:3: model\.backbone\.image_height: appearance\.enabled"):
+        parse_config("model:\n  backbone:\n    image_height: 136\n    patch_size: 8\n", "x.yaml")
 
 
 def test_on_threshold_calibrated_is_the_one_word_it_takes(tmp_path: Path) -> None:
@@ -122,6 +155,16 @@ def test_a_decoder_prior_needs_the_pixel_decoder(tmp_path: Path) -> None:
 def test_bad_uri_scheme_and_camera_id() -> None:
     with pytest.raises(ConfigError, match=r"cameras\[0\]\.uri"):
         parse_config("cameras:\n  - {id: a, uri: 'ftp://x'}\n")
+    # A scheme zsad reads but nothing usable after it: refused here, as the graphs would refuse it.
+    for uri, why in (
+        ("file://", "has no path"),
+        ("loop://", "has no path"),
+        ("rtsp:///", "has no host"),
+        ("v4l2://video0", "must look like v4l2:///dev/videoN"),
+        ("cam1.mp4", "has no scheme"),
+    ):
+        with pytest.raises(ConfigError, match=rf"cameras\[0\]\.uri: .*{why}"):
+            parse_config(f"cameras:\n  - {{id: a, uri: '{uri}'}}\n")
     with pytest.raises(ConfigError, match=r"cameras\[0\]\.id"):
         parse_config("cameras:\n  - {id: '../etc', uri: 'file:///x'}\n")
 
