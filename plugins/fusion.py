@@ -1053,6 +1053,19 @@ def check_semantic_source(calibration: Calibration, source: str | None) -> None:
         )
 
 
+def other_camera(calibration: Calibration, camera: str) -> str | None:
+    """What to say when ``calibration`` was fitted on another camera's footage than ``camera`` (None: it
+    was fitted for this one, or records no camera). Its statistics and the models beside it describe the
+    other camera's scene; a copy for an identical view may be meant, so this is said, not refused."""
+    if calibration.camera is None or calibration.camera == camera:
+        return None
+    return (
+        f"its calibration was fitted on the footage of camera {calibration.camera!r}: its normal levels, "
+        "threshold and the memories beside it describe that scene; calibrate this camera on its own "
+        f"footage (zsad calibrate CONFIG --camera {camera} ...) unless the two views are the same"
+    )
+
+
 def calibrate(raw: Mapping[str, float], cal: Calibration) -> dict[str, float]:
     """Turn raw stream scores into z-scores. Non-finite values and streams the calibration lacks are dropped
     (the latter with a warning once per camera and stream)."""

@@ -29,7 +29,13 @@ from engines.encoders import (
 )
 from engines.manifest import ManifestError, manifest_path
 from pipeline.inference import REQUIRED_COMPONENTS, engines_semantic_source
-from plugins.fusion import Calibration, CalibrationError, check_semantic_source, load_calibration
+from plugins.fusion import (
+    Calibration,
+    CalibrationError,
+    check_semantic_source,
+    load_calibration,
+    other_camera,
+)
 
 
 def config_warnings(cfg: ZsadConfig) -> list[str]:
@@ -50,6 +56,9 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
             try:
                 calibration = load_calibration(cam.calibration)
                 check_semantic_source(calibration, semantic_source)
+                mismatch = other_camera(calibration, cam.id)
+                if mismatch is not None:
+                    warnings.append(f"camera {cam.id}: {cam.calibration}: {mismatch}")
             except CalibrationError as exc:
                 calibration = None
                 warnings.append(

@@ -85,6 +85,7 @@ from plugins.fusion import (
     StreamGate,
     check_semantic_source,
     load_calibration,
+    other_camera,
 )
 from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
 from plugins.objects import ObjectsModels
@@ -328,6 +329,9 @@ class RunOutputs:
             try:
                 calibration = load_calibration(cam.calibration)
                 check_semantic_source(calibration, self.semantic_source)
+                mismatch = other_camera(calibration, cam.id)
+                if mismatch is not None:
+                    log.warning("camera %s: %s: %s", cam.id, cam.calibration, mismatch)
                 return calibration
             except CalibrationError as exc:
                 log.warning("camera %s: %s; it starts uncalibrated", cam.id, exc)

@@ -58,3 +58,32 @@ def test_a_run_without_a_semantic_stream_keeps_every_calibration(
         assert not outputs.alerts["clip"].fusion.calibration.identity
     finally:
         outputs.shutdown()
+
+
+def test_a_calibration_fitted_on_another_camera_is_said_at_start_and_by_validate(
+    calib: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs, tmp_path: Path
+) -> None:
+    """Its levels and memories describe another scene: said (not refused: a copy for an identical view may
+    be meant), naming the file and both cameras; the camera's own calibration says nothing."""
+    from core.config import parse_config
+    from pipeline.cli.validate import config_warnings
+
+    write_calibration(calib / "parking-1.json", ("pixel", "motion"))
+    write_calibration(calib / "campus-1.json", ("pixel", "motion"))
+    caplog.set_level(logging.WARNING, logger="pipeline.outputs.hub")
+    outputs = hub_outputs({"campus-1": calib / "parking-1.json", "parking-1": calib / "parking-1.json"})
+    try:
+        assert not outputs.alerts["campus-1"].fusion.calibration.identity  # used, not refused
+        assert "camera campus-1: " in caplog.text
+        assert "fitted on the footage of camera 'parking-1'" in caplog.text
+        assert "camera parking-1: " not in caplog.text
+    finally:
+        outputs.shutdown()
+    cfg = parse_config(
+        f"output_dir: {tmp_path / 'out'}\nengines: {{dir: {tmp_path / 'none'}}}\ncameras:\n"
+        f"  - {{id: campus-1, uri: 'rtsp://h/a', calibration: '{calib / 'parking-1.json'}'}}\n"
+        f"  - {{id: parking-1, uri: 'rtsp://h/b', calibration: '{calib / 'parking-1.json'}'}}\n"
+    )
+    said = [w for w in config_warnings(cfg) if "fitted on the footage of camera" in w]
+    assert len(said) == 1
+    assert said[0].startswith("camera campus-1: ")
