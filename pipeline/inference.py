@@ -51,9 +51,13 @@ from engines.manifest import (
     Expectation,
     Manifest,
     ManifestError,
+    ManifestMismatch,
     check_manifest,
     load_manifest,
     manifest_path,
+    spec_diff,
+    spec_sha256,
+    verify_files,
 )
 from engines.prompts import load_prompt_set
 from pipeline.clips import Clip, to_model_input
@@ -66,6 +70,7 @@ from plugins.appearance import (
     appearance_map,
     pool_factor,
 )
+from plugins.fusion import GateError, StreamGate
 from plugins.objects import ObjectsModels
 from plugins.preprocess import Normaliser, to_layout
 from plugins.scorer import ClipScorer, ClipTokens, StreamScores
@@ -223,6 +228,42 @@ class EngineSet:
             backend.close()
 
 
+def _checked_gate(cfg: ZsadConfig, directory: Path) -> Path | None:
+    """The stream gate of the engine folder, checked as the engines are: its manifest's model spec against
+    the config, its file against the manifest's hash, and the gate itself (it loads, and takes the
+    backbone's embedding). None when the folder has neither gate nor manifest (equal weights, said in the
+    log); :class:`ManifestError` or :class:`EngineError` when what is there cannot be used."""
+    gate = directory / "stream_gate.npz"
+    path = manifest_path(directory, "stream_gate")
+    if not path.is_file():
+        if gate.is_file():
+            raise EngineError(
+                f"{gate} has no manifest ({path}): it cannot be checked against this model; rebuild the "
+                f"engines (zsad build-engines --config CONFIG --out {directory})"
+            )
+        log.info("no stream gate in %s: the context gate weighs the streams equally", directory)
+        return None
+    manifest = load_manifest(path)
+    if manifest.model_spec_sha256 != spec_sha256(cfg.model):
+        diffs = spec_diff(manifest.model_spec, cfg.model)
+        where = ", ".join(f"{f} (gate {a!r}, config {b!r})" for f, a, b in diffs[:5]) or "unknown field"
+        raise ManifestMismatch(f"{path}: model_spec_sha256: the gate was built for another model: {where}")
+    verify_files(manifest)  # a missing or changed stream_gate.npz: ManifestError naming it
+    try:
+        loaded = StreamGate.load(gate)
+    except GateError as exc:
+        raise EngineError(
+            f"{exc}: rebuild the engines (zsad build-engines --config CONFIG --out {directory})"
+        ) from exc
+    width = cfg.model.backbone.hidden_size
+    if loaded.context_dim not in (0, width):
+        raise EngineError(
+            f"{gate}: the gate takes a context of {loaded.context_dim} values, the backbone's embedding has "
+            f"{width}: rebuild the engines (zsad build-engines --config CONFIG --out {directory})"
+        )
+    return gate
+
+
 def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     """Open the engines of ``cfg.engines.dir`` after checking their manifests: the backbone and the DPC
     head, the semantic head when there is one, and the appearance encoder when ``appearance.enabled``."""
@@ -261,6 +302,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
             opened["semantic_head"] = semantic
         texts = _load_texts(semantic.manifest) if semantic is not None else {}
         appearance_texts = _load_texts(appearance.manifest) if image_semantic and appearance else {}
+        gate = _checked_gate(cfg, directory)
     except EngineError:
         for backend in opened.values():
             backend.close()
@@ -277,7 +319,6 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
 
     bb = opened["backbone"].manifest
     pre = bb.preprocessing
-    gate = directory / "stream_gate.npz"
     engines = EngineSet(
         backbone=opened["backbone"],
         dpc=opened["dpc_head"],
@@ -285,7 +326,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
         mean=tuple(pre.mean),  # type: ignore[arg-type]
         std=tuple(pre.std),  # type: ignore[arg-type]
         model_id=f"zsad:{bb.model_spec_sha256[:12]}:{bb.weights_sha256[:12]}",
-        gate_path=gate if gate.is_file() else None,
+        gate_path=gate,
         semantic=semantic,
         input_layout=opened["backbone"].manifest.input_layout,
     )

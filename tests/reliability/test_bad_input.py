@@ -252,3 +252,45 @@ def test_truncated_onnx_engines_refuse_to_start(world: dict[str, Path], tmp_path
     assert r.returncode == 2, r.stdout + r.stderr[-2000:]
     assert f"onnxruntime cannot load {onnx}" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_a_stream_gate_that_does_not_fit_refuses_to_start_and_says_why(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """The gate is checked as the engines are: a gate of another model (its context width), a changed or
+    missing file, or a file without its manifest each refuse to start naming it, instead of failing every
+    clip or falling back to equal weights without a word."""
+    import numpy as np
+
+    from engines.manifest import file_sha256
+    from pipeline.inference import EngineError, load_engines
+    from plugins.fusion import STREAMS, StreamGate
+
+    engines = tmp_path / "engines"
+    shutil.copytree(world["engines"], engines)
+    cfg = load_config(write_site({**world, "engines": engines}, tmp_path / "out", []))
+    gate, manifest_path = engines / "stream_gate.npz", engines / "stream_gate.manifest.json"
+    assert load_engines(cfg).gate_path == gate  # as built: used
+    manifest = json.loads(manifest_path.read_text())
+
+    rows = len(STREAMS)
+    StreamGate(np.zeros((rows, 50), np.float32), np.zeros(rows, np.float32), STREAMS).save(gate)
+    with pytest.raises(EngineError, match=r"stream_gate\.npz"):  # the manifest's hash no longer matches
+        load_engines(cfg)
+    manifest["files"][0]["sha256"] = file_sha256(gate)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match=r"takes a context of 50 values, the backbone's embedding has \d+"):
+        load_engines(cfg)
+    gate.write_bytes(b"not a gate")
+    manifest["files"][0]["sha256"] = file_sha256(gate)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="cannot read gate"):
+        load_engines(cfg)
+    gate.unlink()
+    with pytest.raises(EngineError, match=r"stream_gate\.npz"):
+        load_engines(cfg)
+    manifest_path.unlink()
+    assert load_engines(cfg).gate_path is None  # neither: equal weights (said in the log)
+    gate.write_bytes(b"x")
+    with pytest.raises(EngineError, match="has no manifest"):
+        load_engines(cfg)
