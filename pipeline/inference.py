@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import logging
 import threading
 from collections.abc import Container, Sequence
@@ -59,7 +60,7 @@ from engines.manifest import (
     spec_sha256,
     verify_files,
 )
-from engines.prompts import load_prompt_set
+from engines.prompts import PROMPT_DIR, PromptError, load_prompt_set
 from pipeline.clips import Clip, to_model_input
 from pipeline.memory_streams import MemoryFeed, ObjectsFeed, StationaryFeed
 from plugins.appearance import (
@@ -228,6 +229,30 @@ class EngineSet:
             backend.close()
 
 
+def _check_weights(cfg: ZsadConfig, manifest: Manifest) -> None:
+    """Refuse (:class:`ManifestMismatch`) engines built from other weights than ``engines.checkpoint``, when
+    that checkpoint is here: a retrained checkpoint of the same model would otherwise run with the old
+    engines without a word. Its identity is the sha256 its sidecar (``<checkpoint>.json``, written by
+    ``zsad train``) records, so a start reads no weights. A checkpoint that is not on this machine (engines
+    copied to a device) or has no sidecar is not compared."""
+    checkpoint = cfg.engines.checkpoint
+    if not checkpoint:
+        return
+    sidecar = Path(checkpoint).with_suffix(Path(checkpoint).suffix + ".json")
+    try:
+        recorded = json.loads(sidecar.read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        log.debug(
+            "engines.checkpoint %s has no readable sidecar here: not compared with the engines", checkpoint
+        )
+        return
+    if isinstance(recorded, str) and recorded and recorded != manifest.weights_sha256:
+        raise ManifestMismatch(
+            f"{manifest.path}: weights_sha256: built from weights {manifest.weights_sha256[:12]} "
+            f"({manifest.checkpoint}), engines.checkpoint {checkpoint} has {recorded[:12]}"
+        )
+
+
 def _checked_gate(cfg: ZsadConfig, directory: Path) -> Path | None:
     """The stream gate of the engine folder, checked as the engines are: its manifest's model spec against
     the config, its file against the manifest's hash, and the gate itself (it loads, and takes the
@@ -280,6 +305,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
                 )
             manifest = load_manifest(path)
             check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
+            _check_weights(cfg, manifest)
             opened[component] = load_backend(
                 manifest, cfg.engines.backend, threads=cfg.engines.threads, **options
             )
@@ -430,10 +456,32 @@ def _load_texts(manifest: Manifest) -> dict[str, PromptBank]:
                 f"{text.context_source} embeddings, the engine's image embedding is {width}-wide and "
                 f"ungated: rebuild the engines (zsad build-engines)"
             )
-        emb = np.load(manifest.resolve(text.path))
-        prompts = load_prompt_set(text.prompt_file).prompts
+        rebuild = f"rebuild the engines (zsad build-engines --config CONFIG --out {manifest.path.parent})"
         try:
-            out[text.context] = PromptBank(emb, int(text.normal), tuple(prompts))
+            emb = np.load(manifest.resolve(text.path))
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"{manifest.resolve(text.path)}: cannot read: {exc}: {rebuild}") from exc
+        # The prompts name what each row of the embeddings means (the label an alert carries): the file the
+        # build read must be here and unchanged, or the labels would not match the rows.
+        prompt_file = Path(text.prompt_file)
+        if not prompt_file.is_file() and (PROMPT_DIR / prompt_file.name).is_file():
+            # Engines copied to another machine: the build's path is not here, this checkout's prompts are
+            # (the hash below says whether they are the same).
+            prompt_file = PROMPT_DIR / prompt_file.name
+        try:
+            prompt_set = load_prompt_set(prompt_file)
+        except PromptError as exc:
+            raise EngineError(
+                f"{manifest.path}: text_embeddings[{text.context}]: {exc} (the build read "
+                f"{text.prompt_file}; copy it here, or {rebuild})"
+            ) from exc
+        if prompt_set.sha256 != text.prompt_sha256:
+            raise EngineError(
+                f"{manifest.path}: text_embeddings[{text.context}]: {prompt_file} changed since the "
+                f"build (sha256 {prompt_set.sha256[:12]}, built from {text.prompt_sha256[:12]}): {rebuild}"
+            )
+        try:
+            out[text.context] = PromptBank(emb, int(text.normal), tuple(prompt_set.prompts))
         except SemanticError as exc:
             raise EngineError(f"{manifest.resolve(text.path)}: context {text.context}: {exc}") from exc
     return out

@@ -512,6 +512,23 @@ def test_engines_that_do_not_fit_are_refused_by_name(built: ZsadConfig, tmp_path
     cfg = built.model_copy(update={"engines": built.engines.model_copy(update={"dir": str(folder)})})
     with pytest.raises(EngineError, match=rf"text_embeddings\[campus\] are {EMBED + 1}-wide .* rebuild"):
         load_engines(cfg)
+    # The prompts name the rows: a prompt file edited since the build, or not on this machine, refuses too.
+    data = json.loads((Path(built.engines.dir) / "appearance.manifest.json").read_text())
+    edited = tmp_path / "campus.yaml"
+    edited.write_text(Path(data["text_embeddings"][0]["prompt_file"]).read_text() + "# edited\n")
+    data["text_embeddings"][0]["prompt_file"] = str(edited)
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        EngineError, match=r"text_embeddings\[campus\]: .*campus.yaml changed since the build"
+    ):
+        load_engines(cfg)
+    # Not on this machine: this checkout's configs/prompts/campus.yaml stands in (the same file: it runs).
+    edited.unlink()
+    load_engines(cfg).close()
+    data["text_embeddings"][0]["prompt_file"] = str(tmp_path / "gone" / "nowhere.yaml")
+    path.write_text(json.dumps(data))
+    with pytest.raises(EngineError, match=r"text_embeddings\[campus\]: .*copy it here, or rebuild"):
+        load_engines(cfg)
     m = load_manifest(Path(built.engines.dir) / "appearance.manifest.json")
     mobilenet = m.model_copy(update={"options": {**m.options, "encoder": "mobilenet_v2"}})
     with pytest.raises(ManifestMismatch, match=r"model_spec\.embed_dim"):

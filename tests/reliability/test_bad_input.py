@@ -294,3 +294,24 @@ def test_a_stream_gate_that_does_not_fit_refuses_to_start_and_says_why(
     gate.write_bytes(b"x")
     with pytest.raises(EngineError, match="has no manifest"):
         load_engines(cfg)
+
+
+def test_engines_of_other_weights_than_the_configs_checkpoint_refuse_to_start(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """A retrained checkpoint of the same model: the old engines are refused, naming both weights, instead of
+    running without a word. A checkpoint that is not here (engines copied to a device) is not compared."""
+    from pipeline.inference import EngineError, load_engines
+
+    site = write_site(world, tmp_path / "out", [])
+    cfg = load_config(site)
+    cfg.engines.checkpoint = str(world["checkpoint"])
+    load_engines(cfg)  # the checkpoint the engines were built from: fine
+    retrained = tmp_path / "retrained.safetensors"
+    retrained.write_bytes(b"weights")
+    (tmp_path / "retrained.safetensors.json").write_text(json.dumps({"sha256": "ab" * 32}))
+    cfg.engines.checkpoint = str(retrained)
+    with pytest.raises(EngineError, match=r"weights_sha256: built from weights \w{12} .*has abababababab"):
+        load_engines(cfg)
+    cfg.engines.checkpoint = str(tmp_path / "not-on-this-machine.safetensors")
+    load_engines(cfg)
