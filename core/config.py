@@ -343,6 +343,16 @@ class RtspOptions(_Strict):
         "the connect timeout). Unset: the graph's default, 5 s.",
     )
 
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RtspOptions:
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise _at(
+                "reconnect_initial_s",
+                f"{self.reconnect_initial_s} is above reconnect_max_s {self.reconnect_max_s}: the backoff "
+                "starts at the first and doubles up to the second",
+            )
+        return self
+
 
 # --------------------------------------------------------------------------------------------------
 # Zones and masks (normalised image coordinates)
@@ -1105,6 +1115,8 @@ def _problems(exc: ValidationError, root: yaml.Node | None) -> list[tuple[int | 
         loc, msg = _located(tuple(err["loc"]), err["msg"])
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here)"
+        elif err["type"] == "union_tag_not_found" and loc and loc[0] == "sinks":
+            msg = "needs kind: jsonl, mqtt or webhook"
         problems.append((_node_line(root, loc), _field_path(loc), msg))
     return problems
 

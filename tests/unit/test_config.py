@@ -232,3 +232,10 @@ def test_validate_says_where_a_calibrated_threshold_falls_back(tmp_path: Path) -
     ]
     numeric = parse_config(f"defaults:\n  alerts: {{on_threshold: 3.0}}\ncameras:\n{cams}")
     assert config_warnings(numeric) == []
+
+
+def test_a_sink_without_kind_and_a_backoff_upside_down_say_what_to_write() -> None:
+    with pytest.raises(ConfigError, match=r"^x.yaml:2: sinks\[0\]: needs kind: jsonl, mqtt or webhook$"):
+        parse_config("sinks:\n  - {path: a.jsonl}\n", "x.yaml")
+    with pytest.raises(ConfigError, match=r"x.yaml:3: defaults\.rtsp\.reconnect_initial_s: 60.0 is above"):
+        parse_config("defaults:\n  rtsp:\n    reconnect_initial_s: 60\n    reconnect_max_s: 1\n", "x.yaml")
