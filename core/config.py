@@ -10,6 +10,7 @@ returns the merged view that the pipeline uses.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -704,6 +705,24 @@ class UiConfig(_Strict):
         if (self.username is None) != (self.password is None):
             raise ValueError("set both username and password for basic auth, or neither")
         return self
+
+    def open_to_network(self) -> str | None:
+        """What to say when the page is served beyond this machine without a login (None: it is not): anyone
+        on the network, and any web page an operator's browser opens (by DNS rebinding), could then label
+        alerts, which teaches the camera, and mask whole cameras."""
+        if not self.enabled or self.username is not None:
+            return None
+        try:
+            loopback = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = self.host == "localhost"
+        if loopback:
+            return None
+        return (
+            f"ui.host {self.host} serves the review page to the network without a login: anyone there, and "
+            "any web page an operator's browser opens, can label alerts (which teaches the camera) and mask "
+            "cameras; set ui.username and ui.password, or keep ui.host 127.0.0.1 and use an SSH tunnel"
+        )
 
 
 class EnginesConfig(_Strict):

@@ -50,6 +50,9 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
             semantic_source = engines_semantic_source(cfg, directory)
         except ManifestError as exc:
             warnings.append(f"engines: {exc}: a run refuses them; rebuild them (zsad build-engines)")
+    exposed = cfg.ui.open_to_network()
+    if exposed is not None:
+        warnings.append(exposed)
     for cam in cfg.enabled_cameras():
         calibration = None
         if cam.calibration:

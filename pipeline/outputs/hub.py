@@ -810,6 +810,9 @@ class RunOutputs:
                     raise _port_error("ui", ui.host, ui.port, cause) from exc
                 raise RunOutputsError(f"ui: {exc}") from exc
             log.info("review page at %s", self.review_server.url)
+            exposed = ui.open_to_network()
+            if exposed is not None:
+                log.warning("%s", exposed)
         self.sinks.start()
 
     def shutdown(self) -> dict[str, int]:

@@ -10,6 +10,7 @@ import base64
 import http.client
 import json
 import math
+import os
 import re
 import shutil
 import socket
@@ -411,11 +412,19 @@ def test_alerts_endpoint_and_filters(server: str, demo: DemoRun) -> None:
     assert one["status"] == "closed"
     assert one["driver"] == "semantic"
     assert one["duration_s"] == pytest.approx(12.0, abs=0.01)
+    # Each URL names its file's version: a snapshot rewritten as the peak rises gets a new URL, which the
+    # page loads (the same URL would keep the onset frame under the final peak box).
     assert one["media"] == {
-        "snapshot": "/media/" + one["snapshot"],
-        "heatmap": "/media/" + one["heatmap"],
-        "clip": "/media/" + one["clip"],
+        kind: f"/media/{one[kind]}?v={(demo.out / one[kind]).stat().st_mtime_ns}"
+        for kind in ("snapshot", "heatmap", "clip")
     }
+    before = one["media"]["snapshot"]
+    snapshot = demo.out / one["snapshot"]
+    os.utime(snapshot, ns=(snapshot.stat().st_atime_ns, snapshot.stat().st_mtime_ns + 1_000_000))
+    after = get_json(server, f"/api/alerts/{ids['closed']}")["alert"]["media"]["snapshot"]
+    assert after != before
+    assert after.split("?")[0] == before.split("?")[0]
+    assert request(server, "GET", after).status == 200
     assert one["review"] is None
     open_alert = get_json(server, f"/api/alerts/{ids['open']}")["alert"]
     assert open_alert["media"]["clip"] is None  # still recording: the file does not exist yet
@@ -677,3 +686,51 @@ def test_ui_config_section() -> None:
     ):
         with pytest.raises(ConfigError):
             parse_config(bad)
+
+
+def test_hostile_requests_get_answers_not_tracebacks(server: str, demo: DemoRun) -> None:
+    """A Range too long for int() and JSON nested past the decoder's depth: a plain answer each (the whole
+    file, a 400), where the handler used to die without one."""
+    rec = demo.alerts["closed"]
+    full = request(server, "GET", "/media/" + rec["snapshot"])
+    huge = request(server, "GET", "/media/" + rec["snapshot"], headers={"Range": "bytes=" + "9" * 5000 + "-"})
+    assert huge.status == 200
+    assert huge.body == full.body
+    deep = post_label(server, rec["alert_id"], None)  # a valid request first: the route works
+    assert deep.status == 400
+    nested = request(
+        server,
+        "POST",
+        f"/api/alerts/{rec['alert_id']}/label",
+        headers={"Content-Type": "application/json"},
+        body=b"[" * 15000,
+    )
+    assert nested.status == 400
+    assert "nested too deeply" in nested.json()["error"]
+
+
+def test_silent_connections_are_dropped_and_cannot_hold_every_slot(
+    demo: DemoRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that opens connections and sends nothing held a thread and a file descriptor each, for ever:
+    now a connection is dropped after the socket timeout, and at most MAX_CONNECTIONS are served at once,
+    so the page stays reachable once the silent ones time out."""
+    from pipeline.outputs.web import server as web_server
+
+    monkeypatch.setattr(web_server._Handler, "timeout", 0.5)
+    monkeypatch.setattr(web_server, "MAX_CONNECTIONS", 2)
+    srv = ReviewServer(demo.state, demo.out).start()
+    try:
+        parts = urlsplit(srv.url)
+        silent = [socket.create_connection((parts.hostname, parts.port)) for _ in range(2)]
+        for s in silent:
+            s.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
+        started = time.monotonic()
+        assert get_json(srv.url, "/healthz")["status"] == "ok"  # served once a silent one is dropped
+        assert time.monotonic() - started < 8
+        for s in silent:
+            s.settimeout(5)
+            assert s.recv(1024) == b""  # closed by the server, without an answer to the half request
+            s.close()
+    finally:
+        srv.stop()

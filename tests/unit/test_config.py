@@ -239,3 +239,19 @@ def test_a_sink_without_kind_and_a_backoff_upside_down_say_what_to_write() -> No
         parse_config("sinks:\n  - {path: a.jsonl}\n", "x.yaml")
     with pytest.raises(ConfigError, match=r"x.yaml:3: defaults\.rtsp\.reconnect_initial_s: 60.0 is above"):
         parse_config("defaults:\n  rtsp:\n    reconnect_initial_s: 60\n    reconnect_max_s: 1\n", "x.yaml")
+
+
+def test_a_review_page_on_the_network_without_a_login_is_said(tmp_path: Path) -> None:
+    from pipeline.cli.validate import config_warnings
+
+    for host, login, said in (
+        ("0.0.0.0", False, True),
+        ("192.168.1.20", False, True),
+        ("0.0.0.0", True, False),
+        ("127.0.0.1", False, False),
+        ("localhost", False, False),
+    ):
+        auth = ", username: op, password: pw" if login else ""
+        cfg = parse_config(f"output_dir: {tmp_path}\nui: {{host: '{host}'{auth}}}\n")
+        warnings = [w for w in config_warnings(cfg) if "without a login" in w]
+        assert bool(warnings) is said, (host, login)

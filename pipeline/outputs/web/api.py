@@ -66,6 +66,8 @@ def _json_body(body: bytes) -> Any:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # the decoder recurses once per nesting level
+        raise ApiError(400, "body is not JSON this API takes: nested too deeply") from exc
 
 
 def _time_param(query: dict[str, list[str]], name: str) -> float | None:
@@ -188,10 +190,13 @@ class ReviewApi:
             media[kind] = None
             if isinstance(rel, str) and rel:
                 try:
-                    self.media_path(rel)
-                except ApiError:
+                    real = self.media_path(rel)
+                    version = real.stat().st_mtime_ns
+                except (ApiError, OSError):
                     continue
-                media[kind] = "/media/" + quote(rel)
+                # The snapshot and heatmap are rewritten in place as the peak rises and at the close: a URL
+                # that changes with the file makes the page fetch the new one (the server ignores the query).
+                media[kind] = f"/media/{quote(rel)}?v={version}"
         alert["media"] = media
         contributions = alert.get("contributions") or {}
         numeric = {k: v for k, v in contributions.items() if isinstance(v, int | float)}

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,7 +58,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")  # 18 digits: past any file; int() of more may refuse
 
 
 class ReviewServerError(RuntimeError):
@@ -93,13 +94,36 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+#: Connections served at once; more wait in the listen queue. A LAN host that opens connections and sends
+#: nothing would otherwise hold a thread and a file descriptor each, for ever, and the descriptors are the
+#: whole process's (snapshots, clips, sinks, cameras).
+MAX_CONNECTIONS = 32
+#: Seconds a connection may stay silent mid-request (or idle between kept-alive requests) before it is closed.
+SOCKET_TIMEOUT_S = 30.0
+
+
 class _ReviewHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], owner: ReviewServer) -> None:
         self.owner = owner
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._slots.acquire()  # on the accept thread: past the cap, new connections wait to be accepted
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("review server: error while serving %s", client_address)
@@ -112,6 +136,7 @@ class _ReviewHTTPServer6(_ReviewHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _ReviewHTTPServer
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S  # socketserver sets it on the connection: a silent client is dropped
     server_version = "zsad-review"
     sys_version = ""
 
@@ -369,8 +394,9 @@ class _Handler(BaseHTTPRequestHandler):
                         break
                     self.wfile.write(chunk)
                     left -= len(chunk)
-            except (BrokenPipeError, ConnectionResetError):
-                # Browsers routinely abort a video request once they have what they need.
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                # Browsers routinely abort a video request once they have what they need; a client that
+                # stops reading is dropped after the socket timeout.
                 self.close_connection = True
 
 
