@@ -592,6 +592,7 @@ class CameraGraph:
 
     def _set_null(self, cam: _Camera, cp: CameraPipeline) -> None:
         cp.pipeline.set_state(init_gstreamer().State.NULL)
+        cp.close()  # frees the pipeline: without it every rebuild leaked one, with its file descriptors
 
     def _teardown_async(self, cam: _Camera, cp: CameraPipeline) -> None:
         """Set a pipeline to NULL on a helper thread (a hung RTSP TEARDOWN must not block the loop)."""

@@ -306,6 +306,12 @@ class CameraPipeline:
         self._on_no_video = on_no_video
         self._video_linked = False
         self._display_sink: Any = None
+        # Every signal handler and probe that holds a bound method of this object: GObject keeps them
+        # alive from C, so the cycle pipeline -> element -> handler -> self is one Python's collector cannot
+        # see; close() cuts it (a camera that reconnects all day would otherwise leak a pipeline and its
+        # file descriptors per try).
+        self._handlers: list[tuple[Any, int]] = []
+        self._probes: list[tuple[Any, int]] = []
         self.pipeline = Gst.Pipeline.new(f"cam-{camera_id}")
         p = self.pipeline
         self._thread_nice = thread_nice
@@ -314,7 +320,7 @@ class CameraPipeline:
             # documented place to set a thread's priority.
             bus = p.get_bus()
             bus.enable_sync_message_emission()
-            bus.connect("sync-message::stream-status", self._on_stream_status)
+            self._connect(bus, "sync-message::stream-status", self._on_stream_status)
         sync = bool(realtime) and spec.kind in ("file", "loop")
 
         # Sampling first, so frames we drop are never converted or scaled.
@@ -347,8 +353,8 @@ class CameraPipeline:
             p.add(src)
             p.add(dec)
             link(src, dec)
-            dec.connect("pad-added", self._on_decoded_pad)
-            dec.connect("no-more-pads", self._on_no_more_pads)
+            self._connect(dec, "pad-added", self._on_decoded_pad)
+            self._connect(dec, "no-more-pads", self._on_no_more_pads)
         elif spec.kind == "rtsp":
             src = make(
                 "rtspsrc",
@@ -363,24 +369,41 @@ class CameraPipeline:
             p.add(src)
             p.add(dec)
             self._depay_sink = dec.get_static_pad("sink")
-            src.connect("pad-added", self._on_rtsp_pad)
-            dec.connect("pad-added", self._on_decoded_pad)
-            dec.connect("no-more-pads", self._on_no_more_pads)
+            self._connect(src, "pad-added", self._on_rtsp_pad)
+            self._connect(dec, "pad-added", self._on_decoded_pad)
+            self._connect(dec, "no-more-pads", self._on_no_more_pads)
         elif spec.kind == "http":
             dec = make("uridecodebin", "decode", uri=spec.location)
             p.add(dec)
-            dec.connect("pad-added", self._on_decoded_pad)
-            dec.connect("no-more-pads", self._on_no_more_pads)
+            self._connect(dec, "pad-added", self._on_decoded_pad)
+            self._connect(dec, "no-more-pads", self._on_no_more_pads)
         elif spec.kind == "v4l2":
             src = make("v4l2src", "src", device=spec.location)
             dec = make("decodebin", "decode")
             p.add(src)
             p.add(dec)
             link(src, dec)
-            dec.connect("pad-added", self._on_decoded_pad)
-            dec.connect("no-more-pads", self._on_no_more_pads)
+            self._connect(dec, "pad-added", self._on_decoded_pad)
+            self._connect(dec, "no-more-pads", self._on_no_more_pads)
         else:  # pragma: no cover - SourceSpec.kind is a closed set
             raise UnsupportedUriError(f"unknown source kind {spec.kind}")
+
+    def _connect(self, obj: Any, signal: str, handler: Callable[..., Any]) -> None:
+        self._handlers.append((obj, obj.connect(signal, handler)))
+
+    def close(self) -> None:
+        """Cut this object's ties to its pipeline once it is in NULL: disconnect every signal handler and
+        remove the probe, so the pipeline, its elements and their file descriptors can be freed. Idempotent;
+        the pipeline must not run again."""
+        handlers, self._handlers = self._handlers, []
+        probes, self._probes = self._probes, []
+        for obj, handler_id in handlers:
+            if obj.handler_is_connected(handler_id):
+                obj.disconnect(handler_id)
+        for pad, probe_id in probes:
+            pad.remove_probe(probe_id)
+        if self._thread_nice:
+            self.pipeline.get_bus().disable_sync_message_emission()
 
     def _add_branch(self, branch: str, size: FrameSize, sync: bool, *, queue: bool) -> Any:
         """Add ``[queue ->] videoscale -> videoconvert -> caps -> appsink``; return its first element."""
@@ -429,7 +452,7 @@ class CameraPipeline:
             self._display_sink = sink
         else:
             sink = make("appsink", f"{branch}-sink", emit_signals=True, max_buffers=2, drop=True, sync=sync)
-            sink.connect("new-sample", self._on_new_sample)
+            self._connect(sink, "new-sample", self._on_new_sample)
         elements.append(sink)
         for element in elements:
             self.pipeline.add(element)
@@ -438,7 +461,8 @@ class CameraPipeline:
             # Before the scale, on the thread that then runs scale, convert and the appsink callback: the
             # frame before this one has been handed to on_sample when the question is asked.
             scale = elements[1] if queue else elements[0]
-            scale.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, self._on_model_buffer)
+            pad = scale.get_static_pad("sink")
+            self._probes.append((pad, pad.add_probe(Gst.PadProbeType.BUFFER, self._on_model_buffer)))
         return elements[0]
 
     # Streaming-thread callbacks ---------------------------------------------------------------
