@@ -152,6 +152,7 @@ class _Camera:
         self.detail = ""
         self.since = time.monotonic()
         self.backoff_s = settings.rtsp.reconnect_initial_s
+        self.live_since: float | None = None  # when its current pipeline delivered its first frame
         self.retry_source: Any = None
         self.built_at = 0.0
         self.got_frame = False
@@ -623,8 +624,15 @@ class CameraGraph:
     def _schedule_reconnect(self, cam: _Camera, detail: str) -> None:
         GLib = load_typelib("GLib")
 
+        rtsp = cam.settings.rtsp
+        if cam.live_since is not None and time.monotonic() - cam.live_since >= rtsp.reconnect_max_s:
+            # It stayed up a while: this is a new outage, and its backoff starts afresh. A source that
+            # drops every connection after its first frame keeps backing off instead (it would otherwise
+            # be reconnected every second for ever).
+            cam.backoff_s = rtsp.reconnect_initial_s
+        cam.live_since = None
         delay = cam.backoff_s
-        cam.backoff_s = min(cam.backoff_s * 2.0, cam.settings.rtsp.reconnect_max_s)
+        cam.backoff_s = min(cam.backoff_s * 2.0, rtsp.reconnect_max_s)
         self._set_state(cam, "reconnecting", f"{detail}; retry in {delay:.1f} s")
 
         def retry(*_: Any) -> bool:
@@ -750,7 +758,7 @@ class CameraGraph:
         with cam.lock:
             if gen != cam.generation:
                 return
-        cam.backoff_s = cam.settings.rtsp.reconnect_initial_s
+        cam.live_since = time.monotonic()  # the backoff resets once it has stayed up (_schedule_reconnect)
         cam.start_retries = 0
         self._set_state(cam, "live")
 

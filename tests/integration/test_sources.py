@@ -537,6 +537,38 @@ def test_decode_nice_lowers_every_streaming_thread_but_not_the_caller(
         CameraGraph((64, 48), collector.on_frame, decode_nice=20)
 
 
+def test_a_source_that_drops_every_connection_after_its_first_frames_keeps_backing_off(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    """A server that serves a few frames and ends each connection (a session limit, a decoder error after
+    the first keyframe): the camera goes live each time, and used to reset its backoff on every first
+    frame, so it was reconnected every second for ever. The backoff now resets only after the camera stayed
+    up for reconnect_max_s, so here the waits double up to the cap."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(videos["fast"].parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{videos['fast'].name}"
+        rtsp = {"reconnect_initial_s": 0.1, "reconnect_max_s": 30.0}
+        g = CameraGraph(
+            (160, 120), collector.on_frame, collector.on_state, cameras=[camera("web", url, rtsp=rtsp)]
+        )
+        graphs.append(g)
+        g.start()
+
+        def waits() -> list[float]:
+            details = [d for c, st, d in list(collector.states) if c == "web" and st == "reconnecting"]
+            return [float(d.rsplit("retry in ", 1)[1].split(" ")[0]) for d in details]
+
+        wait_for(lambda: len(waits()) >= 4, timeout=30)
+        g.stop()
+        assert waits()[:4] == [0.1, 0.2, 0.4, 0.8]  # live in between each time, and still backing off
+        assert collector.count("web") >= 4 * 10
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_realtime_plays_a_file_at_its_native_rate(
     videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
 ) -> None:
