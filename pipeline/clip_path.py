@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -58,7 +58,8 @@ class ClipPath:
         on_result: ``on_result(clip, result)`` for every scored clip (the scheduler's thread).
         scheduler: the run's ``scheduler`` section (batch size, wait, per-camera queue bound).
         block: when a camera's queue is full, wait for room (files: back-pressure, no clip lost) instead of
-            dropping its oldest clip (live cameras: never hold the stream back).
+            dropping its oldest clip (live cameras: never hold the stream back). A bool for every camera, or
+            ``block(camera_id)`` per camera (a run of files with ``--fast`` beside live cameras).
         max_batch: the engines' largest batch, if smaller than ``scheduler.max_batch``.
     """
 
@@ -69,12 +70,12 @@ class ClipPath:
         on_result: ResultFn,
         *,
         scheduler: SchedulerConfig,
-        block: bool,
+        block: bool | Callable[[str], bool],
         max_batch: int | None = None,
     ) -> None:
         self.inference = inference
         self.assembler = assembler
-        self.block = block
+        self._blocks = block if callable(block) else (lambda _camera, b=bool(block): b)
         self.max_batch = min(scheduler.max_batch, max_batch) if max_batch else scheduler.max_batch
         if self.max_batch < scheduler.max_batch:
             log.info(
@@ -112,7 +113,7 @@ class ClipPath:
             if camera in self._renewed:
                 self._renewed.discard(camera)
                 self._fresh[id(clip)] = clip
-        if self.scheduler.submit(clip, block=self.block):
+        if self.scheduler.submit(clip, block=self._blocks(camera)):
             return True
         self.refused += 1
         return False

@@ -139,14 +139,15 @@ class Application:
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
         self._heap = heap.HeapKeeper()
-        # Clip assembly, batching and inference, as on the DeepStream graph; offline files wait for the
-        # scheduler (no clip lost), live cameras drop their oldest queued clip.
+        # Clip assembly, batching and inference, as on the DeepStream graph; files read as fast as possible
+        # wait for the scheduler (no clip lost), live cameras drop their oldest queued clip (a live
+        # stream cannot wait: its server would drop the session), also in a --fast run.
         self.clips = ClipPath(
             self.inference,
             ClipAssembler.from_config(pre),
             self._on_result,
             scheduler=cfg.scheduler,
-            block=not realtime,
+            block=lambda camera: not realtime and self._is_file(camera),
         )
         self.assembler = self.clips.assembler
         self.scheduler = self.clips.scheduler
@@ -281,6 +282,10 @@ class Application:
         self._wake.set()
 
     # -- callbacks (GStreamer and scheduler threads) ----------------------------------------------------
+
+    def _is_file(self, camera: str) -> bool:
+        cam = self.cameras.get(camera)
+        return cam is not None and cam.uri.split("://", 1)[0].lower() in ("file", "loop")
 
     def _on_frame(self, camera: str, pts: float, frame: Any) -> None:
         """Every sampled frame of ``camera``; ``frame`` None for one no clip holds (counted, not read)."""

@@ -251,3 +251,32 @@ def test_clips_assembled_before_a_camera_was_removed_are_stale_for_its_return() 
     assert path.is_stale(before)
     assert not path.is_stale(after)
     assert not path.is_stale(other)
+
+
+def test_the_clip_path_blocks_per_camera_when_told_so() -> None:
+    """A --fast run of files beside a live camera: the files wait for room in the scheduler (no clip lost);
+    the live camera never does (its server would drop the session), as the docs say of live cameras."""
+    from typing import Any, cast
+
+    from core.config import SchedulerConfig
+    from pipeline.clip_path import ClipPath
+
+    path = ClipPath(
+        cast(Any, None),
+        ClipAssembler(1, 1, 1),
+        lambda clip, result: None,
+        scheduler=SchedulerConfig(),
+        block=lambda camera: camera == "file-cam",
+    )
+    seen: list[tuple[str, bool]] = []
+    path.scheduler.submit = lambda clip, block=False: seen.append((clip.camera_id, block)) or True  # type: ignore[method-assign]
+    frame = np.zeros((4, 4, 3), np.uint8)
+    assert path.push("file-cam", 0.0, frame)
+    assert path.push("rtsp-cam", 0.0, frame)
+    assert seen == [("file-cam", True), ("rtsp-cam", False)]
+    every = ClipPath(
+        cast(Any, None), ClipAssembler(1, 1, 1), lambda c, r: None, scheduler=SchedulerConfig(), block=True
+    )
+    every.scheduler.submit = lambda clip, block=False: seen.append((clip.camera_id, block)) or True  # type: ignore[method-assign]
+    every.push("x", 0.0, frame)
+    assert seen[-1] == ("x", True)
