@@ -651,6 +651,17 @@ class CameraGraph:
         cam.retry_source = src
 
     def _on_bus(self, _bus: Any, msg: Any, cam: _Camera, gen: int) -> bool:
+        # A GLib watch whose callback raises is removed without a word: this camera would never hear of
+        # an error or an EOS again. A bug here fails the camera, loudly; the watch is then stale anyway.
+        try:
+            return self._handle_bus(msg, cam, gen)
+        except Exception as exc:
+            log.exception("camera %s: handling a pipeline message failed", cam.id)
+            self._discard_pipeline(cam)
+            self._set_state(cam, "failed", f"handling a pipeline message failed: {exc}")
+            return False
+
+    def _handle_bus(self, msg: Any, cam: _Camera, gen: int) -> bool:
         Gst = init_gstreamer()
         with cam.lock:
             if gen != cam.generation:
@@ -693,7 +704,7 @@ class CameraGraph:
                 return
             # Not seekable after all: rebuild from scratch.
             self._discard_pipeline(cam)
-            self._build(cam)
+            self._build_guarded(cam)
             return
         if cam.spec.kind == "file":
             self._discard_pipeline(cam)
@@ -707,6 +718,15 @@ class CameraGraph:
         return own if own is not None else self.stall_timeout_s
 
     def _check_stalls(self, *_: Any) -> bool:
+        # The watchdog of every camera: a callback that raised would be removed by GLib, and no stalled
+        # camera would be noticed again.
+        try:
+            self._check_stalls_once()
+        except Exception:
+            log.exception("the stall watchdog failed; it keeps running")
+        return True
+
+    def _check_stalls_once(self) -> None:
         now = time.monotonic()
         with self._lock:
             cams = list(self._cams.values())
@@ -723,7 +743,6 @@ class CameraGraph:
             elif not started and now - ref > self.start_timeout_s:
                 # Files are never stall-checked once playing: back-pressure from inference pauses them.
                 self._on_start_timeout(cam, gen)
-        return True
 
     def _on_start_timeout(self, cam: _Camera, gen: int) -> None:
         """A file or loop camera with neither a frame nor an error since it was built: rebuild, then fail."""

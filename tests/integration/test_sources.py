@@ -744,3 +744,44 @@ def test_a_pipeline_set_to_null_and_closed_is_freed_with_its_file_descriptors(
     gc.collect()
     assert [r() for r in refs] == [None] * 10
     assert fds() <= before + 2  # without close(): about 40 more, and every pipeline still alive
+
+
+def test_a_failing_message_handler_fails_its_camera_loudly_and_the_watchdog_survives_a_bug(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph], caplog: pytest.LogCaptureFixture
+) -> None:
+    """GLib removes a watch whose callback raises, without a word: a bug in one camera's message handling
+    left it deaf to its errors and EOS, and one in the stall watchdog stopped it for every camera. Fault
+    injected into the graph's own handlers (a bug, not a GStreamer double)."""
+    g = CameraGraph(
+        (32, 32),
+        collector.on_frame,
+        collector.on_state,
+        cameras=[camera("bad", f"file://{videos['v25']}"), camera("good", f"file://{videos['v25']}")],
+    )
+    graphs.append(g)
+    handle = g._handle_bus
+
+    def buggy(msg: Any, cam: Any, gen: int) -> bool:
+        if cam.id == "bad":
+            raise RuntimeError("a bug")
+        return handle(msg, cam, gen)
+
+    g._handle_bus = buggy  # type: ignore[method-assign]
+    stalls = g._check_stalls_once
+    calls = {"n": 0}
+
+    def flaky_watchdog() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a watchdog bug")
+        stalls()
+
+    g._check_stalls_once = flaky_watchdog  # type: ignore[method-assign]
+    g.start()
+    wait_for(lambda: g.states() == {"bad": "failed", "good": "eos"}, timeout=20)
+    assert any(
+        c == "bad" and "handling a pipeline message failed: a bug" in d for c, s, d in collector.states
+    )
+    wait_for(lambda: calls["n"] >= 2, timeout=20)  # the watchdog ran again after its first call raised
+    assert "the stall watchdog failed; it keeps running" in caplog.text
+    g.stop()
