@@ -84,6 +84,8 @@ quick (one thread serves every camera) and must not call back into the graph (``
 ``stop``): those wait for the drain that is calling it."""
 
 _WATCHDOG_MS = 250
+#: How many stall timeouts a live camera's new pipeline gets for its first frame.
+FIRST_FRAME_FACTOR = 3.0
 _DISPLAY_POLL_S = 0.04  # longest wait between two drains of the display appsinks
 _DISPLAY_POLL_MIN_S = 0.002
 _CALL_TIMEOUT_S = 30.0
@@ -713,9 +715,11 @@ class CameraGraph:
         self._on_failure(cam, gen, "end of stream", recoverable=True)
 
     def _stall_timeout(self, cam: _Camera) -> float:
-        """The camera's own stall timeout when its config sets one, else the graph's."""
+        """The camera's own stall timeout when its config sets one, else the graph's; at least two of its
+        sampled frames' spacing (a camera sampled slowly is not stalled between two frames)."""
         own = cam.settings.rtsp.stall_timeout_s
-        return own if own is not None else self.stall_timeout_s
+        timeout = own if own is not None else self.stall_timeout_s
+        return max(timeout, 2.0 / cam.settings.sampling.fps)
 
     def _check_stalls(self, *_: Any) -> bool:
         # The watchdog of every camera: a callback that raised would be removed by GLib, and no stalled
@@ -738,7 +742,10 @@ class CameraGraph:
                 ref = cam.last_frame_at if cam.got_frame and cam.last_frame_at is not None else cam.built_at
                 gen = cam.generation
             if cam.spec.reconnects:
-                if now - ref > self._stall_timeout(cam):
+                # The first frame gets longer: a connect, and a camera that sends a keyframe only every few
+                # seconds (long GOPs, "smart" codecs), come before it; after it, the stall timeout applies.
+                limit = self._stall_timeout(cam) * (1.0 if started else FIRST_FRAME_FACTOR)
+                if now - ref > limit:
                     self._on_failure(cam, gen, f"no frame for {now - ref:.1f} s (stalled)", recoverable=True)
             elif not started and now - ref > self.start_timeout_s:
                 # Files are never stall-checked once playing: back-pressure from inference pauses them.

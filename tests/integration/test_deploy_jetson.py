@@ -105,7 +105,7 @@ def test_compose_services() -> None:
     for service in (jetson, x86):
         assert "engines:/var/lib/zsad/engines" in service["volumes"]
         assert service["network_mode"] == "host"
-        # Time for a clean stop (sinks flush up to 10 s, then the graph and clips): Docker's 10 s is too short.
+        # Time for a clean stop (sinks flush up to 10 s, then the graph and clips): Docker's 10 s is short.
         assert int(service["stop_grace_period"].removesuffix("s")) >= 30
         dockerfile_args = set(
             re.findall(r"^ARG (\w+)", (REPO / service["build"]["dockerfile"]).read_text(), re.M)

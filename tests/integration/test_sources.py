@@ -785,3 +785,16 @@ def test_a_failing_message_handler_fails_its_camera_loudly_and_the_watchdog_surv
     wait_for(lambda: calls["n"] >= 2, timeout=20)  # the watchdog ran again after its first call raised
     assert "the stall watchdog failed; it keeps running" in caplog.text
     g.stop()
+
+
+def test_a_slowly_sampled_camera_is_not_called_stalled_between_two_frames(
+    collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    """A camera sampled at 0.2 fps delivers a frame every 5 s: a 1 s stall timeout would reconnect it
+    between every two frames, so the timeout is at least two frames' spacing."""
+    slow = camera("slow", "rtsp://127.0.0.1:9/none", fps=0.2, rtsp={"stall_timeout_s": 1.0})
+    quick = camera("quick", "rtsp://127.0.0.1:9/none", fps=10.0, rtsp={"stall_timeout_s": 1.0})
+    g = CameraGraph((32, 32), collector.on_frame, cameras=[slow, quick])
+    graphs.append(g)
+    assert g._stall_timeout(g._cams["slow"]) == pytest.approx(10.0)
+    assert g._stall_timeout(g._cams["quick"]) == pytest.approx(1.0)
