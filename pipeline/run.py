@@ -159,6 +159,7 @@ class Application:
             realtime=realtime,
             display_size=DISPLAY_SIZE,
             on_display_frame=self._on_display_frame,
+            on_loop=self.clips.restart,
             decode_nice=cfg.scheduler.decode_nice,
             # Frames no clip holds (every other one at frame_stride 2) are counted but never scaled or read.
             wants_frame=self.assembler.wants_next,

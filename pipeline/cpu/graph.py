@@ -194,6 +194,8 @@ class CameraGraph:
             ``on_display_frame`` with the same ``pts_s`` as the model-size frame (for a source whose
             buffers carry no timestamps, both are arrival times, and the display frame's is when it was
             pulled, up to ``_DISPLAY_POLL_S`` later).
+        on_loop: ``on_loop(camera_id)`` when a ``loop://`` camera starts its file again (loop thread),
+            before the new pass's first frame: the run restarts the camera's clips and history there.
         on_display_frame: receives display-size frames (see :data:`DisplayFn`); required when
             ``display_size`` is set.
         decode_nice: nice value of every camera's streaming threads (decode, scaling, the frame
@@ -218,6 +220,7 @@ class CameraGraph:
         decode_nice: int = 0,
         cwd: Path | None = None,
         wants_frame: WantsFn | None = None,
+        on_loop: Callable[[str], None] | None = None,
     ) -> None:
         if stall_timeout_s <= 0:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
@@ -237,6 +240,7 @@ class CameraGraph:
         self._wants_frame = wants_frame
         self._on_state = on_state
         self._on_display = on_display_frame
+        self._on_loop = on_loop
         self._cwd = cwd
         self._lock = threading.Lock()
         self._cams: dict[str, _Camera] = {}
@@ -700,6 +704,12 @@ class CameraGraph:
                 with cam.lock:
                     cam.in_total += frames_in
                     cam.sampled_total += sampled
+            if self._on_loop is not None:
+                # Before the new pass's first frame: no clip may span the cut, and the history restarts.
+                try:
+                    self._on_loop(cam.id)
+                except Exception:
+                    log.exception("on_loop callback failed for camera %s", cam.id)
             if cp is not None and cp.pipeline.seek_simple(
                 Gst.Format.TIME, Gst.SeekFlags.FLUSH | Gst.SeekFlags.KEY_UNIT, 0
             ):

@@ -798,3 +798,23 @@ def test_a_slowly_sampled_camera_is_not_called_stalled_between_two_frames(
     graphs.append(g)
     assert g._stall_timeout(g._cams["slow"]) == pytest.approx(10.0)
     assert g._stall_timeout(g._cams["quick"]) == pytest.approx(1.0)
+
+
+def test_a_looping_file_says_when_it_starts_again(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
+) -> None:
+    """At each loop the run restarts the camera's clips (ClipPath.restart), so no clip spans the cut
+    from the file's end to its start: the graph says when, before the new pass's first frame."""
+    loops: list[tuple[str, int]] = []
+    g = CameraGraph(
+        (32, 32),
+        collector.on_frame,
+        cameras=[camera("lp", f"loop://{videos['v25']}")],
+        on_loop=lambda cid: loops.append((cid, collector.count("lp"))),
+    )
+    graphs.append(g)
+    g.start()
+    wait_for(lambda: len(loops) >= 2, timeout=30)
+    g.stop()
+    assert [cid for cid, _ in loops[:2]] == ["lp", "lp"]
+    assert 0 < loops[0][1] < loops[1][1]  # after a pass's frames, before the next pass's
