@@ -113,7 +113,7 @@ class ClipPath:
             if camera in self._renewed:
                 self._renewed.discard(camera)
                 self._fresh[id(clip)] = clip
-        if self.scheduler.submit(clip, block=self._blocks(camera)):
+        if self.scheduler.submit(clip, block=self.blocks(camera)):
             return True
         self.refused += 1
         return False
@@ -142,6 +142,10 @@ class ClipPath:
             self._forgotten_at[camera] = time.monotonic()
             # A first clip of an earlier return that was dropped unscored: never scored, so not wanted.
             self._fresh = {k: c for k, c in self._fresh.items() if c.camera_id != camera}
+
+    def blocks(self, camera: str) -> bool:
+        """Whether ``camera``'s clips wait for room in the scheduler (True) or drop its oldest (False)."""
+        return self._blocks(camera)
 
     def is_stale(self, clip: Clip) -> bool:
         """Whether ``clip`` was assembled before its camera was last removed (:meth:`forget`): a clip of a

@@ -137,7 +137,8 @@ def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_p
     cfg = config(engines_dir, tmp_path / "run", scheduler={"queue_size": 64})
     pyds = PydsTestDouble()
     app = DeepStreamApp(cfg, load_engines(cfg), pyds, jetson=True)
-    assert app.clips.block is False  # an RTSP camera: the graph is live, a full queue drops its oldest clip
+    # An RTSP camera: the graph is live, a full queue drops its oldest clip.
+    assert app.clips.blocks(cfg.cameras[0].id) is False
     app.start()
     rng = np.random.default_rng(0)
     for n in range(40):

@@ -422,7 +422,8 @@ def test_stand_in_graph_scores_clips_like_the_cpu_graph(world: dict[str, Path], 
     pyds = PydsTestDouble()
     engines = load_engines(cfg)
     app = DeepStreamApp(cfg, engines, pyds, jetson=False)
-    assert app.clips.block  # files only: the score branch waits for the clip path, no clip is dropped
+    # Files only: the score branch waits for the clip path, no clip is dropped.
+    assert all(app.clips.blocks(c.id) for c in cfg.cameras)
     plan = with_stand_ins(
         plan_graph(cfg, render_all(cfg, tmp_path / "ds" / "deepstream"), engines.frame_size)
     )
