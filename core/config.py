@@ -347,6 +347,10 @@ class RtspOptions(_Strict):
     @model_validator(mode="after")
     def _backoff_order(self) -> RtspOptions:
         if self.reconnect_initial_s > self.reconnect_max_s:
+            if "reconnect_initial_s" not in self.model_fields_set:
+                # Only the cap was set, below the default first wait: the backoff is the cap throughout.
+                self.reconnect_initial_s = self.reconnect_max_s
+                return self
             raise _at(
                 "reconnect_initial_s",
                 f"{self.reconnect_initial_s} is above reconnect_max_s {self.reconnect_max_s}: the backoff "
@@ -1097,16 +1101,22 @@ def _compose(text: str, path: str) -> tuple[yaml.Node | None, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(path, [(1, "", f"top level must be a mapping, got {type(data).__name__}")])
-    duplicates = _duplicate_keys(root, ())
+    duplicates = _duplicate_keys(root, (), set())
     if duplicates:
         raise ConfigError(path, duplicates)
     return root, data
 
 
-def _duplicate_keys(node: yaml.Node | None, loc: tuple[int | str, ...]) -> list[tuple[int | None, str, str]]:
+def _duplicate_keys(
+    node: yaml.Node | None, loc: tuple[int | str, ...], seen: set[int]
+) -> list[tuple[int | None, str, str]]:
     """Every key given twice in one mapping (YAML keeps the last silently; a config that says ``fps`` twice
-    is a mistake either way), at the line of its second occurrence."""
+    is a mistake either way), at the line of its second occurrence. ``seen``: the nodes already walked (an
+    alias is the same node again, and may refer to itself)."""
     problems: list[tuple[int | None, str, str]] = []
+    if node is None or id(node) in seen:
+        return problems
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[Any, int] = {}
         for k_node, v_node in node.value:
@@ -1121,10 +1131,10 @@ def _duplicate_keys(node: yaml.Node | None, loc: tuple[int | str, ...]) -> list[
                 )
             elif isinstance(k_node, yaml.ScalarNode):
                 first[key] = k_node.start_mark.line + 1
-            problems += _duplicate_keys(v_node, (*loc, key))
+            problems += _duplicate_keys(v_node, (*loc, key), seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            problems += _duplicate_keys(item, (*loc, i))
+            problems += _duplicate_keys(item, (*loc, i), seen)
     return problems
 
 

@@ -223,36 +223,45 @@ class RunOutputs:
             raise _output_dir_error(self.out, exc) from exc
         except ValueError as exc:  # two sinks with one destination
             raise RunOutputsError(f"sinks: {exc}") from exc
-        self.gate = StreamGate.load(gate_path) if gate_path else StreamGate.uniform()
-        self.alerts: dict[str, CameraAlerts] = {}
-        self._shut = False  # set by shutdown(): no scored clip is taken after it
-        self.recorders: dict[str, EventRecorder] = {}
-        #: The cameras' masks and learned levels; give it to the ``ClipScorer`` (``filters=``).
-        self.filters = CellFilters()
-        self._settings: dict[str, CameraSettings] = {}
-        self._zoning: dict[str, ZoneSettings] = {}  # in force: the config's with the overrides file merged
-        self._overridden: dict[str, list[str]] = {}  # keys the overrides file sets
-        self._view_zones: dict[str, ViewZones] = {}
-        self._levels: dict[str, dict[str, np.ndarray] | None] = {}
-        # Per camera and stream, the calibration location that cells known to be normal are capped at.
-        self._floors: dict[str, dict[str, float]] = {}
-        self._stores: dict[str, LearnedStore | None] = {}
-        self._grids: dict[str, tuple[int, int]] = {}
-        self._zones_lock = threading.RLock()  # zone changes (web server, main thread)
-        self._learn_lock = threading.Lock()  # label learning (web server threads)
-        self.run_state = RunState(self.out)
-        self.run_state.load_existing()
-        self.run_state.add_label_listener(self._label_changed)
         try:
-            self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
-        except OSError as exc:
-            raise RunOutputsError(f"{exc.filename} cannot be written: {exc.strerror or exc}") from exc
-        self._lock = threading.Lock()  # the score log
-        # Serialises a camera's alert updates (scheduler or probe thread) with its removal (main thread).
-        self._cameras_lock = threading.RLock()
-        self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
-        for cam in cfg.enabled_cameras():
-            self.add_camera(cam)
+            self.gate = StreamGate.load(gate_path) if gate_path else StreamGate.uniform()
+            self.alerts: dict[str, CameraAlerts] = {}
+            self._shut = False  # set by shutdown(): no scored clip is taken after it
+            self.recorders: dict[str, EventRecorder] = {}
+            #: The cameras' masks and learned levels; give it to the ``ClipScorer`` (``filters=``).
+            self.filters = CellFilters()
+            self._settings: dict[str, CameraSettings] = {}
+            self._zoning: dict[
+                str, ZoneSettings
+            ] = {}  # in force: the config's with the overrides file merged
+            self._overridden: dict[str, list[str]] = {}  # keys the overrides file sets
+            self._view_zones: dict[str, ViewZones] = {}
+            self._levels: dict[str, dict[str, np.ndarray] | None] = {}
+            # Per camera and stream, the calibration location that cells known to be normal are capped at.
+            self._floors: dict[str, dict[str, float]] = {}
+            self._stores: dict[str, LearnedStore | None] = {}
+            self._grids: dict[str, tuple[int, int]] = {}
+            self._zones_lock = threading.RLock()  # zone changes (web server, main thread)
+            self._learn_lock = threading.Lock()  # label learning (web server threads)
+            self.run_state = RunState(self.out)
+            self.run_state.load_existing()
+            self.run_state.add_label_listener(self._label_changed)
+            try:
+                self._scores = (self.out / "scores.jsonl").open("a", encoding="utf-8")
+            except OSError as exc:
+                raise RunOutputsError(f"{exc.filename} cannot be written: {exc.strerror or exc}") from exc
+            self._lock = threading.Lock()  # the score log
+            # Serialises a camera's alert updates (scheduler or probe thread) with its removal (main thread).
+            self._cameras_lock = threading.RLock()
+            self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
+            for cam in cfg.enabled_cameras():
+                self.add_camera(cam)
+        except BaseException:
+            # Nothing else will close them: release the sinks' spools (their locks), so that the caller
+            # may try again on this output_dir within the same process.
+            for sink in self.sinks.sinks:
+                sink.spool.close()
+            raise
 
     # -- cameras ----------------------------------------------------------------------------------------
 

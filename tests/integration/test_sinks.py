@@ -233,8 +233,9 @@ def test_webhook_retries_503_then_delivers_all_in_order(tmp_path: Path) -> None:
         hook.close()
 
 
-def test_webhook_4xx_dead_letters_and_moves_on(tmp_path: Path) -> None:
-    hook = Hook(status_for=lambda body: 400 if body["alert_id"] == "id-001" else 200)
+@pytest.mark.parametrize("code", [400, 409, 422])
+def test_webhook_4xx_dead_letters_and_moves_on(tmp_path: Path, code: int) -> None:
+    hook = Hook(status_for=lambda body: code if body["alert_id"] == "id-001" else 200)
     try:
         sink = HttpWebhookSink("w", tmp_path / "spool", url=hook.url, **FAST).start()
         for i in range(3):
@@ -243,7 +244,7 @@ def test_webhook_4xx_dead_letters_and_moves_on(tmp_path: Path) -> None:
         assert [a["alert_id"] for a in hook.accepted()] == ["id-000", "id-002"]
         dead = list((tmp_path / "spool" / "dead").iterdir())
         assert len(dead) == 1
-        assert "HTTP 400" in json.loads(dead[0].read_text())["reason"]
+        assert f"HTTP {code}" in json.loads(dead[0].read_text())["reason"]
         assert sink.close(1.0) == 0
     finally:
         hook.close()
@@ -251,7 +252,7 @@ def test_webhook_4xx_dead_letters_and_moves_on(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("code", [404, 401, 403])
 def test_an_endpoint_that_refuses_every_request_keeps_the_records_until_it_is_back(
-    tmp_path: Path, code: int
+    tmp_path: Path, code: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A route gone while its backend restarts (404), a rotated token (401, 403): the endpoint refuses,
     not the record. Nothing is dead-lettered; every record is delivered, in order, once it accepts again."""
@@ -265,6 +266,13 @@ def test_an_endpoint_that_refuses_every_request_keeps_the_records_until_it_is_ba
         wait_until(lambda: sink._failures >= 3, what="refused requests retried")
         assert sink.pending == 5
         assert not (tmp_path / "spool" / "dead").exists()
+        # Said once for the streak, not on every retry (the backoff's own escalation follows).
+        said = [
+            r
+            for r in caplog.records
+            if r.name.endswith("webhook") and "refused the request" in r.getMessage()
+        ]
+        assert len(said) == 1
         refusing.clear()
         wait_until(lambda: len(hook.accepted()) >= 5, what="5 accepted posts")
         assert sink.close(1.0) == 0

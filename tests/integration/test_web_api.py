@@ -713,8 +713,9 @@ def test_silent_connections_are_dropped_and_cannot_hold_every_slot(
     demo: DemoRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A host that opens connections and sends nothing held a thread and a file descriptor each, for ever:
-    now a connection is dropped after the socket timeout, and at most MAX_CONNECTIONS are served at once,
-    so the page stays reachable once the silent ones time out."""
+    now a connection is dropped after the socket timeout, and past MAX_CONNECTIONS a new one is closed at
+    once (the accept thread never waits, so stopping the server never hangs on it); the page is reachable
+    again once the silent ones time out."""
     from pipeline.outputs.web import server as web_server
 
     monkeypatch.setattr(web_server._Handler, "timeout", 0.5)
@@ -726,11 +727,37 @@ def test_silent_connections_are_dropped_and_cannot_hold_every_slot(
         for s in silent:
             s.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
         started = time.monotonic()
-        assert get_json(srv.url, "/healthz")["status"] == "ok"  # served once a silent one is dropped
-        assert time.monotonic() - started < 8
+
+        def healthz() -> bool:
+            try:
+                return request(srv.url, "GET", "/healthz").status == 200
+            except (ConnectionError, http.client.HTTPException):
+                return False  # closed at once while both slots are held
+
+        while not healthz():
+            assert time.monotonic() - started < 8, "the page stayed unreachable"
+            time.sleep(0.05)
         for s in silent:
             s.settimeout(5)
             assert s.recv(1024) == b""  # closed by the server, without an answer to the half request
             s.close()
     finally:
         srv.stop()
+
+
+def test_stopping_the_server_never_waits_for_a_connection_past_the_cap(
+    demo: DemoRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.outputs.web import server as web_server
+
+    monkeypatch.setattr(web_server, "MAX_CONNECTIONS", 1)
+    srv = ReviewServer(demo.state, demo.out).start()
+    parts = urlsplit(srv.url)
+    held = [
+        socket.create_connection((parts.hostname, parts.port)) for _ in range(3)
+    ]  # 1 served, 2 past the cap
+    started = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - started < 5
+    for s in held:
+        s.close()

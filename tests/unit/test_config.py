@@ -255,3 +255,13 @@ def test_a_review_page_on_the_network_without_a_login_is_said(tmp_path: Path) ->
         cfg = parse_config(f"output_dir: {tmp_path}\nui: {{host: '{host}'{auth}}}\n")
         warnings = [w for w in config_warnings(cfg) if "without a login" in w]
         assert bool(warnings) is said, (host, login)
+
+
+def test_a_self_referring_yaml_alias_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        parse_config("defaults: &d {x: *d}\n")
+
+
+def test_a_reconnect_cap_below_the_default_first_wait_is_the_wait_throughout() -> None:
+    rtsp = parse_config("defaults:\n  rtsp: {reconnect_max_s: 0.5}\n").defaults.rtsp
+    assert (rtsp.reconnect_initial_s, rtsp.reconnect_max_s) == (0.5, 0.5)

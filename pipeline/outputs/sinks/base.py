@@ -213,6 +213,8 @@ class Sink(abc.ABC):
                 self._on_failure(f"{type(exc).__name__}: {exc}", None)
             else:
                 self.spool.ack(entry.seq)
+                if self.spool.memory_only:  # the disk refused them earlier: off the scoring thread, now
+                    self.spool.persist()
                 self.delivered += 1
                 if self.metrics is not None:
                     self.metrics.sink_delivered.inc(sink=self.name)

@@ -67,11 +67,12 @@ class MqttBrokerSink(Sink):
         ack_timeout_s: float = 10.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(name, spool_dir, **kwargs)
+        # Checked before the spool is opened (and locked): a refused sink leaves nothing held.
         if qos not in (1, 2):  # qos 0 has no acknowledgement: a record could leave the spool unreceived
             raise ValueError(f"MQTT qos must be 1 or 2, got {qos}")
         if ca_file is not None and not Path(ca_file).is_file():
             raise FileNotFoundError(f"MQTT ca_file {ca_file} does not exist")
+        super().__init__(name, spool_dir, **kwargs)
         self.host = host
         self.port = port
         self.topic = topic

@@ -77,6 +77,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Memory-only records an append writes out beside its own once the disk takes writes again.
+PERSIST_PER_APPEND = 4
+
+
 class Spool:
     """FIFO of JSON-serialisable dicts in ``directory``; thread-safe."""
 
@@ -96,7 +100,18 @@ class Spool:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(self.directory / ".lock", "ab")  # noqa: SIM115 - held while the spool is open
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    raise
+                # A file system without locks (NFS mounted nolock, some FUSE or CIFS mounts): run unlocked.
+                log.warning(
+                    "spool %s: the file system cannot lock it (%s): make sure no other zsad run uses this "
+                    "output_dir",
+                    self.directory,
+                    exc.strerror or exc,
+                )
             names = sorted(p.name for p in self.directory.iterdir())
         except OSError as exc:
             self.close()
@@ -160,9 +175,12 @@ class Spool:
                 if self._failing:
                     log.info("spool %s: writing to disk again", self.directory)
                     self._failing = False
-                    self._persist_locked()
             # On disk: read back when it is the oldest (peek), not held here for the whole outage.
             self._items[seq] = None if seq in self._on_disk else dict(record)
+            if seq in self._on_disk and len(self._items) > len(self._on_disk):
+                # Records the disk refused earlier, a few at a time: append runs on the scoring thread
+                # (the sink's worker and its close write the rest, persist()).
+                self._persist_locked(limit=PERSIST_PER_APPEND)
             self._lock.notify_all()
             return seq
 
@@ -178,16 +196,22 @@ class Spool:
             self._persist_locked()
             return len(self._items) - len(self._on_disk)
 
-    def _persist_locked(self) -> None:
+    def _persist_locked(self, limit: int | None = None) -> None:
+        written = 0
         for seq, record in list(self._items.items()):
             if seq in self._on_disk or record is None:
                 continue
+            if limit is not None and written >= limit:
+                return
+            written += 1
             try:
                 self._write(seq, json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8"))
             except OSError as exc:
-                log.error(
-                    "spool %s: still cannot write record %d: %s", self.directory, seq, exc.strerror or exc
-                )
+                if not self._failing:  # once per streak, as append says it
+                    log.error(
+                        "spool %s: still cannot write record %d: %s", self.directory, seq, exc.strerror or exc
+                    )
+                self._failing = True
                 return
             self._on_disk.add(seq)
 

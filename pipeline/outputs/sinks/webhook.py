@@ -3,9 +3,9 @@
 * 2xx: delivered.
 * 408, 429 (honouring ``Retry-After``), 5xx, timeouts, connection errors: retried with backoff; the record
   stays in the spool. A retry after the request may have been processed is marked ``redelivered``.
-* 400, 413, 415, 422: the receiver refused *this record* (its content, size or type): refused permanently;
-  the record moves to the dead-letter folder and an error is logged, so one bad record cannot block the
-  queue forever.
+* 400, 409, 413, 415, 422: the receiver refused *this record* (its content, size or type, a conflict):
+  refused permanently; the record moves to the dead-letter folder and an error is logged, so one bad
+  record cannot block the queue forever.
 * Any other 4xx (401, 403, 404, 405, 407, 410, ...) and 3xx (redirects are not followed: a POST must not
   silently turn into a GET): the *endpoint* refused, whatever the record: a route that is gone while its
   backend restarts, a rotated token, a site moved to HTTPS. Every record would be refused alike, so none is
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_CODES = {408, 429}
 #: Refusals of the record itself (its content, size or media type); any other 4xx or 3xx is the endpoint's.
-_RECORD_REFUSALS = {400, 413, 415, 422}
+_RECORD_REFUSALS = {400, 409, 413, 415, 422}  # 409: a conflict with this record (often a duplicate)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -73,9 +73,10 @@ class HttpWebhookSink(Sink):
         headers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(name, spool_dir, **kwargs)
+        # Checked before the spool is opened (and locked): a refused sink leaves nothing held.
         if not url.lower().startswith(("http://", "https://")):
             raise ValueError(f"webhook URL must be http(s)://, got {redact_uri(url)}")
+        super().__init__(name, spool_dir, **kwargs)
         self.url = url
         self.timeout_s = timeout_s
         self.verify_tls = verify_tls
@@ -114,14 +115,16 @@ class HttpWebhookSink(Sink):
             if code in _RECORD_REFUSALS:
                 raise PermanentDeliveryError(f"{where} refused the record: HTTP {code} {exc.reason}") from exc
             # Not processed (no maybe_delivered): the endpoint refuses every record alike until it is fixed.
-            log.error(
-                "sink %s: %s refused the request: HTTP %d %s (the URL, its credentials or the server's "
-                "route); records stay in the spool and are retried",
-                self.name,
-                where,
-                code,
-                exc.reason,
-            )
+            # Said once per streak of failures; the worker's backoff escalates it after that.
+            if self._failures == 0:
+                log.error(
+                    "sink %s: %s refused the request: HTTP %d %s (the URL, its credentials or the server's "
+                    "route); records stay in the spool and are retried",
+                    self.name,
+                    where,
+                    code,
+                    exc.reason,
+                )
             raise DeliveryError(f"{where} refused the request: HTTP {code} {exc.reason}") from exc
         except urllib.error.URLError as exc:
             reason = exc.reason

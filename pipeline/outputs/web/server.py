@@ -94,7 +94,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-#: Connections served at once; more wait in the listen queue. A LAN host that opens connections and sends
+#: Connections served at once; more are closed as they come. A LAN host that opens connections and sends
 #: nothing would otherwise hold a thread and a file descriptor each, for ever, and the descriptors are the
 #: whole process's (snapshots, clips, sinks, cameras).
 MAX_CONNECTIONS = 32
@@ -112,7 +112,14 @@ class _ReviewHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        self._slots.acquire()  # on the accept thread: past the cap, new connections wait to be accepted
+        # On the accept thread, which must never wait (shutdown() waits for it): past the cap a new
+        # connection is closed at once; the page's next poll retries.
+        if not self._slots.acquire(blocking=False):
+            log.debug(
+                "review server: %d connections open, closing one from %s", MAX_CONNECTIONS, client_address
+            )
+            self.shutdown_request(request)
+            return
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -253,7 +260,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_error(413, f"body larger than {limit} bytes", api=True)
             return
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:  # a body that stopped coming: nothing to answer
+            self.close_connection = True
+            return
         if not self._host_allowed():
             self._send_error(421, "unknown Host for a loopback-only server", api=True)
             return
