@@ -231,9 +231,8 @@ class RunOutputs:
             #: The cameras' masks and learned levels; give it to the ``ClipScorer`` (``filters=``).
             self.filters = CellFilters()
             self._settings: dict[str, CameraSettings] = {}
-            self._zoning: dict[
-                str, ZoneSettings
-            ] = {}  # in force: the config's with the overrides file merged
+            # In force: the config's zones with the overrides file merged.
+            self._zoning: dict[str, ZoneSettings] = {}
             self._overridden: dict[str, list[str]] = {}  # keys the overrides file sets
             self._view_zones: dict[str, ViewZones] = {}
             self._levels: dict[str, dict[str, np.ndarray] | None] = {}

@@ -14,8 +14,9 @@ already, so the sink marks them ``redelivered``.
 
 If the disk refuses a write (full, read-only), the record is kept in memory instead (delivered in order,
 but lost on a crash), an error is logged once per failure streak and :attr:`Spool.write_errors` counts it.
-The next write that succeeds writes those records out too (:meth:`Spool.persist`, also tried when the sink
-closes), so a disk that was full for a while loses nothing once it has room again. Records on disk are not
+Once the disk takes writes again, each append writes a few of those records out beside its own, and the
+sink's worker and its close write the rest (:meth:`Spool.persist`), so a disk that was full for a while
+loses nothing once it has room again. Records on disk are not
 kept in memory: a receiver down for days costs disk, not RAM (only the oldest, being delivered, is loaded).
 
 One process at a time: the directory is locked (``flock`` on ``.lock``) while a :class:`Spool` is open, and a
@@ -77,6 +78,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _encode(record: Mapping[str, Any]) -> bytes:
+    """A record as the bytes of its spool file (compact JSON; NaN refused)."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
 #: Memory-only records an append writes out beside its own once the disk takes writes again.
 PERSIST_PER_APPEND = 4
 
@@ -94,9 +100,8 @@ class Spool:
         self._recovered: set[int] = set()
         self._attempted: set[int] = set()
         self._failing = False
-        self._lock_file: IO[bytes] | None = (
-            None  # closed (and the lock released) by close() or when collected
-        )
+        # Closed (and the lock released) by close(), or when the spool is collected.
+        self._lock_file: IO[bytes] | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(self.directory / ".lock", "ab")  # noqa: SIM115 - held while the spool is open
@@ -154,7 +159,7 @@ class Spool:
     def append(self, record: Mapping[str, Any]) -> int:
         """Persist one record; return its sequence number. Never raises for disk errors (see module doc);
         raises ``TypeError``/``ValueError`` if the record is not JSON-serialisable."""
-        data = json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        data = _encode(record)
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
@@ -205,7 +210,7 @@ class Spool:
                 return
             written += 1
             try:
-                self._write(seq, json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+                self._write(seq, _encode(record))
             except OSError as exc:
                 if not self._failing:  # once per streak, as append says it
                     log.error(
