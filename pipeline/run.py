@@ -28,7 +28,7 @@ from pipeline import heap
 from pipeline.clip_path import ClipPath
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
-from pipeline.cpu.sources import SourceError
+from pipeline.cpu.sources import SourceError, parse_source_uri
 from pipeline.inference import ClipInference, ClipResult, EngineSet, appearance_expectation, load_engines
 from pipeline.outputs.hub import RunOutputs, RunOutputsError
 from pipeline.signals import stop_on_signals
@@ -147,7 +147,7 @@ class Application:
             ClipAssembler.from_config(pre),
             self._on_result,
             scheduler=cfg.scheduler,
-            block=lambda camera: not realtime and self._is_file(camera),
+            block=lambda camera: not realtime and not self._is_live(camera),
         )
         self.assembler = self.clips.assembler
         self.scheduler = self.clips.scheduler
@@ -284,9 +284,11 @@ class Application:
 
     # -- callbacks (GStreamer and scheduler threads) ----------------------------------------------------
 
-    def _is_file(self, camera: str) -> bool:
+    def _is_live(self, camera: str) -> bool:
+        """A camera that reconnects (rtsp, http, v4l2), as the graphs read its URI; a removed one counts
+        as live, so that its last clips drop rather than wait."""
         cam = self.cameras.get(camera)
-        return cam is not None and cam.uri.split("://", 1)[0].lower() in ("file", "loop")
+        return cam is None or parse_source_uri(cam.uri).reconnects
 
     def _on_frame(self, camera: str, pts: float, frame: Any) -> None:
         """Every sampled frame of ``camera``; ``frame`` None for one no clip holds (counted, not read)."""
