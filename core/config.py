@@ -35,6 +35,7 @@ from core.redact import redact_uri
 
 __all__ = [
     "APPEARANCE_FRAME_MULTIPLE",
+    "CONTEXT_NAME",
     "AlertPolicy",
     "AppearanceConfig",
     "CameraConfig",
@@ -48,6 +49,8 @@ __all__ = [
     "ZoneConfig",
     "ZoneSettings",
     "ZsadConfig",
+    "camera_uri_problem",
+    "is_loopback_host",
     "load_config",
     "load_zone_overrides",
     "parse_config",
@@ -57,8 +60,9 @@ __all__ = [
 ]
 
 _CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: A context or prompt-set name: it names files (its prompt embeddings, configs/prompts/<name>.yaml).
-CONTEXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: A context or prompt-set name: it names files (its prompt embeddings, configs/prompts/<name>.yaml), so it
+#: follows the camera id's rule, which names folders.
+CONTEXT_NAME = _CAMERA_ID
 
 
 def _file_name(v: str | None) -> str | None:
@@ -487,12 +491,12 @@ class ZoneSettings(_Strict):
 class CameraDefaults(_Strict):
     context: str = Field("generic", min_length=1, max_length=64, description="Scene/context name.")
     prompts: str | None = Field(None, description="Prompt set name (configs/prompts/<name>.yaml).")
-
-    _names = field_validator("context", "prompts")(_file_name)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)  # type: ignore[arg-type]
     alerts: AlertPolicy = Field(default_factory=AlertPolicy)  # type: ignore[arg-type]
     fusion: FusionPolicy = Field(default_factory=FusionPolicy)  # type: ignore[arg-type]
     rtsp: RtspOptions = Field(default_factory=RtspOptions)  # type: ignore[arg-type]
+
+    _names = field_validator("context", "prompts")(_file_name)
 
 
 def camera_uri_problem(uri: str) -> str | None:
@@ -529,8 +533,6 @@ class CameraConfig(_Strict):
     context: str | None = Field(None, min_length=1, max_length=64)
     prompts: str | None = None
     sampling: SamplingConfig | None = None
-
-    _names = field_validator("context", "prompts")(_file_name)
     alerts: AlertPolicy | None = None
     fusion: FusionPolicy | None = None
     rtsp: RtspOptions | None = None
@@ -549,6 +551,8 @@ class CameraConfig(_Strict):
         if "zones" not in info.data:  # the zones themselves are invalid; that error is reported already
             return v
         return _check_alert_zones(v, info.data["zones"])
+
+    _names = field_validator("context", "prompts")(_file_name)
 
     @field_validator("id")
     @classmethod
@@ -686,6 +690,14 @@ class MetricsConfig(_Strict):
     port: int = Field(9464, ge=0, le=65_535)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address or host name stays on this machine (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class UiConfig(_Strict):
     """The local review web page (docs/ui.md)."""
 
@@ -714,13 +726,7 @@ class UiConfig(_Strict):
         """What to say when the page is served beyond this machine without a login (None: it is not): anyone
         on the network, and any web page an operator's browser opens (by DNS rebinding), could then label
         alerts, which teaches the camera, and mask whole cameras."""
-        if not self.enabled or self.username is not None:
-            return None
-        try:
-            loopback = ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            loopback = self.host == "localhost"
-        if loopback:
+        if not self.enabled or self.username is not None or is_loopback_host(self.host):
             return None
         return (
             f"ui.host {self.host} serves the review page to the network without a login: anyone there, and "

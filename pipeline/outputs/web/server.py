@@ -20,7 +20,6 @@ import base64
 import binascii
 import hmac
 import html
-import ipaddress
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from core.config import is_loopback_host
 from pipeline.outputs.httpserver import ServingThread
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web.api import MEDIA_TYPES, ApiError, CameraControl, ReviewApi
@@ -468,7 +468,7 @@ class ReviewServer:
         self.state = state
         self.output_dir = Path(output_dir)
         self.host = host
-        self.loopback_only = _is_loopback(host)
+        self.loopback_only = is_loopback_host(host)
         self.username = username
         self.password = password
         self.api = ReviewApi(state, self.output_dir, control)
@@ -517,10 +517,3 @@ class ReviewServer:
         if self._serving is not None:
             self._serving.stop()
             self._serving = None
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
