@@ -312,6 +312,7 @@ class CameraPipeline:
         # file descriptors per try).
         self._handlers: list[tuple[Any, int]] = []
         self._probes: list[tuple[Any, int]] = []
+        self._closed = False
         self.pipeline = Gst.Pipeline.new(f"cam-{camera_id}")
         p = self.pipeline
         self._thread_nice = thread_nice
@@ -353,8 +354,7 @@ class CameraPipeline:
             p.add(src)
             p.add(dec)
             link(src, dec)
-            self._connect(dec, "pad-added", self._on_decoded_pad)
-            self._connect(dec, "no-more-pads", self._on_no_more_pads)
+            self._watch_decoder(dec)
         elif spec.kind == "rtsp":
             src = make(
                 "rtspsrc",
@@ -370,31 +370,36 @@ class CameraPipeline:
             p.add(dec)
             self._depay_sink = dec.get_static_pad("sink")
             self._connect(src, "pad-added", self._on_rtsp_pad)
-            self._connect(dec, "pad-added", self._on_decoded_pad)
-            self._connect(dec, "no-more-pads", self._on_no_more_pads)
+            self._watch_decoder(dec)
         elif spec.kind == "http":
             dec = make("uridecodebin", "decode", uri=spec.location)
             p.add(dec)
-            self._connect(dec, "pad-added", self._on_decoded_pad)
-            self._connect(dec, "no-more-pads", self._on_no_more_pads)
+            self._watch_decoder(dec)
         elif spec.kind == "v4l2":
             src = make("v4l2src", "src", device=spec.location)
             dec = make("decodebin", "decode")
             p.add(src)
             p.add(dec)
             link(src, dec)
-            self._connect(dec, "pad-added", self._on_decoded_pad)
-            self._connect(dec, "no-more-pads", self._on_no_more_pads)
+            self._watch_decoder(dec)
         else:  # pragma: no cover - SourceSpec.kind is a closed set
             raise UnsupportedUriError(f"unknown source kind {spec.kind}")
 
     def _connect(self, obj: Any, signal: str, handler: Callable[..., Any]) -> None:
         self._handlers.append((obj, obj.connect(signal, handler)))
 
+    def _watch_decoder(self, dec: Any) -> None:
+        """The decoder's video pad is linked as it appears; a source without one is reported."""
+        self._connect(dec, "pad-added", self._on_decoded_pad)
+        self._connect(dec, "no-more-pads", self._on_no_more_pads)
+
     def close(self) -> None:
         """Cut this object's ties to its pipeline once it is in NULL: disconnect every signal handler and
         remove the probe, so the pipeline, its elements and their file descriptors can be freed. Idempotent;
         the pipeline must not run again."""
+        if self._closed:
+            return  # the bus counts sync-emission enables: a second disable would underflow it
+        self._closed = True
         handlers, self._handlers = self._handlers, []
         probes, self._probes = self._probes, []
         for obj, handler_id in handlers:

@@ -711,7 +711,7 @@ def test_a_failing_frame_callback_is_logged_and_streaming_goes_on(
 
 
 def test_a_pipeline_set_to_null_and_closed_is_freed_with_its_file_descriptors(
-    videos: dict[str, Path],
+    videos: dict[str, Path], capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Every rebuild (a reconnect, a stall, a reload) replaces a camera's pipeline. Its signal handlers and
     probe hold bound methods from C, a cycle Python's collector cannot see: without close() each rebuild
@@ -744,6 +744,9 @@ def test_a_pipeline_set_to_null_and_closed_is_freed_with_its_file_descriptors(
     gc.collect()
     assert [r() for r in refs] == [None] * 10
     assert fds() <= before + 2  # without close(): about 40 more, and every pipeline still alive
+    # A second close() does nothing: the bus counts sync-emission enables, and disabling it twice was a
+    # GStreamer CRITICAL.
+    assert "CRITICAL" not in capfd.readouterr().err
 
 
 def test_a_failing_message_handler_fails_its_camera_loudly_and_the_watchdog_survives_a_bug(
