@@ -207,7 +207,7 @@ def camera_contexts(cameras: Iterable[tuple[str, str | None]]) -> dict[str, str]
     out: dict[str, str] = {}
     for context, prompts in cameras:
         chosen = prompts or context
-        if not CONTEXT_NAME.match(context):  # the config refuses such names first; other callers
+        if not CONTEXT_NAME.match(context):  # a validated config never has one; callers passing pairs may
             raise BuildInputError(
                 f"context name {context!r} must match {CONTEXT_NAME.pattern} (it names a file)"
             )
