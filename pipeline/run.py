@@ -30,7 +30,7 @@ from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
 from pipeline.cpu.sources import SourceError, parse_source_uri
 from pipeline.inference import ClipInference, ClipResult, EngineSet, appearance_expectation, load_engines
-from pipeline.outputs.hub import RunOutputs, RunOutputsError
+from pipeline.outputs.hub import RunOutputs
 from pipeline.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,16 @@ class Application:
             appearance=appearance_expectation(engines),
             semantic_source=engines.semantic_source,
         )
+        try:
+            self._build_parts(cfg, engines, realtime)
+        except BaseException:
+            # The outputs hold the sinks' spool locks and the score log: release them, so that the caller
+            # may report the error and try again on this output_dir within the same process.
+            self.outputs.shutdown()
+            raise
+
+    def _build_parts(self, cfg: ZsadConfig, engines: EngineSet, realtime: bool) -> None:
+        """Everything past the outputs: cameras, inference, the clip path and the camera graph."""
         self.metrics = self.outputs.metrics
         self.run_state = self.outputs.run_state
         self.sinks = self.outputs.sinks
@@ -326,18 +336,22 @@ class Application:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start everything. Raises :class:`RunOutputsError` (a port in use) with the outputs and the
-        engines closed again, so the caller can just report it."""
+        """Start everything. Whatever fails (an engine's warm-up, a port in use, the camera graph) leaves
+        nothing running: what had started is stopped and the outputs and the engines are closed, so the
+        caller can just report it (:class:`pipeline.outputs.hub.RunOutputsError`: an output cannot
+        start)."""
         heap.limit_arenas()
-        self.inference.warm_up(self.cfg.scheduler.max_batch)
         try:
+            self.inference.warm_up(self.cfg.scheduler.max_batch)
             self.outputs.start()
-        except RunOutputsError:
+            self.scheduler.start()
+            self.graph.start()
+        except BaseException:
+            self.graph.stop()
+            self.scheduler.stop(drain=False)
             self.outputs.shutdown()
             self.engines.close()
             raise
-        self.scheduler.start()
-        self.graph.start()
 
     def wait(
         self, duration_s: float | None = None, progress: Any = None, config_path: str | Path | None = None
@@ -401,7 +415,7 @@ def run_config(
     engines = load_engines(cfg)
     try:
         app = Application(cfg, engines, realtime=realtime)
-    except RunOutputsError:
+    except BaseException:
         engines.close()
         raise
     warn_idle_contexts(app.cameras.values(), engines, cfg.engines.dir)

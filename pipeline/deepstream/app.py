@@ -75,6 +75,17 @@ class DeepStreamApp:
             appearance=appearance_expectation(engines),
             semantic_source=engines.semantic_source,
         )
+        try:
+            self._build_parts(cfg, engines, pyds, jetson=jetson, ids=ids)
+        except BaseException:
+            # The outputs hold the sinks' spool locks and the score log: release them before reporting.
+            self.outputs.shutdown()
+            raise
+
+    def _build_parts(
+        self, cfg: ZsadConfig, engines: EngineSet, pyds: Any, *, jetson: bool, ids: list[str]
+    ) -> None:
+        """Everything past the outputs: inference, the clip path and the probes."""
         pre = cfg.model.preprocess
         self.clip_len = pre.clip_len
         self.inference = ClipInference(
@@ -244,7 +255,11 @@ def run_deepstream(
     import pyds
 
     jetson = is_jetson()
-    app = DeepStreamApp(cfg, engines, pyds, jetson=jetson)
+    try:
+        app = DeepStreamApp(cfg, engines, pyds, jetson=jetson)
+    except BaseException:
+        engines.close()
+        raise
     try:
         plan = plan_graph(cfg, rendered, engines.frame_size, jetson=jetson)
         graph = DeepStreamGraph(plan, score_probe=app.probe, osd_probe=app.board, on_state=app.on_state)

@@ -149,6 +149,74 @@ def test_scheduler_decode_nice_reaches_the_camera_graph(world: dict[str, Path], 
         assert set(left.values()) <= {0}
 
 
+class _GraphFault(RuntimeError):
+    """Stands for any failure past the outputs (the camera graph's own start, a camera it refuses)."""
+
+
+def _fail(*_args: Any, **_kwargs: Any) -> None:
+    raise _GraphFault("injected")
+
+
+def _free_to_bind(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_a_start_that_fails_past_the_outputs_leaves_nothing_running(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outputs started (review page bound, sinks running, spool locked) and then the camera graph
+    failed: the run stops what started and releases the output_dir, so the same process can try again."""
+    from pipeline.cpu.graph import CameraGraph
+    from tests.fixtures.run_world import make_app, site_config
+
+    cams = [{"id": "c", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"}]
+    cfg = site_config(world, tmp_path / "out", cams)
+    app = make_app(cfg, realtime=False)
+    ports: list[int] = []
+
+    def fail_after_the_outputs(_graph: Any) -> None:
+        ports.extend(server.port for server in (app.review_server, app.metrics_server))
+        assert not _free_to_bind(ports[0])  # the review page is serving
+        raise _GraphFault("injected")
+
+    monkeypatch.setattr(CameraGraph, "start", fail_after_the_outputs)
+    with pytest.raises(_GraphFault):
+        app.start()
+    assert len(ports) == 2
+    assert all(_free_to_bind(port) for port in ports)
+    assert not app.scheduler.running
+    assert not [t for t in threading.enumerate() if t.name.startswith(("zsad-scheduler", "zsad-sink"))]
+    monkeypatch.undo()
+    again = make_app(cfg, realtime=False)  # the spool lock and the score log were released
+    assert set(again.shutdown().values()) <= {0}
+
+
+def test_an_application_that_cannot_build_its_graph_releases_its_outputs(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.cpu.graph import CameraGraph
+    from tests.fixtures.run_world import make_app, site_config
+
+    cams = [{"id": "c", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"}]
+    cfg = site_config(world, tmp_path / "out", cams)
+    monkeypatch.setattr(CameraGraph, "__init__", _fail)
+    with pytest.raises(_GraphFault) as failed:
+        make_app(cfg, realtime=False)
+    monkeypatch.undo()
+    # The caller still holds the error (its traceback holds the half-built application): the outputs must
+    # have been released by then, not when the garbage collector gets to them.
+    assert failed.traceback
+    again = make_app(cfg, realtime=False)  # refused ("another run has this output_dir") before the fix
+    assert set(again.shutdown().values()) <= {0}
+
+
 class _OrderWatch:
     """Wraps the run's real clip inference and records, in order, each clip it scores and each camera
     history it resets, and the threads that asked."""
