@@ -410,7 +410,8 @@ def run_config(
 
     Raises :class:`pipeline.inference.EngineError` when the engines are missing or do not fit ``cfg``, and
     :class:`pipeline.outputs.hub.RunOutputsError` when an output cannot start (an unwritable folder, a port
-    in use); nothing is left running then."""
+    in use); nothing is left running then, nor when anything raises later (a callback, a reload): the run
+    is shut down as at its end before the error goes on."""
     heap.limit_arenas()  # before the runtimes start their threads
     engines = load_engines(cfg)
     try:
@@ -420,11 +421,15 @@ def run_config(
         raise
     warn_idle_contexts(app.cameras.values(), engines, cfg.engines.dir)
     with stop_on_signals(app.request_stop, app.request_reload if config_path is not None else None):
-        app.start()
-        if on_start is not None:
-            on_start(app.outputs)
-        app.wait(duration_s, progress, config_path=config_path)
-    left = app.shutdown()
+        app.start()  # leaves nothing running when it fails
+        try:
+            if on_start is not None:
+                on_start(app.outputs)
+            app.wait(duration_s, progress, config_path=config_path)
+        finally:
+            # Also when a callback or a reload raised: queued clips are scored, open alerts closed and
+            # delivered or spooled, the ports and the engines released.
+            left = app.shutdown()
     if any(left.values()):
         log.warning("alerts still spooled for later delivery: %s", left)
     return 0

@@ -217,6 +217,37 @@ def test_an_application_that_cannot_build_its_graph_releases_its_outputs(
     assert set(again.shutdown().values()) <= {0}
 
 
+def test_a_callback_that_raises_mid_run_still_shuts_the_run_down(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """An error past the start (a progress callback, a reload) goes on to the caller only after the run is
+    shut down as at its end: the open alert closed and delivered, the ports released."""
+    from core.config import parse_config
+    from pipeline.run import run_config
+    from tests.fixtures.run_world import site_config
+
+    out = tmp_path / "out"
+    cams = [{"id": "c", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"}]
+    always = {"on_threshold": -50.0, "off_threshold": -60.0, "min_duration_s": 0.0, "cooldown_s": 0.0}
+    cfg = parse_config(json.dumps(site_config(world, out, cams, alerts=always)), "<test site>")
+    ports: list[int] = []
+
+    def on_start(outputs: Any) -> None:
+        ports.extend(server.port for server in (outputs.review_server, outputs.metrics_server))
+
+    def progress(_states: Any, _stats: Any) -> None:
+        if any(r["status"] == "open" for r in read_jsonl(out / "alerts.jsonl")):
+            raise _GraphFault("the progress display broke")
+
+    with pytest.raises(_GraphFault):
+        run_config(cfg, duration_s=120, realtime=False, progress=progress, on_start=on_start)
+    records = read_jsonl(out / "alerts.jsonl")
+    assert [r["reason"] for r in records if r["status"] == "closed"] == ["shutdown"]
+    assert len(ports) == 2
+    assert all(_free_to_bind(port) for port in ports)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("zsad-scheduler", "zsad-sink"))]
+
+
 class _OrderWatch:
     """Wraps the run's real clip inference and records, in order, each clip it scores and each camera
     history it resets, and the threads that asked."""
