@@ -225,8 +225,10 @@ class MemoryFeed(Generic[G]):
 
 class StationaryFeed(MemoryFeed[StationaryModel]):
     """The stationary stream's feed: each camera's short-term window (:class:`StationaryState`); a clip's
-    map is the window's once it is full (computed when the window has taken a new frame, reused until the
-    next)."""
+    map is the window's as that clip left it, once the window is full (computed when the window has taken
+    a new frame, reused until the next). Taken as each clip is fed, so a clip's map does not depend on
+    which later clips of its camera share its batch (an offline run's batches hold several), and equals
+    what ``zsad calibrate``, which feeds one clip at a time, computes."""
 
     stream = STATIONARY
     error = StationaryError
@@ -235,6 +237,11 @@ class StationaryFeed(MemoryFeed[StationaryModel]):
         super().__init__(models, spacing_s)
         self._states: dict[str, StationaryState] = {}
         self._last: dict[str, np.ndarray] = {}  # the map since the last frame taken
+        self._batch: dict[int, np.ndarray] = {}  # the last feed's clip position -> its map
+
+    def feed(self, clips: Sequence[Clip]) -> None:
+        self._batch = {}
+        super().feed(clips)
 
     def _take(
         self, k: int, camera: str, model: StationaryModel, frames: list[np.ndarray], pts: list[float]
@@ -250,15 +257,16 @@ class StationaryFeed(MemoryFeed[StationaryModel]):
                 state.reset()
                 state.push(frame)
             self._last.pop(camera, None)
-
-    def _map(self, k: int, camera: str, model: StationaryModel) -> np.ndarray | None:
-        state = self._states.get(camera)
-        if state is None or not state.ready:
-            return None
+        if not state.ready:
+            return
         last = self._last.get(camera)
         if last is None:
             last = self._last[camera] = model.score_map(state)
-        return last.copy()
+        self._batch[k] = last
+
+    def _map(self, k: int, camera: str, model: StationaryModel) -> np.ndarray | None:
+        last = self._batch.get(k)
+        return None if last is None else last.copy()
 
     def _forget(self, camera: str) -> None:
         self._states.pop(camera, None)

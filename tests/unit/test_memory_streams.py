@@ -159,3 +159,45 @@ def test_the_run_and_the_offline_evaluation_give_a_camera_the_same_clip_maps(mod
     batch = clip_maps(fed, evaluator.fed_maps(model, frames), first, first + clip_len - 1)
     np.testing.assert_array_equal(np.stack(run), batch)
     assert batch[-1].max() > 5.0  # the vehicle is in the later clips: the maps compared are not all empty
+
+
+def test_a_stationary_clip_map_is_the_window_that_clip_left_whatever_shares_its_batch() -> None:
+    """An offline run batches several clips of one camera: each clip's map must be the window as that clip
+    left it (what ``zsad calibrate`` computes, one clip at a time), not the window after the whole batch."""
+    from pipeline.memory_streams import StationaryFeed
+    from plugins.stationary import StationaryModel, StationaryModels
+
+    h, w, grid = 24, 32, (2, 2)
+    background = np.full((h, w, 3), 100, np.uint8)
+    model = StationaryModel(background, np.zeros(grid), np.ones(grid), window=2, min_pixels=4, floor=10.0)
+
+    def clip(index: int, bag: bool) -> Clip:
+        frames = np.repeat(background[None], 2, axis=0)
+        if bag:  # something put down in the top-left cell
+            frames[:, 2:10, 2:10] = 220
+        return Clip("cam", index, frames, np.array([index * 1.0, index * 1.0 + 0.5]), 0)
+
+    clips = [clip(0, False), clip(1, False), clip(2, True), clip(3, True)]
+
+    def maps(batches: list[list[Clip]]) -> list[np.ndarray | None]:
+        models = StationaryModels()
+        models.set("cam", model)
+        feed = StationaryFeed(models, 0.4)
+        out: list[np.ndarray | None] = []
+        for batch in batches:
+            feed.feed(batch)
+            out += [feed.clip_map(k, "cam", grid) for k in range(len(batch))]
+        return out
+
+    one_by_one = maps([[c] for c in clips])
+    quiet, bag = one_by_one[1], one_by_one[3]
+    assert quiet is not None
+    assert quiet.max() == 0  # nothing stays yet
+    assert bag is not None
+    assert bag[0, 0] > 0  # the bag stays
+    for batches in ([clips], [clips[:3], clips[3:]], [clips[:1], clips[1:]]):
+        batched = maps(batches)
+        for k, (a, b) in enumerate(zip(one_by_one, batched, strict=True)):
+            assert (a is None) == (b is None), k
+            if a is not None and b is not None:
+                assert np.array_equal(a, b), k
