@@ -94,9 +94,11 @@ class ClipPath:
         self._last_index: dict[str, int] = {}  # the newest clip assembled per camera (the pushing thread)
         self._resets: dict[str, deque[int]] = {}  # per camera: the first clip index of each new stream
         self._forgotten: set[str] = set()  # cameras removed since the last batch: their history goes next
-        self._renewed: set[str] = set()  # removed cameras whose next clip (if any) starts a new history
-        self._fresh: dict[int, Clip] = {}  # id -> the first clip of a camera added again: reset before it
         self._forgotten_at: dict[str, float] = {}  # per camera: time.monotonic() of its last removal
+        # Removed cameras whose history restarts before the first clip assembled after the removal that is
+        # scored (by time, not by clip: that first clip may be dropped unscored, and a batch taken before
+        # the removal may put the old stream's history back).
+        self._renew_after: dict[str, float] = {}
         self.refused = 0
 
     # -- the pushing thread (the CPU graph's frame callback, the score probe) ------------------------------
@@ -110,9 +112,6 @@ class ClipPath:
             return True
         with self._lock:
             self._last_index[camera] = clip.index
-            if camera in self._renewed:
-                self._renewed.discard(camera)
-                self._fresh[id(clip)] = clip
         if self.scheduler.submit(clip, block=self.blocks(camera)):
             return True
         self.refused += 1
@@ -122,9 +121,10 @@ class ClipPath:
         """The camera's stream restarted: no clip may span the gap, and its history starts again with its
         next clip. Call it before the new stream's first frame: from the thread that pushes the camera's
         frames, or from any thread once the old stream's frames have stopped (a reconnect)."""
-        self.assembler.reset(camera)
+        first = self.assembler.reset(camera)
         with self._lock:
-            first = self._last_index.get(camera, -1) + 1
+            if first is None:  # no ring: nothing was assembled since the camera (re)appeared
+                first = self._last_index.get(camera, -1) + 1
             pending = self._resets.setdefault(camera, deque())
             if not pending or pending[-1] != first:  # a camera that keeps reconnecting adds one reset
                 pending.append(first)
@@ -138,10 +138,7 @@ class ClipPath:
             self._last_index.pop(camera, None)
             self._resets.pop(camera, None)
             self._forgotten.add(camera)
-            self._renewed.add(camera)
-            self._forgotten_at[camera] = time.monotonic()
-            # A first clip of an earlier return that was dropped unscored: never scored, so not wanted.
-            self._fresh = {k: c for k, c in self._fresh.items() if c.camera_id != camera}
+            self._forgotten_at[camera] = self._renew_after[camera] = time.monotonic()
 
     def blocks(self, camera: str) -> bool:
         """Whether ``camera``'s clips wait for room in the scheduler (True) or drop its oldest (False)."""
@@ -171,13 +168,14 @@ class ClipPath:
 
     def _reset_due(self, clip: Clip) -> bool:
         with self._lock:
-            if self._fresh.get(id(clip)) is clip:
-                del self._fresh[id(clip)]
-                return True
+            due = False
+            removed = self._renew_after.get(clip.camera_id)
+            if removed is not None and clip.created_s > removed:
+                del self._renew_after[clip.camera_id]
+                due = True
             pending = self._resets.get(clip.camera_id)
             if not pending:
-                return False
-            due = False
+                return due
             while pending and pending[0] <= clip.index:
                 pending.popleft()
                 due = True
@@ -192,16 +190,25 @@ class ClipPath:
             forgotten, self._forgotten = self._forgotten, set()
         for camera in sorted(forgotten):
             self.inference.reset(camera)
+        # Every reset is taken from the books first: a part of the batch that fails must not lose the
+        # resets after it (the whole batch fails, and the camera's next clips are its new stream's).
+        due = [i for i, clip in enumerate(clips) if self._reset_due(clip)]
         results: list[ClipResult] = []
         start = 0
-        for i, clip in enumerate(clips):
-            if not self._reset_due(clip):
-                continue
-            if i > start:
-                results.extend(self.inference(clips[start:i]))
-                start = i
-            log.info("camera %s: history reset at clip %d (a new stream)", clip.camera_id, clip.index)
-            self.inference.reset(clip.camera_id)
-        if start < len(clips):
-            results.extend(self.inference(clips[start:]))
+        applied = 0
+        try:
+            for i in due:
+                if i > start:
+                    results.extend(self.inference(clips[start:i]))
+                    start = i
+                clip = clips[i]
+                log.info("camera %s: history reset at clip %d (a new stream)", clip.camera_id, clip.index)
+                self.inference.reset(clip.camera_id)
+                applied += 1
+            if start < len(clips):
+                results.extend(self.inference(clips[start:]))
+        except BaseException:
+            for i in due[applied:]:
+                self.inference.reset(clips[i].camera_id)
+            raise
         return results

@@ -216,14 +216,19 @@ class ClipAssembler:
         with lock:
             return ring.wants_next()
 
-    def reset(self, camera_id: str) -> None:
-        """Drop the buffered frames of one camera (e.g. when it starts reconnecting)."""
+    def reset(self, camera_id: str) -> int | None:
+        """Drop the buffered frames of one camera (e.g. when it starts reconnecting). Returns the index its
+        next clip will have, read with the reset under the ring's lock, so every clip emitted before the
+        reset has a smaller one (a clip completing on another thread is either before or after); None for
+        a camera without a ring."""
         with self._lock:
             ring = self._rings.get(camera_id)
             lock = self._locks.get(camera_id)
-        if ring is not None and lock is not None:
-            with lock:
-                ring.reset()
+        if ring is None or lock is None:
+            return None
+        with lock:
+            ring.reset()
+            return ring.next_index
 
     def remove(self, camera_id: str) -> None:
         """Forget a camera entirely (its next frame starts a new ring with index 0)."""

@@ -518,7 +518,10 @@ def fit_stream(values: np.ndarray, min_scale: float = 0.0) -> StreamStats:
     x = np.asarray(values, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     if x.size == 0:
-        raise CalibrationError("no finite samples to fit")
+        # A map stream is NaN where no cell is left to reduce: zones that ignore the whole view.
+        raise CalibrationError(
+            "no finite samples to fit (does the camera's ignore zone cover the whole view?)"
+        )
     med = float(np.median(x))
     mad = float(np.median(np.abs(x - med)))
     scale = max(MAD_TO_SIGMA * mad, SCALE_EPS, SCALE_REL_FLOOR * abs(med), float(min_scale))

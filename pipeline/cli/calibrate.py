@@ -752,6 +752,9 @@ def run_calibrate(args: Any) -> int:
     except CalibrationFootageError as exc:
         print(f"calibration failed: {exc}")
         return 1
+    except CalibrationError as exc:  # the footage's scores cannot be fitted (e.g. a stream with none)
+        print(f"calibration failed: {exc}")
+        return 1
     except OSError as exc:
         print(f"calibration failed: cannot write {out}: {exc.strerror or exc}")
         return 1

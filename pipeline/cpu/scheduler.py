@@ -56,7 +56,7 @@ class CameraQueueStats:
     dropped: int = 0  # oldest clips dropped because the queue was full
     processed: int = 0  # clips whose result reached on_result
     failed: int = 0  # clips in a batch whose infer raised or returned the wrong count
-    discarded: int = 0  # clips thrown away by stop(drain=False) or remove_camera
+    discarded: int = 0  # clips thrown away by stop(drain=False) (a removed camera's: removed_discarded)
 
 
 @dataclass
@@ -73,6 +73,7 @@ class SchedulerStats:
     infer_latency_p95_s: float = 0.0
     infer_latency_max_s: float = 0.0
     queue_wait_p95_s: float = 0.0  # submit -> batch start, p95 over recent clips
+    removed_discarded: int = 0  # clips queued for cameras when they were removed
 
     @property
     def mean_batch_size(self) -> float:
@@ -130,6 +131,7 @@ class BatchScheduler:
         self._counts: dict[str, CameraQueueStats] = {}
         self._batches = 0
         self._failed_batches = 0
+        self._removed_discarded = 0
         self._result_errors = 0
         self._batch_sizes: dict[int, int] = {}
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
@@ -197,7 +199,6 @@ class BatchScheduler:
         ``block`` is set: then the caller waits for room. Blocking is for offline runs over files, where
         back-pressure on the decoder is right; a live camera must never block.
         """
-        now = time.monotonic()
         with self._cond:
             if not self._accepting:
                 return False
@@ -207,28 +208,37 @@ class BatchScheduler:
                 q = self._queues[cid] = deque()
                 self._order.append(cid)
                 self._counts[cid] = CameraQueueStats()
-            while block and self._accepting and len(q) >= self.queue_size:
+            while block and self._accepting and self._queues.get(cid) is q and len(q) >= self.queue_size:
                 self._cond.wait(0.1)
-            if not self._accepting:
-                return False
+            if not self._accepting or self._queues.get(cid) is not q:
+                return False  # stopped, or the camera was removed while this clip waited for room
             counts = self._counts[cid]
             counts.submitted += 1
             if len(q) >= self.queue_size:
                 q.popleft()
                 counts.dropped += 1
-            q.append((now, clip))
-            self._cond.notify()
+            # Timed once queued, not before a blocked wait: the queue wait and the partial-batch deadline
+            # count from here.
+            q.append((time.monotonic(), clip))
+            # Every waiter: the worker, and submitters of other cameras that waited for room (a notify()
+            # could wake one of those instead of the worker, which would then wait out max_wait_ms).
+            self._cond.notify_all()
             return True
 
     def remove_camera(self, camera_id: str) -> None:
-        """Discard a camera's queued clips and forget it (its counters go too)."""
+        """Discard a camera's queued clips and forget it (its counters go too, its discarded clips into
+        :attr:`SchedulerStats.removed_discarded`). A ``submit(block=True)`` of it waiting for room returns
+        False."""
         with self._cond:
             q = self._queues.pop(camera_id, None)
             if q is None:
                 return
+            self._removed_discarded += len(q)
+            q.clear()
             self._order.remove(camera_id)
             self._counts.pop(camera_id, None)
             self._rr = self._rr % len(self._order) if self._order else 0
+            self._cond.notify_all()  # a blocked submit() of this camera must not wait on a forgotten queue
 
     # ------------------------------------------------------------------ observers
 
@@ -261,6 +271,7 @@ class BatchScheduler:
                 infer_latency_p95_s=_quantile(lat, 0.95),
                 infer_latency_max_s=lat[-1] if lat else 0.0,
                 queue_wait_p95_s=_quantile(waits, 0.95),
+                removed_discarded=self._removed_discarded,
             )
 
     # ------------------------------------------------------------------ worker

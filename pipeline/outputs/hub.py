@@ -253,6 +253,7 @@ class RunOutputs:
             # Serialises a camera's alert updates (scheduler or probe thread) with its removal (main thread).
             self._cameras_lock = threading.RLock()
             self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
+            self._failed_seen: dict[str, int] = {}  # likewise its failed clips
             for cam in cfg.enabled_cameras():
                 self.add_camera(cam)
         except BaseException:
@@ -465,6 +466,7 @@ class RunOutputs:
         self.run_state.remove_camera(camera)
         self.metrics.set_stream_weights(camera, {})
         self._dropped_seen.pop(camera, None)
+        self._failed_seen.pop(camera, None)
         return list(records)
 
     # -- zones -------------------------------------------------------------------------------------------
@@ -775,15 +777,19 @@ class RunOutputs:
         return float(fused.score)
 
     def record_queues(self, stats: SchedulerStats, *, clip_len: int) -> None:
-        """Copy the clip scheduler's queue depths and drop-oldest counts into the metrics: each clip dropped
-        since the last call adds ``clip_len`` to ``zsad_frames_dropped_total`` (both graphs call this
-        regularly)."""
+        """Copy the clip scheduler's queue depths, drop-oldest and failure counts into the metrics: each clip
+        dropped since the last call adds ``clip_len`` to ``zsad_frames_dropped_total``, each clip whose
+        inference failed one to ``zsad_clips_failed_total`` (both graphs call this regularly)."""
         for camera, queue in stats.cameras.items():
             self.metrics.queue_depth.set(queue.depth, camera=camera)
             new = queue.dropped - self._dropped_seen.get(camera, 0)
             if new > 0:
                 self.metrics.frames_dropped.inc(new * clip_len, camera=camera)
             self._dropped_seen[camera] = queue.dropped
+            failed = queue.failed - self._failed_seen.get(camera, 0)
+            if failed > 0:
+                self.metrics.clips_failed.inc(failed, camera=camera)
+            self._failed_seen[camera] = queue.failed
 
     def _note_grid(self, camera: str, maps: Mapping[str, np.ndarray]) -> None:
         for m in maps.values():

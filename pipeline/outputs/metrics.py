@@ -202,7 +202,8 @@ class MetricsRegistry:
 class ZsadMetrics(MetricsRegistry):
     """The registry of a ``zsad run``, with every metric predefined.
 
-    Per camera (label ``camera``): frames_in, frames_processed, frames_dropped (counters), queue_depth,
+    Per camera (label ``camera``): frames_in, frames_processed, frames_dropped, clips_failed (counters),
+    queue_depth,
     score (gauges), inference_latency (:class:`Latency`), alerts (counter), media_errors (counter);
     camera_state (gauge labelled ``camera``, ``state``: 1 for the current state, 0 for the others, see
     :meth:`set_camera_state`); learned_labels (gauge: false alarms the camera's learned levels come from),
@@ -224,6 +225,9 @@ class ZsadMetrics(MetricsRegistry):
             "zsad_frames_dropped_total", "Frames dropped (queue full, decode errors).", cam
         )
         self.queue_depth = self.gauge("zsad_queue_depth", "Clips waiting for inference.", cam)
+        self.clips_failed = self.counter(
+            "zsad_clips_failed_total", "Clips not scored: their batch's inference raised.", cam
+        )
         self.inference_latency = self.latency(
             "zsad_inference_latency_seconds", "Model inference latency in seconds.", cam
         )

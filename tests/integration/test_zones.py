@@ -383,3 +383,24 @@ def test_zsad_calibrate_prints_which_streams_the_camera_trusts(
         assert stats.heldout_q is not None
         assert stats.reason.startswith("held-out 99th pct z ")
     assert lines[-1] == f"calibration: {out}"
+
+
+def test_zsad_calibrate_with_the_whole_view_masked_says_so(
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No cell is left to score: a clear refusal that names the stream and the likely cause (it was an
+    'unexpected CalibrationError ... this is a bug' before)."""
+    from pipeline.cli.main import main
+
+    footage = f"file://{world['root'] / 'flag-normal.mp4'}"
+    everything = [[[0, 0], [1, 0], [1, 1], [0, 1]]]
+    camera = {"id": "flagpole", "uri": footage, "mask": everything}
+    site = write_site(tmp_path / "site.yaml", zones_site(world, tmp_path / "run", camera, {}))
+    out = tmp_path / "calib" / "flagpole.json"
+    code = main(["calibrate", str(site), "--camera", "flagpole", "--footage", footage, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert "calibration failed: stream '" in printed
+    assert "ignore zone cover the whole view" in printed
+    assert "this is a bug" not in printed
+    assert not out.exists()

@@ -306,3 +306,47 @@ def test_blocking_submit_applies_back_pressure_instead_of_dropping() -> None:
     sched.stop(drain=True)
     assert seen == list(range(10))
     assert sched.stats().cameras["cam"].dropped == 0
+
+
+class _WatchedCondition(threading.Condition):
+    """The scheduler's condition, telling when the thread named ``name`` first waits on it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if threading.current_thread().name == self.name:
+            self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_a_submit_waiting_for_room_returns_false_when_its_camera_is_removed() -> None:
+    """A file camera blocked on its full queue, then removed (a reload): the producer is released at once,
+    its clip refused, and what was queued is counted as discarded, not lost from the books."""
+    rec = Recorder()
+    rec.gate.clear()  # the model is busy with the first clip
+    sched = BatchScheduler(rec.infer, rec.on_result, max_batch=1, max_wait_ms=0, queue_size=1)
+    cond = sched._cond = _WatchedCondition("producer")  # to know when the producer waits for room
+    sched.start()
+    try:
+        assert sched.submit(_clip("cam", 0))
+        _wait_for(lambda: sched.depths()["cam"] == 0)  # taken by the worker, which waits on the gate
+        assert sched.submit(_clip("cam", 1))  # fills the queue
+        answers: list[bool] = []
+        producer = threading.Thread(
+            target=lambda: answers.append(sched.submit(_clip("cam", 2), block=True)), name="producer"
+        )
+        producer.start()
+        assert cond.waiting.wait(5)
+        sched.remove_camera("cam")
+        producer.join(5)
+        assert not producer.is_alive()  # before the fix it waited on the forgotten queue until stop()
+        assert answers == [False]
+        assert sched.stats().removed_discarded == 1
+        rec.gate.set()
+        _wait_for(lambda: len(rec.results) == 1)
+    finally:
+        rec.gate.set()
+        sched.stop()
