@@ -109,3 +109,20 @@ def test_a_second_run_on_the_same_output_folder_is_refused_saying_why(tmp_path: 
     finally:
         first.shutdown()
     _outputs(tmp_path).shutdown()  # once the first has stopped, the folder is free again
+
+
+def test_the_schedulers_drops_and_failures_reach_the_metrics_once_each(tmp_path: Path) -> None:
+    from pipeline.cpu.scheduler import CameraQueueStats, SchedulerStats
+
+    outputs = _outputs(tmp_path)
+    try:
+        for dropped, failed in ((1, 0), (1, 4), (3, 6)):  # cumulative counts, read every second
+            queue = CameraQueueStats(depth=2, dropped=dropped, failed=failed)
+            outputs.record_queues(SchedulerStats(cameras={CAMERA: queue}), clip_len=4)
+        metrics = outputs.metrics
+        assert metrics.frames_dropped.value(camera=CAMERA) == 3 * 4
+        assert metrics.clips_failed.value(camera=CAMERA) == 6
+        assert metrics.queue_depth.value(camera=CAMERA) == 2
+        assert 'zsad_clips_failed_total{camera="gate"} 6' in metrics.render()
+    finally:
+        outputs.shutdown()
