@@ -112,6 +112,7 @@ class CameraAlerts:
         self.metrics = metrics
         self.model = model
         self.epoch_offset_s = epoch_offset_s
+        self._offset_from_clock = epoch_offset_s is None  # then taken again when stream time restarts
         self._clock = clock
         self._media: dict[str, EventMedia] = {}
         self._peak_time: float | None = None
@@ -171,12 +172,14 @@ class CameraAlerts:
         span further on, beside its evidence.
 
         If ``t`` goes backwards (a looping file, a reconnect), an open alert is closed ("shutdown"), and
-        the machine restarts.
+        the machine restarts; an offset taken from the clock is taken again.
         """
         if self._last_t is not None and t < self._last_t:
             log.info("camera %s: stream time went back; alert state restarts", self.camera)
             records = self.shutdown(self._last_t)
             self.machine = AlertMachine(alert_params(self.policy), first_seq=self.machine.next_seq)
+            if self._offset_from_clock:  # the old offset would date the new stream's alerts in the past
+                self.epoch_offset_s = None
         else:
             records = []
         self._last_t = t

@@ -111,6 +111,27 @@ def test_time_going_back_closes_and_restarts() -> None:
         assert r["snapshot"] is None
 
 
+def test_a_stream_that_restarts_after_hours_dates_its_alerts_by_the_clock_again() -> None:
+    """A camera whose stream time restarts (a reconnect that resets pts) two hours on: its next alert is
+    dated now, not two hours ago (the clock's offset is taken again; one given by the caller stays)."""
+    pub = ListPublisher()
+    now = [1_700_000_000.0]
+    policy = AlertPolicy(on_threshold=3.0, off_threshold=2.0, min_duration_s=0.0, cooldown_s=0.0, smoothing=1)
+    cam = CameraAlerts("cam-1", "campus", policy, _fusion(), pub, clock=lambda: now[0])
+    cam.update({"pixel": 0.0}, None, 100.0)
+    now[0] += 7200.0
+    cam.update({"pixel": 0.0}, None, 1.0)  # stream time went back: pts restarted at 0
+    now[0] += 4.0
+    cam.update({"pixel": 9.0}, None, 5.0)
+    opened = [r for r in pub.records if r["status"] == "open"]
+    assert len(opened) == 1
+    assert opened[0]["start"] == "2023-11-15T00:13:24.000Z"  # now[0]; two hours earlier before the fix
+    fixed = CameraAlerts("cam-2", "campus", policy, _fusion(), pub, clock=lambda: now[0], epoch_offset_s=0.0)
+    fixed.update({"pixel": 0.0}, None, 100.0)
+    fixed.update({"pixel": 9.0}, None, 5.0)
+    assert pub.records[-1]["start"] == "1970-01-01T00:00:05.000Z"  # the caller's mapping, kept
+
+
 # -- zones, peak box and evidence ------------------------------------------------------------------------
 
 
