@@ -529,7 +529,7 @@ def load_memory(path: str | Path, expect: MemoryExpectation | None = None) -> Ap
             fitted=str(meta.get("fitted", "")),
         )
         channels = int(meta["channels"])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
         raise bad(f"its header or arrays are inconsistent ({exc}); {_RECALIBRATE}") from exc
     if channels != memory.channels:
         raise bad(f"its header says {channels} channels, its arrays have {memory.channels}; {_RECALIBRATE}")

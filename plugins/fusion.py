@@ -422,7 +422,7 @@ class Calibration:
                         sensitivity=_optional_number(s.get("sensitivity")),
                         probe_recall=_recalls(s.get("probe_recall")),
                     )
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:  # int(1e999) overflows
                 raise bad(f"streams.{name}: {exc}") from exc
         threshold = data.get("threshold")
         quantile = data.get("threshold_quantile", 0.99)
@@ -434,7 +434,7 @@ class Calibration:
             smoothing = data.get("threshold_smoothing", 1)
             if isinstance(smoothing, bool) or not isinstance(smoothing, int):
                 raise TypeError(f"'threshold_smoothing' must be an integer, got {smoothing!r}")
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise bad(str(exc)) from exc
         if not 0.0 < q <= 1.0:
             raise bad(f"threshold_quantile must be in (0, 1], got {q}")

@@ -701,7 +701,7 @@ def load_model(
             n_blobs=int(meta.get("n_blobs", 0)),
             fitted=str(meta.get("fitted", "")),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise bad(f"its header or arrays are invalid ({exc}); {_RECALIBRATE}") from exc
     problems = setup_mismatches(
         (model.frame_size, model.grid, model.spacing_s),

@@ -613,7 +613,7 @@ def load_model(
             fitted=str(meta.get("fitted", "")),
             spacing_s=float(meta.get("spacing_s", 0.0)),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise bad(f"its header or arrays are invalid ({exc}); {_RECALIBRATE}") from exc
     problems = setup_mismatches(
         (model.frame_size, model.grid, model.spacing_s),

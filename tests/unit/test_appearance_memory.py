@@ -317,6 +317,10 @@ def test_damaged_or_foreign_files_are_refused_naming_the_file(tmp_path: Path) ->
         path.write_bytes(data)
         _rewrite(path, meta={**_meta(path), "version": version})
         refused(path, f"unsupported version {version!r} (this zsad reads version {MEMORY_VERSION})")
+    infinite = tmp_path / "infinite.npz"  # a header number no integer holds: an OverflowError escaped
+    infinite.write_bytes(data)
+    _rewrite(infinite, meta={**_meta(infinite), "n_frames": float("inf")})
+    refused(infinite, "its header or arrays are inconsistent", "re-run zsad calibrate for this camera")
     edited = tmp_path / "edited.npz"
     edited.write_bytes(data)
     with np.load(edited) as d:

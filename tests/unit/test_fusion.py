@@ -242,6 +242,9 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
             "'threshold_smoothing' must be an integer",
         ),
         ('{"version": 3, "streams": {}, "threshold_smoothing": 0}', "threshold_smoothing must be >= 1"),
+        # JSON numbers too large for an integer: an OverflowError escaped before, and stopped the run
+        ('{"version": 3, "streams": {"pixel": {"location": 0, "scale": 1, "n": 1e999}}}', "streams.pixel: "),
+        ('{"version": 3, "n_samples": Infinity, "streams": {}}', "infinity"),
     ],
 )
 def test_malformed_calibration_names_the_file(tmp_path: Path, content: str, match: str) -> None:
