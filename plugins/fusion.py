@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from core.datafile import read_json, write_atomic
-from plugins.streams import MEMORY_STREAMS, SEMANTIC, STATIONARY, STREAMS
+from plugins.objects import EMPTY as OBJECTS_EMPTY
+from plugins.streams import MEMORY_STREAMS, OBJECTS, SEMANTIC, STATIONARY, STREAMS
 
 __all__ = [
     "AGREEMENT_QUANTILE",
@@ -110,6 +111,14 @@ SCALE_REL_FLOOR = 1e-3
 #: a z of 20 to 30 and every synthetic camera's held-out tail into one that left the stream out
 #: (docs/results.md, "The steady difference").
 STREAM_MIN_SCALE: dict[str, float] = {STATIONARY: 1.0}
+#: Streams with a value that means "nothing seen" (the objects stream where no blob is). On a quiet camera
+#: most normal clips take it: their median is that value with no spread, so the first normal passer-by
+#: scored a z of a thousand and, even weighed down, set the threshold every other stream had to reach. When
+#: at least half the clips are empty, location and scale are fitted on the others (:func:`fit_stream`).
+STREAM_EMPTY: dict[str, float] = {OBJECTS: OBJECTS_EMPTY}
+#: Fewer non-empty clips than this: the stream's own unit instead (location 0, scale 1: the objects
+#: stream's excess is already in units of its normal blobs' 99th percentile).
+MIN_OCCUPIED_CLIPS = 8
 #: Such a stream is *busy* on a camera when the median of its normal clips exceeds this many of its units:
 #: its memory does not explain the camera's normal footage (on UCSD Ped2 the flowing crowd leaves steady
 #: foreground in most clips, median 1.7 units; on the synthetic cameras 0.05 to 0.2), so its level follows
@@ -511,10 +520,12 @@ def _recalls(v: Any) -> dict[str, float] | None:
     return {str(k): _number(x) for k, x in v.items()}
 
 
-def fit_stream(values: np.ndarray, min_scale: float = 0.0) -> StreamStats:
+def fit_stream(values: np.ndarray, min_scale: float = 0.0, empty: float | None = None) -> StreamStats:
     """Median / 1.4826*MAD of one stream's raw scores ``(N,)``; non-finite values are ignored. The scale is
-    at least ``min_scale`` (:data:`STREAM_MIN_SCALE`). The weight is 1: reliability needs folds
-    (:func:`assess_stream`)."""
+    at least ``min_scale`` (:data:`STREAM_MIN_SCALE`). ``empty``: the stream's "nothing seen" value
+    (:data:`STREAM_EMPTY`); when at least half the samples are at or below it, the fit is of the others
+    (with fewer than :data:`MIN_OCCUPIED_CLIPS` of them, location 0 and scale 1). The weight is 1:
+    reliability needs folds (:func:`assess_stream`)."""
     x = np.asarray(values, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -522,6 +533,12 @@ def fit_stream(values: np.ndarray, min_scale: float = 0.0) -> StreamStats:
         raise CalibrationError(
             "no finite samples to fit (does the camera's ignore zone cover the whole view?)"
         )
+    if empty is not None:
+        occupied = x[x > empty]
+        if 2 * occupied.size <= x.size:
+            if occupied.size < MIN_OCCUPIED_CLIPS:
+                return StreamStats(location=0.0, scale=max(1.0, float(min_scale)), n=int(x.size))
+            x = occupied
     med = float(np.median(x))
     mad = float(np.median(np.abs(x - med)))
     scale = max(MAD_TO_SIGMA * mad, SCALE_EPS, SCALE_REL_FLOOR * abs(med), float(min_scale))
@@ -571,12 +588,14 @@ def assess_stream(
     quantile: float = HELDOUT_QUANTILE,
     min_fold_clips: int = MIN_FOLD_CLIPS,
     min_scale: float = 0.0,
+    empty: float | None = None,
 ) -> tuple[float, float | None, float | None, str]:
     """How far one stream can be trusted on a camera, from its raw normal scores ``(N,)`` and the clips'
     fold ids ``(N,)`` int: ``(weight, heldout_q, drift, reason)``.
 
     Each fold ``k`` with at least ``min_fold_clips`` finite clips is held out in turn: location and scale
-    are fitted on the other clips (:func:`fit_stream`, the scale at least ``min_scale``) and fold ``k`` is
+    are fitted on the other clips (:func:`fit_stream`, the scale at least ``min_scale``, ``empty`` as
+    there) and fold ``k`` is
     z-scored with them. From the pooled held-out z-scores, ``heldout_q`` is their ``quantile`` quantile and
     ``drift`` the largest ``|median|`` of one fold's. The weight::
 
@@ -621,10 +640,15 @@ def assess_stream(
     for k in usable:
         test = finite & (f == k)
         rest = finite & (f != k)
-        stats = fit_stream(x[rest], min_scale)
+        stats = fit_stream(x[rest], min_scale, empty)
         z = (x[test] - stats.location) / stats.scale
         held.append(z)
-        shift = abs(float(np.median(z)))
+        level = z
+        if empty is not None:  # a level is of what was seen: empty clips are far below any fit of objects
+            occupied = x[test] > empty
+            if 2 * int(occupied.sum()) <= occupied.size:
+                level = z[occupied]
+        shift = abs(float(np.median(level))) if level.size else 0.0
         noise = 2.0 * _MEDIAN_SE * math.sqrt(1.0 / int(test.sum()) + 1.0 / int(rest.sum()))
         drift = max(drift, shift)
         excess = max(excess, shift - noise)
@@ -766,8 +790,9 @@ def fit_calibration(
     stats: dict[str, StreamStats] = {}
     for name, values in arrays.items():
         unit = STREAM_MIN_SCALE.get(name, 0.0)
+        empty = STREAM_EMPTY.get(name)
         try:
-            base = fit_stream(values, unit)
+            base = fit_stream(values, unit, empty)
         except CalibrationError as exc:
             raise CalibrationError(f"stream {name!r}: {exc}") from exc
         if fold_ids is None:
@@ -779,6 +804,7 @@ def fit_calibration(
             quantile=heldout_quantile,
             min_fold_clips=min_fold_clips,
             min_scale=unit,
+            empty=empty,
         )
         stats[name] = StreamStats(base.location, base.scale, base.n, weight, q, drift, reason)
     stats = _leave_out_busy(stats)

@@ -896,3 +896,39 @@ def test_describe_trust_rows_and_table() -> None:
     assert table[4].split()[:7] == [APPEARANCE, "-", "-", "-", "-", "not", "calibrated"]
     assert [r.verdict for r in describe_trust(Calibration.identity_for("x"), ["pixel"])] == ["not calibrated"]
     assert describe_trust(Calibration.identity_for("x")) == []
+
+
+def test_a_quiet_cameras_objects_stream_is_fitted_on_what_it_saw_and_cannot_raise_the_threshold() -> None:
+    """Blobs in a fifth of the normal clips, the objects stream's empty value (-5) in the rest: its median
+    was -5 with no spread, so a normal passer-by scored a z near a thousand and the calibrated threshold
+    followed it, out of every other stream's reach. Now it is fitted on the clips with a blob."""
+    from plugins.objects import EMPTY
+    from plugins.streams import OBJECTS
+
+    rng = np.random.default_rng(1)
+    n = 240
+    seen = rng.random(n) < 0.2
+    samples = {
+        "pixel": rng.normal(1.0, 0.1, n),
+        "motion": rng.normal(2.0, 0.2, n),
+        OBJECTS: np.where(seen, rng.normal(0.0, 0.4, n), EMPTY),
+    }
+    cal = fit_calibration(samples, assessment_folds(time_folds(n, HELDOUT_FOLDS)), threshold_quantile=0.995)
+    objects = cal.streams[OBJECTS]
+    assert objects.location == pytest.approx(float(np.median(samples[OBJECTS][seen])))
+    assert 0.2 < objects.scale < 0.8  # before the fix: 0.005
+    assert objects.drift is not None
+    assert objects.drift < 2.0  # of what was seen, not of the empty clips
+    assert cal.threshold is not None
+    assert cal.threshold < 5.0  # before the fix: 51
+    fusion = CameraFusion("c", cal, smoothing=1)
+    assert fusion.update({"pixel": 1.0, "motion": 2.0, OBJECTS: 0.0}, None, 0.0).raw_fused < cal.threshold
+    assert fusion.update({"pixel": 2.0, "motion": 2.0, OBJECTS: EMPTY}, None, 1.0).raw_fused > cal.threshold
+    # A camera where blobs are the rule is fitted as before, on every clip.
+    busy = np.where(rng.random(n) < 0.8, rng.normal(0.0, 0.4, n), EMPTY)
+    plain = fit_calibration({OBJECTS: busy}).streams[OBJECTS]
+    assert plain.location == pytest.approx(float(np.median(busy)))
+    # Hardly anything seen: the stream's own unit (0 = a median blob, 1 = its normal 99th percentile).
+    rare = np.full(n, EMPTY)
+    rare[:3] = 0.5
+    assert fit_calibration({OBJECTS: rare}).streams[OBJECTS].location == 0.0
