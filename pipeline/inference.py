@@ -22,7 +22,7 @@ import importlib.util
 import json
 import logging
 import threading
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ __all__ = [
     "EngineSet",
     "appearance_expectation",
     "build_missing_engines",
+    "check_engine_folder",
     "engines_semantic_source",
     "load_engines",
     "semantic_scorer",
@@ -253,6 +254,41 @@ def _check_weights(cfg: ZsadConfig, manifest: Manifest) -> None:
         )
 
 
+def _check_one_build(manifests: Mapping[str, Manifest]) -> None:
+    """Refuse (:class:`ManifestMismatch`) model components built from different weights: a build that failed
+    or was stopped part way leaves the components it finished beside the old ones (the appearance encoder
+    has its own weights and is not among them)."""
+    shas = {m.weights_sha256 for m in manifests.values()}
+    if len(shas) > 1:
+        which = ", ".join(f"{c} {m.weights_sha256[:12]}" for c, m in manifests.items())
+        directory = next(iter(manifests.values())).path.parent
+        raise ManifestMismatch(
+            f"{directory}: weights_sha256: the engines were built from different weights ({which}): a "
+            "build failed or was stopped part way; run zsad build-engines again"
+        )
+
+
+def check_engine_folder(cfg: ZsadConfig, directory: Path, manifests: Mapping[str, Manifest]) -> Path | None:
+    """The checks of an engine folder that do not open an engine, shared by :func:`load_engines` and the
+    device's "are the engines current?" (:func:`pipeline.deepstream.engine_cache.engines_current`):
+    ``manifests`` (component -> manifest, each checked against the config already) are built from
+    ``engines.checkpoint`` and from one build, their prompt files are those they were built from, and the
+    stream gate fits. Returns the gate's file (None: no gate). Raises :class:`ManifestError` or
+    :class:`EngineError`."""
+    for manifest in manifests.values():
+        if manifest.component != APPEARANCE_COMPONENT:
+            _check_weights(cfg, manifest)
+        used = manifest.component != APPEARANCE_COMPONENT or _feeds_semantic(cfg, manifest)
+        if manifest.text_embeddings and used:  # prompts a run would read
+            _load_texts(manifest)
+    model = {c: m for c, m in manifests.items() if c != APPEARANCE_COMPONENT}
+    gate = _checked_gate(cfg, directory)
+    if gate is not None:
+        model["stream_gate"] = load_manifest(manifest_path(directory, "stream_gate"))
+    _check_one_build(model)
+    return gate
+
+
 def _checked_gate(cfg: ZsadConfig, directory: Path) -> Path | None:
     """The stream gate of the engine folder, checked as the engines are: its manifest's model spec against
     the config, its file against the manifest's hash, and the gate itself (it loads, and takes the
@@ -305,7 +341,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
                 )
             manifest = load_manifest(path)
             check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
-            _check_weights(cfg, manifest)
+            _check_weights(cfg, manifest)  # before opening: the folder's other checks follow below
             opened[component] = load_backend(
                 manifest, cfg.engines.backend, threads=cfg.engines.threads, **options
             )
@@ -328,7 +364,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
             opened["semantic_head"] = semantic
         texts = _load_texts(semantic.manifest) if semantic is not None else {}
         appearance_texts = _load_texts(appearance.manifest) if image_semantic and appearance else {}
-        gate = _checked_gate(cfg, directory)
+        gate = check_engine_folder(cfg, directory, {c: b.manifest for c, b in opened.items()})
     except EngineError:
         for backend in opened.values():
             backend.close()

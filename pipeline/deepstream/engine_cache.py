@@ -2,7 +2,8 @@
 
 Engines only load on the TensorRT version and GPU they were built with, so the engine folder (a volume)
 is checked against this device: every component's manifest must have a TensorRT block for this TensorRT
-version, GPU name and compute capability, fit the config's model section, and its files must be intact.
+version, GPU name and compute capability, fit the config's model section, and its files must be intact;
+and the folder must pass what ``load_engines`` checks besides (``pipeline.inference.check_engine_folder``).
 The appearance engine is one of them while ``appearance.enabled`` (``load_engines`` refuses to start
 without it), checked against the config's encoder and frame size.
 Any backbone input layout will do: the DeepStream graph runs the backbone through the same clip inference as
@@ -20,8 +21,16 @@ from pathlib import Path
 from core.config import ZsadConfig
 from engines.backends.tensorrt import cuda_device_info
 from engines.encoders import APPEARANCE_COMPONENT
-from engines.manifest import Expectation, ManifestError, check_manifest, load_manifest, manifest_path
+from engines.manifest import (
+    Expectation,
+    Manifest,
+    ManifestError,
+    check_manifest,
+    load_manifest,
+    manifest_path,
+)
 from engines.tensorrt_build import import_tensorrt
+from pipeline.inference import EngineError, check_engine_folder
 
 __all__ = ["DeviceIdentity", "build_args", "engines_current", "this_device"]
 
@@ -51,6 +60,7 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
     """None when every engine of ``cfg.engines.dir`` fits ``cfg`` and ``device``, else the first reason."""
     directory = Path(cfg.engines.dir)
     required = (*COMPONENTS, APPEARANCE_COMPONENT) if cfg.appearance.enabled else COMPONENTS
+    manifests: dict[str, Manifest] = {}
     for component in (*required, *OPTIONAL_COMPONENTS):
         path = manifest_path(directory, component)
         if not path.is_file():
@@ -66,9 +76,18 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
             appearance_encoder=cfg.appearance.encoder,
         )
         try:
-            check_manifest(load_manifest(path), expected)
+            manifest = load_manifest(path)
+            check_manifest(manifest, expected)
         except ManifestError as exc:
             return str(exc)
+        manifests[component] = manifest
+    # What load_engines checks besides each manifest (engines of engines.checkpoint and of one build, prompt
+    # files unchanged, the stream gate): a folder that passed here and failed there would make the device
+    # skip the build and refuse to start at every restart.
+    try:
+        check_engine_folder(cfg, directory, manifests)
+    except (ManifestError, EngineError) as exc:
+        return str(exc)
     return None
 
 

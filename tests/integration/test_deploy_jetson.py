@@ -275,6 +275,33 @@ def test_the_appearance_engine_is_needed_while_the_stream_is_on(tmp_path: Path) 
     assert engines_current(off, ORIN) is None  # type: ignore[arg-type]
 
 
+def test_engines_load_engines_would_refuse_are_not_current(tmp_path: Path) -> None:
+    """The device's check asks what load_engines asks: engines of another checkpoint than
+    engines.checkpoint (retrained) or from two builds (one stopped part way) need a build, or the container
+    would skip it and refuse to start at every restart."""
+    import json
+
+    from engines.manifest import load_manifest, save_manifest
+
+    engines, cfg = built(tmp_path)
+    checkpoint = tmp_path / "retrained.safetensors"
+    checkpoint.write_bytes(b"weights")
+    (tmp_path / "retrained.safetensors.json").write_text(json.dumps({"sha256": "f" * 64}))
+    retrained = cfg.model_copy(  # type: ignore[attr-defined]
+        update={"engines": cfg.engines.model_copy(update={"checkpoint": str(checkpoint)})}  # type: ignore[attr-defined]
+    )
+    reason = engines_current(retrained, ORIN)
+    assert reason is not None
+    assert "weights_sha256: built from weights 000000000000" in reason
+    assert "ffffffffffff" in reason
+    dpc = load_manifest(engines / "dpc_head.manifest.json")
+    save_manifest(dpc.model_copy(update={"weights_sha256": "e" * 64}), engines)
+    reason = engines_current(cfg, ORIN)  # type: ignore[arg-type]
+    assert reason is not None
+    assert "built from different weights (backbone 000000000000, dpc_head eeeeeeeeeeee" in reason
+    assert "run zsad build-engines again" in reason
+
+
 def test_any_backbone_layout_is_current(tmp_path: Path) -> None:
     """The DeepStream graph feeds the backbone through ClipInference, which takes the manifest's layout."""
     for layout in ("NTCHW", "NCTHW"):

@@ -102,6 +102,28 @@ def test_missing_engines_refuse_to_start(world: dict[str, Path], tmp_path: Path)
     assert "backbone.manifest.json: outputs[0].shape" in r.stdout
 
 
+def test_engines_from_two_builds_refuse_to_start(world: dict[str, Path], tmp_path: Path) -> None:
+    """A build that failed after the backbone (a parity failure in the DPC head) leaves a new backbone beside
+    the old head: the run must refuse, not score with a mismatched pair."""
+    import shutil
+
+    from core.config import parse_config
+    from engines.manifest import load_manifest, save_manifest
+    from pipeline.inference import EngineError, load_engines
+    from tests.fixtures.run_world import site_config
+
+    engines = tmp_path / "engines"
+    shutil.copytree(world["engines"], engines)
+    site = site_config(world, tmp_path / "out", [{"id": "a", "uri": "file:///x.mp4"}])
+    site["engines"]["dir"] = str(engines)
+    cfg = parse_config(json.dumps(site), "<test site>")
+    load_engines(cfg).close()  # one build: fine
+    backbone = load_manifest(engines / "backbone.manifest.json")
+    save_manifest(backbone.model_copy(update={"weights_sha256": "e" * 64}), engines)
+    with pytest.raises(EngineError, match=r"built from different weights \(backbone eeeeeeeeeeee, dpc_head "):
+        load_engines(cfg)
+
+
 def test_sigterm_closes_the_open_alert_and_exits_cleanly(world: dict[str, Path], tmp_path: Path) -> None:
     videos = world["scenes"] / "testing" / "videos"
     out = tmp_path / "out"
