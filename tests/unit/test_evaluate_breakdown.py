@@ -1,0 +1,59 @@
+"""`zsad eval`'s breakdown by kind and its printed table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.cli.evaluate import print_summary
+from training.evaluate import breakdown
+from training.metrics import roc_auc, score_report
+
+
+def test_a_kind_is_judged_on_its_own_frames_not_on_those_an_easier_event_shares() -> None:
+    # One video: a walker off the path (frames 10-29, scored low: barely seen) and a van (frames 20-39,
+    # scored high); frames 20-29 hold both. Normal frames score 0.
+    scores = np.zeros(60)
+    scores[10:20] = 0.2  # the walker alone: hardly above the normal frames
+    scores[20:40] = 5.0  # while the van is there (and after)
+    labels = (scores > 0).astype(np.int64)
+    scores[45:60] = np.linspace(0.0, 0.5, 15)  # normal frames, some above the walker's
+    events = {
+        "v": [{"kind": "off_path", "start": 10, "end": 29}, {"kind": "vehicle", "start": 20, "end": 39}]
+    }
+    b = breakdown({"v": scores}, {"v": labels}, {"v": "campus"}, events)
+    normal = scores[labels == 0]
+
+    def auc(pos: np.ndarray) -> float:
+        y = np.concatenate([np.ones(len(pos)), np.zeros(len(normal))])
+        return round(roc_auc(y, np.concatenate([pos, normal])), 4)
+
+    assert b["per_kind"]["off_path"] == auc(scores[10:20])  # the walker's own frames only
+    assert b["per_kind_with_overlaps"]["off_path"] == auc(scores[10:30])  # the van's frames lift it
+    assert b["per_kind"]["off_path"] < 0.8 < b["per_kind_with_overlaps"]["off_path"]
+    assert b["per_kind"]["vehicle"] == auc(scores[30:40])
+    assert b["overlap_frames"] == {"off_path": 10, "vehicle": 10}
+
+
+def test_the_printed_table_says_n_a_where_no_video_has_both_classes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = score_report({"a": [0.1, 0.2, 0.9], "b": [0.8, 0.7]}, {"a": [0, 0, 0], "b": [1, 1]}, fps=10)
+    assert report["macro_auc"] is None
+    row = {  # as training.evaluate summarises each variant
+        "micro_auc": report["micro_auc"],
+        "macro_auc": report["macro_auc"],
+        "ap": report["average_precision"],
+        "recall_at_5pct_fpr": report["recall_at_fpr"].get("0.05"),
+    }
+    empty = {"per_context": {}, "per_kind": {}}
+    alerts = {"on_threshold": 3.0, "hop_frames": 4, "detected": 1, "events": 1, "false_alarms": 0}
+    print_summary(
+        {
+            "summary": {"product": row},
+            "breakdown": {**empty, "floor_model_resolution": empty},
+            "alerts": {**alerts, "normal_minutes": 0.1},
+        }
+    )
+    printed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("product"))
+    assert printed.split()[1:3] == [f"{report['micro_auc']:.4f}", "n/a"]
