@@ -641,7 +641,7 @@ def evaluate(
         fps,
     )
     if located:
-        metrics["localisation"] = _localisation(located, gated, present, cal, native, out / "localisation")
+        metrics["localisation"] = _localisation(located, gated, present, own, native, out / "localisation")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
     y = np.concatenate([labels[v] for v in labels])
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {
@@ -789,27 +789,32 @@ def _localisation(
     located: Mapping[str, tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray]],
     gated: Sequence[str],
     streams: Sequence[str],
-    cal: Calibration,
+    own: Mapping[str, Calibration],
     native: Any,
     examples_dir: Path,
 ) -> dict[str, Any]:
-    """The ``localisation`` block: the evidence maps an alert's heatmap and peak box would show (the
-    calibration's rule, each clip's reliability times gate weights over ``streams``; ``located`` holds the
-    gate's softmax over ``gated``) against the native pixel masks; a mask problem costs only this block."""
-    stats = {s: (cal.streams[s].location, cal.streams[s].scale) for s in streams}
+    """The ``localisation`` block: the evidence maps an alert's heatmap and peak box would show (each video
+    with its own context's calibration ``own[video]``, as its camera would be: its rule, statistics, and
+    each clip's reliability times gate weights over ``streams``; ``located`` holds the gate's softmax over
+    ``gated``) against the native pixel masks; a mask problem costs only this block."""
+    stats = {v: {s: (own[v].streams[s].location, own[v].streams[s].scale) for s in streams} for v in located}
     weighted = {
-        name: (targets, maps, alert_weights(gate, gated, streams, cal))
+        name: (targets, maps, alert_weights(gate, gated, streams, own[name]))
         for name, (targets, maps, gate) in located.items()
     }
+    rules = {own[v].rule for v in located}
     try:
+        if len(rules) != 1:
+            raise LocalisationError(f"the contexts' calibrations use different fusion rules: {sorted(rules)}")
         return evaluation_localisation(
             weighted,
             streams,
-            stats,
+            None,
             native.masks,
             frames_of=native.frames,
             examples_dir=examples_dir,
-            rule=cal.rule,
+            rule=rules.pop(),
+            stats_of=stats,
         )
     except (LocalisationError, DatasetError) as exc:
         log.warning("localisation not measured: %s", exc)

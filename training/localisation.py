@@ -341,10 +341,12 @@ def evaluation_localisation(
     examples: int = 6,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     rule: str = "mean",
+    stats_of: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
 ) -> dict[str, Any]:
     """``zsad eval``'s ``localisation`` block: ``clips`` maps a test video to ``(targets, maps, weights)``
     of its scored clips (see :func:`frame_evidence`, fused by ``rule``), ``masks_of(video)`` gives its
-    ``(N, H, W)`` masks.
+    ``(N, H, W)`` masks. ``stats_of[video]``, where given, replaces ``stats`` for that video (each camera
+    z-scores with its own calibration).
     With ``frames_of`` (the video's ``(N, H, W, 3)`` frames at the masks' size) and ``examples_dir``,
     ``examples`` abnormal frames spread over the set are saved as PNGs there."""
     evidence: list[np.ndarray] = []
@@ -352,7 +354,8 @@ def evaluation_localisation(
     where: list[tuple[str, int]] = []
     for name, (targets, maps, weights) in clips.items():
         mask = np.asarray(masks_of(name), dtype=bool)
-        evidence.append(frame_evidence(targets, maps, weights, streams, stats, len(mask), rule=rule))
+        own = stats_of.get(name, stats) if stats_of is not None else stats
+        evidence.append(frame_evidence(targets, maps, weights, streams, own, len(mask), rule=rule))
         masks.append(mask)
         where += [(name, k) for k in range(len(mask))]
     if not masks:

@@ -165,3 +165,21 @@ def test_eval_hook_spreads_clip_maps_to_frames_and_reports(tmp_path: Path) -> No
     assert [Path(p).name for p in report["examples"]] == ["v01_0000.png", "v01_0001.png"]
     with pytest.raises(LocalisationError):
         frame_evidence(np.array([0]), maps, weights, ["motion", "pixel"], stats, 3)
+
+
+def test_each_video_is_z_scored_with_its_own_cameras_statistics() -> None:
+    """Two videos of two contexts: one camera's normal motion is high everywhere (4), its anomaly a little
+    above (4.5). With one pooled calibration its normal cells outrank the other video's anomaly; with its
+    own (location 4), they do not. Each video must use its own, as its camera would."""
+    _, masks = _world()
+    anomaly = np.zeros((4, 6), np.float32)
+    anomaly[1:3, 4] = 1.0
+    quiet = (np.array([0, 1, 2]), [{"motion": 3.0 * anomaly}] * 3, np.ones((3, 1)))
+    busy = (np.array([0, 1, 2]), [{"motion": 4.0 + 0.5 * anomaly}] * 3, np.ones((3, 1)))
+    clips = {"quiet": quiet, "busy": busy}
+    pooled = {"motion": (0.0, 1.0)}
+    shared = evaluation_localisation(clips, ["motion"], pooled, lambda name: masks)
+    own = evaluation_localisation(
+        clips, ["motion"], pooled, lambda name: masks, stats_of={"busy": {"motion": (4.0, 1.0)}}
+    )
+    assert own["pixel_auc"]["auc"] > shared["pixel_auc"]["auc"] + 0.1
