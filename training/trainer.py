@@ -45,6 +45,10 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue."""
 
 
+#: Beside the checkpoint: the torch and window-sampler random states at that step.
+RNG_STATE_FILE = "rng_state.pt"
+
+
 class WindowSampler:
     """Random windows of ``n_clips`` clips x ``T`` frames from videos held in memory.
 
@@ -192,9 +196,14 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "model.safetensors"
     step = 0
+    history: list[dict[str, float]] = []
+    seconds_before = 0.0
     if resume:
         model, meta = load_checkpoint(resume)
         step = int(meta.get("step", 0))
+        seconds_before = float(meta.get("train_seconds", 0.0))
+        history = _read_history(Path(resume).with_name("history.jsonl"), step)
+        _restore_rng(Path(resume).with_name(RNG_STATE_FILE), sampler)
         log.info("resumed from %s at step %d", resume, step)
     else:
         model = ZsadModel(cfg.model)
@@ -226,8 +235,7 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
             f"checkpoint {resume} is at step {step}, already at the run's {total_steps} steps "
             f"(train.max_steps, else the epochs'): raise --max-steps to train on"
         )
-    start = time.monotonic()
-    history: list[dict[str, float]] = []
+    start = time.monotonic() - seconds_before  # a resumed run's time includes the steps before
     bar = tqdm(total=total_steps, initial=step, disable=quiet or rank != 0, desc="train", unit="step")
     model.train()
     while step < total_steps:
@@ -262,12 +270,12 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         if step % 10 == 0:
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "cpc", "pix", "top1")})
         if rank == 0 and step % 500 == 0:
-            _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start)
+            _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start, sampler)
     bar.close()
     if rank == 0:
         train_seconds = time.monotonic() - start
         _fit_gate(model, videos, contexts)
-        _save(model, ckpt_path, opt, opt_path, cfg, step, history, train_seconds)
+        _save(model, ckpt_path, opt, opt_path, cfg, step, history, train_seconds, sampler)
         log.info("trained %d steps in %.1f min -> %s", step, (time.monotonic() - start) / 60, ckpt_path)
     if world > 1:
         # DDP's reducer holds the process group: drop it first, so that gloo's threads are joined by
@@ -311,6 +319,7 @@ def _save(
     step: int,
     history: list[dict[str, float]],
     seconds: float,
+    sampler: WindowSampler,
 ) -> None:
     save_checkpoint(
         model,
@@ -318,9 +327,44 @@ def _save(
         extra={"step": step, "train_seconds": round(seconds, 1), "config": cfg.model_dump(mode="json")},
     )
     torch.save(opt.state_dict(), opt_path)
+    # Where the random draws stand, so that a resumed run draws what the uninterrupted one would have.
+    torch.save(
+        {"torch": torch.get_rng_state(), "sampler": json.dumps(sampler.rng.bit_generator.state)},
+        path.with_name(RNG_STATE_FILE),
+    )
     with (path.parent / "history.jsonl").open("w") as f:
         for row in history:
             f.write(json.dumps(row) + "\n")
+
+
+def _read_history(path: Path, step: int) -> list[dict[str, float]]:
+    """The history rows of a run resumed at ``step`` (those up to it; none when the file is missing)."""
+    if not path.is_file():
+        log.warning("%s is missing: the resumed run's history starts at step %d", path, step + 1)
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            rows.append(row)
+    return rows
+
+
+def _restore_rng(path: Path, sampler: WindowSampler) -> None:
+    """Put the torch and window-sampler random states back as the checkpoint saved them; without the file
+    (a checkpoint of an older zsad) the resumed run draws other windows than an uninterrupted one."""
+    if not path.is_file():
+        log.warning("%s is missing: the resumed run draws other windows than an uninterrupted one", path)
+        return
+    try:
+        state = torch.load(path, weights_only=True)
+        torch.set_rng_state(state["torch"])
+        sampler.rng.bit_generator.state = json.loads(state["sampler"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise TrainingError(f"{path}: cannot restore the random state: {exc}") from exc
 
 
 def _attach_text_bank(step_module: TrainStep, cfg: ZsadConfig, contexts: Mapping[str, str]) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -40,13 +41,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_ucsd_layout(tmp_path_factory.mktemp("ucsd"), n_train=2, n_test=2, frames=40)
 
 
-def _config(tmp: Path, dataset: Path, out: Path, epochs: int = 2) -> Path:
+def _config(tmp: Path, dataset: Path, out: Path, epochs: int = 2, warmup: int = 2) -> Path:
     cfg = tmp / "train.yaml"
     train = {
         "dataset": {"kind": "ucsd", "root": str(dataset)},
         "epochs": epochs,
         "batch_size": 2,
-        "warmup_steps": 2,
+        "warmup_steps": warmup,
         "output_dir": str(out),
     }
     cfg.write_text(yaml.safe_dump({"version": 1, "model": MODEL, "train": train}, sort_keys=False))
@@ -87,6 +88,37 @@ def test_train_resume_and_eval(tmp_path: Path, dataset: Path) -> None:
     assert "alerts of the product (on_threshold 3.0, read every" in ev.stdout
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "timelines.png").stat().st_size > 1000
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does_and_keeps_its_record(
+    tmp_path: Path, dataset: Path
+) -> None:
+    """Six steps in one go, and three then three more with --resume: the same weights (the random draws
+    go on where they stood), and the resumed run's history holds all six steps. Within the warm-up, so that
+    both runs have the same learning rates (after it, the schedule follows each run's own step count)."""
+    from safetensors.numpy import load_file
+
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    cfg = _config(tmp_path, dataset, whole, epochs=50, warmup=10)
+    r = _zsad("train", str(cfg), "--max-steps", "6", "--output-dir", str(whole))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _zsad("train", str(cfg), "--max-steps", "3", "--output-dir", str(halves))
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = json.loads((halves / "model.safetensors.json").read_text())["train_seconds"]
+    r = _zsad(
+        "train", str(cfg), "--max-steps", "6", "--output-dir", str(halves),
+        "--resume", str(halves / "model.safetensors"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(halves / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert np.array_equal(value, b[key]), key  # before the fix: off by up to 0.075
+    rows = [json.loads(line) for line in (halves / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]  # before the fix: [4, 5, 6]
+    whole_rows = [json.loads(line) for line in (whole / "history.jsonl").read_text().splitlines()]
+    assert [row["loss"] for row in rows] == [row["loss"] for row in whole_rows]
+    assert json.loads((halves / "model.safetensors.json").read_text())["train_seconds"] >= first
 
 
 def test_max_steps_gives_the_same_weights_twice(tmp_path: Path, dataset: Path) -> None:
