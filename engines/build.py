@@ -26,13 +26,16 @@ into place only after their parity check passes, so a failed build never replace
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import logging
 import shutil
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +117,9 @@ __all__ = [
 
 BACKEND_CHOICES = ("onnxruntime", "tensorrt", "all")
 STAGING = ".staging"
+#: Held (``flock``) by whoever builds into an engine folder: ``zsad build-engines`` and a first run's
+#: build. Two builds would share the staging folder, and one would delete it under the other.
+BUILD_LOCK = ".build.lock"
 
 BuildProgress = Callable[[int, int, str], None]
 """``progress(done, total, component)``: called before each component is built (``done`` of ``total``
@@ -1053,6 +1059,12 @@ class _Builder:
         self.load_meta()
         env = self.tensorrt_env()
         self.out.mkdir(parents=True, exist_ok=True)
+        # One build at a time into a folder (zsad build-engines, a first run's build): they share the
+        # staging folder, and each removes it when it ends.
+        with build_lock(self.out, lambda: log.info("another build is writing %s: waiting for it", self.out)):
+            return self._run(env)
+
+    def _run(self, env: _TensorRTEnv | None) -> BuildReport:
         semantic = self.semantic_enabled()
         wanted = self.options.components
         plan = [
@@ -1176,6 +1188,36 @@ def build_engines(
         appearance,
     )
     return builder.run()
+
+
+_held = threading.local()  # .dirs: the engine folders whose build lock this thread holds
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the engine folder's :data:`BUILD_LOCK` (the folder is made if missing); ``on_wait`` is called
+    once if another holder has it, before waiting for it. Re-entrant within a thread (a first run holds it
+    while it decides to build, then the build asks again); other threads and processes wait. ``OSError``
+    when the folder cannot be written."""
+    key = directory.resolve()
+    dirs: set[Path] = getattr(_held, "dirs", set())
+    _held.dirs = dirs
+    if key in dirs:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / BUILD_LOCK).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        dirs.add(key)
+        try:
+            yield
+        finally:
+            dirs.discard(key)  # closing the file releases the lock
 
 
 def build_from_config(

@@ -17,7 +17,7 @@ With ``appearance.enabled`` the engine set also holds the appearance encoder (``
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import importlib.util
 import json
 import logging
@@ -39,6 +39,7 @@ from engines.build import (
     BuildProgress,
     BuildReport,
     build_from_config,
+    build_lock,
 )
 from engines.encoders import (
     APPEARANCE_COMPONENT,
@@ -104,10 +105,9 @@ __all__ = [
 ]
 
 REQUIRED_COMPONENTS = ("backbone", "dpc_head")
+
+
 # Held while a first run builds the engines, so that two runs on one engines.dir never build at once.
-BUILD_LOCK = ".build.lock"
-
-
 class EngineError(RuntimeError):
     """The engines of a run are missing or do not match its config; the message says which and why."""
 
@@ -163,19 +163,19 @@ def build_missing_engines(cfg: ZsadConfig, *, progress: BuildProgress | None = N
             f"installed: pip install -r requirements/train.txt); or build them elsewhere ({build}) and copy "
             f"{directory} here"
         )
+    # Two first runs on one folder (a service restart and a manual run), or a run and zsad build-engines,
+    # would share the build's staging folder; the second waits, then finds them built.
+    held = contextlib.ExitStack()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        lock = (directory / BUILD_LOCK).open("a")
+        held.enter_context(
+            build_lock(
+                directory,
+                lambda: log.info("another run is building the engines in %s: waiting for it", directory),
+            )
+        )
     except OSError as exc:
         raise EngineError(f"engines.dir {directory} cannot be written: {exc.strerror or exc}") from exc
-    with lock:
-        # Two first runs on one folder (a service restart and a manual run) would share the build's staging
-        # folder and could pair a manifest with the other's ONNX; the second waits, then finds them built.
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another run is building the engines in %s: waiting for it", directory)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with held:
         if all(manifest_path(directory, c).is_file() for c in REQUIRED_COMPONENTS):
             log.info("engines in %s were built by another run while this one waited", directory)
             return None

@@ -498,3 +498,46 @@ def test_build_engines_script_is_the_same_command() -> None:
     assert result.returncode == 0
     for flag in ("--checkpoint", "--backend", "--max-batch", "--workspace-mb", "--input-layout", "--force"):
         assert flag in result.stdout
+
+
+def test_two_builds_into_one_folder_take_turns(tiny: Built, tmp_path: Path) -> None:
+    """A build into a folder another build is writing waits for it (they shared one staging folder, and
+    the first to end deleted it under the other: FileNotFoundError), then finds its engines up to date."""
+    import logging
+    import threading
+
+    from engines.build import BUILD_LOCK, build_lock
+
+    out = _copy(tiny, tmp_path / "engines")
+    waiting = threading.Event()
+
+    class WaitSeen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "another build is writing" in record.getMessage():
+                waiting.set()
+
+    seen = WaitSeen()
+    logger = logging.getLogger("engines.build")
+    logger.addHandler(seen)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    reports: list[BuildReport] = []
+    try:
+        with build_lock(out):  # another build is writing the folder
+            second = threading.Thread(
+                target=lambda: reports.append(
+                    build_engines(tiny.spec, tiny.checkpoint, out, contexts=CONTEXTS)
+                )
+            )
+            second.start()
+            assert waiting.wait(120), "the second build did not wait"
+            assert second.is_alive()
+            # Re-entrant in the thread that holds it: a first run holds it, then its build asks again.
+            assert build_engines(tiny.spec, tiny.checkpoint, out, contexts=CONTEXTS).up_to_date
+        second.join(300)
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+    assert not second.is_alive()
+    assert reports[0].up_to_date
+    assert (out / BUILD_LOCK).is_file()

@@ -6,7 +6,6 @@ alerts, media, shutdown), not detection quality (tests/integration/test_demo.py 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import signal
@@ -22,8 +21,8 @@ import pytest
 from PIL import Image
 
 from core.config import load_config
-from engines.build import BuildOptions, BuildReport, build_from_config
-from pipeline.inference import BUILD_LOCK, build_missing_engines
+from engines.build import BUILD_LOCK, BuildOptions, BuildReport, build_from_config, build_lock
+from pipeline.inference import build_missing_engines
 from tests.conftest import REPO
 from tests.fixtures.run_world import read_jsonl, write_site
 
@@ -407,8 +406,8 @@ def test_a_first_run_waits_for_another_runs_build_and_uses_its_engines(
     logging.getLogger("pipeline.inference").addHandler(seen)
     results: list[BuildReport | None] = []
     try:
-        with (engines / BUILD_LOCK).open("a") as other_run:
-            fcntl.flock(other_run, fcntl.LOCK_EX)  # the other run holds the lock...
+        with build_lock(engines):  # the other run holds the lock...
+            assert (engines / BUILD_LOCK).is_file()
             waiter = threading.Thread(target=lambda: results.append(build_missing_engines(cfg)))
             waiter.start()
             assert waiting.wait(120), "the second run did not wait for the lock"
