@@ -39,12 +39,15 @@ class Event:
 
 
 def video_alerts(
-    fused: np.ndarray, params: AlertParams, *, hop: int, fps: float, smoothing: int
+    fused: np.ndarray, params: AlertParams, *, hop: int, fps: float, smoothing: int, delay: int = 0
 ) -> list[tuple[float, float]]:
     """The alerts of one video, each ``(open_s, close_s)`` in seconds from its first frame (an alert still
-    open at the end closes at the last sample). ``fused``: ``(N,)`` unsmoothed fused score per frame."""
-    if hop < 1 or fps <= 0:
-        raise AlertReplayError(f"hop must be >= 1 and fps > 0, got hop {hop}, fps {fps}")
+    open at the end closes at the last sample). ``fused``: ``(N,)`` unsmoothed fused score per frame, the
+    score of frame ``f`` that of the clip starting there; ``delay``: frames from a clip's first frame to its
+    last, when the run has it and scores it (``(clip_len - 1) * frame_stride``), so that the replay's alerts
+    open when the run's would."""
+    if hop < 1 or fps <= 0 or delay < 0:
+        raise AlertReplayError(f"hop must be >= 1, fps > 0 and delay >= 0, got {hop}, {fps}, {delay}")
     x = np.asarray(fused, dtype=np.float64).ravel()[::hop]
     scores = trailing_median(x, smoothing)
     machine = AlertMachine(params)
@@ -52,7 +55,7 @@ def video_alerts(
     opened: float | None = None
     t = 0.0
     for i, s in enumerate(scores):
-        t = i * hop / fps
+        t = (i * hop + delay) / fps
         for tr in machine.update(t, float(s)):
             if tr.kind == "opened":
                 opened = tr.alert.opened_at
@@ -73,10 +76,12 @@ def replay_alerts(
     fps: float,
     smoothing: int,
     slack_s: float = 2.0,
+    delay: int = 0,
 ) -> dict[str, Any]:
     """Count detected events and false alarms over videos (see the module docstring).
 
-    ``fused``: video -> ``(N,)`` unsmoothed fused score per frame; ``events``: video -> its events (none:
+    ``fused``: video -> ``(N,)`` unsmoothed fused score per frame; ``delay``: as in :func:`video_alerts`;
+    ``events``: video -> its events (none:
     a normal video); ``thresholds``: video -> the alert parameters its camera runs with. Returns
     ``events``, ``detected``, ``false_alarms``, ``normal_minutes`` (frames outside every event and its
     slack), ``false_alarms_per_hour``, ``per_kind`` (kind -> [detected, events]) and ``missed``
@@ -92,7 +97,7 @@ def replay_alerts(
         for ev in evs:
             if not 0 <= ev.start <= ev.end < n:
                 raise AlertReplayError(f"{video}: event frames {ev.start}-{ev.end} outside its {n} frames")
-        alerts = video_alerts(scores, thresholds[video], hop=hop, fps=fps, smoothing=smoothing)
+        alerts = video_alerts(scores, thresholds[video], hop=hop, fps=fps, smoothing=smoothing, delay=delay)
         windows = [(ev.start / fps, (ev.end + slack) / fps) for ev in evs]
         for ev, (a, b) in zip(evs, windows, strict=True):
             hit = any(o <= b and c >= a for o, c in alerts)

@@ -639,6 +639,7 @@ def evaluate(
         policy,
         model.spec.preprocess.clip_hop,
         fps,
+        delay=(model.spec.preprocess.clip_len - 1) * model.spec.preprocess.frame_stride,
     )
     if located:
         metrics["localisation"] = _localisation(located, gated, present, own, native, out / "localisation")
@@ -675,11 +676,15 @@ def _replayed_alerts(
     policy: AlertPolicy,
     hop: int,
     fps: float,
+    delay: int = 0,
 ) -> dict[str, Any]:
     """The product's alerts on the test videos (:mod:`training.alert_replay`) under the config's default
     alert policy: each video at its context's calibration threshold when ``on_threshold`` is ``calibrated``
     (the threshold a camera of that context would get), else the number. Events: the dataset's own where it
-    names them (synthetic scenes), else each run of abnormal frames (UCSD Ped2)."""
+    names them (synthetic scenes), else each run of abnormal frames (UCSD Ped2). ``delay``: frames from a
+    clip's first frame to its last, when the run scores it (the replay's alerts open when the run's would;
+    the fused score of a frame still pairs the clip starting there with the memory streams of that frame,
+    where the run's pairs them with the clip's last frame)."""
     # One camera per context: its calibration resolves the policy once, as the run resolves a camera's.
     resolved: dict[str, AlertParams] = {}
     params: dict[str, AlertParams] = {}
@@ -695,7 +700,7 @@ def _replayed_alerts(
             by_video[v] = [Event(int(e["start"]), int(e["end"]), str(e["kind"])) for e in named]
         else:
             by_video[v] = [Event(a, b - 1) for a, b in alarm_events(lab, 1)]
-    report = replay_alerts(fused, by_video, params, hop=hop, fps=fps, smoothing=policy.smoothing)
+    report = replay_alerts(fused, by_video, params, hop=hop, fps=fps, smoothing=policy.smoothing, delay=delay)
     return {
         "on_threshold": policy.on_threshold,
         "thresholds": {v: round(p.on_threshold, 3) for v, p in params.items()},

@@ -27,6 +27,9 @@ def test_an_alert_opens_and_closes_where_the_smoothed_score_crosses() -> None:
     spike = _video(200, [(80, 81, 9.0)])
     assert video_alerts(spike, PARAMS, hop=8, fps=FPS, smoothing=3) == []
     assert video_alerts(spike, PARAMS, hop=8, fps=FPS, smoothing=1) == [(8.0, 8.8)]
+    # The run has a clip, and scores it, when its last frame arrives: (clip_len - 1) * stride frames after
+    # the first, which the score of the clip's first frame stands for.
+    assert video_alerts(x, PARAMS, hop=8, fps=FPS, smoothing=3, delay=6) == [(94 / FPS, 134 / FPS)]
 
 
 def test_detected_events_false_alarms_and_normal_time_are_counted() -> None:
