@@ -193,6 +193,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[ZsadMo
         raise CheckpointError(
             f"checkpoint {path} hash {digest[:12]} differs from its metadata {meta['sha256'][:12]}"
         )
+    meta["sha256"] = digest  # the file's own, also where its sidecar records none: callers compare it
     try:
         state = load_file(str(path), device=map_location)
     except (SafetensorError, OSError) as exc:

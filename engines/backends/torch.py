@@ -92,8 +92,8 @@ class TorchBackend(Backend):
 
             path = _checkpoint_path(manifest)
             model, meta = load_checkpoint(path)
-            digest = meta.get("sha256")
-            if digest and digest != manifest.weights_sha256:
+            digest = meta["sha256"]  # the file's own (load_checkpoint), whatever its sidecar says
+            if digest != manifest.weights_sha256:
                 raise ManifestMismatch(
                     f"{manifest.path}: weights_sha256: checkpoint {path} has sha256 {digest[:12]}, "
                     f"the engines were built from {manifest.weights_sha256[:12]}"

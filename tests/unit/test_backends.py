@@ -197,6 +197,33 @@ def test_changed_onnx_is_refused_on_load(engines_dir: Path, tmp_path: Path) -> N
         load_backend(copy / "backbone.manifest.json", "onnxruntime")
 
 
+def test_the_torch_backend_refuses_other_weights_whatever_their_sidecar_says(tmp_path: Path) -> None:
+    """Engines copied to a machine with other weights of the checkpoint's name beside them, whose sidecar
+    records no sha256: the torch reference must compare the file itself with the build's weights."""
+    import json
+    import shutil
+
+    from engines.manifest import load_manifest
+
+    root = tmp_path / "root"
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(ZsadModel(TINY).eval(), root / "tiny.safetensors")
+    built = root / "out"
+    build_engines(TINY, ckpt, built, options=BuildOptions(components=("backbone",)))
+    copy = tmp_path / "device" / "engines"
+    shutil.copytree(built, copy)
+    torch.manual_seed(1)
+    other = save_checkpoint(ZsadModel(TINY).eval(), copy / "tiny.safetensors")  # the same name, beside
+    sidecar = other.with_suffix(".safetensors.json")
+    meta = json.loads(sidecar.read_text())
+    meta.pop("sha256")
+    sidecar.write_text(json.dumps(meta))
+    ckpt.rename(root / "moved.safetensors")  # the recorded path is not on this machine
+    manifest = load_manifest(copy / "backbone.manifest.json")
+    with pytest.raises(ManifestMismatch, match=r"weights_sha256: checkpoint .*tiny\.safetensors has sha256"):
+        load_backend(manifest, "torch")
+
+
 def test_backends_are_scoring_runners(engines_dir: Path) -> None:
     """The DPC backend drives ClipScorer directly; the backbone backend makes its clip tokens."""
     rng = np.random.default_rng(0)
