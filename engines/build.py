@@ -816,6 +816,8 @@ class _Builder:
             prefix="text",
             source=lambda context: "checkpoint" if context in context_embs else "zero-embedding",
             embed=lambda prompt_set, context: self.gated_text(prompt_set, context_embs.get(context)),
+            # The context vectors live in the checkpoint's sidecar, outside the weights' hash.
+            context_key=lambda context: _key(vector=context_embs.get(context)),
         )
 
     def appearance_text_stage(self, manifest: Manifest, previous: Manifest | None) -> Manifest:
@@ -846,6 +848,7 @@ class _Builder:
         source: Callable[[str], str],
         embed: Callable[[PromptSet, str], np.ndarray],
         weights_sha256: str | None = None,
+        context_key: Callable[[str], str] | None = None,
     ) -> Manifest:
         """``manifest`` with one ``<prefix>_<context>.npy`` of prompt embeddings per camera context
         (``embed(prompt_set, context)``), each rebuilt only when its prompts, the CLIP folder or ``identity``
@@ -865,6 +868,7 @@ class _Builder:
                 prompt_set=prompt_set.context,
                 clip=clip_id,
                 source=kind,
+                **({"context": context_key(context)} if context_key is not None else {}),
             )
             prev = old.get(context)
             if (

@@ -229,6 +229,34 @@ def test_changed_prompt_file_rebuilds_only_its_embeddings(tiny: Built, tmp_path:
     assert np.load(out / entry.path).shape[0] == entry.normal + entry.anomalous
 
 
+def test_a_changed_context_vector_rebuilds_its_text_embeddings(tiny: Built, tmp_path: Path) -> None:
+    """A context's vector lives in the checkpoint's sidecar (outside the weights' hash): a new one must
+    re-embed that context's prompts, not leave the embeddings gated by the old vector "up to date"."""
+    import json
+
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    ckpt = Path(shutil.copy(tiny.checkpoint, root / tiny.checkpoint.name))
+    sidecar = Path(shutil.copy(f"{tiny.checkpoint}.json", f"{ckpt}.json"))
+    out = _copy(tiny, tmp_path / "engines")
+
+    def with_vector(value: float) -> np.ndarray:
+        meta = json.loads(sidecar.read_text())
+        meta["context_embeddings"] = {"campus": [value] * 32}
+        sidecar.write_text(json.dumps(meta))
+        build_engines(tiny.spec, ckpt, out, contexts=CONTEXTS)
+        return np.load(out / "text_campus.npy")
+
+    first = with_vector(0.0)
+    report = build_engines(tiny.spec, ckpt, out, contexts=CONTEXTS)
+    assert _statuses(report)[("semantic_head", "text[campus]")] == "up to date"
+    second = with_vector(5.0)
+    fresh = tmp_path / "fresh"
+    build_engines(tiny.spec, ckpt, fresh, contexts=CONTEXTS)
+    np.testing.assert_allclose(second, np.load(fresh / "text_campus.npy"), atol=1e-6)
+    assert not np.allclose(first, second)
+
+
 def test_changed_engine_code_re_exports_only_that_component(
     tiny: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
