@@ -226,7 +226,15 @@ def build_engine(
     cache_path = Path(timing_cache) if timing_cache is not None else None
     if cache_path is not None:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+        cache = config.create_timing_cache(blob)
+        if cache is None and blob:
+            # TensorRT logs "The timing cache will not be used!" for a damaged blob: a cache only saves
+            # time, so the build starts an empty one (and replaces the file) instead of failing.
+            log.warning("%s: the timing cache cannot be read; starting an empty one", cache_path)
+            cache = config.create_timing_cache(b"")
+        if cache is None:
+            raise TensorRTBuildError(f"TensorRT could not create a timing cache ({cache_path})")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise TensorRTBuildError(f"TensorRT could not build {engine_path.name} (see the TensorRT log above)")
@@ -238,7 +246,10 @@ def build_engine(
     tmp.write_bytes(data)
     tmp.replace(engine_path)
     if cache_path is not None:
-        cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+        # Whole or not at all: a torn cache would be the next build's damaged blob.
+        tmp = cache_path.with_name(cache_path.name + ".tmp")
+        tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+        tmp.replace(cache_path)
     return EngineBuild(
         path=engine_path,
         seconds=time.monotonic() - started,
