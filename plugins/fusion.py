@@ -339,6 +339,11 @@ class Calibration:
     agreement: Agreement | None = None
     threshold_smoothing: int = 1
     semantic_source: str | None = None
+    #: Stream -> the sha256 of the model file ``zsad calibrate`` wrote beside this calibration for it (the
+    #: appearance memory, the stationary and objects models). The calibration is written last, so it names
+    #: the files it belongs with: a calibration that failed after its models were written leaves the old
+    #: calibration beside new models, which the run refuses (empty: a calibration from before this).
+    models: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
@@ -382,6 +387,7 @@ class Calibration:
             "agreement": self.agreement.to_dict() if self.agreement is not None else None,
             "streams": {name: s.to_dict() for name, s in self.streams.items()},
             **({"semantic_source": self.semantic_source} if self.semantic_source is not None else {}),
+            **({"models": dict(sorted(self.models.items()))} if self.models else {}),
         }
 
     @classmethod
@@ -462,6 +468,11 @@ class Calibration:
         semantic_source = data.get("semantic_source")
         if semantic_source is not None and not isinstance(semantic_source, str):
             raise bad("'semantic_source' must be a string or absent")
+        models = data.get("models", {})
+        if not isinstance(models, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in models.items()
+        ):
+            raise bad(f"'models' must be an object of stream -> sha256, got {models!r}")
         try:  # what only the whole can check (an agreement term's rule and streams), named by the file
             return cls(
                 streams=streams,
@@ -475,6 +486,7 @@ class Calibration:
                 agreement=agreement,
                 threshold_smoothing=smoothing,
                 semantic_source=semantic_source,
+                models=models,
             )
         except CalibrationError as exc:
             raise bad(str(exc)) from exc

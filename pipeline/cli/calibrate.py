@@ -50,6 +50,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
+from core.datafile import file_sha256
 from pipeline.cli.run import first_run_engines
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
@@ -664,6 +665,16 @@ def calibrate_camera(
     # A model whose stream got no sample (every window too short) would be refused by the run: not saved.
     _save_model(camera_id, STATIONARY_FILE, collected.stationary if STATIONARY in cal.streams else None, out)
     _save_model(camera_id, OBJECTS_FILE, collected.objects if OBJECTS in cal.streams else None, out)
+    # Last, naming the model files it was fitted with: the run refuses models another calibration wrote.
+    written = {
+        APPEARANCE: memory_file,
+        STATIONARY: STATIONARY_FILE.path_of(out),
+        OBJECTS: OBJECTS_FILE.path_of(out),
+    }
+    models = {
+        stream: file_sha256(p) for stream, p in written.items() if stream in cal.streams and p.is_file()
+    }
+    cal = replace(cal, models=models)
     save_calibration(cal, out)
     log.info(
         "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0

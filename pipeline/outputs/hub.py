@@ -61,6 +61,7 @@ from core.config import (
     write_zone_overrides,
     zone_overrides_path,
 )
+from core.datafile import file_sha256
 from core.redact import redact_uri
 from pipeline.memory_streams import OBJECTS_FILE, STATIONARY_FILE, ModelFile
 from pipeline.outputs.events import CameraAlerts
@@ -431,6 +432,30 @@ class RunOutputs:
                 stream,
             )
             return
+        recorded = calibration.models.get(stream)
+        if recorded is not None:
+            try:
+                actual = file_sha256(path)
+            except OSError as exc:
+                log.error("camera %s: %s %s cannot be read (%s); it runs without the %s stream", cam.id, what,
+                          path, exc.strerror or exc, stream)  # fmt: skip
+                return
+            if actual != recorded:
+                # A calibration that failed after writing its models leaves the old calibration beside
+                # new models: their scores would be placed with statistics of other models.
+                log.error(
+                    "camera %s: %s %s is not the one its calibration %s was written with (sha256 %s, the "
+                    "calibration names %s); it runs without the %s stream: re-run zsad calibrate for this "
+                    "camera",
+                    cam.id,
+                    what,
+                    path,
+                    cam.calibration,
+                    actual[:12],
+                    recorded[:12],
+                    stream,
+                )
+                return
         try:
             value = load(path)
         except error as exc:

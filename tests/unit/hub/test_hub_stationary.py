@@ -67,3 +67,39 @@ def test_no_camera_gets_a_model_with_the_stream_off(tmp_path: Path, hub_outputs:
         assert outputs.stationary.cameras() == []
     finally:
         outputs.shutdown()
+
+
+def test_a_model_its_calibration_was_not_written_with_is_refused(
+    calib: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs
+) -> None:
+    """A calibration names the sha256 of the models written with it: a recalibration that wrote its new
+    model and then failed before its calibration (a full disk, Ctrl-C) leaves the old calibration beside
+    the new model, whose scores its statistics do not describe."""
+    import dataclasses
+
+    from core.datafile import file_sha256
+    from plugins.fusion import load_calibration, save_calibration
+
+    streams = ("pixel", "motion", "stationary")
+    cameras: dict[str, Path | None] = {
+        "bound": _calibrate(calib / "bound.json", streams),
+        "replaced": _calibrate(calib / "replaced.json", streams),
+    }
+    for name in cameras:
+        path = calib / f"{name}.json"
+        cal = load_calibration(path)
+        save_calibration(dataclasses.replace(cal, models={"stationary": file_sha256(model_path(path))}), path)
+    # The interrupted recalibration: a new model, the old calibration.
+    frames = np.random.default_rng(9).integers(0, 255, (20, *FRAME, 3), dtype=np.uint8)
+    save_model(fit_model(frames, GRID, window=4, spacing_s=0.4), model_path(calib / "replaced.json"))
+    caplog.set_level(logging.INFO, logger="pipeline.outputs.hub")
+    outputs = hub_outputs(cameras, appearance={"enabled": False}, stationary={})
+    try:
+        assert outputs.stationary.cameras() == ["bound"]
+        assert (
+            f"camera replaced: stationary model {model_path(calib / 'replaced.json')} is not the one its "
+            f"calibration {calib / 'replaced.json'} was written with" in caplog.text
+        )
+        assert "re-run zsad calibrate for this camera" in caplog.text
+    finally:
+        outputs.shutdown()
