@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["arrays_sha256", "beside", "read_model_file", "setup_mismatches", "whole_cells"]
+__all__ = [
+    "arrays_sha256",
+    "beside",
+    "read_model_file",
+    "recorded_arrays_sha256",
+    "setup_mismatches",
+    "whole_cells",
+]
 
 
 def beside(calibration: str | Path, suffix: str) -> Path:
@@ -34,6 +41,18 @@ def arrays_sha256(*arrays: np.ndarray) -> str:
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def recorded_arrays_sha256(path: str | Path) -> str | None:
+    """The ``arrays_sha256`` a model file's header records (its identity: the same arrays, the same hash,
+    whenever they were fitted), or None when it cannot be read (loading it then says why)."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"][()]))
+    except (OSError, ValueError, EOFError, KeyError, AttributeError, TypeError, zipfile.BadZipFile):
+        return None
+    value = meta.get("arrays_sha256") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def read_model_file(

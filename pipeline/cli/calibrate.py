@@ -50,7 +50,6 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
-from core.datafile import file_sha256
 from pipeline.cli.run import first_run_engines
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
@@ -83,6 +82,7 @@ from plugins.fusion import (
     load_calibration,
     save_calibration,
 )
+from plugins.modelfile import recorded_arrays_sha256
 from plugins.objects import FlowCache, ObjectsError, ObjectsModel, fit_configured, grey_frame
 from plugins.pseudo_anomaly import PseudoAnomalyInjector
 from plugins.scorer import reduce_map
@@ -665,16 +665,15 @@ def calibrate_camera(
     # A model whose stream got no sample (every window too short) would be refused by the run: not saved.
     _save_model(camera_id, STATIONARY_FILE, collected.stationary if STATIONARY in cal.streams else None, out)
     _save_model(camera_id, OBJECTS_FILE, collected.objects if OBJECTS in cal.streams else None, out)
-    # Last, naming the model files it was fitted with: the run refuses models another calibration wrote.
+    # Last, naming the model files it was fitted with (by their arrays' hash, so that the same fit names the
+    # same files): the run refuses models another calibration wrote.
     written = {
         APPEARANCE: memory_file,
         STATIONARY: STATIONARY_FILE.path_of(out),
         OBJECTS: OBJECTS_FILE.path_of(out),
     }
-    models = {
-        stream: file_sha256(p) for stream, p in written.items() if stream in cal.streams and p.is_file()
-    }
-    cal = replace(cal, models=models)
+    present = {stream: p for stream, p in written.items() if stream in cal.streams and p.is_file()}
+    cal = replace(cal, models={stream: recorded_arrays_sha256(p) or "" for stream, p in present.items()})
     save_calibration(cal, out)
     log.info(
         "camera %s: calibrated on %d clips -> %s (threshold %.3f)", camera_id, n, out, cal.threshold or 0.0

@@ -61,7 +61,6 @@ from core.config import (
     write_zone_overrides,
     zone_overrides_path,
 )
-from core.datafile import file_sha256
 from core.redact import redact_uri
 from pipeline.memory_streams import OBJECTS_FILE, STATIONARY_FILE, ModelFile
 from pipeline.outputs.events import CameraAlerts
@@ -89,6 +88,7 @@ from plugins.fusion import (
     other_camera,
 )
 from plugins.learned import EventEvidence, LearnedError, LearnedStore, levels_from_evidence
+from plugins.modelfile import recorded_arrays_sha256
 from plugins.objects import ObjectsModels
 from plugins.registry import CameraTable
 from plugins.scorer import StreamScores, filter_scores
@@ -434,13 +434,8 @@ class RunOutputs:
             return
         recorded = calibration.models.get(stream)
         if recorded is not None:
-            try:
-                actual = file_sha256(path)
-            except OSError as exc:
-                log.error("camera %s: %s %s cannot be read (%s); it runs without the %s stream", cam.id, what,
-                          path, exc.strerror or exc, stream)  # fmt: skip
-                return
-            if actual != recorded:
+            actual = recorded_arrays_sha256(path)  # None: a damaged file, which load() below names
+            if actual is not None and actual != recorded:
                 # A calibration that failed after writing its models leaves the old calibration beside
                 # new models: their scores would be placed with statistics of other models.
                 log.error(

@@ -66,9 +66,9 @@ def test_calibrate_writes_the_model_and_held_out_samples_once_the_window_is_full
     assert "stationary" in cal.streams
     assert cal.streams["stationary"].n == int(np.isfinite(held_out).sum())
     # Written last, the calibration names the model file it belongs with.
-    from core.datafile import file_sha256
+    from plugins.modelfile import arrays_sha256
 
-    assert cal.models == {"stationary": file_sha256(model_path(out))}
+    assert cal.models == {"stationary": arrays_sha256(saved.background, saved.mean, saved.std)}
 
 
 def test_calibrating_with_the_stream_off_removes_an_old_model(world: dict[str, Path], tmp_path: Path) -> None:

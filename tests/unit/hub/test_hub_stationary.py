@@ -77,8 +77,8 @@ def test_a_model_its_calibration_was_not_written_with_is_refused(
     the new model, whose scores its statistics do not describe."""
     import dataclasses
 
-    from core.datafile import file_sha256
     from plugins.fusion import load_calibration, save_calibration
+    from plugins.modelfile import recorded_arrays_sha256
 
     streams = ("pixel", "motion", "stationary")
     cameras: dict[str, Path | None] = {
@@ -88,7 +88,8 @@ def test_a_model_its_calibration_was_not_written_with_is_refused(
     for name in cameras:
         path = calib / f"{name}.json"
         cal = load_calibration(path)
-        save_calibration(dataclasses.replace(cal, models={"stationary": file_sha256(model_path(path))}), path)
+        bound = {"stationary": str(recorded_arrays_sha256(model_path(path)))}
+        save_calibration(dataclasses.replace(cal, models=bound), path)
     # The interrupted recalibration: a new model, the old calibration.
     frames = np.random.default_rng(9).integers(0, 255, (20, *FRAME, 3), dtype=np.uint8)
     save_model(fit_model(frames, GRID, window=4, spacing_s=0.4), model_path(calib / "replaced.json"))
