@@ -802,7 +802,12 @@ def _localisation(
     with its own context's calibration ``own[video]``, as its camera would be: its rule, statistics, and
     each clip's reliability times gate weights over ``streams``; ``located`` holds the gate's softmax over
     ``gated``) against the native pixel masks; a mask problem costs only this block."""
-    stats = {v: {s: (own[v].streams[s].location, own[v].streams[s].scale) for s in streams} for v in located}
+    # A context's calibration may lack a memory stream (no model could be fitted there): its evidence then
+    # leaves the stream out, as its camera's would.
+    stats = {
+        v: {s: (own[v].streams[s].location, own[v].streams[s].scale) for s in streams if s in own[v].streams}
+        for v in located
+    }
     weighted = {
         name: (targets, maps, alert_weights(gate, gated, streams, own[name]))
         for name, (targets, maps, gate) in located.items()

@@ -183,3 +183,27 @@ def test_each_video_is_z_scored_with_its_own_cameras_statistics() -> None:
         clips, ["motion"], pooled, lambda name: masks, stats_of={"busy": {"motion": (4.0, 1.0)}}
     )
     assert own["pixel_auc"]["auc"] > shared["pixel_auc"]["auc"] + 0.1
+
+
+def test_eval_localises_a_video_whose_calibration_lacks_a_stream(tmp_path: Path) -> None:
+    """A context whose objects model could not be fitted has no objects statistics: its videos' evidence
+    leaves the stream out (zsad eval died there with a KeyError, after all the scoring)."""
+    from types import SimpleNamespace
+
+    from plugins.fusion import fit_calibration
+    from training.evaluate import _localisation
+
+    _, masks = _world()
+    rng = np.random.default_rng(0)
+    full = fit_calibration({"pixel": rng.normal(size=200), "objects": rng.normal(size=200)})
+    lacks = fit_calibration({"pixel": rng.normal(size=200)})
+    anomaly = np.zeros((4, 6), np.float32)
+    anomaly[1:3, 4] = 5.0
+    clip = (np.array([0, 1, 2]), [{"pixel": anomaly, "objects": 50.0 - anomaly}] * 3, np.ones((3, 0)))
+    native = SimpleNamespace(masks=lambda name: masks, frames=None)
+    report = _localisation(
+        {"a": clip, "b": clip}, [], ["pixel", "objects"], {"a": full, "b": lacks}, native, tmp_path
+    )
+    assert "error" not in report
+    only_b = _localisation({"b": clip}, [], ["pixel", "objects"], {"b": lacks}, native, tmp_path)
+    assert only_b["peak_box_hit_rate"] == 1.0  # objects (hot everywhere but the anomaly) left out
