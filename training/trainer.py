@@ -45,8 +45,9 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue."""
 
 
-#: Beside the checkpoint: the torch and window-sampler random states at that step.
-RNG_STATE_FILE = "rng_state.pt"
+#: Beside the checkpoint: the torch and window-sampler random states at that step, one file per process
+#: (``{rank}``): each process draws its own windows.
+RNG_STATE_FILE = "rng_state.rank{rank}.pt"
 
 
 class WindowSampler:
@@ -203,7 +204,7 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         step = int(meta.get("step", 0))
         seconds_before = float(meta.get("train_seconds", 0.0))
         history = _read_history(Path(resume).with_name("history.jsonl"), step)
-        _restore_rng(Path(resume).with_name(RNG_STATE_FILE), sampler)
+        _restore_rng(Path(resume).with_name(RNG_STATE_FILE.format(rank=rank)), sampler)
         log.info("resumed from %s at step %d", resume, step)
     else:
         model = ZsadModel(cfg.model)
@@ -269,14 +270,17 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "cpc", "pix", "top1")})
-        if rank == 0 and step % 500 == 0:
-            _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start, sampler)
+        if step % 500 == 0:
+            _save_rng(ckpt_path.with_name(RNG_STATE_FILE.format(rank=rank)), sampler)
+            if rank == 0:
+                _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start)
     bar.close()
     if rank == 0:
         train_seconds = time.monotonic() - start
         _fit_gate(model, videos, contexts)
-        _save(model, ckpt_path, opt, opt_path, cfg, step, history, train_seconds, sampler)
+        _save(model, ckpt_path, opt, opt_path, cfg, step, history, train_seconds)
         log.info("trained %d steps in %.1f min -> %s", step, (time.monotonic() - start) / 60, ckpt_path)
+    _save_rng(ckpt_path.with_name(RNG_STATE_FILE.format(rank=rank)), sampler)
     if world > 1:
         # DDP's reducer holds the process group: drop it first, so that gloo's threads are joined by
         # destroy_process_group here and not in a destructor during interpreter teardown, where one
@@ -319,7 +323,6 @@ def _save(
     step: int,
     history: list[dict[str, float]],
     seconds: float,
-    sampler: WindowSampler,
 ) -> None:
     save_checkpoint(
         model,
@@ -327,11 +330,6 @@ def _save(
         extra={"step": step, "train_seconds": round(seconds, 1), "config": cfg.model_dump(mode="json")},
     )
     torch.save(opt.state_dict(), opt_path)
-    # Where the random draws stand, so that a resumed run draws what the uninterrupted one would have.
-    torch.save(
-        {"torch": torch.get_rng_state(), "sampler": json.dumps(sampler.rng.bit_generator.state)},
-        path.with_name(RNG_STATE_FILE),
-    )
     with (path.parent / "history.jsonl").open("w") as f:
         for row in history:
             f.write(json.dumps(row) + "\n")
@@ -353,9 +351,19 @@ def _read_history(path: Path, step: int) -> list[dict[str, float]]:
     return rows
 
 
+def _save_rng(path: Path, sampler: WindowSampler) -> None:
+    """Where this process's random draws stand (torch's CPU generator and the window sampler), so that a
+    resumed run draws what the uninterrupted one would have; written whole (temporary file, rename). The
+    CUDA generators and the AMP scaler are not saved: on a GPU a resumed run is close, not identical."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"torch": torch.get_rng_state(), "sampler": json.dumps(sampler.rng.bit_generator.state)}, tmp)
+    tmp.replace(path)
+
+
 def _restore_rng(path: Path, sampler: WindowSampler) -> None:
-    """Put the torch and window-sampler random states back as the checkpoint saved them; without the file
-    (a checkpoint of an older zsad) the resumed run draws other windows than an uninterrupted one."""
+    """Put the torch and window-sampler random states back as the checkpoint saved them; without a readable
+    file (a checkpoint of an older zsad, a torn write) the resumed run draws other windows than an
+    uninterrupted one, and says so."""
     if not path.is_file():
         log.warning("%s is missing: the resumed run draws other windows than an uninterrupted one", path)
         return
@@ -363,8 +371,10 @@ def _restore_rng(path: Path, sampler: WindowSampler) -> None:
         state = torch.load(path, weights_only=True)
         torch.set_rng_state(state["torch"])
         sampler.rng.bit_generator.state = json.loads(state["sampler"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise TrainingError(f"{path}: cannot restore the random state: {exc}") from exc
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
+        log.warning(
+            "%s cannot be read (%s): the resumed run draws other windows than an uninterrupted one", path, exc
+        )
 
 
 def _attach_text_bank(step_module: TrainStep, cfg: ZsadConfig, contexts: Mapping[str, str]) -> None:
