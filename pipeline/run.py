@@ -347,10 +347,17 @@ class Application:
             self.scheduler.start()
             self.graph.start()
         except BaseException:
-            self.graph.stop()
-            self.scheduler.stop(drain=False)
-            self.outputs.shutdown()
-            self.engines.close()
+            # Each part is stopped even if another fails to, and the start's own error is the one raised.
+            for what, stop in (
+                ("the camera graph", self.graph.stop),
+                ("the scheduler", lambda: self.scheduler.stop(drain=False)),
+                ("the outputs", self.outputs.shutdown),
+                ("the engines", self.engines.close),
+            ):
+                try:
+                    stop()
+                except Exception:
+                    log.exception("after a failed start, stopping %s failed too", what)
             raise
 
     def wait(

@@ -219,6 +219,35 @@ def test_a_start_that_fails_past_the_outputs_leaves_nothing_running(
     assert set(again.shutdown().values()) <= {0}
 
 
+def test_a_failing_cleanup_after_a_failed_start_neither_hides_the_error_nor_stops_the_rest(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.cpu.graph import CameraGraph
+    from tests.fixtures.run_world import make_app, site_config
+
+    cams = [{"id": "c", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"}]
+    cfg = site_config(world, tmp_path / "out", cams)
+    app = make_app(cfg, realtime=False)
+    ports: list[int] = []
+
+    def fail_after_the_outputs(_graph: Any) -> None:
+        ports.extend(server.port for server in (app.review_server, app.metrics_server))
+        raise _GraphFault("injected")
+
+    def stop_fails_too(_graph: Any, timeout_s: float = 10.0) -> None:
+        raise RuntimeError("the GLib loop thread did not stop")
+
+    monkeypatch.setattr(CameraGraph, "start", fail_after_the_outputs)
+    monkeypatch.setattr(CameraGraph, "stop", stop_fails_too)
+    with pytest.raises(_GraphFault):  # the start's own error, not the cleanup's
+        app.start()
+    assert all(_free_to_bind(port) for port in ports)  # the outputs were still shut down
+    assert not app.scheduler.running
+    monkeypatch.undo()
+    again = make_app(cfg, realtime=False)
+    assert set(again.shutdown().values()) <= {0}
+
+
 def test_an_application_that_cannot_build_its_graph_releases_its_outputs(
     world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
