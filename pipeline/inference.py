@@ -274,7 +274,11 @@ def check_engine_folder(cfg: ZsadConfig, directory: Path, manifests: Mapping[str
     ``manifests`` (component -> manifest, each checked against the config already) are built from
     ``engines.checkpoint`` and from one build, their prompt files are those they were built from, and the
     stream gate fits. Returns the gate's file (None: no gate). Raises :class:`ManifestError` or
-    :class:`EngineError`."""
+    :class:`EngineError`. A semantic head the run would not use (the CLIP appearance engine feeds the
+    semantic stream) is not checked."""
+    appearance = manifests.get(APPEARANCE_COMPONENT)
+    if appearance is not None and _feeds_semantic(cfg, appearance):
+        manifests = {c: m for c, m in manifests.items() if c != "semantic_head"}
     for manifest in manifests.values():
         if manifest.component != APPEARANCE_COMPONENT:
             _check_weights(cfg, manifest)
