@@ -820,6 +820,53 @@ class _Builder:
             context_key=lambda context: _key(vector=context_embs.get(context)),
         )
 
+    def _shipped_semantic_head(self) -> bool:
+        """Whether the folder holds a semantic head with prompt embeddings while ``clip_text_model`` names a
+        CLIP folder that is not on this machine: engines built elsewhere and shipped, the device building
+        TensorRT from them. Its head is rebuilt from the checkpoint (no CLIP needed); its embeddings can
+        only be kept."""
+        previous = self.existing("semantic_head")
+        if not self.spec.semantic.clip_text_model or previous is None or not previous.text_embeddings:
+            return False
+        log.warning(
+            "CLIP folder %s is not on this machine: the semantic head in %s is built from the checkpoint and "
+            "its prompt embeddings are kept as they were built elsewhere",
+            self.spec.semantic.clip_text_model,
+            self.out,
+        )
+        return True
+
+    def kept_text_stage(self, manifest: Manifest, previous: Manifest) -> Manifest:
+        """``manifest`` with the shipped prompt embeddings of ``previous`` (see
+        :meth:`_shipped_semantic_head`), each checked to be what the text stage would build here: the same
+        weights and model, the same prompt file, an intact file. Raises :class:`BuildInputError` naming what
+        would need CLIP to embed again."""
+        clip = self.spec.semantic.clip_text_model
+        need = f"copy the CLIP folder {clip} here, or build the engines where it is"
+        if previous.weights_sha256 != self.weights_sha or previous.model_spec_sha256 != self.spec_sha:
+            raise BuildInputError(
+                f"{previous.path}: its prompt embeddings were built for other weights or another model, and "
+                f"they cannot be embedded again without CLIP: {need}"
+            )
+        old = {t.context: t for t in previous.text_embeddings}
+        entries = []
+        for context, set_name in sorted(self.contexts.items()):
+            entry = old.get(context)
+            prompt_set = self.prompt_set(set_name)
+            if entry is None or entry.prompt_sha256 != prompt_set.sha256:
+                why = "has none" if entry is None else "was embedded from other prompts"
+                raise BuildInputError(
+                    f"{previous.path}: context {context}'s prompt embeddings: the folder {why} "
+                    f"({prompt_set.path}), and they cannot be embedded without CLIP: {need}"
+                )
+            path = self.out / entry.path
+            if not _file_ok(path, entry.sha256):
+                raise BuildInputError(f"{path} is missing or changed since the build: {need}")
+            size = path.stat().st_size
+            self.step(StepResult("semantic_head", f"text[{context}]", "up to date", 0.0, path, size, "kept"))
+            entries.append(entry)
+        return manifest.model_copy(update={"text_embeddings": entries})
+
     def appearance_text_stage(self, manifest: Manifest, previous: Manifest | None) -> Manifest:
         """The CLIP appearance engine's prompt embeddings (``appearance_text_<context>.npy``): the same
         folder's text tower, L2-normalised and ungated, in the space of the engine's image embedding."""
@@ -1076,6 +1123,9 @@ class _Builder:
             for c in ("backbone", "dpc_head", "semantic_head", "stream_gate", APPEARANCE_COMPONENT)
             if wanted is None or c in wanted
         ]
+        shipped_texts = not semantic and "semantic_head" in plan and self._shipped_semantic_head()
+        if shipped_texts:
+            semantic = True  # built from the checkpoint; its prompt embeddings kept as shipped
         if not semantic and "semantic_head" in plan:
             plan.remove("semantic_head")
             if wanted is None:
@@ -1101,7 +1151,9 @@ class _Builder:
                 manifest = self.tensorrt_stage(component, manifest, previous, env)
             else:
                 manifest = self.keep_tensorrt(component, manifest, previous)
-            if component == "semantic_head":
+            if component == "semantic_head" and shipped_texts and previous is not None:
+                manifest = self.kept_text_stage(manifest, previous)
+            elif component == "semantic_head":
                 manifest = self.text_stage(manifest, previous)
             elif component == APPEARANCE_COMPONENT and self.appearance_source.embed_dim:
                 manifest = self.appearance_text_stage(manifest, previous)

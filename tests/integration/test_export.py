@@ -569,3 +569,31 @@ def test_two_builds_into_one_folder_take_turns(tiny: Built, tmp_path: Path) -> N
     assert not second.is_alive()
     assert reports[0].up_to_date
     assert (out / BUILD_LOCK).is_file()
+
+
+def test_a_device_without_clip_keeps_the_shipped_semantic_head(tiny: Built, tmp_path: Path) -> None:
+    """Engines built where CLIP is, shipped to a device without it: the device's build keeps the semantic
+    head and its prompt embeddings (it removed them, and with them the semantic stream); a prompt file
+    edited on the device is refused by name, since only CLIP could embed it again."""
+    from engines.build import BuildInputError
+
+    device = _copy(tiny, tmp_path / "engines")
+    without_clip = _with(tiny.spec, "semantic", clip_text_model=str(tmp_path / "no-clip-here"))
+    report = build_engines(without_clip, tiny.checkpoint, device, contexts=CONTEXTS)
+    statuses = _statuses(report)
+    assert ("semantic_head", "cleanup") not in statuses
+    assert statuses[("semantic_head", "onnx")] == "up to date"
+    assert {statuses[("semantic_head", f"text[{c}]")] for c in CONTEXTS} == {"up to date"}
+    kept = load_manifest(device / "semantic_head.manifest.json")
+    shipped = load_manifest(tiny.out / "semantic_head.manifest.json")
+    assert kept.text_embeddings == shipped.text_embeddings
+    assert all((device / t.path).is_file() for t in kept.text_embeddings)
+    prompts = shutil.copytree(PROMPT_DIR, tmp_path / "prompts")
+    campus = prompts / "campus.yaml"
+    data = yaml.safe_load(campus.read_text())
+    data["anomalous"].append("a person climbing over a fence")
+    campus.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        BuildInputError, match=r"context campus's prompt embeddings: .*cannot be embedded without CLIP"
+    ):
+        build_engines(without_clip, tiny.checkpoint, device, contexts=CONTEXTS, prompt_dir=prompts)
