@@ -697,7 +697,15 @@ def _replayed_alerts(
     for v, lab in labels.items():
         named = events.get(v)
         if named:
-            by_video[v] = [Event(int(e["start"]), int(e["end"]), str(e["kind"])) for e in named]
+            # Each event as far as the labels call its frames abnormal (a synthetic event can run on after
+            # its actor has left the view): an alert then is a false alarm, as the frame AUCs count it.
+            by_video[v] = [
+                ev
+                for ev in (
+                    _labelled(Event(int(e["start"]), int(e["end"]), str(e["kind"])), lab) for e in named
+                )
+                if ev is not None
+            ]
         else:
             by_video[v] = [Event(a, b - 1) for a, b in alarm_events(lab, 1)]
     report = replay_alerts(fused, by_video, params, hop=hop, fps=fps, smoothing=policy.smoothing, delay=delay)
@@ -707,6 +715,14 @@ def _replayed_alerts(
         "hop_frames": hop,
         **report,
     }
+
+
+def _labelled(event: Event, labels: np.ndarray) -> Event | None:
+    """``event`` trimmed to the first and last of its frames ``labels`` call abnormal (None: none is)."""
+    inside = np.flatnonzero(np.asarray(labels)[event.start : event.end + 1] == 1)
+    if not inside.size:
+        return None
+    return Event(event.start + int(inside[0]), event.start + int(inside[-1]), event.kind)
 
 
 def breakdown(
@@ -722,7 +738,9 @@ def breakdown(
     easier event shares (a van passing while someone walks off the path) says nothing of whether the
     harder one is seen. ``per_kind_with_overlaps`` counts every frame of the kind's events (what this
     reported as ``per_kind`` before 2026-12-06: on seed 59, 164 of the off-path walkers' 360 frames shared
-    the screen); ``overlap_frames`` says how many of each kind's frames the first leaves out."""
+    the screen); ``overlap_frames`` says how many of each kind's frames the first leaves out. Both count
+    only frames the labels call abnormal: an event's span can outlast them (the synthetic generator keeps
+    an event running after its actor has left the view; the labels follow what is visible)."""
 
     def auc(y: np.ndarray, s: np.ndarray) -> float | None:
         try:
@@ -745,10 +763,15 @@ def breakdown(
         if v not in scores or not named:
             continue
         n = len(scores[v])
+        abnormal = np.asarray(labels[v]) == 1
         covered: dict[str, np.ndarray] = {}  # kind -> frames its events cover in this video
         for ev in named:
             mask = covered.setdefault(str(ev["kind"]), np.zeros(n, bool))
             mask[int(ev["start"]) : int(ev["end"]) + 1] = True
+        for mask in covered.values():
+            # An event's span can outlast what the labels call abnormal (an off-path walker who has left
+            # the view while the event still runs): those frames are normal to every AUC here.
+            mask &= abnormal
         for kind, mask in covered.items():
             others = np.zeros(n, bool)
             for other, m in covered.items():

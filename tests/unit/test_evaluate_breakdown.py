@@ -57,3 +57,22 @@ def test_the_printed_table_says_n_a_where_no_video_has_both_classes(
     )
     printed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("product"))
     assert printed.split()[1:3] == [f"{report['micro_auc']:.4f}", "n/a"]
+
+
+def test_a_kind_counts_only_the_frames_the_labels_call_abnormal() -> None:
+    """A synthetic event can run on after its actor has left the view (seed 59's off-path walker: 136 of
+    its span's frames labelled normal). Those frames are normal to the micro AUC; the kind must not count
+    them as its own, nor may the alert replay ask for an alert there."""
+    from training.alert_replay import Event
+    from training.evaluate import _labelled
+
+    scores = np.zeros(60)
+    scores[10:20] = 5.0  # the walker, seen while in view (frames 10-19)
+    labels = np.zeros(60, np.int64)
+    labels[10:20] = 1  # ... and labelled while in view
+    scores[40:60] = np.linspace(0.0, 1.0, 20)  # normal frames
+    events = {"v": [{"kind": "off_path", "start": 10, "end": 39}]}  # the event runs on to frame 39
+    b = breakdown({"v": scores}, {"v": labels}, {"v": "station"}, events)
+    assert b["per_kind"]["off_path"] == 1.0  # frames 20-39 (score 0, labelled normal) are not the walker's
+    assert _labelled(Event(10, 39, "off_path"), labels) == Event(10, 19, "off_path")
+    assert _labelled(Event(30, 39, "off_path"), labels) is None  # never labelled: no event to detect
