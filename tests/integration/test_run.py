@@ -189,11 +189,13 @@ def _free_to_bind(port: int) -> bool:
     return True
 
 
+@pytest.mark.parametrize("cleanup_fails", [False, True])
 def test_a_start_that_fails_past_the_outputs_leaves_nothing_running(
-    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleanup_fails: bool
 ) -> None:
     """The outputs started (review page bound, sinks running, spool locked) and then the camera graph
-    failed: the run stops what started and releases the output_dir, so the same process can try again."""
+    failed: the run stops what started and releases the output_dir, so the same process can try again;
+    also when stopping the graph fails too, and then the start's own error is the one raised."""
     from pipeline.cpu.graph import CameraGraph
     from tests.fixtures.run_world import make_app, site_config
 
@@ -207,7 +209,12 @@ def test_a_start_that_fails_past_the_outputs_leaves_nothing_running(
         assert not _free_to_bind(ports[0])  # the review page is serving
         raise _GraphFault("injected")
 
+    def stop_fails_too(_graph: Any, timeout_s: float = 10.0) -> None:
+        raise RuntimeError("the GLib loop thread did not stop")
+
     monkeypatch.setattr(CameraGraph, "start", fail_after_the_outputs)
+    if cleanup_fails:
+        monkeypatch.setattr(CameraGraph, "stop", stop_fails_too)
     with pytest.raises(_GraphFault):
         app.start()
     assert len(ports) == 2
@@ -216,35 +223,6 @@ def test_a_start_that_fails_past_the_outputs_leaves_nothing_running(
     assert not [t for t in threading.enumerate() if t.name.startswith(("zsad-scheduler", "zsad-sink"))]
     monkeypatch.undo()
     again = make_app(cfg, realtime=False)  # the spool lock and the score log were released
-    assert set(again.shutdown().values()) <= {0}
-
-
-def test_a_failing_cleanup_after_a_failed_start_neither_hides_the_error_nor_stops_the_rest(
-    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from pipeline.cpu.graph import CameraGraph
-    from tests.fixtures.run_world import make_app, site_config
-
-    cams = [{"id": "c", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"}]
-    cfg = site_config(world, tmp_path / "out", cams)
-    app = make_app(cfg, realtime=False)
-    ports: list[int] = []
-
-    def fail_after_the_outputs(_graph: Any) -> None:
-        ports.extend(server.port for server in (app.review_server, app.metrics_server))
-        raise _GraphFault("injected")
-
-    def stop_fails_too(_graph: Any, timeout_s: float = 10.0) -> None:
-        raise RuntimeError("the GLib loop thread did not stop")
-
-    monkeypatch.setattr(CameraGraph, "start", fail_after_the_outputs)
-    monkeypatch.setattr(CameraGraph, "stop", stop_fails_too)
-    with pytest.raises(_GraphFault):  # the start's own error, not the cleanup's
-        app.start()
-    assert all(_free_to_bind(port) for port in ports)  # the outputs were still shut down
-    assert not app.scheduler.running
-    monkeypatch.undo()
-    again = make_app(cfg, realtime=False)
     assert set(again.shutdown().values()) <= {0}
 
 
