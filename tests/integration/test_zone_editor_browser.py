@@ -294,3 +294,31 @@ def test_mask_drawn_in_the_editor_stops_the_road_alerts_and_the_zone_shows_on_th
     mqtt = [(t, m) for t, m in sub.received_with_topics() if m["alert_id"] == cyclist["alert_id"]]
     assert {t for t, _ in mqtt} == {f"zsad/{CAMERA}/east/alert"}
     assert {m["zone"] for _, m in mqtt} == {"east"}
+
+
+def test_the_editor_lists_the_running_cameras_only(
+    driver: Any,  # noqa: F811
+    run: tuple[Any, Subscriber, Path],
+    world: dict[str, Path],  # noqa: F811
+) -> None:
+    """A camera added while the page is open appears in the editor's list; once removed it goes (its zones
+    can no longer be edited), while the alert filter keeps it (its alerts stay)."""
+    import json
+
+    from core.config import parse_config
+
+    app = run[0]
+    driver.get(app.review_server.url + f"#zones/{CAMERA}")
+
+    def listed(d: Any) -> list[str]:
+        return [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#z-camera option")]
+
+    wait_for(driver, lambda d: listed(d) == [CAMERA], "the running camera listed")
+    lobby = {"id": "lobby", "uri": f"loop://{world['flag']}", "context": "campus"}
+    site = {**json.loads(json.dumps(app.cfg.model_dump(mode="json"))), "cameras": [lobby]}
+    app.add_camera(parse_config(json.dumps(site), "<test>").camera_settings("lobby"))
+    wait_for(driver, lambda d: listed(d) == [CAMERA, "lobby"], "the added camera listed")
+    app.remove_camera("lobby")
+    wait_for(driver, lambda d: listed(d) == [CAMERA], "the removed camera gone")
+    filtered = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#f-camera option")]
+    assert "lobby" in filtered

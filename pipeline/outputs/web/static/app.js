@@ -698,9 +698,14 @@
   };
 
   function refreshEditorCameras() {
+    // Only running cameras have zones to edit (the alert filter keeps every camera seen: its alerts stay);
+    // the camera open in the editor stays listed, so a removal does not pull the form from under a hand.
     const select = $("z-camera");
+    for (const option of [...select.options]) {
+      if (!cameras.has(option.value) && option.value !== editor.camera) option.remove();
+    }
     const have = new Set([...select.options].map((o) => o.value));
-    for (const id of [...knownCameraIds].sort()) {
+    for (const id of [...cameras.keys()].sort()) {
       if (!have.has(id)) select.append(new Option(id, id));
     }
     if (currentView() === "zones" && !editor.camera && select.options.length) openEditor(select.options[0].value);
