@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -204,7 +205,9 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         step = int(meta.get("step", 0))
         seconds_before = float(meta.get("train_seconds", 0.0))
         history = _read_history(Path(resume).with_name("history.jsonl"), step)
-        _restore_rng(Path(resume).with_name(RNG_STATE_FILE.format(rank=rank)), sampler)
+        own = Path(resume).with_name(RNG_STATE_FILE.format(rank=rank))
+        older = Path(resume).with_name("rng_state.pt")  # one process's, as zsad wrote it before ranks
+        _restore_rng(own if own.is_file() or world > 1 or not older.is_file() else older, sampler, step)
         log.info("resumed from %s at step %d", resume, step)
     else:
         model = ZsadModel(cfg.model)
@@ -271,7 +274,7 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         if step % 10 == 0:
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "cpc", "pix", "top1")})
         if step % 500 == 0:
-            _save_rng(ckpt_path.with_name(RNG_STATE_FILE.format(rank=rank)), sampler)
+            _save_rng(ckpt_path.with_name(RNG_STATE_FILE.format(rank=rank)), sampler, step)
             if rank == 0:
                 _save(model, ckpt_path, opt, opt_path, cfg, step, history, time.monotonic() - start)
     bar.close()
@@ -280,7 +283,7 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         _fit_gate(model, videos, contexts)
         _save(model, ckpt_path, opt, opt_path, cfg, step, history, train_seconds)
         log.info("trained %d steps in %.1f min -> %s", step, (time.monotonic() - start) / 60, ckpt_path)
-    _save_rng(ckpt_path.with_name(RNG_STATE_FILE.format(rank=rank)), sampler)
+    _save_rng(ckpt_path.with_name(RNG_STATE_FILE.format(rank=rank)), sampler, step)
     if world > 1:
         # DDP's reducer holds the process group: drop it first, so that gloo's threads are joined by
         # destroy_process_group here and not in a destructor during interpreter teardown, where one
@@ -351,30 +354,42 @@ def _read_history(path: Path, step: int) -> list[dict[str, float]]:
     return rows
 
 
-def _save_rng(path: Path, sampler: WindowSampler) -> None:
-    """Where this process's random draws stand (torch's CPU generator and the window sampler), so that a
-    resumed run draws what the uninterrupted one would have; written whole (temporary file, rename). The
-    CUDA generators and the AMP scaler are not saved: on a GPU a resumed run is close, not identical."""
+def _save_rng(path: Path, sampler: WindowSampler, step: int) -> None:
+    """Where this process's random draws stand at ``step`` (torch's CPU generator and the window sampler),
+    so that a resumed run draws what the uninterrupted one would have; written whole (temporary file,
+    rename). The CUDA generators and the AMP scaler are not saved: on a GPU a resumed run is close, not
+    identical."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"torch": torch.get_rng_state(), "sampler": json.dumps(sampler.rng.bit_generator.state)}, tmp)
+    sampled = json.dumps(sampler.rng.bit_generator.state)
+    torch.save({"step": step, "torch": torch.get_rng_state(), "sampler": sampled}, tmp)
     tmp.replace(path)
 
 
-def _restore_rng(path: Path, sampler: WindowSampler) -> None:
-    """Put the torch and window-sampler random states back as the checkpoint saved them; without a readable
-    file (a checkpoint of an older zsad, a torn write) the resumed run draws other windows than an
-    uninterrupted one, and says so."""
+def _restore_rng(path: Path, sampler: WindowSampler, step: int) -> None:
+    """Put the torch and window-sampler random states back as they were at the checkpoint's ``step``;
+    without a readable file of that step (a checkpoint of an older zsad, a torn write, a process that died
+    between its state and the checkpoint) the resumed run draws other windows than an uninterrupted one,
+    and says so. Either both states are restored or neither."""
+    other = "the resumed run draws other windows than an uninterrupted one"
     if not path.is_file():
-        log.warning("%s is missing: the resumed run draws other windows than an uninterrupted one", path)
+        log.warning("%s is missing: %s", path, other)
         return
     try:
         state = torch.load(path, weights_only=True)
-        torch.set_rng_state(state["torch"])
-        sampler.rng.bit_generator.state = json.loads(state["sampler"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
-        log.warning(
-            "%s cannot be read (%s): the resumed run draws other windows than an uninterrupted one", path, exc
-        )
+        generator = state["torch"]
+        sampled = json.loads(state["sampler"])
+        saved_at = state.get("step", step)  # files of the first version of this had no step
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        log.warning("%s cannot be read (%s): %s", path, exc, other)
+        return
+    if saved_at != step:
+        log.warning("%s is of step %s, the checkpoint of step %d: %s", path, saved_at, step, other)
+        return
+    try:
+        sampler.rng.bit_generator.state = sampled
+        torch.set_rng_state(generator)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        log.warning("%s does not fit (%s): %s", path, exc, other)
 
 
 def _attach_text_bank(step_module: TrainStep, cfg: ZsadConfig, contexts: Mapping[str, str]) -> None:

@@ -38,6 +38,7 @@ the label is taken back, it is forgotten. Either way a new version is written an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
 from pipeline.outputs.sinks import SinkFanout, SpoolError, build_sinks, sink_name
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web import ReviewServer, ReviewServerError
+from pipeline.outputs.web.api import ZonesChanged
 from plugins.appearance import (
     AppearanceMemories,
     AppearanceMemoryError,
@@ -169,6 +171,12 @@ def uncalibrated_notice(camera: str, on_threshold: float) -> str:
         f"expect no alerts from it until it is calibrated: zsad calibrate CONFIG --camera {camera} "
         f"--footage URI_OF_NORMAL_FOOTAGE --out calib/{camera}.json, then set its calibration: to that file"
     )
+
+
+def _zoning_version(zoning: ZoneSettings) -> str:
+    """A short hash of the zones in force, what a zones save may name to refuse a lost update."""
+    text = json.dumps(zoning.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def learned_dir(cam: CameraSettings, output_dir: Path) -> Path:
@@ -568,6 +576,7 @@ class RunOutputs:
             overridden = list(self._overridden.get(camera, []))
         path = self.overrides_path(camera)
         out: dict[str, Any] = {"camera": camera, **zoning.model_dump(mode="json")}
+        out["version"] = _zoning_version(zoning)
         out["config"] = cam.zoning.model_dump(mode="json")
         out["overrides"] = {
             "path": str(path.relative_to(self.out)),
@@ -584,14 +593,22 @@ class RunOutputs:
             }
         return out
 
-    def put_camera_zones(self, camera: str, body: Any) -> dict[str, Any]:
+    def put_camera_zones(self, camera: str, body: Any, version: str | None = None) -> dict[str, Any]:
         """Validate ``body`` (any of ``zones``, ``mask``, ``alert_zones``) over the camera's config zones,
-        write it as the camera's overrides file (atomically) and put it in force at once. Raises KeyError
-        (unknown camera), :class:`core.config.ConfigError` (invalid body) or OSError (cannot write)."""
+        write it as the camera's overrides file (atomically) and put it in force at once. With ``version``
+        (:meth:`camera_zones`' ``version`` when the edit started), refuses a save over zones another editor
+        or a reload changed since. Raises KeyError (unknown camera), :class:`ZonesChanged`,
+        :class:`core.config.ConfigError` (invalid body) or OSError (cannot write)."""
         with self._zones_lock:
             cam = self._settings.get(camera)
             if cam is None:
                 raise KeyError(camera)
+            current = _zoning_version(self._zoning[camera])
+            if version is not None and version != current:
+                raise ZonesChanged(
+                    f"camera {camera}'s zones changed since this edit began (version {version}, now "
+                    f"{current}: another editor saved, or a reload changed them); load them again, then save"
+                )
             zoning = validate_zone_settings(body, cam.zoning, "request body")
             data = zoning.model_dump(mode="json")
             write_zone_overrides(self.overrides_path(camera), {k: data[k] for k in body}, camera)

@@ -298,10 +298,18 @@ def test_zones_api_validates_and_overrides_reload_without_restart(
         assert api.request("PUT", "/api/cameras/nobody/zones", {"mask": []})[0] == 404
         assert api.request("GET", "/api/cameras/nobody/learned")[0] == 404
 
-        # A good body: written as the overrides file and in force at once.
+        # A good body: written as the overrides file and in force at once. It names the version it was
+        # edited from (what GET gave), so that a second editor's older view cannot overwrite it.
         version = app.outputs.filters.get(CAMERA).version
-        status, body = api.request("PUT", f"/api/cameras/{CAMERA}/zones", {"alert_zones": ["east"]})
+        edit = {"alert_zones": ["east"], "version": zones["version"]}
+        status, body = api.request("PUT", f"/api/cameras/{CAMERA}/zones", edit)
         assert status == 200, body
+        assert body["version"] != zones["version"]
+        stale = {"mask": [], "version": zones["version"]}  # the other editor, who loaded the zones before
+        status, refused = api.request("PUT", f"/api/cameras/{CAMERA}/zones", stale)
+        assert status == 409, refused
+        assert "zones changed since this edit began" in refused["error"]
+        assert api.request("PUT", f"/api/cameras/{CAMERA}/zones", {"mask": [], "version": 3})[0] == 400
         assert body["alert_zones"] == ["east"]
         assert body["overrides"]["keys"] == ["alert_zones"]
         assert app.outputs.filters.get(CAMERA).version > version

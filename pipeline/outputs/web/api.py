@@ -15,7 +15,7 @@ from urllib.parse import quote
 from core.config import ConfigError
 from pipeline.outputs.state import LABELS, LabelError, RunState, StateError, UnknownAlertError, parse_time
 
-__all__ = ["MEDIA_TYPES", "ApiError", "CameraControl", "ReviewApi"]
+__all__ = ["MEDIA_TYPES", "ApiError", "CameraControl", "ReviewApi", "ZonesChanged"]
 
 MEDIA_DIR = "events"
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".mp4": "video/mp4"}
@@ -38,13 +38,18 @@ class ApiError(Exception):
         super().__init__(f"{status}: {message}")
 
 
+class ZonesChanged(Exception):
+    """A zones save that names the version it was edited from (``version``), when the camera's zones in
+    force are another version now (another editor saved, or a reload changed them)."""
+
+
 class CameraControl(Protocol):
     """What the API may change in a running camera (``pipeline.outputs.hub.RunOutputs``). Each raises
     KeyError for an unknown camera."""
 
     def camera_zones(self, camera: str) -> dict[str, Any]: ...
 
-    def put_camera_zones(self, camera: str, body: Any) -> dict[str, Any]: ...
+    def put_camera_zones(self, camera: str, body: Any, version: str | None = None) -> dict[str, Any]: ...
 
     def delete_camera_zones(self, camera: str) -> dict[str, Any]: ...
 
@@ -239,15 +244,22 @@ class ReviewApi:
     # -- PUT / DELETE -------------------------------------------------------------------------------------
 
     def put(self, path: str, body: bytes) -> dict[str, Any]:
-        """``PUT /api/cameras/<id>/zones`` with a JSON object of ``zones``, ``mask``, ``alert_zones``."""
+        """``PUT /api/cameras/<id>/zones`` with a JSON object of ``zones``, ``mask``, ``alert_zones`` and,
+        optionally, the ``version`` the edit started from: 409 when the zones in force are another now."""
         camera = self._zones_camera(path)
         payload = _json_body(body)
         if not isinstance(payload, dict):
             raise ApiError(
                 400, 'body must be an object like {"zones": [...], "mask": [...], "alert_zones": null}'
             )
+        # Optional: the zones' version the edit started from (GET's "version"); without it, last write wins.
+        version = payload.pop("version", None)
+        if version is not None and not isinstance(version, str):
+            raise ApiError(400, f"version must be the string GET gave, got {version!r}")
         try:
-            return self._control().put_camera_zones(camera, payload)
+            return self._control().put_camera_zones(camera, payload, version)
+        except ZonesChanged as exc:
+            raise ApiError(409, str(exc)) from exc
         except KeyError as exc:
             raise ApiError(404, f"no running camera {camera}") from exc
         except ConfigError as exc:

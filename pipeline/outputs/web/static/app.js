@@ -961,6 +961,9 @@
       setZoneStatus("Nothing to save: this is what the site config says.");
       return;
     }
+    // The version the edit started from: the server refuses the save (409) if another editor or a reload
+    // changed the zones since, instead of silently overwriting them.
+    if (body && editor.data && editor.data.version) body.version = editor.data.version;
     showProblems([]);
     setZoneStatus(method === "PUT" ? "saving…" : "reverting…");
     try {
