@@ -31,11 +31,17 @@ class AlertReplayError(ValueError):
 
 @dataclass(frozen=True)
 class Event:
-    """One anomaly of a test video: frames ``start`` to ``end`` inclusive, of ``kind``."""
+    """One anomaly of a test video: frames ``start`` to ``end`` inclusive, of ``kind``; ``runs``: the
+    inclusive frame runs within them where it is abnormal, when that is not all of them (empty: the whole
+    span). An alert is its detection when it is open during a run or within the slack after one."""
 
     start: int
     end: int
     kind: str = "anomaly"
+    runs: tuple[tuple[int, int], ...] = ()
+
+    def windows(self) -> tuple[tuple[int, int], ...]:
+        return self.runs or ((self.start, self.end),)
 
 
 def video_alerts(
@@ -98,9 +104,9 @@ def replay_alerts(
             if not 0 <= ev.start <= ev.end < n:
                 raise AlertReplayError(f"{video}: event frames {ev.start}-{ev.end} outside its {n} frames")
         alerts = video_alerts(scores, thresholds[video], hop=hop, fps=fps, smoothing=smoothing, delay=delay)
-        windows = [(ev.start / fps, (ev.end + slack) / fps) for ev in evs]
-        for ev, (a, b) in zip(evs, windows, strict=True):
-            hit = any(o <= b and c >= a for o, c in alerts)
+        windows = [[(a / fps, (b + slack) / fps) for a, b in ev.windows()] for ev in evs]
+        for ev, spans in zip(evs, windows, strict=True):
+            hit = any(o <= b and c >= a for o, c in alerts for a, b in spans)
             total += 1
             detected += hit
             counts = per_kind.setdefault(ev.kind, [0, 0])
@@ -108,10 +114,12 @@ def replay_alerts(
             counts[1] += 1
             if not hit:
                 missed.append(f"{video}:{ev.kind}@{ev.start}")
-        false_alarms += sum(1 for o, c in alerts if not any(o <= b and c >= a for a, b in windows))
+        every = [w for spans in windows for w in spans]
+        false_alarms += sum(1 for o, c in alerts if not any(o <= b and c >= a for a, b in every))
         busy = np.zeros(n, bool)
         for ev in evs:
-            busy[ev.start : min(n, ev.end + slack + 1)] = True
+            for a, b in ev.windows():
+                busy[a : min(n, b + slack + 1)] = True
         normal_frames += int((~busy).sum())
     minutes = normal_frames / fps / 60.0
     return {

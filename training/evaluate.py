@@ -697,8 +697,8 @@ def _replayed_alerts(
     for v, lab in labels.items():
         named = events.get(v)
         if named:
-            # Each event as far as the labels call its frames abnormal (a synthetic event can run on after
-            # its actor has left the view): an alert then is a false alarm, as the frame AUCs count it.
+            # Each event where the labels call its frames abnormal (a synthetic event's span can hold normal
+            # stretches): an alert only there is a false alarm, as the frame AUCs count it.
             by_video[v] = [
                 ev
                 for ev in (
@@ -718,11 +718,15 @@ def _replayed_alerts(
 
 
 def _labelled(event: Event, labels: np.ndarray) -> Event | None:
-    """``event`` trimmed to the first and last of its frames ``labels`` call abnormal (None: none is)."""
-    inside = np.flatnonzero(np.asarray(labels)[event.start : event.end + 1] == 1)
-    if not inside.size:
+    """``event`` with the runs of its frames ``labels`` call abnormal (None: none is). A synthetic event's
+    span runs from its actor's first to last abnormal frame, and can hold stretches where it is normal (an
+    off-path walker back on the platform before leaving through the frame's edge): an alert there is a
+    false alarm, and those frames count as normal time, as the frame AUCs count them."""
+    inside = np.asarray(labels)[event.start : event.end + 1] == 1
+    runs = [(event.start + a, event.start + b - 1) for a, b in alarm_events(inside.astype(np.int64), 1)]
+    if not runs:
         return None
-    return Event(event.start + int(inside[0]), event.start + int(inside[-1]), event.kind)
+    return Event(runs[0][0], runs[-1][1], event.kind, tuple(runs) if len(runs) > 1 else ())
 
 
 def breakdown(
@@ -739,8 +743,8 @@ def breakdown(
     harder one is seen. ``per_kind_with_overlaps`` counts every frame of the kind's events (what this
     reported as ``per_kind`` before 2026-12-06: on seed 59, 164 of the off-path walkers' 360 frames shared
     the screen); ``overlap_frames`` says how many of each kind's frames the first leaves out. Both count
-    only frames the labels call abnormal: an event's span can outlast them (the synthetic generator keeps
-    an event running after its actor has left the view; the labels follow what is visible)."""
+    only frames the labels call abnormal: a synthetic event's span runs from its actor's first to its last
+    abnormal frame and can hold normal stretches between (the labels are per frame, over every event)."""
 
     def auc(y: np.ndarray, s: np.ndarray) -> float | None:
         try:
@@ -769,8 +773,8 @@ def breakdown(
             mask = covered.setdefault(str(ev["kind"]), np.zeros(n, bool))
             mask[int(ev["start"]) : int(ev["end"]) + 1] = True
         for mask in covered.values():
-            # An event's span can outlast what the labels call abnormal (an off-path walker who has left
-            # the view while the event still runs): those frames are normal to every AUC here.
+            # An event's span can hold frames the labels call normal (a synthetic off-path walker back on
+            # the platform before it leaves through the frame's edge): normal to every AUC here.
             mask &= abnormal
         for kind, mask in covered.items():
             others = np.zeros(n, bool)

@@ -76,3 +76,16 @@ def test_a_kind_counts_only_the_frames_the_labels_call_abnormal() -> None:
     assert b["per_kind"]["off_path"] == 1.0  # frames 20-39 (score 0, labelled normal) are not the walker's
     assert _labelled(Event(10, 39, "off_path"), labels) == Event(10, 19, "off_path")
     assert _labelled(Event(30, 39, "off_path"), labels) is None  # never labelled: no event to detect
+    # The shape seed 59's walker has: abnormal, normal for a long stretch, abnormal for one frame as it
+    # leaves through the frame's edge. An alert only in the normal stretch is a false alarm.
+    labels[39] = 1
+    walker = _labelled(Event(10, 39, "off_path"), labels)
+    assert walker == Event(10, 39, "off_path", ((10, 19), (39, 39)))
+    from plugins.alerting import AlertParams
+    from training.alert_replay import replay_alerts
+
+    fused = np.zeros(60)
+    fused[28:34] = 9.0  # an alert in the normal stretch only (more than the 2 s slack after frame 19)
+    params = AlertParams(on_threshold=3.0, off_threshold=2.0, min_duration_s=0.0, cooldown_s=0.0)
+    report = replay_alerts({"v": fused}, {"v": [walker]}, {"v": params}, hop=1, fps=1.0, smoothing=1)
+    assert (report["detected"], report["false_alarms"]) == (0, 1)
