@@ -849,12 +849,22 @@ class _Builder:
                 f"they cannot be embedded again without CLIP: {need}"
             )
         old = {t.context: t for t in previous.text_embeddings}
+        context_embs = self.meta.get("context_embeddings") or {}
         entries = []
         for context, set_name in sorted(self.contexts.items()):
             entry = old.get(context)
             prompt_set = self.prompt_set(set_name)
-            if entry is None or entry.prompt_sha256 != prompt_set.sha256:
-                why = "has none" if entry is None else "was embedded from other prompts"
+            # Gated by the checkpoint's context vector or a zero one: the kind must be this checkpoint's
+            # (a changed vector of the same kind cannot be told without CLIP; said in docs/engines.md).
+            source = "checkpoint" if context in context_embs else "zero-embedding"
+            if entry is None or entry.prompt_sha256 != prompt_set.sha256 or entry.context_source != source:
+                why = (
+                    "has none"
+                    if entry is None
+                    else "was embedded from other prompts"
+                    if entry.prompt_sha256 != prompt_set.sha256
+                    else f"was gated by a {entry.context_source} vector, this checkpoint gives a {source} one"
+                )
                 raise BuildInputError(
                     f"{previous.path}: context {context}'s prompt embeddings: the folder {why} "
                     f"({prompt_set.path}), and they cannot be embedded without CLIP: {need}"

@@ -597,3 +597,14 @@ def test_a_device_without_clip_keeps_the_shipped_semantic_head(tiny: Built, tmp_
         BuildInputError, match=r"context campus's prompt embeddings: .*cannot be embedded without CLIP"
     ):
         build_engines(without_clip, tiny.checkpoint, device, contexts=CONTEXTS, prompt_dir=prompts)
+    # A checkpoint whose sidecar now gives campus a context vector: the shipped ones were gated by none.
+    import json
+
+    ckpt = Path(shutil.copy(tiny.checkpoint, tmp_path / tiny.checkpoint.name))
+    meta = json.loads(Path(f"{tiny.checkpoint}.json").read_text())
+    meta["context_embeddings"] = {"campus": [1.0] * 32}
+    Path(f"{ckpt}.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        BuildInputError, match=r"gated by a zero-embedding vector, this checkpoint gives a checkpoint"
+    ):
+        build_engines(without_clip, ckpt, device, contexts=CONTEXTS)
