@@ -107,7 +107,6 @@ __all__ = [
 REQUIRED_COMPONENTS = ("backbone", "dpc_head")
 
 
-# Held while a first run builds the engines, so that two runs on one engines.dir never build at once.
 class EngineError(RuntimeError):
     """The engines of a run are missing or do not match its config; the message says which and why."""
 
@@ -268,29 +267,38 @@ def _check_one_build(manifests: Mapping[str, Manifest]) -> None:
         )
 
 
-def check_engine_folder(cfg: ZsadConfig, directory: Path, manifests: Mapping[str, Manifest]) -> Path | None:
+@dataclass(frozen=True)
+class FolderCheck:
+    """What :func:`check_engine_folder` read: the stream gate's file (None: no gate) and, per component
+    whose prompts a run would read, its prompt embeddings by context."""
+
+    gate: Path | None
+    texts: dict[str, dict[str, PromptBank]]
+
+
+def check_engine_folder(cfg: ZsadConfig, directory: Path, manifests: Mapping[str, Manifest]) -> FolderCheck:
     """The checks of an engine folder that do not open an engine, shared by :func:`load_engines` and the
     device's "are the engines current?" (:func:`pipeline.deepstream.engine_cache.engines_current`):
     ``manifests`` (component -> manifest, each checked against the config already) are built from
     ``engines.checkpoint`` and from one build, their prompt files are those they were built from, and the
-    stream gate fits. Returns the gate's file (None: no gate). Raises :class:`ManifestError` or
-    :class:`EngineError`. A semantic head the run would not use (the CLIP appearance engine feeds the
-    semantic stream) is not checked."""
+    stream gate fits. Raises :class:`ManifestError` or :class:`EngineError`. A semantic head the run would
+    not use (the CLIP appearance engine feeds the semantic stream) is not checked."""
     appearance = manifests.get(APPEARANCE_COMPONENT)
     if appearance is not None and _feeds_semantic(cfg, appearance):
         manifests = {c: m for c, m in manifests.items() if c != "semantic_head"}
-    for manifest in manifests.values():
-        if manifest.component != APPEARANCE_COMPONENT:
+    texts: dict[str, dict[str, PromptBank]] = {}
+    for component, manifest in manifests.items():
+        if component != APPEARANCE_COMPONENT:
             _check_weights(cfg, manifest)
-        used = manifest.component != APPEARANCE_COMPONENT or _feeds_semantic(cfg, manifest)
-        if manifest.text_embeddings and used:  # prompts a run would read
-            _load_texts(manifest)
+            texts[component] = _load_texts(manifest)
+        elif _feeds_semantic(cfg, manifest):  # the appearance engine's prompts are read only then
+            texts[component] = _load_texts(manifest)
     model = {c: m for c, m in manifests.items() if c != APPEARANCE_COMPONENT}
     gate = _checked_gate(cfg, directory)
     if gate is not None:
         model["stream_gate"] = load_manifest(manifest_path(directory, "stream_gate"))
     _check_one_build(model)
-    return gate
+    return FolderCheck(gate, texts)
 
 
 def _checked_gate(cfg: ZsadConfig, directory: Path) -> Path | None:
@@ -366,9 +374,10 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
             check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
             semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
             opened["semantic_head"] = semantic
-        texts = _load_texts(semantic.manifest) if semantic is not None else {}
-        appearance_texts = _load_texts(appearance.manifest) if image_semantic and appearance else {}
-        gate = check_engine_folder(cfg, directory, {c: b.manifest for c, b in opened.items()})
+        checked = check_engine_folder(cfg, directory, {c: b.manifest for c, b in opened.items()})
+        gate = checked.gate
+        texts = checked.texts.get("semantic_head", {})
+        appearance_texts = checked.texts.get(APPEARANCE_COMPONENT, {}) if image_semantic else {}
     except EngineError:
         for backend in opened.values():
             backend.close()

@@ -339,10 +339,11 @@ class Calibration:
     agreement: Agreement | None = None
     threshold_smoothing: int = 1
     semantic_source: str | None = None
-    #: Stream -> the sha256 of the model file ``zsad calibrate`` wrote beside this calibration for it (the
-    #: appearance memory, the stationary and objects models). The calibration is written last, so it names
-    #: the files it belongs with: a calibration that failed after its models were written leaves the old
-    #: calibration beside new models, which the run refuses (empty: a calibration from before this).
+    #: Stream -> the sha256 of the arrays of the model file ``zsad calibrate`` wrote beside this calibration
+    #: for it (its header's ``arrays_sha256``: the appearance memory, the stationary and objects models).
+    #: The calibration is written last, so it names the files it belongs with: a calibration that failed
+    #: after its models were written leaves the old calibration beside new models, which the run refuses
+    #: (empty: a calibration from before this).
     models: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
