@@ -385,10 +385,12 @@ def _restore_rng(path: Path, sampler: WindowSampler, step: int) -> None:
     if saved_at != step:
         log.warning("%s is of step %s, the checkpoint of step %d: %s", path, saved_at, step, other)
         return
+    before = torch.get_rng_state()
     try:
-        sampler.rng.bit_generator.state = sampled
         torch.set_rng_state(generator)
+        sampler.rng.bit_generator.state = sampled
     except (RuntimeError, TypeError, ValueError) as exc:
+        torch.set_rng_state(before)  # both or neither
         log.warning("%s does not fit (%s): %s", path, exc, other)
 
 
