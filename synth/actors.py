@@ -403,10 +403,15 @@ def _event_actors(
         actor = _place("person", look, track.poses, start - mark, n, None, index)
         if actor is None:
             return []
-        # Abnormal exactly while the feet are off the walkable area, after the turn at `start`.
+        # Abnormal exactly while the feet are off the walkable area, after the turn at `start`. Feet outside
+        # the image are on the walkway's continuation beyond the frame (people come and go across the
+        # border), not off it: a walker leaving the view is normal.
+        rows, cols = layout.walkable.shape
         for t in range(max(start, 0), n):
             pose = actor.poses[t]
-            if pose is not None and not sample_mask(layout.walkable, pose.x, pose.y):
+            if pose is None or not (0 <= round(pose.x) < cols and 0 <= round(pose.y) < rows):
+                continue
+            if not sample_mask(layout.walkable, pose.x, pose.y):
                 actor.abnormal[t] = True
         return [actor]
 

@@ -227,7 +227,14 @@ def generate_dataset(
         if split == "testing":
             labels[clip] = [int(v) for v in renderer.labels]
             events[clip] = [
-                {"kind": e.kind, "start": e.start, "end": e.end, "context": name} for e in renderer.events
+                {
+                    "kind": e.kind,
+                    "start": e.start,
+                    "end": e.end,
+                    "runs": [list(r) for r in e.runs],
+                    "context": name,
+                }
+                for e in renderer.events
             ]
         summary = ", ".join(f"{e.kind}@{e.start}-{e.end}" for e in renderer.events) or "normal"
         log.info("synth: [%d/%d] %s/%s %d frames: %s", number, len(jobs), split, clip, frames, summary)

@@ -33,11 +33,27 @@ Colour = tuple[int, int, int] | tuple[float, float, float]
 
 @dataclass(frozen=True)
 class Event:
-    """A labelled anomaly: frames ``start``..``end`` inclusive, 0-based."""
+    """A labelled anomaly: frames ``start``..``end`` inclusive, 0-based; ``runs``: the inclusive frame runs
+    within them where this event's actor is abnormal and in view (one run ``(start, end)`` when it is all of
+    them). A span can hold normal stretches (an off-path walker back on the path before wandering off
+    again), and another event's frames: the runs are this event's own, which the frame labels, a union over
+    every event, cannot say."""
 
     kind: str
     start: int
     end: int
+    runs: tuple[tuple[int, int], ...] = ()
+
+
+def frame_runs(frames: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """The inclusive runs of consecutive frame numbers in ``frames`` ``(K,)`` int, sorted ascending."""
+    f = np.asarray(frames, dtype=np.int64).ravel()
+    if f.size == 0:
+        return ()
+    breaks = np.flatnonzero(np.diff(f) > 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [f.size - 1]])
+    return tuple((int(f[a]), int(f[b])) for a, b in zip(starts, ends, strict=True))
 
 
 def _ellipse(
@@ -315,7 +331,7 @@ class ClipRenderer:
                     f"event {planned.kind} starting at frame {planned.start} never became visible in "
                     f"{self.n_frames} frames; start it earlier"
                 )
-            self.events.append(Event(planned.kind, int(frames[0]), int(frames[-1])))
+            self.events.append(Event(planned.kind, int(frames[0]), int(frames[-1]), frame_runs(frames)))
 
 
 @dataclass

@@ -699,13 +699,7 @@ def _replayed_alerts(
         if named:
             # Each event where the labels call its frames abnormal (a synthetic event's span can hold normal
             # stretches): an alert only there is a false alarm, as the frame AUCs count it.
-            by_video[v] = [
-                ev
-                for ev in (
-                    _labelled(Event(int(e["start"]), int(e["end"]), str(e["kind"])), lab) for e in named
-                )
-                if ev is not None
-            ]
+            by_video[v] = [ev for ev in (_labelled(e, lab) for e in named) if ev is not None]
         else:
             by_video[v] = [Event(a, b - 1) for a, b in alarm_events(lab, 1)]
     report = replay_alerts(fused, by_video, params, hop=hop, fps=fps, smoothing=policy.smoothing, delay=delay)
@@ -717,16 +711,35 @@ def _replayed_alerts(
     }
 
 
-def _labelled(event: Event, labels: np.ndarray) -> Event | None:
-    """``event`` with the runs of its frames ``labels`` call abnormal (None: none is). A synthetic event's
-    span runs from its actor's first to last abnormal frame, and can hold stretches where it is normal (an
-    off-path walker back on the platform before leaving through the frame's edge): an alert there is a
-    false alarm, and those frames count as normal time, as the frame AUCs count them."""
-    inside = np.asarray(labels)[event.start : event.end + 1] == 1
-    runs = [(event.start + a, event.start + b - 1) for a, b in alarm_events(inside.astype(np.int64), 1)]
+def _labelled(event: Mapping[str, Any], labels: np.ndarray) -> Event | None:
+    """A dataset's event (``kind``, ``start``, ``end`` inclusive, and, from a synthetic set written since
+    2026-12-06, ``runs``: its own abnormal frames' inclusive runs) as the replay's :class:`Event` with its
+    detection windows, or None when it has no abnormal frame. A synthetic event's span runs from its actor's
+    first to last abnormal frame, and can hold stretches where it is normal (an off-path walker back on the
+    platform before wandering off again): an alert there is a false alarm, and those frames count as
+    normal time, as the frame AUCs count them. Without ``runs`` (older sets), the runs of frames inside
+    the span that the labels, a union over every event, call abnormal."""
+    runs = _own_runs(event, labels)
     if not runs:
         return None
-    return Event(runs[0][0], runs[-1][1], event.kind, tuple(runs) if len(runs) > 1 else ())
+    return Event(runs[0][0], runs[-1][1], str(event["kind"]), tuple(runs) if len(runs) > 1 else ())
+
+
+def _own_runs(event: Mapping[str, Any], labels: np.ndarray) -> list[tuple[int, int]]:
+    """The inclusive frame runs where ``event`` (a dataset's event mapping) is abnormal: its ``runs`` where
+    the dataset records them, else the runs of its span that ``labels`` ``(N,)`` call abnormal."""
+    start, end = int(event["start"]), int(event["end"])
+    recorded = event.get("runs")
+    if recorded:
+        runs = [(int(a), int(b)) for a, b in recorded]
+        if any(not start <= a <= b <= end for a, b in runs) or runs != sorted(runs):
+            raise EvaluationError(
+                f"a {event.get('kind')} event of frames {start}..{end} records runs {recorded}: each run "
+                f"must lie inside its span, in order"
+            )
+        return runs
+    inside = np.asarray(labels)[start : end + 1] == 1
+    return [(start + a, start + b - 1) for a, b in alarm_events(inside.astype(np.int64), 1)]
 
 
 def breakdown(
@@ -768,14 +781,15 @@ def breakdown(
             continue
         n = len(scores[v])
         abnormal = np.asarray(labels[v]) == 1
-        covered: dict[str, np.ndarray] = {}  # kind -> frames its events cover in this video
+        covered: dict[str, np.ndarray] = {}  # kind -> frames its events are abnormal in, in this video
         for ev in named:
             mask = covered.setdefault(str(ev["kind"]), np.zeros(n, bool))
-            mask[int(ev["start"]) : int(ev["end"]) + 1] = True
+            # An event's span can hold frames where it is normal (a synthetic off-path walker back on the
+            # platform before wandering off again): only its own abnormal frames are its (:func:`_own_runs`).
+            for a, b in _own_runs(ev, labels[v]):
+                mask[a : b + 1] = True
         for mask in covered.values():
-            # An event's span can hold frames the labels call normal (a synthetic off-path walker back on
-            # the platform before it leaves through the frame's edge): normal to every AUC here.
-            mask &= abnormal
+            mask &= abnormal  # a frame the labels call normal is normal to every AUC here
         for kind, mask in covered.items():
             others = np.zeros(n, bool)
             for other, m in covered.items():

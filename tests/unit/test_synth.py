@@ -74,6 +74,48 @@ def test_labels_masks_and_events_agree(context: str) -> None:
     assert not scene.labels[:35].any()
 
 
+def test_each_event_records_its_own_abnormal_frames_as_runs() -> None:
+    # Two events whose spans overlap: each records its own runs, and together they are the labels.
+    scene = render_scene("campus", 160, W, H, 5, [PlannedEvent("off_path", 20), PlannedEvent("cyclist", 60)])
+    union = np.zeros(160, dtype=bool)
+    for event in scene.events:
+        assert event.runs, event
+        assert (event.runs[0][0], event.runs[-1][1]) == (event.start, event.end)
+        for (a, b), (c, _) in itertools.pairwise(event.runs):
+            assert a <= b < c - 1  # separate runs, in order, with a normal gap between
+        for a, b in event.runs:
+            union[a : b + 1] = True
+    assert np.array_equal(union, scene.labels.astype(bool))
+
+
+def test_an_off_path_walker_is_abnormal_only_while_its_feet_are_off_the_path_in_view() -> None:
+    """People leave the view across the image border on the walkway's continuation: a walker back on the
+    path who walks out of the frame is normal there, not off the path (the generator once counted feet
+    outside the image as off the walkable area, a one-frame abnormal blip as each such walker left)."""
+    from synth.actors import simulate_events
+    from synth.geometry import sample_mask
+
+    stage = build_stage("station", 320, 240)
+    walkable = stage.layout.walkable
+    rows, cols = walkable.shape
+    left_the_view = 0
+    for seed in range(6):
+        (actor,) = simulate_events(stage, np.random.default_rng(seed), 400, [PlannedEvent("off_path", 20)])
+        assert actor.abnormal.any()
+        first = int(np.flatnonzero(actor.abnormal)[0])
+        for t, pose in enumerate(actor.poses):
+            if pose is None:
+                continue
+            inside = 0 <= round(pose.x) < cols and 0 <= round(pose.y) < rows
+            left_the_view += not inside and t > first
+            if actor.abnormal[t]:
+                assert inside, (seed, t)
+                assert not sample_mask(walkable, pose.x, pose.y), (seed, t)
+            elif t >= first and inside:
+                assert sample_mask(walkable, pose.x, pose.y), (seed, t)  # normal only on the path
+    assert left_the_view > 0  # some walker did walk out of the view: the rule above was exercised
+
+
 def test_same_seed_identical_different_seed_differs() -> None:
     events = [PlannedEvent("vehicle", 30)]
     a = render_scene("parking", 50, W, H, 11, events)
