@@ -378,7 +378,7 @@ def _restore_rng(path: Path, sampler: WindowSampler, step: int) -> None:
         state = torch.load(path, weights_only=True)
         generator = state["torch"]
         sampled = json.loads(state["sampler"])
-        saved_at = state.get("step", step)  # files of the first version of this had no step
+        saved_at = state["step"]  # a state without its step cannot be matched to the checkpoint
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         log.warning("%s cannot be read (%s): %s", path, exc, other)
         return
