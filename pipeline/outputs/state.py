@@ -244,7 +244,8 @@ class RunState:
         agreement: Mapping[str, Any] | None = None,
     ) -> None:
         """What ``/api/cameras`` says about how a camera fuses its streams: the fusion ``rule`` in force and,
-        per stream, its reliability weight and why (``plugins.fusion.TrustRow.to_dict()`` rows)."""
+        per stream, its reliability weight and why, and what the pasted pseudo-anomalies said of it
+        (``plugins.fusion.TrustRow.to_dict()`` rows)."""
         rows = [
             {
                 "stream": str(r["stream"]),
@@ -253,6 +254,12 @@ class RunState:
                 "drift": _finite(r.get("drift")),
                 "verdict": str(r["verdict"]),
                 "reason": str(r["reason"]),
+                "sensitivity": _finite(r.get("sensitivity")),
+                "probe_recall": (
+                    {str(k): _finite(v) for k, v in recall.items()}
+                    if isinstance(recall := r.get("probe_recall"), Mapping)
+                    else None
+                ),
             }
             for r in streams
         ]

@@ -435,7 +435,9 @@ def test_run_outputs_show_which_streams_each_camera_trusts(tmp_path: Path) -> No
     rng = np.random.default_rng(0)
     n = 300
     samples = {"motion": rng.normal(0.2, 0.02, n), "pixel": 0.1 + 0.01 * rng.standard_t(1.5, n)}
-    save_calibration(fit_calibration(samples, time_folds(n), camera="a"), tmp_path / "a.json")
+    # Pasted movers: motion catches every one, pixel half (a factor recorded, not applied).
+    probes = {"mover": {"motion": np.full(20, 1.0), "pixel": np.r_[np.full(10, 5.0), np.full(10, 0.1)]}}
+    save_calibration(fit_calibration(samples, time_folds(n), camera="a", probes=probes), tmp_path / "a.json")
     cfg = parse_config(
         json.dumps(
             {
@@ -464,6 +466,11 @@ def test_run_outputs_show_which_streams_each_camera_trusts(tmp_path: Path) -> No
         assert rows["motion"]["verdict"] == "trusted"
         assert rows["pixel"]["verdict"] == "weighed down"
         assert rows["pixel"]["reason"].startswith("held-out 99th pct z ")
+        # What the pasted pseudo-anomalies said of each stream (docs/api.md).
+        assert rows["motion"]["probe_recall"] == {"mover": 1.0}
+        assert rows["motion"]["sensitivity"] == 1.0
+        assert rows["pixel"]["probe_recall"] == {"mover": 0.5}
+        assert rows["pixel"]["sensitivity"] == 0.5
         assert cams["raw"]["trust"] == {"rule": "mean", "streams": [], "agreement": None}
         # The max rule's agreement term in force: a's own; b fuses by the mean, so none.
         assert cams["a"]["trust"]["agreement"]["streams"] == ["motion", "pixel"]
