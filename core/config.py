@@ -4,7 +4,8 @@ Every YAML file the project reads (the site config that ``zsad run`` takes, the 
 ``configs/train``) is validated against :class:`ZsadConfig`. Unknown keys are refused (``extra="forbid"``),
 every number is bounded, and an error names the file, the line and the dotted field path.
 
-Per-camera settings override the ``defaults`` block field by field; :meth:`ZsadConfig.camera_settings`
+Per-camera settings override the ``defaults`` block field by field (a camera's ``alerts``, ``sampling``,
+``rtsp`` and ``fusion`` blocks are laid over the defaults' key by key); :meth:`ZsadConfig.camera_settings`
 returns the merged view that the pipeline uses.
 """
 
@@ -15,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -82,6 +83,27 @@ class ConfigError(ValueError):
             where = f"{path}:{line}" if line is not None else path
             lines.append(f"{where}: {field}: {message}" if field else f"{where}: {message}")
         super().__init__("\n".join(lines))
+
+
+_Block = TypeVar("_Block", bound=BaseModel)
+
+#: The per-camera blocks laid over the ``defaults``' block of the same name (:func:`_overlay`).
+_OVERLAID = ("sampling", "alerts", "rtsp", "fusion")
+
+
+def _overlay(base: _Block, override: _Block | None) -> _Block:
+    """``base`` with the fields ``override`` sets laid over it, field by field (None: ``base``): a camera that
+    sets ``alerts: {on_threshold: 3.5}`` keeps the defaults' ``min_duration_s`` and ``cooldown_s``. The merged
+    block is validated again (its cross-field checks see both)."""
+    if override is None:
+        return base
+    # Only the keys either block sets: the merged block then knows which were given (the backoff's rule for
+    # a cap given alone), and the schema fills in the rest.
+    given = {
+        **base.model_dump(include=set(base.model_fields_set)),
+        **override.model_dump(include=set(override.model_fields_set)),
+    }
+    return type(base).model_validate(given)
 
 
 def _at(field: str, message: str) -> ValueError:
@@ -522,6 +544,25 @@ def camera_uri_problem(uri: str) -> str | None:
     )
 
 
+class CameraAlertPolicy(AlertPolicy):
+    """A camera's ``alerts`` block. Its keys are laid over the defaults' (:func:`_overlay`), so the order of
+    the thresholds is checked on the merged block (:meth:`ZsadConfig._camera_overrides`), not on this one
+    with the schema's defaults: a camera may set ``on_threshold: 1.5`` alone where the defaults close at
+    1.0."""
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> CameraAlertPolicy:
+        return self
+
+
+class CameraRtspOptions(RtspOptions):
+    """A camera's ``rtsp`` block, laid over the defaults' and checked merged (:class:`CameraAlertPolicy`)."""
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CameraRtspOptions:
+        return self
+
+
 class CameraConfig(_Strict):
     """One camera. Unset fields take the value from ``defaults``."""
 
@@ -533,9 +574,9 @@ class CameraConfig(_Strict):
     context: str | None = Field(None, min_length=1, max_length=64)
     prompts: str | None = None
     sampling: SamplingConfig | None = None
-    alerts: AlertPolicy | None = None
+    alerts: CameraAlertPolicy | None = None
     fusion: FusionPolicy | None = None
-    rtsp: RtspOptions | None = None
+    rtsp: CameraRtspOptions | None = None
     calibration: str | None = Field(None, description="Calibration file from `zsad calibrate`.")
     zones: ZoneList | None = Field(
         None, max_length=MAX_POLYGONS, description="Named areas of the view (docs/alerts.md, zones)."
@@ -978,6 +1019,24 @@ class ZsadConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _camera_overrides(self) -> ZsadConfig:
+        # A camera's block is laid over the defaults' field by field (:func:`_overlay`): the merged block
+        # must hold together too (an on_threshold of the camera's below an off_threshold of the defaults').
+        for i, cam in enumerate(self.cameras):
+            for name in _OVERLAID:
+                try:
+                    _overlay(getattr(self.defaults, name), getattr(cam, name))
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    loc, msg = _located(tuple(first["loc"]), str(first["msg"]))
+                    field = ".".join([f"cameras[{i}].{name}", *(str(p) for p in loc)])
+                    raise _at(
+                        field,
+                        f"{msg.removeprefix('Value error, ')} (this camera's {name} laid over the defaults')",
+                    ) from None
+        return self
+
+    @model_validator(mode="after")
     def _one_prompt_set_per_context(self) -> ZsadConfig:
         # The context's prompt embeddings are built once per context (engines/build.py camera_contexts).
         chosen: dict[str, tuple[str, int]] = {}
@@ -1027,11 +1086,11 @@ class ZsadConfig(_Strict):
                     uri=cam.uri,
                     context=cam.context or d.context,
                     prompts=cam.prompts if cam.prompts is not None else d.prompts,
-                    sampling=cam.sampling or d.sampling,
-                    alerts=cam.alerts or d.alerts,
-                    rtsp=cam.rtsp or d.rtsp,
+                    sampling=_overlay(d.sampling, cam.sampling),
+                    alerts=_overlay(d.alerts, cam.alerts),
+                    rtsp=_overlay(d.rtsp, cam.rtsp),
                     calibration=cam.calibration,
-                    fusion=cam.fusion or d.fusion,
+                    fusion=_overlay(d.fusion, cam.fusion),
                     zoning=ZoneSettings.model_validate(
                         {
                             "zones": [z.model_dump() for z in cam.zones or ()],

@@ -43,6 +43,50 @@ def test_per_camera_override_wins_over_defaults() -> None:
     assert a.alerts.on_threshold == cfg.defaults.alerts.on_threshold
 
 
+def test_a_camera_block_is_laid_over_the_defaults_key_by_key(tmp_path: Path) -> None:
+    """README's example: the site's alert timing in `defaults`, one camera with its own thresholds only.
+    The camera keeps the site's timing (a whole-block replacement would silently give it the schema's)."""
+    site = (
+        "defaults:\n"
+        "  alerts: {on_threshold: calibrated, off_threshold: 1.0, min_duration_s: 0.4, cooldown_s: 3.0}\n"
+        "  rtsp: {latency_ms: 500, reconnect_max_s: 50}\n"
+        "cameras:\n"
+        "  - id: gate-1\n"
+        "    uri: rtsp://10.0.0.5/stream\n"
+        "    alerts: {on_threshold: 1.5}\n"  # below the schema's off_threshold 2.0, above the site's 1.0
+        "    rtsp: {reconnect_initial_s: 40}\n"  # above the schema's cap 30, below the site's 50
+        "  - id: gate-2\n"
+        "    uri: rtsp://10.0.0.6/stream\n"
+    )
+    cfg = parse_config(site)
+    one, two = cfg.camera_settings("gate-1"), cfg.camera_settings("gate-2")
+    assert one.alerts.model_dump() == {
+        "on_threshold": 1.5,
+        "off_threshold": 1.0,
+        "min_duration_s": 0.4,
+        "cooldown_s": 3.0,
+        "smoothing": 3,
+    }
+    assert (one.rtsp.latency_ms, one.rtsp.reconnect_initial_s, one.rtsp.reconnect_max_s) == (500, 40.0, 50.0)
+    assert two.alerts == cfg.defaults.alerts
+    assert type(one.alerts) is type(cfg.defaults.alerts)  # the merged block, checked as the defaults' are
+    # The merged block must hold together, and the error names the camera's block and line.
+    path = _write(tmp_path, site.replace("on_threshold: 1.5}", "on_threshold: 0.5}"))
+    with pytest.raises(
+        ConfigError,
+        match=rf"{path}:7: cameras\[0\]\.alerts: off_threshold 1.0 must not exceed on_threshold 0.5",
+    ):
+        load_config(path)
+    path = _write(tmp_path, site.replace("reconnect_initial_s: 40}", "reconnect_max_s: 0.5}"))
+    # A cap given alone, below the first wait: the backoff is the cap throughout, as before.
+    assert load_config(path).camera_settings("gate-1").rtsp.reconnect_initial_s == 0.5
+    path = _write(tmp_path, site.replace("reconnect_initial_s: 40}", "reconnect_initial_s: 55}"))
+    with pytest.raises(
+        ConfigError, match=r"cameras\[0\]\.rtsp\.reconnect_initial_s: 55.0 is above reconnect_max_s 50"
+    ):
+        load_config(path)
+
+
 def test_fusion_rule_per_camera_with_a_default(tmp_path: Path) -> None:
     cfg = parse_config(
         "defaults:\n  fusion: {rule: mean}\n" + BASE[len("version: 1\n") :] + "    fusion: {rule: max}\n"
@@ -219,16 +263,25 @@ def test_validate_says_where_a_calibrated_threshold_falls_back(tmp_path: Path) -
     save_calibration(Calibration(streams=stats, threshold=None), tmp_path / "none.json")
     save_calibration(Calibration(streams=stats, threshold=4.0, threshold_smoothing=1), tmp_path / "raw.json")
     cams = "".join(
-        f"  - {{id: {name}, uri: 'rtsp://h/s'{f', calibration: {tmp_path / file}' if file else ''}}}\n"
-        for name, file in (("a", "ok.json"), ("b", "none.json"), ("c", "raw.json"), ("d", ""))
+        f"  - {{id: {name}, uri: 'rtsp://h/s'{f', calibration: {tmp_path / file}' if file else ''}{extra}}}\n"
+        for name, file, extra in (
+            ("a", "ok.json", ""),
+            ("b", "none.json", ""),
+            ("c", "raw.json", ""),
+            ("d", "", ""),
+            ("e", "ok.json", ", fusion: {rule: mean}"),  # the calibration's own rule
+            ("f", "ok.json", ", fusion: {rule: max}"),  # not the rule its threshold was computed for
+        )
     )
     fallback = "alerts will open at 3 until it is calibrated"
     cfg = parse_config(f"defaults:\n  alerts: {{on_threshold: calibrated, smoothing: 3}}\ncameras:\n{cams}")
     assert config_warnings(cfg) == [
         f"camera b: its calibration {tmp_path / 'none.json'} has no threshold: {fallback}",
-        "camera c: its calibration threshold was computed for alerts.smoothing 1, the camera smooths 3: "
-        "recalibrate it",
+        "camera c: its calibration threshold 4.000 was computed for alerts.smoothing 1, the camera smooths "
+        "3: recalibrate for the false-alarm rate the threshold stands for",
         f"camera d: on_threshold is 'calibrated' but it has no calibration file: {fallback}",
+        "camera f: its calibration threshold 4.000 was computed for the fusion rule mean, the camera fuses "
+        "by max: set a number for alerts.on_threshold, or the rule back to auto",
     ]
     numeric = parse_config(f"defaults:\n  alerts: {{on_threshold: 3.0}}\ncameras:\n{cams}")
     assert config_warnings(numeric) == []
