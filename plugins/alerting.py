@@ -41,6 +41,7 @@ __all__ = [
     "Peak",
     "alert_params",
     "resolve_policy",
+    "threshold_mismatches",
 ]
 
 log = logging.getLogger(__name__)
@@ -302,26 +303,8 @@ def resolve_policy(
         )
         return _with_threshold(policy, FALLBACK_ON_THRESHOLD)
     threshold = calibration.threshold
-    if rule is not None and rule != calibration.rule:
-        log.warning(
-            "camera %s: its calibration threshold %.3f was computed for the fusion rule %s, the camera fuses "
-            "by %s: set a number for alerts.on_threshold, or the rule back to auto",
-            camera,
-            threshold,
-            calibration.rule,
-            rule,
-        )
-    if calibration.threshold_smoothing != policy.smoothing:
-        # The threshold is a quantile of the normal score smoothed as the calibration says; another window
-        # crosses it more often (a shorter one) or less (a longer one).
-        log.warning(
-            "camera %s: its calibration threshold %.3f was computed for alerts.smoothing %d, the camera "
-            "smooths %d: recalibrate for the false-alarm rate the threshold stands for",
-            camera,
-            threshold,
-            calibration.threshold_smoothing,
-            policy.smoothing,
-        )
+    for problem in threshold_mismatches(policy, calibration, rule):
+        log.warning("camera %s: %s", camera, problem)
     log.info(
         "camera %s: alerts open at its calibration threshold %.3f (the %g quantile of its normal score)",
         camera,
@@ -329,6 +312,30 @@ def resolve_policy(
         calibration.threshold_quantile,
     )
     return _with_threshold(policy, threshold)
+
+
+def threshold_mismatches(policy: AlertPolicy, calibration: Calibration, rule: str | None = None) -> list[str]:
+    """Why a calibration's threshold does not stand for the false-alarm rate it was fitted for, on a camera
+    that alerts by ``policy`` and fuses by ``rule`` (None or ``auto``: the calibration's): one sentence per
+    mismatch, empty when it does. The run logs them (:func:`resolve_policy`), ``zsad validate`` shows them."""
+    if calibration.identity or calibration.threshold is None:
+        return []
+    out = []
+    threshold = calibration.threshold
+    if rule not in (None, "auto") and rule != calibration.rule:
+        out.append(
+            f"its calibration threshold {threshold:.3f} was computed for the fusion rule {calibration.rule}, "
+            f"the camera fuses by {rule}: set a number for alerts.on_threshold, or the rule back to auto"
+        )
+    if calibration.threshold_smoothing != policy.smoothing:
+        # The threshold is a quantile of the normal score smoothed as the calibration says; another window
+        # crosses it more often (a shorter one) or less (a longer one).
+        out.append(
+            f"its calibration threshold {threshold:.3f} was computed for alerts.smoothing "
+            f"{calibration.threshold_smoothing}, the camera smooths {policy.smoothing}: recalibrate for the "
+            "false-alarm rate the threshold stands for"
+        )
+    return out
 
 
 def _with_threshold(policy: AlertPolicy, threshold: float) -> AlertPolicy:

@@ -29,6 +29,7 @@ from engines.encoders import (
 )
 from engines.manifest import ManifestError, manifest_path
 from pipeline.inference import REQUIRED_COMPONENTS, engines_semantic_source
+from plugins.alerting import threshold_mismatches
 from plugins.fusion import (
     Calibration,
     CalibrationError,
@@ -127,12 +128,10 @@ def _calibrated_threshold_warnings(cam: CameraSettings, calibration: Calibration
         return []  # unreadable: said above
     if calibration.identity or calibration.threshold is None:
         return [f"camera {cam.id}: its calibration {cam.calibration} has no threshold: {fallback}"]
-    if calibration.threshold_smoothing != cam.alerts.smoothing:
-        return [
-            f"camera {cam.id}: its calibration threshold was computed for alerts.smoothing "
-            f"{calibration.threshold_smoothing}, the camera smooths {cam.alerts.smoothing}: recalibrate it"
-        ]
-    return []
+    return [
+        f"camera {cam.id}: {problem}"
+        for problem in threshold_mismatches(cam.alerts, calibration, cam.fusion.rule)
+    ]
 
 
 def run_validate(args: argparse.Namespace) -> int:
