@@ -30,7 +30,7 @@ import numpy as np
 
 from core.gst.mp4 import Mp4Writer
 from synth.actors import PlannedEvent
-from synth.render import ClipRenderer
+from synth.render import ClipRenderer, check_frame_size
 from synth.scene import ANOMALY_KINDS, DEFAULT_CONTEXTS, SynthInputError, context_spec
 from synth.writer import frame_name, open_video, video_errors, write_jpeg, write_json, write_mask
 
@@ -162,6 +162,7 @@ def generate_dataset(
         raise SynthInputError(f"fps must be >= 1, got {fps}")
     if seed < 0:
         raise SynthInputError(f"seed must be >= 0, got {seed}")
+    check_frame_size(width, height)  # before anything in `out` is replaced
     if write_video and (width % 2 or height % 2):
         raise SynthInputError(f"video needs an even frame size, got {width}x{height} (or use no video)")
     params: dict[str, Any] = {

@@ -45,6 +45,14 @@ class Event:
     runs: tuple[tuple[int, int], ...] = ()
 
 
+def check_frame_size(width: int, height: int) -> None:
+    """Raise :class:`SynthInputError` for a frame size the renderer cannot draw."""
+    if not (MIN_SIZE[0] <= height <= MAX_SIZE[0] and MIN_SIZE[1] <= width <= MAX_SIZE[1]):
+        raise SynthInputError(
+            f"frame size {width}x{height} outside {MIN_SIZE[1]}x{MIN_SIZE[0]}..{MAX_SIZE[1]}x{MAX_SIZE[0]}"
+        )
+
+
 def frame_runs(frames: np.ndarray) -> tuple[tuple[int, int], ...]:
     """The inclusive runs of consecutive frame numbers in ``frames`` ``(K,)`` int, sorted ascending."""
     f = np.asarray(frames, dtype=np.int64).ravel()
@@ -242,10 +250,7 @@ class ClipRenderer:
         context_spec(context)
         if n_frames < 1:
             raise SynthInputError(f"n_frames must be >= 1, got {n_frames}")
-        if not (MIN_SIZE[0] <= height <= MAX_SIZE[0] and MIN_SIZE[1] <= width <= MAX_SIZE[1]):
-            raise SynthInputError(
-                f"frame size {width}x{height} outside {MIN_SIZE[1]}x{MIN_SIZE[0]}..4096x4096"
-            )
+        check_frame_size(width, height)
         if seed < 0:
             raise SynthInputError(f"seed must be >= 0, got {seed}")
         self.context = context

@@ -358,6 +358,11 @@ def test_regenerating_replaces_old_output_and_reuse_keeps_it(tmp_path: Path) -> 
         out, ["campus"], 1, 1, frames=44, width=64, height=48, seed=1, write_video=False, reuse=True
     )
     assert not marker.exists()
+    # Arguments it cannot render are refused before the old output is touched.
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(SynthInputError, match="frame size 32x24 outside"):
+        generate_dataset(out, ["campus"], 1, 1, frames=44, width=32, height=24, write_video=False)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
 def test_refuses_a_foreign_non_empty_folder(tmp_path: Path) -> None:
