@@ -175,6 +175,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[ZsadMo
 
     path = Path(path)
     meta_path = path.with_suffix(path.suffix + ".json")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder: name its .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not meta_path.is_file():

@@ -56,7 +56,7 @@ from training.alert_replay import Event, replay_alerts
 from training.appearance_eval import AppearanceEvaluator, context_folds
 from training.baselines import extrapolation_scores, frame_difference_scores
 from training.datasets import DatasetError, make_dataset
-from training.gate import fit_model_gate, gate_weights
+from training.gate import GateFitError, fit_model_gate, gate_weights
 from training.localisation import LocalisationError, evaluation_localisation
 from training.metrics import MetricError, alarm_events, gaussian_smooth, roc_auc, score_report
 from training.objects_eval import ObjectsEvaluator
@@ -465,7 +465,11 @@ def evaluate(
         )
         for ctx in sorted(set(train_contexts.values()))
     }
-    gate_info = fit_model_gate(model, cal_raw, np.concatenate(cal_embs), cal_groups, cal)
+    try:
+        gate_info: dict[str, Any] = fit_model_gate(model, cal_raw, np.concatenate(cal_embs), cal_groups, cal)
+    except GateFitError as exc:  # too little training footage: the checkpoint's own gate, as train keeps it
+        log.warning("stream gate not refitted on the training videos (the checkpoint's is used): %s", exc)
+        gate_info = {"refitted": False, "reason": str(exc)}
 
     frame_scores: dict[str, dict[str, np.ndarray]] = {
         s: {} for s in (*STREAMS, *MEMORY_STREAMS) if s in cal.streams

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from core.config import ZsadConfig, resolve_data_path
 from engines.encoders import tokenizer_missing
-from engines.model import ZsadModel, load_checkpoint, save_checkpoint
+from engines.manifest import spec_diff
+from engines.model import CheckpointError, ZsadModel, load_checkpoint, save_checkpoint
 from engines.prompts import load_prompt_sets
 from engines.semantic import TextEncoder, clip_available
 from plugins.fusion import fit_calibration
@@ -202,6 +203,14 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
     seconds_before = 0.0
     if resume:
         model, meta = load_checkpoint(resume)
+        diffs = spec_diff(model.spec, cfg.model)
+        if diffs:
+            # Training on would keep the checkpoint's model and record the config's as its own.
+            where = "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8])
+            raise CheckpointError(
+                f"checkpoint {resume} is of another model than the config's: {where} (resume with the config "
+                "it was trained with)"
+            )
         step = int(meta.get("step", 0))
         seconds_before = float(meta.get("train_seconds", 0.0))
         history = _read_history(Path(resume).with_name("history.jsonl"), step)
@@ -235,7 +244,7 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if resume and step >= total_steps:
         # Nothing to train: going on would refit the gate and overwrite the run's history with an empty one.
-        raise TrainingError(
+        raise CheckpointError(
             f"checkpoint {resume} is at step {step}, already at the run's {total_steps} steps "
             f"(train.max_steps, else the epochs'): raise --max-steps to train on"
         )

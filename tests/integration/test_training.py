@@ -89,6 +89,16 @@ def test_train_resume_and_eval(tmp_path: Path, dataset: Path) -> None:
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "timelines.png").stat().st_size > 1000
 
+    # Training footage too short to refit the stream gate: the checkpoint's gate, said, not a crash.
+    short = write_ucsd_layout(tmp_path / "short", n_train=1, n_test=2, frames=16)
+    ev = _zsad(
+        "eval", str(_config(tmp_path, short, out)), "--checkpoint", str(ckpt), "--out", str(tmp_path / "e2")
+    )
+    assert ev.returncode == 0, ev.stdout[-2000:] + ev.stderr[-2000:]
+    assert "stream gate not refitted on the training videos (the checkpoint's is used)" in ev.stderr
+    gate = json.loads((tmp_path / "e2" / "metrics.json").read_text())["stream_gate"]
+    assert gate["refitted"] is False
+
 
 def test_a_resumed_run_ends_where_the_uninterrupted_one_does_and_keeps_its_record(
     tmp_path: Path, dataset: Path
@@ -143,7 +153,7 @@ def test_max_steps_gives_the_same_weights_twice(tmp_path: Path, dataset: Path) -
     out = tmp_path / "b"
     record = (out / "history.jsonl").read_text()
     again = _zsad("train", str(cfg), "--max-steps", "3", "--resume", str(out / "model.safetensors"))
-    assert again.returncode == 1
+    assert again.returncode == 2  # a flag to change, not a failure
     assert "is at step 3, already at the run's 3 steps" in again.stdout
     assert (out / "history.jsonl").read_text() == record
     bad = _zsad("train", str(cfg), "--max-steps", "0")
@@ -175,6 +185,18 @@ def test_bad_config_and_missing_checkpoint(tmp_path: Path, dataset: Path) -> Non
     assert r.returncode == 2, r.stdout + r.stderr[-2000:]
     assert "hidden_size: checkpoint 32, config 48" in r.stdout
     assert not (tmp_path / "e").exists()
+    # Resuming with another model would train the checkpoint's and record the config's: refused.
+    before = (run / "model.safetensors").read_bytes()
+    r = _zsad("train", str(other), "--resume", str(run / "model.safetensors"))
+    assert r.returncode == 2, r.stdout + r.stderr[-2000:]
+    assert "--resume: checkpoint" in r.stdout
+    assert "is of another model than the config's" in r.stdout
+    assert "hidden_size: checkpoint 32, config 48" in r.stdout
+    assert (run / "model.safetensors").read_bytes() == before
+    for missing, said in ((tmp_path / "none.safetensors", "does not exist"), (run, "is a folder")):
+        r = _zsad("train", str(cfg), "--resume", str(missing))
+        assert r.returncode == 2, r.stdout + r.stderr[-2000:]
+        assert f"--resume: checkpoint {missing} {said}" in r.stdout
 
 
 def _free_port() -> int:
