@@ -135,33 +135,10 @@ def build_missing_engines(cfg: ZsadConfig, *, progress: BuildProgress | None = N
     missing = [c for c in REQUIRED_COMPONENTS if not manifest_path(directory, c).is_file()]
     if not missing:
         return None
-    first = manifest_path(directory, missing[0])
-    if directory.exists() and not directory.is_dir():
-        raise EngineError(f"engines.dir {directory} is a file, not a folder: point engines.dir at a folder")
-    build = f"zsad build-engines --config CONFIG --checkpoint CKPT --out {directory}"
-    if cfg.engines.backend == "tensorrt":
-        raise EngineError(
-            f"engine manifest {first} is missing: TensorRT engines are never built by zsad run; build them "
-            f"on the device that runs them: zsad build-engines --config CONFIG --backend tensorrt "
-            f"--out {directory}"
-        )
-    if len(missing) < len(REQUIRED_COMPONENTS):
-        raise EngineError(
-            f"engine manifest {first} is missing but {directory} holds other engines (an interrupted or "
-            f"partial build): complete it with {build} (it keeps what is up to date)"
-        )
+    refusal = _build_refusal(cfg, directory, missing)
+    if refusal is not None:
+        raise EngineError(refusal)
     checkpoint = cfg.engines.checkpoint
-    if not checkpoint:
-        raise EngineError(
-            f"engine manifest {first} is missing: set engines.checkpoint in the config so that the first "
-            f"run builds the engines, or build them first ({build})"
-        )
-    if importlib.util.find_spec("torch") is None:
-        raise EngineError(
-            f"engine manifest {first} is missing and this machine cannot build engines (PyTorch is not "
-            f"installed: pip install -r requirements/train.txt); or build them elsewhere ({build}) and copy "
-            f"{directory} here"
-        )
     # Two first runs on one folder (a service restart and a manual run), or a run and zsad build-engines,
     # would share the build's staging folder; the second waits, then finds them built.
     held = contextlib.ExitStack()
@@ -185,6 +162,90 @@ def build_missing_engines(cfg: ZsadConfig, *, progress: BuildProgress | None = N
             raise EngineError(f"cannot build the engines in {directory} from {checkpoint}: {exc}") from exc
         except (BuildError, ExportError, ParityError, ManifestError, BackendError, OSError) as exc:
             raise EngineBuildError(f"building the engines in {directory} from {checkpoint}: {exc}") from exc
+
+
+def _build_refusal(cfg: ZsadConfig, directory: Path, missing: Sequence[str]) -> str | None:
+    """Why a first run cannot build the ``missing`` required engines of ``directory`` here (None: it can)."""
+    first = manifest_path(directory, missing[0])
+    if directory.exists() and not directory.is_dir():
+        return f"engines.dir {directory} is a file, not a folder: point engines.dir at a folder"
+    build = f"zsad build-engines --config CONFIG --checkpoint CKPT --out {directory}"
+    if cfg.engines.backend == "tensorrt":
+        return (
+            f"engine manifest {first} is missing: TensorRT engines are never built by zsad run; build them "
+            f"on the device that runs them: zsad build-engines --config CONFIG --backend tensorrt "
+            f"--out {directory}"
+        )
+    if len(missing) < len(REQUIRED_COMPONENTS):
+        return (
+            f"engine manifest {first} is missing but {directory} holds other engines (an interrupted or "
+            f"partial build): complete it with {build} (it keeps what is up to date)"
+        )
+    checkpoint = cfg.engines.checkpoint
+    if not checkpoint:
+        return (
+            f"engine manifest {first} is missing: set engines.checkpoint in the config so that the first "
+            f"run builds the engines, or build them first ({build})"
+        )
+    if not Path(checkpoint).is_file():
+        kind = "is a folder" if Path(checkpoint).is_dir() else "does not exist"
+        return (
+            f"engine manifest {first} is missing and engines.checkpoint {checkpoint} {kind}: the first run "
+            f"cannot build the engines from it"
+        )
+    if importlib.util.find_spec("torch") is None:
+        return (
+            f"engine manifest {first} is missing and this machine cannot build engines (PyTorch is not "
+            f"installed: pip install -r requirements/train.txt); or build them elsewhere ({build}) and copy "
+            f"{directory} here"
+        )
+    return None
+
+
+def engine_folder_problem(cfg: ZsadConfig) -> str | None:
+    """Why a run of ``cfg`` would refuse its engines (None: it would open them, or build them on a first
+    run), from their manifests and files alone, without opening one: what ``zsad validate`` says before a
+    run. The same checks as :func:`load_engines` and :func:`build_missing_engines`."""
+    directory = Path(cfg.engines.dir)
+    missing = [c for c in REQUIRED_COMPONENTS if not manifest_path(directory, c).is_file()]
+    if missing:
+        return _build_refusal(cfg, directory, missing)
+    try:
+        check_engine_folder(cfg, directory, checked_manifests(cfg, directory))
+    except (EngineError, ManifestError) as exc:
+        return str(exc)
+    return None
+
+
+def checked_manifests(cfg: ZsadConfig, directory: Path) -> dict[str, Manifest]:
+    """The manifests of the engines a run of ``cfg`` opens from ``directory`` (component -> manifest), each
+    checked against the config and its files against their recorded hashes: the backbone and the DPC head,
+    the appearance encoder when ``appearance.enabled``, the semantic head when there is one and the CLIP
+    appearance engine does not feed the semantic stream. Raises :class:`EngineError` (a manifest missing)
+    or :class:`ManifestError`."""
+    manifests: dict[str, Manifest] = {}
+    for component in REQUIRED_COMPONENTS:
+        path = manifest_path(directory, component)
+        if not path.is_file():
+            raise EngineError(
+                f"engine manifest {path} is missing: build the engines first "
+                f"(zsad build-engines --config CONFIG --checkpoint CKPT --out {directory})"
+            )
+        manifest = load_manifest(path)
+        check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
+        _check_weights(cfg, manifest)
+        manifests[component] = manifest
+    if cfg.appearance.enabled:
+        manifests[APPEARANCE_COMPONENT] = _appearance_manifest(cfg, directory)
+    image_semantic = APPEARANCE_COMPONENT in manifests and _gives_embedding(
+        cfg, manifests[APPEARANCE_COMPONENT]
+    )
+    sem_path = manifest_path(directory, "semantic_head")
+    if sem_path.is_file() and not image_semantic:
+        manifest = load_manifest(sem_path)
+        check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
+        manifests["semantic_head"] = manifest
+    return manifests
 
 
 @dataclass
@@ -344,36 +405,22 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     options: dict[str, Any] = {"spin": cfg.engines.spin} if cfg.engines.backend == "onnxruntime" else {}
     opened: dict[str, Backend] = {}
     try:
-        for component in ("backbone", "dpc_head"):
-            path = manifest_path(directory, component)
-            if not path.is_file():
-                raise EngineError(
-                    f"engine manifest {path} is missing: build the engines first "
-                    f"(zsad build-engines --config CONFIG --checkpoint CKPT --out {directory})"
-                )
-            manifest = load_manifest(path)
-            check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
-            _check_weights(cfg, manifest)  # before opening: the folder's other checks follow below
-            opened[component] = load_backend(
-                manifest, cfg.engines.backend, threads=cfg.engines.threads, **options
-            )
-        appearance = _open_appearance(cfg, directory, options) if cfg.appearance.enabled else None
-        if appearance is not None:
-            opened[APPEARANCE_COMPONENT] = appearance
-        image_semantic = appearance is not None and _gives_embedding(cfg, appearance.manifest)
-        semantic = None
-        sem_path = manifest_path(directory, "semantic_head")
-        if sem_path.is_file() and image_semantic:
+        manifests = checked_manifests(cfg, directory)  # every check before any engine is opened
+        image_semantic = APPEARANCE_COMPONENT in manifests and _gives_embedding(
+            cfg, manifests[APPEARANCE_COMPONENT]
+        )
+        if image_semantic and manifest_path(directory, "semantic_head").is_file():
             log.info(
                 "the semantic stream comes from the CLIP appearance engine (appearance.semantic); the "
                 "semantic head in %s is not used",
                 directory,
             )
-        elif sem_path.is_file():
-            manifest = load_manifest(sem_path)
-            check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
-            semantic = load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
-            opened["semantic_head"] = semantic
+        for component, manifest in manifests.items():
+            opened[component] = load_backend(
+                manifest, cfg.engines.backend, threads=cfg.engines.threads, **options
+            )
+        appearance = opened.get(APPEARANCE_COMPONENT)
+        semantic = opened.get("semantic_head")
         checked = check_engine_folder(cfg, directory, {c: b.manifest for c, b in opened.items()})
         gate = checked.gate
         texts = checked.texts.get("semantic_head", {})
@@ -464,9 +511,10 @@ def _gives_embedding(cfg: ZsadConfig, manifest: Manifest) -> bool:
     return False
 
 
-def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) -> Backend:
-    """The appearance engine of ``directory``, checked against the config's encoder and frame size. Its
-    manifest missing from an engine folder that otherwise has everything is refused with what to run."""
+def _appearance_manifest(cfg: ZsadConfig, directory: Path) -> Manifest:
+    """The appearance engine's manifest in ``directory``, checked against the config's encoder and frame
+    size. Its manifest missing from an engine folder that otherwise has everything is refused with what to
+    run."""
     path = manifest_path(directory, APPEARANCE_COMPONENT)
     if not path.is_file():
         weights = (
@@ -488,7 +536,7 @@ def _open_appearance(cfg: ZsadConfig, directory: Path, options: dict[str, Any]) 
             model_spec=cfg.model, appearance_encoder=cfg.appearance.encoder, backend=cfg.engines.backend
         ),
     )
-    return load_backend(manifest, cfg.engines.backend, threads=cfg.engines.threads, **options)
+    return manifest
 
 
 def _load_texts(manifest: Manifest) -> dict[str, PromptBank]:

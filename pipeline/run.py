@@ -413,7 +413,8 @@ def run_config(
 ) -> int:
     """Check engines, build the graph, run, shut down. Returns an exit code. With ``config_path``, SIGHUP
     re-reads it and applies its cameras (:meth:`Application.reload`). ``on_start`` is called once
-    everything runs (the command line prints the review page's address there).
+    everything runs (the command line prints the review page's address there). Exit code 1 when every
+    camera ended failed (nothing was watched).
 
     Raises :class:`pipeline.inference.EngineError` when the engines are missing or do not fit ``cfg``, and
     :class:`pipeline.outputs.hub.RunOutputsError` when an output cannot start (an unwritable folder, a port
@@ -433,10 +434,16 @@ def run_config(
             if on_start is not None:
                 on_start(app.outputs)
             app.wait(duration_s, progress, config_path=config_path)
+            states = app.graph.states()
         finally:
             # Also when a callback or a reload raised: queued clips are scored, open alerts closed and
             # delivered or spooled, the ports and the engines released.
             left = app.shutdown()
     if any(left.values()):
         log.warning("alerts still spooled for later delivery: %s", left)
+    if states and all(s == "failed" for s in states.values()):
+        # Nothing was watched: a service manager or a script must see it (one camera that failed beside
+        # others that ran is the run's normal life, said in the log and on the review page).
+        log.error("every camera failed: %s", states)
+        return 1
     return 0

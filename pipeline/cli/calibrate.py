@@ -49,10 +49,12 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
+from core.config import CameraSettings, ConfigError, ZsadConfig, camera_uri_problem, load_config
+from core.redact import redact_uri
 from pipeline.cli.run import first_run_engines
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
+from pipeline.cpu.sources import parse_source_uri
 from pipeline.inference import (
     ClipInference,
     EngineBuildError,
@@ -720,11 +722,14 @@ def trust_report(cal: Calibration) -> str:
 
 def _footage_problem(uri: str) -> str | None:
     """Why a footage URI cannot be read, when that is knowable before starting (a local file), else None."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
+    if "://" not in uri:
         return f"footage {uri!r} is not a URI: write file:///path/to/normal.mp4 (or rtsp://...)"
-    if scheme.lower() in {"file", "loop"} and not Path(rest).is_file():
-        return f"footage {uri}: no such file {rest}"
+    problem = camera_uri_problem(uri)
+    if problem is not None:
+        return f"footage: {problem}"
+    source = parse_source_uri(uri)  # the path as the camera graph reads it (percent-escapes decoded)
+    if source.kind in {"file", "loop"} and not Path(source.location).is_file():
+        return f"footage {redact_uri(uri)}: no such file {source.location}"
     return None
 
 

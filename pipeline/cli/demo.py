@@ -35,7 +35,7 @@ from pipeline.run import run_config
 from plugins.alerting import alert_params, resolve_policy
 from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
 from plugins.fusion import CalibrationError, check_semantic_source, load_calibration
-from synth import generate_dataset
+from synth import CONTEXTS, generate_dataset
 from synth.writer import frame_name
 
 log = logging.getLogger(__name__)
@@ -396,6 +396,25 @@ def _plot_timeline(
         plt.close(fig)
 
 
+def _check_demo_cameras(cfg: ZsadConfig, config_path: Path) -> None:
+    """The demo plays scenes it generates: it needs cameras, each of a context the generator draws."""
+    cameras = cfg.enabled_cameras()
+    if not cameras:
+        raise ConfigError(str(config_path), [(None, "cameras", "the demo needs at least one enabled camera")])
+    index = {c.id: i for i, c in enumerate(cfg.cameras)}
+    problems: list[tuple[int | None, str, str]] = [
+        (
+            None,
+            f"cameras[{index[cam.id]}].context",
+            f"the demo generates scenes of {', '.join(CONTEXTS)} only, not {cam.context!r}",
+        )
+        for cam in cameras
+        if cam.context not in CONTEXTS
+    ]
+    if problems:
+        raise ConfigError(str(config_path), problems)
+
+
 def run_demo(args: Any) -> int:
     """CLI handler for ``zsad demo``."""
     config_path = Path(args.config)
@@ -410,6 +429,7 @@ def run_demo(args: Any) -> int:
             raise ConfigError(
                 str(config_path), [(None, "engines.checkpoint", "the demo needs a checkpoint to build from")]
             )
+        _check_demo_cameras(cfg, config_path)
     except (RunOutputsError, ConfigError) as exc:
         print(f"refusing to start: {exc}")
         return 2

@@ -46,11 +46,28 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def smoothing_frames(text: str) -> float:
+    """argparse type of ``eval --smooth-sigma``: finite frames >= 0, refused before any scoring."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of frames") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of frames >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zsad", description="Zero-shot video anomaly detection at the edge."
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-vv, before the command (zsad -vv run ...): debug logging, and an unexpected error's traceback",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -87,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config with a 'train' section naming the dataset")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="output folder for metrics.json and plots")
-    p.add_argument("--smooth-sigma", type=float, default=3.0, help="Gaussian smoothing in frames")
+    p.add_argument(
+        "--smooth-sigma", type=smoothing_frames, default=3.0, help="Gaussian smoothing in frames (0: none)"
+    )
     p.set_defaults(handler=_lazy("pipeline.cli.evaluate:run_eval"))
 
     p = sub.add_parser("run", help="run the cameras of a config and raise alerts")
@@ -149,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last resort: a person gets one line, never a traceback
         log.debug("zsad %s failed", args.command, exc_info=True)
         print(
-            f"zsad {args.command}: unexpected {type(exc).__name__}: {exc} (this is a bug: run it again with "
-            f"-vv for the traceback and report both)",
+            f"zsad {args.command}: unexpected {type(exc).__name__}: {exc} (this is a bug: run it again as "
+            f"zsad -vv {args.command} ... for the traceback and report both)",
             file=sys.stderr,
         )
         return EXIT_FAILURE

@@ -28,7 +28,8 @@ from engines.encoders import (
     has_tokenizer,
 )
 from engines.manifest import ManifestError, manifest_path
-from pipeline.inference import REQUIRED_COMPONENTS, engines_semantic_source
+from pipeline.cpu.sources import parse_source_uri
+from pipeline.inference import REQUIRED_COMPONENTS, engine_folder_problem, engines_semantic_source
 from plugins.alerting import threshold_mismatches
 from plugins.fusion import (
     Calibration,
@@ -44,7 +45,11 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
     warnings: list[str] = []
     semantic_source = _semantic_source(cfg, warnings)
     directory = Path(cfg.engines.dir)
-    if all(manifest_path(directory, c).is_file() for c in REQUIRED_COMPONENTS):
+    refused = engine_folder_problem(cfg)
+    if refused is not None:
+        # A warning, not an error: the engines may be built elsewhere and copied in before the run.
+        warnings.append(f"engines: a run would refuse to start: {refused}")
+    elif all(manifest_path(directory, c).is_file() for c in REQUIRED_COMPONENTS):
         # A run opens the engines that are there (it builds only a folder without them): their manifests,
         # not the config, say where its semantic stream comes from.
         try:
@@ -71,9 +76,9 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
                 )
         if cam.alerts.on_threshold == CALIBRATED_THRESHOLD:
             warnings += _calibrated_threshold_warnings(cam, calibration)
-        scheme, _, rest = cam.uri.partition("://")
-        if scheme.lower() in {"file", "loop"} and not Path(rest).is_file():
-            warnings.append(f"camera {cam.id}: no such file {rest}: the camera will fail at start")
+        source = parse_source_uri(cam.uri)  # the path as the camera graph reads it (percent-escapes decoded)
+        if source.kind in {"file", "loop"} and not Path(source.location).is_file():
+            warnings.append(f"camera {cam.id}: no such file {source.location}: the camera will fail at start")
     return warnings
 
 

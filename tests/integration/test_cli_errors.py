@@ -296,6 +296,25 @@ CASES = [
         ("train.dataset", "does not exist"),
         marks=(pytest.mark.slow,),  # loads the checkpoint first: torch, ~10 s
     ),
+    Case(
+        "eval",
+        "negative-smoothing",  # refused by argparse, before minutes of scoring
+        lambda c: [
+            DEFAULT,
+            "--checkpoint",
+            str(DEMO_CHECKPOINT),
+            "--out",
+            str(c.tmp / "e"),
+            "--smooth-sigma=-3",
+        ],
+        ("--smooth-sigma: must be a finite number of frames >= 0",),
+    ),
+    Case(
+        "eval",
+        "checkpoint-is-a-folder",
+        lambda c: [str(_synthetic_with(c.tmp)), "--checkpoint", str(c.tmp), "--out", str(c.tmp / "e")],
+        ("is a folder: name its .safetensors file",),
+    ),
     # run
     Case("run", "deepstream-without-engines", lambda c: [str(c.site("ds")), "--graph", "deepstream"]),
     Case("run", "negative-duration", lambda c: [str(c.site("d")), "--duration", "-1"], ("--duration",)),
@@ -351,6 +370,36 @@ CASES = [
     ),
     # demo: a busy port is found before minutes of scenes, engines and calibration.
     Case("demo", "zero-duration", lambda c: ["--duration", "0"], ("--duration",)),
+    Case(
+        "demo",
+        "a-context-it-cannot-draw",
+        lambda c: [
+            "--config",
+            str(
+                c.site(
+                    "lobby",
+                    [{"id": "a", "uri": "file:///x.mp4", "context": "lobby"}],
+                    engines={"checkpoint": str(DEMO_CHECKPOINT)},
+                )
+            ),
+        ],
+        ("cameras[0].context: the demo generates scenes of campus, parking, station only, not 'lobby'",),
+    ),
+    Case(
+        "demo",
+        "no-cameras",
+        lambda c: [
+            "--config",
+            str(
+                c.site(
+                    "nocams",
+                    [{"id": "a", "uri": "file:///x.mp4", "enabled": False}],
+                    engines={"checkpoint": str(DEMO_CHECKPOINT)},
+                )
+            ),
+        ],
+        ("the demo needs at least one enabled camera",),
+    ),
     # calibrate
     Case(
         "calibrate",
@@ -385,6 +434,12 @@ CASES = [
             str(c.tmp / "c.json"),
         ],
         ("is not a URI",),
+    ),
+    Case(
+        "calibrate",
+        "footage-of-no-scheme-zsad-reads",
+        lambda c: [DEFAULT, "--camera", "campus-1", "--footage", "bogus://x", "--out", str(c.tmp / "c.json")],
+        ("footage: unsupported URI scheme 'bogus'",),
     ),
     Case(
         "calibrate",

@@ -38,6 +38,23 @@ def _zsad(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_run_in_which_every_camera_failed_exits_1(world: dict[str, Path], tmp_path: Path) -> None:
+    """Nothing was watched: a service manager or a script must see it in the exit code (one failed camera
+    beside cameras that ran is the test above, exit 0)."""
+    site = write_site(
+        world,
+        tmp_path / "out",
+        [
+            {"id": "missing", "uri": f"file://{tmp_path / 'nope.mp4'}"},
+            {"id": "corrupt", "uri": f"file://{world['corrupt']}"},
+        ],
+    )
+    r = _zsad("run", str(site), "--fast", "--duration", "60")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "every camera failed: {" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_bad_cameras_are_reported_and_the_others_go_on(world: dict[str, Path], tmp_path: Path) -> None:
     from pipeline.outputs.alert_schema import validate_alert
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from core.config import ConfigError, ZsadConfig, load_config, parse_config
 from pipeline.outputs.alert_schema import AlertSchemaError, alert_problems, example_record, validate_alert
 from tests.conftest import REPO
-from tests.fixtures.run_world import write_site
+from tests.fixtures.run_world import site_config, write_site
 
 DEFAULT_YAML = (REPO / "configs" / "default.yaml").read_text(encoding="utf-8")
 DEFAULT = yaml.safe_load(DEFAULT_YAML)
@@ -252,6 +252,43 @@ def test_truncated_onnx_engines_refuse_to_start(world: dict[str, Path], tmp_path
     assert r.returncode == 2, r.stdout + r.stderr[-2000:]
     assert f"onnxruntime cannot load {onnx}" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_validate_warns_about_engines_the_run_would_refuse(world: dict[str, Path], tmp_path: Path) -> None:
+    """`zsad validate` says before a run what `zsad run` would refuse: damaged engines, engines of another
+    model, and a folder without engines that a first run cannot build. Warnings, not errors (the engines
+    may be built elsewhere and copied in), and none for engines the run opens."""
+    from pipeline.cli.validate import config_warnings
+    from pipeline.inference import load_engines
+
+    engines = tmp_path / "engines"
+    shutil.copytree(world["engines"], engines)
+
+    def warned(**extra: Any) -> list[str]:
+        site = site_config({**world, "engines": engines}, tmp_path / "out", [], **extra)
+        cfg = ZsadConfig.model_validate(site)
+        return [w for w in config_warnings(cfg) if w.startswith("engines:")]
+
+    assert warned() == []
+    load_engines(
+        ZsadConfig.model_validate(site_config({**world, "engines": engines}, tmp_path / "o", []))
+    ).close()
+    other = site_config(world, tmp_path / "out", [])["model"]
+    other = {**other, "dpc": {**other["dpc"], "hidden_size": other["dpc"]["hidden_size"] * 2}}
+    (problem,) = warned(model=other)
+    assert problem.startswith("engines: a run would refuse to start: ")
+    assert "dpc.hidden_size" in problem
+    manifest = json.loads((engines / "backbone.manifest.json").read_text())
+    onnx = engines / manifest["onnx"]["path"]
+    onnx.write_bytes(onnx.read_bytes()[:-10])
+    (problem,) = warned()
+    assert f"file {onnx} changed since the build" in problem
+    empty = tmp_path / "none"
+    (problem,) = warned(engines={"dir": str(empty)})
+    assert "set engines.checkpoint in the config so that the first run builds the engines" in problem
+    (problem,) = warned(engines={"dir": str(empty), "checkpoint": str(tmp_path / "gone.safetensors")})
+    assert "gone.safetensors does not exist: the first run cannot build the engines from it" in problem
+    assert warned(engines={"dir": str(empty), "checkpoint": str(world["checkpoint"])}) == []
 
 
 def test_a_stream_gate_that_does_not_fit_refuses_to_start_and_says_why(
