@@ -1010,6 +1010,19 @@ class ZsadConfig(_Strict):
     output_dir: str = Field("out/run", min_length=1)
 
     @model_validator(mode="after")
+    def _one_port_each(self) -> ZsadConfig:
+        # Each port is free on its own, so the run's own check would blame another process for the clash.
+        m, u = self.metrics, self.ui
+        if m.enabled and u.enabled and m.port and m.port == u.port:
+            wildcard = {"0.0.0.0", "::", ""}  # noqa: S104 - names the wildcard binds, binds nothing
+            if m.host == u.host or m.host in wildcard or u.host in wildcard:
+                raise _at(
+                    "metrics.port",
+                    f"{m.port} is ui.port too: the metrics endpoint and the review page need a port each",
+                )
+        return self
+
+    @model_validator(mode="after")
     def _unique_cameras(self) -> ZsadConfig:
         seen: set[str] = set()
         for i, cam in enumerate(self.cameras):
