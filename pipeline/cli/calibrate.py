@@ -268,7 +268,10 @@ def collect_scores(
     finally:
         graph.stop()
     if failed:
-        raise CalibrationFootageError(f"camera {camera.id}: footage could not be read: {', '.join(failed)}")
+        # The footage as the user named it (each file plays twice: as it is, and with events pasted in).
+        uris = {s.id: redact_uri(s.uri) for s in settings}
+        named = list(dict.fromkeys(uris.get(c, c) for c in failed))
+        raise CalibrationFootageError(f"camera {camera.id}: footage could not be read: {', '.join(named)}")
     # In footage order, not arrival order (it varies from run to run): the same footage calibrates the same.
     scored.sort(key=lambda s: (s.camera, s.index))
     folds = np.array([_fold(s.index, emitted[s.camera]) for s in scored], dtype=np.int8)

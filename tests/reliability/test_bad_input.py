@@ -254,6 +254,24 @@ def test_truncated_onnx_engines_refuse_to_start(world: dict[str, Path], tmp_path
     assert "Traceback" not in r.stderr
 
 
+def test_calibrating_on_unreadable_footage_names_the_footage(world: dict[str, Path], tmp_path: Path) -> None:
+    site = write_site(world, tmp_path / "out", [{"id": "a", "uri": "file:///x.mp4"}])
+    footage = f"file://{world['corrupt']}"
+    argv = ["calibrate", str(site), "--camera", "a", "--footage", footage, "--out", str(tmp_path / "a.json")]
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+    assert f"calibration failed: camera a: footage could not be read: {footage}\n" in r.stdout
+    assert ".pseudo" not in r.stdout  # the twin with pasted events is ours, not the user's
+    assert not (tmp_path / "a.json").exists()
+
+
 def test_validate_warns_about_engines_the_run_would_refuse(world: dict[str, Path], tmp_path: Path) -> None:
     """`zsad validate` says before a run what `zsad run` would refuse: damaged engines, engines of another
     model, and a folder without engines that a first run cannot build. Warnings, not errors (the engines
