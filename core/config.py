@@ -25,8 +25,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializationInfo,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -374,8 +376,11 @@ class RtspOptions(_Strict):
     def _backoff_order(self) -> RtspOptions:
         if self.reconnect_initial_s > self.reconnect_max_s:
             if "reconnect_initial_s" not in self.model_fields_set:
-                # Only the cap was set, below the default first wait: the backoff is the cap throughout.
+                # Only the cap was set, below the default first wait: the backoff is the cap throughout. The
+                # first wait stays "not given" (assigning marks it given): a camera block laid over this one
+                # (:func:`_overlay`) with its own cap must not inherit this clamp as a setting.
                 self.reconnect_initial_s = self.reconnect_max_s
+                self.__pydantic_fields_set__.discard("reconnect_initial_s")
                 return self
             raise _at(
                 "reconnect_initial_s",
@@ -510,6 +515,16 @@ class ZoneSettings(_Strict):
         return not self.zones and not self.mask and self.alert_zones is None
 
 
+def _given_keys_only(
+    self: BaseModel, block: BaseModel | None, info: SerializationInfo
+) -> dict[str, Any] | None:
+    """How a dump writes the ``defaults``' and a camera's ``sampling``, ``alerts``, ``fusion`` and ``rtsp``
+    blocks: the keys given only. A camera's blocks are laid over the defaults' key by key (:func:`_overlay`),
+    and which keys were given decides the merge, so a config written back from a dump reloads to the same
+    settings (a full dump would pin the schema's defaults over the site's)."""
+    return None if block is None else block.model_dump(mode=info.mode, exclude_unset=True)
+
+
 class CameraDefaults(_Strict):
     context: str = Field("generic", min_length=1, max_length=64, description="Scene/context name.")
     prompts: str | None = Field(None, description="Prompt set name (configs/prompts/<name>.yaml).")
@@ -519,6 +534,7 @@ class CameraDefaults(_Strict):
     rtsp: RtspOptions = Field(default_factory=RtspOptions)  # type: ignore[arg-type]
 
     _names = field_validator("context", "prompts")(_file_name)
+    _given_keys = field_serializer("sampling", "alerts", "fusion", "rtsp")(_given_keys_only)
 
 
 def camera_uri_problem(uri: str) -> str | None:
@@ -585,6 +601,8 @@ class CameraConfig(_Strict):
         None, max_length=MAX_POLYGONS, description="Areas of the view to ignore (never scored)."
     )
     alert_zones: list[str] | None = Field(None, description="Alert only when the peak is in these zones.")
+
+    _given_keys = field_serializer("sampling", "alerts", "fusion", "rtsp")(_given_keys_only)
 
     @field_validator("alert_zones")
     @classmethod

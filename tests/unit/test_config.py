@@ -87,6 +87,32 @@ def test_a_camera_block_is_laid_over_the_defaults_key_by_key(tmp_path: Path) -> 
         load_config(path)
 
 
+def test_a_cap_alone_in_the_defaults_is_not_handed_to_the_cameras_as_a_first_wait() -> None:
+    """The defaults' backoff clamp (a cap below the default first wait) is not a setting: a camera with its
+    own cap keeps its own backoff, and a dump of the config reloads to the same settings."""
+    from core.config import ZsadConfig
+
+    cfg = parse_config(
+        "defaults:\n"
+        "  rtsp: {reconnect_max_s: 0.5}\n"
+        "  alerts: {on_threshold: calibrated, off_threshold: 1.0, cooldown_s: 60}\n"
+        "cameras:\n"
+        "  - {id: a, uri: rtsp://h/a, rtsp: {reconnect_max_s: 0.2}, alerts: {on_threshold: 1.5}}\n"
+        "  - {id: b, uri: rtsp://h/b, rtsp: {reconnect_max_s: 20}}\n"
+        "  - {id: c, uri: rtsp://h/c}\n"
+    )
+    backoff = {c: cfg.camera_settings(c).rtsp for c in "abc"}
+    assert {c: (r.reconnect_initial_s, r.reconnect_max_s) for c, r in backoff.items()} == {
+        "a": (0.2, 0.2),
+        "b": (1.0, 20.0),
+        "c": (0.5, 0.5),
+    }
+    again = ZsadConfig.model_validate(cfg.model_dump(mode="json"))
+    for c in "abc":
+        assert again.camera_settings(c) == cfg.camera_settings(c), c
+    assert again.camera_settings("a").alerts.cooldown_s == 60.0  # the site's, not the schema's
+
+
 def test_fusion_rule_per_camera_with_a_default(tmp_path: Path) -> None:
     cfg = parse_config(
         "defaults:\n  fusion: {rule: mean}\n" + BASE[len("version: 1\n") :] + "    fusion: {rule: max}\n"
