@@ -214,6 +214,8 @@ def engine_folder_problem(cfg: ZsadConfig) -> str | None:
         check_engine_folder(cfg, directory, checked_manifests(cfg, directory))
     except (EngineError, ManifestError) as exc:
         return str(exc)
+    except OSError as exc:  # a file of the folder that cannot be read (hashing it)
+        return f"{exc.filename or directory}: cannot be read: {exc.strerror or exc}"
     return None
 
 
@@ -405,8 +407,11 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     options: dict[str, Any] = {"spin": cfg.engines.spin} if cfg.engines.backend == "onnxruntime" else {}
     opened: dict[str, Backend] = {}
     try:
-        manifests = checked_manifests(cfg, directory)  # every check before any engine is opened
-        image_semantic = APPEARANCE_COMPONENT in manifests and _gives_embedding(
+        # Every check that needs no engine comes before any engine is opened (a TensorRT engine takes
+        # seconds and device memory to open).
+        manifests = checked_manifests(cfg, directory)
+        checked = check_engine_folder(cfg, directory, manifests)
+        image_semantic = APPEARANCE_COMPONENT in manifests and _feeds_semantic(
             cfg, manifests[APPEARANCE_COMPONENT]
         )
         if image_semantic and manifest_path(directory, "semantic_head").is_file():
@@ -421,7 +426,6 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
             )
         appearance = opened.get(APPEARANCE_COMPONENT)
         semantic = opened.get("semantic_head")
-        checked = check_engine_folder(cfg, directory, {c: b.manifest for c, b in opened.items()})
         gate = checked.gate
         texts = checked.texts.get("semantic_head", {})
         appearance_texts = checked.texts.get(APPEARANCE_COMPONENT, {}) if image_semantic else {}
@@ -429,7 +433,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
         for backend in opened.values():
             backend.close()
         raise
-    except (ManifestError, BackendError) as exc:
+    except (ManifestError, BackendError, OSError) as exc:  # OSError: an engine file that cannot be read
         for backend in opened.values():
             backend.close()
         # Never rebuilt here: a damaged engine or one built for another model needs a person's decision.

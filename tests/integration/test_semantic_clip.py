@@ -154,7 +154,11 @@ def test_the_engine_has_the_embedding_output_and_the_prompts_of_the_same_clip(
 
 
 def test_turning_the_semantic_stream_off_rebuilds_the_engine_without_it(
-    checkpoint: Path, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    checkpoint: Path,
+    clip_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import core.datafile
 
@@ -192,12 +196,15 @@ def test_turning_the_semantic_stream_off_rebuilds_the_engine_without_it(
     cfg = _config(
         engines, checkpoint, clip_dir
     )  # the config asks for it; the engine has none: said, not used
-    loaded = load_engines(cfg)
+    with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
+        loaded = load_engines(cfg)
     try:
         assert loaded.appearance is not None
         assert loaded.appearance_texts == {}
     finally:
         loaded.close()
+    said = [r for r in caplog.records if "the semantic stream does not come from it" in r.getMessage()]
+    assert len(said) == 1  # once a start, however many checks look at the engine
 
 
 def test_a_folder_without_a_tokenizer_builds_the_appearance_engine_alone(
