@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sys
 import time
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field, replace
@@ -742,10 +743,10 @@ def run_calibrate(args: Any) -> int:
         cfg = load_config(args.config)
         cfg.camera_settings(args.camera)
     except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
+        print(f"invalid config:\n{exc}", file=sys.stderr)
         return 2
     except KeyError as exc:
-        print(f"{args.config}: {exc.args[0]}")
+        print(f"{args.config}: {exc.args[0]}", file=sys.stderr)
         return 2
     problems = [p for p in (_footage_problem(uri) for uri in args.footage) if p]
     out = Path(args.out)
@@ -754,34 +755,34 @@ def run_calibrate(args: Any) -> int:
             f"--out {out} is a folder: name the file to write, e.g. {out / (args.camera + '.json')}"
         )
     if problems:
-        print("\n".join(problems))
+        print("\n".join(problems), file=sys.stderr)
         return 2
     try:
         first_run_engines(cfg)
         engines = load_engines(cfg)
     except EngineError as exc:
-        print(f"refusing to start: {exc}")
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     except EngineBuildError as exc:
-        print(f"cannot build the engines: {exc}")
+        print(f"cannot build the engines: {exc}", file=sys.stderr)
         return 1
     try:
         path = calibrate_camera(cfg, engines, args.camera, args.footage, out)
     except CalibrationFootageError as exc:
-        print(f"calibration failed: {exc}")
+        print(f"calibration failed: {exc}", file=sys.stderr)
         return 1
     except CalibrationError as exc:  # the footage's scores cannot be fitted (e.g. a stream with none)
-        print(f"calibration failed: {exc}")
+        print(f"calibration failed: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"calibration failed: cannot write {out}: {exc.strerror or exc}")
+        print(f"calibration failed: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
         engines.close()
     try:
         print(trust_report(load_calibration(path)))
     except CalibrationError as exc:  # written a moment ago; unreadable now means the disk changed under us
-        print(f"calibration failed: {exc}")
+        print(f"calibration failed: {exc}", file=sys.stderr)
         return 1
     memory_file = memory_path(path)
     if memory_file.is_file():

@@ -421,7 +421,7 @@ def run_demo(args: Any) -> int:
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
+        print(f"invalid config:\n{exc}", file=sys.stderr)
         return 2
     try:
         check_outputs(cfg)  # before minutes of scenes, engines and calibration
@@ -431,7 +431,7 @@ def run_demo(args: Any) -> int:
             )
         _check_demo_cameras(cfg, config_path)
     except (RunOutputsError, ConfigError) as exc:
-        print(f"refusing to start: {exc}")
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     out = Path(cfg.output_dir)
     scenes = out / "scenes"
@@ -441,19 +441,19 @@ def run_demo(args: Any) -> int:
     try:
         prepare_engines(cfg, config_path)
     except (BuildInputError, BackendUnavailable) as exc:
-        print(f"refusing to start: {exc}")
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     except (BuildError, ExportError, ParityError, ManifestError, BackendError) as exc:
-        print(f"cannot build the engines: {exc}")
+        print(f"cannot build the engines: {exc}", file=sys.stderr)
         return 1
     print(f"[3/5] calibration on each camera's normal footage -> {out / 'calibration'}", flush=True)
     try:
         cfg = prepare_calibration(cfg, scenes, out / "calibration")
     except EngineError as exc:
-        print(f"refusing to start: {exc}")
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     except CalibrationFootageError as exc:
-        print(f"calibration failed: {exc}")
+        print(f"calibration failed: {exc}", file=sys.stderr)
         return 1
     _clear_previous_run(out)
     duration = args.duration if args.duration else SCENE_FRAMES / SCENE_FPS + 10
@@ -472,7 +472,8 @@ def run_demo(args: Any) -> int:
             cfg, duration_s=duration, realtime=not args.fast, progress=progress, on_start=announce
         )
     except (EngineError, RunOutputsError) as exc:
-        print(f"\nrefusing to start: {exc}")
+        print(flush=True)  # ends the progress line
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     print()
     if code:

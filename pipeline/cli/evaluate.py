@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +23,24 @@ def run_eval(args: Any) -> int:
         return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        print(f"--out {out} is a file: name a folder for metrics.json and the plots")
+        print(f"--out {out} is a file: name a folder for metrics.json and the plots", file=sys.stderr)
         return 2
     try:
         metrics = evaluate(cfg, args.checkpoint, out, smooth_sigma=args.smooth_sigma)
     except CheckpointError as exc:
-        print(f"bad checkpoint: {exc}")
+        print(f"bad checkpoint: {exc}", file=sys.stderr)
         return 2
     except EvaluationError as exc:
-        print(f"{args.config}: {exc}")
+        print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
     except DatasetError as exc:
-        print(f"{args.config}: train.dataset: {exc} ({DATASET_HINT})")
+        print(f"{args.config}: train.dataset: {exc} ({DATASET_HINT})", file=sys.stderr)
         return 2
     except MetricError as exc:  # e.g. a test split without an abnormal frame: no AUC to give
-        print(f"{args.config}: the test split cannot be scored: {exc}")
+        print(f"{args.config}: the test split cannot be scored: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"evaluation failed: {exc.filename or out}: {exc.strerror or exc}")
+        print(f"evaluation failed: {exc.filename or out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     print_summary(metrics)
     print(f"metrics: {Path(args.out) / 'metrics.json'}")

@@ -71,7 +71,7 @@ def run_run(args: Any) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
+        print(f"invalid config:\n{exc}", file=sys.stderr)
         return 2
     if (args.graph or cfg.graph) == "deepstream":
         return run_deepstream_graph(cfg, args.duration)
@@ -82,10 +82,10 @@ def run_run(args: Any) -> int:
             cfg, duration_s=args.duration, realtime=not args.fast, config_path=args.config, on_start=announce
         )
     except (EngineError, RunOutputsError) as exc:
-        print(f"refusing to start: {exc}")
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     except EngineBuildError as exc:
-        print(f"cannot build the engines: {exc}")
+        print(f"cannot build the engines: {exc}", file=sys.stderr)
         return 1
 
 
@@ -97,11 +97,11 @@ def run_deepstream_graph(cfg: ZsadConfig, duration_s: float | None = None) -> in
         check_outputs(cfg)
         return run_deepstream(cfg, duration_s=duration_s, on_start=announce)
     except DeepStreamUnavailable as exc:
-        print(f"cannot run the DeepStream graph: {exc}")
+        print(f"cannot run the DeepStream graph: {exc}", file=sys.stderr)
         return 2
     except (EngineError, RenderError, RunOutputsError) as exc:
-        print(f"refusing to start: {exc}")
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     except DeepStreamGraphError as exc:
-        print(f"cannot build the DeepStream graph: {exc}")
+        print(f"cannot build the DeepStream graph: {exc}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@ when ``zsad train`` runs)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,10 @@ def load_train_config(path: str, missing: str) -> ZsadConfig | None:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        print(f"invalid config:\n{exc}")
+        print(f"invalid config:\n{exc}", file=sys.stderr)
         return None
     if cfg.train is None:
-        print(f"{path}: the config has no 'train' section {missing}")
+        print(f"{path}: the config has no 'train' section {missing}", file=sys.stderr)
         return None
     return cfg
 
@@ -38,36 +39,41 @@ def run_train(args: Any) -> int:
         return 2
     if args.max_minutes is not None:
         if not args.max_minutes > 0:
-            print(f"--max-minutes must be > 0, got {args.max_minutes:g}")
+            print(f"--max-minutes must be > 0, got {args.max_minutes:g}", file=sys.stderr)
             return 2
         cfg.train.max_minutes = args.max_minutes
     if args.max_steps is not None:
         if args.max_steps < 1:
-            print(f"--max-steps must be >= 1, got {args.max_steps}")
+            print(f"--max-steps must be >= 1, got {args.max_steps}", file=sys.stderr)
             return 2
         cfg.train.max_steps = args.max_steps
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     if args.resume and not Path(args.resume).is_file():  # before the dataset is read
         kind = "is a folder: name its .safetensors file" if Path(args.resume).is_dir() else "does not exist"
-        print(f"--resume: checkpoint {args.resume} {kind}")
+        print(f"--resume: checkpoint {args.resume} {kind}", file=sys.stderr)
         return 2
     if Path(cfg.train.output_dir).is_file():
-        print(f"train.output_dir {cfg.train.output_dir} is a file: name a folder for the checkpoints")
+        print(
+            f"train.output_dir {cfg.train.output_dir} is a file: name a folder for the checkpoints",
+            file=sys.stderr,
+        )
         return 2
     try:
         path = train(cfg, resume=args.resume)
     except DatasetError as exc:
-        print(f"{args.config}: train.dataset: {exc} ({DATASET_HINT})")
+        print(f"{args.config}: train.dataset: {exc} ({DATASET_HINT})", file=sys.stderr)
         return 2
     except CheckpointError as exc:
-        print(f"--resume: {exc}")
+        print(f"--resume: {exc}", file=sys.stderr)
         return 2
     except TrainingError as exc:
-        print(f"training failed: {exc}")
+        print(f"training failed: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"training failed: {exc.filename or cfg.train.output_dir}: {exc.strerror or exc}")
+        print(
+            f"training failed: {exc.filename or cfg.train.output_dir}: {exc.strerror or exc}", file=sys.stderr
+        )
         return 1
     print(f"checkpoint: {path}")
     return 0

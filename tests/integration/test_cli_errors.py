@@ -517,3 +517,28 @@ def test_busy_ports_are_named_with_what_to_change(command: str, section: str, ct
         f"{section}.port {ctx.busy_port} on 127.0.0.1 cannot be used: Address already in use",
         f"set {section}.port in the config to a free port",
     )
+
+
+#: One refusal of each command whose errors were printed on stdout (validate, synth and build-engines always
+#: used stderr), and what its message says beyond its case's fragments.
+REFUSALS_ON_STDERR = {
+    "run": ("no-engines-no-checkpoint", "refusing to start: "),
+    "train": ("no-train-section", "default.yaml: the config has no 'train' section"),
+    "eval": ("out-is-a-file", "--out "),
+    "calibrate": ("footage-not-a-uri", "footage 'videos/a.mp4' is not a URI"),
+    "demo": ("no-cameras", "refusing to start: "),
+}
+
+
+@pytest.mark.parametrize("command", sorted(REFUSALS_ON_STDERR))
+def test_refusals_are_printed_on_stderr(command: str, ctx: Ctx) -> None:
+    """An error goes to stderr, as the other commands' do: stdout holds only what a command produces (a
+    script reading "calibration: PATH" or "checkpoint: PATH" from it gets no error text instead)."""
+    name, opening = REFUSALS_ON_STDERR[command]
+    case = next(c for c in CASES if (c.command, c.name) == (command, name))
+    r = zsad(command, *case.argv(ctx))
+    assert_clear(r, case.code)
+    for fragment in (opening, *case.says):
+        assert fragment in r.stderr, f"{fragment!r} not on stderr:\n{r.stderr[-3000:]}"
+        assert fragment not in r.stdout, f"{fragment!r} on stdout:\n{r.stdout[-3000:]}"
+    assert r.stdout == "", r.stdout[-3000:]  # nothing was produced

@@ -91,7 +91,7 @@ def test_run_deepstream_checks_renders_and_stops_at_the_missing_elements(
         run_deepstream(cfg)
     # The command line says so and exits 1.
     assert run_deepstream_graph(cfg) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "cannot build the DeepStream graph: GStreamer element 'nvstreammux' is missing" in out
     # Only the new mux reads a config file; nvdspreprocess and nvinfer are not in the graph any more.
     assert list((tmp_path / "run" / "deepstream").iterdir()) == []
@@ -106,12 +106,12 @@ def test_run_deepstream_refuses_engines_that_do_not_fit(
     with pytest.raises(EngineError):
         run_deepstream(cfg)
     assert run_deepstream_graph(cfg) == 2
-    assert "refusing to start" in capsys.readouterr().out
+    assert "refusing to start" in capsys.readouterr().err
     cfg = config(tmp_path / "no-engines", tmp_path / "run")
     with pytest.raises(EngineError, match="build the engines first"):
         run_deepstream(cfg)
     assert run_deepstream_graph(cfg) == 2
-    assert "build the engines first" in capsys.readouterr().out
+    assert "build the engines first" in capsys.readouterr().err
 
 
 def test_run_deepstream_checks_availability_once_and_the_cli_exits_2(
@@ -128,7 +128,7 @@ def test_run_deepstream_checks_availability_once_and_the_cli_exits_2(
     with pytest.raises(DeepStreamUnavailable, match="no pyds here"):
         run_deepstream(cfg)
     assert run_deepstream_graph(cfg) == 2
-    assert "cannot run the DeepStream graph: no pyds here" in capsys.readouterr().out
+    assert "cannot run the DeepStream graph: no pyds here" in capsys.readouterr().err
     assert len(calls) == 2  # once per run, not once more by the command line
 
 

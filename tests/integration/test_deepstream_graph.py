@@ -287,8 +287,8 @@ def test_cli_deepstream_without_deepstream_exits_2(tmp_path: Path) -> None:
             timeout=60,
         )
         assert result.returncode == 2, result.stdout + result.stderr
-        assert "cannot run the DeepStream graph" in result.stdout
-        assert "pyds 1.2.0" in result.stdout
+        assert "cannot run the DeepStream graph" in result.stderr
+        assert "pyds 1.2.0" in result.stderr
         assert "Traceback" not in result.stdout + result.stderr
 
 

@@ -60,8 +60,8 @@ def calibrated(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
         json.dumps(_site(world, root / "out", [{"id": "campus", "uri": uri, "context": "campus"}]))
     )
     out = root / "calib" / "campus.json"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
         code = main(
             [
                 "calibrate",
@@ -76,7 +76,7 @@ def calibrated(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
                 str(out),
             ]
         )
-    assert code == 0, printed.getvalue()
+    assert code == 0, printed.getvalue() + errors.getvalue()
     return out, printed.getvalue()
 
 

@@ -108,14 +108,14 @@ def test_missing_engines_refuse_to_start(world: dict[str, Path], tmp_path: Path)
     site.write_text(json.dumps(cfg))
     r = _zsad("run", str(site))
     assert r.returncode == 2
-    assert "backbone.manifest.json is missing" in r.stdout
+    assert "backbone.manifest.json is missing" in r.stderr
     # A config whose model differs from what the engines were built for is refused, naming the field.
     cfg["engines"]["dir"] = str(world["engines"])
     cfg["model"]["backbone"]["hidden_size"] = 64
     site.write_text(json.dumps(cfg))
     r = _zsad("run", str(site))
     assert r.returncode == 2
-    assert "backbone.manifest.json: outputs[0].shape" in r.stdout
+    assert "backbone.manifest.json: outputs[0].shape" in r.stderr
 
 
 def test_engines_from_two_builds_refuse_to_start(world: dict[str, Path], tmp_path: Path) -> None:
@@ -392,14 +392,14 @@ def test_first_run_builds_missing_engines_and_never_rebuilds_damaged_ones(
     onnx.write_bytes(damaged)
     r = _zsad("run", str(site), "--fast", "--duration", "60")
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "refusing to start" in r.stdout
-    assert f"zsad build-engines --config CONFIG --out {engines}" in r.stdout
+    assert "refusing to start" in r.stderr
+    assert f"zsad build-engines --config CONFIG --out {engines}" in r.stderr
     assert onnx.read_bytes() == damaged, "a damaged engine was rebuilt without being asked"
 
     (engines / "dpc_head.manifest.json").unlink()
     r = _zsad("run", str(site), "--fast", "--duration", "60")
     assert r.returncode == 2
-    assert "dpc_head.manifest.json is missing but" in r.stdout
+    assert "dpc_head.manifest.json is missing but" in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
 
 

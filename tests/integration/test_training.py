@@ -154,11 +154,11 @@ def test_max_steps_gives_the_same_weights_twice(tmp_path: Path, dataset: Path) -
     record = (out / "history.jsonl").read_text()
     again = _zsad("train", str(cfg), "--max-steps", "3", "--resume", str(out / "model.safetensors"))
     assert again.returncode == 2  # a flag to change, not a failure
-    assert "is at step 3, already at the run's 3 steps" in again.stdout
+    assert "is at step 3, already at the run's 3 steps" in again.stderr
     assert (out / "history.jsonl").read_text() == record
     bad = _zsad("train", str(cfg), "--max-steps", "0")
     assert bad.returncode == 2
-    assert "--max-steps must be >= 1" in bad.stdout
+    assert "--max-steps must be >= 1" in bad.stderr
 
 
 def test_bad_config_and_missing_checkpoint(tmp_path: Path, dataset: Path) -> None:
@@ -167,12 +167,12 @@ def test_bad_config_and_missing_checkpoint(tmp_path: Path, dataset: Path) -> Non
     bad.write_text(cfg.read_text().replace("epochs: 2", "epochs: -1"))
     r = _zsad("train", str(bad))
     assert r.returncode == 2
-    assert "train.epochs" in r.stdout
+    assert "train.epochs" in r.stderr
     r = _zsad(
         "eval", str(cfg), "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "e")
     )
     assert r.returncode == 2
-    assert "does not exist" in r.stdout
+    assert "does not exist" in r.stderr
     # A config whose model section differs from the checkpoint's is refused, naming the field (the run
     # would otherwise silently evaluate the checkpoint's own model).
     run = tmp_path / "run"
@@ -183,20 +183,20 @@ def test_bad_config_and_missing_checkpoint(tmp_path: Path, dataset: Path) -> Non
         "eval", str(other), "--checkpoint", str(run / "model.safetensors"), "--out", str(tmp_path / "e")
     )
     assert r.returncode == 2, r.stdout + r.stderr[-2000:]
-    assert "hidden_size: checkpoint 32, config 48" in r.stdout
+    assert "hidden_size: checkpoint 32, config 48" in r.stderr
     assert not (tmp_path / "e").exists()
     # Resuming with another model would train the checkpoint's and record the config's: refused.
     before = (run / "model.safetensors").read_bytes()
     r = _zsad("train", str(other), "--resume", str(run / "model.safetensors"))
     assert r.returncode == 2, r.stdout + r.stderr[-2000:]
-    assert "--resume: checkpoint" in r.stdout
-    assert "is of another model than the config's" in r.stdout
-    assert "hidden_size: checkpoint 32, config 48" in r.stdout
+    assert "--resume: checkpoint" in r.stderr
+    assert "is of another model than the config's" in r.stderr
+    assert "hidden_size: checkpoint 32, config 48" in r.stderr
     assert (run / "model.safetensors").read_bytes() == before
     for missing, said in ((tmp_path / "none.safetensors", "does not exist"), (run, "is a folder")):
         r = _zsad("train", str(cfg), "--resume", str(missing))
         assert r.returncode == 2, r.stdout + r.stderr[-2000:]
-        assert f"--resume: checkpoint {missing} {said}" in r.stdout
+        assert f"--resume: checkpoint {missing} {said}" in r.stderr
 
 
 def _free_port() -> int:

@@ -372,8 +372,9 @@ def test_zsad_calibrate_prints_which_streams_the_camera_trusts(
     site = write_site(tmp_path / "site.yaml", zones_site(world, tmp_path / "run", camera, {}))
     out = tmp_path / "calib" / "flagpole.json"
     code = main(["calibrate", str(site), "--camera", "flagpole", "--footage", footage, "--out", str(out)])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, printed + captured.err
     cal = load_calibration(out)
     assert cal.rule == "max"
     lines = printed.splitlines()
@@ -406,7 +407,7 @@ def test_zsad_calibrate_with_the_whole_view_masked_says_so(
     site = write_site(tmp_path / "site.yaml", zones_site(world, tmp_path / "run", camera, {}))
     out = tmp_path / "calib" / "flagpole.json"
     code = main(["calibrate", str(site), "--camera", "flagpole", "--footage", footage, "--out", str(out)])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert code == 1, printed
     assert "calibration failed: stream '" in printed
     assert "ignore zone cover the whole view" in printed
