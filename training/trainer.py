@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,6 +178,8 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
         # Share the cores between DDP processes; an explicit OMP_NUM_THREADS wins.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
+    # A checkpoint to resume is checked before minutes of reading the dataset.
+    resumed = _resumable(resume, cfg) if resume else None
     bb, pre = cfg.model.backbone, cfg.model.preprocess
     ds = make_dataset(
         tc.dataset.kind, resolve_data_path(tc.dataset.root), "train", (bb.image_height, bb.image_width)
@@ -201,16 +204,8 @@ def train(cfg: ZsadConfig, *, resume: str | None = None, quiet: bool = False) ->
     step = 0
     history: list[dict[str, float]] = []
     seconds_before = 0.0
-    if resume:
-        model, meta = load_checkpoint(resume)
-        diffs = spec_diff(model.spec, cfg.model)
-        if diffs:
-            # Training on would keep the checkpoint's model and record the config's as its own.
-            where = "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8])
-            raise CheckpointError(
-                f"checkpoint {resume} is of another model than the config's: {where} (resume with the config "
-                "it was trained with)"
-            )
+    if resume and resumed is not None:
+        model, meta = resumed
         step = int(meta.get("step", 0))
         seconds_before = float(meta.get("train_seconds", 0.0))
         history = _read_history(Path(resume).with_name("history.jsonl"), step)
@@ -372,6 +367,20 @@ def _save_rng(path: Path, sampler: WindowSampler, step: int) -> None:
     sampled = json.dumps(sampler.rng.bit_generator.state)
     torch.save({"step": step, "torch": torch.get_rng_state(), "sampler": sampled}, tmp)
     tmp.replace(path)
+
+
+def _resumable(resume: str | Path, cfg: ZsadConfig) -> tuple[ZsadModel, dict[str, Any]]:
+    """The checkpoint ``resume`` and its metadata, refused (:class:`CheckpointError`) when it is of another
+    model than ``cfg``'s: training on would keep the checkpoint's model and record the config's as its own."""
+    model, meta = load_checkpoint(resume)
+    diffs = spec_diff(model.spec, cfg.model)
+    if diffs:
+        where = "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8])
+        raise CheckpointError(
+            f"checkpoint {resume} is of another model than the config's: {where} (resume with the config it "
+            "was trained with)"
+        )
+    return model, meta
 
 
 def _restore_rng(path: Path, sampler: WindowSampler, step: int) -> None:

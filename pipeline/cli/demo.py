@@ -327,9 +327,10 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
         f"Injected anomalies: {summary['injected']}; detected: {summary['detected']}; "
         f"false alarms: {summary['false_alarms']}; alerts: {summary['alerts']}.",
         "",
-        "An alert is a detection when it is open from the anomaly's first frame to "
-        f"{summary['match_slack_s']:g} s after its last and its peak box, grown by "
-        f"{summary['match_margin_px']} px, is on the anomaly's mask; any other alert is a false alarm.",
+        "An alert is a detection when it is open at some time between the anomaly's first frame and "
+        f"{summary['match_slack_s']:g} s after its last, its peak falls in that span, and its peak box, "
+        f"grown by {summary['match_margin_px']} px, is on the anomaly's mask; any other alert is a false "
+        "alarm.",
         "",
         "Alerts open at "
         + ", ".join(f"{cid} {cam['on_threshold']:.2f}" for cid, cam in summary["cameras"].items())

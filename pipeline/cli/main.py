@@ -46,14 +46,22 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+#: The largest ``eval --smooth-sigma``: a Gaussian wider than this many frames smooths a video into its mean
+#: (and one of 1e12 frames asks for terabytes).
+MAX_SMOOTH_SIGMA = 1000.0
+
+
 def smoothing_frames(text: str) -> float:
-    """argparse type of ``eval --smooth-sigma``: finite frames >= 0, refused before any scoring."""
+    """argparse type of ``eval --smooth-sigma``: frames from 0 to :data:`MAX_SMOOTH_SIGMA`, refused before any
+    scoring."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of frames") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of frames >= 0, got {text}")
+    if not 0 <= value <= MAX_SMOOTH_SIGMA:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of frames from 0 to {MAX_SMOOTH_SIGMA:g}, got {text}"
+        )
     return value
 
 

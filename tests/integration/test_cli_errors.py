@@ -307,7 +307,7 @@ CASES = [
             str(c.tmp / "e"),
             "--smooth-sigma=-3",
         ],
-        ("--smooth-sigma: must be a finite number of frames >= 0",),
+        ("--smooth-sigma: must be a number of frames from 0 to 1000, got -3",),
     ),
     Case(
         "eval",

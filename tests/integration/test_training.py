@@ -193,6 +193,12 @@ def test_bad_config_and_missing_checkpoint(tmp_path: Path, dataset: Path) -> Non
     assert "is of another model than the config's" in r.stderr
     assert "hidden_size: checkpoint 32, config 48" in r.stderr
     assert (run / "model.safetensors").read_bytes() == before
+    # ... before the dataset is read (here there is none to read).
+    nodata = tmp_path / "nodata.yaml"
+    nodata.write_text(other.read_text().replace(str(dataset), str(tmp_path / "no-such-dataset")))
+    r = _zsad("train", str(nodata), "--resume", str(run / "model.safetensors"))
+    assert r.returncode == 2, r.stdout + r.stderr[-2000:]
+    assert "is of another model than the config's" in r.stderr
     for missing, said in ((tmp_path / "none.safetensors", "does not exist"), (run, "is a folder")):
         r = _zsad("train", str(cfg), "--resume", str(missing))
         assert r.returncode == 2, r.stdout + r.stderr[-2000:]
