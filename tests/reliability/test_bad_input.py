@@ -216,15 +216,19 @@ def test_non_finite_scores_are_invalid() -> None:
 # ------------------------------------------------------------------------------------ damaged engines
 
 
-def _zsad_run(site: Path) -> subprocess.CompletedProcess[str]:
+def _zsad(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", "run", str(site), "--duration", "1"],
+        [sys.executable, "-m", "pipeline.cli.main", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=120,
         check=False,
     )
+
+
+def _zsad_run(site: Path) -> subprocess.CompletedProcess[str]:
+    return _zsad("run", str(site), "--duration", "1")
 
 
 def test_truncated_onnx_engines_refuse_to_start(world: dict[str, Path], tmp_path: Path) -> None:
@@ -257,14 +261,8 @@ def test_truncated_onnx_engines_refuse_to_start(world: dict[str, Path], tmp_path
 def test_calibrating_on_unreadable_footage_names_the_footage(world: dict[str, Path], tmp_path: Path) -> None:
     site = write_site(world, tmp_path / "out", [{"id": "a", "uri": "file:///x.mp4"}])
     footage = f"file://{world['corrupt']}"
-    argv = ["calibrate", str(site), "--camera", "a", "--footage", footage, "--out", str(tmp_path / "a.json")]
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
+    r = _zsad(
+        "calibrate", str(site), "--camera", "a", "--footage", footage, "--out", str(tmp_path / "a.json")
     )
     assert r.returncode == 1, r.stdout + r.stderr[-2000:]
     assert f"calibration failed: camera a: footage could not be read: {footage}\n" in r.stderr
