@@ -672,7 +672,13 @@ class CameraGraph:
         with cam.lock:
             if gen != cam.generation:
                 return False  # a stale watch: remove it
+            unmarked = cam.got_frame and cam.state in ("starting", "reconnecting")
         t = msg.type
+        if unmarked and t in (Gst.MessageType.EOS, Gst.MessageType.ERROR):
+            # The first frame's "live" is posted as an idle task, which runs after the bus watch: a short
+            # file's EOS (or an error) handled first would end the pipeline's generation, and the camera
+            # would go from starting to eos without ever having been live.
+            self._mark_live(cam, gen)
         if t == Gst.MessageType.ERROR:
             err, debug = msg.parse_error()
             missing = err.matches(Gst.CoreError.quark(), Gst.CoreError.MISSING_PLUGIN)
@@ -764,7 +770,8 @@ class CameraGraph:
     def _on_start_timeout(self, cam: _Camera, gen: int) -> None:
         """A file or loop camera with neither a frame nor an error since it was built: rebuild, then fail."""
         with cam.lock:
-            if gen != cam.generation:
+            # Read again under the lock: a first frame may have come since the watchdog looked.
+            if gen != cam.generation or cam.got_frame:
                 return
         detail = f"no frame and no error within {self.start_timeout_s:.1f} s of starting"
         cp = cam.pipeline

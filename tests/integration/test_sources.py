@@ -177,6 +177,39 @@ def test_three_file_cameras_deliver_every_frame_at_the_model_size(
         assert (cid, "live", "") in collector.states
 
 
+def test_a_camera_whose_end_is_handled_before_its_live_task_was_still_live(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first frame's "live" is posted to the graph's loop as an idle task, which GLib runs after the bus
+    watch: on a loaded box a short file's end of stream was handled first, and the camera went from starting
+    to eos without ever being live. Here every task posted to the loop runs a second late (fault injection
+    on our own graph: a loop thread held up by the machine), so the end of the 2-s file comes first."""
+    from core.gst import load_typelib
+
+    GLib = load_typelib("GLib")
+    late: list[str] = []
+
+    def post_late(self: CameraGraph, fn: Callable[[], Any]) -> None:
+        def run() -> bool:
+            late.append(self.states().get("c", ""))  # what the camera was when the task finally ran
+            fn()
+            return False
+
+        src = GLib.timeout_source_new(1000)
+        src.set_callback(lambda *_: run())
+        src.attach(self._ctx)
+
+    monkeypatch.setattr(CameraGraph, "_post", post_late)
+    cams = [camera("c", f"file://{videos['v50']}")]
+    g = CameraGraph((96, 64), collector.on_frame, collector.on_state, cameras=cams, realtime=False)
+    graphs.append(g)
+    g.start()
+    # Until a posted task (the first frame's live task among them) has run after the end was handled.
+    wait_for(lambda: "eos" in late)
+    states = [s for cid, s, _ in collector.states if cid == "c"]
+    assert states[-2:] == ["live", "eos"], states
+
+
 def test_frames_no_clip_holds_are_counted_but_never_read_and_the_clips_are_the_same(
     videos: dict[str, Path], graphs: list[CameraGraph]
 ) -> None:
