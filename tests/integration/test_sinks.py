@@ -106,6 +106,8 @@ def test_mqtt_broker_outage_zero_loss_order_kept(tmp_path: Path, broker: Broker)
             lambda: len({m["alert_id"] for m in sub.messages}) >= 25, what="all alerts at the subscriber"
         )
         _check_zero_loss_in_order(sub.messages, 25)
+        # The subscriber can see a message before its PUBACK reaches the sink and the spool is updated.
+        wait_until(lambda: sink.pending == 0, what="the spool to empty")
     finally:
         assert sink.close(2.0) == 0
         sub.close()
@@ -127,6 +129,7 @@ def test_mqtt_process_restart_redelivers_marked(tmp_path: Path, broker: Broker) 
         wait_until(lambda: len(sub.messages) >= 5, what="5 alerts after restart")
         assert [m["alert_id"] for m in sub.messages] == [f"id-{i:03d}" for i in range(5)]
         assert [m["redelivered"] for m in sub.messages] == [True, True, True, True, False]
+        wait_until(lambda: second.pending == 0, what="the spool to empty")  # acks come after delivery
     finally:
         assert second.close(2.0) == 0
         sub.close()
@@ -222,6 +225,7 @@ def test_webhook_retries_503_then_delivers_all_in_order(tmp_path: Path) -> None:
         for i in range(10):
             sink.publish(_alert(i))
         wait_until(lambda: len(hook.accepted()) >= 10, what="10 accepted posts")
+        wait_until(lambda: sink.pending == 0, what="the spool to empty")  # the server answers, then we spool
         assert sink.close(2.0) == 0
         _check_zero_loss_in_order(hook.accepted(), 10)
         # The first alert was answered 503 four times: the server had it, so the retry is marked.
@@ -245,6 +249,7 @@ def test_webhook_4xx_dead_letters_and_moves_on(tmp_path: Path, code: int) -> Non
         dead = list((tmp_path / "spool" / "dead").iterdir())
         assert len(dead) == 1
         assert f"HTTP {code}" in json.loads(dead[0].read_text())["reason"]
+        wait_until(lambda: sink.pending == 0, what="the spool to empty")
         assert sink.close(1.0) == 0
     finally:
         hook.close()
@@ -275,6 +280,7 @@ def test_an_endpoint_that_refuses_every_request_keeps_the_records_until_it_is_ba
         assert len(said) == 1
         refusing.clear()
         wait_until(lambda: len(hook.accepted()) >= 5, what="5 accepted posts")
+        wait_until(lambda: sink.pending == 0, what="the spool to empty")
         assert sink.close(1.0) == 0
         _check_zero_loss_in_order(hook.accepted(), 5)
         assert hook.accepted()[0]["redelivered"] is False  # a refused request was not processed

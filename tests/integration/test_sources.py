@@ -133,7 +133,8 @@ class Collector:
         return all(last.get(cid) == state for cid, state in expected.items())
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    # An upper bound on an event, generous for a loaded 2-core CI machine: it costs nothing when it passes.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -317,7 +318,9 @@ def test_a_file_that_starts_silently_stuck_is_rebuilt_and_then_plays_in_full(
     monkeypatch.setattr(graph_module, "CameraPipeline", StuckDecoderPipeline)
     monkeypatch.setattr(StuckDecoderPipeline, "stuck", {"once": 1, "always": 99})
     cams = [camera(cid, f"file://{videos['v50']}") for cid in ("once", "always", "good")]
-    g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=cams, start_timeout_s=0.5)
+    # 3 s: a healthy file's first frame comes in tens of milliseconds, and a loaded CI machine must not make
+    # the good camera look stuck (the test would then count a rebuild it did not mean).
+    g = CameraGraph((160, 120), collector.on_frame, collector.on_state, cameras=cams, start_timeout_s=3.0)
     graphs.append(g)
     t0 = time.monotonic()
     g.start()
@@ -330,9 +333,9 @@ def test_a_file_that_starts_silently_stuck_is_rebuilt_and_then_plays_in_full(
     assert g.stats()["once"].frames_delivered == 50
     details = {cid: detail for cid, state, detail in collector.states if state == "failed"}
     assert set(details) == {"always"}
-    assert "no frame and no error within 0.5 s of starting (3 tries)" in details["always"]
+    assert "no frame and no error within 3.0 s of starting (3 tries)" in details["always"]
     # Built three times, each given the full timeout before the next.
-    assert time.monotonic() - t0 >= 1.5
+    assert time.monotonic() - t0 >= 9.0
     retries = [r.getMessage() for r in caplog.records if "rebuilding its pipeline" in r.getMessage()]
     assert sum("camera once:" in m for m in retries) == 1
     assert sum("camera always:" in m for m in retries) == 2
@@ -348,10 +351,10 @@ def test_a_slow_file_is_never_timed_out_once_it_has_started(
     def slow(cid: str, pts: float, frame: np.ndarray) -> None:
         seen.append(pts)
         if len(seen) == 5:
-            time.sleep(1.5)
+            time.sleep(6.0)
 
     cams = [camera("slow", f"file://{videos['v25']}")]
-    g = CameraGraph((160, 120), slow, cameras=cams, start_timeout_s=0.3)
+    g = CameraGraph((160, 120), slow, cameras=cams, start_timeout_s=2.0)
     graphs.append(g)
     g.start()
     wait_for(lambda: g.states() == {"slow": "eos"})

@@ -89,6 +89,9 @@ def start_many(videos: Sequence[Path], cameras: int, deadline_s: float, frames: 
         display_size=(160, 120),
         on_display_frame=lambda *_: None,
         decode_nice=10,
+        # The start watchdog is for a pipeline left stuck, not for a slow start: a loaded machine starting
+        # 16 cameras may take longer than its default 10 s, which ``not_live`` already judges.
+        start_timeout_s=deadline_s,
     )
     started = time.monotonic()
     try:

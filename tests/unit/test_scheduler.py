@@ -48,7 +48,7 @@ class Recorder:
             self.results.append((clip.camera_id, clip.index, result))
 
 
-def _wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+def _wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:  # an upper bound (loaded CI)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -75,15 +75,16 @@ def test_full_batch_goes_out_without_waiting_for_the_timeout() -> None:
 
 def test_partial_batch_goes_out_after_max_wait() -> None:
     rec = Recorder()
-    sched = BatchScheduler(rec.infer, rec.on_result, max_batch=8, max_wait_ms=150, queue_size=8)
+    # A second's wait: the test thread's two submits must land in one batch even on a loaded machine.
+    sched = BatchScheduler(rec.infer, rec.on_result, max_batch=8, max_wait_ms=1000, queue_size=8)
     sched.start()
     try:
         t0 = time.monotonic()
         sched.submit(_clip("a", 0))
         sched.submit(_clip("b", 0))
-        _wait_for(lambda: len(rec.results) == 2, timeout=4.0)
+        _wait_for(lambda: len(rec.results) == 2)
         waited = time.monotonic() - t0
-        assert 0.12 <= waited < 3.0
+        assert waited >= 0.95
         assert rec.batches == [[("a", 0), ("b", 0)]]
         stats = sched.stats()
         assert stats.batch_sizes == {2: 1}
@@ -242,7 +243,13 @@ def test_stop_without_drain_discards_and_later_submits_are_refused() -> None:
     for i in range(10):
         sched.submit(_clip("a", i))
     _wait_for(lambda: len(rec.batches) == 0 and sched.depths()["a"] == 9)
-    threading.Timer(0.1, rec.gate.set).start()
+
+    def open_once_discarded() -> None:
+        # The clip in flight finishes only after the stop has discarded the queue (a timer raced it).
+        _wait_for(lambda: sched.stats().cameras["a"].discarded == 9)
+        rec.gate.set()
+
+    threading.Thread(target=open_once_discarded, daemon=True).start()
     sched.stop(drain=False)
     assert not sched.running
     stats = sched.stats()

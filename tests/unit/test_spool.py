@@ -32,7 +32,7 @@ from pipeline.outputs.sinks import (
 from tests.conftest import REPO
 
 
-def _wait(cond: Any, timeout: float = 5.0) -> None:
+def _wait(cond: Any, timeout: float = 60.0) -> None:  # an upper bound on an event (a loaded CI box)
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
