@@ -363,7 +363,17 @@ def test_cameras_endpoint(server: str) -> None:
     trust = gate["trust"]
     assert trust["rule"] == "max"
     rows = {r["stream"]: r for r in trust["streams"]}
-    assert set(rows["motion"]) == {"stream", "weight", "heldout_q", "drift", "verdict", "reason"}
+    assert set(rows["motion"]) == {
+        "stream",
+        "weight",
+        "heldout_q",
+        "drift",
+        "verdict",
+        "reason",
+        "sensitivity",
+        "probe_recall",
+    }
+    assert rows["motion"]["sensitivity"] is None  # this calibration had no pasted events to judge by
     assert rows["motion"]["verdict"] == "trusted"
     assert rows["motion"]["weight"] > 0.9
     assert rows["pixel"]["verdict"] == "weighed down"

@@ -127,6 +127,7 @@ def test_the_summary_says_how_alerts_were_counted() -> None:
         }
     )
     assert "Alerts open at campus-1 4.47 " in text
-    assert f"to {MATCH_SLACK_S:g} s after its last" in text
+    assert f"between the anomaly's first frame and {MATCH_SLACK_S:g} s after its last" in text
+    assert "its peak falls in that span" in text
     assert f"grown by {MATCH_MARGIN_PX} px, is on the anomaly's mask" in text
     assert "| campus-1 | campus | cyclist | 4.0-6.0 | **missed** | - |" in text
