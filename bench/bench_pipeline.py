@@ -185,6 +185,24 @@ class ProcessSampler:
         return [s for s in self.samples if t0 <= s[0] <= t1]
 
 
+#: The longest wait for every camera of a case to be live before its clock starts.
+LIVE_DEADLINE_S = 120.0
+
+
+def _clock_after_live(states: Any, deadline_s: float = LIVE_DEADLINE_S) -> float:
+    """Wait until every camera of ``states()`` (camera -> state) is live or has finished, at most
+    ``deadline_s``; the monotonic time then, from which a case counts its warm-up and duration. Counted from
+    the start instead, a machine slow to start the cameras shortened the measured window, and a short case
+    could measure before the first frame (a loaded CI machine)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        current = states()
+        if current and all(st in ("live", "eos", "failed") for st in current.values()):
+            break
+        time.sleep(0.02)
+    return time.monotonic()
+
+
 def _rss_summary(sampler: ProcessSampler, t0: float, t1: float) -> dict[str, float]:
     rss = [s[1] for s in sampler.window(t0, t1)] or [sampler.samples[-1][1]]
     return {
@@ -340,7 +358,8 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     sampler = ProcessSampler(spec.sample_interval_s, probe)
     sampler.start()
     app.start()
-    started = time.monotonic()  # after the engines' warm-up and the graph's start: the cameras' clock
+    # After the engines' warm-up, the graph's start and every camera's first frame: the cameras' clock.
+    started = _clock_after_live(app.graph.states)
     time.sleep(max(0.0, started + spec.warmup_s - time.monotonic()))
     first, first_s = counters.snapshot(), sampler.sample()
     time.sleep(max(0.0, started + spec.duration_s - time.monotonic()))
@@ -448,9 +467,9 @@ def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         wants_frame=assembler.wants_next,
     )
     sampler = ProcessSampler(spec.sample_interval_s)
-    started = time.monotonic()
     sampler.start()
     graph.start()
+    started = _clock_after_live(graph.states)
     time.sleep(max(0.0, started + spec.warmup_s - time.monotonic()))
     first, first_s = counters.snapshot(), sampler.sample()
     time.sleep(max(0.0, started + spec.duration_s - time.monotonic()))
