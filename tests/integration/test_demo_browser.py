@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,12 +34,6 @@ from tests.integration.test_web_browser import (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def demo_run(
     tmp_path_factory: pytest.TempPathFactory, demo_artefacts: DemoArtefacts
@@ -55,8 +49,9 @@ def demo_run(
     out = tmp / "demo"
     demo_artefacts.copy_into(out)
     cfg_data = demo_config(out, demo_artefacts.engines)
-    port = _free_port()
-    cfg_data["ui"] = {"port": port}
+    # Port 0: the server takes a free port itself (one chosen here could be taken before the run binds it),
+    # and the run prints the page's address.
+    cfg_data["ui"] = {"port": 0}
     for cam in cfg_data["cameras"]:
         # loop://: the run (and its review server) must outlast the test, however slow the machine.
         cam["uri"] = cam["uri"].replace("file://", "loop://", 1)
@@ -68,11 +63,24 @@ def demo_run(
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli.main", "run", str(site)],
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
+    url: list[str] = []
+    announced = threading.Event()
+
+    def read_stdout() -> None:  # to its end: a pipe nobody reads would block the run once full
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("review page: ") and not url:
+                url.append(line.split(": ", 1)[1].strip())
+                announced.set()
+
+    threading.Thread(target=read_stdout, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{port}/", out, [c["id"] for c in cfg_data["cameras"]]
+        assert announced.wait(180), "the run never printed its review page's address"
+        yield url[0].rstrip("/") + "/", out, [c["id"] for c in cfg_data["cameras"]]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
