@@ -679,6 +679,9 @@ class CameraGraph:
             # file's EOS (or an error) handled first would end the pipeline's generation, and the camera
             # would go from starting to eos without ever having been live.
             self._mark_live(cam, gen)
+            with cam.lock:  # on_state ran: it may have stopped or removed the camera
+                if gen != cam.generation:
+                    return False
         if t == Gst.MessageType.ERROR:
             err, debug = msg.parse_error()
             missing = err.matches(Gst.CoreError.quark(), Gst.CoreError.MISSING_PLUGIN)

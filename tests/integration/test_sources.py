@@ -183,21 +183,25 @@ def test_a_camera_whose_end_is_handled_before_its_live_task_was_still_live(
 ) -> None:
     """The first frame's "live" is posted to the graph's loop as an idle task, which GLib runs after the bus
     watch: on a loaded box a short file's end of stream was handled first, and the camera went from starting
-    to eos without ever being live. Here every task posted to the loop runs a second late (fault injection
-    on our own graph: a loop thread held up by the machine), so the end of the 2-s file comes first."""
+    to eos without ever being live. Here every task posted to the loop waits until the camera's pipeline is
+    gone (fault injection on our own graph: a loop thread held up by the machine), so the end of the file is
+    always handled first, however long the machine takes to get there."""
     from core.gst import load_typelib
 
     GLib = load_typelib("GLib")
     late: list[str] = []
 
     def post_late(self: CameraGraph, fn: Callable[[], Any]) -> None:
-        def run() -> bool:
+        def run(*_: Any) -> bool:
+            cam = self._cams.get("c")
+            if cam is not None and cam.pipeline is not None:
+                return True  # not yet: look again in 20 ms
             late.append(self.states().get("c", ""))  # what the camera was when the task finally ran
             fn()
             return False
 
-        src = GLib.timeout_source_new(1000)
-        src.set_callback(lambda *_: run())
+        src = GLib.timeout_source_new(20)
+        src.set_callback(run)
         src.attach(self._ctx)
 
     monkeypatch.setattr(CameraGraph, "_post", post_late)
@@ -209,6 +213,55 @@ def test_a_camera_whose_end_is_handled_before_its_live_task_was_still_live(
     wait_for(lambda: "eos" in late)
     states = [s for cid, s, _ in collector.states if cid == "c"]
     assert states[-2:] == ["live", "eos"], states
+
+
+def test_an_on_state_that_stops_the_graph_at_live_is_obeyed_when_the_end_came_first(
+    videos: dict[str, Path], graphs: list[CameraGraph], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus watch marks the camera live (calling on_state) before it handles the end of a loop:// file;
+    an on_state that stops the graph there must leave nothing running (the end's handling once went on and
+    built the next pass's pipeline after the stop)."""
+    from core.gst import load_typelib
+
+    GLib = load_typelib("GLib")
+
+    def post_late(self: CameraGraph, fn: Callable[[], Any]) -> None:  # as in the test above
+        def run(*_: Any) -> bool:
+            cam = self._cams.get("lp")
+            if cam is not None and cam.pipeline is not None and cam.loops == 0:
+                return True
+            fn()
+            return False
+
+        src = GLib.timeout_source_new(20)
+        src.set_callback(run)
+        src.attach(self._ctx)
+
+    monkeypatch.setattr(CameraGraph, "_post", post_late)
+    frames: list[float] = []
+    stopped = threading.Event()
+    holder: list[CameraGraph] = []
+
+    def on_state(cid: str, state: str, _detail: str) -> None:
+        if state == "live" and not stopped.is_set():
+            stopped.set()
+            holder[0].stop()
+
+    g = CameraGraph(
+        (96, 64),
+        lambda _c, pts, _f: frames.append(pts),
+        on_state,
+        cameras=[camera("lp", f"loop://{videos['v25']}")],
+    )
+    holder.append(g)
+    graphs.append(g)
+    g.start()
+    wait_for(stopped.is_set)
+    wait_for(lambda: not g._thread.is_alive())  # the loop ended with the stop
+    seen = len(frames)
+    time.sleep(0.5)  # a pipeline left playing would go on delivering
+    assert len(frames) == seen
+    assert g._cams["lp"].pipeline is None
 
 
 def test_frames_no_clip_holds_are_counted_but_never_read_and_the_clips_are_the_same(
