@@ -189,18 +189,24 @@ class ProcessSampler:
 LIVE_DEADLINE_S = 120.0
 
 
-def _clock_after_live(states: Any, deadline_s: float = LIVE_DEADLINE_S) -> float:
-    """Wait until every camera of ``states()`` (camera -> state) is live or has finished, at most
-    ``deadline_s``; the monotonic time then, from which a case counts its warm-up and duration. Counted from
-    the start instead, a machine slow to start the cameras shortened the measured window, and a short case
-    could measure before the first frame (a loaded CI machine)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
+def _clock_after_live(states: Any, deadline_s: float = LIVE_DEADLINE_S) -> tuple[float, float]:
+    """Wait until every camera of ``states()`` (camera -> state) is live, or has ended (eos, failed: it
+    will not go live), at most ``deadline_s``; ``(clock, waited_s)``: the monotonic time then, from which a
+    case counts its warm-up and duration, and how long the wait took. Counted from the start instead, a
+    machine slow to start the cameras shortened the measured window, and a short case could measure before
+    the first frame (a loaded CI machine). Raises :class:`BenchError` when the deadline passes: a window of
+    cameras still starting measures their start, not the pipeline."""
+    t0 = time.monotonic()
+    end = t0 + deadline_s
+    while True:
         current = states()
         if current and all(st in ("live", "eos", "failed") for st in current.values()):
-            break
+            now = time.monotonic()
+            return now, now - t0
+        if time.monotonic() >= end:
+            starting = sorted(c for c, st in current.items() if st not in ("live", "eos", "failed"))
+            raise BenchError(f"cameras not live within {deadline_s:g} s: {', '.join(starting)}")
         time.sleep(0.02)
-    return time.monotonic()
 
 
 def _rss_summary(sampler: ProcessSampler, t0: float, t1: float) -> dict[str, float]:
@@ -359,7 +365,13 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     sampler.start()
     app.start()
     # After the engines' warm-up, the graph's start and every camera's first frame: the cameras' clock.
-    started = _clock_after_live(app.graph.states)
+    try:
+        started, live_after_s = _clock_after_live(app.graph.states)
+    except BenchError:
+        sampler.stop()
+        app.scheduler.stop(drain=False)
+        app.shutdown()
+        raise
     time.sleep(max(0.0, started + spec.warmup_s - time.monotonic()))
     first, first_s = counters.snapshot(), sampler.sample()
     time.sleep(max(0.0, started + spec.duration_s - time.monotonic()))
@@ -391,6 +403,7 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     dropped = last_s[3]["dropped"] - first_s[3]["dropped"]
     clips_per_s = processed / window
     out_doc: dict[str, Any] = {
+        "live_after_s": round(live_after_s, 3),  # from the start until every camera was live
         "window_s": round(window, 3),
         "frames_delivered": int(frames),
         "frames_per_s": round(frames / window, 2),
@@ -469,7 +482,12 @@ def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     sampler = ProcessSampler(spec.sample_interval_s)
     sampler.start()
     graph.start()
-    started = _clock_after_live(graph.states)
+    try:
+        started, live_after_s = _clock_after_live(graph.states)
+    except BenchError:
+        sampler.stop()
+        graph.stop()
+        raise
     time.sleep(max(0.0, started + spec.warmup_s - time.monotonic()))
     first, first_s = counters.snapshot(), sampler.sample()
     time.sleep(max(0.0, started + spec.duration_s - time.monotonic()))
@@ -480,6 +498,7 @@ def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     window = last["t"] - first["t"]
     frames = last["frames"] - first["frames"]
     return {
+        "live_after_s": round(live_after_s, 3),  # from the start until every camera was live
         "window_s": round(window, 3),
         "frames_delivered": int(frames),
         "frames_per_s": round(frames / window, 2),
@@ -606,7 +625,7 @@ def run_case(spec: CaseSpec, assets: Assets) -> dict[str, Any]:
 def run_case_in_child(spec: CaseSpec, assets: Assets, timeout_s: float | None = None) -> dict[str, Any]:
     """Run one case in a fresh process (``python -m bench.bench_pipeline --case``); returns its result."""
     payload = json.dumps({"spec": asdict(spec), "assets": assets.to_json()})
-    limit = timeout_s or spec.duration_s + 120.0
+    limit = timeout_s or spec.duration_s + LIVE_DEADLINE_S + 120.0
     started = time.monotonic()
     result = run_child(
         "bench.bench_pipeline",

@@ -301,8 +301,19 @@ def test_naive_scores_the_same_clip_grid(pipeline_doc: dict[str, Any]) -> None:
     assert naive["frames_per_s"] > 0
 
 
+def test_a_case_starts_its_clock_when_every_camera_is_live_and_says_after_how_long() -> None:
+    from bench.bench_pipeline import BenchError, _clock_after_live
+
+    states = iter([{}, {"a": "starting", "b": "live"}, {"a": "live", "b": "eos"}])
+    _clock, waited = _clock_after_live(lambda: next(states), deadline_s=60.0)
+    assert waited >= 0.04  # two looks at cameras not yet all live, 20 ms apart
+    with pytest.raises(BenchError, match=r"cameras not live within 0.1 s: a$"):
+        _clock_after_live(lambda: {"a": "starting", "b": "live"}, deadline_s=0.1)
+
+
 def test_graph_cases_count_frames_and_clips(pipeline_doc: dict[str, Any]) -> None:
     (decode,) = pipeline_doc["decode"]
+    assert all(c[0]["live_after_s"] >= 0 for c in (pipeline_doc["decode"], pipeline_doc["fast"]))
     assert decode["frames_delivered"] > 0
     assert decode["display_frames"] > 0
     (fast,) = pipeline_doc["fast"]
