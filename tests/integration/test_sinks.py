@@ -106,8 +106,6 @@ def test_mqtt_broker_outage_zero_loss_order_kept(tmp_path: Path, broker: Broker)
             lambda: len({m["alert_id"] for m in sub.messages}) >= 25, what="all alerts at the subscriber"
         )
         _check_zero_loss_in_order(sub.messages, 25)
-        # The subscriber can see a message before its PUBACK reaches the sink and the spool is updated.
-        wait_until(lambda: sink.pending == 0, what="the spool to empty")
     finally:
         assert sink.close(2.0) == 0
         sub.close()
