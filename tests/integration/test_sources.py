@@ -178,6 +178,27 @@ def test_three_file_cameras_deliver_every_frame_at_the_model_size(
         assert (cid, "live", "") in collector.states
 
 
+def _posting_when(ready: Callable[[CameraGraph], bool]) -> Callable[[CameraGraph, Callable[[], Any]], None]:
+    """A ``CameraGraph._post`` that holds each task posted to the graph's loop until ``ready(graph)`` (looked
+    at every 20 ms on the loop): fault injection on our own graph, a loop thread held up by the machine."""
+    from core.gst import load_typelib
+
+    GLib = load_typelib("GLib")
+
+    def post(self: CameraGraph, fn: Callable[[], Any]) -> None:
+        def run(*_: Any) -> bool:
+            if not ready(self):
+                return True  # not yet: look again in 20 ms
+            fn()
+            return False
+
+        src = GLib.timeout_source_new(20)
+        src.set_callback(run)
+        src.attach(self._ctx)
+
+    return post
+
+
 def test_a_camera_whose_end_is_handled_before_its_live_task_was_still_live(
     videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -186,25 +207,16 @@ def test_a_camera_whose_end_is_handled_before_its_live_task_was_still_live(
     to eos without ever being live. Here every task posted to the loop waits until the camera's pipeline is
     gone (fault injection on our own graph: a loop thread held up by the machine), so the end of the file is
     always handled first, however long the machine takes to get there."""
-    from core.gst import load_typelib
-
-    GLib = load_typelib("GLib")
     late: list[str] = []
 
-    def post_late(self: CameraGraph, fn: Callable[[], Any]) -> None:
-        def run(*_: Any) -> bool:
-            cam = self._cams.get("c")
-            if cam is not None and cam.pipeline is not None:
-                return True  # not yet: look again in 20 ms
-            late.append(self.states().get("c", ""))  # what the camera was when the task finally ran
-            fn()
+    def ended(g: CameraGraph) -> bool:
+        cam = g._cams.get("c")
+        if cam is not None and cam.pipeline is not None:
             return False
+        late.append(g.states().get("c", ""))  # what the camera was when a held task finally ran
+        return True
 
-        src = GLib.timeout_source_new(20)
-        src.set_callback(run)
-        src.attach(self._ctx)
-
-    monkeypatch.setattr(CameraGraph, "_post", post_late)
+    monkeypatch.setattr(CameraGraph, "_post", _posting_when(ended))
     cams = [camera("c", f"file://{videos['v50']}")]
     g = CameraGraph((96, 64), collector.on_frame, collector.on_state, cameras=cams, realtime=False)
     graphs.append(g)
@@ -221,23 +233,12 @@ def test_an_on_state_that_stops_the_graph_at_live_is_obeyed_when_the_end_came_fi
     """The bus watch marks the camera live (calling on_state) before it handles the end of a loop:// file;
     an on_state that stops the graph there must leave nothing running (the end's handling once went on and
     built the next pass's pipeline after the stop)."""
-    from core.gst import load_typelib
 
-    GLib = load_typelib("GLib")
+    def first_pass_ended(g: CameraGraph) -> bool:
+        cam = g._cams.get("lp")
+        return cam is None or cam.pipeline is None or cam.loops > 0
 
-    def post_late(self: CameraGraph, fn: Callable[[], Any]) -> None:  # as in the test above
-        def run(*_: Any) -> bool:
-            cam = self._cams.get("lp")
-            if cam is not None and cam.pipeline is not None and cam.loops == 0:
-                return True
-            fn()
-            return False
-
-        src = GLib.timeout_source_new(20)
-        src.set_callback(run)
-        src.attach(self._ctx)
-
-    monkeypatch.setattr(CameraGraph, "_post", post_late)
+    monkeypatch.setattr(CameraGraph, "_post", _posting_when(first_pass_ended))
     frames: list[float] = []
     stopped = threading.Event()
     holder: list[CameraGraph] = []
