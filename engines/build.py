@@ -72,13 +72,13 @@ from engines.manifest import (
     TextEmbeddings,
     appearance_io,
     appearance_preprocessing,
+    checkpoint_spec_mismatch,
     component_io,
     file_sha256,
     load_manifest,
     manifest_path,
     preprocessing_from_spec,
     save_manifest,
-    spec_diff,
     spec_sha256,
     utc_now,
     zsad_version,
@@ -375,9 +375,8 @@ class _Builder:
                 f"checkpoint {self.checkpoint} has sha256 {digest[:12]}, "
                 f"its metadata says {meta['sha256'][:12]}"
             )
-        diffs = spec_diff(ckpt_spec, self.spec)
-        if diffs:
-            where = "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8])
+        where = checkpoint_spec_mismatch(ckpt_spec, self.spec)
+        if where:
             raise BuildInputError(
                 f"the config's model section does not match checkpoint {self.checkpoint}: {where}"
             )

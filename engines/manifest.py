@@ -55,6 +55,7 @@ __all__ = [
     "appearance_io",
     "appearance_preprocessing",
     "check_manifest",
+    "checkpoint_spec_mismatch",
     "component_io",
     "file_sha256",
     "load_manifest",
@@ -301,6 +302,15 @@ def spec_diff(
             yield path, x, y
 
     return list(walk(_arch_spec(a), _arch_spec(b), prefix))
+
+
+def checkpoint_spec_mismatch(
+    checkpoint: ModelConfig | Mapping[str, Any], config: ModelConfig | Mapping[str, Any]
+) -> str | None:
+    """Where a checkpoint's model spec and a config's model section differ, in words
+    (``"model.x: checkpoint 1, config 2; ..."``, the first 8 fields), or None when they agree."""
+    diffs = spec_diff(checkpoint, config)
+    return "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8]) or None
 
 
 def preprocessing_from_spec(spec: ModelConfig) -> Preprocessing:

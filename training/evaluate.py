@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import AlertPolicy, ZsadConfig, resolve_data_path
-from engines.manifest import spec_diff
+from engines.manifest import checkpoint_spec_mismatch
 from engines.model import ZsadModel, load_checkpoint
 from plugins.alerting import AlertParams, alert_params, resolve_policy
 from plugins.fusion import (
@@ -339,9 +339,8 @@ def evaluate(
     model, meta = load_checkpoint(checkpoint)
     # The checkpoint carries its own spec; a config that states a different model would be silently
     # ignored, so it is refused, as build-engines refuses it. A config without a model section is fine.
-    diffs = spec_diff(model.spec, cfg.model) if "model" in cfg.model_fields_set else []
-    if diffs:
-        where = "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8])
+    where = checkpoint_spec_mismatch(model.spec, cfg.model) if "model" in cfg.model_fields_set else None
+    if where:
         raise EvaluationError(
             f"the config's model section does not match checkpoint {checkpoint}: {where} (evaluate with the "
             f"config the checkpoint was trained with, or remove the model section)"

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from core.config import ZsadConfig, resolve_data_path
 from engines.encoders import tokenizer_missing
-from engines.manifest import spec_diff
+from engines.manifest import checkpoint_spec_mismatch
 from engines.model import CheckpointError, ZsadModel, load_checkpoint, save_checkpoint
 from engines.prompts import load_prompt_sets
 from engines.semantic import TextEncoder, clip_available
@@ -373,9 +373,8 @@ def _resumable(resume: str | Path, cfg: ZsadConfig) -> tuple[ZsadModel, dict[str
     """The checkpoint ``resume`` and its metadata, refused (:class:`CheckpointError`) when it is of another
     model than ``cfg``'s: training on would keep the checkpoint's model and record the config's as its own."""
     model, meta = load_checkpoint(resume)
-    diffs = spec_diff(model.spec, cfg.model)
-    if diffs:
-        where = "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, a, b in diffs[:8])
+    where = checkpoint_spec_mismatch(model.spec, cfg.model)
+    if where:
         raise CheckpointError(
             f"checkpoint {resume} is of another model than the config's: {where} (resume with the config it "
             "was trained with)"
