@@ -235,8 +235,7 @@ def checked_manifests(cfg: ZsadConfig, directory: Path) -> dict[str, Manifest]:
             )
         manifest = load_manifest(path)
         check_manifest(manifest, Expectation(model_spec=cfg.model, backend=cfg.engines.backend))
-        _check_weights(cfg, manifest)
-        manifests[component] = manifest
+        manifests[component] = manifest  # its weights against engines.checkpoint: check_engine_folder
     if cfg.appearance.enabled:
         manifests[APPEARANCE_COMPONENT] = _appearance_manifest(cfg, directory)
     image_semantic = APPEARANCE_COMPONENT in manifests and _gives_embedding(

@@ -49,10 +49,6 @@ def run_train(args: Any) -> int:
         cfg.train.max_steps = args.max_steps
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
-    if args.resume and not Path(args.resume).is_file():  # before the dataset is read
-        kind = "is a folder: name its .safetensors file" if Path(args.resume).is_dir() else "does not exist"
-        print(f"--resume: checkpoint {args.resume} {kind}", file=sys.stderr)
-        return 2
     if Path(cfg.train.output_dir).is_file():
         print(
             f"train.output_dir {cfg.train.output_dir} is a file: name a folder for the checkpoints",
