@@ -187,6 +187,8 @@ class ProcessSampler:
 
 #: The longest wait for every camera of a case to be live before its clock starts.
 LIVE_DEADLINE_S = 120.0
+#: Camera states a case waits no longer for: live, or ended (it will not go live).
+_SETTLED = ("live", "eos", "failed")
 
 
 def _clock_after_live(states: Any, deadline_s: float = LIVE_DEADLINE_S) -> tuple[float, float]:
@@ -200,11 +202,11 @@ def _clock_after_live(states: Any, deadline_s: float = LIVE_DEADLINE_S) -> tuple
     end = t0 + deadline_s
     while True:
         current = states()
-        if current and all(st in ("live", "eos", "failed") for st in current.values()):
+        if current and all(st in _SETTLED for st in current.values()):
             now = time.monotonic()
             return now, now - t0
         if time.monotonic() >= end:
-            starting = sorted(c for c, st in current.items() if st not in ("live", "eos", "failed"))
+            starting = sorted(c for c, st in current.items() if st not in _SETTLED)
             raise BenchError(f"cameras not live within {deadline_s:g} s: {', '.join(starting)}")
         time.sleep(0.02)
 
