@@ -901,10 +901,11 @@ class StationaryConfig(_Strict):
 class ObjectsConfig(_Strict):
     """The objects stream (``plugins.objects``): foreground blobs against the camera's fixed background (the
     per-pixel median of its normal footage), tracked from frame to frame, each blob's speed (the median dense
-    optical flow over its pixels, DIS), shape (width over height) and time standing still measured against the
-    camera's normal tails of the same, fitted by ``zsad calibrate`` and saved beside its calibration
-    (``<calibration>.objects.npz``). Object-level evidence without a trained detector: a vehicle, a cyclist, a
-    person lying down. No engine: OpenCV on the backbone's frames.
+    optical flow over its pixels, DIS), travel (how far its box moved over its last frames), shape (width over
+    height) and time standing still measured against the camera's normal tails of the same, fitted by
+    ``zsad calibrate`` and saved beside its calibration (``<calibration>.objects.npz``). Object-level evidence
+    without a trained detector: a vehicle, a cyclist, a runner, a person lying down. No engine: OpenCV on the
+    backbone's frames.
     """
 
     enabled: bool = Field(

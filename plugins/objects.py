@@ -1,4 +1,5 @@
-"""The objects stream: foreground blobs whose speed, shape or stillness the camera's normal footage lacks.
+"""The objects stream: foreground blobs whose speed, travel, shape or stillness the camera's normal footage
+lacks.
 
 Object-level evidence without a trained detector (issue #14, item 6; the study in docs/results.md, "Object-
 level evidence"). Per camera:
@@ -10,12 +11,17 @@ level evidence"). Per camera:
   the **blobs** (:func:`find_blobs`);
 * **tracks**: each blob takes the nearest blob of the previous frame within three quarters of the larger
   height (plus a margin), when their areas are within a factor of 3 (:class:`ObjectsState`);
-* per blob three **features** (:data:`FEATURES`): ``speed``, ``log(1 + px/s)`` where px/s is the median
+* per blob four **features** (:data:`FEATURES`): ``speed``, ``log(1 + px/s)`` where px/s is the median
   dense optical-flow magnitude (OpenCV DIS, preset FAST down to half resolution) over the blob's own
   pixels, averaged over the track's last 3 frames (a merge or split moves a centroid, not the pixels, so
   flow is steadier than centroids);
   ``aspect``, ``log(width / height)`` (a car, a cyclist or a person lying down is wide); ``still``, the
-  seconds the track has moved less than a quarter of its height a second;
+  seconds the track has moved less than a quarter of its height a second; ``travel``, ``log(1 + px/s)``
+  where px/s is how far the box's centre moved over the track's last 3 frames, per second, counted only
+  when the blob's area stayed within a factor of 2 over them (no merge or split). Flow alone misses a thin,
+  flat figure moving along its length (a person running up a walkway seen from above): its inside is the
+  same colour all along the motion, so the flow there reads near zero (the aperture problem), and the
+  median over its pixels with it; its box still travels (docs/results.md, "The track's travel");
 * the **normal tails** (:class:`ObjectsModel`): each feature's median and 99th percentile over the blobs of
   the camera's normal footage. A blob's **excess** is the largest of ``(x - median) / (p99 - median)`` over
   its features (1: at the normal 99th percentile); a feature it lacks (the speed of a blob on the first
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +59,8 @@ import numpy as np
 from core.datafile import write_atomic
 from plugins.modelfile import arrays_sha256, beside, read_model_file, setup_mismatches, whole_cells
 from plugins.registry import CameraTable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EMPTY",
@@ -80,11 +89,14 @@ MODEL_SUFFIX = ".objects.npz"
 #: The value of a cell no blob covers, and of a feature a blob lacks.
 EMPTY = -5.0
 #: The features, in the order of the model's ``tails`` rows.
-FEATURES: tuple[str, ...] = ("speed", "aspect", "still")
+FEATURES: tuple[str, ...] = ("speed", "aspect", "still", "travel")
 #: Heights per second under which a track counts as standing still.
 _STILL_SPEED = 0.25
-#: Frames of a track its speed is averaged over.
+#: Frames of a track its speed is averaged over, and the steps its travel is measured over.
 _TRACK_FRAMES = 3
+#: The ratio of a track's areas over its travel's steps from which a merge or a split, not the object, is
+#: taken to have moved the box's centre (no travel then).
+_TRAVEL_AREA_RATIO = 2.0
 #: The frame height the pixel settings (``min_area``, the morphology, the tracking margin) are given for.
 _REFERENCE_ROWS = 240
 #: Frames further apart than this many spacings are not consecutive: the state starts afresh.
@@ -92,15 +104,20 @@ _MAX_GAP = 1.5
 #: The background is the median of at most this many normal frames, evenly spaced.
 _BACKGROUND_FRAMES = 200
 #: The smallest tail scale (p99 - median) of each feature: footage where every blob is alike (all walkers the
-#: same shape, nobody ever standing) would otherwise make a hair's difference an alarm. Speed and aspect (log
-#: units): below every scale measured (0.39-1.4 at the product's frame sizes: docs/results.md), so only such
-#: footage meets them. Still: 10 s, about the smallest of the full footage of every set measured (10-21 s),
-#: because a short calibration fold decides it by one person: on the demo's campus camera one fold's
-#: longest wait was 4 s and the other fold's 14-s wait then stood 4 scales out, an alarm on normal footage
-#: that made the stream's held-out tail heavy enough to leave it out (docs/results.md).
-_MIN_SCALE = np.array([0.25, 0.25, 10.0])
+#: same shape, nobody ever standing) would otherwise make a hair's difference an alarm. Speed, aspect and
+#: travel (log units): below every scale measured (0.39-1.4 at the product's frame sizes, travel 0.38-0.51:
+#: docs/results.md), so only such footage meets them. Still: 10 s, about the smallest of the full footage
+#: of every set measured (10-21 s), because a short calibration fold decides it by one person: on the demo's
+#: campus camera one fold's longest wait was 4 s and the other fold's 14-s wait then stood 4 scales out, an
+#: alarm on normal footage that made the stream's held-out tail heavy enough to leave it out
+#: (docs/results.md).
+_MIN_SCALE = np.array([0.25, 0.25, 10.0, 0.25])
 #: Fewest blob observations whose features a model's tails are measured on.
 _MIN_OBSERVATIONS = 30
+#: Features a model may leave unjudged (a NaN tail) when its footage shows too few of them: a road camera's
+#: cars can cross in few enough frames that no track lasts the travel's steps, and the camera keeps the rest
+#: of the stream.
+_OPTIONAL = frozenset({"travel"})
 _RECALIBRATE = "re-run zsad calibrate for this camera"
 
 
@@ -162,7 +179,9 @@ class _Geometry:
 class Blob:
     """One foreground blob of a frame: its box ``(x, y, w, h)`` in frame pixels, its area in pixels, its
     track, its speed in pixels a second (``nan`` on the first frame a state takes), ``aspect``
-    ``log(w / h)`` and ``still`` the seconds its track has stood still."""
+    ``log(w / h)``, ``still`` the seconds its track has stood still, and ``travel`` how far its box's centre
+    moved over the track's last 3 frames, in pixels a second (``nan`` for a younger track, or one whose area
+    changed by a factor of 2 or more over them)."""
 
     x: int
     y: int
@@ -173,10 +192,14 @@ class Blob:
     speed: float
     aspect: float
     still: float
+    travel: float = math.nan
 
     def features(self) -> np.ndarray:
-        """``(len(FEATURES),)``: ``log(1 + speed)``, ``aspect``, ``still`` (speeds are skewed: log scale)."""
-        return np.array([math.log1p(self.speed), self.aspect, self.still], np.float64)
+        """``(len(FEATURES),)``: ``log(1 + speed)``, ``aspect``, ``still``, ``log(1 + travel)`` (speeds are
+        skewed: log scale)."""
+        return np.array(
+            [math.log1p(self.speed), self.aspect, self.still, math.log1p(self.travel)], np.float64
+        )
 
 
 def find_blobs(
@@ -258,7 +281,20 @@ class _Track:
     h: float
     speeds: deque[float]
     heights: deque[float]
+    #: ``(cx, cy, area)`` of the track's last frames, the travel's steps and one more.
+    path: deque[tuple[float, float, float]]
     still: float = 0.0
+
+    def travel(self, spacing_s: float) -> float:
+        """Pixels a second the box's centre moved over the last :data:`_TRACK_FRAMES` steps (nan: too few,
+        or the area changed by :data:`_TRAVEL_AREA_RATIO` times or more over them)."""
+        if len(self.path) <= _TRACK_FRAMES:
+            return math.nan
+        areas = [a for _, _, a in self.path]
+        if max(areas) >= _TRAVEL_AREA_RATIO * min(areas):
+            return math.nan
+        (x0, y0, _), (x1, y1, _) = self.path[0], self.path[-1]
+        return math.hypot(x1 - x0, y1 - y0) / (_TRACK_FRAMES * spacing_s)
 
 
 class ObjectsState:
@@ -363,11 +399,13 @@ class ObjectsState:
                     0.0,
                     deque(maxlen=_TRACK_FRAMES),
                     deque(maxlen=_TRACK_FRAMES),
+                    deque(maxlen=_TRACK_FRAMES + 1),
                 )
                 self._next_id += 1
             track.cx, track.cy = centres[j]
             track.area, track.h = float(a), float(h)
             track.heights.append(float(h))
+            track.path.append((*centres[j], float(a)))
             if math.isfinite(speeds[j]):
                 track.speeds.append(float(speeds[j]))
             speed = float(np.mean(track.speeds)) if track.speeds else math.nan
@@ -376,7 +414,18 @@ class ObjectsState:
                 track.still = 0.0 if moving else track.still + self.spacing_s
             tracks.append(track)
             blobs.append(
-                Blob(int(x), int(y), int(w), int(h), int(a), track.ident, speed, math.log(w / h), track.still)
+                Blob(
+                    int(x),
+                    int(y),
+                    int(w),
+                    int(h),
+                    int(a),
+                    track.ident,
+                    speed,
+                    math.log(w / h),
+                    track.still,
+                    track.travel(self.spacing_s),
+                )
             )
         self._tracks = tracks
         self._prev = grey
@@ -395,7 +444,8 @@ class ObjectsModel:
     Args:
         background: ``(H, W)`` uint8 grey background.
         threshold: ``(H, W)`` float32 grey levels a pixel must depart by to be foreground.
-        tails: ``(len(FEATURES), 2)`` float64: each feature's normal median and ``p99 - median`` (> 0).
+        tails: ``(len(FEATURES), 2)`` float64: each feature's normal median and ``p99 - median`` (> 0); NaN
+            for a feature of :data:`_OPTIONAL` its footage showed too little of (that feature is not judged).
         grid: the DPC maps' ``(h, w)``; each cell covers whole pixels.
         spacing_s, k, floor, min_area: the settings it was fitted with (scoring uses the same).
     """
@@ -423,9 +473,20 @@ class ObjectsModel:
         if thr.shape != bg.shape or not (np.isfinite(thr).all() and (thr > 0).all()):
             raise ObjectsError(f"threshold must be a positive finite {bg.shape} array, got {thr.shape}")
         t = np.asarray(tails, dtype=np.float64)
-        if t.shape != (len(FEATURES), 2) or not np.isfinite(t).all() or (t[:, 1] <= 0).any():
+        unjudged = np.array(
+            [
+                n in _OPTIONAL and t.shape == (len(FEATURES), 2) and bool(np.isnan(t[i]).all())
+                for i, n in enumerate(FEATURES)
+            ]
+        )
+        if (
+            t.shape != (len(FEATURES), 2)
+            or not np.isfinite(t[~unjudged]).all()
+            or (t[~unjudged, 1] <= 0).any()
+        ):
             raise ObjectsError(
-                f"tails must be finite ({len(FEATURES)}, 2) with positive scales, got {t.shape}"
+                f"tails must be finite ({len(FEATURES)}, 2) with positive scales (NaN rows only for "
+                f"{sorted(_OPTIONAL)}), got {t.shape}"
             )
         whole_cells(bg.shape, grid, ObjectsError)
         _settings(k, floor, min_area, spacing_s)
@@ -449,6 +510,11 @@ class ObjectsModel:
     @property
     def grid(self) -> tuple[int, int]:
         return self._grid
+
+    @property
+    def unjudged(self) -> tuple[str, ...]:
+        """The features this model leaves unjudged (its footage showed too few of them)."""
+        return tuple(n for n, row in zip(FEATURES, self.tails, strict=True) if np.isnan(row).all())
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -511,6 +577,7 @@ def describe(model: ObjectsModel) -> str:
     return (
         f"{model.n_blobs} blobs in {model.n_frames} frames {model.spacing_s:g} s apart, {fw}x{fh} frames "
         f"on a {w}x{h} grid, fitted {model.fitted or 'at an unknown time'}"
+        + (f", not judging {' or '.join(model.unjudged)} (too few in its footage)" if model.unjudged else "")
     )
 
 
@@ -543,7 +610,8 @@ def fit_model(
     start afresh). The background and noise come from all
     their frames; the tails from the features of every blob the stream then finds in them (``flows``: a
     cache shared by fits and scorings of the same footage, :class:`FlowCache`). Raises
-    :class:`ObjectsError` when the footage shows fewer than 30 blob observations of a feature."""
+    :class:`ObjectsError` when the footage shows fewer than 30 blob observations of a feature (of an
+    optional one, :data:`_OPTIONAL`, the model leaves it unjudged and says so in the log)."""
     _settings(k, floor, min_area, spacing_s)
     greys = [np.stack([grey_frame(f) for f in np.asarray(v)]) for v in videos if len(v)]
     if not greys:
@@ -565,6 +633,17 @@ def fit_model(
     tails = np.zeros((len(FEATURES), 2))
     for i, name in enumerate(FEATURES):
         v = f[np.isfinite(f[:, i]), i]
+        if len(v) < _MIN_OBSERVATIONS and name in _OPTIONAL:
+            log.warning(
+                "objects model%s: the normal footage shows %d blob observations with a %s (at least %d are "
+                "needed to know what is normal): the stream does not judge it",
+                f" of {camera}" if camera else "",
+                len(v),
+                name,
+                _MIN_OBSERVATIONS,
+            )
+            tails[i] = np.nan
+            continue
         if len(v) < _MIN_OBSERVATIONS:
             raise ObjectsError(
                 f"the normal footage shows {len(v)} blob observations with a {name} (at least "

@@ -11,9 +11,9 @@ A clip yields one raw score per stream (higher = more anomalous):
 * ``stationary`` — how far the camera's short-term background (a median of the last few seconds) departs from
   its long-term background where nothing normally stays, z-scored per cell, spatial max (only with a model
   fitted by ``zsad calibrate``; ``plugins.stationary``);
-* ``objects`` — how far the camera's foreground blobs (their speed, shape and time standing still) fall in
-  the tails of the same measured on its normal footage, per blob, spatial max (only with a model fitted by
-  ``zsad calibrate``; ``plugins.objects``).
+* ``objects`` — how far the camera's foreground blobs (their speed, travel, shape and time standing still)
+  fall in the tails of the same measured on its normal footage, per blob, spatial max (only with a model
+  fitted by ``zsad calibrate``; ``plugins.objects``).
 """
 
 from __future__ import annotations

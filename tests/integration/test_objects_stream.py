@@ -148,7 +148,7 @@ def _grey_model(cls: type[M], **kw: Any) -> M:
     return cls(
         np.full(FRAME, 90, np.uint8),
         np.full(FRAME, 15.0, np.float32),
-        np.array([[3.0, 0.5], [-0.8, 0.3], [0.0, 1.0]]),
+        np.array([[3.0, 0.5], [-0.8, 0.3], [0.0, 1.0], [3.0, 0.5]]),
         DPC_GRID,
         spacing_s=0.2,
         k=3.0,
@@ -178,8 +178,11 @@ def test_clip_inference_gives_each_scored_clip_the_map_of_the_frames_it_fed(
     inference, _ = _inference(engines, model)
 
     def frame(t: int) -> np.ndarray:
+        # A person walking across at an uneven pace (steps of 8 and 4 pixels between the frames the stream
+        # takes), so that each frame's map differs from the last.
+        x = (3 * t + (2 if t % 4 == 0 else 0)) % 50
         f = background.copy()
-        f[10:30, (3 * t) % 50 : (3 * t) % 50 + 8] = 250  # a person walking across
+        f[10:30, x : x + 8] = 250
         return f
 
     # Clips of 2 frames 0.2 s apart, every 0.4 s; clip 4 repeats clip 3's times: it feeds no frame.

@@ -18,6 +18,7 @@ from plugins.objects import (
     ObjectsError,
     ObjectsModel,
     ObjectsModelError,
+    describe,
     fit_model,
     grey_frame,
     load_model,
@@ -113,6 +114,84 @@ def test_a_figure_that_stops_stands_out_once_it_has_stood_still(model: ObjectsMo
     _, early = final_blob(model, np.concatenate([moving, stopped[:2]]))
     _, late = final_blob(model, np.concatenate([moving, stopped]))
     assert early < 1.0 < late
+
+
+def flat_figure_going_up(n: int, *, x: int, y0: float, speed: float, w: int = 4, h: int = 16) -> np.ndarray:
+    """``n`` frames of a thin figure of one flat colour moving up its own length at ``speed`` pixels a frame:
+    inside it nothing changes along the motion (the aperture problem a runner seen from above poses flow)."""
+    out = []
+    for t in range(n):
+        f = frame([], 500 + t)
+        y = round(y0 - speed * t)
+        f[y : y + h, x : x + w] = 230
+        out.append(f)
+    return np.stack(out)
+
+
+def test_a_thin_flat_figure_running_along_its_length_stands_out_by_its_travel(model: ObjectsModel) -> None:
+    frames = flat_figure_going_up(8, x=60, y0=60, speed=5.0, h=30)
+    state = model.new_state()
+    blobs = [model.blobs(state, f) for f in frames]
+    assert all(len(b) == 1 for b in blobs)
+    travels = [b[0].travel for b in blobs]
+    assert np.isnan(travels[:3]).all()  # a track younger than the travel's three steps
+    np.testing.assert_allclose(travels[3:], 5.0 / SPACING, rtol=0.15)
+    assert model.tails[FEATURES.index("travel"), 0] < np.log1p(3.0 / SPACING)  # the walkers' travel
+    assert float(model.excess(blobs[-1])[0]) > 2.0
+    # The flow over its flat inside reads it as slow as a walker: without the travel it would pass.
+    z = (blobs[-1][0].features() - model.tails[:, 0]) / model.tails[:, 1]
+    assert z[FEATURES.index("travel")] > 2.0
+    assert max(z[i] for i, n in enumerate(FEATURES) if n != "travel") < 1.0
+
+
+def test_a_track_whose_area_doubles_has_no_travel(model: ObjectsModel) -> None:
+    # A second figure joining the first moves the box's centre by half a figure without anybody running.
+    frames = [frame([(20 + 2 * t, 40, 6, 16)], 600 + t) for t in range(4)]
+    frames += [frame([(28 + 2 * t, 40, 6, 16), (34 + 2 * t, 40, 6, 16)], 610 + t) for t in range(4)]
+    state = model.new_state()
+    blobs = [model.blobs(state, f) for f in frames]
+    assert all(len(b) == 1 for b in blobs)
+    assert len({b[0].track for b in blobs}) == 1  # one track through the merge
+    assert np.isfinite(blobs[3][0].travel)
+    assert np.isnan([b[0].travel for b in blobs[4:7]]).all()  # the doubled area is within the last steps
+    assert np.isfinite(blobs[7][0].travel)  # three steps after it, the travel is the pair's own again
+
+
+def jumping_footage() -> list[np.ndarray]:
+    """Figures that appear somewhere new every frame: flow sees them, no track lasts the travel's steps."""
+    rng = np.random.default_rng(5)
+    spots = [(float(rng.integers(0, W - 8)), int(rng.integers(0, H - 16))) for _ in range(60)]
+    return [np.stack([frame([(x, y, 6, 16)], 700 + t) for t, (x, y) in enumerate(spots)])]
+
+
+def test_footage_whose_tracks_never_last_leaves_the_travel_unjudged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="plugins.objects"):
+        jumpy = fit_model(jumping_footage(), GRID, spacing_s=SPACING, camera="road")
+    assert jumpy.unjudged == ("travel",)
+    assert "objects model of road" in caplog.text
+    assert "does not judge it" in caplog.text
+    assert "not judging travel" in describe(jumpy)
+    assert np.isfinite(jumpy.tails[[FEATURES.index(n) for n in ("speed", "aspect", "still")]]).all()
+    # A blob with a travel is judged on the rest alone: the thin runner's travel counts for nothing here.
+    state = jumpy.new_state()
+    for f in flat_figure_going_up(8, x=60, y0=60, speed=5.0, h=30):
+        blobs = jumpy.blobs(state, f)
+    assert np.isfinite(blobs[0].travel)
+    f = blobs[0].features()
+    z = (f - jumpy.tails[:, 0]) / jumpy.tails[:, 1]
+    assert float(jumpy.excess(blobs)[0]) == pytest.approx(max(np.nanmax(z), EMPTY))
+    # The file keeps the unjudged row; a NaN row of a feature that must be judged is refused.
+    path = tmp_path / "road.objects.npz"
+    save_model(jumpy, path)
+    assert load_model(path).unjudged == ("travel",)
+    tails = jumpy.tails.copy()
+    tails[FEATURES.index("speed")] = np.nan
+    with pytest.raises(ObjectsError, match="NaN rows only for"):
+        ObjectsModel(
+            jumpy.background, jumpy.threshold, tails, GRID, spacing_s=SPACING, k=4, floor=15, min_area=40
+        )
 
 
 def test_a_global_light_change_makes_no_blob(model: ObjectsModel) -> None:
