@@ -149,13 +149,17 @@ def test_sigterm_closes_the_open_alert_and_exits_cleanly(world: dict[str, Path],
         [{"id": "loop", "uri": f"loop://{videos / 'campus_000.mp4'}"}],
         alerts={"on_threshold": -50.0, "off_threshold": -60.0, "min_duration_s": 0.0, "cooldown_s": 0.0},
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", "run", str(site)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The log goes to a file, not a pipe read at the end: a run that logs more than a pipe holds before its
+    # alert opens would block on its own log.
+    log_path = tmp_path / "run.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli.main", "run", str(site)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(
@@ -168,7 +172,7 @@ def test_sigterm_closes_the_open_alert_and_exits_cleanly(world: dict[str, Path],
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert code == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
+    assert code == 0, log_path.read_text()[-2000:]
     closed = [r for r in read_jsonl(out / "alerts.jsonl") if r["status"] == "closed"]
     assert len(closed) == 1
     assert closed[0]["reason"] == "shutdown"
