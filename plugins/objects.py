@@ -17,11 +17,11 @@ level evidence"). Per camera:
   flow is steadier than centroids);
   ``aspect``, ``log(width / height)`` (a car, a cyclist or a person lying down is wide); ``still``, the
   seconds the track has moved less than a quarter of its height a second; ``travel``, ``log(1 + px/s)``
-  where px/s is how far the box's centre moved over the track's last 3 frames, per second, counted only
-  when the blob's area stayed within a factor of 2 over them (no merge or split). Flow alone misses a thin,
-  flat figure moving along its length (a person running up a walkway seen from above): its inside is the
-  same colour all along the motion, so the flow there reads near zero (the aperture problem), and the
-  median over its pixels with it; its box still travels (docs/results.md, "The track's travel");
+  where px/s is how far the box's centre moved over the track's last 3 steps (4 frames), per second,
+  counted only when the blob's area stayed within a factor of 2 over them (no merge or split). Flow alone
+  misses a thin, flat figure moving along its length (a person running up a walkway seen from above): its
+  inside is the same colour all along the motion, so the flow there reads near zero (the aperture problem),
+  and the median over its pixels with it; its box still travels (docs/results.md, "The track's travel");
 * the **normal tails** (:class:`ObjectsModel`): each feature's median and 99th percentile over the blobs of
   the camera's normal footage. A blob's **excess** is the largest of ``(x - median) / (p99 - median)`` over
   its features (1: at the normal 99th percentile); a feature it lacks (the speed of a blob on the first
@@ -74,11 +74,13 @@ __all__ = [
     "ObjectsModelError",
     "ObjectsModels",
     "ObjectsState",
+    "agreeing",
     "describe",
     "find_blobs",
     "fit_configured",
     "fit_model",
     "grey_frame",
+    "leaving_unjudged",
     "load_model",
     "model_path",
     "save_model",
@@ -180,8 +182,8 @@ class Blob:
     """One foreground blob of a frame: its box ``(x, y, w, h)`` in frame pixels, its area in pixels, its
     track, its speed in pixels a second (``nan`` on the first frame a state takes), ``aspect``
     ``log(w / h)``, ``still`` the seconds its track has stood still, and ``travel`` how far its box's centre
-    moved over the track's last 3 frames, in pixels a second (``nan`` for a younger track, or one whose area
-    changed by a factor of 2 or more over them)."""
+    moved over the track's last 3 steps (4 frames), in pixels a second (``nan`` for a younger track, or one
+    whose area changed by a factor of 2 or more over them)."""
 
     x: int
     y: int
@@ -565,6 +567,40 @@ class ObjectsModel:
             cells = out[b.y // ch : (b.y + b.h - 1) // ch + 1, b.x // cw : (b.x + b.w - 1) // cw + 1]
             np.maximum(cells, np.float32(e), out=cells)
         return out
+
+
+def leaving_unjudged(model: ObjectsModel, names: Iterable[str]) -> ObjectsModel:
+    """``model`` with the features ``names`` (of :data:`_OPTIONAL`) left unjudged as well."""
+    names = set(names)
+    if not names <= _OPTIONAL:
+        raise ObjectsError(f"only {sorted(_OPTIONAL)} may be left unjudged, got {sorted(names)}")
+    tails = model.tails.copy()
+    for name in names:
+        tails[FEATURES.index(name)] = np.nan
+    return ObjectsModel(
+        model.background,
+        model.threshold,
+        tails,
+        model.grid,
+        spacing_s=model.spacing_s,
+        k=model.k,
+        floor=model.floor,
+        min_area=model.min_area,
+        camera=model.camera,
+        n_frames=model.n_frames,
+        n_blobs=model.n_blobs,
+        fitted=model.fitted,
+    )
+
+
+def agreeing(models: Sequence[ObjectsModel]) -> list[ObjectsModel]:
+    """One camera's models (its held-out folds' and its whole footage's), each leaving unjudged every
+    feature any of them does. A fold's model sees less footage and may fall short of a feature's 30
+    observations where the whole footage's does not; the camera's calibration samples come from the fold
+    models, so the model it runs with must judge what they judged, and no more (a feature judged only at
+    run time would raise normal scores above what the threshold was calibrated on)."""
+    unjudged = {n for m in models for n in m.unjudged}
+    return [leaving_unjudged(m, unjudged) if set(m.unjudged) != unjudged else m for m in models]
 
 
 class ObjectsModels(CameraTable[ObjectsModel]):

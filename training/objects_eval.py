@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.config import ObjectsConfig
-from plugins.objects import EMPTY, FlowCache, ObjectsError, ObjectsModel, fit_configured
+from plugins.objects import EMPTY, FlowCache, ObjectsError, ObjectsModel, agreeing, fit_configured
 from training.heldout_models import HeldOutModels
 
 __all__ = ["ObjectsEvaluator", "clip_maps"]
@@ -78,6 +78,24 @@ class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
 
     def _fit(self, parts: list[np.ndarray], context: str) -> ObjectsModel:
         return fit_configured(parts, self.grid, self.settings, camera=context, flows=self.flows)
+
+    def _model(self, context: str, fold: int | None, half: int | None = None) -> ObjectsModel | None:
+        """As :meth:`HeldOutModels._model`, but the first request of a context fits every model of it (its
+        held-out folds' or halves' and its whole footage's) and makes them judge alike (:func:`agreeing`,
+        as ``zsad calibrate`` does): its calibration samples come from the held-out models, its test
+        scores from the whole footage's."""
+        keys: list[tuple[str, int | None, int | None]] = [(context, None, None)]
+        for v in self._train.values():
+            if v.context == context:
+                keys += [(context, v.fold, None)] if v.fold >= 0 else [(context, -1, 0), (context, -1, 1)]
+        if (context, fold, half) in keys and (context, fold, half) not in self._models:
+            fitted: dict[tuple[str, int | None, int | None], ObjectsModel | None] = {}
+            for k in dict.fromkeys(keys):  # not a comprehension: super() needs this method's frame
+                fitted[k] = super()._model(*k)
+            present = [k for k, m in fitted.items() if m is not None]
+            agreed = agreeing([m for m in fitted.values() if m is not None])
+            self._models.update(zip(present, agreed, strict=True))
+        return super()._model(context, fold, half)
 
     def fed_frames(self, n: int) -> np.ndarray:
         """The frames of an ``n``-frame video the stream takes: ``0, step, 2 step, ...``."""

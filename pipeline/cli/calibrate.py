@@ -86,7 +86,7 @@ from plugins.fusion import (
     save_calibration,
 )
 from plugins.modelfile import recorded_arrays_sha256
-from plugins.objects import FlowCache, ObjectsError, ObjectsModel, fit_configured, grey_frame
+from plugins.objects import FlowCache, ObjectsError, ObjectsModel, agreeing, fit_configured, grey_frame
 from plugins.pseudo_anomaly import PseudoAnomalyInjector
 from plugins.scorer import reduce_map
 from plugins.stationary import FrameSpacer, StationaryError, StationaryModel, StationaryState, fit_model
@@ -489,6 +489,7 @@ class _SpacedFrames(Generic[F]):
                 self.stream,
             )
             return None
+        held, model = self._agreeing(held, model)
         self._score(held, emitted, scored, folds, filters)
         log.info(
             "camera %s: %s model fitted on %d frames %.2g s apart (folds %s) in %.1f s",
@@ -504,6 +505,10 @@ class _SpacedFrames(Generic[F]):
     def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> F:
         """The model of ``videos`` (each a footage's frames in time order)."""
         raise NotImplementedError
+
+    def _agreeing(self, held: list[F], model: F) -> tuple[list[F], F]:
+        """The folds' models and the whole footage's, made to judge alike (as fitted, by default)."""
+        return held, model
 
     def _score(
         self,
@@ -580,6 +585,13 @@ class _ObjectsFrames(_SpacedFrames[ObjectsModel]):
 
     def _fitted(self, cfg: ZsadConfig, camera: str, videos: list[np.ndarray]) -> ObjectsModel:
         return fit_configured(videos, dpc_geometry(cfg)[1], cfg.objects, camera=camera, flows=self.flows)
+
+    def _agreeing(
+        self, held: list[ObjectsModel], model: ObjectsModel
+    ) -> tuple[list[ObjectsModel], ObjectsModel]:
+        # A feature a short fold left unjudged: the samples have none of it, so the run's model judges none.
+        *held, model = agreeing([*held, model])
+        return held, model
 
     def _score(
         self,

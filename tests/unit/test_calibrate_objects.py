@@ -14,10 +14,10 @@ import pytest
 from core.config import parse_config
 from pipeline.cli.calibrate import FOLDS, _fold, _ObjectsFrames, _save_model, _Scored
 from pipeline.memory_streams import OBJECTS_FILE, ObjectsClips
-from plugins.objects import ObjectsModel, model_path
+from plugins.objects import ObjectsModel, leaving_unjudged, model_path
 from plugins.objects import fit_model as fit_objects_model
 from plugins.zones import CellFilters
-from tests.fixtures.objects_scenes import GRID, BoxScene, scene_clips
+from tests.fixtures.objects_scenes import GRID, SIZE, BoxScene, scene_clips
 
 CFG = parse_config('{"appearance": {"enabled": false}, "objects": {"enabled": true, "spacing_s": 0.2}}')
 
@@ -114,6 +114,55 @@ def test_footage_with_too_few_objects_gives_no_model_and_no_samples(caplog: pyte
         "shows 0 blob" in caplog.text
     )
     assert "it is calibrated without the objects stream" in caplog.text
+
+
+class _WalkerThenJumpers(BoxScene):
+    """Fold 0 of the footage (its first 10 clips, frames 0-79): one walker crossing at a steady pace, long
+    tracks, each with a travel. After it: a figure somewhere new every frame, which flow sees and no track
+    follows for the travel's steps."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.walkers = []
+        rng = np.random.default_rng(3)
+        self._spots = [
+            (int(rng.integers(0, SIZE[1] - 12)), int(rng.integers(0, SIZE[0] - 24))) for _ in range(320)
+        ]
+        self._figure = np.random.default_rng(4).integers(170, 255, (24, 12, 3)).astype(np.uint8)
+
+    def frame(self, t: int) -> np.ndarray:
+        out = super().frame(t)
+        x, y = (10 + 2 * t, 50) if t < 80 else self._spots[t]
+        out[y : y + 24, x : x + 12] = self._figure
+        return out
+
+
+def test_a_feature_one_fold_leaves_unjudged_is_unjudged_by_every_model_of_the_camera(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Fold 0's held-out model sees only the jumping figures: no travel to judge. The other folds' models and
+    # the whole footage's do see the walker's; the model the camera runs with must not judge what the
+    # samples of fold 0 were scored without.
+    collector, emitted, scored, folds = _collect({"cam.0": scene_clips("cam.0", 40, _WalkerThenJumpers())})
+    videos = collector.fold_videos(emitted)
+    held = [
+        collector._fitted(CFG, "cam", [v for g in range(FOLDS) if g != f for v in videos[g]])
+        for f in range(FOLDS)
+    ]
+    assert [m.unjudged for m in held] == [("travel",), (), (), ()]  # the footage does what the test needs
+    assert collector._fitted(CFG, "cam", collector.videos()).unjudged == ()
+    caplog.set_level(logging.WARNING, logger="plugins.objects")
+    model = collector.fit(CFG, "cam", emitted, scored, folds, CellFilters())
+    assert model is not None
+    assert model.unjudged == ("travel",)
+    assert np.isfinite(model.tails[:3]).all()
+    # Every fold's samples were scored without the travel too: fold 1's, by its model with travel left out.
+    fold_1 = [s for s, f in zip(scored, folds, strict=True) if f == 1]
+    mapper = ObjectsClips(leaving_unjudged(held[1], ["travel"]))
+    rule = [mapper.clip_map(list(c.frames)) for c in scene_clips("cam.0", 40, _WalkerThenJumpers())]
+    assert [s.scores["objects"] for s in fold_1] == pytest.approx(
+        [float(rule[s.index].max()) for s in fold_1]
+    )
 
 
 def test_a_calibration_without_the_stream_removes_an_earlier_model(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plugins.modelfile import arrays_sha256
 from plugins.objects import (
     EMPTY,
     FEATURES,
@@ -18,9 +19,11 @@ from plugins.objects import (
     ObjectsError,
     ObjectsModel,
     ObjectsModelError,
+    agreeing,
     describe,
     fit_model,
     grey_frame,
+    leaving_unjudged,
     load_model,
     model_path,
     save_model,
@@ -147,7 +150,8 @@ def test_a_thin_flat_figure_running_along_its_length_stands_out_by_its_travel(mo
 def test_a_track_whose_area_doubles_has_no_travel(model: ObjectsModel) -> None:
     # A second figure joining the first moves the box's centre by half a figure without anybody running.
     frames = [frame([(20 + 2 * t, 40, 6, 16)], 600 + t) for t in range(4)]
-    frames += [frame([(28 + 2 * t, 40, 6, 16), (34 + 2 * t, 40, 6, 16)], 610 + t) for t in range(4)]
+    # (Wider than the first: the blob's area well past twice its own, not on the guard's edge.)
+    frames += [frame([(28 + 2 * t, 40, 6, 16), (34 + 2 * t, 40, 9, 16)], 610 + t) for t in range(4)]
     state = model.new_state()
     blobs = [model.blobs(state, f) for f in frames]
     assert all(len(b) == 1 for b in blobs)
@@ -303,6 +307,48 @@ def test_a_missing_or_damaged_file_is_refused_by_name(model: ObjectsModel, tmp_p
     np.savez(other, **{**arrays, "meta": np.array(json.dumps({**meta, "version": 99}))})
     with pytest.raises(ObjectsModelError, match="unsupported version 99"):
         load_model(other)
+
+
+def test_a_model_file_from_before_the_travel_is_refused_by_name(model: ObjectsModel, tmp_path: Path) -> None:
+    # What zsad calibrate wrote before the fourth feature: three features, three tail rows, a valid hash.
+    path = tmp_path / "cam.objects.npz"
+    save_model(model, path)
+    with np.load(path) as d:
+        arrays = {k: d[k] for k in d.files}
+    meta = json.loads(str(arrays["meta"][()]))
+    tails = arrays["tails"][:3]
+    meta.update(
+        features=["speed", "aspect", "still"],
+        arrays_sha256=arrays_sha256(arrays["background"], arrays["threshold"], tails),
+    )
+    old = tmp_path / "old.objects.npz"
+    np.savez(old, **{**arrays, "tails": tails, "meta": np.array(json.dumps(meta))})
+    with pytest.raises(
+        ObjectsModelError,
+        match=rf"{old}: its features are \['speed', 'aspect', 'still'\], this zsad scores "
+        r"\['speed', 'aspect', 'still', 'travel'\]; re-run zsad calibrate for this camera",
+    ):
+        load_model(old)
+
+
+def test_a_camera_s_models_leave_unjudged_what_any_of_them_does(model: ObjectsModel) -> None:
+    short = leaving_unjudged(model, ["travel"])
+    assert short.unjudged == ("travel",)
+    assert model.unjudged == ()  # a copy: the model given is left as it was
+    np.testing.assert_array_equal(short.tails[:3], model.tails[:3])
+    agreed = agreeing([model, short, model])
+    assert [m.unjudged for m in agreed] == [("travel",)] * 3
+    assert agreed[1] is short  # already agreeing: kept as it is
+    np.testing.assert_array_equal(agreed[0].background, model.background)
+    assert (agreed[0].camera, agreed[0].fitted, agreed[0].n_blobs) == (
+        model.camera,
+        model.fitted,
+        model.n_blobs,
+    )
+    same = agreeing([model, model])
+    assert all(m is model for m in same)  # nothing to leave out: the models themselves
+    with pytest.raises(ObjectsError, match=r"only \['travel'\] may be left unjudged, got \['speed'\]"):
+        leaving_unjudged(model, ["speed"])
 
 
 def test_a_gap_in_the_frames_starts_the_tracks_afresh(model: ObjectsModel) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from core.config import ObjectsConfig, ZsadConfig
 from plugins.objects import EMPTY, ObjectsError, ObjectsModel
+from training.heldout_models import HeldOutModels
 from training.objects_eval import ObjectsEvaluator, clip_maps
 
 H, W = 48, 64
@@ -84,7 +85,8 @@ def test_training_clips_are_scored_against_the_other_fold() -> None:
     assert np.median(fast) > 1.0  # beyond the normal 99th percentile of the model that never saw them
     assert np.median(calm) < 1.0
     assert np.median(fast) > 4 * np.median(calm)
-    assert set(ev._models) == {("ctx", 0, None), ("ctx", 1, None)}
+    # The context's models are fitted together (they must judge alike): its folds' and its whole footage's.
+    assert set(ev._models) == {("ctx", 0, None), ("ctx", 1, None), ("ctx", None, None)}
 
 
 def test_the_folds_share_each_training_pair_s_flow_and_score_as_without_sharing() -> None:
@@ -133,7 +135,7 @@ def test_a_single_video_context_is_held_out_frame_by_frame_by_time_halves() -> N
     first = np.arange(0, 154, 4)
     scores = ev.held_out_clip_scores("only", first, first + 6)
     assert np.isfinite(scores).all()
-    assert {k[2] for k in ev._models} == {0, 1}
+    assert {k[1:] for k in ev._models} == {(-1, 0), (-1, 1), (None, None)}
     for i in ev.fed_frames(len(frames)):  # no fed frame, so no clip, is scored by a model fitted on it
         model = ev._held_out_model("only", int(i))
         assert model is not None
@@ -161,6 +163,43 @@ def test_a_pasted_copy_of_a_training_video_is_scored_against_its_held_out_model(
     assert (pasted > clean).all()
     with pytest.raises(ObjectsError, match="frames"):
         ev.held_out_clip_scores("v0", first, first + 6, frames=altered[:20])
+
+
+def jumpers(n: int, seed: int) -> np.ndarray:
+    """``n`` frames of the scene's background with a figure somewhere new in each: flow sees it, no track
+    follows it for the travel's steps."""
+    frames = scene(n, seed, walker=False)
+    rng = np.random.default_rng(seed)
+    for f in frames:
+        x, y = int(rng.integers(0, W - 5)), int(rng.integers(0, H - 10))
+        f[y : y + 10, x : x + 5] = 230
+    return frames
+
+
+def test_a_feature_one_fold_leaves_unjudged_is_unjudged_by_every_model_of_the_context() -> None:
+    # Fold 0 walks (tracks with a travel), fold 1 jumps: the model holding out fold 0 has no travel to judge,
+    # so fold 0's calibration samples are scored without it, and the test videos must be too.
+    ev = ObjectsEvaluator(SETTINGS, GRID, STEP)
+    for i in range(2):
+        ev.add_training_video(f"w{i}", scene(60, seed=i + 1), "ctx", 0)
+        ev.add_training_video(f"j{i}", jumpers(60, seed=i + 3), "ctx", 1)
+    alone = ObjectsEvaluator(SETTINGS, GRID, STEP)  # what each fit alone gives, for the test's premise
+    alone._train = ev._train
+    fitted = {
+        k: HeldOutModels._model(alone, *k) for k in [("ctx", 0, None), ("ctx", 1, None), ("ctx", None, None)]
+    }
+    assert {k: m.unjudged for k, m in fitted.items() if m is not None} == {
+        ("ctx", 0, None): ("travel",),
+        ("ctx", 1, None): (),
+        ("ctx", None, None): (),
+    }
+    first = np.arange(8, 53, 8)
+    assert np.isfinite(ev.held_out_clip_scores("w0", first, first + 6)).all()
+    assert {k: m.unjudged for k, m in ev._models.items() if m is not None} == {
+        ("ctx", 0, None): ("travel",),
+        ("ctx", 1, None): ("travel",),
+        ("ctx", None, None): ("travel",),
+    }
 
 
 def test_a_context_without_objects_has_no_model_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
