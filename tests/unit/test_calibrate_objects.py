@@ -118,8 +118,9 @@ def test_footage_with_too_few_objects_gives_no_model_and_no_samples(caplog: pyte
 
 class _WalkerThenJumpers(BoxScene):
     """Fold 0 of the footage (its first 10 clips, frames 0-79): one walker crossing at a steady pace, long
-    tracks, each with a travel. After it: a figure somewhere new every frame, which flow sees and no track
-    follows for the travel's steps."""
+    tracks, each with a travel. Fold 1 (frames 80-159) starts with a short, faster walk (12 frames taken,
+    9 travels). After them: a figure somewhere new every frame, which flow sees and no track follows for the
+    travel's steps."""
 
     def __init__(self) -> None:
         super().__init__(0)
@@ -132,7 +133,12 @@ class _WalkerThenJumpers(BoxScene):
 
     def frame(self, t: int) -> np.ndarray:
         out = super().frame(t)
-        x, y = (10 + 2 * t, 50) if t < 80 else self._spots[t]
+        if t < 80:
+            x, y = 10 + 2 * t, 50
+        elif t < 104:
+            x, y = 10 + 4 * (t - 80), 50
+        else:
+            x, y = self._spots[t]
         out[y : y + 24, x : x + 12] = self._figure
         return out
 
@@ -140,9 +146,9 @@ class _WalkerThenJumpers(BoxScene):
 def test_a_feature_one_fold_leaves_unjudged_is_unjudged_by_every_model_of_the_camera(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Fold 0's held-out model sees only the jumping figures: no travel to judge. The other folds' models and
-    # the whole footage's do see the walker's; the model the camera runs with must not judge what the
-    # samples of fold 0 were scored without.
+    # Fold 0's held-out model sees the short walk's 9 travels alone: too few to judge. The other folds'
+    # models and the whole footage's see the long walk's; the model the camera runs with must not judge what
+    # the samples of fold 0 were scored without, nor may fold 1's samples be scored with it.
     collector, emitted, scored, folds = _collect({"cam.0": scene_clips("cam.0", 40, _WalkerThenJumpers())})
     videos = collector.fold_videos(emitted)
     held = [
@@ -156,13 +162,17 @@ def test_a_feature_one_fold_leaves_unjudged_is_unjudged_by_every_model_of_the_ca
     assert model is not None
     assert model.unjudged == ("travel",)
     assert np.isfinite(model.tails[:3]).all()
-    # Every fold's samples were scored without the travel too: fold 1's, by its model with travel left out.
+    # Every fold's samples were scored without the travel too: fold 1's (its faster walk has a travel), by
+    # its model with the travel left out, which here scores them otherwise than the model as fitted.
     fold_1 = [s for s, f in zip(scored, folds, strict=True) if f == 1]
-    mapper = ObjectsClips(leaving_unjudged(held[1], ["travel"]))
-    rule = [mapper.clip_map(list(c.frames)) for c in scene_clips("cam.0", 40, _WalkerThenJumpers())]
-    assert [s.scores["objects"] for s in fold_1] == pytest.approx(
-        [float(rule[s.index].max()) for s in fold_1]
-    )
+    clips = scene_clips("cam.0", 40, _WalkerThenJumpers())
+    maps = {}
+    for name, held_model in (("agreed", leaving_unjudged(held[1], ["travel"])), ("as fitted", held[1])):
+        mapper = ObjectsClips(held_model)  # one state played through the footage in order, as calibrate does
+        maps[name] = [float(mapper.clip_map(list(c.frames)).max()) for c in clips]
+    agreed, as_fitted = maps["agreed"], maps["as fitted"]
+    assert [s.scores["objects"] for s in fold_1] == pytest.approx([agreed[s.index] for s in fold_1])
+    assert [s.scores["objects"] for s in fold_1] != pytest.approx([as_fitted[s.index] for s in fold_1])
 
 
 def test_a_calibration_without_the_stream_removes_an_earlier_model(
