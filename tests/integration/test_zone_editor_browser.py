@@ -310,8 +310,15 @@ def test_the_editor_lists_the_running_cameras_only(
     app = run[0]
     driver.get(app.review_server.url + f"#zones/{CAMERA}")
 
+    def options(d: Any, select: str) -> list[str]:
+        # Read in the page, at once: the live lists re-render, so an option found by one call can be gone
+        # (stale) when the next reads it.
+        return list(
+            d.execute_script(f"return [...document.querySelectorAll('{select} option')].map(o => o.value)")
+        )
+
     def listed(d: Any) -> list[str]:
-        return [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#z-camera option")]
+        return options(d, "#z-camera")
 
     wait_for(driver, lambda d: listed(d) == [CAMERA], "the running camera listed")
     lobby = {"id": "lobby", "uri": f"loop://{world['flag']}", "context": "campus"}
@@ -320,5 +327,4 @@ def test_the_editor_lists_the_running_cameras_only(
     wait_for(driver, lambda d: listed(d) == [CAMERA, "lobby"], "the added camera listed")
     app.remove_camera("lobby")
     wait_for(driver, lambda d: listed(d) == [CAMERA], "the removed camera gone")
-    filtered = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#f-camera option")]
-    assert "lobby" in filtered
+    assert "lobby" in options(driver, "#f-camera")
