@@ -475,17 +475,10 @@ class ObjectsModel:
         if thr.shape != bg.shape or not (np.isfinite(thr).all() and (thr > 0).all()):
             raise ObjectsError(f"threshold must be a positive finite {bg.shape} array, got {thr.shape}")
         t = np.asarray(tails, dtype=np.float64)
-        unjudged = np.array(
-            [
-                n in _OPTIONAL and t.shape == (len(FEATURES), 2) and bool(np.isnan(t[i]).all())
-                for i, n in enumerate(FEATURES)
-            ]
-        )
-        if (
-            t.shape != (len(FEATURES), 2)
-            or not np.isfinite(t[~unjudged]).all()
-            or (t[~unjudged, 1] <= 0).any()
-        ):
+        shaped = t.shape == (len(FEATURES), 2)
+        # Rows a model may leave unjudged: all NaN, of an optional feature; every other row is checked.
+        unjudged = np.isnan(t).all(axis=1) & np.isin(FEATURES, list(_OPTIONAL)) if shaped else None
+        if unjudged is None or not np.isfinite(t[~unjudged]).all() or (t[~unjudged, 1] <= 0).any():
             raise ObjectsError(
                 f"tails must be finite ({len(FEATURES)}, 2) with positive scales (NaN rows only for "
                 f"{sorted(_OPTIONAL)}), got {t.shape}"
@@ -670,6 +663,7 @@ def fit_model(
     for i, name in enumerate(FEATURES):
         v = f[np.isfinite(f[:, i]), i]
         if len(v) < _MIN_OBSERVATIONS and name in _OPTIONAL:
+            # Too few to know what is normal, of a feature the rest of the stream can do without.
             log.warning(
                 "objects model%s: the normal footage shows %d blob observations with a %s (at least %d are "
                 "needed to know what is normal): the stream does not judge it",

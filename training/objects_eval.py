@@ -84,11 +84,13 @@ class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
         held-out folds' or halves' and its whole footage's) and makes them judge alike (:func:`agreeing`,
         as ``zsad calibrate`` does): its calibration samples come from the held-out models, its test
         scores from the whole footage's."""
+        if (context, fold, half) in self._models:  # asked once per fed frame: the fitted case stays cheap
+            return self._models[(context, fold, half)]
         keys: list[tuple[str, int | None, int | None]] = [(context, None, None)]
         for v in self._train.values():
             if v.context == context:
                 keys += [(context, v.fold, None)] if v.fold >= 0 else [(context, -1, 0), (context, -1, 1)]
-        if (context, fold, half) in keys and (context, fold, half) not in self._models:
+        if (context, fold, half) in keys:
             fitted: dict[tuple[str, int | None, int | None], ObjectsModel | None] = {}
             for k in dict.fromkeys(keys):  # not a comprehension: super() needs this method's frame
                 fitted[k] = super()._model(*k)
