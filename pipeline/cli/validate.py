@@ -70,16 +70,27 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
                     warnings.append(f"camera {cam.id}: {cam.calibration}: {mismatch}")
             except CalibrationError as exc:
                 calibration = None
-                warnings.append(
-                    f"camera {cam.id}: {exc}: it will start uncalibrated (no alerts expected); write it with "
-                    f"zsad calibrate CONFIG --camera {cam.id} --footage URI --out {cam.calibration}"
-                )
+                warnings.append(f"camera {cam.id}: {_calibration_fix(cam.id, Path(cam.calibration), exc)}")
         if cam.alerts.on_threshold == CALIBRATED_THRESHOLD:
             warnings += _calibrated_threshold_warnings(cam, calibration)
         source = parse_source_uri(cam.uri)  # the path as the camera graph reads it (percent-escapes decoded)
         if source.kind in {"file", "loop"} and not Path(source.location).is_file():
             warnings.append(f"camera {cam.id}: no such file {source.location}: the camera will fail at start")
     return warnings
+
+
+def _calibration_fix(camera: str, path: Path, exc: CalibrationError) -> str:
+    """Why a camera's calibration cannot be used, and the command that writes it (``zsad calibrate`` refuses a
+    folder for ``--out``: a folder gets a file named in it, and the config is told to point there)."""
+    then = "it will start uncalibrated (no alerts expected); write it with"
+    command = f"zsad calibrate CONFIG --camera {camera} --footage URI --out"
+    if path.is_dir():
+        file = path / f"{camera}.json"
+        return (
+            f"calibration {path} is a folder, not a calibration file: {then} {command} {file} and set the "
+            f"camera's calibration to {file}"
+        )
+    return f"{exc}: {then} {command} {path}"
 
 
 def _semantic_source(cfg: ZsadConfig, warnings: list[str]) -> str | None:

@@ -224,7 +224,15 @@ CASES = [
                 )
             )
         ],
-        ("warning: camera a: calibration file", "warning: camera b: calibration file", "none.json", "OK"),
+        (
+            # a folder: the command to write it names a file in it (zsad calibrate refuses a folder)
+            "warning: camera a: calibration ",
+            "is a folder, not a calibration file",
+            "a.json and set the camera's calibration to ",
+            "warning: camera b: calibration file",
+            "none.json",
+            "OK",
+        ),
         code=0,
     ),
     # synth
