@@ -1278,6 +1278,16 @@ def resolve_data_path(path: str) -> Path:
     return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p
 
 
+def data_path_lookup(path: str) -> str:
+    """Where :func:`resolve_data_path` looks for ``path``, in words: what a "does not exist" needs to say when
+    the folder it names is the fallback under ``$ZSAD_DATA_ROOT`` rather than what the config wrote."""
+    if Path(path).is_absolute():
+        return f"{path} is an absolute path"
+    env = os.environ.get("ZSAD_DATA_ROOT")
+    where = f"$ZSAD_DATA_ROOT ({env})" if env else "$ZSAD_DATA_ROOT (unset: ./data)"
+    return f"{path} is looked for in the working directory ({Path.cwd()}), then under {where}"
+
+
 # --------------------------------------------------------------------------------------------------
 # Per-camera zone overrides (written by the review page; never the user's YAML)
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.model import CheckpointError
-from pipeline.cli.train import DATASET_HINT, load_train_config
+from pipeline.cli.train import dataset_hint, load_train_config
 from training.datasets import DatasetError
 from training.evaluate import EvaluationError, evaluate
 from training.metrics import MetricError
@@ -34,7 +34,7 @@ def run_eval(args: Any) -> int:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
     except DatasetError as exc:
-        print(f"{args.config}: train.dataset: {exc} ({DATASET_HINT})", file=sys.stderr)
+        print(f"{args.config}: train.dataset: {exc} ({dataset_hint(cfg)})", file=sys.stderr)
         return 2
     except MetricError as exc:  # e.g. a test split without an abnormal frame: no AUC to give
         print(f"{args.config}: the test split cannot be scored: {exc}", file=sys.stderr)

@@ -7,15 +7,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.config import ConfigError, ZsadConfig, load_config
+from core.config import ConfigError, ZsadConfig, data_path_lookup, load_config
 from engines.model import CheckpointError
 from training.datasets import DatasetError
 from training.trainer import TrainingError, train
 
-__all__ = ["DATASET_HINT", "load_train_config", "run_train"]
+__all__ = ["DATASET_HINT", "dataset_hint", "load_train_config", "run_train"]
 
 
 DATASET_HINT = "make one with zsad synth, or set train.dataset.root"
+
+
+def dataset_hint(cfg: ZsadConfig) -> str:
+    """What to do about a dataset folder that does not exist, with where a relative root was looked for
+    (the folder the error names is then the fallback under ``$ZSAD_DATA_ROOT``)."""
+    if cfg.train is None:
+        return DATASET_HINT
+    return f"train.dataset.root {data_path_lookup(cfg.train.dataset.root)}; {DATASET_HINT}"
 
 
 def load_train_config(path: str, missing: str) -> ZsadConfig | None:
@@ -58,7 +66,7 @@ def run_train(args: Any) -> int:
     try:
         path = train(cfg, resume=args.resume)
     except DatasetError as exc:
-        print(f"{args.config}: train.dataset: {exc} ({DATASET_HINT})", file=sys.stderr)
+        print(f"{args.config}: train.dataset: {exc} ({dataset_hint(cfg)})", file=sys.stderr)
         return 2
     except CheckpointError as exc:
         print(f"--resume: {exc}", file=sys.stderr)

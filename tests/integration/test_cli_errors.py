@@ -242,6 +242,17 @@ CASES = [
     # train
     Case("train", "no-train-section", lambda c: [DEFAULT], ("no 'train' section",)),
     Case("train", "no-dataset", lambda c: [str(_synthetic_with(c.tmp))], ("train.dataset", "does not exist")),
+    # a relative root: the folder named is the fallback under $ZSAD_DATA_ROOT, so where it was looked is said
+    Case(
+        "train",
+        "no-dataset-relative",
+        lambda c: [str(_synthetic_with(c.tmp, root="no-such-set"))],
+        (
+            "does not exist",
+            "no-such-set is looked for in the working directory",
+            "then under $ZSAD_DATA_ROOT (",
+        ),
+    ),
     Case(
         "train",
         "zero-minutes",
