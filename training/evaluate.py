@@ -322,7 +322,10 @@ def fusion_ablation(
                                 w = w * gate_multiplier(factors[v][s], rule)
                             weights[s] = w
                         term = terms.get(v) if with_term and use_agreement else None
-                        fused[v] = fuse_arrays({s: z[s][v] for s in streams}, weights, rule, term)
+                        out_v = fuse_arrays({s: z[s][v] for s in streams}, weights, rule, term)
+                        # A frame no stream scores (a memory stream's window not yet full, the others
+                        # weighed out) is NaN here; the run's fusion gives it 0.0, the normal median.
+                        fused[v] = np.where(np.isnan(out_v), 0.0, out_v)
                     out[fusion_variant(rule, use_reliability, use_gate, use_agreement)] = fused
     return out
 
@@ -330,9 +333,19 @@ def fusion_ablation(
 def _fuse_frames(
     per_stream: Mapping[str, np.ndarray], cal: Calibration, streams: Sequence[str]
 ) -> np.ndarray:
-    """Uniformly weighted mean of calibrated z-scores over ``streams`` (frame arrays)."""
-    z = [(per_stream[s] - cal.streams[s].location) / cal.streams[s].scale for s in streams]
-    return np.mean(z, axis=0)
+    """Uniformly weighted mean of calibrated z-scores over ``streams`` (frame arrays), over the streams that
+    score a frame (a memory stream's window not yet full scores none; the DPC streams score every frame)."""
+    z = np.stack([(per_stream[s] - cal.streams[s].location) / cal.streams[s].scale for s in streams])
+    scored = np.isfinite(z)
+    return np.where(scored, z, 0.0).sum(axis=0) / np.maximum(scored.sum(axis=0), 1)
+
+
+def _unscored_as_normal(values: np.ndarray, cal: Calibration, stream: str) -> np.ndarray:
+    """A stream's raw frame scores for its own row of the report: a frame it does not score (NaN: its
+    window not yet full) reads as its camera's normal median, neither evidence nor its absence."""
+    stats = cal.streams.get(stream)
+    fill = stats.location if stats is not None else 0.0
+    return np.where(np.isnan(values), fill, values)
 
 
 def evaluate(
@@ -557,8 +570,14 @@ def evaluate(
         # Not a learned score: the extrapolate decoder's untrained prior, so its gain can be told apart.
         "reference: constant-velocity extrapolation of consecutive frames, model resolution": prior_model,
     }
+    # The run calibrates each camera on its own footage; here each context is a camera, so the fusion
+    # variants z-score and weigh each test video with its context's calibration (one context: the same).
+    test_contexts = {c.name: c.context or "generic" for c in test.clips}
+    own = {v: context_cals.get(test_contexts[v], cal) for v in labels}
     for s in frame_scores:
-        variants[f"stream: {s} (raw)"] = frame_scores[s]
+        variants[f"stream: {s} (raw)"] = {
+            v: _unscored_as_normal(frame_scores[s][v], own[v], s) for v in frame_scores[s]
+        }
     fused_sets: dict[str, list[str]] = {
         "fused: predictive + pixel (calibrated)": learned,
         "fused: all streams (calibrated)": list(frame_scores),
@@ -567,11 +586,6 @@ def evaluate(
         variants[name] = {
             v: _fuse_frames({s: frame_scores[s][v] for s in streams}, cal, streams) for v in labels
         }
-
-    # The run calibrates each camera on its own footage; here each context is a camera, so the fusion
-    # variants z-score and weigh each test video with its context's calibration (one context: the same).
-    test_contexts = {c.name: c.context or "generic" for c in test.clips}
-    own = {v: context_cals.get(test_contexts[v], cal) for v in labels}
     z = {s: {v: _calibrated(frame_scores[s][v], own[v], s) for v in labels} for s in present}
     factors = {v: gate_factors(frame_weights[v], gated, present) for v in labels}
     ablation = fusion_ablation(

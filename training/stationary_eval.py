@@ -11,8 +11,12 @@ of its video). A clip's score is its last frame's window (that frame and the ``w
 scores nothing until its window is full, and neither has one whose window crosses the middle of a
 single-video context (the held-out model saw its older frames; ``zsad calibrate`` drops windows crossing a
 fold's edge the same way). Test frames are scored frame by frame against the model of every
-training frame of their context; a frame near a video's start gets its window by reflecting the video in
-time (frames ``|t - k step|``), as the DPC streams get their history in ``training.evaluate.score_video``.
+training frame of their context, and those whose window would reach before the video's start have no score
+(NaN: the evaluation's fusion leaves the stream out there, as the run's does until a camera's window is
+full). A window made by reflecting the video in time (frames ``|t - k step|``, as the DPC streams get their
+history) holds the frames near the turn twice, so a walker there covers the same pixels in most of the
+window and reads as something left behind: on a fresh synthetic seed that raised 7 of the evaluation's 9
+false alarms, each in a video's first seconds (docs/results.md, 2026-12-07).
 """
 
 from __future__ import annotations
@@ -82,15 +86,17 @@ class StationaryEvaluator(HeldOutModels[StationaryModel, StationaryConfig]):
         return out
 
     def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:
-        """Every test frame's stationary score ``(N,)`` against the model of all of its context's frames
-        (zeros, logged, when the context has too few training frames for a model)."""
+        """Every test frame's stationary score ``(N,)`` against the model of all of its context's frames: NaN
+        where the frame's window would reach before the video's start (the run scores nothing until a
+        camera's window is full); zeros, logged, when the context has too few training frames for a model."""
         model = self._model(context, None)
         if model is None:
             return np.zeros(len(frames))
-        out = np.empty(len(frames))
+        out = np.full(len(frames), np.nan)
         for t in range(len(frames)):
-            idx = window_indices(t, self.window, self.step, reflect=True)
-            out[t] = self._score(model, frames, [min(i, len(frames) - 1) for i in idx or [t]])
+            idx = window_indices(t, self.window, self.step)
+            if idx is not None:
+                out[t] = self._score(model, frames, idx)
         return out
 
     def _score(self, model: StationaryModel, frames: np.ndarray, indices: Sequence[int]) -> float:

@@ -1,6 +1,6 @@
 """The stationary stream in offline evaluation (training/stationary_eval.py) on tiny synthetic scenes: windows
-at the run's step, held-out calibration samples (none until a window is full), and test frames scored with
-time-reflected windows, where an object that stays is found."""
+at the run's step, held-out calibration samples and test frames (none until a window is full, as the run),
+and an object that stays is found."""
 
 from __future__ import annotations
 
@@ -70,9 +70,28 @@ def test_test_frames_are_scored_and_an_object_that_stays_stands_out() -> None:
     frames[20:, 18:22, 26:30] = 250  # left at frame 20, in cell (2, 3)
     scores = ev.test_frame_scores(frames, "ctx")
     assert scores.shape == (40,)
-    assert np.isfinite(scores).all()
-    assert scores[:18].max() < 3.0  # before it (the first frames' windows reflected, not unscored)
+    # A window of 4 frames 2 apart is full from frame 6 on: no score before it, as the run.
+    assert np.isnan(scores[:6]).all()
+    assert np.isfinite(scores[6:]).all()
+    assert scores[6:18].max() < 3.0  # before it
     assert scores[30:].min() > 5.0  # once it fills most of the window
+
+
+def test_a_walker_in_a_videos_first_frames_is_not_read_as_left_behind() -> None:
+    # A square walking 1.5 px a frame from the first frame. A full window (8 frames 2 apart) never holds it
+    # at one place in half its frames; a window reflected in time at the video's start (frames |t - 2k|)
+    # holds its first positions twice and read it as something left behind (z 18 at frames 5-9 when the
+    # evaluation reflected). The run scores nothing until the window is full, nor does the evaluation.
+    ev = StationaryEvaluator(StationaryConfig(window=8, min_pixels=4, floor=10.0), GRID, 2)
+    for i in range(4):
+        ev.add_training_video(f"v{i}", scene(40, seed=i + 1), "ctx", i // 2)
+    frames = scene(40, seed=7)
+    for t in range(40):
+        x = round(1.5 * t)
+        frames[t, 14:22, x : x + 8] = 250
+    scores = ev.test_frame_scores(frames, "ctx")
+    assert np.isnan(scores[:14]).all()  # the window is full from frame 14 on
+    assert scores[14:].max() < 3.0
 
 
 def test_the_evaluator_is_off_when_the_config_says_so() -> None:
