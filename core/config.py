@@ -1284,8 +1284,8 @@ def data_path_lookup(path: str) -> str:
     if Path(path).is_absolute():
         return f"{path} is an absolute path"
     env = os.environ.get("ZSAD_DATA_ROOT")
-    where = f"$ZSAD_DATA_ROOT ({env})" if env else "$ZSAD_DATA_ROOT (unset: ./data)"
-    return f"{path} is looked for in the working directory ({Path.cwd()}), then under {where}"
+    where = "$ZSAD_DATA_ROOT (unset: ./data)" if env is None else f"$ZSAD_DATA_ROOT ({env!r})"
+    return f"{path} is looked for in the working directory, then under {where}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ them (:func:`plugins.stationary.frame_step` of the config's ``stationary.spacing
 the evaluation measures the spacing the run gets. The calibration samples are **held out**, by the folds
 the appearance stream uses (:func:`training.appearance_eval.context_folds`): each training video's clips
 are scored against the model of its context's other folds (a single-video context: of the other time half
-of its video). A clip's score is its last frame's window (that frame and the ``window - 1`` before it,
-``step`` apart); a clip whose window would reach before its video's start has no score (NaN), as a run
-scores nothing until its window is full, and neither has one whose window crosses the middle of a
+of its video). A clip's score is the window the run holds at its last frame (the newest frame taken by then,
+every ``step``-th from the video's first, and the ``window - 1`` before it, ``step`` apart); a clip whose
+window would reach before its video's start has no score (NaN), as a run scores nothing until its window is
+full, and neither has one whose window crosses the middle of a
 single-video context (the held-out model saw its older frames; ``zsad calibrate`` drops windows crossing a
 fold's edge the same way). Test frames are scored frame by frame against the model of every
 training frame of their context, and those whose window would reach before the video's start have no score
@@ -79,24 +80,31 @@ class StationaryEvaluator(HeldOutModels[StationaryModel, StationaryConfig]):
         source = self._source(name, frames)
         out = np.full(len(last_frames), np.nan)
         for i, last in enumerate(np.asarray(last_frames, dtype=np.int64)):
-            model = self._held_out_model(name, int(last))
-            idx = window_indices(int(last), self.window, self.step)
-            if model is not None and idx is not None and self._held_out_together(name, idx[0], int(last)):
+            taken = self.taken_by(int(last))
+            model = self._held_out_model(name, taken)
+            idx = window_indices(taken, self.window, self.step)
+            if model is not None and idx is not None and self._held_out_together(name, idx[0], taken):
                 out[i] = self._score(model, source, idx)
         return out
 
+    def taken_by(self, frame: int) -> int:
+        """The newest frame the run's window has taken once ``frame`` has arrived: it takes every ``step``-th
+        frame from a camera's first, so a clip's last frame is often between two taken ones."""
+        return frame - frame % self.step
+
     def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:
-        """Every test frame's stationary score ``(N,)`` against the model of all of its context's frames: NaN
-        where the frame's window would reach before the video's start (the run scores nothing until a
-        camera's window is full); zeros, logged, when the context has too few training frames for a model."""
+        """Every test frame's stationary score ``(N,)`` against the model of all of its context's frames: the
+        window the run holds once the frame has arrived (ending at :meth:`taken_by`); NaN where it would reach
+        before the video's start (the run scores nothing until a camera's window is full); zeros, logged,
+        when the context has too few training frames for a model."""
         model = self._model(context, None)
         if model is None:
             return np.zeros(len(frames))
         out = np.full(len(frames), np.nan)
-        for t in range(len(frames)):
+        for t in range(0, len(frames), self.step):  # the frames a window ends at; those between share it
             idx = window_indices(t, self.window, self.step)
             if idx is not None:
-                out[t] = self._score(model, frames, idx)
+                out[t : t + self.step] = self._score(model, frames, idx)
         return out
 
     def _score(self, model: StationaryModel, frames: np.ndarray, indices: Sequence[int]) -> float:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.config import ConfigError, ZsadConfig, data_path_lookup, load_config
+from core.config import ConfigError, ZsadConfig, data_path_lookup, load_config, resolve_data_path
 from engines.model import CheckpointError
 from training.datasets import DatasetError
 from training.trainer import TrainingError, train
@@ -21,8 +21,8 @@ DATASET_HINT = "make one with zsad synth, or set train.dataset.root"
 def dataset_hint(cfg: ZsadConfig) -> str:
     """What to do about a dataset folder that does not exist, with where a relative root was looked for
     (the folder the error names is then the fallback under ``$ZSAD_DATA_ROOT``)."""
-    if cfg.train is None:
-        return DATASET_HINT
+    if cfg.train is None or resolve_data_path(cfg.train.dataset.root).exists():
+        return DATASET_HINT  # the root was found: what is missing is inside it
     return f"train.dataset.root {data_path_lookup(cfg.train.dataset.root)}; {DATASET_HINT}"
 
 

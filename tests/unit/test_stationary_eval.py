@@ -42,6 +42,20 @@ def test_held_out_samples_have_no_score_until_the_window_is_full() -> None:
     assert (np.abs(scores[2:]) < 3.0).all()  # normal footage against the other fold's model is calm
 
 
+def test_a_clips_window_ends_at_the_newest_frame_the_run_has_taken() -> None:
+    # The run's window takes every step-th frame from the camera's first (here 0, 2, 4, ...): a clip whose
+    # last frame is 7 is scored with the window that ends at 6, as is one ending at 6.
+    ev = evaluator(step=2)
+    frames = scene(40, seed=1)
+    frames[7, 18:22, 26:30] = 250  # on frame 7 only: never in a window the run holds
+    held = ev.held_out_clip_scores("v0", np.array([6, 7, 8]), frames=frames)
+    assert held[0] == held[1]
+    test = ev.test_frame_scores(frames, "ctx")
+    assert test[6] == test[7]
+    assert ev.taken_by(7) == 6
+    assert ev.taken_by(8) == 8
+
+
 def test_a_single_video_context_is_held_out_by_time_halves() -> None:
     ev = StationaryEvaluator(SETTINGS, GRID, 1)
     ev.add_training_video("only", scene(60, seed=9), "solo", -1)
