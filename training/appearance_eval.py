@@ -236,18 +236,27 @@ class AppearanceEvaluator:
                 out[pick] = self._scores(self._memory(video.context, -1, half), features[pick])
         return out
 
-    def test_frame_scores(self, frames: np.ndarray, context: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def test_frame_scores(
+        self, frames: np.ndarray, context: str, maps_out: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Every test frame's appearance score ``(N,)``, against the memory of all of its context's frames,
-        and with :attr:`semantic` its semantic score ``(N,)`` (else None), from one encoding."""
+        and with :attr:`semantic` its semantic score ``(N,)`` (else None), from one encoding. ``maps_out``:
+        when given, the frames' maps ``(N, h, w)`` on the DPC grid are appended to it."""
         features, embeddings = self.encode(frames)
         semantic = None
         if embeddings is not None and self.semantic:
             semantic = self.semantic_scores(embeddings, context)
-        return self._scores(self._memory(context, None), features), semantic
+        return self._scores(self._memory(context, None), features, maps_out), semantic
 
-    def _scores(self, memory: AppearanceMemory, features: np.ndarray) -> np.ndarray:
-        out = []
+    def _scores(
+        self, memory: AppearanceMemory, features: np.ndarray, maps_out: list[np.ndarray] | None = None
+    ) -> np.ndarray:
+        out, kept = [], []
         for i in range(0, len(features), 64):
             maps = appearance_map(memory, features[i : i + 64].astype(np.float32), self.grid)
             out.append(maps.reshape(len(maps), -1).max(axis=1))
+            if maps_out is not None:
+                kept.append(np.asarray(maps, dtype=np.float64))
+        if maps_out is not None:
+            maps_out.append(np.concatenate(kept) if kept else np.zeros((0, *self.grid)))
         return np.concatenate(out).astype(np.float64)

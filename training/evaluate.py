@@ -340,6 +340,24 @@ def _fuse_frames(
     return np.where(scored, z, 0.0).sum(axis=0) / np.maximum(scored.sum(axis=0), 1)
 
 
+def _add_memory_maps(
+    clip_maps: list[dict[str, np.ndarray]], memory: Mapping[str, list[np.ndarray]], last: np.ndarray
+) -> None:
+    """Put each scored clip's memory-stream maps beside its DPC maps (``clip_maps[k]``), as the run's
+    heatmap has them: appearance and stationary of the clip's last frame ``last[k]`` (from per-frame maps),
+    objects of the clip (per-clip maps). A map the stream did not score (a stationary window not yet full)
+    is left out, as the run leaves the stream out."""
+    for stream, kept in memory.items():
+        if not kept:
+            continue
+        maps = kept[0]
+        per_frame = stream != OBJECTS
+        for k, entry in enumerate(clip_maps):
+            m = maps[last[k]] if per_frame else maps[k]
+            if np.isfinite(m).all():
+                entry[stream] = m
+
+
 def _unscored_as_normal(values: np.ndarray, cal: Calibration, stream: str) -> np.ndarray:
     """A stream's raw frame scores for its own row of the report: a frame it does not score (NaN: its
     window not yet full) reads as its camera's normal median, neither evidence nor its absence."""
@@ -522,8 +540,15 @@ def evaluate(
         # Every test frame is scored as the last frame of a clip would be (not interpolated), both streams
         # from one encoding; frame t (a clip's first frame, where the DPC streams put its score) takes those
         # of frame t + span, the clip's last, as the run pairs them.
+        # A masked video also keeps the memory streams' maps, which the run's heatmap holds beside the DPC
+        # streams' (stream -> (frames or clips, h, w); per frame for appearance and stationary).
+        memory_maps: dict[str, list[np.ndarray]] | None = (
+            {APPEARANCE: [], STATIONARY: [], OBJECTS: []} if clip_maps is not None else None
+        )
         seen = (
-            appearance.test_frame_scores(frames, clip.context or "generic")
+            appearance.test_frame_scores(
+                frames, clip.context or "generic", memory_maps[APPEARANCE] if memory_maps else None
+            )
             if appearance is not None and (APPEARANCE in frame_scores or SEMANTIC in frame_scores)
             else None
         )
@@ -539,12 +564,19 @@ def evaluate(
                 frame_scores[k][clip.name] = at_last_frames(seen[1], span)
             elif k == STATIONARY and stationary is not None:
                 frame_scores[k][clip.name] = at_last_frames(
-                    stationary.test_frame_scores(frames, clip.context or "generic"), span
+                    stationary.test_frame_scores(
+                        frames, clip.context or "generic", memory_maps[STATIONARY] if memory_maps else None
+                    ),
+                    span,
                 )
             elif k == OBJECTS and objects is not None:
                 # The clips the DPC streams score, by the run's rule, spread over the frames as theirs are.
                 blobs = objects.test_clip_scores(
-                    frames, clip.context or "generic", targets, np.minimum(targets + span, n - 1)
+                    frames,
+                    clip.context or "generic",
+                    targets,
+                    np.minimum(targets + span, n - 1),
+                    memory_maps[OBJECTS] if memory_maps else None,
                 )
                 # A camera without a model has no stream (its calibration none, so fusion leaves it out);
                 # alone, the stream then sees nothing there.
@@ -554,7 +586,8 @@ def evaluate(
             else:
                 frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
-        if clip_maps is not None:
+        if clip_maps is not None and memory_maps is not None:
+            _add_memory_maps(clip_maps, memory_maps, np.minimum(targets + span, n - 1))
             located[clip.name] = (targets, clip_maps, w)
         frame_weights[clip.name] = np.stack(
             [to_frames(targets, w[:, i], n) for i in range(len(gated))], axis=1

@@ -132,14 +132,23 @@ class ObjectsEvaluator(HeldOutModels[ObjectsModel, ObjectsConfig]):
         return clip_maps(fed, maps, first_frames, last_frames).max(axis=(1, 2)).astype(np.float64)
 
     def test_clip_scores(
-        self, frames: np.ndarray, context: str, first_frames: np.ndarray, last_frames: np.ndarray
+        self,
+        frames: np.ndarray,
+        context: str,
+        first_frames: np.ndarray,
+        last_frames: np.ndarray,
+        maps_out: list[np.ndarray] | None = None,
     ) -> np.ndarray | None:
         """The objects score ``(M,)`` of a test video's clips against the model of all of its context's
-        training frames; None when the context has no model (logged when it was fitted)."""
+        training frames; None when the context has no model (logged when it was fitted). ``maps_out``: when
+        given, the clips' maps ``(M, h, w)`` are appended to it (nothing without a model)."""
         model = self._model(context, None)
         if model is None:
             return None
         # A test video is played by one model only: keeping its flows would only take memory.
         maps = self.fed_maps(model, np.asarray(frames, dtype=np.uint8), cached=False)
         fed = self.fed_frames(len(frames))
-        return clip_maps(fed, maps, first_frames, last_frames).max(axis=(1, 2)).astype(np.float64)
+        per_clip = clip_maps(fed, maps, first_frames, last_frames)
+        if maps_out is not None:
+            maps_out.append(per_clip.astype(np.float64))
+        return per_clip.max(axis=(1, 2)).astype(np.float64)

@@ -92,23 +92,36 @@ class StationaryEvaluator(HeldOutModels[StationaryModel, StationaryConfig]):
         frame from a camera's first, so a clip's last frame is often between two taken ones."""
         return frame - frame % self.step
 
-    def test_frame_scores(self, frames: np.ndarray, context: str) -> np.ndarray:
+    def test_frame_scores(
+        self, frames: np.ndarray, context: str, maps_out: list[np.ndarray] | None = None
+    ) -> np.ndarray:
         """Every test frame's stationary score ``(N,)`` against the model of all of its context's frames: the
         window the run holds once the frame has arrived (ending at :meth:`taken_by`); NaN where it would reach
         before the video's start (the run scores nothing until a camera's window is full); zeros, logged,
-        when the context has too few training frames for a model."""
+        when the context has too few training frames for a model. ``maps_out``: when given, the frames'
+        maps ``(N, h, w)`` on the DPC grid are appended to it (NaN where there is no score; none without a
+        model)."""
         model = self._model(context, None)
         if model is None:
             return np.zeros(len(frames))
         out = np.full(len(frames), np.nan)
+        maps = np.full((len(frames), *self.grid), np.nan) if maps_out is not None else None
         for t in range(0, len(frames), self.step):  # the frames a window ends at; those between share it
             idx = window_indices(t, self.window, self.step)
             if idx is not None:
-                out[t : t + self.step] = self._score(model, frames, idx)
+                m = self._map(model, frames, idx)
+                out[t : t + self.step] = float(m.max())
+                if maps is not None:
+                    maps[t : t + self.step] = m
+        if maps_out is not None and maps is not None:
+            maps_out.append(maps)
         return out
 
     def _score(self, model: StationaryModel, frames: np.ndarray, indices: Sequence[int]) -> float:
+        return float(self._map(model, frames, indices).max())
+
+    def _map(self, model: StationaryModel, frames: np.ndarray, indices: Sequence[int]) -> np.ndarray:
         state = model.new_state()
         for i in indices:
             state.push(frames[i])
-        return float(model.score_map(state).max())
+        return np.asarray(model.score_map(state), dtype=np.float64)

@@ -25,10 +25,10 @@ from training.evaluate import evaluate, fusion_variant  # noqa: E402
 FRAMES = 80  # 40 frames the stream takes per video: enough blobs for a model per fold
 
 
-def two_cameras(root: Path) -> Path:
+def two_cameras(root: Path, masks: bool = False) -> Path:
     """The tiny UCSD layout with four training and two test videos; the second camera's training videos
     show no square (their frames rewritten as the noise alone)."""
-    data = write_ucsd_layout(root, n_train=4, n_test=2, frames=FRAMES)
+    data = write_ucsd_layout(root, n_train=4, n_test=2, frames=FRAMES, masks=masks)
     for name in ("Train003", "Train004"):
         noise = np.random.default_rng(int(name[-1])).integers(
             40, 60, size=(FRAMES, 32, 48, 3), dtype=np.uint8
@@ -70,3 +70,41 @@ def test_eval_scores_the_objects_stream_where_a_camera_has_a_model(
     assert alone > 0.5  # the fast square in the busy camera's test video is what it sees
     assert metrics["primary"] == fusion_variant(metrics["calibration"]["rule"], True, True) + sm
     assert np.isfinite(metrics["summary"][metrics["primary"]]["micro_auc"])
+
+
+def test_eval_localisation_holds_the_objects_maps_as_the_runs_heatmap_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run's heatmap holds the memory streams' maps beside the DPC streams' (pipeline.inference adds
+    # them to each clip's maps); the evaluation's localisation must judge the same evidence.
+    import training.evaluate as ev
+
+    data = two_cameras(tmp_path / "ucsd", masks=True)
+    cfg = ZsadConfig.model_validate(
+        {
+            "model": tiny_model_dict(dpc={"pred_steps": 1, "hidden_size": 32}),
+            "train": {"dataset": {"kind": "ucsd", "root": str(data)}},
+            "objects": {"enabled": True},
+        }
+    )
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(ZsadModel(cfg.model), tmp_path / "model.safetensors")
+    seen: dict[str, object] = {}
+    judge = ev.evaluation_localisation
+
+    def keep(clips: object, *args: object, **kwargs: object) -> object:
+        seen["clips"] = clips
+        return judge(clips, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ev, "evaluation_localisation", keep)
+    metrics = evaluate(cfg, ckpt, tmp_path / "eval")
+    assert "error" not in metrics["localisation"]
+    clips = seen["clips"]
+    assert isinstance(clips, dict)
+    _, busy_maps, _ = clips["Test001"]  # the camera with an objects model
+    _, empty_maps, _ = clips["Test002"]  # the camera without one
+    grid = busy_maps[0]["pixel"].shape
+    assert all(OBJECTS in m and m[OBJECTS].shape == grid for m in busy_maps)
+    assert not any(OBJECTS in m for m in empty_maps)
+    # The square moves fast on the busy camera's test video: its clips' objects maps see it somewhere.
+    assert max(float(m[OBJECTS].max()) for m in busy_maps) > min(float(m[OBJECTS].min()) for m in busy_maps)

@@ -51,7 +51,9 @@ def test_eval_pairs_the_stationary_stream_with_each_clips_last_frame(
     ckpt = save_checkpoint(model, tmp_path / "model.safetensors")
 
     # Each test frame's stationary score is its own index: the z-scores show which frame the evaluation read.
-    def frame_index(self: StationaryEvaluator, frames: np.ndarray, context: str) -> np.ndarray:
+    def frame_index(
+        self: StationaryEvaluator, frames: np.ndarray, context: str, maps_out: list[np.ndarray] | None = None
+    ) -> np.ndarray:
         return np.arange(len(frames), dtype=np.float64)
 
     monkeypatch.setattr(StationaryEvaluator, "test_frame_scores", frame_index)

@@ -51,3 +51,9 @@ def test_an_object_the_memory_never_saw_scores_above_every_normal_frame() -> Non
     assert not ev.semantic
     assert scores.shape == (6,)
     assert scores[5] > 1.5 * scores[:5].max()
+    # The maps a masked video's localisation takes: each frame's score is its map's peak.
+    maps: list[np.ndarray] = []
+    again, _ = ev.test_frame_scores(test, "scene", maps)
+    np.testing.assert_array_equal(again, scores)
+    assert maps[0].shape == (6, *ev.grid)
+    np.testing.assert_allclose(maps[0].reshape(6, -1).max(axis=1), scores, rtol=1e-6)

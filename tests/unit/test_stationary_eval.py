@@ -89,6 +89,13 @@ def test_test_frames_are_scored_and_an_object_that_stays_stands_out() -> None:
     assert np.isfinite(scores[6:]).all()
     assert scores[6:18].max() < 3.0  # before it
     assert scores[30:].min() > 5.0  # once it fills most of the window
+    # The maps a masked video's localisation takes: NaN before the window is full, the peak on the object.
+    maps: list[np.ndarray] = []
+    ev.test_frame_scores(frames, "ctx", maps)
+    assert maps[0].shape == (40, *GRID)
+    assert np.isnan(maps[0][:6]).all()
+    np.testing.assert_allclose(maps[0][6:].reshape(34, -1).max(axis=1), scores[6:])
+    assert np.unravel_index(np.argmax(maps[0][35]), GRID) == (2, 3)
 
 
 def test_a_walker_in_a_videos_first_frames_is_not_read_as_left_behind() -> None:
