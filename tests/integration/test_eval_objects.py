@@ -42,10 +42,9 @@ def two_cameras(root: Path, masks: bool = False) -> Path:
     return data
 
 
-def test_eval_scores_the_objects_stream_where_a_camera_has_a_model(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    data = two_cameras(tmp_path / "ucsd")
+def objects_world(tmp_path: Path, masks: bool = False) -> tuple[ZsadConfig, Path]:
+    """The two-camera set with the objects stream on, and a seeded, untrained tiny model's checkpoint."""
+    data = two_cameras(tmp_path / "ucsd", masks=masks)
     cfg = ZsadConfig.model_validate(
         {
             "model": tiny_model_dict(dpc={"pred_steps": 1, "hidden_size": 32}),
@@ -54,7 +53,13 @@ def test_eval_scores_the_objects_stream_where_a_camera_has_a_model(
         }
     )
     torch.manual_seed(0)
-    ckpt = save_checkpoint(ZsadModel(cfg.model), tmp_path / "model.safetensors")
+    return cfg, save_checkpoint(ZsadModel(cfg.model), tmp_path / "model.safetensors")
+
+
+def test_eval_scores_the_objects_stream_where_a_camera_has_a_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg, ckpt = objects_world(tmp_path)
     with caplog.at_level(logging.WARNING):
         metrics = evaluate(cfg, ckpt, tmp_path / "eval")
     per_context = metrics["calibration_per_context"]
@@ -79,16 +84,7 @@ def test_eval_localisation_holds_the_objects_maps_as_the_runs_heatmap_does(
     # them to each clip's maps); the evaluation's localisation must judge the same evidence.
     import training.evaluate as ev
 
-    data = two_cameras(tmp_path / "ucsd", masks=True)
-    cfg = ZsadConfig.model_validate(
-        {
-            "model": tiny_model_dict(dpc={"pred_steps": 1, "hidden_size": 32}),
-            "train": {"dataset": {"kind": "ucsd", "root": str(data)}},
-            "objects": {"enabled": True},
-        }
-    )
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(ZsadModel(cfg.model), tmp_path / "model.safetensors")
+    cfg, ckpt = objects_world(tmp_path, masks=True)
     seen: dict[str, object] = {}
     judge = ev.evaluation_localisation
 
