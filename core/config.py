@@ -1268,6 +1268,10 @@ def load_config(path: str | Path) -> ZsadConfig:
     return parse_config(text, str(p))
 
 
+#: Where dataset folders are looked for when ``$ZSAD_DATA_ROOT`` is unset.
+_DEFAULT_DATA_ROOT = "data"
+
+
 def resolve_data_path(path: str) -> Path:
     """Resolve a dataset folder (``train.dataset.root``): absolute as is; relative to the working directory
     when it exists there (generated data such as ``out/synth``), otherwise under ``$ZSAD_DATA_ROOT``
@@ -1275,7 +1279,7 @@ def resolve_data_path(path: str) -> Path:
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    return Path(os.environ.get("ZSAD_DATA_ROOT", "data")) / p
+    return Path(os.environ.get("ZSAD_DATA_ROOT", _DEFAULT_DATA_ROOT)) / p
 
 
 def data_path_lookup(path: str) -> str:
@@ -1284,7 +1288,8 @@ def data_path_lookup(path: str) -> str:
     if Path(path).is_absolute():
         return f"{path} is an absolute path"
     env = os.environ.get("ZSAD_DATA_ROOT")
-    where = "$ZSAD_DATA_ROOT (unset: ./data)" if env is None else f"$ZSAD_DATA_ROOT ({env!r})"
+    root = f"({env!r})" if env is not None else f"(unset: ./{_DEFAULT_DATA_ROOT})"
+    where = f"$ZSAD_DATA_ROOT {root}"
     return f"{path} is looked for in the working directory, then under {where}"
 
 

@@ -322,10 +322,9 @@ def fusion_ablation(
                                 w = w * gate_multiplier(factors[v][s], rule)
                             weights[s] = w
                         term = terms.get(v) if with_term and use_agreement else None
-                        out_v = fuse_arrays({s: z[s][v] for s in streams}, weights, rule, term)
-                        # A frame no stream scores (a memory stream's window not yet full, the others
-                        # weighed out) is NaN here; the run's fusion gives it 0.0, the normal median.
-                        fused[v] = np.where(np.isnan(out_v), 0.0, out_v)
+                        fused[v] = _as_the_run_fuses(
+                            fuse_arrays({s: z[s][v] for s in streams}, weights, rule, term)
+                        )
                     out[fusion_variant(rule, use_reliability, use_gate, use_agreement)] = fused
     return out
 
@@ -335,9 +334,14 @@ def _fuse_frames(
 ) -> np.ndarray:
     """Uniformly weighted mean of calibrated z-scores over ``streams`` (frame arrays), over the streams that
     score a frame (a memory stream's window not yet full scores none; the DPC streams score every frame)."""
-    z = np.stack([(per_stream[s] - cal.streams[s].location) / cal.streams[s].scale for s in streams])
-    scored = np.isfinite(z)
-    return np.where(scored, z, 0.0).sum(axis=0) / np.maximum(scored.sum(axis=0), 1)
+    z = {s: (per_stream[s] - cal.streams[s].location) / cal.streams[s].scale for s in streams}
+    return _as_the_run_fuses(fuse_arrays(z, dict.fromkeys(streams, 1.0), "mean"))
+
+
+def _as_the_run_fuses(fused: np.ndarray) -> np.ndarray:
+    """``fuse_arrays``'s frames with 0.0 where no stream scores (NaN there): what the run's
+    ``plugins.fusion.fuse`` gives such a clip, the normal median."""
+    return np.where(np.isnan(fused), 0.0, fused)
 
 
 def _add_memory_maps(
@@ -537,6 +541,7 @@ def evaluate(
         targets, sc, emb = score_video(
             model, frames, hop=hop, name=clip.name, reflect_history=True, maps_out=clip_maps
         )
+        last = np.minimum(targets + span, n - 1)  # each scored clip's last frame, where the run scores it
         # Every test frame is scored as the last frame of a clip would be (not interpolated), both streams
         # from one encoding; frame t (a clip's first frame, where the DPC streams put its score) takes those
         # of frame t + span, the clip's last, as the run pairs them.
@@ -575,7 +580,7 @@ def evaluate(
                     frames,
                     clip.context or "generic",
                     targets,
-                    np.minimum(targets + span, n - 1),
+                    last,
                     memory_maps[OBJECTS] if memory_maps else None,
                 )
                 # A camera without a model has no stream (its calibration none, so fusion leaves it out);
@@ -587,7 +592,7 @@ def evaluate(
                 frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
         if clip_maps is not None and memory_maps is not None:
-            _add_memory_maps(clip_maps, memory_maps, np.minimum(targets + span, n - 1))
+            _add_memory_maps(clip_maps, memory_maps, last)
             located[clip.name] = (targets, clip_maps, w)
         frame_weights[clip.name] = np.stack(
             [to_frames(targets, w[:, i], n) for i in range(len(gated))], axis=1
