@@ -70,6 +70,7 @@ __all__ = [
     "alert_weights",
     "assessment_fold_ids",
     "dpc_runner",
+    "encoded_frames",
     "evaluate",
     "fusion_ablation",
     "fusion_variant",
@@ -226,19 +227,23 @@ def to_frames(targets: np.ndarray, values: np.ndarray, n_frames: int) -> np.ndar
     return np.interp(np.arange(n_frames), targets, values)
 
 
-def at_last_frames(values: np.ndarray, span: int) -> np.ndarray:
-    """Per-frame scores ``(N,)`` of a stream scored on single frames, moved to pair with the clips whose
-    first frame is each frame: entry t is ``values[t + span]``, a clip's last frame, the one the run
-    scores the appearance and stationary streams at (the last ``span`` entries repeat the video's last
-    frame). ``span``: ``(T - 1) * stride``.
-
-    Why the run keeps this pairing rather than the clip's first frame: it scored better on four of five
-    synthetic seeds (by up to 0.003 smoothed micro AUC; 0.001 worse on the fifth), the same on UCSD Ped2,
-    and it reports the memory streams' evidence a span earlier (docs/results.md, 2026-12-07)."""
-    if span < 0:
-        raise ValueError(f"span must be >= 0, got {span}")
-    n = len(values)
-    return np.asarray(values)[np.minimum(np.arange(n) + span, n - 1)] if n else np.asarray(values)
+def encoded_frames(
+    targets: np.ndarray, n_frames: int, *, span: int, clip_hop: int, every: int, first: int
+) -> np.ndarray:
+    """For each scored clip (``targets`` ``(M,)``, the clips' first frames), the frame whose appearance
+    encoding the run holds when it scores that clip: the run's clips start ``clip_hop`` frames apart, it
+    encodes a camera's every ``every``-th scored clip (``appearance.every_clips``) at the clip's last frame
+    (``span`` frames after its first), counting from its first scored clip, the one that starts at frame
+    ``first`` (when the DPC history is full: ``context_clips * clip_len * frame_stride``), and the clips
+    between keep the last encoding. A target between the run's clip starts (the evaluation scores clips
+    closer together than the run) holds what the run holds then; one before ``first`` (scored here with a
+    reflected history, not at all by the run) follows the same count, and never reads a frame before the
+    video's first or after its last."""
+    if clip_hop < 1 or every < 1 or span < 0:
+        raise ValueError(f"need clip_hop >= 1, every >= 1, span >= 0; got {clip_hop}, {every}, {span}")
+    counted = (np.asarray(targets, dtype=np.int64) - first) // clip_hop  # the run's clips since its first
+    start = np.maximum(first + (counted - np.mod(counted, every)) * clip_hop, 0)
+    return np.minimum(start + span, max(n_frames - 1, 0))
 
 
 def assessment_fold_ids(
@@ -345,19 +350,23 @@ def _as_the_run_fuses(fused: np.ndarray) -> np.ndarray:
 
 
 def _add_memory_maps(
-    clip_maps: list[dict[str, np.ndarray]], memory: Mapping[str, list[np.ndarray]], last: np.ndarray
+    clip_maps: list[dict[str, np.ndarray]],
+    memory: Mapping[str, list[np.ndarray]],
+    read_at: Mapping[str, np.ndarray],
+    last: np.ndarray,
 ) -> None:
     """Put each scored clip's memory-stream maps beside its DPC maps (``clip_maps[k]``), as the run's
-    heatmap has them: appearance and stationary of the clip's last frame ``last[k]`` (from per-frame maps),
-    objects of the clip (per-clip maps). A map the stream did not score (a stationary window not yet full)
-    is left out, as the run leaves the stream out."""
+    heatmap has them: a per-frame stream's map of frame ``read_at[stream][k]`` (the frame its clip holds
+    the stream's encoding of; by default the clip's last frame ``last[k]``), objects of the clip (per-clip
+    maps). A map the stream did not score (a stationary window not yet full) is left out, as the run leaves
+    the stream out."""
     for stream, kept in memory.items():
         if not kept:
             continue
         maps = kept[0]
-        per_frame = stream != OBJECTS
+        frame_of = read_at.get(stream, last)
         for k, entry in enumerate(clip_maps):
-            m = maps[last[k]] if per_frame else maps[k]
+            m = maps[k] if stream == OBJECTS else maps[frame_of[k]]
             if np.isfinite(m).all():
                 entry[stream] = m
 
@@ -542,11 +551,20 @@ def evaluate(
             model, frames, hop=hop, name=clip.name, reflect_history=True, maps_out=clip_maps
         )
         last = np.minimum(targets + span, n - 1)  # each scored clip's last frame, where the run scores it
-        # Every test frame is scored as the last frame of a clip would be (not interpolated), both streams
-        # from one encoding; frame t (a clip's first frame, where the DPC streams put its score) takes those
-        # of frame t + span, the clip's last, as the run pairs them.
+        # The memory streams are scored at each clip's last frame, one value a clip as the run has them, and
+        # spread over the frames as the DPC streams' are (frame t, a clip's first frame, takes the clip's).
+        # The appearance stream, as the run's, encodes every `every_clips`-th clip and the clips between keep
+        # the last encoding (the encoder runs on every frame here: the localisation keeps every frame's map).
         # A masked video also keeps the memory streams' maps, which the run's heatmap holds beside the DPC
         # streams' (stream -> (frames or clips, h, w); per frame for appearance and stationary).
+        encoded = encoded_frames(
+            targets,
+            n,
+            span=span,
+            clip_hop=model.spec.preprocess.clip_hop,
+            every=cfg.appearance.every_clips,
+            first=model.context_clips * model.clip_span,
+        )
         memory_maps: dict[str, list[np.ndarray]] | None = (
             {APPEARANCE: [], STATIONARY: [], OBJECTS: []} if clip_maps is not None else None
         )
@@ -559,20 +577,22 @@ def evaluate(
         )
         for k in frame_scores:
             if k == APPEARANCE and seen is not None:
-                frame_scores[k][clip.name] = at_last_frames(seen[0], span)
+                frame_scores[k][clip.name] = to_frames(targets, seen[0][encoded], n)
             elif k == SEMANTIC:
                 # Its only source offline is the appearance encoder's image embedding (score_video has none).
                 if seen is None or seen[1] is None:
                     raise EvaluationError(
                         "the semantic stream was calibrated but its encoder gave no embedding"
                     )
-                frame_scores[k][clip.name] = at_last_frames(seen[1], span)
+                frame_scores[k][clip.name] = to_frames(targets, seen[1][encoded], n)
             elif k == STATIONARY and stationary is not None:
-                frame_scores[k][clip.name] = at_last_frames(
+                # NaN (its window not yet full) spreads to the frames between a NaN clip and the next.
+                frame_scores[k][clip.name] = to_frames(
+                    targets,
                     stationary.test_frame_scores(
                         frames, clip.context or "generic", memory_maps[STATIONARY] if memory_maps else None
-                    ),
-                    span,
+                    )[last],
+                    n,
                 )
             elif k == OBJECTS and objects is not None:
                 # The clips the DPC streams score, by the run's rule, spread over the frames as theirs are.
@@ -592,7 +612,7 @@ def evaluate(
                 frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
         if clip_maps is not None and memory_maps is not None:
-            _add_memory_maps(clip_maps, memory_maps, last)
+            _add_memory_maps(clip_maps, memory_maps, {APPEARANCE: encoded}, last)
             located[clip.name] = (targets, clip_maps, w)
         frame_weights[clip.name] = np.stack(
             [to_frames(targets, w[:, i], n) for i in range(len(gated))], axis=1
@@ -757,7 +777,7 @@ def _replayed_alerts(
     names them (synthetic scenes), else each run of abnormal frames (UCSD Ped2). ``delay``: frames from a
     clip's first frame to its last, when the run scores it (the replay's alerts open when the run's would;
     the fused score of a frame pairs the clip starting there with the memory streams of the clip's last
-    frame, as the run's does, :func:`at_last_frames`)."""
+    frame, as the run's does)."""
     # One camera per context: its calibration resolves the policy once, as the run resolves a camera's.
     resolved: dict[str, AlertParams] = {}
     params: dict[str, AlertParams] = {}
