@@ -1137,8 +1137,8 @@ def _raise_by_probes(
                 st,
                 reason=(
                     f"{st.reason}; raised {start[s]:.2f} -> {st.weight:.2f}: the fused score then catches "
-                    f"{base:.0%} of the pasted events at its {_pct(quantile)}, "
-                    f"{_fused_recall(stats, judged, normal, probes, quantile):.0%} before"
+                    f"{base:.1%} of the pasted events above its {_pct(quantile)}, "
+                    f"{_fused_recall(stats, judged, normal, probes, quantile):.1%} before"
                 ),
             )
     return out
