@@ -1063,8 +1063,11 @@ def _leave_out_redundant(
         # the events least clearly goes first (comparing the recalls themselves would split ties on a clip).
         spare = []
         for s in keep:
-            if (out[s].sensitivity or 0.0) >= LEAVE_OUT_SENSITIVITY:
-                continue  # it sees the events: only streams that see little may go
+            factor = out[s].sensitivity
+            if factor is None or factor >= LEAVE_OUT_SENSITIVITY:
+                # It sees the events, or the probe could not judge it (a camera whose pasted events no
+                # stream caught says nothing about any stream): only streams seen to see little may go.
+                continue
             without = _fused_recall(out, [t for t in keep if t != s], normal, probes, quantile)
             if without >= base - tolerance:
                 spare.append((margin[s], out[s].weight, s, without))
@@ -1100,26 +1103,31 @@ def _raise_by_probes(
     maximum has a long tail (the objects stream on a camera with rare fast normal blobs) was weighed down to
     0.3-0.6, and the small fast movers that it alone sees (a runner, a distant cyclist) then fused below the
     other streams' normal noise. Raising the weight costs false alarms only as far as the fused normal tail
-    rises, which the recall is measured against. Only streams that see the pasted events take part (a
-    sensitivity factor below :data:`LEAVE_OUT_SENSITIVITY` or a stream left out stays as it is), and the
-    semantic stream never does (docs/results.md, session 28)."""
+    rises, which the recall is measured against. Only a stream the probe judged to see the pasted events may
+    be raised (a sensitivity factor of at least :data:`LEAVE_OUT_SENSITIVITY`; one left out, or not judged,
+    stays as it is); every stream with a weight but the semantic one takes part in the fused score
+    (docs/results.md, session 28)."""
     judged = [
         s
         for s in stats
-        if s != SEMANTIC
-        and stats[s].weight > 0
-        and (stats[s].sensitivity or 1.0) >= LEAVE_OUT_SENSITIVITY
-        and all(s in by_stream for by_stream in probes.values())
+        if s != SEMANTIC and stats[s].weight > 0 and all(s in by_stream for by_stream in probes.values())
     ]
-    if len(judged) < 2:
+    # A stream the probe could not judge (too few pasted clips, or a camera whose pasted events no stream
+    # caught) keeps its held-out weight, as the probe leaves the weights to the folds there.
+    raisable = [
+        s
+        for s in judged
+        if (sensitivity := stats[s].sensitivity) is not None and sensitivity >= LEAVE_OUT_SENSITIVITY
+    ]
+    if len(judged) < 2 or not raisable:
         return stats
     out = dict(stats)
     base = _fused_recall(out, judged, normal, probes, quantile)
-    start = {s: out[s].weight for s in judged}
+    start = {s: out[s].weight for s in raisable}
     raised = True
     while raised:  # each raise catches strictly more pasted clips, so this ends
         raised = False
-        for s in judged:
+        for s in raisable:
             w0 = out[s].weight
             best, best_w = base, w0
             for k in range(1, RAISE_STEPS + 1):
@@ -1130,7 +1138,7 @@ def _raise_by_probes(
             if best_w > w0:
                 out[s] = replace(out[s], weight=best_w)
                 base, raised = best, True
-    for s in judged:
+    for s in raisable:
         if out[s].weight > start[s]:
             st = out[s]
             out[s] = replace(

@@ -326,5 +326,9 @@ def test_a_weighed_down_stream_that_alone_sees_the_movers_is_raised_where_fusion
     assert probed.weight("pixel") == plain.weight("pixel") == 1.0
     assert probed.weight("predictive") == 0.0
     assert "raised" not in probed.streams["predictive"].reason
-    # Without pasted events nothing is raised.
+    # Without pasted events nothing is raised, nor where no stream catches them (the probe says nothing).
     assert all("raised" not in st.reason for st in plain.streams.values())
+    unseen = {k: {s: rng.normal(0, 1, p) for s in normal} for k in probes}
+    quiet = fit_calibration(normal, time_folds(n), probes=unseen)
+    assert quiet.streams["objects"].sensitivity is None
+    assert quiet.weight("objects") == plain.weight("objects")
