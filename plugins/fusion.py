@@ -185,8 +185,8 @@ LEAVE_OUT_SENSITIVITY = 0.5
 #: When no stream catches more than this share of any kind of pasted event, the probe says nothing about
 #: this camera (its events drowned in the footage): the weights are left to the held-out folds alone.
 MIN_PROBE_RECALL = 0.2
-#: How many even steps from a stream's held-out weight to 1 the pasted events may raise it by
-#: (:func:`_raise_by_probes`).
+#: Into how many even steps the way from a stream's weight to 1 is cut each time the pasted events try to
+#: raise it (:func:`_raise_by_probes`).
 RAISE_STEPS = 4
 #: The reason of every stream of a version 1 calibration.
 V1_REASON = "version 1 calibration: no reliability weights (recalibrate to get them)"
@@ -776,7 +776,10 @@ def fit_calibration(
     (:mod:`plugins.pseudo_anomaly`). Each stream's recall of each kind at its ``heldout_quantile`` normal
     tail (:func:`probe_recall`) gives a sensitivity factor (:func:`probe_sensitivity`); below
     :data:`LEAVE_OUT_SENSITIVITY` it multiplies the held-out weight and the stream may be left out: normal
-    footage says how calm a stream is, the pasted events whether it sees anything at all.
+    footage says how calm a stream is, the pasted events whether it sees anything at all. A stream they
+    judged to see them may then be raised, never lowered, where the fused score catches more of them at its
+    own normal tail (:func:`_raise_by_probes`); the agreement term and the threshold are fitted with the
+    weights that result.
     """
     if not samples:
         raise CalibrationError("no streams to calibrate")
@@ -1095,7 +1098,9 @@ def _raise_by_probes(
 ) -> dict[str, StreamStats]:
     """Raise a weighed-down stream's weight, never lower it, where the camera's fused score then catches
     more of its pasted events at the same false-alarm tail: coordinate ascent, stream by stream, over
-    :data:`RAISE_STEPS` even steps from the held-out weight to 1, keeping a step only when the fused score
+    :data:`RAISE_STEPS` even steps from the stream's current weight to 1 (the first pass from its held-out
+    weight; a pass that raised something is followed by another, from the raised weights, so later steps
+    are finer), keeping the step that catches the most only when the fused score
     (:func:`_fused_recall`, whose threshold is its own normal ``quantile`` quantile with the raised weight)
     catches more pasted clips than before, until no step does.
 
