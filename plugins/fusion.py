@@ -62,7 +62,6 @@ __all__ = [
     "MIN_AGREEMENT_CLIPS",
     "MIN_FOLD_CLIPS",
     "MIN_WEIGHT",
-    "RAISE_STEPS",
     "SEMANTIC_SOURCES",
     "TRUSTED_WEIGHT",
     "Agreement",
@@ -185,9 +184,6 @@ LEAVE_OUT_SENSITIVITY = 0.5
 #: When no stream catches more than this share of any kind of pasted event, the probe says nothing about
 #: this camera (its events drowned in the footage): the weights are left to the held-out folds alone.
 MIN_PROBE_RECALL = 0.2
-#: Into how many even steps the way from a stream's weight to 1 is cut each time the pasted events try to
-#: raise it (:func:`_raise_by_probes`).
-RAISE_STEPS = 4
 #: The reason of every stream of a version 1 calibration.
 V1_REASON = "version 1 calibration: no reliability weights (recalibrate to get them)"
 
@@ -776,10 +772,7 @@ def fit_calibration(
     (:mod:`plugins.pseudo_anomaly`). Each stream's recall of each kind at its ``heldout_quantile`` normal
     tail (:func:`probe_recall`) gives a sensitivity factor (:func:`probe_sensitivity`); below
     :data:`LEAVE_OUT_SENSITIVITY` it multiplies the held-out weight and the stream may be left out: normal
-    footage says how calm a stream is, the pasted events whether it sees anything at all. A stream they
-    judged to see them may then be raised, never lowered, where the fused score catches more of them at its
-    own normal tail (:func:`_raise_by_probes`); the agreement term and the threshold are fitted with the
-    weights that result.
+    footage says how calm a stream is, the pasted events whether it sees anything at all.
     """
     if not samples:
         raise CalibrationError("no streams to calibrate")
@@ -830,7 +823,6 @@ def fit_calibration(
     stats = _leave_out_busy(stats)
     if probes:
         stats = _weigh_by_probes(stats, arrays, probes, heldout_quantile)
-        stats = _raise_by_probes(stats, arrays, probes, heldout_quantile)
     threshold: float | None = None
     agreement: Agreement | None = None
     n = max(lengths)
@@ -1087,73 +1079,6 @@ def _leave_out_redundant(
                 f"{without:.0%} of the pasted events, with it {base:.0%}"
             ),
         )
-    return out
-
-
-def _raise_by_probes(
-    stats: dict[str, StreamStats],
-    normal: Mapping[str, np.ndarray],
-    probes: Mapping[str, Mapping[str, np.ndarray]],
-    quantile: float,
-) -> dict[str, StreamStats]:
-    """Raise a weighed-down stream's weight, never lower it, where the camera's fused score then catches
-    more of its pasted events at the same false-alarm tail: coordinate ascent, stream by stream, over
-    :data:`RAISE_STEPS` even steps from the stream's current weight to 1 (the first pass from its held-out
-    weight; a pass that raised something is followed by another, from the raised weights, so later steps
-    are finer), keeping the step that catches the most only when the fused score
-    (:func:`_fused_recall`, whose threshold is its own normal ``quantile`` quantile with the raised weight)
-    catches more pasted clips than before, until no step does.
-
-    Why: the held-out weight scales a stream by its normal tail alone. A stream whose normal clip-level
-    maximum has a long tail (the objects stream on a camera with rare fast normal blobs) was weighed down to
-    0.3-0.6, and the small fast movers that it alone sees (a runner, a distant cyclist) then fused below the
-    other streams' normal noise. Raising the weight costs false alarms only as far as the fused normal tail
-    rises, which the recall is measured against. Only a stream the probe judged to see the pasted events may
-    be raised (a sensitivity factor of at least :data:`LEAVE_OUT_SENSITIVITY`; one left out, or not judged,
-    stays as it is); every stream with a weight but the semantic one takes part in the fused score
-    (docs/results.md, session 28)."""
-    judged = [
-        s
-        for s in stats
-        if s != SEMANTIC and stats[s].weight > 0 and all(s in by_stream for by_stream in probes.values())
-    ]
-    # A stream the probe could not judge (too few pasted clips, or a camera whose pasted events no stream
-    # caught) keeps its held-out weight, as the probe leaves the weights to the folds there.
-    raisable = [
-        s
-        for s in judged
-        if (sensitivity := stats[s].sensitivity) is not None and sensitivity >= LEAVE_OUT_SENSITIVITY
-    ]
-    if len(judged) < 2 or not raisable:
-        return stats
-    out = dict(stats)
-    base = _fused_recall(out, judged, normal, probes, quantile)
-    start = {s: out[s].weight for s in raisable}
-    raised = True
-    while raised:  # each raise catches strictly more pasted clips, so this ends
-        raised = False
-        for s in raisable:
-            w0 = out[s].weight
-            best, best_w = base, w0
-            for k in range(1, RAISE_STEPS + 1):
-                w = w0 + (1.0 - w0) * k / RAISE_STEPS
-                r = _fused_recall({**out, s: replace(out[s], weight=w)}, judged, normal, probes, quantile)
-                if r > best:
-                    best, best_w = r, w
-            if best_w > w0:
-                out[s] = replace(out[s], weight=best_w)
-                base, raised = best, True
-    for s in raisable:
-        if out[s].weight > start[s]:
-            st = out[s]
-            out[s] = replace(
-                st,
-                reason=(
-                    f"{st.reason}; raised {start[s]:.2f} -> {st.weight:.2f}: the fused score then catches "
-                    f"{base:.1%} of the pasted events above its {_pct(quantile)}, "
-                    f"{_fused_recall(stats, judged, normal, probes, quantile):.1%} before"
-                ),
-            )
     return out
 
 

@@ -6,9 +6,7 @@ the calibration file."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -281,54 +279,22 @@ def test_only_streams_that_see_little_are_left_out_and_two_that_see_the_same_bot
         assert np.mean(fuse_arrays(zp, kept, "max") > threshold) > 0.9
 
 
-def _caught(cal: Any, normal: dict[str, np.ndarray], probes: dict[str, dict[str, np.ndarray]]) -> float:
-    """The mean over kinds of the share of pasted clips whose max-fused score, with ``cal``'s weights,
-    exceeds the 0.99 quantile of the normal clips' max-fused score."""
-    weights = {s: cal.weight(s) for s in normal}
-
-    def z(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {s: (raw[s] - cal.streams[s].location) / cal.streams[s].scale for s in normal}
-
-    threshold = np.quantile(fuse_arrays(z(normal), weights, "max"), 0.99)
-    return float(np.mean([np.mean(fuse_arrays(z(p), weights, "max") > threshold) for p in probes.values()]))
-
-
-def test_a_weighed_down_stream_that_alone_sees_the_movers_is_raised_where_fusion_then_catches_more() -> None:
+def test_a_stream_the_pasted_events_could_not_judge_is_never_left_out() -> None:
     rng = np.random.default_rng(3)
     n, p = 800, 80
     # The objects stream's normal clip-level max: Gaussian, with rare fast normal blobs in 2 % of the clips
-    # (its held-out tail weighs it down); pixel is calm and Gaussian; predictive is calm and blind.
+    # (its held-out tail weighs it down); pixel and predictive are calm and Gaussian.
     objects = rng.normal(0, 1, n)
     spikes = rng.choice(n, n // 50, replace=False)
     objects[spikes] += rng.uniform(3, 6, spikes.size)
     normal = {"pixel": rng.normal(0, 1, n), "objects": objects, "predictive": rng.normal(0, 1, n)}
-    probes = {
-        "mover": {
-            "pixel": rng.normal(0.5, 1, p),
-            "objects": rng.normal(5, 1, p),
-            "predictive": rng.normal(0, 1, p),
-        },
-        "still": {
-            "pixel": rng.normal(6, 1, p),
-            "objects": rng.normal(0, 1, p),
-            "predictive": rng.normal(0, 1, p),
-        },
-    }
     plain = fit_calibration(normal, time_folds(n))
-    probed = fit_calibration(normal, time_folds(n), probes=probes)
-    assert plain.weight("objects") < 0.8  # weighed down by its tail
-    assert probed.weight("objects") > plain.weight("objects")
-    assert "raised" in probed.streams["objects"].reason
-    # Raised because the fused score then catches more of the pasted events at its own normal tail.
-    as_held_out = replace(probed, streams={**probed.streams, "objects": plain.streams["objects"]})
-    assert _caught(probed, normal, probes) > _caught(as_held_out, normal, probes)
-    # A weight is never lowered, and a stream that sees nothing is not raised (it is left out).
-    assert probed.weight("pixel") == plain.weight("pixel") == 1.0
-    assert probed.weight("predictive") == 0.0
-    assert "raised" not in probed.streams["predictive"].reason
-    # Without pasted events nothing is raised, nor where no stream catches them (the probe says nothing).
-    assert all("raised" not in st.reason for st in plain.streams.values())
-    unseen = {k: {s: rng.normal(0, 1, p) for s in normal} for k in probes}
+    # Pasted events that no stream catches: the probe says nothing about this camera, so every weight stays
+    # the held-out one (an earlier version left streams out here on recalls of 0 % against 1 %).
+    unseen = {k: {s: rng.normal(0, 1, p) for s in normal} for k in ("mover", "still")}
     quiet = fit_calibration(normal, time_folds(n), probes=unseen)
-    assert quiet.streams["objects"].sensitivity is None
-    assert quiet.weight("objects") == plain.weight("objects")
+    for s in normal:
+        assert quiet.streams[s].sensitivity is None, s
+        assert quiet.weight(s) == plain.weight(s), s
+        assert "left out" not in quiet.streams[s].reason, s
+    assert plain.weight("objects") < 0.8 < plain.weight("pixel")  # the weights differ: the check can fail
