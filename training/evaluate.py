@@ -353,20 +353,18 @@ def _add_memory_maps(
     clip_maps: list[dict[str, np.ndarray]],
     memory: Mapping[str, list[np.ndarray]],
     read_at: Mapping[str, np.ndarray],
-    last: np.ndarray,
 ) -> None:
     """Put each scored clip's memory-stream maps beside its DPC maps (``clip_maps[k]``), as the run's
-    heatmap has them: a per-frame stream's map of frame ``read_at[stream][k]`` (the frame its clip holds
-    the stream's encoding of; by default the clip's last frame ``last[k]``), objects of the clip (per-clip
+    heatmap has them: a per-frame stream's map of frame ``read_at[stream][k]`` (the frame whose scoring its
+    clip holds: appearance its last encoding, stationary its last frame), objects of the clip (per-clip
     maps). A map the stream did not score (a stationary window not yet full) is left out, as the run leaves
     the stream out."""
     for stream, kept in memory.items():
         if not kept:
             continue
         maps = kept[0]
-        frame_of = read_at.get(stream, last)
         for k, entry in enumerate(clip_maps):
-            m = maps[k] if stream == OBJECTS else maps[frame_of[k]]
+            m = maps[k] if stream == OBJECTS else maps[read_at[stream][k]]
             if np.isfinite(m).all():
                 entry[stream] = m
 
@@ -554,7 +552,8 @@ def evaluate(
         # The memory streams are scored at each clip's last frame, one value a clip as the run has them, and
         # spread over the frames as the DPC streams' are (frame t, a clip's first frame, takes the clip's).
         # The appearance stream, as the run's, encodes every `every_clips`-th clip and the clips between keep
-        # the last encoding (the encoder runs on every frame here: the localisation keeps every frame's map).
+        # the last encoding (the encoder still runs on every frame here, though only the `encoded` frames'
+        # scores and maps are read: a few percent of an evaluation's time).
         # A masked video also keeps the memory streams' maps, which the run's heatmap holds beside the DPC
         # streams' (stream -> (frames or clips, h, w); per frame for appearance and stationary).
         encoded = encoded_frames(
@@ -612,7 +611,7 @@ def evaluate(
                 frame_scores[k][clip.name] = to_frames(targets, sc[k], n)
         w = gate_weights(model, emb, gated) if gated else np.zeros((len(emb), 0))  # (M, K)
         if clip_maps is not None and memory_maps is not None:
-            _add_memory_maps(clip_maps, memory_maps, {APPEARANCE: encoded}, last)
+            _add_memory_maps(clip_maps, memory_maps, {APPEARANCE: encoded, STATIONARY: last})
             located[clip.name] = (targets, clip_maps, w)
         frame_weights[clip.name] = np.stack(
             [to_frames(targets, w[:, i], n) for i in range(len(gated))], axis=1
