@@ -38,6 +38,7 @@ stream that is calm but blind on this camera is weighed down (docs/alerts.md).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import queue
@@ -99,7 +100,9 @@ __all__ = [
     "CalibrationFootageError",
     "CalibrationSamples",
     "calibrate_camera",
+    "collect_camera",
     "collect_scores",
+    "save_camera_calibration",
     "trust_report",
 ]
 
@@ -143,6 +146,27 @@ class CalibrationSamples:
     @property
     def clips(self) -> int:
         return int(self.folds.shape[0])
+
+    def for_camera(self, camera_id: str) -> CalibrationSamples:
+        """The same samples with each model naming ``camera_id`` as the camera it was fitted for (two cameras
+        with the same settings and footage share one collection; the arrays are shared, not copied)."""
+        return replace(
+            self,
+            memory=_renamed(self.memory, camera_id),
+            stationary=_renamed(self.stationary, camera_id),
+            objects=_renamed(self.objects, camera_id),
+        )
+
+
+_Model = TypeVar("_Model", AppearanceMemory, StationaryModel, ObjectsModel)
+
+
+def _renamed(model: _Model | None, camera_id: str) -> _Model | None:
+    if model is None or model.camera == camera_id:
+        return model
+    renamed = copy.copy(model)
+    renamed.camera = camera_id
+    return renamed
 
 
 @dataclass
@@ -629,9 +653,23 @@ def calibrate_camera(
     *,
     min_clips: int = 20,
 ) -> Path:
-    """Fit and save one camera's calibration; return the file written. With an appearance engine, its
-    appearance memory is saved beside it (:func:`plugins.appearance.memory_path`); without one, a memory
-    left there by an earlier calibration is removed, since the new calibration has no statistics for it."""
+    """Fit and save one camera's calibration; return the file written (:func:`collect_camera`, then
+    :func:`save_camera_calibration`)."""
+    return save_camera_calibration(
+        cfg, engines, camera_id, collect_camera(cfg, engines, camera_id, footage, min_clips=min_clips), out
+    )
+
+
+def collect_camera(
+    cfg: ZsadConfig,
+    engines: EngineSet,
+    camera_id: str,
+    footage: Sequence[str],
+    *,
+    min_clips: int = 20,
+) -> CalibrationSamples:
+    """What the camera's normal footage gives (:func:`collect_scores` with the camera's settings), refused
+    (:class:`CalibrationFootageError`) with fewer than ``min_clips`` scored clips."""
     camera = cfg.camera_settings(camera_id)
     collected = collect_scores(cfg, engines, camera, footage)
     n = collected.clips
@@ -644,6 +682,23 @@ def calibrate_camera(
             f"(give at least {frames / camera.sampling.fps:.0f} s of normal footage "
             f"at {camera.sampling.fps:g} fps)"
         )
+    return collected
+
+
+def save_camera_calibration(
+    cfg: ZsadConfig,
+    engines: EngineSet,
+    camera_id: str,
+    collected: CalibrationSamples,
+    out: Path,
+) -> Path:
+    """Fit the camera's calibration to what its footage gave (:func:`collect_camera`) and save it with its
+    memory streams' models; return the file written. With an appearance engine, its appearance memory is
+    saved beside it (:func:`plugins.appearance.memory_path`); without one, a memory left there by an earlier
+    calibration is removed, since the new calibration has no statistics for it."""
+    camera = cfg.camera_settings(camera_id)
+    collected = collected.for_camera(camera_id)
+    n = collected.clips
     # The reliability weights are judged on the footage's two halves (pairs of the time folds the memory
     # streams' samples were held out by): a level that moved between them shows in full.
     # The pasted events say which of those calm streams would see anything on this camera.

@@ -26,7 +26,12 @@ from engines.backends.base import BackendError, BackendUnavailable
 from engines.build import BuildError, BuildInputError, BuildOptions, build_from_config
 from engines.export import ExportError, ParityError
 from engines.manifest import ManifestError
-from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
+from pipeline.cli.calibrate import (
+    CalibrationFootageError,
+    CalibrationSamples,
+    collect_camera,
+    save_camera_calibration,
+)
 from pipeline.cli.run import announce
 from pipeline.inference import EngineError, appearance_expectation, load_engines
 from pipeline.memory_streams import MODEL_FILES
@@ -84,6 +89,8 @@ def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
     or the engines' semantic stream (:func:`calibration_fits`)."""
     engines = load_engines(cfg)
     cameras = []
+    # Cameras of one context with the same settings play the same footage: collected once, fitted for each.
+    collected: list[tuple[CameraSettings, CalibrationSamples]] = []
     try:
         expect = appearance_expectation(engines)
         for cam in cfg.cameras:
@@ -94,13 +101,25 @@ def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
                 or not _models_fit(cfg, path)
                 or not calibration_fits(cfg, cam.id, path, engines.semantic_source)
             ):
-                context = cfg.camera_settings(cam.id).context
-                footage = sorted((scenes / "training" / "videos").glob(f"{context}_*.mp4"))
-                calibrate_camera(cfg, engines, cam.id, [f"file://{p.resolve()}" for p in footage], path)
+                settings = _footage_settings(cfg.camera_settings(cam.id))
+                samples = next((c for s, c in collected if s == settings), None)
+                if samples is None:
+                    footage = sorted((scenes / "training" / "videos").glob(f"{settings.context}_*.mp4"))
+                    samples = collect_camera(cfg, engines, cam.id, [f"file://{p.resolve()}" for p in footage])
+                    collected.append((settings, samples))
+                else:
+                    log.info("camera %s: its context's footage was collected for a camera like it", cam.id)
+                save_camera_calibration(cfg, engines, cam.id, samples, path)
             cameras.append(cam.model_copy(update={"calibration": str(path)}))
     finally:
         engines.close()
     return cfg.model_copy(update={"cameras": cameras})
+
+
+def _footage_settings(settings: CameraSettings) -> CameraSettings:
+    """What of a camera's settings its calibration footage is played and scored with: everything but its
+    name, its test video and the calibration file it is to get."""
+    return settings.model_copy(update={"id": "", "uri": "", "calibration": None})
 
 
 def _memory_fits(calibration: Path, expect: MemoryExpectation | None) -> bool:

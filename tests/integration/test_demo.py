@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tests.conftest import REPO
 from tests.fixtures.demo_world import DemoArtefacts, demo_config
 
@@ -24,6 +26,13 @@ def test_demo_detects_injected_anomalies(tmp_path: Path, demo_artefacts: DemoArt
     site.write_text(yaml.safe_dump(cfg))
     calibrated = {p.name: p.stat().st_mtime_ns for p in (out / "calibration").glob("*.json")}
     assert len(calibrated) == len(cfg["cameras"])
+    # The two campus cameras play the same footage with the same settings: one collection, fitted for each.
+    campus = [json.loads((out / "calibration" / f"campus-{i}.json").read_text()) for i in (1, 2)]
+    assert [c.pop("camera") for c in campus] == ["campus-1", "campus-2"]
+    assert campus[0] == campus[1]
+    for i in (1, 2):
+        memory = np.load(out / "calibration" / f"campus-{i}.appearance.npz")
+        assert json.loads(str(memory["meta"]))["camera"] == f"campus-{i}"
     r = subprocess.run(
         [sys.executable, "-m", "pipeline.cli.main", "demo", "--config", str(site), "--fast"],
         capture_output=True,

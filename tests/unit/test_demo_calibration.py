@@ -1,6 +1,8 @@
 """``zsad demo`` keeps an earlier demo's calibration only when the models beside it of the memory streams that
 are on (stationary, objects) and that the calibration has statistics for fit the config
-(pipeline/cli/demo.py, ``_models_fit``); otherwise it calibrates again."""
+(pipeline/cli/demo.py, ``_models_fit``); otherwise it calibrates again. Cameras that would play the same
+footage with the same settings share one collection (``_footage_settings``), each fitted under its own
+name (``CalibrationSamples.for_camera``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from core.config import ZsadConfig, parse_config
-from pipeline.cli.demo import _models_fit
+from pipeline.cli.calibrate import CalibrationSamples
+from pipeline.cli.demo import _footage_settings, _models_fit
 from plugins import objects, stationary
 from tests.fixtures.calibration_files import write_calibration
 from tests.fixtures.objects_scenes import GRID, SIZE, objects_model
@@ -49,3 +52,45 @@ def test_a_stream_the_calibration_has_no_statistics_for_needs_no_model(tmp_path:
         stationary.fit_model(frames, GRID, window=4, spacing_s=0.4), stationary.model_path(calibration)
     )
     assert _models_fit(_cfg(objects_on=True), calibration)
+
+
+def _cameras(**second: object) -> ZsadConfig:
+    first = {"id": "cam-a", "uri": "file:///a.mp4", "context": "campus"}
+    return parse_config(
+        json.dumps({"cameras": [first, {**first, "id": "cam-b", "uri": "file:///b.mp4", **second}]})
+    )
+
+
+def test_cameras_share_a_collection_only_when_everything_but_their_names_and_videos_is_the_same() -> None:
+    def same(cfg: ZsadConfig) -> bool:
+        return _footage_settings(cfg.camera_settings("cam-a")) == _footage_settings(
+            cfg.camera_settings("cam-b")
+        )
+
+    assert same(_cameras())
+    assert same(_cameras(calibration="cam-b.json"))
+    assert not same(_cameras(context="parking"))  # another context's footage
+    assert not same(_cameras(sampling={"fps": 5}))
+    assert not same(_cameras(alerts={"smoothing": 5}))
+    assert not same(_cameras(mask=[[[0, 0], [0.5, 0], [0.5, 0.5]]]))
+
+
+def test_shared_samples_name_each_camera_and_share_the_arrays() -> None:
+    frames = np.random.default_rng(0).integers(60, 70, (20, *SIZE, 3), dtype=np.uint8)
+    fitted = stationary.fit_model(frames, GRID, window=4, spacing_s=0.4, camera="cam-a")
+    samples = CalibrationSamples(
+        samples={"pixel": np.ones(4)},
+        folds=np.zeros(4, np.int8),
+        segments=np.zeros(4, np.int64),
+        stationary=fitted,
+        objects=objects_model(spacing_s=0.2),
+    )
+    theirs = samples.for_camera("cam-b")
+    assert theirs.stationary is not None
+    assert theirs.objects is not None
+    assert (theirs.stationary.camera, theirs.objects.camera) == ("cam-b", "cam-b")
+    assert fitted.camera == "cam-a"  # the first camera's model is not renamed under it
+    assert theirs.stationary.background is fitted.background
+    assert theirs.memory is None
+    assert theirs.samples is samples.samples
+    assert samples.for_camera("cam-a").stationary is fitted
