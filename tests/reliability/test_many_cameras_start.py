@@ -55,6 +55,3 @@ def test_sixteen_cameras_started_together_all_go_live_every_start(loop_videos: l
         assert len(result["live"]) == CAMERAS
         assert all(n >= 3 for n in result["frames"].values()), result["frames"]
         assert result["error_records"] == 0, result["first_error"]
-        # The start watchdog waits out the deadline here (a slow start is not a stuck one), so a stuck
-        # pipeline shows as a camera in not_live above; a warning would mean one was rebuilt anyway.
-        assert result["watchdog_warnings"] == 0, proc.stderr[-2000:]
