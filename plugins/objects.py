@@ -16,9 +16,14 @@ level evidence"). Per camera:
   pixels, averaged over the track's last 3 frames (a merge or split moves a centroid, not the pixels, so
   flow is steadier than centroids);
   ``aspect``, ``log(width / height)`` (a car, a cyclist or a person lying down is wide); ``still``, the
-  seconds the track has moved less than a quarter of its height a second; ``travel``, ``log(1 + px/s)``
-  where px/s is how far the box's centre moved over the track's last 3 steps (4 frames), per second,
-  counted only when the blob's area stayed within a factor of 2 over them (no merge or split). Flow alone
+  seconds the track has moved less than a quarter of its height a second *and* stayed within half its
+  height of where it stopped (someone walking towards the camera moves few pixels for their height, but
+  keeps going); ``travel``, ``log(1 + px/s)`` where px/s is how far the box moved over the track's last 3
+  steps (4 frames), per second, along each axis only as far as both its opposite edges moved the same way (a
+  box that grows at one edge, someone joining a figure along its length, moves its centre, not the object),
+  and not counted across a merge or a split: the blob's area changed by a factor of 2 or more over the steps,
+  or on one of them its box met two of the last frame's boxes, or its last box met two blobs (a track through
+  people who overlap can go from one to another with no change of area). Flow alone
   misses a thin, flat figure moving along its length (a person running up a walkway seen from above): its
   inside is the same colour all along the motion, so the flow there reads near zero (the aperture problem),
   and the median over its pixels with it; its box still travels (docs/results.md, "The track's travel");
@@ -86,7 +91,9 @@ __all__ = [
     "save_model",
 ]
 
-MODEL_VERSION = 1
+#: 2: the travel counts what both opposite edges agree on and the still clock needs the track to stay near
+#: where it stopped (tails fitted under version 1's rules judge other numbers).
+MODEL_VERSION = 2
 MODEL_SUFFIX = ".objects.npz"
 #: The value of a cell no blob covers, and of a feature a blob lacks.
 EMPTY = -5.0
@@ -94,6 +101,9 @@ EMPTY = -5.0
 FEATURES: tuple[str, ...] = ("speed", "aspect", "still", "travel")
 #: Heights per second under which a track counts as standing still.
 _STILL_SPEED = 0.25
+#: Heights a track may move from where it stopped and still count as standing still: a slow walker's box
+#: (far, or going towards or away from the camera) passes it within seconds, a standing one's jitter never.
+_STILL_RADIUS = 0.5
 #: Frames of a track its speed is averaged over, and the steps its travel is measured over.
 _TRACK_FRAMES = 3
 #: The ratio of a track's areas over its travel's steps from which a merge or a split, not the object, is
@@ -283,20 +293,37 @@ class _Track:
     h: float
     speeds: deque[float]
     heights: deque[float]
-    #: ``(cx, cy, area)`` of the track's last frames, the travel's steps and one more.
-    path: deque[tuple[float, float, float]]
+    #: ``(left, top, right, bottom, area, joined)`` of the track's last frames, the travel's steps and one
+    #: more; ``joined``: the blob may have merged with another or split from one on that frame.
+    path: deque[tuple[float, float, float, float, float, bool]]
     still: float = 0.0
+    #: The box's centre where the track last moved (None before its first speed).
+    anchor: tuple[float, float] | None = None
 
     def travel(self, spacing_s: float) -> float:
-        """Pixels a second the box's centre moved over the last :data:`_TRACK_FRAMES` steps (nan: too few,
-        or the area changed by :data:`_TRAVEL_AREA_RATIO` times or more over them)."""
+        """Pixels a second the box moved over the last :data:`_TRACK_FRAMES` steps (nan: too few, or the
+        area changed by :data:`_TRAVEL_AREA_RATIO` times or more over them), along each axis as far as both
+        its opposite edges agree (:func:`_agreed`)."""
         if len(self.path) <= _TRACK_FRAMES:
             return math.nan
-        areas = [a for _, _, a in self.path]
-        if max(areas) >= _TRAVEL_AREA_RATIO * min(areas):
+        areas = [p[4] for p in self.path]
+        if max(areas) >= _TRAVEL_AREA_RATIO * min(areas) or any(p[5] for p in list(self.path)[1:]):
             return math.nan
-        (x0, y0, _), (x1, y1, _) = self.path[0], self.path[-1]
-        return math.hypot(x1 - x0, y1 - y0) / (_TRACK_FRAMES * spacing_s)
+        (l0, t0, r0, b0, _, _), (l1, t1, r1, b1, _, _) = self.path[0], self.path[-1]
+        dx = _agreed(l1 - l0, r1 - r0)
+        dy = _agreed(t1 - t0, b1 - b0)
+        return math.hypot(dx, dy) / (_TRACK_FRAMES * spacing_s)
+
+
+def _meet(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether boxes ``(left, top, right, bottom)`` overlap."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _agreed(a: float, b: float) -> float:
+    """How far two opposite edges that moved ``a`` and ``b`` moved together: the smaller move when both went
+    the same way, else 0 (one edge stood: the box grew or shrank)."""
+    return math.copysign(min(abs(a), abs(b)), a) if a * b > 0 else 0.0
 
 
 class ObjectsState:
@@ -384,11 +411,25 @@ class ObjectsState:
         taken_j: set[int] = set()
         taken_k: set[int] = set()
         match: dict[int, _Track] = {}
+        came_from: dict[int, int] = {}  # blob -> the index of the track it continues
         for _, j, k in pairs:
             if j not in taken_j and k not in taken_k:
                 taken_j.add(j)
                 taken_k.add(k)
                 match[j] = self._tracks[k]
+                came_from[j] = k
+        # A merge: a blob whose box meets two of the last frame's boxes, one of whose tracks ended here. A
+        # split: a last box that two blobs meet, one of which starts a track. A track through either may have
+        # gone from one object to another, and the areas need not say so (people overlap), so no travel is
+        # measured across it. Boxes that merely overlap while every track goes on are neither.
+        last = [t.path[-1][:4] for t in self._tracks]
+        boxes = [(x, y, x + w, y + h) for x, y, w, h, _, _ in rows]
+        meets = [[_meet(b, q) for q in last] for b in boxes]  # [blob][last track]
+        merged = [sum(m) >= 2 and any(m[k] and k not in taken_k for k in range(len(last))) for m in meets]
+        split = [
+            sum(m[k] for m in meets) >= 2 and any(meets[j][k] and j not in match for j in range(len(boxes)))
+            for k in range(len(last))
+        ]
         tracks, blobs = [], []
         for j, (x, y, w, h, a, _) in enumerate(rows):
             track = match.get(j)
@@ -407,12 +448,22 @@ class ObjectsState:
             track.cx, track.cy = centres[j]
             track.area, track.h = float(a), float(h)
             track.heights.append(float(h))
-            track.path.append((*centres[j], float(a)))
+            joined = merged[j] or (j in came_from and split[came_from[j]])
+            track.path.append((float(x), float(y), float(x + w), float(y + h), float(a), joined))
             if math.isfinite(speeds[j]):
                 track.speeds.append(float(speeds[j]))
             speed = float(np.mean(track.speeds)) if track.speeds else math.nan
             if math.isfinite(speed):
-                moving = speed / float(np.mean(track.heights)) >= _STILL_SPEED
+                height = float(np.mean(track.heights))
+                cx, cy = centres[j]
+                if track.anchor is None:
+                    track.anchor = (cx, cy)
+                moving = (
+                    speed / height >= _STILL_SPEED
+                    or math.hypot(cx - track.anchor[0], cy - track.anchor[1]) > _STILL_RADIUS * height
+                )
+                if moving:
+                    track.anchor = (cx, cy)
                 track.still = 0.0 if moving else track.still + self.spacing_s
             tracks.append(track)
             blobs.append(

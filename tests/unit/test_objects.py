@@ -161,6 +161,47 @@ def test_a_track_whose_area_doubles_has_no_travel(model: ObjectsModel) -> None:
     assert np.isfinite(blobs[7][0].travel)  # three steps after it, the travel is the pair's own again
 
 
+def test_a_box_that_grows_at_one_edge_has_no_travel(model: ObjectsModel) -> None:
+    # A figure joined along its length (a second one stepping up behind it, less than twice the area): the
+    # box's centre moves, its top edge does not, so nothing travelled.
+    frames = [frame([(60, 30, 6, 16)], 620 + t) for t in range(3)]
+    frames += [frame([(60, 30, 6, 16 + 4 * t)], 630 + t) for t in range(1, 4)]
+    state = model.new_state()
+    blobs = [model.blobs(state, f) for f in frames]
+    assert all(len(b) == 1 for b in blobs)
+    assert len({b[0].track for b in blobs}) == 1
+    assert blobs[-1][0].h == 28  # the centre moved 6 pixels over the travel's three steps
+    assert blobs[-1][0].travel == 0.0
+
+
+def test_a_track_through_a_merge_has_no_travel_even_when_the_area_says_nothing(model: ObjectsModel) -> None:
+    # A walker reaches a smaller figure standing in its way: one blob, under twice the walker's area, whose
+    # box meets both of the last frame's boxes. The track may have gone from one object to the other.
+    frames = [frame([(20 + 2 * t, 40, 6, 16), (40, 48, 6, 8)], 660 + t) for t in range(12)]
+    state = model.new_state()
+    blobs = [model.blobs(state, f) for f in frames]
+    m = next(i for i, b in enumerate(blobs) if len(b) == 1)  # the first frame of the merge
+    assert m >= 4  # both figures tracked for the travel's steps before it
+    assert all(len(b) == 2 for b in blobs[:m])
+    walker = max(blobs[m - 1], key=lambda b: b.h)
+    assert np.isfinite(walker.travel)
+    assert blobs[m][0].area < 2 * walker.area  # the area guard alone would have measured a travel
+    assert np.isnan([b[0].travel for b in blobs[m : m + 3] if len(b) == 1]).all()
+
+
+def test_a_track_moving_too_slowly_for_its_height_never_stands_still_for_long(model: ObjectsModel) -> None:
+    # Someone walking towards or away from the camera: a few pixels a second against a tall box reads below
+    # the still speed every frame, but the box keeps going. It is still only while near where it stopped.
+    assert 0.6 / SPACING / 16 < 0.25  # pixels a second per height: under the still speed
+    frames = walk(40, x0=10, y=40, speed=0.6, seed=40)  # 8 s, 24 pixels in all
+    state = model.new_state()
+    still = [model.blobs(state, f)[0].still for f in frames]
+    assert max(still) < 4.0  # half its height (8 pixels) takes about 3 s at this pace (it would run to 8)
+    stopped = walk(40, x0=10, y=40, speed=0.0, seed=40)
+    state = model.new_state()
+    assert [model.blobs(state, f)[0].still for f in stopped][-1] > 7.0
+
+
 def jumping_footage() -> list[np.ndarray]:
     """Figures that appear somewhere new every frame: flow sees them, no track lasts the travel's steps."""
     rng = np.random.default_rng(5)
