@@ -2,7 +2,8 @@
 
 1. generate held-out synthetic scenes (seed 0; the demo model was trained on seed 1);
 2. build the ONNX Runtime engines of the shipped demo model when they are missing or stale;
-3. calibrate each camera on normal footage of its own scene (no gradient step);
+3. calibrate each camera on normal footage of its own scene (no gradient step; cameras that would play the
+   same footage with the same settings share one pass over it);
 4. run 4 cameras in 3 contexts through the CPU graph in real time, with progress;
 5. leave in out/demo/: alerts.jsonl, snapshots and clips, a score timeline per camera, and a summary
    of detected vs injected anomalies and false alarms.
