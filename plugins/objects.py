@@ -22,8 +22,10 @@ level evidence"). Per camera:
   steps (4 frames), per second, along each axis only as far as both its opposite edges moved the same way (a
   box that grows at one edge, someone joining a figure along its length, moves its centre, not the object),
   and not counted across a merge or a split: the blob's area changed by a factor of 2 or more over the steps,
-  or on one of them its box met two of the last frame's boxes, or its last box met two blobs (a track through
-  people who overlap can go from one to another with no change of area). Flow alone
+  or on one of them its box met two of the last frame's boxes one of whose tracks ended there (a merge), or
+  its last box met two blobs one of which started a track (a split); a track through people who overlap can
+  go from one to another with no change of area, while boxes that merely overlap, every track going on, are
+  neither. Flow alone
   misses a thin, flat figure moving along its length (a person running up a walkway seen from above): its
   inside is the same colour all along the motion, so the flow there reads near zero (the aperture problem),
   and the median over its pixels with it; its box still travels (docs/results.md, "The track's travel");
@@ -102,7 +104,8 @@ FEATURES: tuple[str, ...] = ("speed", "aspect", "still", "travel")
 #: Heights per second under which a track counts as standing still.
 _STILL_SPEED = 0.25
 #: Heights a track may move from where it stopped and still count as standing still: a slow walker's box
-#: (far, or going towards or away from the camera) passes it within seconds, a standing one's jitter never.
+#: (far, or going towards or away from the camera) passes it within seconds, a standing one's jitter does
+#: not (a merge or a split that moves its box's centre that far starts its still time afresh).
 _STILL_RADIUS = 0.5
 #: Frames of a track its speed is averaged over, and the steps its travel is measured over.
 _TRACK_FRAMES = 3
@@ -191,9 +194,10 @@ class _Geometry:
 class Blob:
     """One foreground blob of a frame: its box ``(x, y, w, h)`` in frame pixels, its area in pixels, its
     track, its speed in pixels a second (``nan`` on the first frame a state takes), ``aspect``
-    ``log(w / h)``, ``still`` the seconds its track has stood still, and ``travel`` how far its box's centre
-    moved over the track's last 3 steps (4 frames), in pixels a second (``nan`` for a younger track, or one
-    whose area changed by a factor of 2 or more over them)."""
+    ``log(w / h)``, ``still`` the seconds its track has stood still, and ``travel`` how far its box moved
+    over the track's last 3 steps (4 frames), in pixels a second, as far as both opposite edges agree
+    (``nan`` for a younger track, one whose area changed by a factor of 2 or more over them, or one that
+    went through a merge or a split on them: :meth:`ObjectsState.update`)."""
 
     x: int
     y: int
@@ -301,9 +305,10 @@ class _Track:
     anchor: tuple[float, float] | None = None
 
     def travel(self, spacing_s: float) -> float:
-        """Pixels a second the box moved over the last :data:`_TRACK_FRAMES` steps (nan: too few, or the
-        area changed by :data:`_TRAVEL_AREA_RATIO` times or more over them), along each axis as far as both
-        its opposite edges agree (:func:`_agreed`)."""
+        """Pixels a second the box moved over the last :data:`_TRACK_FRAMES` steps, along each axis as far as
+        both its opposite edges agree (:func:`_agreed`); nan with too few steps, when the area changed by
+        :data:`_TRAVEL_AREA_RATIO` times or more over them, or when one of them was ``joined`` (a merge or a
+        split, :meth:`ObjectsState.update`)."""
         if len(self.path) <= _TRACK_FRAMES:
             return math.nan
         areas = [p[4] for p in self.path]

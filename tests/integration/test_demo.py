@@ -30,9 +30,14 @@ def test_demo_detects_injected_anomalies(tmp_path: Path, demo_artefacts: DemoArt
     campus = [json.loads((out / "calibration" / f"campus-{i}.json").read_text()) for i in (1, 2)]
     assert [c.pop("camera") for c in campus] == ["campus-1", "campus-2"]
     assert campus[0] == campus[1]
-    for i in (1, 2):
-        memory = np.load(out / "calibration" / f"campus-{i}.appearance.npz")
-        assert json.loads(str(memory["meta"]))["camera"] == f"campus-{i}"
+    for suffix in (".appearance.npz", ".stationary.npz", ".objects.npz"):
+        metas = []
+        for i in (1, 2):
+            with np.load(out / "calibration" / f"campus-{i}{suffix}") as f:
+                metas.append(json.loads(str(f["meta"])))
+        assert [m["camera"] for m in metas] == ["campus-1", "campus-2"], suffix
+        # Fitted once (to the second): two collections would be the other cameras' calibrations apart.
+        assert metas[0]["fitted"] == metas[1]["fitted"], suffix
     r = subprocess.run(
         [sys.executable, "-m", "pipeline.cli.main", "demo", "--config", str(site), "--fast"],
         capture_output=True,

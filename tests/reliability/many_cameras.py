@@ -87,9 +87,10 @@ def start_many(videos: Sequence[Path], cameras: int, deadline_s: float, frames: 
         on_display_frame=lambda *_: None,
         decode_nice=10,
         # The start watchdog is for a pipeline left stuck, not for a slow start: a loaded machine starting
-        # 16 cameras may take longer than its default 10 s. Set to the deadline, it never fires before the
-        # graph is stopped, so a stuck pipeline shows as a camera in ``not_live``, not as a rebuilt one.
-        start_timeout_s=deadline_s,
+        # 16 cameras may take longer than its default 10 s. At twice the deadline it cannot fire before the
+        # graph is stopped (a stuck camera rebuilt in the last seconds could go live unnoticed), so a stuck
+        # pipeline shows as a camera in ``not_live``.
+        start_timeout_s=2 * deadline_s,
     )
     started = time.monotonic()
     try:

@@ -15,6 +15,7 @@ from core.config import ZsadConfig, parse_config
 from pipeline.cli.calibrate import CalibrationSamples
 from pipeline.cli.demo import _footage_settings, _models_fit
 from plugins import objects, stationary
+from plugins.appearance import AppearanceMemory
 from tests.fixtures.calibration_files import write_calibration
 from tests.fixtures.objects_scenes import GRID, SIZE, objects_model
 
@@ -78,10 +79,20 @@ def test_cameras_share_a_collection_only_when_everything_but_their_names_and_vid
 def test_shared_samples_name_each_camera_and_share_the_arrays() -> None:
     frames = np.random.default_rng(0).integers(60, 70, (20, *SIZE, 3), dtype=np.uint8)
     fitted = stationary.fit_model(frames, GRID, window=4, spacing_s=0.4, camera="cam-a")
+    c = 4
+    memory = AppearanceMemory(
+        np.zeros((6, c), np.float32),
+        np.tile(np.eye(c, dtype=np.float32), (6, 1, 1)),
+        grid=(2, 3),
+        encoder="mobilenet_v2",
+        weights_sha256="0" * 64,
+        camera="cam-a",
+    )
     samples = CalibrationSamples(
         samples={"pixel": np.ones(4)},
         folds=np.zeros(4, np.int8),
         segments=np.zeros(4, np.int64),
+        memory=memory,
         stationary=fitted,
         objects=objects_model(spacing_s=0.2),
     )
@@ -91,6 +102,9 @@ def test_shared_samples_name_each_camera_and_share_the_arrays() -> None:
     assert (theirs.stationary.camera, theirs.objects.camera) == ("cam-b", "cam-b")
     assert fitted.camera == "cam-a"  # the first camera's model is not renamed under it
     assert theirs.stationary.background is fitted.background
-    assert theirs.memory is None
+    assert theirs.memory is not None
+    assert theirs.memory.camera == "cam-b"
+    assert memory.camera == "cam-a"
+    assert theirs.memory.mean is memory.mean
     assert theirs.samples is samples.samples
     assert samples.for_camera("cam-a").stationary is fitted
