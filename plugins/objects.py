@@ -94,8 +94,9 @@ __all__ = [
 ]
 
 #: 2: the travel counts what both opposite edges agree on and the still clock needs the track to stay near
-#: where it stopped (tails fitted under version 1's rules judge other numbers).
-MODEL_VERSION = 2
+#: where it stopped (tails fitted under version 1's rules judge other numbers). 3: a merge or a split stops
+#: the travel only when the track's box jumps in size (version 2's travel tails saw fewer crowd tracks).
+MODEL_VERSION = 3
 MODEL_SUFFIX = ".objects.npz"
 #: The value of a cell no blob covers, and of a feature a blob lacks.
 EMPTY = -5.0
@@ -112,6 +113,10 @@ _TRACK_FRAMES = 3
 #: The ratio of a track's areas over its travel's steps from which a merge or a split, not the object, is
 #: taken to have moved the box's centre (no travel then).
 _TRAVEL_AREA_RATIO = 2.0
+#: The ratio of a box's width or height to its track's last box's from which a merge or a split is taken to
+#: have moved the box to another object: a walker that passes a smaller one in a crowd keeps its box's size,
+#: and its travel is its own (docs/results.md).
+_JOIN_JUMP = 1.5
 #: The frame height the pixel settings (``min_area``, the morphology, the tracking margin) are given for.
 _REFERENCE_ROWS = 240
 #: Frames further apart than this many spacings are not consecutive: the state starts afresh.
@@ -325,6 +330,13 @@ def _meet(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _jumped(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether box ``a``'s width or height is at least :data:`_JOIN_JUMP` times box ``b``'s or at most its
+    reciprocal (boxes ``(left, top, right, bottom)``)."""
+    ratios = [max(a[i + 2] - a[i], 1.0) / max(b[i + 2] - b[i], 1.0) for i in (0, 1)]
+    return any(r >= _JOIN_JUMP or r <= 1.0 / _JOIN_JUMP for r in ratios)
+
+
 def _agreed(a: float, b: float) -> float:
     """How far two opposite edges that moved ``a`` and ``b`` moved together: the smaller move when both went
     the same way, else 0 (one edge stood: the box grew or shrank)."""
@@ -426,7 +438,9 @@ class ObjectsState:
         # A merge: a blob whose box meets two of the last frame's boxes, one of whose tracks ended here. A
         # split: a last box that two blobs meet, one of which starts a track. A track through either may have
         # gone from one object to another, and the areas need not say so (people overlap), so no travel is
-        # measured across it. Boxes that merely overlap while every track goes on are neither.
+        # measured across it when its box jumps in size there; a box that keeps its size is still the object
+        # it was (a walker passing a smaller one). Boxes that merely overlap while every track goes on are
+        # neither.
         last = [t.path[-1][:4] for t in self._tracks]
         boxes = [(x, y, x + w, y + h) for x, y, w, h, _, _ in rows]
         meets = [[_meet(b, q) for q in last] for b in boxes]  # [blob][last track]
@@ -453,7 +467,11 @@ class ObjectsState:
             track.cx, track.cy = centres[j]
             track.area, track.h = float(a), float(h)
             track.heights.append(float(h))
-            joined = merged[j] or (j in came_from and split[came_from[j]])
+            joined = (
+                j in came_from
+                and (merged[j] or split[came_from[j]])
+                and _jumped(boxes[j], last[came_from[j]])
+            )
             track.path.append((float(x), float(y), float(x + w), float(y + h), float(a), joined))
             if math.isfinite(speeds[j]):
                 track.speeds.append(float(speeds[j]))

@@ -189,6 +189,25 @@ def test_a_track_through_a_merge_has_no_travel_even_when_the_area_says_nothing(m
     assert np.isnan([b[0].travel for b in blobs[m : m + 3] if len(b) == 1]).all()
 
 
+def test_a_walker_passing_a_smaller_figure_keeps_its_travel(model: ObjectsModel) -> None:
+    # In a crowd a walker's blob swallows a smaller one and lets it go again: a merge, then a split, but the
+    # walker's box keeps its size (under 1.5x), so the track is still the walker and its travel is its own.
+    frames = [frame([(10 + 2 * t, 40, 12, 16), (44, 46, 3, 5)], 680 + t) for t in range(22)]
+    state = model.new_state()
+    blobs = [model.blobs(state, f) for f in frames]
+    one = [i for i, b in enumerate(blobs) if len(b) == 1]
+    assert one
+    assert one[0] >= 4  # both figures tracked for the travel's steps before the merge
+    assert blobs[one[-1] + 1 :]
+    assert all(len(b) == 2 for b in blobs[one[-1] + 1 :])  # the split: both figures again
+    walker = [max(b, key=lambda b: b.area) for b in blobs]
+    assert len({w.track for w in walker}) == 1  # one track through the merge and the split
+    merge, split = one[0], one[-1] + 1
+    # The travel's steps span the merge (and then the split): the walker's own 2 pixels a frame.
+    np.testing.assert_allclose([w.travel for w in walker[merge : merge + 3]], 2.0 / SPACING)
+    np.testing.assert_allclose([w.travel for w in walker[split : split + 2]], 2.0 / SPACING)
+
+
 def test_a_track_moving_too_slowly_for_its_height_never_stands_still_for_long(model: ObjectsModel) -> None:
     # Someone walking towards or away from the camera: a few pixels a second against a tall box reads below
     # the still speed every frame, but the box keeps going. It is still only while near where it stopped.
