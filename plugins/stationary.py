@@ -110,8 +110,9 @@ def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
 
 
 def difference_map(short: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """``(H, W)`` float32: the largest channel's ``|short - g * background|``, ``g`` per channel the ratio of
-    their medians (a global light change between the two is not foreground). Both ``(H, W, 3)``."""
+    """``(H, W)`` float32: the largest channel's ``|short - min(g * background, 255)|``, ``g`` per channel the
+    ratio of their medians (a global light change between the two is not foreground, and what it saturates
+    is saturated in the background too). Both ``(H, W, 3)``."""
     s = np.asarray(short, dtype=np.float32)
     b = np.asarray(background, dtype=np.float32)
     if s.ndim != 3 or s.shape[-1] != 3 or s.shape != b.shape:
@@ -131,6 +132,9 @@ def _difference(s: np.ndarray, s_median: np.ndarray, b: np.ndarray, b_denominato
     cost 30 times more (bench/results/stationary_cost_2026-12-04)."""
     gain = s_median.astype(np.float32) / b_denominator
     d = np.multiply(gain, b)
+    # The camera saturates: under brighter light a white car reads 255, not 255 x the gain, and would
+    # otherwise stand out for as long as the light stays (docs/results.md, "The lights turned up").
+    np.minimum(d, np.float32(255.0), out=d)
     np.subtract(s, d, out=d)
     np.abs(d, out=d)
     return _largest_channel(d)
