@@ -23,9 +23,10 @@ level evidence"). Per camera:
   box that grows at one edge, someone joining a figure along its length, moves its centre, not the object),
   and not counted across a merge or a split: the blob's area changed by a factor of 2 or more over the steps,
   or on one of them its box met two of the last frame's boxes one of whose tracks ended there (a merge), or
-  its last box met two blobs one of which started a track (a split); a track through people who overlap can
-  go from one to another with no change of area, while boxes that merely overlap, every track going on, are
-  neither. Flow alone
+  its last box met two blobs one of which started a track (a split), and its width or height changed by a
+  factor of 1.5 or more there; a track through people who overlap can go from one to another with no change
+  of area, while boxes that merely overlap, every track going on, are neither, and a box that keeps its size
+  is taken to be the object it was. Flow alone
   misses a thin, flat figure moving along its length (a person running up a walkway seen from above): its
   inside is the same colour all along the motion, so the flow there reads near zero (the aperture problem),
   and the median over its pixels with it; its box still travels (docs/results.md, "The track's travel");
@@ -202,7 +203,7 @@ class Blob:
     ``log(w / h)``, ``still`` the seconds its track has stood still, and ``travel`` how far its box moved
     over the track's last 3 steps (4 frames), in pixels a second, as far as both opposite edges agree
     (``nan`` for a younger track, one whose area changed by a factor of 2 or more over them, or one that
-    went through a merge or a split on them: :meth:`ObjectsState.update`)."""
+    went through a merge or a split on them at which its box jumped in size: :meth:`ObjectsState.update`)."""
 
     x: int
     y: int
@@ -313,7 +314,7 @@ class _Track:
         """Pixels a second the box moved over the last :data:`_TRACK_FRAMES` steps, along each axis as far as
         both its opposite edges agree (:func:`_agreed`); nan with too few steps, when the area changed by
         :data:`_TRAVEL_AREA_RATIO` times or more over them, or when one of them was ``joined`` (a merge or a
-        split, :meth:`ObjectsState.update`)."""
+        split at which the box jumped in size, :meth:`ObjectsState.update`)."""
         if len(self.path) <= _TRACK_FRAMES:
             return math.nan
         areas = [p[4] for p in self.path]
@@ -438,9 +439,10 @@ class ObjectsState:
         # A merge: a blob whose box meets two of the last frame's boxes, one of whose tracks ended here. A
         # split: a last box that two blobs meet, one of which starts a track. A track through either may have
         # gone from one object to another, and the areas need not say so (people overlap), so no travel is
-        # measured across it when its box jumps in size there; a box that keeps its size is still the object
-        # it was (a walker passing a smaller one). Boxes that merely overlap while every track goes on are
-        # neither.
+        # measured across it when its box jumps in size there. A box that keeps its size is taken to be the
+        # object it was (a walker passing a smaller one): the trade-off is that two people of one size who
+        # overlap and part can swap tracks unseen, and the swap then counts as travel. Boxes that merely
+        # overlap while every track goes on are neither.
         last = [t.path[-1][:4] for t in self._tracks]
         boxes = [(x, y, x + w, y + h) for x, y, w, h, _, _ in rows]
         meets = [[_meet(b, q) for q in last] for b in boxes]  # [blob][last track]

@@ -11,7 +11,8 @@ dual-background test, without a trained detector. Per camera:
 
 Their difference (:func:`difference_map`: the largest channel's absolute difference, after a per-channel
 gain that matches the long-term background's median level to the short-term one's, so a global light change
-is not foreground) is the stationary foreground. Each cell of the DPC grid ``(h, w)`` takes its
+is not foreground, the gained background capped at 255 where a brighter light saturates the camera) is the
+stationary foreground. Each cell of the DPC grid ``(h, w)`` takes its
 ``min_pixels``-th largest difference (:func:`cell_values`): a small object counts, a single noisy pixel does
 not. :class:`StationaryModel` z-scores a cell against that cell's normal distribution on held-out normal
 footage (mean and standard deviation, each max-filtered over the 3 x 3 neighbouring cells, plus ``floor``
