@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -711,6 +711,13 @@ class WebhookSink(_Strict):
 
 SinkConfig = Annotated[JsonlSink | MqttSink | WebhookSink, Field(discriminator="kind")]
 
+#: The config's discriminated unions, by the field that holds a list of them, and their tags. Pydantic puts
+#: the member's tag in an error's location right after the item's index (``('sinks', 0, 'mqtt', 'port')``),
+#: where it is neither a YAML key nor part of the field's path (:func:`_without_union_tags`).
+_UNION_TAGS: dict[str, frozenset[str]] = {
+    "sinks": frozenset(member.model_fields["kind"].default for member in get_args(get_args(SinkConfig)[0])),
+}
+
 
 class MediaConfig(_Strict):
     snapshots: bool = True
@@ -1142,11 +1149,24 @@ class ZsadConfig(_Strict):
 # --------------------------------------------------------------------------------------------------
 
 
+def _without_union_tags(loc: Sequence[int | str]) -> tuple[int | str, ...]:
+    """``loc`` without the tags pydantic adds for a discriminated union's member (:data:`_UNION_TAGS`): only
+    a tag right after an index into its field is dropped, so an unknown key that happens to be spelled like
+    a tag (``sinks: [{kind: jsonl, mqtt: 1}]``) is still named."""
+    kept: list[int | str] = []
+    for i, key in enumerate(loc):
+        field = loc[i - 2] if i >= 2 else None
+        if isinstance(field, str) and isinstance(loc[i - 1], int) and key in _UNION_TAGS.get(field, ()):
+            continue
+        kept.append(key)
+    return tuple(kept)
+
+
 def _node_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     """Follow a pydantic error location through the YAML node tree; return the 1-based line."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
+    for key in _without_union_tags(loc):
         if isinstance(node, yaml.MappingNode):
             nxt = None
             for k_node, v_node in node.value:
@@ -1166,18 +1186,16 @@ def _node_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
             node = node.value[key]
             line = node.start_mark.line + 1
         else:
-            # A discriminated-union tag ('jsonl', ...) or a model-level location: stay where we are.
+            # A name the YAML has no node for (a plain union's member under a scalar value): stay here.
             continue
     return line
 
 
 def _field_path(loc: Sequence[int | str]) -> str:
     parts: list[str] = []
-    for key in loc:
+    for key in _without_union_tags(loc):
         if isinstance(key, int):
             parts.append(f"[{key}]")
-        elif key in {"jsonl", "mqtt", "webhook"}:
-            continue
         else:
             parts.append(("." if parts else "") + str(key))
     return "".join(parts)

@@ -251,6 +251,29 @@ def test_sink_union_is_discriminated() -> None:
         parse_config("sinks:\n  - {kind: mqtt, port: 70000}\n")
 
 
+def test_a_bad_sink_field_is_reported_at_its_own_line() -> None:
+    """Pydantic puts a sink's kind in the error's location (sinks, 1, mqtt, port): the line must still be
+    the bad field's, not the sink item's, and an unknown key spelled like a kind is still named."""
+    text = (
+        "sinks:\n"
+        "  - kind: jsonl\n"
+        "    mqtt: 1\n"
+        "  - kind: mqtt\n"
+        "    host: broker\n"
+        "\n"
+        "    port: 70000\n"
+        "  - kind: webhook\n"
+        "    url: ftp://x\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "site.yaml")
+    assert str(info.value).splitlines() == [
+        "site.yaml:3: sinks[0].mqtt: unknown key (not allowed here)",
+        "site.yaml:7: sinks[1].port: Input should be less than or equal to 65535",
+        "site.yaml:9: sinks[2].url: String should match pattern '^https?://'",
+    ]
+
+
 def _validate(path: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli.main", "validate", str(path)],
