@@ -670,7 +670,11 @@ class MqttSink(_Strict):
     username: str | None = None
     password: str | None = None
     tls: bool = False
-    ca_file: str | None = None
+    ca_file: str | None = Field(
+        None,
+        description="CA certificate (PEM) the broker is verified against, instead of the system CAs; needs "
+        "tls: true. A relative path is read from the working directory.",
+    )
     client_id: str | None = Field(
         None,
         min_length=1,
@@ -698,6 +702,18 @@ class MqttSink(_Strict):
         if "{" in rest or "}" in rest:
             raise ValueError("the only placeholders a topic may hold are {camera} and {zone}")
         return v
+
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> MqttSink:
+        # Without tls the CA file is never used and the connection, password included, is plaintext: a
+        # config that names a CA file means TLS, so it is refused rather than silently sent in the clear.
+        if self.ca_file is not None and not self.tls:
+            raise _at(
+                "ca_file",
+                "ca_file is set but tls is not: the connection (and its username and password) would be "
+                "plaintext and the CA file unused; set tls: true, or remove ca_file",
+            )
+        return self
 
 
 class WebhookSink(_Strict):

@@ -274,6 +274,21 @@ def test_a_bad_sink_field_is_reported_at_its_own_line() -> None:
     ]
 
 
+def test_an_mqtt_ca_file_without_tls_is_refused_at_its_line() -> None:
+    """A CA file is only used over TLS: without tls: true the password would go out in plaintext while the
+    config looks secured."""
+    text = "sinks:\n  - kind: mqtt\n    host: broker\n    password: s3cret\n    ca_file: /etc/ca.pem\n"
+    for tls in ("", "    tls: false\n"):
+        with pytest.raises(ConfigError) as info:
+            parse_config(text + tls, "site.yaml")
+        assert str(info.value).startswith(
+            "site.yaml:5: sinks[0].ca_file: ca_file is set but tls is not: the connection (and its username "
+            "and password) would be plaintext"
+        ), str(info.value)
+    (sink,) = parse_config(text + "    tls: true\n").sinks
+    assert sink.kind == "mqtt" and sink.tls and sink.ca_file == "/etc/ca.pem"
+
+
 def _validate(path: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli.main", "validate", str(path)],

@@ -426,8 +426,10 @@ def test_a_sink_that_does_not_close_in_time_is_still_counted(tmp_path: Path) -> 
 def test_a_sink_refused_at_construction_leaves_its_spool_free(tmp_path: Path) -> None:
     from pipeline.outputs.sinks import HttpWebhookSink, MqttBrokerSink
 
-    with pytest.raises(FileNotFoundError, match="ca_file"):
-        MqttBrokerSink("m", tmp_path / "s", host="h", port=1883, topic="t", ca_file=str(tmp_path / "no.pem"))
+    with pytest.raises(ValueError, match=r"ca_file .*no\.pem is not a file"):
+        MqttBrokerSink(
+            "m", tmp_path / "s", host="h", port=1883, topic="t", tls=True, ca_file=str(tmp_path / "no.pem")
+        )
     with pytest.raises(ValueError, match="http"):
         HttpWebhookSink("w", tmp_path / "s", url="ftp://x")
     Spool(tmp_path / "s").close()  # not "in use by another process"
