@@ -62,7 +62,8 @@ __all__ = [
     "zone_overrides_path",
 ]
 
-_CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: $ also matches before a final newline, and "cam1\n" would name the events folder cam1_.
+_CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 #: A context or prompt-set name: it names files (its prompt embeddings, configs/prompts/<name>.yaml), so it
 #: follows the camera id's rule, which names folders.
 CONTEXT_NAME = _CAMERA_ID
@@ -394,7 +395,7 @@ class RtspOptions(_Strict):
 # Zones and masks (normalised image coordinates)
 # --------------------------------------------------------------------------------------------------
 
-_ZONE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: see _CAMERA_ID
 #: Zone names that cannot be used: "none" is what an alert outside every zone carries in an MQTT topic.
 RESERVED_ZONE_NAMES = frozenset({"none"})
 MAX_POLYGON_POINTS = 256

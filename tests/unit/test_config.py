@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, load_config, parse_config, resolve_data_path
+from core.config import ConfigError, load_config, parse_config, resolve_data_path, zone_overrides_path
 from tests.conftest import REPO
 
 BASE = """\
@@ -237,6 +237,18 @@ def test_bad_uri_scheme_and_camera_id() -> None:
             parse_config(f"cameras:\n  - {{id: a, uri: '{uri}'}}\n")
     with pytest.raises(ConfigError, match=r"cameras\[0\]\.id"):
         parse_config("cameras:\n  - {id: '../etc', uri: 'file:///x'}\n")
+
+
+def test_a_name_with_a_trailing_newline_is_refused() -> None:
+    """Python's ``$`` also matches before a final newline: ``id: "cam1\\n"`` passed the id rule and named the
+    events folder ``cam1_``, the folder of a camera named ``cam1_``."""
+    with pytest.raises(ConfigError, match=r"^x.yaml:2: cameras\[0\]\.id: .*'cam1\\n' must match"):
+        parse_config('cameras:\n  - {id: "cam1\\n", uri: "file:///x"}\n', "x.yaml")
+    with pytest.raises(ConfigError, match=r"^x.yaml:2: defaults\.context: .*'lot\\n' must match"):
+        parse_config('defaults:\n  context: "lot\\n"\n', "x.yaml")
+    with pytest.raises(ValueError, match="must match"):
+        zone_overrides_path("out", "cam1\n")
+    assert zone_overrides_path("out", "cam1") == Path("out/overrides/cam1.yaml")
 
 
 def test_invalid_yaml_reports_line() -> None:

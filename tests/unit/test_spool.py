@@ -84,12 +84,15 @@ def test_spooled_records_are_read_from_disk_not_held_in_memory(tmp_path: Path) -
     sp.close()
 
 
-def test_spool_removes_torn_writes_and_quarantines_corrupt_files(tmp_path: Path) -> None:
+def test_spool_removes_torn_writes_and_quarantines_corrupt_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     d = tmp_path / "s"
     sp = Spool(d)
     sp.append({"ok": 1})
     (d / ".0000000000000002.tmp").write_text('{"half":')
     (d / "0000000000000003.json").write_text("{garbage")
+    (d / "0000000000000009.json\n").write_text("{}")  # no record's name ($ took it, then found it "gone")
     sp.append({"ok": 2})  # seq 2 (the torn temp file was never acknowledged)
     sp.close()
     sp2 = Spool(d)
@@ -100,6 +103,7 @@ def test_spool_removes_torn_writes_and_quarantines_corrupt_files(tmp_path: Path)
         sp2.ack(e.seq)
     assert got == [{"ok": 1}, {"ok": 2}]
     assert (d / "corrupt" / "0000000000000003.json").read_text() == "{garbage"
+    assert "is gone from the disk" not in caplog.text
 
 
 def test_spool_dead_letter_keeps_reason(tmp_path: Path) -> None:
