@@ -326,7 +326,8 @@ class CameraGraph:
         """Stop and forget one camera. From any thread but the loop's, this waits up to ``timeout_s`` for its
         pipeline to reach NULL, and then no ``on_frame`` call for it follows. A pipeline that takes longer (a
         hung RTSP teardown) is logged as an error and left to finish on its ``zsad-teardown-<id>`` thread
-        (:meth:`stop` waits for it again): the camera is removed all the same, and its id may be added again."""
+        (:meth:`stop` waits for it again): the camera is removed all the same, and its id may be added
+        again."""
         with self._lock:
             if camera_id not in self._cams:
                 raise KeyError(f"no camera with id {camera_id!r}")

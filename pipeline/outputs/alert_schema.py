@@ -231,7 +231,7 @@ def _trim(value: str) -> str:
     return head + ("." + (frac[1:] + "000000")[:6] if frac else "") + tz
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ecma_regex(pattern: str) -> re.Pattern[str]:
     """A schema ``pattern`` compiled to mean in Python what it means in JSON Schema (ECMA-262): there ``$``
     matches at the end of the text only, where Python's also matches before a final newline, so "cam1\\n"

@@ -213,6 +213,7 @@ def _mqtt_tls(ca_file: Path) -> dict[str, object]:
     """An MQTT sink over TLS verified against ``ca_file``."""
     return {"kind": "mqtt", "host": "127.0.0.1", "tls": True, "ca_file": str(ca_file)}
 
+
 CASES = [
     # validate: what the schema cannot see is a warning, not an error (the run starts such a camera).
     Case(
@@ -401,7 +402,7 @@ CASES = [
     ),
     Case(
         "run",
-        "mqtt-ca-file-missing",  # said before the engines (this site has none), as the sink's, not output_dir's
+        "mqtt-ca-file-missing",  # before the engines (none here), as the sink's problem, not output_dir's
         lambda c: [str(c.site("ca", sinks=[_mqtt_tls(c.tmp / "no-ca.pem")]))],
         ("refusing to start: sinks[0].ca_file ", "no-ca.pem is not a file"),
     ),

@@ -298,7 +298,9 @@ def test_an_mqtt_ca_file_without_tls_is_refused_at_its_line() -> None:
             "and password) would be plaintext"
         ), str(info.value)
     (sink,) = parse_config(text + "    tls: true\n").sinks
-    assert sink.kind == "mqtt" and sink.tls and sink.ca_file == "/etc/ca.pem"
+    assert sink.kind == "mqtt"
+    assert sink.tls
+    assert sink.ca_file == "/etc/ca.pem"
 
 
 def _validate(path: Path | str) -> subprocess.CompletedProcess[str]:

@@ -31,8 +31,8 @@ def test_a_missing_mqtt_ca_file_stops_the_run_before_the_engines_naming_its_fiel
     with pytest.raises(RunOutputsError) as info:
         check_outputs(cfg)
     assert str(info.value) == (
-        f"sinks[1].ca_file {ca} is not a file: point it at the broker's CA certificate (PEM), or remove it to "
-        "verify the broker against the system CAs"
+        f"sinks[1].ca_file {ca} is not a file: point it at the broker's CA certificate (PEM), or remove it "
+        "to verify the broker against the system CAs"
     )
     ca.mkdir()  # a folder is no certificate either
     with pytest.raises(RunOutputsError, match=r"sinks\[1\]\.ca_file"):
