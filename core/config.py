@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -62,7 +62,8 @@ __all__ = [
     "zone_overrides_path",
 ]
 
-_CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: $ also matches before a final newline, and "cam1\n" would name the events folder cam1_.
+_CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 #: A context or prompt-set name: it names files (its prompt embeddings, configs/prompts/<name>.yaml), so it
 #: follows the camera id's rule, which names folders.
 CONTEXT_NAME = _CAMERA_ID
@@ -394,7 +395,7 @@ class RtspOptions(_Strict):
 # Zones and masks (normalised image coordinates)
 # --------------------------------------------------------------------------------------------------
 
-_ZONE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: see _CAMERA_ID
 #: Zone names that cannot be used: "none" is what an alert outside every zone carries in an MQTT topic.
 RESERVED_ZONE_NAMES = frozenset({"none"})
 MAX_POLYGON_POINTS = 256
@@ -670,7 +671,11 @@ class MqttSink(_Strict):
     username: str | None = None
     password: str | None = None
     tls: bool = False
-    ca_file: str | None = None
+    ca_file: str | None = Field(
+        None,
+        description="CA certificate (PEM) the broker is verified against, instead of the system CAs; needs "
+        "tls: true. A relative path is read from the working directory.",
+    )
     client_id: str | None = Field(
         None,
         min_length=1,
@@ -699,6 +704,18 @@ class MqttSink(_Strict):
             raise ValueError("the only placeholders a topic may hold are {camera} and {zone}")
         return v
 
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> MqttSink:
+        # Without tls the CA file is never used and the connection, password included, is plaintext: a
+        # config that names a CA file means TLS, so it is refused rather than silently sent in the clear.
+        if self.ca_file is not None and not self.tls:
+            raise _at(
+                "ca_file",
+                "ca_file is set but tls is not: the connection (and its username and password) would be "
+                "plaintext and the CA file unused; set tls: true, or remove ca_file",
+            )
+        return self
+
 
 class WebhookSink(_Strict):
     kind: Literal["webhook"] = "webhook"
@@ -710,6 +727,13 @@ class WebhookSink(_Strict):
 
 
 SinkConfig = Annotated[JsonlSink | MqttSink | WebhookSink, Field(discriminator="kind")]
+
+#: The config's discriminated unions, by the field that holds a list of them, and their tags. Pydantic puts
+#: the member's tag in an error's location right after the item's index (``('sinks', 0, 'mqtt', 'port')``),
+#: where it is neither a YAML key nor part of the field's path (:func:`_without_union_tags`).
+_UNION_TAGS: dict[str, frozenset[str]] = {
+    "sinks": frozenset(member.model_fields["kind"].default for member in get_args(get_args(SinkConfig)[0])),
+}
 
 
 class MediaConfig(_Strict):
@@ -1142,11 +1166,24 @@ class ZsadConfig(_Strict):
 # --------------------------------------------------------------------------------------------------
 
 
+def _without_union_tags(loc: Sequence[int | str]) -> tuple[int | str, ...]:
+    """``loc`` without the tags pydantic adds for a discriminated union's member (:data:`_UNION_TAGS`): only
+    a tag right after an index into its field is dropped, so an unknown key that happens to be spelled like
+    a tag (``sinks: [{kind: jsonl, mqtt: 1}]``) is still named."""
+    kept: list[int | str] = []
+    for i, key in enumerate(loc):
+        field = loc[i - 2] if i >= 2 else None
+        if isinstance(field, str) and isinstance(loc[i - 1], int) and key in _UNION_TAGS.get(field, ()):
+            continue
+        kept.append(key)
+    return tuple(kept)
+
+
 def _node_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     """Follow a pydantic error location through the YAML node tree; return the 1-based line."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
+    for key in _without_union_tags(loc):
         if isinstance(node, yaml.MappingNode):
             nxt = None
             for k_node, v_node in node.value:
@@ -1166,18 +1203,16 @@ def _node_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
             node = node.value[key]
             line = node.start_mark.line + 1
         else:
-            # A discriminated-union tag ('jsonl', ...) or a model-level location: stay where we are.
+            # A name the YAML has no node for (a plain union's member under a scalar value): stay here.
             continue
     return line
 
 
 def _field_path(loc: Sequence[int | str]) -> str:
     parts: list[str] = []
-    for key in loc:
+    for key in _without_union_tags(loc):
         if isinstance(key, int):
             parts.append(f"[{key}]")
-        elif key in {"jsonl", "mqtt", "webhook"}:
-            continue
         else:
             parts.append(("." if parts else "") + str(key))
     return "".join(parts)

@@ -73,7 +73,7 @@ LEARN_MARGIN = 0.25
 FOOTPRINT_GROW = 1
 STORE_FORMAT = 1
 EVIDENCE_FORMAT = 1
-_ALERT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_ALERT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}\Z")  # \Z: $ takes a final newline (a file name)
 
 
 class LearnedError(ValueError):

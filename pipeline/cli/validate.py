@@ -2,8 +2,9 @@
 
 The schema decides validity (exit 2 with file:line: field: reason). What the schema cannot see but a run
 will meet (a calibration file that is missing or unreadable, a camera file that is not there, the appearance
-encoder's weights not found) is printed as a warning: the config stays valid, and ``zsad run`` starts such a
-camera uncalibrated, or reports it failed.
+encoder's weights not found, an MQTT ``ca_file`` that is not there) is printed as a warning: the config stays
+valid, and ``zsad run`` starts such a camera uncalibrated, or reports it failed, or (the ``ca_file``) refuses
+to start before it loads the engines.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from engines.encoders import (
 from engines.manifest import ManifestError, manifest_path
 from pipeline.cpu.sources import parse_source_uri
 from pipeline.inference import REQUIRED_COMPONENTS, engine_folder_problem, engines_semantic_source
+from pipeline.outputs.sinks import sink_file_problems
 from plugins.alerting import threshold_mismatches
 from plugins.fusion import (
     Calibration,
@@ -56,6 +58,8 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
             semantic_source = engines_semantic_source(cfg, directory)
         except ManifestError as exc:
             warnings.append(f"engines: {exc}: a run refuses them; rebuild them (zsad build-engines)")
+    # The file may be put in place before the run, like the engines: a warning, which the run makes an error.
+    warnings += [f"{problem} (a run would refuse to start)" for problem in sink_file_problems(cfg.sinks)]
     exposed = cfg.ui.open_to_network()
     if exposed is not None:
         warnings.append(exposed)

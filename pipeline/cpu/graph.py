@@ -11,8 +11,9 @@ Threads:
   ``_DISPLAY_POLL_S`` and calls ``on_display_frame`` with frames not yet copied out of GStreamer
   (:class:`~pipeline.cpu.sources.SampleFrame`). One thread instead of a Python callback per frame on each
   camera's streaming thread: at 16 cameras that saves 0.5 to 0.75 ms of CPU a frame (docs/benchmarks.md).
-* ``zsad-teardown-<id>``: short-lived, sets a dead pipeline to NULL so that a hung RTSP teardown never
-  blocks the loop (and thus the other cameras).
+* ``zsad-teardown-<id>``: short-lived, sets a dead or removed pipeline to NULL so that a hung RTSP teardown
+  never blocks the loop (and thus the other cameras), nor :meth:`CameraGraph.remove_camera` for longer than
+  its timeout (a reload's caller, which must still hear a SIGTERM).
 
 Camera states: ``starting`` -> ``live`` (first frame) -> ``eos`` (a file ended) | ``failed`` (missing or
 corrupt file, missing decoder: not recoverable) | ``reconnecting`` (network/v4l2 error, EOS or stall; the
@@ -89,6 +90,9 @@ FIRST_FRAME_FACTOR = 3.0
 _DISPLAY_POLL_S = 0.04  # longest wait between two drains of the display appsinks
 _DISPLAY_POLL_MIN_S = 0.002
 _CALL_TIMEOUT_S = 30.0
+#: How long :meth:`CameraGraph.remove_camera` waits for the camera's pipeline to reach NULL: a reload that
+#: removes or restarts a camera whose RTSP server never answers TEARDOWN must go on (and a SIGTERM be heard).
+REMOVE_TIMEOUT_S = 10.0
 # A file pipeline can, rarely, stop before its first frame without posting an error (GStreamer 1.22:
 # qtdemux and typefind left with paused tasks on a truncated MP4, 4 runs in 34 of test_file_faults).
 # The start watchdog rebuilds it this many times before the camera fails: a last resort that warns as
@@ -318,8 +322,12 @@ class CameraGraph:
         if self._running:
             self._call(lambda: self._build_guarded(cam))
 
-    def remove_camera(self, camera_id: str) -> None:
-        """Stop and forget one camera. From any thread but the loop's, no ``on_frame`` call for it follows."""
+    def remove_camera(self, camera_id: str, timeout_s: float = REMOVE_TIMEOUT_S) -> None:
+        """Stop and forget one camera. From any thread but the loop's, this waits up to ``timeout_s`` for its
+        pipeline to reach NULL, and then no ``on_frame`` call for it follows. A pipeline that takes longer (a
+        hung RTSP teardown) is logged as an error and left to finish on its ``zsad-teardown-<id>`` thread
+        (:meth:`stop` waits for it again): the camera is removed all the same, and its id may be added
+        again."""
         with self._lock:
             if camera_id not in self._cams:
                 raise KeyError(f"no camera with id {camera_id!r}")
@@ -332,10 +340,17 @@ class CameraGraph:
             return
         cam, cp = detached
         if cp is not None:
-            if self._in_loop():
-                self._teardown_async(cam, cp)
-            else:
-                self._set_null(cam, cp)
+            teardown = self._teardown_async(cam, cp)
+            if not self._in_loop():  # the loop thread never waits: the other cameras run on it
+                teardown.join(timeout_s)
+                if teardown.is_alive():
+                    log.error(
+                        "camera %s: its pipeline did not reach NULL within %.1f s (a source that does not "
+                        "answer?); removed anyway, its teardown goes on in the background (%s)",
+                        camera_id,
+                        timeout_s,
+                        teardown.name,
+                    )
         log.info("camera %s removed", camera_id)
 
     def states(self) -> dict[str, str]:
@@ -601,8 +616,9 @@ class CameraGraph:
         cp.pipeline.set_state(init_gstreamer().State.NULL)
         cp.close()  # frees the pipeline: without it every rebuild leaked one, with its file descriptors
 
-    def _teardown_async(self, cam: _Camera, cp: CameraPipeline) -> None:
-        """Set a pipeline to NULL on a helper thread (a hung RTSP TEARDOWN must not block the loop)."""
+    def _teardown_async(self, cam: _Camera, cp: CameraPipeline) -> threading.Thread:
+        """Set a pipeline to NULL on a helper thread (a hung RTSP TEARDOWN must not block the loop), which is
+        returned (started)."""
 
         def work() -> None:
             try:
@@ -615,6 +631,7 @@ class CameraGraph:
         with self._lock:
             self._teardowns.add(t)
         t.start()
+        return t
 
     def _on_failure(self, cam: _Camera, gen: int, detail: str, *, recoverable: bool) -> None:
         """Error, EOS of a network source, or stall: reconnect (network/v4l2) or fail (files)."""

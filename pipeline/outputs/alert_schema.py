@@ -13,6 +13,7 @@ state (``end >= start``, the peak inside the alert, no heatmap without a snapsho
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -40,8 +41,9 @@ _REL_PATH = r"^(?![/\\])(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.\-/]{1,512}$"
 _CAMERA = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ZONE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _PIXEL = {"type": "integer", "minimum": 0}
-_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Python only, so \Z (the schema's patterns keep $: see _ecma_regex).
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 ALERT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -229,6 +231,30 @@ def _trim(value: str) -> str:
     return head + ("." + (frac[1:] + "000000")[:6] if frac else "") + tz
 
 
+@functools.cache
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A schema ``pattern`` compiled to mean in Python what it means in JSON Schema (ECMA-262): there ``$``
+    matches at the end of the text only, where Python's also matches before a final newline, so "cam1\\n"
+    would pass ``^...$``. The schema keeps ``$`` (its readers' engines have no ``\\Z``); each ``$`` outside a
+    character class becomes ``\\Z`` here."""
+    out: list[str] = []
+    in_class = escaped = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "$":
+            out.append(r"\Z")
+            continue
+        out.append(ch)
+    return re.compile("".join(out))
+
+
 def _check(value: Any, schema: Mapping[str, Any], path: str, problems: list[str]) -> None:
     where = path or "(record)"
     if "const" in schema and not _same(value, schema["const"]):
@@ -247,7 +273,7 @@ def _check(value: Any, schema: Mapping[str, Any], path: str, problems: list[str]
             problems.append(f"{where}: shorter than {schema['minLength']} characters")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             problems.append(f"{where}: longer than {schema['maxLength']} characters")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not _ecma_regex(schema["pattern"]).search(value):
             problems.append(f"{where}: {value!r} does not match {schema['pattern']}")
         if "format" in schema and not _format_ok(value, schema["format"]):
             problems.append(f"{where}: {value!r} is not a valid {schema['format']}")

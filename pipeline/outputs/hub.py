@@ -67,7 +67,7 @@ from pipeline.memory_streams import OBJECTS_FILE, STATIONARY_FILE, ModelFile
 from pipeline.outputs.events import CameraAlerts
 from pipeline.outputs.media import EventRecorder, Frame, safe_component
 from pipeline.outputs.metrics import ZsadMetrics, start_metrics_server
-from pipeline.outputs.sinks import SinkFanout, SpoolError, build_sinks, sink_name
+from pipeline.outputs.sinks import SinkFanout, SpoolError, build_sinks, sink_file_problems, sink_name
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web import ReviewServer, ReviewServerError
 from pipeline.outputs.web.api import ZonesChanged
@@ -132,8 +132,9 @@ def _output_dir_error(out: Path, exc: OSError) -> RunOutputsError:
 
 def check_outputs(cfg: ZsadConfig) -> None:
     """Fail early, before engines are built or loaded, on what would stop :class:`RunOutputs`: an output
-    folder that cannot be made, two sinks with one destination, a metrics or review port that cannot be
-    bound (the real bind in :meth:`RunOutputs.start` still decides). Raises :class:`RunOutputsError`."""
+    folder that cannot be made, two sinks with one destination, an MQTT ``ca_file`` that is not a file, a
+    metrics or review port that cannot be bound (the real bind in :meth:`RunOutputs.start` still decides).
+    Raises :class:`RunOutputsError`."""
     out = Path(cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +148,9 @@ def check_outputs(cfg: ZsadConfig) -> None:
                 f"sinks: two sinks deliver to the same destination ({sink.kind}): remove one"
             )
         seen.add(name)
+    problems = sink_file_problems(cfg.sinks)
+    if problems:
+        raise RunOutputsError("; ".join(problems))
     for section, enabled, host, port in (
         ("metrics", cfg.metrics.enabled, cfg.metrics.host, cfg.metrics.port),
         ("ui", cfg.ui.enabled, cfg.ui.host, cfg.ui.port),
@@ -230,7 +234,7 @@ class RunOutputs:
             raise RunOutputsError(f"sinks: {exc.strerror or exc}") from exc
         except OSError as exc:
             raise _output_dir_error(self.out, exc) from exc
-        except ValueError as exc:  # two sinks with one destination
+        except ValueError as exc:  # two sinks with one destination, an MQTT ca_file that is not a file
             raise RunOutputsError(f"sinks: {exc}") from exc
         try:
             self.gate = StreamGate.load(gate_path) if gate_path else StreamGate.uniform()

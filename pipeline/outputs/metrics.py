@@ -31,8 +31,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*\Z")  # \Z: $ takes a final newline
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 LabelKey = tuple[str, ...]
 

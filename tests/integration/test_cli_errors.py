@@ -208,6 +208,12 @@ def _synthetic_with(tmp: Path, **changes: object) -> Path:
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
 
+
+def _mqtt_tls(ca_file: Path) -> dict[str, object]:
+    """An MQTT sink over TLS verified against ``ca_file``."""
+    return {"kind": "mqtt", "host": "127.0.0.1", "tls": True, "ca_file": str(ca_file)}
+
+
 CASES = [
     # validate: what the schema cannot see is a warning, not an error (the run starts such a camera).
     Case(
@@ -233,6 +239,13 @@ CASES = [
             "none.json",
             "OK",
         ),
+        code=0,
+    ),
+    Case(
+        "validate",
+        "missing-mqtt-ca-file-warns",  # it may be put in place before the run, as the engines may
+        lambda c: [str(c.site("ca", sinks=[_mqtt_tls(c.tmp / "no-ca.pem")]))],
+        ("warning: sinks[0].ca_file ", "no-ca.pem is not a file", "(a run would refuse to start)", "OK"),
         code=0,
     ),
     # synth
@@ -386,6 +399,12 @@ CASES = [
             )
         ],
         ("sinks: two sinks deliver to the same destination",),
+    ),
+    Case(
+        "run",
+        "mqtt-ca-file-missing",  # before the engines (none here), as the sink's problem, not output_dir's
+        lambda c: [str(c.site("ca", sinks=[_mqtt_tls(c.tmp / "no-ca.pem")]))],
+        ("refusing to start: sinks[0].ca_file ", "no-ca.pem is not a file"),
     ),
     # demo: a busy port is found before minutes of scenes, engines and calibration.
     Case("demo", "zero-duration", lambda c: ["--duration", "0"], ("--duration",)),

@@ -478,6 +478,52 @@ def test_add_and_remove_cameras_at_runtime(
         g.remove_camera("a")
 
 
+def test_a_pipeline_that_does_not_reach_null_bounds_remove_camera_and_the_camera_is_gone(
+    videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload that restarts a camera whose RTSP server never answers TEARDOWN waited in remove_camera for
+    ever (and the run never heard SIGTERM). Here the camera's frame callback holds its streaming thread, so
+    its pipeline cannot reach NULL until the test lets go, as a hung teardown cannot: remove_camera returns
+    after its timeout with an error logged, the camera is gone from the graph (its id may be added again,
+    as a restart does), the other camera runs on, and the old pipeline still reaches NULL once released."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def on_frame(cid: str, pts: float, frame: np.ndarray) -> None:
+        if cid == "stuck" and not held.is_set():
+            held.set()
+            release.wait(60)  # bounded: a failing test must not hang the suite
+        collector.on_frame(cid, pts, frame)
+
+    cams = [camera("stuck", f"loop://{videos['v25']}"), camera("ok", f"loop://{videos['v25']}")]
+    g = CameraGraph((64, 48), on_frame, collector.on_state, cameras=cams)
+    graphs.append(g)
+    try:
+        g.start()
+        assert held.wait(60), "the camera never delivered a frame"
+        removed = threading.Event()
+
+        def remove() -> None:
+            g.remove_camera("stuck", timeout_s=0.5)
+            removed.set()
+
+        threading.Thread(target=remove, name="test-remove", daemon=True).start()
+        assert removed.wait(30), "remove_camera waited on a pipeline that cannot reach NULL"
+        assert "camera stuck: its pipeline did not reach NULL within 0.5 s" in caplog.text
+        (teardown,) = [t for t in threading.enumerate() if t.name == "zsad-teardown-stuck"]
+        assert teardown.is_alive()  # still held: removed without waiting for it
+        assert set(g.states()) == {"ok"}
+        ok_then = collector.count("ok")
+        wait_for(lambda: collector.count("ok") > ok_then + 25)
+        g.add_camera(camera("stuck", f"loop://{videos['v25']}"))  # the restart's second half
+        wait_for(lambda: collector.count("stuck") > 10)
+    finally:
+        release.set()
+    teardown.join(30)
+    assert not teardown.is_alive(), "the released pipeline never reached NULL"
+    assert g.states() == {"ok": "live", "stuck": "live"}
+
+
 def test_odd_width_frames_have_their_row_padding_removed(
     videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
 ) -> None:

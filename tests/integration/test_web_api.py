@@ -446,6 +446,7 @@ def test_alerts_endpoint_and_filters(server: str, demo: DemoRun) -> None:
     assert old["heatmap"] is None
     assert old["media"]["heatmap"] is None
     assert request(server, "GET", f"/api/alerts/{uuid.uuid4()}").status == 404
+    assert request(server, "GET", f"/api/alerts/{ids['closed']}%0A").status == 404  # $ took a final newline
     assert request(server, "GET", "/api/nothing").status == 404
 
 
@@ -493,6 +494,7 @@ def test_zone_filter_and_camera_writes_without_running_cameras(server: str, demo
     assert get_json(server, "/api/alerts?zone=fence")["count"] == 4
     assert get_json(server, "/api/alerts?zone=none")["count"] == 0
     assert request(server, "GET", "/api/alerts?zone=../x").status == 400
+    assert request(server, "GET", "/api/alerts?zone=fence%0A").status == 400  # $ took a final newline
     # A server without running cameras (the store alone) has no zones to read or change.
     assert request(server, "GET", "/api/cameras/gate-east/zones").status == 404
     assert request(server, "GET", "/api/cameras/gate-east/frame.jpg").status == 404

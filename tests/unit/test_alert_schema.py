@@ -80,6 +80,12 @@ def _with(**changes: Any) -> dict[str, Any]:
         (_with(peak_box={"x0": 0, "y0": 0, "x1": 30, "y1": 10, "width": 20, "height": 20}), "outside"),
         (_with(peak_box={"x0": -1, "y0": 0, "x1": 3, "y1": 10, "width": 20, "height": 20}), "minimum"),
         ([], "must be of type object"),
+        # Python's $ also matches before a final newline; JSON Schema's (ECMA-262) does not.
+        (_with(camera="parking-north\n"), "camera"),
+        (_with(zone="fence\n"), "zone"),
+        (_with(snapshot=example_record()["snapshot"] + "\n"), "snapshot"),
+        (_with(alert_id=example_record()["alert_id"] + "\n"), "not a valid uuid"),
+        (_with(start="2024-05-01T12:00:03.200+00:00\n"), "not a valid date-time"),
     ],
 )
 def test_invalid_records_are_named(record: Any, fragment: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, load_config, parse_config, resolve_data_path
+from core.config import ConfigError, load_config, parse_config, resolve_data_path, zone_overrides_path
 from tests.conftest import REPO
 
 BASE = """\
@@ -239,6 +239,18 @@ def test_bad_uri_scheme_and_camera_id() -> None:
         parse_config("cameras:\n  - {id: '../etc', uri: 'file:///x'}\n")
 
 
+def test_a_name_with_a_trailing_newline_is_refused() -> None:
+    """Python's ``$`` also matches before a final newline: ``id: "cam1\\n"`` passed the id rule and named the
+    events folder ``cam1_``, the folder of a camera named ``cam1_``."""
+    with pytest.raises(ConfigError, match=r"^x.yaml:2: cameras\[0\]\.id: .*'cam1\\n' must match"):
+        parse_config('cameras:\n  - {id: "cam1\\n", uri: "file:///x"}\n', "x.yaml")
+    with pytest.raises(ConfigError, match=r"^x.yaml:2: defaults\.context: .*'lot\\n' must match"):
+        parse_config('defaults:\n  context: "lot\\n"\n', "x.yaml")
+    with pytest.raises(ValueError, match="must match"):
+        zone_overrides_path("out", "cam1\n")
+    assert zone_overrides_path("out", "cam1") == Path("out/overrides/cam1.yaml")
+
+
 def test_invalid_yaml_reports_line() -> None:
     with pytest.raises(ConfigError, match=r"x.yaml:2: invalid YAML"):
         parse_config("a: 1\n b: [\n", "x.yaml")
@@ -249,6 +261,46 @@ def test_sink_union_is_discriminated() -> None:
     assert [s.kind for s in cfg.sinks] == ["mqtt", "webhook"]
     with pytest.raises(ConfigError, match=r"sinks\[0\]\.port"):
         parse_config("sinks:\n  - {kind: mqtt, port: 70000}\n")
+
+
+def test_a_bad_sink_field_is_reported_at_its_own_line() -> None:
+    """Pydantic puts a sink's kind in the error's location (sinks, 1, mqtt, port): the line must still be
+    the bad field's, not the sink item's, and an unknown key spelled like a kind is still named."""
+    text = (
+        "sinks:\n"
+        "  - kind: jsonl\n"
+        "    mqtt: 1\n"
+        "  - kind: mqtt\n"
+        "    host: broker\n"
+        "\n"
+        "    port: 70000\n"
+        "  - kind: webhook\n"
+        "    url: ftp://x\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "site.yaml")
+    assert str(info.value).splitlines() == [
+        "site.yaml:3: sinks[0].mqtt: unknown key (not allowed here)",
+        "site.yaml:7: sinks[1].port: Input should be less than or equal to 65535",
+        "site.yaml:9: sinks[2].url: String should match pattern '^https?://'",
+    ]
+
+
+def test_an_mqtt_ca_file_without_tls_is_refused_at_its_line() -> None:
+    """A CA file is only used over TLS: without tls: true the password would go out in plaintext while the
+    config looks secured."""
+    text = "sinks:\n  - kind: mqtt\n    host: broker\n    password: s3cret\n    ca_file: /etc/ca.pem\n"
+    for tls in ("", "    tls: false\n"):
+        with pytest.raises(ConfigError) as info:
+            parse_config(text + tls, "site.yaml")
+        assert str(info.value).startswith(
+            "site.yaml:5: sinks[0].ca_file: ca_file is set but tls is not: the connection (and its username "
+            "and password) would be plaintext"
+        ), str(info.value)
+    (sink,) = parse_config(text + "    tls: true\n").sinks
+    assert sink.kind == "mqtt"
+    assert sink.tls
+    assert sink.ca_file == "/etc/ca.pem"
 
 
 def _validate(path: Path | str) -> subprocess.CompletedProcess[str]:

@@ -181,3 +181,5 @@ def test_store_refuses_a_bad_index_and_another_cameras_folder(tmp_path: Path) ->
         store.state()
     with pytest.raises(LearnedError, match="not a plain id"):
         LearnedStore(tmp_path / "y", "cam").learn("../escape", {})
+    with pytest.raises(LearnedError, match="not a plain id"):  # $ took a final newline: a file "a1\n.npz"
+        LearnedStore(tmp_path / "y", "cam").learn("a1\n", {})

@@ -120,6 +120,8 @@ def test_registry_rejects_misuse() -> None:
         reg.gauge("x_total", "again")
     with pytest.raises(MetricsError, match="invalid metric name"):
         reg.gauge("bad-name", "x")
+    with pytest.raises(MetricsError, match="invalid metric name"):
+        reg.gauge("g_newline\n", "x")  # $ took a final newline, which breaks the exposition format
     g = reg.gauge("g", "gauge", ())
     g.set(float("nan"))
     assert "g NaN" in reg.render()

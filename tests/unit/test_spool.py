@@ -84,12 +84,15 @@ def test_spooled_records_are_read_from_disk_not_held_in_memory(tmp_path: Path) -
     sp.close()
 
 
-def test_spool_removes_torn_writes_and_quarantines_corrupt_files(tmp_path: Path) -> None:
+def test_spool_removes_torn_writes_and_quarantines_corrupt_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     d = tmp_path / "s"
     sp = Spool(d)
     sp.append({"ok": 1})
     (d / ".0000000000000002.tmp").write_text('{"half":')
     (d / "0000000000000003.json").write_text("{garbage")
+    (d / "0000000000000009.json\n").write_text("{}")  # no record's name ($ took it, then found it "gone")
     sp.append({"ok": 2})  # seq 2 (the torn temp file was never acknowledged)
     sp.close()
     sp2 = Spool(d)
@@ -100,6 +103,7 @@ def test_spool_removes_torn_writes_and_quarantines_corrupt_files(tmp_path: Path)
         sp2.ack(e.seq)
     assert got == [{"ok": 1}, {"ok": 2}]
     assert (d / "corrupt" / "0000000000000003.json").read_text() == "{garbage"
+    assert "is gone from the disk" not in caplog.text
 
 
 def test_spool_dead_letter_keeps_reason(tmp_path: Path) -> None:
@@ -426,8 +430,10 @@ def test_a_sink_that_does_not_close_in_time_is_still_counted(tmp_path: Path) -> 
 def test_a_sink_refused_at_construction_leaves_its_spool_free(tmp_path: Path) -> None:
     from pipeline.outputs.sinks import HttpWebhookSink, MqttBrokerSink
 
-    with pytest.raises(FileNotFoundError, match="ca_file"):
-        MqttBrokerSink("m", tmp_path / "s", host="h", port=1883, topic="t", ca_file=str(tmp_path / "no.pem"))
+    with pytest.raises(ValueError, match=r"ca_file .*no\.pem is not a file"):
+        MqttBrokerSink(
+            "m", tmp_path / "s", host="h", port=1883, topic="t", tls=True, ca_file=str(tmp_path / "no.pem")
+        )
     with pytest.raises(ValueError, match="http"):
         HttpWebhookSink("w", tmp_path / "s", url="ftp://x")
     Spool(tmp_path / "s").close()  # not "in use by another process"

@@ -72,6 +72,7 @@ def test_zones_mask_and_alert_zones_reach_the_camera_settings() -> None:
         ("name: tv", "name: road", 5, "cameras[0].zones", "'road' appears more than once"),
         ("name: tv", "name: none", 8, "cameras[0].zones[1].name", "reserved"),
         ("name: tv", "name: 'a b'", 8, "cameras[0].zones[1].name", "must match"),
+        ("name: tv", 'name: "tv\\n"', 8, "cameras[0].zones[1].name", "must match"),  # $ took a final newline
         ("alert: false", "alert: false\n        colour: red", 11, "zones[1].colour", "unknown key"),
         ("alert_zones: [road]", "alert_zones: [gate]", 13, "cameras[0].alert_zones", "unknown zone 'gate'"),
         ("alert_zones: [road]", "alert_zones: [tv]", 13, "cameras[0].alert_zones", "has alert: false"),

@@ -45,6 +45,7 @@ __all__ = [
     "build_sink",
     "build_sinks",
     "mqtt_client_id",
+    "sink_file_problems",
     "sink_name",
 ]
 
@@ -72,6 +73,20 @@ def sink_name(config: SinkConfigModel, output_dir: Path) -> str:
         identity = config.url
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:10]
     return f"{config.kind}-{digest}"
+
+
+def sink_file_problems(sink_configs: Sequence[SinkConfigModel]) -> list[str]:
+    """What the schema cannot see that stops a sink from being built: an MQTT ``ca_file`` that is not a file
+    (read from the working directory when relative, as the sink reads it). One line per problem, naming the
+    field."""
+    problems = []
+    for i, config in enumerate(sink_configs):
+        if isinstance(config, MqttSink) and config.ca_file is not None and not Path(config.ca_file).is_file():
+            problems.append(
+                f"sinks[{i}].ca_file {config.ca_file} is not a file: point it at the broker's CA certificate "
+                "(PEM), or remove it to verify the broker against the system CAs"
+            )
+    return problems
 
 
 def build_sink(

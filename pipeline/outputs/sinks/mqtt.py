@@ -71,7 +71,8 @@ class MqttBrokerSink(Sink):
         if qos not in (1, 2):  # qos 0 has no acknowledgement: a record could leave the spool unreceived
             raise ValueError(f"MQTT qos must be 1 or 2, got {qos}")
         if ca_file is not None and not Path(ca_file).is_file():
-            raise FileNotFoundError(f"MQTT ca_file {ca_file} does not exist")
+            # A ValueError, not an OSError: the run reports it as the sink's problem, not its output folder's.
+            raise ValueError(f"MQTT ca_file {ca_file} is not a file")
         super().__init__(name, spool_dir, **kwargs)
         self.host = host
         self.port = port

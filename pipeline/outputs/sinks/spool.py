@@ -43,7 +43,7 @@ __all__ = ["Spool", "SpoolEntry", "SpoolError", "SpoolReadError"]
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^(\d{16})\.json$")
+_NAME = re.compile(r"^(\d{16})\.json\Z")  # \Z: $ would take a final newline
 
 
 class SpoolError(OSError):

@@ -21,10 +21,11 @@ MEDIA_DIR = "events"
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".mp4": "video/mp4"}
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-_ALERT_PATH = re.compile(r"^/api/alerts/([A-Za-z0-9_.-]{1,128})$")
-_LABEL_PATH = re.compile(r"^/api/alerts/([A-Za-z0-9_.-]{1,128})/label$")
-_CAMERA_PATH = re.compile(r"^/api/cameras/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(zones|learned|frame\.jpg)$")
-_ZONE_PARAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: $ also matches before a final newline, which a percent-escape (%0A) puts in a decoded path.
+_ALERT_PATH = re.compile(r"^/api/alerts/([A-Za-z0-9_.-]{1,128})\Z")
+_LABEL_PATH = re.compile(r"^/api/alerts/([A-Za-z0-9_.-]{1,128})/label\Z")
+_CAMERA_PATH = re.compile(r"^/api/cameras/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(zones|learned|frame\.jpg)\Z")
+_ZONE_PARAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class ApiError(Exception):
