@@ -31,6 +31,7 @@ __all__ = [
     "AlertSchemaError",
     "alert_problems",
     "build_alert_record",
+    "fromisoformat_text",
     "iso_utc",
     "validate_alert",
 ]
@@ -214,21 +215,23 @@ def _format_ok(value: str, fmt: str) -> bool:
         if not _DATE_TIME.match(value):
             return False
         try:
-            datetime.fromisoformat(_trim(value))
+            datetime.fromisoformat(fromisoformat_text(value))
         except ValueError:
             return False
         return True
     return True
 
 
-def _trim(value: str) -> str:
-    """ISO text that Python 3.10's ``datetime.fromisoformat`` accepts: "+00:00" for "Z", 6 fraction digits."""
-    text = value[:-1] + "+00:00" if value.endswith("Z") else value
-    m = re.match(r"^(.*?T\d{2}:\d{2}:\d{2})(\.\d+)?(.*)$", text)
+def fromisoformat_text(value: str) -> str:
+    """ISO 8601 text that Python 3.10's ``datetime.fromisoformat`` accepts: "+00:00" for "Z" (or "z"), and
+    a fraction of exactly 6 digits (3.10 takes only 3 or 6: ``.5`` is padded, nanoseconds cut). Any other
+    text is returned as it is, for ``fromisoformat`` to refuse."""
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    m = re.match(r"^(.*?\d{2}:\d{2}:\d{2})\.(\d+)(.*)$", text)
     if m is None:
         return text
     head, frac, tz = m.groups()
-    return head + ("." + (frac[1:] + "000000")[:6] if frac else "") + tz
+    return f"{head}.{(frac + '000000')[:6]}{tz}"
 
 
 @functools.cache
@@ -311,7 +314,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(_trim(value))
+    return datetime.fromisoformat(fromisoformat_text(value))
 
 
 def alert_problems(record: Any) -> list[str]:

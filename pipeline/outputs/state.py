@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline.outputs.alert_schema import fromisoformat_text
+
 __all__ = [
     "CAMERA_STATES",
     "LABELS",
@@ -82,15 +84,8 @@ def parse_time(value: str | float) -> float:
         return float(text)
     except ValueError:
         pass
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    # fromisoformat on Python 3.10 takes at most 6 fractional digits.
-    if "." in text:
-        head, _, tail = text.partition(".")
-        digits = len(tail) - len(tail.lstrip("0123456789"))
-        text = head + "." + tail[: min(digits, 6)] + tail[digits:]
     try:
-        dt = datetime.fromisoformat(text)
+        dt = datetime.fromisoformat(fromisoformat_text(text))
     except ValueError as exc:
         raise StateError(f"time {value!r} is neither epoch seconds nor ISO 8601") from exc
     if dt.tzinfo is None:

@@ -71,6 +71,30 @@ def test_parse_time_accepts_iso_and_epoch() -> None:
         parse_time(float("nan"))
 
 
+@pytest.mark.parametrize(
+    ("fraction", "seconds"),
+    [
+        ("5", 0.5),
+        ("25", 0.25),
+        ("1250", 0.125),
+        ("12345", 0.12345),
+        ("1234567", 0.123456),
+        ("123456789", 0.123456),
+    ],
+)
+def test_parse_time_takes_fractions_of_any_length(fraction: str, seconds: float) -> None:
+    """Python 3.10's fromisoformat takes a fraction of exactly 3 or 6 digits only: anything else is padded
+    or cut to 6 first (the text it is given is checked too, since the interpreter running the tests may be
+    a newer one that takes any length)."""
+    from pipeline.outputs.alert_schema import fromisoformat_text
+
+    assert parse_time(f"2024-05-01T12:00:00.{fraction}Z") == pytest.approx(T0 + seconds, abs=1e-9)
+    assert parse_time(f"2024-05-01 14:00:00.{fraction}+02:00") == pytest.approx(T0 + seconds, abs=1e-9)
+    six = f"{fraction}000000"[:6]
+    assert fromisoformat_text(f"2024-05-01T12:00:00.{fraction}Z") == f"2024-05-01T12:00:00.{six}+00:00"
+    assert fromisoformat_text(f"2024-05-01 12:00:00.{fraction}z") == f"2024-05-01 12:00:00.{six}+00:00"
+
+
 def test_camera_lifecycle_and_states(tmp_path: Path) -> None:
     state = RunState(tmp_path)
     state.add_camera("cam-a", "campus", "rtsp://***@10.0.0.5/live", threshold=3.0)
