@@ -323,6 +323,36 @@ def test_unexpected_exception_in_deliver_is_retried(tmp_path: Path) -> None:
     s.close(1.0)
 
 
+@pytest.mark.parametrize("max_retries", [0, 1, 2])
+def test_a_failing_sink_is_reported_at_error_after_max_retries_even_when_that_is_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, max_retries: int
+) -> None:
+    """A webhook's ``max_retries`` 0 or 1 escalates after the first failed attempt: the first-failure
+    WARNING used to be checked first, so the ERROR never came."""
+    from pipeline.outputs.sinks import build_sink
+
+    webhook = build_sink(WebhookSink(url="http://127.0.0.1:1/hook", max_retries=max_retries), tmp_path / "w")
+    escalate_after = webhook.escalate_after
+    webhook.close(0.0)  # never started: only its factory's setting is wanted here
+    assert escalate_after == max(1, max_retries)
+    s = _sink(tmp_path / "s", escalate_after=escalate_after)
+    s.down.set()
+    with caplog.at_level(logging.WARNING, logger="pipeline.outputs.sinks.base"):
+        s.start()
+        s.publish({"i": 0})
+        _wait(lambda: s.attempts >= escalate_after + 1)
+        s.close(0.1)
+    said = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if "delivery failed" in r.getMessage() or "still failing" in r.getMessage()
+    ]
+    assert said[0][0] == (logging.ERROR if escalate_after == 1 else logging.WARNING)
+    errors = [message for level, message in said if level == logging.ERROR]
+    assert len(errors) == 1  # once per streak, not on every retry
+    assert f"still failing after {escalate_after} attempt(s)" in errors[0]
+
+
 # ------------------------------------------------------------------------------------------ JSONL + factory
 
 

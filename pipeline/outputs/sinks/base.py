@@ -230,21 +230,24 @@ class Sink(abc.ABC):
         delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(self._failures - 1, 30))
         if retry_after_s is not None:
             delay = min(max(delay, retry_after_s), self.backoff_max_s)
-        if self._failures == 1:
-            log.warning(
-                "sink %s: delivery failed (%s); retrying in %.1fs, records stay in the spool",
-                self.name,
-                reason,
-                delay,
-            )
-        elif self._failures == self.escalate_after:
+        # The escalation first: with escalate_after 1 (a webhook's max_retries 0 or 1) the first failure is
+        # the one to report at ERROR, and the WARNING below would otherwise take it.
+        if self._failures == self.escalate_after:
             log.error(
-                "sink %s: still failing after %d attempts (%s); %d record(s) waiting, retrying every <=%.0fs",
+                "sink %s: still failing after %d attempt(s) (%s); %d record(s) waiting, retrying every "
+                "<=%.0fs",
                 self.name,
                 self._failures,
                 reason,
                 self.pending,
                 self.backoff_max_s,
+            )
+        elif self._failures == 1:
+            log.warning(
+                "sink %s: delivery failed (%s); retrying in %.1fs, records stay in the spool",
+                self.name,
+                reason,
+                delay,
             )
         else:
             log.debug("sink %s: attempt %d failed: %s", self.name, self._failures, reason)
