@@ -106,6 +106,38 @@ def test_spool_removes_torn_writes_and_quarantines_corrupt_files(
     assert "is gone from the disk" not in caplog.text
 
 
+def test_a_corrupt_record_never_overwrites_an_older_one_of_the_same_name(tmp_path: Path) -> None:
+    """Sequence numbers start again at 1 once a spool is drained: the second corrupt record 1 is kept
+    beside the first, not over it."""
+    d = tmp_path / "s"
+    for text in ("{first", "{second"):
+        sp = Spool(d)
+        seq = sp.append({"ok": 1})
+        assert seq == 1  # the spool was empty: numbering starts again
+        (d / f"{seq:016d}.json").write_text(text)
+        assert sp.peek() is None  # unreadable: moved aside
+        sp.close()
+    corrupt = {p.name: p.read_text() for p in (d / "corrupt").iterdir()}
+    assert corrupt == {"0000000000000001.json": "{first", "0000000000000001.1.json": "{second"}
+
+
+def test_a_dead_letter_is_written_whole_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s")
+    first = sp.dead_letter(sp.append({"alert_id": "a"}), "HTTP 400")
+    sp.close()
+    sp = Spool(tmp_path / "s")  # drained: numbering starts again, the same sequence number is refused again
+    second = sp.dead_letter(sp.append({"alert_id": "b"}), "HTTP 422")
+    sp.close()
+    assert first is not None
+    assert second is not None
+    assert first != second
+    dead = sorted((tmp_path / "s" / "dead").iterdir())
+    assert dead == sorted([first, second])  # nothing else: no half-written temporary file
+    assert json.loads(first.read_text()) == {"reason": "HTTP 400", "record": {"alert_id": "a"}}
+    assert json.loads(second.read_text()) == {"reason": "HTTP 422", "record": {"alert_id": "b"}}
+    assert [p.name for p in (tmp_path / "s").iterdir() if p.name.endswith(".json")] == []
+
+
 def test_spool_dead_letter_keeps_reason(tmp_path: Path) -> None:
     sp = Spool(tmp_path / "s")
     seq = sp.append({"alert_id": "x"})

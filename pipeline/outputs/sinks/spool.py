@@ -4,7 +4,8 @@ Layout (one directory per sink)::
 
     <dir>/0000000000000042.json    one record per file, named by a increasing sequence number
     <dir>/dead/<ns>-<seq>.json     records a receiver refused permanently, with the reason
-    <dir>/corrupt/<name>           unreadable files found at start (never silently deleted)
+    <dir>/corrupt/<name>           unreadable records (never silently deleted, nor overwritten: a name
+                                   already there gets a ``.<n>`` before ``.json``)
 
 A record is written to a hidden temp file, flushed, fsync'd, renamed into place and the directory fsync'd:
 after :meth:`Spool.append` returns, the record survives a crash or power loss; a crash mid-write leaves only
@@ -38,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from core.datafile import write_atomic
 
 __all__ = ["Spool", "SpoolEntry", "SpoolError", "SpoolReadError"]
 
@@ -76,6 +79,19 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/<stem>.<n><suffix>`` with the smallest ``n`` not taken: sequence numbers
+    start again at 1 once a spool is drained, so a record's name in ``corrupt/`` (or ``dead/``) may be that
+    of an older one, which must not be overwritten. One process has the spool (its lock), and the caller
+    holds the spool's lock or is the only writer of ``folder``."""
+    candidate = folder / name
+    n = 1
+    while candidate.exists():
+        candidate = folder / f"{Path(name).stem}.{n}{Path(name).suffix}"
+        n += 1
+    return candidate
 
 
 def _encode(record: Mapping[str, Any]) -> bytes:
@@ -281,7 +297,7 @@ class Spool:
             try:
                 target = self.directory / "corrupt"
                 target.mkdir(exist_ok=True)
-                path.replace(target / path.name)
+                path.replace(_free_name(target, path.name))
             except OSError as move_exc:
                 log.error("spool %s: cannot move %s aside: %s", self.directory, path.name, move_exc)
             return None
@@ -320,10 +336,13 @@ class Spool:
             self._forget(seq)
         if record is None:
             return None
-        path = self.directory / "dead" / f"{time.time_ns()}-{seq:016d}.json"
+        path = _free_name(self.directory / "dead", f"{time.time_ns()}-{seq:016d}.json")
+        data = json.dumps({"reason": reason, "record": record}, indent=1).encode("utf-8")
         try:
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(json.dumps({"reason": reason, "record": record}, indent=1), encoding="utf-8")
+            # The dead letter is on disk (the file and its name) before the record leaves the spool: a crash
+            # in between leaves the record in both places, never in neither.
+            write_atomic(path, lambda fh: fh.write(data))
+            _fsync_dir(path.parent)
             self._path(seq).unlink(missing_ok=True)
             _fsync_dir(self.directory)
         except OSError as exc:
