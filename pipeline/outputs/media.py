@@ -26,6 +26,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import queue
 import re
 import threading
@@ -33,6 +34,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -542,7 +544,7 @@ class EventRecorder:
         ev = _Event(alert_id=alert_id, stem=stem, snapshot=snapshot, writer=writer, start_pts=start_pts)
         with self._lock:
             self._events[alert_id] = ev
-        self._submit(self._enforce_retention)
+        self._submit("retention", self._enforce_retention)
         if snapshot is not None:
             self._snapshot(ev, peak_pts, peak_frame, peak_evidence)
         return self._media(ev)
@@ -615,7 +617,8 @@ class EventRecorder:
 
     # ---------------------------------------------------------------- snapshot and retention (I/O thread)
 
-    def _submit(self, fn: Any, *args: Any) -> None:
+    def _submit(self, what: str, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the I/O thread; an exception it lets out is reported as ``what``'s."""
         try:
             fut = self._io.submit(fn, *args)
         except RuntimeError:  # executor shut down: the recorder was closed (the run's outputs stop first)
@@ -625,9 +628,15 @@ class EventRecorder:
             return
         with self._lock:
             self._pending.add(fut)
-        fut.add_done_callback(self._pending_done)
+        fut.add_done_callback(partial(self._pending_done, what))
 
-    def _pending_done(self, fut: Future[None]) -> None:
+    def _pending_done(self, what: str, fut: Future[None]) -> None:
+        # The tasks report the failures they expect themselves; anything else (a bug, a library's
+        # surprise) would otherwise end silently in the future, uncounted. Reported before the future
+        # leaves the pending set, so that wait_idle() returns with it counted.
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._report(f"{what} ({type(exc).__name__})", exc)
         with self._lock:
             self._pending.discard(fut)
 
@@ -655,7 +664,9 @@ class EventRecorder:
                 return
             # A newer peak's snapshot replaces one still waiting for an older peak's frame.
             self._awaiting.pop(ev.alert_id, None)
-            self._submit(self._write_jpeg, ev.snapshot, frame, ev.heatmap, evidence)
+            self._submit(
+                f"snapshot {ev.snapshot.name}", self._write_jpeg, ev.snapshot, frame, ev.heatmap, evidence
+            )
 
     def _write_awaiting(self, alert_id: str, waiting: _PendingSnapshot) -> None:
         """Write a waiting snapshot from the buffered frame nearest its peak (the caller holds the lock
@@ -663,7 +674,14 @@ class EventRecorder:
         self._awaiting.pop(alert_id, None)
         frame = self._frame_near(waiting.peak_pts)
         if frame is not None:
-            self._submit(self._write_jpeg, waiting.snapshot, frame, waiting.heatmap, waiting.evidence)
+            self._submit(
+                f"snapshot {waiting.snapshot.name}",
+                self._write_jpeg,
+                waiting.snapshot,
+                frame,
+                waiting.heatmap,
+                waiting.evidence,
+            )
 
     def _write_jpeg(
         self, path: Path, frame: Frame, heatmap: Path | None = None, evidence: PeakEvidence | None = None
@@ -695,16 +713,25 @@ class EventRecorder:
             self._ok()
 
     def _write_atomic(self, what: str, path: Path, write: Any) -> bool:
-        """Write ``path`` through ``write(binary file)`` into a hidden ``.part`` file, then rename; True on
-        success, else the failure is reported as ``what``'s."""
+        """Write ``path`` through ``write(binary file)`` into a hidden ``.part`` file, fsync it, then rename;
+        True on success, else the failure is reported as ``what``'s. Any other exception goes on to the
+        caller (the I/O thread's future, which reports it, :meth:`_pending_done`), without the ``.part``."""
         tmp = path.with_name(f".{path.name}.part")
         try:
-            with tmp.open("wb") as fh:
-                write(fh)
-            tmp.replace(path)
+            try:
+                with tmp.open("wb") as fh:
+                    write(fh)
+                    fh.flush()
+                    # On disk before the rename: after a power cut the name shows the whole file or the
+                    # old one, never an empty or torn JPEG.
+                    os.fsync(fh.fileno())
+                tmp.replace(path)
+            except BaseException:
+                # Retention skips hidden files: a .part left here would stay until the next start.
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                raise
         except (OSError, ValueError, RuntimeError) as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             self._report(f"{what} {path.name}", exc)
             return False
         return True

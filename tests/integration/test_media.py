@@ -299,6 +299,34 @@ def test_failed_snapshot_write_is_counted(tmp_path: Path) -> None:
     assert not list((tmp_path / "events" / "cam-y").glob(".*"))
 
 
+class _FloatFrame:
+    """A lazy frame whose pixels are float RGB, which Pillow refuses with a TypeError: none of the
+    failures the snapshot writer expects (OSError, ValueError, RuntimeError), raised mid-write."""
+
+    shape = (16, 16, 3)
+
+    def rgb(self) -> np.ndarray:
+        return np.zeros(self.shape, np.float64)
+
+
+def test_an_unexpected_error_on_the_media_thread_is_reported_and_leaves_no_part_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = ZsadMetrics()
+    rec = EventRecorder("cam-z", tmp_path, MediaConfig(clips=False), fps=10.0, metrics=metrics)
+    with caplog.at_level(logging.ERROR, logger="pipeline.outputs.media"):
+        media = rec.open_event("e", 0.0, peak_pts=0.0, peak_frame=_FloatFrame())
+        assert rec.wait_idle(10)
+    rec.close()
+    assert media.snapshot == "events/cam-z/e.jpg"
+    # Before, the TypeError ended silently in the I/O thread's future: not logged, not counted.
+    assert metrics.media_errors.value(camera="cam-z") == 1
+    assert "snapshot e.jpg (TypeError) failed" in caplog.text
+    folder = tmp_path / "events" / "cam-z"
+    assert not (folder / "e.jpg").exists()
+    assert not list(folder.glob(".*"))  # its half-written .part removed
+
+
 class _CountingSampleFrame(SampleFrame):
     """A real :class:`SampleFrame` (a ``Gst.Buffer`` of raw video) that counts how it is read."""
 
