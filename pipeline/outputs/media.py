@@ -422,7 +422,11 @@ class EventRecorder:
 
     def _paths(self, alert_id: str) -> tuple[str, Path]:
         stem = safe_component(alert_id)
-        root = self.output_dir.resolve()
+        # Inside events/ as it resolves, not the output folder: events/ itself may be a link to a bigger
+        # disk (the operator's choice, which the review page serves the same way), while a camera folder
+        # that links out of it is still refused. The names cannot climb out anyway (safe_component: no
+        # '/', never '.' or '..').
+        root = self.events_dir.parent.resolve()  # <output_dir>/events
         target = (self.events_dir / f"{stem}.jpg").resolve()
         if root not in target.parents:
             raise MediaPathError(f"event path {target} is outside {root}")

@@ -259,6 +259,25 @@ def test_event_paths_never_escape_the_output_folder(tmp_path: Path, camera: str,
     assert out.resolve() in written[0].resolve().parents
 
 
+def test_an_events_folder_linked_to_another_disk_is_written_through(tmp_path: Path) -> None:
+    """events/ as a symlink to a bigger disk: resolving it placed every event outside the output folder,
+    and all media were refused (MediaPathError)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    bigger = tmp_path / "bigger-disk" / "zsad-events"
+    bigger.mkdir(parents=True)
+    (out / "events").symlink_to(bigger, target_is_directory=True)
+    metrics = ZsadMetrics()
+    rec = EventRecorder("cam", out, MediaConfig(clips=False), fps=10.0, metrics=metrics)
+    rec.add_frame(_frame(1, 16, 16), 0.0)
+    media = rec.open_event("e", 0.0, peak_pts=0.0)
+    assert rec.wait_idle(10)
+    rec.close()
+    assert media.snapshot == "events/cam/e.jpg"
+    assert (bigger / "cam" / "e.jpg").is_file()
+    assert metrics.media_errors.value(camera="cam") == 0
+
+
 def test_safe_component() -> None:
     assert safe_component("../x") == "___x"
     assert safe_component("..") == "__"
