@@ -442,6 +442,39 @@ def test_sink_names_are_stable_and_secret_free(tmp_path: Path) -> None:
         build_sinks([JsonlSink(), JsonlSink()], tmp_path)
 
 
+def test_records_left_under_an_old_destination_are_reported_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rotated URL token renames the sink's spool folder: what the old folder holds is no longer
+    delivered, so every start says so at ERROR, and the documented remedy (docs/alerts.md) delivers it."""
+    out = tmp_path / "out"
+    old, new = (WebhookSink(url=f"https://example.com/hook?token={t}") for t in ("old-secret", "new"))
+    (before,) = build_sinks([old], out)
+    for i in range(3):
+        before.publish({"i": i})
+    assert before.close(0.0) == 3  # never started: all three stay spooled
+    (removed,) = build_sinks([JsonlSink(path="gone.jsonl")], out)
+    assert removed.close(0.0) == 0  # a folder with nothing left in it is not worth a word
+    caplog.clear()  # building that sink said it already
+    with caplog.at_level(logging.ERROR, logger="pipeline.outputs.sinks"):
+        (after,) = build_sinks([new], out)
+    after.close(0.0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert f"spool folder {out / 'spool' / before.name} holds 3 undelivered record(s)" in errors[0]
+    assert "old-secret" not in errors[0]
+    # The remedy: the new folder holds no record, so the old one takes its name, and is delivered from.
+    shutil.rmtree(out / "spool" / after.name)
+    (out / "spool" / before.name).rename(out / "spool" / after.name)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="pipeline.outputs.sinks"):
+        (moved,) = build_sinks([new], out)
+    assert moved.pending == 3
+    assert moved.spool.peek().recovered  # type: ignore[union-attr]  # delivered marked redelivered
+    moved.close(0.0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_mqtt_sinks_get_their_own_client_ids_and_qos_0_is_refused(tmp_path: Path) -> None:
     """A broker disconnects a client when another connects with its id: two sinks, or two hosts, with the
     old shared default "zsad" kept knocking each other off. And qos 0 has no acknowledgement to wait for."""

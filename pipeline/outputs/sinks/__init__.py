@@ -10,6 +10,9 @@ Typical use by ``zsad run``::
 Spools live in ``<output_dir>/spool/<sink name>/``. A sink's name is its kind plus a short hash of where it
 delivers (file path, broker and topic, URL), so it stays the same across restarts as long as the
 destination does, and a restarted process finds and delivers (marked ``redelivered``) what was left.
+When the destination changes (a rotated URL token, a renamed host or topic), the sink gets a new folder and
+records left in the old one would no longer be delivered: :func:`build_sinks` logs each such folder at
+ERROR, with its count and what to do (docs/alerts.md, "Records left under an old destination").
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +28,7 @@ from core.config import JsonlSink, MqttSink, WebhookSink
 from pipeline.outputs.sinks.base import DeliveryError, PermanentDeliveryError, Sink
 from pipeline.outputs.sinks.jsonl import JsonlFileSink
 from pipeline.outputs.sinks.mqtt import MqttBrokerSink, mqtt_client_id
-from pipeline.outputs.sinks.spool import Spool, SpoolEntry, SpoolError
+from pipeline.outputs.sinks.spool import Spool, SpoolEntry, SpoolError, spooled_records
 from pipeline.outputs.sinks.webhook import HttpWebhookSink
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ __all__ = [
     "mqtt_client_id",
     "sink_file_problems",
     "sink_name",
+    "stranded_spools",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,7 +156,42 @@ def build_sinks(
         for built in sinks:  # release their spools: the caller gets no sink to close
             built.spool.close()
         raise
+    for folder, count in stranded_spools(Path(output_dir), seen).items():
+        log.error(
+            "spool folder %s holds %d undelivered record(s) of a sink no longer configured (its destination "
+            "changed: a new URL, host, topic or path, or the sink was removed); they are not delivered. To "
+            "deliver them to a sink's new destination, stop zsad and rename the folder to that sink's name "
+            "(logged as 'sink ... ready') while its own folder holds no record; if they are not wanted, "
+            "delete the folder (docs/alerts.md, 'Records left under an old destination')",
+            folder,
+            count,
+        )
     return sinks
+
+
+def stranded_spools(output_dir: Path, names: Iterable[str]) -> dict[Path, int]:
+    """The spool folders under ``<output_dir>/spool`` that none of the sinks ``names`` uses and that still
+    hold records, with their counts: the folders of sinks whose destination changed, which nothing
+    delivers any more. A folder that cannot be listed is logged (WARNING) and left out."""
+    root = Path(output_dir) / "spool"
+    wanted = set(names)
+    try:
+        folders = sorted(p for p in root.iterdir() if p.name not in wanted and p.is_dir())
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.warning("cannot look for records left under old sink destinations in %s: %s", root, exc)
+        return {}
+    stranded: dict[Path, int] = {}
+    for folder in folders:
+        try:
+            count = spooled_records(folder)
+        except OSError as exc:
+            log.warning("cannot look for records left in spool folder %s: %s", folder, exc)
+            continue
+        if count:
+            stranded[folder] = count
+    return stranded
 
 
 class SinkFanout:

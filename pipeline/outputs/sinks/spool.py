@@ -42,7 +42,7 @@ from typing import IO, Any
 
 from core.datafile import write_atomic
 
-__all__ = ["Spool", "SpoolEntry", "SpoolError", "SpoolReadError"]
+__all__ = ["Spool", "SpoolEntry", "SpoolError", "SpoolReadError", "spooled_records"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def spooled_records(directory: str | Path) -> int:
+    """How many records wait in the spool folder ``directory`` (without opening, so without locking, it).
+    Raises OSError when it cannot be listed."""
+    return sum(1 for p in Path(directory).iterdir() if _NAME.match(p.name))
 
 
 def _free_name(folder: Path, name: str) -> Path:
