@@ -6,7 +6,8 @@ the record, the sinks and the metrics, in the order ``zsad run`` needs them.
     cam.add_frame(frame, pts)                       # every sampled frame (for snapshots and clips)
     fused, records = cam.update(raw_scores, context_vec, t, prompt=best_prompt,
                                 maps=scores.maps, counted=scores.counted)   # every scored clip
-    cam.shutdown()                                  # SIGTERM / end of stream: closes an open alert
+    cam.end_stream()                                # end of stream, failed: closes it, finishes its media
+    cam.shutdown()                                  # SIGTERM, camera removed: closes an open alert
 
 With the clip's error maps, each update also finds where the evidence peaks (``plugins.zones``): the alert
 record carries the peak's zone and box, a camera with alert zones opens alerts only while the peak is in one
@@ -310,6 +311,14 @@ class CameraAlerts:
         """Close an open alert with reason "shutdown" at ``t`` (default: the last update's time)."""
         when = t if t is not None else (self._last_t if self._last_t is not None else 0.0)
         return self._handle(self.machine.force_close(when, "shutdown"))
+
+    def end_stream(self) -> list[dict[str, Any]]:
+        """The camera's stream ended (end of file, failed) and its last clip is scored: close an open alert
+        (reason "shutdown", as the schema has it) and finish its media now, since no later frame will."""
+        records = self.shutdown()
+        if self.recorder is not None:
+            self.recorder.end_stream()
+        return records
 
     def _handle(self, transitions: list[AlertTransition]) -> list[dict[str, Any]]:
         records = []

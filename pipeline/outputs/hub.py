@@ -107,6 +107,10 @@ __all__ = ["RunOutputs", "RunOutputsError", "check_outputs", "learned_dir", "unc
 
 FALSE_ALARM = "false_alarm"
 
+#: Camera states after which none of the stream's frames come: its open alert is closed and its media
+#: finished once its last clips are scored (:meth:`RunOutputs.record_queues`).
+ENDED_STATES = frozenset({"eos", "failed"})
+
 T = TypeVar("T")  # what a camera's file beside its calibration holds: a memory, a model
 
 
@@ -267,6 +271,8 @@ class RunOutputs:
             self._cameras_lock = threading.RLock()
             self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
             self._failed_seen: dict[str, int] = {}  # likewise its failed clips
+            # Cameras whose stream ended (eos, failed), by state, until their queued clips are scored.
+            self._ended: dict[str, str] = {}
             for cam in cfg.enabled_cameras():
                 self.add_camera(cam)
         except BaseException:
@@ -477,6 +483,7 @@ class RunOutputs:
         with self._cameras_lock:
             alerts = self.alerts.pop(camera, None)
             recorder = self.recorders.pop(camera, None)
+            self._ended.pop(camera, None)
             records = alerts.shutdown() if alerts is not None else []
         self.memories.remove(camera)
         self.stationary.remove(camera)
@@ -754,9 +761,17 @@ class RunOutputs:
             alerts.add_frame(frame, pts)
 
     def camera_state(self, camera: str, state: str, detail: str) -> None:
+        """A camera's state from the graph. At ``eos`` or ``failed`` its open alert is closed and its media
+        finished, but only once its clips still queued for scoring are scored
+        (:meth:`record_queues`): closed now, one of them would open an alert that nothing closes."""
         self.metrics.set_camera_state(camera, state)
         self.run_state.set_camera_state(camera, state, detail)
         log.info("camera %s: %s %s", camera, state, detail)
+        with self._cameras_lock:
+            if state in ENDED_STATES and camera in self.alerts:
+                self._ended[camera] = state
+            else:  # running again before its last clips were scored (a DeepStream source that resumed)
+                self._ended.pop(camera, None)
 
     def clip_scored(
         self,
@@ -820,7 +835,9 @@ class RunOutputs:
     def record_queues(self, stats: SchedulerStats, *, clip_len: int) -> None:
         """Copy the clip scheduler's queue depths, drop-oldest and failure counts into the metrics: each clip
         dropped since the last call adds ``clip_len`` to ``zsad_frames_dropped_total``, each clip whose
-        inference failed one to ``zsad_clips_failed_total`` (both graphs call this regularly)."""
+        inference failed one to ``zsad_clips_failed_total`` (both graphs call this regularly). A camera
+        whose stream ended (:meth:`camera_state`) and whose clips are all scored gets its open alert
+        closed (reason "shutdown") and its media finished here."""
         for camera, queue in stats.cameras.items():
             self.metrics.queue_depth.set(queue.depth, camera=camera)
             new = queue.dropped - self._dropped_seen.get(camera, 0)
@@ -831,6 +848,29 @@ class RunOutputs:
             if failed > 0:
                 self.metrics.clips_failed.inc(failed, camera=camera)
             self._failed_seen[camera] = queue.failed
+        with self._cameras_lock:
+            ended = list(self._ended)
+        for camera in ended:
+            counts = stats.cameras.get(camera)
+            # Every clip it submitted is accounted for: scored (its result taken), dropped, failed or
+            # discarded. None: it never submitted one.
+            if counts is None or counts.submitted <= (
+                counts.processed + counts.dropped + counts.failed + counts.discarded
+            ):
+                self._end_stream(camera)
+
+    def _end_stream(self, camera: str) -> None:
+        """Close the open alert of a camera whose stream ended and clips are scored; finish its media."""
+        with self._cameras_lock:
+            state = self._ended.pop(camera, None)
+            alerts = self.alerts.get(camera)
+            if state is None or alerts is None or self._shut:
+                return
+            records = alerts.end_stream()
+        for record in records:
+            self.run_state.add_alert(record)
+        if records:
+            log.info("camera %s: stream ended (%s): its open alert is closed", camera, state)
 
     def _note_grid(self, camera: str, maps: Mapping[str, np.ndarray]) -> None:
         for m in maps.values():

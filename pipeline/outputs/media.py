@@ -599,6 +599,18 @@ class EventRecorder:
             self._snapshot(ev, peak_pts, peak_frame, peak_evidence)
         return self._media(ev)
 
+    def end_stream(self) -> None:
+        """The camera's stream ended (end of file, failed): no frame will come. Finish the clips of closed
+        alerts with the frames they have (their post-roll would otherwise wait for frames until the run
+        ends), and write the snapshots still waiting for their frame from the nearest one buffered."""
+        with self._lock:
+            for ev in list(self._events.values()):
+                if ev.end_pts is not None:
+                    self._finish(ev)
+            if self._ring:
+                for alert_id, waiting in list(self._awaiting.items()):
+                    self._write_awaiting(alert_id, waiting)
+
     def _finish(self, ev: _Event) -> None:
         self._events.pop(ev.alert_id, None)
         if ev.writer is not None:

@@ -1,7 +1,8 @@
 """RunOutputs when event-media frames and scored clips do not arrive together (pipeline/outputs/hub.py,
 pipeline/outputs/media.py): the CPU graph hands display frames over on their own thread, which can lag the
 scoring, so a clip can open an alert before the frame it describes is buffered; and a clip still being
-scored when the run shuts down must not open an alert that nothing closes. Also: a second run on the same
+scored when the run shuts down must not open an alert that nothing closes, nor may an alert open when its
+camera's stream ends (eos, failed) stay open, or its clip unfinished. Also: a second run on the same
 output folder is refused (its sinks' spools are locked)."""
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from tests.fixtures.hub_outputs import alerting_outputs
 CAMERA = "gate"
 
 
-def _outputs(tmp_path: Path) -> RunOutputs:
+def _outputs(tmp_path: Path, media: dict[str, object] | None = None) -> RunOutputs:
     rng = np.random.default_rng(0)
     samples = {s: 0.1 + 0.01 * rng.standard_normal(200) for s in ("pixel", "motion")}
     calibration = tmp_path / "calib" / f"{CAMERA}.json"
     save_calibration(fit_calibration(samples, camera=CAMERA), calibration)
-    return alerting_outputs(tmp_path, CAMERA, media={"clips": False}, calibration=str(calibration))
+    return alerting_outputs(
+        tmp_path, CAMERA, media=media if media is not None else {"clips": False}, calibration=str(calibration)
+    )
 
 
 def _hot(index: int) -> StreamScores:
@@ -78,6 +81,46 @@ def test_a_clip_scored_after_shutdown_opens_no_alert(tmp_path: Path) -> None:
     assert out.clip_scored(CAMERA, 0.8, _hot(0), None, frames=4, frame_t=0.0) is None
     assert _alerts(out) == []
     assert not (out.out / "events" / CAMERA).exists() or not list((out.out / "events" / CAMERA).glob("*.jpg"))
+
+
+@pytest.mark.parametrize("state", ["eos", "failed"])
+def test_an_alert_open_when_its_camera_ends_is_closed_and_its_clip_finished_once_its_clips_are_scored(
+    tmp_path: Path, state: str
+) -> None:
+    from pipeline.cpu.scheduler import CameraQueueStats, SchedulerStats
+
+    def queue(submitted: int, processed: int) -> SchedulerStats:
+        depth = submitted - processed
+        return SchedulerStats(
+            cameras={CAMERA: CameraQueueStats(depth=depth, submitted=submitted, processed=processed)}
+        )
+
+    out = _outputs(tmp_path, media={"pre_s": 1.0, "post_s": 3.0})  # clips on: real GStreamer encoding
+    try:
+        for i in range(5):
+            out.display_frame(CAMERA, _frame(i), 0.4 * i)
+        out.clip_scored(CAMERA, 1.6, _hot(0), None, frames=4, frame_t=0.8)
+        (opened,) = _alerts(out)
+        assert opened["status"] == "open"
+        out.display_frame(CAMERA, _frame(5), 2.0)
+        # The stream ends with one clip still queued: closing now would let that clip open a new alert.
+        out.camera_state(CAMERA, state, "end of file" if state == "eos" else "decoder error")
+        out.record_queues(queue(submitted=2, processed=1), clip_len=4)
+        assert [a["status"] for a in _alerts(out)] == ["open"]
+        out.clip_scored(CAMERA, 2.0, _hot(1), None, frames=4, frame_t=1.2)  # the last clip, still hot
+        out.record_queues(queue(submitted=2, processed=2), clip_len=4)
+        (closed,) = _alerts(out)
+        assert (closed["alert_id"], closed["status"]) == (opened["alert_id"], "closed")
+        assert (closed["reason"], closed["end_pts"]) == ("shutdown", 2.0)
+        # Its clip is finished now with the frames it has, not when the run ends (no frame will come to
+        # end its post-roll).
+        assert out.recorders[CAMERA].wait_idle(30)
+        clip = out.out / closed["clip"]
+        assert clip.is_file()
+        assert not list(clip.parent.glob(".*.part"))
+    finally:
+        out.shutdown()
+    assert [a["status"] for a in _alerts(out)] == ["closed"]  # shutdown found nothing more to close
 
 
 def test_retention_keeps_an_event_whose_snapshot_waits(tmp_path: Path) -> None:
