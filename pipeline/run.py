@@ -27,7 +27,7 @@ from core.config import CameraSettings, ConfigError, ZsadConfig, load_config
 from pipeline import heap
 from pipeline.clip_path import ClipPath
 from pipeline.clips import Clip, ClipAssembler
-from pipeline.cpu.graph import CameraGraph
+from pipeline.cpu.graph import CameraGraph, GraphStateError
 from pipeline.cpu.sources import SourceError, parse_source_uri
 from pipeline.inference import ClipInference, ClipResult, EngineSet, appearance_expectation, load_engines
 from pipeline.outputs.hub import RunOutputs
@@ -393,12 +393,30 @@ class Application:
         self._wake.set()
 
     def shutdown(self) -> dict[str, int]:
-        """Stop in dependency order; nothing accepted is lost (open alerts close with reason 'shutdown')."""
-        self.graph.stop()
-        self.scheduler.stop(drain=True)
-        self.sync_metrics()
-        left = self.outputs.shutdown()
-        self.engines.close()
+        """Stop in dependency order; nothing accepted is lost (open alerts close with reason 'shutdown').
+
+        A camera graph that cannot be stopped (:class:`GraphStateError`: its loop did not answer) does not
+        stop the rest: the queued clips are still scored, the outputs (open alerts, media, sinks, ports)
+        and the engines closed, and then its error is raised. Whatever else fails on the way, the outputs
+        and the engines are still closed before it goes on."""
+        graph_error: GraphStateError | None = None
+        try:
+            self.graph.stop()
+        except GraphStateError as exc:
+            log.error("stopping the camera graph failed (%s); shutting the rest of the run down", exc)
+            graph_error = exc
+        try:
+            self.scheduler.stop(drain=True)
+            self.sync_metrics()
+        finally:
+            # Open alerts closed and delivered or spooled, ports and spool locks released, also when a step
+            # above raised.
+            try:
+                left = self.outputs.shutdown()
+            finally:
+                self.engines.close()
+        if graph_error is not None:
+            raise graph_error
         return left
 
 

@@ -247,6 +247,38 @@ def test_a_start_that_fails_past_the_outputs_leaves_nothing_running(
     assert set(again.shutdown().values()) <= {0}
 
 
+def test_a_graph_that_fails_to_stop_still_lets_the_run_shut_down(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The camera graph's stop raises (its loop did not answer in time): the scheduler is still drained and
+    stopped, the outputs still shut down (ports, sink threads, the spool lock), and then the graph's error
+    goes on to the caller. Before, the shutdown stopped at that first step."""
+    from pipeline.cpu.graph import CameraGraph, GraphStateError
+    from tests.fixtures.run_world import make_app, site_config
+
+    cams = [{"id": "c", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"}]
+    cfg = site_config(world, tmp_path / "out", cams)
+    app = make_app(cfg, realtime=False)
+    real_stop = CameraGraph.stop
+
+    def stop_then_fail(graph: Any, timeout_s: float = 10.0) -> None:
+        real_stop(graph, timeout_s)  # its pipelines do stop: only the error is injected
+        raise GraphStateError("the GLib main loop did not answer within 30 s")
+
+    monkeypatch.setattr(CameraGraph, "stop", stop_then_fail)
+    app.start()
+    ports = [server.port for server in (app.review_server, app.metrics_server)]
+    assert not _free_to_bind(ports[0])
+    with pytest.raises(GraphStateError, match="did not answer"):
+        app.shutdown()
+    assert not app.scheduler.running
+    assert all(_free_to_bind(port) for port in ports)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("zsad-scheduler", "zsad-sink"))]
+    monkeypatch.undo()
+    again = make_app(cfg, realtime=False)  # the spool lock and the score log were released
+    assert set(again.shutdown().values()) <= {0}
+
+
 def test_an_application_that_cannot_build_its_graph_releases_its_outputs(
     world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
