@@ -742,10 +742,16 @@ class ClipInference:
 
     def _encode(self, frames: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
         """``(M, H, W, 3)`` uint8 frames -> ``(M, C, h, w)`` float32 features, and the ``(M, E)`` image
-        embeddings when the engine gives them (else None); at most ``batch`` frames a call."""
+        embeddings when the engine gives them (else None); at most ``batch`` frames a call, and at most the
+        engine's largest batch (a TensorRT profile's ``max_batch``)."""
         backend, normaliser = self.engines.appearance, self._appearance_norm
         if backend is None or normaliser is None:
             raise EngineError("encoding frames needs an appearance engine, and these engines have none")
+        # Calibration encodes every frame of a batch's clips (clips x clip_len frames): more than a TensorRT
+        # engine built for scheduler.max_batch clips takes in one call, which it refuses.
+        limit = getattr(backend, "max_batch", None)
+        if limit:
+            batch = min(batch, int(limit))
         features, embeddings = [], []
         for i in range(0, len(frames), batch):
             out = backend({APPEARANCE_FRAMES: normaliser(frames[i : i + batch])})

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.config import ZsadConfig, parse_config
+from engines.backends.base import InputMismatch
 from pipeline.cli.calibrate import calibrate_camera, collect_scores
 from pipeline.clips import Clip
 from pipeline.inference import ClipInference, EngineError, EngineSet, appearance_expectation, load_engines
@@ -138,6 +140,42 @@ def test_an_appearance_engine_that_does_not_fit_the_backbone_is_refused(
             EngineError, match=r"features do not fit the DPC maps: an 6x7 map cannot be max-pooled"
         ):
             ClipInference(engines, context_clips=2, history_step=1, contexts={})
+    finally:
+        engines.close()
+
+
+class CappedStandInTestDouble(StandInAppearanceEngine):
+    """TEST DOUBLE of a TensorRT appearance engine's batch limit: the stand-in's features, a ``max_batch`` as
+    :class:`engines.backends.tensorrt.TensorRTBackend` exposes it, and its refusal of a larger batch."""
+
+    max_batch = 8
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = feeds["frames"].shape[0]
+        if n > self.max_batch:
+            raise InputMismatch(f"appearance: batch {n} is outside the engine profile 1..{self.max_batch}")
+        return super().__call__(feeds)
+
+
+def test_encoding_every_frame_of_a_batch_stays_within_the_engines_largest_batch(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """zsad calibrate encodes every frame of a batch's clips: 3 clips of 4 frames are 12 frames, more than an
+    engine built for 8 clips (the Jetson entry point's --max-batch) takes; they go in calls of at most 8."""
+    engines = load_engines(_config(world, tmp_path / "out", []))
+    capped = CappedStandInTestDouble(engines.frame_size)
+    engines.appearance = capped  # type: ignore[assignment]
+    plain = StandInAppearanceEngine(engines.frame_size)
+    rng = np.random.default_rng(2)
+    clips = [_clip("cam", k, rng.integers(0, 120, (4, 48, 64, 3), dtype=np.uint8)) for k in range(3)]
+    try:
+        inference = ClipInference(engines, context_clips=2, history_step=1, contexts={})
+        features = inference.encode_clip_frames(clips)
+        assert capped.calls == [8, 4]
+        assert features.shape == (3, 4, 16, *FEATURE_GRID)
+        norm = Normaliser(plain.manifest.preprocessing.mean, plain.manifest.preprocessing.std)
+        for clip, got in zip(clips, features, strict=True):
+            np.testing.assert_allclose(got, plain({"frames": norm(clip.frames)})["features"], rtol=1e-6)
     finally:
         engines.close()
 
