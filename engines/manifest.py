@@ -451,6 +451,8 @@ class Expectation:
         prompt_sha256: context -> sha256 of the prompt file in use (semantic head only).
         appearance_encoder: the config's ``appearance.encoder`` (appearance engine only; its frame size is
             checked against ``model_spec``'s backbone).
+        max_batch: the largest batch the run forms (``scheduler.max_batch``); a TensorRT engine whose
+            profile stops below it is refused (TensorRT engines only).
         verify_files: hash every file the manifest names (catches a changed or truncated file).
     """
 
@@ -462,6 +464,7 @@ class Expectation:
     compute_capability: str | None = None
     prompt_sha256: Mapping[str, str] | None = None
     appearance_encoder: str | None = None
+    max_batch: int | None = None
     verify_files: bool = True
 
 
@@ -611,6 +614,13 @@ def check_manifest(manifest: Manifest, expected: Expectation) -> None:
                 "tensorrt.compute_capability",
                 f"engine built for sm {trt.compute_capability}, "
                 f"this device is sm {expected.compute_capability}",
+            )
+        if expected.max_batch is not None and trt.max_batch < expected.max_batch:
+            raise _mismatch(
+                manifest,
+                "tensorrt.max_batch",
+                f"engine takes at most {trt.max_batch} clips a batch, the run batches up to "
+                f"{expected.max_batch} (scheduler.max_batch): rebuild with --max-batch {expected.max_batch}",
             )
     elif (
         expected.backend in ("onnxruntime", "torch")

@@ -99,6 +99,7 @@ __all__ = [
     "appearance_expectation",
     "build_missing_engines",
     "check_engine_folder",
+    "engine_batch_limit",
     "engines_semantic_source",
     "load_engines",
     "semantic_scorer",
@@ -289,6 +290,17 @@ class EngineSet:
     def close(self) -> None:
         for backend in self.backends:
             backend.close()
+
+
+def engine_batch_limit(engines: EngineSet) -> int | None:
+    """The largest batch every engine takes (a TensorRT profile's ``max_batch``), or None without a limit.
+    Both graphs and ``zsad calibrate`` batch no more clips than this."""
+    limits = [
+        int(limit)
+        for backend in (engines.backbone, engines.dpc, engines.semantic, engines.appearance)
+        if backend is not None and (limit := getattr(backend, "max_batch", None))
+    ]
+    return min(limits) if limits else None
 
 
 def _check_weights(cfg: ZsadConfig, manifest: Manifest) -> None:

@@ -29,7 +29,14 @@ from pipeline.clip_path import ClipPath
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph, GraphStateError
 from pipeline.cpu.sources import SourceError, parse_source_uri
-from pipeline.inference import ClipInference, ClipResult, EngineSet, appearance_expectation, load_engines
+from pipeline.inference import (
+    ClipInference,
+    ClipResult,
+    EngineSet,
+    appearance_expectation,
+    engine_batch_limit,
+    load_engines,
+)
 from pipeline.outputs.hub import RunOutputs
 from pipeline.signals import stop_on_signals
 
@@ -158,6 +165,8 @@ class Application:
             self._on_result,
             scheduler=cfg.scheduler,
             block=lambda camera: not realtime and not self._is_live(camera),
+            # TensorRT engines refuse a batch above their profile's max_batch: no batch is larger.
+            max_batch=engine_batch_limit(engines),
         )
         self.assembler = self.clips.assembler
         self.scheduler = self.clips.scheduler
@@ -342,7 +351,7 @@ class Application:
         start)."""
         heap.limit_arenas()
         try:
-            self.inference.warm_up(self.cfg.scheduler.max_batch)
+            self.inference.warm_up(self.clips.max_batch)
             self.outputs.start()
             self.scheduler.start()
             self.graph.start()

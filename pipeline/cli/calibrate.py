@@ -63,6 +63,7 @@ from pipeline.inference import (
     EngineError,
     EngineSet,
     appearance_expectation,
+    engine_batch_limit,
     load_engines,
 )
 from pipeline.memory_streams import (
@@ -251,6 +252,8 @@ def collect_scores(
     objects = _ObjectsFrames(cfg.objects.spacing_s) if cfg.objects.enabled else None
     spaced = [keeper for keeper in (stationary, objects) if keeper is not None]
     failed: list[str] = []
+    # As a run batches: never more clips than a TensorRT engine's profile takes (it refuses a larger batch).
+    max_batch = min(cfg.scheduler.max_batch, engine_batch_limit(engines) or cfg.scheduler.max_batch)
     graph.start()
     deadline = time.monotonic() + timeout_s
     try:
@@ -263,7 +266,7 @@ def collect_scores(
                     failed = [c for c, st in states.items() if st == "failed"]
                     break
                 continue
-            while len(batch) < cfg.scheduler.max_batch and not clips.empty():
+            while len(batch) < max_batch and not clips.empty():
                 batch.append(clips.get_nowait())
             batch = _in_camera_order(batch)
             for clip in batch:

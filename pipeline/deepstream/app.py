@@ -32,23 +32,20 @@ from pipeline.deepstream import availability
 from pipeline.deepstream.graph import DeepStreamGraph, DeepStreamGraphError, is_jetson, is_live, plan_graph
 from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard, format_osd_text
 from pipeline.deepstream.render import RenderError, render_all
-from pipeline.inference import ClipInference, ClipResult, EngineSet, appearance_expectation, load_engines
+from pipeline.inference import (
+    ClipInference,
+    ClipResult,
+    EngineSet,
+    appearance_expectation,
+    engine_batch_limit,
+    load_engines,
+)
 from pipeline.outputs.hub import RunOutputs
 from pipeline.signals import stop_on_signals
 
 __all__ = ["DeepStreamApp", "run_deepstream"]
 
 log = logging.getLogger(__name__)
-
-
-def engine_batch_limit(engines: EngineSet) -> int | None:
-    """The largest batch every engine takes (a TensorRT profile's ``max_batch``), or None without a limit."""
-    limits = [
-        int(limit)
-        for backend in (engines.backbone, engines.dpc, engines.semantic, engines.appearance)
-        if backend is not None and (limit := getattr(backend, "max_batch", None))
-    ]
-    return min(limits) if limits else None
 
 
 class DeepStreamApp:

@@ -2,7 +2,8 @@
 
 Engines only load on the TensorRT version and GPU they were built with, so the engine folder (a volume)
 is checked against this device: every component's manifest must have a TensorRT block for this TensorRT
-version, GPU name and compute capability, fit the config's model section, and its files must be intact;
+version, GPU name and compute capability whose batch profile reaches ``scheduler.max_batch``, fit the
+config's model section, and its files must be intact;
 and the folder must pass what ``load_engines`` checks besides (``pipeline.inference.check_engine_folder``).
 The appearance engine is one of them while ``appearance.enabled`` (``load_engines`` refuses to start
 without it), checked against the config's encoder and frame size.
@@ -74,6 +75,9 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
             gpu_name=device.gpu_name,
             compute_capability=device.compute_capability,
             appearance_encoder=cfg.appearance.encoder,
+            # Built for fewer clips than the scheduler batches, both graphs would batch less than the config
+            # asks: a build with this config's --max-batch (build_args) makes it current.
+            max_batch=cfg.scheduler.max_batch,
         )
         try:
             manifest = load_manifest(path)

@@ -31,6 +31,7 @@ from plugins.fusion import HELDOUT_FOLDS, load_calibration
 from plugins.preprocess import Normaliser
 from plugins.zones import CellFilters, ViewZones
 from tests.fixtures.appearance_standin import StandInAppearanceEngine
+from tests.fixtures.batch_limit import limit_batches
 from tests.fixtures.run_world import calibrate_cameras, run_through, scene_uri, site_config
 
 DPC_GRID = (3, 4)  # the world model: 48 x 64 frames in 16-pixel patches
@@ -148,7 +149,9 @@ class CappedStandInTestDouble(StandInAppearanceEngine):
     """TEST DOUBLE of a TensorRT appearance engine's batch limit: the stand-in's features, a ``max_batch`` as
     :class:`engines.backends.tensorrt.TensorRTBackend` exposes it, and its refusal of a larger batch."""
 
-    max_batch = 8
+    def __init__(self, frame_size: tuple[int, int], max_batch: int = 8) -> None:
+        super().__init__(frame_size)
+        self.max_batch = max_batch
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = feeds["frames"].shape[0]
@@ -237,6 +240,32 @@ def test_calibrate_writes_the_memory_and_held_out_appearance_samples(
     assert in_sample.shape == (m,)  # the same clips
     assert float(np.median(in_sample)) < float(np.median(held_out))
     assert float(np.mean(in_sample < held_out)) > 0.8
+
+
+def test_calibrate_batches_no_more_than_the_tensorrt_engines_take(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """Engines built for 2 clips a batch under scheduler.max_batch 8 (TensorRT profiles, as doubles): zsad
+    calibrate forms batches of at most 2 clips, and encodes their frames in calls of at most 2, as a run
+    does, instead of failing the calibration at the first larger batch."""
+    camera = {"id": "campus", "uri": scene_uri(world, "training", "campus_000.mp4"), "context": "campus"}
+    cfg = _config(world, tmp_path / "out", [camera])
+    assert cfg.scheduler.max_batch == 8
+    engines = load_engines(cfg)
+    doubles = limit_batches(engines, 2)
+    capped = CappedStandInTestDouble(engines.frame_size, max_batch=2)
+    engines.appearance = capped  # type: ignore[assignment]
+    try:
+        collected = collect_scores(cfg, engines, cfg.camera_settings("campus"), [camera["uri"]])
+    finally:
+        engines.close()
+    assert collected.clips >= 8
+    assert collected.memory is not None
+    for double in doubles:
+        assert double.refused == []
+        assert max(double.batches) <= 2
+    assert capped.calls
+    assert max(capped.calls) <= 2
 
 
 def test_calibrating_without_the_appearance_engine_removes_an_old_memory(

@@ -265,6 +265,20 @@ def test_missing_or_changed_engine_needs_a_build(tmp_path: Path) -> None:
     assert "dpc_head.manifest.json is missing" in reason
 
 
+def test_engines_built_for_fewer_clips_than_the_scheduler_batches_need_a_build(tmp_path: Path) -> None:
+    """Engines whose profile stops below scheduler.max_batch (built with an older config's --max-batch) are
+    not current: the entry point rebuilds them with this config's build_args."""
+    _, cfg = built(tmp_path / "small", max_batch=4)
+    assert cfg.scheduler.max_batch == 8  # type: ignore[attr-defined]
+    reason = engines_current(cfg, ORIN)  # type: ignore[arg-type]
+    assert reason is not None
+    assert "tensorrt.max_batch: engine takes at most 4 clips a batch" in reason
+    assert "rebuild with --max-batch 8" in reason
+    assert build_args(cfg)[-2:] == ["--max-batch", "8"]  # type: ignore[arg-type]
+    _, cfg = built(tmp_path / "exact", max_batch=8)
+    assert engines_current(cfg, ORIN) is None  # type: ignore[arg-type]
+
+
 def test_the_appearance_engine_is_needed_while_the_stream_is_on(tmp_path: Path) -> None:
     engines, cfg = built(tmp_path)
     (engines / "appearance.manifest.json").unlink()

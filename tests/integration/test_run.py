@@ -191,6 +191,33 @@ def test_scheduler_decode_nice_reaches_the_camera_graph(world: dict[str, Path], 
         assert set(left.values()) <= {0}
 
 
+def test_the_cpu_graph_batches_no_more_clips_than_its_tensorrt_engines_take(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """Engines built for 2 clips a batch (a TensorRT profile's max_batch) under scheduler.max_batch 8: the
+    CPU graph's batches stop at 2, as the DeepStream graph's do, instead of failing every larger batch."""
+    from core.config import parse_config
+    from pipeline.inference import load_engines
+    from pipeline.run import Application
+    from tests.fixtures.batch_limit import limit_batches
+    from tests.fixtures.run_world import run_through, site_config
+
+    out = tmp_path / "out"
+    cams = [{"id": f"c{i}", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"} for i in range(3)]
+    cfg = site_config(world, out, cams, scheduler={"max_batch": 8, "max_wait_ms": 500})
+    parsed = parse_config(json.dumps(cfg), "<test site>")
+    engines = load_engines(parsed)
+    doubles = limit_batches(engines, 2)
+    app = Application(parsed, engines, realtime=False)
+    assert (app.clips.max_batch, app.scheduler.max_batch) == (2, 2)
+    rows = run_through(app, out)
+    assert {r["camera"] for r in rows} == {"c0", "c1", "c2"}
+    for double in doubles:
+        assert double.refused == []
+        assert double.batches
+        assert max(double.batches) <= 2
+
+
 class _GraphFault(RuntimeError):
     """Stands for any failure past the outputs (the camera graph's own start, a camera it refuses)."""
 
