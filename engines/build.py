@@ -20,8 +20,10 @@ its tokenizer, it also outputs CLIP's image embedding and gets ``appearance_text
 
 Every stage has a build key (a hash of everything it depends on). A stage whose key matches the
 existing manifest and whose files still have their recorded hashes is skipped: a re-run with unchanged
-inputs rewrites nothing and reports "up to date". New files are made in ``<out>/.staging`` and moved
-into place only after their parity check passes, so a failed build never replaces a good engine.
+inputs rewrites nothing and reports "up to date". A component's new files (ONNX, engine, prompt
+embeddings) are made in ``<out>/.staging`` and moved into place only after every stage of the component
+passed (parity checks included), together with its manifest; files it no longer uses are removed after
+that. So a failed build never replaces a good engine: the folder keeps the files its manifests name.
 """
 
 from __future__ import annotations
@@ -350,6 +352,10 @@ class _Builder:
         self.appearance = appearance
         self._appearance_source: _AppearanceSource | None = None
         self._encoder: AppearanceEncoder | ClipAppearanceEncoder | None = None
+        # The component being built: its new files in the staging folder (name in the engine folder ->
+        # staged path), and the files of its previous build it no longer uses. Both wait for commit().
+        self._staged: dict[str, Path] = {}
+        self._obsolete: set[str] = set()
 
     # -- inputs ------------------------------------------------------------------------------------------
 
@@ -576,6 +582,32 @@ class _Builder:
                 return
         save_manifest(manifest, self.out)
 
+    def stage(self, name: str) -> Path:
+        """Where the component's new file ``name`` is made: the staging folder, until :meth:`commit`."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        path = self.staging / name
+        self._staged[name] = path
+        return path
+
+    def located(self, manifest: Manifest) -> Manifest:
+        """``manifest`` bound to the folder that holds its ONNX now (staged or in place), for a backend that
+        reads it before :meth:`commit`."""
+        onnx = manifest.onnx
+        where = self.staging if onnx is not None and onnx.path in self._staged else self.out
+        return manifest.model_copy().bind(where)
+
+    def commit(self, manifest: Manifest, previous: Manifest | None) -> None:
+        """Every stage of the component passed: move its staged files into place, write its manifest, then
+        remove what its previous build had and it no longer names. Until here the folder holds the previous
+        build's files and manifest untouched, whatever stage failed."""
+        for name, path in self._staged.items():
+            path.replace(self.out / name)
+        self.write(manifest, previous)
+        named = {rel for _, rel, _ in manifest.artifacts()}
+        for rel in sorted(self._obsolete - named):
+            (self.out / rel).unlink(missing_ok=True)
+        self._staged, self._obsolete = {}, set()
+
     # -- stages ------------------------------------------------------------------------------------------
 
     def onnx_stage(self, component: str, manifest: Manifest, previous: Manifest | None) -> Manifest:
@@ -598,7 +630,9 @@ class _Builder:
             parity = [p for p in previous.parity if p.target == "onnxruntime"] if previous else []
             return manifest.model_copy(update={"onnx": old, "parity": parity}).bind(self.out)
         name = f"{component}.onnx"
-        staged = self.staging / name
+        staged = self.stage(name)
+        if old is not None:
+            self._obsolete.add(old.path)  # kept by commit when the new ONNX has its name
         if old is not None and not self.options.force:
             log.info("%s: the ONNX on disk is stale or damaged; exporting it here", component)
         elif old is None:
@@ -663,7 +697,6 @@ class _Builder:
                 component, "parity torch/onnxruntime", "built", time.monotonic() - started, detail=detail
             )
         )
-        staged.replace(self.out / name)
         record = ParityRecord(
             reference="torch",
             target="onnxruntime",
@@ -709,9 +742,9 @@ class _Builder:
             return manifest.model_copy(update={"tensorrt": old, "parity": parity}).bind(self.out)
         name = engine_filename(component, opts.precision, env.gpu_name, env.compute_capability, env.version)
         cache = timing_cache_filename(env.gpu_name, env.compute_capability, env.version)
-        staged = self.staging / name
+        staged = self.stage(name)
         built = build_engine(
-            self.out / manifest.onnx.path,
+            self.located(manifest).resolve(manifest.onnx.path),
             staged,
             inputs=manifest.inputs,
             profile=opts.profile,
@@ -751,7 +784,7 @@ class _Builder:
         candidate = manifest.model_copy(update={"tensorrt": artifact}).bind(self.staging)
         batches = sorted({min(max(b, opts.profile.min), opts.profile.max) for b in opts.parity_batches})
         started = time.monotonic()
-        with OnnxRuntimeBackend(manifest) as ort, TensorRTBackend(candidate) as engine:
+        with OnnxRuntimeBackend(self.located(manifest)) as ort, TensorRTBackend(candidate) as engine:
             errors = check_parity(
                 ort,
                 engine,
@@ -768,7 +801,6 @@ class _Builder:
                 component, "parity onnxruntime/tensorrt", "built", time.monotonic() - started, detail=detail
             )
         )
-        staged.replace(self.out / name)
         record = ParityRecord(
             reference="onnxruntime",
             target="tensorrt",
@@ -776,8 +808,8 @@ class _Builder:
             max_rel_error=errors,
             tolerance=opts.trt_tolerance,
         )
-        if old is not None and old.path != name:
-            (self.out / old.path).unlink(missing_ok=True)
+        if old is not None:
+            self._obsolete.add(old.path)  # kept by commit when the new engine has its name
         return manifest.model_copy(update={"tensorrt": artifact, "parity": [*manifest.parity, record]}).bind(
             self.out
         )
@@ -792,7 +824,7 @@ class _Builder:
         if same_onnx and _file_ok(self.out / old.path, old.sha256):
             parity = [*manifest.parity, *(p for p in previous.parity if p.target == "tensorrt")]
             return manifest.model_copy(update={"tensorrt": old, "parity": parity}).bind(self.out)
-        (self.out / old.path).unlink(missing_ok=True)
+        self._obsolete.add(old.path)
         self.step(
             StepResult(
                 component,
@@ -947,7 +979,7 @@ class _Builder:
             started = time.monotonic()
             emb = embed(prompt_set, context)
             name = f"{prefix}_{context}.npy"
-            path = self.out / name
+            path = self.stage(name)
             _save_npy(path, emb)
             size = _size_ok(path, f"text embeddings of {context}")
             self.step(
@@ -977,10 +1009,7 @@ class _Builder:
                     build_key=key,
                 )
             )
-        kept = {e.path for e in entries}
-        for stale in old.values():
-            if stale.path not in kept:
-                (self.out / stale.path).unlink(missing_ok=True)
+        self._obsolete.update(stale.path for stale in old.values())  # commit keeps those still named
         return manifest.model_copy(update={"text_embeddings": entries}).bind(self.out)
 
     def prompt_set(self, name: str) -> PromptSet:
@@ -1155,6 +1184,7 @@ class _Builder:
                 self.gate_stage()
                 continue
             previous = self.existing(component)
+            self._staged, self._obsolete = {}, set()
             manifest = self.onnx_stage(component, self.base_manifest(component), previous)
             if env is not None:
                 manifest = self.tensorrt_stage(component, manifest, previous, env)
@@ -1167,9 +1197,9 @@ class _Builder:
             elif component == APPEARANCE_COMPONENT and self.appearance_source.embed_dim:
                 manifest = self.appearance_text_stage(manifest, previous)
             elif component == APPEARANCE_COMPONENT and previous is not None:
-                for stale in previous.text_embeddings:  # built with an embedding that is gone now
-                    (self.out / stale.path).unlink(missing_ok=True)
-            self.write(manifest, previous)
+                # Built with an embedding that is gone now.
+                self._obsolete.update(stale.path for stale in previous.text_embeddings)
+            self.commit(manifest, previous)
         shutil.rmtree(self.staging, ignore_errors=True)
         if self.progress is not None:
             self.progress(len(plan), len(plan), "done")

@@ -8,6 +8,8 @@ import copy
 import functools
 import importlib.util
 import shutil
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +30,20 @@ from engines.manifest import (
     ManifestMismatch,
     TensorSpec,
     check_manifest,
+    component_io,
+    file_sha256,
     load_manifest,
 )
 from engines.model import ZsadModel, load_checkpoint, save_checkpoint
 from engines.prompts import PROMPT_DIR, load_prompt_set
+from engines.tensorrt_build import TensorRTBuildError
 from pipeline.cli import build as build_cli
 from pipeline.cli.main import main as cli_main
 from plugins.fusion import StreamGate
 from plugins.streams import STREAMS
 from tests.conftest import REPO
+from tests.fixtures.cudart_test_double import CudartTestDouble
+from tests.fixtures.tensorrt_test_double import PlanOp, TensorRTTestDouble, engine_plan
 from tests.fixtures.tiny_models import make_tiny_clip, tiny_model_dict
 
 # ONNX operators TensorRT 10's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10.x:
@@ -378,6 +385,78 @@ def test_damaged_files_are_refused_then_rebuilt(tiny: Built, tmp_path: Path) -> 
     assert rebuilt == {"backbone", "dpc_head"}
     for component in ("backbone", "dpc_head"):
         check_manifest(load_manifest(out / f"{component}.manifest.json"), Expectation(model_spec=tiny.spec))
+
+
+def _install_tensorrt_doubles(monkeypatch: pytest.MonkeyPatch, plan: bytes | None) -> None:
+    """The TensorRT 10.3 and cuda-python 12.6 TEST DOUBLES, importable as ``tensorrt`` and
+    ``cuda.bindings.runtime`` (an Orin), so that the build's TensorRT stage runs here; ``plan``: what the
+    double's builder returns (None: TensorRT fails the build)."""
+    runtime = CudartTestDouble(device_name="Orin", compute_capability=(8, 7))
+    cuda = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = runtime  # type: ignore[attr-defined]
+    cuda.bindings = bindings  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    monkeypatch.setitem(sys.modules, "tensorrt", TensorRTTestDouble(runtime, plan=plan))
+
+
+def _folder_files(folder: Path) -> dict[str, str]:
+    """Every file of an engine folder (not the build's lock or staging folder) and its sha256."""
+    return {p.name: file_sha256(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def _wrong_dpc_plan(spec: ModelConfig) -> bytes:
+    """A TensorRT plan (the double's) with the DPC head's tensors whose outputs are not the ONNX model's:
+    each map is the mean of ``current`` over time and channels, as an FP16 engine gone wrong would give."""
+    inputs, outputs = component_io("dpc_head", spec)
+    return engine_plan(
+        {t.name: t.shape for t in inputs},
+        {
+            t.name: (t.shape, PlanOp(t.name, "mean", ("current",), shift=i, axes=(1, 2)))
+            for i, t in enumerate(outputs)
+        },
+        profile=(1, 8, 32),
+    )
+
+
+@pytest.mark.parametrize("failure", ["tensorrt build", "fp16 parity"])
+def test_a_failed_tensorrt_stage_leaves_the_previous_folder_intact(
+    tiny: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """A retrained checkpoint's rebuild whose TensorRT stage fails (TensorRT cannot build the engine, or the
+    engine disagrees with ONNX Runtime) changes nothing in the folder: the new ONNX stays in staging, so the
+    previous manifest still names files with its hashes and its engines still load."""
+    out = _copy(tiny, tmp_path / "engines")
+    before = _folder_files(out)
+    torch.manual_seed(1)
+    retrained = save_checkpoint(ZsadModel(tiny.spec).eval(), tmp_path / "retrained.safetensors")
+    _install_tensorrt_doubles(
+        monkeypatch, None if failure == "tensorrt build" else _wrong_dpc_plan(tiny.spec)
+    )
+    expected: tuple[type[Exception], str] = (
+        (TensorRTBuildError, r"could not build dpc_head\.")
+        if failure == "tensorrt build"
+        else (ParityError, r"dpc_head: onnxruntime vs tensorrt fp16")
+    )
+    with pytest.raises(expected[0], match=expected[1]):
+        build_engines(
+            tiny.spec,
+            retrained,
+            out,
+            contexts=CONTEXTS,
+            options=BuildOptions(backend="tensorrt", components=("dpc_head",)),
+        )
+    assert (out / ".staging" / "dpc_head.onnx").is_file()  # exported and checked, never moved in
+    after = _folder_files(out)
+    # TensorRT's timing cache is no artifact of a manifest: what a build tuned is kept, whatever its outcome.
+    cache = {n for n in after if n.startswith("timing.") and n.endswith(".cache")}
+    assert {n: h for n, h in after.items() if n not in cache} == before
+    manifest = load_manifest(out / "dpc_head.manifest.json")
+    check_manifest(manifest, Expectation(model_spec=tiny.spec, backend="onnxruntime"))  # hashes every file
+    with load_backend(manifest, "onnxruntime") as backend:
+        assert backend.warm_up(1) >= 0.0
 
 
 def test_ncthw_backbone_matches_ntchw(tiny: Built, tmp_path: Path) -> None:
