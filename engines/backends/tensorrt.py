@@ -1,5 +1,5 @@
-"""TensorRT 10 backend (Jetson / dGPU): deserialised plan, pinned host buffers, one CUDA stream, and an
-optional CUDA graph of copy-in, enqueue and copy-out.
+"""TensorRT 10 backend (Jetson / dGPU): deserialised plan, pinned host buffers, one non-blocking CUDA stream,
+and an optional CUDA graph of copy-in, enqueue and copy-out.
 
 ``tensorrt`` and ``cuda`` (cuda-python) are imported only when a backend is created: TensorRT through
 :func:`engines.tensorrt_build.import_tensorrt`, cuda-python's runtime module through
@@ -96,7 +96,8 @@ class TensorRTBackend(Backend):
         manifest: a manifest with a ``tensorrt`` block; TensorRT version, GPU and file hash must match.
         threads: unused (kept for the common backend signature).
         cuda_graph: capture copy-in + enqueue + copy-out as a CUDA graph after a warm-up run, and
-            re-capture whenever the input batch changes.
+            re-capture whenever the input batch changes. A capture that fails is logged once and turns
+            graphs off for this backend (the batch's outputs, computed before the capture, are returned).
         device_id: CUDA device.
     """
 
@@ -150,7 +151,10 @@ class TensorRTBackend(Backend):
         self._buffers: dict[str, _Buffer] = {}
         allocated = False
         try:
-            self._stream = self._cuda.call("cudaStreamCreate")
+            # Non-blocking: a stream that synchronises with the legacy default stream would have its
+            # capture invalidated (cudaErrorStreamCaptureImplicit) by any other thread's work on that stream
+            # (DeepStream's, a library's), and would wait for that work on every plain run too.
+            self._stream = self._cuda.call("cudaStreamCreateWithFlags", self._cuda.rt.cudaStreamNonBlocking)
             for spec in (*manifest.inputs, *manifest.outputs):
                 dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(spec.name)))
                 buf = _Buffer(self._cuda, spec.with_batch(self.max_batch), dtype)
@@ -222,6 +226,26 @@ class TensorRTBackend(Backend):
             self._graph = self._cuda.call("cudaStreamEndCapture", self._stream)
         self._graph_exec = self._cuda.call("cudaGraphInstantiate", self._graph, 0)
 
+    def _try_capture(self, n: int) -> None:
+        """:meth:`_capture`; a failure turns CUDA graphs off for this backend, logged once: graphs only save
+        launch time, and the batch's outputs (computed before the capture) are good. Left on, every change
+        of batch size would try again and fail the batch it came with."""
+        try:
+            self._capture(n)
+        except BackendError as exc:
+            self._cuda_graph = False
+            try:
+                self._drop_graph()
+            except BackendError as drop_exc:  # nothing runs the half-made graph: forget it
+                log.debug("%s: destroying the failed CUDA graph: %s", self.manifest.component, drop_exc)
+                self._graph = self._graph_exec = None
+            log.warning(
+                "%s: CUDA graph capture at batch %d failed (%s); this engine runs without CUDA graphs",
+                self.manifest.component,
+                n,
+                exc,
+            )
+
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = next(iter(feeds.values())).shape[0]
         if not self.min_batch <= n <= self.max_batch:
@@ -245,7 +269,7 @@ class TensorRTBackend(Backend):
             self._cuda.call("cudaStreamSynchronize", self._stream)
             out = {name: self._buffers[name].host[:n].copy() for name in self.output_names}
             if self._cuda_graph:
-                self._capture(n)
+                self._try_capture(n)
             return out
         if self._graph_exec is not None:
             self._cuda.call("cudaGraphLaunch", self._graph_exec, self._stream)

@@ -308,8 +308,18 @@ def test_cudart_double_conformance_and_values() -> None:
     assert set(spec["functions"]) <= set(cudart_module.EMULATED)  # all the backend calls
     rt = CudartTestDouble()
     public = [n for n in vars(CudartTestDouble) if not n.startswith("_")]
-    names = {*spec["all_function_names"], *spec["all_enum_names"], *spec["all_class_names"]}
+    names = {
+        *spec["all_function_names"],
+        *spec["all_enum_names"],
+        *spec["all_class_names"],
+        *spec["all_constant_names"],
+    }
     assert [n for n in public if n not in names and n != "EMULATED"] == []
+    # The module's constants are plain ints (Cython's anonymous enums), with the binding's values.
+    assert type(rt.cudaStreamNonBlocking) is int
+    assert rt.cudaStreamNonBlocking == spec["constants"]["cudaStreamNonBlocking"] == 1
+    with pytest.raises(NotEmulated, match="constant cudaStreamPerThread"):
+        _ = rt.cudaStreamPerThread
     assert int(rt.cudaMemcpyKind.cudaMemcpyDeviceToHost) == 2
     assert int(rt.cudaError_t.cudaErrorStreamCaptureUnsupported) == 900
     with pytest.raises(AttributeError, match=r"cuda-python 12\.6"):
@@ -332,14 +342,35 @@ def _cuda_functions_named_in(path: Path) -> set[str]:
     }
 
 
+def _cuda_functions_called_on_rt(path: Path) -> set[str]:
+    """Every ``rt.cudaX(...)`` call in ``path`` (how tests/fixtures/cudart_parity.py calls the runtime)."""
+    return {
+        node.func.attr
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "rt"
+        and re.fullmatch(r"cuda[A-Z]\w+", node.func.attr)
+    }
+
+
 def test_the_cudart_file_covers_every_runtime_function_our_code_calls() -> None:
-    """The signatures file records what the TensorRT backend called at extraction time: a function the
-    backend (or engines/cuda_device.py, whose ``cuda_runtime`` the backend imports through) calls now must be
-    in it, or the file must be extracted again (tests/fixtures/api_names/README.md)."""
-    recorded = set(load_api("cudart_12_6_signatures.json")["functions"])
+    """The signatures file records what the TensorRT backend and the GPU-recorded call sequence
+    (tests/fixtures/cudart_parity.py) called at extraction time: a function the backend (or
+    engines/cuda_device.py, whose ``cuda_runtime`` the backend imports through) calls now must be in it, or
+    the file must be extracted again (tests/fixtures/api_names/README.md); and it records nothing else."""
+    spec = load_api("cudart_12_6_signatures.json")
+    recorded = set(spec["functions"])
     backend = _cuda_functions_named_in(REPO / "engines" / "backends" / "tensorrt.py")
-    assert backend == recorded
+    harness = _cuda_functions_called_on_rt(REPO / spec["harness"])
+    assert backend <= recorded
+    assert recorded == backend | harness
     assert _cuda_functions_named_in(REPO / "engines" / "cuda_device.py") <= recorded
+    # The constants the backend reads off the runtime are recorded with their values.
+    source = (REPO / "engines" / "backends" / "tensorrt.py").read_text()
+    assert set(spec["constants"]) == {"cudaStreamNonBlocking"}
+    assert all(f"rt.{name}" in source for name in spec["constants"])
 
 
 def test_cudart_double_streams_captures_and_copies() -> None:
@@ -391,6 +422,49 @@ def test_cudart_double_streams_captures_and_copies() -> None:
     ]:
         assert getattr(rt, fn)(arg) == (rt.cudaError_t.cudaSuccess,), fn
     assert rt.cudaFree(dev) == (rt.cudaError_t.cudaErrorInvalidValue,)  # twice
+    assert rt._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_cudart_double_stream_flags_and_the_legacy_stream_during_a_capture() -> None:
+    """``cudaStreamCreateWithFlags(unsigned int flags)`` as cuda-python 12.6 binds it, and CUDA's rule that
+    work on the legacy stream while a blocking stream captures fails (cudaErrorStreamCaptureImplicit) and
+    spoils that capture, while a non-blocking stream's capture goes on."""
+    rt = CudartTestDouble()
+    with pytest.raises(TypeError):
+        rt.cudaStreamCreateWithFlags()
+    with pytest.raises(OverflowError, match="unsigned int"):
+        rt.cudaStreamCreateWithFlags(-1)
+    with pytest.raises(TypeError, match="an integer is required"):
+        rt.cudaStreamCreateWithFlags("1")
+    err, invalid = rt.cudaStreamCreateWithFlags(2)
+    assert err == rt.cudaError_t.cudaErrorInvalidValue
+    assert int(invalid) == 0
+    _, host = rt.cudaMallocHost(8)
+    _, dev = rt.cudaMalloc(8)
+    d2h = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    for create, spoilt in [
+        (lambda: rt.cudaStreamCreate(), True),
+        (lambda: rt.cudaStreamCreateWithFlags(0), True),  # cudaStreamDefault
+        (lambda: rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), False),
+    ]:
+        err, stream = create()
+        assert err == rt.cudaError_t.cudaSuccess
+        assert rt.cudaStreamBeginCapture(stream, mode)[0] == 0
+        rt.cudaMemcpyAsync(host, dev, 8, d2h, stream)
+        (legacy,) = rt.cudaMemcpyAsync(host, dev, 8, d2h, None)  # another library's work, stream 0
+        err, graph = rt.cudaStreamEndCapture(stream)
+        if spoilt:
+            assert legacy == rt.cudaError_t.cudaErrorStreamCaptureImplicit
+            assert err == rt.cudaError_t.cudaErrorStreamCaptureInvalidated
+        else:
+            assert legacy == rt.cudaError_t.cudaSuccess
+            assert err == rt.cudaError_t.cudaSuccess
+            assert rt.cudaGraphDestroy(graph) == (rt.cudaError_t.cudaSuccess,)
+        assert rt.cudaStreamSynchronize(None)[0] == rt.cudaError_t.cudaSuccess
+        assert rt.cudaStreamDestroy(stream) == (rt.cudaError_t.cudaSuccess,)
+    rt.cudaFree(dev)
+    rt.cudaFreeHost(host)
     assert rt._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
 
 

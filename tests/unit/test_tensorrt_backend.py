@@ -12,6 +12,7 @@ device -> kernel -> device -> host through the calls TensorRT 10.3 and cuda-pyth
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 import types
 from pathlib import Path
@@ -313,6 +314,81 @@ def test_a_cuda_graph_capture_leaves_other_threads_free_to_allocate(
         f = feeds(2, seed=5)
         np.testing.assert_allclose(backend(f)["y"], f["x"] * 2 + 1, rtol=1e-6)
         assert backend._graph_exec is not None
+
+
+def test_other_threads_legacy_stream_work_leaves_the_capture_intact(
+    tmp_path: Path, trt: TensorRTTestDouble, cudart: CudartTestDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backend's stream is non-blocking: another thread's work on the legacy default stream while a
+    batch is being captured (DeepStream's, a library's) neither fails nor spoils the capture."""
+    import threading
+
+    from tests.fixtures.tensorrt_test_double import IExecutionContext
+
+    _, host = cudart.cudaMallocHost(64)
+    _, dev = cudart.cudaMalloc(64)
+    legacy: list[Any] = []
+    real_enqueue = IExecutionContext.execute_async_v3
+
+    def enqueue_beside_legacy_work(self: Any, stream_handle: int) -> bool:
+        capturing = cudart._double_gpu.streams[int(stream_handle)].capture is not None
+        if capturing:
+            d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            worker = threading.Thread(
+                target=lambda: legacy.append(cudart.cudaMemcpyAsync(host, dev, 64, d2h, 0))
+            )
+            worker.start()
+            worker.join()
+        return bool(real_enqueue(self, stream_handle))
+
+    monkeypatch.setattr(IExecutionContext, "execute_async_v3", enqueue_beside_legacy_work)
+    manifest = write_manifest(tmp_path, trt, plan())
+    with load_backend(manifest, "tensorrt", cuda_graph=True) as backend:
+        assert isinstance(backend, TensorRTBackend)
+        for i, n in enumerate((2, 2, 5)):
+            f = feeds(n, seed=20 + i)
+            np.testing.assert_allclose(backend(f)["y"], f["x"] * 2 + 1, rtol=1e-6)
+        assert backend._graph_exec is not None  # captured at batch 5, as at batch 2 before
+    assert legacy == [(cudart.cudaError_t.cudaSuccess,)] * 2  # one beside each capture
+    cudart.cudaStreamSynchronize(0)
+    cudart.cudaFree(dev)
+    cudart.cudaFreeHost(host)
+    assert cudart._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_a_failed_capture_returns_the_batch_and_turns_graphs_off_once(
+    tmp_path: Path,
+    cudart: CudartTestDouble,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A CUDA graph that cannot be made costs nothing but the graph: the batch's outputs (computed before the
+    capture) come back, one warning says graphs are off, and later batch changes run plainly without trying
+    again."""
+    failing = CudartTestDouble(fail={"cudaGraphInstantiate": "cudaErrorInvalidValue"})
+    failing_trt = TensorRTTestDouble(failing)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", failing)
+    monkeypatch.setattr(sys.modules["cuda.bindings"], "runtime", failing)
+    monkeypatch.setitem(sys.modules, "tensorrt", failing_trt)
+    gpu = failing._double_gpu
+    manifest = write_manifest(tmp_path, failing_trt, plan())
+    with (
+        caplog.at_level(logging.WARNING, logger="engines.backends.tensorrt"),
+        load_backend(manifest, "tensorrt", cuda_graph=True) as backend,
+    ):
+        assert isinstance(backend, TensorRTBackend)
+        for i, n in enumerate((3, 3, 6, 1, 6)):
+            f = feeds(n, seed=30 + i)
+            out = backend(f)
+            for name, want in expected(f["x"], f["z"]).items():
+                np.testing.assert_allclose(out[name], want, rtol=1e-6, atol=1e-6, err_msg=name)
+            assert (gpu.graphs, gpu.execs) == ({}, {})  # the failed capture's graph was destroyed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "dpc_head: CUDA graph capture at batch 3 failed" in warnings[0]
+    assert "cudaErrorInvalidValue" in warnings[0]
+    assert "without CUDA graphs" in warnings[0]
+    assert gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
 
 
 def backend_engine_context(trt: TensorRTTestDouble) -> Any:
