@@ -609,7 +609,8 @@ def semantic_scorer(engines: EngineSet, contexts: dict[str, str]) -> SemanticSco
 
 def appearance_expectation(engines: EngineSet) -> MemoryExpectation | None:
     """What a camera's appearance memory must have been fitted on to be used with these engines (the
-    appearance engine's encoder, weights, feature grid and channels), or None without an appearance engine.
+    appearance engine's encoder, weights, spec hash, feature grid and channels), or None without an
+    appearance engine.
     Raises :class:`EngineError` when the engine's manifest has no ``(N, C, h, w)`` features output."""
     backend = engines.appearance
     if backend is None:
@@ -627,6 +628,8 @@ def appearance_expectation(engines: EngineSet) -> MemoryExpectation | None:
         weights_sha256=manifest.weights_sha256,
         grid=(int(spec.shape[2]), int(spec.shape[3])),
         channels=int(spec.shape[1]),
+        # Taps, projection and frame size change the features without changing their grid or channels.
+        model_spec_sha256=manifest.model_spec_sha256,
     )
 
 

@@ -16,8 +16,9 @@ and its inverse.
 
 The file. ``zsad calibrate`` writes a camera's memory beside its calibration file
 (:func:`memory_path`: ``calib/gate-1.json`` -> ``calib/gate-1.appearance.npz``), one ``.npz`` holding a
-version, the camera, the encoder's name and its engine's ``weights_sha256``, the feature grid ``(h, w)``,
-the channels, ``eps`` and ``shrinkage``, the frames fitted, the fit date, and the sha256 of the arrays.
+version, the camera, the encoder's name and its engine's ``weights_sha256`` and ``model_spec_sha256``, the
+feature grid ``(h, w)``, the channels, ``eps`` and ``shrinkage``, the frames fitted, the fit date, and the
+sha256 of the arrays.
 The inverse covariance is stored as float16, which halves the file (the scoring memory is float32 again;
 the round trip moves a distance by well under 1 %, see tests/unit/test_appearance.py). Measured with 128
 channels (docs/benchmarks.md, ``python -m bench.bench_appearance_memory``):
@@ -31,9 +32,9 @@ grid      positions  file (float16 inverse)  RAM per camera (float32)
 
 :func:`load_memory` refuses, with an :class:`AppearanceMemoryError` that names the file and what does not
 match, a file whose version is unknown, whose arrays are truncated, corrupt or do not hash to the recorded
-sha256, or that was fitted with another encoder engine, grid or channel count than the running engine's
-(:class:`MemoryExpectation`): the features it describes are not the ones the engine gives, so the camera
-must be calibrated again.
+sha256, or that was fitted with another encoder engine (weights or spec: taps, projection, frame size), grid
+or channel count than the running engine's (:class:`MemoryExpectation`): the features it describes are not
+the ones the engine gives, so the camera must be calibrated again.
 
 Pure numpy: the CPU graph, the DeepStream graph and ``zsad calibrate`` share it.
 """
@@ -76,7 +77,10 @@ __all__ = [
     "save_memory",
 ]
 
-MEMORY_VERSION = 1
+#: 2: the header records the appearance engine's ``model_spec_sha256`` (its taps, projection and frame size),
+#: which the running engine's must equal; a version 1 file does not say which spec it was fitted on, so it is
+#: refused like any other version, and the camera is calibrated again.
+MEMORY_VERSION = 2
 #: Added to every position's covariance: a position that barely varies on normal footage stays invertible.
 DEFAULT_EPS = 0.01
 #: Weight of the covariance pooled over positions in each position's covariance (0: none).
@@ -103,12 +107,15 @@ class AppearanceMemoryError(AppearanceError):
 
 @dataclass(frozen=True)
 class MemoryExpectation:
-    """What the running appearance engine gives, which a memory must have been fitted on."""
+    """What the running appearance engine gives, which a memory must have been fitted on: its encoder, its
+    weights, its spec (the manifest's ``model_spec_sha256``: taps, projection and frame size, which change the
+    features without changing their grid or channels), its feature grid and channels."""
 
     encoder: str
     weights_sha256: str
     grid: tuple[int, int]
     channels: int
+    model_spec_sha256: str
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,7 +130,8 @@ class AppearanceMemory:
         mean: ``(P, C)`` per-position mean, ``P = h * w`` positions in row-major order.
         inv_cov: ``(P, C, C)`` per-position inverse covariance (symmetric).
         grid: ``(h, w)``.
-        encoder, weights_sha256: the encoder engine the features came from.
+        encoder, weights_sha256, model_spec_sha256: the encoder engine the features came from (its name,
+            weights and spec hash; "" for a spec not recorded).
         camera: the camera it was fitted for (information only).
         eps, shrinkage: the regularisation it was fitted with.
         n_frames: frames it was fitted on.
@@ -138,6 +146,7 @@ class AppearanceMemory:
         grid: tuple[int, int],
         encoder: str,
         weights_sha256: str,
+        model_spec_sha256: str = "",
         camera: str = "",
         eps: float = DEFAULT_EPS,
         shrinkage: float = DEFAULT_SHRINKAGE,
@@ -161,6 +170,7 @@ class AppearanceMemory:
         self.grid = (h, w)
         self.encoder = str(encoder)
         self.weights_sha256 = str(weights_sha256)
+        self.model_spec_sha256 = str(model_spec_sha256)
         self.camera = str(camera)
         self.eps = float(eps)
         self.shrinkage = float(shrinkage)
@@ -196,6 +206,11 @@ class AppearanceMemory:
             problems.append(
                 f"encoder weights sha256 {self.weights_sha256[:12]}, the engine's is "
                 f"{expect.weights_sha256[:12]} (the engine changed)"
+            )
+        if self.model_spec_sha256 != expect.model_spec_sha256:
+            problems.append(
+                f"encoder spec sha256 {self.model_spec_sha256[:12] or '(none)'}, the engine's is "
+                f"{expect.model_spec_sha256[:12]} (its taps, projection or frame size changed)"
             )
         if self.grid != tuple(expect.grid):
             problems.append(
@@ -328,6 +343,7 @@ class MemoryFitter:
         *,
         encoder: str,
         weights_sha256: str,
+        model_spec_sha256: str = "",
         camera: str = "",
         eps: float = DEFAULT_EPS,
         shrinkage: float = DEFAULT_SHRINKAGE,
@@ -364,6 +380,7 @@ class MemoryFitter:
             grid=self._grid,
             encoder=encoder,
             weights_sha256=weights_sha256,
+            model_spec_sha256=model_spec_sha256,
             camera=camera,
             eps=eps,
             shrinkage=shrinkage,
@@ -377,6 +394,7 @@ def fit_memory(
     *,
     encoder: str,
     weights_sha256: str,
+    model_spec_sha256: str = "",
     camera: str = "",
     eps: float = DEFAULT_EPS,
     shrinkage: float = DEFAULT_SHRINKAGE,
@@ -388,7 +406,12 @@ def fit_memory(
     for start in range(0, x.shape[0], batch):
         fitter.add(x[start : start + batch])
     return fitter.finalize(
-        encoder=encoder, weights_sha256=weights_sha256, camera=camera, eps=eps, shrinkage=shrinkage
+        encoder=encoder,
+        weights_sha256=weights_sha256,
+        model_spec_sha256=model_spec_sha256,
+        camera=camera,
+        eps=eps,
+        shrinkage=shrinkage,
     )
 
 
@@ -478,6 +501,7 @@ def save_memory(memory: AppearanceMemory, path: str | Path) -> int:
         "camera": memory.camera,
         "encoder": memory.encoder,
         "weights_sha256": memory.weights_sha256,
+        "model_spec_sha256": memory.model_spec_sha256,
         "grid": list(memory.grid),
         "channels": memory.channels,
         "eps": memory.eps,
@@ -522,6 +546,7 @@ def load_memory(path: str | Path, expect: MemoryExpectation | None = None) -> Ap
             grid=(int(grid[0]), int(grid[1])),
             encoder=str(meta["encoder"]),
             weights_sha256=str(meta["weights_sha256"]),
+            model_spec_sha256=str(meta["model_spec_sha256"]),
             camera=str(meta.get("camera", "")),
             eps=float(meta.get("eps", DEFAULT_EPS)),
             shrinkage=float(meta.get("shrinkage", DEFAULT_SHRINKAGE)),

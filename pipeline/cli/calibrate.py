@@ -376,7 +376,12 @@ def _fit_appearance(
             fitter.add(np.concatenate([features[k] for k in by_fold[fold][start : start + 64]]))
 
     def finalize(fitter: MemoryFitter) -> AppearanceMemory:
-        return fitter.finalize(encoder=expect.encoder, weights_sha256=expect.weights_sha256, camera=camera)
+        return fitter.finalize(
+            encoder=expect.encoder,
+            weights_sha256=expect.weights_sha256,
+            model_spec_sha256=expect.model_spec_sha256,
+            camera=camera,
+        )
 
     whole = _merged(fitters)
     # One held-out memory at a time (each the whole footage's sums less its fold's), freed before the next:

@@ -28,6 +28,7 @@ from plugins.appearance import (
 )
 
 SHA = "ab" * 32
+SPEC = "5f" * 32  # the appearance engine's model_spec_sha256
 
 
 def normal_features(
@@ -46,7 +47,14 @@ def normal_features(
 
 
 def fitted(n: int = 200, **kw: object) -> AppearanceMemory:
-    return fit_memory(normal_features(n), encoder="stand-in", weights_sha256=SHA, camera="cam", **kw)  # type: ignore[arg-type]
+    return fit_memory(
+        normal_features(n),
+        encoder="stand-in",
+        weights_sha256=SHA,
+        model_spec_sha256=SPEC,
+        camera="cam",
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def expectation(memory: AppearanceMemory, **change: object) -> MemoryExpectation:
@@ -55,6 +63,7 @@ def expectation(memory: AppearanceMemory, **change: object) -> MemoryExpectation
         "weights_sha256": memory.weights_sha256,
         "grid": memory.grid,
         "channels": memory.channels,
+        "model_spec_sha256": memory.model_spec_sha256,
     }
     fields.update(change)
     return MemoryExpectation(**fields)  # type: ignore[arg-type]
@@ -232,6 +241,7 @@ def test_save_and_load_round_trip_with_a_float16_inverse(tmp_path: Path) -> None
     assert [p.name for p in path.parent.iterdir()] == ["cam.appearance.npz"]  # no temp file left
     loaded = load_memory(path, expectation(memory))
     assert (loaded.camera, loaded.encoder, loaded.weights_sha256) == ("cam", "stand-in", SHA)
+    assert loaded.model_spec_sha256 == SPEC
     assert (loaded.grid, loaded.channels, loaded.n_frames) == ((4, 6), 16, 200)
     assert (loaded.eps, loaded.shrinkage) == (memory.eps, memory.shrinkage)
     assert loaded.fitted == memory.fitted
@@ -257,6 +267,12 @@ def test_a_memory_of_another_engine_grid_or_channels_is_refused_naming_the_file(
         "encoder": (
             expectation(memory, encoder="clip-vit-b16"),
             "encoder 'stand-in', the engine is 'clip-vit-b16'",
+        ),
+        # Other taps, projection or frame size: the same grid and channels, other features.
+        "spec": (
+            expectation(memory, model_spec_sha256="e1" * 32),
+            "encoder spec sha256 5f5f5f5f5f5f, the engine's is e1e1e1e1e1e1 (its taps, projection or frame "
+            "size changed)",
         ),
         "grid": (expectation(memory, grid=(8, 12)), "feature grid 4x6, the engine gives 8x12"),
         "channels": (expectation(memory, channels=128), "16 channels, the engine gives 128"),
@@ -312,7 +328,7 @@ def test_damaged_or_foreign_files_are_refused_naming_the_file(tmp_path: Path) ->
     corrupt.write_bytes(bytes(flipped))
     with pytest.raises(AppearanceMemoryError, match=r"corrupt|sha256"):  # zip CRC or our hash, both name it
         load_memory(corrupt)
-    for version in (2, 0, None, "1"):
+    for version in (1, 3, 0, None, "2"):
         path = tmp_path / f"version-{version}.npz"
         path.write_bytes(data)
         _rewrite(path, meta={**_meta(path), "version": version})
@@ -337,6 +353,29 @@ def test_damaged_or_foreign_files_are_refused_naming_the_file(tmp_path: Path) ->
     folder.mkdir()
     refused(folder, "cannot be read")
     assert zipfile.is_zipfile(good)
+
+
+def test_a_version_1_memory_without_the_engine_spec_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """Memories written before the header recorded the engine's spec hash (version 1) cannot say which
+    taps or projection they were fitted on: refused by name, with the command that makes a new one."""
+    memory = fitted(30)
+    path = tmp_path / "cam.appearance.npz"
+    save_memory(memory, path)
+    meta = _meta(path)
+    del meta["model_spec_sha256"]
+    _rewrite(path, meta={**meta, "version": 1})
+    with pytest.raises(AppearanceMemoryError) as info:
+        load_memory(path, expectation(memory))
+    assert str(info.value) == (
+        f"appearance memory {path}: unsupported version 1 (this zsad reads version 2); "
+        "re-run zsad calibrate for this camera"
+    )
+    # A current header without the field is damaged, and says so.
+    _rewrite(path, meta={**meta, "version": MEMORY_VERSION})
+    with pytest.raises(
+        AppearanceMemoryError, match=r"its header or arrays are inconsistent .*model_spec_sha256"
+    ):
+        load_memory(path)
 
 
 def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:

@@ -1,21 +1,23 @@
 """``zsad demo`` keeps an earlier demo's calibration only when the models beside it of the memory streams that
 are on (stationary, objects) and that the calibration has statistics for fit the config
-(pipeline/cli/demo.py, ``_models_fit``); otherwise it calibrates again. Cameras that would play the same
+(pipeline/cli/demo.py, ``_models_fit``), and its appearance memory fits the engine (``_memory_fits``);
+otherwise it calibrates again. Cameras that would play the same
 footage with the same settings share one collection (``_footage_settings``), each fitted under its own
 name (``CalibrationSamples.for_camera``)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from core.config import ZsadConfig, parse_config
 from pipeline.cli.calibrate import CalibrationSamples
-from pipeline.cli.demo import _footage_settings, _models_fit
+from pipeline.cli.demo import _footage_settings, _memory_fits, _models_fit
 from plugins import objects, stationary
-from plugins.appearance import AppearanceMemory
+from plugins.appearance import AppearanceMemory, MemoryExpectation, fit_memory, memory_path, save_memory
 from tests.fixtures.calibration_files import write_calibration
 from tests.fixtures.objects_scenes import GRID, SIZE, objects_model
 
@@ -60,6 +62,33 @@ def _cameras(**second: object) -> ZsadConfig:
     return parse_config(
         json.dumps({"cameras": [first, {**first, "id": "cam-b", "uri": "file:///b.mp4", **second}]})
     )
+
+
+def test_an_appearance_memory_of_another_engine_spec_or_from_before_the_spec_is_calibrated_again(
+    tmp_path: Path,
+) -> None:
+    """A demo folder from an earlier zsad: its memories (version 1, no spec hash) or memories fitted on an
+    appearance engine of another spec are not kept, so ``make demo`` calibrates those cameras again."""
+    calibration = tmp_path / "cam.json"
+    spec = "a1" * 32
+    expect = MemoryExpectation(
+        encoder="mobilenet_v2", weights_sha256="0" * 64, grid=(2, 3), channels=4, model_spec_sha256=spec
+    )
+    features = np.random.default_rng(0).random((10, 4, 2, 3)).astype(np.float32)
+    memory = fit_memory(features, encoder="mobilenet_v2", weights_sha256="0" * 64, model_spec_sha256=spec)
+    save_memory(memory, memory_path(calibration))
+    assert _memory_fits(calibration, expect)
+    assert not _memory_fits(calibration, replace(expect, model_spec_sha256="b2" * 32))
+    path = memory_path(calibration)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"][()]))
+    del meta["model_spec_sha256"]
+    arrays["meta"] = np.array(json.dumps({**meta, "version": 1}))
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+    assert not _memory_fits(calibration, expect)
+    assert _memory_fits(calibration, None)  # no appearance engine: no memory needed
 
 
 def test_cameras_share_a_collection_only_when_everything_but_their_names_and_videos_is_the_same() -> None:
