@@ -1026,8 +1026,10 @@ class DeepStreamConfig(_Strict):
         0,
         ge=0,
         le=30,
-        description="Decoder keeps every Nth frame (nvurisrcbin drop-frame-interval); set it to camera fps / "
-        "sampling fps so clips span the same time as on the CPU graph. 0 keeps every frame.",
+        description="Decoder keeps every Nth frame (nvurisrcbin drop-frame-interval), which only saves "
+        "conversion work: the score probe samples each camera at its sampling.fps by timestamp either way "
+        "(keep N at most camera fps / sampling fps, or fewer frames than sampling.fps reach it). 0 keeps "
+        "every frame.",
     )
 
 

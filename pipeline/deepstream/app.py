@@ -114,6 +114,8 @@ class DeepStreamApp:
             on_frame=self.on_frame,
             on_restart=self.clips.restart,
             frame_size=engines.frame_size,
+            # The model reads each camera at its sampling.fps, as on the CPU graph (videorate there).
+            sampling_fps={c.id: c.sampling.fps for c in self.cameras},
             unmap_surfaces=jetson,
         )
         self._heap = heap.HeapKeeper()

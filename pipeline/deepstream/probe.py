@@ -6,9 +6,11 @@
 1. reads the frame's source, number and PTS from the batch meta and notices a restarted stream (its frame
    number or PTS going backwards, or an end of stream reported on the bus: :meth:`ClipScoringProbe.restart`);
    the camera's stream time stays increasing across restarts (:class:`StreamClock`);
-2. maps the RGBA surface with ``pyds.get_nvds_buf_surface``, copies the RGB planes out and unmaps it
+2. keeps only the frames of the camera's ``sampling.fps`` by their stream time (:class:`FrameSampler`, as
+   the CPU graph's ``videorate`` does); the others are neither mapped nor handed on;
+3. maps the RGBA surface with ``pyds.get_nvds_buf_surface``, copies the RGB planes out and unmaps it
    (Jetson), checks it has the backbone's size;
-3. hands ``(camera, t, rgb)`` to ``on_frame``: in the app the metrics, the event media and
+4. hands ``(camera, t, rgb)`` to ``on_frame``: in the app the metrics, the event media and
    :meth:`pipeline.clip_path.ClipPath.push`, where the CPU graph's clip assembly, batching,
    inference, fusion and alerts take over (a restart goes to ``on_restart`` first).
 
@@ -27,7 +29,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,7 @@ from pipeline.deepstream.meta import MetaError, add_display_text, batch_meta_of,
 __all__ = [
     "ClipScoringProbe",
     "FrameFn",
+    "FrameSampler",
     "OsdScoreBoard",
     "StreamClock",
     "format_osd_text",
@@ -52,6 +55,8 @@ FrameFn = Callable[[str, float, np.ndarray], None]
 
 #: Stream time added after the last frame when a restarted stream had no frame interval yet (s).
 _FIRST_STEP_S = 0.1
+#: Slack when comparing stream times (s): PTS are whole nanoseconds, sums of float seconds are not.
+_TIME_EPS_S = 1e-6
 
 
 def pad_probe_ok() -> Any:
@@ -143,6 +148,51 @@ class StreamClock:
         return t, restarted
 
 
+class FrameSampler:
+    """Keeps one camera's frames at ``fps`` by their stream time, the DeepStream graph's stand-in for the CPU
+    graph's ``videorate`` (drop only): the model reads frames at ``sampling.fps`` whatever the camera sends.
+
+    Sampling instants lie ``1 / fps`` apart from the first frame kept. A frame is kept when it reaches the
+    next instant less half the camera's frame interval (at most half a period), i.e. when it is the frame
+    nearest that instant (the one ``videorate`` picks), so a camera already at ``fps`` whose PTS jitter
+    keeps every frame; the next
+    instant is then the first one this frame does not reach. A camera slower than ``fps`` keeps every frame
+    (never duplicated). Pure and not thread-safe: one per camera, fed from the streaming thread.
+    """
+
+    def __init__(self, fps: float) -> None:
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"sampling fps must be > 0, got {fps!r}")
+        self.period = 1.0 / fps
+        self._anchor: float | None = None  # stream time of the first frame kept since the last reset
+        self._slot = 0  # the next instant is anchor + slot * period
+        self._last: float | None = None  # stream time of the last frame seen, kept or not
+        self._step = 0.0  # the camera's last frame interval
+
+    def reset(self) -> None:
+        """A new stream (a restart): its first frame is kept and the instants start from it."""
+        self._anchor = self._last = None
+        self._step = 0.0
+
+    def keep(self, t: float) -> bool:
+        """Whether the frame at stream time ``t`` (s) is kept; call it for every frame, in order."""
+        if self._last is not None and t <= self._last:
+            self.reset()  # time went back: cannot be measured against the old instants
+        if self._last is not None:
+            self._step = t - self._last
+        self._last = t
+        if self._anchor is None:
+            self._anchor, self._slot = t, 1
+            return True
+        # The next frame is expected one frame interval on; no more than a period, so that the interval
+        # across a pause does not stretch the reach over the instants after it.
+        reach = t + min(self._step, self.period) / 2
+        if reach < self._anchor + self._slot * self.period - _TIME_EPS_S:
+            return False
+        self._slot = math.floor((reach - self._anchor) / self.period + _TIME_EPS_S) + 1
+        return True
+
+
 class ClipScoringProbe(BatchProbe):
     """The score-branch pad probe. Call it as a probe (``pad.add_probe(BUFFER, probe)``) or call
     :meth:`process` with a ``Gst.Buffer``.
@@ -150,10 +200,12 @@ class ClipScoringProbe(BatchProbe):
     Args:
         pyds: the ``pyds`` module (or a test double of it).
         cameras: camera ids by mux source id (source ``i`` is ``cameras[i]``).
-        on_frame: ``on_frame(camera, t, rgb)`` for every frame, in each camera's order.
+        on_frame: ``on_frame(camera, t, rgb)`` for every frame kept, in each camera's order.
         on_restart: ``on_restart(camera)`` before the first frame of a restarted stream (the app resets the
             camera's clip assembly and DPC history).
         frame_size: ``(width, height)`` the backbone takes; a frame of another size is refused.
+        sampling_fps: frames a second kept per camera (its ``sampling.fps``, :class:`FrameSampler`); a camera
+            not in it keeps every frame.
         unmap_surfaces: unmap each RGBA surface after copying it (Jetson).
         ok: the value the probe returns (default ``Gst.PadProbeReturn.OK``).
         clock: time source for frames without a PTS.
@@ -169,6 +221,7 @@ class ClipScoringProbe(BatchProbe):
         on_frame: FrameFn,
         on_restart: Callable[[str], None] | None = None,
         frame_size: tuple[int, int] | None = None,
+        sampling_fps: Mapping[str, float] | None = None,
         unmap_surfaces: bool = False,
         ok: Any = None,
         clock: Callable[[], float] = time.monotonic,
@@ -183,9 +236,12 @@ class ClipScoringProbe(BatchProbe):
         self.frame_size = frame_size
         self.unmap_surfaces = unmap_surfaces
         self.clock = StreamClock(clock)
+        fps = sampling_fps or {}
+        self._samplers = {i: FrameSampler(fps[c]) for i, c in enumerate(self.cameras) if c in fps}
         super().__init__(ok)
         self.batches = 0
         self.frames = 0
+        self.sampled_out = 0  # frames not kept by the cameras' sampling
         self.restarts = 0
 
     # -- the work -----------------------------------------------------------------------------------------
@@ -202,7 +258,7 @@ class ClipScoringProbe(BatchProbe):
             self.clock.restart(source)
 
     def process(self, gst_buffer: Any) -> int:
-        """Hand on every frame of one batch; return how many."""
+        """Hand on every kept frame of one batch; return how many."""
         batch_meta = batch_meta_of(self.pyds, gst_buffer)
         if batch_meta is None:
             return 0
@@ -218,6 +274,14 @@ class ClipScoringProbe(BatchProbe):
                 log.info("camera %s: stream restarted at frame %d", camera, frame.frame_num)
                 if self.on_restart is not None:
                     self.on_restart(camera)
+            sampler = self._samplers.get(frame.source_id)
+            if sampler is not None:
+                if restarted:
+                    sampler.reset()
+                # Before the surface is mapped: a frame not kept costs no copy.
+                if not sampler.keep(t):
+                    self.sampled_out += 1
+                    continue
             rgb = frame_rgb(self.pyds, gst_buffer, frame.batch_id, unmap=self.unmap_surfaces)
             if self.frame_size is not None and (rgb.shape[1], rgb.shape[0]) != self.frame_size:
                 width, height = self.frame_size

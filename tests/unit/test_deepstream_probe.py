@@ -20,7 +20,13 @@ from core.config import SchedulerConfig
 from pipeline.clip_path import ClipPath
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.deepstream.meta import MetaError, add_display_text, frame_refs, frame_rgb, iter_meta_list
-from pipeline.deepstream.probe import ClipScoringProbe, OsdScoreBoard, StreamClock, format_osd_text
+from pipeline.deepstream.probe import (
+    ClipScoringProbe,
+    FrameSampler,
+    OsdScoreBoard,
+    StreamClock,
+    format_osd_text,
+)
 from pipeline.inference import ClipInference, ClipResult, EngineSet
 from plugins.fusion import CameraFusion, StreamGate
 from plugins.scorer import BACKBONE_INPUTS, BACKBONE_OUTPUTS, DPC_INPUTS, DPC_OUTPUTS
@@ -218,6 +224,72 @@ def test_stream_clock_notices_restarts_and_keeps_time_increasing() -> None:
     # A frame without a PTS takes the clock, still after the last time handed out.
     t, restarted = clock.observe(1, 1, float("nan"))
     assert (t, restarted) == (1000.0, False)
+
+
+def kept_times(sampler: FrameSampler, pts_ns: Sequence[int]) -> list[float]:
+    return [n / 1e9 for n in pts_ns if sampler.keep(n / 1e9)]
+
+
+def test_frame_sampler_keeps_the_frame_nearest_each_instant() -> None:
+    # 25 fps sampled at 10: two frames of every five, 0.1 s apart on average, each the nearest to its instant.
+    kept = kept_times(FrameSampler(10), [n * 40_000_000 for n in range(250)])  # 10 s
+    assert kept[:7] == pytest.approx([0.0, 0.08, 0.2, 0.28, 0.4, 0.48, 0.6])
+    assert len(kept) == 100
+    # 30 fps whose PTS are whole nanoseconds (33333333 ns apart): every third frame, none early or late.
+    kept = kept_times(FrameSampler(10), [n * 33_333_333 for n in range(300)])
+    assert kept == pytest.approx([n * 0.099999999 for n in range(100)])
+    # A camera at the sampling rate keeps every frame, PTS jitter or not.
+    jitter = [0, 99_000_000, 201_000_000, 298_000_000, 402_000_000, 500_000_000]
+    assert len(kept_times(FrameSampler(10), jitter)) == len(jitter)
+    # A slower camera keeps every frame (never duplicated).
+    assert len(kept_times(FrameSampler(10), [n * 200_000_000 for n in range(10)])) == 10
+    # A pause in the stream: the first frame after it is kept, then the frame nearest each instant again.
+    sampler = FrameSampler(10)
+    assert kept_times(sampler, [0, 40_000_000, 80_000_000]) == pytest.approx([0.0, 0.08])
+    assert kept_times(sampler, [730_000_000, 770_000_000, 810_000_000, 850_000_000]) == pytest.approx(
+        [0.73, 0.81]
+    )
+    with pytest.raises(ValueError, match="fps"):
+        FrameSampler(0)
+
+
+def test_frame_sampler_starts_again_after_a_reset_or_time_going_back() -> None:
+    sampler = FrameSampler(10)
+    assert kept_times(sampler, [0, 40_000_000, 80_000_000]) == pytest.approx([0.0, 0.08])
+    sampler.reset()  # a restarted stream: its first frame is kept whatever the old instants
+    assert kept_times(sampler, [120_000_000, 160_000_000, 200_000_000, 240_000_000]) == pytest.approx(
+        [0.12, 0.2]
+    )
+    assert sampler.keep(0.01)  # time went back: a new stream too
+
+
+def test_probe_keeps_each_cameras_frames_at_its_sampling_fps() -> None:
+    """25 fps cameras, one sampled at 10 and one at 25: only the kept frames are mapped and handed on."""
+    pyds = PydsTestDouble()
+    handed: dict[str, list[float]] = {"cam-a": [], "cam-b": []}
+    probe = ClipScoringProbe(
+        pyds,
+        ["cam-a", "cam-b"],
+        on_frame=lambda camera, t, rgb: handed[camera].append(t),
+        sampling_fps={"cam-a": 10.0, "cam-b": 25.0},
+        unmap_surfaces=True,
+        ok=OK,
+    )
+    frame = rgba(np.zeros((H, W, 3), np.uint8))
+    for n in range(50):  # 2 s
+        probe.process(
+            batch_of(pyds, [FrameSpec(0, n, n * 40_000_000, frame), FrameSpec(1, n, n * 40_000_000, frame)])
+        )
+    assert len(handed["cam-a"]) == 20
+    assert handed["cam-a"][:3] == pytest.approx([0.0, 0.08, 0.2])
+    assert len(handed["cam-b"]) == 50
+    assert (probe.frames, probe.sampled_out) == (70, 30)
+    assert len(unmapped(pyds)) == 70  # a frame not kept is never mapped
+    # The stream restarts (frame numbers and PTS from 0): its first frame is kept, the instants start again.
+    probe.process(batch_of(pyds, [FrameSpec(0, 0, 0, frame)]))
+    probe.process(batch_of(pyds, [FrameSpec(0, 1, 40_000_000, frame)]))
+    assert probe.restarts == 1
+    assert len(handed["cam-a"]) == 21
 
 
 class RecordingInference:
