@@ -144,10 +144,10 @@ class DeepStreamApp:
             self.board.set_text(camera, format_osd_text(camera, fused, result.prompt))
 
     def on_state(self, camera: str, state: str, detail: str) -> None:
-        """A camera's state from the bus: its end of stream or error ends its stream (a later frame of it
-        starts a new one, see :meth:`ClipScoringProbe.restart`)."""
+        """A camera's state from the bus: its end of stream, error or reconnect ends its stream (a later
+        frame of it starts a new one, see :meth:`ClipScoringProbe.restart`)."""
         self.outputs.camera_state(camera, state, detail)
-        if state in ("eos", "failed"):
+        if state in ("eos", "failed", "reconnecting"):
             self.probe.restart(camera)
 
     def on_tick(self) -> None:

@@ -18,7 +18,8 @@ sink is ``fakesink``, an MP4 file (encoder -> h264parse -> mp4mux -> filesink) o
 Bus policy (:class:`BusPolicy`): any ERROR makes the exit code nonzero. An ERROR inside a camera's
 source bin does not stop the others: an RTSP/HTTP camera is left to nvurisrcbin's reconnect logic, any
 other camera's mux pad gets an EOS so the batch no longer waits for it. An ERROR anywhere else stops the
-pipeline. EOS (every camera finished) stops it with the exit code so far.
+pipeline. EOS (every camera finished) stops it with the exit code so far. A reconnect WARNING from a
+camera's source bin reports the camera ``reconnecting`` (its stream restarts).
 
 ``Gst``, ``GLib`` and ``GstRtspServer`` come from the GStreamer toolkit (:mod:`core.gst`), imported only when
 a pipeline is built. Elements are made and linked with its checked helpers, which raise
@@ -85,6 +86,9 @@ SCORE_CAPS = "score-caps"
 TILER = "tiler"
 MUX = "mux"
 _SOURCE_BIN = re.compile(r"source-bin-(\d+)")
+#: What nvurisrcbin's RTSP watchdog says in the WARNING it posts when it reconnects ("No data from source ...
+#: Trying reconnection"); it posts no ERROR then, so this warning is the only word of the restart.
+_RECONNECT_WARNING = re.compile(r"reconnect", re.IGNORECASE)
 
 
 class DeepStreamGraphError(RuntimeError):
@@ -399,6 +403,15 @@ class BusPolicy:
             return "continue", index
         return "eos-source", index
 
+    def on_warning(self, path: str, message: str) -> int | None:
+        """A WARNING from the element at ``path``: the camera index when it is a source's reconnect notice
+        (its stream restarts), else None."""
+        index = self.source_index(path)
+        if index is None or not self.sources[index].reconnects or not _RECONNECT_WARNING.search(message):
+            return None
+        log.warning("camera %s: source reconnecting: %s", self.sources[index].camera, redact_text(message))
+        return index
+
     def on_stream_eos(self, index: int) -> str | None:
         """A camera's stream ended (nvstreammux ``stream-eos``); returns its id."""
         source = self.sources.get(index)
@@ -442,7 +455,8 @@ class DeepStreamGraph:
         score_probe: the probe on the score sink's sink pad
             (:class:`pipeline.deepstream.probe.ClipScoringProbe`).
         osd_probe: the probe on the tiler's sink pad (:class:`pipeline.deepstream.probe.OsdScoreBoard`).
-        on_state: ``on_state(camera, state, detail)`` for camera errors and ends.
+        on_state: ``on_state(camera, state, detail)`` for camera errors (``failed``), ends (``eos``) and
+            nvurisrcbin's reconnects (``reconnecting``).
     """
 
     def __init__(
@@ -554,7 +568,14 @@ class DeepStreamGraph:
             self._quit()
         elif kind == Gst.MessageType.WARNING:
             err, _debug = message.parse_warning()
-            log.warning("%s: %s", message.src.get_name() if message.src else "?", redact_text(err.message))
+            path = message.src.get_path_string() if message.src is not None else "?"
+            index = self.policy.on_warning(path, err.message)
+            if index is None:
+                log.warning(
+                    "%s: %s", message.src.get_name() if message.src else "?", redact_text(err.message)
+                )
+            elif self.on_state is not None:
+                self.on_state(self.plan.sources[index].camera, "reconnecting", redact_text(err.message))
         elif kind == Gst.MessageType.ELEMENT:
             structure = message.get_structure()
             if structure is not None and structure.get_name() == "stream-eos":

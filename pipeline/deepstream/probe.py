@@ -45,6 +45,7 @@ __all__ = [
     "OsdScoreBoard",
     "StreamClock",
     "format_osd_text",
+    "jump_limit",
     "pad_probe_ok",
 ]
 
@@ -55,6 +56,10 @@ FrameFn = Callable[[str, float, np.ndarray], None]
 
 #: Stream time added after the last frame when a restarted stream had no frame interval yet (s).
 _FIRST_STEP_S = 0.1
+#: A forward PTS jump longer than this many frame intervals, and than _JUMP_MIN_S, is a restart: nvurisrcbin
+#: keeps the PTS increasing over its own reconnects and file loops, so a gap shows only as a jump.
+_JUMP_STEPS = 5
+_JUMP_MIN_S = 1.0
 #: Slack when comparing stream times (s): PTS are whole nanoseconds, sums of float seconds are not.
 _TIME_EPS_S = 1e-6
 
@@ -97,6 +102,12 @@ class BatchProbe:
         return self._ok
 
 
+def jump_limit(step_s: float) -> float:
+    """The longest forward PTS step (s) that is not a restart, given the stream's frame interval ``step_s``
+    (0 while unknown): ``max(1 s, 5 frame intervals)``, so a slow camera's frames are not each a restart."""
+    return max(_JUMP_MIN_S, _JUMP_STEPS * step_s)
+
+
 @dataclass
 class _Stream:
     frame_num: int
@@ -110,9 +121,12 @@ class StreamClock:
     """Per source: notices a restarted stream and maps buffer PTS to a stream time that keeps increasing.
 
     A stream restarts when its frame number or its PTS goes backwards (a file loop, a reconnect whose
-    counters start again), or when :meth:`restart` marked it (the mux reported the source's end of stream).
-    Within one run of a stream, time is the buffer PTS; a restarted stream continues one frame interval
-    after the last time handed out, as the CPU graph's cameras do. Frames without a PTS use ``clock``.
+    counters start again), when its PTS jumps forward by more than :func:`jump_limit` (an outage or a
+    reconnect that kept the counters), or when :meth:`restart` marked it (the bus reported the source's end
+    of stream, error or reconnect). Within one run of a stream, time is the buffer PTS; a stream that
+    restarted with its PTS going back or marked continues one frame interval after the last time handed
+    out, as the CPU graph's file cameras do; after a forward jump the time keeps the jump (the outage was
+    real time, as the CPU graph's live cameras count it). Frames without a PTS use ``clock``.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -136,10 +150,12 @@ class StreamClock:
         if stream is None:
             self._streams[source] = _Stream(frame_num, raw, raw, 0.0, 0.0)
             return raw, False
-        restarted = marked or frame_num <= stream.frame_num or raw < stream.raw
-        if restarted:
+        rebase = marked or frame_num <= stream.frame_num or raw < stream.raw
+        jumped = not rebase and raw - stream.raw > jump_limit(stream.step)
+        restarted = rebase or jumped
+        if rebase:
             stream.offset = stream.t + (stream.step or _FIRST_STEP_S) - raw
-        elif raw > stream.raw:
+        elif not jumped and raw > stream.raw:
             stream.step = raw - stream.raw
         t = raw + stream.offset
         if t <= stream.t:

@@ -231,6 +231,26 @@ def test_source_error_does_not_stop_the_other_cameras(tmp_path: Path, videos: di
     assert 10 <= per_camera[1][0] < 100  # ...camera 1 was cut off, and the run still reached EOS
 
 
+def test_a_sources_reconnect_warning_reports_the_camera_reconnecting(
+    tmp_path: Path, videos: dict[str, Path]
+) -> None:
+    """nvurisrcbin's watchdog posts only a WARNING when it reconnects: the bus handler routes it to the
+    camera whose source bin posted it (a real message from the element inside that bin)."""
+    plan = stand_in_plan(tmp_path, ["rtsp://10.0.0.1:554/live", f"file://{videos['short']}"], osd=False)
+    states: list[tuple[str, str, str]] = []
+    graph = DeepStreamGraph(plan, on_state=lambda *a: states.append(a))
+    notice = "No data from source since last 10 sec. Trying reconnection"
+    try:
+        for index in (0, 1):
+            source = graph.pipeline.get_by_name(f"source-bin-{index:02d}").get_by_name(f"uri-{index:02d}")
+            warning = GLib.Error.new_literal(Gst.StreamError.quark(), notice, Gst.StreamError.FAILED)
+            assert graph._on_message(None, Gst.Message.new_warning(source, warning, "test"))
+    finally:
+        graph.pipeline.set_state(Gst.State.NULL)
+    assert states == [("cam-00", "reconnecting", notice)]  # the file camera does not reconnect
+    assert graph.policy.exit_code == 0
+
+
 def test_pipeline_error_stops_with_exit_code_1(tmp_path: Path, videos: dict[str, Path]) -> None:
     plan = stand_in_plan(
         tmp_path,

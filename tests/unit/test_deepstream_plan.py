@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,29 @@ def test_bus_policy(tmp_path: Path) -> None:
     assert policy.on_stream_eos(3) == "cam-03"
     assert policy.on_stream_eos(9) is None
     assert policy.on_eos() == "stop"
+
+
+def test_bus_policy_takes_a_sources_reconnect_warning_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = BusPolicy(plan_for(tmp_path, 4).sources)  # cam-00 RTSP, cam-01 a file
+    notice = (
+        "No data from source rtsp://user:secret@10.0.0.10:554/stream1 since last 10 sec. Trying reconnection"
+    )
+    with caplog.at_level(logging.WARNING):
+        assert (
+            policy.on_warning("/GstPipeline:zsad/GstBin:source-bin-00/GstDsNvUriSrcBin:uri-00", notice) == 0
+        )
+    assert "camera cam-00: source reconnecting" in caplog.text
+    assert "secret" not in caplog.text
+    # Not a reconnect notice, not a camera that reconnects, not from a source bin: nothing restarts.
+    assert (
+        policy.on_warning("/GstPipeline:zsad/GstBin:source-bin-00/x", "Can't record audio fast enough")
+        is None
+    )
+    assert policy.on_warning("/GstPipeline:zsad/GstBin:source-bin-01/x", notice) is None
+    assert policy.on_warning("/GstPipeline:zsad/GstNvStreamMux:mux", notice) is None
+    assert policy.exit_code == 0  # a warning is not an error
 
 
 def test_error_messages_are_redacted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -26,6 +26,7 @@ from pipeline.deepstream.probe import (
     OsdScoreBoard,
     StreamClock,
     format_osd_text,
+    jump_limit,
 )
 from pipeline.inference import ClipInference, ClipResult, EngineSet
 from plugins.fusion import CameraFusion, StreamGate
@@ -221,9 +222,28 @@ def test_stream_clock_notices_restarts_and_keeps_time_increasing() -> None:
     t, restarted = clock.observe(0, 3, 0.15)
     assert restarted
     assert t == pytest.approx(5.5)
-    # A frame without a PTS takes the clock, still after the last time handed out.
+    # A frame without a PTS takes the clock: 1000 s after source 1's last PTS, a jump, so a new stream.
     t, restarted = clock.observe(1, 1, float("nan"))
-    assert (t, restarted) == (1000.0, False)
+    assert (t, restarted) == (1000.0, True)
+
+
+def test_stream_clock_takes_a_long_forward_jump_for_a_restart_and_keeps_the_gap() -> None:
+    """nvurisrcbin keeps the PTS increasing across its reconnects and file loops: a gap shows as a jump."""
+    assert jump_limit(0.0) == 1.0
+    assert jump_limit(0.04) == 1.0
+    assert jump_limit(2.0) == 10.0
+    clock = StreamClock()
+    for n in range(5):  # 25 fps
+        assert clock.observe(0, n, n * 0.04) == (pytest.approx(n * 0.04), False)
+    # Half a second without frames: a hiccup within the stream, not a restart.
+    assert clock.observe(0, 5, 0.66) == (pytest.approx(0.66), False)
+    # Three seconds without frames (an outage; the counters went on): a restart, and the time keeps the gap.
+    assert clock.observe(0, 6, 3.7) == (pytest.approx(3.7), True)
+    assert clock.observe(0, 7, 3.74) == (pytest.approx(3.74), False)
+    # A slow camera (a frame every 2 s): its frames are not restarts, a 12 s gap is.
+    for n in range(4):
+        assert clock.observe(1, n, n * 2.0)[1] is False
+    assert clock.observe(1, 4, 18.0) == (pytest.approx(18.0), True)
 
 
 def kept_times(sampler: FrameSampler, pts_ns: Sequence[int]) -> list[float]:
