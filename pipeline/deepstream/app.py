@@ -113,6 +113,7 @@ class DeepStreamApp:
             ids,
             on_frame=self.on_frame,
             on_restart=self.clips.restart,
+            on_live=self.on_live,
             frame_size=engines.frame_size,
             # The model reads each camera at its sampling.fps, as on the CPU graph (videorate there).
             sampling_fps={c.id: c.sampling.fps for c in self.cameras},
@@ -149,6 +150,11 @@ class DeepStreamApp:
         self.outputs.camera_state(camera, state, detail)
         if state in ("eos", "failed", "reconnecting"):
             self.probe.restart(camera)
+
+    def on_live(self, camera: str) -> None:
+        """A camera's first frame, or its first after a restart (the score branch's streaming thread): it is
+        live, also after a source error or end of stream from which it came back."""
+        self.outputs.camera_state(camera, "live", "")
 
     def on_tick(self) -> None:
         """Every 200 ms on the graph's main loop: queue counters into the metrics, heap trimming."""

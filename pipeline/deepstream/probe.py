@@ -5,7 +5,8 @@
 
 1. reads the frame's source, number and PTS from the batch meta and notices a restarted stream (its frame
    number or PTS going backwards, or an end of stream reported on the bus: :meth:`ClipScoringProbe.restart`);
-   the camera's stream time stays increasing across restarts (:class:`StreamClock`);
+   the camera's stream time stays increasing across restarts (:class:`StreamClock`); the first frame of a
+   camera, and its first after each restart, reports it live (``on_live``);
 2. keeps only the frames of the camera's ``sampling.fps`` by their stream time (:class:`FrameSampler`, as
    the CPU graph's ``videorate`` does); the others are neither mapped nor handed on;
 3. maps the RGBA surface with ``pyds.get_nvds_buf_surface``, copies the RGB planes out and unmaps it
@@ -171,9 +172,9 @@ class FrameSampler:
     Sampling instants lie ``1 / fps`` apart from the first frame kept. A frame is kept when it reaches the
     next instant less half the camera's frame interval (at most half a period), i.e. when it is the frame
     nearest that instant (the one ``videorate`` picks), so a camera already at ``fps`` whose PTS jitter
-    keeps every frame; the next
-    instant is then the first one this frame does not reach. A camera slower than ``fps`` keeps every frame
-    (never duplicated). Pure and not thread-safe: one per camera, fed from the streaming thread.
+    keeps every frame; the next instant is then the first one this frame does not reach. A camera slower
+    than ``fps`` keeps every frame (never duplicated). Pure and not thread-safe: one per camera, fed from
+    the streaming thread.
     """
 
     def __init__(self, fps: float) -> None:
@@ -219,6 +220,8 @@ class ClipScoringProbe(BatchProbe):
         on_frame: ``on_frame(camera, t, rgb)`` for every frame kept, in each camera's order.
         on_restart: ``on_restart(camera)`` before the first frame of a restarted stream (the app resets the
             camera's clip assembly and DPC history).
+        on_live: ``on_live(camera)`` at a camera's first frame and at its first frame after each restart
+            (the app reports the camera ``live``); once per stream, not per frame.
         frame_size: ``(width, height)`` the backbone takes; a frame of another size is refused.
         sampling_fps: frames a second kept per camera (its ``sampling.fps``, :class:`FrameSampler`); a camera
             not in it keeps every frame.
@@ -236,6 +239,7 @@ class ClipScoringProbe(BatchProbe):
         *,
         on_frame: FrameFn,
         on_restart: Callable[[str], None] | None = None,
+        on_live: Callable[[str], None] | None = None,
         frame_size: tuple[int, int] | None = None,
         sampling_fps: Mapping[str, float] | None = None,
         unmap_surfaces: bool = False,
@@ -249,6 +253,8 @@ class ClipScoringProbe(BatchProbe):
         self._sources = {camera: i for i, camera in enumerate(self.cameras)}
         self.on_frame = on_frame
         self.on_restart = on_restart
+        self.on_live = on_live
+        self._live: set[int] = set()  # sources whose current stream has delivered a frame (streaming thread)
         self.frame_size = frame_size
         self.unmap_surfaces = unmap_surfaces
         self.clock = StreamClock(clock)
@@ -268,7 +274,7 @@ class ClipScoringProbe(BatchProbe):
         return self.cameras[source_id]
 
     def restart(self, camera: str) -> None:
-        """Mark a camera's stream as restarted (its end of stream or error, from the bus thread)."""
+        """Mark a camera's stream as restarted (its end of stream, error or reconnect; the bus thread)."""
         source = self._sources.get(camera)
         if source is not None:
             self.clock.restart(source)
@@ -290,6 +296,11 @@ class ClipScoringProbe(BatchProbe):
                 log.info("camera %s: stream restarted at frame %d", camera, frame.frame_num)
                 if self.on_restart is not None:
                     self.on_restart(camera)
+            # Every frame counts for liveness, kept or not: a set lookup a frame, a callback once a stream.
+            if restarted or frame.source_id not in self._live:
+                self._live.add(frame.source_id)
+                if self.on_live is not None:
+                    self.on_live(camera)
             sampler = self._samplers.get(frame.source_id)
             if sampler is not None:
                 if restarted:

@@ -166,6 +166,42 @@ def test_app_turns_probe_batches_into_scores_and_alerts(engines_dir: Path, tmp_p
     assert app.outputs.metrics.frames_dropped.value(camera="gate") == 0
 
 
+def test_app_reports_a_camera_live_from_its_frames_and_again_after_a_failure(
+    engines_dir: Path, tmp_path: Path
+) -> None:
+    cfg = config(engines_dir, tmp_path / "run")
+    pyds = PydsTestDouble()
+    app = DeepStreamApp(cfg, load_engines(cfg), pyds, jetson=False)
+
+    def states() -> dict[str, str]:
+        return {c["id"]: c["state"] for c in app.outputs.run_state.cameras()}
+
+    def frames(n: int, *sources: int) -> None:
+        specs = [
+            FrameSpec(s, n, n * 100_000_000, pitched(rgba(np.zeros((H, W, 3), np.uint8)))) for s in sources
+        ]
+        app.probe.process(attach(pyds, object(), build_batch(specs)))
+
+    app.start()
+    try:
+        assert states() == {"gate": "starting", "lobby": "starting"}
+        frames(0, 0)
+        assert states() == {"gate": "live", "lobby": "starting"}
+        assert app.outputs.metrics.camera_state.value(camera="gate", state="live") == 1.0
+        app.on_state("gate", "failed", "connection lost")  # a source ERROR on the bus
+        frames(1, 1)
+        assert states() == {"gate": "failed", "lobby": "live"}
+        frames(2, 0)  # nvurisrcbin reconnected: its frames resume
+        assert states()["gate"] == "live"
+        app.on_state("gate", "reconnecting", "No data from source. Trying reconnection")
+        assert states()["gate"] == "reconnecting"
+        frames(3, 0)
+        assert states()["gate"] == "live"
+        assert app.probe.restarts == 2  # the failure and the reconnect each started a new stream
+    finally:
+        app.shutdown()
+
+
 @pytest.mark.parametrize("spin", [False, True])
 def test_load_engines_gives_onnx_runtime_the_configured_spin(
     engines_dir: Path, tmp_path: Path, spin: bool

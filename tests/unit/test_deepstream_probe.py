@@ -592,6 +592,26 @@ def test_an_end_of_stream_on_the_bus_restarts_the_camera(caplog: pytest.LogCaptu
     assert "camera cam-b: stream restarted" in caplog.text
 
 
+def test_probe_reports_a_camera_live_once_per_stream() -> None:
+    pyds = PydsTestDouble()
+    live: list[str] = []
+    probe = ClipScoringProbe(
+        pyds, ["cam-a", "cam-b"], on_frame=lambda camera, t, rgb: None, on_live=live.append, ok=OK
+    )
+    frame = rgba(np.zeros((H, W, 3), np.uint8))
+    for n in range(3):
+        probe.process(batch_of(pyds, [FrameSpec(0, n, n * 100_000_000, frame)]))
+    assert live == ["cam-a"]  # its first frame, not every frame
+    probe.process(batch_of(pyds, [FrameSpec(1, 0, 0, frame), FrameSpec(0, 3, 300_000_000, frame)]))
+    assert live == ["cam-a", "cam-b"]
+    probe.restart("cam-a")  # a source error or end of stream on the bus: the camera is failed or ended
+    probe.process(batch_of(pyds, [FrameSpec(0, 4, 400_000_000, frame)]))  # ... and its frames came back
+    probe.process(batch_of(pyds, [FrameSpec(0, 5, 500_000_000, frame)]))
+    assert live == ["cam-a", "cam-b", "cam-a"]
+    probe.process(batch_of(pyds, [FrameSpec(1, 0, 0, frame)]))  # a restart the probe sees itself
+    assert live == ["cam-a", "cam-b", "cam-a", "cam-b"]
+
+
 def test_probe_boundary_logs_and_returns_ok(caplog: pytest.LogCaptureFixture) -> None:
     pyds = PydsTestDouble()
     handed: list[str] = []
