@@ -114,6 +114,7 @@ class DeepStreamApp:
             on_frame=self.on_frame,
             on_restart=self.clips.restart,
             on_live=self.on_live,
+            on_gap=self.on_gap,
             frame_size=engines.frame_size,
             # The model reads each camera at its sampling.fps, as on the CPU graph (videorate there).
             sampling_fps={c.id: c.sampling.fps for c in self.cameras},
@@ -150,6 +151,12 @@ class DeepStreamApp:
         self.outputs.camera_state(camera, state, detail)
         if state in ("eos", "failed", "reconnecting"):
             self.probe.restart(camera)
+
+    def on_gap(self, camera: str, t: float) -> None:
+        """A frame the probe kept but could not read or hand on (the streaming thread): it goes to the clip
+        assembly as a frame not read, so no clip spans it, and counts as dropped."""
+        self.clips.push(camera, t, None)
+        self.outputs.metrics.frames_dropped.inc(camera=camera)
 
     def on_live(self, camera: str) -> None:
         """A camera's first frame, or its first after a restart (the score branch's streaming thread): it is
@@ -205,10 +212,12 @@ class DeepStreamApp:
         dropped = sum(q.dropped for q in stats.cameras.values())
         failed = sum(q.failed for q in stats.cameras.values())
         log.info(
-            "score probe: %d batches, %d frames, %d restarts, %d dropped batches; clips: %d scored, "
-            "%d dropped, %d failed",
+            "score probe: %d batches, %d frames (%d not sampled, %d failed), %d restarts, %d dropped "
+            "batches; clips: %d scored, %d dropped, %d failed",
             self.probe.batches,
             self.probe.frames,
+            self.probe.sampled_out,
+            self.probe.failed_frames,
             self.probe.restarts,
             self.probe.dropped_batches,
             processed,

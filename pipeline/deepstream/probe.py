@@ -15,8 +15,10 @@
    :meth:`pipeline.clip_path.ClipPath.push`, where the CPU graph's clip assembly, batching,
    inference, fusion and alerts take over (a restart goes to ``on_restart`` first).
 
-The probe always returns ``Gst.PadProbeReturn.OK``. It has one exception boundary: a batch that fails is
-logged and counted, and the next batch is processed normally.
+The probe always returns ``Gst.PadProbeReturn.OK``. A frame that cannot be read or handed on (a surface
+pyds cannot map, a frame of the wrong size or of an unknown source) is logged and counted, its camera's
+clip assembly is told of the gap (``on_gap``), and the batch's other frames go on. Beyond that there is one
+exception boundary: a batch that fails is logged and counted, and the next batch is processed normally.
 
 :class:`OsdScoreBoard` sits before the tiler on the display branch and attaches each camera's latest text
 to its frames for ``nvdsosd`` to draw.
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from core.gst import init_gstreamer
+from pipeline.clips import FrameShapeError
 from pipeline.deepstream.meta import MetaError, add_display_text, batch_meta_of, frame_refs, frame_rgb
 
 __all__ = [
@@ -61,6 +64,14 @@ _FIRST_STEP_S = 0.1
 #: keeps the PTS increasing over its own reconnects and file loops, so a gap shows only as a jump.
 _JUMP_STEPS = 5
 _JUMP_MIN_S = 1.0
+#: What one frame's way from the batch to ``on_frame`` raises: pyds's RuntimeError (pybind11's translation
+#: of std::runtime_error: a surface it cannot map), MetaError (a RuntimeError: not RGBA, the wrong size) and
+#: the clip assembler's FrameShapeError. Anything else is a fault of the batch or the code: the batch
+#: boundary logs it.
+_FRAME_ERRORS = (RuntimeError, FrameShapeError)
+#: A camera's failed frames are logged at the first and then every this many (a broken source would
+#: otherwise log every frame).
+_LOG_EVERY_FAILED = 100
 #: Slack when comparing stream times (s): PTS are whole nanoseconds, sums of float seconds are not.
 _TIME_EPS_S = 1e-6
 
@@ -220,6 +231,9 @@ class ClipScoringProbe(BatchProbe):
         on_frame: ``on_frame(camera, t, rgb)`` for every frame kept, in each camera's order.
         on_restart: ``on_restart(camera)`` before the first frame of a restarted stream (the app resets the
             camera's clip assembly and DPC history).
+        on_gap: ``on_gap(camera, t)`` for a kept frame that failed (the app pushes it to the clip assembly
+            as a frame not read, so no clip spans it); without it the camera's stream restarts at its next
+            frame.
         on_live: ``on_live(camera)`` at a camera's first frame and at its first frame after each restart
             (the app reports the camera ``live``); once per stream, not per frame.
         frame_size: ``(width, height)`` the backbone takes; a frame of another size is refused.
@@ -240,6 +254,7 @@ class ClipScoringProbe(BatchProbe):
         on_frame: FrameFn,
         on_restart: Callable[[str], None] | None = None,
         on_live: Callable[[str], None] | None = None,
+        on_gap: Callable[[str, float], None] | None = None,
         frame_size: tuple[int, int] | None = None,
         sampling_fps: Mapping[str, float] | None = None,
         unmap_surfaces: bool = False,
@@ -254,6 +269,7 @@ class ClipScoringProbe(BatchProbe):
         self.on_frame = on_frame
         self.on_restart = on_restart
         self.on_live = on_live
+        self.on_gap = on_gap
         self._live: set[int] = set()  # sources whose current stream has delivered a frame (streaming thread)
         self.frame_size = frame_size
         self.unmap_surfaces = unmap_surfaces
@@ -265,6 +281,8 @@ class ClipScoringProbe(BatchProbe):
         self.frames = 0
         self.sampled_out = 0  # frames not kept by the cameras' sampling
         self.restarts = 0
+        self.failed_frames = 0
+        self._failed: dict[str, int] = {}  # per "camera C" (or "source N"), for the log's rate
 
     # -- the work -----------------------------------------------------------------------------------------
 
@@ -287,7 +305,11 @@ class ClipScoringProbe(BatchProbe):
         self.batches += 1
         handed = 0
         for frame in frame_refs(self.pyds, batch_meta):
-            camera = self.camera(frame.source_id)
+            try:
+                camera = self.camera(frame.source_id)
+            except MetaError as exc:  # no camera to tell: the frame alone is lost
+                self._frame_failed(f"source {frame.source_id}", frame.frame_num, exc)
+                continue
             t, restarted = self.clock.observe(frame.source_id, frame.frame_num, frame.pts_s)
             # The clock has used up the restart: hand it on before anything below can drop the batch, or
             # the camera's clips and DPC history would run on across the gap.
@@ -309,17 +331,35 @@ class ClipScoringProbe(BatchProbe):
                 if not sampler.keep(t):
                     self.sampled_out += 1
                     continue
-            rgb = frame_rgb(self.pyds, gst_buffer, frame.batch_id, unmap=self.unmap_surfaces)
-            if self.frame_size is not None and (rgb.shape[1], rgb.shape[0]) != self.frame_size:
-                width, height = self.frame_size
-                raise MetaError(
-                    f"camera {camera}: frame is {rgb.shape[1]}x{rgb.shape[0]}, the backbone takes "
-                    f"{width}x{height} (the score branch's capsfilter sets the size)"
-                )
-            self.on_frame(camera, t, rgb)
+            try:
+                rgb = frame_rgb(self.pyds, gst_buffer, frame.batch_id, unmap=self.unmap_surfaces)
+                if self.frame_size is not None and (rgb.shape[1], rgb.shape[0]) != self.frame_size:
+                    width, height = self.frame_size
+                    raise MetaError(
+                        f"camera {camera}: frame is {rgb.shape[1]}x{rgb.shape[0]}, the backbone takes "
+                        f"{width}x{height} (the score branch's capsfilter sets the size)"
+                    )
+                self.on_frame(camera, t, rgb)
+            except _FRAME_ERRORS as exc:
+                # One frame, one camera: the batch's other frames go on, and this camera's clips must not
+                # span the frame it lost.
+                self._frame_failed(f"camera {camera}", frame.frame_num, exc)
+                if self.on_gap is not None:
+                    self.on_gap(camera, t)
+                else:
+                    self.clock.restart(frame.source_id)
+                continue
             handed += 1
         self.frames += handed
         return handed
+
+    def _frame_failed(self, who: str, frame_num: int, exc: Exception) -> None:
+        self.failed_frames += 1
+        count = self._failed[who] = self._failed.get(who, 0) + 1
+        if count == 1 or count % _LOG_EVERY_FAILED == 0:
+            log.warning(
+                "%s: frame %d dropped (%d so far): %s: %s", who, frame_num, count, type(exc).__name__, exc
+            )
 
 
 class OsdScoreBoard(BatchProbe):

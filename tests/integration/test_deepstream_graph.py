@@ -193,14 +193,20 @@ def test_probe_exception_boundary_in_a_real_pipeline(tmp_path: Path, videos: dic
     pyds = PydsTestDouble()
     frame = rgba(np.zeros((32, 48, 3), np.uint8))
     queue(pyds, build_batch([FrameSpec(0, 0, 0, frame)]))
-    queue(pyds, build_batch([FrameSpec(7, 1, 0, frame)]))  # unknown source: raises inside the probe
+    queue(pyds, build_batch([FrameSpec(0, 1, 100_000_000, frame)]))
     handed: list[str] = []
-    probe = ClipScoringProbe(pyds, ["cam-00"], on_frame=lambda camera, t, rgb: handed.append(camera))
+
+    def on_frame(camera: str, t: float, rgb: np.ndarray) -> None:
+        handed.append(camera)
+        if len(handed) == 2:  # not one frame's error: raises through the probe's batch boundary
+            raise LookupError("a fault beyond the frame path")
+
+    probe = ClipScoringProbe(pyds, ["cam-00"], on_frame=on_frame)
     graph = DeepStreamGraph(plan, score_probe=probe)
     assert graph.run(duration_s=30) == 0
     assert probe.batches == 2  # the two queued batches; later buffers carry no batch meta
     assert probe.dropped_batches == 1
-    assert handed == ["cam-00"]
+    assert handed == ["cam-00", "cam-00"]
 
 
 def test_source_error_does_not_stop_the_other_cameras(tmp_path: Path, videos: dict[str, Path]) -> None:

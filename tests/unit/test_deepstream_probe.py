@@ -612,6 +612,16 @@ def test_probe_reports_a_camera_live_once_per_stream() -> None:
     assert live == ["cam-a", "cam-b", "cam-a", "cam-b"]
 
 
+class Info:
+    """The pad probe info a probe gets: ``get_buffer()``."""
+
+    def __init__(self, buffer: Any) -> None:
+        self.buffer = buffer
+
+    def get_buffer(self) -> Any:
+        return self.buffer
+
+
 def test_probe_boundary_logs_and_returns_ok(caplog: pytest.LogCaptureFixture) -> None:
     pyds = PydsTestDouble()
     handed: list[str] = []
@@ -621,22 +631,93 @@ def test_probe_boundary_logs_and_returns_ok(caplog: pytest.LogCaptureFixture) ->
     frame = rgba(np.zeros((H, W, 3), np.uint8))
     bad = attach(pyds, object(), build_batch([FrameSpec(5, 0, 0, frame)]))  # no camera has source id 5
     small = attach(pyds, object(), build_batch([FrameSpec(0, 0, 0, rgba(np.zeros((8, 8, 3), np.uint8)))]))
-
-    class Info:
-        def __init__(self, buffer: Any) -> None:
-            self.buffer = buffer
-
-        def get_buffer(self) -> Any:
-            return self.buffer
-
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         assert probe(None, Info(bad)) == OK
         assert probe(None, Info(small)) == OK
         assert probe(None, Info(object())) == OK  # a buffer without batch meta: nothing to do
-    assert probe.dropped_batches == 2
+    # Frames that cannot be read are dropped one by one, not their batches.
+    assert (probe.failed_frames, probe.dropped_batches) == (2, 0)
+    assert "source 5: frame 0 dropped" in caplog.text
     assert "source id 5 has no camera" in caplog.text
     assert f"frame is 8x8, the backbone takes {W}x{H}" in caplog.text
     assert handed == []
+
+    # Anything else is the batch's fault: logged and counted at the boundary, and the probe still says OK.
+    def faulty(camera: str, t: float, rgb: np.ndarray) -> None:
+        raise LookupError("not a frame's fault")
+
+    broken = ClipScoringProbe(pyds, ["cam-a"], on_frame=faulty, ok=OK)
+    with caplog.at_level(logging.ERROR):
+        assert broken(None, Info(batch_of(pyds, [FrameSpec(0, 0, 0, frame)]))) == OK
+    assert broken.dropped_batches == 1
+    assert "score probe: batch dropped (1 so far)" in caplog.text
+
+
+def test_a_bad_frame_costs_its_camera_that_frame_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """A surface pyds cannot map in the middle of a batch: the other cameras' frames of the batch go on,
+    and the camera's clip assembly is told of the gap, so none of its clips spans the frame it lost."""
+    pyds = PydsTestDouble()
+    cameras = ["cam-a", "cam-b", "cam-c"]
+    clips = assembler()  # T = 2 frames 2 apart, a clip every 2 frames
+    made: list[Clip] = []
+
+    def on_frame(camera: str, t: float, rgb: np.ndarray) -> None:
+        clip = clips.push(camera, t, rgb)
+        if clip is not None:
+            made.append(clip)
+
+    gaps: list[tuple[str, float]] = []
+
+    def on_gap(camera: str, t: float) -> None:
+        gaps.append((camera, t))
+        clips.push(camera, t, None)
+
+    restarts: list[str] = []
+    probe = ClipScoringProbe(
+        pyds, cameras, on_frame=on_frame, on_gap=on_gap, on_restart=restarts.append, frame_size=(W, H), ok=OK
+    )
+    frame = pitched(rgba(np.zeros((H, W, 3), np.uint8)))
+    with caplog.at_level(logging.WARNING):
+        for n in range(9):
+            batch = build_batch([FrameSpec(s, n, n * 100_000_000, frame) for s in range(3)])
+            if n in (2, 3, 4):
+                del batch.surfaces[1]  # cam-b's surface cannot be mapped (pyds raises RuntimeError)
+            assert probe(None, Info(attach(pyds, object(), batch))) == OK
+    assert probe.dropped_batches == 0
+    assert probe.failed_frames == 3
+    assert probe.frames == 3 * 9 - 3  # cam-c, after cam-b in each batch, lost nothing
+    assert gaps == [
+        ("cam-b", pytest.approx(0.2)),
+        ("cam-b", pytest.approx(0.3)),
+        ("cam-b", pytest.approx(0.4)),
+    ]
+    assert restarts == []  # a gap, not a new stream: the DPC history goes on
+    assert caplog.text.count("camera cam-b: frame") == 1  # one line for the first, not one a frame
+    assert "RuntimeError" in caplog.text
+    spans = {c: [tuple(np.round(clip.pts, 3)) for clip in made if clip.camera_id == c] for c in cameras}
+    assert spans["cam-a"] == spans["cam-c"] == [(0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8)]
+    assert spans["cam-b"] == [(0.5, 0.7)]  # none spans 0.2 to 0.4; its clips start again after the gap
+
+
+def test_without_on_gap_a_bad_frame_restarts_its_cameras_stream() -> None:
+    pyds = PydsTestDouble()
+    restarts: list[str] = []
+    handed: list[str] = []
+    probe = ClipScoringProbe(
+        pyds,
+        ["cam-a", "cam-b"],
+        on_frame=lambda camera, t, rgb: handed.append(camera),
+        on_restart=restarts.append,
+        ok=OK,
+    )
+    frame = pitched(rgba(np.zeros((H, W, 3), np.uint8)))
+    for n in range(3):
+        batch = build_batch([FrameSpec(s, n, n * 100_000_000, frame) for s in (0, 1)])
+        if n == 1:
+            del batch.surfaces[0]
+        probe.process(attach(pyds, object(), batch))
+    assert restarts == ["cam-a"]  # at its next frame, before that frame is handed on
+    assert handed == ["cam-a", "cam-b", "cam-b", "cam-a", "cam-b"]
 
 
 def test_osd_scoreboard_draws_each_cameras_text() -> None:
