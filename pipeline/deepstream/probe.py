@@ -115,9 +115,11 @@ class BatchProbe:
 
 
 def jump_limit(step_s: float) -> float:
-    """The longest forward PTS step (s) that is not a restart, given the stream's frame interval ``step_s``
-    (0 while unknown): ``max(1 s, 5 frame intervals)``, so a slow camera's frames are not each a restart."""
-    return max(_JUMP_MIN_S, _JUMP_STEPS * step_s)
+    """The longest forward PTS step (s) that is not a restart, given the stream's frame interval ``step_s``:
+    ``max(1 s, 5 frame intervals)``, so a slow camera's frames are not each a restart. No limit while the
+    interval is unknown (0): a stream's first interval is how it is learnt, and a camera slower than 1 fps
+    would otherwise restart at every frame."""
+    return max(_JUMP_MIN_S, _JUMP_STEPS * step_s) if step_s > 0 else math.inf
 
 
 @dataclass
