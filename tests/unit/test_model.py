@@ -218,6 +218,60 @@ def test_scorer_history_spacing() -> None:
     assert seen[1].tolist() == [[1.0, 3.0]]
 
 
+def _history_recorder(seen: list[list[float]]) -> ClipScorer:
+    """A scorer (C=2, every clip) whose DPC head records each scored clip's history as token values."""
+
+    def dpc(feeds: dict) -> dict:
+        seen.extend(feeds["history"][:, :, 0, 0, 0, 0].tolist())
+        n = feeds["current"].shape[0]
+        return {k: np.zeros((n, 1, 1), np.float32) for k in ("feature_error", "pixel_error", "motion")}
+
+    return ClipScorer(dpc, context_clips=2)
+
+
+def _clip(camera: str, index: int) -> ClipTokens:
+    """Clip ``index`` of ``camera``, its tokens all equal to its index (what the recorder reads back)."""
+    frame = np.zeros((3, 2, 2), np.float32)
+    tokens = np.full((1, 1, 1, 1), float(index), np.float32)
+    return ClipTokens(camera, index, tokens, np.zeros(1, np.float32), frame, frame)
+
+
+def test_a_gap_in_a_cameras_clip_indices_starts_its_history_again() -> None:
+    """Clip 10 dropped (a full queue, a failed batch): clip 11 must not be scored against [8, 9] as if they
+    were one hop before it. The history starts again at clip 11, as a fresh camera's, and refills."""
+    seen: list[list[float]] = []
+    scorer = _history_recorder(seen)
+    scored = [r is not None for r in scorer.score([_clip("cam", k) for k in range(7, 10)])]
+    assert scored == [False, False, True]
+    assert seen == [[7.0, 8.0]]
+    # One batch holding the gap: 11 and 12 fill the history again, 13 is scored against them.
+    after = [r is not None for r in scorer.score([_clip("cam", k) for k in (11, 12, 13)])]
+    fresh = [r is not None for r in _history_recorder([]).score([_clip("new", k) for k in (0, 1, 2)])]
+    assert after == fresh == [False, False, True]
+    assert seen == [[7.0, 8.0], [11.0, 12.0]]
+
+
+def test_consecutive_clips_keep_their_history_across_calls_and_cameras() -> None:
+    seen: list[list[float]] = []
+    scorer = _history_recorder(seen)
+    scorer.score([_clip("a", 0), _clip("b", 5), _clip("a", 1), _clip("b", 6)])
+    results = scorer.score([_clip("b", 7), _clip("a", 2)])  # another camera between: not a gap
+    assert [r is not None for r in results] == [True, True]
+    assert seen == [[5.0, 6.0], [0.0, 1.0]]
+
+
+def test_score_video_with_a_hop_above_one_keeps_its_history(model: ZsadModel) -> None:
+    """Offline evaluation with clips two frames apart: its clips are consecutive for the scorer (their
+    ordinal is the index, not their start frame), so the history fills once and every later clip counts."""
+    from training.evaluate import score_video
+
+    model.eval()
+    targets, _, _ = score_video(model, moving_square_video(30), hop=2)
+    span = 2  # T*stride of the tiny model
+    first = 2 * span  # C=2 clips of history
+    assert targets.tolist() == list(range(first, 30 - 1, 2))
+
+
 def test_semantic_stream_with_tiny_local_clip(tmp_path: Path, model: ZsadModel) -> None:
     from engines.semantic import TextEncoder
     from tests.fixtures.tiny_models import make_tiny_clip
