@@ -503,7 +503,7 @@ class RunOutputs:
         if recorder is not None:
             recorder.close()
         self.run_state.remove_camera(camera)
-        self.metrics.set_stream_weights(camera, {})
+        self.metrics.remove_camera(camera)
         self._dropped_seen.pop(camera, None)
         self._failed_seen.pop(camera, None)
         return list(records)

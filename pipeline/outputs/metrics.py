@@ -87,6 +87,16 @@ class _Metric:
         with self._lock:
             self._values.pop(key, None)
 
+    def remove_matching(self, label: str, value: str) -> None:
+        """Drop every series whose ``label`` is ``value`` (all of a removed camera's); nothing if the metric
+        has no such label."""
+        if label not in self.labelnames:
+            return
+        at = self.labelnames.index(label)
+        with self._lock:
+            for key in [k for k in self._values if k[at] == value]:
+                del self._values[key]
+
     def samples(self) -> list[tuple[str, LabelKey, float]]:
         with self._lock:
             return [(self.name, k, v) for k, v in sorted(self._values.items())]
@@ -156,8 +166,12 @@ class Latency:
         self.sum.inc(seconds, **labels)
         self.count.inc(1.0, **labels)
 
+    @property
+    def parts(self) -> tuple[Gauge, Counter, Counter]:
+        return self.last, self.sum, self.count
+
     def render(self) -> Iterable[str]:
-        for m in (self.last, self.sum, self.count):
+        for m in self.parts:
             yield from m.render()
 
 
@@ -188,6 +202,15 @@ class MetricsRegistry:
         lat = Latency(name, help_text, labelnames)
         self._add(lat)
         return lat
+
+    def remove_matching(self, label: str, value: str) -> None:
+        """Drop every series of every metric whose ``label`` is ``value`` (a camera removed: each metric
+        labelled ``camera`` loses its series, including one added after this was written)."""
+        with self._lock:
+            metrics = list(self._metrics.values())
+        for m in metrics:
+            for part in m.parts if isinstance(m, Latency) else (m,):
+                part.remove_matching(label, value)
 
     def render(self) -> str:
         """The whole registry in the text exposition format (ends with a newline)."""
@@ -276,6 +299,14 @@ class ZsadMetrics(MetricsRegistry):
                 self.stream_weight.set(float(w), camera=camera, stream=stream)
             if weights:
                 self._weighted[camera] = set(weights)
+
+    def remove_camera(self, camera: str) -> None:
+        """Forget a removed camera: every series labelled with it (its state stays 1 and its queue depth at
+        its last value otherwise, as if it were still watched) and what it was known by here."""
+        with self._state_lock:
+            self._states.pop(camera, None)
+            self._weighted.pop(camera, None)
+            self.remove_matching("camera", camera)
 
     def set_camera_state(self, camera: str, state: str) -> None:
         """Mark ``state`` as the camera's current state (1) and every state it was in before as 0."""

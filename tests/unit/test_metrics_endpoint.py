@@ -9,6 +9,9 @@ import urllib.request
 import pytest
 
 from pipeline.outputs.metrics import (
+    Counter,
+    Gauge,
+    Latency,
     MetricsError,
     MetricsRegistry,
     MetricsServer,
@@ -130,3 +133,42 @@ def test_registry_rejects_misuse() -> None:
     assert g.value() == 1.0
     g.remove()
     assert "\ng " not in reg.render()
+
+
+def test_a_removed_camera_leaves_no_series_behind() -> None:
+    """A reload that removed a camera left its ``zsad_camera_state{state="live"} 1`` and its last queue depth
+    on /metrics, as if it were still watched. Every metric labelled ``camera`` (each one ZsadMetrics defines,
+    so that one added later is covered too) loses the removed camera's series; the others keep theirs."""
+    m = ZsadMetrics()
+    labelled = [v for v in vars(m).values() if isinstance(v, (Counter, Gauge, Latency))]
+    for camera in ("gone", "kept"):
+        for metric in labelled:
+            names = metric.last.labelnames if isinstance(metric, Latency) else metric.labelnames
+            if "camera" not in names:
+                continue
+            labels = {n: (camera if n == "camera" else "x") for n in names}
+            if isinstance(metric, Latency):
+                metric.observe(0.5, **labels)
+            else:
+                metric.inc(**labels)
+        m.set_camera_state(camera, "connecting")
+        m.set_camera_state(camera, "live")
+        m.set_stream_weights(camera, {"pixel": 0.5})
+    server = start_metrics_server(m, "127.0.0.1", 0)
+    try:
+        before, _ = _parse(_scrape(server.url)[0])
+        m.remove_camera("gone")
+        samples, _ = _parse(_scrape(server.url)[0])
+    finally:
+        server.stop()
+    cameras = {dict(labels).get("camera") for _, labels in samples}
+    assert "gone" not in cameras
+    had_gone = {name for name, labels in before if ("camera", "gone") in labels}
+    assert {"zsad_camera_state", "zsad_queue_depth", "zsad_inference_latency_seconds_count"} <= had_gone
+    kept = {key for key in before if ("camera", "kept") in key[1]}
+    assert {name for name, _ in kept} == had_gone
+    assert {key: samples[key] for key in kept} == {key: before[key] for key in kept}
+    # Added again under the same id: only its new state is shown, not the old one's "live" at 0.
+    m.set_camera_state("gone", "connecting")
+    states = [key for _, key, _ in m.camera_state.samples() if key[0] == "gone"]
+    assert states == [("gone", "connecting")]

@@ -169,3 +169,19 @@ def test_the_schedulers_drops_and_failures_reach_the_metrics_once_each(tmp_path:
         assert 'zsad_clips_failed_total{camera="gate"} 6' in metrics.render()
     finally:
         outputs.shutdown()
+
+
+def test_a_removed_camera_leaves_no_metrics_behind(tmp_path: Path) -> None:
+    """After a reload removed a camera, /metrics still showed it live with its last queue depth."""
+    from pipeline.cpu.scheduler import CameraQueueStats, SchedulerStats
+
+    outputs = _outputs(tmp_path)
+    try:
+        outputs.camera_state(CAMERA, "live", "")
+        outputs.record_queues(SchedulerStats(cameras={CAMERA: CameraQueueStats(depth=3, dropped=1)}), clip_len=4)
+        outputs.clip_scored(CAMERA, 1.6, _hot(0), None, frames=4, frame_t=0.8)
+        assert f'zsad_camera_state{{camera="{CAMERA}",state="live"}} 1' in outputs.metrics.render()
+        outputs.remove_camera(CAMERA)
+        assert f'camera="{CAMERA}"' not in outputs.metrics.render()
+    finally:
+        outputs.shutdown()
