@@ -1,19 +1,88 @@
 """An HTTP server served from a daemon thread: what the metrics endpoint and the review page share.
 
-The owner binds its own :class:`http.server.ThreadingHTTPServer` subclass (and names the address in its own
-error when binding fails); :class:`ServingThread` serves it and stops it: shutdown, release the port, join.
+:class:`BoundedHTTPServer` is the server both bind (each a subclass with its own handler, naming the address
+in its own error when binding fails): a connection cap, a socket timeout, and an IPv6 socket for an IPv6
+address. :class:`ServingThread` serves it and stops it: shutdown, release the port, join.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-__all__ = ["ServingThread"]
+__all__ = ["MAX_CONNECTIONS", "SOCKET_TIMEOUT_S", "BoundedHTTPServer", "ServingThread"]
+
+log = logging.getLogger(__name__)
 
 # How often serve_forever checks for shutdown(): stop() returns within about this long.
 POLL_INTERVAL_S = 0.2
 JOIN_TIMEOUT_S = 5.0
+#: Connections served at once; more are closed as they come. A LAN host that opens connections and sends
+#: nothing would otherwise hold a thread and a file descriptor each, for ever, and the descriptors are the
+#: whole process's (snapshots, clips, sinks, cameras).
+MAX_CONNECTIONS = 32
+#: Seconds a connection may stay silent mid-request (or idle between kept-alive requests) before it is closed.
+SOCKET_TIMEOUT_S = 30.0
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most ``max_connections`` connections at once (more are
+    closed as they come) and closes one silent for ``socket_timeout_s``; an IPv6 ``address`` (``"::1"``,
+    ``"::"``) gets an IPv6 socket. ``name`` names it in its log lines."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        name: str,
+        max_connections: int = MAX_CONNECTIONS,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+    ) -> None:
+        self.name = name
+        self.max_connections = max_connections
+        self.socket_timeout_s = socket_timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        # socketserver makes its socket of this family: an IPv6 literal cannot be bound on an IPv4 socket.
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # On the accept thread, which must never wait (shutdown() waits for it): past the cap a new
+        # connection is closed at once; the client's next try (a page's poll, a scrape) gets through.
+        if not self._slots.acquire(blocking=False):
+            log.debug(
+                "%s: %d connections open, closing one from %s", self.name, self.max_connections, client_address
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Before the handler reads: a silent client then times out (the handler closes the connection)
+        # instead of holding its thread and slot for ever. A handler class with its own ``timeout`` sets
+        # that one instead.
+        request.settimeout(self.socket_timeout_s)
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("%s: error while serving %s", self.name, client_address)
 
 
 class ServingThread:

@@ -2,7 +2,8 @@
 
 No external dependency: counters and gauges with labels, thread-safe, rendered on each scrape.
 :class:`ZsadMetrics` predefines every metric the pipeline reports; :class:`MetricsServer` serves a registry
-from a daemon thread, bound to 127.0.0.1 by default (port 0: an ephemeral port, see ``.port``).
+from a daemon thread, bound to 127.0.0.1 by default (port 0: an ephemeral port, see ``.port``), with the
+review page's connection cap and socket timeout (:class:`pipeline.outputs.httpserver.BoundedHTTPServer`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Literal
 
-from pipeline.outputs.httpserver import ServingThread
+from pipeline.outputs.httpserver import MAX_CONNECTIONS, SOCKET_TIMEOUT_S, BoundedHTTPServer, ServingThread
 
 __all__ = [
     "Counter",
@@ -335,21 +336,40 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("metrics %s - " + format, self.address_string(), *args)
 
 
-class _MetricsHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], registry: MetricsRegistry) -> None:
+class _MetricsHTTPServer(BoundedHTTPServer):
+    def __init__(
+        self, address: tuple[str, int], registry: MetricsRegistry, *, max_connections: int, socket_timeout_s: float
+    ) -> None:
         self.registry = registry
-        super().__init__(address, _Handler)
+        super().__init__(
+            address,
+            _Handler,
+            name="metrics server",
+            max_connections=max_connections,
+            socket_timeout_s=socket_timeout_s,
+        )
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` from a daemon thread. ``port`` is the bound port (useful with port 0)."""
+    """Serves ``GET /metrics`` from a daemon thread. ``port`` is the bound port (useful with port 0).
 
-    def __init__(self, registry: MetricsRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``host`` may be an IPv4 or IPv6 address. At most ``max_connections`` connections are served at once
+    (more are closed as they come), and one silent for ``socket_timeout_s`` is closed."""
+
+    def __init__(
+        self,
+        registry: MetricsRegistry,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+    ) -> None:
         self.registry = registry
         self._host = host
         self._requested_port = port
+        self._max_connections = max_connections
+        self._socket_timeout_s = socket_timeout_s
         self._serving: ServingThread | None = None
 
     @property
@@ -360,12 +380,18 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self.port}/metrics"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}/metrics"
 
     def start(self) -> MetricsServer:
         """Bind and serve. Raises ``OSError`` (port in use, bad address) naming host and port."""
         try:
-            httpd = _MetricsHTTPServer((self._host, self._requested_port), self.registry)
+            httpd = _MetricsHTTPServer(
+                (self._host, self._requested_port),
+                self.registry,
+                max_connections=self._max_connections,
+                socket_timeout_s=self._socket_timeout_s,
+            )
         except OSError as exc:
             raise OSError(
                 exc.errno, f"cannot serve metrics on {self._host}:{self._requested_port}: {exc.strerror}"

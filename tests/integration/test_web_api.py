@@ -730,7 +730,7 @@ def test_silent_connections_are_dropped_and_cannot_hold_every_slot(
     again once the silent ones time out."""
     from pipeline.outputs.web import server as web_server
 
-    monkeypatch.setattr(web_server._Handler, "timeout", 0.5)
+    monkeypatch.setattr(web_server, "SOCKET_TIMEOUT_S", 0.5)
     monkeypatch.setattr(web_server, "MAX_CONNECTIONS", 2)
     srv = ReviewServer(demo.state, demo.out).start()
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -172,3 +174,60 @@ def test_a_removed_camera_leaves_no_series_behind() -> None:
     m.set_camera_state("gone", "connecting")
     states = [key for _, key, _ in m.camera_state.samples() if key[0] == "gone"]
     assert states == [("gone", "connecting")]
+
+
+def test_a_silent_connection_is_closed_after_the_socket_timeout() -> None:
+    """A host that connected and sent nothing held a thread and a file descriptor for ever."""
+    server = MetricsServer(ZsadMetrics(), socket_timeout_s=0.3).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as silent:
+            silent.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
+            silent.settimeout(10)
+            started = time.monotonic()
+            assert silent.recv(1024) == b""  # closed by the server, without an answer to the half request
+            assert time.monotonic() - started < 5
+    finally:
+        server.stop()
+
+
+def test_connections_past_the_cap_are_closed_at_once_and_the_held_one_is_still_served() -> None:
+    server = MetricsServer(ZsadMetrics(), max_connections=1).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as held:
+            held.sendall(b"GET /metrics HTTP/1.0\r\n")  # holds the one slot, its request unfinished
+            with socket.create_connection(("127.0.0.1", server.port)) as extra:
+                extra.settimeout(10)  # the socket timeout is 30 s: an answer in time is the cap's
+                assert extra.recv(1024) == b""
+            held.sendall(b"\r\n")
+            held.settimeout(10)
+            answer = b""
+            while chunk := held.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.0 200")
+        assert b"# TYPE zsad_frames_in_total counter" in answer
+    finally:
+        server.stop()
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this host cannot bind the IPv6 loopback address")
+def test_the_server_binds_an_ipv6_address() -> None:
+    m = ZsadMetrics()
+    m.frames_in.inc(camera="cam-a")
+    server = MetricsServer(m, "::1").start()
+    try:
+        assert server.url == f"http://[::1]:{server.port}/metrics"
+        samples, _ = _parse(_scrape(server.url)[0])
+        assert samples[("zsad_frames_in_total", frozenset({("camera", "cam-a")}))] == 1
+    finally:
+        server.stop()

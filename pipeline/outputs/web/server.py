@@ -24,17 +24,15 @@ import json
 import logging
 import os
 import re
-import socket
-import threading
 import time
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from core.config import is_loopback_host
-from pipeline.outputs.httpserver import ServingThread
+from pipeline.outputs.httpserver import MAX_CONNECTIONS, SOCKET_TIMEOUT_S, BoundedHTTPServer, ServingThread
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web.api import MEDIA_TYPES, ApiError, CameraControl, ReviewApi
 
@@ -94,56 +92,22 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-#: Connections served at once; more are closed as they come. A LAN host that opens connections and sends
-#: nothing would otherwise hold a thread and a file descriptor each, for ever, and the descriptors are the
-#: whole process's (snapshots, clips, sinks, cameras).
-MAX_CONNECTIONS = 32
-#: Seconds a connection may stay silent mid-request (or idle between kept-alive requests) before it is closed.
-SOCKET_TIMEOUT_S = 30.0
-
-
-class _ReviewHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _ReviewHTTPServer(BoundedHTTPServer):
     def __init__(self, address: tuple[str, int], owner: ReviewServer) -> None:
         self.owner = owner
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # On the accept thread, which must never wait (shutdown() waits for it): past the cap a new
-        # connection is closed at once; the page's next poll retries.
-        if not self._slots.acquire(blocking=False):
-            log.debug(
-                "review server: %d connections open, closing one from %s", MAX_CONNECTIONS, client_address
-            )
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("review server: error while serving %s", client_address)
-
-
-class _ReviewHTTPServer6(_ReviewHTTPServer):
-    address_family = socket.AF_INET6
+        # Read from this module at bind time, so that a test can lower them for one server.
+        super().__init__(
+            address,
+            _Handler,
+            name="review server",
+            max_connections=MAX_CONNECTIONS,
+            socket_timeout_s=SOCKET_TIMEOUT_S,
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _ReviewHTTPServer
     protocol_version = "HTTP/1.1"
-    timeout = SOCKET_TIMEOUT_S  # socketserver sets it on the connection: a silent client is dropped
     server_version = "zsad-review"
     sys_version = ""
 
@@ -500,9 +464,8 @@ class ReviewServer:
 
     def start(self) -> ReviewServer:
         """Bind and serve. Raises :class:`ReviewServerError` naming host and port when binding fails."""
-        cls = _ReviewHTTPServer6 if ":" in self.host else _ReviewHTTPServer
         try:
-            httpd = cls((self.host, self._requested_port), self)
+            httpd = _ReviewHTTPServer((self.host, self._requested_port), self)
         except OSError as exc:
             raise ReviewServerError(
                 f"cannot serve the review page on {self.host}:{self._requested_port}: {exc.strerror or exc}"
