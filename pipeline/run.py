@@ -312,8 +312,8 @@ class Application:
     def _on_frame(self, camera: str, pts: float, frame: Any) -> None:
         """Every sampled frame of ``camera``; ``frame`` None for one no clip holds (counted, not read)."""
         self.outputs.frame_in(camera)
-        if not self.clips.push(camera, pts, frame):
-            self.metrics.frames_dropped.inc(camera=camera)
+        if not self.clips.push(camera, pts, frame):  # a clip completed and the stopping scheduler refused it
+            self.outputs.clips_dropped(camera, 1, clip_len=self.cfg.model.preprocess.clip_len)
 
     def _on_display_frame(self, camera: str, pts: float, frame: Any) -> None:
         self.outputs.display_frame(camera, frame, pts)

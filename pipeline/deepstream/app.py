@@ -128,8 +128,8 @@ class DeepStreamApp:
         """A frame from the score probe (the score branch's streaming thread)."""
         self.outputs.frame_in(camera)
         self.outputs.display_frame(camera, rgb, t)
-        if not self.clips.push(camera, t, rgb):
-            self.outputs.metrics.frames_dropped.inc(self.clip_len, camera=camera)
+        if not self.clips.push(camera, t, rgb):  # a clip completed and the stopping scheduler refused it
+            self.outputs.clips_dropped(camera, 1, clip_len=self.clip_len)
 
     def on_result(self, clip: Clip, result: ClipResult) -> None:
         """A scored clip (the scheduler's thread): fuse, alert, record, and show the fused score."""

@@ -832,6 +832,13 @@ class RunOutputs:
                 self._scores.write(json.dumps(row) + "\n")
         return float(fused.score)
 
+    def clips_dropped(self, camera: str, clips: int, *, clip_len: int) -> None:
+        """Count ``clips`` of ``camera``'s clips that will never be scored (dropped from its full queue, or
+        refused by the stopping scheduler) in ``zsad_frames_dropped_total``: that metric counts frames, so
+        ``clip_len`` each. Both graphs count every dropped clip here, so the unit is one."""
+        if clips > 0:
+            self.metrics.frames_dropped.inc(clips * clip_len, camera=camera)
+
     def record_queues(self, stats: SchedulerStats, *, clip_len: int) -> None:
         """Copy the clip scheduler's queue depths, drop-oldest and failure counts into the metrics: each clip
         dropped since the last call adds ``clip_len`` to ``zsad_frames_dropped_total``, each clip whose
@@ -840,9 +847,7 @@ class RunOutputs:
         closed (reason "shutdown") and its media finished here."""
         for camera, queue in stats.cameras.items():
             self.metrics.queue_depth.set(queue.depth, camera=camera)
-            new = queue.dropped - self._dropped_seen.get(camera, 0)
-            if new > 0:
-                self.metrics.frames_dropped.inc(new * clip_len, camera=camera)
+            self.clips_dropped(camera, queue.dropped - self._dropped_seen.get(camera, 0), clip_len=clip_len)
             self._dropped_seen[camera] = queue.dropped
             failed = queue.failed - self._failed_seen.get(camera, 0)
             if failed > 0:

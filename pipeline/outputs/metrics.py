@@ -246,7 +246,9 @@ class ZsadMetrics(MetricsRegistry):
             "zsad_frames_processed_total", "Frames that went through the model.", cam
         )
         self.frames_dropped = self.counter(
-            "zsad_frames_dropped_total", "Frames dropped (queue full, decode errors).", cam
+            "zsad_frames_dropped_total",
+            "Frames of clips never scored: clip_len per clip dropped from a full queue or refused while stopping.",
+            cam,
         )
         self.queue_depth = self.gauge("zsad_queue_depth", "Clips waiting for inference.", cam)
         self.clips_failed = self.counter(

@@ -427,6 +427,30 @@ def test_a_reconnect_and_a_removal_reset_the_history_on_the_scheduler_thread_in_
     assert old_b == list(range(len(old_b)))
 
 
+def test_a_clip_the_stopping_scheduler_refuses_adds_its_frames_to_the_dropped_frames(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """zsad_frames_dropped_total counts frames: a clip refused while the run stops adds its clip_len frames,
+    as a clip dropped from a full queue does, on both graphs (the CPU graph added 1)."""
+    from tests.fixtures.run_world import make_app, site_config
+
+    cams = [{"id": "a", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"}]
+    app = make_app(site_config(world, tmp_path / "out", cams), realtime=False)
+    w, h = app.engines.frame_size  # (width, height)
+    frame = np.zeros((h, w, 3), np.uint8)
+    app.clips.start()
+    app.clips.stop(drain=True)  # the run is stopping: the scheduler takes no more clips
+    try:
+        for n in range(20):
+            app._on_frame("a", n * 0.1, frame)
+    finally:
+        app.shutdown()
+    clip_len = app.cfg.model.preprocess.clip_len
+    assert clip_len > 1  # else a clip's frames and the clip itself are one count
+    assert app.clips.refused >= 2
+    assert app.metrics.frames_dropped.value(camera="a") == app.clips.refused * clip_len
+
+
 def test_first_run_builds_missing_engines_and_never_rebuilds_damaged_ones(
     world: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -185,3 +185,18 @@ def test_a_removed_camera_leaves_no_metrics_behind(tmp_path: Path) -> None:
         assert f'camera="{CAMERA}"' not in outputs.metrics.render()
     finally:
         outputs.shutdown()
+
+
+def test_dropped_clips_count_their_frames_whichever_way_they_were_dropped(tmp_path: Path) -> None:
+    """A clip refused by the stopping scheduler and one dropped from a full queue are both ``clip_len``
+    frames of ``zsad_frames_dropped_total`` (the metric counts frames)."""
+    from pipeline.cpu.scheduler import CameraQueueStats, SchedulerStats
+
+    outputs = _outputs(tmp_path)
+    try:
+        outputs.clips_dropped(CAMERA, 1, clip_len=4)  # refused while stopping
+        outputs.record_queues(SchedulerStats(cameras={CAMERA: CameraQueueStats(dropped=2)}), clip_len=4)
+        outputs.clips_dropped(CAMERA, 0, clip_len=4)
+        assert outputs.metrics.frames_dropped.value(camera=CAMERA) == (1 + 2) * 4
+    finally:
+        outputs.shutdown()
