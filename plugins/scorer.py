@@ -192,7 +192,10 @@ class ClipScorer:
                 # Debug, not info: under overload a live camera drops clips every few seconds, and each
                 # drop is counted already (zsad_frames_dropped_total, the scheduler's stats).
                 log.debug(
-                    "camera %s: history reset at clip %d (the last one in it was %d)", clip.camera, clip.index, last
+                    "camera %s: history reset at clip %d (the last one in it was %d)",
+                    clip.camera,
+                    clip.index,
+                    last,
                 )
                 ring.clear()
             self._last_index[clip.camera] = clip.index

@@ -58,7 +58,10 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         # connection is closed at once; the client's next try (a page's poll, a scrape) gets through.
         if not self._slots.acquire(blocking=False):
             log.debug(
-                "%s: %d connections open, closing one from %s", self.name, self.max_connections, client_address
+                "%s: %d connections open, closing one from %s",
+                self.name,
+                self.max_connections,
+                client_address,
             )
             self.shutdown_request(request)
             return

@@ -247,7 +247,8 @@ class ZsadMetrics(MetricsRegistry):
         )
         self.frames_dropped = self.counter(
             "zsad_frames_dropped_total",
-            "Frames of clips never scored: clip_len per clip dropped from a full queue or refused while stopping.",
+            "Frames of clips never scored: clip_len per clip dropped from a full queue or refused while "
+            "stopping.",
             cam,
         )
         self.queue_depth = self.gauge("zsad_queue_depth", "Clips waiting for inference.", cam)
@@ -340,7 +341,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _MetricsHTTPServer(BoundedHTTPServer):
     def __init__(
-        self, address: tuple[str, int], registry: MetricsRegistry, *, max_connections: int, socket_timeout_s: float
+        self,
+        address: tuple[str, int],
+        registry: MetricsRegistry,
+        *,
+        max_connections: int,
+        socket_timeout_s: float,
     ) -> None:
         self.registry = registry
         super().__init__(

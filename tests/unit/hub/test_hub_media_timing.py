@@ -178,7 +178,9 @@ def test_a_removed_camera_leaves_no_metrics_behind(tmp_path: Path) -> None:
     outputs = _outputs(tmp_path)
     try:
         outputs.camera_state(CAMERA, "live", "")
-        outputs.record_queues(SchedulerStats(cameras={CAMERA: CameraQueueStats(depth=3, dropped=1)}), clip_len=4)
+        outputs.record_queues(
+            SchedulerStats(cameras={CAMERA: CameraQueueStats(depth=3, dropped=1)}), clip_len=4
+        )
         outputs.clip_scored(CAMERA, 1.6, _hot(0), None, frames=4, frame_t=0.8)
         assert f'zsad_camera_state{{camera="{CAMERA}",state="live"}} 1' in outputs.metrics.render()
         outputs.remove_camera(CAMERA)
