@@ -88,6 +88,7 @@ from engines.manifest import (
 from engines.prompts import PROMPT_DIR, PromptError, PromptSet, load_prompt_set
 from engines.tensorrt_build import (
     BatchProfile,
+    GpuIdentity,
     build_engine,
     engine_filename,
     import_tensorrt,
@@ -304,8 +305,7 @@ def _size_ok(path: Path, what: str) -> int:
 class _TensorRTEnv:
     trt: Any
     version: str
-    gpu_name: str
-    compute_capability: str
+    gpu: GpuIdentity
 
 
 @dataclass(frozen=True)
@@ -471,14 +471,14 @@ class _Builder:
             return None
         try:
             trt = import_tensorrt()
-            gpu, cc = cuda_device_info()
+            gpu = cuda_device_info()
         except (BackendUnavailable, BackendError) as exc:
             if self.options.backend == "tensorrt":
                 raise BuildInputError(f"--backend tensorrt: {exc}") from exc
             log.warning("TensorRT engines skipped (ONNX only): %s", exc)
             return None
-        log.info("TensorRT %s on %s (sm %s)", trt.__version__, gpu, cc)
-        return _TensorRTEnv(trt=trt, version=str(trt.__version__), gpu_name=gpu, compute_capability=cc)
+        log.info("TensorRT %s on %s", trt.__version__, gpu)
+        return _TensorRTEnv(trt=trt, version=str(trt.__version__), gpu=gpu)
 
     def semantic_enabled(self) -> bool:
         from engines.semantic import clip_available
@@ -720,8 +720,9 @@ class _Builder:
             workspace_mb=opts.workspace_mb,
             precision=opts.precision,
             tensorrt=env.version,
-            gpu=env.gpu_name,
-            sm=env.compute_capability,
+            gpu=env.gpu.name,
+            sm=env.gpu.compute_capability,
+            sms=env.gpu.multiprocessor_count,
             tolerance=opts.trt_tolerance,
         )
         old = previous.tensorrt if previous is not None else None
@@ -740,8 +741,8 @@ class _Builder:
                 else []
             )
             return manifest.model_copy(update={"tensorrt": old, "parity": parity}).bind(self.out)
-        name = engine_filename(component, opts.precision, env.gpu_name, env.compute_capability, env.version)
-        cache = timing_cache_filename(env.gpu_name, env.compute_capability, env.version)
+        name = engine_filename(component, opts.precision, env.gpu, env.version)
+        cache = timing_cache_filename(env.gpu, env.version)
         staged = self.stage(name)
         built = build_engine(
             self.located(manifest).resolve(manifest.onnx.path),
@@ -770,8 +771,9 @@ class _Builder:
             sha256=file_sha256(staged),
             size=size,
             tensorrt_version=env.version,
-            gpu_name=env.gpu_name,
-            compute_capability=env.compute_capability,
+            gpu_name=env.gpu.name,
+            compute_capability=env.gpu.compute_capability,
+            multiprocessor_count=env.gpu.multiprocessor_count,
             precision=opts.precision,  # type: ignore[arg-type]
             min_batch=opts.profile.min,
             opt_batch=opts.profile.opt,

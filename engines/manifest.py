@@ -62,6 +62,7 @@ __all__ = [
     "manifest_path",
     "preprocessing_from_spec",
     "save_manifest",
+    "sm_count_mismatch",
     "spec_diff",
     "spec_sha256",
     "utc_now",
@@ -148,6 +149,13 @@ class TensorRTArtifact(_Frozen):
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
+    multiprocessor_count: int | None = Field(
+        None,
+        ge=1,
+        description="The GPU's SM count (cudaDeviceProp.multiProcessorCount), which tells Jetson modules apart "
+        "where name and compute capability cannot. None: a manifest written before it was recorded, which "
+        "no device takes as its own (check_manifest, the TensorRT backend): rebuild the engines.",
+    )
     precision: Literal["fp16", "fp32"]
     min_batch: int = Field(..., ge=1)
     opt_batch: int = Field(..., ge=1)
@@ -447,7 +455,8 @@ class Expectation:
         model_spec: the run config's ``model`` section (shapes, preprocessing and the spec hash).
         input_layout: ``NTCHW`` (native) or ``NCTHW`` (the permuting wrapper); both graphs feed either.
         backend: ``onnxruntime``, ``torch`` or ``tensorrt``; ``tensorrt`` also checks version and GPU.
-        tensorrt_version, gpu_name, compute_capability: of this device (TensorRT engines only).
+        tensorrt_version, gpu_name, compute_capability, multiprocessor_count: of this device (TensorRT
+            engines only).
         prompt_sha256: context -> sha256 of the prompt file in use (semantic head only).
         appearance_encoder: the config's ``appearance.encoder`` (appearance engine only; its frame size is
             checked against ``model_spec``'s backbone).
@@ -462,6 +471,7 @@ class Expectation:
     tensorrt_version: str | None = None
     gpu_name: str | None = None
     compute_capability: str | None = None
+    multiprocessor_count: int | None = None
     prompt_sha256: Mapping[str, str] | None = None
     appearance_encoder: str | None = None
     max_batch: int | None = None
@@ -557,6 +567,19 @@ def _check_appearance(manifest: Manifest, expected: Expectation) -> None:
         raise _mismatch(manifest, "model_spec_sha256", f"appearance spec differs at {where}: rebuild")
 
 
+def sm_count_mismatch(built: int | None, device: int) -> str:
+    """Why an engine built on a GPU with ``built`` SMs (None: not recorded) is not this device's (``device``
+    SMs), in words ending with what to do."""
+    if built is None:
+        # Written before the SM count was recorded: it may come from another module of the same name
+        # (every Orin is "Orin", sm 8.7), so it is rebuilt once rather than trusted.
+        return (
+            f"engine built before zsad recorded the GPU's SM count, this device has {device}: it may be "
+            "another module's (every Jetson Orin reports 'Orin', sm 8.7); rebuild the engines on this device"
+        )
+    return f"engine built on a GPU with {built} SMs, this device has {device}: rebuild the engines on this device"
+
+
 def check_manifest(manifest: Manifest, expected: Expectation) -> None:
     """Refuse a manifest that does not fit the run; the :class:`ManifestMismatch` says which field and why.
 
@@ -614,6 +637,12 @@ def check_manifest(manifest: Manifest, expected: Expectation) -> None:
                 "tensorrt.compute_capability",
                 f"engine built for sm {trt.compute_capability}, "
                 f"this device is sm {expected.compute_capability}",
+            )
+        if expected.multiprocessor_count is not None and trt.multiprocessor_count != expected.multiprocessor_count:
+            raise _mismatch(
+                manifest,
+                "tensorrt.multiprocessor_count",
+                sm_count_mismatch(trt.multiprocessor_count, expected.multiprocessor_count),
             )
         if expected.max_batch is not None and trt.max_batch < expected.max_batch:
             raise _mismatch(

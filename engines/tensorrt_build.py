@@ -31,6 +31,7 @@ __all__ = [
     "FP32_LAYER_KINDS",
     "BatchProfile",
     "EngineBuild",
+    "GpuIdentity",
     "LayerInfo",
     "ProfileError",
     "TensorRTBuildError",
@@ -108,24 +109,38 @@ def short_version(version: str) -> str:
     return ".".join(version.split(".")[:3])
 
 
-def gpu_slug(gpu_name: str, compute_capability: str) -> str:
-    """``("Orin", "8.7")`` -> ``sm87-orin``; ``("NVIDIA H200", "9.0")`` -> ``sm90-h200``."""
-    name = re.sub(r"^nvidia\s+", "", gpu_name.strip(), flags=re.IGNORECASE)
+@dataclass(frozen=True)
+class GpuIdentity:
+    """The GPU a TensorRT plan (and its timing cache) belongs to: ``cudaDeviceProp``'s name, compute
+    capability and multiprocessor count. Name and compute capability alone cannot tell Jetson modules apart
+    (every T234 reports ``Orin``, sm 8.7), while their SM counts differ (AGX Orin 64GB 16, 32GB 14, Orin NX
+    and Orin Nano 8GB 8, Orin Nano 4GB 4); a plan is tuned for, and tied to, the exact GPU it was built on."""
+
+    name: str
+    compute_capability: str
+    multiprocessor_count: int
+
+    def __str__(self) -> str:
+        return f"{self.name} (sm {self.compute_capability}, {self.multiprocessor_count} SMs)"
+
+
+def gpu_slug(gpu: GpuIdentity) -> str:
+    """``Orin``, 8.7, 16 SMs -> ``sm87-orin-16sm``; ``NVIDIA H200``, 9.0, 132 SMs -> ``sm90-h200-132sm``."""
+    name = re.sub(r"^nvidia\s+", "", gpu.name.strip(), flags=re.IGNORECASE)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
-    return f"sm{compute_capability.replace('.', '')}-{slug}"
+    return f"sm{gpu.compute_capability.replace('.', '')}-{slug}-{gpu.multiprocessor_count}sm"
 
 
-def engine_filename(
-    component: str, precision: str, gpu_name: str, compute_capability: str, trt_version: str
-) -> str:
-    """E.g. ``backbone.fp16.sm87-orin.trt10.3.0.engine``: component, precision, GPU and TensorRT version,
-    because a plan only loads on the GPU and TensorRT build it was made with."""
-    gpu = gpu_slug(gpu_name, compute_capability)
-    return f"{component}.{precision}.{gpu}.trt{short_version(trt_version)}.engine"
+def engine_filename(component: str, precision: str, gpu: GpuIdentity, trt_version: str) -> str:
+    """E.g. ``backbone.fp16.sm87-orin-16sm.trt10.3.0.engine``: component, precision, GPU and TensorRT
+    version, because a plan only loads on the GPU and TensorRT build it was made with."""
+    return f"{component}.{precision}.{gpu_slug(gpu)}.trt{short_version(trt_version)}.engine"
 
 
-def timing_cache_filename(gpu_name: str, compute_capability: str, trt_version: str) -> str:
-    return f"timing.{gpu_slug(gpu_name, compute_capability)}.trt{short_version(trt_version)}.cache"
+def timing_cache_filename(gpu: GpuIdentity, trt_version: str) -> str:
+    """E.g. ``timing.sm87-orin-16sm.trt10.3.0.cache``: one cache a GPU and TensorRT version, so that two
+    Orin modules sharing an engine folder never tune with each other's timings."""
+    return f"timing.{gpu_slug(gpu)}.trt{short_version(trt_version)}.cache"
 
 
 def import_tensorrt() -> ModuleType:

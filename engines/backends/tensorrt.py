@@ -21,8 +21,8 @@ import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable, InputMismatch, tensorrt_hint
 from engines.cuda_device import CudaUnavailable, cuda_runtime
-from engines.manifest import Manifest, ManifestError, ManifestMismatch, verify_files
-from engines.tensorrt_build import import_tensorrt
+from engines.manifest import Manifest, ManifestError, ManifestMismatch, sm_count_mismatch, verify_files
+from engines.tensorrt_build import GpuIdentity, import_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,15 @@ class CudaRuntime:
         return values[0] if len(values) == 1 else values
 
 
-def cuda_device_info(device_id: int = 0) -> tuple[str, str]:
-    """``(GPU name, compute capability "M.m")`` of a CUDA device."""
+def cuda_device_info(device_id: int = 0) -> GpuIdentity:
+    """What a TensorRT plan built on CUDA device ``device_id`` is tied to: its name, compute capability
+    ``"M.m"`` and SM count."""
     cuda = CudaRuntime()
     props = cuda.call("cudaGetDeviceProperties", device_id)
     name = props.name
     if isinstance(name, bytes | bytearray):
         name = name.split(b"\0", 1)[0].decode(errors="replace")
-    return str(name).strip(), f"{props.major}.{props.minor}"
+    return GpuIdentity(str(name).strip(), f"{props.major}.{props.minor}", int(props.multiProcessorCount))
 
 
 class _Buffer:
@@ -121,11 +122,22 @@ class TensorRTBackend(Backend):
                 f"{info.tensorrt_version}, this device has {trt.__version__}"
             )
         self._cuda.call("cudaSetDevice", device_id)
-        gpu, cc = cuda_device_info(device_id)
-        if (info.gpu_name, info.compute_capability) != (gpu, cc):
+        gpu = cuda_device_info(device_id)
+        if info.multiprocessor_count is None:
             raise ManifestMismatch(
-                f"{manifest.path}: tensorrt.gpu_name: engine built on {info.gpu_name} "
-                f"(sm {info.compute_capability}), this device is {gpu} (sm {cc})"
+                f"{manifest.path}: tensorrt.multiprocessor_count: "
+                f"{sm_count_mismatch(None, gpu.multiprocessor_count)}"
+            )
+        built = GpuIdentity(info.gpu_name, info.compute_capability, info.multiprocessor_count)
+        if built != gpu:
+            if built.name != gpu.name:
+                field = "gpu_name"
+            elif built.compute_capability != gpu.compute_capability:
+                field = "compute_capability"
+            else:
+                field = "multiprocessor_count"
+            raise ManifestMismatch(
+                f"{manifest.path}: tensorrt.{field}: engine built on {built}, this device is {gpu}"
             )
         verify_files(manifest, ("tensorrt",))
         self._logger = trt.Logger(trt.Logger.WARNING)

@@ -38,9 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     reason = engines_current(cfg, device)
     if reason is not None:
-        print(f"engines must be built for TensorRT {device.tensorrt_version} on {device.gpu_name}: {reason}")
+        print(f"engines must be built for {device}: {reason}")
         return 1
-    print(f"engines are current for TensorRT {device.tensorrt_version} on {device.gpu_name}")
+    print(f"engines are current for {device}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Are this device's TensorRT engines built? Used by ``deploy/jetson/entrypoint.sh`` at every start.
 
 Engines only load on the TensorRT version and GPU they were built with, so the engine folder (a volume)
-is checked against this device: every component's manifest must have a TensorRT block for this TensorRT
-version, GPU name and compute capability whose batch profile reaches ``scheduler.max_batch``, fit the
-config's model section, and its files must be intact;
+is checked against this device (the config's ``deepstream.gpu_id``): every component's manifest must have a
+TensorRT block for this TensorRT version, GPU name, compute capability and SM count (which tells one Jetson
+Orin module from another; a manifest written before it was recorded is not current) whose batch profile
+reaches ``scheduler.max_batch``, fit the config's model section, and its files must be intact;
 and the folder must pass what ``load_engines`` checks besides (``pipeline.inference.check_engine_folder``).
 The appearance engine is one of them while ``appearance.enabled`` (``load_engines`` refuses to start
 without it), checked against the config's encoder and frame size.
@@ -48,13 +49,21 @@ class DeviceIdentity:
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
+    multiprocessor_count: int
+
+    def __str__(self) -> str:
+        return (
+            f"TensorRT {self.tensorrt_version} on {self.gpu_name} "
+            f"(sm {self.compute_capability}, {self.multiprocessor_count} SMs)"
+        )
 
 
 def this_device(device_id: int = 0) -> DeviceIdentity:
-    """This machine's TensorRT version and GPU; ``BackendUnavailable``/``BackendError`` without them."""
+    """This machine's TensorRT version and CUDA device ``device_id``; ``BackendUnavailable``/``BackendError``
+    without them."""
     trt = import_tensorrt()
-    gpu, cc = cuda_device_info(device_id)
-    return DeviceIdentity(str(trt.__version__), gpu, cc)
+    gpu = cuda_device_info(device_id)
+    return DeviceIdentity(str(trt.__version__), gpu.name, gpu.compute_capability, gpu.multiprocessor_count)
 
 
 def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
@@ -74,6 +83,7 @@ def engines_current(cfg: ZsadConfig, device: DeviceIdentity) -> str | None:
             tensorrt_version=device.tensorrt_version,
             gpu_name=device.gpu_name,
             compute_capability=device.compute_capability,
+            multiprocessor_count=device.multiprocessor_count,
             appearance_encoder=cfg.appearance.encoder,
             # Built for fewer clips than the scheduler batches, both graphs would batch less than the config
             # asks: a build with this config's --max-batch (build_args) makes it current.

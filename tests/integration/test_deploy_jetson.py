@@ -26,7 +26,7 @@ from tests.fixtures.deepstream_fixtures import engine_manifest, site_config
 
 DEPLOY = REPO / "deploy" / "jetson"
 DOCKERFILES = [DEPLOY / "Dockerfile", DEPLOY / "Dockerfile.x86"]
-ORIN = DeviceIdentity("10.3.0.30", "Orin", "8.7")
+ORIN = DeviceIdentity("10.3.0.30", "Orin", "8.7", 16)  # an AGX Orin 64GB
 
 
 def tool(name: str) -> str | None:
@@ -244,12 +244,37 @@ def test_engines_current_for_this_device(tmp_path: Path) -> None:
 
 def test_other_tensorrt_or_gpu_needs_a_build(tmp_path: Path) -> None:
     _, cfg = built(tmp_path)
-    reason = engines_current(cfg, DeviceIdentity("10.3.0.26", "Orin", "8.7"))  # type: ignore[arg-type]
+    reason = engines_current(cfg, DeviceIdentity("10.3.0.26", "Orin", "8.7", 16))  # type: ignore[arg-type]
     assert reason is not None
     assert "tensorrt_version" in reason
-    reason = engines_current(cfg, DeviceIdentity("10.3.0.30", "NVIDIA RTX A2000", "8.6"))  # type: ignore[arg-type]
+    reason = engines_current(cfg, DeviceIdentity("10.3.0.30", "NVIDIA RTX A2000", "8.6", 26))  # type: ignore[arg-type]
     assert reason is not None
     assert "gpu_name" in reason
+
+
+def test_engines_of_another_orin_module_need_a_build(tmp_path: Path) -> None:
+    """An engine folder built on an AGX Orin (16 SMs) and copied to an Orin NX (8 SMs): both report "Orin",
+    sm 8.7, and only the SM count tells them apart; the NX rebuilds."""
+    _, cfg = built(tmp_path)
+    orin_nx = DeviceIdentity("10.3.0.30", "Orin", "8.7", 8)
+    reason = engines_current(cfg, orin_nx)  # type: ignore[arg-type]
+    assert reason is not None
+    assert "tensorrt.multiprocessor_count: engine built on a GPU with 16 SMs, this device has 8" in reason
+
+
+def test_engines_from_before_the_sm_count_was_recorded_need_a_build(tmp_path: Path) -> None:
+    """Manifests written before zsad recorded the SM count load, but are not current on any device (they may
+    come from another Orin module): the entry point rebuilds them once, saying why."""
+    engines, cfg = built(tmp_path)
+    assert engines_current(cfg, ORIN) is None  # type: ignore[arg-type]
+    for path in engines.glob("*.manifest.json"):
+        doc = json.loads(path.read_text())
+        del doc["tensorrt"]["multiprocessor_count"]  # as an older zsad wrote it
+        path.write_text(json.dumps(doc))
+    reason = engines_current(cfg, ORIN)  # type: ignore[arg-type]
+    assert reason is not None
+    assert "tensorrt.multiprocessor_count: engine built before zsad recorded the GPU's SM count" in reason
+    assert "rebuild the engines on this device" in reason
 
 
 def test_missing_or_changed_engine_needs_a_build(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from engines.manifest import Manifest, ManifestMismatch, component_io, load_mani
 from engines.model import ZsadModel, save_checkpoint
 from engines.tensorrt_build import (
     BatchProfile,
+    GpuIdentity,
     LayerInfo,
     ProfileError,
     TensorRTBuildError,
@@ -324,14 +325,27 @@ def test_profile_shapes_vary_only_the_batch() -> None:
 
 
 def test_engine_names_carry_component_precision_gpu_and_version() -> None:
-    assert (
-        engine_filename("backbone", "fp16", "Orin", "8.7", "10.3.0.30")
-        == "backbone.fp16.sm87-orin.trt10.3.0.engine"
-    )
-    assert gpu_slug("NVIDIA H200", "9.0") == "sm90-h200"
-    assert gpu_slug("NVIDIA GeForce RTX 4090", "8.9") == "sm89-geforce-rtx-4090"
+    agx = GpuIdentity("Orin", "8.7", 16)
+    assert engine_filename("backbone", "fp16", agx, "10.3.0.30") == "backbone.fp16.sm87-orin-16sm.trt10.3.0.engine"
+    assert gpu_slug(GpuIdentity("NVIDIA H200", "9.0", 132)) == "sm90-h200-132sm"
+    assert gpu_slug(GpuIdentity("NVIDIA GeForce RTX 4090", "8.9", 128)) == "sm89-geforce-rtx-4090-128sm"
     assert short_version("10.3.0.30") == "10.3.0"
-    assert timing_cache_filename("Orin", "8.7", "10.3.0.30") == "timing.sm87-orin.trt10.3.0.cache"
+    assert timing_cache_filename(agx, "10.3.0.30") == "timing.sm87-orin-16sm.trt10.3.0.cache"
+
+
+def test_orin_modules_get_their_own_engine_and_timing_cache_names() -> None:
+    """Every Jetson Orin module reports "Orin", sm 8.7: its SM count is what keeps an AGX Orin's engines and
+    timing cache from being taken for an Orin NX's (or a 32GB AGX's) in a shared or copied engine folder."""
+    modules = {
+        "AGX Orin 64GB": GpuIdentity("Orin", "8.7", 16),
+        "AGX Orin 32GB": GpuIdentity("Orin", "8.7", 14),
+        "Orin NX 16GB": GpuIdentity("Orin", "8.7", 8),
+        "Orin Nano 4GB": GpuIdentity("Orin", "8.7", 4),
+    }
+    engines = {engine_filename("backbone", "fp16", gpu, "10.3.0.30") for gpu in modules.values()}
+    caches = {timing_cache_filename(gpu, "10.3.0.30") for gpu in modules.values()}
+    assert len(engines) == len(caches) == len(modules)
+    assert str(modules["Orin NX 16GB"]) == "Orin (sm 8.7, 8 SMs)"
 
 
 # -- TensorRT build flow through the strict TensorRT 10.3 double --------------------------------------------

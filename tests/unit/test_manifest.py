@@ -35,7 +35,7 @@ def _manifest(tmp_path: Path, component: str = "backbone", **update: object) -> 
     """A manifest as build-engines writes it, with a stand-in ONNX file (check_manifest never parses it)."""
     onnx = tmp_path / f"{component}.onnx"
     onnx.write_bytes(b"stand-in onnx bytes")
-    engine = tmp_path / f"{component}.fp16.sm87-orin.trt10.3.0.engine"
+    engine = tmp_path / f"{component}.fp16.sm87-orin-16sm.trt10.3.0.engine"
     engine.write_bytes(b"stand-in plan")
     inputs, outputs = component_io(component, SPEC)
     m = Manifest(
@@ -60,6 +60,7 @@ def _manifest(tmp_path: Path, component: str = "backbone", **update: object) -> 
             tensorrt_version="10.3.0.30",
             gpu_name="Orin",
             compute_capability="8.7",
+            multiprocessor_count=16,
             precision="fp16",
             min_batch=1,
             opt_batch=8,
@@ -112,6 +113,7 @@ def test_round_trip_and_matching_manifest_passes(tmp_path: Path) -> None:
             tensorrt_version="10.3.0.30",
             gpu_name="Orin",
             compute_capability="8.7",
+            multiprocessor_count=16,
         ),
     )
 
@@ -180,7 +182,7 @@ def test_changed_and_missing_files_are_refused(tmp_path: Path) -> None:
 
 def test_onnx_backend_does_not_hash_the_engine(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
-    (tmp_path / "backbone.fp16.sm87-orin.trt10.3.0.engine").unlink()
+    (tmp_path / "backbone.fp16.sm87-orin-16sm.trt10.3.0.engine").unlink()
     check_manifest(m, Expectation(backend="onnxruntime"))
     with pytest.raises(ManifestError, match=r"tensorrt\.path"):
         check_manifest(m, Expectation(backend="tensorrt"))
@@ -196,6 +198,12 @@ def test_onnx_backend_does_not_hash_the_engine(tmp_path: Path) -> None:
         ),
         ({"gpu_name": "NVIDIA H200"}, "tensorrt.gpu_name", "built on 'Orin'"),
         ({"compute_capability": "9.0"}, "tensorrt.compute_capability", "this device is sm 9.0"),
+        # An AGX Orin's engine on an Orin NX: same name and compute capability, not the same GPU.
+        (
+            {"gpu_name": "Orin", "compute_capability": "8.7", "multiprocessor_count": 8},
+            "tensorrt.multiprocessor_count",
+            "engine built on a GPU with 16 SMs, this device has 8",
+        ),
     ],
 )
 def test_tensorrt_device_mismatch(tmp_path: Path, expectation: dict, field: str, reason: str) -> None:
@@ -205,6 +213,27 @@ def test_tensorrt_device_mismatch(tmp_path: Path, expectation: dict, field: str,
     assert field in str(info.value)
     assert reason in str(info.value)
     assert "backbone.manifest.json" in str(info.value)
+
+
+def test_a_manifest_from_before_the_sm_count_loads_but_fits_no_device(tmp_path: Path) -> None:
+    """A manifest an older zsad wrote (no ``tensorrt.multiprocessor_count``) still loads, and the ONNX Runtime
+    backend takes it; a TensorRT run refuses it whatever the device, saying to rebuild."""
+    m = _manifest(tmp_path)
+    doc = json.loads(m.path.read_text())
+    del doc["tensorrt"]["multiprocessor_count"]
+    m.path.write_text(json.dumps(doc))
+    old = load_manifest(m.path)
+    assert old.tensorrt is not None
+    assert old.tensorrt.multiprocessor_count is None
+    check_manifest(old, Expectation(model_spec=SPEC, backend="onnxruntime"))
+    check_manifest(old, Expectation(backend="tensorrt"))  # nothing about the device asked
+    for sms in (16, 8):
+        with pytest.raises(ManifestMismatch) as info:
+            check_manifest(old, Expectation(backend="tensorrt", gpu_name="Orin", multiprocessor_count=sms))
+        assert "tensorrt.multiprocessor_count: engine built before zsad recorded the GPU's SM count" in str(
+            info.value
+        )
+        assert "rebuild the engines on this device" in str(info.value)
 
 
 def test_tensorrt_backend_needs_an_engine(tmp_path: Path) -> None:

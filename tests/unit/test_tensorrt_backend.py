@@ -53,9 +53,11 @@ def write_manifest(
     plan_bytes: bytes,
     *,
     batches: tuple[int, int, int] = (1, 4, 8),
-    gpu: tuple[str, str] = ("Orin", "8.7"),
+    gpu: tuple[str, str, int | None] = ("Orin", "8.7", 16),
     version: str | None = None,
 ) -> Manifest:
+    """A manifest of the test engine, built on ``gpu`` (name, compute capability, SM count; None: written
+    before zsad recorded the SM count)."""
     engine = directory / "dpc_head.engine"
     engine.write_bytes(plan_bytes)
     doc: dict[str, Any] = {
@@ -91,6 +93,7 @@ def write_manifest(
             "tensorrt_version": version or trt.__version__,
             "gpu_name": gpu[0],
             "compute_capability": gpu[1],
+            **({"multiprocessor_count": gpu[2]} if gpu[2] is not None else {}),
             "precision": "fp32",
             "min_batch": batches[0],
             "opt_batch": batches[1],
@@ -104,11 +107,9 @@ def write_manifest(
     return manifest
 
 
-@pytest.fixture
-def cudart(monkeypatch: pytest.MonkeyPatch) -> CudartTestDouble:
-    """The cuda-python double, importable as ``cuda.bindings.runtime`` (and TensorRT's double as
-    ``tensorrt``, over the same simulated GPU)."""
-    runtime = CudartTestDouble(device_name="Orin", compute_capability=(8, 7))
+def install_doubles(monkeypatch: pytest.MonkeyPatch, runtime: CudartTestDouble) -> None:
+    """``runtime`` importable as ``cuda.bindings.runtime``, and TensorRT's double over its simulated GPU as
+    ``tensorrt``."""
     cuda = types.ModuleType("cuda")
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = runtime  # type: ignore[attr-defined]
@@ -117,6 +118,13 @@ def cudart(monkeypatch: pytest.MonkeyPatch) -> CudartTestDouble:
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
     monkeypatch.setitem(sys.modules, "tensorrt", TensorRTTestDouble(runtime))
+
+
+@pytest.fixture
+def cudart(monkeypatch: pytest.MonkeyPatch) -> CudartTestDouble:
+    """The cuda-python double of an AGX Orin 64GB (installed by :func:`install_doubles`)."""
+    runtime = CudartTestDouble(device_name="Orin", compute_capability=(8, 7), multiprocessor_count=16)
+    install_doubles(monkeypatch, runtime)
     return runtime
 
 
@@ -214,12 +222,39 @@ def test_engine_that_does_not_fit_the_manifest_is_refused(
     ):
         TensorRTBackend(write_manifest(tmp_path, trt, plan(), version="10.2.0.19"))
     with pytest.raises(
-        ManifestMismatch, match=r"engine built on NVIDIA H200 \(sm 9\.0\), this device is Orin"
+        ManifestMismatch,
+        match=r"tensorrt\.gpu_name: engine built on NVIDIA H200 \(sm 9\.0, 132 SMs\), this device is Orin "
+        r"\(sm 8\.7, 16 SMs\)",
     ):
-        TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA H200", "9.0")))
+        TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA H200", "9.0", 132)))
     with pytest.raises(BackendError, match="could not deserialise"):
         TensorRTBackend(write_manifest(tmp_path, trt, b"not a plan"))
     assert gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_an_engine_of_another_orin_module_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Orin module reports "Orin", sm 8.7: an engine built on an AGX Orin (16 SMs) is refused on an
+    Orin NX (8 SMs), and one whose manifest predates the SM count is refused on any Orin, asking for a
+    rebuild, before anything is allocated."""
+    orin_nx = CudartTestDouble(device_name="Orin", compute_capability=(8, 7), multiprocessor_count=8)
+    install_doubles(monkeypatch, orin_nx)
+    trt = sys.modules["tensorrt"]
+    assert isinstance(trt, TensorRTTestDouble)
+    with pytest.raises(
+        ManifestMismatch,
+        match=r"tensorrt\.multiprocessor_count: engine built on Orin \(sm 8\.7, 16 SMs\), this device is "
+        r"Orin \(sm 8\.7, 8 SMs\)",
+    ):
+        TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("Orin", "8.7", 16)))
+    with pytest.raises(
+        ManifestMismatch,
+        match=r"tensorrt\.multiprocessor_count: engine built before zsad recorded the GPU's SM count, this "
+        r"device has 8: .* rebuild the engines on this device",
+    ):
+        TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("Orin", "8.7", None)))
+    with TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("Orin", "8.7", 8))) as backend:
+        np.testing.assert_allclose(backend(feeds(2, seed=1))["y"], feeds(2, seed=1)["x"] * 2 + 1, rtol=1e-6)
+    assert orin_nx._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
 
 
 def test_a_failed_allocation_releases_what_was_allocated(tmp_path: Path, trt: TensorRTTestDouble) -> None:
