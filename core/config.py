@@ -1013,7 +1013,13 @@ class DeepStreamConfig(_Strict):
     live_source: bool | None = Field(
         None, description="Mux live-source; null: on when any camera is rtsp, http or v4l2."
     )
-    gpu_id: int = Field(0, ge=0, le=15, description="CUDA device of every DeepStream element.")
+    gpu_id: int = Field(
+        0,
+        ge=0,
+        le=15,
+        description="CUDA device of every DeepStream element, and of the TensorRT engines: built, checked "
+        "and run on it.",
+    )
     osd: bool = Field(True, description="Draw each camera's score on the tiled output (nvdsosd).")
     output: DeepStreamOutput = Field(default_factory=DeepStreamOutput)  # type: ignore[arg-type]
     rtsp_reconnect_interval_s: int = Field(

@@ -47,7 +47,7 @@ import numpy as np
 from core.config import CONTEXT_NAME, AppearanceConfig, ModelConfig, ZsadConfig
 from engines.backends.base import BackendError, BackendUnavailable
 from engines.backends.onnxruntime import OnnxRuntimeBackend
-from engines.backends.tensorrt import TensorRTBackend, cuda_device_info
+from engines.backends.tensorrt import CudaRuntime, TensorRTBackend, cuda_device_info
 from engines.backends.torch import TorchBackend
 from engines.encoders import (
     APPEARANCE_COMPONENT,
@@ -306,6 +306,7 @@ class _TensorRTEnv:
     trt: Any
     version: str
     gpu: GpuIdentity
+    device: int  # the CUDA device engines are built on and checked on (the config's deepstream.gpu_id)
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,7 @@ class _Builder:
         prompt_dir: Path,
         progress: BuildProgress | None = None,
         appearance: AppearanceConfig | None = None,
+        gpu_id: int = 0,
     ) -> None:
         self.spec = spec.model_copy(deep=True)
         self.spec_sha = spec_sha256(self.spec)
@@ -350,6 +352,7 @@ class _Builder:
         self._text_encoders: dict[str, TextEncoder] = {}  # CLIP folder -> its text tower
         self.progress = progress
         self.appearance = appearance
+        self.gpu_id = gpu_id
         self._appearance_source: _AppearanceSource | None = None
         self._encoder: AppearanceEncoder | ClipAppearanceEncoder | None = None
         # The component being built: its new files in the staging folder (name in the engine folder ->
@@ -471,14 +474,14 @@ class _Builder:
             return None
         try:
             trt = import_tensorrt()
-            gpu = cuda_device_info()
+            gpu = cuda_device_info(self.gpu_id)
         except (BackendUnavailable, BackendError) as exc:
             if self.options.backend == "tensorrt":
                 raise BuildInputError(f"--backend tensorrt: {exc}") from exc
             log.warning("TensorRT engines skipped (ONNX only): %s", exc)
             return None
-        log.info("TensorRT %s on %s", trt.__version__, gpu)
-        return _TensorRTEnv(trt=trt, version=str(trt.__version__), gpu=gpu)
+        log.info("TensorRT %s on CUDA device %d, %s", trt.__version__, self.gpu_id, gpu)
+        return _TensorRTEnv(trt=trt, version=str(trt.__version__), gpu=gpu, device=self.gpu_id)
 
     def semantic_enabled(self) -> bool:
         from engines.semantic import clip_available
@@ -744,6 +747,8 @@ class _Builder:
         name = engine_filename(component, opts.precision, env.gpu, env.version)
         cache = timing_cache_filename(env.gpu, env.version)
         staged = self.stage(name)
+        # TensorRT builds for this thread's current CUDA device, which is 0 unless set.
+        CudaRuntime().call("cudaSetDevice", env.device)
         built = build_engine(
             self.located(manifest).resolve(manifest.onnx.path),
             staged,
@@ -786,7 +791,9 @@ class _Builder:
         candidate = manifest.model_copy(update={"tensorrt": artifact}).bind(self.staging)
         batches = sorted({min(max(b, opts.profile.min), opts.profile.max) for b in opts.parity_batches})
         started = time.monotonic()
-        with OnnxRuntimeBackend(self.located(manifest)) as ort, TensorRTBackend(candidate) as engine:
+        with OnnxRuntimeBackend(self.located(manifest)) as ort, TensorRTBackend(
+            candidate, device_id=env.device
+        ) as engine:
             errors = check_parity(
                 ort,
                 engine,
@@ -1253,6 +1260,7 @@ def build_engines(
     prompt_dir: str | Path = PROMPT_DIR,
     progress: BuildProgress | None = None,
     appearance: AppearanceConfig | None = None,
+    gpu_id: int = 0,
 ) -> BuildReport:
     """Build every engine of ``checkpoint`` into ``out_dir``; skip what is up to date.
 
@@ -1267,6 +1275,8 @@ def build_engines(
         appearance: the config's ``appearance`` section: when enabled, the appearance engine is built too
             (at the backbone's frame size, from the encoder's weights); when disabled, one left in
             ``out_dir`` is removed; None leaves the appearance engine alone.
+        gpu_id: the CUDA device TensorRT engines are built for, on, and checked on (the config's
+            ``deepstream.gpu_id``, the device the run gives them).
 
     Raises:
         BuildInputError: bad checkpoint/spec/options/prompts, a missing TensorRT when required, or (with
@@ -1283,6 +1293,7 @@ def build_engines(
         Path(prompt_dir),
         progress,
         appearance,
+        gpu_id,
     )
     return builder.run()
 
@@ -1325,8 +1336,9 @@ def build_from_config(
     progress: BuildProgress | None = None,
 ) -> BuildReport:
     """:func:`build_engines` for a loaded :class:`core.config.ZsadConfig`: its ``model`` section, its
-    cameras' contexts and prompt sets, its ``appearance`` section, and ``engines.checkpoint`` /
-    ``engines.dir`` unless ``checkpoint`` / ``out_dir`` are given."""
+    cameras' contexts and prompt sets, its ``appearance`` section, its ``deepstream.gpu_id`` (the GPU the
+    run gives the engines), and ``engines.checkpoint`` / ``engines.dir`` unless ``checkpoint`` / ``out_dir``
+    are given."""
     checkpoint = checkpoint or cfg.engines.checkpoint
     if not checkpoint:
         raise BuildInputError("no checkpoint: pass --checkpoint or set engines.checkpoint in the config")
@@ -1340,4 +1352,5 @@ def build_from_config(
         options=options,
         progress=progress,
         appearance=cfg.appearance,
+        gpu_id=cfg.deepstream.gpu_id,
     )

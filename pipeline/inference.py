@@ -97,6 +97,7 @@ __all__ = [
     "EngineError",
     "EngineSet",
     "appearance_expectation",
+    "backend_options",
     "build_missing_engines",
     "check_engine_folder",
     "engine_batch_limit",
@@ -411,11 +412,22 @@ def _checked_gate(cfg: ZsadConfig, directory: Path) -> Path | None:
     return gate
 
 
+def backend_options(cfg: ZsadConfig) -> dict[str, Any]:
+    """What :func:`engines.backends.load_backend` gets besides the manifest for ``engines.backend``: ONNX
+    Runtime's ``spin``; TensorRT's CUDA device, ``deepstream.gpu_id`` (the device the DeepStream elements
+    use and the engines were built on)."""
+    if cfg.engines.backend == "onnxruntime":
+        return {"spin": cfg.engines.spin}
+    if cfg.engines.backend == "tensorrt":
+        return {"device_id": cfg.deepstream.gpu_id}
+    return {}
+
+
 def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
     """Open the engines of ``cfg.engines.dir`` after checking their manifests: the backbone and the DPC
     head, the semantic head when there is one, and the appearance encoder when ``appearance.enabled``."""
     directory = Path(cfg.engines.dir)
-    options: dict[str, Any] = {"spin": cfg.engines.spin} if cfg.engines.backend == "onnxruntime" else {}
+    options = backend_options(cfg)
     opened: dict[str, Backend] = {}
     try:
         # Every check that needs no engine comes before any engine is opened (a TensorRT engine takes

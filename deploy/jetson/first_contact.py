@@ -463,7 +463,9 @@ def check_engines_reload(config: Path) -> str:
     ran: list[str] = []
     errors: list[Exception] = []
     for component in ("backbone", "dpc_head"):
-        engine = load_backend(manifest_path(REPO / cfg.engines.dir, component), "tensorrt")
+        engine = load_backend(
+            manifest_path(REPO / cfg.engines.dir, component), "tensorrt", device_id=cfg.deepstream.gpu_id
+        )
         try:
             feeds = random_feeds(engine.manifest.inputs, 1, np.random.default_rng(0))
 

@@ -36,7 +36,8 @@ def backend_class(backend: str) -> Callable[..., Backend]:
 def load_backend(manifest: Manifest | str | Path, backend: str, threads: int = 0, **options: Any) -> Backend:
     """Load the engine of ``manifest`` (a :class:`Manifest` or the path of its JSON) with ``backend``.
 
-    ``options`` go to the backend (e.g. ``device="cuda"`` for onnxruntime, ``cuda_graph=True`` for tensorrt).
+    ``options`` go to the backend (e.g. ``device="cuda"`` for onnxruntime; ``cuda_graph=True`` and
+    ``device_id=1``, the CUDA device to check, load and run the engine on, for tensorrt).
     """
     cls = backend_class(backend)
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)

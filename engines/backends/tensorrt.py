@@ -99,7 +99,8 @@ class TensorRTBackend(Backend):
         cuda_graph: capture copy-in + enqueue + copy-out as a CUDA graph after a warm-up run, and
             re-capture whenever the input batch changes. A capture that fails is logged once and turns
             graphs off for this backend (the batch's outputs, computed before the capture, are returned).
-        device_id: CUDA device.
+        device_id: CUDA device (the config's ``deepstream.gpu_id``): the engine is checked against it, loaded
+            on it, and every inference call makes it the calling thread's current device.
     """
 
     name = "tensorrt"
@@ -121,6 +122,7 @@ class TensorRTBackend(Backend):
                 f"{manifest.path}: tensorrt.tensorrt_version: engine built with TensorRT "
                 f"{info.tensorrt_version}, this device has {trt.__version__}"
             )
+        self._device = device_id
         self._cuda.call("cudaSetDevice", device_id)
         gpu = cuda_device_info(device_id)
         if info.multiprocessor_count is None:
@@ -259,6 +261,10 @@ class TensorRTBackend(Backend):
             )
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # CUDA's current device belongs to the calling thread, and this one is not the thread that created
+        # the backend (the scheduler's): without this, its kernels would go to device 0. A no-op when the
+        # device is current already.
+        self._cuda.call("cudaSetDevice", self._device)
         n = next(iter(feeds.values())).shape[0]
         if not self.min_batch <= n <= self.max_batch:
             raise InputMismatch(
@@ -294,6 +300,8 @@ class TensorRTBackend(Backend):
         if getattr(self, "_closed", True):
             return
         try:
+            if self._stream is not None or self._buffers:  # what is freed lives on the backend's device
+                self._cuda.call("cudaSetDevice", self._device)
             self._drop_graph()
             for buf in self._buffers.values():
                 buf.free()

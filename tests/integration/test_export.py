@@ -22,7 +22,7 @@ import yaml
 
 from core.config import ModelConfig, load_config
 from engines.backends import load_backend
-from engines.build import BuildOptions, BuildReport, build_engines
+from engines.build import BuildOptions, BuildReport, build_engines, build_from_config
 from engines.export import ParityError, export_onnx, exporter_options, random_feeds
 from engines.manifest import (
     Expectation,
@@ -42,8 +42,8 @@ from pipeline.cli.main import main as cli_main
 from plugins.fusion import StreamGate
 from plugins.streams import STREAMS
 from tests.conftest import REPO
-from tests.fixtures.cudart_test_double import CudartTestDouble
-from tests.fixtures.tensorrt_test_double import PlanOp, TensorRTTestDouble, engine_plan
+from tests.fixtures.cudart_test_double import CudartTestDouble, SimulatedDevice
+from tests.fixtures.tensorrt_test_double import PlanOp, TensorRTTestDouble, builder_devices, engine_plan
 from tests.fixtures.tiny_models import make_tiny_clip, tiny_model_dict
 
 # ONNX operators TensorRT 10's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10.x:
@@ -387,11 +387,13 @@ def test_damaged_files_are_refused_then_rebuilt(tiny: Built, tmp_path: Path) -> 
         check_manifest(load_manifest(out / f"{component}.manifest.json"), Expectation(model_spec=tiny.spec))
 
 
-def _install_tensorrt_doubles(monkeypatch: pytest.MonkeyPatch, plan: bytes | None) -> None:
+def _install_tensorrt_doubles(
+    monkeypatch: pytest.MonkeyPatch, plan: bytes | None, runtime: CudartTestDouble | None = None
+) -> TensorRTTestDouble:
     """The TensorRT 10.3 and cuda-python 12.6 TEST DOUBLES, importable as ``tensorrt`` and
-    ``cuda.bindings.runtime`` (an Orin), so that the build's TensorRT stage runs here; ``plan``: what the
-    double's builder returns (None: TensorRT fails the build)."""
-    runtime = CudartTestDouble(device_name="Orin", compute_capability=(8, 7))
+    ``cuda.bindings.runtime`` (``runtime``, an AGX Orin by default), so that the build's TensorRT stage runs
+    here; ``plan``: what the double's builder returns (None: TensorRT fails the build)."""
+    runtime = runtime or CudartTestDouble(device_name="Orin", compute_capability=(8, 7))
     cuda = types.ModuleType("cuda")
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = runtime  # type: ignore[attr-defined]
@@ -399,7 +401,9 @@ def _install_tensorrt_doubles(monkeypatch: pytest.MonkeyPatch, plan: bytes | Non
     monkeypatch.setitem(sys.modules, "cuda", cuda)
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
-    monkeypatch.setitem(sys.modules, "tensorrt", TensorRTTestDouble(runtime, plan=plan))
+    trt = TensorRTTestDouble(runtime, plan=plan)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return trt
 
 
 def _folder_files(folder: Path) -> dict[str, str]:
@@ -457,6 +461,32 @@ def test_a_failed_tensorrt_stage_leaves_the_previous_folder_intact(
     check_manifest(manifest, Expectation(model_spec=tiny.spec, backend="onnxruntime"))  # hashes every file
     with load_backend(manifest, "onnxruntime") as backend:
         assert backend.warm_up(1) >= 0.0
+
+
+def test_the_tensorrt_stage_builds_and_checks_on_the_configured_gpu(
+    tiny: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``deepstream.gpu_id: 1`` on a host whose two GPUs differ: build-engines identifies device 1, TensorRT
+    builds on it (the builder's thread has it current), the engine and timing cache are named for it, and the
+    parity check runs the engine on it. The engine (the double's) disagrees with ONNX Runtime, so the parity
+    check is what stops the build: it loaded and ran the engine on device 1."""
+    out = _copy(tiny, tmp_path / "engines")
+    data = yaml.safe_load(tiny.config.read_text())
+    data["engines"]["dir"] = str(out)
+    data["deepstream"] = {"gpu_id": 1}
+    config = tmp_path / "gpu1.yaml"
+    config.write_text(yaml.safe_dump(data))
+    two_gpus = CudartTestDouble(
+        devices=[SimulatedDevice("NVIDIA H200", (9, 0), 132, False), SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False)]
+    )
+    trt = _install_tensorrt_doubles(monkeypatch, _wrong_dpc_plan(tiny.spec), two_gpus)
+    with pytest.raises(ParityError, match=r"dpc_head: onnxruntime vs tensorrt fp16"):
+        build_from_config(
+            load_config(config), options=BuildOptions(backend="tensorrt", components=("dpc_head",))
+        )
+    assert builder_devices(trt) == [1]
+    assert (out / "timing.sm86-rtx-a2000-26sm.trt10.3.0.cache").is_file()
+    assert (out / ".staging" / "dpc_head.fp16.sm86-rtx-a2000-26sm.trt10.3.0.engine").is_file()
 
 
 def test_ncthw_backbone_matches_ntchw(tiny: Built, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tests.fixtures.api_doubles import (
     conformance_problems,
     load_api,
 )
-from tests.fixtures.cudart_test_double import CudartTestDouble
+from tests.fixtures.cudart_test_double import CudartTestDouble, SimulatedDevice, set_device_calls
 from tests.fixtures.pyds_test_double import (
     PYDS,
     FrameSpec,
@@ -466,6 +467,50 @@ def test_cudart_double_stream_flags_and_the_legacy_stream_during_a_capture() -> 
     rt.cudaFree(dev)
     rt.cudaFreeHost(host)
     assert rt._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_cudart_double_devices_are_per_thread_as_in_cuda() -> None:
+    """``cudaSetDevice(int device)`` / ``cudaGetDeviceProperties(int device)`` on a two-GPU machine: each
+    device's properties (SM count included), cudaErrorInvalidDevice past the last one, a current device that
+    belongs to the calling thread (0 on a thread that never set one), streams of the device current at their
+    creation, and CUDA's rule that a kernel launch into another device's stream fails while a copy succeeds."""
+    rt = CudartTestDouble(
+        devices=[SimulatedDevice("NVIDIA H200", (9, 0), 132, False), SimulatedDevice("Orin", (8, 7), 8)]
+    )
+    gpu = rt._double_gpu
+    ok, invalid = rt.cudaError_t.cudaSuccess, rt.cudaError_t.cudaErrorInvalidDevice
+    err, props = rt.cudaGetDeviceProperties(1)
+    assert err == ok
+    assert (props.name, props.major, props.minor, props.multiProcessorCount) == (b"Orin", 8, 7, 8)
+    assert rt.cudaGetDeviceProperties(0)[1].multiProcessorCount == 132
+    assert rt.cudaGetDeviceProperties(2)[0] == invalid
+    assert rt.cudaSetDevice(2) == (invalid,)
+    with pytest.raises(TypeError):
+        rt.cudaSetDevice()
+    assert set_device_calls(rt) == []
+    assert rt.cudaSetDevice(1) == (ok,)
+    _, stream = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
+    assert gpu.streams[int(stream)].device == 1
+    _, host = rt.cudaMallocHost(8)
+    _, dev = rt.cudaMalloc(8)
+    seen: list[Any] = []
+
+    def other_thread() -> None:
+        seen.append(gpu.current_device())  # not the main thread's device
+        seen.append(gpu.launch(int(stream), lambda: 0))
+        seen.append(rt.cudaMemcpyAsync(host, dev, 8, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)[0])
+        seen.append(rt.cudaSetDevice(1)[0])
+        seen.append(gpu.launch(int(stream), lambda: 0))
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert seen == [0, rt.cudaError_t.cudaErrorInvalidResourceHandle, ok, ok, 0]
+    assert gpu.current_device() == 1  # the worker's calls left this thread's device alone
+    assert set_device_calls(rt) == [(threading.get_ident(), 1), (worker.ident, 1)]
+    for fn, arg in [("cudaStreamDestroy", stream), ("cudaFree", dev), ("cudaFreeHost", host)]:
+        assert getattr(rt, fn)(arg) == (ok,), fn
+    assert gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
 
 
 def test_cudart_double_refuses_what_cuda_python_12_6_2_refuses() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ import pytest
 from engines.backends import BackendError, InputMismatch, load_backend
 from engines.backends.tensorrt import TensorRTBackend
 from engines.manifest import Manifest, ManifestMismatch
-from tests.fixtures.cudart_test_double import CudartTestDouble
+from pipeline.inference import backend_options
+from tests.fixtures.cudart_test_double import CudartTestDouble, SimulatedDevice, set_device_calls
+from tests.fixtures.deepstream_fixtures import site_config
 from tests.fixtures.tensorrt_test_double import PlanOp, TensorRTTestDouble, engine_plan
 
 X_SHAPE = (-1, 2, 3)
@@ -255,6 +258,72 @@ def test_an_engine_of_another_orin_module_is_refused(tmp_path: Path, monkeypatch
     with TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("Orin", "8.7", 8))) as backend:
         np.testing.assert_allclose(backend(feeds(2, seed=1))["y"], feeds(2, seed=1)["x"] * 2 + 1, rtol=1e-6)
     assert orin_nx._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_the_engine_runs_on_its_gpu_from_any_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cuda_graph: bool
+) -> None:
+    """On a two-GPU host with ``deepstream.gpu_id: 1``: the engine is checked against and loaded on device 1,
+    and the scheduler's thread, which did not create the backend (its current device is 0, as for any
+    thread of a CUDA process), runs it on device 1: a kernel launched into device 1's stream from device 0
+    would fail."""
+    host = CudartTestDouble(
+        devices=[SimulatedDevice("NVIDIA H200", (9, 0), 132, False), SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False)]
+    )
+    install_doubles(monkeypatch, host)
+    trt = sys.modules["tensorrt"]
+    assert isinstance(trt, TensorRTTestDouble)
+    manifest = write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA RTX A2000", "8.6", 26))
+    with pytest.raises(ManifestMismatch, match=r"tensorrt\.gpu_name: .* this device is NVIDIA H200"):
+        load_backend(manifest, "tensorrt")  # device 0
+    with load_backend(manifest, "tensorrt", device_id=1, cuda_graph=cuda_graph) as backend:
+        assert isinstance(backend, TensorRTBackend)
+        assert host._double_gpu.streams[int(backend._stream)].device == 1
+        results: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+        errors: list[BaseException] = []
+
+        def scheduler() -> None:
+            try:
+                for i, n in enumerate((2, 2, 5)):  # a plain run, then (with graphs) a replay, a new batch
+                    f = feeds(n, seed=40 + i)
+                    results.append((f, backend(f)))
+            except BackendError as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=scheduler, name="zsad-scheduler")
+        worker.start()
+        worker.join()
+        assert errors == []
+        for f, out in results:
+            for name, want in expected(f["x"], f["z"]).items():
+                np.testing.assert_allclose(out[name], want, rtol=1e-6, atol=1e-6, err_msg=name)
+        assert (worker.ident, 1) in set_device_calls(host)
+    assert host._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_a_run_opens_its_tensorrt_engines_on_deepstream_gpu_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load_engines`` opens each engine with :func:`pipeline.inference.backend_options`: with
+    ``deepstream.gpu_id: 1`` a TensorRT engine built on device 1 opens on device 1, the device the DeepStream
+    elements use, not on device 0; ONNX Runtime keeps its own options."""
+    host = CudartTestDouble(
+        devices=[SimulatedDevice("Orin", (8, 7), 16), SimulatedDevice("Orin", (8, 7), 8)]  # as two modules
+    )
+    install_doubles(monkeypatch, host)
+    trt = sys.modules["tensorrt"]
+    assert isinstance(trt, TensorRTTestDouble)
+    manifest = write_manifest(tmp_path, trt, plan(), gpu=("Orin", "8.7", 8))
+    cfg = site_config(1, deepstream={"gpu_id": 1})
+    assert cfg.engines.backend == "tensorrt"
+    with load_backend(manifest, cfg.engines.backend, threads=0, **backend_options(cfg)) as backend:
+        assert isinstance(backend, TensorRTBackend)
+        assert host._double_gpu.streams[int(backend._stream)].device == 1
+    with pytest.raises(ManifestMismatch, match="tensorrt.multiprocessor_count"):
+        load_backend(manifest, cfg.engines.backend, threads=0, **backend_options(site_config(1)))  # gpu_id 0
+    cpu = site_config(1, engines={"dir": str(tmp_path), "backend": "onnxruntime", "spin": False})
+    assert backend_options(cpu) == {"spin": False}
 
 
 def test_a_failed_allocation_releases_what_was_allocated(tmp_path: Path, trt: TensorRTTestDouble) -> None:
