@@ -791,9 +791,10 @@ class _Builder:
         candidate = manifest.model_copy(update={"tensorrt": artifact}).bind(self.staging)
         batches = sorted({min(max(b, opts.profile.min), opts.profile.max) for b in opts.parity_batches})
         started = time.monotonic()
-        with OnnxRuntimeBackend(self.located(manifest)) as ort, TensorRTBackend(
-            candidate, device_id=env.device
-        ) as engine:
+        with (
+            OnnxRuntimeBackend(self.located(manifest)) as ort,
+            TensorRTBackend(candidate, device_id=env.device) as engine,
+        ):
             errors = check_parity(
                 ort,
                 engine,

@@ -152,9 +152,9 @@ class TensorRTArtifact(_Frozen):
     multiprocessor_count: int | None = Field(
         None,
         ge=1,
-        description="The GPU's SM count (cudaDeviceProp.multiProcessorCount), which tells Jetson modules apart "
-        "where name and compute capability cannot. None: a manifest written before it was recorded, which "
-        "no device takes as its own (check_manifest, the TensorRT backend): rebuild the engines.",
+        description="The GPU's SM count (cudaDeviceProp.multiProcessorCount), which tells Jetson modules "
+        "apart where name and compute capability cannot. None: a manifest written before it was recorded, "
+        "which no device takes as its own (check_manifest, the TensorRT backend): rebuild the engines.",
     )
     precision: Literal["fp16", "fp32"]
     min_batch: int = Field(..., ge=1)
@@ -577,7 +577,10 @@ def sm_count_mismatch(built: int | None, device: int) -> str:
             f"engine built before zsad recorded the GPU's SM count, this device has {device}: it may be "
             "another module's (every Jetson Orin reports 'Orin', sm 8.7); rebuild the engines on this device"
         )
-    return f"engine built on a GPU with {built} SMs, this device has {device}: rebuild the engines on this device"
+    return (
+        f"engine built on a GPU with {built} SMs, this device has {device}: "
+        "rebuild the engines on this device"
+    )
 
 
 def check_manifest(manifest: Manifest, expected: Expectation) -> None:
@@ -638,7 +641,10 @@ def check_manifest(manifest: Manifest, expected: Expectation) -> None:
                 f"engine built for sm {trt.compute_capability}, "
                 f"this device is sm {expected.compute_capability}",
             )
-        if expected.multiprocessor_count is not None and trt.multiprocessor_count != expected.multiprocessor_count:
+        if (
+            expected.multiprocessor_count is not None
+            and trt.multiprocessor_count != expected.multiprocessor_count
+        ):
             raise _mismatch(
                 manifest,
                 "tensorrt.multiprocessor_count",

@@ -477,7 +477,10 @@ def test_the_tensorrt_stage_builds_and_checks_on_the_configured_gpu(
     config = tmp_path / "gpu1.yaml"
     config.write_text(yaml.safe_dump(data))
     two_gpus = CudartTestDouble(
-        devices=[SimulatedDevice("NVIDIA H200", (9, 0), 132, False), SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False)]
+        devices=[
+            SimulatedDevice("NVIDIA H200", (9, 0), 132, False),
+            SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False),
+        ]
     )
     trt = _install_tensorrt_doubles(monkeypatch, _wrong_dpc_plan(tiny.spec), two_gpus)
     with pytest.raises(ParityError, match=r"dpc_head: onnxruntime vs tensorrt fp16"):

@@ -473,7 +473,8 @@ def test_cudart_double_devices_are_per_thread_as_in_cuda() -> None:
     """``cudaSetDevice(int device)`` / ``cudaGetDeviceProperties(int device)`` on a two-GPU machine: each
     device's properties (SM count included), cudaErrorInvalidDevice past the last one, a current device that
     belongs to the calling thread (0 on a thread that never set one), streams of the device current at their
-    creation, and CUDA's rule that a kernel launch into another device's stream fails while a copy succeeds."""
+    creation, and CUDA's rule that a kernel launch into another device's stream fails while a copy
+    succeeds."""
     rt = CudartTestDouble(
         devices=[SimulatedDevice("NVIDIA H200", (9, 0), 132, False), SimulatedDevice("Orin", (8, 7), 8)]
     )

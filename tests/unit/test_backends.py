@@ -326,7 +326,10 @@ def test_profile_shapes_vary_only_the_batch() -> None:
 
 def test_engine_names_carry_component_precision_gpu_and_version() -> None:
     agx = GpuIdentity("Orin", "8.7", 16)
-    assert engine_filename("backbone", "fp16", agx, "10.3.0.30") == "backbone.fp16.sm87-orin-16sm.trt10.3.0.engine"
+    assert (
+        engine_filename("backbone", "fp16", agx, "10.3.0.30")
+        == "backbone.fp16.sm87-orin-16sm.trt10.3.0.engine"
+    )
     assert gpu_slug(GpuIdentity("NVIDIA H200", "9.0", 132)) == "sm90-h200-132sm"
     assert gpu_slug(GpuIdentity("NVIDIA GeForce RTX 4090", "8.9", 128)) == "sm89-geforce-rtx-4090-128sm"
     assert short_version("10.3.0.30") == "10.3.0"

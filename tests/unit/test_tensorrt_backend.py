@@ -269,7 +269,10 @@ def test_the_engine_runs_on_its_gpu_from_any_thread(
     thread of a CUDA process), runs it on device 1: a kernel launched into device 1's stream from device 0
     would fail."""
     host = CudartTestDouble(
-        devices=[SimulatedDevice("NVIDIA H200", (9, 0), 132, False), SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False)]
+        devices=[
+            SimulatedDevice("NVIDIA H200", (9, 0), 132, False),
+            SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False),
+        ]
     )
     install_doubles(monkeypatch, host)
     trt = sys.modules["tensorrt"]
@@ -309,18 +312,21 @@ def test_a_run_opens_its_tensorrt_engines_on_deepstream_gpu_id(
     ``deepstream.gpu_id: 1`` a TensorRT engine built on device 1 opens on device 1, the device the DeepStream
     elements use, not on device 0; ONNX Runtime keeps its own options."""
     host = CudartTestDouble(
-        devices=[SimulatedDevice("Orin", (8, 7), 16), SimulatedDevice("Orin", (8, 7), 8)]  # as two modules
+        devices=[
+            SimulatedDevice("NVIDIA RTX A4000", (8, 6), 48, False),
+            SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False),
+        ]
     )
     install_doubles(monkeypatch, host)
     trt = sys.modules["tensorrt"]
     assert isinstance(trt, TensorRTTestDouble)
-    manifest = write_manifest(tmp_path, trt, plan(), gpu=("Orin", "8.7", 8))
+    manifest = write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA RTX A2000", "8.6", 26))
     cfg = site_config(1, deepstream={"gpu_id": 1})
     assert cfg.engines.backend == "tensorrt"
     with load_backend(manifest, cfg.engines.backend, threads=0, **backend_options(cfg)) as backend:
         assert isinstance(backend, TensorRTBackend)
         assert host._double_gpu.streams[int(backend._stream)].device == 1
-    with pytest.raises(ManifestMismatch, match="tensorrt.multiprocessor_count"):
+    with pytest.raises(ManifestMismatch, match=r"tensorrt\.gpu_name: .* this device is NVIDIA RTX A4000"):
         load_backend(manifest, cfg.engines.backend, threads=0, **backend_options(site_config(1)))  # gpu_id 0
     cpu = site_config(1, engines={"dir": str(tmp_path), "backend": "onnxruntime", "spin": False})
     assert backend_options(cpu) == {"spin": False}
