@@ -273,6 +273,9 @@ class RunOutputs:
             self._failed_seen: dict[str, int] = {}  # likewise its failed clips
             # Cameras whose stream ended (eos, failed), by state, until their queued clips are scored.
             self._ended: dict[str, str] = {}
+            # Those of them already ended at the last record_queues: only their counts are known to be taken
+            # after the end (a clip submitted between a tick's counts and the end would be missed).
+            self._ended_seen: set[str] = set()
             for cam in cfg.enabled_cameras():
                 self.add_camera(cam)
         except BaseException:
@@ -484,6 +487,7 @@ class RunOutputs:
             alerts = self.alerts.pop(camera, None)
             recorder = self.recorders.pop(camera, None)
             self._ended.pop(camera, None)
+            self._ended_seen.discard(camera)
             records = alerts.shutdown() if alerts is not None else []
         self.memories.remove(camera)
         self.stationary.remove(camera)
@@ -770,7 +774,10 @@ class RunOutputs:
         with self._cameras_lock:
             if state in ENDED_STATES and camera in self.alerts:
                 self._ended[camera] = state
-            else:  # running again before its last clips were scored (a DeepStream source that resumed)
+            elif self._ended.get(camera) == "failed":
+                # Running again before its last clips were scored (a DeepStream source that resumed). Not
+                # after an end of stream: a file does not resume, and DeepStream frames still queued in front
+                # of the probe when the mux posted it report the camera live once more.
                 self._ended.pop(camera, None)
 
     def clip_scored(
@@ -810,7 +817,8 @@ class RunOutputs:
                 frame_t=frame_t,
             )
             location = alerts.last_location
-        self.metrics.score.set(fused.score, camera=camera)
+            # Under the lock: a camera removed meanwhile would get its series back (remove_camera).
+            self.metrics.score.set(fused.score, camera=camera)
         self.run_state.add_score(camera, t, fused.score, fused.contributions, scores.scores)
         for record in records:
             self.run_state.add_alert(record)
@@ -843,8 +851,8 @@ class RunOutputs:
         """Copy the clip scheduler's queue depths, drop-oldest and failure counts into the metrics: each clip
         dropped since the last call adds ``clip_len`` to ``zsad_frames_dropped_total``, each clip whose
         inference failed one to ``zsad_clips_failed_total`` (both graphs call this regularly). A camera
-        whose stream ended (:meth:`camera_state`) and whose clips are all scored gets its open alert
-        closed (reason "shutdown") and its media finished here."""
+        whose stream ended (:meth:`camera_state`) by the last call and whose clips are all scored gets its
+        open alert closed (reason "shutdown") and its media finished here."""
         for camera, queue in stats.cameras.items():
             self.metrics.queue_depth.set(queue.depth, camera=camera)
             self.clips_dropped(camera, queue.dropped - self._dropped_seen.get(camera, 0), clip_len=clip_len)
@@ -854,7 +862,9 @@ class RunOutputs:
                 self.metrics.clips_failed.inc(failed, camera=camera)
             self._failed_seen[camera] = queue.failed
         with self._cameras_lock:
-            ended = list(self._ended)
+            # Only cameras that had ended by the last call: ``stats`` may have been counted before this
+            # camera's end, and a clip submitted in between would be left to open an alert nothing closes.
+            ended = [camera for camera in self._ended if camera in self._ended_seen]
         for camera in ended:
             counts = stats.cameras.get(camera)
             # Every clip it submitted is accounted for: scored (its result taken), dropped, failed or
@@ -863,6 +873,8 @@ class RunOutputs:
                 counts.processed + counts.dropped + counts.failed + counts.discarded
             ):
                 self._end_stream(camera)
+        with self._cameras_lock:
+            self._ended_seen = set(self._ended)
 
     def _end_stream(self, camera: str) -> None:
         """Close the open alert of a camera whose stream ended and clips are scored; finish its media."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.cpu.scheduler import CameraQueueStats, SchedulerStats
 from pipeline.outputs.hub import RunOutputs
 from plugins.fusion import fit_calibration, save_calibration
 from plugins.scorer import StreamScores
@@ -121,6 +122,50 @@ def test_an_alert_open_when_its_camera_ends_is_closed_and_its_clip_finished_once
     finally:
         out.shutdown()
     assert [a["status"] for a in _alerts(out)] == ["closed"]  # shutdown found nothing more to close
+
+
+def _queue(submitted: int, processed: int) -> SchedulerStats:
+    return SchedulerStats(
+        cameras={
+            CAMERA: CameraQueueStats(depth=submitted - processed, submitted=submitted, processed=processed)
+        }
+    )
+
+
+def test_counts_taken_before_the_end_of_stream_do_not_close_its_alert(tmp_path: Path) -> None:
+    out = _outputs(tmp_path)
+    try:
+        out.display_frame(CAMERA, _frame(0), 0.0)
+        out.clip_scored(CAMERA, 1.6, _hot(0), None, frames=4, frame_t=0.8)
+        stats = _queue(submitted=1, processed=1)  # a tick's counts, taken before the camera's last clip came
+        out.camera_state(
+            CAMERA, "eos", "end of file"
+        )  # meanwhile the last clip was queued and the file ended
+        out.record_queues(stats, clip_len=4)
+        assert [a["status"] for a in _alerts(out)] == ["open"]  # the counts do not know of the last clip
+        out.record_queues(_queue(submitted=2, processed=1), clip_len=4)
+        assert [a["status"] for a in _alerts(out)] == ["open"]
+        out.clip_scored(CAMERA, 2.0, _hot(1), None, frames=4, frame_t=1.2)
+        out.record_queues(_queue(submitted=2, processed=2), clip_len=4)
+        assert [a["status"] for a in _alerts(out)] == ["closed"]
+    finally:
+        out.shutdown()
+
+
+def test_frames_still_queued_at_the_end_of_stream_do_not_undo_its_close(tmp_path: Path) -> None:
+    out = _outputs(tmp_path)
+    try:
+        out.display_frame(CAMERA, _frame(0), 0.0)
+        out.clip_scored(CAMERA, 1.6, _hot(0), None, frames=4, frame_t=0.8)
+        out.camera_state(CAMERA, "eos", "end of file")
+        out.camera_state(
+            CAMERA, "live", ""
+        )  # DeepStream: frames queued before the probe when the mux said so
+        for _ in range(2):
+            out.record_queues(_queue(submitted=1, processed=1), clip_len=4)
+        assert [a["status"] for a in _alerts(out)] == ["closed"]
+    finally:
+        out.shutdown()
 
 
 def test_retention_keeps_an_event_whose_snapshot_waits(tmp_path: Path) -> None:
