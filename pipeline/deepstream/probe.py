@@ -4,7 +4,8 @@
 ``nvvideoconvert`` to ``RGBA`` at the backbone's W x H). For every frame of every batch it
 
 1. reads the frame's source, number and PTS from the batch meta and notices a restarted stream (its frame
-   number or PTS going backwards, or an end of stream reported on the bus: :meth:`ClipScoringProbe.restart`);
+   number or PTS going backwards or its PTS jumping forward past :func:`jump_limit`, or an end of stream,
+   an error or a reconnect warning reported on the bus: :meth:`ClipScoringProbe.restart`);
    the camera's stream time stays increasing across restarts (:class:`StreamClock`); the first frame of a
    camera, and its first after each restart, reports it live (``on_live``);
 2. keeps only the frames of the camera's ``sampling.fps`` by their stream time (:class:`FrameSampler`, as
@@ -134,8 +135,9 @@ class _Stream:
 class StreamClock:
     """Per source: notices a restarted stream and maps buffer PTS to a stream time that keeps increasing.
 
-    A stream restarts when its frame number or its PTS goes backwards (a file loop, a reconnect whose
-    counters start again), when its PTS jumps forward by more than :func:`jump_limit` (an outage or a
+    A stream restarts when its frame number or its PTS goes backwards (a reconnect whose counters start
+    again; ``nvurisrcbin``'s file loop keeps them increasing, docs/deepstream.md), when its PTS jumps
+    forward by more than :func:`jump_limit` (an outage or a
     reconnect that kept the counters), or when :meth:`restart` marked it (the bus reported the source's end
     of stream, error or reconnect). Within one run of a stream, time is the buffer PTS; a stream that
     restarted with its PTS going back or marked continues one frame interval after the last time handed
@@ -171,6 +173,10 @@ class StreamClock:
             stream.offset = stream.t + (stream.step or _FIRST_STEP_S) - raw
         elif not jumped and raw > stream.raw:
             stream.step = raw - stream.raw
+        if restarted:
+            # Learn the new stream's interval afresh: a camera that came back slower (a dynamic frame rate
+            # on a still scene, 25 fps to one frame in 2 s) would jump past the old limit at every frame.
+            stream.step = 0.0
         t = raw + stream.offset
         if t <= stream.t:
             t = stream.t + 1e-6

@@ -245,6 +245,11 @@ def test_stream_clock_takes_a_long_forward_jump_for_a_restart_and_keeps_the_gap(
     for n in range(4):
         assert clock.observe(1, n, n * 2.0)[1] is False
     assert clock.observe(1, 4, 18.0) == (pytest.approx(18.0), True)
+    # A camera that slows down (a dynamic frame rate on a still scene: 25 fps, then a frame every 2 s)
+    # restarts once, at the first long interval, and its new interval is then learnt: not one a frame.
+    for n in range(5):
+        clock.observe(2, n, n * 0.04)
+    assert [clock.observe(2, 5 + n, 2.16 + 2.0 * n)[1] for n in range(6)] == [True] + [False] * 5
 
 
 def kept_times(sampler: FrameSampler, pts_ns: Sequence[int]) -> list[float]:
