@@ -247,8 +247,8 @@ class ZsadMetrics(MetricsRegistry):
         )
         self.frames_dropped = self.counter(
             "zsad_frames_dropped_total",
-            "Frames of clips never scored: clip_len per clip dropped from a full queue or refused while "
-            "stopping.",
+            "Frames never scored: clip_len per clip dropped from a full queue or refused while stopping, "
+            "and one per frame the DeepStream graph failed to read.",
             cam,
         )
         self.queue_depth = self.gauge("zsad_queue_depth", "Clips waiting for inference.", cam)
