@@ -42,8 +42,7 @@ class Clip:
 
     ``frames``: ``(T, H, W, 3) uint8`` RGB, C-contiguous, owned by the clip.
     ``pts``: ``(T,) float64`` presentation time of each frame in seconds (monotonic per camera).
-    ``index``: 0, 1, 2, ... per camera in emission order (a ``reset`` does not restart it; a frame a clip
-    needed that did not come skips one).
+    ``index``: 0, 1, 2, ... per camera in emission order (a ``reset`` does not restart it).
     ``start_frame``: sampled-frame number of ``frames[0]`` since the camera's ring was created.
     ``created_s``: ``time.monotonic()`` when the clip was assembled (for end-to-end latency).
     """
@@ -131,17 +130,13 @@ class ClipRing:
     def push(self, pts_s: float, frame: np.ndarray | None) -> Clip | None:
         """Add one sampled frame ``(H, W, 3) uint8`` RGB, or None for one that was not read (see
         :meth:`wants_next`); return the clip it completes, if any. A frame a clip needed that comes as None
-        (the ring was reset after it was asked about, a frame that failed to read) starts a new segment after
-        it, as a reset does, and the next clip's index skips one (its history starts again)."""
+        (the ring was reset after it was asked about) starts a new segment after it, as a reset does."""
         if frame is None:
             self._frame_no += 1
             self._frames.append(None)
             self._pts.append(float(pts_s))
             if self._held(self._frame_no):
                 self._segment_start = self._frame_no + 1
-                # Skip an index: the next clip does not follow the last one by a hop, and the scorer takes a
-                # gap in a camera's indices as the start of a new DPC history (plugins.scorer.ClipScorer).
-                self._next_index += 1
             return None
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise FrameShapeError(

@@ -206,8 +206,6 @@ def test_a_wanted_frame_that_comes_unread_starts_a_new_segment_after_it() -> Non
         clips += [clip] if clip is not None else []
     assert [c.start_frame for c in clips] == [5, 13, 21]
     assert [int(f[0, 0, 0]) for f in clips[0].frames] == [5, 7, 9, 11]
-    # The clip after the gap skips an index: the scorer starts the camera's DPC history again on it.
-    assert [c.index for c in clips] == [1, 2, 3]
 
 
 def test_the_assembler_says_which_frames_it_will_read() -> None:
