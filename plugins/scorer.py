@@ -17,7 +17,6 @@ levels is scored exactly as before.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,6 @@ __all__ = [
     "filter_scores",
     "reduce_map",
 ]
-
-log = logging.getLogger(__name__)
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 #: ``extra_maps(indices, grid)``: for the clips at ``indices`` (positions in the list given to
@@ -138,11 +135,12 @@ class ClipScorer:
             has them), else ``False``.
         filters: the cameras' masks and learned levels, applied before each map is reduced; None: none.
 
-    A camera's clips must come with consecutive indices (``ClipTokens.index``): the history holds clips one
-    hop apart. A clip whose index does not follow the camera's last one (a clip dropped by a full queue, a
-    batch whose inference failed before its clips reached the history) empties the camera's history first,
-    as :meth:`reset` does, so it refills from that clip instead of scoring against clips farther apart than
-    the head was trained on.
+    The history holds a camera's last scored clips, taken as one hop apart. A clip dropped by a full queue or
+    lost with a failed batch leaves a gap that the history does not see: the next clip is scored against
+    clips farther apart than the head was trained on. That is kept on purpose: starting the history again
+    at every gap (tried, docs/results.md) left a camera that drops clips under sustained overload without
+    any score until three clips in a row came, while the stream that reads the history (``predictive``) is
+    weighed out by every calibration measured and the others barely depend on it.
     """
 
     def __init__(
@@ -164,7 +162,6 @@ class ClipScorer:
         self.history_step = history_step
         self.filters = filters
         self._rings: dict[str, deque[ClipTokens]] = {}
-        self._last_index: dict[str, int] = {}  # per camera: the index of the newest clip in its ring
 
     @property
     def ring_len(self) -> int:
@@ -173,13 +170,11 @@ class ClipScorer:
     def reset(self, camera: str) -> None:
         """Forget a camera's history (after a reconnect, a seek or a resolution change)."""
         self._rings.pop(camera, None)
-        self._last_index.pop(camera, None)
 
     def score(
         self, clips: Sequence[ClipTokens], *, extra_maps: ExtraMaps | None = None
     ) -> list[StreamScores | None]:
-        """Score clips (any cameras, each camera's clips in order). ``None`` while history fills; a clip
-        that does not follow its camera's last one (a gap in the indices) starts the history again.
+        """Score clips (any cameras, each camera's clips in order). ``None`` while history fills.
 
         ``extra_maps``: called once, with the clips that got DPC maps, for more streams' maps on the DPC
         maps' grid; they are filtered and reduced with the DPC maps."""
@@ -187,18 +182,6 @@ class ClipScorer:
         results: list[StreamScores | None] = [None] * len(clips)
         for i, clip in enumerate(clips):
             ring = self._rings.setdefault(clip.camera, deque(maxlen=self.ring_len))
-            last = self._last_index.get(clip.camera)
-            if last is not None and clip.index != last + 1:
-                # Debug, not info: under overload a live camera drops clips every few seconds, and each
-                # drop is counted already (zsad_frames_dropped_total, the scheduler's stats).
-                log.debug(
-                    "camera %s: history reset at clip %d (the last one in it was %d)",
-                    clip.camera,
-                    clip.index,
-                    last,
-                )
-                ring.clear()
-            self._last_index[clip.camera] = clip.index
             if len(ring) == self.ring_len:
                 hist = list(ring)[:: self.history_step]
                 ready.append((i, clip, hist))
