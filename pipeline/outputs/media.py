@@ -26,7 +26,6 @@ import contextlib
 import io
 import logging
 import math
-import os
 import queue
 import re
 import threading
@@ -42,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from core.config import MediaConfig
+from core.datafile import write_atomic
 from core.gst import GstError
 from core.gst.mp4 import Mp4Error, Mp4Writer
 from pipeline.outputs.heatmap import HEATMAP_SUFFIX, PeakEvidence, heatmap_jpeg
@@ -729,24 +729,14 @@ class EventRecorder:
             self._ok()
 
     def _write_atomic(self, what: str, path: Path, write: Any) -> bool:
-        """Write ``path`` through ``write(binary file)`` into a hidden ``.part`` file, fsync it, then rename;
-        True on success, else the failure is reported as ``what``'s. Any other exception goes on to the
-        caller (the I/O thread's future, which reports it, :meth:`_pending_done`), without the ``.part``."""
-        tmp = path.with_name(f".{path.name}.part")
+        """Write ``path`` through ``write(binary file)`` atomically (:func:`core.datafile.write_atomic`: a
+        hidden ``.part`` file, fsync'd, renamed; removed on any failure); True on success, else the failure
+        is reported as ``what``'s. Any other exception goes on to the caller (the I/O thread's future, which
+        reports it, :meth:`_pending_done`)."""
         try:
-            try:
-                with tmp.open("wb") as fh:
-                    write(fh)
-                    fh.flush()
-                    # On disk before the rename: after a power cut the name shows the whole file or the
-                    # old one, never an empty or torn JPEG.
-                    os.fsync(fh.fileno())
-                tmp.replace(path)
-            except BaseException:
-                # Retention skips hidden files: a .part left here would stay until the next start.
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                raise
+            # fsync'd before the rename: after a power cut the name shows the whole file or the old one,
+            # never an empty or torn JPEG. Its .part goes on any failure (retention skips hidden files).
+            write_atomic(path, write)
         except (OSError, ValueError, RuntimeError) as exc:
             self._report(f"{what} {path.name}", exc)
             return False
