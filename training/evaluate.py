@@ -156,8 +156,8 @@ def score_video(
         clips = np.stack([norm[s : s + t * stride : stride] for s in chunk])
         tokens, emb = model.backbone(torch.from_numpy(clips))
         tokens_np, emb_np = tokens.numpy(), emb.numpy()
-        # The index is the clip's ordinal, not its start frame: the scorer takes clips whose indices do not
-        # follow each other as a gap and starts the history again.
+        # The index is the clip's ordinal, as a run numbers its clips (pipeline.clips.Clip.index), not its
+        # start frame.
         items = [
             ClipTokens(name, i + j, tokens_np[j], emb_np[j], clips[j, 0], clips[j, -1], clips[j, -2])
             for j in range(len(chunk))

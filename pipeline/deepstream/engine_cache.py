@@ -31,7 +31,7 @@ from engines.manifest import (
     load_manifest,
     manifest_path,
 )
-from engines.tensorrt_build import import_tensorrt
+from engines.tensorrt_build import GpuIdentity, import_tensorrt
 from pipeline.inference import EngineError, check_engine_folder
 
 __all__ = ["DeviceIdentity", "build_args", "engines_current", "this_device"]
@@ -51,11 +51,12 @@ class DeviceIdentity:
     compute_capability: str
     multiprocessor_count: int
 
+    @property
+    def gpu(self) -> GpuIdentity:
+        return GpuIdentity(self.gpu_name, self.compute_capability, self.multiprocessor_count)
+
     def __str__(self) -> str:
-        return (
-            f"TensorRT {self.tensorrt_version} on {self.gpu_name} "
-            f"(sm {self.compute_capability}, {self.multiprocessor_count} SMs)"
-        )
+        return f"TensorRT {self.tensorrt_version} on {self.gpu}"
 
 
 def this_device(device_id: int = 0) -> DeviceIdentity:

@@ -171,12 +171,12 @@ class StreamClock:
         restarted = rebase or jumped
         if rebase:
             stream.offset = stream.t + (stream.step or _FIRST_STEP_S) - raw
-        elif not jumped and raw > stream.raw:
-            stream.step = raw - stream.raw
         if restarted:
             # Learn the new stream's interval afresh: a camera that came back slower (a dynamic frame rate
             # on a still scene, 25 fps to one frame in 2 s) would jump past the old limit at every frame.
             stream.step = 0.0
+        elif raw > stream.raw:
+            stream.step = raw - stream.raw
         t = raw + stream.offset
         if t <= stream.t:
             t = stream.t + 1e-6

@@ -253,14 +253,14 @@ def test_consecutive_clips_keep_their_history_across_calls_and_cameras() -> None
     seen: list[list[float]] = []
     scorer = _history_recorder(seen)
     scorer.score([_clip("a", 0), _clip("b", 5), _clip("a", 1), _clip("b", 6)])
-    results = scorer.score([_clip("b", 7), _clip("a", 2)])  # another camera between: not a gap
+    results = scorer.score([_clip("b", 7), _clip("a", 2)])  # another camera's clip between them
     assert [r is not None for r in results] == [True, True]
     assert seen == [[5.0, 6.0], [0.0, 1.0]]
 
 
 def test_score_video_with_a_hop_above_one_keeps_its_history(model: ZsadModel) -> None:
-    """Offline evaluation with clips two frames apart: its clips are consecutive for the scorer (their
-    ordinal is the index, not their start frame), so the history fills once and every later clip counts."""
+    """Offline evaluation with clips two frames apart: the history fills once, and every later clip
+    counts."""
     from training.evaluate import score_video
 
     model.eval()
