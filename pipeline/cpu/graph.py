@@ -17,9 +17,9 @@ Threads:
 
 Camera states: ``starting`` -> ``live`` (first frame) -> ``eos`` (a file ended) | ``failed`` (missing or
 corrupt file, missing decoder: not recoverable) | ``reconnecting`` (network/v4l2 error, EOS or stall; the
-pipeline is rebuilt after a backoff of ``reconnect_initial_s`` doubling up to ``reconnect_max_s``, reset by
-the next frame) -> ``live`` again. ``stopped`` after :meth:`CameraGraph.stop`. ``loop://`` cameras seek back
-to the start at EOS and stay ``live``.
+pipeline is rebuilt after a backoff of ``reconnect_initial_s`` doubling up to ``reconnect_max_s``,
+:class:`~pipeline.reconnect.ReconnectBackoff`) -> ``live`` again. ``stopped`` after
+:meth:`CameraGraph.stop`. ``loop://`` cameras seek back to the start at EOS and stay ``live``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from pipeline.cpu.sources import (
     parse_source_uri,
     redact,
 )
+from pipeline.reconnect import ReconnectBackoff
 
 __all__ = [
     "CameraGraph",
@@ -157,8 +158,7 @@ class _Camera:
         self.state: str = "starting"
         self.detail = ""
         self.since = time.monotonic()
-        self.backoff_s = settings.rtsp.reconnect_initial_s
-        self.live_since: float | None = None  # when its current pipeline delivered its first frame
+        self.backoff = ReconnectBackoff(settings.rtsp.reconnect_initial_s, settings.rtsp.reconnect_max_s)
         self.retry_source: Any = None
         self.built_at = 0.0
         self.got_frame = False
@@ -647,15 +647,7 @@ class CameraGraph:
     def _schedule_reconnect(self, cam: _Camera, detail: str) -> None:
         GLib = load_typelib("GLib")
 
-        rtsp = cam.settings.rtsp
-        if cam.live_since is not None and time.monotonic() - cam.live_since >= rtsp.reconnect_max_s:
-            # It stayed up a while: this is a new outage, and its backoff starts afresh. A source that
-            # drops every connection after its first frame keeps backing off instead (it would otherwise
-            # be reconnected every second for ever).
-            cam.backoff_s = rtsp.reconnect_initial_s
-        cam.live_since = None
-        delay = cam.backoff_s
-        cam.backoff_s = min(cam.backoff_s * 2.0, rtsp.reconnect_max_s)
+        delay = cam.backoff.next_delay(time.monotonic())
         self._set_state(cam, "reconnecting", f"{detail}; retry in {delay:.1f} s")
 
         def retry(*_: Any) -> bool:
@@ -821,7 +813,7 @@ class CameraGraph:
         with cam.lock:
             if gen != cam.generation:
                 return
-        cam.live_since = time.monotonic()  # the backoff resets once it has stayed up (_schedule_reconnect)
+        cam.backoff.live(time.monotonic())  # the backoff starts afresh once it has stayed up
         cam.start_retries = 0
         self._set_state(cam, "live")
 

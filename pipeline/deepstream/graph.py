@@ -15,11 +15,15 @@ when there is something to show (``deepstream.osd`` or a file/RTSP output); with
 sink is ``fakesink``, an MP4 file (encoder -> h264parse -> mp4mux -> filesink) or RTSP (encoder -> h264parse
 -> rtph264pay -> udpsink -> a local RTSP server).
 
-Bus policy (:class:`BusPolicy`): any ERROR makes the exit code nonzero. An ERROR inside a camera's
-source bin does not stop the others: an RTSP/HTTP camera is left to nvurisrcbin's reconnect logic, any
-other camera's mux pad gets an EOS so the batch no longer waits for it. An ERROR anywhere else stops the
-pipeline. EOS (every camera finished) stops it with the exit code so far. A reconnect WARNING from a
-camera's source bin reports the camera ``reconnecting`` (its stream restarts).
+Bus policy (:class:`BusPolicy`): an ERROR inside a camera's source bin does not stop the others. An RTSP
+camera is left to nvurisrcbin's reconnect logic (a reconnect WARNING from its source bin reports the camera
+``reconnecting``: its stream restarts). nvurisrcbin reconnects nothing else, so an HTTP or v4l2 camera's
+source bin is restarted by the graph after the camera's backoff (``rtsp.reconnect_initial_s`` doubling up
+to ``rtsp.reconnect_max_s``), on an ERROR or at its end of stream, which never reaches the mux (the batch
+would stop waiting for the camera, and a mux with every pad ended would end the run). Any other camera's
+mux pad gets an EOS so the batch no longer waits for it. An ERROR anywhere else stops the pipeline. Every
+ERROR but those of a restarted camera makes the exit code nonzero. EOS (every camera finished) stops the
+run with the exit code so far.
 
 ``Gst``, ``GLib`` and ``GstRtspServer`` come from the GStreamer toolkit (:mod:`core.gst`), imported only when
 a pipeline is built. Elements are made and linked with its checked helpers, which raise
@@ -45,6 +49,7 @@ from engines.cuda_device import device_is_integrated
 from pipeline.cpu.sources import parse_source_uri
 from pipeline.deepstream.availability import DEEPSTREAM_ELEMENTS
 from pipeline.deepstream.render import RenderedConfigs
+from pipeline.reconnect import ReconnectBackoff
 
 __all__ = [
     "BusAction",
@@ -86,6 +91,8 @@ SCORE_CAPS = "score-caps"
 TILER = "tiler"
 MUX = "mux"
 _SOURCE_BIN = re.compile(r"source-bin-(\d+)")
+#: The application message a restarted camera's source bin posts when its stream ends (its EOS is held back).
+_SOURCE_ENDED = "zsad-source-ended"
 #: What nvurisrcbin's RTSP watchdog says in the WARNING it posts when it reconnects ("No data from source ...
 #: Trying reconnection"); it posts no ERROR then, so this warning is the only word of the restart.
 _RECONNECT_WARNING = re.compile(r"reconnect", re.IGNORECASE)
@@ -152,12 +159,19 @@ class ElementSpec:
 
 @dataclass(frozen=True)
 class SourcePlan:
-    """Camera ``index`` (its mux pad ``sink_<index>``): an ``nvurisrcbin`` inside ``source-bin-<index>``."""
+    """Camera ``index`` (its mux pad ``sink_<index>``): an ``nvurisrcbin`` inside ``source-bin-<index>``.
+
+    ``reconnects``: a camera that comes back (RTSP, HTTP, v4l2). ``restarted``: one whose source bin the
+    graph restarts (HTTP, v4l2: nvurisrcbin reconnects RTSP only), after waits of ``backoff_s`` = (first,
+    cap) seconds.
+    """
 
     camera: str
     index: int
     element: ElementSpec
     reconnects: bool
+    restarted: bool = False
+    backoff_s: tuple[float, float] = (1.0, 30.0)
 
     @property
     def bin_name(self) -> str:
@@ -219,7 +233,14 @@ def _source(cam: CameraSettings, index: int, cfg: ZsadConfig) -> SourcePlan:
     if ds.drop_frame_interval:
         props["drop-frame-interval"] = ds.drop_frame_interval
     element = ElementSpec("nvurisrcbin", f"uri-{index:02d}", props, optional)
-    return SourcePlan(cam.id, index, element, reconnects=spec.reconnects)
+    return SourcePlan(
+        cam.id,
+        index,
+        element,
+        reconnects=spec.reconnects,
+        restarted=spec.kind in ("http", "v4l2"),
+        backoff_s=(cam.rtsp.reconnect_initial_s, cam.rtsp.reconnect_max_s),
+    )
 
 
 def _encoder(cfg: ZsadConfig) -> list[ElementSpec]:
@@ -365,7 +386,7 @@ def plan_graph(
 # Bus policy (pure)
 # --------------------------------------------------------------------------------------------------
 
-BusAction = Literal["continue", "eos-source", "stop"]
+BusAction = Literal["continue", "eos-source", "restart-source", "stop"]
 
 
 class BusPolicy:
@@ -391,8 +412,12 @@ class BusPolicy:
 
     def on_error(self, path: str, message: str) -> tuple[BusAction, int | None]:
         """An ERROR from the element at ``path``: ``(action, camera index or None)``."""
-        self.exit_code = 1
         index = self.source_index(path)
+        if index is not None and self.sources[index].restarted:
+            # Recovered by the graph like the CPU graph's reconnects: not a failure of the run.
+            log.warning("camera %s: source error: %s", self.sources[index].camera, redact_text(message))
+            return "restart-source", index
+        self.exit_code = 1
         if index is None:
             log.error("pipeline error from %s: %s", path, redact_text(message))
             return "stop", None
@@ -455,8 +480,8 @@ class DeepStreamGraph:
         score_probe: the probe on the score sink's sink pad
             (:class:`pipeline.deepstream.probe.ClipScoringProbe`).
         osd_probe: the probe on the tiler's sink pad (:class:`pipeline.deepstream.probe.OsdScoreBoard`).
-        on_state: ``on_state(camera, state, detail)`` for camera errors (``failed``), ends (``eos``) and
-            nvurisrcbin's reconnects (``reconnecting``).
+        on_state: ``on_state(camera, state, detail)`` for camera errors (``failed``), ends (``eos``),
+            nvurisrcbin's reconnects and the graph's restarts of a source bin (``reconnecting``).
     """
 
     def __init__(
@@ -476,6 +501,16 @@ class DeepStreamGraph:
         self._loop: Any = None
         self._rtsp_server: Any = None
         self._on_tick: Callable[[], None] | None = None
+        self._make = make
+        self.source_bins: dict[int, Any] = {}
+        self._backoffs = {s.index: ReconnectBackoff(*s.backoff_s) for s in plan.sources if s.restarted}
+        self._retries: dict[int, int] = {}  # camera index -> the GLib timeout of its pending restart
+        # Restarted cameras whose stream ended without an EOS reaching the mux (held back, or stopped in its
+        # backoff, or not started yet): when the run stops their mux pads get one (_tick). The lock orders
+        # the streaming threads' holding back (_hold_eos) against the run's EOS.
+        self._quiet = {s.index for s in plan.sources if s.restarted}
+        self._quiet_lock = threading.Lock()
+        self.restarts: dict[int, int] = dict.fromkeys(self._backoffs, 0)
         Gst = init_gstreamer()
         # Loaded now, not when the graph runs, so that a missing typelib is a build error the caller handles.
         self._rtsp_typelib: Any = load_typelib("GstRtspServer") if plan.rtsp is not None else None
@@ -494,7 +529,7 @@ class DeepStreamGraph:
             link(self.elements[last], self.elements[plan.display_branch[0].name])
         self.mux_pads: dict[int, Any] = {}
         for source in plan.sources:
-            self._add_source(source, make)
+            self._add_source(source)
         if score_probe is not None:
             self._probe(SCORE_SINK, score_probe)
         if osd_probe is not None and TILER in self.elements:
@@ -507,16 +542,26 @@ class DeepStreamGraph:
             raise LinkError(f"{element} has no sink pad to probe")
         pad.add_probe(Gst.PadProbeType.BUFFER, probe)
 
-    def _add_source(self, source: SourcePlan, make: Make) -> None:
+    def _add_source(self, source: SourcePlan) -> None:
+        """Build camera ``source``'s bin and link it to its mux pad."""
         Gst = init_gstreamer()
         bin_ = Gst.Bin.new(source.bin_name)
-        uri_bin = make(source.element.factory, source.element.name)
+        uri_bin = self._make(source.element.factory, source.element.name)
         _set_props(uri_bin, source.element)
         bin_.add(uri_bin)
         ghost = Gst.GhostPad.new_no_target("src", Gst.PadDirection.SRC)
         if not bin_.add_pad(ghost):
             raise LinkError(f"{source.bin_name}: cannot add its ghost pad")
-        uri_bin.connect("pad-added", self._on_pad_added, ghost, source.camera)
+        uri_bin.connect("pad-added", self._on_pad_added, ghost, source)
+        if source.restarted:
+            ghost.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self._hold_eos, bin_, source.index)
+            # Started once the pipeline plays (_start_held_sources) and restarted while it plays: the bin
+            # keeps its asynchronous state changes to itself (a decoder's preroll would otherwise make the
+            # playing pipeline lose its state, and one stopped mid-preroll would leave it PAUSED), and it
+            # is left out of the pipeline's own preroll (one stopped then, its first connection refused,
+            # left the pipeline's state change waiting for ever). Both measured with GStreamer 1.22.
+            bin_.set_property("async-handling", True)
+            bin_.set_locked_state(True)
         self.pipeline.add(bin_)
         mux = self.elements[MUX]
         pad = mux.request_pad_simple(f"sink_{source.index}")
@@ -529,9 +574,10 @@ class DeepStreamGraph:
         except LinkError as exc:
             raise LinkError(f"camera {source.camera}: {exc}") from exc
         self.mux_pads[source.index] = pad
+        self.source_bins[source.index] = bin_
 
-    @staticmethod
-    def _on_pad_added(_src: Any, pad: Any, ghost: Any, camera: str) -> None:
+    def _on_pad_added(self, _src: Any, pad: Any, ghost: Any, source: SourcePlan) -> None:
+        camera = source.camera
         caps = pad.get_current_caps() or pad.query_caps(None)
         if caps is None or caps.get_size() == 0 or not caps.get_structure(0).get_name().startswith("video"):
             return  # audio and data pads stay unlinked
@@ -542,6 +588,96 @@ class DeepStreamGraph:
             log.warning("camera %s: decoder output is not in NVMM memory (no NVIDIA decoder?)", camera)
         if not ghost.set_target(pad):
             log.error("camera %s: cannot target the source bin's ghost pad at %s", camera, pad.get_name())
+            return
+        backoff = self._backoffs.get(source.index)
+        if backoff is not None:
+            backoff.live(time.monotonic())  # decoding: its backoff starts afresh once it has stayed up
+
+    # -- restarted sources (HTTP, v4l2) -----------------------------------------------------------------
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self._eos_sent_at is not None
+
+    def _hold_eos(self, _pad: Any, info: Any, bin_: Any, index: int) -> Any:
+        """A restarted camera's end of stream (its streaming thread): held back from the mux and told to
+        the bus, which restarts the camera. Once the run sends its own EOS, the camera's goes through."""
+        Gst = init_gstreamer()
+        event = info.get_event()
+        if event is None or event.type != Gst.EventType.EOS:
+            return Gst.PadProbeReturn.OK
+        with self._quiet_lock:
+            if self._eos_sent_at is not None:
+                return Gst.PadProbeReturn.OK
+            self._quiet.add(index)
+        bin_.post_message(Gst.Message.new_application(bin_, Gst.Structure.new_empty(_SOURCE_ENDED)))
+        return Gst.PadProbeReturn.DROP
+
+    def _restart_source(self, index: int, detail: str) -> None:
+        """Camera ``index`` was lost (the main loop): its source bin stops now and starts again after the
+        camera's backoff. Its mux pad stays linked, so the batch never waits for it and the run never ends
+        for it."""
+        Gst = init_gstreamer()
+        if self._stopping() or index in self._retries:
+            return  # a second message of the same loss (an error and its "streaming stopped")
+        source = self.plan.sources[index]
+        bin_ = self.source_bins[index]
+        with self._quiet_lock:
+            self._quiet.add(index)
+        bin_.set_locked_state(True)  # the pipeline's own state changes leave it stopped during the wait
+        bin_.set_state(Gst.State.NULL)  # joins its streaming threads, closes its connection
+        ghost = bin_.get_static_pad("src")
+        if ghost is not None:
+            ghost.set_target(None)  # the next decoded pad is linked afresh (_on_pad_added)
+        delay = self._backoffs[index].next_delay(time.monotonic())
+        log.warning("camera %s: %s; restarting its source in %.1f s", source.camera, detail, delay)
+        if self.on_state is not None:
+            self.on_state(source.camera, "reconnecting", f"{detail}; retry in {delay:.1f} s")
+        GLib = load_typelib("GLib")
+        self._retries[index] = GLib.timeout_add(max(1, int(delay * 1000)), self._retry_source, index)
+
+    def _retry_source(self, index: int) -> bool:
+        """The backoff ended (the main loop): start camera ``index``'s source bin again."""
+        self._retries.pop(index, None)
+        if self._stopping():
+            return False
+        bin_ = self.source_bins[index]
+        self.restarts[index] += 1
+        with self._quiet_lock:
+            self._quiet.discard(index)
+        bin_.set_locked_state(False)
+        if not bin_.sync_state_with_parent():
+            self._restart_source(index, "its source would not start")
+        return False
+
+    def _start_held_sources(self) -> None:
+        """The pipeline plays (the main loop): start the restarted cameras' source bins, held until now."""
+        for source in self.plan.sources:
+            bin_ = self.source_bins[source.index]
+            if source.restarted and source.index not in self._retries and bin_.is_locked_state():
+                with self._quiet_lock:
+                    self._quiet.discard(source.index)
+                bin_.set_locked_state(False)
+                if not bin_.sync_state_with_parent():
+                    self._restart_source(source.index, "its source would not start")
+
+    def _cancel_retries(self) -> None:
+        GLib = load_typelib("GLib")
+        for timeout in self._retries.values():
+            GLib.source_remove(timeout)
+        self._retries.clear()
+
+    def _send_run_eos(self, now: float) -> None:
+        """Stop the run (the main loop): EOS from every source, and straight into the mux pads of the
+        restarted cameras that will send none (their stream ended, or they wait out a backoff); without it
+        the mux would wait for them until the EOS timeout."""
+        Gst = init_gstreamer()
+        self._cancel_retries()
+        with self._quiet_lock:
+            self._eos_sent_at = now
+            quiet = sorted(self._quiet)
+        for index in quiet:
+            self.mux_pads[index].send_event(Gst.Event.new_eos())
+        self.pipeline.send_event(Gst.Event.new_eos())
 
     # -- running --------------------------------------------------------------------------------------
 
@@ -555,8 +691,12 @@ class DeepStreamGraph:
         if kind == Gst.MessageType.ERROR:
             err, debug = message.parse_error()
             path = message.src.get_path_string() if message.src is not None else "?"
+            if self._left_pipeline(message.src):
+                return True
             action, index = self.policy.on_error(path, f"{err.message} ({debug})" if debug else err.message)
-            if index is not None and self.on_state is not None:
+            if action == "restart-source" and index is not None:
+                self._restart_source(index, f"source error: {redact_text(err.message)}")
+            elif index is not None and self.on_state is not None:
                 self.on_state(self.plan.sources[index].camera, "failed", redact_text(err.message))
             if action == "stop":
                 self._quit()
@@ -576,6 +716,17 @@ class DeepStreamGraph:
                 )
             elif self.on_state is not None:
                 self.on_state(self.plan.sources[index].camera, "reconnecting", redact_text(err.message))
+        elif kind == Gst.MessageType.STATE_CHANGED and message.src is self.pipeline:
+            _old, new, _pending = message.parse_state_changed()
+            if new == Gst.State.PLAYING:
+                self._start_held_sources()
+        elif kind == Gst.MessageType.APPLICATION:
+            structure = message.get_structure()
+            if structure is not None and structure.get_name() == _SOURCE_ENDED:
+                path = message.src.get_path_string() if message.src is not None else "?"
+                index = self.policy.source_index(path)
+                if index is not None:
+                    self._restart_source(index, "end of stream")
         elif kind == Gst.MessageType.ELEMENT:
             structure = message.get_structure()
             if structure is not None and structure.get_name() == "stream-eos":
@@ -583,6 +734,17 @@ class DeepStreamGraph:
                 camera = self.policy.on_stream_eos(int(index)) if ok else None
                 if camera is not None and self.on_state is not None:
                     self.on_state(camera, "eos", "")
+        return True
+
+    def _left_pipeline(self, element: Any) -> bool:
+        """Whether a message comes from an element no longer in the pipeline: a restarted source bin drops
+        the elements it made (its HTTP source, its decoders), whose messages may still be queued."""
+        node = element
+        while node is not None and node is not self.pipeline:
+            node = node.get_parent()
+        if element is None or node is not None:
+            return False
+        log.debug("a message from an element no longer in the pipeline: %s", element.get_name())
         return True
 
     def _quit(self) -> None:
@@ -599,8 +761,7 @@ class DeepStreamGraph:
         now = time.monotonic()
         if self._eos_sent_at is None and (self._stop.is_set() or (deadline is not None and now >= deadline)):
             log.info("stopping: sending EOS so outputs are finalised")
-            self._eos_sent_at = now
-            self.pipeline.send_event(init_gstreamer().Event.new_eos())
+            self._send_run_eos(now)
         elif self._eos_sent_at is not None and now - self._eos_sent_at > eos_timeout_s:
             log.warning("no EOS after %.0f s; stopping anyway", eos_timeout_s)
             self._quit()
@@ -661,6 +822,7 @@ class DeepStreamGraph:
             self._loop.run()
         finally:
             GLib.source_remove(timer)
+            self._cancel_retries()
             bus.disconnect(handler)
             bus.remove_signal_watch()
             self.pipeline.set_state(Gst.State.NULL)

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
+import logging
 import subprocess
 import sys
 import threading
@@ -95,14 +97,16 @@ def with_stand_ins(plan: GraphPlan) -> GraphPlan:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Small H.264 MP4s: 'short' (20 frames) and 'long' (400 frames), 64x48."""
+    """Small H.264 MP4s, 64x48: 'short' (20 frames), 'long' (400 frames), and 'web' (20 frames, its index
+    first, as a file served over HTTP without range requests must have it)."""
     root = tmp_path_factory.mktemp("videos")
     out = {}
-    for name, frames in (("short", 20), ("long", 400)):
+    for name, frames, faststart in (("short", 20, False), ("long", 400, False), ("web", 20, True)):
         path = root / f"{name}.mp4"
         pipeline = Gst.parse_launch(
             f"videotestsrc num-buffers={frames} ! video/x-raw,width=64,height=48,framerate=25/1 ! "
-            f"x264enc speed-preset=ultrafast ! mp4mux ! filesink location={path}"
+            f"x264enc speed-preset=ultrafast ! mp4mux faststart={str(faststart).lower()} ! "
+            f"filesink location={path}"
         )
         pipeline.set_state(Gst.State.PLAYING)
         message = pipeline.get_bus().timed_pop_filtered(
@@ -235,6 +239,87 @@ def test_source_error_does_not_stop_the_other_cameras(tmp_path: Path, videos: di
     assert ("cam-01", "failed", "injected decode error") in states
     assert per_camera[0][0] == 20  # ...camera 0 delivered every frame...
     assert 10 <= per_camera[1][0] < 100  # ...camera 1 was cut off, and the run still reached EOS
+
+
+def test_an_http_camera_is_restarted_after_an_error_and_at_its_end_and_the_others_go_on(
+    tmp_path: Path, videos: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """nvurisrcbin reconnects RTSP only: an HTTP camera's source bin is restarted by the graph after its
+    backoff, once after a refused connection (an ERROR) and again each time its stream ends (an EOS, held
+    back from the mux so that the run does not end with it). A real HTTP server on 127.0.0.1 refuses the
+    first request and then serves a 20-frame file; a file camera plays beside it to its end. The run then
+    stops on its own EOS, not on the EOS timeout, wherever the HTTP camera's backoff is."""
+    requests: list[int] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(videos["web"].parent), **kwargs)
+
+        def do_GET(self) -> None:
+            requests.append(1)
+            if len(requests) == 1:
+                self.send_error(503, "camera busy")
+                return
+            super().do_GET()
+
+        def log_message(self, *_args: Any) -> None:  # quiet: the test's own output is what matters
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{videos['web'].name}"
+        cfg = site_config(2, output_dir=str(tmp_path / "run"))
+        data = cfg.model_dump(mode="json", exclude_unset=True)
+        backoff = {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.2}
+        data["cameras"] = [
+            {"id": "cam-00", "uri": url, "rtsp": backoff},
+            {"id": "cam-01", "uri": f"file://{videos['short']}"},
+        ]
+        cfg = ZsadConfig.model_validate(data)
+        plan = with_stand_ins(plan_graph(cfg, render_all(cfg, tmp_path / "ds"), (48, 32), jetson=False))
+        assert [(s.restarted, s.backoff_s) for s in plan.sources] == [
+            (True, (0.05, 0.2)),
+            (False, (1.0, 30.0)),
+        ]
+        states: list[tuple[str, str, str]] = []
+        graph = DeepStreamGraph(plan, on_state=lambda *a: states.append(a))
+        per_camera = [count_buffers(graph.mux_pads[i]) for i in (0, 1)]  # kept over the rebuilds
+        ends: list[int] = []  # the cameras whose EOS reached the mux before the run was stopped
+        enough = threading.Event()
+
+        def watch(_pad: Any, info: Any, index: int) -> Any:
+            if info.get_event().type == Gst.EventType.EOS and not enough.is_set():
+                ends.append(index)
+            return Gst.PadProbeReturn.OK
+
+        for index in (0, 1):
+            graph.mux_pads[index].add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, watch, index)
+
+        def on_tick() -> None:
+            # Two plays of the served file, each after a rebuild (the first request was refused).
+            if per_camera[0][0] >= 40:
+                enough.set()
+                graph.request_stop()
+
+        with caplog.at_level(logging.WARNING):
+            code = graph.run(duration_s=60, on_tick=on_tick, eos_timeout_s=20)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert enough.is_set()
+    assert "no EOS after" not in caplog.text
+    web = [detail for camera, state, detail in states if camera == "cam-00"]
+    assert web[0].startswith("source error: ")
+    assert "; retry in " in web[0]
+    assert any(detail.startswith("end of stream; retry in ") for detail in web[1:])
+    assert all(state == "reconnecting" for camera, state, _ in states if camera == "cam-00")
+    assert graph.restarts[0] >= 2
+    assert len(requests) >= 3
+    assert per_camera[1][0] == 20  # the file camera played to its end beside it and ended...
+    assert ends == [1]  # ...while the HTTP camera's ends never reached the mux
+    assert code == 0  # a rebuilt camera's errors are recovered, not failures
+    assert graph.policy.failed == set()
 
 
 def test_a_sources_reconnect_warning_reports_the_camera_reconnecting(

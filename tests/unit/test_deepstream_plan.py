@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from core.config import ZsadConfig
 from pipeline.deepstream.graph import (
     BusPolicy,
     DeepStreamGraphError,
@@ -17,6 +18,7 @@ from pipeline.deepstream.graph import (
     tiler_grid,
 )
 from pipeline.deepstream.render import render_all
+from pipeline.reconnect import ReconnectBackoff
 from tests.fixtures.deepstream_fixtures import site_config
 
 FRAME = (192, 128)
@@ -186,6 +188,42 @@ def test_bus_policy(tmp_path: Path) -> None:
     assert policy.on_stream_eos(3) == "cam-03"
     assert policy.on_stream_eos(9) is None
     assert policy.on_eos() == "stop"
+
+
+def test_http_and_v4l2_cameras_are_restarted_by_the_graph(tmp_path: Path) -> None:
+    """nvurisrcbin reconnects RTSP only: an HTTP or v4l2 camera's error restarts its source bin (the graph's
+    own backoff, from the camera's rtsp block), and is not a failure of the run."""
+    cfg = site_config(3)
+    data = cfg.model_dump(mode="json", exclude_unset=True)
+    data["cameras"] = [
+        {"id": "web", "uri": "http://10.0.0.5/video.mjpg", "rtsp": {"reconnect_initial_s": 0.5}},
+        {"id": "usb", "uri": "v4l2:///dev/video0"},
+        {"id": "gate", "uri": "rtsp://10.0.0.6/live"},
+    ]
+    cfg = ZsadConfig.model_validate(data)
+    plan = plan_graph(cfg, render_all(cfg, tmp_path / "ds"), FRAME, jetson=False)
+    assert [(s.camera, s.restarted, s.backoff_s) for s in plan.sources] == [
+        ("web", True, (0.5, 30.0)),
+        ("usb", True, (1.0, 30.0)),
+        ("gate", False, (1.0, 30.0)),
+    ]
+    policy = BusPolicy(plan.sources)
+    assert policy.on_error("/GstPipeline:zsad/GstBin:source-bin-00/src", "Not Found") == ("restart-source", 0)
+    assert policy.on_error("/GstPipeline:zsad/GstBin:source-bin-01/v4l2src", "gone") == ("restart-source", 1)
+    assert policy.exit_code == 0
+    assert policy.failed == set()
+    assert policy.on_error("/GstPipeline:zsad/GstBin:source-bin-02/src", "timeout") == ("continue", 2)
+    assert policy.exit_code == 1
+
+
+def test_reconnect_backoff_doubles_to_its_cap_and_starts_afresh_after_a_long_run() -> None:
+    backoff = ReconnectBackoff(0.5, 3.0)
+    assert [backoff.next_delay(now=10.0) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.live(now=20.0)  # connected, then lost again before it stayed up for the cap
+    assert backoff.next_delay(now=22.0) == 3.0
+    backoff.live(now=30.0)  # up for the cap: a new outage
+    assert backoff.next_delay(now=33.0) == 0.5
+    assert backoff.next_delay(now=33.5) == 1.0
 
 
 def test_bus_policy_takes_a_sources_reconnect_warning_for_a_restart(
