@@ -55,6 +55,7 @@ __all__ = [
     "appearance_io",
     "appearance_preprocessing",
     "check_manifest",
+    "check_tensorrt_device",
     "checkpoint_spec_mismatch",
     "component_io",
     "file_sha256",
@@ -583,6 +584,46 @@ def sm_count_mismatch(built: int | None, device: int) -> str:
     )
 
 
+def check_tensorrt_device(
+    manifest: Manifest,
+    *,
+    tensorrt_version: str | None = None,
+    gpu_name: str | None = None,
+    compute_capability: str | None = None,
+    multiprocessor_count: int | None = None,
+) -> TensorRTArtifact:
+    """Refuse (:class:`ManifestMismatch`, naming the field) an engine built with another TensorRT or on
+    another GPU than these; a value left None is not compared. The one check both :func:`check_manifest`
+    (the run's expectation) and the TensorRT backend (the device it opens the engine on) make. Returns the
+    manifest's ``tensorrt`` block."""
+    trt = manifest.tensorrt
+    if trt is None:
+        raise _mismatch(manifest, "tensorrt", "built without TensorRT; run build-engines --backend tensorrt")
+    if tensorrt_version is not None and trt.tensorrt_version != tensorrt_version:
+        raise _mismatch(
+            manifest,
+            "tensorrt.tensorrt_version",
+            f"engine built with TensorRT {trt.tensorrt_version}, this device has {tensorrt_version}",
+        )
+    if gpu_name is not None and trt.gpu_name != gpu_name:
+        raise _mismatch(
+            manifest, "tensorrt.gpu_name", f"engine built on {trt.gpu_name!r}, this device is {gpu_name!r}"
+        )
+    if compute_capability is not None and trt.compute_capability != compute_capability:
+        raise _mismatch(
+            manifest,
+            "tensorrt.compute_capability",
+            f"engine built for sm {trt.compute_capability}, this device is sm {compute_capability}",
+        )
+    if multiprocessor_count is not None and trt.multiprocessor_count != multiprocessor_count:
+        raise _mismatch(
+            manifest,
+            "tensorrt.multiprocessor_count",
+            sm_count_mismatch(trt.multiprocessor_count, multiprocessor_count),
+        )
+    return trt
+
+
 def check_manifest(manifest: Manifest, expected: Expectation) -> None:
     """Refuse a manifest that does not fit the run; the :class:`ManifestMismatch` says which field and why.
 
@@ -616,40 +657,13 @@ def check_manifest(manifest: Manifest, expected: Expectation) -> None:
             f"engine input layout {manifest.input_layout}, the graph needs {expected.input_layout}",
         )
     if expected.backend == "tensorrt":
-        trt = manifest.tensorrt
-        if trt is None:
-            raise _mismatch(
-                manifest, "tensorrt", "built without TensorRT; run build-engines --backend tensorrt"
-            )
-        if expected.tensorrt_version is not None and trt.tensorrt_version != expected.tensorrt_version:
-            raise _mismatch(
-                manifest,
-                "tensorrt.tensorrt_version",
-                f"engine built with TensorRT {trt.tensorrt_version}, "
-                f"this device has {expected.tensorrt_version}",
-            )
-        if expected.gpu_name is not None and trt.gpu_name != expected.gpu_name:
-            raise _mismatch(
-                manifest,
-                "tensorrt.gpu_name",
-                f"engine built on {trt.gpu_name!r}, this device is {expected.gpu_name!r}",
-            )
-        if expected.compute_capability is not None and trt.compute_capability != expected.compute_capability:
-            raise _mismatch(
-                manifest,
-                "tensorrt.compute_capability",
-                f"engine built for sm {trt.compute_capability}, "
-                f"this device is sm {expected.compute_capability}",
-            )
-        if (
-            expected.multiprocessor_count is not None
-            and trt.multiprocessor_count != expected.multiprocessor_count
-        ):
-            raise _mismatch(
-                manifest,
-                "tensorrt.multiprocessor_count",
-                sm_count_mismatch(trt.multiprocessor_count, expected.multiprocessor_count),
-            )
+        trt = check_tensorrt_device(
+            manifest,
+            tensorrt_version=expected.tensorrt_version,
+            gpu_name=expected.gpu_name,
+            compute_capability=expected.compute_capability,
+            multiprocessor_count=expected.multiprocessor_count,
+        )
         if expected.max_batch is not None and trt.max_batch < expected.max_batch:
             raise _mismatch(
                 manifest,

@@ -21,7 +21,7 @@ import numpy as np
 
 from engines.backends.base import Backend, BackendError, BackendUnavailable, InputMismatch, tensorrt_hint
 from engines.cuda_device import CudaUnavailable, cuda_runtime
-from engines.manifest import Manifest, ManifestError, ManifestMismatch, sm_count_mismatch, verify_files
+from engines.manifest import Manifest, ManifestError, check_tensorrt_device, verify_files
 from engines.tensorrt_build import GpuIdentity, import_tensorrt
 
 log = logging.getLogger(__name__)
@@ -117,30 +117,16 @@ class TensorRTBackend(Backend):
             raise ManifestError(
                 f"{manifest.path}: tensorrt: no engine recorded; build with --backend tensorrt"
             )
-        if info.tensorrt_version != trt.__version__:
-            raise ManifestMismatch(
-                f"{manifest.path}: tensorrt.tensorrt_version: engine built with TensorRT "
-                f"{info.tensorrt_version}, this device has {trt.__version__}"
-            )
         self._device = device_id
         self._cuda.call("cudaSetDevice", device_id)
         gpu = cuda_device_info(device_id)
-        if info.multiprocessor_count is None:
-            raise ManifestMismatch(
-                f"{manifest.path}: tensorrt.multiprocessor_count: "
-                f"{sm_count_mismatch(None, gpu.multiprocessor_count)}"
-            )
-        built = GpuIdentity(info.gpu_name, info.compute_capability, info.multiprocessor_count)
-        if built != gpu:
-            if built.name != gpu.name:
-                field = "gpu_name"
-            elif built.compute_capability != gpu.compute_capability:
-                field = "compute_capability"
-            else:
-                field = "multiprocessor_count"
-            raise ManifestMismatch(
-                f"{manifest.path}: tensorrt.{field}: engine built on {built}, this device is {gpu}"
-            )
+        check_tensorrt_device(
+            manifest,
+            tensorrt_version=trt.__version__,
+            gpu_name=gpu.name,
+            compute_capability=gpu.compute_capability,
+            multiprocessor_count=gpu.multiprocessor_count,
+        )
         verify_files(manifest, ("tensorrt",))
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

@@ -226,8 +226,7 @@ def test_engine_that_does_not_fit_the_manifest_is_refused(
         TensorRTBackend(write_manifest(tmp_path, trt, plan(), version="10.2.0.19"))
     with pytest.raises(
         ManifestMismatch,
-        match=r"tensorrt\.gpu_name: engine built on NVIDIA H200 \(sm 9\.0, 132 SMs\), this device is Orin "
-        r"\(sm 8\.7, 16 SMs\)",
+        match=r"tensorrt\.gpu_name: engine built on 'NVIDIA H200', this device is 'Orin'",
     ):
         TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA H200", "9.0", 132)))
     with pytest.raises(BackendError, match="could not deserialise"):
@@ -245,8 +244,8 @@ def test_an_engine_of_another_orin_module_is_refused(tmp_path: Path, monkeypatch
     assert isinstance(trt, TensorRTTestDouble)
     with pytest.raises(
         ManifestMismatch,
-        match=r"tensorrt\.multiprocessor_count: engine built on Orin \(sm 8\.7, 16 SMs\), this device is "
-        r"Orin \(sm 8\.7, 8 SMs\)",
+        match=r"tensorrt\.multiprocessor_count: engine built on a GPU with 16 SMs, this device has 8: "
+        r"rebuild the engines on this device",
     ):
         TensorRTBackend(write_manifest(tmp_path, trt, plan(), gpu=("Orin", "8.7", 16)))
     with pytest.raises(
@@ -278,7 +277,7 @@ def test_the_engine_runs_on_its_gpu_from_any_thread(
     trt = sys.modules["tensorrt"]
     assert isinstance(trt, TensorRTTestDouble)
     manifest = write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA RTX A2000", "8.6", 26))
-    with pytest.raises(ManifestMismatch, match=r"tensorrt\.gpu_name: .* this device is NVIDIA H200"):
+    with pytest.raises(ManifestMismatch, match=r"tensorrt\.gpu_name: .* this device is 'NVIDIA H200'"):
         load_backend(manifest, "tensorrt")  # device 0
     with load_backend(manifest, "tensorrt", device_id=1, cuda_graph=cuda_graph) as backend:
         assert isinstance(backend, TensorRTBackend)
@@ -326,7 +325,7 @@ def test_a_run_opens_its_tensorrt_engines_on_deepstream_gpu_id(
     with load_backend(manifest, cfg.engines.backend, threads=0, **backend_options(cfg)) as backend:
         assert isinstance(backend, TensorRTBackend)
         assert host._double_gpu.streams[int(backend._stream)].device == 1
-    with pytest.raises(ManifestMismatch, match=r"tensorrt\.gpu_name: .* this device is NVIDIA RTX A4000"):
+    with pytest.raises(ManifestMismatch, match=r"tensorrt\.gpu_name: .* this device is 'NVIDIA RTX A4000'"):
         load_backend(manifest, cfg.engines.backend, threads=0, **backend_options(site_config(1)))  # gpu_id 0
     cpu = site_config(1, engines={"dir": str(tmp_path), "backend": "onnxruntime", "spin": False})
     assert backend_options(cpu) == {"spin": False}
