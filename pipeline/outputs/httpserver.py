@@ -1,8 +1,9 @@
 """An HTTP server served from a daemon thread: what the metrics endpoint and the review page share.
 
 :class:`BoundedHTTPServer` is the server both bind (each a subclass with its own handler, naming the address
-in its own error when binding fails): a connection cap, a socket timeout, and an IPv6 socket for an IPv6
-address. :class:`ServingThread` serves it and stops it: shutdown, release the port, join.
+in its own error when binding fails): a connection cap, a socket timeout, a deadline for reading a request,
+and an IPv6 socket for an IPv6 address. Handlers derive from :class:`BoundedRequestHandler`, which keeps the
+deadline. :class:`ServingThread` serves it and stops it: shutdown, release the port, join.
 """
 
 from __future__ import annotations
@@ -10,10 +11,19 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["MAX_CONNECTIONS", "SOCKET_TIMEOUT_S", "BoundedHTTPServer", "ServingThread"]
+__all__ = [
+    "MAX_CONNECTIONS",
+    "REQUEST_DEADLINE_S",
+    "SOCKET_TIMEOUT_S",
+    "BoundedHTTPServer",
+    "BoundedRequestHandler",
+    "ServingThread",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,10 @@ JOIN_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 32
 #: Seconds a connection may stay silent mid-request (or idle between kept-alive requests) before it is closed.
 SOCKET_TIMEOUT_S = 30.0
+#: Seconds a client has to send a request's line and headers, and as long again for its body. The socket
+#: timeout bounds each read only: a client that sends a byte every few seconds would hold its slot for ever,
+#: and a few of them every slot.
+REQUEST_DEADLINE_S = 60.0
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
@@ -44,10 +58,12 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         name: str,
         max_connections: int = MAX_CONNECTIONS,
         socket_timeout_s: float = SOCKET_TIMEOUT_S,
+        request_deadline_s: float = REQUEST_DEADLINE_S,
     ) -> None:
         self.name = name
         self.max_connections = max_connections
         self.socket_timeout_s = socket_timeout_s
+        self.request_deadline_s = request_deadline_s
         self._slots = threading.BoundedSemaphore(max_connections)
         # socketserver makes its socket of this family: an IPv6 literal cannot be bound on an IPv4 socket.
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -86,6 +102,57 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("%s: error while serving %s", self.name, client_address)
+
+
+class BoundedRequestHandler(BaseHTTPRequestHandler):
+    """A handler whose client must send a request's line and headers within the server's
+    ``request_deadline_s``, and its body within as long again (:meth:`reading_body`); past it the connection
+    is shut down, which ends the read that waits for it. Answers are not timed: a long download is fine."""
+
+    server: BoundedHTTPServer
+    _watch: threading.Timer | None = None
+
+    def handle_one_request(self) -> None:
+        self._arm()
+        try:
+            super().handle_one_request()
+        finally:
+            self._disarm()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._disarm()  # the line and the headers are in
+        return ok
+
+    @contextmanager
+    def reading_body(self) -> Iterator[None]:
+        """Read a request's body within the deadline."""
+        self._arm()
+        try:
+            yield
+        finally:
+            self._disarm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._watch = threading.Timer(self.server.request_deadline_s, self._cut)
+        self._watch.daemon = True
+        self._watch.start()
+
+    def _disarm(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def _cut(self) -> None:
+        log.debug(
+            "%s: %s took longer than %.0f s to send its request",
+            self.server.name,
+            self.client_address,
+            self.server.request_deadline_s,
+        )
+        with suppress(OSError):  # already closed
+            self.connection.shutdown(socket.SHUT_RDWR)
 
 
 class ServingThread:

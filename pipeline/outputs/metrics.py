@@ -13,10 +13,15 @@ import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler
 from typing import Literal
 
-from pipeline.outputs.httpserver import MAX_CONNECTIONS, SOCKET_TIMEOUT_S, BoundedHTTPServer, ServingThread
+from pipeline.outputs.httpserver import (
+    MAX_CONNECTIONS,
+    SOCKET_TIMEOUT_S,
+    BoundedHTTPServer,
+    BoundedRequestHandler,
+    ServingThread,
+)
 
 __all__ = [
     "Counter",
@@ -321,7 +326,7 @@ class ZsadMetrics(MetricsRegistry):
                 self.camera_state.set(1.0 if s == state else 0.0, camera=camera, state=s)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedRequestHandler):
     server: _MetricsHTTPServer
 
     def do_GET(self) -> None:

@@ -81,9 +81,13 @@ def parse_time(value: str | float) -> float:
         return float(value)
     text = str(value).strip()
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):  # "nan", "inf": float() reads them, no time is either
+            raise StateError(f"time {value!r} is not finite")
+        return number
     try:
         dt = datetime.fromisoformat(fromisoformat_text(text))
     except ValueError as exc:
@@ -91,6 +95,10 @@ def parse_time(value: str | float) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
 
 
 def _copy_trust(trust: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -427,9 +435,14 @@ class RunState:
                 if not line.strip():
                     continue
                 try:
-                    rec = json.loads(line)
+                    # NaN and Infinity are not JSON, though Python reads them: an alert holding one could
+                    # never be served (the API's numbers are finite).
+                    rec = json.loads(line, parse_constant=_refuse_constant)
                 except json.JSONDecodeError as exc:
                     log.warning("%s:%d: skipped a line that is not JSON (%s)", src, lineno, exc.msg)
+                    continue
+                except ValueError as exc:
+                    log.warning("%s:%d: skipped a malformed alert record: %s", src, lineno, exc)
                     continue
                 problem = _record_problem(rec) if isinstance(rec, dict) else "not a JSON object"
                 if problem is None:
@@ -604,6 +617,10 @@ def _record_problem(rec: Mapping[str, Any]) -> str | None:
             parse_time(rec["end"])
     except StateError as exc:
         return str(exc)
+    for key, value in rec.items():
+        # The API's numbers are finite (its JSON has no NaN): a record holding one could never be served.
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{key} {value!r} is not a finite number"
     return None
 
 

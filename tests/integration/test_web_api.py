@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -753,6 +754,86 @@ def test_silent_connections_are_dropped_and_cannot_hold_every_slot(
             s.settimeout(5)
             assert s.recv(1024) == b""  # closed by the server, without an answer to the half request
             s.close()
+    finally:
+        srv.stop()
+
+
+def test_a_client_trickling_its_request_cannot_hold_a_slot_past_the_deadline(
+    demo: DemoRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket timeout bounds each read only: clients that send a header byte every half second held
+    every slot for as long as they kept it up. Now a request's line and headers must arrive within the
+    request deadline, and the page is reachable again once it has passed."""
+    from pipeline.outputs.web import server as web_server
+
+    monkeypatch.setattr(web_server, "SOCKET_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(web_server, "REQUEST_DEADLINE_S", 1.5)
+    monkeypatch.setattr(web_server, "MAX_CONNECTIONS", 2)
+    srv = ReviewServer(demo.state, demo.out).start()
+    stop = threading.Event()
+    cut: list[bool] = []
+
+    def trickle() -> None:
+        parts = urlsplit(srv.url)
+        with socket.create_connection((parts.hostname, parts.port)) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+            try:
+                while not stop.wait(0.3):  # each byte well inside the socket timeout
+                    s.sendall(b"a")
+            except OSError:  # the server shut the connection
+                cut.append(True)
+
+    threads = [threading.Thread(target=trickle, daemon=True) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        started = time.monotonic()
+
+        def healthz() -> bool:
+            try:
+                return request(srv.url, "GET", "/healthz").status == 200
+            except (ConnectionError, http.client.HTTPException):
+                return False
+
+        while not healthz():
+            assert time.monotonic() - started < 15, "trickling clients kept the page unreachable"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        srv.stop()
+
+
+def test_faults_get_answers_and_another_loopback_bind_is_reachable(demo: DemoRun) -> None:
+    """A Host or Origin header that cannot be parsed, a Content-Length int() would read leniently, an alert
+    fault of ours: each a plain answer (421, 403, 411, 500), where the connection used to close
+    without one. A server bound to 127.0.0.2 answers at its own address."""
+    srv = ReviewServer(demo.state, demo.out, host="127.0.0.2").start()
+    try:
+        assert srv.url.startswith("http://127.0.0.2:")
+        assert request(srv.url, "GET", "/healthz").status == 200
+        assert request(srv.url, "GET", "/api/cameras", headers={"Host": "[::1"}).status == 421
+        alert_id = demo.alerts["open"]["alert_id"]
+        reply = post_label(srv.url, alert_id, {"label": "ack"}, headers={"Origin": "http://["})
+        assert reply.status == 403
+        for length in ("1_0", "+5", "١٠"):
+            raw = f"POST /api/alerts/{alert_id}/label HTTP/1.1\r\nHost: 127.0.0.2\r\n"
+            raw += f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+            parts = urlsplit(srv.url)
+            with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+                s.sendall(raw.encode("utf-8") + b'{"label":"ack"}')
+                assert s.recv(4096).startswith(b"HTTP/1.1 411 "), length
+
+        # A fault of ours (injected into the API): a 500 with a JSON body, logged, the server serving on.
+        def broken(*_args: object) -> None:
+            raise RuntimeError("injected fault")
+
+        srv.api.get = broken  # type: ignore[method-assign]
+        reply = request(srv.url, "GET", "/api/alerts")
+        assert reply.status == 500
+        assert "internal error" in reply.json()["error"]
+        assert request(srv.url, "GET", "/healthz").status == 200
     finally:
         srv.stop()
 

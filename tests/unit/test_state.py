@@ -69,6 +69,9 @@ def test_parse_time_accepts_iso_and_epoch() -> None:
         parse_time("yesterday")
     with pytest.raises(StateError, match="not finite"):
         parse_time(float("nan"))
+    for text in ("nan", "inf", "-Infinity"):  # float() reads them from text too
+        with pytest.raises(StateError, match="not finite"):
+            parse_time(text)
 
 
 @pytest.mark.parametrize(
@@ -330,6 +333,7 @@ def test_load_existing_skips_malformed_lines_with_a_warning(
         json.dumps(good_closed),
         json.dumps(other),
         '{"alert_id": "torn", "camera": "cam',  # a torn last line
+        json.dumps({**other, "alert_id": "nan-peak", "peak_score": float("nan")}),  # Python writes NaN
     ]
     (tmp_path / "alerts.jsonl").write_text("\n".join(lines) + "\n")
     state = RunState(tmp_path)
@@ -339,8 +343,11 @@ def test_load_existing_skips_malformed_lines_with_a_warning(
     assert [a["alert_id"] for a in state.alerts()] == [other["alert_id"], good_open["alert_id"]]
     assert state.alert(good_open["alert_id"])["status"] == "closed"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 5
+    assert len(warnings) == 6
     assert "alerts.jsonl:2" in warnings[0].getMessage()
+    # NaN is not JSON (Python reads it): such an alert could never be served, the API's numbers being finite.
+    assert "NaN is not a finite number" in warnings[-1].getMessage()
+    assert "nan-peak" not in [a["alert_id"] for a in state.alerts()]
     assert RunState(tmp_path / "missing").load_existing() == 0
 
 

@@ -25,14 +25,21 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from core.config import is_loopback_host
-from pipeline.outputs.httpserver import MAX_CONNECTIONS, SOCKET_TIMEOUT_S, BoundedHTTPServer, ServingThread
+from pipeline.outputs.httpserver import (
+    MAX_CONNECTIONS,
+    REQUEST_DEADLINE_S,
+    SOCKET_TIMEOUT_S,
+    BoundedHTTPServer,
+    BoundedRequestHandler,
+    ServingThread,
+)
 from pipeline.outputs.state import RunState
 from pipeline.outputs.web.api import MEDIA_TYPES, ApiError, CameraControl, ReviewApi
 
@@ -92,6 +99,14 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def _netloc(url: str) -> str | None:
+    """The ``host:port`` of ``url``, or None when it cannot be parsed (``http://[``)."""
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
+        return None
+
+
 class _ReviewHTTPServer(BoundedHTTPServer):
     def __init__(self, address: tuple[str, int], owner: ReviewServer) -> None:
         self.owner = owner
@@ -102,10 +117,11 @@ class _ReviewHTTPServer(BoundedHTTPServer):
             name="review server",
             max_connections=MAX_CONNECTIONS,
             socket_timeout_s=SOCKET_TIMEOUT_S,
+            request_deadline_s=REQUEST_DEADLINE_S,
         )
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedRequestHandler):
     server: _ReviewHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "zsad-review"
@@ -159,10 +175,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _host_allowed(self) -> bool:
         """On a loopback bind, only loopback names may appear in ``Host``: a web page whose DNS name was
         rebound to 127.0.0.1 (DNS rebinding) then cannot read or label this run's alerts."""
-        if not self.server.owner.loopback_only:
+        owner = self.server.owner
+        if not owner.loopback_only:
             return True
-        host = urlsplit("//" + self.headers.get("Host", "")).hostname or ""
-        return host in _LOOPBACK_NAMES
+        try:
+            host = urlsplit("//" + self.headers.get("Host", "")).hostname or ""
+        except ValueError:  # "[::1" and the like: no host at all
+            return False
+        # The bind address itself too: a server on 127.0.0.2 is reached as http://127.0.0.2:PORT/.
+        return host in _LOOPBACK_NAMES or host == owner.host.strip("[]")
 
     def _authorised(self) -> bool:
         owner = self.server.owner
@@ -192,20 +213,42 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- methods ----------------------------------------------------------------------------------------
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._responded = True
+        super().send_response(code, message)
+
     def do_GET(self) -> None:
-        self._serve_read(head=False)
+        self._answering(self._serve_read, head=False)
 
     def do_HEAD(self) -> None:
-        self._serve_read(head=True)
+        self._answering(self._serve_read, head=True)
 
     def do_POST(self) -> None:
-        self._serve_write("POST")
+        self._answering(self._serve_write, "POST")
 
     def do_PUT(self) -> None:
-        self._serve_write("PUT")
+        self._answering(self._serve_write, "PUT")
 
     def do_DELETE(self) -> None:
-        self._serve_write("DELETE")
+        self._answering(self._serve_write, "DELETE")
+
+    def _answering(self, serve: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Serve one request; a fault of ours is answered 500 (logged once), not with a closed connection."""
+        self._responded = False
+        try:
+            serve(*args, **kwargs)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client left mid-answer: nothing to answer, nothing to log
+        except Exception:
+            log.exception("review page: %s %s failed", self.command, self.path[:200])
+            self.close_connection = True
+            if not self._responded:
+                self._send_error(
+                    500,
+                    "internal error (logged on the server)",
+                    api=self.path.startswith("/api/"),
+                    head=bool(kwargs.get("head", False)),
+                )
 
     def _serve_write(self, method: str) -> None:
         path = unquote(urlsplit(self.path).path)
@@ -214,19 +257,24 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Content-Length")
         if header is None and method == "DELETE":
             header = "0"
-        try:
-            length = int(header or "")
-        except ValueError:
+        # ASCII digits only: int() also reads "1_0", "+5" and other scripts' digits, which a proxy in front
+        # would frame differently.
+        if header is None or not (header.isascii() and header.isdigit()):
             self.close_connection = True
             self._send_error(411, "Content-Length required", api=True)
             return
+        length = int(header)
         if not 0 <= length <= limit:
             self.close_connection = True
             self._send_error(413, f"body larger than {limit} bytes", api=True)
             return
         try:
-            body = self.rfile.read(length)
-        except TimeoutError:  # a body that stopped coming: nothing to answer
+            with self.reading_body():
+                body = self.rfile.read(length)
+        except (TimeoutError, OSError):  # a body that stopped coming, or came too slowly: nothing to answer
+            self.close_connection = True
+            return
+        if len(body) < length:  # cut at the deadline
             self.close_connection = True
             return
         if not self._host_allowed():
@@ -239,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._deny()
             return
         origin = self.headers.get("Origin")
-        if origin and urlsplit(origin).netloc != self.headers.get("Host", ""):
+        if origin and _netloc(origin) != self.headers.get("Host", ""):
             # A page on another site cannot label alerts or change zones through the operator's browser.
             self._send_error(403, "cross-origin request refused", api=True)
             return
