@@ -117,12 +117,13 @@ class TensorRTBackend(Backend):
             raise ManifestError(
                 f"{manifest.path}: tensorrt: no engine recorded; build with --backend tensorrt"
             )
+        # The TensorRT version first: a host with another TensorRT is told so even when CUDA fails too.
+        check_tensorrt_device(manifest, tensorrt_version=trt.__version__)
         self._device = device_id
         self._cuda.call("cudaSetDevice", device_id)
         gpu = cuda_device_info(device_id)
         check_tensorrt_device(
             manifest,
-            tensorrt_version=trt.__version__,
             gpu_name=gpu.name,
             compute_capability=gpu.compute_capability,
             multiprocessor_count=gpu.multiprocessor_count,

@@ -471,6 +471,22 @@ def _set_props(element: Any, spec: ElementSpec) -> None:
         element.set_property(key, value)
 
 
+def _elements_of(bin_: Any) -> list[Any]:
+    """Every element inside ``bin_``, at any depth."""
+    Gst = init_gstreamer()
+    found: list[Any] = []
+    it = bin_.iterate_recurse()
+    while True:
+        result, element = it.next()
+        if result == Gst.IteratorResult.RESYNC:
+            it.resync()
+            found.clear()
+            continue
+        if result != Gst.IteratorResult.OK:
+            return found
+        found.append(element)
+
+
 class DeepStreamGraph:
     """Build the plan's pipeline, attach probes, run until EOS, an error or :meth:`request_stop`.
 
@@ -510,6 +526,8 @@ class DeepStreamGraph:
         # the streaming threads' holding back (_hold_eos) against the run's EOS.
         self._quiet = {s.index for s in plan.sources if s.restarted}
         self._quiet_lock = threading.Lock()
+        self._runs = dict.fromkeys(self._backoffs, 0)  # each restarted bin's stops so far (_hold_eos)
+        self._departed: dict[int, list[Any]] = {}  # the elements in each restarted bin when it last stopped
         self.restarts: dict[int, int] = dict.fromkeys(self._backoffs, 0)
         Gst = init_gstreamer()
         # Loaded now, not when the graph runs, so that a missing typelib is a build error the caller handles.
@@ -591,7 +609,12 @@ class DeepStreamGraph:
             return
         backoff = self._backoffs.get(source.index)
         if backoff is not None:
-            backoff.live(time.monotonic())  # decoding: its backoff starts afresh once it has stayed up
+            # Its decoded video is linked: its backoff starts afresh once it has stayed up, and its EOS now
+            # reaches the mux when the run stops (until now the run's stop sends one for it, _send_run_eos).
+            backoff.live(time.monotonic())
+            with self._quiet_lock:
+                if self._eos_sent_at is None:
+                    self._quiet.discard(source.index)
 
     # -- restarted sources (HTTP, v4l2) -----------------------------------------------------------------
 
@@ -609,7 +632,10 @@ class DeepStreamGraph:
             if self._eos_sent_at is not None:
                 return Gst.PadProbeReturn.OK
             self._quiet.add(index)
-        bin_.post_message(Gst.Message.new_application(bin_, Gst.Structure.new_empty(_SOURCE_ENDED)))
+            run = self._runs[index]
+        # The run of the bin it ended: a message handled late, after the bin was restarted, is stale.
+        ended = Gst.Structure.new_from_string(f"{_SOURCE_ENDED}, run=(int){run}")
+        bin_.post_message(Gst.Message.new_application(bin_, ended))
         return Gst.PadProbeReturn.DROP
 
     def _restart_source(self, index: int, detail: str) -> None:
@@ -623,6 +649,10 @@ class DeepStreamGraph:
         bin_ = self.source_bins[index]
         with self._quiet_lock:
             self._quiet.add(index)
+            self._runs[index] += 1
+        # Its elements' messages still queued are history once it stops; those of any other element that
+        # leaves the pipeline are not (_left_pipeline).
+        self._departed[index] = _elements_of(bin_)
         bin_.set_locked_state(True)  # the pipeline's own state changes leave it stopped during the wait
         bin_.set_state(Gst.State.NULL)  # joins its streaming threads, closes its connection
         ghost = bin_.get_static_pad("src")
@@ -642,8 +672,6 @@ class DeepStreamGraph:
             return False
         bin_ = self.source_bins[index]
         self.restarts[index] += 1
-        with self._quiet_lock:
-            self._quiet.discard(index)
         bin_.set_locked_state(False)
         if not bin_.sync_state_with_parent():
             self._restart_source(index, "its source would not start")
@@ -651,11 +679,11 @@ class DeepStreamGraph:
 
     def _start_held_sources(self) -> None:
         """The pipeline plays (the main loop): start the restarted cameras' source bins, held until now."""
+        if self._stopping():
+            return
         for source in self.plan.sources:
             bin_ = self.source_bins[source.index]
             if source.restarted and source.index not in self._retries and bin_.is_locked_state():
-                with self._quiet_lock:
-                    self._quiet.discard(source.index)
                 bin_.set_locked_state(False)
                 if not bin_.sync_state_with_parent():
                     self._restart_source(source.index, "its source would not start")
@@ -725,7 +753,8 @@ class DeepStreamGraph:
             if structure is not None and structure.get_name() == _SOURCE_ENDED:
                 path = message.src.get_path_string() if message.src is not None else "?"
                 index = self.policy.source_index(path)
-                if index is not None:
+                _ok, run = structure.get_int("run")
+                if index is not None and run == self._runs.get(index):
                     self._restart_source(index, "end of stream")
         elif kind == Gst.MessageType.ELEMENT:
             structure = message.get_structure()
@@ -737,14 +766,16 @@ class DeepStreamGraph:
         return True
 
     def _left_pipeline(self, element: Any) -> bool:
-        """Whether a message comes from an element no longer in the pipeline: a restarted source bin drops
-        the elements it made (its HTTP source, its decoders), whose messages may still be queued."""
+        """Whether a message comes from an element a restarted source bin dropped when it stopped (its HTTP
+        source, its decoders), whose messages may still be queued. Any other element's count as ever."""
+        if element is None or not any(element is e for kept in self._departed.values() for e in kept):
+            return False
         node = element
         while node is not None and node is not self.pipeline:
             node = node.get_parent()
-        if element is None or node is not None:
-            return False
-        log.debug("a message from an element no longer in the pipeline: %s", element.get_name())
+        if node is not None:
+            return False  # still in the pipeline: the restarted bin's own, started again
+        log.debug("a message from an element of a stopped source bin: %s", element.get_name())
         return True
 
     def _quit(self) -> None:

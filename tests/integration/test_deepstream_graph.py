@@ -322,6 +322,60 @@ def test_an_http_camera_is_restarted_after_an_error_and_at_its_end_and_the_other
     assert graph.policy.failed == set()
 
 
+def test_a_run_stopped_while_an_http_camera_reconnects_ends_on_its_own_eos(
+    tmp_path: Path, videos: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped while a restarted camera is connecting again (its bin started, no decoded pad linked yet):
+    the run's EOS cannot pass through it, so the graph sends one into its mux pad, and the run ends on EOS
+    rather than on the EOS timeout. The server holds the second request until the run has stopped."""
+    requests: list[int] = []
+    connecting, release = threading.Event(), threading.Event()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(videos["web"].parent), **kwargs)
+
+        def do_GET(self) -> None:
+            requests.append(1)
+            if len(requests) == 1:
+                self.send_error(503, "camera busy")
+                return
+            connecting.set()
+            release.wait(30)
+            super().do_GET()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{videos['web'].name}"
+        data = site_config(2, output_dir=str(tmp_path / "run")).model_dump(mode="json", exclude_unset=True)
+        data["cameras"] = [
+            {"id": "cam-00", "uri": url, "rtsp": {"reconnect_initial_s": 0.05}},
+            {"id": "cam-01", "uri": f"file://{videos['long']}"},
+        ]
+        cfg = ZsadConfig.model_validate(data)
+        plan = with_stand_ins(plan_graph(cfg, render_all(cfg, tmp_path / "ds"), (48, 32), jetson=False))
+        graph = DeepStreamGraph(realtime(plan))
+
+        def on_tick() -> None:
+            if connecting.is_set():
+                graph.request_stop()
+
+        with caplog.at_level(logging.WARNING):
+            code = graph.run(duration_s=60, on_tick=on_tick, eos_timeout_s=20)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert connecting.is_set()
+    assert graph.restarts[0] == 1
+    assert "no EOS after" not in caplog.text
+    assert code == 0
+
+
 def test_a_sources_reconnect_warning_reports_the_camera_reconnecting(
     tmp_path: Path, videos: dict[str, Path]
 ) -> None:
