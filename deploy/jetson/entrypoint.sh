@@ -44,7 +44,7 @@ ensure_engines() {
     local -a args
     read -r -a args <<<"$flags"
     log "building TensorRT engines for this device (first start: this takes minutes)"
-    zsad -v build-engines --config "$config" "${args[@]}"
+    zsad build-engines --config "$config" "${args[@]}"
 }
 
 main() {
@@ -58,7 +58,7 @@ main() {
             check_tensorrt
             ensure_engines
             if [[ "$command" == run ]]; then
-                exec zsad -v run "$config" --graph deepstream
+                exec zsad run "$config" --graph deepstream
             fi
             ;;
         *) exec zsad "$@" ;;

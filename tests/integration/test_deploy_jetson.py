@@ -237,6 +237,49 @@ def built(tmp_path: Path, n_cameras: int = 2, **kwargs: object) -> tuple[Path, o
     return engines, cfg
 
 
+def test_the_package_carries_the_review_page_and_the_images_run_the_code_with_its_data(
+    tmp_path: Path,
+) -> None:
+    """A wheel of zsad held every module but not the review page's files, so an installed `zsad run`
+    failed at the page's start (the container restarting every 15 s). The wheel now carries them, and the
+    images install zsad editable, so the code runs in /opt/zsad beside configs/prompts."""
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for package in ("core", "engines", "plugins", "synth", "training", "pipeline"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            ".",
+        ],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("zsad-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = REPO / "pipeline" / "outputs" / "web" / "static"
+    assert {f"pipeline/outputs/web/static/{p.name}" for p in static.iterdir()} <= names
+    for dockerfile in ("Dockerfile", "Dockerfile.x86"):
+        text = (REPO / "deploy" / "jetson" / dockerfile).read_text()
+        assert "pip install --no-deps -e ." in text, dockerfile
+
+
 def test_engines_current_for_this_device(tmp_path: Path) -> None:
     _, cfg = built(tmp_path)
     assert engines_current(cfg, ORIN) is None  # type: ignore[arg-type]
