@@ -1,9 +1,24 @@
-"""A reconnecting camera's backoff: how long to wait before its next try. Shared by the CPU graph (which
-rebuilds a camera's whole pipeline) and the DeepStream graph (which rebuilds the camera's source bin)."""
+"""A reconnecting camera's backoff (how long to wait before its next try) and its stall rule (how long
+without a frame before it counts as lost). Shared by the CPU graph (which rebuilds a camera's whole
+pipeline) and the DeepStream graph (which restarts the camera's source bin)."""
 
 from __future__ import annotations
 
-__all__ = ["ReconnectBackoff"]
+__all__ = ["FIRST_FRAME_FACTOR", "STALL_TIMEOUT_S", "ReconnectBackoff", "stall_timeout"]
+
+#: Seconds without a frame after which a live camera is reconnected, unless its ``rtsp.stall_timeout_s``
+#: says otherwise.
+STALL_TIMEOUT_S = 5.0
+#: How many stall timeouts a live camera's new connection gets for its first frame: a connect, and a camera
+#: that sends a keyframe only every few seconds (long GOPs, "smart" codecs), come before it.
+FIRST_FRAME_FACTOR = 3.0
+
+
+def stall_timeout(own_s: float | None, sampling_fps: float, default_s: float = STALL_TIMEOUT_S) -> float:
+    """A camera's stall timeout: its own (``rtsp.stall_timeout_s``) when set, else ``default_s``; at least
+    two of its sampled frames' spacing (a camera sampled slowly is not stalled between two frames)."""
+    timeout = own_s if own_s is not None else default_s
+    return max(timeout, 2.0 / sampling_fps)
 
 
 class ReconnectBackoff:

@@ -47,7 +47,7 @@ from pipeline.cpu.sources import (
     parse_source_uri,
     redact,
 )
-from pipeline.reconnect import ReconnectBackoff
+from pipeline.reconnect import FIRST_FRAME_FACTOR, STALL_TIMEOUT_S, ReconnectBackoff, stall_timeout
 
 __all__ = [
     "CameraGraph",
@@ -86,8 +86,6 @@ quick (one thread serves every camera) and must not call back into the graph (``
 ``stop``): those wait for the drain that is calling it."""
 
 _WATCHDOG_MS = 250
-#: How many stall timeouts a live camera's new pipeline gets for its first frame.
-FIRST_FRAME_FACTOR = 3.0
 _DISPLAY_POLL_S = 0.04  # longest wait between two drains of the display appsinks
 _DISPLAY_POLL_MIN_S = 0.002
 _CALL_TIMEOUT_S = 30.0
@@ -217,7 +215,7 @@ class CameraGraph:
         *,
         cameras: Iterable[CameraSettings] = (),
         realtime: bool = False,
-        stall_timeout_s: float = 5.0,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
         start_timeout_s: float = 10.0,
         display_size: FrameSize | tuple[int, int] | None = None,
         on_display_frame: DisplayFn | None = None,
@@ -743,11 +741,10 @@ class CameraGraph:
         self._on_failure(cam, gen, "end of stream", recoverable=True)
 
     def _stall_timeout(self, cam: _Camera) -> float:
-        """The camera's own stall timeout when its config sets one, else the graph's; at least two of its
-        sampled frames' spacing (a camera sampled slowly is not stalled between two frames)."""
-        own = cam.settings.rtsp.stall_timeout_s
-        timeout = own if own is not None else self.stall_timeout_s
-        return max(timeout, 2.0 / cam.settings.sampling.fps)
+        """The camera's own stall timeout, else the graph's (:func:`~pipeline.reconnect.stall_timeout`)."""
+        return stall_timeout(
+            cam.settings.rtsp.stall_timeout_s, cam.settings.sampling.fps, self.stall_timeout_s
+        )
 
     def _check_stalls(self, *_: Any) -> bool:
         # The watchdog of every camera: a callback that raised would be removed by GLib, and no stalled
@@ -770,8 +767,7 @@ class CameraGraph:
                 ref = cam.last_frame_at if cam.got_frame and cam.last_frame_at is not None else cam.built_at
                 gen = cam.generation
             if cam.spec.reconnects:
-                # The first frame gets longer: a connect, and a camera that sends a keyframe only every few
-                # seconds (long GOPs, "smart" codecs), come before it; after it, the stall timeout applies.
+                # The first frame gets longer (FIRST_FRAME_FACTOR); after it, the stall timeout applies.
                 limit = self._stall_timeout(cam) * (1.0 if started else FIRST_FRAME_FACTOR)
                 if now - ref > limit:
                     self._on_failure(cam, gen, f"no frame for {now - ref:.1f} s (stalled)", recoverable=True)

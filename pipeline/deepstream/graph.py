@@ -49,7 +49,7 @@ from engines.cuda_device import device_is_integrated
 from pipeline.cpu.sources import parse_source_uri
 from pipeline.deepstream.availability import DEEPSTREAM_ELEMENTS
 from pipeline.deepstream.render import RenderedConfigs
-from pipeline.reconnect import ReconnectBackoff
+from pipeline.reconnect import FIRST_FRAME_FACTOR, ReconnectBackoff, stall_timeout
 
 __all__ = [
     "BusAction",
@@ -163,7 +163,8 @@ class SourcePlan:
 
     ``reconnects``: a camera that comes back (RTSP, HTTP, v4l2). ``restarted``: one whose source bin the
     graph restarts (HTTP, v4l2: nvurisrcbin reconnects RTSP only), after waits of ``backoff_s`` = (first,
-    cap) seconds.
+    cap) seconds, and also when it sends no frame for ``stall_s`` (its first after a start gets
+    :data:`~pipeline.reconnect.FIRST_FRAME_FACTOR` times as long).
     """
 
     camera: str
@@ -172,6 +173,7 @@ class SourcePlan:
     reconnects: bool
     restarted: bool = False
     backoff_s: tuple[float, float] = (1.0, 30.0)
+    stall_s: float = 5.0
 
     @property
     def bin_name(self) -> str:
@@ -240,6 +242,7 @@ def _source(cam: CameraSettings, index: int, cfg: ZsadConfig) -> SourcePlan:
         reconnects=spec.reconnects,
         restarted=spec.kind in ("http", "v4l2"),
         backoff_s=(cam.rtsp.reconnect_initial_s, cam.rtsp.reconnect_max_s),
+        stall_s=stall_timeout(cam.rtsp.stall_timeout_s, cam.sampling.fps),
     )
 
 
@@ -527,6 +530,11 @@ class DeepStreamGraph:
         self._quiet = {s.index for s in plan.sources if s.restarted}
         self._quiet_lock = threading.Lock()
         self._runs = dict.fromkeys(self._backoffs, 0)  # each restarted bin's stops so far (_hold_eos)
+        # The stall watchdog's clocks (_check_stalls): when each restarted bin was started, when its last
+        # buffer came (a streaming thread writes it), whether one came since the start.
+        self._started_at: dict[int, float] = {}
+        self._alive_at: dict[int, float] = {}
+        self._got_buffer: dict[int, bool] = {}
         self._departed: dict[int, list[Any]] = {}  # the elements in each restarted bin when it last stopped
         self.restarts: dict[int, int] = dict.fromkeys(self._backoffs, 0)
         Gst = init_gstreamer()
@@ -573,6 +581,7 @@ class DeepStreamGraph:
         uri_bin.connect("pad-added", self._on_pad_added, ghost, source)
         if source.restarted:
             ghost.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self._hold_eos, bin_, source.index)
+            ghost.add_probe(Gst.PadProbeType.BUFFER, self._note_buffer, source.index)
             # Started once the pipeline plays (_start_held_sources) and restarted while it plays: the bin
             # keeps its asynchronous state changes to itself (a decoder's preroll would otherwise make the
             # playing pipeline lose its state, and one stopped mid-preroll would leave it PAUSED), and it
@@ -620,6 +629,29 @@ class DeepStreamGraph:
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._eos_sent_at is not None
+
+    def _note_buffer(self, _pad: Any, _info: Any, index: int) -> Any:
+        """A restarted camera's frame passed (its streaming thread): the stall watchdog's clock."""
+        self._alive_at[index] = time.monotonic()
+        self._got_buffer[index] = True
+        return init_gstreamer().PadProbeReturn.OK
+
+    def _started(self, index: int) -> None:
+        self._started_at[index] = time.monotonic()
+        self._got_buffer[index] = False
+
+    def _check_stalls(self, now: float) -> None:
+        """Restart every restarted camera that has sent no frame for its stall timeout (the main loop's
+        tick); its first frame after a start gets FIRST_FRAME_FACTOR times as long."""
+        for index, started_at in list(self._started_at.items()):
+            if index in self._retries or self.source_bins[index].is_locked_state():
+                continue  # waiting out its backoff, or not started yet
+            source = self.plan.sources[index]
+            got = self._got_buffer.get(index, False)
+            ref = max(started_at, self._alive_at.get(index, started_at)) if got else started_at
+            limit = source.stall_s * (1.0 if got else FIRST_FRAME_FACTOR)
+            if now - ref > limit:
+                self._restart_source(index, f"no frame for {now - ref:.1f} s (stalled)")
 
     def _hold_eos(self, _pad: Any, info: Any, bin_: Any, index: int) -> Any:
         """A restarted camera's end of stream (its streaming thread): held back from the mux and told to
@@ -672,6 +704,7 @@ class DeepStreamGraph:
             return False
         bin_ = self.source_bins[index]
         self.restarts[index] += 1
+        self._started(index)
         bin_.set_locked_state(False)
         if not bin_.sync_state_with_parent():
             self._restart_source(index, "its source would not start")
@@ -684,6 +717,7 @@ class DeepStreamGraph:
         for source in self.plan.sources:
             bin_ = self.source_bins[source.index]
             if source.restarted and source.index not in self._retries and bin_.is_locked_state():
+                self._started(source.index)
                 bin_.set_locked_state(False)
                 if not bin_.sync_state_with_parent():
                     self._restart_source(source.index, "its source would not start")
@@ -796,6 +830,11 @@ class DeepStreamGraph:
         elif self._eos_sent_at is not None and now - self._eos_sent_at > eos_timeout_s:
             log.warning("no EOS after %.0f s; stopping anyway", eos_timeout_s)
             self._quit()
+        elif self._eos_sent_at is None:
+            try:
+                self._check_stalls(now)
+            except Exception:  # as above: the tick must survive, and the next one looks again
+                log.exception("the stall watchdog failed")
         return True
 
     def _start_rtsp(self) -> None:

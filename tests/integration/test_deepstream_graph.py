@@ -376,6 +376,55 @@ def test_a_run_stopped_while_an_http_camera_reconnects_ends_on_its_own_eos(
     assert code == 0
 
 
+def test_an_http_camera_that_stalls_is_restarted(tmp_path: Path, videos: dict[str, Path]) -> None:
+    """A server that sends half a file and then nothing, the connection left open: no error, no end of
+    stream, so only the stall watchdog sees it: the camera is restarted after its rtsp.stall_timeout_s
+    without a frame, as the CPU graph reconnects it."""
+    release = threading.Event()
+    data = videos["web"].read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            release.wait(30)  # and then nothing
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/web.mp4"
+        config = site_config(1, output_dir=str(tmp_path / "run")).model_dump(mode="json", exclude_unset=True)
+        config["cameras"] = [{"id": "cam-00", "uri": url, "rtsp": {"stall_timeout_s": 0.5}}]
+        cfg = ZsadConfig.model_validate(config)
+        plan = with_stand_ins(plan_graph(cfg, render_all(cfg, tmp_path / "ds"), (48, 32), jetson=False))
+        assert plan.sources[0].stall_s == 0.5
+        states: list[tuple[str, str, str]] = []
+        graph = DeepStreamGraph(plan, on_state=lambda *a: states.append(a))
+        frames = count_buffers(graph.mux_pads[0])
+
+        def on_tick() -> None:
+            if any("(stalled)" in detail for _camera, _state, detail in states):
+                graph.request_stop()
+
+        code = graph.run(duration_s=60, on_tick=on_tick, eos_timeout_s=20)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    stalled = [detail for _camera, state, detail in states if "(stalled)" in detail]
+    assert stalled, states
+    assert stalled[0].startswith("no frame for ")
+    assert 0 < frames[0] < 20  # half the file played, then nothing
+    assert code == 0
+
+
 def test_a_sources_reconnect_warning_reports_the_camera_reconnecting(
     tmp_path: Path, videos: dict[str, Path]
 ) -> None:
