@@ -15,7 +15,7 @@ with :func:`plugins.pixelmap.upsample`, the same upsampling the heatmaps use.
   (:meth:`plugins.zones.PeakLocation.pixel_box` of :func:`plugins.zones.locate_peak` on the mask's frame)
   overlaps the mask, the share whose peak cell's centre pixel lies in the mask, and the mean share of the
   evidence above the map's half level (the heatmap's coloured part, weighted by how far above) that falls
-  in the mask. A frame whose map has no counted cell is a miss.
+  in the mask. A frame whose map has no counted cell, or no cell above zero, is a miss.
 * **Examples** (:func:`save_examples`): PNGs of chosen frames, the frame beside its heatmap with the peak
   box (white) and the mask's outline (cyan), for the docs.
 
@@ -136,9 +136,10 @@ def pixel_auc(
 
 @dataclass(frozen=True)
 class FrameHit:
-    """One frame's peak against its mask: ``located`` (the map had a counted cell), ``box_hit`` (the peak
-    box overlaps the mask), ``cell_hit`` (the peak cell's centre pixel is in the mask), ``half_mass`` (the
-    share of the evidence above the half level that lies in the mask; 0 when there is none)."""
+    """One frame's peak against its mask: ``located`` (the map had a counted cell above zero), ``box_hit``
+    (the peak box overlaps the mask), ``cell_hit`` (the peak cell's centre pixel is in the mask),
+    ``half_mass`` (the share of the evidence above the half level that lies in the mask; 0 when there is
+    none)."""
 
     located: bool
     box_hit: bool
@@ -158,7 +159,10 @@ def frame_hit(evidence: Any, mask: Any, *, grow: int = 0, tiebreak: np.ndarray |
         target = dilate(target, grow)
     height, width = target.shape
     location = locate_peak(ev, None, tiebreak)
-    if location is None:
+    counted = ev[np.isfinite(ev)]
+    if location is None or not counted.size or float(counted.max()) <= 0.0:
+        # No cell above zero (the evidence is each stream's excess over its normal median): the map shows
+        # no place, and its peak region, every cell, would make the whole frame a box that always hits.
         return FrameHit(located=False, box_hit=False, cell_hit=False, half_mass=0.0)
     x0, y0, x1, y1 = location.pixel_box(width, height)
     box_hit = bool(target[y0:y1, x0:x1].any())

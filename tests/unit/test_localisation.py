@@ -92,6 +92,16 @@ def test_peak_hits_count_the_box_the_cell_and_the_mass() -> None:
     # No counted cell: a miss.
     none = frame_hit(np.full((4, 6), np.nan), masks[0])
     assert (none.located, none.box_hit, none.half_mass) == (False, False, 0.0)
+    # Nothing above zero (every stream at or below its normal median): no place shown, a miss, where the
+    # peak region, every cell, made the whole frame a box that always hit.
+    for flat in (np.zeros((4, 6)), np.where(np.arange(24).reshape(4, 6) % 2, 0.0, np.nan)):
+        nothing = frame_hit(flat, masks[0])
+        assert (nothing.located, nothing.box_hit, nothing.cell_hit, nothing.box) == (
+            False,
+            False,
+            False,
+            None,
+        )
 
 
 def test_report_is_json_ready() -> None:
