@@ -303,6 +303,16 @@ def resolve_policy(
         )
         return _with_threshold(policy, FALLBACK_ON_THRESHOLD)
     threshold = calibration.threshold
+    if threshold <= 0.0:
+        # Normal footage that never moved fuses to 0: an alert would open at once and never close.
+        log.warning(
+            "camera %s: its calibration threshold %g is not above 0 (no stream varied on its calibration "
+            "footage): it opens alerts at %g; calibrate it again from footage in which the scene moves",
+            camera,
+            threshold,
+            FALLBACK_ON_THRESHOLD,
+        )
+        return _with_threshold(policy, FALLBACK_ON_THRESHOLD)
     for problem in threshold_mismatches(policy, calibration, rule):
         log.warning("camera %s: %s", camera, problem)
     log.info(

@@ -558,6 +558,27 @@ def fit_stream(values: np.ndarray, min_scale: float = 0.0, empty: float | None =
     return StreamStats(location=med, scale=scale, n=int(x.size))
 
 
+def _no_spread(values: np.ndarray, min_scale: float, empty: float | None) -> str | None:
+    """Why a stream is left out when most of its normal clips score exactly the same (a still or constant
+    view: a lens cap, a looped still, a scene where nothing moves), or None. Its scale would be the floor
+    :data:`SCALE_EPS`, and the first clip a thousandth away would fuse to a z of a thousand: a false alarm at
+    the first thing that moves, and on footage that never moves a threshold of 0 that keeps an alert open.
+    Streams with a unit of their own (:data:`STREAM_MIN_SCALE`) or a "nothing seen" value
+    (:data:`STREAM_EMPTY`) have their own rule (:func:`fit_stream`)."""
+    if min_scale > 0.0 or empty is not None:
+        return None
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    med = float(np.median(x))
+    if float(np.median(np.abs(x - med))) > 0.0:
+        return None
+    same = int(np.count_nonzero(x == med))
+    return (
+        f"left out: {same} of {x.size} normal clips score exactly {med:g} (no spread to scale a z-score by: "
+        "calibrate from footage in which the scene moves)"
+    )
+
+
 def assessment_folds(folds: np.ndarray) -> np.ndarray:
     """The halves :func:`assess_stream` judges a stream on, from clips' :data:`HELDOUT_FOLDS` fold ids
     ``(N,)`` int in time order: fold ``f >= 0`` is in half ``f * ASSESSMENT_FOLDS // HELDOUT_FOLDS``; a
@@ -808,6 +829,10 @@ def fit_calibration(
             base = fit_stream(values, unit, empty)
         except CalibrationError as exc:
             raise CalibrationError(f"stream {name!r}: {exc}") from exc
+        still = _no_spread(values, unit, empty)
+        if still is not None:
+            stats[name] = replace(base, weight=0.0, reason=still)
+            continue
         if fold_ids is None:
             stats[name] = base
             continue

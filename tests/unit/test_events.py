@@ -329,6 +329,15 @@ def test_calibrated_threshold_falls_back_with_a_warning(caplog: pytest.LogCaptur
         assert "no calibration threshold" in caplog.text
 
 
+def test_a_calibrated_threshold_of_zero_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Calibration footage on which nothing moved fuses to 0: opening at 0 (and closing below it), an alert
+    opened on that same normal footage and never closed."""
+    policy = AlertPolicy(on_threshold="calibrated", smoothing=1)
+    cam = CameraAlerts("cam-1", "campus", policy, _calibrated_fusion(0.0), None)
+    assert cam.on_threshold == FALLBACK_ON_THRESHOLD
+    assert "not above 0" in caplog.text
+
+
 def test_calibrated_threshold_for_another_smoothing_is_used_and_warned(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -932,3 +932,30 @@ def test_a_quiet_cameras_objects_stream_is_fitted_on_what_it_saw_and_cannot_rais
     rare = np.full(n, EMPTY)
     rare[:3] = 0.5
     assert fit_calibration({OBJECTS: rare}).streams[OBJECTS].location == 0.0
+
+
+def test_a_stream_that_never_varied_on_the_normal_footage_is_left_out() -> None:
+    """A still view (motion exactly 0 on every calibration clip) gave the stream a scale of 1e-6 at full
+    weight, "trusted": the first clip with motion 0.001 fused to 1000. It is left out now, saying why; the
+    streams that varied keep their weights, and a view on which nothing varied gives no usable threshold
+    rather than 0 (the alert policy falls back, tests/unit/test_events.py)."""
+    rng = np.random.default_rng(0)
+    n = 80
+    samples = {
+        "pixel": rng.normal(5.0, 1.0, n),
+        "predictive": rng.normal(2.0, 0.5, n),
+        "motion": np.zeros(n),
+    }
+    cal = fit_calibration(samples, time_folds(n, HELDOUT_FOLDS), rule="max", camera="still")
+    motion = cal.streams["motion"]
+    assert motion.weight == 0.0
+    assert "80 of 80 normal clips score exactly 0" in motion.reason
+    assert cal.streams["pixel"].weight > 0.5
+    fused = CameraFusion("still", cal, None, smoothing=1, rule="max")
+    moved = fused.update({"pixel": 5.0, "predictive": 2.0, "motion": 0.001}, None, 0.0)
+    assert moved.score < 5.0  # was 1000
+    constant = fit_calibration(
+        {k: np.full(n, 1.0) for k in samples}, time_folds(n, HELDOUT_FOLDS), rule="max"
+    )
+    assert all(st.weight == 0.0 for st in constant.streams.values())
+    assert not (constant.threshold or 0.0) > 0.0
