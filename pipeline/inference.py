@@ -101,8 +101,10 @@ __all__ = [
     "build_missing_engines",
     "check_engine_folder",
     "engine_batch_limit",
+    "engines_model_id",
     "engines_semantic_source",
     "load_engines",
+    "model_identity",
     "semantic_scorer",
 ]
 
@@ -474,7 +476,7 @@ def load_engines(cfg: ZsadConfig, config_dir: Path | None = None) -> EngineSet:
         frame_size=(pre.image_width, pre.image_height),
         mean=tuple(pre.mean),  # type: ignore[arg-type]
         std=tuple(pre.std),  # type: ignore[arg-type]
-        model_id=f"zsad:{bb.model_spec_sha256[:12]}:{bb.weights_sha256[:12]}",
+        model_id=model_identity(bb),
         gate_path=gate,
         semantic=semantic,
         input_layout=opened["backbone"].manifest.input_layout,
@@ -508,6 +510,19 @@ def _feeds_semantic(cfg: ZsadConfig, manifest: Manifest) -> bool:
     (``appearance.semantic``) and the engine was built with the image embedding and its prompts."""
     has = _embedding_width(manifest) is not None
     return cfg.appearance.semantic and has and bool(manifest.text_embeddings)
+
+
+def model_identity(backbone: Manifest) -> str:
+    """The engines' identity from the backbone's manifest: its model spec and its weights
+    (``zsad:<spec sha256[:12]>:<weights sha256[:12]>``), written into every alert and every calibration."""
+    return f"zsad:{backbone.model_spec_sha256[:12]}:{backbone.weights_sha256[:12]}"
+
+
+def engines_model_id(directory: Path) -> str | None:
+    """:func:`model_identity` of the engines in ``directory`` from the backbone's manifest alone (None: no
+    manifest there). Raises :class:`~engines.manifest.ManifestError` for one that cannot be read."""
+    path = manifest_path(directory, "backbone")
+    return model_identity(load_manifest(path)) if path.is_file() else None
 
 
 def engines_semantic_source(cfg: ZsadConfig, directory: Path) -> str | None:

@@ -78,6 +78,7 @@ __all__ = [
     "assess_stream",
     "assessment_folds",
     "calibrate",
+    "check_model",
     "check_rule",
     "check_semantic_source",
     "describe_trust",
@@ -345,6 +346,10 @@ class Calibration:
     #: after its models were written leaves the old calibration beside new models, which the run refuses
     #: (empty: a calibration from before this).
     models: Mapping[str, str] = field(default_factory=dict)
+    #: The engines' identity the streams were scored with (``EngineSet.model_id``: model spec and weights;
+    #: None: a calibration from before it was recorded). Another model scores the learned streams on other
+    #: levels, so a run refuses it (:func:`check_model`).
+    model_id: str | None = None
 
     def __post_init__(self) -> None:
         check_rule(self.rule)
@@ -389,6 +394,7 @@ class Calibration:
             "streams": {name: s.to_dict() for name, s in self.streams.items()},
             **({"semantic_source": self.semantic_source} if self.semantic_source is not None else {}),
             **({"models": dict(sorted(self.models.items()))} if self.models else {}),
+            **({"model_id": self.model_id} if self.model_id is not None else {}),
         }
 
     @classmethod
@@ -469,6 +475,9 @@ class Calibration:
         semantic_source = data.get("semantic_source")
         if semantic_source is not None and not isinstance(semantic_source, str):
             raise bad("'semantic_source' must be a string or absent")
+        model_id = data.get("model_id")
+        if model_id is not None and not isinstance(model_id, str):
+            raise bad("'model_id' must be a string or absent")
         models = data.get("models", {})
         if not isinstance(models, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in models.items()
@@ -488,6 +497,7 @@ class Calibration:
                 threshold_smoothing=smoothing,
                 semantic_source=semantic_source,
                 models=models,
+                model_id=model_id,
             )
         except CalibrationError as exc:
             raise bad(str(exc)) from exc
@@ -1121,6 +1131,20 @@ def check_semantic_source(calibration: Calibration, source: str | None) -> None:
             f"its semantic stream was calibrated on the {fitted} source and this run's comes from the "
             f"{source} (appearance.semantic, the engines' build): recalibrate the camera (zsad calibrate)"
         )
+
+
+def check_model(calibration: Calibration, model_id: str | None) -> None:
+    """Refuse (:class:`CalibrationError`) a calibration scored with other engines than the run's
+    (``model_id``: ``EngineSet.model_id``, the model spec and the weights): a retrained or resized model
+    puts the learned streams' normal levels elsewhere, so their z-scores, weights and the threshold would
+    describe another model. A calibration that records no model, or a run that passes none, is not
+    checked."""
+    if model_id is None or calibration.model_id is None or calibration.model_id == model_id:
+        return
+    raise CalibrationError(
+        f"it was calibrated with the model {calibration.model_id} and this run's engines are {model_id} "
+        "(another checkpoint or model section): recalibrate the camera (zsad calibrate)"
+    )
 
 
 def other_camera(calibration: Calibration, camera: str) -> str | None:

@@ -720,6 +720,8 @@ def save_camera_calibration(
         smoothing=camera.alerts.smoothing,
         segments=collected.segments,
     )
+    # Another model scores the learned streams on other levels: the run checks which one this was.
+    cal = replace(cal, model_id=engines.model_id)
     if SEMANTIC in cal.streams:
         # The head and the CLIP appearance engine score on different scales: the run checks which it was.
         cal = replace(cal, semantic_source=engines.semantic_source)

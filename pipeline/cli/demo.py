@@ -40,7 +40,7 @@ from pipeline.outputs.hub import RunOutputsError, check_outputs
 from pipeline.run import run_config
 from plugins.alerting import alert_params, resolve_policy
 from plugins.appearance import AppearanceMemoryError, MemoryExpectation, load_memory, memory_path
-from plugins.fusion import CalibrationError, check_semantic_source, load_calibration
+from plugins.fusion import CalibrationError, check_model, check_semantic_source, load_calibration
 from synth import CONTEXTS, generate_dataset
 from synth.writer import frame_name
 
@@ -100,7 +100,7 @@ def prepare_calibration(cfg: ZsadConfig, scenes: Path, out: Path) -> ZsadConfig:
                 not path.is_file()
                 or not _memory_fits(path, expect)
                 or not _models_fit(cfg, path)
-                or not calibration_fits(cfg, cam.id, path, engines.semantic_source)
+                or not calibration_fits(cfg, cam.id, path, engines.semantic_source, engines.model_id)
             ):
                 settings = _footage_settings(cfg.camera_settings(cam.id))
                 samples = next((c for s, c in collected if s == settings), None)
@@ -155,14 +155,22 @@ def _models_fit(cfg: ZsadConfig, calibration: Path) -> bool:
     return True
 
 
-def calibration_fits(cfg: ZsadConfig, camera: str, calibration: Path, semantic_source: str | None) -> bool:
+def calibration_fits(
+    cfg: ZsadConfig,
+    camera: str,
+    calibration: Path,
+    semantic_source: str | None,
+    model_id: str | None = None,
+) -> bool:
     """Whether the calibration's threshold was computed for the camera's alert smoothing (a calibration from
-    before thresholds were smoothed was computed for none), and its semantic statistics, if any, on the
-    engines' ``semantic_source`` (a run refuses it otherwise: ``plugins.fusion.check_semantic_source``)."""
+    before thresholds were smoothed was computed for none), its semantic statistics, if any, on the
+    engines' ``semantic_source`` (a run refuses it otherwise: ``plugins.fusion.check_semantic_source``), and
+    its streams by the engines' model (``plugins.fusion.check_model``)."""
     smoothing = cfg.camera_settings(camera).alerts.smoothing
     try:
         loaded = load_calibration(calibration)
         check_semantic_source(loaded, semantic_source)
+        check_model(loaded, model_id)
         fits = loaded.threshold_smoothing == smoothing
     except CalibrationError as exc:
         log.info("calibrating again: %s", exc)

@@ -30,12 +30,18 @@ from engines.encoders import (
 )
 from engines.manifest import ManifestError, manifest_path
 from pipeline.cpu.sources import parse_source_uri
-from pipeline.inference import REQUIRED_COMPONENTS, engine_folder_problem, engines_semantic_source
+from pipeline.inference import (
+    REQUIRED_COMPONENTS,
+    engine_folder_problem,
+    engines_model_id,
+    engines_semantic_source,
+)
 from pipeline.outputs.sinks import sink_file_problems
 from plugins.alerting import threshold_mismatches
 from plugins.fusion import (
     Calibration,
     CalibrationError,
+    check_model,
     check_semantic_source,
     load_calibration,
     other_camera,
@@ -46,6 +52,7 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
     """What a run of ``cfg`` will meet that the schema cannot check: one line per problem."""
     warnings: list[str] = []
     semantic_source = _semantic_source(cfg, warnings)
+    model_id: str | None = None
     directory = Path(cfg.engines.dir)
     refused = engine_folder_problem(cfg)
     if refused is not None:
@@ -56,6 +63,7 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
         # not the config, say where its semantic stream comes from.
         try:
             semantic_source = engines_semantic_source(cfg, directory)
+            model_id = engines_model_id(directory)
         except ManifestError as exc:
             warnings.append(f"engines: {exc}: a run refuses them; rebuild them (zsad build-engines)")
     # The file may be put in place before the run, like the engines: a warning, which the run makes an error.
@@ -69,6 +77,7 @@ def config_warnings(cfg: ZsadConfig) -> list[str]:
             try:
                 calibration = load_calibration(cam.calibration)
                 check_semantic_source(calibration, semantic_source)
+                check_model(calibration, model_id)
                 mismatch = other_camera(calibration, cam.id)
                 if mismatch is not None:
                     warnings.append(f"camera {cam.id}: {cam.calibration}: {mismatch}")

@@ -85,6 +85,7 @@ from plugins.fusion import (
     CameraFusion,
     FusionError,
     StreamGate,
+    check_model,
     check_semantic_source,
     load_calibration,
     other_camera,
@@ -355,11 +356,13 @@ class RunOutputs:
 
     def _read_calibration(self, cam: CameraSettings) -> Calibration | None:
         """The camera's calibration, or None (uncalibrated) with a warning that says what that means; one
-        whose semantic statistics came from another source than this run's semantic stream is refused."""
+        whose semantic statistics came from another source than this run's semantic stream, or whose streams
+        another model scored, is refused."""
         if cam.calibration:
             try:
                 calibration = load_calibration(cam.calibration)
                 check_semantic_source(calibration, self.semantic_source)
+                check_model(calibration, self.model_id)
                 mismatch = other_camera(calibration, cam.id)
                 if mismatch is not None:
                     log.warning("camera %s: %s: %s", cam.id, cam.calibration, mismatch)

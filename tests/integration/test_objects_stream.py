@@ -81,7 +81,7 @@ def calibrated(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_calibrate_writes_the_model_and_its_calibration_lists_the_stream(
-    calibrated: tuple[Path, str],
+    calibrated: tuple[Path, str], world: dict[str, Path]
 ) -> None:
     out, printed = calibrated
     path = model_path(out)
@@ -94,6 +94,11 @@ def test_calibrate_writes_the_model_and_its_calibration_lists_the_stream(
     cal = load_calibration(out)
     assert "objects" in cal.streams
     assert cal.streams["objects"].n >= 100  # held-out samples of nearly every one of the 2 x ~58 scored clips
+    # The engines it was scored with, which a run compares with its own (plugins.fusion.check_model).
+    from engines.manifest import load_manifest, manifest_path
+    from pipeline.inference import model_identity
+
+    assert cal.model_id == model_identity(load_manifest(manifest_path(world["engines"], "backbone")))
     assert f"objects model: {path} (" in printed
     assert printed.rstrip().endswith(f"calibration: {out}")
 

@@ -1,6 +1,6 @@
 """RunOutputs and the semantic stream's source (pipeline/outputs/hub.py): a camera whose calibration was
-fitted on another source of the stream than the run's starts uncalibrated, saying why; the others keep
-theirs."""
+fitted on another source of the stream than the run's, or scored by another model than the run's engines,
+starts uncalibrated, saying why; the others keep theirs."""
 
 from __future__ import annotations
 
@@ -87,3 +87,31 @@ def test_a_calibration_fitted_on_another_camera_is_said_at_start_and_by_validate
     said = [w for w in config_warnings(cfg) if "fitted on the footage of camera" in w]
     assert len(said) == 1
     assert said[0].startswith("camera campus-1: ")
+
+
+def test_a_calibration_scored_by_another_model_is_refused_and_the_camera_runs_uncalibrated(
+    calib: Path, caplog: pytest.LogCaptureFixture, hub_outputs: HubOutputs
+) -> None:
+    """A retrained checkpoint or another model section scores the learned streams on other levels: the
+    calibration of the old engines is refused by name; one of these engines ("m" here), or one from before
+    the model was recorded, is kept."""
+    cameras: dict[str, Path | None] = {}
+    for camera, model in (("old-model", "zsad:aaaa:bbbb"), ("this-model", "m"), ("unrecorded", None)):
+        path = calib / f"{camera}.json"
+        write_calibration(path, ("pixel", "motion"))
+        save_calibration(replace(load_calibration(path), model_id=model), path)
+        cameras[camera] = path
+    assert load_calibration(calib / "old-model.json").model_id == "zsad:aaaa:bbbb"  # saved and read back
+    caplog.set_level(logging.WARNING, logger="pipeline.outputs.hub")
+    outputs = hub_outputs(cameras)
+    try:
+        assert outputs.alerts["old-model"].fusion.calibration.identity
+        assert not outputs.alerts["this-model"].fusion.calibration.identity
+        assert not outputs.alerts["unrecorded"].fusion.calibration.identity
+        assert (
+            "camera old-model: it was calibrated with the model zsad:aaaa:bbbb and this run's engines are m"
+            in caplog.text
+        )
+        assert "recalibrate the camera" in caplog.text
+    finally:
+        outputs.shutdown()
