@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
 import logging
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +243,52 @@ def test_source_error_does_not_stop_the_other_cameras(tmp_path: Path, videos: di
     assert 10 <= per_camera[1][0] < 100  # ...camera 1 was cut off, and the run still reached EOS
 
 
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1, serving from a thread: its base URL. Shut down on exit."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def refusing_first(
+    file: Path, requests: list[int], before_serving: Callable[[], None] = lambda: None
+) -> type[http.server.BaseHTTPRequestHandler]:
+    """A handler that answers the first request 503 and serves ``file``'s folder to the later ones, each
+    counted in ``requests``, after ``before_serving()``."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(file.parent), **kwargs)
+
+        def do_GET(self) -> None:
+            requests.append(1)
+            if len(requests) == 1:
+                self.send_error(503, "camera busy")
+                return
+            before_serving()
+            super().do_GET()
+
+        def log_message(self, *_args: Any) -> None:  # quiet: the test's own output is what matters
+            pass
+
+    return Handler
+
+
+def camera_plan(tmp_path: Path, cameras: list[dict[str, Any]]) -> GraphPlan:
+    """The stand-in plan of a site config with these ``cameras`` (each a config entry)."""
+    data = site_config(len(cameras), output_dir=str(tmp_path / "run")).model_dump(
+        mode="json", exclude_unset=True
+    )
+    data["cameras"] = cameras
+    cfg = ZsadConfig.model_validate(data)
+    return with_stand_ins(plan_graph(cfg, render_all(cfg, tmp_path / "ds"), (48, 32), jetson=False))
+
+
 def test_an_http_camera_is_restarted_after_an_error_and_at_its_end_and_the_others_go_on(
     tmp_path: Path, videos: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -250,41 +298,22 @@ def test_an_http_camera_is_restarted_after_an_error_and_at_its_end_and_the_other
     first request and then serves a 20-frame file; a file camera plays beside it to its end. The run then
     stops on its own EOS, not on the EOS timeout, wherever the HTTP camera's backoff is."""
     requests: list[int] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(videos["web"].parent), **kwargs)
-
-        def do_GET(self) -> None:
-            requests.append(1)
-            if len(requests) == 1:
-                self.send_error(503, "camera busy")
-                return
-            super().do_GET()
-
-        def log_message(self, *_args: Any) -> None:  # quiet: the test's own output is what matters
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{videos['web'].name}"
-        cfg = site_config(2, output_dir=str(tmp_path / "run"))
-        data = cfg.model_dump(mode="json", exclude_unset=True)
+    with serving(refusing_first(videos["web"], requests)) as base:
         backoff = {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.2}
-        data["cameras"] = [
-            {"id": "cam-00", "uri": url, "rtsp": backoff},
-            {"id": "cam-01", "uri": f"file://{videos['short']}"},
-        ]
-        cfg = ZsadConfig.model_validate(data)
-        plan = with_stand_ins(plan_graph(cfg, render_all(cfg, tmp_path / "ds"), (48, 32), jetson=False))
+        plan = camera_plan(
+            tmp_path,
+            [
+                {"id": "cam-00", "uri": f"{base}/{videos['web'].name}", "rtsp": backoff},
+                {"id": "cam-01", "uri": f"file://{videos['short']}"},
+            ],
+        )
         assert [(s.restarted, s.backoff_s) for s in plan.sources] == [
             (True, (0.05, 0.2)),
             (False, (1.0, 30.0)),
         ]
         states: list[tuple[str, str, str]] = []
         graph = DeepStreamGraph(plan, on_state=lambda *a: states.append(a))
-        per_camera = [count_buffers(graph.mux_pads[i]) for i in (0, 1)]  # kept over the rebuilds
+        per_camera = [count_buffers(graph.mux_pads[i]) for i in (0, 1)]  # kept over the restarts
         ends: list[int] = []  # the cameras whose EOS reached the mux before the run was stopped
         enough = threading.Event()
 
@@ -297,16 +326,13 @@ def test_an_http_camera_is_restarted_after_an_error_and_at_its_end_and_the_other
             graph.mux_pads[index].add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, watch, index)
 
         def on_tick() -> None:
-            # Two plays of the served file, each after a rebuild (the first request was refused).
+            # Two plays of the served file, each after a restart (the first request was refused).
             if per_camera[0][0] >= 40:
                 enough.set()
                 graph.request_stop()
 
         with caplog.at_level(logging.WARNING):
             code = graph.run(duration_s=60, on_tick=on_tick, eos_timeout_s=20)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert enough.is_set()
     assert "no EOS after" not in caplog.text
     web = [detail for camera, state, detail in states if camera == "cam-00"]
@@ -318,7 +344,7 @@ def test_an_http_camera_is_restarted_after_an_error_and_at_its_end_and_the_other
     assert len(requests) >= 3
     assert per_camera[1][0] == 20  # the file camera played to its end beside it and ended...
     assert ends == [1]  # ...while the HTTP camera's ends never reached the mux
-    assert code == 0  # a rebuilt camera's errors are recovered, not failures
+    assert code == 0  # a restarted camera's errors are recovered, not failures
     assert graph.policy.failed == set()
 
 
@@ -331,45 +357,33 @@ def test_a_run_stopped_while_an_http_camera_reconnects_ends_on_its_own_eos(
     requests: list[int] = []
     connecting, release = threading.Event(), threading.Event()
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(videos["web"].parent), **kwargs)
+    def hold() -> None:
+        connecting.set()
+        release.wait(30)
 
-        def do_GET(self) -> None:
-            requests.append(1)
-            if len(requests) == 1:
-                self.send_error(503, "camera busy")
-                return
-            connecting.set()
-            release.wait(30)
-            super().do_GET()
+    with serving(refusing_first(videos["web"], requests, hold)) as base:
+        try:
+            plan = camera_plan(
+                tmp_path,
+                [
+                    {
+                        "id": "cam-00",
+                        "uri": f"{base}/{videos['web'].name}",
+                        "rtsp": {"reconnect_initial_s": 0.05},
+                    },
+                    {"id": "cam-01", "uri": f"file://{videos['long']}"},
+                ],
+            )
+            graph = DeepStreamGraph(realtime(plan))
 
-        def log_message(self, *_args: Any) -> None:
-            pass
+            def on_tick() -> None:
+                if connecting.is_set():
+                    graph.request_stop()
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{videos['web'].name}"
-        data = site_config(2, output_dir=str(tmp_path / "run")).model_dump(mode="json", exclude_unset=True)
-        data["cameras"] = [
-            {"id": "cam-00", "uri": url, "rtsp": {"reconnect_initial_s": 0.05}},
-            {"id": "cam-01", "uri": f"file://{videos['long']}"},
-        ]
-        cfg = ZsadConfig.model_validate(data)
-        plan = with_stand_ins(plan_graph(cfg, render_all(cfg, tmp_path / "ds"), (48, 32), jetson=False))
-        graph = DeepStreamGraph(realtime(plan))
-
-        def on_tick() -> None:
-            if connecting.is_set():
-                graph.request_stop()
-
-        with caplog.at_level(logging.WARNING):
-            code = graph.run(duration_s=60, on_tick=on_tick, eos_timeout_s=20)
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+            with caplog.at_level(logging.WARNING):
+                code = graph.run(duration_s=60, on_tick=on_tick, eos_timeout_s=20)
+        finally:
+            release.set()
     assert connecting.is_set()
     assert graph.restarts[0] == 1
     assert "no EOS after" not in caplog.text
@@ -396,28 +410,23 @@ def test_an_http_camera_that_stalls_is_restarted(tmp_path: Path, videos: dict[st
         def log_message(self, *_args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/web.mp4"
-        config = site_config(1, output_dir=str(tmp_path / "run")).model_dump(mode="json", exclude_unset=True)
-        config["cameras"] = [{"id": "cam-00", "uri": url, "rtsp": {"stall_timeout_s": 0.5}}]
-        cfg = ZsadConfig.model_validate(config)
-        plan = with_stand_ins(plan_graph(cfg, render_all(cfg, tmp_path / "ds"), (48, 32), jetson=False))
-        assert plan.sources[0].stall_s == 0.5
-        states: list[tuple[str, str, str]] = []
-        graph = DeepStreamGraph(plan, on_state=lambda *a: states.append(a))
-        frames = count_buffers(graph.mux_pads[0])
+    with serving(Handler) as base:
+        try:
+            plan = camera_plan(
+                tmp_path, [{"id": "cam-00", "uri": f"{base}/web.mp4", "rtsp": {"stall_timeout_s": 0.5}}]
+            )
+            assert plan.sources[0].stall_s == 0.5
+            states: list[tuple[str, str, str]] = []
+            graph = DeepStreamGraph(plan, on_state=lambda *a: states.append(a))
+            frames = count_buffers(graph.mux_pads[0])
 
-        def on_tick() -> None:
-            if any("(stalled)" in detail for _camera, _state, detail in states):
-                graph.request_stop()
+            def on_tick() -> None:
+                if any("(stalled)" in detail for _camera, _state, detail in states):
+                    graph.request_stop()
 
-        code = graph.run(duration_s=60, on_tick=on_tick, eos_timeout_s=20)
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+            code = graph.run(duration_s=60, on_tick=on_tick, eos_timeout_s=20)
+        finally:
+            release.set()
     stalled = [detail for _camera, state, detail in states if "(stalled)" in detail]
     assert stalled, states
     assert stalled[0].startswith("no frame for ")
