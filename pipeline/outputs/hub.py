@@ -110,7 +110,12 @@ FALSE_ALARM = "false_alarm"
 
 #: Camera states after which none of the stream's frames come: its open alert is closed and its media
 #: finished once its last clips are scored (:meth:`RunOutputs.record_queues`).
-ENDED_STATES = frozenset({"eos", "failed"})
+#: States that end a camera's stream: its open alert closes once its queued clips are scored. ``reconnecting``
+#: too: the frames stop for the outage (the event clip would wait for a post-roll that does not come, and
+#: resume across the gap), and an anomaly still there after the reconnect opens an alert of its own.
+ENDED_STATES = frozenset({"eos", "failed", "reconnecting"})
+#: Those a camera may come back from before its last clips were scored, the close then not taken.
+_RESUMABLE_STATES = frozenset({"failed", "reconnecting"})
 
 T = TypeVar("T")  # what a camera's file beside its calibration holds: a memory, a model
 
@@ -768,8 +773,8 @@ class RunOutputs:
             alerts.add_frame(frame, pts)
 
     def camera_state(self, camera: str, state: str, detail: str) -> None:
-        """A camera's state from the graph. At ``eos`` or ``failed`` its open alert is closed and its media
-        finished, but only once its clips still queued for scoring are scored
+        """A camera's state from the graph. At ``eos``, ``failed`` or ``reconnecting`` its open alert is
+        closed and its media finished, but only once its clips still queued for scoring are scored
         (:meth:`record_queues`): closed now, one of them would open an alert that nothing closes."""
         self.metrics.set_camera_state(camera, state)
         self.run_state.set_camera_state(camera, state, detail)
@@ -777,8 +782,8 @@ class RunOutputs:
         with self._cameras_lock:
             if state in ENDED_STATES and camera in self.alerts:
                 self._ended[camera] = state
-            elif self._ended.get(camera) == "failed":
-                # Running again before its last clips were scored (a DeepStream source that resumed). Not
+            elif self._ended.get(camera) in _RESUMABLE_STATES:
+                # Running again before its last clips were scored (a source that resumed at once). Not
                 # after an end of stream: a file does not resume, and DeepStream frames still queued in front
                 # of the probe when the mux posted it report the camera live once more.
                 self._ended.pop(camera, None)

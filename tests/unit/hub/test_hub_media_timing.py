@@ -84,7 +84,7 @@ def test_a_clip_scored_after_shutdown_opens_no_alert(tmp_path: Path) -> None:
     assert not (out.out / "events" / CAMERA).exists() or not list((out.out / "events" / CAMERA).glob("*.jpg"))
 
 
-@pytest.mark.parametrize("state", ["eos", "failed"])
+@pytest.mark.parametrize("state", ["eos", "failed", "reconnecting"])
 def test_an_alert_open_when_its_camera_ends_is_closed_and_its_clip_finished_once_its_clips_are_scored(
     tmp_path: Path, state: str
 ) -> None:
