@@ -472,6 +472,8 @@ def _pipeline_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
     return out_doc
 
 
+#: Length of each real-time case by default (``--rt-seconds``).
+REALTIME_SECONDS = 10.0
 #: Seconds of video beyond a real-time case's warm-up and window: the cameras start one after another (the
 #: clock starts when the last one is live, several seconds after the first with 28 cameras).
 REALTIME_VIDEO_MARGIN_S = 20.0
@@ -769,7 +771,7 @@ def run_pipeline_bench(
     decode_s: float = 4.0,
     fast_s: float = 7.0,
     naive_s: float = 5.0,
-    rt_s: float = 10.0,
+    rt_s: float = REALTIME_SECONDS,
     pure_s: float = 1.0,
     search: bool = True,
     max_latency_s: float = 1.0,
@@ -783,6 +785,12 @@ def run_pipeline_bench(
     ``appearance``: calibrate the videos first (:func:`calibrate_videos`) so that every camera of the pure,
     fast and real-time cases scores the appearance stream; False leaves the cameras uncalibrated.
     """
+    needed = realtime_video_frames(rt_s)
+    if assets.video_frames < needed:
+        raise BenchError(
+            f"videos of {assets.video_frames} frames would loop inside a {rt_s:g} s real-time case (a loop "
+            f"restarts every camera's stream): prepare the assets with frames={needed}"
+        )
     base = load_config(assets.config_path)
     batch = max_batch or base.scheduler.max_batch
     configured = base.engines.threads or (os.cpu_count() or 1)
@@ -1112,7 +1120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-seconds", type=float, default=4.0, help="length of each decode-only case")
     p.add_argument("--fast-seconds", type=float, default=7.0, help="length of each as-fast-as-possible case")
     p.add_argument("--naive-seconds", type=float, default=5.0, help="budget of each naive slot")
-    p.add_argument("--rt-seconds", type=float, default=10.0, help="length of each real-time case")
+    p.add_argument("--rt-seconds", type=float, default=REALTIME_SECONDS, help="length of each real-time case")
     p.add_argument("--pure-seconds", type=float, default=1.0, help="seconds per batch size in pure cases")
     p.add_argument("--max-latency", type=float, default=1.0, help="real time: p95 latency bound (s)")
     p.add_argument("--no-search", action="store_true", help="do not bisect the real-time camera count")

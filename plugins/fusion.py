@@ -568,24 +568,30 @@ def fit_stream(values: np.ndarray, min_scale: float = 0.0, empty: float | None =
     return StreamStats(location=med, scale=scale, n=int(x.size))
 
 
-def _no_spread(values: np.ndarray, min_scale: float, empty: float | None) -> str | None:
-    """Why a stream is left out when most of its normal clips score exactly the same (a still or constant
-    view: a lens cap, a looped still, a scene where nothing moves), or None. Its scale would be the floor
-    :data:`SCALE_EPS`, and the first clip a thousandth away would fuse to a z of a thousand: a false alarm at
-    the first thing that moves, and on footage that never moves a threshold of 0 that keeps an alert open.
-    Streams with a unit of their own (:data:`STREAM_MIN_SCALE`) or a "nothing seen" value
-    (:data:`STREAM_EMPTY`) have their own rule (:func:`fit_stream`)."""
+def _still_value(
+    values: np.ndarray, min_scale: float, empty: float | None
+) -> tuple[float | None, str | None]:
+    """For a stream whose normal clips mostly score exactly the same value near 0 (a still or quiet view:
+    motion exactly 0 wherever nothing moved), ``(that value, None)``: fitted on the other clips, as the
+    objects stream on its empty clips (:data:`STREAM_EMPTY`). With fewer than :data:`MIN_OCCUPIED_CLIPS`
+    others (a lens cap, a looped still, a scene where nothing moved), ``(None, why it is left out)``. Else
+    ``(None, None)``: the stream's own fit. Without this its scale was the floor :data:`SCALE_EPS` and the
+    first clip a thousandth away fused to a z of a thousand; on footage that never moved the threshold was
+    0. A median away from 0 keeps the relative floor (:data:`SCALE_REL_FLOOR`), and streams with a unit or
+    a "nothing seen" value of their own (:data:`STREAM_MIN_SCALE`, :data:`STREAM_EMPTY`) their own rule."""
     if min_scale > 0.0 or empty is not None:
-        return None
+        return None, None
     x = np.asarray(values, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     med = float(np.median(x))
-    if float(np.median(np.abs(x - med))) > 0.0:
-        return None
-    same = int(np.count_nonzero(x == med))
-    return (
-        f"left out: {same} of {x.size} normal clips score exactly {med:g} (no spread to scale a z-score by: "
-        "calibrate from footage in which the scene moves)"
+    if float(np.median(np.abs(x - med))) > 0.0 or SCALE_REL_FLOOR * abs(med) > SCALE_EPS:
+        return None, None
+    others = int(np.count_nonzero(x > med))
+    if others >= MIN_OCCUPIED_CLIPS:
+        return med, None
+    return None, (
+        f"left out: {x.size - others} of {x.size} normal clips score exactly {med:g} (no spread to scale a "
+        "z-score by: calibrate from footage in which the scene moves)"
     )
 
 
@@ -839,10 +845,13 @@ def fit_calibration(
             base = fit_stream(values, unit, empty)
         except CalibrationError as exc:
             raise CalibrationError(f"stream {name!r}: {exc}") from exc
-        still = _no_spread(values, unit, empty)
+        implicit, still = _still_value(values, unit, empty)
         if still is not None:
             stats[name] = replace(base, weight=0.0, reason=still)
             continue
+        if implicit is not None:  # a quiet view: fitted on the clips that moved
+            empty = implicit
+            base = fit_stream(values, unit, empty)
         if fold_ids is None:
             stats[name] = base
             continue

@@ -720,6 +720,13 @@ def save_camera_calibration(
         smoothing=camera.alerts.smoothing,
         segments=collected.segments,
     )
+    if cal.streams and all(st.weight <= 0.0 for st in cal.streams.values()):
+        # Nothing varied (a lens cap, a frozen feed): a camera with this calibration could never alert.
+        reasons = "; ".join(f"{name}: {st.reason}" for name, st in cal.streams.items())
+        raise CalibrationFootageError(
+            f"camera {camera_id}: no stream varied on the footage, so none can be scaled ({reasons}); "
+            "calibrate from footage in which the scene moves"
+        )
     # Another model scores the learned streams on other levels: the run checks which one this was.
     cal = replace(cal, model_id=engines.model_id)
     if SEMANTIC in cal.streams:

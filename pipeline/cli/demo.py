@@ -171,6 +171,9 @@ def calibration_fits(
         loaded = load_calibration(calibration)
         check_semantic_source(loaded, semantic_source)
         check_model(loaded, model_id)
+        if model_id is not None and loaded.model_id is None:
+            # From before calibrations named their model: it may be another checkpoint's, so it is redone.
+            raise CalibrationError(f"{calibration} records no model it was scored with")
         fits = loaded.threshold_smoothing == smoothing
     except CalibrationError as exc:
         log.info("calibrating again: %s", exc)

@@ -111,8 +111,10 @@ class BoundedRequestHandler(BaseHTTPRequestHandler):
 
     server: BoundedHTTPServer
     _watch: threading.Timer | None = None
+    _was_cut = False
 
     def handle_one_request(self) -> None:
+        self._was_cut = False
         self._arm()
         try:
             super().handle_one_request()
@@ -122,7 +124,17 @@ class BoundedRequestHandler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         ok = super().parse_request()
         self._disarm()  # the line and the headers are in
+        if self._was_cut:
+            # Cut at the deadline, the parser read the headers that had come as if they were all: a request
+            # missing some (its Origin, its body) is not served.
+            self.close_connection = True
+            return False
         return ok
+
+    @property
+    def was_cut(self) -> bool:
+        """Whether the request was cut at the deadline (its body then came short, or not at all)."""
+        return self._was_cut
 
     @contextmanager
     def reading_body(self) -> Iterator[None]:
@@ -145,6 +157,7 @@ class BoundedRequestHandler(BaseHTTPRequestHandler):
             self._watch = None
 
     def _cut(self) -> None:
+        self._was_cut = True
         log.debug(
             "%s: %s took longer than %.0f s to send its request",
             self.server.name,

@@ -368,6 +368,13 @@ class RunOutputs:
                 calibration = load_calibration(cam.calibration)
                 check_semantic_source(calibration, self.semantic_source)
                 check_model(calibration, self.model_id)
+                if calibration.model_id is None:
+                    log.info(
+                        "camera %s: %s records no model it was scored with (written before zsad recorded "
+                        "it): if the engines were built from another checkpoint since, recalibrate it",
+                        cam.id,
+                        cam.calibration,
+                    )
                 mismatch = other_camera(calibration, cam.id)
                 if mismatch is not None:
                     log.warning("camera %s: %s: %s", cam.id, cam.calibration, mismatch)

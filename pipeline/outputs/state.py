@@ -101,6 +101,25 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a finite number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as inf
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """Where ``value`` (a record, at any depth) holds a number that is not finite, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} {value!r} is not a finite number"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def _copy_trust(trust: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if trust is None:
         return None
@@ -437,7 +456,7 @@ class RunState:
                 try:
                     # NaN and Infinity are not JSON, though Python reads them: an alert holding one could
                     # never be served (the API's numbers are finite).
-                    rec = json.loads(line, parse_constant=_refuse_constant)
+                    rec = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
                 except json.JSONDecodeError as exc:
                     log.warning("%s:%d: skipped a line that is not JSON (%s)", src, lineno, exc.msg)
                     continue
@@ -617,11 +636,8 @@ def _record_problem(rec: Mapping[str, Any]) -> str | None:
             parse_time(rec["end"])
     except StateError as exc:
         return str(exc)
-    for key, value in rec.items():
-        # The API's numbers are finite (its JSON has no NaN): a record holding one could never be served.
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{key} {value!r} is not a finite number"
-    return None
+    # The API's numbers are finite (its JSON has no NaN): a record holding one could never be served.
+    return _non_finite(dict(rec), "")
 
 
 def _public(rec: Mapping[str, Any], review: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -805,6 +805,34 @@ def test_a_client_trickling_its_request_cannot_hold_a_slot_past_the_deadline(
         srv.stop()
 
 
+def test_a_request_cut_at_the_deadline_is_not_carried_out(
+    demo: DemoRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut at the deadline, the header parser took the headers that had come for all of them, and the
+    request ran: a DELETE whose Origin never arrived reached the API. Now a cut request is dropped."""
+    from pipeline.outputs.web import server as web_server
+
+    monkeypatch.setattr(web_server, "REQUEST_DEADLINE_S", 0.5)
+    srv = ReviewServer(demo.state, demo.out).start()
+    calls: list[str] = []
+    srv.api.delete = lambda path: calls.append(path) or {}  # type: ignore[method-assign]
+    try:
+        parts = urlsplit(srv.url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+            s.sendall(
+                f"DELETE /api/cameras/cam-1/zones HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Slow: ".encode()
+            )
+            try:
+                while s.recv(1024):  # until the server shuts the connection at the deadline
+                    pass
+            except OSError:
+                pass
+        assert request(srv.url, "GET", "/healthz").status == 200  # the server goes on
+        assert calls == []
+    finally:
+        srv.stop()
+
+
 def test_faults_get_answers_and_another_loopback_bind_is_reachable(demo: DemoRun) -> None:
     """A Host or Origin header that cannot be parsed, a Content-Length int() would read leniently, an alert
     fault of ours: each a plain answer (421, 403, 411, 500), where the connection used to close

@@ -137,3 +137,28 @@ def test_shared_samples_name_each_camera_and_share_the_arrays() -> None:
     assert theirs.memory.mean is memory.mean
     assert theirs.samples is samples.samples
     assert samples.for_camera("cam-a").stationary is fitted
+
+
+def test_footage_on_which_no_stream_varied_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """A lens cap or a frozen feed: every stream is left out (no spread to scale by), so a camera with that
+    calibration could never alert; zsad calibrate says so and writes nothing."""
+    import pytest
+
+    from pipeline.cli.calibrate import CalibrationFootageError, save_camera_calibration
+
+    cfg = parse_config(
+        json.dumps(
+            {"output_dir": str(tmp_path / "out"), "cameras": [{"id": "cap", "uri": "rtsp://127.0.0.1/cap"}]}
+        )
+    )
+    n = 40
+    still = CalibrationSamples(
+        samples={"pixel": np.zeros(n), "motion": np.zeros(n)},
+        folds=(np.arange(n) * 4 // n).astype(np.int8),
+        segments=np.zeros(n, np.int64),
+    )
+    out = tmp_path / "calib" / "cap.json"
+    with pytest.raises(CalibrationFootageError, match="no stream varied on the footage"):
+        # The engines are not reached: the fit is refused first.
+        save_camera_calibration(cfg, None, "cap", still, out)  # type: ignore[arg-type]
+    assert not out.parent.exists()

@@ -954,8 +954,25 @@ def test_a_stream_that_never_varied_on_the_normal_footage_is_left_out() -> None:
     fused = CameraFusion("still", cal, None, smoothing=1, rule="max")
     moved = fused.update({"pixel": 5.0, "predictive": 2.0, "motion": 0.001}, None, 0.0)
     assert moved.score < 5.0  # was 1000
-    constant = fit_calibration(
-        {k: np.full(n, 1.0) for k in samples}, time_folds(n, HELDOUT_FOLDS), rule="max"
-    )
-    assert all(st.weight == 0.0 for st in constant.streams.values())
-    assert not (constant.threshold or 0.0) > 0.0
+    still = fit_calibration({k: np.zeros(n) for k in samples}, time_folds(n, HELDOUT_FOLDS), rule="max")
+    assert all(st.weight == 0.0 for st in still.streams.values())
+    assert not (still.threshold or 0.0) > 0.0  # zsad calibrate refuses to write it
+
+
+def test_a_quiet_view_is_fitted_on_the_clips_that_moved_and_a_tied_median_away_from_zero_is_kept() -> None:
+    """Most clips exactly 0 (nothing moved then) but the others vary: the stream is fitted on those, as the
+    objects stream on its empty clips, not left out and not scaled by 1e-6. A stream whose tied median is
+    away from 0 (quantised scores) keeps its relative scale floor and its weight, as before."""
+    rng = np.random.default_rng(1)
+    n = 80
+    quiet = np.where(np.arange(n) % 5 < 3, 0.0, rng.uniform(0.05, 0.3, n))  # 60 % of clips exactly 0
+    samples = {"pixel": rng.normal(5.0, 1.0, n), "motion": quiet}
+    cal = fit_calibration(samples, time_folds(n, HELDOUT_FOLDS), rule="max")
+    motion = cal.streams["motion"]
+    assert motion.weight > 0.0
+    assert motion.scale > 0.01
+    fused = CameraFusion("quiet", cal, None, smoothing=1, rule="max")
+    assert fused.update({"pixel": 5.0, "motion": 0.001}, None, 0.0).score < 5.0
+    tied = np.where(np.arange(n) % 2 == 0, 1.0, rng.normal(1.0, 0.01, n)).astype(np.float16).astype(float)
+    kept = fit_calibration({"pixel": samples["pixel"], "predictive": tied}, time_folds(n, HELDOUT_FOLDS))
+    assert kept.streams["predictive"].weight > 0.0

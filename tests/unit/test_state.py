@@ -334,6 +334,10 @@ def test_load_existing_skips_malformed_lines_with_a_warning(
         json.dumps(other),
         '{"alert_id": "torn", "camera": "cam',  # a torn last line
         json.dumps({**other, "alert_id": "nan-peak", "peak_score": float("nan")}),  # Python writes NaN
+        # Nested, and a literal too large for a float (it reads as inf): as unservable.
+        json.dumps(
+            {**other, "alert_id": "inf-box", "peak_box": {"x0": 1, "y0": 2, "x1": 3, "y1": 4}}
+        ).replace('"x0": 1', '"x0": 1e400'),
     ]
     (tmp_path / "alerts.jsonl").write_text("\n".join(lines) + "\n")
     state = RunState(tmp_path)
@@ -343,11 +347,15 @@ def test_load_existing_skips_malformed_lines_with_a_warning(
     assert [a["alert_id"] for a in state.alerts()] == [other["alert_id"], good_open["alert_id"]]
     assert state.alert(good_open["alert_id"])["status"] == "closed"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 6
+    assert len(warnings) == 7
     assert "alerts.jsonl:2" in warnings[0].getMessage()
     # NaN is not JSON (Python reads it): such an alert could never be served, the API's numbers being finite.
-    assert "NaN is not a finite number" in warnings[-1].getMessage()
-    assert "nan-peak" not in [a["alert_id"] for a in state.alerts()]
+    assert "NaN is not a finite number" in warnings[-2].getMessage()
+    assert "1e400 is not a finite number" in warnings[-1].getMessage()
+    assert not {"nan-peak", "inf-box"} & {a["alert_id"] for a in state.alerts()}
+    # The same held by a record added live (the alert machine's, a sink's replay): refused, nested too.
+    with pytest.raises(StateError, match=r"contributions\.pixel inf is not a finite number"):
+        state.add_alert({**other, "alert_id": "live-inf", "contributions": {"pixel": float("inf")}})
     assert RunState(tmp_path / "missing").load_existing() == 0
 
 

@@ -237,8 +237,9 @@ class _Handler(BoundedRequestHandler):
         self._responded = False
         try:
             serve(*args, **kwargs)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client left mid-answer: nothing to answer, nothing to log
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            # The client left mid-answer, or stopped reading it: nothing to answer, nothing to log.
+            self.close_connection = True
         except Exception:
             log.exception("review page: %s %s failed", self.command, self.path[:200])
             self.close_connection = True
@@ -258,8 +259,13 @@ class _Handler(BoundedRequestHandler):
         if header is None and method == "DELETE":
             header = "0"
         # ASCII digits only: int() also reads "1_0", "+5" and other scripts' digits, which a proxy in front
-        # would frame differently.
-        if header is None or not (header.isascii() and header.isdigit()):
+        # would frame differently; and one length (two could frame the body either way).
+        header = header.strip() if header is not None else None
+        if (
+            header is None
+            or not (header.isascii() and header.isdigit())
+            or len(self.headers.get_all("Content-Length") or ()) > 1
+        ):
             self.close_connection = True
             self._send_error(411, "Content-Length required", api=True)
             return

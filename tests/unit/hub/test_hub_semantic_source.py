@@ -94,7 +94,7 @@ def test_a_calibration_scored_by_another_model_is_refused_and_the_camera_runs_un
 ) -> None:
     """A retrained checkpoint or another model section scores the learned streams on other levels: the
     calibration of the old engines is refused by name; one of these engines ("m" here), or one from before
-    the model was recorded, is kept."""
+    the model was recorded, is kept (that one saying so)."""
     cameras: dict[str, Path | None] = {}
     for camera, model in (("old-model", "zsad:aaaa:bbbb"), ("this-model", "m"), ("unrecorded", None)):
         path = calib / f"{camera}.json"
@@ -102,7 +102,7 @@ def test_a_calibration_scored_by_another_model_is_refused_and_the_camera_runs_un
         save_calibration(replace(load_calibration(path), model_id=model), path)
         cameras[camera] = path
     assert load_calibration(calib / "old-model.json").model_id == "zsad:aaaa:bbbb"  # saved and read back
-    caplog.set_level(logging.WARNING, logger="pipeline.outputs.hub")
+    caplog.set_level(logging.INFO, logger="pipeline.outputs.hub")
     outputs = hub_outputs(cameras)
     try:
         assert outputs.alerts["old-model"].fusion.calibration.identity
@@ -113,5 +113,11 @@ def test_a_calibration_scored_by_another_model_is_refused_and_the_camera_runs_un
             in caplog.text
         )
         assert "recalibrate the camera" in caplog.text
+        # One from before the model was recorded is kept, and said.
+        said = [
+            r.getMessage() for r in caplog.records if "records no model it was scored with" in r.getMessage()
+        ]
+        assert len(said) == 1
+        assert said[0].startswith("camera unrecorded: ")
     finally:
         outputs.shutdown()
