@@ -40,7 +40,7 @@ from pipeline.inference import (
     engine_batch_limit,
     load_engines,
 )
-from pipeline.outputs.hub import RunOutputs
+from pipeline.outputs.hub import ENDED_STATES, RunOutputs
 from pipeline.signals import stop_on_signals
 
 __all__ = ["DeepStreamApp", "run_deepstream"]
@@ -149,7 +149,7 @@ class DeepStreamApp:
         """A camera's state from the bus: its end of stream, error or reconnect ends its stream (a later
         frame of it starts a new one, see :meth:`ClipScoringProbe.restart`)."""
         self.outputs.camera_state(camera, state, detail)
-        if state in ("eos", "failed", "reconnecting"):
+        if state in ENDED_STATES:
             self.probe.restart(camera)
 
     def on_gap(self, camera: str, t: float) -> None:

@@ -525,16 +525,15 @@ class DeepStreamGraph:
         self._backoffs = {s.index: ReconnectBackoff(*s.backoff_s) for s in plan.sources if s.restarted}
         self._retries: dict[int, int] = {}  # camera index -> the GLib timeout of its pending restart
         # Restarted cameras whose stream ended without an EOS reaching the mux (held back, or stopped in its
-        # backoff, or not started yet): when the run stops their mux pads get one (_tick). The lock orders
-        # the streaming threads' holding back (_hold_eos) against the run's EOS.
+        # backoff, or not started yet): when the run stops their mux pads get one (_send_run_eos). The lock
+        # orders the streaming threads' holding back (_hold_eos) against the run's EOS.
         self._quiet = {s.index for s in plan.sources if s.restarted}
         self._quiet_lock = threading.Lock()
         self._runs = dict.fromkeys(self._backoffs, 0)  # each restarted bin's stops so far (_hold_eos)
-        # The stall watchdog's clocks (_check_stalls): when each restarted bin was started, when its last
-        # buffer came (a streaming thread writes it), whether one came since the start.
+        # The stall watchdog's clocks (_check_stalls): when each restarted bin was started, and when its last
+        # buffer came (a streaming thread writes it; one from before the start means none since).
         self._started_at: dict[int, float] = {}
         self._alive_at: dict[int, float] = {}
-        self._got_buffer: dict[int, bool] = {}
         self._departed: dict[int, list[Any]] = {}  # the elements in each restarted bin when it last stopped
         self.restarts: dict[int, int] = dict.fromkeys(self._backoffs, 0)
         Gst = init_gstreamer()
@@ -633,12 +632,10 @@ class DeepStreamGraph:
     def _note_buffer(self, _pad: Any, _info: Any, index: int) -> Any:
         """A restarted camera's frame passed (its streaming thread): the stall watchdog's clock."""
         self._alive_at[index] = time.monotonic()
-        self._got_buffer[index] = True
         return init_gstreamer().PadProbeReturn.OK
 
     def _started(self, index: int) -> None:
         self._started_at[index] = time.monotonic()
-        self._got_buffer[index] = False
 
     def _check_stalls(self, now: float) -> None:
         """Restart every restarted camera that has sent no frame for its stall timeout (the main loop's
@@ -647,8 +644,9 @@ class DeepStreamGraph:
             if index in self._retries or self.source_bins[index].is_locked_state():
                 continue  # waiting out its backoff, or not started yet
             source = self.plan.sources[index]
-            got = self._got_buffer.get(index, False)
-            ref = max(started_at, self._alive_at.get(index, started_at)) if got else started_at
+            alive_at = self._alive_at.get(index, -math.inf)
+            got = alive_at >= started_at  # a frame since this start
+            ref = alive_at if got else started_at
             limit = source.stall_s * (1.0 if got else FIRST_FRAME_FACTOR)
             if now - ref > limit:
                 self._restart_source(index, f"no frame for {now - ref:.1f} s (stalled)")

@@ -131,11 +131,6 @@ class BoundedRequestHandler(BaseHTTPRequestHandler):
             return False
         return ok
 
-    @property
-    def was_cut(self) -> bool:
-        """Whether the request was cut at the deadline (its body then came short, or not at all)."""
-        return self._was_cut
-
     @contextmanager
     def reading_body(self) -> Iterator[None]:
         """Read a request's body within the deadline."""

@@ -104,15 +104,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunOutputs", "RunOutputsError", "check_outputs", "learned_dir", "uncalibrated_notice"]
+__all__ = [
+    "ENDED_STATES",
+    "RunOutputs",
+    "RunOutputsError",
+    "check_outputs",
+    "learned_dir",
+    "uncalibrated_notice",
+]
 
 FALSE_ALARM = "false_alarm"
 
 #: Camera states after which none of the stream's frames come: its open alert is closed and its media
-#: finished once its last clips are scored (:meth:`RunOutputs.record_queues`).
-#: States that end a camera's stream: its open alert closes once its queued clips are scored. ``reconnecting``
-#: too: the frames stop for the outage (the event clip would wait for a post-roll that does not come, and
-#: resume across the gap), and an anomaly still there after the reconnect opens an alert of its own.
+#: finished once its last clips are scored (:meth:`RunOutputs.record_queues`). ``reconnecting`` too: the
+#: frames stop for the outage (the event clip would wait for a post-roll that does not come, and resume
+#: across the gap), and an anomaly still there after the reconnect opens an alert of its own.
 ENDED_STATES = frozenset({"eos", "failed", "reconnecting"})
 #: Those a camera may come back from before its last clips were scored, the close then not taken.
 _RESUMABLE_STATES = frozenset({"failed", "reconnecting"})
@@ -277,7 +283,7 @@ class RunOutputs:
             self._cameras_lock = threading.RLock()
             self._dropped_seen: dict[str, int] = {}  # scheduler drop counts already added to the metrics
             self._failed_seen: dict[str, int] = {}  # likewise its failed clips
-            # Cameras whose stream ended (eos, failed), by state, until their queued clips are scored.
+            # Cameras whose stream ended (ENDED_STATES), by state, until their queued clips are scored.
             self._ended: dict[str, str] = {}
             # Those of them already ended at the last record_queues: only their counts are known to be taken
             # after the end (a clip submitted between a tick's counts and the end would be missed).
