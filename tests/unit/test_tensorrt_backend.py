@@ -259,6 +259,18 @@ def test_an_engine_of_another_orin_module_is_refused(tmp_path: Path, monkeypatch
     assert orin_nx._double_gpu.live() == {"host": 0, "device": 0, "streams": 0, "graphs": 0, "graph_execs": 0}
 
 
+def two_gpu_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device0: SimulatedDevice
+) -> tuple[CudartTestDouble, Manifest]:
+    """A host of two GPUs, ``device0`` and an RTX A2000 as device 1 (the TensorRT and cudart TEST DOUBLES
+    installed), and the manifest of an engine built on device 1."""
+    host = CudartTestDouble(devices=[device0, SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False)])
+    install_doubles(monkeypatch, host)
+    trt = sys.modules["tensorrt"]
+    assert isinstance(trt, TensorRTTestDouble)
+    return host, write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA RTX A2000", "8.6", 26))
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_the_engine_runs_on_its_gpu_from_any_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cuda_graph: bool
@@ -267,16 +279,7 @@ def test_the_engine_runs_on_its_gpu_from_any_thread(
     and the scheduler's thread, which did not create the backend (its current device is 0, as for any
     thread of a CUDA process), runs it on device 1: a kernel launched into device 1's stream from device 0
     would fail."""
-    host = CudartTestDouble(
-        devices=[
-            SimulatedDevice("NVIDIA H200", (9, 0), 132, False),
-            SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False),
-        ]
-    )
-    install_doubles(monkeypatch, host)
-    trt = sys.modules["tensorrt"]
-    assert isinstance(trt, TensorRTTestDouble)
-    manifest = write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA RTX A2000", "8.6", 26))
+    host, manifest = two_gpu_host(tmp_path, monkeypatch, SimulatedDevice("NVIDIA H200", (9, 0), 132, False))
     with pytest.raises(ManifestMismatch, match=r"tensorrt\.gpu_name: .* this device is 'NVIDIA H200'"):
         load_backend(manifest, "tensorrt")  # device 0
     with load_backend(manifest, "tensorrt", device_id=1, cuda_graph=cuda_graph) as backend:
@@ -310,16 +313,9 @@ def test_a_run_opens_its_tensorrt_engines_on_deepstream_gpu_id(
     """``load_engines`` opens each engine with :func:`pipeline.inference.backend_options`: with
     ``deepstream.gpu_id: 1`` a TensorRT engine built on device 1 opens on device 1, the device the DeepStream
     elements use, not on device 0; ONNX Runtime keeps its own options."""
-    host = CudartTestDouble(
-        devices=[
-            SimulatedDevice("NVIDIA RTX A4000", (8, 6), 48, False),
-            SimulatedDevice("NVIDIA RTX A2000", (8, 6), 26, False),
-        ]
+    host, manifest = two_gpu_host(
+        tmp_path, monkeypatch, SimulatedDevice("NVIDIA RTX A4000", (8, 6), 48, False)
     )
-    install_doubles(monkeypatch, host)
-    trt = sys.modules["tensorrt"]
-    assert isinstance(trt, TensorRTTestDouble)
-    manifest = write_manifest(tmp_path, trt, plan(), gpu=("NVIDIA RTX A2000", "8.6", 26))
     cfg = site_config(1, deepstream={"gpu_id": 1})
     assert cfg.engines.backend == "tensorrt"
     with load_backend(manifest, cfg.engines.backend, threads=0, **backend_options(cfg)) as backend:
