@@ -828,6 +828,13 @@ class EnginesConfig(_Strict):
         "they sleep and leave the cores to the camera decoders: on 2 cores at 2 threads, real time held 15 "
         "cameras spinning and 28 asleep (docs/benchmarks.md).",
     )
+    parallel: Literal["batch", "operator"] = Field(
+        "batch",
+        description="How ONNX Runtime on the CPU uses its threads: batch cuts each batch into one part per "
+        "thread, each run by a single-threaded session (same outputs; on 2 cores a sixth less time on the "
+        "engines here, docs/benchmarks.md); operator splits every operator across its intra-op pool (a "
+        "batch of one still uses every thread).",
+    )
     checkpoint: str | None = Field(None, description="Checkpoint the engines are built from.")
 
 

@@ -416,10 +416,10 @@ def _checked_gate(cfg: ZsadConfig, directory: Path) -> Path | None:
 
 def backend_options(cfg: ZsadConfig) -> dict[str, Any]:
     """What :func:`engines.backends.load_backend` gets besides the manifest for ``engines.backend``: ONNX
-    Runtime's ``spin``; TensorRT's CUDA device, ``deepstream.gpu_id`` (the device the DeepStream elements
-    use and the engines were built on)."""
+    Runtime's ``spin`` and ``parallel``; TensorRT's CUDA device, ``deepstream.gpu_id`` (the device the
+    DeepStream elements use and the engines were built on)."""
     if cfg.engines.backend == "onnxruntime":
-        return {"spin": cfg.engines.spin}
+        return {"spin": cfg.engines.spin, "parallel": cfg.engines.parallel}
     if cfg.engines.backend == "tensorrt":
         return {"device_id": cfg.deepstream.gpu_id}
     return {}

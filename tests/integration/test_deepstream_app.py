@@ -216,5 +216,8 @@ def test_load_engines_gives_onnx_runtime_the_configured_spin(
             for s in sessions
         }
         assert entries == {"1" if spin else "0"}
+        # engines.parallel's default: each batch cut into one part per thread, single-threaded sessions.
+        assert [engines.backbone.parts, engines.dpc.parts] == [2, 2]
+        assert {s.get_session_options().intra_op_num_threads for s in sessions} == {1}
     finally:
         engines.close()

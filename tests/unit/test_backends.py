@@ -5,6 +5,7 @@ TensorRT build logic, the latter driven through the strict TensorRT 10.3 test do
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -451,6 +452,85 @@ def test_build_engine_failures_are_named(tmp_path: Path) -> None:
     with pytest.raises(TensorRTBuildError, match="builder could not start"):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", trt=no_gpu, **kw)
     assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.parametrize(("threads", "batch"), [(2, 8), (2, 5), (4, 3), (3, 1)])
+def test_onnxruntime_batch_parts_give_the_operator_split_outputs_bit_for_bit(
+    engines_dir: Path, threads: int, batch: int
+) -> None:
+    rng = np.random.default_rng(batch)
+    for component in ("backbone", "dpc_head"):
+        path = engines_dir / f"{component}.manifest.json"
+        with (
+            load_backend(path, "onnxruntime", threads=threads, parallel="operator") as whole,
+            load_backend(path, "onnxruntime", threads=threads, parallel="batch") as parts,
+        ):
+            assert (whole.parts, parts.parts) == (1, threads)
+            assert parts._session.get_session_options().intra_op_num_threads == 1
+            feeds = random_feeds(whole.manifest.inputs, batch, rng)
+            expected, got = whole(feeds), parts(feeds)
+            for name in whole.output_names:
+                assert got[name].shape == expected[name].shape
+                np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_onnxruntime_batch_parts_run_at_once_on_their_own_threads(engines_dir: Path) -> None:
+    path = engines_dir / "dpc_head.manifest.json"
+    with load_backend(path, "onnxruntime", threads=3, parallel="batch") as ort:
+        run = ort._run
+        seen: list[tuple[str, int]] = []
+        # Each part of the first run waits for the others: they can only pass if they run together.
+        together = [threading.Barrier(3, timeout=30)]
+
+        def record(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            seen.append((threading.current_thread().name, len(next(iter(feeds.values())))))
+            if together:
+                together[0].wait()
+            return run(feeds)
+
+        ort._run = record  # type: ignore[method-assign]
+        out = ort(random_feeds(ort.manifest.inputs, 7, np.random.default_rng(1)))
+        together.clear()
+        assert all(v.shape[0] == 7 for v in out.values())
+        names = sorted(name for name, _ in seen)
+        assert sorted(size for _, size in seen) == [2, 2, 3]
+        assert threading.current_thread().name in names
+        assert len(set(names)) == 3
+        assert sum(n.startswith("zsad-ort-dpc_head") for n in names) == 2
+        seen.clear()
+        ort(random_feeds(ort.manifest.inputs, 1, np.random.default_rng(2)))
+        assert seen == [(threading.current_thread().name, 1)]  # a batch of one: the caller alone
+
+
+def test_onnxruntime_a_failing_batch_part_fails_the_run_after_every_part_ended(engines_dir: Path) -> None:
+    path = engines_dir / "dpc_head.manifest.json"
+    with load_backend(path, "onnxruntime", threads=2, parallel="batch") as ort:
+        run = ort._run
+        ended: list[str] = []
+
+        def failing(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if threading.current_thread().name.startswith("zsad-ort-"):
+                ended.append("worker")
+                raise RuntimeError("part failed")
+            out = run(feeds)
+            ended.append("caller")
+            return out
+
+        ort._run = failing  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="part failed"):
+            ort(random_feeds(ort.manifest.inputs, 4, np.random.default_rng(3)))
+        assert sorted(ended) == ["caller", "worker"]
+
+
+def test_onnxruntime_close_stops_the_batch_part_threads(engines_dir: Path) -> None:
+    path = engines_dir / "backbone.manifest.json"
+    ort = load_backend(path, "onnxruntime", threads=2, parallel="batch")
+    ort(random_feeds(ort.manifest.inputs, 2, np.random.default_rng(4)))
+    assert any(t.name.startswith("zsad-ort-backbone") for t in threading.enumerate())
+    ort.close()
+    assert not any(t.name.startswith("zsad-ort-backbone") for t in threading.enumerate())
+    with pytest.raises(ValueError, match="parallel must be one of operator, batch, got 'rows'"):
+        load_backend(path, "onnxruntime", threads=2, parallel="rows")
 
 
 @pytest.mark.parametrize("spin", [True, False])

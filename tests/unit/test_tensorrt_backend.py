@@ -324,7 +324,7 @@ def test_a_run_opens_its_tensorrt_engines_on_deepstream_gpu_id(
     with pytest.raises(ManifestMismatch, match=r"tensorrt\.gpu_name: .* this device is 'NVIDIA RTX A4000'"):
         load_backend(manifest, cfg.engines.backend, threads=0, **backend_options(site_config(1)))  # gpu_id 0
     cpu = site_config(1, engines={"dir": str(tmp_path), "backend": "onnxruntime", "spin": False})
-    assert backend_options(cpu) == {"spin": False}
+    assert backend_options(cpu) == {"spin": False, "parallel": "batch"}
 
 
 def test_a_failed_allocation_releases_what_was_allocated(tmp_path: Path, trt: TensorRTTestDouble) -> None:
