@@ -901,20 +901,29 @@ class ClipInference:
 
     def __call__(self, clips: Sequence[Clip]) -> list[ClipResult]:
         # The memory feeds need only the clips' frames, and most of their time is in OpenCV and numpy, which
-        # release the GIL, as ONNX Runtime does: they run beside the backbone, not after it.
+        # release the GIL, as ONNX Runtime does: they run beside the backbone, the DPC head and the
+        # appearance encoder, and are waited for only when their maps are read.
         # The feeds with a model now are the ones scored below: a model set meanwhile starts with the next
         # batch, never with maps this batch did not feed.
         feeds = [feed for feed in self._feeds if feed.active]
         feeding = _Feeding(self._feeds, clips, beside=bool(feeds))
         try:
-            batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
-            out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
+            scored, prompts = self._score(clips, feeds, feeding)
         except BaseException:
-            feeding.join()  # never leave it running into the next batch, even when the backbone failed
+            feeding.join()  # never leave it running into the next batch, even when the engines failed
             feeding.log_error("the memory feeds failed too")
             raise
-        feeding.join()
+        feeding.join()  # where no clip was scored (no DPC history yet) no map was read: end them here
         feeding.check()
+        return [ClipResult(s, p) for s, p in zip(scored, prompts, strict=True)]
+
+    def _score(
+        self, clips: Sequence[Clip], feeds: Sequence[MemoryFeed[Any]], feeding: _Feeding
+    ) -> tuple[list[StreamScores | None], list[str | None]]:
+        """The batch's engines and scores while ``feeding`` runs; the feeds' maps are read after
+        ``feeding`` has ended."""
+        batch = to_model_input(list(clips), self.engines.mean, self.engines.std)  # (N, T, 3, H, W)
+        out = self.engines.backbone({"clip": to_layout(batch, self.engines.input_layout)})
         tokens, embedding = out["tokens"], out["embedding"]
         items = [
             ClipTokens(c.camera_id, c.index, tokens[i], embedding[i], batch[i, 0], batch[i, -1], batch[i, -2])
@@ -932,6 +941,9 @@ class ClipInference:
                     if appearance
                     else [{} for _ in indices]
                 )
+                if feeds:
+                    feeding.join()
+                    feeding.check()
                 for feed in feeds:
                     for k, i in enumerate(indices):
                         m = feed.clip_map(i, clips[i].camera_id, grid)
@@ -954,7 +966,7 @@ class ClipInference:
             s = scored[i]
             if s is not None:
                 s.scores[SEMANTIC], prompts[i] = sem
-        return [ClipResult(s, p) for s, p in zip(scored, prompts, strict=True)]
+        return scored, prompts
 
 
 class _Feeding:

@@ -135,7 +135,7 @@ class MemoryFeed(Generic[G]):
     that does not fit the camera's frames or the DPC grid (``error``) is logged once and left out until the
     camera's model is replaced: the camera goes on without the stream.
 
-    :meth:`feed` runs on a batch's ``zsad-feeds`` thread, beside the backbone, then, once
+    :meth:`feed` runs on a batch's ``zsad-feeds`` thread, beside the engines' runs, then, once
     :class:`pipeline.inference.ClipInference` has joined it, :meth:`clip_map` for the same clips on the
     scorer's. :meth:`reset` is called on the scheduler's thread between two inference calls
     (:class:`pipeline.clip_path.ClipPath`: a reconnect in clip order, a removal before the next batch and

@@ -226,9 +226,13 @@ class _ObservedModel(ObjectsModel):
         self.backbone_started = threading.Event()
         self.met_backbone: list[bool] = []
         self.finished = 0
+        self.before_frame: Any = None  # called first by each frame (a feed that waits for something)
+        self.met_dpc: list[bool] = []
 
     def score_frame(self, state: Any, frame: np.ndarray, pts: float | None = None) -> np.ndarray:
         self.threads.append(threading.current_thread())
+        if self.before_frame is not None:
+            self.before_frame()
         self.scored.set()
         self.met_backbone.append(self.backbone_started.wait(timeout=60))
         time.sleep(self.linger_s)  # a slow feed: it must still have ended when the batch's call returns
@@ -304,6 +308,46 @@ def test_the_memory_feeds_run_beside_the_backbone(world: dict[str, Path], tmp_pa
         assert {t.name for t in model.threads} == {"zsad-feeds"}
         assert not any(t.is_alive() for t in model.threads)
     finally:
+        _close(inference, watch)
+
+
+def test_the_memory_feeds_run_on_while_the_dpc_head_runs_and_their_maps_wait_for_them(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    inference, _, model, watch = _watched(world, tmp_path)
+    dpc = inference.scorer.dpc
+    dpc_started = threading.Event()
+    feed_alive: list[bool] = []
+
+    def watched_dpc(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed_alive.append(any(t.is_alive() for t in model.threads))
+        dpc_started.set()
+        return dpc(feeds)
+
+    inference.scorer.dpc = watched_dpc
+    try:
+        for k in range(2):  # the DPC history fills in 2 clips: no DPC run yet
+            _next_batch(model)
+            inference(_batch(k))
+        # The third batch is scored: its feed holds its last frame until the DPC head has started (its
+        # first frame has met the backbone, which waits for it).
+        _next_batch(model)
+
+        def hold_last_frame() -> None:
+            if model.finished == 5:
+                model.met_dpc.append(dpc_started.wait(timeout=60))
+
+        model.before_frame = hold_last_frame
+        res = inference(_batch(2))
+        assert model.met_dpc == [True]  # the DPC head started while the feed still had a frame to take
+        assert feed_alive == [True]
+        # ... and the feed's map was read once it had taken both frames.
+        assert model.finished == 6
+        assert res[0].scores is not None
+        assert "objects" in res[0].scores.maps
+        assert not any(t.is_alive() for t in model.threads)
+    finally:
+        inference.scorer.dpc = dpc
         _close(inference, watch)
 
 
