@@ -821,19 +821,25 @@ class UiConfig(_Strict):
 class EnginesConfig(_Strict):
     dir: str = Field("models/demo", min_length=1, description="Folder with ONNX/engines and their manifests.")
     backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
-    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = runtime default.")
+    threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="ONNX Runtime's threads per engine: with parallel batch, the parts a batch is cut into "
+        "(0 = one per CPU the process may use); with operator, the intra-op pool (0 = runtime default).",
+    )
     spin: bool = Field(
         False,
         description="Let ONNX Runtime's worker threads spin-wait for the next run (its own default). Off, "
         "they sleep and leave the cores to the camera decoders: on 2 cores at 2 threads, real time held 15 "
-        "cameras spinning and 28 asleep (docs/benchmarks.md).",
+        "cameras spinning and 28 asleep (docs/benchmarks.md). Only parallel operator has such a pool.",
     )
     parallel: Literal["batch", "operator"] = Field(
         "batch",
         description="How ONNX Runtime on the CPU uses its threads: batch cuts each batch into one part per "
-        "thread, each run by a single-threaded session (same outputs; on 2 cores a sixth less time on the "
-        "engines here, docs/benchmarks.md); operator splits every operator across its intra-op pool (a "
-        "batch of one still uses every thread).",
+        "thread, each run by a single-threaded session (the same outputs on every engine tested and timed "
+        "here; at batch 8 on 2 cores 10 to 18 % less time on the engines, docs/benchmarks.md); operator "
+        "splits every operator across its intra-op pool (a batch of one still uses every thread).",
     )
     checkpoint: str | None = Field(None, description="Checkpoint the engines are built from.")
 

@@ -904,7 +904,8 @@ class ClipInference:
         # release the GIL, as ONNX Runtime does: they run beside the backbone, the DPC head and the
         # appearance encoder, and are waited for only when their maps are read.
         # The feeds with a model now are the ones scored below: a model set meanwhile starts with the next
-        # batch, never with maps this batch did not feed.
+        # batch, never with maps this batch did not feed. A feed's failure fails the batch once the engines
+        # have run, as an engine's failure does (the DPC history and the appearance cadence have moved on).
         feeds = [feed for feed in self._feeds if feed.active]
         feeding = _Feeding(self._feeds, clips, beside=bool(feeds))
         try:

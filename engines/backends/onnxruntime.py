@@ -16,13 +16,22 @@ from engines.manifest import Manifest, verify_files
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PARALLEL_MODES", "OnnxRuntimeBackend"]
+__all__ = ["PARALLEL_MODES", "OnnxRuntimeBackend", "usable_cpus"]
 
 #: How a backend with several threads uses them: ``operator`` splits each operator of a run across
 #: ONNX Runtime's intra-op pool; ``batch`` splits a batch into one part per thread, each run whole by a
 #: single-threaded session on its own thread (the items of a batch are independent, so the outputs are the
 #: same, bit for bit).
 PARALLEL_MODES = ("operator", "batch")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's cpuset, ``taskset``), not the host's
+    count: ``threads: 0`` must not cut a batch into more parts than there are cores to run them."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
 
 
 def _import_onnxruntime() -> Any:
@@ -47,9 +56,10 @@ class OnnxRuntimeBackend(Backend):
         parallel: ``operator`` (ONNX Runtime's intra-op pool of ``threads``) or ``batch`` (on the CPU with
             more than one thread: a batch of ``n`` is cut into ``min(n, threads)`` contiguous parts, run at
             once by a single-threaded session on as many threads, the caller's one of them, and the
-            outputs joined in order). The small engines here lose about a sixth of their intra-op time to
-            splitting each operator; split by batch they do not (docs/benchmarks.md). A batch of one runs on
-            the caller's thread alone.
+            outputs joined in order; ``threads`` 0: one part per CPU this process may use). The small
+            engines here lose about a sixth of their intra-op time to splitting each operator; split by
+            batch they do not (docs/benchmarks.md). A batch of one runs on the caller's thread alone, and
+            ``spin`` has nothing to spin (a single-threaded session has no pool).
     """
 
     name = "onnxruntime"
@@ -82,7 +92,7 @@ class OnnxRuntimeBackend(Backend):
         if parallel not in PARALLEL_MODES:
             raise ValueError(f"parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
         # Batch parts on their own threads only where the CPU runs them: a GPU takes the batch whole.
-        self.parts = (threads or os.cpu_count() or 1) if parallel == "batch" and device == "cpu" else 1
+        self.parts = (threads or usable_cpus()) if parallel == "batch" and device == "cpu" else 1
         self._pool: ThreadPoolExecutor | None = None
         if self.parts > 1:
             self._pool = ThreadPoolExecutor(
@@ -117,13 +127,15 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = len(next(iter(feeds.values())))  # validate() checked every input has the same batch
-        if self._pool is None or batch < 2:
+        pool = self._pool
+        if pool is None or batch < 2:
             return self._run(feeds)
         # Contiguous parts, the first on this thread: every tensor's dim 0 is the batch (TensorSpec).
         bounds = np.linspace(0, batch, min(batch, self.parts) + 1).round().astype(int)
         parts = [{k: v[a:b] for k, v in feeds.items()} for a, b in itertools.pairwise(bounds)]
-        futures: list[Future[dict[str, np.ndarray]]] = [self._pool.submit(self._run, p) for p in parts[1:]]
+        futures: list[Future[dict[str, np.ndarray]]] = []
         try:
+            futures.extend(pool.submit(self._run, p) for p in parts[1:])
             first = self._run(parts[0])
         finally:
             wait(futures)  # never return (or raise) with a part still running on the session
@@ -140,6 +152,7 @@ class OnnxRuntimeBackend(Backend):
             self._pool = None
 
     def close(self) -> None:
+        # Waits for parts still running (a session is never dropped under a run).
         self._shutdown()
         self._session = None
         super().close()

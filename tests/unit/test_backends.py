@@ -5,6 +5,7 @@ TensorRT build logic, the latter driven through the strict TensorRT 10.3 test do
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -522,13 +523,24 @@ def test_onnxruntime_a_failing_batch_part_fails_the_run_after_every_part_ended(e
         assert sorted(ended) == ["caller", "worker"]
 
 
+def test_onnxruntime_threads_0_cuts_a_batch_into_one_part_per_usable_cpu(
+    engines_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process pinned to 3 of the host's CPUs (a container's cpuset): 3 parts, whatever the host has.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 5, 9})
+    with load_backend(engines_dir / "dpc_head.manifest.json", "onnxruntime", parallel="batch") as ort:
+        assert ort.parts == 3
+
+
 def test_onnxruntime_close_stops_the_batch_part_threads(engines_dir: Path) -> None:
     path = engines_dir / "backbone.manifest.json"
     ort = load_backend(path, "onnxruntime", threads=2, parallel="batch")
     ort(random_feeds(ort.manifest.inputs, 2, np.random.default_rng(4)))
-    assert any(t.name.startswith("zsad-ort-backbone") for t in threading.enumerate())
+    workers = list(ort._pool._threads)  # this backend's own part threads
+    assert len(workers) == 1
+    assert all(t.is_alive() and t.name.startswith("zsad-ort-backbone") for t in workers)
     ort.close()
-    assert not any(t.name.startswith("zsad-ort-backbone") for t in threading.enumerate())
+    assert not any(t.is_alive() for t in workers)
     with pytest.raises(ValueError, match="parallel must be one of operator, batch, got 'rows'"):
         load_backend(path, "onnxruntime", threads=2, parallel="rows")
 
