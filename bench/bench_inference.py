@@ -151,7 +151,12 @@ def run_inference_bench(
     peaks: dict[int, dict[str, Any]] = {}
     for threads in threads_list:
         peak_before = measure_matmul_peak(threads, peak_sizes, peak_time_s)
-        ort_backends = {c: load_backend(manifests[c], "onnxruntime", threads=threads) for c in COMPONENTS}
+        # Both runtimes split each operator across their threads, like for like; the pipeline's default
+        # splits the batch instead (engines.parallel, docs/engines.md), which bench_pipeline measures.
+        ort_backends = {
+            c: load_backend(manifests[c], "onnxruntime", threads=threads, parallel="operator")
+            for c in COMPONENTS
+        }
         for component in COMPONENTS:
             for batch in batches:
                 feeds = component_feeds(manifests[component], batch, seed=batch)
