@@ -48,7 +48,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -80,6 +79,7 @@ from bench.common import (
     write_result,
 )
 from core.config import load_config
+from engines.backends.onnxruntime import usable_cpus
 from pipeline.cli.calibrate import CalibrationFootageError, calibrate_camera
 from pipeline.clips import Clip, ClipAssembler
 from pipeline.cpu.graph import CameraGraph
@@ -628,7 +628,7 @@ def _pure_memories(spec: CaseSpec, engines: Any, slots: int) -> AppearanceMemori
 
 
 def _naive_case(spec: CaseSpec, assets: Assets, _out: Path) -> dict[str, Any]:
-    threads = spec.threads or load_config(assets.config_path).engines.threads or (os.cpu_count() or 1)
+    threads = spec.threads or load_config(assets.config_path).engines.threads or usable_cpus()
     cameras = [spec.first_camera + k for k in range(spec.cameras)]
     return run_naive(assets, cameras, threads=threads, budget_s=spec.duration_s, fps=spec.fps)
 
@@ -793,7 +793,7 @@ def run_pipeline_bench(
         )
     base = load_config(assets.config_path)
     batch = max_batch or base.scheduler.max_batch
-    configured = base.engines.threads or (os.cpu_count() or 1)
+    configured = base.engines.threads or usable_cpus()  # what engines.threads 0 runs (parallel: batch)
     thread_counts = list(threads) if threads else sorted({1, configured})
     rt_thread_count = rt_threads or configured
     pure_batches = sorted({1, 4, batch, 16})

@@ -29,6 +29,7 @@ import psutil
 
 from core.config import ConfigError, ModelConfig, ZsadConfig, load_config
 from core.gst import GstUnavailable, init_gstreamer
+from engines.backends.onnxruntime import usable_cpus
 from engines.build import BuildError, BuildOptions, build_from_config
 from synth import DEFAULT_CONTEXTS, SynthError, generate_dataset
 
@@ -133,7 +134,7 @@ def machine_info(*, gstreamer: bool = True) -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_features": _cpu_features(),
         "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": usable_cpus(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),

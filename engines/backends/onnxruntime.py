@@ -21,7 +21,7 @@ __all__ = ["PARALLEL_MODES", "OnnxRuntimeBackend", "usable_cpus"]
 #: How a backend with several threads uses them: ``operator`` splits each operator of a run across
 #: ONNX Runtime's intra-op pool; ``batch`` splits a batch into one part per thread, each run whole by a
 #: single-threaded session on its own thread (the items of a batch are independent, so the outputs are the
-#: same, bit for bit).
+#: same: bit for bit on every engine tested and timed here, see docs/engines.md).
 PARALLEL_MODES = ("operator", "batch")
 
 
