@@ -765,6 +765,15 @@ class SchedulerConfig(_Strict):
         "is short, inference runs first and decoding takes what is left; 0 turns this off "
         "(docs/benchmarks.md).",
     )
+    decode_threads: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="Threads of each camera's software decoder (libav's, CPU graph). 1 decodes each camera "
+        "on one thread: with many cameras the cores are shared between cameras anyway, and libav's frame "
+        "threads cost more CPU per frame and hold frames back; 0 leaves libav's own choice (one thread per "
+        "core), for a few high-resolution cameras on a box with idle cores (docs/benchmarks.md).",
+    )
 
 
 class MetricsConfig(_Strict):

@@ -180,6 +180,7 @@ class Application:
             on_display_frame=self._on_display_frame,
             on_loop=self.clips.restart,
             decode_nice=cfg.scheduler.decode_nice,
+            decode_threads=cfg.scheduler.decode_threads,
             # Frames no clip holds (every other one at frame_stride 2) are counted but never scaled or read.
             wants_frame=self.assembler.wants_next,
         )

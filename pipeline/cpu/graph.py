@@ -202,6 +202,8 @@ class CameraGraph:
             ``display_size`` is set.
         decode_nice: nice value of every camera's streaming threads (decode, scaling, the frame
             callbacks); 0 leaves them at the process's priority. See ``scheduler.decode_nice``.
+        decode_threads: threads of each camera's software decoder; 0 leaves the decoder's own choice. See
+            ``scheduler.decode_threads``.
         cwd: folder that relative ``file://`` and ``loop://`` paths resolve against (default: current).
         wants_frame: see :data:`WantsFn`; a frame it declines is never scaled, converted or copied, and
             ``on_frame`` gets None for it (None: every frame is read).
@@ -220,6 +222,7 @@ class CameraGraph:
         display_size: FrameSize | tuple[int, int] | None = None,
         on_display_frame: DisplayFn | None = None,
         decode_nice: int = 0,
+        decode_threads: int = 0,
         cwd: Path | None = None,
         wants_frame: WantsFn | None = None,
         on_loop: Callable[[str], None] | None = None,
@@ -232,6 +235,9 @@ class CameraGraph:
         if not 0 <= decode_nice <= 19:
             raise ValueError(f"decode_nice must be 0..19, got {decode_nice}")
         self.decode_nice = decode_nice
+        if decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0, got {decode_threads}")
+        self.decode_threads = decode_threads
         if (display_size is None) != (on_display_frame is None):
             raise ValueError("display_size and on_display_frame go together")
         self.frame_size = FrameSize.of(frame_size)
@@ -537,6 +543,7 @@ class CameraGraph:
                 rtsp_latency_ms=s.rtsp.latency_ms,
                 connect_timeout_s=self._stall_timeout(cam),
                 thread_nice=self.decode_nice,
+                decoder_threads=self.decode_threads,
                 on_no_video=lambda: self._post(
                     lambda: self._on_failure(cam, gen, "no video stream in the source", recoverable=False)
                 ),

@@ -275,6 +275,9 @@ class CameraPipeline:
         thread_nice: nice value (0..19) each of this pipeline's streaming threads gives itself when it
             starts (threads they create, such as libav's decoder threads, inherit it); 0 leaves them alone.
             Decoding then yields the CPU to inference, whose threads keep the process's priority.
+        decoder_threads: threads of each software decoder that has a ``max-threads`` property (libav's
+            ``avdec_*``, which ``decodebin`` picks for H.264 and H.265), set as the decoder is added; 0
+            leaves the decoder's own choice (libav: one thread per core, decoding frames in parallel).
     """
 
     def __init__(
@@ -293,11 +296,14 @@ class CameraPipeline:
         on_no_video: Callable[[], None] | None = None,
         thread_nice: int = 0,
         keep_frame: KeepFn | None = None,
+        decoder_threads: int = 0,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         if not 0 <= thread_nice <= 19:
             raise ValueError(f"thread_nice must be 0..19, got {thread_nice}")
+        if decoder_threads < 0:
+            raise ValueError(f"decoder_threads must be >= 0, got {decoder_threads}")
         Gst = init_gstreamer()
         self.camera_id = camera_id
         self.spec = spec
@@ -322,6 +328,11 @@ class CameraPipeline:
             bus = p.get_bus()
             bus.enable_sync_message_emission()
             self._connect(bus, "sync-message::stream-status", self._on_stream_status)
+        self._decoder_threads = decoder_threads
+        if decoder_threads:
+            # Every bin below the pipeline (decodebin, uridecodebin's own decodebin) reports what it adds,
+            # before the new element leaves NULL: the decoder opens its codec with the count set.
+            self._connect(p, "deep-element-added", self._on_element_added)
         sync = bool(realtime) and spec.kind in ("file", "loop")
 
         # Sampling first, so frames we drop are never converted or scaled.
@@ -513,6 +524,10 @@ class CameraPipeline:
             link_pads(pad, sink.get_static_pad("sink"))
         except GstError as exc:
             log.warning("camera %s: an extra stream stays unlinked: %s", self.camera_id, exc)
+
+    def _on_element_added(self, _bin: Any, _sub_bin: Any, element: Any) -> None:
+        if element.find_property("max-threads") is not None:
+            element.set_property("max-threads", self._decoder_threads)
 
     def _on_stream_status(self, _bus: Any, msg: Any) -> None:
         kind, _owner = msg.parse_stream_status()

@@ -178,14 +178,19 @@ def test_sigterm_closes_the_open_alert_and_exits_cleanly(world: dict[str, Path],
     assert closed[0]["reason"] == "shutdown"
 
 
-def test_scheduler_decode_nice_reaches_the_camera_graph(world: dict[str, Path], tmp_path: Path) -> None:
+def test_scheduler_decode_nice_and_threads_reach_the_camera_graph(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
     from tests.fixtures.run_world import make_app, site_config
 
     cams = [{"id": "c", "uri": f"file://{world['videos'] / 'campus_000.mp4'}"}]
     default = make_app(site_config(world, tmp_path / "a", cams), realtime=False)
-    assert default.graph.decode_nice == 10
-    off = make_app(site_config(world, tmp_path / "b", cams, scheduler={"decode_nice": 0}), realtime=False)
-    assert off.graph.decode_nice == 0
+    assert (default.graph.decode_nice, default.graph.decode_threads) == (10, 1)
+    off = make_app(
+        site_config(world, tmp_path / "b", cams, scheduler={"decode_nice": 0, "decode_threads": 0}),
+        realtime=False,
+    )
+    assert (off.graph.decode_nice, off.graph.decode_threads) == (0, 0)
     for app in (default, off):
         left = app.shutdown()  # never started: nothing spooled; sinks and files closed
         assert set(left.values()) <= {0}

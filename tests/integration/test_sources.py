@@ -673,6 +673,72 @@ def test_decode_nice_lowers_every_streaming_thread_but_not_the_caller(
         CameraGraph((64, 48), collector.on_frame, decode_nice=20)
 
 
+def _decoders_of(pipeline: Any) -> list[Any]:
+    """The elements at any depth of ``pipeline`` with libav's ``max-threads`` property."""
+    Gst = init_gstreamer()
+    found: list[Any] = []
+    it = pipeline.iterate_recurse()
+    while True:
+        result, element = it.next()
+        if result != Gst.IteratorResult.OK:
+            return found
+        if element.find_property("max-threads") is not None:
+            found.append(element)
+
+
+@pytest.fixture
+def http_videos(videos: dict[str, Path]) -> Iterator[str]:
+    """The test videos' folder served on 127.0.0.1: its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(videos["fast"].parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("kind", "length"), [("file", 25), ("http", 50)])
+def test_decoder_threads_reach_the_decoder_that_decodebin_picks(
+    kind: str, length: int, videos: dict[str, Path], http_videos: str
+) -> None:
+    """decodebin picks the decoder while the stream starts, inside the bin (uridecodebin: a decodebin inside
+    it): the count is set as the decoder is added, and 0 leaves libav's own (0, one thread per core)."""
+    Gst = init_gstreamer()
+    uri = f"file://{videos['v25']}" if kind == "file" else f"{http_videos}/{videos['fast'].name}"
+    counts = {}
+    for threads in (1, 3, 0):
+        frames: list[float | None] = []
+        cp = CameraPipeline(
+            f"t{threads}",
+            parse_source_uri(uri),
+            25.0,
+            FrameSize(32, 24),
+            lambda pts, frame, frames=frames: frames.append(pts),
+            decoder_threads=threads,
+        )
+        cp.pipeline.set_state(Gst.State.PLAYING)
+        msg = cp.pipeline.get_bus().timed_pop_filtered(
+            60 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR
+        )
+        decoders = _decoders_of(cp.pipeline)
+        cp.pipeline.set_state(Gst.State.NULL)
+        cp.close()
+        assert msg is not None
+        assert msg.type == Gst.MessageType.EOS, msg.type
+        assert len(frames) == length
+        assert [d.get_factory().get_name() for d in decoders] == ["avdec_h264"]
+        counts[threads] = decoders[0].get_property("max-threads")
+    assert counts == {1: 1, 3: 3, 0: 0}
+    with pytest.raises(ValueError, match="decoder_threads"):
+        CameraPipeline(
+            "x", parse_source_uri(uri), 25.0, FrameSize(32, 24), lambda pts, frame: None, decoder_threads=-1
+        )
+    with pytest.raises(ValueError, match="decode_threads"):
+        CameraGraph((64, 48), lambda c, p, f: None, decode_threads=-1)
+
+
 def test_a_source_that_drops_every_connection_after_its_first_frames_keeps_backing_off(
     videos: dict[str, Path], collector: Collector, graphs: list[CameraGraph]
 ) -> None:
@@ -861,7 +927,7 @@ def test_a_pipeline_set_to_null_and_closed_is_freed_with_its_file_descriptors(
     def build_and_drop() -> weakref.ref[CameraPipeline]:
         cp = CameraPipeline(
             "c", spec, 5.0, FrameSize(32, 24), lambda pts, frame: None,
-            display_size=FrameSize(64, 48), keep_frame=lambda: True, thread_nice=5,
+            display_size=FrameSize(64, 48), keep_frame=lambda: True, thread_nice=5, decoder_threads=1,
         )  # fmt: skip
         cp.pipeline.set_state(Gst.State.PLAYING)
         cp.pipeline.get_bus().timed_pop_filtered(Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
