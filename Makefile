@@ -38,9 +38,15 @@ demo: setup
 	@# .venv was made at, so a checkout moved or copied elsewhere could not run it.
 	$(PY) -m pipeline.cli.main demo
 
+# Test processes (pytest-xdist). Two on a 2-core box: most tests wait on GStreamer, subprocesses and sockets
+# as much as they compute, and the suite took 9 min against 15.5 one at a time (docs/benchmarks.md,
+# "The test suite's time"). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: setup
-	@# The slowest tests are listed at the end: the suite must stay under its 15-minute budget.
-	$(PY) -m pytest -q --durations=15
+	@# The slowest tests are listed at the end: the suite must stay under its 15-minute budget. Tests of one
+	@# file, or of one shared session fixture, run in the same process (tests/conftest.py).
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: setup
 	$(PY) -m pytest -q --runslow

@@ -7,6 +7,7 @@ import ctypes
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,61 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, reason in reasons.items():
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+    for item in items:
+        _check_worker_group(item)
+
+
+#: Session fixtures that take a minute or so to make, and the test files that use them. Under ``make test``
+#: (pytest-xdist, ``--dist loadfile``) the tests of one file run in one process, and the files of one entry
+#: here too (:func:`pytest_xdist_make_scheduler`), so that each fixture is made once.
+SHARED_SESSION_FIXTURES: dict[str, tuple[str, ...]] = {
+    "demo_artefacts": ("tests/integration/test_demo.py", "tests/integration/test_demo_browser.py"),
+    "zones_world": ("tests/integration/test_zones.py", "tests/integration/test_zone_editor_browser.py"),
+    "world": ("tests/reliability/",),  # tests/reliability/conftest.py's (integration's is per module)
+}
+
+
+def worker_group(path: str) -> str:
+    """The group of the test file ``path`` (relative to the repository): the shared session fixture it uses,
+    else the file itself."""
+    for fixture, files in SHARED_SESSION_FIXTURES.items():
+        if any(path == f or (f.endswith("/") and path.startswith(f)) for f in files):
+            return f"fixture:{fixture}"
+    return path
+
+
+def _check_worker_group(item: pytest.Item) -> None:
+    """Refuse a test that uses a shared session fixture from a file not listed with it: under pytest-xdist it
+    could make the fixture a second time, in another process."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs if info is not None else {}
+    path = item.nodeid.split("::", 1)[0]
+    for fixture in SHARED_SESSION_FIXTURES:
+        if (
+            fixture in defs
+            and defs[fixture][-1].scope == "session"
+            and worker_group(path) != f"fixture:{fixture}"
+        ):
+            raise pytest.UsageError(
+                f"{path} uses the session fixture {fixture}: "
+                "list it with the fixture in tests/conftest.py SHARED_SESSION_FIXTURES"
+            )
+
+
+if importlib.util.find_spec("xdist") is not None:
+
+    @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which would group by file only
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+        """``--dist loadfile``, with the files of one shared session fixture as one group."""
+        if config.getvalue("dist") != "loadfile":
+            return None
+        from xdist.scheduler import LoadFileScheduling
+
+        class _SharedFixtureScheduling(LoadFileScheduling):  # type: ignore[misc]
+            def _split_scope(self, nodeid: str) -> str:
+                return worker_group(nodeid.split("::", 1)[0])
+
+        return _SharedFixtureScheduling(config, log)
 
 
 def data_root() -> Path | None:
