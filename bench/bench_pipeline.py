@@ -507,7 +507,7 @@ def _decode_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
         display_size=DISPLAY_SIZE,
         on_display_frame=on_display,
         wants_frame=assembler.wants_next,
-        decode_threads=cfg.scheduler.decode_threads,  # the floor decodes as the run's cameras do
+        decode_threads=cfg.scheduler.decode_threads,  # the floor's decoders are threaded as the run's are
     )
     sampler = ProcessSampler(spec.sample_interval_s)
     sampler.start()

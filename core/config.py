@@ -771,8 +771,9 @@ class SchedulerConfig(_Strict):
         le=64,
         description="Threads of each camera's software decoder (libav's, CPU graph). 1 decodes each camera "
         "on one thread: with many cameras the cores are shared between cameras anyway, and libav's frame "
-        "threads cost more CPU per frame and hold frames back; 0 leaves libav's own choice (one thread per "
-        "core), for a few high-resolution cameras on a box with idle cores (docs/benchmarks.md).",
+        "threads (files, HTTP; live sources get slice threads only) cost more CPU per frame and hold frames "
+        "back; 0 leaves libav's own choice (one thread per core), for a few high-resolution cameras on a box "
+        "with idle cores (docs/benchmarks.md).",
     )
 
 

@@ -59,7 +59,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _check_worker_group(item)
 
 
-#: Session fixtures that take a minute or so to make, and the test files that use them. Under ``make test``
+#: Session fixtures that take 10 s to 2 minutes to make, and the test files that use them. Under ``make test``
 #: (pytest-xdist, ``--dist loadfile``) the tests of one file run in one process, and the files of one entry
 #: here too (:func:`pytest_xdist_make_scheduler`), so that each fixture is made once.
 SHARED_SESSION_FIXTURES: dict[str, tuple[str, ...]] = {
@@ -96,20 +96,20 @@ def _check_worker_group(item: pytest.Item) -> None:
             )
 
 
-if importlib.util.find_spec("xdist") is not None:
+# tryfirst: before pytest-xdist's own, which groups by file only; optionalhook: a run without xdist (not
+# installed, or -p no:xdist) has no such hook to check this against.
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with the files of one shared session fixture as one group."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
 
-    @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which would group by file only
-    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-        """``--dist loadfile``, with the files of one shared session fixture as one group."""
-        if config.getvalue("dist") != "loadfile":
-            return None
-        from xdist.scheduler import LoadFileScheduling
+    class _SharedFixtureScheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid.split("::", 1)[0])
 
-        class _SharedFixtureScheduling(LoadFileScheduling):  # type: ignore[misc]
-            def _split_scope(self, nodeid: str) -> str:
-                return worker_group(nodeid.split("::", 1)[0])
-
-        return _SharedFixtureScheduling(config, log)
+    return _SharedFixtureScheduling(config, log)
 
 
 def data_root() -> Path | None:

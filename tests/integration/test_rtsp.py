@@ -148,3 +148,27 @@ def test_rtsp_camera_reconnects_after_an_outage_and_a_stall(
     assert "viewer" not in caplog.text
     assert "rtsp://***@127.0.0.1" in caplog.text
     assert all(detail.find("s3cret") == -1 for _, _, _, detail in rec.states)
+
+
+def test_decoder_threads_reach_the_decoder_behind_rtspsrc(server: RtspServer) -> None:
+    """rtspsrc's pad is linked to a decodebin, which picks the decoder once the stream's caps are known: the
+    count is set there too (for a live source libav uses slice threads only, so this bounds those)."""
+    from core.gst import init_gstreamer
+    from pipeline.cpu.sources import CameraPipeline, FrameSize, parse_source_uri
+    from tests.integration.test_sources import decoders_of
+
+    Gst = init_gstreamer()
+    frames = threading.Semaphore(0)
+    cp = CameraPipeline(
+        "r", parse_source_uri(server.url), 10.0, FrameSize(32, 24), lambda pts, frame: frames.release(),
+        decoder_threads=1,
+    )  # fmt: skip
+    cp.pipeline.set_state(Gst.State.PLAYING)
+    try:
+        assert all(frames.acquire(timeout=60) for _ in range(3)), "no frames from the RTSP server"
+        decoders = decoders_of(cp.pipeline)
+        assert [d.get_factory().get_name() for d in decoders] == ["avdec_h264"]
+        assert decoders[0].get_property("max-threads") == 1
+    finally:
+        cp.pipeline.set_state(Gst.State.NULL)
+        cp.close()

@@ -673,7 +673,7 @@ def test_decode_nice_lowers_every_streaming_thread_but_not_the_caller(
         CameraGraph((64, 48), collector.on_frame, decode_nice=20)
 
 
-def _decoders_of(pipeline: Any) -> list[Any]:
+def decoders_of(pipeline: Any) -> list[Any]:
     """The elements at any depth of ``pipeline`` with libav's ``max-threads`` property."""
     Gst = init_gstreamer()
     found: list[Any] = []
@@ -722,7 +722,7 @@ def test_decoder_threads_reach_the_decoder_that_decodebin_picks(
         msg = cp.pipeline.get_bus().timed_pop_filtered(
             60 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR
         )
-        decoders = _decoders_of(cp.pipeline)
+        decoders = decoders_of(cp.pipeline)
         cp.pipeline.set_state(Gst.State.NULL)
         cp.close()
         assert msg is not None
