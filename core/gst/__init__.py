@@ -35,6 +35,7 @@ __all__ = [
     "GstUnavailable",
     "LinkError",
     "TypelibMissingError",
+    "elements_of",
     "init_gstreamer",
     "link",
     "link_pads",
@@ -155,6 +156,23 @@ def init_gstreamer() -> Any:
 # Introspected structs without a GType that zsad's streaming threads touch: a buffer's map info (every
 # frame read, core.gst.frames) and a pad probe's info (the probes of the DeepStream wing and the benches).
 _PLAIN_STRUCTS = ("MapInfo", "PadProbeInfo")
+
+
+def elements_of(bin_: Any) -> list[Any]:
+    """Every element inside the ``Gst.Bin`` ``bin_``, at any depth (the walk starts again if the bin changes
+    under it)."""
+    Gst = init_gstreamer()
+    found: list[Any] = []
+    it = bin_.iterate_recurse()
+    while True:
+        result, element = it.next()
+        if result == Gst.IteratorResult.RESYNC:
+            it.resync()
+            found.clear()
+            continue
+        if result != Gst.IteratorResult.OK:
+            return found
+        found.append(element)
 
 
 def _bind_plain_structs(Gst: Any) -> None:

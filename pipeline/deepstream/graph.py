@@ -43,7 +43,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.config import CameraSettings, ZsadConfig
-from core.gst import DEBIAN_PACKAGES, LinkError, init_gstreamer, link, link_pads, load_typelib, make
+from core.gst import (
+    DEBIAN_PACKAGES,
+    LinkError,
+    elements_of,
+    init_gstreamer,
+    link,
+    link_pads,
+    load_typelib,
+    make,
+)
 from core.redact import redact_text, redact_uri
 from engines.cuda_device import device_is_integrated
 from pipeline.cpu.sources import parse_source_uri
@@ -474,22 +483,6 @@ def _set_props(element: Any, spec: ElementSpec) -> None:
         element.set_property(key, value)
 
 
-def _elements_of(bin_: Any) -> list[Any]:
-    """Every element inside ``bin_``, at any depth."""
-    Gst = init_gstreamer()
-    found: list[Any] = []
-    it = bin_.iterate_recurse()
-    while True:
-        result, element = it.next()
-        if result == Gst.IteratorResult.RESYNC:
-            it.resync()
-            found.clear()
-            continue
-        if result != Gst.IteratorResult.OK:
-            return found
-        found.append(element)
-
-
 class DeepStreamGraph:
     """Build the plan's pipeline, attach probes, run until EOS, an error or :meth:`request_stop`.
 
@@ -682,7 +675,7 @@ class DeepStreamGraph:
             self._runs[index] += 1
         # Its elements' messages still queued are history once it stops; those of any other element that
         # leaves the pipeline are not (_left_pipeline).
-        self._departed[index] = _elements_of(bin_)
+        self._departed[index] = elements_of(bin_)
         bin_.set_locked_state(True)  # the pipeline's own state changes leave it stopped during the wait
         bin_.set_state(Gst.State.NULL)  # joins its streaming threads, closes its connection
         ghost = bin_.get_static_pad("src")

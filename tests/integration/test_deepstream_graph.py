@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import http.server
 import logging
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import threading
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from pipeline.inference import load_engines
 from pipeline.run import Application
 from tests.conftest import REPO
 from tests.fixtures.deepstream_fixtures import site_config
+from tests.fixtures.http_serving import serving
 from tests.fixtures.pyds_test_double import (
     BatchFixture,
     FrameSpec,
@@ -241,18 +241,6 @@ def test_source_error_does_not_stop_the_other_cameras(tmp_path: Path, videos: di
     assert ("cam-01", "failed", "injected decode error") in states
     assert per_camera[0][0] == 20  # ...camera 0 delivered every frame...
     assert 10 <= per_camera[1][0] < 100  # ...camera 1 was cut off, and the run still reached EOS
-
-
-@contextlib.contextmanager
-def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1, serving from a thread: its base URL. Shut down on exit."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def refusing_first(

@@ -21,7 +21,7 @@ gi = pytest.importorskip("gi")
 
 import pipeline.cpu.graph as graph_module  # noqa: E402
 from core.config import CameraConfig, CameraDefaults, CameraSettings, ZsadConfig  # noqa: E402
-from core.gst import ElementMissingError, init_gstreamer, make  # noqa: E402
+from core.gst import ElementMissingError, elements_of, init_gstreamer, make  # noqa: E402
 from core.gst.frames import yuv_matrix  # noqa: E402
 from pipeline.clips import Clip, ClipAssembler  # noqa: E402
 from pipeline.cpu.graph import CameraGraph, DuplicateCameraError, GraphStateError  # noqa: E402
@@ -33,6 +33,7 @@ from pipeline.cpu.sources import (  # noqa: E402
     frame_from_sample,
     parse_source_uri,
 )
+from tests.fixtures.http_serving import serving  # noqa: E402
 
 
 def make_video(
@@ -675,28 +676,15 @@ def test_decode_nice_lowers_every_streaming_thread_but_not_the_caller(
 
 def decoders_of(pipeline: Any) -> list[Any]:
     """The elements at any depth of ``pipeline`` with libav's ``max-threads`` property."""
-    Gst = init_gstreamer()
-    found: list[Any] = []
-    it = pipeline.iterate_recurse()
-    while True:
-        result, element = it.next()
-        if result != Gst.IteratorResult.OK:
-            return found
-        if element.find_property("max-threads") is not None:
-            found.append(element)
+    return [e for e in elements_of(pipeline) if e.find_property("max-threads") is not None]
 
 
 @pytest.fixture
 def http_videos(videos: dict[str, Path]) -> Iterator[str]:
     """The test videos' folder served on 127.0.0.1: its base URL."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(videos["fast"].parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as base:
+        yield base
 
 
 @pytest.mark.parametrize(("kind", "length"), [("file", 25), ("http", 50)])
