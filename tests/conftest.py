@@ -61,7 +61,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # The shared fixtures' groups are the longest units of work (the demo's: about 3 minutes): started
         # first, so that the other process is not left idle while one of them runs at the end. Stable, so
         # each file stays whole and in order.
-        items.sort(key=lambda item: not worker_group(item.nodeid.split("::", 1)[0]).startswith("fixture:"))
+        items.sort(key=lambda item: not worker_group(item.nodeid).startswith("fixture:"))
 
 
 #: Session fixtures that take 10 s to 2 minutes to make, and the test files that use them. Under ``make test``
@@ -74,9 +74,10 @@ SHARED_SESSION_FIXTURES: dict[str, tuple[str, ...]] = {
 }
 
 
-def worker_group(path: str) -> str:
-    """The group of the test file ``path`` (relative to the repository): the shared session fixture it uses,
-    else the file itself."""
+def worker_group(test: str) -> str:
+    """The group of a test id or of a test file's path (relative to the repository): the shared session
+    fixture its file uses, else the file itself."""
+    path = test.split("::", 1)[0]
     for fixture, files in SHARED_SESSION_FIXTURES.items():
         if any(path == f or (f.endswith("/") and path.startswith(f)) for f in files):
             return f"fixture:{fixture}"
@@ -116,7 +117,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class _SharedFixtureScheduling(LoadFileScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return worker_group(nodeid.split("::", 1)[0])
+            return worker_group(nodeid)
 
     return _SharedFixtureScheduling(config, log)
 

@@ -24,6 +24,10 @@ def test_the_files_of_one_shared_fixture_are_one_group_and_every_other_file_its_
     # A prefix is a folder, not the start of a name; other files group alone.
     assert worker_group("tests/integration/test_demo_world.py") == "tests/integration/test_demo_world.py"
     assert worker_group("tests/unit/test_zones.py") == "tests/unit/test_zones.py"
+    # A test's id groups as its file does.
+    demo_test = "tests/integration/test_demo.py::test_demo_detects_injected_anomalies"
+    assert worker_group(demo_test) == worker_group("tests/integration/test_demo.py")
+    assert worker_group("tests/unit/test_zones.py::test_peak_box_and_zone") == "tests/unit/test_zones.py"
 
 
 @pytest.mark.parametrize("files", list(SHARED_SESSION_FIXTURES.values()))
