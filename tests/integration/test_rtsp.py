@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -80,7 +81,35 @@ def server(tmp_path: Path) -> Iterator[RtspServer]:
     srv = RtspServer.in_folder(tmp_path)
     srv.start()
     yield srv
-    srv.kill()
+    srv.close()
+
+
+def test_the_test_server_moves_off_a_port_taken_before_its_first_start_and_holds_it_through_an_outage(
+    tmp_path: Path,
+) -> None:
+    """Another test process may bind the free port picked for the server before the server does; the
+    server takes another then. Once started, its port is the cameras' URL: killed, it stays held (nothing
+    else can bind it) and the restart comes back on it."""
+    srv = RtspServer.in_folder(tmp_path)
+    with socket.socket() as taken:  # another test's server, listening on the port picked
+        taken.bind(("127.0.0.1", srv.port))
+        taken.listen()
+        picked = srv.port
+        srv.start()
+    try:
+        port = srv.port
+        assert port != picked
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        srv.kill()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        with pytest.raises(OSError), socket.socket() as other:
+            other.bind(("127.0.0.1", port))
+        srv.start()
+        assert srv.port == port
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        srv.close()
 
 
 def test_rtsp_camera_reconnects_after_an_outage_and_a_stall(

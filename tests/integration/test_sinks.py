@@ -19,7 +19,8 @@ import pytest
 
 from core.config import MqttSink, WebhookSink
 from pipeline.outputs.sinks import HttpWebhookSink, MqttBrokerSink, SinkFanout, build_sinks
-from tests.fixtures.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Broker, Subscriber, free_port, wait_until
+from tests.fixtures.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, Broker, Subscriber, wait_until
+from tests.fixtures.ports import PortHold
 
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.3}
 
@@ -287,12 +288,13 @@ def test_an_endpoint_that_refuses_every_request_keeps_the_records_until_it_is_ba
 
 
 def test_webhook_down_then_up_and_https_verification_on(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens here yet
-    sink = HttpWebhookSink("w", tmp_path / "spool", url=f"http://127.0.0.1:{port}/hook", **FAST).start()
-    sink.publish(_alert(0))
-    wait_until(lambda: sink._failures >= 2, what="refused connections")
-    assert sink.pending == 1
-    assert sink.close(0.2) == 1
+    with PortHold() as down:  # nothing listens here, and no other test's server can
+        url = f"http://127.0.0.1:{down.port}/hook"
+        sink = HttpWebhookSink("w", tmp_path / "spool", url=url, **FAST).start()
+        sink.publish(_alert(0))
+        wait_until(lambda: sink._failures >= 2, what="refused connections")
+        assert sink.pending == 1
+        assert sink.close(0.2) == 1
     # HTTPS to a plain-HTTP server fails the TLS handshake: retried, never sent unverified.
     hook = Hook()
     try:

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.fixtures.mosquitto import MOSQUITTO, Broker, Subscriber, free_port, wait_until
+from tests.fixtures.mosquitto import MOSQUITTO, Broker, Subscriber, wait_until
+from tests.fixtures.ports import PortHold
 from tests.fixtures.run_world import ALWAYS_ON, CYCLING, make_app, read_jsonl, site_config, write_site
 
 pytest.importorskip("gi")
@@ -92,7 +93,8 @@ def test_broker_outage_during_an_alert_burst_loses_nothing(
 def test_sigterm_mid_alert_with_the_broker_down_delivers_on_the_next_run(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
-    port = free_port()  # the broker is down: nothing listens here yet
+    down = PortHold()  # the broker is down: nothing listens here, and no other test's server can
+    port = down.port
     out = tmp_path / "out"
     sink = {"kind": "mqtt", "host": "127.0.0.1", "port": port, "topic": TOPIC}
     cam = {"id": "door", "uri": f"loop://{world['videos'] / 'campus_000.mp4'}"}
@@ -133,7 +135,7 @@ def test_sigterm_mid_alert_with_the_broker_down_delivers_on_the_next_run(
     alert_id = left[0]["alert_id"]
 
     # The broker is back; a new run on the same output folder (no cameras) delivers the spool, marked.
-    broker = Broker(tmp_path / "broker", port=port)
+    broker = Broker(tmp_path / "broker", port=down.release())
     broker.start()
     sub = Subscriber(port, TOPIC)
     try:

@@ -99,7 +99,7 @@ def test_rtsp_outage_and_stall_leave_the_others_at_full_rate(
         after = {cid: app.graph.stats()[cid] for cid in OTHERS}
     finally:
         app.shutdown()
-        server.kill()
+        server.close()
     assert states == {"rtsp": "live", **dict.fromkeys(OTHERS, "live")}
     # The other cameras never changed state (no reconnect, no rebuild) through both faults.
     assert {cid: (st.since_s, st.reconnects) for cid, st in after.items()} == {
