@@ -12,6 +12,7 @@ returns the merged view that the pipeline uses.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -876,14 +877,39 @@ class AppearanceConfig(_Strict):
         "channels (features[6] and features[13], the latter upsampled). clip: the image tower of a local "
         "CLIP model, its last layer's patch tokens projected to 128 channels, one per 16x16 cell.",
     )
-    every_clips: int = Field(
-        2,
-        ge=1,
-        le=16,
-        description="Encode a camera's frame for the appearance stream every N-th clip; the clips between "
-        "keep its last map. 1: every clip. What a scene holds changes slowly next to a clip hop (0.32 s at "
-        "25 fps), and the encoder is the stream's main cost (docs/benchmarks.md).",
+    spacing_s: float = Field(
+        1.6,
+        ge=0,
+        le=60,
+        description=(
+            "Seconds of video between a camera's appearance encodings, as a whole number of its clips "
+            "(rounded, at least one): at sampling.fps 10 and clip_hop 8 (clips 0.8 s apart) every 2nd clip, "
+            "at 25 every 5th. The clips between keep the camera's last map and semantic score. What a scene "
+            "holds changes slowly next to a clip hop, and the encoder is the stream's main cost; in seconds, "
+            "as the stationary and objects streams' spacing_s, so that a camera sampled faster does not "
+            "encode more often than the rate its quality was measured at (docs/benchmarks.md). 0: every clip."
+        ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_clips_renamed(cls, data: Any) -> Any:
+        # every_clips (a count of clips, whatever the sampling rate) became spacing_s: say how to convert.
+        if isinstance(data, dict) and "every_clips" in data:
+            raise ValueError(
+                "every_clips was replaced by spacing_s, in seconds of video: every_clips N at sampling.fps F "
+                "and clip_hop H is spacing_s N*H/F (every_clips 2 at 10 fps, clip_hop 8: spacing_s 1.6)"
+            )
+        return data
+
+    def every_clips(self, fps: float, clip_hop: int) -> int:
+        """A camera's clips per encoding at sampling rate ``fps`` (clips ``clip_hop`` sampled frames apart):
+        ``spacing_s`` in clips, rounded half up, at least 1."""
+        if fps <= 0 or clip_hop < 1:
+            raise ValueError(f"need fps > 0 and clip_hop >= 1, got {fps}, {clip_hop}")
+        # The small epsilon: a half that float arithmetic lands just below (1.2 s at 10 fps is 1.4999...).
+        return max(1, math.floor(self.spacing_s * fps / clip_hop + 0.5 + 1e-9))
+
     semantic: bool = Field(
         True,
         description="clip only: when the folder is a full CLIP model (image and text towers), the engine "

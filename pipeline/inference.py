@@ -680,10 +680,11 @@ class ClipInference:
     engine that gives image embeddings (``EngineSet.appearance_texts``), the same encoding of the last frame
     is also the ``semantic`` score of every scored clip of a camera whose context has prompts
     (:func:`plugins.semantic.match_prompts`), and the semantic head is not used. The appearance engine runs
-    for a scored clip of a camera that has a memory or such prompts, every ``appearance_every``-th one; the
-    clips between keep the camera's last map and semantic score. ``no_semantic``: cameras whose clips the
-    semantic stream does not score (``zsad calibrate``'s pasted-event twins, whose semantic scores nothing
-    uses).
+    for a scored clip of a camera that has a memory or such prompts, every ``appearance_every``-th one (a
+    count for every camera, or a camera's own, ``appearance.every_clips`` at its sampling rate, 1 for a
+    camera not listed); the clips between keep the camera's last map and semantic score. ``no_semantic``:
+    cameras whose clips the semantic stream does not score (``zsad calibrate``'s pasted-event twins, whose
+    semantic scores nothing uses).
     ``stationary``: the cameras' stationary models (``RunOutputs.stationary``); each such camera keeps a
     short-term window that takes every clip's frames ``stationary_spacing_s`` apart
     (:class:`plugins.stationary.FrameSpacer`), and once the window is full its scored clips get the
@@ -708,15 +709,20 @@ class ClipInference:
         contexts: dict[str, str],
         filters: CellFilters | None = None,
         memories: AppearanceMemories | None = None,
-        appearance_every: int = 1,
+        appearance_every: int | Mapping[str, int] = 1,
         stationary: StationaryModels | None = None,
         stationary_spacing_s: float = 0.4,
         objects: ObjectsModels | None = None,
         objects_spacing_s: float = 0.2,
         no_semantic: Container[str] = frozenset(),
     ):
-        if appearance_every < 1:
-            raise ValueError(f"appearance_every must be >= 1, got {appearance_every}")
+        if isinstance(appearance_every, int):
+            self._appearance_every_default, per_camera = appearance_every, {}
+        else:
+            self._appearance_every_default, per_camera = 1, dict(appearance_every)
+        for every in (self._appearance_every_default, *per_camera.values()):
+            if every < 1:
+                raise ValueError(f"appearance_every must be >= 1, got {every}")
         # The memory streams without an engine, each fed every clip's frames at its own spacing.
         self._feeds = (
             StationaryFeed(stationary, stationary_spacing_s),
@@ -727,7 +733,9 @@ class ClipInference:
         # Cameras whose clips the semantic stream does not score (zsad calibrate's pasted-event twins).
         self.no_semantic = no_semantic
         self.memories = memories
-        self.appearance_every = appearance_every
+        # Per camera: clips per encoding (cameras sampled at different rates encode at one spacing in
+        # seconds); the run adds and removes cameras here as it does their contexts.
+        self.appearance_every: dict[str, int] = per_camera
         # Per camera: clips seen by the appearance engine, and its last map and semantic match (reused
         # between encodings).
         self._appearance_seen: dict[str, int] = {}
@@ -825,9 +833,10 @@ class ClipInference:
                 continue
             seen = self._appearance_seen.get(camera, 0)
             self._appearance_seen[camera] = seen + 1
-            if seen % self.appearance_every and self._reuse_last(camera, k, i, memory, grid, out, matches):
+            every = self.appearance_every.get(camera, self._appearance_every_default)
+            if seen % every and self._reuse_last(camera, k, i, memory, grid, out, matches):
                 # What a scene holds changes slowly next to a clip hop: between encodings a camera's
-                # clips keep its last appearance map and semantic score (appearance.every_clips).
+                # clips keep its last appearance map and semantic score (appearance.spacing_s).
                 continue
             picked.append((k, i, memory, bank))
         if not picked:

@@ -234,8 +234,8 @@ def encoded_frames(
 ) -> np.ndarray:
     """For each scored clip (``targets`` ``(M,)``, the clips' first frames), the frame whose appearance
     encoding the run holds when it scores that clip: the run's clips start ``clip_hop`` frames apart, it
-    encodes a camera's every ``every``-th scored clip (``appearance.every_clips``) at the clip's last frame
-    (``span`` frames after its first), counting from its first scored clip, the one that starts at frame
+    encodes a camera's every ``every``-th scored clip (``appearance.spacing_s`` in clips) at the clip's last
+    frame (``span`` frames after its first), counting from its first scored clip, the one that starts at frame
     ``first`` (when the DPC history is full: ``context_clips * clip_len * frame_stride``), and the clips
     between keep the last encoding. A target between the run's clip starts (the evaluation scores clips
     closer together than the run) holds what the run holds then; one before ``first`` (scored here with a
@@ -553,9 +553,10 @@ def evaluate(
         last = np.minimum(targets + span, n - 1)  # each scored clip's last frame, where the run scores it
         # The memory streams are scored at each clip's last frame, one value a clip as the run has them, and
         # spread over the frames as the DPC streams' are (frame t, a clip's first frame, takes the clip's).
-        # The appearance stream, as the run's, encodes every `every_clips`-th clip and the clips between keep
-        # the last encoding (the encoder still runs on every frame here, though only the `encoded` frames'
-        # scores and maps are read: a few percent of an evaluation's time).
+        # The appearance stream, as the run's, encodes a clip every `spacing_s` at the dataset's rate (every
+        # `every_clips`-th) and the clips between keep the last encoding (the encoder still runs on every
+        # frame here, though only the `encoded` frames' scores and maps are read: a few percent of an
+        # evaluation's time).
         # A masked video also keeps the memory streams' maps, which the run's heatmap holds beside the DPC
         # streams' (stream -> (frames or clips, h, w); per frame for appearance and stationary).
         encoded = encoded_frames(
@@ -563,7 +564,7 @@ def evaluate(
             n,
             span=span,
             clip_hop=model.spec.preprocess.clip_hop,
-            every=cfg.appearance.every_clips,
+            every=cfg.appearance.every_clips(fps, model.spec.preprocess.clip_hop),
             first=model.context_clips * model.clip_span,
         )
         memory_maps: dict[str, list[np.ndarray]] | None = (

@@ -336,8 +336,8 @@ def test_a_camera_whose_memory_cannot_be_used_runs_without_the_stream(
             },
         ],
     )
-    # Every clip encoded, to count encoder calls per scored clip (every_clips is tested above).
-    cfg = cfg.model_copy(update={"appearance": cfg.appearance.model_copy(update={"every_clips": 1})})
+    # Every clip encoded, to count encoder calls per scored clip (spacing_s is tested above).
+    cfg = cfg.model_copy(update={"appearance": cfg.appearance.model_copy(update={"spacing_s": 0.0})})
     engines = _engines(cfg)
     standin = engines.appearance
     assert isinstance(standin, StandInAppearanceEngine)
@@ -393,4 +393,28 @@ def test_appearance_every_second_clip_reuses_the_cameras_last_map_between_encodi
     np.testing.assert_array_equal(maps[3], maps[2])
     np.testing.assert_array_equal(maps[5], maps[4])
     assert not np.array_equal(maps[4], maps[2])
+    engines.close()
+
+
+def test_each_camera_encodes_at_its_own_count_and_an_unlisted_one_every_clip(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """Cameras sampled at different rates encode at one spacing in seconds, so at their own counts of
+    clips; a camera the run did not list (none today) encodes every clip rather than never."""
+    engines, standin, _, memory = _standin_with_memory(world, tmp_path, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    memories = AppearanceMemories()
+    memories.set("slow", memory)
+    memories.set("unlisted", memory)
+    inference = ClipInference(
+        engines, context_clips=2, history_step=1, contexts={}, memories=memories, appearance_every={"slow": 3}
+    )
+    standin.calls.clear()
+    for k in range(8):
+        frames = [rng.integers(0, 120, (2, 48, 64, 3), dtype=np.uint8) for _ in range(2)]
+        inference([_clip("slow", k, frames[0]), _clip("unlisted", k, frames[1])])
+    # Scored from clip 2 on: "slow" encodes at 2 and 5, "unlisted" at every one of 2..7, one batch a call.
+    assert standin.calls == [2, 1, 1, 2, 1, 1]
+    with pytest.raises(ValueError, match="appearance_every"):
+        ClipInference(engines, context_clips=2, history_step=1, contexts={}, appearance_every={"x": 0})
     engines.close()

@@ -1,7 +1,7 @@
 """``zsad eval`` pairs a clip's DPC scores with the memory streams of the clip's *last* frame, as the run
 does (the run scores a clip when its last frame arrives and reads the memory streams there), not with the
 streams at the clip's first frame, where the evaluation puts the clip's score; and its appearance stream
-holds an encoding for ``appearance.every_clips`` of the run's clips, as the run's does."""
+holds an encoding for ``appearance.spacing_s`` of the run's clips at the footage's rate, as the run's does."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.config import ZsadConfig
+from core.config import AppearanceConfig, ZsadConfig
 from plugins.streams import APPEARANCE, STATIONARY
 from tests.fixtures.tiny_data import write_ucsd_layout
 from tests.fixtures.tiny_models import tiny_model_dict
@@ -112,7 +112,7 @@ def test_eval_pairs_the_stationary_stream_with_each_clips_last_frame(
         _assert_reads(z, targets, np.minimum(targets + span, len(z) - 1), video)
 
 
-def test_eval_holds_each_appearance_encoding_for_every_clips_of_the_runs_clips(
+def test_eval_holds_each_appearance_encoding_for_spacing_s_of_the_runs_clips(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
@@ -123,11 +123,13 @@ def test_eval_holds_each_appearance_encoding_for_every_clips_of_the_runs_clips(
     model, seen = _tiny_eval(
         tmp_path,
         monkeypatch,
-        appearance={"enabled": True, "every_clips": 3},
+        # UCSD footage is 10 fps and the tiny model's clips are 2 frames apart: 0.6 s is every 3rd clip.
+        appearance={"enabled": True, "spacing_s": 0.6},
         stationary={"enabled": False},
         objects={"enabled": False},
     )
     pre = model.spec.preprocess
+    assert AppearanceConfig(spacing_s=0.6).every_clips(10.0, pre.clip_hop) == 3
     span = (model.clip_len - 1) * model.frame_stride
     assert APPEARANCE in seen["z"], "the tiny footage fitted no appearance memory"
     first = model.context_clips * model.clip_span

@@ -196,6 +196,35 @@ def test_scheduler_decode_nice_and_threads_reach_the_camera_graph(
         assert set(left.values()) <= {0}
 
 
+def test_each_camera_encodes_appearance_at_its_own_rate_in_seconds(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """appearance.spacing_s is seconds of video: a camera sampled faster encodes every more clips, and a
+    camera added or removed while running gets or loses its own count."""
+    from core.config import CameraSettings
+    from tests.fixtures.run_world import make_app, site_config
+
+    video = f"file://{world['videos'] / 'campus_000.mp4'}"
+    cams = [
+        {"id": "ten", "uri": video, "sampling": {"fps": 10}},
+        {"id": "five", "uri": video, "sampling": {"fps": 5}},
+    ]
+    app = make_app(site_config(world, tmp_path / "out", cams, appearance={"spacing_s": 1.6}), realtime=False)
+    try:
+        assert app.cfg.model.preprocess.clip_hop == 4  # the world model's: clips 0.4 s apart at 10 fps
+        assert app.inference.appearance_every == {"ten": 4, "five": 2}
+        fast = app.cameras["ten"].model_copy(update={"id": "fast"})
+        fast = CameraSettings.model_validate(
+            {**fast.model_dump(), "sampling": fast.sampling.model_copy(update={"fps": 25.0})}
+        )
+        app.add_camera(fast)
+        assert app.inference.appearance_every["fast"] == 10
+        app.remove_camera("fast")
+        assert app.inference.appearance_every == {"ten": 4, "five": 2}
+    finally:
+        app.shutdown()
+
+
 def test_the_cpu_graph_batches_no_more_clips_than_its_tensorrt_engines_take(
     world: dict[str, Path], tmp_path: Path
 ) -> None:

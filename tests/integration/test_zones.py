@@ -343,7 +343,7 @@ def test_zones_api_validates_and_overrides_reload_without_restart(
 
         # The memory streams' sections are read when the run starts (the scorer's schedule, the feeds'
         # spacing): a change is reported as needing a restart, not applied, and no camera restarts for it.
-        write_site(site, {**cfg, "appearance": {"every_clips": 3}, "objects": {"spacing_s": 0.4}})
+        write_site(site, {**cfg, "appearance": {"spacing_s": 2.4}, "objects": {"spacing_s": 0.4}})
         result = app.reload_file(site)
         assert result is not None
         assert (result.needs_restart, result.restarted) == (["appearance", "objects"], [])

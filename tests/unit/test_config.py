@@ -407,3 +407,26 @@ def test_the_metrics_endpoint_and_the_review_page_need_a_port_each() -> None:
     parse_config("metrics: {port: 8080, enabled: false}\n")  # only one of them serves
     parse_config("metrics: {port: 0}\nui: {port: 0}\n")  # each picks a free port
     parse_config("metrics: {port: 9000, host: 10.0.0.2}\nui: {port: 9000, host: 10.0.0.3}\n")  # two addresses
+
+
+def test_appearance_spacing_is_seconds_of_video_in_whole_clips() -> None:
+    """appearance.spacing_s in a camera's clips: the same seconds at any sampling rate, at least one clip."""
+    from core.config import AppearanceConfig
+
+    default = AppearanceConfig()
+    # Clips 8 sampled frames apart: 0.8 s at 10 fps (every 2nd clip, as the quality was measured), 0.32 s
+    # at 25 fps (every 5th), 1.6 s at 5 fps (every one).
+    assert [default.every_clips(fps, 8) for fps in (10, 25, 5, 12.5)] == [2, 5, 1, 3]
+    assert AppearanceConfig(spacing_s=0).every_clips(25, 8) == 1
+    assert AppearanceConfig(spacing_s=1.2).every_clips(10, 8) == 2  # 1.5 clips: half rounds up
+    with pytest.raises(ValueError, match="fps"):
+        default.every_clips(0, 8)
+
+
+def test_the_old_appearance_every_clips_key_says_what_replaced_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("version: 1\nappearance:\n  every_clips: 2\n", "x.yaml")
+    message = str(info.value)
+    assert message.startswith("x.yaml:2: appearance: ")
+    assert "every_clips was replaced by spacing_s" in message
+    assert "spacing_s 1.6" in message
