@@ -595,7 +595,7 @@ def _pure_case(spec: CaseSpec, assets: Assets, out: Path) -> dict[str, Any]:
                 history_step=pre.clip_len * pre.frame_stride // pre.clip_hop,
                 contexts={},
                 memories=memories,
-                appearance_every=cfg.appearance.every_clips(spec.fps, pre.clip_hop),
+                appearance_every=cfg.appearance.clips_per_encoding(spec.fps, pre.clip_hop),
             )
             shape = (pre.clip_len, h, w, 3)
             results.append(time_clip_inference(inference, batch, shape, spec.min_time_s, pre.clip_hop))

@@ -902,7 +902,7 @@ class AppearanceConfig(_Strict):
             )
         return data
 
-    def every_clips(self, fps: float, clip_hop: int) -> int:
+    def clips_per_encoding(self, fps: float, clip_hop: int) -> int:
         """A camera's clips per encoding at sampling rate ``fps`` (clips ``clip_hop`` sampled frames apart):
         ``spacing_s`` in clips, rounded half up, at least 1."""
         if fps <= 0 or clip_hop < 1:
@@ -1216,6 +1216,13 @@ class ZsadConfig(_Strict):
 
     def enabled_cameras(self) -> list[CameraSettings]:
         return [self.camera_settings(c.id) for c in self.cameras if c.enabled]
+
+    def appearance_clips(self, camera: CameraSettings) -> int:
+        """A camera's clips per appearance encoding: ``appearance.spacing_s`` at the camera's own
+        ``sampling.fps``. The clips are counted in the frames the camera delivers, as every clip is: a camera
+        that delivers fewer than its ``sampling.fps`` (``videorate`` only drops frames) spans more time per
+        clip, and so per encoding, as the whole model reads it at a slower rate."""
+        return self.appearance.clips_per_encoding(camera.sampling.fps, self.model.preprocess.clip_hop)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -681,7 +681,7 @@ class ClipInference:
     is also the ``semantic`` score of every scored clip of a camera whose context has prompts
     (:func:`plugins.semantic.match_prompts`), and the semantic head is not used. The appearance engine runs
     for a scored clip of a camera that has a memory or such prompts, every ``appearance_every``-th one (a
-    count for every camera, or a camera's own, ``appearance.every_clips`` at its sampling rate, 1 for a
+    count for every camera, or a camera's own, ``ZsadConfig.appearance_clips``, 1 for a
     camera not listed); the clips between keep the camera's last map and semantic score. ``no_semantic``:
     cameras whose clips the semantic stream does not score (``zsad calibrate``'s pasted-event twins, whose
     semantic scores nothing uses).
@@ -716,10 +716,10 @@ class ClipInference:
         objects_spacing_s: float = 0.2,
         no_semantic: Container[str] = frozenset(),
     ):
-        if isinstance(appearance_every, int):
-            self._appearance_every_default, per_camera = appearance_every, {}
+        if isinstance(appearance_every, Mapping):
+            self._appearance_every_default, per_camera = 1, {k: int(v) for k, v in appearance_every.items()}
         else:
-            self._appearance_every_default, per_camera = 1, dict(appearance_every)
+            self._appearance_every_default, per_camera = int(appearance_every), {}
         for every in (self._appearance_every_default, *per_camera.values()):
             if every < 1:
                 raise ValueError(f"appearance_every must be >= 1, got {every}")

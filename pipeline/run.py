@@ -146,7 +146,7 @@ class Application:
             contexts={c.id: c.context for c in self.cameras.values()},
             filters=self.outputs.filters,
             memories=self.outputs.memories,
-            appearance_every={cid: self._appearance_every(cam) for cid, cam in self.cameras.items()},
+            appearance_every={cid: cfg.appearance_clips(cam) for cid, cam in self.cameras.items()},
             stationary=self.outputs.stationary,
             stationary_spacing_s=cfg.stationary.spacing_s,
             objects=self.outputs.objects,
@@ -195,10 +195,6 @@ class Application:
     def metrics_server(self) -> Any:
         return self.outputs.metrics_server
 
-    def _appearance_every(self, cam: CameraSettings) -> int:
-        """The camera's clips per appearance encoding: ``appearance.spacing_s`` at its own sampling rate."""
-        return self.cfg.appearance.every_clips(cam.sampling.fps, self.cfg.model.preprocess.clip_hop)
-
     def add_camera(self, cam: CameraSettings) -> None:
         """Start one more camera while running; the others are not touched. A calibration file that cannot
         be read starts it uncalibrated, with a warning. Raises :class:`CameraChangeError` (duplicate id,
@@ -213,7 +209,7 @@ class Application:
         with self._cameras_lock:
             self.cameras[cam.id] = cam
             self.inference.contexts[cam.id] = cam.context
-            self.inference.appearance_every[cam.id] = self._appearance_every(cam)
+            self.inference.appearance_every[cam.id] = self.cfg.appearance_clips(cam)
         try:
             self.graph.add_camera(cam)
         except (SourceError, ValueError, RuntimeError) as exc:

@@ -553,10 +553,10 @@ def evaluate(
         last = np.minimum(targets + span, n - 1)  # each scored clip's last frame, where the run scores it
         # The memory streams are scored at each clip's last frame, one value a clip as the run has them, and
         # spread over the frames as the DPC streams' are (frame t, a clip's first frame, takes the clip's).
-        # The appearance stream, as the run's, encodes a clip every `spacing_s` at the dataset's rate (every
-        # `every_clips`-th) and the clips between keep the last encoding (the encoder still runs on every
-        # frame here, though only the `encoded` frames' scores and maps are read: a few percent of an
-        # evaluation's time).
+        # The appearance stream, as the run's, encodes a clip every `spacing_s` at the dataset's rate
+        # (every `clips_per_encoding`-th) and the clips between keep the last encoding (the encoder still
+        # runs on every frame here, though only the `encoded` frames' scores and maps are read: a few
+        # percent of an evaluation's time).
         # A masked video also keeps the memory streams' maps, which the run's heatmap holds beside the DPC
         # streams' (stream -> (frames or clips, h, w); per frame for appearance and stationary).
         encoded = encoded_frames(
@@ -564,7 +564,7 @@ def evaluate(
             n,
             span=span,
             clip_hop=model.spec.preprocess.clip_hop,
-            every=cfg.appearance.every_clips(fps, model.spec.preprocess.clip_hop),
+            every=cfg.appearance.clips_per_encoding(fps, model.spec.preprocess.clip_hop),
             first=model.context_clips * model.clip_span,
         )
         memory_maps: dict[str, list[np.ndarray]] | None = (

@@ -93,9 +93,7 @@ class DeepStreamApp:
             filters=self.outputs.filters,  # masks and learned levels, as on the CPU graph
             memories=self.outputs.memories,  # appearance memories, as on the CPU graph
             # appearance.spacing_s at each camera's own sampling rate, as on the CPU graph
-            appearance_every={
-                c.id: cfg.appearance.every_clips(c.sampling.fps, pre.clip_hop) for c in self.cameras
-            },
+            appearance_every={c.id: cfg.appearance_clips(c) for c in self.cameras},
             stationary=self.outputs.stationary,
             stationary_spacing_s=cfg.stationary.spacing_s,
             objects=self.outputs.objects,

@@ -5,6 +5,7 @@ holds an encoding for ``appearance.spacing_s`` of the run's clips at the footage
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,14 @@ def test_encoded_frames_hold_each_encoding_for_every_clips_of_the_runs_clips() -
 
 
 def _tiny_eval(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **sections: Any
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fps: float | None = None, **sections: Any
 ) -> tuple[ZsadModel, dict[str, Any]]:
-    """Evaluate an untrained tiny model on tiny UCSD-layout footage with the config ``sections``; return the
-    model and what the evaluation fused: ``z`` (stream -> video -> per-frame z) and ``targets`` (video ->
-    its scored clips' first frames)."""
+    """Evaluate an untrained tiny model on tiny UCSD-layout footage (at ``fps``, given in its manifest, else
+    UCSD's 10) with the config ``sections``; return the model and what the evaluation fused: ``z`` (stream ->
+    video -> per-frame z) and ``targets`` (video -> its scored clips' first frames)."""
     data = write_ucsd_layout(tmp_path / "ucsd", n_train=2, n_test=2, frames=120)
+    if fps is not None:
+        (data / "manifest.json").write_text(json.dumps({"fps": fps}))
     cfg = ZsadConfig.model_validate(
         {
             "model": tiny_model_dict(dpc={"pred_steps": 1, "hidden_size": 32}),
@@ -123,13 +126,15 @@ def test_eval_holds_each_appearance_encoding_for_spacing_s_of_the_runs_clips(
     model, seen = _tiny_eval(
         tmp_path,
         monkeypatch,
-        # UCSD footage is 10 fps and the tiny model's clips are 2 frames apart: 0.6 s is every 3rd clip.
-        appearance={"enabled": True, "spacing_s": 0.6},
+        # Footage at 25 fps (not the sampling default's 10) and the tiny model's clips 2 frames apart:
+        # 0.24 s is every 3rd clip at 25 fps (1.2 clips, every one, at 10).
+        fps=25.0,
+        appearance={"enabled": True, "spacing_s": 0.24},
         stationary={"enabled": False},
         objects={"enabled": False},
     )
     pre = model.spec.preprocess
-    assert AppearanceConfig(spacing_s=0.6).every_clips(10.0, pre.clip_hop) == 3
+    assert AppearanceConfig(spacing_s=0.24).clips_per_encoding(25.0, pre.clip_hop) == 3
     span = (model.clip_len - 1) * model.frame_stride
     assert APPEARANCE in seen["z"], "the tiny footage fitted no appearance memory"
     first = model.context_clips * model.clip_span

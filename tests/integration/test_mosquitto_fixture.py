@@ -57,3 +57,20 @@ def test_a_restart_on_a_taken_port_fails_saying_so(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="Address already in use"):
             broker.start()
     assert broker.port == port
+
+
+def test_an_outage_holds_the_port_until_the_restart(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    port = broker.port
+    try:
+        broker.stop(hold=True)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        with pytest.raises(OSError), socket.socket() as other:  # no other test's server can take it
+            other.bind(("127.0.0.1", port))
+        broker.start()
+        assert broker.port == port
+        Subscriber(port, "zsad/fixture").close()  # mosquitto listens there again
+    finally:
+        broker.stop()

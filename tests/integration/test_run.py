@@ -201,7 +201,7 @@ def test_each_camera_encodes_appearance_at_its_own_rate_in_seconds(
 ) -> None:
     """appearance.spacing_s is seconds of video: a camera sampled faster encodes every more clips, and a
     camera added or removed while running gets or loses its own count."""
-    from core.config import CameraSettings
+    from core.config import CameraSettings, parse_config
     from tests.fixtures.run_world import make_app, site_config
 
     video = f"file://{world['videos'] / 'campus_000.mp4'}"
@@ -209,7 +209,8 @@ def test_each_camera_encodes_appearance_at_its_own_rate_in_seconds(
         {"id": "ten", "uri": video, "sampling": {"fps": 10}},
         {"id": "five", "uri": video, "sampling": {"fps": 5}},
     ]
-    app = make_app(site_config(world, tmp_path / "out", cams, appearance={"spacing_s": 1.6}), realtime=False)
+    site = site_config(world, tmp_path / "out", cams, appearance={"spacing_s": 1.6})
+    app = make_app(site, realtime=False)
     try:
         assert app.cfg.model.preprocess.clip_hop == 4  # the world model's: clips 0.4 s apart at 10 fps
         assert app.inference.appearance_every == {"ten": 4, "five": 2}
@@ -221,6 +222,11 @@ def test_each_camera_encodes_appearance_at_its_own_rate_in_seconds(
         assert app.inference.appearance_every["fast"] == 10
         app.remove_camera("fast")
         assert app.inference.appearance_every == {"ten": 4, "five": 2}
+        # A re-read config that samples "five" at 25 fps restarts it with its new count.
+        site["cameras"] = [cams[0], {**cams[1], "sampling": {"fps": 25}}]
+        result = app.reload(parse_config(json.dumps(site), "<test site>"))
+        assert result.restarted == ["five"]
+        assert app.inference.appearance_every == {"ten": 4, "five": 10}
     finally:
         app.shutdown()
 

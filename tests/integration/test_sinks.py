@@ -95,7 +95,7 @@ def test_mqtt_broker_outage_zero_loss_order_kept(tmp_path: Path, broker: Broker)
         for i in range(5):
             sink.publish(_alert(i))
         wait_until(lambda: len(sub.messages) >= 5, what="first 5 alerts")
-        broker.stop()
+        broker.stop(hold=True)
         for i in range(5, 25):  # a burst while the broker is down
             sink.publish(_alert(i))
         wait_until(lambda: sink.pending == 20, what="the burst to be spooled")
@@ -116,7 +116,7 @@ def test_mqtt_process_restart_redelivers_marked(tmp_path: Path, broker: Broker) 
     spool = tmp_path / "spool"
     kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": broker.port, "topic": "zsad/restart", **FAST}
     sub = Subscriber(broker.port, "zsad/restart")
-    broker.stop()
+    broker.stop(hold=True)
     first = MqttBrokerSink("m", spool, connect_timeout_s=0.5, **kwargs).start()
     for i in range(4):
         first.publish(_alert(i))

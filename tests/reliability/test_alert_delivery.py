@@ -69,7 +69,7 @@ def test_broker_outage_during_an_alert_burst_loses_nothing(
     app.start()
     try:
         wait_until(lambda: len(sub.received()) >= 4, timeout=30, what="alerts before the outage")
-        broker.stop()
+        broker.stop(hold=True)
         published_before = len(read_jsonl(out / "alerts.jsonl"))
         wait_until(lambda: mqtt.pending >= 4, timeout=30, what="alerts spooled during the outage")
         record_property("spooled_during_outage", mqtt.pending)
@@ -91,9 +91,10 @@ def test_broker_outage_during_an_alert_burst_loses_nothing(
 
 
 def test_sigterm_mid_alert_with_the_broker_down_delivers_on_the_next_run(
-    world: dict[str, Path], tmp_path: Path
+    world: dict[str, Path], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     down = PortHold()  # the broker is down: nothing listens here, and no other test's server can
+    request.addfinalizer(down.release)  # released below before the broker starts; harmless twice
     port = down.port
     out = tmp_path / "out"
     sink = {"kind": "mqtt", "host": "127.0.0.1", "port": port, "topic": TOPIC}

@@ -24,9 +24,10 @@ OTHERS = ("loop-a", "loop-b", "loop-c")
 
 
 def test_rtsp_outage_and_stall_leave_the_others_at_full_rate(
-    world: dict[str, Path], tmp_path: Path, record_property: Any
+    world: dict[str, Path], tmp_path: Path, record_property: Any, request: pytest.FixtureRequest
 ) -> None:
     server = RtspServer.in_folder(tmp_path)
+    request.addfinalizer(server.close)  # whatever fails below, the server and any hold on its port end
     server.start()
     videos = world["videos"]
     cameras = [
@@ -99,7 +100,6 @@ def test_rtsp_outage_and_stall_leave_the_others_at_full_rate(
         after = {cid: app.graph.stats()[cid] for cid in OTHERS}
     finally:
         app.shutdown()
-        server.close()
     assert states == {"rtsp": "live", **dict.fromkeys(OTHERS, "live")}
     # The other cameras never changed state (no reconnect, no rebuild) through both faults.
     assert {cid: (st.since_s, st.reconnects) for cid, st in after.items()} == {

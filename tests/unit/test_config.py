@@ -416,11 +416,18 @@ def test_appearance_spacing_is_seconds_of_video_in_whole_clips() -> None:
     default = AppearanceConfig()
     # Clips 8 sampled frames apart: 0.8 s at 10 fps (every 2nd clip, as the quality was measured), 0.32 s
     # at 25 fps (every 5th), 1.6 s at 5 fps (every one).
-    assert [default.every_clips(fps, 8) for fps in (10, 25, 5, 12.5)] == [2, 5, 1, 3]
-    assert AppearanceConfig(spacing_s=0).every_clips(25, 8) == 1
-    assert AppearanceConfig(spacing_s=1.2).every_clips(10, 8) == 2  # 1.5 clips: half rounds up
+    assert [default.clips_per_encoding(fps, 8) for fps in (10, 25, 5, 12.5)] == [2, 5, 1, 3]
+    assert AppearanceConfig(spacing_s=0).clips_per_encoding(25, 8) == 1
+    assert AppearanceConfig(spacing_s=1.2).clips_per_encoding(10, 8) == 2  # 1.5 clips: half rounds up
     with pytest.raises(ValueError, match="fps"):
-        default.every_clips(0, 8)
+        default.clips_per_encoding(0, 8)
+
+
+def test_each_camera_counts_its_appearance_clips_at_its_own_sampling_rate() -> None:
+    """The one place the run and the DeepStream app take a camera's count from."""
+    cfg = parse_config(BASE + "    sampling: {fps: 25}\n")  # cam-b at 25 fps, cam-a at the default 10
+    assert cfg.model.preprocess.clip_hop == 8
+    assert [cfg.appearance_clips(c) for c in cfg.enabled_cameras()] == [2, 5]
 
 
 def test_the_old_appearance_every_clips_key_says_what_replaced_it() -> None:

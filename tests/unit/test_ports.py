@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tests.fixtures.ports import PortHold, free_port
+from tests.fixtures.ports import PortHold
 
 
 def _bind(port: int) -> socket.socket:
@@ -60,8 +60,3 @@ def test_a_hold_takes_the_port_of_a_server_that_just_died_with_connections_open(
         assert hold.port == port
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
-
-
-def test_free_port_is_not_a_held_one() -> None:
-    with PortHold() as hold:
-        assert all(free_port() != hold.port for _ in range(50))
