@@ -133,7 +133,9 @@ def score_camera(
                     frames_in = [past[-1][1], x[:, 0]]
                     if naive.model.dpc.extrapolate:
                         frames_in.append(past[-1][2])
-                    out = naive.model.dpc(torch.stack([t for t, _, _ in past], dim=1), tokens, *frames_in)
+                    # Naive: every past clip encoded again on every call (the head's non-streaming form).
+                    history_tokens = torch.stack([t for t, _, _ in past], dim=1)
+                    out = naive.model.dpc.score_history(history_tokens, tokens, *frames_in)
                     scores.append(
                         {
                             stream: float(t[0].max())

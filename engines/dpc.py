@@ -15,7 +15,8 @@ at constant velocity, ``2 * last - prev``: the error of that prior is the second
 small for slow, smooth motion (a walker a pixel or two a frame, within an edge's width) and large for
 fast or jerky motion (the moved object leaves two ghosts), so it scores speed and not just change.
 
-The inference forward computes error maps directly, so the edge only keeps a ring of past clip tokens.
+The inference forward computes error maps directly, so the edge only keeps a ring of what each past clip
+gave: its ConvGRU input projection and its last frame's tokens.
 """
 
 from __future__ import annotations
@@ -30,29 +31,60 @@ DECODERS = ("residual", "warp", "extrapolate")
 
 
 class ConvGRUCell(nn.Module):
-    """A convolutional GRU cell on ``(N, C, h, w)`` grids."""
+    """A convolutional GRU cell on ``(N, C, h, w)`` grids.
+
+    Each kernel sees ``[x, h]``; its input half and its state half are run apart, so that the input half
+    of a clip, :meth:`project`, is computed once and reused at every step the clip is fed in again (the
+    DPC head's streaming form). Same weights, same sums: ``conv([x, h]) = conv_x(x) + conv_h(h) + b``.
+    """
 
     def __init__(self, in_channels: int, hidden: int, kernel: int = 3) -> None:
         super().__init__()
         pad = kernel // 2
         self.hidden = hidden
+        self.in_channels = in_channels
         self.gates = nn.Conv2d(in_channels + hidden, 2 * hidden, kernel, padding=pad)
         self.cand = nn.Conv2d(in_channels + hidden, hidden, kernel, padding=pad)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        z, r = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
-        c = torch.tanh(self.cand(torch.cat([x, r * h], dim=1)))
+    @property
+    def projection_channels(self) -> int:
+        """Channels of :meth:`project`'s output: the update and reset gates', then the candidate's."""
+        return 3 * self.hidden
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The input half of both kernels, biases left out: ``(N, in, h, w)`` -> ``(N, 3 * hidden, h, w)``
+        (update gate, reset gate, candidate)."""
+        c_in, pad = self.in_channels, self.gates.padding
+        gates = F.conv2d(x, self.gates.weight[:, :c_in], None, padding=pad)
+        cand = F.conv2d(x, self.cand.weight[:, :c_in], None, padding=pad)
+        return torch.cat([gates, cand], dim=1)
+
+    def step(self, xp: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One step from a projected input ``xp`` (:meth:`project`) and the state ``h``."""
+        k, c_in, pad = self.hidden, self.in_channels, self.gates.padding
+        gates = xp[:, : 2 * k] + F.conv2d(h, self.gates.weight[:, c_in:], self.gates.bias, padding=pad)
+        z, r = torch.sigmoid(gates).chunk(2, dim=1)
+        c = torch.tanh(
+            xp[:, 2 * k :] + F.conv2d(r * h, self.cand.weight[:, c_in:], self.cand.bias, padding=pad)
+        )
         return (1 - z) * h + z * c
 
-    def first(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward(x, 0)`` without the zero state: the reset gate is unused and only the input half of
-        each kernel runs."""
-        c_in, k = x.shape[1], self.hidden
-        pad = self.gates.padding
-        gates_bias = None if self.gates.bias is None else self.gates.bias[:k]
-        z = torch.sigmoid(F.conv2d(x, self.gates.weight[:k, :c_in], gates_bias, padding=pad))
-        c = torch.tanh(F.conv2d(x, self.cand.weight[:, :c_in], self.cand.bias, padding=pad))
+    def step_first(self, xp: torch.Tensor) -> torch.Tensor:
+        """``step(xp, 0)`` without the zero state: the reset gate is unused and no state half runs."""
+        k = self.hidden
+        gates_bias = None if self.gates.bias is None else self.gates.bias[:k, None, None]
+        cand_bias = None if self.cand.bias is None else self.cand.bias[:, None, None]
+        z_in, c_in = xp[:, :k], xp[:, 2 * k :]
+        z = torch.sigmoid(z_in if gates_bias is None else z_in + gates_bias)
+        c = torch.tanh(c_in if cand_bias is None else c_in + cand_bias)
         return z * c
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.step(self.project(x), h)
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x, 0)`` without the zero state."""
+        return self.step_first(self.project(x))
 
 
 class DPCHead(nn.Module):
@@ -61,8 +93,14 @@ class DPCHead(nn.Module):
     Shapes: ``C`` past clips, ``T`` frames a clip, ``D`` backbone width, ``h x w`` patch grid,
     ``H x W`` pixels (``H = h * patch``), ``K`` prediction steps.
 
+    The engine streams: each clip is encoded once, when it is the current clip, and its ConvGRU input
+    projection comes back as ``current_proj`` for the host to keep and feed back as history. Recomputing the
+    past clips on every call (the earlier contract, :meth:`score_history` here) cost about a quarter of the
+    head's multiply-adds for the same maps.
+
     Inference inputs (the engine's I/O contract):
-        history: ``(N, C, T, D, h, w)`` float32 backbone tokens of the past clips, oldest first.
+        history_proj: ``(N, C, 3F, h, w)`` float32 ``current_proj`` of each past clip, oldest first.
+        last_tokens: ``(N, D, h, w)`` float32 backbone tokens of the last frame of the newest past clip.
         current: ``(N, T, D, h, w)`` float32 backbone tokens of the clip being scored.
         last_frame: ``(N, 3, H, W)`` float32 normalised RGB, the last frame of the newest past clip.
         current_frame: ``(N, 3, H, W)`` float32 normalised RGB, the first frame of the current clip.
@@ -75,6 +113,8 @@ class DPCHead(nn.Module):
             ``residual`` and ``warp`` decoders capped by that of copying the last frame ("unexplained
             change").
         motion: ``(N, h, w)`` mean absolute frame difference per patch (the cheap motion stream).
+        current_proj: ``(N, 3F, h, w)`` the current clip's ConvGRU input projection
+            (:meth:`ConvGRUCell.project` of its clip features): its ``history_proj`` in later calls.
     """
 
     def __init__(
@@ -137,12 +177,19 @@ class DPCHead(nn.Module):
 
         ``steps`` (default ``pred_steps``) is ``K``; the state is only rolled forward for steps still to
         come, so scoring (``steps=1``) never runs the GRU past the first prediction."""
+        n, c = history_feats.shape[:2]
+        projected = self.gru.project(history_feats.flatten(0, 1)).unflatten(0, (n, c))
+        return self.forecast_projected(projected, steps)
+
+    def forecast_projected(self, history_proj: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """:meth:`forecast` from the past clips' ConvGRU input projections ``(N, C, 3F, h, w)``
+        (:meth:`ConvGRUCell.project` of each clip's features)."""
         steps = self.pred_steps if steps is None else steps
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        state = self.gru.first(history_feats[:, 0])
-        for i in range(1, history_feats.shape[1]):
-            state = self.gru(history_feats[:, i], state)
+        state = self.gru.step_first(history_proj[:, 0])
+        for i in range(1, history_proj.shape[1]):
+            state = self.gru.step(history_proj[:, i], state)
         preds = []
         for k in range(steps):
             p = self.predict_net(state)
@@ -192,22 +239,44 @@ class DPCHead(nn.Module):
 
     def forward(
         self,
-        history: torch.Tensor,
+        history_proj: torch.Tensor,
+        last_tokens: torch.Tensor,
         current: torch.Tensor,
         last_frame: torch.Tensor,
         current_frame: torch.Tensor,
         prev_frame: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n, c = history.shape[0], history.shape[1]
-        hist_feats = self.clip_features(history.flatten(0, 1)).unflatten(0, (n, c))
-        pred1 = self.forecast(hist_feats, steps=1)[:, 0]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         actual = self.clip_features(current)
+        # The current clip's input half of the ConvGRU, returned for the calls where it is history.
+        current_proj = self.gru.project(actual)
+        pred1 = self.forecast_projected(history_proj, steps=1)[:, 0]
         feature_error = 1.0 - F.cosine_similarity(pred1, actual, dim=1)
-        predicted = self.decode_frame(pred1, history[:, -1, -1], last_frame, prev_frame)
+        predicted = self.decode_frame(pred1, last_tokens, last_frame, prev_frame)
         motion = self.patch_mean((current_frame - last_frame).abs())
         pixel_error = self.patch_mean((predicted - current_frame).abs())
         if not self.extrapolate:
             # Unexplained change: the model's error where it beats "copy the last frame", the copy's
             # error elsewhere, so decoder artefacts on normal frames never push a patch above the floor.
             pixel_error = torch.minimum(pixel_error, motion)
-        return feature_error, pixel_error, motion
+        return feature_error, pixel_error, motion, current_proj
+
+    def project_history(self, history: torch.Tensor) -> torch.Tensor:
+        """``(N, C, T, D, h, w)`` past clips' tokens -> their ``history_proj`` ``(N, C, 3F, h, w)``, as the
+        engine's ``current_proj`` gave them one by one."""
+        n, c = history.shape[:2]
+        return self.gru.project(self.clip_features(history.flatten(0, 1))).unflatten(0, (n, c))
+
+    def score_history(
+        self,
+        history: torch.Tensor,
+        current: torch.Tensor,
+        last_frame: torch.Tensor,
+        current_frame: torch.Tensor,
+        prev_frame: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` from the past clips' tokens ``(N, C, T, D, h, w)`` instead of their projections:
+        every past clip encoded again on every call (the non-streaming form; same three error maps)."""
+        out = self(
+            self.project_history(history), history[:, -1, -1], current, last_frame, current_frame, prev_frame
+        )
+        return out[0], out[1], out[2]

@@ -394,15 +394,20 @@ def component_io(
         frames = ["last_frame", "current_frame"]
         if spec.dpc.decoder == "extrapolate":
             frames.append("prev_frame")
+        proj = 3 * spec.dpc.hidden_size  # the ConvGRU's input projection (engines.dpc.ConvGRUCell.project)
         return (
             [
-                TensorSpec(name="history", shape=(-1, s, t, d, gh, gw), layout="NSTCHW"),
+                TensorSpec(name="history_proj", shape=(-1, s, proj, gh, gw), layout="NSCHW"),
+                TensorSpec(name="last_tokens", shape=(-1, d, gh, gw), layout="NCHW"),
                 TensorSpec(name="current", shape=(-1, t, d, gh, gw), layout="NTCHW"),
                 *(TensorSpec(name=f, shape=(-1, 3, height, width), layout="NCHW") for f in frames),
             ],
             [
-                TensorSpec(name=n, shape=(-1, gh, gw), layout="NHW")
-                for n in ("feature_error", "pixel_error", "motion")
+                *(
+                    TensorSpec(name=n, shape=(-1, gh, gw), layout="NHW")
+                    for n in ("feature_error", "pixel_error", "motion")
+                ),
+                TensorSpec(name="current_proj", shape=(-1, proj, gh, gw), layout="NCHW"),
             ],
         )
     if component == "semantic_head":

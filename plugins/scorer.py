@@ -1,9 +1,11 @@
 """Streaming clip scoring shared by offline evaluation and the edge pipeline.
 
 The backbone engine turns each clip into tokens; :class:`ClipScorer` keeps every camera's ring of past
-clip tokens and calls the DPC-head engine, batched across cameras, to get spatial error maps; each map
-is reduced to one raw score per stream. The runners are plain callables (named numpy arrays in, named
-numpy arrays out), so the same code drives ONNX Runtime, TensorRT or PyTorch.
+clips and calls the DPC-head engine, batched across cameras, to get spatial error maps; each map is
+reduced to one raw score per stream. The head streams: each clip goes through it once as the current
+clip, and what it returns for that clip (its ConvGRU input projection) is the clip's history afterwards.
+The runners are plain callables (named numpy arrays in, named numpy arrays out), so the same code drives
+ONNX Runtime, TensorRT or PyTorch.
 
 Maps that do not come from the DPC head (the appearance stream's, :mod:`plugins.appearance`) join a clip's
 maps through ``ClipScorer.score(..., extra_maps=...)``, on the DPC maps' grid and before the filter below, so
@@ -31,6 +33,7 @@ __all__ = [
     "BACKBONE_OUTPUTS",
     "DPC_INPUTS",
     "DPC_OUTPUTS",
+    "PROJECTION_OUTPUT",
     "ClipScorer",
     "ClipTokens",
     "ExtraMaps",
@@ -47,8 +50,9 @@ ExtraMaps = Callable[[Sequence[int], tuple[int, int]], Sequence[Mapping[str, np.
 
 BACKBONE_INPUTS = ("clip",)
 BACKBONE_OUTPUTS = ("tokens", "embedding")
-DPC_INPUTS = ("history", "current", "last_frame", "current_frame")
-DPC_OUTPUTS = ("feature_error", "pixel_error", "motion")  # the engine's output order
+DPC_INPUTS = ("history_proj", "last_tokens", "current", "last_frame", "current_frame")
+DPC_OUTPUTS = ("feature_error", "pixel_error", "motion")  # the engine's map outputs, in its output order
+PROJECTION_OUTPUT = "current_proj"  # the engine's last output: the current clip's history from now on
 
 
 def reduce_map(error_map: np.ndarray) -> float:
@@ -74,6 +78,8 @@ class ClipTokens:
     :class:`plugins.preprocess.Normaliser`.
     prev_last_frame: ``(3, H, W)``, the clip frame before ``last_frame``; needed only by a DPC head
     whose decoder extrapolates (``ClipScorer(prev_frame=True)``).
+    projection: ``(3F, h, w)``, what the DPC head returned for this clip (``current_proj``); set by
+    :class:`ClipScorer` once the clip has been through the head, None before.
     """
 
     camera: str
@@ -83,6 +89,7 @@ class ClipTokens:
     first_frame: np.ndarray
     last_frame: np.ndarray
     prev_last_frame: np.ndarray | None = None
+    projection: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -125,7 +132,8 @@ class ClipScorer:
     """Per-camera DPC history and batched scoring.
 
     Args:
-        dpc: runner of the DPC-head engine (inputs :data:`DPC_INPUTS`, outputs :data:`DPC_OUTPUTS`).
+        dpc: runner of the DPC-head engine (inputs :data:`DPC_INPUTS`, outputs :data:`DPC_OUTPUTS` and
+            :data:`PROJECTION_OUTPUT`).
         context_clips: ``C``, past clips the DPC head aggregates.
         history_step: how many emitted clips apart the history clips are. The head was trained on
             clips ``T * stride`` source frames apart; a camera emitting a clip every ``hop`` frames
@@ -134,13 +142,23 @@ class ClipScorer:
             carry ``prev_last_frame``. ``None``: read it from the runner's ``input_names`` (a backend
             has them), else ``False``.
         filters: the cameras' masks and learned levels, applied before each map is reduced; None: none.
+        projection_channels: ``3F``, channels of ``current_proj``; None: the runner's own
+            ``projection_channels``, else its manifest's (a backend has one). Needed for the clips that fill
+            a history (below).
 
-    The history holds a camera's last scored clips, taken as one hop apart. A clip dropped by a full queue or
-    lost with a failed batch leaves a gap that the history does not see: the next clip is scored against
-    clips farther apart than the head was trained on. That is kept on purpose: starting the history again
-    at every gap (tried, docs/results.md) left a camera that drops clips under sustained overload without
-    any score until three clips in a row came, while the stream that reads the history (``predictive``) is
-    weighed out by every calibration measured and the others barely depend on it.
+    Every clip goes through the head once, as its current clip: a clip whose camera has a full history is
+    scored; one that is still filling it runs against an all-zero history, its maps thrown away, only for
+    its ``current_proj``. A clip whose history includes a clip of the same call that has not been
+    through the head yet waits for a later call to the engine within the same :meth:`score` (a camera
+    with several clips queued, or offline evaluation), so the engine may run more than once per call.
+
+    The history holds a camera's last clips, taken as one hop apart. A clip dropped by a full queue leaves a
+    gap that the history does not see: the next clip is scored against clips farther apart than the head
+    was trained on. That is kept on purpose: starting the history again at every gap (tried,
+    docs/results.md) left a camera that drops clips under sustained overload without any score until three
+    clips in a row came, while the stream that reads the history (``predictive``) is weighed out by every
+    calibration measured and the others barely depend on it. A clip lost with a failed engine call never got
+    its projection: it leaves the history, which the camera's next clip fills again.
     """
 
     def __init__(
@@ -151,6 +169,7 @@ class ClipScorer:
         history_step: int = 1,
         prev_frame: bool | None = None,
         filters: CellFilters | None = None,
+        projection_channels: int | None = None,
     ):
         if history_step < 1:
             raise ValueError(f"history_step must be >= 1, got {history_step}")
@@ -161,6 +180,9 @@ class ClipScorer:
         self.context_clips = context_clips
         self.history_step = history_step
         self.filters = filters
+        self.projection_channels = (
+            projection_channels if projection_channels is not None else _runner_projection_channels(dpc)
+        )
         self._rings: dict[str, deque[ClipTokens]] = {}
 
     @property
@@ -178,38 +200,111 @@ class ClipScorer:
 
         ``extra_maps``: called once, with the clips that got DPC maps, for more streams' maps on the DPC
         maps' grid; they are filtered and reduced with the DPC maps."""
-        ready: list[tuple[int, ClipTokens, list[ClipTokens]]] = []
-        results: list[StreamScores | None] = [None] * len(clips)
+        entries: list[tuple[int, ClipTokens, list[ClipTokens] | None]] = []
         for i, clip in enumerate(clips):
             ring = self._rings.setdefault(clip.camera, deque(maxlen=self.ring_len))
-            if len(ring) == self.ring_len:
-                hist = list(ring)[:: self.history_step]
-                ready.append((i, clip, hist))
+            hist = list(ring)[:: self.history_step] if len(ring) == self.ring_len else None
+            entries.append((i, clip, hist))
             ring.append(clip)
-        if ready:
-            feeds = {
-                "history": np.stack([np.stack([h.tokens for h in hist]) for _, _, hist in ready]),
-                "current": np.stack([c.tokens for _, c, _ in ready]),
-                "last_frame": np.stack([hist[-1].last_frame for _, _, hist in ready]),
-                "current_frame": np.stack([c.first_frame for _, c, _ in ready]),
-            }
-            if self.prev_frame:
-                feeds["prev_frame"] = np.stack([_prev_of(hist[-1]) for _, _, hist in ready])
-            out = self.dpc(feeds)
-            grid = out[DPC_OUTPUTS[0]].shape[-2:]
-            extras = extra_maps([i for i, _, _ in ready], (grid[0], grid[1])) if extra_maps else None
-            if extras is not None and len(extras) != len(ready):
-                raise ValueError(f"extra_maps gave {len(extras)} map sets for {len(ready)} scored clips")
-            for j, (i, clip, _) in enumerate(ready):
-                maps = {MAP_STREAMS[name]: out[name][j] for name in DPC_OUTPUTS}
-                if extras is not None:
-                    maps.update(extras[j])
-                scored = StreamScores(
-                    camera=clip.camera, index=clip.index, scores={}, maps=maps, embedding=clip.embedding
-                )
-                cell_filter = self.filters.get(clip.camera) if self.filters is not None else None
-                results[i] = filter_scores(scored, cell_filter)
+        dpc_maps: dict[int, dict[str, np.ndarray]] = {}
+        try:
+            todo = entries
+            while todo:
+                # A clip can run once every clip of its history has been through the head.
+                wave = [e for e in todo if e[2] is None or all(h.projection is not None for h in e[2])]
+                if not wave:
+                    raise RuntimeError("no clip of the call has its history encoded (a ring out of order)")
+                running = {id(e) for e in wave}
+                todo = [e for e in todo if id(e) not in running]
+                dpc_maps.update(self._run(wave))
+        except BaseException:
+            # Clips that never got their projection cannot be anyone's history: out of the rings.
+            # (By identity: ClipTokens compare their arrays, which == cannot.)
+            lost = {id(clip) for _, clip, _ in entries if clip.projection is None}
+            for camera in {clip.camera for _, clip, _ in entries}:
+                kept = self._rings.get(camera)
+                if kept is not None:
+                    self._rings[camera] = deque((c for c in kept if id(c) not in lost), maxlen=kept.maxlen)
+            raise
+        results: list[StreamScores | None] = [None] * len(clips)
+        scored = sorted(dpc_maps)
+        if not scored:
+            return results
+        grid = next(iter(dpc_maps[scored[0]].values())).shape[-2:]
+        extras = extra_maps(scored, (grid[0], grid[1])) if extra_maps else None
+        if extras is not None and len(extras) != len(scored):
+            raise ValueError(f"extra_maps gave {len(extras)} map sets for {len(scored)} scored clips")
+        for j, i in enumerate(scored):
+            clip = clips[i]
+            maps = dpc_maps[i]
+            if extras is not None:
+                maps.update(extras[j])
+            result = StreamScores(
+                camera=clip.camera, index=clip.index, scores={}, maps=maps, embedding=clip.embedding
+            )
+            cell_filter = self.filters.get(clip.camera) if self.filters is not None else None
+            results[i] = filter_scores(result, cell_filter)
         return results
+
+    def _run(
+        self, wave: Sequence[tuple[int, ClipTokens, list[ClipTokens] | None]]
+    ) -> dict[int, dict[str, np.ndarray]]:
+        """One engine call for ``wave``: set each clip's ``projection``; the maps of those with a history."""
+        history, last_tokens, last_frames, prev_frames = [], [], [], []
+        for _, clip, hist in wave:
+            if hist is None:
+                # Filling its history: any history will do, only the clip's own projection is kept.
+                grid = clip.tokens.shape[-2:]
+                history.append(np.zeros((self.context_clips, self.projection_channels, *grid), np.float32))
+                last_tokens.append(np.zeros(clip.tokens.shape[1:], np.float32))
+                last_frames.append(clip.first_frame)
+                prev_frames.append(clip.first_frame)
+            else:
+                history.append(np.stack([_projection_of(h) for h in hist]))
+                last_tokens.append(hist[-1].tokens[-1])
+                last_frames.append(hist[-1].last_frame)
+                prev_frames.append(_prev_of(hist[-1]) if self.prev_frame else hist[-1].last_frame)
+        feeds = {
+            "history_proj": np.stack(history),
+            "last_tokens": np.stack(last_tokens),
+            "current": np.stack([clip.tokens for _, clip, _ in wave]),
+            "last_frame": np.stack(last_frames),
+            "current_frame": np.stack([clip.first_frame for _, clip, _ in wave]),
+        }
+        if self.prev_frame:
+            feeds["prev_frame"] = np.stack(prev_frames)
+        out = self.dpc(feeds)
+        if PROJECTION_OUTPUT not in out:
+            raise ValueError(f"the DPC head returned no {PROJECTION_OUTPUT} (outputs: {sorted(out)})")
+        maps: dict[int, dict[str, np.ndarray]] = {}
+        for j, (i, clip, hist) in enumerate(wave):
+            # A copy: a view would keep the whole batch's output alive as long as the clip is history.
+            clip.projection = np.array(out[PROJECTION_OUTPUT][j], dtype=np.float32)
+            if hist is not None:
+                maps[i] = {MAP_STREAMS[name]: out[name][j] for name in DPC_OUTPUTS}
+        return maps
+
+
+def _runner_projection_channels(dpc: Runner) -> int:
+    """``3F`` of a runner: its own ``projection_channels`` (a runner written by hand, a test's), else its
+    manifest's ``history_proj`` (a backend)."""
+    own = getattr(dpc, "projection_channels", None)
+    if isinstance(own, int):
+        return own
+    manifest = getattr(dpc, "manifest", None)
+    for spec in getattr(manifest, "inputs", ()):
+        if spec.name == "history_proj":
+            return int(spec.shape[2])
+    raise ValueError(
+        "ClipScorer needs projection_channels: the DPC runner has no manifest naming history_proj "
+        "(an engine built before the head streamed: rebuild it with build_engines.py)"
+    )
+
+
+def _projection_of(clip: ClipTokens) -> np.ndarray:
+    if clip.projection is None:  # score() only runs a clip once its history has projections
+        raise RuntimeError(f"camera {clip.camera}: clip {clip.index} has not been through the DPC head")
+    return clip.projection
 
 
 def _prev_of(clip: ClipTokens) -> np.ndarray:

@@ -49,7 +49,7 @@ from plugins.fusion import (
 from plugins.objects import EMPTY as OBJECTS_EMPTY
 from plugins.preprocess import normalise_frames
 from plugins.pseudo_anomaly import paste_pseudo_anomalies
-from plugins.scorer import ClipScorer, ClipTokens, Runner
+from plugins.scorer import DPC_INPUTS, PROJECTION_OUTPUT, ClipScorer, ClipTokens, Runner
 from plugins.stationary import frame_step
 from plugins.streams import APPEARANCE, MEMORY_STREAMS, OBJECTS, SEMANTIC, STATIONARY, STREAMS
 from training.alert_replay import Event, replay_alerts
@@ -90,11 +90,16 @@ def dpc_runner(model: ZsadModel) -> Runner:
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [
             torch.from_numpy(np.ascontiguousarray(feeds[k]))
-            for k in ("history", "current", "last_frame", "current_frame", "prev_frame")
+            for k in (*DPC_INPUTS, "prev_frame")
             if k in feeds
         ]
-        fe, pe, mo = model.dpc(*args)
-        return {"feature_error": fe.numpy(), "pixel_error": pe.numpy(), "motion": mo.numpy()}
+        fe, pe, mo, proj = model.dpc(*args)
+        return {
+            "feature_error": fe.numpy(),
+            "pixel_error": pe.numpy(),
+            "motion": mo.numpy(),
+            PROJECTION_OUTPUT: proj.numpy(),
+        }
 
     return run
 
@@ -141,6 +146,7 @@ def score_video(
         context_clips=model.context_clips,
         history_step=span // hop,
         prev_frame=model.dpc.extrapolate,
+        projection_channels=model.dpc.gru.projection_channels,
     )
 
     def reversed_prior(target: int) -> bool:

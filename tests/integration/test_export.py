@@ -413,14 +413,18 @@ def _folder_files(folder: Path) -> dict[str, str]:
 
 def _wrong_dpc_plan(spec: ModelConfig) -> bytes:
     """A TensorRT plan (the double's) with the DPC head's tensors whose outputs are not the ONNX model's:
-    each map is the mean of ``current`` over time and channels, as an FP16 engine gone wrong would give."""
+    each map is the mean of ``current`` over time and channels, the projection the mean of the history's,
+    as an FP16 engine gone wrong would give."""
     inputs, outputs = component_io("dpc_head", spec)
+
+    def wrong(i: int, name: str, shape: tuple[int, ...]) -> PlanOp:
+        if len(shape) == 3:  # (N, h, w): a map
+            return PlanOp(name, "mean", ("current",), shift=i, axes=(1, 2))
+        return PlanOp(name, "mean", ("history_proj",), shift=i, axes=(1,))  # (N, 3F, h, w)
+
     return engine_plan(
         {t.name: t.shape for t in inputs},
-        {
-            t.name: (t.shape, PlanOp(t.name, "mean", ("current",), shift=i, axes=(1, 2)))
-            for i, t in enumerate(outputs)
-        },
+        {t.name: (t.shape, wrong(i, t.name, t.shape)) for i, t in enumerate(outputs)},
         profile=(1, 8, 32),
     )
 

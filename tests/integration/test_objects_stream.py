@@ -324,11 +324,11 @@ def test_the_memory_feeds_run_on_while_the_dpc_head_runs_and_their_maps_wait_for
         dpc_started.set()
         return dpc(feeds)
 
-    inference.scorer.dpc = watched_dpc
     try:
-        for k in range(2):  # the DPC history fills in 2 clips: no DPC run yet
+        for k in range(2):  # the DPC history fills in 2 clips: no map yet (the head runs for their history)
             _next_batch(model)
             inference(_batch(k))
+        inference.scorer.dpc = watched_dpc
         # The third batch is scored: its feed holds its last frame until the DPC head has started (its
         # first frame has met the backbone, which waits for it).
         _next_batch(model)

@@ -158,7 +158,14 @@ def test_extrapolating_dpc_head_exports_with_prev_frame(tmp_path: Path) -> None:
     build_engines(spec, ckpt, tmp_path / "out", options=BuildOptions(components=("dpc_head",)))
     path = tmp_path / "out" / "dpc_head.manifest.json"
     with load_backend(path, "onnxruntime", threads=1) as ort, load_backend(path, "torch") as ref:
-        assert ort.input_names == ["history", "current", "last_frame", "current_frame", "prev_frame"]
+        assert ort.input_names == [
+            "history_proj",
+            "last_tokens",
+            "current",
+            "last_frame",
+            "current_frame",
+            "prev_frame",
+        ]
         feeds = random_feeds(ort.manifest.inputs, 3, np.random.default_rng(3))
         a, b = ref(feeds), ort(feeds)
         for name in ort.output_names:
@@ -175,16 +182,16 @@ def test_wrong_inputs_are_refused_with_the_reason(engines_dir: Path) -> None:
         with pytest.raises(InputMismatch, match=r"missing \['current_frame'\], unknown \['frame'\]"):
             ort({**{k: v for k, v in good.items() if k != "current_frame"}, "frame": good["current_frame"]})
         with pytest.raises(
-            InputMismatch, match=r"input history must have shape \[-1, 2, 2, 32, 4, 6\] \(NSTCHW\)"
+            InputMismatch, match=r"input history_proj must have shape \[-1, 2, 48, 4, 6\] \(NSCHW\)"
         ):
-            ort({**good, "history": good["history"][:, :1]})
+            ort({**good, "history_proj": good["history_proj"][:, :1]})
         with pytest.raises(InputMismatch, match="input last_frame must be float32, got float64"):
             ort({**good, "last_frame": good["last_frame"].astype(np.float64)})
         with pytest.raises(InputMismatch, match="input current has batch 1, other inputs 2"):
             ort({**good, "current": good["current"][:1]})
         with pytest.raises(InputMismatch, match="empty batch"):
             ort({k: v[:0] for k, v in good.items()})
-        assert set(ort(good)) == {"feature_error", "pixel_error", "motion"}
+        assert set(ort(good)) == {"feature_error", "pixel_error", "motion", "current_proj"}
 
 
 def test_changed_onnx_is_refused_on_load(engines_dir: Path, tmp_path: Path) -> None:
@@ -318,8 +325,8 @@ def test_precision_plan_pins_norms_softmax_and_reductions() -> None:
 def test_profile_shapes_vary_only_the_batch() -> None:
     inputs, _ = component_io("dpc_head", TINY)
     shapes = profile_shapes(inputs, BatchProfile(1, 8, 32))
-    assert list(shapes) == ["history", "current", "last_frame", "current_frame"]
-    assert shapes["history"] == ((1, 2, 2, 32, 4, 6), (8, 2, 2, 32, 4, 6), (32, 2, 2, 32, 4, 6))
+    assert list(shapes) == ["history_proj", "last_tokens", "current", "last_frame", "current_frame"]
+    assert shapes["history_proj"] == ((1, 2, 48, 4, 6), (8, 2, 48, 4, 6), (32, 2, 48, 4, 6))
     assert shapes["last_frame"][2] == (32, 3, 32, 48)
     for bad in [(0, 1, 1), (2, 1, 4), (1, 8, 4)]:
         with pytest.raises(ProfileError, match="1 <= min <= opt <= max"):

@@ -31,7 +31,7 @@ from pipeline.deepstream.probe import (
 )
 from pipeline.inference import ClipInference, ClipResult, EngineSet
 from plugins.fusion import CameraFusion, StreamGate
-from plugins.scorer import BACKBONE_INPUTS, BACKBONE_OUTPUTS, DPC_INPUTS, DPC_OUTPUTS
+from plugins.scorer import BACKBONE_INPUTS, BACKBONE_OUTPUTS, DPC_INPUTS, DPC_OUTPUTS, PROJECTION_OUTPUT
 from plugins.semantic import PromptBank
 from tests.fixtures.pyds_test_double import (
     PITCH_PADDING_BYTE,
@@ -90,9 +90,11 @@ def engines_for(decoder: str = "residual") -> EngineSet:
         np.random.default_rng(3).standard_normal((len(PROMPTS), SPEC.semantic.embed_dim)).astype(np.float32)
     )
     texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    dpc = TorchRunner(model.dpc, dpc_inputs, (*DPC_OUTPUTS, PROJECTION_OUTPUT))
+    dpc.projection_channels = model.dpc.gru.projection_channels  # type: ignore[attr-defined]
     return EngineSet(
         backbone=TorchRunner(model.backbone, BACKBONE_INPUTS, BACKBONE_OUTPUTS),  # type: ignore[arg-type]
-        dpc=TorchRunner(model.dpc, dpc_inputs, DPC_OUTPUTS),  # type: ignore[arg-type]
+        dpc=dpc,  # type: ignore[arg-type]
         frame_size=(W, H),
         mean=MEAN,
         std=STD,

@@ -84,12 +84,15 @@ def test_component_io_follows_the_spec_and_layout() -> None:
     assert ins[0].shape == (-1, 3, 2, 32, 48)
     assert ins[0].layout == "NCTHW"
     ins, outs = component_io("dpc_head", SPEC)
-    assert [i.name for i in ins] == ["history", "current", "last_frame", "current_frame"]
+    assert [i.name for i in ins] == ["history_proj", "last_tokens", "current", "last_frame", "current_frame"]
     ins, _ = component_io("dpc_head", tiny_model(dpc={"decoder": "extrapolate"}))
     assert [i.name for i in ins][-1] == "prev_frame"
     assert ins[-1].shape == (-1, 3, 32, 48)
-    assert ins[0].shape == (-1, 2, 2, 32, 4, 6)
-    assert [o.shape for o in outs] == [(-1, 4, 6)] * 3
+    # C past clips' ConvGRU input projections: 3 x the head's width (16), on the patch grid.
+    assert ins[0].shape == (-1, 2, 48, 4, 6)
+    assert ins[1].shape == (-1, 32, 4, 6)
+    assert [o.shape for o in outs] == [(-1, 4, 6)] * 3 + [(-1, 48, 4, 6)]
+    assert outs[-1].name == "current_proj"
     ins, outs = component_io("semantic_head", SPEC)
     assert ins[0].shape == (-1, 32)
     assert outs[0].shape == (-1, 16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,11 @@ def test_dpc_head_outputs_are_spatial_maps(model: ZsadModel) -> None:
     hist = torch.randn(n, 2, 2, 32, 4, 6)
     cur = torch.randn(n, 2, 32, 4, 6)
     last = torch.randn(n, 3, 32, 48)
-    fe, pe, mo = model.dpc(hist, cur, last, last.clone())
+    fe, pe, mo = model.dpc.score_history(hist, cur, last, last.clone())
     assert fe.shape == pe.shape == mo.shape == (n, 4, 6)
     assert torch.all(mo == 0)  # identical frames: no motion
     # The decoder starts as "copy the last frame", so the pixel error equals the motion energy squared-ish.
-    _, pe2, mo2 = model.dpc(hist, cur, last, last + 1.0)
+    _, pe2, mo2 = model.dpc.score_history(hist, cur, last, last + 1.0)
     assert torch.allclose(pe2, torch.ones_like(pe2), atol=1e-5)
     assert torch.allclose(mo2, torch.ones_like(mo2), atol=1e-5)
 
@@ -198,35 +199,113 @@ def test_a_spec_missing_a_field_nobody_knows_the_old_value_of_is_refused() -> No
         parse_spec(["not", "a", "spec"])
 
 
-def test_scorer_history_spacing() -> None:
-    """With history_step 2, clip k is scored against clips k-2*C .. k-2 (every second one)."""
-    seen: list[np.ndarray] = []
+def _fake_head(seen: list[list[float]] | None = None, feeds_seen: list[dict] | None = None) -> Callable:
+    """A DPC head in numpy with the engine's I/O: a clip's projection is its first token value + 1 (never 0,
+    so the all-zero history of a clip that fills its camera's history is told apart). ``seen`` gets the
+    history of each scored clip, as token values; ``feeds_seen`` every call's feeds."""
 
     def dpc(feeds: dict) -> dict:
-        seen.append(feeds["history"][:, :, 0, 0, 0, 0].copy())
+        if feeds_seen is not None:
+            feeds_seen.append(dict(feeds))
+        if seen is not None:
+            history = feeds["history_proj"][:, :, 0, 0, 0]
+            seen.extend((row - 1.0).tolist() for row in history if np.all(row != 0))
         n = feeds["current"].shape[0]
-        return {k: np.zeros((n, 1, 1), np.float32) for k in ("feature_error", "pixel_error", "motion")}
+        maps = {k: np.zeros((n, 1, 1), np.float32) for k in ("feature_error", "pixel_error", "motion")}
+        return {**maps, "current_proj": feeds["current"][:, 0, :1] + 1.0}
 
-    scorer = ClipScorer(dpc, context_clips=2, history_step=2)
+    dpc.projection_channels = 1  # type: ignore[attr-defined]
+    return dpc
+
+
+def test_scorer_history_spacing() -> None:
+    """With history_step 2, clip k is scored against clips k-2*C .. k-2 (every second one)."""
+    seen: list[list[float]] = []
+    scorer = ClipScorer(_fake_head(seen), context_clips=2, history_step=2)
     frame = np.zeros((3, 2, 2), np.float32)
     results = []
     for k in range(6):
         tokens = np.full((1, 1, 1, 1), float(k), np.float32)
         results += scorer.score([ClipTokens("cam", k, tokens, np.zeros(1, np.float32), frame, frame)])
     assert [r is None for r in results] == [True] * 4 + [False] * 2
-    assert seen[0].tolist() == [[0.0, 2.0]]
-    assert seen[1].tolist() == [[1.0, 3.0]]
+    assert seen == [[0.0, 2.0], [1.0, 3.0]]
+
+
+def test_scorer_runs_a_clip_after_the_clips_of_its_history_in_the_same_call() -> None:
+    """Six clips of one camera in one call, history_step 2: clips 4 and 5 need the projections of clips 0-3,
+    which this call makes; every clip goes through the head once, in two engine calls, and the scores are
+    those of one clip a call."""
+    seen: list[list[float]] = []
+    feeds_seen: list[dict] = []
+    scorer = ClipScorer(_fake_head(seen, feeds_seen), context_clips=2, history_step=2)
+    results = scorer.score([_clip("cam", k) for k in range(6)])
+    assert [r is None for r in results] == [True] * 4 + [False] * 2
+    assert seen == [[0.0, 2.0], [1.0, 3.0]]
+    assert [f["current"][:, 0, 0, 0, 0].tolist() for f in feeds_seen] == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_a_failed_engine_call_takes_its_clips_out_of_the_history() -> None:
+    """A clip lost with a failed call never got its projection: it leaves the history, which the next clip
+    fills again (the clip it had pushed out is gone), and the one after is scored across the gap, as after a
+    clip dropped by a full queue."""
+    seen: list[list[float]] = []
+    head = _fake_head(seen)
+    fail = {"now": False}
+
+    def flaky(feeds: dict) -> dict:
+        if fail["now"]:
+            raise RuntimeError("engine failed")
+        return head(feeds)
+
+    scorer = ClipScorer(flaky, context_clips=2, projection_channels=1)
+    scorer.score([_clip("cam", k) for k in range(3)])
+    fail["now"] = True
+    with pytest.raises(RuntimeError, match="engine failed"):
+        scorer.score([_clip("cam", 3)])
+    fail["now"] = False
+    assert scorer.score([_clip("cam", 4)]) == [None]
+    assert scorer.score([_clip("cam", 5)])[0] is not None
+    assert seen == [[0.0, 1.0], [2.0, 4.0]]
+
+
+def test_streaming_head_equals_the_head_that_encodes_its_history_again() -> None:
+    """The engine's streaming form (each past clip's projection from the call where it was current) gives
+    the maps of the form that encodes every past clip again on every call."""
+    torch.manual_seed(0)
+    head = DPCHead(in_dim=32, hidden=16, context_clips=3, pred_steps=2, patch_size=8, decoder="extrapolate")
+    torch.nn.init.normal_(head.decoder[-1].weight, std=0.05)  # a trained-looking residual
+    tokens = torch.randn(6, 2, 2, 32, 4, 6)  # (N, clips, T, D, h, w)
+    frames = torch.randn(6, 3, 32, 48)
+    no_history = torch.zeros(6, 3, 48, 4, 6)
+    with torch.no_grad():
+        # Each clip as the current one (the history and frames do not change its projection).
+        projections = torch.stack(
+            [head(no_history, tokens[:, 0, -1], tokens[:, k], frames, frames, frames)[3] for k in range(2)],
+            dim=1,
+        )
+        history = torch.cat([tokens, tokens[:, :1]], dim=1)  # three past clips: 0, 1, 0 again
+        streamed = head(
+            torch.cat([projections, projections[:, :1]], dim=1),
+            history[:, -1, -1],
+            tokens[:, 1],
+            frames,
+            frames + 1,
+            frames - 1,
+        )
+        again = head.score_history(history, tokens[:, 1], frames, frames + 1, frames - 1)
+    assert streamed[3].shape == (6, 48, 4, 6)
+    for a, b in zip(streamed[:3], again, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+    # And the cell's split kernels are its kernels: a step from a projection is the plain step.
+    x, h = torch.randn(2, 16, 4, 6), torch.randn(2, 16, 4, 6)
+    z, r = torch.sigmoid(head.gru.gates(torch.cat([x, h], 1))).chunk(2, 1)
+    c = torch.tanh(head.gru.cand(torch.cat([x, r * h], 1)))
+    assert torch.allclose(head.gru(x, h), (1 - z) * h + z * c, atol=1e-6)
 
 
 def _history_recorder(seen: list[list[float]]) -> ClipScorer:
     """A scorer (C=2, every clip) whose DPC head records each scored clip's history as token values."""
-
-    def dpc(feeds: dict) -> dict:
-        seen.extend(feeds["history"][:, :, 0, 0, 0, 0].tolist())
-        n = feeds["current"].shape[0]
-        return {k: np.zeros((n, 1, 1), np.float32) for k in ("feature_error", "pixel_error", "motion")}
-
-    return ClipScorer(dpc, context_clips=2)
+    return ClipScorer(_fake_head(seen), context_clips=2)
 
 
 def _clip(camera: str, index: int) -> ClipTokens:
@@ -345,11 +424,11 @@ def test_extrapolate_decoder_scores_speed_changes_not_steady_motion() -> None:
         return (x - shift / 48).expand(1, 3, 32, 48).contiguous()
 
     # Steady motion (one pixel a frame): the constant-velocity prior predicts it exactly.
-    _, steady, motion = head(history, current, ramp(2), ramp(3), ramp(1))
+    _, steady, motion = head.score_history(history, current, ramp(2), ramp(3), ramp(1))
     assert motion.min() > 0.015  # it does move: copying the last frame would be wrong everywhere
     assert steady.abs().max() < 1e-5
     # The same object suddenly four times as fast: the prediction misses by the change of speed.
-    _, sped_up, _ = head(history, current, ramp(2), ramp(6), ramp(1))
+    _, sped_up, _ = head.score_history(history, current, ramp(2), ramp(6), ramp(1))
     assert sped_up.min() > 2.5 / 48
     # At initialisation the predicted frame is exactly the extrapolation; the residual then learns.
     pred1 = torch.randn(1, 16, 4, 6)
@@ -359,21 +438,17 @@ def test_extrapolate_decoder_scores_speed_changes_not_steady_motion() -> None:
 
 
 def test_scorer_feeds_prev_frame_to_an_extrapolating_head() -> None:
-    seen: list[set[str]] = []
-
-    def dpc(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        seen.append(set(feeds))
-        assert np.array_equal(feeds["prev_frame"][0], np.full((3, 4, 4), 7.0, np.float32))
-        n = len(feeds["history"])
-        return {k: np.zeros((n, 1, 1), np.float32) for k in ("feature_error", "pixel_error", "motion")}
-
-    scorer = ClipScorer(dpc, context_clips=1, prev_frame=True)
+    feeds_seen: list[dict] = []
+    scorer = ClipScorer(_fake_head(feeds_seen=feeds_seen), context_clips=1, prev_frame=True)
     tok, emb = np.zeros((2, 1, 1, 1), np.float32), np.zeros(1, np.float32)
     frame = np.zeros((3, 4, 4), np.float32)
     prev = np.full((3, 4, 4), 7.0, np.float32)
     assert scorer.score([ClipTokens("cam", 0, tok, emb, frame, frame, prev)]) == [None]
     assert scorer.score([ClipTokens("cam", 1, tok, emb, frame, frame, prev)])[0] is not None
-    assert seen == [{"history", "current", "last_frame", "current_frame", "prev_frame"}]
+    assert [set(f) for f in feeds_seen] == [
+        {"history_proj", "last_tokens", "current", "last_frame", "current_frame", "prev_frame"}
+    ] * 2
+    assert np.array_equal(feeds_seen[1]["prev_frame"][0], prev)  # the history clip's, for the scored clip
     scorer.score([ClipTokens("gate", 0, tok, emb, frame, frame)])
     with pytest.raises(ValueError, match="camera gate: clip 0 has no prev_last_frame"):
         scorer.score([ClipTokens("gate", 1, tok, emb, frame, frame)])

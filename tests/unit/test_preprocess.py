@@ -125,14 +125,20 @@ class LayoutCheckingBackbone:
 
 
 def fake_dpc(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A DPC head in numpy: feature error = |current - last history clip|, pixel/motion from the frames."""
-    diff = np.abs(feeds["current"] - feeds["history"][:, -1]).sum(axis=(1, 2))  # (N, 1, 1)
+    """A DPC head in numpy: feature error = |current - last history clip| (a clip's projection is its
+    tokens summed), pixel/motion from the frames."""
+    proj = feeds["current"].sum(axis=(1, 2))[:, None]  # (N, 1, h, w)
+    diff = np.abs(proj - feeds["history_proj"][:, -1])[:, 0]  # (N, h, w)
     moved = np.abs(feeds["current_frame"] - feeds["last_frame"]).mean(axis=(1, 2, 3))
     return {
         "feature_error": diff,
         "pixel_error": np.broadcast_to(moved[:, None, None], diff.shape).copy(),
         "motion": np.broadcast_to(moved[:, None, None], diff.shape).copy(),
+        "current_proj": proj,
     }
+
+
+fake_dpc.projection_channels = 1  # type: ignore[attr-defined]
 
 
 def test_cpu_graph_feeds_an_ncthw_backbone_and_scores_ntchw_frames() -> None:

@@ -236,13 +236,18 @@ def test_clip_scorer_masks_before_reduction_per_camera() -> None:
     """A hot cell at the right (a flickering screen) wins the max; masked on camera 'a' only, it is gone."""
 
     def dpc(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(feeds["history"])
+        n = len(feeds["current"])
         m = np.tile(np.array([[0.2, 0.3, 0.4, 5.0]], np.float32), (n, 2, 1))  # (n, 2, 4)
-        return {"feature_error": m, "pixel_error": m, "motion": m}
+        return {
+            "feature_error": m,
+            "pixel_error": m,
+            "motion": m,
+            "current_proj": np.ones((n, 1, 1, 1), np.float32),
+        }
 
     filters = CellFilters()
     filters.set("a", ViewZones(mask=[rect(0.75, 0, 1, 1)]), None)
-    scorer = ClipScorer(dpc, context_clips=1, filters=filters)
+    scorer = ClipScorer(dpc, context_clips=1, filters=filters, projection_channels=1)
     tok, emb, frame = (
         np.zeros((2, 1, 1, 1), np.float32),
         np.zeros(1, np.float32),
