@@ -146,11 +146,11 @@ class ClipScorer:
             ``projection_channels``, else its manifest's (a backend has one). Needed for the clips that fill
             a history (below).
 
-    Every clip goes through the head once, as its current clip: a clip whose camera has a full history is
+    Every clip goes through the head as its current clip: a clip whose camera has a full history is
     scored; one that is still filling it runs against an all-zero history, its maps thrown away, only for
-    its ``current_proj``. A clip whose history includes a clip of the same call that has not been
-    through the head yet waits for a later call to the engine within the same :meth:`score` (a camera
-    with several clips queued, or offline evaluation), so the engine may run more than once per call.
+    its ``current_proj``. A clip whose history includes a clip of the same call (a camera with several
+    clips queued, offline evaluation) runs that way first, with the whole call, and again in a second
+    engine call, with its history's projections: at most two engine calls a :meth:`score`, each batched.
 
     The history holds a camera's last clips, taken as one hop apart. A clip dropped by a full queue leaves a
     gap that the history does not see: the next clip is scored against clips farther apart than the head
@@ -206,17 +206,16 @@ class ClipScorer:
             hist = list(ring)[:: self.history_step] if len(ring) == self.ring_len else None
             entries.append((i, clip, hist))
             ring.append(clip)
+        # A clip whose history holds a clip of this call that has not been through the head yet runs twice:
+        # in the first engine call only for its projection (history all zero), in a second for its maps.
+        # Two calls at most, each as large as it can be, rather than a chain of one call a clip.
+        waiting = {id(e) for e in entries if e[2] is not None and any(h.projection is None for h in e[2])}
         dpc_maps: dict[int, dict[str, np.ndarray]] = {}
         try:
-            todo = entries
-            while todo:
-                # A clip can run once every clip of its history has been through the head.
-                wave = [e for e in todo if e[2] is None or all(h.projection is not None for h in e[2])]
-                if not wave:
-                    raise RuntimeError("no clip of the call has its history encoded (a ring out of order)")
-                running = {id(e) for e in wave}
-                todo = [e for e in todo if id(e) not in running]
-                dpc_maps.update(self._run(wave))
+            first = [(e[0], e[1], None if id(e) in waiting else e[2]) for e in entries]
+            dpc_maps.update(self._run(first))  # every clip's projection: a clip's own, whatever its history
+            if waiting:
+                dpc_maps.update(self._run([e for e in entries if id(e) in waiting]))
         except BaseException:
             # Clips that never got their projection cannot be anyone's history: out of the rings.
             # (By identity: ClipTokens compare their arrays, which == cannot.)

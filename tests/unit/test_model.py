@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -233,15 +233,16 @@ def test_scorer_history_spacing() -> None:
 
 def test_scorer_runs_a_clip_after_the_clips_of_its_history_in_the_same_call() -> None:
     """Six clips of one camera in one call, history_step 2: clips 4 and 5 need the projections of clips 0-3,
-    which this call makes; every clip goes through the head once, in two engine calls, and the scores are
-    those of one clip a call."""
+    which this call makes. The first engine call takes all six (their projections), a second clips 4 and 5
+    again with their history; the scores are those of one clip a call."""
     seen: list[list[float]] = []
     feeds_seen: list[dict] = []
     scorer = ClipScorer(_fake_head(seen, feeds_seen), context_clips=2, history_step=2)
     results = scorer.score([_clip("cam", k) for k in range(6)])
     assert [r is None for r in results] == [True] * 4 + [False] * 2
     assert seen == [[0.0, 2.0], [1.0, 3.0]]
-    assert [f["current"][:, 0, 0, 0, 0].tolist() for f in feeds_seen] == [[0, 1, 2, 3], [4, 5]]
+    assert [f["current"][:, 0, 0, 0, 0].tolist() for f in feeds_seen] == [[0, 1, 2, 3, 4, 5], [4, 5]]
+    assert not feeds_seen[0]["history_proj"].any()  # in the first call, no history for anyone
 
 
 def test_a_failed_engine_call_takes_its_clips_out_of_the_history() -> None:
@@ -301,6 +302,99 @@ def test_streaming_head_equals_the_head_that_encodes_its_history_again() -> None
     z, r = torch.sigmoid(head.gru.gates(torch.cat([x, h], 1))).chunk(2, 1)
     c = torch.tanh(head.gru.cand(torch.cat([x, r * h], 1)))
     assert torch.allclose(head.gru(x, h), (1 - z) * h + z * c, atol=1e-6)
+    # The first step, without a state, is the plain step from a zero state (its bias slices included).
+    torch.nn.init.normal_(head.gru.gates.bias, std=0.5)
+    torch.nn.init.normal_(head.gru.cand.bias, std=0.5)
+    zeros = torch.zeros_like(x)
+    z0, _ = torch.sigmoid(head.gru.gates(torch.cat([x, zeros], 1))).chunk(2, 1)
+    c0 = torch.tanh(head.gru.cand(torch.cat([x, zeros], 1)))
+    assert torch.allclose(head.gru.first(x), z0 * c0, atol=1e-6)
+    assert torch.allclose(head.gru.first(x), head.gru(x, zeros), atol=1e-6)
+
+
+def test_clip_scorer_gives_the_maps_of_the_head_that_encodes_its_history_again() -> None:
+    """Two cameras interleaved, several clips of a camera in one call, history_step 2: every scored clip's
+    maps are those of the head given its history's tokens (DPCHead.score_history), and ``extra_maps`` is
+    called once a call, with the scored clips' positions in order."""
+    from training.evaluate import dpc_runner
+
+    torch.manual_seed(0)
+    model = ZsadModel(tiny_model(dpc={"decoder": "extrapolate"})).eval()
+    torch.nn.init.normal_(model.dpc.decoder[-1].weight, std=0.05)  # a residual that reads last_tokens
+    rng = np.random.default_rng(5)
+
+    def clip(camera: str, index: int) -> ClipTokens:
+        tokens = rng.standard_normal((2, 32, 4, 6)).astype(np.float32)
+        frames = rng.standard_normal((3, 3, 32, 48)).astype(np.float32)
+        return ClipTokens(camera, index, tokens, np.zeros(32, np.float32), frames[0], frames[1], frames[2])
+
+    clips = {cam: [clip(cam, k) for k in range(9)] for cam in ("a", "b")}
+    a, b = clips["a"], clips["b"]
+    batches = [
+        [a[0], b[0], a[1]],
+        [a[2], a[3], b[1], b[2], a[4], a[5], b[3], b[4]],
+        [b[5], a[6], a[7], b[6], b[7], a[8], b[8]],
+    ]
+    scorer = ClipScorer(
+        dpc_runner(model),
+        context_clips=2,
+        history_step=2,
+        prev_frame=True,
+        projection_channels=model.dpc.gru.projection_channels,
+    )
+    extra_calls: list[list[int]] = []
+
+    def extra(indices: Sequence[int], grid: tuple[int, int]) -> list[dict[str, np.ndarray]]:
+        extra_calls.append(list(indices))
+        return [{} for _ in indices]
+
+    results = {}
+    for batch in batches:
+        before = len(extra_calls)
+        out = scorer.score(batch, extra_maps=extra)
+        scored = [i for i, r in enumerate(out) if r is not None]
+        assert extra_calls[before:] == ([scored] if scored else [])
+        results.update({(c.camera, c.index): r for c, r in zip(batch, out, strict=True)})
+    for cam, seq in clips.items():
+        for k, current in enumerate(seq):
+            got = results[(cam, k)]
+            if k < 4:  # C * history_step clips fill the history
+                assert got is None
+                continue
+            assert got is not None
+            hist = seq[k - 4 : k : 2]
+            with torch.no_grad():
+                want = model.dpc.score_history(
+                    torch.from_numpy(np.stack([h.tokens for h in hist]))[None],
+                    torch.from_numpy(current.tokens)[None],
+                    torch.from_numpy(hist[-1].last_frame)[None],
+                    torch.from_numpy(current.first_frame)[None],
+                    torch.from_numpy(hist[-1].prev_last_frame)[None],  # type: ignore[arg-type]
+                )
+            for name, ref in zip(("predictive", "pixel", "motion"), want, strict=True):
+                np.testing.assert_allclose(
+                    got.maps[name], ref[0].numpy(), atol=1e-5, err_msg=f"{cam} {k} {name}"
+                )
+
+
+def test_a_failure_in_the_second_engine_call_keeps_the_first_calls_projections() -> None:
+    """Clips 2 and 3 need clips of their own call: the first engine call gives all four their projections,
+    the second (their maps) fails. Nothing leaves the history: the next clip is scored against 2 and 3."""
+    seen: list[list[float]] = []
+    head = _fake_head(seen)
+    calls = {"n": 0}
+
+    def second_fails(feeds: dict) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("second call failed")
+        return head(feeds)
+
+    scorer = ClipScorer(second_fails, context_clips=2, projection_channels=1)
+    with pytest.raises(RuntimeError, match="second call failed"):
+        scorer.score([_clip("cam", k) for k in range(4)])
+    assert scorer.score([_clip("cam", 4)])[0] is not None
+    assert seen == [[2.0, 3.0]]
 
 
 def _history_recorder(seen: list[list[float]]) -> ClipScorer:
