@@ -257,12 +257,14 @@ class ClipScorer:
                 history.append(np.zeros((self.context_clips, self.projection_channels, *grid), np.float32))
                 last_tokens.append(np.zeros(clip.tokens.shape[1:], np.float32))
                 last_frames.append(clip.first_frame)
-                prev_frames.append(clip.first_frame)
+                if self.prev_frame:
+                    prev_frames.append(clip.first_frame)
             else:
                 history.append(np.stack([_projection_of(h) for h in hist]))
                 last_tokens.append(hist[-1].tokens[-1])
                 last_frames.append(hist[-1].last_frame)
-                prev_frames.append(_prev_of(hist[-1]) if self.prev_frame else hist[-1].last_frame)
+                if self.prev_frame:
+                    prev_frames.append(_prev_of(hist[-1]))
         feeds = {
             "history_proj": np.stack(history),
             "last_tokens": np.stack(last_tokens),

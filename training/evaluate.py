@@ -49,7 +49,7 @@ from plugins.fusion import (
 from plugins.objects import EMPTY as OBJECTS_EMPTY
 from plugins.preprocess import normalise_frames
 from plugins.pseudo_anomaly import paste_pseudo_anomalies
-from plugins.scorer import DPC_INPUTS, PROJECTION_OUTPUT, ClipScorer, ClipTokens, Runner
+from plugins.scorer import DPC_INPUTS, DPC_OUTPUTS, PROJECTION_OUTPUT, ClipScorer, ClipTokens, Runner
 from plugins.stationary import frame_step
 from plugins.streams import APPEARANCE, MEMORY_STREAMS, OBJECTS, SEMANTIC, STATIONARY, STREAMS
 from training.alert_replay import Event, replay_alerts
@@ -93,13 +93,8 @@ def dpc_runner(model: ZsadModel) -> Runner:
             for k in (*DPC_INPUTS, "prev_frame")
             if k in feeds
         ]
-        fe, pe, mo, proj = model.dpc(*args)
-        return {
-            "feature_error": fe.numpy(),
-            "pixel_error": pe.numpy(),
-            "motion": mo.numpy(),
-            PROJECTION_OUTPUT: proj.numpy(),
-        }
+        outputs = (*DPC_OUTPUTS, PROJECTION_OUTPUT)  # the engine's output order
+        return {name: t.numpy() for name, t in zip(outputs, model.dpc(*args), strict=True)}
 
     return run
 
